@@ -1,0 +1,237 @@
+//! One validation entry point per kind, used by every driver: the CRD's own CEL rules
+//! evaluated in process (exactly what the apiserver applies) plus the checks CEL cannot
+//! express.
+
+use std::fmt;
+
+use jiff::Timestamp;
+
+use super::{ROTATE_AT_ANNOTATION, SigningKey};
+use crate::keys::lifecycle::KeyPolicy;
+
+/// A refused field and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, such as `spec.rotation.retainFor`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+pub trait Validate {
+    /// Every problem found, each naming its field; empty when the object is acceptable.
+    fn validate(&self) -> Vec<FieldError>;
+}
+
+fn cel_errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<FieldError> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| FieldError::new(e.field_path.trim_start_matches('.'), e.message))
+            .collect(),
+    }
+}
+
+fn metadata_errors(meta: &kube::api::ObjectMeta) -> Vec<FieldError> {
+    match meta.name.as_deref() {
+        None | Some("") => vec![FieldError::new("metadata.name", "is required")],
+        Some(_) => Vec::new(),
+    }
+}
+
+impl Validate for SigningKey {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = metadata_errors(&self.metadata);
+        errors.extend(cel_errors(self.validate_cel()));
+        if let Some(issuer) = &self.spec.issuer
+            && let Err(message) = issuer_path(issuer)
+        {
+            errors.push(FieldError::new("spec.issuer", message));
+        }
+        if let Err(e) = self.rotate_requested_at() {
+            errors.push(e);
+        }
+        errors
+    }
+}
+
+impl SigningKey {
+    /// The planner's view of the spec. Call on a validated object.
+    pub fn key_policy(&self) -> KeyPolicy {
+        let spec = &self.spec;
+        KeyPolicy {
+            algorithm: spec.algorithm,
+            rsa_bits: spec.rsa_bits.unwrap_or(2048),
+            every: spec.rotation.every.value(),
+            pre_publish: spec.rotation.pre_publish.value(),
+            retain_for: spec.rotation.retain_for.value(),
+        }
+    }
+
+    /// The manual rotation request, from the `authplane.io/rotate-at` annotation.
+    pub fn rotate_requested_at(&self) -> Result<Option<Timestamp>, FieldError> {
+        let Some(value) = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROTATE_AT_ANNOTATION))
+        else {
+            return Ok(None);
+        };
+        value.parse().map(Some).map_err(|_| {
+            FieldError::new(
+                format!("metadata.annotations[{ROTATE_AT_ANNOTATION}]"),
+                format!("{value:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+            )
+        })
+    }
+
+    /// The issuer URL: `spec.issuer`, or `<external URL>/<namespace>/<name>`.
+    pub fn issuer(&self, external_url: &str) -> String {
+        match &self.spec.issuer {
+            Some(issuer) => issuer.clone(),
+            None => format!(
+                "{}/{}/{}",
+                external_url.trim_end_matches('/'),
+                self.metadata.namespace.as_deref().unwrap_or("default"),
+                self.metadata.name.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
+    /// The Secret (or state entry) holding the keys.
+    pub fn secret_name(&self) -> String {
+        self.spec.secret_name.clone().unwrap_or_else(|| {
+            format!("{}-keys", self.metadata.name.as_deref().unwrap_or_default())
+        })
+    }
+}
+
+/// The URL path of an issuer, without a trailing slash: where its discovery document and
+/// JWKS are served (`<path>/.well-known/...`).
+pub fn issuer_path(issuer: &str) -> Result<String, String> {
+    let uri: http::Uri = issuer
+        .parse()
+        .map_err(|e| format!("{issuer:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{issuer:?} must be an absolute http(s) URL with a host"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{issuer:?} must not have a query"));
+    }
+    Ok(uri.path().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(spec: serde_json::Value) -> SigningKey {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1",
+            "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn fields(spec: serde_json::Value) -> Vec<String> {
+        key(spec)
+            .validate()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(fields(serde_json::json!({})), Vec::<String>::new());
+        let policy = key(serde_json::json!({})).key_policy();
+        assert_eq!(policy.rsa_bits, 2048);
+        assert_eq!(policy.every, jiff::SignedDuration::from_hours(720));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases = [
+            (serde_json::json!({"rsaBits": 1024}), "spec.rsaBits"),
+            (
+                serde_json::json!({"algorithm": "EdDSA", "rsaBits": 2048}),
+                "spec.rsaBits",
+            ),
+            (serde_json::json!({"issuer": "ftp://x"}), "spec.issuer"),
+            (
+                serde_json::json!({"issuer": "https://x/?a=b"}),
+                "spec.issuer",
+            ),
+            (
+                serde_json::json!({"secretName": "Bad_Name"}),
+                "spec.secretName",
+            ),
+            (
+                serde_json::json!({"rotation": {"every": "0s"}}),
+                "spec.rotation.every",
+            ),
+            (
+                serde_json::json!({"rotation": {"every": "-5m"}}),
+                "spec.rotation.every",
+            ),
+            (
+                serde_json::json!({"rotation": {"every": "1h", "prePublish": "2h", "retainFor": "3h"}}),
+                "spec.rotation.prePublish",
+            ),
+            (
+                serde_json::json!({"rotation": {"every": "10h", "prePublish": "2h", "retainFor": "1h"}}),
+                "spec.rotation.retainFor",
+            ),
+        ];
+        for (spec, field) in cases {
+            let errors = fields(spec.clone());
+            assert!(
+                errors.iter().any(|e| e.starts_with(&format!("{field}:"))),
+                "{spec}: expected an error on {field}, got {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_rotate_at_annotation_is_refused() {
+        let mut key = key(serde_json::json!({}));
+        key.metadata.annotations =
+            Some([(ROTATE_AT_ANNOTATION.to_owned(), "tomorrow".to_owned())].into());
+        let errors = key.validate();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].field.contains(ROTATE_AT_ANNOTATION));
+    }
+
+    #[test]
+    fn issuer_paths() {
+        assert_eq!(issuer_path("https://auth.example.com").unwrap(), "");
+        assert_eq!(issuer_path("https://auth.example.com/").unwrap(), "");
+        assert_eq!(
+            issuer_path("http://127.0.0.1:8080/auth/web").unwrap(),
+            "/auth/web"
+        );
+        assert!(issuer_path("not a url").is_err());
+        assert!(issuer_path("/relative").is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! authplane: JWT signing keys with safe rotation, JWKS and OIDC discovery, for
+//! Kubernetes and for a local folder.
+//!
+//! `keys` and `api` are the pure core; `dev` is the folder driver; `server` serves the
+//! read-only [`registry::Registry`] over HTTP.
+
+pub mod api;
+pub mod clock;
+pub mod keys;
