@@ -6,4 +6,9 @@
 
 pub mod api;
 pub mod clock;
+pub mod dev;
 pub mod keys;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod token;

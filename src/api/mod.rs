@@ -1,5 +1,6 @@
 //! Custom resource types, one file per kind, and the checks every driver applies to them.
 
+pub mod crds;
 mod duration;
 mod signing_key;
 mod validation;

@@ -11,9 +11,7 @@ use crate::keys::Algorithm;
 /// and pre-published at the first reconcile at or after it.
 pub const ROTATE_AT_ANNOTATION: &str = "authplane.io/rotate-at";
 
-/// Generates JWT signing keys for one issuer, keeps them in a Secret and rotates them on a
-/// schedule. The next key is published before it signs and a retired key stays published
-/// after it stops signing, so that no rotation breaks a valid token.
+/// Desired keys: algorithm, issuer, rotation schedule and Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "authplane.io",
@@ -23,6 +21,8 @@ pub const ROTATE_AT_ANNOTATION: &str = "authplane.io/rotate-at";
     status = "SigningKeyStatus",
     shortname = "sk",
     category = "authplane",
+    derive = "PartialEq",
+    doc = "A SigningKey generates JWT signing keys for one issuer, keeps them in a Secret and rotates them on a schedule: the next key is published in the JWKS before it signs and a retired key stays published after it stops, so that no rotation breaks a valid token.",
     printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
     printcolumn = r#"{"name":"Active Kid","type":"string","jsonPath":".status.activeKid"}"#,
     printcolumn = r#"{"name":"Next Rotation","type":"date","jsonPath":".status.nextTransition"}"#,

@@ -1,0 +1,403 @@
+//! Dev mode: the core driven by a folder of manifests and a state folder, no cluster.
+
+pub mod manifests;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use jiff::Timestamp;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{SigningKey, issuer_path};
+use crate::clock::Clock;
+use crate::keys::KeyMaterial;
+use crate::keys::lifecycle::{KeyEvent, KeySet, KeyState, plan};
+use crate::keys::store;
+use crate::metrics::{KeyStateLabels, Metrics, ResourceLabels};
+use crate::registry::{PublishedIssuer, Registry, Snapshot};
+use crate::server::{self, AppState};
+use manifests::{Desired, ManifestLoader, ObjectKey};
+use state::StateStore;
+
+/// A timer this long is re-armed: it bounds the effect of a wall-clock jump.
+const MAX_SLEEP: StdDuration = StdDuration::from_secs(3600);
+/// Editors write a file in several steps; react once they are done.
+const SETTLE: StdDuration = StdDuration::from_millis(50);
+
+#[derive(Clone, Debug)]
+pub struct DevConfig {
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    pub listen: SocketAddr,
+    /// Base of default issuer URLs; `http://<bound address>` when unset.
+    pub external_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("manifests folder {0}: {1}")]
+    Manifests(PathBuf, std::io::Error),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("cannot watch {0}: {1}")]
+    Watch(PathBuf, notify::Error),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running dev server.
+pub struct DevServer {
+    addr: SocketAddr,
+    external_url: String,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    driver: JoinHandle<()>,
+}
+
+impl DevServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn external_url(&self) -> &str {
+        &self.external_url
+    }
+
+    /// Stops the driver, lets open requests finish, and returns.
+    pub async fn shutdown(self) -> Result<(), DevError> {
+        let _ = self.shutdown.send(true);
+        self.driver.await?;
+        self.server.await?.map_err(DevError::Serve)
+    }
+}
+
+/// Loads the manifests, brings the keys up to date, and serves. Returns once the first
+/// state is published (so `/readyz` is already ready).
+pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer, DevError> {
+    if let Err(e) = std::fs::read_dir(&config.manifests) {
+        return Err(DevError::Manifests(config.manifests.clone(), e));
+    }
+    let store = StateStore::open(&config.state)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| DevError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DevError::Listen(config.listen, e))?;
+    let external_url = config
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+
+    // Watch before the first read, so that no change between the two is missed.
+    let (changes_tx, changes) = mpsc::channel(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own reads show up as access events; only changes matter.
+        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+            let _ = changes_tx.try_send(()); // a full channel already means "reload"
+        }
+    })
+    .map_err(|e| DevError::Watch(config.manifests.clone(), e))?;
+    watcher
+        .watch(&config.manifests, RecursiveMode::NonRecursive)
+        .map_err(|e| DevError::Watch(config.manifests.clone(), e))?;
+
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let mut driver = Driver {
+        manifests: config.manifests.clone(),
+        loader: ManifestLoader::default(),
+        desired: Desired::default(),
+        store,
+        external_url: external_url.clone(),
+        clock,
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        published: HashMap::new(),
+        active: HashMap::new(),
+    };
+    let (driver, wakeup) = tokio::task::spawn_blocking(move || {
+        driver.reload_manifests();
+        let wakeup = driver.reconcile();
+        driver.log_issuers();
+        (driver, wakeup)
+    })
+    .await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let state = AppState { registry, metrics };
+    let mut server_stop = shutdown_rx.clone();
+    let server = tokio::spawn(server::serve(listener, state, async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    }));
+    let driver = tokio::spawn(run(driver, wakeup, changes, watcher, shutdown_rx));
+    Ok(DevServer {
+        addr,
+        external_url,
+        shutdown,
+        server,
+        driver,
+    })
+}
+
+async fn run(
+    mut driver: Driver,
+    mut wakeup: Option<Timestamp>,
+    mut changes: mpsc::Receiver<()>,
+    _watcher: notify::RecommendedWatcher,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let delay = wakeup
+            .map(|t| {
+                let left = t.duration_since(driver.clock.now());
+                StdDuration::try_from(left).unwrap_or(StdDuration::ZERO)
+            })
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        let reload = tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                true
+            }
+            () = tokio::time::sleep(delay) => false,
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            if reload {
+                driver.reload_manifests();
+            }
+            let wakeup = driver.reconcile();
+            (driver, wakeup)
+        })
+        .await;
+        match result {
+            Ok((back, next)) => {
+                driver = back;
+                wakeup = next;
+            }
+            Err(e) => {
+                tracing::error!("dev driver stopped: {e}");
+                return;
+            }
+        }
+    }
+}
+
+struct Driver {
+    manifests: PathBuf,
+    loader: ManifestLoader,
+    desired: Desired,
+    store: StateStore,
+    external_url: String,
+    clock: Arc<dyn Clock>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Last good public documents per SigningKey, served while its state is unreadable.
+    published: HashMap<ObjectKey, Arc<PublishedIssuer>>,
+    /// The kid that signed at the last reconcile, to notice rotations.
+    active: HashMap<ObjectKey, String>,
+}
+
+impl Driver {
+    fn reload_manifests(&mut self) {
+        let (desired, errors) = self.loader.load(&self.manifests);
+        for error in &errors {
+            tracing::error!("refused: {error} (the last good version keeps serving)");
+            self.metrics.reload_error("manifest");
+        }
+        if desired != self.desired {
+            tracing::info!(
+                signing_keys = desired.signing_keys.len(),
+                "manifests loaded from {}",
+                self.manifests.display()
+            );
+        }
+        self.desired = desired;
+    }
+
+    /// Brings every SigningKey up to date, publishes the result, and returns when to run
+    /// again.
+    fn reconcile(&mut self) -> Option<Timestamp> {
+        let mut wakeup: Option<Timestamp> = None;
+        let gone: Vec<ObjectKey> = self
+            .published
+            .keys()
+            .filter(|id| !self.desired.signing_keys.contains_key(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            tracing::info!(
+                "SigningKey {id} removed: its issuer is no longer served (its keys stay in the state folder)"
+            );
+            self.forget(&id);
+        }
+        let desired: Vec<(ObjectKey, SigningKey)> = self
+            .desired
+            .signing_keys
+            .iter()
+            .map(|(id, key)| (id.clone(), key.clone()))
+            .collect();
+        for (id, key) in desired {
+            match self.reconcile_key(&id, &key) {
+                Ok((published, next)) => {
+                    self.published.insert(id, Arc::new(published));
+                    wakeup = [wakeup, next].into_iter().flatten().min();
+                }
+                Err(message) => {
+                    tracing::error!("SigningKey {id}: {message}");
+                    self.metrics.reload_error("keystore");
+                }
+            }
+        }
+        self.registry.publish(self.snapshot());
+        wakeup
+    }
+
+    fn reconcile_key(
+        &mut self,
+        id: &ObjectKey,
+        key: &SigningKey,
+    ) -> Result<(PublishedIssuer, Option<Timestamp>), String> {
+        let keep = "the last good keys keep serving and nothing is overwritten";
+        let now = self.clock.now();
+        let policy = key.key_policy();
+        let issuer = key.issuer(&self.external_url);
+        let stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
+        let current = match &stored {
+            Some(data) => store::from_data(data)
+                .map_err(|e| format!("{}: {e}; {keep}", self.store.path(id).display()))?,
+            None => KeySet::default(),
+        };
+        let rotate = key.rotate_requested_at().ok().flatten();
+        let plan = plan(&current, &policy, rotate, now, &mut KeyMaterial::generate)
+            .map_err(|e| e.to_string())?;
+        let data = store::to_data(&plan.keys, &issuer, now);
+        if stored.as_ref() != Some(&data) {
+            // Persist before publishing: a key is never served, or used, unsaved.
+            self.store.save(id, &data).map_err(|e| e.to_string())?;
+        }
+        for event in &plan.events {
+            match event {
+                KeyEvent::Generated { kid, activates_at } => {
+                    tracing::info!(%kid, %activates_at, "SigningKey {id}: generated {} key", policy.algorithm);
+                }
+                KeyEvent::Removed { kid } => {
+                    tracing::info!(%kid, "SigningKey {id}: retired key removed from the JWKS");
+                }
+                KeyEvent::Discarded { kid } => {
+                    tracing::info!(%kid, "SigningKey {id}: unused next key replaced");
+                }
+            }
+        }
+        self.observe(id, &plan.keys, &policy, now);
+        let published = PublishedIssuer::render(
+            &id.namespace,
+            &id.name,
+            &issuer,
+            &plan.keys,
+            policy.pre_publish,
+        );
+        Ok((published, plan.next_wakeup))
+    }
+
+    /// Metrics and the rotation log line.
+    fn observe(
+        &mut self,
+        id: &ObjectKey,
+        keys: &KeySet,
+        policy: &crate::keys::lifecycle::KeyPolicy,
+        now: Timestamp,
+    ) {
+        let views = keys.view(now, policy.retain_for);
+        for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
+            let count = views.iter().filter(|v| v.state == state).count();
+            self.metrics
+                .keys
+                .get_or_create(&key_labels(id, state))
+                .set(count as i64);
+        }
+        if let Some(active) = keys.active(now) {
+            let kid = active.material.kid().to_owned();
+            let previous = self.active.insert(id.clone(), kid.clone());
+            if previous.as_ref().is_some_and(|p| *p != kid) {
+                tracing::info!(%kid, "SigningKey {id}: new key is now signing");
+                self.metrics
+                    .rotations
+                    .get_or_create(&ResourceLabels {
+                        namespace: id.namespace.clone(),
+                        name: id.name.clone(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &ObjectKey) {
+        self.published.remove(id);
+        self.active.remove(id);
+        for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
+            self.metrics.keys.remove(&key_labels(id, state));
+        }
+    }
+
+    /// The registry view; the first SigningKey (by namespace/name) claiming an issuer path
+    /// wins it.
+    fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self.published.iter().collect();
+        for (id, published) in ordered {
+            let path = match issuer_path(&published.issuer) {
+                Ok(path) => path,
+                Err(e) => {
+                    tracing::error!("SigningKey {id}: {e}");
+                    continue;
+                }
+            };
+            if let Some(owner) = snapshot.issuers.get(&path) {
+                tracing::error!(
+                    "SigningKey {id}: issuer path {path:?} is already served for {}/{}; not serving it twice",
+                    owner.namespace,
+                    owner.name
+                );
+                continue;
+            }
+            snapshot.issuers.insert(path, published.clone());
+        }
+        snapshot
+    }
+
+    fn log_issuers(&self) {
+        let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self.published.iter().collect();
+        for (id, published) in ordered {
+            tracing::info!(
+                "SigningKey {id}: issuer {} (discovery {}/.well-known/openid-configuration, JWKS {})",
+                published.issuer,
+                published.issuer,
+                published.jwks_uri
+            );
+        }
+    }
+}
+
+fn key_labels(id: &ObjectKey, state: KeyState) -> KeyStateLabels {
+    KeyStateLabels {
+        namespace: id.namespace.clone(),
+        name: id.name.clone(),
+        state: state.as_str().to_owned(),
+    }
+}
