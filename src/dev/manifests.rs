@@ -188,8 +188,12 @@ fn parse_object(value: Value) -> Result<SigningKey, String> {
              expected kind SigningKey with apiVersion {API_VERSION}"
         ));
     }
-    let mut key: SigningKey = serde_path_to_error::deserialize(&value)
-        .map_err(|e| format!("SigningKey: {}: {}", e.path(), e.inner()))?;
+    let mut key: SigningKey = serde_path_to_error::deserialize(&value).map_err(|e| {
+        match e.path().to_string().as_str() {
+            "." => format!("SigningKey: {}", e.inner()),
+            path => format!("SigningKey: {path}: {}", e.inner()),
+        }
+    })?;
     let id = ObjectKey::of(&key.metadata);
     if let Some(field) = unknown_field(&value, &serde_json::to_value(&key).unwrap_or_default(), "")
     {
@@ -243,7 +247,7 @@ mod tests {
     #[test]
     fn multi_document_files_and_default_namespace() {
         let text = format!(
-            "{GOOD}---\napiVersion: authplane.io/v1alpha1\nkind: SigningKey\nmetadata: {{name: other}}\n---\n"
+            "{GOOD}---\napiVersion: authplane.io/v1alpha1\nkind: SigningKey\nmetadata: {{name: other}}\nspec: {{}}\n---\n"
         );
         let keys = parse(&text).unwrap();
         assert_eq!(keys.len(), 2);

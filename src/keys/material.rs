@@ -126,7 +126,8 @@ impl KeyMaterial {
     /// PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), the format `openssl` and most
     /// libraries read.
     pub fn to_pem(&self) -> String {
-        pem::encode(&pem::Pem::new(PEM_TAG, self.pkcs8.clone()))
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        pem::encode_config(&pem::Pem::new(PEM_TAG, self.pkcs8.clone()), config)
     }
 
     pub fn alg(&self) -> Algorithm {

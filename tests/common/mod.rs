@@ -1,0 +1,146 @@
+//! A dev-mode server on a loopback port, with its folders, for integration tests.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authplane::clock::SystemClock;
+use authplane::dev::{self, DevConfig, DevServer};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a change may take to show: the promise is 1 s; the margin absorbs a loaded CI.
+pub const CHANGE_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct Dev {
+    pub server: Option<DevServer>,
+    pub dir: TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Dev {
+    pub async fn start(manifests: &[(&str, &str)]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("manifests")).unwrap();
+        for (name, text) in manifests {
+            std::fs::write(dir.path().join("manifests").join(name), text).unwrap();
+        }
+        let mut dev = Dev {
+            server: None,
+            dir,
+            http: reqwest::Client::new(),
+        };
+        dev.restart().await;
+        dev
+    }
+
+    /// Starts (again) on the same folders.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        let config = DevConfig {
+            manifests: self.manifests(),
+            state: self.state(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            external_url: None,
+        };
+        self.server = Some(dev::start(config, Arc::new(SystemClock)).await.unwrap());
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        // Write then rename, as editors and `kubectl`-style tools do.
+        let tmp = self.dir.path().join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.manifests().join(name)).unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.as_ref().unwrap().addr())
+    }
+
+    pub fn external_url(&self) -> String {
+        self.server.as_ref().unwrap().external_url().to_owned()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// The kids served at `path` (a JWKS URL path), or `None` if it is not served.
+    pub async fn kids(&self, path: &str) -> Option<Vec<String>> {
+        let response = self.get(path).await;
+        if response.status() == 404 {
+            return None;
+        }
+        let jwks: Value = response.json().await.unwrap();
+        Some(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_owned())
+                .collect(),
+        )
+    }
+
+    /// The value of one metric sample, 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `deadline`. Waiting on a
+/// condition, never on a guess of how long something takes.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn signing_key(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: SigningKey\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{spec}"
+    )
+}
+
+pub fn read_state(state: &Path, namespace: &str, name: &str) -> String {
+    std::fs::read_to_string(state.join(namespace).join(format!("{name}.json"))).unwrap()
+}
