@@ -48,11 +48,44 @@ fn cel_errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<Fiel
     }
 }
 
+/// Names as the apiserver accepts them. They also become file names in dev mode, so this
+/// check is what keeps `../` out of the state folder.
 fn metadata_errors(meta: &kube::api::ObjectMeta) -> Vec<FieldError> {
+    let mut errors = Vec::new();
     match meta.name.as_deref() {
-        None | Some("") => vec![FieldError::new("metadata.name", "is required")],
-        Some(_) => Vec::new(),
+        None | Some("") => errors.push(FieldError::new("metadata.name", "is required")),
+        Some(name) if !is_dns_subdomain(name) => errors.push(FieldError::new(
+            "metadata.name",
+            format!("{name:?} must be a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253 characters"),
+        )),
+        Some(_) => {}
     }
+    if let Some(namespace) = meta.namespace.as_deref()
+        && !is_dns_label(namespace)
+    {
+        errors.push(FieldError::new(
+            "metadata.namespace",
+            format!("{namespace:?} must be a DNS label: lowercase letters, digits and '-', at most 63 characters"),
+        ));
+    }
+    errors
+}
+
+/// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 impl Validate for SigningKey {
@@ -221,6 +254,28 @@ mod tests {
         let errors = key.validate();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].field.contains(ROTATE_AT_ANNOTATION));
+    }
+
+    #[test]
+    fn names_that_could_escape_a_folder_are_refused() {
+        for (name, namespace) in [
+            ("../x", "auth"),
+            ("web", "../etc"),
+            ("a/b", "auth"),
+            ("Web", "auth"),
+            ("web", ""),
+        ] {
+            let mut key = key(serde_json::json!({}));
+            key.metadata.name = Some(name.into());
+            key.metadata.namespace = Some(namespace.into());
+            assert!(
+                !key.validate().is_empty(),
+                "{namespace}/{name} was accepted"
+            );
+        }
+        let mut ok = key(serde_json::json!({}));
+        ok.metadata.name = Some("web.v2-keys".into());
+        assert!(ok.validate().is_empty());
     }
 
     #[test]

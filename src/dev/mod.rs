@@ -28,6 +28,8 @@ use state::StateStore;
 
 /// A timer this long is re-armed: it bounds the effect of a wall-clock jump.
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(3600);
+/// A SigningKey whose reconcile failed (unwritable state, say) is retried this soon.
+const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 /// Editors write a file in several steps; react once they are done.
 const SETTLE: StdDuration = StdDuration::from_millis(50);
 
@@ -246,24 +248,22 @@ impl Driver {
             );
             self.forget(&id);
         }
-        let desired: Vec<(ObjectKey, SigningKey)> = self
-            .desired
-            .signing_keys
-            .iter()
-            .map(|(id, key)| (id.clone(), key.clone()))
-            .collect();
-        for (id, key) in desired {
-            match self.reconcile_key(&id, &key) {
+        let desired = std::mem::take(&mut self.desired);
+        for (id, key) in &desired.signing_keys {
+            let next = match self.reconcile_key(id, key) {
                 Ok((published, next)) => {
-                    self.published.insert(id, Arc::new(published));
-                    wakeup = [wakeup, next].into_iter().flatten().min();
+                    self.published.insert(id.clone(), Arc::new(published));
+                    next
                 }
                 Err(message) => {
                     tracing::error!("SigningKey {id}: {message}");
                     self.metrics.reload_error("keystore");
+                    Some(crate::keys::lifecycle::add(self.clock.now(), RETRY))
                 }
-            }
+            };
+            wakeup = [wakeup, next].into_iter().flatten().min();
         }
+        self.desired = desired;
         self.registry.publish(self.snapshot());
         wakeup
     }
