@@ -9,6 +9,7 @@ pub mod clock;
 pub mod dev;
 pub mod keys;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod token;

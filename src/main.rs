@@ -5,10 +5,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use authplane::api::ObjectKey;
 use authplane::api::{Duration, crds::crds};
 use authplane::clock::{Clock, SystemClock};
-use authplane::dev::{self, DevConfig, manifests::ObjectKey, state::StateStore};
+use authplane::dev::manifests::ManifestLoader;
+use authplane::dev::{self, DevConfig, state::StateStore};
 use authplane::keys::store;
+use authplane::policy::{CompiledPolicy, rollout};
 use authplane::token::{self, MintRequest};
 
 /// authplane: JWT signing keys that rotate without breaking tokens, served as JWKS and
@@ -42,6 +45,21 @@ enum Command {
     /// Tokens for development and tests.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a user's rollout bucket under an AuthPolicy, and whether it is enforced now.
+    Bucket(BucketArgs),
+}
+
+#[derive(Args)]
+struct BucketArgs {
+    /// The AuthPolicy, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    policy: String,
+    /// The bucketing key: the value of the policy's bucketBy claim, header or cookie.
+    #[arg(long)]
+    key: String,
+    /// Folder of manifests holding the policy.
+    #[arg(long, value_name = "DIR")]
+    manifests: PathBuf,
 }
 
 #[derive(Args)]
@@ -125,7 +143,41 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => run_dev(args),
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
+        Command::Bucket(args) => bucket(args),
     }
+}
+
+fn parse_id(text: &str, flag: &str) -> anyhow::Result<ObjectKey> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ObjectKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }),
+        _ => bail!("{flag} must be NAMESPACE/NAME, got {text:?}"),
+    }
+}
+
+fn bucket(args: BucketArgs) -> anyhow::Result<()> {
+    let id = parse_id(&args.policy, "--policy")?;
+    let (desired, errors) = ManifestLoader::default().load(&args.manifests);
+    for error in &errors {
+        eprintln!("warning: {error}");
+    }
+    let policy = desired
+        .auth_policies
+        .get(&id)
+        .with_context(|| format!("no AuthPolicy {id} in {}", args.manifests.display()))?;
+    let compiled = CompiledPolicy::compile(policy, |_| None);
+    let (bucket, enforced) = compiled.bucket_of(&args.key);
+    println!(
+        "bucket {bucket} of {} ({:.3}%); enforced now: {} ({:?} at {}%)",
+        rollout::BUCKETS,
+        f64::from(bucket) / 1000.0,
+        if enforced { "yes" } else { "no" },
+        compiled.mode,
+        compiled.percentage
+    );
+    Ok(())
 }
 
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {
@@ -189,13 +241,7 @@ fn crdgen(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn mint(args: MintArgs) -> anyhow::Result<()> {
-    let Some((namespace, name)) = args.key.split_once('/') else {
-        bail!("--key must be NAMESPACE/NAME, got {:?}", args.key);
-    };
-    let id = ObjectKey {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
+    let id = parse_id(&args.key, "--key")?;
     let state = StateStore::new(&args.state);
     let data = state.load(&id)?.with_context(|| {
         format!(

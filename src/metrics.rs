@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +27,22 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub namespace: String,
+    pub policy: String,
+    /// `allow`, `deny`, `would_deny` (audited), `legacy_session`, `off`.
+    pub decision: String,
+    /// The rejection reason; empty when allowed.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub namespace: String,
+    pub policy: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Published keys per SigningKey and state (Next, Active, Retired).
@@ -34,6 +51,10 @@ pub struct Metrics {
     pub rotations: Family<ResourceLabels, Counter>,
     /// Inputs refused while reloading.
     pub reload_errors: Family<SourceLabels, Counter>,
+    /// Forward-auth and TokenReview decisions.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Time to decide, from request headers to response.
+    pub decision_seconds: Family<PolicyLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -57,16 +78,61 @@ impl Default for Metrics {
             "Refused inputs (manifests, key material) while reloading",
             reload_errors.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Authorization decisions by policy, decision and reason; audited requests count as would_deny",
+            decisions.clone(),
+        );
+        let decision_seconds = Family::<PolicyLabels, Histogram>::new_with_constructor(
+            decision_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide one request",
+            decision_seconds.clone(),
+        );
         Self {
             registry,
             keys,
             rotations,
             reload_errors,
+            decisions,
+            decision_seconds,
         }
     }
 }
 
+/// 25 µs to about 100 ms.
+fn decision_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 13))
+}
+
 impl Metrics {
+    pub fn decision(
+        &self,
+        namespace: &str,
+        policy: &str,
+        decision: &str,
+        reason: &str,
+        seconds: f64,
+    ) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        self.decision_seconds
+            .get_or_create(&PolicyLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+            })
+            .observe(seconds);
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -12,8 +12,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jiff::SignedDuration;
 use serde_json::json;
 
+use crate::api::ObjectKey;
 use crate::keys::Algorithm;
 use crate::keys::lifecycle::KeySet;
+use crate::policy::CompiledPolicy;
 
 /// Upper bound of the JWKS `max-age`: verifiers should notice a new key within minutes.
 const MAX_JWKS_MAX_AGE_SECS: i64 = 300;
@@ -87,14 +89,16 @@ impl PublishedIssuer {
 }
 
 /// What the server reads.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     /// By issuer URL path (`""` for an issuer at the root of its host).
     pub issuers: HashMap<String, Arc<PublishedIssuer>>,
+    /// Compiled AuthPolicies by namespace/name.
+    pub policies: HashMap<ObjectKey, Arc<CompiledPolicy>>,
 }
 
 /// The snapshot holder: drivers publish, handlers load; neither blocks the other.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     current: ArcSwap<Snapshot>,
     ready: std::sync::atomic::AtomicBool,

@@ -1,15 +1,45 @@
 //! Custom resource types, one file per kind, and the checks every driver applies to them.
 
+mod auth_policy;
 pub mod crds;
 mod duration;
 mod signing_key;
 mod validation;
 
+pub use auth_policy::{
+    AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, HeaderSource,
+    IssuerRef, LegacySession, Mode, Rollout, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
+    TokenReviewSpec, TokenSources,
+};
 pub use duration::{Duration, DurationError};
 pub use signing_key::{
     KeyStatus, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
 };
 pub use validation::{FieldError, Validate, issuer_path};
+
+use std::fmt;
+
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl ObjectKey {
+    pub fn of(meta: &kube::api::ObjectMeta) -> Self {
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
 
 pub const GROUP: &str = "authplane.io";
 pub const API_VERSION: &str = "authplane.io/v1alpha1";

@@ -6,7 +6,7 @@ use std::fmt;
 
 use jiff::Timestamp;
 
-use super::{ROTATE_AT_ANNOTATION, SigningKey};
+use super::{AuthPolicy, ROTATE_AT_ANNOTATION, SigningKey};
 use crate::keys::lifecycle::KeyPolicy;
 
 /// A refused field and why.
@@ -99,6 +99,97 @@ impl Validate for SigningKey {
         }
         if let Err(e) = self.rotate_requested_at() {
             errors.push(e);
+        }
+        errors
+    }
+}
+
+impl Validate for AuthPolicy {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = metadata_errors(&self.metadata);
+        errors.extend(cel_errors(self.validate_cel()));
+        let spec = &self.spec;
+        let percentage = spec.rollout.percentage;
+        if !percentage.is_finite()
+            || ((percentage * 1000.0).round() - percentage * 1000.0).abs() > 1e-6
+        {
+            errors.push(FieldError::new(
+                "spec.rollout.percentage",
+                format!("{percentage} has more than three decimals"),
+            ));
+        }
+        let header_names =
+            spec.token_sources
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    (
+                        format!("spec.tokenSources.headers[{i}].name"),
+                        h.name.as_str(),
+                    )
+                })
+                .chain(spec.forward_claims.iter().map(|(claim, header)| {
+                    (format!("spec.forwardClaims[{claim}]"), header.as_str())
+                }))
+                .chain(
+                    spec.rollout
+                        .bucket_by
+                        .header
+                        .as_deref()
+                        .map(|h| ("spec.rollout.bucketBy.header".to_owned(), h)),
+                );
+        for (field, name) in header_names {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.push(FieldError::new(
+                    field,
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+        }
+        let cookie_names = spec
+            .token_sources
+            .cookies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.tokenSources.cookies[{i}]"), c.as_str()))
+            .chain(
+                spec.legacy_session
+                    .as_ref()
+                    .map(|l| ("spec.legacySession.cookie".to_owned(), l.cookie.as_str())),
+            )
+            .chain(
+                spec.rollout
+                    .bucket_by
+                    .cookie
+                    .as_deref()
+                    .map(|c| ("spec.rollout.bucketBy.cookie".to_owned(), c)),
+            );
+        for (field, name) in cookie_names {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                errors.push(FieldError::new(
+                    field,
+                    format!("{name:?} is not a valid cookie name"),
+                ));
+            }
+        }
+        for (i, issuer) in spec.issuers.iter().enumerate() {
+            let reference = &issuer.signing_key_ref;
+            if !is_dns_subdomain(&reference.name)
+                || reference
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|ns| !is_dns_label(ns))
+            {
+                errors.push(FieldError::new(
+                    format!("spec.issuers[{i}].signingKeyRef"),
+                    "name must be a DNS subdomain and namespace a DNS label",
+                ));
+            }
         }
         errors
     }

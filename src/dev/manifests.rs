@@ -7,32 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{API_VERSION, SigningKey, Validate};
-
-/// `namespace/name` of an object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-impl ObjectKey {
-    pub fn of(meta: &kube::api::ObjectMeta) -> Self {
-        Self {
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            name: meta.name.clone().unwrap_or_default(),
-        }
-    }
-}
+pub use crate::api::ObjectKey;
+use crate::api::{API_VERSION, AuthPolicy, SigningKey, Validate};
 
 /// A refused file or document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,15 +34,50 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// The desired objects, by key.
+/// One accepted document.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    SigningKey(Box<SigningKey>),
+    AuthPolicy(Box<AuthPolicy>),
+}
+
+impl Object {
+    fn kind(&self) -> &'static str {
+        match self {
+            Object::SigningKey(_) => "SigningKey",
+            Object::AuthPolicy(_) => "AuthPolicy",
+        }
+    }
+
+    fn id(&self) -> ObjectKey {
+        match self {
+            Object::SigningKey(o) => ObjectKey::of(&o.metadata),
+            Object::AuthPolicy(o) => ObjectKey::of(&o.metadata),
+        }
+    }
+}
+
+/// The desired objects, by kind and key.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub signing_keys: BTreeMap<ObjectKey, SigningKey>,
+    pub auth_policies: BTreeMap<ObjectKey, AuthPolicy>,
+}
+
+impl Desired {
+    /// Adds an object; `false` if one of that kind and key is already there.
+    fn insert(&mut self, object: Object) -> bool {
+        let id = object.id();
+        match object {
+            Object::SigningKey(o) => self.signing_keys.insert(id, *o).is_none(),
+            Object::AuthPolicy(o) => self.auth_policies.insert(id, *o).is_none(),
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct ManifestLoader {
-    last_good: BTreeMap<PathBuf, Vec<SigningKey>>,
+    last_good: BTreeMap<PathBuf, Vec<Object>>,
 }
 
 impl ManifestLoader {
@@ -103,23 +119,23 @@ impl ManifestLoader {
         }
 
         let mut desired = Desired::default();
-        let mut origin: BTreeMap<ObjectKey, &PathBuf> = BTreeMap::new();
+        let mut origin: BTreeMap<(&str, ObjectKey), &PathBuf> = BTreeMap::new();
         for (file, objects) in &self.last_good {
-            for key in objects {
-                let id = ObjectKey::of(&key.metadata);
-                if let Some(first) = origin.get(&id) {
+            for object in objects {
+                let (kind, id) = (object.kind(), object.id());
+                if let Some(first) = origin.get(&(kind, id.clone())) {
                     errors.push(ManifestError {
                         file: file.clone(),
                         document: None,
                         message: format!(
-                            "SigningKey {id} is also defined in {}; keeping that one",
+                            "{kind} {id} is also defined in {}; keeping that one",
                             first.display()
                         ),
                     });
                     continue;
                 }
-                origin.insert(id.clone(), file);
-                desired.signing_keys.insert(id, key.clone());
+                origin.insert((kind, id), file);
+                desired.insert(object.clone());
             }
         }
         (desired, errors)
@@ -146,7 +162,7 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Parses every document of one file; any refusal refuses the file.
-pub fn parse_file(file: &Path, text: &str) -> Result<Vec<SigningKey>, Vec<ManifestError>> {
+pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -176,36 +192,48 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<SigningKey>, Vec<Manife
     }
 }
 
-fn parse_object(value: Value) -> Result<SigningKey, String> {
+fn parse_object(value: Value) -> Result<Object, String> {
     let api_version = value
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-    if (api_version, kind) != (API_VERSION, "SigningKey") {
-        return Err(format!(
+    match (api_version, kind) {
+        (API_VERSION, "SigningKey") => typed(&value, kind).map(|o| Object::SigningKey(Box::new(o))),
+        (API_VERSION, "AuthPolicy") => typed(&value, kind).map(|o| Object::AuthPolicy(Box::new(o))),
+        _ => Err(format!(
             "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
-             expected kind SigningKey with apiVersion {API_VERSION}"
-        ));
+             expected kind SigningKey or AuthPolicy with apiVersion {API_VERSION}"
+        )),
     }
-    let mut key: SigningKey = serde_path_to_error::deserialize(&value).map_err(|e| {
+}
+
+/// Deserializes, checks for unknown fields, defaults the namespace, and validates.
+fn typed<K>(value: &Value, kind: &str) -> Result<K, String>
+where
+    K: DeserializeOwned + Serialize + Validate + Resource,
+{
+    let mut object: K = serde_path_to_error::deserialize(value).map_err(|e| {
         match e.path().to_string().as_str() {
-            "." => format!("SigningKey: {}", e.inner()),
-            path => format!("SigningKey: {path}: {}", e.inner()),
+            "." => format!("{kind}: {}", e.inner()),
+            path => format!("{kind}: {path}: {}", e.inner()),
         }
     })?;
-    let id = ObjectKey::of(&key.metadata);
-    if let Some(field) = unknown_field(&value, &serde_json::to_value(&key).unwrap_or_default(), "")
-    {
-        return Err(format!("SigningKey {id}: {field}: unknown field"));
+    let id = ObjectKey::of(object.meta());
+    if let Some(field) = unknown_field(
+        value,
+        &serde_json::to_value(&object).unwrap_or_default(),
+        "",
+    ) {
+        return Err(format!("{kind} {id}: {field}: unknown field"));
     }
-    key.metadata.namespace = Some(id.namespace.clone());
-    let refused = key.validate();
+    object.meta_mut().namespace = Some(id.namespace.clone());
+    let refused = object.validate();
     if !refused.is_empty() {
         let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
-        return Err(format!("SigningKey {id}: {}", refused.join("; ")));
+        return Err(format!("{kind} {id}: {}", refused.join("; ")));
     }
-    Ok(key)
+    Ok(object)
 }
 
 /// The first field of `input` that did not survive a round trip through the typed
@@ -239,6 +267,15 @@ mod tests {
 
     fn parse(text: &str) -> Result<Vec<SigningKey>, Vec<String>> {
         parse_file(Path::new("keys.yaml"), text)
+            .map(|objects| {
+                objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::SigningKey(k) => Some(*k),
+                        Object::AuthPolicy(_) => None,
+                    })
+                    .collect()
+            })
             .map_err(|errors| errors.iter().map(ToString::to_string).collect())
     }
 
@@ -259,7 +296,7 @@ mod tests {
         let cases = [
             (
                 format!("{GOOD}---\nkind: Deployment\napiVersion: apps/v1\n"),
-                "keys.yaml: document 2: unsupported object",
+                "keys.yaml: document 2: unsupported object (apiVersion \"apps/v1\", kind \"Deployment\")",
             ),
             (
                 GOOD.replace("ES256", "HS256"),

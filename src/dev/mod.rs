@@ -21,6 +21,7 @@ use crate::keys::KeyMaterial;
 use crate::keys::lifecycle::{KeyEvent, KeySet, KeyState, plan};
 use crate::keys::store;
 use crate::metrics::{KeyStateLabels, Metrics, ResourceLabels};
+use crate::policy::{CompiledPolicy, IssuerKeys};
 use crate::registry::{PublishedIssuer, Registry, Snapshot};
 use crate::server::{self, AppState};
 use manifests::{Desired, ManifestLoader, ObjectKey};
@@ -125,11 +126,12 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         desired: Desired::default(),
         store,
         external_url: external_url.clone(),
-        clock,
+        clock: clock.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
         published: HashMap::new(),
         active: HashMap::new(),
+        keysets: HashMap::new(),
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
         driver.reload_manifests();
@@ -140,7 +142,11 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
     .await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let state = AppState { registry, metrics };
+    let state = AppState {
+        registry,
+        metrics,
+        clock,
+    };
     let mut server_stop = shutdown_rx.clone();
     let server = tokio::spawn(server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
@@ -213,6 +219,8 @@ struct Driver {
     published: HashMap<ObjectKey, Arc<PublishedIssuer>>,
     /// The kid that signed at the last reconcile, to notice rotations.
     active: HashMap<ObjectKey, String>,
+    /// Issuer and keys of each SigningKey, for compiling AuthPolicies.
+    keysets: HashMap<ObjectKey, (String, KeySet)>,
 }
 
 impl Driver {
@@ -225,6 +233,7 @@ impl Driver {
         if desired != self.desired {
             tracing::info!(
                 signing_keys = desired.signing_keys.len(),
+                auth_policies = desired.auth_policies.len(),
                 "manifests loaded from {}",
                 self.manifests.display()
             );
@@ -305,6 +314,8 @@ impl Driver {
             }
         }
         self.observe(id, &plan.keys, &policy, now);
+        self.keysets
+            .insert(id.clone(), (issuer.clone(), plan.keys.clone()));
         let published = PublishedIssuer::render(
             &id.namespace,
             &id.name,
@@ -350,6 +361,7 @@ impl Driver {
     fn forget(&mut self, id: &ObjectKey) {
         self.published.remove(id);
         self.active.remove(id);
+        self.keysets.remove(id);
         for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
             self.metrics.keys.remove(&key_labels(id, state));
         }
@@ -377,6 +389,20 @@ impl Driver {
                 continue;
             }
             snapshot.issuers.insert(path, published.clone());
+        }
+        for (id, policy) in &self.desired.auth_policies {
+            let compiled = CompiledPolicy::compile(policy, |key| {
+                self.keysets
+                    .get(key)
+                    .map(|(issuer, keys)| IssuerKeys { issuer, keys })
+            });
+            if !compiled.unresolved.is_empty() {
+                tracing::warn!(
+                    "AuthPolicy {id}: SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
+                    compiled.unresolved.join(", ")
+                );
+            }
+            snapshot.policies.insert(id.clone(), Arc::new(compiled));
         }
         snapshot
     }

@@ -1,15 +1,18 @@
 //! The embedded HTTP server: small handlers over the registry.
 
+mod authz;
 mod health;
+mod tokenreview;
 mod wellknown;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -17,6 +20,7 @@ use crate::registry::Registry;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -24,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/authz/{namespace}/{name}", any(authz::authz))
+        .route("/tokenreview/{namespace}/{name}", post(tokenreview::review))
         // Issuer paths are data, not code: discovery and JWKS are found by suffix.
         .fallback(wellknown::serve)
         .with_state(state)

@@ -144,3 +144,81 @@ pub fn signing_key(namespace: &str, name: &str, spec: &str) -> String {
 pub fn read_state(state: &Path, namespace: &str, name: &str) -> String {
     std::fs::read_to_string(state.join(namespace).join(format!("{name}.json"))).unwrap()
 }
+
+impl Dev {
+    /// The key set of a SigningKey, from the state folder.
+    pub fn keys(&self, namespace: &str, name: &str) -> authplane::keys::lifecycle::KeySet {
+        let store = authplane::dev::state::StateStore::new(self.state());
+        let id = authplane::api::ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        authplane::keys::store::from_data(&store.load(&id).unwrap().unwrap()).unwrap()
+    }
+
+    /// A token signed by the Active key of `namespace/name`, issued by its default issuer.
+    pub fn mint(&self, key: (&str, &str), sub: &str, audiences: &[&str], claims: Value) -> String {
+        let request = authplane::token::MintRequest {
+            subject: sub.into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            ttl: jiff::SignedDuration::from_mins(5),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+        };
+        let issuer = format!("{}/{}/{}", self.external_url(), key.0, key.1);
+        authplane::token::mint(
+            &self.keys(key.0, key.1),
+            &issuer,
+            &request,
+            jiff::Timestamp::now(),
+        )
+        .unwrap()
+    }
+
+    /// GET `path` with the given headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// A user key whose bucket is (or is not) under enforcement at `percentage`.
+pub fn user_in(salt: &str, percentage: f64, enforced: bool) -> String {
+    use authplane::policy::rollout;
+    let limit = rollout::percentage_to_buckets(percentage);
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|key| rollout::is_enforced(rollout::bucket(salt, key), limit) == enforced)
+        .unwrap()
+}
+
+impl Dev {
+    /// Signs arbitrary claims with the Active key of `namespace/name`, `kid` in the header.
+    pub fn sign(&self, key: (&str, &str), claims: &Value) -> String {
+        let keys = self.keys(key.0, key.1);
+        let active = keys.active(jiff::Timestamp::now()).unwrap();
+        let mut header = jsonwebtoken::Header::new(active.material.alg().to_jwt());
+        header.kid = Some(active.material.kid().to_owned());
+        jsonwebtoken::encode(&header, claims, &active.material.encoding_key().unwrap()).unwrap()
+    }
+
+    /// Standard claims for `sub` from the default issuer of `namespace/name`, valid now.
+    pub fn claims(&self, key: (&str, &str), sub: &str, audience: &str) -> Value {
+        let now = jiff::Timestamp::now().as_second();
+        serde_json::json!({
+            "iss": format!("{}/{}/{}", self.external_url(), key.0, key.1),
+            "sub": sub, "aud": audience, "iat": now, "nbf": now, "exp": now + 300,
+        })
+    }
+}
+
+/// The same token with one signature character changed (in the middle: the last one
+/// may only carry padding bits).
+pub fn tamper(token: &str) -> String {
+    let cut = token.rfind('.').unwrap() + 10;
+    let mut bytes = token.as_bytes().to_vec();
+    bytes[cut] = if bytes[cut] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}

@@ -1,0 +1,166 @@
+//! `/authz/{namespace}/{name}`: the forward-auth contract of ingress-nginx `auth-url`,
+//! Traefik `forwardAuth` and Envoy `ext_authz` (HTTP). Any method, empty body; the
+//! decision is in the status code and headers.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::api::ObjectKey;
+use crate::policy::{Rejection, Verdict};
+
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authplane-reason");
+pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit");
+
+pub async fn authz(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let snapshot = state.registry.load();
+    let id = ObjectKey { namespace, name };
+    let Some(policy) = snapshot.policies.get(&id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            [(REASON_HEADER, HeaderValue::from_static("unknown_policy"))],
+            format!("no AuthPolicy {id}\n"),
+        )
+            .into_response();
+    };
+    let decision = policy.decide(&headers, state.clock.now());
+
+    let mut response = match &decision.verdict {
+        Verdict::Deny(rejection) => denied(*rejection, &id),
+        verdict => {
+            let mut response = StatusCode::OK.into_response();
+            if let Some(rejection) = verdict.rejection() {
+                let audit = match verdict {
+                    Verdict::LegacySession(_) => {
+                        format!("legacy-session; reason={}", rejection.reason())
+                    }
+                    _ => format!("would-deny; reason={}", rejection.reason()),
+                };
+                if let Ok(value) = HeaderValue::from_str(&audit) {
+                    response.headers_mut().insert(AUDIT_HEADER, value);
+                }
+            }
+            response
+        }
+    };
+    if let Some(claims) = &decision.claims
+        && !matches!(decision.verdict, Verdict::Deny(_))
+    {
+        for (name, value) in policy.forwarded_headers(claims) {
+            response.headers_mut().insert(name.clone(), value);
+        }
+    }
+    let reason = decision.verdict.rejection().map_or("", Rejection::reason);
+    if !reason.is_empty() {
+        let original = OriginalRequest::from_headers(&headers);
+        tracing::debug!(
+            policy = %id,
+            decision = decision.verdict.label(),
+            reason,
+            method = original.method,
+            url = original.url.as_deref().unwrap_or(""),
+            "authz"
+        );
+    }
+    state.metrics.decision(
+        &id.namespace,
+        &id.name,
+        decision.verdict.label(),
+        reason,
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// RFC 6750 responses: 401 `invalid_token` (no error code when no token was sent), 403
+/// `insufficient_scope`.
+fn denied(rejection: Rejection, id: &ObjectKey) -> Response {
+    let (status, challenge) = match rejection {
+        Rejection::MissingToken => (StatusCode::UNAUTHORIZED, format!("Bearer realm=\"{id}\"")),
+        Rejection::InsufficientScope => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Bearer realm=\"{id}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                rejection.description()
+            ),
+        ),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "Bearer realm=\"{id}\", error=\"invalid_token\", error_description=\"{}\"",
+                rejection.description()
+            ),
+        ),
+    };
+    let mut response = status.into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        headers.insert(header::WWW_AUTHENTICATE, value);
+    }
+    headers.insert(REASON_HEADER, HeaderValue::from_static(rejection.reason()));
+    response
+}
+
+/// The request the gateway is asking about, in either dialect: ingress-nginx
+/// (`X-Original-Method`, `X-Original-URL`) or Traefik and Envoy (`X-Forwarded-Method`,
+/// `-Proto`, `-Host`, `-Uri`). Used for logs.
+pub struct OriginalRequest<'h> {
+    pub method: &'h str,
+    pub url: Option<String>,
+}
+
+impl<'h> OriginalRequest<'h> {
+    pub fn from_headers(headers: &'h HeaderMap) -> Self {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let method = get("x-original-method")
+            .or_else(|| get("x-forwarded-method"))
+            .unwrap_or("");
+        let url = get("x-original-url").map(str::to_owned).or_else(|| {
+            let uri = get("x-forwarded-uri")?;
+            match (get("x-forwarded-proto"), get("x-forwarded-host")) {
+                (Some(proto), Some(host)) => Some(format!("{proto}://{host}{uri}")),
+                _ => Some(uri.to_owned()),
+            }
+        });
+        Self { method, url }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_dialects_name_the_original_request() {
+        let mut nginx = HeaderMap::new();
+        nginx.insert("x-original-method", HeaderValue::from_static("POST"));
+        nginx.insert(
+            "x-original-url",
+            HeaderValue::from_static("https://shop.example/pay?x=1"),
+        );
+        let original = OriginalRequest::from_headers(&nginx);
+        assert_eq!(
+            (original.method, original.url.as_deref()),
+            ("POST", Some("https://shop.example/pay?x=1"))
+        );
+
+        let mut traefik = HeaderMap::new();
+        traefik.insert("x-forwarded-method", HeaderValue::from_static("GET"));
+        traefik.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        traefik.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
+        traefik.insert("x-forwarded-uri", HeaderValue::from_static("/cart"));
+        let original = OriginalRequest::from_headers(&traefik);
+        assert_eq!(
+            (original.method, original.url.as_deref()),
+            ("GET", Some("https://shop.example/cart"))
+        );
+    }
+}

@@ -1,0 +1,481 @@
+//! Forward-auth and TokenReview over HTTP in dev mode: every row of the decision table.
+
+mod common;
+
+use common::{CHANGE_DEADLINE, Dev, eventually, signing_key, tamper, user_in};
+use serde_json::{Value, json};
+
+const KEYS: &str = "  algorithm: ES256\n";
+
+fn policy(rollout: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: authplane.io/v1alpha1
+kind: AuthPolicy
+metadata: {{name: payments, namespace: shop}}
+spec:
+  issuers: [{{signingKeyRef: {{name: web, namespace: auth}}}}]
+  audiences: [payments]
+  tokenSources:
+    headers: [{{name: Authorization, prefix: "Bearer "}}]
+    cookies: [access_token]
+  requiredClaims: [{{claim: roles, contains: payments}}]
+  forwardClaims: {{sub: X-Auth-Subject, email: X-Auth-Email}}
+  rollout: {rollout}
+{extra}"#
+    )
+}
+
+async fn start(rollout: &str, extra: &str) -> Dev {
+    Dev::start(&[
+        ("keys.yaml", &signing_key("auth", "web", KEYS)),
+        ("policy.yaml", &policy(rollout, extra)),
+    ])
+    .await
+}
+
+const AUTHZ: &str = "/authz/shop/payments";
+const SALT: &str = "shop/payments";
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Request headers of both gateway dialects around the token headers.
+fn dialects() -> [Vec<(&'static str, &'static str)>; 2] {
+    [
+        vec![
+            ("X-Original-URL", "https://shop.example/pay"),
+            ("X-Original-Method", "POST"),
+        ],
+        vec![
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "shop.example"),
+            ("X-Forwarded-Uri", "/pay"),
+        ],
+    ]
+}
+
+async fn request(
+    dev: &Dev,
+    dialect: &[(&str, &str)],
+    user: String,
+    auth: Option<String>,
+) -> reqwest::Response {
+    let mut headers: Vec<(&str, &str)> = dialect.to_vec();
+    headers.push(("X-User-Id", &user));
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
+    }
+    dev.get_with(AUTHZ, &headers).await
+}
+
+#[tokio::test]
+async fn the_decision_table_for_enforced_and_audited_users() {
+    // Bucketing by a header lets the test choose the bucket independently of the token.
+    let dev = start(
+        "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}",
+        "",
+    )
+    .await;
+    let enforced = user_in(SALT, 10.0, true);
+    let audited = user_in(SALT, 10.0, false);
+    let good = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"], "email": "a@x"}),
+    );
+    let no_role = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["other"]}),
+    );
+    let bad = tamper(&good);
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    for dialect in dialects() {
+        let call =
+            |user: &str, auth: Option<String>| request(&dev, &dialect, user.to_owned(), auth);
+
+        // Valid token, claims satisfied: 200 with claim headers, in both buckets.
+        for user in [&enforced, &audited] {
+            let r = call(user, Some(bearer(&good))).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("alice"));
+            assert_eq!(header(&r, "x-auth-email").as_deref(), Some("a@x"));
+            assert_eq!(header(&r, "x-authplane-audit"), None);
+        }
+
+        // No token: 401 with a bare challenge when enforced; 200 + audit header otherwise.
+        let r = call(&enforced, None).await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            header(&r, "www-authenticate").as_deref(),
+            Some("Bearer realm=\"shop/payments\"")
+        );
+        assert_eq!(
+            header(&r, "x-authplane-reason").as_deref(),
+            Some("missing_token")
+        );
+        let r = call(&audited, None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-authplane-audit").as_deref(),
+            Some("would-deny; reason=missing_token")
+        );
+
+        // Bad token: 401 invalid_token (RFC 6750) when enforced; audited otherwise.
+        let r = call(&enforced, Some(bearer(&bad))).await;
+        assert_eq!(r.status(), 401);
+        let challenge = header(&r, "www-authenticate").unwrap();
+        assert!(
+            challenge.starts_with(
+                "Bearer realm=\"shop/payments\", error=\"invalid_token\", error_description=\""
+            ),
+            "{challenge}"
+        );
+        assert_eq!(
+            header(&r, "x-authplane-reason").as_deref(),
+            Some("bad_signature")
+        );
+        let r = call(&audited, Some(bearer(&bad))).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-authplane-audit").as_deref(),
+            Some("would-deny; reason=bad_signature")
+        );
+
+        // Valid token without the required claim: 403 insufficient_scope; audited otherwise.
+        let r = call(&enforced, Some(bearer(&no_role))).await;
+        assert_eq!(r.status(), 403);
+        assert!(
+            header(&r, "www-authenticate")
+                .unwrap()
+                .contains("error=\"insufficient_scope\"")
+        );
+        assert_eq!(
+            header(&r, "x-auth-subject"),
+            None,
+            "no identity headers on a refusal"
+        );
+        let r = call(&audited, Some(bearer(&no_role))).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-authplane-audit").as_deref(),
+            Some("would-deny; reason=insufficient_scope")
+        );
+        assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("alice"));
+    }
+
+    // Any method, empty body.
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::HEAD,
+    ] {
+        let r = dev
+            .http
+            .request(method.clone(), dev.url(AUTHZ))
+            .header("X-User-Id", &enforced)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method}");
+    }
+    let metrics = dev.get("/metrics").await.text().await.unwrap();
+    for sample in [
+        r#"authplane_decisions_total{namespace="shop",policy="payments",decision="deny",reason="missing_token"}"#,
+        r#"authplane_decisions_total{namespace="shop",policy="payments",decision="would_deny",reason="bad_signature"}"#,
+        r#"authplane_decisions_total{namespace="shop",policy="payments",decision="allow",reason=""}"#,
+        "authplane_decision_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(sample), "missing {sample}");
+    }
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_in_cookies_and_custom_headers() {
+    let dev = start("{mode: Enforce, percentage: 100}", "").await;
+    let good = dev.mint(
+        ("auth", "web"),
+        "bob",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    );
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[(
+                "Cookie",
+                &format!("theme=dark; access_token={good}; other=1"),
+            )],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("bob"));
+    // The prefix is matched case-insensitively.
+    let r = dev
+        .get_with(AUTHZ, &[("Authorization", &format!("bearer {good}"))])
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = dev
+        .get_with(AUTHZ, &[("Authorization", &format!("Basic {good}"))])
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "x-authplane-reason").as_deref(),
+        Some("missing_token")
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn audit_mode_passes_everything_and_off_checks_nothing() {
+    let dev = start("{mode: Audit}", "").await;
+    let r = dev.get(AUTHZ).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("would-deny; reason=missing_token")
+    );
+
+    dev.write("policy.yaml", &policy("{mode: Off}", ""));
+    eventually("mode Off", CHANGE_DEADLINE, || async {
+        let r = dev.get(AUTHZ).await;
+        (r.status() == 200 && header(&r, "x-authplane-audit").is_none()).then_some(())
+    })
+    .await;
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_session_cookies_pass_outside_enforcement_only() {
+    let dev = start(
+        "{mode: Enforce, percentage: 10, bucketBy: {cookie: session_id}}",
+        "  legacySession: {cookie: session_id}\n",
+    )
+    .await;
+    let enforced = user_in(SALT, 10.0, true);
+    let audited = user_in(SALT, 10.0, false);
+
+    let r = dev
+        .get_with(AUTHZ, &[("Cookie", &format!("session_id={audited}"))])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("legacy-session; reason=missing_token")
+    );
+    let r = dev
+        .get_with(AUTHZ, &[("Cookie", &format!("session_id={enforced}"))])
+        .await;
+    assert_eq!(r.status(), 401, "an enforced user needs a token");
+    let r = dev.get(AUTHZ).await;
+    assert_eq!(r.status(), 401, "neither token nor session");
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn bucketing_by_claim_keeps_an_enforced_user_enforced_when_the_token_expires() {
+    let dev = start("{mode: Enforce, percentage: 10}", "").await;
+    let enforced = user_in(SALT, 10.0, true);
+    let audited = user_in(SALT, 10.0, false);
+    let expired = |sub: &str| {
+        let mut claims = dev.claims(("auth", "web"), sub, "payments");
+        claims["exp"] = json!(jiff::Timestamp::now().as_second() - 3600);
+        claims["roles"] = json!(["payments"]);
+        dev.sign(("auth", "web"), &claims)
+    };
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("Authorization", &format!("Bearer {}", expired(&enforced)))],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "x-authplane-reason").as_deref(), Some("expired"));
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("Authorization", &format!("Bearer {}", expired(&audited)))],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("would-deny; reason=expired")
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_percentage_change_applies_within_a_second_without_restart() {
+    let dev = start(
+        "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}",
+        "",
+    )
+    .await;
+    let enforced = user_in(SALT, 10.0, true);
+    assert_eq!(
+        dev.get_with(AUTHZ, &[("X-User-Id", &enforced)])
+            .await
+            .status(),
+        401
+    );
+
+    let started = std::time::Instant::now();
+    dev.write(
+        "policy.yaml",
+        &policy(
+            "{mode: Enforce, percentage: 0, bucketBy: {header: X-User-Id}}",
+            "",
+        ),
+    );
+    eventually("the rollback to 0%", CHANGE_DEADLINE, || async {
+        (dev.get_with(AUTHZ, &[("X-User-Id", &enforced)])
+            .await
+            .status()
+            == 200)
+            .then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "rollback took {took:?}"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_policy_naming_a_missing_signing_key_denies_under_enforcement() {
+    let broken = policy("{mode: Enforce, percentage: 100}", "")
+        .replace("name: web, namespace: auth", "name: nope, namespace: auth");
+    let dev = Dev::start(&[
+        ("keys.yaml", &signing_key("auth", "web", KEYS)),
+        ("policy.yaml", &broken),
+    ])
+    .await;
+    let token = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    );
+    let r = dev
+        .get_with(AUTHZ, &[("Authorization", &format!("Bearer {token}"))])
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "x-authplane-reason").as_deref(),
+        Some("issuer_unavailable")
+    );
+    let r = dev.get("/authz/shop/unknown").await;
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("no AuthPolicy shop/unknown")
+    );
+    dev.stop().await;
+}
+
+async fn review(dev: &Dev, body: Value) -> (u16, Value) {
+    let r = dev
+        .http
+        .post(dev.url("/tokenreview/shop/payments"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn token_review_v1_and_v1beta1() {
+    let extra = "  tokenReview: {usernamePrefix: \"authplane:\", groupsClaim: groups, groupsPrefix: \"authplane:\"}\n";
+    let dev = start("{mode: Audit}", extra).await;
+    let token = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"], "groups": ["dev", "ops"]}),
+    );
+    for version in ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"] {
+        let (status, body) = review(
+            &dev,
+            json!({"apiVersion": version, "kind": "TokenReview", "spec": {"token": token}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["apiVersion"], version);
+        assert_eq!(body["kind"], "TokenReview");
+        let status = &body["status"];
+        assert_eq!(status["authenticated"], true, "{body}");
+        assert_eq!(status["user"]["username"], "authplane:alice");
+        assert_eq!(status["user"]["uid"], "alice");
+        assert_eq!(
+            status["user"]["groups"],
+            json!(["authplane:dev", "authplane:ops"])
+        );
+        assert_eq!(
+            status["user"]["extra"]["authplane.io/issuer"],
+            json!([format!("{}/auth/web", dev.external_url())])
+        );
+        assert_eq!(status["audiences"], json!(["payments"]));
+
+        // Audience-aware reviews.
+        let (_, body) = review(&dev, json!({"apiVersion": version, "kind": "TokenReview", "spec": {"token": token, "audiences": ["payments", "x"]}})).await;
+        assert_eq!(body["status"]["audiences"], json!(["payments"]));
+        let (_, body) = review(&dev, json!({"apiVersion": version, "kind": "TokenReview", "spec": {"token": token, "audiences": ["x"]}})).await;
+        assert_eq!(body["status"]["authenticated"], false);
+
+        // Failures are answered in the body, with a reason.
+        let (status, body) = review(
+            &dev,
+            json!({"apiVersion": version, "kind": "TokenReview", "spec": {"token": "garbage"}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"]["authenticated"], false);
+        assert!(
+            body["status"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("well-formed")
+        );
+    }
+    // Not a TokenReview at all: 400 with a message, never a 500.
+    for bad in [
+        json!({"kind": "Pod"}),
+        json!("text"),
+        json!({"apiVersion": "authentication.k8s.io/v2", "kind": "TokenReview"}),
+    ] {
+        let r = dev
+            .http
+            .post(dev.url("/tokenreview/shop/payments"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = dev
+        .http
+        .post(dev.url("/tokenreview/shop/payments"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    dev.stop().await;
+}
