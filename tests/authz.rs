@@ -172,6 +172,22 @@ async fn the_decision_table_for_enforced_and_audited_users() {
         assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("alice"));
     }
 
+    // Envoy's ext_authz appends the original path to the configured one.
+    let r = dev
+        .get_with(
+            &format!("{AUTHZ}/pay/checkout?step=2"),
+            &[("X-User-Id", &enforced)],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = dev
+        .get_with(
+            &format!("{AUTHZ}/pay"),
+            &[("X-User-Id", &enforced), ("Authorization", &bearer(&good))],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
     // Any method, empty body.
     for method in [
         reqwest::Method::POST,
@@ -239,6 +255,11 @@ async fn tokens_in_cookies_and_custom_headers() {
 #[tokio::test]
 async fn audit_mode_passes_everything_and_off_checks_nothing() {
     let dev = start("{mode: Audit}", "").await;
+    let status = dev.json("/status/shop/payments").await;
+    assert_eq!(
+        status["effectivePercentage"], 0.0,
+        "nobody is enforced in Audit"
+    );
     let r = dev.get(AUTHZ).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -377,6 +398,23 @@ async fn a_policy_naming_a_missing_signing_key_denies_under_enforcement() {
         header(&r, "x-authplane-reason").as_deref(),
         Some("issuer_unavailable")
     );
+    let status = dev.json("/status/shop/payments").await;
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "SigningKeyNotFound");
+    assert!(ready["message"].as_str().unwrap().contains("auth/nope"));
+    assert_eq!(status["effectivePercentage"], 100.0);
+    assert_eq!(
+        status["forwardAuthUrl"],
+        format!("{}/authz/shop/payments", dev.external_url())
+    );
+    assert_eq!(dev.get("/status/shop/unknown").await.status(), 404);
+
     let r = dev.get("/authz/shop/unknown").await;
     assert_eq!(r.status(), 404);
     assert!(

@@ -306,7 +306,9 @@ pub struct AuthPolicyStatus {
 pub struct TargetStatus {
     pub kind: TargetKind,
     pub name: String,
-    pub found: bool,
+    /// Whether the object exists; absent where nobody can tell (dev mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<bool>,
 }
 
 mod defaults {

@@ -146,6 +146,7 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         registry,
         metrics,
         clock,
+        base_url: Arc::from(external_url.as_str()),
     };
     let mut server_stop = shutdown_rx.clone();
     let server = tokio::spawn(server::serve(listener, state, async move {

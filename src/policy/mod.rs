@@ -10,7 +10,10 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderName, header};
 use jiff::Timestamp;
 
-use crate::api::{AuthPolicy, ClaimRequirement, Mode, ObjectKey, TokenReviewSpec};
+use crate::api::{
+    AuthPolicy, AuthPolicyStatus, ClaimRequirement, Mode, ObjectKey, TargetRef, TargetStatus,
+    TokenReviewSpec,
+};
 use crate::keys::lifecycle::KeySet;
 use verify::{Claims, Verifier};
 
@@ -156,6 +159,8 @@ pub struct CompiledPolicy {
     pub token_review: TokenReviewSpec,
     /// SigningKeys the policy names that do not exist (`namespace/name`).
     pub unresolved: Vec<String>,
+    generation: Option<i64>,
+    targets: Vec<TargetRef>,
 }
 
 impl CompiledPolicy {
@@ -256,6 +261,76 @@ impl CompiledPolicy {
                 .collect(),
             token_review: spec.token_review.clone(),
             unresolved,
+            generation: policy.metadata.generation,
+            targets: spec.target_refs.clone(),
+        }
+    }
+
+    /// Share of users under enforcement now.
+    pub fn effective_percentage(&self) -> f64 {
+        match self.mode {
+            Mode::Enforce => f64::from(self.enforced_buckets) / 1000.0,
+            Mode::Off | Mode::Audit => 0.0,
+        }
+    }
+
+    /// The status a driver reports. `found` tells whether a target exists (`None`: not
+    /// known, as in dev mode).
+    pub fn status(
+        &self,
+        base_url: &str,
+        now: Timestamp,
+        found: impl Fn(&TargetRef) -> Option<bool>,
+    ) -> AuthPolicyStatus {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
+            type_: kind.to_owned(),
+            status: if ok { "True" } else { "False" }.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time: Time(now),
+        };
+        let ready = if self.unresolved.is_empty() {
+            condition(
+                "Ready",
+                true,
+                "IssuersResolved",
+                format!("{} verification keys", self.key_count()),
+            )
+        } else {
+            condition(
+                "Ready",
+                false,
+                "SigningKeyNotFound",
+                format!(
+                    "SigningKey {} not found: requests under enforcement are refused",
+                    self.unresolved.join(", ")
+                ),
+            )
+        };
+        let base = base_url.trim_end_matches('/');
+        AuthPolicyStatus {
+            observed_generation: self.generation,
+            conditions: vec![
+                condition("Accepted", true, "Valid", "the spec is valid".to_owned()),
+                ready,
+            ],
+            effective_percentage: Some(self.effective_percentage()),
+            targets: self
+                .targets
+                .iter()
+                .map(|t| TargetStatus {
+                    kind: t.kind,
+                    name: t.name.clone(),
+                    found: found(t),
+                })
+                .collect(),
+            forward_auth_url: Some(format!("{base}/authz/{}/{}", self.namespace, self.name)),
+            token_review_url: Some(format!(
+                "{base}/tokenreview/{}/{}",
+                self.namespace, self.name
+            )),
         }
     }
 

@@ -15,6 +15,15 @@ use crate::policy::{Rejection, Verdict};
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authplane-reason");
 pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit");
 
+/// `/authz/{namespace}/{name}/{original path}`: the same decision.
+pub async fn authz_with_path(
+    state: State<AppState>,
+    Path((namespace, name, _original_path)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    authz(state, Path((namespace, name)), headers).await
+}
+
 pub async fn authz(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,

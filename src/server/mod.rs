@@ -2,6 +2,7 @@
 
 mod authz;
 mod health;
+mod status;
 mod tokenreview;
 mod wellknown;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// This server's own base URL, for the URLs reported in status.
+    pub base_url: Arc<str>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -29,7 +32,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/authz/{namespace}/{name}", any(authz::authz))
+        // Envoy's HTTP ext_authz (Envoy Gateway, Istio) appends the original path.
+        .route(
+            "/authz/{namespace}/{name}/{*original_path}",
+            any(authz::authz_with_path),
+        )
         .route("/tokenreview/{namespace}/{name}", post(tokenreview::review))
+        .route("/status/{namespace}/{name}", get(status::policy_status))
         // Issuer paths are data, not code: discovery and JWKS are found by suffix.
         .fallback(wellknown::serve)
         .with_state(state)
