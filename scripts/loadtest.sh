@@ -48,7 +48,7 @@ spec:
   rollout: {mode: Enforce, percentage: 100}
 YAML
 
-RUST_LOG=warn taskset -c "$SERVER_CPU" "$bin" dev --manifests "$work/manifests" --state "$work/state" \
+RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-2} taskset -c "$SERVER_CPU" "$bin" dev --manifests "$work/manifests" --state "$work/state" \
   --listen "127.0.0.1:$PORT" >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
@@ -66,6 +66,9 @@ raw=$(taskset -c "$SERVER_CPU" target/release/examples/verify_rate "$DURATION" |
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
   -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/authz/bench/api" >"$work/wrk.txt"
 rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
+# The HTTP floor: the same server, connections and core, a handler that does nothing.
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PORT/healthz" >"$work/floor.txt"
+floor=$(awk '/^Requests\/sec:/ {print $2}' "$work/floor.txt")
 p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.txt")
 errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$work/wrk.txt")
 
@@ -73,4 +76,8 @@ echo "raw RS256 verifications/s (1 core):     $raw"
 echo "/authz requests/s (server on 1 core):   $rps   ($CONNECTIONS connections, ${DURATION}s)"
 echo "/authz p99 latency:                     $p99"
 echo "non-2xx responses:                      ${errors:-0}"
+echo "HTTP floor, /healthz requests/s:         $floor"
+awk -v a="$rps" -v f="$floor" -v b="$raw" 'BEGIN {
+  printf "time per /authz request: %.1f us = HTTP %.1f us + decision %.1f us (raw verify %.1f us)\n",
+    1e6 / a, 1e6 / f, 1e6 / a - 1e6 / f, 1e6 / b }'
 awk -v a="$rps" -v b="$raw" 'BEGIN { printf "ratio /authz : raw verify:             %.2f\n", a / b }'
