@@ -444,3 +444,28 @@ async fn a_short_schedule_rotates_while_serving() {
     );
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_key_leaves_the_jwks_at_once_and_a_replacement_signs() {
+    let dev = Dev::start(&[("web.yaml", &web())]).await;
+    let jwks = "/auth/web/.well-known/jwks.json";
+    let old = dev.kids(jwks).await.unwrap().remove(0);
+    let annotated = web().replace(
+        "  namespace: auth\n",
+        &format!("  namespace: auth\n  annotations:\n    authplane.io/revoke-kids: {old}\n"),
+    );
+    dev.write("web.yaml", &annotated);
+    let kids = eventually(
+        "the revoked kid to leave the JWKS",
+        CHANGE_DEADLINE,
+        || async { dev.kids(jwks).await.filter(|kids| !kids.contains(&old)) },
+    )
+    .await;
+    assert_eq!(kids.len(), 1);
+    let keys = dev.keys("auth", "web");
+    assert_eq!(
+        keys.active(jiff::Timestamp::now()).unwrap().material.kid(),
+        kids[0]
+    );
+    dev.stop().await;
+}

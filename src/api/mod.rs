@@ -13,7 +13,8 @@ pub use auth_policy::{
 };
 pub use duration::{Duration, DurationError};
 pub use signing_key::{
-    KeyStatus, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
+    KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey,
+    SigningKeySpec, SigningKeyStatus,
 };
 pub use validation::{FieldError, Validate, issuer_path};
 

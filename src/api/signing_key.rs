@@ -11,6 +11,10 @@ use crate::keys::Algorithm;
 /// and pre-published at the first reconcile at or after it.
 pub const ROTATE_AT_ANNOTATION: &str = "authplane.io/rotate-at";
 
+/// Annotation that revokes keys: comma-separated kids, removed from the key set and the
+/// JWKS at once. If the Active key is among them, a replacement signs at once.
+pub const REVOKE_KIDS_ANNOTATION: &str = "authplane.io/revoke-kids";
+
 /// Desired keys: algorithm, issuer, rotation schedule and Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(

@@ -6,8 +6,8 @@ use std::fmt;
 
 use jiff::Timestamp;
 
-use super::{AuthPolicy, ROTATE_AT_ANNOTATION, SigningKey};
-use crate::keys::lifecycle::KeyPolicy;
+use super::{AuthPolicy, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, SigningKey};
+use crate::keys::lifecycle::{KeyPolicy, Requests};
 
 /// A refused field and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl Validate for SigningKey {
         {
             errors.push(FieldError::new("spec.issuer", message));
         }
-        if let Err(e) = self.rotate_requested_at() {
+        if let Err(e) = self.requests() {
             errors.push(e);
         }
         errors
@@ -208,22 +208,48 @@ impl SigningKey {
         }
     }
 
-    /// The manual rotation request, from the `authplane.io/rotate-at` annotation.
-    pub fn rotate_requested_at(&self) -> Result<Option<Timestamp>, FieldError> {
-        let Some(value) = self
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ROTATE_AT_ANNOTATION))
-        else {
-            return Ok(None);
+    /// Manual rotation and revocation requests, from the `authplane.io/rotate-at` and
+    /// `authplane.io/revoke-kids` annotations.
+    pub fn requests(&self) -> Result<Requests, FieldError> {
+        let annotation = |name: &str| {
+            self.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(name))
+                .map(String::as_str)
         };
-        value.parse().map(Some).map_err(|_| {
-            FieldError::new(
-                format!("metadata.annotations[{ROTATE_AT_ANNOTATION}]"),
-                format!("{value:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
-            )
-        })
+        let field = |name: &str| format!("metadata.annotations[{name}]");
+        let rotate_at = match annotation(ROTATE_AT_ANNOTATION) {
+            None => None,
+            Some(value) => Some(value.parse::<Timestamp>().map_err(|_| {
+                FieldError::new(
+                    field(ROTATE_AT_ANNOTATION),
+                    format!("{value:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+                )
+            })?),
+        };
+        let mut revoked = Vec::new();
+        for kid in annotation(REVOKE_KIDS_ANNOTATION)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+        {
+            if kid.is_empty() {
+                continue;
+            }
+            if kid.len() > 64
+                || !kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(FieldError::new(
+                    field(REVOKE_KIDS_ANNOTATION),
+                    format!("{kid:?} is not a kid (comma-separated base64url thumbprints)"),
+                ));
+            }
+            revoked.push(kid.to_owned());
+        }
+        Ok(Requests { rotate_at, revoked })
     }
 
     /// The issuer URL: `spec.issuer`, or `<external URL>/<namespace>/<name>`.
@@ -335,6 +361,21 @@ mod tests {
                 "{spec}: expected an error on {field}, got {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn revocation_annotations_are_parsed_and_checked() {
+        let mut key = key(serde_json::json!({}));
+        key.metadata.annotations =
+            Some([(REVOKE_KIDS_ANNOTATION.to_owned(), " a-b_c , d ,".to_owned())].into());
+        assert_eq!(key.requests().unwrap().revoked, ["a-b_c", "d"]);
+        key.metadata.annotations =
+            Some([(REVOKE_KIDS_ANNOTATION.to_owned(), "a/b".to_owned())].into());
+        assert!(
+            key.validate()
+                .iter()
+                .any(|e| e.field.contains(REVOKE_KIDS_ANNOTATION))
+        );
     }
 
     #[test]

@@ -293,9 +293,15 @@ impl Driver {
                 .map_err(|e| format!("{}: {e}; {keep}", self.store.path(id).display()))?,
             None => KeySet::default(),
         };
-        let rotate = key.rotate_requested_at().ok().flatten();
-        let plan = plan(&current, &policy, rotate, now, &mut KeyMaterial::generate)
-            .map_err(|e| e.to_string())?;
+        let requests = key.requests().unwrap_or_default();
+        let plan = plan(
+            &current,
+            &policy,
+            &requests,
+            now,
+            &mut KeyMaterial::generate,
+        )
+        .map_err(|e| e.to_string())?;
         let data = store::to_data(&plan.keys, &issuer, now);
         if stored.as_ref() != Some(&data) {
             // Persist before publishing: a key is never served, or used, unsaved.
@@ -311,6 +317,12 @@ impl Driver {
                 }
                 KeyEvent::Discarded { kid } => {
                     tracing::info!(%kid, "SigningKey {id}: unused next key replaced");
+                }
+                KeyEvent::Revoked { kid } => {
+                    tracing::warn!(%kid, "SigningKey {id}: key revoked: removed from the JWKS, its tokens no longer verify");
+                }
+                KeyEvent::Promoted { kid } => {
+                    tracing::warn!(%kid, "SigningKey {id}: next key signs early, replacing a revoked key");
                 }
             }
         }

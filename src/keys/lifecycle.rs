@@ -131,6 +131,15 @@ impl KeySet {
     }
 }
 
+/// What people asked for, beyond the schedule (from annotations).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Requests {
+    /// A manual rotation: satisfied once a key created at or after it exists.
+    pub rotate_at: Option<Timestamp>,
+    /// Kids to remove from the key set and the JWKS at once (a leaked key).
+    pub revoked: Vec<String>,
+}
+
 /// What happened to the key set in one planning step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyEvent {
@@ -142,6 +151,10 @@ pub enum KeyEvent {
     Removed { kid: String },
     /// A Next key that never signed was replaced (manual rotation or a spec change).
     Discarded { kid: String },
+    /// Removed at once on request.
+    Revoked { kid: String },
+    /// A published Next key made Active at once, because the Active key was revoked.
+    Promoted { kid: String },
 }
 
 #[derive(Clone, Debug)]
@@ -160,19 +173,20 @@ impl Plan {
 
 /// Plans the key set at `now`.
 ///
-/// `rotate_requested_at` is a manual rotation request (the `authplane.io/rotate-at`
-/// annotation): it is satisfied once a key created at or after it exists. Manual and
-/// spec-change rotations pre-publish the new key for `pre_publish` like scheduled ones:
-/// no rotation breaks a verifier. Removing a leaked key at once is a separate act.
+/// A manual rotation (`requests.rotate_at`, the `authplane.io/rotate-at` annotation) and
+/// a spec change pre-publish the new key for `pre_publish` like scheduled rotations: no
+/// rotation breaks a verifier. Revocation (`requests.revoked`) is the deliberate
+/// exception: the key leaves at once, and its tokens stop verifying.
 ///
 /// `generate` makes new key material; it is the only impure input.
 pub fn plan(
     current: &KeySet,
     policy: &KeyPolicy,
-    rotate_requested_at: Option<Timestamp>,
+    requests: &Requests,
     now: Timestamp,
     generate: &mut dyn FnMut(Algorithm, u32) -> Result<KeyMaterial, KeyError>,
 ) -> Result<Plan, KeyError> {
+    let rotate_requested_at = requests.rotate_at;
     let mut events = Vec::new();
     let mut keys: Vec<KeyRecord> = current
         .view(now, policy.retain_for)
@@ -200,6 +214,41 @@ pub fn plan(
             activates_at,
         })
     };
+
+    let active_kid = current.active(now).map(|k| k.material.kid().to_owned());
+    let mut revoked_active = false;
+    keys.retain(|k| {
+        let kid = k.material.kid();
+        let revoke = requests.revoked.iter().any(|r| r == kid);
+        if revoke {
+            revoked_active |= active_kid.as_deref() == Some(kid);
+            events.push(KeyEvent::Revoked {
+                kid: kid.to_owned(),
+            });
+        }
+        !revoke
+    });
+    if revoked_active {
+        // A replacement must sign now: the next key if one is published (verifiers may
+        // know it already), a new one otherwise. Activating at `now` makes it the latest
+        // activated key, so no Retired key can become Active again.
+        match keys
+            .iter_mut()
+            .filter(|k| k.activates_at > now)
+            .min_by_key(|k| k.activates_at)
+        {
+            Some(next) => {
+                next.activates_at = now;
+                events.push(KeyEvent::Promoted {
+                    kid: next.material.kid().to_owned(),
+                });
+            }
+            None => {
+                let key = new_key(now, &mut events)?;
+                keys.push(key);
+            }
+        }
+    }
 
     // Nothing has ever activated (a new SigningKey): the first key signs at once, there
     // is nobody yet whose cache it could surprise.

@@ -24,7 +24,15 @@ fn policy(every: i64, pre_publish: i64, retain_for: i64) -> KeyPolicy {
 }
 
 fn run(keys: &KeySet, policy: &KeyPolicy, rotate: Option<Timestamp>, now: Timestamp) -> Plan {
-    let plan = plan(keys, policy, rotate, now, &mut KeyMaterial::generate).unwrap();
+    let requests = Requests {
+        rotate_at: rotate,
+        revoked: Vec::new(),
+    };
+    run_with(keys, policy, &requests, now)
+}
+
+fn run_with(keys: &KeySet, policy: &KeyPolicy, requests: &Requests, now: Timestamp) -> Plan {
+    let plan = plan(keys, policy, requests, now, &mut KeyMaterial::generate).unwrap();
     let views = plan.keys.view(now, policy.retain_for);
     let active = views.iter().filter(|v| v.state == KeyState::Active).count();
     assert_eq!(active, 1, "invariant 1: exactly one Active key at {now}");
@@ -156,6 +164,94 @@ fn changing_the_algorithm_rotates_into_it_with_pre_publication() {
     assert!(!run(&changed.keys, &es256, None, at(25)).changed());
     let later = changed.keys.active(at(30)).unwrap();
     assert_eq!(later.material.alg(), Algorithm::ES256);
+}
+
+fn revoke(kid: &str) -> Requests {
+    Requests {
+        rotate_at: None,
+        revoked: vec![kid.to_owned()],
+    }
+}
+
+fn kids(keys: &KeySet) -> Vec<String> {
+    keys.records()
+        .iter()
+        .map(|r| r.material.kid().to_owned())
+        .collect()
+}
+
+#[test]
+fn revoking_the_active_key_promotes_the_published_next_key_at_once() {
+    let p = policy(100, 10, 30);
+    let first = run(&KeySet::default(), &p, None, t0());
+    let published = run(&first.keys, &p, None, at(92));
+    let [old, next] = [0, 1].map(|i| published.keys.records()[i].material.kid().to_owned());
+
+    let revoked = run_with(&published.keys, &p, &revoke(&old), at(95));
+    assert_eq!(
+        revoked.events,
+        [
+            KeyEvent::Revoked { kid: old.clone() },
+            KeyEvent::Promoted { kid: next.clone() }
+        ]
+    );
+    assert_eq!(kids(&revoked.keys), std::slice::from_ref(&next));
+    assert_eq!(revoked.keys.active(at(95)).unwrap().material.kid(), next);
+
+    // The annotation stays; planning again changes nothing.
+    let again = run_with(&revoked.keys, &p, &revoke(&old), at(96));
+    assert!(!again.changed());
+}
+
+#[test]
+fn revoking_the_active_key_without_a_next_key_makes_one_that_signs_at_once() {
+    let p = policy(100, 10, 30);
+    let first = run(&KeySet::default(), &p, None, t0());
+    let rotated = run(&run(&first.keys, &p, None, at(90)).keys, &p, None, at(100));
+    let [retired, active] = [0, 1].map(|i| rotated.keys.records()[i].material.kid().to_owned());
+
+    let revoked = run_with(&rotated.keys, &p, &revoke(&active), at(110));
+    assert_eq!(generated(&revoked), [at(110)]);
+    let now_active = revoked
+        .keys
+        .active(at(110))
+        .unwrap()
+        .material
+        .kid()
+        .to_owned();
+    assert_ne!(now_active, active);
+    assert_ne!(now_active, retired, "a retired key never signs again");
+    assert!(!kids(&revoked.keys).contains(&active));
+    assert!(
+        kids(&revoked.keys).contains(&retired),
+        "the retired key keeps its retention"
+    );
+}
+
+#[test]
+fn revoking_a_next_or_retired_key_only_removes_it() {
+    let p = policy(100, 10, 30);
+    let first = run(&KeySet::default(), &p, None, t0());
+    let published = run(&first.keys, &p, None, at(90));
+    let next = published.keys.records()[1].material.kid().to_owned();
+    let revoked = run_with(&published.keys, &p, &revoke(&next), at(91));
+    // The schedule makes a replacement next key at once.
+    assert_eq!(revoked.events[0], KeyEvent::Revoked { kid: next.clone() });
+    assert_eq!(generated(&revoked), [at(101)]);
+    assert!(!kids(&revoked.keys).contains(&next));
+
+    let rotated = run(&published.keys, &p, None, at(100));
+    let retired = rotated.keys.records()[0].material.kid().to_owned();
+    let revoked = run_with(&rotated.keys, &p, &revoke(&retired), at(105));
+    assert_eq!(revoked.events, [KeyEvent::Revoked { kid: retired }]);
+    assert_eq!(revoked.keys.records().len(), 1);
+}
+
+#[test]
+fn unknown_revoked_kids_are_ignored() {
+    let p = policy(100, 10, 30);
+    let first = run(&KeySet::default(), &p, None, t0());
+    assert!(!run_with(&first.keys, &p, &revoke("not-a-kid"), at(10)).changed());
 }
 
 /// splitmix64: a tiny deterministic generator, so a failing case replays from its seed.
