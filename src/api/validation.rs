@@ -48,6 +48,24 @@ fn cel_errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<Fiel
     }
 }
 
+/// Response headers a forwarded claim may not set: they would change how the gateway
+/// reads the response or reach the client (cookies, redirects, challenges).
+const RESERVED_RESPONSE_HEADERS: [&str; 13] = [
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "keep-alive",
+    "location",
+    "proxy-authenticate",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+];
+
 /// Names as the apiserver accepts them. They also become file names in dev mode, so this
 /// check is what keeps `../` out of the state folder.
 fn metadata_errors(meta: &kube::api::ObjectMeta) -> Vec<FieldError> {
@@ -144,6 +162,17 @@ impl Validate for AuthPolicy {
                 errors.push(FieldError::new(
                     field,
                     format!("{name:?} is not a valid header name"),
+                ));
+            }
+        }
+        for (claim, header) in &spec.forward_claims {
+            let lower = header.to_ascii_lowercase();
+            if RESERVED_RESPONSE_HEADERS.contains(&lower.as_str())
+                || lower.starts_with("x-authplane-")
+            {
+                errors.push(FieldError::new(
+                    format!("spec.forwardClaims[{claim}]"),
+                    format!("{header:?} is reserved: a claim must not set framing, cookies, redirects or authplane's own headers"),
                 ));
             }
         }
@@ -408,6 +437,31 @@ mod tests {
         let mut ok = key(serde_json::json!({}));
         ok.metadata.name = Some("web.v2-keys".into());
         assert!(ok.validate().is_empty());
+    }
+
+    #[test]
+    fn forwarded_claims_cannot_set_reserved_headers() {
+        let policy = |header: &str| -> AuthPolicy {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "p", "namespace": "shop"},
+                "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}], "forwardClaims": {"sub": header}},
+            }))
+            .unwrap()
+        };
+        for header in [
+            "Set-Cookie",
+            "content-length",
+            "Location",
+            "X-Authplane-Reason",
+        ] {
+            let errors = policy(header).validate();
+            assert!(
+                errors.iter().any(|e| e.field == "spec.forwardClaims[sub]"),
+                "{header}: {errors:?}"
+            );
+        }
+        assert!(policy("X-Auth-Subject").validate().is_empty());
     }
 
     #[test]
