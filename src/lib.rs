@@ -10,6 +10,7 @@ pub mod dev;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod reconcile;
 pub mod registry;
 pub mod server;
 pub mod token;

@@ -309,12 +309,22 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
             "malformed_token",
         ),
         (
-            "truncated",
+            "truncated in the payload",
             {
                 let t = dev.sign(KEY, &good);
-                t[..t.len() * 2 / 3].to_owned()
+                let dot = t.find('.').unwrap();
+                let middle = dot + (t.rfind('.').unwrap() - dot) / 2; // inside the payload
+                t[..middle].to_owned()
             },
             "malformed_token",
+        ),
+        (
+            "signature removed",
+            {
+                let t = dev.sign(KEY, &good);
+                t[..=t.rfind('.').unwrap()].to_owned()
+            },
+            "bad_signature",
         ),
         ("one segment", "abc".to_owned(), "malformed_token"),
         (

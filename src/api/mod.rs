@@ -42,5 +42,24 @@ impl ObjectKey {
     }
 }
 
+/// A status condition (`True` when `ok`).
+pub fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    observed_generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: kind.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+    }
+}
+
 pub const GROUP: &str = "authplane.io";
 pub const API_VERSION: &str = "authplane.io/v1alpha1";

@@ -18,10 +18,10 @@ use tokio::task::JoinHandle;
 use crate::api::{SigningKey, issuer_path};
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
-use crate::keys::lifecycle::{KeyEvent, KeySet, KeyState, plan};
-use crate::keys::store;
+use crate::keys::lifecycle::{KeySet, KeyState};
 use crate::metrics::{KeyStateLabels, Metrics, ResourceLabels};
 use crate::policy::{CompiledPolicy, IssuerKeys};
+use crate::reconcile::{self, ReconcileError};
 use crate::registry::{PublishedIssuer, Registry, Snapshot};
 use crate::server::{self, AppState};
 use manifests::{Desired, ManifestLoader, ObjectKey};
@@ -285,58 +285,39 @@ impl Driver {
     ) -> Result<(PublishedIssuer, Option<Timestamp>), String> {
         let keep = "the last good keys keep serving and nothing is overwritten";
         let now = self.clock.now();
-        let policy = key.key_policy();
-        let issuer = key.issuer(&self.external_url);
         let stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
-        let current = match &stored {
-            Some(data) => store::from_data(data)
-                .map_err(|e| format!("{}: {e}; {keep}", self.store.path(id).display()))?,
-            None => KeySet::default(),
-        };
-        let requests = key.requests().unwrap_or_default();
-        let plan = plan(
-            &current,
-            &policy,
-            &requests,
+        let outcome = reconcile::signing_key(
+            key,
+            stored.as_ref(),
+            &self.external_url,
             now,
             &mut KeyMaterial::generate,
         )
-        .map_err(|e| e.to_string())?;
-        let data = store::to_data(&plan.keys, &issuer, now);
-        if stored.as_ref() != Some(&data) {
+        .map_err(|e| match e {
+            ReconcileError::Store(e) => format!("{}: {e}; {keep}", self.store.path(id).display()),
+            e => e.to_string(),
+        })?;
+        if outcome.write {
             // Persist before publishing: a key is never served, or used, unsaved.
-            self.store.save(id, &data).map_err(|e| e.to_string())?;
+            self.store
+                .save(id, &outcome.data)
+                .map_err(|e| e.to_string())?;
         }
-        for event in &plan.events {
-            match event {
-                KeyEvent::Generated { kid, activates_at } => {
-                    tracing::info!(%kid, %activates_at, "SigningKey {id}: generated {} key", policy.algorithm);
-                }
-                KeyEvent::Removed { kid } => {
-                    tracing::info!(%kid, "SigningKey {id}: retired key removed from the JWKS");
-                }
-                KeyEvent::Discarded { kid } => {
-                    tracing::info!(%kid, "SigningKey {id}: unused next key replaced");
-                }
-                KeyEvent::Revoked { kid } => {
-                    tracing::warn!(%kid, "SigningKey {id}: key revoked: removed from the JWKS, its tokens no longer verify");
-                }
-                KeyEvent::Promoted { kid } => {
-                    tracing::warn!(%kid, "SigningKey {id}: next key signs early, replacing a revoked key");
-                }
+        for event in &outcome.events {
+            let (_, message, warning) = reconcile::describe(event, outcome.policy.algorithm);
+            if warning {
+                tracing::warn!("SigningKey {id}: {message}");
+            } else {
+                tracing::info!("SigningKey {id}: {message}");
             }
         }
-        self.observe(id, &plan.keys, &policy, now);
+        self.observe(id, &outcome.keys, &outcome.policy, now);
         self.keysets
-            .insert(id.clone(), (issuer.clone(), plan.keys.clone()));
-        let published = PublishedIssuer::render(
-            &id.namespace,
-            &id.name,
-            &issuer,
-            &plan.keys,
-            policy.pre_publish,
-        );
-        Ok((published, plan.next_wakeup))
+            .insert(id.clone(), (outcome.issuer.clone(), outcome.keys.clone()));
+        Ok((
+            outcome.published(&id.namespace, &id.name),
+            outcome.next_wakeup,
+        ))
     }
 
     /// Metrics and the rotation log line.

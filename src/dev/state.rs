@@ -3,7 +3,6 @@
 //! Files are mode 0600 in folders of mode 0700, written atomically (temporary file,
 //! fsync, rename), so a crash at any point leaves either the old or the new content.
 
-use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -22,7 +21,7 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-pub type Data = BTreeMap<String, String>;
+pub use crate::keys::store::Data;
 
 #[derive(Clone, Debug)]
 pub struct StateStore {

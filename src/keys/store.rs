@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::lifecycle::{KeyRecord, KeySet};
 use super::{Algorithm, KeyMaterial};
 
+/// The stored form: names to text, as in a Secret's `data`.
+pub type Data = BTreeMap<String, String>;
+
 pub const LIFECYCLE: &str = "keys.json";
 pub const ACTIVE_KID: &str = "active.kid";
 pub const ACTIVE_ALG: &str = "active.alg";

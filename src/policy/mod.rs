@@ -282,14 +282,8 @@ impl CompiledPolicy {
         now: Timestamp,
         found: impl Fn(&TargetRef) -> Option<bool>,
     ) -> AuthPolicyStatus {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-        let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
-            type_: kind.to_owned(),
-            status: if ok { "True" } else { "False" }.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            observed_generation: self.generation,
-            last_transition_time: Time(now),
+        let condition = |kind: &str, ok: bool, reason: &str, message: String| {
+            crate::api::condition(kind, ok, reason, message, self.generation, now)
         };
         let ready = if self.unresolved.is_empty() {
             condition(

@@ -1,0 +1,146 @@
+//! One SigningKey brought up to date: the steps every driver takes, whether the keys live
+//! in a state file or in a Secret. Pure: the stored data and the time go in; the new
+//! data, whether to write it, what happened, and what to publish come out.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{KeyStatus, SigningKey, SigningKeyStatus, condition};
+use crate::keys::lifecycle::{KeyEvent, KeyPolicy, KeySet, plan};
+use crate::keys::store::{self, Data, StoreError};
+use crate::keys::{Algorithm, KeyError, KeyMaterial};
+use crate::registry::PublishedIssuer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The stored keys cannot be read: nothing may be written over them.
+    #[error("the stored keys are unreadable: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// The result of one reconcile of one SigningKey.
+pub struct KeyOutcome {
+    pub keys: KeySet,
+    /// The stored form, as it must be after this reconcile.
+    pub data: Data,
+    /// `data` differs from what is stored: write it before publishing anything.
+    pub write: bool,
+    pub events: Vec<KeyEvent>,
+    pub next_wakeup: Option<Timestamp>,
+    pub issuer: String,
+    pub policy: KeyPolicy,
+}
+
+/// Plans a validated SigningKey against what is stored for it (`None`: nothing yet).
+pub fn signing_key(
+    key: &SigningKey,
+    stored: Option<&Data>,
+    external_url: &str,
+    now: Timestamp,
+    generate: &mut dyn FnMut(Algorithm, u32) -> Result<KeyMaterial, KeyError>,
+) -> Result<KeyOutcome, ReconcileError> {
+    let policy = key.key_policy();
+    let issuer = key.issuer(external_url);
+    let current = match stored {
+        Some(data) => store::from_data(data)?,
+        None => KeySet::default(),
+    };
+    let requests = key.requests().unwrap_or_default();
+    let plan = plan(&current, &policy, &requests, now, generate)?;
+    let data = store::to_data(&plan.keys, &issuer, now);
+    Ok(KeyOutcome {
+        write: stored != Some(&data),
+        keys: plan.keys,
+        data,
+        events: plan.events,
+        next_wakeup: plan.next_wakeup,
+        issuer,
+        policy,
+    })
+}
+
+impl KeyOutcome {
+    pub fn published(&self, namespace: &str, name: &str) -> PublishedIssuer {
+        PublishedIssuer::render(
+            namespace,
+            name,
+            &self.issuer,
+            &self.keys,
+            self.policy.pre_publish,
+        )
+    }
+
+    pub fn status(&self, generation: Option<i64>, now: Timestamp) -> SigningKeyStatus {
+        let views = self.keys.view(now, self.policy.retain_for);
+        let active = self.keys.active(now).map(|k| k.material.kid().to_owned());
+        let ready = condition(
+            "Ready",
+            active.is_some(),
+            "KeysReady",
+            format!(
+                "{} signs; {} keys published",
+                active.as_deref().unwrap_or("no key"),
+                views.len()
+            ),
+            generation,
+            now,
+        );
+        SigningKeyStatus {
+            observed_generation: generation,
+            conditions: vec![ready],
+            active_kid: active,
+            keys: views
+                .iter()
+                .map(|v| KeyStatus {
+                    kid: v.record.material.kid().to_owned(),
+                    algorithm: v.record.material.alg().to_string(),
+                    state: v.state.as_str().to_owned(),
+                    created: Time(v.record.created),
+                    activates_at: Time(v.record.activates_at),
+                    retires_at: v.retires_at.map(Time),
+                    removed_at: v.removed_at.map(Time),
+                })
+                .collect(),
+            next_transition: self.next_wakeup.map(Time),
+            jwks_uri: Some(format!(
+                "{}/.well-known/jwks.json",
+                self.issuer.trim_end_matches('/')
+            )),
+            issuer: Some(self.issuer.clone()),
+        }
+    }
+}
+
+/// How an event reads in logs and Kubernetes Events: reason, message, and whether it is
+/// a warning.
+pub fn describe(event: &KeyEvent, algorithm: Algorithm) -> (&'static str, String, bool) {
+    match event {
+        KeyEvent::Generated { kid, activates_at } => (
+            "KeyGenerated",
+            format!("generated {algorithm} key {kid}, signing from {activates_at}"),
+            false,
+        ),
+        KeyEvent::Removed { kid } => (
+            "KeyRemoved",
+            format!("retired key {kid} removed from the JWKS"),
+            false,
+        ),
+        KeyEvent::Discarded { kid } => (
+            "KeyReplaced",
+            format!("next key {kid} replaced before it signed"),
+            false,
+        ),
+        KeyEvent::Revoked { kid } => (
+            "KeyRevoked",
+            format!("key {kid} revoked: removed from the JWKS, its tokens no longer verify"),
+            true,
+        ),
+        KeyEvent::Promoted { kid } => (
+            "KeyPromoted",
+            format!("next key {kid} signs early, replacing a revoked key"),
+            true,
+        ),
+    }
+}
