@@ -9,6 +9,7 @@ pub mod clock;
 pub mod dev;
 pub mod keys;
 pub mod metrics;
+pub mod operator;
 pub mod policy;
 pub mod reconcile;
 pub mod registry;

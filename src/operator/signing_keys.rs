@@ -1,0 +1,374 @@
+//! The SigningKey controller: keys in a Secret (the source of truth), the public JWKS in a
+//! ConfigMap, status and Events. Writes only while this replica holds the lease.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{ObjectKey, SigningKey, SigningKeyStatus, Validate, condition};
+use crate::clock::Clock;
+use crate::keys::KeyMaterial;
+use crate::keys::store::Data;
+use crate::reconcile::{self, ReconcileError};
+
+pub const MANAGER: &str = "authplane";
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
+pub const SIGNING_KEY_LABEL: &str = "authplane.io/signing-key";
+pub const SECRET_TYPE: &str = "authplane.io/signing-keys";
+/// How often a SigningKey that cannot make progress is looked at again.
+const STUCK_RETRY: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("key generation: {0}")]
+    Key(String),
+    #[error("not the leader: nothing written")]
+    NotLeader,
+}
+
+impl Error {
+    /// The metric label of the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(_) => "api",
+            Error::Key(_) => "key_generation",
+            Error::NotLeader => "not_leader",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub external_url: String,
+    pub clock: Arc<dyn Clock>,
+    pub recorder: Recorder,
+    /// Whether this replica holds the lease; checked before every write.
+    pub leader: tokio::sync::watch::Receiver<bool>,
+    /// Consecutive failures per SigningKey, for the backoff.
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        external_url: String,
+        clock: Arc<dyn Clock>,
+        recorder: Recorder,
+        leader: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            client,
+            external_url,
+            clock,
+            recorder,
+            leader,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), Error> {
+        if *self.leader.borrow() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+}
+
+fn id_of(key: &SigningKey) -> ObjectKey {
+    ObjectKey::of(&key.metadata)
+}
+
+pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = reconcile_inner(&key, &ctx).await;
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&id_of(&key));
+    }
+    result
+}
+
+/// Conflicts retry at once from a fresh read; other failures back off exponentially,
+/// up to five minutes.
+pub fn error_policy(key: Arc<SigningKey>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(signing_key = %id_of(&key), kind = error.kind(), "reconcile failed: {error}");
+    if error.kind() == "conflict" {
+        return Action::requeue(Duration::from_millis(200));
+    }
+    let attempts = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(id_of(&key)).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    Action::requeue(Duration::from_secs(1 << attempts.min(9)).min(MAX_BACKOFF))
+}
+
+async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Error> {
+    let id = id_of(key);
+    let now = ctx.clock.now();
+    let generation = key.metadata.generation;
+    let invalid = key.validate();
+    if !invalid.is_empty() {
+        let message: Vec<String> = invalid.iter().map(ToString::to_string).collect();
+        not_ready(key, ctx, "InvalidSpec", &message.join("; ")).await?;
+        return Ok(Action::requeue(STUCK_RETRY));
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let secret_name = key.secret_name();
+    let secret = secrets.get_opt(&secret_name).await?;
+    let stored = match &secret {
+        Some(secret) if !is_managed(secret) => {
+            let message = format!(
+                "Secret {secret_name} exists and is not managed by authplane (label {}={}); it is left alone: choose another spec.secretName or delete it",
+                MANAGED_BY.0, MANAGED_BY.1
+            );
+            not_ready(key, ctx, "SecretNotManaged", &message).await?;
+            return Ok(Action::requeue(STUCK_RETRY));
+        }
+        Some(secret) => match secret_data(secret) {
+            Ok(data) => Some(data),
+            Err(reason) => {
+                unreadable(key, ctx, &secret_name, &reason).await?;
+                return Ok(Action::requeue(STUCK_RETRY));
+            }
+        },
+        None => {
+            if key.status.as_ref().is_some_and(|s| s.active_kid.is_some()) {
+                // Keys existed: someone deleted the Secret. Say so loudly, then start over.
+                let note = format!(
+                    "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
+                );
+                publish(ctx, key, EventType::Warning, "SecretDeleted", &note).await;
+            }
+            None
+        }
+    };
+
+    let outcome = match reconcile::signing_key(
+        key,
+        stored.as_ref(),
+        &ctx.external_url,
+        now,
+        &mut KeyMaterial::generate,
+    ) {
+        Ok(outcome) => outcome,
+        Err(ReconcileError::Store(e)) => {
+            unreadable(key, ctx, &secret_name, &e.to_string()).await?;
+            return Ok(Action::requeue(STUCK_RETRY));
+        }
+        Err(ReconcileError::Key(e)) => return Err(Error::Key(e.to_string())),
+    };
+
+    if outcome.write {
+        ctx.ensure_leader()?;
+        let desired = build_secret(key, &secret_name, &outcome.data);
+        match &secret {
+            None => {
+                secrets.create(&PostParams::default(), &desired).await?;
+            }
+            Some(existing) => {
+                // Optimistic concurrency: a concurrent writer makes this a 409, and the
+                // retry starts from a fresh read; two Active keys can never both land.
+                let mut desired = desired;
+                desired.metadata.resource_version = existing.metadata.resource_version.clone();
+                secrets
+                    .replace(&secret_name, &PostParams::default(), &desired)
+                    .await?;
+            }
+        }
+    }
+
+    ctx.ensure_leader()?;
+    let published = outcome.published(&id.namespace, &id.name);
+    apply_jwks_config_map(
+        key,
+        ctx,
+        std::str::from_utf8(&published.jwks).unwrap_or("{}"),
+    )
+    .await?;
+    for event in &outcome.events {
+        let (reason, note, warning) = reconcile::describe(event, outcome.policy.algorithm);
+        let kind = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, key, kind, reason, &note).await;
+    }
+    let mut status = outcome.status(generation, now);
+    if secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some()) {
+        status.conditions.push(condition(
+            "SecretRecreated",
+            true,
+            "SecretDeleted",
+            format!("Secret {secret_name} was deleted by hand; new keys were generated"),
+            generation,
+            now,
+        ));
+    }
+    patch_status(key, ctx, &status).await?;
+
+    let wait = outcome
+        .next_wakeup
+        .map(|t| std::time::Duration::try_from(t.duration_since(now)).unwrap_or_default())
+        .unwrap_or(STUCK_RETRY);
+    Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+}
+
+fn is_managed(secret: &Secret) -> bool {
+    secret.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+/// The Secret's data as text; any entry that is not UTF-8 makes it unreadable.
+pub fn secret_data(secret: &Secret) -> Result<Data, String> {
+    let mut data = Data::new();
+    for (name, ByteString(bytes)) in secret.data.iter().flatten() {
+        let text = String::from_utf8(bytes.clone()).map_err(|_| format!("{name} is not text"))?;
+        data.insert(name.clone(), text);
+    }
+    Ok(data)
+}
+
+fn build_secret(key: &SigningKey, name: &str, data: &Data) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: key.namespace(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (SIGNING_KEY_LABEL.to_owned(), key.name_any()),
+            ])),
+            owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(SECRET_TYPE.to_owned()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> Result<(), Error> {
+    let name = format!("{}-jwks", key.name_any());
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: key.namespace(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (SIGNING_KEY_LABEL.to_owned(), key.name_any()),
+            ])),
+            owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([("jwks.json".to_owned(), jwks.to_owned())])),
+        ..ConfigMap::default()
+    };
+    let api: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let mut value = serde_json::to_value(&config_map).unwrap_or_default();
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("ConfigMap");
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn patch_status(
+    key: &SigningKey,
+    ctx: &Context,
+    status: &SigningKeyStatus,
+) -> Result<(), Error> {
+    ctx.ensure_leader()?;
+    let api: Api<SigningKey> =
+        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "SigningKey",
+        "status": status,
+    });
+    api.patch_status(
+        &key.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `Ready=False` with a message naming the problem; nothing else is written.
+async fn not_ready(
+    key: &SigningKey,
+    ctx: &Context,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let now = ctx.clock.now();
+    let generation = key.metadata.generation;
+    let mut status = key.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.conditions = vec![condition(
+        "Ready",
+        false,
+        reason,
+        message.to_owned(),
+        generation,
+        now,
+    )];
+    publish(ctx, key, EventType::Warning, reason, message).await;
+    patch_status(key, ctx, &status).await
+}
+
+async fn unreadable(
+    key: &SigningKey,
+    ctx: &Context,
+    secret: &str,
+    reason: &str,
+) -> Result<(), Error> {
+    let message = format!(
+        "Secret {secret} is unreadable ({reason}); the last good keys keep serving and nothing is overwritten: restore the Secret, or delete it to start over with new keys"
+    );
+    not_ready(key, ctx, "SecretUnreadable", &message).await
+}
+
+/// Events are best effort: a failure to record one never fails the reconcile.
+async fn publish(ctx: &Context, key: &SigningKey, type_: EventType, reason: &str, note: &str) {
+    if ctx.ensure_leader().is_err() {
+        return;
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &key.object_ref(&())).await {
+        tracing::warn!("cannot record event {reason}: {e}");
+    }
+}

@@ -1,0 +1,343 @@
+//! The SigningKey reconcile against kube-rs's mock service: exact requests, in order.
+
+use std::sync::Arc;
+
+use authplane::api::SigningKey;
+use authplane::clock::Clock;
+use authplane::keys::KeyMaterial;
+use authplane::operator::signing_keys::{Context, error_policy, reconcile};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::{Request, Response};
+use jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+struct Fixed(Timestamp);
+
+impl Clock for Fixed {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+fn t0() -> Timestamp {
+    "2026-03-01T00:00:00Z".parse().unwrap()
+}
+
+fn signing_key(status: Value) -> SigningKey {
+    serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "web", "namespace": "auth", "uid": "u-1", "generation": 3, "resourceVersion": "1"},
+        "spec": {"algorithm": "ES256", "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn context(
+    now: Timestamp,
+    leader: bool,
+) -> (Arc<Context>, Handle, tokio::sync::watch::Sender<bool>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "authplane".into(),
+            instance: None,
+        },
+    );
+    let (tx, rx) = tokio::sync::watch::channel(leader);
+    let ctx = Context::new(
+        client,
+        "https://auth.example".into(),
+        Arc::new(Fixed(now)),
+        recorder,
+        rx,
+    );
+    (Arc::new(ctx), handle, tx)
+}
+
+/// Takes the next request, checks method and path, answers, returns the request body.
+async fn expect(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+    status: u16,
+    answer: Value,
+) -> Value {
+    let (request, respond) = handle
+        .next_request()
+        .await
+        .unwrap_or_else(|| panic!("expected {method} {path}"));
+    assert_eq!(
+        (request.method().as_str(), request.uri().path()),
+        (method, path)
+    );
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    // Echo the object, as the apiserver answers with it (apply patches carry no metadata).
+    let answer = if answer.is_null() {
+        let mut echo = body.clone();
+        if echo.get("metadata").is_none() {
+            echo["metadata"] = json!({"name": "web", "namespace": "auth"});
+            echo["spec"] = json!({});
+        }
+        echo
+    } else {
+        answer
+    };
+    respond.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+const SECRET: &str = "/api/v1/namespaces/auth/secrets/web-keys";
+const SECRETS: &str = "/api/v1/namespaces/auth/secrets";
+const CONFIG_MAP: &str = "/api/v1/namespaces/auth/configmaps/web-jwks";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/auth/events";
+const STATUS: &str = "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/web/status";
+
+fn decoded(secret: &Value, name: &str) -> String {
+    String::from_utf8(B64.decode(secret["data"][name].as_str().unwrap()).unwrap()).unwrap()
+}
+
+/// The Secret as the API server would return it, holding `data`.
+fn stored_secret(data: &authplane::keys::store::Data, resource_version: &str) -> Value {
+    let encoded: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(B64.encode(v))))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web-keys", "namespace": "auth", "resourceVersion": resource_version,
+                     "labels": {"app.kubernetes.io/managed-by": "authplane", "authplane.io/signing-key": "web"}},
+        "type": "authplane.io/signing-keys",
+        "data": encoded,
+    })
+}
+
+fn keys_at(now: Timestamp) -> authplane::keys::store::Data {
+    let key = signing_key(json!({}));
+    authplane::reconcile::signing_key(
+        &key,
+        None,
+        "https://auth.example",
+        now,
+        &mut KeyMaterial::generate,
+    )
+    .unwrap()
+    .data
+}
+
+#[tokio::test]
+async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
+    let (ctx, mut api, _leader) = context(t0(), true);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 404, not_found()).await;
+        let secret = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
+        assert_eq!(
+            secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "authplane"
+        );
+        assert_eq!(
+            secret["metadata"]["ownerReferences"][0]["kind"],
+            "SigningKey"
+        );
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(secret["type"], "authplane.io/signing-keys");
+        let kid = decoded(&secret, "active.kid");
+        assert!(decoded(&secret, &format!("{kid}.pem")).starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(decoded(&secret, "active.alg"), "ES256");
+        let config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        let jwks: Value =
+            serde_json::from_str(config_map["data"]["jwks.json"].as_str().unwrap()).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
+        assert!(
+            jwks["keys"][0].get("d").is_none(),
+            "no private part in the ConfigMap"
+        );
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "KeyGenerated");
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        let status = &status["status"];
+        assert_eq!(status["activeKid"], kid.as_str());
+        assert_eq!(status["conditions"][0]["type"], "Ready");
+        assert_eq!(status["conditions"][0]["status"], "True");
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(
+            status["jwksUri"],
+            "https://auth.example/auth/web/.well-known/jwks.json"
+        );
+        assert!(
+            !status.to_string().contains("PRIVATE KEY"),
+            "no key material in status"
+        );
+        api
+    });
+    let action = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap();
+    // The next transition: the next key's pre-publication, 90 s from now.
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(90))
+    );
+    drop(ctx);
+    let mut api = server.await.unwrap();
+    assert!(api.next_request().await.is_none(), "no further requests");
+}
+
+#[tokio::test]
+async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
+    let stored = keys_at(t0());
+    let now = t0() + SignedDuration::from_secs(90);
+    let (ctx, mut api, _leader) = context(now, true);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
+        let secret = expect(&mut api, "PUT", SECRET, 200, Value::Null).await;
+        assert_eq!(
+            secret["metadata"]["resourceVersion"], "7",
+            "optimistic concurrency"
+        );
+        let lifecycle: Value = serde_json::from_str(&decoded(&secret, "keys.json")).unwrap();
+        let keys = lifecycle["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1]["activatesAt"], "2026-03-01T00:01:40Z");
+        assert_eq!(
+            decoded(&secret, "active.kid"),
+            decoded(&stored_secret(&stored, "7"), "active.kid")
+        );
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "KeyGenerated");
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        let states: Vec<&str> = status["status"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["Active", "Next"]);
+        api
+    });
+    reconcile(
+        Arc::new(signing_key(json!({"activeKid": "x"}))),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
+}
+
+#[tokio::test]
+async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
+    let stored = keys_at(t0());
+    let now = t0() + SignedDuration::from_secs(90);
+    // What the other writer stored: the same plan, already including a next key.
+    let key = signing_key(json!({}));
+    let theirs = authplane::reconcile::signing_key(
+        &key,
+        Some(&stored),
+        "https://auth.example",
+        now,
+        &mut KeyMaterial::generate,
+    )
+    .unwrap()
+    .data;
+    let (ctx, mut api, _leader) = context(now, true);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+            "message": "the object has been modified"});
+        expect(&mut api, "PUT", SECRET, 409, conflict).await;
+        // The retry reads again and finds the other writer's next key: nothing to write.
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&theirs, "8")).await;
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        assert_eq!(status["status"]["keys"].as_array().unwrap().len(), 2);
+        api
+    });
+    let key = Arc::new(key);
+    let error = reconcile(key.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), "conflict");
+    assert_eq!(
+        error_policy(key.clone(), &error, ctx.clone()),
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(200))
+    );
+    reconcile(key, ctx.clone()).await.unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "no second PUT"
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_secret_is_reported_and_never_overwritten() {
+    let (ctx, mut api, _leader) = context(t0(), true);
+    let mut garbage = authplane::keys::store::Data::new();
+    garbage.insert("keys.json".into(), "{not json".into());
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&garbage, "7")).await;
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "SecretUnreadable");
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["type"].as_str(), ready["status"].as_str()),
+            (Some("Ready"), Some("False"))
+        );
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains("web-keys") && message.contains("keys.json"),
+            "{message}"
+        );
+        api
+    });
+    reconcile(
+        Arc::new(signing_key(json!({"activeKid": "x"}))),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_without_the_lease_writes_nothing() {
+    let (ctx, mut api, _leader) = context(t0(), false);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 404, not_found()).await;
+        api
+    });
+    let error = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "not_leader");
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
+}
