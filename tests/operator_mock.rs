@@ -341,3 +341,125 @@ async fn a_replica_without_the_lease_writes_nothing() {
     drop(ctx);
     assert!(server.await.unwrap().next_request().await.is_none());
 }
+
+mod lease {
+    use super::*;
+    use authplane::operator::lease::{LeaseSettings, try_acquire};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::Api;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/authplane/leases/authplane-leader";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/authplane/leases";
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings {
+            name: "authplane-leader".into(),
+            namespace: "authplane".into(),
+            identity: "pod-a".into(),
+            duration: std::time::Duration::from_secs(15),
+            renew_every: std::time::Duration::from_secs(5),
+        }
+    }
+
+    fn held_by(holder: &str, renewed: &str) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "authplane-leader", "namespace": "authplane", "resourceVersion": "5"},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed,
+                        "acquireTime": "2026-03-01T00:00:00.000000Z", "leaseTransitions": 2}})
+    }
+
+    fn api() -> (Api<Lease>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (
+            Api::namespaced(Client::new(service, "default"), "authplane"),
+            handle,
+        )
+    }
+
+    #[tokio::test]
+    async fn an_absent_lease_is_created() {
+        let (leases, mut handle) = api();
+        let server = tokio::spawn(async move {
+            expect(&mut handle, "GET", LEASE, 404, not_found()).await;
+            let lease = expect(&mut handle, "POST", LEASES, 201, Value::Null).await;
+            assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
+            assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+        });
+        assert!(try_acquire(&leases, &settings(), t0()).await.unwrap());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_valid_lease_of_another_replica_is_respected() {
+        let (leases, mut handle) = api();
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                LEASE,
+                200,
+                held_by("pod-b", "2026-03-01T00:00:00.000000Z"),
+            )
+            .await;
+            handle
+        });
+        assert!(
+            !try_acquire(&leases, &settings(), t0() + SignedDuration::from_secs(10))
+                .await
+                .unwrap()
+        );
+        drop(leases);
+        assert!(
+            server.await.unwrap().next_request().await.is_none(),
+            "nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+        let (leases, mut handle) = api();
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                LEASE,
+                200,
+                held_by("pod-b", "2026-03-01T00:00:00.000000Z"),
+            )
+            .await;
+            let lease = expect(&mut handle, "PUT", LEASE, 200, Value::Null).await;
+            assert_eq!(lease["metadata"]["resourceVersion"], "5");
+            assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
+            assert_eq!(lease["spec"]["leaseTransitions"], 3);
+        });
+        assert!(
+            try_acquire(&leases, &settings(), t0() + SignedDuration::from_secs(16))
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn losing_a_race_is_not_holding() {
+        let (leases, mut handle) = api();
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                LEASE,
+                200,
+                held_by("pod-a", "2026-03-01T00:00:00.000000Z"),
+            )
+            .await;
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "modified"});
+            expect(&mut handle, "PUT", LEASE, 409, conflict).await;
+        });
+        assert!(
+            !try_acquire(&leases, &settings(), t0() + SignedDuration::from_secs(3))
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
+}
