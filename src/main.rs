@@ -5,14 +5,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use authplane::api::ObjectKey;
 use authplane::api::{Duration, crds::crds};
+use authplane::api::{ObjectKey, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, SigningKey};
 use authplane::clock::{Clock, SystemClock};
 use authplane::dev::manifests::ManifestLoader;
 use authplane::dev::{self, DevConfig, state::StateStore};
 use authplane::keys::store;
+use authplane::operator::{self, OperatorConfig};
 use authplane::policy::{CompiledPolicy, rollout};
 use authplane::token::{self, MintRequest};
+use kube::ResourceExt;
 
 /// authplane: JWT signing keys that rotate without breaking tokens, served as JWKS and
 /// OIDC discovery.
@@ -21,9 +23,9 @@ use authplane::token::{self, MintRequest};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format (default: text; JSON is meant for log collectors).
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log format: text (default) or json (default for `run`, for log collectors).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -34,8 +36,14 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator on a cluster: keys in Secrets, every endpoint served.
+    Run(RunArgs),
     /// Run without a cluster: manifests from a folder, keys in a state folder.
     Dev(DevArgs),
+    /// Rotate a SigningKey now: a new key is made and pre-published, then signs.
+    Rotate(RotateArgs),
+    /// Revoke a key at once: it leaves the JWKS and its tokens stop verifying.
+    RevokeKey(RevokeArgs),
     /// Print the CustomResourceDefinitions as YAML, or write them into a folder.
     Crdgen {
         /// Write one file per CRD into this folder instead of printing.
@@ -60,6 +68,50 @@ struct BucketArgs {
     /// Folder of manifests holding the policy.
     #[arg(long, value_name = "DIR")]
     manifests: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Kubeconfig file (default: in-cluster config, or KUBECONFIG / ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The operator's namespace, where its Lease lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "authplane")]
+    namespace: String,
+    /// Address to serve HTTP on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// How verifiers reach this service; the base of default issuer URLs.
+    #[arg(long, value_name = "URL")]
+    external_url: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Kubeconfig file (default: KUBECONFIG or ~/.kube/config, or in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    /// The SigningKey, as NAMESPACE/NAME.
+    key: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    /// The SigningKey, as NAMESPACE/NAME.
+    key: String,
+    /// The kid to revoke.
+    kid: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Args)]
@@ -111,7 +163,11 @@ struct MintArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let default_format = match cli.command {
+        Command::Run(_) => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    init_logging(cli.log_format.unwrap_or(default_format));
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -140,7 +196,15 @@ fn run(command: Command) -> anyhow::Result<()> {
     // One TLS provider for every client and server in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match command {
+        Command::Run(args) => run_operator(args),
         Command::Dev(args) => run_dev(args),
+        Command::Rotate(args) => annotate(&args.key, &args.cluster, rotate_annotation),
+        Command::RevokeKey(args) => {
+            let kid = args.kid.clone();
+            annotate(&args.key, &args.cluster, move |key| {
+                revoke_annotation(key, &kid)
+            })
+        }
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
         Command::Bucket(args) => bucket(args),
@@ -178,6 +242,79 @@ fn bucket(args: BucketArgs) -> anyhow::Result<()> {
         compiled.percentage
     );
     Ok(())
+}
+
+fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("authplane-{}", std::process::id()));
+    let config = OperatorConfig {
+        kubeconfig: args.kubeconfig,
+        namespace: args.namespace,
+        listen: args.listen,
+        external_url: args.external_url.trim_end_matches('/').to_owned(),
+        identity,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(operator::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// The annotation value that requests a rotation now.
+fn rotate_annotation(_: &SigningKey) -> anyhow::Result<(String, String)> {
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second)?;
+    Ok((ROTATE_AT_ANNOTATION.to_owned(), now.to_string()))
+}
+
+/// The revocation list with `kid` added (kept, so a revoked kid never comes back).
+fn revoke_annotation(key: &SigningKey, kid: &str) -> anyhow::Result<(String, String)> {
+    let status = key.status.clone().unwrap_or_default();
+    if !status.keys.iter().any(|k| k.kid == kid) {
+        bail!("{kid} is not a key of this SigningKey (see `kubectl get sk -o yaml`, status.keys)");
+    }
+    let mut kids: Vec<String> = key
+        .annotations()
+        .get(REVOKE_KIDS_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !kids.iter().any(|k| k == kid) {
+        kids.push(kid.to_owned());
+    }
+    Ok((REVOKE_KIDS_ANNOTATION.to_owned(), kids.join(",")))
+}
+
+fn annotate(
+    key: &str,
+    cluster: &ClusterArgs,
+    annotation: impl FnOnce(&SigningKey) -> anyhow::Result<(String, String)>,
+) -> anyhow::Result<()> {
+    let id = parse_id(key, "the SigningKey")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = operator::client(cluster.kubeconfig.as_ref()).await?;
+        let api: kube::Api<SigningKey> = kube::Api::namespaced(client, &id.namespace);
+        let current = api
+            .get(&id.name)
+            .await
+            .with_context(|| format!("reading SigningKey {id}"))?;
+        let (name, value) = annotation(&current)?;
+        let patch = serde_json::json!({"metadata": {"annotations": {name.clone(): value.clone()}}});
+        api.patch(
+            &id.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .with_context(|| format!("annotating SigningKey {id}"))?;
+        println!("SigningKey {id}: {name}={value}");
+        Ok(())
+    })
 }
 
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {

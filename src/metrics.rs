@@ -43,6 +43,11 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Published keys per SigningKey and state (Next, Active, Retired).
@@ -55,6 +60,12 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     /// Time to decide, from request headers to response.
     pub decision_seconds: Family<PolicyLabels, Histogram>,
+    /// Operator reconciles, and failures by kind.
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_seconds: Histogram,
+    /// 1 while this replica holds the lease (and writes).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +103,26 @@ impl Default for Metrics {
             "Time to decide one request",
             decision_seconds.clone(),
         );
+        let reconciles = Counter::default();
+        registry.register("reconciles", "SigningKey reconciles", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed SigningKey reconciles by kind (api, conflict, key_generation, not_leader)",
+            reconcile_errors.clone(),
+        );
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one SigningKey reconcile",
+            reconcile_seconds.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and writes",
+            leader.clone(),
+        );
         Self {
             registry,
             keys,
@@ -99,6 +130,10 @@ impl Default for Metrics {
             reload_errors,
             decisions,
             decision_seconds,
+            reconciles,
+            reconcile_errors,
+            reconcile_seconds,
+            leader,
         }
     }
 }

@@ -12,10 +12,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jiff::SignedDuration;
 use serde_json::json;
 
-use crate::api::ObjectKey;
+use crate::api::{AuthPolicy, ObjectKey, issuer_path};
 use crate::keys::Algorithm;
 use crate::keys::lifecycle::KeySet;
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, IssuerKeys};
 
 /// Upper bound of the JWKS `max-age`: verifiers should notice a new key within minutes.
 const MAX_JWKS_MAX_AGE_SECS: i64 = 300;
@@ -86,6 +86,59 @@ impl PublishedIssuer {
             max_age_secs: (pre_publish.as_secs() / 2).clamp(0, MAX_JWKS_MAX_AGE_SECS),
         }
     }
+}
+
+/// One SigningKey as served: its public documents, and the keys policies verify with.
+#[derive(Clone)]
+pub struct ServedKeys {
+    pub published: Arc<PublishedIssuer>,
+    pub keys: KeySet,
+}
+
+/// The server's view of a set of SigningKeys and AuthPolicies; the same for every driver.
+/// The first SigningKey (by namespace/name) claiming an issuer path wins it.
+pub fn build_snapshot<'a>(
+    served: &HashMap<ObjectKey, ServedKeys>,
+    policies: impl IntoIterator<Item = (&'a ObjectKey, &'a AuthPolicy)>,
+) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let mut ordered: Vec<(&ObjectKey, &ServedKeys)> = served.iter().collect();
+    ordered.sort_by_key(|(id, _)| *id);
+    for (id, entry) in ordered {
+        let published = &entry.published;
+        let path = match issuer_path(&published.issuer) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::error!("SigningKey {id}: {e}");
+                continue;
+            }
+        };
+        if let Some(owner) = snapshot.issuers.get(&path) {
+            tracing::error!(
+                "SigningKey {id}: issuer path {path:?} is already served for {}/{}; not serving it twice",
+                owner.namespace,
+                owner.name
+            );
+            continue;
+        }
+        snapshot.issuers.insert(path, published.clone());
+    }
+    for (id, policy) in policies {
+        let compiled = CompiledPolicy::compile(policy, |key| {
+            served.get(key).map(|entry| IssuerKeys {
+                issuer: &entry.published.issuer,
+                keys: &entry.keys,
+            })
+        });
+        if !compiled.unresolved.is_empty() {
+            tracing::warn!(
+                "AuthPolicy {id}: SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
+                compiled.unresolved.join(", ")
+            );
+        }
+        snapshot.policies.insert(id.clone(), Arc::new(compiled));
+    }
+    snapshot
 }
 
 /// What the server reads.

@@ -55,6 +55,7 @@ fn context(
     let (tx, rx) = tokio::sync::watch::channel(leader);
     let ctx = Context::new(
         client,
+        Arc::new(authplane::metrics::Metrics::default()),
         "https://auth.example".into(),
         Arc::new(Fixed(now)),
         recorder,

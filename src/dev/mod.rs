@@ -15,14 +15,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::{SigningKey, issuer_path};
+use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
 use crate::keys::lifecycle::{KeySet, KeyState};
 use crate::metrics::{KeyStateLabels, Metrics, ResourceLabels};
-use crate::policy::{CompiledPolicy, IssuerKeys};
 use crate::reconcile::{self, ReconcileError};
-use crate::registry::{PublishedIssuer, Registry, Snapshot};
+use crate::registry::{PublishedIssuer, Registry, ServedKeys, build_snapshot};
 use crate::server::{self, AppState};
 use manifests::{Desired, ManifestLoader, ObjectKey};
 use state::StateStore;
@@ -129,9 +128,8 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         clock: clock.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
-        published: HashMap::new(),
+        served: HashMap::new(),
         active: HashMap::new(),
-        keysets: HashMap::new(),
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
         driver.reload_manifests();
@@ -216,12 +214,10 @@ struct Driver {
     clock: Arc<dyn Clock>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Last good public documents per SigningKey, served while its state is unreadable.
-    published: HashMap<ObjectKey, Arc<PublishedIssuer>>,
+    /// Last good keys and documents per SigningKey, served while its state is unreadable.
+    served: HashMap<ObjectKey, ServedKeys>,
     /// The kid that signed at the last reconcile, to notice rotations.
     active: HashMap<ObjectKey, String>,
-    /// Issuer and keys of each SigningKey, for compiling AuthPolicies.
-    keysets: HashMap<ObjectKey, (String, KeySet)>,
 }
 
 impl Driver {
@@ -247,7 +243,7 @@ impl Driver {
     fn reconcile(&mut self) -> Option<Timestamp> {
         let mut wakeup: Option<Timestamp> = None;
         let gone: Vec<ObjectKey> = self
-            .published
+            .served
             .keys()
             .filter(|id| !self.desired.signing_keys.contains_key(id))
             .cloned()
@@ -261,8 +257,8 @@ impl Driver {
         let desired = std::mem::take(&mut self.desired);
         for (id, key) in &desired.signing_keys {
             let next = match self.reconcile_key(id, key) {
-                Ok((published, next)) => {
-                    self.published.insert(id.clone(), Arc::new(published));
+                Ok((served, next)) => {
+                    self.served.insert(id.clone(), served);
                     next
                 }
                 Err(message) => {
@@ -274,7 +270,8 @@ impl Driver {
             wakeup = [wakeup, next].into_iter().flatten().min();
         }
         self.desired = desired;
-        self.registry.publish(self.snapshot());
+        self.registry
+            .publish(build_snapshot(&self.served, &self.desired.auth_policies));
         wakeup
     }
 
@@ -282,7 +279,7 @@ impl Driver {
         &mut self,
         id: &ObjectKey,
         key: &SigningKey,
-    ) -> Result<(PublishedIssuer, Option<Timestamp>), String> {
+    ) -> Result<(ServedKeys, Option<Timestamp>), String> {
         let keep = "the last good keys keep serving and nothing is overwritten";
         let now = self.clock.now();
         let stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
@@ -312,12 +309,11 @@ impl Driver {
             }
         }
         self.observe(id, &outcome.keys, &outcome.policy, now);
-        self.keysets
-            .insert(id.clone(), (outcome.issuer.clone(), outcome.keys.clone()));
-        Ok((
-            outcome.published(&id.namespace, &id.name),
-            outcome.next_wakeup,
-        ))
+        let served = ServedKeys {
+            published: Arc::new(outcome.published(&id.namespace, &id.name)),
+            keys: outcome.keys,
+        };
+        Ok((served, outcome.next_wakeup))
     }
 
     /// Metrics and the rotation log line.
@@ -353,56 +349,19 @@ impl Driver {
     }
 
     fn forget(&mut self, id: &ObjectKey) {
-        self.published.remove(id);
+        self.served.remove(id);
         self.active.remove(id);
-        self.keysets.remove(id);
         for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
             self.metrics.keys.remove(&key_labels(id, state));
         }
     }
 
-    /// The registry view; the first SigningKey (by namespace/name) claiming an issuer path
-    /// wins it.
-    fn snapshot(&self) -> Snapshot {
-        let mut snapshot = Snapshot::default();
-        let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self.published.iter().collect();
-        for (id, published) in ordered {
-            let path = match issuer_path(&published.issuer) {
-                Ok(path) => path,
-                Err(e) => {
-                    tracing::error!("SigningKey {id}: {e}");
-                    continue;
-                }
-            };
-            if let Some(owner) = snapshot.issuers.get(&path) {
-                tracing::error!(
-                    "SigningKey {id}: issuer path {path:?} is already served for {}/{}; not serving it twice",
-                    owner.namespace,
-                    owner.name
-                );
-                continue;
-            }
-            snapshot.issuers.insert(path, published.clone());
-        }
-        for (id, policy) in &self.desired.auth_policies {
-            let compiled = CompiledPolicy::compile(policy, |key| {
-                self.keysets
-                    .get(key)
-                    .map(|(issuer, keys)| IssuerKeys { issuer, keys })
-            });
-            if !compiled.unresolved.is_empty() {
-                tracing::warn!(
-                    "AuthPolicy {id}: SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
-                    compiled.unresolved.join(", ")
-                );
-            }
-            snapshot.policies.insert(id.clone(), Arc::new(compiled));
-        }
-        snapshot
-    }
-
     fn log_issuers(&self) {
-        let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self.published.iter().collect();
+        let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self
+            .served
+            .iter()
+            .map(|(id, s)| (id, &s.published))
+            .collect();
         for (id, published) in ordered {
             tracing::info!(
                 "SigningKey {id}: issuer {} (discovery {}/.well-known/openid-configuration, JWKS {})",

@@ -1,4 +1,196 @@
-//! The Kubernetes driver: the same core as dev mode, with keys in Secrets.
+//! The Kubernetes driver, `authplane run`: the same core and server as dev mode, with
+//! keys in Secrets. Every replica serves; the Lease holder writes.
 
 pub mod lease;
+pub mod serve;
 pub mod signing_keys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::SigningKey;
+use crate::clock::SystemClock;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::server::{self, AppState};
+use lease::LeaseSettings;
+use signing_keys::Context;
+
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// A kubeconfig file; in-cluster config or `KUBECONFIG` when unset.
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the Lease lives (the operator's own namespace).
+    pub namespace: String,
+    pub listen: SocketAddr,
+    /// Base of default issuer URLs: how verifiers reach this service.
+    pub external_url: String,
+    /// This replica's identity in the Lease (the pod name).
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("Kubernetes configuration: {0}")]
+    Config(String),
+    #[error(
+        "the authplane CRDs are not installed in this cluster: run `kubectl apply -f crds/` (or install the Helm chart) first"
+    )]
+    CrdsMissing,
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
+pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, OperatorError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| OperatorError::Config(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| OperatorError::Config(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| OperatorError::Config(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(OperatorError::Kube)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: OperatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), OperatorError> {
+    let client = client(config.kubeconfig.as_ref()).await?;
+    match Api::<SigningKey>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            return Err(OperatorError::CrdsMissing);
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| OperatorError::Listen(config.listen, e))?;
+    let (stop, stopped) = watch::channel(false);
+    let state = AppState {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        clock: Arc::new(SystemClock),
+        base_url: Arc::from(config.external_url.as_str()),
+    };
+    let mut server_stop = stopped.clone();
+    let server = tokio::spawn(server::serve(listener, state, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    let serving = tokio::spawn(serve::run(
+        client.clone(),
+        config.external_url.clone(),
+        registry,
+        stopped.clone(),
+    ));
+
+    let (leader_tx, leader) = watch::channel(false);
+    let settings = LeaseSettings {
+        name: "authplane-leader".into(),
+        namespace: config.namespace.clone(),
+        identity: config.identity.clone(),
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    let lease = tokio::spawn(lease::run(
+        Api::namespaced(client.clone(), &config.namespace),
+        settings,
+        leader_tx,
+        stopped.clone(),
+    ));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "authplane".into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        config.external_url.clone(),
+        Arc::new(SystemClock),
+        recorder,
+        leader.clone(),
+    ));
+    let controller = tokio::spawn(lead(client, ctx, metrics, leader, stopped));
+
+    tracing::info!(listen = %config.listen, identity = %config.identity, "authplane operator running");
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = tokio::join!(controller, lease, serving);
+    server
+        .await
+        .map_err(|e| OperatorError::Serve(std::io::Error::other(e)))?
+        .map_err(OperatorError::Serve)
+}
+
+/// Runs the SigningKey controller while this replica leads, and stops it the moment it
+/// does not.
+async fn lead(
+    client: Client,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+    mut leader: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            became = leader.wait_for(|l| *l) => if became.is_err() { return },
+        }
+        metrics.leader.set(1);
+        let keys = Api::<DeserializeGuard<SigningKey>>::all(client.clone());
+        let secrets = Api::<Secret>::all(client.clone());
+        let controller = Controller::new(keys, watcher::Config::default())
+            .owns(
+                secrets,
+                watcher::Config::default().labels(&serve::managed_selector()),
+            )
+            .run(
+                signing_keys::reconcile_guarded,
+                signing_keys::error_policy_guarded,
+                ctx.clone(),
+            )
+            .for_each(|_| async {});
+        tokio::select! {
+            () = controller => {}
+            _ = leader.wait_for(|l| !*l) => tracing::warn!("lease lost: stopped writing"),
+            _ = stopped.changed() => return,
+        }
+        metrics.leader.set(0);
+    }
+}

@@ -51,6 +51,7 @@ impl Error {
 
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
     pub recorder: Recorder,
@@ -63,6 +64,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
+        metrics: Arc<crate::metrics::Metrics>,
         external_url: String,
         clock: Arc<dyn Clock>,
         recorder: Recorder,
@@ -70,6 +72,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
+            metrics,
             external_url,
             clock,
             recorder,
@@ -92,13 +95,56 @@ fn id_of(key: &SigningKey) -> ObjectKey {
 }
 
 pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let result = reconcile_inner(&key, &ctx).await;
+    ctx.metrics.reconciles.inc();
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                kind: e.kind().to_owned(),
+            })
+            .inc();
+    }
     if result.is_ok()
         && let Ok(mut failures) = ctx.failures.lock()
     {
         failures.remove(&id_of(&key));
     }
     result
+}
+
+/// The controller's entry point: a SigningKey that does not even parse is skipped with a
+/// warning instead of stalling the watch.
+pub async fn reconcile_guarded(
+    guard: Arc<kube::core::DeserializeGuard<SigningKey>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &guard.0 {
+        Ok(key) => reconcile(Arc::new(key.clone()), ctx).await,
+        Err(invalid) => {
+            tracing::warn!(
+                signing_key = %ObjectKey::of(&invalid.metadata),
+                "skipped, it does not parse: {}",
+                invalid.error
+            );
+            Ok(Action::await_change())
+        }
+    }
+}
+
+pub fn error_policy_guarded(
+    guard: Arc<kube::core::DeserializeGuard<SigningKey>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    match &guard.0 {
+        Ok(key) => error_policy(Arc::new(key.clone()), error, ctx),
+        Err(_) => Action::await_change(),
+    }
 }
 
 /// Conflicts retry at once from a fresh read; other failures back off exponentially,

@@ -1,0 +1,180 @@
+//! Serving on every replica: watches SigningKeys, the Secrets authplane manages and
+//! AuthPolicies, and keeps the registry as dev mode does (same core, same server). The
+//! request path never calls the API server.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use super::signing_keys::{MANAGED_BY, secret_data};
+use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
+use crate::keys::store;
+use crate::registry::{PublishedIssuer, Registry, ServedKeys, build_snapshot};
+
+/// Changes arriving in a burst (a list, a rotation touching Secret and status) are applied
+/// together.
+const SETTLE: Duration = Duration::from_millis(50);
+
+pub fn managed_selector() -> String {
+    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+}
+
+pub async fn run(
+    client: Client,
+    external_url: String,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+    let managed = watcher::Config::default().labels(&managed_selector());
+    let streams = vec![
+        reflector::reflector(
+            keys_writer,
+            watcher(Api::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|e| e.map(drop))
+        .boxed(),
+        reflector::reflector(secrets_writer, watcher(Api::all(client.clone()), managed))
+            .default_backoff()
+            .map(|e| e.map(drop))
+            .boxed(),
+        reflector::reflector(
+            policies_writer,
+            watcher(Api::all(client), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|e| e.map(drop))
+        .boxed(),
+    ];
+    let mut changes = futures::stream::select_all(streams);
+    let mut view = View::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            change = changes.next() => match change {
+                None => return,
+                Some(Err(e)) => tracing::warn!("watch: {e} (retrying with backoff)"),
+                Some(Ok(())) => {}
+            },
+        }
+        tokio::time::sleep(SETTLE).await;
+        while let Some(Some(_)) = changes.next().now_or_never() {}
+        let ready = [
+            keys.wait_until_ready().now_or_never(),
+            secrets.wait_until_ready().now_or_never(),
+            policies.wait_until_ready().now_or_never(),
+        ]
+        .iter()
+        .all(|r| matches!(r, Some(Ok(()))));
+        if ready {
+            registry.publish(view.rebuild(&keys, &secrets, &policies, &external_url));
+        }
+    }
+}
+
+/// The last good state, and what was already warned about (so a bad object is reported
+/// once, not at every change).
+#[derive(Default)]
+struct View {
+    served: HashMap<ObjectKey, ServedKeys>,
+    warned: HashSet<String>,
+}
+
+impl View {
+    fn warn_once(&mut self, message: String) {
+        if self.warned.insert(message.clone()) {
+            tracing::warn!("{message}");
+        }
+    }
+
+    fn rebuild(
+        &mut self,
+        keys: &Store<DeserializeGuard<SigningKey>>,
+        secrets: &Store<Secret>,
+        policies: &Store<DeserializeGuard<AuthPolicy>>,
+        external_url: &str,
+    ) -> crate::registry::Snapshot {
+        let mut served = HashMap::new();
+        for guard in keys.state() {
+            let key = match &guard.0 {
+                Ok(key) => key,
+                Err(invalid) => {
+                    let id = ObjectKey::of(&invalid.metadata);
+                    self.warn_once(format!(
+                        "SigningKey {id} skipped, it does not parse: {}",
+                        invalid.error
+                    ));
+                    continue;
+                }
+            };
+            let id = ObjectKey::of(&key.metadata);
+            if !key.validate().is_empty() {
+                self.warn_once(format!("SigningKey {id} skipped: invalid spec"));
+                continue;
+            }
+            let secret_ref = ObjectRef::<Secret>::new(&key.secret_name()).within(&id.namespace);
+            let keyset = secrets
+                .get(&secret_ref)
+                .ok_or_else(|| "its Secret does not exist yet".to_owned())
+                .and_then(|secret| secret_data(&secret))
+                .and_then(|data| store::from_data(&data).map_err(|e| e.to_string()));
+            match keyset {
+                Ok(keyset) => {
+                    let published = PublishedIssuer::render(
+                        &id.namespace,
+                        &id.name,
+                        &key.issuer(external_url),
+                        &keyset,
+                        key.key_policy().pre_publish,
+                    );
+                    served.insert(
+                        id,
+                        ServedKeys {
+                            published: Arc::new(published),
+                            keys: keyset,
+                        },
+                    );
+                }
+                Err(reason) => match self.served.remove(&id) {
+                    Some(last_good) => {
+                        self.warn_once(format!(
+                            "SigningKey {id}: {reason}; serving its last good keys"
+                        ));
+                        served.insert(id, last_good);
+                    }
+                    None => self.warn_once(format!("SigningKey {id} not served yet: {reason}")),
+                },
+            }
+        }
+        self.served = served;
+        let mut valid = Vec::new();
+        for guard in policies.state() {
+            match &guard.0 {
+                Ok(policy) if policy.validate().is_empty() => {
+                    valid.push((ObjectKey::of(&policy.metadata), policy.clone()));
+                }
+                Ok(policy) => self.warn_once(format!(
+                    "AuthPolicy {} skipped: invalid spec",
+                    ObjectKey::of(&policy.metadata)
+                )),
+                Err(invalid) => self.warn_once(format!(
+                    "AuthPolicy {} skipped, it does not parse: {}",
+                    ObjectKey::of(&invalid.metadata),
+                    invalid.error
+                )),
+            }
+        }
+        build_snapshot(&self.served, valid.iter().map(|(id, p)| (id, p)))
+    }
+}
