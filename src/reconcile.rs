@@ -50,11 +50,23 @@ pub fn signing_key(
     let requests = key.requests().unwrap_or_default();
     let plan = plan(&current, &policy, &requests, now, generate)?;
     let data = store::to_data(&plan.keys, &issuer, now);
+    let mut events = plan.events;
+    // Activation follows from time alone; the stored Active key tells whether it happened
+    // since the last write (even while no driver ran). A revoked key is not "retired".
+    let was = stored.and_then(|d| d.get(store::ACTIVE_KID));
+    let is = data.get(store::ACTIVE_KID);
+    if let (Some(was), Some(is)) = (was, is)
+        && was != is
+        && plan.keys.get(was).is_some()
+    {
+        events.push(KeyEvent::Activated { kid: is.clone() });
+        events.push(KeyEvent::Retired { kid: was.clone() });
+    }
     Ok(KeyOutcome {
         write: stored != Some(&data),
         keys: plan.keys,
         data,
-        events: plan.events,
+        events,
         next_wakeup: plan.next_wakeup,
         issuer,
         policy,
@@ -142,5 +154,47 @@ pub fn describe(event: &KeyEvent, algorithm: Algorithm) -> (&'static str, String
             format!("next key {kid} signs early, replacing a revoked key"),
             true,
         ),
+        KeyEvent::Activated { kid } => ("KeyActivated", format!("key {kid} now signs"), false),
+        KeyEvent::Retired { kid } => (
+            "KeyRetired",
+            format!("key {kid} retired: it no longer signs and stays in the JWKS for retainFor"),
+            false,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::SignedDuration;
+
+    #[test]
+    fn an_activation_since_the_last_write_is_reported_once() {
+        let key: SigningKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"algorithm": "EdDSA", "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}},
+        }))
+        .unwrap();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s| t0 + SignedDuration::from_secs(s);
+        let run = |stored: Option<&Data>, now| {
+            signing_key(&key, stored, "https://x", now, &mut KeyMaterial::generate).unwrap()
+        };
+        let first = run(None, t0);
+        let published = run(Some(&first.data), at(90));
+        // Written at 90 s; the next key activated at 100 s, noticed at 120 s.
+        let noticed = run(Some(&published.data), at(120));
+        let next = published.keys.records()[1].material.kid().to_owned();
+        let old = published.keys.records()[0].material.kid().to_owned();
+        assert_eq!(
+            noticed.events,
+            [
+                KeyEvent::Activated { kid: next },
+                KeyEvent::Retired { kid: old }
+            ]
+        );
+        assert!(noticed.write, "active.* follow the new key");
+        assert!(run(Some(&noticed.data), at(121)).events.is_empty());
     }
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
-use crate::keys::lifecycle::{KeySet, KeyState};
+use crate::keys::lifecycle::{KeyEvent, KeySet, KeyState};
 use crate::metrics::{KeyStateLabels, Metrics, ResourceLabels};
 use crate::reconcile::{self, ReconcileError};
 use crate::registry::{PublishedIssuer, Registry, ServedKeys, build_snapshot};
@@ -129,7 +129,6 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         registry: registry.clone(),
         metrics: metrics.clone(),
         served: HashMap::new(),
-        active: HashMap::new(),
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
         driver.reload_manifests();
@@ -216,8 +215,6 @@ struct Driver {
     metrics: Arc<Metrics>,
     /// Last good keys and documents per SigningKey, served while its state is unreadable.
     served: HashMap<ObjectKey, ServedKeys>,
-    /// The kid that signed at the last reconcile, to notice rotations.
-    active: HashMap<ObjectKey, String>,
 }
 
 impl Driver {
@@ -308,6 +305,19 @@ impl Driver {
                 tracing::info!("SigningKey {id}: {message}");
             }
         }
+        if outcome
+            .events
+            .iter()
+            .any(|e| matches!(e, KeyEvent::Activated { .. }))
+        {
+            self.metrics
+                .rotations
+                .get_or_create(&ResourceLabels {
+                    namespace: id.namespace.clone(),
+                    name: id.name.clone(),
+                })
+                .inc();
+        }
         self.observe(id, &outcome.keys, &outcome.policy, now);
         let served = ServedKeys {
             published: Arc::new(outcome.published(&id.namespace, &id.name)),
@@ -316,7 +326,7 @@ impl Driver {
         Ok((served, outcome.next_wakeup))
     }
 
-    /// Metrics and the rotation log line.
+    /// The key-state gauges.
     fn observe(
         &mut self,
         id: &ObjectKey,
@@ -332,25 +342,10 @@ impl Driver {
                 .get_or_create(&key_labels(id, state))
                 .set(count as i64);
         }
-        if let Some(active) = keys.active(now) {
-            let kid = active.material.kid().to_owned();
-            let previous = self.active.insert(id.clone(), kid.clone());
-            if previous.as_ref().is_some_and(|p| *p != kid) {
-                tracing::info!(%kid, "SigningKey {id}: new key is now signing");
-                self.metrics
-                    .rotations
-                    .get_or_create(&ResourceLabels {
-                        namespace: id.namespace.clone(),
-                        name: id.name.clone(),
-                    })
-                    .inc();
-            }
-        }
     }
 
     fn forget(&mut self, id: &ObjectKey) {
         self.served.remove(id);
-        self.active.remove(id);
         for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
             self.metrics.keys.remove(&key_labels(id, state));
         }

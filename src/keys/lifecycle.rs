@@ -155,6 +155,10 @@ pub enum KeyEvent {
     Revoked { kid: String },
     /// A published Next key made Active at once, because the Active key was revoked.
     Promoted { kid: String },
+    /// A key started signing on schedule (noticed against the stored Active key).
+    Activated { kid: String },
+    /// The key that signed before it; it stays published for `retainFor`.
+    Retired { kid: String },
 }
 
 #[derive(Clone, Debug)]
