@@ -178,3 +178,80 @@ impl View {
         build_snapshot(&self.served, valid.iter().map(|(id, p)| (id, p)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyMaterial;
+    use k8s_openapi::ByteString;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn key(name: &str, spec: serde_json::Value) -> DeserializeGuard<SigningKey> {
+        serde_json::from_value(json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": name, "namespace": "auth"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn secret(name: &str, data: &crate::keys::store::Data) -> Secret {
+        let mut secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "auth", "labels": {"app.kubernetes.io/managed-by": "authplane"}},
+        }))
+        .unwrap();
+        secret.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
+        secret
+    }
+
+    #[test]
+    fn rebuild_serves_from_secrets_keeps_the_last_good_and_skips_the_malformed() {
+        let (keys, mut keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+        let (secrets, mut secrets_writer) = reflector::store::<Secret>();
+        let (policies, _policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+
+        let web = key("web", json!({"algorithm": "EdDSA"}));
+        let Ok(web_key) = &web.0 else {
+            panic!("web parses")
+        };
+        let now = jiff::Timestamp::now();
+        let outcome = crate::reconcile::signing_key(
+            web_key,
+            None,
+            "https://auth.example",
+            now,
+            &mut KeyMaterial::generate,
+        )
+        .unwrap();
+        keys_writer.apply_watcher_event(&Event::Apply(web.clone()));
+        keys_writer
+            .apply_watcher_event(&Event::Apply(key("broken", json!({"algorithm": "HS256"}))));
+        secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &outcome.data)));
+
+        let mut view = View::default();
+        let snapshot = view.rebuild(&keys, &secrets, &policies, "https://auth.example");
+        let served = &snapshot.issuers["/auth/web"];
+        let jwks: serde_json::Value = serde_json::from_slice(&served.jwks).unwrap();
+        assert_eq!(
+            jwks["keys"][0]["kid"],
+            outcome.keys.records()[0].material.kid()
+        );
+        assert_eq!(
+            snapshot.issuers.len(),
+            1,
+            "the malformed SigningKey is skipped, the rest served"
+        );
+
+        // The Secret edited into garbage: the last good keys keep serving.
+        let mut garbage = outcome.data.clone();
+        garbage.insert("keys.json".into(), "{".into());
+        secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &garbage)));
+        let snapshot = view.rebuild(&keys, &secrets, &policies, "https://auth.example");
+        assert_eq!(snapshot.issuers["/auth/web"].jwks, served.jwks);
+    }
+}
