@@ -5,7 +5,7 @@ use std::sync::Arc;
 use authplane::api::SigningKey;
 use authplane::clock::Clock;
 use authplane::keys::KeyMaterial;
-use authplane::operator::signing_keys::{Context, error_policy, reconcile};
+use authplane::operator::signing_keys::{Context, Error, error_policy};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{Request, Response};
@@ -62,6 +62,22 @@ fn context(
         rx,
     );
     (Arc::new(ctx), handle, tx)
+}
+
+/// Fails, instead of hanging, when the code under test waits for an answer to a request
+/// the test did not expect.
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future)
+        .await
+        .expect("a request the test does not expect is waiting for an answer")
+}
+
+/// The reconcile under test, failing instead of hanging on an unexpected request.
+async fn reconcile(
+    key: Arc<SigningKey>,
+    ctx: Arc<Context>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    within(authplane::operator::signing_keys::reconcile(key, ctx)).await
 }
 
 /// Takes the next request, checks method and path, answers, returns the request body.
@@ -250,6 +266,42 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
 }
 
 #[tokio::test]
+async fn a_steady_state_reconcile_writes_nothing_that_would_trigger_it_again() {
+    let stored = keys_at(t0());
+    let now = t0() + SignedDuration::from_secs(30);
+    // The status the last reconcile wrote, as the watch delivers it.
+    let status = {
+        let (ctx, mut api, _leader) = context(now, true);
+        let secret = stored_secret(&stored, "7");
+        let server = tokio::spawn(async move {
+            expect(&mut api, "GET", SECRET, 200, secret).await;
+            expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+            expect(&mut api, "PATCH", STATUS, 200, Value::Null).await["status"].clone()
+        });
+        reconcile(Arc::new(signing_key(json!({}))), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap()
+    };
+    let later = now + SignedDuration::from_secs(5);
+    let (ctx, mut api, _leader) = context(later, true);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
+        // The ConfigMap apply is a no-op for the apiserver when nothing changed.
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        api
+    });
+    reconcile(Arc::new(signing_key(status)), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "no status write, no event"
+    );
+}
+
+#[tokio::test]
 async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
     let stored = keys_at(t0());
     let now = t0() + SignedDuration::from_secs(90);
@@ -345,7 +397,15 @@ async fn a_replica_without_the_lease_writes_nothing() {
 
 mod lease {
     use super::*;
-    use authplane::operator::lease::{LeaseSettings, try_acquire};
+    use authplane::operator::lease::LeaseSettings;
+
+    async fn try_acquire(
+        api: &Api<Lease>,
+        settings: &LeaseSettings,
+        now: jiff::Timestamp,
+    ) -> Result<bool, kube::Error> {
+        within(authplane::operator::lease::try_acquire(api, settings, now)).await
+    }
     use k8s_openapi::api::coordination::v1::Lease;
     use kube::Api;
 

@@ -61,5 +61,21 @@ pub fn condition(
     }
 }
 
+/// Keeps each condition's `lastTransitionTime` from `previous` while its status is the
+/// same, as Kubernetes conventions ask; only a real transition moves it.
+pub fn keep_transition_times(
+    conditions: &mut [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    for condition in conditions {
+        if let Some(old) = previous
+            .iter()
+            .find(|old| old.type_ == condition.type_ && old.status == condition.status)
+        {
+            condition.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
 pub const GROUP: &str = "authplane.io";
 pub const API_VERSION: &str = "authplane.io/v1alpha1";
