@@ -524,3 +524,135 @@ mod lease {
         server.await.unwrap();
     }
 }
+
+mod auth_policy_status {
+    use super::*;
+    use authplane::api::{AuthPolicy, ObjectKey};
+    use authplane::operator::auth_policies::{PolicyContext, reconcile};
+    use authplane::registry::{Registry, ServedKeys, build_snapshot};
+    use std::collections::HashMap;
+
+    const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/payments";
+    const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/payments";
+    const POLICY_STATUS: &str =
+        "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
+
+    fn policy(status: Value) -> AuthPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "payments", "namespace": "shop", "generation": 2},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+                     "targetRefs": [{"kind": "Ingress", "name": "payments"}, {"kind": "HTTPRoute", "name": "payments"}],
+                     "rollout": {"mode": "Enforce", "percentage": 10}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn context() -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let key = signing_key(json!({}));
+        let outcome = authplane::reconcile::signing_key(
+            &key,
+            None,
+            "https://auth.example",
+            t0(),
+            &mut KeyMaterial::generate,
+        )
+        .unwrap();
+        let mut served = HashMap::new();
+        served.insert(
+            ObjectKey {
+                namespace: "auth".into(),
+                name: "web".into(),
+            },
+            ServedKeys {
+                published: Arc::new(outcome.published("auth", "web")),
+                keys: outcome.keys.clone(),
+            },
+        );
+        let registry = Arc::new(Registry::default());
+        let current = policy(Value::Null);
+        registry.publish(build_snapshot(
+            &served,
+            [(&ObjectKey::of(&current.metadata), &current)],
+        ));
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        let ctx = PolicyContext {
+            client: Client::new(service, "default"),
+            registry,
+            external_url: "https://authplane.example".into(),
+            clock: Arc::new(Fixed(t0())),
+            leader: rx,
+        };
+        (Arc::new(ctx), handle, tx)
+    }
+
+    #[tokio::test]
+    async fn status_reports_conditions_targets_and_urls_and_is_written_once() {
+        let (ctx, mut api, _leader) = context();
+        let server = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "GET",
+                INGRESS,
+                200,
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "payments", "namespace": "shop"}}),
+            )
+            .await;
+            expect(&mut api, "GET", ROUTE, 404, not_found()).await;
+            let answer = serde_json::to_value(policy(Value::Null)).unwrap();
+            let mut body = expect(&mut api, "PATCH", POLICY_STATUS, 200, answer).await;
+            let status = body["status"].take();
+            assert_eq!(status["effectivePercentage"], 10.0);
+            assert_eq!(
+                status["forwardAuthUrl"],
+                "https://authplane.example/authz/shop/payments"
+            );
+            assert_eq!(
+                status["tokenReviewUrl"],
+                "https://authplane.example/tokenreview/shop/payments"
+            );
+            assert_eq!(
+                status["targets"],
+                json!([
+                    {"kind": "Ingress", "name": "payments", "found": true},
+                    {"kind": "HTTPRoute", "name": "payments", "found": false},
+                ])
+            );
+            let conditions: Vec<(&str, &str)> = status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+                .collect();
+            assert_eq!(conditions, [("Accepted", "True"), ("Ready", "True")]);
+            (api, status)
+        });
+        within(reconcile(Arc::new(policy(Value::Null)), ctx.clone()))
+            .await
+            .unwrap();
+        let (mut api, status) = server.await.unwrap();
+
+        // With that status in place, the next look writes nothing.
+        let again = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "GET",
+                INGRESS,
+                200,
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "payments", "namespace": "shop"}}),
+            )
+            .await;
+            expect(&mut api, "GET", ROUTE, 404, not_found()).await;
+            api
+        });
+        within(reconcile(Arc::new(policy(status)), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(again.await.unwrap().next_request().await.is_none());
+    }
+}

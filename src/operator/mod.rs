@@ -1,9 +1,11 @@
 //! The Kubernetes driver, `authplane run`: the same core and server as dev mode, with
 //! keys in Secrets. Every replica serves; the Lease holder writes.
 
+pub mod auth_policies;
 pub mod lease;
 pub mod serve;
 pub mod signing_keys;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::SigningKey;
+use crate::api::{AuthPolicy, SigningKey};
 use crate::clock::SystemClock;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -111,7 +113,7 @@ pub async fn run(
     let serving = tokio::spawn(serve::run(
         client.clone(),
         config.external_url.clone(),
-        registry,
+        registry.clone(),
         stopped.clone(),
     ));
 
@@ -145,7 +147,14 @@ pub async fn run(
         recorder,
         leader.clone(),
     ));
-    let controller = tokio::spawn(lead(client, ctx, metrics, leader, stopped));
+    let policy_ctx = Arc::new(auth_policies::PolicyContext {
+        client: client.clone(),
+        registry: registry.clone(),
+        external_url: config.external_url.clone(),
+        clock: Arc::new(SystemClock),
+        leader: leader.clone(),
+    });
+    let controller = tokio::spawn(lead(client, ctx, policy_ctx, metrics, leader, stopped));
 
     tracing::info!(listen = %config.listen, identity = %config.identity, "authplane operator running");
     shutdown.await;
@@ -158,11 +167,11 @@ pub async fn run(
         .map_err(OperatorError::Serve)
 }
 
-/// Runs the SigningKey controller while this replica leads, and stops it the moment it
-/// does not.
+/// Runs the controllers while this replica leads, and stops them the moment it does not.
 async fn lead(
     client: Client,
     ctx: Arc<Context>,
+    policy_ctx: Arc<auth_policies::PolicyContext>,
     metrics: Arc<Metrics>,
     mut leader: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
@@ -175,7 +184,7 @@ async fn lead(
         metrics.leader.set(1);
         let keys = Api::<DeserializeGuard<SigningKey>>::all(client.clone());
         let secrets = Api::<Secret>::all(client.clone());
-        let controller = Controller::new(keys, watcher::Config::default())
+        let signing_keys = Controller::new(keys, watcher::Config::default())
             .owns(
                 secrets,
                 watcher::Config::default().labels(&serve::managed_selector()),
@@ -186,8 +195,16 @@ async fn lead(
                 ctx.clone(),
             )
             .for_each(|_| async {});
+        let policies = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone());
+        let auth_policies = Controller::new(policies, watcher::Config::default())
+            .run(
+                auth_policies::reconcile_guarded,
+                auth_policies::error_policy,
+                policy_ctx.clone(),
+            )
+            .for_each(|_| async {});
         tokio::select! {
-            () = controller => {}
+            _ = futures::future::join(signing_keys, auth_policies) => {}
             _ = leader.wait_for(|l| !*l) => tracing::warn!("lease lost: stopped writing"),
             _ = stopped.changed() => return,
         }

@@ -13,9 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{
-    ObjectKey, SigningKey, SigningKeyStatus, Validate, condition, keep_transition_times,
-};
+use crate::api::{ObjectKey, SigningKey, SigningKeyStatus, Validate, condition};
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
 use crate::keys::store::Data;
@@ -347,34 +345,13 @@ async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> R
     Ok(())
 }
 
-/// Applies the status, unless it is what the object already says: every status write is
-/// a change the controller's own watch sees, so writing an unchanged status would loop.
 async fn patch_status(
     key: &SigningKey,
     ctx: &Context,
     status: &SigningKeyStatus,
 ) -> Result<(), Error> {
-    let mut status = status.clone();
-    if let Some(current) = &key.status {
-        keep_transition_times(&mut status.conditions, &current.conditions);
-        if *current == status {
-            return Ok(());
-        }
-    }
     ctx.ensure_leader()?;
-    let api: Api<SigningKey> =
-        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
-    let body = json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "SigningKey",
-        "status": status,
-    });
-    api.patch_status(
-        &key.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
+    super::status::apply(&ctx.client, key, status.clone()).await?;
     Ok(())
 }
 

@@ -266,6 +266,11 @@ impl CompiledPolicy {
         }
     }
 
+    /// The `metadata.generation` of the policy this was compiled from.
+    pub fn generation(&self) -> Option<i64> {
+        self.generation
+    }
+
     /// Share of users under enforcement now.
     pub fn effective_percentage(&self) -> f64 {
         match self.mode {

@@ -1,0 +1,150 @@
+//! AuthPolicy status on a cluster: Accepted and Ready, the effective percentage, whether
+//! each target exists, and the URLs to wire. The decisions themselves are served from
+//! the registry on every replica; this controller only reports, and only on the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+use super::signing_keys::Error;
+use crate::api::{
+    AuthPolicy, AuthPolicyStatus, ObjectKey, TargetKind, TargetRef, Validate, condition,
+};
+use crate::clock::Clock;
+use crate::registry::Registry;
+
+/// Targets come and go without touching the policy: look again this often.
+const RECHECK: Duration = Duration::from_secs(60);
+
+pub struct PolicyContext {
+    pub client: Client,
+    pub registry: Arc<Registry>,
+    pub external_url: String,
+    pub clock: Arc<dyn Clock>,
+    pub leader: watch::Receiver<bool>,
+}
+
+pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
+    let id = ObjectKey::of(&policy.metadata);
+    let now = ctx.clock.now();
+    let generation = policy.metadata.generation;
+    let invalid = policy.validate();
+    let status = if !invalid.is_empty() {
+        let message: Vec<String> = invalid.iter().map(ToString::to_string).collect();
+        AuthPolicyStatus {
+            observed_generation: generation,
+            conditions: vec![condition(
+                "Accepted",
+                false,
+                "Invalid",
+                message.join("; "),
+                generation,
+                now,
+            )],
+            ..AuthPolicyStatus::default()
+        }
+    } else {
+        let snapshot = ctx.registry.load();
+        let compiled = snapshot
+            .policies
+            .get(&id)
+            .filter(|c| c.generation() == generation);
+        let Some(compiled) = compiled else {
+            // The serving view has not caught up with this generation yet.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        let mut found = Vec::new();
+        for target in &policy.spec.target_refs {
+            found.push((
+                target.clone(),
+                target_exists(&ctx.client, &id.namespace, target).await,
+            ));
+        }
+        compiled.status(&ctx.external_url, now, |target| {
+            found
+                .iter()
+                .find(|(t, _)| t == target)
+                .and_then(|(_, f)| *f)
+        })
+    };
+    if !*ctx.leader.borrow() {
+        return Err(Error::NotLeader);
+    }
+    super::status::apply(&ctx.client, policy.as_ref(), status).await?;
+    Ok(Action::requeue(RECHECK))
+}
+
+/// Whether a target exists; `None` when it cannot be told (no permission, or the
+/// Gateway API is not installed).
+async fn target_exists(client: &Client, namespace: &str, target: &TargetRef) -> Option<bool> {
+    let client = client.clone();
+    let found = match target.kind {
+        TargetKind::Deployment => Api::<Deployment>::namespaced(client, namespace)
+            .get_opt(&target.name)
+            .await
+            .map(|o| o.is_some()),
+        TargetKind::StatefulSet => Api::<StatefulSet>::namespaced(client, namespace)
+            .get_opt(&target.name)
+            .await
+            .map(|o| o.is_some()),
+        TargetKind::Service => Api::<Service>::namespaced(client, namespace)
+            .get_opt(&target.name)
+            .await
+            .map(|o| o.is_some()),
+        TargetKind::Ingress => Api::<Ingress>::namespaced(client, namespace)
+            .get_opt(&target.name)
+            .await
+            .map(|o| o.is_some()),
+        TargetKind::HttpRoute => {
+            let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+            let resource = ApiResource::from_gvk_with_plural(&gvk, "httproutes");
+            Api::<DynamicObject>::namespaced_with(client, namespace, &resource)
+                .get_opt(&target.name)
+                .await
+                .map(|o| o.is_some())
+        }
+    };
+    match found {
+        Ok(found) => Some(found),
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell whether {:?} {namespace}/{} exists: {e}",
+                target.kind,
+                target.name
+            );
+            None
+        }
+    }
+}
+
+pub async fn reconcile_guarded(
+    guard: Arc<DeserializeGuard<AuthPolicy>>,
+    ctx: Arc<PolicyContext>,
+) -> Result<Action, Error> {
+    match &guard.0 {
+        Ok(policy) => reconcile(Arc::new(policy.clone()), ctx).await,
+        Err(invalid) => {
+            tracing::warn!(auth_policy = %ObjectKey::of(&invalid.metadata), "skipped, it does not parse: {}", invalid.error);
+            Ok(Action::await_change())
+        }
+    }
+}
+
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<AuthPolicy>>,
+    error: &Error,
+    _: Arc<PolicyContext>,
+) -> Action {
+    if let Ok(policy) = &guard.0 {
+        tracing::warn!(auth_policy = %policy.name_any(), "status update failed: {error}");
+    }
+    Action::requeue(Duration::from_secs(10))
+}
