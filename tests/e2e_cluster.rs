@@ -4,8 +4,10 @@
 //! JWKS, rotates with `authplane rotate` and sees the old kid stay published, then deletes
 //! everything itself: minimal test clusters often run without a garbage collector.
 
+mod common;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authplane::api::SigningKey;
 use authplane::operator::{self, OperatorConfig};
@@ -17,6 +19,13 @@ use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    check: impl FnMut() -> Fut,
+) -> T {
+    common::eventually(what, DEADLINE, check).await
+}
+
 fn kubeconfig() -> Option<PathBuf> {
     match std::env::var_os("AUTHPLANE_E2E_KUBECONFIG") {
         Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
@@ -26,21 +35,6 @@ fn kubeconfig() -> Option<PathBuf> {
             );
             None
         }
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

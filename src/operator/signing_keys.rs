@@ -293,18 +293,23 @@ pub fn secret_data(secret: &Secret) -> Result<Data, String> {
     Ok(data)
 }
 
+/// Metadata of an object the SigningKey owns: labelled as ours, deleted with it.
+fn owned_metadata(key: &SigningKey, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: key.namespace(),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (SIGNING_KEY_LABEL.to_owned(), key.name_any()),
+        ])),
+        owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
 fn build_secret(key: &SigningKey, name: &str, data: &Data) -> Secret {
     Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: key.namespace(),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-                (SIGNING_KEY_LABEL.to_owned(), key.name_any()),
-            ])),
-            owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
+        metadata: owned_metadata(key, name),
         type_: Some(SECRET_TYPE.to_owned()),
         data: Some(
             data.iter()
@@ -318,16 +323,7 @@ fn build_secret(key: &SigningKey, name: &str, data: &Data) -> Secret {
 async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> Result<(), Error> {
     let name = format!("{}-jwks", key.name_any());
     let config_map = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: key.namespace(),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-                (SIGNING_KEY_LABEL.to_owned(), key.name_any()),
-            ])),
-            owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
+        metadata: owned_metadata(key, &name),
         data: Some(BTreeMap::from([("jwks.json".to_owned(), jwks.to_owned())])),
         ..ConfigMap::default()
     };
