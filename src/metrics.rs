@@ -144,6 +144,52 @@ fn decision_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// Key-state gauges and the rotation count of one SigningKey after a reconcile.
+    pub fn observe_keys(
+        &self,
+        outcome: &crate::reconcile::KeyOutcome,
+        namespace: &str,
+        name: &str,
+        now: jiff::Timestamp,
+    ) {
+        use crate::keys::lifecycle::{KeyEvent, KeyState};
+        let views = outcome.keys.view(now, outcome.policy.retain_for);
+        for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
+            let count = views.iter().filter(|v| v.state == state).count();
+            self.keys
+                .get_or_create(&KeyStateLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    state: state.as_str().to_owned(),
+                })
+                .set(count as i64);
+        }
+        let activations = outcome
+            .events
+            .iter()
+            .filter(|e| matches!(e, KeyEvent::Activated { .. }))
+            .count();
+        if activations > 0 {
+            self.rotations
+                .get_or_create(&ResourceLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+                .inc_by(activations as u64);
+        }
+    }
+
+    /// Drops the gauges of a SigningKey that is gone.
+    pub fn forget_keys(&self, namespace: &str, name: &str) {
+        for state in ["Next", "Active", "Retired"] {
+            self.keys.remove(&KeyStateLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+    }
+
     pub fn decision(
         &self,
         namespace: &str,

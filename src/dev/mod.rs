@@ -18,8 +18,7 @@ use tokio::task::JoinHandle;
 use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
-use crate::keys::lifecycle::{KeyEvent, KeySet, KeyState};
-use crate::metrics::{KeyStateLabels, Metrics, ResourceLabels};
+use crate::metrics::Metrics;
 use crate::reconcile::{self, ReconcileError};
 use crate::registry::{PublishedIssuer, Registry, ServedKeys, build_snapshot};
 use crate::server::{self, AppState};
@@ -305,20 +304,8 @@ impl Driver {
                 tracing::info!("SigningKey {id}: {message}");
             }
         }
-        if outcome
-            .events
-            .iter()
-            .any(|e| matches!(e, KeyEvent::Activated { .. }))
-        {
-            self.metrics
-                .rotations
-                .get_or_create(&ResourceLabels {
-                    namespace: id.namespace.clone(),
-                    name: id.name.clone(),
-                })
-                .inc();
-        }
-        self.observe(id, &outcome.keys, &outcome.policy, now);
+        self.metrics
+            .observe_keys(&outcome, &id.namespace, &id.name, now);
         let served = ServedKeys {
             published: Arc::new(outcome.published(&id.namespace, &id.name)),
             keys: outcome.keys,
@@ -326,29 +313,9 @@ impl Driver {
         Ok((served, outcome.next_wakeup))
     }
 
-    /// The key-state gauges.
-    fn observe(
-        &mut self,
-        id: &ObjectKey,
-        keys: &KeySet,
-        policy: &crate::keys::lifecycle::KeyPolicy,
-        now: Timestamp,
-    ) {
-        let views = keys.view(now, policy.retain_for);
-        for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
-            let count = views.iter().filter(|v| v.state == state).count();
-            self.metrics
-                .keys
-                .get_or_create(&key_labels(id, state))
-                .set(count as i64);
-        }
-    }
-
     fn forget(&mut self, id: &ObjectKey) {
         self.served.remove(id);
-        for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
-            self.metrics.keys.remove(&key_labels(id, state));
-        }
+        self.metrics.forget_keys(&id.namespace, &id.name);
     }
 
     fn log_issuers(&self) {
@@ -365,13 +332,5 @@ impl Driver {
                 published.jwks_uri
             );
         }
-    }
-}
-
-fn key_labels(id: &ObjectKey, state: KeyState) -> KeyStateLabels {
-    KeyStateLabels {
-        namespace: id.namespace.clone(),
-        name: id.name.clone(),
-        state: state.as_str().to_owned(),
     }
 }

@@ -242,6 +242,8 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         }
     }
 
+    ctx.metrics
+        .observe_keys(&outcome, &id.namespace, &id.name, now);
     ctx.ensure_leader()?;
     let published = outcome.published(&id.namespace, &id.name);
     apply_jwks_config_map(
