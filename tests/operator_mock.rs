@@ -381,6 +381,29 @@ async fn a_garbage_secret_is_reported_and_never_overwritten() {
 }
 
 #[tokio::test]
+async fn an_api_failure_is_recorded_as_a_warning_event() {
+    let (ctx, mut api, _leader) = context(t0(), true);
+    let server = tokio::spawn(async move {
+        let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500,
+            "message": "etcd is unhappy"});
+        expect(&mut api, "GET", SECRET, 500, failure).await;
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("ReconcileFailed"))
+        );
+        assert!(event["note"].as_str().unwrap().contains("etcd is unhappy"));
+        api
+    });
+    let error = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "api");
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
+}
+
+#[tokio::test]
 async fn a_replica_without_the_lease_writes_nothing() {
     let (ctx, mut api, _leader) = context(t0(), false);
     let server = tokio::spawn(async move {

@@ -101,6 +101,18 @@ pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result
+        && matches!(e.kind(), "api" | "key_generation")
+    {
+        publish(
+            &ctx,
+            &key,
+            EventType::Warning,
+            "ReconcileFailed",
+            &e.to_string(),
+        )
+        .await;
+    }
     if let Err(e) = &result {
         ctx.metrics
             .reconcile_errors
