@@ -5,9 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -85,33 +82,21 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
 /// Whether a target exists; `None` when it cannot be told (no permission, or the
 /// Gateway API is not installed).
 async fn target_exists(client: &Client, namespace: &str, target: &TargetRef) -> Option<bool> {
-    let client = client.clone();
-    let found = match target.kind {
-        TargetKind::Deployment => Api::<Deployment>::namespaced(client, namespace)
-            .get_opt(&target.name)
-            .await
-            .map(|o| o.is_some()),
-        TargetKind::StatefulSet => Api::<StatefulSet>::namespaced(client, namespace)
-            .get_opt(&target.name)
-            .await
-            .map(|o| o.is_some()),
-        TargetKind::Service => Api::<Service>::namespaced(client, namespace)
-            .get_opt(&target.name)
-            .await
-            .map(|o| o.is_some()),
-        TargetKind::Ingress => Api::<Ingress>::namespaced(client, namespace)
-            .get_opt(&target.name)
-            .await
-            .map(|o| o.is_some()),
-        TargetKind::HttpRoute => {
-            let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-            let resource = ApiResource::from_gvk_with_plural(&gvk, "httproutes");
-            Api::<DynamicObject>::namespaced_with(client, namespace, &resource)
-                .get_opt(&target.name)
-                .await
-                .map(|o| o.is_some())
-        }
+    // One dynamic path for every kind: Gateway API is itself a CRD, and the others
+    // differ only in where they live.
+    let (group, version, kind, plural) = match target.kind {
+        TargetKind::Deployment => ("apps", "v1", "Deployment", "deployments"),
+        TargetKind::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
+        TargetKind::Service => ("", "v1", "Service", "services"),
+        TargetKind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
+        TargetKind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     };
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let found = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
+        .get_opt(&target.name)
+        .await
+        .map(|o| o.is_some());
     match found {
         Ok(found) => Some(found),
         Err(e) => {
