@@ -7,6 +7,7 @@
 pub mod api;
 pub mod clock;
 pub mod dev;
+pub mod external;
 pub mod keys;
 pub mod metrics;
 pub mod operator;

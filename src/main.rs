@@ -5,8 +5,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use authplane::api::{
+    AuthPolicy, ObjectKey, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RolloutAction, SigningKey,
+};
 use authplane::api::{Duration, crds::crds};
-use authplane::api::{ObjectKey, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, SigningKey};
 use authplane::clock::{Clock, SystemClock};
 use authplane::dev::manifests::ManifestLoader;
 use authplane::dev::{self, DevConfig, state::StateStore};
@@ -44,6 +46,9 @@ enum Command {
     Rotate(RotateArgs),
     /// Revoke a key at once: it leaves the JWKS and its tokens stop verifying.
     RevokeKey(RevokeArgs),
+    /// Steer an AuthPolicy's rollout on a cluster: pause, resume, or set a percentage.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Print the CustomResourceDefinitions as YAML, or write them into a folder.
     Crdgen {
         /// Write one file per CRD into this folder instead of printing.
@@ -87,6 +92,34 @@ struct RunArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
+    decision_cache_size: usize,
+}
+
+const DEFAULT_DECISION_CACHE: usize = 10_000;
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Hold a stepped rollout on its current step (`spec.rollout.paused: true`).
+    Pause(PolicyArgs),
+    /// Let a held rollout move on; the current step gets a full `stepEvery` again.
+    Resume(PolicyArgs),
+    /// Enforce for PERCENT of users now, replacing any steps (0 rolls back at once).
+    Set {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// 0 to 100, at most three decimals.
+        percent: f64,
+    },
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// The AuthPolicy, as NAMESPACE/NAME.
+    policy: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Args)]
@@ -128,6 +161,9 @@ struct DevArgs {
     /// Base URL of default issuers (default: http://<listen>).
     #[arg(long, value_name = "URL")]
     external_url: Option<String>,
+    /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
+    decision_cache_size: usize,
 }
 
 #[derive(Subcommand)]
@@ -208,7 +244,46 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
         Command::Bucket(args) => bucket(args),
+        Command::Rollout(command) => rollout(command),
     }
+}
+
+fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
+    let (args, action) = match command {
+        RolloutCommand::Pause(args) => (args, RolloutAction::Pause),
+        RolloutCommand::Resume(args) => (args, RolloutAction::Resume),
+        RolloutCommand::Set { policy, percent } => (policy, RolloutAction::Set(percent)),
+    };
+    let id = parse_id(&args.policy, "the AuthPolicy")?;
+    let patch = action.patch().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = operator::client(args.cluster.kubeconfig.as_ref()).await?;
+        let api: kube::Api<AuthPolicy> = kube::Api::namespaced(client, &id.namespace);
+        let updated = api
+            .patch(
+                &id.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .with_context(|| format!("patching AuthPolicy {id}"))?;
+        let rollout = &updated.spec.rollout;
+        println!(
+            "AuthPolicy {id}: mode {:?}, percentage {}, steps {:?}{}",
+            rollout.mode,
+            rollout.percentage,
+            rollout.steps,
+            if rollout.paused { ", paused" } else { "" }
+        );
+        if rollout.mode != authplane::api::Mode::Enforce {
+            println!(
+                "note: the mode is {:?}: nobody is enforced until it is Enforce",
+                rollout.mode
+            );
+        }
+        Ok(())
+    })
 }
 
 fn parse_id(text: &str, flag: &str) -> anyhow::Result<ObjectKey> {
@@ -232,14 +307,15 @@ fn bucket(args: BucketArgs) -> anyhow::Result<()> {
         .get(&id)
         .with_context(|| format!("no AuthPolicy {id} in {}", args.manifests.display()))?;
     let compiled = CompiledPolicy::compile(policy, |_| None);
-    let (bucket, enforced) = compiled.bucket_of(&args.key);
+    let now = jiff::Timestamp::now();
+    let (bucket, enforced) = compiled.bucket_of(&args.key, now);
     println!(
         "bucket {bucket} of {} ({:.3}%); enforced now: {} ({:?} at {}%)",
         rollout::BUCKETS,
         f64::from(bucket) / 1000.0,
         if enforced { "yes" } else { "no" },
         compiled.mode,
-        compiled.percentage
+        compiled.effective_percentage(now)
     );
     Ok(())
 }
@@ -255,6 +331,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         listen: args.listen,
         external_url: args.external_url.trim_end_matches('/').to_owned(),
         identity,
+        decision_cache_size: args.decision_cache_size,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
@@ -325,6 +402,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             state: args.state,
             listen: args.listen,
             external_url: args.external_url,
+            decision_cache_size: args.decision_cache_size,
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyStateLabels {
@@ -44,6 +45,18 @@ pub struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub issuer: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -66,6 +79,13 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// 1 while this replica holds the lease (and writes).
     pub leader: Gauge,
+    /// External issuers: fetches by result, keys in the current set, last success.
+    pub jwks_fetches: Family<FetchLabels, Counter>,
+    pub jwks_keys: Family<IssuerLabels, Gauge>,
+    pub jwks_last_success: Family<IssuerLabels, Gauge>,
+    /// Decisions answered from the verified-token cache, and those that verified.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -123,8 +143,43 @@ impl Default for Metrics {
             "1 while this replica holds the lease and writes",
             leader.clone(),
         );
+        let jwks_fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of external issuers' key sets by result",
+            jwks_fetches.clone(),
+        );
+        let jwks_keys = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "jwks_keys",
+            "Keys in the current key set of an external issuer",
+            jwks_keys.clone(),
+        );
+        let jwks_last_success = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch of an external issuer's key set; alert on its age",
+            jwks_last_success.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "decision_cache_hits",
+            "Tokens found in the verified-token cache (no signature check)",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "decision_cache_misses",
+            "Tokens verified because the cache did not hold them",
+            cache_misses.clone(),
+        );
         Self {
             registry,
+            jwks_fetches,
+            jwks_keys,
+            jwks_last_success,
+            cache_hits,
+            cache_misses,
             keys,
             rotations,
             reload_errors,
@@ -214,6 +269,46 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Decision meters of one policy, for the request path: each series is looked up
+    /// (and its labels allocated) once, not per request.
+    pub fn policy_meters(&self, namespace: &str, policy: &str, slots: usize) -> PolicyMeters {
+        PolicyMeters {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+            decisions: self.decisions.clone(),
+            cache_hits: self.cache_hits.clone(),
+            cache_misses: self.cache_misses.clone(),
+            counters: (0..slots).map(|_| OnceLock::new()).collect(),
+            seconds: self
+                .decision_seconds
+                .get_or_create(&PolicyLabels {
+                    namespace: namespace.to_owned(),
+                    policy: policy.to_owned(),
+                })
+                .clone(),
+        }
+    }
+
+    /// The outcome of one fetch of an external issuer's key set.
+    pub fn jwks_fetched(&self, issuer: &str, keys: Result<usize, ()>, now: jiff::Timestamp) {
+        let result = if keys.is_ok() { "ok" } else { "error" };
+        self.jwks_fetches
+            .get_or_create(&FetchLabels {
+                issuer: issuer.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        if let Ok(count) = keys {
+            let labels = IssuerLabels {
+                issuer: issuer.to_owned(),
+            };
+            self.jwks_keys.get_or_create(&labels).set(count as i64);
+            self.jwks_last_success
+                .get_or_create(&labels)
+                .set(now.as_second());
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -228,5 +323,43 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .inc();
+    }
+}
+
+/// The decision series of one policy. Slot numbers are the caller's: one per
+/// (decision, reason) pair.
+pub struct PolicyMeters {
+    namespace: String,
+    policy: String,
+    decisions: Family<DecisionLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    counters: Vec<OnceLock<Counter>>,
+    seconds: Histogram,
+}
+
+impl PolicyMeters {
+    pub fn record(&self, slot: usize, decision: &str, reason: &str, seconds: f64) {
+        let labels = || DecisionLabels {
+            namespace: self.namespace.clone(),
+            policy: self.policy.clone(),
+            decision: decision.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match self.counters.get(slot) {
+            Some(cell) => cell
+                .get_or_init(|| self.decisions.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.decisions.get_or_create(&labels()).inc(),
+        };
+        self.seconds.observe(seconds);
+    }
+
+    pub fn cache_hit(&self, hit: bool) {
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
+        }
     }
 }

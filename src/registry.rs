@@ -2,7 +2,7 @@
 //! swapped in atomically. Requests never wait on a driver and never do I/O.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::digest::{SHA256, digest};
@@ -13,9 +13,13 @@ use jiff::SignedDuration;
 use serde_json::json;
 
 use crate::api::{AuthPolicy, ObjectKey, issuer_path};
+use crate::clock::Clock;
+use crate::external::ExternalIssuers;
 use crate::keys::Algorithm;
 use crate::keys::lifecycle::KeySet;
-use crate::policy::{CompiledPolicy, IssuerKeys};
+use crate::metrics::Metrics;
+use crate::policy::cache::DecisionCache;
+use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys, PolicyStats};
 
 /// Upper bound of the JWKS `max-age`: verifiers should notice a new key within minutes.
 const MAX_JWKS_MAX_AGE_SECS: i64 = 300;
@@ -95,11 +99,46 @@ pub struct ServedKeys {
     pub keys: KeySet,
 }
 
+/// What outlives snapshots: external issuers and their refresh tasks, the
+/// verified-token cache, and each policy's meters and audit counters.
+pub struct PolicyRuntime {
+    pub metrics: Arc<Metrics>,
+    external: ExternalIssuers,
+    cache: Option<Arc<DecisionCache>>,
+    stats: Mutex<HashMap<ObjectKey, Arc<PolicyStats>>>,
+}
+
+impl PolicyRuntime {
+    /// `cache_size` entries of verified tokens; 0 turns the cache off.
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>, cache_size: usize) -> Self {
+        Self {
+            external: ExternalIssuers::new(metrics.clone(), clock),
+            metrics,
+            cache: DecisionCache::new(cache_size),
+            stats: Mutex::default(),
+        }
+    }
+
+    fn stats(&self, id: &ObjectKey) -> Arc<PolicyStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(PolicyStats::new(&self.metrics, &id.namespace, &id.name)))
+            .clone()
+    }
+
+    /// (audited, would deny) requests of a policy so far on this replica.
+    pub fn audit_totals(&self, id: &ObjectKey) -> (u64, u64) {
+        self.stats(id).audit.totals()
+    }
+}
+
 /// The server's view of a set of SigningKeys and AuthPolicies; the same for every driver.
 /// The first SigningKey (by namespace/name) claiming an issuer path wins it.
 pub fn build_snapshot<'a>(
     served: &HashMap<ObjectKey, ServedKeys>,
     policies: impl IntoIterator<Item = (&'a ObjectKey, &'a AuthPolicy)>,
+    runtime: &PolicyRuntime,
 ) -> Snapshot {
     let mut snapshot = Snapshot::default();
     let mut ordered: Vec<(&ObjectKey, &ServedKeys)> = served.iter().collect();
@@ -124,12 +163,21 @@ pub fn build_snapshot<'a>(
         snapshot.issuers.insert(path, published.clone());
     }
     for (id, policy) in policies {
-        let compiled = CompiledPolicy::compile(policy, |key| {
-            served.get(key).map(|entry| IssuerKeys {
-                issuer: &entry.published.issuer,
-                keys: &entry.keys,
-            })
-        });
+        let context = CompileContext {
+            external: Some(&runtime.external),
+            cache: runtime.cache.clone(),
+            stats: Some(runtime.stats(id)),
+        };
+        let compiled = CompiledPolicy::compile_with(
+            policy,
+            |key| {
+                served.get(key).map(|entry| IssuerKeys {
+                    issuer: &entry.published.issuer,
+                    keys: &entry.keys,
+                })
+            },
+            context,
+        );
         if !compiled.unresolved.is_empty() {
             tracing::warn!(
                 "AuthPolicy {id}: SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
@@ -138,6 +186,11 @@ pub fn build_snapshot<'a>(
         }
         snapshot.policies.insert(id.clone(), Arc::new(compiled));
     }
+    runtime
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|id, _| snapshot.policies.contains_key(id));
     snapshot
 }
 

@@ -105,6 +105,7 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         external_url: external.clone(),
         identity: "e2e".into(),
+        decision_cache_size: 1000,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {
@@ -138,7 +139,10 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
             .contains_key(&format!("{first_kid}.pem"))
     );
 
-    let http = reqwest::Client::new();
+    let http = {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        reqwest::Client::new()
+    };
     let jwks_url = format!("{external}/{namespace}/web/.well-known/jwks.json");
     eventually("the JWKS to be served", || async {
         jwks_kids(&http, &jwks_url)

@@ -552,7 +552,7 @@ mod auth_policy_status {
     use super::*;
     use authplane::api::{AuthPolicy, ObjectKey};
     use authplane::operator::auth_policies::{PolicyContext, reconcile};
-    use authplane::registry::{Registry, ServedKeys, build_snapshot};
+    use authplane::registry::{PolicyRuntime, Registry, ServedKeys, build_snapshot};
     use std::collections::HashMap;
 
     const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/payments";
@@ -595,9 +595,15 @@ mod auth_policy_status {
         );
         let registry = Arc::new(Registry::default());
         let current = policy(Value::Null);
+        let runtime = Arc::new(PolicyRuntime::new(
+            Arc::new(authplane::metrics::Metrics::default()),
+            Arc::new(Fixed(t0())),
+            0,
+        ));
         registry.publish(build_snapshot(
             &served,
             [(&ObjectKey::of(&current.metadata), &current)],
+            &runtime,
         ));
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let (tx, rx) = tokio::sync::watch::channel(true);
@@ -607,6 +613,8 @@ mod auth_policy_status {
             external_url: "https://authplane.example".into(),
             clock: Arc::new(Fixed(t0())),
             leader: rx,
+            runtime,
+            rollouts: Default::default(),
         };
         (Arc::new(ctx), handle, tx)
     }

@@ -105,12 +105,66 @@ pub enum TargetKind {
     HttpRoute,
 }
 
-/// One accepted issuer.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+/// One accepted issuer: a SigningKey of authplane, or an external OIDC provider.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.signingKeyRef) != has(self.issuer)")
+    .message("set exactly one of signingKeyRef and issuer"))]
+#[x_kube(validation = Rule::new("has(self.issuer) || (!has(self.jwksUri) && !has(self.refresh))")
+    .message("jwksUri and refresh belong to an external issuer: set issuer too"))]
 #[serde(rename_all = "camelCase")]
 pub struct IssuerRef {
     /// A SigningKey of authplane: its issuer and keys, resolved in memory.
-    pub signing_key_ref: SigningKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_ref: Option<SigningKeyRef>,
+    /// An external OIDC issuer, exactly as tokens carry it in `iss`, such as
+    /// `https://login.microsoftonline.com/<tenant-id>/v2.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
+    pub issuer: Option<String>,
+    /// The external issuer's JWKS. Default: the `jwks_uri` of
+    /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
+    pub jwks_uri: Option<String>,
+    /// How the external issuer's keys are cached and refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<KeyRefresh>,
+}
+
+/// https, or http to a loopback address (local providers in development and tests).
+const URL_RULE: &str = "self.startsWith('https://') || self.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')";
+const URL_MESSAGE: &str = "must be an https URL (http only to 127.0.0.1, localhost or [::1])";
+
+/// Caching of an external issuer's keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.minInterval) <= duration(self.maxInterval)")
+    .message("minInterval must not exceed maxInterval"))]
+#[x_kube(validation = Rule::new("duration(self.minInterval) >= duration('1s')")
+    .message("minInterval must be at least 1s"))]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRefresh {
+    /// Floor of the refresh interval; also the least time between two refetches
+    /// triggered by tokens with unknown kids. Default 1m.
+    #[serde(default = "defaults::min_refresh")]
+    pub min_interval: Duration,
+    /// Ceiling of the refresh interval, whatever the provider's `Cache-Control` says.
+    /// Default 1h.
+    #[serde(default = "defaults::max_refresh")]
+    pub max_interval: Duration,
+    /// How long the last good key set keeps verifying tokens while refreshes fail.
+    /// Default 24h.
+    #[serde(default = "defaults::max_stale")]
+    pub max_stale: Duration,
+}
+
+impl Default for KeyRefresh {
+    fn default() -> Self {
+        Self {
+            min_interval: defaults::min_refresh(),
+            max_interval: defaults::max_refresh(),
+            max_stale: defaults::max_stale(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Hash)]
@@ -182,6 +236,8 @@ pub struct ClaimRequirement {
 
 /// Rollout of enforcement.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.steps) || size(self.steps) == 0 || has(self.stepEvery)")
+    .message("steps need stepEvery"))]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
     /// Off: every request passes, nothing is checked. Audit: every request passes; the
@@ -190,10 +246,30 @@ pub struct Rollout {
     #[serde(default)]
     pub mode: Mode,
     /// Share of users under enforcement in Enforce mode, 0 to 100 in steps of 0.001.
-    /// Sticky: raising it only adds users. Default 100.
+    /// Sticky: raising it only adds users. With `steps`, a ceiling on them: lowering it
+    /// rolls back at once. Default 100.
     #[serde(default = "defaults::percentage")]
     #[x_kube(validation = Rule::new("self >= 0.0 && self <= 100.0").message("must be between 0 and 100"))]
     pub percentage: f64,
+    /// Automatic progression in Enforce mode: the enforced share starts at the first
+    /// step and moves to the next one every `stepEvery`, such as `[10, 50, 100]`.
+    /// Strictly increasing, each between 0 and 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(s, s >= 0.0 && s <= 100.0)").message("steps must be between 0 and 100"))]
+    pub steps: Vec<f64>,
+    /// Time on each step, such as `1h`. The progression is recorded in status (in dev
+    /// mode, in the state folder), so restarts do not reset it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s"))]
+    pub step_every: Option<Duration>,
+    /// Hold the progression while too many audited requests would be refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_above_deny_ratio: Option<DenyRatioPause>,
+    /// Hold the progression (`authplane rollout pause`). Resuming gives the current step
+    /// a full `stepEvery` again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// What identifies a user for bucketing. Default: the `sub` claim.
     #[serde(default)]
     pub bucket_by: BucketBy,
@@ -208,10 +284,31 @@ impl Default for Rollout {
         Self {
             mode: Mode::default(),
             percentage: defaults::percentage(),
+            steps: Vec::new(),
+            step_every: None,
+            pause_above_deny_ratio: None,
+            paused: false,
             bucket_by: BucketBy::default(),
             salt: None,
         }
     }
+}
+
+/// Holds a stepped rollout while the share of would-deny decisions among audited
+/// requests (those outside enforcement) over the last `window` is above `ratio`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DenyRatioPause {
+    /// Such as 0.05 for 5%.
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be between 0 and 1"))]
+    pub ratio: f64,
+    /// The sliding window the ratio is measured over. Default 5m.
+    #[serde(default = "defaults::deny_window")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("must be at least 10s"))]
+    pub window: Duration,
+    /// Fewer audited requests in the window say nothing: no hold. Default 100.
+    #[serde(default = "defaults::min_requests")]
+    pub min_requests: u32,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -290,6 +387,18 @@ pub struct AuthPolicyStatus {
     /// Share of users under enforcement now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_percentage: Option<f64>,
+    /// When a stepped rollout moves to its next step (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<String>,
+    /// Whether a stepped rollout is held, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+    /// The recorded progression of a stepped rollout: every replica derives the enforced
+    /// share from it, and restarts continue from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutProgress>,
     /// Each target and whether it exists.
     #[serde(default)]
     pub targets: Vec<TargetStatus>,
@@ -301,6 +410,22 @@ pub struct AuthPolicyStatus {
     pub token_review_url: Option<String>,
 }
 
+/// Where a stepped rollout is.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutProgress {
+    /// The steps this progression follows; when `spec.rollout.steps` changes, it starts
+    /// over.
+    pub steps: Vec<f64>,
+    /// Index of the current step.
+    pub step: u32,
+    /// When the current step began (RFC 3339).
+    pub since: String,
+    /// Why the progression is held, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetStatus {
@@ -309,6 +434,34 @@ pub struct TargetStatus {
     /// Whether the object exists; absent where nobody can tell (dev mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<bool>,
+}
+
+/// A change to a rollout, as `authplane rollout` applies it (a JSON merge patch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    /// Enforce for this percentage, replacing the steps.
+    Set(f64),
+}
+
+impl RolloutAction {
+    pub fn patch(self) -> Result<serde_json::Value, String> {
+        let rollout = match self {
+            RolloutAction::Pause => serde_json::json!({"paused": true}),
+            // null removes the field (RFC 7386).
+            RolloutAction::Resume => serde_json::json!({"paused": null}),
+            RolloutAction::Set(p) => {
+                if !(0.0..=100.0).contains(&p) || (p * 1000.0).round() != p * 1000.0 {
+                    return Err(format!(
+                        "{p} is not a percentage: 0 to 100, at most three decimals"
+                    ));
+                }
+                serde_json::json!({"percentage": p, "steps": null, "stepEvery": null, "paused": null})
+            }
+        };
+        Ok(serde_json::json!({"spec": {"rollout": rollout}}))
+    }
 }
 
 mod defaults {
@@ -322,5 +475,30 @@ mod defaults {
 
     pub fn percentage() -> f64 {
         100.0
+    }
+
+    fn parse(s: &str) -> Duration {
+        s.parse()
+            .unwrap_or_else(|e| panic!("built-in default {s}: {e}"))
+    }
+
+    pub fn min_refresh() -> Duration {
+        parse("1m")
+    }
+
+    pub fn max_refresh() -> Duration {
+        parse("1h")
+    }
+
+    pub fn max_stale() -> Duration {
+        parse("24h")
+    }
+
+    pub fn deny_window() -> Duration {
+        parse("5m")
+    }
+
+    pub fn min_requests() -> u32 {
+        100
     }
 }

@@ -7,9 +7,10 @@ mod signing_key;
 mod validation;
 
 pub use auth_policy::{
-    AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, HeaderSource,
-    IssuerRef, LegacySession, Mode, Rollout, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
-    TokenReviewSpec, TokenSources,
+    AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, DenyRatioPause,
+    HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, Rollout, RolloutAction,
+    RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus, TokenReviewSpec,
+    TokenSources,
 };
 pub use duration::{Duration, DurationError};
 pub use signing_key::{

@@ -207,16 +207,46 @@ impl Validate for AuthPolicy {
             }
         }
         for (i, issuer) in spec.issuers.iter().enumerate() {
-            let reference = &issuer.signing_key_ref;
-            if !is_dns_subdomain(&reference.name)
-                || reference
-                    .namespace
-                    .as_deref()
-                    .is_some_and(|ns| !is_dns_label(ns))
+            if let Some(reference) = &issuer.signing_key_ref
+                && (!is_dns_subdomain(&reference.name)
+                    || reference
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|ns| !is_dns_label(ns)))
             {
                 errors.push(FieldError::new(
                     format!("spec.issuers[{i}].signingKeyRef"),
                     "name must be a DNS subdomain and namespace a DNS label",
+                ));
+            }
+            let urls = [("issuer", &issuer.issuer), ("jwksUri", &issuer.jwks_uri)];
+            for (field, url) in urls {
+                if let Some(url) = url
+                    && !crate::external::fetch::is_allowed_url(url)
+                {
+                    errors.push(FieldError::new(
+                        format!("spec.issuers[{i}].{field}"),
+                        format!("{url:?} must be an https URL (http only to 127.0.0.1, localhost or [::1])"),
+                    ));
+                }
+            }
+        }
+        let steps = &spec.rollout.steps;
+        if let Some(i) = (1..steps.len()).find(|&i| steps[i] <= steps[i - 1]) {
+            errors.push(FieldError::new(
+                format!("spec.rollout.steps[{i}]"),
+                format!(
+                    "{} does not exceed the step before it ({}): steps must be strictly increasing, such as [10, 50, 100]",
+                    steps[i],
+                    steps[i - 1]
+                ),
+            ));
+        }
+        for (i, step) in steps.iter().enumerate() {
+            if !(0.0..=100.0).contains(step) || (step * 1000.0).round() != step * 1000.0 {
+                errors.push(FieldError::new(
+                    format!("spec.rollout.steps[{i}]"),
+                    format!("{step} must be between 0 and 100, with at most three decimals"),
                 ));
             }
         }

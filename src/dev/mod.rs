@@ -19,8 +19,9 @@ use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
 use crate::metrics::Metrics;
+use crate::policy::progression::RolloutTracker;
 use crate::reconcile::{self, ReconcileError};
-use crate::registry::{PublishedIssuer, Registry, ServedKeys, build_snapshot};
+use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, build_snapshot};
 use crate::server::{self, AppState};
 use manifests::{Desired, ManifestLoader, ObjectKey};
 use state::StateStore;
@@ -39,6 +40,8 @@ pub struct DevConfig {
     pub listen: SocketAddr,
     /// Base of default issuer URLs; `http://<bound address>` when unset.
     pub external_url: Option<String>,
+    /// Entries of the verified-token cache; 0 turns it off.
+    pub decision_cache_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,12 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         external_url: external_url.clone(),
         clock: clock.clone(),
         registry: registry.clone(),
+        runtime: Arc::new(PolicyRuntime::new(
+            metrics.clone(),
+            clock.clone(),
+            config.decision_cache_size,
+        )),
+        rollouts: RolloutTracker::default(),
         metrics: metrics.clone(),
         served: HashMap::new(),
     };
@@ -214,6 +223,8 @@ struct Driver {
     metrics: Arc<Metrics>,
     /// Last good keys and documents per SigningKey, served while its state is unreadable.
     served: HashMap<ObjectKey, ServedKeys>,
+    runtime: Arc<PolicyRuntime>,
+    rollouts: RolloutTracker,
 }
 
 impl Driver {
@@ -266,9 +277,55 @@ impl Driver {
             wakeup = [wakeup, next].into_iter().flatten().min();
         }
         self.desired = desired;
+        let (policies, next) = self.track_rollouts();
+        wakeup = [wakeup, next].into_iter().flatten().min();
+        let policies = policies.iter().map(|(id, p)| (id, p));
         self.registry
-            .publish(build_snapshot(&self.served, &self.desired.auth_policies));
+            .publish(build_snapshot(&self.served, policies, &self.runtime));
         wakeup
+    }
+
+    /// Moves stepped rollouts along, recording their progress in the state folder, and
+    /// returns the policies with that progress in their status, as the operator has them.
+    fn track_rollouts(&mut self) -> (Vec<(ObjectKey, crate::api::AuthPolicy)>, Option<Timestamp>) {
+        let now = self.clock.now();
+        let mut wakeup = None;
+        let mut policies = Vec::new();
+        for (id, policy) in &self.desired.auth_policies {
+            let recorded = self.store.load_rollout(id).unwrap_or_else(|e| {
+                tracing::error!("AuthPolicy {id}: {e}; its rollout starts over");
+                None
+            });
+            let totals = self.runtime.audit_totals(id);
+            let (progress, next) =
+                self.rollouts
+                    .track(id, &policy.spec.rollout, recorded.as_ref(), now, totals);
+            wakeup = [wakeup, next].into_iter().flatten().min();
+            if let Some(progress) = &progress
+                && recorded.as_ref() != Some(progress)
+            {
+                if let Err(e) = self.store.save_rollout(id, progress) {
+                    tracing::error!("AuthPolicy {id}: cannot record its rollout: {e}");
+                    self.metrics.reload_error("keystore");
+                }
+                tracing::info!(
+                    "AuthPolicy {id}: rollout at step {} of {:?}{}",
+                    progress.step + 1,
+                    progress.steps,
+                    progress
+                        .held
+                        .as_deref()
+                        .map(|r| format!(", held: {r}"))
+                        .unwrap_or_default()
+                );
+            }
+            let mut policy = policy.clone();
+            policy.status.get_or_insert_with(Default::default).rollout = progress;
+            policies.push((id.clone(), policy));
+        }
+        let desired = &self.desired.auth_policies;
+        self.rollouts.retain(|id| desired.contains_key(id));
+        (policies, wakeup)
     }
 
     fn reconcile_key(

@@ -53,30 +53,47 @@ impl StateStore {
 
     /// The stored data of one SigningKey; `None` if it has none yet.
     pub fn load(&self, key: &ObjectKey) -> Result<Option<Data>, StateError> {
-        let path = self.path(key);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { path, source }),
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path,
-                reason: e.to_string(),
-            })
+        read_json(self.path(key))
     }
 
     pub fn save(&self, key: &ObjectKey, data: &Data) -> Result<(), StateError> {
-        let path = self.path(key);
+        self.write_json(&self.path(key), data)
+    }
+
+    /// Where an AuthPolicy's stepped-rollout progress is recorded. Namespaces cannot start
+    /// with a dot, so this never meets a SigningKey's file.
+    pub fn rollout_path(&self, key: &ObjectKey) -> PathBuf {
+        self.root
+            .join(".rollouts")
+            .join(&key.namespace)
+            .join(format!("{}.json", key.name))
+    }
+
+    pub fn load_rollout(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<crate::api::RolloutProgress>, StateError> {
+        read_json(self.rollout_path(key))
+    }
+
+    pub fn save_rollout(
+        &self,
+        key: &ObjectKey,
+        progress: &crate::api::RolloutProgress,
+    ) -> Result<(), StateError> {
+        self.write_json(&self.rollout_path(key), progress)
+    }
+
+    fn write_json(&self, path: &Path, value: &impl serde::Serialize) -> Result<(), StateError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| StateError::Io { path, source }
         };
         let dir = path.parent().unwrap_or(&self.root);
         private_dir(dir)?;
-        let tmp = dir.join(format!(".{}.json.tmp", key.name));
-        let body = serde_json::to_vec_pretty(data).unwrap_or_default();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let body = serde_json::to_vec_pretty(value).unwrap_or_default();
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -86,12 +103,26 @@ impl StateStore {
             .map_err(io(&tmp))?;
         file.write_all(&body).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::rename(&tmp, path).map_err(io(path))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
         Ok(())
     }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: PathBuf) -> Result<Option<T>, StateError> {
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateError::Io { path, source }),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
 }
 
 fn private_dir(path: &Path) -> Result<(), StateError> {

@@ -8,4 +8,5 @@ mod material;
 pub mod store;
 
 pub use algorithm::Algorithm;
+pub use jwk::PublicJwk;
 pub use material::{KeyError, KeyMaterial};

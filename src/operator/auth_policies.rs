@@ -16,10 +16,13 @@ use crate::api::{
     AuthPolicy, AuthPolicyStatus, ObjectKey, TargetKind, TargetRef, Validate, condition,
 };
 use crate::clock::Clock;
-use crate::registry::Registry;
+use crate::policy::progression::{self, RolloutTracker, Schedule};
+use crate::registry::{PolicyRuntime, Registry};
 
 /// Targets come and go without touching the policy: look again this often.
 const RECHECK: Duration = Duration::from_secs(60);
+/// External issuers' key-set health is reported this fresh.
+const EXTERNAL_RECHECK: Duration = Duration::from_secs(15);
 
 pub struct PolicyContext {
     pub client: Client,
@@ -27,6 +30,10 @@ pub struct PolicyContext {
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
     pub leader: watch::Receiver<bool>,
+    /// The leader's own decisions feed the deny ratio of stepped rollouts: behind a load
+    /// balancer, one replica's share is a fair sample.
+    pub runtime: Arc<PolicyRuntime>,
+    pub rollouts: std::sync::Mutex<RolloutTracker>,
 }
 
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
@@ -34,6 +41,7 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
     let now = ctx.clock.now();
     let generation = policy.metadata.generation;
     let invalid = policy.validate();
+    let mut requeue = RECHECK;
     let status = if !invalid.is_empty() {
         let message: Vec<String> = invalid.iter().map(ToString::to_string).collect();
         AuthPolicyStatus {
@@ -65,18 +73,42 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
                 target_exists(&ctx.client, &id.namespace, target).await,
             ));
         }
-        compiled.status(&ctx.external_url, now, |target| {
+        let mut status = compiled.status(&ctx.external_url, now, |target| {
             found
                 .iter()
                 .find(|(t, _)| t == target)
                 .and_then(|(_, f)| *f)
-        })
+        });
+        let recorded = policy.status.as_ref().and_then(|s| s.rollout.as_ref());
+        let totals = ctx.runtime.audit_totals(&id);
+        let (progress, next) = ctx
+            .rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .track(&id, &policy.spec.rollout, recorded, now, totals);
+        let schedule = Schedule::of(&policy.spec.rollout, progress.as_ref());
+        progression::report(
+            &mut status,
+            policy.spec.rollout.mode,
+            &schedule,
+            progress,
+            now,
+        );
+        if let Some(next) = next {
+            let wait = next.duration_since(now).unsigned_abs();
+            requeue = requeue.min(wait.max(Duration::from_millis(100)));
+        }
+        if compiled.has_external_issuers() {
+            // Fetch health changes without any object changing.
+            requeue = requeue.min(EXTERNAL_RECHECK);
+        }
+        status
     };
     if !*ctx.leader.borrow() {
         return Err(Error::NotLeader);
     }
     super::status::apply(&ctx.client, policy.as_ref(), status).await?;
-    Ok(Action::requeue(RECHECK))
+    Ok(Action::requeue(requeue))
 }
 
 /// Whether a target exists; `None` when it cannot be told (no permission, or the

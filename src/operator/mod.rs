@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::api::{AuthPolicy, SigningKey};
 use crate::clock::SystemClock;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{PolicyRuntime, Registry};
 use crate::server::{self, AppState};
 use lease::LeaseSettings;
 use signing_keys::Context;
@@ -42,6 +42,8 @@ pub struct OperatorConfig {
     pub external_url: String,
     /// This replica's identity in the Lease (the pod name).
     pub identity: String,
+    /// Entries of the verified-token cache; 0 turns it off.
+    pub decision_cache_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +112,16 @@ pub async fn run(
     let server = tokio::spawn(server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
+    let runtime = Arc::new(PolicyRuntime::new(
+        metrics.clone(),
+        Arc::new(SystemClock),
+        config.decision_cache_size,
+    ));
     let serving = tokio::spawn(serve::run(
         client.clone(),
         config.external_url.clone(),
         registry.clone(),
+        runtime.clone(),
         stopped.clone(),
     ));
 
@@ -153,6 +161,8 @@ pub async fn run(
         external_url: config.external_url.clone(),
         clock: Arc::new(SystemClock),
         leader: leader.clone(),
+        runtime,
+        rollouts: Default::default(),
     });
     let controller = tokio::spawn(lead(client, ctx, policy_ctx, metrics, leader, stopped));
 

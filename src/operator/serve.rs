@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::signing_keys::{MANAGED_BY, secret_data};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
 use crate::keys::store;
-use crate::registry::{PublishedIssuer, Registry, ServedKeys, build_snapshot};
+use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, build_snapshot};
 
 /// Changes arriving in a burst (a list, a rotation touching Secret and status) are applied
 /// together.
@@ -31,6 +31,7 @@ pub async fn run(
     client: Client,
     external_url: String,
     registry: Arc<Registry>,
+    runtime: Arc<PolicyRuntime>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
@@ -78,7 +79,7 @@ pub async fn run(
         .iter()
         .all(|r| matches!(r, Some(Ok(()))));
         if ready {
-            registry.publish(view.rebuild(&keys, &secrets, &policies, &external_url));
+            registry.publish(view.rebuild(&keys, &secrets, &policies, &external_url, &runtime));
         }
     }
 }
@@ -104,6 +105,7 @@ impl View {
         secrets: &Store<Secret>,
         policies: &Store<DeserializeGuard<AuthPolicy>>,
         external_url: &str,
+        runtime: &PolicyRuntime,
     ) -> crate::registry::Snapshot {
         let mut served = HashMap::new();
         for guard in keys.state() {
@@ -175,7 +177,7 @@ impl View {
                 )),
             }
         }
-        build_snapshot(&self.served, valid.iter().map(|(id, p)| (id, p)))
+        build_snapshot(&self.served, valid.iter().map(|(id, p)| (id, p)), runtime)
     }
 }
 
@@ -186,6 +188,14 @@ mod tests {
     use k8s_openapi::ByteString;
     use kube::runtime::watcher::Event;
     use serde_json::json;
+
+    fn runtime() -> PolicyRuntime {
+        PolicyRuntime::new(
+            Arc::new(crate::metrics::Metrics::default()),
+            Arc::new(crate::clock::SystemClock),
+            0,
+        )
+    }
 
     fn key(name: &str, spec: serde_json::Value) -> DeserializeGuard<SigningKey> {
         serde_json::from_value(json!({
@@ -234,7 +244,13 @@ mod tests {
         secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &outcome.data)));
 
         let mut view = View::default();
-        let snapshot = view.rebuild(&keys, &secrets, &policies, "https://auth.example");
+        let snapshot = view.rebuild(
+            &keys,
+            &secrets,
+            &policies,
+            "https://auth.example",
+            &runtime(),
+        );
         let served = &snapshot.issuers["/auth/web"];
         let jwks: serde_json::Value = serde_json::from_slice(&served.jwks).unwrap();
         assert_eq!(
@@ -251,7 +267,13 @@ mod tests {
         let mut garbage = outcome.data.clone();
         garbage.insert("keys.json".into(), "{".into());
         secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &garbage)));
-        let snapshot = view.rebuild(&keys, &secrets, &policies, "https://auth.example");
+        let snapshot = view.rebuild(
+            &keys,
+            &secrets,
+            &policies,
+            "https://auth.example",
+            &runtime(),
+        );
         assert_eq!(snapshot.issuers["/auth/web"].jwks, served.jwks);
     }
 }

@@ -1,7 +1,10 @@
 //! AuthPolicy compiled into an immutable, ready-to-evaluate form, and the decision for
 //! one request. Pure: the request's headers and the time go in, a decision comes out.
 
+pub mod audit;
+pub mod cache;
 pub mod claims;
+pub mod progression;
 pub mod rollout;
 pub mod verify;
 
@@ -14,11 +17,17 @@ use crate::api::{
     AuthPolicy, AuthPolicyStatus, ClaimRequirement, Mode, ObjectKey, TargetRef, TargetStatus,
     TokenReviewSpec,
 };
+use crate::external::{ExternalConfig, ExternalIssuers, Health};
 use crate::keys::lifecycle::KeySet;
-use verify::{Claims, Verifier};
+use crate::metrics::{Metrics, PolicyMeters};
+use audit::AuditCounters;
+use cache::DecisionCache;
+use progression::Schedule;
+use verify::{Claims, Verifier, VerifyKey};
 
 /// Why a token is not good enough. Each has a stable machine-readable reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Rejection {
     MissingToken,
     TooLarge,
@@ -123,6 +132,19 @@ impl Verdict {
         }
     }
 
+    /// A distinct number per (decision, reason) pair, below [`METER_SLOTS`].
+    fn meter_slot(&self) -> usize {
+        let kind = match self {
+            Verdict::Off => 0,
+            Verdict::Allow => 1,
+            Verdict::Deny(_) => 2,
+            Verdict::WouldDeny(_) => 3,
+            Verdict::LegacySession(_) => 4,
+        };
+        let reason = self.rejection().map_or(REASONS - 1, |r| r as usize);
+        kind * REASONS + reason
+    }
+
     pub fn rejection(&self) -> Option<Rejection> {
         match self {
             Verdict::Deny(r) | Verdict::WouldDeny(r) | Verdict::LegacySession(r) => Some(*r),
@@ -131,10 +153,49 @@ impl Verdict {
     }
 }
 
+/// Rejection reasons plus "none".
+const REASONS: usize = Rejection::InsufficientScope as usize + 2;
+const METER_SLOTS: usize = 5 * REASONS;
+
 pub struct Decision {
     pub verdict: Verdict,
     /// The verified claims, when the token verified (even if a required claim is missing).
-    pub claims: Option<Claims>,
+    pub claims: Option<Arc<Claims>>,
+    /// Outside enforcement: counted for the deny ratio of a stepped rollout.
+    pub audited: bool,
+}
+
+/// What outlives one compiled form of a policy: its meters and audit counters.
+pub struct PolicyStats {
+    pub audit: AuditCounters,
+    pub meters: PolicyMeters,
+}
+
+impl PolicyStats {
+    pub fn new(metrics: &Metrics, namespace: &str, name: &str) -> Self {
+        Self {
+            audit: AuditCounters::default(),
+            meters: metrics.policy_meters(namespace, name, METER_SLOTS),
+        }
+    }
+
+    pub fn record(&self, decision: &Decision, seconds: f64) {
+        let verdict = &decision.verdict;
+        let reason = verdict.rejection().map_or("", Rejection::reason);
+        self.meters
+            .record(verdict.meter_slot(), verdict.label(), reason, seconds);
+        if decision.audited {
+            self.audit.record(verdict.rejection().is_some());
+        }
+    }
+}
+
+/// What compiling needs besides the policy: external issuers, the shared cache, and
+/// the stats of the policy.
+pub struct CompileContext<'a> {
+    pub external: Option<&'a ExternalIssuers>,
+    pub cache: Option<Arc<DecisionCache>>,
+    pub stats: Option<Arc<PolicyStats>>,
 }
 
 /// The public keys of one SigningKey, as the registry knows them.
@@ -147,8 +208,10 @@ pub struct CompiledPolicy {
     pub namespace: String,
     pub name: String,
     pub mode: Mode,
-    pub percentage: f64,
-    enforced_buckets: u32,
+    /// The enforced percentage over time (stepped rollouts), capped by the spec's.
+    schedule: Schedule,
+    /// Buckets under enforcement per schedule entry.
+    enforced: Vec<(Timestamp, u32)>,
     salt: String,
     bucket_by: BucketKey,
     sources: Vec<TokenSource>,
@@ -161,20 +224,63 @@ pub struct CompiledPolicy {
     pub unresolved: Vec<String>,
     generation: Option<i64>,
     targets: Vec<TargetRef>,
+    epoch: u64,
+    cache: Option<Arc<DecisionCache>>,
+    pub stats: Option<Arc<PolicyStats>>,
+    /// The recorded progression of a stepped rollout, as compiled.
+    pub progress: Option<crate::api::RolloutProgress>,
 }
 
 impl CompiledPolicy {
-    /// Compiles a validated policy. `resolve` finds a SigningKey's issuer and keys.
+    /// Compiles a validated policy without external issuers, cache or stats (tools,
+    /// benchmarks).
     pub fn compile<'a>(
         policy: &AuthPolicy,
         resolve: impl Fn(&ObjectKey) -> Option<IssuerKeys<'a>>,
+    ) -> Self {
+        Self::compile_with(
+            policy,
+            resolve,
+            CompileContext {
+                external: None,
+                cache: None,
+                stats: None,
+            },
+        )
+    }
+
+    /// Compiles a validated policy. `resolve` finds a SigningKey's issuer and keys.
+    pub fn compile_with<'a>(
+        policy: &AuthPolicy,
+        resolve: impl Fn(&ObjectKey) -> Option<IssuerKeys<'a>>,
+        context: CompileContext<'_>,
     ) -> Self {
         let id = ObjectKey::of(&policy.metadata);
         let spec = &policy.spec;
         let mut verifier = Verifier::new(spec.audiences.clone(), spec.leeway.value().as_secs());
         let mut unresolved = Vec::new();
         for issuer in &spec.issuers {
-            let reference = &issuer.signing_key_ref;
+            if let Some(url) = &issuer.issuer {
+                let refresh = issuer.refresh.clone().unwrap_or_default();
+                let config = ExternalConfig {
+                    issuer: url.clone(),
+                    jwks_uri: issuer.jwks_uri.clone(),
+                    min_refresh: refresh.min_interval.value().unsigned_abs(),
+                    max_refresh: refresh.max_interval.value().unsigned_abs(),
+                    max_stale: refresh.max_stale.value().unsigned_abs(),
+                };
+                match context.external {
+                    Some(external) => verifier.add_external(external.get(&config)),
+                    None => {
+                        unresolved.push(url.clone());
+                        verifier.mark_incomplete();
+                    }
+                }
+                continue;
+            }
+            let Some(reference) = &issuer.signing_key_ref else {
+                continue;
+            };
             let key_id = ObjectKey {
                 namespace: reference
                     .namespace
@@ -190,19 +296,12 @@ impl CompiledPolicy {
             let issuer: Arc<str> = Arc::from(found.issuer);
             for record in found.keys.records() {
                 let material = &record.material;
-                let jwk = material
-                    .public_jwk()
-                    .to_json(material.kid(), material.alg());
-                let added = serde_json::from_value(jwk)
-                    .map_err(|e| e.to_string())
-                    .and_then(|jwk| {
-                        verifier.add_key(&issuer, material.kid(), material.alg(), &jwk)
-                    });
-                if let Err(e) = added {
-                    tracing::error!(
+                match VerifyKey::new(issuer.clone(), material.public_jwk(), material.alg()) {
+                    Ok(key) => verifier.add_key(material.kid(), key),
+                    Err(e) => tracing::error!(
                         "AuthPolicy {id}: key {} of {key_id} unusable: {e}",
                         material.kid()
-                    );
+                    ),
                 }
             }
         }
@@ -240,12 +339,18 @@ impl CompiledPolicy {
                     .unwrap_or_else(|| "sub".into()),
             ),
         };
+        let progress = policy.status.as_ref().and_then(|s| s.rollout.clone());
+        let schedule = Schedule::of(&spec.rollout, progress.as_ref());
         CompiledPolicy {
             namespace: id.namespace.clone(),
             name: id.name.clone(),
             mode: spec.rollout.mode,
-            percentage: spec.rollout.percentage,
-            enforced_buckets: rollout::percentage_to_buckets(spec.rollout.percentage),
+            enforced: schedule
+                .entries
+                .iter()
+                .map(|(from, p)| (*from, rollout::percentage_to_buckets(*p)))
+                .collect(),
+            schedule,
             salt: spec.rollout.salt.clone().unwrap_or_else(|| id.to_string()),
             bucket_by,
             sources,
@@ -263,6 +368,10 @@ impl CompiledPolicy {
             unresolved,
             generation: policy.metadata.generation,
             targets: spec.target_refs.clone(),
+            epoch: cache::next_epoch(),
+            cache: context.cache,
+            stats: context.stats,
+            progress,
         }
     }
 
@@ -271,12 +380,44 @@ impl CompiledPolicy {
         self.generation
     }
 
-    /// Share of users under enforcement now.
-    pub fn effective_percentage(&self) -> f64 {
+    /// Buckets under enforcement at `now`.
+    fn enforced_buckets(&self, now: Timestamp) -> u32 {
+        self.enforced
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= now)
+            .map_or(0, |(_, b)| *b)
+    }
+
+    /// Share of users under enforcement at `now`.
+    pub fn effective_percentage(&self, now: Timestamp) -> f64 {
         match self.mode {
-            Mode::Enforce => f64::from(self.enforced_buckets) / 1000.0,
+            Mode::Enforce => f64::from(self.enforced_buckets(now)) / 1000.0,
             Mode::Off | Mode::Audit => 0.0,
         }
+    }
+
+    /// When a stepped rollout moves next, after `now`.
+    pub fn next_step_at(&self, now: Timestamp) -> Option<Timestamp> {
+        (self.mode == Mode::Enforce)
+            .then(|| self.schedule.next_change(now))
+            .flatten()
+    }
+
+    /// Whether a token with an unknown kid could belong to an external issuer whose keys
+    /// may have rotated.
+    pub fn has_external_issuers(&self) -> bool {
+        !self.verifier.external().is_empty()
+    }
+
+    /// Refetches external key sets after an unknown kid (rate-limited per issuer). True
+    /// when any set was fetched, so deciding again may give another answer.
+    pub async fn refetch_external(&self) -> bool {
+        let mut any = false;
+        for issuer in self.verifier.external() {
+            any |= issuer.refetch_for_unknown_kid().await;
+        }
+        any
     }
 
     /// The status a driver reports. `found` tells whether a target exists (`None`: not
@@ -290,14 +431,20 @@ impl CompiledPolicy {
         let condition = |kind: &str, ok: bool, reason: &str, message: String| {
             crate::api::condition(kind, ok, reason, message, self.generation, now)
         };
-        let ready = if self.unresolved.is_empty() {
-            condition(
-                "Ready",
-                true,
-                "IssuersResolved",
-                format!("{} verification keys", self.key_count()),
-            )
-        } else {
+        let external: Vec<(&str, Health)> = self
+            .verifier
+            .external()
+            .iter()
+            .map(|i| (i.config().issuer.as_str(), i.health(now)))
+            .collect();
+        let unavailable: Vec<String> = external
+            .iter()
+            .filter_map(|(issuer, health)| match health {
+                Health::Unavailable { error } => Some(format!("{issuer}: {error}")),
+                _ => None,
+            })
+            .collect();
+        let ready = if !self.unresolved.is_empty() {
             condition(
                 "Ready",
                 false,
@@ -307,15 +454,60 @@ impl CompiledPolicy {
                     self.unresolved.join(", ")
                 ),
             )
+        } else if !unavailable.is_empty() {
+            condition(
+                "Ready",
+                false,
+                "IssuerUnavailable",
+                format!(
+                    "no usable keys for {}: its tokens are refused",
+                    unavailable.join("; ")
+                ),
+            )
+        } else {
+            condition(
+                "Ready",
+                true,
+                "IssuersResolved",
+                format!(
+                    "{} verification keys, {} external issuers",
+                    self.key_count(),
+                    external.len()
+                ),
+            )
         };
+        let mut conditions = vec![
+            condition("Accepted", true, "Valid", "the spec is valid".to_owned()),
+            ready,
+        ];
+        if !external.is_empty() {
+            let stale: Vec<String> = external
+                .iter()
+                .filter_map(|(issuer, health)| match health {
+                    Health::Stale { error, until, .. } => Some(format!(
+                        "{issuer}: refresh failing ({error}); the last good keys serve until {until}"
+                    )),
+                    Health::Pending => Some(format!("{issuer}: first fetch pending")),
+                    _ => None,
+                })
+                .collect();
+            conditions.push(if stale.is_empty() && unavailable.is_empty() {
+                condition(
+                    "KeysFresh",
+                    true,
+                    "Refreshed",
+                    "every external key set refreshed on time".to_owned(),
+                )
+            } else {
+                let mut problems = stale;
+                problems.extend(unavailable.iter().cloned());
+                condition("KeysFresh", false, "RefreshFailing", problems.join("; "))
+            });
+        }
         let base = base_url.trim_end_matches('/');
-        AuthPolicyStatus {
+        let mut status = AuthPolicyStatus {
             observed_generation: self.generation,
-            conditions: vec![
-                condition("Accepted", true, "Valid", "the spec is valid".to_owned()),
-                ready,
-            ],
-            effective_percentage: Some(self.effective_percentage()),
+            conditions,
             targets: self
                 .targets
                 .iter()
@@ -330,7 +522,16 @@ impl CompiledPolicy {
                 "{base}/tokenreview/{}/{}",
                 self.namespace, self.name
             )),
-        }
+            ..AuthPolicyStatus::default()
+        };
+        progression::report(
+            &mut status,
+            self.mode,
+            &self.schedule,
+            self.progress.clone(),
+            now,
+        );
+        status
     }
 
     /// The decision table of DESIGN.md for one forward-auth request.
@@ -339,18 +540,31 @@ impl CompiledPolicy {
             return Decision {
                 verdict: Verdict::Off,
                 claims: None,
+                audited: false,
             };
         }
         let token = self.token(headers);
         let (claims, checked) = self.check(token, now);
+        let buckets = match self.mode {
+            Mode::Enforce => self.enforced_buckets(now),
+            Mode::Off | Mode::Audit => 0,
+        };
+        let enforced = |claims: Option<&Claims>| {
+            self.mode == Mode::Enforce && self.is_enforced(headers, token, claims, buckets)
+        };
         let verdict = match checked {
-            Ok(()) => Verdict::Allow,
-            Err(rejection)
-                if self.mode == Mode::Enforce
-                    && self.is_enforced(headers, token, claims.as_ref()) =>
-            {
-                Verdict::Deny(rejection)
+            // Whether an allowed request was audited only matters to a stepped rollout's
+            // deny ratio; skip the bucketing otherwise.
+            Ok(()) => {
+                let audited =
+                    self.stats.is_some() && self.progress.is_some() && !enforced(claims.as_deref());
+                return Decision {
+                    verdict: Verdict::Allow,
+                    claims,
+                    audited,
+                };
             }
+            Err(rejection) if enforced(claims.as_deref()) => Verdict::Deny(rejection),
             Err(rejection) => match (&self.legacy_cookie, self.mode) {
                 (Some(cookie), Mode::Enforce) if claims.is_none() => {
                     if cookie_value(headers, cookie).is_some() {
@@ -362,7 +576,12 @@ impl CompiledPolicy {
                 _ => Verdict::WouldDeny(rejection),
             },
         };
-        Decision { verdict, claims }
+        let audited = !matches!(verdict, Verdict::Deny(_));
+        Decision {
+            verdict,
+            claims,
+            audited,
+        }
     }
 
     /// Verifies a token and its required claims. The claims come back whenever the token
@@ -371,25 +590,77 @@ impl CompiledPolicy {
         &self,
         token: Option<&str>,
         now: Timestamp,
-    ) -> (Option<Claims>, Result<(), Rejection>) {
+    ) -> (Option<Arc<Claims>>, Result<(), Rejection>) {
         let Some(token) = token else {
             return (None, Err(Rejection::MissingToken));
         };
+        let scope = |satisfied: bool| {
+            if satisfied {
+                Ok(())
+            } else {
+                Err(Rejection::InsufficientScope)
+            }
+        };
+        let Some(cache) = &self.cache else {
+            return match self.verifier.verify(token, now) {
+                Ok(verified) => {
+                    let satisfied = self.satisfied(&verified.claims);
+                    (Some(Arc::new(verified.claims)), scope(satisfied))
+                }
+                Err(rejection) => (None, Err(rejection)),
+            };
+        };
+        let key = DecisionCache::key(self.epoch, token);
+        if let Some(entry) = cache.get(&key)
+            && now.as_second() <= entry.expires
+            && self.still_current(entry.external.as_ref(), now)
+        {
+            if let Some(stats) = &self.stats {
+                stats.meters.cache_hit(true);
+            }
+            return (Some(entry.claims.clone()), scope(entry.satisfied));
+        }
+        if let Some(stats) = &self.stats {
+            stats.meters.cache_hit(false);
+        }
         match self.verifier.verify(token, now) {
-            Ok(claims) => {
-                let satisfied = self
-                    .requirements
-                    .iter()
-                    .all(|r| claims::satisfies(r, &claims));
-                let result = if satisfied {
-                    Ok(())
-                } else {
-                    Err(Rejection::InsufficientScope)
-                };
-                (Some(claims), result)
+            Ok(verified) => {
+                let satisfied = self.satisfied(&verified.claims);
+                let claims = Arc::new(verified.claims);
+                cache.insert(
+                    key,
+                    claims.clone(),
+                    verified.expires,
+                    satisfied,
+                    verified.external,
+                );
+                (Some(claims), scope(satisfied))
             }
             Err(rejection) => (None, Err(rejection)),
         }
+    }
+
+    fn satisfied(&self, claims: &Claims) -> bool {
+        self.requirements
+            .iter()
+            .all(|r| claims::satisfies(r, claims))
+    }
+
+    /// A cached verification by an external key set holds while that set is the
+    /// issuer's current, usable one.
+    fn still_current(
+        &self,
+        external: Option<&(usize, Arc<crate::external::ExternalKeys>)>,
+        now: Timestamp,
+    ) -> bool {
+        let Some((index, set)) = external else {
+            return true;
+        };
+        self.verifier
+            .external()
+            .get(*index)
+            .and_then(|issuer| issuer.usable_keys(now))
+            .is_some_and(|current| Arc::ptr_eq(&current, set))
     }
 
     /// The first token found in the configured sources.
@@ -414,16 +685,16 @@ impl CompiledPolicy {
         headers: &HeaderMap,
         token: Option<&str>,
         claims: Option<&Claims>,
+        buckets: u32,
     ) -> bool {
-        if self.enforced_buckets >= rollout::BUCKETS {
+        if buckets >= rollout::BUCKETS {
             return true;
         }
-        if self.enforced_buckets == 0 {
+        if buckets == 0 {
             return false;
         }
-        self.bucket_key(headers, token, claims).is_some_and(|key| {
-            rollout::is_enforced(rollout::bucket(&self.salt, &key), self.enforced_buckets)
-        })
+        self.bucket_key(headers, token, claims)
+            .is_some_and(|key| rollout::is_enforced(rollout::bucket(&self.salt, &key), buckets))
     }
 
     fn bucket_key(
@@ -443,10 +714,10 @@ impl CompiledPolicy {
     }
 
     /// The bucket of a key under this policy, and whether it is enforced now.
-    pub fn bucket_of(&self, key: &str) -> (u32, bool) {
+    pub fn bucket_of(&self, key: &str, now: Timestamp) -> (u32, bool) {
         let bucket = rollout::bucket(&self.salt, key);
         let enforced =
-            self.mode == Mode::Enforce && rollout::is_enforced(bucket, self.enforced_buckets);
+            self.mode == Mode::Enforce && rollout::is_enforced(bucket, self.enforced_buckets(now));
         (bucket, enforced)
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -19,16 +19,18 @@ pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit"
 pub async fn authz_with_path(
     state: State<AppState>,
     Path((namespace, name, _original_path)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    authz(state, Path((namespace, name)), headers).await
+    authz(state, Path((namespace, name)), request).await
 }
 
+/// Takes the whole request, not a `HeaderMap`: that extractor would copy the headers.
 pub async fn authz(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
+    let headers = request.headers();
     let started = Instant::now();
     let snapshot = state.registry.load();
     let id = ObjectKey { namespace, name };
@@ -40,7 +42,17 @@ pub async fn authz(
         )
             .into_response();
     };
-    let decision = policy.decide(&headers, state.clock.now());
+    let mut decision = policy.decide(headers, state.clock.now());
+    // An unknown kid may be an external provider's new key: refetch (rate-limited per
+    // issuer) and decide again.
+    if matches!(
+        decision.verdict.rejection(),
+        Some(Rejection::UnknownKid | Rejection::IssuerUnavailable)
+    ) && policy.has_external_issuers()
+        && policy.refetch_external().await
+    {
+        decision = policy.decide(headers, state.clock.now());
+    }
 
     let mut response = match &decision.verdict {
         Verdict::Deny(rejection) => denied(*rejection, &id),
@@ -69,7 +81,7 @@ pub async fn authz(
     }
     let reason = decision.verdict.rejection().map_or("", Rejection::reason);
     if !reason.is_empty() {
-        let original = OriginalRequest::from_headers(&headers);
+        let original = OriginalRequest::from_headers(headers);
         tracing::debug!(
             policy = %id,
             decision = decision.verdict.label(),
@@ -79,13 +91,16 @@ pub async fn authz(
             "authz"
         );
     }
-    state.metrics.decision(
-        &id.namespace,
-        &id.name,
-        decision.verdict.label(),
-        reason,
-        started.elapsed().as_secs_f64(),
-    );
+    match &policy.stats {
+        Some(stats) => stats.record(&decision, started.elapsed().as_secs_f64()),
+        None => state.metrics.decision(
+            &id.namespace,
+            &id.name,
+            decision.verdict.label(),
+            reason,
+            started.elapsed().as_secs_f64(),
+        ),
+    }
     response
 }
 

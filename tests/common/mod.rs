@@ -1,12 +1,14 @@
 //! A dev-mode server on a loopback port, with its folders, for integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod provider;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authplane::clock::SystemClock;
+use authplane::clock::{Clock, SystemClock};
 use authplane::dev::{self, DevConfig, DevServer};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -18,10 +20,23 @@ pub struct Dev {
     pub server: Option<DevServer>,
     pub dir: TempDir,
     pub http: reqwest::Client,
+    pub clock: Arc<dyn Clock>,
+    pub decision_cache_size: usize,
 }
 
 impl Dev {
     pub async fn start(manifests: &[(&str, &str)]) -> Dev {
+        Self::start_with(manifests, Arc::new(SystemClock), 1000).await
+    }
+
+    /// On a given clock, with a given verified-token cache size (0: off).
+    pub async fn start_with(
+        manifests: &[(&str, &str)],
+        clock: Arc<dyn Clock>,
+        decision_cache_size: usize,
+    ) -> Dev {
+        // reqwest's rustls needs a process-wide provider, as `main` installs.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
         for (name, text) in manifests {
@@ -31,6 +46,8 @@ impl Dev {
             server: None,
             dir,
             http: reqwest::Client::new(),
+            clock,
+            decision_cache_size,
         };
         dev.restart().await;
         dev
@@ -46,8 +63,9 @@ impl Dev {
             state: self.state(),
             listen: "127.0.0.1:0".parse().unwrap(),
             external_url: None,
+            decision_cache_size: self.decision_cache_size,
         };
-        self.server = Some(dev::start(config, Arc::new(SystemClock)).await.unwrap());
+        self.server = Some(dev::start(config, self.clock.clone()).await.unwrap());
     }
 
     pub fn manifests(&self) -> PathBuf {

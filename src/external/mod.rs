@@ -1,0 +1,359 @@
+//! External OIDC issuers (Microsoft Entra ID, Google, Keycloak, ...): each configured
+//! issuer's key set is fetched in the background, cached, refreshed as its
+//! `Cache-Control` says within a floor and a ceiling, and refetched early, rate-limited,
+//! when a token names an unknown kid. When a refresh fails the last good set keeps
+//! serving, up to a maximum staleness.
+//!
+//! Requests only read: the current set is behind an `ArcSwap`, the rate limit is an
+//! atomic. Only the refresh task does I/O.
+
+pub mod fetch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use aws_lc_rs::digest::{SHA256, digest};
+use jiff::Timestamp;
+use tokio::sync::{Notify, watch};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::policy::verify::VerifyKey;
+use fetch::{FetchError, Fetcher};
+
+/// One external issuer as a policy configures it. Policies with the same configuration
+/// share one cache and one refresh task.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ExternalConfig {
+    pub issuer: String,
+    /// Where the keys are; `None`: from the issuer's discovery document.
+    pub jwks_uri: Option<String>,
+    /// Floor of the refresh interval, and the least time between two fetches triggered by
+    /// unknown kids.
+    pub min_refresh: Duration,
+    /// Ceiling of the refresh interval, whatever `Cache-Control` says.
+    pub max_refresh: Duration,
+    /// How long after the last successful fetch the last good set still verifies tokens.
+    pub max_stale: Duration,
+}
+
+/// A fetched key set.
+pub struct ExternalKeys {
+    keys: HashMap<String, VerifyKey>,
+    digest: [u8; 32],
+    /// Unix seconds of the last fetch that returned this exact set.
+    confirmed_at: AtomicI64,
+}
+
+impl ExternalKeys {
+    pub fn get(&self, kid: &str) -> Option<&VerifyKey> {
+        self.keys.get(kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// What status reports about an external issuer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Health {
+    /// No fetch has completed yet.
+    Pending,
+    /// The last refresh succeeded.
+    Fresh { keys: usize },
+    /// The last refresh failed; the last good set serves until `until`.
+    Stale {
+        keys: usize,
+        error: String,
+        until: Timestamp,
+    },
+    /// No usable keys: never fetched successfully, or stale beyond the maximum.
+    Unavailable { error: String },
+}
+
+#[derive(Default)]
+struct Record {
+    last_success: Option<Timestamp>,
+    last_error: Option<String>,
+}
+
+pub struct ExternalIssuer {
+    config: ExternalConfig,
+    keys: ArcSwapOption<ExternalKeys>,
+    record: Mutex<Record>,
+    wake: Arc<Notify>,
+    /// Counts completed fetches, for requests waiting on one.
+    fetched: watch::Sender<u64>,
+    in_flight: AtomicBool,
+    /// Milliseconds since `started` of the last fetch begun.
+    last_attempt_ms: AtomicU64,
+    started: Instant,
+    /// Dropped with the issuer, which ends its refresh task.
+    _stop: watch::Sender<()>,
+}
+
+impl ExternalIssuer {
+    pub fn config(&self) -> &ExternalConfig {
+        &self.config
+    }
+
+    /// The current set, unless it is older than the maximum staleness.
+    pub fn usable_keys(&self, now: Timestamp) -> Option<Arc<ExternalKeys>> {
+        let keys = self.keys.load_full()?;
+        let age = now.as_second() - keys.confirmed_at.load(Ordering::Relaxed);
+        (age <= self.config.max_stale.as_secs() as i64).then_some(keys)
+    }
+
+    pub fn health(&self, now: Timestamp) -> Health {
+        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let usable = self.usable_keys(now);
+        match (&record.last_error, usable, record.last_success) {
+            (None, Some(keys), _) => Health::Fresh { keys: keys.len() },
+            (Some(error), Some(keys), Some(success)) => Health::Stale {
+                keys: keys.len(),
+                error: error.clone(),
+                until: crate::keys::lifecycle::add(
+                    success,
+                    jiff::SignedDuration::try_from(self.config.max_stale).unwrap_or_default(),
+                ),
+            },
+            (None, None, None) => Health::Pending,
+            (error, _, _) => Health::Unavailable {
+                error: error
+                    .clone()
+                    .unwrap_or_else(|| "the last good key set is older than maxStale".to_owned()),
+            },
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A token named a kid no current set has: fetch again unless a fetch is running or
+    /// ran less than `min_refresh` ago, and wait for it. True when a fetch completed.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let mut done = self.fetched.subscribe();
+        done.borrow_and_update();
+        if !self.in_flight.load(Ordering::Acquire) {
+            let now = self.elapsed_ms();
+            let last = self.last_attempt_ms.load(Ordering::Acquire);
+            if now.saturating_sub(last) < self.config.min_refresh.as_millis() as u64 {
+                return false;
+            }
+            if self
+                .last_attempt_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.in_flight.store(true, Ordering::Release);
+                self.wake.notify_one();
+            }
+        }
+        let wait = fetch::REQUEST_TIMEOUT * 2 + Duration::from_secs(1);
+        matches!(tokio::time::timeout(wait, done.changed()).await, Ok(Ok(())))
+    }
+
+    /// One fetch; returns when to fetch next.
+    async fn refresh(
+        &self,
+        fetcher: &Fetcher,
+        discovered: &mut Option<String>,
+        failures: &mut u32,
+        metrics: &Metrics,
+        clock: &dyn Clock,
+    ) -> Duration {
+        self.in_flight.store(true, Ordering::Release);
+        self.last_attempt_ms
+            .store(self.elapsed_ms(), Ordering::Release);
+        let result = self.fetch(fetcher, discovered).await;
+        let now = clock.now();
+        let issuer = &self.config.issuer;
+        let next = match result {
+            Ok((keys, max_age)) => {
+                *failures = 0;
+                let count = keys.len();
+                let current = self.keys.load_full();
+                match current.filter(|k| k.digest == keys.digest) {
+                    Some(same) => same.confirmed_at.store(now.as_second(), Ordering::Relaxed),
+                    None => {
+                        tracing::info!(%issuer, keys = count, "external key set updated");
+                        keys.confirmed_at.store(now.as_second(), Ordering::Relaxed);
+                        self.keys.store(Some(Arc::new(keys)));
+                    }
+                }
+                let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+                record.last_success = Some(now);
+                record.last_error = None;
+                metrics.jwks_fetched(issuer, Ok(count), now);
+                max_age
+                    .unwrap_or(self.config.max_refresh)
+                    .clamp(self.config.min_refresh, self.config.max_refresh)
+            }
+            Err(error) => {
+                if self.config.jwks_uri.is_none() {
+                    *discovered = None; // the provider may have moved its keys
+                }
+                *failures = failures.saturating_add(1);
+                let keeping = if self.keys.load().is_some() {
+                    "the last good key set keeps serving"
+                } else {
+                    "no key set yet: tokens of this issuer are refused"
+                };
+                tracing::warn!(%issuer, "external key set refresh failed: {error}; {keeping}");
+                self.record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = Some(error.to_string());
+                metrics.jwks_fetched(issuer, Err(()), now);
+                // Back off from the floor, doubling, up to the ceiling.
+                let factor = 1u32 << (*failures - 1).min(16);
+                self.config
+                    .min_refresh
+                    .max(Duration::from_secs(1))
+                    .saturating_mul(factor)
+                    .min(self.config.max_refresh)
+            }
+        };
+        self.in_flight.store(false, Ordering::Release);
+        self.fetched.send_modify(|n| *n += 1);
+        next
+    }
+
+    async fn fetch(
+        &self,
+        fetcher: &Fetcher,
+        discovered: &mut Option<String>,
+    ) -> Result<(ExternalKeys, Option<Duration>), FetchError> {
+        let uri = match (&self.config.jwks_uri, &discovered) {
+            (Some(uri), _) | (None, Some(uri)) => uri.clone(),
+            (None, None) => {
+                let uri = fetcher.discover(&self.config.issuer).await?;
+                *discovered = Some(uri.clone());
+                uri
+            }
+        };
+        let fetched = fetcher.get(&uri).await?;
+        let issuer: Arc<str> = Arc::from(self.config.issuer.as_str());
+        let keys = fetch::parse_jwks(&fetched.body, &issuer, &uri)?;
+        Ok((
+            ExternalKeys {
+                keys,
+                digest: digest(&SHA256, &fetched.body)
+                    .as_ref()
+                    .try_into()
+                    .unwrap_or([0; 32]),
+                confirmed_at: AtomicI64::new(0),
+            },
+            fetched.max_age,
+        ))
+    }
+}
+
+async fn refresh_loop(
+    issuer: Weak<ExternalIssuer>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<()>,
+    fetcher: Fetcher,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut discovered = None;
+    let mut failures = 0;
+    loop {
+        let Some(strong) = issuer.upgrade() else {
+            return;
+        };
+        let next = strong
+            .refresh(
+                &fetcher,
+                &mut discovered,
+                &mut failures,
+                &metrics,
+                clock.as_ref(),
+            )
+            .await;
+        drop(strong);
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            () = wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The external issuers in use, one refresh task each. Drivers ask for issuers while
+/// building a snapshot; an issuer no snapshot holds any more stops its task.
+pub struct ExternalIssuers {
+    fetcher: Option<Fetcher>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    issuers: Mutex<HashMap<ExternalConfig, Weak<ExternalIssuer>>>,
+}
+
+impl ExternalIssuers {
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
+        let fetcher = Fetcher::new()
+            .inspect_err(|e| tracing::error!("no HTTP client for external issuers: {e}"))
+            .ok();
+        Self {
+            fetcher,
+            metrics,
+            clock,
+            issuers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The issuer for a configuration, starting its refresh task when it is new. Must be
+    /// called on a tokio runtime.
+    pub fn get(&self, config: &ExternalConfig) -> Arc<ExternalIssuer> {
+        let mut issuers = self.issuers.lock().unwrap_or_else(|e| e.into_inner());
+        issuers.retain(|_, issuer| issuer.strong_count() > 0);
+        if let Some(issuer) = issuers.get(config).and_then(Weak::upgrade) {
+            return issuer;
+        }
+        let (stop, stop_rx) = watch::channel(());
+        let wake = Arc::new(Notify::new());
+        let issuer = Arc::new(ExternalIssuer {
+            config: config.clone(),
+            keys: ArcSwapOption::empty(),
+            record: Mutex::default(),
+            wake: wake.clone(),
+            fetched: watch::channel(0).0,
+            in_flight: AtomicBool::new(true),
+            last_attempt_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            _stop: stop,
+        });
+        issuers.insert(config.clone(), Arc::downgrade(&issuer));
+        match (&self.fetcher, tokio::runtime::Handle::try_current()) {
+            (Some(fetcher), Ok(runtime)) => {
+                runtime.spawn(refresh_loop(
+                    Arc::downgrade(&issuer),
+                    wake,
+                    stop_rx,
+                    fetcher.clone(),
+                    self.metrics.clone(),
+                    self.clock.clone(),
+                ));
+            }
+            _ => {
+                issuer.in_flight.store(false, Ordering::Release);
+                issuer
+                    .record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = Some("no HTTP client or runtime to fetch keys".to_owned());
+            }
+        }
+        issuer
+    }
+}
