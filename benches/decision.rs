@@ -9,7 +9,8 @@ use std::hint::black_box;
 use authplane::api::{AuthPolicy, ObjectKey};
 use authplane::keys::lifecycle::{KeyRecord, KeySet};
 use authplane::keys::{Algorithm, KeyMaterial};
-use authplane::policy::{CompiledPolicy, IssuerKeys, Verdict};
+use authplane::policy::cache::DecisionCache;
+use authplane::policy::{CompileContext, CompiledPolicy, IssuerKeys, Verdict};
 use authplane::token::{MintRequest, mint};
 use axum::http::{HeaderMap, HeaderValue, header};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,6 +20,7 @@ const ISSUER: &str = "https://issuer.example/auth/web";
 
 struct Fixture {
     policy: CompiledPolicy,
+    cached: CompiledPolicy,
     token: String,
     keys: KeySet,
 }
@@ -37,12 +39,19 @@ fn fixture(alg: Algorithm) -> Fixture {
          \x20 rollout: {mode: Enforce, percentage: 100}\n",
     )
     .unwrap();
-    let compiled = CompiledPolicy::compile(&policy, |_: &ObjectKey| {
+    let resolve = |_: &ObjectKey| {
         Some(IssuerKeys {
             issuer: ISSUER,
             keys: &keys,
         })
-    });
+    };
+    let compiled = CompiledPolicy::compile(&policy, resolve);
+    let context = CompileContext {
+        external: None,
+        cache: DecisionCache::new(1000),
+        stats: None,
+    };
+    let cached = CompiledPolicy::compile_with(&policy, resolve, context);
     let request = MintRequest {
         subject: "alice".into(),
         audiences: vec!["api".into()],
@@ -55,6 +64,7 @@ fn fixture(alg: Algorithm) -> Fixture {
     let token = mint(&keys, ISSUER, &request, now).unwrap();
     Fixture {
         policy: compiled,
+        cached,
         token,
         keys,
     }
@@ -78,6 +88,10 @@ fn decisions(c: &mut Criterion) {
         assert_eq!(f.policy.decide(&headers, now).verdict, Verdict::Allow);
         group.bench_function(format!("valid {alg}"), |b| {
             b.iter(|| f.policy.decide(black_box(&headers), now))
+        });
+        assert_eq!(f.cached.decide(&headers, now).verdict, Verdict::Allow);
+        group.bench_function(format!("valid {alg}, cached"), |b| {
+            b.iter(|| f.cached.decide(black_box(&headers), now))
         });
 
         // Raw verification of the same token with jsonwebtoken, from the published JWK.

@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyStateLabels {
@@ -72,7 +73,7 @@ pub struct Metrics {
     /// Forward-auth and TokenReview decisions.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Time to decide, from request headers to response.
-    pub decision_seconds: Family<PolicyLabels, Histogram>,
+    pub decision_seconds: Family<PolicyLabels, AtomicHistogram>,
     /// Operator reconciles, and failures by kind.
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -115,9 +116,7 @@ impl Default for Metrics {
             "Authorization decisions by policy, decision and reason; audited requests count as would_deny",
             decisions.clone(),
         );
-        let decision_seconds = Family::<PolicyLabels, Histogram>::new_with_constructor(
-            decision_histogram as fn() -> Histogram,
-        );
+        let decision_seconds = Family::<PolicyLabels, AtomicHistogram>::default();
         registry.register(
             "decision_duration_seconds",
             "Time to decide one request",
@@ -193,9 +192,84 @@ impl Default for Metrics {
     }
 }
 
-/// 25 µs to about 100 ms.
-fn decision_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_025, 2.0, 13))
+/// A histogram of decision times, 25 µs to about 100 ms, updated with atomics only:
+/// prometheus-client's own `Histogram` takes a mutex per observation, and this one sits on
+/// every request.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    inner: std::sync::Arc<HistogramCells>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per-bucket (not cumulative) counts; the last is +Inf.
+    counts: [AtomicU64; DECISION_BUCKETS + 1],
+    /// Sum of observations in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+const DECISION_BUCKETS: usize = 13;
+
+fn decision_bound(i: usize) -> f64 {
+    0.000_025 * f64::from(1u32 << i)
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self {
+            inner: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl Clone for AtomicHistogram {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, seconds: f64) {
+        let bucket = (0..DECISION_BUCKETS)
+            .find(|&i| seconds <= decision_bound(i))
+            .unwrap_or(DECISION_BUCKETS);
+        self.inner.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = (seconds.max(0.0) * 1e9) as u64;
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for AtomicHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for AtomicHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = (0..=DECISION_BUCKETS)
+            .map(|i| {
+                let bound = if i == DECISION_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    decision_bound(i)
+                };
+                (bound, self.inner.counts[i].load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
 }
 
 impl Metrics {
@@ -335,7 +409,7 @@ pub struct PolicyMeters {
     cache_hits: Counter,
     cache_misses: Counter,
     counters: Vec<OnceLock<Counter>>,
-    seconds: Histogram,
+    seconds: AtomicHistogram,
 }
 
 impl PolicyMeters {
