@@ -22,8 +22,8 @@ pub struct ResourceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
-    /// `manifest` (a refused manifest file or document) or `keystore` (unreadable key
-    /// material).
+    /// `manifest` (a refused manifest file or document), `keystore` (unreadable key
+    /// material) or `tls` (a refused certificate, or a failed bootstrap).
     pub source: String,
 }
 
@@ -41,6 +41,18 @@ pub struct DecisionLabels {
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `SigningKey`, `AuthPolicy`, another kind the webhook was sent, or empty when the
+    /// review did not parse.
+    pub kind: String,
+    /// `CREATE`, `UPDATE`, ...; empty when the review did not parse.
+    pub operation: String,
+    /// `allowed`, `warned` (allowed with warnings), `denied`, `skipped` (not ours to
+    /// judge), `malformed` (answered 400).
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +78,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// 1 while this replica holds the lease (and writes).
     pub leader: Gauge,
+    /// Admission reviews answered.
+    pub admission_reviews: Family<AdmissionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +137,12 @@ impl Default for Metrics {
             "1 while this replica holds the lease and writes",
             leader.clone(),
         );
+        let admission_reviews = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "Admission reviews answered, by kind, operation and result",
+            admission_reviews.clone(),
+        );
         Self {
             registry,
             keys,
@@ -134,6 +154,7 @@ impl Default for Metrics {
             reconcile_errors,
             reconcile_seconds,
             leader,
+            admission_reviews,
         }
     }
 }
@@ -220,6 +241,16 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn admission(&self, kind: &str, operation: &str, result: &str) {
+        self.admission_reviews
+            .get_or_create(&AdmissionLabels {
+                kind: kind.to_owned(),
+                operation: operation.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reload_error(&self, source: &str) {

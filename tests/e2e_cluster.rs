@@ -105,6 +105,7 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         external_url: external.clone(),
         identity: "e2e".into(),
+        tls: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

@@ -1,6 +1,8 @@
 //! A dev-mode server on a loopback port, with its folders, for integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod https;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +48,7 @@ impl Dev {
             state: self.state(),
             listen: "127.0.0.1:0".parse().unwrap(),
             external_url: None,
+            tls: None,
         };
         self.server = Some(dev::start(config, Arc::new(SystemClock)).await.unwrap());
     }
@@ -66,7 +69,7 @@ impl Dev {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.as_ref().unwrap().addr())
+        format!("{}{path}", self.server.as_ref().unwrap().base_url())
     }
 
     pub fn external_url(&self) -> String {
