@@ -4,6 +4,7 @@
 //! `keys` and `api` are the pure core; `dev` is the folder driver; `server` serves the
 //! read-only [`registry::Registry`] over HTTP.
 
+pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod dev;
@@ -15,4 +16,5 @@ pub mod policy;
 pub mod reconcile;
 pub mod registry;
 pub mod server;
+pub mod tls;
 pub mod token;

@@ -13,8 +13,10 @@ use authplane::clock::{Clock, SystemClock};
 use authplane::dev::manifests::ManifestLoader;
 use authplane::dev::{self, DevConfig, state::StateStore};
 use authplane::keys::store;
-use authplane::operator::{self, OperatorConfig};
+use authplane::operator::{self, OperatorConfig, TlsConfig, TlsSource};
 use authplane::policy::{CompiledPolicy, rollout};
+use authplane::tls::bootstrap::BootstrapSettings;
+use authplane::tls::files::TlsFiles;
 use authplane::token::{self, MintRequest};
 use kube::ResourceExt;
 
@@ -83,7 +85,7 @@ struct RunArgs {
     /// The operator's namespace, where its Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "authplane")]
     namespace: String,
-    /// Address to serve HTTP on.
+    /// Address to serve plain HTTP on: every endpoint but the admission webhook.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// How verifiers reach this service; the base of default issuer URLs.
@@ -95,6 +97,52 @@ struct RunArgs {
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
+    /// Address to serve HTTPS on: every endpoint plus the admission webhook
+    /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls_files: TlsFileArgs,
+    /// Self-bootstrapped TLS: keep a CA and a serving certificate in this Secret of
+    /// --namespace, renew it, and set the caBundle of --webhook-configuration.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "tls_cert_file",
+        requires = "webhook_service"
+    )]
+    tls_bootstrap_secret: Option<String>,
+    /// The webhook's Service: the bootstrapped certificate is for NAME.NS.svc and
+    /// NAME.NS.svc.cluster.local.
+    #[arg(long, value_name = "NAME", requires = "tls_bootstrap_secret")]
+    webhook_service: Option<String>,
+    /// The ValidatingWebhookConfiguration whose webhooks get the bootstrapped CA as
+    /// caBundle.
+    #[arg(long, value_name = "NAME", requires = "tls_bootstrap_secret")]
+    webhook_configuration: Option<String>,
+}
+
+#[derive(Args)]
+struct TlsFileArgs {
+    /// PEM certificate chain for HTTPS (a mounted Secret's tls.crt); reloaded when it
+    /// changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file (tls.key).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+}
+
+impl TlsFileArgs {
+    fn files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 const DEFAULT_DECISION_CACHE: usize = 10_000;
@@ -155,15 +203,18 @@ struct DevArgs {
     /// Folder for key material (created with mode 0700; files 0600).
     #[arg(long, value_name = "DIR", default_value = ".authplane")]
     state: PathBuf,
-    /// Address to serve HTTP on.
+    /// Address to serve on (HTTPS with --tls-cert-file), the admission webhook included.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Base URL of default issuers (default: http://<listen>).
+    /// Base URL of default issuers (default: http(s)://<listen>).
     #[arg(long, value_name = "URL")]
     external_url: Option<String>,
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
+    /// Serve HTTPS instead of HTTP, with this certificate and key.
+    #[command(flatten)]
+    tls_files: TlsFileArgs,
 }
 
 #[derive(Subcommand)]
@@ -325,6 +376,24 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         .identity
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("authplane-{}", std::process::id()));
+    let source = match (args.tls_files.files(), args.tls_bootstrap_secret) {
+        (Some(files), _) => Some(TlsSource::Files(files)),
+        (None, Some(secret)) => Some(TlsSource::Bootstrap(BootstrapSettings::new(
+            secret,
+            args.namespace.clone(),
+            args.webhook_service.unwrap_or_default(),
+            args.webhook_configuration,
+        ))),
+        (None, None) => None,
+    };
+    let tls = match (args.tls_listen, source) {
+        (Some(listen), Some(source)) => Some(TlsConfig { listen, source }),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "--tls-listen needs a certificate: --tls-cert-file and --tls-key-file, or --tls-bootstrap-secret"
+        ),
+        (None, Some(_)) => bail!("a TLS certificate was given but no --tls-listen address"),
+    };
     let config = OperatorConfig {
         kubeconfig: args.kubeconfig,
         namespace: args.namespace,
@@ -332,6 +401,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         external_url: args.external_url.trim_end_matches('/').to_owned(),
         identity,
         decision_cache_size: args.decision_cache_size,
+        tls,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
@@ -403,11 +473,12 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             listen: args.listen,
             external_url: args.external_url,
             decision_cache_size: args.decision_cache_size,
+            tls: args.tls_files.files(),
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(
-            "serving on http://{} (external URL {}); Ctrl-C stops",
-            server.addr(),
+            "serving on {} (external URL {}; admission webhook at POST /validate); Ctrl-C stops",
+            server.base_url(),
             server.external_url()
         );
         shutdown_signal().await;

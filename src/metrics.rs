@@ -24,8 +24,8 @@ pub struct ResourceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
-    /// `manifest` (a refused manifest file or document) or `keystore` (unreadable key
-    /// material).
+    /// `manifest` (a refused manifest file or document), `keystore` (unreadable key
+    /// material) or `tls` (a refused certificate, or a failed bootstrap).
     pub source: String,
 }
 
@@ -54,6 +54,18 @@ pub struct IssuerLabels {
 pub struct FetchLabels {
     pub issuer: String,
     /// `ok` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `SigningKey`, `AuthPolicy`, another kind the webhook was sent, or empty when the
+    /// review did not parse.
+    pub kind: String,
+    /// `CREATE`, `UPDATE`, ...; empty when the review did not parse.
+    pub operation: String,
+    /// `allowed`, `warned` (allowed with warnings), `denied`, `skipped` (not ours to
+    /// judge), `malformed` (answered 400).
     pub result: String,
 }
 
@@ -87,6 +99,8 @@ pub struct Metrics {
     /// Decisions answered from the verified-token cache, and those that verified.
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    /// Admission reviews answered.
+    pub admission_reviews: Family<AdmissionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,6 +186,12 @@ impl Default for Metrics {
             "Tokens verified because the cache did not hold them",
             cache_misses.clone(),
         );
+        let admission_reviews = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "Admission reviews answered, by kind, operation and result",
+            admission_reviews.clone(),
+        );
         Self {
             registry,
             jwks_fetches,
@@ -188,6 +208,7 @@ impl Default for Metrics {
             reconcile_errors,
             reconcile_seconds,
             leader,
+            admission_reviews,
         }
     }
 }
@@ -195,7 +216,7 @@ impl Default for Metrics {
 /// A histogram of decision times, 25 µs to about 100 ms, updated with atomics only:
 /// prometheus-client's own `Histogram` takes a mutex per observation, and this one sits on
 /// every request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AtomicHistogram {
     inner: std::sync::Arc<HistogramCells>,
 }
@@ -212,14 +233,6 @@ const DECISION_BUCKETS: usize = 13;
 
 fn decision_bound(i: usize) -> f64 {
     0.000_025 * f64::from(1u32 << i)
-}
-
-impl Default for AtomicHistogram {
-    fn default() -> Self {
-        Self {
-            inner: std::sync::Arc::default(),
-        }
-    }
 }
 
 impl Clone for AtomicHistogram {
@@ -389,6 +402,16 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn admission(&self, kind: &str, operation: &str, result: &str) {
+        self.admission_reviews
+            .get_or_create(&AdmissionLabels {
+                kind: kind.to_owned(),
+                operation: operation.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reload_error(&self, source: &str) {

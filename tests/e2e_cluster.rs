@@ -106,6 +106,7 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
         external_url: external.clone(),
         identity: "e2e".into(),
         decision_cache_size: 1000,
+        tls: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

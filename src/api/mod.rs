@@ -17,7 +17,7 @@ pub use signing_key::{
     KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey,
     SigningKeySpec, SigningKeyStatus,
 };
-pub use validation::{FieldError, Validate, issuer_path};
+pub use validation::{FieldError, Validate, from_value, issuer_path};
 
 use std::fmt;
 

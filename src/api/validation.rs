@@ -32,6 +32,19 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Reads a resource from JSON, naming the field that does not fit (`spec.algorithm:
+/// unknown variant ...`). Dev mode and the admission webhook read objects through it, so
+/// both refuse a bad field with the same words.
+pub fn from_value<K: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Result<K, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        FieldError::new(field, e.inner().to_string())
+    })
+}
+
 pub trait Validate {
     /// Every problem found, each naming its field; empty when the object is acceptable.
     fn validate(&self) -> Vec<FieldError>;

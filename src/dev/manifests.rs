@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::api::ObjectKey;
-use crate::api::{API_VERSION, AuthPolicy, SigningKey, Validate};
+use crate::api::{API_VERSION, AuthPolicy, SigningKey, Validate, from_value};
 
 /// A refused file or document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,11 +213,9 @@ fn typed<K>(value: &Value, kind: &str) -> Result<K, String>
 where
     K: DeserializeOwned + Serialize + Validate + Resource,
 {
-    let mut object: K = serde_path_to_error::deserialize(value).map_err(|e| {
-        match e.path().to_string().as_str() {
-            "." => format!("{kind}: {}", e.inner()),
-            path => format!("{kind}: {path}: {}", e.inner()),
-        }
+    let mut object: K = from_value(value).map_err(|e| match e.field.as_str() {
+        "" => format!("{kind}: {}", e.message),
+        _ => format!("{kind}: {e}"),
     })?;
     let id = ObjectKey::of(object.meta());
     if let Some(field) = unknown_field(

@@ -3,18 +3,20 @@
 pub mod manifests;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use arc_swap::ArcSwap;
 use jiff::Timestamp;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::admission::SigningKeyIndex;
 use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
@@ -22,7 +24,9 @@ use crate::metrics::Metrics;
 use crate::policy::progression::RolloutTracker;
 use crate::reconcile::{self, ReconcileError};
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, build_snapshot};
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, Endpoints};
+use crate::tls::files::TlsFiles;
+use crate::tls::{self, CertSlot, TlsError};
 use manifests::{Desired, ManifestLoader, ObjectKey};
 use state::StateStore;
 
@@ -38,10 +42,13 @@ pub struct DevConfig {
     pub manifests: PathBuf,
     pub state: PathBuf,
     pub listen: SocketAddr,
-    /// Base of default issuer URLs; `http://<bound address>` when unset.
+    /// Base of default issuer URLs; `http(s)://<bound address>` when unset.
     pub external_url: Option<String>,
     /// Entries of the verified-token cache; 0 turns it off.
     pub decision_cache_size: usize,
+    /// Serve HTTPS with this certificate (reloaded when the files change) instead of
+    /// HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +63,8 @@ pub enum DevError {
     Watch(PathBuf, notify::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -63,6 +72,7 @@ pub enum DevError {
 /// A running dev server.
 pub struct DevServer {
     addr: SocketAddr,
+    base_url: String,
     external_url: String,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
@@ -76,6 +86,11 @@ impl DevServer {
 
     pub fn external_url(&self) -> &str {
         &self.external_url
+    }
+
+    /// `http://<addr>`, or `https://<addr>` when serving TLS.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
     /// Stops the driver, lets open requests finish, and returns.
@@ -99,10 +114,14 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
     let addr = listener
         .local_addr()
         .map_err(|e| DevError::Listen(config.listen, e))?;
+    let base_url = match config.tls {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    };
     let external_url = config
         .external_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"))
+        .unwrap_or_else(|| base_url.clone())
         .trim_end_matches('/')
         .to_owned();
 
@@ -121,6 +140,23 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
+    let known = Arc::new(KnownKeys::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // The certificate is loaded before anything is served: a bad one fails the start.
+    let tls = match &config.tls {
+        Some(files) => {
+            let slot = Arc::new(CertSlot::default());
+            let watch = tls::files::watch(
+                files.clone(),
+                slot.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?;
+            Some((slot, watch))
+        }
+        None => None,
+    };
     let mut driver = Driver {
         manifests: config.manifests.clone(),
         loader: ManifestLoader::default(),
@@ -137,6 +173,7 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         rollouts: RolloutTracker::default(),
         metrics: metrics.clone(),
         served: HashMap::new(),
+        known: known.clone(),
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
         driver.reload_manifests();
@@ -146,20 +183,31 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
     })
     .await?;
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let state = AppState {
         registry,
         metrics,
         clock,
         base_url: Arc::from(external_url.as_str()),
+        signing_keys: known,
+        tls: tls.as_ref().map(|(slot, _)| slot.clone()),
     };
+    // Dev mode serves the admission webhook too, so that it can be tried with curl.
+    let app = server::router(state, Endpoints::WithAdmission);
     let mut server_stop = shutdown_rx.clone();
-    let server = tokio::spawn(server::serve(listener, state, async move {
+    let stopped = async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
-    }));
+    };
+    let server = match tls {
+        Some((slot, _watch)) => {
+            let config = tls::server_config(slot)?;
+            tokio::spawn(server::serve_tls(listener, app, config, stopped))
+        }
+        None => tokio::spawn(server::serve(listener, app, stopped)),
+    };
     let driver = tokio::spawn(run(driver, wakeup, changes, watcher, shutdown_rx));
     Ok(DevServer {
         addr,
+        base_url,
         external_url,
         shutdown,
         server,
@@ -225,6 +273,18 @@ struct Driver {
     served: HashMap<ObjectKey, ServedKeys>,
     runtime: Arc<PolicyRuntime>,
     rollouts: RolloutTracker,
+    /// The SigningKeys of the manifests, for the admission webhook.
+    known: Arc<KnownKeys>,
+}
+
+/// The SigningKeys the manifests define, as the admission webhook sees them.
+#[derive(Default)]
+struct KnownKeys(ArcSwap<BTreeSet<ObjectKey>>);
+
+impl SigningKeyIndex for KnownKeys {
+    fn contains(&self, id: &ObjectKey) -> bool {
+        self.0.load().contains(id)
+    }
 }
 
 impl Driver {
@@ -242,6 +302,9 @@ impl Driver {
                 self.manifests.display()
             );
         }
+        self.known
+            .0
+            .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
         self.desired = desired;
     }
 

@@ -18,7 +18,7 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,7 +27,10 @@ use crate::api::{AuthPolicy, SigningKey};
 use crate::clock::SystemClock;
 use crate::metrics::Metrics;
 use crate::registry::{PolicyRuntime, Registry};
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, Endpoints};
+use crate::tls::bootstrap::BootstrapSettings;
+use crate::tls::files::TlsFiles;
+use crate::tls::{self, CertSlot, TlsError};
 use lease::LeaseSettings;
 use signing_keys::Context;
 
@@ -44,6 +47,23 @@ pub struct OperatorConfig {
     pub identity: String,
     /// Entries of the verified-token cache; 0 turns it off.
     pub decision_cache_size: usize,
+    /// HTTPS: every endpoint plus the admission webhook (`POST /validate`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// The HTTPS listener and where its certificate comes from.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub source: TlsSource,
+}
+
+#[derive(Clone, Debug)]
+pub enum TlsSource {
+    /// PEM files (a mounted Secret, such as cert-manager's), reloaded when they change.
+    Files(TlsFiles),
+    /// authplane's own CA and serving certificate in a Secret; see [`tls::bootstrap`].
+    Bootstrap(BootstrapSettings),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +80,8 @@ pub enum OperatorError {
     Listen(SocketAddr, std::io::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
@@ -102,16 +124,60 @@ pub async fn run(
         .await
         .map_err(|e| OperatorError::Listen(config.listen, e))?;
     let (stop, stopped) = watch::channel(false);
+    // The serving watch's SigningKey cache doubles as the admission webhook's index.
+    let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    let slot = config.tls.as_ref().map(|_| Arc::new(CertSlot::default()));
     let state = AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
         base_url: Arc::from(config.external_url.as_str()),
+        signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
+        tls: slot.clone(),
     };
-    let mut server_stop = stopped.clone();
-    let server = tokio::spawn(server::serve(listener, state, async move {
-        let _ = server_stop.wait_for(|s| *s).await;
-    }));
+    let stop_signal = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        server::router(state.clone(), Endpoints::Public),
+        stop_signal(stopped.clone()),
+    ));
+    let tls_server = match (&config.tls, slot) {
+        (Some(tls), Some(slot)) => {
+            let tls_listener = TcpListener::bind(tls.listen)
+                .await
+                .map_err(|e| OperatorError::Listen(tls.listen, e))?;
+            match &tls.source {
+                TlsSource::Files(files) => {
+                    tls::files::watch(
+                        files.clone(),
+                        slot.clone(),
+                        metrics.clone(),
+                        stopped.clone(),
+                    )
+                    .await?;
+                }
+                TlsSource::Bootstrap(settings) => {
+                    tokio::spawn(tls::bootstrap::run(
+                        client.clone(),
+                        settings.clone(),
+                        slot.clone(),
+                        metrics.clone(),
+                        Arc::new(SystemClock),
+                        stopped.clone(),
+                    ));
+                }
+            }
+            Some(tokio::spawn(server::serve_tls(
+                tls_listener,
+                server::router(state, Endpoints::WithAdmission),
+                tls::server_config(slot)?,
+                stop_signal(stopped.clone()),
+            )))
+        }
+        _ => None,
+    };
     let runtime = Arc::new(PolicyRuntime::new(
         metrics.clone(),
         Arc::new(SystemClock),
@@ -122,6 +188,7 @@ pub async fn run(
         config.external_url.clone(),
         registry.clone(),
         runtime.clone(),
+        (keys, keys_writer),
         stopped.clone(),
     ));
 
@@ -166,11 +233,22 @@ pub async fn run(
     });
     let controller = tokio::spawn(lead(client, ctx, policy_ctx, metrics, leader, stopped));
 
-    tracing::info!(listen = %config.listen, identity = %config.identity, "authplane operator running");
+    tracing::info!(
+        listen = %config.listen,
+        tls_listen = ?config.tls.as_ref().map(|t| t.listen),
+        identity = %config.identity,
+        "authplane operator running"
+    );
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = tokio::join!(controller, lease, serving);
+    if let Some(tls_server) = tls_server {
+        tls_server
+            .await
+            .map_err(|e| OperatorError::Serve(std::io::Error::other(e)))?
+            .map_err(OperatorError::Serve)?;
+    }
     server
         .await
         .map_err(|e| OperatorError::Serve(std::io::Error::other(e)))?

@@ -15,6 +15,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use super::signing_keys::{MANAGED_BY, secret_data};
+use crate::admission::SigningKeyIndex;
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
 use crate::keys::store;
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, build_snapshot};
@@ -27,14 +28,32 @@ pub fn managed_selector() -> String {
     format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
 }
 
+/// The SigningKeys of the watch cache, for the admission webhook: one that does not
+/// parse still exists (its own review refuses it, not the policies naming it).
+pub struct KeyIndex(pub Store<DeserializeGuard<SigningKey>>);
+
+impl SigningKeyIndex for KeyIndex {
+    fn contains(&self, id: &ObjectKey) -> bool {
+        self.0
+            .get(&ObjectRef::new(&id.name).within(&id.namespace))
+            .is_some()
+    }
+}
+
+/// Runs the serving watches. `keys` is the SigningKey cache, made by the caller so that
+/// the admission webhook can read it too.
 pub async fn run(
     client: Client,
     external_url: String,
     registry: Arc<Registry>,
     runtime: Arc<PolicyRuntime>,
+    keys: (
+        Store<DeserializeGuard<SigningKey>>,
+        reflector::store::Writer<DeserializeGuard<SigningKey>>,
+    ),
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    let (keys, keys_writer) = keys;
     let (secrets, secrets_writer) = reflector::store::<Secret>();
     let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
     let managed = watcher::Config::default().labels(&managed_selector());

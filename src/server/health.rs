@@ -9,15 +9,22 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the first complete state has been published.
+/// Readiness: the first complete state has been published, and the HTTPS listener (if
+/// any) has a certificate: the webhook Service must not send reviews to a replica that
+/// cannot answer them.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.registry.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !state.registry.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the first reconcile has not finished\n",
         )
+    } else if state.tls.as_ref().is_some_and(|slot| !slot.is_loaded()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no TLS certificate yet\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

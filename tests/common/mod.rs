@@ -1,6 +1,7 @@
 //! A dev-mode server on a loopback port, with its folders, for integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod https;
 pub mod provider;
 
 use std::future::Future;
@@ -64,6 +65,7 @@ impl Dev {
             listen: "127.0.0.1:0".parse().unwrap(),
             external_url: None,
             decision_cache_size: self.decision_cache_size,
+            tls: None,
         };
         self.server = Some(dev::start(config, self.clock.clone()).await.unwrap());
     }
@@ -84,7 +86,7 @@ impl Dev {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.as_ref().unwrap().addr())
+        format!("{}{path}", self.server.as_ref().unwrap().base_url())
     }
 
     pub fn external_url(&self) -> String {
