@@ -214,6 +214,34 @@ async fn each_class_of_invalid_object_is_refused_with_its_field() {
             auth_policy(json!({"tokenSources": {"cookies": ["bad cookie"]}})),
             "spec.tokenSources.cookies[0]",
         ),
+        // Stepped rollouts: strictly increasing steps within 0-100, with an interval.
+        (
+            auth_policy(
+                json!({"rollout": {"mode": "Enforce", "steps": [10, 50, 50], "stepEvery": "1h"}}),
+            ),
+            "spec.rollout.steps[2]",
+        ),
+        (
+            auth_policy(
+                json!({"rollout": {"mode": "Enforce", "steps": [10, 150], "stepEvery": "1h"}}),
+            ),
+            "spec.rollout.steps",
+        ),
+        (
+            auth_policy(json!({"rollout": {"mode": "Enforce", "steps": [10, 50]}})),
+            "spec.rollout",
+        ),
+        // External issuers: https only, and one kind of issuer per entry.
+        (
+            auth_policy(json!({"issuers": [{"issuer": "http://login.example.com/t/v2.0"}]})),
+            "spec.issuers[0].issuer",
+        ),
+        (
+            auth_policy(
+                json!({"issuers": [{"issuer": "https://login.example.com", "signingKeyRef": {"name": "web"}}]}),
+            ),
+            "spec.issuers[0]",
+        ),
     ];
     for (i, (object, field)) in cases.iter().enumerate() {
         let uid = format!("uid-{i}");

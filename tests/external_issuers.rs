@@ -272,3 +272,42 @@ async fn cached_tokens_follow_the_provider_key_set() {
     .await;
     assert_eq!(authz(&dev, &old).await, (401, "unknown_kid".into()));
 }
+
+#[tokio::test]
+async fn token_review_accepts_a_key_the_provider_just_rotated_in() {
+    let provider = Provider::start().await;
+    let dev = Dev::start(&[("api.yaml", &provider.policy(FAST))]).await;
+    let review = |token: String| {
+        serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": ["api"]},
+        })
+    };
+    let ask = |body: Value| {
+        let dev = &dev;
+        async move {
+            let response = dev
+                .http
+                .post(dev.url("/tokenreview/shop/api"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let first = ask(review(provider.token(&provider.key(0), "alice"))).await;
+    assert_eq!(first["status"]["authenticated"], true, "{first}");
+    assert_eq!(first["status"]["user"]["username"], "alice");
+
+    let token = provider.token(&provider.add_key(), "bob");
+    eventually(
+        "the rotated key on TokenReview",
+        CHANGE_DEADLINE,
+        || async {
+            let answer = ask(review(token.clone())).await;
+            (answer["status"]["authenticated"] == true).then_some(())
+        },
+    )
+    .await;
+}

@@ -54,7 +54,18 @@ pub async fn review(
     let Some(policy) = snapshot.policies.get(&id) else {
         return (StatusCode::NOT_FOUND, format!("no AuthPolicy {id}\n")).into_response();
     };
-    let status = match authenticate(policy, &review.spec, state.clock.now()) {
+    let mut outcome = authenticate(policy, &review.spec, state.clock.now());
+    // As for /authz: an unknown kid may be an external provider's new key.
+    let unknown = [Rejection::UnknownKid, Rejection::IssuerUnavailable].map(Rejection::reason);
+    if outcome
+        .as_ref()
+        .is_err_and(|(reason, _)| unknown.contains(reason))
+        && policy.has_external_issuers()
+        && policy.refetch_external().await
+    {
+        outcome = authenticate(policy, &review.spec, state.clock.now());
+    }
+    let status = match outcome {
         Ok(status) => {
             state.metrics.decision(
                 &id.namespace,
