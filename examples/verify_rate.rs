@@ -11,6 +11,10 @@ use authplane::keys::{Algorithm, KeyMaterial};
 use authplane::token::{MintRequest, mint};
 use jiff::{SignedDuration, Timestamp};
 
+/// The server's allocator, so that the comparison is about verification only.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let seconds: u64 = std::env::args()
         .nth(1)

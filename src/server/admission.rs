@@ -3,6 +3,8 @@
 //! [`crate::admission::review`] and back; a body that is not an AdmissionReview gets a
 //! `400` naming what is wrong.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -21,7 +23,7 @@ use crate::api::GROUP;
 /// Two copies of one of our objects (object and oldObject) fit many times over.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-pub async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let request = match parse(&body) {
         Ok(request) => request,
         Err(message) => {

@@ -2,6 +2,8 @@
 //! Traefik `forwardAuth` and Envoy `ext_authz` (HTTP). Any method, empty body; the
 //! decision is in the status code and headers.
 
+use std::sync::Arc;
+
 use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
@@ -17,7 +19,7 @@ pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit"
 
 /// `/authz/{namespace}/{name}/{original path}`: the same decision.
 pub async fn authz_with_path(
-    state: State<AppState>,
+    state: State<Arc<AppState>>,
     Path((namespace, name, _original_path)): Path<(String, String, String)>,
     request: Request,
 ) -> Response {
@@ -26,7 +28,7 @@ pub async fn authz_with_path(
 
 /// Takes the whole request, not a `HeaderMap`: that extractor would copy the headers.
 pub async fn authz(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((namespace, name)): Path<(String, String)>,
     request: Request,
 ) -> Response {

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -12,7 +14,7 @@ pub async fn healthz() -> &'static str {
 /// Readiness: the first complete state has been published, and the HTTPS listener (if
 /// any) has a certificate: the webhook Service must not send reviews to a replica that
 /// cannot answer them.
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if !state.registry.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -28,7 +30,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

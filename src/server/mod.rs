@@ -64,7 +64,10 @@ pub fn router(state: AppState, endpoints: Endpoints) -> Router {
         Endpoints::WithAdmission => router.route("/validate", post(admission::validate)),
     };
     // Issuer paths are data, not code: discovery and JWKS are found by suffix.
-    router.fallback(wellknown::serve).with_state(state)
+    // One shared state: axum clones it per request, and one Arc is cheaper than six.
+    router
+        .fallback(wellknown::serve)
+        .with_state(Arc::new(state))
 }
 
 /// Serves plain HTTP until `shutdown` resolves, then lets open requests finish.

@@ -1,6 +1,8 @@
 //! `/status/{namespace}/{name}`: an AuthPolicy's status as the operator would report it,
 //! for dev mode and for scripts.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,7 +12,7 @@ use super::AppState;
 use crate::api::ObjectKey;
 
 pub async fn policy_status(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
     let id = ObjectKey { namespace, name };

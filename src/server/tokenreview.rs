@@ -2,6 +2,8 @@
 //! (`authentication.k8s.io/v1` and `v1beta1`; the apiserver still defaults to v1beta1).
 //! Always verifies (the rollout applies to forward-auth only).
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -40,7 +42,7 @@ struct ReviewSpec {
 }
 
 pub async fn review(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((namespace, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {

@@ -1,5 +1,7 @@
 //! `{issuer path}/.well-known/openid-configuration` and `{issuer path}/.well-known/jwks.json`.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -17,7 +19,7 @@ enum Document {
 }
 
 pub async fn serve(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
