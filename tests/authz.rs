@@ -517,3 +517,91 @@ async fn token_review_v1_and_v1beta1() {
     assert_eq!(r.status(), 400);
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_its_key_is_revoked() {
+    let dev = start("{mode: Enforce, percentage: 100}", "").await;
+    let token = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    );
+    let bearer = [("Authorization", format!("Bearer {token}"))];
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    assert_eq!(dev.get_with(AUTHZ, &headers).await.status(), 200);
+    let hits = dev.metric("authplane_decision_cache_hits_total").await;
+    let response = dev.get_with(AUTHZ, &headers).await;
+    assert_eq!(response.status(), 200);
+    // Forwarded claims come with cached answers too.
+    assert_eq!(
+        header(&response, "x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        dev.metric("authplane_decision_cache_hits_total").await,
+        hits + 1.0
+    );
+
+    let kid = dev
+        .keys("auth", "web")
+        .active(jiff::Timestamp::now())
+        .unwrap()
+        .material
+        .kid()
+        .to_owned();
+    let revoked = signing_key("auth", "web", KEYS).replace(
+        "  namespace: auth\n",
+        &format!("  namespace: auth\n  annotations:\n    authplane.io/revoke-kids: {kid}\n"),
+    );
+    dev.write("keys.yaml", &revoked);
+    eventually(
+        "the revoked key's cached token refused",
+        CHANGE_DEADLINE,
+        || async {
+            let response = dev.get_with(AUTHZ, &headers).await;
+            (response.status() == 401).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        header(&dev.get_with(AUTHZ, &headers).await, "x-authplane-reason").as_deref(),
+        Some("unknown_kid")
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_cache_off_every_request_verifies() {
+    let manifests = [
+        ("keys.yaml", signing_key("auth", "web", KEYS)),
+        (
+            "policy.yaml",
+            policy("{mode: Enforce, percentage: 100}", ""),
+        ),
+    ];
+    let manifests: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let dev = Dev::start_with(
+        &manifests,
+        std::sync::Arc::new(authplane::clock::SystemClock),
+        0,
+    )
+    .await;
+    let token = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    );
+    let auth = format!("Bearer {token}");
+    for _ in 0..3 {
+        assert_eq!(
+            dev.get_with(AUTHZ, &[("Authorization", &auth)])
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(dev.metric("authplane_decision_cache_hits_total").await, 0.0);
+    dev.stop().await;
+}

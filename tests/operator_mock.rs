@@ -561,18 +561,28 @@ mod auth_policy_status {
         "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
 
     fn policy(status: Value) -> AuthPolicy {
+        policy_with(json!({"mode": "Enforce", "percentage": 10}), status)
+    }
+
+    fn policy_with(rollout: Value, status: Value) -> AuthPolicy {
         serde_json::from_value(json!({
             "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
             "metadata": {"name": "payments", "namespace": "shop", "generation": 2},
             "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
                      "targetRefs": [{"kind": "Ingress", "name": "payments"}, {"kind": "HTTPRoute", "name": "payments"}],
-                     "rollout": {"mode": "Enforce", "percentage": 10}},
+                     "rollout": rollout},
             "status": status,
         }))
         .unwrap()
     }
 
     fn context() -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        context_for(policy(Value::Null))
+    }
+
+    fn context_for(
+        current: AuthPolicy,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
         let key = signing_key(json!({}));
         let outcome = authplane::reconcile::signing_key(
             &key,
@@ -594,7 +604,6 @@ mod auth_policy_status {
             },
         );
         let registry = Arc::new(Registry::default());
-        let current = policy(Value::Null);
         let runtime = Arc::new(PolicyRuntime::new(
             Arc::new(authplane::metrics::Metrics::default()),
             Arc::new(Fixed(t0())),
@@ -685,5 +694,59 @@ mod auth_policy_status {
             .unwrap();
         drop(ctx);
         assert!(again.await.unwrap().next_request().await.is_none());
+    }
+
+    /// The targets' lookups, then the status patch; returns the status written.
+    async fn status_written(api: &mut Handle) -> Value {
+        expect(
+            api,
+            "GET",
+            INGRESS,
+            200,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "payments", "namespace": "shop"}}),
+        )
+        .await;
+        expect(api, "GET", ROUTE, 404, not_found()).await;
+        let answer = serde_json::to_value(policy(Value::Null)).unwrap();
+        let mut body = expect(api, "PATCH", POLICY_STATUS, 200, answer).await;
+        body["status"].take()
+    }
+
+    #[tokio::test]
+    async fn a_stepped_rollout_is_recorded_in_status_and_continues_from_the_record() {
+        let stepped = json!({"mode": "Enforce", "steps": [10, 50, 100], "stepEvery": "1h"});
+        let at = |minutes: i64| {
+            t0().checked_add(jiff::SignedDuration::from_mins(minutes))
+                .unwrap()
+                .to_string()
+        };
+
+        // First sight: the first step, recorded from now.
+        let fresh = policy_with(stepped.clone(), Value::Null);
+        let (ctx, mut api, _leader) = context_for(fresh.clone());
+        let server = tokio::spawn(async move { status_written(&mut api).await });
+        within(reconcile(Arc::new(fresh), ctx)).await.unwrap();
+        let status = server.await.unwrap();
+        assert_eq!(status["effectivePercentage"], 10.0);
+        assert_eq!(status["nextStepAt"], at(60));
+        assert_eq!(status["paused"], false);
+        assert_eq!(
+            status["rollout"],
+            json!({"steps": [10.0, 50.0, 100.0], "step": 0, "since": at(0)})
+        );
+
+        // A new leader 90 minutes into the rollout continues from the record.
+        let recorded =
+            json!({"rollout": {"steps": [10.0, 50.0, 100.0], "step": 0, "since": at(-90)}});
+        let resumed = policy_with(stepped, recorded);
+        let (ctx, mut api, _leader) = context_for(resumed.clone());
+        let server = tokio::spawn(async move { status_written(&mut api).await });
+        within(reconcile(Arc::new(resumed), ctx)).await.unwrap();
+        let status = server.await.unwrap();
+        assert_eq!(status["effectivePercentage"], 50.0);
+        assert_eq!(status["nextStepAt"], at(30));
+        assert_eq!(status["rollout"]["step"], 1);
+        assert_eq!(status["rollout"]["since"], at(-30));
     }
 }

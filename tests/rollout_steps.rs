@@ -115,6 +115,24 @@ async fn ten_fifty_hundred_across_a_restart() {
     let s = status(&dev).await;
     assert_eq!(s["effectivePercentage"], 100.0);
     assert!(s.get("nextStepAt").is_none(), "{s}");
+
+    // Back to Audit and into Enforce again: the rollout starts over at the first step.
+    dev.write(
+        "policy.yaml",
+        &policy("").replace("mode: Enforce", "mode: Audit"),
+    );
+    eventually("Audit", CHANGE_DEADLINE, || async {
+        (status(&dev).await["effectivePercentage"] == 0.0).then_some(())
+    })
+    .await;
+    dev.write("policy.yaml", &policy(""));
+    let s = eventually("Enforce again", CHANGE_DEADLINE, || async {
+        let s = status(&dev).await;
+        (s["effectivePercentage"] != 0.0).then_some(s)
+    })
+    .await;
+    assert_eq!(s["effectivePercentage"], 10.0);
+    assert_eq!(s["rollout"]["since"], after(start_at, 120).to_string());
     dev.stop().await;
 }
 

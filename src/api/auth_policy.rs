@@ -502,3 +502,28 @@ mod defaults {
         100
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rollout_commands_are_merge_patches_of_the_rollout() {
+        assert_eq!(
+            RolloutAction::Pause.patch().unwrap(),
+            json!({"spec": {"rollout": {"paused": true}}})
+        );
+        assert_eq!(
+            RolloutAction::Resume.patch().unwrap(),
+            json!({"spec": {"rollout": {"paused": null}}})
+        );
+        assert_eq!(
+            RolloutAction::Set(10.0).patch().unwrap(),
+            json!({"spec": {"rollout": {"percentage": 10.0, "steps": null, "stepEvery": null, "paused": null}}})
+        );
+        for bad in [-1.0, 100.5, 12.3456, f64::NAN] {
+            assert!(RolloutAction::Set(bad).patch().is_err(), "{bad}");
+        }
+    }
+}

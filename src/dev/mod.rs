@@ -382,6 +382,12 @@ impl Driver {
                         .unwrap_or_default()
                 );
             }
+            if progress.is_none()
+                && recorded.is_some()
+                && let Err(e) = self.store.remove_rollout(id)
+            {
+                tracing::error!("AuthPolicy {id}: cannot forget its finished rollout: {e}");
+            }
             let mut policy = policy.clone();
             policy.status.get_or_insert_with(Default::default).rollout = progress;
             policies.push((id.clone(), policy));

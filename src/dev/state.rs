@@ -84,6 +84,17 @@ impl StateStore {
         self.write_json(&self.rollout_path(key), progress)
     }
 
+    /// Forgets an AuthPolicy's rollout progress (it left Enforce or lost its steps).
+    pub fn remove_rollout(&self, key: &ObjectKey) -> Result<(), StateError> {
+        let path = self.rollout_path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StateError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn write_json(&self, path: &Path, value: &impl serde::Serialize) -> Result<(), StateError> {
         let io = |path: &Path| {
             let path = path.to_owned();

@@ -40,6 +40,26 @@ pub struct ExternalConfig {
     pub max_stale: Duration,
 }
 
+impl ExternalConfig {
+    /// When to fetch again after a success: when the provider's `max-age` says, within
+    /// the floor and the ceiling (the ceiling when it says nothing).
+    fn after_success(&self, max_age: Option<Duration>) -> Duration {
+        max_age
+            .unwrap_or(self.max_refresh)
+            .clamp(self.min_refresh, self.max_refresh)
+    }
+
+    /// When to try again after `failures` failures in a row: from the floor, doubling,
+    /// up to the ceiling.
+    fn after_failure(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        self.min_refresh
+            .max(Duration::from_secs(1))
+            .saturating_mul(factor)
+            .min(self.max_refresh)
+    }
+}
+
 /// A fetched key set.
 pub struct ExternalKeys {
     keys: HashMap<String, VerifyKey>,
@@ -194,9 +214,7 @@ impl ExternalIssuer {
                 record.last_success = Some(now);
                 record.last_error = None;
                 metrics.jwks_fetched(issuer, Ok(count), now);
-                max_age
-                    .unwrap_or(self.config.max_refresh)
-                    .clamp(self.config.min_refresh, self.config.max_refresh)
+                self.config.after_success(max_age)
             }
             Err(error) => {
                 if self.config.jwks_uri.is_none() {
@@ -214,13 +232,7 @@ impl ExternalIssuer {
                     .unwrap_or_else(|e| e.into_inner())
                     .last_error = Some(error.to_string());
                 metrics.jwks_fetched(issuer, Err(()), now);
-                // Back off from the floor, doubling, up to the ceiling.
-                let factor = 1u32 << (*failures - 1).min(16);
-                self.config
-                    .min_refresh
-                    .max(Duration::from_secs(1))
-                    .saturating_mul(factor)
-                    .min(self.config.max_refresh)
+                self.config.after_failure(*failures)
             }
         };
         self.in_flight.store(false, Ordering::Release);
@@ -355,5 +367,39 @@ impl ExternalIssuers {
             }
         }
         issuer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ExternalConfig {
+        ExternalConfig {
+            issuer: "https://issuer.example".into(),
+            jwks_uri: None,
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(3600),
+            max_stale: Duration::from_secs(86_400),
+        }
+    }
+
+    #[test]
+    fn cache_control_decides_within_the_floor_and_the_ceiling() {
+        let c = config();
+        let secs = Duration::from_secs;
+        assert_eq!(c.after_success(Some(secs(600))), secs(600));
+        assert_eq!(c.after_success(Some(secs(5))), secs(60), "floor");
+        assert_eq!(c.after_success(Some(secs(86_400))), secs(3600), "ceiling");
+        assert_eq!(c.after_success(None), secs(3600));
+        assert_eq!(c.after_success(Some(Duration::ZERO)), secs(60), "no-cache");
+    }
+
+    #[test]
+    fn failures_back_off_from_the_floor_to_the_ceiling() {
+        let c = config();
+        let waits: Vec<u64> = (1..=8).map(|n| c.after_failure(n).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(c.after_failure(1000).as_secs(), 3600);
     }
 }
