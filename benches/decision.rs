@@ -50,6 +50,7 @@ fn fixture(alg: Algorithm) -> Fixture {
         external: None,
         cache: DecisionCache::new(1000),
         stats: None,
+        epoch: None,
     };
     let cached = CompiledPolicy::compile_with(&policy, resolve, context);
     let request = MintRequest {

@@ -232,16 +232,9 @@ fn signing_key_refs(policy: &AuthPolicy) -> Vec<(String, ObjectKey)> {
         .iter()
         .enumerate()
         .filter_map(|(i, issuer)| {
-            let reference = issuer.signing_key_ref.as_ref()?;
             Some((
                 format!("spec.issuers[{i}].signingKeyRef"),
-                ObjectKey {
-                    namespace: reference
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| namespace.clone()),
-                    name: reference.name.clone(),
-                },
+                issuer.signing_key_id(&namespace)?,
             ))
         })
         .collect()

@@ -106,6 +106,9 @@ pub struct PolicyRuntime {
     external: ExternalIssuers,
     cache: Option<Arc<DecisionCache>>,
     stats: Mutex<HashMap<ObjectKey, Arc<PolicyStats>>>,
+    /// Per policy, the fingerprint of what decides verification and its cache epoch:
+    /// a rebuild for an unrelated change keeps the policy's cached tokens.
+    epochs: Mutex<HashMap<ObjectKey, ([u8; 32], u64)>>,
 }
 
 impl PolicyRuntime {
@@ -116,6 +119,21 @@ impl PolicyRuntime {
             metrics,
             cache: DecisionCache::new(cache_size),
             stats: Mutex::default(),
+            epochs: Mutex::default(),
+        }
+    }
+
+    /// The epoch for a policy whose verification inputs hash to `fingerprint`: the last
+    /// one while they are unchanged, a new one otherwise.
+    fn epoch(&self, id: &ObjectKey, fingerprint: [u8; 32]) -> u64 {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        match epochs.get(id) {
+            Some((known, epoch)) if *known == fingerprint => *epoch,
+            _ => {
+                let epoch = crate::policy::cache::next_epoch();
+                epochs.insert(id.clone(), (fingerprint, epoch));
+                epoch
+            }
         }
     }
 
@@ -167,6 +185,7 @@ pub fn build_snapshot<'a>(
             external: Some(&runtime.external),
             cache: runtime.cache.clone(),
             stats: Some(runtime.stats(id)),
+            epoch: Some(runtime.epoch(id, verification_fingerprint(id, policy, served))),
         };
         let compiled = CompiledPolicy::compile_with(
             policy,
@@ -191,7 +210,44 @@ pub fn build_snapshot<'a>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|id, _| snapshot.policies.contains_key(id));
+    runtime
+        .epochs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|id, _| snapshot.policies.contains_key(id));
     snapshot
+}
+
+/// A hash of everything that decides whether a token verifies under a policy: its spec
+/// and, for each SigningKey it names, the issuer and the kids (RFC 7638 thumbprints, so
+/// the keys themselves). External key sets are checked per cached entry instead. The
+/// rollout's progress is not in it: it is applied on every request, cached or not.
+fn verification_fingerprint(
+    id: &ObjectKey,
+    policy: &AuthPolicy,
+    served: &HashMap<ObjectKey, ServedKeys>,
+) -> [u8; 32] {
+    let mut hash = aws_lc_rs::digest::Context::new(&SHA256);
+    hash.update(&serde_json::to_vec(&policy.spec).unwrap_or_default());
+    for issuer in &policy.spec.issuers {
+        let Some(key_id) = issuer.signing_key_id(&id.namespace) else {
+            continue;
+        };
+        hash.update(b"\0key\0");
+        match served.get(&key_id) {
+            Some(entry) => {
+                hash.update(entry.published.issuer.as_bytes());
+                for record in entry.keys.records() {
+                    hash.update(b"\0");
+                    hash.update(record.material.kid().as_bytes());
+                }
+            }
+            None => hash.update(b"\0missing"),
+        }
+    }
+    let mut fingerprint = [0; 32];
+    fingerprint.copy_from_slice(hash.finish().as_ref());
+    fingerprint
 }
 
 /// What the server reads.

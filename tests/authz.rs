@@ -605,3 +605,42 @@ async fn with_the_cache_off_every_request_verifies() {
     assert_eq!(dev.metric("authplane_decision_cache_hits_total").await, 0.0);
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn cached_tokens_survive_unrelated_changes_but_not_their_policy_changing() {
+    let dev = start("{mode: Enforce, percentage: 100}", "").await;
+    let token = dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    );
+    let auth = format!("Bearer {token}");
+    let headers = [("Authorization", auth.as_str())];
+    assert_eq!(dev.get_with(AUTHZ, &headers).await.status(), 200);
+
+    // Another SigningKey appears: the snapshot is rebuilt, this policy's entries stay.
+    dev.write("other.yaml", &signing_key("auth", "other", KEYS));
+    eventually("the other key served", CHANGE_DEADLINE, || async {
+        dev.kids("/auth/other/.well-known/jwks.json").await
+    })
+    .await;
+    let hits = dev.metric("authplane_decision_cache_hits_total").await;
+    assert_eq!(dev.get_with(AUTHZ, &headers).await.status(), 200);
+    assert_eq!(
+        dev.metric("authplane_decision_cache_hits_total").await,
+        hits + 1.0
+    );
+
+    // The policy now requires a role the token lacks: the cached "verified" is not reused.
+    dev.write(
+        "policy.yaml",
+        &policy("{mode: Enforce, percentage: 100}", "")
+            .replace("contains: payments", "contains: admin"),
+    );
+    eventually("the new required claim", CHANGE_DEADLINE, || async {
+        (dev.get_with(AUTHZ, &headers).await.status() == 403).then_some(())
+    })
+    .await;
+    dev.stop().await;
+}

@@ -131,6 +131,20 @@ pub struct IssuerRef {
     pub refresh: Option<KeyRefresh>,
 }
 
+impl IssuerRef {
+    /// The SigningKey this entry names, its namespace defaulted to the policy's.
+    pub fn signing_key_id(&self, policy_namespace: &str) -> Option<super::ObjectKey> {
+        let reference = self.signing_key_ref.as_ref()?;
+        Some(super::ObjectKey {
+            namespace: reference
+                .namespace
+                .clone()
+                .unwrap_or_else(|| policy_namespace.to_owned()),
+            name: reference.name.clone(),
+        })
+    }
+}
+
 /// https, or http to a loopback address (local providers in development and tests).
 const URL_RULE: &str = "self.startsWith('https://') || self.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')";
 const URL_MESSAGE: &str = "must be an https URL (http only to 127.0.0.1, localhost or [::1])";

@@ -196,6 +196,9 @@ pub struct CompileContext<'a> {
     pub external: Option<&'a ExternalIssuers>,
     pub cache: Option<Arc<DecisionCache>>,
     pub stats: Option<Arc<PolicyStats>>,
+    /// The cache epoch; a new one when `None`. Reusing one keeps cached verifications,
+    /// so it must change with anything that changes what verifies.
+    pub epoch: Option<u64>,
 }
 
 /// The public keys of one SigningKey, as the registry knows them.
@@ -245,6 +248,7 @@ impl CompiledPolicy {
                 external: None,
                 cache: None,
                 stats: None,
+                epoch: None,
             },
         )
     }
@@ -278,15 +282,8 @@ impl CompiledPolicy {
                 }
                 continue;
             }
-            let Some(reference) = &issuer.signing_key_ref else {
+            let Some(key_id) = issuer.signing_key_id(&id.namespace) else {
                 continue;
-            };
-            let key_id = ObjectKey {
-                namespace: reference
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| id.namespace.clone()),
-                name: reference.name.clone(),
             };
             let Some(found) = resolve(&key_id) else {
                 unresolved.push(key_id.to_string());
@@ -368,7 +365,7 @@ impl CompiledPolicy {
             unresolved,
             generation: policy.metadata.generation,
             targets: spec.target_refs.clone(),
-            epoch: cache::next_epoch(),
+            epoch: context.epoch.unwrap_or_else(cache::next_epoch),
             cache: context.cache,
             stats: context.stats,
             progress,
