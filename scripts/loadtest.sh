@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Load test: /authz throughput and latency against raw RS256 verification, on this machine,
-# in one run. The server and the raw baseline get the same single core; the load generator
-# gets the other one, so that the numbers do not measure their fight.
+# in one run: with the verified-token cache off (every request checks the signature) and
+# on (the same token repeated), plus the HTTP floor (/healthz). The server (one tokio
+# worker) and the raw baseline get the same single core; the load generator gets the
+# other one, so that the numbers do not measure their fight.
 #
-#   scripts/loadtest.sh            # DURATION=10 CONNECTIONS=32 by default
+#   scripts/loadtest.sh            # DURATION=10 CONNECTIONS=32 TOKIO_WORKER_THREADS=1
 #
-# Prints the raw numbers and the ratio. Talks to 127.0.0.1 only; stops by itself.
+# Prints the raw numbers, p99s and both ratios. Talks to 127.0.0.1 only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
