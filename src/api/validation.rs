@@ -232,17 +232,6 @@ impl Validate for AuthPolicy {
                     "name must be a DNS subdomain and namespace a DNS label",
                 ));
             }
-            let urls = [("issuer", &issuer.issuer), ("jwksUri", &issuer.jwks_uri)];
-            for (field, url) in urls {
-                if let Some(url) = url
-                    && !crate::external::fetch::is_allowed_url(url)
-                {
-                    errors.push(FieldError::new(
-                        format!("spec.issuers[{i}].{field}"),
-                        format!("{url:?} must be an https URL (http only to 127.0.0.1, localhost or [::1])"),
-                    ));
-                }
-            }
         }
         let steps = &spec.rollout.steps;
         if let Some(i) = (1..steps.len()).find(|&i| steps[i] <= steps[i - 1]) {

@@ -73,9 +73,14 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         request.namespace.as_deref(),
         state.signing_keys.as_ref(),
     );
-    let name = match (&request.namespace, request.name.as_str()) {
-        (Some(namespace), name) if !name.is_empty() => format!("{namespace}/{name}"),
-        (_, name) => name.to_owned(),
+    // The request's name is empty on a CREATE from generateName; the object may have one.
+    let name = Some(request.name.as_str())
+        .filter(|n| !n.is_empty())
+        .or_else(|| object.pointer("/metadata/name").and_then(|n| n.as_str()))
+        .unwrap_or("(unnamed)");
+    let name = match &request.namespace {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_owned(),
     };
     let result = if !verdict.allowed() {
         let reasons: Vec<String> = verdict.refusals.iter().map(ToString::to_string).collect();
