@@ -376,6 +376,22 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of an external issuer no policy uses any more, so that its
+    /// last-success age does not set off alerts forever.
+    pub fn forget_issuer(&self, issuer: &str) {
+        let labels = IssuerLabels {
+            issuer: issuer.to_owned(),
+        };
+        self.jwks_keys.remove(&labels);
+        self.jwks_last_success.remove(&labels);
+        for result in ["ok", "error"] {
+            self.jwks_fetches.remove(&FetchLabels {
+                issuer: issuer.to_owned(),
+                result: result.to_owned(),
+            });
+        }
+    }
+
     /// The outcome of one fetch of an external issuer's key set.
     pub fn jwks_fetched(&self, issuer: &str, keys: Result<usize, ()>, now: jiff::Timestamp) {
         let result = if keys.is_ok() { "ok" } else { "error" };

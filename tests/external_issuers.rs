@@ -311,3 +311,55 @@ async fn token_review_accepts_a_key_the_provider_just_rotated_in() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn issuers_sharing_keys_each_verify_their_own_tokens() {
+    // Entra ID's v1 and v2 issuers (and its tenants) publish the same keys.
+    let provider = Provider::start().await;
+    let v1 = format!("{}/tenant-1/", provider.base);
+    let manifest = format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  issuers:\n  - issuer: {}\n    refresh: {FAST}\n  - issuer: {v1}\n    jwksUri: {}/common/discovery/v2.0/keys\n    refresh: {FAST}\n\
+         \x20 audiences: [api]\n  rollout: {{mode: Enforce, percentage: 100}}\n",
+        provider.issuer(),
+        provider.base
+    );
+    let dev = Dev::start(&[("api.yaml", &manifest)]).await;
+    let key = provider.key(0);
+    let now = jiff::Timestamp::now().as_second();
+    for issuer in [provider.issuer(), v1.clone()] {
+        let claims =
+            serde_json::json!({"iss": issuer, "sub": "alice", "aud": "api", "exp": now + 600});
+        let token = provider.sign(&key, key.kid(), &claims);
+        assert_eq!(authz(&dev, &token).await, (200, String::new()), "{issuer}");
+    }
+    let claims = serde_json::json!({"iss": "https://other.example/", "sub": "x", "aud": "api", "exp": now + 600});
+    let foreign = provider.sign(&key, key.kid(), &claims);
+    assert_eq!(authz(&dev, &foreign).await, (401, "wrong_issuer".into()));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn editing_the_refresh_settings_keeps_the_keys_while_the_provider_is_down() {
+    let provider = Provider::start().await;
+    let dev = Dev::start(&[("api.yaml", &provider.policy(FAST))]).await;
+    let good = provider.token(&provider.key(0), "alice");
+    assert_eq!(authz(&dev, &good).await.0, 200);
+    provider.set(Behaviour::Down);
+    dev.write(
+        "api.yaml",
+        &provider.policy("{minInterval: 2s, maxInterval: 2h, maxStale: 2h}"),
+    );
+    // The edit is in force once a fetch with the new settings has failed.
+    eventually(
+        "a fetch under the new settings",
+        CHANGE_DEADLINE,
+        || async {
+            let status = dev.json("/status/shop/api").await;
+            (condition(&status, "KeysFresh").0 == "False").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(authz(&dev, &good).await, (200, String::new()));
+    dev.stop().await;
+}

@@ -455,7 +455,7 @@ pub struct TargetStatus {
 pub enum RolloutAction {
     Pause,
     Resume,
-    /// Enforce for this percentage, replacing the steps.
+    /// Set the enforced percentage (in Enforce mode), replacing the steps.
     Set(f64),
 }
 
@@ -466,7 +466,8 @@ impl RolloutAction {
             // null removes the field (RFC 7386).
             RolloutAction::Resume => serde_json::json!({"paused": null}),
             RolloutAction::Set(p) => {
-                if !(0.0..=100.0).contains(&p) || (p * 1000.0).round() != p * 1000.0 {
+                if !(0.0..=100.0).contains(&p) || !super::validation::has_at_most_three_decimals(p)
+                {
                     return Err(format!(
                         "{p} is not a percentage: 0 to 100, at most three decimals"
                     ));
@@ -538,6 +539,10 @@ mod tests {
         );
         for bad in [-1.0, 100.5, 12.3456, f64::NAN] {
             assert!(RolloutAction::Set(bad).patch().is_err(), "{bad}");
+        }
+        // Three decimals in binary floating point are not exact.
+        for good in [1.005, 33.333, 0.001, 99.999] {
+            assert!(RolloutAction::Set(good).patch().is_ok(), "{good}");
         }
     }
 }

@@ -45,6 +45,12 @@ pub fn from_value<K: serde::de::DeserializeOwned>(
     })
 }
 
+/// Percentages are kept in thousandths (buckets of 0.001%). Tolerant of binary floating
+/// point: 1.005 is 1004.9999999999999 thousandths.
+pub fn has_at_most_three_decimals(percentage: f64) -> bool {
+    percentage.is_finite() && ((percentage * 1000.0).round() - percentage * 1000.0).abs() <= 1e-6
+}
+
 pub trait Validate {
     /// Every problem found, each naming its field; empty when the object is acceptable.
     fn validate(&self) -> Vec<FieldError>;
@@ -141,9 +147,7 @@ impl Validate for AuthPolicy {
         errors.extend(cel_errors(self.validate_cel()));
         let spec = &self.spec;
         let percentage = spec.rollout.percentage;
-        if !percentage.is_finite()
-            || ((percentage * 1000.0).round() - percentage * 1000.0).abs() > 1e-6
-        {
+        if !has_at_most_three_decimals(percentage) {
             errors.push(FieldError::new(
                 "spec.rollout.percentage",
                 format!("{percentage} has more than three decimals"),
@@ -245,7 +249,7 @@ impl Validate for AuthPolicy {
             ));
         }
         for (i, step) in steps.iter().enumerate() {
-            if !(0.0..=100.0).contains(step) || (step * 1000.0).round() != step * 1000.0 {
+            if !(0.0..=100.0).contains(step) || !has_at_most_three_decimals(*step) {
                 errors.push(FieldError::new(
                     format!("spec.rollout.steps[{i}]"),
                     format!("{step} must be between 0 and 100, with at most three decimals"),

@@ -41,6 +41,26 @@ pub struct ExternalConfig {
 }
 
 impl ExternalConfig {
+    /// A configuration with intervals that make sense whatever was asked: a floor of at
+    /// least 1 s and a ceiling not under the floor (the CRD refuses the rest; this keeps a
+    /// bad object that got through from spinning or panicking).
+    pub fn new(
+        issuer: String,
+        jwks_uri: Option<String>,
+        min_refresh: Duration,
+        max_refresh: Duration,
+        max_stale: Duration,
+    ) -> Self {
+        let min_refresh = min_refresh.max(Duration::from_secs(1));
+        Self {
+            issuer,
+            jwks_uri,
+            min_refresh,
+            max_refresh: max_refresh.max(min_refresh),
+            max_stale,
+        }
+    }
+
     /// When to fetch again after a success: when the provider's `max-age` says, within
     /// the floor and the ceiling (the ceiling when it says nothing).
     fn after_success(&self, max_age: Option<Duration>) -> Duration {
@@ -113,6 +133,9 @@ pub struct ExternalIssuer {
     /// Counts completed fetches, for requests waiting on one.
     fetched: watch::Sender<u64>,
     in_flight: AtomicBool,
+    /// Whether a refresh task is running: without one, nobody would answer a request
+    /// waiting for a fetch.
+    task_alive: Arc<AtomicBool>,
     /// Milliseconds since `started` of the last fetch begun.
     last_attempt_ms: AtomicU64,
     started: Instant,
@@ -161,6 +184,9 @@ impl ExternalIssuer {
     /// A token named a kid no current set has: fetch again unless a fetch is running or
     /// ran less than `min_refresh` ago, and wait for it. True when a fetch completed.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
+        if !self.task_alive.load(Ordering::Acquire) {
+            return false;
+        }
         let mut done = self.fetched.subscribe();
         done.borrow_and_update();
         if !self.in_flight.load(Ordering::Acquire) {
@@ -192,6 +218,8 @@ impl ExternalIssuer {
         clock: &dyn Clock,
     ) -> Duration {
         self.in_flight.store(true, Ordering::Release);
+        // Cleared however this ends, a cancelled or panicking fetch included.
+        let _in_flight = ClearOnDrop(&self.in_flight);
         self.last_attempt_ms
             .store(self.elapsed_ms(), Ordering::Release);
         let result = self.fetch(fetcher, discovered).await;
@@ -240,6 +268,14 @@ impl ExternalIssuer {
         next
     }
 
+    fn seed_from(&self, other: &ExternalIssuer) {
+        self.keys.store(other.keys.load_full());
+        let from = other.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut to = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        to.last_success = from.last_success;
+        to.last_error = from.last_error.clone();
+    }
+
     async fn fetch(
         &self,
         fetcher: &Fetcher,
@@ -270,7 +306,26 @@ impl ExternalIssuer {
     }
 }
 
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Clears a shared flag when dropped, even on a panic.
+struct ClearArcOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearArcOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 async fn refresh_loop(
+    alive: ClearArcOnDrop,
     issuer: Weak<ExternalIssuer>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<()>,
@@ -278,6 +333,7 @@ async fn refresh_loop(
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
 ) {
+    let _alive = alive;
     let mut discovered = None;
     let mut failures = 0;
     loop {
@@ -328,10 +384,26 @@ impl ExternalIssuers {
     /// called on a tokio runtime.
     pub fn get(&self, config: &ExternalConfig) -> Arc<ExternalIssuer> {
         let mut issuers = self.issuers.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = issuers
+            .iter()
+            .filter(|(_, issuer)| issuer.strong_count() == 0)
+            .map(|(config, _)| config.issuer.clone())
+            .collect();
         issuers.retain(|_, issuer| issuer.strong_count() > 0);
+        for name in gone {
+            if !issuers.keys().any(|c| c.issuer == name) {
+                self.metrics.forget_issuer(&name);
+            }
+        }
         if let Some(issuer) = issuers.get(config).and_then(Weak::upgrade) {
             return issuer;
         }
+        // Same keys, other refresh settings (an edit, or another policy): start from what
+        // is known, so that a provider down right now does not fail every token.
+        let sibling = issuers
+            .iter()
+            .filter(|(c, _)| c.issuer == config.issuer && c.jwks_uri == config.jwks_uri)
+            .find_map(|(_, issuer)| issuer.upgrade());
         let (stop, stop_rx) = watch::channel(());
         let wake = Arc::new(Notify::new());
         let issuer = Arc::new(ExternalIssuer {
@@ -341,14 +413,20 @@ impl ExternalIssuers {
             wake: wake.clone(),
             fetched: watch::channel(0).0,
             in_flight: AtomicBool::new(true),
+            task_alive: Arc::new(AtomicBool::new(false)),
             last_attempt_ms: AtomicU64::new(0),
             started: Instant::now(),
             _stop: stop,
         });
+        if let Some(sibling) = sibling {
+            issuer.seed_from(&sibling);
+        }
         issuers.insert(config.clone(), Arc::downgrade(&issuer));
         match (&self.fetcher, tokio::runtime::Handle::try_current()) {
             (Some(fetcher), Ok(runtime)) => {
+                issuer.task_alive.store(true, Ordering::Release);
                 runtime.spawn(refresh_loop(
+                    ClearArcOnDrop(issuer.task_alive.clone()),
                     Arc::downgrade(&issuer),
                     wake,
                     stop_rx,
@@ -375,13 +453,33 @@ mod tests {
     use super::*;
 
     fn config() -> ExternalConfig {
-        ExternalConfig {
-            issuer: "https://issuer.example".into(),
-            jwks_uri: None,
-            min_refresh: Duration::from_secs(60),
-            max_refresh: Duration::from_secs(3600),
-            max_stale: Duration::from_secs(86_400),
-        }
+        ExternalConfig::new(
+            "https://issuer.example".into(),
+            None,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+        )
+    }
+
+    #[test]
+    fn nonsense_intervals_are_made_safe() {
+        let c = ExternalConfig::new(
+            "i".into(),
+            None,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        assert_eq!((c.min_refresh.as_secs(), c.max_refresh.as_secs()), (1, 1));
+        let c = ExternalConfig::new(
+            "i".into(),
+            None,
+            Duration::from_secs(600),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
+        assert_eq!(c.after_success(Some(Duration::from_secs(5))).as_secs(), 600);
     }
 
     #[test]

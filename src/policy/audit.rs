@@ -41,6 +41,11 @@ pub struct DenyWindow {
 }
 
 impl DenyWindow {
+    /// When the newest sample was taken.
+    pub fn last_sample(&self) -> Option<Timestamp> {
+        self.samples.back().map(|(t, _, _)| *t)
+    }
+
     /// Records the totals at `now`; `Some(Some(why))` when the ratio over the window is
     /// above the rule's, `Some(None)` when it is not, `None` when too few audited requests
     /// say either way (a held rollout stays held until traffic shows it may go on).
@@ -57,7 +62,13 @@ impl DenyWindow {
         while self.samples.len() > 1 && self.samples[1].0 <= start {
             self.samples.pop_front();
         }
-        let (_, audited0, denied0) = *self.samples.front()?;
+        let (base, audited0, denied0) = *self.samples.front()?;
+        // Sampling stopped for a while (a lost lease, a stopped driver): a base far older
+        // than the window would measure hours, not the window. Start again from here.
+        if base < add(start, -window) {
+            self.samples.retain(|(t, _, _)| *t == now);
+            return None;
+        }
         let audited = totals.0.saturating_sub(audited0);
         let denied = totals.1.saturating_sub(denied0);
         if audited == 0 || audited < u64::from(rule.min_requests) {
@@ -101,5 +112,12 @@ mod tests {
         assert_eq!(fresh.observe(at(1), (5, 5), &rule()), None);
         // A minute later only clean traffic is in the window.
         assert_eq!(window.observe(at(75), (120, 5), &rule()), Some(None));
+        // After an hour without samples nothing is measured until the window refills.
+        assert_eq!(window.observe(at(3675), (500, 300), &rule()), None);
+        assert!(
+            window
+                .observe(at(3685), (520, 310), &rule())
+                .is_some_and(|h| h.is_some())
+        );
     }
 }

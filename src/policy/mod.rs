@@ -232,6 +232,8 @@ pub struct CompiledPolicy {
     pub stats: Option<Arc<PolicyStats>>,
     /// The recorded progression of a stepped rollout, as compiled.
     pub progress: Option<crate::api::RolloutProgress>,
+    /// A stepped rollout with a deny-ratio rule: audited requests are counted.
+    counts_audits: bool,
 }
 
 impl CompiledPolicy {
@@ -266,13 +268,13 @@ impl CompiledPolicy {
         for issuer in &spec.issuers {
             if let Some(url) = &issuer.issuer {
                 let refresh = issuer.refresh.clone().unwrap_or_default();
-                let config = ExternalConfig {
-                    issuer: url.clone(),
-                    jwks_uri: issuer.jwks_uri.clone(),
-                    min_refresh: refresh.min_interval.value().unsigned_abs(),
-                    max_refresh: refresh.max_interval.value().unsigned_abs(),
-                    max_stale: refresh.max_stale.value().unsigned_abs(),
-                };
+                let config = ExternalConfig::new(
+                    url.clone(),
+                    issuer.jwks_uri.clone(),
+                    refresh.min_interval.value().unsigned_abs(),
+                    refresh.max_interval.value().unsigned_abs(),
+                    refresh.max_stale.value().unsigned_abs(),
+                );
                 match context.external {
                     Some(external) => verifier.add_external(external.get(&config)),
                     None => {
@@ -366,6 +368,9 @@ impl CompiledPolicy {
             generation: policy.metadata.generation,
             targets: spec.target_refs.clone(),
             epoch: context.epoch.unwrap_or_else(cache::next_epoch),
+            counts_audits: context.stats.is_some()
+                && !spec.rollout.steps.is_empty()
+                && spec.rollout.pause_above_deny_ratio.is_some(),
             cache: context.cache,
             stats: context.stats,
             progress,
@@ -394,13 +399,6 @@ impl CompiledPolicy {
         }
     }
 
-    /// When a stepped rollout moves next, after `now`.
-    pub fn next_step_at(&self, now: Timestamp) -> Option<Timestamp> {
-        (self.mode == Mode::Enforce)
-            .then(|| self.schedule.next_change(now))
-            .flatten()
-    }
-
     /// Whether a token with an unknown kid could belong to an external issuer whose keys
     /// may have rotated.
     pub fn has_external_issuers(&self) -> bool {
@@ -410,11 +408,15 @@ impl CompiledPolicy {
     /// Refetches external key sets after an unknown kid (rate-limited per issuer). True
     /// when any set was fetched, so deciding again may give another answer.
     pub async fn refetch_external(&self) -> bool {
-        let mut any = false;
-        for issuer in self.verifier.external() {
-            any |= issuer.refetch_for_unknown_kid().await;
-        }
-        any
+        let fetches = self
+            .verifier
+            .external()
+            .iter()
+            .map(|issuer| issuer.refetch_for_unknown_kid());
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .any(|fetched| fetched)
     }
 
     /// The status a driver reports. `found` tells whether a target exists (`None`: not
@@ -496,9 +498,18 @@ impl CompiledPolicy {
                     "every external key set refreshed on time".to_owned(),
                 )
             } else {
+                let pending_only = unavailable.is_empty()
+                    && external
+                        .iter()
+                        .all(|(_, h)| matches!(h, Health::Pending | Health::Fresh { .. }));
+                let reason = if pending_only {
+                    "FirstFetchPending"
+                } else {
+                    "RefreshFailing"
+                };
                 let mut problems = stale;
                 problems.extend(unavailable.iter().cloned());
-                condition("KeysFresh", false, "RefreshFailing", problems.join("; "))
+                condition("KeysFresh", false, reason, problems.join("; "))
             });
         }
         let base = base_url.trim_end_matches('/');
@@ -553,8 +564,7 @@ impl CompiledPolicy {
             // Whether an allowed request was audited only matters to a stepped rollout's
             // deny ratio; skip the bucketing otherwise.
             Ok(()) => {
-                let audited =
-                    self.stats.is_some() && self.progress.is_some() && !enforced(claims.as_deref());
+                let audited = self.counts_audits && !enforced(claims.as_deref());
                 return Decision {
                     verdict: Verdict::Allow,
                     claims,
@@ -573,7 +583,7 @@ impl CompiledPolicy {
                 _ => Verdict::WouldDeny(rejection),
             },
         };
-        let audited = !matches!(verdict, Verdict::Deny(_));
+        let audited = self.counts_audits && !matches!(verdict, Verdict::Deny(_));
         Decision {
             verdict,
             claims,

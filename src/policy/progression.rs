@@ -32,27 +32,51 @@ pub fn advance(
         Some(p) if p.steps == rollout.steps && since(p).is_some() => p.clone(),
         _ => RolloutProgress {
             steps: rollout.steps.clone(),
-            step: 0,
+            step: first_step(rollout, recorded),
             since: now.to_string(),
             held: None,
         },
     };
+    // Steps that came due before the hold are taken first: replicas already serve them,
+    // and a hold must never lower enforcement.
+    let mut began = since(&progress)?;
+    if progress.held.is_none() {
+        let last = rollout.steps.len() as u32 - 1;
+        while progress.step < last && add(began, every) <= now {
+            progress.step += 1;
+            began = add(began, every);
+        }
+        progress.since = began.to_string();
+    }
     let hold = rollout.paused.then(|| PAUSED_BY_SPEC.to_owned()).or(hold);
     if hold.is_some() {
         progress.held = hold;
-        return Some(progress);
-    }
-    if progress.held.take().is_some() {
+    } else if progress.held.take().is_some() {
         progress.since = now.to_string();
     }
-    let mut began = since(&progress)?;
-    let last = rollout.steps.len() as u32 - 1;
-    while progress.step < last && add(began, every) <= now {
-        progress.step += 1;
-        began = add(began, every);
-    }
-    progress.since = began.to_string();
     Some(progress)
+}
+
+/// Where a new progression starts: the first step, or, when the steps were edited
+/// mid-way, the highest new step not above the share already enforced. An edit never
+/// jumps enforcement ahead (users suddenly refused), and steps back only as far as the
+/// new steps make it.
+fn first_step(rollout: &Rollout, recorded: Option<&RolloutProgress>) -> u32 {
+    let Some(previous) = recorded else {
+        return 0;
+    };
+    let Some(share) = previous
+        .steps
+        .get(previous.step as usize)
+        .or(previous.steps.last())
+    else {
+        return 0;
+    };
+    rollout
+        .steps
+        .iter()
+        .rposition(|step| step <= share)
+        .unwrap_or(0) as u32
 }
 
 /// The step interval of a stepped rollout in Enforce mode.
@@ -88,13 +112,17 @@ impl Schedule {
         };
         let progress = recorded.filter(|p| p.steps == rollout.steps);
         let Some((progress, began)) = progress.and_then(|p| Some((p, since(p)?))) else {
+            // Until a driver records the (new) progression: where it will start.
+            let first = first_step(rollout, recorded) as usize;
             return Schedule {
-                entries: vec![(Timestamp::MIN, rollout.steps[0].min(cap))],
+                entries: vec![(Timestamp::MIN, rollout.steps[first].min(cap))],
             };
         };
         let current = (progress.step as usize).min(rollout.steps.len() - 1);
         let mut entries = vec![(Timestamp::MIN, rollout.steps[current].min(cap))];
-        if progress.held.is_none() && !rollout.paused {
+        // Only a recorded hold freezes the schedule: the recording driver takes the steps
+        // already due before it holds, so replicas never step back.
+        if progress.held.is_none() {
             let mut at = began;
             for step in &rollout.steps[current + 1..] {
                 at = add(at, every);
@@ -163,6 +191,10 @@ impl RolloutTracker {
         now: Timestamp,
         totals: (u64, u64),
     ) -> (Option<RolloutProgress>, Option<Timestamp>) {
+        // Windows of policies that stopped being tracked (deleted, or no rule any more).
+        let stale = add(now, -SignedDuration::from_hours(24));
+        self.windows
+            .retain(|_, w| w.last_sample().is_some_and(|t| t > stale));
         let rule = rollout
             .pause_above_deny_ratio
             .as_ref()
@@ -285,10 +317,11 @@ mod tests {
         let next = advance(&r, Some(&resumed), at("2026-01-01T03:10:00Z"), None).unwrap();
         assert_eq!(next.step, 1);
 
+        // A pause takes the steps already due first (replicas serve them): 1 → 2 here.
         let mut paused = r.clone();
         paused.paused = true;
         let p = advance(&paused, Some(&next), at("2026-01-01T09:00:00Z"), None).unwrap();
-        assert_eq!((p.step, p.held.as_deref()), (1, Some(PAUSED_BY_SPEC)));
+        assert_eq!((p.step, p.held.as_deref()), (2, Some(PAUSED_BY_SPEC)));
     }
 
     #[test]
@@ -306,6 +339,45 @@ mod tests {
         r.steps = vec![5.0, 100.0];
         let p = advance(&r, Some(&p), at("2026-01-02T00:00:00Z"), None).unwrap();
         assert_eq!((p.step, p.since.as_str()), (0, "2026-01-02T00:00:00Z"));
+    }
+
+    #[test]
+    fn editing_the_steps_never_jumps_ahead() {
+        let r = rollout(STEPPED);
+        let start = at("2026-01-01T00:00:00Z");
+        let p = advance(&r, None, start, None).unwrap();
+        let p = advance(&r, Some(&p), at("2026-01-01T01:30:00Z"), None).unwrap();
+        assert_eq!(p.step, 1, "at 50%");
+        let mut edited = r.clone();
+        edited.steps = vec![10.0, 25.0, 50.0, 75.0, 100.0];
+        // Replicas, before the driver records the edit, and the driver itself.
+        assert_eq!(Schedule::of(&edited, Some(&p)).percentage_at(start), 50.0);
+        let q = advance(&edited, Some(&p), at("2026-01-01T01:40:00Z"), None).unwrap();
+        assert_eq!((q.step, q.since.as_str()), (2, "2026-01-01T01:40:00Z"));
+        edited.steps = vec![5.0, 20.0, 100.0];
+        let q = advance(&edited, Some(&p), at("2026-01-01T01:40:00Z"), None).unwrap();
+        assert_eq!(q.step, 1, "20, not 100");
+    }
+
+    #[test]
+    fn a_pause_never_lowers_enforcement() {
+        let r = rollout(STEPPED);
+        let start = at("2026-01-01T00:00:00Z");
+        let p = advance(&r, None, start, None).unwrap();
+        // Recorded at step 0; replicas serve 100% by schedule two hours later.
+        let late = at("2026-01-01T02:30:00Z");
+        assert_eq!(Schedule::of(&r, Some(&p)).percentage_at(late), 100.0);
+        let mut paused = r.clone();
+        paused.paused = true;
+        // Before the driver records the pause, replicas keep the schedule...
+        assert_eq!(Schedule::of(&paused, Some(&p)).percentage_at(late), 100.0);
+        // ...and the driver records it at the step already reached.
+        let held = advance(&paused, Some(&p), late, None).unwrap();
+        assert_eq!(held.step, 2);
+        assert_eq!(
+            Schedule::of(&paused, Some(&held)).percentage_at(late),
+            100.0
+        );
     }
 
     #[test]

@@ -68,10 +68,6 @@ impl VerifyKey {
         }?;
         Ok(Self { alg, key, issuer })
     }
-
-    pub fn issuer(&self) -> &str {
-        &self.issuer
-    }
 }
 
 /// The JOSE header members we read; the others (`typ`, `jku`, `x5u`, `jwk`, ...) are
@@ -158,6 +154,7 @@ impl Verifier {
             return Err(Rejection::UnsupportedCrit);
         }
         let token = Token {
+            whole: token,
             signed: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
             payload: payload_b64,
             signature: signature_b64,
@@ -173,6 +170,27 @@ impl Verifier {
         if let Some(key) = self.keys.get(kid) {
             return self.verify_with(&token, key, None, now);
         }
+        if self.external.is_empty() {
+            return Err(self.no_key(0));
+        }
+        // Issuers may share keys (Entra ID's tenants, its v1 and v2 issuers): the token is
+        // checked against the issuer it names. Its `iss` is read unverified only to
+        // choose; signature and `iss` are then checked against that issuer's keys.
+        let named = unverified_claim(token.whole, "iss");
+        let chosen = self
+            .external
+            .iter()
+            .enumerate()
+            .find(|(_, issuer)| Some(&issuer.config().issuer) == named.as_ref());
+        if let Some((index, issuer)) = chosen {
+            let set = issuer
+                .usable_keys(now)
+                .ok_or(Rejection::IssuerUnavailable)?;
+            let key = set.get(kid).ok_or(Rejection::UnknownKid)?;
+            return self.verify_with(&token, key, Some((index, set.clone())), now);
+        }
+        // No external issuer of that name: a key with this kid still verifies the
+        // signature, and the issuer check then says what is wrong.
         let mut usable = 0;
         for (index, issuer) in self.external.iter().enumerate() {
             if let Some(set) = issuer.usable_keys(now) {
@@ -262,15 +280,11 @@ impl Verifier {
         }
         Ok(exp)
     }
-
-    /// Leeway on `exp` and `nbf`, in seconds.
-    pub fn leeway_secs(&self) -> i64 {
-        self.leeway_secs
-    }
 }
 
 /// The parts of a split token.
 struct Token<'t> {
+    whole: &'t str,
     /// `header.payload`, the signed bytes.
     signed: &'t [u8],
     payload: &'t str,

@@ -46,14 +46,21 @@ pub async fn authz(
     };
     let mut decision = policy.decide(headers, state.clock.now());
     // An unknown kid may be an external provider's new key: refetch (rate-limited per
-    // issuer) and decide again.
+    // issuer). A refusal waits for it and decides again; a request that passes anyway
+    // (audited) does not wait.
     if matches!(
         decision.verdict.rejection(),
         Some(Rejection::UnknownKid | Rejection::IssuerUnavailable)
     ) && policy.has_external_issuers()
-        && policy.refetch_external().await
     {
-        decision = policy.decide(headers, state.clock.now());
+        if matches!(decision.verdict, Verdict::Deny(_)) {
+            if policy.refetch_external().await {
+                decision = policy.decide(headers, state.clock.now());
+            }
+        } else {
+            let policy = policy.clone();
+            tokio::spawn(async move { policy.refetch_external().await });
+        }
     }
 
     let mut response = match &decision.verdict {
