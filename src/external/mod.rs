@@ -306,7 +306,7 @@ impl ExternalIssuer {
     }
 }
 
-/// Clears a flag when dropped.
+/// Clears a flag when dropped, on a panic or a cancellation too.
 struct ClearOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for ClearOnDrop<'_> {
@@ -315,17 +315,8 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-/// Clears a shared flag when dropped, even on a panic.
-struct ClearArcOnDrop(Arc<AtomicBool>);
-
-impl Drop for ClearArcOnDrop {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
 async fn refresh_loop(
-    alive: ClearArcOnDrop,
+    alive: Arc<AtomicBool>,
     issuer: Weak<ExternalIssuer>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<()>,
@@ -333,7 +324,7 @@ async fn refresh_loop(
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
 ) {
-    let _alive = alive;
+    let _alive = ClearOnDrop(&alive);
     let mut discovered = None;
     let mut failures = 0;
     loop {
@@ -426,7 +417,7 @@ impl ExternalIssuers {
             (Some(fetcher), Ok(runtime)) => {
                 issuer.task_alive.store(true, Ordering::Release);
                 runtime.spawn(refresh_loop(
-                    ClearArcOnDrop(issuer.task_alive.clone()),
+                    issuer.task_alive.clone(),
                     Arc::downgrade(&issuer),
                     wake,
                     stop_rx,

@@ -608,39 +608,32 @@ impl CompiledPolicy {
                 Err(Rejection::InsufficientScope)
             }
         };
-        let Some(cache) = &self.cache else {
-            return match self.verifier.verify(token, now) {
-                Ok(verified) => {
-                    let satisfied = self.satisfied(&verified.claims);
-                    (Some(Arc::new(verified.claims)), scope(satisfied))
-                }
-                Err(rejection) => (None, Err(rejection)),
-            };
-        };
-        let key = DecisionCache::key(self.epoch, token);
-        if let Some(entry) = cache.get(&key)
-            && now.as_second() <= entry.expires
-            && self.still_current(entry.external.as_ref(), now)
-        {
+        let cached = self.cache.as_ref().map(|cache| {
+            let key = DecisionCache::key(self.epoch, token);
+            let hit = cache.get(&key).filter(|entry| {
+                now.as_second() <= entry.expires && self.still_current(entry.external.as_ref(), now)
+            });
             if let Some(stats) = &self.stats {
-                stats.meters.cache_hit(true);
+                stats.meters.cache_hit(hit.is_some());
             }
+            (cache, key, hit)
+        });
+        if let Some((_, _, Some(entry))) = &cached {
             return (Some(entry.claims.clone()), scope(entry.satisfied));
-        }
-        if let Some(stats) = &self.stats {
-            stats.meters.cache_hit(false);
         }
         match self.verifier.verify(token, now) {
             Ok(verified) => {
                 let satisfied = self.satisfied(&verified.claims);
                 let claims = Arc::new(verified.claims);
-                cache.insert(
-                    key,
-                    claims.clone(),
-                    verified.expires,
-                    satisfied,
-                    verified.external,
-                );
+                if let Some((cache, key, _)) = cached {
+                    cache.insert(
+                        key,
+                        claims.clone(),
+                        verified.expires,
+                        satisfied,
+                        verified.external,
+                    );
+                }
                 (Some(claims), scope(satisfied))
             }
             Err(rejection) => (None, Err(rejection)),
