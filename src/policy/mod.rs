@@ -48,6 +48,25 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every rejection, in declaration order (checked by a test).
+    pub const ALL: [Rejection; 15] = [
+        Rejection::MissingToken,
+        Rejection::TooLarge,
+        Rejection::Malformed,
+        Rejection::UnsupportedCrit,
+        Rejection::UnknownKid,
+        Rejection::AlgNotAllowed,
+        Rejection::BadSignature,
+        Rejection::MissingExp,
+        Rejection::Expired,
+        Rejection::NotYetValid,
+        Rejection::WrongIssuer,
+        Rejection::WrongAudience,
+        Rejection::InvalidClaims,
+        Rejection::IssuerUnavailable,
+        Rejection::InsufficientScope,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Rejection::MissingToken => "missing_token",
@@ -153,8 +172,8 @@ impl Verdict {
     }
 }
 
-/// Rejection reasons plus "none".
-const REASONS: usize = Rejection::InsufficientScope as usize + 2;
+/// Rejection reasons plus "none"; a reason's meter slot is its discriminant.
+const REASONS: usize = Rejection::ALL.len() + 1;
 const METER_SLOTS: usize = 5 * REASONS;
 
 pub struct Decision {
@@ -756,4 +775,48 @@ pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
             let (n, v) = pair.trim().split_once('=')?;
             (n.trim() == name).then(|| v.trim().trim_matches('"'))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_its_own_meter_slot() {
+        for (i, rejection) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(*rejection as usize, i, "{rejection:?}: ALL is out of order");
+            // A new variant stops this from compiling: add it here and to ALL.
+            match rejection {
+                Rejection::MissingToken
+                | Rejection::TooLarge
+                | Rejection::Malformed
+                | Rejection::UnsupportedCrit
+                | Rejection::UnknownKid
+                | Rejection::AlgNotAllowed
+                | Rejection::BadSignature
+                | Rejection::MissingExp
+                | Rejection::Expired
+                | Rejection::NotYetValid
+                | Rejection::WrongIssuer
+                | Rejection::WrongAudience
+                | Rejection::InvalidClaims
+                | Rejection::IssuerUnavailable
+                | Rejection::InsufficientScope => {}
+            }
+        }
+        let slots: std::collections::HashSet<usize> = Rejection::ALL
+            .iter()
+            .flat_map(|r| {
+                [
+                    Verdict::Deny(*r),
+                    Verdict::WouldDeny(*r),
+                    Verdict::LegacySession(*r),
+                ]
+            })
+            .chain([Verdict::Off, Verdict::Allow])
+            .map(|v| v.meter_slot())
+            .collect();
+        assert_eq!(slots.len(), 3 * Rejection::ALL.len() + 2);
+        assert!(slots.iter().all(|s| *s < METER_SLOTS));
+    }
 }
