@@ -9,7 +9,11 @@
 use jiff::SignedDuration;
 use serde_json::Value;
 
-use crate::api::{AuthPolicy, FieldError, Mode, ObjectKey, SigningKey, Validate, from_value};
+use crate::policy::progression::Schedule;
+
+use crate::api::{
+    AuthPolicy, FieldError, Mode, ObjectKey, SigningKey, Validate, from_value, read_object,
+};
 
 /// A token lifetime most issuers stay within (Entra ID, Kubernetes service accounts and
 /// most OIDC providers default to an hour or less).
@@ -97,17 +101,17 @@ pub fn review(
 ) -> Verdict {
     let object = with_namespace(object, namespace);
     match kind {
-        Kind::SigningKey => match parse::<SigningKey>(&object) {
+        Kind::SigningKey => match read_object::<SigningKey>(&object) {
             Ok(key) => signing_key(&key, old.and_then(|o| previous(o, namespace)).as_ref()),
-            Err(refused) => Verdict::refused(vec![refused]),
+            Err(refused) => Verdict::refused(refused),
         },
-        Kind::AuthPolicy => match parse::<AuthPolicy>(&object) {
+        Kind::AuthPolicy => match read_object::<AuthPolicy>(&object) {
             Ok(policy) => auth_policy(
                 &policy,
                 old.and_then(|o| previous(o, namespace)).as_ref(),
                 index,
             ),
-            Err(refused) => Verdict::refused(vec![refused]),
+            Err(refused) => Verdict::refused(refused),
         },
     }
 }
@@ -122,16 +126,6 @@ fn with_namespace(object: &Value, namespace: Option<&str>) -> Value {
             .or_insert_with(|| Value::String(namespace.to_owned()));
     }
     object
-}
-
-fn parse<K: serde::de::DeserializeOwned>(object: &Value) -> Result<K, FieldError> {
-    from_value(object).map_err(|e| {
-        if e.field.is_empty() {
-            FieldError::new("object", e.message)
-        } else {
-            e
-        }
-    })
 }
 
 /// The stored object an UPDATE replaces. One that no longer parses (written by an older
@@ -240,7 +234,7 @@ fn signing_key_refs(policy: &AuthPolicy) -> Vec<(String, ObjectKey)> {
         .collect()
 }
 
-/// The share of users under enforcement (Off and Audit enforce nobody).
+/// The share of users under enforcement (Disabled and Audit enforce nobody).
 /// A stepped rollout starts at its first step.
 fn enforced_share(policy: &AuthPolicy) -> f64 {
     let rollout = &policy.spec.rollout;
@@ -249,8 +243,33 @@ fn enforced_share(policy: &AuthPolicy) -> f64 {
             Some(first) => first.min(rollout.percentage),
             None => rollout.percentage,
         },
-        Mode::Off | Mode::Audit => 0.0,
+        Mode::Disabled | Mode::Audit => 0.0,
     }
+}
+
+/// The share enforced now under the stored object: its status says where a stepped
+/// rollout stands.
+fn share_in_force(policy: &AuthPolicy) -> f64 {
+    let rollout = &policy.spec.rollout;
+    if rollout.mode != Mode::Enforce {
+        return 0.0;
+    }
+    let status = policy.status.as_ref();
+    match status.and_then(|s| s.effective_percentage) {
+        Some(share) if !rollout.steps.is_empty() => share,
+        _ => Schedule::of(rollout, status.and_then(|s| s.rollout.as_ref())).entries[0].1,
+    }
+}
+
+/// The share enforced right after `policy` replaces `old`, as every replica will compute
+/// it from the recorded progression.
+fn share_after_edit(policy: &AuthPolicy, old: &AuthPolicy) -> f64 {
+    let rollout = &policy.spec.rollout;
+    if rollout.mode != Mode::Enforce {
+        return 0.0;
+    }
+    let recorded = old.status.as_ref().and_then(|s| s.rollout.as_ref());
+    Schedule::of(rollout, recorded).entries[0].1
 }
 
 /// A step shorter than this shows too little traffic to judge before the next.
@@ -291,7 +310,7 @@ pub fn auth_policy(
     if now - before > LARGE_STEP {
         let from = match old.map(|o| o.spec.rollout.mode) {
             None => "on creation, with no Audit phase".to_owned(),
-            Some(Mode::Off) => "from mode Off, with no Audit phase".to_owned(),
+            Some(Mode::Disabled) => "from mode Disabled, with no Audit phase".to_owned(),
             Some(Mode::Audit) => "straight from Audit".to_owned(),
             Some(Mode::Enforce) => format!("from {before}% in one step"),
         };
@@ -301,6 +320,21 @@ pub fn auth_policy(
                 "enforces for {now}% of users {from}: steps of 10, 50, 100 after an Audit phase show who would be refused first (roll back with percentage 0)"
             ),
         );
+    }
+    if let Some(old) = old {
+        let (before, after) = (share_in_force(old), share_after_edit(policy, old));
+        // An explicit rollback (a lower percentage, or leaving Enforce) is meant; a
+        // lower share as a side effect of new steps is the surprise to point out.
+        let explicit = policy.spec.rollout.percentage < old.spec.rollout.percentage
+            || policy.spec.rollout.mode != Mode::Enforce;
+        if after < before && !explicit {
+            verdict.warn(
+                "spec.rollout.steps",
+                format!(
+                    "lowers the enforced share from {before}% to {after}% at once: users in buckets from {after}% to {before}% go back to audit (new steps start at their first step, or, when a stepped rollout is edited, at the highest step not above the share in force). To keep them enforced, start the steps at {before}"
+                ),
+            );
+        }
     }
     let rollout = &policy.spec.rollout;
     if let Some(every) = &rollout.step_every
@@ -478,7 +512,9 @@ mod tests {
             review(Kind::AuthPolicy, &new, old.as_ref(), None, &web()).warnings
         };
         assert!(step(None, at("Enforce", 100.0))[0].contains("on creation, with no Audit phase"));
-        assert!(step(Some(at("Off", 0.0)), at("Enforce", 60.0))[0].contains("from mode Off"));
+        assert!(
+            step(Some(at("Disabled", 0.0)), at("Enforce", 60.0))[0].contains("from mode Disabled")
+        );
         assert!(
             step(Some(at("Audit", 100.0)), at("Enforce", 100.0))[0].contains("straight from Audit")
         );
@@ -489,5 +525,40 @@ mod tests {
         assert!(step(Some(at("Enforce", 50.0)), at("Enforce", 100.0)).is_empty());
         assert!(step(Some(at("Enforce", 100.0)), at("Enforce", 0.0)).is_empty());
         assert!(step(Some(at("Audit", 100.0)), at("Enforce", 10.0)).is_empty());
+    }
+
+    #[test]
+    fn steps_that_lower_the_share_in_force_warn() {
+        let review_edit = |old: Value, new: Value| {
+            review(Kind::AuthPolicy, &new, Some(&old), None, &web()).warnings
+        };
+        let manual = |percentage: f64| {
+            policy(
+                json!({"audiences": ["a"], "rollout": {"mode": "Enforce", "percentage": percentage}}),
+            )
+        };
+        let stepped = policy(json!({"audiences": ["a"], "rollout": {
+            "mode": "Enforce", "steps": [10, 50, 100], "stepEvery": "1h"}}));
+        let warnings = review_edit(manual(30.0), stepped.clone());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "spec.rollout.steps: lowers the enforced share from 30% to 10% at once"
+            ),
+            "{}",
+            warnings[0]
+        );
+        // Steps that keep the share, and explicit rollbacks, say nothing.
+        let keeps = policy(json!({"audiences": ["a"], "rollout": {
+            "mode": "Enforce", "steps": [30, 50, 100], "stepEvery": "1h"}}));
+        assert!(review_edit(manual(30.0), keeps).is_empty());
+        assert!(review_edit(manual(30.0), manual(0.0)).is_empty());
+        // A stepped rollout at 50% (its status says so) edited to new steps.
+        let mut at_fifty = stepped;
+        at_fifty["status"] = json!({"effectivePercentage": 50.0, "rollout": {
+            "steps": [10, 50, 100], "step": 1, "since": "2026-11-27T10:00:00Z"}});
+        let fewer = policy(json!({"audiences": ["a"], "rollout": {
+            "mode": "Enforce", "steps": [20, 100], "stepEvery": "1h"}}));
+        assert!(review_edit(at_fifty, fewer)[0].contains("from 50% to 20%"));
     }
 }

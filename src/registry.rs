@@ -109,6 +109,9 @@ pub struct PolicyRuntime {
     /// Per policy, the fingerprint of what decides verification and its cache epoch:
     /// a rebuild for an unrelated change keeps the policy's cached tokens.
     epochs: Mutex<HashMap<ObjectKey, ([u8; 32], u64)>>,
+    /// The problems found at the last build, by subject: logged when they appear and
+    /// when they are gone, not at every rebuild.
+    problems: Mutex<HashMap<String, String>>,
 }
 
 impl PolicyRuntime {
@@ -120,7 +123,25 @@ impl PolicyRuntime {
             cache: DecisionCache::new(cache_size),
             stats: Mutex::default(),
             epochs: Mutex::default(),
+            problems: Mutex::default(),
         }
+    }
+
+    /// Logs the problems of a build that were not there at the previous one, and the
+    /// subjects whose problem is gone: state changes, not states.
+    fn report_problems(&self, found: HashMap<String, String>) {
+        let mut known = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        for (subject, problem) in &found {
+            if known.get(subject) != Some(problem) {
+                tracing::warn!("{subject}: {problem}");
+            }
+        }
+        for subject in known.keys() {
+            if !found.contains_key(subject) {
+                tracing::info!("{subject}: resolved");
+            }
+        }
+        *known = found;
     }
 
     /// The epoch for a policy whose verification inputs hash to `fingerprint`: the last
@@ -158,7 +179,11 @@ pub fn build_snapshot<'a>(
     policies: impl IntoIterator<Item = (&'a ObjectKey, &'a AuthPolicy)>,
     runtime: &PolicyRuntime,
 ) -> Snapshot {
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        policies_known: true,
+        ..Snapshot::default()
+    };
+    let mut problems = HashMap::new();
     let mut ordered: Vec<(&ObjectKey, &ServedKeys)> = served.iter().collect();
     ordered.sort_by_key(|(id, _)| *id);
     for (id, entry) in ordered {
@@ -166,15 +191,17 @@ pub fn build_snapshot<'a>(
         let path = match issuer_path(&published.issuer) {
             Ok(path) => path,
             Err(e) => {
-                tracing::error!("SigningKey {id}: {e}");
+                problems.insert(format!("SigningKey {id}"), e);
                 continue;
             }
         };
         if let Some(owner) = snapshot.issuers.get(&path) {
-            tracing::error!(
-                "SigningKey {id}: issuer path {path:?} is already served for {}/{}; not serving it twice",
-                owner.namespace,
-                owner.name
+            problems.insert(
+                format!("SigningKey {id}"),
+                format!(
+                    "issuer path {path:?} is already served for {}/{}; not serving it twice",
+                    owner.namespace, owner.name
+                ),
             );
             continue;
         }
@@ -198,9 +225,12 @@ pub fn build_snapshot<'a>(
             context,
         );
         if !compiled.unresolved.is_empty() {
-            tracing::warn!(
-                "AuthPolicy {id}: SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
-                compiled.unresolved.join(", ")
+            problems.insert(
+                format!("AuthPolicy {id}"),
+                format!(
+                    "SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
+                    compiled.unresolved.join(", ")
+                ),
             );
         }
         snapshot.policies.insert(id.clone(), Arc::new(compiled));
@@ -215,6 +245,7 @@ pub fn build_snapshot<'a>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|id, _| snapshot.policies.contains_key(id));
+    runtime.report_problems(problems);
     snapshot
 }
 
@@ -257,6 +288,21 @@ pub struct Snapshot {
     pub issuers: HashMap<String, Arc<PublishedIssuer>>,
     /// Compiled AuthPolicies by namespace/name.
     pub policies: HashMap<ObjectKey, Arc<CompiledPolicy>>,
+    /// False while the AuthPolicies are not known (their watch has not listed them, for
+    /// example because their CRD is missing): a policy that is not found may exist, so
+    /// the answer is 503, not 404. Keys are served meanwhile.
+    pub policies_known: bool,
+}
+
+/// The state of one input a driver reads, such as a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceState {
+    /// Not listed yet.
+    Syncing,
+    /// Listed, and followed.
+    Synced,
+    /// Failing; what was listed before (if anything) keeps serving.
+    Failing(String),
 }
 
 /// The snapshot holder: drivers publish, handlers load; neither blocks the other.
@@ -264,6 +310,8 @@ pub struct Snapshot {
 pub struct Registry {
     current: ArcSwap<Snapshot>,
     ready: std::sync::atomic::AtomicBool,
+    /// Each input by name ("SigningKey watch"), for `/readyz` and the logs.
+    sources: Mutex<std::collections::BTreeMap<&'static str, SourceState>>,
 }
 
 impl Registry {
@@ -277,8 +325,28 @@ impl Registry {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// True once a driver has published its first complete state.
+    /// True once a driver has published its first state.
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records the state of an input; returns the previous one, so that the caller logs
+    /// changes rather than states.
+    pub fn set_source(&self, name: &'static str, state: SourceState) -> Option<SourceState> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, state)
+    }
+
+    /// Every input that is not synced, with its state.
+    pub fn unsynced_sources(&self) -> Vec<(&'static str, SourceState)> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, state)| **state != SourceState::Synced)
+            .map(|(name, state)| (*name, state.clone()))
+            .collect()
     }
 }

@@ -399,9 +399,9 @@ async fn updates_algorithm_changes_secret_renames_and_percentage_steps() {
             Some("straight from Audit"),
         ),
         (
-            at("Off", 100.0),
+            at("Disabled", 100.0),
             at("Enforce", 75.0),
-            Some("from mode Off, with no Audit phase"),
+            Some("from mode Disabled, with no Audit phase"),
         ),
         (at("Enforce", 10.0), at("Enforce", 50.0), None),
         (at("Enforce", 50.0), at("Enforce", 100.0), None),

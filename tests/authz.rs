@@ -253,7 +253,7 @@ async fn tokens_in_cookies_and_custom_headers() {
 }
 
 #[tokio::test]
-async fn audit_mode_passes_everything_and_off_checks_nothing() {
+async fn audit_mode_passes_everything_and_disabled_checks_nothing() {
     let dev = start("{mode: Audit}", "").await;
     let status = dev.json("/status/shop/payments").await;
     assert_eq!(
@@ -267,8 +267,8 @@ async fn audit_mode_passes_everything_and_off_checks_nothing() {
         Some("would-deny; reason=missing_token")
     );
 
-    dev.write("policy.yaml", &policy("{mode: Off}", ""));
-    eventually("mode Off", CHANGE_DEADLINE, || async {
+    dev.write("policy.yaml", &policy("{mode: Disabled}", ""));
+    eventually("mode Disabled", CHANGE_DEADLINE, || async {
         let r = dev.get(AUTHZ).await;
         (r.status() == 200 && header(&r, "x-authplane-audit").is_none()).then_some(())
     })

@@ -1,23 +1,33 @@
-//! End to end against a real cluster, when `AUTHPLANE_E2E_KUBECONFIG` names a kubeconfig
-//! (skipped, saying so, otherwise). Installs the CRDs, runs the operator in this process,
-//! creates a namespace and a SigningKey, checks the Secret, `Ready=True` and the served
-//! JWKS, rotates with `authplane rotate` and sees the old kid stay published, then deletes
-//! everything itself: minimal test clusters often run without a garbage collector.
+//! End to end against a real cluster, when `AUTHPLANE_E2E_KUBECONFIG` names a kubeconfig.
+//! Marked `#[ignore]`, so that `cargo test` reports it as skipped rather than passed;
+//! run it with `AUTHPLANE_E2E_KUBECONFIG=... cargo test --test e2e_cluster -- --ignored`.
+//!
+//! It does what a platform engineer does on day one, through the same API calls kubectl
+//! makes: installs both CRDs server-side from `crds/` (the apiserver estimates the cost
+//! of every CEL rule and refuses an unbounded CRD), runs the operator in this process,
+//! applies a SigningKey and an AuthPolicy from YAML text read as kubectl reads it (YAML
+//! 1.1, every enum value), checks status, Secrets and decisions, patches the percentage,
+//! rotates and reads the Events of each kid, and finally serves keys while the
+//! AuthPolicy CRD is missing. It deletes what it made itself: minimal test clusters
+//! often run without a garbage collector.
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use authplane::api::SigningKey;
+use authplane::api::{AuthPolicy, SigningKey};
 use authplane::operator::{self, OperatorConfig};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+const MANAGER: &str = "authplane-e2e";
+const SKIP: &str = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored";
 
 async fn eventually<T, Fut: Future<Output = Option<T>>>(
     what: &str,
@@ -26,40 +36,56 @@ async fn eventually<T, Fut: Future<Output = Option<T>>>(
     common::eventually(what, DEADLINE, check).await
 }
 
-fn kubeconfig() -> Option<PathBuf> {
+fn kubeconfig() -> PathBuf {
     match std::env::var_os("AUTHPLANE_E2E_KUBECONFIG") {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => {
-            println!(
-                "skipped: AUTHPLANE_E2E_KUBECONFIG is not set (point it at a test cluster's kubeconfig to run)"
-            );
-            None
-        }
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => panic!("{SKIP}"),
     }
 }
 
+/// The objects of a YAML text, read as kubectl reads it.
+fn manifest(text: &str) -> Vec<Value> {
+    authplane::dev::manifests::yaml_documents(text).expect("valid YAML")
+}
+
+/// `kubectl apply --server-side` of one object.
+async fn apply<K>(api: &Api<K>, object: &Value, dry_run: bool) -> Result<K, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let mut params = PatchParams::apply(MANAGER).force();
+    params.dry_run = dry_run;
+    api.patch(&name, &params, &Patch::Apply(object)).await
+}
+
+/// The committed CRD files, applied server-side as `kubectl apply --server-side -f crds/`.
 async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in authplane::api::crds::crds() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("authplane-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        eventually("the CRD to be established", || async {
-            let crd = crds.get(&name).await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
-        .await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "both CRDs");
+    for file in files {
+        for crd in manifest(&std::fs::read_to_string(&file).unwrap()) {
+            let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
+            apply(&crds, &crd, false)
+                .await
+                .unwrap_or_else(|e| panic!("the apiserver refused {}: {e}", file.display()));
+            eventually("the CRD to be established", || async {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            })
+            .await;
+        }
     }
 }
 
@@ -82,9 +108,82 @@ async fn jwks_kids(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
     )
 }
 
+fn start_operator(
+    path: &Path,
+    namespace: &str,
+    identity: &str,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), operator::OperatorError>>,
+) {
+    let port = free_port();
+    let external = format!("http://127.0.0.1:{port}");
+    let config = OperatorConfig {
+        kubeconfig: Some(path.to_owned()),
+        namespace: namespace.to_owned(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        external_url: external.clone(),
+        identity: identity.into(),
+        decision_cache_size: 1000,
+        tls: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(operator::run(config, async move {
+        let _ = stopped.await;
+    }));
+    (external, stop, operator)
+}
+
+/// A token of `auth`'s Active key, read from its Secret as `token mint` does.
+async fn mint(secrets: &Api<Secret>, issuer: &str, subject: &str) -> String {
+    let secret = secrets.get("web-keys").await.unwrap();
+    let data = authplane::operator::signing_keys::secret_data(&secret).unwrap();
+    let keys = authplane::keys::store::from_data(&data).unwrap();
+    let request = authplane::token::MintRequest {
+        subject: subject.into(),
+        audiences: vec!["payments".into()],
+        ttl: jiff::SignedDuration::from_mins(5),
+        claims: Default::default(),
+    };
+    authplane::token::mint(&keys, issuer, &request, jiff::Timestamp::now()).unwrap()
+}
+
+const KEY: &str = r#"
+apiVersion: authplane.io/v1alpha1
+kind: SigningKey
+metadata: {name: web, namespace: NS}
+spec:
+  algorithm: ES256
+  rotation: {every: 1h, prePublish: 5s, retainFor: 1h}
+"#;
+
+/// Unquoted enum values, as people write them: `Disabled` must survive YAML 1.1.
+const POLICY: &str = r#"
+apiVersion: authplane.io/v1alpha1
+kind: AuthPolicy
+metadata: {name: payments, namespace: NS}
+spec:
+  targetRefs:
+  - {kind: Deployment, name: payments}
+  - {kind: StatefulSet, name: payments}
+  - {kind: Service, name: payments}
+  - {kind: Ingress, name: payments}
+  - {kind: HTTPRoute, name: payments}
+  issuers:
+  - signingKeyRef: {name: web}
+  audiences: [payments]
+  rollout: {mode: MODE, percentage: 100}
+"#;
+
+fn policy_text(namespace: &str, mode: &str) -> String {
+    POLICY.replace("NS", namespace).replace("MODE", mode)
+}
+
 #[tokio::test]
-async fn signing_key_lifecycle_on_a_real_cluster() {
-    let Some(path) = kubeconfig() else { return };
+#[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
+async fn day_one_on_a_real_cluster() {
+    let path = kubeconfig();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = operator::client(Some(&path)).await.unwrap();
     install_crds(&client).await;
@@ -96,32 +195,13 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
+    let (external, stop, operator) = start_operator(&path, &namespace, "e2e");
+    let http = reqwest::Client::new();
 
-    let port = free_port();
-    let external = format!("http://127.0.0.1:{port}");
-    let config = OperatorConfig {
-        kubeconfig: Some(path.clone()),
-        namespace: namespace.clone(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        external_url: external.clone(),
-        identity: "e2e".into(),
-        decision_cache_size: 1000,
-        tls: None,
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(operator::run(config, async move {
-        let _ = stopped.await;
-    }));
-
+    // The SigningKey, from YAML text.
     let keys: Api<SigningKey> = Api::namespaced(client.clone(), &namespace);
-    let key: SigningKey = serde_json::from_value(json!({
-        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
-        "metadata": {"name": "web"},
-        "spec": {"algorithm": "ES256", "rotation": {"every": "1h", "prePublish": "5s", "retainFor": "1h"}},
-    }))
-    .unwrap();
-    keys.create(&PostParams::default(), &key).await.unwrap();
-
+    let key = &manifest(&KEY.replace("NS", &namespace))[0];
+    apply(&keys, key, false).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let first_kid = eventually("Ready=True with an active kid", || async {
         let status = keys.get("web").await.ok()?.status?;
@@ -139,11 +219,6 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
             .unwrap()
             .contains_key(&format!("{first_kid}.pem"))
     );
-
-    let http = {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        reqwest::Client::new()
-    };
     let jwks_url = format!("{external}/{namespace}/web/.well-known/jwks.json");
     eventually("the JWKS to be served", || async {
         jwks_kids(&http, &jwks_url)
@@ -152,6 +227,80 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
     })
     .await;
 
+    // The AuthPolicy, from YAML text: every mode is accepted by the apiserver as written.
+    let policies: Api<AuthPolicy> = Api::namespaced(client.clone(), &namespace);
+    for mode in ["Disabled", "Audit", "Enforce"] {
+        let object = &manifest(&policy_text(&namespace, mode))[0];
+        apply(&policies, object, true)
+            .await
+            .unwrap_or_else(|e| panic!("mode {mode} refused: {e}"));
+    }
+    let refused = apply(
+        &policies,
+        &manifest(&policy_text(&namespace, "Off"))[0],
+        true,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "unquoted Off is the boolean false in YAML 1.1"
+    );
+    apply(
+        &policies,
+        &manifest(&policy_text(&namespace, "Enforce"))[0],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the policy's status: Accepted, Ready, 100% enforced",
+        || async {
+            let status = policies.get("payments").await.ok()?.status?;
+            let is_true = |kind: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == kind && c.status == "True")
+            };
+            (is_true("Accepted") && is_true("Ready") && status.effective_percentage == Some(100.0))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Decisions.
+    let authz = format!("{external}/authz/{namespace}/payments");
+    let issuer = format!("{external}/{namespace}/web");
+    let token = mint(&secrets, &issuer, "alice").await;
+    eventually("a valid token passes", || async {
+        let r = http.get(&authz).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let r = http.get(&authz).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token, enforced");
+
+    // A percentage patch reaches the decision (the rollback of the playbook).
+    let patched = Instant::now();
+    policies
+        .patch(
+            "payments",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rollout": {"percentage": 0}}})),
+        )
+        .await
+        .unwrap();
+    eventually("percentage 0: audited, not refused", || async {
+        let r = http.get(&authz).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    println!(
+        "percentage patch to decision: {} ms",
+        patched.elapsed().as_millis()
+    );
+
+    // Rotation, and one Event per key that names it.
     let rotated = std::process::Command::new(env!("CARGO_BIN_EXE_authplane"))
         .args(["rotate", &format!("{namespace}/web"), "--kubeconfig"])
         .arg(&path)
@@ -181,6 +330,69 @@ async fn signing_key_lifecycle_on_a_real_cluster() {
             .contains(&first_kid),
         "the old kid stays published"
     );
+    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    eventually(
+        "a KeyGenerated and a KeyActivated Event naming each kid",
+        || async {
+            let events = events.list(&ListParams::default()).await.ok()?;
+            let notes = |reason: &str| -> Vec<String> {
+                events
+                    .items
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some(reason))
+                    .filter_map(|e| e.note.clone())
+                    .collect()
+            };
+            let names = |reason: &str, kid: &str| notes(reason).iter().any(|n| n.contains(kid));
+            (names("KeyGenerated", &first_kid)
+                && names("KeyGenerated", &new_kid)
+                && names("KeyActivated", &new_kid))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Serving while the AuthPolicy CRD is missing. Deleting a CRD deletes every object of
+    // its kind, so only on a cluster with no AuthPolicies of its own.
+    policies
+        .delete("payments", &DeleteParams::default())
+        .await
+        .unwrap();
+    let others = Api::<AuthPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    if others.items.is_empty() {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.delete("authpolicies.authplane.io", &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually("the AuthPolicy CRD to be gone", || async {
+            crds.get("authpolicies.authplane.io")
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+        let (degraded, stop_degraded, degraded_operator) =
+            start_operator(&path, &namespace, "e2e-degraded");
+        let url = format!("{degraded}/{namespace}/web/.well-known/jwks.json");
+        eventually("keys served without the AuthPolicy CRD", || async {
+            jwks_kids(&http, &url)
+                .await
+                .filter(|kids| kids.contains(&new_kid))
+        })
+        .await;
+        let ready = http.get(format!("{degraded}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+        let body = ready.text().await.unwrap();
+        assert!(body.contains("AuthPolicy watch: failing"), "{body}");
+        let _ = stop_degraded.send(());
+        degraded_operator.await.unwrap().unwrap();
+        install_crds(&client).await;
+    } else {
+        println!("skipped the missing-CRD step: the cluster has AuthPolicies of its own");
+    }
 
     keys.delete("web", &DeleteParams::default()).await.unwrap();
     secrets

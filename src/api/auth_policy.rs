@@ -37,19 +37,20 @@ pub struct AuthPolicySpec {
     #[schemars(length(max = 32))]
     pub target_refs: Vec<TargetRef>,
 
-    /// Who may issue accepted tokens.
-    #[x_kube(validation = Rule::new("size(self) >= 1 && size(self) <= 16").message("between 1 and 16 issuers"))]
+    /// Who may issue accepted tokens: 1 to 16 entries.
+    #[schemars(length(min = 1, max = 16))]
     pub issuers: Vec<IssuerRef>,
 
     /// Accepted audiences: a token must carry at least one of them in `aud`. Empty: `aud`
-    /// is not checked.
+    /// is not checked. At most 32, each at most 256 characters.
     #[serde(default)]
+    #[schemars(length(max = 32), inner(length(max = 256)))]
     #[x_kube(validation = Rule::new("self.all(a, size(a) > 0)").message("audiences must not be empty strings"))]
     pub audiences: Vec<String>,
 
     /// Clock skew tolerated on `exp` and `nbf`. Default 30s, at most 5m.
     #[serde(default = "defaults::leeway")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('5m')")
+    #[x_kube(validation = Rule::new(duration_between!("0s", "5m"))
         .message("must be between 0s and 5m"))]
     pub leeway: Duration,
 
@@ -64,8 +65,9 @@ pub struct AuthPolicySpec {
     pub required_claims: Vec<ClaimRequirement>,
 
     /// Claims copied into response headers for the workload, claim name to header name
-    /// (for example `sub: X-Auth-Subject`). Arrays are joined with commas.
+    /// (for example `sub: X-Auth-Subject`). Arrays are joined with commas. At most 32.
     #[serde(default)]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 64}))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[A-Za-z0-9-]{1,64}$'))")
         .message("header names are letters, digits and '-', at most 64"))]
     pub forward_claims: BTreeMap<String, String>,
@@ -92,6 +94,7 @@ pub struct TargetRef {
     /// Deployment, StatefulSet, Service, Ingress or HTTPRoute (Gateway API).
     pub kind: TargetKind,
     /// Name of the object, in the policy's namespace.
+    #[schemars(length(max = 253))]
     pub name: String,
 }
 
@@ -119,11 +122,13 @@ pub struct IssuerRef {
     /// An external OIDC issuer, exactly as tokens carry it in `iss`, such as
     /// `https://login.microsoftonline.com/<tenant-id>/v2.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
     pub issuer: Option<String>,
     /// The external issuer's JWKS. Default: the `jwks_uri` of
     /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal `issuer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
     pub jwks_uri: Option<String>,
     /// How the external issuer's keys are cached and refreshed.
@@ -151,15 +156,16 @@ const URL_MESSAGE: &str = "must be an https URL (http only to 127.0.0.1, localho
 
 /// Caching of an external issuer's keys.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("duration(self.minInterval) <= duration(self.maxInterval)")
-    .message("minInterval must not exceed maxInterval"))]
-#[x_kube(validation = Rule::new("duration(self.minInterval) >= duration('1s')")
-    .message("minInterval must be at least 1s"))]
+#[x_kube(validation = Rule::new(concat!(
+    "!(", is_duration!("self.minInterval"), " && ", is_duration!("self.maxInterval"),
+    ") || duration(self.minInterval) <= duration(self.maxInterval)"
+)).message("minInterval must not exceed maxInterval").field_path(".minInterval"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRefresh {
     /// Floor of the refresh interval; also the least time between two refetches
     /// triggered by tokens with unknown kids. Default 1m.
     #[serde(default = "defaults::min_refresh")]
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h")).message("must be between 1s and 87600h"))]
     pub min_interval: Duration,
     /// Ceiling of the refresh interval, whatever the provider's `Cache-Control` says.
     /// Default 1h.
@@ -185,9 +191,11 @@ impl Default for KeyRefresh {
 #[serde(rename_all = "camelCase")]
 pub struct SigningKeyRef {
     /// Name of the SigningKey.
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Namespace of the SigningKey; default: the policy's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub namespace: Option<String>,
 }
 
@@ -201,7 +209,7 @@ pub struct TokenSources {
     pub headers: Vec<HeaderSource>,
     /// Cookie names (HttpOnly cookie deployments), tried after the headers.
     #[serde(default)]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = 8), inner(length(max = 256)))]
     pub cookies: Vec<String>,
 }
 
@@ -221,9 +229,11 @@ impl Default for TokenSources {
 #[serde(rename_all = "camelCase")]
 pub struct HeaderSource {
     /// Header name, such as `Authorization`.
+    #[schemars(length(max = 64))]
     pub name: String,
     /// Prefix before the token, such as `Bearer ` (matched case-insensitively).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub prefix: Option<String>,
 }
 
@@ -235,16 +245,21 @@ pub struct HeaderSource {
 pub struct ClaimRequirement {
     /// Claim name; a dotted path reaches into objects (`realm_access.roles`) when no
     /// top-level claim has that exact name.
+    #[schemars(length(max = 256))]
     pub claim: String,
     /// The claim is this string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub equals: Option<String>,
     /// The claim is an array holding this string, or a space-separated string (such as
     /// `scope`) holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub contains: Option<String>,
-    /// The claim is one of these strings, or an array holding at least one of them.
+    /// The claim is one of these strings, or an array holding at least one of them. At
+    /// most 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
     pub one_of: Option<Vec<String>>,
 }
 
@@ -254,7 +269,7 @@ pub struct ClaimRequirement {
     .message("steps need stepEvery"))]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
-    /// Off: every request passes, nothing is checked. Audit: every request passes; the
+    /// Disabled: every request passes, nothing is checked. Audit: every request passes; the
     /// ones that would be refused are marked and counted. Enforce: the enforced share of
     /// users is refused without a valid token; the rest is audited. Default Audit.
     #[serde(default)]
@@ -275,7 +290,7 @@ pub struct Rollout {
     /// Time on each step, such as `1h`. The progression is recorded in status (in dev
     /// mode, in the state folder), so restarts do not reset it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s"))]
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h")).message("must be between 1s and 87600h"))]
     pub step_every: Option<Duration>,
     /// Hold the progression while too many audited requests would be refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +305,7 @@ pub struct Rollout {
     /// Salt of the bucketing hash. Default `<namespace>/<name>` of the policy, so
     /// recreating a policy keeps every user in their bucket. Change it to reshuffle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub salt: Option<String>,
 }
 
@@ -318,7 +334,7 @@ pub struct DenyRatioPause {
     pub ratio: f64,
     /// The sliding window the ratio is measured over. Default 5m.
     #[serde(default = "defaults::deny_window")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("must be at least 10s"))]
+    #[x_kube(validation = Rule::new(duration_between!("10s", "87600h")).message("must be between 10s and 87600h"))]
     pub window: Duration,
     /// Fewer audited requests in the window say nothing: no hold. Default 100.
     #[serde(default = "defaults::min_requests")]
@@ -327,7 +343,8 @@ pub struct DenyRatioPause {
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
-    Off,
+    /// Not `Off`: YAML 1.1 (kubectl, Helm) reads an unquoted `Off` as the boolean false.
+    Disabled,
     #[default]
     Audit,
     Enforce,
@@ -344,12 +361,15 @@ pub struct BucketBy {
     /// A token claim, such as `sub` (read from the token even when it does not verify, so
     /// an enforced user with an expired token stays enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub claim: Option<String>,
     /// A request header, such as `X-User-Id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub header: Option<String>,
     /// A cookie, such as `session_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub cookie: Option<String>,
 }
 
@@ -367,6 +387,7 @@ impl Default for BucketBy {
 #[serde(rename_all = "camelCase")]
 pub struct LegacySession {
     /// Name of the legacy session cookie.
+    #[schemars(length(max = 256))]
     pub cookie: String,
 }
 
@@ -376,16 +397,20 @@ pub struct LegacySession {
 pub struct TokenReviewSpec {
     /// Claim that becomes the username. Default `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub username_claim: Option<String>,
     /// Prefix of usernames, such as `authplane:`, to keep them apart from other
     /// authenticators' users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub username_prefix: Option<String>,
     /// Claim holding the groups (a string or an array of strings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub groups_claim: Option<String>,
     /// Prefix of group names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub groups_prefix: Option<String>,
 }
 

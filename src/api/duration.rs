@@ -140,8 +140,18 @@ impl schemars::JsonSchema for Duration {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        // Not `format: duration`: that means ISO 8601 in JSON Schema.
-        schemars::json_schema!({"type": "string"})
+        // Not `format: duration`: that means ISO 8601 in JSON Schema. Bounded, because
+        // the apiserver estimates the cost of every CEL rule that reads a duration from
+        // the longest string the schema allows, and refuses CRDs whose rules could be
+        // too costly.
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 32,
+            "x-kubernetes-validations": [{
+                "rule": is_duration!("self"),
+                "message": "must be a duration in Go syntax: a number and a unit (ns, us, ms, s, m, h), such as 30s, 15m, 1h30m or 720h",
+            }],
+        })
     }
 }
 

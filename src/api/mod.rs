@@ -1,9 +1,12 @@
 //! Custom resource types, one file per kind, and the checks every driver applies to them.
 
+#[macro_use]
+mod cel_rules;
 mod auth_policy;
 pub mod crds;
 mod duration;
 mod signing_key;
+pub mod structural;
 mod validation;
 
 pub use auth_policy::{
@@ -17,7 +20,7 @@ pub use signing_key::{
     KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey,
     SigningKeySpec, SigningKeyStatus,
 };
-pub use validation::{FieldError, Validate, from_value, issuer_path};
+pub use validation::{FieldError, Validate, from_value, issuer_path, read_object};
 
 use std::fmt;
 

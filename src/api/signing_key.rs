@@ -29,7 +29,7 @@ pub const REVOKE_KIDS_ANNOTATION: &str = "authplane.io/revoke-kids";
     doc = "A SigningKey generates JWT signing keys for one issuer, keeps them in a Secret and rotates them on a schedule: the next key is published in the JWKS before it signs and a retired key stays published after it stops, so that no rotation breaks a valid token.",
     printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
     printcolumn = r#"{"name":"Active Kid","type":"string","jsonPath":".status.activeKid"}"#,
-    printcolumn = r#"{"name":"Next Rotation","type":"date","jsonPath":".status.nextTransition"}"#,
+    printcolumn = r#"{"name":"Next Transition","type":"string","description":"When the next key is generated, activated or removed (a date column would print <invalid> for a future time)","jsonPath":".status.nextTransition"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     cel
@@ -54,6 +54,7 @@ pub struct SigningKeySpec {
     /// decides where discovery and JWKS are served. Default: the server's external URL
     /// followed by `/<namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(
         "(self.startsWith('https://') || self.startsWith('http://')) && !self.contains('?') && !self.contains('#')"
     ).message("must be an http(s) URL without query or fragment"))]
@@ -65,37 +66,44 @@ pub struct SigningKeySpec {
 
     /// Name of the Secret that holds the keys. Default: `<name>-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(
-        "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')"
+        "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')"
     ).message("must be a valid Secret name (lowercase letters, digits, '-' and '.')"))]
     pub secret_name: Option<String>,
 }
 
 /// Rotation schedule. Durations use Go syntax (`30s`, `15m`, `1h30m`, `720h`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("duration(self.prePublish) < duration(self.every)")
-    .message("prePublish must be shorter than every").field_path(".prePublish"))]
-#[x_kube(validation = Rule::new("duration(self.retainFor) >= duration(self.prePublish)")
-    .message("retainFor must be at least prePublish").field_path(".retainFor"))]
+// Each comparison applies only when both fields are valid on their own, so that a bad
+// `every` is reported on `every`, not on `prePublish`.
+#[x_kube(validation = Rule::new(concat!(
+    "!(", duration_in!("self.every", "1s", "87600h"), " && ", duration_in!("self.prePublish", "1s", "87600h"),
+    ") || duration(self.prePublish) < duration(self.every)"
+)).message("prePublish must be shorter than every").field_path(".prePublish"))]
+#[x_kube(validation = Rule::new(concat!(
+    "!(", duration_in!("self.retainFor", "1s", "87600h"), " && ", duration_in!("self.prePublish", "1s", "87600h"),
+    ") || duration(self.retainFor) >= duration(self.prePublish)"
+)).message("retainFor must be at least prePublish").field_path(".retainFor"))]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
     /// How often a new key becomes the signing key. Default 720h (30 days).
     #[serde(default = "defaults::every")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('87600h')")
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
         .message("must be between 1s and 87600h"))]
     pub every: Duration,
 
     /// How long the next key is published in the JWKS before it signs: verifiers that
     /// refresh their JWKS at least this often always know the signing key. Default 1h.
     #[serde(default = "defaults::pre_publish")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('87600h')")
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
         .message("must be between 1s and 87600h"))]
     pub pre_publish: Duration,
 
     /// How long a retired key stays in the JWKS. Must cover the longest token lifetime
     /// (plus, for workloads that mount the Secret, its propagation delay). Default 24h.
     #[serde(default = "defaults::retain_for")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('87600h')")
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
         .message("must be between 1s and 87600h"))]
     pub retain_for: Duration,
 }

@@ -45,6 +45,20 @@ pub fn from_value<K: serde::de::DeserializeOwned>(
     })
 }
 
+/// Reads a resource as the apiserver does: first every structural problem (types, enum
+/// values, unknown fields, bounds), each naming its field, then the typed object. Dev mode
+/// and the admission webhook read objects through it.
+pub fn read_object<K>(value: &serde_json::Value) -> Result<K, Vec<FieldError>>
+where
+    K: serde::de::DeserializeOwned + super::structural::HasSchema,
+{
+    let problems = super::structural::check(K::schema(), value);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    from_value(value).map_err(|e| vec![e])
+}
+
 /// Percentages are kept in thousandths (buckets of 0.001%). Tolerant of binary floating
 /// point: 1.005 is 1004.9999999999999 thousandths.
 pub fn has_at_most_three_decimals(percentage: f64) -> bool {

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use kube::Resource;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::api::ObjectKey;
-use crate::api::{API_VERSION, AuthPolicy, SigningKey, Validate, from_value};
+use crate::api::structural::HasSchema;
+use crate::api::{API_VERSION, AuthPolicy, FieldError, SigningKey, Validate, read_object};
 
 /// A refused file or document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,26 +163,26 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Parses every document of one file; any refusal refuses the file.
 pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
+    let documents = match yaml_documents(text) {
+        Ok(documents) => documents,
+        Err(e) => {
+            return Err(vec![ManifestError {
+                file: file.to_owned(),
+                document: None,
+                message: format!("not valid YAML: {e}"),
+            }]);
+        }
+    };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let error = |message: String| ManifestError {
-            file: file.to_owned(),
-            document: Some(index + 1),
-            message,
-        };
-        let value = match Value::deserialize(document) {
-            Ok(Value::Null) => continue, // an empty document, such as a trailing `---`
-            Ok(value) => value,
-            Err(e) => {
-                errors.push(error(format!("not valid YAML: {e}")));
-                // The YAML stream cannot be resynchronised after a syntax error.
-                break;
-            }
-        };
+    for (index, value) in documents.into_iter().enumerate() {
         match parse_object(value) {
             Ok(object) => objects.push(object),
-            Err(message) => errors.push(error(message)),
+            Err(message) => errors.push(ManifestError {
+                file: file.to_owned(),
+                document: Some(index + 1),
+                message,
+            }),
         }
     }
     if errors.is_empty() {
@@ -190,6 +190,19 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<ManifestEr
     } else {
         Err(errors)
     }
+}
+
+/// The documents of a YAML stream, read the way kubectl and Helm read them: YAML 1.1,
+/// where an unquoted `Off`, `yes` or `on` is a boolean and `0755` is octal. So a manifest
+/// that dev mode accepts is one the apiserver accepts too. Empty documents (a trailing
+/// `---`) are skipped; duplicate keys are an error, as in kubectl.
+pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        strict_booleans: false,
+        legacy_octal_numbers: true,
+    };
+    let documents: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)?;
+    Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 fn parse_object(value: Value) -> Result<Object, String> {
@@ -208,55 +221,32 @@ fn parse_object(value: Value) -> Result<Object, String> {
     }
 }
 
-/// Deserializes, checks for unknown fields, defaults the namespace, and validates.
+/// Reads the object as the apiserver would (every structural problem, unknown fields
+/// included), defaults the namespace, and validates.
 fn typed<K>(value: &Value, kind: &str) -> Result<K, String>
 where
-    K: DeserializeOwned + Serialize + Validate + Resource,
+    K: DeserializeOwned + Validate + Resource + HasSchema,
 {
-    let mut object: K = from_value(value).map_err(|e| match e.field.as_str() {
-        "" => format!("{kind}: {}", e.message),
-        _ => format!("{kind}: {e}"),
-    })?;
+    let named = |problems: &[FieldError]| {
+        let name = |field: &str| value["metadata"][field].as_str().map(str::to_owned);
+        let id = match (name("namespace"), name("name")) {
+            (namespace, Some(name)) => format!(
+                " {}/{name}",
+                namespace.unwrap_or_else(|| "default".to_owned())
+            ),
+            _ => String::new(),
+        };
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        format!("{kind}{id}: {}", problems.join("; "))
+    };
+    let mut object: K = read_object(value).map_err(|problems| named(&problems))?;
     let id = ObjectKey::of(object.meta());
-    if let Some(field) = unknown_field(
-        value,
-        &serde_json::to_value(&object).unwrap_or_default(),
-        "",
-    ) {
-        return Err(format!("{kind} {id}: {field}: unknown field"));
-    }
     object.meta_mut().namespace = Some(id.namespace.clone());
     let refused = object.validate();
     if !refused.is_empty() {
-        let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
-        return Err(format!("{kind} {id}: {}", refused.join("; ")));
+        return Err(named(&refused));
     }
     Ok(object)
-}
-
-/// The first field of `input` that did not survive a round trip through the typed
-/// object: a misspelt or unknown field, refused as `kubectl apply` would
-/// (strict field validation).
-fn unknown_field(input: &Value, typed: &Value, path: &str) -> Option<String> {
-    let (Value::Object(input), Value::Object(typed)) = (input, typed) else {
-        return None;
-    };
-    // Free-form maps are not ours to check.
-    if path.ends_with("labels") || path.ends_with("annotations") {
-        return None;
-    }
-    input.iter().find_map(|(name, value)| {
-        let here = if path.is_empty() {
-            name.clone()
-        } else {
-            format!("{path}.{name}")
-        };
-        match typed.get(name) {
-            None if value.is_null() => None,
-            None => Some(here),
-            Some(typed) => unknown_field(value, typed, &here),
-        }
-    })
 }
 
 #[cfg(test)]
@@ -298,7 +288,7 @@ mod tests {
             ),
             (
                 GOOD.replace("ES256", "HS256"),
-                "keys.yaml: document 1: SigningKey: spec.algorithm: unknown variant `HS256`",
+                "keys.yaml: document 1: SigningKey auth/web: spec.algorithm: unsupported value \"HS256\": supported values: \"RS256\"",
             ),
             (
                 GOOD.replace("algorithm: ES256", "algorithm: RS256, rsaBits: 1000"),
@@ -310,12 +300,16 @@ mod tests {
             ),
             (
                 GOOD.replace("spec: {algorithm: ES256}", "spec: {rotation: {every: 1y}}"),
-                "document 1: SigningKey: spec.rotation.every: invalid duration \"1y\"",
+                "document 1: SigningKey auth/web: spec.rotation.every: invalid duration \"1y\"",
             ),
             (
-                "key: [unclosed\n".to_owned(),
-                "keys.yaml: document 1: not valid YAML",
+                GOOD.replace(
+                    "spec: {algorithm: ES256}",
+                    "spec: {algorithm: HS256, rsaBitz: 2048, rotation: {every: 5}}",
+                ),
+                "document 1: SigningKey auth/web: spec.algorithm: unsupported value \"HS256\": supported values: \"RS256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES256\", \"ES384\", \"EdDSA\"; spec.rotation.every: must be of type string, not integer (5); spec.rsaBitz: unknown field",
             ),
+            ("key: [unclosed\n".to_owned(), "keys.yaml: not valid YAML"),
         ];
         for (text, expected) in cases {
             let errors = parse(&text).unwrap_err();

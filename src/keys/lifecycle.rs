@@ -161,6 +161,21 @@ pub enum KeyEvent {
     Retired { kid: String },
 }
 
+impl KeyEvent {
+    /// The key the event is about.
+    pub fn kid(&self) -> &str {
+        match self {
+            KeyEvent::Generated { kid, .. }
+            | KeyEvent::Removed { kid }
+            | KeyEvent::Discarded { kid }
+            | KeyEvent::Revoked { kid }
+            | KeyEvent::Promoted { kid }
+            | KeyEvent::Activated { kid }
+            | KeyEvent::Retired { kid } => kid,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub keys: KeySet,

@@ -18,7 +18,9 @@ use super::signing_keys::{MANAGED_BY, secret_data};
 use crate::admission::SigningKeyIndex;
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
 use crate::keys::store;
-use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, build_snapshot};
+use crate::registry::{
+    PolicyRuntime, PublishedIssuer, Registry, ServedKeys, SourceState, build_snapshot,
+};
 
 /// Changes arriving in a burst (a list, a rotation touching Secret and status) are applied
 /// together.
@@ -57,6 +59,8 @@ pub async fn run(
     let (secrets, secrets_writer) = reflector::store::<Secret>();
     let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
     let managed = watcher::Config::default().labels(&managed_selector());
+    // Each watch is tagged with its index in WATCHES, so that a failing one is named.
+    let tag = |index: usize| move |e: Result<(), watcher::Error>| (index, e);
     let streams = vec![
         reflector::reflector(
             keys_writer,
@@ -64,10 +68,12 @@ pub async fn run(
         )
         .default_backoff()
         .map(|e| e.map(drop))
+        .map(tag(0))
         .boxed(),
         reflector::reflector(secrets_writer, watcher(Api::all(client.clone()), managed))
             .default_backoff()
             .map(|e| e.map(drop))
+            .map(tag(1))
             .boxed(),
         reflector::reflector(
             policies_writer,
@@ -75,31 +81,96 @@ pub async fn run(
         )
         .default_backoff()
         .map(|e| e.map(drop))
+        .map(tag(2))
         .boxed(),
     ];
+    for name in WATCHES {
+        registry.set_source(name, SourceState::Syncing);
+    }
     let mut changes = futures::stream::select_all(streams);
     let mut view = View::default();
     loop {
+        let mut batch = Vec::new();
         tokio::select! {
             _ = shutdown.changed() => return,
             change = changes.next() => match change {
                 None => return,
-                Some(Err(e)) => tracing::warn!("watch: {e} (retrying with backoff)"),
-                Some(Ok(())) => {}
+                Some(change) => batch.push(change),
             },
         }
         tokio::time::sleep(SETTLE).await;
-        while let Some(Some(_)) = changes.next().now_or_never() {}
-        let ready = [
+        while let Some(Some(change)) = changes.next().now_or_never() {
+            batch.push(change);
+        }
+        let synced = [
             keys.wait_until_ready().now_or_never(),
             secrets.wait_until_ready().now_or_never(),
             policies.wait_until_ready().now_or_never(),
         ]
-        .iter()
-        .all(|r| matches!(r, Some(Ok(()))));
-        if ready {
-            registry.publish(view.rebuild(&keys, &secrets, &policies, &external_url, &runtime));
+        .map(|r| matches!(r, Some(Ok(()))));
+        // The last item of each watch in this batch says how it is doing now.
+        let mut latest: [Option<Result<(), watcher::Error>>; 3] = Default::default();
+        for (index, result) in batch {
+            latest[index] = Some(result);
         }
+        for (index, result) in latest.into_iter().enumerate() {
+            match result {
+                Some(Err(e)) => report(
+                    &registry,
+                    WATCHES[index],
+                    SourceState::Failing(describe_watch_error(&e)),
+                ),
+                Some(Ok(())) if synced[index] => {
+                    report(&registry, WATCHES[index], SourceState::Synced)
+                }
+                _ => {}
+            }
+        }
+        // Serve per resource: the keys as soon as SigningKeys and Secrets are listed,
+        // whatever the AuthPolicy watch does.
+        if synced[0] && synced[1] {
+            let mut snapshot = view.rebuild(&keys, &secrets, &policies, &external_url, &runtime);
+            snapshot.policies_known = synced[2];
+            registry.publish(snapshot);
+        }
+    }
+}
+
+/// The serving watches, in the order of their streams.
+const WATCHES: [&str; 3] = ["SigningKey watch", "Secret watch", "AuthPolicy watch"];
+
+/// Records a watch's state, logging only when it changes. A failing watch is retried
+/// with backoff; a watch that recovers and lists again reports `Synced`.
+fn report(registry: &Registry, name: &'static str, state: SourceState) {
+    let previous = registry.set_source(name, state.clone());
+    if previous.as_ref() == Some(&state) {
+        return;
+    }
+    match (&state, previous) {
+        (SourceState::Failing(why), _) => tracing::warn!(
+            "{name} failing: {why} (retrying with backoff; what was listed before keeps serving)"
+        ),
+        (SourceState::Synced, Some(SourceState::Failing(_))) => {
+            tracing::info!("{name} recovered")
+        }
+        _ => {}
+    }
+}
+
+/// A watch error in words, with the likely fix for a missing CRD.
+fn describe_watch_error(error: &watcher::Error) -> String {
+    let text = error.to_string();
+    let missing = matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            | watcher::Error::WatchFailed(kube::Error::Api(status))
+            if status.code == 404
+    );
+    if missing {
+        format!("{text}: is its CRD installed? (kubectl apply --server-side -f crds/)")
+    } else {
+        text
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -110,6 +110,7 @@ pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action
             EventType::Warning,
             "ReconcileFailed",
             &e.to_string(),
+            None,
         )
         .await;
     }
@@ -214,7 +215,7 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
                 let note = format!(
                     "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
                 );
-                publish(ctx, key, EventType::Warning, "SecretDeleted", &note).await;
+                publish(ctx, key, EventType::Warning, "SecretDeleted", &note, None).await;
             }
             None
         }
@@ -271,26 +272,56 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         } else {
             EventType::Normal
         };
-        publish(ctx, key, kind, reason, &note).await;
+        publish(
+            ctx,
+            key,
+            kind,
+            reason,
+            &note,
+            Some(key_reference(key, event.kid())),
+        )
+        .await;
     }
     let mut status = outcome.status(generation, now);
+    let earlier = key
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == SECRET_RECREATED))
+        .filter(|c| c.last_transition_time.0 + SECRET_RECREATED_SHOWN_FOR > now);
+    let mut next_wakeup = outcome.next_wakeup;
     if secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some()) {
         status.conditions.push(condition(
-            "SecretRecreated",
+            SECRET_RECREATED,
             true,
             "SecretDeleted",
             format!("Secret {secret_name} was deleted by hand; new keys were generated"),
             generation,
             now,
         ));
+        next_wakeup = earliest(next_wakeup, now + SECRET_RECREATED_SHOWN_FOR);
+    } else if let Some(earlier) = earlier {
+        // Kept for a day, so that whoever looks at the SigningKey learns that every
+        // token signed before the deletion stopped verifying.
+        status.conditions.push(earlier.clone());
+        next_wakeup = earliest(
+            next_wakeup,
+            earlier.last_transition_time.0 + SECRET_RECREATED_SHOWN_FOR,
+        );
     }
     patch_status(key, ctx, &status).await?;
 
-    let wait = outcome
-        .next_wakeup
+    let wait = next_wakeup
         .map(|t| std::time::Duration::try_from(t.duration_since(now)).unwrap_or_default())
         .unwrap_or(STUCK_RETRY);
     Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+}
+
+/// The condition that reports a Secret deleted by hand, and how long it stays.
+pub const SECRET_RECREATED: &str = "SecretRecreated";
+const SECRET_RECREATED_SHOWN_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+fn earliest(a: Option<jiff::Timestamp>, b: jiff::Timestamp) -> Option<jiff::Timestamp> {
+    Some(a.map_or(b, |a| a.min(b)))
 }
 
 fn is_managed(secret: &Secret) -> bool {
@@ -384,7 +415,7 @@ async fn not_ready(
         generation,
         now,
     )];
-    publish(ctx, key, EventType::Warning, reason, message).await;
+    publish(ctx, key, EventType::Warning, reason, message, None).await;
     patch_status(key, ctx, &status).await
 }
 
@@ -401,7 +432,18 @@ async fn unreadable(
 }
 
 /// Events are best effort: a failure to record one never fails the reconcile.
-async fn publish(ctx: &Context, key: &SigningKey, type_: EventType, reason: &str, note: &str) {
+///
+/// `key` names the key an event is about. The recorder folds events with the same
+/// reason and references into one series that keeps the first message, so without it
+/// the third rotation's `KeyGenerated` would show the first rotation's kid.
+async fn publish(
+    ctx: &Context,
+    signing_key: &SigningKey,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    key: Option<ObjectReference>,
+) {
     if ctx.ensure_leader().is_err() {
         return;
     }
@@ -410,9 +452,26 @@ async fn publish(ctx: &Context, key: &SigningKey, type_: EventType, reason: &str
         reason: reason.to_owned(),
         note: Some(note.chars().take(1000).collect()),
         action: "Reconcile".to_owned(),
-        secondary: None,
+        secondary: key,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &key.object_ref(&())).await {
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &signing_key.object_ref(&()))
+        .await
+    {
         tracing::warn!("cannot record event {reason}: {e}");
+    }
+}
+
+/// The entry of one key in its Secret, as an event's related object: every key's events
+/// are distinct, and the reference says where the key lives.
+fn key_reference(signing_key: &SigningKey, kid: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        namespace: signing_key.metadata.namespace.clone(),
+        name: Some(signing_key.secret_name()),
+        field_path: Some(format!("data[{}]", crate::keys::store::pem_file(kid))),
+        ..ObjectReference::default()
     }
 }

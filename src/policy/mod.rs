@@ -127,8 +127,8 @@ enum BucketKey {
 /// The outcome for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Mode Off: nothing checked.
-    Off,
+    /// Mode Disabled: nothing checked.
+    Disabled,
     /// A valid token with every required claim.
     Allow,
     /// Refused: 401, or 403 for [`Rejection::InsufficientScope`].
@@ -143,7 +143,7 @@ impl Verdict {
     /// The metric label.
     pub fn label(&self) -> &'static str {
         match self {
-            Verdict::Off => "off",
+            Verdict::Disabled => "disabled",
             Verdict::Allow => "allow",
             Verdict::Deny(_) => "deny",
             Verdict::WouldDeny(_) => "would_deny",
@@ -154,7 +154,7 @@ impl Verdict {
     /// A distinct number per (decision, reason) pair, below [`METER_SLOTS`].
     fn meter_slot(&self) -> usize {
         let kind = match self {
-            Verdict::Off => 0,
+            Verdict::Disabled => 0,
             Verdict::Allow => 1,
             Verdict::Deny(_) => 2,
             Verdict::WouldDeny(_) => 3,
@@ -167,7 +167,7 @@ impl Verdict {
     pub fn rejection(&self) -> Option<Rejection> {
         match self {
             Verdict::Deny(r) | Verdict::WouldDeny(r) | Verdict::LegacySession(r) => Some(*r),
-            Verdict::Off | Verdict::Allow => None,
+            Verdict::Disabled | Verdict::Allow => None,
         }
     }
 }
@@ -414,7 +414,7 @@ impl CompiledPolicy {
     pub fn effective_percentage(&self, now: Timestamp) -> f64 {
         match self.mode {
             Mode::Enforce => f64::from(self.enforced_buckets(now)) / 1000.0,
-            Mode::Off | Mode::Audit => 0.0,
+            Mode::Disabled | Mode::Audit => 0.0,
         }
     }
 
@@ -563,9 +563,9 @@ impl CompiledPolicy {
 
     /// The decision table of DESIGN.md for one forward-auth request.
     pub fn decide(&self, headers: &HeaderMap, now: Timestamp) -> Decision {
-        if self.mode == Mode::Off {
+        if self.mode == Mode::Disabled {
             return Decision {
-                verdict: Verdict::Off,
+                verdict: Verdict::Disabled,
                 claims: None,
                 audited: false,
             };
@@ -574,7 +574,7 @@ impl CompiledPolicy {
         let (claims, checked) = self.check(token, now);
         let buckets = match self.mode {
             Mode::Enforce => self.enforced_buckets(now),
-            Mode::Off | Mode::Audit => 0,
+            Mode::Disabled | Mode::Audit => 0,
         };
         let enforced = |claims: Option<&Claims>| {
             self.mode == Mode::Enforce && self.is_enforced(headers, token, claims, buckets)
@@ -813,7 +813,7 @@ mod tests {
                     Verdict::LegacySession(*r),
                 ]
             })
-            .chain([Verdict::Off, Verdict::Allow])
+            .chain([Verdict::Disabled, Verdict::Allow])
             .map(|v| v.meter_slot())
             .collect();
         assert_eq!(slots.len(), 3 * Rejection::ALL.len() + 2);

@@ -37,6 +37,15 @@ pub async fn authz(
     let snapshot = state.registry.load();
     let id = ObjectKey { namespace, name };
     let Some(policy) = snapshot.policies.get(&id) else {
+        if !snapshot.policies_known {
+            // The policy may well exist: fail closed, and say why.
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(REASON_HEADER, HeaderValue::from_static("policies_unavailable"))],
+                format!("AuthPolicy {id} is not known yet: the AuthPolicies have not been listed (see /readyz)\n"),
+            )
+                .into_response();
+        }
         return (
             StatusCode::NOT_FOUND,
             [(REASON_HEADER, HeaderValue::from_static("unknown_policy"))],

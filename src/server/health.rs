@@ -5,28 +5,48 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::registry::SourceState;
 
 /// Liveness: the process serves HTTP.
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the first complete state has been published, and the HTTPS listener (if
-/// any) has a certificate: the webhook Service must not send reviews to a replica that
-/// cannot answer them.
+/// Readiness: a first state has been published, and the HTTPS listener (if any) has a
+/// certificate: the webhook Service must not send reviews to a replica that cannot answer
+/// them. An input that fails after that (an AuthPolicy watch whose CRD is missing, say)
+/// does not take the replica out of service: what it knows keeps serving, and the body
+/// names what is degraded.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let unsynced: Vec<String> = state
+        .registry
+        .unsynced_sources()
+        .into_iter()
+        .map(|(name, source)| match source {
+            SourceState::Syncing => format!("{name}: not listed yet"),
+            SourceState::Synced => format!("{name}: synced"),
+            SourceState::Failing(why) => format!("{name}: failing: {why}"),
+        })
+        .collect();
+    let details = if unsynced.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", unsynced.join("; "))
+    };
     if !state.registry.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first reconcile has not finished\n",
+            format!("not ready: nothing served yet{details}\n"),
         )
     } else if state.tls.as_ref().is_some_and(|slot| !slot.is_loaded()) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no TLS certificate yet\n",
+            "not ready: no TLS certificate yet\n".to_owned(),
         )
+    } else if unsynced.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready, degraded{details}\n"))
     }
 }
 

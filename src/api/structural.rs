@@ -1,0 +1,288 @@
+//! The structural half of what the apiserver checks, done in process against the very
+//! schema of our CRDs: types, enums, required fields, unknown fields (kubectl's strict
+//! field validation) and the `maxLength` / `maxItems` / `maxProperties` bounds. The other
+//! half, the CEL rules, is `validate_cel`.
+//!
+//! Unlike deserializing, which stops at the first problem, this walk lists every one, so
+//! a manifest with three mistakes gets three messages. Written by hand rather than with a
+//! JSON Schema crate: the subset is small (a structural schema has no `$ref`, `anyOf` or
+//! `patternProperties` of ours), and the messages follow the apiserver's words.
+
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use super::{AuthPolicy, FieldError, SigningKey};
+
+/// The `openAPIV3Schema` of a kind, generated once per process.
+pub fn schema_of<K: CustomResourceExt>(cell: &'static OnceLock<Value>) -> &'static Value {
+    cell.get_or_init(|| {
+        let crd = K::crd();
+        crd.spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null)
+    })
+}
+
+/// Schemas of the kinds authplane serves.
+pub trait HasSchema {
+    fn schema() -> &'static Value;
+}
+
+impl HasSchema for SigningKey {
+    fn schema() -> &'static Value {
+        static CELL: OnceLock<Value> = OnceLock::new();
+        schema_of::<SigningKey>(&CELL)
+    }
+}
+
+impl HasSchema for AuthPolicy {
+    fn schema() -> &'static Value {
+        static CELL: OnceLock<Value> = OnceLock::new();
+        schema_of::<AuthPolicy>(&CELL)
+    }
+}
+
+/// Every structural problem of `object` (a whole resource) against `schema`. `metadata`
+/// is left to the metadata checks, as the apiserver does.
+pub fn check(schema: &Value, object: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let Some(fields) = object.as_object() else {
+        errors.push(FieldError::new("", "must be an object"));
+        return errors;
+    };
+    let properties = schema.get("properties");
+    for (name, value) in fields {
+        if matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        match properties.and_then(|p| p.get(name)) {
+            Some(field_schema) => walk(field_schema, value, name, &mut errors),
+            None => errors.push(FieldError::new(name.clone(), "unknown field")),
+        }
+    }
+    errors
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// YAML 1.1 (kubectl, Helm) reads these unquoted words as booleans.
+const YAML11_HINT: &str = "unquoted yes, no, on, off, y and n are booleans in YAML 1.1, as kubectl and Helm read it: quote the value";
+
+fn walk(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let mut fail = |message: String| errors.push(FieldError::new(path, message));
+    if value.is_null() {
+        // The apiserver drops nulls of fields that are not nullable; ours are optional.
+        return;
+    }
+    let expected = schema.get("type").and_then(Value::as_str);
+    let actual = type_name(value);
+    let fits = match expected {
+        None => true,
+        Some("number") => matches!(actual, "number" | "integer"),
+        Some(t) => t == actual,
+    };
+    if !fits {
+        let expected = expected.unwrap_or_default();
+        let mut message = format!("must be of type {expected}, not {actual} ({value})");
+        if actual == "boolean" && expected == "string" {
+            message = format!("{message}: {YAML11_HINT}");
+        }
+        fail(message);
+        return;
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        fail(format!(
+            "unsupported value {value}: supported values: {}",
+            list.join(", ")
+        ));
+        return;
+    }
+    let bound = |key: &str| schema.get(key).and_then(Value::as_u64);
+    match value {
+        Value::String(text) => {
+            let length = text.chars().count() as u64;
+            if let Some(max) = bound("maxLength")
+                && length > max
+            {
+                fail(format!(
+                    "may not be longer than {max} characters ({length})"
+                ));
+            }
+            if let Some(min) = bound("minLength")
+                && length < min
+            {
+                fail(format!("must be at least {min} characters long"));
+            }
+        }
+        Value::Number(number) => {
+            let n = number.as_f64().unwrap_or(f64::NAN);
+            if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+                && n < min
+            {
+                fail(format!("{n} must be at least {min}"));
+            }
+            if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+                && n > max
+            {
+                fail(format!("{n} must be at most {max}"));
+            }
+        }
+        Value::Array(items) => {
+            let count = items.len() as u64;
+            if let Some(max) = bound("maxItems")
+                && count > max
+            {
+                fail(format!("must have at most {max} items ({count})"));
+            }
+            if let Some(min) = bound("minItems")
+                && count < min
+            {
+                fail(format!("must have at least {min} items"));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item_schema, item, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        Value::Object(fields) => {
+            let count = fields.len() as u64;
+            if let Some(max) = bound("maxProperties")
+                && count > max
+            {
+                fail(format!("must have at most {max} entries ({count})"));
+            }
+            if let Some(required) = schema.get("required").and_then(Value::as_array) {
+                for name in required.iter().filter_map(Value::as_str) {
+                    if fields.get(name).is_none_or(Value::is_null) {
+                        errors.push(FieldError::new(format!("{path}.{name}"), "is required"));
+                    }
+                }
+            }
+            let preserve = schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let properties = schema.get("properties");
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (name, field) in fields {
+                if let Some(field_schema) = properties.and_then(|p| p.get(name)) {
+                    walk(field_schema, field, &format!("{path}.{name}"), errors);
+                } else if let Some(value_schema) = additional {
+                    walk(value_schema, field, &format!("{path}[{name}]"), errors);
+                } else if !preserve {
+                    errors.push(FieldError::new(format!("{path}.{name}"), "unknown field"));
+                }
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problems<K: HasSchema>(object: Value) -> Vec<String> {
+        let mut found: Vec<String> = check(K::schema(), &object)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn every_problem_is_listed_not_only_the_first() {
+        let found = problems::<SigningKey>(json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"algorithm": "HS256", "rsaBitz": 2048, "rotation": {"every": 5}},
+        }));
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("spec.algorithm: unsupported value \"HS256\""));
+        assert_eq!(
+            found[1],
+            "spec.rotation.every: must be of type string, not integer (5)"
+        );
+        assert_eq!(found[2], "spec.rsaBitz: unknown field");
+    }
+
+    #[test]
+    fn a_yaml_boolean_where_a_word_belongs_says_to_quote_it() {
+        let found = problems::<AuthPolicy>(json!({
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}], "rollout": {"mode": false}},
+        }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("spec.rollout.mode: must be of type string, not boolean"));
+        assert!(found[0].contains("quote the value"), "{}", found[0]);
+    }
+
+    #[test]
+    fn bounds_and_required_fields_are_checked() {
+        let long = "x".repeat(2049);
+        let found = problems::<AuthPolicy>(json!({
+            "spec": {
+                "issuers": [{"issuer": long}, {}],
+                "audiences": vec!["a"; 33],
+                "requiredClaims": [{"equals": "x"}],
+            },
+        }));
+        for expected in [
+            "spec.issuers[0].issuer: may not be longer than 2048 characters (2049)",
+            "spec.audiences: must have at most 32 items (33)",
+            "spec.requiredClaims[0].claim: is required",
+        ] {
+            assert!(
+                found.iter().any(|f| f == expected),
+                "{expected} not in {found:?}"
+            );
+        }
+        let empty = problems::<AuthPolicy>(json!({"spec": {"issuers": []}}));
+        assert_eq!(empty, ["spec.issuers: must have at least 1 items"]);
+        let map = problems::<AuthPolicy>(json!({
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}], "forwardClaims": {"sub": "y".repeat(65)}},
+        }));
+        assert_eq!(
+            map,
+            ["spec.forwardClaims[sub]: may not be longer than 64 characters (65)"]
+        );
+    }
+
+    #[test]
+    fn a_good_object_has_no_problems() {
+        assert!(
+            problems::<AuthPolicy>(json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "p", "namespace": "shop", "annotations": {"a": "b"}},
+                "spec": {
+                    "issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+                    "audiences": ["payments"],
+                    "forwardClaims": {"sub": "X-Auth-Subject"},
+                    "rollout": {"mode": "Enforce", "percentage": 12.5, "steps": [10, 50, 100], "stepEvery": "1h"},
+                },
+            }))
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The operator's serving watches against kube-rs's mock API, with the AuthPolicy CRD
+//! missing: the keys are served as soon as SigningKeys and Secrets are listed, `/readyz`
+//! says which watch is failing, and a decision fails closed with 503 instead of 404.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authplane::api::SigningKey;
+use authplane::keys::KeyMaterial;
+use authplane::operator::serve;
+use authplane::registry::{PolicyRuntime, Registry, SourceState};
+use authplane::server::{self, AppState, Endpoints};
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const KEYS: &str = "/apis/authplane.io/v1alpha1/signingkeys";
+const POLICIES: &str = "/apis/authplane.io/v1alpha1/authpolicies";
+const SECRETS: &str = "/api/v1/secrets";
+
+fn signing_key() -> Value {
+    json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "web", "namespace": "auth", "resourceVersion": "1"},
+        "spec": {"algorithm": "ES256"},
+    })
+}
+
+fn secret(data: &authplane::keys::store::Data) -> Value {
+    let encoded: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            use base64::Engine as _;
+            (
+                k.clone(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web-keys", "namespace": "auth", "resourceVersion": "1",
+                     "labels": {"app.kubernetes.io/managed-by": "authplane"}},
+        "data": encoded,
+    })
+}
+
+fn list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// Answers lists by path, keeps watches open (nothing changes), and answers everything
+/// about AuthPolicies with the 404 of a missing CRD.
+async fn api_server(mut handle: Handle, secret: Value) {
+    let mut open_watches = Vec::new();
+    while let Some((request, respond)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let watch = request.uri().query().unwrap_or("").contains("watch=true");
+        let (status, body) = match path.as_str() {
+            POLICIES => (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404,
+                       "message": "the server could not find the requested resource"}),
+            ),
+            _ if watch => {
+                open_watches.push(respond);
+                continue;
+            }
+            KEYS => (200, list(vec![signing_key()])),
+            SECRETS => (200, list(vec![secret.clone()])),
+            other => panic!("unexpected request {other}"),
+        };
+        respond.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
+    let key: SigningKey = serde_json::from_value(signing_key()).unwrap();
+    let outcome = authplane::reconcile::signing_key(
+        &key,
+        None,
+        "http://127.0.0.1",
+        jiff::Timestamp::now(),
+        &mut KeyMaterial::generate,
+    )
+    .unwrap();
+    let kid = outcome.keys.records()[0].material.kid().to_owned();
+
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api = tokio::spawn(api_server(handle, secret(&outcome.data)));
+    let client = Client::new(service, "default");
+
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(authplane::metrics::Metrics::default());
+    let clock = Arc::new(authplane::clock::SystemClock);
+    let runtime = Arc::new(PolicyRuntime::new(metrics.clone(), clock.clone(), 0));
+    let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState {
+        registry: registry.clone(),
+        metrics,
+        clock,
+        base_url: Arc::from(base.as_str()),
+        signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
+        tls: None,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(server::serve(
+        listener,
+        server::router(state, Endpoints::Public),
+        {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        },
+    ));
+    let serving = tokio::spawn(serve::run(
+        client,
+        "http://127.0.0.1".into(),
+        registry.clone(),
+        runtime,
+        (keys, keys_writer),
+        stopped,
+    ));
+
+    let client = reqwest::Client::new();
+    let deadline = Duration::from_secs(20);
+    let jwks_url = format!("{base}/auth/web/.well-known/jwks.json");
+    common::eventually(
+        "the JWKS served without the AuthPolicies",
+        deadline,
+        || async {
+            let jwks: Value = client.get(&jwks_url).send().await.ok()?.json().await.ok()?;
+            (jwks["keys"][0]["kid"] == kid.as_str()).then_some(())
+        },
+    )
+    .await;
+    common::eventually("the failing watch named", deadline, || async {
+        registry
+            .unsynced_sources()
+            .iter()
+            .any(|(name, state)| {
+                *name == "AuthPolicy watch"
+                    && matches!(state, SourceState::Failing(why) if why.contains("CRD installed"))
+            })
+            .then_some(())
+    })
+    .await;
+
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "keys are served: the replica is ready");
+    let body = ready.text().await.unwrap();
+    assert!(
+        body.starts_with("ready, degraded (AuthPolicy watch: failing:"),
+        "{body}"
+    );
+    assert!(!body.contains("SigningKey watch"), "{body}");
+
+    let decision = client
+        .get(format!("{base}/authz/shop/payments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decision.status(), 503, "fail closed, and not a 404");
+    assert_eq!(
+        decision.headers()["x-authplane-reason"],
+        "policies_unavailable"
+    );
+
+    stop.send(true).unwrap();
+    serving.await.unwrap();
+    http.await.unwrap().unwrap();
+    api.abort();
+}
