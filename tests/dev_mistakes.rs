@@ -71,7 +71,11 @@ async fn a_vanished_state_folder_gets_the_keys_in_memory_back() {
     })
     .await;
 
-    assert_eq!(dev.kids(JWKS).await.unwrap(), kids, "the same keys are served");
+    assert_eq!(
+        dev.kids(JWKS).await.unwrap(),
+        kids,
+        "the same keys are served"
+    );
     verifies(&dev, &token).await.unwrap();
     let written: Vec<String> = dev
         .keys("auth", "web")
@@ -79,7 +83,10 @@ async fn a_vanished_state_folder_gets_the_keys_in_memory_back() {
         .iter()
         .map(|r| r.material.kid().to_owned())
         .collect();
-    assert_eq!(written, kids, "the state folder holds the served keys again");
+    assert_eq!(
+        written, kids,
+        "the state folder holds the served keys again"
+    );
     assert!(dev.metric(KEYSTORE_ERRORS).await > seen, "counted");
     dev.stop().await;
 }
@@ -102,7 +109,11 @@ async fn a_duplicate_in_a_new_file_is_refused_and_leaves_no_trace() {
 
     std::fs::remove_file(dev.manifests().join("dup.yaml")).unwrap();
     barrier(&dev).await;
-    assert_eq!(dev.kids(JWKS).await.unwrap(), kids, "no key of the newcomer");
+    assert_eq!(
+        dev.kids(JWKS).await.unwrap(),
+        kids,
+        "no key of the newcomer"
+    );
     assert_eq!(dev.keys("auth", "web").records().len(), 1);
     dev.stop().await;
 }
@@ -122,9 +133,11 @@ async fn the_watch_survives_a_recreated_folder() {
 
     // And the new folder is watched: a later deletion is seen too.
     std::fs::remove_file(dev.manifests().join("edge.yaml")).unwrap();
-    eventually("edge.yaml's removal to be seen", CHANGE_DEADLINE, || async {
-        dev.kids(EDGE_JWKS).await.is_none().then_some(())
-    })
+    eventually(
+        "edge.yaml's removal to be seen",
+        CHANGE_DEADLINE,
+        || async { dev.kids(EDGE_JWKS).await.is_none().then_some(()) },
+    )
     .await;
     dev.stop().await;
 }
@@ -204,7 +217,10 @@ async fn status_transition_times_move_only_on_a_transition() {
         )
     };
     let first = dev.json("/status/shop/payments").await;
-    assert_eq!(ready(&first), ("True".into(), "2026-03-01T10:00:00Z".into()));
+    assert_eq!(
+        ready(&first),
+        ("True".into(), "2026-03-01T10:00:00Z".into())
+    );
 
     clock.advance(jiff::SignedDuration::from_hours(1));
     let again = dev.json("/status/shop/payments").await;
@@ -237,10 +253,14 @@ async fn a_vanished_rollout_record_is_written_back() {
     .await;
     clock.advance(jiff::SignedDuration::from_mins(61));
     dev.write("policy.yaml", policy); // a reconcile records the second step
-    let before = eventually("the second step to be recorded", CHANGE_DEADLINE, || async {
-        let status = dev.json("/status/shop/payments").await;
-        (status["rollout"]["step"] == 1).then(|| status["rollout"].clone())
-    })
+    let before = eventually(
+        "the second step to be recorded",
+        CHANGE_DEADLINE,
+        || async {
+            let status = dev.json("/status/shop/payments").await;
+            (status["rollout"]["step"] == 1).then(|| status["rollout"].clone())
+        },
+    )
     .await;
 
     std::fs::rename(dev.state(), dev.dir.path().join("state.saved")).unwrap();

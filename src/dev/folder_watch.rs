@@ -31,24 +31,25 @@ impl FolderWatch {
         let filter = dir.clone();
         let stale = Arc::new(AtomicBool::new(false));
         let flag = stale.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let relevant = match event {
-                // Our own reads show up as access events; only changes matter. The parent's
-                // other entries are none of our business.
-                Ok(e) if matches!(e.kind, EventKind::Access(_)) => false,
-                Ok(e) => {
-                    if e.paths.iter().any(|p| p == &filter) {
-                        flag.store(true, Ordering::Release);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let relevant = match event {
+                    // Our own reads show up as access events; only changes matter. The parent's
+                    // other entries are none of our business.
+                    Ok(e) if matches!(e.kind, EventKind::Access(_)) => false,
+                    Ok(e) => {
+                        if e.paths.iter().any(|p| p == &filter) {
+                            flag.store(true, Ordering::Release);
+                        }
+                        e.paths.iter().any(|p| p.starts_with(&filter))
                     }
-                    e.paths.iter().any(|p| p.starts_with(&filter))
+                    // A lost event (queue overflow): read again to be sure.
+                    Err(_) => true,
+                };
+                if relevant {
+                    let _ = changes.try_send(()); // a full channel already means "reload"
                 }
-                // A lost event (queue overflow): read again to be sure.
-                Err(_) => true,
-            };
-            if relevant {
-                let _ = changes.try_send(()); // a full channel already means "reload"
-            }
-        })?;
+            })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let watched = identity(&dir);
         // Best effort: without it, the periodic rescan still finds a recreated folder.

@@ -166,7 +166,8 @@ impl ManifestLoader {
                 Some(files)
             }
             Err(e) => {
-                let message = format!("cannot list the folder: {e}; everything it held keeps serving");
+                let message =
+                    format!("cannot list the folder: {e}; everything it held keeps serving");
                 if self.unlisted.as_ref() != Some(&message) {
                     reload.refused.push(Refusal {
                         error: ManifestError {
@@ -205,7 +206,11 @@ impl ManifestLoader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
             Err(e) => Err(format!("cannot read: {e}")),
         };
-        if self.seen.get(file).is_some_and(|seen| seen.content == content) {
+        if self
+            .seen
+            .get(file)
+            .is_some_and(|seen| seen.content == content)
+        {
             return false;
         }
         // Whether the file has a last good version, and whether that held objects.
@@ -252,8 +257,7 @@ impl ManifestLoader {
                 true
             }
         };
-        self.seen
-            .insert(file.to_owned(), Seen { content, refused });
+        self.seen.insert(file.to_owned(), Seen { content, refused });
         true
     }
 
@@ -277,7 +281,9 @@ impl ManifestLoader {
         for (file, objects) in &self.last_good {
             for object in objects {
                 let identity = object.identity();
-                let owner = owners.entry(identity.clone()).or_insert_with(|| file.clone());
+                let owner = owners
+                    .entry(identity.clone())
+                    .or_insert_with(|| file.clone());
                 if owner == file {
                     reload.desired.insert(object.clone());
                     continue;
@@ -370,9 +376,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<ManifestEr
             Ok(Some(object)) => {
                 let (kind, id) = object.identity();
                 if objects.iter().any(|o| o.identity() == (kind, id.clone())) {
-                    errors.push(error(format!(
-                        "{kind} {id} is defined twice in this file"
-                    )));
+                    errors.push(error(format!("{kind} {id} is defined twice in this file")));
                 } else {
                     objects.push(object);
                 }
@@ -396,10 +400,7 @@ fn parse_object(value: Value) -> Result<Object, String> {
     // Name the object in every refusal, as far as the document names it.
     let meta = |field: &str| value.pointer(&format!("/metadata/{field}"))?.as_str();
     let label = match meta("name") {
-        Some(name) => format!(
-            "{kind} {}/{name}",
-            meta("namespace").unwrap_or("default")
-        ),
+        Some(name) => format!("{kind} {}/{name}", meta("namespace").unwrap_or("default")),
         None => kind.to_owned(),
     };
     match (api_version, kind) {
@@ -521,8 +522,11 @@ mod tests {
                 "document 1: SigningKey auth/web: spec.rotation.every: invalid duration \"1y\"",
             ),
             (
-                GOOD.replace("metadata: {name: web, namespace: auth}", "metadata: {name: web}")
-                    .replace("ES256", "XX"),
+                GOOD.replace(
+                    "metadata: {name: web, namespace: auth}",
+                    "metadata: {name: web}",
+                )
+                .replace("ES256", "XX"),
                 "document 1: SigningKey default/web: spec.algorithm: unknown variant",
             ),
             (
@@ -562,7 +566,11 @@ mod tests {
     }
 
     fn algorithm(desired: &Desired) -> Option<crate::keys::Algorithm> {
-        desired.signing_keys.values().next().map(|k| k.spec.algorithm)
+        desired
+            .signing_keys
+            .values()
+            .next()
+            .map(|k| k.spec.algorithm)
     }
 
     #[test]
@@ -579,7 +587,10 @@ mod tests {
                 dir.path().join("b.yml").display(), dir.path().join("a.yaml").display())),
             "{refusal}"
         );
-        assert_eq!(algorithm(&reload.desired), Some(crate::keys::Algorithm::ES256));
+        assert_eq!(
+            algorithm(&reload.desired),
+            Some(crate::keys::Algorithm::ES256)
+        );
     }
 
     #[test]
@@ -594,7 +605,10 @@ mod tests {
         let reload = loader.reload(dir.path());
         assert_eq!(reload.desired, before, "the served object keeps serving");
         assert_eq!(reload.refused.len(), 1);
-        assert_eq!(reload.refused[0].error.file, newcomer, "the newcomer is blamed");
+        assert_eq!(
+            reload.refused[0].error.file, newcomer,
+            "the newcomer is blamed"
+        );
         assert!(reload.refused[0].error.message.contains(&format!(
             "is already defined in {}, which keeps serving it",
             served.display()
@@ -611,7 +625,10 @@ mod tests {
         loader.reload(dir.path());
         std::fs::remove_file(&served).unwrap();
         let reload = loader.reload(dir.path());
-        assert_eq!(algorithm(&reload.desired), Some(crate::keys::Algorithm::EdDSA));
+        assert_eq!(
+            algorithm(&reload.desired),
+            Some(crate::keys::Algorithm::EdDSA)
+        );
     }
 
     #[test]
@@ -628,16 +645,20 @@ mod tests {
             assert_eq!(reload.refused.len(), 1, "{empty:?}");
             assert_eq!(reload.refused[0].effect, Effect::LastGoodServes);
             assert!(
-                reload.refused[0].to_string().contains(
-                    "holds no objects any more; to delete its objects, delete the file"
-                ),
+                reload.refused[0]
+                    .to_string()
+                    .contains("holds no objects any more; to delete its objects, delete the file"),
                 "{}",
                 reload.refused[0]
             );
         }
         std::fs::write(&file, GOOD).unwrap();
         let reload = loader.reload(dir.path());
-        assert_eq!(reload.accepted, [file.clone()], "a fix is reported");
+        assert_eq!(
+            reload.accepted,
+            std::slice::from_ref(&file),
+            "a fix is reported"
+        );
         std::fs::remove_file(&file).unwrap();
         assert!(loader.reload(dir.path()).desired.signing_keys.is_empty());
         // A file that never held anything is no mistake.
@@ -670,7 +691,7 @@ mod tests {
         assert_eq!(loader.reload(dir.path()).refused.len(), 1);
         std::fs::write(&bad, GOOD.replace("web", "other")).unwrap();
         let fixed = loader.reload(dir.path());
-        assert_eq!(fixed.accepted, [bad.clone()]);
+        assert_eq!(fixed.accepted, std::slice::from_ref(&bad));
         assert_eq!(fixed.desired.signing_keys.len(), 2);
         std::fs::write(&bad, "key: [unclosed\n").unwrap();
         let broken = loader.reload(dir.path());
@@ -694,7 +715,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("keys.yaml"), GOOD).unwrap();
         let back = loader.reload(&dir);
-        assert_eq!(back.accepted, [dir.clone()]);
+        assert_eq!(back.accepted, [dir]);
         assert_eq!(back.desired, good);
     }
 }

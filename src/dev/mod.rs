@@ -1,8 +1,8 @@
 //! Dev mode: the core driven by a folder of manifests and a state folder, no cluster.
 
+mod folder_watch;
 pub mod manifests;
 pub mod state;
-mod folder_watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -27,9 +27,9 @@ use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, buil
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
 use crate::tls::{self, CertSlot, TlsError};
+use folder_watch::FolderWatch;
 use manifests::{Desired, ManifestLoader, ObjectKey};
 use state::StateStore;
-use folder_watch::FolderWatch;
 
 /// A timer this long is re-armed: it bounds the effect of a wall-clock jump.
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(3600);
@@ -369,7 +369,10 @@ impl Driver {
             self.metrics.reload_error("manifest");
         }
         for file in &reload.accepted {
-            tracing::info!("{}: accepted again", file.display());
+            tracing::info!(
+                "{}: accepted; its earlier refusal is resolved",
+                file.display()
+            );
         }
         let desired = reload.desired;
         if desired != self.desired {
@@ -459,11 +462,10 @@ impl Driver {
             let moved = recorded.as_ref() != progress.as_ref();
             if let Some(progress) = &progress
                 && (moved || vanished)
+                && let Err(e) = self.store.save_rollout(id, progress)
             {
-                if let Err(e) = self.store.save_rollout(id, progress) {
-                    tracing::error!("AuthPolicy {id}: cannot record its rollout: {e}");
-                    self.metrics.reload_error("keystore");
-                }
+                tracing::error!("AuthPolicy {id}: cannot record its rollout: {e}");
+                self.metrics.reload_error("keystore");
             }
             if let Some(progress) = &progress
                 && moved
@@ -495,7 +497,8 @@ impl Driver {
         }
         let desired = &self.desired.auth_policies;
         self.rollouts.retain(|id| desired.contains_key(id));
-        self.recorded_rollouts.retain(|id, _| desired.contains_key(id));
+        self.recorded_rollouts
+            .retain(|id, _| desired.contains_key(id));
         (policies, wakeup)
     }
 
@@ -670,6 +673,9 @@ mod tests {
             )),
             "{created:?}"
         );
-        assert!(admission_warnings(&both, &both, &index).is_empty(), "unchanged");
+        assert!(
+            admission_warnings(&both, &both, &index).is_empty(),
+            "unchanged"
+        );
     }
 }
