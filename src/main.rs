@@ -270,8 +270,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // notify logs its own harmless bookkeeping when a watched folder is deleted.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

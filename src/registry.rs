@@ -2,7 +2,7 @@
 //! swapped in atomically. Requests never wait on a driver and never do I/O.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::digest::{SHA256, digest};
@@ -12,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jiff::SignedDuration;
 use serde_json::json;
 
-use crate::api::{AuthPolicy, ObjectKey, issuer_path};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::{AuthPolicy, ObjectKey, issuer_path, keep_transition_times};
 use crate::clock::Clock;
 use crate::external::ExternalIssuers;
 use crate::keys::Algorithm;
@@ -312,6 +314,32 @@ pub struct Registry {
     ready: std::sync::atomic::AtomicBool,
     /// Each input by name ("SigningKey watch"), for `/readyz` and the logs.
     sources: Mutex<std::collections::BTreeMap<&'static str, SourceState>>,
+    /// The conditions `/status` last reported, per policy.
+    pub reported: ReportedConditions,
+}
+
+/// The conditions last reported per policy, so that a condition's `lastTransitionTime`
+/// moves only when its status does, as Kubernetes conventions ask (status in dev mode is
+/// computed per request; nothing else remembers it).
+#[derive(Default)]
+pub struct ReportedConditions(Mutex<HashMap<ObjectKey, Vec<Condition>>>);
+
+impl ReportedConditions {
+    /// Keeps the transition times of `conditions` that did not change since the last
+    /// report of `id`, and remembers them as its last report.
+    pub fn settle(&self, id: &ObjectKey, conditions: &mut [Condition]) {
+        let mut reported = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(previous) = reported.get(id) {
+            keep_transition_times(conditions, previous);
+        }
+        reported.insert(id.clone(), conditions.to_vec());
+    }
+
+    /// Forgets the policies that are gone: one created again starts afresh.
+    fn retain(&self, policies: &HashMap<ObjectKey, Arc<CompiledPolicy>>) {
+        let mut reported = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        reported.retain(|id, _| policies.contains_key(id));
+    }
 }
 
 impl Registry {
@@ -321,6 +349,7 @@ impl Registry {
 
     /// Replaces the served state and marks the registry ready.
     pub fn publish(&self, snapshot: Snapshot) {
+        self.reported.retain(&snapshot.policies);
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, std::sync::atomic::Ordering::Release);
     }

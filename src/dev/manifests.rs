@@ -1,7 +1,10 @@
 //! Reads a folder of manifests, the same YAML one would `kubectl apply`.
 //!
-//! A file with any refused document keeps contributing the objects of its last good
-//! version: a typo never takes an issuer down.
+//! One file, its objects; deleting the file deletes them. A file with any refused
+//! document, or one that suddenly holds nothing (truncated by mistake, half written),
+//! keeps contributing the objects of its last good version: a typo never takes an
+//! issuer down. An object defined in two files keeps serving from the file that served
+//! it; the newcomer is refused. Each refusal is reported once, when the file changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -55,6 +58,10 @@ impl Object {
             Object::AuthPolicy(o) => ObjectKey::of(&o.metadata),
         }
     }
+
+    fn identity(&self) -> Identity {
+        (self.kind(), self.id())
+    }
 }
 
 /// The desired objects, by kind and key.
@@ -75,70 +82,242 @@ impl Desired {
     }
 }
 
+/// A refusal, with what keeps serving meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: ManifestError,
+    pub effect: Effect,
+}
+
+/// What serves while a refusal stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The file's last good version keeps serving.
+    LastGoodServes,
+    /// The file was never accepted: nothing of it is served.
+    NothingServed,
+    /// Another file defines the object and keeps serving it.
+    OtherFileServes,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let effect = match self.effect {
+            Effect::LastGoodServes => "the last good version of this file keeps serving",
+            Effect::NothingServed => "nothing from this file is served until it is fixed",
+            Effect::OtherFileServes => "this definition is not served",
+        };
+        write!(f, "{} ({effect})", self.error)
+    }
+}
+
+/// What one reload found. Only news: a file whose content did not change is not
+/// reported again.
+#[derive(Debug, Default)]
+pub struct Reload {
+    pub desired: Desired,
+    /// Refusals not reported before: a file that changed and is refused, a new conflict,
+    /// a folder that cannot be listed.
+    pub refused: Vec<Refusal>,
+    /// Files that were refused and are accepted now.
+    pub accepted: Vec<PathBuf>,
+}
+
+/// The last content read from one file, and whether it was refused.
+struct Seen {
+    /// The text, or why it could not be read.
+    content: Result<String, String>,
+    refused: bool,
+}
+
+type Identity = (&'static str, ObjectKey);
+
+/// Reads a manifests folder again and again, remembering what each file last held.
 #[derive(Default)]
 pub struct ManifestLoader {
+    seen: BTreeMap<PathBuf, Seen>,
+    /// The objects of each file's last accepted version.
     last_good: BTreeMap<PathBuf, Vec<Object>>,
+    /// The file that serves each object: on a conflict, the one that served first wins.
+    owners: BTreeMap<Identity, PathBuf>,
+    /// Conflicts reported so far (newcomer file, object), reported once each.
+    conflicts: BTreeSet<(PathBuf, Identity)>,
+    /// Why the folder could not be listed last time, reported once.
+    unlisted: Option<String>,
 }
 
 impl ManifestLoader {
-    /// Reads every `*.yaml`/`*.yml` file in `dir`. Returns the desired state and what was
-    /// refused; refused files keep their last good objects.
+    /// Reads every `*.yaml`/`*.yml` file in `dir`. Returns the desired state and the
+    /// refusals not reported before; refused files keep their last good objects.
     pub fn load(&mut self, dir: &Path) -> (Desired, Vec<ManifestError>) {
-        let mut errors = Vec::new();
+        let reload = self.reload(dir);
+        let errors = reload.refused.into_iter().map(|r| r.error).collect();
+        (reload.desired, errors)
+    }
+
+    /// Reads the folder again: the desired state and what is new since the last reload.
+    pub fn reload(&mut self, dir: &Path) -> Reload {
+        let mut reload = Reload::default();
         let files = match manifest_files(dir) {
-            Ok(files) => files,
+            Ok(files) => {
+                if self.unlisted.take().is_some() {
+                    reload.accepted.push(dir.to_owned());
+                }
+                Some(files)
+            }
             Err(e) => {
-                errors.push(ManifestError {
-                    file: dir.to_owned(),
-                    document: None,
-                    message: format!("cannot list the folder: {e}"),
-                });
-                // Keep serving everything we had.
-                self.last_good.keys().cloned().collect()
+                let message =
+                    format!("cannot list the folder: {e}; everything it held keeps serving");
+                if self.unlisted.as_ref() != Some(&message) {
+                    reload.refused.push(Refusal {
+                        error: ManifestError {
+                            file: dir.to_owned(),
+                            document: None,
+                            message: message.clone(),
+                        },
+                        effect: Effect::LastGoodServes,
+                    });
+                    self.unlisted = Some(message);
+                }
+                None
             }
         };
-        let present: BTreeSet<&PathBuf> = files.iter().collect();
-        self.last_good.retain(|path, _| present.contains(path));
-
-        for file in &files {
-            let parsed = std::fs::read_to_string(file)
-                .map_err(|e| {
-                    vec![ManifestError {
-                        file: file.clone(),
-                        document: None,
-                        message: format!("cannot read: {e}"),
-                    }]
-                })
-                .and_then(|text| parse_file(file, &text));
-            match parsed {
-                Ok(objects) => {
-                    self.last_good.insert(file.clone(), objects);
+        let mut changed = BTreeSet::new();
+        if let Some(files) = files {
+            let present: BTreeSet<&PathBuf> = files.iter().collect();
+            // Deleting a file is how its objects are deleted.
+            self.seen.retain(|path, _| present.contains(path));
+            self.last_good.retain(|path, _| present.contains(path));
+            for file in &files {
+                if self.read(file, &mut reload) {
+                    changed.insert(file.clone());
                 }
-                Err(file_errors) => errors.extend(file_errors),
             }
         }
+        self.resolve(&changed, &mut reload);
+        reload
+    }
 
-        let mut desired = Desired::default();
-        let mut origin: BTreeMap<(&str, ObjectKey), &PathBuf> = BTreeMap::new();
+    /// Reads one file if its content changed; returns whether it did.
+    fn read(&mut self, file: &Path, reload: &mut Reload) -> bool {
+        let content = match std::fs::read_to_string(file) {
+            Ok(text) => Ok(text),
+            // Deleted between the listing and now: the next reload sees it gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Err(e) => Err(format!("cannot read: {e}")),
+        };
+        if self
+            .seen
+            .get(file)
+            .is_some_and(|seen| seen.content == content)
+        {
+            return false;
+        }
+        // Whether the file has a last good version, and whether that held objects.
+        let had_good: Option<bool> = self.last_good.get(file).map(|o| !o.is_empty());
+        let parsed = match &content {
+            Ok(text) => parse_file(file, text),
+            Err(message) => Err(vec![ManifestError {
+                file: file.to_owned(),
+                document: None,
+                message: message.clone(),
+            }]),
+        };
+        let parsed = match parsed {
+            // Truncated by mistake (or half written): deleting the file is how one
+            // deletes its objects.
+            Ok(objects) if objects.is_empty() && had_good == Some(true) => {
+                Err(vec![ManifestError {
+                    file: file.to_owned(),
+                    document: None,
+                    message: "holds no objects any more; to delete its objects, delete the file"
+                        .to_owned(),
+                }])
+            }
+            parsed => parsed,
+        };
+        let was_refused = self.seen.get(file).is_some_and(|seen| seen.refused);
+        let refused = match parsed {
+            Ok(objects) => {
+                if was_refused {
+                    reload.accepted.push(file.to_owned());
+                }
+                self.last_good.insert(file.to_owned(), objects);
+                false
+            }
+            Err(errors) => {
+                let effect = if had_good.is_some() {
+                    Effect::LastGoodServes
+                } else {
+                    Effect::NothingServed
+                };
+                reload
+                    .refused
+                    .extend(errors.into_iter().map(|error| Refusal { error, effect }));
+                true
+            }
+        };
+        self.seen.insert(file.to_owned(), Seen { content, refused });
+        true
+    }
+
+    /// Decides which file serves each object and builds the desired state. An object
+    /// defined in two files keeps serving from the file that served it; when neither
+    /// did (at start-up), the first file by name serves it.
+    fn resolve(&mut self, changed: &BTreeSet<PathBuf>, reload: &mut Reload) {
+        let defines = |file: &PathBuf, id: &Identity| {
+            self.last_good
+                .get(file)
+                .is_some_and(|objects| objects.iter().any(|o| &o.identity() == id))
+        };
+        let served_before: BTreeMap<Identity, PathBuf> = self
+            .owners
+            .iter()
+            .filter(|(id, file)| defines(file, id))
+            .map(|(id, file)| (id.clone(), file.clone()))
+            .collect();
+        let mut owners = served_before.clone();
+        let mut conflicts = BTreeSet::new();
         for (file, objects) in &self.last_good {
             for object in objects {
-                let (kind, id) = (object.kind(), object.id());
-                if let Some(first) = origin.get(&(kind, id.clone())) {
-                    errors.push(ManifestError {
-                        file: file.clone(),
-                        document: None,
-                        message: format!(
-                            "{kind} {id} is also defined in {}; keeping that one",
-                            first.display()
-                        ),
-                    });
+                let identity = object.identity();
+                let owner = owners
+                    .entry(identity.clone())
+                    .or_insert_with(|| file.clone());
+                if owner == file {
+                    reload.desired.insert(object.clone());
                     continue;
                 }
-                origin.insert((kind, id), file);
-                desired.insert(object.clone());
+                let conflict = (file.clone(), identity.clone());
+                if !self.conflicts.contains(&conflict) || changed.contains(file) {
+                    let (kind, id) = &identity;
+                    let message = if served_before.contains_key(&identity) {
+                        format!(
+                            "{kind} {id} is already defined in {}, which keeps serving it; \
+                             remove it from one of the two files",
+                            owner.display()
+                        )
+                    } else {
+                        format!(
+                            "{kind} {id} is also defined in {}, which comes first by name \
+                             and is served; remove it from one of the two files",
+                            owner.display()
+                        )
+                    };
+                    reload.refused.push(Refusal {
+                        error: ManifestError {
+                            file: file.clone(),
+                            document: None,
+                            message,
+                        },
+                        effect: Effect::OtherFileServes,
+                    });
+                }
+                conflicts.insert(conflict);
             }
         }
-        (desired, errors)
+        self.owners = owners;
+        self.conflicts = conflicts;
     }
 }
 
@@ -173,16 +352,24 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<ManifestEr
             }]);
         }
     };
-    let mut objects = Vec::new();
+    let mut objects: Vec<Object> = Vec::new();
     let mut errors = Vec::new();
     for (index, value) in documents.into_iter().enumerate() {
+        let error = |message: String| ManifestError {
+            file: file.to_owned(),
+            document: Some(index + 1),
+            message,
+        };
         match parse_object(value) {
-            Ok(object) => objects.push(object),
-            Err(message) => errors.push(ManifestError {
-                file: file.to_owned(),
-                document: Some(index + 1),
-                message,
-            }),
+            Ok(object) => {
+                let (kind, id) = object.identity();
+                if objects.iter().any(|o| o.identity() == (kind, id.clone())) {
+                    errors.push(error(format!("{kind} {id} is defined twice in this file")));
+                } else {
+                    objects.push(object);
+                }
+            }
+            Err(message) => errors.push(error(message)),
         }
     }
     if errors.is_empty() {
@@ -211,9 +398,19 @@ fn parse_object(value: Value) -> Result<Object, String> {
         .and_then(Value::as_str)
         .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    // Name the object in every refusal, as far as the document names it.
+    let meta = |field: &str| value.pointer(&format!("/metadata/{field}"))?.as_str();
+    let label = match meta("name") {
+        Some(name) => format!("{kind} {}/{name}", meta("namespace").unwrap_or("default")),
+        None => kind.to_owned(),
+    };
     match (api_version, kind) {
-        (API_VERSION, "SigningKey") => typed(&value, kind).map(|o| Object::SigningKey(Box::new(o))),
-        (API_VERSION, "AuthPolicy") => typed(&value, kind).map(|o| Object::AuthPolicy(Box::new(o))),
+        (API_VERSION, "SigningKey") => {
+            typed(&value, &label).map(|o| Object::SigningKey(Box::new(o)))
+        }
+        (API_VERSION, "AuthPolicy") => {
+            typed(&value, &label).map(|o| Object::AuthPolicy(Box::new(o)))
+        }
         _ => Err(format!(
             "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
              expected kind SigningKey or AuthPolicy with apiVersion {API_VERSION}"
@@ -222,29 +419,21 @@ fn parse_object(value: Value) -> Result<Object, String> {
 }
 
 /// Reads the object as the apiserver would (every structural problem, unknown fields
-/// included), defaults the namespace, and validates.
-fn typed<K>(value: &Value, kind: &str) -> Result<K, String>
+/// included), defaults the namespace, and validates. `label` names the object in
+/// refusals (`SigningKey auth/web`).
+fn typed<K>(value: &Value, label: &str) -> Result<K, String>
 where
     K: DeserializeOwned + Validate + Resource + HasSchema,
 {
-    let named = |problems: &[FieldError]| {
-        let name = |field: &str| value["metadata"][field].as_str().map(str::to_owned);
-        let id = match (name("namespace"), name("name")) {
-            (namespace, Some(name)) => format!(
-                " {}/{name}",
-                namespace.unwrap_or_else(|| "default".to_owned())
-            ),
-            _ => String::new(),
-        };
+    let listed = |problems: &[FieldError]| {
         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        format!("{kind}{id}: {}", problems.join("; "))
+        format!("{label}: {}", problems.join("; "))
     };
-    let mut object: K = read_object(value).map_err(|problems| named(&problems))?;
-    let id = ObjectKey::of(object.meta());
-    object.meta_mut().namespace = Some(id.namespace.clone());
+    let mut object: K = read_object(value).map_err(|problems| listed(&problems))?;
+    object.meta_mut().namespace = Some(ObjectKey::of(object.meta()).namespace);
     let refused = object.validate();
     if !refused.is_empty() {
-        return Err(named(&refused));
+        return Err(listed(&refused));
     }
     Ok(object)
 }
@@ -304,6 +493,18 @@ mod tests {
             ),
             (
                 GOOD.replace(
+                    "metadata: {name: web, namespace: auth}",
+                    "metadata: {name: web}",
+                )
+                .replace("ES256", "XX"),
+                "document 1: SigningKey default/web: spec.algorithm: unsupported value \"XX\"",
+            ),
+            (
+                format!("{GOOD}---\n{GOOD}"),
+                "document 2: SigningKey auth/web is defined twice in this file",
+            ),
+            (
+                GOOD.replace(
                     "spec: {algorithm: ES256}",
                     "spec: {algorithm: HS256, rsaBitz: 2048, rotation: {every: 5}}",
                 ),
@@ -338,16 +539,157 @@ mod tests {
         assert!(gone.signing_keys.is_empty());
     }
 
+    fn algorithm(desired: &Desired) -> Option<crate::keys::Algorithm> {
+        desired
+            .signing_keys
+            .values()
+            .next()
+            .map(|k| k.spec.algorithm)
+    }
+
     #[test]
-    fn a_duplicate_object_is_refused_and_the_first_kept() {
+    fn at_start_the_first_file_by_name_serves_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         std::fs::write(dir.path().join("b.yml"), GOOD.replace("ES256", "EdDSA")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
-        let (desired, errors) = ManifestLoader::default().load(dir.path());
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].to_string().contains("also defined in"));
-        let key = desired.signing_keys.values().next().unwrap();
-        assert_eq!(key.spec.algorithm, crate::keys::Algorithm::ES256);
+        let reload = ManifestLoader::default().reload(dir.path());
+        assert_eq!(reload.refused.len(), 1, "{:?}", reload.refused);
+        let refusal = reload.refused[0].to_string();
+        assert!(
+            refusal.starts_with(&format!("{}: SigningKey auth/web is also defined in {}, which comes first by name and is served", 
+                dir.path().join("b.yml").display(), dir.path().join("a.yaml").display())),
+            "{refusal}"
+        );
+        assert_eq!(
+            algorithm(&reload.desired),
+            Some(crate::keys::Algorithm::ES256)
+        );
+    }
+
+    #[test]
+    fn a_newcomer_duplicate_is_refused_and_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        // The newcomer sorts first: the old rule (first by name) would pick it.
+        let (served, newcomer) = (dir.path().join("z-keys.yaml"), dir.path().join("dup.yaml"));
+        std::fs::write(&served, GOOD).unwrap();
+        let mut loader = ManifestLoader::default();
+        let before = loader.reload(dir.path()).desired;
+        std::fs::write(&newcomer, GOOD.replace("ES256", "EdDSA")).unwrap();
+        let reload = loader.reload(dir.path());
+        assert_eq!(reload.desired, before, "the served object keeps serving");
+        assert_eq!(reload.refused.len(), 1);
+        assert_eq!(
+            reload.refused[0].error.file, newcomer,
+            "the newcomer is blamed"
+        );
+        assert!(reload.refused[0].error.message.contains(&format!(
+            "is already defined in {}, which keeps serving it",
+            served.display()
+        )));
+        assert_eq!(reload.refused[0].effect, Effect::OtherFileServes);
+        // Reported once, not at every reload.
+        assert!(loader.reload(dir.path()).refused.is_empty());
+        std::fs::remove_file(&newcomer).unwrap();
+        let reload = loader.reload(dir.path());
+        assert_eq!(reload.desired, before);
+        assert!(reload.refused.is_empty());
+        // Once the served file lets go of the object, the other definition serves.
+        std::fs::write(&newcomer, GOOD.replace("ES256", "EdDSA")).unwrap();
+        loader.reload(dir.path());
+        std::fs::remove_file(&served).unwrap();
+        let reload = loader.reload(dir.path());
+        assert_eq!(
+            algorithm(&reload.desired),
+            Some(crate::keys::Algorithm::EdDSA)
+        );
+    }
+
+    #[test]
+    fn an_emptied_file_keeps_its_objects_and_a_deleted_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let mut loader = ManifestLoader::default();
+        let good = loader.reload(dir.path()).desired;
+        for empty in ["", "  \n", "# nothing here\n---\n"] {
+            std::fs::write(&file, empty).unwrap();
+            let reload = loader.reload(dir.path());
+            assert_eq!(reload.desired, good, "{empty:?}");
+            assert_eq!(reload.refused.len(), 1, "{empty:?}");
+            assert_eq!(reload.refused[0].effect, Effect::LastGoodServes);
+            assert!(
+                reload.refused[0]
+                    .to_string()
+                    .contains("holds no objects any more; to delete its objects, delete the file"),
+                "{}",
+                reload.refused[0]
+            );
+        }
+        std::fs::write(&file, GOOD).unwrap();
+        let reload = loader.reload(dir.path());
+        assert_eq!(
+            reload.accepted,
+            std::slice::from_ref(&file),
+            "a fix is reported"
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert!(loader.reload(dir.path()).desired.signing_keys.is_empty());
+        // A file that never held anything is no mistake.
+        std::fs::write(&file, "").unwrap();
+        assert!(loader.reload(dir.path()).refused.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_is_reported_once_per_content_and_says_what_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&good, GOOD).unwrap();
+        std::fs::write(&bad, GOOD.replace("web", "other").replace("ES256", "XX1")).unwrap();
+        let mut loader = ManifestLoader::default();
+        let first = loader.reload(dir.path());
+        assert_eq!(first.refused.len(), 1);
+        assert_eq!(first.refused[0].effect, Effect::NothingServed);
+        assert!(
+            first.refused[0]
+                .to_string()
+                .ends_with("(nothing from this file is served until it is fixed)")
+        );
+        // An unrelated change: the broken file is not reported again.
+        std::fs::write(&good, GOOD.replace("ES256", "ES384")).unwrap();
+        let unrelated = loader.reload(dir.path());
+        assert!(unrelated.refused.is_empty(), "{:?}", unrelated.refused);
+        assert!(unrelated.accepted.is_empty());
+        // A new broken version is.
+        std::fs::write(&bad, GOOD.replace("web", "other").replace("ES256", "XX2")).unwrap();
+        assert_eq!(loader.reload(dir.path()).refused.len(), 1);
+        std::fs::write(&bad, GOOD.replace("web", "other")).unwrap();
+        let fixed = loader.reload(dir.path());
+        assert_eq!(fixed.accepted, std::slice::from_ref(&bad));
+        assert_eq!(fixed.desired.signing_keys.len(), 2);
+        std::fs::write(&bad, "key: [unclosed\n").unwrap();
+        let broken = loader.reload(dir.path());
+        assert_eq!(broken.refused[0].effect, Effect::LastGoodServes);
+        assert_eq!(broken.desired.signing_keys.len(), 2);
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_listed_changes_nothing_and_is_reported_once() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m1");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("keys.yaml"), GOOD).unwrap();
+        let mut loader = ManifestLoader::default();
+        let good = loader.reload(&dir).desired;
+        std::fs::remove_dir_all(&dir).unwrap();
+        let gone = loader.reload(&dir);
+        assert_eq!(gone.desired, good);
+        assert_eq!(gone.refused.len(), 1);
+        assert!(loader.reload(&dir).refused.is_empty());
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("keys.yaml"), GOOD).unwrap();
+        let back = loader.reload(&dir);
+        assert_eq!(back.accepted, [dir]);
+        assert_eq!(back.desired, good);
     }
 }

@@ -1,5 +1,6 @@
 //! Dev mode: the core driven by a folder of manifests and a state folder, no cluster.
 
+mod folder_watch;
 pub mod manifests;
 pub mod state;
 
@@ -11,12 +12,11 @@ use std::time::Duration as StdDuration;
 
 use arc_swap::ArcSwap;
 use jiff::Timestamp;
-use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::admission::SigningKeyIndex;
+use crate::admission::{self, SigningKeyIndex};
 use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
@@ -27,6 +27,7 @@ use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, buil
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
 use crate::tls::{self, CertSlot, TlsError};
+use folder_watch::FolderWatch;
 use manifests::{Desired, ManifestLoader, ObjectKey};
 use state::StateStore;
 
@@ -34,8 +35,33 @@ use state::StateStore;
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(3600);
 /// A SigningKey whose reconcile failed (unwritable state, say) is retried this soon.
 const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
-/// Editors write a file in several steps; react once they are done.
-const SETTLE: StdDuration = StdDuration::from_millis(50);
+/// Editors and copies write a file in several steps: read once the folder has been
+/// quiet this long ...
+const QUIET: StdDuration = StdDuration::from_millis(200);
+/// ... or once changes have kept coming for this long.
+const MAX_SETTLE: StdDuration = StdDuration::from_secs(2);
+/// The folder is read again this often even without a change event: a safety net for
+/// events the watcher cannot see (a network file system, a replaced parent folder).
+const RESCAN: StdDuration = StdDuration::from_secs(15);
+
+/// How the driver notices changes. Tests shorten the rescan or turn the watcher off to
+/// check each path alone.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Read the folder again this often, change events or not.
+    pub rescan_every: StdDuration,
+    /// Watch the folder for changes (off: the rescan alone sees them).
+    pub watch: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            rescan_every: RESCAN,
+            watch: true,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct DevConfig {
@@ -104,6 +130,15 @@ impl DevServer {
 /// Loads the manifests, brings the keys up to date, and serves. Returns once the first
 /// state is published (so `/readyz` is already ready).
 pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer, DevError> {
+    start_tuned(config, clock, Tuning::default()).await
+}
+
+/// [`start`], with how changes are noticed.
+pub async fn start_tuned(
+    config: DevConfig,
+    clock: Arc<dyn Clock>,
+    tuning: Tuning,
+) -> Result<DevServer, DevError> {
     if let Err(e) = std::fs::read_dir(&config.manifests) {
         return Err(DevError::Manifests(config.manifests.clone(), e));
     }
@@ -127,16 +162,13 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
 
     // Watch before the first read, so that no change between the two is missed.
     let (changes_tx, changes) = mpsc::channel(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Our own reads show up as access events; only changes matter.
-        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
-            let _ = changes_tx.try_send(()); // a full channel already means "reload"
-        }
-    })
-    .map_err(|e| DevError::Watch(config.manifests.clone(), e))?;
-    watcher
-        .watch(&config.manifests, RecursiveMode::NonRecursive)
-        .map_err(|e| DevError::Watch(config.manifests.clone(), e))?;
+    let watch = match tuning.watch {
+        true => Some(
+            FolderWatch::new(&config.manifests, changes_tx)
+                .map_err(|e| DevError::Watch(config.manifests.clone(), e))?,
+        ),
+        false => None,
+    };
 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
@@ -171,6 +203,7 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
             config.decision_cache_size,
         )),
         rollouts: RolloutTracker::default(),
+        recorded_rollouts: HashMap::new(),
         metrics: metrics.clone(),
         served: HashMap::new(),
         known: known.clone(),
@@ -204,7 +237,16 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
         }
         None => tokio::spawn(server::serve(listener, app, stopped)),
     };
-    let driver = tokio::spawn(run(driver, wakeup, changes, watcher, shutdown_rx));
+    let driver = tokio::spawn(run(
+        driver,
+        wakeup,
+        Changes {
+            events: changes,
+            watch,
+            rescan: tuning.rescan_every,
+        },
+        shutdown_rx,
+    ));
     Ok(DevServer {
         addr,
         base_url,
@@ -215,13 +257,36 @@ pub async fn start(config: DevConfig, clock: Arc<dyn Clock>) -> Result<DevServer
     })
 }
 
+/// Where reloads come from: the watcher's events, and the periodic rescan.
+struct Changes {
+    events: mpsc::Receiver<()>,
+    watch: Option<FolderWatch>,
+    rescan: StdDuration,
+}
+
+impl Changes {
+    /// Waits until the folder has been quiet for [`QUIET`] (at most [`MAX_SETTLE`]), so
+    /// that a file being written is read once it is complete.
+    async fn settle(&mut self) {
+        let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(QUIET, self.events.recv()).await {
+                Ok(Some(())) => continue,
+                _ => break,
+            }
+        }
+    }
+}
+
 async fn run(
     mut driver: Driver,
     mut wakeup: Option<Timestamp>,
-    mut changes: mpsc::Receiver<()>,
-    _watcher: notify::RecommendedWatcher,
+    mut changes: Changes,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut rescan = tokio::time::interval(changes.rescan);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rescan.tick().await; // the first tick is immediate; the folder was just read
     loop {
         let delay = wakeup
             .map(|t| {
@@ -232,13 +297,20 @@ async fn run(
             .min(MAX_SLEEP);
         let reload = tokio::select! {
             _ = shutdown.changed() => return,
-            Some(()) = changes.recv() => {
-                tokio::time::sleep(SETTLE).await;
-                while changes.try_recv().is_ok() {}
+            Some(()) = changes.events.recv() => {
+                changes.settle().await;
                 true
             }
+            _ = rescan.tick() => true,
             () = tokio::time::sleep(delay) => false,
         };
+        if reload {
+            // Before reading: a change made after this is seen by the new watch.
+            if let Some(watch) = &mut changes.watch {
+                watch.refresh();
+            }
+            rescan.reset();
+        }
         let result = tokio::task::spawn_blocking(move || {
             if reload {
                 driver.reload_manifests();
@@ -273,6 +345,8 @@ struct Driver {
     served: HashMap<ObjectKey, ServedKeys>,
     runtime: Arc<PolicyRuntime>,
     rollouts: RolloutTracker,
+    /// The rollout progress last recorded per policy, written back if its file vanishes.
+    recorded_rollouts: HashMap<ObjectKey, crate::api::RolloutProgress>,
     /// The SigningKeys of the manifests, for the admission webhook.
     known: Arc<KnownKeys>,
 }
@@ -289,11 +363,18 @@ impl SigningKeyIndex for KnownKeys {
 
 impl Driver {
     fn reload_manifests(&mut self) {
-        let (desired, errors) = self.loader.load(&self.manifests);
-        for error in &errors {
-            tracing::error!("refused: {error} (the last good version keeps serving)");
+        let reload = self.loader.reload(&self.manifests);
+        for refusal in &reload.refused {
+            tracing::error!("refused: {refusal}");
             self.metrics.reload_error("manifest");
         }
+        for file in &reload.accepted {
+            tracing::info!(
+                "{}: accepted; its earlier refusal is resolved",
+                file.display()
+            );
+        }
+        let desired = reload.desired;
         if desired != self.desired {
             tracing::info!(
                 signing_keys = desired.signing_keys.len(),
@@ -305,6 +386,9 @@ impl Driver {
         self.known
             .0
             .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
+        for warning in admission_warnings(&self.desired, &desired, &*self.known) {
+            tracing::warn!("{warning}");
+        }
         self.desired = desired;
     }
 
@@ -355,22 +439,37 @@ impl Driver {
         let mut wakeup = None;
         let mut policies = Vec::new();
         for (id, policy) in &self.desired.auth_policies {
-            let recorded = self.store.load_rollout(id).unwrap_or_else(|e| {
+            let loaded = self.store.load_rollout(id).unwrap_or_else(|e| {
                 tracing::error!("AuthPolicy {id}: {e}; its rollout starts over");
                 None
             });
+            // A record that vanished under a running server (the state folder was moved or
+            // deleted) is written back from memory: the rollout must not start over.
+            let vanished = loaded.is_none() && self.recorded_rollouts.contains_key(id);
+            let recorded = loaded.or_else(|| self.recorded_rollouts.get(id).cloned());
+            if vanished {
+                tracing::warn!(
+                    "AuthPolicy {id}: its rollout record {} is gone; writing back the progress still held",
+                    self.store.rollout_path(id).display()
+                );
+                self.metrics.reload_error("keystore");
+            }
             let totals = self.runtime.audit_totals(id);
             let (progress, next) =
                 self.rollouts
                     .track(id, &policy.spec.rollout, recorded.as_ref(), now, totals);
             wakeup = [wakeup, next].into_iter().flatten().min();
+            let moved = recorded.as_ref() != progress.as_ref();
             if let Some(progress) = &progress
-                && recorded.as_ref() != Some(progress)
+                && (moved || vanished)
+                && let Err(e) = self.store.save_rollout(id, progress)
             {
-                if let Err(e) = self.store.save_rollout(id, progress) {
-                    tracing::error!("AuthPolicy {id}: cannot record its rollout: {e}");
-                    self.metrics.reload_error("keystore");
-                }
+                tracing::error!("AuthPolicy {id}: cannot record its rollout: {e}");
+                self.metrics.reload_error("keystore");
+            }
+            if let Some(progress) = &progress
+                && moved
+            {
                 tracing::info!(
                     "AuthPolicy {id}: rollout at step {} of {:?}{}",
                     progress.step + 1,
@@ -388,12 +487,18 @@ impl Driver {
             {
                 tracing::error!("AuthPolicy {id}: cannot forget its finished rollout: {e}");
             }
+            match &progress {
+                Some(progress) => self.recorded_rollouts.insert(id.clone(), progress.clone()),
+                None => self.recorded_rollouts.remove(id),
+            };
             let mut policy = policy.clone();
             policy.status.get_or_insert_with(Default::default).rollout = progress;
             policies.push((id.clone(), policy));
         }
         let desired = &self.desired.auth_policies;
         self.rollouts.retain(|id| desired.contains_key(id));
+        self.recorded_rollouts
+            .retain(|id, _| desired.contains_key(id));
         (policies, wakeup)
     }
 
@@ -404,7 +509,39 @@ impl Driver {
     ) -> Result<(ServedKeys, Option<Timestamp>), String> {
         let keep = "the last good keys keep serving and nothing is overwritten";
         let now = self.clock.now();
-        let stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
+        let mut stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
+        let mut restore = false;
+        if stored.is_none()
+            && let Some(served) = self.served.get(id)
+        {
+            // The file vanished under a running server (the state folder was moved or
+            // deleted): the keys in memory are still the truth, and new ones would break
+            // every token they signed. Write them back instead.
+            let root = self.store.root();
+            let gone = if root.exists() {
+                format!("its state file {} is gone", self.store.path(id).display())
+            } else {
+                format!("the state folder {} is gone", root.display())
+            };
+            let kids: Vec<&str> = served
+                .keys
+                .records()
+                .iter()
+                .map(|r| r.material.kid())
+                .collect();
+            tracing::warn!(
+                "SigningKey {id}: {gone}; writing back the {} keys still served ({}), no new key is made",
+                kids.len(),
+                kids.join(", ")
+            );
+            self.metrics.reload_error("keystore");
+            stored = Some(crate::keys::store::to_data(
+                &served.keys,
+                &served.published.issuer,
+                now,
+            ));
+            restore = true;
+        }
         let outcome = reconcile::signing_key(
             key,
             stored.as_ref(),
@@ -416,7 +553,7 @@ impl Driver {
             ReconcileError::Store(e) => format!("{}: {e}; {keep}", self.store.path(id).display()),
             e => e.to_string(),
         })?;
-        if outcome.write {
+        if outcome.write || restore {
             // Persist before publishing: a key is never served, or used, unsaved.
             self.store
                 .save(id, &outcome.data)
@@ -458,5 +595,87 @@ impl Driver {
                 published.jwks_uri
             );
         }
+    }
+}
+
+/// The warnings the admission webhook gives for each object that is new or changed, as
+/// `kubectl` prints them: what works in dev mode then surprises no one on a cluster.
+fn admission_warnings(
+    before: &Desired,
+    after: &Desired,
+    index: &dyn SigningKeyIndex,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut report = |kind: &str, id: &ObjectKey, verdict: admission::Verdict| {
+        // Dev mode already applied every refusal; what is left needs the old object
+        // (a renamed Secret) and would be refused on a cluster.
+        for refusal in verdict.refusals {
+            warnings.push(format!(
+                "{kind} {id}: Warning: a cluster would refuse this change: {refusal}"
+            ));
+        }
+        for warning in verdict.warnings {
+            warnings.push(format!("{kind} {id}: Warning: {warning}"));
+        }
+    };
+    for (id, key) in &after.signing_keys {
+        let old = before.signing_keys.get(id);
+        if old != Some(key) {
+            report("SigningKey", id, admission::signing_key(key, old));
+        }
+    }
+    for (id, policy) in &after.auth_policies {
+        let old = before.auth_policies.get(id);
+        if old != Some(policy) {
+            report("AuthPolicy", id, admission::auth_policy(policy, old, index));
+        }
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manifests::{Object, parse_file};
+
+    fn desired(text: &str) -> Desired {
+        let mut desired = Desired::default();
+        for object in parse_file(std::path::Path::new("m.yaml"), text).unwrap() {
+            match object {
+                Object::SigningKey(k) => {
+                    desired.signing_keys.insert(ObjectKey::of(&k.metadata), *k);
+                }
+                Object::AuthPolicy(p) => {
+                    desired.auth_policies.insert(ObjectKey::of(&p.metadata), *p);
+                }
+            }
+        }
+        desired
+    }
+
+    #[test]
+    fn admission_warnings_are_given_for_new_and_changed_objects_only() {
+        let key = "apiVersion: authplane.io/v1alpha1\nkind: SigningKey\nmetadata: {name: web, namespace: auth}\nspec: {rotation: {every: 1h, prePublish: 5s, retainFor: 10s}}\n";
+        let policy = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: pay, namespace: shop}\nspec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  audiences: [pay]\n  rollout: {mode: Enforce, percentage: 100}\n";
+        let both = desired(&format!("{key}---\n{policy}"));
+        let known: BTreeSet<ObjectKey> = both.signing_keys.keys().cloned().collect();
+        let index = KnownKeys(ArcSwap::from_pointee(known));
+        let created = admission_warnings(&Desired::default(), &both, &index);
+        assert!(
+            created.iter().any(|w| w.starts_with(
+                "SigningKey auth/web: Warning: spec.rotation.retainFor: 10s is shorter"
+            )),
+            "{created:?}"
+        );
+        assert!(
+            created.iter().any(|w| w.starts_with(
+                "AuthPolicy shop/pay: Warning: spec.rollout.percentage: enforces for 100% of users on creation"
+            )),
+            "{created:?}"
+        );
+        assert!(
+            admission_warnings(&both, &both, &index).is_empty(),
+            "unchanged"
+        );
     }
 }

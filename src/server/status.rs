@@ -18,7 +18,9 @@ pub async fn policy_status(
     let id = ObjectKey { namespace, name };
     match state.registry.load().policies.get(&id) {
         Some(policy) => {
-            Json(policy.status(&state.base_url, state.clock.now(), |_| None)).into_response()
+            let mut status = policy.status(&state.base_url, state.clock.now(), |_| None);
+            state.registry.reported.settle(&id, &mut status.conditions);
+            Json(status).into_response()
         }
         None => (StatusCode::NOT_FOUND, format!("no AuthPolicy {id}\n")).into_response(),
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authplane::clock::{Clock, SystemClock};
-use authplane::dev::{self, DevConfig, DevServer};
+use authplane::dev::{self, DevConfig, DevServer, Tuning};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -23,6 +23,7 @@ pub struct Dev {
     pub http: reqwest::Client,
     pub clock: Arc<dyn Clock>,
     pub decision_cache_size: usize,
+    pub tuning: Tuning,
 }
 
 impl Dev {
@@ -35,6 +36,16 @@ impl Dev {
         manifests: &[(&str, &str)],
         clock: Arc<dyn Clock>,
         decision_cache_size: usize,
+    ) -> Dev {
+        Self::start_tuned(manifests, clock, decision_cache_size, Tuning::default()).await
+    }
+
+    /// With a given way of noticing changes (rescan interval, watcher on or off).
+    pub async fn start_tuned(
+        manifests: &[(&str, &str)],
+        clock: Arc<dyn Clock>,
+        decision_cache_size: usize,
+        tuning: Tuning,
     ) -> Dev {
         // reqwest's rustls needs a process-wide provider, as `main` installs.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -49,6 +60,7 @@ impl Dev {
             http: reqwest::Client::new(),
             clock,
             decision_cache_size,
+            tuning,
         };
         dev.restart().await;
         dev
@@ -67,7 +79,11 @@ impl Dev {
             decision_cache_size: self.decision_cache_size,
             tls: None,
         };
-        self.server = Some(dev::start(config, self.clock.clone()).await.unwrap());
+        self.server = Some(
+            dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
+                .await
+                .unwrap(),
+        );
     }
 
     pub fn manifests(&self) -> PathBuf {
