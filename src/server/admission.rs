@@ -78,7 +78,13 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         .filter(|n| !n.is_empty())
         .or_else(|| object.pointer("/metadata/name").and_then(|n| n.as_str()))
         .unwrap_or("(unnamed)");
-    let name = match &request.namespace {
+    // The apiserver always sends the namespace; a hand-written review may carry it only
+    // in the object.
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or_else(|| object.pointer("/metadata/namespace").and_then(|n| n.as_str()));
+    let name = match namespace {
         Some(namespace) => format!("{namespace}/{name}"),
         None => name.to_owned(),
     };
