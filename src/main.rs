@@ -379,7 +379,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let client = operator::client(args.target.kubeconfig.as_ref()).await?;
+        let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
         let api: kube::Api<AuthPolicy> = kube::Api::namespaced(client, &id.namespace);
         let updated = api
             .patch(
@@ -392,6 +392,13 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
         report_rollout(&id, &updated);
         Ok(())
     })
+}
+
+/// A client for the commands that act on a cluster; without one, points at dev mode.
+async fn cluster_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    operator::client(kubeconfig)
+        .await
+        .context("no cluster to talk to (in dev mode, pass --manifests DIR)")
 }
 
 /// What a dev-mode edit did, and when it takes effect.
@@ -457,7 +464,7 @@ fn bucket(args: BucketArgs) -> anyhow::Result<()> {
         None => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
-                let client = operator::client(args.target.kubeconfig.as_ref()).await?;
+                let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
                 anyhow::Ok(cluster::auth_policy(client, &id).await?)
             })?
         }
@@ -587,7 +594,7 @@ fn annotate(
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let client = operator::client(target.kubeconfig.as_ref()).await?;
+        let client = cluster_client(target.kubeconfig.as_ref()).await?;
         let api: kube::Api<SigningKey> = kube::Api::namespaced(client, &id.namespace);
         let current = api
             .get(&id.name)
@@ -676,7 +683,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
         eprintln!("cluster: {}", cluster::describe(args.kubeconfig.as_deref()));
         let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
         runtime.block_on(async {
-            let client = operator::client(args.kubeconfig.as_ref()).await?;
+            let client = cluster_client(args.kubeconfig.as_ref()).await?;
             anyhow::Ok(cluster::signing_keys(client, &id).await?)
         })?
     } else {

@@ -3,6 +3,9 @@
 //! other files, and the separators between documents stay byte for byte as they were;
 //! the edited document is re-serialized, so its own comments and quoting style are lost
 //! (say so to the user). The running `authplane dev` sees the change like any edit.
+//!
+//! Strings are written double-quoted: kubectl and Helm read YAML 1.1, where a plain
+//! `Off`, `y` or `no` is a boolean, so an edit must never turn a string into one.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -175,8 +178,7 @@ impl Located {
 
     /// The object as `authplane dev` reads it (validated), before or after an edit.
     pub fn parsed(&self) -> Result<Object, EditError> {
-        let body =
-            serde_yaml::to_string(&self.object).map_err(|e| EditError::Refused(e.to_string()))?;
+        let body = to_yaml(&self.object)?;
         let refused = |errors: Vec<String>| EditError::Refused(errors.join("; "));
         let mut objects = parse_file(&self.file, &body)
             .map_err(|errors| refused(errors.iter().map(|e| e.message.clone()).collect()))?;
@@ -191,8 +193,7 @@ impl Located {
     /// (temporary file, then rename), as editors do.
     pub fn save(mut self) -> Result<(PathBuf, Object), EditError> {
         let object = self.parsed()?;
-        let body =
-            serde_yaml::to_string(&self.object).map_err(|e| EditError::Refused(e.to_string()))?;
+        let body = to_yaml(&self.object)?;
         let chunk = &mut self.chunks[self.index];
         let mut text: String = chunk
             .split_inclusive('\n')
@@ -227,6 +228,107 @@ impl Located {
             .map_err(io(&tmp))?;
         fs::rename(&tmp, &self.file).map_err(io(&self.file))?;
         Ok((self.file, object))
+    }
+}
+
+/// Block-style YAML with every string double-quoted (JSON's escapes are YAML's), so that
+/// YAML 1.1 and 1.2 readers agree on every value. Mapping order is kept.
+fn to_yaml(value: &Value) -> Result<String, EditError> {
+    let mut out = String::new();
+    match value {
+        Value::Mapping(m) if !m.is_empty() => block(value, 0, &mut out)?,
+        _ => return Err(EditError::Refused("the document is not a mapping".into())),
+    }
+    Ok(out)
+}
+
+fn block(value: &Value, indent: usize, out: &mut String) -> Result<(), EditError> {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Mapping(mapping) => {
+            for (key, value) in mapping {
+                let Value::String(key) = key else {
+                    return Err(EditError::Refused(format!(
+                        "a key that is not a string: {key:?}"
+                    )));
+                };
+                out.push_str(&pad);
+                out.push_str(&key_text(key));
+                out.push(':');
+                match value {
+                    Value::Mapping(m) if !m.is_empty() => {
+                        out.push('\n');
+                        block(value, indent + 2, out)?;
+                    }
+                    Value::Sequence(s) if !s.is_empty() => {
+                        out.push('\n');
+                        block(value, indent, out)?;
+                    }
+                    _ => {
+                        out.push(' ');
+                        out.push_str(&scalar(value)?);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for item in items {
+                let nested = matches!(item, Value::Mapping(m) if !m.is_empty())
+                    || matches!(item, Value::Sequence(s) if !s.is_empty());
+                if nested {
+                    // The item's block, with its first indentation replaced by "- ".
+                    let mut inner = String::new();
+                    block(item, indent + 2, &mut inner)?;
+                    out.push_str(&pad);
+                    out.push_str("- ");
+                    out.push_str(&inner[indent + 2..]);
+                } else {
+                    out.push_str(&pad);
+                    out.push_str("- ");
+                    out.push_str(&scalar(item)?);
+                    out.push('\n');
+                }
+            }
+        }
+        other => {
+            out.push_str(&pad);
+            out.push_str(&scalar(other)?);
+            out.push('\n');
+        }
+    }
+    Ok(())
+}
+
+fn scalar(value: &Value) -> Result<String, EditError> {
+    Ok(match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+        Value::Mapping(_) => "{}".into(),
+        Value::Sequence(_) => "[]".into(),
+        Value::Tagged(t) => return Err(EditError::Refused(format!("a tagged value: {}", t.tag))),
+    })
+}
+
+/// Keys as Kubernetes writes them (`apiVersion`, `authplane.io/rotate-at`) stay plain;
+/// anything else, and the words YAML 1.1 reads as booleans, are quoted.
+fn key_text(key: &str) -> String {
+    const BOOLEAN_WORDS: [&str; 22] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+    ];
+    let plain = key.starts_with(|c: char| c.is_ascii_alphabetic())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && !BOOLEAN_WORDS.contains(&key)
+        && !matches!(key, "null" | "Null" | "NULL");
+    if plain {
+        key.to_owned()
+    } else {
+        serde_json::to_string(key).unwrap_or_default()
     }
 }
 
@@ -269,6 +371,33 @@ spec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  audiences: 
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn written_yaml_reads_back_the_same_and_keeps_strings_strings() {
+        let text = "apiVersion: authplane.io/v1alpha1\nmetadata:\n  annotations: {a/b: '2026-01-01T00:00:00Z'}\n\
+                    spec:\n  words: ['Off', 'y', 'no', 'on', '1.0', '~', '', \"two\\nlines\"]\n\
+                    \x20 'y': 1\n  n: [{a: 1, b: [x, {c: true}]}, [1, 2], {}, []]\n  nothing: null\n";
+        let value: Value = serde_yaml::from_str(text).unwrap();
+        let written = to_yaml(&value).unwrap();
+        assert_eq!(
+            serde_yaml::from_str::<Value>(&written).unwrap(),
+            value,
+            "{written}"
+        );
+        for quoted in [
+            "\"Off\"",
+            "\"y\":",
+            "\"no\"",
+            "\"2026-01-01T00:00:00Z\"",
+            "\"n\":",
+        ] {
+            assert!(written.contains(quoted), "{quoted} in {written}");
+        }
+        assert!(
+            written.starts_with("apiVersion: \"authplane.io/v1alpha1\"\n"),
+            "{written}"
+        );
     }
 
     #[test]
