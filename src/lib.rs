@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod dev;
 pub mod external;

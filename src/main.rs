@@ -9,8 +9,9 @@ use authplane::api::{
     AuthPolicy, ObjectKey, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RolloutAction, SigningKey,
 };
 use authplane::api::{Duration, crds::crds};
+use authplane::cli::{cluster, flags, manifest_edit};
 use authplane::clock::{Clock, SystemClock};
-use authplane::dev::manifests::ManifestLoader;
+use authplane::dev::manifests::{ManifestLoader, Object};
 use authplane::dev::{self, DevConfig, state::StateStore};
 use authplane::keys::store;
 use authplane::operator::{self, OperatorConfig, TlsConfig, TlsSource};
@@ -48,7 +49,7 @@ enum Command {
     Rotate(RotateArgs),
     /// Revoke a key at once: it leaves the JWKS and its tokens stop verifying.
     RevokeKey(RevokeArgs),
-    /// Steer an AuthPolicy's rollout on a cluster: pause, resume, or set a percentage.
+    /// Steer an AuthPolicy's rollout: pause, resume, or set a percentage.
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Print the CustomResourceDefinitions as YAML, or write them into a folder.
@@ -72,9 +73,17 @@ struct BucketArgs {
     /// The bucketing key: the value of the policy's bucketBy claim, header or cookie.
     #[arg(long)]
     key: String,
-    /// Folder of manifests holding the policy.
-    #[arg(long, value_name = "DIR")]
-    manifests: PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Dev mode: the state folder of `authplane dev`, where a stepped rollout's progress
+    /// is recorded.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".authplane",
+        requires = "manifests"
+    )]
+    state: PathBuf,
 }
 
 #[derive(Args)]
@@ -85,11 +94,13 @@ struct RunArgs {
     /// The operator's namespace, where its Lease lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "authplane")]
     namespace: String,
-    /// Address to serve plain HTTP on: every endpoint but the admission webhook.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    /// Address to serve plain HTTP on (HOST:PORT; a host name is resolved at start):
+    /// every endpoint but the admission webhook.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", value_parser = flags::listen_addr)]
     listen: SocketAddr,
-    /// How verifiers reach this service; the base of default issuer URLs.
-    #[arg(long, value_name = "URL")]
+    /// How verifiers reach this service (an http(s) URL); the base of default issuer
+    /// URLs.
+    #[arg(long, value_name = "URL", value_parser = flags::external_url)]
     external_url: String,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
@@ -99,7 +110,7 @@ struct RunArgs {
     decision_cache_size: usize,
     /// Address to serve HTTPS on: every endpoint plus the admission webhook
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
     tls_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls_files: TlsFileArgs,
@@ -167,14 +178,29 @@ struct PolicyArgs {
     /// The AuthPolicy, as NAMESPACE/NAME.
     policy: String,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    target: TargetArgs,
 }
 
+/// Where a command acts: a cluster (the default), or dev mode's manifests folder.
 #[derive(Args)]
-struct ClusterArgs {
+struct TargetArgs {
     /// Kubeconfig file (default: KUBECONFIG or ~/.kube/config, or in-cluster config).
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
+    /// Dev mode: act on the manifests folder of `authplane dev` instead of a cluster
+    /// (the object's document is edited in place, as `kubectl annotate`/`patch` would).
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// Says where the command runs, before it does anything.
+    fn announce(&self) {
+        match &self.manifests {
+            Some(dir) => eprintln!("dev mode: manifests folder {}", dir.display()),
+            None => eprintln!("cluster: {}", cluster::describe(self.kubeconfig.as_deref())),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -182,7 +208,7 @@ struct RotateArgs {
     /// The SigningKey, as NAMESPACE/NAME.
     key: String,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    target: TargetArgs,
 }
 
 #[derive(Args)]
@@ -192,7 +218,16 @@ struct RevokeArgs {
     /// The kid to revoke.
     kid: String,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    target: TargetArgs,
+    /// Dev mode: the state folder of `authplane dev`, to check that the kid is a key of
+    /// this SigningKey.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".authplane",
+        requires = "manifests"
+    )]
+    state: PathBuf,
 }
 
 #[derive(Args)]
@@ -203,11 +238,12 @@ struct DevArgs {
     /// Folder for key material (created with mode 0700; files 0600).
     #[arg(long, value_name = "DIR", default_value = ".authplane")]
     state: PathBuf,
-    /// Address to serve on (HTTPS with --tls-cert-file), the admission webhook included.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    /// Address to serve on (HOST:PORT; a host name is resolved at start), HTTPS with
+    /// --tls-cert-file, the admission webhook included.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = flags::listen_addr)]
     listen: SocketAddr,
-    /// Base URL of default issuers (default: http(s)://<listen>).
-    #[arg(long, value_name = "URL")]
+    /// Base URL of default issuers, an http(s) URL (default: http(s)://<listen>).
+    #[arg(long, value_name = "URL", value_parser = flags::external_url)]
     external_url: Option<String>,
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
@@ -228,6 +264,14 @@ struct MintArgs {
     /// The state folder of `authplane dev`.
     #[arg(long, value_name = "DIR", default_value = ".authplane")]
     state: PathBuf,
+    /// Sign with the keys on a cluster (the SigningKey's Secret) instead of a state
+    /// folder, with this kubeconfig file.
+    #[arg(long, value_name = "FILE", conflicts_with = "state")]
+    kubeconfig: Option<PathBuf>,
+    /// Sign with the keys on the cluster of the default kubeconfig (KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long, conflicts_with_all = ["state", "kubeconfig"])]
+    cluster: bool,
     /// The SigningKey, as NAMESPACE/NAME.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     key: String,
@@ -237,9 +281,13 @@ struct MintArgs {
     /// Audience (`aud`); repeat for several.
     #[arg(long, value_name = "AUD")]
     aud: Vec<String>,
-    /// Lifetime, in Go duration syntax.
-    #[arg(long, default_value = "15m")]
+    /// Lifetime, in Go duration syntax; at most the key's retainFor, unless --force.
+    #[arg(long, default_value = "15m", allow_hyphen_values = true)]
     ttl: Duration,
+    /// Mint even when --ttl is longer than the key's retainFor (the token may stop
+    /// verifying before it expires).
+    #[arg(long)]
+    force: bool,
     /// Extra claim KEY=VALUE; VALUE is read as JSON when it is JSON, else as a string.
     #[arg(long, value_name = "KEY=VALUE")]
     claim: Vec<String>,
@@ -305,13 +353,19 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run_operator(args),
         Command::Dev(args) => run_dev(args),
-        Command::Rotate(args) => annotate(&args.key, &args.cluster, rotate_annotation),
-        Command::RevokeKey(args) => {
-            let kid = args.kid.clone();
-            annotate(&args.key, &args.cluster, move |key| {
-                revoke_annotation(key, &kid)
+        Command::Rotate(args) => {
+            // Rounded up: a key made earlier in this second must not count as the
+            // rotation asked for.
+            let now = jiff::Timestamp::now().round(
+                jiff::TimestampRound::new()
+                    .smallest(jiff::Unit::Second)
+                    .mode(jiff::RoundMode::Ceil),
+            )?;
+            annotate(&args.key, &args.target, |_, _| {
+                Ok((ROTATE_AT_ANNOTATION.to_owned(), now.to_string()))
             })
         }
+        Command::RevokeKey(args) => revoke(args),
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
         Command::Bucket(args) => bucket(args),
@@ -327,9 +381,20 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
     };
     let id = parse_id(&args.policy, "the AuthPolicy")?;
     let patch = action.patch().map_err(anyhow::Error::msg)?;
+    args.target.announce();
+    if let Some(dir) = &args.target.manifests {
+        let mut document = manifest_edit::locate(dir, "AuthPolicy", &id)?;
+        document.merge_patch(&patch)?;
+        let (file, updated) = document.save()?;
+        if let Object::AuthPolicy(updated) = updated {
+            report_rollout(&id, &updated);
+        }
+        eprintln!("{}", edited_note(&file));
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let client = operator::client(args.cluster.kubeconfig.as_ref()).await?;
+        let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
         let api: kube::Api<AuthPolicy> = kube::Api::namespaced(client, &id.namespace);
         let updated = api
             .patch(
@@ -339,22 +404,41 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("patching AuthPolicy {id}"))?;
-        let rollout = &updated.spec.rollout;
-        println!(
-            "AuthPolicy {id}: mode {:?}, percentage {}, steps {:?}{}",
-            rollout.mode,
-            rollout.percentage,
-            rollout.steps,
-            if rollout.paused { ", paused" } else { "" }
-        );
-        if rollout.mode != authplane::api::Mode::Enforce {
-            println!(
-                "note: the mode is {:?}: nobody is enforced until it is Enforce",
-                rollout.mode
-            );
-        }
+        report_rollout(&id, &updated);
         Ok(())
     })
+}
+
+/// A client for the commands that act on a cluster; without one, points at dev mode.
+async fn cluster_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    operator::client(kubeconfig)
+        .await
+        .context("no cluster to talk to (in dev mode, pass --manifests DIR)")
+}
+
+/// What a dev-mode edit did, and when it takes effect.
+fn edited_note(file: &std::path::Path) -> String {
+    format!(
+        "edited {} (that document is rewritten: its own comments inside are not kept); a running `authplane dev` applies it within a second",
+        file.display()
+    )
+}
+
+fn report_rollout(id: &ObjectKey, updated: &AuthPolicy) {
+    let rollout = &updated.spec.rollout;
+    println!(
+        "AuthPolicy {id}: mode {:?}, percentage {}, steps {:?}{}",
+        rollout.mode,
+        rollout.percentage,
+        rollout.steps,
+        if rollout.paused { ", paused" } else { "" }
+    );
+    if rollout.mode != authplane::api::Mode::Enforce {
+        println!(
+            "note: the mode is {:?}: nobody is enforced until it is Enforce",
+            rollout.mode
+        );
+    }
 }
 
 fn parse_id(text: &str, flag: &str) -> anyhow::Result<ObjectKey> {
@@ -369,15 +453,38 @@ fn parse_id(text: &str, flag: &str) -> anyhow::Result<ObjectKey> {
 
 fn bucket(args: BucketArgs) -> anyhow::Result<()> {
     let id = parse_id(&args.policy, "--policy")?;
-    let (desired, errors) = ManifestLoader::default().load(&args.manifests);
-    for error in &errors {
-        eprintln!("warning: {error}");
-    }
-    let policy = desired
-        .auth_policies
-        .get(&id)
-        .with_context(|| format!("no AuthPolicy {id} in {}", args.manifests.display()))?;
-    let compiled = CompiledPolicy::compile(policy, |_| None);
+    args.target.announce();
+    let policy = match &args.target.manifests {
+        Some(dir) => {
+            let (desired, errors) = ManifestLoader::default().load(dir);
+            for error in &errors {
+                eprintln!("warning: {error}");
+            }
+            let mut policy = desired
+                .auth_policies
+                .get(&id)
+                .with_context(|| format!("no AuthPolicy {id} in {}", dir.display()))?
+                .clone();
+            // Where a stepped rollout stands is recorded by the server, not the manifest.
+            let progress = StateStore::new(&args.state).load_rollout(&id)?;
+            if progress.is_none() && !policy.spec.rollout.steps.is_empty() {
+                eprintln!(
+                    "note: no recorded progress for {id} in {}: assuming the first step (pass --state, the folder of `authplane dev`)",
+                    args.state.display()
+                );
+            }
+            policy.status.get_or_insert_with(Default::default).rollout = progress;
+            policy
+        }
+        None => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
+                anyhow::Ok(cluster::auth_policy(client, &id).await?)
+            })?
+        }
+    };
+    let compiled = CompiledPolicy::compile(&policy, |_| None);
     let now = jiff::Timestamp::now();
     let (bucket, enforced) = compiled.bucket_of(&args.key, now);
     println!(
@@ -428,49 +535,87 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The annotation value that requests a rotation now.
-fn rotate_annotation(_: &SigningKey) -> anyhow::Result<(String, String)> {
-    let now = jiff::Timestamp::now().round(jiff::Unit::Second)?;
-    Ok((ROTATE_AT_ANNOTATION.to_owned(), now.to_string()))
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let kid = args.kid.clone();
+    let state = args.state.clone();
+    let dev = args.target.manifests.is_some();
+    annotate(&args.key, &args.target, move |id, key| {
+        // A typo must not look like a revocation that happened.
+        let known = match dev {
+            false => key
+                .status
+                .iter()
+                .flat_map(|s| &s.keys)
+                .any(|k| k.kid == kid),
+            true => {
+                let data = StateStore::new(&state).load(id)?.with_context(|| {
+                    format!(
+                        "no keys for SigningKey {id} in {}: pass --state, the folder of `authplane dev`",
+                        state.display()
+                    )
+                })?;
+                store::from_data(&data)?.get(&kid).is_some()
+            }
+        };
+        if !known {
+            bail!(
+                "{kid} is not a key of SigningKey {id} (see its JWKS, or `kubectl get sk -o yaml`, status.keys)"
+            );
+        }
+        let current = key
+            .annotations()
+            .get(REVOKE_KIDS_ANNOTATION)
+            .map_or("", String::as_str);
+        Ok((
+            REVOKE_KIDS_ANNOTATION.to_owned(),
+            revoked_kids(current, &kid),
+        ))
+    })
 }
 
 /// The revocation list with `kid` added (kept, so a revoked kid never comes back).
-fn revoke_annotation(key: &SigningKey, kid: &str) -> anyhow::Result<(String, String)> {
-    let status = key.status.clone().unwrap_or_default();
-    if !status.keys.iter().any(|k| k.kid == kid) {
-        bail!("{kid} is not a key of this SigningKey (see `kubectl get sk -o yaml`, status.keys)");
+fn revoked_kids(current: &str, kid: &str) -> String {
+    let mut kids: Vec<&str> = current
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    if !kids.contains(&kid) {
+        kids.push(kid);
     }
-    let mut kids: Vec<String> = key
-        .annotations()
-        .get(REVOKE_KIDS_ANNOTATION)
-        .map(|v| {
-            v.split(',')
-                .map(|k| k.trim().to_owned())
-                .filter(|k| !k.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    if !kids.iter().any(|k| k == kid) {
-        kids.push(kid.to_owned());
-    }
-    Ok((REVOKE_KIDS_ANNOTATION.to_owned(), kids.join(",")))
+    kids.join(",")
 }
 
+/// Sets one annotation of a SigningKey: on the cluster, or in the manifests folder. The
+/// closure gets the object as it is now.
 fn annotate(
     key: &str,
-    cluster: &ClusterArgs,
-    annotation: impl FnOnce(&SigningKey) -> anyhow::Result<(String, String)>,
+    target: &TargetArgs,
+    annotation: impl FnOnce(&ObjectKey, &SigningKey) -> anyhow::Result<(String, String)>,
 ) -> anyhow::Result<()> {
     let id = parse_id(key, "the SigningKey")?;
+    target.announce();
+    if let Some(dir) = &target.manifests {
+        let mut document = manifest_edit::locate(dir, "SigningKey", &id)?;
+        let Object::SigningKey(current) = document.parsed()? else {
+            bail!("{} does not hold SigningKey {id}", document.file.display());
+        };
+        let (name, value) = annotation(&id, &current)?;
+        document.set_annotation(&name, &value)?;
+        let (file, _) = document.save()?;
+        println!("SigningKey {id}: {name}={value}");
+        eprintln!("{}", edited_note(&file));
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let client = operator::client(cluster.kubeconfig.as_ref()).await?;
+        let client = cluster_client(target.kubeconfig.as_ref()).await?;
         let api: kube::Api<SigningKey> = kube::Api::namespaced(client, &id.namespace);
         let current = api
             .get(&id.name)
             .await
             .with_context(|| format!("reading SigningKey {id}"))?;
-        let (name, value) = annotation(&current)?;
+        let (name, value) = annotation(&id, &current)?;
         let patch = serde_json::json!({"metadata": {"annotations": {name.clone(): value.clone()}}});
         api.patch(
             &id.name,
@@ -548,19 +693,37 @@ fn crdgen(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn mint(args: MintArgs) -> anyhow::Result<()> {
     let id = parse_id(&args.key, "--key")?;
-    let state = StateStore::new(&args.state);
-    let data = state.load(&id)?.with_context(|| {
-        format!(
-            "no keys for SigningKey {id} in {}: run `authplane dev` with a manifest for it first",
-            args.state.display()
-        )
-    })?;
-    let keys = store::from_data(&data)
-        .with_context(|| format!("reading {}", state.path(&id).display()))?;
-    let issuer = match args.issuer.as_deref().or(store::issuer(&data)) {
-        Some(issuer) => issuer.to_owned(),
-        None => bail!("the state of {id} records no issuer; pass --issuer"),
+    token::check_lifetime(&args.ttl, None)?;
+    let stored = if args.kubeconfig.is_some() || args.cluster {
+        eprintln!("cluster: {}", cluster::describe(args.kubeconfig.as_deref()));
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        runtime.block_on(async {
+            let client = cluster_client(args.kubeconfig.as_ref()).await?;
+            anyhow::Ok(cluster::signing_keys(client, &id).await?)
+        })?
+    } else {
+        eprintln!("dev mode: state folder {}", args.state.display());
+        let state = StateStore::new(&args.state);
+        let data = state.load(&id)?.with_context(|| {
+            format!(
+                "no keys for SigningKey {id} in {}: run `authplane dev` with a manifest for it first",
+                args.state.display()
+            )
+        })?;
+        let keys = store::from_data(&data)
+            .with_context(|| format!("reading {}", state.path(&id).display()))?;
+        cluster::StoredKeys {
+            keys,
+            issuer: store::issuer(&data).map(str::to_owned),
+            retain_for: store::retain_for(&data),
+        }
     };
+    let issuer = match args.issuer.or(stored.issuer) {
+        Some(issuer) => issuer,
+        None => bail!("the keys of {id} record no issuer; pass --issuer"),
+    };
+    let retain_for = stored.retain_for.filter(|_| !args.force);
+    token::check_lifetime(&args.ttl, retain_for)?;
     let mut request = MintRequest {
         subject: args.sub,
         audiences: args.aud,
@@ -573,7 +736,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        token::mint(&keys, &issuer, &request, SystemClock.now())?
+        token::mint(&stored.keys, &issuer, &request, SystemClock.now())?
     );
     Ok(())
 }

@@ -49,7 +49,7 @@ pub fn signing_key(
     };
     let requests = key.requests().unwrap_or_default();
     let plan = plan(&current, &policy, &requests, now, generate)?;
-    let data = store::to_data(&plan.keys, &issuer, now);
+    let data = store::to_data(&plan.keys, &issuer, policy.retain_for, now);
     let mut events = plan.events;
     // Activation follows from time alone; the stored Active key tells whether it happened
     // since the last write (even while no driver ran). A revoked key is not "retired".

@@ -19,8 +19,14 @@ pub enum MintError {
     Registered(String),
     #[error("--claim {0:?} must look like KEY=VALUE")]
     ClaimSyntax(String),
-    #[error("the lifetime must be positive")]
-    Lifetime,
+    #[error(
+        "--ttl {0}: a token must live for a positive time (an already expired token verifies nowhere)"
+    )]
+    Lifetime(String),
+    #[error(
+        "--ttl {ttl} outlives its key: a retired key leaves the JWKS {retain_for} after its successor starts signing (spec.rotation.retainFor), so this token may stop verifying before it expires; use a shorter --ttl, raise retainFor, or pass --force"
+    )]
+    OutlivesKey { ttl: String, retain_for: String },
     #[error("signing failed: {0}")]
     Signing(String),
 }
@@ -56,7 +62,7 @@ pub fn mint(
     now: Timestamp,
 ) -> Result<String, MintError> {
     if !request.ttl.is_positive() {
-        return Err(MintError::Lifetime);
+        return Err(MintError::Lifetime(format!("{:#}", request.ttl)));
     }
     if let Some(key) = request
         .claims
@@ -92,6 +98,25 @@ pub fn mint(
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| MintError::Signing(e.to_string()))
 }
 
+/// Refuses a lifetime that is not positive, or longer than the key stays published
+/// after it retires (`retain_for`, when known): such a token could fail to verify before
+/// it expires, though nothing was revoked.
+pub fn check_lifetime(
+    ttl: &crate::api::Duration,
+    retain_for: Option<SignedDuration>,
+) -> Result<(), MintError> {
+    if !ttl.value().is_positive() {
+        return Err(MintError::Lifetime(ttl.to_string()));
+    }
+    match retain_for {
+        Some(retain_for) if ttl.value() > retain_for => Err(MintError::OutlivesKey {
+            ttl: ttl.to_string(),
+            retain_for: format!("{retain_for:#}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // The system generator does not fail on supported platforms; a zero jti would still
@@ -125,6 +150,25 @@ mod tests {
             parse_claim("exp=1"),
             Err(MintError::Registered(_))
         ));
+    }
+
+    #[test]
+    fn lifetimes_must_be_positive_and_within_the_retention() {
+        let ttl = |text: &str| text.parse::<crate::api::Duration>().unwrap();
+        let hour = Some(SignedDuration::from_hours(1));
+        assert!(check_lifetime(&ttl("15m"), hour).is_ok());
+        assert!(check_lifetime(&ttl("60m"), hour).is_ok());
+        assert!(check_lifetime(&ttl("15m"), None).is_ok());
+        let negative = check_lifetime(&ttl("-5m"), None).unwrap_err().to_string();
+        assert!(negative.contains("--ttl -5m"), "{negative}");
+        assert!(check_lifetime(&ttl("0"), None).is_err());
+        let long = check_lifetime(&ttl("87600h"), Some(SignedDuration::from_hours(24)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            long.contains("--ttl 87600h") && long.contains("24h"),
+            "{long}"
+        );
     }
 
     #[test]

@@ -538,6 +538,7 @@ impl Driver {
             stored = Some(crate::keys::store::to_data(
                 &served.keys,
                 &served.published.issuer,
+                key.key_policy().retain_for,
                 now,
             ));
             restore = true;

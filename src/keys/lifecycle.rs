@@ -276,35 +276,34 @@ pub fn plan(
         keys.push(key);
     }
 
+    // A Next key the spec no longer asks for (its algorithm or size changed since it was
+    // made, or the change was reverted) never signed: drop it rather than let it activate.
+    // Whatever the spec wants now is then pre-published from now on.
+    let manual_pending =
+        rotate_requested_at.is_some_and(|t| t <= now && keys.iter().all(|k| k.created < t));
+    keys.retain(|k| {
+        let discard = k.activates_at > now && (manual_pending || !policy.matches(&k.material));
+        if discard {
+            events.push(KeyEvent::Discarded {
+                kid: k.material.kid().to_owned(),
+            });
+        }
+        !discard
+    });
+
     let set = KeySet::new(keys);
     let Some(active) = set.active(now).cloned() else {
         unreachable!("a key with activates_at <= now was ensured above")
     };
-    let upcoming: Vec<&KeyRecord> = set
-        .records()
-        .iter()
-        .filter(|k| k.activates_at > now)
-        .collect();
-
-    let manual_pending = rotate_requested_at
-        .is_some_and(|t| t <= now && set.records().iter().all(|k| k.created < t));
-    let spec_pending =
-        !policy.matches(&active.material) && !upcoming.iter().any(|k| policy.matches(&k.material));
+    // Every remaining upcoming key matches the spec.
+    let upcoming = set.records().iter().any(|k| k.activates_at > now);
+    let spec_pending = !policy.matches(&active.material) && !upcoming;
 
     let mut keys = set.records().to_vec();
     if manual_pending || spec_pending {
-        keys.retain(|k| {
-            let discard = k.activates_at > now;
-            if discard {
-                events.push(KeyEvent::Discarded {
-                    kid: k.material.kid().to_owned(),
-                });
-            }
-            !discard
-        });
         let key = new_key(add(now, policy.pre_publish), &mut events)?;
         keys.push(key);
-    } else if upcoming.is_empty() {
+    } else if !upcoming {
         let due = add(active.activates_at, policy.every);
         if add(now, policy.pre_publish) >= due {
             let key = new_key(due.max(add(now, policy.pre_publish)), &mut events)?;

@@ -166,6 +166,110 @@ fn changing_the_algorithm_rotates_into_it_with_pre_publication() {
     assert_eq!(later.material.alg(), Algorithm::ES256);
 }
 
+fn with_alg(p: &KeyPolicy, algorithm: Algorithm) -> KeyPolicy {
+    KeyPolicy {
+        algorithm,
+        ..p.clone()
+    }
+}
+
+fn discarded(plan: &Plan) -> Vec<String> {
+    plan.events
+        .iter()
+        .filter_map(|e| match e {
+            KeyEvent::Discarded { kid } => Some(kid.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 11, item 1: ES256 -> EdDSA -> ES256 within seconds left the EdDSA key published
+/// as Next, and it signed once its pre-publication was over.
+#[test]
+fn a_reverted_algorithm_change_drops_the_abandoned_next_key() {
+    let es256 = with_alg(&policy(600, 15, 60), Algorithm::ES256);
+    let eddsa = with_alg(&es256, Algorithm::EdDSA);
+    let first = run(&KeySet::default(), &es256, None, t0());
+    let original = first.keys.records()[0].material.kid().to_owned();
+
+    let changed = run(&first.keys, &eddsa, None, at(2));
+    assert_eq!(generated(&changed), [at(17)]);
+    let abandoned = changed.keys.records()[1].material.kid().to_owned();
+
+    let reverted = run(&changed.keys, &es256, None, at(4));
+    assert_eq!(discarded(&reverted), [abandoned]);
+    assert_eq!(
+        generated(&reverted),
+        [],
+        "the Active key matches the spec again"
+    );
+    assert_eq!(kids(&reverted.keys), std::slice::from_ref(&original));
+    assert_eq!(reverted.next_wakeup, Some(at(585)), "the regular schedule");
+
+    // Long after the abandoned key would have activated, the original still signs.
+    let later = run(&reverted.keys, &es256, None, at(30));
+    assert!(!later.changed());
+    let active = later.keys.active(at(30)).unwrap();
+    assert_eq!(active.material.kid(), original);
+    assert_eq!(active.material.alg(), Algorithm::ES256);
+}
+
+#[test]
+fn a_changed_change_replaces_the_next_key_and_pre_publishes_from_now() {
+    let es256 = with_alg(&policy(600, 15, 60), Algorithm::ES256);
+    let first = run(&KeySet::default(), &es256, None, t0());
+    let to_eddsa = run(
+        &first.keys,
+        &with_alg(&es256, Algorithm::EdDSA),
+        None,
+        at(2),
+    );
+    let es384 = with_alg(&es256, Algorithm::ES384);
+    let to_es384 = run(&to_eddsa.keys, &es384, None, at(10));
+    assert_eq!(
+        discarded(&to_es384),
+        [to_eddsa.keys.records()[1].material.kid().to_owned()]
+    );
+    assert_eq!(generated(&to_es384), [at(25)], "pre-publication restarts");
+    assert_eq!(
+        to_es384.keys.active(at(25)).unwrap().material.alg(),
+        Algorithm::ES384
+    );
+    assert!(!run(&to_es384.keys, &es384, None, at(12)).changed());
+}
+
+#[test]
+fn a_changed_rsa_size_replaces_the_next_key() {
+    let rsa2048 = with_alg(&policy(600, 15, 60), Algorithm::RS256);
+    let first = run(&KeySet::default(), &rsa2048, None, t0());
+    let rsa3072 = KeyPolicy {
+        rsa_bits: 3072,
+        ..rsa2048.clone()
+    };
+    let bigger = run(&first.keys, &rsa3072, None, at(2));
+    assert_eq!(generated(&bigger), [at(17)]);
+    let back = run(&bigger.keys, &rsa2048, None, at(3));
+    assert_eq!(discarded(&back).len(), 1);
+    assert_eq!(back.keys.records().len(), 1);
+    assert_eq!(
+        back.keys.active(at(20)).unwrap().material.rsa_bits(),
+        Some(2048)
+    );
+}
+
+#[test]
+fn a_matching_next_key_survives_an_unrelated_replan() {
+    // Only keys the spec no longer wants are dropped; a scheduled Next key stays.
+    let p = with_alg(&policy(100, 10, 30), Algorithm::ES256);
+    let first = run(&KeySet::default(), &p, None, t0());
+    let published = run(&first.keys, &p, None, at(90));
+    let longer = KeyPolicy {
+        retain_for: SignedDuration::from_secs(60),
+        ..p.clone()
+    };
+    assert!(!run(&published.keys, &longer, None, at(95)).changed());
+}
+
 fn revoke(kid: &str) -> Requests {
     Requests {
         rotate_at: None,
@@ -302,7 +406,7 @@ fn verifies(token: &str, jwks: &KeySet, now: Timestamp) -> bool {
             .to_json(&kid, record.material.alg()),
     )
     .unwrap();
-    let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    let mut validation = Validation::new(record.material.alg().to_jwt());
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
     let _ = now;
@@ -320,9 +424,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Invariants 1, 3, 4 and 5 over random schedules, a planner that runs late or early,
-    /// restarts through the stored form, and manual rotations: every token signed by the
-    /// Active key verifies, for its whole lifetime (at most retainFor), for a verifier
-    /// that refreshes its JWKS every prePublish. 48 cases x 25 rotations = 1,200.
+    /// restarts through the stored form, manual rotations, and algorithm changes that are
+    /// often reverted: every token signed by the Active key verifies, for its whole
+    /// lifetime (at most retainFor), for a verifier that refreshes its JWKS every
+    /// prePublish; and a key made before a spec change never starts signing after it
+    /// unless it matches the spec. 48 cases x 25 rotations = 1,200.
     #[test]
     fn no_rotation_ever_breaks_a_valid_token(
         every in 4i64..100_000,
@@ -332,8 +438,10 @@ proptest! {
     ) {
         let pre = (every * pre_percent / 100).clamp(1, every - 1);
         let retain = pre + every * retain_percent / 100;
-        let p = policy(every, pre, retain);
+        let mut p = policy(every, pre, retain);
         let mut rng = Rng(seed);
+        // (from, spec): the spec in force from each planning run on.
+        let mut specs: Vec<(Timestamp, KeyPolicy)> = Vec::new();
         let mut keys = KeySet::default();
         let mut now = t0();
         let mut rotate: Option<Timestamp> = None;
@@ -344,12 +452,27 @@ proptest! {
             if rng.below(12) == 0 {
                 rotate = Some(now);
             }
+            if rng.below(6) == 0 {
+                // Flip between two algorithms, so that every other change is a revert.
+                let flipped = match p.algorithm {
+                    Algorithm::EdDSA => Algorithm::ES256,
+                    _ => Algorithm::EdDSA,
+                };
+                p = with_alg(&p, flipped);
+            }
+            if specs.last().is_none_or(|(_, last)| *last != p) {
+                specs.push((now, p.clone()));
+            }
             let plan = run(&keys, &p, rotate, now);
+            for upcoming in plan.keys.records().iter().filter(|k| k.activates_at > now) {
+                prop_assert!(p.matches(&upcoming.material),
+                    "a Next key of {:?} waits while the spec asks for {:?}", upcoming.material.alg(), p.algorithm);
+            }
             rotations += generated(&plan).len();
             keys = plan.keys;
             if rng.below(3) == 0 {
                 // Invariant 5: a restart reads back exactly what was written.
-                let restored = store::from_data(&store::to_data(&keys, "iss", now)).unwrap();
+                let restored = store::from_data(&store::to_data(&keys, "iss", p.retain_for, now)).unwrap();
                 prop_assert_eq!(&restored, &keys);
                 keys = restored;
             }
@@ -378,6 +501,10 @@ proptest! {
             let issued = add(start, SignedDuration::from_secs(rng.below(span)));
             let signer = served(&history, issued).unwrap();
             let active = signer.active(issued).expect("invariant 1: a key signs");
+            let (changed, spec) = specs.iter().rev().find(|(from, _)| *from <= issued).unwrap();
+            prop_assert!(active.activates_at <= *changed || spec.matches(&active.material),
+                "{:?} key activated at {} signs although the spec asks for {:?} since {}",
+                active.material.alg(), active.activates_at, spec.algorithm, changed);
             let token = sign(&active.material, issued);
             let lifetime = rng.below(retain + 1);
             for s in [issued, add(issued, SignedDuration::from_secs(lifetime)),

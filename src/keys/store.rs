@@ -9,11 +9,13 @@
 //! active.alg    } the Active key under stable names, for workloads that mount the Secret
 //! active.key   /
 //! issuer       the issuer (`iss`) tokens signed with these keys must carry
+//! retain-for   how long a retired key stays in the JWKS (`spec.rotation.retainFor`,
+//!              in seconds): tools refuse to mint a token that would outlive its key
 //! ```
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::lifecycle::{KeyRecord, KeySet};
@@ -27,6 +29,7 @@ pub const ACTIVE_KID: &str = "active.kid";
 pub const ACTIVE_ALG: &str = "active.alg";
 pub const ACTIVE_KEY: &str = "active.key";
 pub const ISSUER: &str = "issuer";
+pub const RETAIN_FOR: &str = "retain-for";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StoreError {
@@ -72,7 +75,12 @@ pub fn pem_file(kid: &str) -> String {
 }
 
 /// Renders the stored form at `now` (which decides the `active.*` entries).
-pub fn to_data(keys: &KeySet, issuer: &str, now: Timestamp) -> BTreeMap<String, String> {
+pub fn to_data(
+    keys: &KeySet,
+    issuer: &str,
+    retain_for: SignedDuration,
+    now: Timestamp,
+) -> BTreeMap<String, String> {
     let lifecycle = Lifecycle {
         keys: keys
             .records()
@@ -97,6 +105,7 @@ pub fn to_data(keys: &KeySet, issuer: &str, now: Timestamp) -> BTreeMap<String, 
         data.insert(ACTIVE_KEY.to_owned(), active.material.to_pem());
     }
     data.insert(ISSUER.to_owned(), issuer.to_owned());
+    data.insert(RETAIN_FOR.to_owned(), format!("{}s", retain_for.as_secs()));
     data
 }
 
@@ -142,6 +151,14 @@ pub fn issuer(data: &BTreeMap<String, String>) -> Option<&str> {
     data.get(ISSUER).map(String::as_str)
 }
 
+/// The retention recorded with the keys (absent in data written before it was recorded).
+pub fn retain_for(data: &BTreeMap<String, String>) -> Option<SignedDuration> {
+    data.get(RETAIN_FOR)?
+        .parse::<crate::api::Duration>()
+        .ok()
+        .map(|d| d.value())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,9 +184,15 @@ mod tests {
     #[test]
     fn round_trip_keeps_keys_and_instants() {
         let (keys, now) = sample();
-        let data = to_data(&keys, "https://issuer.example", now);
+        let data = to_data(
+            &keys,
+            "https://issuer.example",
+            SignedDuration::from_hours(24),
+            now,
+        );
         assert_eq!(from_data(&data).unwrap(), keys);
         assert_eq!(issuer(&data), Some("https://issuer.example"));
+        assert_eq!(retain_for(&data), Some(SignedDuration::from_hours(24)));
         let active = keys.active(now).unwrap();
         assert_eq!(data[ACTIVE_KID], active.material.kid());
         assert_eq!(data[ACTIVE_KEY], active.material.to_pem());
@@ -178,7 +201,7 @@ mod tests {
     #[test]
     fn each_kind_of_damage_is_named() {
         let (keys, now) = sample();
-        let good = to_data(&keys, "iss", now);
+        let good = to_data(&keys, "iss", SignedDuration::ZERO, now);
         let kid = keys.records()[0].material.kid().to_owned();
         let other = keys.records()[1].material.kid().to_owned();
 

@@ -1,0 +1,229 @@
+//! What the command-line tools read from a cluster: a SigningKey's keys from its Secret
+//! (as the operator stores them), and an AuthPolicy with its recorded rollout.
+
+use std::path::Path;
+
+use jiff::SignedDuration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::Kubeconfig;
+use kube::{Api, Client};
+
+use crate::api::{AuthPolicy, ObjectKey, SigningKey};
+use crate::keys::lifecycle::KeySet;
+use crate::keys::store;
+use crate::operator::signing_keys::secret_data;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("reading {what}: {source}")]
+    Api { what: String, source: kube::Error },
+    #[error(
+        "Secret {namespace}/{name} of SigningKey {id} does not exist (yet): is the operator running?"
+    )]
+    NoSecret {
+        id: ObjectKey,
+        namespace: String,
+        name: String,
+    },
+    #[error("Secret {namespace}/{name} of SigningKey {id} is unreadable: {reason}")]
+    Unreadable {
+        id: ObjectKey,
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+}
+
+/// The keys of one SigningKey, with what a token minted with them must respect.
+#[derive(Debug)]
+pub struct StoredKeys {
+    pub keys: KeySet,
+    /// The issuer recorded with the keys.
+    pub issuer: Option<String>,
+    /// How long a retired key stays in the JWKS: a token must not outlive it.
+    pub retain_for: Option<SignedDuration>,
+}
+
+fn api_error(what: String) -> impl FnOnce(kube::Error) -> ClusterError {
+    move |source| ClusterError::Api { what, source }
+}
+
+/// Reads a SigningKey and its Secret, as the operator stores it.
+pub async fn signing_keys(client: Client, id: &ObjectKey) -> Result<StoredKeys, ClusterError> {
+    let key = Api::<SigningKey>::namespaced(client.clone(), &id.namespace)
+        .get(&id.name)
+        .await
+        .map_err(api_error(format!("SigningKey {id}")))?;
+    let name = key.secret_name();
+    let secret = Api::<Secret>::namespaced(client, &id.namespace)
+        .get_opt(&name)
+        .await
+        .map_err(api_error(format!("Secret {}/{name}", id.namespace)))?
+        .ok_or_else(|| ClusterError::NoSecret {
+            id: id.clone(),
+            namespace: id.namespace.clone(),
+            name: name.clone(),
+        })?;
+    let unreadable = |reason: String| ClusterError::Unreadable {
+        id: id.clone(),
+        namespace: id.namespace.clone(),
+        name: name.clone(),
+        reason,
+    };
+    let data = secret_data(&secret).map_err(unreadable)?;
+    let keys = store::from_data(&data).map_err(|e| unreadable(e.to_string()))?;
+    Ok(StoredKeys {
+        keys,
+        issuer: store::issuer(&data).map(str::to_owned),
+        retain_for: Some(key.spec.rotation.retain_for.value()),
+    })
+}
+
+/// Reads an AuthPolicy, status (and so the recorded rollout progress) included.
+pub async fn auth_policy(client: Client, id: &ObjectKey) -> Result<AuthPolicy, ClusterError> {
+    Api::<AuthPolicy>::namespaced(client, &id.namespace)
+        .get(&id.name)
+        .await
+        .map_err(api_error(format!("AuthPolicy {id}")))
+}
+
+/// Names the cluster a command talks to, for its report: the kubeconfig context, or
+/// "in-cluster".
+pub fn describe(kubeconfig: Option<&Path>) -> String {
+    let config = match kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).ok(),
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            && std::env::var_os("KUBECONFIG").is_none() =>
+        {
+            return "in-cluster configuration".to_owned();
+        }
+        None => Kubeconfig::read().ok(),
+    };
+    match config.and_then(|c| c.current_context) {
+        Some(context) => format!("context {context:?}"),
+        None => "the default kubeconfig".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    /// Answers each expected GET with its object, in order.
+    async fn serve(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        answers: Vec<(&'static str, u16, serde_json::Value)>,
+    ) {
+        for (path, status, body) in answers {
+            let (request, respond) = handle.next_request().await.expect(path);
+            assert_eq!(
+                (request.method().as_str(), request.uri().path()),
+                ("GET", path)
+            );
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+    }
+
+    fn web() -> ObjectKey {
+        ObjectKey {
+            namespace: "auth".into(),
+            name: "web".into(),
+        }
+    }
+
+    fn signing_key() -> serde_json::Value {
+        json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"algorithm": "EdDSA", "secretName": "web-secret",
+                     "rotation": {"retainFor": "2h"}},
+        })
+    }
+
+    #[tokio::test]
+    async fn keys_are_read_from_the_secret_the_spec_names() {
+        use base64::Engine as _;
+        let now = jiff::Timestamp::now();
+        let material =
+            crate::keys::KeyMaterial::generate(crate::keys::Algorithm::EdDSA, 0).unwrap();
+        let kid = material.kid().to_owned();
+        let keys = KeySet::new(vec![crate::keys::lifecycle::KeyRecord {
+            material,
+            created: now,
+            activates_at: now,
+        }]);
+        let data: serde_json::Map<String, serde_json::Value> = store::to_data(
+            &keys,
+            "https://auth.example/auth/web",
+            SignedDuration::from_hours(2),
+            now,
+        )
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                base64::engine::general_purpose::STANDARD.encode(v).into(),
+            )
+        })
+        .collect();
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "web-secret", "namespace": "auth"}, "data": data});
+
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(
+            handle,
+            vec![
+                (
+                    "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/web",
+                    200,
+                    signing_key(),
+                ),
+                ("/api/v1/namespaces/auth/secrets/web-secret", 200, secret),
+            ],
+        ));
+        let stored = signing_keys(Client::new(service, "default"), &web())
+            .await
+            .unwrap();
+        server.await.unwrap();
+        assert_eq!(stored.keys.active(now).unwrap().material.kid(), kid);
+        assert_eq!(
+            stored.issuer.as_deref(),
+            Some("https://auth.example/auth/web")
+        );
+        assert_eq!(stored.retain_for, Some(SignedDuration::from_hours(2)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_named() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "secrets \"web-secret\" not found"});
+        let server = tokio::spawn(serve(
+            handle,
+            vec![
+                (
+                    "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/web",
+                    200,
+                    signing_key(),
+                ),
+                ("/api/v1/namespaces/auth/secrets/web-secret", 404, not_found),
+            ],
+        ));
+        let error = signing_keys(Client::new(service, "default"), &web())
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(
+            error.to_string().contains("Secret auth/web-secret"),
+            "{error}"
+        );
+    }
+}
