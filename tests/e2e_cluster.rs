@@ -353,7 +353,8 @@ async fn day_one_on_a_real_cluster() {
     .await;
 
     // Serving while the AuthPolicy CRD is missing. Deleting a CRD deletes every object of
-    // its kind, so only on a cluster with no AuthPolicies of its own.
+    // its kind, so only when asked to (a throwaway cluster), and not on a cluster with
+    // AuthPolicies of its own.
     policies
         .delete("payments", &DeleteParams::default())
         .await
@@ -362,7 +363,8 @@ async fn day_one_on_a_real_cluster() {
         .list(&ListParams::default())
         .await
         .unwrap();
-    if others.items.is_empty() {
+    let destructive = std::env::var_os("AUTHPLANE_E2E_DELETE_CRDS").is_some_and(|v| v == "1");
+    if destructive && others.items.is_empty() {
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         crds.delete("authpolicies.authplane.io", &DeleteParams::default())
             .await
@@ -391,7 +393,9 @@ async fn day_one_on_a_real_cluster() {
         degraded_operator.await.unwrap().unwrap();
         install_crds(&client).await;
     } else {
-        println!("skipped the missing-CRD step: the cluster has AuthPolicies of its own");
+        println!(
+            "skipped the missing-CRD step: set AUTHPLANE_E2E_DELETE_CRDS=1 on a throwaway cluster with no AuthPolicies of its own"
+        );
     }
 
     keys.delete("web", &DeleteParams::default()).await.unwrap();

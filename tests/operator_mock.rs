@@ -222,6 +222,93 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
     assert!(api.next_request().await.is_none(), "no further requests");
 }
 
+/// The condition's type and status, and its lastTransitionTime, from a status patch.
+fn secret_recreated(status: &Value) -> Option<String> {
+    status["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "SecretRecreated" && c["status"] == "True")
+        .map(|c| {
+            c["lastTransitionTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+}
+
+#[tokio::test]
+async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache() {
+    // Keys existed (status names an active kid), and the Secret is gone.
+    let (ctx, mut api, _leader) = context(t0(), true);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 404, not_found()).await;
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "SecretDeleted");
+        let secret = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
+        assert_eq!(
+            secret["metadata"]["annotations"]["authplane.io/recreated-at"], "2026-03-01T00:00:00Z",
+            "the Secret, the source of truth, remembers"
+        );
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        assert_eq!(
+            secret_recreated(&status).as_deref(),
+            Some("2026-03-01T00:00:00Z")
+        );
+        (api, secret)
+    });
+    let stale = signing_key(json!({"activeKid": "deleted-kid"}));
+    reconcile(Arc::new(stale.clone()), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    let (api, mut secret) = server.await.unwrap();
+    drop(api);
+
+    // The next reconcile reads the SigningKey from a cache that has not seen the status
+    // patch: the condition must stay all the same, with its first transition time.
+    secret["metadata"]["resourceVersion"] = json!("2");
+    for (seconds, expected) in [(60, Some("2026-03-01T00:00:00Z")), (24 * 3600 + 1, None)] {
+        let later = t0() + SignedDuration::from_secs(seconds);
+        let (ctx, mut api, _leader) = context(later, true);
+        let stored = secret.clone();
+        let server = tokio::spawn(async move {
+            expect(&mut api, "GET", SECRET, 200, stored).await;
+            let mut status = Value::Null;
+            while let Some((request, respond)) = api.next_request().await {
+                let path = request.uri().path().to_owned();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                if path == STATUS {
+                    status = body.clone();
+                }
+                if body.get("metadata").is_none() {
+                    body["metadata"] = json!({"name": "web", "namespace": "auth"});
+                    body["spec"] = json!({});
+                }
+                respond.send_response(
+                    Response::builder()
+                        .status(200)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+            status
+        });
+        reconcile(Arc::new(stale.clone()), ctx.clone())
+            .await
+            .unwrap();
+        drop(ctx);
+        let status = server.await.unwrap();
+        assert_eq!(
+            secret_recreated(&status).as_deref(),
+            expected,
+            "{seconds} s after the deletion: {status}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
     let stored = keys_at(t0());

@@ -7,10 +7,13 @@
 //! nothing about the field. A malformed duration is refused once, by the syntax rule
 //! on the `Duration` schema, with a message that says what is wrong.
 
-/// Go's duration syntax, which CEL's `duration()` parses (`30s`, `1h30m`, `1.5h`).
+/// Go's duration syntax, which CEL's `duration()` parses (`30s`, `1h30m`, `1.5h`), with
+/// at most five digits before a unit's point: with the 32 characters a duration may have,
+/// nothing this accepts overflows Go's 2,562,047 hours (which would be a CEL runtime error
+/// again); every limit we set is below 99,999 of its unit.
 macro_rules! go_duration_re {
     () => {
-        r"^[-+]?(0|(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$"
+        r"^[-+]?(0|(([0-9]{1,5}(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$"
     };
 }
 

@@ -149,7 +149,7 @@ impl schemars::JsonSchema for Duration {
             "maxLength": 32,
             "x-kubernetes-validations": [{
                 "rule": is_duration!("self"),
-                "message": "must be a duration in Go syntax: a number and a unit (ns, us, ms, s, m, h), such as 30s, 15m, 1h30m or 720h",
+                "message": "must be a duration in Go syntax: numbers of at most 5 digits, each with a unit (ns, us, ms, s, m, h), such as 30s, 15m, 1h30m or 720h",
             }],
         })
     }

@@ -229,6 +229,41 @@ mod tests {
     }
 
     #[test]
+    fn a_review_lists_the_rules_that_fail_beside_the_structural_problems() {
+        let found = crate::api::read_object::<SigningKey>(&json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"algorithm": "HS256", "rsaBitz": 2048, "rotation": {"every": "-5m"}},
+        }))
+        .unwrap_err();
+        let mut fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            ["spec.algorithm", "spec.rotation.every", "spec.rsaBitz"],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn nulls_and_whole_floats_read_as_kubectl_sends_them() {
+        let policy = crate::api::read_object::<AuthPolicy>(&json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {
+                "issuers": [{"signingKeyRef": {"name": "web"}}],
+                "audiences": null,
+                "forwardClaims": null,
+                "rollout": {"pauseAboveDenyRatio": {"ratio": 0.1, "minRequests": 100.0}},
+            },
+        }))
+        .unwrap();
+        assert!(policy.spec.audiences.is_empty());
+        let pause = policy.spec.rollout.pause_above_deny_ratio.unwrap();
+        assert_eq!(pause.min_requests, 100);
+    }
+
+    #[test]
     fn a_yaml_boolean_where_a_word_belongs_says_to_quote_it() {
         let found = problems::<AuthPolicy>(json!({
             "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}], "rollout": {"mode": false}},

@@ -52,11 +52,52 @@ pub fn read_object<K>(value: &serde_json::Value) -> Result<K, Vec<FieldError>>
 where
     K: serde::de::DeserializeOwned + super::structural::HasSchema,
 {
-    let problems = super::structural::check(K::schema(), value);
+    let value = &as_kubectl_sends(value);
+    let mut problems = super::structural::check(K::schema(), value);
     if !problems.is_empty() {
+        // The object cannot be typed, so its CEL rules run on the JSON (with the schema's
+        // defaults, as the apiserver does): a review with several mistakes lists them
+        // all. Rules that fail to evaluate (on a field of the wrong type, say) add
+        // nothing, nor rules on a field already refused.
+        if let Err(failures) = kube::core::cel::Validator::new().validate(K::schema(), value, None)
+        {
+            for failure in failures.into_vec() {
+                let field = failure.field_path.trim_start_matches('.');
+                let known = problems.iter().any(|p| field.starts_with(p.field.as_str()));
+                if failure.kind == kube::core::cel::ErrorKind::ValidationFailure && !known {
+                    problems.push(FieldError::new(field, failure.message));
+                }
+            }
+        }
         return Err(problems);
     }
     from_value(value).map_err(|e| vec![e])
+}
+
+/// The object as the apiserver gets it from kubectl: whole floats are integers (`100.0`
+/// is sent as `100`), and null fields are absent (the apiserver prunes them and applies
+/// the defaults), so that `audiences:` with no value reads as the default.
+fn as_kubectl_sends(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 9e15 {
+                Value::from(f as i64)
+            } else {
+                value.clone()
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(as_kubectl_sends).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), as_kubectl_sends(v)))
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
 }
 
 /// Percentages are kept in thousandths (buckets of 0.001%). Tolerant of binary floating

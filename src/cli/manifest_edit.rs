@@ -123,8 +123,13 @@ pub fn locate(dir: &Path, kind: &'static str, id: &ObjectKey) -> Result<Located,
         let chunks = split_documents(&text);
         for (index, chunk) in chunks.iter().enumerate() {
             // A document that does not parse cannot be the one: the dev server refuses
-            // it as well, and says why.
-            let Ok(value) = serde_yaml::from_str::<Value>(chunk) else {
+            // it as well, and says why. Read as the server reads it (YAML 1.1), so that
+            // `percentage: 010` or `paused: yes` mean the same to both.
+            let Some(value) = crate::dev::manifests::yaml_documents(chunk)
+                .ok()
+                .and_then(|documents| documents.into_iter().next())
+                .and_then(|document| serde_yaml::to_value(document).ok())
+            else {
                 continue;
             };
             if object_id(&value).is_some_and(|(k, i)| k == kind && i == *id) {

@@ -262,8 +262,10 @@ impl ManifestLoader {
     }
 
     /// Decides which file serves each object and builds the desired state. An object
-    /// defined in two files keeps serving from the file that served it; when neither
-    /// did (at start-up), the first file by name serves it.
+    /// defined in two files keeps serving from the file that served it. When neither
+    /// did (at start-up), identical definitions serve from the first file by name, and
+    /// different ones serve from neither: which one was served before a restart cannot
+    /// be told, and guessing wrong would change the keys of a SigningKey.
     fn resolve(&mut self, changed: &BTreeSet<PathBuf>, reload: &mut Reload) {
         let defines = |file: &PathBuf, id: &Identity| {
             self.last_good
@@ -276,41 +278,77 @@ impl ManifestLoader {
             .filter(|(id, file)| defines(file, id))
             .map(|(id, file)| (id.clone(), file.clone()))
             .collect();
-        let mut owners = served_before.clone();
-        let mut conflicts = BTreeSet::new();
+        // Every definition of each object, files in name order.
+        let mut definitions: BTreeMap<Identity, Vec<(&PathBuf, &Object)>> = BTreeMap::new();
         for (file, objects) in &self.last_good {
             for object in objects {
-                let identity = object.identity();
-                let owner = owners
-                    .entry(identity.clone())
-                    .or_insert_with(|| file.clone());
-                if owner == file {
-                    reload.desired.insert(object.clone());
+                definitions
+                    .entry(object.identity())
+                    .or_default()
+                    .push((file, object));
+            }
+        }
+        let mut owners = BTreeMap::new();
+        let mut conflicts = BTreeSet::new();
+        for (identity, defined) in definitions {
+            let (kind, id) = &identity;
+            let owner = match served_before.get(&identity) {
+                Some(owner) => Some(owner.clone()),
+                None if defined.iter().all(|(_, o)| *o == defined[0].1) => {
+                    Some(defined[0].0.clone())
+                }
+                None => None,
+            };
+            if let Some(owner) = &owner {
+                if let Some((_, object)) = defined.iter().find(|(file, _)| *file == owner) {
+                    reload.desired.insert((*object).clone());
+                }
+                owners.insert(identity.clone(), owner.clone());
+            }
+            let files: Vec<String> = defined
+                .iter()
+                .map(|(file, _)| file.display().to_string())
+                .collect();
+            for (file, _) in &defined {
+                if owner.as_ref() == Some(*file) {
                     continue;
                 }
-                let conflict = (file.clone(), identity.clone());
-                if !self.conflicts.contains(&conflict) || changed.contains(file) {
-                    let (kind, id) = &identity;
-                    let message = if served_before.contains_key(&identity) {
-                        format!(
-                            "{kind} {id} is already defined in {}, which keeps serving it; \
-                             remove it from one of the two files",
-                            owner.display()
-                        )
-                    } else {
-                        format!(
-                            "{kind} {id} is also defined in {}, which comes first by name \
-                             and is served; remove it from one of the two files",
-                            owner.display()
-                        )
+                let conflict = ((*file).clone(), identity.clone());
+                if !self.conflicts.contains(&conflict) || changed.contains(*file) {
+                    let (message, effect) = match &owner {
+                        Some(owner) if served_before.contains_key(&identity) => (
+                            format!(
+                                "{kind} {id} is already defined in {}, which keeps serving it; \
+                                 remove it from one of the two files",
+                                owner.display()
+                            ),
+                            Effect::OtherFileServes,
+                        ),
+                        Some(owner) => (
+                            format!(
+                                "{kind} {id} is also defined, identically, in {}, which \
+                                 comes first by name and is served; remove one of the two",
+                                owner.display()
+                            ),
+                            Effect::OtherFileServes,
+                        ),
+                        None => (
+                            format!(
+                                "{kind} {id} is defined differently in {}: none of them is \
+                                 served (its keys are kept) until only one remains, since \
+                                 which one was served before cannot be told",
+                                files.join(" and ")
+                            ),
+                            Effect::NothingServed,
+                        ),
                     };
                     reload.refused.push(Refusal {
                         error: ManifestError {
-                            file: file.clone(),
+                            file: (*file).clone(),
                             document: None,
                             message,
                         },
-                        effect: Effect::OtherFileServes,
+                        effect,
                     });
                 }
                 conflicts.insert(conflict);
@@ -548,18 +586,44 @@ mod tests {
     }
 
     #[test]
-    fn at_start_the_first_file_by_name_serves_a_duplicate() {
+    fn at_start_a_conflicting_duplicate_serves_neither_and_an_identical_one_the_first() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("b.yml"), GOOD.replace("ES256", "EdDSA")).unwrap();
         std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
-        let reload = ManifestLoader::default().reload(dir.path());
-        assert_eq!(reload.refused.len(), 1, "{:?}", reload.refused);
+        let mut loader = ManifestLoader::default();
+        let reload = loader.reload(dir.path());
+        assert_eq!(reload.refused.len(), 2, "{:?}", reload.refused);
         let refusal = reload.refused[0].to_string();
         assert!(
-            refusal.starts_with(&format!("{}: SigningKey auth/web is also defined in {}, which comes first by name and is served", 
-                dir.path().join("b.yml").display(), dir.path().join("a.yaml").display())),
+            refusal.contains("SigningKey auth/web is defined differently in"),
             "{refusal}"
+        );
+        assert_eq!(reload.refused[0].effect, Effect::NothingServed);
+        assert_eq!(
+            algorithm(&reload.desired),
+            None,
+            "a guess could change the keys"
+        );
+        // Once one of them is gone, the other serves.
+        std::fs::remove_file(dir.path().join("b.yml")).unwrap();
+        let reload = loader.reload(dir.path());
+        assert_eq!(
+            algorithm(&reload.desired),
+            Some(crate::keys::Algorithm::ES256)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.yml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        let reload = ManifestLoader::default().reload(dir.path());
+        assert_eq!(reload.refused.len(), 1, "{:?}", reload.refused);
+        assert!(
+            reload.refused[0]
+                .to_string()
+                .contains("is also defined, identically, in"),
+            "{:?}",
+            reload.refused
         );
         assert_eq!(
             algorithm(&reload.desired),

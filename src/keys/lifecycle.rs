@@ -249,11 +249,12 @@ pub fn plan(
     });
     if revoked_active {
         // A replacement must sign now: the next key if one is published (verifiers may
-        // know it already), a new one otherwise. Activating at `now` makes it the latest
-        // activated key, so no Retired key can become Active again.
+        // know it already) and the spec still asks for it, a new one otherwise.
+        // Activating at `now` makes it the latest activated key, so no Retired key can
+        // become Active again.
         match keys
             .iter_mut()
-            .filter(|k| k.activates_at > now)
+            .filter(|k| k.activates_at > now && policy.matches(&k.material))
             .min_by_key(|k| k.activates_at)
         {
             Some(next) => {

@@ -215,6 +215,33 @@ fn a_reverted_algorithm_change_drops_the_abandoned_next_key() {
 }
 
 #[test]
+fn revoking_the_active_key_never_promotes_a_next_key_the_spec_abandoned() {
+    let es256 = with_alg(&policy(600, 15, 60), Algorithm::ES256);
+    let first = run(&KeySet::default(), &es256, None, t0());
+    let original = first.keys.records()[0].material.kid().to_owned();
+    // The spec went to EdDSA (an EdDSA key waits as Next) and back, and the Active key
+    // is revoked in the same reconcile.
+    let changed = run(
+        &first.keys,
+        &with_alg(&es256, Algorithm::EdDSA),
+        None,
+        at(2),
+    );
+    let replaced = run_with(&changed.keys, &es256, &revoke(&original), at(4));
+    let active = replaced.keys.active(at(4)).unwrap();
+    assert_eq!(active.material.alg(), Algorithm::ES256);
+    assert_ne!(active.material.kid(), original);
+    assert!(
+        replaced
+            .keys
+            .records()
+            .iter()
+            .all(|k| k.material.alg() == Algorithm::ES256),
+        "the abandoned EdDSA key is gone"
+    );
+}
+
+#[test]
 fn a_changed_change_replaces_the_next_key_and_pre_publishes_from_now() {
     let es256 = with_alg(&policy(600, 15, 60), Algorithm::ES256);
     let first = run(&KeySet::default(), &es256, None, t0());

@@ -193,6 +193,21 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
     let secret_name = key.secret_name();
     let secret = secrets.get_opt(&secret_name).await?;
+    // Keys existed (status says so) and their Secret is gone: someone deleted it.
+    let deleted_by_hand =
+        secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some());
+    // When the Secret was last recreated after such a deletion: kept in the Secret (the
+    // source of truth), not in status, which the next reconcile may read from a cache
+    // that has not seen the condition yet.
+    let recreated_at = if deleted_by_hand {
+        Some(now)
+    } else {
+        secret
+            .as_ref()
+            .and_then(|s| s.annotations().get(RECREATED_AT_ANNOTATION))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    }
+    .filter(|at| *at + SECRET_RECREATED_SHOWN_FOR > now);
     let stored = match &secret {
         Some(secret) if !is_managed(secret) => {
             let message = format!(
@@ -210,7 +225,7 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
             }
         },
         None => {
-            if key.status.as_ref().is_some_and(|s| s.active_kid.is_some()) {
+            if deleted_by_hand {
                 // Keys existed: someone deleted the Secret. Say so loudly, then start over.
                 let note = format!(
                     "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
@@ -238,7 +253,12 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
 
     if outcome.write {
         ctx.ensure_leader()?;
-        let desired = build_secret(key, &secret_name, &outcome.data);
+        let mut desired = build_secret(key, &secret_name, &outcome.data);
+        if let Some(at) = recreated_at {
+            desired
+                .annotations_mut()
+                .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
+        }
         match &secret {
             None => {
                 secrets.create(&PostParams::default(), &desired).await?;
@@ -246,7 +266,6 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
             Some(existing) => {
                 // Optimistic concurrency: a concurrent writer makes this a 409, and the
                 // retry starts from a fresh read; two Active keys can never both land.
-                let mut desired = desired;
                 desired.metadata.resource_version = existing.metadata.resource_version.clone();
                 secrets
                     .replace(&secret_name, &PostParams::default(), &desired)
@@ -283,30 +302,19 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         .await;
     }
     let mut status = outcome.status(generation, now);
-    let earlier = key
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == SECRET_RECREATED))
-        .filter(|c| c.last_transition_time.0 + SECRET_RECREATED_SHOWN_FOR > now);
     let mut next_wakeup = outcome.next_wakeup;
-    if secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some()) {
+    if let Some(at) = recreated_at {
+        // Kept for a day, so that whoever looks at the SigningKey learns that every
+        // token signed before the deletion stopped verifying.
         status.conditions.push(condition(
             SECRET_RECREATED,
             true,
             "SecretDeleted",
-            format!("Secret {secret_name} was deleted by hand; new keys were generated"),
+            format!("Secret {secret_name} was deleted by hand at {at}; new keys were generated"),
             generation,
-            now,
+            at,
         ));
-        next_wakeup = earliest(next_wakeup, now + SECRET_RECREATED_SHOWN_FOR);
-    } else if let Some(earlier) = earlier {
-        // Kept for a day, so that whoever looks at the SigningKey learns that every
-        // token signed before the deletion stopped verifying.
-        status.conditions.push(earlier.clone());
-        next_wakeup = earliest(
-            next_wakeup,
-            earlier.last_transition_time.0 + SECRET_RECREATED_SHOWN_FOR,
-        );
+        next_wakeup = earliest(next_wakeup, at + SECRET_RECREATED_SHOWN_FOR);
     }
     patch_status(key, ctx, &status).await?;
 
@@ -318,6 +326,8 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
 
 /// The condition that reports a Secret deleted by hand, and how long it stays.
 pub const SECRET_RECREATED: &str = "SecretRecreated";
+/// On the Secret: when it was recreated after a deletion by hand.
+pub const RECREATED_AT_ANNOTATION: &str = "authplane.io/recreated-at";
 const SECRET_RECREATED_SHOWN_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
 fn earliest(a: Option<jiff::Timestamp>, b: jiff::Timestamp) -> Option<jiff::Timestamp> {

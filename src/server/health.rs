@@ -12,11 +12,11 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: a first state has been published, and the HTTPS listener (if any) has a
-/// certificate: the webhook Service must not send reviews to a replica that cannot answer
-/// them. An input that fails after that (an AuthPolicy watch whose CRD is missing, say)
-/// does not take the replica out of service: what it knows keeps serving, and the body
-/// names what is degraded.
+/// Readiness: a first state has been published, every input has listed or failed, and
+/// the HTTPS listener (if any) has a certificate: the webhook Service must not send
+/// reviews to a replica that cannot answer them. A failing input (an AuthPolicy watch
+/// whose CRD is missing, say) does not take the replica out of service: what it knows
+/// keeps serving, and the body names what is degraded.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let unsynced: Vec<String> = state
         .registry
@@ -33,10 +33,17 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         format!(" ({})", unsynced.join("; "))
     };
-    if !state.registry.is_ready() {
+    let listing = state
+        .registry
+        .unsynced_sources()
+        .iter()
+        .any(|(_, source)| *source == SourceState::Syncing);
+    // Still listing for the first time (10,000 AuthPolicies take a while): a replica that
+    // took traffic now would answer 503 for policies it is about to know.
+    if !state.registry.is_ready() || listing {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: nothing served yet{details}\n"),
+            format!("not ready: still listing{details}\n"),
         )
     } else if state.tls.as_ref().is_some_and(|slot| !slot.is_loaded()) {
         (
