@@ -83,7 +83,13 @@ async fn within<T>(future: impl Future<Output = T>) -> T {
 /// Answers the next request, which must be `method path`; returns the body it carried.
 /// A `Value::Null` answer echoes the body with the next resourceVersion, as the
 /// apiserver does on a successful write.
-async fn expect(handle: &mut Handle, method: &str, path: &str, status: u16, answer: Value) -> Value {
+async fn expect(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+    status: u16,
+    answer: Value,
+) -> Value {
     let (request, respond) = handle
         .next_request()
         .await
@@ -242,8 +248,15 @@ async fn a_released_lease_is_taken_at_once() {
     let (mut elector, _clock) = elector("pod-a");
     let mut released = held_by("pod-b", t0(), 5);
     released["spec"]["holderIdentity"] = Value::Null;
-    let (held, _) =
-        round_with_write(&mut elector, &leases, &mut handle, released, 200, Value::Null).await;
+    let (held, _) = round_with_write(
+        &mut elector,
+        &leases,
+        &mut handle,
+        released,
+        200,
+        Value::Null,
+    )
+    .await;
     assert!(held);
     assert_no_further_requests(leases, handle).await;
 }
@@ -387,11 +400,7 @@ async fn the_run_loop_stops_leading_while_a_renewal_hangs() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let clock = Arc::new(ManualClock::new(t0()));
     let running = tokio::spawn(authplane::operator::lease::run(
-        leases,
-        settings,
-        clock,
-        leader_tx,
-        stopped,
+        leases, settings, clock, leader_tx, stopped,
     ));
     expect(&mut handle, "GET", LEASE, 404, not_found()).await;
     expect(&mut handle, "POST", LEASES, 201, Value::Null).await;

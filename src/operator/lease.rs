@@ -100,7 +100,11 @@ impl Elector {
             return self.write(api, None, &LeaseSpec::default(), started).await;
         };
         let seen_at = self.clock.now();
-        if !self.observed.as_ref().is_some_and(|o| o.same_record(&current)) {
+        if !self
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.same_record(&current))
+        {
             self.observed = Some(Observed {
                 resource_version: current.metadata.resource_version.clone(),
                 spec: current.spec.clone().unwrap_or_default(),
@@ -152,7 +156,7 @@ impl Elector {
             spec: Some(LeaseSpec {
                 holder_identity: Some(settings.identity.clone()),
                 lease_duration_seconds: Some(
-                    settings.duration.as_secs().clamp(1, i32::MAX as u64) as i32,
+                    settings.duration.as_secs().clamp(1, i32::MAX as u64) as i32
                 ),
                 acquire_time: if mine {
                     previous.acquire_time.clone()
