@@ -80,10 +80,11 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         .unwrap_or("(unnamed)");
     // The apiserver always sends the namespace; a hand-written review may carry it only
     // in the object.
-    let namespace = request
-        .namespace
-        .as_deref()
-        .or_else(|| object.pointer("/metadata/namespace").and_then(|n| n.as_str()));
+    let namespace = request.namespace.as_deref().or_else(|| {
+        object
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+    });
     let name = match namespace {
         Some(namespace) => format!("{namespace}/{name}"),
         None => name.to_owned(),
