@@ -197,12 +197,16 @@ pub async fn run(
         name: "authplane-leader".into(),
         namespace: config.namespace.clone(),
         identity: config.identity.clone(),
+        // client-go's defaults are 15 s / 10 s / 2 s; a failover takes at most about
+        // duration + renew_every.
         duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
         renew_every: Duration::from_secs(5),
     };
     let lease = tokio::spawn(lease::run(
         Api::namespaced(client.clone(), &config.namespace),
         settings,
+        Arc::new(SystemClock),
         leader_tx,
         stopped.clone(),
     ));
