@@ -333,3 +333,31 @@ async fn dev_listens_on_a_host_name() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_bad_certificate_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("cert.pem"), "garbage").unwrap();
+    std::fs::write(path("key.pem"), "garbage").unwrap();
+    std::fs::create_dir(path("manifests")).unwrap();
+    let output = refused(&[
+        "dev",
+        "--manifests",
+        &path("manifests"),
+        "--state",
+        &path("state"),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        &path("cert.pem"),
+        "--tls-key-file",
+        &path("key.pem"),
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        stderr.matches("no PEM certificate found").count(),
+        1,
+        "{stderr}"
+    );
+}

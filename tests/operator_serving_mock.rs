@@ -56,14 +56,26 @@ fn list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
-/// Answers lists by path, keeps watches open (nothing changes), and answers everything
-/// about AuthPolicies with the 404 of a missing CRD.
-async fn api_server(mut handle: Handle, secret: Value) {
+/// How the mock API answers about AuthPolicies.
+#[derive(Clone, Copy, PartialEq)]
+enum Policies {
+    /// The 404 of a missing CRD.
+    CrdMissing,
+    /// No answer yet: a long list (10,000 policies) still under way.
+    StillListing,
+}
+
+/// Answers lists by path and keeps watches open (nothing changes).
+async fn api_server(mut handle: Handle, secret: Value, policies: Policies) {
     let mut open_watches = Vec::new();
     while let Some((request, respond)) = handle.next_request().await {
         let path = request.uri().path().to_owned();
         let watch = request.uri().query().unwrap_or("").contains("watch=true");
         let (status, body) = match path.as_str() {
+            POLICIES if policies == Policies::StillListing => {
+                open_watches.push(respond);
+                continue;
+            }
             POLICIES => (
                 404,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -87,8 +99,28 @@ async fn api_server(mut handle: Handle, secret: Value) {
     }
 }
 
-#[tokio::test]
-async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
+/// The serving watches against the mock API, and the HTTP server in front of them.
+struct Serving {
+    base: String,
+    kid: String,
+    registry: Arc<Registry>,
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The serving watches and the HTTP server: they end when told to stop.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    api: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        self.api.abort();
+    }
+}
+
+async fn start(policies: Policies) -> Serving {
     let key: SigningKey = serde_json::from_value(signing_key()).unwrap();
     let outcome = authplane::reconcile::signing_key(
         &key,
@@ -101,7 +133,7 @@ async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
     let kid = outcome.keys.records()[0].material.kid().to_owned();
 
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let api = tokio::spawn(api_server(handle, secret(&outcome.data)));
+    let api = tokio::spawn(api_server(handle, secret(&outcome.data), policies));
     let client = Client::new(service, "default");
 
     let registry = Arc::new(Registry::default());
@@ -138,21 +170,42 @@ async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
         (keys, keys_writer),
         stopped,
     ));
+    let http = tokio::spawn(async move {
+        http.await.unwrap().unwrap();
+    });
+    Serving {
+        base,
+        kid,
+        registry,
+        stop,
+        tasks: vec![serving, http],
+        api,
+    }
+}
 
-    let client = reqwest::Client::new();
-    let deadline = Duration::from_secs(20);
-    let jwks_url = format!("{base}/auth/web/.well-known/jwks.json");
+async fn jwks_served(client: &reqwest::Client, serving: &Serving) {
+    let jwks_url = format!("{}/auth/web/.well-known/jwks.json", serving.base);
     common::eventually(
         "the JWKS served without the AuthPolicies",
-        deadline,
+        DEADLINE,
         || async {
             let jwks: Value = client.get(&jwks_url).send().await.ok()?.json().await.ok()?;
-            (jwks["keys"][0]["kid"] == kid.as_str()).then_some(())
+            (jwks["keys"][0]["kid"] == serving.kid.as_str()).then_some(())
         },
     )
     .await;
-    common::eventually("the failing watch named", deadline, || async {
-        registry
+}
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
+    let serving = start(Policies::CrdMissing).await;
+    let client = reqwest::Client::new();
+    jwks_served(&client, &serving).await;
+    common::eventually("the failing watch named", DEADLINE, || async {
+        serving
+            .registry
             .unsynced_sources()
             .iter()
             .any(|(name, state)| {
@@ -163,6 +216,7 @@ async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
     })
     .await;
 
+    let base = &serving.base;
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "keys are served: the replica is ready");
     let body = ready.text().await.unwrap();
@@ -182,9 +236,24 @@ async fn keys_are_served_while_the_auth_policy_crd_is_missing() {
         decision.headers()["x-authplane-reason"],
         "policies_unavailable"
     );
+    serving.stop().await;
+}
 
-    stop.send(true).unwrap();
-    serving.await.unwrap();
-    http.await.unwrap().unwrap();
-    api.abort();
+#[tokio::test]
+async fn a_replica_still_listing_its_auth_policies_takes_no_traffic_yet() {
+    let serving = start(Policies::StillListing).await;
+    let client = reqwest::Client::new();
+    jwks_served(&client, &serving).await;
+    let ready = client
+        .get(format!("{}/readyz", serving.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert_eq!(
+        body,
+        "not ready: still listing (AuthPolicy watch: not listed yet)\n"
+    );
+    serving.stop().await;
 }
