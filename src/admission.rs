@@ -268,6 +268,15 @@ fn share_after_edit(policy: &AuthPolicy, old: &AuthPolicy) -> f64 {
     if rollout.mode != Mode::Enforce {
         return 0.0;
     }
+    let old_rollout = &old.spec.rollout;
+    if old_rollout.mode == Mode::Enforce
+        && !rollout.steps.is_empty()
+        && rollout.steps == old_rollout.steps
+    {
+        // The same progression goes on from where it stands (which may be past the step
+        // its status recorded last).
+        return share_in_force(old).min(rollout.percentage);
+    }
     let recorded = old.status.as_ref().and_then(|s| s.rollout.as_ref());
     Schedule::of(rollout, recorded).entries[0].1
 }
@@ -559,6 +568,14 @@ mod tests {
             "steps": [10, 50, 100], "step": 1, "since": "2026-11-27T10:00:00Z"}});
         let fewer = policy(json!({"audiences": ["a"], "rollout": {
             "mode": "Enforce", "steps": [20, 100], "stepEvery": "1h"}}));
-        assert!(review_edit(at_fifty, fewer)[0].contains("from 50% to 20%"));
+        assert!(review_edit(at_fifty.clone(), fewer)[0].contains("from 50% to 20%"));
+        // An unrelated edit of a progression that moved past its recorded step (status
+        // says 100 while the record says step 1) warns of nothing.
+        let mut moved_on = at_fifty;
+        moved_on["status"]["effectivePercentage"] = json!(100.0);
+        let mut edited = moved_on.clone();
+        edited["spec"]["audiences"] = json!(["a", "b"]);
+        edited.as_object_mut().unwrap().remove("status");
+        assert!(review_edit(moved_on, edited).is_empty());
     }
 }
