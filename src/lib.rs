@@ -1,8 +1,10 @@
 //! authplane: JWT signing keys with safe rotation, JWKS and OIDC discovery, for
 //! Kubernetes and for a local folder.
 //!
-//! `keys` and `api` are the pure core; `dev` is the folder driver; `server` serves the
-//! read-only [`registry::Registry`] over HTTP.
+//! `keys`, `policy`, `api`, `admission` and `reconcile` are the pure core (no I/O, time
+//! passed in); `dev` is the folder driver and `operator` the Kubernetes driver; `server`
+//! serves the read-only [`registry::Registry`] over HTTP; `cli` holds what the commands
+//! share. The README's layout section is the longer map.
 
 pub mod admission;
 pub mod api;
