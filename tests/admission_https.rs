@@ -554,3 +554,44 @@ async fn the_plain_listener_of_run_does_not_serve_the_webhook() {
     stop.send(()).unwrap();
     serving.await.unwrap().unwrap();
 }
+
+/// The README's `/validate` example, sent as written there (the namespace only in the
+/// object), gets the message the README shows: every problem, the object named with its
+/// namespace.
+#[tokio::test]
+async fn the_readme_example_lists_every_problem_as_shown() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("curl -s http://127.0.0.1:8080/validate -H 'Content-Type: application/json' -d '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("the README has the example");
+    let shown = readme
+        .split("which lists every problem, not only the first:\n\n```text\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the README shows its answer");
+    let review: Value = serde_json::from_str(example).unwrap();
+    let dev = common::Dev::start(&[("keys.yaml", KEYS)]).await;
+    let answer: Value = dev
+        .http
+        .post(dev.url("/validate"))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert_eq!(answer["response"]["status"]["message"], shown);
+    assert_eq!(
+        answer["response"]["status"]["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    dev.stop().await;
+}
