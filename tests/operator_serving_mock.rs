@@ -52,6 +52,16 @@ fn secret(data: &authplane::keys::store::Data) -> Value {
     })
 }
 
+/// Enforced for everyone, tokens from an external issuer (never reached here).
+fn external_policy() -> Value {
+    json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": "partners", "namespace": "shop", "resourceVersion": "1"},
+        "spec": {"issuers": [{"issuer": "https://127.0.0.1:9/partners", "jwksUri": "https://127.0.0.1:9/keys"}],
+                 "rollout": {"mode": "Enforce", "percentage": 100}},
+    })
+}
+
 fn list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
 }
@@ -63,6 +73,8 @@ enum Policies {
     CrdMissing,
     /// No answer yet: a long list (10,000 policies) still under way.
     StillListing,
+    /// Listed, one policy of an external issuer; the SigningKey watch is forbidden.
+    ListedWithoutKeys,
 }
 
 /// Answers lists by path and keeps watches open (nothing changes).
@@ -76,6 +88,19 @@ async fn api_server(mut handle: Handle, secret: Value, policies: Policies) {
                 open_watches.push(respond);
                 continue;
             }
+            POLICIES if policies == Policies::ListedWithoutKeys && watch => {
+                open_watches.push(respond);
+                continue;
+            }
+            POLICIES if policies == Policies::ListedWithoutKeys => {
+                (200, list(vec![external_policy()]))
+            }
+            KEYS if policies == Policies::ListedWithoutKeys => (
+                403,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "Forbidden", "code": 403,
+                       "message": "signingkeys.authplane.io is forbidden"}),
+            ),
             POLICIES => (
                 404,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -255,5 +280,27 @@ async fn a_replica_still_listing_its_auth_policies_takes_no_traffic_yet() {
         body,
         "not ready: still listing (AuthPolicy watch: not listed yet)\n"
     );
+    serving.stop().await;
+}
+
+#[tokio::test]
+async fn policies_of_external_issuers_are_served_while_the_key_watch_fails() {
+    let serving = start(Policies::ListedWithoutKeys).await;
+    let client = reqwest::Client::new();
+    let authz = format!("{}/authz/shop/partners", serving.base);
+    common::eventually("the policy decides without our keys", DEADLINE, || async {
+        let r = client.get(&authz).send().await.ok()?;
+        (r.status() == 401).then_some(())
+    })
+    .await;
+    let body = client
+        .get(format!("{}/readyz", serving.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("SigningKey watch: failing"), "{body}");
     serving.stop().await;
 }

@@ -127,8 +127,14 @@ pub async fn run(
             }
         }
         // Serve per resource: the keys as soon as SigningKeys and Secrets are listed,
-        // whatever the AuthPolicy watch does.
-        if synced[0] && synced[1] {
+        // whatever the AuthPolicy watch does; the policies once listed, even while a key
+        // watch fails (those of external issuers work, those of our keys fail closed).
+        // Not while the key watches are merely still listing: policies would be served
+        // for a moment without the keys they name.
+        let key_watch_failing = registry.unsynced_sources().iter().any(|(name, state)| {
+            WATCHES[..2].contains(name) && matches!(state, SourceState::Failing(_))
+        });
+        if (synced[0] && synced[1]) || (synced[2] && key_watch_failing) {
             let mut snapshot = view.rebuild(&keys, &secrets, &policies, &external_url, &runtime);
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
