@@ -52,27 +52,12 @@ pub struct Located {
 }
 
 /// The YAML files `authplane dev` reads: `*.yaml` and `*.yml`, not hidden, sorted.
+/// The files dev mode reads, in the order it reads them.
 fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, EditError> {
-    let io = |source| EditError::Io {
+    crate::dev::manifests::manifest_files(dir).map_err(|source| EditError::Io {
         path: dir.to_owned(),
         source,
-    };
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.')
-                && matches!(
-                    path.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                )
-                && path.is_file()
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    })
 }
 
 /// Splits a YAML stream into documents; each chunk starts with its `---` line (if it has

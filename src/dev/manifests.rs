@@ -359,7 +359,8 @@ impl ManifestLoader {
     }
 }
 
-fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The manifest files of a folder, sorted: `*.yaml` and `*.yml`, not hidden.
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
