@@ -420,7 +420,14 @@ pub struct TokenReviewSpec {
 pub struct AuthPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` (the spec is valid) and `Ready` (every issuer resolved).
+    /// `Accepted`: `True` (reason `Valid`) or `False` (reason `Invalid`, the message names
+    /// the fields).
+    /// `Ready`: `True` (reason `IssuersResolved`) when every issuer has keys; `False` with
+    /// reason `SigningKeyNotFound` or `IssuerUnavailable` (requests under enforcement that
+    /// need those keys are refused).
+    /// `KeysFresh`, only with external issuers: `True` (reason `Refreshed`) or `False` with
+    /// reason `FirstFetchPending` or `RefreshFailing` (the last good keys serve until they
+    /// expire).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Share of users under enforcement now.
@@ -475,6 +482,11 @@ pub struct TargetStatus {
     pub found: Option<bool>,
 }
 
+/// Refused by `authplane rollout set`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0} is not a percentage: 0 to 100, at most three decimals")]
+pub struct NotAPercentage(pub f64);
+
 /// A change to a rollout, as `authplane rollout` applies it (a JSON merge patch).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RolloutAction {
@@ -485,7 +497,7 @@ pub enum RolloutAction {
 }
 
 impl RolloutAction {
-    pub fn patch(self) -> Result<serde_json::Value, String> {
+    pub fn patch(self) -> Result<serde_json::Value, NotAPercentage> {
         let rollout = match self {
             RolloutAction::Pause => serde_json::json!({"paused": true}),
             // null removes the field (RFC 7386).
@@ -493,9 +505,7 @@ impl RolloutAction {
             RolloutAction::Set(p) => {
                 if !(0.0..=100.0).contains(&p) || !super::validation::has_at_most_three_decimals(p)
                 {
-                    return Err(format!(
-                        "{p} is not a percentage: 0 to 100, at most three decimals"
-                    ));
+                    return Err(NotAPercentage(p));
                 }
                 serde_json::json!({"percentage": p, "steps": null, "stepEvery": null, "paused": null})
             }

@@ -3,6 +3,7 @@
 #[macro_use]
 mod cel_rules;
 mod auth_policy;
+pub mod conditions;
 pub mod crds;
 mod duration;
 mod signing_key;
@@ -20,7 +21,7 @@ pub use signing_key::{
     KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey,
     SigningKeySpec, SigningKeyStatus,
 };
-pub use validation::{FieldError, Validate, from_value, issuer_path, read_object};
+pub use validation::{FieldError, IssuerError, Validate, from_value, issuer_path, read_object};
 
 use std::fmt;
 
