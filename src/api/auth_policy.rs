@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -433,9 +433,9 @@ pub struct AuthPolicyStatus {
     /// Share of users under enforcement now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_percentage: Option<f64>,
-    /// When a stepped rollout moves to its next step (RFC 3339).
+    /// When a stepped rollout moves to its next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_step_at: Option<String>,
+    pub next_step_at: Option<Time>,
     /// Whether a stepped rollout is held, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
@@ -465,8 +465,8 @@ pub struct RolloutProgress {
     pub steps: Vec<f64>,
     /// Index of the current step.
     pub step: u32,
-    /// When the current step began (RFC 3339).
-    pub since: String,
+    /// When the current step began.
+    pub since: Time,
     /// Why the progression is held, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
@@ -557,6 +557,46 @@ mod defaults {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Status written before `since` and `nextStepAt` were `Time`: RFC 3339 strings with
+    /// a fraction (jiff's `to_string`). They still read, and round trips stay stable.
+    #[test]
+    fn rollout_times_written_as_strings_still_read() {
+        let stored = json!({
+            "nextStepAt": "2026-01-01T02:00:00.5Z",
+            "rollout": {"steps": [10.0, 50.0], "step": 1, "since": "2026-01-01T01:00:00.123456789Z"},
+        });
+        let status: AuthPolicyStatus = serde_json::from_value(stored).unwrap();
+        let since = status.rollout.as_ref().unwrap().since.0;
+        assert_eq!(since.to_string(), "2026-01-01T01:00:00.123456789Z");
+        assert_eq!(
+            status.next_step_at.as_ref().unwrap().0.to_string(),
+            "2026-01-01T02:00:00.5Z"
+        );
+        let written = serde_json::to_value(&status).unwrap();
+        assert_eq!(written["rollout"]["since"], "2026-01-01T01:00:00Z");
+        assert_eq!(written["nextStepAt"], "2026-01-01T02:00:00Z");
+    }
+
+    /// A status computed in memory equals what the apiserver gives back, or the
+    /// controller would write it again on every reconcile.
+    #[test]
+    fn status_times_survive_a_round_trip_unchanged() {
+        let now: jiff::Timestamp = "2026-01-01T01:00:00.987Z".parse().unwrap();
+        let status = AuthPolicyStatus {
+            next_step_at: Some(crate::api::status_time(now)),
+            rollout: Some(RolloutProgress {
+                steps: vec![10.0, 100.0],
+                step: 0,
+                since: crate::api::status_time(now),
+                held: None,
+            }),
+            ..AuthPolicyStatus::default()
+        };
+        let stored: AuthPolicyStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(stored, status);
+    }
 
     #[test]
     fn rollout_commands_are_merge_patches_of_the_rollout() {

@@ -47,6 +47,15 @@ impl ObjectKey {
     }
 }
 
+/// A time as a status stores it: `Time` serializes whole seconds (RFC 3339), so a fraction
+/// kept in memory would make every computed status differ from its stored copy and be
+/// written again on every reconcile.
+pub fn status_time(t: jiff::Timestamp) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(t.as_second()).unwrap_or(t),
+    )
+}
+
 /// A status condition (`True` when `ok`).
 pub fn condition(
     kind: &str,
