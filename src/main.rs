@@ -380,7 +380,7 @@ fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Set { policy, percent } => (policy, RolloutAction::Set(percent)),
     };
     let id = parse_id(&args.policy, "the AuthPolicy")?;
-    let patch = action.patch().map_err(anyhow::Error::msg)?;
+    let patch = action.patch()?;
     args.target.announce();
     if let Some(dir) = &args.target.manifests {
         let mut document = manifest_edit::locate(dir, "AuthPolicy", &id)?;

@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{KeyStatus, SigningKey, SigningKeyStatus, condition};
+use crate::api::{KeyStatus, SigningKey, SigningKeyStatus, condition, conditions};
 use crate::keys::lifecycle::{KeyEvent, KeyPolicy, KeySet, plan};
 use crate::keys::store::{self, Data, StoreError};
 use crate::keys::{Algorithm, KeyError, KeyMaterial};
@@ -88,9 +88,9 @@ impl KeyOutcome {
         let views = self.keys.view(now, self.policy.retain_for);
         let active = self.keys.active(now).map(|k| k.material.kid().to_owned());
         let ready = condition(
-            "Ready",
+            conditions::READY,
             active.is_some(),
-            "KeysReady",
+            conditions::reason::KEYS_READY,
             format!(
                 "{} signs; {} keys published",
                 active.as_deref().unwrap_or("no key"),

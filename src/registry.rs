@@ -193,7 +193,7 @@ pub fn build_snapshot<'a>(
         let path = match issuer_path(&published.issuer) {
             Ok(path) => path,
             Err(e) => {
-                problems.insert(format!("SigningKey {id}"), e);
+                problems.insert(format!("SigningKey {id}"), e.to_string());
                 continue;
             }
         };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use authplane::api::SigningKey;
 use authplane::clock::Clock;
 use authplane::keys::KeyMaterial;
-use authplane::operator::signing_keys::{Context, Error, error_policy};
+use authplane::operator::signing_keys::{Context, Error, ErrorKind, error_policy};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{Request, Response};
@@ -418,7 +418,7 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
     });
     let key = Arc::new(key);
     let error = reconcile(key.clone(), ctx.clone()).await.unwrap_err();
-    assert_eq!(error.kind(), "conflict");
+    assert_eq!(error.kind(), ErrorKind::Conflict);
     assert_eq!(
         error_policy(key.clone(), &error, ctx.clone()),
         kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(200))
@@ -485,7 +485,7 @@ async fn an_api_failure_is_recorded_as_a_warning_event() {
     let error = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), "api");
+    assert_eq!(error.kind(), ErrorKind::Api);
     drop(ctx);
     assert!(server.await.unwrap().next_request().await.is_none());
 }
@@ -500,7 +500,7 @@ async fn a_replica_without_the_lease_writes_nothing() {
     let error = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), "not_leader");
+    assert_eq!(error.kind(), ErrorKind::NotLeader);
     drop(ctx);
     assert!(server.await.unwrap().next_request().await.is_none());
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -420,15 +420,22 @@ pub struct TokenReviewSpec {
 pub struct AuthPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` (the spec is valid) and `Ready` (every issuer resolved).
+    /// `Accepted`: `True` (reason `Valid`) or `False` (reason `Invalid`, the message names
+    /// the fields).
+    /// `Ready`: `True` (reason `IssuersResolved`) when every issuer has keys; `False` with
+    /// reason `SigningKeyNotFound` or `IssuerUnavailable` (requests under enforcement that
+    /// need those keys are refused).
+    /// `KeysFresh`, only with external issuers: `True` (reason `Refreshed`) or `False` with
+    /// reason `FirstFetchPending` or `RefreshFailing` (the last good keys serve until they
+    /// expire).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Share of users under enforcement now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_percentage: Option<f64>,
-    /// When a stepped rollout moves to its next step (RFC 3339).
+    /// When a stepped rollout moves to its next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_step_at: Option<String>,
+    pub next_step_at: Option<Time>,
     /// Whether a stepped rollout is held, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
@@ -458,8 +465,8 @@ pub struct RolloutProgress {
     pub steps: Vec<f64>,
     /// Index of the current step.
     pub step: u32,
-    /// When the current step began (RFC 3339).
-    pub since: String,
+    /// When the current step began.
+    pub since: Time,
     /// Why the progression is held, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
@@ -475,6 +482,11 @@ pub struct TargetStatus {
     pub found: Option<bool>,
 }
 
+/// Refused by `authplane rollout set`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0} is not a percentage: 0 to 100, at most three decimals")]
+pub struct NotAPercentage(pub f64);
+
 /// A change to a rollout, as `authplane rollout` applies it (a JSON merge patch).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RolloutAction {
@@ -485,7 +497,7 @@ pub enum RolloutAction {
 }
 
 impl RolloutAction {
-    pub fn patch(self) -> Result<serde_json::Value, String> {
+    pub fn patch(self) -> Result<serde_json::Value, NotAPercentage> {
         let rollout = match self {
             RolloutAction::Pause => serde_json::json!({"paused": true}),
             // null removes the field (RFC 7386).
@@ -493,9 +505,7 @@ impl RolloutAction {
             RolloutAction::Set(p) => {
                 if !(0.0..=100.0).contains(&p) || !super::validation::has_at_most_three_decimals(p)
                 {
-                    return Err(format!(
-                        "{p} is not a percentage: 0 to 100, at most three decimals"
-                    ));
+                    return Err(NotAPercentage(p));
                 }
                 serde_json::json!({"percentage": p, "steps": null, "stepEvery": null, "paused": null})
             }
@@ -547,6 +557,46 @@ mod defaults {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Status written before `since` and `nextStepAt` were `Time`: RFC 3339 strings with
+    /// a fraction (jiff's `to_string`). They still read, and round trips stay stable.
+    #[test]
+    fn rollout_times_written_as_strings_still_read() {
+        let stored = json!({
+            "nextStepAt": "2026-01-01T02:00:00.5Z",
+            "rollout": {"steps": [10.0, 50.0], "step": 1, "since": "2026-01-01T01:00:00.123456789Z"},
+        });
+        let status: AuthPolicyStatus = serde_json::from_value(stored).unwrap();
+        let since = status.rollout.as_ref().unwrap().since.0;
+        assert_eq!(since.to_string(), "2026-01-01T01:00:00.123456789Z");
+        assert_eq!(
+            status.next_step_at.as_ref().unwrap().0.to_string(),
+            "2026-01-01T02:00:00.5Z"
+        );
+        let written = serde_json::to_value(&status).unwrap();
+        assert_eq!(written["rollout"]["since"], "2026-01-01T01:00:00Z");
+        assert_eq!(written["nextStepAt"], "2026-01-01T02:00:00Z");
+    }
+
+    /// A status computed in memory equals what the apiserver gives back, or the
+    /// controller would write it again on every reconcile.
+    #[test]
+    fn status_times_survive_a_round_trip_unchanged() {
+        let now: jiff::Timestamp = "2026-01-01T01:00:00.987Z".parse().unwrap();
+        let status = AuthPolicyStatus {
+            next_step_at: Some(crate::api::status_time(now)),
+            rollout: Some(RolloutProgress {
+                steps: vec![10.0, 100.0],
+                step: 0,
+                since: crate::api::status_time(now),
+                held: None,
+            }),
+            ..AuthPolicyStatus::default()
+        };
+        let stored: AuthPolicyStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(stored, status);
+    }
 
     #[test]
     fn rollout_commands_are_merge_patches_of_the_rollout() {

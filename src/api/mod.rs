@@ -3,6 +3,7 @@
 #[macro_use]
 mod cel_rules;
 mod auth_policy;
+pub mod conditions;
 pub mod crds;
 mod duration;
 mod signing_key;
@@ -20,7 +21,7 @@ pub use signing_key::{
     KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey,
     SigningKeySpec, SigningKeyStatus,
 };
-pub use validation::{FieldError, Validate, from_value, issuer_path, read_object};
+pub use validation::{FieldError, IssuerError, Validate, from_value, issuer_path, read_object};
 
 use std::fmt;
 
@@ -44,6 +45,15 @@ impl ObjectKey {
             name: meta.name.clone().unwrap_or_default(),
         }
     }
+}
+
+/// A time as a status stores it: `Time` serializes whole seconds (RFC 3339), so a fraction
+/// kept in memory would make every computed status differ from its stored copy and be
+/// written again on every reconcile.
+pub fn status_time(t: jiff::Timestamp) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(t.as_second()).unwrap_or(t),
+    )
 }
 
 /// A status condition (`True` when `ok`).

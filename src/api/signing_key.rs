@@ -147,7 +147,13 @@ pub struct SigningKeyStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`: an Active key exists and is published.
+    /// `Ready`: `True` (reason `KeysReady`) once an Active key signs and is published;
+    /// `False` with reason `InvalidSpec` (the message names the fields),
+    /// `SecretNotManaged` (the Secret exists and is not labelled
+    /// `app.kubernetes.io/managed-by=authplane`: it is left alone) or `SecretUnreadable`
+    /// (nothing is overwritten; the last good keys keep serving).
+    /// `SecretRecreated`: `True` with reason `SecretDeleted` for a day after the Secret
+    /// was deleted by hand and new keys replaced the old ones.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The kid of the key that signs now.

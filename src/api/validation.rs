@@ -185,9 +185,9 @@ impl Validate for SigningKey {
         let mut errors = metadata_errors(&self.metadata);
         errors.extend(cel_errors(self.validate_cel()));
         if let Some(issuer) = &self.spec.issuer
-            && let Err(message) = issuer_path(issuer)
+            && let Err(e) = issuer_path(issuer)
         {
-            errors.push(FieldError::new("spec.issuer", message));
+            errors.push(FieldError::new("spec.issuer", e.to_string()));
         }
         if let Err(e) = self.requests() {
             errors.push(e);
@@ -395,19 +395,32 @@ impl SigningKey {
 
 /// The URL path of an issuer, without a trailing slash: where its discovery document and
 /// JWKS are served (`<path>/.well-known/...`).
-pub fn issuer_path(issuer: &str) -> Result<String, String> {
-    let uri: http::Uri = issuer
-        .parse()
-        .map_err(|e| format!("{issuer:?} is not a URL: {e}"))?;
+pub fn issuer_path(issuer: &str) -> Result<String, IssuerError> {
+    let uri: http::Uri = issuer.parse().map_err(|e| IssuerError::NotUrl {
+        issuer: issuer.to_owned(),
+        source: e,
+    })?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
-        return Err(format!(
-            "{issuer:?} must be an absolute http(s) URL with a host"
-        ));
+        return Err(IssuerError::NotAbsolute(issuer.to_owned()));
     }
     if uri.query().is_some() {
-        return Err(format!("{issuer:?} must not have a query"));
+        return Err(IssuerError::Query(issuer.to_owned()));
     }
     Ok(uri.path().trim_end_matches('/').to_owned())
+}
+
+/// Why an issuer cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("{issuer:?} is not a URL: {source}")]
+    NotUrl {
+        issuer: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("{0:?} must be an absolute http(s) URL with a host")]
+    NotAbsolute(String),
+    #[error("{0:?} must not have a query")]
+    Query(String),
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub async fn signing_keys(client: Client, id: &ObjectKey) -> Result<StoredKeys, 
         name: name.clone(),
         reason,
     };
-    let data = secret_data(&secret).map_err(unreadable)?;
+    let data = secret_data(&secret).map_err(|e| unreadable(e.to_string()))?;
     let keys = store::from_data(&data).map_err(|e| unreadable(e.to_string()))?;
     Ok(StoredKeys {
         keys,

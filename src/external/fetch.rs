@@ -215,20 +215,20 @@ pub fn parse_jwks(
 
 /// A JWK's public key and the one algorithm it verifies. Without `alg` (Microsoft Entra
 /// ID publishes none) an RSA key verifies RS256 only and an EC key its curve's ECDSA.
-fn signing_key(entry: &Value) -> Result<(PublicJwk, Algorithm), String> {
+fn signing_key(entry: &Value) -> Result<(PublicJwk, Algorithm), SkippedKey> {
     let member = |name: &str| entry.get(name).and_then(Value::as_str);
-    let bytes = |name: &str| {
+    let bytes = |name: &'static str| {
         member(name)
             .and_then(|v| B64URL.decode(v.trim_end_matches('=')).ok())
-            .ok_or_else(|| format!("missing or invalid {name:?}"))
+            .ok_or(SkippedKey::Member(name))
     };
     if member("use").is_some_and(|u| u != "sig") {
-        return Err("not a signing key (use)".into());
+        return Err(SkippedKey::NotForSigning);
     }
     let alg = match member("alg") {
         Some(name) => Some(
             serde_json::from_value::<Algorithm>(Value::String(name.to_owned()))
-                .map_err(|_| format!("algorithm {name:?} is not allowed"))?,
+                .map_err(|_| SkippedKey::AlgorithmNotAllowed(name.to_owned()))?,
         ),
         None => None,
     };
@@ -244,7 +244,7 @@ fn signing_key(entry: &Value) -> Result<(PublicJwk, Algorithm), String> {
             let (crv, alg) = match member("crv") {
                 Some("P-256") => ("P-256", Algorithm::ES256),
                 Some("P-384") => ("P-384", Algorithm::ES384),
-                other => return Err(format!("curve {other:?} is not supported")),
+                other => return Err(SkippedKey::Curve(other.map(str::to_owned))),
             };
             (
                 PublicJwk::Ec {
@@ -258,7 +258,7 @@ fn signing_key(entry: &Value) -> Result<(PublicJwk, Algorithm), String> {
         Some("OKP") if member("crv") == Some("Ed25519") => {
             (PublicJwk::Ed25519 { x: bytes("x")? }, Algorithm::EdDSA)
         }
-        other => return Err(format!("key type {other:?} is not supported")),
+        other => return Err(SkippedKey::KeyType(other.map(str::to_owned))),
     };
     let alg = alg.unwrap_or(default);
     let fits = match &jwk {
@@ -266,9 +266,26 @@ fn signing_key(entry: &Value) -> Result<(PublicJwk, Algorithm), String> {
         PublicJwk::Ec { .. } | PublicJwk::Ed25519 { .. } => alg == default,
     };
     if !fits {
-        return Err(format!("algorithm {alg} does not fit the key"));
+        return Err(SkippedKey::AlgorithmMismatch(alg));
     }
     Ok((jwk, alg))
+}
+
+/// Why a key of a fetched set is skipped (the others still serve).
+#[derive(Debug, thiserror::Error, PartialEq)]
+enum SkippedKey {
+    #[error("not a signing key (use)")]
+    NotForSigning,
+    #[error("missing or invalid {0:?}")]
+    Member(&'static str),
+    #[error("algorithm {0:?} is not allowed")]
+    AlgorithmNotAllowed(String),
+    #[error("curve {0:?} is not supported")]
+    Curve(Option<String>),
+    #[error("key type {0:?} is not supported")]
+    KeyType(Option<String>),
+    #[error("algorithm {0} does not fit the key")]
+    AlgorithmMismatch(Algorithm),
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub const RETAIN_FOR: &str = "retain-for";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StoreError {
+    /// A Secret entry that is not UTF-8 (key files are PEM and JSON).
+    #[error("{0} is not text")]
+    NotText(String),
     #[error("{LIFECYCLE} is missing")]
     MissingLifecycle,
     #[error("{LIFECYCLE} is not valid: {0}")]

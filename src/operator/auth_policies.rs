@@ -11,9 +11,9 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
-use super::signing_keys::Error;
+use super::error::Error;
 use crate::api::{
-    AuthPolicy, AuthPolicyStatus, ObjectKey, TargetKind, TargetRef, Validate, condition,
+    AuthPolicy, AuthPolicyStatus, ObjectKey, TargetKind, TargetRef, Validate, condition, conditions,
 };
 use crate::clock::Clock;
 use crate::policy::progression::{self, RolloutTracker, Schedule};
@@ -47,9 +47,9 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
         AuthPolicyStatus {
             observed_generation: generation,
             conditions: vec![condition(
-                "Accepted",
+                conditions::ACCEPTED,
                 false,
-                "Invalid",
+                conditions::reason::INVALID,
                 message.join("; "),
                 generation,
                 now,

@@ -2,6 +2,7 @@
 //! keys in Secrets. Every replica serves; the Lease holder writes.
 
 pub mod auth_policies;
+pub mod error;
 pub mod lease;
 pub mod serve;
 pub mod signing_keys;

@@ -225,7 +225,7 @@ impl View {
             let keyset = secrets
                 .get(&secret_ref)
                 .ok_or_else(|| "its Secret does not exist yet".to_owned())
-                .and_then(|secret| secret_data(&secret))
+                .and_then(|secret| secret_data(&secret).map_err(|e| e.to_string()))
                 .and_then(|data| store::from_data(&data).map_err(|e| e.to_string()));
             match keyset {
                 Ok(keyset) => {

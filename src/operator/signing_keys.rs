@@ -13,11 +13,14 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::api::conditions::{self, reason};
 use crate::api::{ObjectKey, SigningKey, SigningKeyStatus, Validate, condition};
 use crate::clock::Clock;
 use crate::keys::KeyMaterial;
-use crate::keys::store::Data;
+use crate::keys::store::{Data, StoreError};
 use crate::reconcile::{self, ReconcileError};
+
+pub use super::error::{Error, ErrorKind};
 
 pub const MANAGER: &str = "authplane";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
@@ -26,28 +29,6 @@ pub const SECRET_TYPE: &str = "authplane.io/signing-keys";
 /// How often a SigningKey that cannot make progress is looked at again.
 const STUCK_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("key generation: {0}")]
-    Key(String),
-    #[error("not the leader: nothing written")]
-    NotLeader,
-}
-
-impl Error {
-    /// The metric label of the error.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
-            Error::Kube(_) => "api",
-            Error::Key(_) => "key_generation",
-            Error::NotLeader => "not_leader",
-        }
-    }
-}
 
 pub struct Context {
     pub client: Client,
@@ -102,7 +83,7 @@ pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result
-        && matches!(e.kind(), "api" | "key_generation")
+        && e.kind().is_reported()
     {
         publish(
             &ctx,
@@ -118,7 +99,7 @@ pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action
         ctx.metrics
             .reconcile_errors
             .get_or_create(&crate::metrics::ErrorLabels {
-                kind: e.kind().to_owned(),
+                kind: e.kind().label().to_owned(),
             })
             .inc();
     }
@@ -163,8 +144,8 @@ pub fn error_policy_guarded(
 /// Conflicts retry at once from a fresh read; other failures back off exponentially,
 /// up to five minutes.
 pub fn error_policy(key: Arc<SigningKey>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(signing_key = %id_of(&key), kind = error.kind(), "reconcile failed: {error}");
-    if error.kind() == "conflict" {
+    tracing::warn!(signing_key = %id_of(&key), kind = error.kind().label(), "reconcile failed: {error}");
+    if error.kind() == ErrorKind::Conflict {
         return Action::requeue(Duration::from_millis(200));
     }
     let attempts = ctx
@@ -186,7 +167,7 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     let invalid = key.validate();
     if !invalid.is_empty() {
         let message: Vec<String> = invalid.iter().map(ToString::to_string).collect();
-        not_ready(key, ctx, "InvalidSpec", &message.join("; ")).await?;
+        not_ready(key, ctx, reason::INVALID_SPEC, &message.join("; ")).await?;
         return Ok(Action::requeue(STUCK_RETRY));
     }
 
@@ -214,13 +195,13 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
                 "Secret {secret_name} exists and is not managed by authplane (label {}={}); it is left alone: choose another spec.secretName or delete it",
                 MANAGED_BY.0, MANAGED_BY.1
             );
-            not_ready(key, ctx, "SecretNotManaged", &message).await?;
+            not_ready(key, ctx, reason::SECRET_NOT_MANAGED, &message).await?;
             return Ok(Action::requeue(STUCK_RETRY));
         }
         Some(secret) => match secret_data(secret) {
             Ok(data) => Some(data),
-            Err(reason) => {
-                unreadable(key, ctx, &secret_name, &reason).await?;
+            Err(e) => {
+                unreadable(key, ctx, &secret_name, &e).await?;
                 return Ok(Action::requeue(STUCK_RETRY));
             }
         },
@@ -230,7 +211,15 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
                 let note = format!(
                     "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
                 );
-                publish(ctx, key, EventType::Warning, "SecretDeleted", &note, None).await;
+                publish(
+                    ctx,
+                    key,
+                    EventType::Warning,
+                    reason::SECRET_DELETED,
+                    &note,
+                    None,
+                )
+                .await;
             }
             None
         }
@@ -245,10 +234,10 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     ) {
         Ok(outcome) => outcome,
         Err(ReconcileError::Store(e)) => {
-            unreadable(key, ctx, &secret_name, &e.to_string()).await?;
+            unreadable(key, ctx, &secret_name, &e).await?;
             return Ok(Action::requeue(STUCK_RETRY));
         }
-        Err(ReconcileError::Key(e)) => return Err(Error::Key(e.to_string())),
+        Err(ReconcileError::Key(e)) => return Err(Error::Key(e)),
     };
 
     if outcome.write {
@@ -307,9 +296,9 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         // Kept for a day, so that whoever looks at the SigningKey learns that every
         // token signed before the deletion stopped verifying.
         status.conditions.push(condition(
-            SECRET_RECREATED,
+            conditions::SECRET_RECREATED,
             true,
-            "SecretDeleted",
+            reason::SECRET_DELETED,
             format!("Secret {secret_name} was deleted by hand at {at}; new keys were generated"),
             generation,
             at,
@@ -324,8 +313,7 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     Ok(Action::requeue(wait.max(Duration::from_millis(100))))
 }
 
-/// The condition that reports a Secret deleted by hand, and how long it stays.
-pub const SECRET_RECREATED: &str = "SecretRecreated";
+/// How long the condition that reports a Secret deleted by hand stays.
 /// On the Secret: when it was recreated after a deletion by hand.
 pub const RECREATED_AT_ANNOTATION: &str = "authplane.io/recreated-at";
 const SECRET_RECREATED_SHOWN_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
@@ -339,10 +327,11 @@ fn is_managed(secret: &Secret) -> bool {
 }
 
 /// The Secret's data as text; any entry that is not UTF-8 makes it unreadable.
-pub fn secret_data(secret: &Secret) -> Result<Data, String> {
+pub fn secret_data(secret: &Secret) -> Result<Data, StoreError> {
     let mut data = Data::new();
     for (name, ByteString(bytes)) in secret.data.iter().flatten() {
-        let text = String::from_utf8(bytes.clone()).map_err(|_| format!("{name} is not text"))?;
+        let text =
+            String::from_utf8(bytes.clone()).map_err(|_| StoreError::NotText(name.clone()))?;
         data.insert(name.clone(), text);
     }
     Ok(data)
@@ -418,7 +407,7 @@ async fn not_ready(
     let mut status = key.status.clone().unwrap_or_default();
     status.observed_generation = generation;
     status.conditions = vec![condition(
-        "Ready",
+        conditions::READY,
         false,
         reason,
         message.to_owned(),
@@ -433,12 +422,12 @@ async fn unreadable(
     key: &SigningKey,
     ctx: &Context,
     secret: &str,
-    reason: &str,
+    reason: &StoreError,
 ) -> Result<(), Error> {
     let message = format!(
         "Secret {secret} is unreadable ({reason}); the last good keys keep serving and nothing is overwritten: restore the Secret, or delete it to start over with new keys"
     );
-    not_ready(key, ctx, "SecretUnreadable", &message).await
+    not_ready(key, ctx, reason::SECRET_UNREADABLE, &message).await
 }
 
 /// Events are best effort: a failure to record one never fails the reconcile.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use jiff::{SignedDuration, Timestamp};
 
 use super::audit::DenyWindow;
-use crate::api::{Mode, ObjectKey, Rollout, RolloutProgress};
+use crate::api::{Mode, ObjectKey, Rollout, RolloutProgress, status_time};
 use crate::keys::lifecycle::add;
 
 /// Why a progression holds when `spec.rollout.paused` is set.
@@ -33,7 +33,7 @@ pub fn advance(
         _ => RolloutProgress {
             steps: rollout.steps.clone(),
             step: first_step(rollout, recorded),
-            since: now.to_string(),
+            since: status_time(now),
             held: None,
         },
     };
@@ -46,13 +46,13 @@ pub fn advance(
             progress.step += 1;
             began = add(began, every);
         }
-        progress.since = began.to_string();
+        progress.since = status_time(began);
     }
     let hold = rollout.paused.then(|| PAUSED_BY_SPEC.to_owned()).or(hold);
     if hold.is_some() {
         progress.held = hold;
     } else if progress.held.take().is_some() {
-        progress.since = now.to_string();
+        progress.since = status_time(now);
     }
     Some(progress)
 }
@@ -89,7 +89,7 @@ fn stepped(rollout: &Rollout) -> Option<SignedDuration> {
 }
 
 fn since(progress: &RolloutProgress) -> Option<Timestamp> {
-    progress.since.parse().ok()
+    Some(progress.since.0)
 }
 
 /// The enforced percentage over time, as a replica serves it: each entry holds from its
@@ -167,7 +167,7 @@ pub fn report(
     status.next_step_at = schedule
         .next_change(now)
         .filter(|_| enforce)
-        .map(|t| t.to_string());
+        .map(status_time);
     status.paused = progress.as_ref().map(|p| p.held.is_some());
     status.paused_reason = progress.as_ref().and_then(|p| p.held.clone());
     status.rollout = progress;
@@ -266,7 +266,10 @@ mod tests {
 
         let later = at("2026-01-01T01:30:00Z");
         let p = advance(&r, Some(&p), later, None).unwrap();
-        assert_eq!((p.step, p.since.as_str()), (1, "2026-01-01T01:00:00Z"));
+        assert_eq!(
+            (p.step, p.since.0.to_string().as_str()),
+            (1, "2026-01-01T01:00:00Z")
+        );
         let p = advance(&r, Some(&p), at("2026-01-01T05:00:00Z"), None).unwrap();
         assert_eq!(p.step, 2);
         assert_eq!(
@@ -313,7 +316,7 @@ mod tests {
         assert_eq!(still.as_ref().map(|p| p.step), Some(0));
         let resumed = advance(&r, still.as_ref(), at("2026-01-01T02:10:00Z"), None).unwrap();
         assert_eq!((resumed.step, resumed.held.as_deref()), (0, None));
-        assert_eq!(resumed.since, "2026-01-01T02:10:00Z");
+        assert_eq!(resumed.since.0.to_string(), "2026-01-01T02:10:00Z");
         let next = advance(&r, Some(&resumed), at("2026-01-01T03:10:00Z"), None).unwrap();
         assert_eq!(next.step, 1);
 
@@ -338,7 +341,10 @@ mod tests {
         r.mode = Mode::Enforce;
         r.steps = vec![5.0, 100.0];
         let p = advance(&r, Some(&p), at("2026-01-02T00:00:00Z"), None).unwrap();
-        assert_eq!((p.step, p.since.as_str()), (0, "2026-01-02T00:00:00Z"));
+        assert_eq!(
+            (p.step, p.since.0.to_string().as_str()),
+            (0, "2026-01-02T00:00:00Z")
+        );
     }
 
     #[test]
@@ -353,7 +359,10 @@ mod tests {
         // Replicas, before the driver records the edit, and the driver itself.
         assert_eq!(Schedule::of(&edited, Some(&p)).percentage_at(start), 50.0);
         let q = advance(&edited, Some(&p), at("2026-01-01T01:40:00Z"), None).unwrap();
-        assert_eq!((q.step, q.since.as_str()), (2, "2026-01-01T01:40:00Z"));
+        assert_eq!(
+            (q.step, q.since.0.to_string().as_str()),
+            (2, "2026-01-01T01:40:00Z")
+        );
         edited.steps = vec![5.0, 20.0, 100.0];
         let q = advance(&edited, Some(&p), at("2026-01-01T01:40:00Z"), None).unwrap();
         assert_eq!(q.step, 1, "20, not 100");

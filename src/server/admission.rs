@@ -128,25 +128,38 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
     Json(response.into_review()).into_response()
 }
 
-fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+/// Why a request body is not an AdmissionReview this endpoint answers (a 400).
+#[derive(Debug, thiserror::Error)]
+enum ParseError {
+    #[error("an AdmissionReview is at most {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("not an AdmissionReview: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "expected kind {META_KIND} with apiVersion {META_API_VERSION_V1} (set admissionReviewVersions: [v1]), got kind {kind:?} apiVersion {api_version:?}"
+    )]
+    WrongType { kind: String, api_version: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("request.uid is empty: the answer could not be matched to it")]
+    NoUid,
+}
+
+fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ParseError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(format!(
-            "an AdmissionReview is at most {MAX_BODY_BYTES} bytes"
-        ));
+        return Err(ParseError::TooLarge);
     }
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
     if review.types.kind != META_KIND || review.types.api_version != META_API_VERSION_V1 {
-        return Err(format!(
-            "expected kind {META_KIND} with apiVersion {META_API_VERSION_V1} (set admissionReviewVersions: [v1]), got kind {:?} apiVersion {:?}",
-            review.types.kind, review.types.api_version
-        ));
+        return Err(ParseError::WrongType {
+            kind: review.types.kind,
+            api_version: review.types.api_version,
+        });
     }
-    let request: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|_| "the AdmissionReview has no request".to_owned())?;
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| ParseError::NoRequest)?;
     if request.uid.is_empty() {
-        return Err("request.uid is empty: the answer could not be matched to it".to_owned());
+        return Err(ParseError::NoUid);
     }
     Ok(request)
 }

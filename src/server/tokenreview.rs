@@ -93,19 +93,27 @@ pub async fn review(
         .into_response()
 }
 
-fn parse(body: &[u8]) -> Result<Review, String> {
+/// Why a request body is not a TokenReview this endpoint answers (a 400).
+#[derive(Debug, thiserror::Error)]
+enum ParseError {
+    #[error("a TokenReview is at most {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("not a TokenReview: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("expected kind TokenReview with apiVersion {}, got {kind} {api_version}", VERSIONS.join(" or "))]
+    WrongType { kind: String, api_version: String },
+}
+
+fn parse(body: &[u8]) -> Result<Review, ParseError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(format!("a TokenReview is at most {MAX_BODY_BYTES} bytes"));
+        return Err(ParseError::TooLarge);
     }
-    let review: Review =
-        serde_json::from_slice(body).map_err(|e| format!("not a TokenReview: {e}"))?;
+    let review: Review = serde_json::from_slice(body)?;
     if review.kind != "TokenReview" || !VERSIONS.contains(&review.api_version.as_str()) {
-        return Err(format!(
-            "expected kind TokenReview with apiVersion {}, got {} {}",
-            VERSIONS.join(" or "),
-            review.kind,
-            review.api_version
-        ));
+        return Err(ParseError::WrongType {
+            kind: review.kind,
+            api_version: review.api_version,
+        });
     }
     Ok(review)
 }

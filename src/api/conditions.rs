@@ -1,0 +1,138 @@
+//! Condition types and their reasons: what scripts and `kubectl wait --for=condition=...`
+//! match on, so they are constants, named once. The `conditions` field of each status
+//! lists them in its description (what `kubectl explain` shows); a test keeps the two in
+//! step.
+
+/// SigningKey and AuthPolicy: the resource does its job.
+pub const READY: &str = "Ready";
+/// SigningKey: the Secret was deleted by hand and new keys replaced the old ones (shown
+/// for a day).
+pub const SECRET_RECREATED: &str = "SecretRecreated";
+/// AuthPolicy: the spec is valid.
+pub const ACCEPTED: &str = "Accepted";
+/// AuthPolicy with external issuers: their key sets refresh on time.
+pub const KEYS_FRESH: &str = "KeysFresh";
+
+/// Reasons, each used by the condition types named in its comment.
+pub mod reason {
+    /// SigningKey `Ready=True`: an Active key signs and is published.
+    pub const KEYS_READY: &str = "KeysReady";
+    /// SigningKey `Ready=False`: the spec is invalid; the message names the fields.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// SigningKey `Ready=False`: the Secret exists and authplane does not manage it.
+    pub const SECRET_NOT_MANAGED: &str = "SecretNotManaged";
+    /// SigningKey `Ready=False`: the Secret cannot be read; nothing is overwritten.
+    pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
+    /// SigningKey `SecretRecreated=True` (and its Warning event).
+    pub const SECRET_DELETED: &str = "SecretDeleted";
+
+    /// AuthPolicy `Accepted=True`.
+    pub const VALID: &str = "Valid";
+    /// AuthPolicy `Accepted=False`: the message names the fields.
+    pub const INVALID: &str = "Invalid";
+    /// AuthPolicy `Ready=True`: every issuer has keys.
+    pub const ISSUERS_RESOLVED: &str = "IssuersResolved";
+    /// AuthPolicy `Ready=False`: a referenced SigningKey does not exist.
+    pub const SIGNING_KEY_NOT_FOUND: &str = "SigningKeyNotFound";
+    /// AuthPolicy `Ready=False`: an external issuer has no usable keys.
+    pub const ISSUER_UNAVAILABLE: &str = "IssuerUnavailable";
+    /// AuthPolicy `KeysFresh=True`.
+    pub const REFRESHED: &str = "Refreshed";
+    /// AuthPolicy `KeysFresh=False`: an external key set has not been fetched yet.
+    pub const FIRST_FETCH_PENDING: &str = "FirstFetchPending";
+    /// AuthPolicy `KeysFresh=False`: refreshing a key set fails; the last good keys serve
+    /// until they expire.
+    pub const REFRESH_FAILING: &str = "RefreshFailing";
+}
+
+use reason::*;
+
+/// Each condition type of a SigningKey with its reasons.
+pub const SIGNING_KEY: &[(&str, &[&str])] = &[
+    (
+        READY,
+        &[
+            KEYS_READY,
+            INVALID_SPEC,
+            SECRET_NOT_MANAGED,
+            SECRET_UNREADABLE,
+        ],
+    ),
+    (SECRET_RECREATED, &[SECRET_DELETED]),
+];
+
+/// Each condition type of an AuthPolicy with its reasons.
+pub const AUTH_POLICY: &[(&str, &[&str])] = &[
+    (ACCEPTED, &[VALID, INVALID]),
+    (
+        READY,
+        &[ISSUERS_RESOLVED, SIGNING_KEY_NOT_FOUND, ISSUER_UNAVAILABLE],
+    ),
+    (
+        KEYS_FRESH,
+        &[REFRESHED, FIRST_FETCH_PENDING, REFRESH_FAILING],
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+    use crate::api::{AuthPolicy, SigningKey};
+
+    /// The description of `status.conditions` in a CRD, as `kubectl explain` shows it.
+    fn conditions_description(crd: &serde_json::Value) -> String {
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"]["description"]
+            .as_str()
+            .expect("status.conditions has a description")
+            .to_owned()
+    }
+
+    fn assert_documented(crd: serde_json::Value, table: &[(&str, &[&str])]) {
+        let description = conditions_description(&crd);
+        for (kind, reasons) in table {
+            assert!(
+                description.contains(&format!("`{kind}`")),
+                "{kind} missing from {description:?}"
+            );
+            for reason in *reasons {
+                assert!(
+                    description.contains(&format!("`{reason}`")),
+                    "{kind} reason {reason} missing from {description:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_signing_key_condition_and_reason_is_in_the_crd() {
+        assert_documented(
+            serde_json::to_value(SigningKey::crd()).unwrap(),
+            SIGNING_KEY,
+        );
+    }
+
+    #[test]
+    fn every_auth_policy_condition_and_reason_is_in_the_crd() {
+        assert_documented(
+            serde_json::to_value(AuthPolicy::crd()).unwrap(),
+            AUTH_POLICY,
+        );
+    }
+
+    #[test]
+    fn every_condition_and_reason_is_in_the_readme() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (kind, reasons) in SIGNING_KEY.iter().chain(AUTH_POLICY) {
+            for name in std::iter::once(kind).chain(*reasons) {
+                assert!(
+                    readme.contains(&format!("`{name}`")),
+                    "{name} is not in the README"
+                );
+            }
+        }
+    }
+}
