@@ -27,7 +27,9 @@ use authplane::api::{AuthPolicy, ObjectKey};
 use authplane::keys::lifecycle::{KeyRecord, KeySet};
 use authplane::keys::{Algorithm, KeyMaterial};
 use authplane::policy::cache::DecisionCache;
-use authplane::policy::{CompileContext, CompiledPolicy, IssuerKeys, PolicyStats, Rejection, Verdict};
+use authplane::policy::{
+    CompileContext, CompiledPolicy, IssuerKeys, PolicyStats, Rejection, Verdict,
+};
 use authplane::token::{MintRequest, mint};
 use axum::http::{HeaderMap, HeaderValue, header};
 use criterion::{Criterion, criterion_group, criterion_main};
