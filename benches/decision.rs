@@ -3,14 +3,33 @@
 //!
 //! `cargo bench --bench decision`. Compare the decision with `raw verify` of the same
 //! algorithm: the difference is the policy's own cost.
+//!
+//! The `authz handler` group runs the whole `/authz` handler (routing, decision, response
+//! headers, metrics) in-process, without sockets, as the server does with
+//! `--decision-cache-size 0`: a refused request must not cost more than an allowed one,
+//! or an attacker's forged tokens would buy more of the server than a user's.
 
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
+
+use authplane::admission::NoSigningKeys;
+use authplane::clock::SystemClock;
+use authplane::metrics::Metrics;
+use authplane::registry::{Registry, Snapshot};
+use authplane::server::{self, AppState, Endpoints};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt as _;
 
 use authplane::api::{AuthPolicy, ObjectKey};
 use authplane::keys::lifecycle::{KeyRecord, KeySet};
 use authplane::keys::{Algorithm, KeyMaterial};
 use authplane::policy::cache::DecisionCache;
-use authplane::policy::{CompileContext, CompiledPolicy, IssuerKeys, Verdict};
+use authplane::policy::{
+    CompileContext, CompiledPolicy, IssuerKeys, PolicyStats, Rejection, Verdict,
+};
 use authplane::token::{MintRequest, mint};
 use axum::http::{HeaderMap, HeaderValue, header};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -19,6 +38,7 @@ use jiff::{SignedDuration, Timestamp};
 const ISSUER: &str = "https://issuer.example/auth/web";
 
 struct Fixture {
+    manifest: AuthPolicy,
     policy: CompiledPolicy,
     cached: CompiledPolicy,
     token: String,
@@ -64,6 +84,7 @@ fn fixture(alg: Algorithm) -> Fixture {
     };
     let token = mint(&keys, ISSUER, &request, now).unwrap();
     Fixture {
+        manifest: policy,
         policy: compiled,
         cached,
         token,
@@ -78,6 +99,13 @@ fn bearer(token: &str) -> HeaderMap {
         HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
     );
     headers
+}
+
+/// The token with another RS256 signature: its last character, which carries 2 bits (A, Q,
+/// g or w), changed.
+fn forged(token: &str) -> String {
+    let last = if token.ends_with('A') { "Q" } else { "A" };
+    format!("{}{last}", &token[..token.len() - 1])
 }
 
 fn decisions(c: &mut Criterion) {
@@ -116,7 +144,11 @@ fn decisions(c: &mut Criterion) {
         });
     }
     let f = fixture(Algorithm::RS256);
-    let bad = bearer(&format!("{}A", &f.token[..f.token.len() - 1]));
+    let bad = bearer(&forged(&f.token));
+    assert_eq!(
+        f.policy.decide(&bad, now).verdict,
+        Verdict::Deny(Rejection::BadSignature)
+    );
     group.bench_function("invalid signature RS256", |b| {
         b.iter(|| f.policy.decide(black_box(&bad), now))
     });
@@ -127,5 +159,81 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions);
+/// The server's router over one policy compiled as the server compiles it (with its
+/// meters), without the verified-token cache.
+fn server_over(f: &Fixture) -> Router {
+    let metrics = Arc::new(Metrics::default());
+    let stats = PolicyStats::new(&metrics, "bench", "api");
+    let context = CompileContext {
+        external: None,
+        cache: None,
+        stats: Some(Arc::new(stats)),
+        epoch: None,
+    };
+    let resolve = |_: &ObjectKey| {
+        Some(IssuerKeys {
+            issuer: ISSUER,
+            keys: &f.keys,
+        })
+    };
+    let compiled = CompiledPolicy::compile_with(&f.manifest, resolve, context);
+    let id = ObjectKey {
+        namespace: "bench".into(),
+        name: "api".into(),
+    };
+    let registry = Registry::default();
+    registry.publish(Snapshot {
+        policies: HashMap::from([(id, Arc::new(compiled))]),
+        policies_known: true,
+        ..Snapshot::default()
+    });
+    let state = AppState {
+        registry: Arc::new(registry),
+        metrics,
+        clock: Arc::new(SystemClock),
+        base_url: Arc::from("http://127.0.0.1"),
+        signing_keys: Arc::new(NoSigningKeys),
+        tls: None,
+    };
+    server::router(state, Endpoints::Public)
+}
+
+/// One `/authz` request as ingress-nginx sends it.
+fn authz_request(token: &str) -> Request<Body> {
+    Request::get("/authz/bench/api")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("x-original-method", "GET")
+        .header("x-original-url", "https://shop.example/cart?item=1")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn handler(c: &mut Criterion) {
+    let f = fixture(Algorithm::RS256);
+    let router = server_over(&f);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let bad = forged(&f.token);
+    let answer = |token: &str| {
+        runtime
+            .block_on(router.clone().oneshot(authz_request(token)))
+            .unwrap()
+    };
+    assert_eq!(answer(&f.token).status(), StatusCode::OK);
+    let refused = answer(&bad);
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.headers()["x-authplane-reason"], "bad_signature");
+
+    let mut group = c.benchmark_group("authz handler");
+    group.bench_function("valid RS256, uncached", |b| {
+        b.iter(|| answer(black_box(&f.token)))
+    });
+    group.bench_function("bad signature RS256", |b| {
+        b.iter(|| answer(black_box(&bad)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, handler);
 criterion_main!(benches);

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod challenge;
 pub mod claims;
 pub mod progression;
 pub mod rollout;
@@ -22,6 +23,7 @@ use crate::keys::lifecycle::KeySet;
 use crate::metrics::{Metrics, PolicyMeters};
 use audit::AuditCounters;
 use cache::DecisionCache;
+use challenge::Challenges;
 use progression::Schedule;
 use verify::{Claims, Verifier, VerifyKey};
 
@@ -253,6 +255,8 @@ pub struct CompiledPolicy {
     pub progress: Option<crate::api::RolloutProgress>,
     /// A stepped rollout with a deny-ratio rule: audited requests are counted.
     counts_audits: bool,
+    /// The `WWW-Authenticate` challenge of each refusal.
+    pub challenges: Challenges,
 }
 
 impl CompiledPolicy {
@@ -393,6 +397,7 @@ impl CompiledPolicy {
             cache: context.cache,
             stats: context.stats,
             progress,
+            challenges: Challenges::new(&id.to_string()),
         }
     }
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::api::ObjectKey;
-use crate::policy::{Rejection, Verdict};
+use crate::policy::{CompiledPolicy, Rejection, Verdict};
 
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authplane-reason");
 pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit");
@@ -73,7 +73,7 @@ pub async fn authz(
     }
 
     let mut response = match &decision.verdict {
-        Verdict::Deny(rejection) => denied(*rejection, &id),
+        Verdict::Deny(rejection) => denied(*rejection, policy),
         verdict => {
             let mut response = StatusCode::OK.into_response();
             if let Some(rejection) = verdict.rejection() {
@@ -98,7 +98,8 @@ pub async fn authz(
         }
     }
     let reason = decision.verdict.rejection().map_or("", Rejection::reason);
-    if !reason.is_empty() {
+    // The original request is looked up only for a log line that is usually off.
+    if !reason.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
         let original = OriginalRequest::from_headers(headers);
         tracing::debug!(
             policy = %id,
@@ -122,30 +123,17 @@ pub async fn authz(
     response
 }
 
-/// RFC 6750 responses: 401 `invalid_token` (no error code when no token was sent), 403
-/// `insufficient_scope`.
-fn denied(rejection: Rejection, id: &ObjectKey) -> Response {
-    let (status, challenge) = match rejection {
-        Rejection::MissingToken => (StatusCode::UNAUTHORIZED, format!("Bearer realm=\"{id}\"")),
-        Rejection::InsufficientScope => (
-            StatusCode::FORBIDDEN,
-            format!(
-                "Bearer realm=\"{id}\", error=\"insufficient_scope\", error_description=\"{}\"",
-                rejection.description()
-            ),
-        ),
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "Bearer realm=\"{id}\", error=\"invalid_token\", error_description=\"{}\"",
-                rejection.description()
-            ),
-        ),
+/// 401, or 403 for a missing required claim, with the policy's RFC 6750 challenge
+/// (rendered when the policy was compiled) and the reason.
+fn denied(rejection: Rejection, policy: &CompiledPolicy) -> Response {
+    let status = match rejection {
+        Rejection::InsufficientScope => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
     };
     let mut response = status.into_response();
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        headers.insert(header::WWW_AUTHENTICATE, value);
+    if let Some(challenge) = policy.challenges.get(rejection) {
+        headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
     }
     headers.insert(REASON_HEADER, HeaderValue::from_static(rejection.reason()));
     response
