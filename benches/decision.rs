@@ -9,7 +9,6 @@
 //! `--decision-cache-size 0`: a refused request must not cost more than an allowed one,
 //! or an attacker's forged tokens would buy more of the server than a user's.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -183,7 +182,7 @@ fn server_over(f: &Fixture) -> Router {
     };
     let registry = Registry::default();
     registry.publish(Snapshot {
-        policies: HashMap::from([(id, Arc::new(compiled))]),
+        policies: imbl::HashMap::unit(id, Arc::new(compiled)),
         policies_known: true,
         ..Snapshot::default()
     });

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod dev;
 pub mod external;
+pub mod index;
 pub mod keys;
 pub mod metrics;
 pub mod operator;

@@ -14,20 +14,20 @@ use serde_json::json;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::api::{AuthPolicy, ObjectKey, issuer_path, keep_transition_times};
+use crate::api::{ObjectKey, keep_transition_times};
 use crate::clock::Clock;
 use crate::external::ExternalIssuers;
 use crate::keys::Algorithm;
 use crate::keys::lifecycle::KeySet;
 use crate::metrics::Metrics;
 use crate::policy::cache::DecisionCache;
-use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys, PolicyStats};
+use crate::policy::{CompiledPolicy, PolicyStats};
 
 /// Upper bound of the JWKS `max-age`: verifiers should notice a new key within minutes.
 const MAX_JWKS_MAX_AGE_SECS: i64 = 300;
 
 /// One issuer's discovery document and JWKS, serialized.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct PublishedIssuer {
     pub namespace: String,
     pub name: String,
@@ -129,26 +129,49 @@ impl PolicyRuntime {
         }
     }
 
-    /// Logs the problems of a build that were not there at the previous one, and the
-    /// subjects whose problem is gone: state changes, not states.
-    fn report_problems(&self, found: HashMap<String, String>) {
+    /// Records the problem of a subject (`SigningKey ns/name`), or that it has none:
+    /// logged when it appears or changes and when it is resolved, not at every change.
+    pub fn problem(&self, subject: &str, problem: Option<String>) {
         let mut known = self.problems.lock().unwrap_or_else(|e| e.into_inner());
-        for (subject, problem) in &found {
-            if known.get(subject) != Some(problem) {
+        match problem {
+            Some(problem) if known.get(subject) != Some(&problem) => {
                 tracing::warn!("{subject}: {problem}");
+                known.insert(subject.to_owned(), problem);
+            }
+            Some(_) => {}
+            None => {
+                if known.remove(subject).is_some() {
+                    tracing::info!("{subject}: resolved");
+                }
             }
         }
-        for subject in known.keys() {
-            if !found.contains_key(subject) {
-                tracing::info!("{subject}: resolved");
-            }
-        }
-        *known = found;
+    }
+
+    pub fn external(&self) -> &ExternalIssuers {
+        &self.external
+    }
+
+    pub fn cache(&self) -> Option<Arc<DecisionCache>> {
+        self.cache.clone()
+    }
+
+    /// Forgets a deleted policy: its meters, cache epoch and problem. One created again
+    /// starts afresh.
+    pub fn forget_policy(&self, id: &ObjectKey) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.problem(&format!("AuthPolicy {id}"), None);
     }
 
     /// The epoch for a policy whose verification inputs hash to `fingerprint`: the last
     /// one while they are unchanged, a new one otherwise.
-    fn epoch(&self, id: &ObjectKey, fingerprint: [u8; 32]) -> u64 {
+    pub fn epoch(&self, id: &ObjectKey, fingerprint: [u8; 32]) -> u64 {
         let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
         match epochs.get(id) {
             Some((known, epoch)) if *known == fingerprint => *epoch,
@@ -160,7 +183,7 @@ impl PolicyRuntime {
         }
     }
 
-    fn stats(&self, id: &ObjectKey) -> Arc<PolicyStats> {
+    pub fn stats(&self, id: &ObjectKey) -> Arc<PolicyStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats
             .entry(id.clone())
@@ -174,122 +197,14 @@ impl PolicyRuntime {
     }
 }
 
-/// The server's view of a set of SigningKeys and AuthPolicies; the same for every driver.
-/// The first SigningKey (by namespace/name) claiming an issuer path wins it.
-pub fn build_snapshot<'a>(
-    served: &HashMap<ObjectKey, ServedKeys>,
-    policies: impl IntoIterator<Item = (&'a ObjectKey, &'a AuthPolicy)>,
-    runtime: &PolicyRuntime,
-) -> Snapshot {
-    let mut snapshot = Snapshot {
-        policies_known: true,
-        ..Snapshot::default()
-    };
-    let mut problems = HashMap::new();
-    let mut ordered: Vec<(&ObjectKey, &ServedKeys)> = served.iter().collect();
-    ordered.sort_by_key(|(id, _)| *id);
-    for (id, entry) in ordered {
-        let published = &entry.published;
-        let path = match issuer_path(&published.issuer) {
-            Ok(path) => path,
-            Err(e) => {
-                problems.insert(format!("SigningKey {id}"), e.to_string());
-                continue;
-            }
-        };
-        if let Some(owner) = snapshot.issuers.get(&path) {
-            problems.insert(
-                format!("SigningKey {id}"),
-                format!(
-                    "issuer path {path:?} is already served for {}/{}; not serving it twice",
-                    owner.namespace, owner.name
-                ),
-            );
-            continue;
-        }
-        snapshot.issuers.insert(path, published.clone());
-    }
-    for (id, policy) in policies {
-        let context = CompileContext {
-            external: Some(&runtime.external),
-            cache: runtime.cache.clone(),
-            stats: Some(runtime.stats(id)),
-            epoch: Some(runtime.epoch(id, verification_fingerprint(id, policy, served))),
-        };
-        let compiled = CompiledPolicy::compile_with(
-            policy,
-            |key| {
-                served.get(key).map(|entry| IssuerKeys {
-                    issuer: &entry.published.issuer,
-                    keys: &entry.keys,
-                })
-            },
-            context,
-        );
-        if !compiled.unresolved.is_empty() {
-            problems.insert(
-                format!("AuthPolicy {id}"),
-                format!(
-                    "SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
-                    compiled.unresolved.join(", ")
-                ),
-            );
-        }
-        snapshot.policies.insert(id.clone(), Arc::new(compiled));
-    }
-    runtime
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|id, _| snapshot.policies.contains_key(id));
-    runtime
-        .epochs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|id, _| snapshot.policies.contains_key(id));
-    runtime.report_problems(problems);
-    snapshot
-}
-
-/// A hash of everything that decides whether a token verifies under a policy: its spec
-/// and, for each SigningKey it names, the issuer and the kids (RFC 7638 thumbprints, so
-/// the keys themselves). External key sets are checked per cached entry instead. The
-/// rollout's progress is not in it: it is applied on every request, cached or not.
-fn verification_fingerprint(
-    id: &ObjectKey,
-    policy: &AuthPolicy,
-    served: &HashMap<ObjectKey, ServedKeys>,
-) -> [u8; 32] {
-    let mut hash = aws_lc_rs::digest::Context::new(&SHA256);
-    hash.update(&serde_json::to_vec(&policy.spec).unwrap_or_default());
-    for issuer in &policy.spec.issuers {
-        let Some(key_id) = issuer.signing_key_id(&id.namespace) else {
-            continue;
-        };
-        hash.update(b"\0key\0");
-        match served.get(&key_id) {
-            Some(entry) => {
-                hash.update(entry.published.issuer.as_bytes());
-                for record in entry.keys.records() {
-                    hash.update(b"\0");
-                    hash.update(record.material.kid().as_bytes());
-                }
-            }
-            None => hash.update(b"\0missing"),
-        }
-    }
-    let mut fingerprint = [0; 32];
-    fingerprint.copy_from_slice(hash.finish().as_ref());
-    fingerprint
-}
-
-/// What the server reads.
+/// What the server reads. The maps are persistent: a new snapshot shares what did not
+/// change with the last one (see [`crate::index`]).
 #[derive(Default)]
 pub struct Snapshot {
     /// By issuer URL path (`""` for an issuer at the root of its host).
-    pub issuers: HashMap<String, Arc<PublishedIssuer>>,
+    pub issuers: imbl::HashMap<String, Arc<PublishedIssuer>>,
     /// Compiled AuthPolicies by namespace/name.
-    pub policies: HashMap<ObjectKey, Arc<CompiledPolicy>>,
+    pub policies: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
     /// False while the AuthPolicies are not known (their watch has not listed them, for
     /// example because their CRD is missing): a policy that is not found may exist, so
     /// the answer is 503, not 404. Keys are served meanwhile.
@@ -336,7 +251,7 @@ impl ReportedConditions {
     }
 
     /// Forgets the policies that are gone: one created again starts afresh.
-    fn retain(&self, policies: &HashMap<ObjectKey, Arc<CompiledPolicy>>) {
+    fn retain(&self, policies: &imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>) {
         let mut reported = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         reported.retain(|id, _| policies.contains_key(id));
     }

@@ -508,9 +508,9 @@ async fn a_replica_without_the_lease_writes_nothing() {
 mod auth_policy_status {
     use super::*;
     use authplane::api::{AuthPolicy, ObjectKey};
+    use authplane::index::Index;
     use authplane::operator::auth_policies::{PolicyContext, reconcile};
-    use authplane::registry::{PolicyRuntime, Registry, ServedKeys, build_snapshot};
-    use std::collections::HashMap;
+    use authplane::registry::{PolicyRuntime, Registry, ServedKeys};
 
     const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/payments";
     const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/payments";
@@ -549,9 +549,15 @@ mod auth_policy_status {
             &mut KeyMaterial::generate,
         )
         .unwrap();
-        let mut served = HashMap::new();
-        served.insert(
-            ObjectKey {
+        let registry = Arc::new(Registry::default());
+        let runtime = Arc::new(PolicyRuntime::new(
+            Arc::new(authplane::metrics::Metrics::default()),
+            Arc::new(Fixed(t0())),
+            0,
+        ));
+        let mut index = Index::new(runtime.clone());
+        index.apply_key(
+            &ObjectKey {
                 namespace: "auth".into(),
                 name: "web".into(),
             },
@@ -560,17 +566,8 @@ mod auth_policy_status {
                 keys: outcome.keys.clone(),
             },
         );
-        let registry = Arc::new(Registry::default());
-        let runtime = Arc::new(PolicyRuntime::new(
-            Arc::new(authplane::metrics::Metrics::default()),
-            Arc::new(Fixed(t0())),
-            0,
-        ));
-        registry.publish(build_snapshot(
-            &served,
-            [(&ObjectKey::of(&current.metadata), &current)],
-            &runtime,
-        ));
+        index.apply_policy(current);
+        registry.publish(index.snapshot());
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let (tx, rx) = tokio::sync::watch::channel(true);
         let ctx = PolicyContext {

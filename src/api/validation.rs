@@ -6,6 +6,7 @@ use std::fmt;
 
 use jiff::Timestamp;
 
+use super::structural::HasSchema;
 use super::{AuthPolicy, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, SigningKey};
 use crate::keys::lifecycle::{KeyPolicy, Requests};
 
@@ -50,7 +51,7 @@ pub fn from_value<K: serde::de::DeserializeOwned>(
 /// and the admission webhook read objects through it.
 pub fn read_object<K>(value: &serde_json::Value) -> Result<K, Vec<FieldError>>
 where
-    K: serde::de::DeserializeOwned + super::structural::HasSchema,
+    K: serde::de::DeserializeOwned + HasSchema,
 {
     let value = &as_kubectl_sends(value);
     let mut problems = super::structural::check(K::schema(), value);
@@ -59,8 +60,7 @@ where
         // defaults, as the apiserver does): a review with several mistakes lists them
         // all. Rules that fail to evaluate (on a field of the wrong type, say) add
         // nothing, nor rules on a field already refused.
-        if let Err(failures) = kube::core::cel::Validator::new().validate(K::schema(), value, None)
-        {
+        if let Err(failures) = validate_rules::<K>(value) {
             for failure in failures.into_vec() {
                 let field = failure.field_path.trim_start_matches('.');
                 let known = problems.iter().any(|p| field.starts_with(p.field.as_str()));
@@ -111,8 +111,26 @@ pub trait Validate {
     fn validate(&self) -> Vec<FieldError>;
 }
 
-fn cel_errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<FieldError> {
-    match result {
+thread_local! {
+    /// A CEL environment with the Kubernetes functions registered: made once per thread
+    /// (it is `Send` but not `Sync`), not once per object.
+    static CEL: kube::core::cel::Validator = kube::core::cel::Validator::new();
+}
+
+/// Evaluates the kind's compiled CEL rules on an object as JSON.
+fn validate_rules<K: HasSchema>(
+    value: &serde_json::Value,
+) -> Result<(), kube::core::cel::ValidationErrors> {
+    CEL.with(|cel| cel.validate_compiled(K::rules(), value, None))
+}
+
+/// Every CEL rule the object breaks, as the apiserver would apply them.
+fn cel_errors<K: HasSchema + serde::Serialize>(object: &K) -> Vec<FieldError> {
+    let value = match serde_json::to_value(object) {
+        Ok(value) => value,
+        Err(e) => return vec![FieldError::new("", format!("cannot be read as JSON: {e}"))],
+    };
+    match validate_rules::<K>(&value) {
         Ok(()) => Vec::new(),
         Err(errors) => errors
             .into_vec()
@@ -183,7 +201,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 impl Validate for SigningKey {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
-        errors.extend(cel_errors(self.validate_cel()));
+        errors.extend(cel_errors(self));
         if let Some(issuer) = &self.spec.issuer
             && let Err(e) = issuer_path(issuer)
         {
@@ -199,7 +217,7 @@ impl Validate for SigningKey {
 impl Validate for AuthPolicy {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
-        errors.extend(cel_errors(self.validate_cel()));
+        errors.extend(cel_errors(self));
         let spec = &self.spec;
         let percentage = spec.rollout.percentage;
         if !has_at_most_three_decimals(percentage) {

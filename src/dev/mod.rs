@@ -19,11 +19,12 @@ use tokio::task::JoinHandle;
 use crate::admission::{self, SigningKeyIndex};
 use crate::api::SigningKey;
 use crate::clock::Clock;
+use crate::index::Index;
 use crate::keys::KeyMaterial;
 use crate::metrics::Metrics;
 use crate::policy::progression::RolloutTracker;
 use crate::reconcile::{self, ReconcileError};
-use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, build_snapshot};
+use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys};
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
 use crate::tls::{self, CertSlot, TlsError};
@@ -189,23 +190,26 @@ pub async fn start_tuned(
         }
         None => None,
     };
+    let runtime = Arc::new(PolicyRuntime::new(
+        metrics.clone(),
+        clock.clone(),
+        config.decision_cache_size,
+    ));
     let mut driver = Driver {
         manifests: config.manifests.clone(),
         loader: ManifestLoader::default(),
         desired: Desired::default(),
+        changed: Changed::default(),
         store,
         external_url: external_url.clone(),
         clock: clock.clone(),
         registry: registry.clone(),
-        runtime: Arc::new(PolicyRuntime::new(
-            metrics.clone(),
-            clock.clone(),
-            config.decision_cache_size,
-        )),
+        index: Index::new(runtime.clone()),
+        runtime,
+        key_checks: HashMap::new(),
         rollouts: RolloutTracker::default(),
         recorded_rollouts: HashMap::new(),
         metrics: metrics.clone(),
-        served: HashMap::new(),
         known: known.clone(),
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
@@ -336,19 +340,50 @@ struct Driver {
     manifests: PathBuf,
     loader: ManifestLoader,
     desired: Desired,
+    /// What the manifests changed since the last reconcile.
+    changed: Changed,
     store: StateStore,
     external_url: String,
     clock: Arc<dyn Clock>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Last good keys and documents per SigningKey, served while its state is unreadable.
-    served: HashMap<ObjectKey, ServedKeys>,
+    /// What is served: the last good keys per SigningKey (kept while its state is
+    /// unreadable) and the compiled policies.
+    index: Index,
     runtime: Arc<PolicyRuntime>,
+    /// Per SigningKey, what its last reconcile saw: a key is reconciled again only when
+    /// its manifest, its state file or the time asks for it.
+    key_checks: HashMap<ObjectKey, KeyCheck>,
     rollouts: RolloutTracker,
     /// The rollout progress last recorded per policy, written back if its file vanishes.
     recorded_rollouts: HashMap<ObjectKey, crate::api::RolloutProgress>,
     /// The SigningKeys of the manifests, for the admission webhook.
     known: Arc<KnownKeys>,
+}
+
+/// The objects whose manifests changed since the last reconcile.
+#[derive(Default)]
+struct Changed {
+    signing_keys: BTreeSet<ObjectKey>,
+    auth_policies: BTreeSet<ObjectKey>,
+}
+
+/// What the last reconcile of a SigningKey saw.
+struct KeyCheck {
+    /// Its state file then (after any write): another writer, a deleted file or folder
+    /// shows as a different stamp.
+    stamp: Option<FileStamp>,
+    /// When it must run again (rotation, retry).
+    next: Option<Timestamp>,
+}
+
+/// A file's modification time and length: `stat` is cheap, reading 1,000 key files at
+/// every change is not.
+type FileStamp = (std::time::SystemTime, u64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
 }
 
 /// The SigningKeys the manifests define, as the admission webhook sees them.
@@ -389,56 +424,108 @@ impl Driver {
         for warning in admission_warnings(&self.desired, &desired, &*self.known) {
             tracing::warn!("{warning}");
         }
+        for (id, key) in &desired.signing_keys {
+            if self.desired.signing_keys.get(id) != Some(key) {
+                self.changed.signing_keys.insert(id.clone());
+            }
+        }
+        for (id, policy) in &desired.auth_policies {
+            if self.desired.auth_policies.get(id) != Some(policy) {
+                self.changed.auth_policies.insert(id.clone());
+            }
+        }
         self.desired = desired;
     }
 
-    /// Brings every SigningKey up to date, publishes the result, and returns when to run
-    /// again.
+    /// Brings the SigningKeys that need it up to date (changed, due, or whose state file
+    /// changed), indexes what changed, publishes the result, and returns when to run
+    /// again. The cost is in proportion to what changed, not to the number of objects.
     fn reconcile(&mut self) -> Option<Timestamp> {
+        let now = self.clock.now();
         let mut wakeup: Option<Timestamp> = None;
         let gone: Vec<ObjectKey> = self
-            .served
-            .keys()
+            .index
+            .served_keys()
+            .map(|(id, _)| id)
+            .chain(self.key_checks.keys())
             .filter(|id| !self.desired.signing_keys.contains_key(id))
             .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         for id in gone {
-            tracing::info!(
-                "SigningKey {id} removed: its issuer is no longer served (its keys stay in the state folder)"
-            );
+            if self.index.served(&id).is_some() {
+                tracing::info!(
+                    "SigningKey {id} removed: its issuer is no longer served (its keys stay in the state folder)"
+                );
+            }
             self.forget(&id);
         }
         let desired = std::mem::take(&mut self.desired);
+        let changed = std::mem::take(&mut self.changed);
         for (id, key) in &desired.signing_keys {
+            let check = self.key_checks.get(id);
+            let due = changed.signing_keys.contains(id)
+                || check.is_none_or(|check| {
+                    check.next.is_some_and(|next| next <= now)
+                        || stamp(&self.store.path(id)) != check.stamp
+                });
+            if !due {
+                wakeup = [wakeup, check.and_then(|c| c.next)]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                continue;
+            }
             let next = match self.reconcile_key(id, key) {
                 Ok((served, next)) => {
-                    self.served.insert(id.clone(), served);
+                    self.index.apply_key(id, served);
                     next
                 }
                 Err(message) => {
                     tracing::error!("SigningKey {id}: {message}");
                     self.metrics.reload_error("keystore");
-                    Some(crate::keys::lifecycle::add(self.clock.now(), RETRY))
+                    Some(crate::keys::lifecycle::add(now, RETRY))
                 }
             };
+            let check = KeyCheck {
+                stamp: stamp(&self.store.path(id)),
+                next,
+            };
+            self.key_checks.insert(id.clone(), check);
             wakeup = [wakeup, next].into_iter().flatten().min();
         }
         self.desired = desired;
-        let (policies, next) = self.track_rollouts();
+        let next = self.track_rollouts(&changed.auth_policies);
         wakeup = [wakeup, next].into_iter().flatten().min();
-        let policies = policies.iter().map(|(id, p)| (id, p));
-        self.registry
-            .publish(build_snapshot(&self.served, policies, &self.runtime));
+        self.registry.publish(self.index.snapshot());
         wakeup
     }
 
-    /// Moves stepped rollouts along, recording their progress in the state folder, and
-    /// returns the policies with that progress in their status, as the operator has them.
-    fn track_rollouts(&mut self) -> (Vec<(ObjectKey, crate::api::AuthPolicy)>, Option<Timestamp>) {
+    /// Indexes the AuthPolicies that changed, and moves stepped rollouts along, recording
+    /// their progress in the state folder; a policy is indexed with its progress in its
+    /// status, as the operator has it. Returns when a rollout moves next.
+    fn track_rollouts(&mut self, changed: &BTreeSet<ObjectKey>) -> Option<Timestamp> {
         let now = self.clock.now();
         let mut wakeup = None;
-        let mut policies = Vec::new();
+        let gone: Vec<ObjectKey> = self
+            .index
+            .policy_ids()
+            .filter(|id| !self.desired.auth_policies.contains_key(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.index.delete_policy(&id);
+        }
         for (id, policy) in &self.desired.auth_policies {
+            // Only a stepped rollout moves by itself; any other policy is looked at when
+            // its manifest changes (or when it stops being stepped, while its record is
+            // forgotten).
+            let moves =
+                !policy.spec.rollout.steps.is_empty() || self.recorded_rollouts.contains_key(id);
+            if !moves && !changed.contains(id) && self.index.has_policy(id) {
+                continue;
+            }
             let loaded = self.store.load_rollout(id).unwrap_or_else(|e| {
                 tracing::error!("AuthPolicy {id}: {e}; its rollout starts over");
                 None
@@ -493,13 +580,13 @@ impl Driver {
             };
             let mut policy = policy.clone();
             policy.status.get_or_insert_with(Default::default).rollout = progress;
-            policies.push((id.clone(), policy));
+            self.index.apply_policy(policy);
         }
         let desired = &self.desired.auth_policies;
         self.rollouts.retain(|id| desired.contains_key(id));
         self.recorded_rollouts
             .retain(|id, _| desired.contains_key(id));
-        (policies, wakeup)
+        wakeup
     }
 
     fn reconcile_key(
@@ -512,7 +599,7 @@ impl Driver {
         let mut stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
         let mut restore = false;
         if stored.is_none()
-            && let Some(served) = self.served.get(id)
+            && let Some(served) = self.index.served(id)
         {
             // The file vanished under a running server (the state folder was moved or
             // deleted): the keys in memory are still the truth, and new ones would break
@@ -578,14 +665,15 @@ impl Driver {
     }
 
     fn forget(&mut self, id: &ObjectKey) {
-        self.served.remove(id);
+        self.index.delete_key(id);
+        self.key_checks.remove(id);
         self.metrics.forget_keys(&id.namespace, &id.name);
     }
 
     fn log_issuers(&self) {
         let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self
-            .served
-            .iter()
+            .index
+            .served_keys()
             .map(|(id, s)| (id, &s.published))
             .collect();
         for (id, published) in ordered {

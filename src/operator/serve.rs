@@ -2,29 +2,23 @@
 //! AuthPolicies, and keeps the registry as dev mode does (same core, same server). The
 //! request path never calls the API server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 
 use super::signing_keys::{MANAGED_BY, secret_data};
 use crate::admission::SigningKeyIndex;
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
+use crate::index::Index;
 use crate::keys::store;
-use crate::registry::{
-    PolicyRuntime, PublishedIssuer, Registry, ServedKeys, SourceState, build_snapshot,
-};
-
-/// Changes arriving in a burst (a list, a rotation touching Secret and status) are applied
-/// together.
-const SETTLE: Duration = Duration::from_millis(50);
+use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, SourceState};
 
 pub fn managed_selector() -> String {
     format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
@@ -44,6 +38,11 @@ impl SigningKeyIndex for KeyIndex {
 
 /// Runs the serving watches. `keys` is the SigningKey cache, made by the caller so that
 /// the admission webhook can read it too.
+///
+/// Each watch event names the object it touched; the loop applies those objects to the
+/// index (reading them from the watch caches) and publishes. A relist (at start, after a
+/// watch restart) resyncs that kind once it is complete, which also finds the objects
+/// deleted meanwhile.
 pub async fn run(
     client: Client,
     external_url: String,
@@ -59,36 +58,37 @@ pub async fn run(
     let (secrets, secrets_writer) = reflector::store::<Secret>();
     let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
     let managed = watcher::Config::default().labels(&managed_selector());
-    // Each watch is tagged with its index in WATCHES, so that a failing one is named.
-    let tag = |index: usize| move |e: Result<(), watcher::Error>| (index, e);
     let streams = vec![
         reflector::reflector(
             keys_writer,
             watcher(Api::all(client.clone()), watcher::Config::default()),
         )
         .default_backoff()
-        .map(|e| e.map(drop))
-        .map(tag(0))
+        .map(|e| (0, e.map(|event| touched(&event))))
         .boxed(),
         reflector::reflector(secrets_writer, watcher(Api::all(client.clone()), managed))
             .default_backoff()
-            .map(|e| e.map(drop))
-            .map(tag(1))
+            .map(|e| (1, e.map(|event| touched(&event))))
             .boxed(),
         reflector::reflector(
             policies_writer,
             watcher(Api::all(client), watcher::Config::default()),
         )
         .default_backoff()
-        .map(|e| e.map(drop))
-        .map(tag(2))
+        .map(|e| (2, e.map(|event| touched(&event))))
         .boxed(),
     ];
     for name in WATCHES {
         registry.set_source(name, SourceState::Syncing);
     }
     let mut changes = futures::stream::select_all(streams);
-    let mut view = View::default();
+    let mut view = View::new(runtime);
+    let caches = Caches {
+        keys: &keys,
+        secrets: &secrets,
+        policies: &policies,
+        external_url: &external_url,
+    };
     loop {
         let mut batch = Vec::new();
         tokio::select! {
@@ -98,7 +98,8 @@ pub async fn run(
                 Some(change) => batch.push(change),
             },
         }
-        tokio::time::sleep(SETTLE).await;
+        // What has already arrived is applied together (a list, a rotation touching
+        // Secret and status); nothing waits for more.
         while let Some(Some(change)) = changes.next().now_or_never() {
             batch.push(change);
         }
@@ -109,17 +110,19 @@ pub async fn run(
         ]
         .map(|r| matches!(r, Some(Ok(()))));
         // The last item of each watch in this batch says how it is doing now.
-        let mut latest: [Option<Result<(), watcher::Error>>; 3] = Default::default();
+        let mut latest: [Option<Result<(), String>>; 3] = Default::default();
         for (index, result) in batch {
-            latest[index] = Some(result);
+            match result {
+                Ok(touched) => {
+                    view.pending.add(index, touched);
+                    latest[index] = Some(Ok(()));
+                }
+                Err(e) => latest[index] = Some(Err(describe_watch_error(&e))),
+            }
         }
         for (index, result) in latest.into_iter().enumerate() {
             match result {
-                Some(Err(e)) => report(
-                    &registry,
-                    WATCHES[index],
-                    SourceState::Failing(describe_watch_error(&e)),
-                ),
+                Some(Err(why)) => report(&registry, WATCHES[index], SourceState::Failing(why)),
                 Some(Ok(())) if synced[index] => {
                     report(&registry, WATCHES[index], SourceState::Synced)
                 }
@@ -135,9 +138,56 @@ pub async fn run(
             WATCHES[..2].contains(name) && matches!(state, SourceState::Failing(_))
         });
         if (synced[0] && synced[1]) || (synced[2] && key_watch_failing) {
-            let mut snapshot = view.rebuild(&keys, &secrets, &policies, &external_url, &runtime);
+            view.apply_pending(&caches);
+            let mut snapshot = view.index.snapshot();
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
+        }
+    }
+}
+
+/// What one watch event touched: an object, or (a relist complete) every object of the
+/// kind.
+enum Touched {
+    Object(ObjectKey),
+    Everything,
+    Nothing,
+}
+
+fn touched<K: kube::Resource>(event: &watcher::Event<K>) -> Touched {
+    match event {
+        watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+            Touched::Object(ObjectKey::of(object.meta()))
+        }
+        // Objects of a relist reach the cache only once it is complete.
+        watcher::Event::Init | watcher::Event::InitApply(_) => Touched::Nothing,
+        watcher::Event::InitDone => Touched::Everything,
+    }
+}
+
+/// The watch caches and what rendering needs.
+struct Caches<'a> {
+    keys: &'a Store<DeserializeGuard<SigningKey>>,
+    secrets: &'a Store<Secret>,
+    policies: &'a Store<DeserializeGuard<AuthPolicy>>,
+    external_url: &'a str,
+}
+
+/// Objects touched since they were last applied, per kind (in the order of WATCHES).
+#[derive(Default)]
+struct Pending {
+    objects: [BTreeSet<ObjectKey>; 3],
+    everything: [bool; 3],
+}
+
+impl Pending {
+    fn add(&mut self, watch: usize, touched: Touched) {
+        match touched {
+            Touched::Object(id) => {
+                self.objects[watch].insert(id);
+            }
+            Touched::Everything => self.everything[watch] = true,
+            Touched::Nothing => {}
         }
     }
 }
@@ -180,100 +230,188 @@ fn describe_watch_error(error: &watcher::Error) -> String {
     }
 }
 
-/// The last good state, and what was already warned about (so a bad object is reported
-/// once, not at every change).
-#[derive(Default)]
+/// The index fed from the watch caches, and what was already warned about (so a bad
+/// object is reported once, not at every change).
 struct View {
-    served: HashMap<ObjectKey, ServedKeys>,
+    index: Index,
+    pending: Pending,
+    /// The Secret each SigningKey keeps its keys in, and the reverse: a Secret event
+    /// re-renders only the SigningKeys using it.
+    secret_of: HashMap<ObjectKey, ObjectKey>,
+    users_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// The `resourceVersion` of each AuthPolicy last applied: a relist does not validate
+    /// again what did not change.
+    policy_versions: HashMap<ObjectKey, Option<String>>,
     warned: HashSet<String>,
 }
 
 impl View {
+    fn new(runtime: Arc<PolicyRuntime>) -> Self {
+        Self {
+            index: Index::new(runtime),
+            pending: Pending::default(),
+            secret_of: HashMap::new(),
+            users_of: HashMap::new(),
+            policy_versions: HashMap::new(),
+            warned: HashSet::new(),
+        }
+    }
+
     fn warn_once(&mut self, message: String) {
         if self.warned.insert(message.clone()) {
             tracing::warn!("{message}");
         }
     }
 
-    fn rebuild(
-        &mut self,
-        keys: &Store<DeserializeGuard<SigningKey>>,
-        secrets: &Store<Secret>,
-        policies: &Store<DeserializeGuard<AuthPolicy>>,
-        external_url: &str,
-        runtime: &PolicyRuntime,
-    ) -> crate::registry::Snapshot {
-        let mut served = HashMap::new();
-        for guard in keys.state() {
-            let key = match &guard.0 {
-                Ok(key) => key,
-                Err(invalid) => {
-                    let id = ObjectKey::of(&invalid.metadata);
-                    self.warn_once(format!(
-                        "SigningKey {id} skipped, it does not parse: {}",
-                        invalid.error
-                    ));
-                    continue;
-                }
-            };
-            let id = ObjectKey::of(&key.metadata);
-            if !key.validate().is_empty() {
-                self.warn_once(format!("SigningKey {id} skipped: invalid spec"));
-                continue;
-            }
-            let secret_ref = ObjectRef::<Secret>::new(&key.secret_name()).within(&id.namespace);
-            let keyset = secrets
-                .get(&secret_ref)
-                .ok_or_else(|| "its Secret does not exist yet".to_owned())
-                .and_then(|secret| secret_data(&secret).map_err(|e| e.to_string()))
-                .and_then(|data| store::from_data(&data).map_err(|e| e.to_string()));
-            match keyset {
-                Ok(keyset) => {
-                    let published = PublishedIssuer::render(
-                        &id.namespace,
-                        &id.name,
-                        &key.issuer(external_url),
-                        &keyset,
-                        key.key_policy().pre_publish,
-                    );
-                    served.insert(
-                        id,
-                        ServedKeys {
-                            published: Arc::new(published),
-                            keys: keyset,
-                        },
-                    );
-                }
-                Err(reason) => match self.served.remove(&id) {
-                    Some(last_good) => {
-                        self.warn_once(format!(
-                            "SigningKey {id}: {reason}; serving its last good keys"
-                        ));
-                        served.insert(id, last_good);
-                    }
-                    None => self.warn_once(format!("SigningKey {id} not served yet: {reason}")),
-                },
+    /// Applies every pending object to the index: keys first, so that the policies
+    /// compiled next see them.
+    fn apply_pending(&mut self, caches: &Caches<'_>) {
+        let pending = std::mem::take(&mut self.pending);
+        let [keys, secrets, policies] = pending.objects;
+        let mut keys = keys;
+        if pending.everything[0] || pending.everything[1] {
+            keys.extend(caches.keys.state().iter().map(|k| ObjectKey::of(k.meta())));
+            keys.extend(self.index.served_keys().map(|(id, _)| id.clone()));
+            keys.extend(self.secret_of.keys().cloned());
+        }
+        for secret in &secrets {
+            keys.extend(self.users_of.get(secret).into_iter().flatten().cloned());
+        }
+        for id in &keys {
+            self.sync_key(id, caches);
+        }
+        let mut policies = policies;
+        if pending.everything[2] {
+            policies.extend(
+                caches
+                    .policies
+                    .state()
+                    .iter()
+                    .map(|p| ObjectKey::of(p.meta())),
+            );
+            policies.extend(self.policy_versions.keys().cloned());
+        }
+        for id in &policies {
+            self.sync_policy(id, caches);
+        }
+    }
+
+    fn set_secret(&mut self, id: &ObjectKey, secret: Option<ObjectKey>) {
+        if let Some(old) = self.secret_of.remove(id)
+            && let Some(users) = self.users_of.get_mut(&old)
+        {
+            users.remove(id);
+            if users.is_empty() {
+                self.users_of.remove(&old);
             }
         }
-        self.served = served;
-        let mut valid = Vec::new();
-        for guard in policies.state() {
-            match &guard.0 {
-                Ok(policy) if policy.validate().is_empty() => {
-                    valid.push((ObjectKey::of(&policy.metadata), policy.clone()));
-                }
-                Ok(policy) => self.warn_once(format!(
-                    "AuthPolicy {} skipped: invalid spec",
-                    ObjectKey::of(&policy.metadata)
-                )),
-                Err(invalid) => self.warn_once(format!(
-                    "AuthPolicy {} skipped, it does not parse: {}",
-                    ObjectKey::of(&invalid.metadata),
+        if let Some(secret) = secret {
+            self.users_of
+                .entry(secret.clone())
+                .or_default()
+                .insert(id.clone());
+            self.secret_of.insert(id.clone(), secret);
+        }
+    }
+
+    /// Serves a SigningKey as the caches have it now: from its Secret, the last good keys
+    /// while that is missing or broken, nothing once it is gone or invalid.
+    fn sync_key(&mut self, id: &ObjectKey, caches: &Caches<'_>) {
+        let guard = caches
+            .keys
+            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+        let key = match guard.as_deref().map(|g| &g.0) {
+            None => {
+                self.set_secret(id, None);
+                self.index.delete_key(id);
+                return;
+            }
+            Some(Err(invalid)) => {
+                self.warn_once(format!(
+                    "SigningKey {id} skipped, it does not parse: {}",
                     invalid.error
-                )),
+                ));
+                self.set_secret(id, None);
+                self.index.delete_key(id);
+                return;
+            }
+            Some(Ok(key)) => key,
+        };
+        if !key.validate().is_empty() {
+            self.warn_once(format!("SigningKey {id} skipped: invalid spec"));
+            self.set_secret(id, None);
+            self.index.delete_key(id);
+            return;
+        }
+        let secret = ObjectKey {
+            namespace: id.namespace.clone(),
+            name: key.secret_name(),
+        };
+        self.set_secret(id, Some(secret.clone()));
+        let secret_ref = ObjectRef::<Secret>::new(&secret.name).within(&secret.namespace);
+        let keyset = caches
+            .secrets
+            .get(&secret_ref)
+            .ok_or_else(|| "its Secret does not exist yet".to_owned())
+            .and_then(|secret| secret_data(&secret).map_err(|e| e.to_string()))
+            .and_then(|data| store::from_data(&data).map_err(|e| e.to_string()));
+        match keyset {
+            Ok(keyset) => {
+                let published = PublishedIssuer::render(
+                    &id.namespace,
+                    &id.name,
+                    &key.issuer(caches.external_url),
+                    &keyset,
+                    key.key_policy().pre_publish,
+                );
+                self.index.apply_key(
+                    id,
+                    ServedKeys {
+                        published: Arc::new(published),
+                        keys: keyset,
+                    },
+                );
+            }
+            Err(reason) if self.index.served(id).is_some() => {
+                self.warn_once(format!(
+                    "SigningKey {id}: {reason}; serving its last good keys"
+                ));
+            }
+            Err(reason) => self.warn_once(format!("SigningKey {id} not served yet: {reason}")),
+        }
+    }
+
+    /// Serves an AuthPolicy as the cache has it now, if it is valid.
+    fn sync_policy(&mut self, id: &ObjectKey, caches: &Caches<'_>) {
+        let guard = caches
+            .policies
+            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+        let Some(guard) = guard else {
+            self.policy_versions.remove(id);
+            self.index.delete_policy(id);
+            return;
+        };
+        let version = guard.meta().resource_version.clone();
+        if self.policy_versions.get(id) == Some(&version) {
+            return;
+        }
+        self.policy_versions.insert(id.clone(), version);
+        match &guard.0 {
+            Ok(policy) if policy.validate().is_empty() => {
+                self.index.apply_policy(policy.clone());
+            }
+            Ok(_) => {
+                self.warn_once(format!("AuthPolicy {id} skipped: invalid spec"));
+                self.index.delete_policy(id);
+            }
+            Err(invalid) => {
+                self.warn_once(format!(
+                    "AuthPolicy {id} skipped, it does not parse: {}",
+                    invalid.error
+                ));
+                self.index.delete_policy(id);
             }
         }
-        build_snapshot(&self.served, valid.iter().map(|(id, p)| (id, p)), runtime)
     }
 }
 
@@ -316,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_serves_from_secrets_keeps_the_last_good_and_skips_the_malformed() {
+    fn keys_are_served_from_secrets_keeping_the_last_good_and_skipping_the_malformed() {
         let (keys, mut keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
         let (secrets, mut secrets_writer) = reflector::store::<Secret>();
         let (policies, _policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
@@ -339,14 +477,16 @@ mod tests {
             .apply_watcher_event(&Event::Apply(key("broken", json!({"algorithm": "HS256"}))));
         secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &outcome.data)));
 
-        let mut view = View::default();
-        let snapshot = view.rebuild(
-            &keys,
-            &secrets,
-            &policies,
-            "https://auth.example",
-            &runtime(),
-        );
+        let caches = Caches {
+            keys: &keys,
+            secrets: &secrets,
+            policies: &policies,
+            external_url: "https://auth.example",
+        };
+        let mut view = View::new(Arc::new(runtime()));
+        view.pending.everything = [true; 3];
+        view.apply_pending(&caches);
+        let snapshot = view.index.snapshot();
         let served = &snapshot.issuers["/auth/web"];
         let jwks: serde_json::Value = serde_json::from_slice(&served.jwks).unwrap();
         assert_eq!(
@@ -362,14 +502,11 @@ mod tests {
         // The Secret edited into garbage: the last good keys keep serving.
         let mut garbage = outcome.data.clone();
         garbage.insert("keys.json".into(), "{".into());
-        secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &garbage)));
-        let snapshot = view.rebuild(
-            &keys,
-            &secrets,
-            &policies,
-            "https://auth.example",
-            &runtime(),
-        );
+        let event = Event::Apply(secret("web-keys", &garbage));
+        secrets_writer.apply_watcher_event(&event);
+        view.pending.add(1, touched(&event));
+        view.apply_pending(&caches);
+        let snapshot = view.index.snapshot();
         assert_eq!(snapshot.issuers["/auth/web"].jwks, served.jwks);
     }
 }
