@@ -375,3 +375,7 @@ fn verification_fingerprint(
     fingerprint.copy_from_slice(hash.finish().as_ref());
     fingerprint
 }
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;

@@ -1,0 +1,320 @@
+//! The index in Linkerd's style: sequences of apply and delete, and assertions on the
+//! published snapshot and on how many policies were compiled. No server, no API.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use jiff::Timestamp;
+use serde_json::json;
+
+use super::Index;
+use crate::api::{AuthPolicy, ObjectKey, SigningKey};
+use crate::clock::SystemClock;
+use crate::keys::KeyMaterial;
+use crate::metrics::Metrics;
+use crate::policy::{Rejection, Verdict};
+use crate::registry::{PolicyRuntime, ServedKeys};
+use crate::token::{MintRequest, mint};
+
+const URL: &str = "https://auth.example";
+
+fn id(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn index(cache_size: usize) -> (Index, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let runtime = PolicyRuntime::new(metrics.clone(), Arc::new(SystemClock), cache_size);
+    (Index::new(Arc::new(runtime)), metrics)
+}
+
+fn signing_key(name: &str, spec: serde_json::Value) -> SigningKey {
+    serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": name, "namespace": "auth"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// Fresh keys for a SigningKey (EdDSA, fast to make): new kids every call.
+fn fresh_keys(name: &str, spec: serde_json::Value) -> ServedKeys {
+    let key = signing_key(name, spec);
+    let outcome = crate::reconcile::signing_key(
+        &key,
+        None,
+        URL,
+        Timestamp::now(),
+        &mut KeyMaterial::generate,
+    )
+    .unwrap();
+    ServedKeys {
+        published: Arc::new(outcome.published("auth", name)),
+        keys: outcome.keys,
+    }
+}
+
+fn eddsa(name: &str) -> ServedKeys {
+    fresh_keys(name, json!({"algorithm": "EdDSA"}))
+}
+
+fn policy(name: &str, key: &str, audience: &str) -> AuthPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": name, "namespace": "shop", "generation": 1},
+        "spec": {
+            "issuers": [{"signingKeyRef": {"name": key, "namespace": "auth"}}],
+            "audiences": [audience],
+            "rollout": {"mode": "Enforce", "percentage": 100},
+        },
+    }))
+    .unwrap()
+}
+
+fn token(served: &ServedKeys, audience: &str) -> String {
+    let request = MintRequest {
+        subject: "alice".into(),
+        audiences: vec![audience.into()],
+        ttl: jiff::SignedDuration::from_mins(10),
+        ..MintRequest::default()
+    };
+    mint(
+        &served.keys,
+        &served.published.issuer,
+        &request,
+        Timestamp::now(),
+    )
+    .unwrap()
+}
+
+fn decide(index: &Index, policy: &str, token: &str) -> Verdict {
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let snapshot = index.snapshot();
+    snapshot.policies[&id("shop", policy)]
+        .decide(&headers, Timestamp::now())
+        .verdict
+}
+
+#[test]
+fn a_policy_is_served_once_applied_and_gone_once_deleted() {
+    let (mut index, _) = index(0);
+    let web = eddsa("web");
+    index.apply_key(&id("auth", "web"), web.clone());
+    assert!(index.apply_policy(policy("pay", "web", "pay")));
+    assert_eq!(decide(&index, "pay", &token(&web, "pay")), Verdict::Allow);
+    assert_eq!(
+        decide(&index, "pay", &token(&web, "other")),
+        Verdict::Deny(Rejection::WrongAudience)
+    );
+    assert!(index.snapshot().issuers.contains_key("/auth/web"));
+
+    assert!(index.delete_policy(&id("shop", "pay")));
+    assert!(!index.snapshot().policies.contains_key(&id("shop", "pay")));
+    assert!(!index.delete_policy(&id("shop", "pay")), "already gone");
+}
+
+#[test]
+fn an_unchanged_policy_is_not_compiled_again() {
+    let (mut index, _) = index(0);
+    index.apply_key(&id("auth", "web"), eddsa("web"));
+    index.apply_policy(policy("pay", "web", "pay"));
+    let compiled = index.snapshot().policies[&id("shop", "pay")].clone();
+    assert_eq!(index.compilations(), 1);
+
+    // What the leader writes (conditions, a new resourceVersion, labels) compiles nothing.
+    let mut same = policy("pay", "web", "pay");
+    same.metadata.resource_version = Some("42".into());
+    same.metadata.labels = Some([("team".to_owned(), "payments".to_owned())].into());
+    same.status = Some(crate::api::AuthPolicyStatus {
+        forward_auth_url: Some("http://x".into()),
+        ..Default::default()
+    });
+    assert!(!index.apply_policy(same));
+    assert_eq!(index.compilations(), 1);
+    assert!(Arc::ptr_eq(
+        &index.snapshot().policies[&id("shop", "pay")],
+        &compiled
+    ));
+
+    // Its spec changing compiles it, and only it.
+    index.apply_policy(policy("other", "web", "other"));
+    assert!(index.apply_policy(policy("pay", "web", "pay-v2")));
+    assert_eq!(index.compilations(), 3);
+}
+
+#[test]
+fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
+    let (mut index, _) = index(0);
+    index.apply_key(&id("auth", "web"), eddsa("web"));
+    index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
+    index.apply_policy(policy("pay", "web", "pay"));
+    index.apply_policy(policy("cart", "web", "cart"));
+    index.apply_policy(policy("app", "mobile", "app"));
+    let before = index.snapshot();
+    assert_eq!(index.compilations(), 3);
+
+    // New keys in web's Secret (a rotation, a restore): pay and cart verify with them.
+    let rotated = eddsa("web");
+    assert!(index.apply_key(&id("auth", "web"), rotated.clone()));
+    assert_eq!(index.compilations(), 5, "pay and cart, not app");
+    let after = index.snapshot();
+    assert!(Arc::ptr_eq(
+        &before.policies[&id("shop", "app")],
+        &after.policies[&id("shop", "app")]
+    ));
+    assert_eq!(
+        decide(&index, "cart", &token(&rotated, "cart")),
+        Verdict::Allow
+    );
+    assert_ne!(
+        before.issuers["/auth/web"].jwks, after.issuers["/auth/web"].jwks,
+        "the JWKS is rendered again"
+    );
+
+    // The same keys rendered again (a Secret event that changed nothing we verify with,
+    // a Next key becoming Active) compile nothing.
+    let again = ServedKeys {
+        published: Arc::new(crate::registry::PublishedIssuer::render(
+            "auth",
+            "web",
+            &rotated.published.issuer,
+            &rotated.keys,
+            jiff::SignedDuration::from_hours(1),
+        )),
+        keys: rotated.keys.clone(),
+    };
+    assert!(!index.apply_key(&id("auth", "web"), again));
+    assert_eq!(index.compilations(), 5);
+}
+
+#[test]
+fn a_policy_waits_for_its_key_and_fails_closed_without_it() {
+    let (mut index, _) = index(0);
+    index.apply_policy(policy("pay", "web", "pay"));
+    let web = eddsa("web");
+    let token = token(&web, "pay");
+    assert_eq!(
+        decide(&index, "pay", &token),
+        Verdict::Deny(Rejection::IssuerUnavailable)
+    );
+    assert_eq!(
+        index.snapshot().policies[&id("shop", "pay")].unresolved,
+        ["auth/web"]
+    );
+
+    index.apply_key(&id("auth", "web"), web);
+    assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
+    assert!(
+        index.snapshot().policies[&id("shop", "pay")]
+            .unresolved
+            .is_empty()
+    );
+
+    assert!(index.delete_key(&id("auth", "web")));
+    assert_ne!(decide(&index, "pay", &token), Verdict::Allow);
+    assert!(!index.snapshot().issuers.contains_key("/auth/web"));
+}
+
+#[test]
+fn a_policy_that_stops_naming_a_key_is_not_recompiled_by_it() {
+    let (mut index, _) = index(0);
+    index.apply_key(&id("auth", "web"), eddsa("web"));
+    index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
+    index.apply_policy(policy("pay", "web", "pay"));
+    index.apply_policy(policy("pay", "mobile", "pay"));
+    let compiled = index.compilations();
+    index.apply_key(&id("auth", "web"), eddsa("web"));
+    assert_eq!(index.compilations(), compiled, "pay no longer names web");
+    index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
+    assert_eq!(index.compilations(), compiled + 1);
+}
+
+#[test]
+fn an_unrelated_change_keeps_cached_decisions() {
+    let (mut index, metrics) = index(100);
+    let web = eddsa("web");
+    index.apply_key(&id("auth", "web"), web.clone());
+    index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
+    index.apply_policy(policy("pay", "web", "pay"));
+    let token = token(&web, "pay");
+    assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
+    assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
+    assert_eq!(metrics.cache_hits.get(), 1, "the second decision is cached");
+
+    // Another policy, another key's rotation, pay's own rollout progress recorded: pay's
+    // cached verification stays.
+    index.apply_policy(policy("cart", "web", "cart"));
+    index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
+    let mut progressed = policy("pay", "web", "pay");
+    progressed.status = Some(crate::api::AuthPolicyStatus {
+        rollout: Some(
+            serde_json::from_value(
+                json!({"step": 0, "steps": [100.0], "since": "2026-01-01T00:00:00Z"}),
+            )
+            .unwrap(),
+        ),
+        ..Default::default()
+    });
+    assert!(index.apply_policy(progressed), "recompiled");
+    assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
+    assert_eq!(metrics.cache_hits.get(), 2, "still cached");
+
+    // What pay verifies with changing does drop it.
+    index.apply_key(&id("auth", "web"), eddsa("web"));
+    assert_ne!(decide(&index, "pay", &token), Verdict::Allow);
+    assert_eq!(metrics.cache_hits.get(), 2);
+}
+
+#[test]
+fn an_issuer_path_is_served_by_its_first_claimant_until_it_goes() {
+    let (mut index, _) = index(0);
+    let same = |name: &str| {
+        fresh_keys(
+            name,
+            json!({"algorithm": "EdDSA", "issuer": "https://auth.example/shared"}),
+        )
+    };
+    let (a, b) = (same("a"), same("b"));
+    index.apply_key(&id("auth", "b"), b.clone());
+    index.apply_key(&id("auth", "a"), a.clone());
+    assert_eq!(
+        index.snapshot().issuers["/shared"].jwks,
+        a.published.jwks,
+        "auth/a comes first"
+    );
+    index.delete_key(&id("auth", "a"));
+    assert_eq!(index.snapshot().issuers["/shared"].jwks, b.published.jwks);
+    index.delete_key(&id("auth", "b"));
+    assert!(index.snapshot().issuers.is_empty());
+}
+
+#[test]
+fn a_snapshot_shares_what_did_not_change() {
+    let (mut index, _) = index(0);
+    index.apply_key(&id("auth", "web"), eddsa("web"));
+    for i in 0..100 {
+        index.apply_policy(policy(&format!("p{i}"), "web", "pay"));
+    }
+    let before = index.snapshot();
+    index.apply_policy(policy("p7", "web", "other"));
+    index.delete_policy(&id("shop", "p8"));
+    let after = index.snapshot();
+    assert_eq!(after.policies.len(), 99);
+    for i in (0..100).filter(|i| ![7, 8].contains(i)) {
+        let key = id("shop", &format!("p{i}"));
+        assert!(Arc::ptr_eq(&before.policies[&key], &after.policies[&key]));
+    }
+    assert!(!Arc::ptr_eq(
+        &before.policies[&id("shop", "p7")],
+        &after.policies[&id("shop", "p7")]
+    ));
+    assert_eq!(
+        before.policies.len(),
+        100,
+        "a published snapshot never changes"
+    );
+}
