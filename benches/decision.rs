@@ -27,7 +27,7 @@ use authplane::keys::lifecycle::{KeyRecord, KeySet};
 use authplane::keys::{Algorithm, KeyMaterial};
 use authplane::policy::cache::DecisionCache;
 use authplane::policy::{
-    CompileContext, CompiledPolicy, IssuerKeys, PolicyStats, Rejection, Verdict,
+    CompileContext, CompiledPolicy, IssuerKeys, METER_SLOTS, PolicyStats, Rejection, Verdict,
 };
 use authplane::token::{MintRequest, mint};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -162,7 +162,7 @@ fn decisions(c: &mut Criterion) {
 /// meters), without the verified-token cache.
 fn server_over(f: &Fixture) -> Router {
     let metrics = Arc::new(Metrics::default());
-    let stats = PolicyStats::new(&metrics, "bench", "api");
+    let stats = PolicyStats::new(Box::new(metrics.policy_meters("bench", "api", METER_SLOTS)));
     let context = CompileContext {
         external: None,
         cache: None,

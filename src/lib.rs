@@ -1,26 +1,21 @@
-//! authplane: JWT signing keys with safe rotation, JWKS and OIDC discovery, for
-//! Kubernetes and for a local folder.
+//! authplane: JWT signing keys with safe rotation, JWKS and OIDC discovery, staged JWT
+//! enforcement, for Kubernetes and for a local folder.
 //!
-//! `keys`, `api`, `admission` and `reconcile` are pure (no I/O, time passed in);
-//! `policy` compiles and decides, but still starts the refresh tasks of external
-//! issuers through `external` while compiling (not yet separated). `dev` is the folder
-//! driver and `operator` the Kubernetes driver; `server` serves the read-only
-//! [`registry::Registry`] over HTTP; `cli` holds what the commands share. The README's
-//! layout section is the longer map.
+//! The pure core is the `authplane-core` crate, re-exported here under the same names
+//! (`api`, `keys`, `policy`, `index`, ...). This crate is the runtime around it: `dev` is
+//! the folder driver and `operator` the Kubernetes driver, both feeding the core's
+//! index; `registry` holds the published snapshot and what outlives it; `external`
+//! fetches external issuers' key sets; `server` serves the snapshot over HTTP;
+//! `metrics`, `tls`; `cli` holds what the commands share. The README's layout section is
+//! the longer map.
 
-pub mod admission;
-pub mod api;
+pub use authplane_core::{admission, api, clock, index, keys, policy, reconcile, snapshot, token};
+
 pub mod cli;
-pub mod clock;
 pub mod dev;
 pub mod external;
-pub mod index;
-pub mod keys;
 pub mod metrics;
 pub mod operator;
-pub mod policy;
-pub mod reconcile;
 pub mod registry;
 pub mod server;
 pub mod tls;
-pub mod token;

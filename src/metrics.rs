@@ -451,8 +451,8 @@ pub struct PolicyMeters {
     seconds: AtomicHistogram,
 }
 
-impl PolicyMeters {
-    pub fn record(&self, slot: usize, decision: &str, reason: &str, seconds: f64) {
+impl crate::policy::DecisionMeters for PolicyMeters {
+    fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64) {
         let labels = || DecisionLabels {
             namespace: self.namespace.clone(),
             policy: self.policy.clone(),
@@ -468,7 +468,7 @@ impl PolicyMeters {
         self.seconds.observe(seconds);
     }
 
-    pub fn cache_hit(&self, hit: bool) {
+    fn cache_hit(&self, hit: bool) {
         if hit {
             self.cache_hits.inc();
         } else {

@@ -1,105 +1,21 @@
-//! The server's read-side view: everything a request needs, rendered once per change and
-//! swapped in atomically. Requests never wait on a driver and never do I/O.
+//! The runtime side of serving: the registry the server reads snapshots from (swapped
+//! in atomically; requests never wait on a driver and never do I/O), the state of each
+//! input, and what outlives snapshots (external issuers, the token cache, meters).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::digest::{SHA256, digest};
-use axum::body::Bytes;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use jiff::SignedDuration;
-use serde_json::json;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{ObjectKey, keep_transition_times};
 use crate::clock::Clock;
 use crate::external::ExternalIssuers;
-use crate::keys::Algorithm;
-use crate::keys::lifecycle::KeySet;
+use crate::index::PolicyEnv;
 use crate::metrics::Metrics;
 use crate::policy::cache::DecisionCache;
-use crate::policy::{CompiledPolicy, PolicyStats};
-
-/// Upper bound of the JWKS `max-age`: verifiers should notice a new key within minutes.
-const MAX_JWKS_MAX_AGE_SECS: i64 = 300;
-
-/// One issuer's discovery document and JWKS, serialized.
-#[derive(Debug, PartialEq)]
-pub struct PublishedIssuer {
-    pub namespace: String,
-    pub name: String,
-    pub issuer: String,
-    pub jwks_uri: String,
-    pub jwks: Bytes,
-    pub discovery: Bytes,
-    /// Strong ETag of `jwks` (quoted).
-    pub etag: String,
-    /// `Cache-Control: max-age` for both documents.
-    pub max_age_secs: i64,
-}
-
-impl PublishedIssuer {
-    /// Renders the public documents of a key set. `path` is the issuer's URL path.
-    pub fn render(
-        namespace: &str,
-        name: &str,
-        issuer: &str,
-        keys: &KeySet,
-        pre_publish: SignedDuration,
-    ) -> Self {
-        let jwks_uri = format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/'));
-        let jwks: Vec<_> = keys
-            .records()
-            .iter()
-            .map(|r| {
-                r.material
-                    .public_jwk()
-                    .to_json(r.material.kid(), r.material.alg())
-            })
-            .collect();
-        let jwks = Bytes::from(serde_json::to_vec(&json!({ "keys": jwks })).unwrap_or_default());
-        let mut algorithms: Vec<Algorithm> =
-            keys.records().iter().map(|r| r.material.alg()).collect();
-        algorithms.sort_by_key(|a| a.as_str());
-        algorithms.dedup();
-        let algorithms: Vec<&str> = algorithms.iter().map(|a| a.as_str()).collect();
-        // The shape of the Kubernetes service-account issuer's discovery document.
-        let discovery = json!({
-            "issuer": issuer,
-            "jwks_uri": jwks_uri,
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": algorithms,
-        });
-        let discovery = Bytes::from(serde_json::to_vec(&discovery).unwrap_or_default());
-        let etag = format!(
-            "\"{}\"",
-            B64URL.encode(&digest(&SHA256, &jwks).as_ref()[..18])
-        );
-        Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            issuer: issuer.to_owned(),
-            jwks_uri,
-            jwks,
-            discovery,
-            etag,
-            // A verifier that honours max-age refreshes well within prePublish, so it
-            // knows the next key before that key signs.
-            max_age_secs: (pre_publish.as_secs() / 2).clamp(0, MAX_JWKS_MAX_AGE_SECS),
-        }
-    }
-}
-
-/// One SigningKey as served: its public documents, and the keys policies verify with.
-#[derive(Clone)]
-pub struct ServedKeys {
-    pub published: Arc<PublishedIssuer>,
-    pub keys: KeySet,
-}
+use crate::policy::{CompileContext, CompiledPolicy, METER_SLOTS, PolicyStats};
+pub use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
 
 /// What outlives snapshots: external issuers and their refresh tasks, the
 /// verified-token cache, and each policy's meters and audit counters.
@@ -147,14 +63,6 @@ impl PolicyRuntime {
         }
     }
 
-    pub fn external(&self) -> &ExternalIssuers {
-        &self.external
-    }
-
-    pub fn cache(&self) -> Option<Arc<DecisionCache>> {
-        self.cache.clone()
-    }
-
     /// Forgets a deleted policy: its meters, cache epoch and problem. One created again
     /// starts afresh.
     pub fn forget_policy(&self, id: &ObjectKey) {
@@ -187,7 +95,12 @@ impl PolicyRuntime {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats
             .entry(id.clone())
-            .or_insert_with(|| Arc::new(PolicyStats::new(&self.metrics, &id.namespace, &id.name)))
+            .or_insert_with(|| {
+                let meters = self
+                    .metrics
+                    .policy_meters(&id.namespace, &id.name, METER_SLOTS);
+                Arc::new(PolicyStats::new(Box::new(meters)))
+            })
             .clone()
     }
 
@@ -197,18 +110,23 @@ impl PolicyRuntime {
     }
 }
 
-/// What the server reads. The maps are persistent: a new snapshot shares what did not
-/// change with the last one (see [`crate::index`]).
-#[derive(Default)]
-pub struct Snapshot {
-    /// By issuer URL path (`""` for an issuer at the root of its host).
-    pub issuers: imbl::HashMap<String, Arc<PublishedIssuer>>,
-    /// Compiled AuthPolicies by namespace/name.
-    pub policies: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
-    /// False while the AuthPolicies are not known (their watch has not listed them, for
-    /// example because their CRD is missing): a policy that is not found may exist, so
-    /// the answer is 503, not 404. Keys are served meanwhile.
-    pub policies_known: bool,
+impl PolicyEnv for PolicyRuntime {
+    fn context(&self, id: &ObjectKey, fingerprint: [u8; 32]) -> CompileContext<'_> {
+        CompileContext {
+            external: Some(&self.external),
+            cache: self.cache.clone(),
+            stats: Some(self.stats(id)),
+            epoch: Some(self.epoch(id, fingerprint)),
+        }
+    }
+
+    fn problem(&self, subject: &str, problem: Option<String>) {
+        PolicyRuntime::problem(self, subject, problem)
+    }
+
+    fn forget_policy(&self, id: &ObjectKey) {
+        PolicyRuntime::forget_policy(self, id)
+    }
 }
 
 /// The state of one input a driver reads, such as a watch.

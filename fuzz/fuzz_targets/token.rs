@@ -6,10 +6,10 @@
 
 use std::sync::LazyLock;
 
-use authplane::api::{AuthPolicy, ObjectKey};
-use authplane::keys::lifecycle::{KeyRecord, KeySet};
-use authplane::keys::{Algorithm, KeyMaterial};
-use authplane::policy::{CompiledPolicy, IssuerKeys};
+use authplane_core::api::{AuthPolicy, ObjectKey};
+use authplane_core::keys::lifecycle::{KeyRecord, KeySet};
+use authplane_core::keys::{Algorithm, KeyMaterial};
+use authplane_core::policy::{CompiledPolicy, IssuerKeys};
 use http::{HeaderMap, HeaderValue, header};
 use jiff::Timestamp;
 use libfuzzer_sys::fuzz_target;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -128,6 +129,33 @@ struct Seen {
     /// The text, or why it could not be read.
     content: Result<String, String>,
     refused: bool,
+    /// The file's modification time and length when it was read, and when that was: a
+    /// file whose stamp did not change is not read again (10,000 files are not re-read
+    /// for one edit).
+    stamp: Option<(SystemTime, u64)>,
+    read_at: SystemTime,
+}
+
+/// How far a file's modification time may trail a write: the kernel stamps files with a
+/// coarse clock, so two writes of the same length a few milliseconds apart can carry the
+/// same time.
+const MTIME_GRANULARITY: Duration = Duration::from_secs(1);
+
+impl Seen {
+    /// Whether the file is certainly as it was read. A stamp that is not older than the
+    /// read by the clock's granularity proves nothing: the file may have been written
+    /// again within the same tick (git's "racily clean" entries).
+    fn unchanged(&self, stamp: Option<(SystemTime, u64)>) -> bool {
+        match (self.stamp, stamp) {
+            (Some(seen), Some(now)) => seen == now && seen.0 + MTIME_GRANULARITY < self.read_at,
+            _ => false,
+        }
+    }
+}
+
+fn file_stamp(file: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(file).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
 }
 
 type Identity = (&'static str, ObjectKey);
@@ -200,17 +228,26 @@ impl ManifestLoader {
 
     /// Reads one file if its content changed; returns whether it did.
     fn read(&mut self, file: &Path, reload: &mut Reload) -> bool {
+        let stamp = file_stamp(file);
+        if self
+            .seen
+            .get(file)
+            .is_some_and(|seen| seen.unchanged(stamp))
+        {
+            return false;
+        }
+        let read_at = SystemTime::now();
         let content = match std::fs::read_to_string(file) {
             Ok(text) => Ok(text),
             // Deleted between the listing and now: the next reload sees it gone.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
             Err(e) => Err(format!("cannot read: {e}")),
         };
-        if self
-            .seen
-            .get(file)
-            .is_some_and(|seen| seen.content == content)
+        if let Some(seen) = self.seen.get_mut(file)
+            && seen.content == content
         {
+            seen.stamp = stamp;
+            seen.read_at = read_at;
             return false;
         }
         // Whether the file has a last good version, and whether that held objects.
@@ -257,7 +294,15 @@ impl ManifestLoader {
                 true
             }
         };
-        self.seen.insert(file.to_owned(), Seen { content, refused });
+        self.seen.insert(
+            file.to_owned(),
+            Seen {
+                content,
+                refused,
+                stamp,
+                read_at,
+            },
+        );
         true
     }
 
@@ -576,6 +621,53 @@ mod tests {
         let (gone, errors) = loader.load(dir.path());
         assert!(errors.is_empty());
         assert!(gone.signing_keys.is_empty());
+    }
+
+    /// Writes `text` into `file` and gives it the modification time `at`.
+    fn write_at(file: &Path, text: &str, at: SystemTime) {
+        std::fs::write(file, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_file_is_read_again_only_when_its_stamp_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        let mut loader = ManifestLoader::default();
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        write_at(&file, GOOD, long_ago);
+        let (good, _) = loader.load(dir.path());
+        assert_eq!(algorithm(&good), Some(crate::keys::Algorithm::ES256));
+
+        // Same length, same old stamp: trusted, not read (what saves reading 10,000
+        // files for one edit). Any real write moves the stamp.
+        write_at(&file, &GOOD.replace("ES256", "ES384"), long_ago);
+        let (same, _) = loader.load(dir.path());
+        assert_eq!(algorithm(&same), Some(crate::keys::Algorithm::ES256));
+        write_at(&file, &GOOD.replace("ES256", "ES384"), SystemTime::now());
+        let (moved, _) = loader.load(dir.path());
+        assert_eq!(algorithm(&moved), Some(crate::keys::Algorithm::ES384));
+    }
+
+    #[test]
+    fn a_rewrite_within_the_clock_tick_of_a_read_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        let mut loader = ManifestLoader::default();
+        // The kernel's coarse clock gives both writes the same time: the stamp of the
+        // first read proves nothing, so the file is read again.
+        let tick = SystemTime::now();
+        write_at(&file, GOOD, tick);
+        let (first, _) = loader.load(dir.path());
+        assert_eq!(algorithm(&first), Some(crate::keys::Algorithm::ES256));
+        write_at(&file, &GOOD.replace("ES256", "ES384"), tick);
+        let (second, _) = loader.load(dir.path());
+        assert_eq!(algorithm(&second), Some(crate::keys::Algorithm::ES384));
     }
 
     fn algorithm(desired: &Desired) -> Option<crate::keys::Algorithm> {

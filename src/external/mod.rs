@@ -10,7 +10,9 @@
 pub mod fetch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -21,103 +23,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::policy::verify::VerifyKey;
+pub use crate::policy::remote::{ExternalConfig, ExternalKeys, Health};
+use crate::policy::remote::{RemoteIssuer, RemoteIssuers};
 use fetch::{FetchError, Fetcher};
-
-/// One external issuer as a policy configures it. Policies with the same configuration
-/// share one cache and one refresh task.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ExternalConfig {
-    pub issuer: String,
-    /// Where the keys are; `None`: from the issuer's discovery document.
-    pub jwks_uri: Option<String>,
-    /// Floor of the refresh interval, and the least time between two fetches triggered by
-    /// unknown kids.
-    pub min_refresh: Duration,
-    /// Ceiling of the refresh interval, whatever `Cache-Control` says.
-    pub max_refresh: Duration,
-    /// How long after the last successful fetch the last good set still verifies tokens.
-    pub max_stale: Duration,
-}
-
-impl ExternalConfig {
-    /// A configuration with intervals that make sense whatever was asked: a floor of at
-    /// least 1 s and a ceiling not under the floor (the CRD refuses the rest; this keeps a
-    /// bad object that got through from spinning or panicking).
-    pub fn new(
-        issuer: String,
-        jwks_uri: Option<String>,
-        min_refresh: Duration,
-        max_refresh: Duration,
-        max_stale: Duration,
-    ) -> Self {
-        let min_refresh = min_refresh.max(Duration::from_secs(1));
-        Self {
-            issuer,
-            jwks_uri,
-            min_refresh,
-            max_refresh: max_refresh.max(min_refresh),
-            max_stale,
-        }
-    }
-
-    /// When to fetch again after a success: when the provider's `max-age` says, within
-    /// the floor and the ceiling (the ceiling when it says nothing).
-    fn after_success(&self, max_age: Option<Duration>) -> Duration {
-        max_age
-            .unwrap_or(self.max_refresh)
-            .clamp(self.min_refresh, self.max_refresh)
-    }
-
-    /// When to try again after `failures` failures in a row: from the floor, doubling,
-    /// up to the ceiling.
-    fn after_failure(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.saturating_sub(1).min(16);
-        self.min_refresh
-            .max(Duration::from_secs(1))
-            .saturating_mul(factor)
-            .min(self.max_refresh)
-    }
-}
-
-/// A fetched key set.
-pub struct ExternalKeys {
-    keys: HashMap<String, VerifyKey>,
-    digest: [u8; 32],
-    /// Unix seconds of the last fetch that returned this exact set.
-    confirmed_at: AtomicI64,
-}
-
-impl ExternalKeys {
-    pub fn get(&self, kid: &str) -> Option<&VerifyKey> {
-        self.keys.get(kid)
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
-
-/// What status reports about an external issuer.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Health {
-    /// No fetch has completed yet.
-    Pending,
-    /// The last refresh succeeded.
-    Fresh { keys: usize },
-    /// The last refresh failed; the last good set serves until `until`.
-    Stale {
-        keys: usize,
-        error: String,
-        until: Timestamp,
-    },
-    /// No usable keys: never fetched successfully, or stale beyond the maximum.
-    Unavailable { error: String },
-}
 
 #[derive(Default)]
 struct Record {
@@ -151,8 +59,7 @@ impl ExternalIssuer {
     /// The current set, unless it is older than the maximum staleness.
     pub fn usable_keys(&self, now: Timestamp) -> Option<Arc<ExternalKeys>> {
         let keys = self.keys.load_full()?;
-        let age = now.as_second() - keys.confirmed_at.load(Ordering::Relaxed);
-        (age <= self.config.max_stale.as_secs() as i64).then_some(keys)
+        (keys.age(now) <= self.config.max_stale.as_secs() as i64).then_some(keys)
     }
 
     pub fn health(&self, now: Timestamp) -> Health {
@@ -230,11 +137,11 @@ impl ExternalIssuer {
                 *failures = 0;
                 let count = keys.len();
                 let current = self.keys.load_full();
-                match current.filter(|k| k.digest == keys.digest) {
-                    Some(same) => same.confirmed_at.store(now.as_second(), Ordering::Relaxed),
+                match current.filter(|k| k.digest() == keys.digest()) {
+                    Some(same) => same.confirm(now),
                     None => {
                         tracing::info!(%issuer, keys = count, "external key set updated");
-                        keys.confirmed_at.store(now.as_second(), Ordering::Relaxed);
+                        keys.confirm(now);
                         self.keys.store(Some(Arc::new(keys)));
                     }
                 }
@@ -293,14 +200,13 @@ impl ExternalIssuer {
         let issuer: Arc<str> = Arc::from(self.config.issuer.as_str());
         let keys = fetch::parse_jwks(&fetched.body, &issuer, &uri)?;
         Ok((
-            ExternalKeys {
+            ExternalKeys::new(
                 keys,
-                digest: digest(&SHA256, &fetched.body)
+                digest(&SHA256, &fetched.body)
                     .as_ref()
                     .try_into()
                     .unwrap_or([0; 32]),
-                confirmed_at: AtomicI64::new(0),
-            },
+            ),
             fetched.max_age,
         ))
     }
@@ -439,56 +345,26 @@ impl ExternalIssuers {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config() -> ExternalConfig {
-        ExternalConfig::new(
-            "https://issuer.example".into(),
-            None,
-            Duration::from_secs(60),
-            Duration::from_secs(3600),
-            Duration::from_secs(86_400),
-        )
+impl RemoteIssuer for ExternalIssuer {
+    fn config(&self) -> &ExternalConfig {
+        ExternalIssuer::config(self)
     }
 
-    #[test]
-    fn nonsense_intervals_are_made_safe() {
-        let c = ExternalConfig::new(
-            "i".into(),
-            None,
-            Duration::ZERO,
-            Duration::ZERO,
-            Duration::ZERO,
-        );
-        assert_eq!((c.min_refresh.as_secs(), c.max_refresh.as_secs()), (1, 1));
-        let c = ExternalConfig::new(
-            "i".into(),
-            None,
-            Duration::from_secs(600),
-            Duration::from_secs(60),
-            Duration::ZERO,
-        );
-        assert_eq!(c.after_success(Some(Duration::from_secs(5))).as_secs(), 600);
+    fn usable_keys(&self, now: Timestamp) -> Option<Arc<ExternalKeys>> {
+        ExternalIssuer::usable_keys(self, now)
     }
 
-    #[test]
-    fn cache_control_decides_within_the_floor_and_the_ceiling() {
-        let c = config();
-        let secs = Duration::from_secs;
-        assert_eq!(c.after_success(Some(secs(600))), secs(600));
-        assert_eq!(c.after_success(Some(secs(5))), secs(60), "floor");
-        assert_eq!(c.after_success(Some(secs(86_400))), secs(3600), "ceiling");
-        assert_eq!(c.after_success(None), secs(3600));
-        assert_eq!(c.after_success(Some(Duration::ZERO)), secs(60), "no-cache");
+    fn health(&self, now: Timestamp) -> Health {
+        ExternalIssuer::health(self, now)
     }
 
-    #[test]
-    fn failures_back_off_from_the_floor_to_the_ceiling() {
-        let c = config();
-        let waits: Vec<u64> = (1..=8).map(|n| c.after_failure(n).as_secs()).collect();
-        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
-        assert_eq!(c.after_failure(1000).as_secs(), 3600);
+    fn refetch_for_unknown_kid(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(ExternalIssuer::refetch_for_unknown_kid(self))
+    }
+}
+
+impl RemoteIssuers for ExternalIssuers {
+    fn get(&self, config: &ExternalConfig) -> Arc<dyn RemoteIssuer> {
+        ExternalIssuers::get(self, config)
     }
 }

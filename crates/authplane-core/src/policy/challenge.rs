@@ -2,7 +2,7 @@
 //! is compiled: a refusal then costs no formatting and no allocation, so that a flood of
 //! forged tokens costs the server no more than its users do.
 
-use axum::http::HeaderValue;
+use http::HeaderValue;
 
 use super::Rejection;
 

@@ -3,17 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use jiff::Timestamp;
 use serde_json::json;
 
-use super::Index;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Index, PolicyEnv};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey};
-use crate::clock::SystemClock;
 use crate::keys::KeyMaterial;
-use crate::metrics::Metrics;
-use crate::policy::{Rejection, Verdict};
-use crate::registry::{PolicyRuntime, ServedKeys};
+use crate::policy::cache::DecisionCache;
+use crate::policy::{CompileContext, DecisionMeters, PolicyStats, Rejection, Verdict};
+use crate::snapshot::ServedKeys;
 use crate::token::{MintRequest, mint};
 
 const URL: &str = "https://auth.example";
@@ -25,10 +26,55 @@ fn id(namespace: &str, name: &str) -> ObjectKey {
     }
 }
 
-fn index(cache_size: usize) -> (Index, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::default());
-    let runtime = PolicyRuntime::new(metrics.clone(), Arc::new(SystemClock), cache_size);
-    (Index::new(Arc::new(runtime)), metrics)
+/// The runtime's part, as small as a test needs: a token cache, one epoch per
+/// fingerprint, and cache hits counted.
+struct TestEnv {
+    cache: Option<Arc<DecisionCache>>,
+    epochs: std::sync::Mutex<std::collections::HashMap<[u8; 32], u64>>,
+    hits: Arc<AtomicU64>,
+}
+
+struct CountHits(Arc<AtomicU64>);
+
+impl DecisionMeters for CountHits {
+    fn record(&self, _: usize, _: &'static str, _: &'static str, _: f64) {}
+    fn cache_hit(&self, hit: bool) {
+        if hit {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PolicyEnv for TestEnv {
+    fn context(&self, _: &ObjectKey, fingerprint: [u8; 32]) -> CompileContext<'_> {
+        let epoch = *self
+            .epochs
+            .lock()
+            .unwrap()
+            .entry(fingerprint)
+            .or_insert_with(crate::policy::cache::next_epoch);
+        CompileContext {
+            external: None,
+            cache: self.cache.clone(),
+            stats: Some(Arc::new(PolicyStats::new(Box::new(CountHits(
+                self.hits.clone(),
+            ))))),
+            epoch: Some(epoch),
+        }
+    }
+    fn problem(&self, _: &str, _: Option<String>) {}
+    fn forget_policy(&self, _: &ObjectKey) {}
+}
+
+/// An index, and the count of its cache hits.
+fn index(cache_size: usize) -> (Index, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let env = TestEnv {
+        cache: DecisionCache::new(cache_size),
+        epochs: Default::default(),
+        hits: hits.clone(),
+    };
+    (Index::new(Arc::new(env)), hits)
 }
 
 fn signing_key(name: &str, spec: serde_json::Value) -> SigningKey {
@@ -178,7 +224,7 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
     // The same keys rendered again (a Secret event that changed nothing we verify with,
     // a Next key becoming Active) compile nothing.
     let again = ServedKeys {
-        published: Arc::new(crate::registry::PublishedIssuer::render(
+        published: Arc::new(crate::snapshot::PublishedIssuer::render(
             "auth",
             "web",
             &rotated.published.issuer,
@@ -235,7 +281,7 @@ fn a_policy_that_stops_naming_a_key_is_not_recompiled_by_it() {
 
 #[test]
 fn an_unrelated_change_keeps_cached_decisions() {
-    let (mut index, metrics) = index(100);
+    let (mut index, hits) = index(100);
     let web = eddsa("web");
     index.apply_key(&id("auth", "web"), web.clone());
     index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
@@ -243,7 +289,11 @@ fn an_unrelated_change_keeps_cached_decisions() {
     let token = token(&web, "pay");
     assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
     assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
-    assert_eq!(metrics.cache_hits.get(), 1, "the second decision is cached");
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        1,
+        "the second decision is cached"
+    );
 
     // Another policy, another key's rotation, pay's own rollout progress recorded: pay's
     // cached verification stays.
@@ -261,12 +311,12 @@ fn an_unrelated_change_keeps_cached_decisions() {
     });
     assert!(index.apply_policy(progressed), "recompiled");
     assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
-    assert_eq!(metrics.cache_hits.get(), 2, "still cached");
+    assert_eq!(hits.load(Ordering::Relaxed), 2, "still cached");
 
     // What pay verifies with changing does drop it.
     index.apply_key(&id("auth", "web"), eddsa("web"));
     assert_ne!(decide(&index, "pay", &token), Verdict::Allow);
-    assert_eq!(metrics.cache_hits.get(), 2);
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
 }
 
 #[test]

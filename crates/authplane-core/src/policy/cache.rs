@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwapOption;
 use aws_lc_rs::digest::{Context, SHA256};
 
+use super::remote::ExternalKeys;
 use super::verify::Claims;
-use crate::external::ExternalKeys;
 
 pub type CacheKey = [u8; 32];
 

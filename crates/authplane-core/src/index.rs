@@ -21,7 +21,21 @@ use aws_lc_rs::digest::{Context as Digest, SHA256};
 
 use crate::api::{AuthPolicy, AuthPolicySpec, ObjectKey, RolloutProgress, issuer_path};
 use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys};
-use crate::registry::{PolicyRuntime, PublishedIssuer, ServedKeys, Snapshot};
+use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
+
+/// What the index needs from the runtime around it: what outlives one compiled form of
+/// a policy (its meters, its cache epoch, the external issuers and the token cache), and
+/// where problems are reported. The runtime implements it (`registry::PolicyRuntime`);
+/// the index stays free of tasks, HTTP clients and metrics.
+pub trait PolicyEnv: Send + Sync {
+    /// What compiling the policy `id` needs; `fingerprint` hashes what decides its
+    /// verifications, so that an unchanged one keeps its cached tokens.
+    fn context(&self, id: &ObjectKey, fingerprint: [u8; 32]) -> CompileContext<'_>;
+    /// Records a subject's problem (`AuthPolicy ns/name`), or that it has none.
+    fn problem(&self, subject: &str, problem: Option<String>);
+    /// A policy was deleted: forget what outlived its compiled forms.
+    fn forget_policy(&self, id: &ObjectKey);
+}
 
 /// What compiling a policy reads from it: a change elsewhere (labels, annotations,
 /// conditions written by the leader, `resourceVersion`) compiles nothing.
@@ -69,7 +83,7 @@ fn verification_inputs(served: &ServedKeys) -> (&str, Vec<(&str, &'static str)>)
 }
 
 pub struct Index {
-    runtime: Arc<PolicyRuntime>,
+    runtime: Arc<dyn PolicyEnv>,
     keys: HashMap<ObjectKey, KeyEntry>,
     /// The SigningKeys claiming each issuer path; the first by namespace/name serves it.
     claimants: HashMap<String, BTreeSet<ObjectKey>>,
@@ -84,7 +98,7 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn new(runtime: Arc<PolicyRuntime>) -> Self {
+    pub fn new(runtime: Arc<dyn PolicyEnv>) -> Self {
         Self {
             runtime,
             keys: HashMap::new(),
@@ -314,12 +328,7 @@ impl Index {
         };
         let runtime = &self.runtime;
         let keys = &self.keys;
-        let context = CompileContext {
-            external: Some(runtime.external()),
-            cache: runtime.cache(),
-            stats: Some(runtime.stats(id)),
-            epoch: Some(runtime.epoch(id, verification_fingerprint(id, &entry.policy, keys))),
-        };
+        let context = runtime.context(id, verification_fingerprint(id, &entry.policy, keys));
         let compiled = CompiledPolicy::compile_with(
             &entry.policy,
             |key| {

@@ -9,7 +9,7 @@ use crate::api::{KeyStatus, SigningKey, SigningKeyStatus, condition, conditions}
 use crate::keys::lifecycle::{KeyEvent, KeyPolicy, KeySet, plan};
 use crate::keys::store::{self, Data, StoreError};
 use crate::keys::{Algorithm, KeyError, KeyMaterial};
-use crate::registry::PublishedIssuer;
+use crate::snapshot::PublishedIssuer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {

@@ -1,6 +1,6 @@
 //! Claim lookup, required-claim rules and claim-to-header rendering.
 
-use axum::http::HeaderValue;
+use http::HeaderValue;
 use serde_json::Value;
 
 use super::verify::Claims;

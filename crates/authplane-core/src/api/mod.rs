@@ -39,7 +39,7 @@ impl fmt::Display for ObjectKey {
 }
 
 impl ObjectKey {
-    pub fn of(meta: &kube::api::ObjectMeta) -> Self {
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
         Self {
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: meta.name.clone().unwrap_or_default(),

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::Rejection;
-use crate::external::{ExternalIssuer, ExternalKeys};
+use super::remote::{ExternalKeys, RemoteIssuer};
 use crate::keys::{Algorithm, PublicJwk};
 
 /// Larger tokens are refused before any parsing: real tokens are a few hundred bytes to a
@@ -95,7 +95,7 @@ pub struct Verified {
 /// The keys and claim rules of one policy, ready to verify.
 pub struct Verifier {
     keys: HashMap<String, VerifyKey>,
-    external: Vec<Arc<ExternalIssuer>>,
+    external: Vec<Arc<dyn RemoteIssuer>>,
     audiences: Vec<String>,
     leeway_secs: i64,
     /// Some issuer could not be resolved: an unknown kid may belong to it.
@@ -119,11 +119,11 @@ impl Verifier {
     }
 
     /// Adds an external issuer whose keys are fetched and refreshed elsewhere.
-    pub fn add_external(&mut self, issuer: Arc<ExternalIssuer>) {
+    pub fn add_external(&mut self, issuer: Arc<dyn RemoteIssuer>) {
         self.external.push(issuer);
     }
 
-    pub fn external(&self) -> &[Arc<ExternalIssuer>] {
+    pub fn external(&self) -> &[Arc<dyn RemoteIssuer>] {
         &self.external
     }
 

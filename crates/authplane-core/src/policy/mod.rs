@@ -6,25 +6,25 @@ pub mod cache;
 pub mod challenge;
 pub mod claims;
 pub mod progression;
+pub mod remote;
 pub mod rollout;
 pub mod verify;
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, header};
 use jiff::Timestamp;
 
 use crate::api::{
     AuthPolicy, AuthPolicyStatus, ClaimRequirement, Mode, ObjectKey, TargetRef, TargetStatus,
     TokenReviewSpec,
 };
-use crate::external::{ExternalConfig, ExternalIssuers, Health};
 use crate::keys::lifecycle::KeySet;
-use crate::metrics::{Metrics, PolicyMeters};
 use audit::AuditCounters;
 use cache::DecisionCache;
 use challenge::Challenges;
 use progression::Schedule;
+use remote::{ExternalConfig, Health, RemoteIssuers};
 use verify::{Claims, Verifier, VerifyKey};
 
 /// Why a token is not good enough. Each has a stable machine-readable reason.
@@ -176,7 +176,7 @@ impl Verdict {
 
 /// Rejection reasons plus "none"; a reason's meter slot is its discriminant.
 const REASONS: usize = Rejection::ALL.len() + 1;
-const METER_SLOTS: usize = 5 * REASONS;
+pub const METER_SLOTS: usize = 5 * REASONS;
 
 pub struct Decision {
     pub verdict: Verdict,
@@ -186,17 +186,27 @@ pub struct Decision {
     pub audited: bool,
 }
 
+/// Where the decisions of one policy are counted: the runtime's metrics, behind a trait
+/// so that the core does not depend on them.
+pub trait DecisionMeters: Send + Sync {
+    /// One decision; `slot` is [`Verdict`]'s number for the (decision, reason) pair, below
+    /// [`METER_SLOTS`], so that an implementation can keep a counter per pair.
+    fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64);
+    /// A lookup in the verified-token cache.
+    fn cache_hit(&self, hit: bool);
+}
+
 /// What outlives one compiled form of a policy: its meters and audit counters.
 pub struct PolicyStats {
     pub audit: AuditCounters,
-    pub meters: PolicyMeters,
+    pub meters: Box<dyn DecisionMeters>,
 }
 
 impl PolicyStats {
-    pub fn new(metrics: &Metrics, namespace: &str, name: &str) -> Self {
+    pub fn new(meters: Box<dyn DecisionMeters>) -> Self {
         Self {
             audit: AuditCounters::default(),
-            meters: metrics.policy_meters(namespace, name, METER_SLOTS),
+            meters,
         }
     }
 
@@ -214,7 +224,7 @@ impl PolicyStats {
 /// What compiling needs besides the policy: external issuers, the shared cache, and
 /// the stats of the policy.
 pub struct CompileContext<'a> {
-    pub external: Option<&'a ExternalIssuers>,
+    pub external: Option<&'a dyn RemoteIssuers>,
     pub cache: Option<Arc<DecisionCache>>,
     pub stats: Option<Arc<PolicyStats>>,
     /// The cache epoch; a new one when `None`. Reusing one keeps cached verifications,
@@ -674,7 +684,7 @@ impl CompiledPolicy {
     /// issuer's current, usable one.
     fn still_current(
         &self,
-        external: Option<&(usize, Arc<crate::external::ExternalKeys>)>,
+        external: Option<&(usize, Arc<remote::ExternalKeys>)>,
         now: Timestamp,
     ) -> bool {
         let Some((index, set)) = external else {
@@ -749,7 +759,7 @@ impl CompiledPolicy {
     pub fn forwarded_headers<'c>(
         &'c self,
         claims: &'c Claims,
-    ) -> impl Iterator<Item = (&'c HeaderName, axum::http::HeaderValue)> + 'c {
+    ) -> impl Iterator<Item = (&'c HeaderName, http::HeaderValue)> + 'c {
         self.forward.iter().filter_map(|(claim, header)| {
             Some((
                 header,

@@ -160,7 +160,9 @@ const RESERVED_RESPONSE_HEADERS: [&str; 13] = [
 
 /// Names as the apiserver accepts them. They also become file names in dev mode, so this
 /// check is what keeps `../` out of the state folder.
-fn metadata_errors(meta: &kube::api::ObjectMeta) -> Vec<FieldError> {
+fn metadata_errors(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<FieldError> {
     let mut errors = Vec::new();
     match meta.name.as_deref() {
         None | Some("") => errors.push(FieldError::new("metadata.name", "is required")),

@@ -1,0 +1,28 @@
+//! authplane's core: pure and synchronous. No tokio, axum, kube client, reqwest or
+//! prometheus can be used here, because this crate does not depend on them (the
+//! workspace enforces what a convention would only ask). Time is passed in; I/O, tasks
+//! and metrics belong to the runtime (the `authplane` crate), which implements the
+//! small traits the core asks for ([`index::PolicyEnv`], [`policy::DecisionMeters`],
+//! [`policy::remote::RemoteIssuers`]).
+//!
+//! - `api`: the custom resources, their CRDs, and the checks the apiserver applies
+//!   (structural schema, CEL rules compiled once per process).
+//! - `keys`: key material, JWKs, the key lifecycle planner, the stored form.
+//! - `reconcile`: one SigningKey's keys brought up to date, as data in and data out.
+//! - `policy`: an AuthPolicy compiled, and the decision for one request; rollout
+//!   bucketing and progression.
+//! - `index`: the incremental index the drivers feed (`apply`/`delete`), which publishes
+//!   a [`snapshot::Snapshot`] for the server.
+//! - `admission`: the rules of the admission webhook.
+//! - `token`: minting for development and tests.
+//! - `clock`: time as an input.
+
+pub mod admission;
+pub mod api;
+pub mod clock;
+pub mod index;
+pub mod keys;
+pub mod policy;
+pub mod reconcile;
+pub mod snapshot;
+pub mod token;
