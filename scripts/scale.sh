@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 
 SIZES=${SIZES:-"100:1000 1000:10000"}
 EDITS=${EDITS:-5}
-PORT=${PORT:-18092}
+# A free port unless told: another server answering /readyz would be measured instead.
+PORT=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin authplane
   BIN=target/release/authplane
@@ -29,7 +30,7 @@ work=$(mktemp -d)
 server=""
 cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -43,7 +44,8 @@ policy() {
     "$1" "$(($1 % keys))" "$2"
 }
 
-# start: a dev server over the folder; prints the seconds until /readyz answers 200.
+# start: a dev server over the folder; sets $took to the seconds until /readyz answers
+# 200 (not a subshell: $server must stay set).
 start() {
   local began
   began=$(now)
@@ -54,7 +56,8 @@ start() {
     kill -0 "$server" 2>/dev/null || { tail -20 "$work/server.log" >&2; exit 1; }
     sleep 0.02
   done
-  elapsed "$began" "$(now)"
+  kill -0 "$server" 2>/dev/null || { tail -20 "$work/server.log" >&2; exit 1; }
+  took=$(elapsed "$began" "$(now)")
 }
 stop() { kill "$server" && wait "$server" 2>/dev/null || true; server=""; }
 
@@ -81,12 +84,14 @@ for size in $SIZES; do
     policy "$i" "a$i" >"$work/manifests/p$i.yaml"
   done
 
-  first=$(start)
+  start
+  first=$took
   stop
-  warm=$(start)
+  start
+  warm=$took
   rss_warm=$(rss_mib "$server")
 
-  token=$("$BIN" token mint --state "$work/state" --key scale/k0 --sub alice --aud a0 --ttl 1h)
+  token=$("$BIN" token mint --state "$work/state" --key scale/k0 --sub alice --aud a0 --ttl 1h 2>/dev/null)
   read -r code _ <<<"$(status_of "$token")"
   [ "$code" = 200 ] || { echo "the token is refused before any edit ($code)" >&2; exit 1; }
 

@@ -460,11 +460,12 @@ fn bucket(args: BucketArgs) -> anyhow::Result<()> {
             for error in &errors {
                 eprintln!("warning: {error}");
             }
-            let mut policy = desired
-                .auth_policies
-                .get(&id)
-                .with_context(|| format!("no AuthPolicy {id} in {}", dir.display()))?
-                .clone();
+            let mut policy = AuthPolicy::clone(
+                desired
+                    .auth_policies
+                    .get(&id)
+                    .with_context(|| format!("no AuthPolicy {id} in {}", dir.display()))?,
+            );
             // Where a stepped rollout stands is recorded by the server, not the manifest.
             let progress = StateStore::new(&args.state).load_rollout(&id)?;
             if progress.is_none() && !policy.spec.rollout.steps.is_empty() {

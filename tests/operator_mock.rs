@@ -566,7 +566,7 @@ mod auth_policy_status {
                 keys: outcome.keys.clone(),
             },
         );
-        index.apply_policy(current);
+        index.apply_policy(Arc::new(current));
         registry.publish(index.snapshot());
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let (tx, rx) = tokio::sync::watch::channel(true);

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kube::Resource;
@@ -38,11 +39,12 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// One accepted document.
+/// One accepted document. Shared, not copied, between the loader's last good version
+/// of its file, the desired state and the index.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    SigningKey(Box<SigningKey>),
-    AuthPolicy(Box<AuthPolicy>),
+    SigningKey(Arc<SigningKey>),
+    AuthPolicy(Arc<AuthPolicy>),
 }
 
 impl Object {
@@ -68,8 +70,8 @@ impl Object {
 /// The desired objects, by kind and key.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
-    pub signing_keys: BTreeMap<ObjectKey, SigningKey>,
-    pub auth_policies: BTreeMap<ObjectKey, AuthPolicy>,
+    pub signing_keys: BTreeMap<ObjectKey, Arc<SigningKey>>,
+    pub auth_policies: BTreeMap<ObjectKey, Arc<AuthPolicy>>,
 }
 
 impl Desired {
@@ -77,8 +79,8 @@ impl Desired {
     fn insert(&mut self, object: Object) -> bool {
         let id = object.id();
         match object {
-            Object::SigningKey(o) => self.signing_keys.insert(id, *o).is_none(),
-            Object::AuthPolicy(o) => self.auth_policies.insert(id, *o).is_none(),
+            Object::SigningKey(o) => self.signing_keys.insert(id, o).is_none(),
+            Object::AuthPolicy(o) => self.auth_policies.insert(id, o).is_none(),
         }
     }
 }
@@ -490,10 +492,10 @@ fn parse_object(value: Value) -> Result<Object, String> {
     };
     match (api_version, kind) {
         (API_VERSION, "SigningKey") => {
-            typed(&value, &label).map(|o| Object::SigningKey(Box::new(o)))
+            typed(&value, &label).map(|o| Object::SigningKey(Arc::new(o)))
         }
         (API_VERSION, "AuthPolicy") => {
-            typed(&value, &label).map(|o| Object::AuthPolicy(Box::new(o)))
+            typed(&value, &label).map(|o| Object::AuthPolicy(Arc::new(o)))
         }
         _ => Err(format!(
             "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
@@ -532,7 +534,7 @@ mod tests {
                 objects
                     .into_iter()
                     .filter_map(|o| match o {
-                        Object::SigningKey(k) => Some(*k),
+                        Object::SigningKey(k) => Some(SigningKey::clone(&k)),
                         Object::AuthPolicy(_) => None,
                     })
                     .collect()

@@ -424,13 +424,18 @@ impl Driver {
         for warning in admission_warnings(&self.desired, &desired, &*self.known) {
             tracing::warn!("{warning}");
         }
+        // Objects of files that did not change are the same allocations: no deep
+        // comparison for them.
+        fn same<T: PartialEq>(old: Option<&Arc<T>>, new: &Arc<T>) -> bool {
+            old.is_some_and(|old| Arc::ptr_eq(old, new) || old == new)
+        }
         for (id, key) in &desired.signing_keys {
-            if self.desired.signing_keys.get(id) != Some(key) {
+            if !same(self.desired.signing_keys.get(id), key) {
                 self.changed.signing_keys.insert(id.clone());
             }
         }
         for (id, policy) in &desired.auth_policies {
-            if self.desired.auth_policies.get(id) != Some(policy) {
+            if !same(self.desired.auth_policies.get(id), policy) {
                 self.changed.auth_policies.insert(id.clone());
             }
         }
@@ -578,8 +583,14 @@ impl Driver {
                 Some(progress) => self.recorded_rollouts.insert(id.clone(), progress.clone()),
                 None => self.recorded_rollouts.remove(id),
             };
-            let mut policy = policy.clone();
-            policy.status.get_or_insert_with(Default::default).rollout = progress;
+            let current = policy.status.as_ref().and_then(|s| s.rollout.as_ref());
+            let policy = if current == progress.as_ref() {
+                policy.clone()
+            } else {
+                let mut policy = crate::api::AuthPolicy::clone(policy);
+                policy.status.get_or_insert_with(Default::default).rollout = progress;
+                Arc::new(policy)
+            };
             self.index.apply_policy(policy);
         }
         let desired = &self.desired.auth_policies;
@@ -709,14 +720,22 @@ fn admission_warnings(
     };
     for (id, key) in &after.signing_keys {
         let old = before.signing_keys.get(id);
-        if old != Some(key) {
-            report("SigningKey", id, admission::signing_key(key, old));
+        if !old.is_some_and(|old| Arc::ptr_eq(old, key) || old == key) {
+            report(
+                "SigningKey",
+                id,
+                admission::signing_key(key, old.map(|o| &**o)),
+            );
         }
     }
     for (id, policy) in &after.auth_policies {
         let old = before.auth_policies.get(id);
-        if old != Some(policy) {
-            report("AuthPolicy", id, admission::auth_policy(policy, old, index));
+        if !old.is_some_and(|old| Arc::ptr_eq(old, policy) || old == policy) {
+            report(
+                "AuthPolicy",
+                id,
+                admission::auth_policy(policy, old.map(|o| &**o), index),
+            );
         }
     }
     warnings
@@ -732,10 +751,10 @@ mod tests {
         for object in parse_file(std::path::Path::new("m.yaml"), text).unwrap() {
             match object {
                 Object::SigningKey(k) => {
-                    desired.signing_keys.insert(ObjectKey::of(&k.metadata), *k);
+                    desired.signing_keys.insert(ObjectKey::of(&k.metadata), k);
                 }
                 Object::AuthPolicy(p) => {
-                    desired.auth_policies.insert(ObjectKey::of(&p.metadata), *p);
+                    desired.auth_policies.insert(ObjectKey::of(&p.metadata), p);
                 }
             }
         }

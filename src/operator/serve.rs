@@ -398,7 +398,7 @@ impl View {
         self.policy_versions.insert(id.clone(), version);
         match &guard.0 {
             Ok(policy) if policy.validate().is_empty() => {
-                self.index.apply_policy(policy.clone());
+                self.index.apply_policy(Arc::new(policy.clone()));
             }
             Ok(_) => {
                 self.warn_once(format!("AuthPolicy {id} skipped: invalid spec"));

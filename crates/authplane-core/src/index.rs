@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest::{Context as Digest, SHA256};
 
-use crate::api::{AuthPolicy, AuthPolicySpec, ObjectKey, RolloutProgress, issuer_path};
+use crate::api::{AuthPolicy, ObjectKey, issuer_path};
 use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys};
 use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
 
@@ -37,28 +37,19 @@ pub trait PolicyEnv: Send + Sync {
     fn forget_policy(&self, id: &ObjectKey);
 }
 
-/// What compiling a policy reads from it: a change elsewhere (labels, annotations,
+/// Whether two versions of a policy compile the same: compiling reads its spec,
+/// generation and rollout progress, so a change elsewhere (labels, annotations,
 /// conditions written by the leader, `resourceVersion`) compiles nothing.
-#[derive(Clone, PartialEq)]
-struct PolicyInputs {
-    spec: AuthPolicySpec,
-    progress: Option<RolloutProgress>,
-    generation: Option<i64>,
-}
-
-impl PolicyInputs {
-    fn of(policy: &AuthPolicy) -> Self {
-        Self {
-            spec: policy.spec.clone(),
-            progress: policy.status.as_ref().and_then(|s| s.rollout.clone()),
-            generation: policy.metadata.generation,
-        }
+fn same_inputs(a: &AuthPolicy, b: &AuthPolicy) -> bool {
+    fn progress(p: &AuthPolicy) -> Option<&crate::api::RolloutProgress> {
+        p.status.as_ref().and_then(|s| s.rollout.as_ref())
     }
+    a.metadata.generation == b.metadata.generation && a.spec == b.spec && progress(a) == progress(b)
 }
 
 struct PolicyEntry {
-    policy: AuthPolicy,
-    inputs: PolicyInputs,
+    /// Shared with the driver's copy where it can be (dev mode).
+    policy: Arc<AuthPolicy>,
     /// The SigningKeys it names, for the reverse index.
     keys: BTreeSet<ObjectKey>,
 }
@@ -211,17 +202,14 @@ impl Index {
 
     /// Indexes a valid AuthPolicy (with its rollout progress in its status), compiling it
     /// if what it compiles from changed. Returns whether it was compiled.
-    pub fn apply_policy(&mut self, policy: AuthPolicy) -> bool {
+    pub fn apply_policy(&mut self, policy: Arc<AuthPolicy>) -> bool {
         let id = ObjectKey::of(&policy.metadata);
-        let inputs = PolicyInputs::of(&policy);
-        if self
-            .policies
-            .get(&id)
-            .is_some_and(|entry| entry.inputs == inputs)
-        {
+        if self.policies.get(&id).is_some_and(|entry| {
+            Arc::ptr_eq(&entry.policy, &policy) || same_inputs(&entry.policy, &policy)
+        }) {
             return false;
         }
-        let keys: BTreeSet<ObjectKey> = inputs
+        let keys: BTreeSet<ObjectKey> = policy
             .spec
             .issuers
             .iter()
@@ -241,14 +229,8 @@ impl Index {
                 .or_default()
                 .insert(id.clone());
         }
-        self.policies.insert(
-            id.clone(),
-            PolicyEntry {
-                policy,
-                inputs,
-                keys,
-            },
-        );
+        self.policies
+            .insert(id.clone(), PolicyEntry { policy, keys });
         self.compile(&id);
         true
     }

@@ -150,7 +150,7 @@ fn a_policy_is_served_once_applied_and_gone_once_deleted() {
     let (mut index, _) = index(0);
     let web = eddsa("web");
     index.apply_key(&id("auth", "web"), web.clone());
-    assert!(index.apply_policy(policy("pay", "web", "pay")));
+    assert!(index.apply_policy(Arc::new(policy("pay", "web", "pay"))));
     assert_eq!(decide(&index, "pay", &token(&web, "pay")), Verdict::Allow);
     assert_eq!(
         decide(&index, "pay", &token(&web, "other")),
@@ -167,7 +167,7 @@ fn a_policy_is_served_once_applied_and_gone_once_deleted() {
 fn an_unchanged_policy_is_not_compiled_again() {
     let (mut index, _) = index(0);
     index.apply_key(&id("auth", "web"), eddsa("web"));
-    index.apply_policy(policy("pay", "web", "pay"));
+    index.apply_policy(Arc::new(policy("pay", "web", "pay")));
     let compiled = index.snapshot().policies[&id("shop", "pay")].clone();
     assert_eq!(index.compilations(), 1);
 
@@ -179,7 +179,7 @@ fn an_unchanged_policy_is_not_compiled_again() {
         forward_auth_url: Some("http://x".into()),
         ..Default::default()
     });
-    assert!(!index.apply_policy(same));
+    assert!(!index.apply_policy(Arc::new(same)));
     assert_eq!(index.compilations(), 1);
     assert!(Arc::ptr_eq(
         &index.snapshot().policies[&id("shop", "pay")],
@@ -187,8 +187,8 @@ fn an_unchanged_policy_is_not_compiled_again() {
     ));
 
     // Its spec changing compiles it, and only it.
-    index.apply_policy(policy("other", "web", "other"));
-    assert!(index.apply_policy(policy("pay", "web", "pay-v2")));
+    index.apply_policy(Arc::new(policy("other", "web", "other")));
+    assert!(index.apply_policy(Arc::new(policy("pay", "web", "pay-v2"))));
     assert_eq!(index.compilations(), 3);
 }
 
@@ -197,9 +197,9 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
     let (mut index, _) = index(0);
     index.apply_key(&id("auth", "web"), eddsa("web"));
     index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
-    index.apply_policy(policy("pay", "web", "pay"));
-    index.apply_policy(policy("cart", "web", "cart"));
-    index.apply_policy(policy("app", "mobile", "app"));
+    index.apply_policy(Arc::new(policy("pay", "web", "pay")));
+    index.apply_policy(Arc::new(policy("cart", "web", "cart")));
+    index.apply_policy(Arc::new(policy("app", "mobile", "app")));
     let before = index.snapshot();
     assert_eq!(index.compilations(), 3);
 
@@ -240,7 +240,7 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
 #[test]
 fn a_policy_waits_for_its_key_and_fails_closed_without_it() {
     let (mut index, _) = index(0);
-    index.apply_policy(policy("pay", "web", "pay"));
+    index.apply_policy(Arc::new(policy("pay", "web", "pay")));
     let web = eddsa("web");
     let token = token(&web, "pay");
     assert_eq!(
@@ -270,8 +270,8 @@ fn a_policy_that_stops_naming_a_key_is_not_recompiled_by_it() {
     let (mut index, _) = index(0);
     index.apply_key(&id("auth", "web"), eddsa("web"));
     index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
-    index.apply_policy(policy("pay", "web", "pay"));
-    index.apply_policy(policy("pay", "mobile", "pay"));
+    index.apply_policy(Arc::new(policy("pay", "web", "pay")));
+    index.apply_policy(Arc::new(policy("pay", "mobile", "pay")));
     let compiled = index.compilations();
     index.apply_key(&id("auth", "web"), eddsa("web"));
     assert_eq!(index.compilations(), compiled, "pay no longer names web");
@@ -285,7 +285,7 @@ fn an_unrelated_change_keeps_cached_decisions() {
     let web = eddsa("web");
     index.apply_key(&id("auth", "web"), web.clone());
     index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
-    index.apply_policy(policy("pay", "web", "pay"));
+    index.apply_policy(Arc::new(policy("pay", "web", "pay")));
     let token = token(&web, "pay");
     assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
     assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
@@ -297,7 +297,7 @@ fn an_unrelated_change_keeps_cached_decisions() {
 
     // Another policy, another key's rotation, pay's own rollout progress recorded: pay's
     // cached verification stays.
-    index.apply_policy(policy("cart", "web", "cart"));
+    index.apply_policy(Arc::new(policy("cart", "web", "cart")));
     index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
     let mut progressed = policy("pay", "web", "pay");
     progressed.status = Some(crate::api::AuthPolicyStatus {
@@ -309,7 +309,7 @@ fn an_unrelated_change_keeps_cached_decisions() {
         ),
         ..Default::default()
     });
-    assert!(index.apply_policy(progressed), "recompiled");
+    assert!(index.apply_policy(Arc::new(progressed)), "recompiled");
     assert_eq!(decide(&index, "pay", &token), Verdict::Allow);
     assert_eq!(hits.load(Ordering::Relaxed), 2, "still cached");
 
@@ -347,10 +347,10 @@ fn a_snapshot_shares_what_did_not_change() {
     let (mut index, _) = index(0);
     index.apply_key(&id("auth", "web"), eddsa("web"));
     for i in 0..100 {
-        index.apply_policy(policy(&format!("p{i}"), "web", "pay"));
+        index.apply_policy(Arc::new(policy(&format!("p{i}"), "web", "pay")));
     }
     let before = index.snapshot();
-    index.apply_policy(policy("p7", "web", "other"));
+    index.apply_policy(Arc::new(policy("p7", "web", "other")));
     index.delete_policy(&id("shop", "p8"));
     let after = index.snapshot();
     assert_eq!(after.policies.len(), 99);
