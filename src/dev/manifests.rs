@@ -720,6 +720,20 @@ mod tests {
         assert_eq!(algorithm(&second), Some(crate::keys::Algorithm::ES384));
     }
 
+    #[test]
+    fn many_files_are_parsed_in_parallel_with_the_same_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..100 {
+            let text = GOOD.replace("name: web", &format!("name: web{i}"));
+            std::fs::write(dir.path().join(format!("k{i:03}.yaml")), text).unwrap();
+        }
+        std::fs::write(dir.path().join("k050.yaml"), GOOD.replace("ES256", "XX999")).unwrap();
+        let (desired, errors) = ManifestLoader::default().load(dir.path());
+        assert_eq!(desired.signing_keys.len(), 99);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].file.ends_with("k050.yaml"), "{errors:?}");
+    }
+
     fn algorithm(desired: &Desired) -> Option<crate::keys::Algorithm> {
         desired
             .signing_keys
