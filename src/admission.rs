@@ -17,7 +17,6 @@ use crate::api::{
 
 /// A token lifetime most issuers stay within (Entra ID, Kubernetes service accounts and
 /// most OIDC providers default to an hour or less).
-const TYPICAL_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(1);
 /// How long common verifiers cache a JWKS regardless of `max-age` (Envoy's `jwt_authn`
 /// remote JWKS defaults to 5 minutes).
 const TYPICAL_JWKS_CACHE: SignedDuration = SignedDuration::from_mins(5);
@@ -183,12 +182,17 @@ pub fn signing_key(key: &SigningKey, old: Option<&SigningKey>) -> Verdict {
     }
     let rotation = &key.spec.rotation;
     let policy = key.key_policy();
-    if policy.retain_for < TYPICAL_TOKEN_LIFETIME {
+    let longest = key.spec.max_token_lifetime();
+    if policy.retain_for < longest {
         verdict.warn(
             "spec.rotation.retainFor",
             format!(
-                "{} is shorter than a typical token lifetime (1h): a token that outlives it stops verifying once its key retires. Make it cover your longest token lifetime",
-                rotation.retain_for
+                "{} is shorter than the longest token lifetime (spec.maxTokenLifetime, {}): a retired key would leave the JWKS while its tokens are still valid. Make it cover your longest token lifetime",
+                rotation.retain_for,
+                key.spec
+                    .max_token_lifetime
+                    .as_ref()
+                    .map_or_else(|| "1h by default".to_owned(), ToString::to_string)
             ),
         );
     }

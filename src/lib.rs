@@ -20,6 +20,7 @@ pub mod operator;
 pub mod policy;
 pub mod reconcile;
 pub mod registry;
+pub mod revocation;
 pub mod server;
 pub mod tls;
 pub mod token;

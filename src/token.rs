@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::keys::lifecycle::{KeySet, add};
 
 /// Claims the minting command sets itself.
-const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+const REGISTERED: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
@@ -38,6 +38,8 @@ pub struct MintRequest {
     pub ttl: SignedDuration,
     /// Extra claims.
     pub claims: Map<String, Value>,
+    /// The session id (`sid`), which a Revocation's `sessionId` names.
+    pub session: Option<String>,
 }
 
 /// Parses `KEY=VALUE`; VALUE is JSON when it parses as JSON (`3`, `true`, `["a","b"]`),
@@ -88,6 +90,9 @@ pub fn mint(
     claims.insert("nbf".into(), now.as_second().into());
     claims.insert("exp".into(), add(now, request.ttl).as_second().into());
     claims.insert("jti".into(), random_id().into());
+    if let Some(session) = &request.session {
+        claims.insert("sid".into(), session.clone().into());
+    }
 
     let mut header = Header::new(active.material.alg().to_jwt());
     header.kid = Some(active.material.kid().to_owned());

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use super::{AuthPolicy, FieldError, SigningKey};
+use super::{AuthPolicy, FieldError, Revocation, SigningKey};
 
 /// The `openAPIV3Schema` of a kind, generated once per process.
 pub fn schema_of<K: CustomResourceExt>(cell: &'static OnceLock<Value>) -> &'static Value {
@@ -45,6 +45,13 @@ impl HasSchema for AuthPolicy {
     fn schema() -> &'static Value {
         static CELL: OnceLock<Value> = OnceLock::new();
         schema_of::<AuthPolicy>(&CELL)
+    }
+}
+
+impl HasSchema for Revocation {
+    fn schema() -> &'static Value {
+        static CELL: OnceLock<Value> = OnceLock::new();
+        schema_of::<Revocation>(&CELL)
     }
 }
 

@@ -16,7 +16,9 @@ use serde_json::Value;
 
 pub use crate::api::ObjectKey;
 use crate::api::structural::HasSchema;
-use crate::api::{API_VERSION, AuthPolicy, FieldError, SigningKey, Validate, read_object};
+use crate::api::{
+    API_VERSION, AuthPolicy, FieldError, Revocation, SigningKey, Validate, read_object,
+};
 
 /// A refused file or document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +44,7 @@ impl fmt::Display for ManifestError {
 pub enum Object {
     SigningKey(Box<SigningKey>),
     AuthPolicy(Box<AuthPolicy>),
+    Revocation(Box<Revocation>),
 }
 
 impl Object {
@@ -49,6 +52,7 @@ impl Object {
         match self {
             Object::SigningKey(_) => "SigningKey",
             Object::AuthPolicy(_) => "AuthPolicy",
+            Object::Revocation(_) => "Revocation",
         }
     }
 
@@ -56,6 +60,7 @@ impl Object {
         match self {
             Object::SigningKey(o) => ObjectKey::of(&o.metadata),
             Object::AuthPolicy(o) => ObjectKey::of(&o.metadata),
+            Object::Revocation(o) => ObjectKey::of(&o.metadata),
         }
     }
 
@@ -69,6 +74,7 @@ impl Object {
 pub struct Desired {
     pub signing_keys: BTreeMap<ObjectKey, SigningKey>,
     pub auth_policies: BTreeMap<ObjectKey, AuthPolicy>,
+    pub revocations: BTreeMap<ObjectKey, Revocation>,
 }
 
 impl Desired {
@@ -78,6 +84,7 @@ impl Desired {
         match object {
             Object::SigningKey(o) => self.signing_keys.insert(id, *o).is_none(),
             Object::AuthPolicy(o) => self.auth_policies.insert(id, *o).is_none(),
+            Object::Revocation(o) => self.revocations.insert(id, *o).is_none(),
         }
     }
 }
@@ -450,9 +457,12 @@ fn parse_object(value: Value) -> Result<Object, String> {
         (API_VERSION, "AuthPolicy") => {
             typed(&value, &label).map(|o| Object::AuthPolicy(Box::new(o)))
         }
+        (API_VERSION, "Revocation") => {
+            typed(&value, &label).map(|o| Object::Revocation(Box::new(o)))
+        }
         _ => Err(format!(
             "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
-             expected kind SigningKey or AuthPolicy with apiVersion {API_VERSION}"
+             expected kind SigningKey, AuthPolicy or Revocation with apiVersion {API_VERSION}"
         )),
     }
 }
@@ -488,7 +498,7 @@ mod tests {
                     .into_iter()
                     .filter_map(|o| match o {
                         Object::SigningKey(k) => Some(*k),
-                        Object::AuthPolicy(_) => None,
+                        Object::AuthPolicy(_) | Object::Revocation(_) => None,
                     })
                     .collect()
             })

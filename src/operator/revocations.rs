@@ -1,0 +1,291 @@
+//! Revocations on a cluster: every replica watches them and publishes their set on its
+//! own (no policy is rebuilt for one); the leader deletes the lapsed ones; `/revoke`
+//! writes new ones from whichever replica received the request (a user's request, not a
+//! leader's write).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::api::{ObjectKey, Revocation, SigningKey};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, SourceState};
+use crate::revocation::RevocationIndex;
+use crate::server::revoke::{RevocationWriter, WriteError, WriteFuture};
+
+pub const WATCH: &str = "Revocation watch";
+/// The set is published again this often even without a change: lapsed entries leave
+/// the metric, and SigningKey lifetimes are read again.
+const REFRESH: Duration = Duration::from_secs(30);
+/// How often the leader looks for lapsed Revocations to delete.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// Watches Revocations and publishes their set until `shutdown`. `keys` is the serving
+/// SigningKey cache, for the issuers' token lifetimes.
+pub async fn run(
+    client: Client,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    keys: Store<DeserializeGuard<SigningKey>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    registry.set_source(WATCH, SourceState::Syncing);
+    let api = Api::<DeserializeGuard<Revocation>>::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut follower = Follower::default();
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = refresh.tick() => {}
+            event = events.next() => match event {
+                None => return,
+                Some(event) => batch.push(event),
+            },
+        }
+        // Apply what has already arrived together: one publication per burst.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            batch.push(event);
+        }
+        for event in batch {
+            match event {
+                Ok(event) => follower.handle(event, clock.now(), &metrics),
+                Err(e) => {
+                    let previous = registry.set_source(WATCH, SourceState::Failing(e.to_string()));
+                    if !matches!(previous, Some(SourceState::Failing(_))) {
+                        tracing::warn!(
+                            "{WATCH} failing: {e} (retrying; the revocations listed before keep counting). Is the Revocation CRD installed?"
+                        );
+                    }
+                }
+            }
+        }
+        if follower.synced {
+            if registry.set_source(WATCH, SourceState::Synced) != Some(SourceState::Synced) {
+                tracing::info!("{WATCH} synced: {} revocations", follower.index.len());
+            }
+            follower.lifetimes(&keys);
+            let (set, counts) = follower.index.publish(clock.now());
+            metrics.observe_revocations(&counts);
+            registry.publish_revocations(set);
+        }
+    }
+}
+
+/// The index as the watch feeds it.
+#[derive(Default)]
+struct Follower {
+    index: RevocationIndex,
+    synced: bool,
+    /// Objects seen during a relist.
+    relisted: Vec<ObjectKey>,
+}
+
+impl Follower {
+    fn handle(
+        &mut self,
+        event: watcher::Event<DeserializeGuard<Revocation>>,
+        now: Timestamp,
+        metrics: &Metrics,
+    ) {
+        match event {
+            watcher::Event::Init => self.relisted.clear(),
+            watcher::Event::InitApply(object) => {
+                if let Some(id) = self.apply(object, now, metrics, false) {
+                    self.relisted.push(id);
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen: std::collections::HashSet<ObjectKey> = self.relisted.drain(..).collect();
+                self.index.retain(|id| seen.contains(id));
+                self.synced = true;
+            }
+            watcher::Event::Apply(object) => {
+                self.apply(object, now, metrics, true);
+            }
+            watcher::Event::Delete(object) => {
+                let meta = match &object.0 {
+                    Ok(revocation) => &revocation.metadata,
+                    Err(invalid) => &invalid.metadata,
+                };
+                let id = ObjectKey::of(meta);
+                if self.index.delete(&id.namespace, &id.name) {
+                    tracing::info!("Revocation {id} deleted");
+                }
+            }
+        }
+    }
+
+    /// Applies one object; a bad one is skipped with a warning (the earlier version of
+    /// it, if any, keeps counting).
+    fn apply(
+        &mut self,
+        object: DeserializeGuard<Revocation>,
+        now: Timestamp,
+        metrics: &Metrics,
+        live: bool,
+    ) -> Option<ObjectKey> {
+        let revocation = match object.0 {
+            Ok(revocation) => revocation,
+            Err(invalid) => {
+                let id = ObjectKey::of(&invalid.metadata);
+                tracing::warn!("Revocation {id} skipped: {}", invalid.error);
+                return Some(id);
+            }
+        };
+        let id = ObjectKey::of(&revocation.metadata);
+        match self.index.apply(&revocation, now) {
+            Ok(true) => {
+                let entry = self.index.get(&id)?;
+                // Propagation is measured for changes seen live, not for a relist.
+                let lag = revocation
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .filter(|_| live)
+                    .map(|t| now.duration_since(t.0).as_secs_f64());
+                tracing::info!(
+                    reason = entry.reason.as_deref().unwrap_or(""),
+                    "Revocation {id} applied: {:?} of {}",
+                    entry.matcher,
+                    entry.issuer
+                );
+                metrics.revocation_applied(entry.reason_label, lag);
+            }
+            Ok(false) => {}
+            Err(refused) => tracing::warn!("{refused} (skipped)"),
+        }
+        Some(id)
+    }
+
+    fn lifetimes(&mut self, keys: &Store<DeserializeGuard<SigningKey>>) {
+        for key in keys.state() {
+            if let Ok(key) = &key.0 {
+                self.index.set_key_lifetime(
+                    ObjectKey::of(&key.metadata),
+                    Some(key.spec.max_token_lifetime()),
+                );
+            }
+        }
+    }
+}
+
+/// The Revocations among `revocations` that lapsed at `now`, with the lifetimes of
+/// `keys`. Pure: the leader lists, this decides.
+pub fn lapsed(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) -> Vec<Revocation> {
+    let mut index = RevocationIndex::default();
+    for key in keys {
+        index.set_key_lifetime(
+            ObjectKey::of(&key.metadata),
+            Some(key.spec.max_token_lifetime()),
+        );
+    }
+    for revocation in revocations {
+        let _ = index.apply(revocation, now);
+    }
+    let expired: std::collections::HashSet<ObjectKey> = index
+        .expired(now)
+        .into_iter()
+        .map(|e| e.id.clone())
+        .collect();
+    revocations
+        .iter()
+        .filter(|r| expired.contains(&ObjectKey::of(&r.metadata)))
+        .cloned()
+        .collect()
+}
+
+/// The leader's part: deletes lapsed Revocations, once now and then every
+/// [`EXPIRE_EVERY`], until the future is dropped (the lease is lost). Each delete is
+/// conditional on the object being the one judged (uid and resourceVersion).
+pub async fn expire(client: Client, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = expire_once(&client, clock.now()).await {
+            tracing::warn!("deleting lapsed Revocations: {e} (retrying in {EXPIRE_EVERY:?})");
+        }
+    }
+}
+
+/// One pass of [`expire`]: lists SigningKeys and Revocations, deletes the lapsed ones.
+/// Returns how many were deleted.
+pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube::Error> {
+    let keys: Vec<SigningKey> = Api::<DeserializeGuard<SigningKey>>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|k| k.0.ok())
+        .collect();
+    let revocations: Vec<Revocation> = Api::<DeserializeGuard<Revocation>>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| r.0.ok())
+        .collect();
+    let mut deleted = 0;
+    for revocation in lapsed(&revocations, &keys, now) {
+        let id = ObjectKey::of(&revocation.metadata);
+        let api = Api::<Revocation>::namespaced(client.clone(), &id.namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: revocation.metadata.uid.clone(),
+                resource_version: revocation.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&id.name, &params).await {
+            Ok(_) => {
+                tracing::info!("Revocation {id} lapsed: deleted");
+                deleted += 1;
+            }
+            // Gone already, or changed since it was judged: the next pass decides again.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+/// `/revoke` on a cluster: creates the Revocation through the API.
+pub struct KubeWriter {
+    pub client: Client,
+}
+
+impl RevocationWriter for KubeWriter {
+    fn create(&self, mut revocation: Revocation) -> WriteFuture {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let id = ObjectKey::of(&revocation.metadata);
+            // The apiserver sets it.
+            revocation.metadata.creation_timestamp = None;
+            let api = Api::<Revocation>::namespaced(client, &id.namespace);
+            match api.create(&PostParams::default(), &revocation).await {
+                Ok(_) => {
+                    tracing::info!("Revocation {id} created by a token holder");
+                    Ok(())
+                }
+                // The same token (or session) again: already revoked.
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(e) => Err(WriteError::Failed(format!("creating Revocation {id}: {e}"))),
+            }
+        })
+    }
+}
