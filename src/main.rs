@@ -334,11 +334,12 @@ struct MintArgs {
     /// Audience (`aud`); repeat for several.
     #[arg(long, value_name = "AUD")]
     aud: Vec<String>,
-    /// Lifetime, in Go duration syntax; at most the key's retainFor, unless --force.
+    /// Lifetime, in Go duration syntax; at most the key's retainFor and its
+    /// maxTokenLifetime (default 1h), unless --force.
     #[arg(long, default_value = "15m", allow_hyphen_values = true)]
     ttl: Duration,
     /// Mint even when --ttl is longer than the key's retainFor (the token may stop
-    /// verifying before it expires).
+    /// verifying before it expires) or its maxTokenLifetime.
     #[arg(long)]
     force: bool,
     /// Extra claim KEY=VALUE; VALUE is read as JSON when it is JSON, else as a string.
@@ -846,6 +847,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
             keys,
             issuer: store::issuer(&data).map(str::to_owned),
             retain_for: store::retain_for(&data),
+            max_token_lifetime: store::max_token_lifetime(&data),
         }
     };
     let issuer = match args.issuer.or(stored.issuer) {
@@ -854,6 +856,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     };
     let retain_for = stored.retain_for.filter(|_| !args.force);
     token::check_lifetime(&args.ttl, retain_for)?;
+    token::check_max_lifetime(&args.ttl, stored.max_token_lifetime.filter(|_| !args.force))?;
     let mut request = MintRequest {
         subject: args.sub,
         audiences: args.aud,

@@ -27,6 +27,10 @@ pub enum MintError {
         "--ttl {ttl} outlives its key: a retired key leaves the JWKS {retain_for} after its successor starts signing (spec.rotation.retainFor), so this token may stop verifying before it expires; use a shorter --ttl, raise retainFor, or pass --force"
     )]
     OutlivesKey { ttl: String, retain_for: String },
+    #[error(
+        "--ttl {ttl} is longer than the key's maxTokenLifetime {max}: a longer-lived token outlives the Revocations of its issuer; use a shorter --ttl, raise spec.maxTokenLifetime, or pass --force"
+    )]
+    TooLong { ttl: String, max: String },
     #[error("signing failed: {0}")]
     Signing(String),
 }
@@ -117,6 +121,20 @@ pub fn check_lifetime(
         Some(retain_for) if ttl.value() > retain_for => Err(MintError::OutlivesKey {
             ttl: ttl.to_string(),
             retain_for: format!("{retain_for:#}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a lifetime longer than the SigningKey's `maxTokenLifetime` (when known).
+pub fn check_max_lifetime(
+    ttl: &crate::api::Duration,
+    max: Option<SignedDuration>,
+) -> Result<(), MintError> {
+    match max {
+        Some(max) if ttl.value() > max => Err(MintError::TooLong {
+            ttl: ttl.to_string(),
+            max: format!("{max:#}"),
         }),
         _ => Ok(()),
     }

@@ -187,6 +187,24 @@ async fn a_cached_token_is_refused_right_after_its_revocation_and_token_review_a
         hits + 1.0,
         "the second decision is a cache hit"
     );
+    // A Revocation of another token empties no cache: the next decision is a hit.
+    let other = dev.sign(WEB, &claims(&dev, "dave", 0, json!({"jti": "cached-2"})));
+    dev.write(
+        "rev-other.yaml",
+        &revocation(
+            "auth",
+            "other",
+            "  signingKeyRef: {name: web}\n  tokenId: cached-2\n",
+        ),
+    );
+    until_revoked(&dev, "shop", &other).await;
+    let hits = dev.metric("authplane_decision_cache_hits_total").await;
+    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+    assert_eq!(
+        dev.metric("authplane_decision_cache_hits_total").await,
+        hits + 1.0,
+        "still cached after an unrelated Revocation"
+    );
     dev.write(
         "rev.yaml",
         &revocation(

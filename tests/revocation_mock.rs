@@ -1,6 +1,8 @@
 //! Revocations against kube-rs's mock API server: the Revocation `/revoke` writes, and
 //! the leader's delete of lapsed ones. Exact requests, in order, then no more.
 
+mod common;
+
 use std::sync::Arc;
 
 use authplane::admission::NoSigningKeys;
@@ -50,8 +52,14 @@ async fn expect(
     } else {
         serde_json::from_slice(&bytes).unwrap()
     };
+    // Echo the object, as the apiserver answers with it (apply patches carry no metadata).
     let answer = if answer.is_null() {
-        body.clone()
+        let mut echo = body.clone();
+        if echo.get("metadata").is_none() {
+            echo["metadata"] = json!({"name": "echo", "namespace": "auth"});
+            echo["spec"] = json!({"issuer": "https://echo", "tokenId": "echo"});
+        }
+        echo
     } else {
         answer
     };
@@ -157,6 +165,33 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
     )
     .await;
+    // The others report when they lapse.
+    let status = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/recent/status",
+        200,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        status["status"]["expiresAt"],
+        (ago(5) + SignedDuration::from_mins(15)).to_string()
+    );
+    assert_eq!(status["status"]["conditions"][0]["type"], "Active");
+    assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
+    let status = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/entra/status",
+        200,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        status["status"]["expiresAt"],
+        (ago(120) + SignedDuration::from_hours(24)).to_string()
+    );
     assert_eq!(within(task).await.unwrap().unwrap(), 1);
     // The client is gone with the task: every request it made was answered above.
     assert!(handle.next_request().await.is_none(), "no further requests");
@@ -257,4 +292,119 @@ async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
     assert_eq!(response.status(), 200);
     // The router (and with it the client) is gone: nothing else was asked of the API.
     assert!(handle.next_request().await.is_none(), "no further requests");
+}
+
+/// Every replica's Revocation watch: what it lists is published (and `/readyz` waits
+/// for it), what the watch then delivers is published at once, and a delete lifts it.
+#[tokio::test]
+async fn the_watch_publishes_what_it_lists_and_what_it_is_told() {
+    use authplane::api::ObjectKey;
+    use authplane::registry::SourceState;
+    use authplane::revocation::TokenFacts;
+
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let (keys, _keys_writer) = kube::runtime::reflector::store();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(authplane::operator::revocations::run(
+        Client::new(service, "default"),
+        registry.clone(),
+        metrics.clone(),
+        Arc::new(SystemClock),
+        keys,
+        stopped,
+    ));
+    let now = Timestamp::now();
+    let web = ObjectKey {
+        namespace: "auth".into(),
+        name: "web".into(),
+    };
+    let claims = |jti: &str| -> serde_json::Map<String, Value> {
+        json!({"iss": ISSUER, "sub": "s", "jti": jti, "iat": now.as_second()})
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let revoked = |jti: &str| {
+        let claims = claims(jti);
+        registry.revocations().is_revoked(
+            "shop",
+            &TokenFacts::of(&claims, Some(&web)),
+            now.as_second(),
+        )
+    };
+
+    // The list.
+    let (request, respond) = within(handle.next_request()).await.unwrap();
+    assert_eq!(
+        request.uri().path(),
+        "/apis/authplane.io/v1alpha1/revocations"
+    );
+    assert!(!request.uri().query().unwrap_or("").contains("watch=true"));
+    assert_eq!(
+        registry.unsynced_sources(),
+        [("Revocation watch", SourceState::Syncing)],
+        "not ready before the Revocations are listed"
+    );
+    let listed = revocation(
+        "listed",
+        now,
+        json!({"signingKeyRef": {"name": "web"}, "tokenId": "t-1"}),
+    );
+    respond.send_response(
+        Response::builder()
+            .body(Body::from(
+                serde_json::to_vec(&list("Revocation", vec![listed])).unwrap(),
+            ))
+            .unwrap(),
+    );
+    // The watch: one Revocation added, then one deleted.
+    let (request, respond) = within(handle.next_request()).await.unwrap();
+    assert!(request.uri().query().unwrap_or("").contains("watch=true"));
+    common::eventually(
+        "the listed Revocation published",
+        std::time::Duration::from_secs(5),
+        || async { revoked("t-1").then_some(()) },
+    )
+    .await;
+    assert!(registry.unsynced_sources().is_empty());
+    assert!(!revoked("t-2"));
+    let added = revocation(
+        "added",
+        now,
+        json!({"signingKeyRef": {"name": "web"}, "tokenId": "t-2", "reason": "compromised"}),
+    );
+    let deleted = revocation(
+        "listed",
+        now,
+        json!({"signingKeyRef": {"name": "web"}, "tokenId": "t-1"}),
+    );
+    let events = [
+        json!({"type": "ADDED", "object": added}),
+        json!({"type": "DELETED", "object": deleted}),
+    ];
+    let mut body = Vec::new();
+    for event in events {
+        body.extend(serde_json::to_vec(&event).unwrap());
+        body.push(b'\n');
+    }
+    respond.send_response(Response::builder().body(Body::from(body)).unwrap());
+    common::eventually(
+        "the watched changes published",
+        std::time::Duration::from_secs(5),
+        || async { (revoked("t-2") && !revoked("t-1")).then_some(()) },
+    )
+    .await;
+    let text = metrics.encode();
+    assert!(
+        text.contains("authplane_revocations_applied_total{reason=\"compromised\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("authplane_revocations{namespace=\"auth\",issuer=\"auth/web\"} 1"),
+        "{text}"
+    );
+    stop.send(true).unwrap();
+    within(task).await.unwrap();
 }

@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::api::{ObjectKey, Revocation, SigningKey};
+use crate::api::{ObjectKey, Revocation, RevocationStatus, SigningKey};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, SourceState};
@@ -184,9 +184,18 @@ impl Follower {
     }
 }
 
-/// The Revocations among `revocations` that lapsed at `now`, with the lifetimes of
-/// `keys`. Pure: the leader lists, this decides.
-pub fn lapsed(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) -> Vec<Revocation> {
+/// What the leader does with each Revocation at `now`, with the lifetimes of `keys`.
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// Lapsed: no token they match can still be valid. Deleted.
+    pub lapsed: Vec<Revocation>,
+    /// In force, with the status they should report.
+    pub active: Vec<(Revocation, RevocationStatus)>,
+}
+
+/// Judges `revocations` at `now`. Pure: the leader lists, this decides. Objects that are
+/// refused are left alone (the apiserver's CEL rules keep them out in practice).
+pub fn judge(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) -> Judgement {
     let mut index = RevocationIndex::default();
     for key in keys {
         index.set_key_lifetime(
@@ -194,24 +203,56 @@ pub fn lapsed(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) -
             Some(key.spec.max_token_lifetime()),
         );
     }
+    let mut judgement = Judgement::default();
     for revocation in revocations {
-        let _ = index.apply(revocation, now);
+        if let Err(refused) = index.apply(revocation, now) {
+            tracing::warn!("{refused} (left alone)");
+            continue;
+        }
+        let Some(entry) = index.get(&ObjectKey::of(&revocation.metadata)) else {
+            continue;
+        };
+        let expires = index.expires(entry);
+        if expires.is_some_and(|until| until < now.as_second()) {
+            judgement.lapsed.push(revocation.clone());
+            continue;
+        }
+        let (ok, reason, message) = match expires {
+            Some(_) => (
+                true,
+                "Applied",
+                "enforced by every replica until it lapses".to_owned(),
+            ),
+            None => (
+                true,
+                "LifetimeUnknown",
+                format!(
+                    "enforced; its SigningKey {} is not known, so it does not lapse",
+                    entry.issuer
+                ),
+            ),
+        };
+        let status = RevocationStatus {
+            observed_generation: revocation.metadata.generation,
+            expires_at: expires
+                .and_then(|s| Timestamp::from_second(s).ok())
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            conditions: vec![crate::api::condition(
+                "Active",
+                ok,
+                reason,
+                message,
+                revocation.metadata.generation,
+                now,
+            )],
+        };
+        judgement.active.push((revocation.clone(), status));
     }
-    let expired: std::collections::HashSet<ObjectKey> = index
-        .expired(now)
-        .into_iter()
-        .map(|e| e.id.clone())
-        .collect();
-    revocations
-        .iter()
-        .filter(|r| expired.contains(&ObjectKey::of(&r.metadata)))
-        .cloned()
-        .collect()
+    judgement
 }
 
-/// The leader's part: deletes lapsed Revocations, once now and then every
-/// [`EXPIRE_EVERY`], until the future is dropped (the lease is lost). Each delete is
-/// conditional on the object being the one judged (uid and resourceVersion).
+/// The leader's part: deletes lapsed Revocations and reports when the others lapse, once
+/// now and then every [`EXPIRE_EVERY`], until the future is dropped (the lease is lost).
 pub async fn expire(client: Client, clock: Arc<dyn Clock>) {
     let mut tick = tokio::time::interval(EXPIRE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,8 +264,10 @@ pub async fn expire(client: Client, clock: Arc<dyn Clock>) {
     }
 }
 
-/// One pass of [`expire`]: lists SigningKeys and Revocations, deletes the lapsed ones.
-/// Returns how many were deleted.
+/// One pass of [`expire`]: lists SigningKeys and Revocations, deletes the lapsed ones
+/// (each conditional on its uid and resourceVersion: only the object judged), and
+/// writes `status.expiresAt` of the others where it is not what it should be. Returns
+/// how many were deleted.
 pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube::Error> {
     let keys: Vec<SigningKey> = Api::<DeserializeGuard<SigningKey>>::all(client.clone())
         .list(&ListParams::default())
@@ -240,8 +283,9 @@ pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube:
         .into_iter()
         .filter_map(|r| r.0.ok())
         .collect();
+    let judgement = judge(&revocations, &keys, now);
     let mut deleted = 0;
-    for revocation in lapsed(&revocations, &keys, now) {
+    for revocation in judgement.lapsed {
         let id = ObjectKey::of(&revocation.metadata);
         let api = Api::<Revocation>::namespaced(client.clone(), &id.namespace);
         let params = DeleteParams {
@@ -260,6 +304,9 @@ pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube:
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
             Err(e) => return Err(e),
         }
+    }
+    for (revocation, status) in judgement.active {
+        super::status::apply(client, &revocation, status).await?;
     }
     Ok(deleted)
 }
