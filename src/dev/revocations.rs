@@ -25,6 +25,8 @@ pub struct DevRevocations {
     reported_expired: BTreeSet<ObjectKey>,
     /// Refusals already reported, by object, with their message.
     reported_refused: BTreeMap<ObjectKey, String>,
+    /// The objects last applied: an unchanged one is not read again at every reload.
+    applied: BTreeMap<ObjectKey, Revocation>,
 }
 
 impl DevRevocations {
@@ -42,6 +44,7 @@ impl DevRevocations {
         for id in known {
             if !revocations.contains_key(&id) {
                 self.index.delete(&id.namespace, &id.name);
+                self.applied.remove(&id);
                 self.reported_expired.remove(&id);
                 tracing::info!("Revocation {id} removed");
             }
@@ -66,9 +69,15 @@ impl DevRevocations {
         self.reported_refused
             .retain(|id, _| revocations.contains_key(id));
         for (id, revocation) in revocations {
+            if self.applied.get(id) == Some(revocation) {
+                continue;
+            }
             match self.index.apply(revocation, now) {
-                Ok(false) => {}
+                Ok(false) => {
+                    self.applied.insert(id.clone(), revocation.clone());
+                }
                 Ok(true) => {
+                    self.applied.insert(id.clone(), revocation.clone());
                     self.reported_refused.remove(id);
                     if let Some(entry) = self.index.get(id) {
                         let lag = (now.as_millisecond() - entry.created.saturating_mul(1000))

@@ -314,10 +314,11 @@ async fn lead(
                 policy_ctx.clone(),
             )
             .for_each(|_| async {});
-        // Lapsed Revocations are deleted by the leader only.
+        // Lapsed Revocations are deleted by the leader only (this never ends by itself).
         let expiry = revocations::expire(client.clone(), Arc::new(SystemClock));
         tokio::select! {
-            _ = futures::future::join3(signing_keys, auth_policies, expiry) => {}
+            _ = futures::future::join(signing_keys, auth_policies) => {}
+            _ = expiry => {}
             _ = leader.wait_for(|l| !*l) => tracing::warn!("lease lost: stopped writing"),
             _ = stopped.changed() => return,
         }
