@@ -336,3 +336,99 @@ impl RevocationWriter for KubeWriter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, jti: &str) -> DeserializeGuard<Revocation> {
+        DeserializeGuard(Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+            "metadata": {"name": name, "namespace": "auth",
+                "creationTimestamp": "2026-03-01T00:00:00Z"},
+            "spec": {"signingKeyRef": {"name": "web"}, "tokenId": jti},
+        }))
+        .unwrap()))
+    }
+
+    fn names(follower: &Follower) -> Vec<String> {
+        follower
+            .index
+            .entries()
+            .map(|e| e.id.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_relist_forgets_what_is_gone_and_a_bad_object_is_skipped() {
+        let metrics = Metrics::default();
+        let now: Timestamp = "2026-03-01T00:00:01Z".parse().unwrap();
+        let mut follower = Follower::default();
+        follower.handle(watcher::Event::Init, now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("a", "1")), now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("b", "2")), now, &metrics);
+        assert!(!follower.synced, "not synced before the list is complete");
+        follower.handle(watcher::Event::InitDone, now, &metrics);
+        assert!(follower.synced);
+        assert_eq!(names(&follower), ["a", "b"]);
+        // A relist after the watch was lost: b was deleted meanwhile.
+        follower.handle(watcher::Event::Init, now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("a", "1")), now, &metrics);
+        follower.handle(watcher::Event::InitDone, now, &metrics);
+        assert_eq!(names(&follower), ["a"]);
+        // One that breaks a rule (two matchers) is skipped; a keeps counting.
+        let mut both = object("a", "1");
+        if let Ok(r) = &mut both.0 {
+            r.spec.subject = Some("s".into());
+        }
+        follower.handle(watcher::Event::Apply(both), now, &metrics);
+        assert_eq!(
+            follower.index.entries().next().unwrap().matcher,
+            crate::revocation::Matcher::TokenId("1".into())
+        );
+        follower.handle(watcher::Event::Delete(object("a", "1")), now, &metrics);
+        assert!(follower.index.is_empty());
+        // Propagation is observed for live changes only; what applied here came from lists.
+        let text = metrics.encode();
+        assert!(
+            text.contains("authplane_revocation_propagation_seconds_count 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_leader_judges_lapsed_and_active_revocations() {
+        let key: SigningKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"maxTokenLifetime": "15m"},
+        }))
+        .unwrap();
+        let revocation = |created: &str| -> Revocation {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+                "metadata": {"name": created.replace(':', "-").to_lowercase(), "namespace": "auth",
+                    "creationTimestamp": created},
+                "spec": {"signingKeyRef": {"name": "web"}, "subject": "s"},
+            }))
+            .unwrap()
+        };
+        let now: Timestamp = "2026-03-01T01:00:00Z".parse().unwrap();
+        let judged = judge(
+            &[
+                revocation("2026-03-01T00:44:59Z"),
+                revocation("2026-03-01T00:45:00Z"),
+            ],
+            std::slice::from_ref(&key),
+            now,
+        );
+        // With 15-minute tokens, a revocation lives 15 minutes (to the second).
+        assert_eq!(judged.lapsed.len(), 1);
+        assert_eq!(judged.active.len(), 1);
+        assert_eq!(judged.active[0].1.expires_at.as_ref().unwrap().0, now);
+        // Without the SigningKey the lifetime is unknown: it counts, and is not deleted.
+        let unknown = judge(&[revocation("2026-01-01T00:00:00Z")], &[], now);
+        assert!(unknown.lapsed.is_empty());
+        assert_eq!(unknown.active[0].1.conditions[0].reason, "LifetimeUnknown");
+    }
+}
