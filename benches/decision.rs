@@ -16,6 +16,7 @@ use authplane::admission::NoSigningKeys;
 use authplane::clock::SystemClock;
 use authplane::metrics::Metrics;
 use authplane::registry::{Registry, Snapshot};
+use authplane::revocation::{RevocationIndex, RevocationSet, TokenFacts};
 use authplane::server::{self, AppState, Endpoints};
 use axum::Router;
 use axum::body::Body;
@@ -80,6 +81,7 @@ fn fixture(alg: Algorithm) -> Fixture {
             .as_object()
             .cloned()
             .unwrap(),
+        session: None,
     };
     let token = mint(&keys, ISSUER, &request, now).unwrap();
     Fixture {
@@ -110,16 +112,23 @@ fn forged(token: &str) -> String {
 fn decisions(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
     let now = Timestamp::now();
+    let unrevoked = RevocationSet::default();
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let f = fixture(alg);
         let headers = bearer(&f.token);
-        assert_eq!(f.policy.decide(&headers, now).verdict, Verdict::Allow);
+        assert_eq!(
+            f.policy.decide(&headers, now, &unrevoked).verdict,
+            Verdict::Allow
+        );
         group.bench_function(format!("valid {alg}"), |b| {
-            b.iter(|| f.policy.decide(black_box(&headers), now))
+            b.iter(|| f.policy.decide(black_box(&headers), now, &unrevoked))
         });
-        assert_eq!(f.cached.decide(&headers, now).verdict, Verdict::Allow);
+        assert_eq!(
+            f.cached.decide(&headers, now, &unrevoked).verdict,
+            Verdict::Allow
+        );
         group.bench_function(format!("valid {alg}, cached"), |b| {
-            b.iter(|| f.cached.decide(black_box(&headers), now))
+            b.iter(|| f.cached.decide(black_box(&headers), now, &unrevoked))
         });
 
         // Raw verification of the same token with jsonwebtoken, from the published JWK.
@@ -145,15 +154,15 @@ fn decisions(c: &mut Criterion) {
     let f = fixture(Algorithm::RS256);
     let bad = bearer(&forged(&f.token));
     assert_eq!(
-        f.policy.decide(&bad, now).verdict,
+        f.policy.decide(&bad, now, &unrevoked).verdict,
         Verdict::Deny(Rejection::BadSignature)
     );
     group.bench_function("invalid signature RS256", |b| {
-        b.iter(|| f.policy.decide(black_box(&bad), now))
+        b.iter(|| f.policy.decide(black_box(&bad), now, &unrevoked))
     });
     let none = HeaderMap::new();
     group.bench_function("missing token", |b| {
-        b.iter(|| f.policy.decide(black_box(&none), now))
+        b.iter(|| f.policy.decide(black_box(&none), now, &unrevoked))
     });
     group.finish();
 }
@@ -193,6 +202,7 @@ fn server_over(f: &Fixture) -> Router {
         base_url: Arc::from("http://127.0.0.1"),
         signing_keys: Arc::new(NoSigningKeys),
         tls: None,
+        revoke: None,
     };
     server::router(state, Endpoints::Public)
 }
@@ -234,5 +244,100 @@ fn handler(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, handler);
+/// `count` Revocations of auth/web's tokens (global scope): half single tokens, a third
+/// subjects, the rest sessions. None matches the fixture's token, so every lookup probes
+/// all three maps: the worst case.
+fn revocations(count: usize, now: Timestamp) -> RevocationSet {
+    use authplane::api::{Revocation, RevocationSpec, RevokedKeyRef};
+    let mut index = RevocationIndex::default();
+    index.set_key_lifetime(
+        ObjectKey {
+            namespace: "auth".into(),
+            name: "web".into(),
+        },
+        Some(SignedDuration::from_hours(1)),
+    );
+    for i in 0..count {
+        let mut spec = RevocationSpec {
+            signing_key_ref: Some(RevokedKeyRef {
+                name: "web".into(),
+                namespace: None,
+            }),
+            issuer: None,
+            token_id: None,
+            subject: None,
+            issued_before: None,
+            session_id: None,
+            expires_at: None,
+            reason: Some("logout".into()),
+        };
+        match i % 6 {
+            0..=2 => spec.token_id = Some(format!("jti-{i:08}-aaaaaaaaaaaaaaaa")),
+            3 | 4 => spec.subject = Some(format!("user-{i:08}")),
+            _ => spec.session_id = Some(format!("sid-{i:08}-bbbbbbbb")),
+        }
+        let revocation = Revocation {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("r-{i}")),
+                namespace: Some("auth".into()),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        };
+        index.apply(&revocation, now).unwrap();
+    }
+    // What a change costs the watch: the whole set is published again.
+    let started = std::time::Instant::now();
+    let (set, _) = index.publish(now);
+    eprintln!(
+        "publishing {count} revocations took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(set.len(), count);
+    set
+}
+
+/// The decision with 0 and with 100,000 Revocations in force, uncached and cached RS256:
+/// what the revocation lookup costs.
+fn revoked(c: &mut Criterion) {
+    let mut group = c.benchmark_group("revocations");
+    let now = Timestamp::now();
+    let f = fixture(Algorithm::RS256);
+    let headers = bearer(&f.token);
+    for count in [0, 100_000] {
+        let set = revocations(count, now);
+        assert_eq!(f.policy.decide(&headers, now, &set).verdict, Verdict::Allow);
+        group.bench_function(format!("RS256, {count} revocations"), |b| {
+            b.iter(|| f.policy.decide(black_box(&headers), now, &set))
+        });
+        assert_eq!(f.cached.decide(&headers, now, &set).verdict, Verdict::Allow);
+        group.bench_function(format!("RS256 cached, {count} revocations"), |b| {
+            b.iter(|| f.cached.decide(black_box(&headers), now, &set))
+        });
+        // The lookup alone, on the token's verified claims.
+        let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                f.token.split('.').nth(1).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let key = ObjectKey {
+            namespace: "auth".into(),
+            name: "web".into(),
+        };
+        let second = now.as_second();
+        group.bench_function(format!("lookup alone, {count} revocations"), |b| {
+            b.iter(|| {
+                let facts = TokenFacts::of(black_box(&claims), Some(&key));
+                set.is_revoked("bench", &facts, second)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, handler, revoked);
 criterion_main!(benches);

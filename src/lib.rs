@@ -9,7 +9,9 @@
 //! `metrics`, `tls`; `cli` holds what the commands share. The README's layout section is
 //! the longer map.
 
-pub use authplane_core::{admission, api, clock, index, keys, policy, reconcile, snapshot, token};
+pub use authplane_core::{
+    admission, api, clock, index, keys, policy, reconcile, revocation, snapshot, token,
+};
 
 pub mod cli;
 pub mod dev;

@@ -49,6 +49,12 @@ enum Command {
     Rotate(RotateArgs),
     /// Revoke a key at once: it leaves the JWKS and its tokens stop verifying.
     RevokeKey(RevokeArgs),
+    /// Revoke tokens at once: one token (--jti), a subject's tokens issued up to an
+    /// instant (--subject, --before), or a session (--session).
+    Revoke(RevokeTokensArgs),
+    /// The Revocations in force.
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
     /// Steer an AuthPolicy's rollout: pause, resume, or set a percentage.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -108,6 +114,10 @@ struct RunArgs {
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
+    /// Requests per minute per client address to `POST {issuer}/revoke` (beyond it:
+    /// 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = authplane::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    revoke_rate: u32,
     /// Address to serve HTTPS on: every endpoint plus the admission webhook
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
@@ -204,6 +214,45 @@ impl TargetArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "subject", "session"])))]
+struct RevokeTokensArgs {
+    /// The SigningKey whose tokens are revoked, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    issuer: String,
+    /// One token: its `jti`.
+    #[arg(long, value_name = "ID")]
+    jti: Option<String>,
+    /// Every token of this subject (`sub`) issued at or before --before.
+    #[arg(long, value_name = "SUB")]
+    subject: Option<String>,
+    /// With --subject: tokens issued at or before this RFC 3339 instant (default: now).
+    #[arg(long, value_name = "TIME", requires = "subject")]
+    before: Option<jiff::Timestamp>,
+    /// Every token of this session (`sid`).
+    #[arg(long, value_name = "SID")]
+    session: Option<String>,
+    /// Why (shown in logs; metrics keep logout, payment_failed, password_changed,
+    /// compromised, account_disabled, and `other` for the rest).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Create the Revocation in this namespace: it then applies only to that
+    /// namespace's AuthPolicies (default: the SigningKey's namespace, everywhere).
+    #[arg(long, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Subcommand)]
+enum RevocationsCommand {
+    /// List the Revocations, with what they match and when they lapse.
+    List {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Args)]
 struct RotateArgs {
     /// The SigningKey, as NAMESPACE/NAME.
     key: String,
@@ -248,6 +297,10 @@ struct DevArgs {
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
+    /// Requests per minute per client address to `POST {issuer}/revoke` (beyond it:
+    /// 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = authplane::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    revoke_rate: u32,
     /// Serve HTTPS instead of HTTP, with this certificate and key.
     #[command(flatten)]
     tls_files: TlsFileArgs,
@@ -281,11 +334,12 @@ struct MintArgs {
     /// Audience (`aud`); repeat for several.
     #[arg(long, value_name = "AUD")]
     aud: Vec<String>,
-    /// Lifetime, in Go duration syntax; at most the key's retainFor, unless --force.
+    /// Lifetime, in Go duration syntax; at most the key's retainFor and its
+    /// maxTokenLifetime (default 1h), unless --force.
     #[arg(long, default_value = "15m", allow_hyphen_values = true)]
     ttl: Duration,
     /// Mint even when --ttl is longer than the key's retainFor (the token may stop
-    /// verifying before it expires).
+    /// verifying before it expires) or its maxTokenLifetime.
     #[arg(long)]
     force: bool,
     /// Extra claim KEY=VALUE; VALUE is read as JSON when it is JSON, else as a string.
@@ -294,6 +348,10 @@ struct MintArgs {
     /// Issuer (`iss`) to put in the token (default: the one the server publishes).
     #[arg(long, value_name = "URL")]
     issuer: Option<String>,
+    /// Session id (`sid`), so that a logout of the session (`authplane revoke
+    /// --session`, or `/revoke` with `token_type_hint=session`) revokes the token.
+    #[arg(long, value_name = "SID")]
+    session: Option<String>,
 }
 
 /// mimalloc: per-thread free lists instead of glibc's arenas, whose consolidation showed
@@ -366,6 +424,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::RevokeKey(args) => revoke(args),
+        Command::Revoke(args) => revoke_tokens(args),
+        Command::Revocations(RevocationsCommand::List { target }) => list_revocations(target),
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
         Command::Bucket(args) => bucket(args),
@@ -530,6 +590,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         identity,
         decision_cache_size: args.decision_cache_size,
         tls,
+        revoke_rate_per_minute: args.revoke_rate,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
@@ -572,6 +633,75 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
             revoked_kids(current, &kid),
         ))
     })
+}
+
+fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
+    use authplane::cli::revocations::{self, What};
+    let key = parse_id(&args.issuer, "--issuer")?;
+    let what = match (args.jti, args.subject, args.session) {
+        (Some(jti), None, None) => What::TokenId(jti),
+        (None, Some(subject), None) => What::Subject {
+            subject,
+            issued_before: args.before,
+        },
+        (None, None, Some(sid)) => What::Session(sid),
+        _ => bail!("give exactly one of --jti, --subject and --session"),
+    };
+    args.target.announce();
+    let now = SystemClock.now();
+    if let Some(dir) = &args.target.manifests {
+        let revocation = revocations::build(
+            &key,
+            args.namespace.as_deref(),
+            what,
+            args.reason,
+            Some(revocations::random_name()),
+            now,
+        )?;
+        let file = revocations::write_manifest(dir, &revocation)?;
+        let id = ObjectKey::of(&revocation.metadata);
+        println!("Revocation {id} created");
+        eprintln!(
+            "wrote {}; a running `authplane dev` applies it within a second",
+            file.display()
+        );
+        return Ok(());
+    }
+    let revocation = revocations::build(
+        &key,
+        args.namespace.as_deref(),
+        what,
+        args.reason,
+        None,
+        now,
+    )?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
+        let id = revocations::create(client, revocation).await?;
+        println!("Revocation {id} created");
+        Ok(())
+    })
+}
+
+fn list_revocations(target: TargetArgs) -> anyhow::Result<()> {
+    use authplane::cli::revocations;
+    target.announce();
+    let (found, keys) = match &target.manifests {
+        Some(dir) => revocations::from_manifests(dir)?,
+        None => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let client = cluster_client(target.kubeconfig.as_ref()).await?;
+                anyhow::Ok(revocations::from_cluster(client).await?)
+            })?
+        }
+    };
+    print!(
+        "{}",
+        revocations::table(&revocations::rows(&found, &keys, SystemClock.now()))
+    );
+    Ok(())
 }
 
 /// The revocation list with `kid` added (kept, so a revoked kid never comes back).
@@ -640,6 +770,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             external_url: args.external_url,
             decision_cache_size: args.decision_cache_size,
             tls: args.tls_files.files(),
+            revoke_rate_per_minute: args.revoke_rate,
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(
@@ -717,6 +848,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
             keys,
             issuer: store::issuer(&data).map(str::to_owned),
             retain_for: store::retain_for(&data),
+            max_token_lifetime: store::max_token_lifetime(&data),
         }
     };
     let issuer = match args.issuer.or(stored.issuer) {
@@ -725,10 +857,12 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     };
     let retain_for = stored.retain_for.filter(|_| !args.force);
     token::check_lifetime(&args.ttl, retain_for)?;
+    token::check_max_lifetime(&args.ttl, stored.max_token_lifetime.filter(|_| !args.force))?;
     let mut request = MintRequest {
         subject: args.sub,
         audiences: args.aud,
         ttl: args.ttl.value(),
+        session: args.session,
         ..MintRequest::default()
     };
     for claim in &args.claim {

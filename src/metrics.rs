@@ -70,6 +70,28 @@ pub struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevocationLabels {
+    /// The namespace of the Revocations.
+    pub namespace: String,
+    /// The SigningKey (`namespace/name`) or the issuer URL they name.
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `logout`, `payment_failed`, `password_changed`, `compromised`,
+    /// `account_disabled` or `other`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `revoked`, `ignored` (not a valid token of the issuer: nothing said),
+    /// `rate_limited`, `invalid_request` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -101,6 +123,14 @@ pub struct Metrics {
     pub cache_misses: Counter,
     /// Admission reviews answered.
     pub admission_reviews: Family<AdmissionLabels, Counter>,
+    /// Revocations in force, by namespace and issuer.
+    pub revocations: Family<RevocationLabels, Gauge>,
+    /// Revocations applied by this replica, by reason label.
+    pub revocations_applied: Family<ReasonLabels, Counter>,
+    /// From a Revocation's creation to its enforcement in this replica.
+    pub revocation_propagation: Histogram,
+    /// `POST {issuer}/revoke` requests by result.
+    pub revoke_requests: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -192,8 +222,37 @@ impl Default for Metrics {
             "Admission reviews answered, by kind, operation and result",
             admission_reviews.clone(),
         );
+        let revocations = Family::<RevocationLabels, Gauge>::default();
+        registry.register(
+            "revocations",
+            "Revocations in force (not lapsed), by namespace and issuer",
+            revocations.clone(),
+        );
+        let revocations_applied = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "revocations_applied",
+            "Revocations applied by this replica, by reason",
+            revocations_applied.clone(),
+        );
+        let revocation_propagation =
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]);
+        registry.register(
+            "revocation_propagation_seconds",
+            "Time from a Revocation's creation to its enforcement in this replica (whole-second creation timestamps: up to 1 s too high)",
+            revocation_propagation.clone(),
+        );
+        let revoke_requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "revoke_requests",
+            "Requests to the token revocation endpoints, by result",
+            revoke_requests.clone(),
+        );
         Self {
             registry,
+            revocations,
+            revocations_applied,
+            revocation_propagation,
+            revoke_requests,
             jwks_fetches,
             jwks_keys,
             jwks_last_success,
@@ -428,6 +487,39 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    pub fn revoke_request(&self, result: &str) {
+        self.revoke_requests
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The active revocations per (namespace, issuer), replacing the last report.
+    pub fn observe_revocations(&self, counts: &[crate::revocation::Count]) {
+        self.revocations.clear();
+        for count in counts {
+            self.revocations
+                .get_or_create(&RevocationLabels {
+                    namespace: count.namespace.clone(),
+                    issuer: count.issuer.clone(),
+                })
+                .set(count.active as i64);
+        }
+    }
+
+    /// A Revocation newly applied by this replica, `seconds` after its creation.
+    pub fn revocation_applied(&self, reason: &str, seconds: Option<f64>) {
+        self.revocations_applied
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        if let Some(seconds) = seconds {
+            self.revocation_propagation.observe(seconds.max(0.0));
+        }
     }
 
     pub fn reload_error(&self, source: &str) {

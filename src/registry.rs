@@ -149,6 +149,9 @@ pub struct Registry {
     sources: Mutex<std::collections::BTreeMap<&'static str, SourceState>>,
     /// The conditions `/status` last reported, per policy.
     pub reported: ReportedConditions,
+    /// The revocations in force: published on their own, so that a Revocation never
+    /// rebuilds a policy.
+    revocations: ArcSwap<crate::revocation::RevocationSet>,
 }
 
 /// The conditions last reported per policy, so that a condition's `lastTransitionTime`
@@ -185,6 +188,16 @@ impl Registry {
         self.reported.retain(&snapshot.policies);
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Replaces the revocations in force.
+    pub fn publish_revocations(&self, set: crate::revocation::RevocationSet) {
+        self.revocations.store(Arc::new(set));
+    }
+
+    /// The revocations in force.
+    pub fn revocations(&self) -> arc_swap::Guard<Arc<crate::revocation::RevocationSet>> {
+        self.revocations.load()
     }
 
     /// True once a driver has published its first state.

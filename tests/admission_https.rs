@@ -41,6 +41,7 @@ impl Secure {
             external_url: None,
             decision_cache_size: 100,
             tls: Some(files),
+            revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         };
         let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
         assert!(server.base_url().starts_with("https://"));
@@ -525,6 +526,7 @@ async fn the_plain_listener_of_run_does_not_serve_the_webhook() {
         base_url: Arc::from("http://127.0.0.1"),
         signing_keys: Arc::new(authplane::admission::NoSigningKeys),
         tls: None,
+        revoke: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

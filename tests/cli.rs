@@ -219,7 +219,7 @@ fn token_mint_refuses_negative_and_too_long_lifetimes_clearly() {
 
 #[tokio::test]
 async fn token_mint_refuses_a_token_that_outlives_its_key_unless_forced() {
-    let spec = "  algorithm: EdDSA\n  rotation:\n    retainFor: 24h\n";
+    let spec = "  algorithm: EdDSA\n  maxTokenLifetime: 24h\n  rotation:\n    retainFor: 24h\n";
     let dev = Dev::start(&[("web.yaml", &signing_key("auth", "web", spec))]).await;
     let state = dev.state();
     let mint = |ttl: &str, force: bool| {
@@ -243,6 +243,103 @@ async fn token_mint_refuses_a_token_that_outlives_its_key_unless_forced() {
     assert!(stderr.contains("dev mode: state folder"), "{stderr}");
     let forced = succeeded(&mint("87600h", true));
     assert_eq!(forced.trim().split('.').count(), 3, "a JWT: {forced}");
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn token_mint_refuses_a_ttl_beyond_the_keys_max_token_lifetime() {
+    // retainFor covers 2h, maxTokenLifetime (default 1h) does not.
+    let spec = "  algorithm: EdDSA\n  rotation:\n    retainFor: 24h\n";
+    let dev = Dev::start(&[("web.yaml", &signing_key("auth", "web", spec))]).await;
+    let state = dev.state();
+    let mint = |ttl: &str, force: bool| {
+        let mut args = vec![
+            "token", "mint", "--key", "auth/web", "--sub", "a", "--ttl", ttl,
+        ];
+        args.extend(["--state", state.to_str().unwrap()]);
+        if force {
+            args.push("--force");
+        }
+        authplane(&args)
+    };
+    succeeded(&mint("1h", false));
+    let long = mint("2h", false);
+    assert!(!long.status.success());
+    let stderr = text(&long.stderr);
+    assert!(
+        stderr.contains("--ttl 2h is longer than the key's maxTokenLifetime 1h"),
+        "{stderr}"
+    );
+    succeeded(&mint("2h", true));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn revoke_and_list_in_dev_mode() {
+    let spec = "  algorithm: EdDSA\n  maxTokenLifetime: 15m\n";
+    let policy = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: pay, namespace: shop}\nspec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  rollout: {mode: Enforce, percentage: 100}\n";
+    let dev = Dev::start(&[
+        ("web.yaml", &signing_key("auth", "web", spec)),
+        ("policy.yaml", policy),
+    ])
+    .await;
+    let manifests = dev.manifests();
+    let dir = manifests.to_str().unwrap();
+    let state = dev.state();
+    let token = succeeded(&authplane(&[
+        "token",
+        "mint",
+        "--key",
+        "auth/web",
+        "--sub",
+        "zoe",
+        "--session",
+        "s-9",
+        "--state",
+        state.to_str().unwrap(),
+    ]));
+    let token = token.trim();
+    let bearer = format!("Bearer {token}");
+    let status = || async {
+        dev.get_with("/authz/shop/pay", &[("Authorization", bearer.as_str())])
+            .await
+            .status()
+    };
+    assert_eq!(status().await, 200);
+    let out = succeeded(&authplane(&[
+        "revoke",
+        "--issuer",
+        "auth/web",
+        "--session",
+        "s-9",
+        "--reason",
+        "logout",
+        "--manifests",
+        dir,
+    ]));
+    assert!(out.starts_with("Revocation auth/revoke-"), "{out}");
+    eventually("the session's token refused", CHANGE_DEADLINE, || async {
+        (status().await == 401).then_some(())
+    })
+    .await;
+    let list = succeeded(&authplane(&["revocations", "list", "--manifests", dir]));
+    assert!(list.contains("auth/web\tsid=s-9\tlogout\t"), "{list}");
+    assert!(!list.contains("(lapsed)"), "{list}");
+    // Exactly one of --jti, --subject, --session.
+    let both = authplane(&[
+        "revoke",
+        "--issuer",
+        "auth/web",
+        "--jti",
+        "a",
+        "--session",
+        "b",
+        "--manifests",
+        dir,
+    ]);
+    assert!(!both.status.success());
+    let none = authplane(&["revoke", "--issuer", "auth/web", "--manifests", dir]);
+    assert!(!none.status.success());
     dev.stop().await;
 }
 

@@ -120,6 +120,7 @@ fn every_field_a_cel_rule_can_reach_is_bounded() {
     for crd in [
         authplane::api::SigningKey::crd(),
         authplane::api::AuthPolicy::crd(),
+        authplane::api::Revocation::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         for version in &crd.spec.versions {
@@ -280,6 +281,7 @@ fn no_enum_value_is_a_yaml_1_1_boolean() {
     for crd in [
         authplane::api::SigningKey::crd(),
         authplane::api::AuthPolicy::crd(),
+        authplane::api::Revocation::crd(),
     ] {
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
         enum_values(&schema["openAPIV3Schema"], "", &mut values);
@@ -291,4 +293,67 @@ fn no_enum_value_is_a_yaml_1_1_boolean() {
             "{path}: enum value {value:?} is a boolean in YAML 1.1"
         );
     }
+}
+
+#[test]
+fn the_revocation_crd_has_its_rules_status_and_columns() {
+    use kube::CustomResourceExt;
+    let crd = authplane::api::Revocation::crd();
+    let version = &crd.spec.versions[0];
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    for column in ["Key", "Subject", "Reason", "Expires", "Age"] {
+        assert!(columns.contains(&column), "{columns:?}");
+    }
+    let yaml = serde_yaml::to_string(&crd).unwrap();
+    for rule in [
+        "has(self.signingKeyRef) != has(self.issuer)",
+        "set exactly one of tokenId, subject and sessionId",
+        "issuedBefore applies to a subject only",
+    ] {
+        assert!(yaml.contains(rule), "missing {rule}");
+    }
+    // Every field is documented: `kubectl explain` shows it.
+    let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    for (name, field) in spec.as_object().unwrap() {
+        assert!(
+            field
+                .get("description")
+                .is_some_and(|d| !d.as_str().unwrap().is_empty()),
+            "spec.{name} has no description"
+        );
+    }
+}
+
+#[test]
+fn the_revocation_rules_refuse_what_they_say() {
+    let failures = |spec: serde_json::Value| -> Vec<String> {
+        match kube::core::cel::validate_cel_schema::<authplane::api::RevocationSpec>(&spec, None) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+        }
+    };
+    assert!(
+        failures(serde_json::json!({"signingKeyRef": {"name": "web"}, "tokenId": "j"})).is_empty()
+    );
+    assert_eq!(
+        failures(serde_json::json!({"tokenId": "j"})),
+        ["set exactly one of signingKeyRef and issuer"]
+    );
+    assert_eq!(
+        failures(serde_json::json!({"issuer": "https://i", "tokenId": "j", "sessionId": "s"})),
+        ["set exactly one of tokenId, subject and sessionId"]
+    );
+    assert_eq!(
+        failures(
+            serde_json::json!({"issuer": "https://i", "tokenId": "j", "issuedBefore": "2026-01-01T00:00:00Z"})
+        ),
+        ["issuedBefore applies to a subject only"]
+    );
 }

@@ -3,7 +3,7 @@
 //! run it with `AUTHPLANE_E2E_KUBECONFIG=... cargo test --test e2e_cluster -- --ignored`.
 //!
 //! It does what a platform engineer does on day one, through the same API calls kubectl
-//! makes: installs both CRDs server-side from `crds/` (the apiserver estimates the cost
+//! makes: installs the CRDs server-side from `crds/` (the apiserver estimates the cost
 //! of every CEL rule and refuses an unbounded CRD), runs the operator in this process,
 //! applies a SigningKey and an AuthPolicy from YAML text read as kubectl reads it (YAML
 //! 1.1, every enum value), checks status, Secrets and decisions, patches the percentage,
@@ -68,7 +68,7 @@ async fn install_crds(client: &Client) {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 2, "both CRDs");
+    assert_eq!(files.len(), 3, "every CRD");
     for file in files {
         for crd in manifest(&std::fs::read_to_string(&file).unwrap()) {
             let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
@@ -127,6 +127,7 @@ fn start_operator(
         identity: identity.into(),
         decision_cache_size: 1000,
         tls: None,
+        revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {
@@ -145,6 +146,7 @@ async fn mint(secrets: &Api<Secret>, issuer: &str, subject: &str) -> String {
         audiences: vec!["payments".into()],
         ttl: jiff::SignedDuration::from_mins(5),
         claims: Default::default(),
+        session: None,
     };
     authplane::token::mint(&keys, issuer, &request, jiff::Timestamp::now()).unwrap()
 }
@@ -410,6 +412,176 @@ async fn day_one_on_a_real_cluster() {
         .ok();
     let _ = stop.send(());
     operator.await.unwrap().unwrap();
+    namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// Polls until `/authz` on `external` refuses `token` as revoked; returns how long it took
+/// from `since`. Polls every 10 ms, so the measure is good to about that.
+async fn refused_as_revoked(
+    http: &reqwest::Client,
+    authz: &str,
+    token: &str,
+    since: Instant,
+) -> Duration {
+    common::eventually("the token refused as revoked", DEADLINE, || async {
+        let r = http.get(authz).bearer_auth(token).send().await.ok()?;
+        let reason = r
+            .headers()
+            .get("x-authplane-reason")?
+            .to_str()
+            .ok()?
+            .to_owned();
+        (r.status() == 401 && reason == "token_revoked").then_some(())
+    })
+    .await;
+    since.elapsed()
+}
+
+/// A Revocation created through the API (as `kubectl create` does) is enforced by two
+/// replicas within a second; a logout through `/revoke` on one replica is enforced by the
+/// other; the leader deletes lapsed Revocations.
+#[tokio::test]
+#[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
+async fn a_revocation_reaches_two_replicas_within_a_second() {
+    let path = kubeconfig();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = operator::client(Some(&path)).await.unwrap();
+    install_crds(&client).await;
+    let namespace = format!("authplane-e2e-rev-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let (a, stop_a, operator_a) = start_operator(&path, &namespace, "e2e-a");
+    let (b, stop_b, operator_b) = start_operator(&path, &namespace, "e2e-b");
+
+    let keys: Api<SigningKey> = Api::namespaced(client.clone(), &namespace);
+    let policies: Api<AuthPolicy> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let revocations: Api<authplane::api::Revocation> = Api::namespaced(client.clone(), &namespace);
+    apply(&keys, &manifest(&KEY.replace("NS", &namespace))[0], false)
+        .await
+        .unwrap();
+    apply(
+        &policies,
+        &manifest(&policy_text(&namespace, "Enforce"))[0],
+        false,
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    eventually("the keys' Secret", || async {
+        secrets.get("web-keys").await.ok()
+    })
+    .await;
+    // Without spec.issuer each replica would publish its own URL as the issuer: pin it, so
+    // that one token is valid on both.
+    let pinned = KEY.replace("NS", &namespace).replace(
+        "  algorithm: ES256\n",
+        "  algorithm: ES256\n  issuer: https://auth.e2e.example/web\n  maxTokenLifetime: 15m\n",
+    );
+    apply(&keys, &manifest(&pinned)[0], false).await.unwrap();
+    let issuer = "https://auth.e2e.example/web";
+    let authz_a = format!("{a}/authz/{namespace}/payments");
+    let authz_b = format!("{b}/authz/{namespace}/payments");
+    let token = mint(&secrets, issuer, "alice").await;
+    for authz in [&authz_a, &authz_b] {
+        eventually("the token passes on both replicas", || async {
+            let r = http.get(authz).bearer_auth(&token).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    // kubectl create -f revocation.yaml
+    let revocation: authplane::api::Revocation = serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+        "metadata": {"generateName": "payment-failed-", "namespace": namespace},
+        "spec": {"signingKeyRef": {"name": "web"}, "subject": "alice", "reason": "payment_failed"},
+    }))
+    .unwrap();
+    let created = Instant::now();
+    revocations
+        .create(&PostParams::default(), &revocation)
+        .await
+        .unwrap();
+    let (on_a, on_b) = tokio::join!(
+        refused_as_revoked(&http, &authz_a, &token, created),
+        refused_as_revoked(&http, &authz_b, &token, created)
+    );
+    println!(
+        "a Revocation created through the API was enforced after {on_a:?} (replica a) and {on_b:?} (replica b)"
+    );
+    assert!(
+        on_a <= Duration::from_secs(1) && on_b <= Duration::from_secs(1),
+        "the promise is one second: {on_a:?}, {on_b:?}"
+    );
+    // A token minted after the revocation passes (its iat is after issuedBefore).
+    tokio::time::sleep(Duration::from_millis(1100)).await; // iat has whole seconds
+    let fresh = mint(&secrets, issuer, "alice").await;
+    let r = http.get(&authz_a).bearer_auth(&fresh).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A logout through replica a's /revoke reaches replica b.
+    let bob = mint(&secrets, issuer, "bob").await;
+    let started = Instant::now();
+    let r = http
+        .post(format!("{a}/web/revoke"))
+        .form(&[("token", bob.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let on_b = refused_as_revoked(&http, &authz_b, &bob, started).await;
+    println!("a logout on replica a was enforced by replica b after {on_b:?}");
+
+    // The leader deletes lapsed Revocations: one whose expiresAt has passed.
+    let lapsed: authplane::api::Revocation = serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+        "metadata": {"name": "lapsed", "namespace": namespace},
+        "spec": {"signingKeyRef": {"name": "web"}, "tokenId": "gone",
+            "expiresAt": (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(1)).to_string()},
+    }))
+    .unwrap();
+    revocations
+        .create(&PostParams::default(), &lapsed)
+        .await
+        .unwrap();
+    common::eventually(
+        "the leader deletes the lapsed Revocation",
+        authplane::operator::revocations::EXPIRE_EVERY + DEADLINE,
+        || async {
+            revocations
+                .get_opt("lapsed")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    for r in revocations.list(&ListParams::default()).await.unwrap() {
+        let name = r.metadata.name.unwrap();
+        revocations
+            .delete(&name, &DeleteParams::default())
+            .await
+            .ok();
+    }
+    keys.delete("web", &DeleteParams::default()).await.unwrap();
+    secrets
+        .delete("web-keys", &DeleteParams::default())
+        .await
+        .ok();
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    operator_a.await.unwrap().unwrap();
+    operator_b.await.unwrap().unwrap();
     namespaces
         .delete(&namespace, &DeleteParams::default())
         .await

@@ -175,6 +175,7 @@ async fn start(policies: Policies) -> Serving {
         base_url: Arc::from(base.as_str()),
         signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
         tls: None,
+        revoke: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let http = tokio::spawn(server::serve(

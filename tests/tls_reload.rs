@@ -46,6 +46,7 @@ async fn a_rotated_certificate_is_served_without_dropping_connections() {
         listen: "127.0.0.1:0".parse().unwrap(),
         external_url: None,
         decision_cache_size: 100,
+        revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         tls: Some(TlsFiles {
             cert: tls.join("tls.crt"),
             key: tls.join("tls.key"),
@@ -115,6 +116,7 @@ async fn a_server_does_not_start_with_a_bad_certificate() {
         listen: "127.0.0.1:0".parse().unwrap(),
         external_url: None,
         decision_cache_size: 100,
+        revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         tls: Some(TlsFiles {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),

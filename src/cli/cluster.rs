@@ -42,6 +42,9 @@ pub struct StoredKeys {
     pub issuer: Option<String>,
     /// How long a retired key stays in the JWKS: a token must not outlive it.
     pub retain_for: Option<SignedDuration>,
+    /// The SigningKey's `maxTokenLifetime` (absent in dev-mode state written before it
+    /// was recorded).
+    pub max_token_lifetime: Option<SignedDuration>,
 }
 
 fn api_error(what: String) -> impl FnOnce(kube::Error) -> ClusterError {
@@ -76,6 +79,7 @@ pub async fn signing_keys(client: Client, id: &ObjectKey) -> Result<StoredKeys, 
         keys,
         issuer: store::issuer(&data).map(str::to_owned),
         retain_for: Some(key.spec.rotation.retain_for.value()),
+        max_token_lifetime: Some(key.spec.max_token_lifetime()),
     })
 }
 

@@ -5,3 +5,4 @@
 pub mod cluster;
 pub mod flags;
 pub mod manifest_edit;
+pub mod revocations;

@@ -18,7 +18,9 @@ use serde_json::Value;
 
 pub use crate::api::ObjectKey;
 use crate::api::structural::HasSchema;
-use crate::api::{API_VERSION, AuthPolicy, FieldError, SigningKey, Validate, read_object};
+use crate::api::{
+    API_VERSION, AuthPolicy, FieldError, Revocation, SigningKey, Validate, read_object,
+};
 
 /// A refused file or document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,7 @@ impl fmt::Display for ManifestError {
 pub enum Object {
     SigningKey(Arc<SigningKey>),
     AuthPolicy(Arc<AuthPolicy>),
+    Revocation(Arc<Revocation>),
 }
 
 impl Object {
@@ -52,6 +55,7 @@ impl Object {
         match self {
             Object::SigningKey(_) => "SigningKey",
             Object::AuthPolicy(_) => "AuthPolicy",
+            Object::Revocation(_) => "Revocation",
         }
     }
 
@@ -59,6 +63,7 @@ impl Object {
         match self {
             Object::SigningKey(o) => ObjectKey::of(&o.metadata),
             Object::AuthPolicy(o) => ObjectKey::of(&o.metadata),
+            Object::Revocation(o) => ObjectKey::of(&o.metadata),
         }
     }
 
@@ -72,6 +77,7 @@ impl Object {
 pub struct Desired {
     pub signing_keys: BTreeMap<ObjectKey, Arc<SigningKey>>,
     pub auth_policies: BTreeMap<ObjectKey, Arc<AuthPolicy>>,
+    pub revocations: BTreeMap<ObjectKey, Arc<Revocation>>,
 }
 
 impl Desired {
@@ -81,6 +87,7 @@ impl Desired {
         match object {
             Object::SigningKey(o) => self.signing_keys.insert(id, o).is_none(),
             Object::AuthPolicy(o) => self.auth_policies.insert(id, o).is_none(),
+            Object::Revocation(o) => self.revocations.insert(id, o).is_none(),
         }
     }
 }
@@ -545,9 +552,12 @@ fn parse_object(value: Value) -> Result<Object, String> {
         (API_VERSION, "AuthPolicy") => {
             typed(&value, &label).map(|o| Object::AuthPolicy(Arc::new(o)))
         }
+        (API_VERSION, "Revocation") => {
+            typed(&value, &label).map(|o| Object::Revocation(Arc::new(o)))
+        }
         _ => Err(format!(
             "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
-             expected kind SigningKey or AuthPolicy with apiVersion {API_VERSION}"
+             expected kind SigningKey, AuthPolicy or Revocation with apiVersion {API_VERSION}"
         )),
     }
 }
@@ -583,7 +593,7 @@ mod tests {
                     .into_iter()
                     .filter_map(|o| match o {
                         Object::SigningKey(k) => Some(SigningKey::clone(&k)),
-                        Object::AuthPolicy(_) => None,
+                        Object::AuthPolicy(_) | Object::Revocation(_) => None,
                     })
                     .collect()
             })

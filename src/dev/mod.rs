@@ -2,6 +2,7 @@
 
 mod folder_watch;
 pub mod manifests;
+pub mod revocations;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -76,6 +77,8 @@ pub struct DevConfig {
     /// Serve HTTPS with this certificate (reloaded when the files change) instead of
     /// HTTP.
     pub tls: Option<TlsFiles>,
+    /// `POST {issuer}/revoke` requests per minute per client address.
+    pub revoke_rate_per_minute: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +214,7 @@ pub async fn start_tuned(
         recorded_rollouts: HashMap::new(),
         metrics: metrics.clone(),
         known: known.clone(),
+        revocations: revocations::DevRevocations::default(),
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
         driver.reload_manifests();
@@ -227,6 +231,12 @@ pub async fn start_tuned(
         base_url: Arc::from(external_url.as_str()),
         signing_keys: known,
         tls: tls.as_ref().map(|(slot, _)| slot.clone()),
+        revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
+            Arc::new(revocations::ManifestWriter {
+                dir: config.manifests.clone(),
+            }),
+            config.revoke_rate_per_minute,
+        ))),
     };
     // Dev mode serves the admission webhook too, so that it can be tried with curl.
     let app = server::router(state, Endpoints::WithAdmission);
@@ -359,6 +369,8 @@ struct Driver {
     recorded_rollouts: HashMap<ObjectKey, crate::api::RolloutProgress>,
     /// The SigningKeys of the manifests, for the admission webhook.
     known: Arc<KnownKeys>,
+    /// The Revocations of the manifests, published on their own.
+    revocations: revocations::DevRevocations,
 }
 
 /// The objects whose manifests changed since the last reconcile.
@@ -440,6 +452,19 @@ impl Driver {
             }
         }
         self.desired = desired;
+        self.update_revocations();
+    }
+
+    /// Feeds the Revocations of the manifests to their index and publishes its set: no
+    /// policy is compiled for them.
+    fn update_revocations(&mut self) {
+        self.revocations.update(
+            &self.desired.revocations,
+            &self.desired.signing_keys,
+            self.clock.now(),
+            &self.registry,
+            &self.metrics,
+        );
     }
 
     /// Brings the SigningKeys that need it up to date (changed, due, or whose state file
@@ -755,6 +780,9 @@ mod tests {
                 }
                 Object::AuthPolicy(p) => {
                     desired.auth_policies.insert(ObjectKey::of(&p.metadata), p);
+                }
+                Object::Revocation(r) => {
+                    desired.revocations.insert(ObjectKey::of(&r.metadata), r);
                 }
             }
         }

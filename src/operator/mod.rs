@@ -4,6 +4,7 @@
 pub mod auth_policies;
 pub mod error;
 pub mod lease;
+pub mod revocations;
 pub mod serve;
 pub mod signing_keys;
 pub mod status;
@@ -50,6 +51,8 @@ pub struct OperatorConfig {
     pub decision_cache_size: usize,
     /// HTTPS: every endpoint plus the admission webhook (`POST /validate`).
     pub tls: Option<TlsConfig>,
+    /// `POST {issuer}/revoke` requests per minute per client address.
+    pub revoke_rate_per_minute: u32,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -135,6 +138,12 @@ pub async fn run(
         base_url: Arc::from(config.external_url.as_str()),
         signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
         tls: slot.clone(),
+        revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
+            Arc::new(revocations::KubeWriter {
+                client: client.clone(),
+            }),
+            config.revoke_rate_per_minute,
+        ))),
     };
     let stop_signal = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -183,6 +192,15 @@ pub async fn run(
         metrics.clone(),
         Arc::new(SystemClock),
         config.decision_cache_size,
+    ));
+    // Revocations have their own watch and set: a new one rebuilds no policy.
+    let revoking = tokio::spawn(revocations::run(
+        client.clone(),
+        registry.clone(),
+        metrics.clone(),
+        Arc::new(SystemClock),
+        keys.clone(),
+        stopped.clone(),
     ));
     let serving = tokio::spawn(serve::run(
         client.clone(),
@@ -247,7 +265,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
-    let _ = tokio::join!(controller, lease, serving);
+    let _ = tokio::join!(controller, lease, serving, revoking);
     if let Some(tls_server) = tls_server {
         tls_server
             .await
@@ -296,8 +314,11 @@ async fn lead(
                 policy_ctx.clone(),
             )
             .for_each(|_| async {});
+        // Lapsed Revocations are deleted by the leader only (this never ends by itself).
+        let expiry = revocations::expire(client.clone(), Arc::new(SystemClock));
         tokio::select! {
             _ = futures::future::join(signing_keys, auth_policies) => {}
+            _ = expiry => {}
             _ = leader.wait_for(|l| !*l) => tracing::warn!("lease lost: stopped writing"),
             _ = stopped.changed() => return,
         }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::signing_keys::MANAGER;
-use crate::api::{AuthPolicyStatus, SigningKeyStatus, keep_transition_times};
+use crate::api::{AuthPolicyStatus, RevocationStatus, SigningKeyStatus, keep_transition_times};
 
 /// A status with conditions.
 pub trait Conditions {
@@ -20,6 +20,15 @@ pub trait Conditions {
 }
 
 impl Conditions for SigningKeyStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl Conditions for RevocationStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }

@@ -53,7 +53,7 @@ pub async fn authz(
         )
             .into_response();
     };
-    let mut decision = policy.decide(headers, state.clock.now());
+    let mut decision = policy.decide(headers, state.clock.now(), &state.registry.revocations());
     // An unknown kid may be an external provider's new key: refetch (rate-limited per
     // issuer). A refusal waits for it and decides again; a request that passes anyway
     // (audited) does not wait.
@@ -64,7 +64,7 @@ pub async fn authz(
     {
         if matches!(decision.verdict, Verdict::Deny(_)) {
             if policy.refetch_external().await {
-                decision = policy.decide(headers, state.clock.now());
+                decision = policy.decide(headers, state.clock.now(), &state.registry.revocations());
             }
         } else {
             let policy = policy.clone();

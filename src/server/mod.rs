@@ -3,6 +3,7 @@
 mod admission;
 mod authz;
 mod health;
+pub mod revoke;
 mod status;
 mod tokenreview;
 mod wellknown;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub signing_keys: Arc<dyn SigningKeyIndex>,
     /// The HTTPS certificate, when this process serves HTTPS: not ready without one.
     pub tls: Option<Arc<CertSlot>>,
+    /// `POST {issuer}/revoke`: where Revocations are written, and the rate limit. `None`:
+    /// not served (404).
+    pub revoke: Option<Arc<revoke::RevokeEndpoint>>,
 }
 
 /// Which endpoints a listener serves.
@@ -66,8 +70,47 @@ pub fn router(state: AppState, endpoints: Endpoints) -> Router {
     // Issuer paths are data, not code: discovery and JWKS are found by suffix.
     // One shared state: axum clones it per request, and one Arc is cheaper than six.
     router
-        .fallback(wellknown::serve)
+        .fallback(issuer_documents)
         .with_state(Arc::new(state))
+}
+
+/// Everything under an issuer's path: `POST {issuer}/revoke`, else discovery and JWKS.
+async fn issuer_documents(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    if let Some(issuer_path) = parts.uri.path().strip_suffix(revoke::REVOKE_SUFFIX) {
+        if parts.method != axum::http::Method::POST {
+            return (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                [(axum::http::header::ALLOW, "POST")],
+                "only POST\n",
+            )
+                .into_response();
+        }
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .cloned();
+        // Read one byte more than allowed: the handler refuses what is too large.
+        let Ok(body) = axum::body::to_bytes(body, 16 * 1024 + 1).await else {
+            return (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "a revocation request is at most 16 KiB\n",
+            )
+                .into_response();
+        };
+        return revoke::revoke(state, issuer_path, &parts.headers, client, body).await;
+    }
+    wellknown::serve(
+        axum::extract::State(state),
+        parts.method,
+        parts.uri,
+        parts.headers,
+    )
+    .await
 }
 
 /// Serves plain HTTP until `shutdown` resolves, then lets open requests finish.
@@ -81,9 +124,13 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The client address is the rate limit's key on `/revoke`.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Serves HTTPS until `shutdown` resolves, then lets open requests finish (for at most
@@ -105,7 +152,7 @@ pub async fn serve_tls(
         axum_server::tls_rustls::RustlsConfig::from_config(tls),
     )?
     .handle(handle)
-    .serve(app.into_make_service())
+    .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
     .await;
     stop.abort();
     served

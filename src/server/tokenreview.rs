@@ -56,7 +56,12 @@ pub async fn review(
     let Some(policy) = snapshot.policies.get(&id) else {
         return (StatusCode::NOT_FOUND, format!("no AuthPolicy {id}\n")).into_response();
     };
-    let mut outcome = authenticate(policy, &review.spec, state.clock.now());
+    let mut outcome = authenticate(
+        policy,
+        &review.spec,
+        state.clock.now(),
+        &state.registry.revocations(),
+    );
     // As for /authz: an unknown kid may be an external provider's new key.
     let unknown = [Rejection::UnknownKid, Rejection::IssuerUnavailable].map(Rejection::reason);
     if outcome
@@ -65,7 +70,12 @@ pub async fn review(
         && policy.has_external_issuers()
         && policy.refetch_external().await
     {
-        outcome = authenticate(policy, &review.spec, state.clock.now());
+        outcome = authenticate(
+            policy,
+            &review.spec,
+            state.clock.now(),
+            &state.registry.revocations(),
+        );
     }
     let status = match outcome {
         Ok(status) => {
@@ -124,9 +134,10 @@ fn authenticate(
     policy: &CompiledPolicy,
     spec: &ReviewSpec,
     now: jiff::Timestamp,
+    revocations: &crate::revocation::RevocationSet,
 ) -> Result<Value, Failure> {
     let token = Some(spec.token.trim()).filter(|t| !t.is_empty());
-    let (claims, checked) = policy.check(token, now);
+    let (claims, checked) = policy.check(token, now, revocations);
     if let Err(rejection) = checked {
         return Err((rejection.reason(), rejection.description().to_owned()));
     }

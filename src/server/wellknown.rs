@@ -52,11 +52,38 @@ pub async fn serve(
         Document::Jwks => jwks(issuer, &headers, method == Method::HEAD),
         Document::Discovery => cached(
             "application/json",
-            issuer.discovery.clone(),
+            with_revocation_endpoint(&issuer.discovery, &issuer.issuer, state.revoke.is_some()),
             issuer.max_age_secs,
             method == Method::HEAD,
         ),
     }
+}
+
+/// The discovery document with `revocation_endpoint` (RFC 7009, RFC 8414) when this
+/// server answers `POST {issuer}/revoke`.
+fn with_revocation_endpoint(
+    discovery: &axum::body::Bytes,
+    issuer: &str,
+    served: bool,
+) -> axum::body::Bytes {
+    if !served {
+        return discovery.clone();
+    }
+    let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(discovery) else {
+        return discovery.clone();
+    };
+    if let Some(members) = document.as_object_mut() {
+        members.insert(
+            "revocation_endpoint".into(),
+            format!(
+                "{}{}",
+                issuer.trim_end_matches('/'),
+                super::revoke::REVOKE_SUFFIX
+            )
+            .into(),
+        );
+    }
+    serde_json::to_vec(&document).map_or_else(|_| discovery.clone(), axum::body::Bytes::from)
 }
 
 fn jwks(issuer: &PublishedIssuer, headers: &HeaderMap, head: bool) -> Response {

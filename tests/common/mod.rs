@@ -78,6 +78,7 @@ impl Dev {
             external_url: None,
             decision_cache_size: self.decision_cache_size,
             tls: None,
+            revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
@@ -199,6 +200,7 @@ impl Dev {
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
             ttl: jiff::SignedDuration::from_mins(5),
             claims: claims.as_object().cloned().unwrap_or_default(),
+            session: None,
         };
         let issuer = format!("{}/{}/{}", self.external_url(), key.0, key.1);
         authplane::token::mint(

@@ -12,12 +12,12 @@ use serde_json::Value;
 use crate::policy::progression::Schedule;
 
 use crate::api::{
-    AuthPolicy, FieldError, Mode, ObjectKey, SigningKey, Validate, from_value, read_object,
+    AuthPolicy, FieldError, Mode, ObjectKey, Revocation, SigningKey, Validate, from_value,
+    read_object,
 };
 
 /// A token lifetime most issuers stay within (Entra ID, Kubernetes service accounts and
 /// most OIDC providers default to an hour or less).
-const TYPICAL_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(1);
 /// How long common verifiers cache a JWKS regardless of `max-age` (Envoy's `jwt_authn`
 /// remote JWKS defaults to 5 minutes).
 const TYPICAL_JWKS_CACHE: SignedDuration = SignedDuration::from_mins(5);
@@ -33,6 +33,7 @@ const LARGE_STEP: f64 = 50.0;
 pub enum Kind {
     SigningKey,
     AuthPolicy,
+    Revocation,
 }
 
 impl Kind {
@@ -40,6 +41,7 @@ impl Kind {
         match kind {
             "SigningKey" => Some(Kind::SigningKey),
             "AuthPolicy" => Some(Kind::AuthPolicy),
+            "Revocation" => Some(Kind::Revocation),
             _ => None,
         }
     }
@@ -48,6 +50,7 @@ impl Kind {
         match self {
             Kind::SigningKey => "SigningKey",
             Kind::AuthPolicy => "AuthPolicy",
+            Kind::Revocation => "Revocation",
         }
     }
 }
@@ -113,7 +116,56 @@ pub fn review(
             ),
             Err(refused) => Verdict::refused(refused),
         },
+        Kind::Revocation => match read_object::<Revocation>(&object) {
+            Ok(revocation) => self::revocation(&revocation, index),
+            Err(refused) => Verdict::refused(refused),
+        },
     }
+}
+
+/// Revocation: [`Validate`], and warnings about its scope and its SigningKey.
+pub fn revocation(revocation: &Revocation, index: &dyn SigningKeyIndex) -> Verdict {
+    let mut checked = revocation.clone();
+    // A CREATE from generateName may be reviewed before the name is known.
+    if checked.metadata.name.as_deref().unwrap_or("").is_empty()
+        && checked.metadata.generate_name.is_some()
+    {
+        checked.metadata.name = Some("generated".to_owned());
+    }
+    let refusals = checked.validate();
+    if !refusals.is_empty() {
+        return Verdict::refused(refusals);
+    }
+    let mut verdict = Verdict::default();
+    let namespace = ObjectKey::of(&revocation.metadata).namespace;
+    match revocation.spec.signing_key_id(&namespace) {
+        Some(key) => {
+            if !index.contains(&key) {
+                verdict.warn(
+                    "spec.signingKeyRef",
+                    format!(
+                        "SigningKey {key} does not exist: the revocation counts, but cannot lapse until it does (its maxTokenLifetime is unknown)"
+                    ),
+                );
+            }
+            if key.namespace != namespace {
+                verdict.warn(
+                    "metadata.namespace",
+                    format!(
+                        "applies only to the AuthPolicies of namespace {namespace}; create it in {} to revoke the tokens everywhere",
+                        key.namespace
+                    ),
+                );
+            }
+        }
+        None => verdict.warn(
+            "spec.issuer",
+            format!(
+                "applies only to the AuthPolicies of namespace {namespace}, and lasts a day unless expiresAt is set (an external issuer's token lifetime is not known)"
+            ),
+        ),
+    }
+    verdict
 }
 
 fn with_namespace(object: &Value, namespace: Option<&str>) -> Value {
@@ -183,12 +235,17 @@ pub fn signing_key(key: &SigningKey, old: Option<&SigningKey>) -> Verdict {
     }
     let rotation = &key.spec.rotation;
     let policy = key.key_policy();
-    if policy.retain_for < TYPICAL_TOKEN_LIFETIME {
+    let longest = key.spec.max_token_lifetime();
+    if policy.retain_for < longest {
         verdict.warn(
             "spec.rotation.retainFor",
             format!(
-                "{} is shorter than a typical token lifetime (1h): a token that outlives it stops verifying once its key retires. Make it cover your longest token lifetime",
-                rotation.retain_for
+                "{} is shorter than the longest token lifetime (spec.maxTokenLifetime, {}): a retired key would leave the JWKS while its tokens are still valid. Make it cover your longest token lifetime",
+                rotation.retain_for,
+                key.spec
+                    .max_token_lifetime
+                    .as_ref()
+                    .map_or_else(|| "1h by default".to_owned(), ToString::to_string)
             ),
         );
     }
@@ -577,5 +634,59 @@ mod tests {
         edited["spec"]["audiences"] = json!(["a", "b"]);
         edited.as_object_mut().unwrap().remove("status");
         assert!(review_edit(moved_on, edited).is_empty());
+    }
+
+    #[test]
+    fn revocations_are_refused_by_their_rules_and_warned_about_their_scope() {
+        let known: BTreeSet<ObjectKey> = [ObjectKey {
+            namespace: "auth".into(),
+            name: "web".into(),
+        }]
+        .into();
+        let revocation = |namespace: &str, spec: Value| {
+            json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+                "metadata": {"generateName": "payment-failed-", "namespace": namespace},
+                "spec": spec,
+            })
+        };
+        let review = |object: Value| review(Kind::Revocation, &object, None, None, &known);
+        // Created from generateName, in the key's namespace: nothing to say.
+        let everywhere = review(revocation(
+            "auth",
+            json!({"signingKeyRef": {"name": "web"}, "subject": "alice"}),
+        ));
+        assert_eq!(everywhere, Verdict::default());
+        let refused = review(revocation(
+            "auth",
+            json!({"signingKeyRef": {"name": "web"}, "subject": "alice", "tokenId": "j"}),
+        ));
+        assert!(!refused.allowed());
+        assert!(
+            refused.refusals[0]
+                .message
+                .contains("exactly one of tokenId, subject and sessionId"),
+            "{refused:?}"
+        );
+        let scoped = review(revocation(
+            "shop",
+            json!({"signingKeyRef": {"name": "web", "namespace": "auth"}, "sessionId": "s"}),
+        ));
+        assert!(scoped.allowed());
+        assert_eq!(
+            scoped.warnings,
+            [
+                "metadata.namespace: applies only to the AuthPolicies of namespace shop; create it in auth to revoke the tokens everywhere"
+            ]
+        );
+        let unknown = review(revocation(
+            "auth",
+            json!({"signingKeyRef": {"name": "gone"}, "tokenId": "j"}),
+        ));
+        assert!(
+            unknown.allowed()
+                && unknown.warnings[0]
+                    .starts_with("spec.signingKeyRef: SigningKey auth/gone does not exist")
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::api::{AuthPolicy, ObjectKey, SigningKey};
 use crate::keys::KeyMaterial;
 use crate::policy::cache::DecisionCache;
 use crate::policy::{CompileContext, DecisionMeters, PolicyStats, Rejection, Verdict};
+use crate::revocation::RevocationSet;
 use crate::snapshot::ServedKeys;
 use crate::token::{MintRequest, mint};
 
@@ -141,7 +142,7 @@ fn decide(index: &Index, policy: &str, token: &str) -> Verdict {
     headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
     let snapshot = index.snapshot();
     snapshot.policies[&id("shop", policy)]
-        .decide(&headers, Timestamp::now())
+        .decide(&headers, Timestamp::now(), &RevocationSet::default())
         .verdict
 }
 

@@ -13,6 +13,7 @@
 //!   bucketing and progression.
 //! - `index`: the incremental index the drivers feed (`apply`/`delete`), which publishes
 //!   a [`snapshot::Snapshot`] for the server.
+//! - `revocation`: the Revocation index and the immutable set the decision reads.
 //! - `admission`: the rules of the admission webhook.
 //! - `token`: minting for development and tests.
 //! - `clock`: time as an input.
@@ -24,5 +25,6 @@ pub mod index;
 pub mod keys;
 pub mod policy;
 pub mod reconcile;
+pub mod revocation;
 pub mod snapshot;
 pub mod token;

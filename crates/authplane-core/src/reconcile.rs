@@ -49,7 +49,12 @@ pub fn signing_key(
     };
     let requests = key.requests().unwrap_or_default();
     let plan = plan(&current, &policy, &requests, now, generate)?;
-    let data = store::to_data(&plan.keys, &issuer, policy.retain_for, now);
+    let mut data = store::to_data(&plan.keys, &issuer, policy.retain_for, now);
+    // `token mint` refuses a longer TTL; it reads the keys, not the manifest.
+    data.insert(
+        store::MAX_TOKEN_LIFETIME.to_owned(),
+        format!("{}s", key.spec.max_token_lifetime().as_secs()),
+    );
     let mut events = plan.events;
     // Activation follows from time alone; the stored Active key tells whether it happened
     // since the last write (even while no driver ran). A revoked key is not "retired".

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::keys::lifecycle::{KeySet, add};
 
 /// Claims the minting command sets itself.
-const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+const REGISTERED: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
@@ -27,6 +27,10 @@ pub enum MintError {
         "--ttl {ttl} outlives its key: a retired key leaves the JWKS {retain_for} after its successor starts signing (spec.rotation.retainFor), so this token may stop verifying before it expires; use a shorter --ttl, raise retainFor, or pass --force"
     )]
     OutlivesKey { ttl: String, retain_for: String },
+    #[error(
+        "--ttl {ttl} is longer than the key's maxTokenLifetime {max}: a longer-lived token outlives the Revocations of its issuer; use a shorter --ttl, raise spec.maxTokenLifetime, or pass --force"
+    )]
+    TooLong { ttl: String, max: String },
     #[error("signing failed: {0}")]
     Signing(String),
 }
@@ -38,6 +42,8 @@ pub struct MintRequest {
     pub ttl: SignedDuration,
     /// Extra claims.
     pub claims: Map<String, Value>,
+    /// The session id (`sid`), which a Revocation's `sessionId` names.
+    pub session: Option<String>,
 }
 
 /// Parses `KEY=VALUE`; VALUE is JSON when it parses as JSON (`3`, `true`, `["a","b"]`),
@@ -88,6 +94,9 @@ pub fn mint(
     claims.insert("nbf".into(), now.as_second().into());
     claims.insert("exp".into(), add(now, request.ttl).as_second().into());
     claims.insert("jti".into(), random_id().into());
+    if let Some(session) = &request.session {
+        claims.insert("sid".into(), session.clone().into());
+    }
 
     let mut header = Header::new(active.material.alg().to_jwt());
     header.kid = Some(active.material.kid().to_owned());
@@ -112,6 +121,20 @@ pub fn check_lifetime(
         Some(retain_for) if ttl.value() > retain_for => Err(MintError::OutlivesKey {
             ttl: ttl.to_string(),
             retain_for: format!("{retain_for:#}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a lifetime longer than the SigningKey's `maxTokenLifetime` (when known).
+pub fn check_max_lifetime(
+    ttl: &crate::api::Duration,
+    max: Option<SignedDuration>,
+) -> Result<(), MintError> {
+    match max {
+        Some(max) if ttl.value() > max => Err(MintError::TooLong {
+            ttl: ttl.to_string(),
+            max: format!("{max:#}"),
         }),
         _ => Ok(()),
     }

@@ -54,6 +54,15 @@ pub struct AuthPolicySpec {
         .message("must be between 0s and 5m"))]
     pub leeway: Duration,
 
+    /// The longest lifetime a token may have: a token whose `exp - iat` exceeds it is
+    /// refused (`token_lifetime_too_long`), and so is a token without `iat`
+    /// (`missing_iat`). Unset: any lifetime. Applies to external issuers too (Entra ID
+    /// access tokens live 60 to 90 minutes). Between 1s and 87600h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
+        .message("must be between 1s and 87600h"))]
+    pub max_token_lifetime: Option<Duration>,
+
     /// Where the token is found: headers first, in order, then cookies. Default: the
     /// `Authorization` header with the `Bearer ` prefix.
     #[serde(default)]

@@ -6,6 +6,7 @@ mod auth_policy;
 pub mod conditions;
 pub mod crds;
 mod duration;
+mod revocation;
 mod signing_key;
 pub mod structural;
 mod validation;
@@ -17,9 +18,10 @@ pub use auth_policy::{
     TokenSources,
 };
 pub use duration::{Duration, DurationError};
+pub use revocation::{REASON_LABELS, Revocation, RevocationSpec, RevocationStatus, RevokedKeyRef};
 pub use signing_key::{
-    KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, RotationSpec, SigningKey,
-    SigningKeySpec, SigningKeyStatus,
+    DEFAULT_MAX_TOKEN_LIFETIME, KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION,
+    RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
 };
 pub use validation::{FieldError, IssuerError, Validate, from_value, issuer_path, read_object};
 

@@ -71,6 +71,26 @@ pub struct SigningKeySpec {
         "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')"
     ).message("must be a valid Secret name (lowercase letters, digits, '-' and '.')"))]
     pub secret_name: Option<String>,
+
+    /// The longest lifetime of a token signed with these keys. `token mint` refuses a
+    /// longer TTL, and a Revocation of this issuer lapses this long after the last token
+    /// it matches was issued. Default 1h; at most 87600h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
+        .message("must be between 1s and 87600h"))]
+    pub max_token_lifetime: Option<Duration>,
+}
+
+/// The default of `spec.maxTokenLifetime`.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+impl SigningKeySpec {
+    /// `maxTokenLifetime`, or its default.
+    pub fn max_token_lifetime(&self) -> jiff::SignedDuration {
+        self.max_token_lifetime
+            .as_ref()
+            .map_or(DEFAULT_MAX_TOKEN_LIFETIME, |d| d.value())
+    }
 }
 
 /// Rotation schedule. Durations use Go syntax (`30s`, `15m`, `1h30m`, `720h`).

@@ -7,7 +7,7 @@ use std::fmt;
 use jiff::Timestamp;
 
 use super::structural::HasSchema;
-use super::{AuthPolicy, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, SigningKey};
+use super::{AuthPolicy, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, Revocation, SigningKey};
 use crate::keys::lifecycle::{KeyPolicy, Requests};
 
 /// A refused field and why.
@@ -211,6 +211,30 @@ impl Validate for SigningKey {
         }
         if let Err(e) = self.requests() {
             errors.push(e);
+        }
+        errors
+    }
+}
+
+impl Validate for Revocation {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = metadata_errors(&self.metadata);
+        errors.extend(cel_errors(self));
+        if let Some(issuer) = &self.spec.issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            errors.push(FieldError::new(
+                "spec.issuer",
+                format!("{issuer:?} must be an http(s) URL, exactly as tokens carry it in iss"),
+            ));
+        }
+        if let (Some(before), Some(expires)) = (&self.spec.issued_before, &self.spec.expires_at)
+            && expires.0 < before.0
+        {
+            errors.push(FieldError::new(
+                "spec.expiresAt",
+                "must not be before issuedBefore: the revocation would never count",
+            ));
         }
         errors
     }

@@ -30,6 +30,8 @@ pub const ACTIVE_ALG: &str = "active.alg";
 pub const ACTIVE_KEY: &str = "active.key";
 pub const ISSUER: &str = "issuer";
 pub const RETAIN_FOR: &str = "retain-for";
+/// The SigningKey's `maxTokenLifetime`, for tools that sign without the manifest.
+pub const MAX_TOKEN_LIFETIME: &str = "max-token-lifetime";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StoreError {
@@ -152,6 +154,15 @@ pub fn from_data(data: &BTreeMap<String, String>) -> Result<KeySet, StoreError> 
 /// The issuer recorded with the keys, for tools that sign without the manifest.
 pub fn issuer(data: &BTreeMap<String, String>) -> Option<&str> {
     data.get(ISSUER).map(String::as_str)
+}
+
+/// The longest token lifetime recorded with the keys (absent in data written before it
+/// was recorded).
+pub fn max_token_lifetime(data: &BTreeMap<String, String>) -> Option<SignedDuration> {
+    data.get(MAX_TOKEN_LIFETIME)?
+        .parse::<crate::api::Duration>()
+        .ok()
+        .map(|d| d.value())
 }
 
 /// The retention recorded with the keys (absent in data written before it was recorded).

@@ -20,6 +20,7 @@ use crate::api::{
     TokenReviewSpec,
 };
 use crate::keys::lifecycle::KeySet;
+use crate::revocation::{RevocationSet, TokenFacts};
 use audit::AuditCounters;
 use cache::DecisionCache;
 use challenge::Challenges;
@@ -47,11 +48,17 @@ pub enum Rejection {
     IssuerUnavailable,
     /// A valid token without a required claim (403, not 401).
     InsufficientScope,
+    /// A valid token that a Revocation names.
+    TokenRevoked,
+    /// `exp - iat` exceeds the policy's `maxTokenLifetime`.
+    TokenLifetimeTooLong,
+    /// No `iat` while the policy sets `maxTokenLifetime`.
+    MissingIat,
 }
 
 impl Rejection {
     /// Every rejection, in declaration order (checked by a test).
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 18] = [
         Rejection::MissingToken,
         Rejection::TooLarge,
         Rejection::Malformed,
@@ -67,6 +74,9 @@ impl Rejection {
         Rejection::InvalidClaims,
         Rejection::IssuerUnavailable,
         Rejection::InsufficientScope,
+        Rejection::TokenRevoked,
+        Rejection::TokenLifetimeTooLong,
+        Rejection::MissingIat,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -86,6 +96,9 @@ impl Rejection {
             Rejection::InvalidClaims => "invalid_claims",
             Rejection::IssuerUnavailable => "issuer_unavailable",
             Rejection::InsufficientScope => "insufficient_scope",
+            Rejection::TokenRevoked => "token_revoked",
+            Rejection::TokenLifetimeTooLong => "token_lifetime_too_long",
+            Rejection::MissingIat => "missing_iat",
         }
     }
 
@@ -107,6 +120,9 @@ impl Rejection {
             Rejection::InvalidClaims => "a registered claim has the wrong type",
             Rejection::IssuerUnavailable => "the policy's issuer is not available",
             Rejection::InsufficientScope => "the token lacks a required claim",
+            Rejection::TokenRevoked => "the token has been revoked",
+            Rejection::TokenLifetimeTooLong => "the token lives longer than the policy allows",
+            Rejection::MissingIat => "the token has no issue time (iat)",
         }
     }
 }
@@ -251,6 +267,9 @@ pub struct CompiledPolicy {
     sources: Vec<TokenSource>,
     legacy_cookie: Option<String>,
     verifier: Verifier,
+    /// The issuer of each SigningKey the policy resolved: a verified `iss` names the
+    /// SigningKey whose Revocations apply.
+    key_issuers: Vec<(Arc<str>, ObjectKey)>,
     requirements: Vec<ClaimRequirement>,
     forward: Vec<(String, HeaderName)>,
     pub token_review: TokenReviewSpec,
@@ -297,7 +316,11 @@ impl CompiledPolicy {
         let id = ObjectKey::of(&policy.metadata);
         let spec = &policy.spec;
         let mut verifier = Verifier::new(spec.audiences.clone(), spec.leeway.value().as_secs());
+        if let Some(max) = &spec.max_token_lifetime {
+            verifier.set_max_lifetime(max.value().as_secs());
+        }
         let mut unresolved = Vec::new();
+        let mut key_issuers = Vec::new();
         for issuer in &spec.issuers {
             if let Some(url) = &issuer.issuer {
                 let refresh = issuer.refresh.clone().unwrap_or_default();
@@ -326,6 +349,7 @@ impl CompiledPolicy {
                 continue;
             };
             let issuer: Arc<str> = Arc::from(found.issuer);
+            key_issuers.push((issuer.clone(), key_id.clone()));
             for record in found.keys.records() {
                 let material = &record.material;
                 match VerifyKey::new(issuer.clone(), material.public_jwk(), material.alg()) {
@@ -388,6 +412,7 @@ impl CompiledPolicy {
             sources,
             legacy_cookie: spec.legacy_session.as_ref().map(|l| l.cookie.clone()),
             verifier,
+            key_issuers,
             requirements: spec.required_claims.clone(),
             forward: spec
                 .forward_claims
@@ -577,7 +602,12 @@ impl CompiledPolicy {
     }
 
     /// The decision table of DESIGN.md for one forward-auth request.
-    pub fn decide(&self, headers: &HeaderMap, now: Timestamp) -> Decision {
+    pub fn decide(
+        &self,
+        headers: &HeaderMap,
+        now: Timestamp,
+        revocations: &RevocationSet,
+    ) -> Decision {
         if self.mode == Mode::Disabled {
             return Decision {
                 verdict: Verdict::Disabled,
@@ -586,7 +616,7 @@ impl CompiledPolicy {
             };
         }
         let token = self.token(headers);
-        let (claims, checked) = self.check(token, now);
+        let (claims, checked) = self.check(token, now, revocations);
         let buckets = match self.mode {
             Mode::Enforce => self.enforced_buckets(now),
             Mode::Disabled | Mode::Audit => 0,
@@ -625,18 +655,23 @@ impl CompiledPolicy {
         }
     }
 
-    /// Verifies a token and its required claims. The claims come back whenever the token
-    /// itself verified.
+    /// Verifies a token, that no Revocation names it, and its required claims. The
+    /// claims come back whenever the token itself verified (revoked or not).
     pub fn check(
         &self,
         token: Option<&str>,
         now: Timestamp,
+        revocations: &RevocationSet,
     ) -> (Option<Arc<Claims>>, Result<(), Rejection>) {
         let Some(token) = token else {
             return (None, Err(Rejection::MissingToken));
         };
-        let scope = |satisfied: bool| {
-            if satisfied {
+        // Revocations are read after the signature and on cache hits alike: the cache
+        // holds verifications, never the absence of a revocation.
+        let scope = |claims: &Claims, satisfied: bool| {
+            if self.revoked(claims, revocations, now) {
+                Err(Rejection::TokenRevoked)
+            } else if satisfied {
                 Ok(())
             } else {
                 Err(Rejection::InsufficientScope)
@@ -653,7 +688,10 @@ impl CompiledPolicy {
             (cache, key, hit)
         });
         if let Some((_, _, Some(entry))) = &cached {
-            return (Some(entry.claims.clone()), scope(entry.satisfied));
+            return (
+                Some(entry.claims.clone()),
+                scope(&entry.claims, entry.satisfied),
+            );
         }
         match self.verifier.verify(token, now) {
             Ok(verified) => {
@@ -668,10 +706,30 @@ impl CompiledPolicy {
                         verified.external,
                     );
                 }
-                (Some(claims), scope(satisfied))
+                let checked = scope(&claims, satisfied);
+                (Some(claims), checked)
             }
             Err(rejection) => (None, Err(rejection)),
         }
+    }
+
+    /// Whether a Revocation in force names these verified claims under this policy.
+    fn revoked(&self, claims: &Claims, revocations: &RevocationSet, now: Timestamp) -> bool {
+        if revocations.is_empty() {
+            return false;
+        }
+        let iss = claims.get("iss").and_then(serde_json::Value::as_str);
+        let key = iss.and_then(|iss| {
+            self.key_issuers
+                .iter()
+                .find(|(issuer, _)| &**issuer == iss)
+                .map(|(_, key)| key)
+        });
+        revocations.is_revoked(
+            &self.namespace,
+            &TokenFacts::of(claims, key),
+            now.as_second(),
+        )
     }
 
     fn satisfied(&self, claims: &Claims) -> bool {
@@ -816,7 +874,10 @@ mod tests {
                 | Rejection::WrongAudience
                 | Rejection::InvalidClaims
                 | Rejection::IssuerUnavailable
-                | Rejection::InsufficientScope => {}
+                | Rejection::InsufficientScope
+                | Rejection::TokenRevoked
+                | Rejection::TokenLifetimeTooLong
+                | Rejection::MissingIat => {}
             }
         }
         let slots: std::collections::HashSet<usize> = Rejection::ALL

@@ -98,6 +98,8 @@ pub struct Verifier {
     external: Vec<Arc<dyn RemoteIssuer>>,
     audiences: Vec<String>,
     leeway_secs: i64,
+    /// The longest `exp - iat` accepted (seconds); `None`: any.
+    max_lifetime_secs: Option<i64>,
     /// Some issuer could not be resolved: an unknown kid may belong to it.
     incomplete: bool,
 }
@@ -109,8 +111,14 @@ impl Verifier {
             external: Vec::new(),
             audiences,
             leeway_secs,
+            max_lifetime_secs: None,
             incomplete: false,
         }
+    }
+
+    /// Refuses tokens whose `exp - iat` exceeds `seconds`, and tokens without `iat`.
+    pub fn set_max_lifetime(&mut self, seconds: i64) {
+        self.max_lifetime_secs = Some(seconds);
     }
 
     /// Adds a public key of an issuer.
@@ -259,7 +267,13 @@ impl Verifier {
         {
             return Err(Rejection::NotYetValid);
         }
-        numeric(claims, "iat")?;
+        let iat = numeric(claims, "iat")?;
+        if let Some(max) = self.max_lifetime_secs {
+            let iat = iat.ok_or(Rejection::MissingIat)?;
+            if exp.saturating_sub(iat) > max {
+                return Err(Rejection::TokenLifetimeTooLong);
+            }
+        }
         if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
             return Err(Rejection::WrongIssuer);
         }

@@ -1,0 +1,462 @@
+//! Revocations as the decision path reads them: a pure index fed by the drivers
+//! (`apply`/`delete`), publishing an immutable [`RevocationSet`] with O(1) lookups per
+//! issuer (the `jti` set, subject → revoked-before instants, the `sid` set), scoped by
+//! namespace.
+//!
+//! Kept apart from the policies on purpose: a Revocation changes nothing that is
+//! compiled, so a new one never rebuilds a policy or drops a cached verification; the
+//! decision reads the current set after the signature check and on cache hits alike.
+//!
+//! Scope: a Revocation that names a SigningKey of its own namespace applies to that
+//! issuer's tokens under every AuthPolicy; any other Revocation applies only under the
+//! AuthPolicies of its own namespace.
+//!
+//! Expiry: a Revocation lapses once no token it could match can still be valid:
+//! `spec.expiresAt` when set, else the issued-before instant (the object's creation for a
+//! token or session) plus the issuer's longest token lifetime (the SigningKey's
+//! `maxTokenLifetime`, [`EXTERNAL_MAX_LIFETIME`] for an external issuer). Lapsed ones
+//! stop counting at once, before anyone deletes them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+use crate::api::{FieldError, ObjectKey, Revocation, Validate};
+
+/// How long a Revocation of an external issuer (`spec.issuer`) without `expiresAt`
+/// lives: providers do not publish their longest token lifetime; Entra ID's access
+/// tokens live 60 to 90 minutes, so a day covers them with room.
+pub const EXTERNAL_MAX_LIFETIME: SignedDuration = SignedDuration::from_hours(24);
+
+/// Whose tokens a Revocation names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RevokedIssuer {
+    /// A SigningKey of authplane.
+    Key(ObjectKey),
+    /// An issuer as tokens carry it in `iss`.
+    Url(String),
+}
+
+impl std::fmt::Display for RevokedIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevokedIssuer::Key(id) => write!(f, "{id}"),
+            RevokedIssuer::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// What a Revocation matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Matcher {
+    /// The token whose `jti` is this.
+    TokenId(String),
+    /// Tokens whose `sub` is this and whose `iat` is at or before `issued_before` (Unix
+    /// seconds).
+    Subject { subject: String, issued_before: i64 },
+    /// Tokens whose `sid` is this.
+    Session(String),
+}
+
+/// One validated Revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: ObjectKey,
+    pub issuer: RevokedIssuer,
+    /// `None`: applies under every AuthPolicy; else only under those of this namespace.
+    pub scope: Option<String>,
+    pub matcher: Matcher,
+    /// The object's creation (Unix seconds): the default issued-before instant.
+    pub created: i64,
+    /// `spec.expiresAt` (Unix seconds), when set.
+    pub expires_at: Option<i64>,
+    /// The metric label of the reason.
+    pub reason_label: &'static str,
+    pub reason: Option<String>,
+}
+
+impl Entry {
+    /// Reads a Revocation. `seen` stands in for a missing creation time (a manifest in
+    /// dev mode written by hand): the time it was first read.
+    pub fn compile(revocation: &Revocation, seen: Timestamp) -> Result<Self, Vec<FieldError>> {
+        let errors = revocation.validate();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let id = ObjectKey::of(&revocation.metadata);
+        let spec = &revocation.spec;
+        let created = revocation
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(seen, |t| t.0)
+            .as_second();
+        let (issuer, scope) = match (spec.signing_key_id(&id.namespace), &spec.issuer) {
+            (Some(key), _) => {
+                let scope = (key.namespace != id.namespace).then(|| id.namespace.clone());
+                (RevokedIssuer::Key(key), scope)
+            }
+            (None, Some(url)) => (RevokedIssuer::Url(url.clone()), Some(id.namespace.clone())),
+            (None, None) => {
+                return Err(vec![FieldError::new(
+                    "spec",
+                    "set exactly one of signingKeyRef and issuer",
+                )]);
+            }
+        };
+        let matcher = match (&spec.token_id, &spec.subject, &spec.session_id) {
+            (Some(jti), None, None) => Matcher::TokenId(jti.clone()),
+            (None, Some(subject), None) => Matcher::Subject {
+                subject: subject.clone(),
+                issued_before: spec
+                    .issued_before
+                    .as_ref()
+                    .map_or(created, |t| t.0.as_second()),
+            },
+            (None, None, Some(sid)) => Matcher::Session(sid.clone()),
+            _ => {
+                return Err(vec![FieldError::new(
+                    "spec",
+                    "set exactly one of tokenId, subject and sessionId",
+                )]);
+            }
+        };
+        Ok(Self {
+            id,
+            issuer,
+            scope,
+            matcher,
+            created,
+            expires_at: spec.expires_at.as_ref().map(|t| t.0.as_second()),
+            reason_label: spec.reason_label(),
+            reason: spec.reason.clone(),
+        })
+    }
+
+    /// The last instant a token this entry matches can have been issued at.
+    fn issued_before(&self) -> i64 {
+        match &self.matcher {
+            Matcher::Subject { issued_before, .. } => *issued_before,
+            Matcher::TokenId(_) | Matcher::Session(_) => self.created,
+        }
+    }
+
+    /// When the entry lapses (Unix seconds); `None` while the issuer's longest token
+    /// lifetime is not known (its SigningKey is not loaded): it counts meanwhile.
+    pub fn expires(&self, lifetimes: &HashMap<ObjectKey, SignedDuration>) -> Option<i64> {
+        if let Some(at) = self.expires_at {
+            return Some(at);
+        }
+        let lifetime = match &self.issuer {
+            RevokedIssuer::Key(key) => *lifetimes.get(key)?,
+            RevokedIssuer::Url(_) => EXTERNAL_MAX_LIFETIME,
+        };
+        Some(self.issued_before().saturating_add(lifetime.as_secs()))
+    }
+}
+
+/// The revocations of one issuer in one scope.
+#[derive(Debug, Default)]
+struct Entries {
+    /// `jti` → until (Unix seconds, inclusive).
+    tokens: HashMap<String, i64>,
+    /// `sub` → (issued before, until) pairs; almost always one.
+    subjects: HashMap<String, Vec<(i64, i64)>>,
+    /// `sid` → until.
+    sessions: HashMap<String, i64>,
+}
+
+impl Entries {
+    fn add(&mut self, matcher: &Matcher, until: i64) {
+        let keep_latest = |old: &mut i64| *old = (*old).max(until);
+        match matcher {
+            Matcher::TokenId(jti) => keep_latest(self.tokens.entry(jti.clone()).or_insert(until)),
+            Matcher::Session(sid) => keep_latest(self.sessions.entry(sid.clone()).or_insert(until)),
+            Matcher::Subject {
+                subject,
+                issued_before,
+            } => self
+                .subjects
+                .entry(subject.clone())
+                .or_default()
+                .push((*issued_before, until)),
+        }
+    }
+
+    fn matches(&self, token: &TokenFacts<'_>, now: i64) -> bool {
+        let live = |until: &i64| now <= *until;
+        if let Some(jti) = token.jti
+            && self.tokens.get(jti).is_some_and(live)
+        {
+            return true;
+        }
+        if let Some(sid) = token.sid
+            && self.sessions.get(sid).is_some_and(live)
+        {
+            return true;
+        }
+        if let Some(sub) = token.sub
+            && let Some(list) = self.subjects.get(sub)
+        {
+            // A token without `iat` cannot show it was issued after: revoked.
+            let iat = token.iat.unwrap_or(i64::MIN);
+            return list
+                .iter()
+                .any(|(before, until)| iat <= *before && now <= *until);
+        }
+        false
+    }
+
+    fn len(&self) -> usize {
+        self.tokens.len()
+            + self.sessions.len()
+            + self.subjects.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// The revocations that apply under one scope (everywhere, or one namespace).
+#[derive(Debug, Default)]
+struct Scope {
+    by_key: HashMap<ObjectKey, Entries>,
+    by_issuer: HashMap<String, Entries>,
+}
+
+impl Scope {
+    fn entries(&mut self, issuer: &RevokedIssuer) -> &mut Entries {
+        match issuer {
+            RevokedIssuer::Key(key) => self.by_key.entry(key.clone()).or_default(),
+            RevokedIssuer::Url(url) => self.by_issuer.entry(url.clone()).or_default(),
+        }
+    }
+
+    fn matches(&self, token: &TokenFacts<'_>, now: i64) -> bool {
+        if let Some(key) = token.key
+            && let Some(entries) = self.by_key.get(key)
+            && entries.matches(token, now)
+        {
+            return true;
+        }
+        self.by_issuer
+            .get(token.iss)
+            .is_some_and(|entries| entries.matches(token, now))
+    }
+}
+
+/// What the decision knows of a verified token.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenFacts<'a> {
+    /// The verified `iss`.
+    pub iss: &'a str,
+    /// The SigningKey whose key verified it, when it is one of ours.
+    pub key: Option<&'a ObjectKey>,
+    pub jti: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub sid: Option<&'a str>,
+    pub iat: Option<i64>,
+}
+
+impl<'a> TokenFacts<'a> {
+    /// The facts of verified claims; `key` is the SigningKey that verified them.
+    pub fn of(claims: &'a serde_json::Map<String, Value>, key: Option<&'a ObjectKey>) -> Self {
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        Self {
+            iss: text("iss").unwrap_or(""),
+            key,
+            jti: text("jti"),
+            sub: text("sub"),
+            sid: text("sid"),
+            iat: claims.get("iat").and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            }),
+        }
+    }
+}
+
+/// Active entries of one issuer in one namespace, for the metric.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Count {
+    pub namespace: String,
+    pub issuer: String,
+    pub active: usize,
+}
+
+/// The revocations in force, immutable; the decision path reads it.
+#[derive(Debug, Default)]
+pub struct RevocationSet {
+    global: Scope,
+    namespaced: HashMap<String, Scope>,
+    active: usize,
+}
+
+impl RevocationSet {
+    /// Whether a verified token is revoked under a policy of `namespace` at `now`
+    /// (Unix seconds). A few hash lookups; nothing is allocated.
+    pub fn is_revoked(&self, namespace: &str, token: &TokenFacts<'_>, now: i64) -> bool {
+        if self.active == 0 {
+            return false;
+        }
+        self.global.matches(token, now)
+            || self
+                .namespaced
+                .get(namespace)
+                .is_some_and(|scope| scope.matches(token, now))
+    }
+
+    /// Entries in the set (lapsed ones included until the next publication).
+    pub fn len(&self) -> usize {
+        self.active
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active == 0
+    }
+}
+
+/// Why an object is not in the index.
+#[derive(Debug, thiserror::Error)]
+#[error("Revocation {id}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct Refused {
+    pub id: ObjectKey,
+    pub problems: Vec<FieldError>,
+}
+
+/// Every Revocation a driver has seen, and the SigningKeys' token lifetimes.
+#[derive(Debug, Default)]
+pub struct RevocationIndex {
+    entries: BTreeMap<ObjectKey, Entry>,
+    lifetimes: HashMap<ObjectKey, SignedDuration>,
+}
+
+impl RevocationIndex {
+    /// Adds or replaces a Revocation. A refused one changes nothing (an earlier good
+    /// version of the same object is kept). `seen` is now: the creation time of an
+    /// object that has none. Returns true when the index changed.
+    pub fn apply(&mut self, revocation: &Revocation, seen: Timestamp) -> Result<bool, Refused> {
+        let id = ObjectKey::of(&revocation.metadata);
+        let seen = self.entries.get(&id).map_or(seen, |old| {
+            Timestamp::from_second(old.created).unwrap_or(seen)
+        });
+        let entry = Entry::compile(revocation, seen).map_err(|problems| Refused {
+            id: id.clone(),
+            problems,
+        })?;
+        Ok(self.entries.insert(id, entry.clone()) != Some(entry))
+    }
+
+    /// Removes a Revocation; true when it was there.
+    pub fn delete(&mut self, namespace: &str, name: &str) -> bool {
+        self.entries
+            .remove(&ObjectKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .is_some()
+    }
+
+    /// Keeps only the objects `keep` says exist (a relist).
+    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        self.entries.retain(|id, _| keep(id));
+    }
+
+    /// Records a SigningKey's longest token lifetime (`None`: it is gone). True when it
+    /// changed.
+    pub fn set_key_lifetime(&mut self, key: ObjectKey, lifetime: Option<SignedDuration>) -> bool {
+        match lifetime {
+            Some(lifetime) => self.lifetimes.insert(key, lifetime) != Some(lifetime),
+            None => self.lifetimes.remove(&key).is_some(),
+        }
+    }
+
+    pub fn get(&self, id: &ObjectKey) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// When an entry lapses, as the index knows now.
+    pub fn expires(&self, entry: &Entry) -> Option<i64> {
+        entry.expires(&self.lifetimes)
+    }
+
+    /// The Revocations that lapsed at `now`: no token they match can still be valid.
+    pub fn expired(&self, now: Timestamp) -> Vec<&Entry> {
+        let now = now.as_second();
+        self.entries
+            .values()
+            .filter(|e| e.expires(&self.lifetimes).is_some_and(|until| until < now))
+            .collect()
+    }
+
+    /// The next instant an entry lapses, after `now`: when to publish again.
+    pub fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
+        let now = now.as_second();
+        self.entries
+            .values()
+            .filter_map(|e| e.expires(&self.lifetimes))
+            .filter(|until| *until >= now)
+            .min()
+            .and_then(|until| Timestamp::from_second(until.saturating_add(1)).ok())
+    }
+
+    /// The set to publish at `now`: lapsed entries are left out. Also the active count
+    /// per (namespace, issuer), for the metric.
+    pub fn publish(&self, now: Timestamp) -> (RevocationSet, Vec<Count>) {
+        let now = now.as_second();
+        let mut set = RevocationSet::default();
+        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for entry in self.entries.values() {
+            let until = entry.expires(&self.lifetimes).unwrap_or(i64::MAX);
+            if until < now {
+                continue;
+            }
+            let scope = match &entry.scope {
+                None => &mut set.global,
+                Some(namespace) => set.namespaced.entry(namespace.clone()).or_default(),
+            };
+            scope.entries(&entry.issuer).add(&entry.matcher, until);
+            set.active += 1;
+            *counts
+                .entry((entry.id.namespace.clone(), entry.issuer.to_string()))
+                .or_default() += 1;
+        }
+        debug_assert_eq!(
+            set.active,
+            set.global
+                .by_key
+                .values()
+                .chain(set.global.by_issuer.values())
+                .map(Entries::len)
+                .sum::<usize>()
+                + set
+                    .namespaced
+                    .values()
+                    .flat_map(|s| s.by_key.values().chain(s.by_issuer.values()))
+                    .map(Entries::len)
+                    .sum::<usize>()
+        );
+        let counts = counts
+            .into_iter()
+            .map(|((namespace, issuer), active)| Count {
+                namespace,
+                issuer,
+                active,
+            })
+            .collect();
+        (set, counts)
+    }
+}
+
+#[cfg(test)]
+mod tests;

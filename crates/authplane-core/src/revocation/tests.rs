@@ -1,0 +1,231 @@
+//! The index by `apply`/`delete` sequences and assertions on the published set.
+
+use super::*;
+
+fn at(second: i64) -> Timestamp {
+    Timestamp::from_second(second).unwrap()
+}
+
+fn revocation(namespace: &str, name: &str, spec: serde_json::Value, created: i64) -> Revocation {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "authplane.io/v1alpha1",
+        "kind": "Revocation",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "creationTimestamp": at(created).to_string(),
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn web() -> ObjectKey {
+    ObjectKey {
+        namespace: "auth".into(),
+        name: "web".into(),
+    }
+}
+
+const ISS: &str = "https://auth.example/web";
+
+fn token<'a>(
+    key: Option<&'a ObjectKey>,
+    claims: &'a serde_json::Map<String, Value>,
+) -> TokenFacts<'a> {
+    TokenFacts::of(claims, key)
+}
+
+fn claims(value: serde_json::Value) -> serde_json::Map<String, Value> {
+    value.as_object().unwrap().clone()
+}
+
+fn index_with(revocations: &[Revocation]) -> RevocationIndex {
+    let mut index = RevocationIndex::default();
+    index.set_key_lifetime(web(), Some(SignedDuration::from_mins(15)));
+    for r in revocations {
+        assert!(index.apply(r, at(0)).unwrap());
+    }
+    index
+}
+
+#[test]
+fn a_token_id_revokes_that_token_only() {
+    let index = index_with(&[revocation(
+        "auth",
+        "one",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "tokenId": "j1"}),
+        1000,
+    )]);
+    let (set, counts) = index.publish(at(1000));
+    let key = web();
+    let revoked = claims(serde_json::json!({"iss": ISS, "jti": "j1", "sub": "a", "iat": 900}));
+    let other = claims(serde_json::json!({"iss": ISS, "jti": "j2", "sub": "a", "iat": 900}));
+    assert!(set.is_revoked("shop", &token(Some(&key), &revoked), 1000));
+    assert!(!set.is_revoked("shop", &token(Some(&key), &other), 1000));
+    // Another issuer's token with the same jti is not touched.
+    let elsewhere = ObjectKey {
+        namespace: "auth".into(),
+        name: "other".into(),
+    };
+    assert!(!set.is_revoked("shop", &token(Some(&elsewhere), &revoked), 1000));
+    assert_eq!(
+        counts,
+        vec![Count {
+            namespace: "auth".into(),
+            issuer: "auth/web".into(),
+            active: 1
+        }]
+    );
+}
+
+#[test]
+fn a_subject_is_revoked_up_to_issued_before_and_tokens_minted_later_pass() {
+    let index = index_with(&[revocation(
+        "auth",
+        "paid",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "subject": "alice",
+            "issuedBefore": at(2000).to_string()}),
+        1000,
+    )]);
+    let (set, _) = index.publish(at(2100));
+    let key = web();
+    let old = claims(serde_json::json!({"iss": ISS, "sub": "alice", "iat": 2000}));
+    let new = claims(serde_json::json!({"iss": ISS, "sub": "alice", "iat": 2001}));
+    let no_iat = claims(serde_json::json!({"iss": ISS, "sub": "alice"}));
+    let bob = claims(serde_json::json!({"iss": ISS, "sub": "bob", "iat": 1}));
+    assert!(set.is_revoked("x", &token(Some(&key), &old), 2100));
+    assert!(!set.is_revoked("x", &token(Some(&key), &new), 2100));
+    assert!(set.is_revoked("x", &token(Some(&key), &no_iat), 2100));
+    assert!(!set.is_revoked("x", &token(Some(&key), &bob), 2100));
+}
+
+#[test]
+fn issued_before_defaults_to_creation_and_expiry_is_that_plus_the_lifetime() {
+    let index = index_with(&[revocation(
+        "auth",
+        "pw",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "subject": "alice"}),
+        5000,
+    )]);
+    let entry = index
+        .get(&ObjectKey {
+            namespace: "auth".into(),
+            name: "pw".into(),
+        })
+        .unwrap();
+    // With 15-minute tokens, a revocation lives 15 minutes.
+    assert_eq!(index.expires(entry), Some(5000 + 15 * 60));
+    assert!(index.expired(at(5000 + 15 * 60)).is_empty());
+    assert_eq!(index.expired(at(5000 + 15 * 60 + 1)).len(), 1);
+    assert_eq!(index.next_expiry(at(5000)), Some(at(5000 + 15 * 60 + 1)));
+    // Lapsed entries stop counting, in the lookup and in the published set.
+    let (set, _) = index.publish(at(5000));
+    let key = web();
+    let t = claims(serde_json::json!({"iss": ISS, "sub": "alice", "iat": 4000}));
+    assert!(set.is_revoked("x", &token(Some(&key), &t), 5000 + 900));
+    assert!(!set.is_revoked("x", &token(Some(&key), &t), 5000 + 901));
+    let (later, counts) = index.publish(at(5000 + 901));
+    assert!(later.is_empty() && counts.is_empty());
+}
+
+#[test]
+fn an_unknown_signing_key_keeps_its_revocations_counting_and_never_expires_them() {
+    let mut index = RevocationIndex::default();
+    index
+        .apply(
+            &revocation(
+                "auth",
+                "j",
+                serde_json::json!({"signingKeyRef": {"name": "gone"}, "tokenId": "x"}),
+                0,
+            ),
+            at(0),
+        )
+        .unwrap();
+    assert!(index.expired(at(10_000_000)).is_empty());
+    assert_eq!(index.publish(at(10_000_000)).0.len(), 1);
+}
+
+#[test]
+fn scope_is_where_the_object_lives() {
+    // In shop, naming auth/web: only shop's policies.
+    let index = index_with(&[
+        revocation(
+            "shop",
+            "sess",
+            serde_json::json!({"signingKeyRef": {"name": "web", "namespace": "auth"}, "sessionId": "s1"}),
+            100,
+        ),
+        revocation(
+            "shop",
+            "entra",
+            serde_json::json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e1"}),
+            100,
+        ),
+    ]);
+    let (set, _) = index.publish(at(100));
+    let key = web();
+    let t = claims(serde_json::json!({"iss": ISS, "sid": "s1", "sub": "a", "iat": 50}));
+    assert!(set.is_revoked("shop", &token(Some(&key), &t), 100));
+    assert!(!set.is_revoked("billing", &token(Some(&key), &t), 100));
+    let e = claims(serde_json::json!({"iss": "https://login.example/t/v2.0", "jti": "e1"}));
+    assert!(set.is_revoked("shop", &token(None, &e), 100));
+    assert!(!set.is_revoked("billing", &token(None, &e), 100));
+}
+
+#[test]
+fn a_refused_object_changes_nothing_and_delete_removes() {
+    let mut index = index_with(&[revocation(
+        "auth",
+        "r",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "tokenId": "j1"}),
+        0,
+    )]);
+    let both = revocation(
+        "auth",
+        "r",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "tokenId": "j2", "subject": "a"}),
+        0,
+    );
+    let refused = index.apply(&both, at(0)).unwrap_err().to_string();
+    assert!(
+        refused.contains("exactly one of tokenId, subject and sessionId"),
+        "{refused}"
+    );
+    assert_eq!(
+        index
+            .get(&ObjectKey {
+                namespace: "auth".into(),
+                name: "r".into()
+            })
+            .unwrap()
+            .matcher,
+        Matcher::TokenId("j1".into())
+    );
+    // Applying the same object again is no change.
+    let same = revocation(
+        "auth",
+        "r",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "tokenId": "j1"}),
+        0,
+    );
+    assert!(!index.apply(&same, at(0)).unwrap());
+    assert!(index.delete("auth", "r"));
+    assert!(!index.delete("auth", "r"));
+    assert!(index.publish(at(0)).0.is_empty());
+}
+
+#[test]
+fn reasons_become_a_bounded_label_set() {
+    let r = |reason: &str| {
+        revocation(
+            "auth",
+            "r",
+            serde_json::json!({"signingKeyRef": {"name": "web"}, "tokenId": "j", "reason": reason}),
+            0,
+        )
+    };
+    assert_eq!(r("payment_failed").spec.reason_label(), "payment_failed");
+    assert_eq!(r("Card declined at 10:02").spec.reason_label(), "other");
+}

@@ -1,0 +1,434 @@
+//! Revocations on a cluster: every replica watches them and publishes their set on its
+//! own (no policy is rebuilt for one); the leader deletes the lapsed ones; `/revoke`
+//! writes new ones from whichever replica received the request (a user's request, not a
+//! leader's write).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::api::{ObjectKey, Revocation, RevocationStatus, SigningKey};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, SourceState};
+use crate::revocation::RevocationIndex;
+use crate::server::revoke::{RevocationWriter, WriteError, WriteFuture};
+
+pub const WATCH: &str = "Revocation watch";
+/// The set is published again this often even without a change: lapsed entries leave
+/// the metric, and SigningKey lifetimes are read again.
+const REFRESH: Duration = Duration::from_secs(30);
+/// How often the leader looks for lapsed Revocations to delete.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// Watches Revocations and publishes their set until `shutdown`. `keys` is the serving
+/// SigningKey cache, for the issuers' token lifetimes.
+pub async fn run(
+    client: Client,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    keys: Store<DeserializeGuard<SigningKey>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    registry.set_source(WATCH, SourceState::Syncing);
+    let api = Api::<DeserializeGuard<Revocation>>::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut follower = Follower::default();
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = refresh.tick() => {}
+            event = events.next() => match event {
+                None => return,
+                Some(event) => batch.push(event),
+            },
+        }
+        // Apply what has already arrived together: one publication per burst.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            batch.push(event);
+        }
+        for event in batch {
+            match event {
+                Ok(event) => follower.handle(event, clock.now(), &metrics),
+                Err(e) => {
+                    let previous = registry.set_source(WATCH, SourceState::Failing(e.to_string()));
+                    if !matches!(previous, Some(SourceState::Failing(_))) {
+                        tracing::warn!(
+                            "{WATCH} failing: {e} (retrying; the revocations listed before keep counting). Is the Revocation CRD installed?"
+                        );
+                    }
+                }
+            }
+        }
+        if follower.synced {
+            if registry.set_source(WATCH, SourceState::Synced) != Some(SourceState::Synced) {
+                tracing::info!("{WATCH} synced: {} revocations", follower.index.len());
+            }
+            follower.lifetimes(&keys);
+            let (set, counts) = follower.index.publish(clock.now());
+            metrics.observe_revocations(&counts);
+            registry.publish_revocations(set);
+        }
+    }
+}
+
+/// The index as the watch feeds it.
+#[derive(Default)]
+struct Follower {
+    index: RevocationIndex,
+    synced: bool,
+    /// Objects seen during a relist.
+    relisted: Vec<ObjectKey>,
+}
+
+impl Follower {
+    fn handle(
+        &mut self,
+        event: watcher::Event<DeserializeGuard<Revocation>>,
+        now: Timestamp,
+        metrics: &Metrics,
+    ) {
+        match event {
+            watcher::Event::Init => self.relisted.clear(),
+            watcher::Event::InitApply(object) => {
+                if let Some(id) = self.apply(object, now, metrics, false) {
+                    self.relisted.push(id);
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen: std::collections::HashSet<ObjectKey> = self.relisted.drain(..).collect();
+                self.index.retain(|id| seen.contains(id));
+                self.synced = true;
+            }
+            watcher::Event::Apply(object) => {
+                self.apply(object, now, metrics, true);
+            }
+            watcher::Event::Delete(object) => {
+                let meta = match &object.0 {
+                    Ok(revocation) => &revocation.metadata,
+                    Err(invalid) => &invalid.metadata,
+                };
+                let id = ObjectKey::of(meta);
+                if self.index.delete(&id.namespace, &id.name) {
+                    tracing::info!("Revocation {id} deleted");
+                }
+            }
+        }
+    }
+
+    /// Applies one object; a bad one is skipped with a warning (the earlier version of
+    /// it, if any, keeps counting).
+    fn apply(
+        &mut self,
+        object: DeserializeGuard<Revocation>,
+        now: Timestamp,
+        metrics: &Metrics,
+        live: bool,
+    ) -> Option<ObjectKey> {
+        let revocation = match object.0 {
+            Ok(revocation) => revocation,
+            Err(invalid) => {
+                let id = ObjectKey::of(&invalid.metadata);
+                tracing::warn!("Revocation {id} skipped: {}", invalid.error);
+                return Some(id);
+            }
+        };
+        let id = ObjectKey::of(&revocation.metadata);
+        match self.index.apply(&revocation, now) {
+            Ok(true) => {
+                let entry = self.index.get(&id)?;
+                // Propagation is measured for changes seen live, not for a relist.
+                let lag = revocation
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .filter(|_| live)
+                    .map(|t| now.duration_since(t.0).as_secs_f64());
+                tracing::info!(
+                    reason = entry.reason.as_deref().unwrap_or(""),
+                    "Revocation {id} applied: {:?} of {}",
+                    entry.matcher,
+                    entry.issuer
+                );
+                metrics.revocation_applied(entry.reason_label, lag);
+            }
+            Ok(false) => {}
+            Err(refused) => tracing::warn!("{refused} (skipped)"),
+        }
+        Some(id)
+    }
+
+    fn lifetimes(&mut self, keys: &Store<DeserializeGuard<SigningKey>>) {
+        for key in keys.state() {
+            if let Ok(key) = &key.0 {
+                self.index.set_key_lifetime(
+                    ObjectKey::of(&key.metadata),
+                    Some(key.spec.max_token_lifetime()),
+                );
+            }
+        }
+    }
+}
+
+/// What the leader does with each Revocation at `now`, with the lifetimes of `keys`.
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// Lapsed: no token they match can still be valid. Deleted.
+    pub lapsed: Vec<Revocation>,
+    /// In force, with the status they should report.
+    pub active: Vec<(Revocation, RevocationStatus)>,
+}
+
+/// Judges `revocations` at `now`. Pure: the leader lists, this decides. Objects that are
+/// refused are left alone (the apiserver's CEL rules keep them out in practice).
+pub fn judge(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) -> Judgement {
+    let mut index = RevocationIndex::default();
+    for key in keys {
+        index.set_key_lifetime(
+            ObjectKey::of(&key.metadata),
+            Some(key.spec.max_token_lifetime()),
+        );
+    }
+    let mut judgement = Judgement::default();
+    for revocation in revocations {
+        if let Err(refused) = index.apply(revocation, now) {
+            tracing::warn!("{refused} (left alone)");
+            continue;
+        }
+        let Some(entry) = index.get(&ObjectKey::of(&revocation.metadata)) else {
+            continue;
+        };
+        let expires = index.expires(entry);
+        if expires.is_some_and(|until| until < now.as_second()) {
+            judgement.lapsed.push(revocation.clone());
+            continue;
+        }
+        let (ok, reason, message) = match expires {
+            Some(_) => (
+                true,
+                "Applied",
+                "enforced by every replica until it lapses".to_owned(),
+            ),
+            None => (
+                true,
+                "LifetimeUnknown",
+                format!(
+                    "enforced; its SigningKey {} is not known, so it does not lapse",
+                    entry.issuer
+                ),
+            ),
+        };
+        let status = RevocationStatus {
+            observed_generation: revocation.metadata.generation,
+            expires_at: expires
+                .and_then(|s| Timestamp::from_second(s).ok())
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            conditions: vec![crate::api::condition(
+                "Active",
+                ok,
+                reason,
+                message,
+                revocation.metadata.generation,
+                now,
+            )],
+        };
+        judgement.active.push((revocation.clone(), status));
+    }
+    judgement
+}
+
+/// The leader's part: deletes lapsed Revocations and reports when the others lapse, once
+/// now and then every [`EXPIRE_EVERY`], until the future is dropped (the lease is lost).
+pub async fn expire(client: Client, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = expire_once(&client, clock.now()).await {
+            tracing::warn!("deleting lapsed Revocations: {e} (retrying in {EXPIRE_EVERY:?})");
+        }
+    }
+}
+
+/// One pass of [`expire`]: lists SigningKeys and Revocations, deletes the lapsed ones
+/// (each conditional on its uid and resourceVersion: only the object judged), and
+/// writes `status.expiresAt` of the others where it is not what it should be. Returns
+/// how many were deleted.
+pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube::Error> {
+    let keys: Vec<SigningKey> = Api::<DeserializeGuard<SigningKey>>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|k| k.0.ok())
+        .collect();
+    let revocations: Vec<Revocation> = Api::<DeserializeGuard<Revocation>>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| r.0.ok())
+        .collect();
+    let judgement = judge(&revocations, &keys, now);
+    let mut deleted = 0;
+    for revocation in judgement.lapsed {
+        let id = ObjectKey::of(&revocation.metadata);
+        let api = Api::<Revocation>::namespaced(client.clone(), &id.namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: revocation.metadata.uid.clone(),
+                resource_version: revocation.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&id.name, &params).await {
+            Ok(_) => {
+                tracing::info!("Revocation {id} lapsed: deleted");
+                deleted += 1;
+            }
+            // Gone already, or changed since it was judged: the next pass decides again.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for (revocation, status) in judgement.active {
+        super::status::apply(client, &revocation, status).await?;
+    }
+    Ok(deleted)
+}
+
+/// `/revoke` on a cluster: creates the Revocation through the API.
+pub struct KubeWriter {
+    pub client: Client,
+}
+
+impl RevocationWriter for KubeWriter {
+    fn create(&self, mut revocation: Revocation) -> WriteFuture {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let id = ObjectKey::of(&revocation.metadata);
+            // The apiserver sets it.
+            revocation.metadata.creation_timestamp = None;
+            let api = Api::<Revocation>::namespaced(client, &id.namespace);
+            match api.create(&PostParams::default(), &revocation).await {
+                Ok(_) => {
+                    tracing::info!("Revocation {id} created by a token holder");
+                    Ok(())
+                }
+                // The same token (or session) again: already revoked.
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(e) => Err(WriteError::Failed(format!("creating Revocation {id}: {e}"))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, jti: &str) -> DeserializeGuard<Revocation> {
+        DeserializeGuard(Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+            "metadata": {"name": name, "namespace": "auth",
+                "creationTimestamp": "2026-03-01T00:00:00Z"},
+            "spec": {"signingKeyRef": {"name": "web"}, "tokenId": jti},
+        }))
+        .unwrap()))
+    }
+
+    fn names(follower: &Follower) -> Vec<String> {
+        follower
+            .index
+            .entries()
+            .map(|e| e.id.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_relist_forgets_what_is_gone_and_a_bad_object_is_skipped() {
+        let metrics = Metrics::default();
+        let now: Timestamp = "2026-03-01T00:00:01Z".parse().unwrap();
+        let mut follower = Follower::default();
+        follower.handle(watcher::Event::Init, now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("a", "1")), now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("b", "2")), now, &metrics);
+        assert!(!follower.synced, "not synced before the list is complete");
+        follower.handle(watcher::Event::InitDone, now, &metrics);
+        assert!(follower.synced);
+        assert_eq!(names(&follower), ["a", "b"]);
+        // A relist after the watch was lost: b was deleted meanwhile.
+        follower.handle(watcher::Event::Init, now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("a", "1")), now, &metrics);
+        follower.handle(watcher::Event::InitDone, now, &metrics);
+        assert_eq!(names(&follower), ["a"]);
+        // One that breaks a rule (two matchers) is skipped; a keeps counting.
+        let mut both = object("a", "1");
+        if let Ok(r) = &mut both.0 {
+            r.spec.subject = Some("s".into());
+        }
+        follower.handle(watcher::Event::Apply(both), now, &metrics);
+        assert_eq!(
+            follower.index.entries().next().unwrap().matcher,
+            crate::revocation::Matcher::TokenId("1".into())
+        );
+        follower.handle(watcher::Event::Delete(object("a", "1")), now, &metrics);
+        assert!(follower.index.is_empty());
+        // Propagation is observed for live changes only; what applied here came from lists.
+        let text = metrics.encode();
+        assert!(
+            text.contains("authplane_revocation_propagation_seconds_count 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_leader_judges_lapsed_and_active_revocations() {
+        let key: SigningKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"maxTokenLifetime": "15m"},
+        }))
+        .unwrap();
+        let revocation = |created: &str| -> Revocation {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+                "metadata": {"name": created.replace(':', "-").to_lowercase(), "namespace": "auth",
+                    "creationTimestamp": created},
+                "spec": {"signingKeyRef": {"name": "web"}, "subject": "s"},
+            }))
+            .unwrap()
+        };
+        let now: Timestamp = "2026-03-01T01:00:00Z".parse().unwrap();
+        let judged = judge(
+            &[
+                revocation("2026-03-01T00:44:59Z"),
+                revocation("2026-03-01T00:45:00Z"),
+            ],
+            std::slice::from_ref(&key),
+            now,
+        );
+        // With 15-minute tokens, a revocation lives 15 minutes (to the second).
+        assert_eq!(judged.lapsed.len(), 1);
+        assert_eq!(judged.active.len(), 1);
+        assert_eq!(judged.active[0].1.expires_at.as_ref().unwrap().0, now);
+        // Without the SigningKey the lifetime is unknown: it counts, and is not deleted.
+        let unknown = judge(&[revocation("2026-01-01T00:00:00Z")], &[], now);
+        assert!(unknown.lapsed.is_empty());
+        assert_eq!(unknown.active[0].1.conditions[0].reason, "LifetimeUnknown");
+    }
+}

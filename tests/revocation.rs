@@ -1,0 +1,474 @@
+//! Revocations and bounded token lifetimes, over HTTP in dev mode: Revocation manifests
+//! (by jti, by subject, by session), the logout endpoint, cached tokens, lapsed
+//! revocations, scope, `maxTokenLifetime` and `missing_iat`, TokenReview.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{CHANGE_DEADLINE, Dev, eventually, signing_key};
+use serde_json::{Value, json};
+
+const KEYS: &str = "  algorithm: ES256\n  maxTokenLifetime: 15m\n";
+const WEB: (&str, &str) = ("auth", "web");
+
+fn policy(namespace: &str, name: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: authplane.io/v1alpha1
+kind: AuthPolicy
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  issuers: [{{signingKeyRef: {{name: web, namespace: auth}}}}]
+  audiences: [pay]
+  rollout: {{mode: Enforce, percentage: 100}}
+{extra}"#
+    )
+}
+
+fn revocation(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: Revocation\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+    )
+}
+
+async fn start(extra: &[(&str, &str)]) -> Dev {
+    let mut manifests = vec![
+        ("keys.yaml".to_owned(), signing_key("auth", "web", KEYS)),
+        ("shop.yaml".to_owned(), policy("shop", "pay", "")),
+        ("billing.yaml".to_owned(), policy("billing", "pay", "")),
+    ];
+    for (name, text) in extra {
+        manifests.push((name.to_string(), text.to_string()));
+    }
+    let refs: Vec<(&str, &str)> = manifests
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    Dev::start(&refs).await
+}
+
+/// Claims of a token of auth/web for `sub`, issued `age` seconds ago, living 5 minutes.
+fn claims(dev: &Dev, sub: &str, age: i64, extra: Value) -> Value {
+    let mut claims = dev.claims(WEB, sub, "pay");
+    let now = jiff::Timestamp::now().as_second();
+    claims["iat"] = json!(now - age);
+    claims["nbf"] = json!(now - age);
+    claims["exp"] = json!(now - age + 300);
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    claims
+}
+
+/// Status and reason of `/authz/{namespace}/pay` for a token.
+async fn decide(dev: &Dev, namespace: &str, token: &str) -> (u16, String) {
+    let response = dev
+        .get_with(
+            &format!("/authz/{namespace}/pay"),
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    let reason = response
+        .headers()
+        .get("x-authplane-reason")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (response.status().as_u16(), reason)
+}
+
+/// Waits until `token` is refused as revoked under `namespace`; returns how long it took.
+async fn until_revoked(dev: &Dev, namespace: &str, token: &str) -> Duration {
+    let start = Instant::now();
+    eventually("the token refused as revoked", CHANGE_DEADLINE, || async {
+        (decide(dev, namespace, token).await == (401, "token_revoked".to_owned())).then_some(())
+    })
+    .await;
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn revocations_by_token_id_subject_and_session() {
+    let dev = start(&[]).await;
+    let one = dev.sign(WEB, &claims(&dev, "carol", 0, json!({"jti": "j-1"})));
+    let other = dev.sign(WEB, &claims(&dev, "carol", 0, json!({"jti": "j-2"})));
+    let alice_old = dev.sign(WEB, &claims(&dev, "alice", 120, json!({"jti": "a-1"})));
+    let alice_new = dev.sign(WEB, &claims(&dev, "alice", 0, json!({"jti": "a-2"})));
+    let phone = dev.sign(WEB, &claims(&dev, "bob", 0, json!({"sid": "phone"})));
+    let laptop = dev.sign(WEB, &claims(&dev, "bob", 0, json!({"sid": "laptop"})));
+    for token in [&one, &other, &alice_old, &alice_new, &phone, &laptop] {
+        assert_eq!(decide(&dev, "shop", token).await.0, 200);
+    }
+
+    // One token, by jti.
+    dev.write(
+        "rev-jti.yaml",
+        &revocation(
+            "auth",
+            "stolen",
+            "  signingKeyRef: {name: web}\n  tokenId: j-1\n  reason: compromised\n",
+        ),
+    );
+    let took = until_revoked(&dev, "shop", &one).await;
+    eprintln!("dev mode: a Revocation manifest was enforced {took:?} after it was written");
+    let response = dev
+        .get_with(
+            "/authz/shop/pay",
+            &[("Authorization", &format!("Bearer {one}"))],
+        )
+        .await;
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert_eq!(
+        decide(&dev, "shop", &other).await.0,
+        200,
+        "another jti passes"
+    );
+
+    // A subject, up to an instant: a token minted after it works again.
+    let before = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    dev.write(
+        "rev-sub.yaml",
+        &revocation(
+            "auth",
+            "payment-failed",
+            &format!("  signingKeyRef: {{name: web, namespace: auth}}\n  subject: alice\n  issuedBefore: \"{before}\"\n  reason: payment_failed\n"),
+        ),
+    );
+    until_revoked(&dev, "shop", &alice_old).await;
+    assert_eq!(decide(&dev, "shop", &alice_new).await.0, 200);
+
+    // A session.
+    dev.write(
+        "rev-sid.yaml",
+        &revocation(
+            "auth",
+            "logout-phone",
+            "  signingKeyRef: {name: web}\n  sessionId: phone\n",
+        ),
+    );
+    until_revoked(&dev, "shop", &phone).await;
+    assert_eq!(decide(&dev, "shop", &laptop).await.0, 200);
+
+    // The metrics: entries in force, decisions by reason, propagation observed.
+    assert_eq!(
+        dev.metric("authplane_revocations{namespace=\"auth\",issuer=\"auth/web\"}")
+            .await,
+        3.0
+    );
+    assert!(
+        dev.metric("authplane_decisions_total{namespace=\"shop\",policy=\"pay\",decision=\"deny\",reason=\"token_revoked\"}")
+            .await
+            >= 3.0
+    );
+    assert_eq!(
+        dev.metric("authplane_revocations_applied_total{reason=\"payment_failed\"}")
+            .await,
+        1.0
+    );
+
+    // Deleting the manifest lifts the revocation.
+    std::fs::remove_file(dev.manifests().join("rev-jti.yaml")).unwrap();
+    eventually("the token accepted again", CHANGE_DEADLINE, || async {
+        (decide(&dev, "shop", &one).await.0 == 200).then_some(())
+    })
+    .await;
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_cached_token_is_refused_right_after_its_revocation_and_token_review_agrees() {
+    let dev = start(&[]).await;
+    let token = dev.sign(WEB, &claims(&dev, "dave", 0, json!({"jti": "cached-1"})));
+    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+    let hits = dev.metric("authplane_decision_cache_hits_total").await;
+    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+    assert_eq!(
+        dev.metric("authplane_decision_cache_hits_total").await,
+        hits + 1.0,
+        "the second decision is a cache hit"
+    );
+    // A Revocation of another token empties no cache: the next decision is a hit.
+    let other = dev.sign(WEB, &claims(&dev, "dave", 0, json!({"jti": "cached-2"})));
+    dev.write(
+        "rev-other.yaml",
+        &revocation(
+            "auth",
+            "other",
+            "  signingKeyRef: {name: web}\n  tokenId: cached-2\n",
+        ),
+    );
+    until_revoked(&dev, "shop", &other).await;
+    let hits = dev.metric("authplane_decision_cache_hits_total").await;
+    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+    assert_eq!(
+        dev.metric("authplane_decision_cache_hits_total").await,
+        hits + 1.0,
+        "still cached after an unrelated Revocation"
+    );
+    dev.write(
+        "rev.yaml",
+        &revocation(
+            "auth",
+            "cached",
+            "  signingKeyRef: {name: web}\n  tokenId: cached-1\n",
+        ),
+    );
+    until_revoked(&dev, "shop", &token).await;
+    assert!(
+        dev.metric("authplane_decision_cache_hits_total").await > hits + 1.0,
+        "refused on a cache hit"
+    );
+    let review = dev
+        .http
+        .post(dev.url("/tokenreview/shop/pay"))
+        .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(review["status"]["authenticated"], false, "{review}");
+    assert_eq!(review["status"]["error"], "the token has been revoked");
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn scope_is_the_namespace_of_the_revocation() {
+    let dev = start(&[]).await;
+    let erin = dev.sign(WEB, &claims(&dev, "erin", 10, json!({})));
+    // A team's own namespace: its policies only, even naming a key elsewhere.
+    dev.write(
+        "billing-rev.yaml",
+        &revocation(
+            "billing",
+            "cut-off",
+            "  signingKeyRef: {name: web, namespace: auth}\n  subject: erin\n",
+        ),
+    );
+    until_revoked(&dev, "billing", &erin).await;
+    assert_eq!(
+        decide(&dev, "shop", &erin).await.0,
+        200,
+        "a Revocation in billing does not touch shop's policy"
+    );
+    // The key's own namespace: everywhere.
+    dev.write(
+        "auth-rev.yaml",
+        &revocation(
+            "auth",
+            "everywhere",
+            "  signingKeyRef: {name: web}\n  subject: erin\n",
+        ),
+    );
+    until_revoked(&dev, "shop", &erin).await;
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn lapsed_revocations_stop_counting_and_are_listed_as_lapsed() {
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(20);
+    let lapsed = revocation(
+        "auth",
+        "old",
+        &format!("  signingKeyRef: {{name: web}}\n  subject: frank\n  issuedBefore: \"{past}\"\n"),
+    );
+    let dev = start(&[("old.yaml", &lapsed)]).await;
+    // frank's token was issued before issuedBefore, but the revocation lapsed with the
+    // 15-minute lifetime of the key's tokens (a token that old is expired anyway: this
+    // one lies about its age only to show that the lapsed revocation no longer counts).
+    let mut old = claims(&dev, "frank", 0, json!({}));
+    old["iat"] = json!(past.as_second() - 10);
+    let token = dev.sign(WEB, &old);
+    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+    assert_eq!(
+        dev.metric("authplane_revocations{namespace=\"auth\",issuer=\"auth/web\"}")
+            .await,
+        0.0
+    );
+    let (revocations, keys) =
+        authplane::cli::revocations::from_manifests(&dev.manifests()).unwrap();
+    let rows = authplane::cli::revocations::rows(&revocations, &keys, jiff::Timestamp::now());
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].lapsed, "{rows:?}");
+    assert_eq!(
+        rows[0].expires,
+        jiff::Timestamp::from_second(past.as_second() + 15 * 60)
+            .unwrap()
+            .to_string(),
+        "with 15-minute tokens, a revocation lives 15 minutes"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn max_token_lifetime_and_missing_iat() {
+    let bounded = policy("shop", "bounded", "  maxTokenLifetime: 10m\n");
+    let dev = start(&[("bounded.yaml", &bounded)]).await;
+    let now = jiff::Timestamp::now().as_second();
+    let short = dev.sign(WEB, &claims(&dev, "g", 0, json!({})));
+    let mut long = claims(&dev, "g", 0, json!({}));
+    long["exp"] = json!(now + 20 * 60);
+    let long = dev.sign(WEB, &long);
+    let mut no_iat = claims(&dev, "g", 0, json!({}));
+    no_iat.as_object_mut().unwrap().remove("iat");
+    let no_iat = dev.sign(WEB, &no_iat);
+    let decide_bounded = |token: String| {
+        let dev = &dev;
+        async move {
+            let response = dev
+                .get_with(
+                    "/authz/shop/bounded",
+                    &[("Authorization", &format!("Bearer {token}"))],
+                )
+                .await;
+            (
+                response.status().as_u16(),
+                response
+                    .headers()
+                    .get("x-authplane-reason")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(decide_bounded(short).await.0, 200);
+    assert_eq!(
+        decide_bounded(long.clone()).await,
+        (401, "token_lifetime_too_long".to_owned())
+    );
+    assert_eq!(
+        decide_bounded(no_iat.clone()).await,
+        (401, "missing_iat".to_owned())
+    );
+    // The unbounded policy takes both.
+    assert_eq!(decide(&dev, "shop", &long).await.0, 200);
+    assert_eq!(decide(&dev, "shop", &no_iat).await.0, 200);
+    dev.stop().await;
+}
+
+async fn post_revoke(dev: &Dev, form: &[(&str, &str)]) -> reqwest::Response {
+    dev.http
+        .post(dev.url("/auth/web/revoke"))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn revocation_files(dev: &Dev) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dev.manifests())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("revocation-"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn the_logout_endpoint_revokes_is_idempotent_says_nothing_and_is_rate_limited() {
+    let dev = start(&[]).await;
+    let discovery = dev.json("/auth/web/.well-known/openid-configuration").await;
+    assert_eq!(
+        discovery["revocation_endpoint"],
+        format!("{}/auth/web/revoke", dev.external_url())
+    );
+    let token = dev.sign(WEB, &claims(&dev, "henry", 0, json!({"jti": "logout-1"})));
+    let sibling = dev.sign(
+        WEB,
+        &claims(
+            &dev,
+            "henry",
+            0,
+            json!({"jti": "logout-2", "sid": "tablet"}),
+        ),
+    );
+    let same_session = dev.sign(
+        WEB,
+        &claims(
+            &dev,
+            "henry",
+            0,
+            json!({"jti": "logout-3", "sid": "tablet"}),
+        ),
+    );
+    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+
+    // 1: the holder logs out.
+    let started = Instant::now();
+    let response = post_revoke(&dev, &[("token", &token)]).await;
+    assert_eq!(response.status(), 200);
+    let took = until_revoked(&dev, "shop", &token).await;
+    eprintln!(
+        "dev mode: /revoke answered and was enforced {:?} after the request",
+        started.elapsed().max(took)
+    );
+    assert_eq!(
+        decide(&dev, "shop", &sibling).await.0,
+        200,
+        "only that token"
+    );
+    let files = revocation_files(&dev);
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    // 2: again: the same object, nothing new.
+    assert_eq!(post_revoke(&dev, &[("token", &token)]).await.status(), 200);
+    // 3, 4: an invalid and a foreign token: the same answer, nothing written.
+    let forged = common::tamper(&sibling);
+    let response = post_revoke(&dev, &[("token", &forged)]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "");
+    assert_eq!(
+        post_revoke(&dev, &[("token", "not-a-token")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(revocation_files(&dev), files);
+    assert_eq!(decide(&dev, "shop", &sibling).await.0, 200);
+
+    // 5: a session: every token of it.
+    assert_eq!(
+        post_revoke(&dev, &[("token", &sibling), ("token_type_hint", "session")])
+            .await
+            .status(),
+        200
+    );
+    until_revoked(&dev, "shop", &same_session).await;
+    until_revoked(&dev, "shop", &sibling).await;
+
+    // 6: no token is a bad request.
+    assert_eq!(
+        post_revoke(&dev, &[("nothing", "here")]).await.status(),
+        400
+    );
+    // The budget is 10 a minute, one back every 6 seconds: the 11th request within the
+    // minute is refused (a slow machine may have earned a few more meanwhile).
+    let mut sent = 6;
+    let limited = loop {
+        let response = post_revoke(&dev, &[("token", "x")]).await;
+        sent += 1;
+        if response.status() == 429 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        let earned = started.elapsed().as_secs() / 6 + 1;
+        assert!(sent <= 10 + earned, "{sent} requests passed");
+    };
+    assert!(sent > 10, "refused after {sent} requests");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        dev.metric("authplane_revoke_requests_total{result=\"rate_limited\"}")
+            .await,
+        1.0
+    );
+    // GET is not a revocation.
+    assert_eq!(dev.get("/auth/web/revoke").await.status(), 405);
+    dev.stop().await;
+}

@@ -1,0 +1,410 @@
+//! Revocations against kube-rs's mock API server: the Revocation `/revoke` writes, and
+//! the leader's delete of lapsed ones. Exact requests, in order, then no more.
+
+mod common;
+
+use std::sync::Arc;
+
+use authplane::admission::NoSigningKeys;
+use authplane::clock::SystemClock;
+use authplane::keys::lifecycle::{KeyRecord, KeySet};
+use authplane::keys::{Algorithm, KeyMaterial};
+use authplane::metrics::Metrics;
+use authplane::operator::revocations::{KubeWriter, expire_once};
+use authplane::registry::{PublishedIssuer, Registry, Snapshot};
+use authplane::server::revoke::RevokeEndpoint;
+use authplane::server::{self, AppState, Endpoints};
+use axum::body::Body as AxumBody;
+use http::{Request, Response};
+use jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Fails, instead of hanging, when the code waits for an answer the test does not give.
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future)
+        .await
+        .expect("a request the test does not expect is waiting for an answer")
+}
+
+/// Takes the next request, checks method and path, answers, returns the request body.
+async fn expect(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+    status: u16,
+    answer: Value,
+) -> Value {
+    let (request, respond) = within(handle.next_request())
+        .await
+        .unwrap_or_else(|| panic!("expected {method} {path}"));
+    assert_eq!(
+        (request.method().as_str(), request.uri().path()),
+        (method, path)
+    );
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    // Echo the object, as the apiserver answers with it (apply patches carry no metadata).
+    let answer = if answer.is_null() {
+        let mut echo = body.clone();
+        if echo.get("metadata").is_none() {
+            echo["metadata"] = json!({"name": "echo", "namespace": "auth"});
+            echo["spec"] = json!({"issuer": "https://echo", "tokenId": "echo"});
+        }
+        echo
+    } else {
+        answer
+    };
+    respond.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "authplane.io/v1alpha1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "10"}, "items": items})
+}
+
+fn revocation(name: &str, created: Timestamp, spec: Value) -> Value {
+    json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+        "metadata": {"name": name, "namespace": "auth", "uid": format!("uid-{name}"),
+            "resourceVersion": "7", "creationTimestamp": created.to_string()},
+        "spec": spec,
+    })
+}
+
+#[tokio::test]
+async fn the_leader_deletes_lapsed_revocations_and_only_those() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
+    let ago = |minutes: i64| now - SignedDuration::from_mins(minutes);
+    let task = tokio::spawn(async move { expire_once(&client, now).await });
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/signingkeys",
+        200,
+        list(
+            "SigningKey",
+            vec![json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "web", "namespace": "auth"},
+                "spec": {"maxTokenLifetime": "15m"},
+            })],
+        ),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/revocations",
+        200,
+        list(
+            "Revocation",
+            vec![
+                // Created 20 minutes ago with 15-minute tokens: lapsed.
+                revocation(
+                    "old",
+                    ago(20),
+                    json!({"signingKeyRef": {"name": "web"}, "subject": "a"}),
+                ),
+                // 5 minutes ago: some of its tokens may still be valid.
+                revocation(
+                    "recent",
+                    ago(5),
+                    json!({"signingKeyRef": {"name": "web"}, "subject": "b"}),
+                ),
+                // Lapsed by its own expiresAt.
+                revocation(
+                    "until",
+                    ago(3),
+                    json!({"signingKeyRef": {"name": "web"}, "tokenId": "j",
+                    "expiresAt": ago(1).to_string()}),
+                ),
+                // An external issuer: a day by default.
+                revocation(
+                    "entra",
+                    ago(120),
+                    json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
+                ),
+            ],
+        ),
+    )
+    .await;
+    let body = expect(
+        &mut handle,
+        "DELETE",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/old",
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    )
+    .await;
+    // Only the object judged: same uid and resourceVersion.
+    assert_eq!(
+        body["preconditions"],
+        json!({"uid": "uid-old", "resourceVersion": "7"})
+    );
+    expect(
+        &mut handle,
+        "DELETE",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/until",
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    )
+    .await;
+    // The others report when they lapse.
+    let status = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/recent/status",
+        200,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        status["status"]["expiresAt"],
+        (ago(5) + SignedDuration::from_mins(15)).to_string()
+    );
+    assert_eq!(status["status"]["conditions"][0]["type"], "Active");
+    assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
+    let status = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/entra/status",
+        200,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        status["status"]["expiresAt"],
+        (ago(120) + SignedDuration::from_hours(24)).to_string()
+    );
+    assert_eq!(within(task).await.unwrap().unwrap(), 1);
+    // The client is gone with the task: every request it made was answered above.
+    assert!(handle.next_request().await.is_none(), "no further requests");
+}
+
+const ISSUER: &str = "https://auth.example/auth/web";
+
+/// The router of a replica serving auth/web, writing Revocations to the mock API.
+fn replica(client: Client) -> (axum::Router, KeySet) {
+    let now = Timestamp::now();
+    let keys = KeySet::new(vec![KeyRecord {
+        material: KeyMaterial::generate(Algorithm::ES256, 2048).unwrap(),
+        created: now,
+        activates_at: now,
+    }]);
+    let published =
+        PublishedIssuer::render("auth", "web", ISSUER, &keys, SignedDuration::from_hours(1));
+    let registry = Registry::default();
+    registry.publish(Snapshot {
+        issuers: imbl::HashMap::unit("/auth/web".to_owned(), Arc::new(published)),
+        policies_known: true,
+        ..Snapshot::default()
+    });
+    let state = AppState {
+        registry: Arc::new(registry),
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(SystemClock),
+        base_url: Arc::from("https://auth.example"),
+        signing_keys: Arc::new(NoSigningKeys),
+        tls: None,
+        revoke: Some(Arc::new(RevokeEndpoint::new(
+            Arc::new(KubeWriter { client }),
+            10,
+        ))),
+    };
+    (server::router(state, Endpoints::Public), keys)
+}
+
+fn token(keys: &KeySet, jti: &str) -> String {
+    let now = Timestamp::now().as_second();
+    let active = keys.active(Timestamp::now()).unwrap();
+    let mut header = jsonwebtoken::Header::new(active.material.alg().to_jwt());
+    header.kid = Some(active.material.kid().to_owned());
+    let claims = json!({"iss": ISSUER, "sub": "alice", "aud": "x", "iat": now, "exp": now + 300, "jti": jti});
+    jsonwebtoken::encode(&header, &claims, &active.material.encoding_key().unwrap()).unwrap()
+}
+
+fn revoke_request(token: &str) -> Request<AxumBody> {
+    Request::post("/auth/web/revoke")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(AxumBody::from(format!("token={token}")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (router, keys) = replica(Client::new(service, "default"));
+    let token = token(&keys, "tok-1");
+
+    let call = tokio::spawn(router.clone().oneshot(revoke_request(&token)));
+    let created = expect(
+        &mut handle,
+        "POST",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations",
+        201,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(within(call).await.unwrap().unwrap().status(), 200);
+    assert_eq!(created["kind"], "Revocation");
+    assert_eq!(created["spec"]["tokenId"], "tok-1");
+    assert_eq!(
+        created["spec"]["signingKeyRef"],
+        json!({"name": "web", "namespace": "auth"})
+    );
+    assert_eq!(created["spec"]["reason"], "logout");
+    assert!(created["spec"]["expiresAt"].is_string(), "{created}");
+    assert!(created["metadata"].get("creationTimestamp").is_none());
+    let name = created["metadata"]["name"].as_str().unwrap().to_owned();
+
+    // The same token again: the same object, which exists: still a success.
+    let call = tokio::spawn(router.clone().oneshot(revoke_request(&token)));
+    let again = expect(
+        &mut handle,
+        "POST",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations",
+        409,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}),
+    )
+    .await;
+    assert_eq!(again["metadata"]["name"], name.as_str());
+    assert_eq!(within(call).await.unwrap().unwrap().status(), 200);
+
+    // An invalid token writes nothing, and gets the same answer.
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let response = router.oneshot(revoke_request(&forged)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The router (and with it the client) is gone: nothing else was asked of the API.
+    assert!(handle.next_request().await.is_none(), "no further requests");
+}
+
+/// Every replica's Revocation watch: what it lists is published (and `/readyz` waits
+/// for it), what the watch then delivers is published at once, and a delete lifts it.
+#[tokio::test]
+async fn the_watch_publishes_what_it_lists_and_what_it_is_told() {
+    use authplane::api::ObjectKey;
+    use authplane::registry::SourceState;
+    use authplane::revocation::TokenFacts;
+
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let (keys, _keys_writer) = kube::runtime::reflector::store();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(authplane::operator::revocations::run(
+        Client::new(service, "default"),
+        registry.clone(),
+        metrics.clone(),
+        Arc::new(SystemClock),
+        keys,
+        stopped,
+    ));
+    let now = Timestamp::now();
+    let web = ObjectKey {
+        namespace: "auth".into(),
+        name: "web".into(),
+    };
+    let claims = |jti: &str| -> serde_json::Map<String, Value> {
+        json!({"iss": ISSUER, "sub": "s", "jti": jti, "iat": now.as_second()})
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let revoked = |jti: &str| {
+        let claims = claims(jti);
+        registry.revocations().is_revoked(
+            "shop",
+            &TokenFacts::of(&claims, Some(&web)),
+            now.as_second(),
+        )
+    };
+
+    // The list.
+    let (request, respond) = within(handle.next_request()).await.unwrap();
+    assert_eq!(
+        request.uri().path(),
+        "/apis/authplane.io/v1alpha1/revocations"
+    );
+    assert!(!request.uri().query().unwrap_or("").contains("watch=true"));
+    assert_eq!(
+        registry.unsynced_sources(),
+        [("Revocation watch", SourceState::Syncing)],
+        "not ready before the Revocations are listed"
+    );
+    let listed = revocation(
+        "listed",
+        now,
+        json!({"signingKeyRef": {"name": "web"}, "tokenId": "t-1"}),
+    );
+    respond.send_response(
+        Response::builder()
+            .body(Body::from(
+                serde_json::to_vec(&list("Revocation", vec![listed])).unwrap(),
+            ))
+            .unwrap(),
+    );
+    // The watch: one Revocation added, then one deleted.
+    let (request, respond) = within(handle.next_request()).await.unwrap();
+    assert!(request.uri().query().unwrap_or("").contains("watch=true"));
+    common::eventually(
+        "the listed Revocation published",
+        std::time::Duration::from_secs(5),
+        || async { revoked("t-1").then_some(()) },
+    )
+    .await;
+    assert!(registry.unsynced_sources().is_empty());
+    assert!(!revoked("t-2"));
+    let added = revocation(
+        "added",
+        now,
+        json!({"signingKeyRef": {"name": "web"}, "tokenId": "t-2", "reason": "compromised"}),
+    );
+    let deleted = revocation(
+        "listed",
+        now,
+        json!({"signingKeyRef": {"name": "web"}, "tokenId": "t-1"}),
+    );
+    let events = [
+        json!({"type": "ADDED", "object": added}),
+        json!({"type": "DELETED", "object": deleted}),
+    ];
+    let mut body = Vec::new();
+    for event in events {
+        body.extend(serde_json::to_vec(&event).unwrap());
+        body.push(b'\n');
+    }
+    respond.send_response(Response::builder().body(Body::from(body)).unwrap());
+    common::eventually(
+        "the watched changes published",
+        std::time::Duration::from_secs(5),
+        || async { (revoked("t-2") && !revoked("t-1")).then_some(()) },
+    )
+    .await;
+    let text = metrics.encode();
+    assert!(
+        text.contains("authplane_revocations_applied_total{reason=\"compromised\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("authplane_revocations{namespace=\"auth\",issuer=\"auth/web\"} 1"),
+        "{text}"
+    );
+    stop.send(true).unwrap();
+    within(task).await.unwrap();
+}
