@@ -9,9 +9,10 @@
 #   scripts/loadtest-connections.sh   # CONNECTIONS=10000 DURATION=10 TOKIO_WORKER_THREADS=1
 #
 # BIN=path/to/authplane measures another build (for example one from before a change) with
-# the same load generator. The server and the load generator each need CONNECTIONS + 100 open files: the soft limit is
-# raised to the hard one (`ulimit -n`); raise the hard limit if it is lower. Talks to
-# 127.0.0.1 only; stops by itself.
+# the same load generator; SATURATION=N loads both at 50% and 90% of the same N. The server
+# and the load generator each need CONNECTIONS + 100 open files: the soft limit is raised
+# to the hard one (`ulimit -n`); raise the hard limit if it is lower. Talks to 127.0.0.1
+# only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 # A request unanswered after this many seconds counts as a timeout (oha's default is 20 s;
 # a gateway's forward-auth call usually gives up sooner).
 TIMEOUT=${TIMEOUT:-2}
+SATURATION_TIMEOUT=${SATURATION_TIMEOUT:-30}
 
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNECTIONS + 100)) ]; then
@@ -79,14 +81,14 @@ url="http://127.0.0.1:$PORT/authz/bench/api"
 status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")
 [ "$status" = 200 ] || { echo "the benchmark token is refused ($status)" >&2; exit 1; }
 
-# run NAME CONNECTIONS RATE: one load, its report kept; RATE 0 is closed loop.
+# run NAME CONNECTIONS RATE [TIMEOUT]: one load, its report kept; RATE 0 is closed loop.
 run() {
   # Let the connections of the previous run close (TIME_WAIT is on the client side).
   sleep 2
   local before
   before=$(overflows)
   taskset -c "$LOAD_CPU" "$load" --url "$url" -H "Authorization: Bearer $token" \
-    --connections "$2" --rate "$3" --duration "$DURATION" --timeout "$TIMEOUT" >"$work/$1.txt"
+    --connections "$2" --rate "$3" --duration "$DURATION" --timeout "${4:-$TIMEOUT}" >"$work/$1.txt"
   echo "== $1 ($2 connections, $( [ "$3" = 0 ] && echo "closed loop" || echo "$3 requests/s"))"
   sed '$d' "$work/$1.txt"
   echo "handshakes dropped on a full accept queue (whole machine): $(($(overflows) - before))"
@@ -98,15 +100,21 @@ overflows() { nstat -az TcpExtListenOverflows 2>/dev/null | awk '$1 == "TcpExtLi
 field() { tail -1 "$work/$1.txt" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
 run few "$FEW" 0
-run saturation "$CONNECTIONS" 0
-saturation=$(field saturation rate)
+# Capacity: a closed loop with a timeout long enough that no connection gives up (a
+# timed-out client reconnects, and under overload the reconnections would be measured
+# instead of the server). Its p50 against its p99 shows how evenly the connections are
+# served: by Little's law each waits CONNECTIONS / rate on average.
+run saturation "$CONNECTIONS" 0 "$SATURATION_TIMEOUT"
+# SATURATION=N runs 50% and 90% of N instead of the rate just measured: the same load for
+# two builds.
+saturation=${SATURATION:-$(field saturation rate)}
 half=$((saturation / 2))
 ninety=$((saturation * 9 / 10))
 run half "$CONNECTIONS" "$half"
 run ninety "$CONNECTIONS" "$ninety"
 
 echo
-echo "server: $bin, 1 core; $CONNECTIONS connections; ${DURATION}s per run; timeout ${TIMEOUT}s"
+echo "server: $bin, 1 core; $CONNECTIONS connections; ${DURATION}s per run; timeout ${TIMEOUT}s (closed loop ${SATURATION_TIMEOUT}s)"
 printf '%-28s %10s %9s %9s %9s %9s\n' load "answered/s" "p50 ms" "p99 ms" timeouts errors
 for name in few saturation half ninety; do
   case $name in

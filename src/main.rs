@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use authplane::dev::{self, DevConfig, state::StateStore};
 use authplane::keys::store;
 use authplane::operator::{self, OperatorConfig, TlsConfig, TlsSource};
 use authplane::policy::{CompiledPolicy, rollout};
+use authplane::server;
 use authplane::tls::bootstrap::BootstrapSettings;
 use authplane::tls::files::TlsFiles;
 use authplane::token::{self, MintRequest};
@@ -108,6 +110,10 @@ struct RunArgs {
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
+    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<NonZeroUsize>,
     /// Address to serve HTTPS on: every endpoint plus the admission webhook
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
@@ -248,6 +254,10 @@ struct DevArgs {
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
+    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<NonZeroUsize>,
     /// Serve HTTPS instead of HTTP, with this certificate and key.
     #[command(flatten)]
     tls_files: TlsFileArgs,
@@ -530,7 +540,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         decision_cache_size: args.decision_cache_size,
         tls,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
     Ok(())
 }
@@ -630,7 +640,7 @@ fn annotate(
 }
 
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(async {
         let config = DevConfig {
             manifests: args.manifests,

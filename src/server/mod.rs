@@ -3,6 +3,8 @@
 mod admission;
 mod authz;
 mod health;
+pub mod listen;
+pub mod runtime;
 mod status;
 mod tokenreview;
 mod wellknown;
