@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use authplane::dev::{self, DevConfig, state::StateStore};
 use authplane::keys::store;
 use authplane::operator::{self, OperatorConfig, TlsConfig, TlsSource};
 use authplane::policy::{CompiledPolicy, rollout};
+use authplane::server;
 use authplane::tls::bootstrap::BootstrapSettings;
 use authplane::tls::files::TlsFiles;
 use authplane::token::{self, MintRequest};
@@ -118,6 +120,10 @@ struct RunArgs {
     /// 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = authplane::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
     revoke_rate: u32,
+    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<NonZeroUsize>,
     /// Address to serve HTTPS on: every endpoint plus the admission webhook
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
@@ -301,6 +307,10 @@ struct DevArgs {
     /// 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = authplane::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
     revoke_rate: u32,
+    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<NonZeroUsize>,
     /// Serve HTTPS instead of HTTP, with this certificate and key.
     #[command(flatten)]
     tls_files: TlsFileArgs,
@@ -592,7 +602,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         tls,
         revoke_rate_per_minute: args.revoke_rate,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
     Ok(())
 }
@@ -761,7 +771,7 @@ fn annotate(
 }
 
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(async {
         let config = DevConfig {
             manifests: args.manifests,

@@ -13,7 +13,6 @@ use std::time::Duration as StdDuration;
 
 use arc_swap::ArcSwap;
 use jiff::Timestamp;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -147,9 +146,8 @@ pub async fn start_tuned(
         return Err(DevError::Manifests(config.manifests.clone(), e));
     }
     let store = StateStore::open(&config.state)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| DevError::Listen(config.listen, e))?;
+    let listener =
+        server::listen::bind(config.listen).map_err(|e| DevError::Listen(config.listen, e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| DevError::Listen(config.listen, e))?;

@@ -22,7 +22,6 @@ use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{AuthPolicy, SigningKey};
@@ -124,9 +123,8 @@ pub async fn run(
 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| OperatorError::Listen(config.listen, e))?;
+    let listener =
+        server::listen::bind(config.listen).map_err(|e| OperatorError::Listen(config.listen, e))?;
     let (stop, stopped) = watch::channel(false);
     // The serving watch's SigningKey cache doubles as the admission webhook's index.
     let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
@@ -155,8 +153,7 @@ pub async fn run(
     ));
     let tls_server = match (&config.tls, slot) {
         (Some(tls), Some(slot)) => {
-            let tls_listener = TcpListener::bind(tls.listen)
-                .await
+            let tls_listener = server::listen::bind(tls.listen)
                 .map_err(|e| OperatorError::Listen(tls.listen, e))?;
             match &tls.source {
                 TlsSource::Files(files) => {

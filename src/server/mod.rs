@@ -3,7 +3,9 @@
 mod admission;
 mod authz;
 mod health;
+pub mod listen;
 pub mod revoke;
+pub mod runtime;
 mod status;
 mod tokenreview;
 mod wellknown;
