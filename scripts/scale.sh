@@ -11,6 +11,7 @@
 #
 #   scripts/scale.sh                         # SIZES="100:1000 1000:10000" EDITS=5
 #   BIN=/path/to/authplane scripts/scale.sh  # another build, for before/after in one run
+#   LAYOUT=one-file scripts/scale.sh         # every policy in one file (default: one each)
 #
 # Absolute numbers vary with the machine; compare builds in the same run. Talks to
 # 127.0.0.1 only; stops by itself.
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 
 SIZES=${SIZES:-"100:1000 1000:10000"}
 EDITS=${EDITS:-5}
+LAYOUT=${LAYOUT:-per-policy}
 # A free port unless told: another server answering /readyz would be measured instead.
 PORT=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 if [ -z "${BIN:-}" ]; then
@@ -40,7 +42,7 @@ rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 # policy INDEX AUDIENCE: one AuthPolicy manifest.
 policy() {
-  printf 'apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: p%d, namespace: scale}\nspec:\n  issuers: [{signingKeyRef: {name: k%d}}]\n  audiences: [%s]\n  rollout: {mode: Enforce, percentage: 100}\n' \
+  printf -- '---\napiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: p%d, namespace: scale}\nspec:\n  issuers: [{signingKeyRef: {name: k%d}}]\n  audiences: [%s]\n  rollout: {mode: Enforce, percentage: 100}\n' \
     "$1" "$(($1 % keys))" "$2"
 }
 
@@ -80,9 +82,14 @@ for size in $SIZES; do
     [ "$j" -lt "$rsa" ] && alg=RS256
     printf -- '---\napiVersion: authplane.io/v1alpha1\nkind: SigningKey\nmetadata: {name: k%d, namespace: scale}\nspec: {algorithm: %s}\n' "$j" "$alg"
   done >"$work/manifests/keys.yaml"
-  for ((i = 0; i < policies; i++)); do
-    policy "$i" "a$i" >"$work/manifests/p$i.yaml"
-  done
+  # p0 is the policy edited: in its own file, or last in the one file of them all.
+  if [ "$LAYOUT" = one-file ]; then
+    for ((i = 1; i < policies; i++)); do policy "$i" "a$i"; done >"$work/others.yaml"
+    { cat "$work/others.yaml"; policy 0 a0; } >"$work/manifests/policies.yaml"
+  else
+    for ((i = 1; i < policies; i++)); do policy "$i" "a$i" >"$work/manifests/p$i.yaml"; done
+    policy 0 a0 >"$work/manifests/p0.yaml"
+  fi
 
   start
   first=$took
@@ -101,8 +108,13 @@ for size in $SIZES; do
   for ((e = 1; e <= EDITS; e++)); do
     if [ $((e % 2)) = 1 ]; then audience=other want=401; else audience=a0 want=200; fi
     began=$(now)
-    policy 0 "$audience" >"$work/manifests/p0.yaml.tmp"
-    mv "$work/manifests/p0.yaml.tmp" "$work/manifests/p0.yaml"
+    if [ "$LAYOUT" = one-file ]; then
+      { cat "$work/others.yaml"; policy 0 "$audience"; } >"$work/policies.yaml.tmp"
+      mv "$work/policies.yaml.tmp" "$work/manifests/policies.yaml"
+    else
+      policy 0 "$audience" >"$work/manifests/p0.yaml.tmp"
+      mv "$work/manifests/p0.yaml.tmp" "$work/manifests/p0.yaml"
+    fi
     while :; do
       read -r code took <<<"$(status_of "$token")"
       slowest=$(awk -v a="$slowest" -v b="$took" 'BEGIN { print (b > a) ? b : a }')

@@ -6,7 +6,7 @@
 //! issuer down. An object defined in two files keeps serving from the file that served
 //! it; the newcomer is refused. Each refusal is reported once, when the file changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -175,6 +175,8 @@ pub struct ManifestLoader {
     seen: BTreeMap<PathBuf, Seen>,
     /// The objects of each file's last accepted version.
     last_good: BTreeMap<PathBuf, Vec<Object>>,
+    /// The objects of each file's last version, by document text.
+    documents: HashMap<PathBuf, DocumentCache>,
     /// The file that serves each object: on a conflict, the one that served first wins.
     owners: BTreeMap<Identity, PathBuf>,
     /// Conflicts reported so far (newcomer file, object), reported once each.
@@ -225,10 +227,12 @@ impl ManifestLoader {
             // Deleting a file is how its objects are deleted.
             self.seen.retain(|path, _| present.contains(path));
             self.last_good.retain(|path, _| present.contains(path));
+            self.documents.retain(|path, _| present.contains(path));
             let fresh: Vec<Fresh> = files.iter().filter_map(|file| self.read(file)).collect();
-            let parsed = parse_all(&fresh);
-            for (fresh, parsed) in fresh.into_iter().zip(parsed) {
+            let parsed = parse_all(&fresh, &self.documents);
+            for (fresh, (parsed, documents)) in fresh.into_iter().zip(parsed) {
                 changed.insert(fresh.file.clone());
+                self.documents.insert(fresh.file.clone(), documents);
                 self.accept(fresh, parsed, &mut reload);
             }
         }
@@ -331,17 +335,6 @@ impl ManifestLoader {
     /// different ones serve from neither: which one was served before a restart cannot
     /// be told, and guessing wrong would change the keys of a SigningKey.
     fn resolve(&mut self, changed: &BTreeSet<PathBuf>, reload: &mut Reload) {
-        let defines = |file: &PathBuf, id: &Identity| {
-            self.last_good
-                .get(file)
-                .is_some_and(|objects| objects.iter().any(|o| &o.identity() == id))
-        };
-        let served_before: BTreeMap<Identity, PathBuf> = self
-            .owners
-            .iter()
-            .filter(|(id, file)| defines(file, id))
-            .map(|(id, file)| (id.clone(), file.clone()))
-            .collect();
         // Every definition of each object, files in name order.
         let mut definitions: BTreeMap<Identity, Vec<(&PathBuf, &Object)>> = BTreeMap::new();
         for (file, objects) in &self.last_good {
@@ -352,6 +345,16 @@ impl ManifestLoader {
                     .push((file, object));
             }
         }
+        let served_before: BTreeMap<Identity, PathBuf> = self
+            .owners
+            .iter()
+            .filter(|(id, file)| {
+                definitions
+                    .get(*id)
+                    .is_some_and(|defined| defined.iter().any(|(f, _)| f == file))
+            })
+            .map(|(id, file)| (id.clone(), file.clone()))
+            .collect();
         let mut owners = BTreeMap::new();
         let mut conflicts = BTreeSet::new();
         for (identity, defined) in definitions {
@@ -435,14 +438,21 @@ type Parsed = Result<Vec<Object>, Vec<ManifestError>>;
 
 /// Parses and validates changed files, on every core when there are many (a start with
 /// 10,000 files): each is independent of the others.
-fn parse_all(fresh: &[Fresh]) -> Vec<Parsed> {
+fn parse_all(
+    fresh: &[Fresh],
+    caches: &HashMap<PathBuf, DocumentCache>,
+) -> Vec<(Parsed, DocumentCache)> {
+    let none = DocumentCache::new();
     let parse = |fresh: &Fresh| match &fresh.content {
-        Ok(text) => parse_file(&fresh.file, text),
-        Err(message) => Err(vec![ManifestError {
-            file: fresh.file.clone(),
-            document: None,
-            message: message.clone(),
-        }]),
+        Ok(text) => parse_file_cached(&fresh.file, text, caches.get(&fresh.file).unwrap_or(&none)),
+        Err(message) => (
+            Err(vec![ManifestError {
+                file: fresh.file.clone(),
+                document: None,
+                message: message.clone(),
+            }]),
+            DocumentCache::new(),
+        ),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || fresh.len() < 64 {
@@ -483,41 +493,104 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Parses every document of one file; any refusal refuses the file.
 pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
-    let documents = match yaml_documents(text) {
-        Ok(documents) => documents,
-        Err(e) => {
-            return Err(vec![ManifestError {
-                file: file.to_owned(),
-                document: None,
-                message: format!("not valid YAML: {e}"),
-            }]);
-        }
+    parse_file_cached(file, text, &DocumentCache::new()).0
+}
+
+/// The objects of a file's documents, by the document's text: a file of 10,000
+/// documents edited in one place parses that one again, not the 9,999 others.
+pub type DocumentCache = HashMap<String, Object>;
+
+/// [`parse_file`], reusing the objects of documents whose text `cache` holds; returns
+/// the cache for the new text.
+fn parse_file_cached(file: &Path, text: &str, cache: &DocumentCache) -> (Parsed, DocumentCache) {
+    let yaml_error = |e: serde_saphyr::Error, start_line: usize| {
+        let at = if start_line > 0 {
+            format!(" (in the document starting at line {})", start_line + 1)
+        } else {
+            String::new()
+        };
+        Err(vec![ManifestError {
+            file: file.to_owned(),
+            document: None,
+            message: format!("not valid YAML{at}: {e}"),
+        }])
     };
+    let mut parsed = DocumentCache::new();
+    let mut outcomes: Vec<Result<Object, String>> = Vec::new();
+    for (start_line, chunk) in document_texts(text) {
+        if let Some(object) = cache.get(chunk) {
+            parsed.insert(chunk.to_owned(), object.clone());
+            outcomes.push(Ok(object.clone()));
+            continue;
+        }
+        let mut documents = match yaml_documents(chunk) {
+            Ok(documents) => documents,
+            Err(e) => return (yaml_error(e, start_line), DocumentCache::new()),
+        };
+        if documents.len() == 1 {
+            let outcome = parse_object(documents.remove(0));
+            if let Ok(object) = &outcome {
+                parsed.insert(chunk.to_owned(), object.clone());
+            }
+            outcomes.push(outcome);
+        } else {
+            outcomes.extend(documents.into_iter().map(parse_object));
+        }
+    }
     let mut objects: Vec<Object> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut errors = Vec::new();
-    for (index, value) in documents.into_iter().enumerate() {
+    for (index, outcome) in outcomes.into_iter().enumerate() {
         let error = |message: String| ManifestError {
             file: file.to_owned(),
             document: Some(index + 1),
             message,
         };
-        match parse_object(value) {
+        match outcome {
             Ok(object) => {
                 let (kind, id) = object.identity();
-                if objects.iter().any(|o| o.identity() == (kind, id.clone())) {
-                    errors.push(error(format!("{kind} {id} is defined twice in this file")));
-                } else {
+                if seen.insert((kind, id.clone())) {
                     objects.push(object);
+                } else {
+                    errors.push(error(format!("{kind} {id} is defined twice in this file")));
                 }
             }
             Err(message) => errors.push(error(message)),
         }
     }
-    if errors.is_empty() {
+    let parsed_file = if errors.is_empty() {
         Ok(objects)
     } else {
         Err(errors)
+    };
+    (parsed_file, parsed)
+}
+
+/// The documents of a YAML stream as text, each with the line it starts on: a line
+/// beginning with `---` (then nothing, a space or a tab) starts a document, and the YAML
+/// grammar forbids that line inside one. Parsing documents one by one also keeps a big
+/// file within the parser's per-stream budget (1,024 documents). A stream with
+/// directives (`%YAML`), which apply across the marker, is read whole.
+fn document_texts(text: &str) -> Vec<(usize, &str)> {
+    if text.lines().any(|line| line.starts_with('%')) {
+        return vec![(0, text)];
     }
+    let mut documents = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 0, 0);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']));
+        if marker && offset > start {
+            documents.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, number);
+        }
+        offset += line.len();
+    }
+    if offset > start {
+        documents.push((start_line, &text[start..]));
+    }
+    documents
 }
 
 /// The documents of a YAML stream, read the way kubectl and Helm read them: YAML 1.1,
@@ -742,6 +815,62 @@ mod tests {
         assert_eq!(desired.signing_keys.len(), 99);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].file.ends_with("k050.yaml"), "{errors:?}");
+    }
+
+    fn key_named(i: usize) -> String {
+        format!(
+            "---\n{}",
+            GOOD.replace("name: web", &format!("name: web{i}"))
+        )
+    }
+
+    #[test]
+    fn a_big_file_is_read_and_an_edit_parses_only_the_edited_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        let mut loader = ManifestLoader::default();
+        // More documents than one YAML stream may hold under the parser's budget.
+        let text: String = (0..2000).map(key_named).collect();
+        std::fs::write(&file, &text).unwrap();
+        let (before, errors) = loader.load(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(before.signing_keys.len(), 2000);
+
+        let edited = text.replacen(&key_named(7), &key_named(7).replace("ES256", "ES384"), 1);
+        std::fs::write(&file, &edited).unwrap();
+        let (after, errors) = loader.load(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        let id = |i: usize| ObjectKey {
+            namespace: "auth".into(),
+            name: format!("web{i}"),
+        };
+        assert_eq!(
+            after.signing_keys[&id(7)].spec.algorithm,
+            crate::keys::Algorithm::ES384
+        );
+        // The other documents were not parsed again: the very same objects.
+        assert!(Arc::ptr_eq(
+            &before.signing_keys[&id(8)],
+            &after.signing_keys[&id(8)]
+        ));
+        assert!(!Arc::ptr_eq(
+            &before.signing_keys[&id(7)],
+            &after.signing_keys[&id(7)]
+        ));
+    }
+
+    #[test]
+    fn a_yaml_error_in_a_later_document_names_where_it_starts() {
+        let text = format!("{}{}---\nkind: [unclosed\n", key_named(0), key_named(1));
+        let errors = parse_file(Path::new("keys.yaml"), &text).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .message
+                .contains("in the document starting at line 11"),
+            "{}",
+            errors[0].message
+        );
     }
 
     fn algorithm(desired: &Desired) -> Option<crate::keys::Algorithm> {
