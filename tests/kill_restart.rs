@@ -58,8 +58,14 @@ fn sigkill_at_any_moment_loses_nothing_and_never_doubles_the_active_key() {
     // kid -> when it must still be there until (its removal time, once known).
     let mut seen: BTreeMap<String, Option<jiff::Timestamp>> = BTreeMap::new();
     let mut restarts = 0;
+    // Until enough kills have spanned enough rotations, within a deadline that leaves room
+    // for a loaded machine (where each start is slow): a fixed 8 s saw too few rotations
+    // under load.
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(8) {
+    let deadline = Duration::from_secs(60);
+    while (started.elapsed() < Duration::from_secs(8) || restarts < 10 || seen.len() < 3)
+        && started.elapsed() < deadline
+    {
         let mut child = spawn(dir.path());
         // Live for 50 to 700 ms: across generations, activations and removals.
         let life = Duration::from_millis(50 + next(&mut seed) % 650);
