@@ -10,9 +10,12 @@ use authplane_core::api::{AuthPolicy, ObjectKey};
 use authplane_core::keys::lifecycle::{KeyRecord, KeySet};
 use authplane_core::keys::{Algorithm, KeyMaterial};
 use authplane_core::policy::{CompiledPolicy, IssuerKeys};
+use authplane_core::revocation::RevocationSet;
 use http::{HeaderMap, HeaderValue, header};
 use jiff::Timestamp;
 use libfuzzer_sys::fuzz_target;
+
+static NO_REVOCATIONS: LazyLock<RevocationSet> = LazyLock::new(RevocationSet::default);
 
 static POLICY: LazyLock<CompiledPolicy> = LazyLock::new(|| {
     let now = Timestamp::now();
@@ -35,14 +38,17 @@ static POLICY: LazyLock<CompiledPolicy> = LazyLock::new(|| {
     )
     .expect("fuzz policy");
     CompiledPolicy::compile(&policy, |_: &ObjectKey| {
-        Some(IssuerKeys { issuer: "https://issuer.example", keys: &keys })
+        Some(IssuerKeys {
+            issuer: "https://issuer.example",
+            keys: &keys,
+        })
     })
 });
 
 fuzz_target!(|data: &[u8]| {
     let now = Timestamp::now();
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = POLICY.check(Some(text), now);
+        let _ = POLICY.check(Some(text), now, &NO_REVOCATIONS);
     }
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_bytes(data) {
@@ -53,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(value) = HeaderValue::from_bytes(&cookie) {
         headers.insert(header::COOKIE, value);
     }
-    let decision = POLICY.decide(&headers, now);
+    let decision = POLICY.decide(&headers, now, &NO_REVOCATIONS);
     if let Some(claims) = &decision.claims {
         POLICY.forwarded_headers(claims).for_each(drop);
     }
