@@ -378,6 +378,36 @@ struct Changed {
     auth_policies: BTreeSet<ObjectKey>,
 }
 
+impl Changed {
+    /// The SigningKeys and AuthPolicies of `after` that are new or differ from `before`.
+    /// Objects of files that did not change are the same allocations: no deep comparison
+    /// for them.
+    fn between(before: &Desired, after: &Desired) -> Self {
+        fn changed<T: PartialEq>(
+            before: &BTreeMap<ObjectKey, Arc<T>>,
+            after: &BTreeMap<ObjectKey, Arc<T>>,
+        ) -> BTreeSet<ObjectKey> {
+            after
+                .iter()
+                .filter(|(id, new)| {
+                    !before
+                        .get(*id)
+                        .is_some_and(|old| Arc::ptr_eq(old, new) || old == *new)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        }
+        Self {
+            signing_keys: changed(&before.signing_keys, &after.signing_keys),
+            auth_policies: changed(&before.auth_policies, &after.auth_policies),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.signing_keys.is_empty() && self.auth_policies.is_empty()
+    }
+}
+
 /// What the last reconcile of a SigningKey saw.
 struct KeyCheck {
     /// Its state file then (after any write): another writer, a deleted file or folder
@@ -420,7 +450,18 @@ impl Driver {
             );
         }
         let desired = reload.desired;
-        if desired != self.desired {
+        let changed = Changed::between(&self.desired, &desired);
+        let removed = self
+            .desired
+            .signing_keys
+            .keys()
+            .any(|id| !desired.signing_keys.contains_key(id))
+            || self
+                .desired
+                .auth_policies
+                .keys()
+                .any(|id| !desired.auth_policies.contains_key(id));
+        if !changed.is_empty() || removed {
             tracing::info!(
                 signing_keys = desired.signing_keys.len(),
                 auth_policies = desired.auth_policies.len(),
@@ -431,24 +472,11 @@ impl Driver {
         self.known
             .0
             .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
-        for warning in admission_warnings(&self.desired, &desired, &*self.known) {
+        for warning in admission_warnings(&self.desired, &desired, &changed, &*self.known) {
             tracing::warn!("{warning}");
         }
-        // Objects of files that did not change are the same allocations: no deep
-        // comparison for them.
-        fn same<T: PartialEq>(old: Option<&Arc<T>>, new: &Arc<T>) -> bool {
-            old.is_some_and(|old| Arc::ptr_eq(old, new) || old == new)
-        }
-        for (id, key) in &desired.signing_keys {
-            if !same(self.desired.signing_keys.get(id), key) {
-                self.changed.signing_keys.insert(id.clone());
-            }
-        }
-        for (id, policy) in &desired.auth_policies {
-            if !same(self.desired.auth_policies.get(id), policy) {
-                self.changed.auth_policies.insert(id.clone());
-            }
-        }
+        self.changed.signing_keys.extend(changed.signing_keys);
+        self.changed.auth_policies.extend(changed.auth_policies);
         self.desired = desired;
         self.update_revocations();
     }
@@ -726,6 +754,7 @@ impl Driver {
 fn admission_warnings(
     before: &Desired,
     after: &Desired,
+    changed: &Changed,
     index: &dyn SigningKeyIndex,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
@@ -741,24 +770,16 @@ fn admission_warnings(
             warnings.push(format!("{kind} {id}: Warning: {warning}"));
         }
     };
-    for (id, key) in &after.signing_keys {
-        let old = before.signing_keys.get(id);
-        if !old.is_some_and(|old| Arc::ptr_eq(old, key) || old == key) {
-            report(
-                "SigningKey",
-                id,
-                admission::signing_key(key, old.map(|o| &**o)),
-            );
+    for id in &changed.signing_keys {
+        if let Some(key) = after.signing_keys.get(id) {
+            let old = before.signing_keys.get(id).map(|o| &**o);
+            report("SigningKey", id, admission::signing_key(key, old));
         }
     }
-    for (id, policy) in &after.auth_policies {
-        let old = before.auth_policies.get(id);
-        if !old.is_some_and(|old| Arc::ptr_eq(old, policy) || old == policy) {
-            report(
-                "AuthPolicy",
-                id,
-                admission::auth_policy(policy, old.map(|o| &**o), index),
-            );
+    for id in &changed.auth_policies {
+        if let Some(policy) = after.auth_policies.get(id) {
+            let old = before.auth_policies.get(id).map(|o| &**o);
+            report("AuthPolicy", id, admission::auth_policy(policy, old, index));
         }
     }
     warnings
@@ -794,7 +815,12 @@ mod tests {
         let both = desired(&format!("{key}---\n{policy}"));
         let known: BTreeSet<ObjectKey> = both.signing_keys.keys().cloned().collect();
         let index = KnownKeys(ArcSwap::from_pointee(known));
-        let created = admission_warnings(&Desired::default(), &both, &index);
+        let created = admission_warnings(
+            &Desired::default(),
+            &both,
+            &Changed::between(&Desired::default(), &both),
+            &index,
+        );
         assert!(
             created.iter().any(|w| w.starts_with(
                 "SigningKey auth/web: Warning: spec.rotation.retainFor: 10s is shorter"
@@ -808,7 +834,7 @@ mod tests {
             "{created:?}"
         );
         assert!(
-            admission_warnings(&both, &both, &index).is_empty(),
+            admission_warnings(&both, &both, &Changed::between(&both, &both), &index).is_empty(),
             "unchanged"
         );
     }
