@@ -6,13 +6,13 @@ use authplane::api::SigningKey;
 use authplane::clock::Clock;
 use authplane::keys::KeyMaterial;
 use authplane::operator::signing_keys::{Context, Error, ErrorKind, error_policy};
+use authplane::operator::writer::LeaderWriter;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{Request, Response};
 use jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -45,21 +45,13 @@ fn context(
 ) -> (Arc<Context>, Handle, tokio::sync::watch::Sender<bool>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "authplane".into(),
-            instance: None,
-        },
-    );
     let (tx, rx) = tokio::sync::watch::channel(leader);
     let ctx = Context::new(
-        client,
+        client.clone(),
         Arc::new(authplane::metrics::Metrics::default()),
         "https://auth.example".into(),
         Arc::new(Fixed(now)),
-        recorder,
-        rx,
+        LeaderWriter::new(client, rx, None),
     );
     (Arc::new(ctx), handle, tx)
 }
@@ -505,7 +497,7 @@ async fn a_replica_without_the_lease_writes_nothing() {
     assert!(server.await.unwrap().next_request().await.is_none());
 }
 
-mod auth_policy_status {
+pub(crate) mod auth_policy_status {
     use super::*;
     use authplane::api::{AuthPolicy, ObjectKey};
     use authplane::index::Index;
@@ -517,7 +509,7 @@ mod auth_policy_status {
     const POLICY_STATUS: &str =
         "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
 
-    fn policy(status: Value) -> AuthPolicy {
+    pub fn policy(status: Value) -> AuthPolicy {
         policy_with(json!({"mode": "Enforce", "percentage": 10}), status)
     }
 
@@ -537,7 +529,7 @@ mod auth_policy_status {
         context_for(policy(Value::Null))
     }
 
-    fn context_for(
+    pub fn context_for(
         current: AuthPolicy,
     ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
         let key = signing_key(json!({}));
@@ -570,12 +562,13 @@ mod auth_policy_status {
         registry.publish(index.snapshot());
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let (tx, rx) = tokio::sync::watch::channel(true);
+        let client = Client::new(service, "default");
         let ctx = PolicyContext {
-            client: Client::new(service, "default"),
+            client: client.clone(),
             registry,
             external_url: "https://authplane.example".into(),
             clock: Arc::new(Fixed(t0())),
-            leader: rx,
+            writer: LeaderWriter::new(client, rx, None),
             runtime,
             rollouts: Default::default(),
         };
@@ -702,5 +695,32 @@ mod auth_policy_status {
         assert_eq!(status["nextStepAt"], at(30));
         assert_eq!(status["rollout"]["step"], 1);
         assert_eq!(status["rollout"]["since"], at(-30));
+    }
+}
+
+mod auth_policy_not_compiled_yet {
+    use super::auth_policy_status::*;
+    use super::*;
+    use kube::runtime::controller::Action;
+
+    /// Before, the controller asked again every second until the serving view caught
+    /// up; now the serving index announces the compile (`Recompiled`), and the
+    /// controller only looks again at its usual recheck.
+    #[tokio::test]
+    async fn a_generation_not_yet_served_is_neither_reported_nor_polled() {
+        let served = policy(Value::Null);
+        let (ctx, api, _leader) = context_for(served.clone());
+        let mut edited = served;
+        edited.metadata.generation = Some(3);
+        let action = within(authplane::operator::auth_policies::reconcile(
+            Arc::new(edited),
+            ctx.clone(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
+        drop(ctx);
+        let mut api = api;
+        assert!(api.next_request().await.is_none(), "nothing was written");
     }
 }

@@ -7,11 +7,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use authplane::api::SigningKey;
+use authplane::api::{AuthPolicy, SigningKey};
 use authplane::keys::KeyMaterial;
+use authplane::operator::auth_policies::Recompiled;
 use authplane::operator::serve;
 use authplane::registry::{PolicyRuntime, Registry, SourceState};
 use authplane::server::{self, AppState, Endpoints};
+use futures::StreamExt;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
@@ -129,6 +131,11 @@ struct Serving {
     base: String,
     kid: String,
     registry: Arc<Registry>,
+    /// What the serving index tells the status controller it compiled.
+    recompiled: futures::stream::BoxStream<
+        'static,
+        kube::runtime::reflector::ObjectRef<kube::core::DeserializeGuard<AuthPolicy>>,
+    >,
     stop: tokio::sync::watch::Sender<bool>,
     /// The serving watches and the HTTP server: they end when told to stop.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -188,12 +195,15 @@ async fn start(policies: Policies) -> Serving {
             }
         },
     ));
+    let feed = Arc::new(Recompiled::default());
+    let recompiled = feed.clone().triggers().boxed();
     let serving = tokio::spawn(serve::run(
         client,
         "http://127.0.0.1".into(),
         registry.clone(),
         runtime,
         (keys, keys_writer),
+        feed,
         stopped,
     ));
     let http = tokio::spawn(async move {
@@ -203,6 +213,7 @@ async fn start(policies: Policies) -> Serving {
         base,
         kid,
         registry,
+        recompiled,
         stop,
         tasks: vec![serving, http],
         api,
@@ -286,7 +297,7 @@ async fn a_replica_still_listing_its_auth_policies_takes_no_traffic_yet() {
 
 #[tokio::test]
 async fn policies_of_external_issuers_are_served_while_the_key_watch_fails() {
-    let serving = start(Policies::ListedWithoutKeys).await;
+    let mut serving = start(Policies::ListedWithoutKeys).await;
     let client = reqwest::Client::new();
     let authz = format!("{}/authz/shop/partners", serving.base);
     common::eventually("the policy decides without our keys", DEADLINE, || async {
@@ -303,5 +314,14 @@ async fn policies_of_external_issuers_are_served_while_the_key_watch_fails() {
         .await
         .unwrap();
     assert!(body.contains("SigningKey watch: failing"), "{body}");
+    // The status controller is told, with no polling on its side.
+    let announced = tokio::time::timeout(DEADLINE, serving.recompiled.next())
+        .await
+        .expect("the compiled policy is announced")
+        .unwrap();
+    assert_eq!(
+        (announced.namespace.as_deref(), announced.name.as_str()),
+        (Some("shop"), "partners")
+    );
     serving.stop().await;
 }

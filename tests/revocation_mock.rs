@@ -11,6 +11,7 @@ use authplane::keys::lifecycle::{KeyRecord, KeySet};
 use authplane::keys::{Algorithm, KeyMaterial};
 use authplane::metrics::Metrics;
 use authplane::operator::revocations::{KubeWriter, expire_once};
+use authplane::operator::writer::LeaderWriter;
 use authplane::registry::{PublishedIssuer, Registry, Snapshot};
 use authplane::server::revoke::RevokeEndpoint;
 use authplane::server::{self, AppState, Endpoints};
@@ -91,7 +92,9 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
     let client = Client::new(service, "default");
     let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
     let ago = |minutes: i64| now - SignedDuration::from_mins(minutes);
-    let task = tokio::spawn(async move { expire_once(&client, now).await });
+    let (_lease, leader) = tokio::sync::watch::channel(true);
+    let writer = LeaderWriter::new(client.clone(), leader, None);
+    let task = tokio::spawn(async move { expire_once(&client, &writer, now).await });
     expect(
         &mut handle,
         "GET",

@@ -1,17 +1,27 @@
 //! AuthPolicy status on a cluster: Accepted and Ready, the effective percentage, whether
 //! each target exists, and the URLs to wire. The decisions themselves are served from
 //! the registry on every replica; this controller only reports, and only on the leader.
+//!
+//! The status is the compiled policy's (its spec with the keys and external key sets it
+//! resolved: the runtime's health), so it says what is served. Nothing polls for it: the
+//! serving index announces every policy it compiles ([`Recompiled`]), and the
+//! controller reconciles those, whether their own spec changed or a SigningKey they
+//! name did.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::error::Error;
+use super::writer::LeaderWriter;
 use crate::api::{
     AuthPolicy, AuthPolicyStatus, ObjectKey, TargetKind, TargetRef, Validate, condition, conditions,
 };
@@ -25,11 +35,12 @@ const RECHECK: Duration = Duration::from_secs(60);
 const EXTERNAL_RECHECK: Duration = Duration::from_secs(15);
 
 pub struct PolicyContext {
+    /// For reads (targets); the status goes through `writer`.
     pub client: Client,
     pub registry: Arc<Registry>,
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
-    pub leader: watch::Receiver<bool>,
+    pub writer: LeaderWriter,
     /// The leader's own decisions feed the deny ratio of stepped rollouts: behind a load
     /// balancer, one replica's share is a fair sample.
     pub runtime: Arc<PolicyRuntime>,
@@ -63,8 +74,9 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             .get(&id)
             .filter(|c| c.generation() == generation);
         let Some(compiled) = compiled else {
-            // The serving view has not caught up with this generation yet.
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            // The serving view has not compiled this generation yet: it announces it
+            // when it does, and this runs again then.
+            return Ok(Action::requeue(RECHECK));
         };
         let mut found = Vec::new();
         for target in &policy.spec.target_refs {
@@ -104,11 +116,57 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
         }
         status
     };
-    if !*ctx.leader.borrow() {
-        return Err(Error::NotLeader);
-    }
-    super::status::apply(&ctx.client, policy.as_ref(), status).await?;
+    ctx.writer.status(policy.as_ref(), status).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// The AuthPolicies the serving index compiled, announced to the status controller.
+/// Announcements are sets, so a burst (a relist, a key named by many policies) asks for
+/// each policy once, and nothing grows while no controller listens (a follower).
+#[derive(Default)]
+pub struct Recompiled {
+    ids: Mutex<BTreeSet<ObjectKey>>,
+    wake: Notify,
+}
+
+impl Recompiled {
+    pub fn announce(&self, ids: BTreeSet<ObjectKey>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ids);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> BTreeSet<ObjectKey> {
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The policies announced from now on, for `Controller::reconcile_on`. What was
+    /// announced before is dropped: a controller that starts reconciles every policy.
+    pub fn triggers(
+        self: Arc<Self>,
+    ) -> impl Stream<Item = ObjectRef<DeserializeGuard<AuthPolicy>>> + Send + 'static {
+        self.take();
+        futures::stream::unfold(self, |feed| async move {
+            loop {
+                feed.wake.notified().await;
+                let ids = feed.take();
+                if !ids.is_empty() {
+                    return Some((ids, feed));
+                }
+            }
+        })
+        .flat_map(|ids| {
+            futures::stream::iter(
+                ids.into_iter()
+                    .map(|id| ObjectRef::new(&id.name).within(&id.namespace)),
+            )
+        })
+    }
 }
 
 /// Whether a target exists; `None` when it cannot be told (no permission, or the
@@ -164,4 +222,41 @@ pub fn error_policy(
         tracing::warn!(auth_policy = %policy.name_any(), "status update failed: {error}");
     }
     Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn announcements_reach_the_controller_once_each_and_only_from_its_start() {
+        let feed = Arc::new(Recompiled::default());
+        // Announced while no controller listened (a follower): a new one reconciles
+        // every policy anyway.
+        feed.announce(BTreeSet::from([id("old")]));
+        let mut triggers = Box::pin(feed.clone().triggers());
+        feed.announce(BTreeSet::from([id("pay"), id("cart")]));
+        feed.announce(BTreeSet::from([id("pay")]));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let next = tokio::time::timeout(Duration::from_secs(10), triggers.next()).await;
+            seen.push(next.expect("announced").expect("endless").name);
+        }
+        assert_eq!(
+            seen,
+            ["cart", "pay"],
+            "each once, whatever the announcements"
+        );
+        assert!(
+            futures::FutureExt::now_or_never(triggers.next()).is_none(),
+            "nothing else"
+        );
+    }
 }

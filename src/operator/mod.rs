@@ -8,6 +8,7 @@ pub mod revocations;
 pub mod serve;
 pub mod signing_keys;
 pub mod status;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::DeserializeGuard;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -199,12 +199,15 @@ pub async fn run(
         keys.clone(),
         stopped.clone(),
     ));
+    // The serving index tells the status controller which policies it compiled.
+    let recompiled = Arc::new(auth_policies::Recompiled::default());
     let serving = tokio::spawn(serve::run(
         client.clone(),
         config.external_url.clone(),
         registry.clone(),
         runtime.clone(),
         (keys, keys_writer),
+        recompiled.clone(),
         stopped.clone(),
     ));
 
@@ -227,31 +230,40 @@ pub async fn run(
         stopped.clone(),
     ));
 
-    let recorder = Recorder::new(
+    // Every write the leader makes goes through this gate.
+    let writer = writer::LeaderWriter::new(
         client.clone(),
-        Reporter {
-            controller: "authplane".into(),
-            instance: Some(config.identity.clone()),
-        },
+        leader.clone(),
+        Some(config.identity.clone()),
     );
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
         config.external_url.clone(),
         Arc::new(SystemClock),
-        recorder,
-        leader.clone(),
+        writer.clone(),
     ));
     let policy_ctx = Arc::new(auth_policies::PolicyContext {
         client: client.clone(),
         registry: registry.clone(),
         external_url: config.external_url.clone(),
         clock: Arc::new(SystemClock),
-        leader: leader.clone(),
+        writer: writer.clone(),
         runtime,
         rollouts: Default::default(),
     });
-    let controller = tokio::spawn(lead(client, ctx, policy_ctx, metrics, leader, stopped));
+    let controller = tokio::spawn(lead(
+        Controllers {
+            client,
+            writer,
+            keys: ctx,
+            policies: policy_ctx,
+            recompiled,
+        },
+        metrics,
+        leader,
+        stopped,
+    ));
 
     tracing::info!(
         listen = %config.listen,
@@ -275,11 +287,18 @@ pub async fn run(
         .map_err(OperatorError::Serve)
 }
 
+/// What the leader runs.
+struct Controllers {
+    client: Client,
+    writer: writer::LeaderWriter,
+    keys: Arc<Context>,
+    policies: Arc<auth_policies::PolicyContext>,
+    recompiled: Arc<auth_policies::Recompiled>,
+}
+
 /// Runs the controllers while this replica leads, and stops them the moment it does not.
 async fn lead(
-    client: Client,
-    ctx: Arc<Context>,
-    policy_ctx: Arc<auth_policies::PolicyContext>,
+    controllers: Controllers,
     metrics: Arc<Metrics>,
     mut leader: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
@@ -290,6 +309,13 @@ async fn lead(
             became = leader.wait_for(|l| *l) => if became.is_err() { return },
         }
         metrics.leader.set(1);
+        let Controllers {
+            client,
+            writer,
+            keys: ctx,
+            policies: policy_ctx,
+            recompiled,
+        } = &controllers;
         let keys = Api::<DeserializeGuard<SigningKey>>::all(client.clone());
         let secrets = Api::<Secret>::all(client.clone());
         let signing_keys = Controller::new(keys, watcher::Config::default())
@@ -305,6 +331,7 @@ async fn lead(
             .for_each(|_| async {});
         let policies = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone());
         let auth_policies = Controller::new(policies, watcher::Config::default())
+            .reconcile_on(recompiled.clone().triggers())
             .run(
                 auth_policies::reconcile_guarded,
                 auth_policies::error_policy,
@@ -312,7 +339,7 @@ async fn lead(
             )
             .for_each(|_| async {});
         // Lapsed Revocations are deleted by the leader only (this never ends by itself).
-        let expiry = revocations::expire(client.clone(), Arc::new(SystemClock));
+        let expiry = revocations::expire(client.clone(), writer.clone(), Arc::new(SystemClock));
         tokio::select! {
             _ = futures::future::join(signing_keys, auth_policies) => {}
             _ = expiry => {}

@@ -15,6 +15,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use super::error::Error;
+use super::writer::{Deleted, LeaderWriter};
 use crate::api::{ObjectKey, Revocation, RevocationStatus, SigningKey};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -253,12 +255,12 @@ pub fn judge(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) ->
 
 /// The leader's part: deletes lapsed Revocations and reports when the others lapse, once
 /// now and then every [`EXPIRE_EVERY`], until the future is dropped (the lease is lost).
-pub async fn expire(client: Client, clock: Arc<dyn Clock>) {
+pub async fn expire(client: Client, writer: LeaderWriter, clock: Arc<dyn Clock>) {
     let mut tick = tokio::time::interval(EXPIRE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = expire_once(&client, clock.now()).await {
+        if let Err(e) = expire_once(&client, &writer, clock.now()).await {
             tracing::warn!("deleting lapsed Revocations: {e} (retrying in {EXPIRE_EVERY:?})");
         }
     }
@@ -268,7 +270,11 @@ pub async fn expire(client: Client, clock: Arc<dyn Clock>) {
 /// (each conditional on its uid and resourceVersion: only the object judged), and
 /// writes `status.expiresAt` of the others where it is not what it should be. Returns
 /// how many were deleted.
-pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube::Error> {
+pub async fn expire_once(
+    client: &Client,
+    writer: &LeaderWriter,
+    now: Timestamp,
+) -> Result<usize, Error> {
     let keys: Vec<SigningKey> = Api::<DeserializeGuard<SigningKey>>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -287,7 +293,6 @@ pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube:
     let mut deleted = 0;
     for revocation in judgement.lapsed {
         let id = ObjectKey::of(&revocation.metadata);
-        let api = Api::<Revocation>::namespaced(client.clone(), &id.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: revocation.metadata.uid.clone(),
@@ -295,18 +300,18 @@ pub async fn expire_once(client: &Client, now: Timestamp) -> Result<usize, kube:
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&id.name, &params).await {
-            Ok(_) => {
-                tracing::info!("Revocation {id} lapsed: deleted");
-                deleted += 1;
-            }
-            // Gone already, or changed since it was judged: the next pass decides again.
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-            Err(e) => return Err(e),
+        // Gone already, or changed since it was judged: the next pass decides again.
+        if writer
+            .delete::<Revocation>(&id.namespace, &id.name, &params)
+            .await?
+            == Deleted::Deleted
+        {
+            tracing::info!("Revocation {id} lapsed: deleted");
+            deleted += 1;
         }
     }
     for (revocation, status) in judgement.active {
-        super::status::apply(client, &revocation, status).await?;
+        writer.status(&revocation, status).await?;
     }
     Ok(deleted)
 }

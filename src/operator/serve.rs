@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 
+use super::auth_policies::Recompiled;
 use super::signing_keys::{MANAGED_BY, secret_data};
 use crate::admission::SigningKeyIndex;
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
@@ -52,6 +53,7 @@ pub async fn run(
         Store<DeserializeGuard<SigningKey>>,
         reflector::store::Writer<DeserializeGuard<SigningKey>>,
     ),
+    recompiled: Arc<Recompiled>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (keys, keys_writer) = keys;
@@ -142,6 +144,8 @@ pub async fn run(
             let mut snapshot = view.index.snapshot();
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
+            // Once served, reported: the leader's status says what every replica serves.
+            recompiled.announce(view.index.take_recompiled());
         }
     }
 }

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 
 use crate::api::conditions::{self, reason};
 use crate::api::{ObjectKey, SigningKey, SigningKeyStatus, Validate, condition};
@@ -21,8 +20,9 @@ use crate::keys::store::{Data, StoreError};
 use crate::reconcile::{self, ReconcileError};
 
 pub use super::error::{Error, ErrorKind};
+use super::writer::LeaderWriter;
+pub use super::writer::MANAGER;
 
-pub const MANAGER: &str = "authplane";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
 pub const SIGNING_KEY_LABEL: &str = "authplane.io/signing-key";
 pub const SECRET_TYPE: &str = "authplane.io/signing-keys";
@@ -31,13 +31,12 @@ const STUCK_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 pub struct Context {
+    /// For reads; every write goes through `writer`.
     pub client: Client,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
-    pub recorder: Recorder,
-    /// Whether this replica holds the lease; checked before every write.
-    pub leader: tokio::sync::watch::Receiver<bool>,
+    pub writer: LeaderWriter,
     /// Consecutive failures per SigningKey, for the backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
 }
@@ -48,25 +47,15 @@ impl Context {
         metrics: Arc<crate::metrics::Metrics>,
         external_url: String,
         clock: Arc<dyn Clock>,
-        recorder: Recorder,
-        leader: tokio::sync::watch::Receiver<bool>,
+        writer: LeaderWriter,
     ) -> Self {
         Self {
             client,
             metrics,
             external_url,
             clock,
-            recorder,
-            leader,
+            writer,
             failures: Mutex::default(),
-        }
-    }
-
-    fn ensure_leader(&self) -> Result<(), Error> {
-        if *self.leader.borrow() {
-            Ok(())
-        } else {
-            Err(Error::NotLeader)
         }
     }
 }
@@ -241,7 +230,6 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     };
 
     if outcome.write {
-        ctx.ensure_leader()?;
         let mut desired = build_secret(key, &secret_name, &outcome.data);
         if let Some(at) = recreated_at {
             desired
@@ -249,23 +237,18 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
                 .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
         }
         match &secret {
-            None => {
-                secrets.create(&PostParams::default(), &desired).await?;
-            }
+            None => ctx.writer.create_secret(&id.namespace, &desired).await?,
             Some(existing) => {
                 // Optimistic concurrency: a concurrent writer makes this a 409, and the
                 // retry starts from a fresh read; two Active keys can never both land.
                 desired.metadata.resource_version = existing.metadata.resource_version.clone();
-                secrets
-                    .replace(&secret_name, &PostParams::default(), &desired)
-                    .await?;
+                ctx.writer.replace_secret(&id.namespace, &desired).await?;
             }
         }
     }
 
     ctx.metrics
         .observe_keys(&outcome, &id.namespace, &id.name, now);
-    ctx.ensure_leader()?;
     let published = outcome.published(&id.namespace, &id.name);
     apply_jwks_config_map(
         key,
@@ -371,18 +354,7 @@ async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> R
         data: Some(BTreeMap::from([("jwks.json".to_owned(), jwks.to_owned())])),
         ..ConfigMap::default()
     };
-    let api: Api<ConfigMap> =
-        Api::namespaced(ctx.client.clone(), &key.namespace().unwrap_or_default());
-    let mut value = serde_json::to_value(&config_map).unwrap_or_default();
-    value["apiVersion"] = json!("v1");
-    value["kind"] = json!("ConfigMap");
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(value),
-    )
-    .await?;
-    Ok(())
+    ctx.writer.apply_config_map(&config_map).await
 }
 
 async fn patch_status(
@@ -390,8 +362,7 @@ async fn patch_status(
     ctx: &Context,
     status: &SigningKeyStatus,
 ) -> Result<(), Error> {
-    ctx.ensure_leader()?;
-    super::status::apply(&ctx.client, key, status.clone()).await?;
+    ctx.writer.status(key, status.clone()).await?;
     Ok(())
 }
 
@@ -443,9 +414,6 @@ async fn publish(
     note: &str,
     key: Option<ObjectReference>,
 ) {
-    if ctx.ensure_leader().is_err() {
-        return;
-    }
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -453,13 +421,7 @@ async fn publish(
         action: "Reconcile".to_owned(),
         secondary: key,
     };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &signing_key.object_ref(&()))
-        .await
-    {
-        tracing::warn!("cannot record event {reason}: {e}");
-    }
+    ctx.writer.event(&event, &signing_key.object_ref(&())).await;
 }
 
 /// The entry of one key in its Secret, as an event's related object: every key's events

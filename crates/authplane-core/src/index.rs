@@ -86,6 +86,10 @@ pub struct Index {
     compiled: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
     /// Policies compiled so far: tests count them.
     compilations: u64,
+    /// The policies compiled since [`Index::take_recompiled`] was last called: the
+    /// operator's status controller reports them then. Each at most once, so it stays
+    /// as small as the index where nobody takes it (dev mode).
+    recompiled: BTreeSet<ObjectKey>,
 }
 
 impl Index {
@@ -99,6 +103,7 @@ impl Index {
             issuers: imbl::HashMap::new(),
             compiled: imbl::HashMap::new(),
             compilations: 0,
+            recompiled: BTreeSet::new(),
         }
     }
 
@@ -114,6 +119,12 @@ impl Index {
     /// How many policies were compiled since the index was made.
     pub fn compilations(&self) -> u64 {
         self.compilations
+    }
+
+    /// The policies compiled since the last call, whatever caused it (their own change,
+    /// or a SigningKey they name).
+    pub fn take_recompiled(&mut self) -> BTreeSet<ObjectKey> {
+        std::mem::take(&mut self.recompiled)
     }
 
     /// The keys a SigningKey is served with, if it is.
@@ -330,6 +341,7 @@ impl Index {
         runtime.problem(&format!("AuthPolicy {id}"), problem);
         self.compiled.insert(id.clone(), Arc::new(compiled));
         self.compilations += 1;
+        self.recompiled.insert(id.clone());
     }
 }
 

@@ -1,6 +1,7 @@
 //! The index in Linkerd's style: sequences of apply and delete, and assertions on the
 //! published snapshot and on how many policies were compiled. No server, no API.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -203,11 +204,17 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
     index.apply_policy(Arc::new(policy("app", "mobile", "app")));
     let before = index.snapshot();
     assert_eq!(index.compilations(), 3);
+    assert_eq!(index.take_recompiled().len(), 3);
 
     // New keys in web's Secret (a rotation, a restore): pay and cart verify with them.
     let rotated = eddsa("web");
     assert!(index.apply_key(&id("auth", "web"), rotated.clone()));
     assert_eq!(index.compilations(), 5, "pay and cart, not app");
+    assert_eq!(
+        index.take_recompiled(),
+        BTreeSet::from([id("shop", "cart"), id("shop", "pay")]),
+        "what the status controller is told to report again"
+    );
     let after = index.snapshot();
     assert!(Arc::ptr_eq(
         &before.policies[&id("shop", "app")],
@@ -236,6 +243,7 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
     };
     assert!(!index.apply_key(&id("auth", "web"), again));
     assert_eq!(index.compilations(), 5);
+    assert!(index.take_recompiled().is_empty());
 }
 
 #[test]
