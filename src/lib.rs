@@ -15,6 +15,7 @@ pub use authplane_core::{
 
 pub mod cli;
 pub mod dev;
+pub mod driver;
 pub mod external;
 pub mod metrics;
 pub mod operator;

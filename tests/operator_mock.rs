@@ -175,6 +175,13 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
         let kid = decoded(&secret, "active.kid");
         assert!(decoded(&secret, &format!("{kid}.pem")).starts_with("-----BEGIN PRIVATE KEY-----"));
         assert_eq!(decoded(&secret, "active.alg"), "ES256");
+        // Once stored, the key is told of (an Event naming it), then published.
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "KeyGenerated");
+        assert_eq!(
+            event["related"]["fieldPath"],
+            format!("data[{kid}.pem]").as_str()
+        );
         let config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let jwks: Value =
             serde_json::from_str(config_map["data"]["jwks.json"].as_str().unwrap()).unwrap();
@@ -183,8 +190,6 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
             jwks["keys"][0].get("d").is_none(),
             "no private part in the ConfigMap"
         );
-        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(event["reason"], "KeyGenerated");
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         let status = &status["status"];
         assert_eq!(status["activeKid"], kid.as_str());
@@ -241,8 +246,8 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
             secret["metadata"]["annotations"]["authplane.io/recreated-at"], "2026-03-01T00:00:00Z",
             "the Secret, the source of truth, remembers"
         );
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(
             secret_recreated(&status).as_deref(),
@@ -321,9 +326,9 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
             decoded(&secret, "active.kid"),
             decoded(&stored_secret(&stored, "7"), "active.kid")
         );
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event["reason"], "KeyGenerated");
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         let states: Vec<&str> = status["status"]["keys"]
             .as_array()

@@ -19,11 +19,13 @@ use tokio::task::JoinHandle;
 use crate::admission::{self, SigningKeyIndex};
 use crate::api::SigningKey;
 use crate::clock::Clock;
+use crate::driver::{
+    self,
+    keys::{KeyStepError, KeyStore, Stored},
+};
 use crate::index::Index;
-use crate::keys::KeyMaterial;
 use crate::metrics::Metrics;
 use crate::policy::progression::RolloutTracker;
-use crate::reconcile::{self, ReconcileError};
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys};
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
@@ -426,6 +428,70 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
+/// The state folder as a key store. A file that vanished under a running server (the
+/// folder was moved or deleted) is written back from the keys still served: those are
+/// the truth, and new ones would break every token they signed.
+struct FolderKeys<'a> {
+    store: &'a StateStore,
+    served: Option<&'a ServedKeys>,
+    metrics: &'a Metrics,
+    now: Timestamp,
+}
+
+impl KeyStore for FolderKeys<'_> {
+    type Error = state::StateError;
+    type Version = ();
+
+    async fn load(&self, id: &ObjectKey, key: &SigningKey) -> Result<Stored<()>, Self::Error> {
+        let stored = self.store.load(id)?;
+        let (Some(served), None) = (self.served, &stored) else {
+            return Ok(Stored {
+                data: stored,
+                restore: false,
+                version: (),
+            });
+        };
+        let root = self.store.root();
+        let gone = if root.exists() {
+            format!("its state file {} is gone", self.store.path(id).display())
+        } else {
+            format!("the state folder {} is gone", root.display())
+        };
+        let kids: Vec<&str> = served
+            .keys
+            .records()
+            .iter()
+            .map(|r| r.material.kid())
+            .collect();
+        tracing::warn!(
+            "SigningKey {id}: {gone}; writing back the {} keys still served ({}), no new key is made",
+            kids.len(),
+            kids.join(", ")
+        );
+        self.metrics.reload_error("keystore");
+        Ok(Stored {
+            data: Some(crate::keys::store::to_data(
+                &served.keys,
+                &served.published.issuer,
+                key.key_policy().retain_for,
+                self.now,
+            )),
+            restore: true,
+            version: (),
+        })
+    }
+
+    async fn save(
+        &self,
+        id: &ObjectKey,
+        _: &SigningKey,
+        data: &crate::keys::store::Data,
+        _: &Stored<()>,
+    ) -> Result<(), Self::Error> {
+        self.store.save(id, data)
+    }
+}
+
 /// The SigningKeys the manifests define, as the admission webhook sees them.
 #[derive(Default)]
 struct KnownKeys(ArcSwap<BTreeSet<ObjectKey>>);
@@ -538,8 +604,16 @@ impl Driver {
                     self.index.apply_key(id, served);
                     next
                 }
-                Err(message) => {
-                    tracing::error!("SigningKey {id}: {message}");
+                Err(e) => {
+                    let keep = "the last good keys keep serving and nothing is overwritten";
+                    match &e {
+                        KeyStepError::Key(_) => tracing::error!("SigningKey {id}: {e}"),
+                        KeyStepError::Unreadable(_) => tracing::error!(
+                            "SigningKey {id}: {}: {e}; {keep}",
+                            self.store.path(id).display()
+                        ),
+                        _ => tracing::error!("SigningKey {id}: {e}; {keep}"),
+                    }
                     self.metrics.reload_error("keystore");
                     Some(crate::keys::lifecycle::add(now, RETRY))
                 }
@@ -655,70 +729,25 @@ impl Driver {
         &mut self,
         id: &ObjectKey,
         key: &SigningKey,
-    ) -> Result<(ServedKeys, Option<Timestamp>), String> {
-        let keep = "the last good keys keep serving and nothing is overwritten";
+    ) -> Result<(ServedKeys, Option<Timestamp>), KeyStepError<state::StateError>> {
         let now = self.clock.now();
-        let mut stored = self.store.load(id).map_err(|e| format!("{e}; {keep}"))?;
-        let mut restore = false;
-        if stored.is_none()
-            && let Some(served) = self.index.served(id)
-        {
-            // The file vanished under a running server (the state folder was moved or
-            // deleted): the keys in memory are still the truth, and new ones would break
-            // every token they signed. Write them back instead.
-            let root = self.store.root();
-            let gone = if root.exists() {
-                format!("its state file {} is gone", self.store.path(id).display())
-            } else {
-                format!("the state folder {} is gone", root.display())
-            };
-            let kids: Vec<&str> = served
-                .keys
-                .records()
-                .iter()
-                .map(|r| r.material.kid())
-                .collect();
-            tracing::warn!(
-                "SigningKey {id}: {gone}; writing back the {} keys still served ({}), no new key is made",
-                kids.len(),
-                kids.join(", ")
-            );
-            self.metrics.reload_error("keystore");
-            stored = Some(crate::keys::store::to_data(
-                &served.keys,
-                &served.published.issuer,
-                key.key_policy().retain_for,
-                now,
-            ));
-            restore = true;
-        }
-        let outcome = reconcile::signing_key(
+        let store = FolderKeys {
+            store: &self.store,
+            served: self.index.served(id),
+            metrics: &self.metrics,
+            now,
+        };
+        // The state folder's futures never wait: plain file I/O, on this blocking
+        // thread (the driver runs in `spawn_blocking`).
+        let (outcome, ()) = futures::executor::block_on(driver::keys::bring_up_to_date(
+            &store,
+            &(),
+            &self.metrics,
+            id,
             key,
-            stored.as_ref(),
             &self.external_url,
             now,
-            &mut KeyMaterial::generate,
-        )
-        .map_err(|e| match e {
-            ReconcileError::Store(e) => format!("{}: {e}; {keep}", self.store.path(id).display()),
-            e => e.to_string(),
-        })?;
-        if outcome.write || restore {
-            // Persist before publishing: a key is never served, or used, unsaved.
-            self.store
-                .save(id, &outcome.data)
-                .map_err(|e| e.to_string())?;
-        }
-        for event in &outcome.events {
-            let (_, message, warning) = reconcile::describe(event, outcome.policy.algorithm);
-            if warning {
-                tracing::warn!("SigningKey {id}: {message}");
-            } else {
-                tracing::info!("SigningKey {id}: {message}");
-            }
-        }
-        self.metrics
-            .observe_keys(&outcome, &id.namespace, &id.name, now);
+        ))?;
         let served = ServedKeys {
             published: Arc::new(outcome.published(&id.namespace, &id.name)),
             keys: outcome.keys,

@@ -5,6 +5,7 @@ pub mod auth_policies;
 pub mod error;
 pub mod lease;
 pub mod revocations;
+pub mod secret_store;
 pub mod serve;
 pub mod signing_keys;
 pub mod status;

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use kube::api::{Api, ObjectMeta};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
@@ -15,17 +14,20 @@ use kube::{Client, Resource, ResourceExt};
 use crate::api::conditions::{self, reason};
 use crate::api::{ObjectKey, SigningKey, SigningKeyStatus, Validate, condition};
 use crate::clock::Clock;
-use crate::keys::KeyMaterial;
-use crate::keys::store::{Data, StoreError};
-use crate::reconcile::{self, ReconcileError};
+use crate::driver::{
+    self,
+    keys::{KeyEvents, KeyStepError, Said},
+};
+use crate::keys::store::StoreError;
 
 pub use super::error::{Error, ErrorKind};
+pub use super::secret_store::{RECREATED_AT_ANNOTATION, SECRET_TYPE, secret_data};
+use super::secret_store::{SECRET_RECREATED_SHOWN_FOR, SecretError, SecretStore};
 use super::writer::LeaderWriter;
 pub use super::writer::MANAGER;
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
 pub const SIGNING_KEY_LABEL: &str = "authplane.io/signing-key";
-pub const SECRET_TYPE: &str = "authplane.io/signing-keys";
 /// How often a SigningKey that cannot make progress is looked at again.
 const STUCK_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -160,26 +162,21 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         return Ok(Action::requeue(STUCK_RETRY));
     }
 
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
     let secret_name = key.secret_name();
-    let secret = secrets.get_opt(&secret_name).await?;
-    // Keys existed (status says so) and their Secret is gone: someone deleted it.
-    let deleted_by_hand =
-        secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some());
-    // When the Secret was last recreated after such a deletion: kept in the Secret (the
-    // source of truth), not in status, which the next reconcile may read from a cache
-    // that has not seen the condition yet.
-    let recreated_at = if deleted_by_hand {
-        Some(now)
-    } else {
-        secret
-            .as_ref()
-            .and_then(|s| s.annotations().get(RECREATED_AT_ANNOTATION))
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-    }
-    .filter(|at| *at + SECRET_RECREATED_SHOWN_FOR > now);
-    let stored = match &secret {
-        Some(secret) if !is_managed(secret) => {
+    let store = SecretStore {
+        client: &ctx.client,
+        writer: &ctx.writer,
+        now,
+    };
+    let step =
+        driver::keys::bring_up_to_date(&store, ctx, &ctx.metrics, &id, key, &ctx.external_url, now)
+            .await;
+    let (outcome, loaded) = match step {
+        Ok(done) => done,
+        Err(
+            KeyStepError::Load(SecretError::NotManaged)
+            | KeyStepError::Save(SecretError::NotManaged),
+        ) => {
             let message = format!(
                 "Secret {secret_name} exists and is not managed by authplane (label {}={}); it is left alone: choose another spec.secretName or delete it",
                 MANAGED_BY.0, MANAGED_BY.1
@@ -187,68 +184,21 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
             not_ready(key, ctx, reason::SECRET_NOT_MANAGED, &message).await?;
             return Ok(Action::requeue(STUCK_RETRY));
         }
-        Some(secret) => match secret_data(secret) {
-            Ok(data) => Some(data),
-            Err(e) => {
-                unreadable(key, ctx, &secret_name, &e).await?;
-                return Ok(Action::requeue(STUCK_RETRY));
-            }
-        },
-        None => {
-            if deleted_by_hand {
-                // Keys existed: someone deleted the Secret. Say so loudly, then start over.
-                let note = format!(
-                    "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
-                );
-                publish(
-                    ctx,
-                    key,
-                    EventType::Warning,
-                    reason::SECRET_DELETED,
-                    &note,
-                    None,
-                )
-                .await;
-            }
-            None
-        }
-    };
-
-    let outcome = match reconcile::signing_key(
-        key,
-        stored.as_ref(),
-        &ctx.external_url,
-        now,
-        &mut KeyMaterial::generate,
-    ) {
-        Ok(outcome) => outcome,
-        Err(ReconcileError::Store(e)) => {
+        Err(
+            KeyStepError::Load(SecretError::Unreadable(e))
+            | KeyStepError::Save(SecretError::Unreadable(e))
+            | KeyStepError::Unreadable(e),
+        ) => {
             unreadable(key, ctx, &secret_name, &e).await?;
             return Ok(Action::requeue(STUCK_RETRY));
         }
-        Err(ReconcileError::Key(e)) => return Err(Error::Key(e)),
+        Err(KeyStepError::Load(SecretError::Api(e)) | KeyStepError::Save(SecretError::Api(e))) => {
+            return Err(e);
+        }
+        Err(KeyStepError::Key(e)) => return Err(Error::Key(e)),
     };
+    let recreated_at = loaded.recreated_at;
 
-    if outcome.write {
-        let mut desired = build_secret(key, &secret_name, &outcome.data);
-        if let Some(at) = recreated_at {
-            desired
-                .annotations_mut()
-                .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
-        }
-        match &secret {
-            None => ctx.writer.create_secret(&id.namespace, &desired).await?,
-            Some(existing) => {
-                // Optimistic concurrency: a concurrent writer makes this a 409, and the
-                // retry starts from a fresh read; two Active keys can never both land.
-                desired.metadata.resource_version = existing.metadata.resource_version.clone();
-                ctx.writer.replace_secret(&id.namespace, &desired).await?;
-            }
-        }
-    }
-
-    ctx.metrics
-        .observe_keys(&outcome, &id.namespace, &id.name, now);
     let published = outcome.published(&id.namespace, &id.name);
     apply_jwks_config_map(
         key,
@@ -256,23 +206,6 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         std::str::from_utf8(&published.jwks).unwrap_or("{}"),
     )
     .await?;
-    for event in &outcome.events {
-        let (reason, note, warning) = reconcile::describe(event, outcome.policy.algorithm);
-        let kind = if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish(
-            ctx,
-            key,
-            kind,
-            reason,
-            &note,
-            Some(key_reference(key, event.kid())),
-        )
-        .await;
-    }
     let mut status = outcome.status(generation, now);
     let mut next_wakeup = outcome.next_wakeup;
     if let Some(at) = recreated_at {
@@ -296,32 +229,12 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     Ok(Action::requeue(wait.max(Duration::from_millis(100))))
 }
 
-/// How long the condition that reports a Secret deleted by hand stays.
-/// On the Secret: when it was recreated after a deletion by hand.
-pub const RECREATED_AT_ANNOTATION: &str = "authplane.io/recreated-at";
-const SECRET_RECREATED_SHOWN_FOR: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
-
 fn earliest(a: Option<jiff::Timestamp>, b: jiff::Timestamp) -> Option<jiff::Timestamp> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-fn is_managed(secret: &Secret) -> bool {
-    secret.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
-}
-
-/// The Secret's data as text; any entry that is not UTF-8 makes it unreadable.
-pub fn secret_data(secret: &Secret) -> Result<Data, StoreError> {
-    let mut data = Data::new();
-    for (name, ByteString(bytes)) in secret.data.iter().flatten() {
-        let text =
-            String::from_utf8(bytes.clone()).map_err(|_| StoreError::NotText(name.clone()))?;
-        data.insert(name.clone(), text);
-    }
-    Ok(data)
-}
-
 /// Metadata of an object the SigningKey owns: labelled as ours, deleted with it.
-fn owned_metadata(key: &SigningKey, name: &str) -> ObjectMeta {
+pub(super) fn owned_metadata(key: &SigningKey, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: key.namespace(),
@@ -331,19 +244,6 @@ fn owned_metadata(key: &SigningKey, name: &str) -> ObjectMeta {
         ])),
         owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
         ..ObjectMeta::default()
-    }
-}
-
-fn build_secret(key: &SigningKey, name: &str, data: &Data) -> Secret {
-    Secret {
-        metadata: owned_metadata(key, name),
-        type_: Some(SECRET_TYPE.to_owned()),
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Secret::default()
     }
 }
 
@@ -422,6 +322,26 @@ async fn publish(
         secondary: key,
     };
     ctx.writer.event(&event, &signing_key.object_ref(&())).await;
+}
+
+/// Key events become Kubernetes Events on the SigningKey, each naming its key.
+impl KeyEvents for Context {
+    async fn key_event(&self, key: &SigningKey, said: &Said) {
+        let type_ = if said.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(
+            self,
+            key,
+            type_,
+            said.reason,
+            &said.message,
+            Some(key_reference(key, &said.kid)),
+        )
+        .await;
+    }
 }
 
 /// The entry of one key in its Secret, as an event's related object: every key's events

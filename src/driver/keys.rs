@@ -1,0 +1,133 @@
+//! One SigningKey brought up to date, the same way by both drivers: load what is
+//! stored, plan (the pure [`reconcile::signing_key`]), persist before anything is
+//! published, report what happened, measure. Where the keys live is a [`KeyStore`]:
+//! dev mode's state folder, or a Secret.
+
+use std::future::Future;
+
+use jiff::Timestamp;
+
+use crate::api::{ObjectKey, SigningKey};
+use crate::keys::store::{Data, StoreError};
+use crate::keys::{KeyError, KeyMaterial};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, KeyOutcome, ReconcileError};
+
+/// What a store holds for one SigningKey, as loaded.
+pub struct Stored<V> {
+    /// The stored form; `None` when nothing is stored yet.
+    pub data: Option<Data>,
+    /// Write it back even when the plan changes nothing: what the store held is gone and
+    /// `data` comes from memory (dev mode's vanished state file).
+    pub restore: bool,
+    /// What a save needs from this load (a Secret's resourceVersion, say).
+    pub version: V,
+}
+
+/// Where a SigningKey's keys live. Futures are `Send`: the operator runs them on the
+/// controller's tasks.
+pub trait KeyStore: Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// What the store must remember between a load and the save that follows it.
+    type Version: Send + Sync;
+
+    /// What is stored for `key` now. An error means nothing may be written over it.
+    fn load(
+        &self,
+        id: &ObjectKey,
+        key: &SigningKey,
+    ) -> impl Future<Output = Result<Stored<Self::Version>, Self::Error>> + Send;
+
+    /// Stores `data` over what `loaded` was.
+    fn save(
+        &self,
+        id: &ObjectKey,
+        key: &SigningKey,
+        data: &Data,
+        loaded: &Stored<Self::Version>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Where key events are told, besides the log: Kubernetes Events on a cluster.
+pub trait KeyEvents: Sync {
+    fn key_event(&self, key: &SigningKey, event: &Said) -> impl Future<Output = ()> + Send;
+}
+
+/// Dev mode: the log is the only place.
+impl KeyEvents for () {
+    async fn key_event(&self, _: &SigningKey, _: &Said) {}
+}
+
+/// A key event in words.
+pub struct Said {
+    pub reason: &'static str,
+    pub message: String,
+    pub warning: bool,
+    /// The key it is about.
+    pub kid: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStepError<E: std::error::Error + 'static> {
+    /// The store could not be read; nothing was written.
+    #[error("{0}")]
+    Load(#[source] E),
+    /// What is stored does not parse; nothing was written over it.
+    #[error("the stored keys are unreadable: {0}")]
+    Unreadable(#[source] StoreError),
+    #[error(transparent)]
+    Key(KeyError),
+    /// The plan could not be stored; nothing of it is published.
+    #[error("{0}")]
+    Save(#[source] E),
+}
+
+/// Loads, plans, persists, reports and measures one valid SigningKey at `now`. The
+/// outcome is what to publish (JWKS, status, the served keys) and when to run again;
+/// with it comes what the load remembered.
+pub async fn bring_up_to_date<S: KeyStore>(
+    store: &S,
+    events: &impl KeyEvents,
+    metrics: &Metrics,
+    id: &ObjectKey,
+    key: &SigningKey,
+    external_url: &str,
+    now: Timestamp,
+) -> Result<(KeyOutcome, S::Version), KeyStepError<S::Error>> {
+    let loaded = store.load(id, key).await.map_err(KeyStepError::Load)?;
+    let outcome = reconcile::signing_key(
+        key,
+        loaded.data.as_ref(),
+        external_url,
+        now,
+        &mut KeyMaterial::generate,
+    )
+    .map_err(|e| match e {
+        ReconcileError::Store(e) => KeyStepError::Unreadable(e),
+        ReconcileError::Key(e) => KeyStepError::Key(e),
+    })?;
+    if outcome.write || loaded.restore {
+        // Persist before publishing: a key is never served, or used, unsaved.
+        store
+            .save(id, key, &outcome.data, &loaded)
+            .await
+            .map_err(KeyStepError::Save)?;
+    }
+    for event in &outcome.events {
+        let (reason, message, warning) = reconcile::describe(event, outcome.policy.algorithm);
+        if warning {
+            tracing::warn!("SigningKey {id}: {message}");
+        } else {
+            tracing::info!("SigningKey {id}: {message}");
+        }
+        let said = Said {
+            reason,
+            message,
+            warning,
+            kid: event.kid().to_owned(),
+        };
+        events.key_event(key, &said).await;
+    }
+    metrics.observe_keys(&outcome, &id.namespace, &id.name, now);
+    Ok((outcome, loaded.version))
+}

@@ -1,0 +1,162 @@
+//! SigningKey keys in a Secret: the operator's [`KeyStore`]. The Secret is the source of
+//! truth; it is written with optimistic concurrency, through the leader's writer.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType};
+use kube::{Client, Resource, ResourceExt};
+
+use super::error::Error;
+use super::signing_keys::{MANAGED_BY, owned_metadata};
+use super::writer::LeaderWriter;
+use crate::api::conditions::reason;
+use crate::api::{ObjectKey, SigningKey};
+use crate::driver::keys::{KeyStore, Stored};
+use crate::keys::store::{Data, StoreError};
+
+pub const SECRET_TYPE: &str = "authplane.io/signing-keys";
+/// On the Secret: when it was recreated after a deletion by hand.
+pub const RECREATED_AT_ANNOTATION: &str = "authplane.io/recreated-at";
+/// How long the condition that reports a Secret deleted by hand stays.
+pub const SECRET_RECREATED_SHOWN_FOR: SignedDuration = SignedDuration::from_hours(24);
+
+/// One reconcile's view of the Secrets: reads with the client, writes through the lease.
+pub struct SecretStore<'a> {
+    pub client: &'a Client,
+    pub writer: &'a LeaderWriter,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// A Secret of that name exists without our label: it is left alone.
+    #[error("the Secret exists and is not managed by authplane")]
+    NotManaged,
+    #[error("the Secret is unreadable: {0}")]
+    Unreadable(StoreError),
+    #[error(transparent)]
+    Api(#[from] Error),
+}
+
+/// What a save needs from the load: the Secret as it was (its resourceVersion), and when
+/// it was recreated after a deletion by hand, if that is recent.
+pub struct SecretVersion {
+    existing: Option<Secret>,
+    pub recreated_at: Option<Timestamp>,
+}
+
+impl KeyStore for SecretStore<'_> {
+    type Error = SecretError;
+    type Version = SecretVersion;
+
+    async fn load(
+        &self,
+        _: &ObjectKey,
+        key: &SigningKey,
+    ) -> Result<Stored<SecretVersion>, SecretError> {
+        let secret_name = key.secret_name();
+        let secret =
+            Api::<Secret>::namespaced(self.client.clone(), &key.namespace().unwrap_or_default())
+                .get_opt(&secret_name)
+                .await
+                .map_err(Error::from)?;
+        // Keys existed (status says so) and their Secret is gone: someone deleted it.
+        let deleted_by_hand =
+            secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some());
+        // When the Secret was last recreated after such a deletion: kept in the Secret
+        // (the source of truth), not in status, which the next reconcile may read from a
+        // cache that has not seen the condition yet.
+        let recreated_at = if deleted_by_hand {
+            Some(self.now)
+        } else {
+            secret
+                .as_ref()
+                .and_then(|s| s.annotations().get(RECREATED_AT_ANNOTATION))
+                .and_then(|t| t.parse::<Timestamp>().ok())
+        }
+        .filter(|at| *at + SECRET_RECREATED_SHOWN_FOR > self.now);
+        let data = match &secret {
+            Some(secret) if !is_managed(secret) => return Err(SecretError::NotManaged),
+            Some(secret) => Some(secret_data(secret).map_err(SecretError::Unreadable)?),
+            None => None,
+        };
+        if deleted_by_hand {
+            // Say so loudly, then start over.
+            let note = format!(
+                "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason::SECRET_DELETED.to_owned(),
+                note: Some(note),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            };
+            self.writer.event(&event, &key.object_ref(&())).await;
+        }
+        Ok(Stored {
+            data,
+            restore: false,
+            version: SecretVersion {
+                existing: secret,
+                recreated_at,
+            },
+        })
+    }
+
+    async fn save(
+        &self,
+        _: &ObjectKey,
+        key: &SigningKey,
+        data: &Data,
+        loaded: &Stored<SecretVersion>,
+    ) -> Result<(), SecretError> {
+        let namespace = key.namespace().unwrap_or_default();
+        let mut desired = build_secret(key, &key.secret_name(), data);
+        if let Some(at) = loaded.version.recreated_at {
+            desired
+                .annotations_mut()
+                .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
+        }
+        match &loaded.version.existing {
+            None => self.writer.create_secret(&namespace, &desired).await?,
+            Some(existing) => {
+                // Optimistic concurrency: a concurrent writer makes this a 409, and the
+                // retry starts from a fresh read; two Active keys can never both land.
+                desired.metadata.resource_version = existing.metadata.resource_version.clone();
+                self.writer.replace_secret(&namespace, &desired).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_managed(secret: &Secret) -> bool {
+    secret.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+/// The Secret's data as text; any entry that is not UTF-8 makes it unreadable.
+pub fn secret_data(secret: &Secret) -> Result<Data, StoreError> {
+    let mut data = Data::new();
+    for (name, ByteString(bytes)) in secret.data.iter().flatten() {
+        let text =
+            String::from_utf8(bytes.clone()).map_err(|_| StoreError::NotText(name.clone()))?;
+        data.insert(name.clone(), text);
+    }
+    Ok(data)
+}
+
+fn build_secret(key: &SigningKey, name: &str, data: &Data) -> Secret {
+    Secret {
+        metadata: owned_metadata(key, name),
+        type_: Some(SECRET_TYPE.to_owned()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
