@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::driver::{
     self,
     keys::{KeyStepError, KeyStore, Stored},
+    rollouts::{Recorded, RolloutStore, Tracked},
 };
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -492,6 +493,60 @@ impl KeyStore for FolderKeys<'_> {
     }
 }
 
+/// The state folder as a rollout store. A record that vanished under a running server
+/// (the state folder was moved or deleted), or no longer reads, is written back from
+/// memory: the rollout must not start over.
+struct FolderRollouts<'a> {
+    store: &'a StateStore,
+    /// The progress last recorded per policy.
+    remembered: &'a HashMap<ObjectKey, crate::api::RolloutProgress>,
+    metrics: &'a Metrics,
+}
+
+impl RolloutStore for FolderRollouts<'_> {
+    type Error = state::StateError;
+
+    fn load(
+        &self,
+        id: &ObjectKey,
+        _: &crate::api::AuthPolicy,
+    ) -> Result<Recorded, state::StateError> {
+        let loaded = self.store.load_rollout(id);
+        let remembered = self.remembered.get(id);
+        let problem = match (&loaded, remembered) {
+            (Ok(Some(_)), _) | (_, None) => {
+                return loaded.map(|progress| Recorded {
+                    progress,
+                    restore: false,
+                });
+            }
+            (Ok(None), Some(_)) => "is gone".to_owned(),
+            (Err(e), Some(_)) => format!("is unreadable ({e})"),
+        };
+        tracing::warn!(
+            "AuthPolicy {id}: its rollout record {} {problem}; writing back the progress still held",
+            self.store.rollout_path(id).display()
+        );
+        self.metrics.reload_error("keystore");
+        Ok(Recorded {
+            progress: remembered.cloned(),
+            restore: true,
+        })
+    }
+
+    fn save(
+        &self,
+        id: &ObjectKey,
+        progress: &crate::api::RolloutProgress,
+    ) -> Result<(), state::StateError> {
+        self.store.save_rollout(id, progress)
+    }
+
+    fn remove(&self, id: &ObjectKey) -> Result<(), state::StateError> {
+        self.store.remove_rollout(id)
+    }
+}
+
 /// The SigningKeys the manifests define, as the admission webhook sees them.
 #[derive(Default)]
 struct KnownKeys(ArcSwap<BTreeSet<ObjectKey>>);
@@ -656,54 +711,22 @@ impl Driver {
             if !moves && !changed.contains(id) && self.index.has_policy(id) {
                 continue;
             }
-            let loaded = self.store.load_rollout(id).unwrap_or_else(|e| {
-                tracing::error!("AuthPolicy {id}: {e}; its rollout starts over");
-                None
-            });
-            // A record that vanished under a running server (the state folder was moved or
-            // deleted) is written back from memory: the rollout must not start over.
-            let vanished = loaded.is_none() && self.recorded_rollouts.contains_key(id);
-            let recorded = loaded.or_else(|| self.recorded_rollouts.get(id).cloned());
-            if vanished {
-                tracing::warn!(
-                    "AuthPolicy {id}: its rollout record {} is gone; writing back the progress still held",
-                    self.store.rollout_path(id).display()
-                );
-                self.metrics.reload_error("keystore");
-            }
+            let store = FolderRollouts {
+                store: &self.store,
+                remembered: &self.recorded_rollouts,
+                metrics: &self.metrics,
+            };
             let totals = self.runtime.audit_totals(id);
-            let (progress, next) =
-                self.rollouts
-                    .track(id, &policy.spec.rollout, recorded.as_ref(), now, totals);
+            let Tracked { progress, next } = driver::rollouts::track(
+                &store,
+                &mut self.rollouts,
+                &self.metrics,
+                id,
+                policy,
+                now,
+                totals,
+            );
             wakeup = [wakeup, next].into_iter().flatten().min();
-            let moved = recorded.as_ref() != progress.as_ref();
-            if let Some(progress) = &progress
-                && (moved || vanished)
-                && let Err(e) = self.store.save_rollout(id, progress)
-            {
-                tracing::error!("AuthPolicy {id}: cannot record its rollout: {e}");
-                self.metrics.reload_error("keystore");
-            }
-            if let Some(progress) = &progress
-                && moved
-            {
-                tracing::info!(
-                    "AuthPolicy {id}: rollout at step {} of {:?}{}",
-                    progress.step + 1,
-                    progress.steps,
-                    progress
-                        .held
-                        .as_deref()
-                        .map(|r| format!(", held: {r}"))
-                        .unwrap_or_default()
-                );
-            }
-            if progress.is_none()
-                && recorded.is_some()
-                && let Err(e) = self.store.remove_rollout(id)
-            {
-                tracing::error!("AuthPolicy {id}: cannot forget its finished rollout: {e}");
-            }
             match &progress {
                 Some(progress) => self.recorded_rollouts.insert(id.clone(), progress.clone()),
                 None => self.recorded_rollouts.remove(id),

@@ -131,3 +131,136 @@ pub async fn bring_up_to_date<S: KeyStore>(
     metrics.observe_keys(&outcome, &id.namespace, &id.name, now);
     Ok((outcome, loaded.version))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store in memory that counts saves and can be told to fail them.
+    #[derive(Default)]
+    struct Memory {
+        data: Mutex<Option<Data>>,
+        restore: bool,
+        saves: AtomicUsize,
+        fail_saves: bool,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk full")]
+    struct Full;
+
+    impl KeyStore for Memory {
+        type Error = Full;
+        type Version = ();
+
+        async fn load(&self, _: &ObjectKey, _: &SigningKey) -> Result<Stored<()>, Full> {
+            Ok(Stored {
+                data: self.data.lock().unwrap().clone(),
+                restore: self.restore,
+                version: (),
+            })
+        }
+
+        async fn save(
+            &self,
+            _: &ObjectKey,
+            _: &SigningKey,
+            data: &Data,
+            _: &Stored<()>,
+        ) -> Result<(), Full> {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            if self.fail_saves {
+                return Err(Full);
+            }
+            *self.data.lock().unwrap() = Some(data.clone());
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Told(Mutex<Vec<&'static str>>);
+
+    impl KeyEvents for Told {
+        async fn key_event(&self, _: &SigningKey, said: &Said) {
+            self.0.lock().unwrap().push(said.reason);
+        }
+    }
+
+    fn key() -> (ObjectKey, SigningKey) {
+        let key: SigningKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"},
+            "spec": {"algorithm": "EdDSA", "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}},
+        }))
+        .unwrap();
+        (ObjectKey::of(&key.metadata), key)
+    }
+
+    async fn step(store: &Memory, told: &Told) -> Result<KeyOutcome, KeyStepError<Full>> {
+        let (id, key) = key();
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        let metrics = Metrics::default();
+        bring_up_to_date(store, told, &metrics, &id, &key, "https://x", now)
+            .await
+            .map(|(outcome, ())| outcome)
+    }
+
+    #[tokio::test]
+    async fn a_key_is_stored_before_it_is_told_of_and_an_unchanged_one_is_not_stored_again() {
+        let store = Memory::default();
+        let told = Told::default();
+        let first = step(&store, &told).await.unwrap();
+        assert_eq!(store.saves.load(Ordering::SeqCst), 1);
+        assert_eq!(*told.0.lock().unwrap(), ["KeyGenerated"]);
+        assert_eq!(store.data.lock().unwrap().as_ref(), Some(&first.data));
+        step(&store, &told).await.unwrap();
+        assert_eq!(store.saves.load(Ordering::SeqCst), 1, "nothing changed");
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_publishes_nothing_and_tells_nothing() {
+        let store = Memory {
+            fail_saves: true,
+            ..Memory::default()
+        };
+        let told = Told::default();
+        assert!(matches!(
+            step(&store, &told).await,
+            Err(KeyStepError::Save(Full))
+        ));
+        assert!(told.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unreadable_keys_are_never_written_over() {
+        let garbage = Data::from([("keys.json".to_owned(), "garbage".to_owned())]);
+        let store = Memory {
+            data: Mutex::new(Some(garbage.clone())),
+            ..Memory::default()
+        };
+        let told = Told::default();
+        assert!(matches!(
+            step(&store, &told).await,
+            Err(KeyStepError::Unreadable(_))
+        ));
+        assert_eq!(store.saves.load(Ordering::SeqCst), 0);
+        assert_eq!(*store.data.lock().unwrap(), Some(garbage));
+    }
+
+    #[tokio::test]
+    async fn a_restore_is_written_back_though_the_plan_changes_nothing() {
+        let store = Memory::default();
+        let told = Told::default();
+        step(&store, &told).await.unwrap();
+        let restoring = Memory {
+            data: Mutex::new(store.data.lock().unwrap().clone()),
+            restore: true,
+            ..Memory::default()
+        };
+        let outcome = step(&restoring, &told).await.unwrap();
+        assert!(!outcome.write, "the keys in memory are up to date");
+        assert_eq!(restoring.saves.load(Ordering::SeqCst), 1, "written back");
+    }
+}

@@ -4,3 +4,4 @@
 //! file, the AuthPolicy's status) and the one path that moves a stepped rollout on.
 
 pub mod keys;
+pub mod rollouts;

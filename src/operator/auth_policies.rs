@@ -23,9 +23,11 @@ use tokio::sync::Notify;
 use super::error::Error;
 use super::writer::LeaderWriter;
 use crate::api::{
-    AuthPolicy, AuthPolicyStatus, ObjectKey, TargetKind, TargetRef, Validate, condition, conditions,
+    AuthPolicy, AuthPolicyStatus, ObjectKey, RolloutProgress, TargetKind, TargetRef, Validate,
+    condition, conditions,
 };
 use crate::clock::Clock;
+use crate::driver::rollouts::{self, Recorded, RolloutStore, Tracked};
 use crate::policy::progression::{self, RolloutTracker, Schedule};
 use crate::registry::{PolicyRuntime, Registry};
 
@@ -91,13 +93,16 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
                 .find(|(t, _)| t == target)
                 .and_then(|(_, f)| *f)
         });
-        let recorded = policy.status.as_ref().and_then(|s| s.rollout.as_ref());
         let totals = ctx.runtime.audit_totals(&id);
-        let (progress, next) = ctx
-            .rollouts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .track(&id, &policy.spec.rollout, recorded, now, totals);
+        let Tracked { progress, next } = rollouts::track(
+            &InStatus,
+            &mut ctx.rollouts.lock().unwrap_or_else(|e| e.into_inner()),
+            &ctx.runtime.metrics,
+            &id,
+            &policy,
+            now,
+            totals,
+        );
         let schedule = Schedule::of(&policy.spec.rollout, progress.as_ref());
         progression::report(
             &mut status,
@@ -166,6 +171,30 @@ impl Recompiled {
                     .map(|id| ObjectRef::new(&id.name).within(&id.namespace)),
             )
         })
+    }
+}
+
+/// On a cluster, a rollout's progress is recorded in the AuthPolicy's status: it is read
+/// from the object, and the status written after tracking carries it (the leader's
+/// writer), so saving here has nothing left to do.
+struct InStatus;
+
+impl RolloutStore for InStatus {
+    type Error = std::convert::Infallible;
+
+    fn load(&self, _: &ObjectKey, policy: &AuthPolicy) -> Result<Recorded, Self::Error> {
+        Ok(Recorded {
+            progress: policy.status.as_ref().and_then(|s| s.rollout.clone()),
+            restore: false,
+        })
+    }
+
+    fn save(&self, _: &ObjectKey, _: &RolloutProgress) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn remove(&self, _: &ObjectKey) -> Result<(), Self::Error> {
+        Ok(())
     }
 }
 
