@@ -518,6 +518,7 @@ async fn dev_mode_answers_reviews_over_plain_http_too() {
 
 #[tokio::test]
 async fn the_plain_listener_of_run_does_not_serve_the_webhook() {
+    common::install_crypto();
     use authplane::server::{self, AppState, Endpoints};
     let state = AppState {
         registry: Arc::new(authplane::registry::Registry::default()),

@@ -396,6 +396,7 @@ fn an_invalid_external_url_is_refused_at_start() {
 
 #[tokio::test]
 async fn dev_listens_on_a_host_name() {
+    common::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_authplane"))
         .args(["dev", "--listen", "localhost:0", "--manifests"])

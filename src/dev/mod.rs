@@ -23,6 +23,7 @@ use crate::driver::{
     self,
     keys::{KeyStepError, KeyStore, Stored},
     rollouts::{Recorded, RolloutStore, Tracked},
+    serve::{ServeError, Serving},
 };
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -30,7 +31,6 @@ use crate::policy::progression::RolloutTracker;
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys};
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
-use crate::tls::{self, CertSlot, TlsError};
 use folder_watch::FolderWatch;
 use manifests::{Desired, ManifestLoader, ObjectKey};
 use state::StateStore;
@@ -89,14 +89,10 @@ pub enum DevError {
     Manifests(PathBuf, std::io::Error),
     #[error(transparent)]
     State(#[from] state::StateError),
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
     #[error("cannot watch {0}: {1}")]
     Watch(PathBuf, notify::Error),
-    #[error("server: {0}")]
-    Serve(std::io::Error),
-    #[error("TLS: {0}")]
-    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -107,7 +103,7 @@ pub struct DevServer {
     base_url: String,
     external_url: String,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    serving: Serving,
     driver: JoinHandle<()>,
 }
 
@@ -129,7 +125,7 @@ impl DevServer {
     pub async fn shutdown(self) -> Result<(), DevError> {
         let _ = self.shutdown.send(true);
         self.driver.await?;
-        self.server.await?.map_err(DevError::Serve)
+        Ok(self.serving.stopped().await?)
     }
 }
 
@@ -149,11 +145,10 @@ pub async fn start_tuned(
         return Err(DevError::Manifests(config.manifests.clone(), e));
     }
     let store = StateStore::open(&config.state)?;
-    let listener =
-        server::listen::bind(config.listen).map_err(|e| DevError::Listen(config.listen, e))?;
+    let listener = driver::serve::bind(config.listen)?;
     let addr = listener
         .local_addr()
-        .map_err(|e| DevError::Listen(config.listen, e))?;
+        .map_err(|e| ServeError::Listen(config.listen, e))?;
     let base_url = match config.tls {
         Some(_) => format!("https://{addr}"),
         None => format!("http://{addr}"),
@@ -181,17 +176,15 @@ pub async fn start_tuned(
     let (shutdown, shutdown_rx) = watch::channel(false);
     // The certificate is loaded before anything is served: a bad one fails the start.
     let tls = match &config.tls {
-        Some(files) => {
-            let slot = Arc::new(CertSlot::default());
-            let watch = tls::files::watch(
+        Some(files) => Some(
+            driver::serve::certificate_from_files(
                 files.clone(),
-                slot.clone(),
                 metrics.clone(),
                 shutdown_rx.clone(),
             )
-            .await?;
-            Some((slot, watch))
-        }
+            .await
+            .map_err(ServeError::Tls)?,
+        ),
         None => None,
     };
     let runtime = Arc::new(PolicyRuntime::new(
@@ -231,7 +224,7 @@ pub async fn start_tuned(
         clock,
         base_url: Arc::from(external_url.as_str()),
         signing_keys: known,
-        tls: tls.as_ref().map(|(slot, _)| slot.clone()),
+        tls: tls.clone(),
         revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
             Arc::new(revocations::ManifestWriter {
                 dir: config.manifests.clone(),
@@ -240,18 +233,12 @@ pub async fn start_tuned(
         ))),
     };
     // Dev mode serves the admission webhook too, so that it can be tried with curl.
-    let app = server::router(state, Endpoints::WithAdmission);
-    let mut server_stop = shutdown_rx.clone();
-    let stopped = async move {
-        let _ = server_stop.wait_for(|stop| *stop).await;
+    let listener = driver::serve::Listener {
+        socket: listener,
+        endpoints: Endpoints::WithAdmission,
+        tls,
     };
-    let server = match tls {
-        Some((slot, _watch)) => {
-            let config = tls::server_config(slot)?;
-            tokio::spawn(server::serve_tls(listener, app, config, stopped))
-        }
-        None => tokio::spawn(server::serve(listener, app, stopped)),
-    };
+    let serving = driver::serve::start(state, vec![listener], &shutdown_rx)?;
     let driver = tokio::spawn(run(
         driver,
         wakeup,
@@ -267,7 +254,7 @@ pub async fn start_tuned(
         base_url,
         external_url,
         shutdown,
-        server,
+        serving,
         driver,
     })
 }

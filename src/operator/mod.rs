@@ -27,12 +27,16 @@ use tokio::sync::watch;
 
 use crate::api::{AuthPolicy, SigningKey};
 use crate::clock::SystemClock;
+use crate::driver::{
+    self,
+    serve::{Listener, ServeError},
+};
 use crate::metrics::Metrics;
 use crate::registry::{PolicyRuntime, Registry};
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::bootstrap::BootstrapSettings;
 use crate::tls::files::TlsFiles;
-use crate::tls::{self, CertSlot, TlsError};
+use crate::tls::{self, CertSlot};
 use lease::LeaseSettings;
 use signing_keys::Context;
 
@@ -80,12 +84,8 @@ pub enum OperatorError {
     CrdsMissing,
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
-    #[error("server: {0}")]
-    Serve(std::io::Error),
-    #[error("TLS: {0}")]
-    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
@@ -124,19 +124,50 @@ pub async fn run(
 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
-    let listener =
-        server::listen::bind(config.listen).map_err(|e| OperatorError::Listen(config.listen, e))?;
+    let mut listeners = vec![Listener {
+        socket: driver::serve::bind(config.listen)?,
+        endpoints: Endpoints::Public,
+        tls: None,
+    }];
     let (stop, stopped) = watch::channel(false);
     // The serving watch's SigningKey cache doubles as the admission webhook's index.
     let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
-    let slot = config.tls.as_ref().map(|_| Arc::new(CertSlot::default()));
+    // Certificate files are loaded before anything is served (a bad one fails the
+    // start); a bootstrapped certificate is made meanwhile, and `/readyz` waits for it.
+    let slot = match config.tls.as_ref().map(|tls| &tls.source) {
+        None => None,
+        Some(TlsSource::Files(files)) => Some(
+            driver::serve::certificate_from_files(files.clone(), metrics.clone(), stopped.clone())
+                .await
+                .map_err(ServeError::Tls)?,
+        ),
+        Some(TlsSource::Bootstrap(settings)) => {
+            let slot = Arc::new(CertSlot::default());
+            tokio::spawn(tls::bootstrap::run(
+                client.clone(),
+                settings.clone(),
+                slot.clone(),
+                metrics.clone(),
+                Arc::new(SystemClock),
+                stopped.clone(),
+            ));
+            Some(slot)
+        }
+    };
+    if let (Some(tls), Some(slot)) = (&config.tls, &slot) {
+        listeners.push(Listener {
+            socket: driver::serve::bind(tls.listen)?,
+            endpoints: Endpoints::WithAdmission,
+            tls: Some(slot.clone()),
+        });
+    }
     let state = AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
         base_url: Arc::from(config.external_url.as_str()),
         signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
-        tls: slot.clone(),
+        tls: slot,
         revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
             Arc::new(revocations::KubeWriter {
                 client: client.clone(),
@@ -144,48 +175,7 @@ pub async fn run(
             config.revoke_rate_per_minute,
         ))),
     };
-    let stop_signal = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    let server = tokio::spawn(server::serve(
-        listener,
-        server::router(state.clone(), Endpoints::Public),
-        stop_signal(stopped.clone()),
-    ));
-    let tls_server = match (&config.tls, slot) {
-        (Some(tls), Some(slot)) => {
-            let tls_listener = server::listen::bind(tls.listen)
-                .map_err(|e| OperatorError::Listen(tls.listen, e))?;
-            match &tls.source {
-                TlsSource::Files(files) => {
-                    tls::files::watch(
-                        files.clone(),
-                        slot.clone(),
-                        metrics.clone(),
-                        stopped.clone(),
-                    )
-                    .await?;
-                }
-                TlsSource::Bootstrap(settings) => {
-                    tokio::spawn(tls::bootstrap::run(
-                        client.clone(),
-                        settings.clone(),
-                        slot.clone(),
-                        metrics.clone(),
-                        Arc::new(SystemClock),
-                        stopped.clone(),
-                    ));
-                }
-            }
-            Some(tokio::spawn(server::serve_tls(
-                tls_listener,
-                server::router(state, Endpoints::WithAdmission),
-                tls::server_config(slot)?,
-                stop_signal(stopped.clone()),
-            )))
-        }
-        _ => None,
-    };
+    let serving = driver::serve::start(state, listeners, &stopped)?;
     let runtime = Arc::new(PolicyRuntime::new(
         metrics.clone(),
         Arc::new(SystemClock),
@@ -202,7 +192,7 @@ pub async fn run(
     ));
     // The serving index tells the status controller which policies it compiled.
     let recompiled = Arc::new(auth_policies::Recompiled::default());
-    let serving = tokio::spawn(serve::run(
+    let watching = tokio::spawn(serve::run(
         client.clone(),
         config.external_url.clone(),
         registry.clone(),
@@ -275,17 +265,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
-    let _ = tokio::join!(controller, lease, serving, revoking);
-    if let Some(tls_server) = tls_server {
-        tls_server
-            .await
-            .map_err(|e| OperatorError::Serve(std::io::Error::other(e)))?
-            .map_err(OperatorError::Serve)?;
-    }
-    server
-        .await
-        .map_err(|e| OperatorError::Serve(std::io::Error::other(e)))?
-        .map_err(OperatorError::Serve)
+    let _ = tokio::join!(controller, lease, watching, revoking);
+    Ok(serving.stopped().await?)
 }
 
 /// What the leader runs.

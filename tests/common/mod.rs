@@ -47,8 +47,7 @@ impl Dev {
         decision_cache_size: usize,
         tuning: Tuning,
     ) -> Dev {
-        // reqwest's rustls needs a process-wide provider, as `main` installs.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        install_crypto();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
         for (name, text) in manifests {
@@ -259,4 +258,11 @@ pub fn tamper(token: &str) -> String {
     let mut bytes = token.as_bytes().to_vec();
     bytes[cut] = if bytes[cut] == b'A' { b'B' } else { b'A' };
     String::from_utf8(bytes).unwrap()
+}
+
+/// reqwest's rustls needs a process-wide provider, as `main` installs. Every test that
+/// makes an HTTP client calls this first: under nextest each test is a process of its
+/// own, and no other test installs it for it.
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

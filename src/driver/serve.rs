@@ -1,0 +1,98 @@
+//! The serving half, started the same way by both drivers: bind with a deep backlog,
+//! load the certificate before anything is served (a bad one fails the start), serve
+//! the same router over the same registry on each listener, and stop together, letting
+//! open requests finish. What differs between the drivers is only which listeners they
+//! ask for and where a certificate comes from.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::server::{self, AppState, Endpoints};
+use crate::tls::files::TlsFiles;
+use crate::tls::{self, CertSlot, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// A bound socket and what it serves.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub endpoints: Endpoints,
+    /// HTTPS with this certificate; plain HTTP when `None`.
+    pub tls: Option<Arc<CertSlot>>,
+}
+
+/// Binds `addr` with [`server::listen::LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    server::listen::bind(addr).map_err(|e| ServeError::Listen(addr, e))
+}
+
+/// A certificate read from PEM files and reloaded when they change, until `stop`.
+/// Returns once the first one is loaded: a bad certificate fails the start.
+pub async fn certificate_from_files(
+    files: TlsFiles,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> Result<Arc<CertSlot>, TlsError> {
+    let slot = Arc::new(CertSlot::default());
+    // The reload task ends with `stop`.
+    tls::files::watch(files, slot.clone(), metrics, stop).await?;
+    Ok(slot)
+}
+
+/// The servers, running until `stop` turns true.
+pub struct Serving(Vec<JoinHandle<std::io::Result<()>>>);
+
+/// Serves `state` on every listener until `stop` turns true.
+pub fn start(
+    state: AppState,
+    listeners: Vec<Listener>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Serving, ServeError> {
+    let mut servers = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        let app = server::router(state.clone(), listener.endpoints);
+        let mut stop = stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        servers.push(match listener.tls {
+            Some(slot) => tokio::spawn(server::serve_tls(
+                listener.socket,
+                app,
+                tls::server_config(slot)?,
+                stopped,
+            )),
+            None => tokio::spawn(server::serve(listener.socket, app, stopped)),
+        });
+    }
+    Ok(Serving(servers))
+}
+
+impl Serving {
+    /// Waits for every server to stop (after `stop`), and returns the first failure.
+    pub async fn stopped(self) -> Result<(), ServeError> {
+        let mut result = Ok(());
+        for server in self.0 {
+            let served = server
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let (Ok(()), Err(e)) = (&result, served) {
+                result = Err(ServeError::Serve(e));
+            }
+        }
+        result
+    }
+}
