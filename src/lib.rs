@@ -4,7 +4,8 @@
 //! The pure core is the `authplane-core` crate, re-exported here under the same names
 //! (`api`, `keys`, `policy`, `index`, ...). This crate is the runtime around it: `dev` is
 //! the folder driver and `operator` the Kubernetes driver, both feeding the core's
-//! index; `registry` holds the published snapshot and what outlives it; `external`
+//! index and both built on `driver` (the key store and rollout store traits, the one
+//! path each takes through them, and the serving start-up); `registry` holds the published snapshot and what outlives it; `external`
 //! fetches external issuers' key sets; `server` serves the snapshot over HTTP;
 //! `metrics`, `tls`; `cli` holds what the commands share. The README's layout section is
 //! the longer map.
