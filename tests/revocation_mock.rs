@@ -86,6 +86,49 @@ fn revocation(name: &str, created: Timestamp, spec: Value) -> Value {
     })
 }
 
+/// The lease was lost between the lists and the delete: the writer refuses, and
+/// nothing is deleted or written.
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_deletes_nothing() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
+    let (lease, leader) = tokio::sync::watch::channel(true);
+    let writer = LeaderWriter::new(client.clone(), leader, None);
+    let task = tokio::spawn(async move { expire_once(&client, &writer, now).await });
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/signingkeys",
+        200,
+        list("SigningKey", vec![]),
+    )
+    .await;
+    lease.send(false).unwrap();
+    let lapsed = revocation(
+        "old",
+        now - SignedDuration::from_hours(48),
+        json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
+    );
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/revocations",
+        200,
+        list("Revocation", vec![lapsed]),
+    )
+    .await;
+    let refused = within(task).await.unwrap().unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        authplane::operator::error::ErrorKind::NotLeader
+    );
+    assert!(
+        handle.next_request().await.is_none(),
+        "no DELETE, no status"
+    );
+}
+
 #[tokio::test]
 async fn the_leader_deletes_lapsed_revocations_and_only_those() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
