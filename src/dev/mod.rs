@@ -44,6 +44,8 @@ const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 const QUIET: StdDuration = StdDuration::from_millis(200);
 /// ... or once changes have kept coming for this long.
 const MAX_SETTLE: StdDuration = StdDuration::from_secs(2);
+/// Admission warnings logged per reload; the rest are counted in one line.
+const MAX_WARNINGS_LOGGED: usize = 20;
 /// The folder is read again this often even without a change event: a safety net for
 /// events the watcher cannot see (a network file system, a replaced parent folder).
 const RESCAN: StdDuration = StdDuration::from_secs(15);
@@ -580,8 +582,17 @@ impl Driver {
         self.known
             .0
             .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
-        for warning in admission_warnings(&self.desired, &desired, &changed, &*self.known) {
+        let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known);
+        for warning in warnings.iter().take(MAX_WARNINGS_LOGGED) {
             tracing::warn!("{warning}");
+        }
+        if warnings.len() > MAX_WARNINGS_LOGGED {
+            // A first start with 10,000 policies would otherwise print 10,000 lines; an
+            // object's own warnings come again whenever it is edited.
+            tracing::warn!(
+                "... and {} more admission warnings (each object's are given again when it changes)",
+                warnings.len() - MAX_WARNINGS_LOGGED
+            );
         }
         self.changed.signing_keys.extend(changed.signing_keys);
         self.changed.auth_policies.extend(changed.auth_policies);
