@@ -86,16 +86,29 @@ fn revocation(name: &str, created: Timestamp, spec: Value) -> Value {
     })
 }
 
+/// One pass of the leader's expiry against the mock API, by a replica that holds the
+/// lease until the returned sender says otherwise.
+fn expiry_pass(
+    now: Timestamp,
+) -> (
+    tokio::task::JoinHandle<Result<usize, authplane::operator::error::Error>>,
+    Handle,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (lease, leader) = tokio::sync::watch::channel(true);
+    let writer = LeaderWriter::new(client.clone(), leader, None);
+    let task = tokio::spawn(async move { expire_once(&client, &writer, now).await });
+    (task, handle, lease)
+}
+
 /// The lease was lost between the lists and the delete: the writer refuses, and
 /// nothing is deleted or written.
 #[tokio::test]
 async fn a_replica_that_lost_the_lease_deletes_nothing() {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
     let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
-    let (lease, leader) = tokio::sync::watch::channel(true);
-    let writer = LeaderWriter::new(client.clone(), leader, None);
-    let task = tokio::spawn(async move { expire_once(&client, &writer, now).await });
+    let (task, mut handle, lease) = expiry_pass(now);
     expect(
         &mut handle,
         "GET",
@@ -131,13 +144,9 @@ async fn a_replica_that_lost_the_lease_deletes_nothing() {
 
 #[tokio::test]
 async fn the_leader_deletes_lapsed_revocations_and_only_those() {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
     let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
     let ago = |minutes: i64| now - SignedDuration::from_mins(minutes);
-    let (_lease, leader) = tokio::sync::watch::channel(true);
-    let writer = LeaderWriter::new(client.clone(), leader, None);
-    let task = tokio::spawn(async move { expire_once(&client, &writer, now).await });
+    let (task, mut handle, _lease) = expiry_pass(now);
     expect(
         &mut handle,
         "GET",
