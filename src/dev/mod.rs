@@ -715,7 +715,7 @@ impl Driver {
                 metrics: &self.metrics,
             };
             let totals = self.runtime.audit_totals(id);
-            let Tracked { progress, next } = driver::rollouts::track(
+            let tracked = driver::rollouts::track(
                 &store,
                 &mut self.rollouts,
                 &self.metrics,
@@ -724,6 +724,8 @@ impl Driver {
                 now,
                 totals,
             );
+            driver::rollouts::say_moved(id, &tracked);
+            let Tracked { progress, next, .. } = tracked;
             wakeup = [wakeup, next].into_iter().flatten().min();
             match &progress {
                 Some(progress) => self.recorded_rollouts.insert(id.clone(), progress.clone()),

@@ -69,7 +69,7 @@ pub struct Said {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStepError<E: std::error::Error + 'static> {
-    /// The store could not be read; nothing was written.
+    /// The store could not be read; no keys were written.
     #[error("{0}")]
     Load(#[source] E),
     /// What is stored does not parse; nothing was written over it.
@@ -179,12 +179,17 @@ mod tests {
         }
     }
 
+    /// The events told, each with what the store held then.
     #[derive(Default)]
-    struct Told(Mutex<Vec<&'static str>>);
+    struct Told {
+        store: Option<&'static Memory>,
+        reasons: Mutex<Vec<(&'static str, bool)>>,
+    }
 
     impl KeyEvents for Told {
         async fn key_event(&self, _: &SigningKey, said: &Said) {
-            self.0.lock().unwrap().push(said.reason);
+            let stored = self.store.is_some_and(|s| s.data.lock().unwrap().is_some());
+            self.reasons.lock().unwrap().push((said.reason, stored));
         }
     }
 
@@ -209,13 +214,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_is_stored_before_it_is_told_of_and_an_unchanged_one_is_not_stored_again() {
-        let store = Memory::default();
-        let told = Told::default();
-        let first = step(&store, &told).await.unwrap();
+        let store: &'static Memory = Box::leak(Box::default());
+        let told = Told {
+            store: Some(store),
+            ..Told::default()
+        };
+        let first = step(store, &told).await.unwrap();
         assert_eq!(store.saves.load(Ordering::SeqCst), 1);
-        assert_eq!(*told.0.lock().unwrap(), ["KeyGenerated"]);
+        assert_eq!(
+            *told.reasons.lock().unwrap(),
+            [("KeyGenerated", true)],
+            "told once stored"
+        );
         assert_eq!(store.data.lock().unwrap().as_ref(), Some(&first.data));
-        step(&store, &told).await.unwrap();
+        step(store, &told).await.unwrap();
         assert_eq!(store.saves.load(Ordering::SeqCst), 1, "nothing changed");
     }
 
@@ -230,7 +242,7 @@ mod tests {
             step(&store, &told).await,
             Err(KeyStepError::Save(Full))
         ));
-        assert!(told.0.lock().unwrap().is_empty());
+        assert!(told.reasons.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

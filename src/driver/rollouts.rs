@@ -1,6 +1,6 @@
 //! One stepped rollout moved on, the same way by both drivers: read where it was
-//! recorded, let the pure [`RolloutTracker`] decide, record the new progress, and say
-//! so. Where progress is recorded is a [`RolloutStore`]: dev mode's state folder, or the
+//! recorded, let the pure [`RolloutTracker`] decide, and record the new progress; the
+//! driver says so ([`say_moved`]) once it is recorded. Where progress is recorded is a [`RolloutStore`]: dev mode's state folder, or the
 //! AuthPolicy's status on a cluster.
 
 use jiff::Timestamp;
@@ -32,6 +32,8 @@ pub struct Tracked {
     pub progress: Option<RolloutProgress>,
     /// When it moves next.
     pub next: Option<Timestamp>,
+    /// It moved since it was last recorded.
+    pub moved: bool,
 }
 
 /// Moves the rollout of `policy` on at `now`, given its audit totals so far (audited,
@@ -81,8 +83,17 @@ pub fn track<S: RolloutStore>(
         }
         _ => {}
     }
-    if let Some(progress) = &progress
-        && moved
+    Tracked {
+        progress,
+        next,
+        moved,
+    }
+}
+
+/// Logs where a rollout that moved stands now.
+pub fn say_moved(id: &ObjectKey, tracked: &Tracked) {
+    if let Some(progress) = &tracked.progress
+        && tracked.moved
     {
         tracing::info!(
             "AuthPolicy {id}: rollout at step {} of {:?}{}",
@@ -95,7 +106,6 @@ pub fn track<S: RolloutStore>(
                 .unwrap_or_default()
         );
     }
-    Tracked { progress, next }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! name did.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crate::api::{
     condition, conditions,
 };
 use crate::clock::Clock;
-use crate::driver::rollouts::{self, Recorded, RolloutStore, Tracked};
+use crate::driver::rollouts::{self, Recorded, RolloutStore};
 use crate::policy::progression::{self, RolloutTracker, Schedule};
 use crate::registry::{PolicyRuntime, Registry};
 
@@ -55,6 +56,7 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
     let generation = policy.metadata.generation;
     let invalid = policy.validate();
     let mut requeue = RECHECK;
+    let mut rollout = None;
     let status = if !invalid.is_empty() {
         let message: Vec<String> = invalid.iter().map(ToString::to_string).collect();
         AuthPolicyStatus {
@@ -94,7 +96,7 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
                 .and_then(|(_, f)| *f)
         });
         let totals = ctx.runtime.audit_totals(&id);
-        let Tracked { progress, next } = rollouts::track(
+        let tracked = rollouts::track(
             &InStatus,
             &mut ctx.rollouts.lock().unwrap_or_else(|e| e.into_inner()),
             &ctx.runtime.metrics,
@@ -103,15 +105,15 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             now,
             totals,
         );
-        let schedule = Schedule::of(&policy.spec.rollout, progress.as_ref());
+        let schedule = Schedule::of(&policy.spec.rollout, tracked.progress.as_ref());
         progression::report(
             &mut status,
             policy.spec.rollout.mode,
             &schedule,
-            progress,
+            tracked.progress.clone(),
             now,
         );
-        if let Some(next) = next {
+        if let Some(next) = tracked.next {
             let wait = next.duration_since(now).unsigned_abs();
             requeue = requeue.min(wait.max(Duration::from_millis(100)));
         }
@@ -119,24 +121,43 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             // Fetch health changes without any object changing.
             requeue = requeue.min(EXTERNAL_RECHECK);
         }
+        rollout = Some(tracked);
         status
     };
-    ctx.writer.status(policy.as_ref(), status).await?;
+    let written = ctx.writer.status(policy.as_ref(), status).await?;
+    if written && let Some(tracked) = &rollout {
+        // Said once recorded: a write that failed (or was refused, the lease lost)
+        // says nothing.
+        rollouts::say_moved(&id, tracked);
+    }
     Ok(Action::requeue(requeue))
 }
 
 /// The AuthPolicies the serving index compiled, announced to the status controller.
 /// Announcements are sets, so a burst (a relist, a key named by many policies) asks for
-/// each policy once, and nothing grows while no controller listens (a follower).
+/// each policy once; and they are kept only while a controller listens (on the leader),
+/// so a follower keeps nothing.
 #[derive(Default)]
 pub struct Recompiled {
     ids: Mutex<BTreeSet<ObjectKey>>,
     wake: Notify,
+    listeners: AtomicUsize,
+}
+
+/// A listener's presence: counted while its trigger stream lives.
+struct Listening(Arc<Recompiled>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if self.0.listeners.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.take();
+        }
+    }
 }
 
 impl Recompiled {
     pub fn announce(&self, ids: BTreeSet<ObjectKey>) {
-        if ids.is_empty() {
+        if ids.is_empty() || self.listeners.load(Ordering::SeqCst) == 0 {
             return;
         }
         self.ids
@@ -150,18 +171,20 @@ impl Recompiled {
         std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The policies announced from now on, for `Controller::reconcile_on`. What was
-    /// announced before is dropped: a controller that starts reconciles every policy.
+    /// The policies announced from now on, for `Controller::reconcile_on`, until the
+    /// stream is dropped (the lease is lost). A controller that starts reconciles every
+    /// policy anyway, so nothing from before is needed.
     pub fn triggers(
         self: Arc<Self>,
     ) -> impl Stream<Item = ObjectRef<DeserializeGuard<AuthPolicy>>> + Send + 'static {
-        self.take();
-        futures::stream::unfold(self, |feed| async move {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        let listening = Listening(self);
+        futures::stream::unfold(listening, |listening| async move {
             loop {
-                feed.wake.notified().await;
-                let ids = feed.take();
+                listening.0.wake.notified().await;
+                let ids = listening.0.take();
                 if !ids.is_empty() {
-                    return Some((ids, feed));
+                    return Some((ids, listening));
                 }
             }
         })
@@ -265,11 +288,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn announcements_reach_the_controller_once_each_and_only_from_its_start() {
+    async fn announcements_reach_the_controller_once_each_and_only_while_it_listens() {
         let feed = Arc::new(Recompiled::default());
-        // Announced while no controller listened (a follower): a new one reconciles
-        // every policy anyway.
+        // Announced while no controller listened (a follower): nothing is kept, and a
+        // new controller reconciles every policy anyway.
         feed.announce(BTreeSet::from([id("old")]));
+        assert!(feed.take().is_empty(), "a follower keeps nothing");
         let mut triggers = Box::pin(feed.clone().triggers());
         feed.announce(BTreeSet::from([id("pay"), id("cart")]));
         feed.announce(BTreeSet::from([id("pay")]));
@@ -287,5 +311,9 @@ mod tests {
             futures::FutureExt::now_or_never(triggers.next()).is_none(),
             "nothing else"
         );
+        // The lease is lost: the controller and its stream go, and nothing is kept.
+        drop(triggers);
+        feed.announce(BTreeSet::from([id("later")]));
+        assert!(feed.take().is_empty());
     }
 }

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::DeserializeGuard;
-use kube::runtime::{Controller, reflector, watcher};
+use kube::runtime::{Controller, controller, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
@@ -269,6 +269,9 @@ pub async fn run(
     Ok(serving.stopped().await?)
 }
 
+/// AuthPolicies reconciled at once.
+const AUTH_POLICY_RECONCILES: u16 = 16;
+
 /// What the leader runs.
 struct Controllers {
     client: Client,
@@ -313,6 +316,9 @@ async fn lead(
             .for_each(|_| async {});
         let policies = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone());
         let auth_policies = Controller::new(policies, watcher::Config::default())
+            // A key named by 10,000 policies recompiles them all at a rotation: their
+            // reconciles (each looks its targets up) go to the apiserver a few at a time.
+            .with_config(controller::Config::default().concurrency(AUTH_POLICY_RECONCILES))
             .reconcile_on(recompiled.clone().triggers())
             .run(
                 auth_policies::reconcile_guarded,

@@ -144,7 +144,8 @@ pub async fn run(
             let mut snapshot = view.index.snapshot();
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
-            // Once served, reported: the leader's status says what every replica serves.
+            // Once served, reported: on the leader, this is what its status controller
+            // reconciles (every replica compiles the same objects the same way).
             recompiled.announce(view.index.take_recompiled());
         }
     }
@@ -252,7 +253,7 @@ struct View {
 impl View {
     fn new(runtime: Arc<PolicyRuntime>) -> Self {
         Self {
-            index: Index::new(runtime),
+            index: Index::new(runtime).recording_recompiled(),
             pending: Pending::default(),
             secret_of: HashMap::new(),
             users_of: HashMap::new(),

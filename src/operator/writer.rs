@@ -1,13 +1,16 @@
 //! The leader's writes, gated in one place. Every replica reads and serves; only the
 //! Lease holder writes Secrets, JWKS ConfigMaps, status, Events and Revocation
 //! deletions, and every one of those writes goes through a [`LeaderWriter`], which
-//! refuses it (`NotLeader`, nothing sent) the moment this replica does not hold the
-//! lease. The controllers run only while this replica leads; the gate is what keeps a
-//! write that was already under way when the lease was lost from landing.
+//! refuses it (`NotLeader`, nothing sent) once this replica does not hold the lease.
+//! The controllers run only while this replica leads; the gate refuses what a
+//! reconcile still under way would send after the lease was lost. A request already
+//! sent is not recalled: Secrets are written at the resourceVersion read, so a stale one
+//! is refused by the apiserver (409); status and ConfigMaps are derived from the Secret
+//! and the spec, so the next leader writes the same.
 //!
 //! Not gated, on purpose: the Lease itself, `/revoke` creating a Revocation (any
-//! replica that receives one writes it), and the self-bootstrapped TLS Secret (each
-//! replica needs a certificate before any of them leads).
+//! replica that receives one writes it), and the self-bootstrapped TLS Secret and the
+//! webhook's `caBundle` (each replica needs a certificate before any of them leads).
 
 use std::fmt::Debug;
 

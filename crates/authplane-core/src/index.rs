@@ -86,10 +86,10 @@ pub struct Index {
     compiled: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
     /// Policies compiled so far: tests count them.
     compilations: u64,
-    /// The policies compiled since [`Index::take_recompiled`] was last called: the
-    /// operator's status controller reports them then. Each at most once, so it stays
-    /// as small as the index where nobody takes it (dev mode).
-    recompiled: BTreeSet<ObjectKey>,
+    /// The policies compiled since [`Index::take_recompiled`] was last called, when a
+    /// driver asks for them ([`Index::recording_recompiled`]): the operator's status
+    /// controller reports them then.
+    recompiled: Option<BTreeSet<ObjectKey>>,
 }
 
 impl Index {
@@ -103,8 +103,14 @@ impl Index {
             issuers: imbl::HashMap::new(),
             compiled: imbl::HashMap::new(),
             compilations: 0,
-            recompiled: BTreeSet::new(),
+            recompiled: None,
         }
+    }
+
+    /// An index that records which policies it compiles, for [`Index::take_recompiled`].
+    pub fn recording_recompiled(mut self) -> Self {
+        self.recompiled = Some(BTreeSet::new());
+        self
     }
 
     /// The state to serve, sharing everything with the previous snapshot.
@@ -123,8 +129,12 @@ impl Index {
 
     /// The policies compiled since the last call, whatever caused it (their own change,
     /// or a SigningKey they name).
+    /// Empty unless the index was made [`Index::recording_recompiled`].
     pub fn take_recompiled(&mut self) -> BTreeSet<ObjectKey> {
-        std::mem::take(&mut self.recompiled)
+        self.recompiled
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The keys a SigningKey is served with, if it is.
@@ -256,6 +266,9 @@ impl Index {
             self.undepend(key, id);
         }
         self.compiled.remove(id);
+        if let Some(recompiled) = &mut self.recompiled {
+            recompiled.remove(id);
+        }
         self.runtime.forget_policy(id);
         true
     }
@@ -341,7 +354,9 @@ impl Index {
         runtime.problem(&format!("AuthPolicy {id}"), problem);
         self.compiled.insert(id.clone(), Arc::new(compiled));
         self.compilations += 1;
-        self.recompiled.insert(id.clone());
+        if let Some(recompiled) = &mut self.recompiled {
+            recompiled.insert(id.clone());
+        }
     }
 }
 

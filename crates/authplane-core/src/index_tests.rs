@@ -196,7 +196,8 @@ fn an_unchanged_policy_is_not_compiled_again() {
 
 #[test]
 fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
-    let (mut index, _) = index(0);
+    let (index, _) = index(0);
+    let mut index = index.recording_recompiled();
     index.apply_key(&id("auth", "web"), eddsa("web"));
     index.apply_key(&id("auth", "mobile"), eddsa("mobile"));
     index.apply_policy(Arc::new(policy("pay", "web", "pay")));
@@ -243,6 +244,19 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
     };
     assert!(!index.apply_key(&id("auth", "web"), again));
     assert_eq!(index.compilations(), 5);
+    assert!(index.take_recompiled().is_empty());
+
+    // A policy deleted before it was reported is not reported.
+    index.apply_policy(Arc::new(policy("late", "web", "late")));
+    index.delete_policy(&id("shop", "late"));
+    assert!(index.take_recompiled().is_empty());
+}
+
+#[test]
+fn an_index_not_asked_to_record_its_compilations_keeps_none() {
+    let (mut index, _) = index(0);
+    index.apply_policy(Arc::new(policy("pay", "web", "pay")));
+    assert_eq!(index.compilations(), 1);
     assert!(index.take_recompiled().is_empty());
 }
 

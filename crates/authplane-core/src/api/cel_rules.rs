@@ -216,14 +216,11 @@ pub(crate) mod fast {
                 assert_eq!(before.len(), after.len());
                 check_defaults(schema);
             }
+            // A default is what the apiserver (and kube-cel) puts in place of an absent
+            // field before the rules run: an object's default too (`rotation`).
             fn check_defaults(schema: &Value) {
-                let rules = schema
-                    .get("x-kubernetes-validations")
-                    .and_then(Value::as_array);
-                if rules.is_some_and(|r| r.iter().any(|r| r["rule"] == SYNTAX_RULE))
-                    && let Some(default) = schema.get("default")
-                {
-                    assert!(is_duration(default.as_str().unwrap()), "{default}");
+                if let Some(default) = schema.get("default") {
+                    assert!(durations_well_formed(schema, default), "{default}");
                 }
                 match schema {
                     Value::Object(fields) => fields.values().for_each(check_defaults),
@@ -233,8 +230,83 @@ pub(crate) mod fast {
             }
         }
 
+        fn is_duration_node(schema: &Value) -> bool {
+            schema
+                .get("x-kubernetes-validations")
+                .and_then(Value::as_array)
+                .is_some_and(|rules| rules.iter().any(|r| r["rule"] == SYNTAX_RULE))
+        }
+
+        /// The paths of every duration field (`*` for an item of a list or map).
+        fn duration_paths(schema: &Value, path: &mut Vec<String>, found: &mut Vec<String>) {
+            if is_duration_node(schema) {
+                found.push(path.join("."));
+            }
+            for (name, child) in schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                path.push(name.clone());
+                duration_paths(child, path, found);
+                path.pop();
+            }
+            for child in ["items", "additionalProperties"]
+                .iter()
+                .filter_map(|k| schema.get(*k))
+            {
+                path.push("*".into());
+                duration_paths(child, path, found);
+                path.pop();
+            }
+        }
+
+        /// The fast path is sound only if every replaced call reads a duration field:
+        /// `self` on a duration's own schema, or `self.<field>` whose schema is one. A
+        /// rule that ever calls the duration regex on anything else (`oldSelf`, a plain
+        /// string) fails this.
+        #[test]
+        fn every_replaced_call_reads_a_duration_field() {
+            fn check(schema: &Value, calls: &mut usize) {
+                let rules = schema
+                    .get("x-kubernetes-validations")
+                    .and_then(Value::as_array);
+                for rule in rules
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["rule"].as_str())
+                {
+                    for (at, _) in rule.match_indices(CALL) {
+                        let receiver = rule[..at]
+                            .rsplit(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                            .next()
+                            .unwrap_or_default();
+                        let reads_a_duration = match receiver.strip_prefix("self.") {
+                            None => receiver == "self" && is_duration_node(schema),
+                            Some(field) => schema["properties"]
+                                .get(field)
+                                .is_some_and(is_duration_node),
+                        };
+                        assert!(reads_a_duration, "{receiver:?} in {rule}");
+                        *calls += 1;
+                    }
+                }
+                match schema {
+                    Value::Object(fields) => fields.values().for_each(|v| check(v, calls)),
+                    Value::Array(items) => items.iter().for_each(|v| check(v, calls)),
+                    _ => {}
+                }
+            }
+            let mut calls = 0;
+            check(SigningKey::schema(), &mut calls);
+            check(AuthPolicy::schema(), &mut calls);
+            assert!(calls > 10, "{calls} calls checked");
+        }
+
         /// Every duration field of both kinds, set to every sample: wherever the fast
-        /// path is taken, its verdict is the original's, errors and messages alike.
+        /// path is taken, its verdict is the original's, errors and messages alike. The
+        /// fields are checked against the schemas, so a new one cannot be left out.
         #[test]
         fn the_fast_rules_give_the_original_verdicts() {
             let key = json!({"apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
@@ -264,6 +336,26 @@ pub(crate) mod fast {
                 &["spec", "issuers", "1", "refresh", "maxInterval"],
                 &["spec", "issuers", "1", "refresh", "maxStale"],
             ];
+            for (schema, fields) in [
+                (SigningKey::schema(), key_fields),
+                (AuthPolicy::schema(), policy_fields),
+            ] {
+                let mut all = Vec::new();
+                duration_paths(schema, &mut Vec::new(), &mut all);
+                let mut listed: Vec<String> = fields
+                    .iter()
+                    .map(|f| {
+                        let steps: Vec<&str> = f
+                            .iter()
+                            .map(|s| if s.parse::<usize>().is_ok() { "*" } else { s })
+                            .collect();
+                        steps.join(".")
+                    })
+                    .collect();
+                all.sort();
+                listed.sort();
+                assert_eq!(listed, all, "every duration field is in the lists below");
+            }
             let cel = Validator::new();
             let (mut fast, mut slow) = (0, 0);
             let mut check =
