@@ -1,6 +1,8 @@
 //! Leader election against kube-rs's mock API and a manual clock: the skew between
 //! nodes' clocks never makes two replicas lead, and never keeps a dead holder's lease.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use kube::client::Body;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use common::mock_api::{self, Handle, within};
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/authplane/leases/authplane-leader";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/authplane/leases";
@@ -72,14 +74,6 @@ fn conflict() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"})
 }
 
-/// Fails, instead of hanging, when the code under test waits for an answer to a request
-/// the test did not expect.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), future)
-        .await
-        .expect("a request the test does not expect is waiting for an answer")
-}
-
 /// Answers the next request, which must be `method path`; returns the body it carried.
 /// A `Value::Null` answer echoes the body with the next resourceVersion, as the
 /// apiserver does on a successful write.
@@ -90,37 +84,15 @@ async fn expect(
     status: u16,
     answer: Value,
 ) -> Value {
-    let (request, respond) = handle
-        .next_request()
-        .await
-        .unwrap_or_else(|| panic!("expected {method} {path}"));
-    assert_eq!(
-        (request.method().as_str(), request.uri().path()),
-        (method, path)
-    );
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    let answer = if answer.is_null() {
+    mock_api::expect_echoing(handle, method, path, status, answer, |body| {
         let mut echo = body.clone();
         let version: u32 = echo["metadata"]["resourceVersion"]
             .as_str()
             .map_or(0, |v| v.parse().unwrap());
         echo["metadata"]["resourceVersion"] = json!((version + 1).to_string());
         echo
-    } else {
-        answer
-    };
-    respond.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    body
+    })
+    .await
 }
 
 /// A round in which the elector reads `lease` and must not write.

@@ -1,5 +1,7 @@
 //! The SigningKey reconcile against kube-rs's mock service: exact requests, in order.
 
+mod common;
+
 use std::sync::Arc;
 
 use authplane::api::SigningKey;
@@ -15,7 +17,7 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use common::mock_api::{self, Handle, within};
 
 struct Fixed(Timestamp);
 
@@ -56,14 +58,6 @@ fn context(
     (Arc::new(ctx), handle, tx)
 }
 
-/// Fails, instead of hanging, when the code under test waits for an answer to a request
-/// the test did not expect.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(10), future)
-        .await
-        .expect("a request the test does not expect is waiting for an answer")
-}
-
 /// The reconcile under test, failing instead of hanging on an unexpected request.
 async fn reconcile(
     key: Arc<SigningKey>,
@@ -73,6 +67,8 @@ async fn reconcile(
 }
 
 /// Takes the next request, checks method and path, answers, returns the request body.
+/// A null answer echoes the object, as the apiserver answers with it (apply patches
+/// carry no metadata).
 async fn expect(
     handle: &mut Handle,
     method: &str,
@@ -80,38 +76,15 @@ async fn expect(
     status: u16,
     answer: Value,
 ) -> Value {
-    let (request, respond) = handle
-        .next_request()
-        .await
-        .unwrap_or_else(|| panic!("expected {method} {path}"));
-    assert_eq!(
-        (request.method().as_str(), request.uri().path()),
-        (method, path)
-    );
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    // Echo the object, as the apiserver answers with it (apply patches carry no metadata).
-    let answer = if answer.is_null() {
+    mock_api::expect_echoing(handle, method, path, status, answer, |body| {
         let mut echo = body.clone();
         if echo.get("metadata").is_none() {
             echo["metadata"] = json!({"name": "web", "namespace": "auth"});
             echo["spec"] = json!({});
         }
         echo
-    } else {
-        answer
-    };
-    respond.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    body
+    })
+    .await
 }
 
 fn not_found() -> Value {

@@ -23,16 +23,11 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// Fails, instead of hanging, when the code waits for an answer the test does not give.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(10), future)
-        .await
-        .expect("a request the test does not expect is waiting for an answer")
-}
+use common::mock_api::{self, Handle, within};
 
 /// Takes the next request, checks method and path, answers, returns the request body.
+/// A null answer echoes the object, as the apiserver answers with it (apply patches
+/// carry no metadata).
 async fn expect(
     handle: &mut Handle,
     method: &str,
@@ -40,37 +35,15 @@ async fn expect(
     status: u16,
     answer: Value,
 ) -> Value {
-    let (request, respond) = within(handle.next_request())
-        .await
-        .unwrap_or_else(|| panic!("expected {method} {path}"));
-    assert_eq!(
-        (request.method().as_str(), request.uri().path()),
-        (method, path)
-    );
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    // Echo the object, as the apiserver answers with it (apply patches carry no metadata).
-    let answer = if answer.is_null() {
+    mock_api::expect_echoing(handle, method, path, status, answer, |body| {
         let mut echo = body.clone();
         if echo.get("metadata").is_none() {
             echo["metadata"] = json!({"name": "echo", "namespace": "auth"});
             echo["spec"] = json!({"issuer": "https://echo", "tokenId": "echo"});
         }
         echo
-    } else {
-        answer
-    };
-    respond.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    body
+    })
+    .await
 }
 
 fn list(kind: &str, items: Vec<Value>) -> Value {

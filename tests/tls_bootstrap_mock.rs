@@ -2,6 +2,8 @@
 //! between two replicas, renewal, and the caBundle patch. The certificates are real and
 //! are checked with rustls's own verifier.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use common::mock_api::{self, Handle, within};
 
 const SECRET: &str = "/api/v1/namespaces/authplane/secrets/authplane-webhook-tls";
 const SECRETS: &str = "/api/v1/namespaces/authplane/secrets";
@@ -51,15 +53,9 @@ fn apis() -> (Api<Secret>, Api<ValidatingWebhookConfiguration>, Handle) {
     )
 }
 
-/// Fails, instead of hanging, when the code waits for an answer the test does not give.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), future)
-        .await
-        .expect("a request the test does not expect is waiting for an answer")
-}
-
-/// Takes the next request, checks method and path, answers; returns the request body.
-/// A null answer echoes the body (as the apiserver answers a write with the object).
+/// Takes the next request, checks method and path, answers; returns the request body
+/// (a PATCH's with its content type under `contentType`). A null answer echoes the
+/// body (as the apiserver answers a write with the object).
 async fn expect(
     handle: &mut Handle,
     method: &str,
@@ -67,38 +63,17 @@ async fn expect(
     status: u16,
     answer: Value,
 ) -> Value {
-    let (request, respond) = handle
-        .next_request()
-        .await
-        .unwrap_or_else(|| panic!("expected {method} {path}"));
-    assert_eq!(
-        (request.method().as_str(), request.uri().path()),
-        (method, path)
-    );
-    let content_type = request
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let mut body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
+    let taken = mock_api::take(handle, method, path).await;
+    let mut body = taken.body.clone();
     if method == "PATCH" {
-        body["contentType"] = json!(content_type);
+        body["contentType"] = json!(taken.content_type);
     }
     let answer = if answer.is_null() {
         body.clone()
     } else {
         answer
     };
-    respond.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
+    taken.answer(status, &answer);
     body
 }
 
