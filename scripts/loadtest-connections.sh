@@ -42,40 +42,9 @@ if [ -z "${BIN:-}" ]; then
 fi
 bin=${BIN:-$target/release/authplane}
 
-work=$(mktemp -d)
-server=""
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-mkdir -p "$work/manifests"
-cat > "$work/manifests/bench.yaml" <<'YAML'
-apiVersion: authplane.io/v1alpha1
-kind: SigningKey
-metadata: {name: web, namespace: bench}
-spec: {algorithm: RS256}
----
-apiVersion: authplane.io/v1alpha1
-kind: AuthPolicy
-metadata: {name: api, namespace: bench}
-spec:
-  issuers: [{signingKeyRef: {name: web}}]
-  audiences: [api]
-  forwardClaims: {sub: X-Auth-Subject}
-  rollout: {mode: Enforce, percentage: 100}
-YAML
-
-RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} taskset -c "$SERVER_CPU" "$bin" dev \
-  --manifests "$work/manifests" --state "$work/state" --listen "127.0.0.1:$PORT" \
-  >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
+start_server "$PORT"
 token=$("$bin" token mint --state "$work/state" --key bench/web --sub alice --aud api --ttl 1h)
 url="http://127.0.0.1:$PORT/authz/bench/api"
 status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")

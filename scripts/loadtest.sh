@@ -26,44 +26,8 @@ fi
 cargo build --release --quiet --bin authplane --example verify_rate
 bin=target/release/authplane
 
-work=$(mktemp -d)
-server=""
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-mkdir -p "$work/manifests"
-cat > "$work/manifests/bench.yaml" <<'YAML'
-apiVersion: authplane.io/v1alpha1
-kind: SigningKey
-metadata: {name: web, namespace: bench}
-spec: {algorithm: RS256}
----
-apiVersion: authplane.io/v1alpha1
-kind: AuthPolicy
-metadata: {name: api, namespace: bench}
-spec:
-  issuers: [{signingKeyRef: {name: web}}]
-  audiences: [api]
-  forwardClaims: {sub: X-Auth-Subject}
-  rollout: {mode: Enforce, percentage: 100}
-YAML
-
-# start_server PORT CACHE_SIZE: a dev server on the server core.
-start_server() {
-  RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} taskset -c "$SERVER_CPU" "$bin" dev \
-    --manifests "$work/manifests" --state "$work/state" --listen "127.0.0.1:$1" \
-    --decision-cache-size "$2" >"$work/server-$1.log" 2>&1 &
-  server=$!
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  curl -fs "http://127.0.0.1:$1/readyz" >/dev/null || { cat "$work/server-$1.log"; exit 1; }
-}
-stop_server() { kill "$server" && wait "$server" 2>/dev/null || true; server=""; }
+# shellcheck source=scripts/bench-server.sh
+. scripts/bench-server.sh
 
 # measure PORT NAME [TOKEN]: wrk against /authz with the same token on every request;
 # each one must pass.
@@ -84,7 +48,7 @@ rps_of() { awk '/^Requests\/sec:/ {print $2}' "$work/$1.txt"; }
 p99_of() { awk '$1 == "99%" {print $2}' "$work/$1.txt"; }
 
 # Uncached: --decision-cache-size 0, every request verifies the signature.
-start_server "$PORT" 0
+start_server "$PORT" --decision-cache-size 0
 token=$("$bin" token mint --state "$work/state" --key bench/web --sub alice --aud api --ttl 1h)
 status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/authz/bench/api")
 [ "$status" = 200 ] || { echo "the benchmark token is refused ($status)" >&2; exit 1; }
@@ -100,7 +64,7 @@ taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http
 stop_server
 
 # Cached (the default size): a client repeating its token skips the signature check.
-start_server "$PORT" 10000
+start_server "$PORT" --decision-cache-size 10000
 measure "$PORT" cached
 stop_server
 
