@@ -21,8 +21,8 @@ use crate::api::SigningKey;
 use crate::clock::Clock;
 use crate::driver::{
     self,
-    keys::{KeyStepError, KeyStore, Stored},
-    rollouts::{Recorded, RolloutStore, Tracked},
+    keys::KeyStepError,
+    rollouts::Tracked,
     serve::{ServeError, Serving},
 };
 use crate::index::Index;
@@ -418,124 +418,6 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-/// The state folder as a key store. A file that vanished under a running server (the
-/// folder was moved or deleted) is written back from the keys still served: those are
-/// the truth, and new ones would break every token they signed.
-struct FolderKeys<'a> {
-    store: &'a StateStore,
-    served: Option<&'a ServedKeys>,
-    metrics: &'a Metrics,
-    now: Timestamp,
-}
-
-impl KeyStore for FolderKeys<'_> {
-    type Error = state::StateError;
-    type Version = ();
-
-    async fn load(&self, id: &ObjectKey, key: &SigningKey) -> Result<Stored<()>, Self::Error> {
-        let stored = self.store.load(id)?;
-        let (Some(served), None) = (self.served, &stored) else {
-            return Ok(Stored {
-                data: stored,
-                restore: false,
-                version: (),
-            });
-        };
-        let root = self.store.root();
-        let gone = if root.exists() {
-            format!("its state file {} is gone", self.store.path(id).display())
-        } else {
-            format!("the state folder {} is gone", root.display())
-        };
-        let kids: Vec<&str> = served
-            .keys
-            .records()
-            .iter()
-            .map(|r| r.material.kid())
-            .collect();
-        tracing::warn!(
-            "SigningKey {id}: {gone}; writing back the {} keys still served ({}), no new key is made",
-            kids.len(),
-            kids.join(", ")
-        );
-        self.metrics.reload_error("keystore");
-        Ok(Stored {
-            data: Some(crate::keys::store::to_data(
-                &served.keys,
-                &served.published.issuer,
-                key.key_policy().retain_for,
-                self.now,
-            )),
-            restore: true,
-            version: (),
-        })
-    }
-
-    async fn save(
-        &self,
-        id: &ObjectKey,
-        _: &SigningKey,
-        data: &crate::keys::store::Data,
-        _: &Stored<()>,
-    ) -> Result<(), Self::Error> {
-        self.store.save(id, data)
-    }
-}
-
-/// The state folder as a rollout store. A record that vanished under a running server
-/// (the state folder was moved or deleted), or no longer reads, is written back from
-/// memory: the rollout must not start over.
-struct FolderRollouts<'a> {
-    store: &'a StateStore,
-    /// The progress last recorded per policy.
-    remembered: &'a HashMap<ObjectKey, crate::api::RolloutProgress>,
-    metrics: &'a Metrics,
-}
-
-impl RolloutStore for FolderRollouts<'_> {
-    type Error = state::StateError;
-
-    fn load(
-        &self,
-        id: &ObjectKey,
-        _: &crate::api::AuthPolicy,
-    ) -> Result<Recorded, state::StateError> {
-        let loaded = self.store.load_rollout(id);
-        let remembered = self.remembered.get(id);
-        let problem = match (&loaded, remembered) {
-            (Ok(Some(_)), _) | (_, None) => {
-                return loaded.map(|progress| Recorded {
-                    progress,
-                    restore: false,
-                });
-            }
-            (Ok(None), Some(_)) => "is gone".to_owned(),
-            (Err(e), Some(_)) => format!("is unreadable ({e})"),
-        };
-        tracing::warn!(
-            "AuthPolicy {id}: its rollout record {} {problem}; writing back the progress still held",
-            self.store.rollout_path(id).display()
-        );
-        self.metrics.reload_error("keystore");
-        Ok(Recorded {
-            progress: remembered.cloned(),
-            restore: true,
-        })
-    }
-
-    fn save(
-        &self,
-        id: &ObjectKey,
-        progress: &crate::api::RolloutProgress,
-    ) -> Result<(), state::StateError> {
-        self.store.save_rollout(id, progress)
-    }
-
-    fn remove(&self, id: &ObjectKey) -> Result<(), state::StateError> {
-        self.store.remove_rollout(id)
-    }
-}
-
 /// The SigningKeys the manifests define, as the admission webhook sees them.
 #[derive(Default)]
 struct KnownKeys(ArcSwap<BTreeSet<ObjectKey>>);
@@ -709,7 +591,7 @@ impl Driver {
             if !moves && !changed.contains(id) && self.index.has_policy(id) {
                 continue;
             }
-            let store = FolderRollouts {
+            let store = state::FolderRollouts {
                 store: &self.store,
                 remembered: &self.recorded_rollouts,
                 metrics: &self.metrics,
@@ -754,7 +636,7 @@ impl Driver {
         key: &SigningKey,
     ) -> Result<(ServedKeys, Option<Timestamp>), KeyStepError<state::StateError>> {
         let now = self.clock.now();
-        let store = FolderKeys {
+        let store = state::FolderKeys {
             store: &self.store,
             served: self.index.served(id),
             metrics: &self.metrics,

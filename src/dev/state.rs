@@ -1,14 +1,23 @@
 //! The state folder: dev mode's stand-in for Secrets. One JSON file per SigningKey,
 //! `<state>/<namespace>/<name>.json`, holding the same map a Secret's `data` would.
-//! Files are mode 0600 in folders of mode 0700, written atomically (temporary file,
-//! fsync, rename), so a crash at any point leaves either the old or the new content.
+//! Dev mode's key store and rollout store ([`FolderKeys`], [`FolderRollouts`]). Files
+//! are mode 0600 in folders of mode 0700, written atomically (temporary file, fsync,
+//! rename), so a crash at any point leaves either the old or the new content.
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use jiff::Timestamp;
+
+use crate::api::{AuthPolicy, RolloutProgress, SigningKey};
 use crate::dev::manifests::ObjectKey;
+use crate::driver::keys::{KeyStore, Stored};
+use crate::driver::rollouts::{Recorded, RolloutStore};
+use crate::metrics::Metrics;
+use crate::registry::ServedKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -69,17 +78,14 @@ impl StateStore {
             .join(format!("{}.json", key.name))
     }
 
-    pub fn load_rollout(
-        &self,
-        key: &ObjectKey,
-    ) -> Result<Option<crate::api::RolloutProgress>, StateError> {
+    pub fn load_rollout(&self, key: &ObjectKey) -> Result<Option<RolloutProgress>, StateError> {
         read_json(self.rollout_path(key))
     }
 
     pub fn save_rollout(
         &self,
         key: &ObjectKey,
-        progress: &crate::api::RolloutProgress,
+        progress: &RolloutProgress,
     ) -> Result<(), StateError> {
         self.write_json(&self.rollout_path(key), progress)
     }
@@ -119,6 +125,116 @@ impl StateStore {
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
         Ok(())
+    }
+}
+
+/// The state folder as a key store. A file that vanished under a running server (the
+/// folder was moved or deleted) is written back from the keys still served: those are
+/// the truth, and new ones would break every token they signed.
+pub(super) struct FolderKeys<'a> {
+    pub(super) store: &'a StateStore,
+    pub(super) served: Option<&'a ServedKeys>,
+    pub(super) metrics: &'a Metrics,
+    pub(super) now: Timestamp,
+}
+
+impl KeyStore for FolderKeys<'_> {
+    type Error = StateError;
+    type Version = ();
+
+    async fn load(&self, id: &ObjectKey, key: &SigningKey) -> Result<Stored<()>, Self::Error> {
+        let stored = self.store.load(id)?;
+        let (Some(served), None) = (self.served, &stored) else {
+            return Ok(Stored {
+                data: stored,
+                restore: false,
+                version: (),
+            });
+        };
+        let root = self.store.root();
+        let gone = if root.exists() {
+            format!("its state file {} is gone", self.store.path(id).display())
+        } else {
+            format!("the state folder {} is gone", root.display())
+        };
+        let kids: Vec<&str> = served
+            .keys
+            .records()
+            .iter()
+            .map(|r| r.material.kid())
+            .collect();
+        tracing::warn!(
+            "SigningKey {id}: {gone}; writing back the {} keys still served ({}), no new key is made",
+            kids.len(),
+            kids.join(", ")
+        );
+        self.metrics.reload_error("keystore");
+        Ok(Stored {
+            data: Some(crate::keys::store::to_data(
+                &served.keys,
+                &served.published.issuer,
+                key.key_policy().retain_for,
+                self.now,
+            )),
+            restore: true,
+            version: (),
+        })
+    }
+
+    async fn save(
+        &self,
+        id: &ObjectKey,
+        _: &SigningKey,
+        data: &Data,
+        _: &Stored<()>,
+    ) -> Result<(), Self::Error> {
+        self.store.save(id, data)
+    }
+}
+
+/// The state folder as a rollout store. A record that vanished under a running server
+/// (the state folder was moved or deleted), or no longer reads, is written back from
+/// memory: the rollout must not start over.
+pub(super) struct FolderRollouts<'a> {
+    pub(super) store: &'a StateStore,
+    /// The progress last recorded per policy.
+    pub(super) remembered: &'a HashMap<ObjectKey, RolloutProgress>,
+    pub(super) metrics: &'a Metrics,
+}
+
+impl RolloutStore for FolderRollouts<'_> {
+    type Error = StateError;
+
+    fn load(&self, id: &ObjectKey, _: &AuthPolicy) -> Result<Recorded, StateError> {
+        let loaded = self.store.load_rollout(id);
+        let remembered = self.remembered.get(id);
+        let problem = match (&loaded, remembered) {
+            (Ok(Some(_)), _) | (_, None) => {
+                return loaded.map(|progress| Recorded {
+                    progress,
+                    restore: false,
+                });
+            }
+            (Ok(None), Some(_)) => "is gone".to_owned(),
+            (Err(e), Some(_)) => format!("is unreadable ({e})"),
+        };
+        tracing::warn!(
+            "AuthPolicy {id}: its rollout record {} {problem}; writing back the progress still held",
+            self.store.rollout_path(id).display()
+        );
+        self.metrics.reload_error("keystore");
+        Ok(Recorded {
+            progress: remembered.cloned(),
+            restore: true,
+        })
+    }
+
+    fn save(&self, id: &ObjectKey, progress: &RolloutProgress) -> Result<(), StateError> {
+        self.store.save_rollout(id, progress)
+    }
+
+    fn remove(&self, id: &ObjectKey) -> Result<(), StateError> {
+        self.store.remove_rollout(id)
     }
 }
 
