@@ -7,6 +7,7 @@
 # other one, so that the numbers do not measure their fight.
 #
 #   scripts/loadtest.sh            # DURATION=10 CONNECTIONS=32 TOKIO_WORKER_THREADS=1
+#   BIN=/path/to/authplane scripts/loadtest.sh   # another build, for before/after
 #
 # Prints the raw numbers, p99s and the ratios. Talks to 127.0.0.1 only; stops by itself.
 set -euo pipefail
@@ -23,8 +24,11 @@ if ! command -v wrk >/dev/null; then
   apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
 fi
 
-cargo build --release --quiet --bin authplane --example verify_rate
-bin=target/release/authplane
+cargo build --release --quiet --example verify_rate
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --bin authplane
+fi
+bin=${BIN:-target/release/authplane}
 
 # shellcheck source=scripts/bench-server.sh
 . scripts/bench-server.sh
