@@ -181,12 +181,12 @@ mod tests {
 
     /// The events told, each with what the store held then.
     #[derive(Default)]
-    struct Told {
-        store: Option<&'static Memory>,
+    struct Told<'a> {
+        store: Option<&'a Memory>,
         reasons: Mutex<Vec<(&'static str, bool)>>,
     }
 
-    impl KeyEvents for Told {
+    impl KeyEvents for Told<'_> {
         async fn key_event(&self, _: &SigningKey, said: &Said) {
             let stored = self.store.is_some_and(|s| s.data.lock().unwrap().is_some());
             self.reasons.lock().unwrap().push((said.reason, stored));
@@ -203,7 +203,7 @@ mod tests {
         (ObjectKey::of(&key.metadata), key)
     }
 
-    async fn step(store: &Memory, told: &Told) -> Result<KeyOutcome, KeyStepError<Full>> {
+    async fn step(store: &Memory, told: &Told<'_>) -> Result<KeyOutcome, KeyStepError<Full>> {
         let (id, key) = key();
         let now = "2026-01-01T00:00:00Z".parse().unwrap();
         let metrics = Metrics::default();
@@ -214,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_is_stored_before_it_is_told_of_and_an_unchanged_one_is_not_stored_again() {
-        let store: &'static Memory = Box::leak(Box::default());
+        let store = &Memory::default();
         let told = Told {
             store: Some(store),
             ..Told::default()

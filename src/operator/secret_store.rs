@@ -53,15 +53,14 @@ impl KeyStore for SecretStore<'_> {
 
     async fn load(
         &self,
-        _: &ObjectKey,
+        id: &ObjectKey,
         key: &SigningKey,
     ) -> Result<Stored<SecretVersion>, SecretError> {
         let secret_name = key.secret_name();
-        let secret =
-            Api::<Secret>::namespaced(self.client.clone(), &key.namespace().unwrap_or_default())
-                .get_opt(&secret_name)
-                .await
-                .map_err(Error::from)?;
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &id.namespace)
+            .get_opt(&secret_name)
+            .await
+            .map_err(Error::from)?;
         // Keys existed (status says so) and their Secret is gone: someone deleted it.
         let deleted_by_hand =
             secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some());
@@ -108,12 +107,11 @@ impl KeyStore for SecretStore<'_> {
 
     async fn save(
         &self,
-        _: &ObjectKey,
+        id: &ObjectKey,
         key: &SigningKey,
         data: &Data,
         loaded: &Stored<SecretVersion>,
     ) -> Result<(), SecretError> {
-        let namespace = key.namespace().unwrap_or_default();
         let mut desired = build_secret(key, &key.secret_name(), data);
         if let Some(at) = loaded.version.recreated_at {
             desired
@@ -121,12 +119,12 @@ impl KeyStore for SecretStore<'_> {
                 .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
         }
         match &loaded.version.existing {
-            None => self.writer.create_secret(&namespace, &desired).await?,
+            None => self.writer.create_secret(&id.namespace, &desired).await?,
             Some(existing) => {
                 // Optimistic concurrency: a concurrent writer makes this a 409, and the
                 // retry starts from a fresh read; two Active keys can never both land.
                 desired.metadata.resource_version = existing.metadata.resource_version.clone();
-                self.writer.replace_secret(&namespace, &desired).await?;
+                self.writer.replace_secret(&id.namespace, &desired).await?;
             }
         }
         Ok(())
