@@ -171,7 +171,7 @@ impl Located {
         let body = to_yaml(&self.object)?;
         let refused = |errors: Vec<String>| EditError::Refused(errors.join("; "));
         let mut objects = parse_file(&self.file, &body)
-            .map_err(|errors| refused(errors.iter().map(|e| e.message.clone()).collect()))?;
+            .map_err(|errors| refused(errors.iter().map(|e| e.problem.to_string()).collect()))?;
         objects
             .pop()
             .ok_or_else(|| refused(vec!["the document is empty".into()]))

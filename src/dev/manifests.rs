@@ -28,7 +28,7 @@ pub struct ManifestError {
     pub file: PathBuf,
     /// 1-based index of the YAML document in the file, when one is to blame.
     pub document: Option<usize>,
-    pub message: String,
+    pub problem: Problem,
 }
 
 impl fmt::Display for ManifestError {
@@ -37,8 +37,86 @@ impl fmt::Display for ManifestError {
         if let Some(document) = self.document {
             write!(f, ": document {document}")?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", self.problem)
     }
+}
+
+/// What is wrong with a file or document. I/O and YAML errors are kept as their text:
+/// a reload compares refusals with the last ones, to report each only once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("cannot list the folder: {0}; everything it held keeps serving")]
+    CannotList(String),
+    #[error("cannot read: {0}")]
+    CannotRead(String),
+    #[error("not valid YAML{}: {error}", in_document(*.starts_at_line))]
+    NotYaml {
+        /// 1-based line of the document that does not parse, when the file has several.
+        starts_at_line: Option<usize>,
+        error: String,
+    },
+    #[error(
+        "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
+         expected kind SigningKey, AuthPolicy or Revocation with apiVersion {API_VERSION}"
+    )]
+    Unsupported { api_version: String, kind: String },
+    /// Refused as the apiserver would refuse it: every problem, each with its field.
+    #[error("{object}: {}", joined(problems))]
+    Invalid {
+        /// `SigningKey auth/web`, as far as the document names it.
+        object: String,
+        problems: Vec<FieldError>,
+    },
+    #[error("{kind} {id} is defined twice in this file")]
+    DefinedTwice { kind: &'static str, id: ObjectKey },
+    #[error("holds no objects any more; to delete its objects, delete the file")]
+    Emptied,
+    #[error(
+        "{kind} {id} is already defined in {}, which keeps serving it; \
+         remove it from one of the two files",
+        .serving.display()
+    )]
+    ServedFromOtherFile {
+        kind: &'static str,
+        id: ObjectKey,
+        serving: PathBuf,
+    },
+    #[error(
+        "{kind} {id} is also defined, identically, in {}, which comes first by name and \
+         is served; remove one of the two",
+        .serving.display()
+    )]
+    IdenticalInEarlierFile {
+        kind: &'static str,
+        id: ObjectKey,
+        serving: PathBuf,
+    },
+    #[error(
+        "{kind} {id} is defined differently in {}: none of them is served (its keys are \
+         kept) until only one remains, since which one was served before cannot be told",
+        displayed(files)
+    )]
+    DefinedDifferently {
+        kind: &'static str,
+        id: ObjectKey,
+        files: Vec<PathBuf>,
+    },
+}
+
+fn in_document(starts_at_line: Option<usize>) -> String {
+    starts_at_line.map_or_else(String::new, |line| {
+        format!(" (in the document starting at line {line})")
+    })
+}
+
+fn joined(problems: &[FieldError]) -> String {
+    let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    problems.join("; ")
+}
+
+fn displayed(files: &[PathBuf]) -> String {
+    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    files.join(" and ")
 }
 
 /// One accepted document. Shared, not copied, between the loader's last good version
@@ -136,7 +214,7 @@ pub struct Reload {
 /// The last content read from one file, and whether it was refused.
 struct Seen {
     /// The text, or why it could not be read.
-    content: Result<String, String>,
+    content: Result<String, Problem>,
     refused: bool,
     /// The file's modification time and length when it was read, and when that was: a
     /// file whose stamp did not change is not read again (10,000 files are not re-read
@@ -182,7 +260,7 @@ pub struct ManifestLoader {
     /// Conflicts reported so far (newcomer file, object), reported once each.
     conflicts: BTreeSet<(PathBuf, Identity)>,
     /// Why the folder could not be listed last time, reported once.
-    unlisted: Option<String>,
+    unlisted: Option<Problem>,
 }
 
 impl ManifestLoader {
@@ -205,18 +283,17 @@ impl ManifestLoader {
                 Some(files)
             }
             Err(e) => {
-                let message =
-                    format!("cannot list the folder: {e}; everything it held keeps serving");
-                if self.unlisted.as_ref() != Some(&message) {
+                let problem = Problem::CannotList(e.to_string());
+                if self.unlisted.as_ref() != Some(&problem) {
                     reload.refused.push(Refusal {
                         error: ManifestError {
                             file: dir.to_owned(),
                             document: None,
-                            message: message.clone(),
+                            problem: problem.clone(),
                         },
                         effect: Effect::LastGoodServes,
                     });
-                    self.unlisted = Some(message);
+                    self.unlisted = Some(problem);
                 }
                 None
             }
@@ -256,7 +333,7 @@ impl ManifestLoader {
             Ok(text) => Ok(text),
             // Deleted between the listing and now: the next reload sees it gone.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => Err(format!("cannot read: {e}")),
+            Err(e) => Err(Problem::CannotRead(e.to_string())),
         };
         if let Some(seen) = self.seen.get_mut(file)
             && seen.content == content
@@ -291,8 +368,7 @@ impl ManifestLoader {
                 Err(vec![ManifestError {
                     file: file.to_owned(),
                     document: None,
-                    message: "holds no objects any more; to delete its objects, delete the file"
-                        .to_owned(),
+                    problem: Problem::Emptied,
                 }])
             }
             parsed => parsed,
@@ -372,40 +448,36 @@ impl ManifestLoader {
                 }
                 owners.insert(identity.clone(), owner.clone());
             }
-            let files: Vec<String> = defined
-                .iter()
-                .map(|(file, _)| file.display().to_string())
-                .collect();
             for (file, _) in &defined {
                 if owner.as_ref() == Some(*file) {
                     continue;
                 }
                 let conflict = ((*file).clone(), identity.clone());
                 if !self.conflicts.contains(&conflict) || changed.contains(*file) {
-                    let (message, effect) = match &owner {
+                    let (kind, id) = (*kind, id.clone());
+                    let (problem, effect) = match &owner {
                         Some(owner) if served_before.contains_key(&identity) => (
-                            format!(
-                                "{kind} {id} is already defined in {}, which keeps serving it; \
-                                 remove it from one of the two files",
-                                owner.display()
-                            ),
+                            Problem::ServedFromOtherFile {
+                                kind,
+                                id,
+                                serving: owner.clone(),
+                            },
                             Effect::OtherFileServes,
                         ),
                         Some(owner) => (
-                            format!(
-                                "{kind} {id} is also defined, identically, in {}, which \
-                                 comes first by name and is served; remove one of the two",
-                                owner.display()
-                            ),
+                            Problem::IdenticalInEarlierFile {
+                                kind,
+                                id,
+                                serving: owner.clone(),
+                            },
                             Effect::OtherFileServes,
                         ),
                         None => (
-                            format!(
-                                "{kind} {id} is defined differently in {}: none of them is \
-                                 served (its keys are kept) until only one remains, since \
-                                 which one was served before cannot be told",
-                                files.join(" and ")
-                            ),
+                            Problem::DefinedDifferently {
+                                kind,
+                                id,
+                                files: defined.iter().map(|(f, _)| (*f).clone()).collect(),
+                            },
                             Effect::NothingServed,
                         ),
                     };
@@ -413,7 +485,7 @@ impl ManifestLoader {
                         error: ManifestError {
                             file: (*file).clone(),
                             document: None,
-                            message,
+                            problem,
                         },
                         effect,
                     });
@@ -429,7 +501,7 @@ impl ManifestLoader {
 /// A file whose content changed since it was last read.
 struct Fresh {
     file: PathBuf,
-    content: Result<String, String>,
+    content: Result<String, Problem>,
     stamp: Option<(SystemTime, u64)>,
     read_at: SystemTime,
 }
@@ -445,11 +517,11 @@ fn parse_all(
     let none = DocumentCache::new();
     let parse = |fresh: &Fresh| match &fresh.content {
         Ok(text) => parse_file_cached(&fresh.file, text, caches.get(&fresh.file).unwrap_or(&none)),
-        Err(message) => (
+        Err(problem) => (
             Err(vec![ManifestError {
                 file: fresh.file.clone(),
                 document: None,
-                message: message.clone(),
+                problem: problem.clone(),
             }]),
             DocumentCache::new(),
         ),
@@ -504,19 +576,18 @@ pub type DocumentCache = HashMap<String, Object>;
 /// the cache for the new text.
 fn parse_file_cached(file: &Path, text: &str, cache: &DocumentCache) -> (Parsed, DocumentCache) {
     let yaml_error = |e: serde_saphyr::Error, start_line: usize| {
-        let at = if start_line > 0 {
-            format!(" (in the document starting at line {})", start_line + 1)
-        } else {
-            String::new()
-        };
         Err(vec![ManifestError {
             file: file.to_owned(),
             document: None,
-            message: format!("not valid YAML{at}: {e}"),
+            problem: Problem::NotYaml {
+                // The first document's errors carry their line already.
+                starts_at_line: (start_line > 0).then_some(start_line + 1),
+                error: e.to_string(),
+            },
         }])
     };
     let mut parsed = DocumentCache::new();
-    let mut outcomes: Vec<Result<Object, String>> = Vec::new();
+    let mut outcomes: Vec<Result<Object, Problem>> = Vec::new();
     for (start_line, chunk) in document_texts(text) {
         if let Some(object) = cache.get(chunk) {
             parsed.insert(chunk.to_owned(), object.clone());
@@ -541,10 +612,10 @@ fn parse_file_cached(file: &Path, text: &str, cache: &DocumentCache) -> (Parsed,
     let mut seen = std::collections::HashSet::new();
     let mut errors = Vec::new();
     for (index, outcome) in outcomes.into_iter().enumerate() {
-        let error = |message: String| ManifestError {
+        let error = |problem| ManifestError {
             file: file.to_owned(),
             document: Some(index + 1),
-            message,
+            problem,
         };
         match outcome {
             Ok(object) => {
@@ -552,10 +623,10 @@ fn parse_file_cached(file: &Path, text: &str, cache: &DocumentCache) -> (Parsed,
                 if seen.insert((kind, id.clone())) {
                     objects.push(object);
                 } else {
-                    errors.push(error(format!("{kind} {id} is defined twice in this file")));
+                    errors.push(error(Problem::DefinedTwice { kind, id }));
                 }
             }
-            Err(message) => errors.push(error(message)),
+            Err(problem) => errors.push(error(problem)),
         }
     }
     let parsed_file = if errors.is_empty() {
@@ -606,7 +677,7 @@ pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
     Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-fn parse_object(value: Value) -> Result<Object, String> {
+fn parse_object(value: Value) -> Result<Object, Problem> {
     let api_version = value
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -614,43 +685,46 @@ fn parse_object(value: Value) -> Result<Object, String> {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     // Name the object in every refusal, as far as the document names it.
     let meta = |field: &str| value.pointer(&format!("/metadata/{field}"))?.as_str();
-    let label = match meta("name") {
+    let object = match meta("name") {
         Some(name) => format!("{kind} {}/{name}", meta("namespace").unwrap_or("default")),
         None => kind.to_owned(),
     };
     match (api_version, kind) {
         (API_VERSION, "SigningKey") => {
-            typed(&value, &label).map(|o| Object::SigningKey(Arc::new(o)))
+            typed(&value, object).map(|o| Object::SigningKey(Arc::new(o)))
         }
         (API_VERSION, "AuthPolicy") => {
-            typed(&value, &label).map(|o| Object::AuthPolicy(Arc::new(o)))
+            typed(&value, object).map(|o| Object::AuthPolicy(Arc::new(o)))
         }
         (API_VERSION, "Revocation") => {
-            typed(&value, &label).map(|o| Object::Revocation(Arc::new(o)))
+            typed(&value, object).map(|o| Object::Revocation(Arc::new(o)))
         }
-        _ => Err(format!(
-            "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
-             expected kind SigningKey, AuthPolicy or Revocation with apiVersion {API_VERSION}"
-        )),
+        _ => Err(Problem::Unsupported {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+        }),
     }
 }
 
 /// Reads the object as the apiserver would (every structural problem, unknown fields
 /// included), defaults the namespace, and validates. `label` names the object in
 /// refusals (`SigningKey auth/web`).
-fn typed<K>(value: &Value, label: &str) -> Result<K, String>
+fn typed<K>(value: &Value, label: String) -> Result<K, Problem>
 where
     K: DeserializeOwned + Validate + Resource + HasSchema,
 {
-    let listed = |problems: &[FieldError]| {
-        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        format!("{label}: {}", problems.join("; "))
+    let invalid = |problems| Problem::Invalid {
+        object: label,
+        problems,
     };
-    let mut object: K = read_object(value).map_err(|problems| listed(&problems))?;
+    let mut object: K = match read_object(value) {
+        Ok(object) => object,
+        Err(problems) => return Err(invalid(problems)),
+    };
     object.meta_mut().namespace = Some(ObjectKey::of(object.meta()).namespace);
     let refused = object.validate();
     if !refused.is_empty() {
-        return Err(listed(&refused));
+        return Err(invalid(refused));
     }
     Ok(object)
 }
@@ -865,11 +939,20 @@ mod tests {
         let errors = parse_file(Path::new("keys.yaml"), &text).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(
-            errors[0]
-                .message
-                .contains("in the document starting at line 11"),
-            "{}",
-            errors[0].message
+            matches!(
+                &errors[0].problem,
+                Problem::NotYaml {
+                    starts_at_line: Some(11),
+                    ..
+                }
+            ),
+            "{:?}",
+            errors[0].problem
+        );
+        let message = errors[0].to_string();
+        assert!(
+            message.contains("not valid YAML (in the document starting at line 11): "),
+            "{message}"
         );
     }
 
@@ -943,7 +1026,11 @@ mod tests {
             reload.refused[0].error.file, newcomer,
             "the newcomer is blamed"
         );
-        assert!(reload.refused[0].error.message.contains(&format!(
+        assert!(matches!(
+            &reload.refused[0].error.problem,
+            Problem::ServedFromOtherFile { serving, .. } if *serving == served
+        ));
+        assert!(reload.refused[0].error.to_string().contains(&format!(
             "is already defined in {}, which keeps serving it",
             served.display()
         )));

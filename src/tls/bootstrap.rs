@@ -99,13 +99,26 @@ pub enum BootstrapError {
     #[error("generating a certificate: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("Secret {0}: {1}")]
-    Unreadable(String, String),
+    Unreadable(String, UnreadableSecret),
     #[error("{0} cannot be written into a certificate")]
     Time(String),
     #[error("ValidatingWebhookConfiguration {0} does not exist (yet)")]
     NoWebhookConfiguration(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// Why the Secret's certificates cannot be used (it is then replaced, never served).
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableSecret {
+    #[error("no {0}")]
+    MissingEntry(&'static str),
+    #[error("no valid {NOT_AFTER_ANNOTATION} annotation")]
+    NoExpiry,
+    #[error(transparent)]
+    ServingPair(#[from] TlsError),
+    #[error("ca.key is not a private key")]
+    CaKey,
 }
 
 /// What the Secret holds.
@@ -263,19 +276,19 @@ impl Material {
         }
     }
 
-    fn from_secret(secret: &Secret) -> Result<Self, String> {
+    fn from_secret(secret: &Secret) -> Result<Self, UnreadableSecret> {
         let data = secret.data.clone().unwrap_or_default();
-        let entry = |name: &str| {
+        let entry = |name: &'static str| {
             data.get(name)
                 .and_then(|v| String::from_utf8(v.0.clone()).ok())
                 .filter(|v| !v.is_empty())
-                .ok_or_else(|| format!("no {name}"))
+                .ok_or(UnreadableSecret::MissingEntry(name))
         };
         let annotations = secret.metadata.annotations.clone().unwrap_or_default();
         let not_after = annotations
             .get(NOT_AFTER_ANNOTATION)
             .and_then(|t| t.parse::<Timestamp>().ok())
-            .ok_or_else(|| format!("no valid {NOT_AFTER_ANNOTATION} annotation"))?;
+            .ok_or(UnreadableSecret::NoExpiry)?;
         let material = Self {
             ca_pem: entry("ca.crt")?,
             ca_key_pem: entry("ca.key")?,
@@ -288,9 +301,8 @@ impl Material {
                 .unwrap_or_default(),
         };
         // Both pairs must load: the serving pair to serve, the CA key to renew.
-        material.certified_key().map_err(|e| e.to_string())?;
-        KeyPair::from_pem(&material.ca_key_pem)
-            .map_err(|_| "ca.key is not a private key".to_owned())?;
+        material.certified_key()?;
+        KeyPair::from_pem(&material.ca_key_pem).map_err(|_| UnreadableSecret::CaKey)?;
         Ok(material)
     }
 }

@@ -35,20 +35,67 @@ pub struct VerifyKey {
     issuer: Arc<str>,
 }
 
+/// The RSA sizes the verification algorithms accept (`RSA_*_2048_8192_*`).
+const MIN_RSA_BITS: usize = 2048;
+const MAX_RSA_BITS: usize = 8192;
+
+/// The size of a big-endian modulus, leading zero bits not counted.
+fn modulus_bits(n: &[u8]) -> usize {
+    let n = without_leading_zeros(n);
+    n.first()
+        .map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize)
+}
+
+fn without_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[first..]
+}
+
+/// Why a published key cannot verify signatures of its algorithm.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyKeyError {
+    /// The key's type does not fit the algorithm (an EC key for RS256, say): used as
+    /// given, it would invite algorithm confusion, so it is not used at all.
+    #[error("{alg} needs {needs}")]
+    WrongType { alg: Algorithm, needs: &'static str },
+    /// The key has the right type but its parameters do not parse (a 1024-bit modulus,
+    /// a point off the curve).
+    #[error("not a usable {alg} public key: {reason}")]
+    Rejected { alg: Algorithm, reason: String },
+}
+
 impl VerifyKey {
-    pub fn new(issuer: Arc<str>, jwk: &PublicJwk, alg: Algorithm) -> Result<Self, String> {
-        let rsa = |params| match jwk {
-            PublicJwk::Rsa { n, e } => RsaPublicKeyComponents { n, e }
-                .to_parsed_public_key(params)
-                .map_err(|e| e.to_string()),
-            _ => Err(format!("{alg} needs an RSA key")),
+    pub fn new(issuer: Arc<str>, jwk: &PublicJwk, alg: Algorithm) -> Result<Self, VerifyKeyError> {
+        let rejected = |e: &dyn std::fmt::Display| VerifyKeyError::Rejected {
+            alg,
+            reason: e.to_string(),
         };
-        let point = |params, crv: &str| match jwk {
+        let wrong_type = |needs| VerifyKeyError::WrongType { alg, needs };
+        let rsa = |params| match jwk {
+            PublicJwk::Rsa { n, e } => {
+                // aws-lc-rs checks the size only when verifying; a key that can never
+                // verify is better refused here, where the reason is logged.
+                let bits = modulus_bits(n);
+                if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+                    return Err(rejected(&format_args!(
+                        "a {bits}-bit RSA modulus; {MIN_RSA_BITS} to {MAX_RSA_BITS} bits are accepted"
+                    )));
+                }
+                // RFC 7518 wants minimal octets, but some issuers publish a leading zero
+                // (a signed big-integer encoding), which aws-lc-rs refuses.
+                let (n, e) = (without_leading_zeros(n), without_leading_zeros(e));
+                RsaPublicKeyComponents { n, e }
+                    .to_parsed_public_key(params)
+                    .map_err(|e| rejected(&e))
+            }
+            _ => Err(wrong_type("an RSA key")),
+        };
+        let point = |params, crv: &str, needs| match jwk {
             PublicJwk::Ec { crv: c, x, y } if *c == crv => {
                 let sec1 = [&[0x04][..], x, y].concat();
-                ParsedPublicKey::new(params, sec1).map_err(|e| e.to_string())
+                ParsedPublicKey::new(params, sec1).map_err(|e| rejected(&e))
             }
-            _ => Err(format!("{alg} needs an EC key on {crv}")),
+            _ => Err(wrong_type(needs)),
         };
         let key = match alg {
             Algorithm::RS256 => rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
@@ -57,13 +104,21 @@ impl VerifyKey {
             Algorithm::PS256 => rsa(&signature::RSA_PSS_2048_8192_SHA256),
             Algorithm::PS384 => rsa(&signature::RSA_PSS_2048_8192_SHA384),
             Algorithm::PS512 => rsa(&signature::RSA_PSS_2048_8192_SHA512),
-            Algorithm::ES256 => point(&signature::ECDSA_P256_SHA256_FIXED, "P-256"),
-            Algorithm::ES384 => point(&signature::ECDSA_P384_SHA384_FIXED, "P-384"),
+            Algorithm::ES256 => point(
+                &signature::ECDSA_P256_SHA256_FIXED,
+                "P-256",
+                "an EC key on P-256",
+            ),
+            Algorithm::ES384 => point(
+                &signature::ECDSA_P384_SHA384_FIXED,
+                "P-384",
+                "an EC key on P-384",
+            ),
             Algorithm::EdDSA => match jwk {
                 PublicJwk::Ed25519 { x } => {
-                    ParsedPublicKey::new(&signature::ED25519, x).map_err(|e| e.to_string())
+                    ParsedPublicKey::new(&signature::ED25519, x).map_err(|e| rejected(&e))
                 }
-                _ => Err("EdDSA needs an Ed25519 key".to_owned()),
+                _ => Err(wrong_type("an Ed25519 key")),
             },
         }?;
         Ok(Self { alg, key, issuer })
@@ -332,4 +387,76 @@ pub fn unverified_claim(token: &str, name: &str) -> Option<String> {
     super::claims::lookup(&claims, name)?
         .as_str()
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyMaterial;
+
+    fn issuer() -> Arc<str> {
+        Arc::from("https://auth.example.com")
+    }
+
+    #[test]
+    fn a_key_is_used_only_with_an_algorithm_of_its_own_type() {
+        let ec = KeyMaterial::generate(Algorithm::ES256, 0).unwrap();
+        let ed = KeyMaterial::generate(Algorithm::EdDSA, 0).unwrap();
+        assert!(VerifyKey::new(issuer(), ec.public_jwk(), Algorithm::ES256).is_ok());
+        for (jwk, alg, needs) in [
+            (ec.public_jwk(), Algorithm::RS256, "an RSA key"),
+            (ec.public_jwk(), Algorithm::ES384, "an EC key on P-384"),
+            (ec.public_jwk(), Algorithm::EdDSA, "an Ed25519 key"),
+            (ed.public_jwk(), Algorithm::ES256, "an EC key on P-256"),
+        ] {
+            let error = VerifyKey::new(issuer(), jwk, alg).err();
+            assert_eq!(error, Some(VerifyKeyError::WrongType { alg, needs }));
+        }
+    }
+
+    #[test]
+    fn an_rsa_key_outside_2048_to_8192_bits_is_rejected() {
+        let rsa = KeyMaterial::generate(Algorithm::RS256, 2048).unwrap();
+        let PublicJwk::Rsa { n, e } = rsa.public_jwk().clone() else {
+            panic!("an RSA key");
+        };
+        let with_modulus = |n: Vec<u8>| PublicJwk::Rsa { n, e: e.clone() };
+        // A leading zero byte (not minimal, but published by some issuers) is accepted
+        // and does not make a key longer.
+        let padded = [&[0][..], &n].concat();
+        let padded = match VerifyKey::new(issuer(), &with_modulus(padded), Algorithm::RS256) {
+            Ok(key) => key,
+            Err(e) => panic!("{e}"),
+        };
+        let mut verifier = Verifier::new(Vec::new(), 0);
+        verifier.add_key("k1", padded);
+        let now = Timestamp::now();
+        let claims = serde_json::json!({
+            "iss": &*issuer(), "sub": "alice", "exp": now.as_second() + 60,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("k1".to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, &rsa.encoding_key().unwrap()).unwrap();
+        assert!(verifier.verify(&token, now).is_ok());
+        for (modulus, bits) in [(n[..128].to_vec(), 1024), (n.repeat(5), 10240)] {
+            let error = VerifyKey::new(issuer(), &with_modulus(modulus), Algorithm::PS256).err();
+            assert!(
+                matches!(
+                    &error,
+                    Some(VerifyKeyError::Rejected { alg: Algorithm::PS256, reason })
+                        if reason.starts_with(&format!("a {bits}-bit RSA modulus"))
+                ),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn modulus_bits_ignore_leading_zeros() {
+        assert_eq!(modulus_bits(&[]), 0);
+        assert_eq!(modulus_bits(&[0, 0]), 0);
+        assert_eq!(modulus_bits(&[0, 1]), 1);
+        assert_eq!(modulus_bits(&[0x80, 0]), 16);
+        assert_eq!(modulus_bits(&[0, 0x7f, 0xff]), 15);
+    }
 }
