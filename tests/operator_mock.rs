@@ -477,13 +477,14 @@ async fn a_replica_without_the_lease_writes_nothing() {
 
 pub(crate) mod auth_policy_status {
     use super::*;
+    use authplane::api::TargetKind;
     use authplane::api::{AuthPolicy, ObjectKey};
     use authplane::index::Index;
     use authplane::operator::auth_policies::{PolicyContext, reconcile};
+    use authplane::operator::targets::{KINDS, Targets};
     use authplane::registry::{PolicyRuntime, Registry, ServedKeys};
+    use kube::runtime::watcher::Event;
 
-    const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/payments";
-    const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/payments";
     const POLICY_STATUS: &str =
         "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
 
@@ -541,8 +542,18 @@ pub(crate) mod auth_policy_status {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let (tx, rx) = tokio::sync::watch::channel(true);
         let client = Client::new(service, "default");
+        // As the target watches saw the cluster: the Ingress exists, the HTTPRoute not.
+        let targets = Arc::new(Targets::default());
+        for kind in KINDS {
+            targets.observe(kind, Event::Init);
+            targets.observe(kind, Event::InitDone);
+        }
+        targets.observe(
+            TargetKind::Ingress,
+            Event::Apply(("shop".into(), "payments".into())),
+        );
         let ctx = PolicyContext {
-            client: client.clone(),
+            targets,
             registry,
             external_url: "https://authplane.example".into(),
             clock: Arc::new(Fixed(t0())),
@@ -557,16 +568,6 @@ pub(crate) mod auth_policy_status {
     async fn status_reports_conditions_targets_and_urls_and_is_written_once() {
         let (ctx, mut api, _leader) = context();
         let server = tokio::spawn(async move {
-            expect(
-                &mut api,
-                "GET",
-                INGRESS,
-                200,
-                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                "metadata": {"name": "payments", "namespace": "shop"}}),
-            )
-            .await;
-            expect(&mut api, "GET", ROUTE, 404, not_found()).await;
             let answer = serde_json::to_value(policy(Value::Null)).unwrap();
             let mut body = expect(&mut api, "PATCH", POLICY_STATUS, 200, answer).await;
             let status = body["status"].take();
@@ -600,39 +601,16 @@ pub(crate) mod auth_policy_status {
             .unwrap();
         let (mut api, status) = server.await.unwrap();
 
-        // With that status in place, the next look writes nothing.
-        let again = tokio::spawn(async move {
-            expect(
-                &mut api,
-                "GET",
-                INGRESS,
-                200,
-                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                "metadata": {"name": "payments", "namespace": "shop"}}),
-            )
-            .await;
-            expect(&mut api, "GET", ROUTE, 404, not_found()).await;
-            api
-        });
+        // With that status in place, the next look asks and writes nothing.
         within(reconcile(Arc::new(policy(status)), ctx.clone()))
             .await
             .unwrap();
         drop(ctx);
-        assert!(again.await.unwrap().next_request().await.is_none());
+        assert!(api.next_request().await.is_none());
     }
 
-    /// The targets' lookups, then the status patch; returns the status written.
+    /// The status patch; returns the status written.
     async fn status_written(api: &mut Handle) -> Value {
-        expect(
-            api,
-            "GET",
-            INGRESS,
-            200,
-            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": {"name": "payments", "namespace": "shop"}}),
-        )
-        .await;
-        expect(api, "GET", ROUTE, 404, not_found()).await;
         let answer = serde_json::to_value(policy(Value::Null)).unwrap();
         let mut body = expect(api, "PATCH", POLICY_STATUS, 200, answer).await;
         body["status"].take()
@@ -679,6 +657,7 @@ pub(crate) mod auth_policy_status {
 mod auth_policy_not_compiled_yet {
     use super::auth_policy_status::*;
     use super::*;
+    use authplane::operator::auth_policies::RECHECK;
     use kube::runtime::controller::Action;
 
     /// Before, the controller asked again every second until the serving view caught
@@ -696,7 +675,7 @@ mod auth_policy_not_compiled_yet {
         ))
         .await
         .unwrap();
-        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
+        assert_eq!(action, Action::requeue(RECHECK));
         drop(ctx);
         let mut api = api;
         assert!(api.next_request().await.is_none(), "nothing was written");

@@ -14,32 +14,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 
 use super::error::Error;
+use super::targets::Targets;
 use super::writer::LeaderWriter;
 use crate::api::{
-    AuthPolicy, AuthPolicyStatus, ObjectKey, RolloutProgress, TargetKind, TargetRef, Validate,
-    condition, conditions,
+    AuthPolicy, AuthPolicyStatus, ObjectKey, RolloutProgress, Validate, condition, conditions,
 };
 use crate::clock::Clock;
 use crate::driver::rollouts::{self, Recorded, RolloutStore};
 use crate::policy::progression::{self, RolloutTracker, Schedule};
 use crate::registry::{PolicyRuntime, Registry};
 
-/// Targets come and go without touching the policy: look again this often.
-const RECHECK: Duration = Duration::from_secs(60);
+/// A safety net only: what the status reports changes through watches (the policy, its
+/// keys through the serving index's announcements, its targets) or at known times (the
+/// next rollout step, the external key sets' health).
+pub const RECHECK: Duration = Duration::from_secs(300);
 /// External issuers' key-set health is reported this fresh.
 const EXTERNAL_RECHECK: Duration = Duration::from_secs(15);
 
 pub struct PolicyContext {
-    /// For reads (targets); the status goes through `writer`.
-    pub client: Client,
+    /// Which targets exist, from the target watches.
+    pub targets: Arc<Targets>,
     pub registry: Arc<Registry>,
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
@@ -82,18 +83,8 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             // when it does, and this runs again then.
             return Ok(Action::requeue(RECHECK));
         };
-        let mut found = Vec::new();
-        for target in &policy.spec.target_refs {
-            found.push((
-                target.clone(),
-                target_exists(&ctx.client, &id.namespace, target).await,
-            ));
-        }
         let mut status = compiled.status(&ctx.external_url, now, |target| {
-            found
-                .iter()
-                .find(|(t, _)| t == target)
-                .and_then(|(_, f)| *f)
+            ctx.targets.exists(target.kind, &id.namespace, &target.name)
         });
         let totals = ctx.runtime.audit_totals(&id);
         let tracked = rollouts::track(
@@ -218,37 +209,6 @@ impl RolloutStore for InStatus {
 
     fn remove(&self, _: &ObjectKey) -> Result<(), Self::Error> {
         Ok(())
-    }
-}
-
-/// Whether a target exists; `None` when it cannot be told (no permission, or the
-/// Gateway API is not installed).
-async fn target_exists(client: &Client, namespace: &str, target: &TargetRef) -> Option<bool> {
-    // One dynamic path for every kind: Gateway API is itself a CRD, and the others
-    // differ only in where they live.
-    let (group, version, kind, plural) = match target.kind {
-        TargetKind::Deployment => ("apps", "v1", "Deployment", "deployments"),
-        TargetKind::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
-        TargetKind::Service => ("", "v1", "Service", "services"),
-        TargetKind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
-        TargetKind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
-    };
-    let resource =
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-    let found = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
-        .get_opt(&target.name)
-        .await
-        .map(|o| o.is_some());
-    match found {
-        Ok(found) => Some(found),
-        Err(e) => {
-            tracing::warn!(
-                "cannot tell whether {:?} {namespace}/{} exists: {e}",
-                target.kind,
-                target.name
-            );
-            None
-        }
     }
 }
 

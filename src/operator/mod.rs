@@ -9,6 +9,7 @@ pub mod secret_store;
 pub mod serve;
 pub mod signing_keys;
 pub mod status;
+pub mod targets;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -235,7 +236,7 @@ pub async fn run(
         writer.clone(),
     ));
     let policy_ctx = Arc::new(auth_policies::PolicyContext {
-        client: client.clone(),
+        targets: Default::default(),
         registry: registry.clone(),
         external_url: config.external_url.clone(),
         clock: Arc::new(SystemClock),
@@ -314,22 +315,37 @@ async fn lead(
                 ctx.clone(),
             )
             .for_each(|_| async {});
-        let policies = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone());
-        let auth_policies = Controller::new(policies, watcher::Config::default())
-            // A key named by 10,000 policies recompiles them all at a rotation: their
-            // reconciles (each looks its targets up) go to the apiserver a few at a time.
-            .with_config(controller::Config::default().concurrency(AUTH_POLICY_RECONCILES))
-            .reconcile_on(recompiled.clone().triggers())
-            .run(
-                auth_policies::reconcile_guarded,
-                auth_policies::error_policy,
-                policy_ctx.clone(),
-            )
-            .for_each(|_| async {});
+        // Targets are watched while this replica leads, from a fresh list.
+        policy_ctx.targets.clear();
+        let (target_changes, changed_targets) = futures::channel::mpsc::unbounded();
+        let watching_targets =
+            targets::watch(client.clone(), policy_ctx.targets.clone(), target_changes);
+        let auth_policies = async {
+            // Status written before the targets are listed would say "unknown", then be
+            // corrected: wait for the lists (or their failure) first.
+            policy_ctx.targets.settled(targets::FIRST_LIST_WAIT).await;
+            let policies = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone());
+            let controller = Controller::new(policies, watcher::Config::default());
+            let cached = controller.store();
+            controller
+                // A key named by 10,000 policies recompiles them all at a rotation:
+                // their status writes go to the apiserver a few at a time.
+                .with_config(controller::Config::default().concurrency(AUTH_POLICY_RECONCILES))
+                .reconcile_on(recompiled.clone().triggers())
+                .reconcile_on(targets::triggers(changed_targets, cached))
+                .run(
+                    auth_policies::reconcile_guarded,
+                    auth_policies::error_policy,
+                    policy_ctx.clone(),
+                )
+                .for_each(|_| async {})
+                .await;
+        };
         // Lapsed Revocations are deleted by the leader only (this never ends by itself).
         let expiry = revocations::expire(client.clone(), writer.clone(), Arc::new(SystemClock));
         tokio::select! {
             _ = futures::future::join(signing_keys, auth_policies) => {}
+            _ = watching_targets => {}
             _ = expiry => {}
             _ = leader.wait_for(|l| !*l) => tracing::warn!("lease lost: stopped writing"),
             _ = stopped.changed() => return,

@@ -486,7 +486,8 @@ pub struct RolloutProgress {
 pub struct TargetStatus {
     pub kind: TargetKind,
     pub name: String,
-    /// Whether the object exists; absent where nobody can tell (dev mode).
+    /// Whether the object exists; absent where nobody can tell (dev mode, or a kind
+    /// the operator cannot list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<bool>,
 }
