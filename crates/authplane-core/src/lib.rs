@@ -18,6 +18,9 @@
 //! - `token`: minting for development and tests.
 //! - `clock`: time as an input.
 
+// Memory safety comes from the compiler here, so the fuzz smoke needs no AddressSanitizer.
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod api;
 pub mod clock;
