@@ -12,6 +12,9 @@ pub mod status;
 pub mod targets;
 pub mod writer;
 
+#[cfg(test)]
+mod lead_tests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

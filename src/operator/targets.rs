@@ -125,7 +125,7 @@ impl Targets {
             namespace,
             name,
         };
-        let changes = match event {
+        match event {
             watcher::Event::Init => {
                 known.relisting = Some(HashSet::new());
                 Vec::new()
@@ -149,6 +149,7 @@ impl Targets {
                 }
                 known.names = listed;
                 known.listed = true;
+                self.settle(known);
                 changes
             }
             watcher::Event::Apply(name) => match known.names.insert(name.clone()) {
@@ -159,9 +160,7 @@ impl Targets {
                 true => vec![changed(name)],
                 false => Vec::new(),
             },
-        };
-        self.settle(known);
-        changes
+        }
     }
 
     /// Notes that `kind`'s watch failed; what was listed before is kept.
@@ -418,6 +417,10 @@ mod tests {
             (&mut settled).now_or_never().is_none(),
             "one kind is missing"
         );
+        // A list that has begun is not a list.
+        targets.observe(KINDS[0], Event::Init);
+        targets.observe(KINDS[0], Event::InitApply(name("shop", "web")));
+        assert!((&mut settled).now_or_never().is_none(), "still listing");
         targets.failed(KINDS[0], &watcher::Error::NoResourceVersion);
         tokio::time::timeout(Duration::from_secs(10), settled)
             .await
