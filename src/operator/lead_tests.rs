@@ -1,7 +1,9 @@
 //! The leader's wiring, against a fake apiserver on kube-rs's mock service: the
 //! AuthPolicy status controller starts once the targets are listed, and reconciles a
 //! policy when one of its targets goes away and when the serving index announces it.
-//! Each part has its own tests; this one checks that `lead` connects them.
+//! Each part has its own tests; this one checks that `lead` connects them. The fake
+//! sends every status it is given back through the AuthPolicy watch, as the apiserver
+//! does, so a reconcile that changes nothing writes nothing here either.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use super::auth_policies::{PolicyContext, Recompiled};
 use super::signing_keys::Context;
 use super::writer::LeaderWriter;
 use super::{Controllers, lead};
-use crate::api::{AuthPolicy, ObjectKey, SigningKey};
+use crate::api::{AuthPolicy, ObjectKey, SigningKey, conditions};
 use crate::clock::Clock;
 use crate::index::Index;
 use crate::keys::KeyMaterial;
@@ -61,18 +63,53 @@ fn respond(send: SendResponse<Response<Body>>, status: u16, body: String) {
     send.send_response(response.unwrap());
 }
 
+/// The watches the fake holds open, and the events waiting for the next one.
+#[derive(Default)]
+struct Watches {
+    open: HashMap<String, SendResponse<Response<Body>>>,
+    queued: HashMap<String, Vec<Value>>,
+}
+
+impl Watches {
+    /// Sends `event` on the watch of `resource`, or keeps it for the next one. The
+    /// watch ends after its events; the watcher opens the next one.
+    fn send(&mut self, resource: &str, event: Value) {
+        self.queued
+            .entry(resource.to_owned())
+            .or_default()
+            .push(event);
+        if let Some(watch) = self.open.remove(resource) {
+            self.opened(resource.to_owned(), watch);
+        }
+    }
+
+    fn opened(&mut self, resource: String, watch: SendResponse<Response<Body>>) {
+        match self.queued.remove(&resource) {
+            Some(events) => {
+                let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
+                respond(watch, 200, lines);
+            }
+            None => {
+                self.open.insert(resource, watch);
+            }
+        }
+    }
+}
+
 /// Answers every list from `lists` (a resource it does not know is a 404, as the
-/// Gateway API's is without its CRDs), keeps watches open until the test sends an event
-/// for that resource, and hands each status patch to the test. The Deployments' list is
-/// slow: it is answered 15 s (of the paused clock) after it is asked for, so a status
-/// controller that did not wait for it would report the target as unknown first.
+/// Gateway API's is without its CRDs), keeps watches open until there is an event for
+/// them (from the test, or a status written), and hands each status patch to the test.
+/// The Deployments' list is slow: it is answered 15 s (of the paused clock) after it
+/// is asked for, so a status controller that did not wait for it would report the
+/// target as unknown first.
 async fn fake_apiserver(
     mut api: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     lists: HashMap<&'static str, Value>,
     mut events: mpsc::UnboundedReceiver<(&'static str, Value)>,
     patches: mpsc::UnboundedSender<Value>,
 ) {
-    let mut watching: HashMap<String, SendResponse<Response<Body>>> = HashMap::new();
+    let mut watches = Watches::default();
+    let mut resource_version = 5;
     let mut slow = None;
     let slow_list = tokio::time::sleep(Duration::MAX);
     tokio::pin!(slow_list);
@@ -89,12 +126,15 @@ async fn fake_apiserver(
                 if request.method() == "PATCH" && path.ends_with("/status") {
                     let body = request.into_body().collect_bytes().await.unwrap();
                     let patch: Value = serde_json::from_slice(&body).unwrap();
-                    let mut answer = policy();
-                    answer["status"] = patch["status"].clone();
-                    respond(send, 200, answer.to_string());
+                    let mut written = policy();
+                    written["status"] = patch["status"].clone();
+                    resource_version += 1;
+                    written["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+                    respond(send, 200, written.to_string());
+                    watches.send("authpolicies", json!({"type": "MODIFIED", "object": written}));
                     let _ = patches.send(patch);
                 } else if query.contains("watch=true") {
-                    watching.insert(resource, send);
+                    watches.opened(resource, send);
                 } else if resource == "deployments" {
                     slow = Some(send);
                     slow_list.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(15));
@@ -108,9 +148,7 @@ async fn fake_apiserver(
             }
             event = events.recv() => {
                 let Some((resource, event)) = event else { return };
-                // The watch ends after the event; the watcher opens the next one.
-                let send = watching.remove(resource).expect("a watch of that resource");
-                respond(send, 200, format!("{event}\n"));
+                watches.send(resource, event);
             }
         }
     }
@@ -153,6 +191,7 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     ));
     let registry = Arc::new(Registry::default());
     registry.publish(index.snapshot());
+    let serving = registry.clone();
 
     let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -195,32 +234,44 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let (patches_tx, mut patches) = mpsc::unbounded_channel();
     let apiserver = tokio::spawn(fake_apiserver(api, lists, events_rx, patches_tx));
     let leading = tokio::spawn(lead(controllers, metrics, leader, stopped));
-    let mut next_targets = async || {
+    let mut next_status = async || {
         let patch = tokio::time::timeout(Duration::from_secs(60), patches.recv()).await;
-        let patch = patch.expect("a status write").expect("the apiserver");
-        patch["status"]["targets"].clone()
+        patch.expect("a status write").expect("the apiserver")["status"].take()
     };
 
     // Reported once the targets are listed: never "unknown" first.
     assert_eq!(
-        next_targets().await,
+        next_status().await["targets"],
         json!([{"kind": "Deployment", "name": "web", "found": true}])
     );
     // The Deployment goes away: the policy naming it is reconciled at once.
     let deleted = json!({"type": "DELETED", "object": target("web")});
     events.send(("deployments", deleted)).unwrap();
     assert_eq!(
-        next_targets().await,
+        next_status().await["targets"],
         json!([{"kind": "Deployment", "name": "web", "found": false}])
     );
-    // The serving index compiled it again (a key it names rotated, say).
+    // The SigningKey it names goes away: the serving index compiles the policy again
+    // and announces it, as the serving loop does.
+    index.delete_key(&key_id);
+    serving.publish(index.snapshot());
     recompiled.announce(BTreeSet::from([ObjectKey {
         namespace: "shop".into(),
         name: "payments".into(),
     }]));
+    let status = next_status().await;
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == conditions::READY)
+        .unwrap();
     assert_eq!(
-        next_targets().await,
-        json!([{"kind": "Deployment", "name": "web", "found": false}])
+        (&ready["status"], &ready["reason"]),
+        (
+            &json!("False"),
+            &json!(conditions::reason::SIGNING_KEY_NOT_FOUND)
+        )
     );
 
     stop.send(true).unwrap();

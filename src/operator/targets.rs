@@ -125,6 +125,11 @@ impl Targets {
             namespace,
             name,
         };
+        // Anything but the start of a list is an answer from the apiserver: the watch
+        // works again (it may resume from its resourceVersion without listing).
+        if !matches!(event, watcher::Event::Init) && std::mem::take(&mut known.failing) {
+            tracing::info!("{kind:?} targets: watching again");
+        }
         match event {
             watcher::Event::Init => {
                 known.relisting = Some(HashSet::new());
@@ -144,9 +149,6 @@ impl Targets {
                 } else {
                     vec![Change::Kind(kind)]
                 };
-                if std::mem::take(&mut known.failing) {
-                    tracing::info!("{kind:?} targets: watching again");
-                }
                 known.names = listed;
                 known.listed = true;
                 self.settle(known);
@@ -240,38 +242,53 @@ fn named<K: ResourceExt>(event: watcher::Event<K>) -> watcher::Event<Name> {
     }
 }
 
-/// The AuthPolicies whose status `change` makes stale, from the controller's cache.
+/// The AuthPolicies whose status `changes` make stale, from the controller's cache: one
+/// pass over the policies for a whole batch (a relist after an outage reports many).
 pub fn affected(
     policies: &[Arc<DeserializeGuard<AuthPolicy>>],
-    change: &Change,
+    changes: &[Change],
 ) -> Vec<ObjectRef<DeserializeGuard<AuthPolicy>>> {
+    let mut kinds = HashSet::new();
+    let mut targets = HashSet::new();
+    for change in changes {
+        match change {
+            Change::Kind(kind) => {
+                kinds.insert(*kind);
+            }
+            Change::Target {
+                kind,
+                namespace,
+                name,
+            } => {
+                targets.insert((*kind, namespace.as_str(), name.as_str()));
+            }
+        }
+    }
     policies
         .iter()
         .filter(|guard| {
             let Ok(policy) = &guard.0 else { return false };
-            policy.spec.target_refs.iter().any(|target| match change {
-                Change::Kind(kind) => target.kind == *kind,
-                Change::Target {
-                    kind,
-                    namespace,
-                    name,
-                } => {
-                    target.kind == *kind
-                        && target.name == *name
-                        && policy.namespace().as_deref().unwrap_or("default") == namespace
-                }
+            let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
+            policy.spec.target_refs.iter().any(|target| {
+                kinds.contains(&target.kind)
+                    || targets.contains(&(target.kind, namespace, target.name.as_str()))
             })
         })
         .map(|guard| ObjectRef::from_obj(guard.as_ref()))
         .collect()
 }
 
-/// Reconcile requests for the policies each change makes stale.
+/// How many changes one pass over the policies takes at most.
+const CHANGES_PER_PASS: usize = 4096;
+
+/// Reconcile requests for the policies the changes make stale.
 pub fn triggers(
     changes: mpsc::UnboundedReceiver<Change>,
     policies: kube::runtime::reflector::Store<DeserializeGuard<AuthPolicy>>,
 ) -> impl Stream<Item = ObjectRef<DeserializeGuard<AuthPolicy>>> + Send + 'static {
-    changes.flat_map(move |change| stream::iter(affected(&policies.state(), &change)))
+    changes
+        .ready_chunks(CHANGES_PER_PASS)
+        .flat_map(move |batch| stream::iter(affected(&policies.state(), &batch)))
 }
 
 #[cfg(test)]
@@ -464,25 +481,33 @@ mod tests {
             ),
             policy("shop", "none", json!([])),
         ];
-        let names = |change: &Change| -> Vec<String> {
-            affected(&policies, change)
+        let names = |changes: &[Change]| -> Vec<String> {
+            affected(&policies, changes)
                 .into_iter()
                 .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
                 .collect()
         };
         assert_eq!(
-            names(&target(TargetKind::Deployment, "shop", "web")),
+            names(&[target(TargetKind::Deployment, "shop", "web")]),
             ["shop/pay"]
         );
         assert_eq!(
-            names(&target(TargetKind::Service, "shop", "web")),
+            names(&[target(TargetKind::Service, "shop", "web")]),
             ["shop/cart"]
         );
-        assert!(names(&target(TargetKind::Ingress, "shop", "web")).is_empty());
+        assert!(names(&[target(TargetKind::Ingress, "shop", "web")]).is_empty());
         assert_eq!(
-            names(&Change::Kind(TargetKind::Deployment)),
+            names(&[Change::Kind(TargetKind::Deployment)]),
             ["shop/pay", "shop/cart", "other/pay"]
         );
+        // A batch (a relist's diff): each policy once, however many of its targets
+        // changed.
+        let batch = [
+            target(TargetKind::Service, "shop", "web"),
+            target(TargetKind::Deployment, "shop", "cart"),
+            target(TargetKind::Deployment, "other", "web"),
+        ];
+        assert_eq!(names(&batch), ["shop/cart", "other/pay"]);
     }
 
     /// The watches against kube-rs's mock API: metadata-only lists of every kind,

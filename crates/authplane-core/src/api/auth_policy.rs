@@ -107,7 +107,7 @@ pub struct TargetRef {
     pub name: String,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TargetKind {
     Deployment,
     StatefulSet,

@@ -60,7 +60,7 @@ pub enum VerifyKeyError {
     WrongType { alg: Algorithm, needs: &'static str },
     /// The key has the right type but its parameters do not parse (a 1024-bit modulus,
     /// a point off the curve).
-    #[error("not a usable {alg} public key: {reason}")]
+    #[error("{alg} public key rejected: {reason}")]
     Rejected { alg: Algorithm, reason: String },
 }
 
