@@ -271,6 +271,8 @@ struct RevokeArgs {
     /// The SigningKey, as NAMESPACE/NAME.
     key: String,
     /// The kid to revoke.
+    // A kid is base64url, so one in 64 begins with `-`: it is a value, not a flag.
+    #[arg(allow_hyphen_values = true)]
     kid: String,
     #[command(flatten)]
     target: TargetArgs,

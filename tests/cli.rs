@@ -83,12 +83,13 @@ async fn rotate_revoke_and_rollout_work_on_a_manifests_folder() {
         "the other document is untouched: {written}"
     );
 
-    // A typo is refused and changes nothing.
+    // A typo is refused and changes nothing. It begins with `-`, as one kid in 64 does
+    // (base64url): the command reads it as the kid, not as a flag.
     let before = std::fs::read_to_string(dev.manifests().join("all.yaml")).unwrap();
     let typo = authplane(&[
         "revoke-key",
         "auth/web",
-        "not-a-kid",
+        "-not-a-kid",
         "--manifests",
         dir,
         "--state",
@@ -96,7 +97,7 @@ async fn rotate_revoke_and_rollout_work_on_a_manifests_folder() {
     ]);
     assert!(!typo.status.success());
     assert!(
-        text(&typo.stderr).contains("not-a-kid is not a key of SigningKey auth/web"),
+        text(&typo.stderr).contains("-not-a-kid is not a key of SigningKey auth/web"),
         "{}",
         text(&typo.stderr)
     );
