@@ -3,12 +3,16 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+use clap::Subcommand;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef, Validate};
+use crate::cli::target::{TargetArgs, cluster_client};
+use crate::clock::{Clock, SystemClock};
 use crate::dev::manifests::ManifestLoader;
 use crate::dev::revocations::ManifestWriter;
 use crate::revocation::{Matcher, RevocationIndex};
@@ -242,4 +246,29 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RevocationsCommand {
+    /// List the Revocations, with what they match and when they lapse.
+    List {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+pub(crate) fn list_revocations(target: TargetArgs) -> anyhow::Result<()> {
+    target.announce();
+    let (found, keys) = match &target.manifests {
+        Some(dir) => from_manifests(dir)?,
+        None => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let client = cluster_client(target.kubeconfig.as_ref()).await?;
+                anyhow::Ok(from_cluster(client).await?)
+            })?
+        }
+    };
+    print!("{}", table(&rows(&found, &keys, SystemClock.now())));
+    Ok(())
 }

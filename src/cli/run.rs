@@ -1,0 +1,150 @@
+//! `authplane run`: the operator on a cluster.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::cli::flags;
+use crate::operator::{self, OperatorConfig, TlsConfig, TlsSource};
+use crate::server;
+use crate::tls::bootstrap::BootstrapSettings;
+use crate::tls::files::TlsFiles;
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Kubeconfig file (default: in-cluster config, or KUBECONFIG / ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The operator's namespace, where its Lease lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "authplane")]
+    namespace: String,
+    /// Address to serve plain HTTP on (HOST:PORT; a host name is resolved at start):
+    /// every endpoint but the admission webhook.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", value_parser = flags::listen_addr)]
+    listen: SocketAddr,
+    /// How verifiers reach this service (an http(s) URL); the base of default issuer
+    /// URLs.
+    #[arg(long, value_name = "URL", value_parser = flags::external_url)]
+    external_url: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
+    decision_cache_size: usize,
+    /// Requests per minute per client address to `POST {issuer}/revoke` (beyond it:
+    /// 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = crate::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    revoke_rate: u32,
+    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<NonZeroUsize>,
+    /// Address to serve HTTPS on: every endpoint plus the admission webhook
+    /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
+    #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
+    tls_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls_files: TlsFileArgs,
+    /// Self-bootstrapped TLS: keep a CA and a serving certificate in this Secret of
+    /// --namespace, renew it, and set the caBundle of --webhook-configuration.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "tls_cert_file",
+        requires = "webhook_service"
+    )]
+    tls_bootstrap_secret: Option<String>,
+    /// The webhook's Service: the bootstrapped certificate is for NAME.NS.svc and
+    /// NAME.NS.svc.cluster.local.
+    #[arg(long, value_name = "NAME", requires = "tls_bootstrap_secret")]
+    webhook_service: Option<String>,
+    /// The ValidatingWebhookConfiguration whose webhooks get the bootstrapped CA as
+    /// caBundle.
+    #[arg(long, value_name = "NAME", requires = "tls_bootstrap_secret")]
+    webhook_configuration: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct TlsFileArgs {
+    /// PEM certificate chain for HTTPS (a mounted Secret's tls.crt); reloaded when it
+    /// changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file (tls.key).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+}
+
+impl TlsFileArgs {
+    pub(crate) fn files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) const DEFAULT_DECISION_CACHE: usize = 10_000;
+
+pub(crate) fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("authplane-{}", std::process::id()));
+    let source = match (args.tls_files.files(), args.tls_bootstrap_secret) {
+        (Some(files), _) => Some(TlsSource::Files(files)),
+        (None, Some(secret)) => Some(TlsSource::Bootstrap(BootstrapSettings::new(
+            secret,
+            args.namespace.clone(),
+            args.webhook_service.unwrap_or_default(),
+            args.webhook_configuration,
+        ))),
+        (None, None) => None,
+    };
+    let tls = match (args.tls_listen, source) {
+        (Some(listen), Some(source)) => Some(TlsConfig { listen, source }),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "--tls-listen needs a certificate: --tls-cert-file and --tls-key-file, or --tls-bootstrap-secret"
+        ),
+        (None, Some(_)) => bail!("a TLS certificate was given but no --tls-listen address"),
+    };
+    let config = OperatorConfig {
+        kubeconfig: args.kubeconfig,
+        namespace: args.namespace,
+        listen: args.listen,
+        external_url: args.external_url.trim_end_matches('/').to_owned(),
+        identity,
+        decision_cache_size: args.decision_cache_size,
+        tls,
+        revoke_rate_per_minute: args.revoke_rate,
+    };
+    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
+    runtime.block_on(operator::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

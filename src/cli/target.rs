@@ -1,0 +1,58 @@
+//! Where a command acts: a cluster (the default), or dev mode's manifests folder; and what
+//! the commands that act there share.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::api::ObjectKey;
+use crate::cli::cluster;
+use crate::operator;
+
+/// Where a command acts: a cluster (the default), or dev mode's manifests folder.
+#[derive(Args)]
+pub(crate) struct TargetArgs {
+    /// Kubeconfig file (default: KUBECONFIG or ~/.kube/config, or in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// Dev mode: act on the manifests folder of `authplane dev` instead of a cluster
+    /// (the object's document is edited in place, as `kubectl annotate`/`patch` would).
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    pub(crate) manifests: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// Says where the command runs, before it does anything.
+    pub(crate) fn announce(&self) {
+        match &self.manifests {
+            Some(dir) => eprintln!("dev mode: manifests folder {}", dir.display()),
+            None => eprintln!("cluster: {}", cluster::describe(self.kubeconfig.as_deref())),
+        }
+    }
+}
+
+/// A client for the commands that act on a cluster; without one, points at dev mode.
+pub(crate) async fn cluster_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    operator::client(kubeconfig)
+        .await
+        .context("no cluster to talk to (in dev mode, pass --manifests DIR)")
+}
+
+/// What a dev-mode edit did, and when it takes effect.
+pub(crate) fn edited_note(file: &std::path::Path) -> String {
+    format!(
+        "edited {} (that document is rewritten: its own comments inside are not kept); a running `authplane dev` applies it within a second",
+        file.display()
+    )
+}
+
+pub(crate) fn parse_id(text: &str, flag: &str) -> anyhow::Result<ObjectKey> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ObjectKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }),
+        _ => bail!("{flag} must be NAMESPACE/NAME, got {text:?}"),
+    }
+}

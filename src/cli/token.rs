@@ -1,0 +1,115 @@
+//! `authplane token mint`: a JWT signed by the Active key of a SigningKey.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::api::Duration;
+use crate::cli::cluster;
+use crate::cli::target::{cluster_client, parse_id};
+use crate::clock::{Clock, SystemClock};
+use crate::dev::state::StateStore;
+use crate::keys::store;
+use crate::token::{self, MintRequest};
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a JWT signed by the Active key of a SigningKey.
+    Mint(MintArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct MintArgs {
+    /// The state folder of `authplane dev`.
+    #[arg(long, value_name = "DIR", default_value = ".authplane")]
+    state: PathBuf,
+    /// Sign with the keys on a cluster (the SigningKey's Secret) instead of a state
+    /// folder, with this kubeconfig file.
+    #[arg(long, value_name = "FILE", conflicts_with = "state")]
+    kubeconfig: Option<PathBuf>,
+    /// Sign with the keys on the cluster of the default kubeconfig (KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long, conflicts_with_all = ["state", "kubeconfig"])]
+    cluster: bool,
+    /// The SigningKey, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    key: String,
+    /// Subject (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Audience (`aud`); repeat for several.
+    #[arg(long, value_name = "AUD")]
+    aud: Vec<String>,
+    /// Lifetime, in Go duration syntax; at most the key's retainFor and its
+    /// maxTokenLifetime (default 1h), unless --force.
+    #[arg(long, default_value = "15m", allow_hyphen_values = true)]
+    ttl: Duration,
+    /// Mint even when --ttl is longer than the key's retainFor (the token may stop
+    /// verifying before it expires) or its maxTokenLifetime.
+    #[arg(long)]
+    force: bool,
+    /// Extra claim KEY=VALUE; VALUE is read as JSON when it is JSON, else as a string.
+    #[arg(long, value_name = "KEY=VALUE")]
+    claim: Vec<String>,
+    /// Issuer (`iss`) to put in the token (default: the one the server publishes).
+    #[arg(long, value_name = "URL")]
+    issuer: Option<String>,
+    /// Session id (`sid`), so that a logout of the session (`authplane revoke
+    /// --session`, or `/revoke` with `token_type_hint=session`) revokes the token.
+    #[arg(long, value_name = "SID")]
+    session: Option<String>,
+}
+
+pub(crate) fn mint(args: MintArgs) -> anyhow::Result<()> {
+    let id = parse_id(&args.key, "--key")?;
+    token::check_lifetime(&args.ttl, None)?;
+    let stored = if args.kubeconfig.is_some() || args.cluster {
+        eprintln!("cluster: {}", cluster::describe(args.kubeconfig.as_deref()));
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        runtime.block_on(async {
+            let client = cluster_client(args.kubeconfig.as_ref()).await?;
+            anyhow::Ok(cluster::signing_keys(client, &id).await?)
+        })?
+    } else {
+        eprintln!("dev mode: state folder {}", args.state.display());
+        let state = StateStore::new(&args.state);
+        let data = state.load(&id)?.with_context(|| {
+            format!(
+                "no keys for SigningKey {id} in {}: run `authplane dev` with a manifest for it first",
+                args.state.display()
+            )
+        })?;
+        let keys = store::from_data(&data)
+            .with_context(|| format!("reading {}", state.path(&id).display()))?;
+        cluster::StoredKeys {
+            keys,
+            issuer: store::issuer(&data).map(str::to_owned),
+            retain_for: store::retain_for(&data),
+            max_token_lifetime: store::max_token_lifetime(&data),
+        }
+    };
+    let issuer = match args.issuer.or(stored.issuer) {
+        Some(issuer) => issuer,
+        None => bail!("the keys of {id} record no issuer; pass --issuer"),
+    };
+    let retain_for = stored.retain_for.filter(|_| !args.force);
+    token::check_lifetime(&args.ttl, retain_for)?;
+    token::check_max_lifetime(&args.ttl, stored.max_token_lifetime.filter(|_| !args.force))?;
+    let mut request = MintRequest {
+        subject: args.sub,
+        audiences: args.aud,
+        ttl: args.ttl.value(),
+        session: args.session,
+        ..MintRequest::default()
+    };
+    for claim in &args.claim {
+        let (key, value) = token::parse_claim(claim)?;
+        request.claims.insert(key, value);
+    }
+    println!(
+        "{}",
+        token::mint(&stored.keys, &issuer, &request, SystemClock.now())?
+    );
+    Ok(())
+}
