@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", describe(&anyhow::Error::from(e)));
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,9 +1,8 @@
 //! Sets one annotation of a SigningKey, as `kubectl annotate` does: what `rotate` and
 //! `revoke-key` write.
 
-use anyhow::{Context, bail};
-
 use crate::api::{ObjectKey, SigningKey};
+use crate::cli::error::{self, CliError};
 use crate::cli::manifest_edit;
 use crate::cli::target::{TargetArgs, cluster_client, edited_note, parse_id};
 use crate::dev::manifests::Object;
@@ -13,14 +12,17 @@ use crate::dev::manifests::Object;
 pub(crate) fn annotate(
     key: &str,
     target: &TargetArgs,
-    annotation: impl FnOnce(&ObjectKey, &SigningKey) -> anyhow::Result<(String, String)>,
-) -> anyhow::Result<()> {
+    annotation: impl FnOnce(&ObjectKey, &SigningKey) -> Result<(String, String), CliError>,
+) -> Result<(), CliError> {
     let id = parse_id(key, "the SigningKey")?;
     target.announce();
     if let Some(dir) = &target.manifests {
         let mut document = manifest_edit::locate(dir, "SigningKey", &id)?;
         let Object::SigningKey(current) = document.parsed()? else {
-            bail!("{} does not hold SigningKey {id}", document.file.display());
+            return Err(CliError::Refused(format!(
+                "{} does not hold SigningKey {id}",
+                document.file.display()
+            )));
         };
         let (name, value) = annotation(&id, &current)?;
         document.set_annotation(&name, &value)?;
@@ -29,14 +31,14 @@ pub(crate) fn annotate(
         eprintln!("{}", edited_note(&file));
         return Ok(());
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = error::runtime()?;
     runtime.block_on(async {
         let client = cluster_client(target.kubeconfig.as_ref()).await?;
         let api: kube::Api<SigningKey> = kube::Api::namespaced(client, &id.namespace);
         let current = api
             .get(&id.name)
             .await
-            .with_context(|| format!("reading SigningKey {id}"))?;
+            .map_err(error::api(format!("reading SigningKey {id}")))?;
         let (name, value) = annotation(&id, &current)?;
         let patch = serde_json::json!({"metadata": {"annotations": {name.clone(): value.clone()}}});
         api.patch(
@@ -45,7 +47,7 @@ pub(crate) fn annotate(
             &kube::api::Patch::Merge(patch),
         )
         .await
-        .with_context(|| format!("annotating SigningKey {id}"))?;
+        .map_err(error::api(format!("annotating SigningKey {id}")))?;
         println!("SigningKey {id}: {name}={value}");
         Ok(())
     })

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::api::AuthPolicy;
 use crate::cli::cluster;
+use crate::cli::error::{self, CliError};
 use crate::cli::target::{TargetArgs, cluster_client, parse_id};
 use crate::dev::manifests::ManifestLoader;
 use crate::dev::state::StateStore;
@@ -34,7 +34,7 @@ pub(crate) struct BucketArgs {
     state: PathBuf,
 }
 
-pub(crate) fn bucket(args: BucketArgs) -> anyhow::Result<()> {
+pub(crate) fn bucket(args: BucketArgs) -> Result<(), CliError> {
     let id = parse_id(&args.policy, "--policy")?;
     args.target.announce();
     let policy = match &args.target.manifests {
@@ -43,12 +43,10 @@ pub(crate) fn bucket(args: BucketArgs) -> anyhow::Result<()> {
             for error in &errors {
                 eprintln!("warning: {error}");
             }
-            let mut policy = AuthPolicy::clone(
-                desired
-                    .auth_policies
-                    .get(&id)
-                    .with_context(|| format!("no AuthPolicy {id} in {}", dir.display()))?,
-            );
+            let mut policy =
+                AuthPolicy::clone(desired.auth_policies.get(&id).ok_or_else(|| {
+                    CliError::Refused(format!("no AuthPolicy {id} in {}", dir.display()))
+                })?);
             // Where a stepped rollout stands is recorded by the server, not the manifest.
             let progress = StateStore::new(&args.state).load_rollout(&id)?;
             if progress.is_none() && !policy.spec.rollout.steps.is_empty() {
@@ -61,10 +59,10 @@ pub(crate) fn bucket(args: BucketArgs) -> anyhow::Result<()> {
             policy
         }
         None => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let runtime = error::runtime()?;
             runtime.block_on(async {
                 let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
-                anyhow::Ok(cluster::auth_policy(client, &id).await?)
+                Ok::<_, CliError>(cluster::auth_policy(client, &id).await?)
             })?
         }
     };

@@ -2,19 +2,25 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 use crate::api::crds::crds;
+use crate::cli::error::CliError;
 
-pub(crate) fn crdgen(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn crdgen(out_dir: Option<PathBuf>) -> Result<(), CliError> {
     let crds = crds();
     match out_dir {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {
+                doing: "creating",
+                path: dir.clone(),
+                source,
+            })?;
             for (name, yaml) in crds {
                 let path = dir.join(name);
-                std::fs::write(&path, yaml)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, yaml).map_err(|source| CliError::Io {
+                    doing: "writing",
+                    path: path.clone(),
+                    source,
+                })?;
                 println!("wrote {}", path.display());
             }
         }

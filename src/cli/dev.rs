@@ -5,9 +5,9 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
 
+use crate::cli::error::CliError;
 use crate::cli::flags;
 use crate::cli::run::{DEFAULT_DECISION_CACHE, TlsFileArgs, shutdown_signal};
 use crate::clock::SystemClock;
@@ -45,8 +45,8 @@ pub(crate) struct DevArgs {
     tls_files: TlsFileArgs,
 }
 
-pub(crate) fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
+pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
+    let runtime = server::runtime::build(args.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let config = DevConfig {
             manifests: args.manifests,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod cluster;
+pub mod error;
 pub mod flags;
 pub mod manifest_edit;
 pub mod revocations;
@@ -27,6 +28,7 @@ mod token;
 use bucket::{BucketArgs, bucket};
 use crdgen::crdgen;
 use dev::{DevArgs, run_dev};
+pub use error::CliError;
 use revocations::{RevocationsCommand, list_revocations};
 use revoke::{RevokeTokensArgs, revoke_tokens};
 use revoke_key::{RevokeArgs, revoke};
@@ -113,12 +115,12 @@ impl Cli {
     }
 
     /// Runs the command.
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self) -> Result<(), CliError> {
         run(self.command)
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> Result<(), CliError> {
     // One TLS provider for every client and server in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match command {

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use clap::Subcommand;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -11,6 +10,7 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef, Validate};
+use crate::cli::error::{self, CliError};
 use crate::cli::target::{TargetArgs, cluster_client};
 use crate::clock::{Clock, SystemClock};
 use crate::dev::manifests::ManifestLoader;
@@ -257,15 +257,15 @@ pub(crate) enum RevocationsCommand {
     },
 }
 
-pub(crate) fn list_revocations(target: TargetArgs) -> anyhow::Result<()> {
+pub(crate) fn list_revocations(target: TargetArgs) -> Result<(), CliError> {
     target.announce();
     let (found, keys) = match &target.manifests {
         Some(dir) => from_manifests(dir)?,
         None => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let runtime = error::runtime()?;
             runtime.block_on(async {
                 let client = cluster_client(target.kubeconfig.as_ref()).await?;
-                anyhow::Ok(from_cluster(client).await?)
+                Ok::<_, CliError>(from_cluster(client).await?)
             })?
         }
     };

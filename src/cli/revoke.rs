@@ -1,9 +1,9 @@
 //! `authplane revoke`: creates a Revocation of a SigningKey's tokens.
 
-use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::api::ObjectKey;
+use crate::cli::error::{self, CliError};
 use crate::cli::target::{TargetArgs, cluster_client, parse_id};
 use crate::clock::{Clock, SystemClock};
 
@@ -37,7 +37,7 @@ pub(crate) struct RevokeTokensArgs {
     target: TargetArgs,
 }
 
-pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
+pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> Result<(), CliError> {
     use crate::cli::revocations::{self, What};
     let key = parse_id(&args.issuer, "--issuer")?;
     let what = match (args.jti, args.subject, args.session) {
@@ -47,7 +47,11 @@ pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
             issued_before: args.before,
         },
         (None, None, Some(sid)) => What::Session(sid),
-        _ => bail!("give exactly one of --jti, --subject and --session"),
+        _ => {
+            return Err(CliError::Usage(
+                "give exactly one of --jti, --subject and --session".into(),
+            ));
+        }
     };
     args.target.announce();
     let now = SystemClock.now();
@@ -77,7 +81,7 @@ pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
         None,
         now,
     )?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = error::runtime()?;
     runtime.block_on(async {
         let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
         let id = revocations::create(client, revocation).await?;

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::Args;
 use kube::ResourceExt;
 
 use crate::api::REVOKE_KIDS_ANNOTATION;
 use crate::cli::annotate::annotate;
+use crate::cli::error::CliError;
 use crate::cli::target::TargetArgs;
 use crate::dev::state::StateStore;
 use crate::keys::store;
@@ -34,7 +34,7 @@ pub(crate) struct RevokeArgs {
     state: PathBuf,
 }
 
-pub(crate) fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+pub(crate) fn revoke(args: RevokeArgs) -> Result<(), CliError> {
     let kid = args.kid.clone();
     let state = args.state.clone();
     let dev = args.target.manifests.is_some();
@@ -47,19 +47,19 @@ pub(crate) fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
                 .flat_map(|s| &s.keys)
                 .any(|k| k.kid == kid),
             true => {
-                let data = StateStore::new(&state).load(id)?.with_context(|| {
-                    format!(
+                let data = StateStore::new(&state).load(id)?.ok_or_else(|| {
+                    CliError::Refused(format!(
                         "no keys for SigningKey {id} in {}: pass --state, the folder of `authplane dev`",
                         state.display()
-                    )
+                    ))
                 })?;
                 store::from_data(&data)?.get(&kid).is_some()
             }
         };
         if !known {
-            bail!(
+            return Err(CliError::Refused(format!(
                 "{kid} is not a key of SigningKey {id} (see its JWKS, or `kubectl get sk -o yaml`, status.keys)"
-            );
+            )));
         }
         let current = key
             .annotations()

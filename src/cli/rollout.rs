@@ -1,9 +1,9 @@
 //! `authplane rollout pause|resume|set`: steers an AuthPolicy's rollout.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::api::{AuthPolicy, ObjectKey, RolloutAction};
+use crate::cli::error::{self, CliError};
 use crate::cli::manifest_edit;
 use crate::cli::target::{TargetArgs, cluster_client, edited_note, parse_id};
 use crate::dev::manifests::Object;
@@ -31,7 +31,7 @@ pub(crate) struct PolicyArgs {
     target: TargetArgs,
 }
 
-pub(crate) fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
+pub(crate) fn rollout(command: RolloutCommand) -> Result<(), CliError> {
     let (args, action) = match command {
         RolloutCommand::Pause(args) => (args, RolloutAction::Pause),
         RolloutCommand::Resume(args) => (args, RolloutAction::Resume),
@@ -50,7 +50,7 @@ pub(crate) fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
         eprintln!("{}", edited_note(&file));
         return Ok(());
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let runtime = error::runtime()?;
     runtime.block_on(async {
         let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
         let api: kube::Api<AuthPolicy> = kube::Api::namespaced(client, &id.namespace);
@@ -61,7 +61,7 @@ pub(crate) fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
                 &kube::api::Patch::Merge(patch),
             )
             .await
-            .with_context(|| format!("patching AuthPolicy {id}"))?;
+            .map_err(error::api(format!("patching AuthPolicy {id}")))?;
         report_rollout(&id, &updated);
         Ok(())
     })

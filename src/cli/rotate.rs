@@ -4,6 +4,7 @@ use clap::Args;
 
 use crate::api::ROTATE_AT_ANNOTATION;
 use crate::cli::annotate::annotate;
+use crate::cli::error::CliError;
 use crate::cli::target::TargetArgs;
 
 #[derive(Args)]
@@ -14,7 +15,7 @@ pub(crate) struct RotateArgs {
     target: TargetArgs,
 }
 
-pub(crate) fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+pub(crate) fn rotate(args: RotateArgs) -> Result<(), CliError> {
     // Rounded up: a key made earlier in this second must not count as the
     // rotation asked for.
     let now = jiff::Timestamp::now().round(

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::cli::error::CliError;
 use crate::cli::flags;
 use crate::operator::{self, OperatorConfig, TlsConfig, TlsSource};
 use crate::server;
@@ -93,7 +93,7 @@ impl TlsFileArgs {
 
 pub(crate) const DEFAULT_DECISION_CACHE: usize = 10_000;
 
-pub(crate) fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
     let identity = args
         .identity
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -111,10 +111,17 @@ pub(crate) fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let tls = match (args.tls_listen, source) {
         (Some(listen), Some(source)) => Some(TlsConfig { listen, source }),
         (None, None) => None,
-        (Some(_), None) => bail!(
+        (Some(_), None) => {
+            return Err(CliError::Usage(
             "--tls-listen needs a certificate: --tls-cert-file and --tls-key-file, or --tls-bootstrap-secret"
-        ),
-        (None, Some(_)) => bail!("a TLS certificate was given but no --tls-listen address"),
+            .into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CliError::Usage(
+                "a TLS certificate was given but no --tls-listen address".into(),
+            ));
+        }
     };
     let config = OperatorConfig {
         kubeconfig: args.kubeconfig,
@@ -126,7 +133,7 @@ pub(crate) fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         tls,
         revoke_rate_per_minute: args.revoke_rate,
     };
-    let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
+    let runtime = server::runtime::build(args.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
     Ok(())
 }

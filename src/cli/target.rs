@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::api::ObjectKey;
 use crate::cli::cluster;
+use crate::cli::error::CliError;
 use crate::operator;
 
 /// Where a command acts: a cluster (the default), or dev mode's manifests folder.
@@ -33,10 +33,10 @@ impl TargetArgs {
 }
 
 /// A client for the commands that act on a cluster; without one, points at dev mode.
-pub(crate) async fn cluster_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn cluster_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, CliError> {
     operator::client(kubeconfig)
         .await
-        .context("no cluster to talk to (in dev mode, pass --manifests DIR)")
+        .map_err(CliError::NoCluster)
 }
 
 /// What a dev-mode edit did, and when it takes effect.
@@ -47,12 +47,14 @@ pub(crate) fn edited_note(file: &std::path::Path) -> String {
     )
 }
 
-pub(crate) fn parse_id(text: &str, flag: &str) -> anyhow::Result<ObjectKey> {
+pub(crate) fn parse_id(text: &str, flag: &str) -> Result<ObjectKey, CliError> {
     match text.split_once('/') {
         Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ObjectKey {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         }),
-        _ => bail!("{flag} must be NAMESPACE/NAME, got {text:?}"),
+        _ => Err(CliError::Usage(format!(
+            "{flag} must be NAMESPACE/NAME, got {text:?}"
+        ))),
     }
 }

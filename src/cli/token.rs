@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::api::Duration;
 use crate::cli::cluster;
+use crate::cli::error::{self, CliError};
 use crate::cli::target::{cluster_client, parse_id};
 use crate::clock::{Clock, SystemClock};
 use crate::dev::state::StateStore;
@@ -61,27 +61,29 @@ pub(crate) struct MintArgs {
     session: Option<String>,
 }
 
-pub(crate) fn mint(args: MintArgs) -> anyhow::Result<()> {
+pub(crate) fn mint(args: MintArgs) -> Result<(), CliError> {
     let id = parse_id(&args.key, "--key")?;
     token::check_lifetime(&args.ttl, None)?;
     let stored = if args.kubeconfig.is_some() || args.cluster {
         eprintln!("cluster: {}", cluster::describe(args.kubeconfig.as_deref()));
-        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        let runtime = error::runtime()?;
         runtime.block_on(async {
             let client = cluster_client(args.kubeconfig.as_ref()).await?;
-            anyhow::Ok(cluster::signing_keys(client, &id).await?)
+            Ok::<_, CliError>(cluster::signing_keys(client, &id).await?)
         })?
     } else {
         eprintln!("dev mode: state folder {}", args.state.display());
         let state = StateStore::new(&args.state);
-        let data = state.load(&id)?.with_context(|| {
-            format!(
+        let data = state.load(&id)?.ok_or_else(|| {
+            CliError::Refused(format!(
                 "no keys for SigningKey {id} in {}: run `authplane dev` with a manifest for it first",
                 args.state.display()
-            )
+            ))
         })?;
-        let keys = store::from_data(&data)
-            .with_context(|| format!("reading {}", state.path(&id).display()))?;
+        let keys = store::from_data(&data).map_err(|source| CliError::Keys {
+            path: state.path(&id),
+            source,
+        })?;
         cluster::StoredKeys {
             keys,
             issuer: store::issuer(&data).map(str::to_owned),
@@ -91,7 +93,11 @@ pub(crate) fn mint(args: MintArgs) -> anyhow::Result<()> {
     };
     let issuer = match args.issuer.or(stored.issuer) {
         Some(issuer) => issuer,
-        None => bail!("the keys of {id} record no issuer; pass --issuer"),
+        None => {
+            return Err(CliError::Usage(format!(
+                "the keys of {id} record no issuer; pass --issuer"
+            )));
+        }
     };
     let retain_for = stored.retain_for.filter(|_| !args.force);
     token::check_lifetime(&args.ttl, retain_for)?;

@@ -13,9 +13,9 @@ mod validation;
 
 pub use auth_policy::{
     AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, DenyRatioPause,
-    HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, Rollout, RolloutAction,
-    RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus, TokenReviewSpec,
-    TokenSources,
+    HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, NotAPercentage, Rollout,
+    RolloutAction, RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
+    TokenReviewSpec, TokenSources,
 };
 pub use duration::{Duration, DurationError};
 pub use revocation::{REASON_LABELS, Revocation, RevocationSpec, RevocationStatus, RevokedKeyRef};
