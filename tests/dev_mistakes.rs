@@ -275,3 +275,68 @@ async fn a_vanished_rollout_record_is_written_back() {
     assert_eq!(written, before);
     dev.stop().await;
 }
+
+/// Issue 18, item 6: a policy with mistakes the schema catches and mistakes only the
+/// checks beyond it catch got the first kind in one review, the rest after they were
+/// fixed. `/validate` now answers all of them at once, as dev mode refuses the file.
+#[tokio::test]
+async fn every_mistake_of_a_policy_is_reported_in_one_review() {
+    let dev = Dev::start(&[("web.yaml", &web())]).await;
+    let policy = serde_json::json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": "Payments", "namespace": "shop"},
+        "spec": {
+            "issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+            "audiences": "payments",
+            "leeway": 30,
+            "tokenSourcez": {},
+            "forwardClaims": {"sub": "Set-Cookie"},
+            "legacySession": {"cookie": "session id"},
+            "rollout": {"mode": "Enforced", "steps": [50, 10], "stepEvery": "1h"},
+        },
+    });
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "8", "operation": "CREATE", "userInfo": {},
+            "kind": {"group": "authplane.io", "version": "v1alpha1", "kind": "AuthPolicy"},
+            "resource": {"group": "authplane.io", "version": "v1alpha1", "resource": "authpolicies"},
+            "object": policy},
+    });
+    let answer: Value = dev
+        .http
+        .post(dev.url("/validate"))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut fields: Vec<&str> = answer["response"]["status"]["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|cause| cause["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "metadata.name",
+            "spec.audiences",
+            "spec.forwardClaims[sub]",
+            "spec.leeway",
+            "spec.legacySession.cookie",
+            "spec.rollout.mode",
+            "spec.rollout.steps[1]",
+            "spec.tokenSourcez",
+        ],
+        "{answer}"
+    );
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.tokenSourcez: unknown field; did you mean `tokenSources`?"),
+        "{message}"
+    );
+    dev.stop().await;
+}

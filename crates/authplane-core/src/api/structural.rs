@@ -86,10 +86,120 @@ pub fn check(schema: &Value, object: &Value) -> Vec<FieldError> {
         }
         match properties.and_then(|p| p.get(name)) {
             Some(field_schema) => walk(field_schema, value, name, &mut errors),
-            None => errors.push(FieldError::new(name.clone(), "unknown field")),
+            None => errors.push(FieldError::new(
+                name.clone(),
+                unknown_field(name, properties),
+            )),
         }
     }
     errors
+}
+
+/// "unknown field", with the known field it most likely meant: `algoritm` is
+/// `algorithm`, `prepublish` is `prePublish`.
+fn unknown_field(name: &str, properties: Option<&Value>) -> String {
+    let lower = name.to_lowercase();
+    let closest = properties
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|known| known.keys())
+        .map(|known| (strsim::osa_distance(&lower, &known.to_lowercase()), known))
+        .min();
+    match closest {
+        // A third of the name may differ: close enough to be a typo, not another word.
+        Some((distance, known)) if distance <= 1 + name.chars().count() / 3 => {
+            format!("unknown field; did you mean `{known}`?")
+        }
+        _ => "unknown field".to_owned(),
+    }
+}
+
+/// The part of `object` that can be read as its kind: values of the wrong type or not
+/// among their enum's, unknown fields, and objects that lack a required field are left
+/// out; a list loses all its items when one of them must go, so that the indexes the
+/// checks name stay those of the manifest. Values out of bounds stay (they can be read).
+/// The checks beyond the schema then run on this part, so that a manifest with
+/// mistakes of both kinds gets all of them in one round.
+pub fn readable_part(schema: &Value, object: &Value) -> Value {
+    let Some(fields) = object.as_object() else {
+        return Value::Null;
+    };
+    let properties = schema.get("properties");
+    let readable = fields
+        .iter()
+        .filter_map(|(name, value)| {
+            if matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+                return Some((name.clone(), value.clone()));
+            }
+            let field_schema = properties.and_then(|p| p.get(name))?;
+            Some((name.clone(), prune(field_schema, value)?))
+        })
+        .collect();
+    Value::Object(readable)
+}
+
+/// `value` without what does not fit `schema`, or `None` when nothing of it does.
+fn prune(schema: &Value, value: &Value) -> Option<Value> {
+    if value.is_null() {
+        return Some(Value::Null);
+    }
+    let expected = schema.get("type").and_then(Value::as_str);
+    let actual = type_name(value);
+    let fits = match expected {
+        None => true,
+        Some("number") => matches!(actual, "number" | "integer"),
+        Some(t) => t == actual,
+    };
+    let allowed = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .is_none_or(|allowed| allowed.contains(value));
+    if !fits || !allowed {
+        return None;
+    }
+    match value {
+        Value::Array(items) => {
+            let items = match schema.get("items") {
+                Some(item_schema) => items
+                    .iter()
+                    .map(|item| prune(item_schema, item))
+                    .collect::<Option<Vec<Value>>>()?,
+                None => items.clone(),
+            };
+            Some(Value::Array(items))
+        }
+        Value::Object(fields) => {
+            let preserve = schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let properties = schema.get("properties");
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let mut kept = serde_json::Map::new();
+            for (name, field) in fields {
+                let field_schema = properties.and_then(|p| p.get(name)).or(additional);
+                match field_schema {
+                    Some(field_schema) => {
+                        if let Some(field) = prune(field_schema, field) {
+                            kept.insert(name.clone(), field);
+                        }
+                    }
+                    None if preserve => {
+                        kept.insert(name.clone(), field.clone());
+                    }
+                    None => {}
+                }
+            }
+            let required = schema.get("required").and_then(Value::as_array);
+            let complete = required
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .all(|name| kept.get(name).is_some_and(|v| !v.is_null()));
+            complete.then_some(Value::Object(kept))
+        }
+        _ => Some(value.clone()),
+    }
 }
 
 fn type_name(value: &Value) -> &'static str {
@@ -213,7 +323,10 @@ fn walk(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>)
                 } else if let Some(value_schema) = additional {
                     walk(value_schema, field, &format!("{path}[{name}]"), errors);
                 } else if !preserve {
-                    errors.push(FieldError::new(format!("{path}.{name}"), "unknown field"));
+                    errors.push(FieldError::new(
+                        format!("{path}.{name}"),
+                        unknown_field(name, properties),
+                    ));
                 }
             }
         }
@@ -248,7 +361,10 @@ mod tests {
             found[1],
             "spec.rotation.every: must be of type string, not integer (5)"
         );
-        assert_eq!(found[2], "spec.rsaBitz: unknown field");
+        assert_eq!(
+            found[2],
+            "spec.rsaBitz: unknown field; did you mean `rsaBits`?"
+        );
     }
 
     #[test]
@@ -265,6 +381,22 @@ mod tests {
             fields,
             ["spec.algorithm", "spec.rotation.every", "spec.rsaBitz"],
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_names_the_field_it_most_likely_meant() {
+        let found = problems::<SigningKey>(json!({
+            "spec": {"algoritm": "ES256", "rotation": {"prepublish": "1h", "retain": "2h"}, "bananas": 1},
+        }));
+        assert_eq!(
+            found,
+            [
+                "spec.algoritm: unknown field; did you mean `algorithm`?",
+                "spec.bananas: unknown field",
+                "spec.rotation.prepublish: unknown field; did you mean `prePublish`?",
+                "spec.rotation.retain: unknown field; did you mean `retainFor`?",
+            ]
         );
     }
 

@@ -49,29 +49,128 @@ pub fn from_value<K: serde::de::DeserializeOwned>(
 /// Reads a resource as the apiserver does: first every structural problem (types, enum
 /// values, unknown fields, bounds), each naming its field, then the typed object. Dev mode
 /// and the admission webhook read objects through it.
+///
+/// A refused object gets every problem in one round, as far as it can be read: its CEL
+/// rules run on the JSON, and the checks beyond the schema ([`Validate`]) on the part of
+/// it that can be typed.
 pub fn read_object<K>(value: &serde_json::Value) -> Result<K, Vec<FieldError>>
 where
-    K: serde::de::DeserializeOwned + HasSchema,
+    K: serde::de::DeserializeOwned + HasSchema + Validate,
 {
     let value = &as_kubectl_sends(value);
     let mut problems = super::structural::check(K::schema(), value);
-    if !problems.is_empty() {
-        // The object cannot be typed, so its CEL rules run on the JSON (with the schema's
-        // defaults, as the apiserver does): a review with several mistakes lists them
-        // all. Rules that fail to evaluate (on a field of the wrong type, say) add
-        // nothing, nor rules on a field already refused.
-        if let Err(failures) = validate_rules::<K>(value) {
-            for failure in failures.into_vec() {
-                let field = failure.field_path.trim_start_matches('.');
-                let known = problems.iter().any(|p| field.starts_with(p.field.as_str()));
-                if failure.kind == kube::core::cel::ErrorKind::ValidationFailure && !known {
-                    problems.push(FieldError::new(field, failure.message));
+    if problems.is_empty() {
+        return from_value(value).map_err(|e| vec![e]);
+    }
+    // The object cannot be typed, so its CEL rules run on the JSON (with the schema's
+    // defaults, as the apiserver does). Rules that fail to evaluate (on a field of the
+    // wrong type, say) add nothing, nor rules on a field already refused.
+    let structural = problems.clone();
+    if let Err(failures) = validate_rules::<K>(value) {
+        for failure in failures.into_vec() {
+            let problem =
+                FieldError::new(failure.field_path.trim_start_matches('.'), failure.message);
+            let refused = structural
+                .iter()
+                .any(|known| within(&problem.field, &known.field));
+            if failure.kind == kube::core::cel::ErrorKind::ValidationFailure && !refused {
+                problems.push(problem);
+            }
+        }
+    }
+    // The checks beyond the schema, on what can be read. A field left out of it may make
+    // a rule of its parents fail: those are left to the next round.
+    if let Some(readable) = readable::<K>(value) {
+        let generated_name = has_generate_name(value);
+        for problem in readable.validate() {
+            let refused = structural.iter().any(|known| {
+                within(&problem.field, &known.field) || within(&known.field, &problem.field)
+            });
+            // A CREATE from generateName is reviewed before the name exists.
+            let unnamed = generated_name && problem.field == "metadata.name";
+            if !refused && !unnamed && !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+    }
+    Err(problems)
+}
+
+/// Whether field `inner` is `outer` or within it (`spec.rollout.steps[1]` is within
+/// `spec.rollout`; everything is within the object itself, ``).
+fn within(inner: &str, outer: &str) -> bool {
+    outer.is_empty()
+        || inner == outer
+        || (inner.starts_with(outer) && matches!(inner.as_bytes()[outer.len()], b'.' | b'['))
+}
+
+fn has_generate_name(value: &serde_json::Value) -> bool {
+    value
+        .pointer("/metadata/generateName")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|g| !g.is_empty())
+        && value
+            .pointer("/metadata/name")
+            .and_then(serde_json::Value::as_str)
+            .is_none_or(str::is_empty)
+}
+
+/// The object as far as it can be typed: the part that fits the schema, less each field
+/// that still does not deserialize (a duration that does not parse, say), one at a time.
+fn readable<K>(value: &serde_json::Value) -> Option<K>
+where
+    K: serde::de::DeserializeOwned + HasSchema,
+{
+    /// More unreadable fields than this and the object is not worth reading further.
+    const ATTEMPTS: usize = 32;
+    let mut value = super::structural::readable_part(K::schema(), value);
+    for _ in 0..ATTEMPTS {
+        match serde_path_to_error::deserialize::<_, K>(&value) {
+            Ok(object) => return Some(object),
+            Err(e) => {
+                if !remove(&mut value, e.path()) {
+                    return None;
                 }
             }
         }
-        return Err(problems);
     }
-    from_value(value).map_err(|e| vec![e])
+    None
+}
+
+/// Removes the value at `path` (an object's field, or a whole list holding the item, so
+/// that the other items keep their indexes); false if there is nothing to remove.
+fn remove(value: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    // The last segment that names an object's field: the list itself goes with its item.
+    let Some(last) = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Map { .. }))
+    else {
+        return false;
+    };
+    let mut current = value;
+    for segment in &segments[..last] {
+        current = match (segment, current) {
+            (Segment::Map { key }, serde_json::Value::Object(fields)) => {
+                match fields.get_mut(key) {
+                    Some(next) => next,
+                    None => return false,
+                }
+            }
+            (Segment::Seq { index }, serde_json::Value::Array(items)) => {
+                match items.get_mut(*index) {
+                    Some(next) => next,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match (segments[last], current) {
+        (Segment::Map { key }, serde_json::Value::Object(fields)) => fields.remove(key).is_some(),
+        _ => false,
+    }
 }
 
 /// The object as the apiserver gets it from kubectl: whole floats are integers (`100.0`
@@ -616,6 +715,75 @@ mod tests {
             );
         }
         assert!(policy("X-Auth-Subject").validate().is_empty());
+    }
+
+    /// An AuthPolicy with nine mistakes, four the schema catches and five only the checks
+    /// beyond it: all of them in one round (they came in two).
+    #[test]
+    fn every_problem_of_an_object_comes_in_one_round() {
+        let found = read_object::<AuthPolicy>(&serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "Payments_API", "namespace": "shop"},
+            "spec": {
+                "issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+                "audiences": "payments",
+                "leeway": 30,
+                "tokenSourcez": {"cookies": ["access_token"]},
+                "tokenSources": {"headers": [{"name": "Bad Header"}]},
+                "forwardClaims": {"sub": "Set-Cookie"},
+                "legacySession": {"cookie": "session id"},
+                "rollout": {"mode": "Enforced", "steps": [50, 10], "stepEvery": "1h"},
+            },
+        }))
+        .unwrap_err();
+        let mut fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.audiences",
+                "spec.forwardClaims[sub]",
+                "spec.leeway",
+                "spec.legacySession.cookie",
+                "spec.rollout.mode",
+                "spec.rollout.steps[1]",
+                "spec.tokenSources.headers[0].name",
+                "spec.tokenSourcez",
+            ],
+            "{found:#?}"
+        );
+        let typo = found
+            .iter()
+            .find(|p| p.field == "spec.tokenSourcez")
+            .unwrap();
+        assert_eq!(typo.message, "unknown field; did you mean `tokenSources`?");
+    }
+
+    /// What cannot be read is not guessed at: a list with an unreadable item is left out
+    /// whole, so no later item is reported under another index.
+    #[test]
+    fn checks_on_a_partly_readable_object_keep_the_manifests_indexes() {
+        let found = read_object::<AuthPolicy>(&serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {
+                "issuers": [{"signingKeyRef": {"name": "web"}}],
+                "tokenSources": {"headers": [{"name": 5}, {"name": "Bad Header"}]},
+                "rollout": {"stepEvery": "soon", "steps": [10, 5]},
+            },
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert!(
+            fields.contains(&"spec.tokenSources.headers[0].name"),
+            "{found:?}"
+        );
+        assert!(fields.contains(&"spec.rollout.steps[1]"), "{found:?}");
+        assert!(
+            !fields.contains(&"spec.tokenSources.headers[0]"),
+            "no guess about the item left out: {found:?}"
+        );
     }
 
     #[test]
