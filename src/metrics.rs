@@ -353,7 +353,7 @@ impl Metrics {
         name: &str,
         now: jiff::Timestamp,
     ) {
-        use crate::keys::lifecycle::{KeyEvent, KeyState};
+        use crate::keys::lifecycle::KeyState;
         let views = outcome.keys.view(now, outcome.policy.retain_for);
         for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
             let count = views.iter().filter(|v| v.state == state).count();
@@ -365,18 +365,15 @@ impl Metrics {
                 })
                 .set(count as i64);
         }
-        let activations = outcome
-            .events
-            .iter()
-            .filter(|e| matches!(e, KeyEvent::Activated { .. }))
-            .count();
-        if activations > 0 {
+        // Counted from the signing key itself, not from `Activated` events: a key that
+        // signs early because `revoke-key` removed the Active one is a rotation too.
+        if outcome.signing_key_changed {
             self.rotations
                 .get_or_create(&ResourceLabels {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
                 })
-                .inc_by(activations as u64);
+                .inc();
         }
     }
 

@@ -211,6 +211,7 @@ pub async fn start_tuned(
         metrics: metrics.clone(),
         known: known.clone(),
         revocations: revocations::DevRevocations::default(),
+        loaded: false,
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
         driver.reload_manifests();
@@ -361,6 +362,8 @@ struct Driver {
     known: Arc<KnownKeys>,
     /// The Revocations of the manifests, published on their own.
     revocations: revocations::DevRevocations,
+    /// Whether the folder has been read once: what it held at start-up is not "created".
+    loaded: bool,
 }
 
 /// The objects whose manifests changed since the last reconcile.
@@ -464,7 +467,8 @@ impl Driver {
         self.known
             .0
             .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
-        let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known);
+        let start = !std::mem::replace(&mut self.loaded, true);
+        let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known, start);
         for warning in warnings.iter().take(MAX_WARNINGS_LOGGED) {
             tracing::warn!("{warning}");
         }
@@ -685,11 +689,17 @@ impl Driver {
 
 /// The warnings the admission webhook gives for each object that is new or changed, as
 /// `kubectl` prints them: what works in dev mode then surprises no one on a cluster.
+///
+/// At start-up the objects are not new: they were in the folder before (across a
+/// restart, the same files). They are reviewed as unchanged, so that what a warning says
+/// about the object itself is given at every start, and what it says about a change (an
+/// enforcement of 100% "on creation") only when the change happens.
 fn admission_warnings(
     before: &Desired,
     after: &Desired,
     changed: &Changed,
     index: &dyn SigningKeyIndex,
+    start: bool,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut report = |kind: &str, id: &ObjectKey, verdict: admission::Verdict| {
@@ -706,14 +716,22 @@ fn admission_warnings(
     };
     for id in &changed.signing_keys {
         if let Some(key) = after.signing_keys.get(id) {
-            let old = before.signing_keys.get(id).map(|o| &**o);
-            report("SigningKey", id, admission::signing_key(key, old));
+            let old = before.signing_keys.get(id).or(start.then_some(key));
+            report(
+                "SigningKey",
+                id,
+                admission::signing_key(key, old.map(|o| &**o)),
+            );
         }
     }
     for id in &changed.auth_policies {
         if let Some(policy) = after.auth_policies.get(id) {
-            let old = before.auth_policies.get(id).map(|o| &**o);
-            report("AuthPolicy", id, admission::auth_policy(policy, old, index));
+            let old = before.auth_policies.get(id).or(start.then_some(policy));
+            report(
+                "AuthPolicy",
+                id,
+                admission::auth_policy(policy, old.map(|o| &**o), index),
+            );
         }
     }
     warnings
@@ -754,6 +772,7 @@ mod tests {
             &both,
             &Changed::between(&Desired::default(), &both),
             &index,
+            false,
         );
         assert!(
             created.iter().any(|w| w.starts_with(
@@ -768,8 +787,28 @@ mod tests {
             "{created:?}"
         );
         assert!(
-            admission_warnings(&both, &both, &Changed::between(&both, &both), &index).is_empty(),
+            admission_warnings(&both, &both, &Changed::between(&both, &both), &index, false)
+                .is_empty(),
             "unchanged"
+        );
+        // At start-up the same objects are not created: a warning about the object itself
+        // stays, one about a change (100% "on creation") is not given at every restart.
+        let restarted = admission_warnings(
+            &Desired::default(),
+            &both,
+            &Changed::between(&Desired::default(), &both),
+            &index,
+            true,
+        );
+        assert!(
+            restarted
+                .iter()
+                .any(|w| w.contains("spec.rotation.retainFor: 10s is shorter")),
+            "{restarted:?}"
+        );
+        assert!(
+            !restarted.iter().any(|w| w.contains("on creation")),
+            "{restarted:?}"
         );
     }
 }

@@ -28,6 +28,10 @@ pub struct DevRevocations {
     reported_refused: BTreeMap<ObjectKey, String>,
     /// The objects last applied: an unchanged one is not read again at every reload.
     applied: BTreeMap<ObjectKey, Arc<Revocation>>,
+    /// Whether the folder's Revocations were applied once. Those found at start-up were
+    /// created before it (across a restart, long before): their propagation is not
+    /// observed, or every restart would fill the histogram's top bucket.
+    started: bool,
 }
 
 impl DevRevocations {
@@ -86,11 +90,12 @@ impl DevRevocations {
                             / 1000.0;
                         tracing::info!(
                             reason = entry.reason.as_deref().unwrap_or(""),
-                            "Revocation {id} applied: {:?} of {}",
+                            "Revocation {id} applied: tokens with {} of {}",
                             entry.matcher,
                             entry.issuer
                         );
-                        let fresh = revocation.metadata.creation_timestamp.is_some();
+                        let fresh =
+                            self.started && revocation.metadata.creation_timestamp.is_some();
                         metrics.revocation_applied(entry.reason_label, fresh.then_some(lag));
                     }
                 }
@@ -120,6 +125,7 @@ impl DevRevocations {
         let (set, counts) = self.index.publish(now);
         metrics.observe_revocations(&counts);
         registry.publish_revocations(set);
+        self.started = true;
     }
 }
 

@@ -95,10 +95,11 @@ pub fn say_moved(id: &ObjectKey, tracked: &Tracked) {
     if let Some(progress) = &tracked.progress
         && tracked.moved
     {
+        let steps: Vec<String> = progress.steps.iter().map(ToString::to_string).collect();
         tracing::info!(
-            "AuthPolicy {id}: rollout at step {} of {:?}{}",
+            "AuthPolicy {id}: rollout at step {} of [{}]{}",
             progress.step + 1,
-            progress.steps,
+            steps.join(", "),
             progress
                 .held
                 .as_deref()

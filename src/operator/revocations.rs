@@ -162,7 +162,7 @@ impl Follower {
                     .map(|t| now.duration_since(t.0).as_secs_f64());
                 tracing::info!(
                     reason = entry.reason.as_deref().unwrap_or(""),
-                    "Revocation {id} applied: {:?} of {}",
+                    "Revocation {id} applied: tokens with {} of {}",
                     entry.matcher,
                     entry.issuer
                 );

@@ -28,6 +28,10 @@ pub struct KeyOutcome {
     /// `data` differs from what is stored: write it before publishing anything.
     pub write: bool,
     pub events: Vec<KeyEvent>,
+    /// Another key signs than at the last write: on schedule, or early because the
+    /// Active key was revoked (promoted, or made at once). Not the first key of a new
+    /// SigningKey. What `authplane_key_rotations_total` counts.
+    pub signing_key_changed: bool,
     pub next_wakeup: Option<Timestamp>,
     pub issuer: String,
     pub policy: KeyPolicy,
@@ -67,7 +71,9 @@ pub fn signing_key(
         events.push(KeyEvent::Activated { kid: is.clone() });
         events.push(KeyEvent::Retired { kid: was.clone() });
     }
+    let signing_key_changed = was.is_some_and(|was| Some(was) != is);
     Ok(KeyOutcome {
+        signing_key_changed,
         write: stored != Some(&data),
         keys: plan.keys,
         data,
@@ -173,6 +179,52 @@ mod tests {
     use super::*;
     use jiff::SignedDuration;
 
+    /// `revoke-key` of the Active key makes another key sign at once: a rotation too,
+    /// though no `Activated` event says so (it says `Promoted`, or a key is made).
+    #[test]
+    fn a_key_that_signs_early_after_a_revocation_is_a_change_of_signing_key() {
+        let spec = serde_json::json!({"algorithm": "EdDSA", "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}});
+        let mut key: SigningKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "web", "namespace": "auth"}, "spec": spec,
+        }))
+        .unwrap();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s| t0 + SignedDuration::from_secs(s);
+        let first = signing_key(&key, None, "https://x", t0, &mut KeyMaterial::generate).unwrap();
+        // With a Next key published (promoted), and without one (a key made at once).
+        let published = signing_key(
+            &key,
+            Some(&first.data),
+            "https://x",
+            at(95),
+            &mut KeyMaterial::generate,
+        )
+        .unwrap();
+        for (stored, when) in [(&first.data, at(5)), (&published.data, at(96))] {
+            let active = stored[crate::keys::store::ACTIVE_KID].clone();
+            key.metadata.annotations =
+                Some([(crate::api::REVOKE_KIDS_ANNOTATION.to_owned(), active)].into());
+            let revoked = signing_key(
+                &key,
+                Some(stored),
+                "https://x",
+                when,
+                &mut KeyMaterial::generate,
+            )
+            .unwrap();
+            assert!(revoked.signing_key_changed, "{:?}", revoked.events);
+            assert!(
+                !revoked
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, KeyEvent::Activated { .. })),
+                "{:?}",
+                revoked.events
+            );
+        }
+    }
+
     #[test]
     fn an_activation_since_the_last_write_is_reported_once() {
         let key: SigningKey = serde_json::from_value(serde_json::json!({
@@ -200,6 +252,9 @@ mod tests {
             ]
         );
         assert!(noticed.write, "active.* follow the new key");
+        assert!(noticed.signing_key_changed);
+        assert!(!first.signing_key_changed, "the first key is no rotation");
+        assert!(!published.signing_key_changed, "published is not signing");
         assert!(run(Some(&noticed.data), at(121)).events.is_empty());
     }
 }

@@ -59,6 +59,25 @@ pub enum Matcher {
     Session(String),
 }
 
+/// For logs: `jti="..."`, `sub="..." iat<=2026-01-31T12:00:00Z`, `sid="..."`. Values are
+/// quoted with their control characters escaped: they come from resources and tokens,
+/// and must not forge a log line.
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::TokenId(jti) => write!(f, "jti={jti:?}"),
+            Matcher::Session(sid) => write!(f, "sid={sid:?}"),
+            Matcher::Subject {
+                subject,
+                issued_before,
+            } => match jiff::Timestamp::from_second(*issued_before) {
+                Ok(before) => write!(f, "sub={subject:?} iat<={before}"),
+                Err(_) => write!(f, "sub={subject:?} iat<={issued_before}"),
+            },
+        }
+    }
+}
+
 /// One validated Revocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -229,3 +229,19 @@ fn reasons_become_a_bounded_label_set() {
     assert_eq!(r("payment_failed").spec.reason_label(), "payment_failed");
     assert_eq!(r("Card declined at 10:02").spec.reason_label(), "other");
 }
+
+/// Logs name what a Revocation matches in words, not as Rust's `Debug` of the type
+/// (`Subject { subject: "zed", issued_before: 1764237600 }`), with the values escaped.
+#[test]
+fn a_matcher_reads_as_the_claims_it_matches() {
+    assert_eq!(Matcher::TokenId("t-1".into()).to_string(), r#"jti="t-1""#);
+    assert_eq!(Matcher::Session("s-9".into()).to_string(), r#"sid="s-9""#);
+    assert_eq!(
+        Matcher::Subject {
+            subject: "zed\nINFO forged".into(),
+            issued_before: 1_764_237_600,
+        }
+        .to_string(),
+        r#"sub="zed\nINFO forged" iat<=2025-11-27T10:00:00Z"#
+    );
+}
