@@ -1,6 +1,7 @@
 //! The command-line tools against a real dev server: the commands that steer keys and
-//! rollouts work on a manifests folder, `bucket` reports what the server enforces, and
-//! bad flags are refused at start.
+//! rollouts work on a manifests folder (changing only the values they set), `bucket` and
+//! `rollout` report what the server enforces, what would not apply is refused before
+//! anything is written, and bad flags are refused at start with what to do instead.
 
 mod common;
 
@@ -19,7 +20,7 @@ const JWKS: &str = "/auth/web/.well-known/jwks.json";
 fn policy() -> String {
     "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: payments, namespace: shop}\n\
      spec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  audiences: [payments]\n\
-     \x20 rollout:\n    mode: Enforce\n    steps: [10, 50, 100]\n    stepEvery: 1h\n\
+     \x20 rollout:\n    mode: Enforce   # staged, see the playbook\n    steps: [10, 50, 100]\n    stepEvery: 1h\n\
      \x20   bucketBy: {header: X-User-Id}\n"
         .to_owned()
 }
@@ -77,10 +78,18 @@ async fn rotate_revoke_and_rollout_work_on_a_manifests_folder() {
     })
     .await;
     let written = std::fs::read_to_string(dev.manifests().join("all.yaml")).unwrap();
-    assert!(written.starts_with("# the web tier's keys\n"), "{written}");
-    assert!(
-        written.contains("# payments\n"),
-        "the other document is untouched: {written}"
+    // Only the annotation is added: every other byte of the file stays (issue 18.9).
+    let rotate_at = written
+        .lines()
+        .find(|l| l.contains("authplane.io/rotate-at"))
+        .unwrap();
+    assert_eq!(
+        written,
+        manifests().replace(
+            "  namespace: auth\n",
+            &format!("  namespace: auth\n  annotations:\n{rotate_at}\n")
+        ),
+        "{written}"
     );
 
     // A typo is refused and changes nothing. It begins with `-`, as one kid in 64 does
@@ -96,11 +105,17 @@ async fn rotate_revoke_and_rollout_work_on_a_manifests_folder() {
         state,
     ]);
     assert!(!typo.status.success());
+    let stderr = text(&typo.stderr);
     assert!(
-        text(&typo.stderr).contains("-not-a-kid is not a key of SigningKey auth/web"),
-        "{}",
-        text(&typo.stderr)
+        stderr.contains("-not-a-kid is not a key of SigningKey auth/web"),
+        "{stderr}"
     );
+    // Dev mode names the kids there are, and has no kubectl to suggest.
+    assert!(
+        stderr.contains(&format!("{} (Active)", first[0])),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("kubectl"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(dev.manifests().join("all.yaml")).unwrap(),
         before
@@ -124,6 +139,14 @@ async fn rotate_revoke_and_rollout_work_on_a_manifests_folder() {
         left,
         kids.into_iter().filter(|k| k != old).collect::<Vec<_>>()
     );
+    // The Active key was revoked: the next one signs early, and that is a rotation.
+    eventually("the early rotation counted", CHANGE_DEADLINE, || async {
+        let rotations = dev
+            .metric(r#"authplane_key_rotations_total{namespace="auth",name="web"}"#)
+            .await;
+        (rotations == 1.0).then_some(())
+    })
+    .await;
 
     succeeded(&authplane(&[
         "rollout",
@@ -144,7 +167,15 @@ async fn rotate_revoke_and_rollout_work_on_a_manifests_folder() {
         "--manifests",
         dir,
     ]));
-    assert!(set.contains("percentage 50"), "{set}");
+    assert!(
+        set.contains("AuthPolicy shop/payments: Enforce, 50% of users enforced now"),
+        "{set}"
+    );
+    let written = std::fs::read_to_string(dev.manifests().join("all.yaml")).unwrap();
+    assert!(
+        written.contains("    mode: Enforce   # staged, see the playbook\n    bucketBy: {header: X-User-Id}\n    percentage: 50\n"),
+        "the steps are removed, the rest of the policy kept as written: {written}"
+    );
     eventually("50%", CHANGE_DEADLINE, || async {
         (dev.json("/status/shop/payments").await["effectivePercentage"] == 50.0).then_some(())
     })
@@ -199,7 +230,76 @@ async fn bucket_reports_the_step_the_server_enforces_now() {
         401,
         "the server enforces the same user"
     );
+
+    // Issue 18.9: `rollout pause` printed "percentage 100" here; it says what is enforced
+    // now, and `bucket` says the rollout is paused.
+    let (dir, state) = (dir.to_str().unwrap(), state.to_str().unwrap());
+    let paused = succeeded(&authplane(&[
+        "rollout",
+        "pause",
+        "shop/payments",
+        "--manifests",
+        dir,
+        "--state",
+        state,
+    ]));
+    assert!(
+        paused.contains("AuthPolicy shop/payments: Enforce, 50% of users enforced now (steps 10, 50, 100; paused"),
+        "{paused}"
+    );
+    let out = succeeded(&authplane(&[
+        "bucket",
+        "--policy",
+        "shop/payments",
+        "--key",
+        &user,
+        "--manifests",
+        dir,
+        "--state",
+        state,
+    ]));
+    assert!(out.contains("rollout paused"), "{out}");
+    let again = succeeded(&authplane(&[
+        "rollout",
+        "pause",
+        "shop/payments",
+        "--manifests",
+        dir,
+        "--state",
+        state,
+    ]));
+    assert!(
+        again.contains("already paused; nothing was written"),
+        "{again}"
+    );
     dev.stop().await;
+}
+
+/// Issue 18.9: `rollout pause` of a policy without steps printed `paused`, rc 0, and
+/// nothing was paused.
+#[test]
+fn pausing_a_policy_without_steps_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy().replace(
+        "    steps: [10, 50, 100]\n    stepEvery: 1h\n",
+        "    percentage: 10\n",
+    );
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, &policy).unwrap();
+    let dir = dir.path().to_str().unwrap();
+    for command in ["pause", "resume"] {
+        let refused = authplane(&["rollout", command, "shop/payments", "--manifests", dir]);
+        assert!(!refused.status.success(), "{command}");
+        let stderr = text(&refused.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "has no rollout.steps, so there is nothing to {command}"
+            )) && stderr.contains("authplane rollout set shop/payments 0"),
+            "{stderr}"
+        );
+        assert!(text(&refused.stdout).is_empty());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), policy);
+    }
 }
 
 #[test]
@@ -241,9 +341,65 @@ async fn token_mint_refuses_a_token_that_outlives_its_key_unless_forced() {
         stderr.contains("outlives its key") && stderr.contains("--force"),
         "{stderr}"
     );
-    assert!(stderr.contains("dev mode: state folder"), "{stderr}");
-    let forced = succeeded(&mint("87600h", true));
-    assert_eq!(forced.trim().split('.').count(), 3, "a JWT: {forced}");
+    let forced = mint("87600h", true);
+    let token = succeeded(&forced);
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+    // Issue 18.9: nothing on stderr when all is well (`TOKEN=$(authplane token mint ...)`).
+    assert_eq!(text(&forced.stderr), "");
+    dev.stop().await;
+}
+
+/// Issue 18.6: `--claim exp=1` said "use the matching flag" (there is none of that
+/// name), and `--claim roles=[a,b]` silently became the string "[a,b]".
+#[tokio::test]
+async fn token_mint_says_which_flag_sets_a_claim_and_when_json_is_not() {
+    let dev = Dev::start(&[(
+        "web.yaml",
+        &signing_key("auth", "web", "  algorithm: EdDSA\n"),
+    )])
+    .await;
+    let state = dev.state();
+    let mint = |claim: &str| {
+        authplane(&[
+            "token",
+            "mint",
+            "--key",
+            "auth/web",
+            "--sub",
+            "a",
+            "--claim",
+            claim,
+            "--state",
+            state.to_str().unwrap(),
+        ])
+    };
+    for (claim, says) in [
+        ("exp=1", "use --ttl"),
+        ("iat=1", "it is the time of minting"),
+        ("sid=x", "use --session"),
+    ] {
+        let refused = mint(claim);
+        assert!(!refused.status.success(), "{claim}");
+        assert!(
+            text(&refused.stderr).contains(says),
+            "{claim}: {}",
+            text(&refused.stderr)
+        );
+    }
+    let warned = mint("roles=[a,b]");
+    let token = succeeded(&warned);
+    assert_eq!(token.trim().split('.').count(), 3);
+    let stderr = text(&warned.stderr);
+    assert!(
+        stderr.starts_with("warning: --claim roles=[a,b]: the value is not valid JSON")
+            && stderr.contains(r#"roles='["a","b"]'"#),
+        "{stderr}"
+    );
+    assert_eq!(
+        text(&mint(r#"roles=["a","b"]"#).stderr),
+        "",
+        "valid JSON: no warning"
+    );
     dev.stop().await;
 }
 
@@ -341,6 +497,113 @@ async fn revoke_and_list_in_dev_mode() {
     assert!(!both.status.success());
     let none = authplane(&["revoke", "--issuer", "auth/web", "--manifests", dir]);
     assert!(!none.status.success());
+    dev.stop().await;
+}
+
+/// Issue 18.5: `revoke` wrote Revocations that never apply (a SigningKey that does not
+/// exist) or that dev mode then refused (a 300-character reason), and said `created`.
+/// Each is refused before anything is written, with the words dev mode would use.
+#[test]
+fn revoke_writes_nothing_that_would_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("all.yaml"), manifests()).unwrap();
+    let dir = dir.path();
+    let folder = dir.to_str().unwrap();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let revoke = |extra: &[&str]| {
+        let mut args = vec!["revoke", "--subject", "zoe", "--manifests", folder];
+        args.extend(extra);
+        authplane(&args)
+    };
+
+    let nope = revoke(&["--issuer", "auth/nope"]);
+    assert!(!nope.status.success());
+    assert!(!text(&nope.stdout).contains("created"));
+    let stderr = text(&nope.stderr);
+    assert!(
+        stderr.contains("SigningKey auth/nope is not defined in the manifests of")
+            && stderr.contains("the SigningKeys there: auth/web")
+            && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+
+    let long = "x".repeat(300);
+    let wordy = revoke(&["--issuer", "auth/web", "--reason", &long]);
+    assert!(!wordy.status.success());
+    let stderr = text(&wordy.stderr);
+    assert!(
+        stderr.contains(
+            "nothing was written: spec.reason: may not be longer than 256 characters (300)"
+        ),
+        "{stderr}"
+    );
+
+    let yesterday = revoke(&["--issuer", "auth/web", "--before", "yesterday"]);
+    assert!(!yesterday.status.success());
+    let stderr = text(&yesterday.stderr);
+    assert!(
+        stderr.contains("\"yesterday\" is not an RFC 3339 time")
+            && stderr.contains("2026-01-31T12:00:00Z"),
+        "{stderr}"
+    );
+    assert_eq!(files(), ["all.yaml"], "nothing was written");
+
+    // A Revocation that applies, with the webhook's warning about its scope.
+    let scoped = revoke(&["--issuer", "auth/web", "--namespace", "shop"]);
+    assert!(succeeded(&scoped).starts_with("Revocation shop/revoke-"));
+    assert!(
+        text(&scoped.stderr).contains(
+            "Warning: metadata.namespace: applies only to the AuthPolicies of namespace shop"
+        ),
+        "{}",
+        text(&scoped.stderr)
+    );
+    assert_eq!(files().len(), 2);
+}
+
+/// Issue 18.9: after a restart every existing Revocation was observed again in
+/// `authplane_revocation_propagation_seconds`, so an alert on it fired at every restart.
+#[tokio::test]
+async fn a_restart_does_not_observe_old_revocations_again() {
+    const PROPAGATION: &str = "authplane_revocation_propagation_seconds_count";
+    let mut dev = Dev::start(&[(
+        "web.yaml",
+        &signing_key("auth", "web", "  algorithm: EdDSA\n"),
+    )])
+    .await;
+    let manifests = dev.manifests();
+    succeeded(&authplane(&[
+        "revoke",
+        "--issuer",
+        "auth/web",
+        "--session",
+        "s-1",
+        "--manifests",
+        manifests.to_str().unwrap(),
+    ]));
+    eventually("the revocation observed", CHANGE_DEADLINE, || async {
+        (dev.metric(PROPAGATION).await == 1.0).then_some(())
+    })
+    .await;
+    dev.restart().await;
+    assert_eq!(
+        dev.metric(r#"authplane_revocations{namespace="auth",issuer="auth/web"}"#)
+            .await,
+        1.0,
+        "the revocation still counts"
+    );
+    assert_eq!(
+        dev.metric(PROPAGATION).await,
+        0.0,
+        "but is not observed again"
+    );
     dev.stop().await;
 }
 

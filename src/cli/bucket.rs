@@ -8,6 +8,7 @@ use clap::Args;
 use crate::api::AuthPolicy;
 use crate::cli::cluster;
 use crate::cli::error::{self, CliError};
+use crate::cli::rollout::mode_name;
 use crate::cli::target::{TargetArgs, cluster_client, parse_id};
 use crate::dev::manifests::ManifestLoader;
 use crate::dev::state::StateStore;
@@ -69,12 +70,25 @@ pub(crate) fn bucket(args: BucketArgs) -> Result<(), CliError> {
     let compiled = CompiledPolicy::compile(&policy, |_| None);
     let now = jiff::Timestamp::now();
     let (bucket, enforced) = compiled.bucket_of(&args.key, now);
+    let spec = &policy.spec.rollout;
+    let held = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .and_then(|p| p.held.as_deref());
+    // A user outside enforcement asks when they will be in it: a paused rollout says.
+    let progression = match (spec.steps.is_empty(), spec.paused, held) {
+        (true, _, _) => String::new(),
+        (false, true, _) => "; rollout paused (spec.rollout.paused): the share stays until `authplane rollout resume`".to_owned(),
+        (false, false, Some(reason)) => format!("; rollout held: {reason}"),
+        (false, false, None) => String::new(),
+    };
     println!(
-        "bucket {bucket} of {} ({:.3}%); enforced now: {} ({:?} at {}%)",
+        "bucket {bucket} of {} ({:.3}%); enforced now: {} ({} at {}%){progression}",
         rollout::BUCKETS,
         f64::from(bucket) / 1000.0,
         if enforced { "yes" } else { "no" },
-        compiled.mode,
+        mode_name(compiled.mode),
         compiled.effective_percentage(now)
     );
     Ok(())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::api::NotAPercentage;
 use crate::cli::cluster::ClusterError;
 use crate::cli::manifest_edit::EditError;
-use crate::cli::revocations::RevokeError;
+use crate::cli::revoke::RevokeError;
 use crate::dev::DevError;
 use crate::dev::state::StateError;
 use crate::keys::store::StoreError;

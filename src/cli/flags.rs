@@ -32,6 +32,15 @@ pub fn external_url(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_owned())
 }
 
+/// Parses an RFC 3339 instant (`--before`), saying what is expected when it is not one.
+pub fn rfc3339_time(text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an RFC 3339 time: give a date, a time and an offset, such as 2026-01-31T12:00:00Z (UTC) or 2026-01-31T13:00:00+01:00"
+        )
+    })
+}
+
 /// Parses a listen address, `HOST:PORT` or `[IPv6]:PORT`; a host name is resolved now,
 /// and the first address it resolves to is used.
 pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
@@ -84,6 +93,21 @@ mod tests {
         ] {
             let error = external_url(bad).unwrap_err();
             assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc_3339_and_a_refusal_shows_one() {
+        assert_eq!(
+            rfc3339_time("2026-01-31T13:00:00+01:00").unwrap(),
+            "2026-01-31T12:00:00Z".parse::<jiff::Timestamp>().unwrap()
+        );
+        for bad in ["yesterday", "2026-01-31", "2026-01-31T12:00:00"] {
+            let error = rfc3339_time(bad).unwrap_err();
+            assert!(
+                error.contains("RFC 3339") && error.contains("2026-01-31T12:00:00Z"),
+                "{bad}: {error}"
+            );
         }
     }
 

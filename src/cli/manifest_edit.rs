@@ -1,8 +1,9 @@
 //! Dev mode's `kubectl annotate` / `kubectl patch`: find the document of one object in
-//! the manifests folder and rewrite that document only. The other documents of the file,
-//! other files, and the separators between documents stay byte for byte as they were;
-//! the edited document is re-serialized, so its own comments and quoting style are lost
-//! (say so to the user). The running `authplane dev` sees the change like any edit.
+//! the manifests folder and change the values the patch names in its text (see
+//! `yaml_in_place`): comments, formatting, the other documents of the file and other
+//! files stay byte for byte as they were. Only a document whose shape the in-place edit
+//! does not handle is re-serialized whole, losing its own comments (the caller says so).
+//! The running `authplane dev` sees the change like any edit.
 //!
 //! Strings are written double-quoted: kubectl and Helm read YAML 1.1, where a plain
 //! `Off`, `y` or `no` is a boolean, so an edit must never turn a string into one.
@@ -49,6 +50,19 @@ pub struct Located {
     chunks: Vec<String>,
     index: usize,
     pub object: Value,
+    /// The merge patches applied so far, made again in the document's text on save.
+    patches: Vec<Value>,
+}
+
+/// What `save` wrote.
+#[derive(Debug)]
+pub struct Saved {
+    pub file: PathBuf,
+    /// The object as `authplane dev` reads it now.
+    pub object: Object,
+    /// Whether only the changed values were rewritten (comments and formatting kept);
+    /// otherwise the document was written whole again.
+    pub in_place: bool,
 }
 
 /// The YAML files `authplane dev` reads: `*.yaml` and `*.yml`, not hidden, sorted.
@@ -131,6 +145,7 @@ pub fn locate(dir: &Path, kind: &'static str, id: &ObjectKey) -> Result<Located,
                     chunks: chunks.clone(),
                     index,
                     object: value,
+                    patches: Vec::new(),
                 });
             }
         }
@@ -163,6 +178,7 @@ impl Located {
         let patch: Value =
             serde_yaml::to_value(patch).map_err(|e| EditError::Refused(e.to_string()))?;
         merge(&mut self.object, &patch);
+        self.patches.push(patch);
         Ok(())
     }
 
@@ -177,25 +193,43 @@ impl Located {
             .ok_or_else(|| refused(vec!["the document is empty".into()]))
     }
 
-    /// Writes the file back: the edited document re-serialized (after the separator and
-    /// comment lines that opened it), every other byte as it was. An edit that
-    /// `authplane dev` would refuse is not written. The file is replaced atomically
-    /// (temporary file, then rename), as editors do.
-    pub fn save(mut self) -> Result<(PathBuf, Object), EditError> {
+    /// Writes the file back: the changed values rewritten in the document's text, every
+    /// other byte as it was (or, for a document whose shape the in-place edit does not
+    /// handle, the document re-serialized after the separator and comment lines that
+    /// opened it). An edit that `authplane dev` would refuse is not written. The file is
+    /// replaced atomically (temporary file, then rename), as editors do.
+    pub fn save(mut self) -> Result<Saved, EditError> {
         let object = self.parsed()?;
-        let body = to_yaml(&self.object)?;
+        let edited = self.edited_in_place();
+        let in_place = edited.is_some();
         let chunk = &mut self.chunks[self.index];
-        let mut text: String = chunk
-            .split_inclusive('\n')
-            .enumerate()
-            .take_while(|(i, line)| {
-                let line = line.trim();
-                (*i == 0 && line.starts_with("---")) || line.is_empty() || line.starts_with('#')
-            })
-            .map(|(_, line)| line)
+        *chunk = match edited {
+            Some(text) => text,
+            None => rewritten(chunk, &to_yaml(&self.object)?),
+        };
+        self.write()?;
+        Ok(Saved {
+            file: self.file,
+            object,
+            in_place,
+        })
+    }
+
+    /// The document's text with the patches made in place, if that reads back as the
+    /// edited object.
+    fn edited_in_place(&self) -> Option<String> {
+        let text = &self.chunks[self.index];
+        let changes: Vec<_> = self
+            .patches
+            .iter()
+            .flat_map(super::yaml_in_place::changes)
             .collect();
-        text.push_str(&body);
-        *chunk = text;
+        let edited = super::yaml_in_place::apply(text, &changes, &self.object)?;
+        reads_as(&edited, &self.object).then_some(edited)
+    }
+
+    /// Replaces the file with the chunks, atomically (temporary file, then rename).
+    fn write(&self) -> Result<(), EditError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| EditError::Io { path, source }
@@ -216,8 +250,51 @@ impl Located {
         file.write_all(self.chunks.concat().as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(io(&tmp))?;
-        fs::rename(&tmp, &self.file).map_err(io(&self.file))?;
-        Ok((self.file, object))
+        fs::rename(&tmp, &self.file).map_err(io(&self.file))
+    }
+}
+
+/// The document `chunk` written whole again as `body`, after the separator and comment
+/// lines that opened it.
+fn rewritten(chunk: &str, body: &str) -> String {
+    let mut text: String = chunk
+        .split_inclusive('\n')
+        .enumerate()
+        .take_while(|(i, line)| {
+            let line = line.trim();
+            (*i == 0 && line.starts_with("---")) || line.is_empty() || line.starts_with('#')
+        })
+        .map(|(_, line)| line)
+        .collect();
+    text.push_str(body);
+    text
+}
+
+/// Whether `text` reads (as dev mode reads it) as exactly `object`.
+fn reads_as(text: &str, object: &Value) -> bool {
+    let read = crate::dev::manifests::yaml_documents(text)
+        .ok()
+        .filter(|documents| documents.len() == 1)
+        .and_then(|mut documents| documents.pop());
+    let expected = serde_json::to_value(object).ok();
+    match (read, expected) {
+        (Some(read), Some(expected)) => same(&read, &expected),
+        _ => false,
+    }
+}
+
+/// Equal as JSON, a whole float equal to the integer it is (`50.0` is `50`).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(x), J::Number(y)) => x.as_f64() == y.as_f64(),
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (J::Object(x), J::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
     }
 }
 
@@ -304,7 +381,7 @@ fn scalar(value: &Value) -> Result<String, EditError> {
 
 /// Keys as Kubernetes writes them (`apiVersion`, `authplane.io/rotate-at`) stay plain;
 /// anything else, and the words YAML 1.1 reads as booleans, are quoted.
-fn key_text(key: &str) -> String {
+pub(super) fn key_text(key: &str) -> String {
     const BOOLEAN_WORDS: [&str; 22] = [
         "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
         "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
@@ -320,6 +397,11 @@ fn key_text(key: &str) -> String {
     } else {
         serde_json::to_string(key).unwrap_or_default()
     }
+}
+
+#[cfg(test)]
+pub(super) fn merge_for_tests(target: &mut Value, patch: &Value) {
+    merge(target, patch);
 }
 
 /// RFC 7386 on YAML values: `null` removes, a mapping merges, anything else replaces.

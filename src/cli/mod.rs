@@ -12,11 +12,13 @@ pub mod error;
 pub mod flags;
 pub mod manifest_edit;
 pub mod revocations;
+mod yaml_in_place;
 
 mod annotate;
 mod bucket;
 mod crdgen;
 mod dev;
+mod edit;
 mod revoke;
 mod revoke_key;
 mod rollout;

@@ -1,134 +1,20 @@
-//! `authplane revoke` and `authplane revocations list`: on a cluster through the API, in
-//! dev mode as manifests in the folder (what `/revoke` writes too).
+//! `authplane revocations list`: the Revocations in force, with what they match and when
+//! they lapse; on a cluster through the API, in dev mode from the manifests folder.
 
 use std::path::Path;
 
 use clap::Subcommand;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
 
-use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef, Validate};
+use crate::api::{ObjectKey, Revocation};
 use crate::cli::error::{self, CliError};
+use crate::cli::revoke::RevokeError;
 use crate::cli::target::{TargetArgs, cluster_client};
 use crate::clock::{Clock, SystemClock};
 use crate::dev::manifests::ManifestLoader;
-use crate::dev::revocations::ManifestWriter;
 use crate::revocation::{Matcher, RevocationIndex};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RevokeError {
-    #[error("the Revocation is refused, nothing was written: {0}")]
-    Refused(String),
-    #[error("{0}")]
-    Write(#[from] crate::server::revoke::WriteError),
-    #[error("manifests folder {0}: {1}")]
-    Manifests(String, String),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-/// What to revoke.
-#[derive(Clone, Debug)]
-pub enum What {
-    TokenId(String),
-    Subject {
-        subject: String,
-        issued_before: Option<Timestamp>,
-    },
-    Session(String),
-}
-
-/// A Revocation of the tokens of SigningKey `key`, created in `namespace` (default: the
-/// key's, so that it applies everywhere).
-pub fn build(
-    key: &ObjectKey,
-    namespace: Option<&str>,
-    what: What,
-    reason: Option<String>,
-    name: Option<String>,
-    now: Timestamp,
-) -> Result<Revocation, RevokeError> {
-    let namespace = namespace.unwrap_or(&key.namespace).to_owned();
-    let mut spec = RevocationSpec {
-        signing_key_ref: Some(RevokedKeyRef {
-            name: key.name.clone(),
-            namespace: Some(key.namespace.clone()),
-        }),
-        issuer: None,
-        token_id: None,
-        subject: None,
-        issued_before: None,
-        session_id: None,
-        expires_at: None,
-        reason,
-    };
-    match what {
-        What::TokenId(jti) => spec.token_id = Some(jti),
-        What::Subject {
-            subject,
-            issued_before,
-        } => {
-            spec.subject = Some(subject);
-            spec.issued_before = issued_before.map(Time);
-        }
-        What::Session(sid) => spec.session_id = Some(sid),
-    }
-    let (name, generate_name) = match name {
-        Some(name) => (Some(name), None),
-        None => (None, Some("revoke-".to_owned())),
-    };
-    let revocation = Revocation {
-        metadata: ObjectMeta {
-            name,
-            generate_name,
-            namespace: Some(namespace),
-            creation_timestamp: Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now))),
-            ..ObjectMeta::default()
-        },
-        spec,
-        status: None,
-    };
-    // The name is checked once it is known; the rest now, as the apiserver would.
-    let mut named = revocation.clone();
-    named
-        .metadata
-        .name
-        .get_or_insert_with(|| "revoke-check".to_owned());
-    let refused = named.validate();
-    if !refused.is_empty() {
-        let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
-        return Err(RevokeError::Refused(refused.join("; ")));
-    }
-    Ok(revocation)
-}
-
-/// A name for a Revocation in dev mode, where nothing generates one.
-pub fn random_name() -> String {
-    let mut bytes = [0u8; 5];
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("revoke-{suffix}")
-}
-
-/// Dev mode: writes the Revocation as a manifest into `dir`; returns its file.
-pub fn write_manifest(
-    dir: &Path,
-    revocation: &Revocation,
-) -> Result<std::path::PathBuf, RevokeError> {
-    Ok(ManifestWriter::write(dir, revocation)?)
-}
-
-/// On a cluster: creates the Revocation; returns its name.
-pub async fn create(client: Client, mut revocation: Revocation) -> Result<ObjectKey, RevokeError> {
-    let namespace = revocation.metadata.namespace.clone().unwrap_or_default();
-    revocation.metadata.creation_timestamp = None;
-    let created = Api::<Revocation>::namespaced(client, &namespace)
-        .create(&PostParams::default(), &revocation)
-        .await?;
-    Ok(ObjectKey::of(&created.metadata))
-}
 
 /// One line of `revocations list`.
 #[derive(Clone, Debug, PartialEq, Eq)]

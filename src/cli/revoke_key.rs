@@ -10,10 +10,14 @@ use crate::api::REVOKE_KIDS_ANNOTATION;
 use crate::cli::annotate::annotate;
 use crate::cli::error::CliError;
 use crate::cli::target::TargetArgs;
+use crate::clock::{Clock, SystemClock};
 use crate::dev::state::StateStore;
 use crate::keys::store;
 
 #[derive(Args)]
+#[command(mut_arg("manifests", |a| a.help(
+    "Dev mode: annotate the SigningKey in the manifests folder of `authplane dev` instead of a cluster (only the annotation is written; comments and formatting are kept)"
+)))]
 pub(crate) struct RevokeArgs {
     /// The SigningKey, as NAMESPACE/NAME.
     key: String,
@@ -39,13 +43,14 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), CliError> {
     let state = args.state.clone();
     let dev = args.target.manifests.is_some();
     annotate(&args.key, &args.target, move |id, key| {
-        // A typo must not look like a revocation that happened.
-        let known = match dev {
+        // A typo must not look like a revocation that happened: name the kids there are.
+        let kids: Vec<(String, String)> = match dev {
             false => key
                 .status
                 .iter()
                 .flat_map(|s| &s.keys)
-                .any(|k| k.kid == kid),
+                .map(|k| (k.kid.clone(), k.state.clone()))
+                .collect(),
             true => {
                 let data = StateStore::new(&state).load(id)?.ok_or_else(|| {
                     CliError::Refused(format!(
@@ -53,12 +58,32 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), CliError> {
                         state.display()
                     ))
                 })?;
-                store::from_data(&data)?.get(&kid).is_some()
+                let keys = store::from_data(&data)?;
+                let retain_for = store::retain_for(&data).unwrap_or_default();
+                keys.view(SystemClock.now(), retain_for)
+                    .iter()
+                    .map(|v| {
+                        (
+                            v.record.material.kid().to_owned(),
+                            v.state.as_str().to_owned(),
+                        )
+                    })
+                    .collect()
             }
         };
-        if !known {
+        if !kids.iter().any(|(known, _)| *known == kid) {
+            let listed: Vec<String> = kids.iter().map(|(k, s)| format!("{k} ({s})")).collect();
+            let source = match dev {
+                true => format!("in {}", state.display()),
+                false => "in its status.keys".to_owned(),
+            };
             return Err(CliError::Refused(format!(
-                "{kid} is not a key of SigningKey {id} (see its JWKS, or `kubectl get sk -o yaml`, status.keys)"
+                "{kid} is not a key of SigningKey {id}; its keys {source}: {}",
+                if listed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    listed.join(", ")
+                }
             )));
         }
         let current = key

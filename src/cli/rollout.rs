@@ -1,18 +1,24 @@
-//! `authplane rollout pause|resume|set`: steers an AuthPolicy's rollout.
+//! `authplane rollout pause|resume|set`: steers an AuthPolicy's rollout, and says where
+//! it stands afterwards (the share enforced now, not only what the spec says).
+
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use jiff::Timestamp;
 
-use crate::api::{AuthPolicy, ObjectKey, RolloutAction};
-use crate::cli::error::{self, CliError};
-use crate::cli::manifest_edit;
-use crate::cli::target::{TargetArgs, cluster_client, edited_note, parse_id};
-use crate::dev::manifests::Object;
+use crate::api::{AuthPolicy, Mode, ObjectKey, RolloutAction};
+use crate::cli::edit::edit;
+use crate::cli::error::CliError;
+use crate::cli::target::{TargetArgs, edited_note, parse_id};
+use crate::dev::state::StateStore;
+use crate::policy::progression::Schedule;
 
 #[derive(Subcommand)]
 pub(crate) enum RolloutCommand {
-    /// Hold a stepped rollout on its current step (`spec.rollout.paused: true`).
+    /// Hold a stepped rollout on its current step (`spec.rollout.paused: true`). A policy
+    /// without steps has nothing to pause: use `rollout set` to change its share.
     Pause(PolicyArgs),
-    /// Let a held rollout move on; the current step gets a full `stepEvery` again.
+    /// Let a paused rollout move on; the current step gets a full `stepEvery` again.
     Resume(PolicyArgs),
     /// Enforce for PERCENT of users now, replacing any steps (0 rolls back at once).
     Set {
@@ -24,11 +30,23 @@ pub(crate) enum RolloutCommand {
 }
 
 #[derive(Args)]
+#[command(mut_arg("manifests", |a| a.help(
+    "Dev mode: edit the policy in the manifests folder of `authplane dev` instead of a cluster (only the changed values; comments and formatting are kept)"
+)))]
 pub(crate) struct PolicyArgs {
     /// The AuthPolicy, as NAMESPACE/NAME.
     policy: String,
     #[command(flatten)]
     target: TargetArgs,
+    /// Dev mode: the state folder of `authplane dev`, where a stepped rollout's progress
+    /// is recorded (to report the share enforced now).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".authplane",
+        requires = "manifests"
+    )]
+    state: PathBuf,
 }
 
 pub(crate) fn rollout(command: RolloutCommand) -> Result<(), CliError> {
@@ -40,46 +58,92 @@ pub(crate) fn rollout(command: RolloutCommand) -> Result<(), CliError> {
     let id = parse_id(&args.policy, "the AuthPolicy")?;
     let patch = action.patch()?;
     args.target.announce();
-    if let Some(dir) = &args.target.manifests {
-        let mut document = manifest_edit::locate(dir, "AuthPolicy", &id)?;
-        document.merge_patch(&patch)?;
-        let (file, updated) = document.save()?;
-        if let Object::AuthPolicy(updated) = updated {
-            report_rollout(&id, &updated);
-        }
-        eprintln!("{}", edited_note(&file));
-        return Ok(());
+    let edited = edit::<AuthPolicy>(&id, &args.target, |current| {
+        needed(&id, action, current).map(|needed| needed.then_some(patch))
+    })?;
+    let mut policy = edited.object;
+    if args.target.manifests.is_some() {
+        // Where a stepped rollout stands is recorded by the server, not the manifest.
+        policy.status.get_or_insert_with(Default::default).rollout =
+            StateStore::new(&args.state).load_rollout(&id)?;
     }
-    let runtime = error::runtime()?;
-    runtime.block_on(async {
-        let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
-        let api: kube::Api<AuthPolicy> = kube::Api::namespaced(client, &id.namespace);
-        let updated = api
-            .patch(
-                &id.name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(patch),
-            )
-            .await
-            .map_err(error::api(format!("patching AuthPolicy {id}")))?;
-        report_rollout(&id, &updated);
-        Ok(())
-    })
+    if !edited.changed {
+        let state = match action {
+            RolloutAction::Pause => "already paused",
+            _ => "not paused",
+        };
+        println!("AuthPolicy {id} is {state}; nothing was written");
+    }
+    println!("{}", standing(&id, &policy, Timestamp::now()));
+    if let Some((file, in_place)) = &edited.file {
+        eprintln!("{}", edited_note(file, *in_place));
+    }
+    Ok(())
 }
 
-pub(crate) fn report_rollout(id: &ObjectKey, updated: &AuthPolicy) {
-    let rollout = &updated.spec.rollout;
-    println!(
-        "AuthPolicy {id}: mode {:?}, percentage {}, steps {:?}{}",
-        rollout.mode,
-        rollout.percentage,
-        rollout.steps,
-        if rollout.paused { ", paused" } else { "" }
-    );
-    if rollout.mode != crate::api::Mode::Enforce {
-        println!(
-            "note: the mode is {:?}: nobody is enforced until it is Enforce",
-            rollout.mode
+/// Whether `action` changes anything; a pause or resume of a policy without steps is
+/// refused, since nothing would be paused while the command said so.
+fn needed(id: &ObjectKey, action: RolloutAction, policy: &AuthPolicy) -> Result<bool, CliError> {
+    let rollout = &policy.spec.rollout;
+    match action {
+        RolloutAction::Pause | RolloutAction::Resume if rollout.steps.is_empty() => {
+            Err(CliError::Refused(format!(
+                "AuthPolicy {id} has no rollout.steps, so there is nothing to {}: its share changes only when its spec does. Roll back with `authplane rollout set {id} 0`, or change the share with `rollout set`; nothing was written",
+                match action {
+                    RolloutAction::Pause => "pause",
+                    _ => "resume",
+                }
+            )))
+        }
+        RolloutAction::Pause => Ok(!rollout.paused),
+        RolloutAction::Resume => Ok(rollout.paused),
+        RolloutAction::Set(_) => Ok(true),
+    }
+}
+
+pub(crate) fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Disabled => "Disabled",
+        Mode::Audit => "Audit",
+        Mode::Enforce => "Enforce",
+    }
+}
+
+/// Where a rollout stands at `now`, as every replica computes it from the spec and the
+/// recorded progress: `AuthPolicy shop/payments: Enforce, 50% of users enforced now
+/// (steps 10, 50, 100; next step at ...)`.
+pub(crate) fn standing(id: &ObjectKey, policy: &AuthPolicy, now: Timestamp) -> String {
+    let rollout = &policy.spec.rollout;
+    if rollout.mode != Mode::Enforce {
+        return format!(
+            "AuthPolicy {id}: {}, no user is enforced (the percentage applies in mode Enforce)",
+            mode_name(rollout.mode)
         );
     }
+    let recorded = policy.status.as_ref().and_then(|s| s.rollout.as_ref());
+    let schedule = Schedule::of(rollout, recorded);
+    let mut out = format!(
+        "AuthPolicy {id}: Enforce, {}% of users enforced now",
+        schedule.percentage_at(now)
+    );
+    if !rollout.steps.is_empty() {
+        let steps: Vec<String> = rollout.steps.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(" (steps {}", steps.join(", ")));
+        if rollout.percentage < 100.0 {
+            out.push_str(&format!(", capped at {}%", rollout.percentage));
+        }
+        let held = recorded.and_then(|p| p.held.as_deref());
+        if rollout.paused {
+            out.push_str("; paused: `authplane rollout resume` moves it on");
+        } else if let Some(reason) = held {
+            out.push_str(&format!("; held: {reason}"));
+        } else if let Some(next) = schedule.next_change(now) {
+            out.push_str(&format!(
+                "; next step at {}",
+                Timestamp::from_second(next.as_second()).unwrap_or(next)
+            ));
+        }
+        out.push(')');
+    }
+    out
 }

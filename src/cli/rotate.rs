@@ -8,6 +8,9 @@ use crate::cli::error::CliError;
 use crate::cli::target::TargetArgs;
 
 #[derive(Args)]
+#[command(mut_arg("manifests", |a| a.help(
+    "Dev mode: annotate the SigningKey in the manifests folder of `authplane dev` instead of a cluster (only the annotation is written; comments and formatting are kept)"
+)))]
 pub(crate) struct RotateArgs {
     /// The SigningKey, as NAMESPACE/NAME.
     key: String,

@@ -16,8 +16,7 @@ pub(crate) struct TargetArgs {
     /// Kubeconfig file (default: KUBECONFIG or ~/.kube/config, or in-cluster config).
     #[arg(long, value_name = "FILE")]
     pub(crate) kubeconfig: Option<PathBuf>,
-    /// Dev mode: act on the manifests folder of `authplane dev` instead of a cluster
-    /// (the object's document is edited in place, as `kubectl annotate`/`patch` would).
+    /// Dev mode: the manifests folder of `authplane dev`, instead of a cluster.
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     pub(crate) manifests: Option<PathBuf>,
 }
@@ -40,9 +39,13 @@ pub(crate) async fn cluster_client(kubeconfig: Option<&PathBuf>) -> Result<kube:
 }
 
 /// What a dev-mode edit did, and when it takes effect.
-pub(crate) fn edited_note(file: &std::path::Path) -> String {
+pub(crate) fn edited_note(file: &std::path::Path, in_place: bool) -> String {
+    let how = match in_place {
+        true => "only the changed values; its comments and formatting are kept",
+        false => "that document is written whole again: its own comments inside are not kept",
+    };
     format!(
-        "edited {} (that document is rewritten: its own comments inside are not kept); a running `authplane dev` applies it within a second",
+        "edited {} ({how}); a running `authplane dev` applies it within a second",
         file.display()
     )
 }

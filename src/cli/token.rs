@@ -49,7 +49,8 @@ pub(crate) struct MintArgs {
     /// verifying before it expires) or its maxTokenLifetime.
     #[arg(long)]
     force: bool,
-    /// Extra claim KEY=VALUE; VALUE is read as JSON when it is JSON, else as a string.
+    /// Extra claim KEY=VALUE; VALUE is read as JSON when it is JSON (`n=3`,
+    /// `roles=["a","b"]`), else as a string (with a warning when it looks like JSON).
     #[arg(long, value_name = "KEY=VALUE")]
     claim: Vec<String>,
     /// Issuer (`iss`) to put in the token (default: the one the server publishes).
@@ -64,6 +65,15 @@ pub(crate) struct MintArgs {
 pub(crate) fn mint(args: MintArgs) -> Result<(), CliError> {
     let id = parse_id(&args.key, "--key")?;
     token::check_lifetime(&args.ttl, None)?;
+    // The claims are checked before any key is read: a mistake there needs no keys.
+    let mut claims = serde_json::Map::new();
+    for claim in &args.claim {
+        let (key, value) = token::parse_claim(claim)?;
+        if let Some(warning) = not_the_json_it_looks_like(&key, &value) {
+            eprintln!("warning: {warning}");
+        }
+        claims.insert(key, value);
+    }
     let stored = if args.kubeconfig.is_some() || args.cluster {
         eprintln!("cluster: {}", cluster::describe(args.kubeconfig.as_deref()));
         let runtime = error::runtime()?;
@@ -72,7 +82,8 @@ pub(crate) fn mint(args: MintArgs) -> Result<(), CliError> {
             Ok::<_, CliError>(cluster::signing_keys(client, &id).await?)
         })?
     } else {
-        eprintln!("dev mode: state folder {}", args.state.display());
+        // Nothing on stderr when all is well: `TOKEN=$(authplane token mint ...)` is how
+        // the command is used, and the folder is named in every refusal.
         let state = StateStore::new(&args.state);
         let data = state.load(&id)?.ok_or_else(|| {
             CliError::Refused(format!(
@@ -102,20 +113,52 @@ pub(crate) fn mint(args: MintArgs) -> Result<(), CliError> {
     let retain_for = stored.retain_for.filter(|_| !args.force);
     token::check_lifetime(&args.ttl, retain_for)?;
     token::check_max_lifetime(&args.ttl, stored.max_token_lifetime.filter(|_| !args.force))?;
-    let mut request = MintRequest {
+    let request = MintRequest {
         subject: args.sub,
         audiences: args.aud,
         ttl: args.ttl.value(),
         session: args.session,
-        ..MintRequest::default()
+        claims,
     };
-    for claim in &args.claim {
-        let (key, value) = token::parse_claim(claim)?;
-        request.claims.insert(key, value);
-    }
     println!(
         "{}",
         token::mint(&stored.keys, &issuer, &request, SystemClock.now())?
     );
     Ok(())
+}
+
+/// A `--claim` value that starts like a JSON list, object or string but does not parse
+/// became a plain string (`roles=[a,b]` is the string "[a,b]", not a list): say so, with
+/// what to write instead.
+fn not_the_json_it_looks_like(key: &str, value: &serde_json::Value) -> Option<String> {
+    let text = value.as_str()?;
+    if !text.trim_start().starts_with(['[', '{', '"']) {
+        return None;
+    }
+    let error = serde_json::from_str::<serde_json::Value>(text).err()?;
+    Some(format!(
+        r#"--claim {key}={text}: the value is not valid JSON ({error}), so the claim is the string {text:?}; for a list write {key}='["a","b"]' (JSON strings are double-quoted; single quotes keep them from the shell)"#
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_looks_like_json_but_is_not_is_pointed_out() {
+        let warn = |text: &str| {
+            let (key, value) = token::parse_claim(text).unwrap();
+            not_the_json_it_looks_like(&key, &value)
+        };
+        let warning = warn("roles=[a,b]").unwrap();
+        assert!(
+            warning.contains("the string \"[a,b]\"") && warning.contains(r#"roles='["a","b"]'"#),
+            "{warning}"
+        );
+        assert!(warn("meta={a: 1}").is_some());
+        for fine in ["roles=[\"a\",\"b\"]", "n=3", "email=a@b", "empty=", "x=[]"] {
+            assert_eq!(warn(fine), None, "{fine}");
+        }
+    }
 }

@@ -15,7 +15,7 @@ const REGISTERED: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", 
 pub enum MintError {
     #[error("no key is active yet: start `authplane dev` with this SigningKey first")]
     NoActiveKey,
-    #[error("claim {0:?} is set by the command itself; use the matching flag")]
+    #[error("claim {0:?} is set by `token mint` itself: {how}", how = how_to_set(.0))]
     Registered(String),
     #[error("--claim {0:?} must look like KEY=VALUE")]
     ClaimSyntax(String),
@@ -33,6 +33,20 @@ pub enum MintError {
     TooLong { ttl: String, max: String },
     #[error("signing failed: {0}")]
     Signing(String),
+}
+
+/// What to do instead of `--claim` for a claim the command sets.
+fn how_to_set(claim: &str) -> &'static str {
+    match claim {
+        "iss" => "use --issuer",
+        "sub" => "use --sub",
+        "aud" => "use --aud (repeat it for several audiences)",
+        "exp" => "use --ttl (exp is the time of minting plus --ttl)",
+        "iat" | "nbf" => "it is the time of minting",
+        "jti" => "it is a random id, new for every token",
+        "sid" => "use --session",
+        _ => "use its own flag",
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -173,6 +187,19 @@ mod tests {
             parse_claim("exp=1"),
             Err(MintError::Registered(_))
         ));
+        // Each registered claim says what sets it instead.
+        for (claim, says) in [
+            ("exp", "use --ttl"),
+            ("iat", "the time of minting"),
+            ("nbf", "the time of minting"),
+            ("iss", "use --issuer"),
+            ("aud", "use --aud"),
+            ("sid", "use --session"),
+            ("jti", "a random id"),
+        ] {
+            let error = parse_claim(&format!("{claim}=1")).unwrap_err().to_string();
+            assert!(error.contains(says), "{claim}: {error}");
+        }
     }
 
     #[test]
