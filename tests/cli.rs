@@ -607,6 +607,28 @@ async fn a_restart_does_not_observe_old_revocations_again() {
     dev.stop().await;
 }
 
+/// Issue 18.9: following the README rewrote `examples/` in the checkout. The commands
+/// that write (dev mode's `rotate`, `revoke-key`, `rollout`, `revoke`) are shown on the
+/// quick start's copy, never on `examples`.
+#[test]
+fn the_readme_never_writes_into_the_checkouts_examples() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let writers = [
+        "authplane rotate ",
+        "authplane revoke-key ",
+        "authplane revoke ",
+        "authplane rollout ",
+    ];
+    let writing: Vec<&str> = readme
+        .lines()
+        .filter(|line| writers.iter().any(|w| line.contains(w)))
+        .filter(|line| line.contains("--manifests examples"))
+        .collect();
+    assert!(writing.is_empty(), "{writing:#?}");
+    assert!(readme.contains("cp -r examples /tmp/authplane-demo"));
+}
+
 /// Runs `authplane ARGS` expecting it to exit by itself; a server that starts instead is
 /// stopped and the test fails.
 fn refused(args: &[&str]) -> Output {
