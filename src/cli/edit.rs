@@ -101,32 +101,42 @@ pub(crate) fn edit<K: Editable>(
     let runtime = error::runtime()?;
     runtime.block_on(async {
         let client = cluster_client(target.kubeconfig.as_ref()).await?;
-        let api: Api<K> = Api::namespaced(client, &id.namespace);
-        let current = api
-            .get(&id.name)
-            .await
-            .map_err(error::api(format!("reading {kind} {id}")))?;
-        let Some(patch) = patch_of(&current)? else {
-            return Ok(Edited {
-                object: current,
-                changed: false,
-                file: None,
-            });
-        };
-        print_warnings(review(&current, &patch)?);
-        let object = api
-            .patch(
-                &id.name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(patch),
-            )
-            .await
-            .map_err(error::api(format!("patching {kind} {id}")))?;
-        Ok(Edited {
-            object,
-            changed: true,
+        edit_on_cluster(client, id, patch_of).await
+    })
+}
+
+/// The cluster's half of [`edit`]: reads the object, reviews the change, patches.
+async fn edit_on_cluster<K: Editable>(
+    client: kube::Client,
+    id: &ObjectKey,
+    patch_of: impl FnOnce(&K) -> Result<Option<Value>, CliError>,
+) -> Result<Edited<K>, CliError> {
+    let kind = K::KIND.as_str();
+    let api: Api<K> = Api::namespaced(client, &id.namespace);
+    let current = api
+        .get(&id.name)
+        .await
+        .map_err(error::api(format!("reading {kind} {id}")))?;
+    let Some(patch) = patch_of(&current)? else {
+        return Ok(Edited {
+            object: current,
+            changed: false,
             file: None,
-        })
+        });
+    };
+    print_warnings(review(&current, &patch)?);
+    let object = api
+        .patch(
+            &id.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .map_err(error::api(format!("patching {kind} {id}")))?;
+    Ok(Edited {
+        object,
+        changed: true,
+        file: None,
     })
 }
 
@@ -181,5 +191,93 @@ fn merge(target: &mut Value, patch: &Value) {
         } else {
             merge(target.entry(key.clone()).or_insert(Value::Null), value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    fn policy(percentage: f64) -> Value {
+        json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "payments", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+                     "audiences": ["payments"],
+                     "rollout": {"mode": "Enforce", "percentage": percentage}},
+        })
+    }
+
+    fn id() -> ObjectKey {
+        ObjectKey {
+            namespace: "shop".into(),
+            name: "payments".into(),
+        }
+    }
+
+    const PATH: &str = "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments";
+
+    /// On a cluster an edit is reviewed as on dev mode's folder: the object is read, the
+    /// change reviewed as an UPDATE (a refusal sends nothing), then patched.
+    #[tokio::test]
+    async fn a_cluster_edit_reads_reviews_and_patches() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                (request.method().as_str(), request.uri().path()),
+                ("GET", PATH)
+            );
+            send.send_response(Response::new(Body::from(
+                policy(10.0).to_string().into_bytes(),
+            )));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                (request.method().as_str(), request.uri().path()),
+                ("PATCH", PATH)
+            );
+            send.send_response(Response::new(Body::from(
+                policy(100.0).to_string().into_bytes(),
+            )));
+            assert!(handle.next_request().await.is_none(), "one GET, one PATCH");
+        });
+        let patch = json!({"spec": {"rollout": {"percentage": 100}}});
+        let mut reviewed = None;
+        let edited = edit_on_cluster::<AuthPolicy>(
+            kube::Client::new(service, "default"),
+            &id(),
+            |current| {
+                reviewed = Some(review(current, &patch)?);
+                Ok(Some(patch.clone()))
+            },
+        )
+        .await
+        .unwrap();
+        server.await.unwrap();
+        assert!(edited.changed);
+        assert_eq!(edited.object.spec.rollout.percentage, 100.0);
+        let warnings = reviewed.unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("enforces for 100% of users from 10% in one step")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_change_the_apiserver_would_refuse_is_refused_with_its_words() {
+        let current: AuthPolicy = serde_json::from_value(policy(10.0)).unwrap();
+        let refused =
+            review(&current, &json!({"spec": {"rollout": {"percentage": 150}}})).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("the edit is refused, nothing was written: spec.rollout.percentage"),
+            "{refused}"
+        );
     }
 }

@@ -16,6 +16,7 @@ use kube::{Api, Client};
 
 use crate::admission::{self, Kind, SigningKeyIndex};
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef, SigningKey};
+use crate::cli::edit::print_warnings;
 use crate::cli::error::{self, CliError};
 use crate::cli::flags;
 use crate::cli::target::{TargetArgs, cluster_client, parse_id};
@@ -25,6 +26,9 @@ use crate::dev::revocations::ManifestWriter;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "subject", "session"])))]
+#[command(mut_arg("manifests", |a| a.help(
+    "Dev mode: write the Revocation as a manifest into the folder of `authplane dev` instead of creating it on a cluster"
+)))]
 pub(crate) struct RevokeTokensArgs {
     /// The SigningKey whose tokens are revoked, as NAMESPACE/NAME.
     #[arg(long, value_name = "NAMESPACE/NAME")]
@@ -114,7 +118,7 @@ pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> Result<(), CliError> {
             now,
         );
         let (file, warnings) = write_manifest(dir, &revocation)?;
-        print_warnings(&warnings);
+        print_warnings(warnings);
         let id = ObjectKey::of(&revocation.metadata);
         println!("Revocation {id} created");
         eprintln!(
@@ -135,17 +139,10 @@ pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> Result<(), CliError> {
     runtime.block_on(async {
         let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
         let (id, warnings) = create(client, revocation).await?;
-        print_warnings(&warnings);
+        print_warnings(warnings);
         println!("Revocation {id} created");
         Ok(())
     })
-}
-
-/// Warnings as `kubectl` prints the admission webhook's.
-fn print_warnings(warnings: &[String]) {
-    for warning in warnings {
-        eprintln!("Warning: {warning}");
-    }
 }
 
 /// A Revocation of the tokens of SigningKey `key`, created in `namespace` (default: the
