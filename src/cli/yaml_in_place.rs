@@ -112,9 +112,10 @@ fn key_line(line: &str) -> Option<KeyLine> {
         }
         let colon = body
             .char_indices()
-            .find(|(i, c)| {
+            .filter(|(_, c)| *c == ':')
+            .find(|(i, _)| {
                 let after = &body[i + 1..];
-                *c == ':' && (after.is_empty() || after.starts_with([' ', '\t', '\r', '\n']))
+                after.is_empty() || after.starts_with([' ', '\t', '\r', '\n'])
             })
             .map(|(i, _)| i)?;
         (body[..colon].trim_end().to_owned(), colon)
@@ -537,6 +538,27 @@ spec:\n  audiences: [payments]\n  rollout:\n    mode: Enforce     # staged\n    
             out,
             "spec:\n  rollout:\n    stepEvery: 1h\n    bucketBy: {header: \"X-User-Id\", claim: \"sub\"}  # who\n"
         );
+    }
+
+    proptest::proptest! {
+        /// A manifest is input: whatever its text, an edit returns (the caller reads the
+        /// result back), it never panics.
+        #[test]
+        fn any_text_is_edited_or_left_without_a_panic(
+            tokens in proptest::collection::vec(proptest::sample::select(vec![
+                "metadata", "spec", "rollout", "annotations", "paused", "steps", "a/b", "x",
+                ":", ": ", " ", "  ", "\n", "\r\n", "{", "}", "[", "]", ", ", "'", "\"", "\\",
+                " #", "- ", "|", "---\n", "é",
+            ]), 0..60),
+        ) {
+            let text = tokens.concat();
+            let patch: Value = serde_yaml::from_str(
+                "metadata: {annotations: {a/b: x}}\nspec: {rollout: {paused: true, steps: null}}",
+            )
+            .unwrap();
+            let merged: Value = serde_yaml::from_str(&text).unwrap_or(Value::Null);
+            let _ = apply(&text, &changes(&patch), &merged);
+        }
     }
 
     #[test]
