@@ -275,6 +275,30 @@ async fn bucket_reports_the_step_the_server_enforces_now() {
     dev.stop().await;
 }
 
+/// Issue 18.9: a rollback to 0% still refuses requests without any credential while
+/// `legacySession` is set: `rollout set 0` says so.
+#[test]
+fn a_rollback_says_what_legacy_session_still_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy().replace(
+        "    bucketBy: {header: X-User-Id}\n",
+        "    bucketBy: {header: X-User-Id}\n  legacySession: {cookie: session_id}\n",
+    );
+    std::fs::write(dir.path().join("policy.yaml"), &policy).unwrap();
+    let out = succeeded(&authplane(&[
+        "rollout",
+        "set",
+        "shop/payments",
+        "0",
+        "--manifests",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("note: legacySession is set: a request with neither a valid token nor the session_id cookie is still refused (401)"),
+        "{out}"
+    );
+}
+
 /// Issue 18.9: `rollout pause` of a policy without steps printed `paused`, rc 0, and
 /// nothing was paused.
 #[test]
@@ -287,6 +311,20 @@ fn pausing_a_policy_without_steps_is_refused() {
     let file = dir.path().join("policy.yaml");
     std::fs::write(&file, &policy).unwrap();
     let dir = dir.path().to_str().unwrap();
+    let rolled_back = succeeded(&authplane(&[
+        "rollout",
+        "set",
+        "shop/payments",
+        "0",
+        "--manifests",
+        dir,
+    ]));
+    assert!(
+        rolled_back.contains("Enforce, 0% of users enforced now"),
+        "{rolled_back}"
+    );
+    assert!(!rolled_back.contains("legacySession"), "{rolled_back}");
+    std::fs::write(&file, &policy).unwrap();
     for command in ["pause", "resume"] {
         let refused = authplane(&["rollout", command, "shop/payments", "--manifests", dir]);
         assert!(!refused.status.success(), "{command}");

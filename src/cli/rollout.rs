@@ -74,7 +74,11 @@ pub(crate) fn rollout(command: RolloutCommand) -> Result<(), CliError> {
         };
         println!("AuthPolicy {id} is {state}; nothing was written");
     }
-    println!("{}", standing(&id, &policy, Timestamp::now()));
+    let now = Timestamp::now();
+    println!("{}", standing(&id, &policy, now));
+    if let Some(note) = rollback_note(&policy, now) {
+        println!("note: {note}");
+    }
     if let Some((file, in_place)) = &edited.file {
         eprintln!("{}", edited_note(file, *in_place));
     }
@@ -99,6 +103,25 @@ fn needed(id: &ObjectKey, action: RolloutAction, policy: &AuthPolicy) -> Result<
         RolloutAction::Resume => Ok(rollout.paused),
         RolloutAction::Set(_) => Ok(true),
     }
+}
+
+/// A rollback to nobody enforced still refuses requests that carry no credential at all
+/// while `legacySession` is set: say so where the rollback is made.
+fn rollback_note(policy: &AuthPolicy, now: Timestamp) -> Option<String> {
+    let legacy = policy.spec.legacy_session.as_ref()?;
+    let rollout = &policy.spec.rollout;
+    let recorded = policy.status.as_ref().and_then(|s| s.rollout.as_ref());
+    let enforced = match rollout.mode {
+        Mode::Disabled => return None,
+        Mode::Audit => 0.0,
+        Mode::Enforce => Schedule::of(rollout, recorded).percentage_at(now),
+    };
+    (enforced == 0.0).then(|| {
+        format!(
+            "legacySession is set: a request with neither a valid token nor the {} cookie is still refused (401); mode Disabled lets every request through",
+            legacy.cookie
+        )
+    })
 }
 
 pub(crate) fn mode_name(mode: Mode) -> &'static str {
