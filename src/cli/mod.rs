@@ -1,7 +1,9 @@
 //! The command-line interface: one file per command, with its flags and what it does;
 //! `main.rs` only parses, sets up logging and reports the error. Besides the commands:
-//! checking flag values, editing dev-mode manifests the way `kubectl annotate`/`patch`
-//! edits objects, and reading keys and policies from a cluster.
+//! checking flag values (`flags`), one path for every change of an object, reviewed as
+//! the apiserver would review it before anything is written (`edit`), editing dev-mode
+//! manifests in place the way `kubectl annotate`/`patch` edits objects (`manifest_edit`,
+//! `yaml_in_place`), and reading keys and policies from a cluster (`cluster`).
 
 use std::path::PathBuf;
 
@@ -12,13 +14,14 @@ pub mod error;
 pub mod flags;
 pub mod manifest_edit;
 pub mod revocations;
+
+mod edit;
 mod yaml_in_place;
 
 mod annotate;
 mod bucket;
 mod crdgen;
 mod dev;
-mod edit;
 mod revoke;
 mod revoke_key;
 mod rollout;
