@@ -670,11 +670,12 @@ fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
             Some(revocations::random_name()),
             now,
         )?;
+        let note = revocations::lapse_note(&revocations::from_manifests(dir)?, &revocation, now);
         let file = revocations::write_manifest(dir, &revocation)?;
         let id = ObjectKey::of(&revocation.metadata);
         println!("Revocation {id} created");
         eprintln!(
-            "wrote {}; a running `authplane dev` applies it within a second",
+            "wrote {}; a running `authplane dev` applies it within a second; {note}",
             file.display()
         );
         return Ok(());
@@ -690,8 +691,14 @@ fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
-        let id = revocations::create(client, revocation).await?;
+        let id = revocations::create(client.clone(), revocation.clone()).await?;
         println!("Revocation {id} created");
+        // Reading every SigningKey and AuthPolicy may be more than a namespace's
+        // revoker is allowed: then it only says so.
+        match revocations::lifetimes_from_cluster(client).await {
+            Ok(objects) => eprintln!("{}", revocations::lapse_note(&objects, &revocation, now)),
+            Err(e) => eprintln!("cannot tell when it lapses: {e}"),
+        }
         Ok(())
     })
 }
@@ -699,7 +706,7 @@ fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
 fn list_revocations(target: TargetArgs) -> anyhow::Result<()> {
     use authplane::cli::revocations;
     target.announce();
-    let (found, keys) = match &target.manifests {
+    let objects = match &target.manifests {
         Some(dir) => revocations::from_manifests(dir)?,
         None => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
@@ -711,7 +718,7 @@ fn list_revocations(target: TargetArgs) -> anyhow::Result<()> {
     };
     print!(
         "{}",
-        revocations::table(&revocations::rows(&found, &keys, SystemClock.now()))
+        revocations::table(&revocations::rows(&objects, SystemClock.now()))
     );
     Ok(())
 }
@@ -870,6 +877,9 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     let retain_for = stored.retain_for.filter(|_| !args.force);
     token::check_lifetime(&args.ttl, retain_for)?;
     token::check_max_lifetime(&args.ttl, stored.max_token_lifetime.filter(|_| !args.force))?;
+    if let Err(forced) = token::check_max_lifetime(&args.ttl, stored.max_token_lifetime) {
+        eprintln!("warning: {}", forced.forced());
+    }
     let mut request = MintRequest {
         subject: args.sub,
         audiences: args.aud,

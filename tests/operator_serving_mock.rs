@@ -203,6 +203,7 @@ async fn start(policies: Policies) -> Serving {
         registry.clone(),
         runtime,
         (keys, keys_writer),
+        kube::runtime::reflector::store(),
         feed,
         stopped,
     ));
