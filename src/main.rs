@@ -675,9 +675,10 @@ fn revoke_tokens(args: RevokeTokensArgs) -> anyhow::Result<()> {
         let id = ObjectKey::of(&revocation.metadata);
         println!("Revocation {id} created");
         eprintln!(
-            "wrote {}; a running `authplane dev` applies it within a second; {note}",
+            "wrote {}; a running `authplane dev` applies it within a second",
             file.display()
         );
+        eprintln!("{note}");
         return Ok(());
     }
     let revocation = revocations::build(

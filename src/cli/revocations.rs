@@ -222,7 +222,7 @@ pub fn lapse_note(objects: &Objects, revocation: &Revocation, now: Timestamp) ->
             let longest = jiff::SignedDuration::from_secs(at - issued_before) - MAX_LEEWAY;
             let at = Timestamp::from_second(at).map_or_else(|_| at.to_string(), |t| t.to_string());
             format!(
-                "it lapses at {at}: by then no token it matches passes any AuthPolicy (tokens of {} pass at most {longest:#} after their iat, plus up to {MAX_LEEWAY:#} of leeway). A token minted to live longer (token mint --force) is refused by every AuthPolicy that does not accept it; a policy that accepts such tokens later does not bring back a lapsed Revocation",
+                "the Revocation lapses at {at}: by then no token it matches passes any AuthPolicy (tokens of {} pass at most {longest:#} after their iat, plus up to {MAX_LEEWAY:#} of leeway). A token minted to live longer (token mint --force) is refused by every AuthPolicy that does not accept it; a policy that accepts such tokens later does not bring back a lapsed Revocation",
                 entry.issuer
             )
         }

@@ -203,8 +203,7 @@ pub async fn run(
         config.external_url.clone(),
         registry.clone(),
         runtime.clone(),
-        (keys, keys_writer),
-        (policies, policies_writer),
+        (keys_writer, policies_writer),
         recompiled.clone(),
         stopped.clone(),
     ));

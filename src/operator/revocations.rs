@@ -446,6 +446,61 @@ mod tests {
         );
     }
 
+    /// The follower reads the token lifetimes of the serving caches: a policy that
+    /// accepts longer tokens of the key keeps its Revocations in force, and its edit or
+    /// deletion is seen at the next publication.
+    #[test]
+    fn the_follower_reads_the_policies_token_lifetimes() {
+        use kube::runtime::reflector;
+        let metrics = Metrics::default();
+        // Created at 00:00 with the key's 1-hour tokens: in force until 01:05.
+        let now: Timestamp = "2026-03-01T02:00:00Z".parse().unwrap();
+        let mut follower = Follower::default();
+        follower.handle(watcher::Event::Init, now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("a", "1")), now, &metrics);
+        follower.handle(watcher::Event::InitDone, now, &metrics);
+        let (keys, mut keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+        keys_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "web", "namespace": "auth"}, "spec": {},
+            }))
+            .unwrap(),
+        ))));
+        let (policies, mut policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+        let legacy = |version: &str, lifetime: &str| {
+            watcher::Event::Apply(DeserializeGuard(Ok(serde_json::from_value(
+                serde_json::json!({
+                    "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                    "metadata": {"name": "legacy", "namespace": "shop", "resourceVersion": version},
+                    "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"},
+                        "maxTokenLifetime": lifetime}]},
+                }),
+            )
+            .unwrap())))
+        };
+        let in_force = |follower: &mut Follower| {
+            follower.lifetimes(&keys, &policies);
+            follower.index.publish(now).0.len()
+        };
+        assert_eq!(in_force(&mut follower), 0, "lapsed at 01:05");
+        policies_writer.apply_watcher_event(&legacy("1", "3h"));
+        assert_eq!(in_force(&mut follower), 1, "in force until 03:05");
+        policies_writer.apply_watcher_event(&legacy("2", "90m"));
+        assert_eq!(in_force(&mut follower), 0, "lapsed at 01:35");
+        policies_writer.apply_watcher_event(&legacy("3", "3h"));
+        assert_eq!(in_force(&mut follower), 1);
+        policies_writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "legacy", "namespace": "shop"},
+                "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}]},
+            }))
+            .unwrap(),
+        ))));
+        assert_eq!(in_force(&mut follower), 0, "the policy is gone");
+    }
+
     #[test]
     fn the_leader_judges_lapsed_and_active_revocations() {
         let key: SigningKey = serde_json::from_value(serde_json::json!({

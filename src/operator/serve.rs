@@ -44,7 +44,7 @@ impl SigningKeyIndex for KeyIndex {
     }
 }
 
-/// Runs the serving watches. `keys` and `policies` are the SigningKey and AuthPolicy
+/// Runs the serving watches. `caches` are the writers of the SigningKey and AuthPolicy
 /// caches, made by the caller so that the admission webhook and the Revocations (their
 /// token lifetimes) can read them too.
 ///
@@ -57,19 +57,15 @@ pub async fn run(
     external_url: String,
     registry: Arc<Registry>,
     runtime: Arc<PolicyRuntime>,
-    keys: (
-        Store<DeserializeGuard<SigningKey>>,
+    caches: (
         reflector::store::Writer<DeserializeGuard<SigningKey>>,
-    ),
-    policies: (
-        Store<DeserializeGuard<AuthPolicy>>,
         reflector::store::Writer<DeserializeGuard<AuthPolicy>>,
     ),
     recompiled: Arc<Recompiled>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (keys, keys_writer) = keys;
-    let (policies, policies_writer) = policies;
+    let (keys_writer, policies_writer) = caches;
+    let (keys, policies) = (keys_writer.as_reader(), policies_writer.as_reader());
     let (secrets, secrets_writer) = reflector::store::<Secret>();
     let managed = watcher::Config::default().labels(&managed_selector());
     let streams = vec![
