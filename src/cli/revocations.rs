@@ -189,7 +189,7 @@ pub fn rows(objects: &Objects, now: Timestamp) -> Vec<Row> {
                 expires: match &lapse {
                     Lapse::At(at) => Timestamp::from_second(*at)
                         .map_or_else(|_| "unknown".to_owned(), |t| t.to_string()),
-                    Lapse::KeyUnknown => "unknown".to_owned(),
+                    Lapse::Unknown => "unknown".to_owned(),
                     Lapse::Never { .. } => "never".to_owned(),
                 },
                 lapsed: lapse.lapsed(now.as_second()),
@@ -226,7 +226,7 @@ pub fn lapse_note(objects: &Objects, revocation: &Revocation, now: Timestamp) ->
                 entry.issuer
             )
         }
-        Lapse::KeyUnknown => format!(
+        Lapse::Unknown => format!(
             "warning: SigningKey {} is not known here, so neither is how long its tokens live: the Revocation does not lapse until it is",
             entry.issuer
         ),

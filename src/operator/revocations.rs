@@ -194,6 +194,14 @@ impl Follower {
                 );
             }
         }
+        // Until the AuthPolicies are listed, one not read yet may accept longer tokens:
+        // nothing lapses meanwhile (each restart would otherwise let revoked long-lived
+        // tokens through for a moment).
+        let listed = policies
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|ready| ready.is_ok());
+        self.index.set_policies_known(listed);
         let mut seen = std::collections::HashSet::new();
         for policy in policies.state() {
             // One that does not parse is not served: it accepts no token.
@@ -255,7 +263,7 @@ pub fn judge(
                 "Applied",
                 "enforced by every replica until it lapses".to_owned(),
             ),
-            Lapse::KeyUnknown => (
+            Lapse::Unknown => (
                 "LifetimeUnknown",
                 format!(
                     "enforced; its SigningKey {} is not known, so it does not lapse",
@@ -483,6 +491,13 @@ mod tests {
             follower.lifetimes(&keys, &policies);
             follower.index.publish(now).0.len()
         };
+        assert_eq!(
+            in_force(&mut follower),
+            1,
+            "the policies are not listed yet"
+        );
+        policies_writer.apply_watcher_event(&watcher::Event::Init);
+        policies_writer.apply_watcher_event(&watcher::Event::InitDone);
         assert_eq!(in_force(&mut follower), 0, "lapsed at 01:05");
         policies_writer.apply_watcher_event(&legacy("1", "3h"));
         assert_eq!(in_force(&mut follower), 1, "in force until 03:05");

@@ -29,7 +29,8 @@ pub const EXTERNAL_MAX_LIFETIME: SignedDuration = SignedDuration::from_hours(24)
 pub enum Longest {
     /// At most this long (leeway included).
     For(SignedDuration),
-    /// The issuer is a SigningKey that is not known: its limit is not either.
+    /// Not known: the issuer is a SigningKey that is not known, or the AuthPolicies are
+    /// not all known yet.
     Unknown,
     /// This policy accepts the issuer's tokens of any lifetime.
     Unbounded { policy: ObjectKey },
@@ -81,8 +82,11 @@ impl IssuerLimits {
 }
 
 /// The SigningKeys' own limits and what the policies accept, kept up to date.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lifetimes {
+    /// False while the driver has not read every AuthPolicy yet (a watch still listing):
+    /// a policy not read may accept longer tokens, so nothing is known to lapse.
+    policies_known: bool,
     keys: HashMap<ObjectKey, SignedDuration>,
     policies: HashMap<ObjectKey, Contribution>,
     /// Per SigningKey: the policies accepting its tokens beyond its own limit.
@@ -91,7 +95,25 @@ pub struct Lifetimes {
     external: HashMap<(String, String), IssuerLimits>,
 }
 
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self {
+            policies_known: true,
+            keys: HashMap::new(),
+            policies: HashMap::new(),
+            raised: HashMap::new(),
+            external: HashMap::new(),
+        }
+    }
+}
+
 impl Lifetimes {
+    /// Says whether every AuthPolicy has been read (true unless told otherwise). True when
+    /// that changed.
+    pub fn set_policies_known(&mut self, known: bool) -> bool {
+        std::mem::replace(&mut self.policies_known, known) != known
+    }
+
     /// Records a SigningKey's `maxTokenLifetime` (`None`: it is gone). True when it
     /// changed.
     pub fn set_key(&mut self, key: ObjectKey, limit: Option<SignedDuration>) -> bool {
@@ -161,7 +183,7 @@ impl Lifetimes {
 
     /// How long after its issue a token of SigningKey `key` may still pass anywhere.
     pub fn of_key(&self, key: &ObjectKey) -> Longest {
-        let Some(own) = self.keys.get(key) else {
+        let Some(own) = self.keys.get(key).filter(|_| self.policies_known) else {
             return Longest::Unknown;
         };
         let raised = self
@@ -175,6 +197,9 @@ impl Lifetimes {
     /// How long after its issue a token of external issuer `url` may still pass under
     /// the policies of `namespace`.
     pub fn of_issuer(&self, namespace: &str, url: &str) -> Longest {
+        if !self.policies_known {
+            return Longest::Unknown;
+        }
         let limits = self.external.get(&(namespace.to_owned(), url.to_owned()));
         let Some(limits) = limits else {
             return Longest::For(EXTERNAL_MAX_LIFETIME);
@@ -249,6 +274,21 @@ mod tests {
         assert_eq!(lifetimes.of_key(&key("web")), Longest::For(mins(20)));
         assert!(lifetimes.set_key(key("web"), None));
         assert_eq!(lifetimes.of_key(&key("web")), Longest::Unknown);
+    }
+
+    #[test]
+    fn nothing_is_known_to_lapse_while_the_policies_are_not_all_read() {
+        let mut lifetimes = Lifetimes::default();
+        lifetimes.set_key(key("web"), Some(mins(15)));
+        assert!(lifetimes.set_policies_known(false));
+        assert_eq!(lifetimes.of_key(&key("web")), Longest::Unknown);
+        assert_eq!(
+            lifetimes.of_issuer("shop", "https://x.example"),
+            Longest::Unknown
+        );
+        assert!(lifetimes.set_policies_known(true));
+        assert!(!lifetimes.set_policies_known(true));
+        assert_eq!(lifetimes.of_key(&key("web")), Longest::For(mins(20)));
     }
 
     #[test]

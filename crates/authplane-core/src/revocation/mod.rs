@@ -155,7 +155,7 @@ impl Entry {
             Longest::For(lifetime) => {
                 Lapse::At(self.issued_before().saturating_add(lifetime.as_secs()))
             }
-            Longest::Unknown => Lapse::KeyUnknown,
+            Longest::Unknown => Lapse::Unknown,
             Longest::Unbounded { policy } => Lapse::Never { policy },
         }
     }
@@ -166,9 +166,9 @@ impl Entry {
 pub enum Lapse {
     /// It counts through this second (Unix seconds), then lapses.
     At(i64),
-    /// Its SigningKey is not known, and so neither is how long its tokens live: it counts
-    /// meanwhile.
-    KeyUnknown,
+    /// How long its issuer's tokens live is not known (its SigningKey is not, or the
+    /// AuthPolicies are not all read yet): it counts meanwhile.
+    Unknown,
     /// This policy accepts the issuer's tokens of any lifetime: it counts until its
     /// `expiresAt`, or for ever.
     Never { policy: ObjectKey },
@@ -179,7 +179,7 @@ impl Lapse {
     pub fn at(&self) -> Option<i64> {
         match self {
             Lapse::At(at) => Some(*at),
-            Lapse::KeyUnknown | Lapse::Never { .. } => None,
+            Lapse::Unknown | Lapse::Never { .. } => None,
         }
     }
 
@@ -434,6 +434,12 @@ impl RevocationIndex {
     /// Forgets an AuthPolicy. True when expiries may have changed.
     pub fn delete_policy(&mut self, id: &ObjectKey) -> bool {
         self.lifetimes.delete_policy(id)
+    }
+
+    /// Says whether every AuthPolicy has been read (a watch that has not listed them yet
+    /// has not): until then nothing lapses. True when that changed.
+    pub fn set_policies_known(&mut self, known: bool) -> bool {
+        self.lifetimes.set_policies_known(known)
     }
 
     pub fn get(&self, id: &ObjectKey) -> Option<&Entry> {
