@@ -63,6 +63,7 @@ fn fixture(alg: Algorithm) -> Fixture {
         Some(IssuerKeys {
             issuer: ISSUER,
             keys: &keys,
+            max_token_lifetime: authplane::api::DEFAULT_MAX_TOKEN_LIFETIME,
         })
     };
     let compiled = CompiledPolicy::compile(&policy, resolve);
@@ -182,6 +183,7 @@ fn server_over(f: &Fixture) -> Router {
         Some(IssuerKeys {
             issuer: ISSUER,
             keys: &f.keys,
+            max_token_lifetime: authplane::api::DEFAULT_MAX_TOKEN_LIFETIME,
         })
     };
     let compiled = CompiledPolicy::compile_with(&f.manifest, resolve, context);

@@ -53,6 +53,7 @@ fn served(j: usize) -> ServedKeys {
     ServedKeys {
         published: Arc::new(outcome.published("scale", &format!("k{j}"))),
         keys: outcome.keys,
+        max_token_lifetime: key.spec.max_token_lifetime(),
     }
 }
 
@@ -118,6 +119,7 @@ fn changes(c: &mut Criterion) {
                 ServedKeys {
                     published: Arc::new(published),
                     keys: rotated.keys.clone(),
+                    max_token_lifetime: rotated.max_token_lifetime,
                 },
             );
             black_box(index.snapshot());
@@ -134,6 +136,7 @@ fn changes(c: &mut Criterion) {
                         index.served(id).map(|s| authplane::policy::IssuerKeys {
                             issuer: &s.published.issuer,
                             keys: &s.keys,
+                            max_token_lifetime: s.max_token_lifetime,
                         })
                     })
                 })

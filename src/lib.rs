@@ -12,6 +12,7 @@
 
 pub use authplane_core::{
     admission, api, clock, index, keys, policy, reconcile, revocation, snapshot, token,
+    token_review,
 };
 
 pub mod cli;

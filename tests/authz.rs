@@ -518,6 +518,77 @@ async fn token_review_v1_and_v1beta1() {
     dev.stop().await;
 }
 
+/// TokenReview maps users as the apiserver's own OIDC authenticator does: usernames carry
+/// their issuer, groups come from `groups`, and no token names a `system:` user or group
+/// unless the policy allows it.
+#[tokio::test]
+async fn token_review_maps_users_safely_by_default() {
+    let bare = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: bare, namespace: shop}\n\
+        spec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  audiences: [payments]\n\
+        \x20 tokenReview: {usernamePrefix: \"-\"}\n";
+    let dev = Dev::start(&[
+        ("keys.yaml", &signing_key("auth", "web", KEYS)),
+        ("policy.yaml", &policy("{mode: Audit}", "")),
+        ("bare.yaml", bare),
+    ])
+    .await;
+    let ask = |policy: &'static str, token: String| {
+        let dev = &dev;
+        async move {
+            let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token}});
+            let r = dev
+                .http
+                .post(dev.url(&format!("/tokenreview/shop/{policy}")))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()["status"].clone()
+        }
+    };
+    let mint = |sub: &str, claims: Value| {
+        let mut claims = claims;
+        claims["roles"] = json!(["payments"]);
+        dev.mint(("auth", "web"), sub, &["payments"], claims)
+    };
+    let issuer = format!("{}/auth/web", dev.external_url());
+    // `token mint --sub system:kube-controller-manager` is not the controller manager.
+    let controller = mint("system:kube-controller-manager", json!({"groups": ["dev"]}));
+    let status = ask("payments", controller.clone()).await;
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["username"],
+        format!("{issuer}#system:kube-controller-manager")
+    );
+    assert_eq!(status["user"]["groups"], json!(["dev"]));
+    // Without a prefix it would be: refused.
+    let status = ask("bare", controller).await;
+    assert_eq!(status["authenticated"], false, "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"system:kube-controller-manager\" starts with system:"),
+        "{status}"
+    );
+    // A group of Kubernetes' own, with a prefix or not: refused.
+    let masters = mint("alice", json!({"groups": ["dev", "system:masters"]}));
+    for policy in ["payments", "bare"] {
+        let status = ask(policy, masters.clone()).await;
+        assert_eq!(status["authenticated"], false, "{policy}: {status}");
+        assert!(status.get("user").is_none(), "{policy}: {status}");
+    }
+    let alice = ask("bare", mint("alice", json!({}))).await;
+    assert_eq!(alice["user"]["username"], "alice");
+    assert_eq!(
+        dev.metric("authplane_decisions_total{namespace=\"shop\",policy=\"bare\",decision=\"deny\",reason=\"system_name\"}")
+            .await,
+        2.0
+    );
+    dev.stop().await;
+}
+
 #[tokio::test]
 async fn a_cached_token_is_refused_once_its_key_is_revoked() {
     let dev = start("{mode: Enforce, percentage: 100}", "").await;

@@ -371,7 +371,10 @@ async fn token_mint_refuses_a_token_that_outlives_its_key_unless_forced() {
         }
         authplane(&args)
     };
-    succeeded(&mint("24h", false));
+    let fine = mint("24h", false);
+    succeeded(&fine);
+    // Issue 18.9: nothing on stderr when all is well (`TOKEN=$(authplane token mint ...)`).
+    assert_eq!(text(&fine.stderr), "");
     let long = mint("87600h", false);
     assert!(!long.status.success());
     let stderr = text(&long.stderr);
@@ -382,8 +385,9 @@ async fn token_mint_refuses_a_token_that_outlives_its_key_unless_forced() {
     let forced = mint("87600h", true);
     let token = succeeded(&forced);
     assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
-    // Issue 18.9: nothing on stderr when all is well (`TOKEN=$(authplane token mint ...)`).
-    assert_eq!(text(&forced.stderr), "");
+    // Forced past maxTokenLifetime: minted, with the warning that policies refuse it.
+    let warning = text(&forced.stderr);
+    assert!(warning.contains("token_lifetime_too_long"), "{warning}");
     dev.stop().await;
 }
 
@@ -445,7 +449,12 @@ async fn token_mint_says_which_flag_sets_a_claim_and_when_json_is_not() {
 async fn token_mint_refuses_a_ttl_beyond_the_keys_max_token_lifetime() {
     // retainFor covers 2h, maxTokenLifetime (default 1h) does not.
     let spec = "  algorithm: EdDSA\n  rotation:\n    retainFor: 24h\n";
-    let dev = Dev::start(&[("web.yaml", &signing_key("auth", "web", spec))]).await;
+    let open = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: pay, namespace: shop}\nspec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  rollout: {mode: Enforce, percentage: 100}\n";
+    let dev = Dev::start(&[
+        ("web.yaml", &signing_key("auth", "web", spec)),
+        ("policy.yaml", open),
+    ])
+    .await;
     let state = dev.state();
     let mint = |ttl: &str, force: bool| {
         let mut args = vec![
@@ -465,7 +474,28 @@ async fn token_mint_refuses_a_ttl_beyond_the_keys_max_token_lifetime() {
         stderr.contains("--ttl 2h is longer than the key's maxTokenLifetime 1h"),
         "{stderr}"
     );
-    succeeded(&mint("2h", true));
+    // Forced, it is minted with a warning, and a policy that sets no lifetime of its own
+    // still refuses it: the key's limit holds everywhere, so its Revocations can lapse.
+    let forced = mint("2h", true);
+    let token = succeeded(&forced);
+    let stderr = text(&forced.stderr);
+    assert!(
+        stderr.contains("warning: --ttl 2h is longer than the key's maxTokenLifetime 1h: AuthPolicies refuse this token (token_lifetime_too_long)"),
+        "{stderr}"
+    );
+    let response = dev
+        .get_with(
+            "/authz/shop/pay",
+            &[("Authorization", &format!("Bearer {}", token.trim()))],
+        )
+        .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["x-authplane-reason"],
+        "token_lifetime_too_long"
+    );
+    let within = text(&mint("1h", false).stderr);
+    assert!(!within.contains("warning"), "{within}");
     dev.stop().await;
 }
 
@@ -501,7 +531,7 @@ async fn revoke_and_list_in_dev_mode() {
             .status()
     };
     assert_eq!(status().await, 200);
-    let out = succeeded(&authplane(&[
+    let revoked = authplane(&[
         "revoke",
         "--issuer",
         "auth/web",
@@ -511,8 +541,25 @@ async fn revoke_and_list_in_dev_mode() {
         "logout",
         "--manifests",
         dir,
-    ]));
+    ]);
+    let out = succeeded(&revoked);
     assert!(out.starts_with("Revocation auth/revoke-"), "{out}");
+    // When it lapses: the key's 15 minutes and the largest leeway, 5, from now.
+    let list = succeeded(&authplane(&["revocations", "list", "--manifests", dir]));
+    let expires = list.lines().nth(1).unwrap().split('\t').nth(4).unwrap();
+    let expires: Timestamp = expires.parse().unwrap();
+    let lifetime = expires.duration_since(Timestamp::now());
+    assert!(
+        lifetime <= SignedDuration::from_mins(20) && lifetime > SignedDuration::from_mins(19),
+        "{list}"
+    );
+    assert!(
+        text(&revoked.stderr).contains(&format!(
+            "the Revocation lapses at {expires}: by then no token it matches passes any AuthPolicy (tokens of auth/web pass at most 15m after their iat, plus up to 5m of leeway)"
+        )),
+        "{}",
+        text(&revoked.stderr)
+    );
     eventually("the session's token refused", CHANGE_DEADLINE, || async {
         (status().await == 401).then_some(())
     })

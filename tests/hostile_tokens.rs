@@ -1,5 +1,6 @@
 //! Hostile tokens against a policy enforcing for everyone: each is answered 401 with a
-//! stable reason; none gets a 500, none panics the server.
+//! stable reason; none gets a 500, none panics the server, none is `authenticated` by
+//! TokenReview.
 
 mod common;
 
@@ -103,7 +104,7 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
                     .as_bytes()),
                 b64(good.to_string().as_bytes())
             ),
-            "malformed_token",
+            "alg_not_allowed",
         ),
         (
             "alg None, signed",
@@ -112,7 +113,7 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
                 b64(br#"{"alg":"None"}"#),
                 b64(good.to_string().as_bytes())
             ),
-            "malformed_token",
+            "alg_not_allowed",
         ),
         (
             "HS256 with the RSA public key (PEM)",
@@ -215,6 +216,24 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
             "bad_signature",
         ),
         ("expired", with(json!({"exp": now - 60})), "expired"),
+        // Read as newer than any Revocation by subject, and hiding its ten years.
+        (
+            "iat in the future, a 10-year token",
+            with(json!({"iat": now + 10 * 365 * 86400 - 60, "exp": now + 10 * 365 * 86400})),
+            "iat_in_future",
+        ),
+        (
+            "iat in the future, beyond the leeway",
+            with(json!({"iat": now + 3000})),
+            "iat_in_future",
+        ),
+        // The key's maxTokenLifetime (1h by default) holds though the policy sets none.
+        (
+            "30 days, signed with our key",
+            with(json!({"exp": now + 30 * 86400})),
+            "token_lifetime_too_long",
+        ),
+        ("no iat", with(json!({"iat": null})), "missing_iat"),
         (
             "not yet valid",
             with(json!({"nbf": now + 600})),
@@ -370,6 +389,23 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
         )
         .await;
     assert_eq!(ok.status(), 200, "the control token must pass");
+    let review: Value = dev
+        .http
+        .post(dev.url("/tokenreview/shop/api"))
+        .json(
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": valid}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        review["status"]["authenticated"], true,
+        "the control token must be authenticated: {review}"
+    );
 
     for (name, token, reason) in &cases {
         let r = dev
@@ -393,6 +429,20 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
             !challenge.contains(token.as_str()) || token.len() < 4,
             "{name}: the token is echoed"
         );
+        let review = dev
+            .http
+            .post(dev.url("/tokenreview/shop/api"))
+            .json(
+                &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(review.status(), 200, "{name}: TokenReview");
+        let review: Value = review.json().await.unwrap();
+        assert_eq!(review["status"]["authenticated"], false, "{name}: {review}");
+        assert!(review["status"].get("user").is_none(), "{name}: {review}");
     }
 
     // Headers far beyond any token: refused by the HTTP layer or by us, never a 500.

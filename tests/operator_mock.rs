@@ -535,6 +535,7 @@ pub(crate) mod auth_policy_status {
             ServedKeys {
                 published: Arc::new(outcome.published("auth", "web")),
                 keys: outcome.keys.clone(),
+                max_token_lifetime: authplane::api::DEFAULT_MAX_TOKEN_LIFETIME,
             },
         );
         index.apply_policy(Arc::new(current));

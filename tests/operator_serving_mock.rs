@@ -202,7 +202,7 @@ async fn start(policies: Policies) -> Serving {
         "http://127.0.0.1".into(),
         registry.clone(),
         runtime,
-        (keys, keys_writer),
+        (keys_writer, kube::runtime::reflector::store().1),
         feed,
         stopped,
     ));

@@ -1,6 +1,7 @@
 //! Revocations and bounded token lifetimes, over HTTP in dev mode: Revocation manifests
 //! (by jti, by subject, by session), the logout endpoint, cached tokens, lapsed
-//! revocations, scope, `maxTokenLifetime` and `missing_iat`, TokenReview.
+//! revocations and how long a Revocation lives, scope, token lifetimes (`maxTokenLifetime`,
+//! `missing_iat`, `iat_in_future`), TokenReview.
 
 mod common;
 
@@ -266,47 +267,94 @@ async fn scope_is_the_namespace_of_the_revocation() {
 }
 
 #[tokio::test]
-async fn lapsed_revocations_stop_counting_and_are_listed_as_lapsed() {
-    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(20);
+async fn lapsed_revocations_stop_counting_once_their_tokens_cannot_pass() {
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(30);
     let lapsed = revocation(
         "auth",
         "old",
         &format!("  signingKeyRef: {{name: web}}\n  subject: frank\n  issuedBefore: \"{past}\"\n"),
     );
     let dev = start(&[("old.yaml", &lapsed)]).await;
-    // frank's token was issued before issuedBefore, but the revocation lapsed with the
-    // 15-minute lifetime of the key's tokens (a token that old is expired anyway: this
-    // one lies about its age only to show that the lapsed revocation no longer counts).
+    // The revocation lapsed 15 minutes (the key's token lifetime) plus 5 (the largest
+    // leeway) after issuedBefore. A token it would match that still claims to be valid
+    // must have lived longer than the key allows: refused for that, whatever the policy.
     let mut old = claims(&dev, "frank", 0, json!({}));
     old["iat"] = json!(past.as_second() - 10);
     let token = dev.sign(WEB, &old);
-    assert_eq!(decide(&dev, "shop", &token).await.0, 200);
+    assert_eq!(
+        decide(&dev, "shop", &token).await,
+        (401, "token_lifetime_too_long".to_owned())
+    );
     assert_eq!(
         dev.metric("authplane_revocations{namespace=\"auth\",issuer=\"auth/web\"}")
             .await,
         0.0
     );
-    let (revocations, keys) =
-        authplane::cli::revocations::from_manifests(&dev.manifests()).unwrap();
-    let rows = authplane::cli::revocations::rows(&revocations, &keys, jiff::Timestamp::now());
+    let objects = authplane::cli::revocations::from_manifests(&dev.manifests()).unwrap();
+    let rows = authplane::cli::revocations::rows(&objects, jiff::Timestamp::now());
     assert_eq!(rows.len(), 1);
     assert!(rows[0].lapsed, "{rows:?}");
     assert_eq!(
         rows[0].expires,
-        jiff::Timestamp::from_second(past.as_second() + 15 * 60)
+        jiff::Timestamp::from_second(past.as_second() + 20 * 60)
             .unwrap()
             .to_string(),
-        "with 15-minute tokens, a revocation lives 15 minutes"
+        "with 15-minute tokens, a revocation lives 15 minutes and the largest leeway"
+    );
+    dev.stop().await;
+}
+
+/// A policy that accepts longer tokens of the key keeps the key's Revocations as long:
+/// a revoked 3-hour token is refused there for its whole life, and refused elsewhere as
+/// too long.
+#[tokio::test]
+async fn a_revocation_lives_as_long_as_a_policy_accepts_its_tokens() {
+    let legacy = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: pay, namespace: legacy}\n\
+         spec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}, maxTokenLifetime: 3h}]\n\
+         \x20 audiences: [pay]\n  rollout: {mode: Enforce, percentage: 100}\n";
+    let before = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(30);
+    let revoked = revocation(
+        "auth",
+        "password-changed",
+        &format!("  signingKeyRef: {{name: web}}\n  subject: gina\n  issuedBefore: \"{before}\"\n"),
+    );
+    let dev = start(&[("legacy.yaml", legacy), ("rev.yaml", &revoked)]).await;
+    // Issued 40 minutes ago for 3 hours: before issuedBefore, alive for 2h20m more.
+    let mut three_hours = claims(&dev, "gina", 40 * 60, json!({}));
+    three_hours["exp"] = json!(jiff::Timestamp::now().as_second() - 40 * 60 + 3 * 3600);
+    let token = dev.sign(WEB, &three_hours);
+    assert_eq!(
+        decide(&dev, "legacy", &token).await,
+        (401, "token_revoked".to_owned())
+    );
+    assert_eq!(
+        decide(&dev, "shop", &token).await,
+        (401, "token_lifetime_too_long".to_owned())
+    );
+    // A newer one of the same length passes the policy that accepts it.
+    let mut fresh = claims(&dev, "gina", 0, json!({}));
+    fresh["exp"] = json!(jiff::Timestamp::now().as_second() + 3 * 3600);
+    assert_eq!(decide(&dev, "legacy", &dev.sign(WEB, &fresh)).await.0, 200);
+    let objects = authplane::cli::revocations::from_manifests(&dev.manifests()).unwrap();
+    let rows = authplane::cli::revocations::rows(&objects, jiff::Timestamp::now());
+    assert_eq!(
+        rows[0].expires,
+        jiff::Timestamp::from_second(before.as_second() + 3 * 3600 + 5 * 60)
+            .unwrap()
+            .to_string()
     );
     dev.stop().await;
 }
 
 #[tokio::test]
-async fn max_token_lifetime_and_missing_iat() {
+async fn lifetimes_iat_and_the_future() {
     let bounded = policy("shop", "bounded", "  maxTokenLifetime: 10m\n");
     let dev = start(&[("bounded.yaml", &bounded)]).await;
     let now = jiff::Timestamp::now().as_second();
     let short = dev.sign(WEB, &claims(&dev, "g", 0, json!({})));
+    let mut twelve_minutes = claims(&dev, "g", 0, json!({}));
+    twelve_minutes["exp"] = json!(now + 12 * 60);
+    let twelve_minutes = dev.sign(WEB, &twelve_minutes);
     let mut long = claims(&dev, "g", 0, json!({}));
     long["exp"] = json!(now + 20 * 60);
     let long = dev.sign(WEB, &long);
@@ -334,16 +382,32 @@ async fn max_token_lifetime_and_missing_iat() {
     };
     assert_eq!(decide_bounded(short).await.0, 200);
     assert_eq!(
-        decide_bounded(long.clone()).await,
+        decide_bounded(twelve_minutes.clone()).await,
         (401, "token_lifetime_too_long".to_owned())
     );
     assert_eq!(
         decide_bounded(no_iat.clone()).await,
         (401, "missing_iat".to_owned())
     );
-    // The unbounded policy takes both.
-    assert_eq!(decide(&dev, "shop", &long).await.0, 200);
-    assert_eq!(decide(&dev, "shop", &no_iat).await.0, 200);
+    // A policy without maxTokenLifetime still holds the key's tokens to the key's own
+    // limit (15m) and wants their iat.
+    assert_eq!(decide(&dev, "shop", &twelve_minutes).await.0, 200);
+    assert_eq!(
+        decide(&dev, "shop", &long).await,
+        (401, "token_lifetime_too_long".to_owned())
+    );
+    assert_eq!(
+        decide(&dev, "shop", &no_iat).await,
+        (401, "missing_iat".to_owned())
+    );
+    // A later iat does not make a token newer than a Revocation by subject.
+    let mut future = claims(&dev, "g", 0, json!({}));
+    future["iat"] = json!(now + 3000);
+    let future = dev.sign(WEB, &future);
+    assert_eq!(
+        decide(&dev, "shop", &future).await,
+        (401, "iat_in_future".to_owned())
+    );
     dev.stop().await;
 }
 

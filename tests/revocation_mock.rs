@@ -91,6 +91,14 @@ async fn a_replica_that_lost_the_lease_deletes_nothing() {
     )
     .await;
     lease.send(false).unwrap();
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/authpolicies",
+        200,
+        list("AuthPolicy", vec![]),
+    )
+    .await;
     let lapsed = revocation(
         "old",
         now - SignedDuration::from_hours(48),
@@ -135,6 +143,23 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
         ),
     )
     .await;
+    // The policies say how long tokens are accepted: this one takes the external
+    // issuer's tokens of any lifetime.
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/authpolicies",
+        200,
+        list(
+            "AuthPolicy",
+            vec![json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "api", "namespace": "auth"},
+                "spec": {"issuers": [{"issuer": "https://login.example/t/v2.0"}]},
+            })],
+        ),
+    )
+    .await;
     expect(
         &mut handle,
         "GET",
@@ -143,10 +168,11 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
         list(
             "Revocation",
             vec![
-                // Created 20 minutes ago with 15-minute tokens: lapsed.
+                // Created 21 minutes ago with 15-minute tokens (and up to 5 minutes of
+                // leeway): lapsed.
                 revocation(
                     "old",
-                    ago(20),
+                    ago(21),
                     json!({"signingKeyRef": {"name": "web"}, "subject": "a"}),
                 ),
                 // 5 minutes ago: some of its tokens may still be valid.
@@ -162,7 +188,8 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
                     json!({"signingKeyRef": {"name": "web"}, "tokenId": "j",
                     "expiresAt": ago(1).to_string()}),
                 ),
-                // An external issuer: a day by default.
+                // An external issuer whose tokens a policy accepts of any lifetime: it
+                // does not lapse.
                 revocation(
                     "entra",
                     ago(120),
@@ -204,7 +231,7 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
     .await;
     assert_eq!(
         status["status"]["expiresAt"],
-        (ago(5) + SignedDuration::from_mins(15)).to_string()
+        (ago(5) + SignedDuration::from_mins(20)).to_string()
     );
     assert_eq!(status["status"]["conditions"][0]["type"], "Active");
     assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
@@ -216,9 +243,19 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
         Value::Null,
     )
     .await;
+    assert!(status["status"].get("expiresAt").is_none(), "{status}");
     assert_eq!(
-        status["status"]["expiresAt"],
-        (ago(120) + SignedDuration::from_hours(24)).to_string()
+        status["status"]["conditions"][0]["reason"],
+        "NoLifetimeLimit"
+    );
+    assert!(
+        status["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(
+                "AuthPolicy auth/api accepts tokens of https://login.example/t/v2.0 of any lifetime"
+            ),
+        "{status}"
     );
     assert_eq!(within(task).await.unwrap().unwrap(), 1);
     // The client is gone with the task: every request it made was answered above.
@@ -334,13 +371,14 @@ async fn the_watch_publishes_what_it_lists_and_what_it_is_told() {
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let (keys, _keys_writer) = kube::runtime::reflector::store();
+    let (policies, _policies_writer) = kube::runtime::reflector::store();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(authplane::operator::revocations::run(
         Client::new(service, "default"),
         registry.clone(),
         metrics.clone(),
         Arc::new(SystemClock),
-        keys,
+        (keys, policies),
         stopped,
     ));
     let now = Timestamp::now();

@@ -41,6 +41,7 @@ static POLICY: LazyLock<CompiledPolicy> = LazyLock::new(|| {
         Some(IssuerKeys {
             issuer: "https://issuer.example",
             keys: &keys,
+            max_token_lifetime: authplane_core::api::DEFAULT_MAX_TOKEN_LIFETIME,
         })
     })
 });

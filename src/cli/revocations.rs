@@ -8,13 +8,34 @@ use jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-use crate::api::{ObjectKey, Revocation};
+use crate::api::{AuthPolicy, ObjectKey, Revocation, SigningKey};
 use crate::cli::error::{self, CliError};
 use crate::cli::revoke::RevokeError;
 use crate::cli::target::{TargetArgs, cluster_client};
 use crate::clock::{Clock, SystemClock};
 use crate::dev::manifests::ManifestLoader;
-use crate::revocation::{Matcher, RevocationIndex};
+use crate::policy::lifetime::MAX_LEEWAY;
+use crate::revocation::{Lapse, Matcher, RevocationIndex};
+
+/// What the lapse of Revocations depends on: the Revocations, and the token lifetimes of
+/// the SigningKeys and AuthPolicies.
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    pub revocations: Vec<Revocation>,
+    pub keys: Vec<SigningKey>,
+    pub policies: Vec<AuthPolicy>,
+}
+
+impl Objects {
+    fn index(&self, now: Timestamp) -> RevocationIndex {
+        let (index, refused) =
+            RevocationIndex::of(&self.revocations, &self.keys, &self.policies, now);
+        for refused in refused {
+            eprintln!("{refused} (not listed)");
+        }
+        index
+    }
+}
 
 /// One line of `revocations list`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,33 +44,19 @@ pub struct Row {
     pub issuer: String,
     pub matches: String,
     pub reason: String,
-    /// RFC 3339, `unknown` while the SigningKey is not known.
+    /// RFC 3339; `unknown` while the SigningKey is not known, `never` while a policy
+    /// accepts the issuer's tokens of any lifetime.
     pub expires: String,
     pub lapsed: bool,
 }
 
-/// The rows of `revocations`, with the lifetimes of `keys`, at `now`.
-pub fn rows(
-    revocations: &[Revocation],
-    keys: &[crate::api::SigningKey],
-    now: Timestamp,
-) -> Vec<Row> {
-    let mut index = RevocationIndex::default();
-    for key in keys {
-        index.set_key_lifetime(
-            ObjectKey::of(&key.metadata),
-            Some(key.spec.max_token_lifetime()),
-        );
-    }
-    for revocation in revocations {
-        if let Err(e) = index.apply(revocation, now) {
-            eprintln!("{e} (not listed)");
-        }
-    }
+/// The rows of the Revocations of `objects`, at `now`.
+pub fn rows(objects: &Objects, now: Timestamp) -> Vec<Row> {
+    let index = objects.index(now);
     index
         .entries()
         .map(|entry| {
-            let expires = index.expires(entry);
+            let lapse = index.lapse(entry);
             Row {
                 id: entry.id.clone(),
                 issuer: entry.issuer.to_string(),
@@ -67,50 +74,109 @@ pub fn rows(
                     ),
                 },
                 reason: entry.reason.clone().unwrap_or_default(),
-                expires: expires
-                    .and_then(|s| Timestamp::from_second(s).ok())
-                    .map_or("unknown".to_owned(), |t| t.to_string()),
-                lapsed: expires.is_some_and(|s| s < now.as_second()),
+                expires: match &lapse {
+                    Lapse::At(at) => Timestamp::from_second(*at)
+                        .map_or_else(|_| "unknown".to_owned(), |t| t.to_string()),
+                    Lapse::Unknown => "unknown".to_owned(),
+                    Lapse::Never { .. } => "never".to_owned(),
+                },
+                lapsed: lapse.lapsed(now.as_second()),
             }
         })
         .collect()
 }
 
-/// Dev mode: the Revocations and SigningKeys of the manifests folder.
-pub fn from_manifests(
-    dir: &Path,
-) -> Result<(Vec<Revocation>, Vec<crate::api::SigningKey>), RevokeError> {
+/// What `revoke` says of a new Revocation: when it lapses and why then, or why it cannot
+/// say. The SigningKeys and AuthPolicies of `objects` decide (its Revocations do not).
+pub fn lapse_note(objects: &Objects, revocation: &Revocation, now: Timestamp) -> String {
+    let (mut index, _) = RevocationIndex::of([], &objects.keys, &objects.policies, now);
+    let mut named = revocation.clone();
+    named
+        .metadata
+        .name
+        .get_or_insert_with(|| "revoke-new".to_owned());
+    if let Err(refused) = index.apply(&named, now) {
+        return format!("cannot tell when it lapses: {refused}");
+    }
+    let Some(entry) = index.get(&ObjectKey::of(&named.metadata)) else {
+        return "cannot tell when it lapses".to_owned();
+    };
+    match index.lapse(entry) {
+        Lapse::At(at) => {
+            let issued_before = match &entry.matcher {
+                Matcher::Subject { issued_before, .. } => *issued_before,
+                Matcher::TokenId(_) | Matcher::Session(_) => entry.created,
+            };
+            let longest = jiff::SignedDuration::from_secs(at - issued_before) - MAX_LEEWAY;
+            let at = Timestamp::from_second(at).map_or_else(|_| at.to_string(), |t| t.to_string());
+            format!(
+                "the Revocation lapses at {at}: by then no token it matches passes any AuthPolicy (tokens of {} pass at most {longest:#} after their iat, plus up to {MAX_LEEWAY:#} of leeway). A token minted to live longer (token mint --force) is refused by every AuthPolicy that does not accept it; a policy that accepts such tokens later does not bring back a lapsed Revocation",
+                entry.issuer
+            )
+        }
+        Lapse::Unknown => format!(
+            "warning: SigningKey {} is not known here, so neither is how long its tokens live: the Revocation does not lapse until it is",
+            entry.issuer
+        ),
+        Lapse::Never { policy } => format!(
+            "warning: AuthPolicy {policy} accepts tokens of {} of any lifetime, so the Revocation does not lapse: set spec.expiresAt, or a maxTokenLifetime on that policy",
+            entry.issuer
+        ),
+    }
+}
+
+/// Dev mode: the Revocations, SigningKeys and AuthPolicies of the manifests folder.
+pub fn from_manifests(dir: &Path) -> Result<Objects, RevokeError> {
     let (desired, errors) = ManifestLoader::default().load(dir);
     for error in errors {
         eprintln!("{error}");
     }
-    Ok((
-        desired
+    Ok(Objects {
+        revocations: desired
             .revocations
             .into_values()
             .map(|r| Revocation::clone(&r))
             .collect(),
-        desired
+        keys: desired
             .signing_keys
             .into_values()
-            .map(|k| crate::api::SigningKey::clone(&k))
+            .map(|k| SigningKey::clone(&k))
             .collect(),
-    ))
+        policies: desired
+            .auth_policies
+            .into_values()
+            .map(|p| AuthPolicy::clone(&p))
+            .collect(),
+    })
 }
 
-/// On a cluster: every Revocation and SigningKey.
-pub async fn from_cluster(
-    client: Client,
-) -> Result<(Vec<Revocation>, Vec<crate::api::SigningKey>), RevokeError> {
+/// On a cluster: every SigningKey and AuthPolicy (no Revocation).
+pub async fn lifetimes_from_cluster(client: Client) -> Result<Objects, RevokeError> {
+    let keys = Api::<SigningKey>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let policies = Api::<AuthPolicy>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(Objects {
+        revocations: Vec::new(),
+        keys,
+        policies,
+    })
+}
+
+/// On a cluster: every Revocation, SigningKey and AuthPolicy.
+pub async fn from_cluster(client: Client) -> Result<Objects, RevokeError> {
     let revocations = Api::<Revocation>::all(client.clone())
         .list(&ListParams::default())
         .await?
         .items;
-    let keys = Api::<crate::api::SigningKey>::all(client)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    Ok((revocations, keys))
+    Ok(Objects {
+        revocations,
+        ..lifetimes_from_cluster(client).await?
+    })
 }
 
 /// The table `revocations list` prints.
@@ -145,7 +211,7 @@ pub(crate) enum RevocationsCommand {
 
 pub(crate) fn list_revocations(target: TargetArgs) -> Result<(), CliError> {
     target.announce();
-    let (found, keys) = match &target.manifests {
+    let objects = match &target.manifests {
         Some(dir) => from_manifests(dir)?,
         None => {
             let runtime = error::runtime()?;
@@ -155,6 +221,6 @@ pub(crate) fn list_revocations(target: TargetArgs) -> Result<(), CliError> {
             })?
         }
     };
-    print!("{}", table(&rows(&found, &keys, SystemClock.now())));
+    print!("{}", table(&rows(&objects, SystemClock.now())));
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef, SigningKe
 use crate::cli::edit::print_warnings;
 use crate::cli::error::{self, CliError};
 use crate::cli::flags;
+use crate::cli::revocations::{from_manifests, lapse_note, lifetimes_from_cluster};
 use crate::cli::target::{TargetArgs, cluster_client, parse_id};
 use crate::clock::{Clock, SystemClock};
 use crate::dev::manifests::ManifestLoader;
@@ -119,12 +120,14 @@ pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> Result<(), CliError> {
         );
         let (file, warnings) = write_manifest(dir, &revocation)?;
         print_warnings(warnings);
+        let note = lapse_note(&from_manifests(dir)?, &revocation, now);
         let id = ObjectKey::of(&revocation.metadata);
         println!("Revocation {id} created");
         eprintln!(
             "wrote {}; a running `authplane dev` applies it within a second",
             file.display()
         );
+        eprintln!("{note}");
         return Ok(());
     }
     let revocation = build(
@@ -138,9 +141,15 @@ pub(crate) fn revoke_tokens(args: RevokeTokensArgs) -> Result<(), CliError> {
     let runtime = error::runtime()?;
     runtime.block_on(async {
         let client = cluster_client(args.target.kubeconfig.as_ref()).await?;
-        let (id, warnings) = create(client, revocation).await?;
+        let (id, warnings) = create(client.clone(), revocation.clone()).await?;
         print_warnings(warnings);
         println!("Revocation {id} created");
+        // Reading every SigningKey and AuthPolicy may be more than a namespace's
+        // revoker is allowed: then it only says so.
+        match lifetimes_from_cluster(client).await {
+            Ok(objects) => eprintln!("{}", lapse_note(&objects, &revocation, now)),
+            Err(e) => eprintln!("cannot tell when it lapses: {e}"),
+        }
         Ok(())
     })
 }

@@ -113,6 +113,9 @@ pub(crate) fn mint(args: MintArgs) -> Result<(), CliError> {
     let retain_for = stored.retain_for.filter(|_| !args.force);
     token::check_lifetime(&args.ttl, retain_for)?;
     token::check_max_lifetime(&args.ttl, stored.max_token_lifetime.filter(|_| !args.force))?;
+    if let Err(forced) = token::check_max_lifetime(&args.ttl, stored.max_token_lifetime) {
+        eprintln!("warning: {}", forced.forced());
+    }
     let request = MintRequest {
         subject: args.sub,
         audiences: args.aud,

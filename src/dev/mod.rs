@@ -421,13 +421,18 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-/// The SigningKeys the manifests define, as the admission webhook sees them.
+/// The SigningKeys the manifests define, with their `maxTokenLifetime`, as the admission
+/// webhook sees them.
 #[derive(Default)]
-struct KnownKeys(ArcSwap<BTreeSet<ObjectKey>>);
+struct KnownKeys(ArcSwap<BTreeMap<ObjectKey, jiff::SignedDuration>>);
 
 impl SigningKeyIndex for KnownKeys {
     fn contains(&self, id: &ObjectKey) -> bool {
-        self.0.load().contains(id)
+        self.0.load().contains_key(id)
+    }
+
+    fn max_token_lifetime(&self, id: &ObjectKey) -> Option<jiff::SignedDuration> {
+        self.0.load().get(id).copied()
     }
 }
 
@@ -464,9 +469,13 @@ impl Driver {
                 self.manifests.display()
             );
         }
-        self.known
-            .0
-            .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
+        self.known.0.store(Arc::new(
+            desired
+                .signing_keys
+                .iter()
+                .map(|(id, key)| (id.clone(), key.spec.max_token_lifetime()))
+                .collect(),
+        ));
         let start = !std::mem::replace(&mut self.loaded, true);
         let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known, start);
         for warning in warnings.iter().take(MAX_WARNINGS_LOGGED) {
@@ -492,6 +501,7 @@ impl Driver {
         self.revocations.update(
             &self.desired.revocations,
             &self.desired.signing_keys,
+            &self.desired.auth_policies,
             self.clock.now(),
             &self.registry,
             &self.metrics,
@@ -660,6 +670,7 @@ impl Driver {
         let served = ServedKeys {
             published: Arc::new(outcome.published(&id.namespace, &id.name)),
             keys: outcome.keys,
+            max_token_lifetime: key.spec.max_token_lifetime(),
         };
         Ok((served, outcome.next_wakeup))
     }
@@ -765,7 +776,11 @@ mod tests {
         let key = "apiVersion: authplane.io/v1alpha1\nkind: SigningKey\nmetadata: {name: web, namespace: auth}\nspec: {rotation: {every: 1h, prePublish: 5s, retainFor: 10s}}\n";
         let policy = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: pay, namespace: shop}\nspec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  audiences: [pay]\n  rollout: {mode: Enforce, percentage: 100}\n";
         let both = desired(&format!("{key}---\n{policy}"));
-        let known: BTreeSet<ObjectKey> = both.signing_keys.keys().cloned().collect();
+        let known: BTreeMap<ObjectKey, jiff::SignedDuration> = both
+            .signing_keys
+            .iter()
+            .map(|(id, key)| (id.clone(), key.spec.max_token_lifetime()))
+            .collect();
         let index = KnownKeys(ArcSwap::from_pointee(known));
         let created = admission_warnings(
             &Desired::default(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::api::{ObjectKey, Revocation, SigningKey};
+use crate::api::{AuthPolicy, ObjectKey, Revocation, SigningKey};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::revocation::RevocationIndex;
@@ -32,15 +32,18 @@ pub struct DevRevocations {
     /// created before it (across a restart, long before): their propagation is not
     /// observed, or every restart would fill the histogram's top bucket.
     started: bool,
+    /// Likewise the AuthPolicies, whose token lifetimes decide when Revocations lapse.
+    applied_policies: BTreeMap<ObjectKey, Arc<AuthPolicy>>,
 }
 
 impl DevRevocations {
-    /// Brings the index to the manifests' Revocations and the SigningKeys' token
-    /// lifetimes, and publishes the set.
+    /// Brings the index to the manifests' Revocations and the token lifetimes of their
+    /// SigningKeys and AuthPolicies, and publishes the set.
     pub fn update(
         &mut self,
         revocations: &BTreeMap<ObjectKey, Arc<Revocation>>,
         signing_keys: &BTreeMap<ObjectKey, Arc<SigningKey>>,
+        policies: &BTreeMap<ObjectKey, Arc<AuthPolicy>>,
         now: Timestamp,
         registry: &Registry,
         metrics: &Metrics,
@@ -70,6 +73,23 @@ impl DevRevocations {
             .collect();
         for key in gone {
             self.index.set_key_lifetime(key, None);
+        }
+        self.applied_policies.retain(|id, _| {
+            let kept = policies.contains_key(id);
+            if !kept {
+                self.index.delete_policy(id);
+            }
+            kept
+        });
+        for (id, policy) in policies {
+            if self
+                .applied_policies
+                .get(id)
+                .is_none_or(|applied| !Arc::ptr_eq(applied, policy))
+            {
+                self.index.apply_policy(policy);
+                self.applied_policies.insert(id.clone(), policy.clone());
+            }
         }
         self.reported_refused
             .retain(|id, _| revocations.contains_key(id));
@@ -112,10 +132,11 @@ impl DevRevocations {
         for entry in self.index.expired(now) {
             if self.reported_expired.insert(entry.id.clone()) {
                 tracing::warn!(
-                    "Revocation {}: lapsed at {} (no token it matches can still be valid); it no longer counts. Dev mode deletes nothing: remove its file",
+                    "Revocation {}: lapsed at {} (no token it matches can still pass); it no longer counts. Dev mode deletes nothing: remove its file",
                     entry.id,
                     self.index
-                        .expires(entry)
+                        .lapse(entry)
+                        .at()
                         .and_then(|s| Timestamp::from_second(s).ok())
                         .map(|t| t.to_string())
                         .unwrap_or_default()

@@ -184,6 +184,7 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let served = ServedKeys {
         published: Arc::new(outcome.published("auth", "web")),
         keys: outcome.keys.clone(),
+        max_token_lifetime: key.spec.max_token_lifetime(),
     };
     index.apply_key(&key_id, served);
     index.apply_policy(Arc::new(

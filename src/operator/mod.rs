@@ -136,6 +136,8 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     // The serving watch's SigningKey cache doubles as the admission webhook's index.
     let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    // And its AuthPolicy cache tells the Revocations how long tokens are accepted.
+    let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
     // Certificate files are loaded before anything is served (a bad one fails the
     // start); a bootstrapped certificate is made meanwhile, and `/readyz` waits for it.
     let slot = match config.tls.as_ref().map(|tls| &tls.source) {
@@ -191,7 +193,7 @@ pub async fn run(
         registry.clone(),
         metrics.clone(),
         Arc::new(SystemClock),
-        keys.clone(),
+        (keys.clone(), policies.clone()),
         stopped.clone(),
     ));
     // The serving index tells the status controller which policies it compiled.
@@ -201,7 +203,7 @@ pub async fn run(
         config.external_url.clone(),
         registry.clone(),
         runtime.clone(),
-        (keys, keys_writer),
+        (keys_writer, policies_writer),
         recompiled.clone(),
         stopped.clone(),
     ));

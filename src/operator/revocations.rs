@@ -17,11 +17,11 @@ use tokio::sync::watch;
 
 use super::error::Error;
 use super::writer::{Deleted, LeaderWriter};
-use crate::api::{ObjectKey, Revocation, RevocationStatus, SigningKey};
+use crate::api::{AuthPolicy, ObjectKey, Revocation, RevocationStatus, SigningKey};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, SourceState};
-use crate::revocation::RevocationIndex;
+use crate::revocation::{Lapse, RevocationIndex};
 use crate::server::revoke::{RevocationWriter, WriteError, WriteFuture};
 
 pub const WATCH: &str = "Revocation watch";
@@ -31,16 +31,20 @@ const REFRESH: Duration = Duration::from_secs(30);
 /// How often the leader looks for lapsed Revocations to delete.
 pub const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
-/// Watches Revocations and publishes their set until `shutdown`. `keys` is the serving
-/// SigningKey cache, for the issuers' token lifetimes.
+/// Watches Revocations and publishes their set until `shutdown`. `keys` and `policies`
+/// are the serving watch caches, for the token lifetimes of the issuers.
 pub async fn run(
     client: Client,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
-    keys: Store<DeserializeGuard<SigningKey>>,
+    caches: (
+        Store<DeserializeGuard<SigningKey>>,
+        Store<DeserializeGuard<AuthPolicy>>,
+    ),
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (keys, policies) = caches;
     registry.set_source(WATCH, SourceState::Syncing);
     let api = Api::<DeserializeGuard<Revocation>>::all(client);
     let mut events = watcher(api, watcher::Config::default())
@@ -80,7 +84,7 @@ pub async fn run(
             if registry.set_source(WATCH, SourceState::Synced) != Some(SourceState::Synced) {
                 tracing::info!("{WATCH} synced: {} revocations", follower.index.len());
             }
-            follower.lifetimes(&keys);
+            follower.lifetimes(&keys, &policies);
             let (set, counts) = follower.index.publish(clock.now());
             metrics.observe_revocations(&counts);
             registry.publish_revocations(set);
@@ -95,6 +99,9 @@ struct Follower {
     synced: bool,
     /// Objects seen during a relist.
     relisted: Vec<ObjectKey>,
+    /// The `resourceVersion` of each AuthPolicy last read for its token lifetimes: an
+    /// unchanged one is not read again at every publication.
+    policy_versions: std::collections::HashMap<ObjectKey, Option<String>>,
 }
 
 impl Follower {
@@ -174,7 +181,11 @@ impl Follower {
         Some(id)
     }
 
-    fn lifetimes(&mut self, keys: &Store<DeserializeGuard<SigningKey>>) {
+    fn lifetimes(
+        &mut self,
+        keys: &Store<DeserializeGuard<SigningKey>>,
+        policies: &Store<DeserializeGuard<AuthPolicy>>,
+    ) {
         for key in keys.state() {
             if let Ok(key) = &key.0 {
                 self.index.set_key_lifetime(
@@ -183,6 +194,34 @@ impl Follower {
                 );
             }
         }
+        // Until the AuthPolicies are listed, one not read yet may accept longer tokens:
+        // nothing lapses meanwhile (each restart would otherwise let revoked long-lived
+        // tokens through for a moment).
+        let listed = policies
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|ready| ready.is_ok());
+        self.index.set_policies_known(listed);
+        let mut seen = std::collections::HashSet::new();
+        for policy in policies.state() {
+            // One that does not parse is not served: it accepts no token.
+            let Ok(policy) = &policy.0 else { continue };
+            let id = ObjectKey::of(&policy.metadata);
+            let version = policy.metadata.resource_version.clone();
+            if self.policy_versions.get(&id) != Some(&version) {
+                self.index.apply_policy(policy);
+                self.policy_versions.insert(id.clone(), version);
+            }
+            seen.insert(id);
+        }
+        let index = &mut self.index;
+        self.policy_versions.retain(|id, _| {
+            let kept = seen.contains(id);
+            if !kept {
+                index.delete_policy(id);
+            }
+            kept
+        });
     }
 }
 
@@ -195,53 +234,59 @@ pub struct Judgement {
     pub active: Vec<(Revocation, RevocationStatus)>,
 }
 
-/// Judges `revocations` at `now`. Pure: the leader lists, this decides. Objects that are
-/// refused are left alone (the apiserver's CEL rules keep them out in practice).
-pub fn judge(revocations: &[Revocation], keys: &[SigningKey], now: Timestamp) -> Judgement {
-    let mut index = RevocationIndex::default();
-    for key in keys {
-        index.set_key_lifetime(
-            ObjectKey::of(&key.metadata),
-            Some(key.spec.max_token_lifetime()),
-        );
+/// Judges `revocations` at `now`, with the token lifetimes of `keys` and `policies`.
+/// Pure: the leader lists, this decides. Objects that are refused are left alone (the
+/// apiserver's CEL rules keep them out in practice).
+pub fn judge(
+    revocations: &[Revocation],
+    keys: &[SigningKey],
+    policies: &[AuthPolicy],
+    now: Timestamp,
+) -> Judgement {
+    let (index, refused) = RevocationIndex::of(revocations, keys, policies, now);
+    for refused in refused {
+        tracing::warn!("{refused} (left alone)");
     }
     let mut judgement = Judgement::default();
     for revocation in revocations {
-        if let Err(refused) = index.apply(revocation, now) {
-            tracing::warn!("{refused} (left alone)");
-            continue;
-        }
+        // A refused one is not in the index.
         let Some(entry) = index.get(&ObjectKey::of(&revocation.metadata)) else {
             continue;
         };
-        let expires = index.expires(entry);
-        if expires.is_some_and(|until| until < now.as_second()) {
+        let lapse = index.lapse(entry);
+        if lapse.lapsed(now.as_second()) {
             judgement.lapsed.push(revocation.clone());
             continue;
         }
-        let (ok, reason, message) = match expires {
-            Some(_) => (
-                true,
+        let (reason, message) = match &lapse {
+            Lapse::At(_) => (
                 "Applied",
                 "enforced by every replica until it lapses".to_owned(),
             ),
-            None => (
-                true,
+            Lapse::Unknown => (
                 "LifetimeUnknown",
                 format!(
                     "enforced; its SigningKey {} is not known, so it does not lapse",
                     entry.issuer
                 ),
             ),
+            Lapse::Never { policy } => (
+                "NoLifetimeLimit",
+                format!(
+                    "enforced; AuthPolicy {policy} accepts tokens of {} of any lifetime (it sets no maxTokenLifetime), so it does not lapse: set spec.expiresAt, or a maxTokenLifetime on that policy",
+                    entry.issuer
+                ),
+            ),
         };
         let status = RevocationStatus {
             observed_generation: revocation.metadata.generation,
-            expires_at: expires
+            expires_at: lapse
+                .at()
                 .and_then(|s| Timestamp::from_second(s).ok())
                 .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
             conditions: vec![crate::api::condition(
                 "Active",
-                ok,
+                true,
                 reason,
                 message,
                 revocation.metadata.generation,
@@ -266,7 +311,8 @@ pub async fn expire(client: Client, writer: LeaderWriter, clock: Arc<dyn Clock>)
     }
 }
 
-/// One pass of [`expire`]: lists SigningKeys and Revocations, deletes the lapsed ones
+/// One pass of [`expire`]: lists SigningKeys, AuthPolicies (what token lifetimes they
+/// accept) and Revocations, deletes the lapsed ones
 /// (each conditional on its uid and resourceVersion: only the object judged), and
 /// writes `status.expiresAt` of the others where it is not what it should be. Returns
 /// how many were deleted.
@@ -282,6 +328,13 @@ pub async fn expire_once(
         .into_iter()
         .filter_map(|k| k.0.ok())
         .collect();
+    let policies: Vec<AuthPolicy> = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.0.ok())
+        .collect();
     let revocations: Vec<Revocation> = Api::<DeserializeGuard<Revocation>>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -289,7 +342,7 @@ pub async fn expire_once(
         .into_iter()
         .filter_map(|r| r.0.ok())
         .collect();
-    let judgement = judge(&revocations, &keys, now);
+    let judgement = judge(&revocations, &keys, &policies, now);
     let mut deleted = 0;
     for revocation in judgement.lapsed {
         let id = ObjectKey::of(&revocation.metadata);
@@ -401,6 +454,68 @@ mod tests {
         );
     }
 
+    /// The follower reads the token lifetimes of the serving caches: a policy that
+    /// accepts longer tokens of the key keeps its Revocations in force, and its edit or
+    /// deletion is seen at the next publication.
+    #[test]
+    fn the_follower_reads_the_policies_token_lifetimes() {
+        use kube::runtime::reflector;
+        let metrics = Metrics::default();
+        // Created at 00:00 with the key's 1-hour tokens: in force until 01:05.
+        let now: Timestamp = "2026-03-01T02:00:00Z".parse().unwrap();
+        let mut follower = Follower::default();
+        follower.handle(watcher::Event::Init, now, &metrics);
+        follower.handle(watcher::Event::InitApply(object("a", "1")), now, &metrics);
+        follower.handle(watcher::Event::InitDone, now, &metrics);
+        let (keys, mut keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+        keys_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "web", "namespace": "auth"}, "spec": {},
+            }))
+            .unwrap(),
+        ))));
+        let (policies, mut policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+        let legacy = |version: &str, lifetime: &str| {
+            watcher::Event::Apply(DeserializeGuard(Ok(serde_json::from_value(
+                serde_json::json!({
+                    "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                    "metadata": {"name": "legacy", "namespace": "shop", "resourceVersion": version},
+                    "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"},
+                        "maxTokenLifetime": lifetime}]},
+                }),
+            )
+            .unwrap())))
+        };
+        let in_force = |follower: &mut Follower| {
+            follower.lifetimes(&keys, &policies);
+            follower.index.publish(now).0.len()
+        };
+        assert_eq!(
+            in_force(&mut follower),
+            1,
+            "the policies are not listed yet"
+        );
+        policies_writer.apply_watcher_event(&watcher::Event::Init);
+        policies_writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert_eq!(in_force(&mut follower), 0, "lapsed at 01:05");
+        policies_writer.apply_watcher_event(&legacy("1", "3h"));
+        assert_eq!(in_force(&mut follower), 1, "in force until 03:05");
+        policies_writer.apply_watcher_event(&legacy("2", "90m"));
+        assert_eq!(in_force(&mut follower), 0, "lapsed at 01:35");
+        policies_writer.apply_watcher_event(&legacy("3", "3h"));
+        assert_eq!(in_force(&mut follower), 1);
+        policies_writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "legacy", "namespace": "shop"},
+                "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}]},
+            }))
+            .unwrap(),
+        ))));
+        assert_eq!(in_force(&mut follower), 0, "the policy is gone");
+    }
+
     #[test]
     fn the_leader_judges_lapsed_and_active_revocations() {
         let key: SigningKey = serde_json::from_value(serde_json::json!({
@@ -419,20 +534,32 @@ mod tests {
             .unwrap()
         };
         let now: Timestamp = "2026-03-01T01:00:00Z".parse().unwrap();
-        let judged = judge(
-            &[
-                revocation("2026-03-01T00:44:59Z"),
-                revocation("2026-03-01T00:45:00Z"),
-            ],
-            std::slice::from_ref(&key),
-            now,
-        );
-        // With 15-minute tokens, a revocation lives 15 minutes (to the second).
+        let revocations = [
+            revocation("2026-03-01T00:39:59Z"),
+            revocation("2026-03-01T00:40:00Z"),
+        ];
+        let judged = judge(&revocations, std::slice::from_ref(&key), &[], now);
+        // With 15-minute tokens, a revocation lives 15 minutes and the largest leeway,
+        // 5 minutes (to the second).
         assert_eq!(judged.lapsed.len(), 1);
         assert_eq!(judged.active.len(), 1);
         assert_eq!(judged.active[0].1.expires_at.as_ref().unwrap().0, now);
+        // A policy that accepts 3-hour tokens of the key keeps both.
+        let legacy: AuthPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "legacy", "namespace": "shop"},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"},
+                "maxTokenLifetime": "3h"}]},
+        }))
+        .unwrap();
+        let kept = judge(&revocations, std::slice::from_ref(&key), &[legacy], now);
+        assert!(kept.lapsed.is_empty());
+        assert_eq!(
+            kept.active[0].1.expires_at.as_ref().unwrap().0,
+            "2026-03-01T03:44:59Z".parse::<Timestamp>().unwrap()
+        );
         // Without the SigningKey the lifetime is unknown: it counts, and is not deleted.
-        let unknown = judge(&[revocation("2026-01-01T00:00:00Z")], &[], now);
+        let unknown = judge(&[revocation("2026-01-01T00:00:00Z")], &[], &[], now);
         assert!(unknown.lapsed.is_empty());
         assert_eq!(unknown.active[0].1.conditions[0].reason, "LifetimeUnknown");
     }

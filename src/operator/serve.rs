@@ -35,10 +35,18 @@ impl SigningKeyIndex for KeyIndex {
             .get(&ObjectRef::new(&id.name).within(&id.namespace))
             .is_some()
     }
+
+    fn max_token_lifetime(&self, id: &ObjectKey) -> Option<jiff::SignedDuration> {
+        let key = self
+            .0
+            .get(&ObjectRef::new(&id.name).within(&id.namespace))?;
+        key.0.as_ref().ok().map(|key| key.spec.max_token_lifetime())
+    }
 }
 
-/// Runs the serving watches. `keys` is the SigningKey cache, made by the caller so that
-/// the admission webhook can read it too.
+/// Runs the serving watches. `caches` are the writers of the SigningKey and AuthPolicy
+/// caches, made by the caller so that the admission webhook and the Revocations (their
+/// token lifetimes) can read them too.
 ///
 /// Each watch event names the object it touched; the loop applies those objects to the
 /// index (reading them from the watch caches) and publishes. A relist (at start, after a
@@ -49,16 +57,16 @@ pub async fn run(
     external_url: String,
     registry: Arc<Registry>,
     runtime: Arc<PolicyRuntime>,
-    keys: (
-        Store<DeserializeGuard<SigningKey>>,
+    caches: (
         reflector::store::Writer<DeserializeGuard<SigningKey>>,
+        reflector::store::Writer<DeserializeGuard<AuthPolicy>>,
     ),
     recompiled: Arc<Recompiled>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (keys, keys_writer) = keys;
+    let (keys_writer, policies_writer) = caches;
+    let (keys, policies) = (keys_writer.as_reader(), policies_writer.as_reader());
     let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
     let managed = watcher::Config::default().labels(&managed_selector());
     let streams = vec![
         reflector::reflector(
@@ -374,6 +382,7 @@ impl View {
                     ServedKeys {
                         published: Arc::new(published),
                         keys: keyset,
+                        max_token_lifetime: key.spec.max_token_lifetime(),
                     },
                 );
             }

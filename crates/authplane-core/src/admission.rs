@@ -9,6 +9,7 @@
 use jiff::SignedDuration;
 use serde_json::Value;
 
+use crate::policy::lifetime;
 use crate::policy::progression::Schedule;
 
 use crate::api::{
@@ -58,6 +59,11 @@ impl Kind {
 /// Which SigningKeys exist: the operator's watch cache in `run`, the manifests in `dev`.
 pub trait SigningKeyIndex: Send + Sync {
     fn contains(&self, id: &ObjectKey) -> bool;
+
+    /// The SigningKey's `maxTokenLifetime`, when it is known.
+    fn max_token_lifetime(&self, _id: &ObjectKey) -> Option<SignedDuration> {
+        None
+    }
 }
 
 /// An index that knows no SigningKey (tests, and tools without a driver).
@@ -161,7 +167,7 @@ pub fn revocation(revocation: &Revocation, index: &dyn SigningKeyIndex) -> Verdi
         None => verdict.warn(
             "spec.issuer",
             format!(
-                "applies only to the AuthPolicies of namespace {namespace}, and lasts a day unless expiresAt is set (an external issuer's token lifetime is not known)"
+                "applies only to the AuthPolicies of namespace {namespace}; unless expiresAt is set, it lasts as long as those policies accept this issuer's tokens (their maxTokenLifetime, plus leeway), for ever while one of them sets none, and a day while none accepts the issuer"
             ),
         ),
     }
@@ -338,6 +344,69 @@ fn share_after_edit(policy: &AuthPolicy, old: &AuthPolicy) -> f64 {
     Schedule::of(rollout, recorded).entries[0].1
 }
 
+/// Token lifetimes that differ from the SigningKeys' own: a policy that accepts longer
+/// tokens of a key, and a policy limit that cannot lengthen a key's.
+fn lifetime_warnings(policy: &AuthPolicy, index: &dyn SigningKeyIndex, verdict: &mut Verdict) {
+    let spec = &policy.spec;
+    let namespace = ObjectKey::of(&policy.metadata).namespace;
+    for (i, issuer) in spec.issuers.iter().enumerate() {
+        let Some(key) = issuer.signing_key_id(&namespace) else {
+            continue;
+        };
+        let known = index.max_token_lifetime(&key);
+        let key_limit = known.unwrap_or(crate::api::DEFAULT_MAX_TOKEN_LIFETIME);
+        if let Some(explicit) = lifetime::explicit(spec, issuer)
+            && explicit > key_limit
+        {
+            verdict.warn(
+                &format!("spec.issuers[{i}].maxTokenLifetime"),
+                format!(
+                    "accepts tokens of SigningKey {key} living up to {explicit:#}, longer than its own maxTokenLifetime ({key_limit:#}{}): tokens minted with --force or signed by hand pass here, and every Revocation of {key} is kept that long. To accept them under every policy, raise the SigningKey's maxTokenLifetime instead",
+                    if known.is_some() { "" } else { " by default" }
+                ),
+            );
+        } else if issuer.max_token_lifetime.is_none()
+            && let (Some(own), Some(limit)) = (known, &spec.max_token_lifetime)
+            && limit.value() > own
+        {
+            verdict.warn(
+                "spec.maxTokenLifetime",
+                format!(
+                    "{limit} does not lengthen the limit of SigningKey {key} ({own:#}, its maxTokenLifetime): its longer tokens are refused (token_lifetime_too_long). To accept them here, set spec.issuers[{i}].maxTokenLifetime"
+                ),
+            );
+        }
+    }
+}
+
+/// A TokenReview mapping that turns off one of the apiserver's safe defaults.
+fn token_review_warnings(mapping: &crate::api::TokenReviewSpec, verdict: &mut Verdict) {
+    if mapping.unprefixed_usernames() && mapping.username_claim() != "email" {
+        verdict.warn(
+            "spec.tokenReview.usernamePrefix",
+            format!(
+                "no prefix: usernames are the bare {} claim, so a token can name any user another authenticator (or another issuer of this policy) also has. Leave it unset for the issuer-URL prefix, or set one such as \"authplane:\"",
+                mapping.username_claim()
+            ),
+        );
+    }
+    if mapping.allow_system_names {
+        verdict.warn(
+            "spec.tokenReview.allowSystemNames",
+            "true: a token may name system: users and groups (system:masters is cluster-admin), so whoever can sign for these issuers can act as Kubernetes itself",
+        );
+    } else if mapping
+        .username_prefix
+        .as_deref()
+        .is_some_and(|p| p.starts_with("system:"))
+    {
+        verdict.warn(
+            "spec.tokenReview.usernamePrefix",
+            "starts with system:, so every username would be a system: name and every token is refused (allowSystemNames is false)",
+        );
+    }
+}
+
 /// A step shorter than this shows too little traffic to judge before the next.
 const SHORT_STEP_SECS: i64 = 10 * 60;
 
@@ -371,6 +440,8 @@ pub fn auth_policy(
             "empty: aud is not checked, so tokens these issuers made for any other service are accepted too",
         );
     }
+    lifetime_warnings(policy, index, &mut verdict);
+    token_review_warnings(&policy.spec.token_review, &mut verdict);
     let now = enforced_share(policy);
     let before = old.map(enforced_share).unwrap_or(0.0);
     if now - before > LARGE_STEP {
@@ -566,6 +637,88 @@ mod tests {
         assert!(
             verdict.warnings[0]
                 .starts_with("spec.issuers[0].signingKeyRef: SigningKey auth/web does not exist")
+        );
+    }
+
+    /// An index that knows auth/web with a 15-minute limit.
+    struct FifteenMinutes;
+
+    impl SigningKeyIndex for FifteenMinutes {
+        fn contains(&self, id: &ObjectKey) -> bool {
+            web().contains(id)
+        }
+
+        fn max_token_lifetime(&self, id: &ObjectKey) -> Option<SignedDuration> {
+            self.contains(id).then(|| SignedDuration::from_mins(15))
+        }
+    }
+
+    #[test]
+    fn accepting_tokens_longer_than_the_keys_limit_warns() {
+        let warnings = |spec: Value, index: &dyn SigningKeyIndex| {
+            review(Kind::AuthPolicy, &policy(spec), None, None, index).warnings
+        };
+        let raised = json!({"audiences": ["a"], "issuers": [
+            {"signingKeyRef": {"name": "web", "namespace": "auth"}, "maxTokenLifetime": "8h"}]});
+        let said = warnings(raised.clone(), &FifteenMinutes);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with(
+                "spec.issuers[0].maxTokenLifetime: accepts tokens of SigningKey auth/web living up to 8h, longer than its own maxTokenLifetime (15m)"
+            ),
+            "{}",
+            said[0]
+        );
+        // Not known: compared with the default.
+        assert!(warnings(raised, &web())[0].contains("(1h by default)"));
+        // Shorter than the key's: nothing to say.
+        let lowered = json!({"audiences": ["a"], "issuers": [
+            {"signingKeyRef": {"name": "web", "namespace": "auth"}, "maxTokenLifetime": "10m"}]});
+        assert!(warnings(lowered, &FifteenMinutes).is_empty());
+        // A policy limit longer than the key's does not lengthen it: say so.
+        let long = json!({"audiences": ["a"], "maxTokenLifetime": "4h"});
+        let said = warnings(long, &FifteenMinutes);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with(
+                "spec.maxTokenLifetime: 4h does not lengthen the limit of SigningKey auth/web (15m"
+            ),
+            "{}",
+            said[0]
+        );
+    }
+
+    #[test]
+    fn a_token_review_mapping_without_the_safe_defaults_warns() {
+        let warned = |mapping: Value| {
+            let spec = json!({"audiences": ["a"], "tokenReview": mapping});
+            let verdict = review(Kind::AuthPolicy, &policy(spec), None, None, &web());
+            assert!(verdict.allowed());
+            verdict
+                .warnings
+                .iter()
+                .map(|w| w.split(':').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(warned(json!({})).is_empty());
+        assert!(
+            warned(json!({"usernamePrefix": "authplane:", "groupsPrefix": "authplane:"}))
+                .is_empty()
+        );
+        assert!(warned(json!({"usernameClaim": "email", "usernamePrefix": "-"})).is_empty());
+        for off in ["-", ""] {
+            assert_eq!(
+                warned(json!({"usernamePrefix": off})),
+                ["spec.tokenReview.usernamePrefix"]
+            );
+        }
+        assert_eq!(
+            warned(json!({"allowSystemNames": true})),
+            ["spec.tokenReview.allowSystemNames"]
+        );
+        assert_eq!(
+            warned(json!({"usernamePrefix": "system:x:"})),
+            ["spec.tokenReview.usernamePrefix"]
         );
     }
 

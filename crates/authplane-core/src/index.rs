@@ -60,17 +60,22 @@ struct KeyEntry {
     path: Option<String>,
 }
 
-/// What a policy verifies against from one SigningKey: its issuer and, per key, the kid
-/// (an RFC 7638 thumbprint, so the key itself) and algorithm. The states of the keys are
-/// not in it: a rotation that only promotes the Next key changes no verification.
-fn verification_inputs(served: &ServedKeys) -> (&str, Vec<(&str, &'static str)>) {
+/// What a policy verifies against from one SigningKey: its issuer, the longest lifetime
+/// of its tokens and, per key, the kid (an RFC 7638 thumbprint, so the key itself) and
+/// algorithm. The states of the keys are not in it: a rotation that only promotes the
+/// Next key changes no verification.
+fn verification_inputs(served: &ServedKeys) -> (&str, i64, Vec<(&str, &'static str)>) {
     let keys = served
         .keys
         .records()
         .iter()
         .map(|r| (r.material.kid(), r.material.alg().as_str()))
         .collect();
-    (&served.published.issuer, keys)
+    (
+        &served.published.issuer,
+        served.max_token_lifetime.as_secs(),
+        keys,
+    )
 }
 
 pub struct Index {
@@ -341,6 +346,7 @@ impl Index {
                 keys.get(key).map(|entry| IssuerKeys {
                     issuer: &entry.served.published.issuer,
                     keys: &entry.served.keys,
+                    max_token_lifetime: entry.served.max_token_lifetime,
                 })
             },
             context,
@@ -378,8 +384,9 @@ fn verification_fingerprint(
         hash.update(b"\0key\0");
         match keys.get(&key_id) {
             Some(entry) => {
-                let (issuer, kids) = verification_inputs(&entry.served);
+                let (issuer, lifetime, kids) = verification_inputs(&entry.served);
                 hash.update(issuer.as_bytes());
+                hash.update(&lifetime.to_be_bytes());
                 for (kid, alg) in kids {
                     hash.update(b"\0");
                     hash.update(kid.as_bytes());

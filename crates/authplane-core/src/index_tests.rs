@@ -102,6 +102,7 @@ fn fresh_keys(name: &str, spec: serde_json::Value) -> ServedKeys {
     ServedKeys {
         published: Arc::new(outcome.published("auth", name)),
         keys: outcome.keys,
+        max_token_lifetime: key.spec.max_token_lifetime(),
     }
 }
 
@@ -241,6 +242,7 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
             jiff::SignedDuration::from_hours(1),
         )),
         keys: rotated.keys.clone(),
+        max_token_lifetime: rotated.max_token_lifetime,
     };
     assert!(!index.apply_key(&id("auth", "web"), again));
     assert_eq!(index.compilations(), 5);

@@ -15,6 +15,7 @@
 //!   a [`snapshot::Snapshot`] for the server.
 //! - `revocation`: the Revocation index and the immutable set the decision reads.
 //! - `admission`: the rules of the admission webhook.
+//! - `token_review`: TokenReview, a verified token as a Kubernetes user.
 //! - `token`: minting for development and tests.
 //! - `clock`: time as an input.
 
@@ -32,3 +33,4 @@ pub mod reconcile;
 pub mod revocation;
 pub mod snapshot;
 pub mod token;
+pub mod token_review;

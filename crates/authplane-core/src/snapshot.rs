@@ -91,6 +91,8 @@ impl PublishedIssuer {
 pub struct ServedKeys {
     pub published: Arc<PublishedIssuer>,
     pub keys: KeySet,
+    /// The SigningKey's `maxTokenLifetime`: policies refuse its longer tokens.
+    pub max_token_lifetime: jiff::SignedDuration,
 }
 
 /// What the server reads. The maps are persistent: a new snapshot shares what did not

@@ -49,6 +49,18 @@ fn how_to_set(claim: &str) -> &'static str {
     }
 }
 
+impl MintError {
+    /// What minting anyway (`--force`) means for a token this error refused.
+    pub fn forced(&self) -> String {
+        match self {
+            MintError::TooLong { ttl, max } => format!(
+                "--ttl {ttl} is longer than the key's maxTokenLifetime {max}: AuthPolicies refuse this token (token_lifetime_too_long) unless one accepts longer tokens of this key (spec.issuers[].maxTokenLifetime, which also keeps the key's Revocations that long)"
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct MintRequest {
     pub subject: String,

@@ -54,9 +54,11 @@ pub struct AuthPolicySpec {
         .message("must be between 0s and 5m"))]
     pub leeway: Duration,
 
-    /// The longest lifetime a token may have: a token whose `exp - iat` exceeds it is
-    /// refused (`token_lifetime_too_long`), and so is a token without `iat`
-    /// (`missing_iat`). Unset: any lifetime. Applies to external issuers too (Entra ID
+    /// The longest lifetime a token of any issuer may have: a token whose `exp - iat`
+    /// exceeds it is refused (`token_lifetime_too_long`), and so is a token without `iat`
+    /// (`missing_iat`). It only shortens: tokens of a SigningKey are always held to the
+    /// key's own `maxTokenLifetime` (see `issuers[].maxTokenLifetime` to accept longer
+    /// ones). Unset: external issuers' tokens of any lifetime are accepted (Entra ID
     /// access tokens live 60 to 90 minutes). Between 1s and 87600h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
@@ -143,6 +145,17 @@ pub struct IssuerRef {
     /// How the external issuer's keys are cached and refreshed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<KeyRefresh>,
+    /// The longest lifetime (`exp - iat`) of this issuer's tokens; tokens without `iat`
+    /// are refused once a limit applies. For a SigningKey the default is the key's own
+    /// `maxTokenLifetime`: setting a longer one here accepts its longer tokens under this
+    /// policy (tokens minted with `--force`, or signed by hand), and its Revocations then
+    /// live as long. For an external issuer, default: no limit but the policy's
+    /// `maxTokenLifetime`. The policy's `maxTokenLifetime`, when shorter, still applies.
+    /// Between 1s and 87600h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_between!("1s", "87600h"))
+        .message("must be between 1s and 87600h"))]
+    pub max_token_lifetime: Option<Duration>,
 }
 
 impl IssuerRef {
@@ -400,27 +413,68 @@ pub struct LegacySession {
     pub cookie: String,
 }
 
-/// Kubernetes user mapping for TokenReview.
+/// Kubernetes user mapping for TokenReview. The defaults are those of the apiserver's
+/// own OIDC authenticator: usernames carry their issuer, and no token names a `system:`
+/// user or group.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenReviewSpec {
-    /// Claim that becomes the username. Default `sub`.
+    /// Claim that becomes the username. Default `sub`. With `email`, a token whose
+    /// `email_verified` is present and not `true` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub username_claim: Option<String>,
-    /// Prefix of usernames, such as `authplane:`, to keep them apart from other
-    /// authenticators' users.
+    /// Prefix of usernames. Unset: the token's issuer and `#` (`https://auth.example/web#alice`),
+    /// except for the `email` claim, which is unique across issuers; so a token's user is
+    /// never another authenticator's. `-` or an empty string: no prefix (warned about at
+    /// admission).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub username_prefix: Option<String>,
-    /// Claim holding the groups (a string or an array of strings).
+    /// Claim holding the groups (a string or an array of strings). Default `groups`; an
+    /// empty string reads no groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub groups_claim: Option<String>,
-    /// Prefix of group names.
+    /// Prefix of group names, such as `authplane:`. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub groups_prefix: Option<String>,
+    /// Accept usernames and groups starting with `system:` (Kubernetes' own users and
+    /// groups, `system:masters` among them). Default false: such a token is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_system_names: bool,
+}
+
+impl TokenReviewSpec {
+    /// The claim that becomes the username.
+    pub fn username_claim(&self) -> &str {
+        self.username_claim.as_deref().unwrap_or("sub")
+    }
+
+    /// The claim holding the groups; `None` when none is read.
+    pub fn groups_claim(&self) -> Option<&str> {
+        match self.groups_claim.as_deref() {
+            None => Some("groups"),
+            Some("") => None,
+            Some(claim) => Some(claim),
+        }
+    }
+
+    /// Whether usernames are the bare claim value (`-` or an empty prefix).
+    pub fn unprefixed_usernames(&self) -> bool {
+        matches!(self.username_prefix.as_deref(), Some("" | "-"))
+    }
+
+    /// The username prefix for a token of issuer `iss`.
+    pub fn username_prefix(&self, iss: &str) -> String {
+        match self.username_prefix.as_deref() {
+            Some("-") => String::new(),
+            Some(prefix) => prefix.to_owned(),
+            None if self.username_claim() == "email" => String::new(),
+            None => format!("{iss}#"),
+        }
+    }
 }
 
 /// Observed state, written by the operator.

@@ -82,8 +82,9 @@ pub struct RevocationSpec {
     pub session_id: Option<String>,
 
     /// When the revocation lapses, instead of the computed instant (the issued-before
-    /// instant plus the issuer's longest token lifetime). After it, the revocation no
-    /// longer counts and the operator deletes it.
+    /// instant plus the longest time any AuthPolicy accepts the issuer's tokens, plus the
+    /// largest leeway). After it, the revocation no longer counts and the operator
+    /// deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub expires_at: Option<Time>,
@@ -117,11 +118,15 @@ pub struct RevocationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// When the revocation lapses and is deleted: `spec.expiresAt`, or the issued-before
-    /// instant (default: creation) plus the issuer's `maxTokenLifetime`.
+    /// instant (default: creation) plus the longest time any AuthPolicy accepts the
+    /// issuer's tokens (a SigningKey's `maxTokenLifetime`, or longer where a policy
+    /// raises it), plus 5m of leeway. Absent while it does not lapse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
-    /// `Active`: `True` (reason `Applied`) while the revocation counts, `False` with
-    /// reason `Expired` once it lapsed.
+    /// `Active`: `True` while the revocation counts, with reason `Applied`,
+    /// `LifetimeUnknown` (its SigningKey does not exist: it does not lapse) or
+    /// `NoLifetimeLimit` (an AuthPolicy accepts the external issuer's tokens of any
+    /// lifetime: it does not lapse); `False` with reason `Expired` once it lapsed.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

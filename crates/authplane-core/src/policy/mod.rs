@@ -5,6 +5,7 @@ pub mod audit;
 pub mod cache;
 pub mod challenge;
 pub mod claims;
+pub mod lifetime;
 pub mod progression;
 pub mod remote;
 pub mod rollout;
@@ -50,15 +51,17 @@ pub enum Rejection {
     InsufficientScope,
     /// A valid token that a Revocation names.
     TokenRevoked,
-    /// `exp - iat` exceeds the policy's `maxTokenLifetime`.
+    /// `exp - iat` exceeds the longest lifetime accepted from the token's issuer.
     TokenLifetimeTooLong,
-    /// No `iat` while the policy sets `maxTokenLifetime`.
+    /// No `iat` while the token's issuer has a lifetime limit.
     MissingIat,
+    /// `iat` later than now plus the leeway.
+    IatInFuture,
 }
 
 impl Rejection {
     /// Every rejection, in declaration order (checked by a test).
-    pub const ALL: [Rejection; 18] = [
+    pub const ALL: [Rejection; 19] = [
         Rejection::MissingToken,
         Rejection::TooLarge,
         Rejection::Malformed,
@@ -77,6 +80,7 @@ impl Rejection {
         Rejection::TokenRevoked,
         Rejection::TokenLifetimeTooLong,
         Rejection::MissingIat,
+        Rejection::IatInFuture,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -99,6 +103,7 @@ impl Rejection {
             Rejection::TokenRevoked => "token_revoked",
             Rejection::TokenLifetimeTooLong => "token_lifetime_too_long",
             Rejection::MissingIat => "missing_iat",
+            Rejection::IatInFuture => "iat_in_future",
         }
     }
 
@@ -123,6 +128,7 @@ impl Rejection {
             Rejection::TokenRevoked => "the token has been revoked",
             Rejection::TokenLifetimeTooLong => "the token lives longer than the policy allows",
             Rejection::MissingIat => "the token has no issue time (iat)",
+            Rejection::IatInFuture => "the token's issue time (iat) is in the future",
         }
     }
 }
@@ -252,6 +258,8 @@ pub struct CompileContext<'a> {
 pub struct IssuerKeys<'a> {
     pub issuer: &'a str,
     pub keys: &'a KeySet,
+    /// The SigningKey's `maxTokenLifetime`: the longest its tokens may live.
+    pub max_token_lifetime: jiff::SignedDuration,
 }
 
 pub struct CompiledPolicy {
@@ -316,9 +324,6 @@ impl CompiledPolicy {
         let id = ObjectKey::of(&policy.metadata);
         let spec = &policy.spec;
         let mut verifier = Verifier::new(spec.audiences.clone(), spec.leeway.value().as_secs());
-        if let Some(max) = &spec.max_token_lifetime {
-            verifier.set_max_lifetime(max.value().as_secs());
-        }
         let mut unresolved = Vec::new();
         let mut key_issuers = Vec::new();
         for issuer in &spec.issuers {
@@ -332,7 +337,10 @@ impl CompiledPolicy {
                     refresh.max_stale.value().unsigned_abs(),
                 );
                 match context.external {
-                    Some(external) => verifier.add_external(external.get(&config)),
+                    Some(external) => verifier.add_external(
+                        external.get(&config),
+                        lifetime::accepted(spec, issuer, None),
+                    ),
                     None => {
                         unresolved.push(url.clone());
                         verifier.mark_incomplete();
@@ -348,12 +356,14 @@ impl CompiledPolicy {
                 verifier.mark_incomplete();
                 continue;
             };
+            let limit = lifetime::accepted(spec, issuer, Some(found.max_token_lifetime))
+                .unwrap_or(found.max_token_lifetime);
             let issuer: Arc<str> = Arc::from(found.issuer);
             key_issuers.push((issuer.clone(), key_id.clone()));
             for record in found.keys.records() {
                 let material = &record.material;
                 match VerifyKey::new(issuer.clone(), material.public_jwk(), material.alg()) {
-                    Ok(key) => verifier.add_key(material.kid(), key),
+                    Ok(key) => verifier.add_key(material.kid(), key.with_max_lifetime(limit)),
                     Err(e) => tracing::error!(
                         "AuthPolicy {id}: key {} of {key_id} unusable: {e}",
                         material.kid()
@@ -877,7 +887,8 @@ mod tests {
                 | Rejection::InsufficientScope
                 | Rejection::TokenRevoked
                 | Rejection::TokenLifetimeTooLong
-                | Rejection::MissingIat => {}
+                | Rejection::MissingIat
+                | Rejection::IatInFuture => {}
             }
         }
         let slots: std::collections::HashSet<usize> = Rejection::ALL

@@ -2,7 +2,8 @@
 //! no HMAC, no algorithm confusion), ignores `jku`, `x5u` and embedded `jwk` (keys come
 //! from our own sets, never from the token), refuses any `crit` extension, bounds the
 //! token size, and checks the time and identity claims itself, against the clock it is
-//! given.
+//! given: `exp` always, `nbf` when present, `iat` never in the future, and the token's
+//! lifetime where its issuer has a limit (see [`super::lifetime`]).
 //!
 //! The token is split and each part decoded once; signatures are checked with public keys
 //! parsed when the key set was built, never per request.
@@ -33,6 +34,9 @@ pub struct VerifyKey {
     alg: Algorithm,
     key: ParsedPublicKey,
     issuer: Arc<str>,
+    /// The longest `exp - iat` of its tokens (seconds), when the key itself has a limit
+    /// (authplane's own keys); `None`: the verifier's limit for its issuer applies.
+    max_lifetime_secs: Option<i64>,
 }
 
 /// The RSA sizes the verification algorithms accept (`RSA_*_2048_8192_*`).
@@ -121,7 +125,19 @@ impl VerifyKey {
                 _ => Err(wrong_type("an Ed25519 key")),
             },
         }?;
-        Ok(Self { alg, key, issuer })
+        Ok(Self {
+            alg,
+            key,
+            issuer,
+            max_lifetime_secs: None,
+        })
+    }
+
+    /// Refuses tokens of this key whose `exp - iat` exceeds `limit`, and tokens without
+    /// `iat`.
+    pub fn with_max_lifetime(mut self, limit: jiff::SignedDuration) -> Self {
+        self.max_lifetime_secs = Some(limit.as_secs());
+        self
     }
 }
 
@@ -129,8 +145,10 @@ impl VerifyKey {
 /// ignored on purpose. Duplicate members make the header malformed.
 #[derive(Deserialize)]
 struct Header<'a> {
-    /// `none` and unknown names fail to parse: a malformed token, not a choice.
-    alg: jsonwebtoken::Algorithm,
+    /// Read as text: `none`, and any name that is no JWS signature algorithm, is
+    /// `alg_not_allowed` (a choice the token made), not a malformed token.
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
     #[serde(borrow, default)]
     kid: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -151,10 +169,11 @@ pub struct Verified {
 pub struct Verifier {
     keys: HashMap<String, VerifyKey>,
     external: Vec<Arc<dyn RemoteIssuer>>,
+    /// The longest `exp - iat` (seconds) of each external issuer's tokens, by the index
+    /// in `external`; `None`: any.
+    external_limits: Vec<Option<i64>>,
     audiences: Vec<String>,
     leeway_secs: i64,
-    /// The longest `exp - iat` accepted (seconds); `None`: any.
-    max_lifetime_secs: Option<i64>,
     /// Some issuer could not be resolved: an unknown kid may belong to it.
     incomplete: bool,
 }
@@ -164,16 +183,11 @@ impl Verifier {
         Self {
             keys: HashMap::new(),
             external: Vec::new(),
+            external_limits: Vec::new(),
             audiences,
             leeway_secs,
-            max_lifetime_secs: None,
             incomplete: false,
         }
-    }
-
-    /// Refuses tokens whose `exp - iat` exceeds `seconds`, and tokens without `iat`.
-    pub fn set_max_lifetime(&mut self, seconds: i64) {
-        self.max_lifetime_secs = Some(seconds);
     }
 
     /// Adds a public key of an issuer.
@@ -181,9 +195,16 @@ impl Verifier {
         self.keys.insert(kid.to_owned(), key);
     }
 
-    /// Adds an external issuer whose keys are fetched and refreshed elsewhere.
-    pub fn add_external(&mut self, issuer: Arc<dyn RemoteIssuer>) {
+    /// Adds an external issuer whose keys are fetched and refreshed elsewhere; its
+    /// tokens may live at most `max_lifetime` (`None`: any).
+    pub fn add_external(
+        &mut self,
+        issuer: Arc<dyn RemoteIssuer>,
+        max_lifetime: Option<jiff::SignedDuration>,
+    ) {
         self.external.push(issuer);
+        self.external_limits
+            .push(max_lifetime.map(|limit| limit.as_secs()));
     }
 
     pub fn external(&self) -> &[Arc<dyn RemoteIssuer>] {
@@ -213,6 +234,8 @@ impl Verifier {
             .map_err(|_| Rejection::Malformed)?;
         let header: Header<'_> =
             serde_json::from_slice(&header_json).map_err(|_| Rejection::Malformed)?;
+        let alg: jsonwebtoken::Algorithm =
+            header.alg.parse().map_err(|_| Rejection::AlgNotAllowed)?;
         if header.crit.as_ref().is_some_and(|crit| !crit.is_empty()) {
             return Err(Rejection::UnsupportedCrit);
         }
@@ -221,7 +244,7 @@ impl Verifier {
             signed: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
             payload: payload_b64,
             signature: signature_b64,
-            alg: header.alg,
+            alg,
         };
         let Some(kid) = header.kid.as_deref() else {
             let usable = self
@@ -297,7 +320,11 @@ impl Verifier {
             .decode(token.payload)
             .map_err(|_| Rejection::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| Rejection::Malformed)?;
-        let expires = self.check_claims(&claims, &key.issuer, now)?;
+        let limit = match &external {
+            Some((index, _)) => self.external_limits.get(*index).copied().flatten(),
+            None => key.max_lifetime_secs,
+        };
+        let expires = self.check_claims(&claims, &key.issuer, limit, now)?;
         Ok(Verified {
             claims,
             expires,
@@ -305,11 +332,13 @@ impl Verifier {
         })
     }
 
-    /// Checks the registered claims; returns `exp`.
+    /// Checks the registered claims, `exp - iat` against `max_lifetime` (seconds) when
+    /// given; returns `exp`.
     fn check_claims(
         &self,
         claims: &Claims,
         issuer: &str,
+        max_lifetime: Option<i64>,
         now: Timestamp,
     ) -> Result<i64, Rejection> {
         let now = now.as_second();
@@ -323,7 +352,14 @@ impl Verifier {
             return Err(Rejection::NotYetValid);
         }
         let iat = numeric(claims, "iat")?;
-        if let Some(max) = self.max_lifetime_secs {
+        // A token from the future would read as newer than a Revocation by subject, and
+        // its `exp - iat` would hide how long it really lives.
+        if let Some(iat) = iat
+            && iat > now.saturating_add(self.leeway_secs)
+        {
+            return Err(Rejection::IatInFuture);
+        }
+        if let Some(max) = max_lifetime {
             let iat = iat.ok_or(Rejection::MissingIat)?;
             if exp.saturating_sub(iat) > max {
                 return Err(Rejection::TokenLifetimeTooLong);
@@ -447,6 +483,90 @@ mod tests {
                         if reason.starts_with(&format!("a {bits}-bit RSA modulus"))
                 ),
                 "{error:?}"
+            );
+        }
+    }
+
+    /// A verifier of one Ed25519 key whose tokens may live `limit`, with a 30 s leeway;
+    /// and a signer for it.
+    fn limited(limit: jiff::SignedDuration) -> (Verifier, impl Fn(&serde_json::Value) -> String) {
+        let material = KeyMaterial::generate(Algorithm::EdDSA, 0).unwrap();
+        let key = VerifyKey::new(issuer(), material.public_jwk(), Algorithm::EdDSA)
+            .unwrap()
+            .with_max_lifetime(limit);
+        let mut verifier = Verifier::new(Vec::new(), 30);
+        verifier.add_key("k1", key);
+        let sign = move |claims: &serde_json::Value| {
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            header.kid = Some("k1".to_owned());
+            jsonwebtoken::encode(&header, claims, &material.encoding_key().unwrap()).unwrap()
+        };
+        (verifier, sign)
+    }
+
+    #[test]
+    fn a_keys_tokens_need_iat_and_a_lifetime_within_its_limit() {
+        let (verifier, sign) = limited(jiff::SignedDuration::from_mins(15));
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let t = now.as_second();
+        let token = |iat: Option<i64>, exp: i64| {
+            let mut claims = serde_json::json!({"iss": &*issuer(), "sub": "a", "exp": exp});
+            if let Some(iat) = iat {
+                claims["iat"] = iat.into();
+            }
+            sign(&claims)
+        };
+        let verdict = |token: String| verifier.verify(&token, now).map(|v| v.expires);
+        assert_eq!(verdict(token(Some(t), t + 900)), Ok(t + 900));
+        assert_eq!(
+            verdict(token(Some(t), t + 901)).err(),
+            Some(Rejection::TokenLifetimeTooLong)
+        );
+        assert_eq!(
+            verdict(token(None, t + 60)).err(),
+            Some(Rejection::MissingIat)
+        );
+        // An `iat` in the future: within the leeway it passes, beyond it is refused,
+        // whatever `exp - iat` says.
+        assert_eq!(verdict(token(Some(t + 30), t + 600)), Ok(t + 600));
+        assert_eq!(
+            verdict(token(Some(t + 31), t + 600)).err(),
+            Some(Rejection::IatInFuture)
+        );
+        let ten_years = 10 * 365 * 86400;
+        assert_eq!(
+            verdict(token(Some(t + ten_years - 60), t + ten_years)).err(),
+            Some(Rejection::IatInFuture)
+        );
+    }
+
+    #[test]
+    fn alg_none_and_unknown_algorithms_are_not_allowed_and_a_missing_alg_is_malformed() {
+        let (verifier, sign) = limited(jiff::SignedDuration::from_mins(15));
+        let now = Timestamp::now();
+        let good = sign(
+            &serde_json::json!({"iss": &*issuer(), "exp": now.as_second() + 60,
+            "iat": now.as_second()}),
+        );
+        let payload = good.split('.').nth(1).unwrap();
+        let with_header = |header: &str| format!("{}.{payload}.", B64URL.encode(header));
+        for alg in ["none", "None", "NONE", "HS256", "ES512", "RSA-OAEP", ""] {
+            let header = format!(r#"{{"alg":"{alg}","kid":"k1"}}"#);
+            assert_eq!(
+                verifier.verify(&with_header(&header), now).err(),
+                Some(Rejection::AlgNotAllowed),
+                "{alg}"
+            );
+        }
+        for header in [
+            r#"{"kid":"k1"}"#,
+            r#"{"alg":7,"kid":"k1"}"#,
+            r#"{"alg":null}"#,
+        ] {
+            assert_eq!(
+                verifier.verify(&with_header(header), now).err(),
+                Some(Rejection::Malformed),
+                "{header}"
             );
         }
     }

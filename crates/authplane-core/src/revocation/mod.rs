@@ -11,23 +11,22 @@
 //! issuer's tokens under every AuthPolicy; any other Revocation applies only under the
 //! AuthPolicies of its own namespace.
 //!
-//! Expiry: a Revocation lapses once no token it could match can still be valid:
+//! Expiry: a Revocation lapses once no token it could match can still pass any policy:
 //! `spec.expiresAt` when set, else the issued-before instant (the object's creation for a
-//! token or session) plus the issuer's longest token lifetime (the SigningKey's
-//! `maxTokenLifetime`, [`EXTERNAL_MAX_LIFETIME`] for an external issuer). Lapsed ones
-//! stop counting at once, before anyone deletes them.
+//! token or session) plus the longest time a token of its issuer can pass after its issue
+//! (see [`lifetimes`]: the SigningKey's `maxTokenLifetime` or what a policy raises it to,
+//! the limits the policies set for an external issuer, plus the largest leeway). Lapsed
+//! ones stop counting at once, before anyone deletes them.
+
+mod lifetimes;
 
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use crate::api::{FieldError, ObjectKey, Revocation, Validate};
-
-/// How long a Revocation of an external issuer (`spec.issuer`) without `expiresAt`
-/// lives: providers do not publish their longest token lifetime; Entra ID's access
-/// tokens live 60 to 90 minutes, so a day covers them with room.
-pub const EXTERNAL_MAX_LIFETIME: SignedDuration = SignedDuration::from_hours(24);
+use crate::api::{AuthPolicy, FieldError, ObjectKey, Revocation, SigningKey, Validate};
+pub use lifetimes::{EXTERNAL_MAX_LIFETIME, Lifetimes, Longest};
 
 /// Whose tokens a Revocation names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -161,17 +160,51 @@ impl Entry {
         }
     }
 
-    /// When the entry lapses (Unix seconds); `None` while the issuer's longest token
-    /// lifetime is not known (its SigningKey is not loaded): it counts meanwhile.
-    pub fn expires(&self, lifetimes: &HashMap<ObjectKey, SignedDuration>) -> Option<i64> {
+    /// When the entry lapses, with the lifetimes known now.
+    pub fn lapse(&self, lifetimes: &Lifetimes) -> Lapse {
         if let Some(at) = self.expires_at {
-            return Some(at);
+            return Lapse::At(at);
         }
-        let lifetime = match &self.issuer {
-            RevokedIssuer::Key(key) => *lifetimes.get(key)?,
-            RevokedIssuer::Url(_) => EXTERNAL_MAX_LIFETIME,
+        let longest = match &self.issuer {
+            RevokedIssuer::Key(key) => lifetimes.of_key(key),
+            // An external issuer's Revocation applies in its own namespace only.
+            RevokedIssuer::Url(url) => lifetimes.of_issuer(&self.id.namespace, url),
         };
-        Some(self.issued_before().saturating_add(lifetime.as_secs()))
+        match longest {
+            Longest::For(lifetime) => {
+                Lapse::At(self.issued_before().saturating_add(lifetime.as_secs()))
+            }
+            Longest::Unknown => Lapse::Unknown,
+            Longest::Unbounded { policy } => Lapse::Never { policy },
+        }
+    }
+}
+
+/// When a Revocation stops counting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lapse {
+    /// It counts through this second (Unix seconds), then lapses.
+    At(i64),
+    /// How long its issuer's tokens live is not known (its SigningKey is not, or the
+    /// AuthPolicies are not all read yet): it counts meanwhile.
+    Unknown,
+    /// This policy accepts the issuer's tokens of any lifetime: it counts until its
+    /// `expiresAt`, or for ever.
+    Never { policy: ObjectKey },
+}
+
+impl Lapse {
+    /// The instant it lapses, when there is one.
+    pub fn at(&self) -> Option<i64> {
+        match self {
+            Lapse::At(at) => Some(*at),
+            Lapse::Unknown | Lapse::Never { .. } => None,
+        }
+    }
+
+    /// Whether it lapsed before `now` (Unix seconds).
+    pub fn lapsed(&self, now: i64) -> bool {
+        self.at().is_some_and(|at| at < now)
     }
 }
 
@@ -341,14 +374,40 @@ pub struct Refused {
     pub problems: Vec<FieldError>,
 }
 
-/// Every Revocation a driver has seen, and the SigningKeys' token lifetimes.
+/// Every Revocation a driver has seen, and how long the tokens of each issuer live (from
+/// the SigningKeys and the AuthPolicies).
 #[derive(Debug, Default)]
 pub struct RevocationIndex {
     entries: BTreeMap<ObjectKey, Entry>,
-    lifetimes: HashMap<ObjectKey, SignedDuration>,
+    lifetimes: Lifetimes,
 }
 
 impl RevocationIndex {
+    /// An index of these objects at once, at `now` (the leader's judgement, `revocations
+    /// list`). The Revocations it refuses come back apart.
+    pub fn of<'a>(
+        revocations: impl IntoIterator<Item = &'a Revocation>,
+        keys: impl IntoIterator<Item = &'a SigningKey>,
+        policies: impl IntoIterator<Item = &'a AuthPolicy>,
+        now: Timestamp,
+    ) -> (Self, Vec<Refused>) {
+        let mut index = Self::default();
+        for key in keys {
+            index.set_key_lifetime(
+                ObjectKey::of(&key.metadata),
+                Some(key.spec.max_token_lifetime()),
+            );
+        }
+        for policy in policies {
+            index.apply_policy(policy);
+        }
+        let refused = revocations
+            .into_iter()
+            .filter_map(|revocation| index.apply(revocation, now).err())
+            .collect();
+        (index, refused)
+    }
+
     /// Adds or replaces a Revocation. A refused one changes nothing (an earlier good
     /// version of the same object is kept). `seen` is now: the creation time of an
     /// object that has none. Returns true when the index changed.
@@ -382,10 +441,24 @@ impl RevocationIndex {
     /// Records a SigningKey's longest token lifetime (`None`: it is gone). True when it
     /// changed.
     pub fn set_key_lifetime(&mut self, key: ObjectKey, lifetime: Option<SignedDuration>) -> bool {
-        match lifetime {
-            Some(lifetime) => self.lifetimes.insert(key, lifetime) != Some(lifetime),
-            None => self.lifetimes.remove(&key).is_some(),
-        }
+        self.lifetimes.set_key(key, lifetime)
+    }
+
+    /// Records the token lifetimes an AuthPolicy accepts (a valid one: what dev mode and
+    /// the apiserver accept). True when expiries may have changed.
+    pub fn apply_policy(&mut self, policy: &AuthPolicy) -> bool {
+        self.lifetimes.apply_policy(policy)
+    }
+
+    /// Forgets an AuthPolicy. True when expiries may have changed.
+    pub fn delete_policy(&mut self, id: &ObjectKey) -> bool {
+        self.lifetimes.delete_policy(id)
+    }
+
+    /// Says whether every AuthPolicy has been read (a watch that has not listed them yet
+    /// has not): until then nothing lapses. True when that changed.
+    pub fn set_policies_known(&mut self, known: bool) -> bool {
+        self.lifetimes.set_policies_known(known)
     }
 
     pub fn get(&self, id: &ObjectKey) -> Option<&Entry> {
@@ -405,16 +478,16 @@ impl RevocationIndex {
     }
 
     /// When an entry lapses, as the index knows now.
-    pub fn expires(&self, entry: &Entry) -> Option<i64> {
-        entry.expires(&self.lifetimes)
+    pub fn lapse(&self, entry: &Entry) -> Lapse {
+        entry.lapse(&self.lifetimes)
     }
 
-    /// The Revocations that lapsed at `now`: no token they match can still be valid.
+    /// The Revocations that lapsed at `now`: no token they match can still pass.
     pub fn expired(&self, now: Timestamp) -> Vec<&Entry> {
         let now = now.as_second();
         self.entries
             .values()
-            .filter(|e| e.expires(&self.lifetimes).is_some_and(|until| until < now))
+            .filter(|e| e.lapse(&self.lifetimes).lapsed(now))
             .collect()
     }
 
@@ -423,7 +496,7 @@ impl RevocationIndex {
         let now = now.as_second();
         self.entries
             .values()
-            .filter_map(|e| e.expires(&self.lifetimes))
+            .filter_map(|e| e.lapse(&self.lifetimes).at())
             .filter(|until| *until >= now)
             .min()
             .and_then(|until| Timestamp::from_second(until.saturating_add(1)).ok())
@@ -436,7 +509,7 @@ impl RevocationIndex {
         let mut set = RevocationSet::default();
         let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
         for entry in self.entries.values() {
-            let until = entry.expires(&self.lifetimes).unwrap_or(i64::MAX);
+            let until = entry.lapse(&self.lifetimes).at().unwrap_or(i64::MAX);
             if until < now {
                 continue;
             }

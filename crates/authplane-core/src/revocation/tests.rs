@@ -114,19 +114,100 @@ fn issued_before_defaults_to_creation_and_expiry_is_that_plus_the_lifetime() {
             name: "pw".into(),
         })
         .unwrap();
-    // With 15-minute tokens, a revocation lives 15 minutes.
-    assert_eq!(index.expires(entry), Some(5000 + 15 * 60));
-    assert!(index.expired(at(5000 + 15 * 60)).is_empty());
-    assert_eq!(index.expired(at(5000 + 15 * 60 + 1)).len(), 1);
-    assert_eq!(index.next_expiry(at(5000)), Some(at(5000 + 15 * 60 + 1)));
+    // With 15-minute tokens, a revocation lives 15 minutes and the largest leeway: a
+    // token issued at its instant passes until then.
+    let until = 5000 + 15 * 60 + 5 * 60;
+    assert_eq!(index.lapse(entry), Lapse::At(until));
+    assert!(index.expired(at(until)).is_empty());
+    assert_eq!(index.expired(at(until + 1)).len(), 1);
+    assert_eq!(index.next_expiry(at(5000)), Some(at(until + 1)));
     // Lapsed entries stop counting, in the lookup and in the published set.
     let (set, _) = index.publish(at(5000));
     let key = web();
     let t = claims(serde_json::json!({"iss": ISS, "sub": "alice", "iat": 4000}));
-    assert!(set.is_revoked("x", &token(Some(&key), &t), 5000 + 900));
-    assert!(!set.is_revoked("x", &token(Some(&key), &t), 5000 + 901));
-    let (later, counts) = index.publish(at(5000 + 901));
+    assert!(set.is_revoked("x", &token(Some(&key), &t), until));
+    assert!(!set.is_revoked("x", &token(Some(&key), &t), until + 1));
+    let (later, counts) = index.publish(at(until + 1));
     assert!(later.is_empty() && counts.is_empty());
+}
+
+fn policy(namespace: &str, name: &str, spec: serde_json::Value) -> AuthPolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// A policy that accepts longer tokens of a key keeps that key's Revocations as long;
+/// they lapse on time again once it is gone.
+#[test]
+fn a_policy_that_accepts_longer_tokens_keeps_the_revocations_as_long() {
+    let mut index = index_with(&[revocation(
+        "auth",
+        "pw",
+        serde_json::json!({"signingKeyRef": {"name": "web"}, "subject": "alice"}),
+        0,
+    )]);
+    let id = ObjectKey {
+        namespace: "auth".into(),
+        name: "pw".into(),
+    };
+    assert_eq!(index.lapse(index.get(&id).unwrap()), Lapse::At(20 * 60));
+    let legacy = policy(
+        "shop",
+        "legacy",
+        serde_json::json!({"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"},
+            "maxTokenLifetime": "8h"}]}),
+    );
+    assert!(index.apply_policy(&legacy));
+    let until = 8 * 3600 + 5 * 60;
+    assert_eq!(index.lapse(index.get(&id).unwrap()), Lapse::At(until));
+    let (set, _) = index.publish(at(4 * 3600));
+    let seven_hours = claims(serde_json::json!({"iss": ISS, "sub": "alice", "iat": 0}));
+    assert!(set.is_revoked("shop", &token(Some(&web()), &seven_hours), 4 * 3600));
+    assert!(index.delete_policy(&ObjectKey::of(&legacy.metadata)));
+    assert_eq!(index.lapse(index.get(&id).unwrap()), Lapse::At(20 * 60));
+}
+
+/// An external issuer's Revocation lives as long as the policies of its namespace accept
+/// that issuer's tokens: for ever while one of them sets no limit.
+#[test]
+fn an_external_issuers_revocation_lives_as_long_as_its_namespaces_policies_need() {
+    const ENTRA: &str = "https://login.example/t/v2.0";
+    let mut index = index_with(&[revocation(
+        "shop",
+        "entra",
+        serde_json::json!({"issuer": ENTRA, "subject": "e"}),
+        0,
+    )]);
+    let id = ObjectKey {
+        namespace: "shop".into(),
+        name: "entra".into(),
+    };
+    let lapse = |index: &RevocationIndex| index.lapse(index.get(&id).unwrap());
+    assert_eq!(lapse(&index), Lapse::At(24 * 3600));
+    let open = policy(
+        "shop",
+        "api",
+        serde_json::json!({"issuers": [{"issuer": ENTRA}]}),
+    );
+    index.apply_policy(&open);
+    assert_eq!(
+        lapse(&index),
+        Lapse::Never {
+            policy: ObjectKey::of(&open.metadata)
+        }
+    );
+    assert!(index.expired(at(i64::from(u32::MAX))).is_empty());
+    let limited = policy(
+        "shop",
+        "api",
+        serde_json::json!({"issuers": [{"issuer": ENTRA, "maxTokenLifetime": "90m"}]}),
+    );
+    index.apply_policy(&limited);
+    assert_eq!(lapse(&index), Lapse::At(95 * 60));
 }
 
 #[test]
