@@ -11,7 +11,8 @@
 //! the longer map.
 
 pub use authplane_core::{
-    admission, api, clock, index, keys, policy, reconcile, revocation, snapshot, token,
+    admission, api, clock, index, issuer_claims, keys, policy, reconcile, revocation, snapshot,
+    token,
 };
 
 pub mod cli;

@@ -26,6 +26,7 @@ use crate::driver::{
     serve::{ServeError, Serving},
 };
 use crate::index::Index;
+use crate::issuer_claims::{IssuerScope, KeyClaim};
 use crate::metrics::Metrics;
 use crate::policy::progression::RolloutTracker;
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys};
@@ -83,10 +84,15 @@ pub struct DevConfig {
     pub tls: Option<TlsFiles>,
     /// `POST {issuer}/revoke` requests per minute per client address.
     pub revoke_rate_per_minute: u32,
+    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
+    /// URL; the others only under `/<namespace>/`.
+    pub unconfined_issuer_namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
+    #[error("external URL: {0}")]
+    ExternalUrl(#[from] crate::api::IssuerError),
     #[error("manifests folder {0}: {1}")]
     Manifests(PathBuf, std::io::Error),
     #[error(transparent)]
@@ -172,9 +178,17 @@ pub async fn start_tuned(
         false => None,
     };
 
+    let scope = Arc::new(IssuerScope::new(
+        &external_url,
+        config.unconfined_issuer_namespaces.iter().cloned(),
+    )?);
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
-    let known = Arc::new(KnownKeys::default());
+    let known = Arc::new(KnownKeys {
+        keys: ArcSwap::default(),
+        registry: registry.clone(),
+        scope: scope.clone(),
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
     // The certificate is loaded before anything is served: a bad one fails the start.
     let tls = match &config.tls {
@@ -203,7 +217,7 @@ pub async fn start_tuned(
         external_url: external_url.clone(),
         clock: clock.clone(),
         registry: registry.clone(),
-        index: Index::new(runtime.clone()),
+        index: Index::new(runtime.clone(), scope),
         runtime,
         key_checks: HashMap::new(),
         rollouts: RolloutTracker::default(),
@@ -418,13 +432,24 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-/// The SigningKeys the manifests define, as the admission webhook sees them.
-#[derive(Default)]
-struct KnownKeys(ArcSwap<BTreeSet<ObjectKey>>);
+/// The SigningKeys the manifests define, and what the served ones hold, as the
+/// admission webhook sees them.
+struct KnownKeys {
+    keys: ArcSwap<BTreeSet<ObjectKey>>,
+    registry: Arc<Registry>,
+    scope: Arc<IssuerScope>,
+}
 
 impl SigningKeyIndex for KnownKeys {
     fn contains(&self, id: &ObjectKey) -> bool {
-        self.0.load().contains(id)
+        self.keys.load().contains(id)
+    }
+
+    fn claims(&self) -> Option<admission::Claims> {
+        Some(admission::Claims {
+            scope: self.scope.clone(),
+            snapshot: self.registry.load(),
+        })
     }
 }
 
@@ -462,7 +487,7 @@ impl Driver {
             );
         }
         self.known
-            .0
+            .keys
             .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
         let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known);
         for warning in warnings.iter().take(MAX_WARNINGS_LOGGED) {
@@ -535,8 +560,8 @@ impl Driver {
                 continue;
             }
             let next = match self.reconcile_key(id, key) {
-                Ok((served, next)) => {
-                    self.index.apply_key(id, served);
+                Ok((claim, served, next)) => {
+                    self.index.apply_claim(id, claim, Some(served));
                     next
                 }
                 Err(e) => {
@@ -634,7 +659,7 @@ impl Driver {
         &mut self,
         id: &ObjectKey,
         key: &SigningKey,
-    ) -> Result<(ServedKeys, Option<Timestamp>), KeyStepError<state::StateError>> {
+    ) -> Result<(KeyClaim, ServedKeys, Option<Timestamp>), KeyStepError<state::StateError>> {
         let now = self.clock.now();
         let store = state::FolderKeys {
             store: &self.store,
@@ -653,11 +678,12 @@ impl Driver {
             &self.external_url,
             now,
         ))?;
+        let claim = KeyClaim::of(key, &self.external_url, Some(&outcome.data));
         let served = ServedKeys {
             published: Arc::new(outcome.published(&id.namespace, &id.name)),
             keys: outcome.keys,
         };
-        Ok((served, outcome.next_wakeup))
+        Ok((claim, served, outcome.next_wakeup))
     }
 
     fn forget(&mut self, id: &ObjectKey) {
@@ -666,21 +692,41 @@ impl Driver {
         self.metrics.forget_keys(&id.namespace, &id.name);
     }
 
+    /// Says where each issuer is served, as fields (an issuer is the user's text).
     fn log_issuers(&self) {
         let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self
             .index
             .served_keys()
             .map(|(id, s)| (id, &s.published))
             .collect();
+        let snapshot = self.index.snapshot();
         for (id, published) in ordered {
-            tracing::info!(
-                "SigningKey {id}: issuer {} (discovery {}/.well-known/openid-configuration, JWKS {})",
-                published.issuer,
-                published.issuer,
-                published.jwks_uri
-            );
+            let served_here = snapshot
+                .issuers
+                .get(&published_path(published))
+                .is_some_and(|p| Arc::ptr_eq(p, published));
+            let issuer = published.issuer.as_str();
+            if served_here {
+                tracing::info!(
+                    signing_key = %id,
+                    issuer,
+                    jwks_uri = published.jwks_uri.as_str(),
+                    "issuer served (discovery at <issuer>/.well-known/openid-configuration)"
+                );
+            } else {
+                tracing::info!(
+                    signing_key = %id,
+                    issuer,
+                    "issuer not served here (published elsewhere, or its path is another's); its keys sign"
+                );
+            }
         }
     }
+}
+
+/// The URL path an issuer is served at, if it has one.
+fn published_path(published: &PublishedIssuer) -> String {
+    crate::api::issuer_path(&published.issuer).unwrap_or_default()
 }
 
 /// The warnings the admission webhook gives for each object that is new or changed, as
@@ -707,7 +753,7 @@ fn admission_warnings(
     for id in &changed.signing_keys {
         if let Some(key) = after.signing_keys.get(id) {
             let old = before.signing_keys.get(id).map(|o| &**o);
-            report("SigningKey", id, admission::signing_key(key, old));
+            report("SigningKey", id, admission::signing_key(key, old, index));
         }
     }
     for id in &changed.auth_policies {
@@ -748,7 +794,11 @@ mod tests {
         let policy = "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: pay, namespace: shop}\nspec:\n  issuers: [{signingKeyRef: {name: web, namespace: auth}}]\n  audiences: [pay]\n  rollout: {mode: Enforce, percentage: 100}\n";
         let both = desired(&format!("{key}---\n{policy}"));
         let known: BTreeSet<ObjectKey> = both.signing_keys.keys().cloned().collect();
-        let index = KnownKeys(ArcSwap::from_pointee(known));
+        let index = KnownKeys {
+            keys: ArcSwap::from_pointee(known),
+            registry: Arc::default(),
+            scope: Arc::new(IssuerScope::new("http://127.0.0.1:8080", []).unwrap()),
+        };
         let created = admission_warnings(
             &Desired::default(),
             &both,
