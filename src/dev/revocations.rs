@@ -84,11 +84,14 @@ impl DevRevocations {
                         let lag = (now.as_millisecond() - entry.created.saturating_mul(1000))
                             as f64
                             / 1000.0;
+                        // As fields: they come from the object (text fields are escaped).
+                        let issuer = entry.issuer.to_string();
                         tracing::info!(
+                            revocation = %id,
+                            issuer = issuer.as_str(),
+                            matcher = ?entry.matcher,
                             reason = entry.reason.as_deref().unwrap_or(""),
-                            "Revocation {id} applied: {:?} of {}",
-                            entry.matcher,
-                            entry.issuer
+                            "Revocation applied"
                         );
                         let fresh = revocation.metadata.creation_timestamp.is_some();
                         metrics.revocation_applied(entry.reason_label, fresh.then_some(lag));
