@@ -539,6 +539,11 @@ mod tests {
         keys_writer.apply_watcher_event(&Event::Apply(web.clone()));
         keys_writer
             .apply_watcher_event(&Event::Apply(key("broken", json!({"algorithm": "HS256"}))));
+        // Another SigningKey naming web's Secret, with its own issuer path.
+        keys_writer.apply_watcher_event(&Event::Apply(key(
+            "x",
+            json!({"algorithm": "EdDSA", "secretName": "web-keys"}),
+        )));
         secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &outcome.data)));
 
         let caches = Caches {
@@ -562,6 +567,19 @@ mod tests {
             snapshot.issuers.len(),
             1,
             "the malformed SigningKey is skipped, the rest served"
+        );
+        let x = ObjectKey {
+            namespace: "auth".into(),
+            name: "x".into(),
+        };
+        assert!(
+            view.index.served(&x).is_none(),
+            "web's keys are never served as x's"
+        );
+        assert_eq!(
+            snapshot.path_owners["/auth/x"],
+            Some(x),
+            "x holds its own path, serving nothing"
         );
 
         // The Secret edited into garbage: the last good keys keep serving.

@@ -130,20 +130,25 @@ fn validate_rules<K: HasSchema>(
     CEL.with(|cel| cel.validate_compiled(rules, value, None))
 }
 
-/// Every CEL rule the object breaks, as the apiserver would apply them.
+/// Every CEL rule the object breaks, as the apiserver would apply them, and every
+/// control character in its spec (read from the same JSON).
 fn cel_errors<K: HasSchema + serde::Serialize>(object: &K) -> Vec<FieldError> {
     let value = match serde_json::to_value(object) {
         Ok(value) => value,
         Err(e) => return vec![FieldError::new("", format!("cannot be read as JSON: {e}"))],
     };
-    match validate_rules::<K>(&value) {
+    let mut errors: Vec<FieldError> = match validate_rules::<K>(&value) {
         Ok(()) => Vec::new(),
         Err(errors) => errors
             .into_vec()
             .into_iter()
             .map(|e| FieldError::new(e.field_path.trim_start_matches('.'), e.message))
             .collect(),
+    };
+    if let Some(spec) = value.get("spec") {
+        extend_unique(&mut errors, control_character_errors(spec));
     }
+    errors
 }
 
 /// Response headers a forwarded claim may not set: they would change how the gateway
@@ -210,7 +215,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 /// carry these values, and a newline would forge a line. The CRDs' CEL rules check the
 /// URLs and free text that are logged; this checks everything, for dev mode and the
 /// admission webhook.
-fn control_character_errors(spec: &impl serde::Serialize) -> Vec<FieldError> {
+fn control_character_errors(spec: &serde_json::Value) -> Vec<FieldError> {
     fn walk(value: &serde_json::Value, path: &str, errors: &mut Vec<FieldError>) {
         let has_control = |text: &str| text.chars().any(char::is_control);
         match value {
@@ -239,9 +244,7 @@ fn control_character_errors(spec: &impl serde::Serialize) -> Vec<FieldError> {
         }
     }
     let mut errors = Vec::new();
-    if let Ok(value) = serde_json::to_value(spec) {
-        walk(&value, "spec", &mut errors);
-    }
+    walk(spec, "spec", &mut errors);
     errors
 }
 
@@ -262,7 +265,6 @@ impl Validate for SigningKey {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
         errors.extend(cel_errors(self));
-        extend_unique(&mut errors, control_character_errors(&self.spec));
         if let Some(issuer) = &self.spec.issuer
             && let Err(e) = issuer_path(issuer)
         {
@@ -293,7 +295,6 @@ impl Validate for Revocation {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
         errors.extend(cel_errors(self));
-        extend_unique(&mut errors, control_character_errors(&self.spec));
         if let Some(issuer) = &self.spec.issuer
             && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
         {
@@ -318,7 +319,6 @@ impl Validate for AuthPolicy {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
         errors.extend(cel_errors(self));
-        extend_unique(&mut errors, control_character_errors(&self.spec));
         let spec = &self.spec;
         let percentage = spec.rollout.percentage;
         if !has_at_most_three_decimals(percentage) {
