@@ -81,7 +81,8 @@ fn runtime() -> Arc<PolicyRuntime> {
 fn changes(c: &mut Criterion) {
     let keys: Vec<ServedKeys> = (0..KEYS).map(served).collect();
     let policies: Vec<AuthPolicy> = (0..POLICIES).map(|i| policy(i, &format!("a{i}"))).collect();
-    let mut index = Index::new(runtime());
+    let scope = authplane::issuer_claims::IssuerScope::anywhere("https://scale.example");
+    let mut index = Index::new(runtime(), Arc::new(scope));
     for (j, served) in keys.iter().enumerate() {
         index.apply_key(&key_id(j), served.clone());
     }

@@ -14,7 +14,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 
 const JWKS: &str = "/auth/web/.well-known/jwks.json";
-const EDGE_JWKS: &str = "/tenants/edge/.well-known/jwks.json";
+const EDGE_JWKS: &str = "/auth/tenants/edge/.well-known/jwks.json";
 const MANIFEST_ERRORS: &str = r#"authplane_reload_errors_total{source="manifest"}"#;
 const KEYSTORE_ERRORS: &str = r#"authplane_reload_errors_total{source="keystore"}"#;
 
@@ -22,12 +22,13 @@ fn web() -> String {
     signing_key("auth", "web", "  algorithm: RS256\n")
 }
 
-fn edge() -> String {
-    signing_key(
-        "auth",
-        "edge",
-        "  algorithm: EdDSA\n  issuer: https://auth.example.com/tenants/edge\n",
-    )
+/// A SigningKey with an explicit issuer, on the server's URL under its namespace.
+fn edge(dev: &Dev) -> String {
+    let spec = format!(
+        "  algorithm: EdDSA\n  issuer: {}/auth/tenants/edge\n",
+        dev.external_url()
+    );
+    signing_key("auth", "edge", &spec)
 }
 
 /// Verifies `token` against the JWKS served now, as an independent verifier would.
@@ -48,7 +49,7 @@ async fn verifies(dev: &Dev, token: &str) -> Result<(), String> {
 /// Waits until `edge.yaml`, written now, is served: every change made before it has
 /// been read by then.
 async fn barrier(dev: &Dev) {
-    dev.write("edge.yaml", &edge());
+    dev.write("edge.yaml", &edge(dev));
     eventually("edge.yaml to be served", CHANGE_DEADLINE, || async {
         dev.kids(EDGE_JWKS).await
     })

@@ -16,7 +16,16 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 
 const WEB: &str = "  algorithm: RS256\n";
-const EDGE: &str = "  algorithm: EdDSA\n  issuer: https://auth.example.com/tenants/edge\n";
+/// A SigningKey with an explicit issuer: on the server's URL (whose port is known once it
+/// runs), under its namespace's path, as every issuer served here must be.
+fn edge(dev: &Dev, algorithm: &str) -> String {
+    let spec = format!(
+        "  algorithm: {algorithm}\n  issuer: {}/auth/tenants/edge\n",
+        dev.external_url()
+    );
+    signing_key("auth", "edge", &spec)
+}
+const EDGE_JWKS: &str = "/auth/tenants/edge/.well-known/jwks.json";
 
 fn web() -> String {
     signing_key("auth", "web", WEB)
@@ -43,8 +52,12 @@ fn verify(token: &str, jwks: &JwkSet, issuer: &str, audience: &str) -> Result<Va
 
 #[tokio::test]
 async fn serves_discovery_and_jwks_for_each_signing_key() {
-    let manifests = format!("{}---\n{}", web(), signing_key("auth", "edge", EDGE));
-    let dev = Dev::start(&[("keys.yaml", &manifests)]).await;
+    let dev = Dev::start(&[("keys.yaml", &web())]).await;
+    dev.write("edge.yaml", &edge(&dev, "EdDSA"));
+    eventually("edge to be served", CHANGE_DEADLINE, || async {
+        dev.kids(EDGE_JWKS).await
+    })
+    .await;
 
     let issuer = format!("{}/auth/web", dev.external_url());
     let discovery = dev.json("/auth/web/.well-known/openid-configuration").await;
@@ -94,20 +107,15 @@ async fn serves_discovery_and_jwks_for_each_signing_key() {
 
     // An explicit issuer decides the route by its path.
     let edge = dev
-        .json("/tenants/edge/.well-known/openid-configuration")
+        .json("/auth/tenants/edge/.well-known/openid-configuration")
         .await;
-    assert_eq!(edge["issuer"], "https://auth.example.com/tenants/edge");
+    let edge_issuer = format!("{}/auth/tenants/edge", dev.external_url());
+    assert_eq!(edge["issuer"], edge_issuer.as_str());
     assert_eq!(
         edge["jwks_uri"],
-        "https://auth.example.com/tenants/edge/.well-known/jwks.json"
+        format!("{edge_issuer}/.well-known/jwks.json").as_str()
     );
-    assert_eq!(
-        dev.kids("/tenants/edge/.well-known/jwks.json")
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(dev.kids(EDGE_JWKS).await.unwrap().len(), 1);
 
     assert_eq!(
         dev.get("/auth/nope/.well-known/jwks.json").await.status(),
@@ -238,11 +246,11 @@ async fn etag_and_conditional_requests() {
 #[tokio::test]
 async fn manifest_changes_take_effect_without_a_restart() {
     let dev = Dev::start(&[("web.yaml", &web())]).await;
-    let edge_jwks = "/tenants/edge/.well-known/jwks.json";
+    let edge_jwks = EDGE_JWKS;
     assert!(dev.kids(edge_jwks).await.is_none());
 
     let started = Instant::now();
-    dev.write("edge.yaml", &signing_key("auth", "edge", EDGE));
+    dev.write("edge.yaml", &edge(&dev, "EdDSA"));
     eventually(
         "the new SigningKey to be served",
         CHANGE_DEADLINE,
@@ -253,10 +261,7 @@ async fn manifest_changes_take_effect_without_a_restart() {
 
     // Changing the algorithm pre-publishes a key of the new algorithm beside the old one.
     let before = dev.kids(edge_jwks).await.unwrap();
-    dev.write(
-        "edge.yaml",
-        &signing_key("auth", "edge", &EDGE.replace("EdDSA", "ES256")),
-    );
+    dev.write("edge.yaml", &edge(&dev, "ES256"));
     let after = eventually("a key of the new algorithm", CHANGE_DEADLINE, || async {
         dev.kids(edge_jwks).await.filter(|kids| kids.len() == 2)
     })

@@ -128,6 +128,7 @@ fn start_operator(
         decision_cache_size: 1000,
         tls: None,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+        unconfined_issuer_namespaces: Vec::new(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

@@ -92,6 +92,7 @@ fn not_found() -> Value {
 }
 
 const SECRET: &str = "/api/v1/namespaces/auth/secrets/web-keys";
+const SIGNER: &str = "/api/v1/namespaces/auth/secrets/web-keys-active";
 const SECRETS: &str = "/api/v1/namespaces/auth/secrets";
 const CONFIG_MAP: &str = "/api/v1/namespaces/auth/configmaps/web-jwks";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/auth/events";
@@ -114,6 +115,17 @@ fn stored_secret(data: &authplane::keys::store::Data, resource_version: &str) ->
         "type": "authplane.io/signing-keys",
         "data": encoded,
     })
+}
+
+/// The signer Secret as the API server would return it, for the keys in `data`.
+fn stored_signer(data: &authplane::keys::store::Data, resource_version: &str) -> Value {
+    let mut secret = stored_secret(&authplane::keys::store::signer_data(data), resource_version);
+    secret["metadata"]["name"] = json!("web-keys-active");
+    secret["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey", "name": "web", "uid": "u-1",
+        "controller": true,
+    }]);
+    secret
 }
 
 fn keys_at(now: Timestamp) -> authplane::keys::store::Data {
@@ -154,6 +166,26 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
         assert_eq!(
             event["related"]["fieldPath"],
             format!("data[{kid}.pem]").as_str()
+        );
+        // Then the signer Secret: the Active key alone, owned like the key Secret.
+        expect(&mut api, "GET", SIGNER, 404, not_found()).await;
+        let signer = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
+        assert_eq!(signer["metadata"]["name"], "web-keys-active");
+        assert_eq!(signer["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let entries: Vec<&String> = signer["data"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            entries,
+            [
+                "active.alg",
+                "active.key",
+                "active.kid",
+                "issuer",
+                "max-token-lifetime"
+            ]
+        );
+        assert_eq!(
+            decoded(&signer, "active.key"),
+            decoded(&secret, "active.key")
         );
         let config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let jwks: Value =
@@ -220,6 +252,8 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
             "the Secret, the source of truth, remembers"
         );
         expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        expect(&mut api, "GET", SIGNER, 404, not_found()).await;
+        expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(
@@ -248,6 +282,15 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
             let mut status = Value::Null;
             while let Some((request, respond)) = api.next_request().await {
                 let path = request.uri().path().to_owned();
+                if path == SIGNER && request.method() == "GET" {
+                    respond.send_response(
+                        Response::builder()
+                            .status(404)
+                            .body(Body::from(serde_json::to_vec(&not_found()).unwrap()))
+                            .unwrap(),
+                    );
+                    continue;
+                }
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 if path == STATUS {
@@ -301,6 +344,8 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
         );
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event["reason"], "KeyGenerated");
+        // The Active key did not change: the signer Secret is left as it is.
+        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         let states: Vec<&str> = status["status"]["keys"]
@@ -330,8 +375,10 @@ async fn a_steady_state_reconcile_writes_nothing_that_would_trigger_it_again() {
     let status = {
         let (ctx, mut api, _leader) = context(now, true);
         let secret = stored_secret(&stored, "7");
+        let signer = stored_signer(&stored, "3");
         let server = tokio::spawn(async move {
             expect(&mut api, "GET", SECRET, 200, secret).await;
+            expect(&mut api, "GET", SIGNER, 200, signer).await;
             expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
             expect(&mut api, "PATCH", STATUS, 200, Value::Null).await["status"].clone()
         });
@@ -344,6 +391,7 @@ async fn a_steady_state_reconcile_writes_nothing_that_would_trigger_it_again() {
     let (ctx, mut api, _leader) = context(later, true);
     let server = tokio::spawn(async move {
         expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
+        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
         // The ConfigMap apply is a no-op for the apiserver when nothing changed.
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         api
@@ -381,6 +429,7 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
         expect(&mut api, "PUT", SECRET, 409, conflict).await;
         // The retry reads again and finds the other writer's next key: nothing to write.
         expect(&mut api, "GET", SECRET, 200, stored_secret(&theirs, "8")).await;
+        expect(&mut api, "GET", SIGNER, 200, stored_signer(&theirs, "3")).await;
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(status["status"]["keys"].as_array().unwrap().len(), 2);
@@ -475,6 +524,224 @@ async fn a_replica_without_the_lease_writes_nothing() {
     assert!(server.await.unwrap().next_request().await.is_none());
 }
 
+/// Another SigningKey of the namespace, naming web's Secret as its own.
+fn intruder(annotations: Value) -> SigningKey {
+    serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "x", "namespace": "auth", "uid": "u-x", "generation": 1,
+                     "annotations": annotations},
+        "spec": {"algorithm": "ES256", "secretName": "web-keys",
+                 "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn another_signing_keys_secret_is_never_loaded_rewritten_or_owned() {
+    // web's Secret, as authplane wrote it: its label and its controlling owner.
+    let stored = keys_at(t0());
+    let web_kid = stored["active.kid"].clone();
+    let mut secret = stored_secret(&stored, "7");
+    secret["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey", "name": "web", "uid": "u-1",
+        "controller": true,
+    }]);
+    let (ctx, mut api, _leader) = context(t0() + SignedDuration::from_secs(5), true);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, secret).await;
+        // No PUT of web's keys, no owner reference of x's on them: a Warning and a status.
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("SecretInUse"))
+        );
+        assert_eq!(event["regarding"]["name"], "x");
+        let status = expect(
+            &mut api,
+            "PATCH",
+            "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/x/status",
+            200,
+            Value::Null,
+        )
+        .await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("SecretInUse"))
+        );
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("Secret web-keys belongs to SigningKey auth/web"),
+            "{ready}"
+        );
+        assert!(!status.to_string().contains("PRIVATE KEY"));
+        api
+    });
+    // Its revoke-kids annotation names web's Active key: nothing is revoked.
+    let key = intruder(json!({"authplane.io/revoke-kids": web_kid}));
+    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "web's Secret is never written"
+    );
+}
+
+#[tokio::test]
+async fn at_activation_the_signer_secret_gets_the_new_key_and_nothing_else() {
+    // Stored at 90 s: the next key, published, activates at 100 s.
+    let key = signing_key(json!({}));
+    let published = authplane::reconcile::signing_key(
+        &key,
+        Some(&keys_at(t0())),
+        "https://auth.example",
+        t0() + SignedDuration::from_secs(90),
+        &mut KeyMaterial::generate,
+    )
+    .unwrap()
+    .data;
+    let (ctx, mut api, _leader) = context(t0() + SignedDuration::from_secs(100), true);
+    let stored = published.clone();
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
+        let secret = expect(&mut api, "PUT", SECRET, 200, Value::Null).await;
+        let reasons = [
+            expect(&mut api, "POST", EVENTS, 201, Value::Null).await,
+            expect(&mut api, "POST", EVENTS, 201, Value::Null).await,
+        ];
+        assert_eq!(
+            reasons.map(|e| e["reason"].clone()),
+            ["KeyActivated", "KeyRetired"]
+        );
+        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
+        let signer = expect(&mut api, "PUT", SIGNER, 200, Value::Null).await;
+        assert_eq!(signer["metadata"]["resourceVersion"], "3");
+        let new_kid = decoded(&secret, "active.kid");
+        assert_ne!(new_kid, stored["active.kid"]);
+        assert_eq!(decoded(&signer, "active.kid"), new_kid);
+        assert_eq!(
+            decoded(&signer, "active.key"),
+            decoded(&secret, &format!("{new_kid}.pem"))
+        );
+        // The retired key stays in the key Secret (the JWKS needs it), not here.
+        let retired = stored["active.kid"].clone();
+        assert!(secret["data"].get(format!("{retired}.pem")).is_some());
+        assert_eq!(signer["data"].as_object().unwrap().len(), 5);
+        assert!(!signer.to_string().contains(&format!("{retired}.pem")));
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        api
+    });
+    reconcile(
+        Arc::new(signing_key(json!({"activeKid": "x"}))),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
+}
+
+#[tokio::test]
+async fn a_signing_key_whose_issuer_path_is_anothers_is_not_ready_and_both_are_told_once() {
+    use authplane::issuer_claims::IssuerScope;
+    use authplane::registry::{Registry, Snapshot};
+    // The serving index: /auth/web is served for auth/old, which claimed it first.
+    let owner = authplane::api::ObjectKey {
+        namespace: "auth".into(),
+        name: "old".into(),
+    };
+    let registry = Arc::new(Registry::default());
+    registry.publish(Snapshot {
+        path_owners: [("/auth/web".to_owned(), Some(owner))]
+            .into_iter()
+            .collect(),
+        ..Snapshot::default()
+    });
+    let scope = Arc::new(IssuerScope::new("https://auth.example", []).unwrap());
+    let stored = keys_at(t0());
+    let run = |status: Value| {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let (_tx, rx) = tokio::sync::watch::channel(true);
+        let ctx = Context::new(
+            client.clone(),
+            Arc::new(authplane::metrics::Metrics::default()),
+            "https://auth.example".into(),
+            Arc::new(Fixed(t0() + SignedDuration::from_secs(5))),
+            LeaderWriter::new(client, rx, None),
+        )
+        .with_issuer_claims(scope.clone(), registry.clone());
+        (Arc::new(ctx), handle, _tx, signing_key(status))
+    };
+    let (ctx, mut api, _leader, key) = run(json!({}));
+    let data = stored.clone();
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&data, "7")).await;
+        expect(&mut api, "GET", SIGNER, 200, stored_signer(&data, "3")).await;
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        let mine = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (mine["reason"].as_str(), mine["regarding"]["name"].as_str()),
+            (Some("IssuerPathConflict"), Some("web"))
+        );
+        let theirs = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (
+                theirs["reason"].as_str(),
+                theirs["regarding"]["name"].as_str()
+            ),
+            (Some("IssuerPathConflict"), Some("old"))
+        );
+        assert!(
+            theirs["note"]
+                .as_str()
+                .unwrap()
+                .contains("it stays with this SigningKey")
+        );
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        (api, status["status"].clone())
+    });
+    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
+    drop(ctx);
+    let (api, status) = server.await.unwrap();
+    drop(api);
+    let ready = &status["conditions"][0];
+    assert_eq!(
+        (
+            ready["type"].as_str(),
+            ready["status"].as_str(),
+            ready["reason"].as_str()
+        ),
+        (Some("Ready"), Some("False"), Some("IssuerPathConflict"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("served for SigningKey auth/old")
+    );
+    assert!(
+        status.get("jwksUri").is_none(),
+        "its JWKS is not served: {status}"
+    );
+    assert!(status["activeKid"].is_string(), "its keys still sign");
+
+    // Reconciled again with that status: no new Events, and no status write.
+    let (ctx, mut api, _leader, key) = run(status);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
+        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        api
+    });
+    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
+}
+
 pub(crate) mod auth_policy_status {
     use super::*;
     use authplane::api::TargetKind;
@@ -526,7 +793,8 @@ pub(crate) mod auth_policy_status {
             Arc::new(Fixed(t0())),
             0,
         ));
-        let mut index = Index::new(runtime.clone());
+        let scope = authplane::issuer_claims::IssuerScope::anywhere("https://auth.example");
+        let mut index = Index::new(runtime.clone(), Arc::new(scope));
         index.apply_key(
             &ObjectKey {
                 namespace: "auth".into(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authplane::api::{AuthPolicy, SigningKey};
+use authplane::issuer_claims::IssuerScope;
 use authplane::keys::KeyMaterial;
 use authplane::operator::auth_policies::Recompiled;
 use authplane::operator::serve;
@@ -49,7 +50,8 @@ fn secret(data: &authplane::keys::store::Data) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "web-keys", "namespace": "auth", "resourceVersion": "1",
-                     "labels": {"app.kubernetes.io/managed-by": "authplane"}},
+                     "labels": {"app.kubernetes.io/managed-by": "authplane",
+                                "authplane.io/signing-key": "web"}},
         "data": encoded,
     })
 }
@@ -173,6 +175,7 @@ async fn start(policies: Policies) -> Serving {
     let clock = Arc::new(authplane::clock::SystemClock);
     let runtime = Arc::new(PolicyRuntime::new(metrics.clone(), clock.clone(), 0));
     let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    let scope = Arc::new(IssuerScope::new("http://127.0.0.1", []).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState {
@@ -180,7 +183,11 @@ async fn start(policies: Policies) -> Serving {
         metrics,
         clock,
         base_url: Arc::from(base.as_str()),
-        signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
+        signing_keys: Arc::new(serve::KeyIndex {
+            keys: keys.clone(),
+            registry: registry.clone(),
+            scope: scope.clone(),
+        }),
         tls: None,
         revoke: None,
     };
@@ -196,14 +203,20 @@ async fn start(policies: Policies) -> Serving {
         },
     ));
     let feed = Arc::new(Recompiled::default());
-    let recompiled = feed.clone().triggers().boxed();
+    let recompiled = feed
+        .clone()
+        .triggers::<DeserializeGuard<AuthPolicy>>()
+        .boxed();
     let serving = tokio::spawn(serve::run(
         client,
-        "http://127.0.0.1".into(),
+        scope,
         registry.clone(),
         runtime,
         (keys_writer, kube::runtime::reflector::store().1),
-        feed,
+        serve::Announced {
+            recompiled: feed,
+            reclaimed: Arc::default(),
+        },
         stopped,
     ));
     let http = tokio::spawn(async move {

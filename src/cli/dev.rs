@@ -29,6 +29,10 @@ pub(crate) struct DevArgs {
     /// Base URL of default issuers, an http(s) URL (default: http(s)://<listen>).
     #[arg(long, value_name = "URL", value_parser = flags::external_url)]
     external_url: Option<String>,
+    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
+    /// URL (comma-separated); SigningKeys of the others only under /<namespace>/.
+    #[arg(long, value_name = "NAMESPACE,...", value_delimiter = ',')]
+    unconfined_issuer_namespaces: Vec<String>,
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
@@ -56,6 +60,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
             decision_cache_size: args.decision_cache_size,
             tls: args.tls_files.files(),
             revoke_rate_per_minute: args.revoke_rate,
+            unconfined_issuer_namespaces: args.unconfined_issuer_namespaces,
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(

@@ -29,6 +29,10 @@ pub(crate) struct RunArgs {
     /// URLs.
     #[arg(long, value_name = "URL", value_parser = flags::external_url)]
     external_url: String,
+    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
+    /// URL (comma-separated); SigningKeys of the others only under /<namespace>/.
+    #[arg(long, value_name = "NAMESPACE,...", value_delimiter = ',')]
+    unconfined_issuer_namespaces: Vec<String>,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -132,6 +136,7 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
         decision_cache_size: args.decision_cache_size,
         tls,
         revoke_rate_per_minute: args.revoke_rate,
+        unconfined_issuer_namespaces: args.unconfined_issuer_namespaces,
     };
     let runtime = server::runtime::build(args.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

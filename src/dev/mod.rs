@@ -26,6 +26,7 @@ use crate::driver::{
     serve::{ServeError, Serving},
 };
 use crate::index::Index;
+use crate::issuer_claims::{IssuerScope, KeyClaim};
 use crate::metrics::Metrics;
 use crate::policy::progression::RolloutTracker;
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys};
@@ -83,10 +84,15 @@ pub struct DevConfig {
     pub tls: Option<TlsFiles>,
     /// `POST {issuer}/revoke` requests per minute per client address.
     pub revoke_rate_per_minute: u32,
+    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
+    /// URL; the others only under `/<namespace>/`.
+    pub unconfined_issuer_namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
+    #[error("external URL: {0}")]
+    ExternalUrl(#[from] crate::api::IssuerError),
     #[error("manifests folder {0}: {1}")]
     Manifests(PathBuf, std::io::Error),
     #[error(transparent)]
@@ -172,9 +178,17 @@ pub async fn start_tuned(
         false => None,
     };
 
+    let scope = Arc::new(IssuerScope::new(
+        &external_url,
+        config.unconfined_issuer_namespaces.iter().cloned(),
+    )?);
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
-    let known = Arc::new(KnownKeys::default());
+    let known = Arc::new(KnownKeys {
+        keys: ArcSwap::default(),
+        registry: registry.clone(),
+        scope: scope.clone(),
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
     // The certificate is loaded before anything is served: a bad one fails the start.
     let tls = match &config.tls {
@@ -203,7 +217,7 @@ pub async fn start_tuned(
         external_url: external_url.clone(),
         clock: clock.clone(),
         registry: registry.clone(),
-        index: Index::new(runtime.clone()),
+        index: Index::new(runtime.clone(), scope),
         runtime,
         key_checks: HashMap::new(),
         rollouts: RolloutTracker::default(),
@@ -421,18 +435,28 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-/// The SigningKeys the manifests define, with their `maxTokenLifetime`, as the admission
-/// webhook sees them.
-#[derive(Default)]
-struct KnownKeys(ArcSwap<BTreeMap<ObjectKey, jiff::SignedDuration>>);
+/// The SigningKeys the manifests define with their `maxTokenLifetime`, and what the
+/// served ones hold, as the admission webhook sees them.
+struct KnownKeys {
+    keys: ArcSwap<BTreeMap<ObjectKey, jiff::SignedDuration>>,
+    registry: Arc<Registry>,
+    scope: Arc<IssuerScope>,
+}
 
 impl SigningKeyIndex for KnownKeys {
     fn contains(&self, id: &ObjectKey) -> bool {
-        self.0.load().contains_key(id)
+        self.keys.load().contains_key(id)
     }
 
     fn max_token_lifetime(&self, id: &ObjectKey) -> Option<jiff::SignedDuration> {
-        self.0.load().get(id).copied()
+        self.keys.load().get(id).copied()
+    }
+
+    fn claims(&self) -> Option<admission::Claims> {
+        Some(admission::Claims {
+            scope: self.scope.clone(),
+            snapshot: self.registry.load(),
+        })
     }
 }
 
@@ -469,7 +493,7 @@ impl Driver {
                 self.manifests.display()
             );
         }
-        self.known.0.store(Arc::new(
+        self.known.keys.store(Arc::new(
             desired
                 .signing_keys
                 .iter()
@@ -549,8 +573,8 @@ impl Driver {
                 continue;
             }
             let next = match self.reconcile_key(id, key) {
-                Ok((served, next)) => {
-                    self.index.apply_key(id, served);
+                Ok((claim, served, next)) => {
+                    self.index.apply_claim(id, claim, Some(served));
                     next
                 }
                 Err(e) => {
@@ -648,7 +672,7 @@ impl Driver {
         &mut self,
         id: &ObjectKey,
         key: &SigningKey,
-    ) -> Result<(ServedKeys, Option<Timestamp>), KeyStepError<state::StateError>> {
+    ) -> Result<(KeyClaim, ServedKeys, Option<Timestamp>), KeyStepError<state::StateError>> {
         let now = self.clock.now();
         let store = state::FolderKeys {
             store: &self.store,
@@ -667,12 +691,13 @@ impl Driver {
             &self.external_url,
             now,
         ))?;
+        let claim = KeyClaim::of(key, &self.external_url, Some(&outcome.data));
         let served = ServedKeys {
             published: Arc::new(outcome.published(&id.namespace, &id.name)),
             keys: outcome.keys,
             max_token_lifetime: key.spec.max_token_lifetime(),
         };
-        Ok((served, outcome.next_wakeup))
+        Ok((claim, served, outcome.next_wakeup))
     }
 
     fn forget(&mut self, id: &ObjectKey) {
@@ -681,21 +706,41 @@ impl Driver {
         self.metrics.forget_keys(&id.namespace, &id.name);
     }
 
+    /// Says where each issuer is served, as fields (an issuer is the user's text).
     fn log_issuers(&self) {
         let ordered: BTreeMap<&ObjectKey, &Arc<PublishedIssuer>> = self
             .index
             .served_keys()
             .map(|(id, s)| (id, &s.published))
             .collect();
+        let snapshot = self.index.snapshot();
         for (id, published) in ordered {
-            tracing::info!(
-                "SigningKey {id}: issuer {} (discovery {}/.well-known/openid-configuration, JWKS {})",
-                published.issuer,
-                published.issuer,
-                published.jwks_uri
-            );
+            let served_here = snapshot
+                .issuers
+                .get(&published_path(published))
+                .is_some_and(|p| Arc::ptr_eq(p, published));
+            let issuer = published.issuer.as_str();
+            if served_here {
+                tracing::info!(
+                    signing_key = %id,
+                    issuer,
+                    jwks_uri = published.jwks_uri.as_str(),
+                    "issuer served (discovery at <issuer>/.well-known/openid-configuration)"
+                );
+            } else {
+                tracing::info!(
+                    signing_key = %id,
+                    issuer,
+                    "issuer not served here (published elsewhere, or its path is another's); its keys sign"
+                );
+            }
         }
     }
+}
+
+/// The URL path an issuer is served at, if it has one.
+fn published_path(published: &PublishedIssuer) -> String {
+    crate::api::issuer_path(&published.issuer).unwrap_or_default()
 }
 
 /// The warnings the admission webhook gives for each object that is new or changed, as
@@ -731,7 +776,7 @@ fn admission_warnings(
             report(
                 "SigningKey",
                 id,
-                admission::signing_key(key, old.map(|o| &**o)),
+                admission::signing_key(key, old.map(|o| &**o), index),
             );
         }
     }
@@ -781,7 +826,11 @@ mod tests {
             .iter()
             .map(|(id, key)| (id.clone(), key.spec.max_token_lifetime()))
             .collect();
-        let index = KnownKeys(ArcSwap::from_pointee(known));
+        let index = KnownKeys {
+            keys: ArcSwap::from_pointee(known),
+            registry: Arc::default(),
+            scope: Arc::new(IssuerScope::new("http://127.0.0.1:8080", []).unwrap()),
+        };
         let created = admission_warnings(
             &Desired::default(),
             &both,

@@ -108,11 +108,14 @@ impl DevRevocations {
                         let lag = (now.as_millisecond() - entry.created.saturating_mul(1000))
                             as f64
                             / 1000.0;
+                        // As fields: they come from the object (text fields are escaped).
+                        let issuer = entry.issuer.to_string();
                         tracing::info!(
+                            revocation = %id,
+                            issuer = issuer.as_str(),
+                            matcher = entry.matcher.to_string().as_str(),
                             reason = entry.reason.as_deref().unwrap_or(""),
-                            "Revocation {id} applied: tokens with {} of {}",
-                            entry.matcher,
-                            entry.issuer
+                            "Revocation applied"
                         );
                         let fresh =
                             self.started && revocation.metadata.creation_timestamp.is_some();

@@ -140,7 +140,11 @@ impl ExternalIssuer {
                 match current.filter(|k| k.digest() == keys.digest()) {
                     Some(same) => same.confirm(now),
                     None => {
-                        tracing::info!(%issuer, keys = count, "external key set updated");
+                        tracing::info!(
+                            issuer = issuer.as_str(),
+                            keys = count,
+                            "external key set updated"
+                        );
                         keys.confirm(now);
                         self.keys.store(Some(Arc::new(keys)));
                     }
@@ -161,7 +165,10 @@ impl ExternalIssuer {
                 } else {
                     "no key set yet: tokens of this issuer are refused"
                 };
-                tracing::warn!(%issuer, "external key set refresh failed: {error}; {keeping}");
+                tracing::warn!(
+                    issuer = issuer.as_str(),
+                    "external key set refresh failed: {error}; {keeping}"
+                );
                 self.record
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

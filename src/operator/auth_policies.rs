@@ -165,9 +165,10 @@ impl Recompiled {
     /// The policies announced from now on, for `Controller::reconcile_on`, until the
     /// stream is dropped (the lease is lost). A controller that starts reconciles every
     /// policy anyway, so nothing from before is needed.
-    pub fn triggers(
-        self: Arc<Self>,
-    ) -> impl Stream<Item = ObjectRef<DeserializeGuard<AuthPolicy>>> + Send + 'static {
+    pub fn triggers<K>(self: Arc<Self>) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+    where
+        K: kube::Resource<DynamicType = ()> + 'static,
+    {
         self.listeners.fetch_add(1, Ordering::SeqCst);
         let listening = Listening(self);
         futures::stream::unfold(listening, |listening| async move {
@@ -254,7 +255,7 @@ mod tests {
         // new controller reconciles every policy anyway.
         feed.announce(BTreeSet::from([id("old")]));
         assert!(feed.take().is_empty(), "a follower keeps nothing");
-        let mut triggers = Box::pin(feed.clone().triggers());
+        let mut triggers = Box::pin(feed.clone().triggers::<DeserializeGuard<AuthPolicy>>());
         feed.announce(BTreeSet::from([id("pay"), id("cart")]));
         feed.announce(BTreeSet::from([id("pay")]));
         let mut seen = Vec::new();

@@ -176,7 +176,8 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     .unwrap();
     let metrics = Arc::new(Metrics::default());
     let runtime = Arc::new(PolicyRuntime::new(metrics.clone(), clock.clone(), 0));
-    let mut index = Index::new(runtime.clone());
+    let scope = crate::issuer_claims::IssuerScope::anywhere("https://a.example");
+    let mut index = Index::new(runtime.clone(), Arc::new(scope));
     let key_id = ObjectKey {
         namespace: "auth".into(),
         name: "web".into(),
@@ -220,6 +221,7 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
             rollouts: Default::default(),
         }),
         recompiled: recompiled.clone(),
+        reclaimed: Arc::new(Recompiled::default()),
     };
     let lists = HashMap::from([
         ("authpolicies", list(vec![policy()])),

@@ -35,6 +35,7 @@ use crate::driver::{
     self,
     serve::{Listener, ServeError},
 };
+use crate::issuer_claims::IssuerScope;
 use crate::metrics::Metrics;
 use crate::registry::{PolicyRuntime, Registry};
 use crate::server::{self, AppState, Endpoints};
@@ -61,6 +62,9 @@ pub struct OperatorConfig {
     pub tls: Option<TlsConfig>,
     /// `POST {issuer}/revoke` requests per minute per client address.
     pub revoke_rate_per_minute: u32,
+    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
+    /// URL; the others only under `/<namespace>/`.
+    pub unconfined_issuer_namespaces: Vec<String>,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -88,6 +92,8 @@ pub enum OperatorError {
     CrdsMissing,
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("external URL: {0}")]
+    ExternalUrl(#[from] crate::api::IssuerError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -126,6 +132,10 @@ pub async fn run(
         Ok(_) => {}
     }
 
+    let scope = Arc::new(IssuerScope::new(
+        &config.external_url,
+        config.unconfined_issuer_namespaces.iter().cloned(),
+    )?);
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let mut listeners = vec![Listener {
@@ -172,7 +182,11 @@ pub async fn run(
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
         base_url: Arc::from(config.external_url.as_str()),
-        signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
+        signing_keys: Arc::new(serve::KeyIndex {
+            keys: keys.clone(),
+            registry: registry.clone(),
+            scope: scope.clone(),
+        }),
         tls: slot,
         revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
             Arc::new(revocations::KubeWriter {
@@ -196,15 +210,20 @@ pub async fn run(
         (keys.clone(), policies.clone()),
         stopped.clone(),
     ));
-    // The serving index tells the status controller which policies it compiled.
+    // The serving index tells the status controllers which policies it compiled and
+    // which SigningKeys' issuer claims moved.
     let recompiled = Arc::new(auth_policies::Recompiled::default());
+    let reclaimed = Arc::new(auth_policies::Recompiled::default());
     let watching = tokio::spawn(serve::run(
         client.clone(),
-        config.external_url.clone(),
+        scope.clone(),
         registry.clone(),
         runtime.clone(),
         (keys_writer, policies_writer),
-        recompiled.clone(),
+        serve::Announced {
+            recompiled: recompiled.clone(),
+            reclaimed: reclaimed.clone(),
+        },
         stopped.clone(),
     ));
 
@@ -233,13 +252,16 @@ pub async fn run(
         leader.clone(),
         Some(config.identity.clone()),
     );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        config.external_url.clone(),
-        Arc::new(SystemClock),
-        writer.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            config.external_url.clone(),
+            Arc::new(SystemClock),
+            writer.clone(),
+        )
+        .with_issuer_claims(scope, registry.clone()),
+    );
     let policy_ctx = Arc::new(auth_policies::PolicyContext {
         targets: Default::default(),
         registry: registry.clone(),
@@ -256,6 +278,7 @@ pub async fn run(
             keys: ctx,
             policies: policy_ctx,
             recompiled,
+            reclaimed,
         },
         metrics,
         leader,
@@ -285,6 +308,8 @@ struct Controllers {
     keys: Arc<Context>,
     policies: Arc<auth_policies::PolicyContext>,
     recompiled: Arc<auth_policies::Recompiled>,
+    /// SigningKeys whose issuer claim moved: their status says whether it is served.
+    reclaimed: Arc<auth_policies::Recompiled>,
 }
 
 /// Runs the controllers while this replica leads, and stops them the moment it does not.
@@ -306,6 +331,7 @@ async fn lead(
             keys: ctx,
             policies: policy_ctx,
             recompiled,
+            reclaimed,
         } = &controllers;
         let keys = Api::<DeserializeGuard<SigningKey>>::all(client.clone());
         let secrets = Api::<Secret>::all(client.clone());
@@ -314,6 +340,7 @@ async fn lead(
                 secrets,
                 watcher::Config::default().labels(&serve::managed_selector()),
             )
+            .reconcile_on(reclaimed.clone().triggers())
             .run(
                 signing_keys::reconcile_guarded,
                 signing_keys::error_policy_guarded,

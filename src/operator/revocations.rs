@@ -167,11 +167,14 @@ impl Follower {
                     .as_ref()
                     .filter(|_| live)
                     .map(|t| now.duration_since(t.0).as_secs_f64());
+                // As fields: they come from the object (text fields are escaped).
+                let issuer = entry.issuer.to_string();
                 tracing::info!(
+                    revocation = %id,
+                    issuer = issuer.as_str(),
+                    matcher = entry.matcher.to_string().as_str(),
                     reason = entry.reason.as_deref().unwrap_or(""),
-                    "Revocation {id} applied: tokens with {} of {}",
-                    entry.matcher,
-                    entry.issuer
+                    "Revocation applied"
                 );
                 metrics.revocation_applied(entry.reason_label, lag);
             }

@@ -1,5 +1,12 @@
 //! SigningKey keys in a Secret: the operator's [`KeyStore`]. The Secret is the source of
 //! truth; it is written with optimistic concurrency, through the leader's writer.
+//!
+//! A Secret is read or written for a SigningKey only when it is that SigningKey's
+//! ([`check_owner`]): naming another's Secret in `spec.secretName` must not load its
+//! private keys, rewrite them, put another owner on them (the garbage collector would
+//! then delete them with it) or revoke their kids. The signer Secret
+//! (`<secretName>-active`, [`SecretStore::sync_signer`]) holds the Active key alone, for
+//! workloads that sign.
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
@@ -9,7 +16,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
 
 use super::error::Error;
-use super::signing_keys::{MANAGED_BY, owned_metadata};
+use super::signing_keys::{MANAGED_BY, SIGNING_KEY_LABEL, owned_metadata};
 use super::writer::LeaderWriter;
 use crate::api::conditions::reason;
 use crate::api::{ObjectKey, SigningKey};
@@ -31,9 +38,9 @@ pub struct SecretStore<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// A Secret of that name exists without our label: it is left alone.
-    #[error("the Secret exists and is not managed by authplane")]
-    NotManaged,
+    /// A Secret of that name exists, and is not this SigningKey's: it is left alone.
+    #[error(transparent)]
+    NotItsOwn(#[from] NotItsSecret),
     #[error("the Secret is unreadable: {0}")]
     Unreadable(StoreError),
     #[error(transparent)]
@@ -77,8 +84,10 @@ impl KeyStore for SecretStore<'_> {
         }
         .filter(|at| *at + SECRET_RECREATED_SHOWN_FOR > self.now);
         let data = match &secret {
-            Some(secret) if !is_managed(secret) => return Err(SecretError::NotManaged),
-            Some(secret) => Some(secret_data(secret).map_err(SecretError::Unreadable)?),
+            Some(secret) => {
+                check_owner(secret, key)?;
+                Some(secret_data(secret).map_err(SecretError::Unreadable)?)
+            }
             None => None,
         };
         if deleted_by_hand {
@@ -131,8 +140,113 @@ impl KeyStore for SecretStore<'_> {
     }
 }
 
-fn is_managed(secret: &Secret) -> bool {
-    secret.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+impl SecretStore<'_> {
+    /// Brings the signer Secret (`<secretName>-active`) in step with `data`, the key
+    /// Secret just stored: the Active key alone, under the names a signer reads. Written
+    /// only when it differs, and never over a Secret that is not this SigningKey's.
+    pub async fn sync_signer(
+        &self,
+        id: &ObjectKey,
+        key: &SigningKey,
+        data: &Data,
+    ) -> Result<(), SecretError> {
+        let signer = crate::keys::store::signer_data(data);
+        if signer.is_empty() {
+            return Ok(());
+        }
+        let name = key.signer_secret_name();
+        let existing = Api::<Secret>::namespaced(self.client.clone(), &id.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(Error::from)?;
+        let mut desired = build_secret(key, &name, &signer);
+        match existing {
+            None => self.writer.create_secret(&id.namespace, &desired).await?,
+            Some(existing) => {
+                check_owner(&existing, key)?;
+                let current = secret_data(&existing).ok();
+                // `check_owner` passed: any controller is this SigningKey; one restored
+                // without owner is adopted.
+                let owned = existing
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.controller == Some(true));
+                if current.as_ref() == Some(&signer) && owned {
+                    return Ok(());
+                }
+                desired.metadata.resource_version = existing.metadata.resource_version.clone();
+                self.writer.replace_secret(&id.namespace, &desired).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a Secret may not hold a SigningKey's keys.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotItsSecret {
+    /// It lacks the label `app.kubernetes.io/managed-by=authplane`.
+    #[error("the Secret exists and is not managed by authplane")]
+    NotManaged,
+    /// It is managed by authplane for something else: another SigningKey (its
+    /// `authplane.io/signing-key` label or its controlling owner says so), or no
+    /// SigningKey at all (authplane's own TLS Secret).
+    #[error("the Secret belongs to {owner}")]
+    Another { owner: String },
+}
+
+/// Whether `secret` may hold the keys of `key`, from the Secret alone (so that one read
+/// from a watch cache is checked the same way): it is managed by authplane, its
+/// `authplane.io/signing-key` label names this SigningKey, and any controlling owner is
+/// this SigningKey (its uid: one deleted and created again under the same name is another
+/// object, whose Secret the garbage collector is about to delete). The label and owner
+/// are what authplane writes on every Secret it creates.
+pub fn check_owner(secret: &Secret, key: &SigningKey) -> Result<(), NotItsSecret> {
+    let labels = secret.labels();
+    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+        return Err(NotItsSecret::NotManaged);
+    }
+    let namespace = key.namespace().unwrap_or_default();
+    let name = key.name_any();
+    match labels.get(SIGNING_KEY_LABEL) {
+        None => {
+            return Err(NotItsSecret::Another {
+                owner: format!("no SigningKey (it has no {SIGNING_KEY_LABEL} label)"),
+            });
+        }
+        Some(label) if *label != name => {
+            return Err(NotItsSecret::Another {
+                owner: format!("SigningKey {namespace}/{label}"),
+            });
+        }
+        Some(_) => {}
+    }
+    let controller = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    if let Some(controller) = controller {
+        let ours = controller.kind == SigningKey::kind(&())
+            && controller.name == name
+            && key
+                .meta()
+                .uid
+                .as_ref()
+                .is_none_or(|uid| *uid == controller.uid);
+        if !ours {
+            return Err(NotItsSecret::Another {
+                owner: format!(
+                    "{} {namespace}/{} (uid {})",
+                    controller.kind, controller.name, controller.uid
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The Secret's data as text; any entry that is not UTF-8 makes it unreadable.

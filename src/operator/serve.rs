@@ -14,10 +14,11 @@ use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 
 use super::auth_policies::Recompiled;
-use super::signing_keys::{MANAGED_BY, secret_data};
-use crate::admission::SigningKeyIndex;
+use super::signing_keys::{MANAGED_BY, check_owner, secret_data};
+use crate::admission::{Claims, SigningKeyIndex};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
 use crate::index::Index;
+use crate::issuer_claims::{IssuerScope, KeyClaim};
 use crate::keys::store;
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, SourceState};
 
@@ -26,22 +27,42 @@ pub fn managed_selector() -> String {
 }
 
 /// The SigningKeys of the watch cache, for the admission webhook: one that does not
-/// parse still exists (its own review refuses it, not the policies naming it).
-pub struct KeyIndex(pub Store<DeserializeGuard<SigningKey>>);
+/// parse still exists (its own review refuses it, not the policies naming it). What they
+/// hold (issuer paths, Secrets) comes from the serving index, in `registry`.
+pub struct KeyIndex {
+    pub keys: Store<DeserializeGuard<SigningKey>>,
+    pub registry: Arc<Registry>,
+    pub scope: Arc<IssuerScope>,
+}
 
 impl SigningKeyIndex for KeyIndex {
     fn contains(&self, id: &ObjectKey) -> bool {
-        self.0
+        self.keys
             .get(&ObjectRef::new(&id.name).within(&id.namespace))
             .is_some()
     }
 
     fn max_token_lifetime(&self, id: &ObjectKey) -> Option<jiff::SignedDuration> {
         let key = self
-            .0
+            .keys
             .get(&ObjectRef::new(&id.name).within(&id.namespace))?;
         key.0.as_ref().ok().map(|key| key.spec.max_token_lifetime())
     }
+
+    fn claims(&self) -> Option<Claims> {
+        Some(Claims {
+            scope: self.scope.clone(),
+            snapshot: self.registry.load(),
+        })
+    }
+}
+
+/// What the serving loop tells the leader's controllers: the AuthPolicies it compiled,
+/// and the SigningKeys whose issuer claim moved (their status says whether it is
+/// served).
+pub struct Announced {
+    pub recompiled: Arc<Recompiled>,
+    pub reclaimed: Arc<Recompiled>,
 }
 
 /// Runs the serving watches. `caches` are the writers of the SigningKey and AuthPolicy
@@ -54,16 +75,17 @@ impl SigningKeyIndex for KeyIndex {
 /// deleted meanwhile.
 pub async fn run(
     client: Client,
-    external_url: String,
+    scope: Arc<IssuerScope>,
     registry: Arc<Registry>,
     runtime: Arc<PolicyRuntime>,
     caches: (
         reflector::store::Writer<DeserializeGuard<SigningKey>>,
         reflector::store::Writer<DeserializeGuard<AuthPolicy>>,
     ),
-    recompiled: Arc<Recompiled>,
+    announced: Announced,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let external_url = scope.external_url().to_owned();
     let (keys_writer, policies_writer) = caches;
     let (keys, policies) = (keys_writer.as_reader(), policies_writer.as_reader());
     let (secrets, secrets_writer) = reflector::store::<Secret>();
@@ -92,7 +114,7 @@ pub async fn run(
         registry.set_source(name, SourceState::Syncing);
     }
     let mut changes = futures::stream::select_all(streams);
-    let mut view = View::new(runtime);
+    let mut view = View::new(runtime, scope);
     let caches = Caches {
         keys: &keys,
         secrets: &secrets,
@@ -154,7 +176,8 @@ pub async fn run(
             registry.publish(snapshot);
             // Once served, reported: on the leader, this is what its status controller
             // reconciles (every replica compiles the same objects the same way).
-            recompiled.announce(view.index.take_recompiled());
+            announced.recompiled.announce(view.index.take_recompiled());
+            announced.reclaimed.announce(view.index.take_reclaimed());
         }
     }
 }
@@ -259,9 +282,9 @@ struct View {
 }
 
 impl View {
-    fn new(runtime: Arc<PolicyRuntime>) -> Self {
+    fn new(runtime: Arc<PolicyRuntime>, scope: Arc<IssuerScope>) -> Self {
         Self {
-            index: Index::new(runtime).recording_recompiled(),
+            index: Index::new(runtime, scope).recording_recompiled(),
             pending: Pending::default(),
             secret_of: HashMap::new(),
             users_of: HashMap::new(),
@@ -362,36 +385,69 @@ impl View {
         };
         self.set_secret(id, Some(secret.clone()));
         let secret_ref = ObjectRef::<Secret>::new(&secret.name).within(&secret.namespace);
-        let keyset = caches
-            .secrets
-            .get(&secret_ref)
-            .ok_or_else(|| "its Secret does not exist yet".to_owned())
-            .and_then(|secret| secret_data(&secret).map_err(|e| e.to_string()))
-            .and_then(|data| store::from_data(&data).map_err(|e| e.to_string()));
-        match keyset {
+        let cached = caches.secrets.get(&secret_ref);
+        // Another SigningKey's Secret is never read for this one: not its keys, not its
+        // claim's age.
+        if let Some(not_its) = cached.as_deref().and_then(|s| check_owner(s, key).err()) {
+            self.warn_once(format!(
+                "SigningKey {id} not served: Secret {} is not its own ({not_its})",
+                secret.name
+            ));
+            let claim = KeyClaim::of(key, caches.external_url, None);
+            self.index.apply_claim(id, claim, None);
+            return;
+        }
+        let data = match cached.as_deref().map(secret_data) {
+            Some(Ok(data)) => Some(data),
+            Some(Err(e)) => return self.keep_last_good(id, key, caches, e.to_string()),
+            None => None,
+        };
+        let claim = KeyClaim::of(key, caches.external_url, data.as_ref());
+        let Some(data) = data else {
+            // Not stored yet: the claim holds its issuer path meanwhile.
+            if self.index.served(id).is_some() {
+                return self.keep_last_good(id, key, caches, "its Secret is gone".into());
+            }
+            self.index.apply_claim(id, claim, None);
+            return;
+        };
+        match store::from_data(&data) {
             Ok(keyset) => {
                 let published = PublishedIssuer::render(
                     &id.namespace,
                     &id.name,
-                    &key.issuer(caches.external_url),
+                    &claim.issuer,
                     &keyset,
                     key.key_policy().pre_publish,
                 );
-                self.index.apply_key(
-                    id,
-                    ServedKeys {
-                        published: Arc::new(published),
-                        keys: keyset,
-                        max_token_lifetime: key.spec.max_token_lifetime(),
-                    },
-                );
+                let served = ServedKeys {
+                    published: Arc::new(published),
+                    keys: keyset,
+                    max_token_lifetime: key.spec.max_token_lifetime(),
+                };
+                self.index.apply_claim(id, claim, Some(served));
             }
-            Err(reason) if self.index.served(id).is_some() => {
-                self.warn_once(format!(
-                    "SigningKey {id}: {reason}; serving its last good keys"
-                ));
-            }
-            Err(reason) => self.warn_once(format!("SigningKey {id} not served yet: {reason}")),
+            Err(e) => self.keep_last_good(id, key, caches, e.to_string()),
+        }
+    }
+
+    /// A SigningKey whose Secret is gone or broken: its last good keys keep serving; one
+    /// never served holds its claim until its keys can be read.
+    fn keep_last_good(
+        &mut self,
+        id: &ObjectKey,
+        key: &SigningKey,
+        caches: &Caches<'_>,
+        reason: String,
+    ) {
+        if self.index.served(id).is_some() {
+            self.warn_once(format!(
+                "SigningKey {id}: {reason}; serving its last good keys"
+            ));
+        } else {
+            self.warn_once(format!("SigningKey {id} not served yet: {reason}"));
+            let claim = KeyClaim::of(key, caches.external_url, None);
+            self.index.apply_claim(id, claim, None);
         }
     }
 
@@ -456,7 +512,10 @@ mod tests {
 
     fn secret(name: &str, data: &crate::keys::store::Data) -> Secret {
         let mut secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "auth", "labels": {"app.kubernetes.io/managed-by": "authplane"}},
+            "metadata": {"name": name, "namespace": "auth", "labels": {
+                "app.kubernetes.io/managed-by": "authplane",
+                "authplane.io/signing-key": name.trim_end_matches("-keys"),
+            }},
         }))
         .unwrap();
         secret.data = Some(
@@ -489,6 +548,11 @@ mod tests {
         keys_writer.apply_watcher_event(&Event::Apply(web.clone()));
         keys_writer
             .apply_watcher_event(&Event::Apply(key("broken", json!({"algorithm": "HS256"}))));
+        // Another SigningKey naming web's Secret, with its own issuer path.
+        keys_writer.apply_watcher_event(&Event::Apply(key(
+            "x",
+            json!({"algorithm": "EdDSA", "secretName": "web-keys"}),
+        )));
         secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &outcome.data)));
 
         let caches = Caches {
@@ -497,7 +561,8 @@ mod tests {
             policies: &policies,
             external_url: "https://auth.example",
         };
-        let mut view = View::new(Arc::new(runtime()));
+        let scope = IssuerScope::new("https://auth.example", []).unwrap();
+        let mut view = View::new(Arc::new(runtime()), Arc::new(scope));
         view.pending.everything = [true; 3];
         view.apply_pending(&caches);
         let snapshot = view.index.snapshot();
@@ -511,6 +576,19 @@ mod tests {
             snapshot.issuers.len(),
             1,
             "the malformed SigningKey is skipped, the rest served"
+        );
+        let x = ObjectKey {
+            namespace: "auth".into(),
+            name: "x".into(),
+        };
+        assert!(
+            view.index.served(&x).is_none(),
+            "web's keys are never served as x's"
+        );
+        assert_eq!(
+            snapshot.path_owners["/auth/x"],
+            Some(x),
+            "x holds its own path, serving nothing"
         );
 
         // The Secret edited into garbage: the last good keys keep serving.

@@ -18,9 +18,12 @@ use crate::driver::{
     self,
     keys::{KeyEvents, KeyStepError, Said},
 };
+use crate::issuer_claims::{IssuerScope, Publication};
 use crate::keys::store::StoreError;
+use crate::registry::Registry;
 
 pub use super::error::{Error, ErrorKind};
+pub use super::secret_store::{NotItsSecret, check_owner};
 pub use super::secret_store::{RECREATED_AT_ANNOTATION, SECRET_TYPE, secret_data};
 use super::secret_store::{SECRET_RECREATED_SHOWN_FOR, SecretError, SecretStore};
 use super::writer::LeaderWriter;
@@ -39,6 +42,9 @@ pub struct Context {
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
     pub writer: LeaderWriter,
+    /// Where issuers may be published and which SigningKey serves each path (the
+    /// serving index's snapshot), for the status; `None`: not reported.
+    issuer_claims: Option<(Arc<IssuerScope>, Arc<Registry>)>,
     /// Consecutive failures per SigningKey, for the backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
 }
@@ -57,8 +63,23 @@ impl Context {
             external_url,
             clock,
             writer,
+            issuer_claims: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// Reports in status (and Events) whether each SigningKey's issuer is served, as
+    /// `scope` places it and the serving index in `registry` resolves its path.
+    pub fn with_issuer_claims(mut self, scope: Arc<IssuerScope>, registry: Arc<Registry>) -> Self {
+        self.issuer_claims = Some((scope, registry));
+        self
+    }
+
+    /// How `key`'s issuer is published, if this context reports it.
+    fn publication(&self, id: &ObjectKey, key: &SigningKey) -> Option<Publication> {
+        let (scope, registry) = self.issuer_claims.as_ref()?;
+        let placement = scope.place(&id.namespace, &key.issuer(scope.external_url()));
+        Some(Publication::of(id, placement, &registry.load().path_owners))
     }
 }
 
@@ -174,14 +195,10 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
     let (outcome, loaded) = match step {
         Ok(done) => done,
         Err(
-            KeyStepError::Load(SecretError::NotManaged)
-            | KeyStepError::Save(SecretError::NotManaged),
+            KeyStepError::Load(SecretError::NotItsOwn(not_its))
+            | KeyStepError::Save(SecretError::NotItsOwn(not_its)),
         ) => {
-            let message = format!(
-                "Secret {secret_name} exists and is not managed by authplane (label {}={}); it is left alone: choose another spec.secretName or delete it",
-                MANAGED_BY.0, MANAGED_BY.1
-            );
-            not_ready(key, ctx, reason::SECRET_NOT_MANAGED, &message).await?;
+            not_its_secret(key, ctx, &secret_name, &not_its).await?;
             return Ok(Action::requeue(STUCK_RETRY));
         }
         Err(
@@ -198,6 +215,19 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         Err(KeyStepError::Key(e)) => return Err(Error::Key(e)),
     };
     let recreated_at = loaded.recreated_at;
+    // The keys are stored; signers get the Active one in their own Secret.
+    match store.sync_signer(&id, key, &outcome.data).await {
+        Ok(()) => {}
+        Err(SecretError::NotItsOwn(not_its)) => {
+            not_its_secret(key, ctx, &key.signer_secret_name(), &not_its).await?;
+            return Ok(Action::requeue(STUCK_RETRY));
+        }
+        Err(SecretError::Unreadable(e)) => {
+            unreadable(key, ctx, &key.signer_secret_name(), &e).await?;
+            return Ok(Action::requeue(STUCK_RETRY));
+        }
+        Err(SecretError::Api(e)) => return Err(e),
+    }
 
     let published = outcome.published(&id.namespace, &id.name);
     apply_jwks_config_map(
@@ -221,12 +251,133 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
         ));
         next_wakeup = earliest(next_wakeup, at + SECRET_RECREATED_SHOWN_FOR);
     }
+    if let Some(publication) = ctx.publication(&id, key) {
+        report_publication(key, ctx, &publication, &mut status).await;
+    }
     patch_status(key, ctx, &status).await?;
 
     let wait = next_wakeup
         .map(|t| std::time::Duration::try_from(t.duration_since(now)).unwrap_or_default())
         .unwrap_or(STUCK_RETRY);
     Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+}
+
+/// Says in status whether the issuer is served: an issuer path another SigningKey
+/// claimed first, or one the namespace may not claim, makes `Ready` False (the keys still
+/// sign); the first time, an Event says so on this SigningKey and, for a conflict, on the
+/// one that keeps the path. An issuer published elsewhere has no `jwksUri` here.
+async fn report_publication(
+    key: &SigningKey,
+    ctx: &Context,
+    publication: &Publication,
+    status: &mut SigningKeyStatus,
+) {
+    let id = id_of(key);
+    let (reason, message) = match publication {
+        Publication::Served { .. } => return,
+        Publication::Elsewhere => {
+            status.jwks_uri = None;
+            if let Some(ready) = status
+                .conditions
+                .iter_mut()
+                .find(|c| c.type_ == conditions::READY)
+            {
+                ready.message.push_str(
+                    "; its issuer is on another host: published elsewhere, authplane serves no discovery or JWKS for it",
+                );
+            }
+            return;
+        }
+        Publication::Conflict { path, owner } => (
+            reason::ISSUER_PATH_CONFLICT,
+            match owner {
+                Some(owner) => format!(
+                    "issuer path {path:?} is served for SigningKey {owner}, which claimed it first; nothing is served there for this one (its keys still sign, and policies naming it still verify): choose another spec.issuer"
+                ),
+                None => format!(
+                    "issuer path {path:?} is claimed by other SigningKeys since the same instant: it is served for none of them; choose another spec.issuer"
+                ),
+            },
+        ),
+        Publication::NotAllowed(why) => (
+            reason::ISSUER_NOT_ALLOWED,
+            format!(
+                "its issuer is not served: {why} (its keys still sign, and policies naming it still verify)"
+            ),
+        ),
+    };
+    status.jwks_uri = None;
+    let generation = key.metadata.generation;
+    let new = condition(
+        conditions::READY,
+        false,
+        reason,
+        message.clone(),
+        generation,
+        ctx.clock.now(),
+    );
+    let known = key
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::READY))
+        .is_some_and(|c| {
+            c.status == new.status && c.reason == new.reason && c.message == new.message
+        });
+    status.conditions.retain(|c| c.type_ != conditions::READY);
+    status.conditions.insert(0, new);
+    if known {
+        return;
+    }
+    publish(ctx, key, EventType::Warning, reason, &message, None).await;
+    if let Publication::Conflict {
+        path,
+        owner: Some(owner),
+    } = publication
+    {
+        let note = format!(
+            "SigningKey {id} also claims issuer path {path:?}; it stays with this SigningKey, which claimed it first"
+        );
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: Some(key.object_ref(&())),
+        };
+        let regarding = ObjectReference {
+            api_version: Some(SigningKey::api_version(&()).into_owned()),
+            kind: Some(SigningKey::kind(&()).into_owned()),
+            namespace: Some(owner.namespace.clone()),
+            name: Some(owner.name.clone()),
+            ..ObjectReference::default()
+        };
+        ctx.writer.event(&event, &regarding).await;
+    }
+}
+
+/// `Ready=False` for a Secret that is not this SigningKey's; nothing is written to it.
+async fn not_its_secret(
+    key: &SigningKey,
+    ctx: &Context,
+    secret: &str,
+    not_its: &NotItsSecret,
+) -> Result<(), Error> {
+    let (reason, message) = match not_its {
+        NotItsSecret::NotManaged => (
+            reason::SECRET_NOT_MANAGED,
+            format!(
+                "Secret {secret} exists and is not managed by authplane (label {}={}); it is left alone: choose another spec.secretName or delete it",
+                MANAGED_BY.0, MANAGED_BY.1
+            ),
+        ),
+        NotItsSecret::Another { owner } => (
+            reason::SECRET_IN_USE,
+            format!(
+                "Secret {secret} belongs to {owner}; it is never read or written for this SigningKey: choose another spec.secretName"
+            ),
+        ),
+    };
+    not_ready(key, ctx, reason, &message).await
 }
 
 fn earliest(a: Option<jiff::Timestamp>, b: jiff::Timestamp) -> Option<jiff::Timestamp> {

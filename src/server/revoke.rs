@@ -196,7 +196,10 @@ pub async fn revoke(
             ok()
         }
         Err(e) => {
-            tracing::error!("revocation for issuer {}: {e}", issuer.issuer);
+            tracing::error!(
+                issuer = issuer.issuer.as_str(),
+                "revocation not written: {e}"
+            );
             state.metrics.revoke_request("error");
             (
                 StatusCode::SERVICE_UNAVAILABLE,

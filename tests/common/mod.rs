@@ -25,6 +25,11 @@ pub struct Dev {
     pub clock: Arc<dyn Clock>,
     pub decision_cache_size: usize,
     pub tuning: Tuning,
+    /// `--unconfined-issuer-namespaces`, from the next (re)start on.
+    pub unconfined_issuer_namespaces: Vec<String>,
+    /// `--external-url`, from the next (re)start on (default: the listener's URL,
+    /// whose port changes at each restart).
+    pub fixed_external_url: Option<String>,
 }
 
 impl Dev {
@@ -61,6 +66,8 @@ impl Dev {
             clock,
             decision_cache_size,
             tuning,
+            unconfined_issuer_namespaces: Vec::new(),
+            fixed_external_url: None,
         };
         dev.restart().await;
         dev
@@ -75,10 +82,11 @@ impl Dev {
             manifests: self.manifests(),
             state: self.state(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            external_url: None,
+            external_url: self.fixed_external_url.clone(),
             decision_cache_size: self.decision_cache_size,
             tls: None,
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+            unconfined_issuer_namespaces: self.unconfined_issuer_namespaces.clone(),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())

@@ -6,11 +6,15 @@
 //! object. Everything else that is risky but legal is a warning: the webhook must never
 //! stand between a platform team and a rollback.
 
+use std::sync::Arc;
+
 use jiff::SignedDuration;
 use serde_json::Value;
 
 use crate::policy::lifetime;
+use crate::issuer_claims::{IssuerScope, Placement};
 use crate::policy::progression::Schedule;
+use crate::snapshot::Snapshot;
 
 use crate::api::{
     AuthPolicy, FieldError, Mode, ObjectKey, Revocation, SigningKey, Validate, from_value,
@@ -64,6 +68,21 @@ pub trait SigningKeyIndex: Send + Sync {
     fn max_token_lifetime(&self, _id: &ObjectKey) -> Option<SignedDuration> {
         None
     }
+
+    /// What the SigningKeys already hold (issuer paths, Secrets) as the serving index
+    /// has them, and where issuers may be published. `None` (tests, tools without a
+    /// driver): nothing is checked against them.
+    fn claims(&self) -> Option<Claims> {
+        None
+    }
+}
+
+/// The issuer paths and Secrets held, for the rules that keep one SigningKey off
+/// another's.
+#[derive(Clone)]
+pub struct Claims {
+    pub scope: Arc<IssuerScope>,
+    pub snapshot: Arc<Snapshot>,
 }
 
 /// An index that knows no SigningKey (tests, and tools without a driver).
@@ -111,7 +130,11 @@ pub fn review(
     let object = with_namespace(object, namespace);
     match kind {
         Kind::SigningKey => match read_object::<SigningKey>(&object) {
-            Ok(key) => signing_key(&key, old.and_then(|o| previous(o, namespace)).as_ref()),
+            Ok(key) => signing_key(
+                &key,
+                old.and_then(|o| previous(o, namespace)).as_ref(),
+                index,
+            ),
             Err(refused) => Verdict::refused(refused),
         },
         Kind::AuthPolicy => match read_object::<AuthPolicy>(&object) {
@@ -193,13 +216,21 @@ fn previous<K: serde::de::DeserializeOwned>(old: &Value, namespace: Option<&str>
 }
 
 /// SigningKey: [`Validate`], one rule that needs the previous object (the Secret name),
+/// the rules that need the other SigningKeys (issuer paths and Secrets are not shared),
 /// and warnings.
-pub fn signing_key(key: &SigningKey, old: Option<&SigningKey>) -> Verdict {
+pub fn signing_key(
+    key: &SigningKey,
+    old: Option<&SigningKey>,
+    index: &dyn SigningKeyIndex,
+) -> Verdict {
     let refusals = key.validate();
     if !refusals.is_empty() {
         return Verdict::refused(refusals);
     }
     let mut verdict = Verdict::default();
+    if let Some(claims) = index.claims() {
+        not_anothers(key, old, &claims, &mut verdict);
+    }
     if let Some(old) = old {
         // The Secret is the source of truth for the keys: a new name starts from an empty
         // Secret, so every token signed by the current keys would stop verifying at once.
@@ -277,6 +308,89 @@ pub fn signing_key(key: &SigningKey, old: Option<&SigningKey>) -> Verdict {
         );
     }
     verdict
+}
+
+/// A SigningKey takes nothing another holds: an issuer path on this server must be its
+/// namespace's (or the platform's grant) and not served for another SigningKey; its
+/// Secrets must be no other SigningKey's. A new claim (a creation, a changed issuer) is
+/// refused; a conflict that already exists only warns, so that an unrelated edit (a
+/// rotation after a leak) is never blocked.
+fn not_anothers(
+    key: &SigningKey,
+    old: Option<&SigningKey>,
+    claims: &Claims,
+    verdict: &mut Verdict,
+) {
+    let id = ObjectKey::of(&key.metadata);
+    let external_url = claims.scope.external_url();
+    let issuer = key.issuer(external_url);
+    // A new claim (a creation, or a changed issuer) is refused; an old one warned about.
+    let claiming = old.is_none_or(|old| old.issuer(external_url) != issuer);
+    let object = |verdict: &mut Verdict, field: &str, message: String| {
+        if claiming {
+            verdict.refusals.push(FieldError::new(field, message));
+        } else {
+            verdict.warn(field, message);
+        }
+    };
+    let field = if key.spec.issuer.is_some() {
+        "spec.issuer"
+    } else {
+        "metadata.name"
+    };
+    match claims.scope.place(&id.namespace, &issuer) {
+        Err(e) => object(
+            verdict,
+            field,
+            format!("{issuer:?} cannot be served by authplane: {e}"),
+        ),
+        Ok(Placement::Elsewhere) => verdict.warn(
+            field,
+            format!(
+                "{issuer:?} is not on authplane's URL ({external_url}): it is published elsewhere, so no discovery, JWKS or revocation endpoint is served for it; publish the JWKS (ConfigMap {}-jwks) at its jwks_uri yourself",
+                id.name
+            ),
+        ),
+        Ok(Placement::Here { path }) => {
+            if let Some(owner) = claims.snapshot.path_owners.get(&path)
+                && owner.as_ref() != Some(&id)
+            {
+                let holder = owner
+                    .as_ref()
+                    .map_or_else(|| "other SigningKeys".to_owned(), |o| format!("SigningKey {o}"));
+                object(
+                    verdict,
+                    field,
+                    format!(
+                        "issuer path {path:?} is already claimed by {holder}: an issuer path stays with the SigningKey that claimed it first; choose another issuer"
+                    ),
+                );
+            }
+        }
+    }
+    for name in [key.secret_name(), key.signer_secret_name()] {
+        let secret = ObjectKey {
+            namespace: id.namespace.clone(),
+            name,
+        };
+        if let Some(user) = claims.snapshot.secrets.get(&secret)
+            && *user != id
+        {
+            let message = format!(
+                "Secret {:?} holds the keys of SigningKey {user}: a Secret belongs to one SigningKey; choose another spec.secretName",
+                secret.name
+            );
+            if old.is_none() {
+                verdict
+                    .refusals
+                    .push(FieldError::new("spec.secretName", message));
+            } else {
+                verdict.warn("spec.secretName", message);
+            }
+            // Its signer Secret is then another's too: one message says it.
+            break;
+        }
+    }
 }
 
 /// Every `signingKeyRef` with its field path and the key it names (namespace defaulted
@@ -579,6 +693,7 @@ mod tests {
             ))
             .unwrap(),
             None,
+            &NoSigningKeys,
         );
         assert!(verdict.allowed());
         let warned: Vec<&str> = verdict
@@ -787,6 +902,161 @@ mod tests {
         edited["spec"]["audiences"] = json!(["a", "b"]);
         edited.as_object_mut().unwrap().remove("status");
         assert!(review_edit(moved_on, edited).is_empty());
+    }
+
+    /// auth/web serving `/auth/web` and holding `web-keys`, on a server at
+    /// http://127.0.0.1:8080 where namespace `platform` may claim any path.
+    struct Served(Claims);
+
+    impl SigningKeyIndex for Served {
+        fn contains(&self, id: &ObjectKey) -> bool {
+            self.0.snapshot.secrets.values().any(|user| user == id)
+        }
+        fn claims(&self) -> Option<Claims> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn served() -> Served {
+        let web = ObjectKey {
+            namespace: "auth".into(),
+            name: "web".into(),
+        };
+        let secret = |name: &str| ObjectKey {
+            namespace: "auth".into(),
+            name: name.into(),
+        };
+        let snapshot = Snapshot {
+            path_owners: [("/auth/web".to_owned(), Some(web.clone()))]
+                .into_iter()
+                .collect(),
+            secrets: [
+                (secret("web-keys"), web.clone()),
+                (secret("web-keys-active"), web),
+            ]
+            .into_iter()
+            .collect(),
+            ..Snapshot::default()
+        };
+        let scope = IssuerScope::new("http://127.0.0.1:8080", ["platform".to_owned()]).unwrap();
+        Served(Claims {
+            scope: Arc::new(scope),
+            snapshot: Arc::new(snapshot),
+        })
+    }
+
+    fn named(namespace: &str, name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+               "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    }
+
+    #[test]
+    fn an_issuer_path_in_service_or_outside_the_namespace_cannot_be_claimed() {
+        let index = served();
+        let create = |object: Value| review(Kind::SigningKey, &object, None, None, &index);
+        let theirs = json!({"issuer": "http://127.0.0.1:8080/auth/web"});
+        // Another namespace: outside its own path.
+        let verdict = create(named("aaa", "x", theirs.clone()));
+        assert_eq!(fields(&verdict), ["spec.issuer"]);
+        assert!(
+            verdict.refusals[0].message.contains("is outside \"/aaa\""),
+            "{verdict:?}"
+        );
+        // The same namespace, sorting first by name: the path is in service.
+        let verdict = create(named("auth", "aaa", theirs.clone()));
+        assert_eq!(fields(&verdict), ["spec.issuer"]);
+        assert!(
+            verdict.refusals[0]
+                .message
+                .contains("already claimed by SigningKey auth/web"),
+            "{verdict:?}"
+        );
+        // The platform's namespace may claim any path, but not one in service.
+        assert!(!create(named("platform", "x", theirs)).allowed());
+        assert!(
+            create(named(
+                "platform",
+                "root",
+                json!({"issuer": "http://127.0.0.1:8080"})
+            ))
+            .allowed()
+        );
+        // The owner itself, edited, is fine; a default issuer in one's own namespace too.
+        let web = named("auth", "web", json!({}));
+        assert_eq!(
+            review(Kind::SigningKey, &web, Some(&web), None, &index),
+            Verdict::default()
+        );
+        assert_eq!(create(named("shop", "web", json!({}))), Verdict::default());
+    }
+
+    #[test]
+    fn an_issuer_of_another_host_is_allowed_with_a_warning_that_nothing_is_served() {
+        let index = served();
+        let verdict = review(
+            Kind::SigningKey,
+            &named(
+                "aaa",
+                "x",
+                json!({"issuer": "https://evil.example/auth/web"}),
+            ),
+            None,
+            None,
+            &index,
+        );
+        assert!(verdict.allowed());
+        assert!(
+            verdict.warnings[0].starts_with(
+                "spec.issuer: \"https://evil.example/auth/web\" is not on authplane's URL"
+            ) && verdict.warnings[0].contains("no discovery, JWKS or revocation endpoint"),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn an_existing_conflict_warns_and_a_changed_issuer_is_a_new_claim() {
+        let index = served();
+        // Created before the rules (or while the webhook was down): edits still pass.
+        let loser = named(
+            "auth",
+            "aaa",
+            json!({"issuer": "http://127.0.0.1:8080/auth/web"}),
+        );
+        let verdict = review(Kind::SigningKey, &loser, Some(&loser), None, &index);
+        assert!(verdict.allowed(), "{verdict:?}");
+        assert!(
+            verdict
+                .warnings
+                .iter()
+                .any(|w| w.contains("already claimed"))
+        );
+        // Moving onto the path is refused.
+        let before = named("auth", "aaa", json!({}));
+        let verdict = review(Kind::SigningKey, &loser, Some(&before), None, &index);
+        assert_eq!(fields(&verdict), ["spec.issuer"]);
+    }
+
+    #[test]
+    fn a_secret_of_another_signing_key_cannot_be_named() {
+        let index = served();
+        for secret in ["web-keys", "web-keys-active"] {
+            let verdict = review(
+                Kind::SigningKey,
+                &named("auth", "x", json!({"secretName": secret})),
+                None,
+                None,
+                &index,
+            );
+            assert_eq!(fields(&verdict), ["spec.secretName"], "{secret}");
+            assert!(
+                verdict.refusals[0]
+                    .message
+                    .contains("holds the keys of SigningKey auth/web")
+            );
+        }
+        // In another namespace the name is free.
+        let elsewhere = named("shop", "x", json!({"secretName": "web-keys"}));
+        assert!(review(Kind::SigningKey, &elsewhere, None, None, &index).allowed());
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! - [`Index::snapshot`] is O(1): the published maps are persistent (`imbl`), so a new
 //!   snapshot shares every compiled policy with the last one instead of copying 10,000.
 //!
+//! Issuer paths are shared names: the index serves each from the SigningKey that has
+//! claimed it longest, and only where the [`IssuerScope`] lets its namespace publish
+//! (see [`crate::issuer_claims`]).
+//!
 //! Validation is the driver's job, before `apply`: what reaches the index is valid.
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,7 +23,8 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest::{Context as Digest, SHA256};
 
-use crate::api::{AuthPolicy, ObjectKey, issuer_path};
+use crate::api::{AuthPolicy, ObjectKey};
+use crate::issuer_claims::{ClaimRank, IssuerScope, KeyClaim, Placement};
 use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys};
 use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
 
@@ -55,8 +60,11 @@ struct PolicyEntry {
 }
 
 struct KeyEntry {
-    served: ServedKeys,
-    /// The issuer URL path it claims; `None` when its issuer has no usable path.
+    /// Its keys, once loaded.
+    served: Option<ServedKeys>,
+    claim: KeyClaim,
+    /// The issuer URL path it claims on this server; `None` when its issuer is
+    /// published elsewhere or may not be published here.
     path: Option<String>,
 }
 
@@ -80,41 +88,59 @@ fn verification_inputs(served: &ServedKeys) -> (&str, i64, Vec<(&str, &'static s
 
 pub struct Index {
     runtime: Arc<dyn PolicyEnv>,
+    scope: Arc<IssuerScope>,
     keys: HashMap<ObjectKey, KeyEntry>,
-    /// The SigningKeys claiming each issuer path; the first by namespace/name serves it.
-    claimants: HashMap<String, BTreeSet<ObjectKey>>,
+    /// The SigningKeys claiming each issuer path, earliest claim first: the first
+    /// serves it, unless the second claimed it at the same instant (then neither does).
+    claimants: HashMap<String, BTreeSet<(ClaimRank, ObjectKey)>>,
+    /// The SigningKeys naming each Secret (namespace/name) as theirs.
+    secret_users: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     policies: HashMap<ObjectKey, PolicyEntry>,
     /// The policies naming each SigningKey, whether it exists or not.
     dependents: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
-    /// Published: issuer documents by URL path, compiled policies by namespace/name.
+    /// Published: issuer documents by URL path, compiled policies by namespace/name,
+    /// and for the admission webhook who holds each claimed path and Secret.
     issuers: imbl::HashMap<String, Arc<PublishedIssuer>>,
     compiled: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
+    path_owners: imbl::HashMap<String, Option<ObjectKey>>,
+    secrets: imbl::HashMap<ObjectKey, ObjectKey>,
     /// Policies compiled so far: tests count them.
     compilations: u64,
     /// The policies compiled since [`Index::take_recompiled`] was last called, when a
     /// driver asks for them ([`Index::recording_recompiled`]): the operator's status
     /// controller reports them then.
     recompiled: Option<BTreeSet<ObjectKey>>,
+    /// Likewise the SigningKeys whose issuer publication may have changed (a claim
+    /// contested, won or given up), for their status.
+    reclaimed: Option<BTreeSet<ObjectKey>>,
 }
 
 impl Index {
-    pub fn new(runtime: Arc<dyn PolicyEnv>) -> Self {
+    /// An index publishing issuers as `scope` allows.
+    pub fn new(runtime: Arc<dyn PolicyEnv>, scope: Arc<IssuerScope>) -> Self {
         Self {
             runtime,
+            scope,
             keys: HashMap::new(),
             claimants: HashMap::new(),
+            secret_users: HashMap::new(),
             policies: HashMap::new(),
             dependents: HashMap::new(),
             issuers: imbl::HashMap::new(),
             compiled: imbl::HashMap::new(),
+            path_owners: imbl::HashMap::new(),
+            secrets: imbl::HashMap::new(),
             compilations: 0,
             recompiled: None,
+            reclaimed: None,
         }
     }
 
-    /// An index that records which policies it compiles, for [`Index::take_recompiled`].
+    /// An index that records which policies it compiles, for [`Index::take_recompiled`],
+    /// and which SigningKeys' issuer claims moved, for [`Index::take_reclaimed`].
     pub fn recording_recompiled(mut self) -> Self {
         self.recompiled = Some(BTreeSet::new());
+        self.reclaimed = Some(BTreeSet::new());
         self
     }
 
@@ -124,7 +150,14 @@ impl Index {
             issuers: self.issuers.clone(),
             policies: self.compiled.clone(),
             policies_known: true,
+            path_owners: self.path_owners.clone(),
+            secrets: self.secrets.clone(),
         }
+    }
+
+    /// Where issuers may be published.
+    pub fn scope(&self) -> &Arc<IssuerScope> {
+        &self.scope
     }
 
     /// How many policies were compiled since the index was made.
@@ -142,14 +175,30 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// The SigningKeys whose issuer claim moved since the last call (see
+    /// [`Index::recording_recompiled`]).
+    pub fn take_reclaimed(&mut self) -> BTreeSet<ObjectKey> {
+        self.reclaimed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// The keys a SigningKey is served with, if it is.
     pub fn served(&self, id: &ObjectKey) -> Option<&ServedKeys> {
-        self.keys.get(id).map(|entry| &entry.served)
+        self.keys.get(id).and_then(|entry| entry.served.as_ref())
     }
 
     /// The SigningKeys served, in no particular order.
     pub fn served_keys(&self) -> impl Iterator<Item = (&ObjectKey, &ServedKeys)> {
-        self.keys.iter().map(|(id, entry)| (id, &entry.served))
+        self.keys
+            .iter()
+            .filter_map(|(id, entry)| Some((id, entry.served.as_ref()?)))
+    }
+
+    /// The SigningKey serving an issuer path, if one does.
+    pub fn path_owner(&self, path: &str) -> Option<&ObjectKey> {
+        self.path_owners.get(path).and_then(Option::as_ref)
     }
 
     /// Whether an AuthPolicy is indexed.
@@ -162,45 +211,97 @@ impl Index {
         self.policies.keys()
     }
 
-    /// Serves a SigningKey's keys (new ones, or its first). Returns whether anything
-    /// served changed.
+    /// Serves a SigningKey's keys (new ones, or its first) under a claim ranked by
+    /// nothing: for a key alone on its issuer path (tests, benchmarks). Drivers use
+    /// [`Index::apply_claim`]. Returns whether anything served changed.
     pub fn apply_key(&mut self, id: &ObjectKey, served: ServedKeys) -> bool {
-        let old = self.keys.get(id);
-        let published_changed = old.is_none_or(|old| {
-            !Arc::ptr_eq(&old.served.published, &served.published)
-                && *old.served.published != *served.published
+        let claim = KeyClaim::unranked(&served.published.issuer);
+        self.apply_claim(id, claim, Some(served))
+    }
+
+    /// Indexes a valid SigningKey: its claim (issuer, rank, Secrets) and its keys once
+    /// they are loaded (`None`: not yet, or no longer usable: a claim alone holds its
+    /// issuer path, serving nothing, so that a key whose Secret is still being written
+    /// keeps the path it claimed first). Returns whether anything served changed.
+    pub fn apply_claim(
+        &mut self,
+        id: &ObjectKey,
+        claim: KeyClaim,
+        served: Option<ServedKeys>,
+    ) -> bool {
+        let old = self.keys.remove(id);
+        let published = |served: &Option<ServedKeys>| served.as_ref().map(|s| s.published.clone());
+        let published_changed = match (
+            old.as_ref().map(|o| published(&o.served)),
+            published(&served),
+        ) {
+            (Some(Some(a)), Some(b)) => !Arc::ptr_eq(&a, &b) && *a != *b,
+            (Some(None), None) => false,
+            _ => true,
+        };
+        let verification_changed = old.as_ref().is_none_or(|old| {
+            old.served.as_ref().map(verification_inputs) != served.as_ref().map(verification_inputs)
         });
-        let verification_changed =
-            old.is_none_or(|old| verification_inputs(&old.served) != verification_inputs(&served));
-        let old_path = old.and_then(|old| old.path.clone());
+        let subject = format!("SigningKey {id}");
         // A usable path's problems (a clash) are settled by `resolve_path`.
-        let path = match issuer_path(&served.published.issuer) {
-            Ok(path) => Some(path),
+        let path = match self.scope.place(&id.namespace, &claim.issuer) {
+            Ok(Placement::Here { path }) => Some(path),
+            Ok(Placement::Elsewhere) => {
+                self.runtime.problem(&subject, None);
+                None
+            }
             Err(e) => {
-                self.runtime
-                    .problem(&format!("SigningKey {id}"), Some(e.to_string()));
+                self.runtime.problem(
+                    &subject,
+                    Some(format!(
+                        "its issuer is not served: {e} (its keys still sign, and policies naming it still verify)"
+                    )),
+                );
                 None
             }
         };
-        self.keys.insert(
-            id.clone(),
-            KeyEntry {
-                served,
-                path: path.clone(),
-            },
-        );
-        if old_path != path {
-            if let Some(old_path) = &old_path {
-                self.unclaim(old_path, id);
+        let (old_path, old_rank, old_secrets) = match old {
+            Some(old) => (old.path, Some(old.claim.rank), old.claim.secrets),
+            None => (None, None, Vec::new()),
+        };
+        let claim_moved = old_path != path || old_rank.as_ref() != Some(&claim.rank);
+        if claim_moved {
+            if let (Some(old_path), Some(old_rank)) = (&old_path, &old_rank) {
+                self.unclaim(old_path, old_rank, id);
             }
             if let Some(path) = &path {
                 self.claimants
                     .entry(path.clone())
                     .or_default()
-                    .insert(id.clone());
+                    .insert((claim.rank.clone(), id.clone()));
+            }
+            if let Some(reclaimed) = &mut self.reclaimed {
+                reclaimed.insert(id.clone());
             }
         }
-        if published_changed || old_path != path {
+        if old_secrets != claim.secrets {
+            self.release_secrets(id, &old_secrets, &claim.secrets);
+            for secret in &claim.secrets {
+                let secret = ObjectKey {
+                    namespace: id.namespace.clone(),
+                    name: secret.clone(),
+                };
+                self.secret_users
+                    .entry(secret.clone())
+                    .or_default()
+                    .insert(id.clone());
+                self.publish_secret(&secret);
+            }
+        }
+        self.keys.insert(
+            id.clone(),
+            KeyEntry {
+                served,
+                claim,
+                path: path.clone(),
+            },
+        );
+        if published_changed || claim_moved {
             for path in [old_path, path].into_iter().flatten() {
                 self.resolve_path(&path);
             }
@@ -212,15 +313,19 @@ impl Index {
     }
 
     /// Stops serving a SigningKey: its issuer goes, and the policies naming it fail
-    /// closed. Returns whether it was served.
+    /// closed. Returns whether it was indexed.
     pub fn delete_key(&mut self, id: &ObjectKey) -> bool {
         let Some(entry) = self.keys.remove(id) else {
             return false;
         };
         self.runtime.problem(&format!("SigningKey {id}"), None);
         if let Some(path) = &entry.path {
-            self.unclaim(path, id);
+            self.unclaim(path, &entry.claim.rank, id);
             self.resolve_path(path);
+        }
+        self.release_secrets(id, &entry.claim.secrets, &[]);
+        if let Some(reclaimed) = &mut self.reclaimed {
+            reclaimed.insert(id.clone());
         }
         self.recompile_dependents(id);
         true
@@ -287,38 +392,101 @@ impl Index {
         }
     }
 
-    fn unclaim(&mut self, path: &str, id: &ObjectKey) {
+    fn unclaim(&mut self, path: &str, rank: &ClaimRank, id: &ObjectKey) {
         if let Some(claimants) = self.claimants.get_mut(path) {
-            claimants.remove(id);
+            claimants.remove(&(rank.clone(), id.clone()));
             if claimants.is_empty() {
                 self.claimants.remove(path);
             }
         }
     }
 
-    /// Serves an issuer path from its first claimant, and tells the others why they are
-    /// not served.
+    /// Gives up the Secrets in `old` that are not in `new`.
+    fn release_secrets(&mut self, id: &ObjectKey, old: &[String], new: &[String]) {
+        for name in old.iter().filter(|name| !new.contains(name)) {
+            let secret = ObjectKey {
+                namespace: id.namespace.clone(),
+                name: name.clone(),
+            };
+            if let Some(users) = self.secret_users.get_mut(&secret) {
+                users.remove(id);
+                if users.is_empty() {
+                    self.secret_users.remove(&secret);
+                }
+            }
+            self.publish_secret(&secret);
+        }
+    }
+
+    fn publish_secret(&mut self, secret: &ObjectKey) {
+        match self
+            .secret_users
+            .get(secret)
+            .and_then(|users| users.first())
+        {
+            Some(user) => self.secrets.insert(secret.clone(), user.clone()),
+            None => self.secrets.remove(secret),
+        };
+    }
+
+    /// Serves an issuer path from the SigningKey that claimed it first, and tells the
+    /// others why they are not served. Never by name: two claims of the same instant
+    /// (possible only without uids) serve neither.
     fn resolve_path(&mut self, path: &str) {
+        let subject = format!("issuer path {path:?}");
         let Some(claimants) = self.claimants.get(path) else {
             self.issuers.remove(path);
+            self.path_owners.remove(path);
+            self.runtime.problem(&subject, None);
             return;
         };
-        let mut claimants = claimants.iter();
-        let Some(owner) = claimants.next() else {
-            return;
-        };
-        if let Some(entry) = self.keys.get(owner) {
-            self.issuers
-                .insert(path.to_owned(), entry.served.published.clone());
+        let ids: Vec<ObjectKey> = claimants.iter().map(|(_, id)| id.clone()).collect();
+        let mut ranked = claimants.iter();
+        let first = ranked.next().cloned();
+        let tied = first
+            .as_ref()
+            .is_some_and(|(rank, _)| ranked.next().is_some_and(|(next, _)| next == rank));
+        let owner = first.filter(|_| !tied).map(|(_, id)| id);
+        match owner
+            .as_ref()
+            .and_then(|owner| self.keys.get(owner)?.served.as_ref())
+        {
+            Some(served) => {
+                self.issuers
+                    .insert(path.to_owned(), served.published.clone());
+            }
+            None => {
+                self.issuers.remove(path);
+            }
         }
-        self.runtime.problem(&format!("SigningKey {owner}"), None);
-        for other in claimants {
-            self.runtime.problem(
-                &format!("SigningKey {other}"),
-                Some(format!(
-                    "issuer path {path:?} is already served for {owner}; not serving it twice"
+        self.path_owners.insert(path.to_owned(), owner.clone());
+        for id in &ids {
+            let problem = match &owner {
+                Some(owner) if owner == id => None,
+                Some(owner) => Some(format!(
+                    "issuer path {path:?} is served for {owner}, which claimed it first; nothing is served there for this SigningKey (its keys still sign, and policies naming it still verify): choose another issuer"
                 )),
-            );
+                None => Some(format!(
+                    "issuer path {path:?} is claimed by {} since the same instant: it is served for none of them until all but one choose another issuer",
+                    list(&ids)
+                )),
+            };
+            self.runtime.problem(&format!("SigningKey {id}"), problem);
+        }
+        // The path's own line names every claimant, the one kept as well.
+        let contest = (ids.len() > 1).then(|| match &owner {
+            Some(owner) => format!(
+                "claimed by {}; it stays with {owner}, which claimed it first",
+                list(&ids)
+            ),
+            None => format!(
+                "claimed by {} since the same instant; served for none",
+                list(&ids)
+            ),
+        });
+        self.runtime.problem(&subject, contest);
+        if let Some(reclaimed) = &mut self.reclaimed {
+            reclaimed.extend(ids);
         }
     }
 
@@ -343,10 +511,11 @@ impl Index {
         let compiled = CompiledPolicy::compile_with(
             &entry.policy,
             |key| {
-                keys.get(key).map(|entry| IssuerKeys {
-                    issuer: &entry.served.published.issuer,
-                    keys: &entry.served.keys,
-                    max_token_lifetime: entry.served.max_token_lifetime,
+                let served = keys.get(key)?.served.as_ref()?;
+                Some(IssuerKeys {
+                    issuer: &served.published.issuer,
+                    keys: &served.keys,
+                    max_token_lifetime: served.max_token_lifetime,
                 })
             },
             context,
@@ -382,9 +551,9 @@ fn verification_fingerprint(
             continue;
         };
         hash.update(b"\0key\0");
-        match keys.get(&key_id) {
-            Some(entry) => {
-                let (issuer, lifetime, kids) = verification_inputs(&entry.served);
+        match keys.get(&key_id).and_then(|entry| entry.served.as_ref()) {
+            Some(served) => {
+                let (issuer, lifetime, kids) = verification_inputs(served);
                 hash.update(issuer.as_bytes());
                 hash.update(&lifetime.to_be_bytes());
                 for (kid, alg) in kids {
@@ -399,6 +568,15 @@ fn verification_fingerprint(
     let mut fingerprint = [0; 32];
     fingerprint.copy_from_slice(hash.finish().as_ref());
     fingerprint
+}
+
+/// `a, b and c`.
+fn list(ids: &[ObjectKey]) -> String {
+    let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Index, PolicyEnv};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey};
+use crate::issuer_claims::{ClaimRank, IssuerScope, KeyClaim};
 use crate::keys::KeyMaterial;
 use crate::policy::cache::DecisionCache;
 use crate::policy::{CompileContext, DecisionMeters, PolicyStats, Rejection, Verdict};
@@ -34,7 +35,11 @@ struct TestEnv {
     cache: Option<Arc<DecisionCache>>,
     epochs: std::sync::Mutex<std::collections::HashMap<[u8; 32], u64>>,
     hits: Arc<AtomicU64>,
+    problems: Arc<Problems>,
 }
+
+/// The problems reported, by subject.
+type Problems = std::sync::Mutex<std::collections::BTreeMap<String, String>>;
 
 struct CountHits(Arc<AtomicU64>);
 
@@ -64,19 +69,34 @@ impl PolicyEnv for TestEnv {
             epoch: Some(epoch),
         }
     }
-    fn problem(&self, _: &str, _: Option<String>) {}
+    fn problem(&self, subject: &str, problem: Option<String>) {
+        let mut problems = self.problems.lock().unwrap();
+        match problem {
+            Some(problem) => problems.insert(subject.to_owned(), problem),
+            None => problems.remove(subject),
+        };
+    }
     fn forget_policy(&self, _: &ObjectKey) {}
 }
 
 /// An index, and the count of its cache hits.
 fn index(cache_size: usize) -> (Index, Arc<AtomicU64>) {
+    let (index, hits, _) = index_in(IssuerScope::anywhere(URL), cache_size);
+    (index, hits)
+}
+
+/// An index publishing issuers as `scope` allows, its cache hits, and the problems it
+/// reports.
+fn index_in(scope: IssuerScope, cache_size: usize) -> (Index, Arc<AtomicU64>, Arc<Problems>) {
     let hits = Arc::new(AtomicU64::new(0));
+    let problems = Arc::new(Problems::default());
     let env = TestEnv {
         cache: DecisionCache::new(cache_size),
         epochs: Default::default(),
         hits: hits.clone(),
+        problems: problems.clone(),
     };
-    (Index::new(Arc::new(env)), hits)
+    (Index::new(Arc::new(env), Arc::new(scope)), hits, problems)
 }
 
 fn signing_key(name: &str, spec: serde_json::Value) -> SigningKey {
@@ -344,27 +364,180 @@ fn an_unrelated_change_keeps_cached_decisions() {
     assert_eq!(hits.load(Ordering::Relaxed), 2);
 }
 
+/// A claim of `issuer` first stored at `since` (seconds after an epoch), with a uid.
+fn claim(issuer: &str, since: Option<i64>, uid: Option<&str>) -> KeyClaim {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    KeyClaim {
+        issuer: issuer.to_owned(),
+        rank: ClaimRank {
+            since: since.map(|s| t0 + jiff::SignedDuration::from_secs(s)),
+            uid: uid.map(str::to_owned),
+        },
+        secrets: Vec::new(),
+    }
+}
+
 #[test]
-fn an_issuer_path_is_served_by_its_first_claimant_until_it_goes() {
-    let (mut index, _) = index(0);
-    let same = |name: &str| {
-        fresh_keys(
-            name,
-            json!({"algorithm": "EdDSA", "issuer": "https://auth.example/shared"}),
-        )
-    };
-    let (a, b) = (same("a"), same("b"));
-    index.apply_key(&id("auth", "b"), b.clone());
-    index.apply_key(&id("auth", "a"), a.clone());
-    assert_eq!(
-        index.snapshot().issuers["/shared"].jwks,
-        a.published.jwks,
-        "auth/a comes first"
+fn an_issuer_path_stays_with_its_earliest_claim_whatever_the_names() {
+    let (index, _, problems) = index_in(IssuerScope::anywhere(URL), 0);
+    let mut index = index.recording_recompiled();
+    let shared = json!({"algorithm": "EdDSA", "issuer": "https://auth.example/shared"});
+    let (web, aaa) = (fresh_keys("web", shared.clone()), fresh_keys("aaa", shared));
+    let issuer = "https://auth.example/shared";
+    index.apply_claim(
+        &id("auth", "web"),
+        claim(issuer, Some(10), Some("u-web")),
+        Some(web.clone()),
     );
-    index.delete_key(&id("auth", "a"));
-    assert_eq!(index.snapshot().issuers["/shared"].jwks, b.published.jwks);
-    index.delete_key(&id("auth", "b"));
+    assert_eq!(index.snapshot().issuers["/shared"].jwks, web.published.jwks);
+    assert_eq!(index.take_reclaimed(), BTreeSet::from([id("auth", "web")]));
+
+    // A newcomer that sorts first by name and has the smaller uid takes nothing.
+    index.apply_claim(
+        &id("auth", "aaa"),
+        claim(issuer, Some(20), Some("u-0")),
+        Some(aaa.clone()),
+    );
+    let snapshot = index.snapshot();
+    assert_eq!(
+        snapshot.issuers["/shared"].jwks, web.published.jwks,
+        "never by name"
+    );
+    assert_eq!(snapshot.path_owners["/shared"], Some(id("auth", "web")));
+    assert_eq!(
+        index.take_reclaimed(),
+        BTreeSet::from([id("auth", "aaa"), id("auth", "web")]),
+        "both are told (their status, their Events)"
+    );
+    let told = problems.lock().unwrap().clone();
+    assert!(
+        told["SigningKey auth/aaa"]
+            .starts_with("issuer path \"/shared\" is served for auth/web, which claimed it first"),
+        "{told:?}"
+    );
+    assert!(!told.contains_key("SigningKey auth/web"));
+    assert_eq!(
+        told["issuer path \"/shared\""],
+        "claimed by auth/web and auth/aaa; it stays with auth/web, which claimed it first"
+    );
+    // Its keys still verify for the policies that name it.
+    index.apply_policy(Arc::new(policy("pay", "aaa", "pay")));
+    assert_eq!(decide(&index, "pay", &token(&aaa, "pay")), Verdict::Allow);
+
+    // A rotation of the newcomer moves nothing; the owner gone, the next claim serves.
+    index.apply_claim(
+        &id("auth", "aaa"),
+        claim(issuer, Some(20), Some("u-0")),
+        Some(eddsa("aaa")),
+    );
+    assert_eq!(index.snapshot().issuers["/shared"].jwks, web.published.jwks);
+    index.delete_key(&id("auth", "web"));
+    assert_eq!(
+        index.snapshot().path_owners["/shared"],
+        Some(id("auth", "aaa"))
+    );
+    assert!(
+        problems.lock().unwrap().is_empty(),
+        "every conflict resolved"
+    );
+    index.delete_key(&id("auth", "aaa"));
     assert!(index.snapshot().issuers.is_empty());
+    assert!(index.snapshot().path_owners.is_empty());
+}
+
+#[test]
+fn a_claim_without_keys_holds_its_path_and_a_tie_serves_neither() {
+    let (mut index, _) = index(0);
+    let issuer = "https://auth.example/shared";
+    // The first claim's Secret is still being written: its path serves nothing yet, and
+    // not the keys of a later claim.
+    index.apply_claim(&id("auth", "web"), claim(issuer, None, Some("u-web")), None);
+    let later = fresh_keys("x", json!({"algorithm": "EdDSA", "issuer": issuer}));
+    index.apply_claim(
+        &id("auth", "x"),
+        claim(issuer, None, Some("u-x")),
+        Some(later.clone()),
+    );
+    assert!(!index.snapshot().issuers.contains_key("/shared"));
+    let web = fresh_keys("web", json!({"algorithm": "EdDSA", "issuer": issuer}));
+    index.apply_claim(
+        &id("auth", "web"),
+        claim(issuer, Some(5), Some("u-web")),
+        Some(web.clone()),
+    );
+    assert_eq!(index.snapshot().issuers["/shared"].jwks, web.published.jwks);
+
+    // Without uids (dev mode), two claims of the same instant: neither is served.
+    let (mut index, _, problems) = index_in(IssuerScope::anywhere(URL), 0);
+    index.apply_claim(&id("auth", "b"), claim(issuer, Some(5), None), Some(web));
+    index.apply_claim(&id("auth", "a"), claim(issuer, Some(5), None), Some(later));
+    let snapshot = index.snapshot();
+    assert!(!snapshot.issuers.contains_key("/shared"));
+    assert_eq!(snapshot.path_owners["/shared"], None);
+    assert!(problems.lock().unwrap()["SigningKey auth/a"].contains("since the same instant"));
+    index.delete_key(&id("auth", "a"));
+    assert!(index.snapshot().issuers.contains_key("/shared"));
+}
+
+#[test]
+fn only_an_issuer_of_this_server_within_its_namespace_is_served() {
+    let scope = IssuerScope::new(URL, ["platform".to_owned()]).unwrap();
+    let (mut index, _, problems) = index_in(scope, 0);
+    let keys = |name: &str, issuer: &str| {
+        let served = fresh_keys(name, json!({"algorithm": "EdDSA", "issuer": issuer}));
+        (claim(issuer, Some(1), Some(name)), served)
+    };
+    for (namespace, name, issuer) in [
+        ("aaa", "x", "https://auth.example/auth/web"),
+        ("aaa", "evil", "https://evil.example/auth/web"),
+    ] {
+        let (claim, served) = keys(name, issuer);
+        index.apply_claim(&id(namespace, name), claim, Some(served));
+    }
+    let snapshot = index.snapshot();
+    assert!(
+        snapshot.issuers.is_empty(),
+        "neither is served at /auth/web"
+    );
+    assert!(snapshot.path_owners.is_empty(), "nor holds it");
+    let told = problems.lock().unwrap().clone();
+    assert!(
+        told["SigningKey aaa/x"].contains("is outside \"/aaa\""),
+        "{told:?}"
+    );
+    assert!(
+        !told.contains_key("SigningKey aaa/evil"),
+        "published elsewhere is no problem"
+    );
+    // auth/web, in its namespace, and the platform's root issuer are served.
+    let (claim_web, web) = keys("web", "https://auth.example/auth/web");
+    index.apply_claim(&id("auth", "web"), claim_web, Some(web));
+    let (claim_root, root) = keys("root", "https://auth.example");
+    index.apply_claim(&id("platform", "root"), claim_root, Some(root));
+    let mut paths: Vec<String> = index.snapshot().issuers.keys().cloned().collect();
+    paths.sort();
+    assert_eq!(paths, ["", "/auth/web"]);
+}
+
+#[test]
+fn the_secrets_named_are_published_for_the_admission_webhook() {
+    let (mut index, _) = index(0);
+    let mut web = claim("https://auth.example/auth/web", Some(1), Some("u"));
+    web.secrets = vec!["web-keys".into(), "web-keys-active".into()];
+    index.apply_claim(&id("auth", "web"), web.clone(), None);
+    let secrets = index.snapshot().secrets;
+    assert_eq!(secrets[&id("auth", "web-keys-active")], id("auth", "web"));
+    assert_eq!(secrets.len(), 2);
+    web.secrets = vec!["other".into(), "other-active".into()];
+    index.apply_claim(&id("auth", "web"), web, None);
+    assert!(
+        !index
+            .snapshot()
+            .secrets
+            .contains_key(&id("auth", "web-keys"))
+    );
+    index.delete_key(&id("auth", "web"));
+    assert!(index.snapshot().secrets.is_empty());
 }
 
 #[test]

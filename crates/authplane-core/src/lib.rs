@@ -13,6 +13,8 @@
 //!   bucketing and progression.
 //! - `index`: the incremental index the drivers feed (`apply`/`delete`), which publishes
 //!   a [`snapshot::Snapshot`] for the server.
+//! - `issuer_claims`: which issuer paths a SigningKey may publish, and who keeps a path
+//!   several claim.
 //! - `revocation`: the Revocation index and the immutable set the decision reads.
 //! - `admission`: the rules of the admission webhook.
 //! - `token_review`: TokenReview, a verified token as a Kubernetes user.
@@ -27,6 +29,7 @@ pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod index;
+pub mod issuer_claims;
 pub mod keys;
 pub mod policy;
 pub mod reconcile;

@@ -59,6 +59,10 @@ pub fn signing_key(
         store::MAX_TOKEN_LIFETIME.to_owned(),
         format!("{}s", key.spec.max_token_lifetime().as_secs()),
     );
+    data.insert(
+        store::ISSUER_SINCE.to_owned(),
+        issuer_since(key, stored, &issuer, now).to_string(),
+    );
     let mut events = plan.events;
     // Activation follows from time alone; the stored Active key tells whether it happened
     // since the last write (even while no driver ran). A revoked key is not "retired".
@@ -82,6 +86,32 @@ pub fn signing_key(
         issuer,
         policy,
     })
+}
+
+/// Since when the keys carry `issuer`, which decides who keeps an issuer path several
+/// SigningKeys claim ([`crate::issuer_claims::ClaimRank`]): kept while the issuer stays;
+/// now when it changes (a new claim); the object's creation for keys stored afresh (a
+/// Secret deleted by hand gives up no claim). Data written before it was recorded counts
+/// from its oldest key.
+fn issuer_since(
+    key: &SigningKey,
+    stored: Option<&Data>,
+    issuer: &str,
+    now: Timestamp,
+) -> Timestamp {
+    match stored {
+        Some(data) if store::issuer(data).is_none_or(|recorded| recorded == issuer) => {
+            store::issuer_since(data)
+                .or_else(|| store::first_created(data))
+                .unwrap_or(now)
+        }
+        Some(_) => now,
+        None => key
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |created| created.0.min(now)),
+    }
 }
 
 impl KeyOutcome {
@@ -256,5 +286,40 @@ mod tests {
         assert!(!first.signing_key_changed, "the first key is no rotation");
         assert!(!published.signing_key_changed, "published is not signing");
         assert!(run(Some(&noticed.data), at(121)).events.is_empty());
+    }
+
+    #[test]
+    fn the_issuer_claim_is_kept_until_the_issuer_changes() {
+        let key = |issuer: Option<&str>| -> SigningKey {
+            let mut spec = serde_json::json!({"algorithm": "EdDSA"});
+            if let Some(issuer) = issuer {
+                spec["issuer"] = issuer.into();
+            }
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "web", "namespace": "auth"}, "spec": spec,
+            }))
+            .unwrap()
+        };
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s| t0 + SignedDuration::from_secs(s);
+        let run = |key: &SigningKey, stored: Option<&Data>, now| {
+            signing_key(key, stored, "https://x", now, &mut KeyMaterial::generate).unwrap()
+        };
+        let since = |outcome: &KeyOutcome| store::issuer_since(&outcome.data);
+        let first = run(&key(None), None, t0);
+        assert_eq!(since(&first), Some(t0));
+        let later = run(&key(None), Some(&first.data), at(500));
+        assert_eq!(since(&later), Some(t0), "kept");
+        let moved = run(
+            &key(Some("https://x/auth/other")),
+            Some(&later.data),
+            at(600),
+        );
+        assert_eq!(since(&moved), Some(at(600)), "a new issuer is a new claim");
+        // Data from before the entry existed counts from its oldest key.
+        let mut old = first.data.clone();
+        old.remove(store::ISSUER_SINCE);
+        assert_eq!(since(&run(&key(None), Some(&old), at(700))), Some(t0));
     }
 }

@@ -107,4 +107,11 @@ pub struct Snapshot {
     /// example because their CRD is missing): a policy that is not found may exist, so
     /// the answer is 503, not 404. Keys are served meanwhile.
     pub policies_known: bool,
+    /// Every issuer path a SigningKey claims on this server, with the one serving it
+    /// (`None`: several claimed it at the same instant, and none is served). For the
+    /// admission webhook and SigningKey status.
+    pub path_owners: imbl::HashMap<String, Option<ObjectKey>>,
+    /// Every Secret (namespace/name) a SigningKey keeps keys in, with a SigningKey
+    /// naming it. For the admission webhook.
+    pub secrets: imbl::HashMap<ObjectKey, ObjectKey>,
 }

@@ -8,6 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cel_rules::{NO_CONTROL_CHARACTERS, NO_CONTROL_CHARACTERS_MESSAGE};
+
 use super::Duration;
 
 /// What a valid token is for one set of workloads, and how far enforcement has rolled out.
@@ -135,12 +137,14 @@ pub struct IssuerRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub issuer: Option<String>,
     /// The external issuer's JWKS. Default: the `jwks_uri` of
     /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal `issuer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub jwks_uri: Option<String>,
     /// How the external issuer's keys are cached and refreshed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

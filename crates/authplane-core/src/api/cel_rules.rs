@@ -58,6 +58,15 @@ macro_rules! duration_between {
     };
 }
 
+/// A string rule: no control character (Unicode category Cc: U+0000 to U+001F, U+007F to
+/// U+009F), so that a value written into a log can never start a forged line. The
+/// in-process validation checks every string of a spec the same way
+/// ([`super::validation`]); the CRDs carry the rule on the URLs and free text that are
+/// logged.
+pub(crate) const NO_CONTROL_CHARACTERS: &str = r"!self.matches('[\x00-\x1f\x7f-\x9f]')";
+pub(crate) const NO_CONTROL_CHARACTERS_MESSAGE: &str =
+    "must not contain control characters such as a newline (they could forge lines in logs)";
+
 /// Validating without compiling the duration regex at every evaluation.
 ///
 /// The `cel` crate compiles the regex of `matches()` at every call, and every duration

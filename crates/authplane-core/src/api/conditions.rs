@@ -23,6 +23,15 @@ pub mod reason {
     pub const SECRET_NOT_MANAGED: &str = "SecretNotManaged";
     /// SigningKey `Ready=False`: the Secret cannot be read; nothing is overwritten.
     pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
+    /// SigningKey `Ready=False`: the Secret (or the signer Secret) belongs to another
+    /// SigningKey, or to no SigningKey; it is left alone.
+    pub const SECRET_IN_USE: &str = "SecretInUse";
+    /// SigningKey `Ready=False`: another SigningKey claimed its issuer path first; it
+    /// serves nothing there (its keys still sign).
+    pub const ISSUER_PATH_CONFLICT: &str = "IssuerPathConflict";
+    /// SigningKey `Ready=False`: its issuer path is not one its namespace may claim on
+    /// this server; nothing is served for it (its keys still sign).
+    pub const ISSUER_NOT_ALLOWED: &str = "IssuerNotAllowed";
     /// SigningKey `SecretRecreated=True` (and its Warning event).
     pub const SECRET_DELETED: &str = "SecretDeleted";
 
@@ -55,7 +64,10 @@ pub const SIGNING_KEY: &[(&str, &[&str])] = &[
             KEYS_READY,
             INVALID_SPEC,
             SECRET_NOT_MANAGED,
+            SECRET_IN_USE,
             SECRET_UNREADABLE,
+            ISSUER_PATH_CONFLICT,
+            ISSUER_NOT_ALLOWED,
         ],
     ),
     (SECRET_RECREATED, &[SECRET_DELETED]),

@@ -23,7 +23,9 @@ pub use signing_key::{
     DEFAULT_MAX_TOKEN_LIFETIME, KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION,
     RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
 };
-pub use validation::{FieldError, IssuerError, Validate, from_value, issuer_path, read_object};
+pub use validation::{
+    FieldError, IssuerError, SIGNER_SECRET_SUFFIX, Validate, from_value, issuer_path, read_object,
+};
 
 use std::fmt;
 

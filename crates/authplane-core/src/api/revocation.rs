@@ -13,6 +13,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cel_rules::{NO_CONTROL_CHARACTERS, NO_CONTROL_CHARACTERS_MESSAGE};
+
 /// Tokens of one issuer that stop being accepted now.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -55,11 +57,13 @@ pub struct RevocationSpec {
     /// Set this or `signingKeyRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub issuer: Option<String>,
 
     /// Revokes the one token whose `jti` claim is this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub token_id: Option<String>,
 
     /// Revokes every token whose `sub` claim is this and whose `iat` is at or before
@@ -67,6 +71,7 @@ pub struct RevocationSpec {
     /// later work again. A token without `iat` is revoked too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub subject: Option<String>,
 
     /// With `subject`: tokens issued at or before this instant (RFC 3339) are revoked.
@@ -79,6 +84,7 @@ pub struct RevocationSpec {
     /// device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub session_id: Option<String>,
 
     /// When the revocation lapses, instead of the computed instant (the issued-before
@@ -94,6 +100,7 @@ pub struct RevocationSpec {
     /// `account_disabled` when it is one of them, `other` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub reason: Option<String>,
 }
 

@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::cel_rules::{NO_CONTROL_CHARACTERS, NO_CONTROL_CHARACTERS_MESSAGE};
+
 use super::Duration;
 use crate::keys::Algorithm;
 
@@ -52,21 +54,28 @@ pub struct SigningKeySpec {
 
     /// Issuer URL published in OIDC discovery and expected as `iss` in tokens. Its path
     /// decides where discovery and JWKS are served. Default: the server's external URL
-    /// followed by `/<namespace>/<name>`.
+    /// followed by `/<namespace>/<name>`. On authplane's own URL the path must lie under
+    /// `/<namespace>/` (unless the platform allows the namespace any path) and be no
+    /// other SigningKey's; an issuer on another host is published elsewhere: authplane
+    /// serves no discovery or JWKS for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(
         "(self.startsWith('https://') || self.startsWith('http://')) && !self.contains('?') && !self.contains('#')"
     ).message("must be an http(s) URL without query or fragment"))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
     pub issuer: Option<String>,
 
     /// When keys rotate and how long they stay published.
     #[serde(default)]
     pub rotation: RotationSpec,
 
-    /// Name of the Secret that holds the keys. Default: `<name>-keys`.
+    /// Name of the Secret that holds the keys. Default: `<name>-keys`. Workloads that
+    /// sign mount `<secretName>-active` instead, which holds the Active key alone. Must
+    /// be no other SigningKey's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    // 253, a Secret name's limit, less the signer Secret's `-active`.
+    #[schemars(length(max = 246))]
     #[x_kube(validation = Rule::new(
         "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')"
     ).message("must be a valid Secret name (lowercase letters, digits, '-' and '.')"))]
@@ -170,8 +179,13 @@ pub struct SigningKeyStatus {
     /// `Ready`: `True` (reason `KeysReady`) once an Active key signs and is published;
     /// `False` with reason `InvalidSpec` (the message names the fields),
     /// `SecretNotManaged` (the Secret exists and is not labelled
-    /// `app.kubernetes.io/managed-by=authplane`: it is left alone) or `SecretUnreadable`
-    /// (nothing is overwritten; the last good keys keep serving).
+    /// `app.kubernetes.io/managed-by=authplane`: it is left alone), `SecretInUse` (the
+    /// Secret or the signer Secret belongs to another SigningKey: it is left alone),
+    /// `SecretUnreadable` (nothing is overwritten; the last good keys keep serving),
+    /// `IssuerPathConflict` (another SigningKey claimed the issuer's path first: nothing
+    /// is served there for this one, its keys still sign) or `IssuerNotAllowed` (the
+    /// issuer's path is outside `/<namespace>/` on authplane's URL: nothing is served
+    /// for it, its keys still sign).
     /// `SecretRecreated`: `True` with reason `SecretDeleted` for a day after the Secret
     /// was deleted by hand and new keys replaced the old ones.
     #[serde(default)]

@@ -229,20 +229,25 @@ fn validate_rules<K: HasSchema>(
     CEL.with(|cel| cel.validate_compiled(rules, value, None))
 }
 
-/// Every CEL rule the object breaks, as the apiserver would apply them.
+/// Every CEL rule the object breaks, as the apiserver would apply them, and every
+/// control character in its spec (read from the same JSON).
 fn cel_errors<K: HasSchema + serde::Serialize>(object: &K) -> Vec<FieldError> {
     let value = match serde_json::to_value(object) {
         Ok(value) => value,
         Err(e) => return vec![FieldError::new("", format!("cannot be read as JSON: {e}"))],
     };
-    match validate_rules::<K>(&value) {
+    let mut errors: Vec<FieldError> = match validate_rules::<K>(&value) {
         Ok(()) => Vec::new(),
         Err(errors) => errors
             .into_vec()
             .into_iter()
             .map(|e| FieldError::new(e.field_path.trim_start_matches('.'), e.message))
             .collect(),
+    };
+    if let Some(spec) = value.get("spec") {
+        extend_unique(&mut errors, control_character_errors(spec));
     }
+    errors
 }
 
 /// Response headers a forwarded claim may not set: they would change how the gateway
@@ -305,6 +310,56 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// Every string of a spec (and every map key) with a control character in it: logs
+/// carry these values, and a newline would forge a line. The CRDs' CEL rules check the
+/// URLs and free text that are logged; this checks everything, for dev mode and the
+/// admission webhook.
+fn control_character_errors(spec: &serde_json::Value) -> Vec<FieldError> {
+    fn walk(value: &serde_json::Value, path: &str, errors: &mut Vec<FieldError>) {
+        let has_control = |text: &str| text.chars().any(char::is_control);
+        match value {
+            serde_json::Value::String(text) if has_control(text) => errors.push(FieldError::new(
+                path,
+                super::cel_rules::NO_CONTROL_CHARACTERS_MESSAGE,
+            )),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), errors);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (name, field) in fields {
+                    if has_control(name) {
+                        errors.push(FieldError::new(
+                            path,
+                            format!("a key {}", super::cel_rules::NO_CONTROL_CHARACTERS_MESSAGE),
+                        ));
+                        continue;
+                    }
+                    walk(field, &format!("{path}.{name}"), errors);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut errors = Vec::new();
+    walk(spec, "spec", &mut errors);
+    errors
+}
+
+/// Adds the errors not already found (a CEL rule and the walk both refuse a control
+/// character in a logged field).
+fn extend_unique(errors: &mut Vec<FieldError>, more: Vec<FieldError>) {
+    for error in more {
+        if !errors.contains(&error) {
+            errors.push(error);
+        }
+    }
+}
+
+/// The signer Secret's name is the key Secret's with this suffix.
+pub const SIGNER_SECRET_SUFFIX: &str = "-active";
+
 impl Validate for SigningKey {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
@@ -313,6 +368,20 @@ impl Validate for SigningKey {
             && let Err(e) = issuer_path(issuer)
         {
             errors.push(FieldError::new("spec.issuer", e.to_string()));
+        }
+        let signer = self.signer_secret_name();
+        if signer.len() > 253 {
+            let field = match self.spec.secret_name {
+                Some(_) => "spec.secretName",
+                None => "metadata.name",
+            };
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "is too long: the signer Secret {signer:?} would exceed the 253 characters of a Secret name (keep the key Secret's name within {})",
+                    253 - SIGNER_SECRET_SUFFIX.len()
+                ),
+            ));
         }
         if let Err(e) = self.requests() {
             errors.push(e);
@@ -539,6 +608,11 @@ impl SigningKey {
         self.spec.secret_name.clone().unwrap_or_else(|| {
             format!("{}-keys", self.metadata.name.as_deref().unwrap_or_default())
         })
+    }
+
+    /// The Secret that signing workloads mount: the Active key alone.
+    pub fn signer_secret_name(&self) -> String {
+        format!("{}{SIGNER_SECRET_SUFFIX}", self.secret_name())
     }
 }
 
@@ -784,6 +858,64 @@ mod tests {
             !fields.contains(&"spec.tokenSources.headers[0]"),
             "no guess about the item left out: {found:?}"
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_string_of_every_kind() {
+        // The CEL rule alone (in the CRD) catches the logged fields ...
+        let forged = "https://auth.example/x\nINFO forged line";
+        let errors = fields(serde_json::json!({"issuer": forged}));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("spec.issuer: must not contain control characters")),
+            "{errors:?}"
+        );
+        // ... and the walk every other string, in every kind.
+        let policy: AuthPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web"}},
+                                 {"issuer": "https://idp.example/\u{85}x"}],
+                     "audiences": ["ok", "bad\u{7}"]},
+        }))
+        .unwrap();
+        let refused: Vec<String> = policy.validate().into_iter().map(|e| e.field).collect();
+        assert!(
+            refused.contains(&"spec.audiences[1]".to_owned()),
+            "{refused:?}"
+        );
+        assert!(
+            refused.contains(&"spec.issuers[1].issuer".to_owned()),
+            "{refused:?}"
+        );
+        let revocation: Revocation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "spec": {"issuer": "https://idp.example", "subject": "alice\r\nbob"},
+        }))
+        .unwrap();
+        let refused: Vec<String> = revocation.validate().into_iter().map(|e| e.field).collect();
+        assert!(refused.contains(&"spec.subject".to_owned()), "{refused:?}");
+        // Non-ASCII that is not a control character is fine.
+        assert!(
+            fields(serde_json::json!({"issuer": "https://auth.example/caf\u{e9}"}))
+                .iter()
+                .all(|e| !e.contains("control"))
+        );
+    }
+
+    #[test]
+    fn a_key_secret_name_leaves_room_for_the_signer_secret() {
+        let long = "a".repeat(247);
+        assert_eq!(
+            fields(serde_json::json!({"secretName": long}))
+                .iter()
+                .map(|e| e.split(':').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["spec.secretName"]
+        );
+        assert!(fields(serde_json::json!({"secretName": "a".repeat(246)})).is_empty());
     }
 
     #[test]

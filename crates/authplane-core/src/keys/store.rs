@@ -11,7 +11,11 @@
 //! issuer       the issuer (`iss`) tokens signed with these keys must carry
 //! retain-for   how long a retired key stays in the JWKS (`spec.rotation.retainFor`,
 //!              in seconds): tools refuse to mint a token that would outlive its key
+//! issuer-since since when these keys carry `issuer` (RFC 3339): of several SigningKeys
+//!              claiming one issuer path, the earliest keeps it
 //! ```
+//!
+//! Signers get less: [`signer_data`], the Active key alone, for the signer Secret.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +34,7 @@ pub const ACTIVE_ALG: &str = "active.alg";
 pub const ACTIVE_KEY: &str = "active.key";
 pub const ISSUER: &str = "issuer";
 pub const RETAIN_FOR: &str = "retain-for";
+pub const ISSUER_SINCE: &str = "issuer-since";
 /// The SigningKey's `maxTokenLifetime`, for tools that sign without the manifest.
 pub const MAX_TOKEN_LIFETIME: &str = "max-token-lifetime";
 
@@ -156,6 +161,38 @@ pub fn issuer(data: &BTreeMap<String, String>) -> Option<&str> {
     data.get(ISSUER).map(String::as_str)
 }
 
+/// Since when the keys carry their issuer (absent in data written before it was
+/// recorded, or unreadable).
+pub fn issuer_since(data: &BTreeMap<String, String>) -> Option<Timestamp> {
+    data.get(ISSUER_SINCE)?.parse().ok()
+}
+
+/// The creation time of the oldest key listed, without reading the keys themselves.
+pub fn first_created(data: &BTreeMap<String, String>) -> Option<Timestamp> {
+    let lifecycle: Lifecycle = serde_json::from_str(data.get(LIFECYCLE)?).ok()?;
+    lifecycle.keys.iter().map(|k| k.created).min()
+}
+
+/// What a workload that signs needs, and nothing more: the Active key under its stable
+/// names, the issuer and the longest token lifetime. Neither the Next key nor the
+/// retired ones, so that a leak of it ends with the next rotation. Empty when no key is
+/// Active.
+pub fn signer_data(data: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    if !data.contains_key(ACTIVE_KEY) {
+        return BTreeMap::new();
+    }
+    [
+        ACTIVE_KID,
+        ACTIVE_ALG,
+        ACTIVE_KEY,
+        ISSUER,
+        MAX_TOKEN_LIFETIME,
+    ]
+    .into_iter()
+    .filter_map(|name| Some((name.to_owned(), data.get(name)?.clone())))
+    .collect()
+}
+
 /// The longest token lifetime recorded with the keys (absent in data written before it
 /// was recorded).
 pub fn max_token_lifetime(data: &BTreeMap<String, String>) -> Option<SignedDuration> {
@@ -210,6 +247,31 @@ mod tests {
         let active = keys.active(now).unwrap();
         assert_eq!(data[ACTIVE_KID], active.material.kid());
         assert_eq!(data[ACTIVE_KEY], active.material.to_pem());
+        assert_eq!(first_created(&data), Some(now));
+    }
+
+    #[test]
+    fn a_signer_gets_the_active_key_alone() {
+        let (keys, now) = sample();
+        let data = to_data(&keys, "https://issuer.example", SignedDuration::ZERO, now);
+        let signer = signer_data(&data);
+        assert_eq!(
+            signer.keys().map(String::as_str).collect::<Vec<_>>(),
+            [ACTIVE_ALG, ACTIVE_KEY, ACTIVE_KID, ISSUER]
+        );
+        assert_eq!(signer[ACTIVE_KEY], data[ACTIVE_KEY]);
+        let next = keys.records()[1].material.kid();
+        assert!(
+            !signer.values().any(|v| *v == data[&pem_file(next)]),
+            "not the Next key"
+        );
+        let none_active = to_data(
+            &keys,
+            "iss",
+            SignedDuration::ZERO,
+            now - SignedDuration::from_hours(1),
+        );
+        assert!(signer_data(&none_active).is_empty());
     }
 
     #[test]
