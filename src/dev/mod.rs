@@ -464,7 +464,13 @@ impl Driver {
         self.known
             .0
             .store(Arc::new(desired.signing_keys.keys().cloned().collect()));
-        let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known);
+        let warnings = admission_warnings(
+            &self.desired,
+            &desired,
+            &changed,
+            &*self.known,
+            self.clock.now(),
+        );
         for warning in warnings.iter().take(MAX_WARNINGS_LOGGED) {
             tracing::warn!("{warning}");
         }
@@ -690,6 +696,7 @@ fn admission_warnings(
     after: &Desired,
     changed: &Changed,
     index: &dyn SigningKeyIndex,
+    now: Timestamp,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut report = |kind: &str, id: &ObjectKey, verdict: admission::Verdict| {
@@ -713,7 +720,11 @@ fn admission_warnings(
     for id in &changed.auth_policies {
         if let Some(policy) = after.auth_policies.get(id) {
             let old = before.auth_policies.get(id).map(|o| &**o);
-            report("AuthPolicy", id, admission::auth_policy(policy, old, index));
+            report(
+                "AuthPolicy",
+                id,
+                admission::auth_policy(policy, old, index, now),
+            );
         }
     }
     warnings
@@ -754,6 +765,7 @@ mod tests {
             &both,
             &Changed::between(&Desired::default(), &both),
             &index,
+            Timestamp::now(),
         );
         assert!(
             created.iter().any(|w| w.starts_with(
@@ -768,7 +780,14 @@ mod tests {
             "{created:?}"
         );
         assert!(
-            admission_warnings(&both, &both, &Changed::between(&both, &both), &index).is_empty(),
+            admission_warnings(
+                &both,
+                &both,
+                &Changed::between(&both, &both),
+                &index,
+                Timestamp::now()
+            )
+            .is_empty(),
             "unchanged"
         );
     }

@@ -6,7 +6,7 @@
 //! object. Everything else that is risky but legal is a warning: the webhook must never
 //! stand between a platform team and a rollback.
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::policy::progression::Schedule;
@@ -93,14 +93,15 @@ impl Verdict {
     }
 }
 
-/// Reviews `object` (CREATE) or the change from `old` to `object` (UPDATE). `namespace`
-/// is the request's namespace, used when the object does not carry one.
+/// Reviews `object` (CREATE) or the change from `old` to `object` (UPDATE) at `now`.
+/// `namespace` is the request's namespace, used when the object does not carry one.
 pub fn review(
     kind: Kind,
     object: &Value,
     old: Option<&Value>,
     namespace: Option<&str>,
     index: &dyn SigningKeyIndex,
+    now: Timestamp,
 ) -> Verdict {
     let object = with_namespace(object, namespace);
     match kind {
@@ -113,6 +114,7 @@ pub fn review(
                 &policy,
                 old.and_then(|o| previous(o, namespace)).as_ref(),
                 index,
+                now,
             ),
             Err(refused) => Verdict::refused(refused),
         },
@@ -342,11 +344,13 @@ fn share_after_edit(policy: &AuthPolicy, old: &AuthPolicy) -> f64 {
 const SHORT_STEP_SECS: i64 = 10 * 60;
 
 /// AuthPolicy: [`Validate`], then warnings: a SigningKey that does not exist, an unchecked
-/// audience, and enforcement raised by a large step.
+/// audience, enforcement raised by a large step, and a legacy session whose end has come
+/// or is near at `reviewed_at`.
 pub fn auth_policy(
     policy: &AuthPolicy,
     old: Option<&AuthPolicy>,
     index: &dyn SigningKeyIndex,
+    reviewed_at: Timestamp,
 ) -> Verdict {
     let refusals = policy.validate();
     if !refusals.is_empty() {
@@ -420,6 +424,14 @@ pub fn auth_policy(
             "has no effect without steps: it holds a stepped rollout",
         );
     }
+    if let Some(warning) = policy
+        .spec
+        .legacy_session
+        .as_ref()
+        .and_then(|legacy| crate::policy::legacy::warning(legacy, reviewed_at))
+    {
+        verdict.warn("spec.legacySession.until", warning);
+    }
     verdict
 }
 
@@ -434,6 +446,8 @@ mod tests {
             BTreeSet::contains(self, id)
         }
     }
+
+    const T0: Timestamp = Timestamp::constant(1_782_864_000, 0);
 
     fn key(spec: Value) -> Value {
         json!({"apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
@@ -464,7 +478,7 @@ mod tests {
 
     #[test]
     fn the_defaults_pass_without_warnings() {
-        let verdict = review(Kind::SigningKey, &key(json!({})), None, None, &web());
+        let verdict = review(Kind::SigningKey, &key(json!({})), None, None, &web(), T0);
         assert_eq!(verdict, Verdict::default());
         let verdict = review(
             Kind::AuthPolicy,
@@ -472,6 +486,7 @@ mod tests {
             None,
             None,
             &web(),
+            T0,
         );
         assert_eq!(verdict, Verdict::default());
     }
@@ -484,6 +499,7 @@ mod tests {
             None,
             None,
             &web(),
+            T0,
         );
         assert_eq!(fields(&verdict), ["spec.algorithm"]);
         assert!(verdict.refusals[0].message.contains("RS256"));
@@ -496,7 +512,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("namespace");
-        let verdict = review(Kind::SigningKey, &object, None, Some("../x"), &web());
+        let verdict = review(Kind::SigningKey, &object, None, Some("../x"), &web(), T0);
         assert_eq!(fields(&verdict), ["metadata.namespace"]);
     }
 
@@ -535,6 +551,7 @@ mod tests {
             Some(&old),
             None,
             &web(),
+            T0,
         );
         assert!(verdict.allowed());
         assert!(
@@ -547,6 +564,7 @@ mod tests {
             Some(&old),
             None,
             &web(),
+            T0,
         );
         assert_eq!(fields(&verdict), ["spec.secretName"]);
         assert!(verdict.refusals[0].message.contains("Keep \"web-keys\""));
@@ -560,6 +578,7 @@ mod tests {
             None,
             None,
             &NoSigningKeys,
+            T0,
         );
         assert!(verdict.allowed());
         assert_eq!(verdict.warnings.len(), 1);
@@ -575,7 +594,7 @@ mod tests {
             policy(json!({"audiences": ["a"], "rollout": {"mode": mode, "percentage": percentage}}))
         };
         let step = |old: Option<Value>, new: Value| {
-            review(Kind::AuthPolicy, &new, old.as_ref(), None, &web()).warnings
+            review(Kind::AuthPolicy, &new, old.as_ref(), None, &web(), T0).warnings
         };
         assert!(step(None, at("Enforce", 100.0))[0].contains("on creation, with no Audit phase"));
         assert!(
@@ -596,7 +615,7 @@ mod tests {
     #[test]
     fn steps_that_lower_the_share_in_force_warn() {
         let review_edit = |old: Value, new: Value| {
-            review(Kind::AuthPolicy, &new, Some(&old), None, &web()).warnings
+            review(Kind::AuthPolicy, &new, Some(&old), None, &web(), T0).warnings
         };
         let manual = |percentage: f64| {
             policy(
@@ -650,7 +669,7 @@ mod tests {
                 "spec": spec,
             })
         };
-        let review = |object: Value| review(Kind::Revocation, &object, None, None, &known);
+        let review = |object: Value| review(Kind::Revocation, &object, None, None, &known, T0);
         // Created from generateName, in the key's namespace: nothing to say.
         let everywhere = review(revocation(
             "auth",
@@ -687,6 +706,44 @@ mod tests {
             unknown.allowed()
                 && unknown.warnings[0]
                     .starts_with("spec.signingKeyRef: SigningKey auth/gone does not exist")
+        );
+    }
+
+    #[test]
+    fn a_legacy_session_ending_within_a_week_or_ended_warns() {
+        let with_until = |until: &str| {
+            policy(json!({"audiences": ["a"], "rollout": {"mode": "Audit"},
+                          "legacySession": {"cookie": "session_id", "until": until}}))
+        };
+        let warnings = |until: &str| {
+            review(Kind::AuthPolicy, &with_until(until), None, None, &web(), T0).warnings
+        };
+        // T0 is 2026-07-01T00:00:00Z.
+        assert_eq!(warnings("2026-07-09T00:00:00Z"), Vec::<String>::new());
+        let soon = warnings("2026-07-07T00:00:00Z");
+        assert_eq!(soon.len(), 1, "{soon:?}");
+        assert!(soon[0].starts_with("spec.legacySession.until: legacy session cookies stop passing at 2026-07-07T00:00:00Z, within 7 days"), "{soon:?}");
+        let past = warnings("2026-06-01T00:00:00Z");
+        assert!(
+            past[0].starts_with("spec.legacySession.until: 2026-06-01T00:00:00Z has passed"),
+            "{past:?}"
+        );
+        // Not a time: refused, naming the field.
+        let verdict = review(
+            Kind::AuthPolicy,
+            &with_until("next week"),
+            None,
+            None,
+            &web(),
+            T0,
+        );
+        assert!(!verdict.allowed());
+        assert!(
+            verdict
+                .refusals
+                .iter()
+                .any(|e| e.field.starts_with("spec.legacySession")),
+            "{verdict:?}"
         );
     }
 }
