@@ -11,7 +11,8 @@ use std::sync::LazyLock;
 use authplane_core::api::{AuthPolicy, ObjectKey, Revocation};
 use authplane_core::keys::lifecycle::{KeyRecord, KeySet};
 use authplane_core::keys::{Algorithm, KeyMaterial};
-use authplane_core::policy::{CompiledPolicy, Decision, IssuerKeys, Verdict};
+use authplane_core::policy::cache::DecisionCache;
+use authplane_core::policy::{CompileContext, CompiledPolicy, Decision, IssuerKeys, Verdict};
 use authplane_core::revocation::{RevocationIndex, RevocationSet};
 use authplane_core::token::{MintRequest, mint};
 use http::{HeaderMap, HeaderValue, header};
@@ -51,12 +52,22 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
          \x20 rollout: {mode: Enforce, percentage: 50}\n  legacySession: {cookie: session}\n",
     )
     .expect("fuzz policy");
-    let policy = CompiledPolicy::compile(&policy, |_: &ObjectKey| {
+    // With a verified-token cache, as the server runs: the valid and the revoked token
+    // verify once, and every later input costs what its own bytes cost (revocations are
+    // checked on cache hits too).
+    let context = CompileContext {
+        external: None,
+        cache: DecisionCache::new(64),
+        stats: None,
+        epoch: None,
+    };
+    let resolve = |_: &ObjectKey| {
         Some(IssuerKeys {
             issuer: ISSUER,
             keys: &keys,
         })
-    });
+    };
+    let policy = CompiledPolicy::compile_with(&policy, resolve, context);
     let bearer = |sub: &str| {
         let request = MintRequest {
             subject: sub.into(),

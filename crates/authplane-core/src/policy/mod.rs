@@ -660,7 +660,13 @@ impl CompiledPolicy {
         // A claim that cannot be a header value fails the token: dropping the header
         // would leave a client-written copy in place.
         let identity = match (&claims, checked) {
-            (Some(claims), Ok(())) => self.identity(claims).map_err(|e| checked = Err(e)).ok(),
+            (Some(claims), Ok(())) => match self.identity(claims) {
+                Ok(values) => Some(values),
+                Err(rejection) => {
+                    checked = Err(rejection);
+                    None
+                }
+            },
             _ => None,
         };
         let buckets = match self.mode {
