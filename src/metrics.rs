@@ -108,6 +108,8 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     /// Time to decide, from request headers to response.
     pub decision_seconds: Family<PolicyLabels, AtomicHistogram>,
+    /// When each policy's legacy session cookies stop passing (`legacySession.until`).
+    pub legacy_session_sunset: Family<PolicyLabels, Gauge>,
     /// Operator reconciles, and failures by kind.
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -165,6 +167,12 @@ impl Default for Metrics {
             "decision_duration_seconds",
             "Time to decide one request",
             decision_seconds.clone(),
+        );
+        let legacy_session_sunset = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "legacy_session_sunset_timestamp_seconds",
+            "Unix time at which a policy's legacy session cookies stop passing (legacySession.until); absent without one",
+            legacy_session_sunset.clone(),
         );
         let reconciles = Counter::default();
         registry.register("reconciles", "SigningKey reconciles", reconciles.clone());
@@ -263,6 +271,7 @@ impl Default for Metrics {
             reload_errors,
             decisions,
             decision_seconds,
+            legacy_session_sunset,
             reconciles,
             reconcile_errors,
             reconcile_seconds,
@@ -377,6 +386,14 @@ impl Metrics {
         }
     }
 
+    /// Drops the gauges of an AuthPolicy that is gone.
+    pub fn forget_policy(&self, namespace: &str, policy: &str) {
+        self.legacy_session_sunset.remove(&PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        });
+    }
+
     /// Drops the gauges of a SigningKey that is gone.
     pub fn forget_keys(&self, namespace: &str, name: &str) {
         for state in ["Next", "Active", "Retired"] {
@@ -419,6 +436,7 @@ impl Metrics {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
             decisions: self.decisions.clone(),
+            legacy_session_sunset: self.legacy_session_sunset.clone(),
             cache_hits: self.cache_hits.clone(),
             cache_misses: self.cache_misses.clone(),
             counters: (0..slots).map(|_| OnceLock::new()).collect(),
@@ -534,6 +552,7 @@ pub struct PolicyMeters {
     namespace: String,
     policy: String,
     decisions: Family<DecisionLabels, Counter>,
+    legacy_session_sunset: Family<PolicyLabels, Gauge>,
     cache_hits: Counter,
     cache_misses: Counter,
     counters: Vec<OnceLock<Counter>>,
@@ -562,6 +581,23 @@ impl crate::policy::DecisionMeters for PolicyMeters {
             self.cache_hits.inc();
         } else {
             self.cache_misses.inc();
+        }
+    }
+
+    fn legacy_sessions_end(&self, until: Option<jiff::Timestamp>) {
+        let labels = PolicyLabels {
+            namespace: self.namespace.clone(),
+            policy: self.policy.clone(),
+        };
+        match until {
+            Some(until) => {
+                self.legacy_session_sunset
+                    .get_or_create(&labels)
+                    .set(until.as_second());
+            }
+            None => {
+                self.legacy_session_sunset.remove(&labels);
+            }
         }
     }
 }

@@ -63,9 +63,10 @@ impl PolicyRuntime {
         }
     }
 
-    /// Forgets a deleted policy: its meters, cache epoch and problem. One created again
-    /// starts afresh.
+    /// Forgets a deleted policy: its meters, gauges, cache epoch and problem. One created
+    /// again starts afresh.
     pub fn forget_policy(&self, id: &ObjectKey) {
+        self.metrics.forget_policy(&id.namespace, &id.name);
         self.stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())

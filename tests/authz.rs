@@ -169,7 +169,11 @@ async fn the_decision_table_for_enforced_and_audited_users() {
             header(&r, "x-authplane-audit").as_deref(),
             Some("would-deny; reason=insufficient_scope")
         );
-        assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("alice"));
+        assert_eq!(
+            header(&r, "x-auth-subject").as_deref(),
+            Some(""),
+            "a token that failed a check is not an identity"
+        );
     }
 
     // Envoy's ext_authz appends the original path to the configured one.
@@ -713,5 +717,492 @@ async fn cached_tokens_survive_unrelated_changes_but_not_their_policy_changing()
         (dev.get_with(AUTHZ, &headers).await.status() == 403).then_some(())
     })
     .await;
+    dev.stop().await;
+}
+
+/// GET the policy with raw header bytes (values that are not text, as browsers and
+/// third-party scripts send them).
+async fn get_raw(dev: &Dev, headers: &[(&str, &[u8])]) -> reqwest::Response {
+    let mut request = dev.http.get(dev.url(AUTHZ));
+    for (name, value) in headers {
+        request = request.header(
+            *name,
+            reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    request.send().await.unwrap()
+}
+
+const REVOKED_JTI: &str = "stolen-1";
+
+/// A Revocation of the token whose `jti` is [`REVOKED_JTI`].
+fn revocation_of_stolen_token() -> String {
+    format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: Revocation\nmetadata: {{name: stolen, namespace: auth}}\nspec:\n  signingKeyRef: {{name: web}}\n  tokenId: {REVOKED_JTI}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_never_an_identity_in_any_bucket() {
+    // Bucketing by a header lets the test choose the bucket independently of the token.
+    let rollout = "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}";
+    let with_legacy = policy(rollout, "  legacySession: {cookie: session_id}\n");
+    let without = with_legacy
+        .replace("name: payments", "name: open")
+        .replace("  legacySession: {cookie: session_id}\n", "");
+    let dev = Dev::start(&[
+        ("keys.yaml", &signing_key("auth", "web", KEYS)),
+        ("policy.yaml", &with_legacy),
+        ("open.yaml", &without),
+        ("revocation.yaml", &revocation_of_stolen_token()),
+    ])
+    .await;
+    let mut claims = dev.claims(("auth", "web"), "zoe", "payments");
+    claims["roles"] = json!(["payments"]);
+    claims["jti"] = json!(REVOKED_JTI);
+    let revoked = format!("Bearer {}", dev.sign(("auth", "web"), &claims));
+    let enforced = user_in(SALT, 10.0, true);
+    let audited = user_in(SALT, 10.0, false);
+
+    // Enforced: refused as revoked.
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("X-User-Id", &enforced), ("Authorization", &revoked)],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "x-authplane-reason").as_deref(),
+        Some("token_revoked")
+    );
+    assert_eq!(header(&r, "x-auth-subject"), None);
+
+    // Outside enforcement with legacySession: like garbage, 401 without the cookie...
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("X-User-Id", &audited), ("Authorization", &revoked)],
+        )
+        .await;
+    assert_eq!(r.status(), 401, "a revoked token is no better than none");
+    assert_eq!(
+        header(&r, "x-authplane-reason").as_deref(),
+        Some("token_revoked")
+    );
+    assert_eq!(header(&r, "x-auth-subject"), None);
+    // ...and a legacy-session pass with it, never as zoe.
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[
+                ("X-User-Id", &audited),
+                ("Authorization", &revoked),
+                ("Cookie", "session_id=s1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("legacy-session; reason=token_revoked")
+    );
+    assert_eq!(header(&r, "x-auth-subject").as_deref(), Some(""));
+
+    // Without legacySession: audited, with the identity headers empty.
+    let r = dev
+        .get_with(
+            "/authz/shop/open",
+            &[("X-User-Id", &audited), ("Authorization", &revoked)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("would-deny; reason=token_revoked")
+    );
+    assert_eq!(header(&r, "x-auth-subject").as_deref(), Some(""));
+    assert_eq!(header(&r, "x-auth-email").as_deref(), Some(""));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn every_pass_answers_every_identity_header_and_only_a_full_pass_fills_them() {
+    let dev = start(
+        "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}",
+        "  legacySession: {cookie: session_id}\n",
+    )
+    .await;
+    let enforced = user_in(SALT, 10.0, true);
+    let audited = user_in(SALT, 10.0, false);
+    let bearer = |token: String| format!("Bearer {token}");
+    let no_email = bearer(dev.mint(
+        ("auth", "web"),
+        "alice",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    ));
+    let no_role = bearer(dev.mint(
+        ("auth", "web"),
+        "mallory",
+        &["payments"],
+        json!({"roles": ["other"], "email": "m@x"}),
+    ));
+    let identity = |r: &reqwest::Response| (header(r, "x-auth-subject"), header(r, "x-auth-email"));
+    let some = |s: &str, e: &str| (Some(s.to_owned()), Some(e.to_owned()));
+
+    // Allowed: the verified claims; one the token lacks is answered empty.
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("X-User-Id", &enforced), ("Authorization", &no_email)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(identity(&r), some("alice", ""));
+    // A valid token without a required claim, outside enforcement: audited, and not an
+    // identity (it passes as before; legacySession does not apply to a valid token).
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("X-User-Id", &audited), ("Authorization", &no_role)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("would-deny; reason=insufficient_scope")
+    );
+    assert_eq!(identity(&r), some("", ""));
+    // A legacy-session pass: empty.
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("X-User-Id", &audited), ("Cookie", "session_id=s1")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(identity(&r), some("", ""));
+    // A refusal: none at all.
+    let r = dev
+        .get_with(
+            AUTHZ,
+            &[("X-User-Id", &enforced), ("Authorization", &no_role)],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(identity(&r), (None, None));
+
+    // Audit and Disabled: every pass answers them, empty without a verified identity.
+    dev.write("policy.yaml", &policy("{mode: Audit}", ""));
+    eventually("mode Audit", CHANGE_DEADLINE, || async {
+        let r = dev.get(AUTHZ).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let r = dev.get_with(AUTHZ, &[("X-Auth-Subject", "admin")]).await;
+    assert_eq!(identity(&r), some("", ""));
+    dev.write("policy.yaml", &policy("{mode: Disabled}", ""));
+    eventually("mode Disabled", CHANGE_DEADLINE, || async {
+        let r = dev.get(AUTHZ).await;
+        header(&r, "x-authplane-audit").is_none().then_some(())
+    })
+    .await;
+    let r = dev.get(AUTHZ).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(identity(&r), some("", ""));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_be_a_header_is_refused_and_others_are_encoded() {
+    let dev = start(
+        "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}",
+        "",
+    )
+    .await;
+    let enforced = user_in(SALT, 10.0, true);
+    let audited = user_in(SALT, 10.0, false);
+    let token = |sub: &str| {
+        format!(
+            "Bearer {}",
+            dev.mint(
+                ("auth", "web"),
+                sub,
+                &["payments"],
+                json!({"roles": ["payments"], "email": "z@x"}),
+            )
+        )
+    };
+    for sub in [
+        "carol\r\nX-Injected: yes",
+        "nul\u{0}byte",
+        "tab\there",
+        "del\u{7f}",
+    ] {
+        let r = dev
+            .get_with(
+                AUTHZ,
+                &[("X-User-Id", &enforced), ("Authorization", &token(sub))],
+            )
+            .await;
+        assert_eq!(r.status(), 401, "{sub:?}");
+        assert_eq!(
+            header(&r, "x-authplane-reason").as_deref(),
+            Some("invalid_claims"),
+            "{sub:?}"
+        );
+        assert!(header(&r, "x-injected").is_none());
+        let r = dev
+            .get_with(
+                AUTHZ,
+                &[("X-User-Id", &audited), ("Authorization", &token(sub))],
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{sub:?}");
+        assert_eq!(
+            header(&r, "x-authplane-audit").as_deref(),
+            Some("would-deny; reason=invalid_claims")
+        );
+        assert_eq!(header(&r, "x-auth-subject").as_deref(), Some(""), "{sub:?}");
+        assert_eq!(
+            header(&r, "x-auth-email").as_deref(),
+            Some(""),
+            "no part of a refused identity"
+        );
+    }
+    // Non-ASCII and '%' are percent-encoded (UTF-8); spaces at the ends too.
+    for (sub, sent) in [
+        ("zoë", "zo%C3%AB"),
+        ("100%", "100%25"),
+        (" alice", "%20alice"),
+        ("Ada Lovelace", "Ada Lovelace"),
+    ] {
+        let r = dev
+            .get_with(
+                AUTHZ,
+                &[("X-User-Id", &enforced), ("Authorization", &token(sub))],
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{sub:?}");
+        let raw = r.headers()["x-auth-subject"].as_bytes();
+        assert_eq!(raw, sent.as_bytes(), "{sub:?}");
+    }
+    let metrics = dev.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"decision="deny",reason="invalid_claims""#));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn one_unreadable_byte_hides_no_cookie_and_no_header() {
+    let dev = start(
+        "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}",
+        "  legacySession: {cookie: session_id}\n",
+    )
+    .await;
+    let audited = user_in(SALT, 10.0, false);
+    let enforced = user_in(SALT, 10.0, true);
+    let good = dev.mint(
+        ("auth", "web"),
+        "bob",
+        &["payments"],
+        json!({"roles": ["payments"]}),
+    );
+
+    // A third-party cookie in Latin-1 beside the legacy session.
+    let r = get_raw(
+        &dev,
+        &[
+            ("X-User-Id", audited.as_bytes()),
+            ("Cookie", b"_ga=caf\xe9; session_id=1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("legacy-session; reason=missing_token")
+    );
+    // Beside the token cookie, in a second Cookie header (as HTTP/2 sends them).
+    let token_cookie = format!("access_token={good}");
+    let r = get_raw(
+        &dev,
+        &[
+            ("X-User-Id", enforced.as_bytes()),
+            ("Cookie", b"_ga=caf\xe9; theme=\xff"),
+            ("Cookie", token_cookie.as_bytes()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("bob"));
+    // A bucketing header sent twice, the first copy not text: the second counts, so the
+    // enforced user stays enforced.
+    let r = get_raw(
+        &dev,
+        &[
+            ("X-User-Id", b"\xe9t\xe9"),
+            ("X-User-Id", enforced.as_bytes()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 401, "bucketed by the readable copy");
+    // A token header whose first copy is not text.
+    let bearer = format!("Bearer {good}");
+    let r = get_raw(
+        &dev,
+        &[
+            ("X-User-Id", enforced.as_bytes()),
+            ("Authorization", b"Bearer caf\xe9"),
+            ("Authorization", bearer.as_bytes()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    dev.stop().await;
+}
+
+/// The `LegacySessionsAccepted` condition of `/status`: (status, reason).
+async fn legacy_condition(dev: &Dev) -> (String, String) {
+    let status = dev.json("/status/shop/payments").await;
+    let condition = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "LegacySessionsAccepted")
+        .unwrap_or_else(|| panic!("no LegacySessionsAccepted condition in {status}"))
+        .clone();
+    (
+        condition["status"].as_str().unwrap().to_owned(),
+        condition["reason"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The warnings dev mode's admission webhook gives for `policy` (YAML) as a CREATE.
+async fn admission_warnings(dev: &Dev, policy: &str) -> Vec<String> {
+    let object: Value = serde_yaml::from_str(policy).unwrap();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1",
+            "kind": {"group": "authplane.io", "version": "v1alpha1", "kind": "AuthPolicy"},
+            "resource": {"group": "authplane.io", "version": "v1alpha1", "resource": "authpolicies"},
+            "name": "payments", "namespace": "shop", "operation": "CREATE",
+            "userInfo": {"username": "alice"}, "object": object,
+        }
+    });
+    let answer: Value = dev
+        .http
+        .post(dev.url("/validate"))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    answer["response"]["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|w| w.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn legacy_sessions_end_on_time_without_a_restart() {
+    use authplane::clock::ManualClock;
+    use jiff::{SignedDuration, Timestamp};
+
+    let until: Timestamp = "2030-07-01T00:00:00Z".parse().unwrap();
+    let days = |n: i64| until - SignedDuration::from_hours(24 * n);
+    let clock = std::sync::Arc::new(ManualClock::new(days(10)));
+    let ending = policy(
+        "{mode: Enforce, percentage: 10, bucketBy: {header: X-User-Id}}",
+        "  legacySession: {cookie: session_id, until: \"2030-07-01T00:00:00Z\"}\n",
+    );
+    let dev = Dev::start_with(
+        &[
+            ("keys.yaml", &signing_key("auth", "web", KEYS)),
+            ("policy.yaml", &ending),
+        ],
+        clock.clone(),
+        1000,
+    )
+    .await;
+    let audited = user_in(SALT, 10.0, false);
+    let session = [("X-User-Id", audited.as_str()), ("Cookie", "session_id=s1")];
+
+    // Ten days before: passes, with the standard deprecation notice.
+    let r = dev.get_with(AUTHZ, &session).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-authplane-audit").as_deref(),
+        Some("legacy-session; reason=missing_token")
+    );
+    assert_eq!(
+        header(&r, "deprecation"),
+        Some(format!("@{}", until.as_second()))
+    );
+    assert_eq!(
+        header(&r, "sunset").as_deref(),
+        Some("Mon, 01 Jul 2030 00:00:00 GMT")
+    );
+    assert_eq!(
+        legacy_condition(&dev).await,
+        ("True".to_owned(), "SunsetScheduled".to_owned())
+    );
+    assert_eq!(
+        dev.metric(r#"authplane_legacy_session_sunset_timestamp_seconds{namespace="shop",policy="payments"}"#)
+            .await,
+        until.as_second() as f64
+    );
+    assert_eq!(
+        dev.metric(r#"authplane_decisions_total{namespace="shop",policy="payments",decision="legacy_session",reason="missing_token"}"#)
+            .await,
+        1.0
+    );
+    assert!(
+        !admission_warnings(&dev, &ending)
+            .await
+            .iter()
+            .any(|w| w.contains("legacySession")),
+        "ten days ahead is no warning"
+    );
+
+    // Three days before: status and admission say it is near.
+    clock.set(days(3));
+    assert_eq!(
+        legacy_condition(&dev).await,
+        ("True".to_owned(), "SunsetSoon".to_owned())
+    );
+    let warnings = admission_warnings(&dev, &ending).await;
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "spec.legacySession.until: legacy session cookies stop passing at 2030-07-01T00:00:00Z, within 7 days"
+        )),
+        "{warnings:?}"
+    );
+    assert_eq!(dev.get_with(AUTHZ, &session).await.status(), 200);
+
+    // At the end: the same request is refused, with no edit and no restart.
+    clock.set(until);
+    let r = dev.get_with(AUTHZ, &session).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "x-authplane-reason").as_deref(),
+        Some("missing_token")
+    );
+    assert_eq!(header(&r, "deprecation"), None);
+    assert_eq!(
+        legacy_condition(&dev).await,
+        ("False".to_owned(), "SunsetPassed".to_owned())
+    );
+    let warnings = admission_warnings(&dev, &ending).await;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("spec.legacySession.until: 2030-07-01T00:00:00Z has passed")),
+        "{warnings:?}"
+    );
     dev.stop().await;
 }

@@ -19,8 +19,14 @@ spec:
   issuers: [{signingKeyRef: {name: web, namespace: auth}}]
   audiences: [api]
   leeway: 5s
+  tokenSources:
+    headers: [{name: Authorization, prefix: "Bearer "}]
+    cookies: [access_token]
   rollout: {mode: Enforce, percentage: 100}
 "#;
+
+/// A Revocation of the token whose `jti` is `revoked-1`.
+const REVOCATION: &str = "apiVersion: authplane.io/v1alpha1\nkind: Revocation\nmetadata: {name: stolen, namespace: auth}\nspec:\n  signingKeyRef: {name: web}\n  tokenId: revoked-1\n";
 
 const KEY: (&str, &str) = ("auth", "web");
 
@@ -43,6 +49,7 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
             &signing_key("auth", "web", "  algorithm: RS256\n"),
         ),
         ("policy.yaml", POLICY),
+        ("revocation.yaml", REVOCATION),
     ])
     .await;
     let keys = dev.keys(KEY.0, KEY.1);
@@ -379,6 +386,11 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
             ),
             "malformed_token",
         ),
+        (
+            "revoked",
+            with(json!({"jti": "revoked-1"})),
+            "token_revoked",
+        ),
     ];
 
     let valid = dev.sign(KEY, &good);
@@ -443,6 +455,27 @@ async fn every_hostile_token_is_a_401_with_a_reason() {
         let review: Value = review.json().await.unwrap();
         assert_eq!(review["status"]["authenticated"], false, "{name}: {review}");
         assert!(review["status"].get("user").is_none(), "{name}: {review}");
+    }
+
+    // The same tokens in a cookie beside a third-party cookie that is not text: each
+    // still found, and refused for its own reason.
+    let in_cookie = |token: &str| {
+        let mut cookie = b"_ga=caf\xe9; access_token=".to_vec();
+        cookie.extend_from_slice(token.as_bytes());
+        dev.http.get(dev.url("/authz/shop/api")).header(
+            "Cookie",
+            reqwest::header::HeaderValue::from_bytes(&cookie).unwrap(),
+        )
+    };
+    assert_eq!(in_cookie(&valid).send().await.unwrap().status(), 200);
+    for (name, token, reason) in &cases {
+        let r = in_cookie(token).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{name}, in a cookie");
+        let got = r
+            .headers()
+            .get("x-authplane-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(got.as_deref(), Some(*reason), "{name}, in a cookie");
     }
 
     // Headers far beyond any token: refused by the HTTP layer or by us, never a 500.

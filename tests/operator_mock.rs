@@ -923,6 +923,76 @@ pub(crate) mod auth_policy_status {
     }
 }
 
+mod legacy_session_end {
+    use super::auth_policy_status::*;
+    use super::*;
+    use authplane::operator::auth_policies::reconcile;
+    use kube::runtime::controller::Action;
+    use std::time::Duration;
+
+    /// A policy whose legacy sessions end at `until`.
+    fn ending(until: Timestamp) -> authplane::api::AuthPolicy {
+        let mut policy = policy(Value::Null);
+        policy.spec.legacy_session = Some(
+            serde_json::from_value(json!({"cookie": "session_id", "until": until.to_string()}))
+                .unwrap(),
+        );
+        policy
+    }
+
+    /// Reconciles `policy` at t0: the condition written, and when the controller looks again.
+    async fn reconciled(policy: authplane::api::AuthPolicy) -> ((String, String), Action) {
+        let (ctx, mut api, _leader) = context_for(policy.clone());
+        let server = tokio::spawn(async move {
+            let answer =
+                serde_json::to_value(super::auth_policy_status::policy(Value::Null)).unwrap();
+            let mut body = expect(
+                &mut api,
+                "PATCH",
+                "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status",
+                200,
+                answer,
+            )
+            .await;
+            body["status"].take()
+        });
+        let action = within(reconcile(Arc::new(policy), ctx)).await.unwrap();
+        let status = server.await.unwrap();
+        let condition = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "LegacySessionsAccepted")
+            .unwrap_or_else(|| panic!("no LegacySessionsAccepted in {status}"))
+            .clone();
+        (
+            (
+                condition["status"].as_str().unwrap().to_owned(),
+                condition["reason"].as_str().unwrap().to_owned(),
+            ),
+            action,
+        )
+    }
+
+    /// The status changes a week before the end and at it, with nothing else changing:
+    /// the controller looks again exactly then, not at its next routine recheck.
+    #[tokio::test]
+    async fn the_status_is_refreshed_a_week_before_the_end_and_at_it() {
+        let week = SignedDuration::from_hours(7 * 24);
+        let (condition, action) =
+            reconciled(ending(t0() + week + SignedDuration::from_secs(60))).await;
+        assert_eq!(condition, ("True".to_owned(), "SunsetScheduled".to_owned()));
+        assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+
+        let (condition, action) = reconciled(ending(t0() + SignedDuration::from_secs(30))).await;
+        assert_eq!(condition, ("True".to_owned(), "SunsetSoon".to_owned()));
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+
+        let (condition, _) = reconciled(ending(t0())).await;
+        assert_eq!(condition, ("False".to_owned(), "SunsetPassed".to_owned()));
+    }
+}
+
 mod auth_policy_not_compiled_yet {
     use super::auth_policy_status::*;
     use super::*;

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::admission::{self, Kind, SigningKeyIndex};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey};
+use crate::clock::{Clock, SystemClock};
 use crate::cli::error::{self, CliError};
 use crate::cli::manifest_edit;
 use crate::cli::target::{TargetArgs, cluster_client};
@@ -165,7 +166,14 @@ pub(crate) fn review<K: Editable>(current: &K, patch: &Value) -> Result<Vec<Stri
     let old = serde_json::to_value(current).map_err(|e| refused(e.to_string()))?;
     let mut new = old.clone();
     merge(&mut new, patch);
-    let verdict = admission::review(K::KIND, &new, Some(&old), None, &NamedKeysExist);
+    let verdict = admission::review(
+        K::KIND,
+        &new,
+        Some(&old),
+        None,
+        &NamedKeysExist,
+        SystemClock.now(),
+    );
     if !verdict.allowed() {
         let problems: Vec<String> = verdict.refusals.iter().map(ToString::to_string).collect();
         return Err(refused(problems.join("; ")));

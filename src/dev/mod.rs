@@ -501,7 +501,14 @@ impl Driver {
                 .collect(),
         ));
         let start = !std::mem::replace(&mut self.loaded, true);
-        let warnings = admission_warnings(&self.desired, &desired, &changed, &*self.known, start);
+        let warnings = admission_warnings(
+            &self.desired,
+            &desired,
+            &changed,
+            &*self.known,
+            start,
+            self.clock.now(),
+        );
         for warning in warnings.iter().take(MAX_WARNINGS_LOGGED) {
             tracing::warn!("{warning}");
         }
@@ -756,6 +763,7 @@ fn admission_warnings(
     changed: &Changed,
     index: &dyn SigningKeyIndex,
     start: bool,
+    now: Timestamp,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut report = |kind: &str, id: &ObjectKey, verdict: admission::Verdict| {
@@ -786,7 +794,7 @@ fn admission_warnings(
             report(
                 "AuthPolicy",
                 id,
-                admission::auth_policy(policy, old.map(|o| &**o), index),
+                admission::auth_policy(policy, old.map(|o| &**o), index, now),
             );
         }
     }
@@ -837,6 +845,7 @@ mod tests {
             &Changed::between(&Desired::default(), &both),
             &index,
             false,
+            Timestamp::now(),
         );
         assert!(
             created.iter().any(|w| w.starts_with(
@@ -851,8 +860,15 @@ mod tests {
             "{created:?}"
         );
         assert!(
-            admission_warnings(&both, &both, &Changed::between(&both, &both), &index, false)
-                .is_empty(),
+            admission_warnings(
+                &both,
+                &both,
+                &Changed::between(&both, &both),
+                &index,
+                false,
+                Timestamp::now()
+            )
+            .is_empty(),
             "unchanged"
         );
         // At start-up the same objects are not created: a warning about the object itself
@@ -863,6 +879,7 @@ mod tests {
             &Changed::between(&Desired::default(), &both),
             &index,
             true,
+            Timestamp::now(),
         );
         assert!(
             restarted

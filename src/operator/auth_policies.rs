@@ -33,7 +33,7 @@ use crate::registry::{PolicyRuntime, Registry};
 
 /// A safety net only: what the status reports changes through watches (the policy, its
 /// keys through the serving index's announcements, its targets) or at known times (the
-/// next rollout step, the external key sets' health).
+/// next rollout step, a legacy session's end, the external key sets' health).
 pub const RECHECK: Duration = Duration::from_secs(300);
 /// External issuers' key-set health is reported this fresh.
 const EXTERNAL_RECHECK: Duration = Duration::from_secs(15);
@@ -104,7 +104,12 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             tracked.progress.clone(),
             now,
         );
-        if let Some(next) = tracked.next {
+        // The status changes on its own at the next rollout step and as a legacy
+        // session's end approaches and comes: report it then.
+        for next in [tracked.next, compiled.next_status_change(now)]
+            .into_iter()
+            .flatten()
+        {
             let wait = next.duration_since(now).unsigned_abs();
             requeue = requeue.min(wait.max(Duration::from_millis(100)));
         }

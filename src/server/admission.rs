@@ -72,6 +72,7 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         old.as_ref(),
         request.namespace.as_deref(),
         state.signing_keys.as_ref(),
+        state.clock.now(),
     );
     // The request's name is empty on a CREATE from generateName; the object may have one.
     let name = Some(request.name.as_str())

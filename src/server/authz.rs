@@ -90,12 +90,10 @@ pub async fn authz(
             response
         }
     };
-    if let Some(claims) = &decision.claims
-        && !matches!(decision.verdict, Verdict::Deny(_))
-    {
-        for (name, value) in policy.forwarded_headers(claims) {
-            response.headers_mut().insert(name.clone(), value);
-        }
+    // The identity headers (verified, or empty when there is none) and a legacy pass's
+    // notice: the core decides them, so no path here can forward a claim of its own.
+    for (name, value) in std::mem::take(&mut decision.headers) {
+        response.headers_mut().insert(name, value);
     }
     let reason = decision.verdict.rejection().map_or("", Rejection::reason);
     // The original request is looked up only for a log line that is usually off.

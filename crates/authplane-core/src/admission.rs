@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::policy::lifetime;
@@ -118,14 +118,15 @@ impl Verdict {
     }
 }
 
-/// Reviews `object` (CREATE) or the change from `old` to `object` (UPDATE). `namespace`
-/// is the request's namespace, used when the object does not carry one.
+/// Reviews `object` (CREATE) or the change from `old` to `object` (UPDATE) at `now`.
+/// `namespace` is the request's namespace, used when the object does not carry one.
 pub fn review(
     kind: Kind,
     object: &Value,
     old: Option<&Value>,
     namespace: Option<&str>,
     index: &dyn SigningKeyIndex,
+    now: Timestamp,
 ) -> Verdict {
     let object = with_namespace(object, namespace);
     match kind {
@@ -142,6 +143,7 @@ pub fn review(
                 &policy,
                 old.and_then(|o| previous(o, namespace)).as_ref(),
                 index,
+                now,
             ),
             Err(refused) => Verdict::refused(refused),
         },
@@ -525,11 +527,13 @@ fn token_review_warnings(mapping: &crate::api::TokenReviewSpec, verdict: &mut Ve
 const SHORT_STEP_SECS: i64 = 10 * 60;
 
 /// AuthPolicy: [`Validate`], then warnings: a SigningKey that does not exist, an unchecked
-/// audience, and enforcement raised by a large step.
+/// audience, enforcement raised by a large step, and a legacy session whose end has come
+/// or is near at `reviewed_at`.
 pub fn auth_policy(
     policy: &AuthPolicy,
     old: Option<&AuthPolicy>,
     index: &dyn SigningKeyIndex,
+    reviewed_at: Timestamp,
 ) -> Verdict {
     let refusals = policy.validate();
     if !refusals.is_empty() {
@@ -605,6 +609,14 @@ pub fn auth_policy(
             "has no effect without steps: it holds a stepped rollout",
         );
     }
+    if let Some(warning) = policy
+        .spec
+        .legacy_session
+        .as_ref()
+        .and_then(|legacy| crate::policy::legacy::warning(legacy, reviewed_at))
+    {
+        verdict.warn("spec.legacySession.until", warning);
+    }
     verdict
 }
 
@@ -619,6 +631,8 @@ mod tests {
             BTreeSet::contains(self, id)
         }
     }
+
+    const T0: Timestamp = Timestamp::constant(1_782_864_000, 0);
 
     fn key(spec: Value) -> Value {
         json!({"apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
@@ -649,7 +663,7 @@ mod tests {
 
     #[test]
     fn the_defaults_pass_without_warnings() {
-        let verdict = review(Kind::SigningKey, &key(json!({})), None, None, &web());
+        let verdict = review(Kind::SigningKey, &key(json!({})), None, None, &web(), T0);
         assert_eq!(verdict, Verdict::default());
         let verdict = review(
             Kind::AuthPolicy,
@@ -657,6 +671,7 @@ mod tests {
             None,
             None,
             &web(),
+            T0,
         );
         assert_eq!(verdict, Verdict::default());
     }
@@ -669,6 +684,7 @@ mod tests {
             None,
             None,
             &web(),
+            T0,
         );
         assert_eq!(fields(&verdict), ["spec.algorithm"]);
         assert!(verdict.refusals[0].message.contains("RS256"));
@@ -681,7 +697,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("namespace");
-        let verdict = review(Kind::SigningKey, &object, None, Some("../x"), &web());
+        let verdict = review(Kind::SigningKey, &object, None, Some("../x"), &web(), T0);
         assert_eq!(fields(&verdict), ["metadata.namespace"]);
     }
 
@@ -721,6 +737,7 @@ mod tests {
             Some(&old),
             None,
             &web(),
+            T0,
         );
         assert!(verdict.allowed());
         assert!(
@@ -733,6 +750,7 @@ mod tests {
             Some(&old),
             None,
             &web(),
+            T0,
         );
         assert_eq!(fields(&verdict), ["spec.secretName"]);
         assert!(verdict.refusals[0].message.contains("Keep \"web-keys\""));
@@ -746,6 +764,7 @@ mod tests {
             None,
             None,
             &NoSigningKeys,
+            T0,
         );
         assert!(verdict.allowed());
         assert_eq!(verdict.warnings.len(), 1);
@@ -771,7 +790,7 @@ mod tests {
     #[test]
     fn accepting_tokens_longer_than_the_keys_limit_warns() {
         let warnings = |spec: Value, index: &dyn SigningKeyIndex| {
-            review(Kind::AuthPolicy, &policy(spec), None, None, index).warnings
+            review(Kind::AuthPolicy, &policy(spec), None, None, index, T0).warnings
         };
         let raised = json!({"audiences": ["a"], "issuers": [
             {"signingKeyRef": {"name": "web", "namespace": "auth"}, "maxTokenLifetime": "8h"}]});
@@ -807,7 +826,7 @@ mod tests {
     fn a_token_review_mapping_without_the_safe_defaults_warns() {
         let warned = |mapping: Value| {
             let spec = json!({"audiences": ["a"], "tokenReview": mapping});
-            let verdict = review(Kind::AuthPolicy, &policy(spec), None, None, &web());
+            let verdict = review(Kind::AuthPolicy, &policy(spec), None, None, &web(), T0);
             assert!(verdict.allowed());
             verdict
                 .warnings
@@ -843,7 +862,7 @@ mod tests {
             policy(json!({"audiences": ["a"], "rollout": {"mode": mode, "percentage": percentage}}))
         };
         let step = |old: Option<Value>, new: Value| {
-            review(Kind::AuthPolicy, &new, old.as_ref(), None, &web()).warnings
+            review(Kind::AuthPolicy, &new, old.as_ref(), None, &web(), T0).warnings
         };
         assert!(step(None, at("Enforce", 100.0))[0].contains("on creation, with no Audit phase"));
         assert!(
@@ -864,7 +883,7 @@ mod tests {
     #[test]
     fn steps_that_lower_the_share_in_force_warn() {
         let review_edit = |old: Value, new: Value| {
-            review(Kind::AuthPolicy, &new, Some(&old), None, &web()).warnings
+            review(Kind::AuthPolicy, &new, Some(&old), None, &web(), T0).warnings
         };
         let manual = |percentage: f64| {
             policy(
@@ -953,7 +972,7 @@ mod tests {
     #[test]
     fn an_issuer_path_in_service_or_outside_the_namespace_cannot_be_claimed() {
         let index = served();
-        let create = |object: Value| review(Kind::SigningKey, &object, None, None, &index);
+        let create = |object: Value| review(Kind::SigningKey, &object, None, None, &index, T0);
         let theirs = json!({"issuer": "http://127.0.0.1:8080/auth/web"});
         // Another namespace: outside its own path.
         let verdict = create(named("aaa", "x", theirs.clone()));
@@ -984,7 +1003,7 @@ mod tests {
         // The owner itself, edited, is fine; a default issuer in one's own namespace too.
         let web = named("auth", "web", json!({}));
         assert_eq!(
-            review(Kind::SigningKey, &web, Some(&web), None, &index),
+            review(Kind::SigningKey, &web, Some(&web), None, &index, T0),
             Verdict::default()
         );
         assert_eq!(create(named("shop", "web", json!({}))), Verdict::default());
@@ -1003,6 +1022,7 @@ mod tests {
             None,
             None,
             &index,
+            T0,
         );
         assert!(verdict.allowed());
         assert!(
@@ -1022,7 +1042,7 @@ mod tests {
             "aaa",
             json!({"issuer": "http://127.0.0.1:8080/auth/web"}),
         );
-        let verdict = review(Kind::SigningKey, &loser, Some(&loser), None, &index);
+        let verdict = review(Kind::SigningKey, &loser, Some(&loser), None, &index, T0);
         assert!(verdict.allowed(), "{verdict:?}");
         assert!(
             verdict
@@ -1032,7 +1052,7 @@ mod tests {
         );
         // Moving onto the path is refused.
         let before = named("auth", "aaa", json!({}));
-        let verdict = review(Kind::SigningKey, &loser, Some(&before), None, &index);
+        let verdict = review(Kind::SigningKey, &loser, Some(&before), None, &index, T0);
         assert_eq!(fields(&verdict), ["spec.issuer"]);
     }
 
@@ -1046,7 +1066,8 @@ mod tests {
                 None,
                 None,
                 &index,
-            );
+            T0,
+        );
             assert_eq!(fields(&verdict), ["spec.secretName"], "{secret}");
             assert!(
                 verdict.refusals[0]
@@ -1056,7 +1077,7 @@ mod tests {
         }
         // In another namespace the name is free.
         let elsewhere = named("shop", "x", json!({"secretName": "web-keys"}));
-        assert!(review(Kind::SigningKey, &elsewhere, None, None, &index).allowed());
+        assert!(review(Kind::SigningKey, &elsewhere, None, None, &index, T0).allowed());
     }
 
     #[test]
@@ -1073,7 +1094,7 @@ mod tests {
                 "spec": spec,
             })
         };
-        let review = |object: Value| review(Kind::Revocation, &object, None, None, &known);
+        let review = |object: Value| review(Kind::Revocation, &object, None, None, &known, T0);
         // Created from generateName, in the key's namespace: nothing to say.
         let everywhere = review(revocation(
             "auth",
@@ -1110,6 +1131,44 @@ mod tests {
             unknown.allowed()
                 && unknown.warnings[0]
                     .starts_with("spec.signingKeyRef: SigningKey auth/gone does not exist")
+        );
+    }
+
+    #[test]
+    fn a_legacy_session_ending_within_a_week_or_ended_warns() {
+        let with_until = |until: &str| {
+            policy(json!({"audiences": ["a"], "rollout": {"mode": "Audit"},
+                          "legacySession": {"cookie": "session_id", "until": until}}))
+        };
+        let warnings = |until: &str| {
+            review(Kind::AuthPolicy, &with_until(until), None, None, &web(), T0).warnings
+        };
+        // T0 is 2026-07-01T00:00:00Z.
+        assert_eq!(warnings("2026-07-09T00:00:00Z"), Vec::<String>::new());
+        let soon = warnings("2026-07-07T00:00:00Z");
+        assert_eq!(soon.len(), 1, "{soon:?}");
+        assert!(soon[0].starts_with("spec.legacySession.until: legacy session cookies stop passing at 2026-07-07T00:00:00Z, within 7 days"), "{soon:?}");
+        let past = warnings("2026-06-01T00:00:00Z");
+        assert!(
+            past[0].starts_with("spec.legacySession.until: 2026-06-01T00:00:00Z has passed"),
+            "{past:?}"
+        );
+        // Not a time: refused, naming the field.
+        let verdict = review(
+            Kind::AuthPolicy,
+            &with_until("next week"),
+            None,
+            None,
+            &web(),
+            T0,
+        );
+        assert!(!verdict.allowed());
+        assert!(
+            verdict
+                .refusals
+                .iter()
+                .any(|e| e.field.starts_with("spec.legacySession")),
+            "{verdict:?}"
         );
     }
 }

@@ -90,8 +90,9 @@ pub struct AuthPolicySpec {
     pub rollout: Rollout,
 
     /// During a migration: requests outside the enforced share that carry this legacy
-    /// session cookie pass without a token. When set, requests outside the enforced share
-    /// with neither a valid token nor the cookie are refused.
+    /// session cookie pass without a valid token (in Enforce mode), until `until`. When
+    /// set, requests outside the enforced share with neither a valid token nor the cookie
+    /// are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_session: Option<LegacySession>,
 
@@ -415,6 +416,13 @@ pub struct LegacySession {
     /// Name of the legacy session cookie.
     #[schemars(length(max = 256))]
     pub cookie: String,
+    /// The end of the migration (RFC 3339): from this instant on the cookie no longer
+    /// passes, on every replica, with no restart. Until then, passes carry `Deprecation`
+    /// and `Sunset` headers with this time, and from 7 days before it the
+    /// `LegacySessionsAccepted` condition says `SunsetSoon`. Unset: no end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub until: Option<Time>,
 }
 
 /// Kubernetes user mapping for TokenReview. The defaults are those of the apiserver's
@@ -495,6 +503,9 @@ pub struct AuthPolicyStatus {
     /// `KeysFresh`, only with external issuers: `True` (reason `Refreshed`) or `False` with
     /// reason `FirstFetchPending` or `RefreshFailing` (the last good keys serve until they
     /// expire).
+    /// `LegacySessionsAccepted`, only with `legacySession`: `True` while its cookie passes
+    /// (reason `NoSunset` without `until`, `SunsetScheduled`, or `SunsetSoon` from 7 days
+    /// before it) and `False` from `until` on (reason `SunsetPassed`).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Share of users under enforcement now.

@@ -12,6 +12,8 @@ pub const SECRET_RECREATED: &str = "SecretRecreated";
 pub const ACCEPTED: &str = "Accepted";
 /// AuthPolicy with external issuers: their key sets refresh on time.
 pub const KEYS_FRESH: &str = "KeysFresh";
+/// AuthPolicy with `legacySession`: its cookie still passes.
+pub const LEGACY_SESSIONS_ACCEPTED: &str = "LegacySessionsAccepted";
 
 /// Reasons, each used by the condition types named in its comment.
 pub mod reason {
@@ -52,6 +54,15 @@ pub mod reason {
     /// AuthPolicy `KeysFresh=False`: refreshing a key set fails; the last good keys serve
     /// until they expire.
     pub const REFRESH_FAILING: &str = "RefreshFailing";
+    /// AuthPolicy `LegacySessionsAccepted=True`: no `legacySession.until` is set.
+    pub const NO_SUNSET: &str = "NoSunset";
+    /// AuthPolicy `LegacySessionsAccepted=True`: `until` is more than 7 days away.
+    pub const SUNSET_SCHEDULED: &str = "SunsetScheduled";
+    /// AuthPolicy `LegacySessionsAccepted=True`: `until` is within 7 days.
+    pub const SUNSET_SOON: &str = "SunsetSoon";
+    /// AuthPolicy `LegacySessionsAccepted=False`: `until` has passed; the cookie no longer
+    /// passes.
+    pub const SUNSET_PASSED: &str = "SunsetPassed";
 }
 
 use reason::*;
@@ -83,6 +94,10 @@ pub const AUTH_POLICY: &[(&str, &[&str])] = &[
     (
         KEYS_FRESH,
         &[REFRESHED, FIRST_FETCH_PENDING, REFRESH_FAILING],
+    ),
+    (
+        LEGACY_SESSIONS_ACCEPTED,
+        &[NO_SUNSET, SUNSET_SCHEDULED, SUNSET_SOON, SUNSET_PASSED],
     ),
 ];
 

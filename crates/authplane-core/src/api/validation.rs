@@ -252,15 +252,18 @@ fn cel_errors<K: HasSchema + serde::Serialize>(object: &K) -> Vec<FieldError> {
 
 /// Response headers a forwarded claim may not set: they would change how the gateway
 /// reads the response or reach the client (cookies, redirects, challenges).
-const RESERVED_RESPONSE_HEADERS: [&str; 13] = [
+const RESERVED_RESPONSE_HEADERS: [&str; 15] = [
     "connection",
     "content-length",
     "content-type",
+    // A legacy session's end (`legacySession.until`) is authplane's to say.
+    "deprecation",
     "host",
     "keep-alive",
     "location",
     "proxy-authenticate",
     "set-cookie",
+    "sunset",
     "te",
     "trailer",
     "transfer-encoding",
@@ -781,6 +784,8 @@ mod tests {
             "content-length",
             "Location",
             "X-Authplane-Reason",
+            "Deprecation",
+            "sunset",
         ] {
             let errors = policy(header).validate();
             assert!(

@@ -1,6 +1,7 @@
 //! Claim lookup, required-claim rules and claim-to-header rendering.
 
 use http::HeaderValue;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::Value;
 
 use super::verify::Claims;
@@ -46,27 +47,67 @@ pub fn satisfies(requirement: &ClaimRequirement, claims: &Claims) -> bool {
     false
 }
 
-/// A claim as a header value: strings as they are, numbers and booleans as JSON, arrays
-/// of those joined with commas. `None` for objects, nulls, or values a header cannot
-/// carry (control characters).
-pub fn header_value(value: &Value) -> Option<HeaderValue> {
-    fn scalar(value: &Value) -> Option<String> {
-        match value {
-            Value::String(s) => Some(s.clone()),
+/// A claim that cannot be forwarded: it holds an ASCII control character (CR, LF, NUL,
+/// TAB, DEL...), which no header value may carry unencoded, and which no identity
+/// should hold. Refused (`invalid_claims`), never dropped: a dropped header is one a
+/// client may have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a forwarded claim holds a control character")]
+pub struct ControlCharacter;
+
+/// Encoded in forwarded values: bytes outside printable ASCII (non-ASCII text, as its
+/// UTF-8 bytes) and `%` itself, so that decoding is unambiguous.
+const ENCODED: &AsciiSet = &CONTROLS.add(b'%');
+/// In an element of an array, `,` too: the elements are joined with commas.
+const ENCODED_IN_LIST: &AsciiSet = &ENCODED.add(b',');
+
+/// A claim as a header value. Strings are percent-encoded (RFC 3986 style, UTF-8): every
+/// byte outside printable ASCII, `%`, and a space at either end (which HTTP would trim)
+/// becomes `%XX`; numbers and booleans are their JSON text; an array of those is its
+/// elements joined with `,` (a `,` inside an element is encoded). Anything else (an
+/// object, `null`, nested arrays) is forwarded as the empty value. A string with an
+/// ASCII control character is refused.
+pub fn header_value(value: &Value) -> Result<HeaderValue, ControlCharacter> {
+    fn scalar(value: &Value, set: &'static AsciiSet) -> Result<Option<String>, ControlCharacter> {
+        Ok(match value {
+            Value::String(s) => Some(encode(s, set)?),
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
-        }
+        })
     }
     let text = match value {
-        Value::Array(items) => items
-            .iter()
-            .map(scalar)
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
-        other => scalar(other)?,
+        Value::Array(items) => {
+            let mut elements = Vec::with_capacity(items.len());
+            for item in items {
+                match scalar(item, ENCODED_IN_LIST)? {
+                    Some(element) => elements.push(element),
+                    None => return Ok(HeaderValue::from_static("")),
+                }
+            }
+            elements.join(",")
+        }
+        other => scalar(other, ENCODED)?.unwrap_or_default(),
     };
-    HeaderValue::from_str(&text).ok()
+    // Only printable ASCII is left: this cannot fail.
+    HeaderValue::from_str(&text).map_err(|_| ControlCharacter)
+}
+
+fn encode(text: &str, set: &'static AsciiSet) -> Result<String, ControlCharacter> {
+    if text.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ControlCharacter);
+    }
+    let inner = text.trim_matches(' ');
+    let (leading, trailing) = if inner.is_empty() {
+        (text.len(), 0)
+    } else {
+        let start = text.len() - text.trim_start_matches(' ').len();
+        (start, text.len() - start - inner.len())
+    };
+    let mut out = "%20".repeat(leading);
+    out.extend(utf8_percent_encode(inner, set));
+    out.push_str(&"%20".repeat(trailing));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -115,10 +156,45 @@ mod tests {
 
     #[test]
     fn header_values() {
-        assert_eq!(header_value(&json!("a@b")).unwrap(), "a@b");
-        assert_eq!(header_value(&json!(["a", "b"])).unwrap(), "a,b");
-        assert_eq!(header_value(&json!(42)).unwrap(), "42");
-        assert!(header_value(&json!({"a": 1})).is_none());
-        assert!(header_value(&json!("line\nbreak")).is_none());
+        let value = |v: Value| header_value(&v).unwrap();
+        assert_eq!(value(json!("a@b")), "a@b");
+        assert_eq!(value(json!("Ada Lovelace")), "Ada Lovelace");
+        assert_eq!(value(json!(["a", "b"])), "a,b");
+        assert_eq!(value(json!(42)), "42");
+        assert_eq!(value(json!(true)), "true");
+        for shapeless in [
+            json!({"a": 1}),
+            json!(null),
+            json!([["a"]]),
+            json!(["a", {}]),
+        ] {
+            assert_eq!(value(shapeless), "");
+        }
+    }
+
+    #[test]
+    fn forwarded_values_are_encoded_unambiguously() {
+        let value = |v: Value| header_value(&v).unwrap();
+        assert_eq!(value(json!("zoë")), "zo%C3%AB");
+        assert_eq!(value(json!("100%")), "100%25");
+        // Different claims never give the same header.
+        assert_eq!(value(json!(" alice ")), "%20alice%20");
+        assert_eq!(value(json!("   ")), "%20%20%20");
+        assert_eq!(value(json!(["a,b", "c"])), "a%2Cb,c");
+        assert_eq!(value(json!("a,b")), "a,b");
+        assert_eq!(value(json!("\u{2028}")), "%E2%80%A8");
+    }
+
+    #[test]
+    fn control_characters_are_refused_not_dropped() {
+        for bad in [
+            json!("carol\r\nX-Injected: yes"),
+            json!("nul\u{0}"),
+            json!("tab\t"),
+            json!("del\u{7f}"),
+            json!(["ok", "line\nbreak"]),
+        ] {
+            assert_eq!(header_value(&bad), Err(ControlCharacter), "{bad}");
+        }
     }
 }

@@ -5,15 +5,17 @@ pub mod audit;
 pub mod cache;
 pub mod challenge;
 pub mod claims;
+pub mod legacy;
 pub mod lifetime;
 pub mod progression;
 pub mod remote;
+pub mod request;
 pub mod rollout;
 pub mod verify;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use jiff::Timestamp;
 
 use crate::api::{
@@ -25,6 +27,7 @@ use crate::revocation::{RevocationSet, TokenFacts};
 use audit::AuditCounters;
 use cache::DecisionCache;
 use challenge::Challenges;
+use legacy::LegacySessions;
 use progression::Schedule;
 use remote::{ExternalConfig, Health, RemoteIssuers};
 use verify::{Claims, Verifier, VerifyKey};
@@ -122,7 +125,9 @@ impl Rejection {
             Rejection::NotYetValid => "the token is not valid yet (nbf)",
             Rejection::WrongIssuer => "the token's issuer is not accepted",
             Rejection::WrongAudience => "the token's audience is not accepted",
-            Rejection::InvalidClaims => "a registered claim has the wrong type",
+            Rejection::InvalidClaims => {
+                "a registered claim has the wrong type, or a forwarded claim holds a control character"
+            }
             Rejection::IssuerUnavailable => "the policy's issuer is not available",
             Rejection::InsufficientScope => "the token lacks a required claim",
             Rejection::TokenRevoked => "the token has been revoked",
@@ -157,9 +162,10 @@ pub enum Verdict {
     Allow,
     /// Refused: 401, or 403 for [`Rejection::InsufficientScope`].
     Deny(Rejection),
-    /// Outside enforcement: passes, but would have been refused.
+    /// Outside enforcement: passes, but would have been refused. No identity.
     WouldDeny(Rejection),
     /// Outside enforcement without a valid token, passing on the legacy session cookie.
+    /// No identity.
     LegacySession(Rejection),
 }
 
@@ -202,8 +208,12 @@ pub const METER_SLOTS: usize = 5 * REASONS;
 
 pub struct Decision {
     pub verdict: Verdict,
-    /// The verified claims, when the token verified (even if a required claim is missing).
-    pub claims: Option<Arc<Claims>>,
+    /// The headers to answer besides the verdict's own. On every request that passes,
+    /// each `forwardClaims` header: its verified value when every check passed
+    /// ([`Verdict::Allow`]), else the empty value, so that a gateway which only copies
+    /// what authplane answers still overwrites a copy the client wrote. On a legacy
+    /// session pass, `Deprecation` and `Sunset` too. Nothing on a refusal.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Outside enforcement: counted for the deny ratio of a stepped rollout.
     pub audited: bool,
 }
@@ -216,6 +226,11 @@ pub trait DecisionMeters: Send + Sync {
     fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64);
     /// A lookup in the verified-token cache.
     fn cache_hit(&self, hit: bool);
+    /// When the policy's legacy sessions stop passing (`legacySession.until`), as it was
+    /// compiled: `None` when they do not end (or there are none).
+    fn legacy_sessions_end(&self, until: Option<Timestamp>) {
+        let _ = until;
+    }
 }
 
 /// What outlives one compiled form of a policy: its meters and audit counters.
@@ -273,7 +288,7 @@ pub struct CompiledPolicy {
     salt: String,
     bucket_by: BucketKey,
     sources: Vec<TokenSource>,
-    legacy_cookie: Option<String>,
+    legacy: Option<LegacySessions>,
     verifier: Verifier,
     /// The issuer of each SigningKey the policy resolved: a verified `iss` names the
     /// SigningKey whose Revocations apply.
@@ -407,6 +422,12 @@ impl CompiledPolicy {
         };
         let progress = policy.status.as_ref().and_then(|s| s.rollout.clone());
         let schedule = Schedule::of(&spec.rollout, progress.as_ref());
+        let legacy = spec.legacy_session.as_ref().map(LegacySessions::new);
+        if let Some(stats) = &context.stats {
+            stats
+                .meters
+                .legacy_sessions_end(legacy.as_ref().and_then(LegacySessions::until));
+        }
         CompiledPolicy {
             namespace: id.namespace.clone(),
             name: id.name.clone(),
@@ -420,7 +441,7 @@ impl CompiledPolicy {
             salt: spec.rollout.salt.clone().unwrap_or_else(|| id.to_string()),
             bucket_by,
             sources,
-            legacy_cookie: spec.legacy_session.as_ref().map(|l| l.cookie.clone()),
+            legacy,
             verifier,
             key_issuers,
             requirements: spec.required_claims.clone(),
@@ -486,6 +507,18 @@ impl CompiledPolicy {
             .await
             .into_iter()
             .any(|fetched| fetched)
+    }
+
+    /// When [`CompiledPolicy::status`] changes next by the passing of time alone (the
+    /// legacy session's end approaching, then reached), for a driver to report it then.
+    /// Stepped rollouts have their own schedule ([`progression`]).
+    pub fn next_status_change(&self, now: Timestamp) -> Option<Timestamp> {
+        self.legacy.as_ref()?.next_change(now)
+    }
+
+    /// The legacy session's end, if it has one.
+    pub fn legacy_session_until(&self) -> Option<Timestamp> {
+        self.legacy.as_ref()?.until()
     }
 
     /// The status a driver reports. `found` tells whether a target exists (`None`: not
@@ -581,6 +614,15 @@ impl CompiledPolicy {
                 condition("KeysFresh", false, reason, problems.join("; "))
             });
         }
+        if let Some(legacy) = &self.legacy {
+            let (passes, reason, message) = legacy.condition(now);
+            conditions.push(condition(
+                crate::api::conditions::LEGACY_SESSIONS_ACCEPTED,
+                passes,
+                reason,
+                message,
+            ));
+        }
         let base = base_url.trim_end_matches('/');
         let mut status = AuthPolicyStatus {
             observed_generation: self.generation,
@@ -611,7 +653,9 @@ impl CompiledPolicy {
         status
     }
 
-    /// The decision table of DESIGN.md for one forward-auth request.
+    /// The decision table of DESIGN.md for one forward-auth request. Claim headers carry
+    /// values only when every check passed: a token that failed any of them (a revoked
+    /// one, one without a required claim) is never an identity, in any bucket or mode.
     pub fn decide(
         &self,
         headers: &HeaderMap,
@@ -619,18 +663,28 @@ impl CompiledPolicy {
         revocations: &RevocationSet,
     ) -> Decision {
         if self.mode == Mode::Disabled {
-            return Decision {
-                verdict: Verdict::Disabled,
-                claims: None,
-                audited: false,
-            };
+            return self.decision(Verdict::Disabled, None, false);
         }
         let token = self.token(headers);
-        let (claims, checked) = self.check(token, now, revocations);
+        let (claims, mut checked) = self.check(token, now, revocations);
+        // A claim that cannot be a header value fails the token: dropping the header
+        // would leave a client-written copy in place.
+        let identity = match (&claims, checked) {
+            (Some(claims), Ok(())) => match self.identity(claims) {
+                Ok(values) => Some(values),
+                Err(rejection) => {
+                    checked = Err(rejection);
+                    None
+                }
+            },
+            _ => None,
+        };
         let buckets = match self.mode {
             Mode::Enforce => self.enforced_buckets(now),
             Mode::Disabled | Mode::Audit => 0,
         };
+        // An enforced user may be bucketed by a claim of a token that failed (an expired
+        // or revoked one keeps its user enforced); that claim never becomes a header.
         let enforced = |claims: Option<&Claims>| {
             self.mode == Mode::Enforce && self.is_enforced(headers, token, claims, buckets)
         };
@@ -639,16 +693,16 @@ impl CompiledPolicy {
             // deny ratio; skip the bucketing otherwise.
             Ok(()) => {
                 let audited = self.counts_audits && !enforced(claims.as_deref());
-                return Decision {
-                    verdict: Verdict::Allow,
-                    claims,
-                    audited,
-                };
+                return self.decision(Verdict::Allow, identity, audited);
             }
             Err(rejection) if enforced(claims.as_deref()) => Verdict::Deny(rejection),
-            Err(rejection) => match (&self.legacy_cookie, self.mode) {
-                (Some(cookie), Mode::Enforce) if claims.is_none() => {
-                    if cookie_value(headers, cookie).is_some() {
+            // A valid token without a required claim is an authenticated user outside
+            // enforcement: audited, as without `legacySession`, but not an identity.
+            Err(rejection @ Rejection::InsufficientScope) => Verdict::WouldDeny(rejection),
+            // Any other failure is no valid token, whatever the token was.
+            Err(rejection) => match (&self.legacy, self.mode) {
+                (Some(legacy), Mode::Enforce) => {
+                    if legacy.admits(headers, now) {
                         Verdict::LegacySession(rejection)
                     } else {
                         Verdict::Deny(rejection)
@@ -658,11 +712,45 @@ impl CompiledPolicy {
             },
         };
         let audited = self.counts_audits && !matches!(verdict, Verdict::Deny(_));
+        self.decision(verdict, None, audited)
+    }
+
+    /// A decision with its headers: the identity (each `forwardClaims` header, verified or
+    /// empty) when it passes, and the legacy session's notice on a legacy pass.
+    fn decision(
+        &self,
+        verdict: Verdict,
+        identity: Option<Vec<HeaderValue>>,
+        audited: bool,
+    ) -> Decision {
+        let mut headers = Vec::new();
+        if !matches!(verdict, Verdict::Deny(_)) {
+            let mut values = identity.into_iter().flatten();
+            headers.extend(self.forward.iter().map(|(_, name)| {
+                let value = values.next().unwrap_or(EMPTY);
+                (name.clone(), value)
+            }));
+        }
+        if let (Verdict::LegacySession(_), Some(legacy)) = (&verdict, &self.legacy) {
+            headers.extend(legacy.notice().iter().cloned());
+        }
         Decision {
             verdict,
-            claims,
+            headers,
             audited,
         }
+    }
+
+    /// The `forwardClaims` values of verified claims, in the order of `forward`: a claim
+    /// the token lacks is the empty value; one that cannot be a header value fails.
+    fn identity(&self, claims: &Claims) -> Result<Vec<HeaderValue>, Rejection> {
+        self.forward
+            .iter()
+            .map(|(claim, _)| match claims::lookup(claims, claim) {
+                Some(value) => claims::header_value(value).map_err(|_| Rejection::InvalidClaims),
+                None => Ok(EMPTY),
+            })
+            .collect()
     }
 
     /// Verifies a token, that no Revocation names it, and its required claims. The
@@ -765,12 +853,12 @@ impl CompiledPolicy {
             .is_some_and(|current| Arc::ptr_eq(&current, set))
     }
 
-    /// The first token found in the configured sources.
+    /// The first token found in the configured sources. A value that cannot be read
+    /// (not UTF-8, or without the prefix) is skipped, not the end of the search.
     pub fn token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         self.sources.iter().find_map(|source| match source {
             TokenSource::Header { name, prefix } => {
-                headers.get_all(name).iter().find_map(|value| {
-                    let value = value.to_str().ok()?.trim();
+                request::texts(headers, name).find_map(|value| {
                     let token = match prefix {
                         Some(prefix) => strip_prefix_ignore_case(value, prefix)?.trim(),
                         None => value,
@@ -778,7 +866,7 @@ impl CompiledPolicy {
                     (!token.is_empty()).then_some(token)
                 })
             }
-            TokenSource::Cookie(name) => cookie_value(headers, name).filter(|v| !v.is_empty()),
+            TokenSource::Cookie(name) => request::cookie_text(headers, name),
         })
     }
 
@@ -810,8 +898,8 @@ impl CompiledPolicy {
                 Some(claims) => claims::lookup(claims, name)?.as_str().map(str::to_owned),
                 None => verify::unverified_claim(token?, name),
             },
-            BucketKey::Header(name) => headers.get(name)?.to_str().ok().map(str::to_owned),
-            BucketKey::Cookie(name) => cookie_value(headers, name).map(str::to_owned),
+            BucketKey::Header(name) => request::texts(headers, name).next().map(str::to_owned),
+            BucketKey::Cookie(name) => request::cookie_text(headers, name).map(str::to_owned),
         }
     }
 
@@ -821,19 +909,6 @@ impl CompiledPolicy {
         let enforced =
             self.mode == Mode::Enforce && rollout::is_enforced(bucket, self.enforced_buckets(now));
         (bucket, enforced)
-    }
-
-    /// The response headers carrying the forwarded claims.
-    pub fn forwarded_headers<'c>(
-        &'c self,
-        claims: &'c Claims,
-    ) -> impl Iterator<Item = (&'c HeaderName, http::HeaderValue)> + 'c {
-        self.forward.iter().filter_map(|(claim, header)| {
-            Some((
-                header,
-                claims::header_value(claims::lookup(claims, claim)?)?,
-            ))
-        })
     }
 
     pub fn key_count(&self) -> usize {
@@ -847,18 +922,8 @@ fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str>
         .then(|| &value[prefix.len()..])
 }
 
-/// The value of a cookie, from every `Cookie` header (HTTP/2 may send several).
-pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
-}
+/// The value of a `forwardClaims` header without a verified identity.
+const EMPTY: HeaderValue = HeaderValue::from_static("");
 
 #[cfg(test)]
 mod tests {
