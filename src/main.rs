@@ -128,6 +128,12 @@ struct RunArgs {
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
     tls_listen: Option<SocketAddr>,
+    /// Address to serve /metrics and /status on (plain HTTP), with /healthz and /readyz;
+    /// they are then served nowhere else.
+    #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
+    admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    serving: authplane::driver::serve::SettingsFlags,
     #[command(flatten)]
     tls_files: TlsFileArgs,
     /// Self-bootstrapped TLS: keep a CA and a serving certificate in this Secret of
@@ -316,6 +322,8 @@ struct DevArgs {
     /// Serve HTTPS instead of HTTP, with this certificate and key.
     #[command(flatten)]
     tls_files: TlsFileArgs,
+    #[command(flatten)]
+    serving: authplane::driver::serve::SettingsFlags,
 }
 
 #[derive(Subcommand)]
@@ -603,6 +611,8 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         decision_cache_size: args.decision_cache_size,
         tls,
         revoke_rate_per_minute: args.revoke_rate,
+        admin_listen: args.admin_listen,
+        serving: args.serving.settings(),
     };
     let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
@@ -783,6 +793,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             decision_cache_size: args.decision_cache_size,
             tls: args.tls_files.files(),
             revoke_rate_per_minute: args.revoke_rate,
+            serving: args.serving.settings(),
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(

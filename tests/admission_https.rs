@@ -42,6 +42,7 @@ impl Secure {
             decision_cache_size: 100,
             tls: Some(files),
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+            serving: Default::default(),
         };
         let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
         assert!(server.base_url().starts_with("https://"));

@@ -83,6 +83,8 @@ pub struct DevConfig {
     pub tls: Option<TlsFiles>,
     /// `POST {issuer}/revoke` requests per minute per client address.
     pub revoke_rate_per_minute: u32,
+    /// Listener limits and what the serving half trusts.
+    pub serving: driver::serve::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +242,7 @@ pub async fn start_tuned(
         endpoints: Endpoints::WithAdmission,
         tls,
     };
-    let serving = driver::serve::start(state, vec![listener], &shutdown_rx)?;
+    let serving = driver::serve::start(state, vec![listener], config.serving.limits, &shutdown_rx)?;
     let driver = tokio::spawn(run(
         driver,
         wakeup,

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::server::limits::Limits;
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
 use crate::tls::{self, CertSlot, TlsError};
@@ -24,6 +25,28 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+}
+
+/// How the serving half treats clients, the same for both drivers.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The limits of every listener.
+    pub limits: Limits,
+}
+
+/// The flags of [`Settings`], shared by `run` and `dev`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SettingsFlags {
+    #[command(flatten)]
+    pub limits: crate::server::limits::LimitFlags,
+}
+
+impl SettingsFlags {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            limits: self.limits.limits(),
+        }
+    }
 }
 
 /// A bound socket and what it serves.
@@ -55,28 +78,33 @@ pub async fn certificate_from_files(
 /// The servers, running until `stop` turns true.
 pub struct Serving(Vec<JoinHandle<std::io::Result<()>>>);
 
-/// Serves `state` on every listener until `stop` turns true.
+/// Serves `state` on every listener, each under `limits`, until `stop` turns true. With
+/// an admin listener among them, status and metrics are served there only.
 pub fn start(
     state: AppState,
     listeners: Vec<Listener>,
+    limits: Limits,
     stop: &watch::Receiver<bool>,
 ) -> Result<Serving, ServeError> {
+    let admin_elsewhere = listeners.iter().any(|l| l.endpoints == Endpoints::Admin);
     let mut servers = Vec::with_capacity(listeners.len());
     for listener in listeners {
-        let app = server::router(state.clone(), listener.endpoints);
+        let app = server::router_for(state.clone(), listener.endpoints, admin_elsewhere);
         let mut stop = stop.clone();
         let stopped = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
-        servers.push(match listener.tls {
-            Some(slot) => tokio::spawn(server::serve_tls(
-                listener.socket,
-                app,
-                tls::server_config(slot)?,
-                stopped,
-            )),
-            None => tokio::spawn(server::serve(listener.socket, app, stopped)),
-        });
+        let tls = match listener.tls {
+            Some(slot) => Some(tls::server_config(slot)?),
+            None => None,
+        };
+        servers.push(tokio::spawn(server::listen::serve(
+            listener.socket,
+            app,
+            tls,
+            limits,
+            stopped,
+        )));
     }
     Ok(Serving(servers))
 }

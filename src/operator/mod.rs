@@ -61,6 +61,10 @@ pub struct OperatorConfig {
     pub tls: Option<TlsConfig>,
     /// `POST {issuer}/revoke` requests per minute per client address.
     pub revoke_rate_per_minute: u32,
+    /// Status, metrics and health on their own listener (plain HTTP), and nowhere else.
+    pub admin_listen: Option<SocketAddr>,
+    /// Listener limits and what the serving half trusts.
+    pub serving: driver::serve::Settings,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -165,6 +169,13 @@ pub async fn run(
             tls: Some(slot.clone()),
         });
     }
+    if let Some(admin) = config.admin_listen {
+        listeners.push(Listener {
+            socket: driver::serve::bind(admin)?,
+            endpoints: Endpoints::Admin,
+            tls: None,
+        });
+    }
     let state = AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -179,7 +190,7 @@ pub async fn run(
             config.revoke_rate_per_minute,
         ))),
     };
-    let serving = driver::serve::start(state, listeners, &stopped)?;
+    let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
     let runtime = Arc::new(PolicyRuntime::new(
         metrics.clone(),
         Arc::new(SystemClock),
@@ -263,6 +274,7 @@ pub async fn run(
     tracing::info!(
         listen = %config.listen,
         tls_listen = ?config.tls.as_ref().map(|t| t.listen),
+        admin_listen = ?config.admin_listen,
         identity = %config.identity,
         "authplane operator running"
     );

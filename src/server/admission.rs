@@ -21,7 +21,7 @@ use crate::admission::{self, Kind};
 use crate::api::GROUP;
 
 /// Two copies of one of our objects (object and oldObject) fit many times over.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let request = match parse(&body) {

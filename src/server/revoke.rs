@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -31,7 +30,7 @@ use crate::registry::PublishedIssuer;
 
 pub const REVOKE_SUFFIX: &str = "/revoke";
 /// A revocation request is a token and a hint.
-const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The tolerated clock skew when verifying the token to revoke; also how long after its
 /// `exp` its revocation is kept (policies accept at most 5 minutes of leeway).
 const LEEWAY_SECS: i64 = 60;
@@ -113,7 +112,7 @@ pub async fn revoke(
     state: Arc<AppState>,
     issuer_path: &str,
     headers: &HeaderMap,
-    client: Option<ConnectInfo<SocketAddr>>,
+    peer: Option<SocketAddr>,
     body: Bytes,
 ) -> Response {
     let Some(endpoint) = state.revoke.clone() else {
@@ -133,7 +132,7 @@ pub async fn revoke(
     };
     drop(snapshot);
     let now = state.clock.now();
-    if let Some(ConnectInfo(address)) = client
+    if let Some(address) = peer
         && let Err(wait) = endpoint.limiter.take(address.ip(), now.as_millisecond())
     {
         state.metrics.revoke_request("rate_limited");

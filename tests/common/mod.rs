@@ -79,6 +79,7 @@ impl Dev {
             decision_cache_size: self.decision_cache_size,
             tls: None,
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+            serving: Default::default(),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
