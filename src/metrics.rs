@@ -93,8 +93,10 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `revoked`, `ignored` (not a valid token of the issuer: nothing said),
-    /// `rate_limited`, `invalid_request` or `error`.
+    /// `revoked` (in force on this replica when answered), `ignored` (not a valid token
+    /// of the issuer: nothing said), `unsupported` (valid, but no `jti` or `sid` to
+    /// revoke it by), `rate_limited`, `invalid_request` or `error` (not stored, or not in
+    /// force in time: 503).
     pub result: &'static str,
 }
 

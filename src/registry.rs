@@ -152,6 +152,8 @@ pub struct Registry {
     /// The revocations in force: published on their own, so that a Revocation never
     /// rebuilds a policy.
     revocations: ArcSwap<crate::revocation::RevocationSet>,
+    /// Counts publications of `revocations`, for whoever waits for one to be in force.
+    revocations_published: tokio::sync::watch::Sender<u64>,
 }
 
 /// The conditions last reported per policy, so that a condition's `lastTransitionTime`
@@ -193,6 +195,13 @@ impl Registry {
     /// Replaces the revocations in force.
     pub fn publish_revocations(&self, set: crate::revocation::RevocationSet) {
         self.revocations.store(Arc::new(set));
+        self.revocations_published
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes with every publication of the revocations in force.
+    pub fn revocations_published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations_published.subscribe()
     }
 
     /// The revocations in force.

@@ -229,12 +229,15 @@ pub async fn start_tuned(
         base_url: Arc::from(external_url.as_str()),
         signing_keys: known,
         tls: tls.clone(),
-        revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
-            Arc::new(revocations::ManifestWriter {
-                dir: config.manifests.clone(),
-            }),
-            config.revoke_rate_per_minute,
-        ))),
+        revoke: Some(Arc::new(
+            server::revoke::RevokeEndpoint::new(
+                Arc::new(revocations::ManifestWriter {
+                    dir: config.manifests.clone(),
+                }),
+                config.revoke_rate_per_minute,
+            )
+            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+        )),
     };
     // Dev mode serves the admission webhook too, so that it can be tried with curl.
     let listener = driver::serve::Listener {

@@ -32,6 +32,11 @@ pub enum ServeError {
 pub struct Settings {
     /// The limits of every listener.
     pub limits: Limits,
+    /// Proxies in front of authplane (an ingress, a load balancer) whose
+    /// `X-Forwarded-For` entries name the client, for limits per client address.
+    pub trusted_proxy_hops: usize,
+    /// What AuthPolicies may make authplane fetch (external issuers), and how often.
+    pub fetch: crate::external::FetchSettings,
 }
 
 /// The flags of [`Settings`], shared by `run` and `dev`.
@@ -39,12 +44,18 @@ pub struct Settings {
 pub struct SettingsFlags {
     #[command(flatten)]
     pub limits: crate::server::limits::LimitFlags,
+    /// Proxies in front of authplane whose X-Forwarded-For entries are believed: the
+    /// client is the entry the outermost of them appended (0: the peer's address).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
 }
 
 impl SettingsFlags {
     pub fn settings(&self) -> Settings {
         Settings {
             limits: self.limits.limits(),
+            trusted_proxy_hops: self.trusted_proxy_hops,
+            fetch: crate::external::FetchSettings::default(),
         }
     }
 }

@@ -27,6 +27,40 @@ pub use crate::policy::remote::{ExternalConfig, ExternalKeys, Health};
 use crate::policy::remote::{RemoteIssuer, RemoteIssuers};
 use fetch::{FetchError, Fetcher};
 
+/// What a tenant's AuthPolicy may make authplane fetch, and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchSettings {
+    /// Loopback addresses (`localhost`, `127.0.0.1`, `[::1]`, and names resolving to
+    /// them), over plain HTTP too: providers on the developer's machine. Dev mode allows
+    /// them; `run` only with `--allow-loopback-issuers`, since on a cluster loopback is
+    /// authplane's own pod (its sidecars' admin ports).
+    pub allow_loopback: bool,
+    /// Link-local addresses (169.254.0.0/16, fe80::/10): where clouds serve instance
+    /// metadata and credentials (169.254.169.254). Only with `--allow-link-local-issuers`.
+    pub allow_link_local: bool,
+    /// The least time between two fetches of one key set, whatever a policy's
+    /// `refresh.minInterval` says.
+    pub refresh_floor: Duration,
+    /// External issuers (distinct issuer, JWKS URL and refresh settings) the
+    /// AuthPolicies of one namespace may use; a policy that would add more is refused.
+    pub max_per_namespace: usize,
+}
+
+pub const DEFAULT_REFRESH_FLOOR: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_PER_NAMESPACE: usize = 32;
+
+impl Default for FetchSettings {
+    /// As on a cluster: no loopback, no link-local.
+    fn default() -> Self {
+        Self {
+            allow_loopback: false,
+            allow_link_local: false,
+            refresh_floor: DEFAULT_REFRESH_FLOOR,
+            max_per_namespace: DEFAULT_MAX_PER_NAMESPACE,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Record {
     last_success: Option<Timestamp>,

@@ -183,12 +183,15 @@ pub async fn run(
         base_url: Arc::from(config.external_url.as_str()),
         signing_keys: Arc::new(serve::KeyIndex(keys.clone())),
         tls: slot,
-        revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
-            Arc::new(revocations::KubeWriter {
-                client: client.clone(),
-            }),
-            config.revoke_rate_per_minute,
-        ))),
+        revoke: Some(Arc::new(
+            server::revoke::RevokeEndpoint::new(
+                Arc::new(revocations::KubeWriter {
+                    client: client.clone(),
+                }),
+                config.revoke_rate_per_minute,
+            )
+            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+        )),
     };
     let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
     let runtime = Arc::new(PolicyRuntime::new(

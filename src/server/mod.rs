@@ -3,10 +3,12 @@
 mod admission;
 mod authz;
 pub mod body;
+pub mod client_address;
 pub mod deadlines;
 mod health;
 pub mod limits;
 pub mod listen;
+pub mod rate_limit;
 pub mod revoke;
 pub mod runtime;
 mod status;

@@ -25,6 +25,17 @@ pub struct Dev {
     pub clock: Arc<dyn Clock>,
     pub decision_cache_size: usize,
     pub tuning: Tuning,
+    /// Listener limits and what the server trusts; [`test_settings`] unless a test says.
+    pub serving: authplane::driver::serve::Settings,
+}
+
+/// The serving settings of test servers: the defaults, but external key sets may be
+/// refetched every second (the production floor is 30 s), so that tests of refetching
+/// do not wait.
+pub fn test_settings() -> authplane::driver::serve::Settings {
+    let mut settings = authplane::driver::serve::Settings::default();
+    settings.fetch.refresh_floor = Duration::from_secs(1);
+    settings
 }
 
 impl Dev {
@@ -41,12 +52,44 @@ impl Dev {
         Self::start_tuned(manifests, clock, decision_cache_size, Tuning::default()).await
     }
 
+    /// With given serving settings (limits, trusted proxies, fetching).
+    pub async fn start_serving(
+        manifests: &[(&str, &str)],
+        serving: authplane::driver::serve::Settings,
+    ) -> Dev {
+        Self::start_full(
+            manifests,
+            Arc::new(SystemClock),
+            1000,
+            Tuning::default(),
+            serving,
+        )
+        .await
+    }
+
     /// With a given way of noticing changes (rescan interval, watcher on or off).
     pub async fn start_tuned(
         manifests: &[(&str, &str)],
         clock: Arc<dyn Clock>,
         decision_cache_size: usize,
         tuning: Tuning,
+    ) -> Dev {
+        Self::start_full(
+            manifests,
+            clock,
+            decision_cache_size,
+            tuning,
+            test_settings(),
+        )
+        .await
+    }
+
+    async fn start_full(
+        manifests: &[(&str, &str)],
+        clock: Arc<dyn Clock>,
+        decision_cache_size: usize,
+        tuning: Tuning,
+        serving: authplane::driver::serve::Settings,
     ) -> Dev {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
@@ -61,6 +104,7 @@ impl Dev {
             clock,
             decision_cache_size,
             tuning,
+            serving,
         };
         dev.restart().await;
         dev
@@ -79,7 +123,7 @@ impl Dev {
             decision_cache_size: self.decision_cache_size,
             tls: None,
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
-            serving: Default::default(),
+            serving: self.serving.clone(),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
