@@ -132,6 +132,10 @@ struct RunArgs {
     /// they are then served nowhere else.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
     admin_listen: Option<SocketAddr>,
+    /// Let external issuers' URLs lead to loopback addresses (and plain http to
+    /// localhost): on a cluster that is authplane's own pod, so it is refused otherwise.
+    #[arg(long)]
+    allow_loopback_issuers: bool,
     #[command(flatten)]
     serving: authplane::driver::serve::SettingsFlags,
     #[command(flatten)]
@@ -612,7 +616,11 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         tls,
         revoke_rate_per_minute: args.revoke_rate,
         admin_listen: args.admin_listen,
-        serving: args.serving.settings(),
+        serving: {
+            let mut serving = args.serving.settings();
+            serving.fetch.allow_loopback = args.allow_loopback_issuers;
+            serving
+        },
     };
     let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{ObjectKey, keep_transition_times};
 use crate::clock::Clock;
-use crate::external::ExternalIssuers;
+use crate::external::{ExternalIssuers, FetchSettings};
 use crate::index::PolicyEnv;
 use crate::metrics::Metrics;
 use crate::policy::cache::DecisionCache;
@@ -22,6 +22,8 @@ pub use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
 pub struct PolicyRuntime {
     pub metrics: Arc<Metrics>,
     external: ExternalIssuers,
+    /// External issuers the AuthPolicies of one namespace may use.
+    max_external_per_namespace: usize,
     cache: Option<Arc<DecisionCache>>,
     stats: Mutex<HashMap<ObjectKey, Arc<PolicyStats>>>,
     /// Per policy, the fingerprint of what decides verification and its cache epoch:
@@ -33,10 +35,22 @@ pub struct PolicyRuntime {
 }
 
 impl PolicyRuntime {
-    /// `cache_size` entries of verified tokens; 0 turns the cache off.
+    /// `cache_size` entries of verified tokens; 0 turns the cache off. External issuers
+    /// are fetched as on a cluster ([`FetchSettings::default`]).
     pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>, cache_size: usize) -> Self {
+        Self::with_fetch(metrics, clock, cache_size, FetchSettings::default())
+    }
+
+    /// [`PolicyRuntime::new`], fetching external issuers as `fetch` allows.
+    pub fn with_fetch(
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        cache_size: usize,
+        fetch: FetchSettings,
+    ) -> Self {
         Self {
-            external: ExternalIssuers::new(metrics.clone(), clock),
+            max_external_per_namespace: fetch.max_per_namespace,
+            external: ExternalIssuers::new(metrics.clone(), clock, fetch),
             metrics,
             cache: DecisionCache::new(cache_size),
             stats: Mutex::default(),
@@ -126,6 +140,10 @@ impl PolicyEnv for PolicyRuntime {
 
     fn forget_policy(&self, id: &ObjectKey) {
         PolicyRuntime::forget_policy(self, id)
+    }
+
+    fn max_external_issuers_per_namespace(&self) -> usize {
+        self.max_external_per_namespace
     }
 }
 

@@ -25,6 +25,7 @@ use crate::driver::{
     rollouts::Tracked,
     serve::{ServeError, Serving},
 };
+use crate::external::FetchSettings;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::policy::progression::RolloutTracker;
@@ -191,10 +192,16 @@ pub async fn start_tuned(
         ),
         None => None,
     };
-    let runtime = Arc::new(PolicyRuntime::new(
+    // Dev mode fetches providers on the developer's machine: loopback is allowed.
+    let fetch = FetchSettings {
+        allow_loopback: true,
+        ..config.serving.fetch.clone()
+    };
+    let runtime = Arc::new(PolicyRuntime::with_fetch(
         metrics.clone(),
         clock.clone(),
         config.decision_cache_size,
+        fetch,
     ));
     let mut driver = Driver {
         manifests: config.manifests.clone(),

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use clap::builder::TypedValueParser as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -48,6 +49,20 @@ pub struct SettingsFlags {
     /// client is the entry the outermost of them appended (0: the peer's address).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
+    /// The least time between two fetches of an external issuer's key set, whatever an
+    /// AuthPolicy's refresh.minInterval says.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = crate::server::limits::positive_duration)]
+    pub external_refresh_floor: std::time::Duration,
+    /// External issuers (issuer, JWKS URL and refresh settings) the AuthPolicies of one
+    /// namespace may use together; a policy that would add more is not served.
+    #[arg(long, value_name = "N", default_value_t = crate::external::DEFAULT_MAX_PER_NAMESPACE,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_external_issuers_per_namespace: usize,
+    /// Let external issuers' URLs lead to link-local addresses (169.254.0.0/16, fe80::/10,
+    /// cloud metadata), which are refused otherwise.
+    #[arg(long)]
+    pub allow_link_local_issuers: bool,
 }
 
 impl SettingsFlags {
@@ -55,7 +70,12 @@ impl SettingsFlags {
         Settings {
             limits: self.limits.limits(),
             trusted_proxy_hops: self.trusted_proxy_hops,
-            fetch: crate::external::FetchSettings::default(),
+            fetch: crate::external::FetchSettings {
+                allow_loopback: false,
+                allow_link_local: self.allow_link_local_issuers,
+                refresh_floor: self.external_refresh_floor,
+                max_per_namespace: self.max_external_issuers_per_namespace,
+            },
         }
     }
 }

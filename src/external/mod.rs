@@ -7,6 +7,7 @@
 //! Requests only read: the current set is behind an `ArcSwap`, the rate limit is an
 //! atomic. Only the refresh task does I/O.
 
+pub mod address;
 pub mod fetch;
 
 use std::collections::HashMap;
@@ -195,11 +196,13 @@ impl ExternalIssuer {
                 } else {
                     "no key set yet: tokens of this issuer are refused"
                 };
-                tracing::warn!(%issuer, "external key set refresh failed: {error}; {keeping}");
+                // The whole story for the operator's log; its class for the policy's status,
+                // which the policy's owner reads.
+                tracing::warn!(%issuer, error = %error, "external key set refresh failed; {keeping}");
                 self.record
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .last_error = Some(error.to_string());
+                    .last_error = Some(error.summary());
                 metrics.jwks_fetched(issuer, Err(()), now);
                 self.config.after_failure(*failures)
             }
@@ -293,18 +296,20 @@ async fn refresh_loop(
 /// building a snapshot; an issuer no snapshot holds any more stops its task.
 pub struct ExternalIssuers {
     fetcher: Option<Fetcher>,
+    settings: FetchSettings,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     issuers: Mutex<HashMap<ExternalConfig, Weak<ExternalIssuer>>>,
 }
 
 impl ExternalIssuers {
-    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
-        let fetcher = Fetcher::new()
-            .inspect_err(|e| tracing::error!("no HTTP client for external issuers: {e}"))
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>, settings: FetchSettings) -> Self {
+        let fetcher = Fetcher::new(settings.clone())
+            .inspect_err(|e| tracing::error!(error = %e, "no HTTP client for external issuers"))
             .ok();
         Self {
             fetcher,
+            settings,
             metrics,
             clock,
             issuers: Mutex::new(HashMap::new()),
@@ -312,8 +317,15 @@ impl ExternalIssuers {
     }
 
     /// The issuer for a configuration, starting its refresh task when it is new. Must be
-    /// called on a tokio runtime.
+    /// called on a tokio runtime. Refresh intervals below the floor count as the floor, so
+    /// policies that differ only there share one issuer.
     pub fn get(&self, config: &ExternalConfig) -> Arc<ExternalIssuer> {
+        let floor = self.settings.refresh_floor;
+        let config = &ExternalConfig {
+            min_refresh: config.min_refresh.max(floor),
+            max_refresh: config.max_refresh.max(floor),
+            ..config.clone()
+        };
         let mut issuers = self.issuers.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<String> = issuers
             .iter()
@@ -400,5 +412,35 @@ impl RemoteIssuer for ExternalIssuer {
 impl RemoteIssuers for ExternalIssuers {
     fn get(&self, config: &ExternalConfig) -> Arc<dyn RemoteIssuer> {
         ExternalIssuers::get(self, config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(min_refresh_secs: u64) -> ExternalConfig {
+        ExternalConfig::new(
+            "https://issuer.example".into(),
+            Some("https://issuer.example/keys".into()),
+            Duration::from_secs(min_refresh_secs),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+        )
+    }
+
+    #[tokio::test]
+    async fn no_policy_refetches_more_often_than_the_floor() {
+        let issuers = ExternalIssuers::new(
+            Arc::new(Metrics::default()),
+            Arc::new(crate::clock::SystemClock),
+            FetchSettings::default(),
+        );
+        let every_second = issuers.get(&config(1));
+        assert_eq!(every_second.config().min_refresh, DEFAULT_REFRESH_FLOOR);
+        // Policies that differ only below the floor share one issuer and one fetch.
+        assert!(Arc::ptr_eq(&every_second, &issuers.get(&config(5))));
+        let slower = issuers.get(&config(120));
+        assert_eq!(slower.config().min_refresh, Duration::from_secs(120));
     }
 }

@@ -194,10 +194,11 @@ pub async fn run(
         )),
     };
     let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
-    let runtime = Arc::new(PolicyRuntime::new(
+    let runtime = Arc::new(PolicyRuntime::with_fetch(
         metrics.clone(),
         Arc::new(SystemClock),
         config.decision_cache_size,
+        config.serving.fetch.clone(),
     ));
     // Revocations have their own watch and set: a new one rebuilds no policy.
     let revoking = tokio::spawn(revocations::run(

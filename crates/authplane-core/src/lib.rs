@@ -12,7 +12,8 @@
 //! - `policy`: an AuthPolicy compiled, and the decision for one request; rollout
 //!   bucketing and progression.
 //! - `index`: the incremental index the drivers feed (`apply`/`delete`), which publishes
-//!   a [`snapshot::Snapshot`] for the server.
+//!   a [`snapshot::Snapshot`] for the server; `external_quota` caps the external issuers
+//!   one namespace's policies may use.
 //! - `revocation`: the Revocation index and the immutable set the decision reads.
 //! - `admission`: the rules of the admission webhook.
 //! - `token`: minting for development and tests.
@@ -25,6 +26,7 @@
 pub mod admission;
 pub mod api;
 pub mod clock;
+pub mod external_quota;
 pub mod index;
 pub mod keys;
 pub mod policy;

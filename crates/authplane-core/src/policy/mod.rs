@@ -25,7 +25,7 @@ use audit::AuditCounters;
 use cache::DecisionCache;
 use challenge::Challenges;
 use progression::Schedule;
-use remote::{ExternalConfig, Health, RemoteIssuers};
+use remote::{Health, RemoteIssuers};
 use verify::{Claims, Verifier, VerifyKey};
 
 /// Why a token is not good enough. Each has a stable machine-readable reason.
@@ -322,19 +322,11 @@ impl CompiledPolicy {
         let mut unresolved = Vec::new();
         let mut key_issuers = Vec::new();
         for issuer in &spec.issuers {
-            if let Some(url) = &issuer.issuer {
-                let refresh = issuer.refresh.clone().unwrap_or_default();
-                let config = ExternalConfig::new(
-                    url.clone(),
-                    issuer.jwks_uri.clone(),
-                    refresh.min_interval.value().unsigned_abs(),
-                    refresh.max_interval.value().unsigned_abs(),
-                    refresh.max_stale.value().unsigned_abs(),
-                );
+            if let Some(config) = remote::external_config(issuer) {
                 match context.external {
                     Some(external) => verifier.add_external(external.get(&config)),
                     None => {
-                        unresolved.push(url.clone());
+                        unresolved.push(config.issuer.clone());
                         verifier.mark_incomplete();
                     }
                 }
