@@ -1,6 +1,6 @@
 //! Dev mode: the core driven by a folder of manifests and a state folder, no cluster.
 
-mod folder_watch;
+pub mod folder_watch;
 pub mod manifests;
 pub mod revocations;
 pub mod state;
