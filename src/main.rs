@@ -128,6 +128,10 @@ struct RunArgs {
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
     tls_listen: Option<SocketAddr>,
+    /// PEM CA certificates: HTTPS clients must present a certificate of one of them (the
+    /// apiserver, configured to present one to its webhooks), or the handshake fails.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_client_ca_file: Option<PathBuf>,
     /// Address to serve /metrics and /status on (plain HTTP), with /healthz and /readyz;
     /// they are then served nowhere else.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
@@ -622,6 +626,7 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         tls,
         revoke_rate_per_minute: args.revoke_rate,
         admin_listen: args.admin_listen,
+        tls_client_ca_file: args.tls_client_ca_file,
         serving: {
             let mut serving = args.serving.settings();
             serving.fetch.allow_loopback = args.allow_loopback_issuers;

@@ -129,6 +129,7 @@ fn start_operator(
         tls: None,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         admin_listen: None,
+        tls_client_ca_file: None,
         serving: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

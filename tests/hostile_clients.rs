@@ -344,11 +344,13 @@ async fn with_an_admin_listener_status_and_metrics_are_served_there_only() {
                 socket: public,
                 endpoints: Endpoints::Public,
                 tls: None,
+                client_cas: None,
             },
             Listener {
                 socket: admin,
                 endpoints: Endpoints::Admin,
                 tls: None,
+                client_cas: None,
             },
         ],
         Limits::default(),
@@ -385,6 +387,101 @@ async fn with_an_admin_listener_status_and_metrics_are_served_there_only() {
         status(public_addr, "/authz/shop/api").await,
         "HTTP/1.1 404 Not Found"
     );
+    stop.send(true).unwrap();
+    serving.stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_webhook_listener_can_require_a_client_certificate() {
+    use authplane::admission::NoSigningKeys;
+    use authplane::driver::serve::{self, Listener};
+    use authplane::metrics::Metrics;
+    use authplane::registry::{Registry, Snapshot};
+    use authplane::server::{AppState, Endpoints};
+    use authplane::tls::{self, CertSlot};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    common::install_crypto();
+    let server_ca = common::https::Pki::new("serving CA");
+    let apiserver_ca = common::https::Pki::new("apiserver client CA");
+    let stranger_ca = common::https::Pki::new("someone else");
+    let (cert, key) = server_ca.leaf();
+    let slot = Arc::new(CertSlot::default());
+    slot.set(tls::certified_key(cert.as_bytes(), key.as_bytes(), "test").unwrap());
+    let registry = Registry::default();
+    registry.publish(Snapshot::default());
+    let state = AppState {
+        registry: Arc::new(registry),
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(SystemClock),
+        base_url: Arc::from("https://authplane.example"),
+        signing_keys: Arc::new(NoSigningKeys),
+        tls: Some(slot.clone()),
+        revoke: None,
+    };
+    let socket = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let listener = Listener {
+        socket,
+        endpoints: Endpoints::WithAdmission,
+        tls: Some(slot),
+        client_cas: Some(tls::client_roots(apiserver_ca.ca_pem.as_bytes(), "test").unwrap()),
+    };
+    let serving = serve::start(state, vec![listener], Limits::default(), &stopped).unwrap();
+
+    // GET /healthz over TLS, presenting `client` (a certificate and key PEM) if any.
+    let healthz = |client: Option<(String, String)>| {
+        let server_ca = server_ca.ca_pem.clone();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+            let config = match client {
+                None => builder.with_no_client_auth(),
+                Some((cert, key)) => builder
+                    .with_client_auth_cert(
+                        CertificateDer::pem_slice_iter(cert.as_bytes())
+                            .map(Result::unwrap)
+                            .collect(),
+                        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                    )
+                    .unwrap(),
+            };
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            stream
+                .read_to_string(&mut answer)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(answer.lines().next().unwrap_or("").to_owned())
+        }
+    };
+    assert_eq!(
+        healthz(Some(apiserver_ca.leaf())).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+    // TLS 1.3 settles client authentication after the handshake: the refusal arrives as
+    // the first read or write fails.
+    for client in [None, Some(stranger_ca.leaf())] {
+        let refused = healthz(client).await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
     stop.send(true).unwrap();
     serving.stopped().await.unwrap();
 }

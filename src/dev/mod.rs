@@ -251,6 +251,7 @@ pub async fn start_tuned(
         socket: listener,
         endpoints: Endpoints::WithAdmission,
         tls,
+        client_cas: None,
     };
     let serving = driver::serve::start(state, vec![listener], config.serving.limits, &shutdown_rx)?;
     let driver = tokio::spawn(run(

@@ -86,6 +86,8 @@ pub struct Listener {
     pub endpoints: Endpoints,
     /// HTTPS with this certificate; plain HTTP when `None`.
     pub tls: Option<Arc<CertSlot>>,
+    /// With HTTPS: clients must present a certificate of one of these CAs.
+    pub client_cas: Option<Arc<rustls::RootCertStore>>,
 }
 
 /// Binds `addr` with [`server::listen::LISTEN_BACKLOG`].
@@ -126,7 +128,7 @@ pub fn start(
             let _ = stop.wait_for(|stop| *stop).await;
         };
         let tls = match listener.tls {
-            Some(slot) => Some(tls::server_config(slot)?),
+            Some(slot) => Some(tls::server_config_for_clients(slot, listener.client_cas)?),
             None => None,
         };
         servers.push(tokio::spawn(server::listen::serve(

@@ -63,6 +63,9 @@ pub struct OperatorConfig {
     pub revoke_rate_per_minute: u32,
     /// Status, metrics and health on their own listener (plain HTTP), and nowhere else.
     pub admin_listen: Option<SocketAddr>,
+    /// HTTPS clients must present a certificate of these CAs (PEM): the apiserver, where
+    /// it is configured to present one to webhooks.
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Listener limits and what the serving half trusts.
     pub serving: driver::serve::Settings,
 }
@@ -94,6 +97,8 @@ pub enum OperatorError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("--tls-client-ca-file: {0}")]
+    ClientCa(#[from] tls::TlsError),
 }
 
 /// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
@@ -136,6 +141,7 @@ pub async fn run(
         socket: driver::serve::bind(config.listen)?,
         endpoints: Endpoints::Public,
         tls: None,
+        client_cas: None,
     }];
     let (stop, stopped) = watch::channel(false);
     // The serving watch's SigningKey cache doubles as the admission webhook's index.
@@ -163,10 +169,21 @@ pub async fn run(
         }
     };
     if let (Some(tls), Some(slot)) = (&config.tls, &slot) {
+        let client_cas = match &config.tls_client_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| tls::TlsError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Some(tls::client_roots(&pem, &path.display().to_string())?)
+            }
+            None => None,
+        };
         listeners.push(Listener {
             socket: driver::serve::bind(tls.listen)?,
             endpoints: Endpoints::WithAdmission,
             tls: Some(slot.clone()),
+            client_cas,
         });
     }
     if let Some(admin) = config.admin_listen {
@@ -174,6 +191,7 @@ pub async fn run(
             socket: driver::serve::bind(admin)?,
             endpoints: Endpoints::Admin,
             tls: None,
+            client_cas: None,
         });
     }
     let state = AppState {
