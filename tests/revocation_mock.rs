@@ -333,6 +333,27 @@ async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
     assert!(handle.next_request().await.is_none(), "no further requests");
 }
 
+/// A Revocation stored but not seen by this replica's watch within the bound is not
+/// acknowledged: the client is told to retry, and nothing is said to be in force.
+#[tokio::test(start_paused = true)]
+async fn a_revocation_not_in_force_in_time_is_a_503_to_retry() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (router, keys, _registry) = replica(Client::new(service, "default"));
+    let call = tokio::spawn(router.oneshot(revoke_request(&token(&keys, "tok-9"))));
+    expect(
+        &mut handle,
+        "POST",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations",
+        201,
+        Value::Null,
+    )
+    .await;
+    // The watch never delivers it (the paused clock runs the bound out at once).
+    let response = within(call).await.unwrap().unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+}
+
 /// Every replica's Revocation watch: what it lists is published (and `/readyz` waits
 /// for it), what the watch then delivers is published at once, and a delete lifts it.
 #[tokio::test]
