@@ -1,4 +1,11 @@
 //! Prometheus metrics. Labels carry resource names and states only: never key material.
+//!
+//! Every label value comes from a bounded set: the names of objects that exist (a
+//! SigningKey, an AuthPolicy, the issuers they name, which go when the object goes), or
+//! a value written in this code. Labels of the second kind are `&'static str`, so that a
+//! value read from a request (an admission review's `kind`, a header) cannot become one:
+//! each distinct label is a series kept forever, and a client choosing them could grow
+//! `/metrics` and the process without bound.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,7 +33,7 @@ pub struct ResourceLabels {
 pub struct SourceLabels {
     /// `manifest` (a refused manifest file or document), `keystore` (unreadable key
     /// material) or `tls` (a refused certificate, or a failed bootstrap).
-    pub source: String,
+    pub source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,19 +61,19 @@ pub struct IssuerLabels {
 pub struct FetchLabels {
     pub issuer: String,
     /// `ok` or `error`.
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    /// `SigningKey`, `AuthPolicy`, another kind the webhook was sent, or empty when the
-    /// review did not parse.
-    pub kind: String,
+    /// `SigningKey`, `AuthPolicy`, `Revocation`, `other` (any other kind the webhook was
+    /// sent: never the request's own text), or empty when the review did not parse.
+    pub kind: &'static str,
     /// `CREATE`, `UPDATE`, ...; empty when the review did not parse.
-    pub operation: String,
+    pub operation: &'static str,
     /// `allowed`, `warned` (allowed with warnings), `denied`, `skipped` (not ours to
     /// judge), `malformed` (answered 400).
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,19 +88,21 @@ pub struct RevocationLabels {
 pub struct ReasonLabels {
     /// `logout`, `payment_failed`, `password_changed`, `compromised`,
     /// `account_disabled` or `other`.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `revoked`, `ignored` (not a valid token of the issuer: nothing said),
-    /// `rate_limited`, `invalid_request` or `error`.
-    pub result: String,
+    /// `revoked` (in force on this replica when answered), `ignored` (not a valid token
+    /// of the issuer: nothing said), `unsupported` (valid, but no `jti` or `sid` to
+    /// revoke it by), `rate_limited`, `invalid_request` or `error` (not stored, or not in
+    /// force in time: 503).
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 pub struct Metrics {
@@ -461,7 +470,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             self.jwks_fetches.remove(&FetchLabels {
                 issuer: issuer.to_owned(),
-                result: result.to_owned(),
+                result,
             });
         }
     }
@@ -472,7 +481,7 @@ impl Metrics {
         self.jwks_fetches
             .get_or_create(&FetchLabels {
                 issuer: issuer.to_owned(),
-                result: result.to_owned(),
+                result,
             })
             .inc();
         if let Ok(count) = keys {
@@ -494,21 +503,19 @@ impl Metrics {
         out
     }
 
-    pub fn admission(&self, kind: &str, operation: &str, result: &str) {
+    pub fn admission(&self, kind: &'static str, operation: &'static str, result: &'static str) {
         self.admission_reviews
             .get_or_create(&AdmissionLabels {
-                kind: kind.to_owned(),
-                operation: operation.to_owned(),
-                result: result.to_owned(),
+                kind,
+                operation,
+                result,
             })
             .inc();
     }
 
-    pub fn revoke_request(&self, result: &str) {
+    pub fn revoke_request(&self, result: &'static str) {
         self.revoke_requests
-            .get_or_create(&ResultLabels {
-                result: result.to_owned(),
-            })
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 
@@ -526,22 +533,18 @@ impl Metrics {
     }
 
     /// A Revocation newly applied by this replica, `seconds` after its creation.
-    pub fn revocation_applied(&self, reason: &str, seconds: Option<f64>) {
+    pub fn revocation_applied(&self, reason: &'static str, seconds: Option<f64>) {
         self.revocations_applied
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
         if let Some(seconds) = seconds {
             self.revocation_propagation.observe(seconds.max(0.0));
         }
     }
 
-    pub fn reload_error(&self, source: &str) {
+    pub fn reload_error(&self, source: &'static str) {
         self.reload_errors
-            .get_or_create(&SourceLabels {
-                source: source.to_owned(),
-            })
+            .get_or_create(&SourceLabels { source })
             .inc();
     }
 }

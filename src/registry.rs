@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{ObjectKey, keep_transition_times};
 use crate::clock::Clock;
-use crate::external::ExternalIssuers;
+use crate::external::{ExternalIssuers, FetchSettings};
 use crate::index::PolicyEnv;
 use crate::metrics::Metrics;
 use crate::policy::cache::DecisionCache;
@@ -22,6 +22,8 @@ pub use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
 pub struct PolicyRuntime {
     pub metrics: Arc<Metrics>,
     external: ExternalIssuers,
+    /// External issuers the AuthPolicies of one namespace may use.
+    max_external_per_namespace: usize,
     cache: Option<Arc<DecisionCache>>,
     stats: Mutex<HashMap<ObjectKey, Arc<PolicyStats>>>,
     /// Per policy, the fingerprint of what decides verification and its cache epoch:
@@ -33,10 +35,22 @@ pub struct PolicyRuntime {
 }
 
 impl PolicyRuntime {
-    /// `cache_size` entries of verified tokens; 0 turns the cache off.
+    /// `cache_size` entries of verified tokens; 0 turns the cache off. External issuers
+    /// are fetched as on a cluster ([`FetchSettings::default`]).
     pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>, cache_size: usize) -> Self {
+        Self::with_fetch(metrics, clock, cache_size, FetchSettings::default())
+    }
+
+    /// [`PolicyRuntime::new`], fetching external issuers as `fetch` allows.
+    pub fn with_fetch(
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        cache_size: usize,
+        fetch: FetchSettings,
+    ) -> Self {
         Self {
-            external: ExternalIssuers::new(metrics.clone(), clock),
+            max_external_per_namespace: fetch.max_per_namespace,
+            external: ExternalIssuers::new(metrics.clone(), clock, fetch),
             metrics,
             cache: DecisionCache::new(cache_size),
             stats: Mutex::default(),
@@ -128,6 +142,10 @@ impl PolicyEnv for PolicyRuntime {
     fn forget_policy(&self, id: &ObjectKey) {
         PolicyRuntime::forget_policy(self, id)
     }
+
+    fn max_external_issuers_per_namespace(&self) -> usize {
+        self.max_external_per_namespace
+    }
 }
 
 /// The state of one input a driver reads, such as a watch.
@@ -153,6 +171,8 @@ pub struct Registry {
     /// The revocations in force: published on their own, so that a Revocation never
     /// rebuilds a policy.
     revocations: ArcSwap<crate::revocation::RevocationSet>,
+    /// Counts publications of `revocations`, for whoever waits for one to be in force.
+    revocations_published: tokio::sync::watch::Sender<u64>,
 }
 
 /// The conditions last reported per policy, so that a condition's `lastTransitionTime`
@@ -194,6 +214,13 @@ impl Registry {
     /// Replaces the revocations in force.
     pub fn publish_revocations(&self, set: crate::revocation::RevocationSet) {
         self.revocations.store(Arc::new(set));
+        self.revocations_published
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes with every publication of the revocations in force.
+    pub fn revocations_published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations_published.subscribe()
     }
 
     /// The revocations in force.

@@ -43,6 +43,7 @@ impl Secure {
             tls: Some(files),
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
             unconfined_issuer_namespaces: Vec::new(),
+            serving: Default::default(),
         };
         let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
         assert!(server.base_url().starts_with("https://"));

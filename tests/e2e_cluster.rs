@@ -129,6 +129,9 @@ fn start_operator(
         tls: None,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         unconfined_issuer_namespaces: Vec::new(),
+        admin_listen: None,
+        tls_client_ca_file: None,
+        serving: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

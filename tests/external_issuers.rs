@@ -367,3 +367,112 @@ async fn editing_the_refresh_settings_keeps_the_keys_while_the_provider_is_down(
     assert_eq!(authz(&dev, &good).await, (200, String::new()));
     dev.stop().await;
 }
+
+/// What a policy's owner reads in status about a failing provider: the class of the
+/// failure, never what the provider (perhaps an internal service) answered.
+#[tokio::test]
+async fn status_says_why_a_fetch_failed_without_repeating_the_answer() {
+    let provider = Provider::start().await;
+    let dev = Dev::start(&[("api.yaml", &provider.policy(FAST))]).await;
+    let good = provider.token(&provider.key(0), "alice");
+    assert_eq!(authz(&dev, &good).await.0, 200);
+    let stranger = || {
+        provider.token(
+            &authplane::keys::KeyMaterial::generate(authplane::keys::Algorithm::RS256, 2048)
+                .unwrap(),
+            "mallory",
+        )
+    };
+    for (behaviour, says, never) in [
+        (Behaviour::Down, "HTTP error: a 5xx server error", "503"),
+        (Behaviour::Garbage, "not a JWKS", "expected value"),
+    ] {
+        provider.set(behaviour);
+        let token = stranger();
+        let message = eventually("the failure in status", CHANGE_DEADLINE, || async {
+            authz(&dev, &token).await;
+            let status = dev.json("/status/shop/api").await;
+            let (fresh, message) = condition(&status, "KeysFresh");
+            (fresh == "False" && message.contains(says)).then_some(message)
+        })
+        .await;
+        assert!(!message.contains(never), "{behaviour:?}: {message}");
+        assert!(!message.contains("maintenance"), "{behaviour:?}: {message}");
+    }
+    dev.stop().await;
+
+    // Nothing listens: the connection is refused, and status says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let manifest = format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  issuers:\n  - issuer: http://127.0.0.1:{port}/t\n    jwksUri: http://127.0.0.1:{port}/keys\n    refresh: {FAST}\n\
+         \x20 audiences: [api]\n  rollout: {{mode: Enforce, percentage: 100}}\n"
+    );
+    let dev = Dev::start(&[("api.yaml", &manifest)]).await;
+    let message = eventually("the failure in status", CHANGE_DEADLINE, || async {
+        let status = dev.json("/status/shop/api").await;
+        let (ready, message) = condition(&status, "Ready");
+        (ready == "False" && !message.contains("pending")).then_some(message)
+    })
+    .await;
+    assert!(
+        message.contains("unreachable: connection refused"),
+        "{message}"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_namespace_over_its_external_issuer_cap_gets_no_more_fetched() {
+    let first = Provider::start().await;
+    let second = Provider::start().await;
+    let mut serving = common::test_settings();
+    serving.fetch.max_per_namespace = 1;
+    let policy = |name: &str, provider: &Provider| {
+        provider
+            .policy(FAST)
+            .replace("name: api,", &format!("name: {name},"))
+    };
+    // Without creation times (dev mode), the order is by name: "a-first" came first.
+    let dev = Dev::start_serving(
+        &[
+            ("a.yaml", &policy("a-first", &first)),
+            ("b.yaml", &policy("b-second", &second)),
+        ],
+        serving,
+    )
+    .await;
+    let status = eventually("the first issuer fetched", CHANGE_DEADLINE, || async {
+        let status = dev.json("/status/shop/a-first").await;
+        (condition(&status, "KeysFresh").0 == "True").then_some(status)
+    })
+    .await;
+    assert_eq!(condition(&status, "Ready").0, "True");
+    let status = dev.json("/status/shop/b-second").await;
+    let (ready, message) = condition(&status, "Ready");
+    assert_eq!(ready, "False");
+    assert!(
+        message.contains("more than 1 external issuers"),
+        "{message}"
+    );
+    assert_eq!(second.fetches(), 0, "the refused issuer is never fetched");
+    let token = second.token(&second.key(0), "bob");
+    let response = dev
+        .get_with(
+            "/authz/shop/b-second",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    assert_eq!(response.status(), 401);
+    // Room is made: the second policy is served.
+    std::fs::remove_file(dev.manifests().join("a.yaml")).unwrap();
+    eventually("the second issuer fetched", CHANGE_DEADLINE, || async {
+        let status = dev.json("/status/shop/b-second").await;
+        (condition(&status, "Ready").0 == "True").then_some(())
+    })
+    .await;
+    assert!(second.fetches() > 0);
+    dev.stop().await;
+}

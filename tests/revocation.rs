@@ -459,14 +459,17 @@ async fn the_logout_endpoint_revokes_is_idempotent_says_nothing_and_is_rate_limi
     );
     assert_eq!(decide(&dev, "shop", &token).await.0, 200);
 
-    // 1: the holder logs out.
+    // 1: the holder logs out; once answered, the token is refused here at once.
     let started = Instant::now();
     let response = post_revoke(&dev, &[("token", &token)]).await;
     assert_eq!(response.status(), 200);
-    let took = until_revoked(&dev, "shop", &token).await;
     eprintln!(
-        "dev mode: /revoke answered and was enforced {:?} after the request",
-        started.elapsed().max(took)
+        "dev mode: /revoke answered, in force, {:?} after the request",
+        started.elapsed()
+    );
+    assert_eq!(
+        decide(&dev, "shop", &token).await,
+        (401, "token_revoked".to_owned())
     );
     assert_eq!(
         decide(&dev, "shop", &sibling).await.0,
@@ -492,35 +495,40 @@ async fn the_logout_endpoint_revokes_is_idempotent_says_nothing_and_is_rate_limi
     assert_eq!(revocation_files(&dev), files);
     assert_eq!(decide(&dev, "shop", &sibling).await.0, 200);
 
-    // 5: a session: every token of it.
+    // 5: a session: every token of it, in force when answered.
     assert_eq!(
         post_revoke(&dev, &[("token", &sibling), ("token_type_hint", "session")])
             .await
             .status(),
         200
     );
-    until_revoked(&dev, "shop", &same_session).await;
-    until_revoked(&dev, "shop", &sibling).await;
+    for token in [&same_session, &sibling] {
+        assert_eq!(
+            decide(&dev, "shop", token).await,
+            (401, "token_revoked".to_owned())
+        );
+    }
 
     // 6: no token is a bad request.
     assert_eq!(
         post_revoke(&dev, &[("nothing", "here")]).await.status(),
         400
     );
-    // The budget is 10 a minute, one back every 6 seconds: the 11th request within the
-    // minute is refused (a slow machine may have earned a few more meanwhile).
-    let mut sent = 6;
+    // Failures (3 so far) have a budget of 10 a minute per client address, one back every
+    // 6 seconds: the 11th within the minute is refused (a slow machine may have earned a
+    // few more meanwhile).
+    let mut failed = 3;
     let limited = loop {
         let response = post_revoke(&dev, &[("token", "x")]).await;
-        sent += 1;
+        failed += 1;
         if response.status() == 429 {
             break response;
         }
         assert_eq!(response.status(), 200);
         let earned = started.elapsed().as_secs() / 6 + 1;
-        assert!(sent <= 10 + earned, "{sent} requests passed");
+        assert!(failed <= 10 + earned, "{failed} failed requests passed");
     };
-    assert!(sent > 10, "refused after {sent} requests");
+    assert!(failed > 10, "refused after {failed} failed requests");
     let retry: u64 = limited.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -532,7 +540,129 @@ async fn the_logout_endpoint_revokes_is_idempotent_says_nothing_and_is_rate_limi
             .await,
         1.0
     );
+    // The garbage spent its sender's budget, not the next user's logout from the same
+    // address.
+    let next_user = dev.sign(WEB, &claims(&dev, "iris", 0, json!({"jti": "iris-1"})));
+    assert_eq!(
+        post_revoke(&dev, &[("token", &next_user)]).await.status(),
+        200
+    );
+    assert_eq!(
+        decide(&dev, "shop", &next_user).await,
+        (401, "token_revoked".to_owned())
+    );
     // GET is not a revocation.
     assert_eq!(dev.get("/auth/web/revoke").await.status(), 405);
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_valid_token_that_cannot_be_revoked_is_refused_not_acknowledged() {
+    let dev = start(&[]).await;
+    let unsupported = |body: &Value| {
+        assert_eq!(body["error"], "unsupported_token_type", "{body}");
+    };
+    // No jti and no sid: nothing a Revocation can name.
+    let bare = dev.sign(WEB, &claims(&dev, "kim", 0, json!({})));
+    let response = post_revoke(&dev, &[("token", &bare)]).await;
+    assert_eq!(response.status(), 400);
+    unsupported(&response.json().await.unwrap());
+    // A jti too long for a Revocation, and no sid.
+    let long = "j".repeat(300);
+    let long_jti = dev.sign(WEB, &claims(&dev, "kim", 0, json!({"jti": long})));
+    let response = post_revoke(&dev, &[("token", &long_jti)]).await;
+    assert_eq!(response.status(), 400);
+    unsupported(&response.json().await.unwrap());
+    assert!(revocation_files(&dev).is_empty());
+    for token in [&bare, &long_jti] {
+        assert_eq!(
+            decide(&dev, "shop", token).await.0,
+            200,
+            "not revoked, and not said to be"
+        );
+    }
+    // With a session it carries, the session is revoked instead.
+    let with_sid = dev.sign(
+        WEB,
+        &claims(
+            &dev,
+            "kim",
+            0,
+            json!({"jti": "k".repeat(300), "sid": "kim-laptop"}),
+        ),
+    );
+    assert_eq!(
+        post_revoke(&dev, &[("token", &with_sid)]).await.status(),
+        200
+    );
+    assert_eq!(
+        decide(&dev, "shop", &with_sid).await,
+        (401, "token_revoked".to_owned())
+    );
+    assert_eq!(
+        dev.metric("authplane_revoke_requests_total{result=\"unsupported\"}")
+            .await,
+        2.0
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn verified_logouts_are_limited_per_subject_not_per_address() {
+    let dev = start(&[]).await;
+    let started = Instant::now();
+    let mut revoked = 0;
+    let limited = loop {
+        let token = dev.sign(
+            WEB,
+            &claims(&dev, "ivan", 0, json!({"jti": format!("ivan-{revoked}")})),
+        );
+        let response = post_revoke(&dev, &[("token", &token)]).await;
+        if response.status() == 429 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        revoked += 1;
+        let earned = started.elapsed().as_secs() / 6 + 1;
+        assert!(
+            revoked <= 10 + earned,
+            "{revoked} logouts of one subject passed"
+        );
+    };
+    assert!(revoked >= 10, "limited after {revoked}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "slow_down");
+    // Another subject, from the same address, is not held up.
+    let judy = dev.sign(WEB, &claims(&dev, "judy", 0, json!({"jti": "judy-1"})));
+    assert_eq!(post_revoke(&dev, &[("token", &judy)]).await.status(), 200);
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn behind_trusted_proxies_each_client_has_its_own_budget_of_failures() {
+    let mut serving = common::test_settings();
+    serving.trusted_proxy_hops = 1;
+    let manifests = [
+        ("keys.yaml", signing_key("auth", "web", KEYS)),
+        ("shop.yaml", policy("shop", "pay", "")),
+    ];
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let dev = Dev::start_serving(&refs, serving).await;
+    let garbage = |client: &'static str| {
+        let request = dev
+            .http
+            .post(dev.url("/auth/web/revoke"))
+            // The first entry is the client's own invention; the ingress appended the last.
+            .header("x-forwarded-for", format!("198.51.100.7, {client}"))
+            .form(&[("token", "x")]);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let mut answers = Vec::new();
+    for _ in 0..11 {
+        answers.push(garbage("192.0.2.1").await);
+    }
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    // Another client behind the same ingress (the same peer address) is unaffected.
+    assert_eq!(garbage("192.0.2.2").await, 200);
     dev.stop().await;
 }

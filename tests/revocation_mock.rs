@@ -264,8 +264,9 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
 
 const ISSUER: &str = "https://auth.example/auth/web";
 
-/// The router of a replica serving auth/web, writing Revocations to the mock API.
-fn replica(client: Client) -> (axum::Router, KeySet) {
+/// The router of a replica serving auth/web, writing Revocations to the mock API, and
+/// its registry (where its Revocation watch would publish).
+fn replica(client: Client) -> (axum::Router, KeySet, Arc<Registry>) {
     let now = Timestamp::now();
     let keys = KeySet::new(vec![KeyRecord {
         material: KeyMaterial::generate(Algorithm::ES256, 2048).unwrap(),
@@ -274,14 +275,14 @@ fn replica(client: Client) -> (axum::Router, KeySet) {
     }]);
     let published =
         PublishedIssuer::render("auth", "web", ISSUER, &keys, SignedDuration::from_hours(1));
-    let registry = Registry::default();
+    let registry = Arc::new(Registry::default());
     registry.publish(Snapshot {
         issuers: imbl::HashMap::unit("/auth/web".to_owned(), Arc::new(published)),
         policies_known: true,
         ..Snapshot::default()
     });
     let state = AppState {
-        registry: Arc::new(registry),
+        registry: registry.clone(),
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(SystemClock),
         base_url: Arc::from("https://auth.example"),
@@ -292,7 +293,15 @@ fn replica(client: Client) -> (axum::Router, KeySet) {
             10,
         ))),
     };
-    (server::router(state, Endpoints::Public), keys)
+    (server::router(state, Endpoints::Public), keys, registry)
+}
+
+/// What the replica's Revocation watch does when the apiserver tells it of `created`.
+fn watch_sees(registry: &Registry, created: &Value) {
+    let seen: authplane::api::Revocation = serde_json::from_value(created.clone()).unwrap();
+    let mut index = authplane::revocation::RevocationIndex::default();
+    index.apply(&seen, Timestamp::now()).unwrap();
+    registry.publish_revocations(index.publish(Timestamp::now()).0);
 }
 
 fn token(keys: &KeySet, jti: &str) -> String {
@@ -314,7 +323,7 @@ fn revoke_request(token: &str) -> Request<AxumBody> {
 #[tokio::test]
 async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (router, keys) = replica(Client::new(service, "default"));
+    let (router, keys, registry) = replica(Client::new(service, "default"));
     let token = token(&keys, "tok-1");
 
     let call = tokio::spawn(router.clone().oneshot(revoke_request(&token)));
@@ -326,6 +335,8 @@ async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
         Value::Null,
     )
     .await;
+    // Answered once the revocation is in force on this replica: when its watch has it.
+    watch_sees(&registry, &created);
     assert_eq!(within(call).await.unwrap().unwrap().status(), 200);
     assert_eq!(created["kind"], "Revocation");
     assert_eq!(created["spec"]["tokenId"], "tok-1");
@@ -357,6 +368,27 @@ async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
     assert_eq!(response.status(), 200);
     // The router (and with it the client) is gone: nothing else was asked of the API.
     assert!(handle.next_request().await.is_none(), "no further requests");
+}
+
+/// A Revocation stored but not seen by this replica's watch within the bound is not
+/// acknowledged: the client is told to retry, and nothing is said to be in force.
+#[tokio::test(start_paused = true)]
+async fn a_revocation_not_in_force_in_time_is_a_503_to_retry() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (router, keys, _registry) = replica(Client::new(service, "default"));
+    let call = tokio::spawn(router.oneshot(revoke_request(&token(&keys, "tok-9"))));
+    expect(
+        &mut handle,
+        "POST",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations",
+        201,
+        Value::Null,
+    )
+    .await;
+    // The watch never delivers it (the paused clock runs the bound out at once).
+    let response = within(call).await.unwrap().unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
 }
 
 /// Every replica's Revocation watch: what it lists is published (and `/readyz` waits

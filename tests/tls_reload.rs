@@ -48,6 +48,7 @@ async fn a_rotated_certificate_is_served_without_dropping_connections() {
         decision_cache_size: 100,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         unconfined_issuer_namespaces: Vec::new(),
+        serving: Default::default(),
         tls: Some(TlsFiles {
             cert: tls.join("tls.crt"),
             key: tls.join("tls.key"),
@@ -119,6 +120,7 @@ async fn a_server_does_not_start_with_a_bad_certificate() {
         decision_cache_size: 100,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         unconfined_issuer_namespaces: Vec::new(),
+        serving: Default::default(),
         tls: Some(TlsFiles {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),

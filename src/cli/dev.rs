@@ -47,6 +47,8 @@ pub(crate) struct DevArgs {
     /// Serve HTTPS instead of HTTP, with this certificate and key.
     #[command(flatten)]
     tls_files: TlsFileArgs,
+    #[command(flatten)]
+    serving: crate::driver::serve::SettingsFlags,
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
@@ -61,6 +63,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
             tls: args.tls_files.files(),
             revoke_rate_per_minute: args.revoke_rate,
             unconfined_issuer_namespaces: args.unconfined_issuer_namespaces,
+            serving: args.serving.settings(),
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(

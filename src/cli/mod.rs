@@ -93,9 +93,15 @@ pub(crate) enum Command {
 }
 
 pub fn init_logging(format: LogFormat) {
-    // notify logs its own harmless bookkeeping when a watched folder is deleted.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
+    // notify logs its own harmless bookkeeping when a watched folder is deleted, and every
+    // event it sees at trace level (see `quiet_watcher_logs`).
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => crate::dev::folder_watch::quiet_watcher_logs(
+            filter,
+            &std::env::var("RUST_LOG").unwrap_or_default(),
+        ),
+        Err(_) => tracing_subscriber::EnvFilter::new("info,notify=error"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

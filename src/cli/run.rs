@@ -51,6 +51,20 @@ pub(crate) struct RunArgs {
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
     tls_listen: Option<SocketAddr>,
+    /// PEM CA certificates: HTTPS clients must present a certificate of one of them (the
+    /// apiserver, configured to present one to its webhooks), or the handshake fails.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// Address to serve /metrics and /status on (plain HTTP), with /healthz and /readyz;
+    /// they are then served nowhere else.
+    #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
+    admin_listen: Option<SocketAddr>,
+    /// Let external issuers' URLs lead to loopback addresses (and plain http to
+    /// localhost): on a cluster that is authplane's own pod, so it is refused otherwise.
+    #[arg(long)]
+    allow_loopback_issuers: bool,
+    #[command(flatten)]
+    serving: crate::driver::serve::SettingsFlags,
     #[command(flatten)]
     tls_files: TlsFileArgs,
     /// Self-bootstrapped TLS: keep a CA and a serving certificate in this Secret of
@@ -137,6 +151,13 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
         tls,
         revoke_rate_per_minute: args.revoke_rate,
         unconfined_issuer_namespaces: args.unconfined_issuer_namespaces,
+        admin_listen: args.admin_listen,
+        tls_client_ca_file: args.tls_client_ca_file,
+        serving: {
+            let mut serving = args.serving.settings();
+            serving.fetch.allow_loopback = args.allow_loopback_issuers;
+            serving
+        },
     };
     let runtime = server::runtime::build(args.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

@@ -35,13 +35,19 @@ impl FolderWatch {
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let relevant = match event {
                     // Our own reads show up as access events; only changes matter. The parent's
-                    // other entries are none of our business.
+                    // other entries are none of our business, and neither are files in the
+                    // folder that are never read (a log file written there would otherwise
+                    // make every log line a reload that logs more lines).
                     Ok(e) if matches!(e.kind, EventKind::Access(_)) => false,
                     Ok(e) => {
                         if e.paths.iter().any(|p| p == &filter) {
                             flag.store(true, Ordering::Release);
                         }
-                        e.paths.iter().any(|p| p.starts_with(&filter))
+                        e.paths.iter().any(|p| {
+                            p == &filter
+                                || (p.parent() == Some(filter.as_path())
+                                    && super::manifests::is_manifest_name(p))
+                        })
                     }
                     // A lost event (queue overflow): read again to be sure.
                     Err(_) => true,
@@ -93,6 +99,23 @@ impl FolderWatch {
             }
         }
         false
+    }
+}
+
+/// notify logs every filesystem event it sees, at trace level. With `RUST_LOG=trace` and
+/// the log file in the manifests folder or its parent (both watched), every log line is
+/// an event that logs a line, without end (1 GB in 5 s). So notify is held at `warn`
+/// unless `RUST_LOG` names it: asking for notify's trace by name is asking for that.
+pub fn quiet_watcher_logs(
+    filter: tracing_subscriber::EnvFilter,
+    rust_log: &str,
+) -> tracing_subscriber::EnvFilter {
+    if rust_log.contains("notify") {
+        return filter;
+    }
+    match "notify=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
     }
 }
 

@@ -548,19 +548,21 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            // Editors' temporary and backup files start with a dot.
-            !name.starts_with('.')
-                && matches!(
-                    path.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                )
-                && path.is_file()
-        })
+        .filter(|path| is_manifest_name(path) && path.is_file())
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether a file of the manifests folder is read, by its name: `*.yaml` or `*.yml`, not
+/// hidden (editors' temporary and backup files start with a dot).
+pub fn is_manifest_name(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.')
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
 }
 
 /// Parses every document of one file; any refusal refuses the file.

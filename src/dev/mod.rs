@@ -1,6 +1,6 @@
 //! Dev mode: the core driven by a folder of manifests and a state folder, no cluster.
 
-mod folder_watch;
+pub mod folder_watch;
 pub mod manifests;
 pub mod revocations;
 pub mod state;
@@ -25,6 +25,7 @@ use crate::driver::{
     rollouts::Tracked,
     serve::{ServeError, Serving},
 };
+use crate::external::FetchSettings;
 use crate::index::Index;
 use crate::issuer_claims::{IssuerScope, KeyClaim};
 use crate::metrics::Metrics;
@@ -87,6 +88,8 @@ pub struct DevConfig {
     /// Namespaces whose SigningKeys may publish an issuer at any path of the external
     /// URL; the others only under `/<namespace>/`.
     pub unconfined_issuer_namespaces: Vec<String>,
+    /// Listener limits and what the serving half trusts.
+    pub serving: driver::serve::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,10 +206,16 @@ pub async fn start_tuned(
         ),
         None => None,
     };
-    let runtime = Arc::new(PolicyRuntime::new(
+    // Dev mode fetches providers on the developer's machine: loopback is allowed.
+    let fetch = FetchSettings {
+        allow_loopback: true,
+        ..config.serving.fetch.clone()
+    };
+    let runtime = Arc::new(PolicyRuntime::with_fetch(
         metrics.clone(),
         clock.clone(),
         config.decision_cache_size,
+        fetch,
     ));
     let mut driver = Driver {
         manifests: config.manifests.clone(),
@@ -242,20 +251,24 @@ pub async fn start_tuned(
         base_url: Arc::from(external_url.as_str()),
         signing_keys: known,
         tls: tls.clone(),
-        revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
-            Arc::new(revocations::ManifestWriter {
-                dir: config.manifests.clone(),
-            }),
-            config.revoke_rate_per_minute,
-        ))),
+        revoke: Some(Arc::new(
+            server::revoke::RevokeEndpoint::new(
+                Arc::new(revocations::ManifestWriter {
+                    dir: config.manifests.clone(),
+                }),
+                config.revoke_rate_per_minute,
+            )
+            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+        )),
     };
     // Dev mode serves the admission webhook too, so that it can be tried with curl.
     let listener = driver::serve::Listener {
         socket: listener,
         endpoints: Endpoints::WithAdmission,
         tls,
+        client_cas: None,
     };
-    let serving = driver::serve::start(state, vec![listener], &shutdown_rx)?;
+    let serving = driver::serve::start(state, vec![listener], config.serving.limits, &shutdown_rx)?;
     let driver = tokio::spawn(run(
         driver,
         wakeup,

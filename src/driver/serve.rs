@@ -7,11 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use clap::builder::TypedValueParser as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::server::limits::Limits;
 use crate::server::{self, AppState, Endpoints};
 use crate::tls::files::TlsFiles;
 use crate::tls::{self, CertSlot, TlsError};
@@ -26,12 +28,66 @@ pub enum ServeError {
     Tls(#[from] TlsError),
 }
 
+/// How the serving half treats clients, the same for both drivers.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The limits of every listener.
+    pub limits: Limits,
+    /// Proxies in front of authplane (an ingress, a load balancer) whose
+    /// `X-Forwarded-For` entries name the client, for limits per client address.
+    pub trusted_proxy_hops: usize,
+    /// What AuthPolicies may make authplane fetch (external issuers), and how often.
+    pub fetch: crate::external::FetchSettings,
+}
+
+/// The flags of [`Settings`], shared by `run` and `dev`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SettingsFlags {
+    #[command(flatten)]
+    pub limits: crate::server::limits::LimitFlags,
+    /// Proxies in front of authplane whose X-Forwarded-For entries are believed: the
+    /// client is the entry the outermost of them appended (0: the peer's address).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+    /// The least time between two fetches of an external issuer's key set, whatever an
+    /// AuthPolicy's refresh.minInterval says.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = crate::server::limits::positive_duration)]
+    pub external_refresh_floor: std::time::Duration,
+    /// External issuers (issuer, JWKS URL and refresh settings) the AuthPolicies of one
+    /// namespace may use together; a policy that would add more is not served.
+    #[arg(long, value_name = "N", default_value_t = crate::external::DEFAULT_MAX_PER_NAMESPACE,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_external_issuers_per_namespace: usize,
+    /// Let external issuers' URLs lead to link-local addresses (169.254.0.0/16, fe80::/10,
+    /// cloud metadata), which are refused otherwise.
+    #[arg(long)]
+    pub allow_link_local_issuers: bool,
+}
+
+impl SettingsFlags {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            limits: self.limits.limits(),
+            trusted_proxy_hops: self.trusted_proxy_hops,
+            fetch: crate::external::FetchSettings {
+                allow_loopback: false,
+                allow_link_local: self.allow_link_local_issuers,
+                refresh_floor: self.external_refresh_floor,
+                max_per_namespace: self.max_external_issuers_per_namespace,
+            },
+        }
+    }
+}
+
 /// A bound socket and what it serves.
 pub struct Listener {
     pub socket: TcpListener,
     pub endpoints: Endpoints,
     /// HTTPS with this certificate; plain HTTP when `None`.
     pub tls: Option<Arc<CertSlot>>,
+    /// With HTTPS: clients must present a certificate of one of these CAs.
+    pub client_cas: Option<Arc<rustls::RootCertStore>>,
 }
 
 /// Binds `addr` with [`server::listen::LISTEN_BACKLOG`].
@@ -55,28 +111,33 @@ pub async fn certificate_from_files(
 /// The servers, running until `stop` turns true.
 pub struct Serving(Vec<JoinHandle<std::io::Result<()>>>);
 
-/// Serves `state` on every listener until `stop` turns true.
+/// Serves `state` on every listener, each under `limits`, until `stop` turns true. With
+/// an admin listener among them, status and metrics are served there only.
 pub fn start(
     state: AppState,
     listeners: Vec<Listener>,
+    limits: Limits,
     stop: &watch::Receiver<bool>,
 ) -> Result<Serving, ServeError> {
+    let admin_elsewhere = listeners.iter().any(|l| l.endpoints == Endpoints::Admin);
     let mut servers = Vec::with_capacity(listeners.len());
     for listener in listeners {
-        let app = server::router(state.clone(), listener.endpoints);
+        let app = server::router_for(state.clone(), listener.endpoints, admin_elsewhere);
         let mut stop = stop.clone();
         let stopped = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
-        servers.push(match listener.tls {
-            Some(slot) => tokio::spawn(server::serve_tls(
-                listener.socket,
-                app,
-                tls::server_config(slot)?,
-                stopped,
-            )),
-            None => tokio::spawn(server::serve(listener.socket, app, stopped)),
-        });
+        let tls = match listener.tls {
+            Some(slot) => Some(tls::server_config_for_clients(slot, listener.client_cas)?),
+            None => None,
+        };
+        servers.push(tokio::spawn(server::listen::serve(
+            listener.socket,
+            app,
+            tls,
+            limits,
+            stopped,
+        )));
     }
     Ok(Serving(servers))
 }

@@ -7,6 +7,7 @@
 //! Requests only read: the current set is behind an `ArcSwap`, the rate limit is an
 //! atomic. Only the refresh task does I/O.
 
+pub mod address;
 pub mod fetch;
 
 use std::collections::HashMap;
@@ -26,6 +27,40 @@ use crate::metrics::Metrics;
 pub use crate::policy::remote::{ExternalConfig, ExternalKeys, Health};
 use crate::policy::remote::{RemoteIssuer, RemoteIssuers};
 use fetch::{FetchError, Fetcher};
+
+/// What a tenant's AuthPolicy may make authplane fetch, and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchSettings {
+    /// Loopback addresses (`localhost`, `127.0.0.1`, `[::1]`, and names resolving to
+    /// them), over plain HTTP too: providers on the developer's machine. Dev mode allows
+    /// them; `run` only with `--allow-loopback-issuers`, since on a cluster loopback is
+    /// authplane's own pod (its sidecars' admin ports).
+    pub allow_loopback: bool,
+    /// Link-local addresses (169.254.0.0/16, fe80::/10): where clouds serve instance
+    /// metadata and credentials (169.254.169.254). Only with `--allow-link-local-issuers`.
+    pub allow_link_local: bool,
+    /// The least time between two fetches of one key set, whatever a policy's
+    /// `refresh.minInterval` says.
+    pub refresh_floor: Duration,
+    /// External issuers (distinct issuer, JWKS URL and refresh settings) the
+    /// AuthPolicies of one namespace may use; a policy that would add more is refused.
+    pub max_per_namespace: usize,
+}
+
+pub const DEFAULT_REFRESH_FLOOR: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_PER_NAMESPACE: usize = 32;
+
+impl Default for FetchSettings {
+    /// As on a cluster: no loopback, no link-local.
+    fn default() -> Self {
+        Self {
+            allow_loopback: false,
+            allow_link_local: false,
+            refresh_floor: DEFAULT_REFRESH_FLOOR,
+            max_per_namespace: DEFAULT_MAX_PER_NAMESPACE,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Record {
@@ -165,14 +200,17 @@ impl ExternalIssuer {
                 } else {
                     "no key set yet: tokens of this issuer are refused"
                 };
+                // The whole story for the operator's log; its class for the policy's status,
+                // which the policy's owner reads.
                 tracing::warn!(
                     issuer = issuer.as_str(),
-                    "external key set refresh failed: {error}; {keeping}"
+                    error = %error,
+                    "external key set refresh failed; {keeping}"
                 );
                 self.record
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .last_error = Some(error.to_string());
+                    .last_error = Some(error.summary());
                 metrics.jwks_fetched(issuer, Err(()), now);
                 self.config.after_failure(*failures)
             }
@@ -266,18 +304,20 @@ async fn refresh_loop(
 /// building a snapshot; an issuer no snapshot holds any more stops its task.
 pub struct ExternalIssuers {
     fetcher: Option<Fetcher>,
+    settings: FetchSettings,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     issuers: Mutex<HashMap<ExternalConfig, Weak<ExternalIssuer>>>,
 }
 
 impl ExternalIssuers {
-    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
-        let fetcher = Fetcher::new()
-            .inspect_err(|e| tracing::error!("no HTTP client for external issuers: {e}"))
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>, settings: FetchSettings) -> Self {
+        let fetcher = Fetcher::new(settings.clone())
+            .inspect_err(|e| tracing::error!(error = %e, "no HTTP client for external issuers"))
             .ok();
         Self {
             fetcher,
+            settings,
             metrics,
             clock,
             issuers: Mutex::new(HashMap::new()),
@@ -285,8 +325,15 @@ impl ExternalIssuers {
     }
 
     /// The issuer for a configuration, starting its refresh task when it is new. Must be
-    /// called on a tokio runtime.
+    /// called on a tokio runtime. Refresh intervals below the floor count as the floor, so
+    /// policies that differ only there share one issuer.
     pub fn get(&self, config: &ExternalConfig) -> Arc<ExternalIssuer> {
+        let floor = self.settings.refresh_floor;
+        let config = &ExternalConfig {
+            min_refresh: config.min_refresh.max(floor),
+            max_refresh: config.max_refresh.max(floor),
+            ..config.clone()
+        };
         let mut issuers = self.issuers.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<String> = issuers
             .iter()
@@ -373,5 +420,35 @@ impl RemoteIssuer for ExternalIssuer {
 impl RemoteIssuers for ExternalIssuers {
     fn get(&self, config: &ExternalConfig) -> Arc<dyn RemoteIssuer> {
         ExternalIssuers::get(self, config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(min_refresh_secs: u64) -> ExternalConfig {
+        ExternalConfig::new(
+            "https://issuer.example".into(),
+            Some("https://issuer.example/keys".into()),
+            Duration::from_secs(min_refresh_secs),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+        )
+    }
+
+    #[tokio::test]
+    async fn no_policy_refetches_more_often_than_the_floor() {
+        let issuers = ExternalIssuers::new(
+            Arc::new(Metrics::default()),
+            Arc::new(crate::clock::SystemClock),
+            FetchSettings::default(),
+        );
+        let every_second = issuers.get(&config(1));
+        assert_eq!(every_second.config().min_refresh, DEFAULT_REFRESH_FLOOR);
+        // Policies that differ only below the floor share one issuer and one fetch.
+        assert!(Arc::ptr_eq(&every_second, &issuers.get(&config(5))));
+        let slower = issuers.get(&config(120));
+        assert_eq!(slower.config().min_refresh, Duration::from_secs(120));
     }
 }

@@ -65,6 +65,13 @@ pub struct OperatorConfig {
     /// Namespaces whose SigningKeys may publish an issuer at any path of the external
     /// URL; the others only under `/<namespace>/`.
     pub unconfined_issuer_namespaces: Vec<String>,
+    /// Status, metrics and health on their own listener (plain HTTP), and nowhere else.
+    pub admin_listen: Option<SocketAddr>,
+    /// HTTPS clients must present a certificate of these CAs (PEM): the apiserver, where
+    /// it is configured to present one to webhooks.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Listener limits and what the serving half trusts.
+    pub serving: driver::serve::Settings,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -96,6 +103,8 @@ pub enum OperatorError {
     ExternalUrl(#[from] crate::api::IssuerError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("--tls-client-ca-file: {0}")]
+    ClientCa(#[from] tls::TlsError),
 }
 
 /// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
@@ -142,6 +151,7 @@ pub async fn run(
         socket: driver::serve::bind(config.listen)?,
         endpoints: Endpoints::Public,
         tls: None,
+        client_cas: None,
     }];
     let (stop, stopped) = watch::channel(false);
     // The serving watch's SigningKey cache doubles as the admission webhook's index.
@@ -171,10 +181,29 @@ pub async fn run(
         }
     };
     if let (Some(tls), Some(slot)) = (&config.tls, &slot) {
+        let client_cas = match &config.tls_client_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| tls::TlsError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Some(tls::client_roots(&pem, &path.display().to_string())?)
+            }
+            None => None,
+        };
         listeners.push(Listener {
             socket: driver::serve::bind(tls.listen)?,
             endpoints: Endpoints::WithAdmission,
             tls: Some(slot.clone()),
+            client_cas,
+        });
+    }
+    if let Some(admin) = config.admin_listen {
+        listeners.push(Listener {
+            socket: driver::serve::bind(admin)?,
+            endpoints: Endpoints::Admin,
+            tls: None,
+            client_cas: None,
         });
     }
     let state = AppState {
@@ -188,18 +217,22 @@ pub async fn run(
             scope: scope.clone(),
         }),
         tls: slot,
-        revoke: Some(Arc::new(server::revoke::RevokeEndpoint::new(
-            Arc::new(revocations::KubeWriter {
-                client: client.clone(),
-            }),
-            config.revoke_rate_per_minute,
-        ))),
+        revoke: Some(Arc::new(
+            server::revoke::RevokeEndpoint::new(
+                Arc::new(revocations::KubeWriter {
+                    client: client.clone(),
+                }),
+                config.revoke_rate_per_minute,
+            )
+            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+        )),
     };
-    let serving = driver::serve::start(state, listeners, &stopped)?;
-    let runtime = Arc::new(PolicyRuntime::new(
+    let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
+    let runtime = Arc::new(PolicyRuntime::with_fetch(
         metrics.clone(),
         Arc::new(SystemClock),
         config.decision_cache_size,
+        config.serving.fetch.clone(),
     ));
     // Revocations have their own watch and set: a new one rebuilds no policy.
     let revoking = tokio::spawn(revocations::run(
@@ -288,6 +321,7 @@ pub async fn run(
     tracing::info!(
         listen = %config.listen,
         tls_listen = ?config.tls.as_ref().map(|t| t.listen),
+        admin_listen = ?config.admin_listen,
         identity = %config.identity,
         "authplane operator running"
     );

@@ -111,7 +111,7 @@ pub async fn reconcile(key: Arc<SigningKey>, ctx: Arc<Context>) -> Result<Action
         ctx.metrics
             .reconcile_errors
             .get_or_create(&crate::metrics::ErrorLabels {
-                kind: e.kind().label().to_owned(),
+                kind: e.kind().label(),
             })
             .inc();
     }

@@ -21,7 +21,7 @@ use crate::admission::{self, Kind};
 use crate::api::GROUP;
 
 /// Two copies of one of our objects (object and oldObject) fit many times over.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let request = match parse(&body) {
@@ -40,15 +40,16 @@ pub async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
     let kind = (request.kind.group == GROUP)
         .then(|| Kind::from_name(&request.kind.kind))
         .flatten();
+    // The label is one of our kinds or `other`: the request's own `kind` is whatever the
+    // caller wrote, and a label per distinct value would grow `/metrics` without bound.
+    let kind_label = kind.map_or("other", Kind::as_str);
     let mut response = AdmissionResponse::from(&request);
     let (Some(kind), Operation::Create | Operation::Update, None) =
         (kind, &request.operation, &request.sub_resource)
     else {
         // Not ours to judge (a webhook configured wider than it should be, a deletion, a
         // status write): allowed, so a misconfiguration never blocks a cluster.
-        state
-            .metrics
-            .admission(&request.kind.kind, operation, "skipped");
+        state.metrics.admission(kind_label, operation, "skipped");
         return Json(response.into_review()).into_response();
     };
     let Some(object) = &request.object else {

@@ -1,8 +1,23 @@
-//! The listening socket: bound with a backlog deep enough for a crowd arriving at once.
+//! The listening socket and the connections on it: bound with a backlog deep enough for a
+//! crowd arriving at once, each connection served by hyper (HTTP/1.1) under the
+//! listener's [`Limits`]: a connection cap, read deadlines ([`super::deadlines`]) and a
+//! bound on request headers. Plain and HTTPS listeners share this one loop.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+
+use super::deadlines::{Deadlines, Phase};
+use super::limits::Limits;
 
 /// Connections the kernel completes and queues before the server accepts them.
 ///
@@ -12,8 +27,11 @@ use tokio::net::{TcpListener, TcpSocket};
 /// for its own retransmission, one second, then three, then seven, and measures that as
 /// latency or a timeout. The kernel caps the request at `net.core.somaxconn` (4096 by
 /// default since Linux 5.4); raising that sysctl raises the effective backlog up to this
-/// value.
+/// value. Connections beyond `--max-connections` wait here too.
 pub const LISTEN_BACKLOG: u32 = 16_384;
+
+/// How long open requests may run on at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Binds `addr` for serving, as `TcpListener::bind` does (with `SO_REUSEADDR`, so that a
 /// restart does not wait for the last connections' `TIME_WAIT`), but with
@@ -26,6 +44,152 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// What a handler may know of the connection a request came on (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionInfo {
+    /// The peer's address: a client, or the proxy in front of it.
+    pub peer: SocketAddr,
+    pub limits: Limits,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish
+/// for at most ten seconds. With `tls`, every connection begins with a TLS handshake
+/// (bounded by the header timeout).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper's own header timer starts when a connection begins waiting for a request, so
+    // it would also be the idle timeout: `Deadlines` keeps the two apart.
+    http.header_read_timeout(None)
+        // The headers' size, whole (431 beyond it), and the read buffer, which bounds
+        // what a client that never finishes its headers makes us hold.
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes);
+    let http = Arc::new(http);
+    let tls = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // At the cap, nothing is accepted: new connections wait in the backlog.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are one small write each: send them at once, never behind Nagle's timer.
+        let _ = tcp.set_nodelay(true);
+        let connection = Connection {
+            info: ConnectionInfo { peer, limits },
+            app: app.clone(),
+            http: http.clone(),
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => connection.serve(tcp).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        connection.serve(stream).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "requests still open at shutdown were cut off"
+        );
+    }
+    Ok(())
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    info: ConnectionInfo,
+    app: Router,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    async fn serve<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            info,
+            app,
+            http,
+            watcher,
+        } = self;
+        let phase = Arc::new(Phase::default());
+        let io = Deadlines::new(
+            stream,
+            phase.clone(),
+            info.limits.header_read_timeout,
+            info.limits.idle_timeout,
+        );
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            phase.request_started();
+            request.extensions_mut().insert(info);
+            let answered = app.clone().call(request);
+            let phase = phase.clone();
+            async move {
+                let response = answered.await;
+                phase.request_answered();
+                response
+            }
+        });
+        // Errors are the client's (a reset, a timeout, a malformed request, already
+        // answered 400/431 where HTTP allows): nothing to report.
+        let _ = watcher
+            .watch(http.serve_connection(TokioIo::new(io), service))
+            .await;
+    }
+}
+
+/// An accept that failed: the client's own trouble (gone before it was accepted) is
+/// skipped; running out of file descriptors waits a moment, as axum does, instead of
+/// spinning.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    ) {
+        return;
+    }
+    tracing::error!(error = %error, "accepting a connection failed; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 #[cfg(test)]

@@ -2,8 +2,13 @@
 
 mod admission;
 mod authz;
+pub mod body;
+pub mod client_address;
+pub mod deadlines;
 mod health;
+pub mod limits;
 pub mod listen;
+pub mod rate_limit;
 pub mod revoke;
 pub mod runtime;
 mod status;
@@ -12,9 +17,9 @@ mod wellknown;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
+use axum::middleware::from_fn;
 use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 
@@ -23,9 +28,6 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::tls::CertSlot;
-
-/// How long a TLS server waits for open requests at shutdown.
-const TLS_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -46,28 +48,57 @@ pub struct AppState {
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoints {
-    /// JWKS, discovery, decisions, TokenReview, status, health and metrics.
+    /// JWKS, discovery, decisions, TokenReview, revocation and health; status and metrics
+    /// too unless an [`Endpoints::Admin`] listener serves them.
     Public,
     /// The same plus `POST /validate`, the admission webhook.
     WithAdmission,
+    /// Status, metrics and health only (`--admin-listen`): what shows configuration and
+    /// internal URLs, kept off the listeners that gateways and verifiers reach.
+    Admin,
 }
 
+/// The router of a listener serving every endpoint of its kind, status and metrics
+/// included.
 pub fn router(state: AppState, endpoints: Endpoints) -> Router {
-    let router = Router::new()
+    router_for(state, endpoints, false)
+}
+
+/// The router of one listener; with `admin_elsewhere`, status and metrics are left to the
+/// admin listener.
+pub fn router_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) -> Router {
+    let health = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    let admin = Router::new()
         .route("/metrics", get(health::metrics))
+        .route("/status/{namespace}/{name}", get(status::policy_status));
+    if endpoints == Endpoints::Admin {
+        return health.merge(admin).with_state(Arc::new(state));
+    }
+    let router = health
         .route("/authz/{namespace}/{name}", any(authz::authz))
         // Envoy's HTTP ext_authz (Envoy Gateway, Istio) appends the original path.
         .route(
             "/authz/{namespace}/{name}/{*original_path}",
             any(authz::authz_with_path),
         )
-        .route("/tokenreview/{namespace}/{name}", post(tokenreview::review))
-        .route("/status/{namespace}/{name}", get(status::policy_status));
+        .route(
+            "/tokenreview/{namespace}/{name}",
+            post(tokenreview::review)
+                .layer(from_fn(body::buffered::<{ tokenreview::MAX_BODY_BYTES }>)),
+        );
+    let router = match admin_elsewhere {
+        true => router,
+        false => router.merge(admin),
+    };
     let router = match endpoints {
-        Endpoints::Public => router,
-        Endpoints::WithAdmission => router.route("/validate", post(admission::validate)),
+        Endpoints::WithAdmission => router.route(
+            "/validate",
+            post(admission::validate)
+                .layer(from_fn(body::buffered::<{ admission::MAX_BODY_BYTES }>)),
+        ),
+        _ => router,
     };
     // Issuer paths are data, not code: discovery and JWKS are found by suffix.
     // One shared state: axum clones it per request, and one Arc is cheaper than six.
@@ -92,19 +123,14 @@ async fn issuer_documents(
             )
                 .into_response();
         }
-        let client = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .cloned();
-        // Read one byte more than allowed: the handler refuses what is too large.
-        let Ok(body) = axum::body::to_bytes(body, 16 * 1024 + 1).await else {
-            return (
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "a revocation request is at most 16 KiB\n",
-            )
-                .into_response();
+        let connection = parts.extensions.get::<listen::ConnectionInfo>().copied();
+        let timeout = connection.map_or(limits::DEFAULT_BODY_TIMEOUT, |c| c.limits.body_timeout);
+        let body = match body::read(body, revoke::MAX_BODY_BYTES, timeout).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
         };
-        return revoke::revoke(state, issuer_path, &parts.headers, client, body).await;
+        let peer = connection.map(|c| c.peer);
+        return revoke::revoke(state, issuer_path, &parts.headers, peer, body).await;
     }
     wellknown::serve(
         axum::extract::State(state),
@@ -115,47 +141,12 @@ async fn issuer_documents(
     .await
 }
 
-/// Serves plain HTTP until `shutdown` resolves, then lets open requests finish.
+/// Serves plain HTTP with the default [`limits::Limits`] until `shutdown` resolves, then
+/// lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are one small write each: send them at once, never behind Nagle's timer.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    // The client address is the rate limit's key on `/revoke`.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-/// Serves HTTPS until `shutdown` resolves, then lets open requests finish (for at most
-/// ten seconds). The certificate is read from `tls` at every handshake.
-pub async fn serve_tls(
-    listener: TcpListener,
-    app: Router,
-    tls: Arc<rustls::ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    let stop = tokio::spawn(async move {
-        shutdown.await;
-        stopper.graceful_shutdown(Some(TLS_GRACE));
-    });
-    let served = axum_server::from_tcp_rustls(
-        listener.into_std()?,
-        axum_server::tls_rustls::RustlsConfig::from_config(tls),
-    )?
-    .handle(handle)
-    .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-    .await;
-    stop.abort();
-    served
+    listen::serve(listener, app, None, limits::Limits::default(), shutdown).await
 }

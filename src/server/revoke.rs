@@ -2,21 +2,31 @@
 //! on authplane's own issuers (advertised as `revocation_endpoint` in discovery).
 //!
 //! Possession of a valid token is the authority to revoke it: its `jti`, or with
-//! `token_type_hint=session` its `sid`. The answer is 200 whether or not the token was
-//! valid or known (RFC 7009 §2.2), so it says nothing about tokens. The receiving
-//! replica writes the Revocation object (a user request, not a leader's write); its name
-//! is derived from what is revoked, so a repeated logout is the same object. Rate-limited
-//! per client address.
+//! `token_type_hint=session` (or when it has no usable `jti`) its session, `sid`. A valid
+//! token that carries neither is refused with `unsupported_token_type` (RFC 7009
+//! §2.2.1): answering 200 would say it was revoked while it keeps passing. An invalid or
+//! unknown token gets 200 (RFC 7009 §2.2), so the answer says nothing about tokens.
+//!
+//! The receiving replica writes the Revocation object (a user request, not a leader's
+//! write); its name is derived from what is revoked, so a repeated logout is the same
+//! object. The answer waits until the revocation is in force on this replica (a
+//! notification from the registry, within a bound), so that a client's next request,
+//! here, is already refused.
+//!
+//! Two limits, each a GCRA budget over a bounded map ([`super::rate_limit`]): requests
+//! that do not verify, per client address (through trusted proxies, see
+//! [`super::client_address`]); and verified logouts, per issuer and subject (or session).
+//! A client sending garbage never spends another user's logout, and users behind one
+//! ingress address do not share a budget.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -25,21 +35,29 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
+use super::rate_limit::KeyedLimit;
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
 use crate::registry::PublishedIssuer;
+use crate::revocation::TokenFacts;
 
 pub const REVOKE_SUFFIX: &str = "/revoke";
 /// A revocation request is a token and a hint.
-const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The tolerated clock skew when verifying the token to revoke; also how long after its
 /// `exp` its revocation is kept (policies accept at most 5 minutes of leeway).
 const LEEWAY_SECS: i64 = 60;
 const MAX_POLICY_LEEWAY_SECS: i64 = 300;
-/// Default requests per minute per client address.
+/// Default budget per minute: failed requests per client address, and logouts per
+/// subject (or session).
 pub const DEFAULT_REVOKE_RATE: u32 = 10;
-/// Client addresses remembered by the limiter; beyond it, full buckets are forgotten.
-const MAX_CLIENTS: usize = 10_000;
+/// Keys each limit remembers; beyond it the least recently seen is forgotten.
+const MAX_KEYS: usize = 10_000;
+/// How long an answer waits for the revocation to be in force on this replica: a watch
+/// event on a cluster, the folder watch in dev mode (both well under a second).
+pub const DEFAULT_IN_FORCE_WITHIN: Duration = Duration::from_secs(5);
+/// The longest `jti` or `sid` a Revocation holds (its CRD's bound).
+const MAX_ID_CHARS: usize = 256;
 
 /// Why a Revocation could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -56,54 +74,63 @@ pub trait RevocationWriter: Send + Sync {
     fn create(&self, revocation: Revocation) -> WriteFuture;
 }
 
-/// The `/revoke` endpoint's writer and rate limit.
+/// The client of a failed request, as a limit key: an IPv4 address, or an IPv6 /64 (one
+/// host commonly has a whole /64 to choose addresses from).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct ClientKey(u128);
+
+impl ClientKey {
+    fn of(address: IpAddr) -> Self {
+        match address.to_canonical() {
+            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => Self((u128::from(v6) & !((1 << 64) - 1)) | 1),
+        }
+    }
+}
+
+/// The `/revoke` endpoint: where Revocations are written, and its limits.
 pub struct RevokeEndpoint {
     pub writer: Arc<dyn RevocationWriter>,
-    pub limiter: RateLimiter,
+    /// Requests that did not verify, per client address.
+    failures: KeyedLimit<ClientKey>,
+    /// Verified logouts, per issuer and subject (or session): a hash of them.
+    logouts: KeyedLimit<[u8; 32]>,
+    /// Proxies in front whose `X-Forwarded-For` entries are believed.
+    trusted_proxy_hops: usize,
+    in_force_within: Duration,
 }
 
 impl RevokeEndpoint {
+    /// `per_minute` failed requests per client address and logouts per subject, the
+    /// peer's address taken as the client's.
     pub fn new(writer: Arc<dyn RevocationWriter>, per_minute: u32) -> Self {
         Self {
             writer,
-            limiter: RateLimiter::new(per_minute),
-        }
-    }
-}
-
-/// A token bucket per client address: `per_minute` requests, refilled evenly.
-pub struct RateLimiter {
-    per_minute: u32,
-    buckets: Mutex<HashMap<IpAddr, (f64, i64)>>,
-}
-
-impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute: per_minute.max(1),
-            buckets: Mutex::default(),
+            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            logouts: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            trusted_proxy_hops: 0,
+            in_force_within: DEFAULT_IN_FORCE_WITHIN,
         }
     }
 
-    /// Takes one request from `client`'s budget at `now_ms`; `Err(seconds)` to wait.
-    pub fn take(&self, client: IpAddr, now_ms: i64) -> Result<(), u64> {
-        let capacity = f64::from(self.per_minute);
-        let per_ms = capacity / 60_000.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + (now_ms - *at).max(0) as f64 * per_ms < capacity
-            });
-        }
-        let (tokens, at) = buckets.entry(client).or_insert((capacity, now_ms));
-        *tokens = (*tokens + (now_ms - *at).max(0) as f64 * per_ms).min(capacity);
-        *at = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait_ms = (1.0 - *tokens) / per_ms;
-            Err((wait_ms / 1000.0).ceil().max(1.0) as u64)
+    /// Client addresses from `X-Forwarded-For`, through `hops` trusted proxies.
+    pub fn trusting_proxy_hops(mut self, hops: usize) -> Self {
+        self.trusted_proxy_hops = hops;
+        self
+    }
+
+    /// How long an answer waits for the revocation to be in force here.
+    pub fn in_force_within(mut self, wait: Duration) -> Self {
+        self.in_force_within = wait;
+        self
+    }
+
+    /// A request from `client` that did not verify: `Err(seconds)` once its budget of
+    /// failures is spent.
+    fn failed(&self, client: Option<IpAddr>) -> Result<(), u64> {
+        match client {
+            Some(address) => self.failures.take(&ClientKey::of(address)),
+            None => Ok(()),
         }
     }
 }
@@ -113,7 +140,7 @@ pub async fn revoke(
     state: Arc<AppState>,
     issuer_path: &str,
     headers: &HeaderMap,
-    client: Option<ConnectInfo<SocketAddr>>,
+    peer: Option<SocketAddr>,
     body: Bytes,
 ) -> Response {
     let Some(endpoint) = state.revoke.clone() else {
@@ -132,85 +159,130 @@ pub async fn revoke(
             .into_response();
     };
     drop(snapshot);
-    let now = state.clock.now();
-    if let Some(ConnectInfo(address)) = client
-        && let Err(wait) = endpoint.limiter.take(address.ip(), now.as_millisecond())
-    {
-        state.metrics.revoke_request("rate_limited");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, HeaderValue::from(wait))],
-            oauth_error(
-                "slow_down",
-                "too many revocation requests from this address",
-            ),
-        )
-            .into_response();
-    }
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    if !is_form || body.len() > MAX_BODY_BYTES {
-        state.metrics.revoke_request("invalid_request");
-        return (
-            StatusCode::BAD_REQUEST,
-            oauth_error(
+    let client = peer.map(|peer| {
+        super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
+    });
+    // A request that fails is counted against its client; once over budget, it is told
+    // to slow down instead of being answered.
+    let refuse = |result: &'static str, answer: Response| match endpoint.failed(client) {
+        Ok(()) => {
+            state.metrics.revoke_request(result);
+            answer
+        }
+        Err(wait) => {
+            state.metrics.revoke_request("rate_limited");
+            slow_down(
+                wait,
+                "too many failed revocation requests from this address",
+            )
+        }
+    };
+    let Some(form) = Form::read(headers, &body) else {
+        return refuse(
+            "invalid_request",
+            bad_request(
                 "invalid_request",
                 "send token=<jwt> as application/x-www-form-urlencoded",
             ),
-        )
-            .into_response();
-    }
-    let mut token = None;
-    let mut hint = None;
-    for (name, value) in url::form_urlencoded::parse(&body) {
-        match &*name {
-            "token" => token = Some(value.into_owned()),
-            "token_type_hint" => hint = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        state.metrics.revoke_request("invalid_request");
-        return (
-            StatusCode::BAD_REQUEST,
-            oauth_error("invalid_request", "the token parameter is missing"),
-        )
-            .into_response();
+        );
     };
-    let session = hint.as_deref() == Some("session");
-    let Some(revocation) = revocation_for(&issuer, &token, session, now) else {
+    let Some(token) = form.token.filter(|t| !t.is_empty()) else {
+        return refuse(
+            "invalid_request",
+            bad_request("invalid_request", "the token parameter is missing"),
+        );
+    };
+    let now = state.clock.now();
+    let session = form.hint.as_deref() == Some("session");
+    let logout = match revocation_for(&issuer, &token, session, now) {
         // Unknown, invalid or expired: nothing to revoke, and nothing said about it.
-        state.metrics.revoke_request("ignored");
-        return ok();
-    };
-    match endpoint.writer.create(revocation).await {
-        Ok(()) => {
-            state.metrics.revoke_request("revoked");
-            ok()
-        }
-        Err(e) => {
-            tracing::error!(
-                issuer = issuer.issuer.as_str(),
-                "revocation not written: {e}"
+        Verdict::Invalid => return refuse("ignored", ok()),
+        Verdict::Unsupported => {
+            state.metrics.revoke_request("unsupported");
+            return bad_request(
+                "unsupported_token_type",
+                "this token carries no jti or sid of at most 256 characters to revoke it by",
             );
-            state.metrics.revoke_request("error");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
-                oauth_error(
-                    "temporarily_unavailable",
-                    "the revocation could not be stored; retry",
-                ),
-            )
-                .into_response()
         }
+        Verdict::Revoke(logout) => logout,
+    };
+    if let Err(wait) = endpoint.logouts.take(&logout.limit_key(&issuer.issuer)) {
+        state.metrics.revoke_request("rate_limited");
+        return slow_down(wait, "too many revocations for this subject");
+    }
+    // Subscribed before writing: a publication between the write and the wait is not
+    // missed.
+    let mut published = state.registry.revocations_published();
+    if let Err(e) = endpoint.writer.create(logout.revocation.clone()).await {
+        tracing::error!(issuer = issuer.issuer.as_str(), error = %e, "a revocation could not be stored");
+        state.metrics.revoke_request("error");
+        return unavailable("the revocation could not be stored; retry");
+    }
+    let in_force = || {
+        let facts = TokenFacts::of(&logout.claims, Some(&logout.key));
+        let now = state.clock.now().as_second();
+        state
+            .registry
+            .revocations()
+            .is_revoked(&issuer.namespace, &facts, now)
+    };
+    let waited = tokio::time::timeout(endpoint.in_force_within, async {
+        while !in_force() {
+            if published.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if waited == Ok(true) {
+        state.metrics.revoke_request("revoked");
+        return ok();
+    }
+    // Stored, not yet in force here: the client retries, and the retry (the same
+    // object) is answered as soon as it is.
+    tracing::warn!(
+        issuer = issuer.issuer.as_str(),
+        waited_seconds = endpoint.in_force_within.as_secs_f64(),
+        "a revocation was stored but is not in force on this replica yet"
+    );
+    state.metrics.revoke_request("error");
+    unavailable("the revocation is stored but not yet in force; retry")
+}
+
+/// The form of a revocation request.
+struct Form {
+    token: Option<String>,
+    hint: Option<String>,
+}
+
+impl Form {
+    /// `None` unless the body is `application/x-www-form-urlencoded`.
+    fn read(headers: &HeaderMap, body: &[u8]) -> Option<Self> {
+        let is_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';').next().is_some_and(|t| {
+                    t.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                })
+            });
+        if !is_form || body.len() > MAX_BODY_BYTES {
+            return None;
+        }
+        let mut form = Form {
+            token: None,
+            hint: None,
+        };
+        for (name, value) in url::form_urlencoded::parse(body) {
+            match &*name {
+                "token" => form.token = Some(value.into_owned()),
+                "token_type_hint" => form.hint = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        Some(form)
     }
 }
 
@@ -218,6 +290,28 @@ fn ok() -> Response {
     (
         StatusCode::OK,
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+    )
+        .into_response()
+}
+
+fn bad_request(error: &str, description: &str) -> Response {
+    (StatusCode::BAD_REQUEST, oauth_error(error, description)).into_response()
+}
+
+fn slow_down(wait: u64, description: &str) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(wait))],
+        oauth_error("slow_down", description),
+    )
+        .into_response()
+}
+
+fn unavailable(description: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+        oauth_error("temporarily_unavailable", description),
     )
         .into_response()
 }
@@ -231,28 +325,67 @@ fn oauth_error(error: &str, description: &str) -> Response {
     response
 }
 
-/// The Revocation a valid token of `issuer` asks for: its `jti`, or its `sid` for a
-/// session. `None` when the token does not verify against the issuer's published keys,
-/// or carries no such claim.
+/// What a token presented for revocation comes to.
+pub enum Verdict {
+    /// It does not verify against the issuer's published keys (or has expired).
+    Invalid,
+    /// It verifies, but carries nothing a Revocation can name.
+    Unsupported,
+    Revoke(Box<Logout>),
+}
+
+/// A verified token and the Revocation it asks for.
+pub struct Logout {
+    pub revocation: Revocation,
+    /// The token's verified claims, to tell when the revocation is in force.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The SigningKey that issued it.
+    pub key: ObjectKey,
+}
+
+impl Logout {
+    /// The logout limit's key: the issuer and the subject, else the session.
+    fn limit_key(&self, issuer: &str) -> [u8; 32] {
+        let text = |name: &str| {
+            self.claims
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+        };
+        let who = match text("sub") {
+            "" => format!("sid\0{}", text("sid")),
+            sub => format!("sub\0{sub}"),
+        };
+        let hash = digest(&SHA256, format!("{issuer}\0{who}").as_bytes());
+        hash.as_ref().try_into().unwrap_or([0; 32])
+    }
+}
+
+/// The Revocation a token of `issuer` asks for: its `jti`, or its `sid` when `session` is
+/// hinted or it has no usable `jti`.
 pub fn revocation_for(
     issuer: &PublishedIssuer,
     token: &str,
     session: bool,
     now: Timestamp,
-) -> Option<Revocation> {
+) -> Verdict {
     let name: Arc<str> = Arc::from(issuer.issuer.as_str());
-    let keys = crate::external::fetch::parse_jwks(&issuer.jwks, &name, &issuer.jwks_uri).ok()?;
+    let Ok(keys) = crate::external::fetch::parse_jwks(&issuer.jwks, &name, &issuer.jwks_uri) else {
+        return Verdict::Invalid;
+    };
     let mut verifier = Verifier::new(Vec::new(), LEEWAY_SECS);
     for (kid, key) in keys {
         verifier.add_key(&kid, key);
     }
-    let verified = verifier.verify(token, now).ok()?;
+    let Ok(verified) = verifier.verify(token, now) else {
+        return Verdict::Invalid;
+    };
     let claim = |name: &str| {
         verified
             .claims
             .get(name)
             .and_then(serde_json::Value::as_str)
-            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .filter(|v| !v.is_empty() && v.chars().count() <= MAX_ID_CHARS)
             .map(str::to_owned)
     };
     let mut spec = RevocationSpec {
@@ -268,26 +401,37 @@ pub fn revocation_for(
         expires_at: None,
         reason: Some("logout".to_owned()),
     };
-    let what = if session {
-        spec.session_id = Some(claim("sid")?);
-        format!("sid\0{}", spec.session_id.as_deref().unwrap_or(""))
-    } else {
-        spec.token_id = Some(claim("jti")?);
-        // One token: its revocation is needed until it expires (plus any leeway a
-        // policy may grant).
-        spec.expires_at =
-            Timestamp::from_second(verified.expires.saturating_add(MAX_POLICY_LEEWAY_SECS))
-                .ok()
-                .map(Time);
-        format!("jti\0{}", spec.token_id.as_deref().unwrap_or(""))
+    let (jti, sid) = (claim("jti"), claim("sid"));
+    let what = match (session, jti, sid) {
+        (true, _, Some(sid)) | (false, None, Some(sid)) => {
+            let what = format!("sid\0{sid}");
+            spec.session_id = Some(sid);
+            what
+        }
+        (_, Some(jti), _) => {
+            let what = format!("jti\0{jti}");
+            spec.token_id = Some(jti);
+            // One token: its revocation is needed until it expires (plus any leeway a
+            // policy may grant).
+            spec.expires_at =
+                Timestamp::from_second(verified.expires.saturating_add(MAX_POLICY_LEEWAY_SECS))
+                    .ok()
+                    .map(Time);
+            what
+        }
+        (_, None, None) => return Verdict::Unsupported,
     };
     let hash = digest(&SHA256, format!("{}\0{what}", issuer.issuer).as_bytes());
     let suffix: String = hash.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let kind = if session { "logout-session" } else { "logout" };
-    Some(Revocation {
+    let kind = if spec.session_id.is_some() {
+        "logout-session"
+    } else {
+        "logout"
+    };
+    let revocation = Revocation {
         metadata: ObjectMeta {
             name: Some(format!("{kind}-{suffix}")),
             namespace: Some(issuer.namespace.clone()),
@@ -303,7 +447,15 @@ pub fn revocation_for(
         },
         spec,
         status: None,
-    })
+    };
+    Verdict::Revoke(Box::new(Logout {
+        revocation,
+        claims: verified.claims,
+        key: ObjectKey {
+            namespace: issuer.namespace.clone(),
+            name: issuer.name.clone(),
+        },
+    }))
 }
 
 /// The id of a Revocation object.
@@ -316,20 +468,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_limit_refills_evenly_and_says_how_long_to_wait() {
-        let limiter = RateLimiter::new(10);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..10 {
-            assert!(limiter.take(a, 0).is_ok());
-        }
-        assert_eq!(limiter.take(a, 0), Err(6));
-        assert!(
-            limiter.take(b, 0).is_ok(),
-            "another address has its own budget"
+    fn an_ipv6_client_is_its_slash_64() {
+        let a = ClientKey::of("2001:db8:1:2::1".parse().unwrap());
+        let b = ClientKey::of("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = ClientKey::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // An IPv4-mapped address is the IPv4 address, and no IPv6 /64 collides with one.
+        assert_eq!(
+            ClientKey::of("::ffff:192.0.2.1".parse().unwrap()),
+            ClientKey::of("192.0.2.1".parse().unwrap())
         );
-        // One request comes back every 6 seconds.
-        assert!(limiter.take(a, 6_000).is_ok());
-        assert!(limiter.take(a, 6_000).is_err());
+        assert_ne!(
+            ClientKey::of("::".parse().unwrap()),
+            ClientKey::of("0.0.0.0".parse().unwrap())
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::token_review::{self, Refusal};
 
 const VERSIONS: [&str; 2] = ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"];
 /// A TokenReview is a token and a few audiences; anything bigger is not one.
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -114,13 +114,50 @@ pub fn certified_key(
 /// The server configuration: TLS 1.2 and 1.3 with aws-lc, HTTP/1.1, the certificate from
 /// `slot` at every handshake.
 pub fn server_config(slot: Arc<CertSlot>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    server_config_for_clients(slot, None)
+}
+
+/// [`server_config`]; with `clients`, a client must present a certificate of one of
+/// these CAs (the apiserver, configured to present one to its webhooks), or the
+/// handshake fails.
+pub fn server_config_for_clients(
+    slot: Arc<CertSlot>,
+    clients: Option<Arc<rustls::RootCertStore>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(slot);
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(roots) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?,
+        ),
+    };
+    let mut config = builder.with_cert_resolver(slot);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CA certificates (PEM) a client certificate must chain to.
+pub fn client_roots(pem: &[u8], what: &str) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let bad = |reason: String| TlsError::BadCertificate {
+        what: what.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what: what.to_owned(),
+        });
+    }
+    Ok(Arc::new(roots))
 }
 
 /// A short fingerprint of a PEM pair, to tell a real change from a touched file without

@@ -30,6 +30,17 @@ pub struct Dev {
     /// `--external-url`, from the next (re)start on (default: the listener's URL,
     /// whose port changes at each restart).
     pub fixed_external_url: Option<String>,
+    /// Listener limits and what the server trusts; [`test_settings`] unless a test says.
+    pub serving: authplane::driver::serve::Settings,
+}
+
+/// The serving settings of test servers: the defaults, but external key sets may be
+/// refetched every second (the production floor is 30 s), so that tests of refetching
+/// do not wait.
+pub fn test_settings() -> authplane::driver::serve::Settings {
+    let mut settings = authplane::driver::serve::Settings::default();
+    settings.fetch.refresh_floor = Duration::from_secs(1);
+    settings
 }
 
 impl Dev {
@@ -46,12 +57,44 @@ impl Dev {
         Self::start_tuned(manifests, clock, decision_cache_size, Tuning::default()).await
     }
 
+    /// With given serving settings (limits, trusted proxies, fetching).
+    pub async fn start_serving(
+        manifests: &[(&str, &str)],
+        serving: authplane::driver::serve::Settings,
+    ) -> Dev {
+        Self::start_full(
+            manifests,
+            Arc::new(SystemClock),
+            1000,
+            Tuning::default(),
+            serving,
+        )
+        .await
+    }
+
     /// With a given way of noticing changes (rescan interval, watcher on or off).
     pub async fn start_tuned(
         manifests: &[(&str, &str)],
         clock: Arc<dyn Clock>,
         decision_cache_size: usize,
         tuning: Tuning,
+    ) -> Dev {
+        Self::start_full(
+            manifests,
+            clock,
+            decision_cache_size,
+            tuning,
+            test_settings(),
+        )
+        .await
+    }
+
+    async fn start_full(
+        manifests: &[(&str, &str)],
+        clock: Arc<dyn Clock>,
+        decision_cache_size: usize,
+        tuning: Tuning,
+        serving: authplane::driver::serve::Settings,
     ) -> Dev {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
@@ -68,6 +111,7 @@ impl Dev {
             tuning,
             unconfined_issuer_namespaces: Vec::new(),
             fixed_external_url: None,
+            serving,
         };
         dev.restart().await;
         dev
@@ -87,6 +131,7 @@ impl Dev {
             tls: None,
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
             unconfined_issuer_namespaces: self.unconfined_issuer_namespaces.clone(),
+            serving: self.serving.clone(),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())

@@ -21,6 +21,8 @@ use crate::api::{
     read_object,
 };
 
+/// The runtime's default floor of external key set refreshes (`--external-refresh-floor`).
+const REFRESH_FLOOR: SignedDuration = SignedDuration::from_secs(30);
 /// A token lifetime most issuers stay within (Entra ID, Kubernetes service accounts and
 /// most OIDC providers default to an hour or less).
 /// How long common verifiers cache a JWKS regardless of `max-age` (Envoy's `jwt_authn`
@@ -552,6 +554,20 @@ pub fn auth_policy(
             );
         }
     }
+    for (i, issuer) in policy.spec.issuers.iter().enumerate() {
+        if let Some(refresh) = &issuer.refresh
+            && issuer.issuer.is_some()
+            && refresh.min_interval.value() < REFRESH_FLOOR
+        {
+            verdict.warn(
+                &format!("spec.issuers[{i}].refresh.minInterval"),
+                format!(
+                    "{} is below authplane's refetch floor (30s unless its --external-refresh-floor says otherwise): the key set is fetched at most that often, also for unknown kids",
+                    refresh.min_interval
+                ),
+            );
+        }
+    }
     if policy.spec.audiences.is_empty() {
         verdict.warn(
             "spec.audiences",
@@ -878,6 +894,33 @@ mod tests {
         assert!(step(Some(at("Enforce", 50.0)), at("Enforce", 100.0)).is_empty());
         assert!(step(Some(at("Enforce", 100.0)), at("Enforce", 0.0)).is_empty());
         assert!(step(Some(at("Audit", 100.0)), at("Enforce", 10.0)).is_empty());
+    }
+
+    #[test]
+    fn a_refresh_floor_below_the_runtime_floor_warns() {
+        let with = |min: &str| {
+            let external =
+                json!({"issuer": "https://login.example/t", "refresh": {"minInterval": min}});
+            let verdict = review(
+                Kind::AuthPolicy,
+                &policy(json!({"audiences": ["a"], "issuers": [external],
+                    "rollout": {"mode": "Audit"}})),
+                None,
+                None,
+                &web(),
+                T0,
+            );
+            assert!(verdict.allowed(), "{:?}", verdict.refusals);
+            verdict.warnings
+        };
+        let warnings = with("5s");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("spec.issuers[0].refresh.minInterval: 5s is below")),
+            "{warnings:?}"
+        );
+        assert!(with("30s").is_empty(), "{:?}", with("30s"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use aws_lc_rs::digest::{Context as Digest, SHA256};
 
 use crate::api::{AuthPolicy, ObjectKey};
+use crate::external_quota::{ExternalQuota, RefusedIssuers};
 use crate::issuer_claims::{ClaimRank, IssuerScope, KeyClaim, Placement};
 use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys};
 use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
@@ -40,6 +41,10 @@ pub trait PolicyEnv: Send + Sync {
     fn problem(&self, subject: &str, problem: Option<String>);
     /// A policy was deleted: forget what outlived its compiled forms.
     fn forget_policy(&self, id: &ObjectKey);
+    /// External issuers the AuthPolicies of one namespace may use together.
+    fn max_external_issuers_per_namespace(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Whether two versions of a policy compile the same: compiling reads its spec,
@@ -104,6 +109,8 @@ pub struct Index {
     compiled: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
     path_owners: imbl::HashMap<String, Option<ObjectKey>>,
     secrets: imbl::HashMap<ObjectKey, ObjectKey>,
+    /// What each namespace's policies fetch, and who is over the cap.
+    external_quota: ExternalQuota,
     /// Policies compiled so far: tests count them.
     compilations: u64,
     /// The policies compiled since [`Index::take_recompiled`] was last called, when a
@@ -130,6 +137,7 @@ impl Index {
             compiled: imbl::HashMap::new(),
             path_owners: imbl::HashMap::new(),
             secrets: imbl::HashMap::new(),
+            external_quota: ExternalQuota::default(),
             compilations: 0,
             recompiled: None,
             reclaimed: None,
@@ -360,9 +368,14 @@ impl Index {
                 .or_default()
                 .insert(id.clone());
         }
+        let cap = self.runtime.max_external_issuers_per_namespace();
+        let flipped = self.external_quota.apply(&policy, cap);
         self.policies
             .insert(id.clone(), PolicyEntry { policy, keys });
         self.compile(&id);
+        for other in flipped {
+            self.compile(&other);
+        }
         true
     }
 
@@ -380,6 +393,10 @@ impl Index {
             recompiled.remove(id);
         }
         self.runtime.forget_policy(id);
+        let cap = self.runtime.max_external_issuers_per_namespace();
+        for other in self.external_quota.delete(id, cap) {
+            self.compile(&other);
+        }
         true
     }
 
@@ -507,7 +524,12 @@ impl Index {
         };
         let runtime = &self.runtime;
         let keys = &self.keys;
-        let context = runtime.context(id, verification_fingerprint(id, &entry.policy, keys));
+        let refusal = self.external_quota.refusal(id);
+        let refused = refusal.map(|reason| RefusedIssuers(reason.to_owned()));
+        let mut context = runtime.context(id, verification_fingerprint(id, &entry.policy, keys));
+        if let Some(refused) = &refused {
+            context.external = Some(refused);
+        }
         let compiled = CompiledPolicy::compile_with(
             &entry.policy,
             |key| {
@@ -520,12 +542,14 @@ impl Index {
             },
             context,
         );
-        let problem = (!compiled.unresolved.is_empty()).then(|| {
-            format!(
-                "SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
-                compiled.unresolved.join(", ")
-            )
-        });
+        let problem = (!compiled.unresolved.is_empty())
+            .then(|| {
+                format!(
+                    "SigningKey {} not found; tokens cannot be verified, so requests under enforcement are refused (issuer_unavailable)",
+                    compiled.unresolved.join(", ")
+                )
+            })
+            .or_else(|| refusal.map(str::to_owned));
         runtime.problem(&format!("AuthPolicy {id}"), problem);
         self.compiled.insert(id.clone(), Arc::new(compiled));
         self.compilations += 1;

@@ -12,7 +12,8 @@
 //! - `policy`: an AuthPolicy compiled, and the decision for one request; rollout
 //!   bucketing and progression.
 //! - `index`: the incremental index the drivers feed (`apply`/`delete`), which publishes
-//!   a [`snapshot::Snapshot`] for the server.
+//!   a [`snapshot::Snapshot`] for the server; `external_quota` caps the external issuers
+//!   one namespace's policies may use.
 //! - `issuer_claims`: which issuer paths a SigningKey may publish, and who keeps a path
 //!   several claim.
 //! - `revocation`: the Revocation index and the immutable set the decision reads.
@@ -28,6 +29,7 @@
 pub mod admission;
 pub mod api;
 pub mod clock;
+pub mod external_quota;
 pub mod index;
 pub mod issuer_claims;
 pub mod keys;

@@ -190,7 +190,8 @@ const URL_MESSAGE: &str = "must be an https URL (http only to 127.0.0.1, localho
 #[serde(rename_all = "camelCase")]
 pub struct KeyRefresh {
     /// Floor of the refresh interval; also the least time between two refetches
-    /// triggered by tokens with unknown kids. Default 1m.
+    /// triggered by tokens with unknown kids. Default 1m. authplane never fetches one key
+    /// set more often than every 30s (its `--external-refresh-floor`), whatever this says.
     #[serde(default = "defaults::min_refresh")]
     #[x_kube(validation = Rule::new(duration_between!("1s", "87600h")).message("must be between 1s and 87600h"))]
     pub min_interval: Duration,

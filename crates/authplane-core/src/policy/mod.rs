@@ -29,7 +29,7 @@ use cache::DecisionCache;
 use challenge::Challenges;
 use legacy::LegacySessions;
 use progression::Schedule;
-use remote::{ExternalConfig, Health, RemoteIssuers};
+use remote::{Health, RemoteIssuers};
 use verify::{Claims, Verifier, VerifyKey};
 
 /// Why a token is not good enough. Each has a stable machine-readable reason.
@@ -342,22 +342,14 @@ impl CompiledPolicy {
         let mut unresolved = Vec::new();
         let mut key_issuers = Vec::new();
         for issuer in &spec.issuers {
-            if let Some(url) = &issuer.issuer {
-                let refresh = issuer.refresh.clone().unwrap_or_default();
-                let config = ExternalConfig::new(
-                    url.clone(),
-                    issuer.jwks_uri.clone(),
-                    refresh.min_interval.value().unsigned_abs(),
-                    refresh.max_interval.value().unsigned_abs(),
-                    refresh.max_stale.value().unsigned_abs(),
-                );
+            if let Some(config) = remote::external_config(issuer) {
                 match context.external {
                     Some(external) => verifier.add_external(
                         external.get(&config),
                         lifetime::accepted(spec, issuer, None),
                     ),
                     None => {
-                        unresolved.push(url.clone());
+                        unresolved.push(config.issuer.clone());
                         verifier.mark_incomplete();
                     }
                 }

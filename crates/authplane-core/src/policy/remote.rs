@@ -52,6 +52,19 @@ pub struct ExternalConfig {
     pub max_stale: Duration,
 }
 
+/// The configuration of a policy's external issuer entry; `None` for a SigningKey.
+pub fn external_config(issuer: &crate::api::IssuerRef) -> Option<ExternalConfig> {
+    let url = issuer.issuer.as_ref()?;
+    let refresh = issuer.refresh.clone().unwrap_or_default();
+    Some(ExternalConfig::new(
+        url.clone(),
+        issuer.jwks_uri.clone(),
+        refresh.min_interval.value().unsigned_abs(),
+        refresh.max_interval.value().unsigned_abs(),
+        refresh.max_stale.value().unsigned_abs(),
+    ))
+}
+
 impl ExternalConfig {
     /// A configuration with intervals that make sense whatever was asked: a floor of at
     /// least 1 s and a ceiling not under the floor (the CRD refuses the rest; this keeps a
