@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -147,7 +147,27 @@ struct RunArgs {
     /// caBundle.
     #[arg(long, value_name = "NAME", requires = "tls_bootstrap_secret")]
     webhook_configuration: Option<String>,
+    /// This installation's instance name: it serves and writes only the objects
+    /// labelled authplane.io/instance=NAME (and, as `default`, those without the label),
+    /// so that two installations in one cluster never write each other's objects.
+    #[arg(
+        long,
+        env = "AUTHPLANE_INSTANCE",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    instance: authplane::operator::instance::Instance,
+    /// Writes per second to the Kubernetes API, on average (client-go's QPS). Reads come
+    /// from watches; API Priority and Fairness queues what exceeds the server's share.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KUBE_API_QPS, value_parser = clap::value_parser!(u32).range(1..))]
+    kube_api_qps: u32,
+    /// Writes sent at once before --kube-api-qps paces them (client-go's burst).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KUBE_API_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    kube_api_burst: u32,
 }
+
+const DEFAULT_KUBE_API_QPS: u32 = 500;
+const DEFAULT_KUBE_API_BURST: u32 = 1000;
 
 #[derive(Args)]
 struct TlsFileArgs {
@@ -603,6 +623,11 @@ fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         decision_cache_size: args.decision_cache_size,
         tls,
         revoke_rate_per_minute: args.revoke_rate,
+        instance: args.instance,
+        write_pace: Some(authplane::operator::writer::Pace {
+            per_second: NonZeroU32::new(args.kube_api_qps).context("--kube-api-qps")?,
+            burst: NonZeroU32::new(args.kube_api_burst).context("--kube-api-burst")?,
+        }),
     };
     let runtime = server::runtime::build(args.worker_threads).context("starting the runtime")?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

@@ -128,6 +128,8 @@ fn start_operator(
         decision_cache_size: 1000,
         tls: None,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+        instance: Default::default(),
+        write_pace: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use authplane::api::SigningKey;
 use authplane::clock::Clock;
 use authplane::keys::KeyMaterial;
-use authplane::operator::signing_keys::{Context, Error, ErrorKind, error_policy};
+use authplane::operator::signing_keys::{Context, Error, ErrorKind, OwnedCaches, error_policy};
 use authplane::operator::writer::LeaderWriter;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{Request, Response};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
 use common::mock_api::{self, Handle, within};
@@ -41,21 +44,62 @@ fn signing_key(status: Value) -> SigningKey {
     .unwrap()
 }
 
-fn context(
-    now: Timestamp,
-    leader: bool,
-) -> (Arc<Context>, Handle, tokio::sync::watch::Sender<bool>) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+/// A reconcile's world: the mock API, and the watch caches of Secrets and ConfigMaps it
+/// reads (filled by the test, as the watches would).
+struct World {
+    ctx: Arc<Context>,
+    api: Handle,
+    _leader: tokio::sync::watch::Sender<bool>,
+    secrets: Writer<Secret>,
+}
+
+fn cache<K>(objects: Vec<Value>) -> (Store<K>, Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&Event::InitApply(serde_json::from_value(object).unwrap()));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    (store, writer)
+}
+
+/// The Secret and ConfigMap caches hold `secret` and `config_map`.
+fn world(now: Timestamp, leader: bool, secret: Option<Value>, config_map: Option<Value>) -> World {
+    let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (tx, rx) = tokio::sync::watch::channel(leader);
+    let (secrets, secrets_writer) = cache::<Secret>(secret.into_iter().collect());
+    let (config_maps, _) = cache::<ConfigMap>(config_map.into_iter().collect());
     let ctx = Context::new(
-        client.clone(),
         Arc::new(authplane::metrics::Metrics::default()),
         "https://auth.example".into(),
         Arc::new(Fixed(now)),
         LeaderWriter::new(client, rx, None),
+        OwnedCaches {
+            secrets,
+            config_maps,
+        },
     );
-    (Arc::new(ctx), handle, tx)
+    World {
+        ctx: Arc::new(ctx),
+        api,
+        _leader: tx,
+        secrets: secrets_writer,
+    }
+}
+
+/// Nothing cached: no Secret, no ConfigMap.
+fn context(
+    now: Timestamp,
+    leader: bool,
+) -> (Arc<Context>, Handle, tokio::sync::watch::Sender<bool>) {
+    let World {
+        ctx, api, _leader, ..
+    } = world(now, leader, None, None);
+    (ctx, api, _leader)
 }
 
 /// The reconcile under test, failing instead of hanging on an unexpected request.
@@ -85,10 +129,6 @@ async fn expect(
         echo
     })
     .await
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
 }
 
 const SECRET: &str = "/api/v1/namespaces/auth/secrets/web-keys";
@@ -133,11 +173,15 @@ fn keys_at(now: Timestamp) -> authplane::keys::store::Data {
 async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
     let (ctx, mut api, _leader) = context(t0(), true);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 404, not_found()).await;
+        // The Secret cache has none: no request asks.
         let secret = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(
             secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "authplane"
+        );
+        assert_eq!(
+            secret["metadata"]["labels"]["authplane.io/instance"], "default",
+            "recorded as this installation's"
         );
         assert_eq!(
             secret["metadata"]["ownerReferences"][0]["kind"],
@@ -211,15 +255,16 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
     // Keys existed (status names an active kid), and the Secret is gone.
     let (ctx, mut api, _leader) = context(t0(), true);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 404, not_found()).await;
-        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(event["reason"], "SecretDeleted");
         let secret = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(
             secret["metadata"]["annotations"]["authplane.io/recreated-at"], "2026-03-01T00:00:00Z",
             "the Secret, the source of truth, remembers"
         );
-        expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        // Said once the new Secret is stored (one merely not ours looks gone too).
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "SecretDeleted");
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "KeyGenerated");
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(
@@ -241,10 +286,13 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
     secret["metadata"]["resourceVersion"] = json!("2");
     for (seconds, expected) in [(60, Some("2026-03-01T00:00:00Z")), (24 * 3600 + 1, None)] {
         let later = t0() + SignedDuration::from_secs(seconds);
-        let (ctx, mut api, _leader) = context(later, true);
-        let stored = secret.clone();
+        let World {
+            ctx,
+            mut api,
+            _leader,
+            ..
+        } = world(later, true, Some(secret.clone()), None);
         let server = tokio::spawn(async move {
-            expect(&mut api, "GET", SECRET, 200, stored).await;
             let mut status = Value::Null;
             while let Some((request, respond)) = api.next_request().await {
                 let path = request.uri().path().to_owned();
@@ -283,9 +331,14 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
 async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
     let stored = keys_at(t0());
     let now = t0() + SignedDuration::from_secs(90);
-    let (ctx, mut api, _leader) = context(now, true);
+    let cached = stored_secret(&stored, "7");
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(now, true, Some(cached), None);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
         let secret = expect(&mut api, "PUT", SECRET, 200, Value::Null).await;
         assert_eq!(
             secret["metadata"]["resourceVersion"], "7",
@@ -325,36 +378,45 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
 #[tokio::test]
 async fn a_steady_state_reconcile_writes_nothing_that_would_trigger_it_again() {
     let stored = keys_at(t0());
-    let now = t0() + SignedDuration::from_secs(30);
-    // The status the last reconcile wrote, as the watch delivers it.
-    let status = {
-        let (ctx, mut api, _leader) = context(now, true);
+    // A moment that is not a whole second: the apiserver keeps times to the second.
+    let now = t0() + SignedDuration::from_millis(30_700);
+    // The ConfigMap and status the last reconcile wrote, as the watches deliver them.
+    let (config_map, status) = {
         let secret = stored_secret(&stored, "7");
+        let World {
+            ctx,
+            mut api,
+            _leader,
+            ..
+        } = world(now, true, Some(secret), None);
         let server = tokio::spawn(async move {
-            expect(&mut api, "GET", SECRET, 200, secret).await;
-            expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
-            expect(&mut api, "PATCH", STATUS, 200, Value::Null).await["status"].clone()
+            let mut config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+            config_map["metadata"]["resourceVersion"] = json!("8");
+            let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+            (config_map, status["status"].clone())
         });
         reconcile(Arc::new(signing_key(json!({}))), ctx)
             .await
             .unwrap();
         server.await.unwrap()
     };
-    let later = now + SignedDuration::from_secs(5);
-    let (ctx, mut api, _leader) = context(later, true);
-    let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
-        // The ConfigMap apply is a no-op for the apiserver when nothing changed.
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
-        api
-    });
+    let later = now + SignedDuration::from_millis(5_600);
+    let World {
+        ctx, api, _leader, ..
+    } = world(
+        later,
+        true,
+        Some(stored_secret(&stored, "7")),
+        Some(config_map),
+    );
     reconcile(Arc::new(signing_key(status)), ctx.clone())
         .await
         .unwrap();
     drop(ctx);
+    let mut api = api;
     assert!(
-        server.await.unwrap().next_request().await.is_none(),
-        "no status write, no event"
+        api.next_request().await.is_none(),
+        "no Secret read, no ConfigMap apply, no status write, no event"
     );
 }
 
@@ -373,14 +435,19 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
     )
     .unwrap()
     .data;
-    let (ctx, mut api, _leader) = context(now, true);
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        mut secrets,
+        ..
+    } = world(now, true, Some(stored_secret(&stored, "7")), None);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
         let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
             "message": "the object has been modified"});
         expect(&mut api, "PUT", SECRET, 409, conflict).await;
-        // The retry reads again and finds the other writer's next key: nothing to write.
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&theirs, "8")).await;
+        // The retry reads the cache again and finds the other writer's next key:
+        // nothing to write.
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(status["status"]["keys"].as_array().unwrap().len(), 2);
@@ -389,6 +456,9 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
     let key = Arc::new(key);
     let error = reconcile(key.clone(), ctx.clone()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Conflict);
+    // The watch delivers the other writer's Secret.
+    let theirs: Secret = serde_json::from_value(stored_secret(&theirs, "8")).unwrap();
+    secrets.apply_watcher_event(&Event::Apply(theirs));
     assert_eq!(
         error_policy(key.clone(), &error, ctx.clone()),
         kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(200))
@@ -403,11 +473,15 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
 
 #[tokio::test]
 async fn a_garbage_secret_is_reported_and_never_overwritten() {
-    let (ctx, mut api, _leader) = context(t0(), true);
     let mut garbage = authplane::keys::store::Data::new();
     garbage.insert("keys.json".into(), "{not json".into());
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0(), true, Some(stored_secret(&garbage, "7")), None);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&garbage, "7")).await;
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["reason"], "SecretUnreadable");
@@ -443,7 +517,7 @@ async fn an_api_failure_is_recorded_as_a_warning_event() {
     let server = tokio::spawn(async move {
         let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500,
             "message": "etcd is unhappy"});
-        expect(&mut api, "GET", SECRET, 500, failure).await;
+        expect(&mut api, "POST", SECRETS, 500, failure).await;
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(
             (event["type"].as_str(), event["reason"].as_str()),
@@ -463,16 +537,83 @@ async fn an_api_failure_is_recorded_as_a_warning_event() {
 #[tokio::test]
 async fn a_replica_without_the_lease_writes_nothing() {
     let (ctx, mut api, _leader) = context(t0(), false);
-    let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 404, not_found()).await;
-        api
-    });
     let error = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotLeader);
     drop(ctx);
+    assert!(api.next_request().await.is_none(), "not even a read");
+}
+
+fn already_exists() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
+           "message": "secrets \"web-keys\" already exists"})
+}
+
+/// The Secret exists and the cache does not hold it: it has no managed-by label, or
+/// another installation's instance label, and the cache holds only this instance's.
+#[tokio::test]
+async fn a_secret_this_instance_does_not_manage_is_left_alone_and_reported() {
+    let (ctx, mut api, _leader) = context(t0(), true);
+    let server = tokio::spawn(async move {
+        // Once, it may be a Secret created a moment ago that the cache has not seen.
+        expect(&mut api, "POST", SECRETS, 409, already_exists()).await;
+        // Twice running, it is not ours: said, and nothing else is written.
+        expect(&mut api, "POST", SECRETS, 409, already_exists()).await;
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "SecretNotManaged");
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("SecretNotManaged"))
+        );
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("authplane.io/instance=default"),
+            "{ready}"
+        );
+        api
+    });
+    let key = Arc::new(signing_key(json!({})));
+    let error = reconcile(key.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "retried at once");
+    reconcile(key, ctx.clone()).await.unwrap();
+    drop(ctx);
     assert!(server.await.unwrap().next_request().await.is_none());
+}
+
+/// Another installation's JWKS ConfigMap of the same name is never written over.
+#[tokio::test]
+async fn a_config_map_of_another_instance_is_not_written() {
+    let stored = keys_at(t0());
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "web-jwks", "namespace": "auth", "resourceVersion": "3",
+                     "labels": {"app.kubernetes.io/managed-by": "authplane",
+                                "authplane.io/instance": "staging"}},
+        "data": {"jwks.json": "{\"keys\": []}"},
+    });
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0(), true, Some(stored_secret(&stored, "7")), Some(theirs));
+    let server = tokio::spawn(async move {
+        expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        api
+    });
+    reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "only the status of its own SigningKey"
+    );
 }
 
 pub(crate) mod auth_policy_status {
@@ -560,6 +701,8 @@ pub(crate) mod auth_policy_status {
             writer: LeaderWriter::new(client, rx, None),
             runtime,
             rollouts: Default::default(),
+            keys: reflector::store().0,
+            leading_since: Default::default(),
         };
         (Arc::new(ctx), handle, tx)
     }

@@ -1,12 +1,16 @@
 //! SigningKey keys in a Secret: the operator's [`KeyStore`]. The Secret is the source of
-//! truth; it is written with optimistic concurrency, through the leader's writer.
+//! truth; it is read from the watch cache of the Secrets authplane manages (no request
+//! per reconcile), and written with optimistic concurrency, through the leader's writer.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 
 use super::error::Error;
 use super::signing_keys::{MANAGED_BY, owned_metadata};
@@ -22,17 +26,22 @@ pub const RECREATED_AT_ANNOTATION: &str = "authplane.io/recreated-at";
 /// How long the condition that reports a Secret deleted by hand stays.
 pub const SECRET_RECREATED_SHOWN_FOR: SignedDuration = SignedDuration::from_hours(24);
 
-/// One reconcile's view of the Secrets: reads with the client, writes through the lease.
+/// One reconcile's view of the Secrets: reads from the watch cache (and the leader's own
+/// writes the cache has not seen yet), writes through the lease.
 pub struct SecretStore<'a> {
-    pub client: &'a Client,
+    pub cache: &'a Store<Secret>,
     pub writer: &'a LeaderWriter,
+    /// Secrets found to exist, by a create refused with 409, though the cache does not
+    /// hold them.
+    pub unseen: &'a Mutex<HashSet<ObjectKey>>,
     pub now: Timestamp,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// A Secret of that name exists without our label: it is left alone.
-    #[error("the Secret exists and is not managed by authplane")]
+    /// A Secret of that name exists without our label, or with another instance's: it is
+    /// left alone.
+    #[error("the Secret exists and is not managed by this authplane instance")]
     NotManaged,
     #[error("the Secret is unreadable: {0}")]
     Unreadable(StoreError),
@@ -45,6 +54,8 @@ pub enum SecretError {
 pub struct SecretVersion {
     existing: Option<Secret>,
     pub recreated_at: Option<Timestamp>,
+    /// The Secret is gone though keys existed: said once a new one is written.
+    deleted_by_hand: bool,
 }
 
 impl KeyStore for SecretStore<'_> {
@@ -57,10 +68,14 @@ impl KeyStore for SecretStore<'_> {
         key: &SigningKey,
     ) -> Result<Stored<SecretVersion>, SecretError> {
         let secret_name = key.secret_name();
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &id.namespace)
-            .get_opt(&secret_name)
-            .await
-            .map_err(Error::from)?;
+        let secret_id = ObjectKey {
+            namespace: id.namespace.clone(),
+            name: secret_name.clone(),
+        };
+        let cached = self
+            .cache
+            .get(&ObjectRef::new(&secret_name).within(&id.namespace));
+        let secret = self.writer.secret(&secret_id, cached.as_deref());
         // Keys existed (status says so) and their Secret is gone: someone deleted it.
         let deleted_by_hand =
             secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some());
@@ -77,30 +92,17 @@ impl KeyStore for SecretStore<'_> {
         }
         .filter(|at| *at + SECRET_RECREATED_SHOWN_FOR > self.now);
         let data = match &secret {
-            Some(secret) if !is_managed(secret) => return Err(SecretError::NotManaged),
+            Some(secret) if !self.manages(secret) => return Err(SecretError::NotManaged),
             Some(secret) => Some(secret_data(secret).map_err(SecretError::Unreadable)?),
             None => None,
         };
-        if deleted_by_hand {
-            // Say so loudly, then start over.
-            let note = format!(
-                "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
-            );
-            let event = Event {
-                type_: EventType::Warning,
-                reason: reason::SECRET_DELETED.to_owned(),
-                note: Some(note),
-                action: "Reconcile".to_owned(),
-                secondary: None,
-            };
-            self.writer.event(&event, &key.object_ref(&())).await;
-        }
         Ok(Stored {
             data,
             restore: false,
             version: SecretVersion {
                 existing: secret,
                 recreated_at,
+                deleted_by_hand,
             },
         })
     }
@@ -118,8 +120,23 @@ impl KeyStore for SecretStore<'_> {
                 .annotations_mut()
                 .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
         }
+        let secret_id = ObjectKey::of(&desired.metadata);
         match &loaded.version.existing {
-            None => self.writer.create_secret(&id.namespace, &desired).await?,
+            None => match self.writer.create_secret(&id.namespace, &desired).await {
+                Ok(()) => {}
+                // It exists, and the cache does not hold it: it is not ours (no
+                // managed-by label, or another instance's), or it was created a moment
+                // ago and the cache is behind. Retried at once the first time; the
+                // second time running, it is reported as not ours.
+                Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                    let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+                    if !unseen.insert(secret_id) {
+                        return Err(SecretError::NotManaged);
+                    }
+                    return Err(Error::Kube(kube::Error::Api(status)).into());
+                }
+                Err(e) => return Err(e.into()),
+            },
             Some(existing) => {
                 // Optimistic concurrency: a concurrent writer makes this a 409, and the
                 // retry starts from a fresh read; two Active keys can never both land.
@@ -127,7 +144,35 @@ impl KeyStore for SecretStore<'_> {
                 self.writer.replace_secret(&id.namespace, &desired).await?;
             }
         }
+        self.unseen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&secret_id);
+        if loaded.version.deleted_by_hand {
+            // Said once the new keys are stored: a Secret that is merely not ours (no
+            // label) looks deleted from the cache too, and is refused by the create.
+            let note = format!(
+                "Secret {} was deleted; new keys are generated and tokens signed by the old ones no longer verify",
+                key.secret_name()
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason::SECRET_DELETED.to_owned(),
+                note: Some(note),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            };
+            self.writer.event(&event, &key.object_ref(&())).await;
+        }
         Ok(())
+    }
+}
+
+impl SecretStore<'_> {
+    /// Whether the Secret is this instance's to write: labelled as managed by authplane,
+    /// and by this instance.
+    fn manages(&self, secret: &Secret) -> bool {
+        is_managed(secret) && self.writer.instance().owns(&secret.metadata)
     }
 }
 

@@ -4,19 +4,21 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 
-use super::auth_policies::Recompiled;
+use super::feed::Feed;
+use super::instance::Instance;
 use super::signing_keys::{MANAGED_BY, secret_data};
 use crate::admission::SigningKeyIndex;
-use crate::api::{AuthPolicy, ObjectKey, SigningKey, Validate};
+use crate::api::{AuthPolicy, AuthPolicyStatus, ObjectKey, SigningKey, Validate};
 use crate::index::Index;
 use crate::keys::store;
 use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, SourceState};
@@ -24,6 +26,10 @@ use crate::registry::{PolicyRuntime, PublishedIssuer, Registry, ServedKeys, Sour
 pub fn managed_selector() -> String {
     format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
 }
+
+/// How often problems are looked at, to log those that lasted (see
+/// [`PolicyRuntime::with_problem_grace`]).
+const PROBLEMS_EVERY: Duration = Duration::from_secs(5);
 
 /// The SigningKeys of the watch cache, for the admission webhook: one that does not
 /// parse still exists (its own review refuses it, not the policies naming it).
@@ -37,46 +43,131 @@ impl SigningKeyIndex for KeyIndex {
     }
 }
 
-/// Runs the serving watches. `keys` is the SigningKey cache, made by the caller so that
-/// the admission webhook can read it too.
+/// The serving watches' caches. They are the only copy of these objects in the
+/// process: the admission webhook reads the SigningKeys, and the leader's controllers
+/// read all three instead of watching the same objects again.
+#[derive(Clone)]
+pub struct Caches {
+    pub keys: Store<DeserializeGuard<SigningKey>>,
+    pub secrets: Store<Secret>,
+    pub policies: Store<DeserializeGuard<AuthPolicy>>,
+}
+
+/// What fills [`Caches`]: the serving watches.
+pub struct CacheWriters {
+    keys: Writer<DeserializeGuard<SigningKey>>,
+    secrets: Writer<Secret>,
+    policies: Writer<DeserializeGuard<AuthPolicy>>,
+}
+
+impl CacheWriters {
+    /// Fills the caches with complete lists, as the watches do when they have listed
+    /// (tests feed the leader's controllers this way, without the serving loop).
+    pub fn fill(
+        mut self,
+        keys: Vec<DeserializeGuard<SigningKey>>,
+        secrets: Vec<Secret>,
+        policies: Vec<DeserializeGuard<AuthPolicy>>,
+    ) {
+        fn list<K>(writer: &mut Writer<K>, objects: Vec<K>)
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for object in objects {
+                writer.apply_watcher_event(&watcher::Event::InitApply(object));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        list(&mut self.keys, keys);
+        list(&mut self.secrets, secrets);
+        list(&mut self.policies, policies);
+    }
+}
+
+/// Empty caches, and what fills them.
+pub fn caches() -> (Caches, CacheWriters) {
+    let (keys, keys_writer) = reflector::store();
+    let (secrets, secrets_writer) = reflector::store();
+    let (policies, policies_writer) = reflector::store();
+    (
+        Caches {
+            keys,
+            secrets,
+            policies,
+        },
+        CacheWriters {
+            keys: keys_writer,
+            secrets: secrets_writer,
+            policies: policies_writer,
+        },
+    )
+}
+
+/// What the serving loop announces, once served: the SigningKeys it applied (their
+/// own change, or their Secret's), and the AuthPolicies it applied or compiled again.
+#[derive(Clone, Default)]
+pub struct Feeds {
+    pub keys: Arc<Feed>,
+    pub policies: Arc<Feed>,
+}
+
+/// What the serving loop serves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The base of default issuer URLs.
+    pub external_url: String,
+    /// Only this instance's objects are watched and served.
+    pub instance: Instance,
+}
+
+/// Runs the serving watches into `caches`.
 ///
 /// Each watch event names the object it touched; the loop applies those objects to the
-/// index (reading them from the watch caches) and publishes. A relist (at start, after a
-/// watch restart) resyncs that kind once it is complete, which also finds the objects
-/// deleted meanwhile.
+/// index (reading them from the watch caches), publishes, and then announces them to
+/// the leader's controllers. A relist (at start, after a watch restart) resyncs that
+/// kind once it is complete, which also finds the objects deleted meanwhile. A watch is
+/// reported synced (and `/readyz` says ready) only once every object it listed is in the
+/// published snapshot.
 pub async fn run(
     client: Client,
-    external_url: String,
+    settings: Settings,
     registry: Arc<Registry>,
     runtime: Arc<PolicyRuntime>,
-    keys: (
-        Store<DeserializeGuard<SigningKey>>,
-        reflector::store::Writer<DeserializeGuard<SigningKey>>,
-    ),
-    recompiled: Arc<Recompiled>,
+    caches: (Caches, CacheWriters),
+    feeds: Feeds,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (keys, keys_writer) = keys;
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+    let (caches, writers) = caches;
+    let instance = &settings.instance;
     let managed = watcher::Config::default().labels(&managed_selector());
     let streams = vec![
         reflector::reflector(
-            keys_writer,
-            watcher(Api::all(client.clone()), watcher::Config::default()),
+            writers.keys,
+            instance.watch(
+                "SigningKeys",
+                watcher(Api::all(client.clone()), watcher::Config::default()).default_backoff(),
+            ),
         )
-        .default_backoff()
         .map(|e| (0, e.map(|event| touched(&event))))
         .boxed(),
-        reflector::reflector(secrets_writer, watcher(Api::all(client.clone()), managed))
-            .default_backoff()
-            .map(|e| (1, e.map(|event| touched(&event))))
-            .boxed(),
         reflector::reflector(
-            policies_writer,
-            watcher(Api::all(client), watcher::Config::default()),
+            writers.secrets,
+            instance.watch(
+                "Secrets",
+                watcher(Api::all(client.clone()), managed).default_backoff(),
+            ),
         )
-        .default_backoff()
+        .map(|e| (1, e.map(|event| touched(&event))))
+        .boxed(),
+        reflector::reflector(
+            writers.policies,
+            instance.watch(
+                "AuthPolicies",
+                watcher(Api::all(client), watcher::Config::default()).default_backoff(),
+            ),
+        )
         .map(|e| (2, e.map(|event| touched(&event))))
         .boxed(),
     ];
@@ -84,17 +175,23 @@ pub async fn run(
         registry.set_source(name, SourceState::Syncing);
     }
     let mut changes = futures::stream::select_all(streams);
-    let mut view = View::new(runtime);
-    let caches = Caches {
-        keys: &keys,
-        secrets: &secrets,
-        policies: &policies,
-        external_url: &external_url,
+    let mut view = View::new(runtime.clone());
+    let sources = Sources {
+        caches: &caches,
+        external_url: &settings.external_url,
     };
+    // Watches listed, whose objects are not all served yet.
+    let mut listed = [false; 3];
+    let mut problems = tokio::time::interval(PROBLEMS_EVERY);
+    problems.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut batch = Vec::new();
         tokio::select! {
             _ = shutdown.changed() => return,
+            _ = problems.tick() => {
+                runtime.report_lasting_problems();
+                continue;
+            }
             change = changes.next() => match change {
                 None => return,
                 Some(change) => batch.push(change),
@@ -106,9 +203,9 @@ pub async fn run(
             batch.push(change);
         }
         let synced = [
-            keys.wait_until_ready().now_or_never(),
-            secrets.wait_until_ready().now_or_never(),
-            policies.wait_until_ready().now_or_never(),
+            caches.keys.wait_until_ready().now_or_never(),
+            caches.secrets.wait_until_ready().now_or_never(),
+            caches.policies.wait_until_ready().now_or_never(),
         ]
         .map(|r| matches!(r, Some(Ok(()))));
         // The last item of each watch in this batch says how it is doing now.
@@ -124,10 +221,11 @@ pub async fn run(
         }
         for (index, result) in latest.into_iter().enumerate() {
             match result {
-                Some(Err(why)) => report(&registry, WATCHES[index], SourceState::Failing(why)),
-                Some(Ok(())) if synced[index] => {
-                    report(&registry, WATCHES[index], SourceState::Synced)
+                Some(Err(why)) => {
+                    listed[index] = false;
+                    report(&registry, WATCHES[index], SourceState::Failing(why));
                 }
+                Some(Ok(())) if synced[index] => listed[index] = true,
                 _ => {}
             }
         }
@@ -140,13 +238,24 @@ pub async fn run(
             WATCHES[..2].contains(name) && matches!(state, SourceState::Failing(_))
         });
         if (synced[0] && synced[1]) || (synced[2] && key_watch_failing) {
-            view.apply_pending(&caches);
+            let applied = view.apply_pending(&sources);
             let mut snapshot = view.index.snapshot();
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
-            // Once served, reported: on the leader, this is what its status controller
-            // reconciles (every replica compiles the same objects the same way).
-            recompiled.announce(view.index.take_recompiled());
+            // Every listed object is in the published snapshot now: only now is the
+            // watch synced. Reported before, a replica took traffic while it was still
+            // compiling 10,000 listed policies, and answered 503 meanwhile.
+            for (index, listed) in listed.iter_mut().enumerate() {
+                if std::mem::take(listed) {
+                    report(&registry, WATCHES[index], SourceState::Synced);
+                }
+            }
+            // Once served, announced: on the leader, this is what its controllers
+            // reconcile (every replica compiles the same objects the same way).
+            let mut policies = applied.policies;
+            policies.extend(view.index.take_recompiled());
+            feeds.keys.announce(applied.keys);
+            feeds.policies.announce(policies);
         }
     }
 }
@@ -171,11 +280,17 @@ fn touched<K: kube::Resource>(event: &watcher::Event<K>) -> Touched {
 }
 
 /// The watch caches and what rendering needs.
-struct Caches<'a> {
-    keys: &'a Store<DeserializeGuard<SigningKey>>,
-    secrets: &'a Store<Secret>,
-    policies: &'a Store<DeserializeGuard<AuthPolicy>>,
+struct Sources<'a> {
+    caches: &'a Caches,
     external_url: &'a str,
+}
+
+/// The objects one pass applied.
+#[derive(Default)]
+struct Applied {
+    keys: BTreeSet<ObjectKey>,
+    /// Those whose object changed (a new resourceVersion).
+    policies: BTreeSet<ObjectKey>,
 }
 
 /// Objects touched since they were last applied, per kind (in the order of WATCHES).
@@ -239,6 +354,8 @@ fn describe_watch_error(error: &watcher::Error) -> String {
 /// object is reported once, not at every change).
 struct View {
     index: Index,
+    /// Where problems are reported (and logged once they last).
+    runtime: Arc<PolicyRuntime>,
     pending: Pending,
     /// The Secret each SigningKey keeps its keys in, and the reverse: a Secret event
     /// re-renders only the SigningKeys using it.
@@ -253,7 +370,8 @@ struct View {
 impl View {
     fn new(runtime: Arc<PolicyRuntime>) -> Self {
         Self {
-            index: Index::new(runtime).recording_recompiled(),
+            index: Index::new(runtime.clone()).recording_recompiled(),
+            runtime,
             pending: Pending::default(),
             secret_of: HashMap::new(),
             users_of: HashMap::new(),
@@ -269,11 +387,12 @@ impl View {
     }
 
     /// Applies every pending object to the index: keys first, so that the policies
-    /// compiled next see them.
-    fn apply_pending(&mut self, caches: &Caches<'_>) {
+    /// compiled next see them. Returns what it applied.
+    fn apply_pending(&mut self, sources: &Sources<'_>) -> Applied {
         let pending = std::mem::take(&mut self.pending);
         let [keys, secrets, policies] = pending.objects;
         let mut keys = keys;
+        let caches = sources.caches;
         if pending.everything[0] || pending.everything[1] {
             keys.extend(caches.keys.state().iter().map(|k| ObjectKey::of(k.meta())));
             keys.extend(self.index.served_keys().map(|(id, _)| id.clone()));
@@ -283,7 +402,7 @@ impl View {
             keys.extend(self.users_of.get(secret).into_iter().flatten().cloned());
         }
         for id in &keys {
-            self.sync_key(id, caches);
+            self.sync_key(id, sources);
         }
         let mut policies = policies;
         if pending.everything[2] {
@@ -296,9 +415,11 @@ impl View {
             );
             policies.extend(self.policy_versions.keys().cloned());
         }
-        for id in &policies {
-            self.sync_policy(id, caches);
-        }
+        let policies = policies
+            .into_iter()
+            .filter(|id| self.sync_policy(id, caches))
+            .collect();
+        Applied { keys, policies }
     }
 
     fn set_secret(&mut self, id: &ObjectKey, secret: Option<ObjectKey>) {
@@ -321,14 +442,17 @@ impl View {
 
     /// Serves a SigningKey as the caches have it now: from its Secret, the last good keys
     /// while that is missing or broken, nothing once it is gone or invalid.
-    fn sync_key(&mut self, id: &ObjectKey, caches: &Caches<'_>) {
+    fn sync_key(&mut self, id: &ObjectKey, sources: &Sources<'_>) {
+        let caches = sources.caches;
         let guard = caches
             .keys
             .get(&ObjectRef::new(&id.name).within(&id.namespace));
+        let subject = format!("SigningKey {id}");
         let key = match guard.as_deref().map(|g| &g.0) {
             None => {
                 self.set_secret(id, None);
                 self.index.delete_key(id);
+                self.runtime.problem(&subject, None);
                 return;
             }
             Some(Err(invalid)) => {
@@ -338,6 +462,7 @@ impl View {
                 ));
                 self.set_secret(id, None);
                 self.index.delete_key(id);
+                self.runtime.problem(&subject, None);
                 return;
             }
             Some(Ok(key)) => key,
@@ -346,6 +471,7 @@ impl View {
             self.warn_once(format!("SigningKey {id} skipped: invalid spec"));
             self.set_secret(id, None);
             self.index.delete_key(id);
+            self.runtime.problem(&subject, None);
             return;
         }
         let secret = ObjectKey {
@@ -365,7 +491,7 @@ impl View {
                 let published = PublishedIssuer::render(
                     &id.namespace,
                     &id.name,
-                    &key.issuer(caches.external_url),
+                    &key.issuer(sources.external_url),
                     &keyset,
                     key.key_policy().pre_publish,
                 );
@@ -382,28 +508,33 @@ impl View {
                     "SigningKey {id}: {reason}; serving its last good keys"
                 ));
             }
-            Err(reason) => self.warn_once(format!("SigningKey {id} not served yet: {reason}")),
+            // A new SigningKey's Secret is written by the leader in a moment: said only
+            // if it lasts.
+            Err(reason) => self
+                .runtime
+                .problem(&subject, Some(format!("not served yet: {reason}"))),
         }
     }
 
-    /// Serves an AuthPolicy as the cache has it now, if it is valid.
-    fn sync_policy(&mut self, id: &ObjectKey, caches: &Caches<'_>) {
+    /// Serves an AuthPolicy as the cache has it now, if it is valid. Returns whether
+    /// the object changed since it was last applied.
+    fn sync_policy(&mut self, id: &ObjectKey, caches: &Caches) -> bool {
         let guard = caches
             .policies
             .get(&ObjectRef::new(&id.name).within(&id.namespace));
         let Some(guard) = guard else {
             self.policy_versions.remove(id);
             self.index.delete_policy(id);
-            return;
+            return true;
         };
         let version = guard.meta().resource_version.clone();
         if self.policy_versions.get(id) == Some(&version) {
-            return;
+            return false;
         }
         self.policy_versions.insert(id.clone(), version);
         match &guard.0 {
             Ok(policy) if policy.validate().is_empty() => {
-                self.index.apply_policy(Arc::new(policy.clone()));
+                self.index.apply_policy(Arc::new(compiled_from(policy)));
             }
             Ok(_) => {
                 self.warn_once(format!("AuthPolicy {id} skipped: invalid spec"));
@@ -417,6 +548,21 @@ impl View {
                 self.index.delete_policy(id);
             }
         }
+        true
+    }
+}
+
+/// The part of an AuthPolicy the index keeps (it compiles from it, and compares it with
+/// the next version): everything but the status it does not read, which the cache
+/// already holds, for 10,000 policies some megabytes.
+fn compiled_from(policy: &AuthPolicy) -> AuthPolicy {
+    AuthPolicy {
+        metadata: policy.metadata.clone(),
+        spec: policy.spec.clone(),
+        status: policy.status.as_ref().map(|status| AuthPolicyStatus {
+            rollout: status.rollout.clone(),
+            ..AuthPolicyStatus::default()
+        }),
     }
 }
 
@@ -460,9 +606,8 @@ mod tests {
 
     #[test]
     fn keys_are_served_from_secrets_keeping_the_last_good_and_skipping_the_malformed() {
-        let (keys, mut keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
-        let (secrets, mut secrets_writer) = reflector::store::<Secret>();
-        let (policies, _policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+        let (caches, writers) = caches();
+        let (mut keys_writer, mut secrets_writer) = (writers.keys, writers.secrets);
 
         let web = key("web", json!({"algorithm": "EdDSA"}));
         let Ok(web_key) = &web.0 else {
@@ -482,10 +627,8 @@ mod tests {
             .apply_watcher_event(&Event::Apply(key("broken", json!({"algorithm": "HS256"}))));
         secrets_writer.apply_watcher_event(&Event::Apply(secret("web-keys", &outcome.data)));
 
-        let caches = Caches {
-            keys: &keys,
-            secrets: &secrets,
-            policies: &policies,
+        let caches = Sources {
+            caches: &caches,
             external_url: "https://auth.example",
         };
         let mut view = View::new(Arc::new(runtime()));
