@@ -652,6 +652,14 @@ pub(crate) mod auth_policy_status {
     pub fn context_for(
         current: AuthPolicy,
     ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        context_with_keys(current, Vec::new())
+    }
+
+    /// `cached_keys`: the serving cache of SigningKeys (only `auth/web` is served).
+    pub fn context_with_keys(
+        current: AuthPolicy,
+        cached_keys: Vec<Value>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
         let key = signing_key(json!({}));
         let outcome = authplane::reconcile::signing_key(
             &key,
@@ -701,7 +709,7 @@ pub(crate) mod auth_policy_status {
             writer: LeaderWriter::new(client, rx, None),
             runtime,
             rollouts: Default::default(),
-            keys: reflector::store().0,
+            keys: cache(cached_keys).0,
             leading_since: Default::default(),
         };
         (Arc::new(ctx), handle, tx)
@@ -822,5 +830,75 @@ mod auth_policy_not_compiled_yet {
         drop(ctx);
         let mut api = api;
         assert!(api.next_request().await.is_none(), "nothing was written");
+    }
+}
+
+mod auth_policy_waiting_for_keys {
+    use super::auth_policy_status::*;
+    use super::*;
+    use authplane::api::AuthPolicy;
+    use authplane::operator::auth_policies::reconcile;
+    use kube::runtime::controller::Action;
+
+    const POLICY_STATUS: &str =
+        "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
+
+    /// Names `auth/new`, which exists and is not served yet.
+    fn waiting() -> AuthPolicy {
+        let mut policy = policy(Value::Null);
+        policy.spec.issuers[0] =
+            serde_json::from_value(json!({"signingKeyRef": {"name": "new", "namespace": "auth"}}))
+                .unwrap();
+        policy
+    }
+
+    fn new_key(status: Value) -> Value {
+        json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "new", "namespace": "auth", "generation": 1},
+            "spec": {"algorithm": "ES256"},
+            "status": status,
+        })
+    }
+
+    /// A cold start: the leader is making the key's Secret. The policy's status waits
+    /// for it (the serving loop announces the policy once the key is served) instead of
+    /// saying "not found" first and "found" a moment later.
+    #[tokio::test]
+    async fn a_policy_waits_for_keys_being_made_and_not_for_keys_that_failed() {
+        let (ctx, mut api, _leader) = context_with_keys(waiting(), vec![new_key(Value::Null)]);
+        *ctx.leading_since.lock().unwrap() = Some(t0());
+        let action = within(reconcile(Arc::new(waiting()), ctx.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            action,
+            Action::requeue(std::time::Duration::from_secs(300)),
+            "until the end of the wait, at most"
+        );
+        drop(ctx);
+        assert!(api.next_request().await.is_none(), "nothing written");
+
+        // The key says its Secret is not ours: its keys are not coming. Said at once.
+        let failed = json!({"conditions": [{"type": "Ready", "status": "False",
+            "reason": "SecretNotManaged", "message": "x", "observedGeneration": 1,
+            "lastTransitionTime": "2026-03-01T00:00:00Z"}]});
+        let (ctx, mut api, _leader) = context_with_keys(waiting(), vec![new_key(failed)]);
+        *ctx.leading_since.lock().unwrap() = Some(t0());
+        let server = tokio::spawn(async move {
+            let answer = serde_json::to_value(policy(Value::Null)).unwrap();
+            let status = expect(&mut api, "PATCH", POLICY_STATUS, 200, answer).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(waiting()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        assert!(
+            status.to_string().contains("SigningKeyNotFound"),
+            "{status}"
+        );
+        assert!(api.next_request().await.is_none());
     }
 }

@@ -35,10 +35,11 @@ use crate::registry::{PolicyRuntime, Registry};
 pub const RECHECK: Duration = Duration::from_secs(300);
 /// External issuers' key-set health is reported this fresh.
 const EXTERNAL_RECHECK: Duration = Duration::from_secs(15);
-/// For this long after the leader starts, a policy that names a SigningKey whose keys
-/// are still being made waits for them instead of reporting the key as not found (and
-/// then found, two writes per policy at every cold start).
-pub const PENDING_KEYS_WAIT: SignedDuration = SignedDuration::from_secs(30);
+/// For at most this long after the leader starts, a policy that names a SigningKey whose
+/// keys are still being made waits for them instead of reporting the key as not found
+/// (and then found: two writes per policy at every cold start). At a cold start with
+/// 1,000 keys on a slow apiserver the last keys took 90 s.
+pub const PENDING_KEYS_WAIT: SignedDuration = SignedDuration::from_mins(5);
 
 pub struct PolicyContext {
     /// Which targets exist, from the target watches.
@@ -60,8 +61,8 @@ pub struct PolicyContext {
 impl PolicyContext {
     /// How long the policy `id`, whose compiled form names `unresolved` SigningKeys,
     /// waits for them before its status says they are missing: while this leader is
-    /// young and every one of them exists (their keys are being made), the rest of
-    /// [`PENDING_KEYS_WAIT`]; otherwise not at all.
+    /// young and every one of them exists and does not report a failure (its keys are
+    /// being made), the rest of [`PENDING_KEYS_WAIT`]; otherwise not at all.
     fn wait_for_keys(
         &self,
         id: &ObjectKey,
@@ -89,12 +90,27 @@ impl PolicyContext {
                         .keys
                         .get(&ObjectRef::new(&key.name).within(&key.namespace))
                         .is_some_and(|guard| {
-                            guard.0.as_ref().is_ok_and(|k| k.validate().is_empty())
+                            guard
+                                .0
+                                .as_ref()
+                                .is_ok_and(|k| k.validate().is_empty() && !reports_failure(k))
                         })
             })
         };
         unresolved.iter().all(pending).then(|| left.unsigned_abs())
     }
+}
+
+/// Whether a SigningKey's status says that its current spec cannot be served (an
+/// unmanaged or unreadable Secret): its keys are not coming.
+fn reports_failure(key: &SigningKey) -> bool {
+    key.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == conditions::READY
+                && c.status == "False"
+                && c.observed_generation == key.metadata.generation
+        })
+    })
 }
 
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {

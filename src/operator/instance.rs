@@ -21,8 +21,8 @@ pub const DEFAULT_INSTANCE: &str = "default";
 /// The Lease of the default instance; others add `-<instance>`, so that two instances in
 /// one namespace each have their own leader.
 const LEASE: &str = "authplane-leader";
-/// Longest instance name: the Lease name must stay a DNS label.
-pub const MAX_INSTANCE_LEN: usize = 63 - LEASE.len() - 1;
+/// Longest instance name: a label value.
+pub const MAX_INSTANCE_LEN: usize = 63;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance(Arc<str>);
@@ -35,7 +35,7 @@ impl Default for Instance {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "an instance name is 1 to {MAX_INSTANCE_LEN} lowercase letters, digits and '-', beginning and ending with a letter or digit (it becomes a label value and part of the Lease name): {0:?}"
+    "an instance name is 1 to {MAX_INSTANCE_LEN} lowercase letters, digits and '-', beginning and ending with a letter or digit (it is a label value, and part of the Lease's name): {0:?}"
 )]
 pub struct InvalidInstance(String);
 

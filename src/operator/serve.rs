@@ -30,6 +30,10 @@ pub fn managed_selector() -> String {
 /// How often problems are looked at, to log those that lasted (see
 /// [`PolicyRuntime::with_problem_grace`]).
 const PROBLEMS_EVERY: Duration = Duration::from_secs(5);
+/// How long a SigningKey without its Secret is taken to be one whose Secret the leader
+/// is still making (at a cold start with 1,000 keys on a slow apiserver, 90 s): its
+/// problem, and those of the policies naming it, are not logged meanwhile.
+const SECRET_EXPECTED_WITHIN: Duration = Duration::from_secs(300);
 
 /// The SigningKeys of the watch cache, for the admission webhook: one that does not
 /// parse still exists (its own review refuses it, not the policies naming it).
@@ -189,7 +193,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = problems.tick() => {
-                runtime.report_lasting_problems();
+                runtime.report_lasting_problems(|subject| view.expected(subject, &caches));
                 continue;
             }
             change = changes.next() => match change {
@@ -364,6 +368,8 @@ struct View {
     /// The `resourceVersion` of each AuthPolicy last applied: a relist does not validate
     /// again what did not change.
     policy_versions: HashMap<ObjectKey, Option<String>>,
+    /// SigningKeys not served because their Secret does not exist yet, since when.
+    awaiting_secret: HashMap<ObjectKey, tokio::time::Instant>,
     warned: HashSet<String>,
 }
 
@@ -376,8 +382,47 @@ impl View {
             secret_of: HashMap::new(),
             users_of: HashMap::new(),
             policy_versions: HashMap::new(),
+            awaiting_secret: HashMap::new(),
             warned: HashSet::new(),
         }
+    }
+
+    /// Whether a subject's problem is still expected to resolve itself: a SigningKey
+    /// whose Secret has not been there for long (the leader is making it), or an
+    /// AuthPolicy naming one.
+    fn expected(&self, subject: &str, caches: &Caches) -> bool {
+        let young = |key: &ObjectKey| {
+            self.awaiting_secret
+                .get(key)
+                .is_some_and(|since| since.elapsed() < SECRET_EXPECTED_WITHIN)
+        };
+        let id = |text: &str| {
+            let (namespace, name) = text.split_once('/')?;
+            Some(ObjectKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        };
+        if let Some(key) = subject.strip_prefix("SigningKey ").and_then(id) {
+            return young(&key);
+        }
+        let Some(policy) = subject.strip_prefix("AuthPolicy ").and_then(id) else {
+            return false;
+        };
+        let cached = caches
+            .policies
+            .get(&ObjectRef::new(&policy.name).within(&policy.namespace));
+        cached.is_some_and(|guard| match &guard.0 {
+            Ok(policy) => policy
+                .spec
+                .issuers
+                .iter()
+                .filter_map(|issuer| {
+                    issuer.signing_key_id(&ObjectKey::of(&policy.metadata).namespace)
+                })
+                .any(|key| young(&key)),
+            Err(_) => false,
+        })
     }
 
     fn warn_once(&mut self, message: String) {
@@ -423,6 +468,9 @@ impl View {
     }
 
     fn set_secret(&mut self, id: &ObjectKey, secret: Option<ObjectKey>) {
+        if secret.is_none() {
+            self.awaiting_secret.remove(id);
+        }
         if let Some(old) = self.secret_of.remove(id)
             && let Some(users) = self.users_of.get_mut(&old)
         {
@@ -486,6 +534,14 @@ impl View {
             .ok_or_else(|| "its Secret does not exist yet".to_owned())
             .and_then(|secret| secret_data(&secret).map_err(|e| e.to_string()))
             .and_then(|data| store::from_data(&data).map_err(|e| e.to_string()));
+        // Not there at all (as opposed to unreadable): the leader is making it.
+        if caches.secrets.get(&secret_ref).is_none() {
+            self.awaiting_secret
+                .entry(id.clone())
+                .or_insert_with(tokio::time::Instant::now);
+        } else {
+            self.awaiting_secret.remove(id);
+        }
         match keyset {
             Ok(keyset) => {
                 let published = PublishedIssuer::render(
@@ -602,6 +658,51 @@ mod tests {
                 .collect(),
         );
         secret
+    }
+
+    #[test]
+    fn problems_of_a_key_whose_secret_is_being_made_and_of_its_policies_are_expected_to_pass() {
+        let (caches, writers) = caches();
+        let (mut keys_writer, mut secrets_writer, mut policies_writer) =
+            (writers.keys, writers.secrets, writers.policies);
+        let web = key("web", json!({"algorithm": "EdDSA"}));
+        keys_writer.apply_watcher_event(&Event::Apply(web.clone()));
+        let policy: DeserializeGuard<AuthPolicy> = serde_json::from_value(json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "pay", "namespace": "auth"},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}]},
+        }))
+        .unwrap();
+        policies_writer.apply_watcher_event(&Event::Apply(policy));
+        let sources = Sources {
+            caches: &caches,
+            external_url: "https://auth.example",
+        };
+        let mut view = View::new(Arc::new(runtime()));
+        view.pending.everything = [true; 3];
+        view.apply_pending(&sources);
+        assert!(view.expected("SigningKey auth/web", &caches));
+        assert!(view.expected("AuthPolicy auth/pay", &caches));
+        assert!(!view.expected("AuthPolicy auth/other", &caches));
+
+        // The Secret arrives: nothing is expected any more.
+        let Ok(web_key) = &web.0 else {
+            panic!("web parses")
+        };
+        let outcome = crate::reconcile::signing_key(
+            web_key,
+            None,
+            "https://auth.example",
+            jiff::Timestamp::now(),
+            &mut KeyMaterial::generate,
+        )
+        .unwrap();
+        let event = Event::Apply(secret("web-keys", &outcome.data));
+        secrets_writer.apply_watcher_event(&event);
+        view.pending.add(1, touched(&event));
+        view.apply_pending(&sources);
+        assert!(!view.expected("SigningKey auth/web", &caches));
+        assert!(!view.expected("AuthPolicy auth/pay", &caches));
     }
 
     #[test]
