@@ -121,6 +121,8 @@ pub struct Metrics {
     pub legacy_session_sunset: Family<PolicyLabels, Gauge>,
     /// Operator reconciles, and failures by kind.
     pub reconciles: Counter,
+    /// AuthPolicy status reconciles (each compares, and writes only what changed).
+    pub policy_reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_seconds: Histogram,
     /// 1 while this replica holds the lease (and writes).
@@ -185,6 +187,12 @@ impl Default for Metrics {
         );
         let reconciles = Counter::default();
         registry.register("reconciles", "SigningKey reconciles", reconciles.clone());
+        let policy_reconciles = Counter::default();
+        registry.register(
+            "policy_status_reconciles",
+            "AuthPolicy status reconciles",
+            policy_reconciles.clone(),
+        );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -282,6 +290,7 @@ impl Default for Metrics {
             decision_seconds,
             legacy_session_sunset,
             reconciles,
+            policy_reconciles,
             reconcile_errors,
             reconcile_seconds,
             leader,

@@ -29,9 +29,18 @@ pub struct PolicyRuntime {
     /// Per policy, the fingerprint of what decides verification and its cache epoch:
     /// a rebuild for an unrelated change keeps the policy's cached tokens.
     epochs: Mutex<HashMap<ObjectKey, ([u8; 32], u64)>>,
-    /// The problems found at the last build, by subject: logged when they appear and
-    /// when they are gone, not at every rebuild.
-    problems: Mutex<HashMap<String, String>>,
+    /// The problems found at the last build, by subject: logged when they appear (or,
+    /// with a grace, once they lasted) and when they are gone, not at every rebuild.
+    problems: Mutex<HashMap<String, Problem>>,
+    /// How long a problem must last to be logged.
+    problem_grace: std::time::Duration,
+}
+
+/// A subject's problem, and whether it was logged.
+struct Problem {
+    text: String,
+    since: tokio::time::Instant,
+    said: bool,
 }
 
 impl PolicyRuntime {
@@ -56,25 +65,76 @@ impl PolicyRuntime {
             stats: Mutex::default(),
             epochs: Mutex::default(),
             problems: Mutex::default(),
+            problem_grace: std::time::Duration::ZERO,
         }
     }
 
+    /// Logs a problem only once it has lasted `grace` ([`Self::report_lasting_problems`]
+    /// says which did), and its resolution only if it was logged. On a cluster, watches
+    /// arrive in any order and the leader writes a new SigningKey's Secret a moment after
+    /// the key appears: at a cold start with 1,000 keys, every key and many policies had a
+    /// problem for a second, each logged twice (a warning, then "resolved").
+    pub fn with_problem_grace(mut self, grace: std::time::Duration) -> Self {
+        self.problem_grace = grace;
+        self
+    }
+
     /// Records the problem of a subject (`SigningKey ns/name`), or that it has none:
-    /// logged when it appears or changes and when it is resolved, not at every change.
+    /// logged when it appears or changes (once it lasted the grace) and when it is
+    /// resolved, not at every change.
     pub fn problem(&self, subject: &str, problem: Option<String>) {
         let mut known = self.problems.lock().unwrap_or_else(|e| e.into_inner());
-        match problem {
-            Some(problem) if known.get(subject) != Some(&problem) => {
-                tracing::warn!("{subject}: {problem}");
+        let now = tokio::time::Instant::now();
+        let immediate = self.problem_grace.is_zero();
+        match (problem, known.get_mut(subject)) {
+            (Some(problem), Some(known)) if known.text == problem => {}
+            (Some(problem), Some(known)) => {
+                // A changed problem of a subject in trouble all along: the trouble
+                // counts from its start.
+                if known.said || immediate {
+                    tracing::warn!("{subject}: {problem}");
+                    known.said = true;
+                }
+                known.text = problem;
+            }
+            (Some(problem), None) => {
+                if immediate {
+                    tracing::warn!("{subject}: {problem}");
+                }
+                let problem = Problem {
+                    text: problem,
+                    since: now,
+                    said: immediate,
+                };
                 known.insert(subject.to_owned(), problem);
             }
-            Some(_) => {}
-            None => {
-                if known.remove(subject).is_some() {
+            (None, _) => {
+                if known.remove(subject).is_some_and(|p| p.said) {
                     tracing::info!("{subject}: resolved");
                 }
             }
         }
+    }
+
+    /// Logs the problems that have lasted the grace and were not logged yet, but for
+    /// those the driver still expects to resolve themselves (a SigningKey whose Secret
+    /// the leader is still making, and the policies naming it); returns their subjects.
+    pub fn report_lasting_problems(&self, still_expected: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut known = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        let mut said: Vec<String> = Vec::new();
+        for (subject, problem) in known.iter_mut() {
+            if !problem.said
+                && now.duration_since(problem.since) >= self.problem_grace
+                && !still_expected(subject)
+            {
+                tracing::warn!("{subject}: {}", problem.text);
+                problem.said = true;
+                said.push(subject.clone());
+            }
+        }
+        said.sort();
+        said
     }
 
     /// Forgets a deleted policy: its meters, gauges, cache epoch and problem. One created
@@ -251,5 +311,50 @@ impl Registry {
             .filter(|(_, state)| **state != SourceState::Synced)
             .map(|(name, state)| (*name, state.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_problem_is_logged_once_it_lasts_and_its_resolution_only_if_it_was() {
+        let runtime = PolicyRuntime::new(
+            Arc::new(Metrics::default()),
+            Arc::new(crate::clock::SystemClock),
+            0,
+        )
+        .with_problem_grace(Duration::from_secs(30));
+        // A new key's Secret arrives a moment after the key: never logged.
+        runtime.problem("SigningKey auth/web", Some("not served yet".into()));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(runtime.report_lasting_problems(|_| false).is_empty());
+        runtime.problem("SigningKey auth/web", None);
+        // One that lasts is logged once, after the grace, whatever changes meanwhile.
+        runtime.problem(
+            "AuthPolicy shop/pay",
+            Some("SigningKey auth/x not found".into()),
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        runtime.problem(
+            "AuthPolicy shop/pay",
+            Some("SigningKey auth/y not found".into()),
+        );
+        assert!(runtime.report_lasting_problems(|_| false).is_empty());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // While its key is still being made, it is expected to resolve: not yet.
+        assert!(runtime.report_lasting_problems(|_| true).is_empty());
+        assert_eq!(
+            runtime.report_lasting_problems(|_| false),
+            ["AuthPolicy shop/pay"]
+        );
+        assert!(
+            runtime.report_lasting_problems(|_| false).is_empty(),
+            "once"
+        );
+        runtime.problem("AuthPolicy shop/pay", None);
+        assert!(runtime.problems.lock().unwrap().is_empty());
     }
 }

@@ -132,6 +132,8 @@ fn start_operator(
         admin_listen: None,
         tls_client_ca_file: None,
         serving: Default::default(),
+        instance: Default::default(),
+        write_pace: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

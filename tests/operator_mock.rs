@@ -7,14 +7,17 @@ use std::sync::Arc;
 use authplane::api::SigningKey;
 use authplane::clock::Clock;
 use authplane::keys::KeyMaterial;
-use authplane::operator::signing_keys::{Context, Error, ErrorKind, error_policy};
+use authplane::operator::signing_keys::{Context, Error, ErrorKind, OwnedCaches, error_policy};
 use authplane::operator::writer::LeaderWriter;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{Request, Response};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
 use common::mock_api::{self, Handle, within};
@@ -41,21 +44,86 @@ fn signing_key(status: Value) -> SigningKey {
     .unwrap()
 }
 
-fn context(
+/// A reconcile's world: the mock API, and the watch caches of Secrets and ConfigMaps it
+/// reads (filled by the test, as the watches would).
+struct World {
+    ctx: Arc<Context>,
+    api: Handle,
+    _leader: tokio::sync::watch::Sender<bool>,
+    secrets: Writer<Secret>,
+}
+
+fn cache<K>(objects: Vec<Value>) -> (Store<K>, Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&Event::InitApply(serde_json::from_value(object).unwrap()));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    (store, writer)
+}
+
+/// The Secret and ConfigMap caches hold `secret` and `config_map`; a key Secret that
+/// reads comes with the signer Secret an earlier reconcile wrote beside it.
+fn world(now: Timestamp, leader: bool, secret: Option<Value>, config_map: Option<Value>) -> World {
+    let signer = secret.as_ref().and_then(signer_of);
+    world_with(now, leader, secret.into_iter().chain(signer).collect(), config_map)
+}
+
+/// The Secret cache holds `secrets` (key and signer Secrets), the ConfigMap cache
+/// `config_map`.
+fn world_with(
     now: Timestamp,
     leader: bool,
-) -> (Arc<Context>, Handle, tokio::sync::watch::Sender<bool>) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    secrets: Vec<Value>,
+    config_map: Option<Value>,
+) -> World {
+    world_reporting(now, leader, secrets, config_map, |ctx| ctx)
+}
+
+/// As [`world_with`], with the context made as `report` says (issuer claims).
+fn world_reporting(
+    now: Timestamp,
+    leader: bool,
+    secrets: Vec<Value>,
+    config_map: Option<Value>,
+    report: impl FnOnce(Context) -> Context,
+) -> World {
+    let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (tx, rx) = tokio::sync::watch::channel(leader);
-    let ctx = Context::new(
-        client.clone(),
+    let (secrets, secrets_writer) = cache::<Secret>(secrets);
+    let (config_maps, _) = cache::<ConfigMap>(config_map.into_iter().collect());
+    let ctx = report(Context::new(
         Arc::new(authplane::metrics::Metrics::default()),
         "https://auth.example".into(),
         Arc::new(Fixed(now)),
         LeaderWriter::new(client, rx, None),
-    );
-    (Arc::new(ctx), handle, tx)
+        OwnedCaches {
+            secrets,
+            config_maps,
+        },
+    ));
+    World {
+        ctx: Arc::new(ctx),
+        api,
+        _leader: tx,
+        secrets: secrets_writer,
+    }
+}
+
+/// Nothing cached: no Secret, no ConfigMap.
+fn context(
+    now: Timestamp,
+    leader: bool,
+) -> (Arc<Context>, Handle, tokio::sync::watch::Sender<bool>) {
+    let World {
+        ctx, api, _leader, ..
+    } = world(now, leader, None, None);
+    (ctx, api, _leader)
 }
 
 /// The reconcile under test, failing instead of hanging on an unexpected request.
@@ -87,10 +155,6 @@ async fn expect(
     .await
 }
 
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
-}
-
 const SECRET: &str = "/api/v1/namespaces/auth/secrets/web-keys";
 const SIGNER: &str = "/api/v1/namespaces/auth/secrets/web-keys-active";
 const SECRETS: &str = "/api/v1/namespaces/auth/secrets";
@@ -117,7 +181,7 @@ fn stored_secret(data: &authplane::keys::store::Data, resource_version: &str) ->
     })
 }
 
-/// The signer Secret as the API server would return it, for the keys in `data`.
+/// The signer Secret as the API server would return it: the Active key of `data` alone.
 fn stored_signer(data: &authplane::keys::store::Data, resource_version: &str) -> Value {
     let mut secret = stored_secret(&authplane::keys::store::signer_data(data), resource_version);
     secret["metadata"]["name"] = json!("web-keys-active");
@@ -126,6 +190,20 @@ fn stored_signer(data: &authplane::keys::store::Data, resource_version: &str) ->
         "controller": true,
     }]);
     secret
+}
+
+/// The signer Secret beside a stored key Secret, if its data reads.
+fn signer_of(secret: &Value) -> Option<Value> {
+    let data: authplane::keys::store::Data = secret["data"]
+        .as_object()?
+        .iter()
+        .map(|(k, v)| {
+            let bytes = B64.decode(v.as_str()?).ok()?;
+            Some((k.clone(), String::from_utf8(bytes).ok()?))
+        })
+        .collect::<Option<_>>()?;
+    authplane::keys::store::from_data(&data).ok()?;
+    Some(stored_signer(&data, "3"))
 }
 
 fn keys_at(now: Timestamp) -> authplane::keys::store::Data {
@@ -145,11 +223,15 @@ fn keys_at(now: Timestamp) -> authplane::keys::store::Data {
 async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
     let (ctx, mut api, _leader) = context(t0(), true);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 404, not_found()).await;
+        // The Secret cache has none: no request asks.
         let secret = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(
             secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "authplane"
+        );
+        assert_eq!(
+            secret["metadata"]["labels"]["authplane.io/instance"], "default",
+            "recorded as this installation's"
         );
         assert_eq!(
             secret["metadata"]["ownerReferences"][0]["kind"],
@@ -167,11 +249,12 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
             event["related"]["fieldPath"],
             format!("data[{kid}.pem]").as_str()
         );
-        // Then the signer Secret: the Active key alone, owned like the key Secret.
-        expect(&mut api, "GET", SIGNER, 404, not_found()).await;
+        // Then the signer Secret: the Active key alone, owned and labelled like the key
+        // Secret (the cache holds none: no request asks).
         let signer = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(signer["metadata"]["name"], "web-keys-active");
         assert_eq!(signer["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(signer["metadata"]["labels"]["authplane.io/instance"], "default");
         let entries: Vec<&String> = signer["data"].as_object().unwrap().keys().collect();
         assert_eq!(
             entries,
@@ -243,17 +326,18 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
     // Keys existed (status names an active kid), and the Secret is gone.
     let (ctx, mut api, _leader) = context(t0(), true);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 404, not_found()).await;
-        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(event["reason"], "SecretDeleted");
         let secret = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(
             secret["metadata"]["annotations"]["authplane.io/recreated-at"], "2026-03-01T00:00:00Z",
             "the Secret, the source of truth, remembers"
         );
-        expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        expect(&mut api, "GET", SIGNER, 404, not_found()).await;
-        expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
+        // Said once the new Secret is stored (one merely not ours looks gone too).
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "SecretDeleted");
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["reason"], "KeyGenerated");
+        let signer = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
+        assert_eq!(signer["metadata"]["name"], "web-keys-active");
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(
@@ -275,22 +359,16 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
     secret["metadata"]["resourceVersion"] = json!("2");
     for (seconds, expected) in [(60, Some("2026-03-01T00:00:00Z")), (24 * 3600 + 1, None)] {
         let later = t0() + SignedDuration::from_secs(seconds);
-        let (ctx, mut api, _leader) = context(later, true);
-        let stored = secret.clone();
+        let World {
+            ctx,
+            mut api,
+            _leader,
+            ..
+        } = world(later, true, Some(secret.clone()), None);
         let server = tokio::spawn(async move {
-            expect(&mut api, "GET", SECRET, 200, stored).await;
             let mut status = Value::Null;
             while let Some((request, respond)) = api.next_request().await {
                 let path = request.uri().path().to_owned();
-                if path == SIGNER && request.method() == "GET" {
-                    respond.send_response(
-                        Response::builder()
-                            .status(404)
-                            .body(Body::from(serde_json::to_vec(&not_found()).unwrap()))
-                            .unwrap(),
-                    );
-                    continue;
-                }
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 if path == STATUS {
@@ -326,9 +404,14 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
 async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
     let stored = keys_at(t0());
     let now = t0() + SignedDuration::from_secs(90);
-    let (ctx, mut api, _leader) = context(now, true);
+    let cached = stored_secret(&stored, "7");
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(now, true, Some(cached), None);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
         let secret = expect(&mut api, "PUT", SECRET, 200, Value::Null).await;
         assert_eq!(
             secret["metadata"]["resourceVersion"], "7",
@@ -344,8 +427,6 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
         );
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event["reason"], "KeyGenerated");
-        // The Active key did not change: the signer Secret is left as it is.
-        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         let states: Vec<&str> = status["status"]["keys"]
@@ -370,39 +451,45 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
 #[tokio::test]
 async fn a_steady_state_reconcile_writes_nothing_that_would_trigger_it_again() {
     let stored = keys_at(t0());
-    let now = t0() + SignedDuration::from_secs(30);
-    // The status the last reconcile wrote, as the watch delivers it.
-    let status = {
-        let (ctx, mut api, _leader) = context(now, true);
+    // A moment that is not a whole second: the apiserver keeps times to the second.
+    let now = t0() + SignedDuration::from_millis(30_700);
+    // The ConfigMap and status the last reconcile wrote, as the watches deliver them.
+    let (config_map, status) = {
         let secret = stored_secret(&stored, "7");
-        let signer = stored_signer(&stored, "3");
+        let World {
+            ctx,
+            mut api,
+            _leader,
+            ..
+        } = world(now, true, Some(secret), None);
         let server = tokio::spawn(async move {
-            expect(&mut api, "GET", SECRET, 200, secret).await;
-            expect(&mut api, "GET", SIGNER, 200, signer).await;
-            expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
-            expect(&mut api, "PATCH", STATUS, 200, Value::Null).await["status"].clone()
+            let mut config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+            config_map["metadata"]["resourceVersion"] = json!("8");
+            let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+            (config_map, status["status"].clone())
         });
         reconcile(Arc::new(signing_key(json!({}))), ctx)
             .await
             .unwrap();
         server.await.unwrap()
     };
-    let later = now + SignedDuration::from_secs(5);
-    let (ctx, mut api, _leader) = context(later, true);
-    let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
-        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
-        // The ConfigMap apply is a no-op for the apiserver when nothing changed.
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
-        api
-    });
+    let later = now + SignedDuration::from_millis(5_600);
+    let World {
+        ctx, api, _leader, ..
+    } = world(
+        later,
+        true,
+        Some(stored_secret(&stored, "7")),
+        Some(config_map),
+    );
     reconcile(Arc::new(signing_key(status)), ctx.clone())
         .await
         .unwrap();
     drop(ctx);
+    let mut api = api;
     assert!(
-        server.await.unwrap().next_request().await.is_none(),
-        "no status write, no event"
+        api.next_request().await.is_none(),
+        "no Secret read, no ConfigMap apply, no status write, no event"
     );
 }
 
@@ -421,15 +508,19 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
     )
     .unwrap()
     .data;
-    let (ctx, mut api, _leader) = context(now, true);
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        mut secrets,
+        ..
+    } = world(now, true, Some(stored_secret(&stored, "7")), None);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
         let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
             "message": "the object has been modified"});
         expect(&mut api, "PUT", SECRET, 409, conflict).await;
-        // The retry reads again and finds the other writer's next key: nothing to write.
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&theirs, "8")).await;
-        expect(&mut api, "GET", SIGNER, 200, stored_signer(&theirs, "3")).await;
+        // The retry reads the cache again and finds the other writer's next key:
+        // nothing to write.
         expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(status["status"]["keys"].as_array().unwrap().len(), 2);
@@ -438,6 +529,9 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
     let key = Arc::new(key);
     let error = reconcile(key.clone(), ctx.clone()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Conflict);
+    // The watch delivers the other writer's Secret.
+    let theirs: Secret = serde_json::from_value(stored_secret(&theirs, "8")).unwrap();
+    secrets.apply_watcher_event(&Event::Apply(theirs));
     assert_eq!(
         error_policy(key.clone(), &error, ctx.clone()),
         kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(200))
@@ -452,11 +546,15 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
 
 #[tokio::test]
 async fn a_garbage_secret_is_reported_and_never_overwritten() {
-    let (ctx, mut api, _leader) = context(t0(), true);
     let mut garbage = authplane::keys::store::Data::new();
     garbage.insert("keys.json".into(), "{not json".into());
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0(), true, Some(stored_secret(&garbage, "7")), None);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&garbage, "7")).await;
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["reason"], "SecretUnreadable");
@@ -492,7 +590,7 @@ async fn an_api_failure_is_recorded_as_a_warning_event() {
     let server = tokio::spawn(async move {
         let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500,
             "message": "etcd is unhappy"});
-        expect(&mut api, "GET", SECRET, 500, failure).await;
+        expect(&mut api, "POST", SECRETS, 500, failure).await;
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(
             (event["type"].as_str(), event["reason"].as_str()),
@@ -512,234 +610,83 @@ async fn an_api_failure_is_recorded_as_a_warning_event() {
 #[tokio::test]
 async fn a_replica_without_the_lease_writes_nothing() {
     let (ctx, mut api, _leader) = context(t0(), false);
-    let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 404, not_found()).await;
-        api
-    });
     let error = reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotLeader);
     drop(ctx);
-    assert!(server.await.unwrap().next_request().await.is_none());
+    assert!(api.next_request().await.is_none(), "not even a read");
 }
 
-/// Another SigningKey of the namespace, naming web's Secret as its own.
-fn intruder(annotations: Value) -> SigningKey {
-    serde_json::from_value(json!({
-        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
-        "metadata": {"name": "x", "namespace": "auth", "uid": "u-x", "generation": 1,
-                     "annotations": annotations},
-        "spec": {"algorithm": "ES256", "secretName": "web-keys",
-                 "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}},
-    }))
-    .unwrap()
+fn already_exists() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
+           "message": "secrets \"web-keys\" already exists"})
 }
 
+/// The Secret exists and the cache does not hold it: it has no managed-by label, or
+/// another installation's instance label, and the cache holds only this instance's.
 #[tokio::test]
-async fn another_signing_keys_secret_is_never_loaded_rewritten_or_owned() {
-    // web's Secret, as authplane wrote it: its label and its controlling owner.
-    let stored = keys_at(t0());
-    let web_kid = stored["active.kid"].clone();
-    let mut secret = stored_secret(&stored, "7");
-    secret["metadata"]["ownerReferences"] = json!([{
-        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey", "name": "web", "uid": "u-1",
-        "controller": true,
-    }]);
-    let (ctx, mut api, _leader) = context(t0() + SignedDuration::from_secs(5), true);
+async fn a_secret_this_instance_does_not_manage_is_left_alone_and_reported() {
+    let (ctx, mut api, _leader) = context(t0(), true);
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, secret).await;
-        // No PUT of web's keys, no owner reference of x's on them: a Warning and a status.
+        // Once, it may be a Secret created a moment ago that the cache has not seen.
+        expect(&mut api, "POST", SECRETS, 409, already_exists()).await;
+        // Twice running, it is not ours: said, and nothing else is written.
+        expect(&mut api, "POST", SECRETS, 409, already_exists()).await;
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(
-            (event["type"].as_str(), event["reason"].as_str()),
-            (Some("Warning"), Some("SecretInUse"))
-        );
-        assert_eq!(event["regarding"]["name"], "x");
-        let status = expect(
-            &mut api,
-            "PATCH",
-            "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/x/status",
-            200,
-            Value::Null,
-        )
-        .await;
+        assert_eq!(event["reason"], "SecretNotManaged");
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         let ready = &status["status"]["conditions"][0];
         assert_eq!(
             (ready["status"].as_str(), ready["reason"].as_str()),
-            (Some("False"), Some("SecretInUse"))
+            (Some("False"), Some("SecretNotManaged"))
         );
         assert!(
             ready["message"]
                 .as_str()
                 .unwrap()
-                .contains("Secret web-keys belongs to SigningKey auth/web"),
+                .contains("authplane.io/instance=default"),
             "{ready}"
         );
-        assert!(!status.to_string().contains("PRIVATE KEY"));
         api
     });
-    // Its revoke-kids annotation names web's Active key: nothing is revoked.
-    let key = intruder(json!({"authplane.io/revoke-kids": web_kid}));
-    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
+    let key = Arc::new(signing_key(json!({})));
+    let error = reconcile(key.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "retried at once");
+    reconcile(key, ctx.clone()).await.unwrap();
     drop(ctx);
-    assert!(
-        server.await.unwrap().next_request().await.is_none(),
-        "web's Secret is never written"
-    );
+    assert!(server.await.unwrap().next_request().await.is_none());
 }
 
+/// Another installation's JWKS ConfigMap of the same name is never written over.
 #[tokio::test]
-async fn at_activation_the_signer_secret_gets_the_new_key_and_nothing_else() {
-    // Stored at 90 s: the next key, published, activates at 100 s.
-    let key = signing_key(json!({}));
-    let published = authplane::reconcile::signing_key(
-        &key,
-        Some(&keys_at(t0())),
-        "https://auth.example",
-        t0() + SignedDuration::from_secs(90),
-        &mut KeyMaterial::generate,
-    )
-    .unwrap()
-    .data;
-    let (ctx, mut api, _leader) = context(t0() + SignedDuration::from_secs(100), true);
-    let stored = published.clone();
+async fn a_config_map_of_another_instance_is_not_written() {
+    let stored = keys_at(t0());
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "web-jwks", "namespace": "auth", "resourceVersion": "3",
+                     "labels": {"app.kubernetes.io/managed-by": "authplane",
+                                "authplane.io/instance": "staging"}},
+        "data": {"jwks.json": "{\"keys\": []}"},
+    });
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0(), true, Some(stored_secret(&stored, "7")), Some(theirs));
     let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
-        let secret = expect(&mut api, "PUT", SECRET, 200, Value::Null).await;
-        let reasons = [
-            expect(&mut api, "POST", EVENTS, 201, Value::Null).await,
-            expect(&mut api, "POST", EVENTS, 201, Value::Null).await,
-        ];
-        assert_eq!(
-            reasons.map(|e| e["reason"].clone()),
-            ["KeyActivated", "KeyRetired"]
-        );
-        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
-        let signer = expect(&mut api, "PUT", SIGNER, 200, Value::Null).await;
-        assert_eq!(signer["metadata"]["resourceVersion"], "3");
-        let new_kid = decoded(&secret, "active.kid");
-        assert_ne!(new_kid, stored["active.kid"]);
-        assert_eq!(decoded(&signer, "active.kid"), new_kid);
-        assert_eq!(
-            decoded(&signer, "active.key"),
-            decoded(&secret, &format!("{new_kid}.pem"))
-        );
-        // The retired key stays in the key Secret (the JWKS needs it), not here.
-        let retired = stored["active.kid"].clone();
-        assert!(secret["data"].get(format!("{retired}.pem")).is_some());
-        assert_eq!(signer["data"].as_object().unwrap().len(), 5);
-        assert!(!signer.to_string().contains(&format!("{retired}.pem")));
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
         expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         api
     });
-    reconcile(
-        Arc::new(signing_key(json!({"activeKid": "x"}))),
-        ctx.clone(),
-    )
-    .await
-    .unwrap();
+    reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap();
     drop(ctx);
-    assert!(server.await.unwrap().next_request().await.is_none());
-}
-
-#[tokio::test]
-async fn a_signing_key_whose_issuer_path_is_anothers_is_not_ready_and_both_are_told_once() {
-    use authplane::issuer_claims::IssuerScope;
-    use authplane::registry::{Registry, Snapshot};
-    // The serving index: /auth/web is served for auth/old, which claimed it first.
-    let owner = authplane::api::ObjectKey {
-        namespace: "auth".into(),
-        name: "old".into(),
-    };
-    let registry = Arc::new(Registry::default());
-    registry.publish(Snapshot {
-        path_owners: [("/auth/web".to_owned(), Some(owner))]
-            .into_iter()
-            .collect(),
-        ..Snapshot::default()
-    });
-    let scope = Arc::new(IssuerScope::new("https://auth.example", []).unwrap());
-    let stored = keys_at(t0());
-    let run = |status: Value| {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        let (_tx, rx) = tokio::sync::watch::channel(true);
-        let ctx = Context::new(
-            client.clone(),
-            Arc::new(authplane::metrics::Metrics::default()),
-            "https://auth.example".into(),
-            Arc::new(Fixed(t0() + SignedDuration::from_secs(5))),
-            LeaderWriter::new(client, rx, None),
-        )
-        .with_issuer_claims(scope.clone(), registry.clone());
-        (Arc::new(ctx), handle, _tx, signing_key(status))
-    };
-    let (ctx, mut api, _leader, key) = run(json!({}));
-    let data = stored.clone();
-    let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&data, "7")).await;
-        expect(&mut api, "GET", SIGNER, 200, stored_signer(&data, "3")).await;
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
-        let mine = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(
-            (mine["reason"].as_str(), mine["regarding"]["name"].as_str()),
-            (Some("IssuerPathConflict"), Some("web"))
-        );
-        let theirs = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(
-            (
-                theirs["reason"].as_str(),
-                theirs["regarding"]["name"].as_str()
-            ),
-            (Some("IssuerPathConflict"), Some("old"))
-        );
-        assert!(
-            theirs["note"]
-                .as_str()
-                .unwrap()
-                .contains("it stays with this SigningKey")
-        );
-        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
-        (api, status["status"].clone())
-    });
-    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
-    drop(ctx);
-    let (api, status) = server.await.unwrap();
-    drop(api);
-    let ready = &status["conditions"][0];
-    assert_eq!(
-        (
-            ready["type"].as_str(),
-            ready["status"].as_str(),
-            ready["reason"].as_str()
-        ),
-        (Some("Ready"), Some("False"), Some("IssuerPathConflict"))
-    );
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("served for SigningKey auth/old")
+        server.await.unwrap().next_request().await.is_none(),
+        "only the status of its own SigningKey"
     );
-    assert!(
-        status.get("jwksUri").is_none(),
-        "its JWKS is not served: {status}"
-    );
-    assert!(status["activeKid"].is_string(), "its keys still sign");
-
-    // Reconciled again with that status: no new Events, and no status write.
-    let (ctx, mut api, _leader, key) = run(status);
-    let server = tokio::spawn(async move {
-        expect(&mut api, "GET", SECRET, 200, stored_secret(&stored, "7")).await;
-        expect(&mut api, "GET", SIGNER, 200, stored_signer(&stored, "3")).await;
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
-        api
-    });
-    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
-    drop(ctx);
-    assert!(server.await.unwrap().next_request().await.is_none());
 }
 
 pub(crate) mod auth_policy_status {
@@ -777,6 +724,14 @@ pub(crate) mod auth_policy_status {
 
     pub fn context_for(
         current: AuthPolicy,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        context_with_keys(current, Vec::new())
+    }
+
+    /// `cached_keys`: the serving cache of SigningKeys (only `auth/web` is served).
+    pub fn context_with_keys(
+        current: AuthPolicy,
+        cached_keys: Vec<Value>,
     ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
         let key = signing_key(json!({}));
         let outcome = authplane::reconcile::signing_key(
@@ -829,6 +784,8 @@ pub(crate) mod auth_policy_status {
             writer: LeaderWriter::new(client, rx, None),
             runtime,
             rollouts: Default::default(),
+            keys: cache(cached_keys).0,
+            leading_since: Default::default(),
         };
         (Arc::new(ctx), handle, tx)
     }
@@ -923,6 +880,335 @@ pub(crate) mod auth_policy_status {
     }
 }
 
+mod auth_policy_not_compiled_yet {
+    use super::auth_policy_status::*;
+    use super::*;
+    use authplane::operator::auth_policies::RECHECK;
+    use kube::runtime::controller::Action;
+
+    /// Before, the controller asked again every second until the serving view caught
+    /// up; now the serving index announces the compile (`Recompiled`), and the
+    /// controller only looks again at its usual recheck.
+    #[tokio::test]
+    async fn a_generation_not_yet_served_is_neither_reported_nor_polled() {
+        let served = policy(Value::Null);
+        let (ctx, api, _leader) = context_for(served.clone());
+        let mut edited = served;
+        edited.metadata.generation = Some(3);
+        let action = within(authplane::operator::auth_policies::reconcile(
+            Arc::new(edited),
+            ctx.clone(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(action, Action::requeue(RECHECK));
+        drop(ctx);
+        let mut api = api;
+        assert!(api.next_request().await.is_none(), "nothing was written");
+    }
+}
+
+mod auth_policy_waiting_for_keys {
+    use super::auth_policy_status::*;
+    use super::*;
+    use authplane::api::AuthPolicy;
+    use authplane::operator::auth_policies::reconcile;
+    use kube::runtime::controller::Action;
+
+    const POLICY_STATUS: &str =
+        "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
+
+    /// Names `auth/new`, which exists and is not served yet.
+    fn waiting() -> AuthPolicy {
+        let mut policy = policy(Value::Null);
+        policy.spec.issuers[0] =
+            serde_json::from_value(json!({"signingKeyRef": {"name": "new", "namespace": "auth"}}))
+                .unwrap();
+        policy
+    }
+
+    fn new_key(status: Value) -> Value {
+        json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+            "metadata": {"name": "new", "namespace": "auth", "generation": 1},
+            "spec": {"algorithm": "ES256"},
+            "status": status,
+        })
+    }
+
+    /// A cold start: the leader is making the key's Secret. The policy's status waits
+    /// for it (the serving loop announces the policy once the key is served) instead of
+    /// saying "not found" first and "found" a moment later.
+    #[tokio::test]
+    async fn a_policy_waits_for_keys_being_made_and_not_for_keys_that_failed() {
+        let (ctx, mut api, _leader) = context_with_keys(waiting(), vec![new_key(Value::Null)]);
+        *ctx.leading_since.lock().unwrap() = Some(t0());
+        let action = within(reconcile(Arc::new(waiting()), ctx.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            action,
+            Action::requeue(std::time::Duration::from_secs(300)),
+            "until the end of the wait, at most"
+        );
+        drop(ctx);
+        assert!(api.next_request().await.is_none(), "nothing written");
+
+        // The key says its Secret is not ours: its keys are not coming. Said at once.
+        let failed = json!({"conditions": [{"type": "Ready", "status": "False",
+            "reason": "SecretNotManaged", "message": "x", "observedGeneration": 1,
+            "lastTransitionTime": "2026-03-01T00:00:00Z"}]});
+        let (ctx, mut api, _leader) = context_with_keys(waiting(), vec![new_key(failed)]);
+        *ctx.leading_since.lock().unwrap() = Some(t0());
+        let server = tokio::spawn(async move {
+            let answer = serde_json::to_value(policy(Value::Null)).unwrap();
+            let status = expect(&mut api, "PATCH", POLICY_STATUS, 200, answer).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(waiting()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        assert!(
+            status.to_string().contains("SigningKeyNotFound"),
+            "{status}"
+        );
+        assert!(api.next_request().await.is_none());
+    }
+}
+
+/// Another SigningKey of the namespace, naming web's Secret as its own.
+fn intruder(annotations: Value) -> SigningKey {
+    serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "x", "namespace": "auth", "uid": "u-x", "generation": 1,
+                     "annotations": annotations},
+        "spec": {"algorithm": "ES256", "secretName": "web-keys",
+                 "rotation": {"every": "100s", "prePublish": "10s", "retainFor": "30s"}},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn another_signing_keys_secret_is_never_loaded_rewritten_or_owned() {
+    // web's Secret, as authplane wrote it: its label and its controlling owner.
+    let stored = keys_at(t0());
+    let web_kid = stored["active.kid"].clone();
+    let mut secret = stored_secret(&stored, "7");
+    secret["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey", "name": "web", "uid": "u-1",
+        "controller": true,
+    }]);
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0() + SignedDuration::from_secs(5), true, Some(secret), None);
+    let server = tokio::spawn(async move {
+        // No PUT of web's keys, no owner reference of x's on them: a Warning and a status.
+        let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("SecretInUse"))
+        );
+        assert_eq!(event["regarding"]["name"], "x");
+        let status = expect(
+            &mut api,
+            "PATCH",
+            "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/x/status",
+            200,
+            Value::Null,
+        )
+        .await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("SecretInUse"))
+        );
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("Secret web-keys belongs to SigningKey auth/web"),
+            "{ready}"
+        );
+        assert!(!status.to_string().contains("PRIVATE KEY"));
+        api
+    });
+    // Its revoke-kids annotation names web's Active key: nothing is revoked.
+    let key = intruder(json!({"authplane.io/revoke-kids": web_kid}));
+    reconcile(Arc::new(key), ctx.clone()).await.unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "web's Secret is never written"
+    );
+}
+
+#[tokio::test]
+async fn at_activation_the_signer_secret_gets_the_new_key_and_nothing_else() {
+    // Stored at 90 s: the next key, published, activates at 100 s.
+    let key = signing_key(json!({}));
+    let published = authplane::reconcile::signing_key(
+        &key,
+        Some(&keys_at(t0())),
+        "https://auth.example",
+        t0() + SignedDuration::from_secs(90),
+        &mut KeyMaterial::generate,
+    )
+    .unwrap()
+    .data;
+    // The caches hold the key Secret and the signer Secret of the key Active until now.
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(
+        t0() + SignedDuration::from_secs(100),
+        true,
+        Some(stored_secret(&published, "7")),
+        None,
+    );
+    let stored = published.clone();
+    let server = tokio::spawn(async move {
+        let secret = expect(&mut api, "PUT", SECRET, 200, Value::Null).await;
+        let reasons = [
+            expect(&mut api, "POST", EVENTS, 201, Value::Null).await,
+            expect(&mut api, "POST", EVENTS, 201, Value::Null).await,
+        ];
+        assert_eq!(
+            reasons.map(|e| e["reason"].clone()),
+            ["KeyActivated", "KeyRetired"]
+        );
+        let signer = expect(&mut api, "PUT", SIGNER, 200, Value::Null).await;
+        assert_eq!(signer["metadata"]["resourceVersion"], "3");
+        let new_kid = decoded(&secret, "active.kid");
+        assert_ne!(new_kid, stored["active.kid"]);
+        assert_eq!(decoded(&signer, "active.kid"), new_kid);
+        assert_eq!(
+            decoded(&signer, "active.key"),
+            decoded(&secret, &format!("{new_kid}.pem"))
+        );
+        // The retired key stays in the key Secret (the JWKS needs it), not here.
+        let retired = stored["active.kid"].clone();
+        assert!(secret["data"].get(format!("{retired}.pem")).is_some());
+        assert_eq!(signer["data"].as_object().unwrap().len(), 5);
+        assert!(!signer.to_string().contains(&format!("{retired}.pem")));
+        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        api
+    });
+    reconcile(
+        Arc::new(signing_key(json!({"activeKid": "x"}))),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
+}
+
+#[tokio::test]
+async fn a_signing_key_whose_issuer_path_is_anothers_is_not_ready_and_both_are_told_once() {
+    use authplane::issuer_claims::IssuerScope;
+    use authplane::registry::{Registry, Snapshot};
+    // The serving index: /auth/web is served for auth/old, which claimed it first.
+    let owner = authplane::api::ObjectKey {
+        namespace: "auth".into(),
+        name: "old".into(),
+    };
+    let registry = Arc::new(Registry::default());
+    registry.publish(Snapshot {
+        path_owners: [("/auth/web".to_owned(), Some(owner))]
+            .into_iter()
+            .collect(),
+        ..Snapshot::default()
+    });
+    let scope = Arc::new(IssuerScope::new("https://auth.example", []).unwrap());
+    let stored = keys_at(t0());
+    let secret = stored_secret(&stored, "7");
+    let secrets = vec![secret.clone(), signer_of(&secret).unwrap()];
+    let world = |config_map: Option<Value>| {
+        world_reporting(
+            t0() + SignedDuration::from_secs(5),
+            true,
+            secrets.clone(),
+            config_map,
+            |ctx| ctx.with_issuer_claims(scope.clone(), registry.clone()),
+        )
+    };
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(None);
+    let server = tokio::spawn(async move {
+        let mut config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        config_map["metadata"]["resourceVersion"] = json!("8");
+        let mine = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (mine["reason"].as_str(), mine["regarding"]["name"].as_str()),
+            (Some("IssuerPathConflict"), Some("web"))
+        );
+        let theirs = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(
+            (
+                theirs["reason"].as_str(),
+                theirs["regarding"]["name"].as_str()
+            ),
+            (Some("IssuerPathConflict"), Some("old"))
+        );
+        assert!(
+            theirs["note"]
+                .as_str()
+                .unwrap()
+                .contains("it stays with this SigningKey")
+        );
+        let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        (api, config_map, status["status"].clone())
+    });
+    reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    let (api, config_map, status) = server.await.unwrap();
+    drop(api);
+    let ready = &status["conditions"][0];
+    assert_eq!(
+        (
+            ready["type"].as_str(),
+            ready["status"].as_str(),
+            ready["reason"].as_str()
+        ),
+        (Some("Ready"), Some("False"), Some("IssuerPathConflict"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("served for SigningKey auth/old")
+    );
+    assert!(
+        status.get("jwksUri").is_none(),
+        "its JWKS is not served: {status}"
+    );
+    assert!(status["activeKid"].is_string(), "its keys still sign");
+
+    // Reconciled again with that status, as the watches deliver it: no new Events, no
+    // write at all.
+    let World { ctx, api, .. } = world(Some(config_map));
+    reconcile(Arc::new(signing_key(status)), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    let mut api = api;
+    assert!(api.next_request().await.is_none());
+}
+
 mod legacy_session_end {
     use super::auth_policy_status::*;
     use super::*;
@@ -990,33 +1276,5 @@ mod legacy_session_end {
 
         let (condition, _) = reconciled(ending(t0())).await;
         assert_eq!(condition, ("False".to_owned(), "SunsetPassed".to_owned()));
-    }
-}
-
-mod auth_policy_not_compiled_yet {
-    use super::auth_policy_status::*;
-    use super::*;
-    use authplane::operator::auth_policies::RECHECK;
-    use kube::runtime::controller::Action;
-
-    /// Before, the controller asked again every second until the serving view caught
-    /// up; now the serving index announces the compile (`Recompiled`), and the
-    /// controller only looks again at its usual recheck.
-    #[tokio::test]
-    async fn a_generation_not_yet_served_is_neither_reported_nor_polled() {
-        let served = policy(Value::Null);
-        let (ctx, api, _leader) = context_for(served.clone());
-        let mut edited = served;
-        edited.metadata.generation = Some(3);
-        let action = within(authplane::operator::auth_policies::reconcile(
-            Arc::new(edited),
-            ctx.clone(),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(action, Action::requeue(RECHECK));
-        drop(ctx);
-        let mut api = api;
-        assert!(api.next_request().await.is_none(), "nothing was written");
     }
 }

@@ -1,6 +1,7 @@
-//! The operator's serving watches against kube-rs's mock API, with the AuthPolicy CRD
-//! missing: the keys are served as soon as SigningKeys and Secrets are listed, `/readyz`
-//! says which watch is failing, and a decision fails closed with 503 instead of 404.
+//! The operator's serving watches against kube-rs's mock API: with the AuthPolicy CRD
+//! missing, the keys are served as soon as SigningKeys and Secrets are listed, `/readyz`
+//! says which watch is failing, and a decision fails closed with 503 instead of 404; and
+//! with a long list of policies, `/readyz` says ready only once every one is served.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use authplane::api::{AuthPolicy, SigningKey};
 use authplane::issuer_claims::IssuerScope;
 use authplane::keys::KeyMaterial;
-use authplane::operator::auth_policies::Recompiled;
+use authplane::operator::instance::Instance;
 use authplane::operator::serve;
 use authplane::registry::{PolicyRuntime, Registry, SourceState};
 use authplane::server::{self, AppState, Endpoints};
@@ -18,8 +19,6 @@ use futures::StreamExt;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
-use kube::core::DeserializeGuard;
-use kube::runtime::reflector;
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -70,9 +69,22 @@ fn list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
+/// Policy `i` of a long list: enforced for everyone, tokens from our key.
+fn own_policy(i: usize) -> Value {
+    json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": format!("p{i}"), "namespace": "shop", "resourceVersion": "1", "generation": 1},
+        "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+                 "audiences": [format!("aud-{i}")],
+                 "rollout": {"mode": "Enforce", "percentage": 100}},
+    })
+}
+
 /// How the mock API answers about AuthPolicies.
 #[derive(Clone, Copy, PartialEq)]
 enum Policies {
+    /// Listed: this many policies of our key.
+    Many(usize),
     /// The 404 of a missing CRD.
     CrdMissing,
     /// No answer yet: a long list (10,000 policies) still under way.
@@ -82,9 +94,25 @@ enum Policies {
 }
 
 /// Answers lists by path and keeps watches open (nothing changes).
-async fn api_server(mut handle: Handle, secret: Value, policies: Policies) {
+async fn api_server(
+    mut handle: Handle,
+    secret: Value,
+    policies: Policies,
+    release: Arc<tokio::sync::Notify>,
+) {
+    let many = match policies {
+        Policies::Many(n) => Some(n),
+        _ => None,
+    };
     let mut open_watches = Vec::new();
     while let Some((request, respond)) = handle.next_request().await {
+        // A long list arrives when the test says (the keys are served by then).
+        if many.is_some()
+            && request.uri().path() == POLICIES
+            && !request.uri().query().unwrap_or("").contains("watch=true")
+        {
+            release.notified().await;
+        }
         let path = request.uri().path().to_owned();
         let watch = request.uri().query().unwrap_or("").contains("watch=true");
         let (status, body) = match path.as_str() {
@@ -98,6 +126,13 @@ async fn api_server(mut handle: Handle, secret: Value, policies: Policies) {
             }
             POLICIES if policies == Policies::ListedWithoutKeys => {
                 (200, list(vec![external_policy()]))
+            }
+            POLICIES if watch => {
+                open_watches.push(respond);
+                continue;
+            }
+            POLICIES if many.is_some() => {
+                (200, list((0..many.unwrap_or(0)).map(own_policy).collect()))
             }
             KEYS if policies == Policies::ListedWithoutKeys => (
                 403,
@@ -138,6 +173,10 @@ struct Serving {
         'static,
         kube::runtime::reflector::ObjectRef<kube::core::DeserializeGuard<AuthPolicy>>,
     >,
+    /// What the caches hold.
+    caches: serve::Caches,
+    /// Answers the long list of policies (`Policies::Many`).
+    release: Arc<tokio::sync::Notify>,
     stop: tokio::sync::watch::Sender<bool>,
     /// The serving watches and the HTTP server: they end when told to stop.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -167,14 +206,20 @@ async fn start(policies: Policies) -> Serving {
     let kid = outcome.keys.records()[0].material.kid().to_owned();
 
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let api = tokio::spawn(api_server(handle, secret(&outcome.data), policies));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let api = tokio::spawn(api_server(
+        handle,
+        secret(&outcome.data),
+        policies,
+        release.clone(),
+    ));
     let client = Client::new(service, "default");
 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(authplane::metrics::Metrics::default());
     let clock = Arc::new(authplane::clock::SystemClock);
     let runtime = Arc::new(PolicyRuntime::new(metrics.clone(), clock.clone(), 0));
-    let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
+    let (caches, writers) = serve::caches();
     let scope = Arc::new(IssuerScope::new("http://127.0.0.1", []).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -184,7 +229,7 @@ async fn start(policies: Policies) -> Serving {
         clock,
         base_url: Arc::from(base.as_str()),
         signing_keys: Arc::new(serve::KeyIndex {
-            keys: keys.clone(),
+            keys: caches.keys.clone(),
             registry: registry.clone(),
             scope: scope.clone(),
         }),
@@ -202,21 +247,18 @@ async fn start(policies: Policies) -> Serving {
             }
         },
     ));
-    let feed = Arc::new(Recompiled::default());
-    let recompiled = feed
-        .clone()
-        .triggers::<DeserializeGuard<AuthPolicy>>()
-        .boxed();
+    let feeds = serve::Feeds::default();
+    let recompiled = feeds.policies.clone().triggers().boxed();
     let serving = tokio::spawn(serve::run(
         client,
-        scope,
+        serve::Settings {
+            scope,
+            instance: Instance::default(),
+        },
         registry.clone(),
         runtime,
-        (keys_writer, kube::runtime::reflector::store().1),
-        serve::Announced {
-            recompiled: feed,
-            reclaimed: Arc::default(),
-        },
+        (caches.clone(), writers),
+        feeds,
         stopped,
     ));
     let http = tokio::spawn(async move {
@@ -227,6 +269,8 @@ async fn start(policies: Policies) -> Serving {
         kid,
         registry,
         recompiled,
+        caches,
+        release,
         stop,
         tasks: vec![serving, http],
         api,
@@ -335,6 +379,48 @@ async fn policies_of_external_issuers_are_served_while_the_key_watch_fails() {
     assert_eq!(
         (announced.namespace.as_deref(), announced.name.as_str()),
         (Some("shop"), "partners")
+    );
+    serving.stop().await;
+}
+
+/// Ready means every listed policy is served. Before, the AuthPolicy watch counted as
+/// synced once listed, and `/readyz` said ready while the listed policies were still
+/// being compiled: every decision meanwhile was a 503 `policies_unavailable` (1-2 s at
+/// 10,000 policies on a real cluster). Two workers: the HTTP server answers while the
+/// serving loop compiles, as on a real replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_every_listed_policy_is_served() {
+    const POLICIES: usize = 2_000;
+    let serving = start(Policies::Many(POLICIES)).await;
+    let client = reqwest::Client::new();
+    // The keys are served first (the replica has published), then the policies come:
+    // the order of a real cold start, where the short lists arrive first.
+    jwks_served(&client, &serving).await;
+    serving.release.notify_one();
+    let readyz = format!("{}/readyz", serving.base);
+    let last = format!("{}/authz/shop/p{}", serving.base, POLICIES - 1);
+    let mut polls = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        polls += 1;
+        let ready = client.get(&readyz).send().await.unwrap().status() == 200;
+        // Asked after `/readyz` answered: a replica that said ready must decide.
+        let decision = client.get(&last).send().await.unwrap();
+        let status = decision.status();
+        let reason = decision.headers().get("x-authplane-reason").cloned();
+        if ready {
+            assert_ne!(
+                status, 503,
+                "ready, yet no decision ({reason:?}) after {polls} polls"
+            );
+            assert_eq!(status, 401, "enforced, and no token");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+    }
+    assert!(
+        serving.caches.policies.state().len() == POLICIES,
+        "every policy listed"
     );
     serving.stop().await;
 }

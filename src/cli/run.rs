@@ -1,7 +1,7 @@
 //! `authplane run`: the operator on a cluster.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -84,7 +84,27 @@ pub(crate) struct RunArgs {
     /// caBundle.
     #[arg(long, value_name = "NAME", requires = "tls_bootstrap_secret")]
     webhook_configuration: Option<String>,
+    /// This installation's instance name: it serves and writes only the objects
+    /// labelled authplane.io/instance=NAME (and, as `default`, those without the label),
+    /// so that two installations in one cluster never write each other's objects.
+    #[arg(
+        long,
+        env = "AUTHPLANE_INSTANCE",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    instance: crate::operator::instance::Instance,
+    /// Writes per second to the Kubernetes API, on average (client-go's QPS). Reads come
+    /// from watches; API Priority and Fairness queues what exceeds the server's share.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KUBE_API_QPS)]
+    kube_api_qps: NonZeroU32,
+    /// Writes sent at once before --kube-api-qps paces them (client-go's burst).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KUBE_API_BURST)]
+    kube_api_burst: NonZeroU32,
 }
+
+const DEFAULT_KUBE_API_QPS: NonZeroU32 = NonZeroU32::new(500).unwrap();
+const DEFAULT_KUBE_API_BURST: NonZeroU32 = NonZeroU32::new(1000).unwrap();
 
 #[derive(Args)]
 pub(crate) struct TlsFileArgs {
@@ -158,6 +178,11 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             serving.fetch.allow_loopback = args.allow_loopback_issuers;
             serving
         },
+        instance: args.instance,
+        write_pace: Some(crate::operator::writer::Pace {
+            per_second: args.kube_api_qps,
+            burst: args.kube_api_burst,
+        }),
     };
     let runtime = server::runtime::build(args.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

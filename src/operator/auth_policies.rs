@@ -4,27 +4,25 @@
 //!
 //! The status is the compiled policy's (its spec with the keys and external key sets it
 //! resolved: the runtime's health), so it says what is served. Nothing polls for it: the
-//! serving index announces every policy it compiles ([`Recompiled`]), and the
-//! controller reconciles those, whether their own spec changed or a SigningKey they
-//! name did.
+//! serving loop announces every policy it applies or compiles ([`super::feed::Feed`]),
+//! and the controller reconciles those, whether their own spec changed or a SigningKey
+//! they name did.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use tokio::sync::Notify;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::error::Error;
 use super::targets::Targets;
 use super::writer::LeaderWriter;
 use crate::api::{
-    AuthPolicy, AuthPolicyStatus, ObjectKey, RolloutProgress, Validate, condition, conditions,
+    AuthPolicy, AuthPolicyStatus, ObjectKey, RolloutProgress, SigningKey, Validate, condition,
+    conditions,
 };
 use crate::clock::Clock;
 use crate::driver::rollouts::{self, Recorded, RolloutStore};
@@ -37,6 +35,11 @@ use crate::registry::{PolicyRuntime, Registry};
 pub const RECHECK: Duration = Duration::from_secs(300);
 /// External issuers' key-set health is reported this fresh.
 const EXTERNAL_RECHECK: Duration = Duration::from_secs(15);
+/// For at most this long after the leader starts, a policy that names a SigningKey whose
+/// keys are still being made waits for them instead of reporting the key as not found
+/// (and then found: two writes per policy at every cold start). At a cold start with
+/// 1,000 keys on a slow apiserver the last keys took 90 s.
+pub const PENDING_KEYS_WAIT: SignedDuration = SignedDuration::from_mins(5);
 
 pub struct PolicyContext {
     /// Which targets exist, from the target watches.
@@ -49,9 +52,69 @@ pub struct PolicyContext {
     /// balancer, one replica's share is a fair sample.
     pub runtime: Arc<PolicyRuntime>,
     pub rollouts: std::sync::Mutex<RolloutTracker>,
+    /// The serving cache of SigningKeys: whether a key not served yet exists.
+    pub keys: Store<DeserializeGuard<SigningKey>>,
+    /// When this replica began to lead (see [`PENDING_KEYS_WAIT`]).
+    pub leading_since: Mutex<Option<Timestamp>>,
+}
+
+impl PolicyContext {
+    /// How long the policy `id`, whose compiled form names `unresolved` SigningKeys,
+    /// waits for them before its status says they are missing: while this leader is
+    /// young and every one of them exists and does not report a failure (its keys are
+    /// being made), the rest of [`PENDING_KEYS_WAIT`]; otherwise not at all.
+    fn wait_for_keys(
+        &self,
+        id: &ObjectKey,
+        policy: &AuthPolicy,
+        unresolved: &[String],
+    ) -> Option<Duration> {
+        if unresolved.is_empty() {
+            return None;
+        }
+        let since = (*self.leading_since.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let left = (since + PENDING_KEYS_WAIT).duration_since(self.clock.now());
+        if left <= SignedDuration::ZERO {
+            return None;
+        }
+        let named: Vec<ObjectKey> = policy
+            .spec
+            .issuers
+            .iter()
+            .filter_map(|issuer| issuer.signing_key_id(&id.namespace))
+            .collect();
+        let pending = |missing: &String| {
+            named.iter().any(|key| {
+                key.to_string() == *missing
+                    && self
+                        .keys
+                        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+                        .is_some_and(|guard| {
+                            guard
+                                .0
+                                .as_ref()
+                                .is_ok_and(|k| k.validate().is_empty() && !reports_failure(k))
+                        })
+            })
+        };
+        unresolved.iter().all(pending).then(|| left.unsigned_abs())
+    }
+}
+
+/// Whether a SigningKey's status says that its current spec cannot be served (an
+/// unmanaged or unreadable Secret): its keys are not coming.
+fn reports_failure(key: &SigningKey) -> bool {
+    key.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == conditions::READY
+                && c.status == "False"
+                && c.observed_generation == key.metadata.generation
+        })
+    })
 }
 
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
+    ctx.runtime.metrics.policy_reconciles.inc();
     let id = ObjectKey::of(&policy.metadata);
     let now = ctx.clock.now();
     let generation = policy.metadata.generation;
@@ -83,6 +146,10 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             // when it does, and this runs again then.
             return Ok(Action::requeue(RECHECK));
         };
+        if let Some(wait) = ctx.wait_for_keys(&id, &policy, &compiled.unresolved) {
+            // Its keys are being made: announced when served, and this runs again then.
+            return Ok(Action::requeue(wait));
+        }
         let mut status = compiled.status(&ctx.external_url, now, |target| {
             ctx.targets.exists(target.kind, &id.namespace, &target.name)
         });
@@ -127,71 +194,6 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
         rollouts::say_moved(&id, tracked);
     }
     Ok(Action::requeue(requeue))
-}
-
-/// The AuthPolicies the serving index compiled, announced to the status controller.
-/// Announcements are sets, so a burst (a relist, a key named by many policies) asks for
-/// each policy once; and they are kept only while a controller listens (on the leader),
-/// so a follower keeps nothing.
-#[derive(Default)]
-pub struct Recompiled {
-    ids: Mutex<BTreeSet<ObjectKey>>,
-    wake: Notify,
-    listeners: AtomicUsize,
-}
-
-/// A listener's presence: counted while its trigger stream lives.
-struct Listening(Arc<Recompiled>);
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        if self.0.listeners.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.take();
-        }
-    }
-}
-
-impl Recompiled {
-    pub fn announce(&self, ids: BTreeSet<ObjectKey>) {
-        if ids.is_empty() || self.listeners.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        self.ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ids);
-        self.wake.notify_one();
-    }
-
-    fn take(&self) -> BTreeSet<ObjectKey> {
-        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// The policies announced from now on, for `Controller::reconcile_on`, until the
-    /// stream is dropped (the lease is lost). A controller that starts reconciles every
-    /// policy anyway, so nothing from before is needed.
-    pub fn triggers<K>(self: Arc<Self>) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
-    where
-        K: kube::Resource<DynamicType = ()> + 'static,
-    {
-        self.listeners.fetch_add(1, Ordering::SeqCst);
-        let listening = Listening(self);
-        futures::stream::unfold(listening, |listening| async move {
-            loop {
-                listening.0.wake.notified().await;
-                let ids = listening.0.take();
-                if !ids.is_empty() {
-                    return Some((ids, listening));
-                }
-            }
-        })
-        .flat_map(|ids| {
-            futures::stream::iter(
-                ids.into_iter()
-                    .map(|id| ObjectRef::new(&id.name).within(&id.namespace)),
-            )
-        })
-    }
 }
 
 /// On a cluster, a rollout's progress is recorded in the AuthPolicy's status: it is read
@@ -240,46 +242,4 @@ pub fn error_policy(
         tracing::warn!(auth_policy = %policy.name_any(), "status update failed: {error}");
     }
     Action::requeue(Duration::from_secs(10))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(name: &str) -> ObjectKey {
-        ObjectKey {
-            namespace: "shop".into(),
-            name: name.into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn announcements_reach_the_controller_once_each_and_only_while_it_listens() {
-        let feed = Arc::new(Recompiled::default());
-        // Announced while no controller listened (a follower): nothing is kept, and a
-        // new controller reconciles every policy anyway.
-        feed.announce(BTreeSet::from([id("old")]));
-        assert!(feed.take().is_empty(), "a follower keeps nothing");
-        let mut triggers = Box::pin(feed.clone().triggers::<DeserializeGuard<AuthPolicy>>());
-        feed.announce(BTreeSet::from([id("pay"), id("cart")]));
-        feed.announce(BTreeSet::from([id("pay")]));
-        let mut seen = Vec::new();
-        for _ in 0..2 {
-            let next = tokio::time::timeout(Duration::from_secs(10), triggers.next()).await;
-            seen.push(next.expect("announced").expect("endless").name);
-        }
-        assert_eq!(
-            seen,
-            ["cart", "pay"],
-            "each once, whatever the announcements"
-        );
-        assert!(
-            futures::FutureExt::now_or_never(triggers.next()).is_none(),
-            "nothing else"
-        );
-        // The lease is lost: the controller and its stream go, and nothing is kept.
-        drop(triggers);
-        feed.announce(BTreeSet::from([id("later")]));
-        assert!(feed.take().is_empty());
-    }
 }

@@ -1,9 +1,9 @@
 //! The leader's wiring, against a fake apiserver on kube-rs's mock service: the
-//! AuthPolicy status controller starts once the targets are listed, and reconciles a
-//! policy when one of its targets goes away and when the serving index announces it.
-//! Each part has its own tests; this one checks that `lead` connects them. The fake
-//! sends every status it is given back through the AuthPolicy watch, as the apiserver
-//! does, so a reconcile that changes nothing writes nothing here either.
+//! AuthPolicy status controller starts once the targets are listed, reads the serving
+//! cache, and reconciles a policy when one of its targets goes away and when the serving
+//! loop announces it. Each part has its own tests; this one checks that `lead` connects
+//! them. The writer remembers every status it wrote, so a reconcile that changes nothing
+//! writes nothing here either.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tower_test::mock::SendResponse;
 
-use super::auth_policies::{PolicyContext, Recompiled};
-use super::signing_keys::Context;
+use super::auth_policies::PolicyContext;
+use super::serve::{self, Feeds};
 use super::writer::LeaderWriter;
 use super::{Controllers, lead};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey, conditions};
@@ -131,7 +131,6 @@ async fn fake_apiserver(
                     resource_version += 1;
                     written["metadata"]["resourceVersion"] = json!(resource_version.to_string());
                     respond(send, 200, written.to_string());
-                    watches.send("authpolicies", json!({"type": "MODIFIED", "object": written}));
                     let _ = patches.send(patch);
                 } else if query.contains("watch=true") {
                     watches.opened(resource, send);
@@ -200,17 +199,19 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let (leader_tx, leader) = watch::channel(true);
     let (stop, stopped) = watch::channel(false);
     let writer = LeaderWriter::new(client.clone(), leader.clone(), None);
-    let recompiled = Arc::new(Recompiled::default());
+    // The serving caches, as the serving loop fills them: the policy, no keys.
+    let (caches, writers) = serve::caches();
+    let guard: kube::core::DeserializeGuard<AuthPolicy> = serde_json::from_value(policy()).unwrap();
+    writers.fill(Vec::new(), Vec::new(), vec![guard]);
+    let feeds = Feeds::default();
     let controllers = Controllers {
         client: client.clone(),
         writer: writer.clone(),
-        keys: Arc::new(Context::new(
-            client.clone(),
-            metrics.clone(),
-            "https://a.example".into(),
-            clock.clone(),
-            writer.clone(),
-        )),
+        caches: caches.clone(),
+        feeds: feeds.clone(),
+        metrics: metrics.clone(),
+        external_url: "https://a.example".into(),
+        clock: clock.clone(),
         policies: Arc::new(PolicyContext {
             targets: Default::default(),
             registry,
@@ -219,14 +220,17 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
             writer,
             runtime,
             rollouts: Default::default(),
+            keys: caches.keys.clone(),
+            leading_since: Default::default(),
         }),
-        recompiled: recompiled.clone(),
-        reclaimed: Arc::new(Recompiled::default()),
+        issuer_claims: (
+            Arc::new(crate::issuer_claims::IssuerScope::anywhere("https://a.example")),
+            serving.clone(),
+        ),
     };
     let lists = HashMap::from([
-        ("authpolicies", list(vec![policy()])),
         ("signingkeys", list(Vec::new())),
-        ("secrets", list(Vec::new())),
+        ("configmaps", list(Vec::new())),
         ("revocations", list(Vec::new())),
         ("deployments", list(vec![target("web")])),
         ("statefulsets", list(Vec::new())),
@@ -236,7 +240,7 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let (events, events_rx) = mpsc::unbounded_channel();
     let (patches_tx, mut patches) = mpsc::unbounded_channel();
     let apiserver = tokio::spawn(fake_apiserver(api, lists, events_rx, patches_tx));
-    let leading = tokio::spawn(lead(controllers, metrics, leader, stopped));
+    let leading = tokio::spawn(lead(controllers, leader, stopped));
     let mut next_status = async || {
         let patch = tokio::time::timeout(Duration::from_secs(60), patches.recv()).await;
         patch.expect("a status write").expect("the apiserver")["status"].take()
@@ -258,7 +262,7 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     // and announces it, as the serving loop does.
     index.delete_key(&key_id);
     serving.publish(index.snapshot());
-    recompiled.announce(BTreeSet::from([ObjectKey {
+    feeds.policies.announce(BTreeSet::from([ObjectKey {
         namespace: "shop".into(),
         name: "payments".into(),
     }]));

@@ -3,6 +3,9 @@
 
 pub mod auth_policies;
 pub mod error;
+pub mod feed;
+pub mod instance;
+pub mod latest;
 pub mod lease;
 pub mod revocations;
 pub mod secret_store;
@@ -20,17 +23,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use futures::{StreamExt, future, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::DeserializeGuard;
-use kube::runtime::{Controller, controller, reflector, watcher};
-use kube::{Api, Client};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::api::{AuthPolicy, SigningKey};
-use crate::clock::SystemClock;
+use crate::api::SigningKey;
+use crate::clock::{Clock, SystemClock};
 use crate::driver::{
     self,
     serve::{Listener, ServeError},
@@ -42,8 +47,10 @@ use crate::server::{self, AppState, Endpoints};
 use crate::tls::bootstrap::BootstrapSettings;
 use crate::tls::files::TlsFiles;
 use crate::tls::{self, CertSlot};
+use instance::Instance;
 use lease::LeaseSettings;
-use signing_keys::Context;
+use signing_keys::{Context, OwnedCaches, SIGNING_KEY_LABEL};
+use writer::Pace;
 
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -72,6 +79,10 @@ pub struct OperatorConfig {
     pub tls_client_ca_file: Option<PathBuf>,
     /// Listener limits and what the serving half trusts.
     pub serving: driver::serve::Settings,
+    /// The installation: only this instance's objects are served and written.
+    pub instance: Instance,
+    /// How fast the leader writes; `None`: as fast as the apiserver answers.
+    pub write_pace: Option<Pace>,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -130,6 +141,43 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OperatorError> {
     let client = client(config.kubeconfig.as_ref()).await?;
+    let operator = start(client, config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    operator.stop().await
+}
+
+/// A running operator.
+pub struct Operator {
+    /// Where the plain HTTP listener is bound.
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    serving: driver::serve::Serving,
+}
+
+impl Operator {
+    /// The plain HTTP listener's address (its port, when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops everything: the leader releases its Lease; open requests finish.
+    pub async fn stop(self) -> Result<(), OperatorError> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        Ok(self.serving.stopped().await?)
+    }
+}
+
+/// How long a SigningKey's or AuthPolicy's problem must last to be logged (watches
+/// arrive in any order; the leader makes a new key's Secret a moment after the key).
+const PROBLEM_GRACE: Duration = Duration::from_secs(30);
+
+/// Starts the operator with `client`: serving on every replica, writing on the leader.
+pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, OperatorError> {
     match Api::<SigningKey>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
@@ -147,17 +195,21 @@ pub async fn run(
     )?);
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let socket = driver::serve::bind(config.listen)?;
+    let addr = socket
+        .local_addr()
+        .map_err(|e| ServeError::Listen(config.listen, e))?;
     let mut listeners = vec![Listener {
-        socket: driver::serve::bind(config.listen)?,
+        socket,
         endpoints: Endpoints::Public,
         tls: None,
         client_cas: None,
     }];
     let (stop, stopped) = watch::channel(false);
-    // The serving watch's SigningKey cache doubles as the admission webhook's index.
-    let (keys, keys_writer) = reflector::store::<DeserializeGuard<SigningKey>>();
-    // And its AuthPolicy cache tells the Revocations how long tokens are accepted.
-    let (policies, policies_writer) = reflector::store::<DeserializeGuard<AuthPolicy>>();
+    // The serving watches' caches: the admission webhook reads the SigningKeys, the
+    // leader's controllers all of them.
+    let (caches, cache_writers) = serve::caches();
     // Certificate files are loaded before anything is served (a bad one fails the
     // start); a bootstrapped certificate is made meanwhile, and `/readyz` waits for it.
     let slot = match config.tls.as_ref().map(|tls| &tls.source) {
@@ -174,7 +226,7 @@ pub async fn run(
                 settings.clone(),
                 slot.clone(),
                 metrics.clone(),
-                Arc::new(SystemClock),
+                clock.clone(),
                 stopped.clone(),
             ));
             Some(slot)
@@ -209,10 +261,10 @@ pub async fn run(
     let state = AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
-        clock: Arc::new(SystemClock),
+        clock: clock.clone(),
         base_url: Arc::from(config.external_url.as_str()),
         signing_keys: Arc::new(serve::KeyIndex {
-            keys: keys.clone(),
+            keys: caches.keys.clone(),
             registry: registry.clone(),
             scope: scope.clone(),
         }),
@@ -228,41 +280,42 @@ pub async fn run(
         )),
     };
     let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
-    let runtime = Arc::new(PolicyRuntime::with_fetch(
-        metrics.clone(),
-        Arc::new(SystemClock),
-        config.decision_cache_size,
-        config.serving.fetch.clone(),
-    ));
+    let runtime = Arc::new(
+        PolicyRuntime::with_fetch(
+            metrics.clone(),
+            clock.clone(),
+            config.decision_cache_size,
+            config.serving.fetch.clone(),
+        )
+        .with_problem_grace(PROBLEM_GRACE),
+    );
     // Revocations have their own watch and set: a new one rebuilds no policy.
     let revoking = tokio::spawn(revocations::run(
         client.clone(),
         registry.clone(),
         metrics.clone(),
-        Arc::new(SystemClock),
-        (keys.clone(), policies.clone()),
+        clock.clone(),
+        (caches.keys.clone(), caches.policies.clone()),
         stopped.clone(),
     ));
-    // The serving index tells the status controllers which policies it compiled and
-    // which SigningKeys' issuer claims moved.
-    let recompiled = Arc::new(auth_policies::Recompiled::default());
-    let reclaimed = Arc::new(auth_policies::Recompiled::default());
+    // The serving loop tells the leader's controllers what it applied.
+    let feeds = serve::Feeds::default();
     let watching = tokio::spawn(serve::run(
         client.clone(),
-        scope.clone(),
+        serve::Settings {
+            scope: scope.clone(),
+            instance: config.instance.clone(),
+        },
         registry.clone(),
         runtime.clone(),
-        (keys_writer, policies_writer),
-        serve::Announced {
-            recompiled: recompiled.clone(),
-            reclaimed: reclaimed.clone(),
-        },
+        (caches.clone(), cache_writers),
+        feeds.clone(),
         stopped.clone(),
     ));
 
     let (leader_tx, leader) = watch::channel(false);
     let settings = LeaseSettings {
-        name: "authplane-leader".into(),
+        name: config.instance.lease_name(),
         namespace: config.namespace.clone(),
         identity: config.identity.clone(),
         // client-go's defaults are 15 s / 10 s / 2 s; a failover takes at most about
@@ -274,148 +327,237 @@ pub async fn run(
     let lease = tokio::spawn(lease::run(
         Api::namespaced(client.clone(), &config.namespace),
         settings,
-        Arc::new(SystemClock),
+        clock.clone(),
         leader_tx,
         stopped.clone(),
     ));
 
     // Every write the leader makes goes through this gate.
-    let writer = writer::LeaderWriter::new(
+    let mut writer = writer::LeaderWriter::new(
         client.clone(),
         leader.clone(),
         Some(config.identity.clone()),
-    );
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            metrics.clone(),
-            config.external_url.clone(),
-            Arc::new(SystemClock),
-            writer.clone(),
-        )
-        .with_issuer_claims(scope, registry.clone()),
-    );
-    let policy_ctx = Arc::new(auth_policies::PolicyContext {
+    )
+    .for_instance(config.instance.clone());
+    if let Some(pace) = config.write_pace {
+        writer = writer.paced(pace);
+    }
+    let policies = Arc::new(auth_policies::PolicyContext {
         targets: Default::default(),
         registry: registry.clone(),
         external_url: config.external_url.clone(),
-        clock: Arc::new(SystemClock),
+        clock: clock.clone(),
         writer: writer.clone(),
         runtime,
         rollouts: Default::default(),
+        keys: caches.keys.clone(),
+        leading_since: Default::default(),
     });
     let controller = tokio::spawn(lead(
         Controllers {
             client,
             writer,
-            keys: ctx,
-            policies: policy_ctx,
-            recompiled,
-            reclaimed,
+            caches,
+            feeds,
+            metrics,
+            external_url: config.external_url.clone(),
+            clock,
+            policies,
+            issuer_claims: (scope, registry),
         },
-        metrics,
         leader,
         stopped,
     ));
 
     tracing::info!(
-        listen = %config.listen,
+        listen = %addr,
         tls_listen = ?config.tls.as_ref().map(|t| t.listen),
         admin_listen = ?config.admin_listen,
         identity = %config.identity,
+        instance = %config.instance,
         "authplane operator running"
     );
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = stop.send(true);
-    let _ = tokio::join!(controller, lease, watching, revoking);
-    Ok(serving.stopped().await?)
+    Ok(Operator {
+        addr,
+        stop,
+        tasks: vec![controller, lease, watching, revoking],
+        serving,
+    })
 }
 
-/// AuthPolicies reconciled at once.
-const AUTH_POLICY_RECONCILES: u16 = 16;
+/// SigningKeys reconciled at once. At a cold start with 1,000 keys each makes a Secret,
+/// an Event, a ConfigMap and a status, one after the other: the apiserver's latency,
+/// not its capacity, decides how fast that goes, so several run at once; but a bounded
+/// few (without a bound, 1,000 ran at once and held 1,400 connections), and key
+/// generation (RSA) takes a core while it runs.
+const SIGNING_KEY_RECONCILES: u16 = 32;
+/// AuthPolicies reconciled at once: one status write each, at most, and little CPU.
+/// API Priority and Fairness queues what exceeds the operator's share of the apiserver.
+const AUTH_POLICY_RECONCILES: u16 = 64;
 
-/// What the leader runs.
+/// What the leader runs, and what it reads: the serving caches, and what the serving
+/// loop announces.
 struct Controllers {
     client: Client,
     writer: writer::LeaderWriter,
-    keys: Arc<Context>,
+    caches: serve::Caches,
+    feeds: serve::Feeds,
+    metrics: Arc<Metrics>,
+    external_url: String,
+    clock: Arc<dyn Clock>,
     policies: Arc<auth_policies::PolicyContext>,
-    recompiled: Arc<auth_policies::Recompiled>,
-    /// SigningKeys whose issuer claim moved: their status says whether it is served.
-    reclaimed: Arc<auth_policies::Recompiled>,
+    /// Where issuers may be published, and the serving index's snapshot: each
+    /// SigningKey's status says whether its issuer is served.
+    issuer_claims: (Arc<IssuerScope>, Arc<Registry>),
 }
 
 /// Runs the controllers while this replica leads, and stops them the moment it does not.
 async fn lead(
     controllers: Controllers,
-    metrics: Arc<Metrics>,
     mut leader: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let metrics = controllers.metrics.clone();
     loop {
         tokio::select! {
+            biased;
             _ = stopped.changed() => return,
             became = leader.wait_for(|l| *l) => if became.is_err() { return },
         }
         metrics.leader.set(1);
-        let Controllers {
-            client,
-            writer,
-            keys: ctx,
-            policies: policy_ctx,
-            recompiled,
-            reclaimed,
-        } = &controllers;
-        let keys = Api::<DeserializeGuard<SigningKey>>::all(client.clone());
-        let secrets = Api::<Secret>::all(client.clone());
-        let signing_keys = Controller::new(keys, watcher::Config::default())
-            .owns(
-                secrets,
-                watcher::Config::default().labels(&serve::managed_selector()),
-            )
-            .reconcile_on(reclaimed.clone().triggers())
-            .run(
-                signing_keys::reconcile_guarded,
-                signing_keys::error_policy_guarded,
-                ctx.clone(),
-            )
-            .for_each(|_| async {});
-        // Targets are watched while this replica leads, from a fresh list.
-        policy_ctx.targets.clear();
-        let (target_changes, changed_targets) = futures::channel::mpsc::unbounded();
-        let watching_targets =
-            targets::watch(client.clone(), policy_ctx.targets.clone(), target_changes);
-        let auth_policies = async {
-            // Status written before the targets are listed would say "unknown", then be
-            // corrected: wait for the lists (or their failure) first.
-            policy_ctx.targets.settled(targets::FIRST_LIST_WAIT).await;
-            let policies = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone());
-            let controller = Controller::new(policies, watcher::Config::default());
-            let cached = controller.store();
-            controller
-                // A key named by 10,000 policies recompiles them all at a rotation:
-                // their status writes go to the apiserver a few at a time.
-                .with_config(controller::Config::default().concurrency(AUTH_POLICY_RECONCILES))
-                .reconcile_on(recompiled.clone().triggers())
-                .reconcile_on(targets::triggers(changed_targets, cached))
-                .run(
-                    auth_policies::reconcile_guarded,
-                    auth_policies::error_policy,
-                    policy_ctx.clone(),
-                )
-                .for_each(|_| async {})
-                .await;
-        };
-        // Lapsed Revocations are deleted by the leader only (this never ends by itself).
-        let expiry = revocations::expire(client.clone(), writer.clone(), Arc::new(SystemClock));
         tokio::select! {
-            _ = futures::future::join(signing_keys, auth_policies) => {}
-            _ = watching_targets => {}
-            _ = expiry => {}
-            _ = leader.wait_for(|l| !*l) => tracing::warn!("lease lost: stopped writing"),
+            // A clean shutdown releases the lease too: that is no news.
+            biased;
             _ = stopped.changed() => return,
+            _ = leader.wait_for(|l| !*l) => if !*stopped.borrow() {
+                tracing::warn!("lease lost: stopped writing");
+            },
+            () = term(&controllers) => {}
         }
         metrics.leader.set(0);
     }
+}
+
+/// One term of leadership: the SigningKey and AuthPolicy controllers, the target
+/// watches, and the deletion of lapsed Revocations. Never ends by itself.
+async fn term(controllers: &Controllers) {
+    let Controllers {
+        client,
+        writer,
+        caches,
+        feeds,
+        metrics,
+        external_url,
+        clock,
+        policies: policy_ctx,
+        issuer_claims: (scope, registry),
+    } = controllers;
+    // Writes remembered from an earlier term may be stale: this term reads the caches.
+    writer.forget_writes();
+    *policy_ctx
+        .leading_since
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(clock.now());
+
+    // The JWKS ConfigMaps are read only by the leader, from a watch of its term; every
+    // managed one, so that one of another instance is seen and left alone.
+    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
+    let config_map_changes = reflector::reflector(
+        config_maps_writer,
+        watcher(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default().labels(&serve::managed_selector()),
+        )
+        .default_backoff()
+        .modify(|config_map| {
+            let trimmed = instance::trimmed(std::mem::take(config_map));
+            *config_map = trimmed;
+        }),
+    )
+    .filter_map(|event| future::ready(config_map_owner(event)));
+    let ctx = Arc::new(
+        Context::new(
+            metrics.clone(),
+            external_url.clone(),
+            clock.clone(),
+            writer.clone(),
+            OwnedCaches {
+                secrets: caches.secrets.clone(),
+                config_maps: config_maps.clone(),
+            },
+        )
+        .with_issuer_claims(scope.clone(), registry.clone()),
+    );
+    // Every SigningKey once all three caches are listed, then those the serving loop
+    // announces and those whose ConfigMap changed.
+    let listed = {
+        let (keys, secrets) = (caches.keys.clone(), caches.secrets.clone());
+        async move {
+            let _ = keys.wait_until_ready().await;
+            let _ = secrets.wait_until_ready().await;
+            let _ = config_maps.wait_until_ready().await;
+        }
+    };
+    let signing_keys = Controller::for_stream(stream::pending(), caches.keys.clone())
+        .with_config(controller::Config::default().concurrency(SIGNING_KEY_RECONCILES))
+        .reconcile_all_on(stream::once(listed))
+        .reconcile_on(feeds.keys.clone().triggers())
+        .reconcile_on(config_map_changes)
+        .run(
+            signing_keys::reconcile_guarded,
+            signing_keys::error_policy_guarded,
+            ctx,
+        )
+        .for_each(|_| async {});
+
+    // Targets are watched while this replica leads, from a fresh list.
+    policy_ctx.targets.clear();
+    let (target_changes, changed_targets) = futures::channel::mpsc::unbounded();
+    let watching_targets =
+        targets::watch(client.clone(), policy_ctx.targets.clone(), target_changes);
+    let auth_policies = async {
+        // Status written before the targets are listed would say "unknown", then be
+        // corrected: wait for the lists (or their failure) first.
+        policy_ctx.targets.settled(targets::FIRST_LIST_WAIT).await;
+        let cached = caches.policies.clone();
+        let listed = {
+            let cached = cached.clone();
+            async move {
+                let _ = cached.wait_until_ready().await;
+            }
+        };
+        Controller::for_stream(stream::pending(), cached.clone())
+            // A key named by 10,000 policies recompiles them all at a rotation:
+            // their status writes go to the apiserver a few at a time.
+            .with_config(controller::Config::default().concurrency(AUTH_POLICY_RECONCILES))
+            .reconcile_all_on(stream::once(listed))
+            .reconcile_on(feeds.policies.clone().triggers())
+            .reconcile_on(targets::triggers(changed_targets, cached))
+            .run(
+                auth_policies::reconcile_guarded,
+                auth_policies::error_policy,
+                policy_ctx.clone(),
+            )
+            .for_each(|_| async {})
+            .await;
+    };
+    // Lapsed Revocations are deleted by the leader only (this never ends by itself).
+    let expiry = revocations::expire(client.clone(), writer.clone(), clock.clone());
+    tokio::select! {
+        _ = future::join(signing_keys, auth_policies) => {}
+        _ = watching_targets => {}
+        _ = expiry => {}
+    }
+}
+
+/// The SigningKey a JWKS ConfigMap that changed (or went away) belongs to.
+fn config_map_owner(
+    event: Result<watcher::Event<ConfigMap>, watcher::Error>,
+) -> Option<ObjectRef<DeserializeGuard<SigningKey>>> {
+    let config_map = match event {
+        Ok(watcher::Event::Apply(c) | watcher::Event::Delete(c)) => c,
+        _ => return None,
+    };
+    let key = config_map.labels().get(SIGNING_KEY_LABEL)?;
+    Some(ObjectRef::new(key).within(&config_map.namespace()?))
 }

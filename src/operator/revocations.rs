@@ -344,6 +344,9 @@ pub async fn expire_once(
         .items
         .into_iter()
         .filter_map(|r| r.0.ok())
+        // Every instance honours every Revocation (revoking never grants anything);
+        // each deletes and reports only its own.
+        .filter(|r| writer.instance().owns(&r.metadata))
         .collect();
     let judgement = judge(&revocations, &keys, &policies, now);
     let mut deleted = 0;

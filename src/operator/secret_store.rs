@@ -1,19 +1,23 @@
 //! SigningKey keys in a Secret: the operator's [`KeyStore`]. The Secret is the source of
-//! truth; it is written with optimistic concurrency, through the leader's writer.
+//! truth; it is read from the watch cache of the Secrets authplane manages (no request
+//! per reconcile), and written with optimistic concurrency, through the leader's writer.
 //!
 //! A Secret is read or written for a SigningKey only when it is that SigningKey's
-//! ([`check_owner`]): naming another's Secret in `spec.secretName` must not load its
-//! private keys, rewrite them, put another owner on them (the garbage collector would
-//! then delete them with it) or revoke their kids. The signer Secret
+//! ([`check_owner`]) and this instance's: naming another's Secret in `spec.secretName`
+//! must not load its private keys, rewrite them, put another owner on them (the garbage
+//! collector would then delete them with it) or revoke their kids. The signer Secret
 //! (`<secretName>-active`, [`SecretStore::sync_signer`]) holds the Active key alone, for
 //! workloads that sign.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 
 use super::error::Error;
 use super::signing_keys::{MANAGED_BY, SIGNING_KEY_LABEL, owned_metadata};
@@ -29,16 +33,21 @@ pub const RECREATED_AT_ANNOTATION: &str = "authplane.io/recreated-at";
 /// How long the condition that reports a Secret deleted by hand stays.
 pub const SECRET_RECREATED_SHOWN_FOR: SignedDuration = SignedDuration::from_hours(24);
 
-/// One reconcile's view of the Secrets: reads with the client, writes through the lease.
+/// One reconcile's view of the Secrets: reads from the watch cache (and the leader's own
+/// writes the cache has not seen yet), writes through the lease.
 pub struct SecretStore<'a> {
-    pub client: &'a Client,
+    pub cache: &'a Store<Secret>,
     pub writer: &'a LeaderWriter,
+    /// Secrets found to exist, by a create refused with 409, though the cache does not
+    /// hold them.
+    pub unseen: &'a Mutex<HashSet<ObjectKey>>,
     pub now: Timestamp,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// A Secret of that name exists, and is not this SigningKey's: it is left alone.
+    /// A Secret of that name exists, and is not this SigningKey's (or not this
+    /// instance's): it is left alone.
     #[error(transparent)]
     NotItsOwn(#[from] NotItsSecret),
     #[error("the Secret is unreadable: {0}")]
@@ -52,6 +61,8 @@ pub enum SecretError {
 pub struct SecretVersion {
     existing: Option<Secret>,
     pub recreated_at: Option<Timestamp>,
+    /// The Secret is gone though keys existed: said once a new one is written.
+    deleted_by_hand: bool,
 }
 
 impl KeyStore for SecretStore<'_> {
@@ -64,10 +75,14 @@ impl KeyStore for SecretStore<'_> {
         key: &SigningKey,
     ) -> Result<Stored<SecretVersion>, SecretError> {
         let secret_name = key.secret_name();
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &id.namespace)
-            .get_opt(&secret_name)
-            .await
-            .map_err(Error::from)?;
+        let secret_id = ObjectKey {
+            namespace: id.namespace.clone(),
+            name: secret_name.clone(),
+        };
+        let cached = self
+            .cache
+            .get(&ObjectRef::new(&secret_name).within(&id.namespace));
+        let secret = self.writer.secret(&secret_id, cached.as_deref());
         // Keys existed (status says so) and their Secret is gone: someone deleted it.
         let deleted_by_hand =
             secret.is_none() && key.status.as_ref().is_some_and(|s| s.active_kid.is_some());
@@ -85,31 +100,18 @@ impl KeyStore for SecretStore<'_> {
         .filter(|at| *at + SECRET_RECREATED_SHOWN_FOR > self.now);
         let data = match &secret {
             Some(secret) => {
-                check_owner(secret, key)?;
+                self.check(secret, key)?;
                 Some(secret_data(secret).map_err(SecretError::Unreadable)?)
             }
             None => None,
         };
-        if deleted_by_hand {
-            // Say so loudly, then start over.
-            let note = format!(
-                "Secret {secret_name} was deleted; new keys are generated and tokens signed by the old ones no longer verify"
-            );
-            let event = Event {
-                type_: EventType::Warning,
-                reason: reason::SECRET_DELETED.to_owned(),
-                note: Some(note),
-                action: "Reconcile".to_owned(),
-                secondary: None,
-            };
-            self.writer.event(&event, &key.object_ref(&())).await;
-        }
         Ok(Stored {
             data,
             restore: false,
             version: SecretVersion {
                 existing: secret,
                 recreated_at,
+                deleted_by_hand,
             },
         })
     }
@@ -127,8 +129,9 @@ impl KeyStore for SecretStore<'_> {
                 .annotations_mut()
                 .insert(RECREATED_AT_ANNOTATION.to_owned(), at.to_string());
         }
+        let secret_id = ObjectKey::of(&desired.metadata);
         match &loaded.version.existing {
-            None => self.writer.create_secret(&id.namespace, &desired).await?,
+            None => self.create(&id.namespace, &desired).await?,
             Some(existing) => {
                 // Optimistic concurrency: a concurrent writer makes this a 409, and the
                 // retry starts from a fresh read; two Active keys can never both land.
@@ -136,14 +139,66 @@ impl KeyStore for SecretStore<'_> {
                 self.writer.replace_secret(&id.namespace, &desired).await?;
             }
         }
+        self.unseen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&secret_id);
+        if loaded.version.deleted_by_hand {
+            // Said once the new keys are stored: a Secret that is merely not ours (no
+            // label) looks deleted from the cache too, and is refused by the create.
+            let note = format!(
+                "Secret {} was deleted; new keys are generated and tokens signed by the old ones no longer verify",
+                key.secret_name()
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason::SECRET_DELETED.to_owned(),
+                note: Some(note),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            };
+            self.writer.event(&event, &key.object_ref(&())).await;
+        }
         Ok(())
     }
 }
 
 impl SecretStore<'_> {
+    /// Whether the Secret may hold `key`'s keys here: it is that SigningKey's
+    /// ([`check_owner`]) and this instance's to write.
+    fn check(&self, secret: &Secret, key: &SigningKey) -> Result<(), NotItsSecret> {
+        check_owner(secret, key)?;
+        if !self.writer.instance().owns(&secret.metadata) {
+            return Err(NotItsSecret::OtherInstance {
+                instance: super::instance::instance_of(&secret.metadata).to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a Secret the cache does not hold. A 409 means it exists all the same: not
+    /// ours (no managed-by label, or another instance's), or created a moment ago and
+    /// the cache is behind. Retried at once the first time; the second time running, it
+    /// is reported as not ours.
+    async fn create(&self, namespace: &str, desired: &Secret) -> Result<(), SecretError> {
+        let secret_id = ObjectKey::of(&desired.metadata);
+        match self.writer.create_secret(namespace, desired).await {
+            Ok(()) => Ok(()),
+            Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+                if !unseen.insert(secret_id) {
+                    return Err(NotItsSecret::NotManaged.into());
+                }
+                Err(Error::Kube(kube::Error::Api(status)).into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Brings the signer Secret (`<secretName>-active`) in step with `data`, the key
-    /// Secret just stored: the Active key alone, under the names a signer reads. Written
-    /// only when it differs, and never over a Secret that is not this SigningKey's.
+    /// Secret just stored: the Active key alone, under the names a signer reads. Read from
+    /// the cache like the key Secret; written only when it differs, and never over a
+    /// Secret that is not this SigningKey's.
     pub async fn sync_signer(
         &self,
         id: &ObjectKey,
@@ -155,17 +210,19 @@ impl SecretStore<'_> {
             return Ok(());
         }
         let name = key.signer_secret_name();
-        let existing = Api::<Secret>::namespaced(self.client.clone(), &id.namespace)
-            .get_opt(&name)
-            .await
-            .map_err(Error::from)?;
+        let signer_id = ObjectKey {
+            namespace: id.namespace.clone(),
+            name: name.clone(),
+        };
+        let cached = self.cache.get(&ObjectRef::new(&name).within(&id.namespace));
+        let existing = self.writer.secret(&signer_id, cached.as_deref());
         let mut desired = build_secret(key, &name, &signer);
         match existing {
-            None => self.writer.create_secret(&id.namespace, &desired).await?,
+            None => self.create(&id.namespace, &desired).await?,
             Some(existing) => {
-                check_owner(&existing, key)?;
+                self.check(&existing, key)?;
                 let current = secret_data(&existing).ok();
-                // `check_owner` passed: any controller is this SigningKey; one restored
+                // `check` passed: any controller is this SigningKey; one restored
                 // without owner is adopted.
                 let owned = existing
                     .metadata
@@ -180,6 +237,10 @@ impl SecretStore<'_> {
                 self.writer.replace_secret(&id.namespace, &desired).await?;
             }
         }
+        self.unseen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&signer_id);
         Ok(())
     }
 }
@@ -195,6 +256,9 @@ pub enum NotItsSecret {
     /// SigningKey at all (authplane's own TLS Secret).
     #[error("the Secret belongs to {owner}")]
     Another { owner: String },
+    /// It is another authplane installation's (its `authplane.io/instance` label).
+    #[error("the Secret belongs to authplane instance {instance:?}")]
+    OtherInstance { instance: String },
 }
 
 /// Whether `secret` may hold the keys of `key`, from the Secret alone (so that one read

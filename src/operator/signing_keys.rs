@@ -1,15 +1,16 @@
 //! The SigningKey controller: keys in a Secret (the source of truth), the public JWKS in a
 //! ConfigMap, status and Events. Writes only while this replica holds the lease.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 
 use crate::api::conditions::{self, reason};
 use crate::api::{ObjectKey, SigningKey, SigningKeyStatus, Validate, condition};
@@ -23,6 +24,7 @@ use crate::keys::store::StoreError;
 use crate::registry::Registry;
 
 pub use super::error::{Error, ErrorKind};
+use super::instance::INSTANCE_LABEL;
 pub use super::secret_store::{NotItsSecret, check_owner};
 pub use super::secret_store::{RECREATED_AT_ANNOTATION, SECRET_TYPE, secret_data};
 use super::secret_store::{SECRET_RECREATED_SHOWN_FOR, SecretError, SecretStore};
@@ -36,35 +38,47 @@ const STUCK_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 pub struct Context {
-    /// For reads; every write goes through `writer`.
-    pub client: Client,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
+    /// Every write goes through it.
     pub writer: LeaderWriter,
+    /// What is read: the watch caches of the Secrets and JWKS ConfigMaps authplane
+    /// manages. Nothing is read from the apiserver per reconcile.
+    pub caches: OwnedCaches,
     /// Where issuers may be published and which SigningKey serves each path (the
     /// serving index's snapshot), for the status; `None`: not reported.
     issuer_claims: Option<(Arc<IssuerScope>, Arc<Registry>)>,
     /// Consecutive failures per SigningKey, for the backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// Secrets that exist though the cache does not hold them (see [`SecretStore`]).
+    unseen: Mutex<HashSet<ObjectKey>>,
+}
+
+/// The watch caches of what SigningKeys own.
+#[derive(Clone)]
+pub struct OwnedCaches {
+    pub secrets: Store<Secret>,
+    pub config_maps: Store<ConfigMap>,
 }
 
 impl Context {
     pub fn new(
-        client: Client,
         metrics: Arc<crate::metrics::Metrics>,
         external_url: String,
         clock: Arc<dyn Clock>,
         writer: LeaderWriter,
+        caches: OwnedCaches,
     ) -> Self {
         Self {
-            client,
             metrics,
             external_url,
             clock,
             writer,
+            caches,
             issuer_claims: None,
             failures: Mutex::default(),
+            unseen: Mutex::default(),
         }
     }
 
@@ -185,8 +199,9 @@ async fn reconcile_inner(key: &SigningKey, ctx: &Context) -> Result<Action, Erro
 
     let secret_name = key.secret_name();
     let store = SecretStore {
-        client: &ctx.client,
+        cache: &ctx.caches.secrets,
         writer: &ctx.writer,
+        unseen: &ctx.unseen,
         now,
     };
     let step =
@@ -366,8 +381,17 @@ async fn not_its_secret(
         NotItsSecret::NotManaged => (
             reason::SECRET_NOT_MANAGED,
             format!(
-                "Secret {secret} exists and is not managed by authplane (label {}={}); it is left alone: choose another spec.secretName or delete it",
-                MANAGED_BY.0, MANAGED_BY.1
+                "Secret {secret} exists and is not this authplane instance's to manage (it needs the label {}={}, and {INSTANCE_LABEL}={} unless that is the default); it is left alone: choose another spec.secretName or delete it",
+                MANAGED_BY.0,
+                MANAGED_BY.1,
+                ctx.writer.instance()
+            ),
+        ),
+        NotItsSecret::OtherInstance { instance } => (
+            reason::SECRET_NOT_MANAGED,
+            format!(
+                "Secret {secret} belongs to authplane instance {instance:?}, not to this one ({}); it is left alone: choose another spec.secretName",
+                ctx.writer.instance()
             ),
         ),
         NotItsSecret::Another { owner } => (
@@ -398,14 +422,35 @@ pub(super) fn owned_metadata(key: &SigningKey, name: &str) -> ObjectMeta {
     }
 }
 
+/// Applies the JWKS ConfigMap where the apiserver does not hold it already. One that
+/// belongs to another instance is left alone.
 async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> Result<(), Error> {
     let name = format!("{}-jwks", key.name_any());
+    let namespace = key.namespace().unwrap_or_default();
+    let cached = ctx
+        .caches
+        .config_maps
+        .get(&ObjectRef::new(&name).within(&namespace));
+    if let Some(theirs) = cached
+        .as_deref()
+        .filter(|c| !ctx.writer.instance().owns(&c.metadata))
+    {
+        tracing::warn!(
+            config_map = %ObjectKey::of(&theirs.metadata),
+            instance = %ctx.writer.instance(),
+            "belongs to another authplane instance: not written"
+        );
+        return Ok(());
+    }
     let config_map = ConfigMap {
         metadata: owned_metadata(key, &name),
         data: Some(BTreeMap::from([("jwks.json".to_owned(), jwks.to_owned())])),
         ..ConfigMap::default()
     };
-    ctx.writer.apply_config_map(&config_map).await
+    ctx.writer
+        .apply_config_map(&config_map, cached.as_deref())
+        .await?;
+    Ok(())
 }
 
 async fn patch_status(

@@ -8,25 +8,39 @@
 //! is refused by the apiserver (409); status and ConfigMaps are derived from the Secret
 //! and the spec, so the next leader writes the same.
 //!
+//! Writes are paced (a token bucket, `--kube-api-qps`/`--kube-api-burst`), and each one
+//! is compared first with what the apiserver holds, in the form it stores it: the watch
+//! caches, or this replica's own last write while the caches have not seen it yet
+//! ([`Latest`]). A write that would change nothing is not sent. An object of another
+//! authplane instance is never written ([`Instance`]).
+//!
 //! Not gated, on purpose: the Lease itself, `/revoke` creating a Revocation (any
 //! replica that receives one writes it), and the self-bootstrapped TLS Secret and the
 //! webhook's `caBundle` (each replica needs a certificate before any of them leads).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::object::HasStatus;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::error::Error;
-use super::status::{Conditions, unchanged};
+use super::instance::{INSTANCE_LABEL, Instance};
+use super::latest::Latest;
+use super::status::{Conditions, news};
+use crate::api::ObjectKey;
 
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "authplane";
@@ -37,6 +51,26 @@ pub struct LeaderWriter {
     client: Client,
     leader: watch::Receiver<bool>,
     recorder: Recorder,
+    instance: Instance,
+    /// Client-side pacing of writes; none in tests.
+    pace: Option<Arc<DefaultDirectRateLimiter>>,
+    written: Arc<Written>,
+}
+
+/// This replica's own writes, until the caches have seen them.
+#[derive(Default)]
+struct Written {
+    /// Each status as written, by kind and object.
+    statuses: Latest<Value, (String, ObjectKey)>,
+    secrets: Latest<Secret>,
+    config_maps: Latest<ConfigMap>,
+}
+
+/// How fast the leader may write: a token bucket, as client-go's QPS and burst.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
 }
 
 /// What a delete found.
@@ -48,20 +82,41 @@ pub enum Deleted {
 }
 
 impl LeaderWriter {
-    /// `leader` is the lease's verdict; `instance` names this replica in Events.
-    pub fn new(client: Client, leader: watch::Receiver<bool>, instance: Option<String>) -> Self {
+    /// `leader` is the lease's verdict; `identity` names this replica in Events. Writes
+    /// as the default instance, unpaced, until told otherwise.
+    pub fn new(client: Client, leader: watch::Receiver<bool>, identity: Option<String>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
                 controller: MANAGER.into(),
-                instance,
+                instance: identity,
             },
         );
         Self {
             client,
             leader,
             recorder,
+            instance: Instance::default(),
+            pace: None,
+            written: Arc::default(),
         }
+    }
+
+    /// Writes as `instance`: objects of other instances are left alone.
+    pub fn for_instance(mut self, instance: Instance) -> Self {
+        self.instance = instance;
+        self
+    }
+
+    /// Paces writes at `pace`.
+    pub fn paced(mut self, pace: Pace) -> Self {
+        let quota = Quota::per_second(pace.per_second).allow_burst(pace.burst);
+        self.pace = Some(Arc::new(RateLimiter::direct(quota)));
+        self
+    }
+
+    pub fn instance(&self) -> &Instance {
+        &self.instance
     }
 
     /// Whether this replica holds the lease now.
@@ -77,21 +132,54 @@ impl LeaderWriter {
         }
     }
 
-    /// Applies `status` with server-side apply, unless it is what the object already
-    /// says (see [`unchanged`]). Returns whether it wrote.
-    pub async fn status<K>(&self, object: &K, mut status: K::Status) -> Result<bool, Error>
+    /// Waits for the pace, then checks the lease again: it may have been lost meanwhile.
+    async fn admit(&self) -> Result<(), Error> {
+        self.gate()?;
+        if let Some(pace) = &self.pace {
+            pace.until_ready().await;
+            self.gate()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets this replica's own writes: a new leadership term starts from caches
+    /// listed afresh.
+    pub fn forget_writes(&self) {
+        self.written.statuses.clear();
+        self.written.secrets.clear();
+        self.written.config_maps.clear();
+    }
+
+    /// How many of this replica's writes the caches have not caught up with yet.
+    pub fn writes_ahead_of_caches(&self) -> usize {
+        self.written.statuses.len() + self.written.secrets.len() + self.written.config_maps.len()
+    }
+
+    /// Applies `status` with server-side apply, unless it is what the apiserver holds
+    /// (the object's, or this replica's last write of it if the object is older; see
+    /// [`news`]), or the object belongs to another instance. Returns whether it wrote.
+    pub async fn status<K>(&self, object: &K, status: K::Status) -> Result<bool, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + HasStatus
             + Clone
             + Debug
             + DeserializeOwned,
-        K::Status: Conditions + PartialEq + Serialize,
+        K::Status: Conditions + PartialEq + Serialize + DeserializeOwned,
     {
-        if unchanged(object, &mut status) {
+        if !self.instance.owns(object.meta()) {
             return Ok(false);
         }
-        self.gate()?;
+        let id = (K::kind(&()).into_owned(), ObjectKey::of(object.meta()));
+        let remembered: Option<K::Status> = self
+            .written
+            .statuses
+            .newer_than_cache(&id, object.meta().resource_version.as_deref())
+            .and_then(|value| serde_json::from_value(value).ok());
+        let Some(status) = news(remembered.as_ref().or(object.status()), status) else {
+            return Ok(false);
+        };
+        self.admit().await?;
         let api: Api<K> =
             Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default());
         let body = json!({
@@ -99,51 +187,117 @@ impl LeaderWriter {
             "kind": K::kind(&()),
             "status": status,
         });
-        api.patch_status(
-            &object.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+        let written = api
+            .patch_status(
+                &object.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+        if let Some(stored) = written.status() {
+            let version = written.meta().resource_version.clone();
+            let stored = serde_json::to_value(stored).unwrap_or_default();
+            self.written.statuses.wrote(id, version, stored);
+        }
         Ok(true)
     }
 
-    /// Creates a Secret; a concurrent creator makes this a 409.
+    /// The Secret as the apiserver holds it: `cached` from the watch cache, or this
+    /// replica's last write of it if the cache has not seen that yet.
+    pub fn secret(&self, id: &ObjectKey, cached: Option<&Secret>) -> Option<Secret> {
+        let version = cached.and_then(|s| s.metadata.resource_version.as_deref());
+        self.written
+            .secrets
+            .newer_than_cache(id, version)
+            .or_else(|| cached.cloned())
+    }
+
+    /// Creates a Secret, labelled as this instance's; a concurrent creator makes this a
+    /// 409.
     pub async fn create_secret(&self, namespace: &str, secret: &Secret) -> Result<(), Error> {
-        self.gate()?;
-        Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), secret)
+        self.admit().await?;
+        let mut secret = secret.clone();
+        self.label(&mut secret.metadata);
+        let created = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
             .await?;
+        self.remember_secret(created);
         Ok(())
     }
 
     /// Replaces a Secret at the `resourceVersion` it carries: a concurrent writer makes
-    /// this a 409, and the retry starts from a fresh read.
+    /// this a 409, and the retry starts from the cache.
     pub async fn replace_secret(&self, namespace: &str, secret: &Secret) -> Result<(), Error> {
-        self.gate()?;
-        Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .replace(&secret.name_any(), &PostParams::default(), secret)
-            .await?;
-        Ok(())
+        self.admit().await?;
+        let mut secret = secret.clone();
+        self.label(&mut secret.metadata);
+        let id = ObjectKey::of(&secret.metadata);
+        match Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .replace(&secret.name_any(), &PostParams::default(), &secret)
+            .await
+        {
+            Ok(replaced) => {
+                self.remember_secret(replaced);
+                Ok(())
+            }
+            Err(e) => {
+                self.written.secrets.forget(&id);
+                Err(e.into())
+            }
+        }
     }
 
-    /// Server-side applies a ConfigMap.
-    pub async fn apply_config_map(&self, config_map: &ConfigMap) -> Result<(), Error> {
-        self.gate()?;
+    fn remember_secret(&self, secret: Secret) {
+        let id = ObjectKey::of(&secret.metadata);
+        let version = secret.metadata.resource_version.clone();
+        self.written.secrets.wrote(id, version, secret);
+    }
+
+    /// Server-side applies a ConfigMap labelled as this instance's, unless the apiserver
+    /// holds it already (`cached` from the watch cache, or this replica's last write):
+    /// the same data, and the labels and owner asked for. Returns whether it wrote.
+    pub async fn apply_config_map(
+        &self,
+        config_map: &ConfigMap,
+        cached: Option<&ConfigMap>,
+    ) -> Result<bool, Error> {
+        let id = ObjectKey::of(&config_map.metadata);
+        let version = cached.and_then(|c| c.metadata.resource_version.as_deref());
+        let remembered = self.written.config_maps.newer_than_cache(&id, version);
+        let mut config_map = config_map.clone();
+        self.label(&mut config_map.metadata);
+        if remembered
+            .as_ref()
+            .or(cached)
+            .is_some_and(|held| holds(held, &config_map))
+        {
+            return Ok(false);
+        }
+        self.admit().await?;
         let api: Api<ConfigMap> = Api::namespaced(
             self.client.clone(),
             &config_map.namespace().unwrap_or_default(),
         );
-        let mut value = serde_json::to_value(config_map).unwrap_or_default();
+        let mut value = serde_json::to_value(&config_map).unwrap_or_default();
         value["apiVersion"] = json!("v1");
         value["kind"] = json!("ConfigMap");
-        api.patch(
-            &config_map.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(value),
-        )
-        .await?;
-        Ok(())
+        let applied = api
+            .patch(
+                &config_map.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(value),
+            )
+            .await?;
+        let version = applied.metadata.resource_version.clone();
+        self.written.config_maps.wrote(id, version, applied);
+        Ok(true)
+    }
+
+    /// Labels an object this instance writes as its own.
+    fn label(&self, meta: &mut kube::api::ObjectMeta) {
+        meta.labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(INSTANCE_LABEL.to_owned(), self.instance.name().to_owned());
     }
 
     /// Deletes a namespaced object, with `params`' preconditions.
@@ -159,7 +313,7 @@ impl LeaderWriter {
             + Debug
             + DeserializeOwned,
     {
-        self.gate()?;
+        self.admit().await?;
         match Api::<K>::namespaced(self.client.clone(), namespace)
             .delete(name, params)
             .await
@@ -175,11 +329,37 @@ impl LeaderWriter {
     /// Records an Event on `object`. Best effort: a failure is logged, never returned,
     /// and a follower records nothing.
     pub async fn event(&self, event: &Event, object: &ObjectReference) {
-        if self.gate().is_err() {
+        if self.admit().await.is_err() {
             return;
         }
         if let Err(e) = self.recorder.publish(event, object).await {
-            tracing::warn!("cannot record event {}: {e}", event.reason);
+            tracing::warn!(reason = %event.reason, "cannot record event: {e}");
         }
     }
+}
+
+/// Whether `held` already is `wanted`: the same data, and every label and owner asked
+/// for (others may add theirs).
+fn holds(held: &ConfigMap, wanted: &ConfigMap) -> bool {
+    let labels_held = held.metadata.labels.clone().unwrap_or_default();
+    let labels = wanted.metadata.labels.iter().flatten();
+    let owners_held = held
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    let same_owner = |o: &OwnerReference, h: &OwnerReference| {
+        (&o.uid, &o.kind, &o.name, o.controller) == (&h.uid, &h.kind, &h.name, h.controller)
+    };
+    held.data == wanted.data
+        && held.binary_data == wanted.binary_data
+        && labels
+            .into_iter()
+            .all(|(k, v)| labels_held.get(k) == Some(v))
+        && wanted
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|o| owners_held.iter().any(|h| same_owner(o, h)))
 }

@@ -1,6 +1,7 @@
 //! A dev-mode server on a loopback port, with its folders, for integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod fake_apiserver;
 pub mod https;
 pub mod mock_api;
 pub mod provider;
