@@ -108,22 +108,25 @@ async fn jwks_kids(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// An operator replica on a free port; its external URL is its own address unless
+/// `external` names the Service URL several replicas share.
 fn start_operator(
     path: &Path,
     namespace: &str,
     identity: &str,
+    external: Option<&str>,
 ) -> (
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), operator::OperatorError>>,
 ) {
     let port = free_port();
-    let external = format!("http://127.0.0.1:{port}");
+    let address = format!("http://127.0.0.1:{port}");
     let config = OperatorConfig {
         kubeconfig: Some(path.to_owned()),
         namespace: namespace.to_owned(),
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        external_url: external.clone(),
+        external_url: external.unwrap_or(&address).to_owned(),
         identity: identity.into(),
         decision_cache_size: 1000,
         tls: None,
@@ -139,7 +142,7 @@ fn start_operator(
     let operator = tokio::spawn(operator::run(config, async move {
         let _ = stopped.await;
     }));
-    (external, stop, operator)
+    (address, stop, operator)
 }
 
 /// A token of `auth`'s Active key, read from its Secret as `token mint` does.
@@ -203,7 +206,7 @@ async fn day_one_on_a_real_cluster() {
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    let (external, stop, operator) = start_operator(&path, &namespace, "e2e");
+    let (external, stop, operator) = start_operator(&path, &namespace, "e2e", None);
     let http = reqwest::Client::new();
 
     // The SigningKey, from YAML text.
@@ -385,7 +388,7 @@ async fn day_one_on_a_real_cluster() {
         })
         .await;
         let (degraded, stop_degraded, degraded_operator) =
-            start_operator(&path, &namespace, "e2e-degraded");
+            start_operator(&path, &namespace, "e2e-degraded", None);
         let url = format!("{degraded}/{namespace}/web/.well-known/jwks.json");
         eventually("keys served without the AuthPolicy CRD", || async {
             jwks_kids(&http, &url)
@@ -463,8 +466,10 @@ async fn a_revocation_reaches_two_replicas_within_a_second() {
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    let (a, stop_a, operator_a) = start_operator(&path, &namespace, "e2e-a");
-    let (b, stop_b, operator_b) = start_operator(&path, &namespace, "e2e-b");
+    // Two replicas behind one Service: one external URL, so one issuer for both.
+    let service = "https://auth.e2e.example";
+    let (a, stop_a, operator_a) = start_operator(&path, &namespace, "e2e-a", Some(service));
+    let (b, stop_b, operator_b) = start_operator(&path, &namespace, "e2e-b", Some(service));
 
     let keys: Api<SigningKey> = Api::namespaced(client.clone(), &namespace);
     let policies: Api<AuthPolicy> = Api::namespaced(client.clone(), &namespace);
@@ -485,14 +490,15 @@ async fn a_revocation_reaches_two_replicas_within_a_second() {
         secrets.get("web-keys").await.ok()
     })
     .await;
-    // Without spec.issuer each replica would publish its own URL as the issuer: pin it, so
-    // that one token is valid on both.
-    let pinned = KEY.replace("NS", &namespace).replace(
+    // Tokens of at most 15 minutes, so that Revocations are short-lived.
+    let short = KEY.replace("NS", &namespace).replace(
         "  algorithm: ES256\n",
-        "  algorithm: ES256\n  issuer: https://auth.e2e.example/web\n  maxTokenLifetime: 15m\n",
+        "  algorithm: ES256\n  maxTokenLifetime: 15m\n",
     );
-    apply(&keys, &manifest(&pinned)[0], false).await.unwrap();
-    let issuer = "https://auth.e2e.example/web";
+    apply(&keys, &manifest(&short)[0], false).await.unwrap();
+    // The default issuer, under the Service's URL, served by both replicas.
+    let issuer = format!("{service}/{namespace}/web");
+    let issuer = issuer.as_str();
     let authz_a = format!("{a}/authz/{namespace}/payments");
     let authz_b = format!("{b}/authz/{namespace}/payments");
     let token = mint(&secrets, issuer, "alice").await;
@@ -537,7 +543,7 @@ async fn a_revocation_reaches_two_replicas_within_a_second() {
     let bob = mint(&secrets, issuer, "bob").await;
     let started = Instant::now();
     let r = http
-        .post(format!("{a}/web/revoke"))
+        .post(format!("{a}/{namespace}/web/revoke"))
         .form(&[("token", bob.as_str())])
         .send()
         .await

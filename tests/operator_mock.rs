@@ -70,7 +70,12 @@ where
 /// reads comes with the signer Secret an earlier reconcile wrote beside it.
 fn world(now: Timestamp, leader: bool, secret: Option<Value>, config_map: Option<Value>) -> World {
     let signer = secret.as_ref().and_then(signer_of);
-    world_with(now, leader, secret.into_iter().chain(signer).collect(), config_map)
+    world_with(
+        now,
+        leader,
+        secret.into_iter().chain(signer).collect(),
+        config_map,
+    )
 }
 
 /// The Secret cache holds `secrets` (key and signer Secrets), the ConfigMap cache
@@ -254,7 +259,10 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
         let signer = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(signer["metadata"]["name"], "web-keys-active");
         assert_eq!(signer["metadata"]["ownerReferences"][0]["uid"], "u-1");
-        assert_eq!(signer["metadata"]["labels"]["authplane.io/instance"], "default");
+        assert_eq!(
+            signer["metadata"]["labels"]["authplane.io/instance"],
+            "default"
+        );
         let entries: Vec<&String> = signer["data"].as_object().unwrap().keys().collect();
         assert_eq!(
             entries,
@@ -1005,7 +1013,12 @@ async fn another_signing_keys_secret_is_never_loaded_rewritten_or_owned() {
         mut api,
         _leader,
         ..
-    } = world(t0() + SignedDuration::from_secs(5), true, Some(secret), None);
+    } = world(
+        t0() + SignedDuration::from_secs(5),
+        true,
+        Some(secret),
+        None,
+    );
     let server = tokio::spawn(async move {
         // No PUT of web's keys, no owner reference of x's on them: a Warning and a status.
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;

@@ -12,10 +12,10 @@ use serde_json::Value;
 
 use crate::admission::{self, Kind, SigningKeyIndex};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey};
-use crate::clock::{Clock, SystemClock};
 use crate::cli::error::{self, CliError};
 use crate::cli::manifest_edit;
 use crate::cli::target::{TargetArgs, cluster_client};
+use crate::clock::{Clock, SystemClock};
 use crate::dev::manifests::Object;
 
 /// The kinds the commands change.

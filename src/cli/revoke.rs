@@ -235,7 +235,14 @@ pub fn review(
         fields.insert("apiVersion".into(), crate::api::API_VERSION.into());
         fields.insert("kind".into(), "Revocation".into());
     }
-    let verdict = admission::review(Kind::Revocation, &object, None, None, keys, SystemClock.now());
+    let verdict = admission::review(
+        Kind::Revocation,
+        &object,
+        None,
+        None,
+        keys,
+        SystemClock.now(),
+    );
     if !verdict.allowed() {
         let refused: Vec<String> = verdict.refusals.iter().map(ToString::to_string).collect();
         return Err(RevokeError::Refused(refused.join("; ")));

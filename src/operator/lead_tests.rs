@@ -224,7 +224,9 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
             leading_since: Default::default(),
         }),
         issuer_claims: (
-            Arc::new(crate::issuer_claims::IssuerScope::anywhere("https://a.example")),
+            Arc::new(crate::issuer_claims::IssuerScope::anywhere(
+                "https://a.example",
+            )),
             serving.clone(),
         ),
     };

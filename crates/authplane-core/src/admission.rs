@@ -11,8 +11,8 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use crate::policy::lifetime;
 use crate::issuer_claims::{IssuerScope, Placement};
+use crate::policy::lifetime;
 use crate::policy::progression::Schedule;
 use crate::snapshot::Snapshot;
 
@@ -1109,8 +1109,8 @@ mod tests {
                 None,
                 None,
                 &index,
-            T0,
-        );
+                T0,
+            );
             assert_eq!(fields(&verdict), ["spec.secretName"], "{secret}");
             assert!(
                 verdict.refusals[0]
