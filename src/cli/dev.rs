@@ -36,8 +36,8 @@ pub(crate) struct DevArgs {
     /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
     decision_cache_size: usize,
-    /// Requests per minute per client address to `POST {issuer}/revoke` (beyond it:
-    /// 429 with Retry-After).
+    /// The budgets of `POST {issuer}/revoke`, per minute: failed requests per client
+    /// address, verified logouts per subject (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = crate::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
     revoke_rate: u32,
     /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
