@@ -73,7 +73,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         let request = MintRequest {
             subject: sub.into(),
             audiences: vec!["api".into()],
-            ttl: SignedDuration::from_hours(24),
+            ttl: SignedDuration::from_mins(15),
             claims: serde_json::json!({"realm": {"roles": ["api"]}})
                 .as_object()
                 .cloned()
