@@ -8,8 +8,10 @@
 //! applies a SigningKey and an AuthPolicy from YAML text read as kubectl reads it (YAML
 //! 1.1, every enum value), checks status, Secrets and decisions, patches the percentage,
 //! rotates and reads the Events of each kid, and finally serves keys while the
-//! AuthPolicy CRD is missing. It deletes what it made itself: minimal test clusters
-//! often run without a garbage collector.
+//! AuthPolicy CRD is missing. A second test runs two teams on one installation, with the
+//! admission webhook registered in the apiserver and one team acting through a
+//! ServiceAccount that has rights in its own namespace only. It deletes what it made
+//! itself: minimal test clusters often run without a garbage collector.
 
 mod common;
 
@@ -120,6 +122,21 @@ fn start_operator(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), operator::OperatorError>>,
 ) {
+    start_operator_with_tls(path, namespace, identity, external, None)
+}
+
+/// [`start_operator`], with an HTTPS listener (the admission webhook's) when `tls` is set.
+fn start_operator_with_tls(
+    path: &Path,
+    namespace: &str,
+    identity: &str,
+    external: Option<&str>,
+    tls: Option<operator::TlsConfig>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), operator::OperatorError>>,
+) {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let config = OperatorConfig {
@@ -129,7 +146,7 @@ fn start_operator(
         external_url: external.unwrap_or(&address).to_owned(),
         identity: identity.into(),
         decision_cache_size: 1000,
-        tls: None,
+        tls,
         revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
         unconfined_issuer_namespaces: Vec::new(),
         admin_listen: None,
@@ -598,4 +615,277 @@ async fn a_revocation_reaches_two_replicas_within_a_second() {
         .delete(&namespace, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The Ready condition's reason of SigningKey `name`, once it is False.
+async fn not_ready_because(keys: &Api<SigningKey>, name: &str) -> String {
+    eventually("Ready=False on the SigningKey", || async {
+        let status = keys.get(name).await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then(|| ready.reason.clone())
+    })
+    .await
+}
+
+/// Creates `object` in `api` as a real client would, through `apply`; the admission
+/// webhook may refuse it.
+async fn refused<K>(api: &Api<K>, object: &Value) -> Option<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match apply(api, object, true).await {
+        Err(kube::Error::Api(status)) => Some(status.message),
+        _ => None,
+    }
+}
+
+/// Two teams on one installation, on a real apiserver with authplane's admission
+/// webhook registered (by URL, the way the apiserver reaches a webhook outside the
+/// cluster): team b's ServiceAccount, with rights on authplane's kinds in its own
+/// namespace only, cannot claim team a's issuer path, and a second SigningKey of team a
+/// cannot take its Secret. When objects get past the webhook anyway (it was down, with
+/// `failurePolicy: Ignore`), the operator refuses them itself: nothing of team a's changes.
+/// A Revocation that team b writes about team a's issuer counts only under team b's
+/// policies.
+#[tokio::test]
+#[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
+async fn two_teams_on_one_installation() {
+    use authplane::operator::{TlsConfig, TlsSource};
+    use authplane::tls::files::TlsFiles;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+    let path = kubeconfig();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = operator::client(Some(&path)).await.unwrap();
+    install_crds(&client).await;
+    let id = std::process::id();
+    let (system, team_a, team_b) = (
+        format!("authplane-e2e-sys-{id}"),
+        format!("authplane-e2e-team-a-{id}"),
+        format!("authplane-e2e-team-b-{id}"),
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [&system, &team_a, &team_b] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+
+    // Team b: a ServiceAccount with every verb on authplane's kinds in its namespace.
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "authplane-editor", "namespace": team_b},
+        "rules": [{"apiGroups": ["authplane.io"],
+            "resources": ["signingkeys", "authpolicies", "revocations"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), &team_b)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "dev", "namespace": team_b}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), &team_b)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "dev-edits-authplane", "namespace": team_b},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "authplane-editor"},
+        "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": team_b}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &team_b)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let tenant = {
+        let file = kube::config::Kubeconfig::read_from(&path).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .unwrap();
+        config.headers.push((
+            http::HeaderName::from_static("impersonate-user"),
+            http::HeaderValue::from_str(&format!("system:serviceaccount:{team_b}:dev")).unwrap(),
+        ));
+        Client::try_from(config).unwrap()
+    };
+    let forbidden = Api::<Secret>::namespaced(tenant.clone(), &team_a)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&forbidden, Err(kube::Error::Api(s)) if s.code == 403),
+        "team b must not read team a's Secrets: {forbidden:?}"
+    );
+
+    // The operator, with the webhook on HTTPS, registered by URL for the two teams.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::https::Pki::new("authplane-e2e-webhook");
+    let (cert, key) = pki.leaf();
+    let files = TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    let webhook_port = free_port();
+    let tls = TlsConfig {
+        listen: format!("127.0.0.1:{webhook_port}").parse().unwrap(),
+        source: TlsSource::Files(files),
+    };
+    let (external, stop, operator) =
+        start_operator_with_tls(&path, &system, "e2e-teams", None, Some(tls));
+    let http = reqwest::Client::new();
+    eventually("the operator to be ready", || async {
+        let r = http.get(format!("{external}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let webhook_name = format!("authplane-e2e-{id}");
+    let webhook: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": webhook_name},
+        "webhooks": [{
+            "name": "validate.authplane.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+            "clientConfig": {
+                "url": format!("https://localhost:{webhook_port}/validate"),
+                "caBundle": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &pki.ca_pem),
+            },
+            "rules": [{"apiGroups": ["authplane.io"], "apiVersions": ["v1alpha1"],
+                "resources": ["signingkeys", "authpolicies", "revocations"],
+                "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                "operator": "In", "values": [team_a, team_b]}]},
+        }],
+    }))
+    .unwrap();
+    webhooks
+        .create(&PostParams::default(), &webhook)
+        .await
+        .unwrap();
+
+    // Team a: its key, served at /<team a>/web, and a policy that enforces it.
+    let keys_a: Api<SigningKey> = Api::namespaced(client.clone(), &team_a);
+    let secrets_a: Api<Secret> = Api::namespaced(client.clone(), &team_a);
+    apply(&keys_a, &manifest(&KEY.replace("NS", &team_a))[0], false)
+        .await
+        .unwrap();
+    let jwks_url = format!("{external}/{team_a}/web/.well-known/jwks.json");
+    let kids_a = eventually("team a's JWKS", || async {
+        jwks_kids(&http, &jwks_url)
+            .await
+            .filter(|kids| !kids.is_empty())
+    })
+    .await;
+    let secret_a = secrets_a.get("web-keys").await.unwrap();
+    let policies_a: Api<AuthPolicy> = Api::namespaced(client.clone(), &team_a);
+    apply(
+        &policies_a,
+        &manifest(&policy_text(&team_a, "Enforce"))[0],
+        false,
+    )
+    .await
+    .unwrap();
+
+    // Team b claims team a's issuer: the webhook refuses it (once the apiserver has
+    // loaded the webhook configuration).
+    let keys_b: Api<SigningKey> = Api::namespaced(tenant.clone(), &team_b);
+    let squatter = json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "squatter", "namespace": team_b},
+        "spec": {"algorithm": "ES256", "issuer": format!("{external}/{team_a}/web")},
+    });
+    let message = eventually("the webhook to refuse team b's claim", || async {
+        refused(&keys_b, &squatter).await
+    })
+    .await;
+    assert!(message.contains("denied the request"), "{message}");
+    println!("team b's claim: {message}");
+    assert!(message.contains(&format!("/{team_b}/")), "{message}");
+    // A second SigningKey of team a naming web's Secret is refused too.
+    let thief = json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "thief", "namespace": team_a},
+        "spec": {"algorithm": "ES256", "secretName": "web-keys"},
+    });
+    let message = refused(&keys_a, &thief)
+        .await
+        .expect("a second SigningKey on web's Secret");
+    assert!(
+        message.contains("holds the keys of SigningKey"),
+        "{message}"
+    );
+    println!("the second SigningKey on web's Secret: {message}");
+
+    // The webhook goes away (down, with failurePolicy: Ignore): both get in, and the
+    // operator refuses them itself.
+    webhooks
+        .delete(&webhook_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the apiserver to stop calling the webhook", || async {
+        refused(&keys_b, &squatter).await.is_none().then_some(())
+    })
+    .await;
+    apply(&keys_b, &squatter, false).await.unwrap();
+    apply(&keys_a, &thief, false).await.unwrap();
+    let reason = not_ready_because(&Api::namespaced(client.clone(), &team_b), "squatter").await;
+    assert_eq!(reason, "IssuerNotAllowed");
+    assert_eq!(not_ready_because(&keys_a, "thief").await, "SecretInUse");
+    assert_eq!(jwks_kids(&http, &jwks_url).await.unwrap(), kids_a);
+    let after = secrets_a.get("web-keys").await.unwrap();
+    assert_eq!(after.data, secret_a.data, "web's keys are untouched");
+    assert_eq!(
+        after.metadata.owner_references, secret_a.metadata.owner_references,
+        "web's Secret has one owner"
+    );
+
+    // Team b trusts team a's issuer in a policy of its own, and revokes alice: refused
+    // under team b's policy, still accepted under team a's.
+    let policies_b: Api<AuthPolicy> = Api::namespaced(tenant.clone(), &team_b);
+    let policy_b = policy_text(&team_b, "Enforce").replace(
+        "signingKeyRef: {name: web}",
+        &format!("signingKeyRef: {{name: web, namespace: {team_a}}}"),
+    );
+    apply(&policies_b, &manifest(&policy_b)[0], false)
+        .await
+        .unwrap();
+    let token = mint(&secrets_a, &format!("{external}/{team_a}/web"), "alice").await;
+    let authz_a = format!("{external}/authz/{team_a}/payments");
+    let authz_b = format!("{external}/authz/{team_b}/payments");
+    for authz in [&authz_a, &authz_b] {
+        eventually("alice passes under both teams' policies", || async {
+            let r = http.get(authz).bearer_auth(&token).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+    let revocations_b: Api<authplane::api::Revocation> = Api::namespaced(tenant.clone(), &team_b);
+    let revocation: authplane::api::Revocation = serde_json::from_value(json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "Revocation",
+        "metadata": {"name": "alice", "namespace": team_b},
+        "spec": {"signingKeyRef": {"name": "web", "namespace": team_a}, "subject": "alice"},
+    }))
+    .unwrap();
+    revocations_b
+        .create(&PostParams::default(), &revocation)
+        .await
+        .unwrap();
+    refused_as_revoked(&http, &authz_b, &token, Instant::now()).await;
+    let r = http.get(&authz_a).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "team b revoked a user of team a's policy");
+
+    let _ = stop.send(());
+    operator.await.unwrap().unwrap();
+    for name in [&team_a, &team_b, &system] {
+        namespaces.delete(name, &DeleteParams::default()).await.ok();
+    }
 }
