@@ -165,7 +165,8 @@ pub(crate) fn review<K: Editable>(current: &K, patch: &Value) -> Result<Vec<Stri
         |why: String| CliError::Refused(format!("the edit is refused, nothing was written: {why}"));
     let old = serde_json::to_value(current).map_err(|e| refused(e.to_string()))?;
     let mut new = old.clone();
-    merge(&mut new, patch);
+    // RFC 7386: `null` removes, an object merges, anything else replaces.
+    json_patch::merge(&mut new, patch);
     let verdict = admission::review(
         K::KIND,
         &new,
@@ -179,27 +180,6 @@ pub(crate) fn review<K: Editable>(current: &K, patch: &Value) -> Result<Vec<Stri
         return Err(refused(problems.join("; ")));
     }
     Ok(verdict.warnings)
-}
-
-/// RFC 7386: `null` removes, an object merges, anything else replaces.
-fn merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(serde_json::Map::new());
-    }
-    let Value::Object(target) = target else {
-        return;
-    };
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -170,13 +170,8 @@ pub fn build(
             name: key.name.clone(),
             namespace: Some(key.namespace.clone()),
         }),
-        issuer: None,
-        token_id: None,
-        subject: None,
-        issued_before: None,
-        session_id: None,
-        expires_at: None,
         reason,
+        ..RevocationSpec::default()
     };
     match what {
         What::TokenId(jti) => spec.token_id = Some(jti),

@@ -393,13 +393,8 @@ pub fn revocation_for(
             name: issuer.name.clone(),
             namespace: Some(issuer.namespace.clone()),
         }),
-        issuer: None,
-        token_id: None,
-        subject: None,
-        issued_before: None,
-        session_id: None,
-        expires_at: None,
         reason: Some("logout".to_owned()),
+        ..RevocationSpec::default()
     };
     let (jti, sid) = (claim("jti"), claim("sid"));
     let what = match (session, jti, sid) {

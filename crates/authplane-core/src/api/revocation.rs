@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::cel_rules::{NO_CONTROL_CHARACTERS, NO_CONTROL_CHARACTERS_MESSAGE};
 
 /// Tokens of one issuer that stop being accepted now.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "authplane.io",
     version = "v1alpha1",
