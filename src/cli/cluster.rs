@@ -11,6 +11,7 @@ use kube::{Api, Client};
 use crate::api::{AuthPolicy, ObjectKey, SigningKey};
 use crate::keys::lifecycle::KeySet;
 use crate::keys::store;
+use crate::operator::secret_store::check_owner;
 use crate::operator::signing_keys::secret_data;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,9 @@ pub async fn signing_keys(client: Client, id: &ObjectKey) -> Result<StoredKeys, 
         name: name.clone(),
         reason,
     };
+    // The operator's own rule: a Secret that another SigningKey owns (a second one naming
+    // the same secretName) holds that one's keys, not these.
+    check_owner(&secret, &key).map_err(|e| unreadable(e.to_string()))?;
     let data = secret_data(&secret).map_err(|e| unreadable(e.to_string()))?;
     let keys = store::from_data(&data).map_err(|e| unreadable(e.to_string()))?;
     Ok(StoredKeys {
@@ -152,10 +156,10 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn keys_are_read_from_the_secret_the_spec_names() {
+    /// The Secret `web-secret` as the operator writes it for SigningKey `owner`, and the kid
+    /// of its active key.
+    fn stored_secret(owner: &str, now: jiff::Timestamp) -> (serde_json::Value, String) {
         use base64::Engine as _;
-        let now = jiff::Timestamp::now();
         let material =
             crate::keys::KeyMaterial::generate(crate::keys::Algorithm::EdDSA, 0).unwrap();
         let kid = material.kid().to_owned();
@@ -179,8 +183,16 @@ mod tests {
         })
         .collect();
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "web-secret", "namespace": "auth"}, "data": data});
+            "metadata": {"name": "web-secret", "namespace": "auth", "labels": {
+                "app.kubernetes.io/managed-by": "authplane", "authplane.io/signing-key": owner}},
+            "data": data});
+        (secret, kid)
+    }
 
+    #[tokio::test]
+    async fn keys_are_read_from_the_secret_the_spec_names() {
+        let now = jiff::Timestamp::now();
+        let (secret, kid) = stored_secret("web", now);
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server = tokio::spawn(serve(
             handle,
@@ -203,6 +215,35 @@ mod tests {
             Some("https://auth.example/auth/web")
         );
         assert_eq!(stored.retain_for, Some(SignedDuration::from_hours(2)));
+    }
+
+    /// `token mint --cluster` signs only with the keys of the SigningKey it names: a
+    /// Secret that another SigningKey of the namespace owns is refused, as the operator
+    /// refuses it.
+    #[tokio::test]
+    async fn another_signing_keys_secret_is_refused() {
+        let (secret, _) = stored_secret("thief", jiff::Timestamp::now());
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(
+            handle,
+            vec![
+                (
+                    "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/web",
+                    200,
+                    signing_key(),
+                ),
+                ("/api/v1/namespaces/auth/secrets/web-secret", 200, secret),
+            ],
+        ));
+        let refused = signing_keys(Client::new(service, "default"), &web())
+            .await
+            .err()
+            .expect("another SigningKey's Secret");
+        server.await.unwrap();
+        assert_eq!(
+            refused.to_string(),
+            "Secret auth/web-secret of SigningKey auth/web is unreadable: the Secret belongs to SigningKey auth/thief"
+        );
     }
 
     #[tokio::test]
