@@ -95,14 +95,28 @@ pub async fn bring_up_to_date<S: KeyStore>(
     now: Timestamp,
 ) -> Result<(KeyOutcome, S::Version), KeyStepError<S::Error>> {
     let loaded = store.load(id, key).await.map_err(KeyStepError::Load)?;
-    let outcome = reconcile::signing_key(
-        key,
-        loaded.data.as_ref(),
-        external_url,
-        now,
-        &mut KeyMaterial::generate,
-    )
-    .map_err(|e| match e {
+    // Generating an RSA key takes up to seconds (4096 bits); on the runtime's worker
+    // threads it would stall the requests they serve, so the plan runs on the blocking
+    // pool.
+    let planned = {
+        let (key, stored, external_url) =
+            (key.clone(), loaded.data.clone(), external_url.to_owned());
+        tokio::task::spawn_blocking(move || {
+            reconcile::signing_key(
+                &key,
+                stored.as_ref(),
+                &external_url,
+                now,
+                &mut KeyMaterial::generate,
+            )
+        })
+        .await
+    };
+    let planned = match planned {
+        Ok(planned) => planned,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let outcome = planned.map_err(|e| match e {
         ReconcileError::Store(e) => KeyStepError::Unreadable(e),
         ReconcileError::Key(e) => KeyStepError::Key(e),
     })?;
