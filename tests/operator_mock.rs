@@ -164,6 +164,7 @@ const SECRET: &str = "/api/v1/namespaces/auth/secrets/web-keys";
 const SIGNER: &str = "/api/v1/namespaces/auth/secrets/web-keys-active";
 const SECRETS: &str = "/api/v1/namespaces/auth/secrets";
 const CONFIG_MAP: &str = "/api/v1/namespaces/auth/configmaps/web-jwks";
+const CONFIG_MAPS: &str = "/api/v1/namespaces/auth/configmaps";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/auth/events";
 const STATUS: &str = "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/web/status";
 
@@ -278,7 +279,7 @@ async fn the_first_reconcile_creates_the_secret_the_jwks_and_the_status() {
             decoded(&signer, "active.key"),
             decoded(&secret, "active.key")
         );
-        let config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        let config_map = expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
         let jwks: Value =
             serde_json::from_str(config_map["data"]["jwks.json"].as_str().unwrap()).unwrap();
         assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
@@ -346,7 +347,7 @@ async fn a_secret_deleted_by_hand_is_reported_for_a_day_even_from_a_stale_cache(
         assert_eq!(event["reason"], "KeyGenerated");
         let signer = expect(&mut api, "POST", SECRETS, 201, Value::Null).await;
         assert_eq!(signer["metadata"]["name"], "web-keys-active");
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(
             secret_recreated(&status).as_deref(),
@@ -435,7 +436,7 @@ async fn a_due_rotation_replaces_the_secret_with_the_next_key_published() {
         );
         let event = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event["reason"], "KeyGenerated");
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         let states: Vec<&str> = status["status"]["keys"]
             .as_array()
@@ -471,7 +472,7 @@ async fn a_steady_state_reconcile_writes_nothing_that_would_trigger_it_again() {
             ..
         } = world(now, true, Some(secret), None);
         let server = tokio::spawn(async move {
-            let mut config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+            let mut config_map = expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
             config_map["metadata"]["resourceVersion"] = json!("8");
             let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
             (config_map, status["status"].clone())
@@ -529,7 +530,7 @@ async fn a_conflict_retries_from_a_fresh_read_and_never_writes_twice() {
         expect(&mut api, "PUT", SECRET, 409, conflict).await;
         // The retry reads the cache again and finds the other writer's next key:
         // nothing to write.
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
         let status = expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         assert_eq!(status["status"]["keys"].as_array().unwrap().len(), 2);
         api
@@ -695,6 +696,67 @@ async fn a_config_map_of_another_instance_is_not_written() {
         server.await.unwrap().next_request().await.is_none(),
         "only the status of its own SigningKey"
     );
+}
+
+/// A ConfigMap of the namespace that bears the JWKS ConfigMap's name (`web-jwks`) but
+/// is not authplane's is never taken over: applying over it would put our JWKS, labels
+/// and controlling owner on it, and the garbage collector would delete it with the
+/// SigningKey. The watch holds only managed ConfigMaps, so it is found by a create.
+#[tokio::test]
+async fn a_config_map_that_is_not_the_signing_keys_is_not_taken_over() {
+    let stored = keys_at(t0());
+    let pinned = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "web-jwks", "namespace": "auth", "resourceVersion": "3"},
+        "data": {"jwks.json": "{\"keys\": [{\"kid\": \"partner\"}]}", "other": "keep"},
+    });
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0(), true, Some(stored_secret(&stored, "7")), None);
+    let server = tokio::spawn(async move {
+        expect(&mut api, "POST", CONFIG_MAPS, 409, already_exists()).await;
+        expect(&mut api, "GET", CONFIG_MAP, 200, pinned).await;
+        expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        api
+    });
+    reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    assert!(
+        server.await.unwrap().next_request().await.is_none(),
+        "nothing written over the ConfigMap"
+    );
+
+    // One of authplane's, but controlled by an earlier SigningKey of that name (deleted,
+    // its ConfigMap about to be collected): not written over either.
+    let earlier = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "web-jwks", "namespace": "auth", "resourceVersion": "3",
+                     "labels": {"app.kubernetes.io/managed-by": "authplane",
+                                "authplane.io/signing-key": "web"},
+                     "ownerReferences": [{"apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+                                          "name": "web", "uid": "u-0", "controller": true}]},
+        "data": {"jwks.json": "{\"keys\": []}"},
+    });
+    let World {
+        ctx,
+        mut api,
+        _leader,
+        ..
+    } = world(t0(), true, Some(stored_secret(&stored, "7")), Some(earlier));
+    let server = tokio::spawn(async move {
+        expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
+        api
+    });
+    reconcile(Arc::new(signing_key(json!({}))), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    assert!(server.await.unwrap().next_request().await.is_none());
 }
 
 pub(crate) mod auth_policy_status {
@@ -1110,7 +1172,7 @@ async fn at_activation_the_signer_secret_gets_the_new_key_and_nothing_else() {
         assert!(secret["data"].get(format!("{retired}.pem")).is_some());
         assert_eq!(signer["data"].as_object().unwrap().len(), 5);
         assert!(!signer.to_string().contains(&format!("{retired}.pem")));
-        expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
         expect(&mut api, "PATCH", STATUS, 200, Value::Null).await;
         api
     });
@@ -1160,7 +1222,7 @@ async fn a_signing_key_whose_issuer_path_is_anothers_is_not_ready_and_both_are_t
         ..
     } = world(None);
     let server = tokio::spawn(async move {
-        let mut config_map = expect(&mut api, "PATCH", CONFIG_MAP, 200, Value::Null).await;
+        let mut config_map = expect(&mut api, "POST", CONFIG_MAPS, 201, Value::Null).await;
         config_map["metadata"]["resourceVersion"] = json!("8");
         let mine = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
         assert_eq!(

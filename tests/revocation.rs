@@ -266,6 +266,64 @@ async fn scope_is_the_namespace_of_the_revocation() {
     dev.stop().await;
 }
 
+/// A policy that trusts two SigningKeys carrying one issuer (a partner's key set to the
+/// same `iss`, published elsewhere or let in while the webhook was down): a Revocation
+/// of one of them still applies to its tokens, whichever the policy lists first.
+#[tokio::test]
+async fn another_key_with_the_same_issuer_does_not_shadow_a_keys_revocations() {
+    let dev = start(&[]).await;
+    let issuer = format!("{}/auth/web", dev.external_url());
+    dev.write(
+        "partner.yaml",
+        &signing_key("partner", "x", &format!("{KEYS}  issuer: {issuer}\n")),
+    );
+    dev.write(
+        "trusting.yaml",
+        &policy("trusting", "pay", "").replace(
+            "issuers: [{signingKeyRef: {name: web, namespace: auth}}]",
+            "issuers: [{signingKeyRef: {name: x, namespace: partner}}, {signingKeyRef: {name: web, namespace: auth}}]",
+        ),
+    );
+    // Both keys verify under the policy.
+    eventually("the policy Ready", CHANGE_DEADLINE, || async {
+        let response = dev.get("/status/trusting/pay").await;
+        if response.status() != 200 {
+            return None;
+        }
+        let status: Value = response.json().await.ok()?;
+        status["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    })
+    .await;
+    eventually("both keys trusted", CHANGE_DEADLINE, || async {
+        let theirs = dev.sign(("partner", "x"), &claims(&dev, "zed", 10, json!({})));
+        let ours = dev.sign(WEB, &claims(&dev, "zed", 10, json!({})));
+        (decide(&dev, "trusting", &theirs).await.0 == 200
+            && decide(&dev, "trusting", &ours).await.0 == 200)
+            .then_some(())
+    })
+    .await;
+    let erin = dev.sign(WEB, &claims(&dev, "erin", 10, json!({})));
+    dev.write(
+        "auth-rev.yaml",
+        &revocation(
+            "auth",
+            "everywhere",
+            "  signingKeyRef: {name: web}\n  subject: erin\n",
+        ),
+    );
+    until_revoked(&dev, "shop", &erin).await;
+    assert_eq!(
+        decide(&dev, "trusting", &erin).await,
+        (401, "token_revoked".to_owned()),
+        "revoked under every policy, whatever other key carries the same issuer"
+    );
+    dev.stop().await;
+}
+
 #[tokio::test]
 async fn lapsed_revocations_stop_counting_once_their_tokens_cannot_pass() {
     let past = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(30);

@@ -10,6 +10,7 @@ use authplane::clock::SystemClock;
 use authplane::keys::lifecycle::{KeyRecord, KeySet};
 use authplane::keys::{Algorithm, KeyMaterial};
 use authplane::metrics::Metrics;
+use authplane::operator::instance::Instance;
 use authplane::operator::revocations::{KubeWriter, expire_once};
 use authplane::operator::writer::LeaderWriter;
 use authplane::registry::{PublishedIssuer, Registry, Snapshot};
@@ -267,6 +268,11 @@ const ISSUER: &str = "https://auth.example/auth/web";
 /// The router of a replica serving auth/web, writing Revocations to the mock API, and
 /// its registry (where its Revocation watch would publish).
 fn replica(client: Client) -> (axum::Router, KeySet, Arc<Registry>) {
+    replica_of(client, Instance::default())
+}
+
+/// [`replica`] of an installation `instance`.
+fn replica_of(client: Client, instance: Instance) -> (axum::Router, KeySet, Arc<Registry>) {
     let now = Timestamp::now();
     let keys = KeySet::new(vec![KeyRecord {
         material: KeyMaterial::generate(Algorithm::ES256, 2048).unwrap(),
@@ -289,7 +295,7 @@ fn replica(client: Client) -> (axum::Router, KeySet, Arc<Registry>) {
         signing_keys: Arc::new(NoSigningKeys),
         tls: None,
         revoke: Some(Arc::new(RevokeEndpoint::new(
-            Arc::new(KubeWriter { client }),
+            Arc::new(KubeWriter { client, instance }),
             10,
         ))),
     };
@@ -368,6 +374,32 @@ async fn the_revoke_endpoint_writes_the_revocation_through_the_api() {
     assert_eq!(response.status(), 200);
     // The router (and with it the client) is gone: nothing else was asked of the API.
     assert!(handle.next_request().await.is_none(), "no further requests");
+}
+
+/// A logout on an installation other than the default one is that installation's
+/// Revocation: its leader (and no other) writes its status and deletes it once lapsed.
+/// Unlabelled, it was the default instance's, which may not know its SigningKey (so never
+/// deletes it), while its own installation left it alone.
+#[tokio::test]
+async fn a_revocation_written_by_a_logout_belongs_to_the_installation_that_wrote_it() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (router, keys, registry) =
+        replica_of(Client::new(service, "default"), "staging".parse().unwrap());
+    let call = tokio::spawn(router.oneshot(revoke_request(&token(&keys, "tok-2"))));
+    let created = expect(
+        &mut handle,
+        "POST",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations",
+        201,
+        Value::Null,
+    )
+    .await;
+    watch_sees(&registry, &created);
+    assert_eq!(within(call).await.unwrap().unwrap().status(), 200);
+    assert_eq!(
+        created["metadata"]["labels"]["authplane.io/instance"], "staging",
+        "{created}"
+    );
 }
 
 /// A Revocation stored but not seen by this replica's watch within the bound is not

@@ -4,8 +4,10 @@
 //! dev mode's state folder, or a Secret.
 
 use std::future::Future;
+use std::sync::LazyLock;
 
 use jiff::Timestamp;
+use tokio::sync::Semaphore;
 
 use crate::api::{ObjectKey, SigningKey};
 use crate::keys::store::{Data, StoreError};
@@ -82,6 +84,48 @@ pub enum KeyStepError<E: std::error::Error + 'static> {
     Save(#[source] E),
 }
 
+/// The plan of one SigningKey at `now`. A plan that needs a new key is made on the
+/// blocking pool: an RSA key takes up to a second of CPU, and on an async worker it
+/// would stall every request that worker serves (a SigningKey rotating every few seconds
+/// held `/authz` of every team for up to a second). Planning without one, by far the
+/// common case, stays where it is.
+async fn plan(
+    key: &SigningKey,
+    stored: Option<&Data>,
+    external_url: &str,
+    now: Timestamp,
+) -> Result<KeyOutcome, ReconcileError> {
+    let mut needs_a_key = false;
+    let mut refuse = |alg, _bits| {
+        needs_a_key = true;
+        Err(KeyError::Generation(alg))
+    };
+    let planned = reconcile::signing_key(key, stored, external_url, now, &mut refuse);
+    if !needs_a_key {
+        return planned;
+    }
+    // One key at a time per spare core: a tenant whose SigningKeys rotate every few
+    // seconds with large RSA keys costs the others their key generation's latency,
+    // never every core the requests need.
+    static GENERATING: LazyLock<Semaphore> = LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Semaphore::new(cores.saturating_sub(1).max(1))
+    });
+    let _permit = GENERATING.acquire().await;
+    let (key, stored, external_url) = (key.clone(), stored.cloned(), external_url.to_owned());
+    tokio::task::spawn_blocking(move || {
+        reconcile::signing_key(
+            &key,
+            stored.as_ref(),
+            &external_url,
+            now,
+            &mut KeyMaterial::generate,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Loads, plans, persists, reports and measures one valid SigningKey at `now`. The
 /// outcome is what to publish (JWKS, status, the served keys) and when to run again;
 /// with it comes what the load remembered.
@@ -95,31 +139,12 @@ pub async fn bring_up_to_date<S: KeyStore>(
     now: Timestamp,
 ) -> Result<(KeyOutcome, S::Version), KeyStepError<S::Error>> {
     let loaded = store.load(id, key).await.map_err(KeyStepError::Load)?;
-    // Generating an RSA key takes up to seconds (4096 bits); on the runtime's worker
-    // threads it would stall the requests they serve, so the plan runs on the blocking
-    // pool.
-    let planned = {
-        let (key, stored, external_url) =
-            (key.clone(), loaded.data.clone(), external_url.to_owned());
-        tokio::task::spawn_blocking(move || {
-            reconcile::signing_key(
-                &key,
-                stored.as_ref(),
-                &external_url,
-                now,
-                &mut KeyMaterial::generate,
-            )
-        })
+    let outcome = plan(key, loaded.data.as_ref(), external_url, now)
         .await
-    };
-    let planned = match planned {
-        Ok(planned) => planned,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    };
-    let outcome = planned.map_err(|e| match e {
-        ReconcileError::Store(e) => KeyStepError::Unreadable(e),
-        ReconcileError::Key(e) => KeyStepError::Key(e),
-    })?;
+        .map_err(|e| match e {
+            ReconcileError::Store(e) => KeyStepError::Unreadable(e),
+            ReconcileError::Key(e) => KeyStepError::Key(e),
+        })?;
     if outcome.write || loaded.restore {
         // Persist before publishing: a key is never served, or used, unsaved.
         store
@@ -149,8 +174,8 @@ pub async fn bring_up_to_date<S: KeyStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     /// A store in memory that counts saves and can be told to fail them.
     #[derive(Default)]
@@ -159,6 +184,9 @@ mod tests {
         restore: bool,
         saves: AtomicUsize,
         fail_saves: bool,
+        /// Set by another task; what it was at the last save is kept.
+        other_task_ran: Arc<AtomicBool>,
+        other_task_ran_before_save: AtomicBool,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -185,6 +213,8 @@ mod tests {
             _: &Stored<()>,
         ) -> Result<(), Full> {
             self.saves.fetch_add(1, Ordering::SeqCst);
+            self.other_task_ran_before_save
+                .store(self.other_task_ran.load(Ordering::SeqCst), Ordering::SeqCst);
             if self.fail_saves {
                 return Err(Full);
             }
@@ -243,6 +273,24 @@ mod tests {
         assert_eq!(store.data.lock().unwrap().as_ref(), Some(&first.data));
         step(store, &told).await.unwrap();
         assert_eq!(store.saves.load(Ordering::SeqCst), 1, "nothing changed");
+    }
+
+    /// A new key is made without holding the runtime: on a runtime of one thread, a task
+    /// that is ready (a decision, say) runs while the key is generated, before it is
+    /// stored. Generated on the async thread, an RSA key held every such task for up to
+    /// a second.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_key_is_generated_without_holding_the_runtime() {
+        let store = Memory::default();
+        let ran = store.other_task_ran.clone();
+        let other = tokio::spawn(async move { ran.store(true, Ordering::SeqCst) });
+        step(&store, &Told::default()).await.unwrap();
+        assert_eq!(store.saves.load(Ordering::SeqCst), 1);
+        assert!(
+            store.other_task_ran_before_save.load(Ordering::SeqCst),
+            "the runtime served nothing else while the key was generated"
+        );
+        other.await.unwrap();
     }
 
     #[tokio::test]

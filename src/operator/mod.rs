@@ -273,6 +273,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             server::revoke::RevokeEndpoint::new(
                 Arc::new(revocations::KubeWriter {
                     client: client.clone(),
+                    instance: config.instance.clone(),
                 }),
                 config.revoke_rate_per_minute,
             )

@@ -16,6 +16,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use super::error::Error;
+use super::instance::{INSTANCE_LABEL, Instance};
 use super::writer::{Deleted, LeaderWriter};
 use crate::api::{AuthPolicy, ObjectKey, Revocation, RevocationStatus, SigningKey};
 use crate::clock::Clock;
@@ -378,15 +379,25 @@ pub async fn expire_once(
 /// `/revoke` on a cluster: creates the Revocation through the API.
 pub struct KubeWriter {
     pub client: Client,
+    /// Labels what it writes, so that this installation's leader judges it (its status,
+    /// its deletion once lapsed): unlabelled, it would be the default instance's, which
+    /// may not know its SigningKey and would then never delete it.
+    pub instance: Instance,
 }
 
 impl RevocationWriter for KubeWriter {
     fn create(&self, mut revocation: Revocation) -> WriteFuture {
         let client = self.client.clone();
+        let instance = self.instance.clone();
         Box::pin(async move {
             let id = ObjectKey::of(&revocation.metadata);
             // The apiserver sets it.
             revocation.metadata.creation_timestamp = None;
+            revocation
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(INSTANCE_LABEL.to_owned(), instance.name().to_owned());
             let api = Api::<Revocation>::namespaced(client, &id.namespace);
             match api.create(&PostParams::default(), &revocation).await {
                 Ok(_) => {

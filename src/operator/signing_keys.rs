@@ -28,8 +28,8 @@ use super::instance::INSTANCE_LABEL;
 pub use super::secret_store::{NotItsSecret, check_owner};
 pub use super::secret_store::{RECREATED_AT_ANNOTATION, SECRET_TYPE, secret_data};
 use super::secret_store::{SECRET_RECREATED_SHOWN_FOR, SecretError, SecretStore};
-use super::writer::LeaderWriter;
 pub use super::writer::MANAGER;
+use super::writer::{ConfigMapWrite, LeaderWriter};
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
 pub const SIGNING_KEY_LABEL: &str = "authplane.io/signing-key";
@@ -423,7 +423,8 @@ pub(super) fn owned_metadata(key: &SigningKey, name: &str) -> ObjectMeta {
 }
 
 /// Applies the JWKS ConfigMap where the apiserver does not hold it already. One that
-/// belongs to another instance is left alone.
+/// belongs to another instance, or is not this SigningKey's (a ConfigMap of the
+/// namespace that happens to bear the name), is left alone.
 async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> Result<(), Error> {
     let name = format!("{}-jwks", key.name_any());
     let namespace = key.namespace().unwrap_or_default();
@@ -447,9 +448,17 @@ async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> R
         data: Some(BTreeMap::from([("jwks.json".to_owned(), jwks.to_owned())])),
         ..ConfigMap::default()
     };
-    ctx.writer
+    let written = ctx
+        .writer
         .apply_config_map(&config_map, cached.as_deref())
         .await?;
+    if written == ConfigMapWrite::NotOurs {
+        tracing::warn!(
+            config_map = %ObjectKey::of(&config_map.metadata),
+            signing_key = %ObjectKey::of(&key.metadata),
+            "a ConfigMap of that name exists and is not this SigningKey's: the JWKS is not written there"
+        );
+    }
     Ok(())
 }
 

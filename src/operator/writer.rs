@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use super::error::Error;
 use super::instance::{INSTANCE_LABEL, Instance};
 use super::latest::Latest;
+use super::signing_keys::{MANAGED_BY, SIGNING_KEY_LABEL};
 use super::status::{Conditions, news};
 use crate::api::ObjectKey;
 
@@ -255,29 +256,56 @@ impl LeaderWriter {
 
     /// Server-side applies a ConfigMap labelled as this instance's, unless the apiserver
     /// holds it already (`cached` from the watch cache, or this replica's last write):
-    /// the same data, and the labels and owner asked for. Returns whether it wrote.
+    /// the same data, and the labels and owner asked for.
+    ///
+    /// Never over a ConfigMap that is not the one asked for ([`belongs`]). The watch
+    /// holds only the ConfigMaps authplane manages, so one it does not hold is created,
+    /// not applied: an apply would merge our data, labels and controlling owner into
+    /// anyone's ConfigMap of that name (and the garbage collector would then delete it
+    /// with the SigningKey). A create refused with 409 reads what is there.
     pub async fn apply_config_map(
         &self,
         config_map: &ConfigMap,
         cached: Option<&ConfigMap>,
-    ) -> Result<bool, Error> {
+    ) -> Result<ConfigMapWrite, Error> {
         let id = ObjectKey::of(&config_map.metadata);
         let version = cached.and_then(|c| c.metadata.resource_version.as_deref());
         let remembered = self.written.config_maps.newer_than_cache(&id, version);
         let mut config_map = config_map.clone();
         self.label(&mut config_map.metadata);
-        if remembered
-            .as_ref()
-            .or(cached)
-            .is_some_and(|held| holds(held, &config_map))
-        {
-            return Ok(false);
+        let held = remembered.as_ref().or(cached);
+        if let Some(held) = held {
+            if !belongs(held, &config_map) {
+                return Ok(ConfigMapWrite::NotOurs);
+            }
+            if holds(held, &config_map) {
+                return Ok(ConfigMapWrite::Held);
+            }
         }
         self.admit().await?;
         let api: Api<ConfigMap> = Api::namespaced(
             self.client.clone(),
             &config_map.namespace().unwrap_or_default(),
         );
+        if held.is_none() {
+            match api.create(&PostParams::default(), &config_map).await {
+                Ok(created) => {
+                    let version = created.metadata.resource_version.clone();
+                    self.written.config_maps.wrote(id, version, created);
+                    return Ok(ConfigMapWrite::Written);
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    let existing = api.get(&config_map.name_any()).await?;
+                    if !belongs(&existing, &config_map) {
+                        return Ok(ConfigMapWrite::NotOurs);
+                    }
+                    if holds(&existing, &config_map) {
+                        return Ok(ConfigMapWrite::Held);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut value = serde_json::to_value(&config_map).unwrap_or_default();
         value["apiVersion"] = json!("v1");
         value["kind"] = json!("ConfigMap");
@@ -290,7 +318,7 @@ impl LeaderWriter {
             .await?;
         let version = applied.metadata.resource_version.clone();
         self.written.config_maps.wrote(id, version, applied);
-        Ok(true)
+        Ok(ConfigMapWrite::Written)
     }
 
     /// Labels an object this instance writes as its own.
@@ -336,6 +364,43 @@ impl LeaderWriter {
             tracing::warn!(reason = %event.reason, "cannot record event: {e}");
         }
     }
+}
+
+/// What [`LeaderWriter::apply_config_map`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigMapWrite {
+    Written,
+    /// The apiserver holds it already.
+    Held,
+    /// A ConfigMap of that name is someone else's: left alone.
+    NotOurs,
+}
+
+/// Whether `existing` is the ConfigMap `wanted` stands for, so that writing it takes
+/// nothing from anyone: labelled as managed by authplane for the same SigningKey as
+/// `wanted`, and controlled, if at all, by the same object (its uid: a SigningKey deleted
+/// and created again is another object, whose ConfigMap the garbage collector is about
+/// to delete).
+fn belongs(existing: &ConfigMap, wanted: &ConfigMap) -> bool {
+    let label = |map: &ConfigMap, name: &str| {
+        map.metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(name))
+            .cloned()
+    };
+    let controller = |map: &ConfigMap| {
+        map.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    };
+    [MANAGED_BY.0, SIGNING_KEY_LABEL]
+        .iter()
+        .all(|name| label(existing, name).is_some() && label(existing, name) == label(wanted, name))
+        && controller(existing).is_none_or(|uid| controller(wanted) == Some(uid))
 }
 
 /// Whether `held` already is `wanted`: the same data, and every label and owner asked

@@ -363,9 +363,27 @@ fn extend_unique(errors: &mut Vec<FieldError>, more: Vec<FieldError>) {
 /// The signer Secret's name is the key Secret's with this suffix.
 pub const SIGNER_SECRET_SUFFIX: &str = "-active";
 
+/// Kubernetes' bound on a label value.
+const MAX_LABEL_VALUE: usize = 63;
+
 impl Validate for SigningKey {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = metadata_errors(&self.metadata);
+        // The name is the value of the `authplane.io/signing-key` label on its Secrets and
+        // JWKS ConfigMap: a longer one is a valid object whose Secret the apiserver
+        // refuses for ever.
+        if let Some(name) = self.metadata.name.as_deref()
+            && errors.is_empty()
+            && name.len() > MAX_LABEL_VALUE
+        {
+            errors.push(FieldError::new(
+                "metadata.name",
+                format!(
+                    "is {} characters: a SigningKey's name is at most {MAX_LABEL_VALUE}, as it labels the Secrets and the ConfigMap authplane writes for it (a Kubernetes label value)",
+                    name.len()
+                ),
+            ));
+        }
         errors.extend(cel_errors(self));
         if let Some(issuer) = &self.spec.issuer
             && let Err(e) = issuer_path(issuer)
@@ -669,6 +687,26 @@ mod tests {
             .into_iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_signing_key_name_fits_in_a_label_value() {
+        let named = |name: &str| {
+            let mut key = key(serde_json::json!({}));
+            key.metadata.name = Some(name.to_owned());
+            key.validate()
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(named(&"a".repeat(63)), Vec::<String>::new());
+        let long = format!("{}.{}", "a".repeat(40), "b".repeat(40));
+        let errors = named(&long);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("metadata.name: is 81 characters"),
+            "{errors:?}"
+        );
     }
 
     #[test]

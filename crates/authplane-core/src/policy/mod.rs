@@ -809,17 +809,27 @@ impl CompiledPolicy {
             return false;
         }
         let iss = claims.get("iss").and_then(serde_json::Value::as_str);
-        let key = iss.and_then(|iss| {
-            self.key_issuers
-                .iter()
-                .find(|(issuer, _)| &**issuer == iss)
-                .map(|(_, key)| key)
-        });
-        revocations.is_revoked(
-            &self.namespace,
-            &TokenFacts::of(claims, key),
-            now.as_second(),
-        )
+        let is_revoked = |key: Option<&ObjectKey>| {
+            revocations.is_revoked(
+                &self.namespace,
+                &TokenFacts::of(claims, key),
+                now.as_second(),
+            )
+        };
+        // Several SigningKeys of this policy may carry one issuer (another team's key
+        // published elsewhere under the same `iss`, or one let in while the webhook was
+        // down): the Revocations of each count, so that no other key listed first can
+        // shadow a key's revocations. A revocation never grants anything.
+        let mut keys = self
+            .key_issuers
+            .iter()
+            .filter(|(issuer, _)| Some(&**issuer) == iss)
+            .map(|(_, key)| key)
+            .peekable();
+        if keys.peek().is_none() {
+            return is_revoked(None);
+        }
+        keys.any(|key| is_revoked(Some(key)))
     }
 
     fn satisfied(&self, claims: &Claims) -> bool {
