@@ -90,9 +90,9 @@ def status_of(url, headers=None, timeout=5):
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None, None
 
-def writes():
-    """Writes the apiserver has served so far, but for Leases."""
-    total = 0
+def writes_by_kind():
+    """Writes the apiserver has served so far, but for Leases, by "resource/subresource verb"."""
+    counts = {}
     for line in get(API + "/metrics").decode().splitlines():
         if not line.startswith("apiserver_request_total{"):
             continue
@@ -100,8 +100,22 @@ def writes():
         fields = dict(kv.split("=", 1) for kv in labels[len("apiserver_request_total{"):-1].split(","))
         fields = {k: v.strip('"') for k, v in fields.items()}
         if fields.get("verb") in WRITE_VERBS and fields.get("resource") != "leases":
-            total += float(value)
-    return int(total)
+            kind = "%s%s %s" % (fields.get("resource"),
+                                "/" + fields["subresource"] if fields.get("subresource") else "",
+                                fields.get("verb"))
+            counts[kind] = counts.get(kind, 0) + int(float(value))
+    return counts
+
+def writes():
+    return sum(writes_by_kind().values())
+
+def writes_since(path):
+    """What was written since `path` (a JSON of writes_by_kind) was taken, the most first:
+    the whole apiserver's, so other clients' writes count too."""
+    before = json.load(open(path))
+    after = writes_by_kind()
+    diff = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    return ", ".join("%s %d" % (k, v) for k, v in sorted(diff.items(), key=lambda kv: -kv[1]))
 
 def objects(plural):
     items, cont = [], ""
@@ -241,6 +255,10 @@ elif command == "kids":
     print(" ".join(sorted(kids(sys.argv[2]))))
 elif command == "rotation":
     rotation(sys.argv[2], float(sys.argv[3]))
+elif command == "writes_by_kind":
+    print(json.dumps(writes_by_kind()))
+elif command == "writes_since":
+    print(writes_since(sys.argv[2]))
 elif command == "rss":
     print(rss(sys.argv[2]))
 PY
@@ -338,6 +356,7 @@ sampler=""
 
 # Warm restart: nothing changed since.
 before=$(measure writes)
+measure writes_by_kind >"$work/writes-before-warm.json"
 started=$(date +%s.%N)
 start_operator warm
 until curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; do
@@ -347,6 +366,7 @@ done
 warm_ready=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 sleep "$WARM_WINDOW"
 warm_writes=$(($(measure writes) - before))
+warm_writes_by_kind=$(measure writes_since "$work/writes-before-warm.json")
 rss_warm=$(measure rss "$operator")
 
 # Policy edits to their decisions: tokens for the new audiences, minted with the keys.
@@ -391,7 +411,7 @@ open connections to the apiserver, peak    $(cat "$work/connections")
 warnings logged during the cold start      $warnings
 "lease lost" logged at a clean shutdown    $lease_lost
 warm restart to /readyz                    $warm_ready s
-warm restart: writes in ${WARM_WINDOW} s          $warm_writes
+warm restart: writes in ${WARM_WINDOW} s          $warm_writes${warm_writes_by_kind:+ ($warm_writes_by_kind)}
 RSS at /readyz / all Ready / +10 s / warm  $(value rss_ready_mib "$work/cold") / $(value rss_all_ready_mib "$work/cold") / $rss_later / $rss_warm MiB
 policy edit to decision, median/p99/max    $(value edit_ms_median "$work/edits") / $(value edit_ms_p99 "$work/edits") / $(value edit_ms_max "$work/edits") ms
 rotation to the new kid in the JWKS        $(value rotation_s "$work/rotation") s
