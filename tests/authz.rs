@@ -1206,3 +1206,45 @@ async fn legacy_sessions_end_on_time_without_a_restart() {
     );
     dev.stop().await;
 }
+
+/// The identity headers are rendered once per verified token and kept with it in the
+/// cache: a token answered from the cache gets the same headers, and a claim that cannot
+/// be a header refuses it there too.
+#[tokio::test]
+async fn a_cached_token_is_answered_the_same_identity_and_the_same_refusal() {
+    let dev = start("{mode: Enforce, percentage: 100}", "").await;
+    let mint = |sub: &str| {
+        format!(
+            "Bearer {}",
+            dev.mint(
+                ("auth", "web"),
+                sub,
+                &["payments"],
+                json!({"roles": ["payments"], "email": "zoë@x"}),
+            )
+        )
+    };
+    let good = mint("alice");
+    let bad = mint("carol\r\nX-Injected: yes");
+    for round in 0..2 {
+        let hits = dev.metric("authplane_decision_cache_hits_total").await;
+        let r = dev.get_with(AUTHZ, &[("Authorization", &good)]).await;
+        assert_eq!(r.status(), 200, "round {round}");
+        assert_eq!(header(&r, "x-auth-subject").as_deref(), Some("alice"));
+        assert_eq!(header(&r, "x-auth-email").as_deref(), Some("zo%C3%AB@x"));
+        let r = dev.get_with(AUTHZ, &[("Authorization", &bad)]).await;
+        assert_eq!(r.status(), 401, "round {round}");
+        assert_eq!(
+            header(&r, "x-authplane-reason").as_deref(),
+            Some("invalid_claims")
+        );
+        assert!(header(&r, "x-auth-subject").is_none());
+        // The first round verified both tokens; the second found both in the cache.
+        assert_eq!(
+            dev.metric("authplane_decision_cache_hits_total").await,
+            hits + if round == 0 { 0.0 } else { 2.0 },
+            "round {round}"
+        );
+    }
+    dev.stop().await;
+}

@@ -10,16 +10,11 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::listen::ConnectionInfo;
-
 /// Buffers the body of `request` (at most `LIMIT` bytes) and passes it on.
 pub async fn buffered<const LIMIT: usize>(request: Request, next: Next) -> Response {
-    let timeout = request
-        .extensions()
-        .get::<ConnectionInfo>()
-        .map_or(super::limits::DEFAULT_BODY_TIMEOUT, |c| {
-            c.limits.body_timeout
-        });
+    let timeout = super::listen::connection().map_or(super::limits::DEFAULT_BODY_TIMEOUT, |c| {
+        c.limits.body_timeout
+    });
     let (parts, body) = request.into_parts();
     match read(body, LIMIT, timeout).await {
         Ok(bytes) => {

@@ -46,12 +46,26 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// What a handler may know of the connection a request came on (a request extension).
+/// What a handler may know of the connection a request came on ([`connection`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionInfo {
     /// The peer's address: a client, or the proxy in front of it.
     pub peer: SocketAddr,
     pub limits: Limits,
+}
+
+tokio::task_local! {
+    /// The connection served by the current task. hyper polls a connection's handlers in
+    /// that connection's task, so a handler finds it here. A task-local rather than a
+    /// request extension: inserting one allocated on every request (the extension map and
+    /// a box), for the few handlers that read it.
+    static CONNECTION: ConnectionInfo;
+}
+
+/// The connection of the request being handled; `None` outside a connection's task (a
+/// router called directly, in tests and benchmarks).
+pub fn connection() -> Option<ConnectionInfo> {
+    CONNECTION.try_with(|info| *info).ok()
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish
@@ -158,9 +172,8 @@ impl Connection {
             info.limits.header_read_timeout,
             info.limits.idle_timeout,
         );
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             phase.request_started();
-            request.extensions_mut().insert(info);
             let answered = app.clone().call(request);
             let phase = phase.clone();
             async move {
@@ -171,9 +184,8 @@ impl Connection {
         });
         // Errors are the client's (a reset, a timeout, a malformed request, already
         // answered 400/431 where HTTP allows): nothing to report.
-        let _ = watcher
-            .watch(http.serve_connection(TokioIo::new(io), service))
-            .await;
+        let served = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+        let _ = CONNECTION.scope(info, served).await;
     }
 }
 

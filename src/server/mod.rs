@@ -123,7 +123,7 @@ async fn issuer_documents(
             )
                 .into_response();
         }
-        let connection = parts.extensions.get::<listen::ConnectionInfo>().copied();
+        let connection = listen::connection();
         let timeout = connection.map_or(limits::DEFAULT_BODY_TIMEOUT, |c| c.limits.body_timeout);
         let body = match body::read(body, revoke::MAX_BODY_BYTES, timeout).await {
             Ok(body) => body,

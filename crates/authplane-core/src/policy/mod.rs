@@ -25,7 +25,7 @@ use crate::api::{
 use crate::keys::lifecycle::KeySet;
 use crate::revocation::{RevocationSet, TokenFacts};
 use audit::AuditCounters;
-use cache::DecisionCache;
+use cache::{DecisionCache, Identity};
 use challenge::Challenges;
 use legacy::LegacySessions;
 use progression::Schedule;
@@ -658,18 +658,12 @@ impl CompiledPolicy {
             return self.decision(Verdict::Disabled, None, false);
         }
         let token = self.token(headers);
-        let (claims, mut checked) = self.check(token, now, revocations);
+        let (claims, checked, identity) = self.check_identity(token, now, revocations);
         // A claim that cannot be a header value fails the token: dropping the header
         // would leave a client-written copy in place.
-        let identity = match (&claims, checked) {
-            (Some(claims), Ok(())) => match self.identity(claims) {
-                Ok(values) => Some(values),
-                Err(rejection) => {
-                    checked = Err(rejection);
-                    None
-                }
-            },
-            _ => None,
+        let (identity, checked) = match (checked, identity) {
+            (Ok(()), Ok(values)) => (Some(values), Ok(())),
+            (Ok(()), Err(rejection)) | (Err(rejection), _) => (None, Err(rejection)),
         };
         let buckets = match self.mode {
             Mode::Enforce => self.enforced_buckets(now),
@@ -712,14 +706,14 @@ impl CompiledPolicy {
     fn decision(
         &self,
         verdict: Verdict,
-        identity: Option<Vec<HeaderValue>>,
+        identity: Option<Arc<[HeaderValue]>>,
         audited: bool,
     ) -> Decision {
         let mut headers = Vec::new();
         if !matches!(verdict, Verdict::Deny(_)) {
-            let mut values = identity.into_iter().flatten();
+            let mut values = identity.iter().flat_map(|values| values.iter());
             headers.extend(self.forward.iter().map(|(_, name)| {
-                let value = values.next().unwrap_or(EMPTY);
+                let value = values.next().cloned().unwrap_or(EMPTY);
                 (name.clone(), value)
             }));
         }
@@ -735,7 +729,7 @@ impl CompiledPolicy {
 
     /// The `forwardClaims` values of verified claims, in the order of `forward`: a claim
     /// the token lacks is the empty value; one that cannot be a header value fails.
-    fn identity(&self, claims: &Claims) -> Result<Vec<HeaderValue>, Rejection> {
+    fn identity(&self, claims: &Claims) -> Identity {
         self.forward
             .iter()
             .map(|(claim, _)| match claims::lookup(claims, claim) {
@@ -753,8 +747,22 @@ impl CompiledPolicy {
         now: Timestamp,
         revocations: &RevocationSet,
     ) -> (Option<Arc<Claims>>, Result<(), Rejection>) {
+        let (claims, checked, _) = self.check_identity(token, now, revocations);
+        (claims, checked)
+    }
+
+    /// [`Self::check`], and the token's identity (its `forwardClaims` values), rendered
+    /// when the token was verified and cached with it; meaningful only when the check
+    /// passed.
+    fn check_identity(
+        &self,
+        token: Option<&str>,
+        now: Timestamp,
+        revocations: &RevocationSet,
+    ) -> (Option<Arc<Claims>>, Result<(), Rejection>, Identity) {
         let Some(token) = token else {
-            return (None, Err(Rejection::MissingToken));
+            let missing = Rejection::MissingToken;
+            return (None, Err(missing), Err(missing));
         };
         // Revocations are read after the signature and on cache hits alike: the cache
         // holds verifications, never the absence of a revocation.
@@ -768,7 +776,7 @@ impl CompiledPolicy {
             }
         };
         let cached = self.cache.as_ref().map(|cache| {
-            let key = DecisionCache::key(self.epoch, token);
+            let key = cache.key(self.epoch, token);
             let hit = cache.get(&key).filter(|entry| {
                 now.as_second() <= entry.expires && self.still_current(entry.external.as_ref(), now)
             });
@@ -781,11 +789,13 @@ impl CompiledPolicy {
             return (
                 Some(entry.claims.clone()),
                 scope(&entry.claims, entry.satisfied),
+                entry.identity.clone(),
             );
         }
         match self.verifier.verify(token, now) {
             Ok(verified) => {
                 let satisfied = self.satisfied(&verified.claims);
+                let identity = self.identity(&verified.claims);
                 let claims = Arc::new(verified.claims);
                 if let Some((cache, key, _)) = cached {
                     cache.insert(
@@ -794,12 +804,13 @@ impl CompiledPolicy {
                         verified.expires,
                         satisfied,
                         verified.external,
+                        identity.clone(),
                     );
                 }
                 let checked = scope(&claims, satisfied);
-                (Some(claims), checked)
+                (Some(claims), checked, identity)
             }
-            Err(rejection) => (None, Err(rejection)),
+            Err(rejection) => (None, Err(rejection), Err(rejection)),
         }
     }
 
