@@ -187,7 +187,16 @@ async fn a_cold_start_writes_each_object_once_and_a_warm_restart_writes_nothing(
     );
 
     // A warm restart: every status, Secret and ConfigMap is what the apiserver holds.
+    // The ConfigMaps are listed last, after the keys are served (which announces them
+    // to the leader's SigningKey controller): nothing is written while they are not.
+    fake.hold_lists("configmaps");
     let second = start(&fake, "second", config("default", "authplane")).await;
+    common::eventually("the keys served", DEADLINE, || async {
+        let leads = metric(&second, "authplane_leader").await == 1.0;
+        (ready(&second).await && leads).then_some(())
+    })
+    .await;
+    fake.release_lists("configmaps");
     common::eventually("every object looked at again", DEADLINE, || async {
         let leads = metric(&second, "authplane_leader").await == 1.0;
         let keys = metric(&second, "authplane_reconciles_total").await;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
@@ -448,9 +449,15 @@ async fn apply_jwks_config_map(key: &SigningKey, ctx: &Context, jwks: &str) -> R
         data: Some(BTreeMap::from([("jwks.json".to_owned(), jwks.to_owned())])),
         ..ConfigMap::default()
     };
+    let listed = ctx
+        .caches
+        .config_maps
+        .wait_until_ready()
+        .now_or_never()
+        .is_some();
     let written = ctx
         .writer
-        .apply_config_map(&config_map, cached.as_deref())
+        .apply_config_map(&config_map, cached.as_deref(), listed)
         .await?;
     if written == ConfigMapWrite::NotOurs {
         tracing::warn!(

@@ -263,17 +263,32 @@ impl LeaderWriter {
     /// not applied: an apply would merge our data, labels and controlling owner into
     /// anyone's ConfigMap of that name (and the garbage collector would then delete it
     /// with the SigningKey). A create refused with 409 reads what is there.
+    ///
+    /// `listed`: whether the watch has listed the ConfigMaps yet. Before it has (a
+    /// reconcile at the very start of a term), one it does not hold is read first rather
+    /// than created: it most likely exists, and a create refused with 409 is still a
+    /// write to the apiserver.
     pub async fn apply_config_map(
         &self,
         config_map: &ConfigMap,
         cached: Option<&ConfigMap>,
+        listed: bool,
     ) -> Result<ConfigMapWrite, Error> {
         let id = ObjectKey::of(&config_map.metadata);
         let version = cached.and_then(|c| c.metadata.resource_version.as_deref());
         let remembered = self.written.config_maps.newer_than_cache(&id, version);
         let mut config_map = config_map.clone();
         self.label(&mut config_map.metadata);
-        let held = remembered.as_ref().or(cached);
+        let api: Api<ConfigMap> = Api::namespaced(
+            self.client.clone(),
+            &config_map.namespace().unwrap_or_default(),
+        );
+        let read;
+        let mut held = remembered.as_ref().or(cached);
+        if held.is_none() && !listed {
+            read = api.get_opt(&config_map.name_any()).await?;
+            held = read.as_ref();
+        }
         if let Some(held) = held {
             if !belongs(held, &config_map) {
                 return Ok(ConfigMapWrite::NotOurs);
@@ -283,10 +298,6 @@ impl LeaderWriter {
             }
         }
         self.admit().await?;
-        let api: Api<ConfigMap> = Api::namespaced(
-            self.client.clone(),
-            &config_map.namespace().unwrap_or_default(),
-        );
         if held.is_none() {
             match api.create(&PostParams::default(), &config_map).await {
                 Ok(created) => {

@@ -47,6 +47,15 @@ struct State {
     changes: Vec<(u64, String, &'static str, Value)>,
     watches: Vec<Watch>,
     requests: Vec<Recorded>,
+    /// Resources whose lists are not answered yet ([`FakeApiserver::hold_lists`]), and
+    /// the lists waiting: (resource, namespace, label selector, responder).
+    held: Vec<String>,
+    parked: Vec<(
+        String,
+        Option<String>,
+        Vec<(String, String)>,
+        SendResponse<Response<Body>>,
+    )>,
 }
 
 struct Watch {
@@ -192,6 +201,28 @@ impl FakeApiserver {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Lists of `resource` wait, from now on, until [`FakeApiserver::release_lists`]: an
+    /// apiserver slow to list one kind, so that a client's caches become ready one after
+    /// the other.
+    pub fn hold_lists(&self, resource: &str) {
+        self.state.lock().unwrap().held.push(resource.to_owned());
+    }
+
+    /// Answers the lists of `resource` held so far, and those to come at once.
+    pub fn release_lists(&self, resource: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.held.retain(|r| r != resource);
+        let (now, later) = std::mem::take(&mut state.parked)
+            .into_iter()
+            .partition(|(r, ..)| r == resource);
+        state.parked = later;
+        let now: Vec<_> = now;
+        for (resource, namespace, selector, send) in now {
+            let list = state.list(&resource, namespace.as_deref(), &selector);
+            respond(send, 200, &list);
+        }
+    }
+
     /// Forgets the requests so far (a new phase of a test counts from here).
     pub fn clear_requests(&self) {
         self.state.lock().unwrap().requests.clear();
@@ -232,21 +263,16 @@ impl FakeApiserver {
                 });
                 state.flush_watches();
             }
+            ("GET", None) if state.held.contains(&target.resource) => {
+                let parked = (target.resource, target.namespace, selector(query), send);
+                state.parked.push(parked);
+            }
             ("GET", None) => {
-                let wanted = selector(query);
-                let items: Vec<Value> = state
-                    .objects
-                    .iter()
-                    .filter(|((r, ns, _), o)| {
-                        *r == target.resource
-                            && (target.namespace.is_none() || *ns == namespace)
-                            && selected(o, &wanted)
-                    })
-                    .map(|(_, o)| o.clone())
-                    .collect();
-                let list = json!({"apiVersion": "v1", "kind": "List",
-                                  "metadata": {"resourceVersion": state.version.to_string()},
-                                  "items": items});
+                let list = state.list(
+                    &target.resource,
+                    target.namespace.as_deref(),
+                    &selector(query),
+                );
                 respond(send, 200, &list);
             }
             ("GET", Some(name)) => match state.objects.get(&key(name)) {
@@ -363,6 +389,21 @@ fn resource_of(object: &Value) -> String {
 }
 
 impl State {
+    /// A list of `resource` (in `namespace`, or all) as the apiserver answers it.
+    fn list(&self, resource: &str, namespace: Option<&str>, wanted: &[(String, String)]) -> Value {
+        let items: Vec<Value> = self
+            .objects
+            .iter()
+            .filter(|((r, ns, _), o)| {
+                r == resource && namespace.is_none_or(|n| ns == n) && selected(o, wanted)
+            })
+            .map(|(_, o)| o.clone())
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List",
+               "metadata": {"resourceVersion": self.version.to_string()},
+               "items": items})
+    }
+
     fn insert(&mut self, resource: &str, namespace: &str, mut object: Value) -> Value {
         self.version += 1;
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
