@@ -237,8 +237,7 @@ mod tests {
         ));
         let refused = signing_keys(Client::new(service, "default"), &web())
             .await
-            .err()
-            .expect("another SigningKey's Secret");
+            .expect_err("another SigningKey's Secret");
         server.await.unwrap();
         assert_eq!(
             refused.to_string(),

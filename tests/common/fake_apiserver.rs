@@ -39,6 +39,14 @@ impl Recorded {
 /// Where an object lives: resource (plural), namespace, name.
 type Key = (String, String, String);
 
+/// A list held back: (resource, namespace, label selector, where to answer).
+type ParkedList = (
+    String,
+    Option<String>,
+    Vec<(String, String)>,
+    SendResponse<Response<Body>>,
+);
+
 #[derive(Default)]
 struct State {
     version: u64,
@@ -48,14 +56,9 @@ struct State {
     watches: Vec<Watch>,
     requests: Vec<Recorded>,
     /// Resources whose lists are not answered yet ([`FakeApiserver::hold_lists`]), and
-    /// the lists waiting: (resource, namespace, label selector, responder).
+    /// the lists waiting.
     held: Vec<String>,
-    parked: Vec<(
-        String,
-        Option<String>,
-        Vec<(String, String)>,
-        SendResponse<Response<Body>>,
-    )>,
+    parked: Vec<ParkedList>,
 }
 
 struct Watch {
