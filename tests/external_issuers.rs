@@ -468,9 +468,11 @@ async fn a_namespace_over_its_external_issuer_cap_gets_no_more_fetched() {
     assert_eq!(response.status(), 401);
     // Room is made: the second policy is served.
     std::fs::remove_file(dev.manifests().join("a.yaml")).unwrap();
+    // KeysFresh, not Ready: Ready can turn True a moment before the fetch is counted.
     eventually("the second issuer fetched", CHANGE_DEADLINE, || async {
         let status = dev.json("/status/shop/b-second").await;
-        (condition(&status, "Ready").0 == "True").then_some(())
+        (condition(&status, "Ready").0 == "True" && condition(&status, "KeysFresh").0 == "True")
+            .then_some(())
     })
     .await;
     assert!(second.fetches() > 0);
