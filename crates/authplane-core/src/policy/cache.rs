@@ -1,8 +1,9 @@
 //! The verified-token cache: a client sending the same token again skips the signature
 //! check. Keyed by a 128-bit SipHash-2-4 of the token and the compiled policy's epoch,
-//! under a secret key drawn when the cache is made (never the token itself); an entry is good until the token's `exp`, while its policy is the one
-//! compiled (a new key set or spec compiles a new epoch), and while the external key set
-//! that verified it is still current.
+//! under a secret key drawn when the cache is made (never the token itself); an entry is
+//! good until the token's `exp`, while its policy is the one compiled (a new key set or
+//! spec compiles a new epoch), and while the external key set that verified it is still
+//! current.
 //!
 //! Why SipHash and not SHA-256: the key is computed on every request, over the whole
 //! token (a forged payload beside a cached token's signature must miss), and SHA-256 of
