@@ -189,10 +189,8 @@ mod tests {
         (secret, kid)
     }
 
-    #[tokio::test]
-    async fn keys_are_read_from_the_secret_the_spec_names() {
-        let now = jiff::Timestamp::now();
-        let (secret, kid) = stored_secret("web", now);
+    /// `signing_keys` of auth/web, with `secret` as its Secret `web-secret`.
+    async fn keys_beside(secret: serde_json::Value) -> Result<StoredKeys, ClusterError> {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server = tokio::spawn(serve(
             handle,
@@ -205,10 +203,16 @@ mod tests {
                 ("/api/v1/namespaces/auth/secrets/web-secret", 200, secret),
             ],
         ));
-        let stored = signing_keys(Client::new(service, "default"), &web())
-            .await
-            .unwrap();
+        let stored = signing_keys(Client::new(service, "default"), &web()).await;
         server.await.unwrap();
+        stored
+    }
+
+    #[tokio::test]
+    async fn keys_are_read_from_the_secret_the_spec_names() {
+        let now = jiff::Timestamp::now();
+        let (secret, kid) = stored_secret("web", now);
+        let stored = keys_beside(secret).await.unwrap();
         assert_eq!(stored.keys.active(now).unwrap().material.kid(), kid);
         assert_eq!(
             stored.issuer.as_deref(),
@@ -223,22 +227,9 @@ mod tests {
     #[tokio::test]
     async fn another_signing_keys_secret_is_refused() {
         let (secret, _) = stored_secret("thief", jiff::Timestamp::now());
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(
-            handle,
-            vec![
-                (
-                    "/apis/authplane.io/v1alpha1/namespaces/auth/signingkeys/web",
-                    200,
-                    signing_key(),
-                ),
-                ("/api/v1/namespaces/auth/secrets/web-secret", 200, secret),
-            ],
-        ));
-        let refused = signing_keys(Client::new(service, "default"), &web())
+        let refused = keys_beside(secret)
             .await
             .expect_err("another SigningKey's Secret");
-        server.await.unwrap();
         assert_eq!(
             refused.to_string(),
             "Secret auth/web-secret of SigningKey auth/web is unreadable: the Secret belongs to SigningKey auth/thief"
