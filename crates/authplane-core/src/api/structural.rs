@@ -149,13 +149,7 @@ fn prune(schema: &Value, value: &Value) -> Option<Value> {
     if value.is_null() {
         return Some(Value::Null);
     }
-    let expected = schema.get("type").and_then(Value::as_str);
-    let actual = type_name(value);
-    let fits = match expected {
-        None => true,
-        Some("number") => matches!(actual, "number" | "integer"),
-        Some(t) => t == actual,
-    };
+    let fits = mistyped(schema, value).is_none();
     let allowed = schema
         .get("enum")
         .and_then(Value::as_array)
@@ -208,6 +202,18 @@ fn prune(schema: &Value, value: &Value) -> Option<Value> {
     }
 }
 
+/// The type `schema` asks for and the value's, when they differ (an integer is a
+/// `number` too); `None` when the value fits or the schema names no type.
+fn mistyped<'s>(schema: &'s Value, value: &Value) -> Option<(&'s str, &'static str)> {
+    let expected = schema.get("type").and_then(Value::as_str)?;
+    let actual = type_name(value);
+    let fits = match expected {
+        "number" => matches!(actual, "number" | "integer"),
+        t => t == actual,
+    };
+    (!fits).then_some((expected, actual))
+}
+
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -229,15 +235,7 @@ fn walk(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>)
         // The apiserver drops nulls of fields that are not nullable; ours are optional.
         return;
     }
-    let expected = schema.get("type").and_then(Value::as_str);
-    let actual = type_name(value);
-    let fits = match expected {
-        None => true,
-        Some("number") => matches!(actual, "number" | "integer"),
-        Some(t) => t == actual,
-    };
-    if !fits {
-        let expected = expected.unwrap_or_default();
+    if let Some((expected, actual)) = mistyped(schema, value) {
         let mut message = format!("must be of type {expected}, not {actual} ({value})");
         if actual == "boolean" && expected == "string" {
             message = format!("{message}: {YAML11_HINT}");
