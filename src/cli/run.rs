@@ -29,24 +29,11 @@ pub(crate) struct RunArgs {
     /// URLs.
     #[arg(long, value_name = "URL", value_parser = flags::external_url)]
     external_url: String,
-    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
-    /// URL (comma-separated); SigningKeys of the others only under /<namespace>/.
-    #[arg(long, value_name = "NAMESPACE,...", value_delimiter = ',')]
-    unconfined_issuer_namespaces: Vec<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
-    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
-    decision_cache_size: usize,
-    /// The budgets of `POST {issuer}/revoke`, per minute: failed requests per client
-    /// address, verified logouts per subject (beyond them: 429 with Retry-After).
-    #[arg(long, value_name = "N", default_value_t = crate::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
-    revoke_rate: u32,
-    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
-    /// core).
-    #[arg(long, value_name = "N")]
-    worker_threads: Option<NonZeroUsize>,
     /// Address to serve HTTPS on: every endpoint plus the admission webhook
     /// (POST /validate). Needs --tls-cert-file/--tls-key-file or --tls-bootstrap-secret.
     #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
@@ -105,6 +92,27 @@ pub(crate) struct RunArgs {
 
 const DEFAULT_KUBE_API_QPS: NonZeroU32 = NonZeroU32::new(500).unwrap();
 const DEFAULT_KUBE_API_BURST: NonZeroU32 = NonZeroU32::new(1000).unwrap();
+
+/// What `run` and `dev` both serve with: who may publish where, the verified-token
+/// cache, `/revoke`'s budgets and the worker threads.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Namespaces whose SigningKeys may publish an issuer at any path of the external
+    /// URL (comma-separated); SigningKeys of the others only under /<namespace>/.
+    #[arg(long, value_name = "NAMESPACE,...", value_delimiter = ',')]
+    pub(crate) unconfined_issuer_namespaces: Vec<String>,
+    /// Entries of the verified-token cache (about 1 KiB each); 0 turns it off.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_DECISION_CACHE)]
+    pub(crate) decision_cache_size: usize,
+    /// The budgets of `POST {issuer}/revoke`, per minute: failed requests per client
+    /// address, verified logouts per subject (beyond them: 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = crate::server::revoke::DEFAULT_REVOKE_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) revoke_rate: u32,
+    /// Worker threads serving requests (default: TOKIO_WORKER_THREADS, else one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    pub(crate) worker_threads: Option<NonZeroUsize>,
+}
 
 #[derive(Args)]
 pub(crate) struct TlsFileArgs {
@@ -167,10 +175,10 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
         listen: args.listen,
         external_url: args.external_url.trim_end_matches('/').to_owned(),
         identity,
-        decision_cache_size: args.decision_cache_size,
+        decision_cache_size: args.serve.decision_cache_size,
         tls,
-        revoke_rate_per_minute: args.revoke_rate,
-        unconfined_issuer_namespaces: args.unconfined_issuer_namespaces,
+        revoke_rate_per_minute: args.serve.revoke_rate,
+        unconfined_issuer_namespaces: args.serve.unconfined_issuer_namespaces,
         admin_listen: args.admin_listen,
         tls_client_ca_file: args.tls_client_ca_file,
         serving: {
@@ -184,7 +192,7 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             burst: args.kube_api_burst,
         }),
     };
-    let runtime = server::runtime::build(args.worker_threads).map_err(CliError::Runtime)?;
+    let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;
     Ok(())
 }
