@@ -217,21 +217,13 @@ impl Lifetimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocation::tests::policy;
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
             namespace: "auth".into(),
             name: name.into(),
         }
-    }
-
-    fn policy(namespace: &str, name: &str, spec: serde_json::Value) -> AuthPolicy {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-        }))
-        .unwrap()
     }
 
     fn mins(m: i64) -> SignedDuration {

@@ -131,7 +131,8 @@ fn issued_before_defaults_to_creation_and_expiry_is_that_plus_the_lifetime() {
     assert!(later.is_empty() && counts.is_empty());
 }
 
-fn policy(namespace: &str, name: &str, spec: serde_json::Value) -> AuthPolicy {
+/// An AuthPolicy of `spec` (the lifetimes tests use it too).
+pub(super) fn policy(namespace: &str, name: &str, spec: serde_json::Value) -> AuthPolicy {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
         "metadata": {"name": name, "namespace": namespace},
