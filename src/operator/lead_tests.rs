@@ -3,7 +3,7 @@
 //! cache, and reconciles a policy when one of its targets goes away and when the serving
 //! loop announces it. Each part has its own tests; this one checks that `lead` connects
 //! them. The writer remembers every status it wrote, so a reconcile that changes nothing
-//! writes nothing here either.
+//! writes nothing here either, and forgets it once the cache has seen it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -199,8 +199,9 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let (leader_tx, leader) = watch::channel(true);
     let (stop, stopped) = watch::channel(false);
     let writer = LeaderWriter::new(client.clone(), leader.clone(), None);
+    let writes = writer.clone();
     // The serving caches, as the serving loop fills them: the policy, no keys.
-    let (caches, writers) = serve::caches();
+    let (caches, mut writers) = serve::caches();
     let guard: kube::core::DeserializeGuard<AuthPolicy> = serde_json::from_value(policy()).unwrap();
     writers.fill(Vec::new(), Vec::new(), vec![guard]);
     let feeds = Feeds::default();
@@ -282,6 +283,21 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
             &json!(conditions::reason::SIGNING_KEY_NOT_FOUND)
         )
     );
+
+    // The cache catches up with the last status written: the leader forgets its own
+    // copy of it, though nothing reconciles the policy again.
+    assert_eq!(writes.writes_ahead_of_caches(), 1);
+    let mut seen = policy();
+    seen["metadata"]["resourceVersion"] = json!("100");
+    seen["status"] = status;
+    writers.fill(Vec::new(), Vec::new(), vec![serde_json::from_value(seen).unwrap()]);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while writes.writes_ahead_of_caches() > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await
+    .expect("the write is forgotten once the cache has seen it");
 
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), leading)

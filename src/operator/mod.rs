@@ -492,7 +492,11 @@ async fn term(controllers: &Controllers) {
     // Every SigningKey once all three caches are listed, then those the serving loop
     // announces and those whose ConfigMap changed.
     let listed = {
-        let (keys, secrets) = (caches.keys.clone(), caches.secrets.clone());
+        let (keys, secrets, config_maps) = (
+            caches.keys.clone(),
+            caches.secrets.clone(),
+            config_maps.clone(),
+        );
         async move {
             let _ = keys.wait_until_ready().await;
             let _ = secrets.wait_until_ready().await;
@@ -544,11 +548,49 @@ async fn term(controllers: &Controllers) {
     };
     // Lapsed Revocations are deleted by the leader only (this never ends by itself).
     let expiry = revocations::expire(client.clone(), writer.clone(), clock.clone());
+    let forgetting = forget_seen_writes(writer, caches, &config_maps);
     tokio::select! {
         _ = future::join(signing_keys, auth_policies) => {}
         _ = watching_targets => {}
         _ = expiry => {}
+        () = forgetting => {}
     }
+}
+
+/// How often the leader forgets those of its own writes that the caches have seen.
+const FORGET_SEEN_WRITES_EVERY: Duration = Duration::from_secs(10);
+
+/// Forgets, every [`FORGET_SEEN_WRITES_EVERY`], the leader's own writes that the caches
+/// have caught up with: most objects are not reconciled again after a cold start, and
+/// their writes would be held until the next term. Revocations have no cache here:
+/// their statuses are forgotten after two sweeps, which at worst costs a write the
+/// apiserver already holds.
+async fn forget_seen_writes(
+    writer: &writer::LeaderWriter,
+    caches: &serve::Caches,
+    config_maps: &reflector::Store<ConfigMap>,
+) {
+    let mut every = tokio::time::interval(FORGET_SEEN_WRITES_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        writer.forget_seen_writes(|kind, id| match kind {
+            "SigningKey" => version_in(&caches.keys, id),
+            "AuthPolicy" => version_in(&caches.policies, id),
+            "Secret" => version_in(&caches.secrets, id),
+            "ConfigMap" => version_in(config_maps, id),
+            _ => None,
+        });
+    }
+}
+
+/// The `resourceVersion` of the object `id` in `store`, if it holds it.
+fn version_in<K>(store: &reflector::Store<K>, id: &crate::api::ObjectKey) -> Option<String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let object = store.get(&ObjectRef::new(&id.name).within(&id.namespace))?;
+    object.meta().resource_version.clone()
 }
 
 /// The SigningKey a JWKS ConfigMap that changed (or went away) belongs to.

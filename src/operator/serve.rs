@@ -88,7 +88,7 @@ impl CacheWriters {
     /// Fills the caches with complete lists, as the watches do when they have listed
     /// (tests feed the leader's controllers this way, without the serving loop).
     pub fn fill(
-        mut self,
+        &mut self,
         keys: Vec<DeserializeGuard<SigningKey>>,
         secrets: Vec<Secret>,
         policies: Vec<DeserializeGuard<AuthPolicy>>,

@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::error::Error;
-use super::instance::{INSTANCE_LABEL, Instance};
+use super::instance::{self, INSTANCE_LABEL, Instance};
 use super::latest::Latest;
 use super::signing_keys::{MANAGED_BY, SIGNING_KEY_LABEL};
 use super::status::{Conditions, news};
@@ -151,6 +151,21 @@ impl LeaderWriter {
         self.written.config_maps.clear();
     }
 
+    /// Forgets the writes the caches have caught up with (see [`Latest::forget_seen`]).
+    /// `cached_version` answers for an object of a kind: the cache's `resourceVersion`,
+    /// or `None` when the cache does not hold it.
+    pub fn forget_seen_writes(&self, cached_version: impl Fn(&str, &ObjectKey) -> Option<String>) {
+        self.written
+            .statuses
+            .forget_seen(|(kind, id)| cached_version(kind, id));
+        self.written
+            .secrets
+            .forget_seen(|id| cached_version(<Secret as k8s_openapi::Resource>::KIND, id));
+        self.written
+            .config_maps
+            .forget_seen(|id| cached_version(<ConfigMap as k8s_openapi::Resource>::KIND, id));
+    }
+
     /// How many of this replica's writes the caches have not caught up with yet.
     pub fn writes_ahead_of_caches(&self) -> usize {
         self.written.statuses.len() + self.written.secrets.len() + self.written.config_maps.len()
@@ -251,7 +266,8 @@ impl LeaderWriter {
     fn remember_secret(&self, secret: Secret) {
         let id = ObjectKey::of(&secret.metadata);
         let version = secret.metadata.resource_version.clone();
-        self.written.secrets.wrote(id, version, secret);
+        // Kept in the form the cache holds: managedFields are most of a small object.
+        self.written.secrets.wrote(id, version, instance::trimmed(secret));
     }
 
     /// Server-side applies a ConfigMap labelled as this instance's, unless the apiserver
@@ -302,7 +318,9 @@ impl LeaderWriter {
             match api.create(&PostParams::default(), &config_map).await {
                 Ok(created) => {
                     let version = created.metadata.resource_version.clone();
-                    self.written.config_maps.wrote(id, version, created);
+                    self.written
+                        .config_maps
+                        .wrote(id, version, instance::trimmed(created));
                     return Ok(ConfigMapWrite::Written);
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -328,7 +346,9 @@ impl LeaderWriter {
             )
             .await?;
         let version = applied.metadata.resource_version.clone();
-        self.written.config_maps.wrote(id, version, applied);
+        self.written
+            .config_maps
+            .wrote(id, version, instance::trimmed(applied));
         Ok(ConfigMapWrite::Written)
     }
 
