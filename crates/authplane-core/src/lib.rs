@@ -16,6 +16,7 @@
 //!   one namespace's policies may use.
 //! - `issuer_claims`: which issuer paths a SigningKey may publish, and who keeps a path
 //!   several claim.
+//! - `refresh`: refresh-token families (issue, rotate, grace, reuse, expiry) as data.
 //! - `revocation`: the Revocation index and the immutable set the decision reads.
 //! - `admission`: the rules of the admission webhook.
 //! - `token_review`: TokenReview, a verified token as a Kubernetes user.
@@ -35,6 +36,7 @@ pub mod issuer_claims;
 pub mod keys;
 pub mod policy;
 pub mod reconcile;
+pub mod refresh;
 pub mod revocation;
 pub mod snapshot;
 pub mod token;
