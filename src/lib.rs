@@ -6,13 +6,14 @@
 //! the folder driver and `operator` the Kubernetes driver, both feeding the core's
 //! index and both built on `driver` (the key store and rollout store traits, the one
 //! path each takes through them, and the serving start-up); `registry` holds the published snapshot and what outlives it; `external`
-//! fetches external issuers' key sets; `server` serves the snapshot over HTTP;
+//! fetches external issuers' key sets; `server` serves the snapshot over HTTP; `tokens` keeps the token service's
+//! refresh-token families (the store trait and its implementations);
 //! `metrics`, `tls`; `cli` holds what the commands share. The README's layout section is
 //! the longer map.
 
 pub use authplane_core::{
-    admission, api, clock, index, issuer_claims, keys, policy, reconcile, revocation, snapshot,
-    token, token_review,
+    admission, api, clock, index, issuer_claims, keys, policy, reconcile, refresh, revocation,
+    snapshot, token, token_review,
 };
 
 pub mod cli;
@@ -24,3 +25,4 @@ pub mod operator;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod tokens;

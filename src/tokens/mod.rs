@@ -1,0 +1,191 @@
+//! The token service's state: refresh-token families behind a small store trait, and the
+//! one path a refresh takes through it (look up, decide in the core, compare-and-set,
+//! read again on a lost race).
+//!
+//! The rules live in the core ([`crate::refresh`]); a store only keeps families and the
+//! hashes of the tokens issued for them, and writes a family only if it is still at the
+//! generation the writer read (so two concurrent refreshes of one token make exactly one
+//! rotation, and the loser, reading again, finds itself within the grace and gets the
+//! same pair). Everything a store keeps expires by itself at the family's absolute
+//! expiry, so nothing grows without bound.
+//!
+//! Implementations: [`embedded::EmbeddedStore`] (a redb file in the state folder or on a
+//! volume; one replica). The trait is shaped for a shared store (Redis, issue 24): every
+//! method is one round trip, and [`FamilyStore::swap`] is a single atomic
+//! compare-and-set (a Lua script there).
+
+pub mod embedded;
+#[cfg(test)]
+mod tests;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+
+use crate::refresh::{
+    self, AccessGrant, Entropy, Family, Presented, RefreshToken, Refused, Step, TokenHash,
+};
+
+/// The store could not answer. Never the client's fault: the token endpoint answers 503
+/// with `Retry-After`, and nothing else in authplane depends on the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the token store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the token store holds a record that does not read: {0}")]
+    Corrupt(String),
+}
+
+/// A family as a token lookup finds it, with the generation the token was issued for.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub family: Family,
+    pub generation: u64,
+}
+
+pub trait FamilyStore: Send + Sync + 'static {
+    /// Records a new family and the hash of its first token (generation 0).
+    fn create<'a>(&'a self, family: &'a Family) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The family and generation a token hash was issued for; `None` when no token has
+    /// this hash or its family is past [`Family::forget_after`] at `now`.
+    fn find(
+        &self,
+        token: TokenHash,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Option<Found>, StoreError>>;
+
+    /// A family by its id (the `sid`), for logout by session and support tools.
+    fn family<'a>(
+        &'a self,
+        id: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Family>, StoreError>>;
+
+    /// Compare-and-set: writes `next` only if the stored family still has the generation
+    /// and the revocation state of `expected` (what the writer read), and, when `next` is
+    /// a new generation, records `next.current` as issued for it. `Ok(false)`: someone
+    /// wrote first, nothing was written.
+    fn swap<'a>(
+        &'a self,
+        expected: &'a Family,
+        next: &'a Family,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Forgets families (and their token hashes) past [`Family::forget_after`] at `now`;
+    /// returns how many. A store whose entries expire by themselves returns 0.
+    fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>>;
+}
+
+/// What a refresh answers.
+#[derive(Debug)]
+pub enum Refreshed {
+    /// The pair to answer with (`rotated`: this request made the rotation; otherwise a
+    /// retry within the grace got the same pair again).
+    Pair {
+        family: Family,
+        token: RefreshToken,
+        access: AccessGrant,
+        rotated: bool,
+    },
+    /// Reuse detected: the family is revoked now; the caller revokes the session
+    /// (`family.id`) and answers `invalid_grant`.
+    Reuse { family: Family },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// No family has a token with this hash (never issued, or forgotten after expiry).
+    #[error("unknown refresh token")]
+    Unknown,
+    #[error(transparent)]
+    Refused(Refused),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Lost the compare-and-set more often than any honest contention explains.
+    #[error("the refresh token's family changed {0} times while this request was deciding")]
+    Contended(usize),
+}
+
+/// How often a refresh reads again after losing a compare-and-set. One loss is the
+/// normal race (the loser then finds the new generation and replays it); more means other
+/// writers keep winning, which only a flood of refreshes of one family can cause.
+const ATTEMPTS: usize = 4;
+
+/// One refresh of `token` by `client` at `now`: the whole path, for every store.
+pub async fn refresh(
+    store: &dyn FamilyStore,
+    token: &RefreshToken,
+    client: &str,
+    now: Timestamp,
+    entropy: &mut (dyn Entropy + Send),
+) -> Result<Refreshed, RefreshError> {
+    let hash = token.hash();
+    for _ in 0..ATTEMPTS {
+        let Some(found) = store.find(hash, now).await? else {
+            return Err(RefreshError::Unknown);
+        };
+        let presented = Presented {
+            token,
+            generation: found.generation,
+            client,
+        };
+        let family = found.family;
+        match refresh::refresh(&family, presented, now, entropy) {
+            Err(refused) => return Err(RefreshError::Refused(refused)),
+            Ok(Step::Replay { token, access }) => {
+                return Ok(Refreshed::Pair {
+                    family,
+                    token,
+                    access,
+                    rotated: false,
+                });
+            }
+            Ok(Step::Rotate {
+                next,
+                token,
+                access,
+            }) => {
+                if store.swap(&family, &next).await? {
+                    return Ok(Refreshed::Pair {
+                        family: next,
+                        token,
+                        access,
+                        rotated: true,
+                    });
+                }
+            }
+            Ok(Step::Revoke { next }) => {
+                if store.swap(&family, &next).await? {
+                    return Ok(Refreshed::Reuse { family: next });
+                }
+            }
+        }
+    }
+    Err(RefreshError::Contended(ATTEMPTS))
+}
+
+/// Logout: revokes the family of `token` (presented by `client`). `Ok(None)` when the
+/// token is unknown, of another client, or its family was already revoked: RFC 7009 §2.2
+/// answers 200 for all of these, and nothing changes.
+pub async fn logout(
+    store: &dyn FamilyStore,
+    token: &RefreshToken,
+    client: &str,
+    now: Timestamp,
+) -> Result<Option<Family>, RefreshError> {
+    for _ in 0..ATTEMPTS {
+        let Some(found) = store.find(token.hash(), now).await? else {
+            return Ok(None);
+        };
+        if found.family.client != client {
+            return Ok(None);
+        }
+        let Some(next) = refresh::logout(&found.family, now) else {
+            return Ok(None);
+        };
+        if store.swap(&found.family, &next).await? {
+            return Ok(Some(next));
+        }
+    }
+    Err(RefreshError::Contended(ATTEMPTS))
+}
