@@ -121,6 +121,7 @@ fn every_field_a_cel_rule_can_reach_is_bounded() {
         authplane::api::SigningKey::crd(),
         authplane::api::AuthPolicy::crd(),
         authplane::api::Revocation::crd(),
+        authplane::api::TokenClient::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         for version in &crd.spec.versions {
@@ -282,6 +283,7 @@ fn no_enum_value_is_a_yaml_1_1_boolean() {
         authplane::api::SigningKey::crd(),
         authplane::api::AuthPolicy::crd(),
         authplane::api::Revocation::crd(),
+        authplane::api::TokenClient::crd(),
     ] {
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
         enum_values(&schema["openAPIV3Schema"], "", &mut values);
@@ -356,4 +358,41 @@ fn the_revocation_rules_refuse_what_they_say() {
         ),
         ["issuedBefore applies to a subject only"]
     );
+}
+
+#[test]
+fn the_token_client_crd_has_its_rules_status_and_columns() {
+    use kube::CustomResourceExt;
+    let crd = authplane::api::TokenClient::crd();
+    let version = &crd.spec.versions[0];
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    for column in [
+        "Key",
+        "Access TTL",
+        "Refresh TTL",
+        "Delivery",
+        "Ready",
+        "Age",
+    ] {
+        assert!(columns.contains(&column), "{columns:?}");
+    }
+    let yaml = serde_yaml::to_string(&crd).unwrap();
+    // The rule lists exactly the claims the core calls registered.
+    let registered = authplane::api::REGISTERED_CLAIMS
+        .map(|c| format!("'{c}'"))
+        .join(", ");
+    for rule in [
+        format!("self.all(c, !(c in [{registered}]))"),
+        "duration(self.idleLifetime) <= duration(self.absoluteLifetime)".to_owned(),
+        "duration(self.reuseGrace) < duration(self.idleLifetime)".to_owned(),
+        "self.all(a, self.exists_one(b, b == a))".to_owned(),
+    ] {
+        assert!(yaml.contains(&rule), "missing {rule}");
+    }
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 pub use crate::api::ObjectKey;
 use crate::api::structural::HasSchema;
 use crate::api::{
-    API_VERSION, AuthPolicy, FieldError, Revocation, SigningKey, Validate, read_object,
+    API_VERSION, AuthPolicy, FieldError, Revocation, SigningKey, TokenClient, Validate, read_object,
 };
 
 /// A refused file or document.
@@ -57,7 +57,7 @@ pub enum Problem {
     },
     #[error(
         "unsupported object (apiVersion {api_version:?}, kind {kind:?}); \
-         expected kind SigningKey, AuthPolicy or Revocation with apiVersion {API_VERSION}"
+         expected kind SigningKey, AuthPolicy, Revocation or TokenClient with apiVersion {API_VERSION}"
     )]
     Unsupported { api_version: String, kind: String },
     /// Refused as the apiserver would refuse it: every problem, each with its field.
@@ -126,6 +126,7 @@ pub enum Object {
     SigningKey(Arc<SigningKey>),
     AuthPolicy(Arc<AuthPolicy>),
     Revocation(Arc<Revocation>),
+    TokenClient(Arc<TokenClient>),
 }
 
 impl Object {
@@ -134,6 +135,7 @@ impl Object {
             Object::SigningKey(_) => "SigningKey",
             Object::AuthPolicy(_) => "AuthPolicy",
             Object::Revocation(_) => "Revocation",
+            Object::TokenClient(_) => "TokenClient",
         }
     }
 
@@ -142,6 +144,7 @@ impl Object {
             Object::SigningKey(o) => ObjectKey::of(&o.metadata),
             Object::AuthPolicy(o) => ObjectKey::of(&o.metadata),
             Object::Revocation(o) => ObjectKey::of(&o.metadata),
+            Object::TokenClient(o) => ObjectKey::of(&o.metadata),
         }
     }
 
@@ -156,6 +159,7 @@ pub struct Desired {
     pub signing_keys: BTreeMap<ObjectKey, Arc<SigningKey>>,
     pub auth_policies: BTreeMap<ObjectKey, Arc<AuthPolicy>>,
     pub revocations: BTreeMap<ObjectKey, Arc<Revocation>>,
+    pub token_clients: BTreeMap<ObjectKey, Arc<TokenClient>>,
 }
 
 impl Desired {
@@ -166,6 +170,7 @@ impl Desired {
             Object::SigningKey(o) => self.signing_keys.insert(id, o).is_none(),
             Object::AuthPolicy(o) => self.auth_policies.insert(id, o).is_none(),
             Object::Revocation(o) => self.revocations.insert(id, o).is_none(),
+            Object::TokenClient(o) => self.token_clients.insert(id, o).is_none(),
         }
     }
 }
@@ -701,6 +706,9 @@ fn parse_object(value: Value) -> Result<Object, Problem> {
         (API_VERSION, "Revocation") => {
             typed(&value, object).map(|o| Object::Revocation(Arc::new(o)))
         }
+        (API_VERSION, "TokenClient") => {
+            typed(&value, object).map(|o| Object::TokenClient(Arc::new(o)))
+        }
         _ => Err(Problem::Unsupported {
             api_version: api_version.to_owned(),
             kind: kind.to_owned(),
@@ -742,7 +750,9 @@ mod tests {
                     .into_iter()
                     .filter_map(|o| match o {
                         Object::SigningKey(k) => Some(SigningKey::clone(&k)),
-                        Object::AuthPolicy(_) | Object::Revocation(_) => None,
+                        Object::AuthPolicy(_) | Object::Revocation(_) | Object::TokenClient(_) => {
+                            None
+                        }
                     })
                     .collect()
             })
@@ -1140,5 +1150,29 @@ mod tests {
         let back = loader.reload(&dir);
         assert_eq!(back.accepted, [dir]);
         assert_eq!(back.desired, good);
+    }
+
+    #[test]
+    fn token_clients_are_read_and_refused_by_field() {
+        let client = "apiVersion: authplane.io/v1alpha1\nkind: TokenClient\nmetadata: {name: web, namespace: shop}\nspec:\n  signingKeyRef: {name: web}\n  audiences: [payments-api]\n  allowedClaims: [roles]\n";
+        let objects = parse_file(Path::new("clients.yaml"), client).unwrap();
+        let [Object::TokenClient(read)] = objects.as_slice() else {
+            panic!("{objects:?}");
+        };
+        assert_eq!(read.spec.allowed_claims, ["roles"]);
+        let errors: Vec<String> = parse_file(
+            Path::new("clients.yaml"),
+            &client.replace("[roles]", "[roles, sub]"),
+        )
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("TokenClient shop/web")
+                && errors[0].contains("spec.allowedClaims: must not list a registered claim"),
+            "{errors:?}"
+        );
     }
 }

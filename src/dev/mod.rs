@@ -398,6 +398,7 @@ struct Driver {
 struct Changed {
     signing_keys: BTreeSet<ObjectKey>,
     auth_policies: BTreeSet<ObjectKey>,
+    token_clients: BTreeSet<ObjectKey>,
 }
 
 impl Changed {
@@ -422,6 +423,7 @@ impl Changed {
         Self {
             signing_keys: changed(&before.signing_keys, &after.signing_keys),
             auth_policies: changed(&before.auth_policies, &after.auth_policies),
+            token_clients: changed(&before.token_clients, &after.token_clients),
         }
     }
 
@@ -811,6 +813,11 @@ fn admission_warnings(
             );
         }
     }
+    for id in &changed.token_clients {
+        if let Some(client) = after.token_clients.get(id) {
+            report("TokenClient", id, admission::token_client(client, index));
+        }
+    }
     warnings
 }
 
@@ -831,6 +838,9 @@ mod tests {
                 }
                 Object::Revocation(r) => {
                     desired.revocations.insert(ObjectKey::of(&r.metadata), r);
+                }
+                Object::TokenClient(c) => {
+                    desired.token_clients.insert(ObjectKey::of(&c.metadata), c);
                 }
             }
         }

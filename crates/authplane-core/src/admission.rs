@@ -17,8 +17,8 @@ use crate::policy::progression::Schedule;
 use crate::snapshot::Snapshot;
 
 use crate::api::{
-    AuthPolicy, FieldError, Mode, ObjectKey, Revocation, SigningKey, Validate, from_value,
-    read_object,
+    AuthPolicy, FieldError, Mode, ObjectKey, Revocation, SigningKey, TokenClient, Validate,
+    from_value, read_object,
 };
 
 /// The runtime's default floor of external key set refreshes (`--external-refresh-floor`).
@@ -41,6 +41,7 @@ pub enum Kind {
     SigningKey,
     AuthPolicy,
     Revocation,
+    TokenClient,
 }
 
 impl Kind {
@@ -49,6 +50,7 @@ impl Kind {
             "SigningKey" => Some(Kind::SigningKey),
             "AuthPolicy" => Some(Kind::AuthPolicy),
             "Revocation" => Some(Kind::Revocation),
+            "TokenClient" => Some(Kind::TokenClient),
             _ => None,
         }
     }
@@ -58,6 +60,7 @@ impl Kind {
             Kind::SigningKey => "SigningKey",
             Kind::AuthPolicy => "AuthPolicy",
             Kind::Revocation => "Revocation",
+            Kind::TokenClient => "TokenClient",
         }
     }
 }
@@ -153,6 +156,42 @@ pub fn review(
             Ok(revocation) => self::revocation(&revocation, index),
             Err(refused) => Verdict::refused(refused),
         },
+        Kind::TokenClient => match read_object::<TokenClient>(&object) {
+            Ok(client) => token_client(&client, index),
+            Err(refused) => Verdict::refused(refused),
+        },
+    }
+}
+
+/// TokenClient: [`Validate`]; an access-token lifetime above its SigningKey's
+/// `maxTokenLifetime` is refused (every policy would refuse such tokens); a SigningKey
+/// that does not exist (yet) is a warning, as everywhere (GitOps applies in any order).
+pub fn token_client(client: &TokenClient, index: &dyn SigningKeyIndex) -> Verdict {
+    let refusals = client.validate();
+    if !refusals.is_empty() {
+        return Verdict::refused(refusals);
+    }
+    let namespace = ObjectKey::of(&client.metadata).namespace;
+    let key = client.spec.signing_key_id(&namespace);
+    let lifetime = client.spec.access_token_lifetime.value();
+    if !index.contains(&key) {
+        let mut verdict = Verdict::default();
+        verdict.warn(
+            "spec.signingKeyRef",
+            format!(
+                "SigningKey {key} does not exist: the token endpoint issues nothing for this client until it does"
+            ),
+        );
+        return verdict;
+    }
+    match index.max_token_lifetime(&key) {
+        Some(max) if lifetime > max => Verdict::refused(vec![FieldError::new(
+            "spec.accessTokenLifetime",
+            format!(
+                "{lifetime:#} is longer than SigningKey {key}'s maxTokenLifetime {max:#}: every AuthPolicy would refuse such tokens; shorten it or raise the key's spec.maxTokenLifetime"
+            ),
+        )]),
+        _ => Verdict::default(),
     }
 }
 
@@ -1121,6 +1160,130 @@ mod tests {
         // In another namespace the name is free.
         let elsewhere = named("shop", "x", json!({"secretName": "web-keys"}));
         assert!(review(Kind::SigningKey, &elsewhere, None, None, &index, T0).allowed());
+    }
+
+    fn token_client(namespace: &str, spec: Value) -> Value {
+        json!({"apiVersion": "authplane.io/v1alpha1", "kind": "TokenClient",
+               "metadata": {"name": "web", "namespace": namespace}, "spec": spec})
+    }
+
+    #[test]
+    fn a_token_client_with_its_defaults_passes() {
+        let client = token_client(
+            "auth",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["payments-api"]}),
+        );
+        let verdict = review(Kind::TokenClient, &client, None, None, &FifteenMinutes, T0);
+        assert_eq!(verdict, Verdict::default());
+        let read: TokenClient = read_object(&client).unwrap();
+        assert_eq!(read.spec.access_token_lifetime.as_str(), "15m");
+        assert_eq!(read.spec.refresh_tokens.absolute_lifetime.as_str(), "168h");
+        assert_eq!(read.spec.refresh_tokens.idle_lifetime.as_str(), "24h");
+        assert_eq!(read.spec.refresh_tokens.reuse_grace.as_str(), "5s");
+        assert_eq!(read.spec.delivery, crate::api::Delivery::Body);
+        assert_eq!(read.spec.refresh_tokens.lifetimes().check(), Ok(()));
+    }
+
+    #[test]
+    fn token_clients_are_refused_by_field() {
+        let cases = [
+            (json!({"audiences": ["a"]}), "spec.signingKeyRef"),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": []}),
+                "spec.audiences",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a", "a"]}),
+                "spec.audiences",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a\nb"]}),
+                "spec.audiences[0]",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web", "namespace": "shop"}, "audiences": ["a"]}),
+                "spec.signingKeyRef.namespace",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "allowedClaims": ["roles", "sub"]}),
+                "spec.allowedClaims",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "allowedClaims": ["roles", "roles"]}),
+                "spec.allowedClaims",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "accessTokenLifetime": "48h"}),
+                "spec.accessTokenLifetime",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "accessTokenLifetime": "1 day"}),
+                "spec.accessTokenLifetime",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "refreshTokens": {"idleLifetime": "200h"}}),
+                "spec.refreshTokens.idleLifetime",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "refreshTokens": {"reuseGrace": "2m"}}),
+                "spec.refreshTokens.reuseGrace",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "refreshTokens": {"idleLifetime": "1m", "reuseGrace": "60s"}}),
+                "spec.refreshTokens.reuseGrace",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "delivery": "Cookies"}),
+                "spec.delivery",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "serviceAccounts": [{"namespace": "shop"}]}),
+                "spec.serviceAccounts[0].name",
+            ),
+        ];
+        for (spec, field) in cases {
+            let verdict = review(
+                Kind::TokenClient,
+                &token_client("auth", spec.clone()),
+                None,
+                None,
+                &FifteenMinutes,
+                T0,
+            );
+            assert_eq!(fields(&verdict), [field], "{spec}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_client_may_not_outlive_its_keys_limit() {
+        let client = token_client(
+            "auth",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "accessTokenLifetime": "16m"}),
+        );
+        let verdict = review(Kind::TokenClient, &client, None, None, &FifteenMinutes, T0);
+        assert_eq!(fields(&verdict), ["spec.accessTokenLifetime"]);
+        assert!(
+            verdict.refusals[0].message.contains("maxTokenLifetime 15m"),
+            "{verdict:?}"
+        );
+        // A key that does not exist (yet): a warning, nothing is refused.
+        let elsewhere = token_client(
+            "shop",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "accessTokenLifetime": "16m"}),
+        );
+        let verdict = review(
+            Kind::TokenClient,
+            &elsewhere,
+            None,
+            None,
+            &FifteenMinutes,
+            T0,
+        );
+        assert!(verdict.allowed());
+        assert!(
+            verdict.warnings[0]
+                .starts_with("spec.signingKeyRef: SigningKey shop/web does not exist")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod duration;
 mod revocation;
 mod signing_key;
 pub mod structural;
+mod token_client;
 mod validation;
 
 pub use auth_policy::{
@@ -22,6 +23,10 @@ pub use revocation::{REASON_LABELS, Revocation, RevocationSpec, RevocationStatus
 pub use signing_key::{
     DEFAULT_MAX_TOKEN_LIFETIME, KeyStatus, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION,
     RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
+};
+pub use token_client::{
+    Delivery, REGISTERED_CLAIMS, RefreshTokens, ServiceAccountRef, TokenClient, TokenClientKeyRef,
+    TokenClientSpec, TokenClientStatus,
 };
 pub use validation::{
     FieldError, IssuerError, SIGNER_SECRET_SUFFIX, Validate, from_value, issuer_path, read_object,

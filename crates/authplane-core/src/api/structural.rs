@@ -14,7 +14,7 @@ use kube::CustomResourceExt;
 use kube::core::cel::{CompiledSchema, compile_schema};
 use serde_json::Value;
 
-use super::{AuthPolicy, FieldError, Revocation, SigningKey};
+use super::{AuthPolicy, FieldError, Revocation, SigningKey, TokenClient};
 
 /// The `openAPIV3Schema` of a kind, generated once per process.
 pub fn schema_of<K: CustomResourceExt>(cell: &'static OnceLock<Value>) -> &'static Value {
@@ -70,6 +70,7 @@ macro_rules! has_schema {
 has_schema!(SigningKey);
 has_schema!(AuthPolicy);
 has_schema!(Revocation);
+has_schema!(TokenClient);
 
 /// Every structural problem of `object` (a whole resource) against `schema`. `metadata`
 /// is left to the metadata checks, as the apiserver does.

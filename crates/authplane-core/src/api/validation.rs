@@ -7,7 +7,9 @@ use std::fmt;
 use jiff::Timestamp;
 
 use super::structural::HasSchema;
-use super::{AuthPolicy, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, Revocation, SigningKey};
+use super::{
+    AuthPolicy, REVOKE_KIDS_ANNOTATION, ROTATE_AT_ANNOTATION, Revocation, SigningKey, TokenClient,
+};
 use crate::keys::lifecycle::{KeyPolicy, Requests};
 
 /// A refused field and why.
@@ -431,6 +433,16 @@ impl Validate for Revocation {
                 "must not be before issuedBefore: the revocation would never count",
             ));
         }
+        errors
+    }
+}
+
+impl Validate for TokenClient {
+    fn validate(&self) -> Vec<FieldError> {
+        // Every rule of this kind is a CEL rule of its CRD, so that the apiserver refuses
+        // what dev mode refuses.
+        let mut errors = metadata_errors(&self.metadata);
+        errors.extend(cel_errors(self));
         errors
     }
 }
