@@ -20,6 +20,7 @@
 //! - `revocation`: the Revocation index and the immutable set the decision reads.
 //! - `admission`: the rules of the admission webhook.
 //! - `token_review`: TokenReview, a verified token as a Kubernetes user.
+//! - `token_clients`: the TokenClient index the token endpoint reads.
 //! - `token_endpoint`: the token endpoint's requests, errors and access-token claims.
 //! - `token`: minting for development and tests.
 //! - `clock`: time as an input.
@@ -41,5 +42,6 @@ pub mod refresh;
 pub mod revocation;
 pub mod snapshot;
 pub mod token;
+pub mod token_clients;
 pub mod token_endpoint;
 pub mod token_review;

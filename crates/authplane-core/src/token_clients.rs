@@ -1,0 +1,340 @@
+//! TokenClients as the token endpoint reads them: an incremental index the drivers feed
+//! (`apply`/`delete` of TokenClients, and the issuer and `maxTokenLifetime` of each
+//! SigningKey), publishing an immutable map from `client_id` (`namespace/name`) to the
+//! compiled client. A SigningKey change recompiles only the clients that name it (a
+//! reverse index); the published map is a persistent map, so publishing copies nothing.
+//!
+//! Each client's readiness is what its `Ready` condition reports.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use jiff::SignedDuration;
+
+use crate::api::{FieldError, ObjectKey, TokenClient, Validate};
+use crate::token_endpoint::ClientRules;
+
+/// What the index needs of a SigningKey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub issuer: String,
+    pub max_token_lifetime: SignedDuration,
+}
+
+/// A client as the endpoint uses it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServedClient {
+    /// The SigningKey that signs its tokens: the endpoint serves this client only on this
+    /// key's issuer.
+    pub key: ObjectKey,
+    pub rules: ClientRules,
+    /// The ServiceAccounts that may exchange tokens for it.
+    pub service_accounts: Vec<ObjectKey>,
+}
+
+/// The published clients by `client_id`.
+pub type Published = imbl::HashMap<String, Arc<ServedClient>>;
+
+/// Why a client is not (fully) served: its `Ready` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Served, as specified.
+    Serving,
+    /// Served with the key's limit: `accessTokenLifetime` is longer.
+    LifetimeAboveKeyLimit {
+        lifetime: SignedDuration,
+        max: SignedDuration,
+    },
+    /// Not served: its SigningKey does not exist.
+    SigningKeyNotFound(ObjectKey),
+    /// Not served: the spec is invalid (each problem names its field).
+    InvalidSpec(Vec<FieldError>),
+}
+
+impl Readiness {
+    /// `(status, reason, message)` of the `Ready` condition.
+    pub fn condition(&self) -> (&'static str, &'static str, String) {
+        match self {
+            Readiness::Serving => (
+                "True",
+                "Serving",
+                "the token endpoint issues for this client".into(),
+            ),
+            Readiness::LifetimeAboveKeyLimit { lifetime, max } => (
+                "False",
+                "LifetimeAboveKeyLimit",
+                format!(
+                    "accessTokenLifetime {lifetime:#} is longer than the SigningKey's maxTokenLifetime {max:#}: access tokens get {max:#}"
+                ),
+            ),
+            Readiness::SigningKeyNotFound(key) => (
+                "False",
+                "SigningKeyNotFound",
+                format!("SigningKey {key} does not exist: nothing is issued for this client"),
+            ),
+            Readiness::InvalidSpec(errors) => (
+                "False",
+                "InvalidSpec",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct TokenClientIndex {
+    /// Every client applied, valid or not, with its readiness.
+    clients: HashMap<ObjectKey, (Option<Arc<TokenClient>>, Readiness)>,
+    keys: HashMap<ObjectKey, KeyFacts>,
+    /// SigningKey → the valid clients that name it.
+    by_key: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    published: Published,
+}
+
+impl TokenClientIndex {
+    pub fn apply(&mut self, client: Arc<TokenClient>) {
+        let id = ObjectKey::of(&client.metadata);
+        self.forget(&id);
+        let errors = client.validate();
+        if !errors.is_empty() {
+            self.clients
+                .insert(id, (None, Readiness::InvalidSpec(errors)));
+            return;
+        }
+        let key = client.spec.signing_key_id(&id.namespace);
+        self.by_key.entry(key).or_default().insert(id.clone());
+        self.clients
+            .insert(id.clone(), (Some(client), Readiness::Serving));
+        self.compile(&id);
+    }
+
+    pub fn delete(&mut self, id: &ObjectKey) {
+        self.forget(id);
+        self.clients.remove(id);
+    }
+
+    /// A SigningKey appeared or changed (its issuer or its limit).
+    pub fn apply_key(&mut self, id: ObjectKey, facts: KeyFacts) {
+        if self.keys.get(&id) == Some(&facts) {
+            return;
+        }
+        self.keys.insert(id.clone(), facts);
+        self.recompile_key(&id);
+    }
+
+    pub fn delete_key(&mut self, id: &ObjectKey) {
+        if self.keys.remove(id).is_some() {
+            self.recompile_key(id);
+        }
+    }
+
+    pub fn published(&self) -> Published {
+        self.published.clone()
+    }
+
+    pub fn readiness(&self, id: &ObjectKey) -> Option<&Readiness> {
+        self.clients.get(id).map(|(_, readiness)| readiness)
+    }
+
+    fn recompile_key(&mut self, key: &ObjectKey) {
+        let ids: Vec<ObjectKey> = self
+            .by_key
+            .get(key)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.compile(&id);
+        }
+    }
+
+    fn compile(&mut self, id: &ObjectKey) {
+        let client_id = id.to_string();
+        let Some((Some(client), readiness)) = self.clients.get_mut(id) else {
+            return;
+        };
+        let key = client.spec.signing_key_id(&id.namespace);
+        let Some(facts) = self.keys.get(&key) else {
+            *readiness = Readiness::SigningKeyNotFound(key);
+            self.published.remove(&client_id);
+            return;
+        };
+        let lifetime = client.spec.access_token_lifetime.value();
+        *readiness = if lifetime > facts.max_token_lifetime {
+            Readiness::LifetimeAboveKeyLimit {
+                lifetime,
+                max: facts.max_token_lifetime,
+            }
+        } else {
+            Readiness::Serving
+        };
+        let served = ServedClient {
+            rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
+            service_accounts: client.spec.service_account_ids(&id.namespace),
+            key,
+        };
+        self.published.insert(client_id, Arc::new(served));
+    }
+
+    fn forget(&mut self, id: &ObjectKey) {
+        if let Some((Some(client), _)) = self.clients.get(id) {
+            let key = client.spec.signing_key_id(&id.namespace);
+            if let Some(ids) = self.by_key.get_mut(&key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+        self.published.remove(&id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(namespace: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn client(namespace: &str, name: &str, spec: serde_json::Value) -> Arc<TokenClient> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "TokenClient",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn facts(issuer: &str, max_mins: i64) -> KeyFacts {
+        KeyFacts {
+            issuer: issuer.into(),
+            max_token_lifetime: SignedDuration::from_mins(max_mins),
+        }
+    }
+
+    #[test]
+    fn a_client_is_served_once_its_key_is_known_and_follows_the_key() {
+        let mut index = TokenClientIndex::default();
+        let web = client(
+            "auth",
+            "web",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "serviceAccounts": [{"name": "login"}, {"name": "x", "namespace": "shop"}]}),
+        );
+        let id = key("auth", "web");
+        index.apply(web);
+        assert_eq!(
+            index.readiness(&id),
+            Some(&Readiness::SigningKeyNotFound(key("auth", "web")))
+        );
+        assert!(index.published().is_empty());
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        let served = index.published()["auth/web"].clone();
+        assert_eq!(served.key, key("auth", "web"));
+        assert_eq!(served.rules.issuer, "https://a.example/auth/web");
+        assert_eq!(served.rules.access_lifetime, SignedDuration::from_mins(15));
+        assert_eq!(
+            served.service_accounts,
+            [key("auth", "login"), key("shop", "x")]
+        );
+        assert_eq!(index.readiness(&id), Some(&Readiness::Serving));
+        // The key's limit drops under the client's lifetime: served with the key's.
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 5));
+        assert_eq!(
+            index.published()["auth/web"].rules.access_lifetime,
+            SignedDuration::from_mins(5)
+        );
+        assert_eq!(
+            index.readiness(&id).unwrap().condition().1,
+            "LifetimeAboveKeyLimit"
+        );
+        // The key goes: so does the client.
+        index.delete_key(&key("auth", "web"));
+        assert!(index.published().is_empty());
+        assert_eq!(
+            index.readiness(&id).unwrap().condition().1,
+            "SigningKeyNotFound"
+        );
+    }
+
+    #[test]
+    fn a_client_names_only_a_key_of_its_namespace() {
+        let mut index = TokenClientIndex::default();
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        // shop/web names "web": shop/web the key, never auth/web.
+        index.apply(client(
+            "shop",
+            "web",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"]}),
+        ));
+        assert!(index.published().is_empty());
+        assert_eq!(
+            index.readiness(&key("shop", "web")),
+            Some(&Readiness::SigningKeyNotFound(key("shop", "web")))
+        );
+    }
+
+    #[test]
+    fn an_invalid_edit_stops_serving_and_a_deletion_forgets() {
+        let mut index = TokenClientIndex::default();
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        index.apply_key(
+            key("auth", "other"),
+            facts("https://a.example/auth/other", 60),
+        );
+        let id = key("auth", "web");
+        index.apply(client(
+            "auth",
+            "web",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"]}),
+        ));
+        assert!(index.published().contains_key("auth/web"));
+        index.apply(client(
+            "auth",
+            "web",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "allowedClaims": ["sub"]}),
+        ));
+        assert!(index.published().is_empty());
+        let (status, reason, message) = index.readiness(&id).unwrap().condition();
+        assert_eq!((status, reason), ("False", "InvalidSpec"));
+        assert!(message.starts_with("spec.allowedClaims"), "{message}");
+        // Moved to another key: the old key's changes no longer touch it.
+        index.apply(client(
+            "auth",
+            "web",
+            json!({"signingKeyRef": {"name": "other"}, "audiences": ["a"]}),
+        ));
+        index.delete_key(&key("auth", "web"));
+        assert_eq!(index.published()["auth/web"].key, key("auth", "other"));
+        index.delete(&id);
+        assert!(index.published().is_empty());
+        assert!(index.readiness(&id).is_none());
+        assert!(index.by_key.is_empty());
+    }
+
+    #[test]
+    fn a_published_map_is_a_snapshot() {
+        let mut index = TokenClientIndex::default();
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        index.apply(client(
+            "auth",
+            "web",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"]}),
+        ));
+        let before = index.published();
+        index.delete(&key("auth", "web"));
+        assert!(before.contains_key("auth/web"));
+        assert!(index.published().is_empty());
+    }
+}
