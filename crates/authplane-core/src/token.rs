@@ -103,7 +103,9 @@ pub fn mint(
     {
         return Err(MintError::Registered(key.clone()));
     }
-    let active = keys.active(now).ok_or(MintError::NoActiveKey)?;
+    if keys.active(now).is_none() {
+        return Err(MintError::NoActiveKey);
+    }
     let mut claims = request.claims.clone();
     claims.insert("iss".into(), issuer.into());
     claims.insert("sub".into(), request.subject.clone().into());
@@ -123,14 +125,24 @@ pub fn mint(
     if let Some(session) = &request.session {
         claims.insert("sid".into(), session.clone().into());
     }
+    sign(keys, &claims, now)
+}
 
+/// Signs `claims` as they are with the key Active at `now`, `kid` in the header: for
+/// `token mint` and the token endpoint alike (the private key never leaves authplane).
+pub fn sign(
+    keys: &KeySet,
+    claims: &Map<String, Value>,
+    now: Timestamp,
+) -> Result<String, MintError> {
+    let active = keys.active(now).ok_or(MintError::NoActiveKey)?;
     let mut header = Header::new(active.material.alg().to_jwt());
     header.kid = Some(active.material.kid().to_owned());
     let key = active
         .material
         .encoding_key()
         .map_err(|e| MintError::Signing(e.to_string()))?;
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| MintError::Signing(e.to_string()))
+    jsonwebtoken::encode(&header, claims, &key).map_err(|e| MintError::Signing(e.to_string()))
 }
 
 /// Refuses a lifetime that is not positive, or longer than the key stays published

@@ -303,3 +303,49 @@ fn access_claims_are_the_familys_under_authplanes_registered_ones() {
         json!(["a", "b"])
     );
 }
+
+#[test]
+fn an_access_token_is_signed_by_the_active_key_and_verifies_with_its_jwk() {
+    use crate::keys::lifecycle::{KeyRecord, KeySet};
+    use crate::keys::{Algorithm, KeyMaterial};
+    use jsonwebtoken::{DecodingKey, Validation, jwk::Jwk};
+
+    let rules = rules("15m", SignedDuration::from_hours(1));
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let login = rules.login(
+        "alice".into(),
+        vec!["payments-api".into()],
+        Default::default(),
+    );
+    let family = start(login, now, &mut Counter(0)).unwrap().family;
+    let claims = access_claims(&family, &family.access(), rules.access_lifetime);
+    let material = KeyMaterial::generate(Algorithm::ES256, 0).unwrap();
+    let kid = material.kid().to_owned();
+    let jwk: Jwk =
+        serde_json::from_value(material.public_jwk().to_json(&kid, Algorithm::ES256)).unwrap();
+    let keys = KeySet::new(vec![KeyRecord {
+        material,
+        created: now,
+        activates_at: now,
+    }]);
+    let token = crate::token::sign(&keys, &claims, now).unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),
+        Some(kid.as_str())
+    );
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.validate_exp = false;
+    validation.set_audience(&["payments-api"]);
+    validation.set_issuer(&["https://auth.example/auth/web"]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    let decoded = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        &token,
+        &DecodingKey::from_jwk(&jwk).unwrap(),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(decoded.claims, claims);
+    // Before any key is active, nothing is signed.
+    let early = now.checked_sub(SignedDuration::from_secs(1)).unwrap();
+    assert!(crate::token::sign(&keys, &claims, early).is_err());
+}
