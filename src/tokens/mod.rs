@@ -17,6 +17,9 @@
 pub mod embedded;
 #[cfg(test)]
 mod tests;
+mod timed;
+
+pub use timed::Timed;
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
