@@ -830,3 +830,39 @@ fn a_bad_certificate_is_reported_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn token_client_secret_is_shown_once_and_kept_as_a_hash() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().to_str().unwrap();
+    let made = authplane(&["token", "client-secret", "auth/web", "--state", dir]);
+    let secret = succeeded(&made).trim().to_owned();
+    assert!(secret.starts_with("apcs_"), "{secret}");
+    assert!(text(&made.stderr).contains("made a client secret of TokenClient auth/web"));
+    let path = state.path().join(".token-clients/auth/web.json");
+    let kept = std::fs::read_to_string(&path).unwrap();
+    assert!(!kept.contains(&secret[5..]), "{kept}");
+    let stored: authplane::token_endpoint::secret::StoredSecret =
+        serde_json::from_str(&kept).unwrap();
+    assert!(stored.matches(&secret));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Again: a new secret, and the old one no longer matches.
+    let again = authplane(&["token", "client-secret", "auth/web", "--state", dir]);
+    let second = succeeded(&again).trim().to_owned();
+    assert!(text(&again.stderr).contains("replaced the client secret"));
+    let stored: authplane::token_endpoint::secret::StoredSecret =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(stored.matches(&second) && !stored.matches(&secret));
+    // A name that is no Kubernetes name never becomes a path.
+    for bad in ["../etc", "auth/..", "auth/a/b", "Auth/web"] {
+        let refused = authplane(&["token", "client-secret", bad, "--state", dir]);
+        assert!(!refused.status.success(), "{bad}");
+        assert!(refused.stdout.is_empty(), "{bad}");
+    }
+    assert!(!state.path().join("etc.json").exists());
+    assert!(!state.path().join(".token-clients/auth/...json").exists());
+}

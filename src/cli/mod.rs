@@ -40,7 +40,7 @@ use revoke_key::{RevokeArgs, revoke};
 use rollout::{RolloutCommand, rollout};
 use rotate::{RotateArgs, rotate};
 use run::{RunArgs, run_operator};
-use token::{TokenCommand, mint};
+use token::{TokenCommand, client_secret, mint};
 
 /// authplane: JWT signing keys that rotate without breaking tokens, served as JWKS and
 /// OIDC discovery.
@@ -144,6 +144,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Revocations(RevocationsCommand::List { target }) => list_revocations(target),
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
+        Command::Token(TokenCommand::ClientSecret(args)) => client_secret(args),
         Command::Bucket(args) => bucket(args),
         Command::Rollout(command) => rollout(command),
     }

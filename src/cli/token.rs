@@ -17,6 +17,44 @@ use crate::token::{self, MintRequest};
 pub(crate) enum TokenCommand {
     /// Print a JWT signed by the Active key of a SigningKey.
     Mint(MintArgs),
+    /// Dev mode: make a new client secret for a TokenClient, print it once and keep only
+    /// its hash in the state folder (the previous secret stops working).
+    ClientSecret(ClientSecretArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ClientSecretArgs {
+    /// The TokenClient, as NAMESPACE/NAME (its `client_id`).
+    #[arg(value_name = "NAMESPACE/NAME")]
+    client: String,
+    /// The state folder of `authplane dev`.
+    #[arg(long, value_name = "DIR", default_value = ".authplane")]
+    state: PathBuf,
+}
+
+/// Prints the new secret alone on stdout (for `$(...)`), what it is on stderr.
+pub(crate) fn client_secret(args: ClientSecretArgs) -> Result<(), CliError> {
+    let id = parse_id(&args.client, "NAMESPACE/NAME")?;
+    // The names become paths in the state folder: only Kubernetes names, never `..`.
+    if !crate::api::is_dns_label(&id.namespace) || !crate::api::is_dns_subdomain(&id.name) {
+        return Err(CliError::Usage(format!(
+            "{:?} is not a TokenClient's NAMESPACE/NAME (lowercase letters, digits, '-' and, in the name, '.')",
+            args.client
+        )));
+    }
+    let new = crate::token_endpoint::secret::new_secret(&mut crate::refresh::SystemEntropy)
+        .map_err(|e| CliError::Refused(e.to_string()))?;
+    let state = StateStore::open(&args.state)?;
+    let replaced = state.load_client_secret(&id).ok().flatten().is_some();
+    state.save_client_secret(&id, &new.stored)?;
+    eprintln!(
+        "dev mode: state folder {}: {} client secret of TokenClient {id}, shown once (only its hash is kept, in {})",
+        args.state.display(),
+        if replaced { "replaced the" } else { "made a" },
+        state.client_secret_path(&id).display()
+    );
+    println!("{}", new.secret);
+    Ok(())
 }
 
 #[derive(Args)]

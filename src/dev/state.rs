@@ -90,6 +90,31 @@ impl StateStore {
         self.write_json(&self.rollout_path(key), progress)
     }
 
+    /// Where the hash of a TokenClient's client secret is kept (dev mode's stand-in for
+    /// ServiceAccount authentication). A dot folder, like the rollouts'.
+    pub fn client_secret_path(&self, client: &ObjectKey) -> PathBuf {
+        self.root
+            .join(".token-clients")
+            .join(&client.namespace)
+            .join(format!("{}.json", client.name))
+    }
+
+    pub fn load_client_secret(
+        &self,
+        client: &ObjectKey,
+    ) -> Result<Option<crate::token_endpoint::secret::StoredSecret>, StateError> {
+        read_json(self.client_secret_path(client))
+    }
+
+    /// Replaces the client's secret (the old one stops working at once).
+    pub fn save_client_secret(
+        &self,
+        client: &ObjectKey,
+        secret: &crate::token_endpoint::secret::StoredSecret,
+    ) -> Result<(), StateError> {
+        self.write_json(&self.client_secret_path(client), secret)
+    }
+
     /// Forgets an AuthPolicy's rollout progress (it left Enforce or lost its steps).
     pub fn remove_rollout(&self, key: &ObjectKey) -> Result<(), StateError> {
         let path = self.rollout_path(key);

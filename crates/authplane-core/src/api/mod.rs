@@ -29,7 +29,8 @@ pub use token_client::{
     TokenClientSpec, TokenClientStatus,
 };
 pub use validation::{
-    FieldError, IssuerError, SIGNER_SECRET_SUFFIX, Validate, from_value, issuer_path, read_object,
+    FieldError, IssuerError, SIGNER_SECRET_SUFFIX, Validate, from_value, is_dns_label,
+    is_dns_subdomain, issuer_path, read_object,
 };
 
 use std::fmt;

@@ -6,6 +6,7 @@
 
 mod claims;
 mod request;
+pub mod secret;
 #[cfg(test)]
 mod tests;
 
