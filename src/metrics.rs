@@ -286,6 +286,13 @@ impl Default for Metrics {
             cache_misses.clone(),
         );
         let admission_reviews = Family::<AdmissionLabels, Counter>::default();
+        // Exported at 0 from the start, so that `rate()` sees the first malformed review
+        // (a series that appears at 1 shows no increase).
+        let _ = admission_reviews.get_or_create(&AdmissionLabels {
+            kind: "",
+            operation: "",
+            result: "malformed",
+        });
         registry.register(
             "admission_reviews",
             "Admission reviews answered, by kind, operation and result",
@@ -565,6 +572,8 @@ impl Metrics {
         self.key_ready
             .get_or_create(&resource)
             .set(i64::from(active.is_some()));
+        // Exported from the start at 0, so that `increase()` sees the first failure.
+        let _ = self.key_failures.get_or_create(&resource);
         // Counted from the signing key itself, not from `Activated` events: a key that
         // signs early because `revoke-key` removed the Active one is a rotation too.
         if outcome.signing_key_changed {
@@ -615,7 +624,9 @@ impl Metrics {
                 policy: policy.to_owned(),
                 cause,
             };
-            self.rollout_paused.get_or_create(&labels).set(i64::from(on));
+            self.rollout_paused
+                .get_or_create(&labels)
+                .set(i64::from(on));
         };
         match &tracked.progress {
             Some(progress) => {
@@ -700,6 +711,7 @@ impl Metrics {
         self.key_active_since.remove(&resource);
         self.key_rotation_period.remove(&resource);
         self.key_ready.remove(&resource);
+        self.key_failures.remove(&resource);
         for state in ["Next", "Active", "Retired"] {
             self.keys.remove(&KeyStateLabels {
                 namespace: namespace.to_owned(),
