@@ -943,3 +943,125 @@ impl crate::policy::DecisionMeters for PolicyMeters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Rollout, RolloutProgress, status_time};
+    use crate::driver::rollouts::Tracked;
+    use crate::policy::progression::PAUSED_BY_SPEC;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn samples(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_held_stepped_rollout_reports_its_step_cause_and_rule_until_the_policy_goes() {
+        let metrics = Metrics::default();
+        let rollout: Rollout = serde_yaml::from_str(
+            "{mode: Enforce, steps: [10, 50, 100], stepEvery: 1h, pauseAboveDenyRatio: {ratio: 0.05}}",
+        )
+        .unwrap();
+        let now = at("2026-01-01T01:30:00Z");
+        let progress = |held: Option<&str>| RolloutProgress {
+            steps: vec![10.0, 50.0, 100.0],
+            step: 1,
+            since: status_time(at("2026-01-01T01:00:00Z")),
+            held: held.map(str::to_owned),
+        };
+        let tracked = |held| Tracked {
+            progress: Some(progress(held)),
+            next: None,
+            moved: false,
+        };
+        metrics.observe_rollout("shop", "pay", &rollout, &tracked(None), now);
+        let labels = r#"{namespace="shop",policy="pay"}"#;
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_enforced_percentage"),
+            [format!(
+                "authplane_rollout_enforced_percentage{labels} 50.0"
+            )]
+        );
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_step"),
+            [format!("authplane_rollout_step{labels} 2")]
+        );
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_next_step_timestamp_seconds"),
+            [format!(
+                "authplane_rollout_next_step_timestamp_seconds{labels} {}",
+                at("2026-01-01T02:00:00Z").as_second()
+            )]
+        );
+
+        // Held by the deny ratio: no next step, the cause says which hold.
+        metrics.observe_rollout(
+            "shop",
+            "pay",
+            &rollout,
+            &tracked(Some("3 of 10 would be refused")),
+            now,
+        );
+        let mut paused = samples(&metrics, "authplane_rollout_paused");
+        paused.sort();
+        assert_eq!(
+            paused,
+            [
+                r#"authplane_rollout_paused{namespace="shop",policy="pay",cause="deny_ratio"} 1"#,
+                r#"authplane_rollout_paused{namespace="shop",policy="pay",cause="spec"} 0"#,
+            ]
+        );
+        assert!(samples(&metrics, "authplane_rollout_next_step_timestamp_seconds").is_empty());
+        metrics.observe_rollout("shop", "pay", &rollout, &tracked(Some(PAUSED_BY_SPEC)), now);
+        assert!(
+            metrics.encode().contains(
+                r#"authplane_rollout_paused{namespace="shop",policy="pay",cause="spec"} 1"#
+            )
+        );
+
+        // A deleted policy's series go with it: no alert about what no longer exists.
+        metrics.forget_policy("shop", "pay");
+        for name in [
+            "authplane_rollout_enforced_percentage",
+            "authplane_rollout_step",
+            "authplane_rollout_steps",
+            "authplane_rollout_paused",
+            "authplane_rollout_pause_above_deny_ratio",
+        ] {
+            assert!(samples(&metrics, name).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_rollout_outside_enforce_enforces_nobody_and_has_no_steps() {
+        let metrics = Metrics::default();
+        let rollout: Rollout = serde_yaml::from_str("{mode: Audit, percentage: 50}").unwrap();
+        let tracked = Tracked {
+            progress: None,
+            next: None,
+            moved: false,
+        };
+        metrics.observe_rollout(
+            "shop",
+            "pay",
+            &rollout,
+            &tracked,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_enforced_percentage"),
+            [r#"authplane_rollout_enforced_percentage{namespace="shop",policy="pay"} 0.0"#]
+        );
+        assert!(samples(&metrics, "authplane_rollout_step").is_empty());
+        assert!(samples(&metrics, "authplane_rollout_paused").is_empty());
+    }
+}

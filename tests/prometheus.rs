@@ -336,10 +336,14 @@ async fn every_dashboard_query_and_alert_works_against_a_real_prometheus() {
     let prometheus = Prometheus::start(&prometheus, &target, &rules);
     // Scraped before any traffic, so that every counter's first increase shows as one.
     let http = reqwest::Client::new();
-    eventually("Prometheus scraping authplane", PROMETHEUS_DEADLINE, || async {
-        let up = prometheus.query(&http, "up{job=\"authplane\"} == 1").await;
-        up.ok().filter(|samples| !samples.is_empty())
-    })
+    eventually(
+        "Prometheus scraping authplane",
+        PROMETHEUS_DEADLINE,
+        || async {
+            let up = prometheus.query(&http, "up{job=\"authplane\"} == 1").await;
+            up.ok().filter(|samples| !samples.is_empty())
+        },
+    )
     .await;
 
     // A rotation: the rotate-at annotation (later than the first key's creation)
