@@ -593,7 +593,18 @@ impl Metrics {
             name: name.to_owned(),
         };
         self.key_failures.get_or_create(&resource).inc();
-        self.key_ready.get_or_create(&resource).set(0);
+        self.key_not_ready(namespace, name);
+    }
+
+    /// A SigningKey is not Ready for a reason of its own (an invalid spec): nothing failed
+    /// that a retry could fix.
+    pub fn key_not_ready(&self, namespace: &str, name: &str) {
+        self.key_ready
+            .get_or_create(&ResourceLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .set(0);
     }
 
     /// Where a policy's rollout stands at `now`, after a driver tracked it.
