@@ -703,6 +703,24 @@ impl Metrics {
         self.forget_steps(&labels);
     }
 
+    /// This replica stopped leading: the gauges only the leader keeps up to date (its
+    /// reconciles set them) go, so that a stale value (a paused rollout, a failed key)
+    /// does not outlive the lease on this replica and keep an alert firing after the new
+    /// leader has moved on. Counters stay: their rates are still true.
+    pub fn forget_leader_state(&self) {
+        self.keys.clear();
+        self.key_next_transition.clear();
+        self.key_active_since.clear();
+        self.key_rotation_period.clear();
+        self.key_ready.clear();
+        self.rollout_percentage.clear();
+        self.rollout_step.clear();
+        self.rollout_steps.clear();
+        self.rollout_next_step.clear();
+        self.rollout_paused.clear();
+        self.rollout_deny_ratio_rule.clear();
+    }
+
     /// The state of every input, as `/readyz` reports it; read when scraped.
     pub fn observe_inputs(&self, inputs: &[(&'static str, bool)]) {
         for (input, ready) in inputs {
@@ -1050,6 +1068,48 @@ mod tests {
         ] {
             assert!(samples(&metrics, name).is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_replica_that_stops_leading_drops_the_gauges_only_the_leader_updates() {
+        let metrics = Metrics::default();
+        let rollout: Rollout =
+            serde_yaml::from_str("{mode: Enforce, steps: [10, 50], stepEvery: 1h, paused: true}")
+                .unwrap();
+        let tracked = Tracked {
+            progress: Some(RolloutProgress {
+                steps: vec![10.0, 50.0],
+                step: 0,
+                since: status_time(at("2026-01-01T00:00:00Z")),
+                held: Some(PAUSED_BY_SPEC.to_owned()),
+            }),
+            next: None,
+            moved: false,
+        };
+        metrics.observe_rollout(
+            "shop",
+            "pay",
+            &rollout,
+            &tracked,
+            at("2026-01-01T00:10:00Z"),
+        );
+        metrics.key_failed("auth", "web");
+        assert!(!samples(&metrics, "authplane_rollout_paused").is_empty());
+        assert!(!samples(&metrics, "authplane_signing_key_ready").is_empty());
+
+        metrics.forget_leader_state();
+        for name in [
+            "authplane_rollout_enforced_percentage",
+            "authplane_rollout_step",
+            "authplane_rollout_paused",
+            "authplane_signing_key_ready",
+        ] {
+            assert!(samples(&metrics, name).is_empty(), "{name}");
+        }
+        assert_eq!(
+            samples(&metrics, "authplane_signing_key_failures_total"),
+            [r#"authplane_signing_key_failures_total{namespace="auth",name="web"} 1"#]
+        );
     }
 
     #[test]
