@@ -586,6 +586,15 @@ async fn a_garbage_secret_is_reported_and_never_overwritten() {
     )
     .await
     .unwrap();
+    // Not Ready, and a failure: what the SigningKeyNotReady and KeyRotationFailing
+    // alerts read.
+    let metrics = ctx.metrics.encode();
+    for sample in [
+        r#"authplane_signing_key_ready{namespace="auth",name="web"} 0"#,
+        r#"authplane_signing_key_failures_total{namespace="auth",name="web"} 1"#,
+    ] {
+        assert!(metrics.contains(sample), "{sample} in\n{metrics}");
+    }
     drop(ctx);
     assert!(
         server.await.unwrap().next_request().await.is_none(),

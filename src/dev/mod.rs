@@ -186,6 +186,9 @@ pub async fn start_tuned(
         config.unconfined_issuer_namespaces.iter().cloned(),
     )?);
     let registry = Arc::new(Registry::default());
+    // The folder is watched from here on; a refused manifest is a reload error, never
+    // the input failing (the rest keeps serving), so it is followed for good.
+    registry.set_source("manifest folder", crate::registry::SourceState::Synced);
     let metrics = Arc::new(Metrics::default());
     let known = Arc::new(KnownKeys {
         keys: ArcSwap::default(),

@@ -436,6 +436,7 @@ async fn lead(
             () = term(&controllers) => {}
         }
         metrics.leader.set(0);
+        metrics.forget_leader_state();
     }
 }
 

@@ -485,6 +485,8 @@ async fn not_ready(
     reason: &str,
     message: &str,
 ) -> Result<(), Error> {
+    let id = id_of(key);
+    ctx.metrics.key_not_ready(&id.namespace, &id.name);
     let now = ctx.clock.now();
     let generation = key.metadata.generation;
     let mut status = key.status.clone().unwrap_or_default();

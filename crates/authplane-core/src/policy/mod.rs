@@ -224,6 +224,11 @@ pub trait DecisionMeters: Send + Sync {
     /// One decision; `slot` is [`Verdict`]'s number for the (decision, reason) pair, below
     /// [`METER_SLOTS`], so that an implementation can keep a counter per pair.
     fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64);
+    /// One request decided outside enforcement (audited), and whether it would have been
+    /// refused: the traffic `pauseAboveDenyRatio` measures.
+    fn audited(&self, would_deny: bool) {
+        let _ = would_deny;
+    }
     /// A lookup in the verified-token cache.
     fn cache_hit(&self, hit: bool);
     /// When the policy's legacy sessions stop passing (`legacySession.until`), as it was
@@ -253,7 +258,9 @@ impl PolicyStats {
         self.meters
             .record(verdict.meter_slot(), verdict.label(), reason, seconds);
         if decision.audited {
-            self.audit.record(verdict.rejection().is_some());
+            let would_deny = verdict.rejection().is_some();
+            self.audit.record(would_deny);
+            self.meters.audited(would_deny);
         }
     }
 }
