@@ -11,7 +11,7 @@
 //! the longer map.
 
 pub use authplane_core::{
-    admission, api, clock, index, issuer_claims, keys, policy, reconcile, revocation, snapshot,
+    admission, api, attach, clock, index, issuer_claims, keys, policy, reconcile, revocation, snapshot,
     token, token_review,
 };
 

@@ -154,6 +154,7 @@ fn start_operator_with_tls(
         serving: Default::default(),
         instance: Default::default(),
         write_pace: None,
+        attach: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {

@@ -12,7 +12,7 @@ pub mod structural;
 mod validation;
 
 pub use auth_policy::{
-    AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, DenyRatioPause,
+    AncestorStatus, AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, DenyRatioPause,
     HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, NotAPercentage, Rollout,
     RolloutAction, RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
     TokenReviewSpec, TokenSources,
