@@ -1415,16 +1415,26 @@ mod attachment {
 
     /// A cluster with Envoy Gateway serving `shop/web`, the route `shop/payments` under
     /// it, and `security_policies` and `grants` listed.
-    fn cluster(current: &AuthPolicy, security_policies: Vec<Value>, grants: Vec<Value>) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+    fn cluster(
+        current: &AuthPolicy,
+        security_policies: Vec<Value>,
+        grants: Vec<Value>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
         let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config());
         {
             let mut topology = ctx.attachments.topology.lock().unwrap();
             topology.apply_class("eg", "gateway.envoyproxy.io/gatewayclass-controller");
             topology.apply_gateway("shop", "web", "eg");
-            let route = authplane::attach::Route::from_object("shop", &json!({"spec": {"parentRefs": [{"name": "web"}]}}));
+            let route = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "web"}]}}),
+            );
             topology.apply_route(TargetKind::HttpRoute, "shop", "payments", route);
         }
-        ctx.targets.observe(TargetKind::HttpRoute, Event::Apply(("shop".into(), "payments".into())));
+        ctx.targets.observe(
+            TargetKind::HttpRoute,
+            Event::Apply(("shop".into(), "payments".into())),
+        );
         for (is_policy, objects) in [(true, security_policies), (false, grants)] {
             ctx.attachments.observe(is_policy, Event::Init);
             for object in objects {
@@ -1466,27 +1476,50 @@ mod attachment {
 
     #[tokio::test]
     async fn the_leader_creates_its_objects_once_and_deletes_them_when_the_target_leaves() {
-        let current = policy(json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}]));
+        let current = policy(
+            json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}]),
+        );
         let (ctx, mut api, _leader) = cluster(&current, Vec::new(), Vec::new());
         let server = tokio::spawn(async move {
             let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
-            let security_policy = expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            let security_policy =
+                expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
             let status = status_written(&mut api).await;
             (api, grant, security_policy, status)
         });
-        within(reconcile(Arc::new(current.clone()), ctx)).await.unwrap();
+        within(reconcile(Arc::new(current.clone()), ctx))
+            .await
+            .unwrap();
         let (_api, grant, security_policy, status) = server.await.unwrap();
-        assert_eq!(grant["metadata"]["labels"]["authplane.io/grant-namespace"], "shop");
-        assert_eq!(grant["spec"]["from"], json!([{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}]));
+        assert_eq!(
+            grant["metadata"]["labels"]["authplane.io/grant-namespace"],
+            "shop"
+        );
+        assert_eq!(
+            grant["spec"]["from"],
+            json!([{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}])
+        );
         assert_eq!(security_policy["metadata"]["name"], "authplane-payments");
-        assert_eq!(security_policy["metadata"]["ownerReferences"][0]["uid"], "uid-1");
-        assert_eq!(security_policy["metadata"]["labels"]["app.kubernetes.io/managed-by"], "authplane");
-        assert_eq!(security_policy["spec"]["extAuth"]["http"]["path"], "/authz/shop/payments");
+        assert_eq!(
+            security_policy["metadata"]["ownerReferences"][0]["uid"],
+            "uid-1"
+        );
+        assert_eq!(
+            security_policy["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "authplane"
+        );
+        assert_eq!(
+            security_policy["spec"]["extAuth"]["http"]["path"],
+            "/authz/shop/payments"
+        );
         assert_eq!(security_policy["spec"]["extAuth"]["failOpen"], false);
         let (state, reason, _) = accepted(&status);
         assert_eq!((state.as_str(), reason.as_str()), ("True", "Accepted"));
-        assert_eq!(status["targets"][0]["ancestors"], json!([{"namespace": "shop", "name": "web",
-            "controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}]));
+        assert_eq!(
+            status["targets"][0]["ancestors"],
+            json!([{"namespace": "shop", "name": "web",
+            "controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}])
+        );
 
         // Once the watches hold them (with the apiserver's defaults) and the status is
         // written, a reconcile writes nothing.
@@ -1494,8 +1527,14 @@ mod attachment {
         current.status = serde_json::from_value(status).unwrap();
         let held_policy = stored(security_policy, "sp-uid");
         let held_grant = stored(grant, "grant-uid");
-        let (ctx, mut api, _leader) = cluster(&current, vec![held_policy.clone()], vec![held_grant.clone()]);
-        within(reconcile(Arc::new(current.clone()), ctx.clone())).await.unwrap();
+        let (ctx, mut api, _leader) = cluster(
+            &current,
+            vec![held_policy.clone()],
+            vec![held_grant.clone()],
+        );
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
         drop(ctx);
         assert!(api.next_request().await.is_none(), "nothing to write");
 
@@ -1505,14 +1544,30 @@ mod attachment {
         left.status = current.status.clone();
         let (ctx, mut api, _leader) = cluster(&left, vec![held_policy], vec![held_grant]);
         let server = tokio::spawn(async move {
-            let deleted = expect(&mut api, "DELETE", &format!("{SECURITY_POLICIES}/authplane-payments"), 200, json!({})).await;
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{SECURITY_POLICIES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
             assert_eq!(deleted["preconditions"]["uid"], "sp-uid");
-            let deleted = expect(&mut api, "DELETE", &format!("{GRANTS}/authplane-securitypolicies-shop"), 200, json!({})).await;
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{GRANTS}/authplane-securitypolicies-shop"),
+                200,
+                json!({}),
+            )
+            .await;
             assert_eq!(deleted["preconditions"]["uid"], "grant-uid");
             status_written(&mut api).await;
             api
         });
-        within(reconcile(Arc::new(left), ctx.clone())).await.unwrap();
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
         drop(ctx);
         assert!(server.await.unwrap().next_request().await.is_none());
     }
@@ -1540,7 +1595,9 @@ mod attachment {
             let status = status_written(&mut api).await;
             (api, status)
         });
-        within(reconcile(Arc::new(current), ctx.clone())).await.unwrap();
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
         drop(ctx);
         let (mut api, status) = server.await.unwrap();
         let (state, reason, message) = accepted(&status);
@@ -1555,7 +1612,9 @@ mod attachment {
             status_written(&mut api).await;
             api
         });
-        within(reconcile(Arc::new(left), ctx.clone())).await.unwrap();
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
         drop(ctx);
         assert!(server.await.unwrap().next_request().await.is_none());
     }
@@ -1575,12 +1634,17 @@ mod attachment {
             let status = status_written(&mut api).await;
             (api, status)
         });
-        within(reconcile(Arc::new(current), ctx.clone())).await.unwrap();
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
         drop(ctx);
         let (mut api, status) = server.await.unwrap();
         let (_, reason, message) = accepted(&status);
         assert_eq!(reason, "Conflicted");
-        assert!(message.contains("SecurityPolicy shop/hand-written"), "{message}");
+        assert!(
+            message.contains("SecurityPolicy shop/hand-written"),
+            "{message}"
+        );
         assert!(api.next_request().await.is_none());
     }
 }

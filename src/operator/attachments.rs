@@ -30,8 +30,8 @@ use super::targets::Change;
 use super::writer::LeaderWriter;
 use crate::api::{AuthPolicy, AuthPolicyStatus, Mode, ObjectKey, TargetRef, condition};
 use crate::attach::{
-    self, AuthzService, Claim, GRANT_NAMESPACE_LABEL, GatewayTopology,
-    Implementation, MANAGED_BY, reason,
+    self, AuthzService, Claim, GRANT_NAMESPACE_LABEL, GatewayTopology, Implementation, MANAGED_BY,
+    reason,
 };
 
 /// What the operator is told about attachment (flags, set by the chart).
@@ -97,14 +97,22 @@ pub struct Attachments {
 
 pub fn security_policy_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(attach::ENVOY_GATEWAY_GROUP, "v1alpha1", attach::SECURITY_POLICY_KIND),
+        &GroupVersionKind::gvk(
+            attach::ENVOY_GATEWAY_GROUP,
+            "v1alpha1",
+            attach::SECURITY_POLICY_KIND,
+        ),
         "securitypolicies",
     )
 }
 
 pub fn reference_grant_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(crate::api::TargetKind::GATEWAY_API_GROUP, "v1beta1", "ReferenceGrant"),
+        &GroupVersionKind::gvk(
+            crate::api::TargetKind::GATEWAY_API_GROUP,
+            "v1beta1",
+            "ReferenceGrant",
+        ),
         "referencegrants",
     )
 }
@@ -134,8 +142,14 @@ impl Attachments {
 
     /// Forgets everything: a new leadership term lists again.
     pub fn clear(&self) {
-        self.topology.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        *self.security_policies.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        *self
+            .security_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Cache::default();
         *self.grants.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
     }
 
@@ -149,7 +163,12 @@ impl Attachments {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|t| Some((t.get("kind")?.as_str()?.to_owned(), t.get("name")?.as_str()?.to_owned())))
+            .filter_map(|t| {
+                Some((
+                    t.get("kind")?.as_str()?.to_owned(),
+                    t.get("name")?.as_str()?.to_owned(),
+                ))
+            })
             .collect();
         Held {
             uid: object.uid().unwrap_or_default(),
@@ -162,7 +181,10 @@ impl Attachments {
                 .map(|o| o.uid.clone()),
             targets,
             ext_auth: object.data.pointer("/spec/extAuth").is_some(),
-            admits: labels.get(GRANT_NAMESPACE_LABEL).filter(|_| labelled).cloned(),
+            admits: labels
+                .get(GRANT_NAMESPACE_LABEL)
+                .filter(|_| labelled)
+                .cloned(),
             object: labelled.then(|| {
                 serde_json::json!({
                     "metadata": {"labels": labels, "ownerReferences": object.owner_references()},
@@ -195,7 +217,11 @@ impl Attachments {
         .map(|e| (true, e))
         .boxed();
         let grant_watch = watcher::watcher(
-            Api::<DynamicObject>::namespaced_with(client, &self.config.service.namespace, &reference_grant_resource()),
+            Api::<DynamicObject>::namespaced_with(
+                client,
+                &self.config.service.namespace,
+                &reference_grant_resource(),
+            ),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -203,27 +229,42 @@ impl Attachments {
         .boxed();
         let mut events = stream::select_all([policy_watch, grant_watch]);
         while let Some((is_policy, event)) = events.next().await {
-            let cache = if is_policy { &self.security_policies } else { &self.grants };
-            let what = if is_policy { "SecurityPolicies" } else { "ReferenceGrants" };
+            let cache = if is_policy {
+                &self.security_policies
+            } else {
+                &self.grants
+            };
+            let what = if is_policy {
+                "SecurityPolicies"
+            } else {
+                "ReferenceGrants"
+            };
             let event = match event {
                 Ok(event) => event,
                 Err(e) => {
                     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.failing.is_none() {
-                        tracing::warn!("cannot watch {what}: {e}; Gateway API targets served by Envoy Gateway are not attached meanwhile");
+                        tracing::warn!(
+                            "cannot watch {what}: {e}; Gateway API targets served by Envoy Gateway are not attached meanwhile"
+                        );
                     }
                     cache.failing = Some(e.to_string());
                     continue;
                 }
             };
             let (stale, swept) = self.observe(is_policy, event);
-            if let Some(namespace) = swept {
-                if let Err(e) = self.sweep_grant(&writer, &policies.state(), &namespace).await {
-                    tracing::warn!(namespace = %namespace, "cannot delete the ReferenceGrant no policy needs: {e}");
-                }
+            if let Some(namespace) = swept
+                && let Err(e) = self
+                    .sweep_grant(&writer, &policies.state(), &namespace)
+                    .await
+            {
+                tracing::warn!(namespace = %namespace, "cannot delete the ReferenceGrant no policy needs: {e}");
             }
             for namespace in stale {
-                if changes.unbounded_send(Change::Namespace(namespace)).is_err() {
+                if changes
+                    .unbounded_send(Change::Namespace(namespace))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -238,7 +279,11 @@ impl Attachments {
         is_policy: bool,
         event: watcher::Event<DynamicObject>,
     ) -> (Vec<String>, Option<String>) {
-        let cache = if is_policy { &self.security_policies } else { &self.grants };
+        let cache = if is_policy {
+            &self.security_policies
+        } else {
+            &self.grants
+        };
         // A SecurityPolicy concerns the policies of its namespace; a ReferenceGrant (in
         // authplane's namespace) those of the namespace it admits.
         let scope = |key: &ObjectKey, held: &Held| match is_policy {
@@ -260,7 +305,12 @@ impl Attachments {
             }
             watcher::Event::InitDone => {
                 let listed = cache.relisting.take().unwrap_or_default();
-                stale.extend(listed.iter().chain(&cache.objects).filter_map(|(k, h)| scope(k, h)));
+                stale.extend(
+                    listed
+                        .iter()
+                        .chain(&cache.objects)
+                        .filter_map(|(k, h)| scope(k, h)),
+                );
                 cache.objects = listed;
                 cache.listed = true;
             }
@@ -330,10 +380,21 @@ impl Attachments {
             namespace: self.config.service.namespace.clone(),
             name: attach::reference_grant_name(namespace, &self.writer_labels()),
         };
-        let held = self.grants.lock().unwrap_or_else(|e| e.into_inner()).objects.get(&key).cloned();
+        let held = self
+            .grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .objects
+            .get(&key)
+            .cloned();
         if let Some(held) = held.filter(|h| h.labelled) {
             writer
-                .delete_object(&reference_grant_resource(), &key.namespace, &key.name, &held.uid)
+                .delete_object(
+                    &reference_grant_resource(),
+                    &key.namespace,
+                    &key.name,
+                    &held.uid,
+                )
                 .await?;
             tracing::info!(namespace = %namespace, reference_grant = %key, "deleted: no policy of the namespace attaches to Envoy Gateway any more");
         }
@@ -353,7 +414,11 @@ impl Attachments {
     ) -> Result<Option<std::time::Duration>, Error> {
         let id = ObjectKey::of(&policy.metadata);
         let ours = Claim {
-            created: policy.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+            created: policy
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(now, |t| t.0),
             name: id.to_string(),
             what: format!("AuthPolicy {id}"),
         };
@@ -372,19 +437,23 @@ impl Attachments {
         };
         let mut outcomes = plan.outcomes;
         let mut later = None;
-        let refuse = |outcomes: &mut Vec<Option<attach::Outcome>>, reason: &'static str, message: &str| {
-            for outcome in outcomes.iter_mut().flatten().filter(|o| o.accepted) {
-                outcome.accepted = false;
-                outcome.reason = reason;
-                outcome.message = message.to_owned();
-            }
-        };
+        let refuse =
+            |outcomes: &mut Vec<Option<attach::Outcome>>, reason: &'static str, message: &str| {
+                for outcome in outcomes.iter_mut().flatten().filter(|o| o.accepted) {
+                    outcome.accepted = false;
+                    outcome.reason = reason;
+                    outcome.message = message.to_owned();
+                }
+            };
         let sp_key = ObjectKey {
             namespace: id.namespace.clone(),
             name: attach::security_policy_name(&id.name),
         };
         let (listed, failing, held) = {
-            let cache = self.security_policies.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = self
+                .security_policies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
             (
                 cache.listed && grants.listed,
@@ -415,24 +484,51 @@ impl Attachments {
                     Some(held) if !is_ours(held) => refuse(
                         &mut outcomes,
                         reason::CONFLICTED,
-                        &format!("SecurityPolicy {sp_key} exists and is not this AuthPolicy's: left alone"),
+                        &format!(
+                            "SecurityPolicy {sp_key} exists and is not this AuthPolicy's: left alone"
+                        ),
                     ),
-                    Some(held) if held.object.as_ref().is_some_and(|o| contains(o, &comparable(wanted))) => {}
+                    Some(held)
+                        if held
+                            .object
+                            .as_ref()
+                            .is_some_and(|o| contains(o, &comparable(wanted))) => {}
                     Some(_) => {
-                        if let Some(message) = refused(writer.apply_object(&security_policy_resource(), wanted).await)? {
-                            refuse(&mut outcomes, reason::INVALID, &format!("the apiserver refused SecurityPolicy {sp_key}: {message}"));
+                        if let Some(message) = refused(
+                            writer
+                                .apply_object(&security_policy_resource(), wanted)
+                                .await,
+                        )? {
+                            refuse(
+                                &mut outcomes,
+                                reason::INVALID,
+                                &format!(
+                                    "the apiserver refused SecurityPolicy {sp_key}: {message}"
+                                ),
+                            );
                         }
                     }
-                    None => match writer.create_object(&security_policy_resource(), wanted).await {
+                    None => match writer
+                        .create_object(&security_policy_resource(), wanted)
+                        .await
+                    {
                         Ok(true) => {}
                         Ok(false) => refuse(
                             &mut outcomes,
                             reason::CONFLICTED,
-                            &format!("SecurityPolicy {sp_key} exists and is not this AuthPolicy's: left alone"),
+                            &format!(
+                                "SecurityPolicy {sp_key} exists and is not this AuthPolicy's: left alone"
+                            ),
                         ),
                         Err(e) => {
                             if let Some(message) = refused(Err(e))? {
-                                refuse(&mut outcomes, reason::INVALID, &format!("the apiserver refused SecurityPolicy {sp_key}: {message}"));
+                                refuse(
+                                    &mut outcomes,
+                                    reason::INVALID,
+                                    &format!(
+                                        "the apiserver refused SecurityPolicy {sp_key}: {message}"
+                                    ),
+                                );
                             }
                         }
                     },
@@ -441,7 +537,12 @@ impl Attachments {
         } else {
             if let Some(held) = held.filter(|h| is_ours(h)) {
                 writer
-                    .delete_object(&security_policy_resource(), &sp_key.namespace, &sp_key.name, &held.uid)
+                    .delete_object(
+                        &security_policy_resource(),
+                        &sp_key.namespace,
+                        &sp_key.name,
+                        &held.uid,
+                    )
                     .await?;
                 tracing::info!(auth_policy = %id, security_policy = %sp_key, "deleted: no target of the policy is attached through it any more");
             }
@@ -481,23 +582,57 @@ impl Attachments {
         grant: &Value,
     ) -> Result<Option<(&'static str, String)>, Error> {
         let key = ObjectKey {
-            namespace: grant["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
-            name: grant["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            namespace: grant["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            name: grant["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         };
-        let held = self.grants.lock().unwrap_or_else(|e| e.into_inner()).objects.get(&key).cloned();
-        let not_ours = || Some((reason::CONFLICTED, format!("ReferenceGrant {key} exists and is not authplane's: left alone")));
+        let held = self
+            .grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .objects
+            .get(&key)
+            .cloned();
+        let not_ours = || {
+            Some((
+                reason::CONFLICTED,
+                format!("ReferenceGrant {key} exists and is not authplane's: left alone"),
+            ))
+        };
         let result = match held {
             Some(held) if !held.labelled => return Ok(not_ours()),
-            Some(held) if held.object.as_ref().is_some_and(|o| contains(o, &comparable(grant))) => return Ok(None),
-            Some(_) => writer.apply_object(&reference_grant_resource(), grant).await,
-            None => match writer.create_object(&reference_grant_resource(), grant).await {
+            Some(held)
+                if held
+                    .object
+                    .as_ref()
+                    .is_some_and(|o| contains(o, &comparable(grant))) =>
+            {
+                return Ok(None);
+            }
+            Some(_) => {
+                writer
+                    .apply_object(&reference_grant_resource(), grant)
+                    .await
+            }
+            None => match writer
+                .create_object(&reference_grant_resource(), grant)
+                .await
+            {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(not_ours()),
                 Err(e) => Err(e),
             },
         };
         Ok(refused(result)?.map(|message| {
-            (reason::INVALID, format!("the apiserver refused ReferenceGrant {key}: {message}"))
+            (
+                reason::INVALID,
+                format!("the apiserver refused ReferenceGrant {key}: {message}"),
+            )
         }))
     }
 
@@ -516,7 +651,10 @@ impl Attachments {
                 other.namespace == id.namespace
                     && other != *id
                     && p.spec.rollout.mode != Mode::Disabled
-                    && p.spec.target_refs.iter().any(|t| t.kind == target.kind && t.name == target.name)
+                    && p.spec
+                        .target_refs
+                        .iter()
+                        .any(|t| t.kind == target.kind && t.name == target.name)
             })
             .filter_map(|p| {
                 let other = ObjectKey::of(&p.metadata);
@@ -527,7 +665,10 @@ impl Attachments {
                 })
             })
             .collect();
-        let cache = self.security_policies.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self
+            .security_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         claims.extend(
             cache
                 .objects
@@ -536,7 +677,10 @@ impl Attachments {
                     key.namespace == id.namespace
                         && !held.labelled
                         && held.ext_auth
-                        && held.targets.iter().any(|(kind, name)| kind == target.kind.name() && *name == target.name)
+                        && held
+                            .targets
+                            .iter()
+                            .any(|(kind, name)| kind == target.kind.name() && *name == target.name)
                 })
                 .filter_map(|(key, held)| {
                     Some(Claim {
@@ -556,7 +700,8 @@ fn refused(result: Result<(), Error>) -> Result<Option<String>, Error> {
     match result {
         Ok(()) => Ok(None),
         Err(Error::Kube(kube::Error::Api(status)))
-            if (400..500).contains(&status.code) && ![401, 403, 409, 429].contains(&status.code) =>
+            if (400..500).contains(&status.code)
+                && ![401, 403, 409, 429].contains(&status.code) =>
         {
             Ok(Some(status.message))
         }
@@ -604,7 +749,8 @@ mod tests {
         assert!(contains(&held, &wanted));
         let changed = json!({"spec": {"extAuth": {"http": {"backendRefs": [{"name": "authplane", "port": 8081}]}}}});
         assert!(!contains(&held, &changed));
-        let more = json!({"spec": {"extAuth": {"http": {"backendRefs": [{"name": "a"}, {"name": "b"}]}}}});
+        let more =
+            json!({"spec": {"extAuth": {"http": {"backendRefs": [{"name": "a"}, {"name": "b"}]}}}});
         assert!(!contains(&held, &more));
     }
 }

@@ -86,9 +86,13 @@ fn key(watched: Watched) -> &'static str {
 /// Every policy naming a Gateway API kind: a class or a Gateway changed, and with it
 /// who serves any route.
 fn everything() -> Vec<Change> {
-    [TargetKind::Gateway, TargetKind::HttpRoute, TargetKind::GrpcRoute]
-        .map(Change::Kind)
-        .into()
+    [
+        TargetKind::Gateway,
+        TargetKind::HttpRoute,
+        TargetKind::GrpcRoute,
+    ]
+    .map(Change::Kind)
+    .into()
 }
 
 fn observe(
@@ -188,7 +192,9 @@ fn observe(
             let (namespace, object) = name(&o);
             let gone = match watched {
                 Watched::Class => topology.delete_class(&object),
-                Watched::Target(TargetKind::Gateway) => topology.delete_gateway(&namespace, &object),
+                Watched::Target(TargetKind::Gateway) => {
+                    topology.delete_gateway(&namespace, &object)
+                }
                 Watched::Target(kind) => topology.delete_route(kind, &namespace, &object),
             };
             if gone {
@@ -233,7 +239,9 @@ pub async fn watch(
             }
             (Watched::Class, Err(e)) => {
                 if !std::mem::replace(&mut classes_failing, true) {
-                    tracing::warn!("cannot watch GatewayClasses: {e}; the implementation serving Gateway API targets is unknown meanwhile");
+                    tracing::warn!(
+                        "cannot watch GatewayClasses: {e}; the implementation serving Gateway API targets is unknown meanwhile"
+                    );
                 }
                 continue;
             }
@@ -253,7 +261,12 @@ mod tests {
 
     use super::*;
 
-    fn object(kind: &str, namespace: Option<&str>, name: &str, spec: serde_json::Value) -> DynamicObject {
+    fn object(
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> DynamicObject {
         serde_json::from_value(json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": kind,
             "metadata": {"name": name, "namespace": namespace},
@@ -272,14 +285,34 @@ mod tests {
         let gateway = Watched::Target(TargetKind::Gateway);
         let route = Watched::Target(TargetKind::HttpRoute);
         feed(class, Event::Init);
-        feed(class, Event::InitApply(object("GatewayClass", None, "eg",
-            json!({"controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}))));
+        feed(
+            class,
+            Event::InitApply(object(
+                "GatewayClass",
+                None,
+                "eg",
+                json!({"controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}),
+            )),
+        );
         assert_eq!(feed(class, Event::InitDone), everything());
         feed(gateway, Event::Init);
-        feed(gateway, Event::InitApply(object("Gateway", Some("shop"), "web", json!({"gatewayClassName": "eg"}))));
+        feed(
+            gateway,
+            Event::InitApply(object(
+                "Gateway",
+                Some("shop"),
+                "web",
+                json!({"gatewayClassName": "eg"}),
+            )),
+        );
         feed(gateway, Event::InitDone);
         feed(route, Event::Init);
-        let payments = object("HTTPRoute", Some("shop"), "payments", json!({"parentRefs": [{"name": "web"}]}));
+        let payments = object(
+            "HTTPRoute",
+            Some("shop"),
+            "payments",
+            json!({"parentRefs": [{"name": "web"}]}),
+        );
         feed(route, Event::InitApply(payments.clone()));
         assert!(feed(route, Event::InitDone).contains(&Change::Kind(TargetKind::HttpRoute)));
         let ancestors = topology
@@ -287,23 +320,72 @@ mod tests {
             .unwrap()
             .ancestors(TargetKind::HttpRoute, "shop", "payments")
             .unwrap();
-        assert_eq!(ancestors[0].controller_name.as_deref(), Some("gateway.envoyproxy.io/gatewayclass-controller"));
-        assert_eq!(targets.exists(TargetKind::HttpRoute, "shop", "payments"), Some(true));
-        assert_eq!(targets.exists(TargetKind::Gateway, "shop", "web"), Some(true));
+        assert_eq!(
+            ancestors[0].controller_name.as_deref(),
+            Some("gateway.envoyproxy.io/gatewayclass-controller")
+        );
+        assert_eq!(
+            targets.exists(TargetKind::HttpRoute, "shop", "payments"),
+            Some(true)
+        );
+        assert_eq!(
+            targets.exists(TargetKind::Gateway, "shop", "web"),
+            Some(true)
+        );
 
         // A status update (the same parents) is no change; new parents are.
         assert_eq!(feed(route, Event::Apply(payments)), []);
-        let moved = object("HTTPRoute", Some("shop"), "payments", json!({"parentRefs": [{"name": "other"}]}));
-        let target = Change::Target { kind: TargetKind::HttpRoute, namespace: "shop".into(), name: "payments".into() };
-        assert_eq!(feed(route, Event::Apply(moved.clone())), [target.clone()]);
-        assert_eq!(feed(gateway, Event::Apply(object("Gateway", Some("shop"), "web", json!({"gatewayClassName": "eg"})))), []);
+        let moved = object(
+            "HTTPRoute",
+            Some("shop"),
+            "payments",
+            json!({"parentRefs": [{"name": "other"}]}),
+        );
+        let target = Change::Target {
+            kind: TargetKind::HttpRoute,
+            namespace: "shop".into(),
+            name: "payments".into(),
+        };
         assert_eq!(
-            feed(gateway, Event::Apply(object("Gateway", Some("shop"), "web", json!({"gatewayClassName": "istio"})))),
+            feed(route, Event::Apply(moved.clone())),
+            std::slice::from_ref(&target)
+        );
+        assert_eq!(
+            feed(
+                gateway,
+                Event::Apply(object(
+                    "Gateway",
+                    Some("shop"),
+                    "web",
+                    json!({"gatewayClassName": "eg"})
+                ))
+            ),
+            []
+        );
+        assert_eq!(
+            feed(
+                gateway,
+                Event::Apply(object(
+                    "Gateway",
+                    Some("shop"),
+                    "web",
+                    json!({"gatewayClassName": "istio"})
+                ))
+            ),
             everything()
         );
         let deleted = feed(route, Event::Delete(moved));
         assert!(deleted.contains(&target), "{deleted:?}");
-        assert_eq!(targets.exists(TargetKind::HttpRoute, "shop", "payments"), Some(false));
-        assert_eq!(topology.lock().unwrap().ancestors(TargetKind::HttpRoute, "shop", "payments"), None);
+        assert_eq!(
+            targets.exists(TargetKind::HttpRoute, "shop", "payments"),
+            Some(false)
+        );
+        assert_eq!(
+            topology
+                .lock()
+                .unwrap()
+                .ancestors(TargetKind::HttpRoute, "shop", "payments"),
+            None
+        );
     }
 }

@@ -526,7 +526,11 @@ async fn term(controllers: &Controllers) {
     let (target_changes, changed_targets) = futures::channel::mpsc::unbounded();
     policy_ctx.attachments.clear();
     let watching_targets = future::join3(
-        targets::watch(client.clone(), policy_ctx.targets.clone(), target_changes.clone()),
+        targets::watch(
+            client.clone(),
+            policy_ctx.targets.clone(),
+            target_changes.clone(),
+        ),
         gateways::watch(
             client.clone(),
             policy_ctx.targets.clone(),

@@ -561,7 +561,10 @@ mod tests {
             assert!(!path.contains("/namespaces/"), "cluster-wide: {path}");
             let resource = path.rsplit('/').next().unwrap().to_owned();
             let deployments = resource == "deployments";
-            assert!(!path.contains("gateway.networking.k8s.io"), "watched whole elsewhere: {path}");
+            assert!(
+                !path.contains("gateway.networking.k8s.io"),
+                "watched whole elsewhere: {path}"
+            );
             let (status, body) = if resource == "ingresses" {
                 // Not allowed to list them (or not served).
                 ingresses_refused = true;

@@ -373,7 +373,11 @@ impl LeaderWriter {
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
         Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, resource)
-            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(object),
+            )
             .await?;
         Ok(())
     }
@@ -381,7 +385,11 @@ impl LeaderWriter {
     /// Creates `object`: one that does not exist yet is created, never applied, so that
     /// an object of that name the caches did not show is refused (409), never merged
     /// into. Returns whether it was created.
-    pub async fn create_object(&self, resource: &ApiResource, object: &Value) -> Result<bool, Error> {
+    pub async fn create_object(
+        &self,
+        resource: &ApiResource,
+        object: &Value,
+    ) -> Result<bool, Error> {
         self.admit().await?;
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
         let dynamic: DynamicObject = serde_json::from_value(object.clone())

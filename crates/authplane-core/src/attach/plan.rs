@@ -72,12 +72,15 @@ pub fn plan(
             if !target.kind.is_gateway_api() {
                 return None;
             }
-            let Some(ancestors) = topology.ancestors(target.kind, namespace, &target.name)
-            else {
+            let Some(ancestors) = topology.ancestors(target.kind, namespace, &target.name) else {
                 return Some(refused(
                     Vec::new(),
                     reason::TARGET_NOT_FOUND,
-                    format!("{} {namespace}/{} not found", target.kind.name(), target.name),
+                    format!(
+                        "{} {namespace}/{} not found",
+                        target.kind.name(),
+                        target.name
+                    ),
                 ));
             };
             let statuses: Vec<AncestorStatus> = ancestors
@@ -149,7 +152,9 @@ pub fn plan(
                 reason: reason::ACCEPTED,
                 message: format!(
                     "SecurityPolicy {namespace}/{} sends its requests to authplane",
-                    envoy::security_policy_name(policy.metadata.name.as_deref().unwrap_or_default())
+                    envoy::security_policy_name(
+                        policy.metadata.name.as_deref().unwrap_or_default()
+                    )
                 ),
             })
         })

@@ -51,9 +51,8 @@ fn topology() -> GatewayTopology {
     topology.apply_class("istio", "istio.io/gateway-controller");
     topology.apply_gateway("shop", "web", "eg");
     topology.apply_gateway("shop", "mesh", "istio");
-    let route = |parents: Value| {
-        Route::from_object("shop", &json!({"spec": {"parentRefs": parents}}))
-    };
+    let route =
+        |parents: Value| Route::from_object("shop", &json!({"spec": {"parentRefs": parents}}));
     topology.apply_route(
         TargetKind::HttpRoute,
         "shop",
@@ -64,8 +63,10 @@ fn topology() -> GatewayTopology {
         TargetKind::HttpRoute,
         "shop",
         "both",
-        route(json!([{"name": "web"}, {"name": "mesh", "namespace": "shop"},
-                     {"kind": "Service", "group": "", "name": "mesh-svc"}])),
+        route(
+            json!([{"name": "web"}, {"name": "mesh", "namespace": "shop"},
+                     {"kind": "Service", "group": "", "name": "mesh-svc"}]),
+        ),
     );
     topology.apply_route(TargetKind::GrpcRoute, "shop", "lonely", route(json!([])));
     topology
@@ -109,9 +110,17 @@ fn targets_keep_their_old_form_and_take_the_gep_713_one() {
     let kinds: Vec<_> = policy.spec.target_refs.iter().map(|t| t.kind).collect();
     assert_eq!(
         kinds,
-        [TargetKind::Ingress, TargetKind::HttpRoute, TargetKind::GrpcRoute, TargetKind::Gateway]
+        [
+            TargetKind::Ingress,
+            TargetKind::HttpRoute,
+            TargetKind::GrpcRoute,
+            TargetKind::Gateway
+        ]
     );
-    assert_eq!(policy.spec.target_refs[1].section_name.as_deref(), Some("api"));
+    assert_eq!(
+        policy.spec.target_refs[1].section_name.as_deref(),
+        Some("api")
+    );
 }
 
 #[test]
@@ -127,14 +136,28 @@ fn a_route_is_served_by_its_parents_classes_controllers() {
     // The Service parent (a mesh route) is no gateway.
     assert_eq!(
         controllers,
-        [("mesh", Some("istio.io/gateway-controller")), ("web", Some(ENVOY))]
+        [
+            ("mesh", Some("istio.io/gateway-controller")),
+            ("web", Some(ENVOY))
+        ]
     );
     assert_eq!(
-        topology.ancestors(TargetKind::Gateway, "shop", "web").unwrap()[0].controller_name.as_deref(),
+        topology
+            .ancestors(TargetKind::Gateway, "shop", "web")
+            .unwrap()[0]
+            .controller_name
+            .as_deref(),
         Some(ENVOY)
     );
-    assert_eq!(topology.ancestors(TargetKind::HttpRoute, "other", "payments"), None, "same namespace only");
-    assert_eq!(topology.ancestors(TargetKind::Gateway, "shop", "nope"), None);
+    assert_eq!(
+        topology.ancestors(TargetKind::HttpRoute, "other", "payments"),
+        None,
+        "same namespace only"
+    );
+    assert_eq!(
+        topology.ancestors(TargetKind::Gateway, "shop", "nope"),
+        None
+    );
 }
 
 #[test]
@@ -151,10 +174,21 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
     let plan = plan_of(&policy, Vec::new());
     assert_eq!(
         reasons(&plan),
-        [None, Some("Accepted"), Some("Invalid"), Some("TargetNotFound"), Some("TargetNotFound"), Some("Accepted")]
+        [
+            None,
+            Some("Accepted"),
+            Some("Invalid"),
+            Some("TargetNotFound"),
+            Some("TargetNotFound"),
+            Some("Accepted")
+        ]
     );
     let invalid = plan.outcomes[2].as_ref().unwrap();
-    assert!(invalid.message.contains("istio is not enabled"), "{}", invalid.message);
+    assert!(
+        invalid.message.contains("istio is not enabled"),
+        "{}",
+        invalid.message
+    );
     let security_policy = plan.security_policy.unwrap();
     assert_eq!(
         security_policy["spec"]["targetRefs"],
@@ -181,7 +215,12 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
     );
     assert_eq!(
         ext_auth["http"]["headersToBackend"],
-        json!(["x-auth-email", "x-auth-subject", "x-authplane-audit", "x-authplane-reason"])
+        json!([
+            "x-auth-email",
+            "x-auth-subject",
+            "x-authplane-audit",
+            "x-authplane-reason"
+        ])
     );
     assert_eq!(
         ext_auth["headersToExtAuth"],
@@ -208,11 +247,25 @@ fn the_decision_gets_every_header_it_reads() {
     let sp = plan_of(&policy, Vec::new()).security_policy.unwrap();
     assert_eq!(
         sp["spec"]["extAuth"]["headersToExtAuth"],
-        json!(["authorization", "cookie", "x-forwarded-for", "x-real-ip", "x-token", "x-user-id"])
+        json!([
+            "authorization",
+            "cookie",
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-token",
+            "x-user-id"
+        ])
     );
     assert_eq!(
         sp["spec"]["extAuth"]["http"]["headersToBackend"],
-        json!(["deprecation", "sunset", "x-auth-email", "x-auth-subject", "x-authplane-audit", "x-authplane-reason"])
+        json!([
+            "deprecation",
+            "sunset",
+            "x-auth-email",
+            "x-auth-subject",
+            "x-authplane-audit",
+            "x-authplane-reason"
+        ])
     );
 }
 
@@ -227,15 +280,21 @@ fn nothing_is_attached_when_disabled_or_when_nothing_is_wired() {
     assert_eq!((plan.security_policy, plan.reference_grant), (None, None));
 
     let reported_only = policy(json!([{"kind": "Deployment", "name": "api"}]), json!({}));
-    assert_eq!(plan_of(&reported_only, Vec::new()), Plan {
-        outcomes: vec![None],
-        ..Plan::default()
-    });
+    assert_eq!(
+        plan_of(&reported_only, Vec::new()),
+        Plan {
+            outcomes: vec![None],
+            ..Plan::default()
+        }
+    );
 }
 
 #[test]
 fn the_older_policy_on_a_target_wins() {
-    let policy = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]), json!({}));
+    let policy = policy(
+        json!([{"kind": "HTTPRoute", "name": "payments"}]),
+        json!({}),
+    );
     let claim = |created: &str, name: &str| Claim {
         created: created.parse().unwrap(),
         name: name.into(),
@@ -243,14 +302,23 @@ fn the_older_policy_on_a_target_wins() {
     };
     let older = plan_of(&policy, vec![claim("2025-12-31T00:00:00Z", "shop/theirs")]);
     assert_eq!(reasons(&older), [Some("Conflicted")]);
-    assert!(older.outcomes[0].as_ref().unwrap().message.contains("SecurityPolicy shop/theirs"));
+    assert!(
+        older.outcomes[0]
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("SecurityPolicy shop/theirs")
+    );
     assert_eq!(older.security_policy, None);
     // Same time: the name decides.
     let tie = plan_of(&policy, vec![claim("2026-01-01T00:00:00Z", "shop/a")]);
     assert_eq!(reasons(&tie), [Some("Conflicted")]);
     let newer = plan_of(
         &policy,
-        vec![claim("2026-01-01T00:00:00Z", "shop/z"), claim("2026-02-01T00:00:00Z", "shop/b")],
+        vec![
+            claim("2026-01-01T00:00:00Z", "shop/z"),
+            claim("2026-02-01T00:00:00Z", "shop/b"),
+        ],
     );
     assert_eq!(reasons(&newer), [Some("Accepted")]);
 }
@@ -267,7 +335,10 @@ fn long_names_are_shortened_stably_and_stay_names() {
         instance: "blue".into(),
         default_instance: false,
     };
-    assert_eq!(reference_grant_name("shop", &other), "authplane-blue-securitypolicies-shop");
+    assert_eq!(
+        reference_grant_name("shop", &other),
+        "authplane-blue-securitypolicies-shop"
+    );
 }
 
 /// The implementations' published CRDs (`../shared/third-party-crds/`, or
@@ -336,7 +407,12 @@ mod crds {
             .collect();
         let rules = compile_schema(schema);
         if let Err(errors) = Validator::new().validate_compiled(&rules, object, None) {
-            problems.extend(errors.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)));
+            problems.extend(
+                errors
+                    .into_vec()
+                    .into_iter()
+                    .map(|e| format!("{}: {}", e.field_path, e.message)),
+            );
         }
         problems
     }
@@ -354,9 +430,16 @@ fn generated() -> Plan {
 #[test]
 fn the_security_policy_is_what_envoy_gateways_crd_accepts() {
     let schema = crds::schema("securitypolicies.gateway.envoyproxy.io.yaml", "v1alpha1");
-    assert_eq!(crds::rules(&schema), 175, "every rule of the CRD compiles and runs");
+    assert_eq!(
+        crds::rules(&schema),
+        175,
+        "every rule of the CRD compiles and runs"
+    );
     let security_policy = generated().security_policy.unwrap();
-    assert_eq!(crds::problems(&schema, &security_policy), Vec::<String>::new());
+    assert_eq!(
+        crds::problems(&schema, &security_policy),
+        Vec::<String>::new()
+    );
 
     // The check is not blind: a misspelt field, and a rule broken (both path and
     // pathOverride; a target of a kind Envoy Gateway does not take) are refused.
@@ -365,17 +448,30 @@ fn the_security_policy_is_what_envoy_gateways_crd_accepts() {
     let headers = http.remove("headersToBackend").unwrap();
     http.insert("headersToBackends".into(), headers);
     let problems = crds::problems(&schema, &misspelt);
-    assert!(problems.iter().any(|p| p.contains("headersToBackends") && p.contains("unknown field")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("headersToBackends") && p.contains("unknown field")),
+        "{problems:?}"
+    );
 
     let mut both = security_policy.clone();
     both["spec"]["extAuth"]["http"]["pathOverride"] = json!("/authz/shop/payments");
     let problems = crds::problems(&schema, &both);
-    assert!(problems.iter().any(|p| p.contains("only one of path or pathOverride")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("only one of path or pathOverride")),
+        "{problems:?}"
+    );
 
     let mut service_target = security_policy;
     service_target["spec"]["targetRefs"][0] = json!({"group": "", "kind": "Service", "name": "x"});
     let problems = crds::problems(&schema, &service_target);
-    assert!(problems.iter().any(|p| p.contains("targetRefs[*].group")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("targetRefs[*].group")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -82,7 +82,9 @@ impl GatewayTopology {
     /// Each `apply_*` and `delete_*` returns whether what is kept changed (a Gateway's
     /// status update is an event too, and changes nothing here).
     pub fn apply_class(&mut self, name: &str, controller_name: &str) -> bool {
-        self.classes.insert(name.to_owned(), controller_name.to_owned()) .as_deref()
+        self.classes
+            .insert(name.to_owned(), controller_name.to_owned())
+            .as_deref()
             != Some(controller_name)
     }
 
@@ -101,7 +103,13 @@ impl GatewayTopology {
             .is_some()
     }
 
-    pub fn apply_route(&mut self, kind: TargetKind, namespace: &str, name: &str, route: Route) -> bool {
+    pub fn apply_route(
+        &mut self,
+        kind: TargetKind,
+        namespace: &str,
+        name: &str,
+        route: Route,
+    ) -> bool {
         let key = (kind, namespace.to_owned(), name.to_owned());
         self.routes.insert(key, route.clone()) != Some(route)
     }
@@ -139,7 +147,12 @@ impl GatewayTopology {
 
     /// The Gateways serving the target `kind`/`name` in `namespace`, or `None` when the
     /// target is not known (it does not exist, or its kind was not listed).
-    pub fn ancestors(&self, kind: TargetKind, namespace: &str, name: &str) -> Option<Vec<Ancestor>> {
+    pub fn ancestors(
+        &self,
+        kind: TargetKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Vec<Ancestor>> {
         let gateway = |parent: &ParentRef| {
             let class = self
                 .gateways
