@@ -1389,6 +1389,17 @@ mod attachment {
         "/apis/gateway.envoyproxy.io/v1alpha1/namespaces/shop/securitypolicies";
     const GRANTS: &str =
         "/apis/gateway.networking.k8s.io/v1beta1/namespaces/authplane-system/referencegrants";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+    /// The Event recorded on the policy: its type and reason.
+    async fn event(api: &mut Handle) -> (String, String) {
+        let event = expect(api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["regarding"]["name"], "payments");
+        (
+            event["type"].as_str().unwrap().to_owned(),
+            event["reason"].as_str().unwrap().to_owned(),
+        )
+    }
 
     fn policy(targets: Value) -> AuthPolicy {
         serde_json::from_value(json!({
@@ -1484,6 +1495,7 @@ mod attachment {
             let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
             let security_policy =
                 expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            assert_eq!(event(&mut api).await, ("Normal".into(), "Accepted".into()));
             let status = status_written(&mut api).await;
             (api, grant, security_policy, status)
         });
@@ -1522,8 +1534,11 @@ mod attachment {
         );
 
         // Once the watches hold them (with the apiserver's defaults) and the status is
-        // written, a reconcile writes nothing.
+        // written (a while ago), a reconcile writes nothing: no object, no Event, and
+        // the condition keeps its time.
         let mut current = current;
+        let mut status = status;
+        status["targets"][0]["conditions"][0]["lastTransitionTime"] = json!("2026-02-01T00:00:00Z");
         current.status = serde_json::from_value(status).unwrap();
         let held_policy = stored(security_policy, "sp-uid");
         let held_grant = stored(grant, "grant-uid");
@@ -1592,6 +1607,10 @@ mod attachment {
         });
         let (ctx, mut api, _leader) = cluster(&current, vec![theirs.clone()], vec![grant.clone()]);
         let server = tokio::spawn(async move {
+            assert_eq!(
+                event(&mut api).await,
+                ("Warning".into(), "Conflicted".into())
+            );
             let status = status_written(&mut api).await;
             (api, status)
         });
@@ -1631,6 +1650,7 @@ mod attachment {
         });
         let (ctx, mut api, _leader) = cluster(&current, vec![older], vec![]);
         let server = tokio::spawn(async move {
+            event(&mut api).await;
             let status = status_written(&mut api).await;
             (api, status)
         });

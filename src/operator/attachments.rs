@@ -20,9 +20,10 @@ use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::DeserializeGuard;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
 use super::error::Error;
@@ -33,6 +34,9 @@ use crate::attach::{
     self, AuthzService, Claim, GRANT_NAMESPACE_LABEL, GatewayTopology, Implementation, MANAGED_BY,
     reason,
 };
+
+/// The condition type of each Gateway API target.
+const ACCEPTED: &str = "Accepted";
 
 /// What the operator is told about attachment (flags, set by the chart).
 #[derive(Clone, Debug)]
@@ -559,17 +563,69 @@ impl Attachments {
                 }
             }
         }
+        let previous = policy
+            .status
+            .as_ref()
+            .map(|s| s.targets.as_slice())
+            .unwrap_or_default();
+        let mut events = Vec::new();
         for (target, outcome) in status.targets.iter_mut().zip(outcomes) {
             let Some(outcome) = outcome else { continue };
-            target.ancestors = outcome.ancestors;
-            target.conditions = vec![condition(
-                "Accepted",
+            let mut conditions = vec![condition(
+                ACCEPTED,
                 outcome.accepted,
                 outcome.reason,
-                outcome.message,
+                outcome.message.clone(),
                 policy.metadata.generation,
                 now,
             )];
+            let before = previous
+                .iter()
+                .find(|p| {
+                    (p.kind, &p.name, &p.section_name)
+                        == (target.kind, &target.name, &target.section_name)
+                })
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == ACCEPTED));
+            if let Some(before) = before {
+                crate::api::keep_transition_times(&mut conditions, std::slice::from_ref(before));
+            }
+            // Said once, when the verdict changes: not at every reconcile, nor for a
+            // new leader that finds it recorded.
+            if before.is_none_or(|b| {
+                (b.status.as_str(), b.reason.as_str())
+                    != (
+                        if outcome.accepted { "True" } else { "False" },
+                        outcome.reason,
+                    )
+            }) {
+                events.push(Event {
+                    type_: if outcome.accepted {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    },
+                    reason: outcome.reason.to_owned(),
+                    note: Some(
+                        format!(
+                            "{} {}: {}",
+                            target.kind.name(),
+                            target.name,
+                            outcome.message
+                        )
+                        .chars()
+                        .take(1000)
+                        .collect(),
+                    ),
+                    action: "Attach".to_owned(),
+                    secondary: None,
+                });
+            }
+            target.ancestors = outcome.ancestors;
+            target.conditions = conditions;
+        }
+        let regarding = policy.object_ref(&());
+        for event in events {
+            writer.event(&event, &regarding).await;
         }
         Ok(later)
     }

@@ -28,6 +28,7 @@ use super::Duration;
     printcolumn = r#"{"name":"Percentage","type":"number","jsonPath":".spec.rollout.percentage"}"#,
     printcolumn = r#"{"name":"Effective","type":"number","jsonPath":".status.effectivePercentage"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Attached","type":"string","jsonPath":".status.targets[*].conditions[?(@.type==\"Accepted\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     cel
 )]

@@ -60,19 +60,18 @@ impl Implementation {
     }
 }
 
+/// The implementations authplane writes configuration for.
+pub const WRITTEN: [Implementation; 1] = [Implementation::EnvoyGateway];
+
 impl std::str::FromStr for Implementation {
     type Err = String;
 
+    /// Only those authplane writes for: naming another would leave its targets
+    /// reported as attached with nothing written.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Self::EnvoyGateway,
-            Self::Istio,
-            Self::Traefik,
-            Self::Kgateway,
-        ]
-        .into_iter()
-        .find(|i| i.name() == s)
-        .ok_or_else(|| format!("unknown gateway implementation {s:?}: envoy-gateway"))
+        WRITTEN.into_iter().find(|i| i.name() == s).ok_or_else(|| {
+            format!("{s:?} is not a gateway implementation authplane writes for: envoy-gateway")
+        })
     }
 }
 

@@ -113,9 +113,17 @@ pub fn plan(
             let unwired: Vec<String> = ancestors
                 .iter()
                 .zip(&implementations)
-                .filter(|(_, i)| !i.is_some_and(|i| enabled.contains(&i)))
+                .filter(|(_, i)| {
+                    !i.is_some_and(|i| enabled.contains(&i) && super::WRITTEN.contains(&i))
+                })
                 .map(|(a, i)| {
                     let why = match (i, &a.controller_name) {
+                        (Some(i), _) if !super::WRITTEN.contains(&i) => {
+                            format!(
+                                "authplane does not write configuration for {} yet",
+                                i.name()
+                            )
+                        }
                         (Some(i), _) => format!("{} is not enabled in this installation", i.name()),
                         (None, Some(controller)) => {
                             format!("its controller {controller} is not one authplane wires")

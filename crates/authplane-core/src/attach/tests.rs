@@ -185,7 +185,9 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
     );
     let invalid = plan.outcomes[2].as_ref().unwrap();
     assert!(
-        invalid.message.contains("istio is not enabled"),
+        invalid
+            .message
+            .contains("does not write configuration for istio"),
         "{}",
         invalid.message
     );
@@ -485,4 +487,69 @@ fn the_reference_grant_is_what_the_gateway_apis_crd_accepts() {
     misspelt["spec"]["to"][0]["names"] = json!("authplane");
     let problems = crds::problems(&schema, &misspelt);
     assert!(problems.iter().any(|p| p.contains("names")), "{problems:?}");
+}
+
+/// What the CRD (and dev mode, and the admission webhook) refuses in a target: a
+/// namespace (same namespace only), a group that is not the kind's, a section of a kind
+/// that has none.
+#[test]
+fn a_target_elsewhere_or_of_a_wrong_group_is_refused() {
+    use crate::api::{Validate, read_object};
+    let manifest = |target: Value| {
+        json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "payments", "namespace": "shop"},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web"}}], "targetRefs": [target]},
+        })
+    };
+    let problems = |target: Value| -> Vec<String> {
+        match read_object::<AuthPolicy>(&manifest(target)) {
+            Ok(policy) => policy.validate().iter().map(ToString::to_string).collect(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    };
+    assert_eq!(
+        problems(
+            json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "a", "sectionName": "rule-1"})
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        problems(json!({"kind": "Deployment", "name": "a"})),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        problems(json!({"group": "", "kind": "Service", "name": "a"})),
+        Vec::<String>::new()
+    );
+    let elsewhere = problems(json!({"kind": "HTTPRoute", "name": "a", "namespace": "other"}));
+    assert!(
+        elsewhere
+            .iter()
+            .any(|p| p.contains("targetRefs[0].namespace") && p.contains("unknown field")),
+        "{elsewhere:?}"
+    );
+    let group = problems(json!({"group": "apps", "kind": "HTTPRoute", "name": "a"}));
+    assert!(
+        group
+            .iter()
+            .any(|p| p.contains("targetRefs[0].group") && p.contains("the kind's")),
+        "{group:?}"
+    );
+    let section = problems(json!({"kind": "Deployment", "name": "a", "sectionName": "x"}));
+    assert!(
+        section.iter().any(|p| p.contains("sectionName")),
+        "{section:?}"
+    );
+    let bad_section =
+        problems(json!({"kind": "Gateway", "name": "a", "sectionName": "Not_A_Name"}));
+    assert!(
+        bad_section.iter().any(|p| p.contains("sectionName")),
+        "{bad_section:?}"
+    );
+    let kind = problems(json!({"kind": "TCPRoute", "name": "a"}));
+    assert!(
+        kind.iter().any(|p| p.contains("targetRefs[0].kind")),
+        "{kind:?}"
+    );
 }
