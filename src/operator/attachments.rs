@@ -412,11 +412,32 @@ impl Attachments {
         &self,
         policy: &AuthPolicy,
         writer: &LeaderWriter,
-        policies: &[Arc<DeserializeGuard<AuthPolicy>>],
+        policies: &Store<DeserializeGuard<AuthPolicy>>,
         status: &mut AuthPolicyStatus,
         now: Timestamp,
     ) -> Result<Option<std::time::Duration>, Error> {
         let id = ObjectKey::of(&policy.metadata);
+        // Most policies name no Gateway API target and hold nothing: they cost no look
+        // at every other policy.
+        let attaching = policy
+            .spec
+            .target_refs
+            .iter()
+            .any(|t| t.kind.is_gateway_api());
+        let own = ObjectKey {
+            namespace: id.namespace.clone(),
+            name: attach::security_policy_name(&id.name),
+        };
+        let holds_one = self
+            .security_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .objects
+            .contains_key(&own);
+        if !attaching && !holds_one {
+            return Ok(None);
+        }
+        let policies = &policies.state();
         let ours = Claim {
             created: policy
                 .metadata
@@ -590,14 +611,17 @@ impl Attachments {
                 crate::api::keep_transition_times(&mut conditions, std::slice::from_ref(before));
             }
             // Said once, when the verdict changes: not at every reconcile, nor for a
-            // new leader that finds it recorded.
-            if before.is_none_or(|b| {
-                (b.status.as_str(), b.reason.as_str())
-                    != (
-                        if outcome.accepted { "True" } else { "False" },
-                        outcome.reason,
-                    )
-            }) {
+            // new leader that finds it recorded; and only where attachment is on
+            // (otherwise Gateway API targets are reported only, as other kinds).
+            if !self.config.enabled.is_empty()
+                && before.is_none_or(|b| {
+                    (b.status.as_str(), b.reason.as_str())
+                        != (
+                            if outcome.accepted { "True" } else { "False" },
+                            outcome.reason,
+                        )
+                })
+            {
                 events.push(Event {
                     type_: if outcome.accepted {
                         EventType::Normal

@@ -194,13 +194,7 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
         if ctx.writer.leads()
             && let Some(sooner) = ctx
                 .attachments
-                .reconcile(
-                    &policy,
-                    &ctx.writer,
-                    &ctx.policies.state(),
-                    &mut status,
-                    now,
-                )
+                .reconcile(&policy, &ctx.writer, &ctx.policies, &mut status, now)
                 .await?
         {
             requeue = requeue.min(sooner);
