@@ -118,7 +118,7 @@ pub fn plan(
                 })
                 .map(|(a, i)| {
                     let why = match (i, &a.controller_name) {
-                        (Some(i), _) if !super::WRITTEN.contains(&i) => {
+                        (Some(i), _) if !super::WRITTEN.contains(i) => {
                             format!(
                                 "authplane does not write configuration for {} yet",
                                 i.name()
