@@ -1379,7 +1379,7 @@ mod attachment {
     use super::*;
     use authplane::api::{AuthPolicy, TargetKind};
     use authplane::attach::{AuthzService, Implementation, Protocol};
-    use authplane::operator::attachments::AttachConfig;
+    use authplane::operator::attachments::{AttachConfig, Watched};
     use authplane::operator::auth_policies::{PolicyContext, reconcile};
     use kube::api::DynamicObject;
 
@@ -1431,9 +1431,30 @@ mod attachment {
         security_policies: Vec<Value>,
         grants: Vec<Value>,
     ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
-        let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config());
+        cluster_with(current, security_policies, grants, Vec::new())
+    }
+
+    /// [`cluster`], with Traefik serving `shop/edge` and the route `shop/ui` under it,
+    /// whose rule names the Middleware `authplane-payments`; `middlewares` listed.
+    fn cluster_with(
+        current: &AuthPolicy,
+        security_policies: Vec<Value>,
+        grants: Vec<Value>,
+        middlewares: Vec<Value>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let mut config = config();
+        config.enabled.push(Implementation::Traefik);
+        let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config);
         {
             let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.apply_class("traefik", "traefik.io/gateway-controller");
+            topology.apply_gateway("shop", "edge", "traefik");
+            let ui = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "edge"}], "rules": [{"filters": [{"type": "ExtensionRef",
+                    "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "ui", ui);
             topology.apply_class("eg", "gateway.envoyproxy.io/gatewayclass-controller");
             topology.apply_gateway("shop", "web", "eg");
             let route = authplane::attach::Route::from_object(
@@ -1446,13 +1467,17 @@ mod attachment {
             TargetKind::HttpRoute,
             Event::Apply(("shop".into(), "payments".into())),
         );
-        for (is_policy, objects) in [(true, security_policies), (false, grants)] {
-            ctx.attachments.observe(is_policy, Event::Init);
+        for (watched, objects) in [
+            (Watched::SecurityPolicies, security_policies),
+            (Watched::ReferenceGrants, grants),
+            (Watched::Middlewares, middlewares),
+        ] {
+            ctx.attachments.observe(watched, Event::Init);
             for object in objects {
                 let object: DynamicObject = serde_json::from_value(object).unwrap();
-                ctx.attachments.observe(is_policy, Event::InitApply(object));
+                ctx.attachments.observe(watched, Event::InitApply(object));
             }
-            ctx.attachments.observe(is_policy, Event::InitDone);
+            ctx.attachments.observe(watched, Event::InitDone);
         }
         (ctx, api, leader)
     }
@@ -1666,5 +1691,68 @@ mod attachment {
             "{message}"
         );
         assert!(api.next_request().await.is_none());
+    }
+
+    /// Traefik: the Middleware the route names is created, with the apiserver's
+    /// acceptance reported; when the route leaves targetRefs it is deleted by its uid.
+    #[tokio::test]
+    async fn traefik_gets_its_middleware_and_loses_it_with_the_target() {
+        const MIDDLEWARES: &str = "/apis/traefik.io/v1alpha1/namespaces/shop/middlewares";
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "ui"}]));
+        let (ctx, mut api, _leader) = cluster_with(&current, Vec::new(), Vec::new(), Vec::new());
+        let server = tokio::spawn(async move {
+            let middleware = expect(&mut api, "POST", MIDDLEWARES, 201, Value::Null).await;
+            assert_eq!(event(&mut api).await, ("Normal".into(), "Accepted".into()));
+            let status = status_written(&mut api).await;
+            (api, middleware, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, middleware, status) = server.await.unwrap();
+        assert!(
+            api.next_request().await.is_none(),
+            "no SecurityPolicy, no ReferenceGrant"
+        );
+        assert_eq!(middleware["metadata"]["name"], "authplane-payments");
+        assert_eq!(middleware["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            middleware["spec"]["forwardAuth"]["address"],
+            "http://authplane.authplane-system.svc:8080/authz/shop/payments"
+        );
+        let (state, reason, message) = accepted(&status);
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("True", "Accepted"),
+            "{message}"
+        );
+
+        let mut left = policy(json!([]));
+        left.status = serde_json::from_value(status).unwrap();
+        let (ctx, mut api, _leader) = cluster_with(
+            &left,
+            Vec::new(),
+            Vec::new(),
+            vec![stored(middleware, "mw-uid")],
+        );
+        let server = tokio::spawn(async move {
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{MIDDLEWARES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "mw-uid");
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
     }
 }

@@ -89,6 +89,27 @@ struct Cache {
     failing: Option<String>,
 }
 
+/// The kinds of gateway objects watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watched {
+    /// Envoy Gateway's, cluster-wide.
+    SecurityPolicies,
+    /// In authplane's namespace.
+    ReferenceGrants,
+    /// Traefik's, cluster-wide.
+    Middlewares,
+}
+
+impl Watched {
+    fn name(self) -> &'static str {
+        match self {
+            Watched::SecurityPolicies => "SecurityPolicies",
+            Watched::ReferenceGrants => "ReferenceGrants",
+            Watched::Middlewares => "Middlewares",
+        }
+    }
+}
+
 /// The attachment state of this leader's term.
 pub struct Attachments {
     pub config: AttachConfig,
@@ -97,6 +118,7 @@ pub struct Attachments {
     default_instance: bool,
     security_policies: Mutex<Cache>,
     grants: Mutex<Cache>,
+    middlewares: Mutex<Cache>,
 }
 
 pub fn security_policy_resource() -> ApiResource {
@@ -107,6 +129,13 @@ pub fn security_policy_resource() -> ApiResource {
             attach::SECURITY_POLICY_KIND,
         ),
         "securitypolicies",
+    )
+}
+
+pub fn middleware_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(attach::TRAEFIK_GROUP, "v1alpha1", attach::MIDDLEWARE_KIND),
+        "middlewares",
     )
 }
 
@@ -130,11 +159,24 @@ impl Attachments {
             default_instance: instance.is_default(),
             security_policies: Mutex::default(),
             grants: Mutex::default(),
+            middlewares: Mutex::default(),
         }
     }
 
     fn envoy(&self) -> bool {
         self.config.enabled.contains(&Implementation::EnvoyGateway)
+    }
+
+    fn traefik(&self) -> bool {
+        self.config.enabled.contains(&Implementation::Traefik)
+    }
+
+    fn cache(&self, watched: Watched) -> &Mutex<Cache> {
+        match watched {
+            Watched::SecurityPolicies => &self.security_policies,
+            Watched::ReferenceGrants => &self.grants,
+            Watched::Middlewares => &self.middlewares,
+        }
     }
 
     fn writer_labels(&self) -> attach::Writer {
@@ -155,6 +197,7 @@ impl Attachments {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Cache::default();
         *self.grants.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
+        *self.middlewares.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
     }
 
     fn hold(&self, object: &DynamicObject) -> Held {
@@ -210,53 +253,54 @@ impl Attachments {
         policies: Store<DeserializeGuard<AuthPolicy>>,
         changes: mpsc::UnboundedSender<Change>,
     ) {
-        if !self.envoy() {
+        let watch = |watched: Watched, api: Api<DynamicObject>| {
+            watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |e| (watched, e))
+                .boxed()
+        };
+        let mut watches = Vec::new();
+        if self.envoy() {
+            watches.push(watch(
+                Watched::SecurityPolicies,
+                Api::all_with(client.clone(), &security_policy_resource()),
+            ));
+            watches.push(watch(
+                Watched::ReferenceGrants,
+                Api::namespaced_with(
+                    client.clone(),
+                    &self.config.service.namespace,
+                    &reference_grant_resource(),
+                ),
+            ));
+        }
+        if self.traefik() {
+            watches.push(watch(
+                Watched::Middlewares,
+                Api::all_with(client, &middleware_resource()),
+            ));
+        }
+        if watches.is_empty() {
             return std::future::pending().await;
         }
-        let policy_watch = watcher::watcher(
-            Api::<DynamicObject>::all_with(client.clone(), &security_policy_resource()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|e| (true, e))
-        .boxed();
-        let grant_watch = watcher::watcher(
-            Api::<DynamicObject>::namespaced_with(
-                client,
-                &self.config.service.namespace,
-                &reference_grant_resource(),
-            ),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|e| (false, e))
-        .boxed();
-        let mut events = stream::select_all([policy_watch, grant_watch]);
-        while let Some((is_policy, event)) = events.next().await {
-            let cache = if is_policy {
-                &self.security_policies
-            } else {
-                &self.grants
-            };
-            let what = if is_policy {
-                "SecurityPolicies"
-            } else {
-                "ReferenceGrants"
-            };
+        let mut events = stream::select_all(watches);
+        while let Some((watched, event)) = events.next().await {
+            let cache = self.cache(watched);
+            let what = watched.name();
             let event = match event {
                 Ok(event) => event,
                 Err(e) => {
                     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.failing.is_none() {
                         tracing::warn!(
-                            "cannot watch {what}: {e}; Gateway API targets served by Envoy Gateway are not attached meanwhile"
+                            "cannot watch {what}: {e}; the Gateway API targets they serve are not attached meanwhile"
                         );
                     }
                     cache.failing = Some(e.to_string());
                     continue;
                 }
             };
-            let (stale, swept) = self.observe(is_policy, event);
+            let (stale, swept) = self.observe(watched, event);
             if let Some(namespace) = swept
                 && let Err(e) = self
                     .sweep_grant(&writer, &policies.state(), &namespace)
@@ -275,24 +319,21 @@ impl Attachments {
         }
     }
 
-    /// Takes in one event of the SecurityPolicy (`is_policy`) or ReferenceGrant watch;
-    /// returns the namespaces whose policies are stale, and the namespace whose
-    /// ReferenceGrant may be unneeded now (one of our SecurityPolicies went away).
+    /// Takes in one event of a watch; returns the namespaces whose policies are stale,
+    /// and the namespace whose ReferenceGrant may be unneeded now (one of our
+    /// SecurityPolicies went away).
     pub fn observe(
         &self,
-        is_policy: bool,
+        watched: Watched,
         event: watcher::Event<DynamicObject>,
     ) -> (Vec<String>, Option<String>) {
-        let cache = if is_policy {
-            &self.security_policies
-        } else {
-            &self.grants
-        };
-        // A SecurityPolicy concerns the policies of its namespace; a ReferenceGrant (in
-        // authplane's namespace) those of the namespace it admits.
-        let scope = |key: &ObjectKey, held: &Held| match is_policy {
-            true => Some(key.namespace.clone()),
-            false => held.admits.clone(),
+        let cache = self.cache(watched);
+        let is_policy = watched == Watched::SecurityPolicies;
+        // A SecurityPolicy or Middleware concerns the policies of its namespace; a
+        // ReferenceGrant (in authplane's namespace) those of the namespace it admits.
+        let scope = |key: &ObjectKey, held: &Held| match watched {
+            Watched::ReferenceGrants => held.admits.clone(),
+            _ => Some(key.namespace.clone()),
         };
         let mut stale: Vec<String> = Vec::new();
         let mut swept = None;
@@ -428,12 +469,15 @@ impl Attachments {
             namespace: id.namespace.clone(),
             name: attach::security_policy_name(&id.name),
         };
-        let holds_one = self
-            .security_policies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .objects
-            .contains_key(&own);
+        let holds_one = [&self.security_policies, &self.middlewares]
+            .iter()
+            .any(|cache| {
+                cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .objects
+                    .contains_key(&own)
+            });
         if !attaching && !holds_one {
             return Ok(None);
         }
@@ -462,126 +506,109 @@ impl Attachments {
         };
         let mut outcomes = plan.outcomes;
         let mut later = None;
-        let refuse =
-            |outcomes: &mut Vec<Option<attach::Outcome>>, reason: &'static str, message: &str| {
-                for outcome in outcomes.iter_mut().flatten().filter(|o| o.accepted) {
-                    outcome.accepted = false;
-                    outcome.reason = reason;
-                    outcome.message = message.to_owned();
-                }
-            };
-        let sp_key = ObjectKey {
-            namespace: id.namespace.clone(),
-            name: attach::security_policy_name(&id.name),
+        // Refusals of an implementation's objects refuse the targets it serves.
+        let refuse = |outcomes: &mut Vec<Option<attach::Outcome>>,
+                      implementation: Implementation,
+                      (reason, message): (&'static str, String)| {
+            for outcome in outcomes
+                .iter_mut()
+                .flatten()
+                .filter(|o| o.accepted && o.implementations.contains(&implementation))
+            {
+                outcome.accepted = false;
+                outcome.reason = reason;
+                outcome.message = message.clone();
+            }
         };
-        let (listed, failing, held) = {
-            let cache = self
-                .security_policies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                cache.listed && grants.listed,
-                cache.failing.clone().or_else(|| grants.failing.clone()),
-                cache.objects.get(&sp_key).cloned(),
-            )
-        };
-        let uid = policy.metadata.uid.clone();
-        let is_ours = |held: &Held| held.labelled && held.controller == uid;
-        if !self.envoy() {
-            // Nothing is written: the plan's refusals say why.
-        } else if !listed {
-            let why = failing.map_or_else(
-                || "the SecurityPolicies and ReferenceGrants are not listed yet".to_owned(),
-                |e| format!("cannot read SecurityPolicies or ReferenceGrants (is Envoy Gateway installed?): {e}"),
-            );
-            refuse(&mut outcomes, reason::INVALID, &why);
-            later = Some(std::time::Duration::from_secs(10));
-        } else if let Some(wanted) = &plan.security_policy {
-            let mut problem = None;
-            if let Some(grant) = &plan.reference_grant {
-                problem = self.write_grant(writer, grant).await?;
-            }
-            if let Some((reason, message)) = problem {
-                refuse(&mut outcomes, reason, &message);
-            } else {
-                match &held {
-                    Some(held) if !is_ours(held) => refuse(
-                        &mut outcomes,
-                        reason::CONFLICTED,
-                        &format!(
-                            "SecurityPolicy {sp_key} exists and is not this AuthPolicy's: left alone"
-                        ),
-                    ),
-                    Some(held)
-                        if held
-                            .object
-                            .as_ref()
-                            .is_some_and(|o| contains(o, &comparable(wanted))) => {}
-                    Some(_) => {
-                        if let Some(message) = refused(
-                            writer
-                                .apply_object(&security_policy_resource(), wanted)
-                                .await,
-                        )? {
-                            refuse(
-                                &mut outcomes,
-                                reason::INVALID,
-                                &format!(
-                                    "the apiserver refused SecurityPolicy {sp_key}: {message}"
-                                ),
-                            );
-                        }
-                    }
-                    None => match writer
-                        .create_object(&security_policy_resource(), wanted)
-                        .await
-                    {
-                        Ok(true) => {}
-                        Ok(false) => refuse(
-                            &mut outcomes,
-                            reason::CONFLICTED,
-                            &format!(
-                                "SecurityPolicy {sp_key} exists and is not this AuthPolicy's: left alone"
-                            ),
-                        ),
-                        Err(e) => {
-                            if let Some(message) = refused(Err(e))? {
-                                refuse(
-                                    &mut outcomes,
-                                    reason::INVALID,
-                                    &format!(
-                                        "the apiserver refused SecurityPolicy {sp_key}: {message}"
-                                    ),
-                                );
-                            }
-                        }
-                    },
-                }
-            }
-        } else {
-            if let Some(held) = held.filter(|h| is_ours(h)) {
-                writer
-                    .delete_object(
-                        &security_policy_resource(),
-                        &sp_key.namespace,
-                        &sp_key.name,
-                        &held.uid,
-                    )
-                    .await?;
-                tracing::info!(auth_policy = %id, security_policy = %sp_key, "deleted: no target of the policy is attached through it any more");
-            }
-            if !Self::wanted_in(policies, &id.namespace, Some(&id.name)) {
-                let others = self
+        let uid = policy.metadata.uid.as_deref();
+        if self.envoy() {
+            let (listed, failing, held) = {
+                let cache = self
                     .security_policies
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .objects
-                    .iter()
-                    .any(|(key, h)| key.namespace == id.namespace && *key != sp_key && h.labelled);
-                if !others {
-                    self.delete_grant(writer, &id.namespace).await?;
+                    .unwrap_or_else(|e| e.into_inner());
+                let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    cache.listed && grants.listed,
+                    cache.failing.clone().or_else(|| grants.failing.clone()),
+                    cache.objects.get(&own).cloned(),
+                )
+            };
+            let resource = security_policy_resource();
+            if !listed {
+                let why = failing.map_or_else(
+                    || "the SecurityPolicies and ReferenceGrants are not listed yet".to_owned(),
+                    |e| format!("cannot read SecurityPolicies or ReferenceGrants (is Envoy Gateway installed?): {e}"),
+                );
+                refuse(
+                    &mut outcomes,
+                    Implementation::EnvoyGateway,
+                    (reason::INVALID, why),
+                );
+                later = Some(std::time::Duration::from_secs(10));
+            } else if let Some(wanted) = &plan.security_policy {
+                let mut problem = None;
+                if let Some(grant) = &plan.reference_grant {
+                    problem = self.write_grant(writer, grant).await?;
                 }
+                if problem.is_none() {
+                    problem = sync_owned(writer, &resource, &own, held.as_ref(), Some(wanted), uid)
+                        .await?;
+                }
+                if let Some(problem) = problem {
+                    refuse(&mut outcomes, Implementation::EnvoyGateway, problem);
+                }
+            } else {
+                sync_owned(writer, &resource, &own, held.as_ref(), None, uid).await?;
+                if !Self::wanted_in(policies, &id.namespace, Some(&id.name)) {
+                    let others = self
+                        .security_policies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .objects
+                        .iter()
+                        .any(|(key, h)| key.namespace == id.namespace && *key != own && h.labelled);
+                    if !others {
+                        self.delete_grant(writer, &id.namespace).await?;
+                    }
+                }
+            }
+        }
+        if self.traefik() {
+            let key = ObjectKey {
+                namespace: id.namespace.clone(),
+                name: attach::middleware_name(&id.name),
+            };
+            let (listed, failing, held) = {
+                let cache = self.middlewares.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    cache.listed,
+                    cache.failing.clone(),
+                    cache.objects.get(&key).cloned(),
+                )
+            };
+            if !listed {
+                let why = failing.map_or_else(
+                    || "the Middlewares are not listed yet".to_owned(),
+                    |e| format!("cannot read Middlewares (is Traefik installed?): {e}"),
+                );
+                refuse(
+                    &mut outcomes,
+                    Implementation::Traefik,
+                    (reason::INVALID, why),
+                );
+                later = Some(std::time::Duration::from_secs(10));
+            } else if let Some(problem) = sync_owned(
+                writer,
+                &middleware_resource(),
+                &key,
+                held.as_ref(),
+                plan.middleware.as_ref(),
+                uid,
+            )
+            .await?
+            {
+                refuse(&mut outcomes, Implementation::Traefik, problem);
             }
         }
         let previous = policy
@@ -772,6 +799,59 @@ impl Attachments {
         );
         claims
     }
+}
+
+/// Brings the object `key` of `resource` to `wanted`, or deletes it when nothing is
+/// wanted; only if it is ours (labelled as this instance's and controlled by the policy
+/// of `uid`). Returns why the attachment cannot take: an object of that name that is
+/// not ours, or the apiserver's refusal.
+async fn sync_owned(
+    writer: &LeaderWriter,
+    resource: &ApiResource,
+    key: &ObjectKey,
+    held: Option<&Held>,
+    wanted: Option<&Value>,
+    uid: Option<&str>,
+) -> Result<Option<(&'static str, String)>, Error> {
+    let kind = &resource.kind;
+    let ours = |held: &Held| held.labelled && held.controller.as_deref() == uid;
+    let not_ours = || {
+        Some((
+            reason::CONFLICTED,
+            format!("{kind} {key} exists and is not this AuthPolicy's: left alone"),
+        ))
+    };
+    let result = match (held, wanted) {
+        (Some(held), None) if ours(held) => {
+            writer
+                .delete_object(resource, &key.namespace, &key.name, &held.uid)
+                .await?;
+            tracing::info!(object = %key, kind = %kind, "deleted: no target of its policy is attached through it any more");
+            return Ok(None);
+        }
+        (_, None) => return Ok(None),
+        (Some(held), Some(_)) if !ours(held) => return Ok(not_ours()),
+        (Some(held), Some(wanted))
+            if held
+                .object
+                .as_ref()
+                .is_some_and(|o| contains(o, &comparable(wanted))) =>
+        {
+            return Ok(None);
+        }
+        (Some(_), Some(wanted)) => writer.apply_object(resource, wanted).await,
+        (None, Some(wanted)) => match writer.create_object(resource, wanted).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return Ok(not_ours()),
+            Err(e) => Err(e),
+        },
+    };
+    Ok(refused(result)?.map(|message| {
+        (
+            reason::INVALID,
+            format!("the apiserver refused {kind} {key}: {message}"),
+        )
+    }))
 }
 
 /// The apiserver's refusal of a write, quoted (a 4xx other than a conflict: the object

@@ -41,6 +41,19 @@ fn stable_hash(text: &str) -> u64 {
     hasher.finish()
 }
 
+/// The AuthPolicy as the controlling owner of what is written for it: the garbage
+/// collector deletes the object with the policy, and never waits for it.
+pub(super) fn owner_reference(policy: &AuthPolicy) -> Option<Value> {
+    Some(json!({
+        "apiVersion": "authplane.io/v1alpha1",
+        "kind": "AuthPolicy",
+        "name": policy.metadata.name.clone().unwrap_or_default(),
+        "uid": policy.metadata.uid.as_ref()?,
+        "controller": true,
+        "blockOwnerDeletion": false,
+    }))
+}
+
 /// The SecurityPolicy that makes Envoy Gateway ask authplane about every request to
 /// `targets` (all in the policy's namespace), fail closed.
 pub fn security_policy(
@@ -70,15 +83,8 @@ pub fn security_policy(
         "namespace": namespace,
         "labels": writer.labels(),
     });
-    if let Some(uid) = &policy.metadata.uid {
-        metadata["ownerReferences"] = json!([{
-            "apiVersion": "authplane.io/v1alpha1",
-            "kind": "AuthPolicy",
-            "name": name,
-            "uid": uid,
-            "controller": true,
-            "blockOwnerDeletion": false,
-        }]);
+    if let Some(owner) = owner_reference(policy) {
+        metadata["ownerReferences"] = json!([owner]);
     }
     let Protocol::Http = service.protocol;
     json!({
@@ -98,7 +104,7 @@ pub fn security_policy(
                     }],
                     // Envoy appends the request's path: /authz/{ns}/{name}/{path}.
                     "path": format!("/authz/{namespace}/{name}"),
-                    "headersToBackend": headers_to_backend(policy),
+                    "headersToBackend": headers_to_backend(policy, true),
                 },
             },
         },
@@ -133,23 +139,23 @@ fn headers_to_ext_auth(policy: &AuthPolicy) -> Vec<String> {
 
 /// The response headers of an allowed decision that reach the workload: the
 /// `forwardClaims` headers, authplane's audit and reason headers, and during a migration
-/// with an end, `Deprecation` and `Sunset`.
-fn headers_to_backend(policy: &AuthPolicy) -> Vec<String> {
+/// with an end, `Deprecation` and `Sunset`; lowercase (Envoy), or as written (Traefik).
+pub(super) fn headers_to_backend(policy: &AuthPolicy, lowercase: bool) -> Vec<String> {
     let spec = &policy.spec;
-    let mut headers: BTreeSet<String> = spec
-        .forward_claims
-        .values()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    headers.extend(["x-authplane-audit".into(), "x-authplane-reason".into()]);
+    let mut headers: Vec<String> = spec.forward_claims.values().cloned().collect();
+    headers.extend(["X-Authplane-Audit".into(), "X-Authplane-Reason".into()]);
     if spec
         .legacy_session
         .as_ref()
         .is_some_and(|l| l.until.is_some())
     {
-        headers.extend(["deprecation".into(), "sunset".into()]);
+        headers.extend(["Deprecation".into(), "Sunset".into()]);
     }
-    headers.into_iter().collect()
+    if lowercase {
+        headers.iter_mut().for_each(|h| h.make_ascii_lowercase());
+    }
+    let unique: BTreeSet<String> = headers.into_iter().collect();
+    unique.into_iter().collect()
 }
 
 /// The ReferenceGrant of the policies in `namespace`, in authplane's namespace.

@@ -12,6 +12,7 @@
 mod envoy;
 mod plan;
 mod topology;
+mod traefik;
 
 pub use envoy::{
     ENVOY_GATEWAY_GROUP, REFERENCE_GRANT_API_VERSION, SECURITY_POLICY_API_VERSION,
@@ -20,6 +21,9 @@ pub use envoy::{
 };
 pub use plan::{Claim, Outcome, Plan, plan, reason};
 pub use topology::{Ancestor, GatewayTopology, ParentRef, Route};
+pub use traefik::{
+    MIDDLEWARE_API_VERSION, MIDDLEWARE_KIND, TRAEFIK_GROUP, middleware, middleware_name,
+};
 
 /// The label every object authplane writes carries, as Kubernetes recommends.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
@@ -61,7 +65,7 @@ impl Implementation {
 }
 
 /// The implementations authplane writes configuration for.
-pub const WRITTEN: [Implementation; 1] = [Implementation::EnvoyGateway];
+pub const WRITTEN: [Implementation; 2] = [Implementation::EnvoyGateway, Implementation::Traefik];
 
 impl std::str::FromStr for Implementation {
     type Err = String;

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy};
+use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy, traefik};
 use crate::api::{AncestorStatus, AuthPolicy, Mode, TargetRef};
 
 /// The reasons of a target's `Accepted` condition (GEP-713's, and `Disabled`).
@@ -33,6 +33,8 @@ pub struct Claim {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub ancestors: Vec<AncestorStatus>,
+    /// The implementations written for it.
+    pub implementations: Vec<Implementation>,
     pub accepted: bool,
     pub reason: &'static str,
     pub message: String,
@@ -47,6 +49,8 @@ pub struct Plan {
     pub security_policy: Option<Value>,
     /// The ReferenceGrant the SecurityPolicy needs.
     pub reference_grant: Option<Value>,
+    /// The Traefik Middleware; `None`: it should not exist.
+    pub middleware: Option<Value>,
 }
 
 /// The plan of `policy`. `enabled`: the implementations this installation wires;
@@ -64,6 +68,8 @@ pub fn plan(
     let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
     let disabled = policy.spec.rollout.mode == Mode::Disabled;
     let mut envoy_targets: Vec<&TargetRef> = Vec::new();
+    let mut traefik = false;
+    let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
     let outcomes = policy
         .spec
         .target_refs
@@ -150,20 +156,57 @@ pub fn plan(
                     format!("{} attaches external auth to it first", older.what),
                 ));
             }
-            // Every ancestor is wired, and (today) every wired one is Envoy Gateway.
-            if !envoy_targets.contains(&target) {
-                envoy_targets.push(target);
+            let mut written: Vec<Implementation> = implementations.into_iter().flatten().collect();
+            written.sort();
+            written.dedup();
+            let mut said = Vec::new();
+            let mut problem = None;
+            for implementation in &written {
+                match implementation {
+                    Implementation::EnvoyGateway => {
+                        if !envoy_targets.contains(&target) {
+                            envoy_targets.push(target);
+                        }
+                        said.push(format!(
+                            "SecurityPolicy {namespace}/{} sends its requests to authplane",
+                            envoy::security_policy_name(policy_name)
+                        ));
+                    }
+                    Implementation::Traefik if !target.kind.is_route() => {
+                        problem = Some(format!(
+                            "Traefik attaches a Middleware to routes, not to a {}: target its routes",
+                            target.kind.name()
+                        ));
+                    }
+                    Implementation::Traefik => {
+                        traefik = true;
+                        let middleware = traefik::middleware_name(policy_name);
+                        let named = topology
+                            .route(target.kind, namespace, &target.name)
+                            .is_some_and(|route| route.middlewares.contains(&middleware));
+                        if named {
+                            said.push(format!("its rules use the Middleware {namespace}/{middleware}"));
+                        } else {
+                            problem = Some(format!(
+                                "add the Middleware to the route's rules (authplane never edits a route): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(problem) = problem {
+                return Some(Outcome {
+                    implementations: written,
+                    ..refused(statuses, reason::INVALID, problem)
+                });
             }
             Some(Outcome {
                 ancestors: statuses,
+                implementations: written,
                 accepted: true,
                 reason: reason::ACCEPTED,
-                message: format!(
-                    "SecurityPolicy {namespace}/{} sends its requests to authplane",
-                    envoy::security_policy_name(
-                        policy.metadata.name.as_deref().unwrap_or_default()
-                    )
-                ),
+                message: said.join("; "),
             })
         })
         .collect();
@@ -174,12 +217,14 @@ pub fn plan(
             .then(|| envoy::security_policy(policy, &envoy_targets, service, writer)),
         reference_grant: (wanted && namespace != service.namespace)
             .then(|| envoy::reference_grant(namespace, service, writer)),
+        middleware: (traefik && !disabled).then(|| traefik::middleware(policy, service, writer)),
     }
 }
 
 fn refused(ancestors: Vec<AncestorStatus>, reason: &'static str, message: String) -> Outcome {
     Outcome {
         ancestors,
+        implementations: Vec::new(),
         accepted: false,
         reason,
         message,

@@ -553,3 +553,85 @@ fn a_target_elsewhere_or_of_a_wrong_group_is_refused() {
         "{kind:?}"
     );
 }
+
+/// Traefik: a Middleware per policy, which the route's owner names in the route's
+/// filters; the target is accepted once the route does.
+fn traefik_plan(targets: Value) -> Plan {
+    let mut topology = topology();
+    topology.apply_class("traefik", "traefik.io/gateway-controller");
+    topology.apply_gateway("shop", "edge", "traefik");
+    let route = |filters: Value| {
+        Route::from_object(
+            "shop",
+            &json!({"spec": {"parentRefs": [{"name": "edge"}],
+            "rules": [{"filters": filters}]}}),
+        )
+    };
+    let wired = route(json!([{"type": "ExtensionRef",
+        "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]));
+    assert_eq!(wired.middlewares, ["authplane-payments"]);
+    topology.apply_route(TargetKind::HttpRoute, "shop", "ui", wired);
+    topology.apply_route(TargetKind::HttpRoute, "shop", "plain", route(json!([])));
+    plan(
+        &policy(targets, json!({})),
+        &topology,
+        &[Implementation::Traefik],
+        &service(),
+        &writer(),
+        &ours(),
+        |_| Vec::new(),
+    )
+}
+
+#[test]
+fn traefik_gets_a_middleware_that_the_route_names() {
+    let plan = traefik_plan(json!([{"kind": "HTTPRoute", "name": "ui"},
+                                   {"kind": "HTTPRoute", "name": "plain"},
+                                   {"kind": "Gateway", "name": "edge"}]));
+    assert_eq!(
+        reasons(&plan),
+        [Some("Accepted"), Some("Invalid"), Some("Invalid")]
+    );
+    let plain = &plan.outcomes[1].as_ref().unwrap().message;
+    assert!(plain.contains("name: authplane-payments"), "{plain}");
+    assert!(
+        plan.outcomes[2]
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("routes")
+    );
+    assert_eq!((plan.security_policy, plan.reference_grant), (None, None));
+    let middleware = plan.middleware.unwrap();
+    assert_eq!(middleware["metadata"]["name"], "authplane-payments");
+    assert_eq!(middleware["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(
+        middleware["spec"],
+        json!({"forwardAuth": {
+            "address": "http://authplane.authplane-system.svc:8080/authz/shop/payments",
+            "trustForwardHeader": false,
+            "authResponseHeaders": ["X-Auth-Email", "X-Auth-Subject", "X-Authplane-Audit", "X-Authplane-Reason"],
+        }})
+    );
+}
+
+#[test]
+fn the_middleware_is_what_traefiks_crd_accepts() {
+    let schema = crds::schema("middlewares.traefik.io.yaml", "v1alpha1");
+    crds::rules(&schema);
+    let middleware = traefik_plan(json!([{"kind": "HTTPRoute", "name": "ui"}]))
+        .middleware
+        .unwrap();
+    assert_eq!(crds::problems(&schema, &middleware), Vec::<String>::new());
+    let mut misspelt = middleware;
+    let forward = misspelt["spec"]["forwardAuth"].as_object_mut().unwrap();
+    let headers = forward.remove("authResponseHeaders").unwrap();
+    forward.insert("authResponseHeader".into(), headers);
+    let problems = crds::problems(&schema, &misspelt);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("authResponseHeader") && p.contains("unknown field")),
+        "{problems:?}"
+    );
+}

@@ -14,10 +14,13 @@ pub struct ParentRef {
     pub name: String,
 }
 
-/// A route as kept: its parent Gateways.
+/// A route as kept: its parent Gateways, and the Traefik Middlewares its rules name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
     pub parents: Vec<ParentRef>,
+    /// Names of the Middlewares (`ExtensionRef` filters of group `traefik.io`, in the
+    /// route's namespace) of any of its rules.
+    pub middlewares: Vec<String>,
 }
 
 impl Route {
@@ -53,7 +56,28 @@ impl Route {
             .collect();
         parents.sort();
         parents.dedup();
-        Self { parents }
+        let mut middlewares: Vec<String> = object
+            .pointer("/spec/rules")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|rule| rule.get("filters")?.as_array())
+            .flatten()
+            .filter_map(|filter| {
+                let reference = filter.get("extensionRef")?;
+                let is = |field: &str, value: &str| {
+                    reference.get(field).and_then(|v| v.as_str()) == Some(value)
+                };
+                (is("group", super::TRAEFIK_GROUP) && is("kind", super::MIDDLEWARE_KIND))
+                    .then(|| reference.get("name")?.as_str().map(str::to_owned))?
+            })
+            .collect();
+        middlewares.sort();
+        middlewares.dedup();
+        Self {
+            parents,
+            middlewares,
+        }
     }
 }
 
@@ -143,6 +167,12 @@ impl GatewayTopology {
     /// Forgets everything: a new leadership term lists again.
     pub fn clear(&mut self) {
         *self = Self::default();
+    }
+
+    /// A route as kept.
+    pub fn route(&self, kind: TargetKind, namespace: &str, name: &str) -> Option<&Route> {
+        self.routes
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
     }
 
     /// The Gateways serving the target `kind`/`name` in `namespace`, or `None` when the
