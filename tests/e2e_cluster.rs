@@ -974,15 +974,16 @@ async fn attached(policies: &Api<AuthPolicy>, name: &str) -> Vec<(String, String
         .collect()
 }
 
-/// Attachment on a real apiserver: with the published Gateway API and Envoy Gateway
-/// CRDs installed, an AuthPolicy targeting an HTTPRoute of an Envoy Gateway Gateway gets
-/// its SecurityPolicy and ReferenceGrant, accepted by the apiserver (schema and CEL);
-/// its status says `Accepted`; a younger policy on the same route is `Conflicted`; when
-/// the target leaves `targetRefs`, both objects go. No Envoy runs here: the objects are
+/// Attachment on a real apiserver: with the published Gateway API, Envoy Gateway and
+/// Traefik CRDs installed, an AuthPolicy targeting an HTTPRoute of an Envoy Gateway
+/// Gateway and one of a Traefik Gateway (whose rule names the Middleware) gets its
+/// SecurityPolicy, ReferenceGrant and Middleware, accepted by the apiserver (schema and
+/// CEL); its status says `Accepted` for both; a younger policy on the same route is
+/// `Conflicted`; when the targets leave `targetRefs`, every object goes. No Envoy runs here: the objects are
 /// judged by the apiserver, not by a data plane.
 #[tokio::test]
 #[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
-async fn a_policy_attaches_to_envoy_gateway() {
+async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
     use authplane::attach::{AuthzService, Implementation, Protocol};
     use authplane::operator::attachments::AttachConfig;
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -1000,6 +1001,7 @@ async fn a_policy_attaches_to_envoy_gateway() {
             "grpcroutes.gateway.networking.k8s.io.yaml",
             "referencegrants.gateway.networking.k8s.io.yaml",
             "securitypolicies.gateway.envoyproxy.io.yaml",
+            "middlewares.traefik.io.yaml",
         ],
     )
     .await;
@@ -1049,6 +1051,28 @@ async fn a_policy_attaches_to_envoy_gateway() {
             "metadata": {"name": "payments", "namespace": shop},
             "spec": {"parentRefs": [{"name": "web"}], "rules": [{"backendRefs": [{"name": "payments", "port": 8080}]}]}}),
         ),
+        (
+            classes.clone(),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": format!("{class}-traefik")}, "spec": {"controllerName": "traefik.io/gateway-controller"}}),
+        ),
+        (
+            dynamic(gateway_api, "v1", "Gateway", "gateways", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": shop},
+            "spec": {"gatewayClassName": format!("{class}-traefik"), "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        ),
+        // The route's owner names the Middleware authplane writes.
+        (
+            dynamic(gateway_api, "v1", "HTTPRoute", "httproutes", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "ui", "namespace": shop},
+            "spec": {"parentRefs": [{"name": "edge"}], "rules": [{
+                "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}],
+                "backendRefs": [{"name": "ui", "port": 8080}]}]}}),
+        ),
     ];
     for (api, object) in &objects {
         apply(api, object, false).await.unwrap();
@@ -1076,7 +1100,7 @@ async fn a_policy_attaches_to_envoy_gateway() {
         }
     };
     config.attach = AttachConfig {
-        enabled: vec![Implementation::EnvoyGateway],
+        enabled: vec![Implementation::EnvoyGateway, Implementation::Traefik],
         service: AuthzService {
             namespace: home.clone(),
             name: "authplane".into(),
@@ -1098,7 +1122,8 @@ async fn a_policy_attaches_to_envoy_gateway() {
         .remove(0)
     };
     let route = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}]";
-    apply(&policies, &policy("payments", route), false)
+    let both = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}, {kind: HTTPRoute, name: ui}]";
+    apply(&policies, &policy("payments", both), false)
         .await
         .unwrap();
 
@@ -1116,14 +1141,25 @@ async fn a_policy_attaches_to_envoy_gateway() {
         "referencegrants",
         Some(&home),
     );
-    let accepted = eventually("the route's attachment to be Accepted", || async {
-        attached(&policies, "payments")
-            .await
-            .into_iter()
-            .find(|(_, status, _, _)| status == "True")
+    let accepted = eventually("both routes' attachments to be Accepted", || async {
+        let attached = attached(&policies, "payments").await;
+        (attached.len() == 2 && attached.iter().all(|(_, status, _, _)| status == "True"))
+            .then_some(attached)
     })
     .await;
-    assert_eq!(accepted.2, "Accepted", "{accepted:?}");
+    assert!(accepted.iter().all(|a| a.2 == "Accepted"), "{accepted:?}");
+    let middlewares = dynamic(
+        "traefik.io",
+        "v1alpha1",
+        "Middleware",
+        "middlewares",
+        Some(&shop),
+    );
+    let middleware = middlewares.get("authplane-payments").await.unwrap();
+    assert_eq!(
+        middleware.data["spec"]["forwardAuth"]["address"],
+        format!("http://authplane.{home}.svc:8080/authz/{shop}/payments")
+    );
     let written = security_policies.get("authplane-payments").await.unwrap();
     let owner = &written.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
@@ -1175,6 +1211,15 @@ async fn a_policy_attaches_to_envoy_gateway() {
     .unwrap();
     eventually("the SecurityPolicy to be deleted", || async {
         security_policies
+            .get_opt("authplane-payments")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the Middleware to be deleted", || async {
+        middlewares
             .get_opt("authplane-payments")
             .await
             .unwrap()
