@@ -11,8 +11,8 @@
 //! the longer map.
 
 pub use authplane_core::{
-    admission, api, clock, index, issuer_claims, keys, policy, reconcile, revocation, snapshot,
-    token, token_review,
+    admission, api, attach, clock, index, issuer_claims, keys, policy, reconcile, revocation,
+    snapshot, token, token_review,
 };
 
 pub mod cli;

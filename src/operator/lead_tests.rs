@@ -215,6 +215,11 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
         clock: clock.clone(),
         policies: Arc::new(PolicyContext {
             targets: Default::default(),
+            attachments: Arc::new(super::attachments::Attachments::new(
+                Default::default(),
+                &Default::default(),
+            )),
+            policies: caches.policies.clone(),
             registry,
             external_url: "https://a.example".into(),
             clock,

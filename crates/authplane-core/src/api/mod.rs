@@ -12,9 +12,9 @@ pub mod structural;
 mod validation;
 
 pub use auth_policy::{
-    AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, DenyRatioPause,
-    HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, NotAPercentage, Rollout,
-    RolloutAction, RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
+    AncestorStatus, AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement,
+    DenyRatioPause, HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, NotAPercentage,
+    Rollout, RolloutAction, RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
     TokenReviewSpec, TokenSources,
 };
 pub use duration::{Duration, DurationError};

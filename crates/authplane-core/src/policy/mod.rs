@@ -630,9 +630,13 @@ impl CompiledPolicy {
                 .targets
                 .iter()
                 .map(|t| TargetStatus {
+                    group: t.kind.is_gateway_api().then(|| t.kind.group().to_owned()),
                     kind: t.kind,
                     name: t.name.clone(),
+                    section_name: t.section_name.clone(),
                     found: found(t),
+                    ancestors: Vec::new(),
+                    conditions: Vec::new(),
                 })
                 .collect(),
             forward_auth_url: Some(format!("{base}/authz/{}/{}", self.namespace, self.name)),

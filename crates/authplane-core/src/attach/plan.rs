@@ -1,0 +1,232 @@
+//! For one AuthPolicy: which gateway objects it should have, and each Gateway API
+//! target's status (GEP-713: `Accepted`, or why not).
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy, traefik};
+use crate::api::{AncestorStatus, AuthPolicy, Mode, TargetRef};
+
+/// The reasons of a target's `Accepted` condition (GEP-713's, and `Disabled`).
+pub mod reason {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const CONFLICTED: &str = "Conflicted";
+    pub const INVALID: &str = "Invalid";
+    /// `rollout.mode: Disabled`: nothing is attached.
+    pub const DISABLED: &str = "Disabled";
+}
+
+/// A policy attaching external auth to a target: an AuthPolicy, or a SecurityPolicy
+/// that is not authplane's. Of two on one target the older wins (GEP-713): the earlier
+/// `created`, then the name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Claim {
+    pub created: Timestamp,
+    /// `namespace/name`, the tie-breaker.
+    pub name: String,
+    /// What it is, for the message: `AuthPolicy shop/a`, `SecurityPolicy shop/b`.
+    pub what: String,
+}
+
+/// One Gateway API target's status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub ancestors: Vec<AncestorStatus>,
+    /// The implementations written for it.
+    pub implementations: Vec<Implementation>,
+    pub accepted: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What one AuthPolicy should have.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Per entry of `spec.targetRefs`: `None` for the kinds that are only reported.
+    pub outcomes: Vec<Option<Outcome>>,
+    /// The Envoy Gateway SecurityPolicy; `None`: it should not exist.
+    pub security_policy: Option<Value>,
+    /// The ReferenceGrant the SecurityPolicy needs.
+    pub reference_grant: Option<Value>,
+    /// The Traefik Middleware; `None`: it should not exist.
+    pub middleware: Option<Value>,
+}
+
+/// The plan of `policy`. `enabled`: the implementations this installation wires;
+/// `claims(target)`: the other policies attaching external auth to `target`, and
+/// `ours`, this policy's own claim.
+pub fn plan(
+    policy: &AuthPolicy,
+    topology: &GatewayTopology,
+    enabled: &[Implementation],
+    service: &AuthzService,
+    writer: &Writer,
+    ours: &Claim,
+    claims: impl Fn(&TargetRef) -> Vec<Claim>,
+) -> Plan {
+    let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
+    let disabled = policy.spec.rollout.mode == Mode::Disabled;
+    let mut envoy_targets: Vec<&TargetRef> = Vec::new();
+    let mut traefik = false;
+    let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
+    let outcomes = policy
+        .spec
+        .target_refs
+        .iter()
+        .map(|target| {
+            if !target.kind.is_gateway_api() {
+                return None;
+            }
+            let Some(ancestors) = topology.ancestors(target.kind, namespace, &target.name) else {
+                return Some(refused(
+                    Vec::new(),
+                    reason::TARGET_NOT_FOUND,
+                    format!(
+                        "{} {namespace}/{} not found",
+                        target.kind.name(),
+                        target.name
+                    ),
+                ));
+            };
+            let statuses: Vec<AncestorStatus> = ancestors
+                .iter()
+                .map(|a| AncestorStatus {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    controller_name: a.controller_name.clone(),
+                })
+                .collect();
+            if ancestors.is_empty() {
+                return Some(refused(
+                    statuses,
+                    reason::TARGET_NOT_FOUND,
+                    format!(
+                        "{} {namespace}/{} has no parent Gateway",
+                        target.kind.name(),
+                        target.name
+                    ),
+                ));
+            }
+            let implementations: Vec<Option<Implementation>> = ancestors
+                .iter()
+                .map(|a| {
+                    a.controller_name
+                        .as_deref()
+                        .and_then(Implementation::of_controller)
+                })
+                .collect();
+            let unwired: Vec<String> = ancestors
+                .iter()
+                .zip(&implementations)
+                .filter(|(_, i)| {
+                    !i.is_some_and(|i| enabled.contains(&i) && super::WRITTEN.contains(&i))
+                })
+                .map(|(a, i)| {
+                    let why = match (i, &a.controller_name) {
+                        (Some(i), _) if !super::WRITTEN.contains(i) => {
+                            format!(
+                                "authplane does not write configuration for {} yet",
+                                i.name()
+                            )
+                        }
+                        (Some(i), _) => format!("{} is not enabled in this installation", i.name()),
+                        (None, Some(controller)) => {
+                            format!("its controller {controller} is not one authplane wires")
+                        }
+                        (None, None) => "its GatewayClass is not known".to_owned(),
+                    };
+                    format!("Gateway {}/{}: {why}", a.namespace, a.name)
+                })
+                .collect();
+            if !unwired.is_empty() {
+                return Some(refused(statuses, reason::INVALID, unwired.join("; ")));
+            }
+            if disabled {
+                return Some(refused(
+                    statuses,
+                    reason::DISABLED,
+                    "rollout.mode is Disabled: nothing is attached".to_owned(),
+                ));
+            }
+            if let Some(older) = claims(target).into_iter().filter(|c| c < ours).min() {
+                return Some(refused(
+                    statuses,
+                    reason::CONFLICTED,
+                    format!("{} attaches external auth to it first", older.what),
+                ));
+            }
+            let mut written: Vec<Implementation> = implementations.into_iter().flatten().collect();
+            written.sort();
+            written.dedup();
+            let mut said = Vec::new();
+            let mut problem = None;
+            for implementation in &written {
+                match implementation {
+                    Implementation::EnvoyGateway => {
+                        if !envoy_targets.contains(&target) {
+                            envoy_targets.push(target);
+                        }
+                        said.push(format!(
+                            "SecurityPolicy {namespace}/{} sends its requests to authplane",
+                            envoy::security_policy_name(policy_name)
+                        ));
+                    }
+                    Implementation::Traefik if !target.kind.is_route() => {
+                        problem = Some(format!(
+                            "Traefik attaches a Middleware to routes, not to a {}: target its routes",
+                            target.kind.name()
+                        ));
+                    }
+                    Implementation::Traefik => {
+                        traefik = true;
+                        let middleware = traefik::middleware_name(policy_name);
+                        let named = topology
+                            .route(target.kind, namespace, &target.name)
+                            .is_some_and(|route| route.middlewares.contains(&middleware));
+                        if named {
+                            said.push(format!("its rules use the Middleware {namespace}/{middleware}"));
+                        } else {
+                            problem = Some(format!(
+                                "add the Middleware to the route's rules (authplane never edits a route): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(problem) = problem {
+                return Some(Outcome {
+                    implementations: written,
+                    ..refused(statuses, reason::INVALID, problem)
+                });
+            }
+            Some(Outcome {
+                ancestors: statuses,
+                implementations: written,
+                accepted: true,
+                reason: reason::ACCEPTED,
+                message: said.join("; "),
+            })
+        })
+        .collect();
+    let wanted = !envoy_targets.is_empty();
+    Plan {
+        outcomes,
+        security_policy: wanted
+            .then(|| envoy::security_policy(policy, &envoy_targets, service, writer)),
+        reference_grant: (wanted && namespace != service.namespace)
+            .then(|| envoy::reference_grant(namespace, service, writer)),
+        middleware: (traefik && !disabled).then(|| traefik::middleware(policy, service, writer)),
+    }
+}
+
+fn refused(ancestors: Vec<AncestorStatus>, reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        ancestors,
+        implementations: Vec::new(),
+        accepted: false,
+        reason,
+        message,
+    }
+}
