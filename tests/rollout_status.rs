@@ -233,3 +233,68 @@ async fn exit_codes_say_not_there_paused_and_not_found() {
     assert_eq!(bad.status.code(), Some(2));
     dev.stop().await;
 }
+
+/// `--server`: what a running server counted for the policy, the would-deny reasons
+/// first, beside the rollout read from the folders.
+// Several threads: the command blocks this one while the server answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_server_it_says_what_the_server_counted() {
+    let dev = Dev::start(&[("all.yaml", &manifests())]).await;
+    let audited = common::user_in("shop/payments", 10.0, false);
+    for _ in 0..2 {
+        let response = dev
+            .get_with("/authz/shop/payments", &[("x-user-id", &audited)])
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let enforced = common::user_in("shop/payments", 10.0, true);
+    let response = dev
+        .get_with("/authz/shop/payments", &[("x-user-id", &enforced)])
+        .await;
+    assert_eq!(response.status(), 401);
+
+    let server = dev.url("");
+    let out = run(
+        &dev,
+        &[
+            "rollout",
+            "status",
+            "shop/payments",
+            "--until-percentage",
+            "10",
+            "--server",
+            &server,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "decisions counted since the server started: allowed 0; would deny (audited): missing_token 2; denied: missing_token 1"
+        ),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+
+    // A server that does not answer costs the counts, with a warning, not the status.
+    let gone = run(
+        &dev,
+        &[
+            "rollout",
+            "status",
+            "shop/payments",
+            "--until-percentage",
+            "10",
+            "--server",
+            "http://127.0.0.1:9",
+        ],
+    );
+    assert_eq!(gone.status.code(), Some(0));
+    assert!(
+        text(&gone.stderr)
+            .contains("warning: no counts from http://127.0.0.1:9/status?namespace=shop"),
+        "{}",
+        text(&gone.stderr)
+    );
+    dev.stop().await;
+}

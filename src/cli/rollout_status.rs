@@ -59,6 +59,11 @@ pub(crate) struct StatusArgs {
     /// Default: wait as long as it takes.
     #[arg(long, value_name = "DURATION", requires = "watch", value_parser = timeout)]
     timeout: Option<Duration>,
+    /// Also say what a running server counted for the policy (would-deny reasons, refusals),
+    /// from its `GET /status`: dev mode's `http://127.0.0.1:8080`, or an admin listener
+    /// reached with `kubectl port-forward`.
+    #[arg(long, value_name = "URL", value_parser = crate::cli::flags::external_url)]
+    server: Option<String>,
 }
 
 fn percent(text: &str) -> Result<f64, String> {
@@ -267,6 +272,7 @@ pub(crate) fn rollout_status(args: StatusArgs) -> Result<(), CliError> {
 async fn watch(source: &mut Source, id: &ObjectKey, args: &StatusArgs) -> Result<Ending, CliError> {
     let started = Instant::now();
     let bar = progress_bar(args.watch);
+    let mut counts = args.server.as_deref().map(|server| Counts::new(server, id));
     let mut said = String::new();
     let ending = loop {
         let Some(policy) = source.read(id).await? else {
@@ -279,6 +285,11 @@ async fn watch(source: &mut Source, id: &ObjectKey, args: &StatusArgs) -> Result
         if line != said {
             bar.suspend(|| println!("{line}"));
             said = line;
+            if let Some(counts) = counts.as_mut()
+                && let Some(text) = counts.say_changed().await
+            {
+                bar.suspend(|| println!("{text}"));
+            }
         }
         bar.set_position((standing.enforced * 1000.0).round() as u64);
         bar.set_message(format!(
@@ -310,6 +321,11 @@ async fn watch(source: &mut Source, id: &ObjectKey, args: &StatusArgs) -> Result
         }
     };
     bar.finish_and_clear();
+    if let Some(counts) = counts.as_mut()
+        && let Some(text) = counts.say_changed().await
+    {
+        println!("{text}");
+    }
     if ending == Ending::Reached {
         let target = args
             .until_percentage
@@ -317,6 +333,97 @@ async fn watch(source: &mut Source, id: &ObjectKey, args: &StatusArgs) -> Result
         println!("AuthPolicy {id}: rollout reached{target}");
     }
     Ok(ending)
+}
+
+/// What a running server counted for one policy, from its `GET /status` (which this
+/// command never needs: the rollout itself is read from the spec and its record).
+struct Counts {
+    http: reqwest::Client,
+    url: String,
+    id: ObjectKey,
+    /// What was said last, so that a watch repeats nothing; and whether a failure was.
+    said: String,
+}
+
+impl Counts {
+    fn new(server: &str, id: &ObjectKey) -> Counts {
+        let mut url = url::Url::parse(&format!("{server}/status")).expect("checked by clap");
+        url.query_pairs_mut()
+            .append_pair("namespace", &id.namespace);
+        Counts {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            url: url.to_string(),
+            id: id.clone(),
+            said: String::new(),
+        }
+    }
+
+    /// The summary, when it changed since it was last said.
+    /// A failure to read them is a warning on stderr, said once.
+    async fn say_changed(&mut self) -> Option<String> {
+        let (now, fine) = match self.read().await {
+            Ok(summary) => (summary, true),
+            Err(problem) => (problem, false),
+        };
+        if now == self.said {
+            return None;
+        }
+        self.said = now.clone();
+        if !fine {
+            eprintln!("warning: {now}");
+            return None;
+        }
+        Some(now)
+    }
+
+    async fn read(&self) -> Result<String, String> {
+        let fetched = async {
+            let response = self.http.get(&self.url).send().await?.error_for_status()?;
+            response.json::<serde_json::Value>().await
+        };
+        match fetched.await {
+            Ok(overview) => overview["policies"]["items"]
+                .as_array()
+                .and_then(|items| {
+                    items.iter().find(|p| {
+                        p["name"] == self.id.name.as_str()
+                            && p["namespace"] == self.id.namespace.as_str()
+                    })
+                })
+                .map(|policy| summary(&policy["decisions"]))
+                .ok_or_else(|| format!("{} does not serve AuthPolicy {}", self.url, self.id)),
+            Err(e) => Err(format!("no counts from {}: {e}", self.url)),
+        }
+    }
+}
+
+/// `decisions counted since the server started: allowed 4; would deny (audited):
+/// missing_token 2, insufficient_scope 1; denied: expired 1`.
+fn summary(decisions: &serde_json::Value) -> String {
+    let mut out = format!(
+        "decisions counted since the server started: allowed {}",
+        decisions["allow"].as_u64().unwrap_or(0)
+    );
+    for (field, label) in [
+        ("wouldDeny", "would deny (audited)"),
+        ("deny", "denied"),
+        ("legacySession", "legacy session"),
+    ] {
+        let Some(reasons) = decisions[field].as_object().filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        let mut reasons: Vec<(&String, u64)> = reasons
+            .iter()
+            .map(|(reason, n)| (reason, n.as_u64().unwrap_or(0)))
+            .collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        out.push_str(&format!("; {label}: {}", reasons.join(", ")));
+    }
+    out
 }
 
 /// A bar of the enforced share in thousandths of a percent (the rollout's own
@@ -459,6 +566,7 @@ mod tests {
             watch: false,
             until_percentage: until,
             timeout: None,
+            server: None,
         };
         // 90 minutes after the first step: the second one (50%) holds.
         assert_eq!(
