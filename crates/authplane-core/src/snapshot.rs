@@ -198,3 +198,51 @@ pub struct Snapshot {
     /// naming it. For the admission webhook.
     pub secrets: imbl::HashMap<ObjectKey, ObjectKey>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyMaterial;
+    use crate::keys::lifecycle::KeyRecord;
+
+    fn at(hours: i64) -> Timestamp {
+        add(Timestamp::UNIX_EPOCH, SignedDuration::from_hours(hours))
+    }
+
+    /// The status page shows each key's state from the published instants: the same
+    /// state the lifecycle derives, at every instant, and the instants of each change.
+    #[test]
+    fn published_key_times_tell_the_lifecycle_without_the_keys() {
+        let key = |created, activates| KeyRecord {
+            material: KeyMaterial::generate(Algorithm::EdDSA, 0).unwrap(),
+            created: at(created),
+            activates_at: at(activates),
+        };
+        let keys = KeySet::new(vec![key(0, 0), key(23, 24), key(47, 48)]);
+        let rotation = Rotation {
+            every: SignedDuration::from_hours(24),
+            pre_publish: SignedDuration::from_hours(1),
+            retain_for: SignedDuration::from_hours(2),
+        };
+        let published = PublishedIssuer::render("auth", "web", "https://i", &keys, rotation);
+        let times = &published.keys;
+        assert_eq!(times[0].retires_at, Some(at(24)));
+        assert_eq!(times[0].removed_at, Some(at(26)));
+        assert_eq!((times[2].retires_at, times[2].removed_at), (None, None));
+        // The key after the newest signs `every` after it.
+        assert_eq!(rotation.next_activation(times), Some(at(72)));
+        for hour in [0, 12, 23, 24, 25, 47, 48, 60] {
+            let states: Vec<KeyState> = times.iter().map(|t| t.state(at(hour))).collect();
+            let derived: Vec<KeyState> = keys
+                .view(at(hour), rotation.retain_for)
+                .iter()
+                .map(|v| v.state)
+                .collect();
+            assert_eq!(states, derived, "at hour {hour}");
+        }
+        for (time, record) in times.iter().zip(keys.records()) {
+            assert_eq!(time.kid, record.material.kid());
+            assert_eq!(time.alg, Algorithm::EdDSA);
+        }
+    }
+}
