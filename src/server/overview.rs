@@ -49,15 +49,11 @@ struct Listed<T> {
 }
 
 impl<T> Listed<T> {
-    fn of(all: impl Iterator<Item = T>) -> Self {
-        let mut items = Vec::new();
-        let mut total = 0;
-        for item in all {
-            total += 1;
-            if items.len() < MAX_LISTED {
-                items.push(item);
-            }
-        }
+    /// The first [`MAX_LISTED`] of `all` (in order), described by `describe`: only those
+    /// are described (a policy's status and counts cost something).
+    fn of<S>(all: Vec<S>, describe: impl FnMut(S) -> T) -> Self {
+        let total = all.len();
+        let items = all.into_iter().take(MAX_LISTED).map(describe).collect();
         Self { items, total }
     }
 }
@@ -150,33 +146,31 @@ pub async fn overview(
         .filter(|i| wanted(&i.namespace))
         .collect();
     issuers.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let issuers = Listed::of(issuers.into_iter().map(|i| {
-        Issuer {
-            namespace: i.namespace.clone(),
-            name: i.name.clone(),
-            issuer: i.issuer.clone(),
-            jwks_uri: i.jwks_uri.clone(),
-            keys: i
-                .keys
-                .iter()
-                .map(|k| Key {
-                    kid: k.kid.clone(),
-                    alg: k.alg.as_str(),
-                    state: k.state(now).as_str(),
-                    created: k.created,
-                    activates_at: k.activates_at,
-                    retires_at: k.retires_at,
-                    removed_at: k.removed_at,
-                })
-                .collect(),
-            rotation: Rotation {
-                every_seconds: i.rotation.every.as_secs(),
-                pre_publish_seconds: i.rotation.pre_publish.as_secs(),
-                retain_for_seconds: i.rotation.retain_for.as_secs(),
-            },
-            next_rotation_at: i.rotation.next_activation(&i.keys),
-        }
-    }));
+    let issuers = Listed::of(issuers, |i| Issuer {
+        namespace: i.namespace.clone(),
+        name: i.name.clone(),
+        issuer: i.issuer.clone(),
+        jwks_uri: i.jwks_uri.clone(),
+        keys: i
+            .keys
+            .iter()
+            .map(|k| Key {
+                kid: k.kid.clone(),
+                alg: k.alg.as_str(),
+                state: k.state(now).as_str(),
+                created: k.created,
+                activates_at: k.activates_at,
+                retires_at: k.retires_at,
+                removed_at: k.removed_at,
+            })
+            .collect(),
+        rotation: Rotation {
+            every_seconds: i.rotation.every.as_secs(),
+            pre_publish_seconds: i.rotation.pre_publish.as_secs(),
+            retain_for_seconds: i.rotation.retain_for.as_secs(),
+        },
+        next_rotation_at: i.rotation.next_activation(&i.keys),
+    });
 
     let mut policies: Vec<_> = snapshot
         .policies
@@ -184,7 +178,7 @@ pub async fn overview(
         .filter(|(id, _)| wanted(&id.namespace))
         .collect();
     policies.sort_by(|a, b| a.0.cmp(b.0));
-    let policies = Listed::of(policies.into_iter().map(|(id, policy)| {
+    let policies = Listed::of(policies, |(id, policy)| {
         let mut status = policy.status(&state.base_url, now, |_| None);
         state.registry.reported.settle(id, &mut status.conditions);
         Policy {
@@ -194,25 +188,24 @@ pub async fn overview(
             status,
             decisions: decisions(&state.metrics, &id.namespace, &id.name),
         }
-    }));
+    });
 
     let revocations = state.registry.revocations();
-    let revocations = Listed::of(
-        revocations
-            .in_force()
-            .iter()
-            .filter(|r| wanted(&r.id.namespace))
-            .map(|r| Revocation {
-                namespace: r.id.namespace.clone(),
-                name: r.id.name.clone(),
-                issuer: r.issuer.clone(),
-                scope: r.scope.clone(),
-                matches: r.matches,
-                reason: r.reason,
-                created: Timestamp::from_second(r.created).ok(),
-                lapses_at: r.lapses_at.and_then(|t| Timestamp::from_second(t).ok()),
-            }),
-    );
+    let in_force: Vec<_> = revocations
+        .in_force()
+        .iter()
+        .filter(|r| wanted(&r.id.namespace))
+        .collect();
+    let revocations = Listed::of(in_force, |r| Revocation {
+        namespace: r.id.namespace.clone(),
+        name: r.id.name.clone(),
+        issuer: r.issuer.clone(),
+        scope: r.scope.clone(),
+        matches: r.matches,
+        reason: r.reason,
+        created: Timestamp::from_second(r.created).ok(),
+        lapses_at: r.lapses_at.and_then(|t| Timestamp::from_second(t).ok()),
+    });
 
     (
         super::page::no_store(),
@@ -258,4 +251,22 @@ fn decisions(metrics: &Metrics, namespace: &str, policy: &str) -> Decisions {
         }
     }
     decisions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_items_are_described_and_all_are_counted() {
+        let mut described = 0;
+        let listed = Listed::of((0..MAX_LISTED + 7).collect(), |n| {
+            described += 1;
+            n * 2
+        });
+        assert_eq!(listed.total, MAX_LISTED + 7);
+        assert_eq!(listed.items.len(), MAX_LISTED);
+        assert_eq!(described, MAX_LISTED);
+        assert_eq!(listed.items[..2], [0, 2]);
+    }
 }
