@@ -244,6 +244,9 @@ function fill(section, listed, draw) {
   const shown = listed.items.length;
   count.textContent = listed.total > shown ? "(" + shown + " of " + listed.total + ")" : "(" + listed.total + ")";
   const nodes = draw(listed.items);
+  if (listed.total > shown) {
+    nodes.unshift(el("p", "empty", "The first " + shown + " are shown: add ?namespace=NAME to the address to see one namespace."));
+  }
   target.replaceChildren(...nodes);
 }
 
