@@ -295,7 +295,11 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let mut seen = policy();
     seen["metadata"]["resourceVersion"] = json!("100");
     seen["status"] = status;
-    writers.fill(Vec::new(), Vec::new(), vec![serde_json::from_value(seen).unwrap()]);
+    writers.fill(
+        Vec::new(),
+        Vec::new(),
+        vec![serde_json::from_value(seen).unwrap()],
+    );
     tokio::time::timeout(Duration::from_secs(60), async {
         while writes.writes_ahead_of_caches() > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;

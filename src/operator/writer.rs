@@ -267,7 +267,9 @@ impl LeaderWriter {
         let id = ObjectKey::of(&secret.metadata);
         let version = secret.metadata.resource_version.clone();
         // Kept in the form the cache holds: managedFields are most of a small object.
-        self.written.secrets.wrote(id, version, instance::trimmed(secret));
+        self.written
+            .secrets
+            .wrote(id, version, instance::trimmed(secret));
     }
 
     /// Server-side applies a ConfigMap labelled as this instance's, unless the apiserver
