@@ -5,6 +5,7 @@ mod authz;
 pub mod body;
 pub mod client_address;
 pub mod deadlines;
+pub mod grpc;
 mod health;
 pub mod limits;
 pub mod listen;
@@ -56,6 +57,8 @@ pub enum Endpoints {
     /// Status, metrics and health only (`--admin-listen`): what shows configuration and
     /// internal URLs, kept off the listeners that gateways and verifiers reach.
     Admin,
+    /// Envoy's gRPC ext_authz `Check` only, HTTP/2 (`--grpc-listen`, [`grpc`]).
+    GrpcExtAuthz,
 }
 
 /// The router of a listener serving every endpoint of its kind, status and metrics
