@@ -353,3 +353,68 @@ async fn check_and_authz_agree_on_every_case() {
         }
     }
 }
+
+/// A client that starts a check and never finishes it is answered `DEADLINE_EXCEEDED`
+/// after `--body-timeout`; one that connects and never asks is closed after
+/// `--header-read-timeout`. Both are the server's own timers: the test only waits.
+#[tokio::test]
+async fn unfinished_checks_and_silent_connections_end() {
+    let mut settings = grpc::settings();
+    settings.limits.body_timeout = std::time::Duration::from_secs(1);
+    settings.limits.header_read_timeout = std::time::Duration::from_secs(1);
+    let dev = Dev::start_serving(
+        &[
+            ("keys.yaml", &signing_key("auth", "web", KEYS)),
+            ("policy.yaml", &policy("{mode: Audit}")),
+        ],
+        settings,
+    )
+    .await;
+    let addr = grpc_addr(&dev);
+
+    // Half a frame, then nothing: the body stays open.
+    let (mut body_tx, body_rx) = futures::channel::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    use futures::SinkExt as _;
+    body_tx
+        .send(Ok(hyper::body::Frame::data(Bytes::from_static(&[0, 0, 0, 1, 0]))))
+        .await
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::StreamBody::new(body_rx))
+    .unwrap();
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sender.send_request(request),
+    )
+    .await
+    .expect("no answer after the body timeout")
+    .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "4"); // DEADLINE_EXCEEDED
+    drop(body_tx);
+
+    // A connection that sends nothing is closed by the server.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut buffer),
+    )
+    .await
+    .expect("the silent connection was never closed");
+    // Closed (EOF or reset), after at most the server's SETTINGS frame.
+    let _ = read;
+}

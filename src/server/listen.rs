@@ -1,7 +1,8 @@
 //! The listening socket and the connections on it: bound with a backlog deep enough for a
-//! crowd arriving at once, each connection served by hyper (HTTP/1.1) under the
-//! listener's [`Limits`]: a connection cap, read deadlines ([`super::deadlines`]) and a
-//! bound on request headers. Plain and HTTPS listeners share this one loop.
+//! crowd arriving at once, each connection served by hyper (HTTP/1.1; HTTP/2 for gRPC,
+//! see `super::grpc`) under the listener's [`Limits`]: a connection cap, read deadlines
+//! ([`super::deadlines`]) and a bound on request headers. Plain and HTTPS listeners share
+//! this one loop.
 
 use std::future::Future;
 use std::net::SocketAddr;
