@@ -33,32 +33,6 @@ bin=${BIN:-target/release/authplane}
 # shellcheck source=scripts/bench-server.sh
 . scripts/bench-server.sh
 
-# check_body TOKEN: a gRPC message (1-byte flag, 4-byte length, protobuf) of a
-# CheckRequest as Envoy sends it for `GET /` with the token, naming the policy in the
-# context extension. Protobuf written by hand: tags from envoy/service/auth/v3.
-check_body() {
-  python3 - "$1" <<'PY'
-import sys
-def varint(n):
-    out = b""
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return out
-def field(tag, payload):  # length-delimited
-    return varint(tag << 3 | 2) + varint(len(payload)) + payload
-def entry(tag, key, value):  # one map<string, string> entry
-    return field(tag, field(1, key.encode()) + field(2, value.encode()))
-headers = {":authority": "127.0.0.1", ":method": "GET", ":path": "/", ":scheme": "http",
-           "authorization": "Bearer " + sys.argv[1]}
-http = field(2, b"GET") + b"".join(entry(3, k, v) for k, v in headers.items()) + field(4, b"/")
-attributes = field(4, field(2, http)) + entry(10, "authplane.io/policy", "bench/api")
-message = field(1, attributes)
-sys.stdout.buffer.write(b"\0" + len(message).to_bytes(4, "big") + message)
-PY
-}
-
 results=()
 # http NAME CONCURRENCY: wrk on /authz, every request must pass.
 http() {
@@ -79,9 +53,8 @@ grpc() {
     --log-file="$work/$1.log" \
     "http://127.0.0.1:$GRPC_PORT/envoy.service.auth.v3.Authorization/Check" >"$work/$1.txt"
   grep -q ' 0 failed, 0 errored' "$work/$1.txt" || { cat "$work/$1.txt" >&2; exit 1; }
-  local done rps p99
-  done=$(awk '/^requests:/ {print $8}' "$work/$1.txt")
-  rps=$(awk -v n="$done" -v d="$DURATION" 'BEGIN {printf "%.0f", n / d}')
+  local rps p99
+  rps=$(awk '/^finished in/ {printf "%.0f", $4}' "$work/$1.txt")
   # Log lines: start time, HTTP status, microseconds.
   p99=$(awk '{print $3}' "$work/$1.log" | sort -n | awk '{v[NR] = $1} END {printf "%.2fms", v[int(NR * 0.99)] / 1000}')
   results+=("$(printf '%-28s %8s req/s   p99 %s   (%d connections x %d streams)' "$1" "$rps" "$p99" "$connections" "$streams")")

@@ -378,7 +378,9 @@ async fn unfinished_checks_and_silent_connections_end() {
     >(1);
     use futures::SinkExt as _;
     body_tx
-        .send(Ok(hyper::body::Frame::data(Bytes::from_static(&[0, 0, 0, 1, 0]))))
+        .send(Ok(hyper::body::Frame::data(Bytes::from_static(&[
+            0, 0, 0, 1, 0,
+        ]))))
         .await
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
