@@ -111,6 +111,7 @@ pub enum DevError {
 /// A running dev server.
 pub struct DevServer {
     addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     base_url: String,
     external_url: String,
     shutdown: watch::Sender<bool>,
@@ -121,6 +122,11 @@ pub struct DevServer {
 impl DevServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where Envoy's gRPC ext_authz is served (`--grpc-listen`), if anywhere.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     pub fn external_url(&self) -> &str {
@@ -271,7 +277,13 @@ pub async fn start_tuned(
         tls,
         client_cas: None,
     };
-    let serving = driver::serve::start(state, vec![listener], config.serving.limits, &shutdown_rx)?;
+    let grpc = driver::serve::grpc_listener(&config.serving)?;
+    let grpc_addr = match &grpc {
+        Some(grpc) => Some(grpc.socket.local_addr().map_err(ServeError::Serve)?),
+        None => None,
+    };
+    let listeners = std::iter::once(listener).chain(grpc).collect();
+    let serving = driver::serve::start(state, listeners, config.serving.limits, &shutdown_rx)?;
     let driver = tokio::spawn(run(
         driver,
         wakeup,
@@ -284,6 +296,7 @@ pub async fn start_tuned(
     ));
     Ok(DevServer {
         addr,
+        grpc_addr,
         base_url,
         external_url,
         shutdown,

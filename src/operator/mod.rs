@@ -255,6 +255,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             client_cas,
         });
     }
+    listeners.extend(driver::serve::grpc_listener(&config.serving)?);
     if let Some(admin) = config.admin_listen {
         listeners.push(Listener {
             socket: driver::serve::bind(admin)?,

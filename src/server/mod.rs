@@ -5,6 +5,7 @@ mod authz;
 pub mod body;
 pub mod client_address;
 pub mod deadlines;
+pub mod grpc;
 mod health;
 pub mod limits;
 pub mod listen;
@@ -59,6 +60,8 @@ pub enum Endpoints {
     /// shows configuration and internal URLs, kept off the listeners that gateways and
     /// verifiers reach.
     Admin,
+    /// Envoy's gRPC ext_authz `Check` only, HTTP/2 (`--grpc-listen`, [`grpc`]).
+    GrpcExtAuthz,
 }
 
 /// The router of a listener serving every endpoint of its kind, status and metrics

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fake_apiserver;
+pub mod grpc;
 pub mod https;
 pub mod mock_api;
 pub mod provider;

@@ -656,6 +656,12 @@ impl CompiledPolicy {
         status
     }
 
+    /// How many of a passing [`Decision`]'s headers, from the front, are the identity
+    /// (the `forwardClaims` headers); the rest are a legacy pass's notice.
+    pub fn identity_header_count(&self) -> usize {
+        self.forward.len()
+    }
+
     /// The decision table of DESIGN.md for one forward-auth request. Claim headers carry
     /// values only when every check passed: a token that failed any of them (a revoked
     /// one, one without a required claim) is never an identity, in any bucket or mode.
