@@ -1107,6 +1107,7 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
             port: 8080,
             protocol: Protocol::Http,
         },
+        istio_mesh_config: None,
     };
     let (_, stop, operator) = run_operator(address, config);
 

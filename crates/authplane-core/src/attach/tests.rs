@@ -640,7 +640,10 @@ fn the_middleware_is_what_traefiks_crd_accepts() {
 /// policy's own extension provider.
 fn istio_plan(targets: Value) -> Plan {
     plan(
-        &policy(targets, json!({"tokenSources": {"headers": [{"name": "X-Token"}]}})),
+        &policy(
+            targets,
+            json!({"tokenSources": {"headers": [{"name": "X-Token"}]}}),
+        ),
         &topology(),
         &[Implementation::EnvoyGateway, Implementation::Istio],
         &service(),
