@@ -974,16 +974,19 @@ async fn attached(policies: &Api<AuthPolicy>, name: &str) -> Vec<(String, String
         .collect()
 }
 
-/// Attachment on a real apiserver: with the published Gateway API, Envoy Gateway and
-/// Traefik CRDs installed, an AuthPolicy targeting an HTTPRoute of an Envoy Gateway
-/// Gateway and one of a Traefik Gateway (whose rule names the Middleware) gets its
-/// SecurityPolicy, ReferenceGrant and Middleware, accepted by the apiserver (schema and
-/// CEL); its status says `Accepted` for both; a younger policy on the same route is
+/// Attachment on a real apiserver: with the published Gateway API, Envoy Gateway,
+/// Traefik and Istio CRDs installed, an AuthPolicy targeting an HTTPRoute of an Envoy
+/// Gateway Gateway, one of a Traefik Gateway (whose rule names the Middleware) and an
+/// Istio Gateway gets its SecurityPolicy, ReferenceGrant, Middleware and
+/// AuthorizationPolicy, accepted by the apiserver (schema and CEL); the Istio target is
+/// `Invalid` until the mesh config (a ConfigMap the operator watches) holds the policy's
+/// provider; then its status says `Accepted` for all; a younger policy on the same route is
 /// `Conflicted`; when the targets leave `targetRefs`, every object goes. No Envoy runs here: the objects are
 /// judged by the apiserver, not by a data plane.
 #[tokio::test]
 #[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
 async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
+    use authplane::api::ObjectKey;
     use authplane::attach::{AuthzService, Implementation, Protocol};
     use authplane::operator::attachments::AttachConfig;
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -1002,6 +1005,7 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
             "referencegrants.gateway.networking.k8s.io.yaml",
             "securitypolicies.gateway.envoyproxy.io.yaml",
             "middlewares.traefik.io.yaml",
+            "authorizationpolicies.security.istio.io.yaml",
         ],
     )
     .await;
@@ -1073,6 +1077,18 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
                 "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}],
                 "backendRefs": [{"name": "ui", "port": 8080}]}]}}),
         ),
+        (
+            classes.clone(),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": format!("{class}-istio")}, "spec": {"controllerName": "istio.io/gateway-controller"}}),
+        ),
+        (
+            dynamic(gateway_api, "v1", "Gateway", "gateways", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "mesh", "namespace": shop},
+            "spec": {"gatewayClassName": format!("{class}-istio"), "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        ),
     ];
     for (api, object) in &objects {
         apply(api, object, false).await.unwrap();
@@ -1100,14 +1116,35 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
         }
     };
     config.attach = AttachConfig {
-        enabled: vec![Implementation::EnvoyGateway, Implementation::Traefik],
+        enabled: vec![
+            Implementation::EnvoyGateway,
+            Implementation::Traefik,
+            Implementation::Istio,
+        ],
         service: AuthzService {
             namespace: home.clone(),
             name: "authplane".into(),
             port: 8080,
             protocol: Protocol::Http,
         },
+        // Istio's mesh config, here in the run's own namespace; without a provider yet.
+        istio_mesh_config: Some(ObjectKey {
+            namespace: home.clone(),
+            name: "istio".into(),
+        }),
     };
+    let mesh_configs: Api<ConfigMap> = Api::namespaced(client.clone(), &home);
+    let mesh_config = |mesh: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "istio", "namespace": home}, "data": {"mesh": mesh}})
+    };
+    apply(
+        &mesh_configs,
+        &mesh_config("extensionProviders: []\n"),
+        false,
+    )
+    .await
+    .unwrap();
     let (_, stop, operator) = run_operator(address, config);
 
     let keys: Api<SigningKey> = Api::namespaced(client.clone(), &shop);
@@ -1122,7 +1159,7 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
         .remove(0)
     };
     let route = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}]";
-    let both = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}, {kind: HTTPRoute, name: ui}]";
+    let both = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}, {kind: HTTPRoute, name: ui}, {kind: Gateway, name: mesh}]";
     apply(&policies, &policy("payments", both), false)
         .await
         .unwrap();
@@ -1141,9 +1178,47 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
         "referencegrants",
         Some(&home),
     );
-    let accepted = eventually("both routes' attachments to be Accepted", || async {
+    let authorization_policies = dynamic(
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        Some(&shop),
+    );
+    // The mesh config lacks the policy's provider: the Istio Gateway is Invalid, saying
+    // what to add, and its AuthorizationPolicy is written (Istio fails closed meanwhile).
+    let provider = format!("authplane.{shop}.payments");
+    let invalid = eventually("the Istio target to ask for its provider", || async {
+        attached(&policies, "payments")
+            .await
+            .into_iter()
+            .find(|(target, _, reason, _)| target == "Gateway/mesh" && reason == "Invalid")
+    })
+    .await;
+    assert!(
+        invalid
+            .3
+            .contains(&format!("no extension provider {provider}")),
+        "{invalid:?}"
+    );
+    let written = authorization_policies
+        .get("authplane-payments")
+        .await
+        .unwrap();
+    assert_eq!(
+        written.data["spec"],
+        json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+               "action": "CUSTOM", "provider": {"name": provider}, "rules": [{}]})
+    );
+    let mesh = format!(
+        "extensionProviders:\n- name: {provider}\n  envoyExtAuthzHttp:\n    service: authplane.{home}.svc.cluster.local\n    port: 8080\n    pathPrefix: /authz/{shop}/payments\n    includeRequestHeadersInCheck: [authorization, x-forwarded-for, x-real-ip]\n    headersToUpstreamOnAllow: [x-auth-subject, x-authplane-audit, x-authplane-reason]\n    headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]\n"
+    );
+    apply(&mesh_configs, &mesh_config(&mesh), false)
+        .await
+        .unwrap();
+    let accepted = eventually("every target's attachment to be Accepted", || async {
         let attached = attached(&policies, "payments").await;
-        (attached.len() == 2 && attached.iter().all(|(_, status, _, _)| status == "True"))
+        (attached.len() == 3 && attached.iter().all(|(_, status, _, _)| status == "True"))
             .then_some(attached)
     })
     .await;
@@ -1220,6 +1295,15 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
     .await;
     eventually("the Middleware to be deleted", || async {
         middlewares
+            .get_opt("authplane-payments")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the AuthorizationPolicy to be deleted", || async {
+        authorization_policies
             .get_opt("authplane-payments")
             .await
             .unwrap()

@@ -1430,6 +1430,7 @@ mod attachment {
                 port: 8080,
                 protocol: Protocol::Http,
             },
+            istio_mesh_config: None,
         }
     }
 
@@ -1763,5 +1764,173 @@ mod attachment {
             .unwrap();
         drop(ctx);
         assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    const AUTHORIZATION_POLICIES: &str =
+        "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies";
+
+    /// A cluster with Istio serving the Gateway `shop/mesh`, `authorization_policies`
+    /// listed, and Istio's mesh config (`istio-system/istio`): not read (`None`), read and
+    /// absent (`Some(None)`), or holding `mesh`.
+    fn istio_cluster(
+        current: &AuthPolicy,
+        authorization_policies: Vec<Value>,
+        mesh: Option<Option<&str>>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let mut config = config();
+        config.enabled = vec![Implementation::Istio];
+        config.istio_mesh_config = mesh.is_some().then(|| authplane::api::ObjectKey {
+            namespace: "istio-system".into(),
+            name: "istio".into(),
+        });
+        let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config);
+        {
+            let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.apply_class("istio", "istio.io/gateway-controller");
+            topology.apply_gateway("shop", "mesh", "istio");
+        }
+        let mesh_config = mesh.flatten().map(|mesh| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "istio", "namespace": "istio-system", "uid": "cm"},
+                   "data": {"mesh": mesh}})
+        });
+        for (watched, objects) in [
+            (Watched::AuthorizationPolicies, authorization_policies),
+            (Watched::MeshConfig, mesh_config.into_iter().collect()),
+        ] {
+            ctx.attachments.observe(watched, Event::Init);
+            for object in objects {
+                let object: DynamicObject = serde_json::from_value(object).unwrap();
+                ctx.attachments.observe(watched, Event::InitApply(object));
+            }
+            ctx.attachments.observe(watched, Event::InitDone);
+        }
+        (ctx, api, leader)
+    }
+
+    const PROVIDER: &str = r#"
+extensionProviders:
+- name: authplane.shop.payments
+  envoyExtAuthzHttp:
+    service: authplane.authplane-system.svc.cluster.local
+    port: 8080
+    pathPrefix: /authz/shop/payments
+    includeRequestHeadersInCheck: [authorization, x-forwarded-for, x-real-ip]
+    headersToUpstreamOnAllow: [x-auth-subject, x-authplane-audit, x-authplane-reason]
+    headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]
+"#;
+
+    /// Istio: the CUSTOM AuthorizationPolicy on the Gateway is created; the target is
+    /// accepted when the mesh config holds the policy's provider, and Invalid, saying
+    /// what to add, when it does not.
+    #[tokio::test]
+    async fn istio_gets_its_authorization_policy_and_the_mesh_config_is_checked() {
+        let current = policy(json!([{"kind": "Gateway", "name": "mesh"}]));
+        for (mesh, state, reason, said) in [
+            (
+                PROVIDER,
+                "True",
+                "Accepted",
+                "extension provider authplane.shop.payments",
+            ),
+            (
+                "extensionProviders: []",
+                "False",
+                "Invalid",
+                "no extension provider authplane.shop.payments",
+            ),
+            (
+                &PROVIDER.replace("/authz/shop/payments", "/authz/shop/other") as &str,
+                "False",
+                "Invalid",
+                "pathPrefix is",
+            ),
+        ]
+        .map(|(mesh, state, reason, said)| (Some(mesh), state, reason, said))
+        .into_iter()
+        .chain([(
+            None,
+            "False",
+            "Invalid",
+            "ConfigMap istio-system/istio (Istio's mesh config) does not exist",
+        )]) {
+            let (ctx, mut api, _leader) = istio_cluster(&current, Vec::new(), Some(mesh));
+            let server = tokio::spawn(async move {
+                let created =
+                    expect(&mut api, "POST", AUTHORIZATION_POLICIES, 201, Value::Null).await;
+                event(&mut api).await;
+                let status = status_written(&mut api).await;
+                (api, created, status)
+            });
+            within(reconcile(Arc::new(current.clone()), ctx.clone()))
+                .await
+                .unwrap();
+            drop(ctx);
+            let (mut api, created, status) = server.await.unwrap();
+            assert!(api.next_request().await.is_none());
+            assert_eq!(created["metadata"]["name"], "authplane-payments");
+            assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            assert_eq!(
+                created["spec"],
+                json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+                       "action": "CUSTOM", "provider": {"name": "authplane.shop.payments"}, "rules": [{}]})
+            );
+            let (got_state, got_reason, message) = accepted(&status);
+            assert_eq!(
+                (got_state.as_str(), got_reason.as_str()),
+                (state, reason),
+                "{message}"
+            );
+            assert!(message.contains(said), "{message}");
+        }
+    }
+
+    /// Without the mesh config read, the target is accepted and the message says the
+    /// provider was not checked.
+    #[tokio::test]
+    async fn an_unread_mesh_config_is_said_not_checked() {
+        let current = policy(json!([{"kind": "Gateway", "name": "mesh"}]));
+        let (ctx, mut api, _leader) = istio_cluster(&current, Vec::new(), None);
+        let server = tokio::spawn(async move {
+            expect(&mut api, "POST", AUTHORIZATION_POLICIES, 201, Value::Null).await;
+            event(&mut api).await;
+            status_written(&mut api).await
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        let (state, _, message) = accepted(&server.await.unwrap());
+        assert_eq!(state, "True");
+        assert!(message.contains("not checked"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_older_foreign_custom_authorization_policy_wins_the_gateway() {
+        let current = policy(json!([{"kind": "Gateway", "name": "mesh"}]));
+        let older = json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "hand-written", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2025-06-01T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+                     "action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]},
+        });
+        let (ctx, mut api, _leader) = istio_cluster(&current, vec![older], Some(Some(PROVIDER)));
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("AuthorizationPolicy shop/hand-written"),
+            "{message}"
+        );
+        assert!(api.next_request().await.is_none(), "nothing written");
     }
 }

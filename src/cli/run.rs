@@ -89,9 +89,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KUBE_API_BURST)]
     kube_api_burst: NonZeroU32,
     /// Gateway implementations to write configuration for, for AuthPolicies that target
-    /// a Gateway API Gateway, HTTPRoute or GRPCRoute (comma-separated; today
-    /// `envoy-gateway`). Needs the RBAC of the objects written (the chart's
-    /// gatewayAPI.envoyGateway.enabled). None: such targets are reported only.
+    /// a Gateway API Gateway, HTTPRoute or GRPCRoute (comma-separated: `envoy-gateway`,
+    /// `istio`, `traefik`). Needs the RBAC of the objects written (the chart's
+    /// gatewayAPI.<implementation>.enabled). None: such targets are reported only.
     #[arg(long, value_name = "IMPLEMENTATION,...", value_delimiter = ',')]
     gateway_implementations: Vec<crate::attach::Implementation>,
     /// The Service gateways reach authplane's decisions at, written into their
@@ -104,6 +104,26 @@ pub(crate) struct RunArgs {
     /// Port of --authz-service-name serving `/authz` (plain HTTP).
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     authz_service_port: u16,
+    /// Istio's mesh config, the ConfigMap whose `mesh` key holds each policy's extension
+    /// provider (e.g. `istio-system/istio`): read to report a missing or wrong one in the
+    /// policy's status. Needs read access to it (the chart's
+    /// gatewayAPI.istio.meshConfig.read). Unset: not checked.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
+    istio_mesh_config: Option<crate::api::ObjectKey>,
+}
+
+fn parse_object_key(text: &str) -> Result<crate::api::ObjectKey, String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(crate::api::ObjectKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
 }
 
 const DEFAULT_KUBE_API_QPS: NonZeroU32 = NonZeroU32::new(500).unwrap();
@@ -195,6 +215,7 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             port: args.authz_service_port,
             protocol: crate::attach::Protocol::Http,
         },
+        istio_mesh_config: args.istio_mesh_config,
     };
     let config = OperatorConfig {
         kubeconfig: args.kubeconfig,

@@ -45,6 +45,9 @@ pub struct AttachConfig {
     pub enabled: Vec<Implementation>,
     /// authplane's Service, as gateways reach it.
     pub service: AuthzService,
+    /// Istio's mesh config, a ConfigMap (namespace, name) whose `mesh` key is read to
+    /// check each policy's extension provider; `None`: not checked.
+    pub istio_mesh_config: Option<ObjectKey>,
 }
 
 impl Default for AttachConfig {
@@ -58,6 +61,7 @@ impl Default for AttachConfig {
                 port: 8080,
                 protocol: attach::Protocol::Http,
             },
+            istio_mesh_config: None,
         }
     }
 }
@@ -71,11 +75,14 @@ struct Held {
     labelled: bool,
     /// The uid of its controlling owner.
     controller: Option<String>,
-    /// For a SecurityPolicy: its targets (kind, name) and whether it has `extAuth`.
+    /// For a SecurityPolicy or AuthorizationPolicy: its targets (kind, name) and whether
+    /// it attaches external auth (`extAuth`; `action: CUSTOM`).
     targets: Vec<(String, String)>,
     ext_auth: bool,
     /// For a ReferenceGrant of ours: the namespace it admits.
     admits: Option<String>,
+    /// For Istio's mesh config: its `mesh` key.
+    mesh: Option<String>,
     /// Ours only: labels, owners and spec, to compare with what we would write.
     object: Option<Value>,
 }
@@ -98,6 +105,10 @@ pub enum Watched {
     ReferenceGrants,
     /// Traefik's, cluster-wide.
     Middlewares,
+    /// Istio's, cluster-wide.
+    AuthorizationPolicies,
+    /// Istio's mesh config (one ConfigMap).
+    MeshConfig,
 }
 
 impl Watched {
@@ -106,6 +117,8 @@ impl Watched {
             Watched::SecurityPolicies => "SecurityPolicies",
             Watched::ReferenceGrants => "ReferenceGrants",
             Watched::Middlewares => "Middlewares",
+            Watched::AuthorizationPolicies => "AuthorizationPolicies",
+            Watched::MeshConfig => "the mesh config",
         }
     }
 }
@@ -119,6 +132,8 @@ pub struct Attachments {
     security_policies: Mutex<Cache>,
     grants: Mutex<Cache>,
     middlewares: Mutex<Cache>,
+    authorization_policies: Mutex<Cache>,
+    mesh_config: Mutex<Cache>,
 }
 
 pub fn security_policy_resource() -> ApiResource {
@@ -136,6 +151,17 @@ pub fn middleware_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(attach::TRAEFIK_GROUP, "v1alpha1", attach::MIDDLEWARE_KIND),
         "middlewares",
+    )
+}
+
+pub fn authorization_policy_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            attach::ISTIO_SECURITY_GROUP,
+            "v1",
+            attach::AUTHORIZATION_POLICY_KIND,
+        ),
+        "authorizationpolicies",
     )
 }
 
@@ -160,7 +186,13 @@ impl Attachments {
             security_policies: Mutex::default(),
             grants: Mutex::default(),
             middlewares: Mutex::default(),
+            authorization_policies: Mutex::default(),
+            mesh_config: Mutex::default(),
         }
+    }
+
+    fn istio(&self) -> bool {
+        self.config.enabled.contains(&Implementation::Istio)
     }
 
     fn envoy(&self) -> bool {
@@ -176,6 +208,8 @@ impl Attachments {
             Watched::SecurityPolicies => &self.security_policies,
             Watched::ReferenceGrants => &self.grants,
             Watched::Middlewares => &self.middlewares,
+            Watched::AuthorizationPolicies => &self.authorization_policies,
+            Watched::MeshConfig => &self.mesh_config,
         }
     }
 
@@ -197,7 +231,13 @@ impl Attachments {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Cache::default();
         *self.grants.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
-        *self.middlewares.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
+        for cache in [
+            &self.middlewares,
+            &self.authorization_policies,
+            &self.mesh_config,
+        ] {
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
+        }
     }
 
     fn hold(&self, object: &DynamicObject) -> Held {
@@ -227,7 +267,13 @@ impl Attachments {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             targets,
-            ext_auth: object.data.pointer("/spec/extAuth").is_some(),
+            ext_auth: object.data.pointer("/spec/extAuth").is_some()
+                || object.data.pointer("/spec/action").and_then(Value::as_str) == Some("CUSTOM"),
+            mesh: object
+                .data
+                .pointer("/data/mesh")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             admits: labels
                 .get(GRANT_NAMESPACE_LABEL)
                 .filter(|_| labelled)
@@ -277,8 +323,27 @@ impl Attachments {
         if self.traefik() {
             watches.push(watch(
                 Watched::Middlewares,
-                Api::all_with(client, &middleware_resource()),
+                Api::all_with(client.clone(), &middleware_resource()),
             ));
+        }
+        if self.istio() {
+            watches.push(watch(
+                Watched::AuthorizationPolicies,
+                Api::all_with(client.clone(), &authorization_policy_resource()),
+            ));
+            if let Some(mesh) = &self.config.istio_mesh_config {
+                let resource = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+                let api = Api::namespaced_with(client, &mesh.namespace, &resource);
+                watches.push(
+                    watcher::watcher(
+                        api,
+                        watcher::Config::default().fields(&format!("metadata.name={}", mesh.name)),
+                    )
+                    .default_backoff()
+                    .map(|e| (Watched::MeshConfig, e))
+                    .boxed(),
+                );
+            }
         }
         if watches.is_empty() {
             return std::future::pending().await;
@@ -333,6 +398,7 @@ impl Attachments {
         // ReferenceGrant (in authplane's namespace) those of the namespace it admits.
         let scope = |key: &ObjectKey, held: &Held| match watched {
             Watched::ReferenceGrants => held.admits.clone(),
+            Watched::MeshConfig => None,
             _ => Some(key.namespace.clone()),
         };
         let mut stale: Vec<String> = Vec::new();
@@ -373,6 +439,19 @@ impl Attachments {
                     swept = Some(key.namespace);
                 }
             }
+        }
+        drop(cache);
+        // The mesh config concerns every policy attached through Istio.
+        if watched == Watched::MeshConfig {
+            stale.extend(
+                self.authorization_policies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .objects
+                    .iter()
+                    .filter(|(_, held)| held.labelled)
+                    .map(|(key, _)| key.namespace.clone()),
+            );
         }
         stale.sort();
         stale.dedup();
@@ -469,15 +548,19 @@ impl Attachments {
             namespace: id.namespace.clone(),
             name: attach::security_policy_name(&id.name),
         };
-        let holds_one = [&self.security_policies, &self.middlewares]
-            .iter()
-            .any(|cache| {
-                cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .objects
-                    .contains_key(&own)
-            });
+        let holds_one = [
+            &self.security_policies,
+            &self.middlewares,
+            &self.authorization_policies,
+        ]
+        .iter()
+        .any(|cache| {
+            cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .objects
+                .contains_key(&own)
+        });
         if !attaching && !holds_one {
             return Ok(None);
         }
@@ -574,41 +657,70 @@ impl Attachments {
                 }
             }
         }
-        if self.traefik() {
-            let key = ObjectKey {
-                namespace: id.namespace.clone(),
-                name: attach::middleware_name(&id.name),
-            };
+        let own_objects = [
+            (
+                Implementation::Traefik,
+                Watched::Middlewares,
+                middleware_resource(),
+                plan.middleware.as_ref(),
+                "is Traefik installed?",
+            ),
+            (
+                Implementation::Istio,
+                Watched::AuthorizationPolicies,
+                authorization_policy_resource(),
+                plan.authorization_policy.as_ref(),
+                "is Istio installed?",
+            ),
+        ];
+        for (implementation, watched, resource, wanted, hint) in own_objects {
+            if !self.config.enabled.contains(&implementation) {
+                continue;
+            }
+            // Every such object is named as the SecurityPolicy: `authplane-<policy>`.
             let (listed, failing, held) = {
-                let cache = self.middlewares.lock().unwrap_or_else(|e| e.into_inner());
+                let cache = self
+                    .cache(watched)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 (
                     cache.listed,
                     cache.failing.clone(),
-                    cache.objects.get(&key).cloned(),
+                    cache.objects.get(&own).cloned(),
                 )
             };
+            let what = watched.name();
             if !listed {
                 let why = failing.map_or_else(
-                    || "the Middlewares are not listed yet".to_owned(),
-                    |e| format!("cannot read Middlewares (is Traefik installed?): {e}"),
+                    || format!("the {what} are not listed yet"),
+                    |e| format!("cannot read {what} ({hint}): {e}"),
                 );
-                refuse(
-                    &mut outcomes,
-                    Implementation::Traefik,
-                    (reason::INVALID, why),
-                );
+                refuse(&mut outcomes, implementation, (reason::INVALID, why));
                 later = Some(std::time::Duration::from_secs(10));
-            } else if let Some(problem) = sync_owned(
-                writer,
-                &middleware_resource(),
-                &key,
-                held.as_ref(),
-                plan.middleware.as_ref(),
-                uid,
-            )
-            .await?
+            } else if let Some(problem) =
+                sync_owned(writer, &resource, &own, held.as_ref(), wanted, uid).await?
             {
-                refuse(&mut outcomes, Implementation::Traefik, problem);
+                refuse(&mut outcomes, implementation, problem);
+            }
+        }
+        if let Some(expected) = &plan.istio_provider {
+            match self.mesh_provider_problem(expected) {
+                Ok(None) => {}
+                Ok(Some(problem)) => refuse(
+                    &mut outcomes,
+                    Implementation::Istio,
+                    (reason::INVALID, problem),
+                ),
+                Err(not_checked) => {
+                    for outcome in outcomes.iter_mut().flatten().filter(|o| {
+                        o.accepted && o.implementations.contains(&Implementation::Istio)
+                    }) {
+                        outcome.message = format!(
+                            "{}; its extension provider in the mesh config is not checked: {not_checked}",
+                            outcome.message
+                        );
+                    }
+                }
             }
         }
         let previous = policy
@@ -679,6 +791,31 @@ impl Attachments {
             writer.event(&event, &regarding).await;
         }
         Ok(later)
+    }
+
+    /// What is wrong with the policy's extension provider in Istio's mesh config
+    /// (`Ok(None)`: nothing), or why it is not checked.
+    fn mesh_provider_problem(&self, expected: &Value) -> Result<Option<String>, String> {
+        let Some(key) = &self.config.istio_mesh_config else {
+            return Err("the operator does not read the mesh config (--istio-mesh-config)".into());
+        };
+        let cache = self.mesh_config.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &cache.failing {
+            return Err(format!("cannot read ConfigMap {key}: {e}"));
+        }
+        if !cache.listed {
+            return Err(format!("ConfigMap {key} is not listed yet"));
+        }
+        match cache.objects.values().next() {
+            None => Ok(Some(format!(
+                "ConfigMap {key} (Istio's mesh config) does not exist: {}",
+                attach::check_mesh_config("{}", expected).unwrap_or_default()
+            ))),
+            Some(held) => Ok(attach::check_mesh_config(
+                held.mesh.as_deref().unwrap_or("{}"),
+                expected,
+            )),
+        }
     }
 
     /// Writes the ReferenceGrant unless the apiserver holds it; `Some` says why the
@@ -772,31 +909,32 @@ impl Attachments {
                 })
             })
             .collect();
-        let cache = self
-            .security_policies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        claims.extend(
-            cache
-                .objects
-                .iter()
-                .filter(|(key, held)| {
-                    key.namespace == id.namespace
-                        && !held.labelled
-                        && held.ext_auth
-                        && held
-                            .targets
-                            .iter()
-                            .any(|(kind, name)| kind == target.kind.name() && *name == target.name)
-                })
-                .filter_map(|(key, held)| {
-                    Some(Claim {
-                        created: held.created?,
-                        name: key.to_string(),
-                        what: format!("SecurityPolicy {key}"),
+        for (cache, kind) in [
+            (&self.security_policies, "SecurityPolicy"),
+            (&self.authorization_policies, "AuthorizationPolicy"),
+        ] {
+            let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            claims.extend(
+                cache
+                    .objects
+                    .iter()
+                    .filter(|(key, held)| {
+                        key.namespace == id.namespace
+                            && !held.labelled
+                            && held.ext_auth
+                            && held.targets.iter().any(|(kind, name)| {
+                                kind == target.kind.name() && *name == target.name
+                            })
                     })
-                }),
-        );
+                    .filter_map(|(key, held)| {
+                        Some(Claim {
+                            created: held.created?,
+                            name: key.to_string(),
+                            what: format!("{kind} {key}"),
+                        })
+                    }),
+            );
+        }
         claims
     }
 }

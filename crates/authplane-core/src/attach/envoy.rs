@@ -115,7 +115,7 @@ pub fn security_policy(
 /// `Method`, `Path`, `Content-Length` and `Authorization` unless told more): the token
 /// headers, the cookies (token cookies, the legacy session, a bucketing cookie), a
 /// bucketing header, and the client address headers.
-fn headers_to_ext_auth(policy: &AuthPolicy) -> Vec<String> {
+pub(super) fn headers_to_ext_auth(policy: &AuthPolicy) -> Vec<String> {
     let spec = &policy.spec;
     let mut headers: BTreeSet<String> = spec
         .token_sources

@@ -10,6 +10,7 @@
 //! `spec.controllerName` names the implementation.
 
 mod envoy;
+mod istio;
 mod plan;
 mod topology;
 mod traefik;
@@ -18,6 +19,11 @@ pub use envoy::{
     ENVOY_GATEWAY_GROUP, REFERENCE_GRANT_API_VERSION, SECURITY_POLICY_API_VERSION,
     SECURITY_POLICY_KIND, reference_grant, reference_grant_name, security_policy,
     security_policy_name,
+};
+pub use istio::{
+    AUTHORIZATION_POLICY_API_VERSION, AUTHORIZATION_POLICY_KIND, ISTIO_SECURITY_GROUP,
+    authorization_policy, authorization_policy_name, check_mesh_config, expected_provider,
+    path_prefix, provider_name,
 };
 pub use plan::{Claim, Outcome, Plan, plan, reason};
 pub use topology::{Ancestor, GatewayTopology, ParentRef, Route};
@@ -65,7 +71,11 @@ impl Implementation {
 }
 
 /// The implementations authplane writes configuration for.
-pub const WRITTEN: [Implementation; 2] = [Implementation::EnvoyGateway, Implementation::Traefik];
+pub const WRITTEN: [Implementation; 3] = [
+    Implementation::EnvoyGateway,
+    Implementation::Istio,
+    Implementation::Traefik,
+];
 
 impl std::str::FromStr for Implementation {
     type Err = String;
@@ -74,7 +84,11 @@ impl std::str::FromStr for Implementation {
     /// reported as attached with nothing written.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         WRITTEN.into_iter().find(|i| i.name() == s).ok_or_else(|| {
-            format!("{s:?} is not a gateway implementation authplane writes for: envoy-gateway")
+            let known: Vec<&str> = WRITTEN.iter().map(|i| i.name()).collect();
+            format!(
+                "{s:?} is not a gateway implementation authplane writes for: {}",
+                known.join(", ")
+            )
         })
     }
 }

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy, traefik};
+use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, traefik};
 use crate::api::{AncestorStatus, AuthPolicy, Mode, TargetRef};
 
 /// The reasons of a target's `Accepted` condition (GEP-713's, and `Disabled`).
@@ -51,6 +51,11 @@ pub struct Plan {
     pub reference_grant: Option<Value>,
     /// The Traefik Middleware; `None`: it should not exist.
     pub middleware: Option<Value>,
+    /// The Istio AuthorizationPolicy; `None`: it should not exist.
+    pub authorization_policy: Option<Value>,
+    /// The mesh config's extension provider the AuthorizationPolicy names, as the
+    /// cluster admin adds it.
+    pub istio_provider: Option<Value>,
 }
 
 /// The plan of `policy`. `enabled`: the implementations this installation wires;
@@ -69,6 +74,7 @@ pub fn plan(
     let disabled = policy.spec.rollout.mode == Mode::Disabled;
     let mut envoy_targets: Vec<&TargetRef> = Vec::new();
     let mut traefik = false;
+    let mut istio_targets: Vec<&TargetRef> = Vec::new();
     let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
     let outcomes = policy
         .spec
@@ -161,15 +167,39 @@ pub fn plan(
             written.dedup();
             let mut said = Vec::new();
             let mut problem = None;
+            // Written only when every implementation serving the target takes it: a
+            // target refused is attached through none of them.
+            let (mut to_envoy, mut to_istio, mut to_traefik) = (false, false, false);
             for implementation in &written {
                 match implementation {
                     Implementation::EnvoyGateway => {
-                        if !envoy_targets.contains(&target) {
-                            envoy_targets.push(target);
-                        }
+                        to_envoy = true;
                         said.push(format!(
                             "SecurityPolicy {namespace}/{} sends its requests to authplane",
                             envoy::security_policy_name(policy_name)
+                        ));
+                    }
+                    // Istio's targetRefs take a Gateway (a route is no target of
+                    // theirs), and no section of it. Attaching to a route's parent
+                    // instead would check every other route of the Gateway too.
+                    Implementation::Istio if target.kind.is_route() => {
+                        problem = Some(format!(
+                            "Istio attaches an AuthorizationPolicy to a Gateway, not to a {}: target its Gateway (every route of it is then checked)",
+                            target.kind.name()
+                        ));
+                    }
+                    Implementation::Istio if target.section_name.is_some() => {
+                        problem = Some(
+                            "Istio attaches an AuthorizationPolicy to a whole Gateway: remove sectionName"
+                                .to_owned(),
+                        );
+                    }
+                    Implementation::Istio => {
+                        to_istio = true;
+                        said.push(format!(
+                            "AuthorizationPolicy {namespace}/{} sends its requests to the extension provider {}",
+                            istio::authorization_policy_name(policy_name),
+                            istio::provider_name(namespace, policy_name)
                         ));
                     }
                     Implementation::Traefik if !target.kind.is_route() => {
@@ -179,7 +209,7 @@ pub fn plan(
                         ));
                     }
                     Implementation::Traefik => {
-                        traefik = true;
+                        to_traefik = true;
                         let middleware = traefik::middleware_name(policy_name);
                         let named = topology
                             .route(target.kind, namespace, &target.name)
@@ -201,6 +231,13 @@ pub fn plan(
                     ..refused(statuses, reason::INVALID, problem)
                 });
             }
+            if to_envoy && !envoy_targets.contains(&target) {
+                envoy_targets.push(target);
+            }
+            if to_istio && !istio_targets.contains(&target) {
+                istio_targets.push(target);
+            }
+            traefik |= to_traefik;
             Some(Outcome {
                 ancestors: statuses,
                 implementations: written,
@@ -218,6 +255,10 @@ pub fn plan(
         reference_grant: (wanted && namespace != service.namespace)
             .then(|| envoy::reference_grant(namespace, service, writer)),
         middleware: (traefik && !disabled).then(|| traefik::middleware(policy, service, writer)),
+        authorization_policy: (!istio_targets.is_empty())
+            .then(|| istio::authorization_policy(policy, &istio_targets, writer)),
+        istio_provider: (!istio_targets.is_empty())
+            .then(|| istio::expected_provider(policy, service)),
     }
 }
 

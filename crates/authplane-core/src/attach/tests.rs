@@ -187,7 +187,7 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
     assert!(
         invalid
             .message
-            .contains("does not write configuration for istio"),
+            .contains("istio is not enabled in this installation"),
         "{}",
         invalid.message
     );
@@ -633,5 +633,222 @@ fn the_middleware_is_what_traefiks_crd_accepts() {
             .iter()
             .any(|p| p.contains("authResponseHeader") && p.contains("unknown field")),
         "{problems:?}"
+    );
+}
+
+/// Istio: an AuthorizationPolicy per policy on the Gateways it targets, naming the
+/// policy's own extension provider.
+fn istio_plan(targets: Value) -> Plan {
+    plan(
+        &policy(
+            targets,
+            json!({"tokenSources": {"headers": [{"name": "X-Token"}]}}),
+        ),
+        &topology(),
+        &[Implementation::EnvoyGateway, Implementation::Istio],
+        &service(),
+        &writer(),
+        &ours(),
+        |_| Vec::new(),
+    )
+}
+
+#[test]
+fn istio_gets_a_custom_authorization_policy_on_the_gateway() {
+    let plan = istio_plan(json!([{"kind": "Gateway", "name": "mesh"},
+                                 {"kind": "HTTPRoute", "name": "both"},
+                                 {"kind": "Gateway", "name": "web"}]));
+    assert_eq!(
+        reasons(&plan),
+        [Some("Accepted"), Some("Invalid"), Some("Accepted")]
+    );
+    let route = &plan.outcomes[1].as_ref().unwrap().message;
+    assert!(route.contains("target its Gateway"), "{route}");
+    let accepted = &plan.outcomes[0].as_ref().unwrap().message;
+    assert!(
+        accepted.contains("extension provider authplane.shop.payments"),
+        "{accepted}"
+    );
+    let authorization_policy = plan.authorization_policy.unwrap();
+    assert_eq!(
+        authorization_policy["metadata"]["name"],
+        "authplane-payments"
+    );
+    assert_eq!(authorization_policy["metadata"]["namespace"], "shop");
+    assert_eq!(
+        authorization_policy["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1"
+    );
+    assert_eq!(
+        authorization_policy["metadata"]["labels"],
+        json!({"app.kubernetes.io/managed-by": "authplane", "authplane.io/instance": "default"})
+    );
+    assert_eq!(
+        authorization_policy["spec"],
+        json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+               "action": "CUSTOM",
+               "provider": {"name": "authplane.shop.payments"},
+               "rules": [{}]})
+    );
+    // The Envoy Gateway target still gets its SecurityPolicy, without the Istio one.
+    let security_policy = plan.security_policy.unwrap();
+    assert_eq!(
+        security_policy["spec"]["targetRefs"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}])
+    );
+    assert_eq!(
+        plan.istio_provider.unwrap(),
+        json!({"name": "authplane.shop.payments", "envoyExtAuthzHttp": {
+            "service": "authplane.authplane-system.svc.cluster.local",
+            "port": 8080,
+            "pathPrefix": "/authz/shop/payments",
+            "includeRequestHeadersInCheck": ["authorization", "x-forwarded-for", "x-real-ip", "x-token"],
+            "headersToUpstreamOnAllow": ["x-auth-email", "x-auth-subject", "x-authplane-audit", "x-authplane-reason"],
+            "headersToDownstreamOnDeny": ["www-authenticate", "x-authplane-reason"],
+            "failOpen": false,
+        }})
+    );
+}
+
+#[test]
+fn istio_takes_no_section_and_nothing_when_disabled_or_not_enabled() {
+    let section = istio_plan(json!([{"kind": "Gateway", "name": "mesh", "sectionName": "https"}]));
+    assert_eq!(reasons(&section), [Some("Invalid")]);
+    assert!(
+        section.outcomes[0]
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("remove sectionName")
+    );
+    assert_eq!(section.authorization_policy, None);
+    let not_enabled = plan_of(
+        &policy(json!([{"kind": "Gateway", "name": "mesh"}]), json!({})),
+        Vec::new(),
+    );
+    assert_eq!(reasons(&not_enabled), [Some("Invalid")]);
+    assert_eq!(not_enabled.authorization_policy, None);
+    let disabled = plan(
+        &policy(
+            json!([{"kind": "Gateway", "name": "mesh"}]),
+            json!({"rollout": {"mode": "Disabled"}}),
+        ),
+        &topology(),
+        &[Implementation::Istio],
+        &service(),
+        &writer(),
+        &ours(),
+        |_| Vec::new(),
+    );
+    assert_eq!(reasons(&disabled), [Some("Disabled")]);
+    assert_eq!(
+        (disabled.authorization_policy, disabled.istio_provider),
+        (None, None)
+    );
+}
+
+#[test]
+fn the_authorization_policy_is_what_istios_crd_accepts() {
+    let schema = crds::schema("authorizationpolicies.security.istio.io.yaml", "v1");
+    assert!(crds::rules(&schema) >= 2, "its CEL rules compile and run");
+    let authorization_policy = istio_plan(json!([{"kind": "Gateway", "name": "mesh"}]))
+        .authorization_policy
+        .unwrap();
+    assert_eq!(
+        crds::problems(&schema, &authorization_policy),
+        Vec::<String>::new()
+    );
+    // Not blind: a misspelt field, a target elsewhere, and a selector besides targetRefs.
+    let mut misspelt = authorization_policy.clone();
+    let spec = misspelt["spec"].as_object_mut().unwrap();
+    let provider = spec.remove("provider").unwrap();
+    spec.insert("providers".into(), provider);
+    let problems = crds::problems(&schema, &misspelt);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("providers") && p.contains("unknown field")),
+        "{problems:?}"
+    );
+    let mut elsewhere = authorization_policy.clone();
+    elsewhere["spec"]["targetRefs"][0]["namespace"] = json!("other");
+    let problems = crds::problems(&schema, &elsewhere);
+    assert!(
+        problems.iter().any(|p| p.contains("cross namespace")),
+        "{problems:?}"
+    );
+    let mut both = authorization_policy;
+    both["spec"]["selector"] = json!({"matchLabels": {"app": "x"}});
+    let problems = crds::problems(&schema, &both);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("only one of targetRefs or selector")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_mesh_config_must_hold_the_policys_provider() {
+    let expected = istio_plan(json!([{"kind": "Gateway", "name": "mesh"}]))
+        .istio_provider
+        .unwrap();
+    let good = r#"
+accessLogFile: /dev/stdout
+extensionProviders:
+- name: other
+  envoyExtAuthzGrpc: {service: x.y.svc.cluster.local, port: 9000}
+- name: authplane.shop.payments
+  envoyExtAuthzHttp:
+    service: authplane.authplane-system.svc.cluster.local
+    port: 8080
+    pathPrefix: /authz/shop/payments
+    includeRequestHeadersInCheck: [Authorization, x-forwarded-for, x-real-ip, x-token, x-extra]
+    headersToUpstreamOnAllow: [x-auth-email, x-auth-subject, x-authplane-audit, x-authplane-reason]
+    headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]
+"#;
+    assert_eq!(check_mesh_config(good, &expected), None);
+    let short_service = good.replace(
+        "authplane.authplane-system.svc.cluster.local",
+        "authplane-system/authplane.authplane-system.svc",
+    );
+    assert_eq!(check_mesh_config(&short_service, &expected), None);
+
+    let missing = check_mesh_config("extensionProviders: []", &expected).unwrap();
+    assert!(
+        missing.contains("no extension provider authplane.shop.payments")
+            && missing.contains(r#""pathPrefix":"/authz/shop/payments""#),
+        "{missing}"
+    );
+    let elsewhere = check_mesh_config(
+        &good.replace("/authz/shop/payments", "/authz/shop/other"),
+        &expected,
+    )
+    .unwrap();
+    assert!(
+        elsewhere.contains(r#"pathPrefix is "/authz/shop/other""#),
+        "{elsewhere}"
+    );
+    let other_service = check_mesh_config(
+        &good.replace("authplane.authplane-system", "evil.authplane-system"),
+        &expected,
+    )
+    .unwrap();
+    assert!(other_service.contains("service is"), "{other_service}");
+    let identity = check_mesh_config(&good.replace("x-auth-email, ", ""), &expected).unwrap();
+    assert!(
+        identity.contains("headersToUpstreamOnAllow lacks x-auth-email"),
+        "{identity}"
+    );
+    let open = check_mesh_config(
+        &good.replace("port: 8080", "port: 8080\n    failOpen: true"),
+        &expected,
+    )
+    .unwrap();
+    assert!(open.contains("failOpen"), "{open}");
+    assert!(
+        check_mesh_config("extensionProviders: [", &expected)
+            .unwrap()
+            .contains("not YAML")
     );
 }
