@@ -71,9 +71,9 @@ struct Held {
     labelled: bool,
     /// The uid of its controlling owner.
     controller: Option<String>,
-    /// For a SecurityPolicy: its targets (kind, name) and whether it has `extAuth`.
+    /// For a SecurityPolicy: its targets (kind, name), from `targetRefs` and the
+    /// deprecated `targetRef` alike.
     targets: Vec<(String, String)>,
-    ext_auth: bool,
     /// For a ReferenceGrant of ours: the namespace it admits.
     admits: Option<String>,
     /// Ours only: labels, owners and spec, to compare with what we would write.
@@ -210,6 +210,7 @@ impl Attachments {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
+            .chain(object.data.pointer("/spec/targetRef"))
             .filter_map(|t| {
                 Some((
                     t.get("kind")?.as_str()?.to_owned(),
@@ -227,7 +228,6 @@ impl Attachments {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             targets,
-            ext_auth: object.data.pointer("/spec/extAuth").is_some(),
             admits: labels
                 .get(GRANT_NAMESPACE_LABEL)
                 .filter(|_| labelled)
@@ -491,7 +491,26 @@ impl Attachments {
             name: id.to_string(),
             what: format!("AuthPolicy {id}"),
         };
-        let claims = |target: &TargetRef| self.claims(&id, target, policies);
+        // Envoy Gateway ranks SecurityPolicies by their own age: ours is as old as the
+        // one we hold, or newer than every other when it is still to be created (not
+        // `now`: the apiserver's clock, not ours, stamps it).
+        let our_security_policy = Claim {
+            created: self
+                .security_policies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .objects
+                .get(&own)
+                .filter(|held| {
+                    held.labelled && held.controller.as_deref() == policy.metadata.uid.as_deref()
+                })
+                .and_then(|held| held.created)
+                .unwrap_or(Timestamp::MAX),
+            name: own.to_string(),
+            what: format!("SecurityPolicy {own}"),
+        };
+        let claims =
+            |target: &TargetRef| self.claims(&id, target, policies, &ours, &our_security_policy);
         let plan = {
             let topology = self.topology.lock().unwrap_or_else(|e| e.into_inner());
             attach::plan(
@@ -500,7 +519,6 @@ impl Attachments {
                 &self.config.enabled,
                 &self.config.service,
                 &self.writer_labels(),
-                &ours,
                 claims,
             )
         };
@@ -743,12 +761,18 @@ impl Attachments {
         }))
     }
 
-    /// The other policies attaching external auth to `target` of the policy `id`.
+    /// The other policies that hold `target` of the policy `id` before it: older
+    /// AuthPolicies (`ours`), and SecurityPolicies not ours that Envoy Gateway ranks
+    /// before `our_security_policy`. Any SecurityPolicy counts, whatever it configures:
+    /// Envoy Gateway applies one SecurityPolicy per target and refuses the others
+    /// whole, so an older one with only `cors` or `jwt` would leave ours unapplied.
     fn claims(
         &self,
         id: &ObjectKey,
         target: &TargetRef,
         policies: &[Arc<DeserializeGuard<AuthPolicy>>],
+        ours: &Claim,
+        our_security_policy: &Claim,
     ) -> Vec<Claim> {
         let mut claims: Vec<Claim> = policies
             .iter()
@@ -771,6 +795,7 @@ impl Attachments {
                     what: format!("AuthPolicy {other}"),
                 })
             })
+            .filter(|claim| claim < ours)
             .collect();
         let cache = self
             .security_policies
@@ -783,7 +808,6 @@ impl Attachments {
                 .filter(|(key, held)| {
                     key.namespace == id.namespace
                         && !held.labelled
-                        && held.ext_auth
                         && held
                             .targets
                             .iter()
@@ -795,7 +819,8 @@ impl Attachments {
                         name: key.to_string(),
                         what: format!("SecurityPolicy {key}"),
                     })
-                }),
+                })
+                .filter(|claim| claim < our_security_policy),
         );
         claims
     }

@@ -17,9 +17,10 @@ pub mod reason {
     pub const DISABLED: &str = "Disabled";
 }
 
-/// A policy attaching external auth to a target: an AuthPolicy, or a SecurityPolicy
-/// that is not authplane's. Of two on one target the older wins (GEP-713): the earlier
-/// `created`, then the name.
+/// A policy holding a target: an AuthPolicy, or a SecurityPolicy that is not
+/// authplane's. Of two on one target the older wins (GEP-713): the earlier `created`,
+/// then the name. Envoy Gateway ranks SecurityPolicies by their own age, not by their
+/// AuthPolicy's: the driver compares each kind of claim with its own kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Claim {
     pub created: Timestamp,
@@ -54,15 +55,14 @@ pub struct Plan {
 }
 
 /// The plan of `policy`. `enabled`: the implementations this installation wires;
-/// `claims(target)`: the other policies attaching external auth to `target`, and
-/// `ours`, this policy's own claim.
+/// `claims(target)`: the other policies that hold `target` before this one (the oldest
+/// is named in the status).
 pub fn plan(
     policy: &AuthPolicy,
     topology: &GatewayTopology,
     enabled: &[Implementation],
     service: &AuthzService,
     writer: &Writer,
-    ours: &Claim,
     claims: impl Fn(&TargetRef) -> Vec<Claim>,
 ) -> Plan {
     let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
@@ -149,11 +149,11 @@ pub fn plan(
                     "rollout.mode is Disabled: nothing is attached".to_owned(),
                 ));
             }
-            if let Some(older) = claims(target).into_iter().filter(|c| c < ours).min() {
+            if let Some(older) = claims(target).into_iter().min() {
                 return Some(refused(
                     statuses,
                     reason::CONFLICTED,
-                    format!("{} attaches external auth to it first", older.what),
+                    format!("{} holds it first", older.what),
                 ));
             }
             let mut written: Vec<Implementation> = implementations.into_iter().flatten().collect();

@@ -87,8 +87,8 @@ fn plan_of(policy: &AuthPolicy, claims: Vec<Claim>) -> Plan {
         &[Implementation::EnvoyGateway],
         &service(),
         &writer(),
-        &ours(),
-        |_| claims.clone(),
+        // The driver passes only the claims that come before this policy's.
+        |_| claims.iter().filter(|c| *c < &ours()).cloned().collect(),
     )
 }
 
@@ -578,7 +578,6 @@ fn traefik_plan(targets: Value) -> Plan {
         &[Implementation::Traefik],
         &service(),
         &writer(),
-        &ours(),
         |_| Vec::new(),
     )
 }
