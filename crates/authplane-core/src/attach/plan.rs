@@ -181,14 +181,18 @@ pub fn plan(
                     Implementation::Traefik => {
                         traefik = true;
                         let middleware = traefik::middleware_name(policy_name);
-                        let named = topology
+                        // A rule without the filter is not guarded: every rule the
+                        // target covers must name it, or the target is not attached.
+                        let guarded = topology
                             .route(target.kind, namespace, &target.name)
-                            .is_some_and(|route| route.middlewares.contains(&middleware));
-                        if named {
+                            .is_some_and(|route| {
+                                route.guarded_by(target.section_name.as_deref(), &middleware)
+                            });
+                        if guarded {
                             said.push(format!("its rules use the Middleware {namespace}/{middleware}"));
                         } else {
                             problem = Some(format!(
-                                "add the Middleware to the route's rules (authplane never edits a route): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
+                                "add the Middleware to each of the route's rules (authplane never edits a route; a rule without it is not guarded): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
                             ));
                         }
                     }

@@ -569,7 +569,7 @@ fn traefik_plan(targets: Value) -> Plan {
     };
     let wired = route(json!([{"type": "ExtensionRef",
         "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]));
-    assert_eq!(wired.middlewares, ["authplane-payments"]);
+    assert!(wired.guarded_by(None, "authplane-payments"));
     topology.apply_route(TargetKind::HttpRoute, "shop", "ui", wired);
     topology.apply_route(TargetKind::HttpRoute, "shop", "plain", route(json!([])));
     plan(
@@ -633,4 +633,47 @@ fn the_middleware_is_what_traefiks_crd_accepts() {
             .any(|p| p.contains("authResponseHeader") && p.contains("unknown field")),
         "{problems:?}"
     );
+}
+
+/// A route is guarded only when every rule the target covers names the Middleware: one
+/// rule with it and one without leaves the second open, and is not `Accepted`.
+#[test]
+fn traefik_accepts_a_route_only_when_each_targeted_rule_names_the_middleware() {
+    let mut topology = topology();
+    topology.apply_class("traefik", "traefik.io/gateway-controller");
+    topology.apply_gateway("shop", "edge", "traefik");
+    let filter = json!([{"type": "ExtensionRef",
+        "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]);
+    let half = Route::from_object(
+        "shop",
+        &json!({"spec": {"parentRefs": [{"name": "edge"}], "rules": [
+            {"name": "guarded", "filters": filter},
+            {"name": "open", "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}]}]}}),
+    );
+    topology.apply_route(TargetKind::HttpRoute, "shop", "half", half);
+    let plan = plan(
+        &policy(
+            json!([{"kind": "HTTPRoute", "name": "half"},
+                   {"kind": "HTTPRoute", "name": "half", "sectionName": "guarded"},
+                   {"kind": "HTTPRoute", "name": "half", "sectionName": "open"},
+                   {"kind": "HTTPRoute", "name": "half", "sectionName": "missing"}]),
+            json!({}),
+        ),
+        &topology,
+        &[Implementation::Traefik],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    assert_eq!(
+        reasons(&plan),
+        [
+            Some("Invalid"),
+            Some("Accepted"),
+            Some("Invalid"),
+            Some("Invalid")
+        ]
+    );
+    let whole = &plan.outcomes[0].as_ref().unwrap().message;
+    assert!(whole.contains("each of the route's rules"), "{whole}");
 }
