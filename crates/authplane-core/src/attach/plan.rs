@@ -108,6 +108,26 @@ pub fn plan(
                     ),
                 ));
             }
+            // A rule that does not exist guards nothing: the gateway would attach the
+            // object to no traffic while the target read as attached.
+            if let Some(section) = target.section_name.as_deref().filter(|_| target.kind.is_route()) {
+                let has_rule = topology
+                    .route(target.kind, namespace, &target.name)
+                    .is_some_and(|route| {
+                        route.rules.iter().any(|rule| rule.name.as_deref() == Some(section))
+                    });
+                if !has_rule {
+                    return Some(refused(
+                        statuses,
+                        reason::TARGET_NOT_FOUND,
+                        format!(
+                            "{} {namespace}/{} has no rule named {section}",
+                            target.kind.name(),
+                            target.name
+                        ),
+                    ));
+                }
+            }
             let implementations: Vec<Option<Implementation>> = ancestors
                 .iter()
                 .map(|a| {

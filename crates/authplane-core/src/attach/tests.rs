@@ -671,9 +671,47 @@ fn traefik_accepts_a_route_only_when_each_targeted_rule_names_the_middleware() {
             Some("Invalid"),
             Some("Accepted"),
             Some("Invalid"),
-            Some("Invalid")
+            Some("TargetNotFound")
         ]
     );
     let whole = &plan.outcomes[0].as_ref().unwrap().message;
     assert!(whole.contains("each of the route's rules"), "{whole}");
+}
+
+/// A `sectionName` naming no rule of the route attaches to nothing: the target is not
+/// found, and no SecurityPolicy is written for it.
+#[test]
+fn a_rule_that_the_route_does_not_have_is_not_found() {
+    let mut topology = topology();
+    let named = Route::from_object(
+        "shop",
+        &json!({"spec": {"parentRefs": [{"name": "web"}], "rules": [{"name": "api"}]}}),
+    );
+    topology.apply_route(TargetKind::HttpRoute, "shop", "named", named);
+    let plan_for = |targets: Value| {
+        plan(
+            &policy(targets, json!({})),
+            &topology,
+            &[Implementation::EnvoyGateway],
+            &service(),
+            &writer(),
+            |_| Vec::new(),
+        )
+    };
+    let typo = plan_for(json!([{"kind": "HTTPRoute", "name": "named", "sectionName": "apl"}]));
+    assert_eq!(reasons(&typo), [Some("TargetNotFound")]);
+    assert!(
+        typo.outcomes[0]
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("no rule named apl")
+    );
+    assert_eq!(typo.security_policy, None);
+    let rule = plan_for(json!([{"kind": "HTTPRoute", "name": "named", "sectionName": "api"}]));
+    assert_eq!(reasons(&rule), [Some("Accepted")]);
+    assert_eq!(
+        rule.security_policy.unwrap()["spec"]["targetRefs"][0]["sectionName"],
+        "api"
+    );
 }
