@@ -63,7 +63,7 @@ impl Default for AttachConfig {
 }
 
 /// An object as kept from a watch: who it belongs to and what it says.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Held {
     uid: String,
     created: Option<Timestamp>,
@@ -362,8 +362,14 @@ impl Attachments {
             watcher::Event::Apply(o) => {
                 let key = ObjectKey::of(&o.metadata);
                 let held = self.hold(&o);
-                stale.extend(scope(&key, &held));
-                cache.objects.insert(key, held);
+                // Only what is kept can change a plan: an edit of anything else (a
+                // label, an annotation, a foreign policy's settings) reconciles nothing,
+                // or a tenant relabelling its own object in a loop would have every
+                // policy of its namespace reconciled each time.
+                if cache.objects.get(&key) != Some(&held) {
+                    stale.extend(scope(&key, &held));
+                    cache.objects.insert(key, held);
+                }
             }
             watcher::Event::Delete(o) => {
                 let key = ObjectKey::of(&o.metadata);
@@ -924,7 +930,9 @@ fn contains(held: &Value, wanted: &Value) -> bool {
 mod tests {
     use serde_json::json;
 
-    use super::contains;
+    use super::{AttachConfig, Attachments, Watched, contains};
+    use kube::api::DynamicObject;
+    use kube::runtime::watcher::Event;
 
     #[test]
     fn what_the_apiserver_defaulted_is_no_difference() {
@@ -937,5 +945,52 @@ mod tests {
         let more =
             json!({"spec": {"extAuth": {"http": {"backendRefs": [{"name": "a"}, {"name": "b"}]}}}});
         assert!(!contains(&held, &more));
+    }
+
+    /// A tenant relabelling its own SecurityPolicy in a loop must not have every policy
+    /// of its namespace reconciled each time: only a change of what is kept counts.
+    #[test]
+    fn an_edit_of_what_is_not_kept_reconciles_nothing() {
+        let attachments = Attachments::new(
+            AttachConfig::default(),
+            &crate::operator::instance::Instance::default(),
+        );
+        let object = |labels: serde_json::Value, spec: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+                "metadata": {"name": "theirs", "namespace": "shop", "uid": "u",
+                             "creationTimestamp": "2026-01-01T00:00:00Z", "labels": labels},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let route = |name: &str| json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": name}]);
+        let mut apply = |labels, spec| {
+            attachments
+                .observe(
+                    Watched::SecurityPolicies,
+                    Event::Apply(object(labels, spec)),
+                )
+                .0
+        };
+        assert_eq!(
+            apply(json!({}), json!({"targetRefs": route("a")})),
+            ["shop"]
+        );
+        assert!(apply(json!({"n": "1"}), json!({"targetRefs": route("a")})).is_empty());
+        assert!(
+            apply(
+                json!({"n": "2"}),
+                json!({"targetRefs": route("a"), "cors": {"allowOrigins": ["https://x.example"]}})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            apply(json!({"n": "2"}), json!({"targetRefs": route("b")})),
+            ["shop"]
+        );
+        // Labelled as ours: it is ours or not by its labels, so they count.
+        let ours = json!({"app.kubernetes.io/managed-by": "authplane"});
+        assert_eq!(apply(ours, json!({"targetRefs": route("b")})), ["shop"]);
     }
 }
