@@ -965,7 +965,7 @@ mod tests {
             .unwrap()
         };
         let route = |name: &str| json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": name}]);
-        let mut apply = |labels, spec| {
+        let apply = |labels, spec| {
             attachments
                 .observe(
                     Watched::SecurityPolicies,
