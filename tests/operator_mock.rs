@@ -1702,6 +1702,66 @@ mod attachment {
         assert!(api.next_request().await.is_none());
     }
 
+    /// A SecurityPolicy that a tenant labelled as authplane's, but that no AuthPolicy
+    /// controls under its name, keeps no ReferenceGrant alive once no policy needs it.
+    #[tokio::test]
+    async fn a_forged_label_keeps_no_reference_grant() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let writer = authplane::attach::Writer {
+            instance: "default".into(),
+            default_instance: true,
+        };
+        let service = config().service;
+        let ours = stored(
+            authplane::attach::security_policy(
+                &current,
+                &[&current.spec.target_refs[0]],
+                &service,
+                &writer,
+            ),
+            "sp-uid",
+        );
+        let grant = stored(
+            authplane::attach::reference_grant("shop", &service, &writer),
+            "grant-uid",
+        );
+        let forged = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "decoy", "namespace": "shop", "uid": "decoy",
+                         "creationTimestamp": "2026-01-02T00:00:00Z",
+                         "labels": {"app.kubernetes.io/managed-by": "authplane", "authplane.io/instance": "default"}},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "other"}]},
+        });
+        let left = policy(json!([{"kind": "Ingress", "name": "payments"}]));
+        let (ctx, mut api, _leader) = cluster(&left, vec![ours, forged], vec![grant]);
+        let server = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "DELETE",
+                &format!("{SECURITY_POLICIES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{GRANTS}/authplane-securitypolicies-shop"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "grant-uid");
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
     /// Envoy Gateway applies one SecurityPolicy per target, the oldest by its own
     /// creationTimestamp, and refuses the others whole: an older one that configures only
     /// CORS (deprecated `targetRef`) would leave ours unapplied while reported Accepted.

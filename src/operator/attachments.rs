@@ -413,17 +413,46 @@ impl Attachments {
         if Self::wanted_in(policies, namespace, None) {
             return Ok(());
         }
-        let held_policy = self
-            .security_policies
+        if self.holds_security_policy(policies, namespace, None) {
+            return Ok(());
+        }
+        self.delete_grant(writer, namespace).await
+    }
+
+    /// Whether a SecurityPolicy of ours other than `except` stands in `namespace`:
+    /// labelled as this instance's, and named for an AuthPolicy of the namespace that
+    /// controls it (by uid). Labels alone do not count: a tenant can write them on any
+    /// object of its namespace, and would keep its ReferenceGrant forever.
+    fn holds_security_policy(
+        &self,
+        policies: &[Arc<DeserializeGuard<AuthPolicy>>],
+        namespace: &str,
+        except: Option<&ObjectKey>,
+    ) -> bool {
+        let owners: HashMap<String, &str> = policies
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .filter_map(|p| {
+                Some((
+                    attach::security_policy_name(p.metadata.name.as_deref()?),
+                    p.metadata.uid.as_deref()?,
+                ))
+            })
+            .collect();
+        self.security_policies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .objects
             .iter()
-            .any(|(key, held)| key.namespace == namespace && held.labelled);
-        if held_policy {
-            return Ok(());
-        }
-        self.delete_grant(writer, namespace).await
+            .any(|(key, held)| {
+                key.namespace == namespace
+                    && Some(key) != except
+                    && held.labelled
+                    && owners
+                        .get(&key.name)
+                        .is_some_and(|uid| held.controller.as_deref() == Some(*uid))
+            })
     }
 
     async fn delete_grant(&self, writer: &LeaderWriter, namespace: &str) -> Result<(), Error> {
@@ -585,13 +614,7 @@ impl Attachments {
             } else {
                 sync_owned(writer, &resource, &own, held.as_ref(), None, uid).await?;
                 if !Self::wanted_in(policies, &id.namespace, Some(&id.name)) {
-                    let others = self
-                        .security_policies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .objects
-                        .iter()
-                        .any(|(key, h)| key.namespace == id.namespace && *key != own && h.labelled);
+                    let others = self.holds_security_policy(policies, &id.namespace, Some(&own));
                     if !others {
                         self.delete_grant(writer, &id.namespace).await?;
                     }
