@@ -1,6 +1,7 @@
 //! What the Gateway API objects say about who serves a target: routes' parent Gateways,
 //! Gateways' classes, classes' controllers. Only those fields are kept, whatever the
-//! objects hold: a cluster with 10,000 routes keeps their parents, not their rules.
+//! objects hold: a cluster with 10,000 routes keeps their parents and, per rule, its
+//! name and the Middlewares it names, not the rules themselves.
 
 use std::collections::HashMap;
 
