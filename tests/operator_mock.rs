@@ -1703,6 +1703,167 @@ mod attachment {
         assert!(api.next_request().await.is_none());
     }
 
+    /// A SecurityPolicy that a tenant labelled as authplane's, but that no AuthPolicy
+    /// controls under its name, keeps no ReferenceGrant alive once no policy needs it.
+    #[tokio::test]
+    async fn a_forged_label_keeps_no_reference_grant() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let writer = authplane::attach::Writer {
+            instance: "default".into(),
+            default_instance: true,
+        };
+        let service = config().service;
+        let ours = stored(
+            authplane::attach::security_policy(
+                &current,
+                &[&current.spec.target_refs[0]],
+                &service,
+                &writer,
+            ),
+            "sp-uid",
+        );
+        let grant = stored(
+            authplane::attach::reference_grant("shop", &service, &writer),
+            "grant-uid",
+        );
+        let forged = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "decoy", "namespace": "shop", "uid": "decoy",
+                         "creationTimestamp": "2026-01-02T00:00:00Z",
+                         "labels": {"app.kubernetes.io/managed-by": "authplane", "authplane.io/instance": "default"}},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "other"}]},
+        });
+        let left = policy(json!([{"kind": "Ingress", "name": "payments"}]));
+        let (ctx, mut api, _leader) = cluster(&left, vec![ours, forged], vec![grant]);
+        let server = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "DELETE",
+                &format!("{SECURITY_POLICIES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{GRANTS}/authplane-securitypolicies-shop"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "grant-uid");
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    /// Envoy Gateway applies one SecurityPolicy per target, the oldest by its own
+    /// creationTimestamp, and refuses the others whole: an older one that configures only
+    /// CORS (deprecated `targetRef`) would leave ours unapplied while reported Accepted.
+    #[tokio::test]
+    async fn an_older_foreign_security_policy_of_any_kind_wins_the_target() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let older = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "cors-only", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2025-06-01T00:00:00Z"},
+            "spec": {"targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"},
+                     "cors": {"allowOrigins": ["https://shop.example"]}},
+        });
+        let (ctx, mut api, _leader) = cluster(&current, vec![older], vec![]);
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("SecurityPolicy shop/cors-only"),
+            "{message}"
+        );
+        assert!(
+            api.next_request().await.is_none(),
+            "no SecurityPolicy written"
+        );
+    }
+
+    /// The AuthPolicy is older than the foreign SecurityPolicy, but the SecurityPolicy
+    /// authplane would write now is younger: Envoy Gateway would apply the foreign one.
+    #[tokio::test]
+    async fn a_foreign_security_policy_older_than_ours_wins_even_against_an_older_auth_policy() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let theirs = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "hand-written", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2026-03-01T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}],
+                     "extAuth": {"failOpen": true, "http": {"backendRefs": [{"name": "other", "port": 80}]}}},
+        });
+        let (ctx, mut api, _leader) = cluster(&current, vec![theirs.clone()], vec![]);
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("SecurityPolicy shop/hand-written"),
+            "{message}"
+        );
+        assert!(
+            api.next_request().await.is_none(),
+            "no SecurityPolicy written"
+        );
+
+        // Ours, held since before theirs, keeps the target.
+        let ours = stored(
+            authplane::attach::security_policy(
+                &current,
+                &[&current.spec.target_refs[0]],
+                &config().service,
+                &authplane::attach::Writer {
+                    instance: "default".into(),
+                    default_instance: true,
+                },
+            ),
+            "sp-uid",
+        );
+        let mut ours = ours;
+        ours["metadata"]["creationTimestamp"] = json!("2026-02-01T00:00:00Z");
+        let (ctx, mut api, _leader) = cluster(&current, vec![theirs, ours], vec![]);
+        let server = tokio::spawn(async move {
+            let _grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (_api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Accepted", "{message}");
+    }
+
     /// Traefik: the Middleware the route names is created, with the apiserver's
     /// acceptance reported; when the route leaves targetRefs it is deleted by its uid.
     #[tokio::test]

@@ -67,7 +67,7 @@ impl Default for AttachConfig {
 }
 
 /// An object as kept from a watch: who it belongs to and what it says.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Held {
     uid: String,
     created: Option<Timestamp>,
@@ -75,10 +75,11 @@ struct Held {
     labelled: bool,
     /// The uid of its controlling owner.
     controller: Option<String>,
-    /// For a SecurityPolicy or AuthorizationPolicy: its targets (kind, name) and whether
-    /// it attaches external auth (`extAuth`; `action: CUSTOM`).
+    /// Its targets (kind, name), from `targetRefs` (and a SecurityPolicy's deprecated
+    /// `targetRef`).
     targets: Vec<(String, String)>,
-    ext_auth: bool,
+    /// For an AuthorizationPolicy: whether it is `action: CUSTOM` (external auth).
+    custom: bool,
     /// For a ReferenceGrant of ours: the namespace it admits.
     admits: Option<String>,
     /// For Istio's mesh config: its `mesh` key.
@@ -250,6 +251,7 @@ impl Attachments {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
+            .chain(object.data.pointer("/spec/targetRef"))
             .filter_map(|t| {
                 Some((
                     t.get("kind")?.as_str()?.to_owned(),
@@ -267,8 +269,7 @@ impl Attachments {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             targets,
-            ext_auth: object.data.pointer("/spec/extAuth").is_some()
-                || object.data.pointer("/spec/action").and_then(Value::as_str) == Some("CUSTOM"),
+            custom: object.data.pointer("/spec/action").and_then(Value::as_str) == Some("CUSTOM"),
             mesh: object
                 .data
                 .pointer("/data/mesh")
@@ -428,8 +429,14 @@ impl Attachments {
             watcher::Event::Apply(o) => {
                 let key = ObjectKey::of(&o.metadata);
                 let held = self.hold(&o);
-                stale.extend(scope(&key, &held));
-                cache.objects.insert(key, held);
+                // Only what is kept can change a plan: an edit of anything else (a
+                // label, an annotation, a foreign policy's settings) reconciles nothing,
+                // or a tenant relabelling its own object in a loop would have every
+                // policy of its namespace reconciled each time.
+                if cache.objects.get(&key) != Some(&held) {
+                    stale.extend(scope(&key, &held));
+                    cache.objects.insert(key, held);
+                }
             }
             watcher::Event::Delete(o) => {
                 let key = ObjectKey::of(&o.metadata);
@@ -486,17 +493,46 @@ impl Attachments {
         if Self::wanted_in(policies, namespace, None) {
             return Ok(());
         }
-        let held_policy = self
-            .security_policies
+        if self.holds_security_policy(policies, namespace, None) {
+            return Ok(());
+        }
+        self.delete_grant(writer, namespace).await
+    }
+
+    /// Whether a SecurityPolicy of ours other than `except` stands in `namespace`:
+    /// labelled as this instance's, and named for an AuthPolicy of the namespace that
+    /// controls it (by uid). Labels alone do not count: a tenant can write them on any
+    /// object of its namespace, and would keep its ReferenceGrant forever.
+    fn holds_security_policy(
+        &self,
+        policies: &[Arc<DeserializeGuard<AuthPolicy>>],
+        namespace: &str,
+        except: Option<&ObjectKey>,
+    ) -> bool {
+        let owners: HashMap<String, &str> = policies
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .filter_map(|p| {
+                Some((
+                    attach::security_policy_name(p.metadata.name.as_deref()?),
+                    p.metadata.uid.as_deref()?,
+                ))
+            })
+            .collect();
+        self.security_policies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .objects
             .iter()
-            .any(|(key, held)| key.namespace == namespace && held.labelled);
-        if held_policy {
-            return Ok(());
-        }
-        self.delete_grant(writer, namespace).await
+            .any(|(key, held)| {
+                key.namespace == namespace
+                    && Some(key) != except
+                    && held.labelled
+                    && owners
+                        .get(&key.name)
+                        .is_some_and(|uid| held.controller.as_deref() == Some(*uid))
+            })
     }
 
     async fn delete_grant(&self, writer: &LeaderWriter, namespace: &str) -> Result<(), Error> {
@@ -574,7 +610,26 @@ impl Attachments {
             name: id.to_string(),
             what: format!("AuthPolicy {id}"),
         };
-        let claims = |target: &TargetRef| self.claims(&id, target, policies);
+        // Envoy Gateway ranks SecurityPolicies by their own age: ours is as old as the
+        // one we hold, or newer than every other when it is still to be created (not
+        // `now`: the apiserver's clock, not ours, stamps it).
+        let our_security_policy = Claim {
+            created: self
+                .security_policies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .objects
+                .get(&own)
+                .filter(|held| {
+                    held.labelled && held.controller.as_deref() == policy.metadata.uid.as_deref()
+                })
+                .and_then(|held| held.created)
+                .unwrap_or(Timestamp::MAX),
+            name: own.to_string(),
+            what: format!("SecurityPolicy {own}"),
+        };
+        let claims =
+            |target: &TargetRef| self.claims(&id, target, policies, &ours, &our_security_policy);
         let plan = {
             let topology = self.topology.lock().unwrap_or_else(|e| e.into_inner());
             attach::plan(
@@ -583,7 +638,6 @@ impl Attachments {
                 &self.config.enabled,
                 &self.config.service,
                 &self.writer_labels(),
-                &ours,
                 claims,
             )
         };
@@ -644,13 +698,7 @@ impl Attachments {
             } else {
                 sync_owned(writer, &resource, &own, held.as_ref(), None, uid).await?;
                 if !Self::wanted_in(policies, &id.namespace, Some(&id.name)) {
-                    let others = self
-                        .security_policies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .objects
-                        .iter()
-                        .any(|(key, h)| key.namespace == id.namespace && *key != own && h.labelled);
+                    let others = self.holds_security_policy(policies, &id.namespace, Some(&own));
                     if !others {
                         self.delete_grant(writer, &id.namespace).await?;
                     }
@@ -880,12 +928,18 @@ impl Attachments {
         }))
     }
 
-    /// The other policies attaching external auth to `target` of the policy `id`.
+    /// The other policies that hold `target` of the policy `id` before it: older
+    /// AuthPolicies and `CUSTOM` AuthorizationPolicies not ours (than `ours`), and
+    /// SecurityPolicies not ours that Envoy Gateway ranks before `our_security_policy`. Any SecurityPolicy counts, whatever it configures:
+    /// Envoy Gateway applies one SecurityPolicy per target and refuses the others
+    /// whole, so an older one with only `cors` or `jwt` would leave ours unapplied.
     fn claims(
         &self,
         id: &ObjectKey,
         target: &TargetRef,
         policies: &[Arc<DeserializeGuard<AuthPolicy>>],
+        ours: &Claim,
+        our_security_policy: &Claim,
     ) -> Vec<Claim> {
         let mut claims: Vec<Claim> = policies
             .iter()
@@ -908,10 +962,18 @@ impl Attachments {
                     what: format!("AuthPolicy {other}"),
                 })
             })
+            .filter(|claim| claim < ours)
             .collect();
-        for (cache, kind) in [
-            (&self.security_policies, "SecurityPolicy"),
-            (&self.authorization_policies, "AuthorizationPolicy"),
+        // Envoy Gateway: any SecurityPolicy not ours, ranked against ours. Istio: a CUSTOM
+        // AuthorizationPolicy not ours (other actions combine with it), ranked against the
+        // AuthPolicy.
+        for (cache, kind, before) in [
+            (
+                &self.security_policies,
+                "SecurityPolicy",
+                our_security_policy,
+            ),
+            (&self.authorization_policies, "AuthorizationPolicy", ours),
         ] {
             let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             claims.extend(
@@ -921,7 +983,7 @@ impl Attachments {
                     .filter(|(key, held)| {
                         key.namespace == id.namespace
                             && !held.labelled
-                            && held.ext_auth
+                            && (kind == "SecurityPolicy" || held.custom)
                             && held.targets.iter().any(|(kind, name)| {
                                 kind == target.kind.name() && *name == target.name
                             })
@@ -932,7 +994,8 @@ impl Attachments {
                             name: key.to_string(),
                             what: format!("{kind} {key}"),
                         })
-                    }),
+                    })
+                    .filter(|claim| claim < before),
             );
         }
         claims
@@ -1037,7 +1100,9 @@ fn contains(held: &Value, wanted: &Value) -> bool {
 mod tests {
     use serde_json::json;
 
-    use super::contains;
+    use super::{AttachConfig, Attachments, Watched, contains};
+    use kube::api::DynamicObject;
+    use kube::runtime::watcher::Event;
 
     #[test]
     fn what_the_apiserver_defaulted_is_no_difference() {
@@ -1050,5 +1115,52 @@ mod tests {
         let more =
             json!({"spec": {"extAuth": {"http": {"backendRefs": [{"name": "a"}, {"name": "b"}]}}}});
         assert!(!contains(&held, &more));
+    }
+
+    /// A tenant relabelling its own SecurityPolicy in a loop must not have every policy
+    /// of its namespace reconciled each time: only a change of what is kept counts.
+    #[test]
+    fn an_edit_of_what_is_not_kept_reconciles_nothing() {
+        let attachments = Attachments::new(
+            AttachConfig::default(),
+            &crate::operator::instance::Instance::default(),
+        );
+        let object = |labels: serde_json::Value, spec: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+                "metadata": {"name": "theirs", "namespace": "shop", "uid": "u",
+                             "creationTimestamp": "2026-01-01T00:00:00Z", "labels": labels},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let route = |name: &str| json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": name}]);
+        let apply = |labels, spec| {
+            attachments
+                .observe(
+                    Watched::SecurityPolicies,
+                    Event::Apply(object(labels, spec)),
+                )
+                .0
+        };
+        assert_eq!(
+            apply(json!({}), json!({"targetRefs": route("a")})),
+            ["shop"]
+        );
+        assert!(apply(json!({"n": "1"}), json!({"targetRefs": route("a")})).is_empty());
+        assert!(
+            apply(
+                json!({"n": "2"}),
+                json!({"targetRefs": route("a"), "cors": {"allowOrigins": ["https://x.example"]}})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            apply(json!({"n": "2"}), json!({"targetRefs": route("b")})),
+            ["shop"]
+        );
+        // Labelled as ours: it is ours or not by its labels, so they count.
+        let ours = json!({"app.kubernetes.io/managed-by": "authplane"});
+        assert_eq!(apply(ours, json!({"targetRefs": route("b")})), ["shop"]);
     }
 }

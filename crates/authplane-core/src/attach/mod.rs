@@ -26,7 +26,7 @@ pub use istio::{
     path_prefix, provider_name,
 };
 pub use plan::{Claim, Outcome, Plan, plan, reason};
-pub use topology::{Ancestor, GatewayTopology, ParentRef, Route};
+pub use topology::{Ancestor, GatewayTopology, ParentRef, Route, RuleMiddlewares};
 pub use traefik::{
     MIDDLEWARE_API_VERSION, MIDDLEWARE_KIND, TRAEFIK_GROUP, middleware, middleware_name,
 };

@@ -17,9 +17,10 @@ pub mod reason {
     pub const DISABLED: &str = "Disabled";
 }
 
-/// A policy attaching external auth to a target: an AuthPolicy, or a SecurityPolicy
-/// that is not authplane's. Of two on one target the older wins (GEP-713): the earlier
-/// `created`, then the name.
+/// A policy holding a target: an AuthPolicy, or a SecurityPolicy that is not
+/// authplane's. Of two on one target the older wins (GEP-713): the earlier `created`,
+/// then the name. Envoy Gateway ranks SecurityPolicies by their own age, not by their
+/// AuthPolicy's: the driver compares each kind of claim with its own kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Claim {
     pub created: Timestamp,
@@ -59,15 +60,14 @@ pub struct Plan {
 }
 
 /// The plan of `policy`. `enabled`: the implementations this installation wires;
-/// `claims(target)`: the other policies attaching external auth to `target`, and
-/// `ours`, this policy's own claim.
+/// `claims(target)`: the other policies that hold `target` before this one (the oldest
+/// is named in the status).
 pub fn plan(
     policy: &AuthPolicy,
     topology: &GatewayTopology,
     enabled: &[Implementation],
     service: &AuthzService,
     writer: &Writer,
-    ours: &Claim,
     claims: impl Fn(&TargetRef) -> Vec<Claim>,
 ) -> Plan {
     let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
@@ -114,6 +114,26 @@ pub fn plan(
                     ),
                 ));
             }
+            // A rule that does not exist guards nothing: the gateway would attach the
+            // object to no traffic while the target read as attached.
+            if let Some(section) = target.section_name.as_deref().filter(|_| target.kind.is_route()) {
+                let has_rule = topology
+                    .route(target.kind, namespace, &target.name)
+                    .is_some_and(|route| {
+                        route.rules.iter().any(|rule| rule.name.as_deref() == Some(section))
+                    });
+                if !has_rule {
+                    return Some(refused(
+                        statuses,
+                        reason::TARGET_NOT_FOUND,
+                        format!(
+                            "{} {namespace}/{} has no rule named {section}",
+                            target.kind.name(),
+                            target.name
+                        ),
+                    ));
+                }
+            }
             let implementations: Vec<Option<Implementation>> = ancestors
                 .iter()
                 .map(|a| {
@@ -155,11 +175,11 @@ pub fn plan(
                     "rollout.mode is Disabled: nothing is attached".to_owned(),
                 ));
             }
-            if let Some(older) = claims(target).into_iter().filter(|c| c < ours).min() {
+            if let Some(older) = claims(target).into_iter().min() {
                 return Some(refused(
                     statuses,
                     reason::CONFLICTED,
-                    format!("{} attaches external auth to it first", older.what),
+                    format!("{} holds it first", older.what),
                 ));
             }
             let mut written: Vec<Implementation> = implementations.into_iter().flatten().collect();
@@ -211,14 +231,18 @@ pub fn plan(
                     Implementation::Traefik => {
                         to_traefik = true;
                         let middleware = traefik::middleware_name(policy_name);
-                        let named = topology
+                        // A rule without the filter is not guarded: every rule the
+                        // target covers must name it, or the target is not attached.
+                        let guarded = topology
                             .route(target.kind, namespace, &target.name)
-                            .is_some_and(|route| route.middlewares.contains(&middleware));
-                        if named {
+                            .is_some_and(|route| {
+                                route.guarded_by(target.section_name.as_deref(), &middleware)
+                            });
+                        if guarded {
                             said.push(format!("its rules use the Middleware {namespace}/{middleware}"));
                         } else {
                             problem = Some(format!(
-                                "add the Middleware to the route's rules (authplane never edits a route): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
+                                "add the Middleware to each of the route's rules (authplane never edits a route; a rule without it is not guarded): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
                             ));
                         }
                     }

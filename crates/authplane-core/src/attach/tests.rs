@@ -87,8 +87,8 @@ fn plan_of(policy: &AuthPolicy, claims: Vec<Claim>) -> Plan {
         &[Implementation::EnvoyGateway],
         &service(),
         &writer(),
-        &ours(),
-        |_| claims.clone(),
+        // The driver passes only the claims that come before this policy's.
+        |_| claims.iter().filter(|c| *c < &ours()).cloned().collect(),
     )
 }
 
@@ -569,7 +569,7 @@ fn traefik_plan(targets: Value) -> Plan {
     };
     let wired = route(json!([{"type": "ExtensionRef",
         "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]));
-    assert_eq!(wired.middlewares, ["authplane-payments"]);
+    assert!(wired.guarded_by(None, "authplane-payments"));
     topology.apply_route(TargetKind::HttpRoute, "shop", "ui", wired);
     topology.apply_route(TargetKind::HttpRoute, "shop", "plain", route(json!([])));
     plan(
@@ -578,7 +578,6 @@ fn traefik_plan(targets: Value) -> Plan {
         &[Implementation::Traefik],
         &service(),
         &writer(),
-        &ours(),
         |_| Vec::new(),
     )
 }
@@ -636,6 +635,87 @@ fn the_middleware_is_what_traefiks_crd_accepts() {
     );
 }
 
+/// A route is guarded only when every rule the target covers names the Middleware: one
+/// rule with it and one without leaves the second open, and is not `Accepted`.
+#[test]
+fn traefik_accepts_a_route_only_when_each_targeted_rule_names_the_middleware() {
+    let mut topology = topology();
+    topology.apply_class("traefik", "traefik.io/gateway-controller");
+    topology.apply_gateway("shop", "edge", "traefik");
+    let filter = json!([{"type": "ExtensionRef",
+        "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]);
+    let half = Route::from_object(
+        "shop",
+        &json!({"spec": {"parentRefs": [{"name": "edge"}], "rules": [
+            {"name": "guarded", "filters": filter},
+            {"name": "open", "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}]}]}}),
+    );
+    topology.apply_route(TargetKind::HttpRoute, "shop", "half", half);
+    let plan = plan(
+        &policy(
+            json!([{"kind": "HTTPRoute", "name": "half"},
+                   {"kind": "HTTPRoute", "name": "half", "sectionName": "guarded"},
+                   {"kind": "HTTPRoute", "name": "half", "sectionName": "open"},
+                   {"kind": "HTTPRoute", "name": "half", "sectionName": "missing"}]),
+            json!({}),
+        ),
+        &topology,
+        &[Implementation::Traefik],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    assert_eq!(
+        reasons(&plan),
+        [
+            Some("Invalid"),
+            Some("Accepted"),
+            Some("Invalid"),
+            Some("TargetNotFound")
+        ]
+    );
+    let whole = &plan.outcomes[0].as_ref().unwrap().message;
+    assert!(whole.contains("each of the route's rules"), "{whole}");
+}
+
+/// A `sectionName` naming no rule of the route attaches to nothing: the target is not
+/// found, and no SecurityPolicy is written for it.
+#[test]
+fn a_rule_that_the_route_does_not_have_is_not_found() {
+    let mut topology = topology();
+    let named = Route::from_object(
+        "shop",
+        &json!({"spec": {"parentRefs": [{"name": "web"}], "rules": [{"name": "api"}]}}),
+    );
+    topology.apply_route(TargetKind::HttpRoute, "shop", "named", named);
+    let plan_for = |targets: Value| {
+        plan(
+            &policy(targets, json!({})),
+            &topology,
+            &[Implementation::EnvoyGateway],
+            &service(),
+            &writer(),
+            |_| Vec::new(),
+        )
+    };
+    let typo = plan_for(json!([{"kind": "HTTPRoute", "name": "named", "sectionName": "apl"}]));
+    assert_eq!(reasons(&typo), [Some("TargetNotFound")]);
+    assert!(
+        typo.outcomes[0]
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("no rule named apl")
+    );
+    assert_eq!(typo.security_policy, None);
+    let rule = plan_for(json!([{"kind": "HTTPRoute", "name": "named", "sectionName": "api"}]));
+    assert_eq!(reasons(&rule), [Some("Accepted")]);
+    assert_eq!(
+        rule.security_policy.unwrap()["spec"]["targetRefs"][0]["sectionName"],
+        "api"
+    );
+}
+
 /// Istio: an AuthorizationPolicy per policy on the Gateways it targets, naming the
 /// policy's own extension provider.
 fn istio_plan(targets: Value) -> Plan {
@@ -648,7 +728,6 @@ fn istio_plan(targets: Value) -> Plan {
         &[Implementation::EnvoyGateway, Implementation::Istio],
         &service(),
         &writer(),
-        &ours(),
         |_| Vec::new(),
     )
 }
@@ -737,7 +816,6 @@ fn istio_takes_no_section_and_nothing_when_disabled_or_not_enabled() {
         &[Implementation::Istio],
         &service(),
         &writer(),
-        &ours(),
         |_| Vec::new(),
     );
     assert_eq!(reasons(&disabled), [Some("Disabled")]);

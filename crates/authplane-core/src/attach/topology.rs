@@ -1,6 +1,7 @@
 //! What the Gateway API objects say about who serves a target: routes' parent Gateways,
 //! Gateways' classes, classes' controllers. Only those fields are kept, whatever the
-//! objects hold: a cluster with 10,000 routes keeps their parents, not their rules.
+//! objects hold: a cluster with 10,000 routes keeps their parents and, per rule, its
+//! name and the Middlewares it names, not the rules themselves.
 
 use std::collections::HashMap;
 
@@ -14,16 +15,36 @@ pub struct ParentRef {
     pub name: String,
 }
 
-/// A route as kept: its parent Gateways, and the Traefik Middlewares its rules name.
+/// A route as kept: its parent Gateways, and the Traefik Middlewares each rule names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
     pub parents: Vec<ParentRef>,
-    /// Names of the Middlewares (`ExtensionRef` filters of group `traefik.io`, in the
-    /// route's namespace) of any of its rules.
+    /// Per rule, in order: its name (what a `sectionName` targets) and the Middlewares
+    /// its filters name (`ExtensionRef` filters of group `traefik.io`, in the route's
+    /// namespace). A rule without the filter is not guarded by the Middleware.
+    pub rules: Vec<RuleMiddlewares>,
+}
+
+/// One rule of a route: its name and the Traefik Middlewares its filters name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMiddlewares {
+    pub name: Option<String>,
     pub middlewares: Vec<String>,
 }
 
 impl Route {
+    /// Whether `middleware` guards the route's rules that `section` targets (every rule
+    /// when `None`): there is at least one, and each names it.
+    pub fn guarded_by(&self, section: Option<&str>, middleware: &str) -> bool {
+        let mut in_scope = self
+            .rules
+            .iter()
+            .filter(|rule| section.is_none_or(|s| rule.name.as_deref() == Some(s)))
+            .peekable();
+        in_scope.peek().is_some()
+            && in_scope.all(|rule| rule.middlewares.iter().any(|m| m == middleware))
+    }
+
     /// The parent Gateways of a route object (`spec.parentRefs`) in `namespace`. A
     /// parent without `group`/`kind` is a Gateway, without `namespace` in the route's.
     pub fn from_object(namespace: &str, object: &serde_json::Value) -> Self {
@@ -56,28 +77,38 @@ impl Route {
             .collect();
         parents.sort();
         parents.dedup();
-        let mut middlewares: Vec<String> = object
+        let rules = object
             .pointer("/spec/rules")
             .and_then(serde_json::Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|rule| rule.get("filters")?.as_array())
-            .flatten()
-            .filter_map(|filter| {
-                let reference = filter.get("extensionRef")?;
-                let is = |field: &str, value: &str| {
-                    reference.get(field).and_then(|v| v.as_str()) == Some(value)
-                };
-                (is("group", super::TRAEFIK_GROUP) && is("kind", super::MIDDLEWARE_KIND))
-                    .then(|| reference.get("name")?.as_str().map(str::to_owned))?
+            .map(|rule| {
+                let mut middlewares: Vec<String> = rule
+                    .get("filters")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|filter| {
+                        let reference = filter.get("extensionRef")?;
+                        let is = |field: &str, value: &str| {
+                            reference.get(field).and_then(|v| v.as_str()) == Some(value)
+                        };
+                        (is("group", super::TRAEFIK_GROUP) && is("kind", super::MIDDLEWARE_KIND))
+                            .then(|| reference.get("name")?.as_str().map(str::to_owned))?
+                    })
+                    .collect();
+                middlewares.sort();
+                middlewares.dedup();
+                RuleMiddlewares {
+                    name: rule
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned),
+                    middlewares,
+                }
             })
             .collect();
-        middlewares.sort();
-        middlewares.dedup();
-        Self {
-            parents,
-            middlewares,
-        }
+        Self { parents, rules }
     }
 }
 
