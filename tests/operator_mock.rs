@@ -1977,7 +1977,7 @@ extensionProviders:
     port: 8080
     pathPrefix: /authz/shop/payments
     includeRequestHeadersInCheck: [authorization, x-forwarded-for, x-real-ip]
-    headersToUpstreamOnAllow: [x-auth-subject, x-authplane-audit, x-authplane-reason]
+    headersToUpstreamOnAllow: [x-auth-subject, x-authplane-audit]
     headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]
 "#;
 

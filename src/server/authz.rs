@@ -36,9 +36,13 @@ pub async fn authz(
         Outcome::Pass { headers, audit, .. } => {
             let mut response = StatusCode::OK.into_response();
             let answer = response.headers_mut();
-            if let Some(audit) = audit {
-                answer.insert(AUDIT_HEADER, audit);
-            }
+            // Answered on every pass, empty when in force, so that a gateway copying it
+            // to the workload overwrites a client's own copy (Envoy passes a header the
+            // answer lacks through unchanged).
+            answer.insert(
+                AUDIT_HEADER,
+                audit.unwrap_or_else(|| HeaderValue::from_static("")),
+            );
             for (name, value) in headers {
                 answer.insert(name, value);
             }

@@ -175,9 +175,12 @@ fn answer(outcome: Outcome) -> CheckResponse {
                     ok.headers.push(overwrite(name.as_str(), value.as_bytes()));
                 }
             }
-            if let Some(audit) = audit {
-                ok.headers
-                    .push(overwrite(AUDIT_HEADER.as_str(), audit.as_bytes()));
+            // A client's own copy of the audit header never reaches the workload.
+            match audit {
+                Some(audit) => ok
+                    .headers
+                    .push(overwrite(AUDIT_HEADER.as_str(), audit.as_bytes())),
+                None => ok.headers_to_remove.push(AUDIT_HEADER.as_str().to_owned()),
             }
             CheckResponse {
                 status: Some(rpc::Status {

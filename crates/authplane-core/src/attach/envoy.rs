@@ -138,12 +138,14 @@ pub(super) fn headers_to_ext_auth(policy: &AuthPolicy) -> Vec<String> {
 }
 
 /// The response headers of an allowed decision that reach the workload: the
-/// `forwardClaims` headers, authplane's audit and reason headers, and during a migration
+/// `forwardClaims` headers, authplane's audit header, and during a migration
 /// with an end, `Deprecation` and `Sunset`; lowercase (Envoy), or as written (Traefik).
 pub(super) fn headers_to_backend(policy: &AuthPolicy, lowercase: bool) -> Vec<String> {
     let spec = &policy.spec;
     let mut headers: Vec<String> = spec.forward_claims.values().cloned().collect();
-    headers.extend(["X-Authplane-Audit".into(), "X-Authplane-Reason".into()]);
+    // The audit header is answered on every pass (empty in force), so the gateway
+    // overwrites a client's copy; the reason header only on refusals: not forwarded.
+    headers.push("X-Authplane-Audit".into());
     if spec
         .legacy_session
         .as_ref()

@@ -217,12 +217,7 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
     );
     assert_eq!(
         ext_auth["http"]["headersToBackend"],
-        json!([
-            "x-auth-email",
-            "x-auth-subject",
-            "x-authplane-audit",
-            "x-authplane-reason"
-        ])
+        json!(["x-auth-email", "x-auth-subject", "x-authplane-audit"])
     );
     assert_eq!(
         ext_auth["headersToExtAuth"],
@@ -265,8 +260,7 @@ fn the_decision_gets_every_header_it_reads() {
             "sunset",
             "x-auth-email",
             "x-auth-subject",
-            "x-authplane-audit",
-            "x-authplane-reason"
+            "x-authplane-audit"
         ])
     );
 }
@@ -609,7 +603,7 @@ fn traefik_gets_a_middleware_that_the_route_names() {
         json!({"forwardAuth": {
             "address": "http://authplane.authplane-system.svc:8080/authz/shop/payments",
             "trustForwardHeader": false,
-            "authResponseHeaders": ["X-Auth-Email", "X-Auth-Subject", "X-Authplane-Audit", "X-Authplane-Reason"],
+            "authResponseHeaders": ["X-Auth-Email", "X-Auth-Subject", "X-Authplane-Audit"],
         }})
     );
 }
@@ -782,7 +776,7 @@ fn istio_gets_a_custom_authorization_policy_on_the_gateway() {
             "port": 8080,
             "pathPrefix": "/authz/shop/payments",
             "includeRequestHeadersInCheck": ["authorization", "x-forwarded-for", "x-real-ip", "x-token"],
-            "headersToUpstreamOnAllow": ["x-auth-email", "x-auth-subject", "x-authplane-audit", "x-authplane-reason"],
+            "headersToUpstreamOnAllow": ["x-auth-email", "x-auth-subject", "x-authplane-audit"],
             "headersToDownstreamOnDeny": ["www-authenticate", "x-authplane-reason"],
             "failOpen": false,
         }})
@@ -882,7 +876,7 @@ extensionProviders:
     port: 8080
     pathPrefix: /authz/shop/payments
     includeRequestHeadersInCheck: [Authorization, x-forwarded-for, x-real-ip, x-token, x-extra]
-    headersToUpstreamOnAllow: [x-auth-email, x-auth-subject, x-authplane-audit, x-authplane-reason]
+    headersToUpstreamOnAllow: [x-auth-email, x-auth-subject, x-authplane-audit]
     headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]
 "#;
     assert_eq!(check_mesh_config(good, &expected), None);
