@@ -13,8 +13,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyStateLabels {
@@ -188,7 +189,14 @@ pub struct Metrics {
     pub jwks_max_stale: Family<IssuerLabels, Gauge>,
     /// 1 while an input (a watch, the manifest folder) is listed and followed.
     pub input_ready: Family<InputLabels, Gauge>,
+    /// The (decision, reason) pairs each policy has counted, so that a deleted policy's
+    /// decision series can be removed: a Family cannot be searched by a part of its
+    /// labels, and series left behind would let policy names churned by a tenant grow
+    /// `/metrics` without bound.
+    decision_pairs: Arc<Mutex<DecisionPairs>>,
 }
+
+type DecisionPairs = HashMap<PolicyLabels, HashSet<(&'static str, &'static str)>>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -423,6 +431,7 @@ impl Default for Metrics {
             audited,
             jwks_max_stale,
             input_ready,
+            decision_pairs: Arc::default(),
             revocations,
             revocations_applied,
             revocation_propagation,
@@ -701,6 +710,27 @@ impl Metrics {
         self.rollout_next_step.remove(&labels);
         self.rollout_deny_ratio_rule.remove(&labels);
         self.forget_steps(&labels);
+        self.decision_seconds.remove(&labels);
+        for would_deny in ["true", "false"] {
+            self.audited.remove(&AuditLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                would_deny,
+            });
+        }
+        let pairs = self
+            .decision_pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&labels);
+        for (decision, reason) in pairs.into_iter().flatten() {
+            self.decisions.remove(&DecisionLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// This replica stopped leading: the gauges only the leader keeps up to date (its
@@ -781,6 +811,7 @@ impl Metrics {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
             decisions: self.decisions.clone(),
+            decision_pairs: self.decision_pairs.clone(),
             legacy_session_sunset: self.legacy_session_sunset.clone(),
             cache_hits: self.cache_hits.clone(),
             cache_misses: self.cache_misses.clone(),
@@ -906,6 +937,7 @@ pub struct PolicyMeters {
     namespace: String,
     policy: String,
     decisions: Family<DecisionLabels, Counter>,
+    decision_pairs: Arc<Mutex<DecisionPairs>>,
     legacy_session_sunset: Family<PolicyLabels, Gauge>,
     cache_hits: Counter,
     cache_misses: Counter,
@@ -918,11 +950,24 @@ pub struct PolicyMeters {
 
 impl crate::policy::DecisionMeters for PolicyMeters {
     fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64) {
-        let labels = || DecisionLabels {
-            namespace: self.namespace.clone(),
-            policy: self.policy.clone(),
-            decision: decision.to_owned(),
-            reason: reason.to_owned(),
+        // Looked up once per slot (or per request past the slots): each series made is
+        // remembered for `forget_policy`.
+        let labels = || {
+            self.decision_pairs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(PolicyLabels {
+                    namespace: self.namespace.clone(),
+                    policy: self.policy.clone(),
+                })
+                .or_default()
+                .insert((decision, reason));
+            DecisionLabels {
+                namespace: self.namespace.clone(),
+                policy: self.policy.clone(),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+            }
         };
         match self.counters.get(slot) {
             Some(cell) => cell
@@ -1067,6 +1112,38 @@ mod tests {
             "authplane_rollout_pause_above_deny_ratio",
         ] {
             assert!(samples(&metrics, name).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_deleted_policys_decision_series_go_with_it() {
+        use crate::policy::DecisionMeters;
+        let metrics = Metrics::default();
+        for policy in ["pay", "web"] {
+            // Two slots: the third pair is counted past them.
+            let meters = metrics.policy_meters("shop", policy, 2);
+            meters.record(0, "allow", "", 0.001);
+            meters.record(1, "deny", "missing_token", 0.001);
+            meters.record(7, "would_deny", "expired", 0.001);
+            meters.audited(true);
+        }
+        let of = |policy: &str, name: &str| {
+            samples(&metrics, name)
+                .into_iter()
+                .filter(|line| line.contains(&format!("policy=\"{policy}\"")))
+                .count()
+        };
+        assert_eq!(of("pay", "authplane_decisions_total"), 3);
+        assert!(of("pay", "authplane_decision_duration_seconds_count") > 0);
+
+        metrics.forget_policy("shop", "pay");
+        for name in [
+            "authplane_decisions_total",
+            "authplane_audited_requests_total",
+            "authplane_decision_duration_seconds_count",
+        ] {
+            assert_eq!(of("pay", name), 0, "{name}");
+            assert!(of("web", name) > 0, "{name} of another policy stays");
         }
     }
 
