@@ -7,7 +7,7 @@ mod common;
 
 use bytes::Bytes;
 use common::grpc::{self, check_request, verdict};
-use common::{Dev, signing_key, tamper, user_in};
+use common::{Dev, payments_policy, signing_key, tamper, user_in};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use serde_json::json;
@@ -16,24 +16,6 @@ const KEYS: &str = "  algorithm: ES256\n";
 const POLICY: &str = "shop/payments";
 const SALT: &str = "shop/payments";
 
-fn policy(rollout: &str) -> String {
-    format!(
-        r#"apiVersion: authplane.io/v1alpha1
-kind: AuthPolicy
-metadata: {{name: payments, namespace: shop}}
-spec:
-  issuers: [{{signingKeyRef: {{name: web, namespace: auth}}}}]
-  audiences: [payments]
-  tokenSources:
-    headers: [{{name: Authorization, prefix: "Bearer "}}]
-    cookies: [access_token]
-  requiredClaims: [{{claim: roles, contains: payments}}]
-  forwardClaims: {{sub: X-Auth-Subject, email: X-Auth-Email}}
-  rollout: {rollout}
-"#
-    )
-}
-
 /// A Revocation of the token whose `jti` is `revoked-1`.
 const REVOCATION: &str = "apiVersion: authplane.io/v1alpha1\nkind: Revocation\nmetadata: {name: stolen, namespace: auth}\nspec:\n  signingKeyRef: {name: web}\n  tokenId: revoked-1\n";
 
@@ -41,7 +23,7 @@ async fn start(rollout: &str) -> Dev {
     Dev::start_serving(
         &[
             ("keys.yaml", &signing_key("auth", "web", KEYS)),
-            ("policy.yaml", &policy(rollout)),
+            ("policy.yaml", &payments_policy(rollout, "")),
             ("revocation.yaml", REVOCATION),
         ],
         grpc::settings(),
@@ -366,7 +348,7 @@ async fn unfinished_checks_and_silent_connections_end() {
     let dev = Dev::start_serving(
         &[
             ("keys.yaml", &signing_key("auth", "web", KEYS)),
-            ("policy.yaml", &policy("{mode: Audit}")),
+            ("policy.yaml", &payments_policy("{mode: Audit}", "")),
         ],
         settings,
     )
