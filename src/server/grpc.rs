@@ -34,8 +34,7 @@ use tower_service::Service;
 
 use super::AppState;
 use super::authz::{AUDIT_HEADER, Outcome, REASON_HEADER, decide};
-use super::deadlines::{Deadlines, Phase};
-use super::listen::{ConnectionInfo, ServeConnection};
+use super::listen::{ConnectionInfo, ServeConnection, deadlined};
 use crate::api::ObjectKey;
 
 /// The context extension that names the policy: `namespace/name`.
@@ -331,13 +330,7 @@ impl ServeConnection for Grpc {
         // A new connection owes its first check within the header timeout; after that
         // HTTP/2 keeps it (Envoy multiplexes every check over a few long-lived
         // connections), and the keep-alive PINGs close it when its peer is gone.
-        let phase = Arc::new(Phase::default());
-        let io = Deadlines::new(
-            stream,
-            phase.clone(),
-            info.limits.header_read_timeout,
-            info.limits.idle_timeout,
-        );
+        let (io, phase) = deadlined(stream, &info);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             phase.request_started();
             let answered = service.clone().call(request);

@@ -69,6 +69,20 @@ pub fn connection() -> Option<ConnectionInfo> {
     CONNECTION.try_with(|info| *info).ok()
 }
 
+/// A new connection's stream under its listener's deadlines (the first request's headers
+/// within `header_read_timeout`, then `idle_timeout` between requests), and the phase its
+/// requests report to.
+pub(super) fn deadlined<S>(stream: S, info: &ConnectionInfo) -> (Deadlines<S>, Arc<Phase>) {
+    let phase = Arc::new(Phase::default());
+    let io = Deadlines::new(
+        stream,
+        phase.clone(),
+        info.limits.header_read_timeout,
+        info.limits.idle_timeout,
+    );
+    (io, phase)
+}
+
 /// Serves `app` (HTTP/1.1) on `listener` until `shutdown` resolves, then lets open
 /// requests finish for at most ten seconds. With `tls`, every connection begins with a
 /// TLS handshake (bounded by the header timeout).
@@ -190,13 +204,7 @@ impl ServeConnection for Http1 {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Http1 { app, http } = self;
-        let phase = Arc::new(Phase::default());
-        let io = Deadlines::new(
-            stream,
-            phase.clone(),
-            info.limits.header_read_timeout,
-            info.limits.idle_timeout,
-        );
+        let (io, phase) = deadlined(stream, &info);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             phase.request_started();
             let answered = app.clone().call(request);
