@@ -113,7 +113,11 @@ fn changes(c: &mut Criterion) {
                 "k3",
                 &rotated.published.issuer,
                 &rotated.keys,
-                jiff::SignedDuration::from_hours(1),
+                authplane::snapshot::Rotation {
+                    every: jiff::SignedDuration::from_hours(720),
+                    pre_publish: jiff::SignedDuration::from_hours(1),
+                    retain_for: jiff::SignedDuration::from_hours(24),
+                },
             );
             index.apply_key(
                 &key_id(3),

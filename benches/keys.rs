@@ -80,7 +80,11 @@ fn rendering(c: &mut Criterion) {
                 "name",
                 "https://issuer",
                 black_box(&keys),
-                SignedDuration::from_hours(1),
+                authplane::snapshot::Rotation {
+                    every: SignedDuration::from_hours(720),
+                    pre_publish: SignedDuration::from_hours(1),
+                    retain_for: SignedDuration::from_hours(24),
+                },
             )
         })
     });

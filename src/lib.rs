@@ -12,8 +12,8 @@
 //! the longer map.
 
 pub use authplane_core::{
-    admission, api, clock, index, issuer_claims, keys, policy, reconcile, refresh, revocation,
-    snapshot, token, token_endpoint, token_review,
+    admission, api, attach, clock, index, issuer_claims, keys, policy, reconcile, refresh,
+    revocation, snapshot, token, token_endpoint, token_review,
 };
 
 pub mod cli;

@@ -13,8 +13,9 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let code = e.exit_code();
             eprintln!("error: {}", describe(&anyhow::Error::from(e)));
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code)
         }
     }
 }

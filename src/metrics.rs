@@ -13,8 +13,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyStateLabels {
@@ -101,6 +102,29 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PauseLabels {
+    pub namespace: String,
+    pub policy: String,
+    /// `spec` (`spec.rollout.paused`) or `deny_ratio` (`pauseAboveDenyRatio`).
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub namespace: String,
+    pub policy: String,
+    /// `true` when the audited request would have been refused (`would_deny` or
+    /// `legacy_session` decisions): what `pauseAboveDenyRatio` measures.
+    pub would_deny: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InputLabels {
+    /// What a driver reads, as `/readyz` names it (`SigningKey watch`, `manifests`, ...).
+    pub input: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: &'static str,
 }
@@ -144,7 +168,35 @@ pub struct Metrics {
     pub revocation_propagation: Histogram,
     /// `POST {issuer}/revoke` requests by result.
     pub revoke_requests: Family<ResultLabels, Counter>,
+    /// Key lifecycle per SigningKey: when it next changes, since when the Active key
+    /// signs, how often it should rotate, whether its last reconcile succeeded, failures.
+    pub key_next_transition: Family<ResourceLabels, Gauge>,
+    pub key_active_since: Family<ResourceLabels, Gauge>,
+    pub key_rotation_period: Family<ResourceLabels, Gauge>,
+    pub key_ready: Family<ResourceLabels, Gauge>,
+    pub key_failures: Family<ResourceLabels, Counter>,
+    /// Rollouts per AuthPolicy: the enforced share now, the step of a stepped one, when
+    /// it steps next, whether it is paused and why, its deny-ratio rule.
+    pub rollout_percentage: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    pub rollout_step: Family<PolicyLabels, Gauge>,
+    pub rollout_steps: Family<PolicyLabels, Gauge>,
+    pub rollout_next_step: Family<PolicyLabels, Gauge>,
+    pub rollout_paused: Family<PauseLabels, Gauge>,
+    pub rollout_deny_ratio_rule: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    /// Requests decided outside enforcement, and whether they would have been refused.
+    pub audited: Family<AuditLabels, Counter>,
+    /// External issuers: how long the last good key set serves after its fetch.
+    pub jwks_max_stale: Family<IssuerLabels, Gauge>,
+    /// 1 while an input (a watch, the manifest folder) is listed and followed.
+    pub input_ready: Family<InputLabels, Gauge>,
+    /// The (decision, reason) pairs each policy has counted, so that a deleted policy's
+    /// decision series can be removed: a Family cannot be searched by a part of its
+    /// labels, and series left behind would let policy names churned by a tenant grow
+    /// `/metrics` without bound.
+    decision_pairs: Arc<Mutex<DecisionPairs>>,
 }
+
+type DecisionPairs = HashMap<PolicyLabels, HashSet<(&'static str, &'static str)>>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -242,6 +294,13 @@ impl Default for Metrics {
             cache_misses.clone(),
         );
         let admission_reviews = Family::<AdmissionLabels, Counter>::default();
+        // Exported at 0 from the start, so that `rate()` sees the first malformed review
+        // (a series that appears at 1 shows no increase).
+        let _ = admission_reviews.get_or_create(&AdmissionLabels {
+            kind: "",
+            operation: "",
+            result: "malformed",
+        });
         registry.register(
             "admission_reviews",
             "Admission reviews answered, by kind, operation and result",
@@ -272,8 +331,107 @@ impl Default for Metrics {
             "Requests to the token revocation endpoints, by result",
             revoke_requests.clone(),
         );
+        let key_next_transition = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "signing_key_next_transition_timestamp_seconds",
+            "Unix time of a SigningKey's next lifecycle change (a key published, activated or removed)",
+            key_next_transition.clone(),
+        );
+        let key_active_since = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "signing_key_active_since_timestamp_seconds",
+            "Unix time at which a SigningKey's Active key began to sign; its age is time() minus this",
+            key_active_since.clone(),
+        );
+        let key_rotation_period = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "signing_key_rotation_period_seconds",
+            "A SigningKey's rotation.every: an Active key older than this is overdue",
+            key_rotation_period.clone(),
+        );
+        let key_ready = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "signing_key_ready",
+            "1 when a SigningKey's last reconcile stored and published its keys with an Active one, 0 when it failed",
+            key_ready.clone(),
+        );
+        let key_failures = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "signing_key_failures",
+            "Failed SigningKey reconciles (keys unreadable, unstorable or not generated): rotations that did not happen",
+            key_failures.clone(),
+        );
+        let rollout_percentage = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rollout_enforced_percentage",
+            "Share of users under enforcement now (0 in Audit and Disabled mode), as status.effectivePercentage",
+            rollout_percentage.clone(),
+        );
+        let rollout_step = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "rollout_step",
+            "Current step of a stepped rollout, counted from 1; absent when not stepped",
+            rollout_step.clone(),
+        );
+        let rollout_steps = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "rollout_steps",
+            "Number of steps of a stepped rollout; absent when not stepped",
+            rollout_steps.clone(),
+        );
+        let rollout_next_step = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "rollout_next_step_timestamp_seconds",
+            "Unix time of a stepped rollout's next step; absent when paused or at its last step",
+            rollout_next_step.clone(),
+        );
+        let rollout_paused = Family::<PauseLabels, Gauge>::default();
+        registry.register(
+            "rollout_paused",
+            "1 while a stepped rollout is held, by cause (spec, deny_ratio); 0 otherwise",
+            rollout_paused.clone(),
+        );
+        let rollout_deny_ratio_rule = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rollout_pause_above_deny_ratio",
+            "A stepped rollout's pauseAboveDenyRatio.ratio; absent without one",
+            rollout_deny_ratio_rule.clone(),
+        );
+        let audited = Family::<AuditLabels, Counter>::default();
+        registry.register(
+            "audited_requests",
+            "Requests decided outside enforcement (audited), by whether they would have been refused",
+            audited.clone(),
+        );
+        let jwks_max_stale = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "jwks_max_stale_seconds",
+            "How long an external issuer's last good key set keeps serving after its last successful fetch",
+            jwks_max_stale.clone(),
+        );
+        let input_ready = Family::<InputLabels, Gauge>::default();
+        registry.register(
+            "input_ready",
+            "1 while an input (a watch of one kind, the manifest folder) is listed and followed; 0 while listing or failing (/readyz degraded)",
+            input_ready.clone(),
+        );
         Self {
             registry,
+            key_next_transition,
+            key_active_since,
+            key_rotation_period,
+            key_ready,
+            key_failures,
+            rollout_percentage,
+            rollout_step,
+            rollout_steps,
+            rollout_next_step,
+            rollout_paused,
+            rollout_deny_ratio_rule,
+            audited,
+            jwks_max_stale,
+            input_ready,
+            decision_pairs: Arc::default(),
             revocations,
             revocations_applied,
             revocation_propagation,
@@ -392,6 +550,39 @@ impl Metrics {
                 })
                 .set(count as i64);
         }
+        let resource = ResourceLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match outcome.next_wakeup {
+            Some(next) => {
+                self.key_next_transition
+                    .get_or_create(&resource)
+                    .set(next.as_second());
+            }
+            None => {
+                self.key_next_transition.remove(&resource);
+            }
+        }
+        let active = outcome.keys.active(now);
+        match active {
+            Some(active) => {
+                self.key_active_since
+                    .get_or_create(&resource)
+                    .set(active.activates_at.as_second());
+            }
+            None => {
+                self.key_active_since.remove(&resource);
+            }
+        }
+        self.key_rotation_period
+            .get_or_create(&resource)
+            .set(outcome.policy.every.as_secs());
+        self.key_ready
+            .get_or_create(&resource)
+            .set(i64::from(active.is_some()));
+        // Exported from the start at 0, so that `increase()` sees the first failure.
+        let _ = self.key_failures.get_or_create(&resource);
         // Counted from the signing key itself, not from `Activated` events: a key that
         // signs early because `revoke-key` removed the Active one is a rotation too.
         if outcome.signing_key_changed {
@@ -404,16 +595,182 @@ impl Metrics {
         }
     }
 
-    /// Drops the gauges of an AuthPolicy that is gone.
-    pub fn forget_policy(&self, namespace: &str, policy: &str) {
-        self.legacy_session_sunset.remove(&PolicyLabels {
+    /// A SigningKey's reconcile failed: no rotation happened, nothing was published.
+    pub fn key_failed(&self, namespace: &str, name: &str) {
+        let resource = ResourceLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.key_failures.get_or_create(&resource).inc();
+        self.key_not_ready(namespace, name);
+    }
+
+    /// A SigningKey is not Ready for a reason of its own (an invalid spec): nothing failed
+    /// that a retry could fix.
+    pub fn key_not_ready(&self, namespace: &str, name: &str) {
+        self.key_ready
+            .get_or_create(&ResourceLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .set(0);
+    }
+
+    /// Where a policy's rollout stands at `now`, after a driver tracked it.
+    pub fn observe_rollout(
+        &self,
+        namespace: &str,
+        policy: &str,
+        rollout: &crate::api::Rollout,
+        tracked: &crate::driver::rollouts::Tracked,
+        now: jiff::Timestamp,
+    ) {
+        use crate::api::Mode;
+        use crate::policy::progression::{PAUSED_BY_SPEC, Schedule};
+        let labels = PolicyLabels {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
-        });
+        };
+        let schedule = Schedule::of(rollout, tracked.progress.as_ref());
+        let enforced = if rollout.mode == Mode::Enforce {
+            schedule.percentage_at(now)
+        } else {
+            0.0
+        };
+        self.rollout_percentage.get_or_create(&labels).set(enforced);
+        let pause = |cause, on: bool| {
+            let labels = PauseLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                cause,
+            };
+            self.rollout_paused
+                .get_or_create(&labels)
+                .set(i64::from(on));
+        };
+        match &tracked.progress {
+            Some(progress) => {
+                let step = i64::from(progress.step) + 1;
+                self.rollout_step.get_or_create(&labels).set(step);
+                self.rollout_steps
+                    .get_or_create(&labels)
+                    .set(progress.steps.len() as i64);
+                let held = progress.held.as_deref();
+                pause("spec", held == Some(PAUSED_BY_SPEC));
+                pause("deny_ratio", held.is_some_and(|h| h != PAUSED_BY_SPEC));
+            }
+            None => self.forget_steps(&labels),
+        }
+        match tracked.progress.as_ref().and(schedule.next_change(now)) {
+            Some(next) => {
+                self.rollout_next_step
+                    .get_or_create(&labels)
+                    .set(next.as_second());
+            }
+            None => {
+                self.rollout_next_step.remove(&labels);
+            }
+        }
+        let rule = rollout
+            .pause_above_deny_ratio
+            .as_ref()
+            .filter(|_| tracked.progress.is_some());
+        match rule {
+            Some(rule) => {
+                self.rollout_deny_ratio_rule
+                    .get_or_create(&labels)
+                    .set(rule.ratio);
+            }
+            None => {
+                self.rollout_deny_ratio_rule.remove(&labels);
+            }
+        }
+    }
+
+    fn forget_steps(&self, labels: &PolicyLabels) {
+        self.rollout_step.remove(labels);
+        self.rollout_steps.remove(labels);
+        for cause in ["spec", "deny_ratio"] {
+            self.rollout_paused.remove(&PauseLabels {
+                namespace: labels.namespace.clone(),
+                policy: labels.policy.clone(),
+                cause,
+            });
+        }
+    }
+
+    /// Drops the gauges of an AuthPolicy that is gone.
+    pub fn forget_policy(&self, namespace: &str, policy: &str) {
+        let labels = PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        };
+        self.legacy_session_sunset.remove(&labels);
+        self.rollout_percentage.remove(&labels);
+        self.rollout_next_step.remove(&labels);
+        self.rollout_deny_ratio_rule.remove(&labels);
+        self.forget_steps(&labels);
+        self.decision_seconds.remove(&labels);
+        for would_deny in ["true", "false"] {
+            self.audited.remove(&AuditLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                would_deny,
+            });
+        }
+        let pairs = self
+            .decision_pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&labels);
+        for (decision, reason) in pairs.into_iter().flatten() {
+            self.decisions.remove(&DecisionLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// This replica stopped leading: the gauges only the leader keeps up to date (its
+    /// reconciles set them) go, so that a stale value (a paused rollout, a failed key)
+    /// does not outlive the lease on this replica and keep an alert firing after the new
+    /// leader has moved on. Counters stay: their rates are still true.
+    pub fn forget_leader_state(&self) {
+        self.keys.clear();
+        self.key_next_transition.clear();
+        self.key_active_since.clear();
+        self.key_rotation_period.clear();
+        self.key_ready.clear();
+        self.rollout_percentage.clear();
+        self.rollout_step.clear();
+        self.rollout_steps.clear();
+        self.rollout_next_step.clear();
+        self.rollout_paused.clear();
+        self.rollout_deny_ratio_rule.clear();
+    }
+
+    /// The state of every input, as `/readyz` reports it; read when scraped.
+    pub fn observe_inputs(&self, inputs: &[(&'static str, bool)]) {
+        for (input, ready) in inputs {
+            self.input_ready
+                .get_or_create(&InputLabels { input })
+                .set(i64::from(*ready));
+        }
     }
 
     /// Drops the gauges of a SigningKey that is gone.
     pub fn forget_keys(&self, namespace: &str, name: &str) {
+        let resource = ResourceLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.key_next_transition.remove(&resource);
+        self.key_active_since.remove(&resource);
+        self.key_rotation_period.remove(&resource);
+        self.key_ready.remove(&resource);
+        self.key_failures.remove(&resource);
         for state in ["Next", "Active", "Retired"] {
             self.keys.remove(&KeyStateLabels {
                 namespace: namespace.to_owned(),
@@ -454,10 +811,13 @@ impl Metrics {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
             decisions: self.decisions.clone(),
+            decision_pairs: self.decision_pairs.clone(),
             legacy_session_sunset: self.legacy_session_sunset.clone(),
             cache_hits: self.cache_hits.clone(),
             cache_misses: self.cache_misses.clone(),
             counters: (0..slots).map(|_| OnceLock::new()).collect(),
+            audited: self.audited.clone(),
+            audited_counters: Default::default(),
             seconds: self
                 .decision_seconds
                 .get_or_create(&PolicyLabels {
@@ -476,6 +836,7 @@ impl Metrics {
         };
         self.jwks_keys.remove(&labels);
         self.jwks_last_success.remove(&labels);
+        self.jwks_max_stale.remove(&labels);
         for result in ["ok", "error"] {
             self.jwks_fetches.remove(&FetchLabels {
                 issuer: issuer.to_owned(),
@@ -484,8 +845,20 @@ impl Metrics {
         }
     }
 
-    /// The outcome of one fetch of an external issuer's key set.
-    pub fn jwks_fetched(&self, issuer: &str, keys: Result<usize, ()>, now: jiff::Timestamp) {
+    /// The outcome of one fetch of an external issuer's key set; a good set serves up to
+    /// `max_stale` after it was fetched.
+    pub fn jwks_fetched(
+        &self,
+        issuer: &str,
+        keys: Result<usize, ()>,
+        now: jiff::Timestamp,
+        max_stale: std::time::Duration,
+    ) {
+        self.jwks_max_stale
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.to_owned(),
+            })
+            .set(i64::try_from(max_stale.as_secs()).unwrap_or(i64::MAX));
         let result = if keys.is_ok() { "ok" } else { "error" };
         self.jwks_fetches
             .get_or_create(&FetchLabels {
@@ -564,20 +937,37 @@ pub struct PolicyMeters {
     namespace: String,
     policy: String,
     decisions: Family<DecisionLabels, Counter>,
+    decision_pairs: Arc<Mutex<DecisionPairs>>,
     legacy_session_sunset: Family<PolicyLabels, Gauge>,
     cache_hits: Counter,
     cache_misses: Counter,
     counters: Vec<OnceLock<Counter>>,
     seconds: AtomicHistogram,
+    audited: Family<AuditLabels, Counter>,
+    /// Audited requests that passed, and that would have been refused.
+    audited_counters: [OnceLock<Counter>; 2],
 }
 
 impl crate::policy::DecisionMeters for PolicyMeters {
     fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64) {
-        let labels = || DecisionLabels {
-            namespace: self.namespace.clone(),
-            policy: self.policy.clone(),
-            decision: decision.to_owned(),
-            reason: reason.to_owned(),
+        // Looked up once per slot (or per request past the slots): each series made is
+        // remembered for `forget_policy`.
+        let labels = || {
+            self.decision_pairs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(PolicyLabels {
+                    namespace: self.namespace.clone(),
+                    policy: self.policy.clone(),
+                })
+                .or_default()
+                .insert((decision, reason));
+            DecisionLabels {
+                namespace: self.namespace.clone(),
+                policy: self.policy.clone(),
+                decision: decision.to_owned(),
+                reason: reason.to_owned(),
+            }
         };
         match self.counters.get(slot) {
             Some(cell) => cell
@@ -586,6 +976,20 @@ impl crate::policy::DecisionMeters for PolicyMeters {
             None => self.decisions.get_or_create(&labels()).inc(),
         };
         self.seconds.observe(seconds);
+    }
+
+    fn audited(&self, would_deny: bool) {
+        let cell = &self.audited_counters[usize::from(would_deny)];
+        cell.get_or_init(|| {
+            self.audited
+                .get_or_create(&AuditLabels {
+                    namespace: self.namespace.clone(),
+                    policy: self.policy.clone(),
+                    would_deny: if would_deny { "true" } else { "false" },
+                })
+                .clone()
+        })
+        .inc();
     }
 
     fn cache_hit(&self, hit: bool) {
@@ -611,5 +1015,201 @@ impl crate::policy::DecisionMeters for PolicyMeters {
                 self.legacy_session_sunset.remove(&labels);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Rollout, RolloutProgress, status_time};
+    use crate::driver::rollouts::Tracked;
+    use crate::policy::progression::PAUSED_BY_SPEC;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn samples(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_held_stepped_rollout_reports_its_step_cause_and_rule_until_the_policy_goes() {
+        let metrics = Metrics::default();
+        let rollout: Rollout = serde_yaml::from_str(
+            "{mode: Enforce, steps: [10, 50, 100], stepEvery: 1h, pauseAboveDenyRatio: {ratio: 0.05}}",
+        )
+        .unwrap();
+        let now = at("2026-01-01T01:30:00Z");
+        let progress = |held: Option<&str>| RolloutProgress {
+            steps: vec![10.0, 50.0, 100.0],
+            step: 1,
+            since: status_time(at("2026-01-01T01:00:00Z")),
+            held: held.map(str::to_owned),
+        };
+        let tracked = |held| Tracked {
+            progress: Some(progress(held)),
+            next: None,
+            moved: false,
+        };
+        metrics.observe_rollout("shop", "pay", &rollout, &tracked(None), now);
+        let labels = r#"{namespace="shop",policy="pay"}"#;
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_enforced_percentage"),
+            [format!(
+                "authplane_rollout_enforced_percentage{labels} 50.0"
+            )]
+        );
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_step"),
+            [format!("authplane_rollout_step{labels} 2")]
+        );
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_next_step_timestamp_seconds"),
+            [format!(
+                "authplane_rollout_next_step_timestamp_seconds{labels} {}",
+                at("2026-01-01T02:00:00Z").as_second()
+            )]
+        );
+
+        // Held by the deny ratio: no next step, the cause says which hold.
+        metrics.observe_rollout(
+            "shop",
+            "pay",
+            &rollout,
+            &tracked(Some("3 of 10 would be refused")),
+            now,
+        );
+        let mut paused = samples(&metrics, "authplane_rollout_paused");
+        paused.sort();
+        assert_eq!(
+            paused,
+            [
+                r#"authplane_rollout_paused{namespace="shop",policy="pay",cause="deny_ratio"} 1"#,
+                r#"authplane_rollout_paused{namespace="shop",policy="pay",cause="spec"} 0"#,
+            ]
+        );
+        assert!(samples(&metrics, "authplane_rollout_next_step_timestamp_seconds").is_empty());
+        metrics.observe_rollout("shop", "pay", &rollout, &tracked(Some(PAUSED_BY_SPEC)), now);
+        assert!(
+            metrics.encode().contains(
+                r#"authplane_rollout_paused{namespace="shop",policy="pay",cause="spec"} 1"#
+            )
+        );
+
+        // A deleted policy's series go with it: no alert about what no longer exists.
+        metrics.forget_policy("shop", "pay");
+        for name in [
+            "authplane_rollout_enforced_percentage",
+            "authplane_rollout_step",
+            "authplane_rollout_steps",
+            "authplane_rollout_paused",
+            "authplane_rollout_pause_above_deny_ratio",
+        ] {
+            assert!(samples(&metrics, name).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_deleted_policys_decision_series_go_with_it() {
+        use crate::policy::DecisionMeters;
+        let metrics = Metrics::default();
+        for policy in ["pay", "web"] {
+            // Two slots: the third pair is counted past them.
+            let meters = metrics.policy_meters("shop", policy, 2);
+            meters.record(0, "allow", "", 0.001);
+            meters.record(1, "deny", "missing_token", 0.001);
+            meters.record(7, "would_deny", "expired", 0.001);
+            meters.audited(true);
+        }
+        let of = |policy: &str, name: &str| {
+            samples(&metrics, name)
+                .into_iter()
+                .filter(|line| line.contains(&format!("policy=\"{policy}\"")))
+                .count()
+        };
+        assert_eq!(of("pay", "authplane_decisions_total"), 3);
+        assert!(of("pay", "authplane_decision_duration_seconds_count") > 0);
+
+        metrics.forget_policy("shop", "pay");
+        for name in [
+            "authplane_decisions_total",
+            "authplane_audited_requests_total",
+            "authplane_decision_duration_seconds_count",
+        ] {
+            assert_eq!(of("pay", name), 0, "{name}");
+            assert!(of("web", name) > 0, "{name} of another policy stays");
+        }
+    }
+
+    #[test]
+    fn a_replica_that_stops_leading_drops_the_gauges_only_the_leader_updates() {
+        let metrics = Metrics::default();
+        let rollout: Rollout =
+            serde_yaml::from_str("{mode: Enforce, steps: [10, 50], stepEvery: 1h, paused: true}")
+                .unwrap();
+        let tracked = Tracked {
+            progress: Some(RolloutProgress {
+                steps: vec![10.0, 50.0],
+                step: 0,
+                since: status_time(at("2026-01-01T00:00:00Z")),
+                held: Some(PAUSED_BY_SPEC.to_owned()),
+            }),
+            next: None,
+            moved: false,
+        };
+        metrics.observe_rollout(
+            "shop",
+            "pay",
+            &rollout,
+            &tracked,
+            at("2026-01-01T00:10:00Z"),
+        );
+        metrics.key_failed("auth", "web");
+        assert!(!samples(&metrics, "authplane_rollout_paused").is_empty());
+        assert!(!samples(&metrics, "authplane_signing_key_ready").is_empty());
+
+        metrics.forget_leader_state();
+        for name in [
+            "authplane_rollout_enforced_percentage",
+            "authplane_rollout_step",
+            "authplane_rollout_paused",
+            "authplane_signing_key_ready",
+        ] {
+            assert!(samples(&metrics, name).is_empty(), "{name}");
+        }
+        assert_eq!(
+            samples(&metrics, "authplane_signing_key_failures_total"),
+            [r#"authplane_signing_key_failures_total{namespace="auth",name="web"} 1"#]
+        );
+    }
+
+    #[test]
+    fn a_rollout_outside_enforce_enforces_nobody_and_has_no_steps() {
+        let metrics = Metrics::default();
+        let rollout: Rollout = serde_yaml::from_str("{mode: Audit, percentage: 50}").unwrap();
+        let tracked = Tracked {
+            progress: None,
+            next: None,
+            moved: false,
+        };
+        metrics.observe_rollout(
+            "shop",
+            "pay",
+            &rollout,
+            &tracked,
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            samples(&metrics, "authplane_rollout_enforced_percentage"),
+            [r#"authplane_rollout_enforced_percentage{namespace="shop",policy="pay"} 0.0"#]
+        );
+        assert!(samples(&metrics, "authplane_rollout_step").is_empty());
+        assert!(samples(&metrics, "authplane_rollout_paused").is_empty());
     }
 }

@@ -312,6 +312,16 @@ impl Registry {
             .map(|(name, state)| (*name, state.clone()))
             .collect()
     }
+
+    /// Every input, and whether it is synced.
+    pub fn sources_synced(&self) -> Vec<(&'static str, bool)> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, state)| (*name, *state == SourceState::Synced))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -154,7 +154,20 @@ fn start_operator_with_tls(
         serving: Default::default(),
         instance: Default::default(),
         write_pace: None,
+        attach: Default::default(),
     };
+    run_operator(address, config)
+}
+
+/// Runs the operator of `config`, reached at `address`.
+fn run_operator(
+    address: String,
+    config: OperatorConfig,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), operator::OperatorError>>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(operator::run(config, async move {
         let _ = stopped.await;
@@ -887,5 +900,450 @@ async fn two_teams_on_one_installation() {
     operator.await.unwrap().unwrap();
     for name in [&team_a, &team_b, &system] {
         namespaces.delete(name, &DeleteParams::default()).await.ok();
+    }
+}
+
+/// The published third-party CRDs (`shared/third-party-crds/` above the repository, or
+/// `AUTHPLANE_THIRD_PARTY_CRDS`).
+fn third_party_crd(file: &str) -> Value {
+    let dir = std::env::var_os("AUTHPLANE_THIRD_PARTY_CRDS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .map(|dir| dir.join("shared/third-party-crds"))
+                .find(|dir| dir.is_dir())
+        })
+        .expect("the third-party CRDs: set AUTHPLANE_THIRD_PARTY_CRDS");
+    manifest(&std::fs::read_to_string(dir.join(file)).unwrap()).remove(0)
+}
+
+/// Installs the CRDs of `files` that the cluster lacks, server-side (SecurityPolicy's is
+/// over kubectl's client-side limit); returns the names of those it installed, to delete.
+async fn install_third_party_crds(client: &Client, files: &[&str]) -> Vec<String> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut installed = Vec::new();
+    for file in files {
+        let crd = third_party_crd(file);
+        let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
+        if crds.get_opt(&name).await.unwrap().is_some() {
+            continue;
+        }
+        apply(&crds, &crd, false)
+            .await
+            .unwrap_or_else(|e| panic!("the apiserver refused {file}: {e}"));
+        installed.push(name.clone());
+        eventually("the CRD to be established", || async {
+            let crd = crds.get(&name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
+    installed
+}
+
+/// The `Accepted` condition of each Gateway API target of the policy: `kind/name` →
+/// (status, reason, message).
+async fn attached(policies: &Api<AuthPolicy>, name: &str) -> Vec<(String, String, String, String)> {
+    let Ok(policy) = policies.get(name).await else {
+        return Vec::new();
+    };
+    policy
+        .status
+        .map(|s| s.targets)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|t| {
+            t.conditions
+                .iter()
+                .filter(|c| c.type_ == "Accepted")
+                .map(|c| {
+                    (
+                        format!("{}/{}", t.kind.name(), t.name),
+                        c.status.clone(),
+                        c.reason.clone(),
+                        c.message.clone(),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Attachment on a real apiserver: with the published Gateway API, Envoy Gateway,
+/// Traefik and Istio CRDs installed, an AuthPolicy targeting an HTTPRoute of an Envoy
+/// Gateway Gateway, one of a Traefik Gateway (whose rule names the Middleware) and an
+/// Istio Gateway gets its SecurityPolicy, ReferenceGrant, Middleware and
+/// AuthorizationPolicy, accepted by the apiserver (schema and CEL); the Istio target is
+/// `Invalid` until the mesh config (a ConfigMap the operator watches) holds the policy's
+/// provider; then its status says `Accepted` for all; a younger policy on the same route is
+/// `Conflicted`; when the targets leave `targetRefs`, every object goes. No Envoy runs here: the objects are
+/// judged by the apiserver, not by a data plane.
+#[tokio::test]
+#[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
+async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
+    use authplane::api::ObjectKey;
+    use authplane::attach::{AuthzService, Implementation, Protocol};
+    use authplane::operator::attachments::AttachConfig;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+
+    let path = kubeconfig();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = operator::client(Some(&path)).await.unwrap();
+    install_crds(&client).await;
+    let installed = install_third_party_crds(
+        &client,
+        &[
+            "gatewayclasses.gateway.networking.k8s.io.yaml",
+            "gateways.gateway.networking.k8s.io.yaml",
+            "httproutes.gateway.networking.k8s.io.yaml",
+            "grpcroutes.gateway.networking.k8s.io.yaml",
+            "referencegrants.gateway.networking.k8s.io.yaml",
+            "securitypolicies.gateway.envoyproxy.io.yaml",
+            "middlewares.traefik.io.yaml",
+            "authorizationpolicies.security.istio.io.yaml",
+        ],
+    )
+    .await;
+
+    let run = std::process::id();
+    let shop = format!("attach-{run}-shop");
+    let home = format!("attach-{run}-authplane");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [&shop, &home] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    let dynamic =
+        |group: &str, version: &str, kind: &str, plural: &str, namespace: Option<&str>| {
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(group, version, kind),
+                plural,
+            );
+            match namespace {
+                Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
+                None => Api::<DynamicObject>::all_with(client.clone(), &resource),
+            }
+        };
+    let gateway_api = "gateway.networking.k8s.io";
+    let classes = dynamic(gateway_api, "v1", "GatewayClass", "gatewayclasses", None);
+    let class = format!("attach-{run}-eg");
+    let objects = [
+        (
+            classes.clone(),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": class}, "spec": {"controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}}),
+        ),
+        (
+            dynamic(gateway_api, "v1", "Gateway", "gateways", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "web", "namespace": shop},
+            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        ),
+        (
+            dynamic(gateway_api, "v1", "HTTPRoute", "httproutes", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "payments", "namespace": shop},
+            "spec": {"parentRefs": [{"name": "web"}], "rules": [{"backendRefs": [{"name": "payments", "port": 8080}]}]}}),
+        ),
+        (
+            classes.clone(),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": format!("{class}-traefik")}, "spec": {"controllerName": "traefik.io/gateway-controller"}}),
+        ),
+        (
+            dynamic(gateway_api, "v1", "Gateway", "gateways", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": shop},
+            "spec": {"gatewayClassName": format!("{class}-traefik"), "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        ),
+        // The route's owner names the Middleware authplane writes.
+        (
+            dynamic(gateway_api, "v1", "HTTPRoute", "httproutes", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "ui", "namespace": shop},
+            "spec": {"parentRefs": [{"name": "edge"}], "rules": [{
+                "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}],
+                "backendRefs": [{"name": "ui", "port": 8080}]}]}}),
+        ),
+        (
+            classes.clone(),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": format!("{class}-istio")}, "spec": {"controllerName": "istio.io/gateway-controller"}}),
+        ),
+        (
+            dynamic(gateway_api, "v1", "Gateway", "gateways", Some(&shop)),
+            json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "mesh", "namespace": shop},
+            "spec": {"gatewayClassName": format!("{class}-istio"), "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        ),
+    ];
+    for (api, object) in &objects {
+        apply(api, object, false).await.unwrap();
+    }
+
+    let address = format!("http://127.0.0.1:{}", free_port());
+    let mut config = {
+        let port = address.rsplit(':').next().unwrap().to_owned();
+        OperatorConfig {
+            kubeconfig: Some(path.clone()),
+            namespace: home.clone(),
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            external_url: address.clone(),
+            identity: "attach-e2e".into(),
+            decision_cache_size: 1000,
+            tls: None,
+            revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+            unconfined_issuer_namespaces: Vec::new(),
+            admin_listen: None,
+            tls_client_ca_file: None,
+            serving: Default::default(),
+            instance: Default::default(),
+            write_pace: None,
+            attach: Default::default(),
+        }
+    };
+    config.attach = AttachConfig {
+        enabled: vec![
+            Implementation::EnvoyGateway,
+            Implementation::Traefik,
+            Implementation::Istio,
+        ],
+        service: AuthzService {
+            namespace: home.clone(),
+            name: "authplane".into(),
+            port: 8080,
+            protocol: Protocol::Http,
+        },
+        // Istio's mesh config, here in the run's own namespace; without a provider yet.
+        istio_mesh_config: Some(ObjectKey {
+            namespace: home.clone(),
+            name: "istio".into(),
+        }),
+    };
+    let mesh_configs: Api<ConfigMap> = Api::namespaced(client.clone(), &home);
+    let mesh_config = |mesh: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "istio", "namespace": home}, "data": {"mesh": mesh}})
+    };
+    apply(
+        &mesh_configs,
+        &mesh_config("extensionProviders: []\n"),
+        false,
+    )
+    .await
+    .unwrap();
+    let (_, stop, operator) = run_operator(address, config);
+
+    let keys: Api<SigningKey> = Api::namespaced(client.clone(), &shop);
+    apply(&keys, &manifest(&KEY.replace("NS", &shop))[0], false)
+        .await
+        .unwrap();
+    let policies: Api<AuthPolicy> = Api::namespaced(client.clone(), &shop);
+    let policy = |name: &str, targets: &str| {
+        manifest(&format!(
+            "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: {shop}}}\nspec:\n  targetRefs: {targets}\n  issuers: [{{signingKeyRef: {{name: web}}}}]\n  forwardClaims: {{sub: X-Auth-Subject}}\n"
+        ))
+        .remove(0)
+    };
+    let route = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}]";
+    let both = "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: payments}, {kind: HTTPRoute, name: ui}, {kind: Gateway, name: mesh}]";
+    apply(&policies, &policy("payments", both), false)
+        .await
+        .unwrap();
+
+    let security_policies = dynamic(
+        "gateway.envoyproxy.io",
+        "v1alpha1",
+        "SecurityPolicy",
+        "securitypolicies",
+        Some(&shop),
+    );
+    let grants = dynamic(
+        gateway_api,
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+        Some(&home),
+    );
+    let authorization_policies = dynamic(
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        Some(&shop),
+    );
+    // The mesh config lacks the policy's provider: the Istio Gateway is Invalid, saying
+    // what to add, and its AuthorizationPolicy is written (Istio fails closed meanwhile).
+    let provider = format!("authplane.{shop}.payments");
+    let invalid = eventually("the Istio target to ask for its provider", || async {
+        attached(&policies, "payments")
+            .await
+            .into_iter()
+            .find(|(target, _, reason, _)| target == "Gateway/mesh" && reason == "Invalid")
+    })
+    .await;
+    assert!(
+        invalid
+            .3
+            .contains(&format!("no extension provider {provider}")),
+        "{invalid:?}"
+    );
+    let written = authorization_policies
+        .get("authplane-payments")
+        .await
+        .unwrap();
+    assert_eq!(
+        written.data["spec"],
+        json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+               "action": "CUSTOM", "provider": {"name": provider}, "rules": [{}]})
+    );
+    let mesh = format!(
+        "extensionProviders:\n- name: {provider}\n  envoyExtAuthzHttp:\n    service: authplane.{home}.svc.cluster.local\n    port: 8080\n    pathPrefix: /authz/{shop}/payments\n    includeRequestHeadersInCheck: [authorization, x-forwarded-for, x-real-ip]\n    headersToUpstreamOnAllow: [x-auth-subject, x-authplane-audit, x-authplane-reason]\n    headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]\n"
+    );
+    apply(&mesh_configs, &mesh_config(&mesh), false)
+        .await
+        .unwrap();
+    let accepted = eventually("every target's attachment to be Accepted", || async {
+        let attached = attached(&policies, "payments").await;
+        (attached.len() == 3 && attached.iter().all(|(_, status, _, _)| status == "True"))
+            .then_some(attached)
+    })
+    .await;
+    assert!(accepted.iter().all(|a| a.2 == "Accepted"), "{accepted:?}");
+    let middlewares = dynamic(
+        "traefik.io",
+        "v1alpha1",
+        "Middleware",
+        "middlewares",
+        Some(&shop),
+    );
+    let middleware = middlewares.get("authplane-payments").await.unwrap();
+    assert_eq!(
+        middleware.data["spec"]["forwardAuth"]["address"],
+        format!("http://authplane.{home}.svc:8080/authz/{shop}/payments")
+    );
+    let written = security_policies.get("authplane-payments").await.unwrap();
+    let owner = &written.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("AuthPolicy", "payments", Some(true))
+    );
+    assert_eq!(
+        written.data["spec"]["extAuth"]["http"]["path"],
+        format!("/authz/{shop}/payments")
+    );
+    assert_eq!(written.data["spec"]["extAuth"]["failOpen"], false);
+    let grant = grants
+        .get(&format!("authplane-securitypolicies-{shop}"))
+        .await
+        .unwrap();
+    assert_eq!(grant.data["spec"]["from"][0]["namespace"], shop.as_str());
+
+    // A younger policy on the same route: Conflicted, and nothing written for it.
+    apply(&policies, &policy("later", route), false)
+        .await
+        .unwrap();
+    let conflicted = eventually("the younger policy to be Conflicted", || async {
+        attached(&policies, "later")
+            .await
+            .into_iter()
+            .find(|(_, _, reason, _)| reason == "Conflicted")
+    })
+    .await;
+    assert!(conflicted.3.contains("payments"), "{conflicted:?}");
+    assert!(
+        security_policies
+            .get_opt("authplane-later")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    policies
+        .delete("later", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // The target leaves: the SecurityPolicy and the ReferenceGrant go.
+    apply(
+        &policies,
+        &policy("payments", "[{kind: Deployment, name: payments}]"),
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("the SecurityPolicy to be deleted", || async {
+        security_policies
+            .get_opt("authplane-payments")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the Middleware to be deleted", || async {
+        middlewares
+            .get_opt("authplane-payments")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the AuthorizationPolicy to be deleted", || async {
+        authorization_policies
+            .get_opt("authplane-payments")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the ReferenceGrant to be deleted", || async {
+        grants
+            .get_opt(&format!("authplane-securitypolicies-{shop}"))
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    stop.send(()).unwrap();
+    operator.await.unwrap().unwrap();
+    policies
+        .delete("payments", &DeleteParams::default())
+        .await
+        .unwrap();
+    keys.delete("web", &DeleteParams::default()).await.unwrap();
+    for (api, object) in objects.iter().rev() {
+        api.delete(
+            object["metadata"]["name"].as_str().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    }
+    for name in [&shop, &home] {
+        namespaces
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in installed {
+        crds.delete(&name, &DeleteParams::default()).await.unwrap();
     }
 }

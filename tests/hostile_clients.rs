@@ -313,7 +313,7 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_disconnected() {
 }
 
 #[tokio::test]
-async fn with_an_admin_listener_status_and_metrics_are_served_there_only() {
+async fn with_an_admin_listener_status_the_status_page_and_metrics_are_served_there_only() {
     use authplane::admission::NoSigningKeys;
     use authplane::driver::serve::{self, Listener};
     use authplane::metrics::Metrics;
@@ -362,14 +362,17 @@ async fn with_an_admin_listener_status_and_metrics_are_served_there_only() {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         get(&mut stream, path).await
     };
-    for path in ["/metrics", "/status/shop/api"] {
+    let admin_only = ["/metrics", "/status", "/ui", "/ui/app.js", "/ui/style.css"];
+    for path in admin_only.iter().chain(&["/status/shop/api"]) {
         assert_eq!(
             status(public_addr, path).await,
             "HTTP/1.1 404 Not Found",
             "{path}"
         );
     }
-    assert_eq!(status(admin_addr, "/metrics").await, "HTTP/1.1 200 OK");
+    for path in admin_only {
+        assert_eq!(status(admin_addr, path).await, "HTTP/1.1 200 OK", "{path}");
+    }
     // The policy does not exist: the admin listener answers for it all the same.
     assert_eq!(
         status(admin_addr, "/status/shop/api").await,

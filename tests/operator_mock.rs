@@ -586,6 +586,15 @@ async fn a_garbage_secret_is_reported_and_never_overwritten() {
     )
     .await
     .unwrap();
+    // Not Ready, and a failure: what the SigningKeyNotReady and KeyRotationFailing
+    // alerts read.
+    let metrics = ctx.metrics.encode();
+    for sample in [
+        r#"authplane_signing_key_ready{namespace="auth",name="web"} 0"#,
+        r#"authplane_signing_key_failures_total{namespace="auth",name="web"} 1"#,
+    ] {
+        assert!(metrics.contains(sample), "{sample} in\n{metrics}");
+    }
     drop(ctx);
     assert!(
         server.await.unwrap().next_request().await.is_none(),
@@ -764,6 +773,7 @@ pub(crate) mod auth_policy_status {
     use authplane::api::TargetKind;
     use authplane::api::{AuthPolicy, ObjectKey};
     use authplane::index::Index;
+    use authplane::operator::attachments::{AttachConfig, Attachments};
     use authplane::operator::auth_policies::{PolicyContext, reconcile};
     use authplane::operator::targets::{KINDS, Targets};
     use authplane::registry::{PolicyRuntime, Registry, ServedKeys};
@@ -803,6 +813,16 @@ pub(crate) mod auth_policy_status {
         current: AuthPolicy,
         cached_keys: Vec<Value>,
     ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        context_attaching(current, cached_keys, AttachConfig::default())
+    }
+
+    /// As [`context_with_keys`], writing gateway objects as `attach` says.
+    pub fn context_attaching(
+        current: AuthPolicy,
+        cached_keys: Vec<Value>,
+        attach: AttachConfig,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let cached_policy = serde_json::to_value(&current).unwrap();
         let key = signing_key(json!({}));
         let outcome = authplane::reconcile::signing_key(
             &key,
@@ -848,6 +868,8 @@ pub(crate) mod auth_policy_status {
         );
         let ctx = PolicyContext {
             targets,
+            attachments: Arc::new(Attachments::new(attach, &Default::default())),
+            policies: cache(vec![cached_policy]).0,
             registry,
             external_url: "https://authplane.example".into(),
             clock: Arc::new(Fixed(t0())),
@@ -880,7 +902,10 @@ pub(crate) mod auth_policy_status {
                 status["targets"],
                 json!([
                     {"kind": "Ingress", "name": "payments", "found": true},
-                    {"kind": "HTTPRoute", "name": "payments", "found": false},
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments", "found": false,
+                     "conditions": [{"type": "Accepted", "status": "False", "reason": "TargetNotFound",
+                                     "message": "HTTPRoute shop/payments not found", "observedGeneration": 2,
+                                     "lastTransitionTime": t0().to_string()}]},
                 ])
             );
             let conditions: Vec<(&str, &str)> = status["conditions"]
@@ -1351,5 +1376,722 @@ mod legacy_session_end {
 
         let (condition, _) = reconciled(ending(t0())).await;
         assert_eq!(condition, ("False".to_owned(), "SunsetPassed".to_owned()));
+    }
+}
+
+/// Attachment: the leader writes Envoy Gateway's SecurityPolicy and the ReferenceGrant
+/// for a policy targeting an HTTPRoute served by Envoy Gateway, writes nothing the
+/// apiserver holds already, never touches an object it does not own, and deletes its
+/// own when the target leaves.
+mod attachment {
+    use super::auth_policy_status::context_attaching;
+    use super::*;
+    use authplane::api::{AuthPolicy, TargetKind};
+    use authplane::attach::{AuthzService, Implementation, Protocol};
+    use authplane::operator::attachments::{AttachConfig, Watched};
+    use authplane::operator::auth_policies::{PolicyContext, reconcile};
+    use kube::api::DynamicObject;
+
+    const POLICY_STATUS: &str =
+        "/apis/authplane.io/v1alpha1/namespaces/shop/authpolicies/payments/status";
+    const SECURITY_POLICIES: &str =
+        "/apis/gateway.envoyproxy.io/v1alpha1/namespaces/shop/securitypolicies";
+    const GRANTS: &str =
+        "/apis/gateway.networking.k8s.io/v1beta1/namespaces/authplane-system/referencegrants";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+    /// The Event recorded on the policy: its type and reason.
+    async fn event(api: &mut Handle) -> (String, String) {
+        let event = expect(api, "POST", EVENTS, 201, Value::Null).await;
+        assert_eq!(event["regarding"]["name"], "payments");
+        (
+            event["type"].as_str().unwrap().to_owned(),
+            event["reason"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn policy(targets: Value) -> AuthPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+            "metadata": {"name": "payments", "namespace": "shop", "generation": 2, "uid": "uid-1",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"issuers": [{"signingKeyRef": {"name": "web", "namespace": "auth"}}],
+                     "targetRefs": targets, "forwardClaims": {"sub": "X-Auth-Subject"}},
+        }))
+        .unwrap()
+    }
+
+    fn config() -> AttachConfig {
+        AttachConfig {
+            enabled: vec![Implementation::EnvoyGateway],
+            service: AuthzService {
+                namespace: "authplane-system".into(),
+                name: "authplane".into(),
+                port: 8080,
+                protocol: Protocol::Http,
+            },
+            istio_mesh_config: None,
+        }
+    }
+
+    /// A cluster with Envoy Gateway serving `shop/web`, the route `shop/payments` under
+    /// it, and `security_policies` and `grants` listed.
+    fn cluster(
+        current: &AuthPolicy,
+        security_policies: Vec<Value>,
+        grants: Vec<Value>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        cluster_with(current, security_policies, grants, Vec::new())
+    }
+
+    /// [`cluster`], with Traefik serving `shop/edge` and the route `shop/ui` under it,
+    /// whose rule names the Middleware `authplane-payments`; `middlewares` listed.
+    fn cluster_with(
+        current: &AuthPolicy,
+        security_policies: Vec<Value>,
+        grants: Vec<Value>,
+        middlewares: Vec<Value>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let mut config = config();
+        config.enabled.push(Implementation::Traefik);
+        let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config);
+        {
+            let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.apply_class("traefik", "traefik.io/gateway-controller");
+            topology.apply_gateway("shop", "edge", "traefik");
+            let ui = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "edge"}], "rules": [{"filters": [{"type": "ExtensionRef",
+                    "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "authplane-payments"}}]}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "ui", ui);
+            topology.apply_class("eg", "gateway.envoyproxy.io/gatewayclass-controller");
+            topology.apply_gateway("shop", "web", "eg");
+            let route = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "web"}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "payments", route);
+        }
+        ctx.targets.observe(
+            TargetKind::HttpRoute,
+            Event::Apply(("shop".into(), "payments".into())),
+        );
+        for (watched, objects) in [
+            (Watched::SecurityPolicies, security_policies),
+            (Watched::ReferenceGrants, grants),
+            (Watched::Middlewares, middlewares),
+        ] {
+            ctx.attachments.observe(watched, Event::Init);
+            for object in objects {
+                let object: DynamicObject = serde_json::from_value(object).unwrap();
+                ctx.attachments.observe(watched, Event::InitApply(object));
+            }
+            ctx.attachments.observe(watched, Event::InitDone);
+        }
+        (ctx, api, leader)
+    }
+
+    /// What the apiserver answers for a created object: it, with a uid and the defaults
+    /// Envoy Gateway's CRD adds.
+    fn stored(mut object: Value, uid: &str) -> Value {
+        object["metadata"]["uid"] = json!(uid);
+        object["metadata"]["creationTimestamp"] = json!("2026-01-02T00:00:00Z");
+        if object["kind"] == "SecurityPolicy" {
+            object["spec"]["extAuth"]["http"]["backendRefs"][0]["group"] = json!("");
+            object["spec"]["extAuth"]["http"]["backendRefs"][0]["kind"] = json!("Service");
+            object["spec"]["extAuth"]["http"]["backendRefs"][0]["weight"] = json!(1);
+        }
+        object
+    }
+
+    fn accepted(status: &Value) -> (String, String, String) {
+        let condition = &status["targets"][0]["conditions"][0];
+        (
+            condition["status"].as_str().unwrap().to_owned(),
+            condition["reason"].as_str().unwrap().to_owned(),
+            condition["message"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn status_written(api: &mut Handle) -> Value {
+        let answer = serde_json::to_value(policy(json!([]))).unwrap();
+        let mut body = expect(api, "PATCH", POLICY_STATUS, 200, answer).await;
+        body["status"].take()
+    }
+
+    #[tokio::test]
+    async fn the_leader_creates_its_objects_once_and_deletes_them_when_the_target_leaves() {
+        let current = policy(
+            json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}]),
+        );
+        let (ctx, mut api, _leader) = cluster(&current, Vec::new(), Vec::new());
+        let server = tokio::spawn(async move {
+            let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            let security_policy =
+                expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            assert_eq!(event(&mut api).await, ("Normal".into(), "Accepted".into()));
+            let status = status_written(&mut api).await;
+            (api, grant, security_policy, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx))
+            .await
+            .unwrap();
+        let (_api, grant, security_policy, status) = server.await.unwrap();
+        assert_eq!(
+            grant["metadata"]["labels"]["authplane.io/grant-namespace"],
+            "shop"
+        );
+        assert_eq!(
+            grant["spec"]["from"],
+            json!([{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}])
+        );
+        assert_eq!(security_policy["metadata"]["name"], "authplane-payments");
+        assert_eq!(
+            security_policy["metadata"]["ownerReferences"][0]["uid"],
+            "uid-1"
+        );
+        assert_eq!(
+            security_policy["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "authplane"
+        );
+        assert_eq!(
+            security_policy["spec"]["extAuth"]["http"]["path"],
+            "/authz/shop/payments"
+        );
+        assert_eq!(security_policy["spec"]["extAuth"]["failOpen"], false);
+        let (state, reason, _) = accepted(&status);
+        assert_eq!((state.as_str(), reason.as_str()), ("True", "Accepted"));
+        assert_eq!(
+            status["targets"][0]["ancestors"],
+            json!([{"namespace": "shop", "name": "web",
+            "controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}])
+        );
+
+        // Once the watches hold them (with the apiserver's defaults) and the status is
+        // written (a while ago), a reconcile writes nothing: no object, no Event, and
+        // the condition keeps its time.
+        let mut current = current;
+        let mut status = status;
+        status["targets"][0]["conditions"][0]["lastTransitionTime"] = json!("2026-02-01T00:00:00Z");
+        current.status = serde_json::from_value(status).unwrap();
+        let held_policy = stored(security_policy, "sp-uid");
+        let held_grant = stored(grant, "grant-uid");
+        let (ctx, mut api, _leader) = cluster(
+            &current,
+            vec![held_policy.clone()],
+            vec![held_grant.clone()],
+        );
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(api.next_request().await.is_none(), "nothing to write");
+
+        // The target leaves targetRefs: the SecurityPolicy and, no other policy of the
+        // namespace needing it, the ReferenceGrant go, each by its uid.
+        let mut left = policy(json!([{"kind": "Ingress", "name": "payments"}]));
+        left.status = current.status.clone();
+        let (ctx, mut api, _leader) = cluster(&left, vec![held_policy], vec![held_grant]);
+        let server = tokio::spawn(async move {
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{SECURITY_POLICIES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "sp-uid");
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{GRANTS}/authplane-securitypolicies-shop"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "grant-uid");
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_object_of_that_name_that_is_not_ours_is_never_touched() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        // A hand-written SecurityPolicy of the same name, and a ReferenceGrant of ours.
+        let theirs = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "authplane-payments", "namespace": "shop", "uid": "theirs",
+                         "creationTimestamp": "2026-01-02T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "other"}]},
+        });
+        let grant = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "authplane-securitypolicies-shop", "namespace": "authplane-system", "uid": "g",
+                         "labels": {"app.kubernetes.io/managed-by": "authplane", "authplane.io/instance": "default",
+                                    "authplane.io/grant-namespace": "shop"}},
+            "spec": {"from": [{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}],
+                     "to": [{"group": "", "kind": "Service", "name": "authplane"}]},
+        });
+        let (ctx, mut api, _leader) = cluster(&current, vec![theirs.clone()], vec![grant.clone()]);
+        let server = tokio::spawn(async move {
+            assert_eq!(
+                event(&mut api).await,
+                ("Warning".into(), "Conflicted".into())
+            );
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (state, reason, message) = accepted(&status);
+        assert_eq!((state.as_str(), reason.as_str()), ("False", "Conflicted"));
+        assert!(message.contains("not this AuthPolicy's"), "{message}");
+        assert!(api.next_request().await.is_none(), "nothing written to it");
+
+        // Nor deleted when the policy no longer wants it.
+        let left = policy(json!([]));
+        let (ctx, mut api, _leader) = cluster(&left, vec![theirs], vec![]);
+        let server = tokio::spawn(async move {
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_older_foreign_security_policy_with_ext_auth_wins_the_target() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let older = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "hand-written", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2025-06-01T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}],
+                     "extAuth": {"http": {"backendRefs": [{"name": "other", "port": 80}]}}},
+        });
+        let (ctx, mut api, _leader) = cluster(&current, vec![older], vec![]);
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("SecurityPolicy shop/hand-written"),
+            "{message}"
+        );
+        assert!(api.next_request().await.is_none());
+    }
+
+    /// A SecurityPolicy that a tenant labelled as authplane's, but that no AuthPolicy
+    /// controls under its name, keeps no ReferenceGrant alive once no policy needs it.
+    #[tokio::test]
+    async fn a_forged_label_keeps_no_reference_grant() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let writer = authplane::attach::Writer {
+            instance: "default".into(),
+            default_instance: true,
+        };
+        let service = config().service;
+        let ours = stored(
+            authplane::attach::security_policy(
+                &current,
+                &[&current.spec.target_refs[0]],
+                &service,
+                &writer,
+            ),
+            "sp-uid",
+        );
+        let grant = stored(
+            authplane::attach::reference_grant("shop", &service, &writer),
+            "grant-uid",
+        );
+        let forged = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "decoy", "namespace": "shop", "uid": "decoy",
+                         "creationTimestamp": "2026-01-02T00:00:00Z",
+                         "labels": {"app.kubernetes.io/managed-by": "authplane", "authplane.io/instance": "default"}},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "other"}]},
+        });
+        let left = policy(json!([{"kind": "Ingress", "name": "payments"}]));
+        let (ctx, mut api, _leader) = cluster(&left, vec![ours, forged], vec![grant]);
+        let server = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "DELETE",
+                &format!("{SECURITY_POLICIES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{GRANTS}/authplane-securitypolicies-shop"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "grant-uid");
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    /// Envoy Gateway applies one SecurityPolicy per target, the oldest by its own
+    /// creationTimestamp, and refuses the others whole: an older one that configures only
+    /// CORS (deprecated `targetRef`) would leave ours unapplied while reported Accepted.
+    #[tokio::test]
+    async fn an_older_foreign_security_policy_of_any_kind_wins_the_target() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let older = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "cors-only", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2025-06-01T00:00:00Z"},
+            "spec": {"targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"},
+                     "cors": {"allowOrigins": ["https://shop.example"]}},
+        });
+        let (ctx, mut api, _leader) = cluster(&current, vec![older], vec![]);
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("SecurityPolicy shop/cors-only"),
+            "{message}"
+        );
+        assert!(
+            api.next_request().await.is_none(),
+            "no SecurityPolicy written"
+        );
+    }
+
+    /// The AuthPolicy is older than the foreign SecurityPolicy, but the SecurityPolicy
+    /// authplane would write now is younger: Envoy Gateway would apply the foreign one.
+    #[tokio::test]
+    async fn a_foreign_security_policy_older_than_ours_wins_even_against_an_older_auth_policy() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"}]));
+        let theirs = json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "hand-written", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2026-03-01T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}],
+                     "extAuth": {"failOpen": true, "http": {"backendRefs": [{"name": "other", "port": 80}]}}},
+        });
+        let (ctx, mut api, _leader) = cluster(&current, vec![theirs.clone()], vec![]);
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("SecurityPolicy shop/hand-written"),
+            "{message}"
+        );
+        assert!(
+            api.next_request().await.is_none(),
+            "no SecurityPolicy written"
+        );
+
+        // Ours, held since before theirs, keeps the target.
+        let ours = stored(
+            authplane::attach::security_policy(
+                &current,
+                &[&current.spec.target_refs[0]],
+                &config().service,
+                &authplane::attach::Writer {
+                    instance: "default".into(),
+                    default_instance: true,
+                },
+            ),
+            "sp-uid",
+        );
+        let mut ours = ours;
+        ours["metadata"]["creationTimestamp"] = json!("2026-02-01T00:00:00Z");
+        let (ctx, mut api, _leader) = cluster(&current, vec![theirs, ours], vec![]);
+        let server = tokio::spawn(async move {
+            let _grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (_api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Accepted", "{message}");
+    }
+
+    /// Traefik: the Middleware the route names is created, with the apiserver's
+    /// acceptance reported; when the route leaves targetRefs it is deleted by its uid.
+    #[tokio::test]
+    async fn traefik_gets_its_middleware_and_loses_it_with_the_target() {
+        const MIDDLEWARES: &str = "/apis/traefik.io/v1alpha1/namespaces/shop/middlewares";
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "ui"}]));
+        let (ctx, mut api, _leader) = cluster_with(&current, Vec::new(), Vec::new(), Vec::new());
+        let server = tokio::spawn(async move {
+            let middleware = expect(&mut api, "POST", MIDDLEWARES, 201, Value::Null).await;
+            assert_eq!(event(&mut api).await, ("Normal".into(), "Accepted".into()));
+            let status = status_written(&mut api).await;
+            (api, middleware, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, middleware, status) = server.await.unwrap();
+        assert!(
+            api.next_request().await.is_none(),
+            "no SecurityPolicy, no ReferenceGrant"
+        );
+        assert_eq!(middleware["metadata"]["name"], "authplane-payments");
+        assert_eq!(middleware["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            middleware["spec"]["forwardAuth"]["address"],
+            "http://authplane.authplane-system.svc:8080/authz/shop/payments"
+        );
+        let (state, reason, message) = accepted(&status);
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("True", "Accepted"),
+            "{message}"
+        );
+
+        let mut left = policy(json!([]));
+        left.status = serde_json::from_value(status).unwrap();
+        let (ctx, mut api, _leader) = cluster_with(
+            &left,
+            Vec::new(),
+            Vec::new(),
+            vec![stored(middleware, "mw-uid")],
+        );
+        let server = tokio::spawn(async move {
+            let deleted = expect(
+                &mut api,
+                "DELETE",
+                &format!("{MIDDLEWARES}/authplane-payments"),
+                200,
+                json!({}),
+            )
+            .await;
+            assert_eq!(deleted["preconditions"]["uid"], "mw-uid");
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    const AUTHORIZATION_POLICIES: &str =
+        "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies";
+
+    /// A cluster with Istio serving the Gateway `shop/mesh`, `authorization_policies`
+    /// listed, and Istio's mesh config (`istio-system/istio`): not read (`None`), read and
+    /// absent (`Some(None)`), or holding `mesh`.
+    fn istio_cluster(
+        current: &AuthPolicy,
+        authorization_policies: Vec<Value>,
+        mesh: Option<Option<&str>>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let mut config = config();
+        config.enabled = vec![Implementation::Istio];
+        config.istio_mesh_config = mesh.is_some().then(|| authplane::api::ObjectKey {
+            namespace: "istio-system".into(),
+            name: "istio".into(),
+        });
+        let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config);
+        {
+            let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.apply_class("istio", "istio.io/gateway-controller");
+            topology.apply_gateway("shop", "mesh", "istio");
+        }
+        let mesh_config = mesh.flatten().map(|mesh| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "istio", "namespace": "istio-system", "uid": "cm"},
+                   "data": {"mesh": mesh}})
+        });
+        for (watched, objects) in [
+            (Watched::AuthorizationPolicies, authorization_policies),
+            (Watched::MeshConfig, mesh_config.into_iter().collect()),
+        ] {
+            ctx.attachments.observe(watched, Event::Init);
+            for object in objects {
+                let object: DynamicObject = serde_json::from_value(object).unwrap();
+                ctx.attachments.observe(watched, Event::InitApply(object));
+            }
+            ctx.attachments.observe(watched, Event::InitDone);
+        }
+        (ctx, api, leader)
+    }
+
+    const PROVIDER: &str = r#"
+extensionProviders:
+- name: authplane.shop.payments
+  envoyExtAuthzHttp:
+    service: authplane.authplane-system.svc.cluster.local
+    port: 8080
+    pathPrefix: /authz/shop/payments
+    includeRequestHeadersInCheck: [authorization, x-forwarded-for, x-real-ip]
+    headersToUpstreamOnAllow: [x-auth-subject, x-authplane-audit]
+    headersToDownstreamOnDeny: [www-authenticate, x-authplane-reason]
+"#;
+
+    /// Istio: the CUSTOM AuthorizationPolicy on the Gateway is created; the target is
+    /// accepted when the mesh config holds the policy's provider, and Invalid, saying
+    /// what to add, when it does not.
+    #[tokio::test]
+    async fn istio_gets_its_authorization_policy_and_the_mesh_config_is_checked() {
+        let current = policy(json!([{"kind": "Gateway", "name": "mesh"}]));
+        for (mesh, state, reason, said) in [
+            (
+                PROVIDER,
+                "True",
+                "Accepted",
+                "extension provider authplane.shop.payments",
+            ),
+            (
+                "extensionProviders: []",
+                "False",
+                "Invalid",
+                "no extension provider authplane.shop.payments",
+            ),
+            (
+                &PROVIDER.replace("/authz/shop/payments", "/authz/shop/other") as &str,
+                "False",
+                "Invalid",
+                "pathPrefix is",
+            ),
+        ]
+        .map(|(mesh, state, reason, said)| (Some(mesh), state, reason, said))
+        .into_iter()
+        .chain([(
+            None,
+            "False",
+            "Invalid",
+            "ConfigMap istio-system/istio (Istio's mesh config) does not exist",
+        )]) {
+            let (ctx, mut api, _leader) = istio_cluster(&current, Vec::new(), Some(mesh));
+            let server = tokio::spawn(async move {
+                let created =
+                    expect(&mut api, "POST", AUTHORIZATION_POLICIES, 201, Value::Null).await;
+                event(&mut api).await;
+                let status = status_written(&mut api).await;
+                (api, created, status)
+            });
+            within(reconcile(Arc::new(current.clone()), ctx.clone()))
+                .await
+                .unwrap();
+            drop(ctx);
+            let (mut api, created, status) = server.await.unwrap();
+            assert!(api.next_request().await.is_none());
+            assert_eq!(created["metadata"]["name"], "authplane-payments");
+            assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            assert_eq!(
+                created["spec"],
+                json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+                       "action": "CUSTOM", "provider": {"name": "authplane.shop.payments"}, "rules": [{}]})
+            );
+            let (got_state, got_reason, message) = accepted(&status);
+            assert_eq!(
+                (got_state.as_str(), got_reason.as_str()),
+                (state, reason),
+                "{message}"
+            );
+            assert!(message.contains(said), "{message}");
+        }
+    }
+
+    /// Without the mesh config read, the target is accepted and the message says the
+    /// provider was not checked.
+    #[tokio::test]
+    async fn an_unread_mesh_config_is_said_not_checked() {
+        let current = policy(json!([{"kind": "Gateway", "name": "mesh"}]));
+        let (ctx, mut api, _leader) = istio_cluster(&current, Vec::new(), None);
+        let server = tokio::spawn(async move {
+            expect(&mut api, "POST", AUTHORIZATION_POLICIES, 201, Value::Null).await;
+            event(&mut api).await;
+            status_written(&mut api).await
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        let (state, _, message) = accepted(&server.await.unwrap());
+        assert_eq!(state, "True");
+        assert!(message.contains("not checked"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_older_foreign_custom_authorization_policy_wins_the_gateway() {
+        let current = policy(json!([{"kind": "Gateway", "name": "mesh"}]));
+        let older = json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "hand-written", "namespace": "shop", "uid": "x",
+                         "creationTimestamp": "2025-06-01T00:00:00Z"},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mesh"}],
+                     "action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]},
+        });
+        let (ctx, mut api, _leader) = istio_cluster(&current, vec![older], Some(Some(PROVIDER)));
+        let server = tokio::spawn(async move {
+            event(&mut api).await;
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        let (_, reason, message) = accepted(&status);
+        assert_eq!(reason, "Conflicted");
+        assert!(
+            message.contains("AuthorizationPolicy shop/hand-written"),
+            "{message}"
+        );
+        assert!(api.next_request().await.is_none(), "nothing written");
     }
 }

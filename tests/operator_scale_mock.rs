@@ -57,6 +57,7 @@ fn config(instance: &str, namespace: &str) -> OperatorConfig {
         serving: Default::default(),
         instance: instance.parse().unwrap(),
         write_pace: None,
+        attach: Default::default(),
     }
 }
 

@@ -279,8 +279,17 @@ fn replica_of(client: Client, instance: Instance) -> (axum::Router, KeySet, Arc<
         created: now,
         activates_at: now,
     }]);
-    let published =
-        PublishedIssuer::render("auth", "web", ISSUER, &keys, SignedDuration::from_hours(1));
+    let published = PublishedIssuer::render(
+        "auth",
+        "web",
+        ISSUER,
+        &keys,
+        authplane::snapshot::Rotation {
+            every: SignedDuration::from_hours(720),
+            pre_publish: SignedDuration::from_hours(1),
+            retain_for: SignedDuration::from_hours(24),
+        },
+    );
     let registry = Arc::new(Registry::default());
     registry.publish(Snapshot {
         issuers: imbl::HashMap::unit("/auth/web".to_owned(), Arc::new(published)),

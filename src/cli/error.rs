@@ -61,6 +61,20 @@ pub enum CliError {
     Operator(#[from] OperatorError),
     #[error(transparent)]
     Time(#[from] jiff::Error),
+    /// `rollout status`: the rollout is not where it was asked to be; the process exits
+    /// with `code` (see `rollout_status::Ending`), not 1.
+    #[error("{message}")]
+    Unfinished { code: u8, message: String },
+}
+
+impl CliError {
+    /// The process's exit code for this error: 1, but where a command documents its own.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Unfinished { code, .. } => *code,
+            _ => 1,
+        }
+    }
 }
 
 /// A Kubernetes API error, with what the command was doing.

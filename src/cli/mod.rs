@@ -25,6 +25,7 @@ mod dev;
 mod revoke;
 mod revoke_key;
 mod rollout;
+mod rollout_status;
 mod rotate;
 mod run;
 mod target;
@@ -77,7 +78,7 @@ pub(crate) enum Command {
     /// The Revocations in force.
     #[command(subcommand)]
     Revocations(RevocationsCommand),
-    /// Steer an AuthPolicy's rollout: pause, resume, or set a percentage.
+    /// Steer an AuthPolicy's rollout (pause, resume, set a percentage), or watch it.
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Print the CustomResourceDefinitions as YAML, or write them into a folder.

@@ -1,5 +1,6 @@
 //! `authplane rollout pause|resume|set`: steers an AuthPolicy's rollout, and says where
-//! it stands afterwards (the share enforced now, not only what the spec says).
+//! it stands afterwards (the share enforced now, not only what the spec says); `rollout
+//! status` (in `rollout_status`) only says, or watches.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use jiff::Timestamp;
 use crate::api::{AuthPolicy, Mode, ObjectKey, RolloutAction};
 use crate::cli::edit::edit;
 use crate::cli::error::CliError;
+use crate::cli::rollout_status::{StatusArgs, rollout_status};
 use crate::cli::target::{TargetArgs, edited_note, parse_id};
 use crate::dev::state::StateStore;
 use crate::policy::progression::Schedule;
@@ -27,6 +29,10 @@ pub(crate) enum RolloutCommand {
         /// 0 to 100, at most three decimals.
         percent: f64,
     },
+    /// Say where the rollout stands; with --watch, follow it until it gets there.
+    /// Exit codes: 0 there, 3 no such policy, 4 paused, 5 not there (yet, or within
+    /// --timeout).
+    Status(StatusArgs),
 }
 
 #[derive(Args)]
@@ -54,6 +60,7 @@ pub(crate) fn rollout(command: RolloutCommand) -> Result<(), CliError> {
         RolloutCommand::Pause(args) => (args, RolloutAction::Pause),
         RolloutCommand::Resume(args) => (args, RolloutAction::Resume),
         RolloutCommand::Set { policy, percent } => (policy, RolloutAction::Set(percent)),
+        RolloutCommand::Status(args) => return rollout_status(args),
     };
     let id = parse_id(&args.policy, "the AuthPolicy")?;
     let patch = action.patch()?;

@@ -88,6 +88,42 @@ pub(crate) struct RunArgs {
     /// Writes sent at once before --kube-api-qps paces them (client-go's burst).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KUBE_API_BURST)]
     kube_api_burst: NonZeroU32,
+    /// Gateway implementations to write configuration for, for AuthPolicies that target
+    /// a Gateway API Gateway, HTTPRoute or GRPCRoute (comma-separated: `envoy-gateway`,
+    /// `istio`, `traefik`). Needs the RBAC of the objects written (the chart's
+    /// gatewayAPI.<implementation>.enabled). None: such targets are reported only.
+    #[arg(long, value_name = "IMPLEMENTATION,...", value_delimiter = ',')]
+    gateway_implementations: Vec<crate::attach::Implementation>,
+    /// The Service gateways reach authplane's decisions at, written into their
+    /// configuration.
+    #[arg(long, value_name = "NAME", default_value = "authplane")]
+    authz_service_name: String,
+    /// Namespace of --authz-service-name (default: --namespace).
+    #[arg(long, value_name = "NAMESPACE")]
+    authz_service_namespace: Option<String>,
+    /// Port of --authz-service-name serving `/authz` (plain HTTP).
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    authz_service_port: u16,
+    /// Istio's mesh config, the ConfigMap whose `mesh` key holds each policy's extension
+    /// provider (e.g. `istio-system/istio`): read to report a missing or wrong one in the
+    /// policy's status. Needs read access to it (the chart's
+    /// gatewayAPI.istio.meshConfig.read). Unset: not checked.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
+    istio_mesh_config: Option<crate::api::ObjectKey>,
+}
+
+fn parse_object_key(text: &str) -> Result<crate::api::ObjectKey, String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(crate::api::ObjectKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
 }
 
 const DEFAULT_KUBE_API_QPS: NonZeroU32 = NonZeroU32::new(500).unwrap();
@@ -169,6 +205,18 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             ));
         }
     };
+    let attach = crate::operator::attachments::AttachConfig {
+        enabled: args.gateway_implementations,
+        service: crate::attach::AuthzService {
+            namespace: args
+                .authz_service_namespace
+                .unwrap_or_else(|| args.namespace.clone()),
+            name: args.authz_service_name,
+            port: args.authz_service_port,
+            protocol: crate::attach::Protocol::Http,
+        },
+        istio_mesh_config: args.istio_mesh_config,
+    };
     let config = OperatorConfig {
         kubeconfig: args.kubeconfig,
         namespace: args.namespace,
@@ -191,6 +239,7 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             per_second: args.kube_api_qps,
             burst: args.kube_api_burst,
         }),
+        attach,
     };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

@@ -111,6 +111,7 @@ pub enum DevError {
 /// A running dev server.
 pub struct DevServer {
     addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     base_url: String,
     external_url: String,
     shutdown: watch::Sender<bool>,
@@ -121,6 +122,11 @@ pub struct DevServer {
 impl DevServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where Envoy's gRPC ext_authz is served (`--grpc-listen`), if anywhere.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     pub fn external_url(&self) -> &str {
@@ -186,6 +192,9 @@ pub async fn start_tuned(
         config.unconfined_issuer_namespaces.iter().cloned(),
     )?);
     let registry = Arc::new(Registry::default());
+    // The folder is watched from here on; a refused manifest is a reload error, never
+    // the input failing (the rest keeps serving), so it is followed for good.
+    registry.set_source("manifest folder", crate::registry::SourceState::Synced);
     let metrics = Arc::new(Metrics::default());
     let known = Arc::new(KnownKeys {
         keys: ArcSwap::default(),
@@ -268,7 +277,13 @@ pub async fn start_tuned(
         tls,
         client_cas: None,
     };
-    let serving = driver::serve::start(state, vec![listener], config.serving.limits, &shutdown_rx)?;
+    let grpc = driver::serve::grpc_listener(&config.serving)?;
+    let grpc_addr = match &grpc {
+        Some(grpc) => Some(grpc.socket.local_addr().map_err(ServeError::Serve)?),
+        None => None,
+    };
+    let listeners = std::iter::once(listener).chain(grpc).collect();
+    let serving = driver::serve::start(state, listeners, config.serving.limits, &shutdown_rx)?;
     let driver = tokio::spawn(run(
         driver,
         wakeup,
@@ -281,6 +296,7 @@ pub async fn start_tuned(
     ));
     Ok(DevServer {
         addr,
+        grpc_addr,
         base_url,
         external_url,
         shutdown,

@@ -138,6 +138,22 @@ pub async fn bring_up_to_date<S: KeyStore>(
     external_url: &str,
     now: Timestamp,
 ) -> Result<(KeyOutcome, S::Version), KeyStepError<S::Error>> {
+    let step = step(store, events, metrics, id, key, external_url, now).await;
+    if step.is_err() {
+        metrics.key_failed(&id.namespace, &id.name);
+    }
+    step
+}
+
+async fn step<S: KeyStore>(
+    store: &S,
+    events: &impl KeyEvents,
+    metrics: &Metrics,
+    id: &ObjectKey,
+    key: &SigningKey,
+    external_url: &str,
+    now: Timestamp,
+) -> Result<(KeyOutcome, S::Version), KeyStepError<S::Error>> {
     let loaded = store.load(id, key).await.map_err(KeyStepError::Load)?;
     let outcome = plan(key, loaded.data.as_ref(), external_url, now)
         .await

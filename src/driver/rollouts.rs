@@ -83,11 +83,13 @@ pub fn track<S: RolloutStore>(
         }
         _ => {}
     }
-    Tracked {
+    let tracked = Tracked {
         progress,
         next,
         moved,
-    }
+    };
+    metrics.observe_rollout(&id.namespace, &id.name, &policy.spec.rollout, &tracked, now);
+    tracked
 }
 
 /// Logs where a rollout that moved stands now.

@@ -38,6 +38,8 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// What AuthPolicies may make authplane fetch (external issuers), and how often.
     pub fetch: crate::external::FetchSettings,
+    /// Where Envoy's gRPC ext_authz is served (HTTP/2, plain); nowhere when `None`.
+    pub grpc_listen: Option<SocketAddr>,
 }
 
 /// The flags of [`Settings`], shared by `run` and `dev`.
@@ -63,6 +65,11 @@ pub struct SettingsFlags {
     /// cloud metadata), which are refused otherwise.
     #[arg(long)]
     pub allow_link_local_issuers: bool,
+    /// Address to serve Envoy's gRPC external authorization on
+    /// (envoy.service.auth.v3.Authorization/Check, HTTP/2 without TLS); the route names
+    /// the policy in the context extension authplane.io/policy.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::cli::flags::listen_addr)]
+    pub grpc_listen: Option<SocketAddr>,
 }
 
 impl SettingsFlags {
@@ -76,6 +83,7 @@ impl SettingsFlags {
                 refresh_floor: self.external_refresh_floor,
                 max_per_namespace: self.max_external_issuers_per_namespace,
             },
+            grpc_listen: self.grpc_listen,
         }
     }
 }
@@ -88,6 +96,19 @@ pub struct Listener {
     pub tls: Option<Arc<CertSlot>>,
     /// With HTTPS: clients must present a certificate of one of these CAs.
     pub client_cas: Option<Arc<rustls::RootCertStore>>,
+}
+
+/// The gRPC ext_authz listener of `settings`, bound, when it asks for one.
+pub fn grpc_listener(settings: &Settings) -> Result<Option<Listener>, ServeError> {
+    let Some(addr) = settings.grpc_listen else {
+        return Ok(None);
+    };
+    Ok(Some(Listener {
+        socket: bind(addr)?,
+        endpoints: Endpoints::GrpcExtAuthz,
+        tls: None,
+        client_cas: None,
+    }))
 }
 
 /// Binds `addr` with [`server::listen::LISTEN_BACKLOG`].
@@ -122,11 +143,20 @@ pub fn start(
     let admin_elsewhere = listeners.iter().any(|l| l.endpoints == Endpoints::Admin);
     let mut servers = Vec::with_capacity(listeners.len());
     for listener in listeners {
-        let app = server::router_for(state.clone(), listener.endpoints, admin_elsewhere);
         let mut stop = stop.clone();
         let stopped = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
+        if listener.endpoints == Endpoints::GrpcExtAuthz {
+            servers.push(tokio::spawn(server::grpc::serve(
+                listener.socket,
+                Arc::new(state.clone()),
+                limits,
+                stopped,
+            )));
+            continue;
+        }
+        let app = server::router_for(state.clone(), listener.endpoints, admin_elsewhere);
         let tls = match listener.tls {
             Some(slot) => Some(tls::server_config_for_clients(slot, listener.client_cas)?),
             None => None,

@@ -187,7 +187,7 @@ impl ExternalIssuer {
                 let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
                 record.last_success = Some(now);
                 record.last_error = None;
-                metrics.jwks_fetched(issuer, Ok(count), now);
+                metrics.jwks_fetched(issuer, Ok(count), now, self.config.max_stale);
                 self.config.after_success(max_age)
             }
             Err(error) => {
@@ -211,7 +211,7 @@ impl ExternalIssuer {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .last_error = Some(error.summary());
-                metrics.jwks_fetched(issuer, Err(()), now);
+                metrics.jwks_fetched(issuer, Err(()), now, self.config.max_stale);
                 self.config.after_failure(*failures)
             }
         };

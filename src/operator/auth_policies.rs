@@ -17,6 +17,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::attachments::Attachments;
 use super::error::Error;
 use super::targets::Targets;
 use super::writer::LeaderWriter;
@@ -44,6 +45,11 @@ pub const PENDING_KEYS_WAIT: SignedDuration = SignedDuration::from_mins(5);
 pub struct PolicyContext {
     /// Which targets exist, from the target watches.
     pub targets: Arc<Targets>,
+    /// The gateway objects written for Gateway API targets.
+    pub attachments: Arc<Attachments>,
+    /// The AuthPolicies of this instance (the serving cache): who else attaches to a
+    /// target, and whether a namespace still needs its ReferenceGrant.
+    pub policies: Store<DeserializeGuard<AuthPolicy>>,
     pub registry: Arc<Registry>,
     pub external_url: String,
     pub clock: Arc<dyn Clock>,
@@ -185,6 +191,14 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<PolicyContext>) -> Resu
             requeue = requeue.min(EXTERNAL_RECHECK);
         }
         rollout = Some(tracked);
+        if ctx.writer.leads()
+            && let Some(sooner) = ctx
+                .attachments
+                .reconcile(&policy, &ctx.writer, &ctx.policies, &mut status, now)
+                .await?
+        {
+            requeue = requeue.min(sooner);
+        }
         status
     };
     let written = ctx.writer.status(policy.as_ref(), status).await?;

@@ -15,7 +15,7 @@ use kube::api::ObjectMeta;
 use kube::runtime::watcher;
 
 /// The label naming the instance an object belongs to.
-pub const INSTANCE_LABEL: &str = "authplane.io/instance";
+pub const INSTANCE_LABEL: &str = crate::attach::INSTANCE_LABEL;
 /// The instance of objects without the label.
 pub const DEFAULT_INSTANCE: &str = "default";
 /// The Lease of the default instance; others add `-<instance>`, so that two instances in

@@ -215,6 +215,11 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
         clock: clock.clone(),
         policies: Arc::new(PolicyContext {
             targets: Default::default(),
+            attachments: Arc::new(super::attachments::Attachments::new(
+                Default::default(),
+                &Default::default(),
+            )),
+            policies: caches.policies.clone(),
             registry,
             external_url: "https://a.example".into(),
             clock,
@@ -290,7 +295,11 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
     let mut seen = policy();
     seen["metadata"]["resourceVersion"] = json!("100");
     seen["status"] = status;
-    writers.fill(Vec::new(), Vec::new(), vec![serde_json::from_value(seen).unwrap()]);
+    writers.fill(
+        Vec::new(),
+        Vec::new(),
+        vec![serde_json::from_value(seen).unwrap()],
+    );
     tokio::time::timeout(Duration::from_secs(60), async {
         while writes.writes_ahead_of_caches() > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;

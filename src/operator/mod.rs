@@ -1,9 +1,11 @@
 //! The Kubernetes driver, `authplane run`: the same core and server as dev mode, with
 //! keys in Secrets. Every replica serves; the Lease holder writes.
 
+pub mod attachments;
 pub mod auth_policies;
 pub mod error;
 pub mod feed;
+pub mod gateways;
 pub mod instance;
 pub mod latest;
 pub mod lease;
@@ -83,6 +85,9 @@ pub struct OperatorConfig {
     pub instance: Instance,
     /// How fast the leader writes; `None`: as fast as the apiserver answers.
     pub write_pace: Option<Pace>,
+    /// Which gateways the leader writes configuration for, and where they reach
+    /// authplane.
+    pub attach: attachments::AttachConfig,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -250,6 +255,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             client_cas,
         });
     }
+    listeners.extend(driver::serve::grpc_listener(&config.serving)?);
     if let Some(admin) = config.admin_listen {
         listeners.push(Listener {
             socket: driver::serve::bind(admin)?,
@@ -345,6 +351,11 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     }
     let policies = Arc::new(auth_policies::PolicyContext {
         targets: Default::default(),
+        attachments: Arc::new(attachments::Attachments::new(
+            config.attach.clone(),
+            &config.instance,
+        )),
+        policies: caches.policies.clone(),
         registry: registry.clone(),
         external_url: config.external_url.clone(),
         clock: clock.clone(),
@@ -436,6 +447,7 @@ async fn lead(
             () = term(&controllers) => {}
         }
         metrics.leader.set(0);
+        metrics.forget_leader_state();
     }
 }
 
@@ -518,8 +530,26 @@ async fn term(controllers: &Controllers) {
     // Targets are watched while this replica leads, from a fresh list.
     policy_ctx.targets.clear();
     let (target_changes, changed_targets) = futures::channel::mpsc::unbounded();
-    let watching_targets =
-        targets::watch(client.clone(), policy_ctx.targets.clone(), target_changes);
+    policy_ctx.attachments.clear();
+    let watching_targets = future::join3(
+        targets::watch(
+            client.clone(),
+            policy_ctx.targets.clone(),
+            target_changes.clone(),
+        ),
+        gateways::watch(
+            client.clone(),
+            policy_ctx.targets.clone(),
+            policy_ctx.attachments.topology.clone(),
+            target_changes.clone(),
+        ),
+        policy_ctx.attachments.clone().watch(
+            client.clone(),
+            writer.clone(),
+            caches.policies.clone(),
+            target_changes,
+        ),
+    );
     let auth_policies = async {
         // Status written before the targets are listed would say "unknown", then be
         // corrected: wait for the lists (or their failure) first.

@@ -598,7 +598,7 @@ impl View {
                     &id.name,
                     &claim.issuer,
                     &keyset,
-                    key.key_policy().pre_publish,
+                    (&key.key_policy()).into(),
                 );
                 let served = ServedKeys {
                     published: Arc::new(published),

@@ -32,7 +32,7 @@ use super::secret_store::{SECRET_RECREATED_SHOWN_FOR, SecretError, SecretStore};
 pub use super::writer::MANAGER;
 use super::writer::{ConfigMapWrite, LeaderWriter};
 
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "authplane");
+pub const MANAGED_BY: (&str, &str) = crate::attach::MANAGED_BY;
 pub const SIGNING_KEY_LABEL: &str = "authplane.io/signing-key";
 /// How often a SigningKey that cannot make progress is looked at again.
 const STUCK_RETRY: Duration = Duration::from_secs(300);
@@ -485,6 +485,8 @@ async fn not_ready(
     reason: &str,
     message: &str,
 ) -> Result<(), Error> {
+    let id = id_of(key);
+    ctx.metrics.key_not_ready(&id.namespace, &id.name);
     let now = ctx.clock.now();
     let generation = key.metadata.generation;
     let mut status = key.status.clone().unwrap_or_default();

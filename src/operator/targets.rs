@@ -21,12 +21,24 @@ use tokio::sync::watch;
 use crate::api::{AuthPolicy, TargetKind};
 
 /// Every kind an AuthPolicy can target.
-pub const KINDS: [TargetKind; 5] = [
+pub const KINDS: [TargetKind; 7] = [
     TargetKind::Deployment,
     TargetKind::StatefulSet,
     TargetKind::Service,
     TargetKind::Ingress,
     TargetKind::HttpRoute,
+    TargetKind::Gateway,
+    TargetKind::GrpcRoute,
+];
+
+/// The kinds watched here, by metadata. The Gateway API kinds are watched whole (their
+/// parents and classes say who serves them) by [`super::gateways`], which feeds their
+/// names here too.
+pub const METADATA_KINDS: [TargetKind; 4] = [
+    TargetKind::Deployment,
+    TargetKind::StatefulSet,
+    TargetKind::Service,
+    TargetKind::Ingress,
 ];
 
 /// How long the AuthPolicy controller waits for the first lists before it reports
@@ -45,10 +57,13 @@ pub enum Change {
     /// A kind was listed for the first time (or again after failing): every target of
     /// that kind may have gone from unknown to known.
     Kind(TargetKind),
+    /// A gateway object of the namespace changed (a SecurityPolicy, or the
+    /// ReferenceGrant of its policies): its policies with Gateway API targets are stale.
+    Namespace(String),
 }
 
 /// A target's namespace and name.
-type Name = (String, String);
+pub type Name = (String, String);
 
 /// What is known of one kind.
 #[derive(Default)]
@@ -87,6 +102,8 @@ fn slot(kind: TargetKind) -> usize {
         TargetKind::Service => 2,
         TargetKind::Ingress => 3,
         TargetKind::HttpRoute => 4,
+        TargetKind::Gateway => 5,
+        TargetKind::GrpcRoute => 6,
     }
 }
 
@@ -189,21 +206,24 @@ impl Targets {
 
 /// Where a kind lives. One dynamic path for every kind: the Gateway API is itself a
 /// CRD, and the others differ only in where they live.
-fn resource(kind: TargetKind) -> ApiResource {
+pub fn resource(kind: TargetKind) -> ApiResource {
     let (group, version, name, plural) = match kind {
         TargetKind::Deployment => ("apps", "v1", "Deployment", "deployments"),
         TargetKind::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
         TargetKind::Service => ("", "v1", "Service", "services"),
         TargetKind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
         TargetKind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+        TargetKind::Gateway => ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+        TargetKind::GrpcRoute => ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
     };
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, name), plural)
 }
 
-/// Watches every target kind's metadata, cluster-wide, into `targets`, and sends what
-/// changed. Runs until the receiver is gone; a failing watch retries with backoff.
+/// Watches the metadata of the [`METADATA_KINDS`], cluster-wide, into `targets`, and
+/// sends what changed. Runs until the receiver is gone; a failing watch retries with
+/// backoff.
 pub async fn watch(client: Client, targets: Arc<Targets>, changes: mpsc::UnboundedSender<Change>) {
-    let watches = KINDS.map(|kind| {
+    let watches = METADATA_KINDS.map(|kind| {
         // Metadata only: names are all we keep, whatever the objects hold.
         let api =
             Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource(kind));
@@ -231,7 +251,7 @@ pub async fn watch(client: Client, targets: Arc<Targets>, changes: mpsc::Unbound
 
 /// The event with each object reduced to its namespace and name: that is all that is
 /// kept, whatever the cluster holds.
-fn named<K: ResourceExt>(event: watcher::Event<K>) -> watcher::Event<Name> {
+pub fn named<K: ResourceExt>(event: watcher::Event<K>) -> watcher::Event<Name> {
     let name = |o: K| (o.namespace().unwrap_or_default(), o.name_any());
     match event {
         watcher::Event::Apply(o) => watcher::Event::Apply(name(o)),
@@ -250,8 +270,12 @@ pub fn affected(
 ) -> Vec<ObjectRef<DeserializeGuard<AuthPolicy>>> {
     let mut kinds = HashSet::new();
     let mut targets = HashSet::new();
+    let mut namespaces = HashSet::new();
     for change in changes {
         match change {
+            Change::Namespace(namespace) => {
+                namespaces.insert(namespace.as_str());
+            }
             Change::Kind(kind) => {
                 kinds.insert(*kind);
             }
@@ -270,7 +294,8 @@ pub fn affected(
             let Ok(policy) = &guard.0 else { return false };
             let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
             policy.spec.target_refs.iter().any(|target| {
-                kinds.contains(&target.kind)
+                (namespaces.contains(namespace) && target.kind.is_gateway_api())
+                    || kinds.contains(&target.kind)
                     || targets.contains(&(target.kind, namespace, target.name.as_str()))
             })
         })
@@ -526,8 +551,8 @@ mod tests {
         let item = |name: &str| json!({"metadata": {"name": name, "namespace": "shop"}});
         let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                "reason": "NotFound", "code": 404, "message": "not found"});
-        let (mut watched, mut routes_refused) = (BTreeSet::new(), false);
-        while watched.len() < KINDS.len() - 1 || !routes_refused {
+        let (mut watched, mut ingresses_refused) = (BTreeSet::new(), false);
+        while watched.len() < METADATA_KINDS.len() - 1 || !ingresses_refused {
             let next = tokio::time::timeout(Duration::from_secs(10), api.next_request());
             let (request, respond) = next.await.expect("a request").expect("the client");
             let accept = request.headers()["accept"].to_str().unwrap().to_owned();
@@ -536,9 +561,13 @@ mod tests {
             assert!(!path.contains("/namespaces/"), "cluster-wide: {path}");
             let resource = path.rsplit('/').next().unwrap().to_owned();
             let deployments = resource == "deployments";
-            let (status, body) = if resource == "httproutes" {
-                // No Gateway API in this cluster.
-                routes_refused = true;
+            assert!(
+                !path.contains("gateway.networking.k8s.io"),
+                "watched whole elsewhere: {path}"
+            );
+            let (status, body) = if resource == "ingresses" {
+                // Not allowed to list them (or not served).
+                ingresses_refused = true;
                 (404, not_found.to_string())
             } else if request.uri().query().unwrap_or("").contains("watch=true") {
                 watched.insert(resource);
@@ -570,7 +599,7 @@ mod tests {
             respond.send_response(response.body(Body::from(body.into_bytes())).unwrap());
         }
         let mut seen = Vec::new();
-        while seen.len() < KINDS.len() {
+        while seen.len() < METADATA_KINDS.len() {
             let next = tokio::time::timeout(Duration::from_secs(10), changes.next());
             let change = next
                 .await
@@ -582,10 +611,9 @@ mod tests {
             "{seen:?}"
         );
         assert!(
-            !seen.contains(&Change::Kind(TargetKind::HttpRoute)),
+            !seen.contains(&Change::Kind(TargetKind::Ingress)),
             "{seen:?}"
         );
-        targets.settled(Duration::from_secs(10)).await;
         assert_eq!(
             targets.exists(TargetKind::Deployment, "shop", "web"),
             Some(true)
@@ -598,7 +626,7 @@ mod tests {
             targets.exists(TargetKind::Service, "shop", "web"),
             Some(false)
         );
-        assert_eq!(targets.exists(TargetKind::HttpRoute, "shop", "web"), None);
+        assert_eq!(targets.exists(TargetKind::Ingress, "shop", "web"), None);
         watching.abort();
     }
 }

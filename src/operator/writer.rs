@@ -27,7 +27,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::object::HasStatus;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -267,7 +267,9 @@ impl LeaderWriter {
         let id = ObjectKey::of(&secret.metadata);
         let version = secret.metadata.resource_version.clone();
         // Kept in the form the cache holds: managedFields are most of a small object.
-        self.written.secrets.wrote(id, version, instance::trimmed(secret));
+        self.written
+            .secrets
+            .wrote(id, version, instance::trimmed(secret));
     }
 
     /// Server-side applies a ConfigMap labelled as this instance's, unless the apiserver
@@ -375,6 +377,78 @@ impl LeaderWriter {
         self.admit().await?;
         match Api::<K>::namespaced(self.client.clone(), namespace)
             .delete(name, params)
+            .await
+        {
+            Ok(_) => Ok(Deleted::Deleted),
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+                Ok(Deleted::NotAsJudged)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Server-side applies `object` (a whole object of `resource`, as JSON) under the
+    /// field manager `authplane`. The caller has judged it ours (see
+    /// [`super::attachments`]): force takes over fields another manager set on it.
+    pub async fn apply_object(&self, resource: &ApiResource, object: &Value) -> Result<(), Error> {
+        self.admit().await?;
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, resource)
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Creates `object`: one that does not exist yet is created, never applied, so that
+    /// an object of that name the caches did not show is refused (409), never merged
+    /// into. Returns whether it was created.
+    pub async fn create_object(
+        &self,
+        resource: &ApiResource,
+        object: &Value,
+    ) -> Result<bool, Error> {
+        self.admit().await?;
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let dynamic: DynamicObject = serde_json::from_value(object.clone())
+            .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+        let params = PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..PostParams::default()
+        };
+        match Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, resource)
+            .create(&params, &dynamic)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the object of `resource` `namespace`/`name` if it is still the one of
+    /// `uid` (a precondition: one recreated meanwhile by someone else is left alone).
+    pub async fn delete_object(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Deleted, Error> {
+        self.admit().await?;
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, resource)
+            .delete(name, &params)
             .await
         {
             Ok(_) => Ok(Deleted::Deleted),

@@ -3,7 +3,6 @@
 //! decision is in the status code and headers.
 
 use std::sync::Arc;
-
 use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
@@ -32,26 +31,101 @@ pub async fn authz(
     Path((namespace, name)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    let headers = request.headers();
+    let id = ObjectKey { namespace, name };
+    match decide(&state, &id, request.headers()).await {
+        Outcome::Pass { headers, audit, .. } => {
+            let mut response = StatusCode::OK.into_response();
+            let answer = response.headers_mut();
+            // Answered on every pass, empty when in force, so that a gateway copying it
+            // to the workload overwrites a client's own copy (Envoy passes a header the
+            // answer lacks through unchanged).
+            answer.insert(
+                AUDIT_HEADER,
+                audit.unwrap_or_else(|| HeaderValue::from_static("")),
+            );
+            for (name, value) in headers {
+                answer.insert(name, value);
+            }
+            response
+        }
+        Outcome::Deny {
+            status,
+            challenge,
+            reason,
+        } => {
+            let mut response = status.into_response();
+            let answer = response.headers_mut();
+            if let Some(challenge) = challenge {
+                answer.insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            answer.insert(REASON_HEADER, HeaderValue::from_static(reason));
+            response
+        }
+        Outcome::NoPolicy {
+            status,
+            reason,
+            message,
+        } => (
+            status,
+            [(REASON_HEADER, HeaderValue::from_static(reason))],
+            message,
+        )
+            .into_response(),
+    }
+}
+
+/// What a gateway is told about one request: the one decision behind `/authz` and the
+/// gRPC `Check` ([`super::grpc`]), each translating it to its own protocol.
+pub enum Outcome {
+    /// Let the request through.
+    Pass {
+        /// The identity (every `forwardClaims` header: verified, or empty when there is
+        /// none), then a legacy pass's `Deprecation` and `Sunset`. The core decides
+        /// them, so no path here can forward a claim of its own.
+        headers: Vec<(HeaderName, HeaderValue)>,
+        /// How many of `headers`, from the front, are the identity.
+        identity: usize,
+        /// `X-Authplane-Audit` of a request outside enforcement that would have been
+        /// refused.
+        audit: Option<HeaderValue>,
+    },
+    /// Refused: 401, or 403 for a missing required claim, with the policy's RFC 6750
+    /// challenge (rendered when the policy was compiled) and the reason.
+    Deny {
+        status: StatusCode,
+        challenge: Option<HeaderValue>,
+        reason: &'static str,
+    },
+    /// No such policy is served (404), or the policies are not known yet (503): fail
+    /// closed.
+    NoPolicy {
+        status: StatusCode,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The decision of the policy `id` for a request with these headers, counted in the
+/// metrics.
+pub async fn decide(state: &AppState, id: &ObjectKey, headers: &HeaderMap) -> Outcome {
     let started = Instant::now();
     let snapshot = state.registry.load();
-    let id = ObjectKey { namespace, name };
-    let Some(policy) = snapshot.policies.get(&id) else {
+    let Some(policy) = snapshot.policies.get(id) else {
         if !snapshot.policies_known {
             // The policy may well exist: fail closed, and say why.
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(REASON_HEADER, HeaderValue::from_static("policies_unavailable"))],
-                format!("AuthPolicy {id} is not known yet: the AuthPolicies have not been listed (see /readyz)\n"),
-            )
-                .into_response();
+            return Outcome::NoPolicy {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "policies_unavailable",
+                message: format!(
+                    "AuthPolicy {id} is not known yet: the AuthPolicies have not been listed (see /readyz)\n"
+                ),
+            };
         }
-        return (
-            StatusCode::NOT_FOUND,
-            [(REASON_HEADER, HeaderValue::from_static("unknown_policy"))],
-            format!("no AuthPolicy {id}\n"),
-        )
-            .into_response();
+        return Outcome::NoPolicy {
+            status: StatusCode::NOT_FOUND,
+            reason: "unknown_policy",
+            message: format!("no AuthPolicy {id}\n"),
+        };
     };
     let mut decision = policy.decide(headers, state.clock.now(), &state.registry.revocations());
     // An unknown kid may be an external provider's new key: refetch (rate-limited per
@@ -72,29 +146,22 @@ pub async fn authz(
         }
     }
 
-    let mut response = match &decision.verdict {
+    let outcome = match &decision.verdict {
         Verdict::Deny(rejection) => denied(*rejection, policy),
-        verdict => {
-            let mut response = StatusCode::OK.into_response();
-            if let Some(rejection) = verdict.rejection() {
+        verdict => Outcome::Pass {
+            audit: verdict.rejection().and_then(|rejection| {
                 let audit = match verdict {
                     Verdict::LegacySession(_) => {
                         format!("legacy-session; reason={}", rejection.reason())
                     }
                     _ => format!("would-deny; reason={}", rejection.reason()),
                 };
-                if let Ok(value) = HeaderValue::from_str(&audit) {
-                    response.headers_mut().insert(AUDIT_HEADER, value);
-                }
-            }
-            response
-        }
+                HeaderValue::from_str(&audit).ok()
+            }),
+            headers: std::mem::take(&mut decision.headers),
+            identity: policy.identity_header_count(),
+        },
     };
-    // The identity headers (verified, or empty when there is none) and a legacy pass's
-    // notice: the core decides them, so no path here can forward a claim of its own.
-    for (name, value) in std::mem::take(&mut decision.headers) {
-        response.headers_mut().insert(name, value);
-    }
     let reason = decision.verdict.rejection().map_or("", Rejection::reason);
     // The original request is looked up only for a log line that is usually off.
     if !reason.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
@@ -118,23 +185,18 @@ pub async fn authz(
             started.elapsed().as_secs_f64(),
         ),
     }
-    response
+    outcome
 }
 
-/// 401, or 403 for a missing required claim, with the policy's RFC 6750 challenge
-/// (rendered when the policy was compiled) and the reason.
-fn denied(rejection: Rejection, policy: &CompiledPolicy) -> Response {
-    let status = match rejection {
-        Rejection::InsufficientScope => StatusCode::FORBIDDEN,
-        _ => StatusCode::UNAUTHORIZED,
-    };
-    let mut response = status.into_response();
-    let headers = response.headers_mut();
-    if let Some(challenge) = policy.challenges.get(rejection) {
-        headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+fn denied(rejection: Rejection, policy: &CompiledPolicy) -> Outcome {
+    Outcome::Deny {
+        status: match rejection {
+            Rejection::InsufficientScope => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        },
+        challenge: policy.challenges.get(rejection).cloned(),
+        reason: rejection.reason(),
     }
-    headers.insert(REASON_HEADER, HeaderValue::from_static(rejection.reason()));
-    response
 }
 
 /// The request the gateway is asking about, in either dialect: ingress-nginx

@@ -58,6 +58,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    // The inputs' states live in the registry (for /readyz); copied when scraped, so the
+    // gauges are never older than the scrape.
+    state
+        .metrics
+        .observe_inputs(&state.registry.sources_synced());
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,8 @@
 //! The listening socket and the connections on it: bound with a backlog deep enough for a
-//! crowd arriving at once, each connection served by hyper (HTTP/1.1) under the
-//! listener's [`Limits`]: a connection cap, read deadlines ([`super::deadlines`]) and a
-//! bound on request headers. Plain and HTTPS listeners share this one loop.
+//! crowd arriving at once, each connection served by hyper (HTTP/1.1; HTTP/2 for gRPC,
+//! see `super::grpc`) under the listener's [`Limits`]: a connection cap, read deadlines
+//! ([`super::deadlines`]) and a bound on request headers. Plain and HTTPS listeners share
+//! this one loop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -68,9 +69,23 @@ pub fn connection() -> Option<ConnectionInfo> {
     CONNECTION.try_with(|info| *info).ok()
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish
-/// for at most ten seconds. With `tls`, every connection begins with a TLS handshake
-/// (bounded by the header timeout).
+/// A new connection's stream under its listener's deadlines (the first request's headers
+/// within `header_read_timeout`, then `idle_timeout` between requests), and the phase its
+/// requests report to.
+pub(super) fn deadlined<S>(stream: S, info: &ConnectionInfo) -> (Deadlines<S>, Arc<Phase>) {
+    let phase = Arc::new(Phase::default());
+    let io = Deadlines::new(
+        stream,
+        phase.clone(),
+        info.limits.header_read_timeout,
+        info.limits.idle_timeout,
+    );
+    (io, phase)
+}
+
+/// Serves `app` (HTTP/1.1) on `listener` until `shutdown` resolves, then lets open
+/// requests finish for at most ten seconds. With `tls`, every connection begins with a
+/// TLS handshake (bounded by the header timeout).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -86,7 +101,36 @@ pub async fn serve(
         // what a client that never finishes its headers makes us hold.
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes);
-    let http = Arc::new(http);
+    let http1 = Http1 {
+        app,
+        http: Arc::new(http),
+    };
+    serve_connections(listener, http1, tls, limits, shutdown).await
+}
+
+/// How one accepted connection is served: HTTP/1.1 for the router ([`serve`]), HTTP/2
+/// for gRPC (`super::grpc`). The accept loop, its connection cap, TLS and the graceful
+/// shutdown are the same for both.
+pub trait ServeConnection: Clone + Send + 'static {
+    fn serve<S>(
+        self,
+        stream: S,
+        info: ConnectionInfo,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+}
+
+/// Accepts connections on `listener` and serves each with `protocol` until `shutdown`
+/// resolves, then lets open requests finish for at most ten seconds.
+pub async fn serve_connections(
+    listener: TcpListener,
+    protocol: impl ServeConnection,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let tls = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -112,22 +156,19 @@ pub async fn serve(
         };
         // Answers are one small write each: send them at once, never behind Nagle's timer.
         let _ = tcp.set_nodelay(true);
-        let connection = Connection {
-            info: ConnectionInfo { peer, limits },
-            app: app.clone(),
-            http: http.clone(),
-            watcher: graceful.watcher(),
-        };
+        let info = ConnectionInfo { peer, limits };
+        let protocol = protocol.clone();
+        let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
-                None => connection.serve(tcp).await,
+                None => protocol.serve(tcp, info, watcher).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp));
                     if let Ok(Ok(stream)) = handshake.await {
-                        connection.serve(stream).await;
+                        protocol.serve(stream, info, watcher).await;
                     }
                 }
             }
@@ -146,32 +187,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// One accepted connection and what serving it needs.
-struct Connection {
-    info: ConnectionInfo,
+/// HTTP/1.1 connections served by the router, under [`Deadlines`].
+#[derive(Clone)]
+struct Http1 {
     app: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
-    watcher: hyper_util::server::graceful::Watcher,
 }
 
-impl Connection {
-    async fn serve<S>(self, stream: S)
-    where
+impl ServeConnection for Http1 {
+    async fn serve<S>(
+        self,
+        stream: S,
+        info: ConnectionInfo,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection {
-            info,
-            app,
-            http,
-            watcher,
-        } = self;
-        let phase = Arc::new(Phase::default());
-        let io = Deadlines::new(
-            stream,
-            phase.clone(),
-            info.limits.header_read_timeout,
-            info.limits.idle_timeout,
-        );
+        let Http1 { app, http } = self;
+        let (io, phase) = deadlined(stream, &info);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             phase.request_started();
             let answered = app.clone().call(request);

@@ -5,9 +5,12 @@ mod authz;
 pub mod body;
 pub mod client_address;
 pub mod deadlines;
+pub mod grpc;
 mod health;
 pub mod limits;
 pub mod listen;
+mod overview;
+mod page;
 pub mod rate_limit;
 pub mod revoke;
 pub mod runtime;
@@ -53,9 +56,12 @@ pub enum Endpoints {
     Public,
     /// The same plus `POST /validate`, the admission webhook.
     WithAdmission,
-    /// Status, metrics and health only (`--admin-listen`): what shows configuration and
-    /// internal URLs, kept off the listeners that gateways and verifiers reach.
+    /// Status (the status page too), metrics and health only (`--admin-listen`): what
+    /// shows configuration and internal URLs, kept off the listeners that gateways and
+    /// verifiers reach.
     Admin,
+    /// Envoy's gRPC ext_authz `Check` only, HTTP/2 (`--grpc-listen`, [`grpc`]).
+    GrpcExtAuthz,
 }
 
 /// The router of a listener serving every endpoint of its kind, status and metrics
@@ -72,7 +78,12 @@ pub fn router_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) 
         .route("/readyz", get(health::readyz));
     let admin = Router::new()
         .route("/metrics", get(health::metrics))
-        .route("/status/{namespace}/{name}", get(status::policy_status));
+        .route("/status/{namespace}/{name}", get(status::policy_status))
+        // The status page and the document it polls: read-only, GET only.
+        .route("/status", get(overview::overview))
+        .route("/ui", get(page::html))
+        .route("/ui/app.js", get(page::script))
+        .route("/ui/style.css", get(page::style));
     if endpoints == Endpoints::Admin {
         return health.merge(admin).with_state(Arc::new(state));
     }

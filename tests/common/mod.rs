@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fake_apiserver;
+pub mod grpc;
 pub mod https;
 pub mod mock_api;
 pub mod provider;
@@ -320,4 +321,26 @@ pub fn tamper(token: &str) -> String {
 /// own, and no other test installs it for it.
 pub fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The AuthPolicy `shop/payments` that the decision tests share (`/authz` and gRPC
+/// `Check` are compared on it): key `auth/web`, audience `payments`, the token in the
+/// `Authorization` header or the `access_token` cookie, `roles` must contain `payments`,
+/// `sub` and `email` forwarded; `extra` is appended under `spec`.
+pub fn payments_policy(rollout: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: authplane.io/v1alpha1
+kind: AuthPolicy
+metadata: {{name: payments, namespace: shop}}
+spec:
+  issuers: [{{signingKeyRef: {{name: web, namespace: auth}}}}]
+  audiences: [payments]
+  tokenSources:
+    headers: [{{name: Authorization, prefix: "Bearer "}}]
+    cookies: [access_token]
+  requiredClaims: [{{claim: roles, contains: payments}}]
+  forwardClaims: {{sub: X-Auth-Subject, email: X-Auth-Email}}
+  rollout: {rollout}
+{extra}"#
+    )
 }

@@ -259,7 +259,11 @@ fn a_secret_change_recompiles_only_the_policies_naming_its_key() {
             "web",
             &rotated.published.issuer,
             &rotated.keys,
-            jiff::SignedDuration::from_hours(1),
+            crate::snapshot::Rotation {
+                every: jiff::SignedDuration::from_hours(720),
+                pre_publish: jiff::SignedDuration::from_hours(1),
+                retain_for: jiff::SignedDuration::from_hours(24),
+            },
         )),
         keys: rotated.keys.clone(),
         max_token_lifetime: rotated.max_token_lifetime,

@@ -31,6 +31,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod attach;
 pub mod clock;
 pub mod external_quota;
 pub mod index;

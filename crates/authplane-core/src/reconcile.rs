@@ -121,7 +121,7 @@ impl KeyOutcome {
             name,
             &self.issuer,
             &self.keys,
-            self.policy.pre_publish,
+            (&self.policy).into(),
         )
     }
 

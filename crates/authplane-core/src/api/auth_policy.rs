@@ -28,6 +28,7 @@ use super::Duration;
     printcolumn = r#"{"name":"Percentage","type":"number","jsonPath":".spec.rollout.percentage"}"#,
     printcolumn = r#"{"name":"Effective","type":"number","jsonPath":".status.effectivePercentage"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Attached","type":"string","jsonPath":".status.targets[*].conditions[?(@.type==\"Accepted\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     cel
 )]
@@ -101,18 +102,53 @@ pub struct AuthPolicySpec {
     pub token_review: TokenReviewSpec,
 }
 
-/// A workload protected by the policy.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+/// A workload protected by the policy, or the Gateway API gateway or route in front of
+/// it (a GEP-713 `LocalPolicyTargetReferenceWithSectionName`: always in the policy's
+/// namespace).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(TARGET_GROUP_RULE).message("group must be the kind's: gateway.networking.k8s.io for Gateway, HTTPRoute and GRPCRoute, networking.k8s.io for Ingress, apps for Deployment and StatefulSet, empty for Service").field_path(".group"))]
+#[x_kube(validation = Rule::new("!has(self.sectionName) || self.kind in ['Gateway', 'HTTPRoute', 'GRPCRoute']")
+    .message("sectionName names a listener of a Gateway or a rule of a route: only with Gateway, HTTPRoute and GRPCRoute").field_path(".sectionName"))]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRef {
-    /// Deployment, StatefulSet, Service, Ingress or HTTPRoute (Gateway API).
+    /// API group of the kind. Optional: it defaults to the kind's own
+    /// (`gateway.networking.k8s.io` for Gateway, HTTPRoute and GRPCRoute), and may only
+    /// be that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub group: Option<String>,
+    /// Gateway, HTTPRoute or GRPCRoute (Gateway API: the operator wires the gateway that
+    /// serves it), or Deployment, StatefulSet, Service or Ingress (reported only).
     pub kind: TargetKind,
     /// Name of the object, in the policy's namespace.
-    #[schemars(length(max = 253))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// A listener of the Gateway or a named rule of the route; the whole object when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("a section name is lowercase letters, digits, '-' and '.' (an RFC 1123 subdomain)"))]
+    pub section_name: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+const TARGET_GROUP_RULE: &str = "!has(self.group) || self.group == (self.kind in ['Gateway', 'HTTPRoute', 'GRPCRoute'] ? 'gateway.networking.k8s.io' : self.kind == 'Ingress' ? 'networking.k8s.io' : self.kind == 'Service' ? '' : 'apps')";
+
+impl TargetRef {
+    /// A target of `kind` named `name`, with no section.
+    pub fn new(kind: TargetKind, name: impl Into<String>) -> Self {
+        Self {
+            group: None,
+            kind,
+            name: name.into(),
+            section_name: None,
+        }
+    }
+}
+
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub enum TargetKind {
     Deployment,
     StatefulSet,
@@ -120,6 +156,50 @@ pub enum TargetKind {
     Ingress,
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
+    Gateway,
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
+}
+
+impl TargetKind {
+    /// The Gateway API group.
+    pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
+    /// The kind's API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            TargetKind::Deployment | TargetKind::StatefulSet => "apps",
+            TargetKind::Service => "",
+            TargetKind::Ingress => "networking.k8s.io",
+            TargetKind::HttpRoute | TargetKind::Gateway | TargetKind::GrpcRoute => {
+                Self::GATEWAY_API_GROUP
+            }
+        }
+    }
+
+    /// The kind as the apiserver spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Deployment => "Deployment",
+            TargetKind::StatefulSet => "StatefulSet",
+            TargetKind::Service => "Service",
+            TargetKind::Ingress => "Ingress",
+            TargetKind::HttpRoute => "HTTPRoute",
+            TargetKind::Gateway => "Gateway",
+            TargetKind::GrpcRoute => "GRPCRoute",
+        }
+    }
+
+    /// Whether the operator wires the gateway for it (a Gateway API kind), rather than
+    /// only reporting whether it exists.
+    pub fn is_gateway_api(self) -> bool {
+        self.group() == Self::GATEWAY_API_GROUP
+    }
+
+    /// Whether it is a route (attached to Gateways through its `parentRefs`).
+    pub fn is_route(self) -> bool {
+        matches!(self, TargetKind::HttpRoute | TargetKind::GrpcRoute)
+    }
 }
 
 /// One accepted issuer: a SigningKey of authplane, or an external OIDC provider.
@@ -554,12 +634,39 @@ pub struct RolloutProgress {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetStatus {
+    /// Set for Gateway API kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub kind: TargetKind,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
     /// Whether the object exists; absent where nobody can tell (dev mode, or a kind
     /// the operator cannot list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<bool>,
+    /// Gateway API targets only: the Gateways the target is served by (the Gateway
+    /// itself, or a route's parents), and the controller of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<AncestorStatus>,
+    /// Gateway API targets only: `Accepted`, `True` (reason `Accepted`: the gateway's
+    /// own configuration was written) or `False` with reason `TargetNotFound`,
+    /// `Conflicted` (another policy attaches external auth to it first) or `Invalid`
+    /// (no implementation authplane wires, or the apiserver refused the object: its
+    /// message is quoted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Gateway that serves a target.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorStatus {
+    pub namespace: String,
+    pub name: String,
+    /// Its GatewayClass's `spec.controllerName`; absent while unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_name: Option<String>,
 }
 
 /// Refused by `authplane rollout set`.

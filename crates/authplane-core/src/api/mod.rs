@@ -13,9 +13,9 @@ mod token_client;
 mod validation;
 
 pub use auth_policy::{
-    AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement, DenyRatioPause,
-    HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, NotAPercentage, Rollout,
-    RolloutAction, RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
+    AncestorStatus, AuthPolicy, AuthPolicySpec, AuthPolicyStatus, BucketBy, ClaimRequirement,
+    DenyRatioPause, HeaderSource, IssuerRef, KeyRefresh, LegacySession, Mode, NotAPercentage,
+    Rollout, RolloutAction, RolloutProgress, SigningKeyRef, TargetKind, TargetRef, TargetStatus,
     TokenReviewSpec, TokenSources,
 };
 pub use duration::{Duration, DurationError};

@@ -224,6 +224,11 @@ pub trait DecisionMeters: Send + Sync {
     /// One decision; `slot` is [`Verdict`]'s number for the (decision, reason) pair, below
     /// [`METER_SLOTS`], so that an implementation can keep a counter per pair.
     fn record(&self, slot: usize, decision: &'static str, reason: &'static str, seconds: f64);
+    /// One request decided outside enforcement (audited), and whether it would have been
+    /// refused: the traffic `pauseAboveDenyRatio` measures.
+    fn audited(&self, would_deny: bool) {
+        let _ = would_deny;
+    }
     /// A lookup in the verified-token cache.
     fn cache_hit(&self, hit: bool);
     /// When the policy's legacy sessions stop passing (`legacySession.until`), as it was
@@ -253,7 +258,9 @@ impl PolicyStats {
         self.meters
             .record(verdict.meter_slot(), verdict.label(), reason, seconds);
         if decision.audited {
-            self.audit.record(verdict.rejection().is_some());
+            let would_deny = verdict.rejection().is_some();
+            self.audit.record(would_deny);
+            self.meters.audited(would_deny);
         }
     }
 }
@@ -623,9 +630,13 @@ impl CompiledPolicy {
                 .targets
                 .iter()
                 .map(|t| TargetStatus {
+                    group: t.kind.is_gateway_api().then(|| t.kind.group().to_owned()),
                     kind: t.kind,
                     name: t.name.clone(),
+                    section_name: t.section_name.clone(),
                     found: found(t),
+                    ancestors: Vec::new(),
+                    conditions: Vec::new(),
                 })
                 .collect(),
             forward_auth_url: Some(format!("{base}/authz/{}/{}", self.namespace, self.name)),
@@ -643,6 +654,12 @@ impl CompiledPolicy {
             now,
         );
         status
+    }
+
+    /// How many of a passing [`Decision`]'s headers, from the front, are the identity
+    /// (the `forwardClaims` headers); the rest are a legacy pass's notice.
+    pub fn identity_header_count(&self) -> usize {
+        self.forward.len()
     }
 
     /// The decision table of DESIGN.md for one forward-auth request. Claim headers carry

@@ -334,12 +334,45 @@ pub struct Count {
     pub active: usize,
 }
 
+/// One Revocation in force, as the status page shows it: whose tokens and which kind of
+/// match, never the subject, token id or session id themselves (those are personal data
+/// or bearer-adjacent; `authplane revocations list` shows them to whoever may list the
+/// objects).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InForce {
+    pub id: ObjectKey,
+    /// The SigningKey (`namespace/name`) or issuer URL whose tokens it names.
+    pub issuer: String,
+    /// `None`: under every AuthPolicy; else only under those of this namespace.
+    pub scope: Option<String>,
+    /// `token`, `subject` or `session`.
+    pub matches: &'static str,
+    pub reason: &'static str,
+    /// When it was created (Unix seconds).
+    pub created: i64,
+    /// When it lapses (Unix seconds); `None` while that is not known, or never.
+    pub lapses_at: Option<i64>,
+}
+
+impl Matcher {
+    /// What kind of match it is, without its value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Matcher::TokenId(_) => "token",
+            Matcher::Subject { .. } => "subject",
+            Matcher::Session(_) => "session",
+        }
+    }
+}
+
 /// The revocations in force, immutable; the decision path reads it.
 #[derive(Debug, Default)]
 pub struct RevocationSet {
     global: Scope,
     namespaced: HashMap<String, Scope>,
     active: usize,
+    /// What is in force, by object, for the status page.
+    in_force: Vec<InForce>,
 }
 
 impl RevocationSet {
@@ -363,6 +396,11 @@ impl RevocationSet {
 
     pub fn is_empty(&self) -> bool {
         self.active == 0
+    }
+
+    /// Each Revocation in force, ordered by namespace and name.
+    pub fn in_force(&self) -> &[InForce] {
+        &self.in_force
     }
 }
 
@@ -509,10 +547,20 @@ impl RevocationIndex {
         let mut set = RevocationSet::default();
         let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
         for entry in self.entries.values() {
-            let until = entry.lapse(&self.lifetimes).at().unwrap_or(i64::MAX);
+            let lapses_at = entry.lapse(&self.lifetimes).at();
+            let until = lapses_at.unwrap_or(i64::MAX);
             if until < now {
                 continue;
             }
+            set.in_force.push(InForce {
+                id: entry.id.clone(),
+                issuer: entry.issuer.to_string(),
+                scope: entry.scope.clone(),
+                matches: entry.matcher.kind(),
+                reason: entry.reason_label,
+                created: entry.created,
+                lapses_at,
+            });
             let scope = match &entry.scope {
                 None => &mut set.global,
                 Some(namespace) => set.namespaced.entry(namespace.clone()).or_default(),

@@ -327,3 +327,59 @@ fn a_matcher_reads_as_the_claims_it_matches() {
         r#"sub="zed\nINFO forged" iat<=2025-11-27T10:00:00Z"#
     );
 }
+
+/// What the status page lists: each Revocation in force by kind of match, with when it
+/// lapses, and never the value it matches; lapsed ones leave the list with the lookup.
+#[test]
+fn the_revocations_in_force_are_listed_without_what_they_match() {
+    let index = index_with(&[
+        revocation(
+            "auth",
+            "pw",
+            serde_json::json!({"signingKeyRef": {"name": "web"}, "subject": "alice",
+                "reason": "password_changed"}),
+            5000,
+        ),
+        revocation(
+            "shop",
+            "one",
+            serde_json::json!({"signingKeyRef": {"name": "web", "namespace": "auth"},
+                "tokenId": "j1", "expiresAt": at(9000).to_string()}),
+            5000,
+        ),
+    ]);
+    let (set, _) = index.publish(at(5000));
+    let until = 5000 + 15 * 60 + 5 * 60;
+    assert_eq!(
+        set.in_force(),
+        [
+            InForce {
+                id: ObjectKey {
+                    namespace: "auth".into(),
+                    name: "pw".into()
+                },
+                issuer: "auth/web".into(),
+                scope: None,
+                matches: "subject",
+                reason: "password_changed",
+                created: 5000,
+                lapses_at: Some(until),
+            },
+            InForce {
+                id: ObjectKey {
+                    namespace: "shop".into(),
+                    name: "one".into()
+                },
+                issuer: "auth/web".into(),
+                scope: Some("shop".into()),
+                matches: "token",
+                reason: "other",
+                created: 5000,
+                lapses_at: Some(9000),
+            },
+        ]
+    );
+    let (later, _) = index.publish(at(until + 1));
+    assert_eq!(later.in_force().len(), 1);
+    assert_eq!(later.in_force()[0].id.name, "one");
+}
