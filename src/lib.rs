@@ -13,7 +13,7 @@
 
 pub use authplane_core::{
     admission, api, attach, clock, index, issuer_claims, keys, policy, reconcile, refresh,
-    revocation, snapshot, token, token_endpoint, token_review,
+    revocation, snapshot, token, token_clients, token_endpoint, token_review,
 };
 
 pub mod cli;

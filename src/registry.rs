@@ -233,6 +233,9 @@ pub struct Registry {
     revocations: ArcSwap<crate::revocation::RevocationSet>,
     /// Counts publications of `revocations`, for whoever waits for one to be in force.
     revocations_published: tokio::sync::watch::Sender<u64>,
+    /// The TokenClients the token endpoint serves, by `client_id`: published on their
+    /// own (dev mode's driver and the operator's TokenClient watch), like revocations.
+    token_clients: ArcSwap<crate::token_clients::Published>,
 }
 
 /// The conditions last reported per policy, so that a condition's `lastTransitionTime`
@@ -286,6 +289,16 @@ impl Registry {
     /// The revocations in force.
     pub fn revocations(&self) -> arc_swap::Guard<Arc<crate::revocation::RevocationSet>> {
         self.revocations.load()
+    }
+
+    /// Replaces the TokenClients the token endpoint serves.
+    pub fn publish_token_clients(&self, clients: crate::token_clients::Published) {
+        self.token_clients.store(Arc::new(clients));
+    }
+
+    /// The TokenClients the token endpoint serves.
+    pub fn token_clients(&self) -> Arc<crate::token_clients::Published> {
+        self.token_clients.load_full()
     }
 
     /// True once a driver has published its first state.

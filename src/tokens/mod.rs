@@ -14,6 +14,7 @@
 //! method is one round trip, and [`FamilyStore::swap`] is a single atomic
 //! compare-and-set (a Lua script there).
 
+pub mod client_auth;
 pub mod embedded;
 #[cfg(test)]
 mod tests;
