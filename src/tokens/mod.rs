@@ -19,8 +19,10 @@ pub mod embedded;
 #[cfg(test)]
 mod tests;
 mod timed;
+mod unavailable;
 
 pub use timed::Timed;
+pub use unavailable::Unavailable;
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
