@@ -623,3 +623,117 @@ async fn a_store_that_cannot_be_opened_answers_503_and_nothing_else_depends_on_i
     assert_eq!(response.status(), 200);
     dev.stop().await;
 }
+
+async fn revoke(dev: &Dev, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/revoke"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn logout_with_a_refresh_token_ends_its_family_and_its_session() {
+    let (dev, secrets) = start(Arc::new(authplane::clock::SystemClock)).await;
+    let hinted = login(&dev, &secrets, "hana").await;
+    let unhinted = login(&dev, &secrets, "hana").await;
+    let kept = login(&dev, &secrets, "hana").await;
+    for session in [&hinted, &unhinted, &kept] {
+        assert_eq!(decide(&dev, text(session, "access_token")).await.0, 200);
+    }
+
+    // Another client's logout, an unknown token: 200, and nothing changes.
+    let (status, _) = revoke(
+        &dev,
+        &[
+            ("token", text(&kept, "refresh_token")),
+            ("client_id", "auth/mobile"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let unknown = format!("aprt_{}", "A".repeat(43));
+    let (status, _) = revoke(&dev, &[("token", &unknown), ("client_id", "auth/web")]).await;
+    assert_eq!(status, 200);
+    // Which client, on which issuer, must be said.
+    let (status, body) = revoke(&dev, &[("token", text(&kept, "refresh_token"))]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body) = revoke(
+        &dev,
+        &[
+            ("token", text(&kept, "refresh_token")),
+            ("client_id", "auth/other"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+
+    // With the hint, and without: the answer comes once the session is refused here.
+    let (status, body) = revoke(
+        &dev,
+        &[
+            ("token", text(&hinted, "refresh_token")),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decide(&dev, text(&hinted, "access_token")).await,
+        (401, "token_revoked".to_owned())
+    );
+    let (status, body) = revoke(
+        &dev,
+        &[
+            ("token", text(&unhinted, "refresh_token")),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decide(&dev, text(&unhinted, "access_token")).await,
+        (401, "token_revoked".to_owned())
+    );
+    for session in [&hinted, &unhinted] {
+        let (status, body) = refresh(&dev, "auth/web", text(session, "refresh_token")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+        // Logging out again is fine, and the same Revocation.
+        let (status, _) = revoke(
+            &dev,
+            &[
+                ("token", text(session, "refresh_token")),
+                ("client_id", "auth/web"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let sessions = std::fs::read_dir(dev.manifests())
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains("logout-session-")
+        })
+        .count();
+    assert_eq!(sessions, 2);
+    // The other session of the same user lives on.
+    assert_eq!(decide(&dev, text(&kept, "access_token")).await.0, 200);
+    let (status, _) = refresh(&dev, "auth/web", text(&kept, "refresh_token")).await;
+    assert_eq!(status, 200);
+    dev.stop().await;
+}

@@ -44,9 +44,6 @@ pub const TOKEN_SUFFIX: &str = "/token";
 pub(super) const MAX_BODY_BYTES: usize = rules::MAX_BODY_BYTES;
 /// What a client is told to wait when the store (or the apiserver) cannot answer.
 const RETRY_AFTER_SECS: u64 = 1;
-/// A session revoked for reuse stays revoked this long after its access tokens'
-/// lifetime: the most leeway a policy may grant.
-const MAX_POLICY_LEEWAY: SignedDuration = SignedDuration::from_mins(5);
 
 /// Dev mode's client secrets (`authplane token client-secret`): the stored hash of a
 /// TokenClient's secret, if it has one.
@@ -373,11 +370,13 @@ impl Request<'_> {
                 tracing::warn!(
                     client = family.client.as_str(),
                     family = family.id.as_str(),
-                    client_address = ?self.client_address.map(|a| a.to_string()),
+                    client_address = %self
+                        .client_address
+                        .map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
                     "refresh token reuse: the session is revoked"
                 );
-                self.revoke_session(client, &family, "refresh token reuse", now)
-                    .await;
+                // `compromised`: a superseded token came back, so someone else holds it.
+                self.revoke_session(&family, "compromised", now).await;
                 Err(invalid_grant(
                     "the refresh token was already used: its session is revoked (log in again)",
                 ))
@@ -402,20 +401,8 @@ impl Request<'_> {
     /// Writes the `sid` Revocation of a family, so that its access tokens are refused at
     /// every gateway. A failure is logged: the family itself is revoked in the store
     /// already, so no refresh works; its access tokens then live out their lifetime.
-    async fn revoke_session(
-        &self,
-        client: &ServedClient,
-        family: &Family,
-        reason: &str,
-        now: Timestamp,
-    ) {
-        let revocation = session_revocation(
-            self.issuer,
-            &family.id,
-            reason,
-            add(now, client.rules.access_lifetime + MAX_POLICY_LEEWAY),
-            now,
-        );
+    async fn revoke_session(&self, family: &Family, reason: &str, now: Timestamp) {
+        let revocation = session_revocation(self.issuer, &family.id, reason, now);
         if let Err(e) = self.endpoint.writer.create(revocation).await {
             tracing::error!(
                 client = family.client.as_str(),
@@ -446,13 +433,14 @@ impl Request<'_> {
     }
 }
 
-/// A Revocation of the session `sid` of `issuer`'s tokens, named after what it revokes
-/// (so that writing it twice is the same object), kept until `expires_at`.
+/// A Revocation of the session `sid` of `issuer`'s tokens, named as `/revoke` names a
+/// session's (so that a logout by access token and one by refresh token are the same
+/// object). It lapses as every session Revocation does: once no token issued before it
+/// can pass any policy.
 pub fn session_revocation(
     issuer: &PublishedIssuer,
     sid: &str,
     reason: &str,
-    expires_at: Timestamp,
     now: Timestamp,
 ) -> Revocation {
     let hash = digest(&SHA256, format!("{}\0sid\0{sid}", issuer.issuer).as_bytes());
@@ -482,7 +470,6 @@ pub fn session_revocation(
             }),
             session_id: Some(sid.to_owned()),
             reason: Some(reason.to_owned()),
-            expires_at: Some(Time(second(expires_at))),
             ..RevocationSpec::default()
         },
         status: None,
@@ -548,4 +535,57 @@ fn unavailable(description: &str) -> Response {
 fn server_error() -> Response {
     let body = json!({"error": "server_error", "error_description": "the server could not answer; this is logged"});
     no_store((StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response())
+}
+
+/// What a refresh token presented to `POST {issuer}/revoke` comes to (RFC 7009).
+pub enum Logout {
+    /// The family is revoked (now, or before): write its session's Revocation and
+    /// answer once it is in force.
+    Revoke(Box<(Revocation, Family)>),
+    /// Unknown, another client's, or already revoked: 200, nothing changes.
+    Nothing,
+    /// The request cannot be answered: the client's fault (an OAuth error) ...
+    Refused(OAuthError),
+    /// ... or the store's (503).
+    Unavailable(String),
+}
+
+/// Logout with a refresh token of `client_id` on `issuer`: its family revoked in the
+/// store. The caller writes the session's Revocation.
+pub async fn logout(
+    state: &AppState,
+    issuer: &PublishedIssuer,
+    token: &RefreshToken,
+    client_id: Option<&str>,
+) -> Logout {
+    let Some(endpoint) = &state.token else {
+        return Logout::Refused(OAuthError::new(
+            ErrorCode::UnsupportedTokenType,
+            "refresh tokens are not served here (the token endpoint is off)",
+        ));
+    };
+    let Some(client_id) = client_id else {
+        return Logout::Refused(OAuthError::invalid_request(
+            "client_id is missing: a refresh token is revoked by the client it was issued to",
+        ));
+    };
+    let clients = state.registry.token_clients();
+    let served = clients.get(client_id).is_some_and(|client| {
+        client.key.namespace == issuer.namespace && client.key.name == issuer.name
+    });
+    if !served {
+        return Logout::Refused(OAuthError::new(
+            ErrorCode::InvalidClient,
+            format!("no TokenClient {client_id:?} is served on this issuer"),
+        ));
+    }
+    let now = state.clock.now();
+    match crate::tokens::logout(&*endpoint.store, token, client_id, now).await {
+        Ok(Some(family)) => {
+            let revocation = session_revocation(issuer, &family.id, "logout", now);
+            Logout::Revoke(Box::new((revocation, family)))
+        }
+        Ok(None) => Logout::Nothing,
+        Err(e) => Logout::Unavailable(e.to_string()),
+    }
 }
