@@ -35,6 +35,7 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
+use super::client_address::ClientKey;
 use super::rate_limit::KeyedLimit;
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
@@ -73,20 +74,6 @@ pub type WriteFuture = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Sen
 /// dev mode. Creating one that already exists (the same token again) is a success.
 pub trait RevocationWriter: Send + Sync {
     fn create(&self, revocation: Revocation) -> WriteFuture;
-}
-
-/// The client of a failed request, as a limit key: an IPv4 address, or an IPv6 /64 (one
-/// host commonly has a whole /64 to choose addresses from).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-struct ClientKey(u128);
-
-impl ClientKey {
-    fn of(address: IpAddr) -> Self {
-        match address.to_canonical() {
-            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => Self((u128::from(v6) & !((1 << 64) - 1)) | 1),
-        }
-    }
 }
 
 /// The `/revoke` endpoint: where Revocations are written, and its limits.
@@ -521,27 +508,4 @@ pub fn revocation_for(
 /// The id of a Revocation object.
 pub fn id_of(revocation: &Revocation) -> ObjectKey {
     ObjectKey::of(&revocation.metadata)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_ipv6_client_is_its_slash_64() {
-        let a = ClientKey::of("2001:db8:1:2::1".parse().unwrap());
-        let b = ClientKey::of("2001:db8:1:2:ffff::9".parse().unwrap());
-        let c = ClientKey::of("2001:db8:1:3::1".parse().unwrap());
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        // An IPv4-mapped address is the IPv4 address, and no IPv6 /64 collides with one.
-        assert_eq!(
-            ClientKey::of("::ffff:192.0.2.1".parse().unwrap()),
-            ClientKey::of("192.0.2.1".parse().unwrap())
-        );
-        assert_ne!(
-            ClientKey::of("::".parse().unwrap()),
-            ClientKey::of("0.0.0.0".parse().unwrap())
-        );
-    }
 }

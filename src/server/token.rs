@@ -25,6 +25,8 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
+use super::client_address::ClientKey;
+use super::rate_limit::KeyedLimit;
 use super::revoke::RevocationWriter;
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
@@ -54,7 +56,20 @@ pub trait ClientSecrets: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<StoredSecret>, String>>;
 }
 
+/// Default budgets per minute: failed requests per client address, rotations per family.
+pub const DEFAULT_TOKEN_RATE: u32 = 10;
+/// Keys each limit remembers; beyond it the least recently seen is forgotten.
+const MAX_KEYS: usize = 10_000;
+
 /// What the token endpoint works with.
+///
+/// Two limits, each a GCRA budget over a bounded map ([`super::rate_limit`]), as
+/// `/revoke` has: requests that fail, per client address (through trusted proxies), so
+/// garbage and wrong credentials are slowed down without users behind one address (an
+/// office, a carrier's NAT) sharing a budget for their refreshes; and rotations per
+/// family, so one session cannot make the store write and the key sign in a loop. A
+/// retry within the grace is a read and costs neither. Successful logins are the trusted
+/// workload's: they come from its address for every user, and are not limited here.
 pub struct TokenEndpoint {
     /// The families (bounded by a deadline: [`crate::tokens::Timed`]).
     pub store: Arc<dyn FamilyStore>,
@@ -66,6 +81,28 @@ pub struct TokenEndpoint {
     pub writer: Arc<dyn RevocationWriter>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
     pub trusted_proxy_hops: usize,
+    failures: KeyedLimit<ClientKey>,
+    rotations: KeyedLimit<String>,
+}
+
+impl TokenEndpoint {
+    /// `per_minute` failed requests per client address and rotations per family; no
+    /// client assertions, no client secrets, no trusted proxies until set.
+    pub fn new(
+        store: Arc<dyn FamilyStore>,
+        writer: Arc<dyn RevocationWriter>,
+        per_minute: u32,
+    ) -> Self {
+        Self {
+            store,
+            reviewer: None,
+            secrets: None,
+            writer,
+            trusted_proxy_hops: 0,
+            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+        }
+    }
 }
 
 /// `POST {issuer path}/token`.
@@ -107,7 +144,20 @@ pub async fn token(
     };
     match request.answer(headers, &body).await {
         Ok(answer) => answer,
-        Err(Failure::OAuth(error)) => oauth_error(&error),
+        // A failure is counted against its client address; once over budget, it is
+        // told to slow down instead of being answered.
+        Err(Failure::OAuth(error)) => {
+            let spent =
+                client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
+            match spent {
+                None => oauth_error(&error),
+                Some(wait) => slow_down(wait, "too many failed token requests from this address"),
+            }
+        }
+        Err(Failure::Limited(wait)) => slow_down(
+            wait,
+            "this session refreshed too often; retry with the same refresh token later",
+        ),
         Err(Failure::Unavailable(why)) => {
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "token request not answered");
             unavailable(&why)
@@ -127,6 +177,8 @@ enum Failure {
     Unavailable(String),
     /// Ours, never the client's (an unreadable stored family, a key that does not sign).
     Server(String),
+    /// The family's budget of rotations is spent: 429 after this many seconds.
+    Limited(u64),
 }
 
 impl From<OAuthError> for Failure {
@@ -338,12 +390,14 @@ impl Request<'_> {
             ));
         };
         let now = self.state.clock.now();
-        let refreshed = crate::tokens::refresh(
+        let rotations = &self.endpoint.rotations;
+        let refreshed = crate::tokens::refresh_admitted(
             &*self.endpoint.store,
             &token,
             &client.rules.client,
             now,
             &mut SystemEntropy,
+            &|family| rotations.take(&family.id),
         )
         .await;
         match refreshed {
@@ -395,6 +449,7 @@ impl Request<'_> {
             },
             Err(RefreshError::Store(e)) => Err(e.into()),
             Err(e @ RefreshError::Contended(_)) => Err(Failure::Unavailable(e.to_string())),
+            Err(RefreshError::Limited(wait)) => Err(Failure::Limited(wait)),
         }
     }
 
@@ -529,6 +584,15 @@ fn unavailable(description: &str) -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    no_store(response)
+}
+
+fn slow_down(wait: u64, description: &str) -> Response {
+    let body = json!({"error": "slow_down", "error_description": description});
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
     no_store(response)
 }
 
