@@ -45,6 +45,10 @@ fn manifests() -> Vec<(&'static str, String)> {
         ),
         ("web.yaml", token_client("web", "web", "")),
         ("mobile.yaml", token_client("mobile", "web", "")),
+        (
+            "spa.yaml",
+            token_client("spa", "web", "  delivery: Cookie\n"),
+        ),
         ("other-client.yaml", token_client("other", "other", "")),
         (
             "policy.yaml",
@@ -78,6 +82,7 @@ async fn start_limited(
 struct Secrets {
     web: String,
     other: String,
+    spa: String,
 }
 
 impl Secrets {
@@ -98,6 +103,7 @@ impl Secrets {
         Secrets {
             web: make("web"),
             other: make("other"),
+            spa: make("spa"),
         }
     }
 }
@@ -851,5 +857,145 @@ async fn rotations_are_limited_per_session_and_a_limited_refresh_changes_nothing
     let other = login(&dev, &secrets, "judy").await;
     let (status, _) = refresh(&dev, "auth/web", text(&other, "refresh_token")).await;
     assert_eq!(status, 200);
+    dev.stop().await;
+}
+
+/// The refresh cookie a response sets, whole (`None` without one).
+fn set_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// `name=value` of a `Set-Cookie`.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn cookie_clients_get_a_host_cookie_that_refreshes_only_from_their_own_pages() {
+    let (dev, secrets) = start(Arc::new(authplane::clock::SystemClock)).await;
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/token"))
+        .form(&[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/spa"),
+            ("client_secret", &secrets.spa),
+            ("subject_token", "kim"),
+            ("subject_token_type", SUBJECT),
+            ("authplane_claims", r#"{"roles": ["payments"]}"#),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let set = set_cookie(&response).expect("a cookie");
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert!(set.starts_with("__Host-authplane-refresh=aprt_"), "{set}");
+    for attribute in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=7200",
+    ] {
+        assert!(
+            set.split("; ").any(|a| a == attribute),
+            "{attribute} in {set}"
+        );
+    }
+    let cookie = cookie_pair(&set);
+    let origin = dev.external_url();
+    let with_cookie = |path: &'static str,
+                       client: &'static str,
+                       headers: Vec<(&'static str, String)>,
+                       cookie: String| {
+        let dev = &dev;
+        async move {
+            let mut request = dev
+                .http
+                .post(dev.url(path))
+                .header("cookie", cookie)
+                .form(&[("grant_type", "refresh_token"), ("client_id", client)]);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let csrf = || ("x-authplane-csrf", "1".to_owned());
+    // Without the header, from another origin, from another site: refused, nothing changes.
+    for headers in [
+        vec![],
+        vec![csrf(), ("origin", "https://evil.example".to_owned())],
+        vec![csrf(), ("sec-fetch-site", "cross-site".to_owned())],
+    ] {
+        let response = with_cookie(
+            "/auth/web/token",
+            "auth/spa",
+            headers.clone(),
+            cookie.clone(),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{headers:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
+    // A client that delivers in the body does not take the cookie.
+    let response = with_cookie("/auth/web/token", "auth/web", vec![csrf()], cookie.clone()).await;
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        text(&body, "error_description").contains("in the body"),
+        "{body}"
+    );
+    // From the app's own page: a new pair, the refresh token in a new cookie.
+    let response = with_cookie(
+        "/auth/web/token",
+        "auth/spa",
+        vec![csrf(), ("origin", origin.clone())],
+        cookie.clone(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let renewed = cookie_pair(&set_cookie(&response).unwrap());
+    assert_ne!(renewed, cookie);
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none());
+    let access = text(&body, "access_token").to_owned();
+    assert_eq!(decide(&dev, &access).await.0, 200);
+    // Logout with the cookie: not without the header ...
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/revoke"))
+        .header("cookie", renewed.clone())
+        .form(&[("client_id", "auth/spa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(decide(&dev, &access).await.0, 200);
+    // ... with it, the session ends and the cookie is cleared.
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/revoke"))
+        .header("cookie", renewed.clone())
+        .header("x-authplane-csrf", "1")
+        .form(&[("client_id", "auth/spa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(set_cookie(&response).unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        decide(&dev, &access).await,
+        (401, "token_revoked".to_owned())
+    );
+    // A dead session's cookie is cleared when presented.
+    let response = with_cookie("/auth/web/token", "auth/spa", vec![csrf()], renewed).await;
+    assert_eq!(response.status(), 400);
+    assert!(set_cookie(&response).unwrap().contains("Max-Age=0"));
     dev.stop().await;
 }

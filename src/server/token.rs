@@ -13,6 +13,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::body::Bytes;
@@ -27,8 +28,9 @@ use serde_json::json;
 use super::AppState;
 use super::client_address::ClientKey;
 use super::rate_limit::KeyedLimit;
+use super::refresh_cookie;
 use super::revoke::RevocationWriter;
-use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
+use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
@@ -141,6 +143,7 @@ pub async fn token(
         endpoint: &endpoint,
         issuer: &issuer,
         client_address,
+        from_cookie: AtomicBool::new(false),
     };
     match request.answer(headers, &body).await {
         Ok(answer) => answer,
@@ -150,6 +153,15 @@ pub async fn token(
             let spent =
                 client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
             match spent {
+                None if error.code == ErrorCode::InvalidGrant
+                    && request.from_cookie.load(Ordering::Relaxed) =>
+                {
+                    let mut answer = oauth_error(&error);
+                    answer
+                        .headers_mut()
+                        .insert(header::SET_COOKIE, refresh_cookie::clear());
+                    answer
+                }
                 None => oauth_error(&error),
                 Some(wait) => slow_down(wait, "too many failed token requests from this address"),
             }
@@ -206,6 +218,8 @@ struct Request<'a> {
     endpoint: &'a TokenEndpoint,
     issuer: &'a PublishedIssuer,
     client_address: Option<IpAddr>,
+    /// The refresh token came in the cookie: a dead session's cookie is cleared.
+    from_cookie: AtomicBool,
 }
 
 impl Request<'_> {
@@ -216,9 +230,29 @@ impl Request<'_> {
             )
             .into());
         }
-        let params = rules::parse_form(body)?;
+        let mut params = rules::parse_form(body)?;
+        // A browser app's refresh token comes in its cookie, unless the form has one.
+        let cookie = params.get("grant_type").map(String::as_str)
+            == Some(rules::GRANT_REFRESH_TOKEN)
+            && !params.contains_key("refresh_token");
+        let cookie = cookie.then(|| refresh_cookie::read(headers)).flatten();
+        if let Some(token) = cookie {
+            params.insert("refresh_token".into(), token);
+            self.from_cookie.store(true, Ordering::Relaxed);
+        }
         let request = rules::parse_request(&params)?;
         let client = self.client(&request.client)?;
+        if self.from_cookie.load(Ordering::Relaxed) {
+            if client.delivery != Delivery::Cookie {
+                return Err(OAuthError::invalid_request(format!(
+                    "TokenClient {} delivers refresh tokens in the body: send refresh_token",
+                    client.rules.client
+                ))
+                .into());
+            }
+            refresh_cookie::check_csrf(headers, &self.issuer.issuer)
+                .map_err(OAuthError::invalid_request)?;
+        }
         match request.grant {
             Grant::Exchange {
                 subject_token,
@@ -379,6 +413,8 @@ impl Request<'_> {
             Some(TOKEN_TYPE_ACCESS),
             expires_in(&started.family.access(), rules.access_lifetime, now),
             &started.token,
+            client.delivery,
+            session_left(&started.family, now),
         ))
     }
 
@@ -418,6 +454,8 @@ impl Request<'_> {
                     None,
                     expires_in(&access, client.rules.access_lifetime, now),
                     &token,
+                    client.delivery,
+                    session_left(&family, now),
                 ))
             }
             Ok(Refreshed::Reuse { family }) => {
@@ -542,28 +580,45 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Seconds a family's refresh tokens may still work at `now`.
+fn session_left(family: &Family, now: Timestamp) -> i64 {
+    family.expires_at.as_second() - now.as_second()
+}
+
 /// Seconds the access token of `grant` still lives at `now`.
 fn expires_in(grant: &AccessGrant, lifetime: SignedDuration, now: Timestamp) -> i64 {
     (add(grant.issued_at, lifetime).as_second() - now.as_second()).max(0)
 }
 
 /// RFC 6749 §5.1 (and RFC 8693 §2.2.1 with `issued_token_type`).
+/// With `Delivery::Cookie`, the refresh token is in the cookie (living as long as its
+/// session has left) and not in the body.
 fn tokens(
     access: &str,
     issued_token_type: Option<&str>,
     expires_in: i64,
     refresh_token: &RefreshToken,
+    delivery: Delivery,
+    session_left: i64,
 ) -> Response {
     let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": expires_in,
-        "refresh_token": refresh_token.expose(),
     });
+    if delivery == Delivery::Body {
+        body["refresh_token"] = refresh_token.expose().into();
+    }
     if let Some(kind) = issued_token_type {
         body["issued_token_type"] = kind.into();
     }
-    no_store(axum::Json(body).into_response())
+    let mut response = no_store(axum::Json(body).into_response());
+    if delivery == Delivery::Cookie
+        && let Some(cookie) = refresh_cookie::set(refresh_token, session_left)
+    {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 fn no_store(mut response: Response) -> Response {
