@@ -560,6 +560,32 @@ async fn reuse_after_the_grace_ends_the_session_at_authz() {
     // Another session of the same user is not touched.
     let other = login(&dev, &secrets, "dave").await;
     assert_eq!(decide(&dev, text(&other, "access_token")).await.0, 200);
+    // What /metrics says of it (labels: the TokenClient's name, fixed values).
+    for (sample, value) in [
+        (
+            r#"authplane_tokens_issued_total{client="auth/web",grant="token_exchange"}"#,
+            2.0,
+        ),
+        (
+            r#"authplane_tokens_issued_total{client="auth/web",grant="refresh_token"}"#,
+            1.0,
+        ),
+        (
+            r#"authplane_refresh_token_reuse_total{client="auth/web"}"#,
+            1.0,
+        ),
+        (r#"authplane_token_requests_total{result="replayed"}"#, 1.0),
+        (
+            r#"authplane_token_requests_total{result="invalid_grant"}"#,
+            2.0,
+        ),
+        (
+            r#"authplane_token_store_seconds_count{operation="swap"}"#,
+            2.0,
+        ),
+    ] {
+        assert_eq!(dev.metric(sample).await, value, "{sample}");
+    }
     dev.stop().await;
 }
 
@@ -625,6 +651,16 @@ async fn a_store_that_cannot_be_opened_answers_503_and_nothing_else_depends_on_i
         .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        dev.metric(r#"authplane_token_requests_total{result="unavailable"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        dev.metric(r#"authplane_token_store_errors_total{operation="create"}"#)
+            .await,
+        1.0
+    );
     // Decisions, JWKS and revocation are served as ever (the restart moved the issuer to
     // the new port: a token of it now).
     let minted = dev.mint(WEB, "gina", &["payments"], json!({"roles": ["payments"]}));
@@ -810,6 +846,11 @@ async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies()
     assert_eq!(status, 401);
     let (status, _, _) = login_from("192.0.2.1", secrets.web.clone()).await;
     assert_eq!(status, 200);
+    assert_eq!(
+        dev.metric(r#"authplane_token_requests_total{result="rate_limited"}"#)
+            .await,
+        2.0
+    );
     dev.stop().await;
 }
 

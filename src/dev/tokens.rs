@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
-use crate::tokens::{FamilyStore, Timed, Unavailable, embedded::EmbeddedStore};
+use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
 
 /// The store's file in the state folder, unless `--token-store` names another.
 pub const STORE_FILE: &str = "tokens.redb";
@@ -73,6 +73,7 @@ pub async fn endpoint(
     writer: Arc<dyn RevocationWriter>,
     trusted_proxy_hops: usize,
     clock: Arc<dyn Clock>,
+    metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Arc<TokenEndpoint>> {
     if !settings.enabled {
@@ -82,7 +83,8 @@ pub async fn endpoint(
         .store
         .clone()
         .unwrap_or_else(|| state.root().join(STORE_FILE));
-    let store = open(path).await;
+    let store: Arc<dyn FamilyStore> =
+        Arc::new(Metered::new(open(path).await, metrics.tokens.clone()));
     tokio::spawn(purge(store.clone(), clock, shutdown));
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));

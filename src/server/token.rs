@@ -145,6 +145,7 @@ pub async fn token(
         client_address,
         from_cookie: AtomicBool::new(false),
     };
+    let metrics = &state.metrics.tokens;
     match request.answer(headers, &body).await {
         Ok(answer) => answer,
         // A failure is counted against its client address; once over budget, it is
@@ -152,6 +153,10 @@ pub async fn token(
         Err(Failure::OAuth(error)) => {
             let spent =
                 client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
+            metrics.request(match spent {
+                Some(_) => "rate_limited",
+                None => error.code.as_str(),
+            });
             match spent {
                 None if error.code == ErrorCode::InvalidGrant
                     && request.from_cookie.load(Ordering::Relaxed) =>
@@ -166,15 +171,20 @@ pub async fn token(
                 Some(wait) => slow_down(wait, "too many failed token requests from this address"),
             }
         }
-        Err(Failure::Limited(wait)) => slow_down(
-            wait,
-            "this session refreshed too often; retry with the same refresh token later",
-        ),
+        Err(Failure::Limited(wait)) => {
+            metrics.request("rate_limited");
+            slow_down(
+                wait,
+                "this session refreshed too often; retry with the same refresh token later",
+            )
+        }
         Err(Failure::Unavailable(why)) => {
+            metrics.request("unavailable");
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "token request not answered");
             unavailable(&why)
         }
         Err(Failure::Server(why)) => {
+            metrics.request("error");
             tracing::error!(issuer = issuer.issuer.as_str(), error = %why, "token request failed");
             server_error()
         }
@@ -408,6 +418,9 @@ impl Request<'_> {
         })?;
         let access = self.sign(client, &started.family, &started.family.access(), now)?;
         self.endpoint.store.create(&started.family).await?;
+        let metrics = &self.state.metrics.tokens;
+        metrics.issued(&rules.client, "token_exchange");
+        metrics.request("issued");
         Ok(tokens(
             &access,
             Some(TOKEN_TYPE_ACCESS),
@@ -441,7 +454,7 @@ impl Request<'_> {
                 family,
                 token,
                 access,
-                ..
+                rotated,
             }) => {
                 if family.issuer != self.issuer.issuer {
                     return Err(invalid_grant(
@@ -449,6 +462,13 @@ impl Request<'_> {
                     ));
                 }
                 let signed = self.sign(client, &family, &access, now)?;
+                let metrics = &self.state.metrics.tokens;
+                if rotated {
+                    metrics.issued(&client.rules.client, "refresh_token");
+                    metrics.request("issued");
+                } else {
+                    metrics.request("replayed");
+                }
                 Ok(tokens(
                     &signed,
                     None,
@@ -459,6 +479,7 @@ impl Request<'_> {
                 ))
             }
             Ok(Refreshed::Reuse { family }) => {
+                self.state.metrics.tokens.reuse(&family.client);
                 tracing::warn!(
                     client = family.client.as_str(),
                     family = family.id.as_str(),

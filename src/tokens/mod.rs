@@ -16,11 +16,14 @@
 
 pub mod client_auth;
 pub mod embedded;
+mod metered;
+pub mod metrics;
 #[cfg(test)]
 mod tests;
 mod timed;
 mod unavailable;
 
+pub use metered::Metered;
 pub use timed::Timed;
 pub use unavailable::Unavailable;
 
