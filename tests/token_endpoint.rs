@@ -1040,3 +1040,41 @@ async fn cookie_clients_get_a_host_cookie_that_refreshes_only_from_their_own_pag
     assert!(set_cookie(&response).unwrap().contains("Max-Age=0"));
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn a_workload_may_authenticate_with_http_basic() {
+    let (dev, secrets) = start(Arc::new(authplane::clock::SystemClock)).await;
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", "lena"),
+        ("subject_token_type", SUBJECT),
+    ];
+    let with_basic = |user: &str, password: &str, extra: &[(&'static str, &'static str)]| {
+        let mut form: Vec<(&str, &str)> = form.to_vec();
+        form.extend_from_slice(extra);
+        dev.http
+            .post(dev.url("/auth/web/token"))
+            .basic_auth(user, Some(password))
+            .form(&form)
+            .send()
+    };
+    // RFC 6749 §2.3.1: the id and the secret form-urlencoded ("/" as %2F).
+    let response = with_basic("auth%2Fweb", &secrets.web, &[]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = with_basic("auth%2Fweb", "apcs_wrong", &[]).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Basic realm=\"authplane\""
+    );
+    // One client authentication at a time; the form's client_id must agree.
+    let response = with_basic("auth%2Fweb", &secrets.web, &[("client_secret", "x")])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = with_basic("auth%2Fweb", &secrets.web, &[("client_id", "auth/mobile")])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    dev.stop().await;
+}
