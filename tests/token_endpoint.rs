@@ -1202,3 +1202,38 @@ async fn reuse_is_logged_with_the_family_and_the_address_and_no_token_is_ever_lo
         );
     }
 }
+
+#[tokio::test]
+async fn turned_off_the_token_endpoint_is_not_served_nor_advertised() {
+    let tokens = TokenSettings {
+        enabled: false,
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) = start_limited(
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let (status, _) = post(
+        &dev,
+        "web",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/web"),
+            ("client_secret", &secrets.web),
+            ("subject_token", "nina"),
+            ("subject_token_type", SUBJECT),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let discovery = dev.json("/auth/web/.well-known/openid-configuration").await;
+    assert!(discovery.get("token_endpoint").is_none(), "{discovery}");
+    assert!(
+        discovery.get("revocation_endpoint").is_some(),
+        "{discovery}"
+    );
+    assert!(!dev.state().join("tokens.redb").exists());
+    dev.stop().await;
+}
