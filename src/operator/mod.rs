@@ -1,6 +1,7 @@
 //! The Kubernetes driver, `authplane run`: the same core and server as dev mode, with
 //! keys in Secrets. Every replica serves; the Lease holder writes.
 
+pub mod assertions;
 pub mod attachments;
 pub mod auth_policies;
 pub mod error;
