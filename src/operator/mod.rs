@@ -16,6 +16,7 @@ pub mod serve;
 pub mod signing_keys;
 pub mod status;
 pub mod targets;
+pub mod token_clients;
 pub mod writer;
 
 #[cfg(test)]
@@ -308,6 +309,25 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     ));
     // The serving loop tells the leader's controllers what it applied.
     let feeds = serve::Feeds::default();
+    // TokenClients have their own watch and index, fed the SigningKeys the serving loop
+    // applies (listening from now on, so that nothing it applies is missed).
+    let (token_client_cache, token_client_writer) = reflector::store();
+    let token_clients = Arc::new(token_clients::Served::default());
+    let token_client_changes = Arc::new(feed::Feed::default());
+    let following_token_clients = tokio::spawn(token_clients::run(
+        client.clone(),
+        token_clients::Follow {
+            registry: registry.clone(),
+            instance: config.instance.clone(),
+            external_url: config.external_url.clone(),
+            keys: caches.keys.clone(),
+            served: token_clients.clone(),
+            changed: token_client_changes.clone(),
+        },
+        token_client_writer,
+        feeds.token_client_keys.clone().triggers(),
+        stopped.clone(),
+    ));
     let watching = tokio::spawn(serve::run(
         client.clone(),
         serve::Settings {
@@ -377,6 +397,11 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             clock,
             policies,
             issuer_claims: (scope, registry),
+            token_clients: TokenClients {
+                cache: token_client_cache,
+                served: token_clients,
+                changed: token_client_changes,
+            },
         },
         leader,
         stopped,
@@ -393,7 +418,13 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     Ok(Operator {
         addr,
         stop,
-        tasks: vec![controller, lease, watching, revoking],
+        tasks: vec![
+            controller,
+            lease,
+            watching,
+            revoking,
+            following_token_clients,
+        ],
         serving,
     })
 }
@@ -422,6 +453,15 @@ struct Controllers {
     /// Where issuers may be published, and the serving index's snapshot: each
     /// SigningKey's status says whether its issuer is served.
     issuer_claims: (Arc<IssuerScope>, Arc<Registry>),
+    token_clients: TokenClients,
+}
+
+/// The TokenClient watch's cache and index, and what it announces: the leader reports
+/// each client's readiness.
+struct TokenClients {
+    cache: reflector::Store<DeserializeGuard<crate::api::TokenClient>>,
+    served: Arc<token_clients::Served>,
+    changed: Arc<feed::Feed>,
 }
 
 /// Runs the controllers while this replica leads, and stops them the moment it does not.
@@ -465,6 +505,7 @@ async fn term(controllers: &Controllers) {
         clock,
         policies: policy_ctx,
         issuer_claims: (scope, registry),
+        token_clients,
     } = controllers;
     // Writes remembered from an earlier term may be stale: this term reads the caches.
     writer.forget_writes();
@@ -577,11 +618,29 @@ async fn term(controllers: &Controllers) {
             .for_each(|_| async {})
             .await;
     };
+    // TokenClient statuses: every one once the watch has published its first list, then
+    // those whose readiness may have changed.
+    let token_client_statuses =
+        Controller::for_stream(stream::pending(), token_clients.cache.clone())
+            .reconcile_all_on(stream::once(token_clients::synced(
+                token_clients.served.clone(),
+            )))
+            .reconcile_on(token_clients.changed.clone().triggers())
+            .run(
+                token_clients::reconcile,
+                token_clients::error_policy,
+                Arc::new(token_clients::Report {
+                    served: token_clients.served.clone(),
+                    writer: writer.clone(),
+                    clock: clock.clone(),
+                }),
+            )
+            .for_each(|_| async {});
     // Lapsed Revocations are deleted by the leader only (this never ends by itself).
     let expiry = revocations::expire(client.clone(), writer.clone(), clock.clone());
-    let forgetting = forget_seen_writes(writer, caches, &config_maps);
+    let forgetting = forget_seen_writes(writer, caches, &config_maps, &token_clients.cache);
     tokio::select! {
-        _ = future::join(signing_keys, auth_policies) => {}
+        _ = future::join3(signing_keys, auth_policies, token_client_statuses) => {}
         _ = watching_targets => {}
         _ = expiry => {}
         () = forgetting => {}
@@ -600,6 +659,7 @@ async fn forget_seen_writes(
     writer: &writer::LeaderWriter,
     caches: &serve::Caches,
     config_maps: &reflector::Store<ConfigMap>,
+    token_clients: &reflector::Store<DeserializeGuard<crate::api::TokenClient>>,
 ) {
     let mut every = tokio::time::interval(FORGET_SEEN_WRITES_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -610,6 +670,7 @@ async fn forget_seen_writes(
             "AuthPolicy" => version_in(&caches.policies, id),
             "Secret" => version_in(&caches.secrets, id),
             "ConfigMap" => version_in(config_maps, id),
+            "TokenClient" => version_in(token_clients, id),
             _ => None,
         });
     }

@@ -136,6 +136,9 @@ pub fn caches() -> (Caches, CacheWriters) {
 pub struct Feeds {
     pub keys: Arc<Feed>,
     pub policies: Arc<Feed>,
+    /// The same SigningKeys, for the TokenClient watch (every replica): a key's issuer
+    /// or `maxTokenLifetime` decides how its clients are served.
+    pub token_client_keys: Arc<Feed>,
 }
 
 /// What the serving loop serves.
@@ -282,6 +285,7 @@ pub async fn run(
             policies.extend(view.index.take_recompiled());
             let mut keys = applied.keys;
             keys.extend(view.index.take_reclaimed());
+            feeds.token_client_keys.announce(keys.iter().cloned());
             feeds.keys.announce(keys);
             feeds.policies.announce(policies);
         }
