@@ -155,6 +155,7 @@ fn start_operator_with_tls(
         instance: Default::default(),
         write_pace: None,
         attach: Default::default(),
+        token_store: None,
     };
     run_operator(address, config)
 }
@@ -1113,6 +1114,7 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
             instance: Default::default(),
             write_pace: None,
             attach: Default::default(),
+            token_store: None,
         }
     };
     config.attach = AttachConfig {

@@ -17,6 +17,7 @@ pub mod signing_keys;
 pub mod status;
 pub mod targets;
 pub mod token_clients;
+pub mod token_store;
 pub mod writer;
 
 #[cfg(test)]
@@ -90,6 +91,8 @@ pub struct OperatorConfig {
     /// Which gateways the leader writes configuration for, and where they reach
     /// authplane.
     pub attach: attachments::AttachConfig,
+    /// The token service's store; `None`: no token service.
+    pub token_store: Option<token_store::TokenStoreConfig>,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -123,6 +126,8 @@ pub enum OperatorError {
     Serve(#[from] ServeError),
     #[error("--tls-client-ca-file: {0}")]
     ClientCa(#[from] tls::TlsError),
+    #[error(transparent)]
+    TokenStore(#[from] token_store::TokenStoreError),
 }
 
 /// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
@@ -194,6 +199,9 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         }
         Err(e) => return Err(e.into()),
         Ok(_) => {}
+    }
+    if let Some(store) = &config.token_store {
+        token_store::check_replicas(&client, &config.namespace, store).await?;
     }
 
     let scope = Arc::new(IssuerScope::new(

@@ -1,6 +1,7 @@
-//! The TokenClient watch and the leader's TokenClient status, against kube-rs's mock
-//! service: what every replica publishes for the token endpoint, how a SigningKey change
-//! reaches its clients, and the status writes (only what the apiserver does not hold).
+//! The token service's cluster side against kube-rs's mock service: the TokenClient
+//! watch (what every replica publishes for the token endpoint, how a SigningKey change
+//! reaches its clients), the leader's TokenClient status (only what the apiserver does
+//! not hold), and the embedded store's one-replica rule.
 
 mod common;
 
@@ -10,6 +11,7 @@ use authplane::api::{SigningKey, TokenClient};
 use authplane::clock::Clock;
 use authplane::operator::feed::Feed;
 use authplane::operator::token_clients::{self, Follow, Report, Served};
+use authplane::operator::token_store::{self, TokenStoreConfig, TokenStoreError};
 use authplane::operator::writer::LeaderWriter;
 use authplane::registry::Registry;
 use futures::StreamExt;
@@ -299,4 +301,75 @@ async fn the_leader_writes_a_status_only_when_the_apiserver_does_not_hold_it() {
     );
     drop(cache);
     following.abort();
+}
+
+fn deployment(replicas: Option<i32>) -> Value {
+    let mut spec = json!({"selector": {"matchLabels": {"app": "authplane"}},
+                          "template": {"metadata": {"labels": {"app": "authplane"}}}});
+    if let Some(replicas) = replicas {
+        spec["replicas"] = json!(replicas);
+    }
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "authplane", "namespace": "authplane"}, "spec": spec})
+}
+
+/// The replica check with the Deployment list answered by `items` (or `status` alone).
+async fn check_with(status: u16, answer: Value) -> Result<(), TokenStoreError> {
+    let (kube, mut apiserver) = mock_api::client();
+    let config = TokenStoreConfig {
+        path: "/var/lib/authplane/tokens/tokens.redb".into(),
+        deployment: Some("authplane".into()),
+    };
+    let apiserver = tokio::spawn(async move {
+        let taken = take(
+            &mut apiserver,
+            "GET",
+            "/apis/apps/v1/namespaces/authplane/deployments",
+        )
+        .await;
+        taken.answer(status, &answer);
+    });
+    let result = within(token_store::check_replicas(&kube, "authplane", &config)).await;
+    apiserver.await.unwrap();
+    result
+}
+
+fn deployments(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "DeploymentList",
+           "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+#[tokio::test]
+async fn an_embedded_token_store_refuses_several_replicas_and_says_why() {
+    let refused = check_with(200, deployments(vec![deployment(Some(3))]))
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(matches!(
+        refused,
+        TokenStoreError::SeveralReplicas { replicas: 3, .. }
+    ));
+    for said in [
+        "/var/lib/authplane/tokens/tokens.redb",
+        "authplane/authplane",
+        "3 replicas",
+        "split",
+        "replicaCount: 1",
+    ] {
+        assert!(message.contains(said), "{said}: {message}");
+    }
+    // One replica, or none said (Kubernetes' default is one): the start goes on.
+    check_with(200, deployments(vec![deployment(Some(1))]))
+        .await
+        .unwrap();
+    check_with(200, deployments(vec![deployment(None)]))
+        .await
+        .unwrap();
+    // Not run as that Deployment (a development run): not checked, with a warning.
+    check_with(200, deployments(Vec::new())).await.unwrap();
+    // Cannot be read: the start fails, saying which.
+    let forbidden = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                           "code": 403, "reason": "Forbidden", "message": "forbidden"});
+    let failed = check_with(403, forbidden).await.unwrap_err();
+    assert!(matches!(failed, TokenStoreError::Read { .. }), "{failed}");
 }

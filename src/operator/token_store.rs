@@ -1,0 +1,102 @@
+//! The token service's store on a cluster, and the one rule that keeps it sound: an
+//! embedded store (a redb file, `--token-store PATH`) is one replica's own. Two replicas
+//! with their own files would each know only the refresh-token families that logged in
+//! through them: a refresh routed to the other replica is `invalid_grant`, and a family
+//! could rotate on both, which is exactly the split rotation is there to prevent. So an
+//! operator given an embedded store refuses to start while its Deployment asks for more
+//! than one replica, and says why (a shared store comes with issue 24).
+//!
+//! Refusing the start, not only the endpoint: a misconfigured rollout then never becomes
+//! ready and the Deployment keeps the old replicas serving (`maxUnavailable: 0`), and the
+//! reason is the first line of the pod's log and its `kubectl describe`.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+/// Where the token service keeps its state on a cluster.
+#[derive(Clone, Debug)]
+pub struct TokenStoreConfig {
+    /// The embedded store's file (on a volume).
+    pub path: PathBuf,
+    /// The Deployment this operator runs as (`--deployment`, which the chart sets), in
+    /// the operator's namespace: its replica count is checked at start. Unset: not
+    /// checked (a warning says so).
+    pub deployment: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStoreError {
+    #[error(
+        "--token-store {path}: this embedded store is this replica's own file, but Deployment {namespace}/{deployment} asks for {replicas} replicas; refresh-token families would be split across replicas and rotation would be unsound. Run one replica (replicaCount: 1) while the token service uses an embedded store"
+    )]
+    SeveralReplicas {
+        path: String,
+        namespace: String,
+        deployment: String,
+        replicas: i32,
+    },
+    #[error(
+        "--token-store: reading Deployment {namespace}/{deployment} to check its replicas: {source}"
+    )]
+    Read {
+        namespace: String,
+        deployment: String,
+        source: kube::Error,
+    },
+}
+
+/// Checks that the Deployment `config.deployment` in `namespace` runs one replica. A
+/// Deployment that is not found is not checked (the operator may run otherwise, as in
+/// development); one that cannot be read fails the start.
+pub async fn check_replicas(
+    client: &Client,
+    namespace: &str,
+    config: &TokenStoreConfig,
+) -> Result<(), TokenStoreError> {
+    let Some(deployment) = &config.deployment else {
+        tracing::warn!(
+            path = %config.path.display(),
+            "--token-store without --deployment: the replica count is not checked; run one replica"
+        );
+        return Ok(());
+    };
+    // `list` by name: the operator may list Deployments (AuthPolicy targets), not get
+    // one by name.
+    let found = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().fields(&format!("metadata.name={deployment}")))
+        .await
+        .map_err(|source| TokenStoreError::Read {
+            namespace: namespace.to_owned(),
+            deployment: deployment.clone(),
+            source,
+        })?;
+    let replicas = found.items.first().map(replicas_of);
+    match replicas {
+        None => {
+            tracing::warn!(
+                deployment = %format!("{namespace}/{deployment}"),
+                "--deployment not found: the token store's replica count is not checked"
+            );
+            Ok(())
+        }
+        Some(replicas) if replicas > 1 => Err(TokenStoreError::SeveralReplicas {
+            path: config.path.display().to_string(),
+            namespace: namespace.to_owned(),
+            deployment: deployment.clone(),
+            replicas,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// `spec.replicas` (Kubernetes defaults it to 1).
+fn replicas_of(deployment: &Deployment) -> i32 {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1)
+}
