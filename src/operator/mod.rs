@@ -295,6 +295,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             )
             .trusting_proxy_hops(config.serving.trusted_proxy_hops),
         )),
+        token: None,
     };
     let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
     let runtime = Arc::new(

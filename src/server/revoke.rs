@@ -38,6 +38,7 @@ use super::AppState;
 use super::rate_limit::KeyedLimit;
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
+use crate::refresh::RefreshToken;
 use crate::registry::PublishedIssuer;
 use crate::revocation::TokenFacts;
 
@@ -193,6 +194,56 @@ pub async fn revoke(
         );
     };
     let now = state.clock.now();
+    // A refresh token (RFC 7009 `token_type_hint=refresh_token`, or recognised by its
+    // form without a hint: the two kinds cannot be mistaken for each other) ends its
+    // family and its session.
+    if let Ok(refresh_token) = RefreshToken::parse(&token) {
+        let logout = match super::token::logout(
+            &state,
+            &issuer,
+            &refresh_token,
+            form.client_id.as_deref(),
+        )
+        .await
+        {
+            super::token::Logout::Revoke(revoked) => {
+                let (revocation, family) = *revoked;
+                Logout {
+                    claims: [
+                        ("iss", issuer.issuer.as_str()),
+                        ("sub", family.subject.as_str()),
+                        ("sid", family.id.as_str()),
+                    ]
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.into()))
+                    .collect(),
+                    revocation,
+                    key: ObjectKey {
+                        namespace: issuer.namespace.clone(),
+                        name: issuer.name.clone(),
+                    },
+                }
+            }
+            // Unknown, another client's: nothing to revoke, and nothing said about it.
+            super::token::Logout::Nothing => return refuse("ignored", ok()),
+            super::token::Logout::Refused(error) => {
+                let status =
+                    StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                let answer =
+                    (status, oauth_error(error.code.as_str(), &error.description)).into_response();
+                return refuse("invalid_request", answer);
+            }
+            super::token::Logout::Unavailable(why) => {
+                tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "a refresh token could not be revoked");
+                state.metrics.revoke_request("error");
+                return unavailable("the token store is unavailable; retry");
+            }
+        };
+        // No budget per subject here: the family is revoked in the store already (a
+        // refusal now would leave its session without a Revocation), and a family ends
+        // once; sessions come from logins, which the token endpoint limits.
+        return in_force(&state, &endpoint, &issuer, logout).await;
+    }
     let session = form.hint.as_deref() == Some("session");
     let logout = match revocation_for(&issuer, &token, session, now) {
         // Unknown, invalid or expired: nothing to revoke, and nothing said about it.
@@ -204,12 +255,22 @@ pub async fn revoke(
                 "this token carries no jti or sid of at most 256 characters to revoke it by",
             );
         }
-        Verdict::Revoke(logout) => logout,
+        Verdict::Revoke(logout) => *logout,
     };
     if let Err(wait) = endpoint.logouts.take(&logout.limit_key(&issuer.issuer)) {
         state.metrics.revoke_request("rate_limited");
         return slow_down(wait, "too many revocations for this subject");
     }
+    in_force(&state, &endpoint, &issuer, logout).await
+}
+
+/// Writes the Revocation of `logout` and answers once it is in force on this replica.
+async fn in_force(
+    state: &AppState,
+    endpoint: &RevokeEndpoint,
+    issuer: &PublishedIssuer,
+    logout: Logout,
+) -> Response {
     // Subscribed before writing: a publication between the write and the wait is not
     // missed.
     let mut published = state.registry.revocations_published();
@@ -254,6 +315,8 @@ pub async fn revoke(
 struct Form {
     token: Option<String>,
     hint: Option<String>,
+    /// Names the TokenClient of a refresh token.
+    client_id: Option<String>,
 }
 
 impl Form {
@@ -274,11 +337,13 @@ impl Form {
         let mut form = Form {
             token: None,
             hint: None,
+            client_id: None,
         };
         for (name, value) in url::form_urlencoded::parse(body) {
             match &*name {
                 "token" => form.token = Some(value.into_owned()),
                 "token_type_hint" => form.hint = Some(value.into_owned()),
+                "client_id" => form.client_id = Some(value.into_owned()),
                 _ => {}
             }
         }

@@ -19,8 +19,10 @@ pub mod embedded;
 #[cfg(test)]
 mod tests;
 mod timed;
+mod unavailable;
 
 pub use timed::Timed;
+pub use unavailable::Unavailable;
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -168,9 +170,12 @@ pub async fn refresh(
     Err(RefreshError::Contended(ATTEMPTS))
 }
 
-/// Logout: revokes the family of `token` (presented by `client`). `Ok(None)` when the
-/// token is unknown, of another client, or its family was already revoked: RFC 7009 §2.2
-/// answers 200 for all of these, and nothing changes.
+/// Logout: revokes the family of `token` (presented by `client`). `Ok(Some(family))`:
+/// the family is revoked, now or by an earlier logout or reuse (the caller revokes the
+/// session `family.id` either way: a Revocation written again is the same object, so a
+/// logout retried after its Revocation could not be written completes it). `Ok(None)`
+/// when the token is unknown or of another client: RFC 7009 §2.2 answers 200 for
+/// these, and nothing changes.
 pub async fn logout(
     store: &dyn FamilyStore,
     token: &RefreshToken,
@@ -185,7 +190,7 @@ pub async fn logout(
             return Ok(None);
         }
         let Some(next) = refresh::logout(&found.family, now) else {
-            return Ok(None);
+            return Ok(Some(found.family));
         };
         if store.swap(&found.family, &next).await? {
             return Ok(Some(next));

@@ -225,7 +225,15 @@ async fn logout_revokes_the_family_once() {
         .unwrap();
     assert_eq!(revoked.id, family.id);
     assert_eq!(revoked.revoked.unwrap().because, RevokedBecause::Logout);
-    assert_eq!(logout(&f.store, &first, CLIENT, at(6)).await.unwrap(), None);
+    assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(revoked.clone())
+    );
+    // Again: the family as the first logout left it, nothing written.
+    assert_eq!(
+        logout(&f.store, &first, CLIENT, at(6)).await.unwrap(),
+        Some(revoked.clone())
+    );
     assert!(matches!(
         refreshed(&f.store, &first, at(7)).await,
         Err(RefreshError::Refused(Refused::Revoked(

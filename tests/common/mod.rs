@@ -134,6 +134,7 @@ impl Dev {
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
             unconfined_issuer_namespaces: self.unconfined_issuer_namespaces.clone(),
             serving: self.serving.clone(),
+            tokens: Default::default(),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
