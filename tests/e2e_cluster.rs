@@ -1411,7 +1411,34 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    let (external, stop, operator) = start_operator(&path, &namespace, "e2e-tokens", None);
+    // One replica with the token endpoint, its store in a temporary folder.
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let external = format!("http://127.0.0.1:{port}");
+    let (external, stop, operator) = run_operator(
+        external.clone(),
+        OperatorConfig {
+            kubeconfig: Some(path.clone()),
+            namespace: namespace.clone(),
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            external_url: external,
+            identity: "e2e-tokens".into(),
+            decision_cache_size: 1000,
+            tls: None,
+            revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+            unconfined_issuer_namespaces: Vec::new(),
+            admin_listen: None,
+            tls_client_ca_file: None,
+            serving: Default::default(),
+            instance: Default::default(),
+            write_pace: None,
+            attach: Default::default(),
+            token_store: Some(operator::token_store::TokenStoreConfig {
+                path: store.path().join("tokens.redb"),
+                deployment: None,
+            }),
+        },
+    );
     let keys: Api<SigningKey> = Api::namespaced(client.clone(), &namespace);
     apply(&keys, &manifest(&KEY.replace("NS", &namespace))[0], false)
         .await
@@ -1488,6 +1515,88 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
         reviewer.review(&for_the_apiserver, &issuer).await,
         Err(AssertionError::Refused(_))
     ));
+    // The token endpoint: a login by the workload with its projected token, then a
+    // refresh by the app with the refresh token alone.
+    eventually("the SigningKey's keys, to sign with", || async {
+        let status = keys.get("web").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let token_url = format!("{issuer}/token");
+    let client_id = format!("{namespace}/login");
+    let exchange = |assertion: String| {
+        let (http, token_url, client_id) = (http.clone(), token_url.clone(), client_id.clone());
+        async move {
+            let response = http
+                .post(&token_url)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("client_id", client_id.as_str()),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.as_str()),
+                    ("subject_token", "alice"),
+                    (
+                        "subject_token_type",
+                        "urn:authplane:params:oauth:token-type:subject",
+                    ),
+                    ("authplane_claims", r#"{"roles": ["payments"]}"#),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, login) = exchange(assertion.clone()).await;
+    assert_eq!(status, 200, "{login}");
+    assert_eq!(login["token_type"], "Bearer");
+    let access = login["access_token"].as_str().unwrap();
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], "payments");
+    assert_eq!(claims["roles"], json!(["payments"]));
+    let response = http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id.as_str()),
+            ("refresh_token", login["refresh_token"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refreshed: Value = response.json().await.unwrap();
+    assert_ne!(
+        refreshed["refresh_token"], login["refresh_token"],
+        "rotated"
+    );
+    // A projected token for the apiserver's audience is no client assertion here.
+    let (status, body) = exchange(for_the_apiserver.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
+
     // The ServiceAccount deleted: its tokens are refused from then on.
     accounts
         .delete("login", &DeleteParams::default())
@@ -1504,6 +1613,12 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
         },
     )
     .await;
+    let (status, body) = exchange(assertion.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
 
     let _ = stop.send(());
     operator.await.unwrap().unwrap();

@@ -274,6 +274,24 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             client_cas: None,
         });
     }
+    let revocation_writer = Arc::new(revocations::KubeWriter {
+        client: client.clone(),
+        instance: config.instance.clone(),
+    });
+    let token = match &config.token_store {
+        Some(store) => Some(
+            token_store::endpoint(
+                store,
+                Arc::new(assertions::TokenReviewer::new(client.clone())),
+                revocation_writer.clone(),
+                config.serving.trusted_proxy_hops,
+                clock.clone(),
+                stopped.clone(),
+            )
+            .await,
+        ),
+        None => None,
+    };
     let state = AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -286,16 +304,10 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         }),
         tls: slot,
         revoke: Some(Arc::new(
-            server::revoke::RevokeEndpoint::new(
-                Arc::new(revocations::KubeWriter {
-                    client: client.clone(),
-                    instance: config.instance.clone(),
-                }),
-                config.revoke_rate_per_minute,
-            )
-            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+            server::revoke::RevokeEndpoint::new(revocation_writer, config.revoke_rate_per_minute)
+                .trusting_proxy_hops(config.serving.trusted_proxy_hops),
         )),
-        token: None,
+        token,
     };
     let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
     let runtime = Arc::new(

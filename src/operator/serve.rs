@@ -271,6 +271,7 @@ pub async fn run(
             let mut snapshot = view.index.snapshot();
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
+            registry.publish_signers(view.signers.clone());
             // Every listed object is in the published snapshot now: only now is the
             // watch synced. Reported before, a replica took traffic while it was still
             // compiling 10,000 listed policies, and answered 503 meanwhile.
@@ -398,6 +399,9 @@ struct View {
     policy_versions: HashMap<ObjectKey, Option<String>>,
     /// SigningKeys not served because their Secret does not exist yet, since when.
     awaiting_secret: HashMap<ObjectKey, tokio::time::Instant>,
+    /// The key sets served, for the token endpoint to sign with: published next to the
+    /// snapshot, never in it (status and metrics read the snapshot).
+    signers: crate::registry::Signers,
     warned: HashSet<String>,
 }
 
@@ -411,6 +415,7 @@ impl View {
             users_of: HashMap::new(),
             policy_versions: HashMap::new(),
             awaiting_secret: HashMap::new(),
+            signers: Default::default(),
             warned: HashSet::new(),
         }
     }
@@ -476,6 +481,15 @@ impl View {
         }
         for id in &keys {
             self.sync_key(id, sources);
+            match self.index.served(id) {
+                Some(served) => {
+                    self.signers
+                        .insert(id.clone(), Arc::new(served.keys.clone()));
+                }
+                None => {
+                    self.signers.remove(id);
+                }
+            }
         }
         let mut policies = policies;
         if pending.everything[2] {

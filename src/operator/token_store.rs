@@ -10,11 +10,24 @@
 //! ready and the Deployment keeps the old replicas serving (`maxUnavailable: 0`), and the
 //! reason is the first line of the pod's log and its `kubectl describe`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::server::revoke::RevocationWriter;
+use crate::server::token::TokenEndpoint;
+use crate::tokens::{FamilyStore, Timed, Unavailable, embedded::EmbeddedStore};
+
+/// A store call that takes longer is answered 503 (as in dev mode).
+const STORE_DEADLINE: Duration = Duration::from_secs(2);
+/// Expired families are forgotten this often.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Where the token service keeps its state on a cluster.
 #[derive(Clone, Debug)]
@@ -99,4 +112,75 @@ fn replicas_of(deployment: &Deployment) -> i32 {
         .as_ref()
         .and_then(|spec| spec.replicas)
         .unwrap_or(1)
+}
+
+/// The token endpoint on a cluster: the embedded store at `config.path`, client
+/// assertions reviewed by the apiserver (`reviewer`), no client secrets, and sessions
+/// revoked for reuse written as Revocations (`writer`). A store that cannot be opened is
+/// logged and answers 503: everything else serves on.
+pub async fn endpoint(
+    config: &TokenStoreConfig,
+    reviewer: Arc<dyn crate::tokens::client_auth::AssertionReviewer>,
+    writer: Arc<dyn RevocationWriter>,
+    trusted_proxy_hops: usize,
+    clock: Arc<dyn Clock>,
+    shutdown: watch::Receiver<bool>,
+) -> Arc<TokenEndpoint> {
+    let store = open(config.path.clone()).await;
+    tokio::spawn(purge(store.clone(), clock, shutdown));
+    Arc::new(TokenEndpoint {
+        store,
+        reviewer: Some(reviewer),
+        secrets: None,
+        writer,
+        trusted_proxy_hops,
+    })
+}
+
+// `open` and `purge` are dev mode's (src/dev/tokens.rs), repeated while the two
+// drivers were built at the same time; they belong in `crate::tokens`, shared.
+async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    match opened {
+        Ok(store) => {
+            tracing::info!(
+                store = shown.as_str(),
+                "token endpoint served at <issuer>/token"
+            );
+            Arc::new(Timed::new(store, STORE_DEADLINE))
+        }
+        Err(e) => {
+            tracing::error!(
+                store = shown.as_str(),
+                error = %e,
+                "the token store cannot be opened: the token endpoint answers 503 (everything else is served)"
+            );
+            Arc::new(Unavailable(format!(
+                "the token store {shown} cannot be opened"
+            )))
+        }
+    }
+}
+
+async fn purge(
+    store: Arc<dyn FamilyStore>,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => {}
+        }
+        match store.purge(clock.now()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
+            Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
+        }
+    }
 }
