@@ -183,6 +183,21 @@ async fn every_replica_publishes_its_clients_and_follows_their_signing_keys() {
         served.status(&web, now).unwrap().conditions[0].reason,
         "LifetimeAboveKeyLimit"
     );
+    // A key announced without a change announces no client; the key an orphan waited
+    // for announces the orphan, and only it.
+    key_changes
+        .send(ObjectRef::new("web").within("auth"))
+        .unwrap();
+    keys_writer.apply_watcher_event(&Event::Apply(key("gone")));
+    key_changes
+        .send(ObjectRef::new("gone").within("auth"))
+        .unwrap();
+    assert_eq!(within(announced.next()).await.unwrap().name, "orphan");
+    assert!(
+        futures::FutureExt::now_or_never(announced.next()).is_none(),
+        "web did not change"
+    );
+    assert!(registry.token_clients().contains_key("auth/orphan"));
     drop(cache);
     following.abort();
 }

@@ -23,7 +23,7 @@ use super::writer::LeaderWriter;
 use crate::api::{ObjectKey, SigningKey, TokenClient, TokenClientStatus, Validate, condition};
 use crate::clock::Clock;
 use crate::registry::{Registry, SourceState};
-use crate::token_clients::{KeyFacts, TokenClientIndex};
+use crate::token_clients::{KeyFacts, Readiness, TokenClientIndex};
 
 pub const WATCH: &str = "TokenClient watch";
 /// Every SigningKey is read again this often, in case an announcement was missed (the
@@ -172,8 +172,16 @@ pub async fn run(
                 key_ids.extend(keys.state().iter().map(|k| ObjectKey::of(k.meta())));
             }
             for id in key_ids {
+                // Only the clients whose report changes are announced: the periodic
+                // sweep touches every key, and mostly changes nothing.
+                let clients: Vec<ObjectKey> = state.index.clients_of(&id).cloned().collect();
+                let before: Vec<_> = clients.iter().map(|c| report_of(&state.index, c)).collect();
                 sync_key(&mut state.index, &keys, &external_url, &id);
-                touched.extend(state.index.clients_of(&id).cloned());
+                for (client, before) in clients.into_iter().zip(before) {
+                    if report_of(&state.index, &client) != before {
+                        touched.push(client);
+                    }
+                }
             }
         }
         for event in client_events {
@@ -207,6 +215,15 @@ pub async fn run(
             .send_if_modified(|synced| !std::mem::replace(synced, true));
         changed.announce(touched);
     }
+}
+
+/// What a client's status reports: its readiness and the issuer it is served on.
+fn report_of(index: &TokenClientIndex, id: &ObjectKey) -> (Option<Readiness>, Option<String>) {
+    let issuer = index
+        .published()
+        .get(&id.to_string())
+        .map(|served| served.rules.issuer.clone());
+    (index.readiness(id).cloned(), issuer)
 }
 
 /// Feeds one SigningKey, as the cache has it now, to the index.
