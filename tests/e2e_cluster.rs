@@ -1589,6 +1589,22 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
         refreshed["refresh_token"], login["refresh_token"],
         "rotated"
     );
+    // A ServiceAccount the TokenClient does not list: authenticated by the apiserver,
+    // not authorized for this client (RFC 6749 §5.2 `unauthorized_client`).
+    let stranger: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "stranger"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &stranger)
+        .await
+        .unwrap();
+    let strangers = projected_token(&accounts, "stranger", &issuer).await;
+    let (status, body) = exchange(strangers).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{body}"
+    );
+    assert!(body.get("access_token").is_none());
     // A projected token for the apiserver's audience is no client assertion here.
     let (status, body) = exchange(for_the_apiserver.clone()).await;
     assert_eq!(
