@@ -1436,6 +1436,7 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
             token_store: Some(operator::token_store::TokenStoreConfig {
                 path: store.path().join("tokens.redb"),
                 deployment: None,
+                rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
             }),
         },
     );

@@ -334,6 +334,7 @@ async fn check_with(status: u16, answer: Value) -> Result<(), TokenStoreError> {
     let config = TokenStoreConfig {
         path: "/var/lib/authplane/tokens/tokens.redb".into(),
         deployment: Some("authplane".into()),
+        rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
     };
     let apiserver = tokio::spawn(async move {
         let taken = take(

@@ -119,6 +119,10 @@ pub(crate) struct RunArgs {
     /// --token-store, its replica count is checked at start.
     #[arg(long, value_name = "NAME", requires = "token_store")]
     deployment: Option<String>,
+    /// The budgets of POST {issuer}/token, per minute: failed requests per client
+    /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..), requires = "token_store")]
+    token_rate: u32,
 }
 
 fn parse_object_key(text: &str) -> Result<crate::api::ObjectKey, String> {
@@ -254,6 +258,7 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             .map(|path| crate::operator::token_store::TokenStoreConfig {
                 path,
                 deployment: args.deployment,
+                rate_per_minute: args.token_rate,
             }),
     };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;

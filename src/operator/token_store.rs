@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::TokenEndpoint;
-use crate::tokens::{FamilyStore, Timed, Unavailable, embedded::EmbeddedStore};
+use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
 
 /// A store call that takes longer is answered 503 (as in dev mode).
 const STORE_DEADLINE: Duration = Duration::from_secs(2);
@@ -38,6 +38,9 @@ pub struct TokenStoreConfig {
     /// the operator's namespace: its replica count is checked at start. Unset: not
     /// checked (a warning says so).
     pub deployment: Option<String>,
+    /// The budgets of `POST {issuer}/token` per minute: failed requests per client
+    /// address, rotations per session (`--token-rate`, as in dev mode).
+    pub rate_per_minute: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,17 +127,18 @@ pub async fn endpoint(
     writer: Arc<dyn RevocationWriter>,
     trusted_proxy_hops: usize,
     clock: Arc<dyn Clock>,
+    metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
-    let store = open(config.path.clone()).await;
+    let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(
+        open(config.path.clone()).await,
+        metrics.tokens.clone(),
+    ));
     tokio::spawn(purge(store.clone(), clock, shutdown));
-    Arc::new(TokenEndpoint {
-        store,
-        reviewer: Some(reviewer),
-        secrets: None,
-        writer,
-        trusted_proxy_hops,
-    })
+    let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
+    endpoint.reviewer = Some(reviewer);
+    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    Arc::new(endpoint)
 }
 
 // `open` and `purge` are dev mode's (src/dev/tokens.rs), repeated while the two

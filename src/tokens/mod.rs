@@ -16,11 +16,14 @@
 
 pub mod client_auth;
 pub mod embedded;
+mod metered;
+pub mod metrics;
 #[cfg(test)]
 mod tests;
 mod timed;
 mod unavailable;
 
+pub use metered::Metered;
 pub use timed::Timed;
 pub use unavailable::Unavailable;
 
@@ -110,6 +113,10 @@ pub enum RefreshError {
     /// Lost the compare-and-set more often than any honest contention explains.
     #[error("the refresh token's family changed {0} times while this request was deciding")]
     Contended(usize),
+    /// The family's budget of rotations is spent: nothing changed; retry after this
+    /// many seconds.
+    #[error("the session refreshed too often: retry in {0} s")]
+    Limited(u64),
 }
 
 /// How often a refresh reads again after losing a compare-and-set. One loss is the
@@ -124,6 +131,21 @@ pub async fn refresh(
     client: &str,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
+) -> Result<Refreshed, RefreshError> {
+    refresh_admitted(store, token, client, now, entropy, &|_| Ok(())).await
+}
+
+/// [`refresh`], with each rotation first admitted by `admit` (a budget per family:
+/// `Err(seconds)` refuses it with [`RefreshError::Limited`] before anything is written).
+/// A retry within the grace is a read and costs nothing, so fifty concurrent refreshes of
+/// one token take one rotation from the budget.
+pub async fn refresh_admitted(
+    store: &dyn FamilyStore,
+    token: &RefreshToken,
+    client: &str,
+    now: Timestamp,
+    entropy: &mut (dyn Entropy + Send),
+    admit: &(dyn Fn(&Family) -> Result<(), u64> + Sync),
 ) -> Result<Refreshed, RefreshError> {
     let hash = token.hash();
     for _ in 0..ATTEMPTS {
@@ -151,6 +173,7 @@ pub async fn refresh(
                 token,
                 access,
             }) => {
+                admit(&family).map_err(RefreshError::Limited)?;
                 if store.swap(&family, &next).await? {
                     return Ok(Refreshed::Pair {
                         family: next,

@@ -316,3 +316,36 @@ fn the_file_is_private() {
     let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free() {
+    let f = fixture();
+    let (family, first) = logged_in(&f.store).await;
+    let spent = |_: &Family| Err(7);
+    let answer =
+        refresh_admitted(&f.store, &first, CLIENT, at(5), &mut SystemEntropy, &spent).await;
+    assert!(
+        matches!(answer, Err(RefreshError::Limited(7))),
+        "{answer:?}"
+    );
+    assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(family.clone())
+    );
+    // Admitted, it rotates; the retry within the grace is not asked for a budget.
+    let (rotated, second, _, was_rotated) = pair(
+        refresh_admitted(&f.store, &first, CLIENT, at(6), &mut SystemEntropy, &|_| {
+            Ok(())
+        })
+        .await
+        .unwrap(),
+    );
+    assert!(was_rotated);
+    let (replayed, again, _, was_rotated) = pair(
+        refresh_admitted(&f.store, &first, CLIENT, at(7), &mut SystemEntropy, &spent)
+            .await
+            .unwrap(),
+    );
+    assert!(!was_rotated);
+    assert_eq!((replayed.generation, again), (rotated.generation, second));
+}
