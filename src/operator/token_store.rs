@@ -134,6 +134,9 @@ pub async fn endpoint(
         open(config.path.clone()).await,
         metrics.tokens.clone(),
     ));
+    // Once before serving (what expired while the operator was down goes now), then
+    // every hour.
+    purge_once(&*store, &*clock).await;
     tokio::spawn(purge(store.clone(), clock, shutdown));
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.reviewer = Some(reviewer);
@@ -176,15 +179,19 @@ async fn purge(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(PURGE_EVERY);
+    every.tick().await; // immediate: the purge before serving was this one
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = every.tick() => {}
+            _ = every.tick() => purge_once(&*store, &*clock).await,
         }
-        match store.purge(clock.now()).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
-            Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
-        }
+    }
+}
+
+async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
+    match store.purge(clock.now()).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
+        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
     }
 }
