@@ -866,3 +866,218 @@ fn token_client_secret_is_shown_once_and_kept_as_a_hash() {
     assert!(!state.path().join("etc.json").exists());
     assert!(!state.path().join(".token-clients/auth/...json").exists());
 }
+
+/// `authplane ARGS` with `stdin` and extra environment, off the server's runtime.
+async fn authplane_with(args: Vec<String>, stdin: &str, env: &[(&str, &str)]) -> Output {
+    use std::io::Write as _;
+    let stdin = stdin.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authplane"))
+            .args(&args)
+            .env_remove("AUTHPLANE_CLIENT_SECRET")
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn token_client_manifests() -> Vec<(&'static str, String)> {
+    vec![
+        ("keys.yaml", signing_key("auth", "web", "  algorithm: ES256\n")),
+        (
+            "web.yaml",
+            "apiVersion: authplane.io/v1alpha1\nkind: TokenClient\nmetadata: {name: web, namespace: auth}\n\
+             spec:\n  signingKeyRef: {name: web}\n  audiences: [payments]\n  allowedClaims: [roles]\n"
+                .to_owned(),
+        ),
+        (
+            "policy.yaml",
+            common::payments_policy("{mode: Enforce, percentage: 100}", ""),
+        ),
+    ]
+}
+
+/// Issue 23, item 9: a login and a refresh from the command line, credentials from files,
+/// the environment or stdin (never an argument), OAuth errors with their exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_and_refresh_talk_to_the_token_endpoint() {
+    let manifests = token_client_manifests();
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let dev = Dev::start(&refs).await;
+    let state = dev.state();
+    let made = authplane(&[
+        "token",
+        "client-secret",
+        "auth/web",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let secret = succeeded(&made).trim().to_owned();
+    let secret_file = dev.dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let issuer = format!("{}/auth/web", dev.external_url());
+    let server = dev.url("");
+    let base = |command: &str| -> Vec<String> {
+        [
+            "token", command, "--issuer", &issuer, "--server", &server, "--client", "auth/web",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let with = |mut args: Vec<String>, more: &[&str]| {
+        args.extend(more.iter().map(|s| (*s).to_owned()));
+        args
+    };
+
+    // A login with the secret from a file: the JSON answer, whose token passes /authz.
+    let login = authplane_with(
+        with(
+            base("exchange"),
+            &[
+                "--client-secret-file",
+                secret_file.to_str().unwrap(),
+                "--subject",
+                "alice",
+                "--audience",
+                "payments",
+                "--claims",
+                r#"{"roles":["payments"]}"#,
+            ],
+        ),
+        "",
+        &[],
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_str(&succeeded(&login)).unwrap();
+    let access = answer["access_token"].as_str().unwrap().to_owned();
+    let first = answer["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(answer["token_type"], "Bearer");
+    let decision = dev
+        .get_with(
+            "/authz/shop/payments",
+            &[("Authorization", &format!("Bearer {access}"))],
+        )
+        .await;
+    assert_eq!(decision.status(), 200);
+
+    // The secret from the environment, one field printed.
+    let login = authplane_with(
+        with(
+            base("exchange"),
+            &["--subject", "bob", "--output", "refresh_token"],
+        ),
+        "",
+        &[("AUTHPLANE_CLIENT_SECRET", &secret)],
+    )
+    .await;
+    assert!(succeeded(&login).trim().starts_with("aprt_"));
+
+    // A refresh from stdin rotates: a new refresh token.
+    let refreshed = authplane_with(
+        with(base("refresh"), &["--output", "refresh_token"]),
+        &format!("{first}\n"),
+        &[],
+    )
+    .await;
+    let second = succeeded(&refreshed).trim().to_owned();
+    assert!(second.starts_with("aprt_") && second != first, "{second}");
+    // From a file too.
+    let token_file = dev.dir.path().join("refresh");
+    std::fs::write(&token_file, &second).unwrap();
+    let again = authplane_with(
+        with(
+            base("refresh"),
+            &["--refresh-token-file", token_file.to_str().unwrap()],
+        ),
+        "",
+        &[],
+    )
+    .await;
+    let third: serde_json::Value = serde_json::from_str(&succeeded(&again)).unwrap();
+    assert_ne!(third["refresh_token"], second.as_str());
+
+    // The server's refusal: the OAuth error and its description, exit code 2.
+    let wrong = dev.dir.path().join("wrong");
+    std::fs::write(&wrong, "apcs_wrong").unwrap();
+    let refused = authplane_with(
+        with(
+            base("exchange"),
+            &[
+                "--client-secret-file",
+                wrong.to_str().unwrap(),
+                "--subject",
+                "eve",
+            ],
+        ),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(refused.stdout.is_empty());
+    assert!(text(&refused.stderr).contains("401 Unauthorized invalid_client:"));
+    assert!(!text(&refused.stderr).contains("apcs_wrong"));
+    let garbage = authplane_with(base("refresh"), "aprt_garbage", &[]).await;
+    assert_eq!(garbage.status.code(), Some(2));
+    assert!(
+        text(&garbage.stderr).contains("invalid_grant"),
+        "{}",
+        text(&garbage.stderr)
+    );
+
+    // Mistakes found before anything is sent: exit code 1.
+    for (args, says) in [
+        (
+            with(base("exchange"), &["--subject", "x"]),
+            "needs the client's credentials",
+        ),
+        (
+            with(
+                base("exchange"),
+                &[
+                    "--client-secret-file",
+                    secret_file.to_str().unwrap(),
+                    "--subject",
+                    "x",
+                    "--claims",
+                    "[1]",
+                ],
+            ),
+            "--claims must be a JSON object",
+        ),
+        (base("refresh"), "stdin was empty"),
+    ] {
+        let out = authplane_with(args, "", &[]).await;
+        assert_eq!(out.status.code(), Some(1), "{says}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    // A secret is never an argument.
+    let out = authplane_with(
+        with(base("exchange"), &["--client-secret", &secret]),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+
+    // No server there: exit code 3, retry later.
+    dev.stop().await;
+    let out = authplane_with(base("refresh"), &second, &[]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}

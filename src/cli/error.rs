@@ -65,13 +65,17 @@ pub enum CliError {
     /// with `code` (see `rollout_status::Ending`), not 1.
     #[error("{message}")]
     Unfinished { code: u8, message: String },
+    /// `token exchange`/`token refresh`: the token endpoint refused or could not answer;
+    /// the process exits with `code` (see `token_request::ExitCode`).
+    #[error("{message}")]
+    Answered { code: u8, message: String },
 }
 
 impl CliError {
     /// The process's exit code for this error: 1, but where a command documents its own.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Unfinished { code, .. } => *code,
+            CliError::Unfinished { code, .. } | CliError::Answered { code, .. } => *code,
             _ => 1,
         }
     }

@@ -30,6 +30,7 @@ mod rotate;
 mod run;
 mod target;
 mod token;
+mod token_request;
 
 use bucket::{BucketArgs, bucket};
 use crdgen::crdgen;
@@ -146,6 +147,8 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Crdgen { out_dir } => crdgen(out_dir),
         Command::Token(TokenCommand::Mint(args)) => mint(args),
         Command::Token(TokenCommand::ClientSecret(args)) => client_secret(args),
+        Command::Token(TokenCommand::Exchange(args)) => token_request::exchange(args),
+        Command::Token(TokenCommand::Refresh(args)) => token_request::refresh(args),
         Command::Bucket(args) => bucket(args),
         Command::Rollout(command) => rollout(command),
     }

@@ -1,4 +1,5 @@
-//! `authplane token mint`: a JWT signed by the Active key of a SigningKey.
+//! `authplane token mint`: a JWT signed by the Active key of a SigningKey; and
+//! `token client-secret`. (`token exchange` and `token refresh` are `token_request`'s.)
 
 use std::path::PathBuf;
 
@@ -20,6 +21,12 @@ pub(crate) enum TokenCommand {
     /// Dev mode: make a new client secret for a TokenClient, print it once and keep only
     /// its hash in the state folder (the previous secret stops working).
     ClientSecret(ClientSecretArgs),
+    /// Log a user in as a trusted workload: `POST {issuer}/token` with a token exchange;
+    /// prints the JSON answer (or one field of it).
+    Exchange(crate::cli::token_request::ExchangeArgs),
+    /// Refresh: `POST {issuer}/token` with a refresh token from a file or stdin; prints
+    /// the JSON answer (or one field of it).
+    Refresh(crate::cli::token_request::RefreshArgs),
 }
 
 #[derive(Args)]
