@@ -4,7 +4,9 @@
 //!
 //! Tables: `families` (id → the family as JSON), `tokens` (SHA-256 of a refresh token →
 //! family id and generation), `family_tokens` (id → its token hashes, to forget them with
-//! it) and `expiry` ((forget-after second, id) → (), the purge's index). redb serialises
+//! it), `expiry` ((forget-after second, id) → (), the purge's index) and `sessions`
+//! ((client, subject) → family ids, for support tools; written with the family and purged
+//! with it, so it is never larger than `families`). redb serialises
 //! write transactions, so the compare-and-set is a read and a write in one transaction.
 //!
 //! Writes are committed in groups: one writer thread takes every write waiting (up to
@@ -28,7 +30,7 @@ use redb::{
     WriteTransaction,
 };
 
-use super::{FamilyStore, Found, StoreError};
+use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
 use crate::refresh::{Family, TokenHash};
 
 const FAMILIES: TableDefinition<&str, &[u8]> = TableDefinition::new("families");
@@ -36,6 +38,8 @@ const TOKENS: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("tokens
 const FAMILY_TOKENS: MultimapTableDefinition<&str, &[u8]> =
     MultimapTableDefinition::new("family_tokens");
 const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
+const SESSIONS: MultimapTableDefinition<(&str, &str), &str> =
+    MultimapTableDefinition::new("sessions");
 
 /// redb's page cache is a ceiling, not an allocation; its default (1 GiB) is far more than
 /// families need (about 1 KiB each).
@@ -104,6 +108,7 @@ impl EmbeddedStore {
             txn.open_table(TOKENS)?;
             txn.open_multimap_table(FAMILY_TOKENS)?;
             txn.open_table(EXPIRY)?;
+            txn.open_multimap_table(SESSIONS)?;
             Ok(true)
         })
         .map_err(|e| in_file(path, e))?;
@@ -208,6 +213,43 @@ impl FamilyStore for EmbeddedStore {
         })
     }
 
+    fn sessions<'a>(
+        &'a self,
+        client: &'a str,
+        subject: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
+        let (client, subject) = (client.to_owned(), subject.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+            let index = txn
+                .open_multimap_table(SESSIONS)
+                .map_err(|e| failed(e.into()))?;
+            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
+            let mut found = Vec::new();
+            for id in index
+                .get((client.as_str(), subject.as_str()))
+                .map_err(|e| failed(e.into()))?
+            {
+                let id = id.map_err(|e| failed(e.into()))?;
+                // Past forget_after but not yet purged: as if gone.
+                let Some(family) = read_family(&families, id.value())?
+                    .filter(|family| now < family.forget_after())
+                else {
+                    continue;
+                };
+                if found.len() == MAX_SESSIONS_LISTED {
+                    return Err(StoreError::Unavailable(format!(
+                        "more than {MAX_SESSIONS_LISTED} sessions of one subject of client {client}"
+                    )));
+                }
+                found.push(family);
+            }
+            found.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+            Ok(found)
+        })
+    }
+
     fn swap<'a>(
         &'a self,
         expected: &'a Family,
@@ -263,6 +305,10 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             record_token(txn, family)?;
             txn.open_table(EXPIRY)?
                 .insert((family.forget_after().as_second(), family.id.as_str()), ())?;
+            txn.open_multimap_table(SESSIONS)?.insert(
+                (family.client.as_str(), family.subject.as_str()),
+                family.id.as_str(),
+            )?;
             Ok(1)
         }
         Op::Swap { expected, next } => {
@@ -292,8 +338,17 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             let mut families = txn.open_table(FAMILIES)?;
             let mut tokens = txn.open_table(TOKENS)?;
             let mut family_tokens = txn.open_multimap_table(FAMILY_TOKENS)?;
+            let mut sessions = txn.open_multimap_table(SESSIONS)?;
             for (second, id) in &due {
                 expiry.remove((*second, id.as_str()))?;
+                // A family that does not read is forgotten all the same; its index entry
+                // then outlives it, and listing skips it.
+                if let Ok(Some(family)) = read_family(&families, id) {
+                    sessions.remove(
+                        (family.client.as_str(), family.subject.as_str()),
+                        id.as_str(),
+                    )?;
+                }
                 families.remove(id.as_str())?;
                 for hash in family_tokens.remove_all(id.as_str())? {
                     tokens.remove(hash?.value())?;

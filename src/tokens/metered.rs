@@ -64,6 +64,15 @@ impl<S: FamilyStore> FamilyStore for Metered<S> {
         self.measured("family", self.store.family(id, now))
     }
 
+    fn sessions<'a>(
+        &'a self,
+        client: &'a str,
+        subject: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
+        self.measured("sessions", self.store.sessions(client, subject, now))
+    }
+
     fn swap<'a>(
         &'a self,
         expected: &'a Family,
@@ -96,6 +105,15 @@ impl FamilyStore for Arc<dyn FamilyStore> {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Family>, StoreError>> {
         (**self).family(id, now)
+    }
+
+    fn sessions<'a>(
+        &'a self,
+        client: &'a str,
+        subject: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
+        (**self).sessions(client, subject, now)
     }
 
     fn swap<'a>(

@@ -70,6 +70,30 @@ pub trait FamilyStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Family>, StoreError>>;
 
+    /// The sessions of a user: every family of `client` whose `subject` is `subject`,
+    /// revoked ones included, not past [`Family::forget_after`] at `now`, oldest first
+    /// (by `started_at`, then id), for support tools (list, revoke all).
+    ///
+    /// The contract, for every store: an index from (client, subject) to family ids,
+    /// written with the family in [`FamilyStore::create`] (the same atomic write: a
+    /// family that exists is always found here) and forgotten with it, so it holds no
+    /// more than the families do and expires as they do. [`FamilyStore::swap`] never
+    /// changes a family's client or subject, so the index needs no other write. At most
+    /// [`MAX_SESSIONS_LISTED`] families are returned; more live sessions of one user
+    /// than that are a [`StoreError::Unavailable`] naming the number, never a silent
+    /// truncation (revoking "all" sessions must not miss one).
+    ///
+    /// In Redis: a set `{prefix}sessions:{client}\n{subject}` of family ids (newline
+    /// cannot occur in a client id), `SADD`ed in the creating script with `EXPIRE ... GT`
+    /// to the family's TTL (so the set lives as long as its longest family); here, the
+    /// members whose family key has expired are skipped (and may be `SREM`ed).
+    fn sessions<'a>(
+        &'a self,
+        client: &'a str,
+        subject: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>>;
+
     /// Compare-and-set: writes `next` only if the stored family still has the generation
     /// and the revocation state of `expected` (what the writer read), and, when `next` is
     /// a new generation, records `next.current` as issued for it. `Ok(false)`: someone
@@ -84,6 +108,9 @@ pub trait FamilyStore: Send + Sync + 'static {
     /// returns how many. A store whose entries expire by themselves returns 0.
     fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>>;
 }
+
+/// The most sessions of one user [`FamilyStore::sessions`] answers with.
+pub const MAX_SESSIONS_LISTED: usize = 1000;
 
 /// What a refresh answers.
 #[derive(Debug)]
@@ -217,6 +244,44 @@ pub async fn logout(
         };
         if store.swap(&found.family, &next).await? {
             return Ok(Some(next));
+        }
+    }
+    Err(RefreshError::Contended(ATTEMPTS))
+}
+
+/// Support's "log this user out everywhere": revokes every family of `client` and
+/// `subject` (as a logout does, each by compare-and-set) and returns them all, revoked
+/// now or before, so that the caller writes each session's Revocation (written again, a
+/// Revocation is the same object: a run interrupted half-way is completed by the next).
+pub async fn end_sessions(
+    store: &dyn FamilyStore,
+    client: &str,
+    subject: &str,
+    now: Timestamp,
+) -> Result<Vec<Family>, RefreshError> {
+    let mut ended = Vec::new();
+    for family in store.sessions(client, subject, now).await? {
+        ended.push(end_family(store, family, now).await?);
+    }
+    Ok(ended)
+}
+
+async fn end_family(
+    store: &dyn FamilyStore,
+    mut family: Family,
+    now: Timestamp,
+) -> Result<Family, RefreshError> {
+    for _ in 0..ATTEMPTS {
+        let Some(next) = refresh::logout(&family, now) else {
+            return Ok(family);
+        };
+        if store.swap(&family, &next).await? {
+            return Ok(next);
+        }
+        // Rotated meanwhile: read it again and revoke what is there now.
+        match store.family(&family.id, now).await? {
+            Some(current) => family = current,
+            None => return Ok(next),
         }
     }
     Err(RefreshError::Contended(ATTEMPTS))

@@ -62,6 +62,15 @@ impl<S: FamilyStore> FamilyStore for Timed<S> {
         self.bounded("lookup", self.store.family(id, now))
     }
 
+    fn sessions<'a>(
+        &'a self,
+        client: &'a str,
+        subject: &'a str,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
+        self.bounded("lookup", self.store.sessions(client, subject, now))
+    }
+
     fn swap<'a>(
         &'a self,
         expected: &'a Family,
@@ -100,6 +109,14 @@ mod tests {
             _: &'a str,
             _: Timestamp,
         ) -> BoxFuture<'a, Result<Option<Family>, StoreError>> {
+            Box::pin(futures::future::pending())
+        }
+        fn sessions<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Timestamp,
+        ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
             Box::pin(futures::future::pending())
         }
         fn swap<'a>(

@@ -35,6 +35,15 @@ impl FamilyStore for Unavailable {
         self.fail()
     }
 
+    fn sessions<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
+        self.fail()
+    }
+
     fn swap<'a>(&'a self, _: &'a Family, _: &'a Family) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.fail()
     }
