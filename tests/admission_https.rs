@@ -45,6 +45,7 @@ impl Secure {
             unconfined_issuer_namespaces: Vec::new(),
             serving: Default::default(),
             tokens: Default::default(),
+            admin_listen: None,
         };
         let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
         assert!(server.base_url().starts_with("https://"));

@@ -1081,3 +1081,198 @@ async fn token_exchange_and_refresh_talk_to_the_token_endpoint() {
     let out = authplane_with(base("refresh"), &second, &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
+
+/// A login over HTTP: the JSON answer.
+async fn login_as(dev: &Dev, secret: &str, subject: &str) -> serde_json::Value {
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/token"))
+        .form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("client_id", "auth/web"),
+            ("client_secret", secret),
+            ("subject_token", subject),
+            (
+                "subject_token_type",
+                "urn:authplane:params:oauth:token-type:subject",
+            ),
+            ("authplane_claims", r#"{"roles":["payments"]}"#),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn authz_status(dev: &Dev, access: &str) -> u16 {
+    dev.get_with(
+        "/authz/shop/payments",
+        &[("Authorization", &format!("Bearer {access}"))],
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+/// Issue 23, item 9: a user's sessions listed and ended from the command line, through the
+/// admin listener only; ending them stops refresh and their access tokens at /authz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sessions_lists_and_ends_a_subjects_sessions_through_the_admin_listener() {
+    let manifests = token_client_manifests();
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let mut dev = Dev::start(&refs).await;
+    dev.admin = true;
+    dev.restart().await;
+    let state = dev.state();
+    let secret = succeeded(&authplane(&[
+        "token",
+        "client-secret",
+        "auth/web",
+        "--state",
+        state.to_str().unwrap(),
+    ]))
+    .trim()
+    .to_owned();
+    let (one, two, bob) = (
+        login_as(&dev, &secret, "alice").await,
+        login_as(&dev, &secret, "alice").await,
+        login_as(&dev, &secret, "bob").await,
+    );
+    let sid = |answer: &serde_json::Value| {
+        use base64::Engine as _;
+        let jwt = answer["access_token"].as_str().unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        claims["sid"].as_str().unwrap().to_owned()
+    };
+    let admin = dev.admin_url();
+    let sessions = |more: &[&str]| {
+        let mut args: Vec<String> = [
+            "token",
+            "sessions",
+            "auth/web",
+            "--subject",
+            "alice",
+            "--server",
+            &admin,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(more.iter().map(|s| (*s).to_owned()));
+        args
+    };
+
+    // Listed: alice's two sessions, not bob's.
+    let listed = authplane_with(sessions(&[]), "", &[]).await;
+    let table = succeeded(&listed);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(
+        table.contains(&sid(&one)) && table.contains(&sid(&two)),
+        "{table}"
+    );
+    assert!(!table.contains(&sid(&bob)));
+    assert!(
+        table.lines().skip(1).all(|line| line.ends_with("\tno")),
+        "{table}"
+    );
+
+    // Never on the public listener.
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let public = dev
+            .http
+            .request(
+                method,
+                dev.url("/sessions/auth/web?subject=alice&revoke=true"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(public.status(), 404);
+    }
+    // A missing subject is refused (exit code 2), nothing changes.
+    let bad = authplane_with(
+        [
+            "token",
+            "sessions",
+            "auth/web",
+            "--subject",
+            "",
+            "--server",
+            &admin,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    for answer in [&one, &two, &bob] {
+        assert_eq!(
+            authz_status(&dev, answer["access_token"].as_str().unwrap()).await,
+            200
+        );
+    }
+
+    // Ended: refresh refused, and the access tokens refused at /authz.
+    let ended = authplane_with(sessions(&["--revoke", "--json"]), "", &[]).await;
+    let answer: serde_json::Value = serde_json::from_str(&succeeded(&ended)).unwrap();
+    let ended_sids: Vec<&str> = answer["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ended_sids.len(), 2);
+    assert!(
+        answer["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["revoked"]["because"] == "logout")
+    );
+    for answer in [&one, &two] {
+        let access = answer["access_token"].as_str().unwrap().to_owned();
+        eventually(
+            "the session's access token refused",
+            CHANGE_DEADLINE,
+            || {
+                let access = access.clone();
+                let dev = &dev;
+                async move { (authz_status(dev, &access).await == 401).then_some(()) }
+            },
+        )
+        .await;
+        let refresh = dev
+            .http
+            .post(dev.url("/auth/web/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", "auth/web"),
+                ("refresh_token", answer["refresh_token"].as_str().unwrap()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refresh.status(), 400);
+    }
+    // Bob's session is untouched.
+    assert_eq!(
+        authz_status(&dev, bob["access_token"].as_str().unwrap()).await,
+        200
+    );
+    // Listed afterwards, as revoked.
+    let table = succeeded(&authplane_with(sessions(&[]), "", &[]).await);
+    assert!(
+        table.lines().skip(1).all(|line| line.contains("(logout)")),
+        "{table}"
+    );
+}

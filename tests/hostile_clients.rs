@@ -97,6 +97,7 @@ async fn limited(limits: Limits, tls: Option<(&str, &str)>) -> (DevServer, tempf
             ..Settings::default()
         },
         tokens: Default::default(),
+        admin_listen: None,
     };
     let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
     (server, dir)

@@ -54,6 +54,7 @@ async fn a_rotated_certificate_is_served_without_dropping_connections() {
             key: tls.join("tls.key"),
         }),
         tokens: Default::default(),
+        admin_listen: None,
     };
     let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
     let addr = server.addr();
@@ -127,6 +128,7 @@ async fn a_server_does_not_start_with_a_bad_certificate() {
             key: dir.path().join("tls.key"),
         }),
         tokens: Default::default(),
+        admin_listen: None,
     };
     let Err(error) = dev::start(config, Arc::new(SystemClock)).await else {
         panic!("started with a key that does not fit its certificate");

@@ -35,6 +35,10 @@ pub(crate) struct DevArgs {
     tls_files: TlsFileArgs,
     #[command(flatten)]
     serving: crate::driver::serve::SettingsFlags,
+    /// Serve status, metrics and the sessions of a subject (`authplane token sessions`)
+    /// on this address (plain HTTP) and nowhere else, as `run --admin-listen` does.
+    #[arg(long, value_name = "ADDR", value_parser = flags::listen_addr)]
+    admin_listen: Option<SocketAddr>,
     /// Do not serve POST {issuer}/token (the token service).
     #[arg(long)]
     no_token_endpoint: bool,
@@ -66,6 +70,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
                 store: args.token_store,
                 rate_per_minute: args.token_rate,
             },
+            admin_listen: args.admin_listen,
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(

@@ -149,6 +149,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Token(TokenCommand::ClientSecret(args)) => client_secret(args),
         Command::Token(TokenCommand::Exchange(args)) => token_request::exchange(args),
         Command::Token(TokenCommand::Refresh(args)) => token_request::refresh(args),
+        Command::Token(TokenCommand::Sessions(args)) => token_request::sessions(args),
         Command::Bucket(args) => bucket(args),
         Command::Rollout(command) => rollout(command),
     }

@@ -27,6 +27,9 @@ pub(crate) enum TokenCommand {
     /// Refresh: `POST {issuer}/token` with a refresh token from a file or stdin; prints
     /// the JSON answer (or one field of it).
     Refresh(crate::cli::token_request::RefreshArgs),
+    /// The sessions of a user (refresh-token families) of a TokenClient, from the admin
+    /// listener; `--revoke` ends them all.
+    Sessions(crate::cli::token_request::SessionsArgs),
 }
 
 #[derive(Args)]

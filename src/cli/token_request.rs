@@ -391,3 +391,130 @@ mod tests {
         assert_eq!(refresh_cookie(&headers).as_deref(), Some("aprt_abc"));
     }
 }
+
+#[derive(Args)]
+pub(crate) struct SessionsArgs {
+    /// The TokenClient, as NAMESPACE/NAME.
+    #[arg(value_name = "NAMESPACE/NAME")]
+    client: String,
+    /// The user whose sessions these are (the `sub` of their tokens).
+    #[arg(long)]
+    subject: String,
+    /// The admin listener of the server (`--admin-listen`; on a cluster
+    /// `kubectl -n authplane port-forward deploy/authplane 9090` first).
+    #[arg(long, value_name = "URL")]
+    server: url::Url,
+    /// End every session: each family revoked, each session's Revocation written.
+    #[arg(long)]
+    revoke: bool,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn sessions(args: SessionsArgs) -> Result<(), CliError> {
+    let id = parse_id(&args.client, "NAMESPACE/NAME")?;
+    let mut url = args.server.clone();
+    url.set_path(&format!(
+        "{}/sessions/{}/{}",
+        url.path().trim_end_matches('/'),
+        id.namespace,
+        id.name
+    ));
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("subject", &args.subject);
+    if args.revoke {
+        url.query_pairs_mut().append_pair("revoke", "true");
+    }
+    let runtime = error::runtime()?;
+    let (status, body) = runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| unavailable(format!("{url}: {e}")))?;
+        let request = match args.revoke {
+            true => http.post(url.clone()),
+            false => http.get(url.clone()),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("{url}: {}", without_url(&e))))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable(format!("{url}: reading the answer: {}", without_url(&e))))?;
+        Ok::<_, CliError>((status, body))
+    })?;
+    let answer = serde_json::from_slice::<Value>(&body).ok();
+    if !status.is_success() {
+        let why = answer
+            .as_ref()
+            .and_then(|a| a["error"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                format!(
+                    "not an admin listener's answer (is {} the --admin-listen address?)",
+                    args.server
+                )
+            });
+        let message = format!("{status}: {why}");
+        return Err(
+            match status.is_server_error()
+                || status == reqwest::StatusCode::NOT_FOUND && answer.is_none()
+            {
+                true => unavailable(message),
+                false => CliError::Answered {
+                    code: ExitCode::Refused as u8,
+                    message,
+                },
+            },
+        );
+    }
+    let Some(answer) = answer else {
+        return Err(unavailable(format!("{url} answered {status} without JSON")));
+    };
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
+    let field = |session: &Value, name: &str| session[name].as_str().unwrap_or("-").to_owned();
+    println!("SID\tSTARTED\tLAST USED\tEXPIRES\tIDLE EXPIRES\tREVOKED");
+    for session in &sessions {
+        let revoked = match &session["revoked"] {
+            Value::Object(revoked) => format!(
+                "{} ({})",
+                revoked.get("at").and_then(Value::as_str).unwrap_or("-"),
+                revoked
+                    .get("because")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+            ),
+            _ => "no".to_owned(),
+        };
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{revoked}",
+            field(session, "sid"),
+            field(session, "startedAt"),
+            field(session, "lastUsedAt"),
+            field(session, "expiresAt"),
+            field(session, "idleExpiresAt"),
+        );
+    }
+    match args.revoke {
+        true => eprintln!(
+            "{} session(s) of {:?} of TokenClient {id} ended: refresh refused, access tokens refused at every gateway once the Revocations are in force",
+            sessions.len(),
+            args.subject
+        ),
+        false => eprintln!(
+            "{} session(s) of {:?} of TokenClient {id}",
+            sessions.len(),
+            args.subject
+        ),
+    }
+    Ok(())
+}

@@ -93,6 +93,9 @@ pub struct DevConfig {
     pub serving: driver::serve::Settings,
     /// The token endpoint: on or off, and where its store is.
     pub tokens: tokens::TokenSettings,
+    /// An admin listener (`--admin-listen`, plain HTTP): status, metrics and the sessions
+    /// of a subject there and nowhere else.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,7 @@ pub enum DevError {
 pub struct DevServer {
     addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     base_url: String,
     external_url: String,
     shutdown: watch::Sender<bool>,
@@ -130,6 +134,11 @@ impl DevServer {
     /// Where Envoy's gRPC ext_authz is served (`--grpc-listen`), if anywhere.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc_addr
+    }
+
+    /// Where the admin listener is (`--admin-listen`), if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn external_url(&self) -> &str {
@@ -296,7 +305,20 @@ pub async fn start_tuned(
         Some(grpc) => Some(grpc.socket.local_addr().map_err(ServeError::Serve)?),
         None => None,
     };
-    let listeners = std::iter::once(listener).chain(grpc).collect();
+    let admin = match config.admin_listen {
+        Some(addr) => Some(driver::serve::Listener {
+            socket: driver::serve::bind(addr)?,
+            endpoints: Endpoints::Admin,
+            tls: None,
+            client_cas: None,
+        }),
+        None => None,
+    };
+    let admin_addr = match &admin {
+        Some(admin) => Some(admin.socket.local_addr().map_err(ServeError::Serve)?),
+        None => None,
+    };
+    let listeners = std::iter::once(listener).chain(grpc).chain(admin).collect();
     let serving = driver::serve::start(state, listeners, config.serving.limits, &shutdown_rx)?;
     let driver = tokio::spawn(run(
         driver,
@@ -311,6 +333,7 @@ pub async fn start_tuned(
     Ok(DevServer {
         addr,
         grpc_addr,
+        admin_addr,
         base_url,
         external_url,
         shutdown,

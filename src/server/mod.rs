@@ -16,6 +16,7 @@ pub mod rate_limit;
 pub mod refresh_cookie;
 pub mod revoke;
 pub mod runtime;
+mod sessions;
 mod status;
 pub mod token;
 mod tokenreview;
@@ -64,7 +65,7 @@ pub enum Endpoints {
     WithAdmission,
     /// Status (the status page too), metrics and health only (`--admin-listen`): what
     /// shows configuration and internal URLs, kept off the listeners that gateways and
-    /// verifiers reach.
+    /// verifiers reach; and the sessions of a subject, served nowhere else.
     Admin,
     /// Envoy's gRPC ext_authz `Check` only, HTTP/2 (`--grpc-listen`, [`grpc`]).
     GrpcExtAuthz,
@@ -91,6 +92,12 @@ pub fn router_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) 
         .route("/ui/app.js", get(page::script))
         .route("/ui/style.css", get(page::style));
     if endpoints == Endpoints::Admin {
+        // The sessions of a subject: on the admin listener only, never on a public one
+        // (not even when no admin listener takes status and metrics).
+        let admin = admin.route(
+            "/sessions/{namespace}/{name}",
+            get(sessions::sessions).post(sessions::sessions),
+        );
         return health.merge(admin).with_state(Arc::new(state));
     }
     let router = health

@@ -36,6 +36,8 @@ pub struct Dev {
     pub serving: authplane::driver::serve::Settings,
     /// The token endpoint's settings (its store, its budgets).
     pub tokens: authplane::dev::tokens::TokenSettings,
+    /// An admin listener (`--admin-listen`), from the next (re)start on.
+    pub admin: bool,
 }
 
 /// The serving settings of test servers: the defaults, but external key sets may be
@@ -130,6 +132,7 @@ impl Dev {
             fixed_external_url: None,
             serving,
             tokens,
+            admin: false,
         };
         dev.restart().await;
         dev
@@ -151,6 +154,7 @@ impl Dev {
             unconfined_issuer_namespaces: self.unconfined_issuer_namespaces.clone(),
             serving: self.serving.clone(),
             tokens: self.tokens.clone(),
+            admin_listen: self.admin.then(|| "127.0.0.1:0".parse().unwrap()),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
@@ -176,6 +180,12 @@ impl Dev {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server.as_ref().unwrap().base_url())
+    }
+
+    /// `http://<admin listener>`, when [`Dev::admin`] was set at the last (re)start.
+    pub fn admin_url(&self) -> String {
+        let addr = self.server.as_ref().unwrap().admin_addr().unwrap();
+        format!("http://{addr}")
     }
 
     pub fn external_url(&self) -> String {
