@@ -1276,3 +1276,96 @@ async fn token_sessions_lists_and_ends_a_subjects_sessions_through_the_admin_lis
         "{table}"
     );
 }
+
+/// The README's blocks marked `migration-guide` (the info string's second word), by
+/// language: the YAML and the shell, each in order.
+fn migration_guide() -> (String, String) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (mut yaml, mut shell) = (String::new(), String::new());
+    // Inside a block: whether it is the YAML (else the shell).
+    let mut inside: Option<bool> = None;
+    for line in readme.lines() {
+        match (inside, line.trim_end()) {
+            (None, "```yaml migration-guide") => inside = Some(true),
+            (None, "```sh migration-guide") => inside = Some(false),
+            (Some(is_yaml), "```") => {
+                if is_yaml {
+                    yaml.push_str("---\n");
+                }
+                inside = None;
+            }
+            (Some(is_yaml), _) => {
+                let block = if is_yaml { &mut yaml } else { &mut shell };
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    (yaml, shell)
+}
+
+/// Issue 23, item 10: the migration guide runs as written, against a dev server with the
+/// checkout's examples and the guide's TokenClients, and each step prints what the guide
+/// says it prints (`# prints: ...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_guide_runs_as_written() {
+    let (yaml, shell) = migration_guide();
+    assert!(yaml.contains("kind: TokenClient"), "{yaml}");
+    let expected: Vec<String> = shell
+        .lines()
+        .filter_map(|line| line.split_once("# prints: "))
+        .map(|(_, printed)| printed.trim().to_owned())
+        .collect();
+    assert!(expected.len() >= 6, "{shell}");
+    let examples = |name: &str| {
+        std::fs::read_to_string(format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let (keys, policy) = (
+        examples("signing-keys.yaml"),
+        examples("payments-policy.yaml"),
+    );
+    let dev = Dev::start(&[
+        ("signing-keys.yaml", &keys),
+        ("payments-policy.yaml", &policy),
+        ("tokenclients.yaml", &yaml),
+    ])
+    .await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_authplane"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = format!("set -euo pipefail\n{shell}");
+    let work = tempfile::tempdir().unwrap();
+    let (url, state) = (dev.url(""), dev.state());
+    let workdir = work.path().to_owned();
+    let ran = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(workdir)
+            .env("PATH", path)
+            .env("AUTHPLANE", url)
+            .env("STATE", state)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed: Vec<String> = text(&ran.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert!(
+        ran.status.success() && printed == expected,
+        "exit {:?}\nprinted {printed:?}\nexpected {expected:?}\nstderr: {}",
+        ran.status.code(),
+        text(&ran.stderr)
+    );
+}
