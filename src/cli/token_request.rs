@@ -226,26 +226,9 @@ fn send(
 ) -> Result<(), CliError> {
     let url = token_url(endpoint)?;
     form.extend(credentials);
-    let runtime = error::runtime()?;
-    let (status, cookie, body) = runtime.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| unavailable(format!("{url}: {e}")))?;
-        let response = http
-            .post(url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("{url}: {}", without_url(&e))))?;
-        let status = response.status();
-        let cookie = refresh_cookie(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| unavailable(format!("{url}: reading the answer: {}", without_url(&e))))?;
-        Ok::<_, CliError>((status, cookie, body))
-    })?;
+    let http = client()?;
+    let (status, headers, body) = answer_of(http.post(url.clone()).form(&form), &url)?;
+    let cookie = refresh_cookie(&headers);
     let answer = serde_json::from_slice::<Value>(&body).ok();
     if !status.is_success() {
         return Err(refusal(&url, status, answer));
@@ -280,6 +263,40 @@ fn send(
         },
     }
     Ok(())
+}
+
+fn client() -> Result<reqwest::Client, CliError> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| unavailable(format!("an HTTP client: {e}")))
+}
+
+/// Sends `request` (to `url`) and reads its whole answer; failing to, an
+/// [`ExitCode::Unavailable`] error naming `url`.
+fn answer_of(
+    request: reqwest::RequestBuilder,
+    url: &url::Url,
+) -> Result<
+    (
+        reqwest::StatusCode,
+        reqwest::header::HeaderMap,
+        bytes::Bytes,
+    ),
+    CliError,
+> {
+    error::runtime()?.block_on(async {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("{url}: {}", without_url(&e))))?;
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable(format!("{url}: reading the answer: {}", without_url(&e))))?;
+        Ok((status, headers, body))
+    })
 }
 
 /// The value of the refresh cookie a `Set-Cookie` header sets, if any.
@@ -427,27 +444,12 @@ pub(crate) fn sessions(args: SessionsArgs) -> Result<(), CliError> {
     if args.revoke {
         url.query_pairs_mut().append_pair("revoke", "true");
     }
-    let runtime = error::runtime()?;
-    let (status, body) = runtime.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| unavailable(format!("{url}: {e}")))?;
-        let request = match args.revoke {
-            true => http.post(url.clone()),
-            false => http.get(url.clone()),
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("{url}: {}", without_url(&e))))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| unavailable(format!("{url}: reading the answer: {}", without_url(&e))))?;
-        Ok::<_, CliError>((status, body))
-    })?;
+    let http = client()?;
+    let request = match args.revoke {
+        true => http.post(url.clone()),
+        false => http.get(url.clone()),
+    };
+    let (status, _, body) = answer_of(request, &url)?;
     let answer = serde_json::from_slice::<Value>(&body).ok();
     if !status.is_success() {
         let why = answer
