@@ -18,6 +18,7 @@ pub mod client_auth;
 pub mod embedded;
 mod metered;
 pub mod metrics;
+pub mod serving;
 #[cfg(test)]
 mod tests;
 mod timed;
