@@ -10,9 +10,8 @@
 //! ready and the Deployment keeps the old replicas serving (`maxUnavailable: 0`), and the
 //! reason is the first line of the pod's log and its `kubectl describe`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
@@ -22,12 +21,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::TokenEndpoint;
-use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
-
-/// A store call that takes longer is answered 503 (as in dev mode).
-const STORE_DEADLINE: Duration = Duration::from_secs(2);
-/// Expired families are forgotten this often.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
+use crate::tokens::serving;
 
 /// Where the token service keeps its state on a cluster.
 #[derive(Clone, Debug)]
@@ -130,68 +124,10 @@ pub async fn endpoint(
     metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
-    let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(
-        open(config.path.clone()).await,
-        metrics.tokens.clone(),
-    ));
-    // Once before serving (what expired while the operator was down goes now), then
-    // every hour.
-    purge_once(&*store, &*clock).await;
-    tokio::spawn(purge(store.clone(), clock, shutdown));
+    let store = serving::open_embedded(config.path.clone(), metrics.tokens.clone()).await;
+    serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.reviewer = Some(reviewer);
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
     Arc::new(endpoint)
-}
-
-// `open` and `purge` are dev mode's (src/dev/tokens.rs), repeated while the two
-// drivers were built at the same time; they belong in `crate::tokens`, shared.
-async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {
-    let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|opened| opened.map_err(|e| e.to_string()));
-    match opened {
-        Ok(store) => {
-            tracing::info!(
-                store = shown.as_str(),
-                "token endpoint served at <issuer>/token"
-            );
-            Arc::new(Timed::new(store, STORE_DEADLINE))
-        }
-        Err(e) => {
-            tracing::error!(
-                store = shown.as_str(),
-                error = %e,
-                "the token store cannot be opened: the token endpoint answers 503 (everything else is served)"
-            );
-            Arc::new(Unavailable(format!(
-                "the token store {shown} cannot be opened"
-            )))
-        }
-    }
-}
-
-async fn purge(
-    store: Arc<dyn FamilyStore>,
-    clock: Arc<dyn Clock>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut every = tokio::time::interval(PURGE_EVERY);
-    every.tick().await; // immediate: the purge before serving was this one
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = every.tick() => purge_once(&*store, &*clock).await,
-        }
-    }
-}
-
-async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
-    match store.purge(clock.now()).await {
-        Ok(0) => {}
-        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
-        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
-    }
 }
