@@ -205,6 +205,7 @@ fn server_over(f: &Fixture) -> Router {
         signing_keys: Arc::new(NoSigningKeys),
         tls: None,
         revoke: None,
+        token: None,
     };
     server::router(state, Endpoints::Public)
 }

@@ -236,7 +236,14 @@ pub struct Registry {
     /// The TokenClients the token endpoint serves, by `client_id`: published on their
     /// own (dev mode's driver and the operator's TokenClient watch), like revocations.
     token_clients: ArcSwap<crate::token_clients::Published>,
+    /// The key sets the token endpoint signs with, by SigningKey: private keys, kept in
+    /// memory only and never in a snapshot that status or metrics read.
+    signers: ArcSwap<Signers>,
 }
+
+/// The key sets of the served SigningKeys, by SigningKey (a persistent map: publishing
+/// one copies nothing).
+pub type Signers = imbl::HashMap<ObjectKey, Arc<crate::keys::lifecycle::KeySet>>;
 
 /// The conditions last reported per policy, so that a condition's `lastTransitionTime`
 /// moves only when its status does, as Kubernetes conventions ask (status in dev mode is
@@ -299,6 +306,16 @@ impl Registry {
     /// The TokenClients the token endpoint serves.
     pub fn token_clients(&self) -> Arc<crate::token_clients::Published> {
         self.token_clients.load_full()
+    }
+
+    /// Replaces the key sets the token endpoint signs with.
+    pub fn publish_signers(&self, signers: Signers) {
+        self.signers.store(Arc::new(signers));
+    }
+
+    /// The key set of a SigningKey, to sign a token with its Active key.
+    pub fn signer(&self, key: &ObjectKey) -> Option<Arc<crate::keys::lifecycle::KeySet>> {
+        self.signers.load().get(key).cloned()
     }
 
     /// True once a driver has published its first state.

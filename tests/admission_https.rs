@@ -44,6 +44,7 @@ impl Secure {
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
             unconfined_issuer_namespaces: Vec::new(),
             serving: Default::default(),
+            tokens: Default::default(),
         };
         let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
         assert!(server.base_url().starts_with("https://"));
@@ -530,6 +531,7 @@ async fn the_plain_listener_of_run_does_not_serve_the_webhook() {
         signing_keys: Arc::new(authplane::admission::NoSigningKeys),
         tls: None,
         revoke: None,
+        token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -96,6 +96,7 @@ async fn limited(limits: Limits, tls: Option<(&str, &str)>) -> (DevServer, tempf
             limits,
             ..Settings::default()
         },
+        tokens: Default::default(),
     };
     let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
     (server, dir)
@@ -333,6 +334,7 @@ async fn with_an_admin_listener_status_the_status_page_and_metrics_are_served_th
         signing_keys: Arc::new(NoSigningKeys),
         tls: None,
         revoke: None,
+        token: None,
     };
     let public = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let admin = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -423,6 +425,7 @@ async fn the_webhook_listener_can_require_a_client_certificate() {
         signing_keys: Arc::new(NoSigningKeys),
         tls: Some(slot.clone()),
         revoke: None,
+        token: None,
     };
     let socket = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();

@@ -235,6 +235,7 @@ async fn start(policies: Policies) -> Serving {
         }),
         tls: None,
         revoke: None,
+        token: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let http = tokio::spawn(server::serve(

@@ -307,6 +307,7 @@ fn replica_of(client: Client, instance: Instance) -> (axum::Router, KeySet, Arc<
             Arc::new(KubeWriter { client, instance }),
             10,
         ))),
+        token: None,
     };
     (server::router(state, Endpoints::Public), keys, registry)
 }

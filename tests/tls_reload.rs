@@ -53,6 +53,7 @@ async fn a_rotated_certificate_is_served_without_dropping_connections() {
             cert: tls.join("tls.crt"),
             key: tls.join("tls.key"),
         }),
+        tokens: Default::default(),
     };
     let server = dev::start(config, Arc::new(SystemClock)).await.unwrap();
     let addr = server.addr();
@@ -125,6 +126,7 @@ async fn a_server_does_not_start_with_a_bad_certificate() {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
         }),
+        tokens: Default::default(),
     };
     let Err(error) = dev::start(config, Arc::new(SystemClock)).await else {
         panic!("started with a key that does not fit its certificate");

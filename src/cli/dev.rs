@@ -35,6 +35,17 @@ pub(crate) struct DevArgs {
     tls_files: TlsFileArgs,
     #[command(flatten)]
     serving: crate::driver::serve::SettingsFlags,
+    /// Do not serve POST {issuer}/token (the token service).
+    #[arg(long)]
+    no_token_endpoint: bool,
+    /// The token service's store, a redb file (default: tokens.redb in the --state
+    /// folder). One process at a time.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_token_endpoint")]
+    token_store: Option<PathBuf>,
+    /// The budgets of POST {issuer}/token, per minute: failed requests per client
+    /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    token_rate: u32,
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
@@ -50,6 +61,11 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
             revoke_rate_per_minute: args.serve.revoke_rate,
             unconfined_issuer_namespaces: args.serve.unconfined_issuer_namespaces,
             serving: args.serving.settings(),
+            tokens: dev::tokens::TokenSettings {
+                enabled: !args.no_token_endpoint,
+                store: args.token_store,
+                rate_per_minute: args.token_rate,
+            },
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;
         tracing::info!(

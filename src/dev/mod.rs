@@ -4,6 +4,7 @@ pub mod folder_watch;
 pub mod manifests;
 pub mod revocations;
 pub mod state;
+pub mod tokens;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -90,6 +91,8 @@ pub struct DevConfig {
     pub unconfined_issuer_namespaces: Vec<String>,
     /// Listener limits and what the serving half trusts.
     pub serving: driver::serve::Settings,
+    /// The token endpoint: on or off, and where its store is.
+    pub tokens: tokens::TokenSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +246,8 @@ pub async fn start_tuned(
         metrics: metrics.clone(),
         known: known.clone(),
         revocations: revocations::DevRevocations::default(),
+        token_clients: crate::token_clients::TokenClientIndex::default(),
+        signers: crate::registry::Signers::default(),
         loaded: false,
     };
     let (driver, wakeup) = tokio::task::spawn_blocking(move || {
@@ -253,6 +258,19 @@ pub async fn start_tuned(
     })
     .await?;
 
+    let writer: Arc<dyn server::revoke::RevocationWriter> = Arc::new(revocations::ManifestWriter {
+        dir: config.manifests.clone(),
+    });
+    let token = tokens::endpoint(
+        &config.tokens,
+        &StateStore::new(config.state.clone()),
+        writer.clone(),
+        config.serving.trusted_proxy_hops,
+        clock.clone(),
+        &metrics,
+        shutdown_rx.clone(),
+    )
+    .await;
     let state = AppState {
         registry,
         metrics,
@@ -261,14 +279,10 @@ pub async fn start_tuned(
         signing_keys: known,
         tls: tls.clone(),
         revoke: Some(Arc::new(
-            server::revoke::RevokeEndpoint::new(
-                Arc::new(revocations::ManifestWriter {
-                    dir: config.manifests.clone(),
-                }),
-                config.revoke_rate_per_minute,
-            )
-            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+            server::revoke::RevokeEndpoint::new(writer, config.revoke_rate_per_minute)
+                .trusting_proxy_hops(config.serving.trusted_proxy_hops),
         )),
+        token,
     };
     // Dev mode serves the admission webhook too, so that it can be tried with curl.
     let listener = driver::serve::Listener {
@@ -405,6 +419,11 @@ struct Driver {
     known: Arc<KnownKeys>,
     /// The Revocations of the manifests, published on their own.
     revocations: revocations::DevRevocations,
+    /// The TokenClients of the manifests, with the issuer and limit of each SigningKey:
+    /// what the token endpoint serves, published on their own.
+    token_clients: crate::token_clients::TokenClientIndex,
+    /// The key sets of the served SigningKeys, for the token endpoint to sign with.
+    signers: crate::registry::Signers,
     /// Whether the folder has been read once: what it held at start-up is not "created".
     loaded: bool,
 }
@@ -553,6 +572,17 @@ impl Driver {
         }
         self.changed.signing_keys.extend(changed.signing_keys);
         self.changed.auth_policies.extend(changed.auth_policies);
+        for id in self.desired.token_clients.keys() {
+            if !desired.token_clients.contains_key(id) {
+                self.token_clients.delete(id);
+                self.metrics.tokens.forget_client(&id.to_string());
+            }
+        }
+        for id in &changed.token_clients {
+            if let Some(client) = desired.token_clients.get(id) {
+                self.token_clients.apply(client.clone());
+            }
+        }
         self.desired = desired;
         self.update_revocations();
     }
@@ -612,6 +642,15 @@ impl Driver {
             }
             let next = match self.reconcile_key(id, key) {
                 Ok((claim, served, next)) => {
+                    self.token_clients.apply_key(
+                        id.clone(),
+                        crate::token_clients::KeyFacts {
+                            issuer: served.published.issuer.clone(),
+                            max_token_lifetime: served.max_token_lifetime,
+                        },
+                    );
+                    self.signers
+                        .insert(id.clone(), Arc::new(served.keys.clone()));
                     self.index.apply_claim(id, claim, Some(served));
                     next
                 }
@@ -640,6 +679,9 @@ impl Driver {
         let next = self.track_rollouts(&changed.auth_policies);
         wakeup = [wakeup, next].into_iter().flatten().min();
         self.registry.publish(self.index.snapshot());
+        self.registry
+            .publish_token_clients(self.token_clients.published());
+        self.registry.publish_signers(self.signers.clone());
         wakeup
     }
 
@@ -740,6 +782,8 @@ impl Driver {
 
     fn forget(&mut self, id: &ObjectKey) {
         self.index.delete_key(id);
+        self.token_clients.delete_key(id);
+        self.signers.remove(id);
         self.key_checks.remove(id);
         self.metrics.forget_keys(&id.namespace, &id.name);
     }

@@ -4,6 +4,7 @@ mod admission;
 mod authz;
 pub mod body;
 pub mod client_address;
+mod client_basic;
 pub mod deadlines;
 pub mod grpc;
 mod health;
@@ -12,9 +13,11 @@ pub mod listen;
 mod overview;
 mod page;
 pub mod rate_limit;
+pub mod refresh_cookie;
 pub mod revoke;
 pub mod runtime;
 mod status;
+pub mod token;
 mod tokenreview;
 mod wellknown;
 
@@ -46,6 +49,9 @@ pub struct AppState {
     /// `POST {issuer}/revoke`: where Revocations are written, and the rate limit. `None`:
     /// not served (404).
     pub revoke: Option<Arc<revoke::RevokeEndpoint>>,
+    /// `POST {issuer}/token`: the token endpoint's store and client authentication.
+    /// `None`: not served (404).
+    pub token: Option<Arc<token::TokenEndpoint>>,
 }
 
 /// Which endpoints a listener serves.
@@ -118,38 +124,56 @@ pub fn router_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) 
         .with_state(Arc::new(state))
 }
 
-/// Everything under an issuer's path: `POST {issuer}/revoke`, else discovery and JWKS.
+/// Everything under an issuer's path: `POST {issuer}/revoke` and `POST {issuer}/token`,
+/// else discovery and JWKS.
 async fn issuer_documents(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let (parts, body) = request.into_parts();
-    if let Some(issuer_path) = parts.uri.path().strip_suffix(revoke::REVOKE_SUFFIX) {
-        if parts.method != axum::http::Method::POST {
-            return (
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                [(axum::http::header::ALLOW, "POST")],
-                "only POST\n",
+    let path = parts.uri.path();
+    let (issuer_path, limit, endpoint) =
+        if let Some(issuer_path) = path.strip_suffix(revoke::REVOKE_SUFFIX) {
+            (issuer_path, revoke::MAX_BODY_BYTES, IssuerEndpoint::Revoke)
+        } else if let Some(issuer_path) = path.strip_suffix(token::TOKEN_SUFFIX) {
+            (issuer_path, token::MAX_BODY_BYTES, IssuerEndpoint::Token)
+        } else {
+            return wellknown::serve(
+                axum::extract::State(state),
+                parts.method,
+                parts.uri,
+                parts.headers,
             )
-                .into_response();
-        }
-        let connection = listen::connection();
-        let timeout = connection.map_or(limits::DEFAULT_BODY_TIMEOUT, |c| c.limits.body_timeout);
-        let body = match body::read(body, revoke::MAX_BODY_BYTES, timeout).await {
-            Ok(body) => body,
-            Err(refusal) => return refusal,
+            .await;
         };
-        let peer = connection.map(|c| c.peer);
-        return revoke::revoke(state, issuer_path, &parts.headers, peer, body).await;
+    if parts.method != axum::http::Method::POST {
+        return (
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            [(axum::http::header::ALLOW, "POST")],
+            "only POST\n",
+        )
+            .into_response();
     }
-    wellknown::serve(
-        axum::extract::State(state),
-        parts.method,
-        parts.uri,
-        parts.headers,
-    )
-    .await
+    let connection = listen::connection();
+    let timeout = connection.map_or(limits::DEFAULT_BODY_TIMEOUT, |c| c.limits.body_timeout);
+    let body = match body::read(body, limit, timeout).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let peer = connection.map(|c| c.peer);
+    match endpoint {
+        IssuerEndpoint::Revoke => {
+            revoke::revoke(state, issuer_path, &parts.headers, peer, body).await
+        }
+        IssuerEndpoint::Token => token::token(state, issuer_path, &parts.headers, peer, body).await,
+    }
+}
+
+/// The POST endpoints under an issuer's path.
+enum IssuerEndpoint {
+    Revoke,
+    Token,
 }
 
 /// Serves plain HTTP with the default [`limits::Limits`] until `shutdown` resolves, then

@@ -52,7 +52,12 @@ pub async fn serve(
         Document::Jwks => jwks(issuer, &headers, method == Method::HEAD),
         Document::Discovery => cached(
             "application/json",
-            with_revocation_endpoint(&issuer.discovery, &issuer.issuer, state.revoke.is_some()),
+            with_endpoints(
+                &issuer.discovery,
+                &issuer.issuer,
+                state.revoke.is_some(),
+                state.token.is_some(),
+            ),
             issuer.max_age_secs,
             method == Method::HEAD,
         ),
@@ -60,28 +65,50 @@ pub async fn serve(
 }
 
 /// The discovery document with `revocation_endpoint` (RFC 7009, RFC 8414) when this
-/// server answers `POST {issuer}/revoke`.
-fn with_revocation_endpoint(
+/// server answers `POST {issuer}/revoke`, and `token_endpoint` with what it supports
+/// when it answers `POST {issuer}/token`.
+fn with_endpoints(
     discovery: &axum::body::Bytes,
     issuer: &str,
-    served: bool,
+    revoke: bool,
+    token: bool,
 ) -> axum::body::Bytes {
-    if !served {
+    if !revoke && !token {
         return discovery.clone();
     }
     let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(discovery) else {
         return discovery.clone();
     };
+    let base = issuer.trim_end_matches('/');
     if let Some(members) = document.as_object_mut() {
-        members.insert(
-            "revocation_endpoint".into(),
-            format!(
-                "{}{}",
-                issuer.trim_end_matches('/'),
-                super::revoke::REVOKE_SUFFIX
-            )
-            .into(),
-        );
+        if revoke {
+            members.insert(
+                "revocation_endpoint".into(),
+                format!("{base}{}", super::revoke::REVOKE_SUFFIX).into(),
+            );
+        }
+        if token {
+            members.insert(
+                "token_endpoint".into(),
+                format!("{base}{}", super::token::TOKEN_SUFFIX).into(),
+            );
+            members.insert(
+                "grant_types_supported".into(),
+                serde_json::json!([
+                    crate::token_endpoint::GRANT_TOKEN_EXCHANGE,
+                    crate::token_endpoint::GRANT_REFRESH_TOKEN
+                ]),
+            );
+            members.insert(
+                "token_endpoint_auth_methods_supported".into(),
+                serde_json::json!([
+                    "client_secret_post",
+                    "client_secret_basic",
+                    "private_key_jwt",
+                    "none"
+                ]),
+            );
+        }
     }
     serde_json::to_vec(&document).map_or_else(|_| discovery.clone(), axum::body::Bytes::from)
 }

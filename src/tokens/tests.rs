@@ -225,7 +225,15 @@ async fn logout_revokes_the_family_once() {
         .unwrap();
     assert_eq!(revoked.id, family.id);
     assert_eq!(revoked.revoked.unwrap().because, RevokedBecause::Logout);
-    assert_eq!(logout(&f.store, &first, CLIENT, at(6)).await.unwrap(), None);
+    assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(revoked.clone())
+    );
+    // Again: the family as the first logout left it, nothing written.
+    assert_eq!(
+        logout(&f.store, &first, CLIENT, at(6)).await.unwrap(),
+        Some(revoked.clone())
+    );
     assert!(matches!(
         refreshed(&f.store, &first, at(7)).await,
         Err(RefreshError::Refused(Refused::Revoked(
@@ -307,4 +315,37 @@ fn the_file_is_private() {
     let f = fixture();
     let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free() {
+    let f = fixture();
+    let (family, first) = logged_in(&f.store).await;
+    let spent = |_: &Family| Err(7);
+    let answer =
+        refresh_admitted(&f.store, &first, CLIENT, at(5), &mut SystemEntropy, &spent).await;
+    assert!(
+        matches!(answer, Err(RefreshError::Limited(7))),
+        "{answer:?}"
+    );
+    assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(family.clone())
+    );
+    // Admitted, it rotates; the retry within the grace is not asked for a budget.
+    let (rotated, second, _, was_rotated) = pair(
+        refresh_admitted(&f.store, &first, CLIENT, at(6), &mut SystemEntropy, &|_| {
+            Ok(())
+        })
+        .await
+        .unwrap(),
+    );
+    assert!(was_rotated);
+    let (replayed, again, _, was_rotated) = pair(
+        refresh_admitted(&f.store, &first, CLIENT, at(7), &mut SystemEntropy, &spent)
+            .await
+            .unwrap(),
+    );
+    assert!(!was_rotated);
+    assert_eq!((replayed.generation, again), (rotated.generation, second));
 }

@@ -30,6 +30,8 @@ pub struct ServedClient {
     pub rules: ClientRules,
     /// The ServiceAccounts that may exchange tokens for it.
     pub service_accounts: Vec<ObjectKey>,
+    /// Whether its refresh tokens travel in the body or in a cookie.
+    pub delivery: crate::api::Delivery,
 }
 
 /// The published clients by `client_id`.
@@ -140,6 +142,17 @@ impl TokenClientIndex {
         self.clients.get(id).map(|(_, readiness)| readiness)
     }
 
+    /// The valid clients that name SigningKey `key`: those whose readiness a change of
+    /// the key may change.
+    pub fn clients_of(&self, key: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
+        self.by_key.get(key).into_iter().flatten()
+    }
+
+    /// Every client applied, valid or not.
+    pub fn ids(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.clients.keys()
+    }
+
     fn recompile_key(&mut self, key: &ObjectKey) {
         let ids: Vec<ObjectKey> = self
             .by_key
@@ -174,6 +187,7 @@ impl TokenClientIndex {
         let served = ServedClient {
             rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
             service_accounts: client.spec.service_account_ids(&id.namespace),
+            delivery: client.spec.delivery,
             key,
         };
         self.published.insert(client_id, Arc::new(served));
@@ -240,6 +254,11 @@ mod tests {
         );
         assert!(index.published().is_empty());
         index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        assert_eq!(
+            index.clients_of(&key("auth", "web")).collect::<Vec<_>>(),
+            [&id]
+        );
+        assert_eq!(index.clients_of(&key("auth", "other")).count(), 0);
         let served = index.published()["auth/web"].clone();
         assert_eq!(served.key, key("auth", "web"));
         assert_eq!(served.rules.issuer, "https://a.example/auth/web");

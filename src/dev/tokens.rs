@@ -1,0 +1,146 @@
+//! Dev mode's token endpoint: the embedded store in the state folder, client secrets
+//! from the state folder (`authplane token client-secret`), Revocations written as
+//! manifests (as `/revoke` does), and a purge of expired families now and then.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::state::StateStore;
+use crate::api::ObjectKey;
+use crate::clock::Clock;
+use crate::server::revoke::RevocationWriter;
+use crate::server::token::{ClientSecrets, TokenEndpoint};
+use crate::token_endpoint::secret::StoredSecret;
+use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
+
+/// The store's file in the state folder, unless `--token-store` names another.
+pub const STORE_FILE: &str = "tokens.redb";
+/// A store call that takes longer is answered 503.
+const STORE_DEADLINE: Duration = Duration::from_secs(2);
+/// Expired families are forgotten this often.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// `--no-token-endpoint`, `--token-store`, `--token-rate`.
+#[derive(Clone, Debug)]
+pub struct TokenSettings {
+    /// Serve `POST {issuer}/token` (default: yes).
+    pub enabled: bool,
+    /// The store's file; default `<state>/tokens.redb`.
+    pub store: Option<PathBuf>,
+    /// Failed requests per client address, and rotations per family, per minute.
+    pub rate_per_minute: u32,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            store: None,
+            rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
+        }
+    }
+}
+
+/// Client secrets as `authplane token client-secret` keeps them: read at each use, so a
+/// new secret works (and the old one stops) at once.
+struct FolderSecrets(StateStore);
+
+impl ClientSecrets for FolderSecrets {
+    fn secret<'a>(
+        &'a self,
+        client: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<StoredSecret>, String>> {
+        let store = self.0.clone();
+        let client = client.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.load_client_secret(&client))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The endpoint, or `None` when turned off. A store that cannot be opened is logged and
+/// answers 503: the rest of dev mode serves on.
+pub async fn endpoint(
+    settings: &TokenSettings,
+    state: &StateStore,
+    writer: Arc<dyn RevocationWriter>,
+    trusted_proxy_hops: usize,
+    clock: Arc<dyn Clock>,
+    metrics: &crate::metrics::Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Option<Arc<TokenEndpoint>> {
+    if !settings.enabled {
+        return None;
+    }
+    let path = settings
+        .store
+        .clone()
+        .unwrap_or_else(|| state.root().join(STORE_FILE));
+    let store: Arc<dyn FamilyStore> =
+        Arc::new(Metered::new(open(path).await, metrics.tokens.clone()));
+    // Once before serving (what expired while the server was down goes now), then
+    // every hour.
+    purge_once(&*store, &*clock).await;
+    tokio::spawn(purge(store.clone(), clock, shutdown));
+    let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
+    endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
+    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    Some(Arc::new(endpoint))
+}
+
+async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    match opened {
+        Ok(store) => {
+            tracing::info!(
+                store = shown.as_str(),
+                "token endpoint served at <issuer>/token"
+            );
+            Arc::new(Timed::new(store, STORE_DEADLINE))
+        }
+        Err(e) => {
+            tracing::error!(
+                store = shown.as_str(),
+                error = %e,
+                "the token store cannot be opened: the token endpoint answers 503 (everything else is served)"
+            );
+            Arc::new(Unavailable(format!(
+                "the token store {shown} cannot be opened"
+            )))
+        }
+    }
+}
+
+async fn purge(
+    store: Arc<dyn FamilyStore>,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    every.tick().await; // immediate: the purge before serving was this one
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => purge_once(&*store, &*clock).await,
+        }
+    }
+}
+
+async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
+    match store.purge(clock.now()).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
+        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
+    }
+}
