@@ -1,9 +1,11 @@
-//! Raw signing rate on one thread: `token::sign` (the function the token endpoint signs
-//! with, jsonwebtoken over aws-lc-rs) of an access token's claims with one key, the
-//! baseline the refresh load script compares `POST {issuer}/token` with.
+//! Signing rates on one thread, the baselines the refresh load script compares `POST
+//! {issuer}/token` with: raw aws-lc-rs signatures of an access token's header and
+//! payload with a key parsed once (the floor), `jsonwebtoken::encode` with a prebuilt
+//! `EncodingKey` (what a hand-written token service does; it parses the key again at
+//! every signature), and `token::sign` (what the token endpoint calls).
 //!
-//! `cargo run --release --example sign_rate -- [SECONDS] [RS256|ES256|...]`; prints one
-//! line, `raw_<alg>_signatures_per_second N`.
+//! `cargo run --release --example sign_rate -- [SECONDS] [RS256|ES256|...]`; prints three
+//! lines, `<what>_<alg>_signatures_per_second N`.
 
 use std::time::{Duration, Instant};
 
@@ -42,19 +44,35 @@ fn main() {
     });
     let claims = claims.as_object().expect("an object").clone();
 
+    let alg_name = alg.to_string().to_lowercase();
+    let material = &keys.active(now).expect("an active key").material;
+    let message = {
+        let token = authplane::token::sign(&keys, &claims, now).expect("signing");
+        token.rsplit_once('.').expect("a JWS").0.to_owned()
+    };
+    let raw = rate(seconds, || material.sign(message.as_bytes()).map(|_| ()));
+    println!("raw_{alg_name}_signatures_per_second {raw:.0}");
+    let mut header = jsonwebtoken::Header::new(alg.to_jwt());
+    header.kid = Some(material.kid().to_owned());
+    let encoding = material.encoding_key().expect("encoding key");
+    let jwt = rate(seconds, || {
+        jsonwebtoken::encode(&header, &claims, &encoding).map(|_| ())
+    });
+    println!("jsonwebtoken_{alg_name}_signatures_per_second {jwt:.0}");
+    let ours = rate(seconds, || authplane::token::sign(&keys, &claims, now).map(|_| ()));
+    println!("token_sign_{alg_name}_signatures_per_second {ours:.0}");
+}
+
+/// Calls `sign` for `seconds`; signatures per second.
+fn rate<E: std::fmt::Debug>(seconds: u64, mut sign: impl FnMut() -> Result<(), E>) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut count: u64 = 0;
     while Instant::now() < deadline {
         for _ in 0..20 {
-            let token = authplane::token::sign(&keys, &claims, now).expect("signing");
-            std::hint::black_box(token);
+            sign().expect("signing");
         }
         count += 20;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "raw_{}_signatures_per_second {rate:.0}",
-        alg.to_string().to_lowercase()
-    );
+    count as f64 / started.elapsed().as_secs_f64()
 }
