@@ -22,11 +22,11 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
 command -v wrk >/dev/null || { echo "needs wrk (Debian: wrk)" >&2; exit 1; }
-cargo build --release --quiet --example sign_rate
+[ -n "${BIN:-}" ] || cargo build --release --quiet --example sign_rate
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin authplane
 fi
-bin=${BIN:-target/release/authplane}
+bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/authplane}
 
 # shellcheck source=scripts/bench-server.sh
 . scripts/bench-server.sh
@@ -45,11 +45,11 @@ metadata: {name: $name, namespace: bench}
 spec:
   signingKeyRef: {name: $name}
   audiences: [api]
-  # Far above what one load generator sends: this measures refreshes, not the limiter.
-  rateLimit: {perMinute: 100000000}
 YAML
 done
-start_server "$PORT"
+# Rotations per session are limited (10 a minute by default): far above what one load
+# generator sends, so that this measures refreshes, not the limiter.
+start_server "$PORT" --token-rate 100000000
 base="http://127.0.0.1:$PORT"
 
 # login ALG: USERS token exchanges on ALG's client; their refresh tokens, one per line.
@@ -97,8 +97,8 @@ done
 stop_server
 
 # The baselines, on the server's core: raw aws-lc-rs, jsonwebtoken, token::sign.
-taskset -c "$SERVER_CPU" target/release/examples/sign_rate "$DURATION" RS256 >"$work/sign-rs256.txt"
-taskset -c "$SERVER_CPU" target/release/examples/sign_rate "$DURATION" ES256 >"$work/sign-es256.txt"
+taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rate "$DURATION" RS256 >"$work/sign-rs256.txt"
+taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rate "$DURATION" ES256 >"$work/sign-es256.txt"
 sign_of() { awk -v k="$2_$1_signatures_per_second" '$1 == k {print $2}' "$work/sign-$1.txt"; }
 
 echo "users $USERS, $CONNECTIONS connections, ${DURATION}s per algorithm, server on 1 core"
