@@ -3,12 +3,15 @@
 //! the published JWK cannot drift from the key that signs.
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
-    EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair as _,
+    EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair as _, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384,
+    RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512, RsaEncoding,
 };
 
 use super::Algorithm;
@@ -37,6 +40,27 @@ pub struct KeyMaterial {
     pkcs8: Vec<u8>,
     public: PublicJwk,
     kid: String,
+    /// The key parsed once, for signing. jsonwebtoken parses the private key again on
+    /// every signature (an RSA key's validation, an EC key's public point), which costs
+    /// the token endpoint as much as an ES256 signature itself.
+    signer: Arc<Signer>,
+}
+
+enum Signer {
+    Rsa(RsaKeyPair, &'static dyn RsaEncoding),
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+fn rsa_encoding(alg: Algorithm) -> &'static dyn RsaEncoding {
+    match alg {
+        Algorithm::RS384 => &RSA_PKCS1_SHA384,
+        Algorithm::RS512 => &RSA_PKCS1_SHA512,
+        Algorithm::PS256 => &RSA_PSS_SHA256,
+        Algorithm::PS384 => &RSA_PSS_SHA384,
+        Algorithm::PS512 => &RSA_PSS_SHA512,
+        _ => &RSA_PKCS1_SHA256,
+    }
 }
 
 impl fmt::Debug for KeyMaterial {
@@ -81,27 +105,30 @@ impl KeyMaterial {
     /// Loads a PKCS#8 DER private key for `alg`, refusing keys of another type.
     pub fn from_pkcs8(alg: Algorithm, pkcs8: Vec<u8>) -> Result<Self, KeyError> {
         let rejected = |reason: String| KeyError::Rejected { alg, reason };
-        let public = if alg.is_rsa() {
+        let (public, signer) = if alg.is_rsa() {
             let pair = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| rejected(e.to_string()))?;
             let bits = pair.public_modulus_len() * 8;
             if ![2048, 3072, 4096].contains(&bits) {
                 return Err(rejected(format!("unsupported RSA modulus of {bits} bits")));
             }
             let public = pair.public_key();
-            PublicJwk::Rsa {
+            let public = PublicJwk::Rsa {
                 n: public.modulus().big_endian_without_leading_zero().to_vec(),
                 e: public.exponent().big_endian_without_leading_zero().to_vec(),
-            }
+            };
+            (public, Signer::Rsa(pair, rsa_encoding(alg)))
         } else if alg == Algorithm::EdDSA {
             let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| rejected(e.to_string()))?;
-            PublicJwk::Ed25519 {
+            let public = PublicJwk::Ed25519 {
                 x: pair.public_key().as_ref().to_vec(),
-            }
+            };
+            (public, Signer::Ed25519(pair))
         } else {
             let pair = EcdsaKeyPair::from_pkcs8(ecdsa_alg(alg), &pkcs8)
                 .map_err(|e| rejected(e.to_string()))?;
-            PublicJwk::from_uncompressed_point(alg, pair.public_key().as_ref())
-                .ok_or_else(|| rejected("malformed EC public point".into()))?
+            let public = PublicJwk::from_uncompressed_point(alg, pair.public_key().as_ref())
+                .ok_or_else(|| rejected("malformed EC public point".into()))?;
+            (public, Signer::Ecdsa(pair))
         };
         let kid = public.thumbprint();
         Ok(Self {
@@ -109,6 +136,7 @@ impl KeyMaterial {
             pkcs8,
             public,
             kid,
+            signer: Arc::new(signer),
         })
     }
 
@@ -147,6 +175,26 @@ impl KeyMaterial {
         match &self.public {
             PublicJwk::Rsa { n, .. } => Some(n.len() as u32 * 8),
             _ => None,
+        }
+    }
+
+    /// The JWS signature of `message` (the encoded header and payload) with this key and
+    /// its algorithm, in the form JWS puts it (ECDSA: `r || s`, RFC 7518 §3.4).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let failed = |_| KeyError::Signing(format!("{} signing failed", self.alg));
+        match &*self.signer {
+            Signer::Rsa(pair, encoding) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(*encoding, &SystemRandom::new(), message, &mut signature)
+                    .map_err(failed)?;
+                Ok(signature)
+            }
+            Signer::Ecdsa(pair) => Ok(pair
+                .sign(&SystemRandom::new(), message)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec()),
+            Signer::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
         }
     }
 
