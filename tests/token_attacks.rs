@@ -342,3 +342,160 @@ async fn a_logout_repeated_writes_nothing_again() {
     assert_eq!(logout_revocations(&dev), written);
     dev.stop().await;
 }
+
+/// A reviewer that refuses every assertion, and counts them.
+struct CountingReviewer(std::sync::atomic::AtomicUsize);
+
+impl authplane::tokens::client_auth::AssertionReviewer for CountingReviewer {
+    fn review<'a>(
+        &'a self,
+        _assertion: &'a str,
+        _audience: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<ObjectKey, authplane::tokens::client_auth::AssertionError>,
+    > {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async {
+            Err(authplane::tokens::client_auth::AssertionError::Refused(
+                "not a token the apiserver issued".into(),
+            ))
+        })
+    }
+}
+
+struct NoWrites;
+
+impl authplane::server::revoke::RevocationWriter for NoWrites {
+    fn create(&self, _: authplane::api::Revocation) -> authplane::server::revoke::WriteFuture {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// An internet client flooding `/token` with assertions: each review is an apiserver
+/// round trip on authplane's account. Once its address has spent its budget of failures,
+/// it is answered 429 before any review.
+#[tokio::test]
+async fn an_address_over_its_failure_budget_costs_the_apiserver_nothing() {
+    use authplane::server::{AppState, Endpoints};
+    use authplane::snapshot::{PublishedIssuer, Rotation, Snapshot};
+    use authplane::token_clients::{Published, ServedClient};
+    use authplane::token_endpoint::ClientRules;
+
+    common::install_crypto();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let issuer = format!("{base}/auth/web");
+    let key = ObjectKey {
+        namespace: "auth".into(),
+        name: "web".into(),
+    };
+    let hour = jiff::SignedDuration::from_hours(1);
+    let registry = authplane::registry::Registry::default();
+    let mut snapshot = Snapshot {
+        policies_known: true,
+        ..Snapshot::default()
+    };
+    snapshot.issuers.insert(
+        "/auth/web".into(),
+        Arc::new(PublishedIssuer {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            issuer: issuer.clone(),
+            jwks_uri: format!("{issuer}/jwks"),
+            jwks: Default::default(),
+            discovery: Default::default(),
+            etag: "\"x\"".into(),
+            max_age_secs: 60,
+            keys: Vec::new(),
+            rotation: Rotation {
+                every: hour,
+                pre_publish: hour,
+                retain_for: hour,
+            },
+        }),
+    );
+    registry.publish(snapshot);
+    let mut clients = Published::default();
+    clients.insert(
+        "auth/web".into(),
+        Arc::new(ServedClient {
+            key: key.clone(),
+            rules: ClientRules {
+                client: "auth/web".into(),
+                issuer: issuer.clone(),
+                audiences: vec!["payments".into()],
+                allowed_claims: Default::default(),
+                access_lifetime: jiff::SignedDuration::from_mins(15),
+                lifetimes: authplane::refresh::Lifetimes {
+                    absolute: hour,
+                    idle: hour,
+                    grace: jiff::SignedDuration::from_secs(5),
+                },
+            },
+            service_accounts: vec![ObjectKey {
+                namespace: "auth".into(),
+                name: "login".into(),
+            }],
+            delivery: authplane::api::Delivery::Body,
+        }),
+    );
+    registry.publish_token_clients(clients);
+    let reviewer = Arc::new(CountingReviewer(Default::default()));
+    let mut endpoint = authplane::server::token::TokenEndpoint::new(
+        Arc::new(authplane::tokens::Unavailable("never asked".into())),
+        Arc::new(NoWrites),
+        3,
+    );
+    endpoint.reviewer = Some(reviewer.clone());
+    let state = AppState {
+        registry: Arc::new(registry),
+        metrics: Arc::new(authplane::metrics::Metrics::default()),
+        clock: Arc::new(authplane::clock::SystemClock),
+        base_url: Arc::from(base.as_str()),
+        signing_keys: Arc::new(authplane::admission::NoSigningKeys),
+        tls: None,
+        revoke: None,
+        token: Some(Arc::new(endpoint)),
+    };
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(authplane::server::serve(
+        listener,
+        authplane::server::router(state, Endpoints::Public),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let response = http
+            .post(format!("{issuer}/token"))
+            .form(&[
+                ("grant_type", EXCHANGE),
+                ("client_id", "auth/web"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                (
+                    "client_assertion",
+                    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+                ),
+                ("subject_token", "alice"),
+                ("subject_token_type", SUBJECT),
+            ])
+            .send()
+            .await
+            .unwrap();
+        answers.push(response.status().as_u16());
+    }
+    assert_eq!(answers, [401, 401, 401, 429, 429, 429, 429, 429]);
+    assert_eq!(
+        reviewer.0.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "no review once the budget is spent"
+    );
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}
