@@ -35,10 +35,29 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
     }
 }
 
+/// The same map, read and never written: a limiter over it answers whether an event
+/// would be admitted now without spending it (governor has no such query).
+struct PeekStore<K: Hash + Eq>(Arc<Mutex<lru::LruCache<K, Nanos>>>);
+
+impl<K: Hash + Eq + Clone> StateStore for PeekStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.peek(key).copied()).map(|(result, _)| result)
+    }
+}
+
 /// `per_minute` events per key (all at once, then refilled evenly), for at most
 /// `capacity` keys at once.
 pub struct KeyedLimit<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
     limiter: RateLimiter<K, BoundedStore<K>, C, NoOpMiddleware<C::Instant>>,
+    /// Built right after `limiter`, on the same clock and map: its start is later by the
+    /// time between the two, so it may see a budget spent that long more, never less.
+    peeker: RateLimiter<K, PeekStore<K>, C, NoOpMiddleware<C::Instant>>,
     keys: Arc<Mutex<lru::LruCache<K, Nanos>>>,
 }
 
@@ -48,13 +67,14 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone, C: Clock> KeyedLimit<K, C> {
+impl<K: Hash + Eq + Clone, C: Clock + Clone> KeyedLimit<K, C> {
     pub fn with_clock(per_minute: u32, capacity: usize, clock: C) -> Self {
         let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         let keys = Arc::new(Mutex::new(lru::LruCache::new(capacity)));
         Self {
-            limiter: RateLimiter::new(quota, BoundedStore(keys.clone()), clock),
+            limiter: RateLimiter::new(quota, BoundedStore(keys.clone()), clock.clone()),
+            peeker: RateLimiter::new(quota, PeekStore(keys.clone()), clock),
             keys,
         }
     }
@@ -63,6 +83,15 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimit<K, C> {
     pub fn take(&self, key: &K) -> Result<(), u64> {
         self.limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
+            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+        })
+    }
+
+    /// Whether `key` has budget left now, without spending any: `Err(seconds)` to wait
+    /// when it is spent. For refusing before costly work whose failure would be counted.
+    pub fn peek(&self, key: &K) -> Result<(), u64> {
+        self.peeker.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.peeker.clock().now());
             (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
         })
     }
@@ -97,6 +126,25 @@ mod tests {
         clock.advance(Duration::from_secs(6));
         assert_eq!(limit.take(&"a"), Ok(()));
         assert!(limit.take(&"a").is_err());
+    }
+
+    #[test]
+    fn a_peek_spends_nothing() {
+        let clock = FakeRelativeClock::default();
+        let limit = KeyedLimit::with_clock(3, 100, clock.clone());
+        for _ in 0..10 {
+            assert_eq!(limit.peek(&"a"), Ok(()));
+        }
+        assert!(limit.is_empty(), "a peek remembers no key");
+        for _ in 0..3 {
+            assert_eq!(limit.take(&"a"), Ok(()));
+        }
+        assert_eq!(limit.peek(&"a"), Err(20));
+        assert_eq!(limit.peek(&"b"), Ok(()));
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(limit.peek(&"a"), Ok(()));
+        assert_eq!(limit.take(&"a"), Ok(()));
+        assert!(limit.peek(&"a").is_err());
     }
 
     #[test]

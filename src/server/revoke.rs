@@ -280,14 +280,6 @@ async fn in_force(
     issuer: &PublishedIssuer,
     logout: Logout,
 ) -> Response {
-    // Subscribed before writing: a publication between the write and the wait is not
-    // missed.
-    let mut published = state.registry.revocations_published();
-    if let Err(e) = endpoint.writer.create(logout.revocation.clone()).await {
-        tracing::error!(issuer = issuer.issuer.as_str(), error = %e, "a revocation could not be stored");
-        state.metrics.revoke_request("error");
-        return unavailable("the revocation could not be stored; retry");
-    }
     let in_force = || {
         let facts = TokenFacts::of(&logout.claims, Some(&logout.key));
         let now = state.clock.now().as_second();
@@ -296,6 +288,22 @@ async fn in_force(
             .revocations()
             .is_revoked(&issuer.namespace, &facts, now)
     };
+    // Already refused here (a logout repeated, a dead refresh token presented again):
+    // nothing to write. Otherwise each such request would be a write to the apiserver
+    // (or a rewrite of a manifest and a reload in dev mode), and a logout by refresh
+    // token has no budget of its own: a client could make authplane write in a loop.
+    if in_force() {
+        state.metrics.revoke_request("revoked");
+        return ok();
+    }
+    // Subscribed before writing: a publication between the write and the wait is not
+    // missed.
+    let mut published = state.registry.revocations_published();
+    if let Err(e) = endpoint.writer.create(logout.revocation.clone()).await {
+        tracing::error!(issuer = issuer.issuer.as_str(), error = %e, "a revocation could not be stored");
+        state.metrics.revoke_request("error");
+        return unavailable("the revocation could not be stored; retry");
+    }
     let waited = tokio::time::timeout(endpoint.in_force_within, async {
         while !in_force() {
             if published.changed().await.is_err() {

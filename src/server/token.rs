@@ -185,6 +185,10 @@ pub async fn token(
                 Some(wait) => slow_down(wait, "too many failed token requests from this address"),
             }
         }
+        Err(Failure::Spent(wait)) => {
+            metrics.request("rate_limited");
+            slow_down(wait, "too many failed token requests from this address")
+        }
         Err(Failure::Limited(wait)) => {
             metrics.request("rate_limited");
             slow_down(
@@ -216,6 +220,9 @@ enum Failure {
     Server(String),
     /// The family's budget of rotations is spent: 429 after this many seconds.
     Limited(u64),
+    /// The client address's budget of failures is spent: 429 after this many seconds,
+    /// before any costly work.
+    Spent(u64),
 }
 
 impl From<OAuthError> for Failure {
@@ -382,6 +389,14 @@ impl Request<'_> {
                         "client assertions (ServiceAccount tokens) need a cluster: in dev mode, use client_secret",
                     ));
                 };
+                // A review is a round trip to the apiserver: an address whose failures
+                // are over budget gets no more of them (otherwise its 429s would still
+                // cost the apiserver one TokenReview each, on authplane's account).
+                if let Some(address) = self.client_address
+                    && let Err(wait) = self.endpoint.failures.peek(&ClientKey::of(address))
+                {
+                    return Err(Failure::Spent(wait));
+                }
                 match reviewer.review(assertion, &self.issuer.issuer).await {
                     Ok(account) if client.service_accounts.contains(&account) => Ok(()),
                     Ok(account) => Err(Failure::OAuth(OAuthError::new(
