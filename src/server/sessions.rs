@@ -105,6 +105,7 @@ fn answer(client: &str, subject: &str, families: &[Family], now: Timestamp) -> R
                     "because": match r.because {
                         RevokedBecause::Reuse => "reuse",
                         RevokedBecause::Logout => "logout",
+                        RevokedBecause::Revocation => "revocation",
                     },
                 })),
                 "active": family.revoked.is_none() && now < family.idle_deadline(),
