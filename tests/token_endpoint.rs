@@ -1252,6 +1252,79 @@ async fn until_refused(dev: &Dev, access: &str) {
     .await;
 }
 
+/// A Revocation lives as long as a refresh family started before it can refresh: with
+/// 15-minute keys, tokens pass 20 minutes after their `iat`, but a family of a TokenClient
+/// with a 2-hour `absoluteLifetime` refreshes for 2 hours, and each refresh mints a token
+/// the gateways accept. A Revocation that lapsed at 20 minutes would let a session that
+/// kept quiet for half an hour go on.
+#[tokio::test]
+async fn a_revocation_outlives_the_refresh_families_it_ends() {
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let manifests = [
+        (
+            "keys.yaml",
+            signing_key(
+                "auth",
+                "web",
+                "  algorithm: RS256\n  maxTokenLifetime: 15m\n",
+            ),
+        ),
+        ("web.yaml", token_client("web", "web", "")),
+        (
+            "policy.yaml",
+            payments_policy("{mode: Enforce, percentage: 100}", ""),
+        ),
+    ];
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let tokens = TokenSettings {
+        rate_per_minute: 1000,
+        ..TokenSettings::default()
+    };
+    let dev = Dev::start_with_tokens(&refs, clock.clone(), common::test_settings(), tokens).await;
+    let secrets = Secrets::make(&dev);
+
+    let ivan = login(&dev, &secrets, "ivan").await;
+    let before = clock.now();
+    dev.write(
+        "revoke-ivan.yaml",
+        &revocation(
+            "auth",
+            "ivan",
+            &format!(
+                "  signingKeyRef: {{name: web}}\n  subject: ivan\n  issuedBefore: \"{before}\"\n"
+            ),
+        ),
+    );
+    until_refused(&dev, text(&ivan, "access_token")).await;
+    // Past the key's 15 minutes and the 5 minutes of leeway, within the 1-hour idle
+    // lifetime: the family could refresh, so the Revocation still counts.
+    clock.advance(jiff::SignedDuration::from_mins(30));
+    let (status, body) = refresh(&dev, "auth/web", text(&ivan, "refresh_token")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        text(&body, "error_description").contains("revoked"),
+        "{body}"
+    );
+    // `revocations list` says so: it lapses 2 hours (the absoluteLifetime) and 5 minutes
+    // after issuedBefore.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_authplane"))
+        .args(["revocations", "list", "--manifests"])
+        .arg(dev.manifests())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let lapses = jiff::Timestamp::from_second(before.as_second() + 2 * 3600 + 5 * 60).unwrap();
+    assert!(
+        listed.contains("auth/ivan\tauth/web\tsub=ivan") && listed.contains(&lapses.to_string()),
+        "{listed}"
+    );
+    dev.stop().await;
+}
+
 #[tokio::test]
 async fn revocations_in_force_stop_refreshing_and_another_namespace_cannot_end_a_session() {
     let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
