@@ -16,6 +16,7 @@
 
 pub mod client_auth;
 pub mod embedded;
+pub mod redis;
 #[cfg(test)]
 mod tests;
 mod timed;
