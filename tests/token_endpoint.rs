@@ -11,6 +11,7 @@ use std::sync::Arc;
 use authplane::api::ObjectKey;
 use authplane::clock::{Clock, ManualClock};
 use authplane::dev::state::StateStore;
+use authplane::dev::tokens::TokenSettings;
 use common::{CHANGE_DEADLINE, Dev, eventually, payments_policy, signing_key};
 use serde_json::{Value, json};
 
@@ -53,9 +54,22 @@ fn manifests() -> Vec<(&'static str, String)> {
 }
 
 async fn start(clock: Arc<dyn Clock>) -> (Dev, Secrets) {
+    // Budgets these tests do not reach: the limits are tested on their own.
+    let tokens = TokenSettings {
+        rate_per_minute: 1000,
+        ..TokenSettings::default()
+    };
+    start_limited(clock, common::test_settings(), tokens).await
+}
+
+async fn start_limited(
+    clock: Arc<dyn Clock>,
+    serving: authplane::driver::serve::Settings,
+    tokens: TokenSettings,
+) -> (Dev, Secrets) {
     let manifests = manifests();
     let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let dev = Dev::start_with(&refs, clock, 1000).await;
+    let dev = Dev::start_with_tokens(&refs, clock, serving, tokens).await;
     let secrets = Secrets::make(&dev);
     (dev, secrets)
 }
@@ -621,5 +635,221 @@ async fn a_store_that_cannot_be_opened_answers_503_and_nothing_else_depends_on_i
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    dev.stop().await;
+}
+
+async fn revoke(dev: &Dev, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/revoke"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn logout_with_a_refresh_token_ends_its_family_and_its_session() {
+    let (dev, secrets) = start(Arc::new(authplane::clock::SystemClock)).await;
+    let hinted = login(&dev, &secrets, "hana").await;
+    let unhinted = login(&dev, &secrets, "hana").await;
+    let kept = login(&dev, &secrets, "hana").await;
+    for session in [&hinted, &unhinted, &kept] {
+        assert_eq!(decide(&dev, text(session, "access_token")).await.0, 200);
+    }
+
+    // Another client's logout, an unknown token: 200, and nothing changes.
+    let (status, _) = revoke(
+        &dev,
+        &[
+            ("token", text(&kept, "refresh_token")),
+            ("client_id", "auth/mobile"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let unknown = format!("aprt_{}", "A".repeat(43));
+    let (status, _) = revoke(&dev, &[("token", &unknown), ("client_id", "auth/web")]).await;
+    assert_eq!(status, 200);
+    // Which client, on which issuer, must be said.
+    let (status, body) = revoke(&dev, &[("token", text(&kept, "refresh_token"))]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body) = revoke(
+        &dev,
+        &[
+            ("token", text(&kept, "refresh_token")),
+            ("client_id", "auth/other"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+
+    // With the hint, and without: the answer comes once the session is refused here.
+    let (status, body) = revoke(
+        &dev,
+        &[
+            ("token", text(&hinted, "refresh_token")),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decide(&dev, text(&hinted, "access_token")).await,
+        (401, "token_revoked".to_owned())
+    );
+    let (status, body) = revoke(
+        &dev,
+        &[
+            ("token", text(&unhinted, "refresh_token")),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decide(&dev, text(&unhinted, "access_token")).await,
+        (401, "token_revoked".to_owned())
+    );
+    for session in [&hinted, &unhinted] {
+        let (status, body) = refresh(&dev, "auth/web", text(session, "refresh_token")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+        // Logging out again is fine, and the same Revocation.
+        let (status, _) = revoke(
+            &dev,
+            &[
+                ("token", text(session, "refresh_token")),
+                ("client_id", "auth/web"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let sessions = std::fs::read_dir(dev.manifests())
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains("logout-session-")
+        })
+        .count();
+    assert_eq!(sessions, 2);
+    // The other session of the same user lives on.
+    assert_eq!(decide(&dev, text(&kept, "access_token")).await.0, 200);
+    let (status, _) = refresh(&dev, "auth/web", text(&kept, "refresh_token")).await;
+    assert_eq!(status, 200);
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies() {
+    let mut serving = common::test_settings();
+    serving.trusted_proxy_hops = 1;
+    let tokens = TokenSettings {
+        rate_per_minute: 3,
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) =
+        start_limited(Arc::new(authplane::clock::SystemClock), serving, tokens).await;
+    let login_from = |forwarded: &'static str, secret: String| {
+        let dev = &dev;
+        async move {
+            let response = dev
+                .http
+                .post(dev.url("/auth/web/token"))
+                .header("x-forwarded-for", forwarded)
+                .form(&[
+                    ("grant_type", EXCHANGE),
+                    ("client_id", "auth/web"),
+                    ("client_secret", secret.as_str()),
+                    ("subject_token", "ivan"),
+                    ("subject_token_type", SUBJECT),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap();
+            (status, body["error"].as_str().map(str::to_owned), retry)
+        }
+    };
+    let wrong = || "apcs_wrong".to_owned();
+    for _ in 0..3 {
+        let (status, error, _) = login_from("192.0.2.1", wrong()).await;
+        assert_eq!((status, error.as_deref()), (401, Some("invalid_client")));
+    }
+    let (status, error, retry) = login_from("192.0.2.1", wrong()).await;
+    assert_eq!((status, error.as_deref()), (429, Some("slow_down")));
+    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+    // An entry the client wrote itself does not give it a new budget ...
+    let (status, _, _) = login_from("203.0.113.9, 192.0.2.1", wrong()).await;
+    assert_eq!(status, 429);
+    // ... another client has its own, and what succeeds is not refused.
+    let (status, _, _) = login_from("192.0.2.2", wrong()).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = login_from("192.0.2.1", secrets.web.clone()).await;
+    assert_eq!(status, 200);
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn rotations_are_limited_per_session_and_a_limited_refresh_changes_nothing() {
+    let tokens = TokenSettings {
+        rate_per_minute: 3,
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) = start_limited(
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let session = login(&dev, &secrets, "judy").await;
+    let mut previous = String::new();
+    let mut current = text(&session, "refresh_token").to_owned();
+    let mut last = Value::Null;
+    for _ in 0..3 {
+        let (status, body) = refresh(&dev, "auth/web", &current).await;
+        assert_eq!(status, 200, "{body}");
+        previous = std::mem::replace(&mut current, text(&body, "refresh_token").to_owned());
+        last = body;
+    }
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "auth/web"),
+            ("refresh_token", current.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // Nothing rotated: the token before is still the one just superseded, and within the
+    // grace it gets the last pair again (were the limited one rotated, it would be reuse).
+    let (status, replay) = refresh(&dev, "auth/web", &previous).await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["refresh_token"], last["refresh_token"]);
+    // Another session has its own budget.
+    let other = login(&dev, &secrets, "judy").await;
+    let (status, _) = refresh(&dev, "auth/web", text(&other, "refresh_token")).await;
+    assert_eq!(status, 200);
     dev.stop().await;
 }

@@ -42,6 +42,10 @@ pub(crate) struct DevArgs {
     /// folder). One process at a time.
     #[arg(long, value_name = "FILE", conflicts_with = "no_token_endpoint")]
     token_store: Option<PathBuf>,
+    /// The budgets of POST {issuer}/token, per minute: failed requests per client
+    /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+    token_rate: u32,
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
@@ -60,6 +64,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
             tokens: dev::tokens::TokenSettings {
                 enabled: !args.no_token_endpoint,
                 store: args.token_store,
+                rate_per_minute: args.token_rate,
             },
         };
         let server = dev::start(config, Arc::new(SystemClock)).await?;

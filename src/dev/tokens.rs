@@ -24,13 +24,15 @@ const STORE_DEADLINE: Duration = Duration::from_secs(2);
 /// Expired families are forgotten this often.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
-/// `--no-token-endpoint`, `--token-store`.
+/// `--no-token-endpoint`, `--token-store`, `--token-rate`.
 #[derive(Clone, Debug)]
 pub struct TokenSettings {
     /// Serve `POST {issuer}/token` (default: yes).
     pub enabled: bool,
     /// The store's file; default `<state>/tokens.redb`.
     pub store: Option<PathBuf>,
+    /// Failed requests per client address, and rotations per family, per minute.
+    pub rate_per_minute: u32,
 }
 
 impl Default for TokenSettings {
@@ -38,6 +40,7 @@ impl Default for TokenSettings {
         Self {
             enabled: true,
             store: None,
+            rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
         }
     }
 }
@@ -81,13 +84,10 @@ pub async fn endpoint(
         .unwrap_or_else(|| state.root().join(STORE_FILE));
     let store = open(path).await;
     tokio::spawn(purge(store.clone(), clock, shutdown));
-    Some(Arc::new(TokenEndpoint {
-        store,
-        reviewer: None,
-        secrets: Some(Arc::new(FolderSecrets(state.clone()))),
-        writer,
-        trusted_proxy_hops,
-    }))
+    let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
+    endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
+    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    Some(Arc::new(endpoint))
 }
 
 async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {

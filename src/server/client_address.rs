@@ -56,6 +56,20 @@ fn parse(entry: &str) -> Option<IpAddr> {
         .and_then(|inner| inner.parse().ok())
 }
 
+/// The client of a failed request, as a limit key: an IPv4 address, or an IPv6 /64 (one
+/// host commonly has a whole /64 to choose addresses from).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct ClientKey(u128);
+
+impl ClientKey {
+    pub fn of(address: IpAddr) -> Self {
+        match address.to_canonical() {
+            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => Self((u128::from(v6) & !((1 << 64) - 1)) | 1),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +113,23 @@ mod tests {
         assert_eq!(client(&["192.0.2.1"], 2), "192.0.2.1");
         assert_eq!(client(&[], 1), PEER);
         assert_eq!(client(&["unknown"], 1), PEER);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let a = ClientKey::of("2001:db8:1:2::1".parse().unwrap());
+        let b = ClientKey::of("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = ClientKey::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // An IPv4-mapped address is the IPv4 address, and no IPv6 /64 collides with one.
+        assert_eq!(
+            ClientKey::of("::ffff:192.0.2.1".parse().unwrap()),
+            ClientKey::of("192.0.2.1".parse().unwrap())
+        );
+        assert_ne!(
+            ClientKey::of("::".parse().unwrap()),
+            ClientKey::of("0.0.0.0".parse().unwrap())
+        );
     }
 }

@@ -25,6 +25,8 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
+use super::client_address::ClientKey;
+use super::rate_limit::KeyedLimit;
 use super::revoke::RevocationWriter;
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
@@ -44,9 +46,6 @@ pub const TOKEN_SUFFIX: &str = "/token";
 pub(super) const MAX_BODY_BYTES: usize = rules::MAX_BODY_BYTES;
 /// What a client is told to wait when the store (or the apiserver) cannot answer.
 const RETRY_AFTER_SECS: u64 = 1;
-/// A session revoked for reuse stays revoked this long after its access tokens'
-/// lifetime: the most leeway a policy may grant.
-const MAX_POLICY_LEEWAY: SignedDuration = SignedDuration::from_mins(5);
 
 /// Dev mode's client secrets (`authplane token client-secret`): the stored hash of a
 /// TokenClient's secret, if it has one.
@@ -57,7 +56,20 @@ pub trait ClientSecrets: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<StoredSecret>, String>>;
 }
 
+/// Default budgets per minute: failed requests per client address, rotations per family.
+pub const DEFAULT_TOKEN_RATE: u32 = 10;
+/// Keys each limit remembers; beyond it the least recently seen is forgotten.
+const MAX_KEYS: usize = 10_000;
+
 /// What the token endpoint works with.
+///
+/// Two limits, each a GCRA budget over a bounded map ([`super::rate_limit`]), as
+/// `/revoke` has: requests that fail, per client address (through trusted proxies), so
+/// garbage and wrong credentials are slowed down without users behind one address (an
+/// office, a carrier's NAT) sharing a budget for their refreshes; and rotations per
+/// family, so one session cannot make the store write and the key sign in a loop. A
+/// retry within the grace is a read and costs neither. Successful logins are the trusted
+/// workload's: they come from its address for every user, and are not limited here.
 pub struct TokenEndpoint {
     /// The families (bounded by a deadline: [`crate::tokens::Timed`]).
     pub store: Arc<dyn FamilyStore>,
@@ -69,6 +81,28 @@ pub struct TokenEndpoint {
     pub writer: Arc<dyn RevocationWriter>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
     pub trusted_proxy_hops: usize,
+    failures: KeyedLimit<ClientKey>,
+    rotations: KeyedLimit<String>,
+}
+
+impl TokenEndpoint {
+    /// `per_minute` failed requests per client address and rotations per family; no
+    /// client assertions, no client secrets, no trusted proxies until set.
+    pub fn new(
+        store: Arc<dyn FamilyStore>,
+        writer: Arc<dyn RevocationWriter>,
+        per_minute: u32,
+    ) -> Self {
+        Self {
+            store,
+            reviewer: None,
+            secrets: None,
+            writer,
+            trusted_proxy_hops: 0,
+            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+        }
+    }
 }
 
 /// `POST {issuer path}/token`.
@@ -110,7 +144,20 @@ pub async fn token(
     };
     match request.answer(headers, &body).await {
         Ok(answer) => answer,
-        Err(Failure::OAuth(error)) => oauth_error(&error),
+        // A failure is counted against its client address; once over budget, it is
+        // told to slow down instead of being answered.
+        Err(Failure::OAuth(error)) => {
+            let spent =
+                client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
+            match spent {
+                None => oauth_error(&error),
+                Some(wait) => slow_down(wait, "too many failed token requests from this address"),
+            }
+        }
+        Err(Failure::Limited(wait)) => slow_down(
+            wait,
+            "this session refreshed too often; retry with the same refresh token later",
+        ),
         Err(Failure::Unavailable(why)) => {
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "token request not answered");
             unavailable(&why)
@@ -130,6 +177,8 @@ enum Failure {
     Unavailable(String),
     /// Ours, never the client's (an unreadable stored family, a key that does not sign).
     Server(String),
+    /// The family's budget of rotations is spent: 429 after this many seconds.
+    Limited(u64),
 }
 
 impl From<OAuthError> for Failure {
@@ -341,12 +390,14 @@ impl Request<'_> {
             ));
         };
         let now = self.state.clock.now();
-        let refreshed = crate::tokens::refresh(
+        let rotations = &self.endpoint.rotations;
+        let refreshed = crate::tokens::refresh_admitted(
             &*self.endpoint.store,
             &token,
             &client.rules.client,
             now,
             &mut SystemEntropy,
+            &|family| rotations.take(&family.id),
         )
         .await;
         match refreshed {
@@ -373,11 +424,13 @@ impl Request<'_> {
                 tracing::warn!(
                     client = family.client.as_str(),
                     family = family.id.as_str(),
-                    client_address = ?self.client_address.map(|a| a.to_string()),
+                    client_address = %self
+                        .client_address
+                        .map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
                     "refresh token reuse: the session is revoked"
                 );
-                self.revoke_session(client, &family, "refresh token reuse", now)
-                    .await;
+                // `compromised`: a superseded token came back, so someone else holds it.
+                self.revoke_session(&family, "compromised", now).await;
                 Err(invalid_grant(
                     "the refresh token was already used: its session is revoked (log in again)",
                 ))
@@ -396,26 +449,15 @@ impl Request<'_> {
             },
             Err(RefreshError::Store(e)) => Err(e.into()),
             Err(e @ RefreshError::Contended(_)) => Err(Failure::Unavailable(e.to_string())),
+            Err(RefreshError::Limited(wait)) => Err(Failure::Limited(wait)),
         }
     }
 
     /// Writes the `sid` Revocation of a family, so that its access tokens are refused at
     /// every gateway. A failure is logged: the family itself is revoked in the store
     /// already, so no refresh works; its access tokens then live out their lifetime.
-    async fn revoke_session(
-        &self,
-        client: &ServedClient,
-        family: &Family,
-        reason: &str,
-        now: Timestamp,
-    ) {
-        let revocation = session_revocation(
-            self.issuer,
-            &family.id,
-            reason,
-            add(now, client.rules.access_lifetime + MAX_POLICY_LEEWAY),
-            now,
-        );
+    async fn revoke_session(&self, family: &Family, reason: &str, now: Timestamp) {
+        let revocation = session_revocation(self.issuer, &family.id, reason, now);
         if let Err(e) = self.endpoint.writer.create(revocation).await {
             tracing::error!(
                 client = family.client.as_str(),
@@ -446,13 +488,14 @@ impl Request<'_> {
     }
 }
 
-/// A Revocation of the session `sid` of `issuer`'s tokens, named after what it revokes
-/// (so that writing it twice is the same object), kept until `expires_at`.
+/// A Revocation of the session `sid` of `issuer`'s tokens, named as `/revoke` names a
+/// session's (so that a logout by access token and one by refresh token are the same
+/// object). It lapses as every session Revocation does: once no token issued before it
+/// can pass any policy.
 pub fn session_revocation(
     issuer: &PublishedIssuer,
     sid: &str,
     reason: &str,
-    expires_at: Timestamp,
     now: Timestamp,
 ) -> Revocation {
     let hash = digest(&SHA256, format!("{}\0sid\0{sid}", issuer.issuer).as_bytes());
@@ -482,7 +525,6 @@ pub fn session_revocation(
             }),
             session_id: Some(sid.to_owned()),
             reason: Some(reason.to_owned()),
-            expires_at: Some(Time(second(expires_at))),
             ..RevocationSpec::default()
         },
         status: None,
@@ -545,7 +587,69 @@ fn unavailable(description: &str) -> Response {
     no_store(response)
 }
 
+fn slow_down(wait: u64, description: &str) -> Response {
+    let body = json!({"error": "slow_down", "error_description": description});
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    no_store(response)
+}
+
 fn server_error() -> Response {
     let body = json!({"error": "server_error", "error_description": "the server could not answer; this is logged"});
     no_store((StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response())
+}
+
+/// What a refresh token presented to `POST {issuer}/revoke` comes to (RFC 7009).
+pub enum Logout {
+    /// The family is revoked (now, or before): write its session's Revocation and
+    /// answer once it is in force.
+    Revoke(Box<(Revocation, Family)>),
+    /// Unknown, another client's, or already revoked: 200, nothing changes.
+    Nothing,
+    /// The request cannot be answered: the client's fault (an OAuth error) ...
+    Refused(OAuthError),
+    /// ... or the store's (503).
+    Unavailable(String),
+}
+
+/// Logout with a refresh token of `client_id` on `issuer`: its family revoked in the
+/// store. The caller writes the session's Revocation.
+pub async fn logout(
+    state: &AppState,
+    issuer: &PublishedIssuer,
+    token: &RefreshToken,
+    client_id: Option<&str>,
+) -> Logout {
+    let Some(endpoint) = &state.token else {
+        return Logout::Refused(OAuthError::new(
+            ErrorCode::UnsupportedTokenType,
+            "refresh tokens are not served here (the token endpoint is off)",
+        ));
+    };
+    let Some(client_id) = client_id else {
+        return Logout::Refused(OAuthError::invalid_request(
+            "client_id is missing: a refresh token is revoked by the client it was issued to",
+        ));
+    };
+    let clients = state.registry.token_clients();
+    let served = clients.get(client_id).is_some_and(|client| {
+        client.key.namespace == issuer.namespace && client.key.name == issuer.name
+    });
+    if !served {
+        return Logout::Refused(OAuthError::new(
+            ErrorCode::InvalidClient,
+            format!("no TokenClient {client_id:?} is served on this issuer"),
+        ));
+    }
+    let now = state.clock.now();
+    match crate::tokens::logout(&*endpoint.store, token, client_id, now).await {
+        Ok(Some(family)) => {
+            let revocation = session_revocation(issuer, &family.id, "logout", now);
+            Logout::Revoke(Box::new((revocation, family)))
+        }
+        Ok(None) => Logout::Nothing,
+        Err(e) => Logout::Unavailable(e.to_string()),
+    }
 }

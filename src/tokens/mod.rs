@@ -111,6 +111,10 @@ pub enum RefreshError {
     /// Lost the compare-and-set more often than any honest contention explains.
     #[error("the refresh token's family changed {0} times while this request was deciding")]
     Contended(usize),
+    /// The family's budget of rotations is spent: nothing changed; retry after this
+    /// many seconds.
+    #[error("the session refreshed too often: retry in {0} s")]
+    Limited(u64),
 }
 
 /// How often a refresh reads again after losing a compare-and-set. One loss is the
@@ -125,6 +129,21 @@ pub async fn refresh(
     client: &str,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
+) -> Result<Refreshed, RefreshError> {
+    refresh_admitted(store, token, client, now, entropy, &|_| Ok(())).await
+}
+
+/// [`refresh`], with each rotation first admitted by `admit` (a budget per family:
+/// `Err(seconds)` refuses it with [`RefreshError::Limited`] before anything is written).
+/// A retry within the grace is a read and costs nothing, so fifty concurrent refreshes of
+/// one token take one rotation from the budget.
+pub async fn refresh_admitted(
+    store: &dyn FamilyStore,
+    token: &RefreshToken,
+    client: &str,
+    now: Timestamp,
+    entropy: &mut (dyn Entropy + Send),
+    admit: &(dyn Fn(&Family) -> Result<(), u64> + Sync),
 ) -> Result<Refreshed, RefreshError> {
     let hash = token.hash();
     for _ in 0..ATTEMPTS {
@@ -152,6 +171,7 @@ pub async fn refresh(
                 token,
                 access,
             }) => {
+                admit(&family).map_err(RefreshError::Limited)?;
                 if store.swap(&family, &next).await? {
                     return Ok(Refreshed::Pair {
                         family: next,
@@ -171,9 +191,12 @@ pub async fn refresh(
     Err(RefreshError::Contended(ATTEMPTS))
 }
 
-/// Logout: revokes the family of `token` (presented by `client`). `Ok(None)` when the
-/// token is unknown, of another client, or its family was already revoked: RFC 7009 §2.2
-/// answers 200 for all of these, and nothing changes.
+/// Logout: revokes the family of `token` (presented by `client`). `Ok(Some(family))`:
+/// the family is revoked, now or by an earlier logout or reuse (the caller revokes the
+/// session `family.id` either way: a Revocation written again is the same object, so a
+/// logout retried after its Revocation could not be written completes it). `Ok(None)`
+/// when the token is unknown or of another client: RFC 7009 §2.2 answers 200 for
+/// these, and nothing changes.
 pub async fn logout(
     store: &dyn FamilyStore,
     token: &RefreshToken,
@@ -188,7 +211,7 @@ pub async fn logout(
             return Ok(None);
         }
         let Some(next) = refresh::logout(&found.family, now) else {
-            return Ok(None);
+            return Ok(Some(found.family));
         };
         if store.swap(&found.family, &next).await? {
             return Ok(Some(next));

@@ -106,6 +106,7 @@ contract!(
     another_clients_token_changes_nothing,
     logout_revokes_the_family_once,
     a_family_past_its_expiry_is_not_found,
+    a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free,
 );
 
 async fn logged_in(store: &dyn FamilyStore) -> (Family, RefreshToken) {
@@ -270,8 +271,13 @@ async fn logout_revokes_the_family_once(f: Subject) {
     assert_eq!(revoked.id, family.id);
     assert_eq!(revoked.revoked.unwrap().because, RevokedBecause::Logout);
     assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(revoked.clone())
+    );
+    // Again: the family as the first logout left it, nothing written.
+    assert_eq!(
         logout(&*f.store, &first, CLIENT, at(6)).await.unwrap(),
-        None
+        Some(revoked.clone())
     );
     assert!(matches!(
         refreshed(&*f.store, &first, at(7)).await,
@@ -305,6 +311,37 @@ async fn a_family_past_its_expiry_is_not_found(f: Subject) {
         refreshed(&*f.store, &second, at(ABSOLUTE)).await,
         Err(RefreshError::Unknown)
     ));
+}
+
+async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free(f: Subject) {
+    let (family, first) = logged_in(&*f.store).await;
+    let spent = |_: &Family| Err(7);
+    let answer =
+        refresh_admitted(&*f.store, &first, CLIENT, at(5), &mut SystemEntropy, &spent).await;
+    assert!(
+        matches!(answer, Err(RefreshError::Limited(7))),
+        "{answer:?}"
+    );
+    assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(family.clone())
+    );
+    // Admitted, it rotates; the retry within the grace is not asked for a budget.
+    let (rotated, second, _, was_rotated) = pair(
+        refresh_admitted(&*f.store, &first, CLIENT, at(6), &mut SystemEntropy, &|_| {
+            Ok(())
+        })
+        .await
+        .unwrap(),
+    );
+    assert!(was_rotated);
+    let (replayed, again, _, was_rotated) = pair(
+        refresh_admitted(&*f.store, &first, CLIENT, at(7), &mut SystemEntropy, &spent)
+            .await
+            .unwrap(),
+    );
+    assert!(!was_rotated);
+    assert_eq!((replayed.generation, again), (rotated.generation, second));
 }
 
 // The embedded store's own: its file across restarts, its purge, its corruption.

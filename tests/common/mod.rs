@@ -35,6 +35,8 @@ pub struct Dev {
     pub fixed_external_url: Option<String>,
     /// Listener limits and what the server trusts; [`test_settings`] unless a test says.
     pub serving: authplane::driver::serve::Settings,
+    /// The token endpoint's settings (its store, its budgets).
+    pub tokens: authplane::dev::tokens::TokenSettings,
 }
 
 /// The serving settings of test servers: the defaults, but external key sets may be
@@ -71,8 +73,19 @@ impl Dev {
             1000,
             Tuning::default(),
             serving,
+            Default::default(),
         )
         .await
+    }
+
+    /// With given serving settings and token endpoint settings, on a given clock.
+    pub async fn start_with_tokens(
+        manifests: &[(&str, &str)],
+        clock: Arc<dyn Clock>,
+        serving: authplane::driver::serve::Settings,
+        tokens: authplane::dev::tokens::TokenSettings,
+    ) -> Dev {
+        Self::start_full(manifests, clock, 1000, Tuning::default(), serving, tokens).await
     }
 
     /// With a given way of noticing changes (rescan interval, watcher on or off).
@@ -88,6 +101,7 @@ impl Dev {
             decision_cache_size,
             tuning,
             test_settings(),
+            Default::default(),
         )
         .await
     }
@@ -98,6 +112,7 @@ impl Dev {
         decision_cache_size: usize,
         tuning: Tuning,
         serving: authplane::driver::serve::Settings,
+        tokens: authplane::dev::tokens::TokenSettings,
     ) -> Dev {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
@@ -115,6 +130,7 @@ impl Dev {
             unconfined_issuer_namespaces: Vec::new(),
             fixed_external_url: None,
             serving,
+            tokens,
         };
         dev.restart().await;
         dev
@@ -135,7 +151,7 @@ impl Dev {
             revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
             unconfined_issuer_namespaces: self.unconfined_issuer_namespaces.clone(),
             serving: self.serving.clone(),
-            tokens: Default::default(),
+            tokens: self.tokens.clone(),
         };
         self.server = Some(
             dev::start_tuned(config, self.clock.clone(), self.tuning.clone())
