@@ -12,6 +12,7 @@ use crate::cli::run::{ServeArgs, TlsFileArgs, shutdown_signal};
 use crate::clock::SystemClock;
 use crate::dev::{self, DevConfig};
 use crate::server;
+use crate::tokens::location::{Password, StoreLocation};
 
 #[derive(Args)]
 pub(crate) struct DevArgs {
@@ -38,10 +39,14 @@ pub(crate) struct DevArgs {
     /// Do not serve POST {issuer}/token (the token service).
     #[arg(long)]
     no_token_endpoint: bool,
-    /// The token service's store, a redb file (default: tokens.redb in the --state
-    /// folder). One process at a time.
-    #[arg(long, value_name = "FILE", conflicts_with = "no_token_endpoint")]
-    token_store: Option<PathBuf>,
+    /// The token service's store: a redb file (default: tokens.redb in the --state
+    /// folder; one process at a time), or a Redis that several processes share,
+    /// redis://[USER[:PASSWORD]@]HOST[:PORT][/DB] or rediss://… (TLS).
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "no_token_endpoint")]
+    token_store: Option<String>,
+    /// A file holding the Redis password (a mounted Secret), used instead of the URL's.
+    #[arg(long, value_name = "FILE", requires = "token_store")]
+    token_store_password_file: Option<PathBuf>,
     /// The budgets of POST {issuer}/token, per minute: failed requests per client
     /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
@@ -49,6 +54,23 @@ pub(crate) struct DevArgs {
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
+    // Parsed here rather than by clap, whose errors would echo a URL's password.
+    let store = args
+        .token_store
+        .as_deref()
+        .map(StoreLocation::parse)
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let password = match &args.token_store_password_file {
+        Some(_) if !store.as_ref().is_some_and(StoreLocation::is_redis) => {
+            return Err(CliError::Usage(
+                "--token-store-password-file goes with a redis:// or rediss:// --token-store"
+                    .into(),
+            ));
+        }
+        Some(file) => Some(Password::read(file).map_err(CliError::Usage)?),
+        None => None,
+    };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let config = DevConfig {
@@ -63,7 +85,8 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
             serving: args.serving.settings(),
             tokens: dev::tokens::TokenSettings {
                 enabled: !args.no_token_endpoint,
-                store: args.token_store,
+                store,
+                password,
                 rate_per_minute: args.token_rate,
             },
         };

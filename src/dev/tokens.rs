@@ -1,4 +1,5 @@
-//! Dev mode's token endpoint: the embedded store in the state folder, client secrets
+//! Dev mode's token endpoint: the embedded store in the state folder (or a file or a
+//! Redis that `--token-store` names), client secrets
 //! from the state folder (`authplane token client-secret`), Revocations written as
 //! manifests (as `/revoke` does), and a purge of expired families now and then.
 
@@ -15,6 +16,8 @@ use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
+use crate::tokens::location::{Password, StoreLocation};
+use crate::tokens::redis::{RedisSettings, RedisStore};
 use crate::tokens::{FamilyStore, Timed, Unavailable, embedded::EmbeddedStore};
 
 /// The store's file in the state folder, unless `--token-store` names another.
@@ -24,13 +27,15 @@ const STORE_DEADLINE: Duration = Duration::from_secs(2);
 /// Expired families are forgotten this often.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
-/// `--no-token-endpoint`, `--token-store`, `--token-rate`.
+/// `--no-token-endpoint`, `--token-store`, `--token-store-password-file`, `--token-rate`.
 #[derive(Clone, Debug)]
 pub struct TokenSettings {
     /// Serve `POST {issuer}/token` (default: yes).
     pub enabled: bool,
-    /// The store's file; default `<state>/tokens.redb`.
-    pub store: Option<PathBuf>,
+    /// The store: a file or a Redis; default the file `<state>/tokens.redb`.
+    pub store: Option<StoreLocation>,
+    /// The Redis password (replacing the URL's), from `--token-store-password-file`.
+    pub password: Option<Password>,
     /// Failed requests per client address, and rotations per family, per minute.
     pub rate_per_minute: u32,
 }
@@ -40,6 +45,7 @@ impl Default for TokenSettings {
         Self {
             enabled: true,
             store: None,
+            password: None,
             rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
         }
     }
@@ -78,16 +84,64 @@ pub async fn endpoint(
     if !settings.enabled {
         return None;
     }
-    let path = settings
-        .store
-        .clone()
-        .unwrap_or_else(|| state.root().join(STORE_FILE));
-    let store = open(path).await;
+    let store = match &settings.store {
+        Some(StoreLocation::Redis(url)) => redis(url, settings.password.as_ref(), state.root()),
+        Some(StoreLocation::File(path)) => open(path.clone()).await,
+        None => open(state.root().join(STORE_FILE)).await,
+    };
     tokio::spawn(purge(store.clone(), clock, shutdown));
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
     Some(Arc::new(endpoint))
+}
+
+/// A Redis store, shared by every dev process of the same state folder: the folder is
+/// the installation (two folders, two sets of keys in one Redis). It connects at its
+/// first call: a Redis that is down answers 503 until it is back.
+fn redis(url: &str, password: Option<&Password>, state: &Path) -> Arc<dyn FamilyStore> {
+    let settings = RedisSettings {
+        url: url.to_owned(),
+        password: password.map(|p| p.expose().to_owned()),
+        installation: installation(state),
+        timeout: STORE_DEADLINE,
+    };
+    let shown = crate::tokens::redis::redacted(url);
+    match RedisStore::new(&settings) {
+        Ok(store) => {
+            tracing::info!(
+                store = shown.as_str(),
+                installation = settings.installation.as_str(),
+                "token endpoint served at <issuer>/token"
+            );
+            Arc::new(Timed::new(store, STORE_DEADLINE))
+        }
+        Err(e) => {
+            tracing::error!(
+                store = shown.as_str(),
+                error = %e,
+                "the token store cannot be used: the token endpoint answers 503 (everything else is served)"
+            );
+            Arc::new(Unavailable(format!(
+                "the token store {shown} cannot be used"
+            )))
+        }
+    }
+}
+
+/// `dev-` and a digest of the state folder's absolute path: the same for every process of
+/// one folder, different for another folder, and no path in Redis.
+fn installation(state: &Path) -> String {
+    let absolute = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        absolute.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("dev-{hex}")
 }
 
 async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {

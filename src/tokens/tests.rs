@@ -328,9 +328,14 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
     );
     // Admitted, it rotates; the retry within the grace is not asked for a budget.
     let (rotated, second, _, was_rotated) = pair(
-        refresh_admitted(&*f.store, &first, CLIENT, at(6), &mut SystemEntropy, &|_| {
-            Ok(())
-        })
+        refresh_admitted(
+            &*f.store,
+            &first,
+            CLIENT,
+            at(6),
+            &mut SystemEntropy,
+            &|_| Ok(()),
+        )
         .await
         .unwrap(),
     );

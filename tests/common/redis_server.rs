@@ -98,7 +98,7 @@ impl RedisServer {
         self.wait_ready();
     }
 
-    /// Polls PING until Redis answers PONG (after loading its append-only file).
+    /// Polls PING until Redis answers (after loading its append-only file).
     fn wait_ready(&mut self) {
         let started = Instant::now();
         loop {
@@ -107,7 +107,9 @@ impl RedisServer {
                     std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
                 panic!("redis-server exited with {status}:\n{log}");
             }
-            if self.command("PING").as_deref() == Some("+PONG") {
+            // Answering at all is ready: PONG, or NOAUTH when it wants a password.
+            let reply = self.command("PING").unwrap_or_default();
+            if reply == "+PONG" || reply.starts_with("-NOAUTH") {
                 return;
             }
             assert!(
