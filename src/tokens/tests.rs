@@ -649,3 +649,40 @@ fn an_installation_name_cannot_forge_another_prefix() {
     assert_eq!(super::redis::prefix("a:f:x"), "authplane:a_f_x:");
     assert_eq!(super::redis::prefix("a b\n*"), "authplane:a_b__:");
 }
+
+#[tokio::test]
+async fn redis_down_at_start_is_not_fatal_and_is_used_once_up() {
+    // A free port where nothing listens yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = RedisSettings {
+        url: format!("redis://127.0.0.1:{port}/"),
+        password: None,
+        installation: "test".into(),
+        timeout: std::time::Duration::from_secs(2),
+    };
+    let store = RedisStore::new(&settings).unwrap();
+    let started = start(login(), at(0), &mut SystemEntropy).unwrap();
+    let answer = store.create(&started.family).await;
+    assert!(
+        matches!(answer, Err(StoreError::Unavailable(_))),
+        "{answer:?}"
+    );
+    let Some(server) =
+        RedisServer::start_on("redis_down_at_start_is_not_fatal_and_is_used_once_up", port)
+    else {
+        return;
+    };
+    store.create(&started.family).await.unwrap();
+    assert!(
+        store
+            .find(started.token.hash(), at(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    drop(server);
+}

@@ -42,16 +42,25 @@ impl RedisServer {
 
     /// As [`Self::start`], with more `redis-server` arguments (`--maxmemory 1mb`).
     pub fn start_with(test: &str, extra: &[&str]) -> Option<Self> {
-        let Some(binary) = binary() else {
-            eprintln!("skipped: {test}: no redis-server (apt-get install redis-server)");
-            return None;
-        };
         // A free loopback port: bound, read and released; Redis binds it next.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        Self::start_full(test, port, extra)
+    }
+
+    /// As [`Self::start`], on a given port.
+    pub fn start_on(test: &str, port: u16) -> Option<Self> {
+        Self::start_full(test, port, &[])
+    }
+
+    fn start_full(test: &str, port: u16, extra: &[&str]) -> Option<Self> {
+        let Some(binary) = binary() else {
+            eprintln!("skipped: {test}: no redis-server (apt-get install redis-server)");
+            return None;
+        };
         let mut server = Self {
             binary,
             dir: tempfile::tempdir().unwrap(),
