@@ -168,6 +168,8 @@ pub struct Metrics {
     pub revocation_propagation: Histogram,
     /// `POST {issuer}/revoke` requests by result.
     pub revoke_requests: Family<ResultLabels, Counter>,
+    /// The token service (`POST {issuer}/token`) and its store.
+    pub tokens: crate::tokens::metrics::TokenMetrics,
     /// Key lifecycle per SigningKey: when it next changes, since when the Active key
     /// signs, how often it should rotate, whether its last reconcile succeeded, failures.
     pub key_next_transition: Family<ResourceLabels, Gauge>,
@@ -325,6 +327,7 @@ impl Default for Metrics {
             "Time from a Revocation's creation to its enforcement in this replica (whole-second creation timestamps: up to 1 s too high)",
             revocation_propagation.clone(),
         );
+        let tokens = crate::tokens::metrics::TokenMetrics::register(&mut registry);
         let revoke_requests = Family::<ResultLabels, Counter>::default();
         registry.register(
             "revoke_requests",
@@ -436,6 +439,7 @@ impl Default for Metrics {
             revocations_applied,
             revocation_propagation,
             revoke_requests,
+            tokens,
             jwks_fetches,
             jwks_keys,
             jwks_last_success,

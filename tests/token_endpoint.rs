@@ -45,6 +45,10 @@ fn manifests() -> Vec<(&'static str, String)> {
         ),
         ("web.yaml", token_client("web", "web", "")),
         ("mobile.yaml", token_client("mobile", "web", "")),
+        (
+            "spa.yaml",
+            token_client("spa", "web", "  delivery: Cookie\n"),
+        ),
         ("other-client.yaml", token_client("other", "other", "")),
         (
             "policy.yaml",
@@ -78,6 +82,7 @@ async fn start_limited(
 struct Secrets {
     web: String,
     other: String,
+    spa: String,
 }
 
 impl Secrets {
@@ -98,6 +103,7 @@ impl Secrets {
         Secrets {
             web: make("web"),
             other: make("other"),
+            spa: make("spa"),
         }
     }
 }
@@ -554,6 +560,32 @@ async fn reuse_after_the_grace_ends_the_session_at_authz() {
     // Another session of the same user is not touched.
     let other = login(&dev, &secrets, "dave").await;
     assert_eq!(decide(&dev, text(&other, "access_token")).await.0, 200);
+    // What /metrics says of it (labels: the TokenClient's name, fixed values).
+    for (sample, value) in [
+        (
+            r#"authplane_tokens_issued_total{client="auth/web",grant="token_exchange"}"#,
+            2.0,
+        ),
+        (
+            r#"authplane_tokens_issued_total{client="auth/web",grant="refresh_token"}"#,
+            1.0,
+        ),
+        (
+            r#"authplane_refresh_token_reuse_total{client="auth/web"}"#,
+            1.0,
+        ),
+        (r#"authplane_token_requests_total{result="replayed"}"#, 1.0),
+        (
+            r#"authplane_token_requests_total{result="invalid_grant"}"#,
+            2.0,
+        ),
+        (
+            r#"authplane_token_store_seconds_count{operation="swap"}"#,
+            2.0,
+        ),
+    ] {
+        assert_eq!(dev.metric(sample).await, value, "{sample}");
+    }
     dev.stop().await;
 }
 
@@ -619,6 +651,16 @@ async fn a_store_that_cannot_be_opened_answers_503_and_nothing_else_depends_on_i
         .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        dev.metric(r#"authplane_token_requests_total{result="unavailable"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        dev.metric(r#"authplane_token_store_errors_total{operation="create"}"#)
+            .await,
+        1.0
+    );
     // Decisions, JWKS and revocation are served as ever (the restart moved the issuer to
     // the new port: a token of it now).
     let minted = dev.mint(WEB, "gina", &["payments"], json!({"roles": ["payments"]}));
@@ -804,6 +846,11 @@ async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies()
     assert_eq!(status, 401);
     let (status, _, _) = login_from("192.0.2.1", secrets.web.clone()).await;
     assert_eq!(status, 200);
+    assert_eq!(
+        dev.metric(r#"authplane_token_requests_total{result="rate_limited"}"#)
+            .await,
+        2.0
+    );
     dev.stop().await;
 }
 
@@ -851,5 +898,183 @@ async fn rotations_are_limited_per_session_and_a_limited_refresh_changes_nothing
     let other = login(&dev, &secrets, "judy").await;
     let (status, _) = refresh(&dev, "auth/web", text(&other, "refresh_token")).await;
     assert_eq!(status, 200);
+    dev.stop().await;
+}
+
+/// The refresh cookie a response sets, whole (`None` without one).
+fn set_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// `name=value` of a `Set-Cookie`.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn cookie_clients_get_a_host_cookie_that_refreshes_only_from_their_own_pages() {
+    let (dev, secrets) = start(Arc::new(authplane::clock::SystemClock)).await;
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/token"))
+        .form(&[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/spa"),
+            ("client_secret", &secrets.spa),
+            ("subject_token", "kim"),
+            ("subject_token_type", SUBJECT),
+            ("authplane_claims", r#"{"roles": ["payments"]}"#),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let set = set_cookie(&response).expect("a cookie");
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert!(set.starts_with("__Host-authplane-refresh=aprt_"), "{set}");
+    for attribute in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=7200",
+    ] {
+        assert!(
+            set.split("; ").any(|a| a == attribute),
+            "{attribute} in {set}"
+        );
+    }
+    let cookie = cookie_pair(&set);
+    let origin = dev.external_url();
+    let with_cookie = |path: &'static str,
+                       client: &'static str,
+                       headers: Vec<(&'static str, String)>,
+                       cookie: String| {
+        let dev = &dev;
+        async move {
+            let mut request = dev
+                .http
+                .post(dev.url(path))
+                .header("cookie", cookie)
+                .form(&[("grant_type", "refresh_token"), ("client_id", client)]);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let csrf = || ("x-authplane-csrf", "1".to_owned());
+    // Without the header, from another origin, from another site: refused, nothing changes.
+    for headers in [
+        vec![],
+        vec![csrf(), ("origin", "https://evil.example".to_owned())],
+        vec![csrf(), ("sec-fetch-site", "cross-site".to_owned())],
+    ] {
+        let response = with_cookie(
+            "/auth/web/token",
+            "auth/spa",
+            headers.clone(),
+            cookie.clone(),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{headers:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
+    // A client that delivers in the body does not take the cookie.
+    let response = with_cookie("/auth/web/token", "auth/web", vec![csrf()], cookie.clone()).await;
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        text(&body, "error_description").contains("in the body"),
+        "{body}"
+    );
+    // From the app's own page: a new pair, the refresh token in a new cookie.
+    let response = with_cookie(
+        "/auth/web/token",
+        "auth/spa",
+        vec![csrf(), ("origin", origin.clone())],
+        cookie.clone(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let renewed = cookie_pair(&set_cookie(&response).unwrap());
+    assert_ne!(renewed, cookie);
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("refresh_token").is_none());
+    let access = text(&body, "access_token").to_owned();
+    assert_eq!(decide(&dev, &access).await.0, 200);
+    // Logout with the cookie: not without the header ...
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/revoke"))
+        .header("cookie", renewed.clone())
+        .form(&[("client_id", "auth/spa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(decide(&dev, &access).await.0, 200);
+    // ... with it, the session ends and the cookie is cleared.
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/revoke"))
+        .header("cookie", renewed.clone())
+        .header("x-authplane-csrf", "1")
+        .form(&[("client_id", "auth/spa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(set_cookie(&response).unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        decide(&dev, &access).await,
+        (401, "token_revoked".to_owned())
+    );
+    // A dead session's cookie is cleared when presented.
+    let response = with_cookie("/auth/web/token", "auth/spa", vec![csrf()], renewed).await;
+    assert_eq!(response.status(), 400);
+    assert!(set_cookie(&response).unwrap().contains("Max-Age=0"));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_may_authenticate_with_http_basic() {
+    let (dev, secrets) = start(Arc::new(authplane::clock::SystemClock)).await;
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", "lena"),
+        ("subject_token_type", SUBJECT),
+    ];
+    let with_basic = |user: &str, password: &str, extra: &[(&'static str, &'static str)]| {
+        let mut form: Vec<(&str, &str)> = form.to_vec();
+        form.extend_from_slice(extra);
+        dev.http
+            .post(dev.url("/auth/web/token"))
+            .basic_auth(user, Some(password))
+            .form(&form)
+            .send()
+    };
+    // RFC 6749 §2.3.1: the id and the secret form-urlencoded ("/" as %2F).
+    let response = with_basic("auth%2Fweb", &secrets.web, &[]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = with_basic("auth%2Fweb", "apcs_wrong", &[]).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Basic realm=\"authplane\""
+    );
+    // One client authentication at a time; the form's client_id must agree.
+    let response = with_basic("auth%2Fweb", &secrets.web, &[("client_secret", "x")])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = with_basic("auth%2Fweb", &secrets.web, &[("client_id", "auth/mobile")])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
     dev.stop().await;
 }

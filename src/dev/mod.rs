@@ -267,6 +267,7 @@ pub async fn start_tuned(
         writer.clone(),
         config.serving.trusted_proxy_hops,
         clock.clone(),
+        &metrics,
         shutdown_rx.clone(),
     )
     .await;
@@ -574,6 +575,7 @@ impl Driver {
         for id in self.desired.token_clients.keys() {
             if !desired.token_clients.contains_key(id) {
                 self.token_clients.delete(id);
+                self.metrics.tokens.forget_client(&id.to_string());
             }
         }
         for id in &changed.token_clients {

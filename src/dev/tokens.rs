@@ -18,7 +18,7 @@ use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::tokens::location::{Password, StoreLocation};
 use crate::tokens::redis::{RedisSettings, RedisStore};
-use crate::tokens::{FamilyStore, Timed, Unavailable, embedded::EmbeddedStore};
+use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
 
 /// The store's file in the state folder, unless `--token-store` names another.
 pub const STORE_FILE: &str = "tokens.redb";
@@ -79,6 +79,7 @@ pub async fn endpoint(
     writer: Arc<dyn RevocationWriter>,
     trusted_proxy_hops: usize,
     clock: Arc<dyn Clock>,
+    metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Arc<TokenEndpoint>> {
     if !settings.enabled {
@@ -89,6 +90,7 @@ pub async fn endpoint(
         Some(StoreLocation::File(path)) => open(path.clone()).await,
         None => open(state.root().join(STORE_FILE)).await,
     };
+    let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(store, metrics.tokens.clone()));
     tokio::spawn(purge(store.clone(), clock, shutdown));
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));

@@ -12,6 +12,7 @@ pub mod listen;
 mod overview;
 mod page;
 pub mod rate_limit;
+pub mod refresh_cookie;
 pub mod revoke;
 pub mod runtime;
 mod status;

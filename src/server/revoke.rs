@@ -174,11 +174,33 @@ pub async fn revoke(
             ),
         );
     };
-    let Some(token) = form.token.filter(|t| !t.is_empty()) else {
+    // A browser app logs out with its refresh cookie (the page cannot read it), under
+    // the same protection against cross-site requests as a refresh with it.
+    let form_token = form.token.filter(|t| !t.is_empty());
+    let cookie = match form_token {
+        Some(_) => None,
+        None => super::refresh_cookie::read(headers),
+    };
+    if cookie.is_some()
+        && let Err(why) = super::refresh_cookie::check_csrf(headers, &issuer.issuer)
+    {
+        return refuse("invalid_request", bad_request("invalid_request", &why));
+    }
+    let from_cookie = cookie.is_some();
+    let Some(token) = form_token.or(cookie) else {
         return refuse(
             "invalid_request",
             bad_request("invalid_request", "the token parameter is missing"),
         );
+    };
+    // The cookie's session is over once answered 200: the cookie goes too.
+    let clear_cookie = |mut answer: Response| {
+        if from_cookie && answer.status() == StatusCode::OK {
+            answer
+                .headers_mut()
+                .insert(header::SET_COOKIE, super::refresh_cookie::clear());
+        }
+        answer
     };
     let now = state.clock.now();
     // A refresh token (RFC 7009 `token_type_hint=refresh_token`, or recognised by its
@@ -212,7 +234,7 @@ pub async fn revoke(
                 }
             }
             // Unknown, another client's: nothing to revoke, and nothing said about it.
-            super::token::Logout::Nothing => return refuse("ignored", ok()),
+            super::token::Logout::Nothing => return clear_cookie(refuse("ignored", ok())),
             super::token::Logout::Refused(error) => {
                 let status =
                     StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -229,7 +251,7 @@ pub async fn revoke(
         // No budget per subject here: the family is revoked in the store already (a
         // refusal now would leave its session without a Revocation), and a family ends
         // once; sessions come from logins, which the token endpoint limits.
-        return in_force(&state, &endpoint, &issuer, logout).await;
+        return clear_cookie(in_force(&state, &endpoint, &issuer, logout).await);
     }
     let session = form.hint.as_deref() == Some("session");
     let logout = match revocation_for(&issuer, &token, session, now) {

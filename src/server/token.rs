@@ -13,6 +13,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::body::Bytes;
@@ -27,8 +28,9 @@ use serde_json::json;
 use super::AppState;
 use super::client_address::ClientKey;
 use super::rate_limit::KeyedLimit;
+use super::refresh_cookie;
 use super::revoke::RevocationWriter;
-use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
+use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
@@ -141,7 +143,10 @@ pub async fn token(
         endpoint: &endpoint,
         issuer: &issuer,
         client_address,
+        from_cookie: AtomicBool::new(false),
+        used_basic: AtomicBool::new(false),
     };
+    let metrics = &state.metrics.tokens;
     match request.answer(headers, &body).await {
         Ok(answer) => answer,
         // A failure is counted against its client address; once over budget, it is
@@ -149,20 +154,50 @@ pub async fn token(
         Err(Failure::OAuth(error)) => {
             let spent =
                 client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
+            metrics.request(match spent {
+                Some(_) => "rate_limited",
+                None => error.code.as_str(),
+            });
             match spent {
+                None if error.code == ErrorCode::InvalidGrant
+                    && request.from_cookie.load(Ordering::Relaxed) =>
+                {
+                    let mut answer = oauth_error(&error);
+                    answer
+                        .headers_mut()
+                        .insert(header::SET_COOKIE, refresh_cookie::clear());
+                    answer
+                }
+                None if error.code == ErrorCode::InvalidClient
+                    && request.used_basic.load(Ordering::Relaxed) =>
+                {
+                    // RFC 6749 §5.2: a client that used the Authorization header is told
+                    // the scheme.
+                    let mut answer = oauth_error(&error);
+                    answer.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"authplane\""),
+                    );
+                    answer
+                }
                 None => oauth_error(&error),
                 Some(wait) => slow_down(wait, "too many failed token requests from this address"),
             }
         }
-        Err(Failure::Limited(wait)) => slow_down(
-            wait,
-            "this session refreshed too often; retry with the same refresh token later",
-        ),
+        Err(Failure::Limited(wait)) => {
+            metrics.request("rate_limited");
+            slow_down(
+                wait,
+                "this session refreshed too often; retry with the same refresh token later",
+            )
+        }
         Err(Failure::Unavailable(why)) => {
+            metrics.request("unavailable");
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "token request not answered");
             unavailable(&why)
         }
         Err(Failure::Server(why)) => {
+            metrics.request("error");
             tracing::error!(issuer = issuer.issuer.as_str(), error = %why, "token request failed");
             server_error()
         }
@@ -206,6 +241,10 @@ struct Request<'a> {
     endpoint: &'a TokenEndpoint,
     issuer: &'a PublishedIssuer,
     client_address: Option<IpAddr>,
+    /// The refresh token came in the cookie: a dead session's cookie is cleared.
+    from_cookie: AtomicBool,
+    /// The client authenticated with HTTP Basic: a 401 names the scheme.
+    used_basic: AtomicBool,
 }
 
 impl Request<'_> {
@@ -216,9 +255,35 @@ impl Request<'_> {
             )
             .into());
         }
-        let params = rules::parse_form(body)?;
+        let mut params = rules::parse_form(body)?;
+        if headers.contains_key(header::AUTHORIZATION) {
+            self.used_basic.store(true, Ordering::Relaxed);
+        }
+        if let Some(basic) = basic_credentials(headers)? {
+            merge_basic(&mut params, basic)?;
+        }
+        // A browser app's refresh token comes in its cookie, unless the form has one.
+        let cookie = params.get("grant_type").map(String::as_str)
+            == Some(rules::GRANT_REFRESH_TOKEN)
+            && !params.contains_key("refresh_token");
+        let cookie = cookie.then(|| refresh_cookie::read(headers)).flatten();
+        if let Some(token) = cookie {
+            params.insert("refresh_token".into(), token);
+            self.from_cookie.store(true, Ordering::Relaxed);
+        }
         let request = rules::parse_request(&params)?;
         let client = self.client(&request.client)?;
+        if self.from_cookie.load(Ordering::Relaxed) {
+            if client.delivery != Delivery::Cookie {
+                return Err(OAuthError::invalid_request(format!(
+                    "TokenClient {} delivers refresh tokens in the body: send refresh_token",
+                    client.rules.client
+                ))
+                .into());
+            }
+            refresh_cookie::check_csrf(headers, &self.issuer.issuer)
+                .map_err(OAuthError::invalid_request)?;
+        }
         match request.grant {
             Grant::Exchange {
                 subject_token,
@@ -374,11 +439,16 @@ impl Request<'_> {
         })?;
         let access = self.sign(client, &started.family, &started.family.access(), now)?;
         self.endpoint.store.create(&started.family).await?;
+        let metrics = &self.state.metrics.tokens;
+        metrics.issued(&rules.client, "token_exchange");
+        metrics.request("issued");
         Ok(tokens(
             &access,
             Some(TOKEN_TYPE_ACCESS),
             expires_in(&started.family.access(), rules.access_lifetime, now),
             &started.token,
+            client.delivery,
+            session_left(&started.family, now),
         ))
     }
 
@@ -405,7 +475,7 @@ impl Request<'_> {
                 family,
                 token,
                 access,
-                ..
+                rotated,
             }) => {
                 if family.issuer != self.issuer.issuer {
                     return Err(invalid_grant(
@@ -413,14 +483,24 @@ impl Request<'_> {
                     ));
                 }
                 let signed = self.sign(client, &family, &access, now)?;
+                let metrics = &self.state.metrics.tokens;
+                if rotated {
+                    metrics.issued(&client.rules.client, "refresh_token");
+                    metrics.request("issued");
+                } else {
+                    metrics.request("replayed");
+                }
                 Ok(tokens(
                     &signed,
                     None,
                     expires_in(&access, client.rules.access_lifetime, now),
                     &token,
+                    client.delivery,
+                    session_left(&family, now),
                 ))
             }
             Ok(Refreshed::Reuse { family }) => {
+                self.state.metrics.tokens.reuse(&family.client);
                 tracing::warn!(
                     client = family.client.as_str(),
                     family = family.id.as_str(),
@@ -531,6 +611,67 @@ pub fn session_revocation(
     }
 }
 
+/// `client_secret_basic` (RFC 6749 §2.3.1): `Authorization: Basic` of the
+/// form-urlencoded client id and secret. `None` without such a header.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    use base64::Engine as _;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        OAuthError::new(
+            ErrorCode::InvalidClient,
+            "the Authorization header is not Basic base64(client_id:client_secret)",
+        )
+    };
+    let encoded = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Basic "))
+        .ok_or_else(invalid)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(invalid)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(invalid)?;
+    let decode = |part: &str| {
+        url::form_urlencoded::parse(format!("x={part}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .filter(|value| !value.contains('\u{FFFD}'))
+    };
+    match (decode(id), decode(secret)) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Ok(Some((id, secret))),
+        _ => Err(invalid()),
+    }
+}
+
+/// The Basic credentials as the form's `client_id` and `client_secret`: one client
+/// authentication only (§2.3), and a `client_id` in the form must be the same.
+fn merge_basic(
+    params: &mut rules::Params,
+    (id, secret): (String, String),
+) -> Result<(), OAuthError> {
+    let invalid = |description: &str| OAuthError::new(ErrorCode::InvalidClient, description);
+    if ["client_secret", "client_assertion", "client_assertion_type"]
+        .iter()
+        .any(|name| params.contains_key(*name))
+    {
+        return Err(invalid(
+            "use one client authentication: the Authorization header or the form, not both",
+        ));
+    }
+    if params.get("client_id").is_some_and(|named| *named != id) {
+        return Err(invalid(
+            "client_id in the form is not the one in the Authorization header",
+        ));
+    }
+    params.insert("client_id".into(), id);
+    params.insert("client_secret".into(), secret);
+    Ok(())
+}
+
 fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -542,28 +683,45 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Seconds a family's refresh tokens may still work at `now`.
+fn session_left(family: &Family, now: Timestamp) -> i64 {
+    family.expires_at.as_second() - now.as_second()
+}
+
 /// Seconds the access token of `grant` still lives at `now`.
 fn expires_in(grant: &AccessGrant, lifetime: SignedDuration, now: Timestamp) -> i64 {
     (add(grant.issued_at, lifetime).as_second() - now.as_second()).max(0)
 }
 
 /// RFC 6749 §5.1 (and RFC 8693 §2.2.1 with `issued_token_type`).
+/// With `Delivery::Cookie`, the refresh token is in the cookie (living as long as its
+/// session has left) and not in the body.
 fn tokens(
     access: &str,
     issued_token_type: Option<&str>,
     expires_in: i64,
     refresh_token: &RefreshToken,
+    delivery: Delivery,
+    session_left: i64,
 ) -> Response {
     let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": expires_in,
-        "refresh_token": refresh_token.expose(),
     });
+    if delivery == Delivery::Body {
+        body["refresh_token"] = refresh_token.expose().into();
+    }
     if let Some(kind) = issued_token_type {
         body["issued_token_type"] = kind.into();
     }
-    no_store(axum::Json(body).into_response())
+    let mut response = no_store(axum::Json(body).into_response());
+    if delivery == Delivery::Cookie
+        && let Some(cookie) = refresh_cookie::set(refresh_token, session_left)
+    {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 fn no_store(mut response: Response) -> Response {

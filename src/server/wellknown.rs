@@ -101,7 +101,12 @@ fn with_endpoints(
             );
             members.insert(
                 "token_endpoint_auth_methods_supported".into(),
-                serde_json::json!(["client_secret_post", "private_key_jwt", "none"]),
+                serde_json::json!([
+                    "client_secret_post",
+                    "client_secret_basic",
+                    "private_key_jwt",
+                    "none"
+                ]),
             );
         }
     }

@@ -17,12 +17,15 @@
 pub mod client_auth;
 pub mod embedded;
 pub mod location;
+mod metered;
+pub mod metrics;
 pub mod redis;
 #[cfg(test)]
 mod tests;
 mod timed;
 mod unavailable;
 
+pub use metered::Metered;
 pub use timed::Timed;
 pub use unavailable::Unavailable;
 

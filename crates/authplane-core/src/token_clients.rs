@@ -30,6 +30,8 @@ pub struct ServedClient {
     pub rules: ClientRules,
     /// The ServiceAccounts that may exchange tokens for it.
     pub service_accounts: Vec<ObjectKey>,
+    /// Whether its refresh tokens travel in the body or in a cookie.
+    pub delivery: crate::api::Delivery,
 }
 
 /// The published clients by `client_id`.
@@ -174,6 +176,7 @@ impl TokenClientIndex {
         let served = ServedClient {
             rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
             service_accounts: client.spec.service_account_ids(&id.namespace),
+            delivery: client.spec.delivery,
             key,
         };
         self.published.insert(client_id, Arc::new(served));
