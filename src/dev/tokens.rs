@@ -116,6 +116,12 @@ fn redis(url: &str, password: Option<&Password>, state: &Path) -> Arc<dyn Family
                 installation = settings.installation.as_str(),
                 "token endpoint served at <issuer>/token"
             );
+            let checked = store.clone();
+            tokio::spawn(async move {
+                for advice in checked.advice().await.unwrap_or_default() {
+                    tracing::warn!(store = shown.as_str(), "{advice}");
+                }
+            });
             Arc::new(Timed::new(store, STORE_DEADLINE))
         }
         Err(e) => {

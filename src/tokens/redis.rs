@@ -145,6 +145,45 @@ impl RedisStore {
         })
     }
 
+    /// What in this Redis's configuration can lose families, for the log at start: an
+    /// evicting `maxmemory-policy` (families and superseded tokens' hashes dropped under
+    /// memory pressure: a replayed stolen token would be merely unknown) and no
+    /// append-only file (a restart loses what changed since the last snapshot). Empty when
+    /// all is well, and when Redis does not let us read its configuration (managed
+    /// services often refuse `CONFIG`).
+    pub async fn advice(&self) -> Result<Vec<String>, StoreError> {
+        let mut advice = Vec::new();
+        for (name, safe, why) in [
+            (
+                "maxmemory-policy",
+                "noeviction",
+                "Redis may evict token sessions under memory pressure (then a replayed stolen refresh token is unknown instead of ending its session): set maxmemory-policy noeviction",
+            ),
+            (
+                "appendonly",
+                "yes",
+                "Redis keeps no append-only file: a restart loses the token sessions changed since its last snapshot: set appendonly yes",
+            ),
+        ] {
+            let mut connection = self.connection.clone();
+            let answer: Result<Vec<String>, RedisError> = ::redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut connection)
+                .await;
+            match answer {
+                Ok(pair) => {
+                    if pair.get(1).is_some_and(|value| value != safe) {
+                        advice.push(why.to_owned());
+                    }
+                }
+                Err(e) if e.code().is_some() => {} // refused (NOPERM, unknown command)
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(advice)
+    }
+
     fn family_key(&self, id: &str) -> String {
         format!("{}f:{id}", self.prefix)
     }

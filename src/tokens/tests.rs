@@ -686,3 +686,26 @@ async fn redis_down_at_start_is_not_fatal_and_is_used_once_up() {
     );
     drop(server);
 }
+
+#[tokio::test]
+async fn redis_settings_that_can_lose_sessions_are_pointed_out() {
+    let Some(safe) = RedisServer::start("redis_settings_that_can_lose_sessions_are_pointed_out")
+    else {
+        return;
+    };
+    let store = RedisStore::new(&redis_settings(&safe, "test")).unwrap();
+    assert_eq!(store.advice().await.unwrap(), Vec::<String>::new());
+    let risky = RedisServer::start_with(
+        "redis_settings_that_can_lose_sessions_are_pointed_out",
+        &["--maxmemory-policy", "allkeys-lru", "--appendonly", "no"],
+    )
+    .unwrap();
+    let store = RedisStore::new(&redis_settings(&risky, "test")).unwrap();
+    let advice = store.advice().await.unwrap();
+    assert_eq!(advice.len(), 2, "{advice:?}");
+    assert!(
+        advice[0].contains("maxmemory-policy noeviction"),
+        "{advice:?}"
+    );
+    assert!(advice[1].contains("appendonly yes"), "{advice:?}");
+}
