@@ -709,3 +709,31 @@ async fn redis_settings_that_can_lose_sessions_are_pointed_out() {
     );
     assert!(advice[1].contains("appendonly yes"), "{advice:?}");
 }
+
+#[tokio::test]
+async fn a_redis_that_does_not_answer_is_unavailable_within_its_timeout() {
+    let Some(server) =
+        RedisServer::start("a_redis_that_does_not_answer_is_unavailable_within_its_timeout")
+    else {
+        return;
+    };
+    let settings = RedisSettings {
+        timeout: std::time::Duration::from_millis(300),
+        ..redis_settings(&server, "test")
+    };
+    // The deadline of the endpoint well beyond Redis's own timeout: the store answers.
+    let store = Timed::new(
+        RedisStore::new(&settings).unwrap(),
+        std::time::Duration::from_secs(30),
+    );
+    let (_, first) = logged_in(&store).await;
+    server.freeze();
+    let answer = refreshed(&store, &first, at(60)).await;
+    server.thaw();
+    let Err(RefreshError::Store(StoreError::Unavailable(why))) = answer else {
+        panic!("expected the store to be unavailable, got {answer:?}");
+    };
+    assert!(why.contains("did not answer in time"), "{why}");
+    // Once Redis answers again, so does the store.
+    assert!(pair(refreshed(&store, &first, at(61)).await.unwrap()).3);
+}

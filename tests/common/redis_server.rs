@@ -154,6 +154,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes Redis (SIGSTOP): connections are still accepted by the kernel, nothing is
+    /// answered, as a Redis stuck on a slow disk or a long command.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen Redis go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts Redis again on the same port and folder (its append-only file).
     pub fn restart(&mut self) {
         self.kill();
