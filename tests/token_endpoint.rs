@@ -1078,3 +1078,162 @@ async fn a_workload_may_authenticate_with_http_basic() {
     assert_eq!(response.status(), 401);
     dev.stop().await;
 }
+
+/// `authplane dev` as a user runs it, its log a real file: a reuse is logged with the
+/// client, the family (the `sid`) and the client address, and no token or secret is
+/// ever written to the log.
+#[tokio::test]
+async fn reuse_is_logged_with_the_family_and_the_address_and_no_token_is_ever_logged() {
+    use std::process::{Command, Stdio};
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let (manifests, state, log) = (
+        dir.path().join("manifests"),
+        dir.path().join("state"),
+        dir.path().join("dev.log"),
+    );
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("keys.yaml"),
+        signing_key("auth", "web", "  algorithm: RS256\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("web.yaml"),
+        token_client("web", "web", "").replace("reuseGrace: 5s", "reuseGrace: 0s"),
+    )
+    .unwrap();
+    let made = Command::new(env!("CARGO_BIN_EXE_authplane"))
+        .args(["token", "client-secret", "auth/web", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let secret = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authplane"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--manifests"])
+        .arg(&manifests)
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = eventually(
+        "dev mode serving",
+        std::time::Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move {
+                let rest = text.split("serving on ").nth(1)?;
+                Some(rest.split_whitespace().next()?.to_owned())
+            }
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let post = |form: Vec<(&'static str, String)>| {
+        let request = http.post(format!("{base}/auth/web/token")).form(&form);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, login) = post(vec![
+        ("grant_type", EXCHANGE.into()),
+        ("client_id", "auth/web".into()),
+        ("client_secret", secret.clone()),
+        ("subject_token", "mia".into()),
+        ("subject_token_type", SUBJECT.into()),
+    ])
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let first = text(&login, "refresh_token").to_owned();
+    let refresh_form = |token: &str| {
+        vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", "auth/web"),
+            ("refresh_token", token),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n, v.to_owned()))
+        .collect::<Vec<_>>()
+    };
+    let (status, rotated) = post(refresh_form(&first)).await;
+    assert_eq!(status, 200, "{rotated}");
+    // No grace: the superseded token again is reuse at once.
+    let (status, _) = post(refresh_form(&first)).await;
+    assert_eq!(status, 400);
+    let sid = claims_of(text(&login, "access_token"))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logged = eventually("the reuse logged", CHANGE_DEADLINE, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("refresh token reuse").then_some(text) }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = logged
+        .lines()
+        .find(|line| line.contains("refresh token reuse"))
+        .unwrap();
+    for expected in [
+        r#"client="auth/web""#,
+        &format!(r#"family="{sid}""#),
+        "client_address=127.0.0.1",
+    ] {
+        assert!(line.contains(expected), "{expected} in {line}");
+    }
+    for secret_text in [
+        secret.as_str(),
+        first.as_str(),
+        text(&rotated, "refresh_token"),
+        text(&login, "access_token"),
+        text(&rotated, "access_token"),
+    ] {
+        assert!(
+            !logged.contains(secret_text),
+            "the log holds a token or secret:\n{logged}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn turned_off_the_token_endpoint_is_not_served_nor_advertised() {
+    let tokens = TokenSettings {
+        enabled: false,
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) = start_limited(
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let (status, _) = post(
+        &dev,
+        "web",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/web"),
+            ("client_secret", &secrets.web),
+            ("subject_token", "nina"),
+            ("subject_token_type", SUBJECT),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let discovery = dev.json("/auth/web/.well-known/openid-configuration").await;
+    assert!(discovery.get("token_endpoint").is_none(), "{discovery}");
+    assert!(
+        discovery.get("revocation_endpoint").is_some(),
+        "{discovery}"
+    );
+    assert!(!dev.state().join("tokens.redb").exists());
+    dev.stop().await;
+}

@@ -91,6 +91,9 @@ pub async fn endpoint(
         None => open(state.root().join(STORE_FILE)).await,
     };
     let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(store, metrics.tokens.clone()));
+    // Once before serving (what expired while the server was down goes now), then
+    // every hour. Redis forgets by itself: its purge does not even call it.
+    purge_once(&*store, &*clock).await;
     tokio::spawn(purge(store.clone(), clock, shutdown));
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
@@ -185,15 +188,19 @@ async fn purge(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(PURGE_EVERY);
+    every.tick().await; // immediate: the purge before serving was this one
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = every.tick() => {}
+            _ = every.tick() => purge_once(&*store, &*clock).await,
         }
-        match store.purge(clock.now()).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
-            Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
-        }
+    }
+}
+
+async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
+    match store.purge(clock.now()).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
+        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
     }
 }

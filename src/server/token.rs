@@ -194,7 +194,8 @@ pub async fn token(
         Err(Failure::Unavailable(why)) => {
             metrics.request("unavailable");
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "token request not answered");
-            unavailable(&why)
+            // The details (a file, a key) are for the log, not for the client.
+            unavailable("the token service cannot answer right now; retry")
         }
         Err(Failure::Server(why)) => {
             metrics.request("error");
