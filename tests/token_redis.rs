@@ -469,4 +469,30 @@ fn token_store_flags_that_do_not_go_together_are_refused_without_showing_a_passw
         stderr.contains("reading the token store password"),
         "{stderr}"
     );
+
+    // A CA is for TLS only, and must hold a certificate.
+    let stderr = refused(
+        dir.path(),
+        &[
+            "--token-store",
+            "redis://127.0.0.1:1",
+            "--token-store-ca-file",
+            password_file,
+        ],
+    );
+    assert!(stderr.contains("goes with a rediss://"), "{stderr}");
+    let stderr = refused(
+        dir.path(),
+        &[
+            "--token-store",
+            "rediss://127.0.0.1:1",
+            "--token-store-ca-file",
+            password_file,
+        ],
+    );
+    assert!(
+        stderr.contains("is not PEM") || stderr.contains("holds no certificate"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }

@@ -12,7 +12,7 @@ use crate::cli::run::{ServeArgs, TlsFileArgs, shutdown_signal};
 use crate::clock::SystemClock;
 use crate::dev::{self, DevConfig};
 use crate::server;
-use crate::tokens::location::{Password, StoreLocation};
+use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 
 #[derive(Args)]
 pub(crate) struct DevArgs {
@@ -47,6 +47,10 @@ pub(crate) struct DevArgs {
     /// A file holding the Redis password (a mounted Secret), used instead of the URL's.
     #[arg(long, value_name = "FILE", requires = "token_store")]
     token_store_password_file: Option<PathBuf>,
+    /// PEM CA certificates a rediss:// server's certificate must chain to, instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", requires = "token_store")]
+    token_store_ca_file: Option<PathBuf>,
     /// The budgets of POST {issuer}/token, per minute: failed requests per client
     /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
@@ -71,6 +75,16 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
         Some(file) => Some(Password::read(file).map_err(CliError::Usage)?),
         None => None,
     };
+    let ca = match &args.token_store_ca_file {
+        Some(_) if !matches!(&store, Some(StoreLocation::Redis(url)) if url.starts_with("rediss://")) =>
+        {
+            return Err(CliError::Usage(
+                "--token-store-ca-file goes with a rediss:// --token-store".into(),
+            ));
+        }
+        Some(file) => Some(CaCertificates::read(file).map_err(CliError::Usage)?),
+        None => None,
+    };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let config = DevConfig {
@@ -87,6 +101,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
                 enabled: !args.no_token_endpoint,
                 store,
                 password,
+                ca,
                 rate_per_minute: args.token_rate,
             },
         };

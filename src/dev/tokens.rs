@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
-use crate::tokens::location::{Password, StoreLocation};
+use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::{RedisSettings, RedisStore};
 use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
 
@@ -36,6 +36,9 @@ pub struct TokenSettings {
     pub store: Option<StoreLocation>,
     /// The Redis password (replacing the URL's), from `--token-store-password-file`.
     pub password: Option<Password>,
+    /// The CA of a `rediss://` store, from `--token-store-ca-file` (default: the system's
+    /// roots).
+    pub ca: Option<CaCertificates>,
     /// Failed requests per client address, and rotations per family, per minute.
     pub rate_per_minute: u32,
 }
@@ -46,6 +49,7 @@ impl Default for TokenSettings {
             enabled: true,
             store: None,
             password: None,
+            ca: None,
             rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
         }
     }
@@ -86,7 +90,7 @@ pub async fn endpoint(
         return None;
     }
     let store = match &settings.store {
-        Some(StoreLocation::Redis(url)) => redis(url, settings.password.as_ref(), state.root()),
+        Some(StoreLocation::Redis(url)) => redis(url, settings, state.root()),
         Some(StoreLocation::File(path)) => open(path.clone()).await,
         None => open(state.root().join(STORE_FILE)).await,
     };
@@ -104,10 +108,11 @@ pub async fn endpoint(
 /// A Redis store, shared by every dev process of the same state folder: the folder is
 /// the installation (two folders, two sets of keys in one Redis). It connects at its
 /// first call: a Redis that is down answers 503 until it is back.
-fn redis(url: &str, password: Option<&Password>, state: &Path) -> Arc<dyn FamilyStore> {
+fn redis(url: &str, tokens: &TokenSettings, state: &Path) -> Arc<dyn FamilyStore> {
     let settings = RedisSettings {
         url: url.to_owned(),
-        password: password.map(|p| p.expose().to_owned()),
+        password: tokens.password.as_ref().map(|p| p.expose().to_owned()),
+        ca: tokens.ca.as_ref().map(|ca| ca.pem().to_vec()),
         installation: installation(state),
         timeout: STORE_DEADLINE,
     };

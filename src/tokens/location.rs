@@ -87,6 +87,37 @@ impl std::fmt::Debug for Password {
     }
 }
 
+/// The CA a `rediss://` server's certificate must chain to (`--token-store-ca-file`):
+/// PEM, checked to hold at least one certificate when read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCertificates(Vec<u8>);
+
+impl CaCertificates {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("reading the token store CA {}: {e}", path.display()))?;
+        let certificates = ::pem::parse_many(&pem)
+            .map_err(|e| format!("the token store CA {} is not PEM: {e}", path.display()))?;
+        if !certificates.iter().any(|c| c.tag() == "CERTIFICATE") {
+            return Err(format!(
+                "the token store CA {} holds no certificate",
+                path.display()
+            ));
+        }
+        Ok(Self(pem))
+    }
+
+    pub fn pem(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CaCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaCertificates({} bytes of PEM)", self.0.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +159,24 @@ mod tests {
         assert!(!format!("{password:?}").contains("s3cret"));
         std::fs::write(&file, "\n").unwrap();
         assert!(Password::read(&file).is_err());
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "not pem").unwrap();
+        assert!(CaCertificates::read(&file).is_err());
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&file, key.serialize_pem()).unwrap();
+        let error = CaCertificates::read(&file).unwrap_err();
+        assert!(error.contains("holds no certificate"), "{error}");
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&file, ca.pem()).unwrap();
+        assert!(CaCertificates::read(&file).is_ok());
+        assert!(CaCertificates::read(dir.path().join("none").as_path()).is_err());
     }
 }

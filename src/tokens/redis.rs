@@ -38,6 +38,9 @@ pub struct RedisSettings {
     pub url: String,
     /// A password that replaces the URL's (from `--token-store-password-file`).
     pub password: Option<String>,
+    /// PEM certificates that a `rediss://` server's certificate must chain to, instead of
+    /// the system's roots (from `--token-store-ca-file`: a cluster's private CA).
+    pub ca: Option<Vec<u8>>,
     /// What sets this installation's keys apart from every other's in the same Redis.
     pub installation: String,
     /// A connection attempt, or an answer, that takes longer fails the call.
@@ -128,7 +131,17 @@ impl RedisStore {
             }
             None => info,
         };
-        let client = Client::open(info).map_err(|e| {
+        let client = match &settings.ca {
+            Some(ca) => Client::build_with_tls(
+                info,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(info),
+        };
+        let client = client.map_err(|e| {
             StoreError::Unavailable(format!("the token store URL {shown} is not usable: {e}"))
         })?;
         let config = ConnectionManagerConfig::new()

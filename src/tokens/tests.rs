@@ -60,6 +60,7 @@ fn redis_settings(server: &RedisServer, installation: &str) -> RedisSettings {
     RedisSettings {
         url: server.url(),
         password: None,
+        ca: None,
         installation: installation.into(),
         timeout: std::time::Duration::from_secs(2),
     }
@@ -661,6 +662,7 @@ async fn redis_down_at_start_is_not_fatal_and_is_used_once_up() {
     let settings = RedisSettings {
         url: format!("redis://127.0.0.1:{port}/"),
         password: None,
+        ca: None,
         installation: "test".into(),
         timeout: std::time::Duration::from_secs(2),
     };
@@ -736,4 +738,72 @@ async fn a_redis_that_does_not_answer_is_unavailable_within_its_timeout() {
     assert!(why.contains("did not answer in time"), "{why}");
     // Once Redis answers again, so does the store.
     assert!(pair(refreshed(&store, &first, at(61)).await.unwrap()).3);
+}
+
+#[tokio::test]
+async fn rediss_checks_the_servers_certificate_against_the_given_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let file = |name: &str, text: String| {
+        let path = pki.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca_file, cert_file, key_file) = (
+        file("ca.pem", ca.pem()),
+        file("cert.pem", leaf.pem()),
+        file("key.pem", key.serialize_pem()),
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let Some(server) = RedisServer::start_with(
+        "rediss_checks_the_servers_certificate_against_the_given_ca",
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+        ],
+    ) else {
+        return;
+    };
+    let over_tls = |ca: Option<Vec<u8>>| RedisSettings {
+        url: format!("rediss://localhost:{tls_port}/"),
+        ca,
+        ..redis_settings(&server, "test")
+    };
+
+    let store = RedisStore::new(&over_tls(Some(ca.pem().into_bytes()))).unwrap();
+    let (family, first) = logged_in(&store).await;
+    let found = store.find(first.hash(), at(1)).await.unwrap().unwrap();
+    assert_eq!(found.family, family);
+
+    // The system's roots do not know this CA: no connection, no session.
+    let untrusting = RedisStore::new(&over_tls(None)).unwrap();
+    let answer = untrusting.find(first.hash(), at(1)).await;
+    assert!(
+        matches!(answer, Err(StoreError::Unavailable(_))),
+        "{answer:?}"
+    );
 }
