@@ -18,9 +18,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use authplane::api::{AuthPolicy, SigningKey};
+use authplane::api::{AuthPolicy, SigningKey, TokenClient};
 use authplane::operator::{self, OperatorConfig};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -70,7 +71,7 @@ async fn install_crds(client: &Client) {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "every CRD");
+    assert_eq!(files.len(), 4, "every CRD");
     for file in files {
         for crd in manifest(&std::fs::read_to_string(&file).unwrap()) {
             let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
@@ -155,6 +156,7 @@ fn start_operator_with_tls(
         instance: Default::default(),
         write_pace: None,
         attach: Default::default(),
+        token_store: None,
     };
     run_operator(address, config)
 }
@@ -1113,6 +1115,7 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
             instance: Default::default(),
             write_pace: None,
             attach: Default::default(),
+            token_store: None,
         }
     };
     config.attach = AttachConfig {
@@ -1346,4 +1349,298 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
     for name in installed {
         crds.delete(&name, &DeleteParams::default()).await.unwrap();
     }
+}
+
+const TOKEN_CLIENTS: &str = r#"
+apiVersion: authplane.io/v1alpha1
+kind: TokenClient
+metadata: {name: login, namespace: NS}
+spec:
+  signingKeyRef: {name: web}
+  serviceAccounts: [{name: login}]
+  audiences: [payments]
+  allowedClaims: [roles]
+  accessTokenLifetime: 5m
+  refreshTokens: {absoluteLifetime: 168h, idleLifetime: 24h, reuseGrace: 5s}
+  delivery: Body
+---
+apiVersion: authplane.io/v1alpha1
+kind: TokenClient
+metadata: {name: orphan, namespace: NS}
+spec:
+  signingKeyRef: {name: missing}
+  audiences: [payments]
+"#;
+
+/// A projected ServiceAccount token from the TokenRequest API, as the kubelet mounts it.
+async fn projected_token(accounts: &Api<ServiceAccount>, name: &str, audience: &str) -> String {
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 600},
+    }))
+    .unwrap();
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .expect("a token")
+        .token
+}
+
+/// The token service's cluster side on a real apiserver: the TokenClient CRD accepted
+/// as written, the leader's `Ready` status, and client assertions reviewed by the
+/// apiserver itself (a projected token for the issuer names its ServiceAccount; one for
+/// another audience, or of a deleted ServiceAccount, is refused). The HTTP exchange at
+/// `{issuer}/token` comes with the token endpoint.
+#[tokio::test]
+#[ignore = "needs a cluster: set AUTHPLANE_E2E_KUBECONFIG and run with --ignored"]
+async fn token_clients_and_client_assertions_on_a_real_apiserver() {
+    use authplane::operator::assertions::TokenReviewer;
+    use authplane::tokens::client_auth::{AssertionError, AssertionReviewer};
+
+    let path = kubeconfig();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = operator::client(Some(&path)).await.unwrap();
+    install_crds(&client).await;
+
+    let namespace = format!("authplane-e2e-tokens-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // One replica with the token endpoint, its store in a temporary folder.
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let external = format!("http://127.0.0.1:{port}");
+    let (external, stop, operator) = run_operator(
+        external.clone(),
+        OperatorConfig {
+            kubeconfig: Some(path.clone()),
+            namespace: namespace.clone(),
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            external_url: external,
+            identity: "e2e-tokens".into(),
+            decision_cache_size: 1000,
+            tls: None,
+            revoke_rate_per_minute: authplane::server::revoke::DEFAULT_REVOKE_RATE,
+            unconfined_issuer_namespaces: Vec::new(),
+            admin_listen: None,
+            tls_client_ca_file: None,
+            serving: Default::default(),
+            instance: Default::default(),
+            write_pace: None,
+            attach: Default::default(),
+            token_store: Some(operator::token_store::TokenStoreConfig {
+                path: store.path().join("tokens.redb"),
+                deployment: None,
+                rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
+            }),
+        },
+    );
+    let keys: Api<SigningKey> = Api::namespaced(client.clone(), &namespace);
+    apply(&keys, &manifest(&KEY.replace("NS", &namespace))[0], false)
+        .await
+        .unwrap();
+
+    // The TokenClients, from YAML text: the apiserver accepts them as written, and the
+    // leader reports whether each is served.
+    let clients: Api<TokenClient> = Api::namespaced(client.clone(), &namespace);
+    for object in manifest(&TOKEN_CLIENTS.replace("NS", &namespace)) {
+        apply(&clients, &object, false)
+            .await
+            .unwrap_or_else(|e| panic!("the apiserver refused a TokenClient: {e}"));
+    }
+    let issuer = format!("{external}/{namespace}/web");
+    let ready = |name: &'static str| {
+        let clients = clients.clone();
+        async move {
+            let object = clients.get(name).await.ok()?;
+            let status = object.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .clone();
+            (status.observed_generation == object.metadata.generation)
+                .then_some((ready, status.token_endpoint))
+        }
+    };
+    let (login_ready, endpoint) = eventually("login's Ready condition", || ready("login")).await;
+    assert_eq!(
+        (login_ready.status.as_str(), login_ready.reason.as_str()),
+        ("True", "Serving")
+    );
+    assert_eq!(endpoint, Some(format!("{issuer}/token")));
+    let (orphan_ready, endpoint) = eventually("orphan's Ready condition", || ready("orphan")).await;
+    assert_eq!(
+        (orphan_ready.status.as_str(), orphan_ready.reason.as_str()),
+        ("False", "SigningKeyNotFound")
+    );
+    assert_eq!(endpoint, None);
+    // A spec the CEL rules refuse never gets in.
+    let mut bad = manifest(&TOKEN_CLIENTS.replace("NS", &namespace))[0].clone();
+    bad["spec"]["allowedClaims"] = json!(["sub"]);
+    assert!(
+        apply(&clients, &bad, true).await.is_err(),
+        "a registered claim is authplane's"
+    );
+
+    // Client assertions: projected tokens reviewed by this apiserver.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "login"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let reviewer = TokenReviewer::new(client.clone());
+    let assertion = projected_token(&accounts, "login", &issuer).await;
+    let named = reviewer.review(&assertion, &issuer).await.unwrap();
+    assert_eq!(
+        (named.namespace.as_str(), named.name.as_str()),
+        (namespace.as_str(), "login")
+    );
+    // The same token for another issuer: refused.
+    let other_issuer = format!("{external}/{namespace}/other");
+    match reviewer.review(&assertion, &other_issuer).await {
+        Err(AssertionError::Refused(why)) => assert!(!why.contains(&assertion), "{why}"),
+        other => panic!("another issuer's audience must be refused: {other:?}"),
+    }
+    // A token requested for another audience (the apiserver's own): refused.
+    let for_the_apiserver =
+        projected_token(&accounts, "login", "https://kubernetes.default.svc").await;
+    assert!(matches!(
+        reviewer.review(&for_the_apiserver, &issuer).await,
+        Err(AssertionError::Refused(_))
+    ));
+    // The token endpoint: a login by the workload with its projected token, then a
+    // refresh by the app with the refresh token alone.
+    eventually("the SigningKey's keys, to sign with", || async {
+        let status = keys.get("web").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let token_url = format!("{issuer}/token");
+    let client_id = format!("{namespace}/login");
+    let exchange = |assertion: String| {
+        let (http, token_url, client_id) = (http.clone(), token_url.clone(), client_id.clone());
+        async move {
+            let response = http
+                .post(&token_url)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("client_id", client_id.as_str()),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.as_str()),
+                    ("subject_token", "alice"),
+                    (
+                        "subject_token_type",
+                        "urn:authplane:params:oauth:token-type:subject",
+                    ),
+                    ("authplane_claims", r#"{"roles": ["payments"]}"#),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, login) = exchange(assertion.clone()).await;
+    assert_eq!(status, 200, "{login}");
+    assert_eq!(login["token_type"], "Bearer");
+    let access = login["access_token"].as_str().unwrap();
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], "payments");
+    assert_eq!(claims["roles"], json!(["payments"]));
+    let response = http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id.as_str()),
+            ("refresh_token", login["refresh_token"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refreshed: Value = response.json().await.unwrap();
+    assert_ne!(
+        refreshed["refresh_token"], login["refresh_token"],
+        "rotated"
+    );
+    // A ServiceAccount the TokenClient does not list: authenticated by the apiserver,
+    // not authorized for this client (RFC 6749 §5.2 `unauthorized_client`).
+    let stranger: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "stranger"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &stranger)
+        .await
+        .unwrap();
+    let strangers = projected_token(&accounts, "stranger", &issuer).await;
+    let (status, body) = exchange(strangers).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{body}"
+    );
+    assert!(body.get("access_token").is_none());
+    // A projected token for the apiserver's audience is no client assertion here.
+    let (status, body) = exchange(for_the_apiserver.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
+
+    // The ServiceAccount deleted: its tokens are refused from then on.
+    accounts
+        .delete("login", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted ServiceAccount's token to be refused",
+        || async {
+            matches!(
+                reviewer.review(&assertion, &issuer).await,
+                Err(AssertionError::Refused(_))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    let (status, body) = exchange(assertion.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
+
+    let _ = stop.send(());
+    operator.await.unwrap().unwrap();
+    namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .unwrap();
 }

@@ -58,6 +58,7 @@ fn config(instance: &str, namespace: &str) -> OperatorConfig {
         instance: instance.parse().unwrap(),
         write_pace: None,
         attach: Default::default(),
+        token_store: None,
     }
 }
 

@@ -110,6 +110,19 @@ pub(crate) struct RunArgs {
     /// gatewayAPI.istio.meshConfig.read). Unset: not checked.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
     istio_mesh_config: Option<crate::api::ObjectKey>,
+    /// The token service's embedded store: a file on a volume (created if missing). It is
+    /// this replica's own, so the operator refuses to start while --deployment asks for
+    /// more than one replica.
+    #[arg(long, value_name = "PATH")]
+    token_store: Option<PathBuf>,
+    /// The Deployment this operator runs as, in --namespace (the chart sets it): with
+    /// --token-store, its replica count is checked at start.
+    #[arg(long, value_name = "NAME", requires = "token_store")]
+    deployment: Option<String>,
+    /// The budgets of POST {issuer}/token, per minute: failed requests per client
+    /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..), requires = "token_store")]
+    token_rate: u32,
 }
 
 fn parse_object_key(text: &str) -> Result<crate::api::ObjectKey, String> {
@@ -240,6 +253,13 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             burst: args.kube_api_burst,
         }),
         attach,
+        token_store: args
+            .token_store
+            .map(|path| crate::operator::token_store::TokenStoreConfig {
+                path,
+                deployment: args.deployment,
+                rate_per_minute: args.token_rate,
+            }),
     };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

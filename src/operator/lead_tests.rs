@@ -235,6 +235,12 @@ async fn the_leader_reports_targets_and_reconciles_on_their_changes_and_on_annou
             )),
             serving.clone(),
         ),
+        // No TokenClient watch runs here: never synced, no TokenClient status is written.
+        token_clients: super::TokenClients {
+            cache: kube::runtime::reflector::store().0,
+            served: Default::default(),
+            changed: Default::default(),
+        },
     };
     let lists = HashMap::from([
         ("signingkeys", list(Vec::new())),

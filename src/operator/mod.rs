@@ -1,6 +1,7 @@
 //! The Kubernetes driver, `authplane run`: the same core and server as dev mode, with
 //! keys in Secrets. Every replica serves; the Lease holder writes.
 
+pub mod assertions;
 pub mod attachments;
 pub mod auth_policies;
 pub mod error;
@@ -15,6 +16,8 @@ pub mod serve;
 pub mod signing_keys;
 pub mod status;
 pub mod targets;
+pub mod token_clients;
+pub mod token_store;
 pub mod writer;
 
 #[cfg(test)]
@@ -88,6 +91,8 @@ pub struct OperatorConfig {
     /// Which gateways the leader writes configuration for, and where they reach
     /// authplane.
     pub attach: attachments::AttachConfig,
+    /// The token service's store; `None`: no token service.
+    pub token_store: Option<token_store::TokenStoreConfig>,
 }
 
 /// The HTTPS listener and where its certificate comes from.
@@ -121,6 +126,8 @@ pub enum OperatorError {
     Serve(#[from] ServeError),
     #[error("--tls-client-ca-file: {0}")]
     ClientCa(#[from] tls::TlsError),
+    #[error(transparent)]
+    TokenStore(#[from] token_store::TokenStoreError),
 }
 
 /// A client from a kubeconfig file, or inferred (in-cluster, `KUBECONFIG`).
@@ -193,6 +200,9 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         Err(e) => return Err(e.into()),
         Ok(_) => {}
     }
+    if let Some(store) = &config.token_store {
+        token_store::check_replicas(&client, &config.namespace, store).await?;
+    }
 
     let scope = Arc::new(IssuerScope::new(
         &config.external_url,
@@ -264,6 +274,25 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             client_cas: None,
         });
     }
+    let revocation_writer = Arc::new(revocations::KubeWriter {
+        client: client.clone(),
+        instance: config.instance.clone(),
+    });
+    let token = match &config.token_store {
+        Some(store) => Some(
+            token_store::endpoint(
+                store,
+                Arc::new(assertions::TokenReviewer::new(client.clone())),
+                revocation_writer.clone(),
+                config.serving.trusted_proxy_hops,
+                clock.clone(),
+                &metrics,
+                stopped.clone(),
+            )
+            .await,
+        ),
+        None => None,
+    };
     let state = AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -276,16 +305,10 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         }),
         tls: slot,
         revoke: Some(Arc::new(
-            server::revoke::RevokeEndpoint::new(
-                Arc::new(revocations::KubeWriter {
-                    client: client.clone(),
-                    instance: config.instance.clone(),
-                }),
-                config.revoke_rate_per_minute,
-            )
-            .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+            server::revoke::RevokeEndpoint::new(revocation_writer, config.revoke_rate_per_minute)
+                .trusting_proxy_hops(config.serving.trusted_proxy_hops),
         )),
-        token: None,
+        token,
     };
     let serving = driver::serve::start(state, listeners, config.serving.limits, &stopped)?;
     let runtime = Arc::new(
@@ -308,6 +331,25 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     ));
     // The serving loop tells the leader's controllers what it applied.
     let feeds = serve::Feeds::default();
+    // TokenClients have their own watch and index, fed the SigningKeys the serving loop
+    // applies (listening from now on, so that nothing it applies is missed).
+    let (token_client_cache, token_client_writer) = reflector::store();
+    let token_clients = Arc::new(token_clients::Served::default());
+    let token_client_changes = Arc::new(feed::Feed::default());
+    let following_token_clients = tokio::spawn(token_clients::run(
+        client.clone(),
+        token_clients::Follow {
+            registry: registry.clone(),
+            instance: config.instance.clone(),
+            external_url: config.external_url.clone(),
+            keys: caches.keys.clone(),
+            served: token_clients.clone(),
+            changed: token_client_changes.clone(),
+        },
+        token_client_writer,
+        feeds.token_client_keys.clone().triggers(),
+        stopped.clone(),
+    ));
     let watching = tokio::spawn(serve::run(
         client.clone(),
         serve::Settings {
@@ -377,6 +419,11 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             clock,
             policies,
             issuer_claims: (scope, registry),
+            token_clients: TokenClients {
+                cache: token_client_cache,
+                served: token_clients,
+                changed: token_client_changes,
+            },
         },
         leader,
         stopped,
@@ -393,7 +440,13 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     Ok(Operator {
         addr,
         stop,
-        tasks: vec![controller, lease, watching, revoking],
+        tasks: vec![
+            controller,
+            lease,
+            watching,
+            revoking,
+            following_token_clients,
+        ],
         serving,
     })
 }
@@ -422,6 +475,15 @@ struct Controllers {
     /// Where issuers may be published, and the serving index's snapshot: each
     /// SigningKey's status says whether its issuer is served.
     issuer_claims: (Arc<IssuerScope>, Arc<Registry>),
+    token_clients: TokenClients,
+}
+
+/// The TokenClient watch's cache and index, and what it announces: the leader reports
+/// each client's readiness.
+struct TokenClients {
+    cache: reflector::Store<DeserializeGuard<crate::api::TokenClient>>,
+    served: Arc<token_clients::Served>,
+    changed: Arc<feed::Feed>,
 }
 
 /// Runs the controllers while this replica leads, and stops them the moment it does not.
@@ -465,6 +527,7 @@ async fn term(controllers: &Controllers) {
         clock,
         policies: policy_ctx,
         issuer_claims: (scope, registry),
+        token_clients,
     } = controllers;
     // Writes remembered from an earlier term may be stale: this term reads the caches.
     writer.forget_writes();
@@ -577,11 +640,29 @@ async fn term(controllers: &Controllers) {
             .for_each(|_| async {})
             .await;
     };
+    // TokenClient statuses: every one once the watch has published its first list, then
+    // those whose readiness may have changed.
+    let token_client_statuses =
+        Controller::for_stream(stream::pending(), token_clients.cache.clone())
+            .reconcile_all_on(stream::once(token_clients::synced(
+                token_clients.served.clone(),
+            )))
+            .reconcile_on(token_clients.changed.clone().triggers())
+            .run(
+                token_clients::reconcile,
+                token_clients::error_policy,
+                Arc::new(token_clients::Report {
+                    served: token_clients.served.clone(),
+                    writer: writer.clone(),
+                    clock: clock.clone(),
+                }),
+            )
+            .for_each(|_| async {});
     // Lapsed Revocations are deleted by the leader only (this never ends by itself).
     let expiry = revocations::expire(client.clone(), writer.clone(), clock.clone());
-    let forgetting = forget_seen_writes(writer, caches, &config_maps);
+    let forgetting = forget_seen_writes(writer, caches, &config_maps, &token_clients.cache);
     tokio::select! {
-        _ = future::join(signing_keys, auth_policies) => {}
+        _ = future::join3(signing_keys, auth_policies, token_client_statuses) => {}
         _ = watching_targets => {}
         _ = expiry => {}
         () = forgetting => {}
@@ -600,6 +681,7 @@ async fn forget_seen_writes(
     writer: &writer::LeaderWriter,
     caches: &serve::Caches,
     config_maps: &reflector::Store<ConfigMap>,
+    token_clients: &reflector::Store<DeserializeGuard<crate::api::TokenClient>>,
 ) {
     let mut every = tokio::time::interval(FORGET_SEEN_WRITES_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -610,6 +692,7 @@ async fn forget_seen_writes(
             "AuthPolicy" => version_in(&caches.policies, id),
             "Secret" => version_in(&caches.secrets, id),
             "ConfigMap" => version_in(config_maps, id),
+            "TokenClient" => version_in(token_clients, id),
             _ => None,
         });
     }

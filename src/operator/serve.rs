@@ -136,6 +136,9 @@ pub fn caches() -> (Caches, CacheWriters) {
 pub struct Feeds {
     pub keys: Arc<Feed>,
     pub policies: Arc<Feed>,
+    /// The same SigningKeys, for the TokenClient watch (every replica): a key's issuer
+    /// or `maxTokenLifetime` decides how its clients are served.
+    pub token_client_keys: Arc<Feed>,
 }
 
 /// What the serving loop serves.
@@ -268,6 +271,7 @@ pub async fn run(
             let mut snapshot = view.index.snapshot();
             snapshot.policies_known = synced[2];
             registry.publish(snapshot);
+            registry.publish_signers(view.signers.clone());
             // Every listed object is in the published snapshot now: only now is the
             // watch synced. Reported before, a replica took traffic while it was still
             // compiling 10,000 listed policies, and answered 503 meanwhile.
@@ -282,6 +286,7 @@ pub async fn run(
             policies.extend(view.index.take_recompiled());
             let mut keys = applied.keys;
             keys.extend(view.index.take_reclaimed());
+            feeds.token_client_keys.announce(keys.iter().cloned());
             feeds.keys.announce(keys);
             feeds.policies.announce(policies);
         }
@@ -394,6 +399,9 @@ struct View {
     policy_versions: HashMap<ObjectKey, Option<String>>,
     /// SigningKeys not served because their Secret does not exist yet, since when.
     awaiting_secret: HashMap<ObjectKey, tokio::time::Instant>,
+    /// The key sets served, for the token endpoint to sign with: published next to the
+    /// snapshot, never in it (status and metrics read the snapshot).
+    signers: crate::registry::Signers,
     warned: HashSet<String>,
 }
 
@@ -407,6 +415,7 @@ impl View {
             users_of: HashMap::new(),
             policy_versions: HashMap::new(),
             awaiting_secret: HashMap::new(),
+            signers: Default::default(),
             warned: HashSet::new(),
         }
     }
@@ -472,6 +481,15 @@ impl View {
         }
         for id in &keys {
             self.sync_key(id, sources);
+            match self.index.served(id) {
+                Some(served) => {
+                    self.signers
+                        .insert(id.clone(), Arc::new(served.keys.clone()));
+                }
+                None => {
+                    self.signers.remove(id);
+                }
+            }
         }
         let mut policies = policies;
         if pending.everything[2] {

@@ -4,7 +4,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{AuthPolicyStatus, RevocationStatus, SigningKeyStatus, keep_transition_times};
+use crate::api::{
+    AuthPolicyStatus, RevocationStatus, SigningKeyStatus, TokenClientStatus, keep_transition_times,
+};
 
 /// A status with conditions.
 pub trait Conditions {
@@ -22,6 +24,15 @@ impl Conditions for SigningKeyStatus {
 }
 
 impl Conditions for RevocationStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl Conditions for TokenClientStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }

@@ -4,6 +4,7 @@ mod admission;
 mod authz;
 pub mod body;
 pub mod client_address;
+mod client_basic;
 pub mod deadlines;
 pub mod grpc;
 mod health;

@@ -142,6 +142,17 @@ impl TokenClientIndex {
         self.clients.get(id).map(|(_, readiness)| readiness)
     }
 
+    /// The valid clients that name SigningKey `key`: those whose readiness a change of
+    /// the key may change.
+    pub fn clients_of(&self, key: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
+        self.by_key.get(key).into_iter().flatten()
+    }
+
+    /// Every client applied, valid or not.
+    pub fn ids(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.clients.keys()
+    }
+
     fn recompile_key(&mut self, key: &ObjectKey) {
         let ids: Vec<ObjectKey> = self
             .by_key
@@ -243,6 +254,11 @@ mod tests {
         );
         assert!(index.published().is_empty());
         index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        assert_eq!(
+            index.clients_of(&key("auth", "web")).collect::<Vec<_>>(),
+            [&id]
+        );
+        assert_eq!(index.clients_of(&key("auth", "other")).count(), 0);
         let served = index.published()["auth/web"].clone();
         assert_eq!(served.key, key("auth", "web"));
         assert_eq!(served.rules.issuer, "https://a.example/auth/web");

@@ -1,0 +1,197 @@
+//! The token service's store on a cluster, and the one rule that keeps it sound: an
+//! embedded store (a redb file, `--token-store PATH`) is one replica's own. Two replicas
+//! with their own files would each know only the refresh-token families that logged in
+//! through them: a refresh routed to the other replica is `invalid_grant`, and a family
+//! could rotate on both, which is exactly the split rotation is there to prevent. So an
+//! operator given an embedded store refuses to start while its Deployment asks for more
+//! than one replica, and says why (a shared store comes with issue 24).
+//!
+//! Refusing the start, not only the endpoint: a misconfigured rollout then never becomes
+//! ready and the Deployment keeps the old replicas serving (`maxUnavailable: 0`), and the
+//! reason is the first line of the pod's log and its `kubectl describe`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::server::revoke::RevocationWriter;
+use crate::server::token::TokenEndpoint;
+use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
+
+/// A store call that takes longer is answered 503 (as in dev mode).
+const STORE_DEADLINE: Duration = Duration::from_secs(2);
+/// Expired families are forgotten this often.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Where the token service keeps its state on a cluster.
+#[derive(Clone, Debug)]
+pub struct TokenStoreConfig {
+    /// The embedded store's file (on a volume).
+    pub path: PathBuf,
+    /// The Deployment this operator runs as (`--deployment`, which the chart sets), in
+    /// the operator's namespace: its replica count is checked at start. Unset: not
+    /// checked (a warning says so).
+    pub deployment: Option<String>,
+    /// The budgets of `POST {issuer}/token` per minute: failed requests per client
+    /// address, rotations per session (`--token-rate`, as in dev mode).
+    pub rate_per_minute: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStoreError {
+    #[error(
+        "--token-store {path}: this embedded store is this replica's own file, but Deployment {namespace}/{deployment} asks for {replicas} replicas; refresh-token families would be split across replicas and rotation would be unsound. Run one replica (replicaCount: 1) while the token service uses an embedded store"
+    )]
+    SeveralReplicas {
+        path: String,
+        namespace: String,
+        deployment: String,
+        replicas: i32,
+    },
+    #[error(
+        "--token-store: reading Deployment {namespace}/{deployment} to check its replicas: {source}"
+    )]
+    Read {
+        namespace: String,
+        deployment: String,
+        source: kube::Error,
+    },
+}
+
+/// Checks that the Deployment `config.deployment` in `namespace` runs one replica. A
+/// Deployment that is not found is not checked (the operator may run otherwise, as in
+/// development); one that cannot be read fails the start.
+pub async fn check_replicas(
+    client: &Client,
+    namespace: &str,
+    config: &TokenStoreConfig,
+) -> Result<(), TokenStoreError> {
+    let Some(deployment) = &config.deployment else {
+        tracing::warn!(
+            path = %config.path.display(),
+            "--token-store without --deployment: the replica count is not checked; run one replica"
+        );
+        return Ok(());
+    };
+    // `list` by name: the operator may list Deployments (AuthPolicy targets), not get
+    // one by name.
+    let found = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().fields(&format!("metadata.name={deployment}")))
+        .await
+        .map_err(|source| TokenStoreError::Read {
+            namespace: namespace.to_owned(),
+            deployment: deployment.clone(),
+            source,
+        })?;
+    let replicas = found.items.first().map(replicas_of);
+    match replicas {
+        None => {
+            tracing::warn!(
+                deployment = %format!("{namespace}/{deployment}"),
+                "--deployment not found: the token store's replica count is not checked"
+            );
+            Ok(())
+        }
+        Some(replicas) if replicas > 1 => Err(TokenStoreError::SeveralReplicas {
+            path: config.path.display().to_string(),
+            namespace: namespace.to_owned(),
+            deployment: deployment.clone(),
+            replicas,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// `spec.replicas` (Kubernetes defaults it to 1).
+fn replicas_of(deployment: &Deployment) -> i32 {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1)
+}
+
+/// The token endpoint on a cluster: the embedded store at `config.path`, client
+/// assertions reviewed by the apiserver (`reviewer`), no client secrets, and sessions
+/// revoked for reuse written as Revocations (`writer`). A store that cannot be opened is
+/// logged and answers 503: everything else serves on.
+pub async fn endpoint(
+    config: &TokenStoreConfig,
+    reviewer: Arc<dyn crate::tokens::client_auth::AssertionReviewer>,
+    writer: Arc<dyn RevocationWriter>,
+    trusted_proxy_hops: usize,
+    clock: Arc<dyn Clock>,
+    metrics: &crate::metrics::Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Arc<TokenEndpoint> {
+    let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(
+        open(config.path.clone()).await,
+        metrics.tokens.clone(),
+    ));
+    // Once before serving (what expired while the operator was down goes now), then
+    // every hour.
+    purge_once(&*store, &*clock).await;
+    tokio::spawn(purge(store.clone(), clock, shutdown));
+    let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
+    endpoint.reviewer = Some(reviewer);
+    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    Arc::new(endpoint)
+}
+
+// `open` and `purge` are dev mode's (src/dev/tokens.rs), repeated while the two
+// drivers were built at the same time; they belong in `crate::tokens`, shared.
+async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    match opened {
+        Ok(store) => {
+            tracing::info!(
+                store = shown.as_str(),
+                "token endpoint served at <issuer>/token"
+            );
+            Arc::new(Timed::new(store, STORE_DEADLINE))
+        }
+        Err(e) => {
+            tracing::error!(
+                store = shown.as_str(),
+                error = %e,
+                "the token store cannot be opened: the token endpoint answers 503 (everything else is served)"
+            );
+            Arc::new(Unavailable(format!(
+                "the token store {shown} cannot be opened"
+            )))
+        }
+    }
+}
+
+async fn purge(
+    store: Arc<dyn FamilyStore>,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    every.tick().await; // immediate: the purge before serving was this one
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => purge_once(&*store, &*clock).await,
+        }
+    }
+}
+
+async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
+    match store.purge(clock.now()).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
+        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
+    }
+}
