@@ -398,14 +398,39 @@ async fn redis_down_answers_503_with_retry_after_while_authz_answers() {
 
 /// `authplane dev ARGS` must refuse to start; its stderr.
 fn refused(dir: &Path, args: &[&str]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authplane"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authplane"));
+    command
         .arg("dev")
         .arg("--manifests")
         .arg(dir)
         .arg("--state")
         .arg(dir.join("state"))
         .args(["--listen", "127.0.0.1:0"])
-        .args(args)
+        .args(args);
+    refused_by(command, args)
+}
+
+/// `authplane run ARGS` must refuse to start (before it reaches any cluster: its
+/// kubeconfig does not exist); its stderr.
+fn run_refused(dir: &Path, args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authplane"));
+    command
+        .arg("run")
+        .arg("--kubeconfig")
+        .arg(dir.join("no-kubeconfig"))
+        .args(["--external-url", "https://auth.example.com"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args);
+    let stderr = refused_by(command, args);
+    assert!(
+        !stderr.contains("no-kubeconfig"),
+        "refused too late: {stderr}"
+    );
+    stderr
+}
+
+fn refused_by(mut command: Command, args: &[&str]) -> String {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -414,10 +439,7 @@ fn refused(dir: &Path, args: &[&str]) -> String {
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
-            panic!(
-                "`authplane dev {}` started instead of refusing",
-                args.join(" ")
-            );
+            panic!("`authplane {:?}` started instead of refusing", args);
         }
         std::thread::sleep(Duration::from_millis(20)); // polling a process, with a deadline
     }
@@ -494,5 +516,58 @@ fn token_store_flags_that_do_not_go_together_are_refused_without_showing_a_passw
         stderr.contains("is not PEM") || stderr.contains("holds no certificate"),
         "{stderr}"
     );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn run_takes_the_token_store_flags_of_dev_and_refuses_the_same_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "hunter2\n").unwrap();
+    let password_file = password_file.to_str().unwrap();
+
+    let stderr = run_refused(
+        dir.path(),
+        &["--token-store", "reddis://app:hunter2@redis:6379"],
+    );
+    assert!(stderr.contains("not a reddis:// URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let stderr = run_refused(
+        dir.path(),
+        &[
+            "--token-store",
+            "/var/lib/authplane/tokens.redb",
+            "--token-store-password-file",
+            password_file,
+        ],
+    );
+    assert!(stderr.contains("goes with a redis://"), "{stderr}");
+    let stderr = run_refused(
+        dir.path(),
+        &[
+            "--token-store",
+            "redis://redis:6379",
+            "--token-store-ca-file",
+            password_file,
+        ],
+    );
+    assert!(stderr.contains("goes with a rediss://"), "{stderr}");
+    // Well-formed flags get past them, to the (missing) cluster.
+    let stderr = refused_by(
+        {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_authplane"));
+            command
+                .arg("run")
+                .arg("--kubeconfig")
+                .arg(dir.path().join("no-kubeconfig"))
+                .args(["--external-url", "https://auth.example.com"])
+                .args(["--listen", "127.0.0.1:0"])
+                .args(["--token-store", "rediss://redis:6379"])
+                .args(["--token-store-password-file", password_file]);
+            command
+        },
+        &[],
+    );
+    assert!(stderr.contains("no-kubeconfig"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }

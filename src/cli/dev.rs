@@ -12,7 +12,6 @@ use crate::cli::run::{ServeArgs, TlsFileArgs, shutdown_signal};
 use crate::clock::SystemClock;
 use crate::dev::{self, DevConfig};
 use crate::server;
-use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 
 #[derive(Args)]
 pub(crate) struct DevArgs {
@@ -58,33 +57,12 @@ pub(crate) struct DevArgs {
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
-    // Parsed here rather than by clap, whose errors would echo a URL's password.
-    let store = args
-        .token_store
-        .as_deref()
-        .map(StoreLocation::parse)
-        .transpose()
-        .map_err(CliError::Usage)?;
-    let password = match &args.token_store_password_file {
-        Some(_) if !store.as_ref().is_some_and(StoreLocation::is_redis) => {
-            return Err(CliError::Usage(
-                "--token-store-password-file goes with a redis:// or rediss:// --token-store"
-                    .into(),
-            ));
-        }
-        Some(file) => Some(Password::read(file).map_err(CliError::Usage)?),
-        None => None,
-    };
-    let ca = match &args.token_store_ca_file {
-        Some(_) if !matches!(&store, Some(StoreLocation::Redis(url)) if url.starts_with("rediss://")) =>
-        {
-            return Err(CliError::Usage(
-                "--token-store-ca-file goes with a rediss:// --token-store".into(),
-            ));
-        }
-        Some(file) => Some(CaCertificates::read(file).map_err(CliError::Usage)?),
-        None => None,
-    };
+    let (store, password, ca) = flags::token_store(
+        args.token_store.as_deref(),
+        args.token_store_password_file.as_deref(),
+        args.token_store_ca_file.as_deref(),
+    )
+    .map_err(CliError::Usage)?;
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let config = DevConfig {

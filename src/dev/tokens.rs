@@ -17,7 +17,7 @@ use crate::server::revoke::RevocationWriter;
 use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
-use crate::tokens::redis::{RedisSettings, RedisStore};
+use crate::tokens::redis::RedisSettings;
 use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
 
 /// The store's file in the state folder, unless `--token-store` names another.
@@ -109,40 +109,13 @@ pub async fn endpoint(
 /// the installation (two folders, two sets of keys in one Redis). It connects at its
 /// first call: a Redis that is down answers 503 until it is back.
 fn redis(url: &str, tokens: &TokenSettings, state: &Path) -> Arc<dyn FamilyStore> {
-    let settings = RedisSettings {
+    crate::tokens::redis::shared(&RedisSettings {
         url: url.to_owned(),
         password: tokens.password.as_ref().map(|p| p.expose().to_owned()),
         ca: tokens.ca.as_ref().map(|ca| ca.pem().to_vec()),
         installation: installation(state),
         timeout: STORE_DEADLINE,
-    };
-    let shown = crate::tokens::redis::redacted(url);
-    match RedisStore::new(&settings) {
-        Ok(store) => {
-            tracing::info!(
-                store = shown.as_str(),
-                installation = settings.installation.as_str(),
-                "token endpoint served at <issuer>/token"
-            );
-            let checked = store.clone();
-            tokio::spawn(async move {
-                for advice in checked.advice().await.unwrap_or_default() {
-                    tracing::warn!(store = shown.as_str(), "{advice}");
-                }
-            });
-            Arc::new(Timed::new(store, STORE_DEADLINE))
-        }
-        Err(e) => {
-            tracing::error!(
-                store = shown.as_str(),
-                error = %e,
-                "the token store cannot be used: the token endpoint answers 503 (everything else is served)"
-            );
-            Arc::new(Unavailable(format!(
-                "the token store {shown} cannot be used"
-            )))
-        }
-    }
+    })
 }
 
 /// `dev-` and a digest of the state folder's absolute path: the same for every process of

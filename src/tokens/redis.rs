@@ -19,7 +19,7 @@
 //! scripts name keys they compute, which a standalone Redis (or a primary with replicas)
 //! allows and Redis Cluster does not: Cluster is not supported.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,7 +27,7 @@ use ::redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
-use super::{FamilyStore, Found, StoreError};
+use super::{FamilyStore, Found, StoreError, Timed, Unavailable};
 use crate::refresh::{Family, TokenHash};
 
 /// Where the store is and how to reach it.
@@ -252,6 +252,41 @@ impl RedisStore {
 /// landed before the break loses the second time (the refresh then reads what landed).
 fn stale(e: &RedisError) -> bool {
     e.is_connection_dropped() || (e.is_io_error() && !e.is_timeout())
+}
+
+/// The store every process of one installation shares (dev mode and `authplane run`
+/// alike), under the deadline `settings.timeout`. It connects at its first call: a Redis
+/// that is down answers 503 until it is back. A URL that cannot be used is logged and
+/// answers 503: everything else serves on. Redis's own configuration is checked in the
+/// background and what can lose sessions is logged as a warning.
+pub fn shared(settings: &RedisSettings) -> Arc<dyn FamilyStore> {
+    let shown = redacted(&settings.url);
+    match RedisStore::new(settings) {
+        Ok(store) => {
+            tracing::info!(
+                store = shown.as_str(),
+                installation = settings.installation.as_str(),
+                "token endpoint served at <issuer>/token"
+            );
+            let checked = store.clone();
+            tokio::spawn(async move {
+                for advice in checked.advice().await.unwrap_or_default() {
+                    tracing::warn!(store = shown.as_str(), "{advice}");
+                }
+            });
+            Arc::new(Timed::new(store, settings.timeout))
+        }
+        Err(e) => {
+            tracing::error!(
+                store = shown.as_str(),
+                error = %e,
+                "the token store cannot be used: the token endpoint answers 503 (everything else is served)"
+            );
+            Arc::new(Unavailable(format!(
+                "the token store {shown} cannot be used"
+            )))
+        }
+    }
 }
 
 /// The prefix of an installation's keys. The installation name is kept readable (for
