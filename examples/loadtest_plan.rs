@@ -35,6 +35,8 @@ struct Settings {
     users: usize,
     decisions: usize,
     connections: usize,
+    /// `LOGOUT=0`: the chain stops after the refresh (to tell what logouts cost).
+    logout: bool,
 }
 
 fn env(name: &str, default: &str) -> String {
@@ -151,6 +153,9 @@ impl Load {
             })
             .await?;
         let (_, refresh) = tokens_of(&rotated)?;
+        if !self.settings.logout {
+            return Ok(());
+        }
         self.send(3, |base| {
             self.http.post(format!("{base}/auth/web/revoke")).form(&[
                 ("token", refresh.as_str()),
@@ -189,6 +194,7 @@ fn main() {
         users: number("USERS", 10_000),
         decisions: number("DECISIONS", 20),
         connections: number("CONNECTIONS", 64),
+        logout: number("LOGOUT", 1) != 0,
     };
     // One thread: the load generator gets one core (taskset), the servers the other.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -19,6 +19,7 @@
 #   scripts/loadtest-plan.sh                       # both runs, USERS=10000 DECISIONS=20
 #   RUNS=redis USERS=1000 scripts/loadtest-plan.sh # one run, fewer users
 #   BIN=/path/to/authplane scripts/loadtest-plan.sh
+#   LOGOUT=0 scripts/loadtest-plan.sh              # no logouts: what they cost
 #
 # Rate limits: the token endpoint's and /revoke's per-address budgets count failed
 # requests only, and each session refreshes once, so the defaults stand (the table's
@@ -146,7 +147,7 @@ for run in $RUNS; do
   echo "== $run: ${#servers[@]} replica(s), $USERS users, $DECISIONS decisions each, $CONNECTIONS connections per replica"
   status=0
   SERVERS=$(IFS=,; echo "${servers[*]}") SECRET=$secret USERS=$USERS DECISIONS=$DECISIONS \
-    CONNECTIONS=$CONNECTIONS taskset -c "$LOAD_CPU" "$loadgen" || status=$?
+    CONNECTIONS=$CONNECTIONS LOGOUT=${LOGOUT:-1} taskset -c "$LOAD_CPU" "$loadgen" || status=$?
   for pid in "${replicas[@]}"; do echo "authplane (pid $pid) peak RSS: $(peak_rss "$pid")"; done
   if [ -n "$redis_pid" ]; then
     echo "redis-server peak RSS: $(peak_rss "$redis_pid"), used_memory after the run: $(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory_human/ {print $2}' | tr -d '\r')"
