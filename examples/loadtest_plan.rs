@@ -85,13 +85,13 @@ impl Load {
                 .await
                 .map_err(|e| format!("transport: {e}"))?;
             let status = response.status();
-            let body = response
-                .text()
-                .await
-                .map_err(|e| format!("body: {e}"))?;
+            let body = response.text().await.map_err(|e| format!("body: {e}"))?;
             match status.as_u16() {
                 200 => Ok(body),
-                _ => Err(format!("{status}: {}", body.chars().take(200).collect::<String>())),
+                _ => Err(format!(
+                    "{status}: {}",
+                    body.chars().take(200).collect::<String>()
+                )),
             }
         }
         .await;
@@ -170,7 +170,10 @@ impl Load {
 
 fn tokens_of(body: &str) -> Result<(String, String), ()> {
     let body: serde_json::Value = serde_json::from_str(body).map_err(|_| ())?;
-    match (body["access_token"].as_str(), body["refresh_token"].as_str()) {
+    match (
+        body["access_token"].as_str(),
+        body["refresh_token"].as_str(),
+    ) {
         (Some(access), Some(refresh)) => Ok((access.to_owned(), refresh.to_owned())),
         _ => Err(()),
     }
@@ -244,13 +247,14 @@ fn main() {
         println!();
         println!("| step | requests | errors | p50 ms | p99 ms | max ms |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-        for step in 0..STEPS.len() {
-            let errors = results.errors[step];
-            let sorted = &mut results.latencies[step];
+        let Results {
+            latencies, errors, ..
+        } = &mut *results;
+        for ((name, sorted), errors) in STEPS.iter().zip(latencies.iter_mut()).zip(errors) {
             sorted.sort_unstable();
             println!(
                 "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
-                STEPS[step],
+                name,
                 sorted.len(),
                 errors,
                 percentile(sorted, 50.0),

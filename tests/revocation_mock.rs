@@ -100,6 +100,14 @@ async fn a_replica_that_lost_the_lease_deletes_nothing() {
         list("AuthPolicy", vec![]),
     )
     .await;
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/tokenclients",
+        200,
+        list("TokenClient", vec![]),
+    )
+    .await;
     let lapsed = revocation(
         "old",
         now - SignedDuration::from_hours(48),
@@ -159,6 +167,15 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
                 "spec": {"issuers": [{"issuer": "https://login.example/t/v2.0"}]},
             })],
         ),
+    )
+    .await;
+    // No TokenClient of the key: its Revocations live as long as its tokens.
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/tokenclients",
+        200,
+        list("TokenClient", vec![]),
     )
     .await;
     expect(
@@ -446,13 +463,18 @@ async fn the_watch_publishes_what_it_lists_and_what_it_is_told() {
     let metrics = Arc::new(Metrics::default());
     let (keys, _keys_writer) = kube::runtime::reflector::store();
     let (policies, _policies_writer) = kube::runtime::reflector::store();
+    let (clients, _clients_writer) = kube::runtime::reflector::store();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(authplane::operator::revocations::run(
         Client::new(service, "default"),
         registry.clone(),
         metrics.clone(),
         Arc::new(SystemClock),
-        (keys, policies),
+        authplane::operator::revocations::LifetimeCaches {
+            keys,
+            policies,
+            clients,
+        },
         stopped,
     ));
     let now = Timestamp::now();

@@ -1237,3 +1237,214 @@ async fn turned_off_the_token_endpoint_is_not_served_nor_advertised() {
     assert!(!dev.state().join("tokens.redb").exists());
     dev.stop().await;
 }
+
+fn revocation(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: Revocation\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+    )
+}
+
+/// Waits until `/authz` refuses `access` as revoked: the Revocation is in force.
+async fn until_refused(dev: &Dev, access: &str) {
+    eventually("the Revocation in force", CHANGE_DEADLINE, || async {
+        (decide(dev, access).await == (401, "token_revoked".to_owned())).then_some(())
+    })
+    .await;
+}
+
+/// A Revocation lives as long as a refresh family started before it can refresh: with
+/// 15-minute keys, tokens pass 20 minutes after their `iat`, but a family of a TokenClient
+/// with a 2-hour `absoluteLifetime` refreshes for 2 hours, and each refresh mints a token
+/// the gateways accept. A Revocation that lapsed at 20 minutes would let a session that
+/// kept quiet for half an hour go on.
+#[tokio::test]
+async fn a_revocation_outlives_the_refresh_families_it_ends() {
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let manifests = [
+        (
+            "keys.yaml",
+            signing_key(
+                "auth",
+                "web",
+                "  algorithm: RS256\n  maxTokenLifetime: 15m\n",
+            ),
+        ),
+        ("web.yaml", token_client("web", "web", "")),
+        (
+            "policy.yaml",
+            payments_policy("{mode: Enforce, percentage: 100}", ""),
+        ),
+    ];
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let tokens = TokenSettings {
+        rate_per_minute: 1000,
+        ..TokenSettings::default()
+    };
+    let dev = Dev::start_with_tokens(&refs, clock.clone(), common::test_settings(), tokens).await;
+    let secrets = Secrets::make(&dev);
+
+    let ivan = login(&dev, &secrets, "ivan").await;
+    let before = clock.now();
+    dev.write(
+        "revoke-ivan.yaml",
+        &revocation(
+            "auth",
+            "ivan",
+            &format!(
+                "  signingKeyRef: {{name: web}}\n  subject: ivan\n  issuedBefore: \"{before}\"\n"
+            ),
+        ),
+    );
+    until_refused(&dev, text(&ivan, "access_token")).await;
+    // Past the key's 15 minutes and the 5 minutes of leeway, within the 1-hour idle
+    // lifetime: the family could refresh, so the Revocation still counts.
+    clock.advance(jiff::SignedDuration::from_mins(30));
+    let (status, body) = refresh(&dev, "auth/web", text(&ivan, "refresh_token")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        text(&body, "error_description").contains("revoked"),
+        "{body}"
+    );
+    // `revocations list` says so: it lapses 2 hours (the absoluteLifetime) and 5 minutes
+    // after issuedBefore.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_authplane"))
+        .args(["revocations", "list", "--manifests"])
+        .arg(dev.manifests())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let lapses = jiff::Timestamp::from_second(before.as_second() + 2 * 3600 + 5 * 60).unwrap();
+    assert!(
+        listed.contains("auth/ivan\tauth/web\tsub=ivan") && listed.contains(&lapses.to_string()),
+        "{listed}"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn revocations_in_force_stop_refreshing_and_another_namespace_cannot_end_a_session() {
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let (dev, secrets) = start(clock.clone()).await;
+
+    // A subject revoked up to now: its sessions of before cannot refresh (the rotated
+    // access token would carry an `iat` after issuedBefore and pass every gateway).
+    let erin = login(&dev, &secrets, "erin").await;
+    let before = clock.now();
+    dev.write(
+        "revoke-erin.yaml",
+        &revocation(
+            "auth",
+            "erin",
+            &format!(
+                "  signingKeyRef: {{name: web}}\n  subject: erin\n  issuedBefore: \"{before}\"\n"
+            ),
+        ),
+    );
+    until_refused(&dev, text(&erin, "access_token")).await;
+    clock.advance(jiff::SignedDuration::from_secs(10));
+    let (status, body) = refresh(&dev, "auth/web", text(&erin, "refresh_token")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        text(&body, "error_description").contains("revoked"),
+        "{body}"
+    );
+    // A login after issuedBefore is a new session, and works.
+    let again = login(&dev, &secrets, "erin").await;
+    assert_eq!(decide(&dev, text(&again, "access_token")).await.0, 200);
+    let (status, body) = refresh(&dev, "auth/web", text(&again, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A session revoked by an admin (`sessionId` = the `sid`): the family ends in the
+    // store, so removing the Revocation later does not bring it back.
+    let frank = login(&dev, &secrets, "frank").await;
+    let sid = claims_of(text(&frank, "access_token"))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    dev.write(
+        "revoke-frank.yaml",
+        &revocation(
+            "auth",
+            "frank",
+            &format!("  signingKeyRef: {{name: web}}\n  sessionId: \"{sid}\"\n"),
+        ),
+    );
+    until_refused(&dev, text(&frank, "access_token")).await;
+    let (status, body) = refresh(&dev, "auth/web", text(&frank, "refresh_token")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    std::fs::remove_file(dev.manifests().join("revoke-frank.yaml")).unwrap();
+    eventually("the Revocation withdrawn", CHANGE_DEADLINE, || async {
+        (decide(&dev, text(&frank, "access_token")).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, body) = refresh(&dev, "auth/web", text(&frank, "refresh_token")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+
+    // A tenant of another namespace may revoke auth/web's tokens under its own policies
+    // (shop's gateway refuses them), but cannot end auth's sessions.
+    let gina = login(&dev, &secrets, "gina").await;
+    let sid = claims_of(text(&gina, "access_token"))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    dev.write(
+        "shop-revokes-gina.yaml",
+        &revocation(
+            "shop",
+            "gina",
+            &format!("  signingKeyRef: {{name: web, namespace: auth}}\n  sessionId: \"{sid}\"\n"),
+        ),
+    );
+    until_refused(&dev, text(&gina, "access_token")).await;
+    let (status, body) = refresh(&dev, "auth/web", text(&gina, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = refresh(&dev, "auth/web", text(&body, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A subject revoked with issuedBefore in the future: no login for it until then.
+    let later = clock.now() + jiff::SignedDuration::from_hours(1);
+    dev.write(
+        "revoke-hana.yaml",
+        &revocation(
+            "auth",
+            "hana",
+            &format!(
+                "  signingKeyRef: {{name: web}}\n  subject: hana\n  issuedBefore: \"{later}\"\n"
+            ),
+        ),
+    );
+    eventually("hana's login refused", CHANGE_DEADLINE, || async {
+        let (status, body) = post(
+            &dev,
+            "web",
+            &[
+                ("grant_type", EXCHANGE),
+                ("client_id", "auth/web"),
+                ("client_secret", &secrets.web),
+                ("subject_token", "hana"),
+                ("subject_token_type", SUBJECT),
+                ("audience", "payments"),
+            ],
+        )
+        .await;
+        (status == 400 && body["error"] == "invalid_grant").then_some(())
+    })
+    .await;
+    dev.stop().await;
+}

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-use crate::api::{AuthPolicy, ObjectKey, Revocation, SigningKey};
+use crate::api::{AuthPolicy, ObjectKey, Revocation, SigningKey, TokenClient};
 use crate::cli::error::{self, CliError};
 use crate::cli::revoke::RevokeError;
 use crate::cli::target::{TargetArgs, cluster_client};
@@ -17,19 +17,25 @@ use crate::dev::manifests::ManifestLoader;
 use crate::policy::lifetime::MAX_LEEWAY;
 use crate::revocation::{Lapse, Matcher, RevocationIndex};
 
-/// What the lapse of Revocations depends on: the Revocations, and the token lifetimes of
-/// the SigningKeys and AuthPolicies.
+/// What the lapse of Revocations depends on: the Revocations, the token lifetimes of the
+/// SigningKeys and AuthPolicies, and how long the TokenClients' refresh families live.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub revocations: Vec<Revocation>,
     pub keys: Vec<SigningKey>,
     pub policies: Vec<AuthPolicy>,
+    pub token_clients: Vec<TokenClient>,
 }
 
 impl Objects {
     fn index(&self, now: Timestamp) -> RevocationIndex {
-        let (index, refused) =
-            RevocationIndex::of(&self.revocations, &self.keys, &self.policies, now);
+        let (index, refused) = RevocationIndex::of(
+            &self.revocations,
+            &self.keys,
+            &self.policies,
+            &self.token_clients,
+            now,
+        );
         for refused in refused {
             eprintln!("{refused} (not listed)");
         }
@@ -89,7 +95,13 @@ pub fn rows(objects: &Objects, now: Timestamp) -> Vec<Row> {
 /// What `revoke` says of a new Revocation: when it lapses and why then, or why it cannot
 /// say. The SigningKeys and AuthPolicies of `objects` decide (its Revocations do not).
 pub fn lapse_note(objects: &Objects, revocation: &Revocation, now: Timestamp) -> String {
-    let (mut index, _) = RevocationIndex::of([], &objects.keys, &objects.policies, now);
+    let (mut index, _) = RevocationIndex::of(
+        [],
+        &objects.keys,
+        &objects.policies,
+        &objects.token_clients,
+        now,
+    );
     let mut named = revocation.clone();
     named
         .metadata
@@ -147,16 +159,25 @@ pub fn from_manifests(dir: &Path) -> Result<Objects, RevokeError> {
             .into_values()
             .map(|p| AuthPolicy::clone(&p))
             .collect(),
+        token_clients: desired
+            .token_clients
+            .into_values()
+            .map(|c| TokenClient::clone(&c))
+            .collect(),
     })
 }
 
-/// On a cluster: every SigningKey and AuthPolicy (no Revocation).
+/// On a cluster: every SigningKey, AuthPolicy and TokenClient (no Revocation).
 pub async fn lifetimes_from_cluster(client: Client) -> Result<Objects, RevokeError> {
     let keys = Api::<SigningKey>::all(client.clone())
         .list(&ListParams::default())
         .await?
         .items;
-    let policies = Api::<AuthPolicy>::all(client)
+    let policies = Api::<AuthPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let token_clients = Api::<TokenClient>::all(client)
         .list(&ListParams::default())
         .await?
         .items;
@@ -164,6 +185,7 @@ pub async fn lifetimes_from_cluster(client: Client) -> Result<Objects, RevokeErr
         revocations: Vec::new(),
         keys,
         policies,
+        token_clients,
     })
 }
 

@@ -591,9 +591,7 @@ impl Driver {
     /// policy is compiled for them.
     fn update_revocations(&mut self) {
         self.revocations.update(
-            &self.desired.revocations,
-            &self.desired.signing_keys,
-            &self.desired.auth_policies,
+            &self.desired,
             self.clock.now(),
             &self.registry,
             &self.metrics,

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::api::{AuthPolicy, ObjectKey, Revocation, SigningKey};
+use crate::api::{AuthPolicy, ObjectKey, Revocation, TokenClient};
+use crate::dev::manifests::Desired;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::revocation::RevocationIndex;
@@ -34,20 +35,26 @@ pub struct DevRevocations {
     started: bool,
     /// Likewise the AuthPolicies, whose token lifetimes decide when Revocations lapse.
     applied_policies: BTreeMap<ObjectKey, Arc<AuthPolicy>>,
+    /// Likewise the TokenClients, whose refresh families a key's Revocations must outlive.
+    applied_clients: BTreeMap<ObjectKey, Arc<TokenClient>>,
 }
 
 impl DevRevocations {
     /// Brings the index to the manifests' Revocations and the token lifetimes of their
-    /// SigningKeys and AuthPolicies, and publishes the set.
+    /// SigningKeys, AuthPolicies and TokenClients, and publishes the set.
     pub fn update(
         &mut self,
-        revocations: &BTreeMap<ObjectKey, Arc<Revocation>>,
-        signing_keys: &BTreeMap<ObjectKey, Arc<SigningKey>>,
-        policies: &BTreeMap<ObjectKey, Arc<AuthPolicy>>,
+        desired: &Desired,
         now: Timestamp,
         registry: &Registry,
         metrics: &Metrics,
     ) {
+        let Desired {
+            signing_keys,
+            auth_policies: policies,
+            revocations,
+            token_clients: clients,
+        } = desired;
         let known: Vec<ObjectKey> = self.index.entries().map(|e| e.id.clone()).collect();
         for id in known {
             if !revocations.contains_key(&id) {
@@ -89,6 +96,23 @@ impl DevRevocations {
             {
                 self.index.apply_policy(policy);
                 self.applied_policies.insert(id.clone(), policy.clone());
+            }
+        }
+        self.applied_clients.retain(|id, _| {
+            let kept = clients.contains_key(id);
+            if !kept {
+                self.index.delete_client(id);
+            }
+            kept
+        });
+        for (id, client) in clients {
+            if self
+                .applied_clients
+                .get(id)
+                .is_none_or(|applied| !Arc::ptr_eq(applied, client))
+            {
+                self.index.apply_client(client);
+                self.applied_clients.insert(id.clone(), client.clone());
             }
         }
         self.reported_refused

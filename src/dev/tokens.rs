@@ -3,9 +3,8 @@
 //! from the state folder (`authplane token client-secret`), Revocations written as
 //! manifests (as `/revoke` does), and a purge of expired families now and then.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -18,14 +17,10 @@ use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::RedisSettings;
-use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
+use crate::tokens::{FamilyStore, Metered, serving};
 
 /// The store's file in the state folder, unless `--token-store` names another.
 pub const STORE_FILE: &str = "tokens.redb";
-/// A store call that takes longer is answered 503.
-const STORE_DEADLINE: Duration = Duration::from_secs(2);
-/// Expired families are forgotten this often.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// `--no-token-endpoint`, `--token-store`, `--token-store-password-file`, `--token-rate`.
 #[derive(Clone, Debug)]
@@ -90,15 +85,17 @@ pub async fn endpoint(
         return None;
     }
     let store = match &settings.store {
-        Some(StoreLocation::Redis(url)) => redis(url, settings, state.root()),
-        Some(StoreLocation::File(path)) => open(path.clone()).await,
-        None => open(state.root().join(STORE_FILE)).await,
+        Some(StoreLocation::Redis(url)) => Arc::new(Metered::new(
+            redis(url, settings, state.root()),
+            metrics.tokens.clone(),
+        )),
+        Some(StoreLocation::File(path)) => {
+            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+        }
+        None => serving::open_embedded(state.root().join(STORE_FILE), metrics.tokens.clone()).await,
     };
-    let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(store, metrics.tokens.clone()));
-    // Once before serving (what expired while the server was down goes now), then
-    // every hour. Redis forgets by itself: its purge does not even call it.
-    purge_once(&*store, &*clock).await;
-    tokio::spawn(purge(store.clone(), clock, shutdown));
+    // Redis forgets by itself: its purge does not even call it.
+    serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
@@ -114,7 +111,7 @@ fn redis(url: &str, tokens: &TokenSettings, state: &Path) -> Arc<dyn FamilyStore
         password: tokens.password.as_ref().map(|p| p.expose().to_owned()),
         ca: tokens.ca.as_ref().map(|ca| ca.pem().to_vec()),
         installation: installation(state),
-        timeout: STORE_DEADLINE,
+        timeout: serving::STORE_DEADLINE,
     })
 }
 
@@ -131,54 +128,4 @@ fn installation(state: &Path) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect();
     format!("dev-{hex}")
-}
-
-async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {
-    let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|opened| opened.map_err(|e| e.to_string()));
-    match opened {
-        Ok(store) => {
-            tracing::info!(
-                store = shown.as_str(),
-                "token endpoint served at <issuer>/token"
-            );
-            Arc::new(Timed::new(store, STORE_DEADLINE))
-        }
-        Err(e) => {
-            tracing::error!(
-                store = shown.as_str(),
-                error = %e,
-                "the token store cannot be opened: the token endpoint answers 503 (everything else is served)"
-            );
-            Arc::new(Unavailable(format!(
-                "the token store {shown} cannot be opened"
-            )))
-        }
-    }
-}
-
-async fn purge(
-    store: Arc<dyn FamilyStore>,
-    clock: Arc<dyn Clock>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut every = tokio::time::interval(PURGE_EVERY);
-    every.tick().await; // immediate: the purge before serving was this one
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = every.tick() => purge_once(&*store, &*clock).await,
-        }
-    }
-}
-
-async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
-    match store.purge(clock.now()).await {
-        Ok(0) => {}
-        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
-        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
-    }
 }

@@ -321,20 +321,24 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         )
         .with_problem_grace(PROBLEM_GRACE),
     );
+    // The serving loop tells the leader's controllers what it applied.
+    let feeds = serve::Feeds::default();
+    // TokenClients have their own watch and index, fed the SigningKeys the serving loop
+    // applies (listening from now on, so that nothing it applies is missed).
+    let (token_client_cache, token_client_writer) = reflector::store();
     // Revocations have their own watch and set: a new one rebuilds no policy.
     let revoking = tokio::spawn(revocations::run(
         client.clone(),
         registry.clone(),
         metrics.clone(),
         clock.clone(),
-        (caches.keys.clone(), caches.policies.clone()),
+        revocations::LifetimeCaches {
+            keys: caches.keys.clone(),
+            policies: caches.policies.clone(),
+            clients: token_client_cache.clone(),
+        },
         stopped.clone(),
     ));
-    // The serving loop tells the leader's controllers what it applied.
-    let feeds = serve::Feeds::default();
-    // TokenClients have their own watch and index, fed the SigningKeys the serving loop
-    // applies (listening from now on, so that nothing it applies is missed).
-    let (token_client_cache, token_client_writer) = reflector::store();
     let token_clients = Arc::new(token_clients::Served::default());
     let token_client_changes = Arc::new(feed::Feed::default());
     let following_token_clients = tokio::spawn(token_clients::run(

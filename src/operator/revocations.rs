@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::error::Error;
 use super::instance::{INSTANCE_LABEL, Instance};
 use super::writer::{Deleted, LeaderWriter};
-use crate::api::{AuthPolicy, ObjectKey, Revocation, RevocationStatus, SigningKey};
+use crate::api::{AuthPolicy, ObjectKey, Revocation, RevocationStatus, SigningKey, TokenClient};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, SourceState};
@@ -32,20 +32,30 @@ const REFRESH: Duration = Duration::from_secs(30);
 /// How often the leader looks for lapsed Revocations to delete.
 pub const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
-/// Watches Revocations and publishes their set until `shutdown`. `keys` and `policies`
-/// are the serving watch caches, for the token lifetimes of the issuers.
+/// The watch caches that say how long a Revocation must live.
+pub struct LifetimeCaches {
+    /// The SigningKeys: their tokens' `maxTokenLifetime`.
+    pub keys: Store<DeserializeGuard<SigningKey>>,
+    /// The AuthPolicies: the token lifetimes they accept.
+    pub policies: Store<DeserializeGuard<AuthPolicy>>,
+    /// The TokenClients: how long the refresh families of each key live.
+    pub clients: Store<DeserializeGuard<TokenClient>>,
+}
+
+/// Watches Revocations and publishes their set until `shutdown`.
 pub async fn run(
     client: Client,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
-    caches: (
-        Store<DeserializeGuard<SigningKey>>,
-        Store<DeserializeGuard<AuthPolicy>>,
-    ),
+    caches: LifetimeCaches,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (keys, policies) = caches;
+    let LifetimeCaches {
+        keys,
+        policies,
+        clients,
+    } = caches;
     registry.set_source(WATCH, SourceState::Syncing);
     let api = Api::<DeserializeGuard<Revocation>>::all(client);
     let mut events = watcher(api, watcher::Config::default())
@@ -85,7 +95,7 @@ pub async fn run(
             if registry.set_source(WATCH, SourceState::Synced) != Some(SourceState::Synced) {
                 tracing::info!("{WATCH} synced: {} revocations", follower.index.len());
             }
-            follower.lifetimes(&keys, &policies);
+            follower.lifetimes(&keys, &policies, &clients);
             let (set, counts) = follower.index.publish(clock.now());
             metrics.observe_revocations(&counts);
             registry.publish_revocations(set);
@@ -103,6 +113,8 @@ struct Follower {
     /// The `resourceVersion` of each AuthPolicy last read for its token lifetimes: an
     /// unchanged one is not read again at every publication.
     policy_versions: std::collections::HashMap<ObjectKey, Option<String>>,
+    /// Likewise each TokenClient's.
+    client_versions: std::collections::HashMap<ObjectKey, Option<String>>,
 }
 
 impl Follower {
@@ -189,6 +201,7 @@ impl Follower {
         &mut self,
         keys: &Store<DeserializeGuard<SigningKey>>,
         policies: &Store<DeserializeGuard<AuthPolicy>>,
+        clients: &Store<DeserializeGuard<TokenClient>>,
     ) {
         for key in keys.state() {
             if let Ok(key) = &key.0 {
@@ -226,6 +239,33 @@ impl Follower {
             }
             kept
         });
+        // Likewise the TokenClients: one not read yet may keep a key's refresh families
+        // alive longer than its tokens.
+        let listed = clients
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|ready| ready.is_ok());
+        self.index.set_clients_known(listed);
+        let mut seen = std::collections::HashSet::new();
+        for client in clients.state() {
+            // One that does not parse is not served: it starts no family.
+            let Ok(client) = &client.0 else { continue };
+            let id = ObjectKey::of(&client.metadata);
+            let version = client.metadata.resource_version.clone();
+            if self.client_versions.get(&id) != Some(&version) {
+                self.index.apply_client(client);
+                self.client_versions.insert(id.clone(), version);
+            }
+            seen.insert(id);
+        }
+        let index = &mut self.index;
+        self.client_versions.retain(|id, _| {
+            let kept = seen.contains(id);
+            if !kept {
+                index.delete_client(id);
+            }
+            kept
+        });
     }
 }
 
@@ -238,16 +278,18 @@ pub struct Judgement {
     pub active: Vec<(Revocation, RevocationStatus)>,
 }
 
-/// Judges `revocations` at `now`, with the token lifetimes of `keys` and `policies`.
+/// Judges `revocations` at `now`, with the token lifetimes of `keys` and `policies` and
+/// the refresh families of `clients`.
 /// Pure: the leader lists, this decides. Objects that are refused are left alone (the
 /// apiserver's CEL rules keep them out in practice).
 pub fn judge(
     revocations: &[Revocation],
     keys: &[SigningKey],
     policies: &[AuthPolicy],
+    clients: &[TokenClient],
     now: Timestamp,
 ) -> Judgement {
-    let (index, refused) = RevocationIndex::of(revocations, keys, policies, now);
+    let (index, refused) = RevocationIndex::of(revocations, keys, policies, clients, now);
     for refused in refused {
         tracing::warn!("{refused} (left alone)");
     }
@@ -316,8 +358,9 @@ pub async fn expire(client: Client, writer: LeaderWriter, clock: Arc<dyn Clock>)
 }
 
 /// One pass of [`expire`]: lists SigningKeys, AuthPolicies (what token lifetimes they
-/// accept) and Revocations, deletes the lapsed ones
-/// (each conditional on its uid and resourceVersion: only the object judged), and
+/// accept), TokenClients (how long their refresh families live) and Revocations,
+/// deletes the lapsed ones (each conditional on its uid and resourceVersion: only the
+/// object judged), and
 /// writes `status.expiresAt` of the others where it is not what it should be. Returns
 /// how many were deleted.
 pub async fn expire_once(
@@ -339,6 +382,14 @@ pub async fn expire_once(
         .into_iter()
         .filter_map(|p| p.0.ok())
         .collect();
+    // How long refresh families live: a key's Revocations must outlive them.
+    let clients: Vec<TokenClient> = Api::<DeserializeGuard<TokenClient>>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| c.0.ok())
+        .collect();
     let revocations: Vec<Revocation> = Api::<DeserializeGuard<Revocation>>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -349,7 +400,7 @@ pub async fn expire_once(
         // each deletes and reports only its own.
         .filter(|r| writer.instance().owns(&r.metadata))
         .collect();
-    let judgement = judge(&revocations, &keys, &policies, now);
+    let judgement = judge(&revocations, &keys, &policies, &clients, now);
     let mut deleted = 0;
     for revocation in judgement.lapsed {
         let id = ObjectKey::of(&revocation.metadata);
@@ -504,8 +555,9 @@ mod tests {
             )
             .unwrap())))
         };
+        let (clients, mut clients_writer) = reflector::store::<DeserializeGuard<TokenClient>>();
         let in_force = |follower: &mut Follower| {
-            follower.lifetimes(&keys, &policies);
+            follower.lifetimes(&keys, &policies, &clients);
             follower.index.publish(now).0.len()
         };
         assert_eq!(
@@ -515,7 +567,32 @@ mod tests {
         );
         policies_writer.apply_watcher_event(&watcher::Event::Init);
         policies_writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert_eq!(
+            in_force(&mut follower),
+            1,
+            "the TokenClients are not listed yet"
+        );
+        clients_writer.apply_watcher_event(&watcher::Event::Init);
+        clients_writer.apply_watcher_event(&watcher::Event::InitDone);
         assert_eq!(in_force(&mut follower), 0, "lapsed at 01:05");
+        // A TokenClient of the key whose families refresh for 8 hours keeps it in force;
+        // its deletion lets it lapse again.
+        let token_client = || -> TokenClient {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "TokenClient",
+                "metadata": {"name": "app", "namespace": "auth", "resourceVersion": "1"},
+                "spec": {"signingKeyRef": {"name": "web"}, "audiences": ["api"],
+                    "refreshTokens": {"absoluteLifetime": "8h"}},
+            }))
+            .unwrap()
+        };
+        clients_writer
+            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(token_client()))));
+        assert_eq!(in_force(&mut follower), 1, "in force until 08:05");
+        clients_writer.apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(
+            token_client(),
+        ))));
+        assert_eq!(in_force(&mut follower), 0, "the TokenClient is gone");
         policies_writer.apply_watcher_event(&legacy("1", "3h"));
         assert_eq!(in_force(&mut follower), 1, "in force until 03:05");
         policies_writer.apply_watcher_event(&legacy("2", "90m"));
@@ -555,7 +632,7 @@ mod tests {
             revocation("2026-03-01T00:39:59Z"),
             revocation("2026-03-01T00:40:00Z"),
         ];
-        let judged = judge(&revocations, std::slice::from_ref(&key), &[], now);
+        let judged = judge(&revocations, std::slice::from_ref(&key), &[], &[], now);
         // With 15-minute tokens, a revocation lives 15 minutes and the largest leeway,
         // 5 minutes (to the second).
         assert_eq!(judged.lapsed.len(), 1);
@@ -569,14 +646,40 @@ mod tests {
                 "maxTokenLifetime": "3h"}]},
         }))
         .unwrap();
-        let kept = judge(&revocations, std::slice::from_ref(&key), &[legacy], now);
+        let kept = judge(
+            &revocations,
+            std::slice::from_ref(&key),
+            &[legacy],
+            &[],
+            now,
+        );
         assert!(kept.lapsed.is_empty());
         assert_eq!(
             kept.active[0].1.expires_at.as_ref().unwrap().0,
             "2026-03-01T03:44:59Z".parse::<Timestamp>().unwrap()
         );
+        // A TokenClient of the key whose families refresh for a week keeps both a week:
+        // a family started before them may refresh, and is ended by them, until then.
+        let weekly: TokenClient = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "TokenClient",
+            "metadata": {"name": "app", "namespace": "auth"},
+            "spec": {"signingKeyRef": {"name": "web"}, "audiences": ["api"]},
+        }))
+        .unwrap();
+        let kept = judge(
+            &revocations,
+            std::slice::from_ref(&key),
+            &[],
+            &[weekly],
+            now,
+        );
+        assert!(kept.lapsed.is_empty());
+        assert_eq!(
+            kept.active[0].1.expires_at.as_ref().unwrap().0,
+            "2026-03-08T00:44:59Z".parse::<Timestamp>().unwrap()
+        );
         // Without the SigningKey the lifetime is unknown: it counts, and is not deleted.
-        let unknown = judge(&[revocation("2026-01-01T00:00:00Z")], &[], &[], now);
+        let unknown = judge(&[revocation("2026-01-01T00:00:00Z")], &[], &[], &[], now);
         assert!(unknown.lapsed.is_empty());
         assert_eq!(unknown.active[0].1.conditions[0].reason, "LifetimeUnknown");
     }

@@ -14,9 +14,7 @@
 //! apply to it: its keys are this installation's (`<namespace>/<instance>`), apart from
 //! any other installation's in the same Redis.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
@@ -28,12 +26,7 @@ use crate::server::revoke::RevocationWriter;
 use crate::server::token::TokenEndpoint;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::RedisSettings;
-use crate::tokens::{FamilyStore, Metered, Timed, Unavailable, embedded::EmbeddedStore};
-
-/// A store call that takes longer is answered 503 (as in dev mode).
-const STORE_DEADLINE: Duration = Duration::from_secs(2);
-/// Expired families are forgotten this often.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
+use crate::tokens::{FamilyStore, Metered, serving};
 
 /// Where the token service keeps its state on a cluster.
 #[derive(Clone, Debug)]
@@ -147,75 +140,24 @@ pub async fn endpoint(
     metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
-    let store = match &config.location {
-        StoreLocation::File(path) => open(path.clone()).await,
-        StoreLocation::Redis(url) => crate::tokens::redis::shared(&RedisSettings {
-            url: url.clone(),
-            password: config.password.as_ref().map(|p| p.expose().to_owned()),
-            ca: config.ca.as_ref().map(|ca| ca.pem().to_vec()),
-            installation,
-            timeout: STORE_DEADLINE,
-        }),
+    let store: Arc<dyn FamilyStore> = match &config.location {
+        StoreLocation::File(path) => {
+            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+        }
+        StoreLocation::Redis(url) => Arc::new(Metered::new(
+            crate::tokens::redis::shared(&RedisSettings {
+                url: url.clone(),
+                password: config.password.as_ref().map(|p| p.expose().to_owned()),
+                ca: config.ca.as_ref().map(|ca| ca.pem().to_vec()),
+                installation,
+                timeout: serving::STORE_DEADLINE,
+            }),
+            metrics.tokens.clone(),
+        )),
     };
-    let store: Arc<dyn FamilyStore> = Arc::new(Metered::new(store, metrics.tokens.clone()));
-    // Once before serving (what expired while the operator was down goes now), then
-    // every hour.
-    purge_once(&*store, &*clock).await;
-    tokio::spawn(purge(store.clone(), clock, shutdown));
+    serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.reviewer = Some(reviewer);
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
     Arc::new(endpoint)
-}
-
-// `open` and `purge` are dev mode's (src/dev/tokens.rs), repeated while the two
-// drivers were built at the same time; they belong in `crate::tokens`, shared.
-async fn open(path: PathBuf) -> Arc<dyn FamilyStore> {
-    let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|opened| opened.map_err(|e| e.to_string()));
-    match opened {
-        Ok(store) => {
-            tracing::info!(
-                store = shown.as_str(),
-                "token endpoint served at <issuer>/token"
-            );
-            Arc::new(Timed::new(store, STORE_DEADLINE))
-        }
-        Err(e) => {
-            tracing::error!(
-                store = shown.as_str(),
-                error = %e,
-                "the token store cannot be opened: the token endpoint answers 503 (everything else is served)"
-            );
-            Arc::new(Unavailable(format!(
-                "the token store {shown} cannot be opened"
-            )))
-        }
-    }
-}
-
-async fn purge(
-    store: Arc<dyn FamilyStore>,
-    clock: Arc<dyn Clock>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut every = tokio::time::interval(PURGE_EVERY);
-    every.tick().await; // immediate: the purge before serving was this one
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = every.tick() => purge_once(&*store, &*clock).await,
-        }
-    }
-}
-
-async fn purge_once(store: &dyn FamilyStore, clock: &dyn Clock) {
-    match store.purge(clock.now()).await {
-        Ok(0) => {}
-        Ok(purged) => tracing::info!(purged, "expired token sessions forgotten"),
-        Err(e) => tracing::warn!(error = %e, "expired token sessions could not be purged"),
-    }
 }

@@ -439,6 +439,14 @@ impl Request<'_> {
                 Failure::Server(format!("TokenClient {}: {e}", rules.client))
             }
         })?;
+        // A subject revoked up to an instant still to come gets no session until then.
+        let revocations = self.state.registry.revocations();
+        if rules::family_revoked(&revocations, &client.key, &started.family, now) {
+            return Err(invalid_grant(
+                "a Revocation in force refuses this subject's tokens: no session is started",
+            ));
+        }
+        drop(revocations);
         let access = self.sign(client, &started.family, &started.family.access(), now)?;
         self.endpoint.store.create(&started.family).await?;
         let metrics = &self.state.metrics.tokens;
@@ -463,12 +471,15 @@ impl Request<'_> {
         };
         let now = self.state.clock.now();
         let rotations = &self.endpoint.rotations;
+        // An Arc, not the guard: it is held across the store's awaits.
+        let revocations = Arc::clone(&self.state.registry.revocations());
         let refreshed = crate::tokens::refresh_admitted(
             &*self.endpoint.store,
             &token,
             &client.rules.client,
             now,
             &mut SystemEntropy,
+            &|family| rules::family_revoked(&revocations, &client.key, family, now),
             &|family| rotations.take(&family.id),
         )
         .await;

@@ -20,6 +20,7 @@ pub mod location;
 mod metered;
 pub mod metrics;
 pub mod redis;
+pub mod serving;
 #[cfg(test)]
 mod tests;
 mod timed;
@@ -134,19 +135,23 @@ pub async fn refresh(
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
 ) -> Result<Refreshed, RefreshError> {
-    refresh_admitted(store, token, client, now, entropy, &|_| Ok(())).await
+    refresh_admitted(store, token, client, now, entropy, &|_| false, &|_| Ok(())).await
 }
 
-/// [`refresh`], with each rotation first admitted by `admit` (a budget per family:
-/// `Err(seconds)` refuses it with [`RefreshError::Limited`] before anything is written).
-/// A retry within the grace is a read and costs nothing, so fifty concurrent refreshes of
-/// one token take one rotation from the budget.
+/// [`refresh`], with two questions to the caller. `revoked`: whether a Revocation in
+/// force ends the family (asked first, for the client's own live family only; if so the
+/// family is revoked in the store and the refresh refused, the grace's replay included).
+/// `admit`: each rotation's budget (per family: `Err(seconds)` refuses it with
+/// [`RefreshError::Limited`] before anything is written). A retry within the grace is a
+/// read and costs nothing, so fifty concurrent refreshes of one token take one rotation
+/// from the budget.
 pub async fn refresh_admitted(
     store: &dyn FamilyStore,
     token: &RefreshToken,
     client: &str,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
+    revoked: &(dyn Fn(&Family) -> bool + Sync),
     admit: &(dyn Fn(&Family) -> Result<(), u64> + Sync),
 ) -> Result<Refreshed, RefreshError> {
     let hash = token.hash();
@@ -154,6 +159,20 @@ pub async fn refresh_admitted(
         let Some(found) = store.find(hash, now).await? else {
             return Err(RefreshError::Unknown);
         };
+        // Another client's token is refused by the core below, learning nothing: only the
+        // owner's refresh may end a family.
+        if found.family.client == client
+            && let Some(next) = (revoked(&found.family))
+                .then(|| refresh::revoked_by_revocation(&found.family, now))
+                .flatten()
+        {
+            if store.swap(&found.family, &next).await? {
+                return Err(RefreshError::Refused(Refused::Revoked(
+                    refresh::RevokedBecause::Revocation,
+                )));
+            }
+            continue;
+        }
         let presented = Presented {
             token,
             generation: found.generation,

@@ -108,6 +108,7 @@ contract!(
     logout_revokes_the_family_once,
     a_family_past_its_expiry_is_not_found,
     a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free,
+    a_revocation_in_force_revokes_the_family_once_and_not_for_another_client,
 );
 
 async fn logged_in(store: &dyn FamilyStore) -> (Family, RefreshToken) {
@@ -317,8 +318,16 @@ async fn a_family_past_its_expiry_is_not_found(f: Subject) {
 async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free(f: Subject) {
     let (family, first) = logged_in(&*f.store).await;
     let spent = |_: &Family| Err(7);
-    let answer =
-        refresh_admitted(&*f.store, &first, CLIENT, at(5), &mut SystemEntropy, &spent).await;
+    let answer = refresh_admitted(
+        &*f.store,
+        &first,
+        CLIENT,
+        at(5),
+        &mut SystemEntropy,
+        &|_| false,
+        &spent,
+    )
+    .await;
     assert!(
         matches!(answer, Err(RefreshError::Limited(7))),
         "{answer:?}"
@@ -335,6 +344,7 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
             CLIENT,
             at(6),
             &mut SystemEntropy,
+            &|_| false,
             &|_| Ok(()),
         )
         .await
@@ -342,12 +352,86 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
     );
     assert!(was_rotated);
     let (replayed, again, _, was_rotated) = pair(
-        refresh_admitted(&*f.store, &first, CLIENT, at(7), &mut SystemEntropy, &spent)
-            .await
-            .unwrap(),
+        refresh_admitted(
+            &*f.store,
+            &first,
+            CLIENT,
+            at(7),
+            &mut SystemEntropy,
+            &|_| false,
+            &spent,
+        )
+        .await
+        .unwrap(),
     );
     assert!(!was_rotated);
     assert_eq!((replayed.generation, again), (rotated.generation, second));
+}
+
+async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_client(f: Subject) {
+    let (family, first) = logged_in(&*f.store).await;
+    let ended = |_: &Family| true;
+    // Another client's request is refused as such and ends nothing.
+    let answer = refresh_admitted(
+        &*f.store,
+        &first,
+        "auth/other",
+        at(5),
+        &mut SystemEntropy,
+        &ended,
+        &|_| Ok(()),
+    )
+    .await;
+    assert!(
+        matches!(answer, Err(RefreshError::Refused(Refused::OtherClient))),
+        "{answer:?}"
+    );
+    assert_eq!(
+        f.store.family(&family.id, at(5)).await.unwrap(),
+        Some(family.clone())
+    );
+    // The owner's refresh ends the family, in the store.
+    let answer = refresh_admitted(
+        &*f.store,
+        &first,
+        CLIENT,
+        at(6),
+        &mut SystemEntropy,
+        &ended,
+        &|_| Ok(()),
+    )
+    .await;
+    assert!(
+        matches!(
+            answer,
+            Err(RefreshError::Refused(Refused::Revoked(
+                RevokedBecause::Revocation
+            )))
+        ),
+        "{answer:?}"
+    );
+    let stored = f.store.family(&family.id, at(6)).await.unwrap().unwrap();
+    assert_eq!(stored.revoked.unwrap().because, RevokedBecause::Revocation);
+    // With the Revocation gone, the family stays ended.
+    let answer = refresh_admitted(
+        &*f.store,
+        &first,
+        CLIENT,
+        at(7),
+        &mut SystemEntropy,
+        &|_| false,
+        &|_| Ok(()),
+    )
+    .await;
+    assert!(
+        matches!(
+            answer,
+            Err(RefreshError::Refused(Refused::Revoked(
+                RevokedBecause::Revocation
+            )))
+        ),
+        "{answer:?}"
+    );
 }
 
 // The embedded store's own: its file across restarts, its purge, its corruption.

@@ -232,6 +232,9 @@ pub enum RevokedBecause {
     Reuse,
     /// The client (or an operator) ended the session.
     Logout,
+    /// A Revocation in force (an admin's, of the session, the subject or the key) matches
+    /// the family's login.
+    Revocation,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -494,6 +497,15 @@ pub fn logout(family: &Family, now: Timestamp) -> Option<Family> {
         .revoked
         .is_none()
         .then(|| revoked(family, now, RevokedBecause::Logout))
+}
+
+/// A Revocation in force matches the family: the family revoked, or `None` when it
+/// already was.
+pub fn revoked_by_revocation(family: &Family, now: Timestamp) -> Option<Family> {
+    family
+        .revoked
+        .is_none()
+        .then(|| revoked(family, now, RevokedBecause::Revocation))
 }
 
 fn revoked(family: &Family, now: Timestamp, because: RevokedBecause) -> Family {

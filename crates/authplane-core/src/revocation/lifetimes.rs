@@ -6,6 +6,10 @@
 //!   (`issuers[].maxTokenLifetime`): the longest of these.
 //! - An external issuer's tokens pass, under the policies of one namespace, for the longest
 //!   limit those policies set for it; for ever when one of them sets none.
+//! - A SigningKey that signs for TokenClients: a refresh family started before a
+//!   Revocation can refresh, and be ended by it, until the longest `absoluteLifetime` of
+//!   those clients (the token endpoint checks the family against the Revocations in force
+//!   at each refresh), so the key's Revocations live at least that long.
 //! - Plus [`MAX_LEEWAY`]: a token passes that long after its `exp` under some policies.
 //!
 //! Fed incrementally: each policy's contribution is kept by its id, so an edit costs in
@@ -15,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use jiff::SignedDuration;
 
-use crate::api::{AuthPolicy, ObjectKey};
+use crate::api::{AuthPolicy, ObjectKey, TokenClient};
 use crate::policy::lifetime::{self, MAX_LEEWAY};
 
 /// How long a Revocation of an external issuer lives while no policy of its namespace
@@ -93,6 +97,13 @@ pub struct Lifetimes {
     raised: HashMap<ObjectKey, BTreeSet<(i64, ObjectKey)>>,
     /// Per (namespace, issuer URL): the limits of that namespace's policies.
     external: HashMap<(String, String), IssuerLimits>,
+    /// False while the driver has not read every TokenClient yet: one not read may keep
+    /// refresh families alive longer.
+    clients_known: bool,
+    /// Each TokenClient's SigningKey and refresh `absoluteLifetime` (seconds).
+    clients: HashMap<ObjectKey, (ObjectKey, i64)>,
+    /// Per SigningKey: the TokenClients it signs for, by their `absoluteLifetime`.
+    refreshed: HashMap<ObjectKey, BTreeSet<(i64, ObjectKey)>>,
 }
 
 impl Default for Lifetimes {
@@ -103,6 +114,9 @@ impl Default for Lifetimes {
             policies: HashMap::new(),
             raised: HashMap::new(),
             external: HashMap::new(),
+            clients_known: true,
+            clients: HashMap::new(),
+            refreshed: HashMap::new(),
         }
     }
 }
@@ -181,17 +195,65 @@ impl Lifetimes {
         !(old.keys.is_empty() && old.issuers.is_empty())
     }
 
-    /// How long after its issue a token of SigningKey `key` may still pass anywhere.
+    /// Says whether every TokenClient has been read (true unless told otherwise). True
+    /// when that changed.
+    pub fn set_clients_known(&mut self, known: bool) -> bool {
+        std::mem::replace(&mut self.clients_known, known) != known
+    }
+
+    /// Records how long a TokenClient's refresh families live and which key signs their
+    /// tokens (it replaces its earlier version). True when that changed.
+    pub fn apply_client(&mut self, client: &TokenClient) -> bool {
+        let id = ObjectKey::of(&client.metadata);
+        let key = client.spec.signing_key_id(&id.namespace);
+        let seconds = client
+            .spec
+            .refresh_tokens
+            .absolute_lifetime
+            .value()
+            .as_secs();
+        if self.clients.get(&id) == Some(&(key.clone(), seconds)) {
+            return false;
+        }
+        self.delete_client(&id);
+        self.refreshed
+            .entry(key.clone())
+            .or_default()
+            .insert((seconds, id.clone()));
+        self.clients.insert(id, (key, seconds));
+        true
+    }
+
+    /// Forgets a TokenClient. True when it was known.
+    pub fn delete_client(&mut self, id: &ObjectKey) -> bool {
+        let Some((key, seconds)) = self.clients.remove(id) else {
+            return false;
+        };
+        if let Some(set) = self.refreshed.get_mut(&key) {
+            set.remove(&(seconds, id.clone()));
+            if set.is_empty() {
+                self.refreshed.remove(&key);
+            }
+        }
+        true
+    }
+
+    /// How long after its issue a token of SigningKey `key` may still pass anywhere, or a
+    /// refresh family its TokenClients started then may still refresh.
     pub fn of_key(&self, key: &ObjectKey) -> Longest {
-        let Some(own) = self.keys.get(key).filter(|_| self.policies_known) else {
+        let known = self.policies_known && self.clients_known;
+        let Some(own) = self.keys.get(key).filter(|_| known) else {
             return Longest::Unknown;
         };
-        let raised = self
-            .raised
-            .get(key)
-            .and_then(|set| set.last())
-            .map_or(0, |(seconds, _)| *seconds);
-        Longest::For(SignedDuration::from_secs(own.as_secs().max(raised)) + MAX_LEEWAY)
+        let longest_of = |set: Option<&BTreeSet<(i64, ObjectKey)>>| {
+            set.and_then(|set| set.last())
+                .map_or(0, |(seconds, _)| *seconds)
+        };
+        let raised = longest_of(self.raised.get(key));
+        let refreshed = longest_of(self.refreshed.get(key));
+        Longest::For(
+            SignedDuration::from_secs(own.as_secs().max(raised).max(refreshed)) + MAX_LEEWAY,
+        )
     }
 
     /// How long after its issue a token of external issuer `url` may still pass under
@@ -321,5 +383,51 @@ mod tests {
         );
         assert!(lifetimes.delete_policy(&ObjectKey::of(&open.metadata)));
         assert_eq!(lifetimes.of_issuer("shop", ENTRA), Longest::For(mins(95)));
+    }
+
+    fn token_client(name: &str, key: &str, absolute: &str) -> TokenClient {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "authplane.io/v1alpha1", "kind": "TokenClient",
+            "metadata": {"name": name, "namespace": "auth"},
+            "spec": {"signingKeyRef": {"name": key}, "serviceAccounts": [{"name": "app"}],
+                "audiences": ["api"], "refreshTokens": {"absoluteLifetime": absolute}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_keys_revocations_live_as_long_as_its_clients_refresh_families() {
+        let mut lifetimes = Lifetimes::default();
+        lifetimes.set_key(key("web"), Some(mins(15)));
+        assert!(lifetimes.apply_client(&token_client("shop", "web", "168h")));
+        assert!(!lifetimes.apply_client(&token_client("shop", "web", "168h")));
+        assert!(lifetimes.apply_client(&token_client("admin", "web", "8h")));
+        assert_eq!(
+            lifetimes.of_key(&key("web")),
+            Longest::For(mins(168 * 60 + 5))
+        );
+        // Another key's clients do not count.
+        lifetimes.set_key(key("other"), Some(mins(15)));
+        assert_eq!(lifetimes.of_key(&key("other")), Longest::For(mins(20)));
+        // An edit shortens it; moving the client to another key moves its lifetime.
+        assert!(lifetimes.apply_client(&token_client("shop", "web", "1h")));
+        assert_eq!(
+            lifetimes.of_key(&key("web")),
+            Longest::For(mins(8 * 60 + 5))
+        );
+        assert!(lifetimes.apply_client(&token_client("admin", "other", "8h")));
+        assert_eq!(lifetimes.of_key(&key("web")), Longest::For(mins(65)));
+        assert_eq!(
+            lifetimes.of_key(&key("other")),
+            Longest::For(mins(8 * 60 + 5))
+        );
+        assert!(lifetimes.delete_client(&key("admin")));
+        assert!(!lifetimes.delete_client(&key("admin")));
+        assert_eq!(lifetimes.of_key(&key("other")), Longest::For(mins(20)));
+        // While the TokenClients are not all read, nothing of a key is known to lapse.
+        assert!(lifetimes.set_clients_known(false));
+        assert_eq!(lifetimes.of_key(&key("other")), Longest::Unknown);
+        assert!(lifetimes.set_clients_known(true));
+        assert_eq!(lifetimes.of_key(&key("other")), Longest::For(mins(20)));
     }
 }

@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use crate::api::{AuthPolicy, FieldError, ObjectKey, Revocation, SigningKey, Validate};
+use crate::api::{
+    AuthPolicy, FieldError, ObjectKey, Revocation, SigningKey, TokenClient, Validate,
+};
 pub use lifetimes::{EXTERNAL_MAX_LIFETIME, Lifetimes, Longest};
 
 /// Whose tokens a Revocation names.
@@ -413,7 +415,7 @@ pub struct Refused {
 }
 
 /// Every Revocation a driver has seen, and how long the tokens of each issuer live (from
-/// the SigningKeys and the AuthPolicies).
+/// the SigningKeys, the AuthPolicies and the TokenClients).
 #[derive(Debug, Default)]
 pub struct RevocationIndex {
     entries: BTreeMap<ObjectKey, Entry>,
@@ -427,6 +429,7 @@ impl RevocationIndex {
         revocations: impl IntoIterator<Item = &'a Revocation>,
         keys: impl IntoIterator<Item = &'a SigningKey>,
         policies: impl IntoIterator<Item = &'a AuthPolicy>,
+        clients: impl IntoIterator<Item = &'a TokenClient>,
         now: Timestamp,
     ) -> (Self, Vec<Refused>) {
         let mut index = Self::default();
@@ -438,6 +441,9 @@ impl RevocationIndex {
         }
         for policy in policies {
             index.apply_policy(policy);
+        }
+        for client in clients {
+            index.apply_client(client);
         }
         let refused = revocations
             .into_iter()
@@ -497,6 +503,23 @@ impl RevocationIndex {
     /// has not): until then nothing lapses. True when that changed.
     pub fn set_policies_known(&mut self, known: bool) -> bool {
         self.lifetimes.set_policies_known(known)
+    }
+
+    /// Records how long a TokenClient's refresh families live (a valid one). True when
+    /// expiries may have changed.
+    pub fn apply_client(&mut self, client: &TokenClient) -> bool {
+        self.lifetimes.apply_client(client)
+    }
+
+    /// Forgets a TokenClient. True when expiries may have changed.
+    pub fn delete_client(&mut self, id: &ObjectKey) -> bool {
+        self.lifetimes.delete_client(id)
+    }
+
+    /// Says whether every TokenClient has been read: until then nothing of a SigningKey
+    /// lapses. True when that changed.
+    pub fn set_clients_known(&mut self, known: bool) -> bool {
+        self.lifetimes.set_clients_known(known)
     }
 
     pub fn get(&self, id: &ObjectKey) -> Option<&Entry> {

@@ -6,6 +6,7 @@
 
 mod claims;
 mod request;
+mod revoked;
 pub mod secret;
 #[cfg(test)]
 mod tests;
@@ -14,6 +15,7 @@ pub use claims::{ClientRules, MAX_CLAIMS_BYTES, MAX_SUBJECT_CHARS, access_claims
 pub use request::{
     ClientAuth, Grant, MAX_BODY_BYTES, Params, TokenRequest, parse_form, parse_request,
 };
+pub use revoked::family_revoked;
 
 /// RFC 8693's grant type.
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
