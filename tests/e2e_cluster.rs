@@ -1434,7 +1434,11 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
             write_pace: None,
             attach: Default::default(),
             token_store: Some(operator::token_store::TokenStoreConfig {
-                path: store.path().join("tokens.redb"),
+                location: authplane::tokens::location::StoreLocation::File(
+                    store.path().join("tokens.redb"),
+                ),
+                password: None,
+                ca: None,
                 deployment: None,
                 rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
             }),

@@ -14,6 +14,7 @@ use authplane::operator::token_clients::{self, Follow, Report, Served};
 use authplane::operator::token_store::{self, TokenStoreConfig, TokenStoreError};
 use authplane::operator::writer::LeaderWriter;
 use authplane::registry::Registry;
+use authplane::tokens::location::StoreLocation;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::core::DeserializeGuard;
@@ -332,7 +333,9 @@ fn deployment(replicas: Option<i32>) -> Value {
 async fn check_with(status: u16, answer: Value) -> Result<(), TokenStoreError> {
     let (kube, mut apiserver) = mock_api::client();
     let config = TokenStoreConfig {
-        path: "/var/lib/authplane/tokens/tokens.redb".into(),
+        location: StoreLocation::File("/var/lib/authplane/tokens/tokens.redb".into()),
+        password: None,
+        ca: None,
         deployment: Some("authplane".into()),
         rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
     };
@@ -388,4 +391,26 @@ async fn an_embedded_token_store_refuses_several_replicas_and_says_why() {
                            "code": 403, "reason": "Forbidden", "message": "forbidden"});
     let failed = check_with(403, forbidden).await.unwrap_err();
     assert!(matches!(failed, TokenStoreError::Read { .. }), "{failed}");
+}
+
+#[tokio::test]
+async fn a_shared_token_store_takes_any_number_of_replicas_without_asking() {
+    let (kube, mut apiserver) = mock_api::client();
+    let config = TokenStoreConfig {
+        location: StoreLocation::parse("redis://redis.authplane.svc:6379/0").unwrap(),
+        password: None,
+        ca: None,
+        deployment: Some("authplane".into()),
+        rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
+    };
+    // The Deployment would say 3 replicas; a Redis every replica shares makes that
+    // sound, so the start goes on without reading it.
+    within(token_store::check_replicas(&kube, "authplane", &config))
+        .await
+        .unwrap();
+    drop(kube);
+    assert!(
+        within(apiserver.next_request()).await.is_none(),
+        "the Deployment is not read"
+    );
 }

@@ -42,10 +42,18 @@ pub(crate) struct DevArgs {
     /// Do not serve POST {issuer}/token (the token service).
     #[arg(long)]
     no_token_endpoint: bool,
-    /// The token service's store, a redb file (default: tokens.redb in the --state
-    /// folder). One process at a time.
-    #[arg(long, value_name = "FILE", conflicts_with = "no_token_endpoint")]
-    token_store: Option<PathBuf>,
+    /// The token service's store: a redb file (default: tokens.redb in the --state
+    /// folder; one process at a time), or a Redis that several processes share,
+    /// redis://[USER[:PASSWORD]@]HOST[:PORT][/DB] or rediss://… (TLS).
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "no_token_endpoint")]
+    token_store: Option<String>,
+    /// A file holding the Redis password (a mounted Secret), used instead of the URL's.
+    #[arg(long, value_name = "FILE", requires = "token_store")]
+    token_store_password_file: Option<PathBuf>,
+    /// PEM CA certificates a rediss:// server's certificate must chain to, instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", requires = "token_store")]
+    token_store_ca_file: Option<PathBuf>,
     /// The budgets of POST {issuer}/token, per minute: failed requests per client
     /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
@@ -53,6 +61,12 @@ pub(crate) struct DevArgs {
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
+    let (store, password, ca) = flags::token_store(
+        args.token_store.as_deref(),
+        args.token_store_password_file.as_deref(),
+        args.token_store_ca_file.as_deref(),
+    )
+    .map_err(CliError::Usage)?;
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let config = DevConfig {
@@ -67,7 +81,9 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
             serving: args.serving.settings(),
             tokens: dev::tokens::TokenSettings {
                 enabled: !args.no_token_endpoint,
-                store: args.token_store,
+                store,
+                password,
+                ca,
                 rate_per_minute: args.token_rate,
             },
             admin_listen: args.admin_listen,

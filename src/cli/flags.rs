@@ -3,6 +3,8 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
+use crate::tokens::location::{CaCertificates, Password, StoreLocation};
+
 /// Checks `--external-url`: an absolute `http` or `https` URL with a host, and no
 /// query, fragment or credentials (issuer URLs carry none, per OpenID Connect
 /// Discovery). Returns it without a trailing slash; otherwise unchanged, because it
@@ -66,6 +68,44 @@ pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| format!("{text:?}: {host:?} resolves to no address"))
+}
+
+/// `--token-store`, `--token-store-password-file`, `--token-store-ca-file`.
+pub type TokenStoreFlags = (
+    Option<StoreLocation>,
+    Option<Password>,
+    Option<CaCertificates>,
+);
+
+/// `--token-store` with its `--token-store-password-file` and `--token-store-ca-file`,
+/// checked together, the same for `run` and `dev`: a password goes with a Redis, a CA
+/// with `rediss://`. The URL is parsed here rather than by clap, whose errors would echo
+/// its password.
+pub fn token_store(
+    store: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TokenStoreFlags, String> {
+    let store = store.map(StoreLocation::parse).transpose()?;
+    let password = match password_file {
+        Some(_) if !store.as_ref().is_some_and(StoreLocation::is_redis) => {
+            return Err(
+                "--token-store-password-file goes with a redis:// or rediss:// --token-store"
+                    .into(),
+            );
+        }
+        Some(file) => Some(Password::read(file)?),
+        None => None,
+    };
+    let ca = match ca_file {
+        Some(_) if !matches!(&store, Some(StoreLocation::Redis(url)) if url.starts_with("rediss://")) =>
+        {
+            return Err("--token-store-ca-file goes with a rediss:// --token-store".into());
+        }
+        Some(file) => Some(CaCertificates::read(file)?),
+        None => None,
+    };
+    Ok((store, password, ca))
 }
 
 #[cfg(test)]

@@ -110,11 +110,19 @@ pub(crate) struct RunArgs {
     /// gatewayAPI.istio.meshConfig.read). Unset: not checked.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
     istio_mesh_config: Option<crate::api::ObjectKey>,
-    /// The token service's embedded store: a file on a volume (created if missing). It is
+    /// The token service's store: an embedded file on a volume (created if missing),
     /// this replica's own, so the operator refuses to start while --deployment asks for
-    /// more than one replica.
-    #[arg(long, value_name = "PATH")]
-    token_store: Option<PathBuf>,
+    /// more than one replica; or a Redis every replica shares,
+    /// redis://[USER[:PASSWORD]@]HOST[:PORT][/DB] or rediss://… (TLS).
+    #[arg(long, value_name = "PATH|URL")]
+    token_store: Option<String>,
+    /// A file holding the Redis password (a mounted Secret), used instead of the URL's.
+    #[arg(long, value_name = "FILE", requires = "token_store")]
+    token_store_password_file: Option<PathBuf>,
+    /// PEM CA certificates a rediss:// server's certificate must chain to, instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", requires = "token_store")]
+    token_store_ca_file: Option<PathBuf>,
     /// The Deployment this operator runs as, in --namespace (the chart sets it): with
     /// --token-store, its replica count is checked at start.
     #[arg(long, value_name = "NAME", requires = "token_store")]
@@ -189,6 +197,12 @@ impl TlsFileArgs {
 pub(crate) const DEFAULT_DECISION_CACHE: usize = 10_000;
 
 pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
+    let (store, password, ca) = flags::token_store(
+        args.token_store.as_deref(),
+        args.token_store_password_file.as_deref(),
+        args.token_store_ca_file.as_deref(),
+    )
+    .map_err(CliError::Usage)?;
     let identity = args
         .identity
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -253,13 +267,13 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             burst: args.kube_api_burst,
         }),
         attach,
-        token_store: args
-            .token_store
-            .map(|path| crate::operator::token_store::TokenStoreConfig {
-                path,
-                deployment: args.deployment,
-                rate_per_minute: args.token_rate,
-            }),
+        token_store: store.map(|location| crate::operator::token_store::TokenStoreConfig {
+            location,
+            password,
+            ca,
+            deployment: args.deployment,
+            rate_per_minute: args.token_rate,
+        }),
     };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;
     runtime.block_on(operator::run(config, shutdown_signal()))?;

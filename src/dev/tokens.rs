@@ -1,8 +1,9 @@
-//! Dev mode's token endpoint: the embedded store in the state folder, client secrets
+//! Dev mode's token endpoint: the embedded store in the state folder (or a file or a
+//! Redis that `--token-store` names), client secrets
 //! from the state folder (`authplane token client-secret`), Revocations written as
 //! manifests (as `/revoke` does), and a purge of expired families now and then.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -14,18 +15,25 @@ use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
-use crate::tokens::serving;
+use crate::tokens::location::{CaCertificates, Password, StoreLocation};
+use crate::tokens::redis::RedisSettings;
+use crate::tokens::{FamilyStore, Metered, serving};
 
 /// The store's file in the state folder, unless `--token-store` names another.
 pub const STORE_FILE: &str = "tokens.redb";
 
-/// `--no-token-endpoint`, `--token-store`, `--token-rate`.
+/// `--no-token-endpoint`, `--token-store`, `--token-store-password-file`, `--token-rate`.
 #[derive(Clone, Debug)]
 pub struct TokenSettings {
     /// Serve `POST {issuer}/token` (default: yes).
     pub enabled: bool,
-    /// The store's file; default `<state>/tokens.redb`.
-    pub store: Option<PathBuf>,
+    /// The store: a file or a Redis; default the file `<state>/tokens.redb`.
+    pub store: Option<StoreLocation>,
+    /// The Redis password (replacing the URL's), from `--token-store-password-file`.
+    pub password: Option<Password>,
+    /// The CA of a `rediss://` store, from `--token-store-ca-file` (default: the system's
+    /// roots).
+    pub ca: Option<CaCertificates>,
     /// Failed requests per client address, and rotations per family, per minute.
     pub rate_per_minute: u32,
 }
@@ -35,6 +43,8 @@ impl Default for TokenSettings {
         Self {
             enabled: true,
             store: None,
+            password: None,
+            ca: None,
             rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
         }
     }
@@ -74,14 +84,48 @@ pub async fn endpoint(
     if !settings.enabled {
         return None;
     }
-    let path = settings
-        .store
-        .clone()
-        .unwrap_or_else(|| state.root().join(STORE_FILE));
-    let store = serving::open_embedded(path, metrics.tokens.clone()).await;
+    let store = match &settings.store {
+        Some(StoreLocation::Redis(url)) => Arc::new(Metered::new(
+            redis(url, settings, state.root()),
+            metrics.tokens.clone(),
+        )),
+        Some(StoreLocation::File(path)) => {
+            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+        }
+        None => serving::open_embedded(state.root().join(STORE_FILE), metrics.tokens.clone()).await,
+    };
+    // Redis forgets by itself: its purge does not even call it.
     serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
     Some(Arc::new(endpoint))
+}
+
+/// A Redis store, shared by every dev process of the same state folder: the folder is
+/// the installation (two folders, two sets of keys in one Redis). It connects at its
+/// first call: a Redis that is down answers 503 until it is back.
+fn redis(url: &str, tokens: &TokenSettings, state: &Path) -> Arc<dyn FamilyStore> {
+    crate::tokens::redis::shared(&RedisSettings {
+        url: url.to_owned(),
+        password: tokens.password.as_ref().map(|p| p.expose().to_owned()),
+        ca: tokens.ca.as_ref().map(|ca| ca.pem().to_vec()),
+        installation: installation(state),
+        timeout: serving::STORE_DEADLINE,
+    })
+}
+
+/// `dev-` and a digest of the state folder's absolute path: the same for every process of
+/// one folder, different for another folder, and no path in Redis.
+fn installation(state: &Path) -> String {
+    let absolute = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        absolute.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("dev-{hex}")
 }

@@ -282,6 +282,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         Some(store) => Some(
             token_store::endpoint(
                 store,
+                format!("{}/{}", config.namespace, config.instance.name()),
                 Arc::new(assertions::TokenReviewer::new(client.clone())),
                 revocation_writer.clone(),
                 config.serving.trusted_proxy_hops,

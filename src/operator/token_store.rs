@@ -9,8 +9,11 @@
 //! Refusing the start, not only the endpoint: a misconfigured rollout then never becomes
 //! ready and the Deployment keeps the old replicas serving (`maxUnavailable: 0`), and the
 //! reason is the first line of the pod's log and its `kubectl describe`.
+//!
+//! A Redis (`--token-store redis://…`) is shared by every replica, so the check does not
+//! apply to it: its keys are this installation's (`<namespace>/<instance>`), apart from
+//! any other installation's in the same Redis.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -21,13 +24,19 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
 use crate::server::token::TokenEndpoint;
-use crate::tokens::serving;
+use crate::tokens::location::{CaCertificates, Password, StoreLocation};
+use crate::tokens::redis::RedisSettings;
+use crate::tokens::{FamilyStore, Metered, serving};
 
 /// Where the token service keeps its state on a cluster.
 #[derive(Clone, Debug)]
 pub struct TokenStoreConfig {
-    /// The embedded store's file (on a volume).
-    pub path: PathBuf,
+    /// The embedded store's file (on a volume), or a Redis every replica shares.
+    pub location: StoreLocation,
+    /// The Redis password (replacing the URL's), from `--token-store-password-file`.
+    pub password: Option<Password>,
+    /// The CA of a `rediss://` store, from `--token-store-ca-file`.
+    pub ca: Option<CaCertificates>,
     /// The Deployment this operator runs as (`--deployment`, which the chart sets), in
     /// the operator's namespace: its replica count is checked at start. Unset: not
     /// checked (a warning says so).
@@ -58,17 +67,21 @@ pub enum TokenStoreError {
     },
 }
 
-/// Checks that the Deployment `config.deployment` in `namespace` runs one replica. A
-/// Deployment that is not found is not checked (the operator may run otherwise, as in
+/// Checks that the Deployment `config.deployment` in `namespace` runs one replica while
+/// the store is embedded (a Redis is shared: any replica count is sound). A Deployment
+/// that is not found is not checked (the operator may run otherwise, as in
 /// development); one that cannot be read fails the start.
 pub async fn check_replicas(
     client: &Client,
     namespace: &str,
     config: &TokenStoreConfig,
 ) -> Result<(), TokenStoreError> {
+    let StoreLocation::File(path) = &config.location else {
+        return Ok(());
+    };
     let Some(deployment) = &config.deployment else {
         tracing::warn!(
-            path = %config.path.display(),
+            path = %path.display(),
             "--token-store without --deployment: the replica count is not checked; run one replica"
         );
         return Ok(());
@@ -93,7 +106,7 @@ pub async fn check_replicas(
             Ok(())
         }
         Some(replicas) if replicas > 1 => Err(TokenStoreError::SeveralReplicas {
-            path: config.path.display().to_string(),
+            path: path.display().to_string(),
             namespace: namespace.to_owned(),
             deployment: deployment.clone(),
             replicas,
@@ -111,12 +124,15 @@ fn replicas_of(deployment: &Deployment) -> i32 {
         .unwrap_or(1)
 }
 
-/// The token endpoint on a cluster: the embedded store at `config.path`, client
+/// The token endpoint on a cluster: the embedded store or the Redis of `config`, client
 /// assertions reviewed by the apiserver (`reviewer`), no client secrets, and sessions
 /// revoked for reuse written as Revocations (`writer`). A store that cannot be opened is
-/// logged and answers 503: everything else serves on.
+/// logged and answers 503: everything else serves on. `installation` sets this
+/// installation's keys apart in a shared Redis.
+#[allow(clippy::too_many_arguments)]
 pub async fn endpoint(
     config: &TokenStoreConfig,
+    installation: String,
     reviewer: Arc<dyn crate::tokens::client_auth::AssertionReviewer>,
     writer: Arc<dyn RevocationWriter>,
     trusted_proxy_hops: usize,
@@ -124,7 +140,21 @@ pub async fn endpoint(
     metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
-    let store = serving::open_embedded(config.path.clone(), metrics.tokens.clone()).await;
+    let store: Arc<dyn FamilyStore> = match &config.location {
+        StoreLocation::File(path) => {
+            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+        }
+        StoreLocation::Redis(url) => Arc::new(Metered::new(
+            crate::tokens::redis::shared(&RedisSettings {
+                url: url.clone(),
+                password: config.password.as_ref().map(|p| p.expose().to_owned()),
+                ca: config.ca.as_ref().map(|ca| ca.pem().to_vec()),
+                installation,
+                timeout: serving::STORE_DEADLINE,
+            }),
+            metrics.tokens.clone(),
+        )),
+    };
     serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.reviewer = Some(reviewer);

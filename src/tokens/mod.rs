@@ -10,14 +10,16 @@
 //! expiry, so nothing grows without bound.
 //!
 //! Implementations: [`embedded::EmbeddedStore`] (a redb file in the state folder or on a
-//! volume; one replica). The trait is shaped for a shared store (Redis, issue 24): every
+//! volume; one replica) and [`redis::RedisStore`] (several replicas). The trait is shaped for a shared store (Redis, issue 24): every
 //! method is one round trip, and [`FamilyStore::swap`] is a single atomic
 //! compare-and-set (a Lua script there).
 
 pub mod client_auth;
 pub mod embedded;
+pub mod location;
 mod metered;
 pub mod metrics;
+pub mod redis;
 pub mod serving;
 #[cfg(test)]
 mod tests;

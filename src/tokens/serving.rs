@@ -15,7 +15,7 @@ use super::{FamilyStore, Metered, Timed, Unavailable};
 use crate::clock::Clock;
 
 /// A store call that takes longer is answered 503.
-const STORE_DEADLINE: Duration = Duration::from_secs(2);
+pub const STORE_DEADLINE: Duration = Duration::from_secs(2);
 /// Expired families are forgotten this often.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod https;
 pub mod mock_api;
 pub mod provider;
+pub mod redis_server;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
