@@ -86,10 +86,10 @@ pub trait FamilyStore: Send + Sync + 'static {
     /// than that are a [`StoreError::Unavailable`] naming the number, never a silent
     /// truncation (revoking "all" sessions must not miss one).
     ///
-    /// In Redis: a set `{prefix}sessions:{client}\n{subject}` of family ids (newline
-    /// cannot occur in a client id), `SADD`ed in the creating script with `EXPIRE ... GT`
-    /// to the family's TTL (so the set lives as long as its longest family); here, the
-    /// members whose family key has expired are skipped (and may be `SREM`ed).
+    /// In Redis: a set `{prefix}s:{client}\n{subject}` of family ids (newline cannot
+    /// occur in a client id), `SADD`ed in the creating script, its expiry raised to the
+    /// family's when later (so the set lives as long as its longest family); the members
+    /// whose family key has expired are skipped.
     fn sessions<'a>(
         &'a self,
         client: &'a str,
