@@ -59,7 +59,9 @@ fn main() {
         jsonwebtoken::encode(&header, &claims, &encoding).map(|_| ())
     });
     println!("jsonwebtoken_{alg_name}_signatures_per_second {jwt:.0}");
-    let ours = rate(seconds, || authplane::token::sign(&keys, &claims, now).map(|_| ()));
+    let ours = rate(seconds, || {
+        authplane::token::sign(&keys, &claims, now).map(|_| ())
+    });
     println!("token_sign_{alg_name}_signatures_per_second {ours:.0}");
 }
 

@@ -277,8 +277,7 @@ mod tests {
         for alg in Algorithm::ALL {
             let material = KeyMaterial::generate(alg, 2048).unwrap();
             let jwk: jsonwebtoken::jwk::Jwk =
-                serde_json::from_value(material.public_jwk().to_json(material.kid(), alg))
-                    .unwrap();
+                serde_json::from_value(material.public_jwk().to_json(material.kid(), alg)).unwrap();
             let kid = material.kid().to_owned();
             let keys = KeySet::new(vec![KeyRecord {
                 material,
@@ -303,7 +302,9 @@ mod tests {
             let (message, _) = token.rsplit_once('.').unwrap();
             let other = sign(&keys, &Map::new(), now).unwrap();
             let forged = format!("{message}.{}", other.rsplit_once('.').unwrap().1);
-            assert!(jsonwebtoken::decode::<Map<String, Value>>(&forged, &key, &validation).is_err());
+            assert!(
+                jsonwebtoken::decode::<Map<String, Value>>(&forged, &key, &validation).is_err()
+            );
         }
     }
 }
