@@ -1215,6 +1215,32 @@ async fn token_sessions_lists_and_ends_a_subjects_sessions_through_the_admin_lis
     )
     .await;
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    // A web page cannot end them (a cross-site POST to the admin port on a developer's
+    // machine, or a DNS-rebound GET): whatever a browser sends is refused, nothing ends.
+    let sessions_url = format!("{admin}/sessions/auth/web?subject=alice&revoke=true");
+    for (name, value) in [
+        ("Origin", "https://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let browser = dev
+            .http
+            .post(&sessions_url)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(browser.status(), 403, "{name}");
+    }
+    let listed = authplane_with(sessions(&["--json"]), "", &[]).await;
+    let listed: serde_json::Value = serde_json::from_str(&succeeded(&listed)).unwrap();
+    assert!(
+        listed["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["revoked"].is_null()),
+        "{listed}"
+    );
     for answer in [&one, &two, &bob] {
         assert_eq!(
             authz_status(&dev, answer["access_token"].as_str().unwrap()).await,

@@ -779,14 +779,25 @@ async fn logout_with_a_refresh_token_ends_its_family_and_its_session() {
         .await;
         assert_eq!(status, 200);
     }
-    let sessions = std::fs::read_dir(dev.manifests())
+    let sessions: Vec<_> = std::fs::read_dir(dev.manifests())
         .unwrap()
-        .filter(|entry| {
-            let name = entry.as_ref().unwrap().file_name();
-            name.to_string_lossy().contains("logout-session-")
-        })
-        .count();
-    assert_eq!(sessions, 2);
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().contains("logout-session-"))
+        .collect();
+    assert_eq!(sessions.len(), 2);
+    // The family is dead in the store: its Revocation only outlives the access tokens
+    // (at most 24h + 5m), not the key's longest refresh family (a week by default).
+    for path in &sessions {
+        let text = std::fs::read_to_string(path).unwrap();
+        let revocation: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let expires: jiff::Timestamp = revocation["spec"]["expiresAt"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no expiresAt in {text}"))
+            .parse()
+            .unwrap();
+        let bound = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(24 * 60 + 6);
+        assert!(expires <= bound, "{text}");
+    }
     // The other session of the same user lives on.
     assert_eq!(decide(&dev, text(&kept, "access_token")).await.0, 200);
     let (status, _) = refresh(&dev, "auth/web", text(&kept, "refresh_token")).await;

@@ -268,6 +268,9 @@ fn send(
 fn client() -> Result<reqwest::Client, CliError> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        // A token endpoint never redirects; following a 307/308 would send the form, and
+        // the client secret or assertion in it, again to wherever the answer points.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| unavailable(format!("an HTTP client: {e}")))
 }

@@ -7,19 +7,23 @@
 //!
 //! Who may call: whoever reaches the admin listener, which has no authentication of its
 //! own (as `/status` and `/metrics`). It is never the public listener (a 404 there); on a
-//! cluster it must stay cluster-internal (README: a NetworkPolicy).
+//! cluster it must stay cluster-internal (README: a NetworkPolicy). Ending sessions is the
+//! one write on a port that Prometheus (`networkPolicy.metricsFrom`) reaches too, so it is
+//! accepted only from this host's loopback (`kubectl port-forward` arrives there inside the
+//! pod), and nothing here answers a browser (a page could post to a dev machine's port).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde_json::json;
 
 use super::AppState;
+use super::listen;
 use super::token::session_revocation;
 use crate::refresh::{Family, RevokedBecause};
 use crate::tokens::{self, RefreshError};
@@ -28,9 +32,13 @@ use crate::tokens::{self, RefreshError};
 pub(super) async fn sessions(
     State(state): State<Arc<AppState>>,
     method: Method,
+    headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(why) = refused_caller(&method, &headers) {
+        return refuse(StatusCode::FORBIDDEN, why);
+    }
     let Some(endpoint) = state.token.clone() else {
         return refuse(StatusCode::NOT_FOUND, "the token endpoint is off");
     };
@@ -87,6 +95,21 @@ pub(super) async fn sessions(
         "the sessions of a subject were ended through the admin listener"
     );
     answer(&client_id, subject, &ended, now)
+}
+
+/// Why this caller may not use the endpoint, if it may not: a browser (it sends `Origin`
+/// or `Sec-Fetch-Site`; the CLI sends neither) never, and a `POST` only from loopback.
+fn refused_caller(method: &Method, headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site") {
+        return Some("the sessions of a subject are not served to browsers");
+    }
+    let loopback = listen::connection().is_some_and(|c| c.peer.ip().to_canonical().is_loopback());
+    if *method == Method::POST && !loopback {
+        return Some(
+            "sessions are ended only from this host's loopback: on a cluster, through kubectl port-forward",
+        );
+    }
+    None
 }
 
 fn answer(client: &str, subject: &str, families: &[Family], now: Timestamp) -> Response {

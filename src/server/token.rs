@@ -49,6 +49,11 @@ pub const TOKEN_SUFFIX: &str = "/token";
 pub(super) const MAX_BODY_BYTES: usize = rules::MAX_BODY_BYTES;
 /// What a client is told to wait when the store (or the apiserver) cannot answer.
 const RETRY_AFTER_SECS: u64 = 1;
+/// The longest access-token lifetime a TokenClient may set (its CRD's bound), and the
+/// most leeway a policy may grant: how long a session's Revocation must outlive a
+/// family that is revoked in the store already.
+const MAX_ACCESS_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(24);
+const MAX_POLICY_LEEWAY: SignedDuration = SignedDuration::from_mins(5);
 
 /// Dev mode's client secrets (`authplane token client-secret`): the stored hash of a
 /// TokenClient's secret, if it has one.
@@ -633,6 +638,15 @@ pub fn session_revocation(
             }),
             session_id: Some(sid.to_owned()),
             reason: Some(reason.to_owned()),
+            // The family is revoked in the store already (no refresh works): the
+            // Revocation only has to outlive its access tokens, at most the longest
+            // lifetime a TokenClient may give them plus any policy's leeway. Without it a
+            // logout's Revocation would live as long as the longest refresh family of
+            // the key (a week by default), one per logout.
+            expires_at: Some(Time(second(add(
+                now,
+                MAX_ACCESS_TOKEN_LIFETIME + MAX_POLICY_LEEWAY,
+            )))),
             ..RevocationSpec::default()
         },
         status: None,

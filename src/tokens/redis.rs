@@ -89,12 +89,21 @@ return {token, family[1], family[2], family[3]}
 
 /// `KEYS[1]` family, `KEYS[2]` its first token, `KEYS[3]` the sessions of its client and
 /// subject; `ARGV`: generation, revoked, JSON, token value, expiry (ms since the epoch),
-/// the family's id. The sessions set lives as long as its longest family (`PEXPIRETIME`
-/// is -1 for a new set; Redis 7.0 or newer).
+/// the family's id, the prefix. The sessions set lives as long as its longest family
+/// (`PEXPIRETIME` is -1 for a new set; Redis 7.0 or newer). A set member outlives its
+/// family (Redis expires keys, not members), and a subject that logs in more often than
+/// its families expire keeps the set alive for ever: each login drops up to two members
+/// whose family is gone, picked at random, so the set stays within about twice the
+/// families that exist instead of growing with every login ever made.
 const CREATE: &str = r#"
 redis.call('HSET', KEYS[1], 'generation', ARGV[1], 'revoked', ARGV[2], 'family', ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], ARGV[5])
 redis.call('SET', KEYS[2], ARGV[4], 'PXAT', ARGV[5])
+for _, id in ipairs(redis.call('SRANDMEMBER', KEYS[3], 2)) do
+  if redis.call('EXISTS', ARGV[7] .. 'f:' .. id) == 0 then
+    redis.call('SREM', KEYS[3], id)
+  end
+end
 redis.call('SADD', KEYS[3], ARGV[6])
 if redis.call('PEXPIRETIME', KEYS[3]) < tonumber(ARGV[5]) then
   redis.call('PEXPIREAT', KEYS[3], ARGV[5])
@@ -345,6 +354,7 @@ impl FamilyStore for RedisStore {
                     &token,
                     &expiry,
                     &family.id,
+                    &self.prefix,
                 ],
             )
             .await

@@ -1090,3 +1090,29 @@ async fn rediss_checks_the_servers_certificate_against_the_given_ca() {
         "{answer:?}"
     );
 }
+
+/// A subject that logs in more often than its families expire keeps its sessions set
+/// alive for ever (each login raises its expiry): the members of families Redis has
+/// expired must leave it, or it grows with every login ever made, and listing or ending
+/// that user's sessions reads every one of them.
+#[tokio::test]
+async fn redis_a_sessions_set_does_not_keep_the_ids_of_expired_families() {
+    let Some(server) =
+        RedisServer::start("redis_a_sessions_set_does_not_keep_the_ids_of_expired_families")
+    else {
+        return;
+    };
+    let store = RedisStore::new(&redis_settings(&server, "test")).unwrap();
+    let mut raw = raw(&server);
+    let set = format!("authplane:test:s:{CLIENT}\n{}", login().subject);
+    for _ in 0..50 {
+        let (family, _) = logged_in(&store).await;
+        // What Redis does at the family's forget-after.
+        let _: i64 = ::redis::cmd("DEL")
+            .arg(format!("authplane:test:f:{}", family.id))
+            .query(&mut raw)
+            .unwrap();
+    }
+    let members: i64 = ::redis::cmd("SCARD").arg(&set).query(&mut raw).unwrap();
+    assert!(members <= 2, "{members} ids of expired families kept");
+}
