@@ -192,3 +192,27 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listen::serve(listener, app, None, limits::Limits::default(), shutdown).await
 }
+
+/// The issuer served at `issuer_path` (a trailing slash ignored), for the endpoints under
+/// it that act on its behalf (`/token`, `/revoke`).
+fn served_issuer(
+    state: &AppState,
+    issuer_path: &str,
+) -> Option<Arc<crate::registry::PublishedIssuer>> {
+    state
+        .registry
+        .load()
+        .issuers
+        .get(issuer_path.trim_end_matches('/'))
+        .cloned()
+}
+
+/// What those endpoints answer where no issuer is served.
+fn no_issuer_at(issuer_path: &str) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        format!("no issuer is served at {issuer_path:?}\n"),
+    )
+        .into_response()
+}

@@ -134,19 +134,9 @@ pub async fn revoke(
     let Some(endpoint) = state.revoke.clone() else {
         return (StatusCode::NOT_FOUND, "revocation is not served here\n").into_response();
     };
-    let snapshot = state.registry.load();
-    let Some(issuer) = snapshot
-        .issuers
-        .get(issuer_path.trim_end_matches('/'))
-        .cloned()
-    else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no issuer is served at {issuer_path:?}\n"),
-        )
-            .into_response();
+    let Some(issuer) = super::served_issuer(&state, issuer_path) else {
+        return super::no_issuer_at(issuer_path);
     };
-    drop(snapshot);
     let client = peer.map(|peer| {
         super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
     });

@@ -128,19 +128,9 @@ pub async fn token(
         )
             .into_response();
     };
-    let snapshot = state.registry.load();
-    let Some(issuer) = snapshot
-        .issuers
-        .get(issuer_path.trim_end_matches('/'))
-        .cloned()
-    else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no issuer is served at {issuer_path:?}\n"),
-        )
-            .into_response();
+    let Some(issuer) = super::served_issuer(&state, issuer_path) else {
+        return super::no_issuer_at(issuer_path);
     };
-    drop(snapshot);
     let client_address = peer.map(|peer| {
         super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
     });
