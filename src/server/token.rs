@@ -486,7 +486,10 @@ impl Request<'_> {
         let refreshed = crate::tokens::refresh_admitted(
             &*self.endpoint.store,
             &token,
-            &client.rules.client,
+            crate::tokens::Presenter {
+                client: &client.rules.client,
+                issuer: &self.issuer.issuer,
+            },
             now,
             &mut SystemEntropy,
             &|family| rules::family_revoked(&revocations, &client.key, family, now),
@@ -500,11 +503,6 @@ impl Request<'_> {
                 access,
                 rotated,
             }) => {
-                if family.issuer != self.issuer.issuer {
-                    return Err(invalid_grant(
-                        "the refresh token's session was started on another issuer",
-                    ));
-                }
                 let signed = self.sign(client, &family, &access, now)?;
                 let metrics = &self.state.metrics.tokens;
                 if rotated {

@@ -154,15 +154,22 @@ pub enum RefreshError {
 /// writers keep winning, which only a flood of refreshes of one family can cause.
 const ATTEMPTS: usize = 4;
 
-/// One refresh of `token` by `client` at `now`: the whole path, for every store.
+/// Who presents a refresh token: the TokenClient, at the token endpoint of `issuer`.
+#[derive(Debug, Clone, Copy)]
+pub struct Presenter<'a> {
+    pub client: &'a str,
+    pub issuer: &'a str,
+}
+
+/// One refresh of `token` by `by` at `now`: the whole path, for every store.
 pub async fn refresh(
     store: &dyn FamilyStore,
     token: &RefreshToken,
-    client: &str,
+    by: Presenter<'_>,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
 ) -> Result<Refreshed, RefreshError> {
-    refresh_admitted(store, token, client, now, entropy, &|_| false, &|_| Ok(())).await
+    refresh_admitted(store, token, by, now, entropy, &|_| false, &|_| Ok(())).await
 }
 
 /// [`refresh`], with two questions to the caller. `revoked`: whether a Revocation in
@@ -175,7 +182,7 @@ pub async fn refresh(
 pub async fn refresh_admitted(
     store: &dyn FamilyStore,
     token: &RefreshToken,
-    client: &str,
+    by: Presenter<'_>,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
     revoked: &(dyn Fn(&Family) -> bool + Sync),
@@ -188,7 +195,8 @@ pub async fn refresh_admitted(
         };
         // Another client's token is refused by the core below, learning nothing: only the
         // owner's refresh may end a family.
-        if found.family.client == client
+        if found.family.client == by.client
+            && found.family.issuer == by.issuer
             && let Some(next) = (revoked(&found.family))
                 .then(|| refresh::revoked_by_revocation(&found.family, now))
                 .flatten()
@@ -203,7 +211,8 @@ pub async fn refresh_admitted(
         let presented = Presented {
             token,
             generation: found.generation,
-            client,
+            client: by.client,
+            issuer: by.issuer,
         };
         let family = found.family;
         match refresh::refresh(&family, presented, now, entropy) {
