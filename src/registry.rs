@@ -208,6 +208,24 @@ impl PolicyEnv for PolicyRuntime {
     }
 }
 
+/// TokenClients' ID-token issuers are fetched by the same fetcher as AuthPolicies'
+/// external issuers: one refresh task per issuer configuration, whoever names it.
+impl crate::policy::remote::RemoteIssuers for PolicyRuntime {
+    fn get(
+        &self,
+        config: &crate::policy::remote::ExternalConfig,
+    ) -> Arc<dyn crate::policy::remote::RemoteIssuer> {
+        self.external.get(config)
+    }
+}
+
+impl PolicyRuntime {
+    /// External issuers the objects of one kind in one namespace may use together.
+    pub fn max_external_issuers_per_namespace(&self) -> usize {
+        self.max_external_per_namespace
+    }
+}
+
 /// The state of one input a driver reads, such as a watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceState {

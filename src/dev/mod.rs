@@ -238,6 +238,11 @@ pub async fn start_tuned(
         config.decision_cache_size,
         fetch,
     ));
+    // TokenClients' ID-token issuers are fetched as the policies' issuers are.
+    let token_clients = crate::token_clients::TokenClientIndex::with_external(
+        runtime.clone(),
+        runtime.max_external_issuers_per_namespace(),
+    );
     let mut driver = Driver {
         manifests: config.manifests.clone(),
         loader: ManifestLoader::default(),
@@ -255,7 +260,7 @@ pub async fn start_tuned(
         metrics: metrics.clone(),
         known: known.clone(),
         revocations: revocations::DevRevocations::default(),
-        token_clients: crate::token_clients::TokenClientIndex::default(),
+        token_clients,
         signers: crate::registry::Signers::default(),
         loaded: false,
     };
@@ -604,6 +609,9 @@ impl Driver {
         for id in &changed.token_clients {
             if let Some(client) = desired.token_clients.get(id) {
                 self.token_clients.apply(client.clone());
+                if let Some(refusal) = self.token_clients.quota_refusal(id) {
+                    tracing::warn!("TokenClient {id}: {refusal}; its ID tokens are refused");
+                }
             }
         }
         self.desired = desired;

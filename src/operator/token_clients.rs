@@ -31,6 +31,8 @@ pub const WATCH: &str = "TokenClient watch";
 const RESWEEP_KEYS: Duration = Duration::from_secs(30);
 /// A failed status write is tried again after this long.
 const RETRY: Duration = Duration::from_secs(10);
+/// How often the status of a client with ID-token issuers follows their keys' health.
+const ID_TOKEN_ISSUERS_RECHECK: Duration = Duration::from_secs(60);
 
 /// The index as the watch keeps it, shared with the leader's status writer.
 #[derive(Default)]
@@ -51,6 +53,17 @@ struct State {
 }
 
 impl Served {
+    /// Clients served from `index`: fetching ID-token issuers as it does.
+    pub fn new(index: TokenClientIndex) -> Self {
+        Self {
+            state: Mutex::new(State {
+                index,
+                applied: HashMap::new(),
+            }),
+            synced: watch::Sender::default(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -68,12 +81,14 @@ impl Served {
             return None;
         }
         let readiness = state.index.readiness(&id)?;
-        let (ready, reason, message) = readiness.condition();
-        let token_endpoint = state
-            .index
-            .published()
-            .get(&id.to_string())
-            .map(|served| format!("{}/token", served.rules.issuer.trim_end_matches('/')));
+        let published = state.index.published();
+        let served = published.get(&id.to_string());
+        let (ready, reason, message) = match served {
+            Some(served) => served.condition(readiness, now),
+            None => readiness.condition(),
+        };
+        let token_endpoint =
+            served.map(|served| format!("{}/token", served.rules.issuer.trim_end_matches('/')));
         Some(TokenClientStatus {
             observed_generation: generation,
             token_endpoint,
@@ -335,6 +350,11 @@ pub async fn reconcile(
     };
     if let Some(status) = ctx.served.status(client, ctx.clock.now()) {
         ctx.writer.status(client, status).await?;
+    }
+    // Whether an ID-token issuer's keys are available changes with no event: looked at
+    // again now and then (the writer skips a status the apiserver holds already).
+    if !client.spec.id_token_issuers.is_empty() {
+        return Ok(Action::requeue(ID_TOKEN_ISSUERS_RECHECK));
     }
     Ok(Action::await_change())
 }

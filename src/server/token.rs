@@ -36,6 +36,8 @@ use crate::keys::lifecycle::add;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
 use crate::token_clients::ServedClient;
+use crate::policy::Rejection;
+use crate::token_endpoint::id_token::{IDP_CLAIM, IdTokenError, IdTokenSubject};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::token_endpoint::{
     self as rules, ClientAuth, ErrorCode, Grant, OAuthError, TOKEN_TYPE_ACCESS,
@@ -420,23 +422,26 @@ impl Request<'_> {
         claims: Option<&str>,
     ) -> Result<Response, Failure> {
         let rules = &client.rules;
-        let subject = match subject_token_type {
-            TOKEN_TYPE_SUBJECT => rules.subject(subject_token)?,
+        let (subject, idp) = match subject_token_type {
+            TOKEN_TYPE_SUBJECT => (rules.subject(subject_token)?, None),
             TOKEN_TYPE_ID_TOKEN => {
-                return Err(OAuthError::invalid_request(
-                    "subject_token_type id_token is not supported yet: the workload checks the ID token and asserts the subject (urn:authplane:params:oauth:token-type:subject)",
-                )
-                .into());
+                let user = self.id_token_user(client, subject_token).await?;
+                (user.subject, Some(user.issuer))
             }
             other => {
                 return Err(OAuthError::invalid_request(format!(
-                    "subject_token_type {other:?} is not supported: use {TOKEN_TYPE_SUBJECT}"
+                    "subject_token_type {other:?} is not supported: use {TOKEN_TYPE_SUBJECT} or {TOKEN_TYPE_ID_TOKEN}"
                 ))
                 .into());
             }
         };
         let audiences = rules.audiences(audiences)?;
-        let claims = rules.claims(claims)?;
+        let mut claims = rules.claims(claims)?;
+        // Which issuer vouched for the user: every access token of the login says so
+        // (a workload can never set it, see `ClientRules::claims`).
+        if let Some(idp) = idp {
+            claims.insert(IDP_CLAIM.to_owned(), idp.into());
+        }
         let now = self.state.clock.now();
         let started = refresh::start(
             rules.login(subject, audiences, claims),
@@ -470,6 +475,34 @@ impl Request<'_> {
             client.delivery,
             session_left(&started.family, now),
         ))
+    }
+
+    /// The user of an external issuer's ID token, verified as AuthPolicies verify that
+    /// issuer's tokens. A kid no key has may be a key the issuer just rotated in: its
+    /// keys are fetched again (rate-limited per issuer) and the token checked once more.
+    async fn id_token_user(
+        &self,
+        client: &ServedClient,
+        token: &str,
+    ) -> Result<IdTokenSubject, Failure> {
+        let issuers = &client.id_tokens;
+        let verify = || issuers.verify(token, self.state.clock.now(), &client.rules.client);
+        let first = match verify() {
+            Err(IdTokenError::UnknownKid) => {
+                issuers.refetch(token).await;
+                verify()
+            }
+            other => other,
+        };
+        match first {
+            Ok(user) => Ok(user),
+            Err(IdTokenError::Refused(error)) => Err(error.into()),
+            Err(IdTokenError::UnknownKid) => Err(invalid_grant(format!(
+                "the ID token is refused ({}): {}",
+                Rejection::UnknownKid.reason(),
+                Rejection::UnknownKid.description()
+            ))),
+        }
     }
 
     /// RFC 6749 §6: rotation, the grace's replay, reuse.

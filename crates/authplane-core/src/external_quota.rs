@@ -25,8 +25,10 @@ use crate::policy::remote::{
 /// time (dev mode's files) by name.
 type Order = (Option<Timestamp>, String);
 
-#[derive(Default)]
 pub struct ExternalQuota {
+    /// What is counted, for the refusal: (`AuthPolicies`, `policy`) or (`TokenClients`,
+    /// `client`). Each kind has its quota: a TokenClient never pushes out a policy.
+    kind: (&'static str, &'static str),
     /// Per namespace, its policies that name external issuers, in order.
     namespaces: HashMap<String, BTreeMap<Order, HashSet<ExternalConfig>>>,
     /// Each policy's place, to find its entry again.
@@ -35,27 +37,51 @@ pub struct ExternalQuota {
     refused: HashMap<ObjectKey, String>,
 }
 
+impl Default for ExternalQuota {
+    /// The AuthPolicies' quota.
+    fn default() -> Self {
+        Self::of("AuthPolicies", "policy")
+    }
+}
+
 impl ExternalQuota {
+    /// A quota of the objects of one kind, `plural`, each called `one` in refusals.
+    pub fn of(plural: &'static str, one: &'static str) -> Self {
+        Self {
+            kind: (plural, one),
+            namespaces: HashMap::new(),
+            places: HashMap::new(),
+            refused: HashMap::new(),
+        }
+    }
+
     /// Records what `policy` names, with at most `cap` external issuers per namespace.
     /// Returns the other policies of its namespace whose refusal changed (to compile
     /// again).
     pub fn apply(&mut self, policy: &AuthPolicy, cap: usize) -> Vec<ObjectKey> {
-        let id = ObjectKey::of(&policy.metadata);
         let configs: HashSet<ExternalConfig> = policy
             .spec
             .issuers
             .iter()
             .filter_map(external_config)
             .collect();
+        self.apply_configs(&policy.metadata, configs, cap)
+    }
+
+    /// Records the external issuers of the object of `meta`; as [`ExternalQuota::apply`].
+    pub fn apply_configs(
+        &mut self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        configs: HashSet<ExternalConfig>,
+        cap: usize,
+    ) -> Vec<ObjectKey> {
+        let id = ObjectKey::of(meta);
         if configs.is_empty() && !self.places.contains_key(&id) {
-            return Vec::new(); // most policies: nothing to count, before or after
+            return Vec::new(); // most objects: nothing to count, before or after
         }
         self.forget(&id);
         if !configs.is_empty() {
-            let order = (
-                policy.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                id.name.clone(),
-            );
+            let order = (meta.creation_timestamp.as_ref().map(|t| t.0), id.name.clone());
             self.namespaces
                 .entry(id.namespace.clone())
                 .or_default()
@@ -104,8 +130,9 @@ impl ExternalQuota {
                 counted.extend(configs);
             }
         }
+        let (plural, one) = self.kind;
         let reason = format!(
-            "the AuthPolicies of namespace {namespace} would use more than {cap} external issuers (distinct issuer, jwksUri and refresh settings; --max-external-issuers-per-namespace): this policy's are not fetched"
+            "the {plural} of namespace {namespace} would use more than {cap} external issuers (distinct issuer, jwksUri and refresh settings; --max-external-issuers-per-namespace): this {one}'s are not fetched"
         );
         let now: HashMap<ObjectKey, String> = over
             .into_iter()

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use jiff::SignedDuration;
 
 use crate::api::{FieldError, ObjectKey, TokenClient, Validate};
+use crate::external_quota::{ExternalQuota, RefusedIssuers};
+use crate::policy::remote::RemoteIssuers;
 use crate::token_endpoint::ClientRules;
+use crate::token_endpoint::id_token::IdTokenIssuers;
 
 /// What the index needs of a SigningKey.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +35,32 @@ pub struct ServedClient {
     pub service_accounts: Vec<ObjectKey>,
     /// Whether its refresh tokens travel in the body or in a cookie.
     pub delivery: crate::api::Delivery,
+    /// The external issuers whose ID tokens it accepts as the user of a login.
+    pub id_tokens: Arc<IdTokenIssuers>,
+}
+
+impl ServedClient {
+    /// `(status, reason, message)` of its `Ready` condition at `now`: its readiness, or
+    /// `IdTokenIssuerUnavailable` while an ID-token issuer has no usable keys (its ID
+    /// tokens are refused; other logins are served).
+    pub fn condition(
+        &self,
+        readiness: &Readiness,
+        now: jiff::Timestamp,
+    ) -> (&'static str, &'static str, String) {
+        let unavailable = self.id_tokens.unavailable(now);
+        if *readiness != Readiness::Serving || unavailable.is_empty() {
+            return readiness.condition();
+        }
+        (
+            "False",
+            "IdTokenIssuerUnavailable",
+            format!(
+                "no usable keys for {}: its ID tokens are refused (other logins are served)",
+                unavailable.join("; ")
+            ),
+        )
+    }
 }
 
 /// The published clients by `client_id`.
@@ -87,7 +116,6 @@ impl Readiness {
     }
 }
 
-#[derive(Default)]
 pub struct TokenClientIndex {
     /// Every client applied, valid or not, with its readiness.
     clients: HashMap<ObjectKey, (Option<Arc<TokenClient>>, Readiness)>,
@@ -95,28 +123,80 @@ pub struct TokenClientIndex {
     /// SigningKey → the valid clients that name it.
     by_key: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     published: Published,
+    /// Where ID-token issuers' keys come from: the runtime's fetcher, the one AuthPolicies
+    /// use (`None`: nothing is fetched, and ID tokens are refused).
+    external: Option<Arc<dyn RemoteIssuers>>,
+    /// The external issuers the TokenClients of each namespace name, at most `cap`.
+    quota: ExternalQuota,
+    cap: usize,
+}
+
+impl Default for TokenClientIndex {
+    /// An index that fetches nothing: ID tokens are refused.
+    fn default() -> Self {
+        Self {
+            clients: HashMap::new(),
+            keys: HashMap::new(),
+            by_key: HashMap::new(),
+            published: Published::default(),
+            external: None,
+            quota: ExternalQuota::of("TokenClients", "client"),
+            cap: usize::MAX,
+        }
+    }
 }
 
 impl TokenClientIndex {
+    /// An index whose clients' ID-token issuers are fetched by `external`, at most `cap`
+    /// of them for the TokenClients of one namespace (the cap AuthPolicies have,
+    /// `--max-external-issuers-per-namespace`).
+    pub fn with_external(external: Arc<dyn RemoteIssuers>, cap: usize) -> Self {
+        Self {
+            external: Some(external),
+            cap,
+            ..Self::default()
+        }
+    }
+
     pub fn apply(&mut self, client: Arc<TokenClient>) {
         let id = ObjectKey::of(&client.metadata);
         self.forget(&id);
         let errors = client.validate();
         if !errors.is_empty() {
             self.clients
-                .insert(id, (None, Readiness::InvalidSpec(errors)));
+                .insert(id.clone(), (None, Readiness::InvalidSpec(errors)));
+            self.count_issuers(&client.metadata, &[]);
             return;
         }
         let key = client.spec.signing_key_id(&id.namespace);
         self.by_key.entry(key).or_default().insert(id.clone());
+        let issuers = client.spec.id_token_issuers.clone();
         self.clients
-            .insert(id.clone(), (Some(client), Readiness::Serving));
+            .insert(id.clone(), (Some(client.clone()), Readiness::Serving));
+        self.count_issuers(&client.metadata, &issuers);
         self.compile(&id);
     }
 
     pub fn delete(&mut self, id: &ObjectKey) {
         self.forget(id);
         self.clients.remove(id);
+        for other in self.quota.delete(id, self.cap) {
+            self.compile(&other);
+        }
+    }
+
+    /// Why a client's ID-token issuers are not fetched, when its namespace is over the cap.
+    pub fn quota_refusal(&self, id: &ObjectKey) -> Option<&str> {
+        self.quota.refusal(id)
+    }
+
+    /// Counts a client's external issuers in its namespace's quota, and compiles again
+    /// the other clients whose refusal that changed.
+    fn count_issuers(&mut self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, issuers: &[crate::api::IdTokenIssuer]) {
+        let configs = IdTokenIssuers::configs(issuers).collect();
+        for other in self.quota.apply_configs(meta, configs, self.cap) {
+            self.compile(&other);
+        }
     }
 
     /// A SigningKey appeared or changed (its issuer or its limit).
@@ -184,7 +264,21 @@ impl TokenClientIndex {
         } else {
             Readiness::Serving
         };
+        let id_tokens = match (self.quota.refusal(id), &self.external) {
+            (None, Some(external)) => {
+                IdTokenIssuers::new(&client.spec.id_token_issuers, external.as_ref())
+            }
+            (Some(refusal), _) => IdTokenIssuers::new(
+                &client.spec.id_token_issuers,
+                &RefusedIssuers(refusal.to_owned()),
+            ),
+            (None, None) => IdTokenIssuers::new(
+                &client.spec.id_token_issuers,
+                &RefusedIssuers("external issuers are not fetched here".to_owned()),
+            ),
+        };
         let served = ServedClient {
+            id_tokens: Arc::new(id_tokens),
             rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
             service_accounts: client.spec.service_account_ids(&id.namespace),
             delivery: client.spec.delivery,

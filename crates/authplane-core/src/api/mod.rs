@@ -25,7 +25,8 @@ pub use signing_key::{
     RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
 };
 pub use token_client::{
-    Delivery, REGISTERED_CLAIMS, RefreshTokens, ServiceAccountRef, TokenClient, TokenClientKeyRef,
+    Delivery, IdTokenIssuer, REGISTERED_CLAIMS, RefreshTokens, ServiceAccountRef, TokenClient,
+    TokenClientKeyRef,
     TokenClientSpec, TokenClientStatus,
 };
 pub use validation::{
