@@ -36,7 +36,7 @@ use crate::keys::lifecycle::add;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
 use crate::token_clients::ServedClient;
-use crate::policy::Rejection;
+use crate::policy::verify::unverified_claim;
 use crate::token_endpoint::id_token::{IDP_CLAIM, IdTokenError, IdTokenSubject};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::token_endpoint::{
@@ -487,22 +487,17 @@ impl Request<'_> {
     ) -> Result<IdTokenSubject, Failure> {
         let issuers = &client.id_tokens;
         let verify = || issuers.verify(token, self.state.clock.now(), &client.rules.client);
-        let first = match verify() {
-            Err(IdTokenError::UnknownKid) => {
+        let verified = match verify() {
+            Err(IdTokenError::Refetch(_)) => {
                 issuers.refetch(token).await;
                 verify()
             }
             other => other,
         };
-        match first {
-            Ok(user) => Ok(user),
-            Err(IdTokenError::Refused(error)) => Err(error.into()),
-            Err(IdTokenError::UnknownKid) => Err(invalid_grant(format!(
-                "the ID token is refused ({}): {}",
-                Rejection::UnknownKid.reason(),
-                Rejection::UnknownKid.description()
-            ))),
-        }
+        verified.map_err(|error| {
+            let issuer = unverified_claim(token, "iss").unwrap_or_default();
+            error.refusal(&issuer, &client.rules.client).into()
+        })
     }
 
     /// RFC 6749 §6: rotation, the grace's replay, reuse.

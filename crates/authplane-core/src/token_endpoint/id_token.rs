@@ -56,9 +56,34 @@ pub struct IdTokenSubject {
 pub enum IdTokenError {
     /// The client's error to answer.
     Refused(OAuthError),
-    /// No key of the issuer has the token's kid: its keys may have rotated. Fetch again
-    /// ([`IdTokenIssuers::refetch`]) and verify again, once.
-    UnknownKid,
+    /// No key of the issuer has the token's kid (its keys may have rotated), or the
+    /// issuer has no usable keys (its first fetch may still be running): fetch again
+    /// ([`IdTokenIssuers::refetch`]) and verify again, once. [`IdTokenError::refusal`]
+    /// says what to answer if that changes nothing.
+    Refetch(Rejection),
+}
+
+impl IdTokenError {
+    /// The answer to a [`IdTokenError::Refetch`] that a refetch did not help.
+    pub fn refusal(self, issuer_hint: &str, client: &str) -> OAuthError {
+        match self {
+            IdTokenError::Refused(error) => error,
+            IdTokenError::Refetch(Rejection::IssuerUnavailable) => OAuthError::new(
+                ErrorCode::InvalidGrant,
+                format!(
+                    "no usable keys of the ID token's issuer {issuer_hint}: TokenClient {client}'s status says why"
+                ),
+            ),
+            IdTokenError::Refetch(rejection) => OAuthError::new(
+                ErrorCode::InvalidGrant,
+                format!(
+                    "the ID token is refused ({}): {}",
+                    rejection.reason(),
+                    rejection.description()
+                ),
+            ),
+        }
+    }
 }
 
 impl From<OAuthError> for IdTokenError {
@@ -144,12 +169,8 @@ impl IdTokenIssuers {
         };
         let verified = match entry.verifier.verify(token, now) {
             Ok(verified) => verified,
-            Err(Rejection::UnknownKid) => return Err(IdTokenError::UnknownKid),
-            Err(Rejection::IssuerUnavailable) => {
-                return Err(invalid_grant(format!(
-                    "no usable keys of the ID token's issuer {}: TokenClient {client}'s status says why",
-                    entry.config.issuer
-                )));
+            Err(rejection @ (Rejection::UnknownKid | Rejection::IssuerUnavailable)) => {
+                return Err(IdTokenError::Refetch(rejection));
             }
             Err(rejection) => {
                 return Err(invalid_grant(format!(
@@ -179,7 +200,7 @@ impl IdTokenIssuers {
         })
     }
 
-    /// After [`IdTokenError::UnknownKid`]: fetches the named issuer's keys again
+    /// After [`IdTokenError::Refetch`]: fetches the named issuer's keys again
     /// (rate-limited per issuer, as for policies) and waits for it; then verify again.
     pub async fn refetch(&self, token: &str) {
         let named = unverified_claim(token, "iss");
