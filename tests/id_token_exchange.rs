@@ -10,10 +10,10 @@ mod common;
 use std::sync::Arc;
 
 use authplane::api::ObjectKey;
-use aws_lc_rs::encoding::AsDer;
 use authplane::dev::state::StateStore;
 use authplane::dev::tokens::TokenSettings;
 use authplane::keys::KeyMaterial;
+use aws_lc_rs::encoding::AsDer;
 use base64::Engine as _;
 use common::provider::Provider;
 use common::{CHANGE_DEADLINE, Dev, eventually, payments_policy, signing_key};
@@ -172,7 +172,13 @@ async fn an_entra_id_login_gives_tokens_that_pass_authz() {
     .await;
     // The first login may wait for the provider's first fetch; it never fails for lack
     // of one.
-    let (status, body) = exchange(&dev, "web", &secrets[0], &id_token(&provider, &provider.key(0), json!({}))).await;
+    let (status, body) = exchange(
+        &dev,
+        "web",
+        &secrets[0],
+        &id_token(&provider, &provider.key(0), json!({})),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["issued_token_type"],
@@ -208,7 +214,10 @@ async fn an_entra_id_login_gives_tokens_that_pass_authz() {
         (status == 200).then_some(body)
     })
     .await;
-    assert_eq!(claims_of(body["access_token"].as_str().unwrap())["sub"], "entra:bob");
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["sub"],
+        "entra:bob"
+    );
     assert!(provider.fetches() <= 4, "{} fetches", provider.fetches());
     assert_eq!(issued(&dev, "web").await, 2.0);
     dev.stop().await;
@@ -220,7 +229,10 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
     let stranger = Provider::start().await;
     let (dev, secrets) = start(
         vec![
-            ("web.yaml", token_client("web", &issuer_entry(&provider, ""))),
+            (
+                "web.yaml",
+                token_client("web", &issuer_entry(&provider, "")),
+            ),
             // A client that lists no ID-token issuer.
             ("plain.yaml", token_client("plain", "")),
         ],
@@ -273,7 +285,11 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
         (
             "expired beyond the leeway",
             "web",
-            id_token(&provider, &key, json!({"iat": now - 700, "nbf": now - 700, "exp": now - 60})),
+            id_token(
+                &provider,
+                &key,
+                json!({"iat": now - 700, "nbf": now - 700, "exp": now - 60}),
+            ),
             "invalid_grant",
             "(expired)",
         ),
@@ -317,7 +333,9 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
             "web",
             format!(
                 "{}.{payload}.",
-                b64(json!({"alg": "none", "kid": key.kid()}).to_string().as_bytes())
+                b64(json!({"alg": "none", "kid": key.kid()})
+                    .to_string()
+                    .as_bytes())
             ),
             "invalid_grant",
             "(alg_not_allowed)",
@@ -373,7 +391,11 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
         ),
     ];
     for (case, client, token, error, says) in &cases {
-        let secret = if *client == "web" { &secrets[0] } else { &secrets[1] };
+        let secret = if *client == "web" {
+            &secrets[0]
+        } else {
+            &secrets[1]
+        };
         let (status, body) = exchange(&dev, client, secret, token).await;
         assert_eq!(status, 400, "{case}: {body}");
         assert_eq!(body["error"], *error, "{case}: {body}");
@@ -388,34 +410,63 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
 }
 
 #[tokio::test]
-async fn a_namespace_over_its_cap_of_external_issuers_fetches_nothing_more() {
+async fn token_clients_and_policies_of_a_namespace_share_its_cap_of_external_issuers() {
     let first = Provider::start().await;
     let second = Provider::start().await;
     let mut serving = common::test_settings();
     serving.fetch.max_per_namespace = 1;
-    // Dev mode's manifests have no creation time: the older is the first by name.
+    // An AuthPolicy of the namespace uses its one external issuer. Dev mode's manifests
+    // have no creation time: the older is the first by name.
+    let policy = format!(
+        "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: a-policy, namespace: auth}}\n\
+         spec:\n  issuers:\n  - issuer: {}\n    refresh: {FAST}\n  audiences: [{APP}]\n\
+         \x20 rollout: {{mode: Enforce, percentage: 100}}\n",
+        first.issuer()
+    );
     let (dev, secrets) = start(
         vec![
-            ("a.yaml", token_client("a-first", &issuer_entry(&first, ""))),
-            ("b.yaml", token_client("b-second", &issuer_entry(&second, ""))),
+            ("a.yaml", policy),
+            (
+                "b.yaml",
+                token_client("b-client", &issuer_entry(&second, "")),
+            ),
         ],
-        &["a-first", "b-second"],
+        &["b-client"],
         serving,
     )
     .await;
-    let (status, body) = exchange(&dev, "a-first", &secrets[0], &id_token(&first, &first.key(0), json!({}))).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = exchange(&dev, "b-second", &secrets[1], &id_token(&second, &second.key(0), json!({}))).await;
-    assert_eq!((status, &body["error"]), (400, &json!("invalid_grant")), "{body}");
+    let response = dev
+        .get_with(
+            "/authz/auth/a-policy",
+            &[(
+                "Authorization",
+                &format!("Bearer {}", id_token(&first, &first.key(0), json!({}))),
+            )],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let token = id_token(&second, &second.key(0), json!({}));
+    let (status, body) = exchange(&dev, "b-client", &secrets[0], &token).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_grant")),
+        "{body}"
+    );
     let description = body["error_description"].as_str().unwrap();
     assert!(
         description.contains("no usable keys of the ID token's issuer")
-            && description.contains("TokenClient auth/b-second's status says why"),
+            && description.contains("TokenClient auth/b-client's status says why"),
         "{description}"
     );
     // The second provider was never asked for anything.
     assert_eq!(second.fetches(), 0);
-    assert_eq!(issued(&dev, "b-second").await, 0.0);
+    assert_eq!(issued(&dev, "b-client").await, 0.0);
+    // The policy goes: its room is the client's.
+    std::fs::remove_file(dev.manifests().join("a.yaml")).unwrap();
+    eventually("the client's issuer let in", CHANGE_DEADLINE, || async {
+        (exchange(&dev, "b-client", &secrets[0], &token).await.0 == 200).then_some(())
+    })
+    .await;
     dev.stop().await;
 }
 

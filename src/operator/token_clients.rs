@@ -31,6 +31,9 @@ pub const WATCH: &str = "TokenClient watch";
 const RESWEEP_KEYS: Duration = Duration::from_secs(30);
 /// A failed status write is tried again after this long.
 const RETRY: Duration = Duration::from_secs(10);
+/// How often clients whose refusal by the external-issuer cap an AuthPolicy moved are
+/// compiled again (the AuthPolicies are indexed in the serving loop).
+const QUOTA_MOVES_EVERY: Duration = Duration::from_secs(5);
 /// How often the status of a client with ID-token issuers follows their keys' health.
 const ID_TOKEN_ISSUERS_RECHECK: Duration = Duration::from_secs(60);
 
@@ -147,6 +150,8 @@ pub async fn run(
     let mut key_changes = key_changes.boxed();
     let mut resweep = tokio::time::interval(RESWEEP_KEYS);
     resweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quota_moves = tokio::time::interval(QUOTA_MOVES_EVERY);
+    quota_moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keys_known = false;
     let mut listed = false;
     loop {
@@ -156,6 +161,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = resweep.tick() => sweep = true,
+            _ = quota_moves.tick() => {}
             event = events.next() => match event {
                 None => return,
                 Some(event) => client_events.push(event),
@@ -217,6 +223,8 @@ pub async fn run(
                 }
             }
         }
+        // Clients let in, or kept out, of the external-issuer cap by an AuthPolicy.
+        touched.extend(state.index.apply_quota_moves());
         if !(listed && keys_known) {
             continue;
         }

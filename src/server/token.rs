@@ -33,10 +33,10 @@ use super::refresh_cookie;
 use super::revoke::RevocationWriter;
 use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
+use crate::policy::verify::unverified_claim;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
 use crate::token_clients::ServedClient;
-use crate::policy::verify::unverified_claim;
 use crate::token_endpoint::id_token::{IDP_CLAIM, IdTokenError, IdTokenSubject};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::token_endpoint::{

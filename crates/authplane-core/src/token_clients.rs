@@ -12,7 +12,7 @@ use std::sync::Arc;
 use jiff::SignedDuration;
 
 use crate::api::{FieldError, ObjectKey, TokenClient, Validate};
-use crate::external_quota::{ExternalQuota, RefusedIssuers};
+use crate::external_quota::{OwnerKind, RefusedIssuers, SharedQuota};
 use crate::policy::remote::RemoteIssuers;
 use crate::token_endpoint::ClientRules;
 use crate::token_endpoint::id_token::IdTokenIssuers;
@@ -126,9 +126,8 @@ pub struct TokenClientIndex {
     /// Where ID-token issuers' keys come from: the runtime's fetcher, the one AuthPolicies
     /// use (`None`: nothing is fetched, and ID tokens are refused).
     external: Option<Arc<dyn RemoteIssuers>>,
-    /// The external issuers the TokenClients of each namespace name, at most `cap`.
-    quota: ExternalQuota,
-    cap: usize,
+    /// The external issuers of each namespace, shared with the AuthPolicies' index.
+    quota: Arc<SharedQuota>,
 }
 
 impl Default for TokenClientIndex {
@@ -140,22 +139,36 @@ impl Default for TokenClientIndex {
             by_key: HashMap::new(),
             published: Published::default(),
             external: None,
-            quota: ExternalQuota::of("TokenClients", "client"),
-            cap: usize::MAX,
+            quota: SharedQuota::new(usize::MAX),
         }
     }
 }
 
 impl TokenClientIndex {
-    /// An index whose clients' ID-token issuers are fetched by `external`, at most `cap`
-    /// of them for the TokenClients of one namespace (the cap AuthPolicies have,
-    /// `--max-external-issuers-per-namespace`).
-    pub fn with_external(external: Arc<dyn RemoteIssuers>, cap: usize) -> Self {
+    /// An index whose clients' ID-token issuers are fetched by `external`, counted in
+    /// `quota` with the AuthPolicies' external issuers
+    /// (`--max-external-issuers-per-namespace`).
+    pub fn with_external(external: Arc<dyn RemoteIssuers>, quota: Arc<SharedQuota>) -> Self {
         Self {
             external: Some(external),
-            cap,
+            quota,
             ..Self::default()
         }
+    }
+
+    /// Compiles again the clients whose refusal an AuthPolicy moved (see
+    /// [`SharedQuota::take_moved`]). Returns the clients compiled.
+    pub fn apply_quota_moves(&mut self) -> Vec<ObjectKey> {
+        let moved: Vec<ObjectKey> = self
+            .quota
+            .take_moved(OwnerKind::TokenClient)
+            .into_iter()
+            .filter(|id| self.clients.contains_key(id))
+            .collect();
+        for id in &moved {
+            self.compile(id);
+        }
+        moved
     }
 
     pub fn apply(&mut self, client: Arc<TokenClient>) {
@@ -180,21 +193,25 @@ impl TokenClientIndex {
     pub fn delete(&mut self, id: &ObjectKey) {
         self.forget(id);
         self.clients.remove(id);
-        for other in self.quota.delete(id, self.cap) {
+        for other in self.quota.delete(OwnerKind::TokenClient, id) {
             self.compile(&other);
         }
     }
 
     /// Why a client's ID-token issuers are not fetched, when its namespace is over the cap.
-    pub fn quota_refusal(&self, id: &ObjectKey) -> Option<&str> {
-        self.quota.refusal(id)
+    pub fn quota_refusal(&self, id: &ObjectKey) -> Option<String> {
+        self.quota.refusal(OwnerKind::TokenClient, id)
     }
 
     /// Counts a client's external issuers in its namespace's quota, and compiles again
     /// the other clients whose refusal that changed.
-    fn count_issuers(&mut self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, issuers: &[crate::api::IdTokenIssuer]) {
+    fn count_issuers(
+        &mut self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        issuers: &[crate::api::IdTokenIssuer],
+    ) {
         let configs = IdTokenIssuers::configs(issuers).collect();
-        for other in self.quota.apply_configs(meta, configs, self.cap) {
+        for other in self.quota.apply(OwnerKind::TokenClient, meta, configs) {
             self.compile(&other);
         }
     }
@@ -264,14 +281,16 @@ impl TokenClientIndex {
         } else {
             Readiness::Serving
         };
-        let id_tokens = match (self.quota.refusal(id), &self.external) {
+        let id_tokens = match (
+            self.quota.refusal(OwnerKind::TokenClient, id),
+            &self.external,
+        ) {
             (None, Some(external)) => {
                 IdTokenIssuers::new(&client.spec.id_token_issuers, external.as_ref())
             }
-            (Some(refusal), _) => IdTokenIssuers::new(
-                &client.spec.id_token_issuers,
-                &RefusedIssuers(refusal.to_owned()),
-            ),
+            (Some(refusal), _) => {
+                IdTokenIssuers::new(&client.spec.id_token_issuers, &RefusedIssuers(refusal))
+            }
             (None, None) => IdTokenIssuers::new(
                 &client.spec.id_token_issuers,
                 &RefusedIssuers("external issuers are not fetched here".to_owned()),
@@ -434,6 +453,60 @@ mod tests {
         assert!(index.published().is_empty());
         assert!(index.readiness(&id).is_none());
         assert!(index.by_key.is_empty());
+    }
+
+    #[test]
+    fn ready_says_when_an_id_token_issuer_has_no_keys_and_the_cap_moves_clients() {
+        use crate::external_quota::OwnerKind;
+        let quota = SharedQuota::new(1);
+        let refusing: Arc<dyn RemoteIssuers> =
+            Arc::new(RefusedIssuers("connection refused".into()));
+        let mut index = TokenClientIndex::with_external(refusing, quota.clone());
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        let spec = |issuer: &str| {
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"],
+                "idTokenIssuers": [{"issuer": issuer, "audiences": ["app"]}]})
+        };
+        index.apply(client("auth", "b", spec("https://idp.example/v2.0")));
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let id = key("auth", "b");
+        let condition = |index: &TokenClientIndex| {
+            let served = index.published()["auth/b"].clone();
+            served.condition(index.readiness(&id).unwrap(), now)
+        };
+        let (status, reason, message) = condition(&index);
+        assert_eq!((status, reason), ("False", "IdTokenIssuerUnavailable"));
+        assert_eq!(
+            message,
+            "no usable keys for https://idp.example/v2.0: connection refused: its ID tokens are refused (other logins are served)"
+        );
+        // An older AuthPolicy takes the namespace's one external issuer: the client is
+        // compiled again once its index looks, and says why.
+        let policy = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("a".into()),
+            namespace: Some("auth".into()),
+            ..Default::default()
+        };
+        let other = crate::policy::remote::ExternalConfig::of("https://other.example", None, None);
+        assert!(
+            quota
+                .apply(OwnerKind::AuthPolicy, &policy, [other].into())
+                .is_empty()
+        );
+        assert!(condition(&index).2.contains("connection refused"));
+        assert_eq!(index.apply_quota_moves(), [id.clone()]);
+        assert!(
+            condition(&index)
+                .2
+                .contains("would use more than 1 external issuers")
+        );
+        // Without issuers, a client is Serving.
+        index.apply(client(
+            "auth",
+            "b",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"]}),
+        ));
+        assert_eq!(condition(&index).1, "Serving");
     }
 
     #[test]

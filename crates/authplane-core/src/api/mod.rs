@@ -26,8 +26,7 @@ pub use signing_key::{
 };
 pub use token_client::{
     Delivery, IdTokenIssuer, REGISTERED_CLAIMS, RefreshTokens, ServiceAccountRef, TokenClient,
-    TokenClientKeyRef,
-    TokenClientSpec, TokenClientStatus,
+    TokenClientKeyRef, TokenClientSpec, TokenClientStatus,
 };
 pub use validation::{
     FieldError, IssuerError, SIGNER_SECRET_SUFFIX, Validate, from_value, is_dns_label,

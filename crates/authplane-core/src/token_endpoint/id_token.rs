@@ -229,7 +229,9 @@ impl IdTokenIssuers {
     }
 
     fn remote(&self) -> impl Iterator<Item = &Arc<dyn RemoteIssuer>> {
-        self.entries.iter().flat_map(|entry| entry.verifier.external())
+        self.entries
+            .iter()
+            .flat_map(|entry| entry.verifier.external())
     }
 }
 
