@@ -91,8 +91,9 @@ pub struct TokenClientSpec {
     /// a trusted workload may exchange for this client's tokens (RFC 8693
     /// `subject_token_type` `urn:ietf:params:oauth:token-type:id_token`). Their keys are
     /// fetched and checked exactly as an AuthPolicy's external issuers are, and count
-    /// towards the same cap of external issuers per namespace. At most 8, each issuer
-    /// once. Empty: ID tokens are refused.
+    /// with the AuthPolicies' in the namespace's cap of external issuers
+    /// (`--max-external-issuers-per-namespace`). At most 8, each issuer once. Empty: ID
+    /// tokens are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.issuer == a.issuer))").message("must not name an issuer twice"))]
@@ -269,8 +270,11 @@ pub struct TokenClientStatus {
     pub token_endpoint: Option<String>,
     /// `Ready`: `True` (reason `Serving`) while the token endpoint issues for this client;
     /// `False` with reason `InvalidSpec` (the message names the fields),
-    /// `SigningKeyNotFound` or `LifetimeAboveKeyLimit` (`accessTokenLifetime` is longer
-    /// than the key's `maxTokenLifetime`: tokens get the key's limit).
+    /// `SigningKeyNotFound`, `LifetimeAboveKeyLimit` (`accessTokenLifetime` is longer
+    /// than the key's `maxTokenLifetime`: tokens get the key's limit) or
+    /// `IdTokenIssuerUnavailable` (an `idTokenIssuers` entry has no usable keys: the
+    /// message names it and the class of the failure; its ID tokens are refused, other
+    /// logins are served).
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
