@@ -494,7 +494,7 @@ mod tests {
                 .is_empty()
         );
         assert!(condition(&index).2.contains("connection refused"));
-        assert_eq!(index.apply_quota_moves(), [id.clone()]);
+        assert_eq!(index.apply_quota_moves(), std::slice::from_ref(&id));
         assert!(
             condition(&index)
                 .2
