@@ -52,6 +52,16 @@ async fn start(
     clients: &[&str],
     serving: authplane::driver::serve::Settings,
 ) -> (Dev, Vec<String>) {
+    start_rated(manifests, clients, serving, 1000).await
+}
+
+/// [`start`] with a budget of `rate` failed requests a minute per client address.
+async fn start_rated(
+    manifests: Vec<(&str, String)>,
+    clients: &[&str],
+    serving: authplane::driver::serve::Settings,
+    rate: u32,
+) -> (Dev, Vec<String>) {
     let mut all = vec![
         (
             "keys.yaml",
@@ -65,7 +75,7 @@ async fn start(
     all.extend(manifests);
     let refs: Vec<(&str, &str)> = all.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let tokens = TokenSettings {
-        rate_per_minute: 1000,
+        rate_per_minute: rate,
         ..TokenSettings::default()
     };
     let dev = Dev::start_with_tokens(
@@ -406,6 +416,58 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
     // Nothing was issued but the one good login.
     assert_eq!(issued(&dev, "web").await, 1.0);
     assert_eq!(issued(&dev, "plain").await, 0.0);
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn users_stale_id_tokens_do_not_spend_the_workloads_budget_of_failures() {
+    let provider = Provider::start().await;
+    let (dev, secrets) = start_rated(
+        vec![(
+            "web.yaml",
+            token_client("web", &issuer_entry(&provider, "")),
+        )],
+        &["web"],
+        common::test_settings(),
+        2,
+    )
+    .await;
+    let key = provider.key(0);
+    let now = jiff::Timestamp::now().as_second();
+    // Every user comes from the workload's one address: five expired ID tokens ...
+    for _ in 0..5 {
+        let stale = id_token(
+            &provider,
+            &key,
+            json!({"iat": now - 4000, "exp": now - 400}),
+        );
+        let (status, body) = exchange(&dev, "web", &secrets[0], &stale).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &json!("invalid_grant")),
+            "{body}"
+        );
+    }
+    // ... and the next user still logs in.
+    let (status, body) = exchange(
+        &dev,
+        "web",
+        &secrets[0],
+        &id_token(&provider, &key, json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A wrong client secret is the workload's own failure, and still counts.
+    for expected in [401, 401, 429] {
+        let (status, _) = exchange(
+            &dev,
+            "web",
+            "apcs_wrong",
+            &id_token(&provider, &key, json!({})),
+        )
+        .await;
+        assert_eq!(status, expected);
+    }
     dev.stop().await;
 }
 

@@ -182,6 +182,10 @@ pub async fn token(
                 Some(wait) => slow_down(wait, "too many failed token requests from this address"),
             }
         }
+        Err(Failure::Subject(error)) => {
+            metrics.request(error.code.as_str());
+            oauth_error(&error)
+        }
         Err(Failure::Spent(wait)) => {
             metrics.request("rate_limited");
             slow_down(wait, "too many failed token requests from this address")
@@ -211,6 +215,11 @@ pub async fn token(
 enum Failure {
     /// The client's: an OAuth error (RFC 6749 §5.2).
     OAuth(OAuthError),
+    /// The user's, brought by an authenticated workload (an ID token that does not
+    /// verify: expired, of another app ...): an OAuth error that does not count against
+    /// the workload's address, so that a few users' stale ID tokens never lock every
+    /// other user out of logging in for a minute.
+    Subject(OAuthError),
     /// The store or the apiserver could not answer: 503 with `Retry-After`.
     Unavailable(String),
     /// Ours, never the client's (an unreadable stored family, a key that does not sign).
@@ -496,7 +505,7 @@ impl Request<'_> {
         };
         verified.map_err(|error| {
             let issuer = unverified_claim(token, "iss").unwrap_or_default();
-            error.refusal(&issuer, &client.rules.client).into()
+            Failure::Subject(error.refusal(&issuer, &client.rules.client))
         })
     }
 
