@@ -131,10 +131,6 @@ impl IdTokenIssuers {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The user an ID token names, if it verifies. `client` names the TokenClient in
     /// errors.
     pub fn verify(
