@@ -1,0 +1,144 @@
+//! The log of ended sessions in the embedded file: a table `ended_sessions` from a
+//! sequence number to one entry ([`SessionRevocation::encode`]), in the same redb file as
+//! the families, so a restart reloads it. One process: a reader waiting for an entry is
+//! woken in memory. Each write also forgets the oldest entries that have lapsed (entries
+//! are appended in the order they lapse: every one lapses a fixed time after it is
+//! written), so the table holds no more than the last day's logouts.
+//!
+//! Written in its own transaction rather than through the families' batching writer: a
+//! logout is rare next to a refresh, and its cost should not depend on theirs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use super::StoreError;
+use super::embedded::{EmbeddedStore, failed, write};
+use super::session_log::{Cursor, READ_BATCH, Read, SessionLog};
+use crate::revocation::SessionRevocation;
+
+const ENDED: TableDefinition<u64, &str> = TableDefinition::new("ended_sessions");
+/// The most lapsed entries one write forgets.
+const FORGET_PER_WRITE: usize = 64;
+
+pub struct EmbeddedSessionLog {
+    db: Arc<Database>,
+    /// The last sequence number written, for readers waiting in this process.
+    written: watch::Sender<u64>,
+}
+
+impl EmbeddedSessionLog {
+    pub fn new(store: &EmbeddedStore) -> Self {
+        Self {
+            db: store.database(),
+            written: watch::Sender::new(0),
+        }
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || job(&db))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
+        })
+    }
+}
+
+impl SessionLog for EmbeddedSessionLog {
+    fn record<'a>(
+        &'a self,
+        revocation: &'a SessionRevocation,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let line = revocation.encode();
+        let now = now.as_second();
+        let written = self.blocking(move |db| {
+            let mut sequence = 0;
+            write(db, |txn| {
+                let mut table = txn.open_table(ENDED)?;
+                sequence = table.last()?.map_or(0, |(k, _)| k.value()) + 1;
+                table.insert(sequence, line.as_str())?;
+                let lapsed: Vec<u64> = table
+                    .iter()?
+                    .take(FORGET_PER_WRITE)
+                    .filter_map(Result::ok)
+                    .take_while(|(_, v)| {
+                        SessionRevocation::decode(v.value()).is_none_or(|r| r.lapses_at < now)
+                    })
+                    .map(|(k, _)| k.value())
+                    .collect();
+                for key in lapsed {
+                    table.remove(key)?;
+                }
+                Ok(true)
+            })?;
+            Ok(sequence)
+        });
+        Box::pin(async move {
+            let sequence = written.await?;
+            self.written
+                .send_modify(|last| *last = (*last).max(sequence));
+            Ok(())
+        })
+    }
+
+    fn read(
+        &self,
+        after: Cursor,
+        wait: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Read, StoreError>> {
+        let mut written = self.written.subscribe();
+        Box::pin(async move {
+            let read = self.blocking(move |db| read_after(db, after.0)).await?;
+            match wait {
+                Some(wait) if read.revocations.is_empty() && read.malformed == 0 => {
+                    // Woken by a write in this process (or not, within `wait`).
+                    let _ =
+                        tokio::time::timeout(wait, written.wait_for(|last| *last > after.0)).await;
+                    self.blocking(move |db| read_after(db, after.0)).await
+                }
+                _ => Ok(read),
+            }
+        })
+    }
+}
+
+fn read_after(db: &Database, after: u64) -> Result<Read, StoreError> {
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let table = match txn.open_table(ENDED) {
+        Ok(table) => table,
+        // Nothing was ever written.
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Ok(Read {
+                next: (after, 0),
+                ..Read::default()
+            });
+        }
+        Err(e) => return Err(failed(e.into())),
+    };
+    let mut read = Read {
+        next: (after, 0),
+        ..Read::default()
+    };
+    for entry in table
+        .range(after.saturating_add(1)..)
+        .map_err(|e| failed(e.into()))?
+        .take(READ_BATCH)
+    {
+        let (key, value) = entry.map_err(|e| failed(e.into()))?;
+        read.next = (key.value(), 0);
+        match SessionRevocation::decode(value.value()) {
+            Some(revocation) => read.revocations.push(revocation),
+            None => read.malformed += 1,
+        }
+    }
+    Ok(read)
+}
