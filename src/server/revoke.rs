@@ -321,7 +321,15 @@ async fn in_force(
     let written = match (&logout.session, &state.token) {
         (Some(sid), Some(token)) => {
             let now = state.clock.now();
-            super::token::end_session(token, issuer, sid, SessionEnd::Logout, now).await
+            super::token::end_session(
+                token,
+                &state.metrics.tokens,
+                issuer,
+                sid,
+                SessionEnd::Logout,
+                now,
+            )
+            .await
         }
         _ => endpoint
             .writer

@@ -562,7 +562,16 @@ impl Request<'_> {
     /// gateway. A failure is logged: the family itself is revoked in the store
     /// already, so no refresh works; its access tokens then live out their lifetime.
     async fn revoke_session(&self, family: &Family, reason: SessionEnd, now: Timestamp) {
-        if let Err(e) = end_session(self.endpoint, self.issuer, &family.id, reason, now).await {
+        if let Err(e) = end_session(
+            self.endpoint,
+            &self.state.metrics.tokens,
+            self.issuer,
+            &family.id,
+            reason,
+            now,
+        )
+        .await
+        {
             tracing::error!(
                 client = family.client.as_str(),
                 family = family.id.as_str(),
@@ -598,6 +607,7 @@ impl Request<'_> {
 /// outage).
 pub async fn end_session(
     endpoint: &TokenEndpoint,
+    metrics: &crate::tokens::metrics::TokenMetrics,
     issuer: &PublishedIssuer,
     sid: &str,
     reason: SessionEnd,
@@ -610,7 +620,10 @@ pub async fn end_session(
         };
         let ended = SessionRevocation::new(key, sid, reason, now);
         match log.record(&ended, now).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                metrics.session_revocations_recorded.inc();
+                return Ok(());
+            }
             Err(e) => tracing::warn!(
                 issuer = issuer.issuer.as_str(),
                 error = %e,

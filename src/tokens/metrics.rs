@@ -51,6 +51,8 @@ pub struct TokenMetrics {
     pub session_revocations: Gauge,
     pub session_revocations_synced: Gauge,
     pub session_revocations_malformed: Counter,
+    /// Sessions this replica ended in the token store (each one entry appended).
+    pub session_revocations_recorded: Counter,
     pub session_revocations_dropped: Counter,
 }
 
@@ -91,6 +93,11 @@ impl TokenMetrics {
             "session_revocations_last_sync_timestamp_seconds",
             "When this replica last read the sessions ended in the token store (Unix seconds): time() minus this is their age",
             metrics.session_revocations_synced.clone(),
+        );
+        registry.register(
+            "session_revocations_recorded",
+            "Sessions this replica ended in the token store (logouts, reused refresh tokens): one entry appended each",
+            metrics.session_revocations_recorded.clone(),
         );
         registry.register(
             "session_revocations_malformed",
