@@ -598,7 +598,8 @@ const WITHIN_A_SECOND: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_after_a_restart() {
-    let test = "a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_after_a_restart";
+    let test =
+        "a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_after_a_restart";
     let Some(mut p) = two_processes(test) else {
         return;
     };
@@ -608,23 +609,33 @@ async fn a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_aft
     let access = text(&ended, "access_token").to_owned();
     assert_eq!(decide(&http, &p.b.url, &access).await.0, 200);
 
-    assert_eq!(logout(&http, &p.a.url, text(&ended, "refresh_token")).await, 200);
+    assert_eq!(
+        logout(&http, &p.a.url, text(&ended, "refresh_token")).await,
+        200
+    );
     // Refused on A as soon as A answered, and on B within a second.
     assert_eq!(
         decide(&http, &p.a.url, &access).await,
         (401, "token_revoked".to_owned())
     );
     let started = std::time::Instant::now();
-    eventually("the logged-out token refused on B", WITHIN_A_SECOND, || async {
-        (decide(&http, &p.b.url, &access).await == (401, "token_revoked".to_owned()))
-            .then_some(())
-    })
+    eventually(
+        "the logged-out token refused on B",
+        WITHIN_A_SECOND,
+        || async {
+            (decide(&http, &p.b.url, &access).await == (401, "token_revoked".to_owned()))
+                .then_some(())
+        },
+    )
     .await;
     eprintln!("logout on A refused on B after {:?}", started.elapsed());
     // Kept in Redis: no Revocation written (in dev mode, a file; on a cluster, an object).
     assert_eq!(logout_files(p._dir.path()), Vec::<String>::new());
     // The other session of the user is untouched.
-    assert_eq!(decide(&http, &p.b.url, text(&kept, "access_token")).await.0, 200);
+    assert_eq!(
+        decide(&http, &p.b.url, text(&kept, "access_token")).await.0,
+        200
+    );
 
     // A restart of B (a new process) loads the logouts before it serves.
     let password_file = p._dir.path().join("redis-password");
@@ -636,7 +647,10 @@ async fn a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_aft
         decide(&http, &p.b.url, &access).await,
         (401, "token_revoked".to_owned())
     );
-    assert_eq!(decide(&http, &p.b.url, text(&kept, "access_token")).await.0, 200);
+    assert_eq!(
+        decide(&http, &p.b.url, text(&kept, "access_token")).await.0,
+        200
+    );
     let status: Value = http
         .get(format!("{}/status", p.b.url))
         .send()
@@ -669,24 +683,32 @@ async fn a_reuse_on_one_process_is_refused_on_the_other_within_a_second() {
     // Reuse detected on A: the session's access token refused on B within a second.
     let (status, _) = refresh(http, &p.a.url, &first).await;
     assert_eq!(status, 400);
-    eventually("the reused session refused on B", WITHIN_A_SECOND, || async {
-        (decide(http, &p.b.url, &access).await == (401, "token_revoked".to_owned()))
-            .then_some(())
-    })
+    eventually(
+        "the reused session refused on B",
+        WITHIN_A_SECOND,
+        || async {
+            (decide(http, &p.b.url, &access).await == (401, "token_revoked".to_owned()))
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(logout_files(p._dir.path()), Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_them_is_not_ready() {
-    let test = "a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_them_is_not_ready";
+    let test =
+        "a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_them_is_not_ready";
     let Some(mut p) = two_processes(test) else {
         return;
     };
     let http = p.http.clone();
     let ended = login(&http, &p.a.url, &p.secret, "finn").await;
     let kept = login(&http, &p.a.url, &p.secret, "finn").await;
-    assert_eq!(logout(&http, &p.a.url, text(&ended, "refresh_token")).await, 200);
+    assert_eq!(
+        logout(&http, &p.a.url, text(&ended, "refresh_token")).await,
+        200
+    );
     let access = text(&ended, "access_token").to_owned();
     eventually("the logout in force on B", CHANGE_DEADLINE, || async {
         (decide(&http, &p.b.url, &access).await.0 == 401).then_some(())
@@ -712,14 +734,20 @@ async fn a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_th
         decide(&http, &p.b.url, &access).await,
         (401, "token_revoked".to_owned())
     );
-    assert_eq!(decide(&http, &p.b.url, text(&kept, "access_token")).await.0, 200);
+    assert_eq!(
+        decide(&http, &p.b.url, text(&kept, "access_token")).await.0,
+        200
+    );
 
     // A replica started while Redis is down has never read the logouts: not ready.
     let password_file = p._dir.path().join("redis-password");
     let c = Process::start(p._dir.path(), &p._redis.url(), &password_file);
     let (status, body) = readyz(c.url.clone()).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("token store logouts: not listed yet"), "{body}");
+    assert!(
+        body.contains("token store logouts: not listed yet"),
+        "{body}"
+    );
     // Redis back: it loads them, becomes ready, and refuses the logged-out token.
     p._redis.restart();
     eventually("C ready", CHANGE_DEADLINE, || async {
