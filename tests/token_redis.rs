@@ -760,3 +760,78 @@ async fn a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_th
         (401, "token_revoked".to_owned())
     );
 }
+
+/// The Redis key of the ended-sessions log of a dev state folder (its installation is a
+/// digest of the folder's path).
+fn ended_key(state: &Path) -> String {
+    let absolute = std::fs::canonicalize(state).unwrap();
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        absolute.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("authplane:dev-{hex}:ended")
+}
+
+#[tokio::test]
+async fn malformed_entries_in_the_redis_log_are_skipped_and_counted() {
+    let Some(redis) =
+        RedisServer::start("malformed_entries_in_the_redis_log_are_skipped_and_counted")
+    else {
+        return;
+    };
+    let manifests = manifests();
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let tokens = TokenSettings {
+        store: Some(StoreLocation::parse(&redis.url()).unwrap()),
+        rate_per_minute: 1000,
+        ..TokenSettings::default()
+    };
+    let dev = Dev::start_with_tokens(
+        &refs,
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let secret = client_secret(&dev.state());
+    let base = dev.url("");
+    let base = base.trim_end_matches('/');
+    let first = login(&dev.http, base, &secret, "gus").await;
+    let second = login(&dev.http, base, &secret, "gus").await;
+    assert_eq!(
+        logout(&dev.http, base, text(&first, "refresh_token")).await,
+        200
+    );
+
+    // Entries of the wrong shape, as a bug or another program could write them.
+    let key = ended_key(&dev.state());
+    for junk in ["e junk", "x y", "e \"auth web 0123 logout 1 2\""] {
+        let answer = redis.command(&format!("XADD {key} * {junk}")).unwrap();
+        assert!(!answer.starts_with('-'), "{answer}");
+    }
+    // Skipped: the next logout still comes through, the first still counts.
+    assert_eq!(
+        logout(&dev.http, base, text(&second, "refresh_token")).await,
+        200
+    );
+    for session in [&first, &second] {
+        assert_eq!(
+            decide(&dev.http, base, text(session, "access_token")).await,
+            (401, "token_revoked".to_owned())
+        );
+    }
+    let metrics = dev.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("authplane_session_revocations_malformed_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authplane_session_revocations 2"),
+        "{metrics}"
+    );
+    dev.stop().await;
+}

@@ -619,7 +619,17 @@ pub async fn end_session(
             name: issuer.name.clone(),
         };
         let ended = SessionRevocation::new(key, sid, reason, now);
-        match log.record(&ended, now).await {
+        let recorded = tokio::time::timeout(
+            crate::tokens::serving::STORE_DEADLINE,
+            log.record(&ended, now),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the token store did not record an ended session in time".into(),
+            ))
+        });
+        match recorded {
             Ok(()) => {
                 metrics.session_revocations_recorded.inc();
                 return Ok(());
