@@ -72,6 +72,7 @@ impl ClientSecrets for FolderSecrets {
 
 /// The endpoint, or `None` when turned off. A store that cannot be opened is logged and
 /// answers 503: the rest of dev mode serves on.
+#[allow(clippy::too_many_arguments)]
 pub async fn endpoint(
     settings: &TokenSettings,
     state: &StateStore,

@@ -198,7 +198,7 @@ fn parse(answer: Value, after: Cursor) -> Read {
                 continue;
             };
             read.next = read.next.max(id);
-            match fields.and_then(|f| entry_of(f)) {
+            match fields.and_then(entry_of) {
                 Some(revocation) => read.revocations.push(revocation),
                 None => read.malformed += 1,
             }
