@@ -86,7 +86,7 @@ pub trait SessionLog: Send + Sync + 'static {
 /// store that is down at start keeps the replica out of service (the ones already
 /// serving keep serving). Once loaded, a store that fails makes the input "failing"
 /// (ready, degraded): decisions flow on with the entries already known, and
-/// `authplane_session_revocations_sync_age_seconds` says how old they are.
+/// `authplane_session_revocations_last_sync_timestamp_seconds` says how old they are.
 pub async fn follow(
     log: Arc<dyn SessionLog>,
     registry: Arc<Registry>,
