@@ -142,3 +142,77 @@ fn read_after(db: &Database, after: u64) -> Result<Read, StoreError> {
     }
     Ok(read)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ObjectKey;
+    use crate::revocation::SessionEnd;
+
+    fn ended(sid: &str, at: i64) -> SessionRevocation {
+        let key = ObjectKey {
+            namespace: "auth".into(),
+            name: "web".into(),
+        };
+        SessionRevocation::new(
+            key,
+            sid,
+            SessionEnd::Logout,
+            Timestamp::from_second(at).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn entries_are_read_in_order_from_a_cursor_kept_across_a_reopen_and_lapsed_ones_forgotten()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let log = EmbeddedSessionLog::new(&store);
+        // A file where nothing was ended yet reads empty.
+        let read = log.read((0, 0), None).await.unwrap();
+        assert_eq!((read.revocations.len(), read.next), (0, (0, 0)));
+
+        let t = 1_700_000_000;
+        for (sid, at) in [("a", t), ("b", t + 10)] {
+            let entry = ended(sid, at);
+            log.record(&entry, Timestamp::from_second(at).unwrap())
+                .await
+                .unwrap();
+        }
+        let read = log.read((0, 0), None).await.unwrap();
+        assert_eq!(read.revocations, vec![ended("a", t), ended("b", t + 10)]);
+        assert_eq!(read.next, (2, 0));
+        // From the cursor: nothing new; a waiting read is woken by a write.
+        let waiting = log.read(read.next, Some(Duration::from_secs(30)));
+        let writing = async {
+            log.record(&ended("c", t + 20), Timestamp::from_second(t + 20).unwrap())
+                .await
+                .unwrap();
+        };
+        let (woken, ()) = tokio::join!(waiting, writing);
+        assert_eq!(woken.unwrap().revocations, vec![ended("c", t + 20)]);
+
+        // Reopened (a restart): everything is there.
+        drop(log);
+        drop(store);
+        let store = EmbeddedStore::open(&path).unwrap();
+        let log = EmbeddedSessionLog::new(&store);
+        assert_eq!(log.read((0, 0), None).await.unwrap().revocations.len(), 3);
+        // A write after "a" and "b" lapsed forgets them (the head), not "c".
+        let later = ended("c", t + 20).lapses_at - 5;
+        log.record(&ended("d", later), Timestamp::from_second(later).unwrap())
+            .await
+            .unwrap();
+        let read = log.read((0, 0), None).await.unwrap();
+        let sids: Vec<_> = read.revocations.iter().map(|r| r.sid).collect();
+        assert_eq!(
+            sids,
+            vec![
+                crate::revocation::sessions::SidHash::of("c"),
+                crate::revocation::sessions::SidHash::of("d")
+            ]
+        );
+        assert_eq!(read.next, (4, 0));
+    }
+}
