@@ -17,13 +17,15 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::StoreError;
-use super::embedded::{EmbeddedStore, failed, write};
+use super::embedded::{EmbeddedStore, TxnError, failed, write};
 use super::session_log::{Cursor, READ_BATCH, Read, SessionLog};
 use crate::revocation::SessionRevocation;
 
 const ENDED: TableDefinition<u64, &str> = TableDefinition::new("ended_sessions");
 /// The most lapsed entries one write forgets.
 const FORGET_PER_WRITE: usize = 64;
+/// The most lapsed entries one [`SessionLog::forget`] forgets (it runs every minute).
+const FORGET_PER_CALL: usize = 10_000;
 
 pub struct EmbeddedSessionLog {
     db: Arc<Database>,
@@ -66,18 +68,7 @@ impl SessionLog for EmbeddedSessionLog {
                 let mut table = txn.open_table(ENDED)?;
                 sequence = table.last()?.map_or(0, |(k, _)| k.value()) + 1;
                 table.insert(sequence, line.as_str())?;
-                let lapsed: Vec<u64> = table
-                    .iter()?
-                    .take(FORGET_PER_WRITE)
-                    .filter_map(Result::ok)
-                    .take_while(|(_, v)| {
-                        SessionRevocation::decode(v.value()).is_none_or(|r| r.lapses_at < now)
-                    })
-                    .map(|(k, _)| k.value())
-                    .collect();
-                for key in lapsed {
-                    table.remove(key)?;
-                }
+                forget_lapsed(&mut table, now, FORGET_PER_WRITE)?;
                 Ok(true)
             })?;
             Ok(sequence)
@@ -87,6 +78,18 @@ impl SessionLog for EmbeddedSessionLog {
             self.written
                 .send_modify(|last| *last = (*last).max(sequence));
             Ok(())
+        })
+    }
+
+    fn forget(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let now = now.as_second();
+        self.blocking(move |db| {
+            let mut forgotten = 0;
+            write(db, |txn| {
+                forgotten = forget_lapsed(&mut txn.open_table(ENDED)?, now, FORGET_PER_CALL)?;
+                Ok(forgotten > 0)
+            })?;
+            Ok(forgotten)
         })
     }
 
@@ -109,6 +112,35 @@ impl SessionLog for EmbeddedSessionLog {
             }
         })
     }
+}
+
+/// Removes up to `most` entries at the head of the log that lapsed before `now` (or do
+/// not read); entries lapse in the order they were written, so the head is where they are.
+/// The last entry is always kept, lapsed or not: its sequence number is where the next
+/// one continues (were the table emptied, numbering would start again at 1, behind every
+/// follower's cursor, and new entries would never be read).
+fn forget_lapsed(
+    table: &mut redb::Table<u64, &str>,
+    now: i64,
+    most: usize,
+) -> Result<usize, TxnError> {
+    let Some(last) = table.last()?.map(|(k, _)| k.value()) else {
+        return Ok(0);
+    };
+    let lapsed: Vec<u64> = table
+        .iter()?
+        .take(most)
+        .filter_map(Result::ok)
+        .take_while(|(k, v)| {
+            k.value() != last
+                && SessionRevocation::decode(v.value()).is_none_or(|r| r.lapses_at < now)
+        })
+        .map(|(k, _)| k.value())
+        .collect();
+    for key in &lapsed {
+        table.remove(*key)?;
+    }
+    Ok(lapsed.len())
 }
 
 fn read_after(db: &Database, after: u64) -> Result<Read, StoreError> {
@@ -214,5 +246,15 @@ mod tests {
             ]
         );
         assert_eq!(read.next, (4, 0));
+        // Once every entry has lapsed, the minute's purge forgets all but the last (its
+        // number is where the next continues): the next entry still comes after the
+        // cursor of a follower that read them all.
+        let all_lapsed = Timestamp::from_second(ended("d", later).lapses_at + 1).unwrap();
+        assert_eq!(log.forget(all_lapsed).await.unwrap(), 1);
+        assert_eq!(log.forget(all_lapsed).await.unwrap(), 0);
+        let fresh = ended("e", all_lapsed.as_second());
+        log.record(&fresh, all_lapsed).await.unwrap();
+        let read = log.read((4, 0), None).await.unwrap();
+        assert_eq!((read.revocations, read.next), (vec![fresh], (5, 0)));
     }
 }

@@ -75,6 +75,12 @@ pub trait SessionLog: Send + Sync + 'static {
         after: Cursor,
         wait: Option<Duration>,
     ) -> BoxFuture<'_, Result<Read, StoreError>>;
+
+    /// Forgets the entries that lapsed before `now`; how many. A store whose entries
+    /// expire by themselves (Redis) has nothing to do.
+    fn forget(&self, _now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Follows `log` into `registry` until `shutdown`: loads every entry first (awaited, so
@@ -121,7 +127,7 @@ pub async fn follow(
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = prune.tick() => follower.prune(),
+                _ = prune.tick() => follower.prune().await,
                 ok = follower.step() => if !ok {
                     tokio::select! {
                         _ = shutdown.changed() => return,
@@ -258,9 +264,15 @@ impl Follower {
         Some(more)
     }
 
-    fn prune(&mut self) {
-        if self.set.prune(self.clock.now()) > 0 {
+    /// Drops the lapsed entries from memory, and has the store forget them (the
+    /// embedded file; Redis forgets by itself).
+    async fn prune(&mut self) {
+        let now = self.clock.now();
+        if self.set.prune(now) > 0 {
             self.registry.publish_session_revocations(self.set.clone());
+        }
+        if let Err(e) = self.log.forget(now).await {
+            tracing::warn!(source = SOURCE, error = %e, "lapsed ended sessions could not be forgotten in the token store (retried)");
         }
     }
 }
