@@ -14,7 +14,8 @@
 # CONNECTIONS keep-alive connections per replica (default 64), as a gateway's pool would.
 # Prints, per run, the table of examples/loadtest_plan.rs (requests, errors, p50/p99 per
 # step), the peak RSS (VmHWM) of each authplane and of Redis, and what the logouts left:
-# Revocation files in the manifests folder and the time the last one took to be in force.
+# ended sessions kept in the token store (per replica, and the Redis log), and Revocation
+# files in the manifests folder (none: logouts with a token store write none).
 #
 #   scripts/loadtest-plan.sh                       # both runs, USERS=10000 DECISIONS=20
 #   RUNS=redis USERS=1000 scripts/loadtest-plan.sh # one run, fewer users
@@ -106,12 +107,23 @@ start_replica() {
 
 peak_rss() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$1/status"; }
 
-# revocations_left DIR: what the logouts left in the manifests folder (dev mode writes
-# each logout's Revocation there as a file).
+# revocations_left DIR SERVER...: what the logouts left. With a token store (always, in
+# these runs) they are kept in the store, not as Revocation files: the files left in the
+# manifests folder (0 expected), the ended sessions each replica holds, and in Redis the
+# log's length and memory.
 revocations_left() {
-  local dir=$1 count
+  local dir=$1 count server key
+  shift
   count=$(find "$dir/manifests" -name '*.yaml' ! -name plan.yaml | wc -l)
   echo "Revocation files in the manifests folder: $count ($(du -sh "$dir/manifests" | cut -f1))"
+  for server in "$@"; do
+    echo "$server: $(curl -s "$server/metrics" | awk '/^authplane_session_revocations / {print $2}') ended sessions held"
+  done
+  if [ -n "$redis_pid" ]; then
+    for key in $(redis-cli -p "$REDIS_PORT" --scan --pattern 'authplane:*ended'); do
+      echo "Redis $key: $(redis-cli -p "$REDIS_PORT" xlen "$key") entries, $(redis-cli -p "$REDIS_PORT" memory usage "$key") bytes"
+    done
+  fi
 }
 
 for run in $RUNS; do
@@ -152,7 +164,7 @@ for run in $RUNS; do
   if [ -n "$redis_pid" ]; then
     echo "redis-server peak RSS: $(peak_rss "$redis_pid"), used_memory after the run: $(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory_human/ {print $2}' | tr -d '\r')"
   fi
-  revocations_left "$dir"
+  revocations_left "$dir" "${servers[@]}"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   pids=()
   [ "$status" = 0 ] || { echo "$run: requests failed" >&2; exit "$status"; }

@@ -262,6 +262,9 @@ pub struct Registry {
     revocations: ArcSwap<crate::revocation::RevocationSet>,
     /// Counts publications of `revocations`, for whoever waits for one to be in force.
     revocations_published: tokio::sync::watch::Sender<u64>,
+    /// Held while one of the set's two parts (objects, the store's sessions) is
+    /// replaced, so that neither publisher drops the other's latest part.
+    revocations_writer: Mutex<()>,
     /// The TokenClients the token endpoint serves, by `client_id`: published on their
     /// own (dev mode's driver and the operator's TokenClient watch), like revocations.
     token_clients: ArcSwap<crate::token_clients::Published>,
@@ -310,9 +313,30 @@ impl Registry {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Replaces the revocations in force.
+    /// Replaces the Revocation objects in force (the sessions ended in the token store
+    /// stay as they are).
     pub fn publish_revocations(&self, set: crate::revocation::RevocationSet) {
-        self.revocations.store(Arc::new(set));
+        let _writing = self
+            .revocations_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sessions = self.revocations.load().sessions().clone();
+        self.revocations
+            .store(Arc::new(set.with_sessions(sessions)));
+        self.revocations_published
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Replaces the sessions ended in the token store (the Revocation objects stay as
+    /// they are).
+    pub fn publish_session_revocations(&self, sessions: crate::revocation::SessionSet) {
+        let _writing = self
+            .revocations_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let set = self.revocations.load_full().as_ref().clone();
+        self.revocations
+            .store(Arc::new(set.with_sessions(sessions)));
         self.revocations_published
             .send_modify(|n| *n = n.wrapping_add(1));
     }

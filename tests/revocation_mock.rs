@@ -567,3 +567,160 @@ async fn the_watch_publishes_what_it_lists_and_what_it_is_told() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
 }
+
+/// A reviewer that is never asked (no login in these tests).
+struct NoAssertions;
+
+impl authplane::tokens::client_auth::AssertionReviewer for NoAssertions {
+    fn review<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<authplane::api::ObjectKey, authplane::tokens::client_auth::AssertionError>,
+    > {
+        unreachable!("no client assertion in this test")
+    }
+}
+
+/// A replica of auth/web with the operator's token endpoint on an embedded store in
+/// `dir`, writing Revocations to the mock API; a family of the token service, whose id
+/// is the `sid` of its access tokens.
+async fn replica_with_store(
+    client: Client,
+    dir: &std::path::Path,
+) -> (axum::Router, KeySet, Arc<Registry>, String) {
+    let (_, keys, registry) = replica(client.clone());
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Never stopped: the store's follower lives as long as the test.
+    std::mem::forget(stop);
+    let writer = Arc::new(KubeWriter {
+        client,
+        instance: Instance::default(),
+    });
+    let endpoint = authplane::operator::token_store::endpoint(
+        &authplane::operator::token_store::TokenStoreConfig {
+            location: authplane::tokens::location::StoreLocation::File(dir.join("tokens.redb")),
+            password: None,
+            ca: None,
+            deployment: None,
+            rate_per_minute: 10,
+        },
+        "authplane/default".into(),
+        Arc::new(NoAssertions),
+        writer.clone(),
+        0,
+        Arc::new(SystemClock),
+        registry.clone(),
+        &metrics,
+        stopped,
+    )
+    .await;
+    let started = authplane::refresh::start(
+        authplane::refresh::Login {
+            client: "auth/web".into(),
+            issuer: ISSUER.into(),
+            subject: "alice".into(),
+            audiences: vec!["x".into()],
+            claims: serde_json::Map::new(),
+            lifetimes: authplane::refresh::Lifetimes {
+                absolute: SignedDuration::from_hours(2),
+                idle: SignedDuration::from_hours(1),
+                grace: SignedDuration::from_secs(5),
+            },
+        },
+        Timestamp::now(),
+        &mut authplane::refresh::SystemEntropy,
+    )
+    .unwrap();
+    endpoint.store.create(&started.family).await.unwrap();
+    let state = AppState {
+        registry: registry.clone(),
+        metrics,
+        clock: Arc::new(SystemClock),
+        base_url: Arc::from("https://auth.example"),
+        signing_keys: Arc::new(NoSigningKeys),
+        tls: None,
+        revoke: Some(Arc::new(RevokeEndpoint::new(writer, 10))),
+        token: Some(endpoint),
+    };
+    (
+        server::router(state, Endpoints::Public),
+        keys,
+        registry,
+        started.family.id,
+    )
+}
+
+fn session_token(keys: &KeySet, sid: &str) -> String {
+    let now = Timestamp::now().as_second();
+    let active = keys.active(Timestamp::now()).unwrap();
+    let mut header = jsonwebtoken::Header::new(active.material.alg().to_jwt());
+    header.kid = Some(active.material.kid().to_owned());
+    let claims = json!({"iss": ISSUER, "sub": "alice", "aud": "x", "iat": now, "exp": now + 300, "jti": format!("j-{sid}"), "sid": sid});
+    jsonwebtoken::encode(&header, &claims, &active.material.encoding_key().unwrap()).unwrap()
+}
+
+fn session_logout(token: &str) -> Request<AxumBody> {
+    Request::post("/auth/web/revoke")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(AxumBody::from(format!(
+            "token={token}&token_type_hint=session"
+        )))
+        .unwrap()
+}
+
+fn revoked(registry: &Registry, sid: &str) -> bool {
+    let claims = json!({"iss": ISSUER, "sub": "alice", "sid": sid, "iat": 0});
+    let key = authplane::api::ObjectKey {
+        namespace: "auth".into(),
+        name: "web".into(),
+    };
+    let facts = authplane::revocation::TokenFacts::of(claims.as_object().unwrap(), Some(&key));
+    registry
+        .revocations()
+        .is_revoked("shop", &facts, Timestamp::now().as_second())
+}
+
+/// With a token store, a logout of a token-service session is kept in the store: no
+/// Revocation is written to the API, and it is in force when answered. A session the
+/// store does not know (tokens minted elsewhere) is a Revocation object as before, and a
+/// Revocation object published later (an admin's) leaves the store's sessions in force.
+#[tokio::test]
+async fn a_logout_of_a_token_service_session_writes_nothing_to_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (router, keys, registry, sid) =
+        replica_with_store(Client::new(service, "default"), dir.path()).await;
+
+    let response = within(
+        router
+            .clone()
+            .oneshot(session_logout(&session_token(&keys, &sid))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(revoked(&registry, &sid));
+    assert_eq!(registry.revocations().len(), 0, "no Revocation object");
+
+    // A session minted elsewhere: its Revocation object, through the API.
+    let call = tokio::spawn(router.oneshot(session_logout(&session_token(&keys, "minted"))));
+    let created = expect(
+        &mut handle,
+        "POST",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations",
+        201,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(created["spec"]["sessionId"], "minted");
+    watch_sees(&registry, &created);
+    assert_eq!(within(call).await.unwrap().unwrap().status(), 200);
+    // Both in force: publishing the objects kept the store's sessions.
+    assert!(revoked(&registry, "minted"));
+    assert!(revoked(&registry, &sid));
+    assert!(handle.next_request().await.is_none(), "no further requests");
+}

@@ -571,3 +571,267 @@ fn run_takes_the_token_store_flags_of_dev_and_refuses_the_same_mistakes() {
     assert!(stderr.contains("no-kubeconfig"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// `POST /auth/web/revoke` with a refresh token of auth/web.
+async fn logout(http: &reqwest::Client, base: &str, refresh_token: &str) -> u16 {
+    http.post(format!("{base}/auth/web/revoke"))
+        .form(&[("token", refresh_token), ("client_id", "auth/web")])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The Revocation files logouts would have written into the shared manifests folder.
+fn logout_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("manifests"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("logout-"))
+        .collect()
+}
+
+/// The promise: a logout (or a reuse) on one replica is refused at every replica within
+/// a second. Measured from the answer of the logout to the first refusal on the other.
+const WITHIN_A_SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_after_a_restart() {
+    let test =
+        "a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_after_a_restart";
+    let Some(mut p) = two_processes(test) else {
+        return;
+    };
+    let http = p.http.clone();
+    let ended = login(&http, &p.a.url, &p.secret, "dora").await;
+    let kept = login(&http, &p.a.url, &p.secret, "dora").await;
+    let access = text(&ended, "access_token").to_owned();
+    assert_eq!(decide(&http, &p.b.url, &access).await.0, 200);
+
+    assert_eq!(
+        logout(&http, &p.a.url, text(&ended, "refresh_token")).await,
+        200
+    );
+    // Refused on A as soon as A answered, and on B within a second.
+    assert_eq!(
+        decide(&http, &p.a.url, &access).await,
+        (401, "token_revoked".to_owned())
+    );
+    let started = std::time::Instant::now();
+    eventually(
+        "the logged-out token refused on B",
+        WITHIN_A_SECOND,
+        || async {
+            (decide(&http, &p.b.url, &access).await == (401, "token_revoked".to_owned()))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("logout on A refused on B after {:?}", started.elapsed());
+    // Kept in Redis: no Revocation written (in dev mode, a file; on a cluster, an object).
+    assert_eq!(logout_files(p._dir.path()), Vec::<String>::new());
+    // The other session of the user is untouched.
+    assert_eq!(
+        decide(&http, &p.b.url, text(&kept, "access_token")).await.0,
+        200
+    );
+
+    // A restart of B (a new process) loads the logouts before it serves.
+    let password_file = p._dir.path().join("redis-password");
+    drop(std::mem::replace(
+        &mut p.b,
+        Process::start(p._dir.path(), &p._redis.url(), &password_file),
+    ));
+    assert_eq!(
+        decide(&http, &p.b.url, &access).await,
+        (401, "token_revoked".to_owned())
+    );
+    assert_eq!(
+        decide(&http, &p.b.url, text(&kept, "access_token")).await.0,
+        200
+    );
+    let status: Value = http
+        .get(format!("{}/status", p.b.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["endedSessions"],
+        serde_json::json!([{"issuer": "auth/web", "reason": "logout", "count": 1}]),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_reuse_on_one_process_is_refused_on_the_other_within_a_second() {
+    let Some(p) = two_processes("a_reuse_on_one_process_is_refused_on_the_other_within_a_second")
+    else {
+        return;
+    };
+    let http = &p.http;
+    let session = login(http, &p.a.url, &p.secret, "erin").await;
+    let first = text(&session, "refresh_token").to_owned();
+    let (_, second) = refresh(http, &p.a.url, &first).await;
+    let (status, third) = refresh(http, &p.a.url, text(&second, "refresh_token")).await;
+    assert_eq!(status, 200, "{third}");
+    let access = text(&third, "access_token").to_owned();
+    assert_eq!(decide(http, &p.b.url, &access).await.0, 200);
+    // Reuse detected on A: the session's access token refused on B within a second.
+    let (status, _) = refresh(http, &p.a.url, &first).await;
+    assert_eq!(status, 400);
+    eventually(
+        "the reused session refused on B",
+        WITHIN_A_SECOND,
+        || async {
+            (decide(http, &p.b.url, &access).await == (401, "token_revoked".to_owned()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(logout_files(p._dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_them_is_not_ready() {
+    let test =
+        "a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_them_is_not_ready";
+    let Some(mut p) = two_processes(test) else {
+        return;
+    };
+    let http = p.http.clone();
+    let ended = login(&http, &p.a.url, &p.secret, "finn").await;
+    let kept = login(&http, &p.a.url, &p.secret, "finn").await;
+    assert_eq!(
+        logout(&http, &p.a.url, text(&ended, "refresh_token")).await,
+        200
+    );
+    let access = text(&ended, "access_token").to_owned();
+    eventually("the logout in force on B", CHANGE_DEADLINE, || async {
+        (decide(&http, &p.b.url, &access).await.0 == 401).then_some(())
+    })
+    .await;
+
+    // Redis down: decisions flow on B with the logouts it knows; it stays ready,
+    // degraded, once it notices.
+    p._redis.kill();
+    let readyz = |base: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(format!("{base}/readyz")).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    eventually("B degraded", CHANGE_DEADLINE, || async {
+        let (status, body) = readyz(p.b.url.clone()).await;
+        (status == 200 && body.contains("token store logouts: failing")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        decide(&http, &p.b.url, &access).await,
+        (401, "token_revoked".to_owned())
+    );
+    assert_eq!(
+        decide(&http, &p.b.url, text(&kept, "access_token")).await.0,
+        200
+    );
+
+    // A replica started while Redis is down has never read the logouts: not ready.
+    let password_file = p._dir.path().join("redis-password");
+    let c = Process::start(p._dir.path(), &p._redis.url(), &password_file);
+    let (status, body) = readyz(c.url.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("token store logouts: not listed yet"),
+        "{body}"
+    );
+    // Redis back: it loads them, becomes ready, and refuses the logged-out token.
+    p._redis.restart();
+    eventually("C ready", CHANGE_DEADLINE, || async {
+        let (status, body) = readyz(c.url.clone()).await;
+        (status == 200 && !body.contains("token store logouts")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        decide(&http, &c.url, &access).await,
+        (401, "token_revoked".to_owned())
+    );
+}
+
+/// The Redis key of the ended-sessions log of a dev state folder (its installation is a
+/// digest of the folder's path).
+fn ended_key(state: &Path) -> String {
+    let absolute = std::fs::canonicalize(state).unwrap();
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        absolute.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("authplane:dev-{hex}:ended")
+}
+
+#[tokio::test]
+async fn malformed_entries_in_the_redis_log_are_skipped_and_counted() {
+    let Some(redis) =
+        RedisServer::start("malformed_entries_in_the_redis_log_are_skipped_and_counted")
+    else {
+        return;
+    };
+    let manifests = manifests();
+    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let tokens = TokenSettings {
+        store: Some(StoreLocation::parse(&redis.url()).unwrap()),
+        rate_per_minute: 1000,
+        ..TokenSettings::default()
+    };
+    let dev = Dev::start_with_tokens(
+        &refs,
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let secret = client_secret(&dev.state());
+    let base = dev.url("");
+    let base = base.trim_end_matches('/');
+    let first = login(&dev.http, base, &secret, "gus").await;
+    let second = login(&dev.http, base, &secret, "gus").await;
+    assert_eq!(
+        logout(&dev.http, base, text(&first, "refresh_token")).await,
+        200
+    );
+
+    // Entries of the wrong shape, as a bug or another program could write them.
+    let key = ended_key(&dev.state());
+    for junk in ["e junk", "x y", "e \"auth web 0123 logout 1 2\""] {
+        let answer = redis.command(&format!("XADD {key} * {junk}")).unwrap();
+        assert!(!answer.starts_with('-'), "{answer}");
+    }
+    // Skipped: the next logout still comes through, the first still counts.
+    assert_eq!(
+        logout(&dev.http, base, text(&second, "refresh_token")).await,
+        200
+    );
+    for session in [&first, &second] {
+        assert_eq!(
+            decide(&dev.http, base, text(session, "access_token")).await,
+            (401, "token_revoked".to_owned())
+        );
+    }
+    let metrics = dev.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("authplane_session_revocations_malformed_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authplane_session_revocations 2"),
+        "{metrics}"
+    );
+    dev.stop().await;
+}

@@ -278,6 +278,7 @@ pub async fn start_tuned(
         writer.clone(),
         config.serving.trusted_proxy_hops,
         clock.clone(),
+        registry.clone(),
         &metrics,
         shutdown_rx.clone(),
     )

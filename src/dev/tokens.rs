@@ -17,7 +17,7 @@ use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::RedisSettings;
-use crate::tokens::{FamilyStore, Metered, serving};
+use crate::tokens::{Metered, serving};
 
 /// The store's file in the state folder, unless `--token-store` names another.
 pub const STORE_FILE: &str = "tokens.redb";
@@ -72,31 +72,45 @@ impl ClientSecrets for FolderSecrets {
 
 /// The endpoint, or `None` when turned off. A store that cannot be opened is logged and
 /// answers 503: the rest of dev mode serves on.
+#[allow(clippy::too_many_arguments)]
 pub async fn endpoint(
     settings: &TokenSettings,
     state: &StateStore,
     writer: Arc<dyn RevocationWriter>,
     trusted_proxy_hops: usize,
     clock: Arc<dyn Clock>,
-    metrics: &crate::metrics::Metrics,
+    registry: Arc<crate::registry::Registry>,
+    metrics: &Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Arc<TokenEndpoint>> {
     if !settings.enabled {
         return None;
     }
-    let store = match &settings.store {
-        Some(StoreLocation::Redis(url)) => Arc::new(Metered::new(
-            redis(url, settings, state.root()),
-            metrics.tokens.clone(),
-        )),
+    let opened = match &settings.store {
+        Some(StoreLocation::Redis(url)) => {
+            let redis = redis_settings(url, settings, state.root());
+            serving::Opened {
+                families: Arc::new(Metered::new(
+                    crate::tokens::redis::shared(&redis),
+                    metrics.tokens.clone(),
+                )),
+                sessions: crate::tokens::redis_sessions::shared_log(&redis),
+            }
+        }
         Some(StoreLocation::File(path)) => {
             serving::open_embedded(path.clone(), metrics.tokens.clone()).await
         }
         None => serving::open_embedded(state.root().join(STORE_FILE), metrics.tokens.clone()).await,
     };
+    let store = opened.families;
     // Redis forgets by itself: its purge does not even call it.
-    serving::keep_purged(store.clone(), clock, shutdown).await;
+    serving::keep_purged(store.clone(), clock.clone(), shutdown.clone()).await;
+    if let Some(log) = &opened.sessions {
+        crate::tokens::session_log::follow(log.clone(), registry, metrics.clone(), clock, shutdown)
+            .await;
+    }
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
+    endpoint.sessions = opened.sessions;
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
     Some(Arc::new(endpoint))
@@ -105,14 +119,14 @@ pub async fn endpoint(
 /// A Redis store, shared by every dev process of the same state folder: the folder is
 /// the installation (two folders, two sets of keys in one Redis). It connects at its
 /// first call: a Redis that is down answers 503 until it is back.
-fn redis(url: &str, tokens: &TokenSettings, state: &Path) -> Arc<dyn FamilyStore> {
-    crate::tokens::redis::shared(&RedisSettings {
+fn redis_settings(url: &str, tokens: &TokenSettings, state: &Path) -> RedisSettings {
+    RedisSettings {
         url: url.to_owned(),
         password: tokens.password.as_ref().map(|p| p.expose().to_owned()),
         ca: tokens.ca.as_ref().map(|ca| ca.pem().to_vec()),
         installation: installation(state),
         timeout: serving::STORE_DEADLINE,
-    })
+    }
 }
 
 /// `dev-` and a digest of the state folder's absolute path: the same for every process of

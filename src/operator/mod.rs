@@ -287,6 +287,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
                 revocation_writer.clone(),
                 config.serving.trusted_proxy_hops,
                 clock.clone(),
+                registry.clone(),
                 &metrics,
                 stopped.clone(),
             )

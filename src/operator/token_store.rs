@@ -137,26 +137,39 @@ pub async fn endpoint(
     writer: Arc<dyn RevocationWriter>,
     trusted_proxy_hops: usize,
     clock: Arc<dyn Clock>,
-    metrics: &crate::metrics::Metrics,
+    registry: Arc<crate::registry::Registry>,
+    metrics: &Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
-    let store: Arc<dyn FamilyStore> = match &config.location {
+    let opened = match &config.location {
         StoreLocation::File(path) => {
             serving::open_embedded(path.clone(), metrics.tokens.clone()).await
         }
-        StoreLocation::Redis(url) => Arc::new(Metered::new(
-            crate::tokens::redis::shared(&RedisSettings {
+        StoreLocation::Redis(url) => {
+            let settings = RedisSettings {
                 url: url.clone(),
                 password: config.password.as_ref().map(|p| p.expose().to_owned()),
                 ca: config.ca.as_ref().map(|ca| ca.pem().to_vec()),
                 installation,
                 timeout: serving::STORE_DEADLINE,
-            }),
-            metrics.tokens.clone(),
-        )),
+            };
+            serving::Opened {
+                families: Arc::new(Metered::new(
+                    crate::tokens::redis::shared(&settings),
+                    metrics.tokens.clone(),
+                )),
+                sessions: crate::tokens::redis_sessions::shared_log(&settings),
+            }
+        }
     };
-    serving::keep_purged(store.clone(), clock, shutdown).await;
+    let store: Arc<dyn FamilyStore> = opened.families;
+    serving::keep_purged(store.clone(), clock.clone(), shutdown.clone()).await;
+    if let Some(log) = &opened.sessions {
+        crate::tokens::session_log::follow(log.clone(), registry, metrics.clone(), clock, shutdown)
+            .await;
+    }
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
+    endpoint.sessions = opened.sessions;
     endpoint.reviewer = Some(reviewer);
     endpoint.trusted_proxy_hops = trusted_proxy_hops;
     Arc::new(endpoint)

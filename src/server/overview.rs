@@ -38,6 +38,19 @@ pub struct Overview {
     issuers: Listed<Issuer>,
     policies: Listed<Policy>,
     revocations: Listed<Revocation>,
+    /// Sessions authplane ended in the token store (logouts, reused refresh tokens): how
+    /// many per SigningKey and reason, never which.
+    ended_sessions: Vec<EndedSessions>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EndedSessions {
+    /// The SigningKey, `namespace/name`.
+    issuer: String,
+    /// `logout` or `compromised` (a reused refresh token).
+    reason: &'static str,
+    count: usize,
 }
 
 /// Up to [`MAX_LISTED`] items, and how many there are in all.
@@ -191,6 +204,17 @@ pub async fn overview(
     });
 
     let revocations = state.registry.revocations();
+    let ended_sessions = revocations
+        .sessions()
+        .counts(now.as_second())
+        .into_iter()
+        .filter(|c| wanted(&c.key.namespace))
+        .map(|c| EndedSessions {
+            issuer: c.key.to_string(),
+            reason: c.reason,
+            count: c.count,
+        })
+        .collect();
     let in_force: Vec<_> = revocations
         .in_force()
         .iter()
@@ -214,6 +238,7 @@ pub async fn overview(
             issuers,
             policies,
             revocations,
+            ended_sessions,
         }),
     )
         .into_response()

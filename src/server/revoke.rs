@@ -41,6 +41,7 @@ use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
 use crate::refresh::RefreshToken;
 use crate::registry::PublishedIssuer;
+use crate::revocation::SessionEnd;
 use crate::revocation::TokenFacts;
 
 pub const REVOKE_SUFFIX: &str = "/revoke";
@@ -216,6 +217,7 @@ pub async fn revoke(
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value.into()))
                     .collect(),
+                    session: Some(family.id.clone()),
                     revocation,
                     key: ObjectKey {
                         namespace: issuer.namespace.clone(),
@@ -260,7 +262,34 @@ pub async fn revoke(
         state.metrics.revoke_request("rate_limited");
         return slow_down(wait, "too many revocations for this subject");
     }
+    let mut logout = logout;
+    logout.session = kept_in_store(&state, &issuer, &logout, now).await;
     in_force(&state, &endpoint, &issuer, logout).await
+}
+
+/// Whether a session logout by access token is kept in the token store: when the
+/// session is a family of the token service on this issuer (then the family is revoked
+/// too, as a logout by its refresh token does). A session of tokens minted elsewhere
+/// (`authplane token mint`, an app with the key) is not the store's: its Revocation
+/// object lapses with the key's longest token lifetime, as before. So is any session
+/// when the store cannot be asked: a logout is never lost to a store outage.
+async fn kept_in_store(
+    state: &AppState,
+    issuer: &PublishedIssuer,
+    logout: &Logout,
+    now: Timestamp,
+) -> Option<String> {
+    let sid = logout.revocation.spec.session_id.as_deref()?;
+    let token = state.token.as_ref()?;
+    token.sessions.as_ref()?;
+    match crate::tokens::end_session(&*token.store, &issuer.issuer, sid, now).await {
+        Ok(Some(_)) => Some(sid.to_owned()),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(issuer = issuer.issuer.as_str(), error = %e, "the token store could not be asked about a session: its logout is written as a Revocation");
+            None
+        }
+    }
 }
 
 /// Writes the Revocation of `logout` and answers once it is in force on this replica.
@@ -289,7 +318,26 @@ async fn in_force(
     // Subscribed before writing: a publication between the write and the wait is not
     // missed.
     let mut published = state.registry.revocations_published();
-    if let Err(e) = endpoint.writer.create(logout.revocation.clone()).await {
+    let written = match (&logout.session, &state.token) {
+        (Some(sid), Some(token)) => {
+            let now = state.clock.now();
+            super::token::end_session(
+                token,
+                &state.metrics.tokens,
+                issuer,
+                sid,
+                SessionEnd::Logout,
+                now,
+            )
+            .await
+        }
+        _ => endpoint
+            .writer
+            .create(logout.revocation.clone())
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = written {
         tracing::error!(issuer = issuer.issuer.as_str(), error = %e, "a revocation could not be stored");
         state.metrics.revoke_request("error");
         return unavailable("the revocation could not be stored; retry");
@@ -409,6 +457,9 @@ pub enum Verdict {
 /// A verified token and the Revocation it asks for.
 pub struct Logout {
     pub revocation: Revocation,
+    /// The session, when its end is kept in the token store instead of as
+    /// `revocation` (a session of the token service, with a store configured).
+    pub session: Option<String>,
     /// The token's verified claims, to tell when the revocation is in force.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The SigningKey that issued it.
@@ -517,6 +568,7 @@ pub fn revocation_for(
     };
     Verdict::Revoke(Box::new(Logout {
         revocation,
+        session: None,
         claims: verified.claims,
         key: ObjectKey {
             namespace: issuer.namespace.clone(),

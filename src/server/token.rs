@@ -36,6 +36,7 @@ use crate::keys::lifecycle::add;
 use crate::policy::verify::unverified_claim;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
+use crate::revocation::{SessionEnd, SessionRevocation};
 use crate::token_clients::ServedClient;
 use crate::token_endpoint::id_token::{IDP_CLAIM, IdTokenError, IdTokenSubject};
 use crate::token_endpoint::secret::StoredSecret;
@@ -44,6 +45,7 @@ use crate::token_endpoint::{
     TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_SUBJECT,
 };
 use crate::tokens::client_auth::{AssertionError, AssertionReviewer};
+use crate::tokens::session_log::SessionLog;
 use crate::tokens::{FamilyStore, RefreshError, Refreshed, StoreError};
 
 pub const TOKEN_SUFFIX: &str = "/token";
@@ -51,11 +53,6 @@ pub const TOKEN_SUFFIX: &str = "/token";
 pub(super) const MAX_BODY_BYTES: usize = rules::MAX_BODY_BYTES;
 /// What a client is told to wait when the store (or the apiserver) cannot answer.
 const RETRY_AFTER_SECS: u64 = 1;
-/// The longest access-token lifetime a TokenClient may set (its CRD's bound), and the
-/// most leeway a policy may grant: how long a session's Revocation must outlive a
-/// family that is revoked in the store already.
-const MAX_ACCESS_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(24);
-const MAX_POLICY_LEEWAY: SignedDuration = SignedDuration::from_mins(5);
 
 /// Dev mode's client secrets (`authplane token client-secret`): the stored hash of a
 /// TokenClient's secret, if it has one.
@@ -87,8 +84,12 @@ pub struct TokenEndpoint {
     pub reviewer: Option<Arc<dyn AssertionReviewer>>,
     /// Client secrets (dev mode); `None` on a cluster.
     pub secrets: Option<Arc<dyn ClientSecrets>>,
-    /// Where a session revoked for reuse is written: `/revoke`'s writer.
+    /// Where a session revoked for reuse is written when the store cannot take it:
+    /// `/revoke`'s writer.
     pub writer: Arc<dyn RevocationWriter>,
+    /// The store's log of ended sessions, where logouts and reuse are kept (`None`: a
+    /// store that cannot be used; they are written as Revocations instead).
+    pub sessions: Option<Arc<dyn SessionLog>>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
     pub trusted_proxy_hops: usize,
     failures: KeyedLimit<ClientKey>,
@@ -108,6 +109,7 @@ impl TokenEndpoint {
             reviewer: None,
             secrets: None,
             writer,
+            sessions: None,
             trusted_proxy_hops: 0,
             failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
             rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
@@ -568,7 +570,7 @@ impl Request<'_> {
                     "refresh token reuse: the session is revoked"
                 );
                 // `compromised`: a superseded token came back, so someone else holds it.
-                self.revoke_session(&family, "compromised", now).await;
+                self.revoke_session(&family, SessionEnd::Reuse, now).await;
                 Err(invalid_grant(
                     "the refresh token was already used: its session is revoked (log in again)",
                 ))
@@ -591,12 +593,20 @@ impl Request<'_> {
         }
     }
 
-    /// Writes the `sid` Revocation of a family, so that its access tokens are refused at
-    /// every gateway. A failure is logged: the family itself is revoked in the store
+    /// Ends the session of a family, so that its access tokens are refused at every
+    /// gateway. A failure is logged: the family itself is revoked in the store
     /// already, so no refresh works; its access tokens then live out their lifetime.
-    async fn revoke_session(&self, family: &Family, reason: &str, now: Timestamp) {
-        let revocation = session_revocation(self.issuer, &family.id, reason, now);
-        if let Err(e) = self.endpoint.writer.create(revocation).await {
+    async fn revoke_session(&self, family: &Family, reason: SessionEnd, now: Timestamp) {
+        if let Err(e) = end_session(
+            self.endpoint,
+            &self.state.metrics.tokens,
+            self.issuer,
+            &family.id,
+            reason,
+            now,
+        )
+        .await
+        {
             tracing::error!(
                 client = family.client.as_str(),
                 family = family.id.as_str(),
@@ -624,6 +634,54 @@ impl Request<'_> {
         crate::token::sign(&keys, &claims, now)
             .map_err(|e| Failure::Unavailable(format!("SigningKey {}: {e}", client.key)))
     }
+}
+
+/// Ends the session `sid` of `issuer`'s tokens at `now`: in the store's log of ended
+/// sessions (every replica follows it), or, when there is none or it cannot be written
+/// (the store is down), as a Revocation object (a logout must not be lost to a store
+/// outage).
+pub async fn end_session(
+    endpoint: &TokenEndpoint,
+    metrics: &crate::tokens::metrics::TokenMetrics,
+    issuer: &PublishedIssuer,
+    sid: &str,
+    reason: SessionEnd,
+    now: Timestamp,
+) -> Result<(), String> {
+    if let Some(log) = &endpoint.sessions {
+        let key = ObjectKey {
+            namespace: issuer.namespace.clone(),
+            name: issuer.name.clone(),
+        };
+        let ended = SessionRevocation::new(key, sid, reason, now);
+        let recorded = tokio::time::timeout(
+            crate::tokens::serving::STORE_DEADLINE,
+            log.record(&ended, now),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the token store did not record an ended session in time".into(),
+            ))
+        });
+        match recorded {
+            Ok(()) => {
+                metrics.session_revocations_recorded.inc();
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(
+                issuer = issuer.issuer.as_str(),
+                error = %e,
+                "an ended session could not be kept in the token store: written as a Revocation instead"
+            ),
+        }
+    }
+    let revocation = session_revocation(issuer, sid, reason.label(), now);
+    endpoint
+        .writer
+        .create(revocation)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A Revocation of the session `sid` of `issuer`'s tokens, named as `/revoke` names a
@@ -670,7 +728,7 @@ pub fn session_revocation(
             // the key (a week by default), one per logout.
             expires_at: Some(Time(second(add(
                 now,
-                MAX_ACCESS_TOKEN_LIFETIME + MAX_POLICY_LEEWAY,
+                crate::revocation::sessions::SESSION_REVOCATION_LIFETIME,
             )))),
             ..RevocationSpec::default()
         },

@@ -143,6 +143,12 @@ impl EmbeddedStore {
         })
     }
 
+    /// The file, for the log of ended sessions kept beside the families
+    /// ([`super::embedded_sessions`]).
+    pub(super) fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Queues a write for the writer thread and waits for its answer (after the commit).
     fn write(&self, op: Op) -> BoxFuture<'static, Result<usize, StoreError>> {
         let queue = self.writer.queue.clone();
@@ -360,7 +366,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
 }
 
 /// Errors inside a transaction: redb's, or a record that does not read.
-enum TxnError {
+pub(super) enum TxnError {
     Db(redb::Error),
     Store(StoreError),
 }
@@ -384,7 +390,7 @@ from_redb!(
 
 /// One write transaction: committed when `body` returns `Ok(true)`, dropped (aborted)
 /// when it returns `Ok(false)` or an error.
-fn write(
+pub(super) fn write(
     db: &Database,
     body: impl FnOnce(&WriteTransaction) -> Result<bool, TxnError>,
 ) -> Result<bool, StoreError> {
@@ -434,7 +440,7 @@ fn encode(family: &Family) -> Result<Vec<u8>, TxnError> {
         .map_err(|e| TxnError::Store(StoreError::Corrupt(format!("family {}: {e}", family.id))))
 }
 
-fn failed(e: redb::Error) -> StoreError {
+pub(super) fn failed(e: redb::Error) -> StoreError {
     match e {
         redb::Error::Corrupted(what) => StoreError::Corrupt(what),
         other => StoreError::Unavailable(other.to_string()),

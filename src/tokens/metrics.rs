@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::AtomicHistogram;
@@ -45,6 +46,14 @@ pub struct TokenMetrics {
     pub reuse: Family<ClientLabels, Counter>,
     pub store_seconds: Family<StoreLabels, AtomicHistogram>,
     pub store_errors: Family<StoreLabels, Counter>,
+    /// Sessions ended in the token store held by this replica, and when it last read
+    /// them (Unix seconds): the age of its logouts is `time() - this`.
+    pub session_revocations: Gauge,
+    pub session_revocations_synced: Gauge,
+    pub session_revocations_malformed: Counter,
+    /// Sessions this replica ended in the token store (each one entry appended).
+    pub session_revocations_recorded: Counter,
+    pub session_revocations_dropped: Counter,
 }
 
 impl TokenMetrics {
@@ -75,7 +84,38 @@ impl TokenMetrics {
             "Token store operations that failed or missed their deadline",
             metrics.store_errors.clone(),
         );
+        registry.register(
+            "session_revocations",
+            "Sessions ended in the token store (logouts, reused refresh tokens) held in force by this replica",
+            metrics.session_revocations.clone(),
+        );
+        registry.register(
+            "session_revocations_last_sync_timestamp_seconds",
+            "When this replica last read the sessions ended in the token store (Unix seconds): time() minus this is their age",
+            metrics.session_revocations_synced.clone(),
+        );
+        registry.register(
+            "session_revocations_recorded",
+            "Sessions this replica ended in the token store (logouts, reused refresh tokens): one entry appended each",
+            metrics.session_revocations_recorded.clone(),
+        );
+        registry.register(
+            "session_revocations_malformed",
+            "Entries of the token store's ended sessions that did not read (skipped)",
+            metrics.session_revocations_malformed.clone(),
+        );
+        registry.register(
+            "session_revocations_dropped",
+            "Sessions ended in the token store not held in memory: over the cap of 1,000,000",
+            metrics.session_revocations_dropped.clone(),
+        );
         metrics
+    }
+
+    /// A successful read of the ended sessions at `now` (Unix seconds), `held` in force.
+    pub fn session_revocations_synced(&self, held: usize, now: i64) {
+        self.session_revocations.set(held as i64);
+        self.session_revocations_synced.set(now);
     }
 
     pub fn issued(&self, client: &str, grant: &'static str) {

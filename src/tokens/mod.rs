@@ -16,11 +16,14 @@
 
 pub mod client_auth;
 pub mod embedded;
+pub mod embedded_sessions;
 pub mod location;
 mod metered;
 pub mod metrics;
 pub mod redis;
+pub mod redis_sessions;
 pub mod serving;
+pub mod session_log;
 #[cfg(test)]
 mod tests;
 mod timed;
@@ -294,6 +297,21 @@ pub async fn end_sessions(
         ended.push(end_family(store, family, now).await?);
     }
     Ok(ended)
+}
+
+/// A logout by an access token of a session that is a family here: revokes the family
+/// `id` of `issuer` (as a logout by its refresh token does). `Ok(None)`: no such family
+/// of this issuer (a session of tokens minted elsewhere), nothing changed.
+pub async fn end_session(
+    store: &dyn FamilyStore,
+    issuer: &str,
+    id: &str,
+    now: Timestamp,
+) -> Result<Option<Family>, RefreshError> {
+    match store.family(id, now).await? {
+        Some(family) if family.issuer == issuer => end_family(store, family, now).await.map(Some),
+        _ => Ok(None),
+    }
 }
 
 async fn end_family(

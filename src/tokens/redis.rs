@@ -136,29 +136,7 @@ impl RedisStore {
     /// keeping authplane from starting. Fails only on a URL that does not parse.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
         let shown = redacted(&settings.url);
-        let info = settings.url.as_str().into_connection_info().map_err(|e| {
-            StoreError::Unavailable(format!("the token store URL {shown} is not usable: {e}"))
-        })?;
-        let info = match &settings.password {
-            Some(password) => {
-                let redis = info.redis_settings().clone().set_password(password);
-                info.set_redis_settings(redis)
-            }
-            None => info,
-        };
-        let client = match &settings.ca {
-            Some(ca) => Client::build_with_tls(
-                info,
-                ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            None => Client::open(info),
-        };
-        let client = client.map_err(|e| {
-            StoreError::Unavailable(format!("the token store URL {shown} is not usable: {e}"))
-        })?;
+        let client = client(settings)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
@@ -273,6 +251,35 @@ impl RedisStore {
 /// landed before the break loses the second time (the refresh then reads what landed).
 fn stale(e: &RedisError) -> bool {
     e.is_connection_dropped() || (e.is_io_error() && !e.is_timeout())
+}
+
+/// A client for `settings` (its URL, password and CA); connects at its first use.
+pub(super) fn client(settings: &RedisSettings) -> Result<Client, StoreError> {
+    let shown = redacted(&settings.url);
+    let info = settings.url.as_str().into_connection_info().map_err(|e| {
+        StoreError::Unavailable(format!("the token store URL {shown} is not usable: {e}"))
+    })?;
+    let info = match &settings.password {
+        Some(password) => {
+            let redis = info.redis_settings().clone().set_password(password);
+            info.set_redis_settings(redis)
+        }
+        None => info,
+    };
+    let client = match &settings.ca {
+        Some(ca) => Client::build_with_tls(
+            info,
+            ::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => Client::open(info),
+    };
+    let client = client.map_err(|e| {
+        StoreError::Unavailable(format!("the token store URL {shown} is not usable: {e}"))
+    })?;
+    Ok(client)
 }
 
 /// The store every process of one installation shares (dev mode and `authplane run`

@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::embedded::EmbeddedStore;
+use super::embedded_sessions::EmbeddedSessionLog;
 use super::metrics::TokenMetrics;
+use super::session_log::SessionLog;
 use super::{FamilyStore, Metered, Timed, Unavailable};
 use crate::clock::Clock;
 
@@ -19,20 +21,29 @@ pub const STORE_DEADLINE: Duration = Duration::from_secs(2);
 /// Expired families are forgotten this often.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
+/// A store as served: its families, and its log of ended sessions (`None` when the
+/// store cannot be used: then logouts are written as Revocations).
+pub struct Opened {
+    pub families: Arc<dyn FamilyStore>,
+    pub sessions: Option<Arc<dyn SessionLog>>,
+}
+
 /// The embedded store at `path`, timed and metered; a file that cannot be opened is
 /// logged and the store answers 503.
-pub async fn open_embedded(path: PathBuf, metrics: TokenMetrics) -> Arc<dyn FamilyStore> {
+pub async fn open_embedded(path: PathBuf, metrics: TokenMetrics) -> Opened {
     let shown = path.display().to_string();
     let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
         .await
         .map_err(|e| e.to_string())
         .and_then(|opened| opened.map_err(|e| e.to_string()));
+    let mut sessions: Option<Arc<dyn SessionLog>> = None;
     let store: Arc<dyn FamilyStore> = match opened {
         Ok(store) => {
             tracing::info!(
                 store = shown.as_str(),
                 "token endpoint served at <issuer>/token"
             );
+            sessions = Some(Arc::new(EmbeddedSessionLog::new(&store)));
             Arc::new(Timed::new(store, STORE_DEADLINE))
         }
         Err(e) => {
@@ -46,7 +57,10 @@ pub async fn open_embedded(path: PathBuf, metrics: TokenMetrics) -> Arc<dyn Fami
             )))
         }
     };
-    Arc::new(Metered::new(store, metrics))
+    Opened {
+        families: Arc::new(Metered::new(store, metrics)),
+        sessions,
+    }
 }
 
 /// Purges `store` now (awaited: before serving), then every hour until `shutdown`.

@@ -238,6 +238,22 @@ function revocationsTable(revocations, now) {
   return table;
 }
 
+// Sessions ended in the token store: counts per key and reason, never a session.
+function endedSessions(ended) {
+  if (!ended || !ended.length) return [];
+  const total = ended.reduce((sum, e) => sum + e.count, 0);
+  const table = el("table");
+  const head = el("tr");
+  for (const h of ["issuer", "reason", "sessions"]) head.append(el("th", "", h));
+  table.append(head);
+  for (const e of ended) {
+    const tr = el("tr");
+    tr.append(el("td", "", e.issuer), el("td", "", e.reason), el("td", "", String(e.count)));
+    table.append(tr);
+  }
+  return [el("p", "", total + " sessions ended in the token store (logouts, reused refresh tokens), each matching one session:"), table];
+}
+
 function fill(section, listed, draw) {
   const target = document.getElementById(section);
   const count = document.getElementById(section + "-count");
@@ -256,7 +272,7 @@ function render(overview) {
     items.length ? items.map((p) => policyCard(p, now)) : [el("p", "empty", "No AuthPolicy.")]);
   fill("issuers", overview.issuers, (items) =>
     items.length ? items.map((i) => issuerCard(i, now)) : [el("p", "empty", "No issuer served.")]);
-  fill("revocations", overview.revocations, (items) => [revocationsTable(items, now)]);
+  fill("revocations", overview.revocations, (items) => [revocationsTable(items, now), ...endedSessions(overview.endedSessions)]);
   const updated = document.getElementById("updated");
   updated.className = "";
   updated.textContent = "Updated " + overview.now + ".";

@@ -19,6 +19,7 @@
 //! ones stop counting at once, before anyone deletes them.
 
 mod lifetimes;
+pub mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,6 +30,7 @@ use crate::api::{
     AuthPolicy, FieldError, ObjectKey, Revocation, SigningKey, TokenClient, Validate,
 };
 pub use lifetimes::{EXTERNAL_MAX_LIFETIME, Lifetimes, Longest};
+pub use sessions::{SessionEnd, SessionRevocation, SessionSet};
 
 /// Whose tokens a Revocation names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -367,9 +369,18 @@ impl Matcher {
     }
 }
 
-/// The revocations in force, immutable; the decision path reads it.
-#[derive(Debug, Default)]
+/// The revocations in force, immutable; the decision path reads it: the Revocation
+/// objects, and the sessions the token store ended ([`sessions`]). Two parts published
+/// by two followers, each shared: replacing one keeps the other (a clone copies nothing).
+#[derive(Clone, Debug, Default)]
 pub struct RevocationSet {
+    objects: std::sync::Arc<ObjectSet>,
+    sessions: SessionSet,
+}
+
+/// The Revocation objects in force.
+#[derive(Debug, Default)]
+struct ObjectSet {
     global: Scope,
     namespaced: HashMap<String, Scope>,
     active: usize,
@@ -381,28 +392,44 @@ impl RevocationSet {
     /// Whether a verified token is revoked under a policy of `namespace` at `now`
     /// (Unix seconds). A few hash lookups; nothing is allocated.
     pub fn is_revoked(&self, namespace: &str, token: &TokenFacts<'_>, now: i64) -> bool {
-        if self.active == 0 {
+        if self.sessions.is_revoked(token, now) {
+            return true;
+        }
+        let objects = &*self.objects;
+        if objects.active == 0 {
             return false;
         }
-        self.global.matches(token, now)
-            || self
+        objects.global.matches(token, now)
+            || objects
                 .namespaced
                 .get(namespace)
                 .is_some_and(|scope| scope.matches(token, now))
     }
 
-    /// Entries in the set (lapsed ones included until the next publication).
+    /// Revocation objects in the set (lapsed ones included until the next publication).
     pub fn len(&self) -> usize {
-        self.active
+        self.objects.active
     }
 
+    /// No Revocation object and no session ended in the store.
     pub fn is_empty(&self) -> bool {
-        self.active == 0
+        self.objects.active == 0 && self.sessions.is_empty()
     }
 
-    /// Each Revocation in force, ordered by namespace and name.
+    /// Each Revocation object in force, ordered by namespace and name.
     pub fn in_force(&self) -> &[InForce] {
-        &self.in_force
+        &self.objects.in_force
+    }
+
+    /// The sessions the token store ended.
+    pub fn sessions(&self) -> &SessionSet {
+        &self.sessions
+    }
+
+    /// This set with `sessions` in place of its sessions.
+    pub fn with_sessions(mut self, sessions: SessionSet) -> Self {
+        self.sessions = sessions;
+        self
     }
 }
 
@@ -567,7 +594,7 @@ impl RevocationIndex {
     /// per (namespace, issuer), for the metric.
     pub fn publish(&self, now: Timestamp) -> (RevocationSet, Vec<Count>) {
         let now = now.as_second();
-        let mut set = RevocationSet::default();
+        let mut set = ObjectSet::default();
         let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
         for entry in self.entries.values() {
             let lapses_at = entry.lapse(&self.lifetimes).at();
@@ -617,7 +644,13 @@ impl RevocationIndex {
                 active,
             })
             .collect();
-        (set, counts)
+        (
+            RevocationSet {
+                objects: std::sync::Arc::new(set),
+                sessions: SessionSet::default(),
+            },
+            counts,
+        )
     }
 }
 

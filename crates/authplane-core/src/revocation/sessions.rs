@@ -1,0 +1,410 @@
+//! Sessions that authplane ended itself (a logout, a reused refresh token), kept in the
+//! token store instead of as Revocation objects, and held here in memory on every
+//! replica: a persistent map per SigningKey from a hash of the `sid` to the second the
+//! entry lapses, read by the decision path through [`super::RevocationSet`] exactly as
+//! a `sessionId` Revocation of that key would be.
+//!
+//! An entry names the SigningKey that signs the session's tokens (the issuer served
+//! here), and matches only tokens that this key verified: like a Revocation in the key's
+//! own namespace, it can never match a token of another key, nor of another namespace's.
+//!
+//! Small on purpose: a 16-byte hash instead of the `sid` (no personal data in memory
+//! dumps, and a fixed size), the lapse second and the reason class. The map is
+//! persistent (`imbl`): publishing a new set after one more logout copies nothing.
+
+use aws_lc_rs::digest::{SHA256, digest};
+use jiff::{SignedDuration, Timestamp};
+
+use super::TokenFacts;
+use crate::api::ObjectKey;
+
+/// How long after its revocation an entry is kept: the longest access-token lifetime a
+/// TokenClient may set (its CRD's bound) plus the most leeway a policy may grant. The
+/// session's family is revoked in the store already, so no new token of the session is
+/// issued: the entry only has to outlive the access tokens issued before it.
+pub const SESSION_REVOCATION_LIFETIME: SignedDuration =
+    SignedDuration::from_secs(24 * 3600 + 5 * 60);
+
+/// The most entries a replica holds. About 120 bytes each (200,000 measured at 23 MiB):
+/// 1,000,000 is some 120 MiB.
+/// Beyond it a new entry is refused (counted and logged by the caller): its session's
+/// family is revoked in the store all the same, so its access tokens live out their
+/// (short) lifetime at worst.
+pub const MAX_SESSION_REVOCATIONS: usize = 1_000_000;
+
+/// The first 16 bytes of the SHA-256 of a `sid`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct SidHash(pub [u8; 16]);
+
+impl SidHash {
+    pub fn of(sid: &str) -> Self {
+        let hash = digest(&SHA256, sid.as_bytes());
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&hash.as_ref()[..16]);
+        Self(bytes)
+    }
+
+    /// 32 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The inverse of [`SidHash::to_hex`]; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
+/// Why authplane ended a session.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum SessionEnd {
+    /// Its holder logged out (`/revoke`).
+    Logout,
+    /// A superseded refresh token came back: someone else holds it.
+    Reuse,
+}
+
+impl SessionEnd {
+    /// As the store writes it, and the reason label of metrics and `/status`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionEnd::Logout => "logout",
+            SessionEnd::Reuse => "compromised",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "logout" => Some(SessionEnd::Logout),
+            "compromised" => Some(SessionEnd::Reuse),
+            _ => None,
+        }
+    }
+}
+
+/// One session ended, as the store keeps it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionRevocation {
+    /// The SigningKey whose tokens carry the session.
+    pub key: ObjectKey,
+    pub sid: SidHash,
+    pub reason: SessionEnd,
+    /// Unix seconds.
+    pub revoked_at: i64,
+    /// The last second it counts (Unix seconds).
+    pub lapses_at: i64,
+}
+
+impl SessionRevocation {
+    /// The session `sid` of `key`'s tokens, ended at `now`; it lapses
+    /// [`SESSION_REVOCATION_LIFETIME`] later.
+    pub fn new(key: ObjectKey, sid: &str, reason: SessionEnd, now: Timestamp) -> Self {
+        let revoked_at = now.as_second();
+        Self {
+            key,
+            sid: SidHash::of(sid),
+            reason,
+            revoked_at,
+            lapses_at: revoked_at.saturating_add(SESSION_REVOCATION_LIFETIME.as_secs()),
+        }
+    }
+
+    /// One line, as the stores keep it: `namespace name sid-hash reason revoked lapses`,
+    /// separated by spaces (none can occur in a Kubernetes name).
+    pub fn encode(&self) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            self.key.namespace,
+            self.key.name,
+            self.sid.to_hex(),
+            self.reason.label(),
+            self.revoked_at,
+            self.lapses_at
+        )
+    }
+
+    /// The inverse of [`SessionRevocation::encode`]; `None` for anything malformed
+    /// (the caller skips and counts it).
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let mut next = || parts.next().filter(|p| !p.is_empty());
+        let namespace = next()?;
+        let name = next()?;
+        let sid = SidHash::from_hex(next()?)?;
+        let reason = SessionEnd::parse(next()?)?;
+        let revoked_at = next()?.parse().ok()?;
+        let lapses_at = next()?.parse().ok()?;
+        if parts.next().is_some() || namespace.len() > 253 || name.len() > 253 {
+            return None;
+        }
+        Some(Self {
+            key: ObjectKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            sid,
+            reason,
+            revoked_at,
+            lapses_at,
+        })
+    }
+}
+
+/// What one [`SessionSet::insert`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Inserted {
+    New,
+    /// Known already (the same logout read again): nothing changed.
+    Known,
+    /// The set holds as many entries as it may ([`MAX_SESSION_REVOCATIONS`]): refused.
+    Full,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Held {
+    lapses_at: i64,
+    reason: SessionEnd,
+}
+
+/// The sessions ended in the token store and in force, per SigningKey. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SessionSet {
+    by_key: imbl::HashMap<ObjectKey, imbl::HashMap<SidHash, Held>>,
+    len: usize,
+    cap: usize,
+}
+
+impl Default for SessionSet {
+    fn default() -> Self {
+        Self::with_cap(MAX_SESSION_REVOCATIONS)
+    }
+}
+
+impl SessionSet {
+    /// An empty set that holds at most `cap` entries.
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            by_key: imbl::HashMap::new(),
+            len: 0,
+            cap,
+        }
+    }
+
+    /// Adds an entry (an entry lapsed at `now` is not added). A session ended twice
+    /// keeps the later lapse.
+    pub fn insert(&mut self, revocation: &SessionRevocation, now: Timestamp) -> Inserted {
+        if revocation.lapses_at < now.as_second() {
+            return Inserted::Known;
+        }
+        let sessions = self.by_key.entry(revocation.key.clone()).or_default();
+        match sessions.get_mut(&revocation.sid) {
+            Some(held) if held.lapses_at >= revocation.lapses_at => Inserted::Known,
+            Some(held) => {
+                held.lapses_at = revocation.lapses_at;
+                Inserted::New
+            }
+            None if self.len >= self.cap => Inserted::Full,
+            None => {
+                sessions.insert(
+                    revocation.sid,
+                    Held {
+                        lapses_at: revocation.lapses_at,
+                        reason: revocation.reason,
+                    },
+                );
+                self.len += 1;
+                Inserted::New
+            }
+        }
+    }
+
+    /// Forgets the entries lapsed before `now`; returns how many.
+    pub fn prune(&mut self, now: Timestamp) -> usize {
+        let now = now.as_second();
+        let before = self.len;
+        let mut emptied = Vec::new();
+        for (key, sessions) in self.by_key.iter_mut() {
+            sessions.retain(|_, held| held.lapses_at >= now);
+            if sessions.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.by_key.remove(&key);
+        }
+        self.len = self.by_key.values().map(imbl::HashMap::len).sum();
+        before - self.len
+    }
+
+    /// Whether a verified token's session is ended here at `now` (Unix seconds): its
+    /// key verified it and its `sid` is held, not lapsed.
+    pub fn is_revoked(&self, token: &TokenFacts<'_>, now: i64) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        let (Some(key), Some(sid)) = (token.key, token.sid) else {
+            return false;
+        };
+        self.by_key
+            .get(key)
+            .and_then(|sessions| sessions.get(&SidHash::of(sid)))
+            .is_some_and(|held| now <= held.lapses_at)
+    }
+
+    /// Entries held (lapsed ones included until the next prune).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries in force at `now` per SigningKey and reason, for `/status` (counts only:
+    /// never a session).
+    pub fn counts(&self, now: i64) -> Vec<SessionCount> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (key, sessions) in &self.by_key {
+            for held in sessions.values().filter(|held| now <= held.lapses_at) {
+                *counts
+                    .entry((key.clone(), held.reason.label()))
+                    .or_insert(0) += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .map(|((key, reason), count)| SessionCount { key, reason, count })
+            .collect()
+    }
+}
+
+/// How many sessions of one key the store ended for one reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionCount {
+    pub key: ObjectKey,
+    pub reason: &'static str,
+    pub count: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(namespace: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: "web".into(),
+        }
+    }
+
+    fn facts<'a>(key: Option<&'a ObjectKey>, sid: Option<&'a str>) -> TokenFacts<'a> {
+        TokenFacts {
+            iss: "https://auth.example",
+            key,
+            jti: None,
+            sub: Some("alice"),
+            sid,
+            iat: Some(0),
+        }
+    }
+
+    #[test]
+    fn an_ended_session_refuses_only_its_own_keys_tokens_until_it_lapses() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let mut set = SessionSet::default();
+        let ended = SessionRevocation::new(key("auth"), "s1", SessionEnd::Logout, now);
+        assert_eq!(set.insert(&ended, now), Inserted::New);
+        assert_eq!(set.insert(&ended, now), Inserted::Known);
+        let t = now.as_second();
+        assert!(set.is_revoked(&facts(Some(&key("auth")), Some("s1")), t));
+        // Another session, another key (another namespace's), no key, no sid: untouched.
+        assert!(!set.is_revoked(&facts(Some(&key("auth")), Some("s2")), t));
+        assert!(!set.is_revoked(&facts(Some(&key("tenant")), Some("s1")), t));
+        assert!(!set.is_revoked(&facts(None, Some("s1")), t));
+        assert!(!set.is_revoked(&facts(Some(&key("auth")), None), t));
+        // Through its last second, not after.
+        assert!(set.is_revoked(&facts(Some(&key("auth")), Some("s1")), ended.lapses_at));
+        assert!(!set.is_revoked(&facts(Some(&key("auth")), Some("s1")), ended.lapses_at + 1));
+        assert_eq!(
+            ended.lapses_at - ended.revoked_at,
+            SESSION_REVOCATION_LIFETIME.as_secs()
+        );
+        let later = Timestamp::from_second(ended.lapses_at + 1).unwrap();
+        assert_eq!(set.prune(later), 1);
+        assert!(set.is_empty());
+        // A lapsed entry read late is not added.
+        assert_eq!(set.insert(&ended, later), Inserted::Known);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn the_stored_form_reads_back_and_anything_else_is_refused() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let ended = SessionRevocation::new(key("auth"), "sid-1", SessionEnd::Reuse, now);
+        let line = ended.encode();
+        assert!(!line.contains("sid-1"), "{line}");
+        assert_eq!(SessionRevocation::decode(&line), Some(ended));
+        for bad in [
+            "",
+            "auth web",
+            "auth web nothex compromised 1 2",
+            "auth web 00112233445566778899aabbccddeeff stolen 1 2",
+            "auth web 00112233445566778899aabbccddeeff logout x 2",
+            "auth web 00112233445566778899aabbccddeeff logout 1 2 extra",
+            "auth  00112233445566778899aabbccddeeff logout 1 2",
+            "auth web 00112233445566778899aabbccddeeffé logout 1 2",
+        ] {
+            assert_eq!(SessionRevocation::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_set_refuses_new_sessions_and_keeps_the_ones_it_holds() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let mut set = SessionSet::with_cap(2);
+        let ended = |sid| SessionRevocation::new(key("auth"), sid, SessionEnd::Logout, now);
+        assert_eq!(set.insert(&ended("a"), now), Inserted::New);
+        assert_eq!(set.insert(&ended("b"), now), Inserted::New);
+        assert_eq!(set.insert(&ended("c"), now), Inserted::Full);
+        assert_eq!(set.len(), 2);
+        let t = now.as_second();
+        assert!(set.is_revoked(&facts(Some(&key("auth")), Some("a")), t));
+        assert!(!set.is_revoked(&facts(Some(&key("auth")), Some("c")), t));
+    }
+
+    #[test]
+    fn counts_name_keys_and_reasons_never_sessions() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let mut set = SessionSet::default();
+        for (sid, reason) in [
+            ("a", SessionEnd::Logout),
+            ("b", SessionEnd::Logout),
+            ("c", SessionEnd::Reuse),
+        ] {
+            set.insert(&SessionRevocation::new(key("auth"), sid, reason, now), now);
+        }
+        let counts = set.counts(now.as_second());
+        assert_eq!(
+            counts,
+            vec![
+                SessionCount {
+                    key: key("auth"),
+                    reason: "compromised",
+                    count: 1
+                },
+                SessionCount {
+                    key: key("auth"),
+                    reason: "logout",
+                    count: 2
+                },
+            ]
+        );
+    }
+}
