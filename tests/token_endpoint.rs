@@ -51,6 +51,14 @@ fn manifests() -> Vec<(&'static str, String)> {
         ),
         ("other-client.yaml", token_client("other", "other", "")),
         (
+            "generous.yaml",
+            token_client(
+                "generous",
+                "web",
+                "  rateLimit: {perMinute: 60, burst: 6}\n",
+            ),
+        ),
+        (
             "policy.yaml",
             payments_policy("{mode: Enforce, percentage: 100}", ""),
         ),
@@ -87,25 +95,26 @@ struct Secrets {
 
 impl Secrets {
     fn make(dev: &Dev) -> Self {
-        let store = StateStore::new(dev.state());
-        let make = |name: &str| {
-            let new = authplane::token_endpoint::secret::new_secret(
-                &mut authplane::refresh::SystemEntropy,
-            )
-            .unwrap();
-            let id = ObjectKey {
-                namespace: "auth".into(),
-                name: name.into(),
-            };
-            store.save_client_secret(&id, &new.stored).unwrap();
-            new.secret
-        };
         Secrets {
-            web: make("web"),
-            other: make("other"),
-            spa: make("spa"),
+            web: client_secret(dev, "web"),
+            other: client_secret(dev, "other"),
+            spa: client_secret(dev, "spa"),
         }
     }
+}
+
+/// A new client secret of TokenClient auth/`name`.
+fn client_secret(dev: &Dev, name: &str) -> String {
+    let new = authplane::token_endpoint::secret::new_secret(&mut authplane::refresh::SystemEntropy)
+        .unwrap();
+    let id = ObjectKey {
+        namespace: "auth".into(),
+        name: name.into(),
+    };
+    StateStore::new(dev.state())
+        .save_client_secret(&id, &new.stored)
+        .unwrap();
+    new.secret
 }
 
 /// POST a form to `{issuer of key}/token`; status and JSON body (Null if none).
@@ -862,6 +871,96 @@ async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies()
             .await,
         2.0
     );
+    dev.stop().await;
+}
+
+/// POSTs `form` to auth/web's token endpoint as if through one proxy that saw
+/// `address`: the status and the OAuth error.
+async fn post_from(dev: &Dev, address: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/token"))
+        .header("x-forwarded-for", address)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status == 429 {
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn a_clients_rate_limit_is_its_own_per_address_and_naming_it_buys_nothing() {
+    let mut serving = common::test_settings();
+    serving.trusted_proxy_hops = 1;
+    let tokens = TokenSettings {
+        rate_per_minute: 3,
+        ..TokenSettings::default()
+    };
+    let (dev, _) = start_limited(Arc::new(authplane::clock::SystemClock), serving, tokens).await;
+    let secret = &client_secret(&dev, "generous");
+    fn exchange<'a>(secret: &'a str, audience: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/generous"),
+            ("client_secret", secret),
+            ("subject_token", "kim"),
+            ("subject_token_type", SUBJECT),
+            ("audience", audience),
+        ]
+    }
+    // auth/generous (burst 6) fails six times from one address, proven its own by its
+    // secret: twice the server's budget of 3 ...
+    for _ in 0..6 {
+        let answer = post_from(&dev, "192.0.2.1", &exchange(secret, "nobody")).await;
+        assert_eq!(answer, (400, "invalid_target".to_owned()));
+    }
+    assert_eq!(
+        post_from(&dev, "192.0.2.1", &exchange(secret, "nobody")).await,
+        (429, "slow_down".to_owned())
+    );
+    // ... and has not spent the address's budget for requests of no proven client.
+    let garbage = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "auth/web"),
+        ("refresh_token", "aprt_garbage"),
+    ];
+    assert_eq!(post_from(&dev, "192.0.2.1", &garbage).await.0, 400);
+    // Naming the generous client proves nothing: a wrong secret, or a refresh token that
+    // nobody issued to it, spend the server's budget of 3 per address.
+    for address in ["192.0.2.2", "192.0.2.3"] {
+        let named = if address == "192.0.2.2" {
+            exchange("apcs_wrong", "payments")
+        } else {
+            vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", "auth/generous"),
+                ("refresh_token", "aprt_garbage"),
+            ]
+        };
+        for _ in 0..3 {
+            assert_ne!(post_from(&dev, address, &named).await.0, 429, "{address}");
+        }
+        assert_eq!(
+            post_from(&dev, address, &named).await,
+            (429, "slow_down".to_owned()),
+            "{address}"
+        );
+    }
+    // Its sessions refresh within its own budget: more than the server's 3.
+    let (status, login) = post(&dev, "web", &exchange(secret, "payments")).await;
+    assert_eq!(status, 200, "{login}");
+    let mut current = text(&login, "refresh_token").to_owned();
+    for _ in 0..6 {
+        let (status, body) = refresh(&dev, "auth/generous", &current).await;
+        assert_eq!(status, 200, "{body}");
+        current = text(&body, "refresh_token").to_owned();
+    }
+    assert_eq!(refresh(&dev, "auth/generous", &current).await.0, 429);
     dev.stop().await;
 }
 

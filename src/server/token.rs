@@ -12,8 +12,8 @@
 //! for the store.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::body::Bytes;
@@ -28,7 +28,7 @@ use serde_json::json;
 use super::AppState;
 use super::client_address::ClientKey;
 use super::client_basic;
-use super::rate_limit::KeyedLimit;
+use super::rate_limit::{Budget, KeyedLimit};
 use super::refresh_cookie;
 use super::revoke::RevocationWriter;
 use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
@@ -71,13 +71,21 @@ const MAX_KEYS: usize = 10_000;
 
 /// What the token endpoint works with.
 ///
-/// Two limits, each a GCRA budget over a bounded map ([`super::rate_limit`]), as
-/// `/revoke` has: requests that fail, per client address (through trusted proxies), so
-/// garbage and wrong credentials are slowed down without users behind one address (an
-/// office, a carrier's NAT) sharing a budget for their refreshes; and rotations per
-/// family, so one session cannot make the store write and the key sign in a loop. A
-/// retry within the grace is a read and costs neither. Successful logins are the trusted
-/// workload's: they come from its address for every user, and are not limited here.
+/// Limits, each a GCRA budget over a bounded map ([`super::rate_limit`]), as `/revoke`
+/// has: requests that fail, per client address (through trusted proxies), so garbage and
+/// wrong credentials are slowed down without users behind one address (an office, a
+/// carrier's NAT) sharing a budget for their refreshes; and rotations per family, so one
+/// session cannot make the store write and the key sign in a loop. A retry within the
+/// grace is a read and costs neither. Successful logins are the trusted workload's: they
+/// come from its address for every user, and are not limited here.
+///
+/// A failure is counted per client address *and client* once the request is proven to
+/// be that client's (its credentials checked, or a refresh token the store knows as the
+/// client's), within the TokenClient's `rateLimit`: one team's failing logins or dead
+/// sessions never spend another team's budget at a shared address. Before that (no
+/// client, an unknown one, wrong credentials, a refresh token nobody issued to it) the
+/// server's per-address budget applies: naming a generous client buys nothing. Rotations
+/// are per family within its client's `rateLimit`.
 pub struct TokenEndpoint {
     /// The families (bounded by a deadline: [`crate::tokens::Timed`]).
     pub store: Arc<dyn FamilyStore>,
@@ -90,6 +98,7 @@ pub struct TokenEndpoint {
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
     pub trusted_proxy_hops: usize,
     failures: KeyedLimit<ClientKey>,
+    client_failures: KeyedLimit<(String, ClientKey)>,
     rotations: KeyedLimit<String>,
 }
 
@@ -108,7 +117,26 @@ impl TokenEndpoint {
             writer,
             trusted_proxy_hops: 0,
             failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            client_failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
             rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+        }
+    }
+
+    /// The budget of `client`'s failures per address and rotations per family: its
+    /// `rateLimit` over the server's.
+    fn budget(&self, client: &ServedClient) -> Budget {
+        Budget::of(client.rate_limit.as_ref(), self.failures.budget())
+    }
+
+    /// Counts a failed request from `address`: against `proven`'s budget per address when
+    /// the request was proven to be that client's, else against the address's own.
+    fn failed(&self, address: IpAddr, proven: Option<&(String, Budget)>) -> Result<(), u64> {
+        let address = ClientKey::of(address);
+        match proven {
+            Some((client, budget)) => self
+                .client_failures
+                .take_within(&(client.clone(), address), *budget),
+            None => self.failures.take(&address),
         }
     }
 }
@@ -141,6 +169,7 @@ pub async fn token(
         client_address,
         from_cookie: AtomicBool::new(false),
         used_basic: AtomicBool::new(false),
+        proven: OnceLock::new(),
     };
     let metrics = &state.metrics.tokens;
     match request.answer(headers, &body).await {
@@ -148,8 +177,7 @@ pub async fn token(
         // A failure is counted against its client address; once over budget, it is
         // told to slow down instead of being answered.
         Err(Failure::OAuth(error)) => {
-            let spent =
-                client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
+            let spent = client_address.and_then(|a| endpoint.failed(a, request.proven.get()).err());
             metrics.request(match spent {
                 Some(_) => "rate_limited",
                 None => error.code.as_str(),
@@ -249,6 +277,9 @@ struct Request<'a> {
     from_cookie: AtomicBool,
     /// The client authenticated with HTTP Basic: a 401 names the scheme.
     used_basic: AtomicBool,
+    /// The client this request is proven to be (its id and budget): set once its
+    /// credentials are checked, or the store knows its refresh token as this client's.
+    proven: OnceLock<(String, Budget)>,
 }
 
 impl Request<'_> {
@@ -346,8 +377,28 @@ impl Request<'_> {
         }
     }
 
-    /// Checks the credentials a request carries (a public client carries none).
+    /// Checks the credentials a request carries (a public client carries none); once
+    /// checked, the request is proven to be the client's.
     async fn authenticate_if_credentials(
+        &self,
+        client: &ServedClient,
+        auth: &ClientAuth,
+    ) -> Result<(), Failure> {
+        self.check_credentials(client, auth).await?;
+        if !matches!(auth, ClientAuth::Public { .. }) {
+            self.prove(client);
+        }
+        Ok(())
+    }
+
+    /// The request is `client`'s: its failures count against the client's budget.
+    fn prove(&self, client: &ServedClient) {
+        let _ = self
+            .proven
+            .set((client.rules.client.clone(), self.endpoint.budget(client)));
+    }
+
+    async fn check_credentials(
         &self,
         client: &ServedClient,
         auth: &ClientAuth,
@@ -481,6 +532,7 @@ impl Request<'_> {
         };
         let now = self.state.clock.now();
         let rotations = &self.endpoint.rotations;
+        let budget = self.endpoint.budget(client);
         // An Arc, not the guard: it is held across the store's awaits.
         let revocations = Arc::clone(&self.state.registry.revocations());
         let refreshed = crate::tokens::refresh_admitted(
@@ -490,9 +542,20 @@ impl Request<'_> {
             now,
             &mut SystemEntropy,
             &|family| rules::family_revoked(&revocations, &client.key, family, now),
-            &|family| rotations.take(&family.id),
+            &|family| rotations.take_within(&family.id, budget),
         )
         .await;
+        // The store knows the token as this client's (whatever it answers now): the
+        // request is the client's. Unknown tokens and other clients' prove nothing.
+        if !matches!(
+            refreshed,
+            Err(RefreshError::Unknown
+                | RefreshError::Refused(refresh::Refused::OtherClient)
+                | RefreshError::Store(_)
+                | RefreshError::Contended(_))
+        ) {
+            self.prove(client);
+        }
         match refreshed {
             Ok(Refreshed::Pair {
                 family,

@@ -32,6 +32,8 @@ pub struct ServedClient {
     pub service_accounts: Vec<ObjectKey>,
     /// Whether its refresh tokens travel in the body or in a cookie.
     pub delivery: crate::api::Delivery,
+    /// Its own budgets, where the spec sets them (the server's otherwise).
+    pub rate_limit: Option<crate::api::RateLimit>,
 }
 
 /// The published clients by `client_id`.
@@ -188,6 +190,7 @@ impl TokenClientIndex {
             rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
             service_accounts: client.spec.service_account_ids(&id.namespace),
             delivery: client.spec.delivery,
+            rate_limit: client.spec.rate_limit,
             key,
         };
         self.published.insert(client_id, Arc::new(served));
