@@ -817,7 +817,7 @@ async fn logout_with_a_refresh_token_ends_its_family_and_its_session() {
 #[tokio::test]
 async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies() {
     let mut serving = common::test_settings();
-    serving.trusted_proxy_hops = 1;
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Hops(1);
     let tokens = TokenSettings {
         rate_per_minute: 3,
         ..TokenSettings::default()
@@ -896,7 +896,7 @@ async fn post_from(dev: &Dev, address: &str, form: &[(&str, &str)]) -> (u16, Str
 #[tokio::test]
 async fn a_clients_rate_limit_is_its_own_per_address_and_naming_it_buys_nothing() {
     let mut serving = common::test_settings();
-    serving.trusted_proxy_hops = 1;
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Hops(1);
     let tokens = TokenSettings {
         rate_per_minute: 3,
         ..TokenSettings::default()
@@ -961,6 +961,75 @@ async fn a_clients_rate_limit_is_its_own_per_address_and_naming_it_buys_nothing(
         current = text(&body, "refresh_token").to_owned();
     }
     assert_eq!(refresh(&dev, "auth/generous", &current).await.0, 429);
+    dev.stop().await;
+}
+
+/// Spends the server's budget of 2 failures of the client address that `forwarded`
+/// comes to, and tells whether the next failure from `next` is then refused.
+async fn shares_a_budget(dev: &Dev, forwarded: &str, next: &str) -> bool {
+    let garbage = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "auth/web"),
+        ("refresh_token", "aprt_garbage"),
+    ];
+    for _ in 0..2 {
+        assert_eq!(
+            post_from(dev, forwarded, &garbage).await.0,
+            400,
+            "{forwarded}"
+        );
+    }
+    post_from(dev, next, &garbage).await.0 == 429
+}
+
+async fn start_trusting(ranges: &[&str]) -> Dev {
+    let mut serving = common::test_settings();
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Ranges(
+        ranges
+            .iter()
+            .map(|r| authplane::server::client_address::parse_range(r).unwrap())
+            .collect(),
+    );
+    let tokens = TokenSettings {
+        rate_per_minute: 2,
+        ..TokenSettings::default()
+    };
+    start_limited(Arc::new(authplane::clock::SystemClock), serving, tokens)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn client_addresses_come_through_trusted_proxy_ranges_only() {
+    // The test's requests come from 127.0.0.1, outside these ranges: whatever they write
+    // in X-Forwarded-For, they are one client.
+    let dev = start_trusting(&["10.0.0.0/8", "fd00::/8"]).await;
+    assert!(shares_a_budget(&dev, "198.51.100.1", "198.51.100.2").await);
+    dev.stop().await;
+
+    // From a trusted peer (loopback here) through a trusted balancer (10.1.0.1): the
+    // address the balancer saw is the client, not what the client wrote before it.
+    let dev = start_trusting(&["127.0.0.0/8", "10.0.0.0/8"]).await;
+    assert!(
+        !shares_a_budget(
+            &dev,
+            "203.0.113.66, 198.51.100.7, 10.1.0.1",
+            "203.0.113.66, 198.51.100.8, 10.1.0.1"
+        )
+        .await,
+        "two clients behind the balancer have their own budgets"
+    );
+    assert!(
+        shares_a_budget(
+            &dev,
+            "203.0.113.67, 198.51.100.9, 10.1.0.1",
+            "203.0.113.68, 198.51.100.9, 10.1.0.1"
+        )
+        .await,
+        "what the client writes itself does not give it a new budget"
+    );
+    // A malformed entry before the client is found: the peer's budget, never a panic.
+    assert!(shares_a_budget(&dev, "198.51.100.10, bogus, 10.1.0.1", "garbage").await);
     dev.stop().await;
 }
 

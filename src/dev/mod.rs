@@ -274,7 +274,7 @@ pub async fn start_tuned(
         &config.tokens,
         &StateStore::new(config.state.clone()),
         writer.clone(),
-        config.serving.trusted_proxy_hops,
+        config.serving.trusted_proxies.clone(),
         clock.clone(),
         &metrics,
         shutdown_rx.clone(),
@@ -289,7 +289,7 @@ pub async fn start_tuned(
         tls: tls.clone(),
         revoke: Some(Arc::new(
             server::revoke::RevokeEndpoint::new(writer, config.revoke_rate_per_minute)
-                .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+                .trusting_proxies(config.serving.trusted_proxies.clone()),
         )),
         token,
     };

@@ -76,7 +76,7 @@ pub async fn endpoint(
     settings: &TokenSettings,
     state: &StateStore,
     writer: Arc<dyn RevocationWriter>,
-    trusted_proxy_hops: usize,
+    trusted_proxies: crate::server::client_address::TrustedProxies,
     clock: Arc<dyn Clock>,
     metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
@@ -98,7 +98,7 @@ pub async fn endpoint(
     serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
-    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    endpoint.trusted_proxies = trusted_proxies;
     Some(Arc::new(endpoint))
 }
 

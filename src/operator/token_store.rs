@@ -135,7 +135,7 @@ pub async fn endpoint(
     installation: String,
     reviewer: Arc<dyn crate::tokens::client_auth::AssertionReviewer>,
     writer: Arc<dyn RevocationWriter>,
-    trusted_proxy_hops: usize,
+    trusted_proxies: crate::server::client_address::TrustedProxies,
     clock: Arc<dyn Clock>,
     metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
@@ -158,6 +158,6 @@ pub async fn endpoint(
     serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.reviewer = Some(reviewer);
-    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    endpoint.trusted_proxies = trusted_proxies;
     Arc::new(endpoint)
 }

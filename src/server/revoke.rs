@@ -35,7 +35,7 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
-use super::client_address::ClientKey;
+use super::client_address::{ClientKey, TrustedProxies};
 use super::rate_limit::KeyedLimit;
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
@@ -84,7 +84,7 @@ pub struct RevokeEndpoint {
     /// Verified logouts, per issuer and subject (or session): a hash of them.
     logouts: KeyedLimit<[u8; 32]>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
-    trusted_proxy_hops: usize,
+    trusted_proxies: TrustedProxies,
     in_force_within: Duration,
 }
 
@@ -96,14 +96,14 @@ impl RevokeEndpoint {
             writer,
             failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
             logouts: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            trusted_proxy_hops: 0,
+            trusted_proxies: TrustedProxies::None,
             in_force_within: DEFAULT_IN_FORCE_WITHIN,
         }
     }
 
-    /// Client addresses from `X-Forwarded-For`, through `hops` trusted proxies.
-    pub fn trusting_proxy_hops(mut self, hops: usize) -> Self {
-        self.trusted_proxy_hops = hops;
+    /// Client addresses from `X-Forwarded-For`, through these trusted proxies.
+    pub fn trusting_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
         self
     }
 
@@ -137,9 +137,7 @@ pub async fn revoke(
     let Some(issuer) = super::served_issuer(&state, issuer_path) else {
         return super::no_issuer_at(issuer_path);
     };
-    let client = peer.map(|peer| {
-        super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
-    });
+    let client = peer.map(|peer| endpoint.trusted_proxies.client_address(peer.ip(), headers));
     // A request that fails is counted against its client; once over budget, it is told
     // to slow down instead of being answered.
     let refuse = |result: &'static str, answer: Response| match endpoint.failed(client) {

@@ -26,7 +26,7 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
-use super::client_address::ClientKey;
+use super::client_address::{ClientKey, TrustedProxies};
 use super::client_basic;
 use super::rate_limit::{Budget, KeyedLimit};
 use super::refresh_cookie;
@@ -96,7 +96,7 @@ pub struct TokenEndpoint {
     /// Where a session revoked for reuse is written: `/revoke`'s writer.
     pub writer: Arc<dyn RevocationWriter>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
-    pub trusted_proxy_hops: usize,
+    pub trusted_proxies: TrustedProxies,
     failures: KeyedLimit<ClientKey>,
     client_failures: KeyedLimit<(String, ClientKey)>,
     rotations: KeyedLimit<String>,
@@ -115,7 +115,7 @@ impl TokenEndpoint {
             reviewer: None,
             secrets: None,
             writer,
-            trusted_proxy_hops: 0,
+            trusted_proxies: TrustedProxies::None,
             failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
             client_failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
             rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
@@ -159,9 +159,8 @@ pub async fn token(
     let Some(issuer) = super::served_issuer(&state, issuer_path) else {
         return super::no_issuer_at(issuer_path);
     };
-    let client_address = peer.map(|peer| {
-        super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
-    });
+    let client_address =
+        peer.map(|peer| endpoint.trusted_proxies.client_address(peer.ip(), headers));
     let request = Request {
         state: &state,
         endpoint: &endpoint,
