@@ -961,6 +961,12 @@ async fn a_clients_rate_limit_is_its_own_per_address_and_naming_it_buys_nothing(
         current = text(&body, "refresh_token").to_owned();
     }
     assert_eq!(refresh(&dev, "auth/generous", &current).await.0, 429);
+    // Every 429 above, whichever budget refused it, is counted as rate_limited.
+    assert_eq!(
+        dev.metric(r#"authplane_token_requests_total{result="rate_limited"}"#)
+            .await,
+        4.0
+    );
     dev.stop().await;
 }
 

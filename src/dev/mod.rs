@@ -289,7 +289,8 @@ pub async fn start_tuned(
         tls: tls.clone(),
         revoke: Some(Arc::new(
             server::revoke::RevokeEndpoint::new(writer, config.revoke_rate_per_minute)
-                .trusting_proxies(config.serving.trusted_proxies.clone()),
+                .trusting_proxies(config.serving.trusted_proxies.clone())
+                .sharing_limits(token.as_ref().and_then(|t| t.shared_limits())),
         )),
         token,
     };

@@ -17,7 +17,7 @@ use crate::server::token::{ClientSecrets, TokenEndpoint};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::RedisSettings;
-use crate::tokens::{FamilyStore, Metered, serving};
+use crate::tokens::{Metered, serving};
 
 /// The store's file in the state folder, unless `--token-store` names another.
 pub const STORE_FILE: &str = "tokens.redb";
@@ -84,11 +84,19 @@ pub async fn endpoint(
     if !settings.enabled {
         return None;
     }
+    let mut shared = None;
     let store = match &settings.store {
-        Some(StoreLocation::Redis(url)) => Arc::new(Metered::new(
-            redis(url, settings, state.root()),
-            metrics.tokens.clone(),
-        )),
+        Some(StoreLocation::Redis(url)) => {
+            let redis = redis_settings(url, settings, state.root());
+            shared =
+                crate::server::shared_limits::SharedLimits::new(&redis, metrics.tokens.clone())
+                    .ok()
+                    .map(Arc::new);
+            Arc::new(Metered::new(
+                crate::tokens::redis::shared(&redis),
+                metrics.tokens.clone(),
+            ))
+        }
         Some(StoreLocation::File(path)) => {
             serving::open_embedded(path.clone(), metrics.tokens.clone()).await
         }
@@ -99,20 +107,24 @@ pub async fn endpoint(
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
     endpoint.trusted_proxies = trusted_proxies;
+    if let Some(shared) = shared {
+        endpoint.share_limits(shared);
+    }
     Some(Arc::new(endpoint))
 }
 
-/// A Redis store, shared by every dev process of the same state folder: the folder is
-/// the installation (two folders, two sets of keys in one Redis). It connects at its
-/// first call: a Redis that is down answers 503 until it is back.
-fn redis(url: &str, tokens: &TokenSettings, state: &Path) -> Arc<dyn FamilyStore> {
-    crate::tokens::redis::shared(&RedisSettings {
+/// A Redis shared by every dev process of the same state folder (their families and
+/// their rate limits): the folder is the installation (two folders, two sets of keys in
+/// one Redis). It connects at its first call: a Redis that is down answers 503 until it
+/// is back, and the limits are each process's own meanwhile.
+fn redis_settings(url: &str, tokens: &TokenSettings, state: &Path) -> RedisSettings {
+    RedisSettings {
         url: url.to_owned(),
         password: tokens.password.as_ref().map(|p| p.expose().to_owned()),
         ca: tokens.ca.as_ref().map(|ca| ca.pem().to_vec()),
         installation: installation(state),
         timeout: serving::STORE_DEADLINE,
-    })
+    }
 }
 
 /// `dev-` and a digest of the state folder's absolute path: the same for every process of

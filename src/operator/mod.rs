@@ -307,7 +307,8 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         tls: slot,
         revoke: Some(Arc::new(
             server::revoke::RevokeEndpoint::new(revocation_writer, config.revoke_rate_per_minute)
-                .trusting_proxies(config.serving.trusted_proxies.clone()),
+                .trusting_proxies(config.serving.trusted_proxies.clone())
+                .sharing_limits(token.as_ref().and_then(|t| t.shared_limits())),
         )),
         token,
     };

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
+use crate::server::shared_limits::SharedLimits;
 use crate::server::token::TokenEndpoint;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::RedisSettings;
@@ -140,24 +141,36 @@ pub async fn endpoint(
     metrics: &crate::metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
+    let mut shared = None;
     let store: Arc<dyn FamilyStore> = match &config.location {
         StoreLocation::File(path) => {
             serving::open_embedded(path.clone(), metrics.tokens.clone()).await
         }
-        StoreLocation::Redis(url) => Arc::new(Metered::new(
-            crate::tokens::redis::shared(&RedisSettings {
+        StoreLocation::Redis(url) => {
+            let redis = RedisSettings {
                 url: url.clone(),
                 password: config.password.as_ref().map(|p| p.expose().to_owned()),
                 ca: config.ca.as_ref().map(|ca| ca.pem().to_vec()),
                 installation,
                 timeout: serving::STORE_DEADLINE,
-            }),
-            metrics.tokens.clone(),
-        )),
+            };
+            // Every replica counts the limits together; a URL that cannot be used is
+            // the store's error to report (it answers 503), and the limits are local.
+            shared = SharedLimits::new(&redis, metrics.tokens.clone())
+                .ok()
+                .map(Arc::new);
+            Arc::new(Metered::new(
+                crate::tokens::redis::shared(&redis),
+                metrics.tokens.clone(),
+            ))
+        }
     };
     serving::keep_purged(store.clone(), clock, shutdown).await;
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.reviewer = Some(reviewer);
     endpoint.trusted_proxies = trusted_proxies;
+    if let Some(shared) = shared {
+        endpoint.share_limits(shared);
+    }
     Arc::new(endpoint)
 }

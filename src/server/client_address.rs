@@ -143,6 +143,11 @@ fn parse(entry: &str) -> Option<IpAddr> {
 pub struct ClientKey(u128);
 
 impl ClientKey {
+    /// The key's bits (for a shared limit's key).
+    pub fn bits(self) -> u128 {
+        self.0
+    }
+
     pub fn of(address: IpAddr) -> Self {
         match address.to_canonical() {
             IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),

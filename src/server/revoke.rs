@@ -36,7 +36,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::client_address::{ClientKey, TrustedProxies};
-use super::rate_limit::KeyedLimit;
+use super::shared_limits::{Limit, SharedLimits};
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
 use crate::refresh::RefreshToken;
@@ -80,9 +80,9 @@ pub trait RevocationWriter: Send + Sync {
 pub struct RevokeEndpoint {
     pub writer: Arc<dyn RevocationWriter>,
     /// Requests that did not verify, per client address.
-    failures: KeyedLimit<ClientKey>,
+    failures: Limit<ClientKey>,
     /// Verified logouts, per issuer and subject (or session): a hash of them.
-    logouts: KeyedLimit<[u8; 32]>,
+    logouts: Limit<[u8; 32]>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
     trusted_proxies: TrustedProxies,
     in_force_within: Duration,
@@ -94,8 +94,8 @@ impl RevokeEndpoint {
     pub fn new(writer: Arc<dyn RevocationWriter>, per_minute: u32) -> Self {
         Self {
             writer,
-            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            logouts: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            failures: Limit::new("revoke-failures", per_minute, MAX_KEYS),
+            logouts: Limit::new("revoke-logouts", per_minute, MAX_KEYS),
             trusted_proxies: TrustedProxies::None,
             in_force_within: DEFAULT_IN_FORCE_WITHIN,
         }
@@ -107,6 +107,13 @@ impl RevokeEndpoint {
         self
     }
 
+    /// Counts the limits in `shared` (when `Some`) with every replica.
+    pub fn sharing_limits(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
+        self.failures.share(shared.clone());
+        self.logouts.share(shared);
+        self
+    }
+
     /// How long an answer waits for the revocation to be in force here.
     pub fn in_force_within(mut self, wait: Duration) -> Self {
         self.in_force_within = wait;
@@ -115,9 +122,9 @@ impl RevokeEndpoint {
 
     /// A request from `client` that did not verify: `Err(seconds)` once its budget of
     /// failures is spent.
-    fn failed(&self, client: Option<IpAddr>) -> Result<(), u64> {
+    async fn failed(&self, client: Option<IpAddr>) -> Result<(), u64> {
         match client {
-            Some(address) => self.failures.take(&ClientKey::of(address)),
+            Some(address) => self.failures.take(&ClientKey::of(address)).await,
             None => Ok(()),
         }
     }
@@ -140,17 +147,22 @@ pub async fn revoke(
     let client = peer.map(|peer| endpoint.trusted_proxies.client_address(peer.ip(), headers));
     // A request that fails is counted against its client; once over budget, it is told
     // to slow down instead of being answered.
-    let refuse = |result: &'static str, answer: Response| match endpoint.failed(client) {
-        Ok(()) => {
-            state.metrics.revoke_request(result);
-            answer
-        }
-        Err(wait) => {
-            state.metrics.revoke_request("rate_limited");
-            slow_down(
-                wait,
-                "too many failed revocation requests from this address",
-            )
+    let refuse = |result: &'static str, answer: Response| {
+        let (state, endpoint) = (&state, &endpoint);
+        async move {
+            match endpoint.failed(client).await {
+                Ok(()) => {
+                    state.metrics.revoke_request(result);
+                    answer
+                }
+                Err(wait) => {
+                    state.metrics.revoke_request("rate_limited");
+                    slow_down(
+                        wait,
+                        "too many failed revocation requests from this address",
+                    )
+                }
+            }
         }
     };
     let Some(form) = Form::read(headers, &body) else {
@@ -160,7 +172,8 @@ pub async fn revoke(
                 "invalid_request",
                 "send token=<jwt> as application/x-www-form-urlencoded",
             ),
-        );
+        )
+        .await;
     };
     // A browser app logs out with its refresh cookie (the page cannot read it), under
     // the same protection against cross-site requests as a refresh with it.
@@ -172,14 +185,15 @@ pub async fn revoke(
     if cookie.is_some()
         && let Err(why) = super::refresh_cookie::check_csrf(headers, &issuer.issuer)
     {
-        return refuse("invalid_request", bad_request("invalid_request", &why));
+        return refuse("invalid_request", bad_request("invalid_request", &why)).await;
     }
     let from_cookie = cookie.is_some();
     let Some(token) = form_token.or(cookie) else {
         return refuse(
             "invalid_request",
             bad_request("invalid_request", "the token parameter is missing"),
-        );
+        )
+        .await;
     };
     // The cookie's session is over once answered 200: the cookie goes too.
     let clear_cookie = |mut answer: Response| {
@@ -222,13 +236,13 @@ pub async fn revoke(
                 }
             }
             // Unknown, another client's: nothing to revoke, and nothing said about it.
-            super::token::Logout::Nothing => return clear_cookie(refuse("ignored", ok())),
+            super::token::Logout::Nothing => return clear_cookie(refuse("ignored", ok()).await),
             super::token::Logout::Refused(error) => {
                 let status =
                     StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 let answer =
                     (status, oauth_error(error.code.as_str(), &error.description)).into_response();
-                return refuse("invalid_request", answer);
+                return refuse("invalid_request", answer).await;
             }
             super::token::Logout::Unavailable(why) => {
                 tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "a refresh token could not be revoked");
@@ -244,7 +258,7 @@ pub async fn revoke(
     let session = form.hint.as_deref() == Some("session");
     let logout = match revocation_for(&issuer, &token, session, now) {
         // Unknown, invalid or expired: nothing to revoke, and nothing said about it.
-        Verdict::Invalid => return refuse("ignored", ok()),
+        Verdict::Invalid => return refuse("ignored", ok()).await,
         Verdict::Unsupported => {
             state.metrics.revoke_request("unsupported");
             return bad_request(
@@ -254,7 +268,11 @@ pub async fn revoke(
         }
         Verdict::Revoke(logout) => *logout,
     };
-    if let Err(wait) = endpoint.logouts.take(&logout.limit_key(&issuer.issuer)) {
+    if let Err(wait) = endpoint
+        .logouts
+        .take(&logout.limit_key(&issuer.issuer))
+        .await
+    {
         state.metrics.revoke_request("rate_limited");
         return slow_down(wait, "too many revocations for this subject");
     }

@@ -28,9 +28,10 @@ use serde_json::json;
 use super::AppState;
 use super::client_address::{ClientKey, TrustedProxies};
 use super::client_basic;
-use super::rate_limit::{Budget, KeyedLimit};
+use super::rate_limit::Budget;
 use super::refresh_cookie;
 use super::revoke::RevocationWriter;
+use super::shared_limits::{Limit, SharedLimits};
 use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
@@ -97,9 +98,11 @@ pub struct TokenEndpoint {
     pub writer: Arc<dyn RevocationWriter>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
     pub trusted_proxies: TrustedProxies,
-    failures: KeyedLimit<ClientKey>,
-    client_failures: KeyedLimit<(String, ClientKey)>,
-    rotations: KeyedLimit<String>,
+    failures: Limit<ClientKey>,
+    client_failures: Limit<(String, ClientKey)>,
+    rotations: Limit<String>,
+    /// The limits every replica shares (with a Redis store), for `/revoke`'s too.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl TokenEndpoint {
@@ -116,10 +119,25 @@ impl TokenEndpoint {
             secrets: None,
             writer,
             trusted_proxies: TrustedProxies::None,
-            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            client_failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            failures: Limit::new("token-failures", per_minute, MAX_KEYS),
+            client_failures: Limit::new("token-client-failures", per_minute, MAX_KEYS),
+            rotations: Limit::new("token-rotations", per_minute, MAX_KEYS),
+            shared: None,
         }
+    }
+
+    /// Counts the limits in `shared` with every replica (this replica's own while it
+    /// does not answer).
+    pub fn share_limits(&mut self, shared: Arc<SharedLimits>) {
+        self.failures.share(Some(shared.clone()));
+        self.client_failures.share(Some(shared.clone()));
+        self.rotations.share(Some(shared.clone()));
+        self.shared = Some(shared);
+    }
+
+    /// The limits shared with every replica, if any.
+    pub fn shared_limits(&self) -> Option<Arc<SharedLimits>> {
+        self.shared.clone()
     }
 
     /// The budget of `client`'s failures per address and rotations per family: its
@@ -130,13 +148,15 @@ impl TokenEndpoint {
 
     /// Counts a failed request from `address`: against `proven`'s budget per address when
     /// the request was proven to be that client's, else against the address's own.
-    fn failed(&self, address: IpAddr, proven: Option<&(String, Budget)>) -> Result<(), u64> {
+    async fn failed(&self, address: IpAddr, proven: Option<&(String, Budget)>) -> Result<(), u64> {
         let address = ClientKey::of(address);
         match proven {
-            Some((client, budget)) => self
-                .client_failures
-                .take_within(&(client.clone(), address), *budget),
-            None => self.failures.take(&address),
+            Some((client, budget)) => {
+                self.client_failures
+                    .take_within(&(client.clone(), address), *budget)
+                    .await
+            }
+            None => self.failures.take(&address).await,
         }
     }
 }
@@ -176,7 +196,10 @@ pub async fn token(
         // A failure is counted against its client address; once over budget, it is
         // told to slow down instead of being answered.
         Err(Failure::OAuth(error)) => {
-            let spent = client_address.and_then(|a| endpoint.failed(a, request.proven.get()).err());
+            let spent = match client_address {
+                Some(a) => endpoint.failed(a, request.proven.get()).await.err(),
+                None => None,
+            };
             metrics.request(match spent {
                 Some(_) => "rate_limited",
                 None => error.code.as_str(),
@@ -438,7 +461,7 @@ impl Request<'_> {
                 // are over budget gets no more of them (otherwise its 429s would still
                 // cost the apiserver one TokenReview each, on authplane's account).
                 if let Some(address) = self.client_address
-                    && let Err(wait) = self.endpoint.failures.peek(&ClientKey::of(address))
+                    && let Err(wait) = self.endpoint.failures.peek(&ClientKey::of(address)).await
                 {
                     return Err(Failure::Spent(wait));
                 }
@@ -541,7 +564,10 @@ impl Request<'_> {
             now,
             &mut SystemEntropy,
             &|family| rules::family_revoked(&revocations, &client.key, family, now),
-            &|family| rotations.take_within(&family.id, budget),
+            &|family| {
+                let id = family.id.clone();
+                Box::pin(async move { rotations.take_within(&id, budget).await })
+            },
         )
         .await;
         // The store knows the token as this client's (whatever it answers now): the

@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::AtomicHistogram;
@@ -45,6 +46,10 @@ pub struct TokenMetrics {
     pub reuse: Family<ClientLabels, Counter>,
     pub store_seconds: Family<StoreLabels, AtomicHistogram>,
     pub store_errors: Family<StoreLabels, Counter>,
+    /// Rate-limit decisions this replica took with its own limits because the shared
+    /// ones (Redis) did not answer, and whether they answer now (1) or not (0).
+    pub shared_limit_fallbacks: Counter,
+    pub shared_limits_up: Gauge,
 }
 
 impl TokenMetrics {
@@ -74,6 +79,16 @@ impl TokenMetrics {
             "token_store_errors",
             "Token store operations that failed or missed their deadline",
             metrics.store_errors.clone(),
+        );
+        registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit decisions taken by this replica's own limits because the shared limits (Redis) did not answer",
+            metrics.shared_limit_fallbacks.clone(),
+        );
+        registry.register(
+            "shared_rate_limits_up",
+            "1 while the shared rate limits (Redis) answer; 0 while this replica falls back to its own, or has no shared limits",
+            metrics.shared_limits_up.clone(),
         );
         metrics
     }
