@@ -279,14 +279,10 @@ impl<K: Counted> Limit<K> {
 }
 
 #[cfg(test)]
-#[path = "../../tests/common/redis_server.rs"]
-mod redis_server;
-
-#[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
 
-    use super::redis_server::RedisServer;
+    use crate::tokens::tests::redis_server::RedisServer;
 
     use super::*;
 

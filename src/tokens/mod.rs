@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod redis;
 pub mod serving;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod timed;
 mod unavailable;
 

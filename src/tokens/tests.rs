@@ -16,7 +16,7 @@ use crate::refresh::{Lifetimes, Login, RevokedBecause, SystemEntropy, start};
 use futures::future::BoxFuture;
 
 #[path = "../../tests/common/redis_server.rs"]
-mod redis_server;
+pub(crate) mod redis_server;
 use redis_server::RedisServer;
 
 const CLIENT: &str = "shop/web";
