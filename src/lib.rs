@@ -12,8 +12,8 @@
 //! the longer map.
 
 pub use authplane_core::{
-    admission, api, attach, clock, index, issuer_claims, keys, policy, reconcile, refresh,
-    revocation, snapshot, token, token_clients, token_endpoint, token_review,
+    admission, api, attach, clock, external_quota, index, issuer_claims, keys, policy, reconcile,
+    refresh, revocation, snapshot, token, token_clients, token_endpoint, token_review,
 };
 
 pub mod cli;

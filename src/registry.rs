@@ -24,6 +24,8 @@ pub struct PolicyRuntime {
     external: ExternalIssuers,
     /// External issuers the AuthPolicies of one namespace may use.
     max_external_per_namespace: usize,
+    /// Where AuthPolicies and TokenClients count their external issuers together.
+    external_quota: Arc<crate::external_quota::SharedQuota>,
     cache: Option<Arc<DecisionCache>>,
     stats: Mutex<HashMap<ObjectKey, Arc<PolicyStats>>>,
     /// Per policy, the fingerprint of what decides verification and its cache epoch:
@@ -59,6 +61,7 @@ impl PolicyRuntime {
     ) -> Self {
         Self {
             max_external_per_namespace: fetch.max_per_namespace,
+            external_quota: crate::external_quota::SharedQuota::new(fetch.max_per_namespace),
             external: ExternalIssuers::new(metrics.clone(), clock, fetch),
             metrics,
             cache: DecisionCache::new(cache_size),
@@ -205,6 +208,32 @@ impl PolicyEnv for PolicyRuntime {
 
     fn max_external_issuers_per_namespace(&self) -> usize {
         self.max_external_per_namespace
+    }
+
+    fn external_quota(&self) -> Option<Arc<crate::external_quota::SharedQuota>> {
+        Some(self.external_quota.clone())
+    }
+}
+
+/// TokenClients' ID-token issuers are fetched by the same fetcher as AuthPolicies'
+/// external issuers: one refresh task per issuer configuration, whoever names it.
+impl crate::policy::remote::RemoteIssuers for PolicyRuntime {
+    fn get(
+        &self,
+        config: &crate::policy::remote::ExternalConfig,
+    ) -> Arc<dyn crate::policy::remote::RemoteIssuer> {
+        self.external.get(config)
+    }
+}
+
+impl PolicyRuntime {
+    /// The TokenClients' index: their ID-token issuers fetched as policies' issuers are,
+    /// and counted with them in one cap per namespace.
+    pub fn token_client_index(self: &Arc<Self>) -> crate::token_clients::TokenClientIndex {
+        crate::token_clients::TokenClientIndex::with_external(
+            self.clone(),
+            self.external_quota.clone(),
+        )
     }
 }
 

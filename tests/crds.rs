@@ -383,12 +383,16 @@ fn the_token_client_crd_has_its_rules_status_and_columns() {
         assert!(columns.contains(&column), "{columns:?}");
     }
     let yaml = serde_yaml::to_string(&crd).unwrap();
-    // The rule lists exactly the claims the core calls registered.
+    // The rule lists exactly the claims the core calls registered, and `idp` (set from
+    // a verified ID token only).
     let registered = authplane::api::REGISTERED_CLAIMS
         .map(|c| format!("'{c}'"))
         .join(", ");
     for rule in [
-        format!("self.all(c, !(c in [{registered}]))"),
+        format!(
+            "self.all(c, !(c in [{registered}, '{}']))",
+            authplane::token_endpoint::id_token::IDP_CLAIM
+        ),
         "duration(self.idleLifetime) <= duration(self.absoluteLifetime)".to_owned(),
         "duration(self.reuseGrace) < duration(self.idleLifetime)".to_owned(),
         "self.all(a, self.exists_one(b, b == a))".to_owned(),

@@ -389,7 +389,7 @@ async fn bad_requests_get_clear_oauth_errors_and_change_nothing() {
             "\"password\"",
         ),
         (
-            "an ID token subject (not yet)",
+            "an ID token subject, to a client that lists no ID-token issuer",
             "web",
             exchange(&[(
                 "subject_token_type",
@@ -397,7 +397,7 @@ async fn bad_requests_get_clear_oauth_errors_and_change_nothing() {
             )]),
             400,
             "invalid_request",
-            "not supported yet",
+            "accepts no ID tokens",
         ),
         (
             "another client's refresh token",

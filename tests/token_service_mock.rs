@@ -319,6 +319,101 @@ async fn the_leader_writes_a_status_only_when_the_apiserver_does_not_hold_it() {
     following.abort();
 }
 
+#[tokio::test]
+async fn the_leader_reports_an_id_token_issuer_without_keys_and_looks_again() {
+    // A replica's index fed by the operator's own runtime: on a cluster a loopback
+    // issuer is refused (the SSRF rules of AuthPolicies' external issuers).
+    let (kube, mut apiserver) = mock_api::client();
+    let registry = Arc::new(Registry::default());
+    let (keys, mut keys_writer) = reflector::store();
+    keys_writer.apply_watcher_event(&Event::Init);
+    keys_writer.apply_watcher_event(&Event::InitApply(key("web")));
+    keys_writer.apply_watcher_event(&Event::InitDone);
+    let runtime = Arc::new(authplane::registry::PolicyRuntime::new(
+        Arc::new(authplane::metrics::Metrics::default()),
+        Arc::new(authplane::clock::SystemClock),
+        0,
+    ));
+    let served = Arc::new(Served::new(runtime.token_client_index()));
+    let (cache, cache_writer) = reflector::store::<DeserializeGuard<TokenClient>>();
+    let (_stop, stopped) = watch::channel(false);
+    let following = tokio::spawn(token_clients::run(
+        kube,
+        Follow {
+            registry: registry.clone(),
+            instance: Default::default(),
+            external_url: "https://auth.example".into(),
+            keys,
+            served: served.clone(),
+            changed: Arc::new(Feed::default()),
+        },
+        cache_writer,
+        futures::stream::pending(),
+        stopped,
+    ));
+    let mut web = client("web", "web", Value::Null);
+    web["spec"]["idTokenIssuers"] =
+        json!([{"issuer": "http://127.0.0.1:9/tenant/v2.0", "audiences": ["app"]}]);
+    take(&mut apiserver, "GET", PATH).await.answer(
+        200,
+        &json!({"apiVersion": "authplane.io/v1alpha1", "kind": "TokenClientList",
+                "metadata": {"resourceVersion": "7"}, "items": [web.clone()]}),
+    );
+    let _open_watch = take(&mut apiserver, "GET", PATH).await;
+    within(token_clients::synced(served.clone())).await;
+    let typed: TokenClient = serde_json::from_value(web.clone()).unwrap();
+    common::eventually(
+        "the first fetch refused",
+        common::CHANGE_DEADLINE,
+        || async {
+            let status = served.status(&typed, Timestamp::now())?;
+            (status.conditions[0].reason == "IdTokenIssuerUnavailable").then_some(())
+        },
+    )
+    .await;
+
+    let (kube, mut apiserver) = mock_api::client();
+    let (_leads, leader) = watch::channel(true);
+    let report = Arc::new(Report {
+        served,
+        writer: LeaderWriter::new(kube, leader, None),
+        clock: Arc::new(authplane::clock::SystemClock),
+    });
+    let guard: DeserializeGuard<TokenClient> = serde_json::from_value(web.clone()).unwrap();
+    let reconciling = tokio::spawn(token_clients::reconcile(Arc::new(guard), report.clone()));
+    let taken = take(
+        &mut apiserver,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/tokenclients/web/status",
+    )
+    .await;
+    let condition = taken.body["status"]["conditions"][0].clone();
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "IdTokenIssuerUnavailable");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no usable keys for http://127.0.0.1:9/tenant/v2.0: refused: ")
+            && message.ends_with("its ID tokens are refused (other logins are served)"),
+        "{message}"
+    );
+    // The endpoint still serves the client (its other logins).
+    assert_eq!(
+        taken.body["status"]["tokenEndpoint"],
+        "https://auth.example/auth/web/token"
+    );
+    let mut stored = web;
+    stored["status"] = taken.body["status"].clone();
+    taken.answer(200, &stored);
+    // Keys come and go with no event: the leader looks again.
+    assert_eq!(
+        within(reconciling).await.unwrap().unwrap(),
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(60))
+    );
+    assert!(registry.token_clients().contains_key("auth/web"));
+    drop(cache);
+    following.abort();
+}
+
 fn deployment(replicas: Option<i32>) -> Value {
     let mut spec = json!({"selector": {"matchLabels": {"app": "authplane"}},
                           "template": {"metadata": {"labels": {"app": "authplane"}}}});

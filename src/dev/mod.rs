@@ -238,6 +238,8 @@ pub async fn start_tuned(
         config.decision_cache_size,
         fetch,
     ));
+    // TokenClients' ID-token issuers are fetched as the policies' issuers are.
+    let token_clients = runtime.token_client_index();
     let mut driver = Driver {
         manifests: config.manifests.clone(),
         loader: ManifestLoader::default(),
@@ -255,7 +257,7 @@ pub async fn start_tuned(
         metrics: metrics.clone(),
         known: known.clone(),
         revocations: revocations::DevRevocations::default(),
-        token_clients: crate::token_clients::TokenClientIndex::default(),
+        token_clients,
         signers: crate::registry::Signers::default(),
         loaded: false,
     };
@@ -602,11 +604,10 @@ impl Driver {
                 self.metrics.tokens.forget_client(&id.to_string());
             }
         }
-        for id in &changed.token_clients {
-            if let Some(client) = desired.token_clients.get(id) {
-                self.token_clients.apply(client.clone());
-            }
-        }
+        // Applied after the policies (in `reconcile`): the older policies take their
+        // room in the external-issuer cap first, so that a client over it is never
+        // fetched, not even once at a start.
+        self.changed.token_clients.extend(changed.token_clients);
         self.desired = desired;
         self.update_revocations();
     }
@@ -700,6 +701,24 @@ impl Driver {
         self.desired = desired;
         let next = self.track_rollouts(&changed.auth_policies);
         wakeup = [wakeup, next].into_iter().flatten().min();
+        for id in &changed.token_clients {
+            if let Some(client) = self.desired.token_clients.get(id) {
+                self.token_clients.apply(client.clone());
+                if let Some(refusal) = self.token_clients.quota_refusal(id) {
+                    tracing::warn!("TokenClient {id}: {refusal}; its ID tokens are refused");
+                }
+            }
+        }
+        // One cap counts both kinds: a change of one may let in, or keep out, the other.
+        self.index.apply_quota_moves();
+        for id in self.token_clients.apply_quota_moves() {
+            match self.token_clients.quota_refusal(&id) {
+                Some(refusal) => {
+                    tracing::warn!("TokenClient {id}: {refusal}; its ID tokens are refused")
+                }
+                None => tracing::info!("TokenClient {id}: its ID-token issuers are fetched"),
+            }
+        }
         self.registry.publish(self.index.snapshot());
         self.registry
             .publish_token_clients(self.token_clients.published());

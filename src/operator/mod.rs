@@ -340,7 +340,9 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         },
         stopped.clone(),
     ));
-    let token_clients = Arc::new(token_clients::Served::default());
+    // Their ID-token issuers are fetched as AuthPolicies' external issuers are, under
+    // the same per-namespace cap.
+    let token_clients = Arc::new(token_clients::Served::new(runtime.token_client_index()));
     let token_client_changes = Arc::new(feed::Feed::default());
     let following_token_clients = tokio::spawn(token_clients::run(
         client.clone(),

@@ -219,6 +219,14 @@ pub async fn run(
             _ = shutdown.changed() => return,
             _ = problems.tick() => {
                 runtime.report_lasting_problems(|subject| view.expected(subject, &caches));
+                // Policies let in, or kept out, of the external-issuer cap by a
+                // TokenClient (indexed in its own task): compiled again and served.
+                if view.index.apply_quota_moves() {
+                    let mut snapshot = view.index.snapshot();
+                    snapshot.policies_known = registry.load().policies_known;
+                    registry.publish(snapshot);
+                    feeds.policies.announce(view.index.take_recompiled());
+                }
                 continue;
             }
             change = changes.next() => match change {

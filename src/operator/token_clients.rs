@@ -31,6 +31,11 @@ pub const WATCH: &str = "TokenClient watch";
 const RESWEEP_KEYS: Duration = Duration::from_secs(30);
 /// A failed status write is tried again after this long.
 const RETRY: Duration = Duration::from_secs(10);
+/// How often clients whose refusal by the external-issuer cap an AuthPolicy moved are
+/// compiled again (the AuthPolicies are indexed in the serving loop).
+const QUOTA_MOVES_EVERY: Duration = Duration::from_secs(5);
+/// How often the status of a client with ID-token issuers follows their keys' health.
+const ID_TOKEN_ISSUERS_RECHECK: Duration = Duration::from_secs(60);
 
 /// The index as the watch keeps it, shared with the leader's status writer.
 #[derive(Default)]
@@ -51,6 +56,17 @@ struct State {
 }
 
 impl Served {
+    /// Clients served from `index`: fetching ID-token issuers as it does.
+    pub fn new(index: TokenClientIndex) -> Self {
+        Self {
+            state: Mutex::new(State {
+                index,
+                applied: HashMap::new(),
+            }),
+            synced: watch::Sender::default(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -68,12 +84,14 @@ impl Served {
             return None;
         }
         let readiness = state.index.readiness(&id)?;
-        let (ready, reason, message) = readiness.condition();
-        let token_endpoint = state
-            .index
-            .published()
-            .get(&id.to_string())
-            .map(|served| format!("{}/token", served.rules.issuer.trim_end_matches('/')));
+        let published = state.index.published();
+        let served = published.get(&id.to_string());
+        let (ready, reason, message) = match served {
+            Some(served) => served.condition(readiness, now),
+            None => readiness.condition(),
+        };
+        let token_endpoint =
+            served.map(|served| format!("{}/token", served.rules.issuer.trim_end_matches('/')));
         Some(TokenClientStatus {
             observed_generation: generation,
             token_endpoint,
@@ -132,6 +150,8 @@ pub async fn run(
     let mut key_changes = key_changes.boxed();
     let mut resweep = tokio::time::interval(RESWEEP_KEYS);
     resweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quota_moves = tokio::time::interval(QUOTA_MOVES_EVERY);
+    quota_moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keys_known = false;
     let mut listed = false;
     loop {
@@ -141,6 +161,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = resweep.tick() => sweep = true,
+            _ = quota_moves.tick() => {}
             event = events.next() => match event {
                 None => return,
                 Some(event) => client_events.push(event),
@@ -202,6 +223,8 @@ pub async fn run(
                 }
             }
         }
+        // Clients let in, or kept out, of the external-issuer cap by an AuthPolicy.
+        touched.extend(state.index.apply_quota_moves());
         if !(listed && keys_known) {
             continue;
         }
@@ -335,6 +358,11 @@ pub async fn reconcile(
     };
     if let Some(status) = ctx.served.status(client, ctx.clock.now()) {
         ctx.writer.status(client, status).await?;
+    }
+    // Whether an ID-token issuer's keys are available changes with no event: looked at
+    // again now and then (the writer skips a status the apiserver holds already).
+    if !client.spec.id_token_issuers.is_empty() {
+        return Ok(Action::requeue(ID_TOKEN_ISSUERS_RECHECK));
     }
     Ok(Action::await_change())
 }

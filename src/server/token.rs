@@ -34,9 +34,11 @@ use super::revoke::RevocationWriter;
 use super::shared_limits::{Limit, SharedLimits};
 use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
+use crate::policy::verify::unverified_claim;
 use crate::refresh::{self, AccessGrant, Family, RefreshToken, SystemEntropy};
 use crate::registry::PublishedIssuer;
 use crate::token_clients::ServedClient;
+use crate::token_endpoint::id_token::{IDP_CLAIM, IdTokenError, IdTokenSubject};
 use crate::token_endpoint::secret::StoredSecret;
 use crate::token_endpoint::{
     self as rules, ClientAuth, ErrorCode, Grant, OAuthError, TOKEN_TYPE_ACCESS,
@@ -230,6 +232,10 @@ pub async fn token(
                 Some(wait) => slow_down(wait, "too many failed token requests from this address"),
             }
         }
+        Err(Failure::Subject(error)) => {
+            metrics.request(error.code.as_str());
+            oauth_error(&error)
+        }
         Err(Failure::Spent(wait)) => {
             metrics.request("rate_limited");
             slow_down(wait, "too many failed token requests from this address")
@@ -259,6 +265,11 @@ pub async fn token(
 enum Failure {
     /// The client's: an OAuth error (RFC 6749 §5.2).
     OAuth(OAuthError),
+    /// The user's, brought by an authenticated workload (an ID token that does not
+    /// verify: expired, of another app ...): an OAuth error that does not count against
+    /// the workload's address, so that a few users' stale ID tokens never lock every
+    /// other user out of logging in for a minute.
+    Subject(OAuthError),
     /// The store or the apiserver could not answer: 503 with `Retry-After`.
     Unavailable(String),
     /// Ours, never the client's (an unreadable stored family, a key that does not sign).
@@ -493,23 +504,26 @@ impl Request<'_> {
         claims: Option<&str>,
     ) -> Result<Response, Failure> {
         let rules = &client.rules;
-        let subject = match subject_token_type {
-            TOKEN_TYPE_SUBJECT => rules.subject(subject_token)?,
+        let (subject, idp) = match subject_token_type {
+            TOKEN_TYPE_SUBJECT => (rules.subject(subject_token)?, None),
             TOKEN_TYPE_ID_TOKEN => {
-                return Err(OAuthError::invalid_request(
-                    "subject_token_type id_token is not supported yet: the workload checks the ID token and asserts the subject (urn:authplane:params:oauth:token-type:subject)",
-                )
-                .into());
+                let user = self.id_token_user(client, subject_token).await?;
+                (user.subject, Some(user.issuer))
             }
             other => {
                 return Err(OAuthError::invalid_request(format!(
-                    "subject_token_type {other:?} is not supported: use {TOKEN_TYPE_SUBJECT}"
+                    "subject_token_type {other:?} is not supported: use {TOKEN_TYPE_SUBJECT} or {TOKEN_TYPE_ID_TOKEN}"
                 ))
                 .into());
             }
         };
         let audiences = rules.audiences(audiences)?;
-        let claims = rules.claims(claims)?;
+        let mut claims = rules.claims(claims)?;
+        // Which issuer vouched for the user: every access token of the login says so
+        // (a workload can never set it, see `ClientRules::claims`).
+        if let Some(idp) = idp {
+            claims.insert(IDP_CLAIM.to_owned(), idp.into());
+        }
         let now = self.state.clock.now();
         let started = refresh::start(
             rules.login(subject, audiences, claims),
@@ -545,6 +559,29 @@ impl Request<'_> {
         ))
     }
 
+    /// The user of an external issuer's ID token, verified as AuthPolicies verify that
+    /// issuer's tokens. A kid no key has may be a key the issuer just rotated in: its
+    /// keys are fetched again (rate-limited per issuer) and the token checked once more.
+    async fn id_token_user(
+        &self,
+        client: &ServedClient,
+        token: &str,
+    ) -> Result<IdTokenSubject, Failure> {
+        let issuers = &client.id_tokens;
+        let verify = || issuers.verify(token, self.state.clock.now(), &client.rules.client);
+        let verified = match verify() {
+            Err(IdTokenError::Refetch(_)) => {
+                issuers.refetch(token).await;
+                verify()
+            }
+            other => other,
+        };
+        verified.map_err(|error| {
+            let issuer = unverified_claim(token, "iss").unwrap_or_default();
+            Failure::Subject(error.refusal(&issuer, &client.rules.client))
+        })
+    }
+
     /// RFC 6749 §6: rotation, the grace's replay, reuse.
     async fn refresh(&self, client: &ServedClient, presented: &str) -> Result<Response, Failure> {
         let Ok(token) = RefreshToken::parse(presented) else {
@@ -560,7 +597,10 @@ impl Request<'_> {
         let refreshed = crate::tokens::refresh_admitted(
             &*self.endpoint.store,
             &token,
-            &client.rules.client,
+            crate::tokens::Presenter {
+                client: &client.rules.client,
+                issuer: &self.issuer.issuer,
+            },
             now,
             &mut SystemEntropy,
             &|family| rules::family_revoked(&revocations, &client.key, family, now),
@@ -588,11 +628,6 @@ impl Request<'_> {
                 access,
                 rotated,
             }) => {
-                if family.issuer != self.issuer.issuer {
-                    return Err(invalid_grant(
-                        "the refresh token's session was started on another issuer",
-                    ));
-                }
                 let signed = self.sign(client, &family, &access, now)?;
                 let metrics = &self.state.metrics.tokens;
                 if rotated {

@@ -154,15 +154,22 @@ pub enum RefreshError {
 /// writers keep winning, which only a flood of refreshes of one family can cause.
 const ATTEMPTS: usize = 4;
 
-/// One refresh of `token` by `client` at `now`: the whole path, for every store.
+/// Who presents a refresh token: the TokenClient, at the token endpoint of `issuer`.
+#[derive(Debug, Clone, Copy)]
+pub struct Presenter<'a> {
+    pub client: &'a str,
+    pub issuer: &'a str,
+}
+
+/// One refresh of `token` by `by` at `now`: the whole path, for every store.
 pub async fn refresh(
     store: &dyn FamilyStore,
     token: &RefreshToken,
-    client: &str,
+    by: Presenter<'_>,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
 ) -> Result<Refreshed, RefreshError> {
-    refresh_admitted(store, token, client, now, entropy, &|_| false, &|_| {
+    refresh_admitted(store, token, by, now, entropy, &|_| false, &|_| {
         Box::pin(async { Ok(()) })
     })
     .await
@@ -179,7 +186,7 @@ pub async fn refresh(
 pub async fn refresh_admitted<'a>(
     store: &dyn FamilyStore,
     token: &RefreshToken,
-    client: &str,
+    by: Presenter<'_>,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
     revoked: &(dyn Fn(&Family) -> bool + Sync),
@@ -192,7 +199,8 @@ pub async fn refresh_admitted<'a>(
         };
         // Another client's token is refused by the core below, learning nothing: only the
         // owner's refresh may end a family.
-        if found.family.client == client
+        if found.family.client == by.client
+            && found.family.issuer == by.issuer
             && let Some(next) = (revoked(&found.family))
                 .then(|| refresh::revoked_by_revocation(&found.family, now))
                 .flatten()
@@ -207,7 +215,8 @@ pub async fn refresh_admitted<'a>(
         let presented = Presented {
             token,
             generation: found.generation,
-            client,
+            client: by.client,
+            issuer: by.issuer,
         };
         let family = found.family;
         match refresh::refresh(&family, presented, now, entropy) {

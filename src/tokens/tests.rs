@@ -20,8 +20,17 @@ pub(crate) mod redis_server;
 use redis_server::RedisServer;
 
 const CLIENT: &str = "shop/web";
+const ISSUER: &str = "https://auth.example/web";
 const GRACE: i64 = 10;
 const ABSOLUTE: i64 = 7 * 24 * 3_600;
+
+/// `client` presenting at the families' own issuer.
+fn by(client: &str) -> Presenter<'_> {
+    Presenter {
+        client,
+        issuer: ISSUER,
+    }
+}
 
 fn at(second: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + second).unwrap()
@@ -30,7 +39,7 @@ fn at(second: i64) -> Timestamp {
 fn login() -> Login {
     Login {
         client: CLIENT.into(),
-        issuer: "https://auth.example/web".into(),
+        issuer: ISSUER.into(),
         subject: "user-123".into(),
         audiences: vec!["payments-api".into()],
         claims: Default::default(),
@@ -106,6 +115,7 @@ contract!(
     fifty_concurrent_refreshes_of_one_token_make_one_rotation_and_one_pair,
     reuse_after_the_grace_revokes_the_family,
     another_clients_token_changes_nothing,
+    a_presentation_at_another_issuer_changes_nothing,
     logout_revokes_the_family_once,
     a_family_past_its_expiry_is_not_found,
     a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free,
@@ -176,7 +186,7 @@ async fn sessions_listed_and_ended(store: &dyn FamilyStore) -> Family {
         assert!(family.revoked.is_some(), "{}", family.id);
     }
     assert!(matches!(
-        refresh(store, &token, CLIENT, at(8), &mut SystemEntropy).await,
+        refresh(store, &token, by(CLIENT), at(8), &mut SystemEntropy).await,
         Err(RefreshError::Refused(_))
     ));
     assert!(
@@ -223,7 +233,7 @@ async fn refreshed(
     token: &RefreshToken,
     now: Timestamp,
 ) -> Result<Refreshed, RefreshError> {
-    refresh(store, token, CLIENT, now, &mut SystemEntropy).await
+    refresh(store, token, by(CLIENT), now, &mut SystemEntropy).await
 }
 
 fn pair(refreshed: Refreshed) -> (Family, RefreshToken, AccessGrant, bool) {
@@ -309,7 +319,7 @@ async fn fifty_concurrent_refreshes_of_one_token_make_one_rotation_and_one_pair(
         .map(|_| {
             let (store, first) = (store.clone(), first.clone());
             tokio::spawn(async move {
-                refresh(&*store, &first, CLIENT, at(60), &mut SystemEntropy).await
+                refresh(&*store, &first, by(CLIENT), at(60), &mut SystemEntropy).await
             })
         })
         .collect();
@@ -348,7 +358,14 @@ async fn reuse_after_the_grace_revokes_the_family(f: Subject) {
 
 async fn another_clients_token_changes_nothing(f: Subject) {
     let (family, first) = logged_in(&*f.store).await;
-    let answer = refresh(&*f.store, &first, "shop/mobile", at(60), &mut SystemEntropy).await;
+    let answer = refresh(
+        &*f.store,
+        &first,
+        by("shop/mobile"),
+        at(60),
+        &mut SystemEntropy,
+    )
+    .await;
     assert!(matches!(
         answer,
         Err(RefreshError::Refused(Refused::OtherClient))
@@ -363,6 +380,38 @@ async fn another_clients_token_changes_nothing(f: Subject) {
         f.store.family(&family.id, at(60)).await.unwrap(),
         Some(family)
     );
+}
+
+/// After a client's key or the key's issuer changed, its families were started on
+/// another issuer: refused without a rotation, so that the refresh at the right issuer
+/// still works and is not taken for reuse; and a Revocation in force of this issuer
+/// does not end them.
+async fn a_presentation_at_another_issuer_changes_nothing(f: Subject) {
+    let (family, first) = logged_in(&*f.store).await;
+    let elsewhere = Presenter {
+        client: CLIENT,
+        issuer: "https://auth.example/other",
+    };
+    let answer = refresh_admitted(
+        &*f.store,
+        &first,
+        elsewhere,
+        at(60),
+        &mut SystemEntropy,
+        &|_| true,
+        &|_| Box::pin(async { Ok(()) }),
+    )
+    .await;
+    assert!(
+        matches!(answer, Err(RefreshError::Refused(Refused::OtherIssuer))),
+        "{answer:?}"
+    );
+    assert_eq!(
+        f.store.family(&family.id, at(60)).await.unwrap(),
+        Some(family)
+    );
+    let (_, _, _, rotated) = pair(refreshed(&*f.store, &first, at(61)).await.unwrap());
+    assert!(rotated);
 }
 
 async fn logout_revokes_the_family_once(f: Subject) {
@@ -422,7 +471,7 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
     let answer = refresh_admitted(
         &*f.store,
         &first,
-        CLIENT,
+        by(CLIENT),
         at(5),
         &mut SystemEntropy,
         &|_| false,
@@ -442,7 +491,7 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
         refresh_admitted(
             &*f.store,
             &first,
-            CLIENT,
+            by(CLIENT),
             at(6),
             &mut SystemEntropy,
             &|_| false,
@@ -456,7 +505,7 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
         refresh_admitted(
             &*f.store,
             &first,
-            CLIENT,
+            by(CLIENT),
             at(7),
             &mut SystemEntropy,
             &|_| false,
@@ -476,7 +525,7 @@ async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_clien
     let answer = refresh_admitted(
         &*f.store,
         &first,
-        "auth/other",
+        by("auth/other"),
         at(5),
         &mut SystemEntropy,
         &ended,
@@ -495,7 +544,7 @@ async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_clien
     let answer = refresh_admitted(
         &*f.store,
         &first,
-        CLIENT,
+        by(CLIENT),
         at(6),
         &mut SystemEntropy,
         &ended,
@@ -517,7 +566,7 @@ async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_clien
     let answer = refresh_admitted(
         &*f.store,
         &first,
-        CLIENT,
+        by(CLIENT),
         at(7),
         &mut SystemEntropy,
         &|_| false,

@@ -139,7 +139,10 @@ mod tests {
         let answer = refresh(
             &store,
             &token,
-            "shop/web",
+            crate::tokens::Presenter {
+                client: "shop/web",
+                issuer: "https://auth.example/web",
+            },
             Timestamp::now(),
             &mut SystemEntropy,
         )

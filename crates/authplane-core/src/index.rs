@@ -24,7 +24,7 @@ use std::sync::Arc;
 use aws_lc_rs::digest::{Context as Digest, SHA256};
 
 use crate::api::{AuthPolicy, ObjectKey};
-use crate::external_quota::{ExternalQuota, RefusedIssuers};
+use crate::external_quota::{OwnerKind, RefusedIssuers, SharedQuota};
 use crate::issuer_claims::{ClaimRank, IssuerScope, KeyClaim, Placement};
 use crate::policy::{CompileContext, CompiledPolicy, IssuerKeys};
 use crate::snapshot::{PublishedIssuer, ServedKeys, Snapshot};
@@ -44,6 +44,11 @@ pub trait PolicyEnv: Send + Sync {
     /// External issuers the AuthPolicies of one namespace may use together.
     fn max_external_issuers_per_namespace(&self) -> usize {
         usize::MAX
+    }
+    /// The quota the policies count their external issuers in, shared with the
+    /// TokenClients' index; `None`: one of the index's own.
+    fn external_quota(&self) -> Option<Arc<SharedQuota>> {
+        None
     }
 }
 
@@ -109,8 +114,8 @@ pub struct Index {
     compiled: imbl::HashMap<ObjectKey, Arc<CompiledPolicy>>,
     path_owners: imbl::HashMap<String, Option<ObjectKey>>,
     secrets: imbl::HashMap<ObjectKey, ObjectKey>,
-    /// What each namespace's policies fetch, and who is over the cap.
-    external_quota: ExternalQuota,
+    /// What each namespace's policies (and TokenClients) fetch, and who is over the cap.
+    external_quota: Arc<SharedQuota>,
     /// Policies compiled so far: tests count them.
     compilations: u64,
     /// The policies compiled since [`Index::take_recompiled`] was last called, when a
@@ -125,6 +130,9 @@ pub struct Index {
 impl Index {
     /// An index publishing issuers as `scope` allows.
     pub fn new(runtime: Arc<dyn PolicyEnv>, scope: Arc<IssuerScope>) -> Self {
+        let external_quota = runtime
+            .external_quota()
+            .unwrap_or_else(|| SharedQuota::new(runtime.max_external_issuers_per_namespace()));
         Self {
             runtime,
             scope,
@@ -137,7 +145,7 @@ impl Index {
             compiled: imbl::HashMap::new(),
             path_owners: imbl::HashMap::new(),
             secrets: imbl::HashMap::new(),
-            external_quota: ExternalQuota::default(),
+            external_quota,
             compilations: 0,
             recompiled: None,
             reclaimed: None,
@@ -150,6 +158,20 @@ impl Index {
         self.recompiled = Some(BTreeSet::new());
         self.reclaimed = Some(BTreeSet::new());
         self
+    }
+
+    /// Compiles again the policies whose refusal a TokenClient moved (see
+    /// [`SharedQuota::take_moved`]). Returns whether it compiled any.
+    pub fn apply_quota_moves(&mut self) -> bool {
+        let moved = self.external_quota.take_moved(OwnerKind::AuthPolicy);
+        let mut compiled = false;
+        for id in moved {
+            if self.policies.contains_key(&id) {
+                self.compile(&id);
+                compiled = true;
+            }
+        }
+        compiled
     }
 
     /// The state to serve, sharing everything with the previous snapshot.
@@ -368,8 +390,15 @@ impl Index {
                 .or_default()
                 .insert(id.clone());
         }
-        let cap = self.runtime.max_external_issuers_per_namespace();
-        let flipped = self.external_quota.apply(&policy, cap);
+        let configs = policy
+            .spec
+            .issuers
+            .iter()
+            .filter_map(crate::policy::remote::external_config)
+            .collect();
+        let flipped = self
+            .external_quota
+            .apply(OwnerKind::AuthPolicy, &policy.metadata, configs);
         self.policies
             .insert(id.clone(), PolicyEntry { policy, keys });
         self.compile(&id);
@@ -393,8 +422,7 @@ impl Index {
             recompiled.remove(id);
         }
         self.runtime.forget_policy(id);
-        let cap = self.runtime.max_external_issuers_per_namespace();
-        for other in self.external_quota.delete(id, cap) {
+        for other in self.external_quota.delete(OwnerKind::AuthPolicy, id) {
             self.compile(&other);
         }
         true
@@ -524,8 +552,8 @@ impl Index {
         };
         let runtime = &self.runtime;
         let keys = &self.keys;
-        let refusal = self.external_quota.refusal(id);
-        let refused = refusal.map(|reason| RefusedIssuers(reason.to_owned()));
+        let refusal = self.external_quota.refusal(OwnerKind::AuthPolicy, id);
+        let refused = refusal.clone().map(RefusedIssuers);
         let mut context = runtime.context(id, verification_fingerprint(id, &entry.policy, keys));
         if let Some(refused) = &refused {
             context.external = Some(refused);
@@ -549,7 +577,7 @@ impl Index {
                     compiled.unresolved.join(", ")
                 )
             })
-            .or_else(|| refusal.map(str::to_owned));
+            .or(refusal);
         runtime.problem(&format!("AuthPolicy {id}"), problem);
         self.compiled.insert(id.clone(), Arc::new(compiled));
         self.compilations += 1;

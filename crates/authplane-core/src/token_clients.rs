@@ -12,7 +12,10 @@ use std::sync::Arc;
 use jiff::SignedDuration;
 
 use crate::api::{FieldError, ObjectKey, TokenClient, Validate};
+use crate::external_quota::{OwnerKind, RefusedIssuers, SharedQuota};
+use crate::policy::remote::RemoteIssuers;
 use crate::token_endpoint::ClientRules;
+use crate::token_endpoint::id_token::IdTokenIssuers;
 
 /// What the index needs of a SigningKey.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,8 +35,34 @@ pub struct ServedClient {
     pub service_accounts: Vec<ObjectKey>,
     /// Whether its refresh tokens travel in the body or in a cookie.
     pub delivery: crate::api::Delivery,
+    /// The external issuers whose ID tokens it accepts as the user of a login.
+    pub id_tokens: Arc<IdTokenIssuers>,
     /// Its own budgets, where the spec sets them (the server's otherwise).
     pub rate_limit: Option<crate::api::RateLimit>,
+}
+
+impl ServedClient {
+    /// `(status, reason, message)` of its `Ready` condition at `now`: its readiness, or
+    /// `IdTokenIssuerUnavailable` while an ID-token issuer has no usable keys (its ID
+    /// tokens are refused; other logins are served).
+    pub fn condition(
+        &self,
+        readiness: &Readiness,
+        now: jiff::Timestamp,
+    ) -> (&'static str, &'static str, String) {
+        let unavailable = self.id_tokens.unavailable(now);
+        if *readiness != Readiness::Serving || unavailable.is_empty() {
+            return readiness.condition();
+        }
+        (
+            "False",
+            "IdTokenIssuerUnavailable",
+            format!(
+                "no usable keys for {}: its ID tokens are refused (other logins are served)",
+                unavailable.join("; ")
+            ),
+        )
+    }
 }
 
 /// The published clients by `client_id`.
@@ -89,7 +118,6 @@ impl Readiness {
     }
 }
 
-#[derive(Default)]
 pub struct TokenClientIndex {
     /// Every client applied, valid or not, with its readiness.
     clients: HashMap<ObjectKey, (Option<Arc<TokenClient>>, Readiness)>,
@@ -97,28 +125,97 @@ pub struct TokenClientIndex {
     /// SigningKey → the valid clients that name it.
     by_key: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     published: Published,
+    /// Where ID-token issuers' keys come from: the runtime's fetcher, the one AuthPolicies
+    /// use (`None`: nothing is fetched, and ID tokens are refused).
+    external: Option<Arc<dyn RemoteIssuers>>,
+    /// The external issuers of each namespace, shared with the AuthPolicies' index.
+    quota: Arc<SharedQuota>,
+}
+
+impl Default for TokenClientIndex {
+    /// An index that fetches nothing: ID tokens are refused.
+    fn default() -> Self {
+        Self {
+            clients: HashMap::new(),
+            keys: HashMap::new(),
+            by_key: HashMap::new(),
+            published: Published::default(),
+            external: None,
+            quota: SharedQuota::new(usize::MAX),
+        }
+    }
 }
 
 impl TokenClientIndex {
+    /// An index whose clients' ID-token issuers are fetched by `external`, counted in
+    /// `quota` with the AuthPolicies' external issuers
+    /// (`--max-external-issuers-per-namespace`).
+    pub fn with_external(external: Arc<dyn RemoteIssuers>, quota: Arc<SharedQuota>) -> Self {
+        Self {
+            external: Some(external),
+            quota,
+            ..Self::default()
+        }
+    }
+
+    /// Compiles again the clients whose refusal an AuthPolicy moved (see
+    /// [`SharedQuota::take_moved`]). Returns the clients compiled.
+    pub fn apply_quota_moves(&mut self) -> Vec<ObjectKey> {
+        let moved: Vec<ObjectKey> = self
+            .quota
+            .take_moved(OwnerKind::TokenClient)
+            .into_iter()
+            .filter(|id| self.clients.contains_key(id))
+            .collect();
+        for id in &moved {
+            self.compile(id);
+        }
+        moved
+    }
+
     pub fn apply(&mut self, client: Arc<TokenClient>) {
         let id = ObjectKey::of(&client.metadata);
         self.forget(&id);
         let errors = client.validate();
         if !errors.is_empty() {
             self.clients
-                .insert(id, (None, Readiness::InvalidSpec(errors)));
+                .insert(id.clone(), (None, Readiness::InvalidSpec(errors)));
+            self.count_issuers(&client.metadata, &[]);
             return;
         }
         let key = client.spec.signing_key_id(&id.namespace);
         self.by_key.entry(key).or_default().insert(id.clone());
+        let issuers = client.spec.id_token_issuers.clone();
         self.clients
-            .insert(id.clone(), (Some(client), Readiness::Serving));
+            .insert(id.clone(), (Some(client.clone()), Readiness::Serving));
+        self.count_issuers(&client.metadata, &issuers);
         self.compile(&id);
     }
 
     pub fn delete(&mut self, id: &ObjectKey) {
         self.forget(id);
         self.clients.remove(id);
+        for other in self.quota.delete(OwnerKind::TokenClient, id) {
+            self.compile(&other);
+        }
+    }
+
+    /// Why a client's ID-token issuers are not fetched, when its namespace is over the cap.
+    pub fn quota_refusal(&self, id: &ObjectKey) -> Option<String> {
+        self.quota.refusal(OwnerKind::TokenClient, id)
+    }
+
+    /// Counts a client's external issuers in its namespace's quota, and compiles again
+    /// the other clients whose refusal that changed.
+    fn count_issuers(
+        &mut self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        issuers: &[crate::api::IdTokenIssuer],
+    ) {
+        let configs = IdTokenIssuers::configs(issuers).collect();
+        for other in self.quota.apply(OwnerKind::TokenClient, meta, configs) {
+            self.compile(&other);
+        }
     }
 
     /// A SigningKey appeared or changed (its issuer or its limit).
@@ -186,7 +283,23 @@ impl TokenClientIndex {
         } else {
             Readiness::Serving
         };
+        let id_tokens = match (
+            self.quota.refusal(OwnerKind::TokenClient, id),
+            &self.external,
+        ) {
+            (None, Some(external)) => {
+                IdTokenIssuers::new(&client.spec.id_token_issuers, external.as_ref())
+            }
+            (Some(refusal), _) => {
+                IdTokenIssuers::new(&client.spec.id_token_issuers, &RefusedIssuers(refusal))
+            }
+            (None, None) => IdTokenIssuers::new(
+                &client.spec.id_token_issuers,
+                &RefusedIssuers("external issuers are not fetched here".to_owned()),
+            ),
+        };
         let served = ServedClient {
+            id_tokens: Arc::new(id_tokens),
             rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
             service_accounts: client.spec.service_account_ids(&id.namespace),
             delivery: client.spec.delivery,
@@ -343,6 +456,60 @@ mod tests {
         assert!(index.published().is_empty());
         assert!(index.readiness(&id).is_none());
         assert!(index.by_key.is_empty());
+    }
+
+    #[test]
+    fn ready_says_when_an_id_token_issuer_has_no_keys_and_the_cap_moves_clients() {
+        use crate::external_quota::OwnerKind;
+        let quota = SharedQuota::new(1);
+        let refusing: Arc<dyn RemoteIssuers> =
+            Arc::new(RefusedIssuers("connection refused".into()));
+        let mut index = TokenClientIndex::with_external(refusing, quota.clone());
+        index.apply_key(key("auth", "web"), facts("https://a.example/auth/web", 60));
+        let spec = |issuer: &str| {
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"],
+                "idTokenIssuers": [{"issuer": issuer, "audiences": ["app"]}]})
+        };
+        index.apply(client("auth", "b", spec("https://idp.example/v2.0")));
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let id = key("auth", "b");
+        let condition = |index: &TokenClientIndex| {
+            let served = index.published()["auth/b"].clone();
+            served.condition(index.readiness(&id).unwrap(), now)
+        };
+        let (status, reason, message) = condition(&index);
+        assert_eq!((status, reason), ("False", "IdTokenIssuerUnavailable"));
+        assert_eq!(
+            message,
+            "no usable keys for https://idp.example/v2.0: connection refused: its ID tokens are refused (other logins are served)"
+        );
+        // An older AuthPolicy takes the namespace's one external issuer: the client is
+        // compiled again once its index looks, and says why.
+        let policy = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("a".into()),
+            namespace: Some("auth".into()),
+            ..Default::default()
+        };
+        let other = crate::policy::remote::ExternalConfig::of("https://other.example", None, None);
+        assert!(
+            quota
+                .apply(OwnerKind::AuthPolicy, &policy, [other].into())
+                .is_empty()
+        );
+        assert!(condition(&index).2.contains("connection refused"));
+        assert_eq!(index.apply_quota_moves(), std::slice::from_ref(&id));
+        assert!(
+            condition(&index)
+                .2
+                .contains("would use more than 1 external issuers")
+        );
+        // Without issuers, a client is Serving.
+        index.apply(client(
+            "auth",
+            "b",
+            json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"]}),
+        ));
+        assert_eq!(condition(&index).1, "Serving");
     }
 
     #[test]

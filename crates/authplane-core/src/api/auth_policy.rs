@@ -258,8 +258,9 @@ impl IssuerRef {
 }
 
 /// https, or http to a loopback address (local providers in development and tests).
-const URL_RULE: &str = "self.startsWith('https://') || self.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')";
-const URL_MESSAGE: &str = "must be an https URL (http only to 127.0.0.1, localhost or [::1])";
+pub(super) const URL_RULE: &str = "self.startsWith('https://') || self.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')";
+pub(super) const URL_MESSAGE: &str =
+    "must be an https URL (http only to 127.0.0.1, localhost or [::1])";
 
 /// Caching of an external issuer's keys.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -11,6 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Duration;
+use super::KeyRefresh;
+use super::auth_policy::{URL_MESSAGE, URL_RULE};
+use super::cel_rules::{NO_CONTROL_CHARACTERS, NO_CONTROL_CHARACTERS_MESSAGE};
 
 /// The claims authplane sets itself: a client may never set or override them.
 pub const REGISTERED_CLAIMS: [&str; 9] = [
@@ -63,12 +66,13 @@ pub struct TokenClientSpec {
     /// Custom claims a workload may set on the tokens (at most 32 names, each at most
     /// 128 characters), copied to every access token of the login, refreshes included.
     /// The registered claims `iss`, `sub`, `aud`, `exp`, `iat`, `nbf`, `jti`, `sid` and
-    /// `act` are authplane's and cannot be listed.
+    /// `act` are authplane's and cannot be listed, nor `idp` (the issuer of the ID token
+    /// a login exchanged, set by authplane only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d == c))").message("must not repeat a claim"))]
-    #[x_kube(validation = Rule::new("self.all(c, !(c in ['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'sid', 'act']))")
-        .message("must not list a registered claim: authplane sets iss, sub, aud, exp, iat, nbf, jti, sid and act itself"))]
+    #[x_kube(validation = Rule::new("self.all(c, !(c in ['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'sid', 'act', 'idp']))")
+        .message("must not list a registered claim: authplane sets iss, sub, aud, exp, iat, nbf, jti, sid, act and idp itself"))]
     pub allowed_claims: Vec<String>,
 
     /// How long an access token lives. Default 15m; between 1s and 24h, and never above
@@ -82,6 +86,18 @@ pub struct TokenClientSpec {
     /// Refresh tokens: their lifetimes and the reuse grace.
     #[serde(default)]
     pub refresh_tokens: RefreshTokens,
+
+    /// External OIDC issuers (Microsoft Entra ID, Google, Keycloak, ...) whose ID tokens
+    /// a trusted workload may exchange for this client's tokens (RFC 8693
+    /// `subject_token_type` `urn:ietf:params:oauth:token-type:id_token`). Their keys are
+    /// fetched and checked exactly as an AuthPolicy's external issuers are, and count
+    /// with the AuthPolicies' in the namespace's cap of external issuers
+    /// (`--max-external-issuers-per-namespace`). At most 8, each issuer once. Empty: ID
+    /// tokens are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.issuer == a.issuer))").message("must not name an issuer twice"))]
+    pub id_token_issuers: Vec<IdTokenIssuer>,
 
     /// How tokens reach the client: `Body` (default: JSON, RFC 6749 §5.1) or `Cookie`
     /// (the refresh token as a `__Host-` cookie, `Secure; HttpOnly; SameSite=Strict`,
@@ -118,6 +134,42 @@ mod defaults {
     pub fn reuse_grace() -> Duration {
         parse("5s")
     }
+}
+
+/// An external OIDC issuer whose ID tokens are accepted as the user of a login.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdTokenIssuer {
+    /// The issuer, exactly as its ID tokens carry it in `iss`, such as
+    /// `https://login.microsoftonline.com/<tenant-id>/v2.0`: https, or http to a
+    /// loopback address.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
+    pub issuer: String,
+    /// The audiences an ID token must carry one of in `aud`: the application's client id
+    /// at the issuer (Entra ID's application (client) id). 1 to 16, each at most 256
+    /// characters.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
+    pub audiences: Vec<String>,
+    /// The issuer's JWKS. Default: the `jwks_uri` of
+    /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(URL_RULE).message(URL_MESSAGE))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
+    pub jwks_uri: Option<String>,
+    /// How the issuer's keys are cached and refreshed, as for an AuthPolicy's issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<KeyRefresh>,
+    /// Put before the ID token's `sub` to make the access token's `sub` (at most 64
+    /// characters), such as `entra:`: so that two issuers' users with the same `sub`
+    /// never become one user. Default: none (the access token's `idp` claim still names
+    /// the issuer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_CHARACTERS).message(NO_CONTROL_CHARACTERS_MESSAGE))]
+    pub subject_prefix: Option<String>,
 }
 
 /// A SigningKey of the TokenClient's namespace.
@@ -242,8 +294,11 @@ pub struct TokenClientStatus {
     pub token_endpoint: Option<String>,
     /// `Ready`: `True` (reason `Serving`) while the token endpoint issues for this client;
     /// `False` with reason `InvalidSpec` (the message names the fields),
-    /// `SigningKeyNotFound` or `LifetimeAboveKeyLimit` (`accessTokenLifetime` is longer
-    /// than the key's `maxTokenLifetime`: tokens get the key's limit).
+    /// `SigningKeyNotFound`, `LifetimeAboveKeyLimit` (`accessTokenLifetime` is longer
+    /// than the key's `maxTokenLifetime`: tokens get the key's limit) or
+    /// `IdTokenIssuerUnavailable` (an `idTokenIssuers` entry has no usable keys: the
+    /// message names it and the class of the failure; its ID tokens are refused, other
+    /// logins are served).
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

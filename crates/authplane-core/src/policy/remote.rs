@@ -55,14 +55,30 @@ pub struct ExternalConfig {
 /// The configuration of a policy's external issuer entry; `None` for a SigningKey.
 pub fn external_config(issuer: &crate::api::IssuerRef) -> Option<ExternalConfig> {
     let url = issuer.issuer.as_ref()?;
-    let refresh = issuer.refresh.clone().unwrap_or_default();
-    Some(ExternalConfig::new(
-        url.clone(),
-        issuer.jwks_uri.clone(),
-        refresh.min_interval.value().unsigned_abs(),
-        refresh.max_interval.value().unsigned_abs(),
-        refresh.max_stale.value().unsigned_abs(),
+    Some(ExternalConfig::of(
+        url,
+        issuer.jwks_uri.as_deref(),
+        issuer.refresh.as_ref(),
     ))
+}
+
+impl ExternalConfig {
+    /// An external issuer entry's configuration (an AuthPolicy's issuer, a TokenClient's
+    /// ID-token issuer): the same fields, the same defaults, so that both share a fetch.
+    pub fn of(
+        issuer: &str,
+        jwks_uri: Option<&str>,
+        refresh: Option<&crate::api::KeyRefresh>,
+    ) -> Self {
+        let refresh = refresh.cloned().unwrap_or_default();
+        ExternalConfig::new(
+            issuer.to_owned(),
+            jwks_uri.map(str::to_owned),
+            refresh.min_interval.value().unsigned_abs(),
+            refresh.max_interval.value().unsigned_abs(),
+            refresh.max_stale.value().unsigned_abs(),
+        )
+    }
 }
 
 impl ExternalConfig {

@@ -361,6 +361,8 @@ pub struct Presented<'a> {
     pub generation: u64,
     /// The TokenClient that presents it.
     pub client: &'a str,
+    /// The issuer whose token endpoint it is presented at.
+    pub issuer: &'a str,
 }
 
 /// What a refresh comes to.
@@ -389,6 +391,11 @@ pub enum Step {
 pub enum Refused {
     #[error("the refresh token was issued to another client")]
     OtherClient,
+    /// The family was started on another issuer (its client's key or the key's issuer
+    /// changed since): refused before anything is written, so that the retry is not
+    /// taken for reuse.
+    #[error("the refresh token's session was started on another issuer")]
+    OtherIssuer,
     #[error("the session of this refresh token was revoked")]
     Revoked(RevokedBecause),
     #[error("the session of this refresh token has expired (its absolute lifetime is over)")]
@@ -411,6 +418,9 @@ pub fn refresh(
     // Another client learns nothing about the family, not even whether it is alive.
     if presented.client != family.client {
         return Err(Refused::OtherClient);
+    }
+    if presented.issuer != family.issuer {
+        return Err(Refused::OtherIssuer);
     }
     if let Some(revoked) = family.revoked {
         return Err(Refused::Revoked(revoked.because));

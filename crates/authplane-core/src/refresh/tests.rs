@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::*;
 
 const CLIENT: &str = "shop/web";
+const ISSUER: &str = "https://auth.example/web";
 const OTHER: &str = "shop/mobile";
 const GRACE: i64 = 10;
 const IDLE: i64 = 3_600;
@@ -52,7 +53,7 @@ fn lifetimes(grace: i64) -> Lifetimes {
 fn login(grace: i64) -> Login {
     Login {
         client: CLIENT.into(),
-        issuer: "https://auth.example/web".into(),
+        issuer: ISSUER.into(),
         subject: "user-123".into(),
         audiences: vec!["payments-api".into()],
         claims: serde_json::json!({"roles": ["payments"]})
@@ -128,6 +129,7 @@ impl Store {
                 token,
                 generation,
                 client,
+                issuer: ISSUER,
             };
             match refresh(&family, presented, now, entropy) {
                 Err(refused) => return Answer::Refused(refused.to_string()),
@@ -347,6 +349,39 @@ fn another_clients_presentation_changes_nothing() {
 }
 
 #[test]
+fn a_presentation_at_another_issuer_changes_nothing() {
+    let mut entropy = Counter(0);
+    let started = start(login(GRACE), at(0), &mut entropy).unwrap();
+    let Ok(Step::Rotate { next, .. }) = refresh(
+        &started.family,
+        Presented {
+            token: &started.token,
+            generation: 0,
+            client: CLIENT,
+            issuer: ISSUER,
+        },
+        at(100),
+        &mut entropy,
+    ) else {
+        panic!("the first refresh rotates");
+    };
+    // Neither the current token (no rotation: its retry would then look like reuse) nor
+    // a superseded one (no revocation) at an issuer that is not the family's.
+    for (family, generation) in [(&started.family, 0), (&next, 0)] {
+        let presented = Presented {
+            token: &started.token,
+            generation,
+            client: CLIENT,
+            issuer: "https://auth.example/other",
+        };
+        assert_eq!(
+            refresh(family, presented, at(1_000), &mut entropy).unwrap_err(),
+            Refused::OtherIssuer
+        );
+    }
+}
+
+#[test]
 fn logout_revokes_once() {
     let mut entropy = Counter(0);
     let mut store = Store::default();
@@ -379,6 +414,7 @@ fn a_store_that_disagrees_with_the_token_is_refused() {
             token,
             generation,
             client: CLIENT,
+            issuer: ISSUER,
         };
         assert!(matches!(
             refresh(family, presented, at(1), &mut entropy),
@@ -394,6 +430,7 @@ fn a_store_that_disagrees_with_the_token_is_refused() {
         token: &started.token,
         generation: u64::MAX,
         client: CLIENT,
+        issuer: ISSUER,
     };
     assert!(matches!(
         refresh(&exhausted, presented, at(1), &mut entropy),
@@ -413,6 +450,7 @@ fn a_failing_random_generator_refuses_without_a_token() {
         token: &started.token,
         generation: 0,
         client: CLIENT,
+        issuer: ISSUER,
     };
     assert_eq!(
         refresh(&started.family, presented, at(1), &mut Broken).unwrap_err(),

@@ -97,7 +97,7 @@ impl ClientRules {
             ));
         };
         for name in claims.keys() {
-            if REGISTERED_CLAIMS.contains(&name.as_str()) {
+            if REGISTERED_CLAIMS.contains(&name.as_str()) || name == super::id_token::IDP_CLAIM {
                 return Err(OAuthError::invalid_request(format!(
                     "claim {name:?} is set by authplane itself"
                 )));

@@ -5,6 +5,7 @@
 //! the grant against the family store and signs; everything it decides comes from here.
 
 mod claims;
+pub mod id_token;
 mod request;
 mod revoked;
 pub mod secret;
