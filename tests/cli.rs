@@ -765,6 +765,39 @@ fn an_invalid_external_url_is_refused_at_start() {
     }
 }
 
+#[test]
+fn trusted_proxy_hops_and_ranges_are_refused_together_and_bad_ranges_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    for command in ["dev", "run"] {
+        let mut args = vec![command, "--listen", "127.0.0.1:0"];
+        if command == "dev" {
+            args.extend(["--manifests", folder, "--state", folder]);
+        }
+        let both = [
+            args.clone(),
+            vec!["--trusted-proxy-hops", "1"],
+            vec!["--trusted-proxy-cidrs", "10.0.0.0/8"],
+        ]
+        .concat();
+        let stderr = text(&refused(&both).stderr);
+        assert!(
+            stderr.contains("--trusted-proxy-cidrs") && stderr.contains("cannot be used with"),
+            "{command}: {stderr}"
+        );
+        let bad = [
+            args,
+            vec!["--trusted-proxy-cidrs", "10.0.0.0/8,10.0.0.0/33"],
+        ]
+        .concat();
+        let stderr = text(&refused(&bad).stderr);
+        assert!(
+            stderr.contains("\"10.0.0.0/33\" is not an address range"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn dev_listens_on_a_host_name() {
     common::install_crypto();

@@ -699,7 +699,7 @@ async fn verified_logouts_are_limited_per_subject_not_per_address() {
 #[tokio::test]
 async fn behind_trusted_proxies_each_client_has_its_own_budget_of_failures() {
     let mut serving = common::test_settings();
-    serving.trusted_proxy_hops = 1;
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Hops(1);
     let manifests = [
         ("keys.yaml", signing_key("auth", "web", KEYS)),
         ("shop.yaml", policy("shop", "pay", "")),

@@ -611,7 +611,7 @@ async fn replica_with_store(
         "authplane/default".into(),
         Arc::new(NoAssertions),
         writer.clone(),
-        0,
+        authplane::server::client_address::TrustedProxies::None,
         Arc::new(SystemClock),
         registry.clone(),
         &metrics,

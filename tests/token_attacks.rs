@@ -442,6 +442,7 @@ async fn an_address_over_its_failure_budget_costs_the_apiserver_nothing() {
                 name: "login".into(),
             }],
             delivery: authplane::api::Delivery::Body,
+            rate_limit: None,
             id_tokens: Default::default(),
         }),
     );

@@ -51,6 +51,14 @@ fn manifests() -> Vec<(&'static str, String)> {
         ),
         ("other-client.yaml", token_client("other", "other", "")),
         (
+            "generous.yaml",
+            token_client(
+                "generous",
+                "web",
+                "  rateLimit: {perMinute: 60, burst: 6}\n",
+            ),
+        ),
+        (
             "policy.yaml",
             payments_policy("{mode: Enforce, percentage: 100}", ""),
         ),
@@ -87,25 +95,26 @@ struct Secrets {
 
 impl Secrets {
     fn make(dev: &Dev) -> Self {
-        let store = StateStore::new(dev.state());
-        let make = |name: &str| {
-            let new = authplane::token_endpoint::secret::new_secret(
-                &mut authplane::refresh::SystemEntropy,
-            )
-            .unwrap();
-            let id = ObjectKey {
-                namespace: "auth".into(),
-                name: name.into(),
-            };
-            store.save_client_secret(&id, &new.stored).unwrap();
-            new.secret
-        };
         Secrets {
-            web: make("web"),
-            other: make("other"),
-            spa: make("spa"),
+            web: client_secret(dev, "web"),
+            other: client_secret(dev, "other"),
+            spa: client_secret(dev, "spa"),
         }
     }
+}
+
+/// A new client secret of TokenClient auth/`name`.
+fn client_secret(dev: &Dev, name: &str) -> String {
+    let new = authplane::token_endpoint::secret::new_secret(&mut authplane::refresh::SystemEntropy)
+        .unwrap();
+    let id = ObjectKey {
+        namespace: "auth".into(),
+        name: name.into(),
+    };
+    StateStore::new(dev.state())
+        .save_client_secret(&id, &new.stored)
+        .unwrap();
+    new.secret
 }
 
 /// POST a form to `{issuer of key}/token`; status and JSON body (Null if none).
@@ -817,7 +826,7 @@ async fn logout_with_a_refresh_token_ends_its_family_and_its_session() {
 #[tokio::test]
 async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies() {
     let mut serving = common::test_settings();
-    serving.trusted_proxy_hops = 1;
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Hops(1);
     let tokens = TokenSettings {
         rate_per_minute: 3,
         ..TokenSettings::default()
@@ -871,6 +880,171 @@ async fn failed_requests_are_limited_per_client_address_behind_trusted_proxies()
             .await,
         2.0
     );
+    dev.stop().await;
+}
+
+/// POSTs `form` to auth/web's token endpoint as if through one proxy that saw
+/// `address`: the status and the OAuth error.
+async fn post_from(dev: &Dev, address: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let response = dev
+        .http
+        .post(dev.url("/auth/web/token"))
+        .header("x-forwarded-for", address)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status == 429 {
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn a_clients_rate_limit_is_its_own_per_address_and_naming_it_buys_nothing() {
+    let mut serving = common::test_settings();
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Hops(1);
+    let tokens = TokenSettings {
+        rate_per_minute: 3,
+        ..TokenSettings::default()
+    };
+    let (dev, _) = start_limited(Arc::new(authplane::clock::SystemClock), serving, tokens).await;
+    let secret = &client_secret(&dev, "generous");
+    fn exchange<'a>(secret: &'a str, audience: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/generous"),
+            ("client_secret", secret),
+            ("subject_token", "kim"),
+            ("subject_token_type", SUBJECT),
+            ("audience", audience),
+        ]
+    }
+    // auth/generous (burst 6) fails six times from one address, proven its own by its
+    // secret: twice the server's budget of 3 ...
+    for _ in 0..6 {
+        let answer = post_from(&dev, "192.0.2.1", &exchange(secret, "nobody")).await;
+        assert_eq!(answer, (400, "invalid_target".to_owned()));
+    }
+    assert_eq!(
+        post_from(&dev, "192.0.2.1", &exchange(secret, "nobody")).await,
+        (429, "slow_down".to_owned())
+    );
+    // ... and has not spent the address's budget for requests of no proven client.
+    let garbage = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "auth/web"),
+        ("refresh_token", "aprt_garbage"),
+    ];
+    assert_eq!(post_from(&dev, "192.0.2.1", &garbage).await.0, 400);
+    // Naming the generous client proves nothing: a wrong secret, or a refresh token that
+    // nobody issued to it, spend the server's budget of 3 per address.
+    for address in ["192.0.2.2", "192.0.2.3"] {
+        let named = if address == "192.0.2.2" {
+            exchange("apcs_wrong", "payments")
+        } else {
+            vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", "auth/generous"),
+                ("refresh_token", "aprt_garbage"),
+            ]
+        };
+        for _ in 0..3 {
+            assert_ne!(post_from(&dev, address, &named).await.0, 429, "{address}");
+        }
+        assert_eq!(
+            post_from(&dev, address, &named).await,
+            (429, "slow_down".to_owned()),
+            "{address}"
+        );
+    }
+    // Its sessions refresh within its own budget: more than the server's 3.
+    let (status, login) = post(&dev, "web", &exchange(secret, "payments")).await;
+    assert_eq!(status, 200, "{login}");
+    let mut current = text(&login, "refresh_token").to_owned();
+    for _ in 0..6 {
+        let (status, body) = refresh(&dev, "auth/generous", &current).await;
+        assert_eq!(status, 200, "{body}");
+        current = text(&body, "refresh_token").to_owned();
+    }
+    assert_eq!(refresh(&dev, "auth/generous", &current).await.0, 429);
+    // Every 429 above, whichever budget refused it, is counted as rate_limited.
+    assert_eq!(
+        dev.metric(r#"authplane_token_requests_total{result="rate_limited"}"#)
+            .await,
+        4.0
+    );
+    dev.stop().await;
+}
+
+/// Spends the server's budget of 2 failures of the client address that `forwarded`
+/// comes to, and tells whether the next failure from `next` is then refused.
+async fn shares_a_budget(dev: &Dev, forwarded: &str, next: &str) -> bool {
+    let garbage = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "auth/web"),
+        ("refresh_token", "aprt_garbage"),
+    ];
+    for _ in 0..2 {
+        assert_eq!(
+            post_from(dev, forwarded, &garbage).await.0,
+            400,
+            "{forwarded}"
+        );
+    }
+    post_from(dev, next, &garbage).await.0 == 429
+}
+
+async fn start_trusting(ranges: &[&str]) -> Dev {
+    let mut serving = common::test_settings();
+    serving.trusted_proxies = authplane::server::client_address::TrustedProxies::Ranges(
+        ranges
+            .iter()
+            .map(|r| authplane::server::client_address::parse_range(r).unwrap())
+            .collect(),
+    );
+    let tokens = TokenSettings {
+        rate_per_minute: 2,
+        ..TokenSettings::default()
+    };
+    start_limited(Arc::new(authplane::clock::SystemClock), serving, tokens)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn client_addresses_come_through_trusted_proxy_ranges_only() {
+    // The test's requests come from 127.0.0.1, outside these ranges: whatever they write
+    // in X-Forwarded-For, they are one client.
+    let dev = start_trusting(&["10.0.0.0/8", "fd00::/8"]).await;
+    assert!(shares_a_budget(&dev, "198.51.100.1", "198.51.100.2").await);
+    dev.stop().await;
+
+    // From a trusted peer (loopback here) through a trusted balancer (10.1.0.1): the
+    // address the balancer saw is the client, not what the client wrote before it.
+    let dev = start_trusting(&["127.0.0.0/8", "10.0.0.0/8"]).await;
+    assert!(
+        !shares_a_budget(
+            &dev,
+            "203.0.113.66, 198.51.100.7, 10.1.0.1",
+            "203.0.113.66, 198.51.100.8, 10.1.0.1"
+        )
+        .await,
+        "two clients behind the balancer have their own budgets"
+    );
+    assert!(
+        shares_a_budget(
+            &dev,
+            "203.0.113.67, 198.51.100.9, 10.1.0.1",
+            "203.0.113.68, 198.51.100.9, 10.1.0.1"
+        )
+        .await,
+        "what the client writes itself does not give it a new budget"
+    );
+    // A malformed entry before the client is found: the peer's budget, never a panic.
+    assert!(shares_a_budget(&dev, "198.51.100.10, bogus, 10.1.0.1", "garbage").await);
     dev.stop().await;
 }
 

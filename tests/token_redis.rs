@@ -76,7 +76,7 @@ struct Process {
 }
 
 impl Process {
-    fn start(dir: &Path, redis: &str, password_file: &Path) -> Process {
+    fn start(dir: &Path, redis: &str, password_file: &Path, rate: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_authplane"))
             .arg("dev")
             .arg("--manifests")
@@ -89,7 +89,7 @@ impl Process {
             .args(["--token-store", redis])
             .arg("--token-store-password-file")
             .arg(password_file)
-            .args(["--token-rate", "1000"])
+            .args(["--token-rate", rate])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -209,6 +209,11 @@ struct Pair {
 }
 
 fn two_processes(test: &str) -> Option<Pair> {
+    two_processes_limited(test, "1000")
+}
+
+/// [`two_processes`] with `--token-rate RATE`.
+fn two_processes_limited(test: &str, rate: &str) -> Option<Pair> {
     common::install_crypto();
     let redis = RedisServer::start_with(test, &["--requirepass", PASSWORD])?;
     let dir = tempfile::tempdir().unwrap();
@@ -221,8 +226,8 @@ fn two_processes(test: &str) -> Option<Pair> {
     let password_file = dir.path().join("redis-password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     // One after the other: the first makes the signing key, the second reads it.
-    let a = Process::start(dir.path(), &redis.url(), &password_file);
-    let b = Process::start(dir.path(), &redis.url(), &password_file);
+    let a = Process::start(dir.path(), &redis.url(), &password_file, rate);
+    let b = Process::start(dir.path(), &redis.url(), &password_file, rate);
     Some(Pair {
         _redis: redis,
         _dir: dir,
@@ -394,6 +399,120 @@ async fn redis_down_answers_503_with_retry_after_while_authz_answers() {
         200
     );
     dev.stop().await;
+}
+
+/// A refresh with a token nobody issued: a failure counted against the client address.
+async fn garbage(http: &reqwest::Client, base: &str) -> (u16, Option<u64>) {
+    let response = http
+        .post(format!("{base}/auth/web/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "auth/web"),
+            ("refresh_token", "aprt_garbage"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (response.status().as_u16(), retry)
+}
+
+/// A login whose `audience` the client does not allow: a failure of a request proven to
+/// be auth/web's (its secret checked).
+async fn wrong_audience(http: &reqwest::Client, base: &str, secret: &str) -> u16 {
+    post(
+        http,
+        base,
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/web"),
+            ("client_secret", secret),
+            ("subject_token", "mallory"),
+            ("subject_token_type", SUBJECT),
+            ("audience", "nobody"),
+        ],
+    )
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn two_processes_share_one_budget_and_fall_back_to_their_own_without_redis() {
+    let Some(mut p) = two_processes_limited(
+        "two_processes_share_one_budget_and_fall_back_to_their_own_without_redis",
+        "10",
+    ) else {
+        return;
+    };
+    let (a, b, http) = (p.a.url.clone(), p.b.url.clone(), p.http.clone());
+    // Ten failures from one address, spread over both processes: the budget is one.
+    for i in 0..10 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(garbage(&http, base).await, (400, None), "request {i}");
+    }
+    for base in [&a, &b] {
+        let (status, retry) = garbage(&http, base).await;
+        assert_eq!(status, 429, "the 11th within a minute, over both");
+        assert!(retry.unwrap() >= 1);
+    }
+    // A client's own budget per address is shared too.
+    for i in 0..10 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(wrong_audience(&http, base, &p.secret).await, 400, "{i}");
+    }
+    assert_eq!(wrong_audience(&http, &b, &p.secret).await, 429);
+    assert_eq!(wrong_audience(&http, &a, &p.secret).await, 429);
+
+    // Redis away: each process limits on its own, afresh, and says so once.
+    let session = login(&http, &a, &p.secret, "erin").await;
+    p._redis.kill();
+    // What needs no store still succeeds within the limits: a logout by access token.
+    let response = http
+        .post(format!("{a}/auth/web/revoke"))
+        .form(&[("token", text(&session, "access_token"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for base in [&a, &b] {
+        for i in 0..10 {
+            // The failure budget of each process is its own now ...
+            let (status, _) = garbage(&http, base).await;
+            assert_ne!(status, 429, "{base}: request {i} within its own budget");
+        }
+        // ... and limited all the same.
+        assert_eq!(garbage(&http, base).await.0, 429);
+    }
+    for process in [&p.a, &p.b] {
+        let log = process.log();
+        let said = log
+            .lines()
+            .filter(|line| line.contains("the shared rate limits do not answer"))
+            .count();
+        assert_eq!(said, 1, "{log}");
+        let metrics = http
+            .get(format!("{}/metrics", process.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("authplane_shared_rate_limits_up 0"),
+            "{metrics}"
+        );
+        let fallbacks: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("authplane_rate_limit_fallbacks_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(fallbacks >= 11.0, "{fallbacks}");
+    }
 }
 
 /// `authplane dev ARGS` must refuse to start; its stderr.
@@ -641,7 +760,7 @@ async fn a_logout_on_one_process_is_refused_on_the_other_within_a_second_and_aft
     let password_file = p._dir.path().join("redis-password");
     drop(std::mem::replace(
         &mut p.b,
-        Process::start(p._dir.path(), &p._redis.url(), &password_file),
+        Process::start(p._dir.path(), &p._redis.url(), &password_file, "1000"),
     ));
     assert_eq!(
         decide(&http, &p.b.url, &access).await,
@@ -741,7 +860,7 @@ async fn a_redis_outage_keeps_the_known_logouts_and_a_replica_that_never_read_th
 
     // A replica started while Redis is down has never read the logouts: not ready.
     let password_file = p._dir.path().join("redis-password");
-    let c = Process::start(p._dir.path(), &p._redis.url(), &password_file);
+    let c = Process::start(p._dir.path(), &p._redis.url(), &password_file, "1000");
     let (status, body) = readyz(c.url.clone()).await;
     assert_eq!(status, 503, "{body}");
     assert!(

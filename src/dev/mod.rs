@@ -276,7 +276,7 @@ pub async fn start_tuned(
         &config.tokens,
         &StateStore::new(config.state.clone()),
         writer.clone(),
-        config.serving.trusted_proxy_hops,
+        config.serving.trusted_proxies.clone(),
         clock.clone(),
         registry.clone(),
         &metrics,
@@ -292,7 +292,8 @@ pub async fn start_tuned(
         tls: tls.clone(),
         revoke: Some(Arc::new(
             server::revoke::RevokeEndpoint::new(writer, config.revoke_rate_per_minute)
-                .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+                .trusting_proxies(config.serving.trusted_proxies.clone())
+                .sharing_limits(token.as_ref().and_then(|t| t.shared_limits())),
         )),
         token,
     };

@@ -77,7 +77,7 @@ pub async fn endpoint(
     settings: &TokenSettings,
     state: &StateStore,
     writer: Arc<dyn RevocationWriter>,
-    trusted_proxy_hops: usize,
+    trusted_proxies: crate::server::client_address::TrustedProxies,
     clock: Arc<dyn Clock>,
     registry: Arc<crate::registry::Registry>,
     metrics: &Arc<crate::metrics::Metrics>,
@@ -86,9 +86,14 @@ pub async fn endpoint(
     if !settings.enabled {
         return None;
     }
+    let mut shared = None;
     let opened = match &settings.store {
         Some(StoreLocation::Redis(url)) => {
             let redis = redis_settings(url, settings, state.root());
+            shared =
+                crate::server::shared_limits::SharedLimits::new(&redis, metrics.tokens.clone())
+                    .ok()
+                    .map(Arc::new);
             serving::Opened {
                 families: Arc::new(Metered::new(
                     crate::tokens::redis::shared(&redis),
@@ -112,13 +117,17 @@ pub async fn endpoint(
     let mut endpoint = TokenEndpoint::new(store, writer, settings.rate_per_minute);
     endpoint.sessions = opened.sessions;
     endpoint.secrets = Some(Arc::new(FolderSecrets(state.clone())));
-    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    endpoint.trusted_proxies = trusted_proxies;
+    if let Some(shared) = shared {
+        endpoint.share_limits(shared);
+    }
     Some(Arc::new(endpoint))
 }
 
-/// A Redis store, shared by every dev process of the same state folder: the folder is
-/// the installation (two folders, two sets of keys in one Redis). It connects at its
-/// first call: a Redis that is down answers 503 until it is back.
+/// A Redis shared by every dev process of the same state folder (their families, their
+/// ended sessions and their rate limits): the folder is the installation (two folders,
+/// two sets of keys in one Redis). It connects at its first call: a Redis that is down
+/// answers 503 until it is back, and the limits are each process's own meanwhile.
 fn redis_settings(url: &str, tokens: &TokenSettings, state: &Path) -> RedisSettings {
     RedisSettings {
         url: url.to_owned(),

@@ -35,7 +35,7 @@ pub struct Settings {
     pub limits: Limits,
     /// Proxies in front of authplane (an ingress, a load balancer) whose
     /// `X-Forwarded-For` entries name the client, for limits per client address.
-    pub trusted_proxy_hops: usize,
+    pub trusted_proxies: crate::server::client_address::TrustedProxies,
     /// What AuthPolicies may make authplane fetch (external issuers), and how often.
     pub fetch: crate::external::FetchSettings,
     /// Where Envoy's gRPC ext_authz is served (HTTP/2, plain); nowhere when `None`.
@@ -51,6 +51,14 @@ pub struct SettingsFlags {
     /// client is the entry the outermost of them appended (0: the peer's address).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
+    /// Address ranges of proxies in front of authplane (comma-separated CIDRs or
+    /// addresses, IPv4 and IPv6): from a peer in them, X-Forwarded-For is walked from the
+    /// right past every entry in them, and the first other entry is the client. Not with
+    /// --trusted-proxy-hops.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',',
+          conflicts_with = "trusted_proxy_hops",
+          value_parser = crate::server::client_address::parse_range)]
+    pub trusted_proxy_cidrs: Vec<ipnet::IpNet>,
     /// The least time between two fetches of an external issuer's key set, whatever an
     /// AuthPolicy's refresh.minInterval says.
     #[arg(long, value_name = "DURATION", default_value = "30s",
@@ -76,7 +84,10 @@ impl SettingsFlags {
     pub fn settings(&self) -> Settings {
         Settings {
             limits: self.limits.limits(),
-            trusted_proxy_hops: self.trusted_proxy_hops,
+            trusted_proxies: crate::server::client_address::TrustedProxies::of(
+                self.trusted_proxy_hops,
+                &self.trusted_proxy_cidrs,
+            ),
             fetch: crate::external::FetchSettings {
                 allow_loopback: false,
                 allow_link_local: self.allow_link_local_issuers,

@@ -285,7 +285,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
                 format!("{}/{}", config.namespace, config.instance.name()),
                 Arc::new(assertions::TokenReviewer::new(client.clone())),
                 revocation_writer.clone(),
-                config.serving.trusted_proxy_hops,
+                config.serving.trusted_proxies.clone(),
                 clock.clone(),
                 registry.clone(),
                 &metrics,
@@ -308,7 +308,8 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         tls: slot,
         revoke: Some(Arc::new(
             server::revoke::RevokeEndpoint::new(revocation_writer, config.revoke_rate_per_minute)
-                .trusting_proxy_hops(config.serving.trusted_proxy_hops),
+                .trusting_proxies(config.serving.trusted_proxies.clone())
+                .sharing_limits(token.as_ref().and_then(|t| t.shared_limits())),
         )),
         token,
     };

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::server::revoke::RevocationWriter;
+use crate::server::shared_limits::SharedLimits;
 use crate::server::token::TokenEndpoint;
 use crate::tokens::location::{CaCertificates, Password, StoreLocation};
 use crate::tokens::redis::RedisSettings;
@@ -135,30 +136,36 @@ pub async fn endpoint(
     installation: String,
     reviewer: Arc<dyn crate::tokens::client_auth::AssertionReviewer>,
     writer: Arc<dyn RevocationWriter>,
-    trusted_proxy_hops: usize,
+    trusted_proxies: crate::server::client_address::TrustedProxies,
     clock: Arc<dyn Clock>,
     registry: Arc<crate::registry::Registry>,
     metrics: &Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Arc<TokenEndpoint> {
+    let mut shared = None;
     let opened = match &config.location {
         StoreLocation::File(path) => {
             serving::open_embedded(path.clone(), metrics.tokens.clone()).await
         }
         StoreLocation::Redis(url) => {
-            let settings = RedisSettings {
+            let redis = RedisSettings {
                 url: url.clone(),
                 password: config.password.as_ref().map(|p| p.expose().to_owned()),
                 ca: config.ca.as_ref().map(|ca| ca.pem().to_vec()),
                 installation,
                 timeout: serving::STORE_DEADLINE,
             };
+            // Every replica counts the limits together; a URL that cannot be used is
+            // the store's error to report (it answers 503), and the limits are local.
+            shared = SharedLimits::new(&redis, metrics.tokens.clone())
+                .ok()
+                .map(Arc::new);
             serving::Opened {
                 families: Arc::new(Metered::new(
-                    crate::tokens::redis::shared(&settings),
+                    crate::tokens::redis::shared(&redis),
                     metrics.tokens.clone(),
                 )),
-                sessions: crate::tokens::redis_sessions::shared_log(&settings),
+                sessions: crate::tokens::redis_sessions::shared_log(&redis),
             }
         }
     };
@@ -171,6 +178,9 @@ pub async fn endpoint(
     let mut endpoint = TokenEndpoint::new(store, writer, config.rate_per_minute);
     endpoint.sessions = opened.sessions;
     endpoint.reviewer = Some(reviewer);
-    endpoint.trusted_proxy_hops = trusted_proxy_hops;
+    endpoint.trusted_proxies = trusted_proxies;
+    if let Some(shared) = shared {
+        endpoint.share_limits(shared);
+    }
     Arc::new(endpoint)
 }

@@ -17,6 +17,7 @@ pub mod refresh_cookie;
 pub mod revoke;
 pub mod runtime;
 mod sessions;
+pub mod shared_limits;
 mod status;
 pub mod token;
 mod tokenreview;

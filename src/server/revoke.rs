@@ -35,8 +35,8 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
-use super::client_address::ClientKey;
-use super::rate_limit::KeyedLimit;
+use super::client_address::{ClientKey, TrustedProxies};
+use super::shared_limits::{Limit, SharedLimits};
 use crate::api::{ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::policy::verify::Verifier;
 use crate::refresh::RefreshToken;
@@ -81,11 +81,11 @@ pub trait RevocationWriter: Send + Sync {
 pub struct RevokeEndpoint {
     pub writer: Arc<dyn RevocationWriter>,
     /// Requests that did not verify, per client address.
-    failures: KeyedLimit<ClientKey>,
+    failures: Limit<ClientKey>,
     /// Verified logouts, per issuer and subject (or session): a hash of them.
-    logouts: KeyedLimit<[u8; 32]>,
+    logouts: Limit<[u8; 32]>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
-    trusted_proxy_hops: usize,
+    trusted_proxies: TrustedProxies,
     in_force_within: Duration,
 }
 
@@ -95,16 +95,23 @@ impl RevokeEndpoint {
     pub fn new(writer: Arc<dyn RevocationWriter>, per_minute: u32) -> Self {
         Self {
             writer,
-            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            logouts: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            trusted_proxy_hops: 0,
+            failures: Limit::new("revoke-failures", per_minute, MAX_KEYS),
+            logouts: Limit::new("revoke-logouts", per_minute, MAX_KEYS),
+            trusted_proxies: TrustedProxies::None,
             in_force_within: DEFAULT_IN_FORCE_WITHIN,
         }
     }
 
-    /// Client addresses from `X-Forwarded-For`, through `hops` trusted proxies.
-    pub fn trusting_proxy_hops(mut self, hops: usize) -> Self {
-        self.trusted_proxy_hops = hops;
+    /// Client addresses from `X-Forwarded-For`, through these trusted proxies.
+    pub fn trusting_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Counts the limits in `shared` (when `Some`) with every replica.
+    pub fn sharing_limits(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
+        self.failures.share(shared.clone());
+        self.logouts.share(shared);
         self
     }
 
@@ -116,9 +123,9 @@ impl RevokeEndpoint {
 
     /// A request from `client` that did not verify: `Err(seconds)` once its budget of
     /// failures is spent.
-    fn failed(&self, client: Option<IpAddr>) -> Result<(), u64> {
+    async fn failed(&self, client: Option<IpAddr>) -> Result<(), u64> {
         match client {
-            Some(address) => self.failures.take(&ClientKey::of(address)),
+            Some(address) => self.failures.take(&ClientKey::of(address)).await,
             None => Ok(()),
         }
     }
@@ -138,22 +145,25 @@ pub async fn revoke(
     let Some(issuer) = super::served_issuer(&state, issuer_path) else {
         return super::no_issuer_at(issuer_path);
     };
-    let client = peer.map(|peer| {
-        super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
-    });
+    let client = peer.map(|peer| endpoint.trusted_proxies.client_address(peer.ip(), headers));
     // A request that fails is counted against its client; once over budget, it is told
     // to slow down instead of being answered.
-    let refuse = |result: &'static str, answer: Response| match endpoint.failed(client) {
-        Ok(()) => {
-            state.metrics.revoke_request(result);
-            answer
-        }
-        Err(wait) => {
-            state.metrics.revoke_request("rate_limited");
-            slow_down(
-                wait,
-                "too many failed revocation requests from this address",
-            )
+    let refuse = |result: &'static str, answer: Response| {
+        let (state, endpoint) = (&state, &endpoint);
+        async move {
+            match endpoint.failed(client).await {
+                Ok(()) => {
+                    state.metrics.revoke_request(result);
+                    answer
+                }
+                Err(wait) => {
+                    state.metrics.revoke_request("rate_limited");
+                    slow_down(
+                        wait,
+                        "too many failed revocation requests from this address",
+                    )
+                }
+            }
         }
     };
     let Some(form) = Form::read(headers, &body) else {
@@ -163,7 +173,8 @@ pub async fn revoke(
                 "invalid_request",
                 "send token=<jwt> as application/x-www-form-urlencoded",
             ),
-        );
+        )
+        .await;
     };
     // A browser app logs out with its refresh cookie (the page cannot read it), under
     // the same protection against cross-site requests as a refresh with it.
@@ -175,14 +186,15 @@ pub async fn revoke(
     if cookie.is_some()
         && let Err(why) = super::refresh_cookie::check_csrf(headers, &issuer.issuer)
     {
-        return refuse("invalid_request", bad_request("invalid_request", &why));
+        return refuse("invalid_request", bad_request("invalid_request", &why)).await;
     }
     let from_cookie = cookie.is_some();
     let Some(token) = form_token.or(cookie) else {
         return refuse(
             "invalid_request",
             bad_request("invalid_request", "the token parameter is missing"),
-        );
+        )
+        .await;
     };
     // The cookie's session is over once answered 200: the cookie goes too.
     let clear_cookie = |mut answer: Response| {
@@ -226,13 +238,13 @@ pub async fn revoke(
                 }
             }
             // Unknown, another client's: nothing to revoke, and nothing said about it.
-            super::token::Logout::Nothing => return clear_cookie(refuse("ignored", ok())),
+            super::token::Logout::Nothing => return clear_cookie(refuse("ignored", ok()).await),
             super::token::Logout::Refused(error) => {
                 let status =
                     StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 let answer =
                     (status, oauth_error(error.code.as_str(), &error.description)).into_response();
-                return refuse("invalid_request", answer);
+                return refuse("invalid_request", answer).await;
             }
             super::token::Logout::Unavailable(why) => {
                 tracing::warn!(issuer = issuer.issuer.as_str(), error = %why, "a refresh token could not be revoked");
@@ -248,7 +260,7 @@ pub async fn revoke(
     let session = form.hint.as_deref() == Some("session");
     let logout = match revocation_for(&issuer, &token, session, now) {
         // Unknown, invalid or expired: nothing to revoke, and nothing said about it.
-        Verdict::Invalid => return refuse("ignored", ok()),
+        Verdict::Invalid => return refuse("ignored", ok()).await,
         Verdict::Unsupported => {
             state.metrics.revoke_request("unsupported");
             return bad_request(
@@ -258,7 +270,11 @@ pub async fn revoke(
         }
         Verdict::Revoke(logout) => *logout,
     };
-    if let Err(wait) = endpoint.logouts.take(&logout.limit_key(&issuer.issuer)) {
+    if let Err(wait) = endpoint
+        .logouts
+        .take(&logout.limit_key(&issuer.issuer))
+        .await
+    {
         state.metrics.revoke_request("rate_limited");
         return slow_down(wait, "too many revocations for this subject");
     }

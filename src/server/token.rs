@@ -12,8 +12,8 @@
 //! for the store.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::body::Bytes;
@@ -26,11 +26,12 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::AppState;
-use super::client_address::ClientKey;
+use super::client_address::{ClientKey, TrustedProxies};
 use super::client_basic;
-use super::rate_limit::KeyedLimit;
+use super::rate_limit::Budget;
 use super::refresh_cookie;
 use super::revoke::RevocationWriter;
+use super::shared_limits::{Limit, SharedLimits};
 use crate::api::{Delivery, ObjectKey, Revocation, RevocationSpec, RevokedKeyRef};
 use crate::keys::lifecycle::add;
 use crate::policy::verify::unverified_claim;
@@ -70,13 +71,21 @@ const MAX_KEYS: usize = 10_000;
 
 /// What the token endpoint works with.
 ///
-/// Two limits, each a GCRA budget over a bounded map ([`super::rate_limit`]), as
-/// `/revoke` has: requests that fail, per client address (through trusted proxies), so
-/// garbage and wrong credentials are slowed down without users behind one address (an
-/// office, a carrier's NAT) sharing a budget for their refreshes; and rotations per
-/// family, so one session cannot make the store write and the key sign in a loop. A
-/// retry within the grace is a read and costs neither. Successful logins are the trusted
-/// workload's: they come from its address for every user, and are not limited here.
+/// Limits, each a GCRA budget over a bounded map ([`super::rate_limit`]), as `/revoke`
+/// has: requests that fail, per client address (through trusted proxies), so garbage and
+/// wrong credentials are slowed down without users behind one address (an office, a
+/// carrier's NAT) sharing a budget for their refreshes; and rotations per family, so one
+/// session cannot make the store write and the key sign in a loop. A retry within the
+/// grace is a read and costs neither. Successful logins are the trusted workload's: they
+/// come from its address for every user, and are not limited here.
+///
+/// A failure is counted per client address *and client* once the request is proven to
+/// be that client's (its credentials checked, or a refresh token the store knows as the
+/// client's), within the TokenClient's `rateLimit`: one team's failing logins or dead
+/// sessions never spend another team's budget at a shared address. Before that (no
+/// client, an unknown one, wrong credentials, a refresh token nobody issued to it) the
+/// server's per-address budget applies: naming a generous client buys nothing. Rotations
+/// are per family within its client's `rateLimit`.
 pub struct TokenEndpoint {
     /// The families (bounded by a deadline: [`crate::tokens::Timed`]).
     pub store: Arc<dyn FamilyStore>,
@@ -91,9 +100,12 @@ pub struct TokenEndpoint {
     /// store that cannot be used; they are written as Revocations instead).
     pub sessions: Option<Arc<dyn SessionLog>>,
     /// Proxies in front whose `X-Forwarded-For` entries are believed.
-    pub trusted_proxy_hops: usize,
-    failures: KeyedLimit<ClientKey>,
-    rotations: KeyedLimit<String>,
+    pub trusted_proxies: TrustedProxies,
+    failures: Limit<ClientKey>,
+    client_failures: Limit<(String, ClientKey)>,
+    rotations: Limit<String>,
+    /// The limits every replica shares (with a Redis store), for `/revoke`'s too.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl TokenEndpoint {
@@ -110,9 +122,45 @@ impl TokenEndpoint {
             secrets: None,
             writer,
             sessions: None,
-            trusted_proxy_hops: 0,
-            failures: KeyedLimit::per_minute(per_minute, MAX_KEYS),
-            rotations: KeyedLimit::per_minute(per_minute, MAX_KEYS),
+            trusted_proxies: TrustedProxies::None,
+            failures: Limit::new("token-failures", per_minute, MAX_KEYS),
+            client_failures: Limit::new("token-client-failures", per_minute, MAX_KEYS),
+            rotations: Limit::new("token-rotations", per_minute, MAX_KEYS),
+            shared: None,
+        }
+    }
+
+    /// Counts the limits in `shared` with every replica (this replica's own while it
+    /// does not answer).
+    pub fn share_limits(&mut self, shared: Arc<SharedLimits>) {
+        self.failures.share(Some(shared.clone()));
+        self.client_failures.share(Some(shared.clone()));
+        self.rotations.share(Some(shared.clone()));
+        self.shared = Some(shared);
+    }
+
+    /// The limits shared with every replica, if any.
+    pub fn shared_limits(&self) -> Option<Arc<SharedLimits>> {
+        self.shared.clone()
+    }
+
+    /// The budget of `client`'s failures per address and rotations per family: its
+    /// `rateLimit` over the server's.
+    fn budget(&self, client: &ServedClient) -> Budget {
+        Budget::of(client.rate_limit.as_ref(), self.failures.budget())
+    }
+
+    /// Counts a failed request from `address`: against `proven`'s budget per address when
+    /// the request was proven to be that client's, else against the address's own.
+    async fn failed(&self, address: IpAddr, proven: Option<&(String, Budget)>) -> Result<(), u64> {
+        let address = ClientKey::of(address);
+        match proven {
+            Some((client, budget)) => {
+                self.client_failures
+                    .take_within(&(client.clone(), address), *budget)
+                    .await
+            }
+            None => self.failures.take(&address).await,
         }
     }
 }
@@ -135,9 +183,8 @@ pub async fn token(
     let Some(issuer) = super::served_issuer(&state, issuer_path) else {
         return super::no_issuer_at(issuer_path);
     };
-    let client_address = peer.map(|peer| {
-        super::client_address::client_address(peer.ip(), headers, endpoint.trusted_proxy_hops)
-    });
+    let client_address =
+        peer.map(|peer| endpoint.trusted_proxies.client_address(peer.ip(), headers));
     let request = Request {
         state: &state,
         endpoint: &endpoint,
@@ -145,6 +192,7 @@ pub async fn token(
         client_address,
         from_cookie: AtomicBool::new(false),
         used_basic: AtomicBool::new(false),
+        proven: OnceLock::new(),
     };
     let metrics = &state.metrics.tokens;
     match request.answer(headers, &body).await {
@@ -152,8 +200,10 @@ pub async fn token(
         // A failure is counted against its client address; once over budget, it is
         // told to slow down instead of being answered.
         Err(Failure::OAuth(error)) => {
-            let spent =
-                client_address.and_then(|a| endpoint.failures.take(&ClientKey::of(a)).err());
+            let spent = match client_address {
+                Some(a) => endpoint.failed(a, request.proven.get()).await.err(),
+                None => None,
+            };
             metrics.request(match spent {
                 Some(_) => "rate_limited",
                 None => error.code.as_str(),
@@ -262,6 +312,9 @@ struct Request<'a> {
     from_cookie: AtomicBool,
     /// The client authenticated with HTTP Basic: a 401 names the scheme.
     used_basic: AtomicBool,
+    /// The client this request is proven to be (its id and budget): set once its
+    /// credentials are checked, or the store knows its refresh token as this client's.
+    proven: OnceLock<(String, Budget)>,
 }
 
 impl Request<'_> {
@@ -359,8 +412,28 @@ impl Request<'_> {
         }
     }
 
-    /// Checks the credentials a request carries (a public client carries none).
+    /// Checks the credentials a request carries (a public client carries none); once
+    /// checked, the request is proven to be the client's.
     async fn authenticate_if_credentials(
+        &self,
+        client: &ServedClient,
+        auth: &ClientAuth,
+    ) -> Result<(), Failure> {
+        self.check_credentials(client, auth).await?;
+        if !matches!(auth, ClientAuth::Public { .. }) {
+            self.prove(client);
+        }
+        Ok(())
+    }
+
+    /// The request is `client`'s: its failures count against the client's budget.
+    fn prove(&self, client: &ServedClient) {
+        let _ = self
+            .proven
+            .set((client.rules.client.clone(), self.endpoint.budget(client)));
+    }
+
+    async fn check_credentials(
         &self,
         client: &ServedClient,
         auth: &ClientAuth,
@@ -401,7 +474,7 @@ impl Request<'_> {
                 // are over budget gets no more of them (otherwise its 429s would still
                 // cost the apiserver one TokenReview each, on authplane's account).
                 if let Some(address) = self.client_address
-                    && let Err(wait) = self.endpoint.failures.peek(&ClientKey::of(address))
+                    && let Err(wait) = self.endpoint.failures.peek(&ClientKey::of(address)).await
                 {
                     return Err(Failure::Spent(wait));
                 }
@@ -520,6 +593,7 @@ impl Request<'_> {
         };
         let now = self.state.clock.now();
         let rotations = &self.endpoint.rotations;
+        let budget = self.endpoint.budget(client);
         // An Arc, not the guard: it is held across the store's awaits.
         let revocations = Arc::clone(&self.state.registry.revocations());
         let refreshed = crate::tokens::refresh_admitted(
@@ -532,9 +606,23 @@ impl Request<'_> {
             now,
             &mut SystemEntropy,
             &|family| rules::family_revoked(&revocations, &client.key, family, now),
-            &|family| rotations.take(&family.id),
+            &|family| {
+                let id = family.id.clone();
+                Box::pin(async move { rotations.take_within(&id, budget).await })
+            },
         )
         .await;
+        // The store knows the token as this client's (whatever it answers now): the
+        // request is the client's. Unknown tokens and other clients' prove nothing.
+        if !matches!(
+            refreshed,
+            Err(RefreshError::Unknown
+                | RefreshError::Refused(refresh::Refused::OtherClient)
+                | RefreshError::Store(_)
+                | RefreshError::Contended(_))
+        ) {
+            self.prove(client);
+        }
         match refreshed {
             Ok(Refreshed::Pair {
                 family,

@@ -54,6 +54,10 @@ pub struct TokenMetrics {
     /// Sessions this replica ended in the token store (each one entry appended).
     pub session_revocations_recorded: Counter,
     pub session_revocations_dropped: Counter,
+    /// Rate-limit decisions this replica took with its own limits because the shared
+    /// ones (Redis) did not answer, and whether they answer now (1) or not (0).
+    pub shared_limit_fallbacks: Counter,
+    pub shared_limits_up: Gauge,
 }
 
 impl TokenMetrics {
@@ -108,6 +112,16 @@ impl TokenMetrics {
             "session_revocations_dropped",
             "Sessions ended in the token store not held in memory: over the cap of 1,000,000",
             metrics.session_revocations_dropped.clone(),
+        );
+        registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit decisions taken by this replica's own limits because the shared limits (Redis) did not answer",
+            metrics.shared_limit_fallbacks.clone(),
+        );
+        registry.register(
+            "shared_rate_limits_up",
+            "1 while the shared rate limits (Redis) answer; 0 while this replica falls back to its own, or has no shared limits",
+            metrics.shared_limits_up.clone(),
         );
         metrics
     }

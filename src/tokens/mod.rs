@@ -25,7 +25,7 @@ pub mod redis_sessions;
 pub mod serving;
 pub mod session_log;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod timed;
 mod unavailable;
 
@@ -172,24 +172,28 @@ pub async fn refresh(
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
 ) -> Result<Refreshed, RefreshError> {
-    refresh_admitted(store, token, by, now, entropy, &|_| false, &|_| Ok(())).await
+    refresh_admitted(store, token, by, now, entropy, &|_| false, &|_| {
+        Box::pin(async { Ok(()) })
+    })
+    .await
 }
 
 /// [`refresh`], with two questions to the caller. `revoked`: whether a Revocation in
 /// force ends the family (asked first, for the client's own live family only; if so the
 /// family is revoked in the store and the refresh refused, the grace's replay included).
-/// `admit`: each rotation's budget (per family: `Err(seconds)` refuses it with
+/// `admit`: each rotation's budget (per family, asked of a limit that may be shared by
+/// every replica: `Err(seconds)` refuses it with
 /// [`RefreshError::Limited`] before anything is written). A retry within the grace is a
 /// read and costs nothing, so fifty concurrent refreshes of one token take one rotation
 /// from the budget.
-pub async fn refresh_admitted(
+pub async fn refresh_admitted<'a>(
     store: &dyn FamilyStore,
     token: &RefreshToken,
     by: Presenter<'_>,
     now: Timestamp,
     entropy: &mut (dyn Entropy + Send),
     revoked: &(dyn Fn(&Family) -> bool + Sync),
-    admit: &(dyn Fn(&Family) -> Result<(), u64> + Sync),
+    admit: &(dyn Fn(&Family) -> BoxFuture<'a, Result<(), u64>> + Sync),
 ) -> Result<Refreshed, RefreshError> {
     let hash = token.hash();
     for _ in 0..ATTEMPTS {
@@ -233,7 +237,7 @@ pub async fn refresh_admitted(
                 token,
                 access,
             }) => {
-                admit(&family).map_err(RefreshError::Limited)?;
+                admit(&family).await.map_err(RefreshError::Limited)?;
                 if store.swap(&family, &next).await? {
                     return Ok(Refreshed::Pair {
                         family: next,

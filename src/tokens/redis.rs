@@ -135,18 +135,8 @@ impl RedisStore {
     /// down at start makes the token endpoint answer 503 until it is back, rather than
     /// keeping authplane from starting. Fails only on a URL that does not parse.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let shown = redacted(&settings.url);
-        let client = client(settings)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            // A reconnection is tried at the next call; calls do not queue behind retries.
-            .set_number_of_retries(1)
-            .set_max_delay(settings.timeout);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(format!("{shown}: {e}")))?;
         Ok(Self {
-            connection,
+            connection: connect(settings)?,
             prefix: prefix(&settings.installation),
         })
     }
@@ -243,6 +233,22 @@ impl RedisStore {
             answer => answer.map_err(failed),
         }
     }
+}
+
+/// A connection to the Redis of `settings` that connects at its first call and
+/// reconnects by itself, each call bounded by `settings.timeout`. Fails only on a URL
+/// that does not parse. The family store and the shared rate limits each hold one.
+pub fn connect(settings: &RedisSettings) -> Result<ConnectionManager, StoreError> {
+    let shown = redacted(&settings.url);
+    let client = client(settings)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.timeout))
+        .set_response_timeout(Some(settings.timeout))
+        // A reconnection is tried at the next call; calls do not queue behind retries.
+        .set_number_of_retries(1)
+        .set_max_delay(settings.timeout);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| StoreError::Unavailable(format!("{shown}: {e}")))
 }
 
 /// The connection broke (Redis restarted, a proxy closed it): the manager has started a

@@ -13,9 +13,10 @@ use super::embedded::EmbeddedStore;
 use super::redis::{RedisSettings, RedisStore};
 use super::*;
 use crate::refresh::{Lifetimes, Login, RevokedBecause, SystemEntropy, start};
+use futures::future::BoxFuture;
 
 #[path = "../../tests/common/redis_server.rs"]
-mod redis_server;
+pub(crate) mod redis_server;
 use redis_server::RedisServer;
 
 const CLIENT: &str = "shop/web";
@@ -398,7 +399,7 @@ async fn a_presentation_at_another_issuer_changes_nothing(f: Subject) {
         at(60),
         &mut SystemEntropy,
         &|_| true,
-        &|_| Ok(()),
+        &|_| Box::pin(async { Ok(()) }),
     )
     .await;
     assert!(
@@ -466,7 +467,7 @@ async fn a_family_past_its_expiry_is_not_found(f: Subject) {
 
 async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free(f: Subject) {
     let (family, first) = logged_in(&*f.store).await;
-    let spent = |_: &Family| Err(7);
+    let spent = |_: &Family| -> BoxFuture<'static, Result<(), u64>> { Box::pin(async { Err(7) }) };
     let answer = refresh_admitted(
         &*f.store,
         &first,
@@ -494,7 +495,7 @@ async fn a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free
             at(6),
             &mut SystemEntropy,
             &|_| false,
-            &|_| Ok(()),
+            &|_| Box::pin(async { Ok(()) }),
         )
         .await
         .unwrap(),
@@ -528,7 +529,7 @@ async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_clien
         at(5),
         &mut SystemEntropy,
         &ended,
-        &|_| Ok(()),
+        &|_| Box::pin(async { Ok(()) }),
     )
     .await;
     assert!(
@@ -547,7 +548,7 @@ async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_clien
         at(6),
         &mut SystemEntropy,
         &ended,
-        &|_| Ok(()),
+        &|_| Box::pin(async { Ok(()) }),
     )
     .await;
     assert!(
@@ -569,7 +570,7 @@ async fn a_revocation_in_force_revokes_the_family_once_and_not_for_another_clien
         at(7),
         &mut SystemEntropy,
         &|_| false,
-        &|_| Ok(()),
+        &|_| Box::pin(async { Ok(()) }),
     )
     .await;
     assert!(

@@ -1240,6 +1240,18 @@ mod tests {
                 json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "serviceAccounts": [{"namespace": "shop"}]}),
                 "spec.serviceAccounts[0].name",
             ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "rateLimit": {"perMinute": 0}}),
+                "spec.rateLimit.perMinute",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "rateLimit": {"perMinute": 600, "burst": 60001}}),
+                "spec.rateLimit.burst",
+            ),
+            (
+                json!({"signingKeyRef": {"name": "web"}, "audiences": ["a"], "rateLimit": {"perMinute": -1}}),
+                "spec.rateLimit.perMinute",
+            ),
         ];
         for (spec, field) in cases {
             let verdict = review(

@@ -37,6 +37,8 @@ pub struct ServedClient {
     pub delivery: crate::api::Delivery,
     /// The external issuers whose ID tokens it accepts as the user of a login.
     pub id_tokens: Arc<IdTokenIssuers>,
+    /// Its own budgets, where the spec sets them (the server's otherwise).
+    pub rate_limit: Option<crate::api::RateLimit>,
 }
 
 impl ServedClient {
@@ -301,6 +303,7 @@ impl TokenClientIndex {
             rules: ClientRules::new(client, &facts.issuer, facts.max_token_lifetime),
             service_accounts: client.spec.service_account_ids(&id.namespace),
             delivery: client.spec.delivery,
+            rate_limit: client.spec.rate_limit,
             key,
         };
         self.published.insert(client_id, Arc::new(served));

@@ -25,8 +25,8 @@ pub use signing_key::{
     RotationSpec, SigningKey, SigningKeySpec, SigningKeyStatus,
 };
 pub use token_client::{
-    Delivery, IdTokenIssuer, REGISTERED_CLAIMS, RefreshTokens, ServiceAccountRef, TokenClient,
-    TokenClientKeyRef, TokenClientSpec, TokenClientStatus,
+    Delivery, IdTokenIssuer, REGISTERED_CLAIMS, RateLimit, RefreshTokens, ServiceAccountRef,
+    TokenClient, TokenClientKeyRef, TokenClientSpec, TokenClientStatus,
 };
 pub use validation::{
     FieldError, IssuerError, SIGNER_SECRET_SUFFIX, Validate, from_value, is_dns_label,

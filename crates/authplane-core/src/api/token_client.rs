@@ -104,6 +104,11 @@ pub struct TokenClientSpec {
     /// for browser apps).
     #[serde(default)]
     pub delivery: Delivery,
+
+    /// This client's own budgets, instead of the server's (`--token-rate`): its failed
+    /// requests per client address, and the refreshes of each of its sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 mod defaults {
@@ -256,6 +261,25 @@ pub enum Delivery {
     /// The refresh token as a `__Host-` cookie (browser apps); the access token in the
     /// body.
     Cookie,
+}
+
+/// A TokenClient's budgets (GCRA: `burst` at once, then refilled evenly at `perMinute`).
+/// Each applies per client address and client (failed requests proven to be this
+/// client's) and per session (refreshes); requests not proven to be any client's keep
+/// the server's per-address budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Events a minute, refilled evenly. Default: the server's `--token-rate` (10);
+    /// between 1 and 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 60000").message("must be between 1 and 60000"))]
+    pub per_minute: Option<u32>,
+    /// Events allowed at once, before the even pace applies. Default: `perMinute`;
+    /// between 1 and 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 60000").message("must be between 1 and 60000"))]
+    pub burst: Option<u32>,
 }
 
 /// Observed state: a report.
