@@ -483,17 +483,7 @@ impl Request<'_> {
         let rotations = &self.endpoint.rotations;
         // An Arc, not the guard: it is held across the store's awaits.
         let revocations = Arc::clone(&self.state.registry.revocations());
-        // The access token is signed while the store commits the rotation; a rotation
-        // that loses its race drops it.
-        let sign = |family: &Family, access: &AccessGrant| {
-            if family.issuer != self.issuer.issuer {
-                return Err(invalid_grant(
-                    "the refresh token's session was started on another issuer",
-                ));
-            }
-            self.sign(client, family, access, now)
-        };
-        let refreshed = crate::tokens::refresh_signing(
+        let refreshed = crate::tokens::refresh_admitted(
             &*self.endpoint.store,
             &token,
             &client.rules.client,
@@ -501,23 +491,21 @@ impl Request<'_> {
             &mut SystemEntropy,
             &|family| rules::family_revoked(&revocations, &client.key, family, now),
             &|family| rotations.take(&family.id),
-            &sign,
         )
         .await;
         match refreshed {
-            Ok((
-                Refreshed::Pair {
-                    family,
-                    token,
-                    access,
-                    rotated,
-                },
-                signed,
-            )) => {
-                let Some(signed) = signed else {
-                    return Err(Failure::Server("a refreshed pair came unsigned".into()));
-                };
-                let signed = signed?;
+            Ok(Refreshed::Pair {
+                family,
+                token,
+                access,
+                rotated,
+            }) => {
+                if family.issuer != self.issuer.issuer {
+                    return Err(invalid_grant(
+                        "the refresh token's session was started on another issuer",
+                    ));
+                }
+                let signed = self.sign(client, &family, &access, now)?;
                 let metrics = &self.state.metrics.tokens;
                 if rotated {
                     metrics.issued(&client.rules.client, "refresh_token");
@@ -534,7 +522,7 @@ impl Request<'_> {
                     session_left(&family, now),
                 ))
             }
-            Ok((Refreshed::Reuse { family }, _)) => {
+            Ok(Refreshed::Reuse { family }) => {
                 self.state.metrics.tokens.reuse(&family.client);
                 tracing::warn!(
                     client = family.client.as_str(),

@@ -22,8 +22,6 @@ pub mod metrics;
 pub mod redis;
 pub mod serving;
 #[cfg(test)]
-mod signing_tests;
-#[cfg(test)]
 mod tests;
 mod timed;
 mod unavailable;
@@ -183,38 +181,6 @@ pub async fn refresh_admitted(
     revoked: &(dyn Fn(&Family) -> bool + Sync),
     admit: &(dyn Fn(&Family) -> Result<(), u64> + Sync),
 ) -> Result<Refreshed, RefreshError> {
-    let (refreshed, _) = refresh_signing(
-        store,
-        token,
-        client,
-        now,
-        entropy,
-        revoked,
-        admit,
-        &|_, _| (),
-    )
-    .await?;
-    Ok(refreshed)
-}
-
-/// [`refresh_admitted`], with the pair's access token made by `sign` (given the family
-/// the pair belongs to and its grant): `Some` with every [`Refreshed::Pair`], `None`
-/// with [`Refreshed::Reuse`]. A rotation's token is made while the store writes it
-/// (the write is started first, then `sign` runs, then the write is awaited), so that on
-/// one core the signature fills the wait for the durable commit instead of following
-/// it. A rotation that loses its compare-and-set drops what `sign` made: only the token
-/// of the write that landed (or of the grace's replay) is ever returned.
-#[allow(clippy::too_many_arguments)]
-pub async fn refresh_signing<T>(
-    store: &dyn FamilyStore,
-    token: &RefreshToken,
-    client: &str,
-    now: Timestamp,
-    entropy: &mut (dyn Entropy + Send),
-    revoked: &(dyn Fn(&Family) -> bool + Sync),
-    admit: &(dyn Fn(&Family) -> Result<(), u64> + Sync),
-    sign: &(dyn Fn(&Family, &AccessGrant) -> T + Sync),
-) -> Result<(Refreshed, Option<T>), RefreshError> {
     let hash = token.hash();
     for _ in 0..ATTEMPTS {
         let Some(found) = store.find(hash, now).await? else {
@@ -243,14 +209,12 @@ pub async fn refresh_signing<T>(
         match refresh::refresh(&family, presented, now, entropy) {
             Err(refused) => return Err(RefreshError::Refused(refused)),
             Ok(Step::Replay { token, access }) => {
-                let signed = sign(&family, &access);
-                let pair = Refreshed::Pair {
+                return Ok(Refreshed::Pair {
                     family,
                     token,
                     access,
                     rotated: false,
-                };
-                return Ok((pair, Some(signed)));
+                });
             }
             Ok(Step::Rotate {
                 next,
@@ -258,33 +222,18 @@ pub async fn refresh_signing<T>(
                 access,
             }) => {
                 admit(&family).map_err(RefreshError::Limited)?;
-                let mut swap = store.swap(&family, &next);
-                // One poll hands the write to the store (the embedded store's writer
-                // queue, Redis's connection); the signature is made while it commits.
-                let polled = futures::poll!(&mut swap);
-                let signed = sign(&next, &access);
-                let won = match polled {
-                    std::task::Poll::Ready(won) => {
-                        drop(swap);
-                        won?
-                    }
-                    std::task::Poll::Pending => swap.await?,
-                };
-                if won {
-                    let pair = Refreshed::Pair {
+                if store.swap(&family, &next).await? {
+                    return Ok(Refreshed::Pair {
                         family: next,
                         token,
                         access,
                         rotated: true,
-                    };
-                    return Ok((pair, Some(signed)));
+                    });
                 }
-                // Lost the race: `signed` is dropped here, never answered; reading
-                // again finds the winner's pair.
             }
             Ok(Step::Revoke { next }) => {
                 if store.swap(&family, &next).await? {
-                    return Ok((Refreshed::Reuse { family: next }, None));
+                    return Ok(Refreshed::Reuse { family: next });
                 }
             }
         }
