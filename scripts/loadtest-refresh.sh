@@ -6,6 +6,11 @@
 # time: every refresh returns a new refresh token and supersedes the old one, written
 # to the embedded store (redb, durable) before the answer. The server (one tokio worker)
 # and the raw baseline get the same single core; the load generator gets the other one.
+# Also measured in the same run: the server's `/healthz` under the same wrk setup (the
+# HTTP floor: no endpoint that answers over HTTP can beat 1/(1/raw + 1/floor)), the
+# server's CPU time per refresh and how busy its core was (from /proc: a core below 100%
+# is waiting, not computing), and the store's mean lookup and write latency per refresh
+# (from /metrics: a write's includes waiting for its group's durable commit).
 #
 #   scripts/loadtest-refresh.sh     # DURATION=10 USERS=1000 CONNECTIONS=32
 #   BIN=/path/to/authplane scripts/loadtest-refresh.sh
@@ -76,17 +81,68 @@ PY
 
 rps_of() { awk '/^Requests\/sec:/ {print $2}' "$work/$1.txt"; }
 pct_of() { awk -v p="$2" '$1 == p {print $2}' "$work/$1.txt"; }
+requests_of() { awk '/requests in/ {print $1}' "$work/$1.txt"; }
+# The server's CPU seconds so far (user + system, every thread), and the wall clock.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$server/stat"; }
+# The store's counters: `<operation>_sum <seconds>` and `<operation>_count <n>` lines.
+store_counters() {
+  curl -fs "$base/metrics" | sed -n 's/^authplane_token_store_seconds_\(sum\|count\){operation="\([a-z]*\)"} /\2_\1 /p'
+}
+# measured NAME: CPU and store figures of the wrk run that just wrote $work/NAME.txt,
+# from the snapshots taken before it ($work/NAME.before-*).
+measured() {
+  local name=$1 requests
+  requests=$(requests_of "$name")
+  awk -v r="$requests" -v d="$DURATION" -v c0="$(cat "$work/$name.before-cpu")" -v c1="$(cpu_seconds)" \
+    'BEGIN { printf "cpu_us_per_request %.1f\ncore_busy_percent %.0f\n", (c1 - c0) / r * 1e6, (c1 - c0) / d * 100 }' \
+    >"$work/$name.measured"
+  store_counters >"$work/$name.after-store"
+  awk -v r="$requests" 'NR == FNR { before[$1] = $2; next } { after[$1] = $2 }
+    END { for (op in after) if (op ~ /_count$/) { o = substr(op, 1, length(op) - 6)
+      n = after[op] - before[op]; if (n > 0) printf "store_%s_us %.0f\nstore_%s_per_request %.2f\n", o,
+        (after[o "_sum"] - before[o "_sum"]) / n * 1e6, o, n / r } }' \
+    "$work/$name.before-store" "$work/$name.after-store" >>"$work/$name.measured"
+}
+# With perf (and tracepoints readable): the server's durable commits (fdatasync, fsync)
+# and context switches during the run, per request, counted by the kernel.
+perf_start() {
+  rm -f "$work/$1.perf"
+  command -v perf >/dev/null || return 0
+  perf stat -x, -o "$work/$1.perf" -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,context-switches \
+    -p "$server" 2>/dev/null &
+  perf_pid=$!
+  sleep 0.2
+}
+perf_stop() {
+  [ -n "${perf_pid:-}" ] || return 0
+  kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true; perf_pid=""
+  [ -s "$work/$1.perf" ] || return 0
+  awk -F, -v r="$(requests_of "$1")" '$3 ~ /fdatasync|fsync/ && $1 ~ /^[0-9]+$/ { s += $1 }
+    $3 == "context-switches" && $1 ~ /^[0-9]+$/ { c = $1 }
+    END { printf "syncs_per_request %.3f\ncontext_switches_per_request %.2f\n", s / r, c / r }' \
+    "$work/$1.perf" >>"$work/$1.measured"
+}
+before() { cpu_seconds >"$work/$1.before-cpu"; store_counters >"$work/$1.before-store"; perf_start "$1"; }
+figure() { awk -v k="$2" '$1 == k {print $2}' "$work/$1.measured"; }
 
 for name in rs256 es256; do
   login "$name"
   # The second half of the chains is refreshed once more by the concurrency check below.
+  before "$name"
   CLIENT_ID="bench/$name" TOKEN_PATH="/bench/$name/token" taskset -c "$LOAD_CPU" \
     wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s scripts/refresh/refresh.lua \
     "$base" -- "$work/$name.tokens" >"$work/$name.txt"
   if grep -q 'Non-2xx' "$work/$name.txt" || ! grep -q '^chains_broken 0$' "$work/$name.txt"; then
     cat "$work/$name.txt" >&2; echo "$name: refreshes failed" >&2; exit 1
   fi
+  measured "$name"
+  perf_stop "$name"
 done
+# The HTTP floor: the same server's /healthz, same connections, same cores.
+before healthz
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$base/healthz" >"$work/healthz.txt"
+measured healthz
+perf_stop healthz
 # Two tabs and a flood: N concurrent refreshes of one user's token (a new login each).
 concurrency=()
 for n in 2 50; do
@@ -101,13 +157,20 @@ taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rat
 taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rate "$DURATION" ES256 >"$work/sign-es256.txt"
 sign_of() { awk -v k="$2_$1_signatures_per_second" '$1 == k {print $2}' "$work/sign-$1.txt"; }
 
-echo "users $USERS, $CONNECTIONS connections, ${DURATION}s per algorithm, server on 1 core"
+echo "users $USERS, $CONNECTIONS connections, ${DURATION}s per algorithm, server on 1 core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "HTTP floor, /healthz: $(rps_of healthz)/s   p50 $(pct_of healthz 50%)   p99 $(pct_of healthz 99%)   server CPU $(figure healthz cpu_us_per_request) us/request, core busy $(figure healthz core_busy_percent)%"
 for name in rs256 es256; do
   echo "refresh with rotation, $name: $(rps_of "$name")/s   p50 $(pct_of "$name" 50%)   p99 $(pct_of "$name" 99%)"
+  echo "  server CPU $(figure "$name" cpu_us_per_request) us/refresh, core busy $(figure "$name" core_busy_percent)%; store: lookup $(figure "$name" store_find_us) us, write (until durable) $(figure "$name" store_swap_us) us"
+  echo "  durable commits (fsync) per refresh $(figure "$name" syncs_per_request), context switches per refresh $(figure "$name" context_switches_per_request)"
   echo "  signing on 1 core: raw aws-lc-rs $(sign_of "$name" raw)/s, jsonwebtoken::encode $(sign_of "$name" jsonwebtoken)/s, token::sign $(sign_of "$name" token_sign)/s"
 done
-awk -v a="$(rps_of rs256)" -v b="$(sign_of rs256 raw)" -v c="$(rps_of es256)" -v d="$(sign_of es256 raw)" \
-  -v e="$(sign_of rs256 jsonwebtoken)" -v f="$(sign_of es256 jsonwebtoken)" 'BEGIN {
-  printf "ratio refresh : raw signing, RS256: %.2f   (goal >= 0.9; against jsonwebtoken::encode %.2f)\n", a / b, a / e
-  printf "ratio refresh : raw signing, ES256: %.2f   (goal >= 0.8; against jsonwebtoken::encode %.2f)\n", c / d, c / f }'
+# The ceiling of an HTTP endpoint that only signs: 1 / (1/raw + 1/floor).
+for alg in RS256:rs256:0.9 ES256:es256:0.8; do
+  IFS=: read -r label name goal <<<"$alg"
+  awk -v a="$(rps_of "$name")" -v b="$(sign_of "$name" raw)" -v e="$(sign_of "$name" jsonwebtoken)" \
+    -v h="$(rps_of healthz)" -v l="$label" -v g="$goal" 'BEGIN { c = 1 / (1 / b + 1 / h)
+    printf "ratio refresh : raw signing, %s: %.2f   (goal >= %s; against jsonwebtoken::encode %.2f)\n", l, a / b, g, a / e
+    printf "  refresh : (raw + HTTP floor), %s: %.2f   (the ceiling of signing over HTTP: %.0f/s, %.2f of raw)\n", l, a / c, c, c / b }'
+done
 printf '%s\n' "${concurrency[@]}"
