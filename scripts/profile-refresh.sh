@@ -59,22 +59,7 @@ curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat "$work/server.log" 
 base="http://127.0.0.1:$PORT"
 
 secret=$("$bin" token client-secret "bench/$name" --state "$work/state")
-python3 - "$base/bench/$name/token" "bench/$name" "$secret" "$USERS" >"$work/tokens" <<'PY'
-import concurrent.futures, json, sys, urllib.parse, urllib.request
-url, client, secret, users = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-def exchange(i):
-    body = urllib.parse.urlencode({
-        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-        "client_id": client, "client_secret": secret,
-        "subject_token": f"user-{i:06}",
-        "subject_token_type": "urn:authplane:params:oauth:token-type:subject"}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/x-www-form-urlencoded"})
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        return json.load(answer)["refresh_token"]
-with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    for token in pool.map(exchange, range(users)):
-        print(token)
-PY
+python3 scripts/refresh/login.py "$base/bench/$name/token" "bench/$name" "$secret" "$USERS" >"$work/tokens"
 
 # phase NAME ARGS...: one wrk run counted on its own; prints Ir per request.
 phase() {
