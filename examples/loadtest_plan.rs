@@ -16,6 +16,12 @@
 //!   USERS=10000 DECISIONS=20 CONNECTIONS=64 cargo run --release --example loadtest_plan
 //! ```
 //!
+//! `THINK_MS=N`: each user waits about N ms (0.5-1.5 × N, spread by user and step) before
+//! each of its requests, the first included, as a person or an app between calls does
+//! (Locust's `wait_time`): the offered load is then USERS / N requests per millisecond
+//! instead of as many as the servers can take, and latencies are a request's own rather
+//! than a saturated queue's. Default 0: every user runs flat out (closed loop).
+//!
 //! Prints one markdown table (a row per step), then `errors N` and, for the first few
 //! errors, what they were. Exits non-zero when any request failed.
 
@@ -37,6 +43,8 @@ struct Settings {
     connections: usize,
     /// `LOGOUT=0`: the chain stops after the refresh (to tell what logouts cost).
     logout: bool,
+    /// `THINK_MS`: the mean wait before each request of a user (0: none).
+    think_ms: u64,
 }
 
 fn env(name: &str, default: &str) -> String {
@@ -118,8 +126,24 @@ impl Load {
         }
     }
 
+    /// A user's think time before its request number `request`: 0.5-1.5 × THINK_MS,
+    /// spread by a hash of both so that users do not move in step.
+    async fn think(&self, user: usize, request: usize) {
+        if self.settings.think_ms == 0 {
+            return;
+        }
+        let mut x = (user as u64) << 16 ^ request as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let spread = self.settings.think_ms / 2 + x % (self.settings.think_ms + 1);
+        tokio::time::sleep(Duration::from_millis(spread)).await;
+    }
+
     async fn chain(&self, user: usize) -> Result<(), ()> {
         let subject = format!("user-{user}");
+        let mut request = 0;
+        self.think(user, request).await;
         let tokens = self
             .send(0, |base| {
                 self.http.post(format!("{base}/auth/web/token")).form(&[
@@ -135,6 +159,8 @@ impl Load {
             .await?;
         let (access, refresh) = tokens_of(&tokens)?;
         for _ in 0..self.settings.decisions {
+            request += 1;
+            self.think(user, request).await;
             self.send(1, |base| {
                 self.http
                     .get(format!("{base}/authz/shop/payments"))
@@ -142,6 +168,8 @@ impl Load {
             })
             .await?;
         }
+        request += 1;
+        self.think(user, request).await;
         let rotated = self
             .send(2, |base| {
                 self.http.post(format!("{base}/auth/web/token")).form(&[
@@ -156,6 +184,7 @@ impl Load {
         if !self.settings.logout {
             return Ok(());
         }
+        self.think(user, request + 1).await;
         self.send(3, |base| {
             self.http.post(format!("{base}/auth/web/revoke")).form(&[
                 ("token", refresh.as_str()),
@@ -198,6 +227,7 @@ fn main() {
         decisions: number("DECISIONS", 20),
         connections: number("CONNECTIONS", 64),
         logout: number("LOGOUT", 1) != 0,
+        think_ms: number("THINK_MS", 0) as u64,
     };
     // One thread: the load generator gets one core (taskset), the servers the other.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -237,8 +267,9 @@ fn main() {
         let mut results = load.results.lock().await;
         let total: usize = results.latencies.iter().map(Vec::len).sum();
         println!(
-            "users {users}, decisions per user {}, connections per server {}, servers {}: {total} requests in {:.1} s, {:.0} requests/s",
+            "users {users}, decisions per user {}, think time {} ms, connections per server {}, servers {}: {total} requests in {:.1} s, {:.0} requests/s",
             load.settings.decisions,
+            load.settings.think_ms,
             load.settings.connections,
             load.settings.servers.len(),
             wall.as_secs_f64(),

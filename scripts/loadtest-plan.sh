@@ -21,6 +21,8 @@
 #   RUNS=redis USERS=1000 scripts/loadtest-plan.sh # one run, fewer users
 #   BIN=/path/to/authplane scripts/loadtest-plan.sh
 #   LOGOUT=0 scripts/loadtest-plan.sh              # no logouts: what they cost
+#   THINK_MS=3000 scripts/loadtest-plan.sh         # each user waits ~3 s before each request
+#                                                  # (Locust's wait_time): not flat out
 #
 # Rate limits: the token endpoint's and /revoke's per-address budgets count failed
 # requests only, and each session refreshes once, so the defaults stand (the table's
@@ -156,10 +158,10 @@ for run in $RUNS; do
   esac
   replicas=("${pids[@]: -${#servers[@]}}")
   echo
-  echo "== $run: ${#servers[@]} replica(s), $USERS users, $DECISIONS decisions each, $CONNECTIONS connections per replica"
+  echo "== $run: ${#servers[@]} replica(s), $USERS users, $DECISIONS decisions each, $CONNECTIONS connections per replica, think time ${THINK_MS:-0} ms"
   status=0
   SERVERS=$(IFS=,; echo "${servers[*]}") SECRET=$secret USERS=$USERS DECISIONS=$DECISIONS \
-    CONNECTIONS=$CONNECTIONS LOGOUT=${LOGOUT:-1} taskset -c "$LOAD_CPU" "$loadgen" || status=$?
+    CONNECTIONS=$CONNECTIONS LOGOUT=${LOGOUT:-1} THINK_MS=${THINK_MS:-0} taskset -c "$LOAD_CPU" "$loadgen" || status=$?
   for pid in "${replicas[@]}"; do echo "authplane (pid $pid) peak RSS: $(peak_rss "$pid")"; done
   if [ -n "$redis_pid" ]; then
     echo "redis-server peak RSS: $(peak_rss "$redis_pid"), used_memory after the run: $(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory_human/ {print $2}' | tr -d '\r')"
