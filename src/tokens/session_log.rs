@@ -215,7 +215,7 @@ impl Follower {
                     changed = true;
                     if self.loaded {
                         // Propagation: from the writer's clock to this replica.
-                        let lag = (now.as_second() - revocation.revoked_at) as f64;
+                        let lag = now.as_second().saturating_sub(revocation.revoked_at) as f64;
                         self.metrics
                             .revocation_applied(revocation.reason.label(), Some(lag));
                     }

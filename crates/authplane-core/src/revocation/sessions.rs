@@ -144,9 +144,15 @@ impl SessionRevocation {
         let name = next()?;
         let sid = SidHash::from_hex(next()?)?;
         let reason = SessionEnd::parse(next()?)?;
-        let revoked_at = next()?.parse().ok()?;
-        let lapses_at = next()?.parse().ok()?;
+        let revoked_at: i64 = next()?.parse().ok()?;
+        let lapses_at: i64 = next()?.parse().ok()?;
         if parts.next().is_some() || namespace.len() > 253 || name.len() > 253 {
+            return None;
+        }
+        // As [`SessionRevocation::new`] writes them: an entry that would be held longer
+        // (for ever, until a restart) or whose age overflows is not one of ours.
+        let held = lapses_at.checked_sub(revoked_at)?;
+        if revoked_at < 0 || !(0..=SESSION_REVOCATION_LIFETIME.as_secs()).contains(&held) {
             return None;
         }
         Some(Self {
@@ -390,6 +396,10 @@ mod tests {
             "auth web 00112233445566778899aabbccddeeff logout 1 2 extra",
             "auth  00112233445566778899aabbccddeeff logout 1 2",
             "auth web 00112233445566778899aabbccddeeffé logout 1 2",
+            // Held for ever, lapsed before written, or an age that overflows.
+            "auth web 00112233445566778899aabbccddeeff logout 1 9223372036854775807",
+            "auth web 00112233445566778899aabbccddeeff logout 2 1",
+            "auth web 00112233445566778899aabbccddeeff logout -9223372036854775808 1",
         ] {
             assert_eq!(SessionRevocation::decode(bad), None, "{bad:?}");
         }
