@@ -928,7 +928,14 @@ async fn malformed_entries_in_the_redis_log_are_skipped_and_counted() {
 
     // Entries of the wrong shape, as a bug or another program could write them.
     let key = ended_key(&dev.state());
-    for junk in ["e junk", "x y", "e \"auth web 0123 logout 1 2\""] {
+    // The last one reads as an entry whose age overflows: it must not stop this
+    // replica from following the log.
+    for junk in [
+        "e junk",
+        "x y",
+        "e \"auth web 0123 logout 1 2\"",
+        "e \"auth web 00112233445566778899aabbccddeeff logout -9223372036854775808 9999999999\"",
+    ] {
         let answer = redis.command(&format!("XADD {key} * {junk}")).unwrap();
         assert!(!answer.starts_with('-'), "{answer}");
     }
@@ -945,7 +952,7 @@ async fn malformed_entries_in_the_redis_log_are_skipped_and_counted() {
     }
     let metrics = dev.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains("authplane_session_revocations_malformed_total 3"),
+        metrics.contains("authplane_session_revocations_malformed_total 4"),
         "{metrics}"
     );
     assert!(

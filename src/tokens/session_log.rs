@@ -215,7 +215,7 @@ impl Follower {
                     changed = true;
                     if self.loaded {
                         // Propagation: from the writer's clock to this replica.
-                        let lag = (now.as_second() - revocation.revoked_at) as f64;
+                        let lag = now.as_second().saturating_sub(revocation.revoked_at) as f64;
                         self.metrics
                             .revocation_applied(revocation.reason.label(), Some(lag));
                     }
@@ -228,7 +228,8 @@ impl Follower {
                         tracing::error!(
                             source = SOURCE,
                             held = self.set.len(),
-                            "too many sessions ended in the token store to hold in memory: new ones are not enforced here (their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
+                            namespace = revocation.key.namespace.as_str(),
+                            "too many sessions ended in the token store to hold in memory (in all, or for this namespace: at most half the cap each): new ones are not enforced here (their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
                         );
                     }
                 }

@@ -30,6 +30,11 @@ pub const SESSION_REVOCATION_LIFETIME: SignedDuration =
 /// Beyond it a new entry is refused (counted and logged by the caller): its session's
 /// family is revoked in the store all the same, so its access tokens live out their
 /// (short) lifetime at worst.
+///
+/// One namespace's SigningKeys hold at most half of it ([`SessionSet::namespace_cap`]):
+/// a tenant's workload can log in and out as fast as it likes, and without a share of
+/// its own it could fill the set and leave every other namespace's logouts and reuse
+/// detections unenforced for a day.
 pub const MAX_SESSION_REVOCATIONS: usize = 1_000_000;
 
 /// The first 16 bytes of the SHA-256 of a `sid`.
@@ -139,9 +144,15 @@ impl SessionRevocation {
         let name = next()?;
         let sid = SidHash::from_hex(next()?)?;
         let reason = SessionEnd::parse(next()?)?;
-        let revoked_at = next()?.parse().ok()?;
-        let lapses_at = next()?.parse().ok()?;
+        let revoked_at: i64 = next()?.parse().ok()?;
+        let lapses_at: i64 = next()?.parse().ok()?;
         if parts.next().is_some() || namespace.len() > 253 || name.len() > 253 {
+            return None;
+        }
+        // As [`SessionRevocation::new`] writes them: an entry that would be held longer
+        // (for ever, until a restart) or whose age overflows is not one of ours.
+        let held = lapses_at.checked_sub(revoked_at)?;
+        if revoked_at < 0 || !(0..=SESSION_REVOCATION_LIFETIME.as_secs()).contains(&held) {
             return None;
         }
         Some(Self {
@@ -163,7 +174,8 @@ pub enum Inserted {
     New,
     /// Known already (the same logout read again): nothing changed.
     Known,
-    /// The set holds as many entries as it may ([`MAX_SESSION_REVOCATIONS`]): refused.
+    /// The set, or the entry's namespace's share of it, holds as many entries as it may
+    /// ([`MAX_SESSION_REVOCATIONS`]): refused.
     Full,
 }
 
@@ -177,6 +189,8 @@ struct Held {
 #[derive(Clone, Debug)]
 pub struct SessionSet {
     by_key: imbl::HashMap<ObjectKey, imbl::HashMap<SidHash, Held>>,
+    /// Entries held per namespace (of the SigningKey), for its share of the cap.
+    by_namespace: imbl::HashMap<String, usize>,
     len: usize,
     cap: usize,
 }
@@ -192,9 +206,16 @@ impl SessionSet {
     pub fn with_cap(cap: usize) -> Self {
         Self {
             by_key: imbl::HashMap::new(),
+            by_namespace: imbl::HashMap::new(),
             len: 0,
             cap,
         }
+    }
+
+    /// The most entries one namespace's keys hold: half the cap, so that one tenant
+    /// filling its share leaves the other half to everyone else.
+    pub fn namespace_cap(&self) -> usize {
+        (self.cap / 2).max(1)
     }
 
     /// Adds an entry (an entry lapsed at `now` is not added). A session ended twice
@@ -203,23 +224,33 @@ impl SessionSet {
         if revocation.lapses_at < now.as_second() {
             return Inserted::Known;
         }
-        let sessions = self.by_key.entry(revocation.key.clone()).or_default();
-        match sessions.get_mut(&revocation.sid) {
+        let namespace = &revocation.key.namespace;
+        let in_namespace = self.by_namespace.get(namespace).copied().unwrap_or(0);
+        let full = self.len >= self.cap || in_namespace >= self.namespace_cap();
+        let held = self
+            .by_key
+            .get(&revocation.key)
+            .and_then(|sessions| sessions.get(&revocation.sid))
+            .copied();
+        match held {
             Some(held) if held.lapses_at >= revocation.lapses_at => Inserted::Known,
-            Some(held) => {
-                held.lapses_at = revocation.lapses_at;
-                Inserted::New
-            }
-            None if self.len >= self.cap => Inserted::Full,
-            None => {
-                sessions.insert(
-                    revocation.sid,
-                    Held {
-                        lapses_at: revocation.lapses_at,
-                        reason: revocation.reason,
-                    },
-                );
-                self.len += 1;
+            None if full => Inserted::Full,
+            _ => {
+                self.by_key
+                    .entry(revocation.key.clone())
+                    .or_default()
+                    .insert(
+                        revocation.sid,
+                        Held {
+                            lapses_at: revocation.lapses_at,
+                            reason: held.map_or(revocation.reason, |held| held.reason),
+                        },
+                    );
+                if held.is_none() {
+                    self.by_namespace
+                        .insert(namespace.clone(), in_namespace + 1);
+                    self.len += 1;
+                }
                 Inserted::New
             }
         }
@@ -239,6 +270,11 @@ impl SessionSet {
         for key in emptied {
             self.by_key.remove(&key);
         }
+        let mut by_namespace = imbl::HashMap::new();
+        for (key, sessions) in &self.by_key {
+            *by_namespace.entry(key.namespace.clone()).or_insert(0) += sessions.len();
+        }
+        self.by_namespace = by_namespace;
         self.len = self.by_key.values().map(imbl::HashMap::len).sum();
         before - self.len
     }
@@ -360,6 +396,10 @@ mod tests {
             "auth web 00112233445566778899aabbccddeeff logout 1 2 extra",
             "auth  00112233445566778899aabbccddeeff logout 1 2",
             "auth web 00112233445566778899aabbccddeeffé logout 1 2",
+            // Held for ever, lapsed before written, or an age that overflows.
+            "auth web 00112233445566778899aabbccddeeff logout 1 9223372036854775807",
+            "auth web 00112233445566778899aabbccddeeff logout 2 1",
+            "auth web 00112233445566778899aabbccddeeff logout -9223372036854775808 1",
         ] {
             assert_eq!(SessionRevocation::decode(bad), None, "{bad:?}");
         }
@@ -369,14 +409,47 @@ mod tests {
     fn a_full_set_refuses_new_sessions_and_keeps_the_ones_it_holds() {
         let now = Timestamp::from_second(1_000_000).unwrap();
         let mut set = SessionSet::with_cap(2);
-        let ended = |sid| SessionRevocation::new(key("auth"), sid, SessionEnd::Logout, now);
-        assert_eq!(set.insert(&ended("a"), now), Inserted::New);
-        assert_eq!(set.insert(&ended("b"), now), Inserted::New);
-        assert_eq!(set.insert(&ended("c"), now), Inserted::Full);
+        let ended =
+            |namespace, sid| SessionRevocation::new(key(namespace), sid, SessionEnd::Logout, now);
+        assert_eq!(set.insert(&ended("auth", "a"), now), Inserted::New);
+        assert_eq!(set.insert(&ended("shop", "b"), now), Inserted::New);
+        assert_eq!(set.insert(&ended("blog", "c"), now), Inserted::Full);
         assert_eq!(set.len(), 2);
         let t = now.as_second();
         assert!(set.is_revoked(&facts(Some(&key("auth")), Some("a")), t));
-        assert!(!set.is_revoked(&facts(Some(&key("auth")), Some("c")), t));
+        assert!(!set.is_revoked(&facts(Some(&key("blog")), Some("c")), t));
+    }
+
+    #[test]
+    fn one_namespace_logging_out_in_a_loop_never_crowds_out_another_namespaces_logouts() {
+        // A tenant's workload logs in and out as fast as it likes, under any number of
+        // SigningKeys of its namespace: it fills its own half, never the other.
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let mut set = SessionSet::with_cap(10);
+        let tenant_key = |i: usize| ObjectKey {
+            namespace: "tenant".into(),
+            name: format!("k{}", i % 3),
+        };
+        let mut refused = 0;
+        for i in 0..100 {
+            let flood =
+                SessionRevocation::new(tenant_key(i), &format!("s{i}"), SessionEnd::Logout, now);
+            if set.insert(&flood, now) == Inserted::Full {
+                refused += 1;
+            }
+        }
+        assert_eq!((set.len(), refused), (5, 95));
+        let t = now.as_second();
+        for sid in ["a", "b", "c", "d", "e"] {
+            let ended = SessionRevocation::new(key("shop"), sid, SessionEnd::Reuse, now);
+            assert_eq!(set.insert(&ended, now), Inserted::New, "{sid}");
+            assert!(set.is_revoked(&facts(Some(&key("shop")), Some(sid)), t));
+        }
+        // Lapsed entries give the namespace its share back.
+        let later = Timestamp::from_second(t + SESSION_REVOCATION_LIFETIME.as_secs() + 1).unwrap();
+        assert_eq!(set.prune(later), 10);
+        let again = SessionRevocation::new(tenant_key(0), "s-new", SessionEnd::Logout, later);
+        assert_eq!(set.insert(&again, later), Inserted::New);
     }
 
     #[test]
