@@ -64,6 +64,9 @@ enum Op {
         next: Box<Family>,
     },
     Purge(Timestamp),
+    /// Appends an entry to the log of ended sessions (`now`: Unix seconds, for
+    /// forgetting lapsed ones); answers its sequence number.
+    EndSession { line: String, now: i64 },
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
@@ -147,6 +150,19 @@ impl EmbeddedStore {
     /// ([`super::embedded_sessions`]).
     pub(super) fn database(&self) -> Arc<Database> {
         self.db.clone()
+    }
+
+    /// Appends `line` to the log of ended sessions in the writer's next group (one
+    /// commit with the families written beside it, not a transaction of its own: under a
+    /// wave of logouts each would hold a blocking thread waiting for the file's one
+    /// writer); answers its sequence number once committed.
+    pub(super) fn end_session(
+        &self,
+        line: String,
+        now: i64,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let write = self.write(Op::EndSession { line, now });
+        Box::pin(async move { write.await.map(|sequence| sequence as u64) })
     }
 
     /// Queues a write for the writer thread and waits for its answer (after the commit).
@@ -334,6 +350,10 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
                 record_token(txn, next)?;
             }
             Ok(1)
+        }
+        Op::EndSession { line, now } => {
+            let sequence = super::embedded_sessions::append(txn, line, *now)?;
+            Ok(usize::try_from(sequence).unwrap_or(usize::MAX))
         }
         Op::Purge(now) => {
             let mut expiry = txn.open_table(EXPIRY)?;
