@@ -229,7 +229,10 @@ pub async fn revoke(
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value.into()))
                     .collect(),
-                    session: Some(family.id.clone()),
+                    session: Some(StoreSession {
+                        sid: family.id.clone(),
+                        tokens_live: super::token::tokens_live(&state, &issuer, &family.client),
+                    }),
                     revocation,
                     key: ObjectKey {
                         namespace: issuer.namespace.clone(),
@@ -294,12 +297,15 @@ async fn kept_in_store(
     issuer: &PublishedIssuer,
     logout: &Logout,
     now: Timestamp,
-) -> Option<String> {
+) -> Option<StoreSession> {
     let sid = logout.revocation.spec.session_id.as_deref()?;
     let token = state.token.as_ref()?;
     token.sessions.as_ref()?;
     match crate::tokens::end_session(&*token.store, &issuer.issuer, sid, now).await {
-        Ok(Some(_)) => Some(sid.to_owned()),
+        Ok(Some(family)) => Some(StoreSession {
+            sid: sid.to_owned(),
+            tokens_live: super::token::tokens_live(state, issuer, &family.client),
+        }),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %e, "the token store could not be asked about a session: its logout is written as a Revocation");
@@ -335,14 +341,15 @@ async fn in_force(
     // missed.
     let mut published = state.registry.revocations_published();
     let written = match (&logout.session, &state.token) {
-        (Some(sid), Some(token)) => {
+        (Some(session), Some(token)) => {
             let now = state.clock.now();
             super::token::end_session(
                 token,
                 &state.metrics.tokens,
                 issuer,
-                sid,
+                &session.sid,
                 SessionEnd::Logout,
+                session.tokens_live,
                 now,
             )
             .await
@@ -471,11 +478,18 @@ pub enum Verdict {
 }
 
 /// A verified token and the Revocation it asks for.
+/// A session of the token service whose end is kept in the token store.
+pub struct StoreSession {
+    pub sid: String,
+    /// How long its access tokens can pass ([`super::token::tokens_live`]).
+    pub tokens_live: Option<jiff::SignedDuration>,
+}
+
 pub struct Logout {
     pub revocation: Revocation,
     /// The session, when its end is kept in the token store instead of as
     /// `revocation` (a session of the token service, with a store configured).
-    pub session: Option<String>,
+    pub session: Option<StoreSession>,
     /// The token's verified claims, to tell when the revocation is in force.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The SigningKey that issued it.
