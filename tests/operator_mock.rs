@@ -1428,6 +1428,7 @@ mod attachment {
                 namespace: "authplane-system".into(),
                 name: "authplane".into(),
                 port: 8080,
+                grpc_port: 9191,
                 protocol: Protocol::Http,
             },
             istio_mesh_config: None,

@@ -38,6 +38,9 @@ use crate::attach::{
 /// The condition type of each Gateway API target.
 const ACCEPTED: &str = "Accepted";
 
+/// The chart's gRPC port (`--grpc-listen`), as the README's Envoy recipes use it.
+pub const DEFAULT_GRPC_PORT: u16 = 9191;
+
 /// What the operator is told about attachment (flags, set by the chart).
 #[derive(Clone, Debug)]
 pub struct AttachConfig {
@@ -59,6 +62,7 @@ impl Default for AttachConfig {
                 namespace: "authplane".into(),
                 name: "authplane".into(),
                 port: 8080,
+                grpc_port: DEFAULT_GRPC_PORT,
                 protocol: attach::Protocol::Http,
             },
             istio_mesh_config: None,
