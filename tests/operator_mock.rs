@@ -1676,10 +1676,9 @@ mod attachment {
             ctx.attachments.observe(watched, Event::InitApply(object));
             ctx.attachments.observe(watched, Event::InitDone);
         }
-        for watched in [Watched::Middlewares] {
-            ctx.attachments.observe(watched, Event::Init);
-            ctx.attachments.observe(watched, Event::InitDone);
-        }
+        ctx.attachments.observe(Watched::Middlewares, Event::Init);
+        ctx.attachments
+            .observe(Watched::Middlewares, Event::InitDone);
         let path = format!("{SECURITY_POLICIES}/authplane-payments");
         let server = tokio::spawn(async move {
             let merge = mock_api::take(&mut api, "PATCH", &path).await;
