@@ -1428,3 +1428,27 @@ async fn the_migration_guide_runs_as_written() {
         text(&ran.stderr)
     );
 }
+
+#[test]
+fn run_refuses_grpc_attachment_without_a_grpc_listener_and_unknown_protocols() {
+    let base = [
+        "run",
+        "--external-url",
+        "https://auth.example.com",
+        "--listen",
+        "127.0.0.1:0",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ];
+    // The SecurityPolicies would send every check to a port nothing serves.
+    let stderr = text(&refused(&[&base[..], &["--attach-protocol", "grpc"]].concat()).stderr);
+    assert!(
+        stderr.contains("--attach-protocol grpc needs --grpc-listen"),
+        "{stderr}"
+    );
+    let stderr = text(&refused(&[&base[..], &["--attach-protocol", "h2c"]].concat()).stderr);
+    assert!(
+        stderr.contains("\"h2c\" is not a protocol: http or grpc"),
+        "{stderr}"
+    );
+}

@@ -1128,6 +1128,7 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
             namespace: home.clone(),
             name: "authplane".into(),
             port: 8080,
+            grpc_port: 9191,
             protocol: Protocol::Http,
         },
         // Istio's mesh config, here in the run's own namespace; without a provider yet.

@@ -191,6 +191,55 @@ async fn a_check_without_a_known_policy_is_refused() {
     assert_eq!(v.status, 200);
 }
 
+/// What the client writes (headers, the path) never names the policy: only the context
+/// extension that the gateway's configuration sets (the generated SecurityPolicy's
+/// `contextExtensions`) does. A client naming an open policy gets the one the route named.
+#[tokio::test]
+async fn a_client_cannot_choose_the_policy() {
+    let open = payments_policy("{mode: Disabled}", "").replace("name: payments", "name: open");
+    let dev = Dev::start_serving(
+        &[
+            ("keys.yaml", &signing_key("auth", "web", KEYS)),
+            (
+                "policy.yaml",
+                &payments_policy("{mode: Enforce, percentage: 100}", ""),
+            ),
+            ("open.yaml", &open),
+        ],
+        grpc::settings(),
+    )
+    .await;
+    // The open policy passes anyone: the forgeries below would be a pass if they counted.
+    assert_eq!(check(&dev, Some("shop/open"), &[]).await.status, 200);
+
+    let forged = [
+        (":path", "/authz/shop/open"),
+        ("x-authplane-policy", "shop/open"),
+        ("authplane-io-policy", "shop/open"),
+        ("x-original-url", "https://shop.example/authz/shop/open"),
+        ("x-forwarded-uri", "/authz/shop/open"),
+    ];
+    let v = check(&dev, Some(POLICY), &forged).await;
+    assert_eq!((v.status, v.code), (401, 16), "{v:?}");
+    assert_eq!(v.headers["x-authplane-reason"], "missing_token");
+    let v = check(&dev, None, &forged).await;
+    assert_eq!((v.status, v.code), (403, 7), "{v:?}");
+    assert_eq!(v.headers["x-authplane-reason"], "missing_policy");
+
+    // The extension's own name as a header cannot be one (no `/` in a header name):
+    // Envoy never sends it, and a check that carries it is refused whole (without a
+    // context extension, as naming no policy first).
+    let named_by_header = [("authplane.io/policy", "shop/open")];
+    let mut client = grpc::client(grpc_addr(&dev)).await;
+    let status = client
+        .check(check_request(Some(POLICY), &named_by_header))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let v = check(&dev, None, &named_by_header).await;
+    assert_eq!(v.headers["x-authplane-reason"], "missing_policy", "{v:?}");
+}
+
 /// One raw gRPC call over a fresh HTTP/2 connection: the grpc-status it ends with.
 async fn raw_call(addr: std::net::SocketAddr, body: Vec<u8>) -> String {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

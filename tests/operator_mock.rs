@@ -1428,6 +1428,7 @@ mod attachment {
                 namespace: "authplane-system".into(),
                 name: "authplane".into(),
                 port: 8080,
+                grpc_port: 9191,
                 protocol: Protocol::Http,
             },
             istio_mesh_config: None,
@@ -1620,6 +1621,100 @@ mod attachment {
             .unwrap();
         drop(ctx);
         assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    /// `--attach-protocol grpc` on a cluster whose SecurityPolicy (created by POST, over
+    /// HTTP) exists: its `http` fields belong to an Update, which a server-side apply
+    /// never removes, and the CRD refuses `http` beside `grpc`. A merge patch (uid as
+    /// precondition) removes them and sets gRPC; then the usual apply.
+    #[tokio::test]
+    async fn switching_to_grpc_replaces_the_http_fields_of_a_held_security_policy() {
+        let current = policy(
+            json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}]),
+        );
+        // The objects as written over HTTP, and the status they gave.
+        let (ctx, mut api, _leader) = cluster(&current, Vec::new(), Vec::new());
+        let server = tokio::spawn(async move {
+            let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            let security_policy =
+                expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            event(&mut api).await;
+            (grant, security_policy, status_written(&mut api).await)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx))
+            .await
+            .unwrap();
+        let (grant, security_policy, mut status) = server.await.unwrap();
+        assert!(security_policy["spec"]["extAuth"]["http"].is_object());
+        let mut current = current;
+        status["targets"][0]["conditions"][0]["lastTransitionTime"] = json!("2026-02-01T00:00:00Z");
+        current.status = serde_json::from_value(status).unwrap();
+
+        let mut config = config();
+        config.service.protocol = Protocol::Grpc;
+        let (ctx, mut api, _leader) = context_attaching(current.clone(), Vec::new(), config);
+        {
+            let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.apply_class("eg", "gateway.envoyproxy.io/gatewayclass-controller");
+            topology.apply_gateway("shop", "web", "eg");
+            let route = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "web"}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "payments", route);
+        }
+        ctx.targets.observe(
+            TargetKind::HttpRoute,
+            Event::Apply(("shop".into(), "payments".into())),
+        );
+        for (watched, object) in [
+            (Watched::SecurityPolicies, stored(security_policy, "sp-uid")),
+            (Watched::ReferenceGrants, stored(grant, "grant-uid")),
+        ] {
+            ctx.attachments.observe(watched, Event::Init);
+            let object: DynamicObject = serde_json::from_value(object).unwrap();
+            ctx.attachments.observe(watched, Event::InitApply(object));
+            ctx.attachments.observe(watched, Event::InitDone);
+        }
+        ctx.attachments.observe(Watched::Middlewares, Event::Init);
+        ctx.attachments
+            .observe(Watched::Middlewares, Event::InitDone);
+        let path = format!("{SECURITY_POLICIES}/authplane-payments");
+        let server = tokio::spawn(async move {
+            let merge = mock_api::take(&mut api, "PATCH", &path).await;
+            assert_eq!(
+                merge.content_type.as_deref(),
+                Some("application/merge-patch+json")
+            );
+            let patch = merge.body.clone();
+            merge.answer(200, &json!({}));
+            let applied = expect(&mut api, "PATCH", &path, 200, json!({})).await;
+            (api, patch, applied)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (api, patch, applied) = server.await.unwrap();
+        assert_eq!(patch["metadata"], json!({"uid": "sp-uid"}));
+        let ext_auth = &patch["spec"]["extAuth"];
+        assert_eq!(ext_auth["http"], Value::Null);
+        assert!(
+            ext_auth.as_object().unwrap().contains_key("http"),
+            "{ext_auth}"
+        );
+        assert_eq!(
+            ext_auth["contextExtensions"],
+            json!([{"name": "authplane.io/policy", "type": "Value", "value": "shop/payments"}])
+        );
+        assert_eq!(ext_auth["grpc"]["backendRefs"][0]["port"], 9191);
+        assert_eq!(applied["spec"]["extAuth"], {
+            let mut grpc = ext_auth.clone();
+            grpc.as_object_mut().unwrap().remove("http");
+            grpc
+        });
+        let mut api = api;
+        assert!(api.next_request().await.is_none(), "nothing more");
     }
 
     #[tokio::test]

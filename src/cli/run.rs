@@ -104,6 +104,15 @@ pub(crate) struct RunArgs {
     /// Port of --authz-service-name serving `/authz` (plain HTTP).
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     authz_service_port: u16,
+    /// How Envoy Gateway's SecurityPolicies ask for a decision: `http` (`/authz` on
+    /// --authz-service-port) or `grpc` (Envoy's `Authorization/Check` on
+    /// --authz-service-grpc-port, the policy named in the context extension
+    /// authplane.io/policy; needs --grpc-listen). Istio and Traefik always use HTTP.
+    #[arg(long, value_name = "PROTOCOL", default_value = "http")]
+    attach_protocol: crate::attach::Protocol,
+    /// Port of --authz-service-name serving gRPC `Check` (h2c), with --attach-protocol grpc.
+    #[arg(long, value_name = "PORT", default_value_t = crate::operator::attachments::DEFAULT_GRPC_PORT)]
+    authz_service_grpc_port: u16,
     /// Istio's mesh config, the ConfigMap whose `mesh` key holds each policy's extension
     /// provider (e.g. `istio-system/istio`): read to report a missing or wrong one in the
     /// policy's status. Needs read access to it (the chart's
@@ -232,6 +241,13 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             ));
         }
     };
+    // gRPC SecurityPolicies point the gateways at this Service's gRPC port, which
+    // reaches these pods: without a gRPC listener, every attached route would be refused.
+    if args.attach_protocol == crate::attach::Protocol::Grpc && args.serving.grpc_listen.is_none() {
+        return Err(CliError::Usage(
+            "--attach-protocol grpc needs --grpc-listen (the gRPC Check listener the Service's gRPC port reaches)".into(),
+        ));
+    }
     let attach = crate::operator::attachments::AttachConfig {
         enabled: args.gateway_implementations,
         service: crate::attach::AuthzService {
@@ -240,7 +256,8 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|| args.namespace.clone()),
             name: args.authz_service_name,
             port: args.authz_service_port,
-            protocol: crate::attach::Protocol::Http,
+            grpc_port: args.authz_service_grpc_port,
+            protocol: args.attach_protocol,
         },
         istio_mesh_config: args.istio_mesh_config,
     };

@@ -38,6 +38,9 @@ use crate::attach::{
 /// The condition type of each Gateway API target.
 const ACCEPTED: &str = "Accepted";
 
+/// The chart's gRPC port (`--grpc-listen`), as the README's Envoy recipes use it.
+pub const DEFAULT_GRPC_PORT: u16 = 9191;
+
 /// What the operator is told about attachment (flags, set by the chart).
 #[derive(Clone, Debug)]
 pub struct AttachConfig {
@@ -59,6 +62,7 @@ impl Default for AttachConfig {
                 namespace: "authplane".into(),
                 name: "authplane".into(),
                 port: 8080,
+                grpc_port: DEFAULT_GRPC_PORT,
                 protocol: attach::Protocol::Http,
             },
             istio_mesh_config: None,
@@ -1040,7 +1044,25 @@ async fn sync_owned(
         {
             return Ok(None);
         }
-        (Some(_), Some(wanted)) => writer.apply_object(resource, wanted).await,
+        (Some(held), Some(wanted)) => {
+            if let Some(patch) = held
+                .object
+                .as_ref()
+                .and_then(|o| protocol_switch(o, wanted, &held.uid))
+            {
+                let switched = writer
+                    .merge_patch_object(resource, &key.namespace, &key.name, &patch)
+                    .await;
+                if let Some(message) = refused(switched)? {
+                    return Ok(Some((
+                        reason::INVALID,
+                        format!("the apiserver refused {kind} {key}: {message}"),
+                    )));
+                }
+                tracing::info!(object = %key, kind = %kind, "switched the protocol the gateway asks in");
+            }
+            writer.apply_object(resource, wanted).await
+        }
         (None, Some(wanted)) => match writer.create_object(resource, wanted).await {
             Ok(true) => Ok(()),
             Ok(false) => return Ok(not_ours()),
@@ -1053,6 +1075,31 @@ async fn sync_owned(
             format!("the apiserver refused {kind} {key}: {message}"),
         )
     }))
+}
+
+/// The fields of a SecurityPolicy's `spec.extAuth` that say how Envoy asks (HTTP, or
+/// gRPC with the policy in a context extension).
+const EXT_AUTH_PROTOCOL_FIELDS: [&str; 3] = ["http", "grpc", "contextExtensions"];
+
+/// When `held` (ours) asks in another protocol than `wanted`: the merge patch that
+/// removes the other protocol's fields and sets `wanted`'s `extAuth`. The object was
+/// created by a POST, whose fields a server-side apply never removes (they belong to
+/// an Update, kubernetes#99003): applying alone would leave `http` beside `grpc`, which
+/// the CRD refuses, so a switch of `--attach-protocol` would break every attachment.
+fn protocol_switch(held: &Value, wanted: &Value, uid: &str) -> Option<Value> {
+    let held = held["spec"]["extAuth"].as_object()?;
+    let mut ext_auth = wanted["spec"]["extAuth"].as_object()?.clone();
+    let stale: Vec<&str> = EXT_AUTH_PROTOCOL_FIELDS
+        .into_iter()
+        .filter(|field| held.contains_key(*field) && !ext_auth.contains_key(*field))
+        .collect();
+    if stale.is_empty() {
+        return None;
+    }
+    for field in stale {
+        ext_auth.insert(field.into(), Value::Null);
+    }
+    Some(serde_json::json!({"metadata": {"uid": uid}, "spec": {"extAuth": ext_auth}}))
 }
 
 /// The apiserver's refusal of a write, quoted (a 4xx other than a conflict: the object
@@ -1098,11 +1145,39 @@ fn contains(held: &Value, wanted: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    use super::{AttachConfig, Attachments, Watched, contains};
+    use super::{AttachConfig, Attachments, Watched, contains, protocol_switch};
     use kube::api::DynamicObject;
     use kube::runtime::watcher::Event;
+
+    #[test]
+    fn a_protocol_switch_removes_the_other_protocols_fields() {
+        let http = json!({"spec": {"extAuth": {"failOpen": false,
+            "http": {"backendRefs": [{"name": "authplane", "port": 8080}], "path": "/authz/shop/p"}}}});
+        let grpc = json!({"spec": {"extAuth": {"failOpen": false,
+            "contextExtensions": [{"name": "authplane.io/policy", "type": "Value", "value": "shop/p"}],
+            "grpc": {"backendRefs": [{"name": "authplane", "port": 9191}]}}}});
+        assert_eq!(
+            protocol_switch(&http, &grpc, "uid-1"),
+            Some(
+                json!({"metadata": {"uid": "uid-1"}, "spec": {"extAuth": {"failOpen": false,
+                "http": null,
+                "contextExtensions": [{"name": "authplane.io/policy", "type": "Value", "value": "shop/p"}],
+                "grpc": {"backendRefs": [{"name": "authplane", "port": 9191}]}}}})
+            )
+        );
+        let back = protocol_switch(&grpc, &http, "uid-1").unwrap();
+        assert_eq!(back["spec"]["extAuth"]["grpc"], Value::Null);
+        assert_eq!(back["spec"]["extAuth"]["contextExtensions"], Value::Null);
+        assert_eq!(
+            back["spec"]["extAuth"]["http"],
+            http["spec"]["extAuth"]["http"]
+        );
+        // The same protocol: a plain apply.
+        assert_eq!(protocol_switch(&http, &http, "uid-1"), None);
+        assert_eq!(protocol_switch(&grpc, &grpc, "uid-1"), None);
+    }
 
     #[test]
     fn what_the_apiserver_defaulted_is_no_difference() {

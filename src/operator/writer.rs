@@ -404,6 +404,28 @@ impl LeaderWriter {
         Ok(())
     }
 
+    /// Merge-patches (RFC 7386) the object of `resource` `namespace`/`name` under the
+    /// field manager `authplane`: a `null` removes a field, whoever set it, which a
+    /// server-side apply cannot do to fields of an Update (kubernetes#99003). `patch`
+    /// carries `metadata.uid`, so that an object recreated meanwhile is refused.
+    pub async fn merge_patch_object(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), Error> {
+        self.admit().await?;
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, resource)
+            .patch(name, &params, &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+
     /// Creates `object`: one that does not exist yet is created, never applied, so that
     /// an object of that name the caches did not show is refused (409), never merged
     /// into. Returns whether it was created.

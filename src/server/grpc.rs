@@ -38,7 +38,7 @@ use super::listen::{ConnectionInfo, ServeConnection, deadlined};
 use crate::api::ObjectKey;
 
 /// The context extension that names the policy: `namespace/name`.
-pub const POLICY_EXTENSION: &str = "authplane.io/policy";
+pub const POLICY_EXTENSION: &str = crate::attach::POLICY_EXTENSION;
 
 /// Checks in flight on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). Envoy opens
 /// another connection when its streams reach this.

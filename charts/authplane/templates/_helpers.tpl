@@ -88,3 +88,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "authplane.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
+
+{{/*
+Whether Envoy's gRPC ext_authz is served ("true" or ""): when the generated
+SecurityPolicies use it, or when asked for (Envoy wired by hand).
+*/}}
+{{- define "authplane.grpcServed" -}}
+{{- $envoy := .Values.gatewayAPI.envoyGateway }}
+{{- if or .Values.grpc.enabled (and $envoy.enabled (eq ($envoy.protocol | default "grpc") "grpc")) -}}
+true
+{{- end }}
+{{- end }}

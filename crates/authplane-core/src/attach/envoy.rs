@@ -1,5 +1,5 @@
-//! Envoy Gateway: a `SecurityPolicy` with `extAuth.http` per AuthPolicy, targeting the
-//! routes and Gateways it names, and a `ReferenceGrant` in authplane's namespace that
+//! Envoy Gateway: a `SecurityPolicy` with `extAuth` per AuthPolicy (HTTP, or gRPC with
+//! the policy in a context extension), targeting the routes and Gateways it names, and a `ReferenceGrant` in authplane's namespace that
 //! lets SecurityPolicies of the policy's namespace reach authplane's Service (without
 //! it Envoy Gateway silently does not call us, and the apiserver accepts the policy
 //! anyway).
@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{AuthzService, GRANT_NAMESPACE_LABEL, Protocol, Writer};
+use super::{AuthzService, GRANT_NAMESPACE_LABEL, POLICY_EXTENSION, Protocol, Writer};
 use crate::api::{AuthPolicy, TargetRef};
 
 pub const ENVOY_GATEWAY_GROUP: &str = "gateway.envoyproxy.io";
@@ -86,27 +86,47 @@ pub fn security_policy(
     if let Some(owner) = owner_reference(policy) {
         metadata["ownerReferences"] = json!([owner]);
     }
-    let Protocol::Http = service.protocol;
+    let mut ext_auth = json!({
+        "failOpen": false,
+        "headersToExtAuth": headers_to_ext_auth(policy),
+    });
+    match service.protocol {
+        Protocol::Http => {
+            ext_auth["http"] = json!({
+                "backendRefs": [{
+                    "name": service.name,
+                    "namespace": service.namespace,
+                    "port": service.port,
+                }],
+                // Envoy appends the request's path: /authz/{ns}/{name}/{path}.
+                "path": format!("/authz/{namespace}/{name}"),
+                "headersToBackend": headers_to_backend(policy, true),
+            });
+        }
+        // No headersToBackend (gRPC has none): Envoy applies what the answer says, and
+        // authplane's answer sets each identity header and removes a client's copy.
+        Protocol::Grpc => {
+            ext_auth["grpc"] = json!({
+                "backendRefs": [{
+                    "name": service.name,
+                    "namespace": service.namespace,
+                    "port": service.grpc_port,
+                }],
+            });
+            ext_auth["contextExtensions"] = json!([{
+                "name": POLICY_EXTENSION,
+                "type": "Value",
+                "value": format!("{namespace}/{name}"),
+            }]);
+        }
+    }
     json!({
         "apiVersion": SECURITY_POLICY_API_VERSION,
         "kind": SECURITY_POLICY_KIND,
         "metadata": metadata,
         "spec": {
             "targetRefs": target_refs,
-            "extAuth": {
-                "failOpen": false,
-                "headersToExtAuth": headers_to_ext_auth(policy),
-                "http": {
-                    "backendRefs": [{
-                        "name": service.name,
-                        "namespace": service.namespace,
-                        "port": service.port,
-                    }],
-                    // Envoy appends the request's path: /authz/{ns}/{name}/{path}.
-                    "path": format!("/authz/{namespace}/{name}"),
-                    "headersToBackend": headers_to_backend(policy, true),
-                },
-            },
+            "extAuth": ext_auth,
         },
     })
 }

@@ -93,21 +93,55 @@ impl std::str::FromStr for Implementation {
     }
 }
 
-/// How the gateway asks authplane for a decision. Only HTTP is generated today; gRPC
-/// (Envoy's `envoy.service.auth.v3.Authorization/Check`) is the next choice.
+/// How an Envoy-based gateway (Envoy Gateway) asks authplane for a decision. Istio's
+/// gRPC provider cannot name the policy (it sets no context extension), and Traefik
+/// speaks HTTP only: both always use HTTP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
     /// `GET /authz/{namespace}/{name}/{original path}`.
     #[default]
     Http,
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check` over HTTP/2, the policy named
+    /// in the context extension [`POLICY_EXTENSION`].
+    Grpc,
 }
+
+impl Protocol {
+    /// As flags and values name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Http, Self::Grpc]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("{s:?} is not a protocol: http or grpc"))
+    }
+}
+
+/// The context extension of a gRPC check that names the policy, `namespace/name`. Set
+/// by the route's configuration (which authplane writes), never by the client: a
+/// check's headers and path are the client's.
+pub const POLICY_EXTENSION: &str = "authplane.io/policy";
 
 /// Where gateways reach authplane: its Service, as the chart installs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthzService {
     pub namespace: String,
     pub name: String,
+    /// The port serving `/authz` (plain HTTP).
     pub port: u16,
+    /// The port serving gRPC `Check` (h2c), used with [`Protocol::Grpc`].
+    pub grpc_port: u16,
+    /// How Envoy Gateway asks.
     pub protocol: Protocol,
 }
 

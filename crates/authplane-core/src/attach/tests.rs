@@ -12,6 +12,7 @@ fn service() -> AuthzService {
         namespace: "authplane-system".into(),
         name: "authplane".into(),
         port: 8080,
+        grpc_port: 9191,
         protocol: Protocol::Http,
     }
 }
@@ -468,6 +469,148 @@ fn the_security_policy_is_what_envoy_gateways_crd_accepts() {
         problems.iter().any(|p| p.contains("targetRefs[*].group")),
         "{problems:?}"
     );
+}
+
+/// [`generated`]'s policy, asked over gRPC.
+fn generated_grpc() -> Plan {
+    let policy = policy(
+        json!([{"kind": "HTTPRoute", "name": "payments"}, {"kind": "Gateway", "name": "web", "sectionName": "https"}]),
+        json!({"tokenSources": {"headers": [{"name": "X-Token"}], "cookies": ["access_token"]},
+               "legacySession": {"cookie": "sid", "until": "2027-01-01T00:00:00Z"}}),
+    );
+    let grpc = AuthzService {
+        protocol: Protocol::Grpc,
+        ..service()
+    };
+    plan(
+        &policy,
+        &topology(),
+        &[Implementation::EnvoyGateway],
+        &grpc,
+        &writer(),
+        |_| Vec::new(),
+    )
+}
+
+#[test]
+fn over_grpc_the_security_policy_names_the_policy_only_in_its_context_extension() {
+    let http = generated();
+    let grpc = generated_grpc();
+    let security_policy = grpc.security_policy.unwrap();
+    let ext_auth = &security_policy["spec"]["extAuth"];
+    assert_eq!(
+        ext_auth["grpc"],
+        json!({"backendRefs": [{"name": "authplane", "namespace": "authplane-system", "port": 9191}]})
+    );
+    assert_eq!(
+        ext_auth["contextExtensions"],
+        json!([{"name": "authplane.io/policy", "type": "Value", "value": "shop/payments"}])
+    );
+    assert_eq!(ext_auth["failOpen"], false);
+    assert!(ext_auth.get("http").is_none(), "{ext_auth}");
+    // The same headers reach the decision as over HTTP (Envoy Gateway's allow-list
+    // applies to both); nothing to list for the backend: the answer says it.
+    let http_ext_auth = &http.security_policy.as_ref().unwrap()["spec"]["extAuth"];
+    assert_eq!(
+        ext_auth["headersToExtAuth"],
+        http_ext_auth["headersToExtAuth"]
+    );
+    // The policy is named once, in the context extension: no path, no header.
+    let spec = security_policy["spec"].to_string();
+    assert_eq!(spec.matches("shop/payments").count(), 1, "{spec}");
+    assert!(!spec.contains("/authz"), "{spec}");
+    // Everything else is as over HTTP: targets, metadata, and the ReferenceGrant, which
+    // lets the SecurityPolicies reach the Service by name, whatever its port.
+    let http_policy = http.security_policy.unwrap();
+    assert_eq!(security_policy["metadata"], http_policy["metadata"]);
+    assert_eq!(
+        security_policy["spec"]["targetRefs"],
+        http_policy["spec"]["targetRefs"]
+    );
+    assert_eq!(grpc.reference_grant, http.reference_grant);
+    assert_eq!(
+        grpc.reference_grant.unwrap()["spec"]["to"],
+        json!([{"group": "", "kind": "Service", "name": "authplane"}])
+    );
+}
+
+#[test]
+fn the_grpc_security_policy_is_what_envoy_gateways_crd_accepts() {
+    let schema = crds::schema("securitypolicies.gateway.envoyproxy.io.yaml", "v1alpha1");
+    crds::rules(&schema);
+    let security_policy = generated_grpc().security_policy.unwrap();
+    assert_eq!(
+        crds::problems(&schema, &security_policy),
+        Vec::<String>::new()
+    );
+
+    // Not blind: an extension without its value, both protocols, or headersToBackend
+    // (an HTTP field) under grpc are refused.
+    let mut valueless = security_policy.clone();
+    valueless["spec"]["extAuth"]["contextExtensions"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("value");
+    let problems = crds::problems(&schema, &valueless);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("Exactly one of value or valueRef")),
+        "{problems:?}"
+    );
+
+    let mut both = security_policy.clone();
+    both["spec"]["extAuth"]["http"] =
+        generated().security_policy.unwrap()["spec"]["extAuth"]["http"].clone();
+    let problems = crds::problems(&schema, &both);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("only one of grpc or http")),
+        "{problems:?}"
+    );
+
+    let mut misplaced = security_policy;
+    misplaced["spec"]["extAuth"]["grpc"]["headersToBackend"] = json!(["x-auth-subject"]);
+    let problems = crds::problems(&schema, &misplaced);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("headersToBackend") && p.contains("unknown field")),
+        "{problems:?}"
+    );
+}
+
+/// Istio's gRPC provider cannot name the policy, Traefik speaks HTTP only: choosing gRPC
+/// changes only what Envoy Gateway gets.
+#[test]
+fn istio_and_traefik_stay_on_http_when_grpc_is_chosen() {
+    let policy = policy(json!([{"kind": "Gateway", "name": "mesh"}]), json!({}));
+    let grpc = AuthzService {
+        protocol: Protocol::Grpc,
+        ..service()
+    };
+    let provider = expected_provider(&policy, &grpc);
+    assert_eq!(provider, expected_provider(&policy, &service()));
+    assert!(provider.to_string().contains("8080"), "{provider}");
+    assert!(!provider.to_string().contains("9191"), "{provider}");
+    let middleware = middleware(&policy, &grpc, &writer());
+    assert_eq!(
+        middleware,
+        super::middleware(&policy, &service(), &writer())
+    );
+    assert!(
+        middleware.to_string().contains(":8080/authz/shop/payments"),
+        "{middleware}"
+    );
+}
+
+#[test]
+fn protocols_are_named_as_flags_and_values_name_them() {
+    assert_eq!("grpc".parse::<Protocol>(), Ok(Protocol::Grpc));
+    assert_eq!("http".parse::<Protocol>(), Ok(Protocol::Http));
+    assert!("GRPC".parse::<Protocol>().is_err());
+    assert_eq!(Protocol::default(), Protocol::Http);
 }
 
 #[test]
