@@ -107,6 +107,24 @@ start_replica() {
   exit 1
 }
 
+# store_latency SERVER...: each replica's token store operations by latency bucket
+# (authplane_token_store_seconds), cumulative counts at 3.2, 12.8, 25.6, 51.2, 102.4 ms and
+# all (the histogram's bounds):
+# where a refresh's tail comes from.
+store_latency() {
+  local server
+  for server in "$@"; do
+    curl -fs "$server/metrics" | awk -v server="$server" '
+      /^authplane_token_store_seconds_bucket/ {
+        match($0, /operation="[a-z]+"/); op = substr($0, RSTART + 11, RLENGTH - 12)
+        match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+        if (le == "0.0032" || le == "0.0128" || le == "0.0256" || le == "0.0512" || le == "0.1024" || le == "+Inf")
+          counts[op] = counts[op] " " le "=" $NF
+      }
+      END { for (op in counts) printf "%s store %s:%s\n", server, op, counts[op] }'
+  done
+}
+
 peak_rss() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$1/status"; }
 
 # revocations_left DIR SERVER...: what the logouts left. With a token store (always, in
@@ -167,6 +185,7 @@ for run in $RUNS; do
     echo "redis-server peak RSS: $(peak_rss "$redis_pid"), used_memory after the run: $(redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory_human/ {print $2}' | tr -d '\r')"
   fi
   revocations_left "$dir" "${servers[@]}"
+  store_latency "${servers[@]}"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   pids=()
   [ "$status" = 0 ] || { echo "$run: requests failed" >&2; exit "$status"; }

@@ -61,7 +61,7 @@ base="http://127.0.0.1:$PORT"
 login() {
   local name=$1 secret
   secret=$("$bin" token client-secret "bench/$name" --state "$work/state")
-  python3 scripts/refresh/login.py "$base/bench/$name/token" "bench/$name" "$secret" "$USERS" >"$work/$name.tokens"
+  python3 scripts/token-login.py "$base/bench/$name/token" "bench/$name" "$secret" "$USERS" >"$work/$name.tokens"
 }
 
 rps_of() { awk '/^Requests\/sec:/ {print $2}' "$work/$1.txt"; }

@@ -59,7 +59,7 @@ curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat "$work/server.log" 
 base="http://127.0.0.1:$PORT"
 
 secret=$("$bin" token client-secret "bench/$name" --state "$work/state")
-python3 scripts/refresh/login.py "$base/bench/$name/token" "bench/$name" "$secret" "$USERS" >"$work/tokens"
+python3 scripts/token-login.py "$base/bench/$name/token" "bench/$name" "$secret" "$USERS" >"$work/tokens"
 
 # phase NAME ARGS...: one wrk run counted on its own; prints Ir per request.
 phase() {

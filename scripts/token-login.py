@@ -1,7 +1,7 @@
 """USERS token exchanges on one TokenClient (dev mode's client secret): prints each
 login's refresh token, one per line. Used by loadtest-refresh.sh and profile-refresh.sh.
 
-    python3 scripts/refresh/login.py TOKEN_URL CLIENT SECRET USERS
+    python3 scripts/token-login.py TOKEN_URL CLIENT SECRET USERS
 """
 import concurrent.futures, json, sys, urllib.parse, urllib.request
 
