@@ -338,13 +338,8 @@ async fn fifty_concurrent_refreshes_over_two_processes_make_one_rotation() {
     );
 }
 
-#[tokio::test]
-async fn redis_down_answers_503_with_retry_after_while_authz_answers() {
-    let Some(mut redis) =
-        RedisServer::start("redis_down_answers_503_with_retry_after_while_authz_answers")
-    else {
-        return;
-    };
+/// A dev server of [`manifests`] in this process, its token store on `redis`.
+async fn dev_on(redis: &RedisServer) -> Dev {
     let manifests = manifests();
     let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let tokens = TokenSettings {
@@ -352,13 +347,23 @@ async fn redis_down_answers_503_with_retry_after_while_authz_answers() {
         rate_per_minute: 1000,
         ..TokenSettings::default()
     };
-    let dev = Dev::start_with_tokens(
+    Dev::start_with_tokens(
         &refs,
         Arc::new(authplane::clock::SystemClock),
         common::test_settings(),
         tokens,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_with_retry_after_while_authz_answers() {
+    let Some(mut redis) =
+        RedisServer::start("redis_down_answers_503_with_retry_after_while_authz_answers")
+    else {
+        return;
+    };
+    let dev = dev_on(&redis).await;
     let secret = client_secret(&dev.state());
     let base = dev.url("");
     let base = base.trim_end_matches('/');
@@ -902,20 +907,7 @@ async fn malformed_entries_in_the_redis_log_are_skipped_and_counted() {
     else {
         return;
     };
-    let manifests = manifests();
-    let refs: Vec<(&str, &str)> = manifests.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let tokens = TokenSettings {
-        store: Some(StoreLocation::parse(&redis.url()).unwrap()),
-        rate_per_minute: 1000,
-        ..TokenSettings::default()
-    };
-    let dev = Dev::start_with_tokens(
-        &refs,
-        Arc::new(authplane::clock::SystemClock),
-        common::test_settings(),
-        tokens,
-    )
-    .await;
+    let dev = dev_on(&redis).await;
     let secret = client_secret(&dev.state());
     let base = dev.url("");
     let base = base.trim_end_matches('/');
