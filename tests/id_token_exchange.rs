@@ -218,7 +218,7 @@ async fn an_entra_id_login_gives_tokens_that_pass_authz() {
     // The provider rotates: a token of its new key works as soon as the key set may be
     // fetched again (at most once per minInterval, 1 s here).
     let rotated = provider.add_key();
-    let token = id_token(&provider, &rotated, json!({"sub": "bob"}));
+    let token = id_token(&provider, &rotated, json!({"sub": "bob", "azp": APP}));
     let body = eventually("the provider's new key", CHANGE_DEADLINE, || async {
         let (status, body) = exchange(&dev, "web", &secrets[0], &token).await;
         (status == 200).then_some(body)
@@ -391,6 +391,15 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
             "not-a-jwt".to_owned(),
             "invalid_grant",
             "is not an ID token",
+        ),
+        (
+            // An Entra ID access token another app requested for this app's API has
+            // this app as `aud` and the other app as `azp` (OIDC Core 3.1.3.7).
+            "issued to another client (azp)",
+            "web",
+            id_token(&provider, &key, json!({"azp": "another-app"})),
+            "invalid_grant",
+            "(azp)",
         ),
         (
             "too large",

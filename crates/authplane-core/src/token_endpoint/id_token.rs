@@ -176,6 +176,19 @@ impl IdTokenIssuers {
                 )));
             }
         };
+        // OpenID Connect Core 3.1.3.7: `azp`, when present, is the client the token was
+        // issued to, and must be this app. An access token that another app requested
+        // for this app's API carries this app as `aud` and the other app as `azp`: it is
+        // not a login of this app's user.
+        if let Some(azp) = verified.claims.get("azp")
+            && !azp
+                .as_str()
+                .is_some_and(|azp| entry.audiences.iter().any(|audience| audience == azp))
+        {
+            return Err(invalid_grant(
+                "the ID token was issued to another client (azp): not this app's login".to_owned(),
+            ));
+        }
         let sub = match verified.claims.get("sub").and_then(|sub| sub.as_str()) {
             Some(sub) if !sub.is_empty() => sub,
             _ => {
