@@ -444,7 +444,6 @@ async fn an_address_over_its_failure_budget_costs_the_apiserver_nothing() {
             delivery: authplane::api::Delivery::Body,
             rate_limit: None,
             id_tokens: Default::default(),
-            key_max_lifetime: hour,
         }),
     );
     registry.publish_token_clients(clients);

@@ -229,10 +229,7 @@ pub async fn revoke(
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value.into()))
                     .collect(),
-                    session: Some(StoreSession {
-                        sid: family.id.clone(),
-                        tokens_live: super::token::tokens_live(&state, &issuer, &family.client),
-                    }),
+                    session: Some(family.id.clone()),
                     revocation,
                     key: ObjectKey {
                         namespace: issuer.namespace.clone(),
@@ -297,15 +294,12 @@ async fn kept_in_store(
     issuer: &PublishedIssuer,
     logout: &Logout,
     now: Timestamp,
-) -> Option<StoreSession> {
+) -> Option<String> {
     let sid = logout.revocation.spec.session_id.as_deref()?;
     let token = state.token.as_ref()?;
     token.sessions.as_ref()?;
     match crate::tokens::end_session(&*token.store, &issuer.issuer, sid, now).await {
-        Ok(Some(family)) => Some(StoreSession {
-            sid: sid.to_owned(),
-            tokens_live: super::token::tokens_live(state, issuer, &family.client),
-        }),
+        Ok(Some(_)) => Some(sid.to_owned()),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %e, "the token store could not be asked about a session: its logout is written as a Revocation");
@@ -341,15 +335,14 @@ async fn in_force(
     // missed.
     let mut published = state.registry.revocations_published();
     let written = match (&logout.session, &state.token) {
-        (Some(session), Some(token)) => {
+        (Some(sid), Some(token)) => {
             let now = state.clock.now();
             super::token::end_session(
                 token,
                 &state.metrics.tokens,
                 issuer,
-                &session.sid,
+                sid,
                 SessionEnd::Logout,
-                session.tokens_live,
                 now,
             )
             .await
@@ -478,18 +471,11 @@ pub enum Verdict {
 }
 
 /// A verified token and the Revocation it asks for.
-/// A session of the token service whose end is kept in the token store.
-pub struct StoreSession {
-    pub sid: String,
-    /// How long its access tokens can pass ([`super::token::tokens_live`]).
-    pub tokens_live: Option<jiff::SignedDuration>,
-}
-
 pub struct Logout {
     pub revocation: Revocation,
     /// The session, when its end is kept in the token store instead of as
     /// `revocation` (a session of the token service, with a store configured).
-    pub session: Option<StoreSession>,
+    pub session: Option<String>,
     /// The token's verified claims, to tell when the revocation is in force.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The SigningKey that issued it.

@@ -691,7 +691,6 @@ impl Request<'_> {
             self.issuer,
             &family.id,
             reason,
-            tokens_live(self.state, self.issuer, &family.client),
             now,
         )
         .await
@@ -725,35 +724,16 @@ impl Request<'_> {
     }
 }
 
-/// How long the access tokens of a session of TokenClient `client` on `issuer` can pass:
-/// its SigningKey's `maxTokenLifetime` (`None` when the client is gone or now signs with
-/// another key: the caller then holds the end of the session a day).
-pub fn tokens_live(
-    state: &AppState,
-    issuer: &PublishedIssuer,
-    client: &str,
-) -> Option<SignedDuration> {
-    state
-        .registry
-        .token_clients()
-        .get(client)
-        .filter(|served| served.key.namespace == issuer.namespace && served.key.name == issuer.name)
-        .map(|served| served.key_max_lifetime)
-}
-
 /// Ends the session `sid` of `issuer`'s tokens at `now`: in the store's log of ended
 /// sessions (every replica follows it), or, when there is none or it cannot be written
 /// (the store is down), as a Revocation object (a logout must not be lost to a store
-/// outage). `tokens_live`: how long its access tokens can pass (its SigningKey's
-/// `maxTokenLifetime`, [`tokens_live`]); `None` holds the entry a day, the longest any
-/// access token of the token service may live.
+/// outage).
 pub async fn end_session(
     endpoint: &TokenEndpoint,
     metrics: &crate::tokens::metrics::TokenMetrics,
     issuer: &PublishedIssuer,
     sid: &str,
     reason: SessionEnd,
-    tokens_live: Option<SignedDuration>,
     now: Timestamp,
 ) -> Result<(), String> {
     if let Some(log) = &endpoint.sessions {
@@ -761,10 +741,7 @@ pub async fn end_session(
             namespace: issuer.namespace.clone(),
             name: issuer.name.clone(),
         };
-        let mut ended = SessionRevocation::new(key, sid, reason, now);
-        if let Some(tokens_live) = tokens_live {
-            ended = ended.lapsing_after(tokens_live);
-        }
+        let ended = SessionRevocation::new(key, sid, reason, now);
         let recorded = tokio::time::timeout(
             crate::tokens::serving::STORE_DEADLINE,
             log.record(&ended, now),

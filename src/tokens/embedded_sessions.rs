@@ -1,11 +1,9 @@
 //! The log of ended sessions in the embedded file: a table `ended_sessions` from a
 //! sequence number to one entry ([`SessionRevocation::encode`]), in the same redb file as
 //! the families, so a restart reloads it. One process: a reader waiting for an entry is
-//! woken in memory. Each write also forgets the oldest entries that have lapsed, from the
-//! head: an entry lapses at most a day after it is written (a key's `maxTokenLifetime`
-//! plus leeway, at most 24h5m), so the table holds no more than the last day's logouts
-//! (an entry held a day at the head keeps later, shorter ones in the file until it
-//! lapses; in memory each lapses on its own).
+//! woken in memory. Each write also forgets the oldest entries that have lapsed (entries
+//! are appended in the order they lapse: every one lapses a fixed time after it is
+//! written), so the table holds no more than the last day's logouts.
 //!
 //! Written through the families' batching writer (one commit with the writes beside
 //! it): in a transaction of its own, each logout of a wave held a blocking thread
@@ -66,7 +64,9 @@ impl SessionLog for EmbeddedSessionLog {
         revocation: &'a SessionRevocation,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let written = self.store.end_session(revocation.encode(), now.as_second());
+        let written = self
+            .store
+            .end_session(revocation.encode(), now.as_second());
         Box::pin(async move {
             let sequence = written.await?;
             self.written
@@ -119,8 +119,7 @@ pub(super) fn append(txn: &WriteTransaction, line: &str, now: i64) -> Result<u64
 }
 
 /// Removes up to `most` entries at the head of the log that lapsed before `now` (or do
-/// not read), stopping at the first that has not: entries are written in time order and
-/// lapse at most a day later, so what stays is at most a day's.
+/// not read); entries lapse in the order they were written, so the head is where they are.
 /// The last entry is always kept, lapsed or not: its sequence number is where the next
 /// one continues (were the table emptied, numbering would start again at 1, behind every
 /// follower's cursor, and new entries would never be read).

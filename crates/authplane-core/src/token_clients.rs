@@ -39,9 +39,6 @@ pub struct ServedClient {
     pub id_tokens: Arc<IdTokenIssuers>,
     /// Its own budgets, where the spec sets them (the server's otherwise).
     pub rate_limit: Option<crate::api::RateLimit>,
-    /// Its SigningKey's `maxTokenLifetime`: no access token of its sessions lives longer
-    /// (how long a session it ends must be held).
-    pub key_max_lifetime: SignedDuration,
 }
 
 impl ServedClient {
@@ -307,7 +304,6 @@ impl TokenClientIndex {
             service_accounts: client.spec.service_account_ids(&id.namespace),
             delivery: client.spec.delivery,
             rate_limit: client.spec.rate_limit,
-            key_max_lifetime: facts.max_token_lifetime,
             key,
         };
         self.published.insert(client_id, Arc::new(served));

@@ -17,7 +17,6 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::TokenFacts;
 use crate::api::ObjectKey;
-use crate::policy::lifetime::MAX_LEEWAY;
 
 /// How long after its revocation an entry is kept: the longest access-token lifetime a
 /// TokenClient may set (its CRD's bound) plus the most leeway a policy may grant. The
@@ -120,19 +119,6 @@ impl SessionRevocation {
             revoked_at,
             lapses_at: revoked_at.saturating_add(SESSION_REVOCATION_LIFETIME.as_secs()),
         }
-    }
-
-    /// The same entry, held only as long as the session's access tokens can pass:
-    /// `tokens_live` (its SigningKey's `maxTokenLifetime`: no token the token service
-    /// issued lives longer, and a longer one is refused by every policy that does not
-    /// raise the key's limit, which token-service tokens never need) plus the most leeway
-    /// a policy grants, never longer than [`SESSION_REVOCATION_LIFETIME`]. With the
-    /// default 15-minute access tokens and a 1-hour key limit an entry is held about an
-    /// hour instead of a day: a day's logouts of busy tenants no longer crowd memory.
-    pub fn lapsing_after(mut self, tokens_live: SignedDuration) -> Self {
-        let held = (tokens_live + MAX_LEEWAY).min(SESSION_REVOCATION_LIFETIME);
-        self.lapses_at = self.revoked_at.saturating_add(held.as_secs().max(0));
-        self
     }
 
     /// One line, as the stores keep it: `namespace name sid-hash reason revoked lapses`,
@@ -363,29 +349,6 @@ mod tests {
             sid,
             iat: Some(0),
         }
-    }
-
-    #[test]
-    fn an_ended_session_is_held_as_long_as_its_keys_tokens_live_and_never_beyond_a_day() {
-        let now = Timestamp::from_second(1_000_000).unwrap();
-        let ended = SessionRevocation::new(key("auth"), "s1", SessionEnd::Logout, now)
-            .lapsing_after(SignedDuration::from_hours(1));
-        assert_eq!(ended.lapses_at - ended.revoked_at, 3_600 + 300);
-        // It still reads back (the stores' lines), and is refused past its lapse only.
-        assert_eq!(
-            SessionRevocation::decode(&ended.encode()),
-            Some(ended.clone())
-        );
-        let mut set = SessionSet::default();
-        set.insert(&ended, now);
-        assert!(set.is_revoked(&facts(Some(&key("auth")), Some("s1")), ended.lapses_at));
-        assert!(!set.is_revoked(&facts(Some(&key("auth")), Some("s1")), ended.lapses_at + 1));
-        let long = SessionRevocation::new(key("auth"), "s2", SessionEnd::Logout, now)
-            .lapsing_after(SignedDuration::from_hours(1_000));
-        assert_eq!(
-            long.lapses_at - long.revoked_at,
-            SESSION_REVOCATION_LIFETIME.as_secs()
-        );
     }
 
     #[test]
