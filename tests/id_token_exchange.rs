@@ -23,6 +23,8 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 /// The app's client id at the provider: the audience of its ID tokens.
 const APP: &str = "app-client-id";
+/// A second application of the same entry (say the app's API, registered on its own).
+const API: &str = "api-client-id";
 const FAST: &str = "{minInterval: 1s, maxInterval: 1h, maxStale: 1h}";
 
 fn token_client(name: &str, issuers: &str) -> String {
@@ -40,7 +42,7 @@ spec:
 
 fn issuer_entry(provider: &Provider, prefix: &str) -> String {
     format!(
-        "  idTokenIssuers:\n  - issuer: {}\n    audiences: [{APP}]\n    refresh: {FAST}\n{prefix}",
+        "  idTokenIssuers:\n  - issuer: {}\n    audiences: [{APP}, {API}]\n    refresh: {FAST}\n{prefix}",
         provider.issuer()
     )
 }
@@ -398,6 +400,23 @@ async fn a_bad_id_token_is_refused_with_a_clear_error_and_nothing_is_issued() {
             "issued to another client (azp)",
             "web",
             id_token(&provider, &key, json!({"azp": "another-app"})),
+            "invalid_grant",
+            "(azp)",
+        ),
+        (
+            // Both applications are listed, but the token is for one and presented by
+            // the other: an access token the app requested for its API, not a login.
+            "for one listed application, requested by the other (aud api, azp app)",
+            "web",
+            id_token(&provider, &key, json!({"aud": API, "azp": APP})),
+            "invalid_grant",
+            "(azp)",
+        ),
+        (
+            // Entra ID's v1 access tokens name the requesting application `appid`.
+            "requested by another application (appid)",
+            "web",
+            id_token(&provider, &key, json!({"appid": "another-app"})),
             "invalid_grant",
             "(azp)",
         ),

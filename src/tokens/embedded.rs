@@ -66,7 +66,10 @@ enum Op {
     Purge(Timestamp),
     /// Appends an entry to the log of ended sessions (`now`: Unix seconds, for
     /// forgetting lapsed ones); answers its sequence number.
-    EndSession { line: String, now: i64 },
+    EndSession {
+        line: String,
+        now: i64,
+    },
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;

@@ -64,9 +64,7 @@ impl SessionLog for EmbeddedSessionLog {
         revocation: &'a SessionRevocation,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let written = self
-            .store
-            .end_session(revocation.encode(), now.as_second());
+        let written = self.store.end_session(revocation.encode(), now.as_second());
         Box::pin(async move {
             let sequence = written.await?;
             self.written

@@ -180,10 +180,28 @@ impl IdTokenIssuers {
         // issued to, and must be this app. An access token that another app requested
         // for this app's API carries this app as `aud` and the other app as `azp`: it is
         // not a login of this app's user.
-        if let Some(azp) = verified.claims.get("azp")
-            && !azp
-                .as_str()
-                .is_some_and(|azp| entry.audiences.iter().any(|audience| audience == azp))
+        // The presenter must be the audience this token was verified for (one of the
+        // token's own `aud` values that the entry lists), not merely any audience of the
+        // entry: with audiences [spa, api], an access token the SPA requested for the API
+        // (aud api, azp spa) is not a login. Entra ID's v1 access tokens name the
+        // requesting app `appid` instead of `azp`.
+        let token_audiences: Vec<&str> = match verified.claims.get("aud") {
+            Some(serde_json::Value::String(aud)) => vec![aud.as_str()],
+            Some(serde_json::Value::Array(auds)) => {
+                auds.iter().filter_map(serde_json::Value::as_str).collect()
+            }
+            _ => Vec::new(),
+        };
+        let this_app = |presenter: &serde_json::Value| {
+            presenter.as_str().is_some_and(|presenter| {
+                token_audiences.contains(&presenter)
+                    && entry.audiences.iter().any(|audience| audience == presenter)
+            })
+        };
+        if ["azp", "appid"]
+            .iter()
+            .filter_map(|claim| verified.claims.get(*claim))
+            .any(|presenter| !this_app(presenter))
         {
             return Err(invalid_grant(
                 "the ID token was issued to another client (azp): not this app's login".to_owned(),
