@@ -149,12 +149,6 @@ impl EmbeddedStore {
         })
     }
 
-    /// The file, for the log of ended sessions kept beside the families
-    /// ([`super::embedded_sessions`]).
-    pub(super) fn database(&self) -> Arc<Database> {
-        self.db.clone()
-    }
-
     /// Appends `line` to the log of ended sessions in the writer's next group (one
     /// commit with the families written beside it, not a transaction of its own: under a
     /// wave of logouts each would hold a blocking thread waiting for the file's one
@@ -181,7 +175,8 @@ impl EmbeddedStore {
     }
 
     /// Runs `job` on the blocking pool: redb's calls do file I/O and wait for the writer.
-    fn blocking<T: Send + 'static>(
+    /// (The log of ended sessions beside the families reads through it too.)
+    pub(super) fn blocking<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {

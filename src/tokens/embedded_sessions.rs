@@ -10,7 +10,6 @@
 //! waiting for the file's one writer (10,000 logouts in the plan's load test: some 100
 //! MiB more RSS, and their commits one by one).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -31,7 +30,6 @@ const FORGET_PER_CALL: usize = 10_000;
 
 pub struct EmbeddedSessionLog {
     store: EmbeddedStore,
-    db: Arc<Database>,
     /// The last sequence number written, for readers waiting in this process.
     written: watch::Sender<u64>,
 }
@@ -40,21 +38,8 @@ impl EmbeddedSessionLog {
     pub fn new(store: &EmbeddedStore) -> Self {
         Self {
             store: store.clone(),
-            db: store.database(),
             written: watch::Sender::new(0),
         }
-    }
-
-    fn blocking<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
-    ) -> BoxFuture<'static, Result<T, StoreError>> {
-        let db = self.db.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || job(&db))
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
-        })
     }
 }
 
@@ -75,7 +60,7 @@ impl SessionLog for EmbeddedSessionLog {
 
     fn forget(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
         let now = now.as_second();
-        self.blocking(move |db| {
+        self.store.blocking(move |db| {
             let mut forgotten = 0;
             write(db, |txn| {
                 forgotten = forget_lapsed(&mut txn.open_table(ENDED)?, now, FORGET_PER_CALL)?;
@@ -92,13 +77,16 @@ impl SessionLog for EmbeddedSessionLog {
     ) -> BoxFuture<'_, Result<Read, StoreError>> {
         let mut written = self.written.subscribe();
         Box::pin(async move {
-            let read = self.blocking(move |db| read_after(db, after.0)).await?;
+            let read = self
+                .store
+                .blocking(move |db| read_after(db, after.0))
+                .await?;
             match wait {
                 Some(wait) if read.revocations.is_empty() && read.malformed == 0 => {
                     // Woken by a write in this process (or not, within `wait`).
                     let _ =
                         tokio::time::timeout(wait, written.wait_for(|last| *last > after.0)).await;
-                    self.blocking(move |db| read_after(db, after.0)).await
+                    self.store.blocking(move |db| read_after(db, after.0)).await
                 }
                 _ => Ok(read),
             }
