@@ -1032,17 +1032,12 @@ fn verdicts(target: &TargetStatus) -> Verdicts<'_> {
             .map(|c| (c.status.as_str(), c.reason.as_str()))
     }
     std::iter::once((None, accepted(&target.conditions)))
-        .chain(
-            target
-                .ancestors
-                .iter()
-                .map(|a| {
-                    (
-                        Some((a.namespace.as_str(), a.name.as_str())),
-                        accepted(&a.conditions),
-                    )
-                }),
-        )
+        .chain(target.ancestors.iter().map(|a| {
+            (
+                Some((a.namespace.as_str(), a.name.as_str())),
+                accepted(&a.conditions),
+            )
+        }))
         .collect()
 }
 

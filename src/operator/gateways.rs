@@ -375,7 +375,12 @@ mod tests {
         };
         assert_eq!(feed(gateway, Event::Apply(listeners(443))), everything());
         assert_eq!(
-            topology.lock().unwrap().gateway("shop", "web").unwrap().listeners,
+            topology
+                .lock()
+                .unwrap()
+                .gateway("shop", "web")
+                .unwrap()
+                .listeners,
             ["https"]
         );
         assert_eq!(feed(gateway, Event::Apply(listeners(8443))), []);

@@ -118,10 +118,7 @@ impl Outcome {
                 .iter()
                 .map(|a| format!("{}/{}", a.namespace, a.name))
                 .collect();
-            message.push_str(&format!(
-                "; attached through Gateway {}",
-                names.join(", ")
-            ));
+            message.push_str(&format!("; attached through Gateway {}", names.join(", ")));
         }
         Verdict::refused(first.verdict.reason, message)
     }
@@ -382,7 +379,11 @@ fn unserved(ancestor: &Ancestor, enabled: &[Implementation]) -> Verdict {
         .controller_name
         .as_deref()
         .and_then(Implementation::of_controller);
-    let problem = match (&ancestor.class_name, &ancestor.controller_name, implementation) {
+    let problem = match (
+        &ancestor.class_name,
+        &ancestor.controller_name,
+        implementation,
+    ) {
         (None, _, _) => (
             reason::TARGET_NOT_FOUND,
             "the Gateway does not exist: create it, or remove it from the route's parentRefs"
@@ -432,11 +433,18 @@ fn missing_section(
         let route = topology.route(target.kind, namespace, &target.name)?;
         (
             "rule",
-            route.rules.iter().filter_map(|r| r.name.as_deref()).collect(),
+            route
+                .rules
+                .iter()
+                .filter_map(|r| r.name.as_deref())
+                .collect(),
         )
     } else {
         let gateway = topology.gateway(namespace, &target.name)?;
-        ("listener", gateway.listeners.iter().map(String::as_str).collect())
+        (
+            "listener",
+            gateway.listeners.iter().map(String::as_str).collect(),
+        )
     };
     if names.contains(&section) {
         return None;

@@ -902,16 +902,17 @@ fn istio_gets_a_custom_authorization_policy_on_the_gateway() {
     );
     // The route `both` is attached through its Envoy Gateway, not through Istio's.
     let both = plan.outcomes[1].as_ref().unwrap();
-    assert_eq!(
-        verdicts(both),
-        [("mesh", "Invalid"), ("web", "Accepted")]
-    );
+    assert_eq!(verdicts(both), [("mesh", "Invalid"), ("web", "Accepted")]);
     let route = both.verdict().message;
     assert!(
-        route.starts_with("Gateway shop/mesh: Istio attaches") && route.contains("target its Gateway"),
+        route.starts_with("Gateway shop/mesh: Istio attaches")
+            && route.contains("target its Gateway"),
         "{route}"
     );
-    assert!(route.ends_with("; attached through Gateway shop/web"), "{route}");
+    assert!(
+        route.ends_with("; attached through Gateway shop/web"),
+        "{route}"
+    );
     let accepted = &plan.outcomes[0].as_ref().unwrap().verdict().message;
     assert!(
         accepted.contains("extension provider authplane.shop.payments"),
@@ -1142,7 +1143,10 @@ fn each_gateway_of_a_route_has_its_own_verdict() {
         |_| Vec::new(),
     );
     let mixed = plan.outcomes[0].as_ref().unwrap();
-    assert_eq!(verdicts(mixed), [("legacy", "Invalid"), ("web", "Accepted")]);
+    assert_eq!(
+        verdicts(mixed),
+        [("legacy", "Invalid"), ("web", "Accepted")]
+    );
     let legacy = &mixed.ancestors[0];
     assert_eq!(
         legacy.controller_name.as_deref(),
@@ -1169,8 +1173,12 @@ fn each_gateway_of_a_route_has_its_own_verdict() {
     let target = mixed.verdict();
     assert_eq!((target.accepted, target.reason), (false, "Invalid"));
     assert!(
-        target.message.starts_with("Gateway shop/legacy: no implementation")
-            && target.message.ends_with("; attached through Gateway shop/web"),
+        target
+            .message
+            .starts_with("Gateway shop/legacy: no implementation")
+            && target
+                .message
+                .ends_with("; attached through Gateway shop/web"),
         "{}",
         target.message
     );
@@ -1310,7 +1318,8 @@ fn a_section_that_does_not_exist_is_not_found() {
     );
     assert_eq!(typo.security_policy, None);
     // A route whose rules have no names has no section to target.
-    let unnamed = plan_for(json!([{"kind": "HTTPRoute", "name": "payments", "sectionName": "api"}]));
+    let unnamed =
+        plan_for(json!([{"kind": "HTTPRoute", "name": "payments", "sectionName": "api"}]));
     assert_eq!(
         unnamed.outcomes[0].as_ref().unwrap().verdict().message,
         "HTTPRoute shop/payments has no rule named api: none of its rules has a name"
