@@ -400,3 +400,46 @@ fn the_token_client_crd_has_its_rules_status_and_columns() {
         assert!(yaml.contains(&rule), "missing {rule}");
     }
 }
+
+/// GEP-713: each target's Gateways (ancestors) carry their own conditions, documented
+/// where `kubectl explain` shows them, and every list and string of them is bounded
+/// (a status the apiserver holds is no cheaper to validate than a spec); the `Attached`
+/// column still reads the target's own condition.
+#[test]
+fn the_policy_status_has_bounded_conditions_per_ancestor() {
+    use kube::CustomResourceExt;
+    let crd = authplane::api::AuthPolicy::crd();
+    let version = &crd.spec.versions[0];
+    let attached = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Attached")
+        .unwrap();
+    assert_eq!(
+        attached.json_path,
+        ".status.targets[*].conditions[?(@.type==\"Accepted\")].reason"
+    );
+    let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();
+    let target = &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["targets"]["items"]
+        ["properties"];
+    assert_eq!(target["conditions"]["maxItems"], 8);
+    let ancestors = &target["ancestors"];
+    assert_eq!(ancestors["maxItems"], 32);
+    let ancestor = &ancestors["items"]["properties"];
+    for (field, bound) in [("namespace", 63), ("name", 253), ("controllerName", 253)] {
+        assert_eq!(ancestor[field]["maxLength"], bound, "{field}");
+    }
+    let conditions = &ancestor["conditions"];
+    assert_eq!(conditions["maxItems"], 8);
+    let explained = conditions["description"].as_str().unwrap();
+    for reason in [
+        "Accepted",
+        "TargetNotFound",
+        "Conflicted",
+        "Invalid",
+        "Disabled",
+    ] {
+        assert!(explained.contains(&format!("`{reason}`")), "{explained}");
+    }
+}

@@ -1227,6 +1227,21 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
     })
     .await;
     assert!(accepted.iter().all(|a| a.2 == "Accepted"), "{accepted:?}");
+    // GEP-713: each target's Gateways (its ancestors) say so too, one by one.
+    let status = policies.get("payments").await.unwrap().status.unwrap();
+    for target in &status.targets {
+        assert!(!target.ancestors.is_empty(), "{target:?}");
+        for ancestor in &target.ancestors {
+            assert!(
+                ancestor.conditions.iter().any(|c| (
+                    c.type_.as_str(),
+                    c.status.as_str(),
+                    c.reason.as_str()
+                ) == ("Accepted", "True", "Accepted")),
+                "{ancestor:?}"
+            );
+        }
+    }
     let middlewares = dynamic(
         "traefik.io",
         "v1alpha1",

@@ -1563,18 +1563,36 @@ mod attachment {
         assert_eq!(security_policy["spec"]["extAuth"]["failOpen"], false);
         let (state, reason, _) = accepted(&status);
         assert_eq!((state.as_str(), reason.as_str()), ("True", "Accepted"));
+        let ancestors = &status["targets"][0]["ancestors"];
         assert_eq!(
-            status["targets"][0]["ancestors"],
-            json!([{"namespace": "shop", "name": "web",
-            "controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}])
+            (
+                &ancestors[0]["namespace"],
+                &ancestors[0]["name"],
+                &ancestors[0]["controllerName"]
+            ),
+            (
+                &json!("shop"),
+                &json!("web"),
+                &json!("gateway.envoyproxy.io/gatewayclass-controller")
+            )
+        );
+        assert_eq!(
+            (
+                &ancestors[0]["conditions"][0]["type"],
+                &ancestors[0]["conditions"][0]["status"],
+                &ancestors[0]["conditions"][0]["reason"]
+            ),
+            (&json!("Accepted"), &json!("True"), &json!("Accepted"))
         );
 
         // Once the watches hold them (with the apiserver's defaults) and the status is
         // written (a while ago), a reconcile writes nothing: no object, no Event, and
-        // the condition keeps its time.
+        // the conditions (the target's and its Gateway's) keep their time.
         let mut current = current;
         let mut status = status;
         status["targets"][0]["conditions"][0]["lastTransitionTime"] = json!("2026-02-01T00:00:00Z");
+        status["targets"][0]["ancestors"][0]["conditions"][0]["lastTransitionTime"] =
+            json!("2026-02-01T00:00:00Z");
         current.status = serde_json::from_value(status).unwrap();
         let held_policy = stored(security_policy, "sp-uid");
         let held_grant = stored(grant, "grant-uid");
@@ -1621,6 +1639,117 @@ mod attachment {
             .unwrap();
         drop(ctx);
         assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    /// GEP-713: a route whose parents are an Envoy Gateway and a Gateway of a controller
+    /// authplane does not know is attached through the first: the SecurityPolicy is
+    /// written, each Gateway has its own condition in the status, and the target's
+    /// names the one it is not attached through. Reconciled again with that status held,
+    /// nothing is written: no object, no status, no Event.
+    #[tokio::test]
+    async fn each_gateway_of_a_route_has_its_condition_written_once() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "mixed"}]));
+        let cluster = |current: &AuthPolicy, held: Vec<Value>, grants: Vec<Value>| {
+            let (ctx, api, leader) = cluster(current, held, grants);
+            {
+                let mut topology = ctx.attachments.topology.lock().unwrap();
+                topology.apply_class("legacy", "example.com/legacy-controller");
+                topology.apply_gateway("shop", "legacy", "legacy");
+                let mixed = authplane::attach::Route::from_object(
+                    "shop",
+                    &json!({"spec": {"parentRefs": [{"name": "web"}, {"name": "legacy"}]}}),
+                );
+                topology.apply_route(TargetKind::HttpRoute, "shop", "mixed", mixed);
+            }
+            ctx.targets.observe(
+                TargetKind::HttpRoute,
+                Event::Apply(("shop".into(), "mixed".into())),
+            );
+            (ctx, api, leader)
+        };
+        let (ctx, mut api, _leader) = cluster(&current, Vec::new(), Vec::new());
+        let server = tokio::spawn(async move {
+            let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            let security_policy =
+                expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            assert_eq!(event(&mut api).await, ("Warning".into(), "Invalid".into()));
+            let status = status_written(&mut api).await;
+            (api, grant, security_policy, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx))
+            .await
+            .unwrap();
+        let (_api, grant, security_policy, status) = server.await.unwrap();
+        assert_eq!(
+            security_policy["spec"]["targetRefs"],
+            json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "mixed"}])
+        );
+        let (state, reason, message) = accepted(&status);
+        assert_eq!((state.as_str(), reason.as_str()), ("False", "Invalid"));
+        assert!(
+            message.starts_with(
+                "Gateway shop/legacy: no implementation authplane writes for: controllerName example.com/legacy-controller"
+            ) && message.ends_with("; attached through Gateway shop/web"),
+            "{message}"
+        );
+        let ancestors: Vec<(&str, &str, &str, &str)> = status["targets"][0]["ancestors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let condition = &a["conditions"][0];
+                (
+                    a["name"].as_str().unwrap(),
+                    a["controllerName"].as_str().unwrap(),
+                    condition["status"].as_str().unwrap(),
+                    condition["reason"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ancestors,
+            [
+                (
+                    "legacy",
+                    "example.com/legacy-controller",
+                    "False",
+                    "Invalid"
+                ),
+                (
+                    "web",
+                    "gateway.envoyproxy.io/gatewayclass-controller",
+                    "True",
+                    "Accepted"
+                )
+            ]
+        );
+        assert_eq!(
+            status["targets"][0]["ancestors"][1]["conditions"][0]["message"],
+            "SecurityPolicy shop/authplane-payments sends its requests to authplane"
+        );
+
+        // The same verdicts held (written a while ago): nothing more is written.
+        let mut current = current;
+        let mut status = status;
+        for pointer in [
+            "/targets/0/conditions/0",
+            "/targets/0/ancestors/0/conditions/0",
+            "/targets/0/ancestors/1/conditions/0",
+        ] {
+            status.pointer_mut(pointer).unwrap()["lastTransitionTime"] =
+                json!("2026-02-01T00:00:00Z");
+        }
+        current.status = serde_json::from_value(status).unwrap();
+        let (ctx, mut api, _leader) = cluster(
+            &current,
+            vec![stored(security_policy, "sp-uid")],
+            vec![stored(grant, "grant-uid")],
+        );
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(api.next_request().await.is_none(), "nothing to write");
     }
 
     /// `--attach-protocol grpc` on a cluster whose SecurityPolicy (created by POST, over

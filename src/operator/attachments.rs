@@ -29,7 +29,12 @@ use serde_json::Value;
 use super::error::Error;
 use super::targets::Change;
 use super::writer::LeaderWriter;
-use crate::api::{AuthPolicy, AuthPolicyStatus, Mode, ObjectKey, TargetRef, condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::{
+    AncestorStatus, AuthPolicy, AuthPolicyStatus, Mode, ObjectKey, TargetRef, TargetStatus,
+    condition,
+};
 use crate::attach::{
     self, AuthzService, Claim, GRANT_NAMESPACE_LABEL, GatewayTopology, Implementation, MANAGED_BY,
     reason,
@@ -651,14 +656,8 @@ impl Attachments {
         let refuse = |outcomes: &mut Vec<Option<attach::Outcome>>,
                       implementation: Implementation,
                       (reason, message): (&'static str, String)| {
-            for outcome in outcomes
-                .iter_mut()
-                .flatten()
-                .filter(|o| o.accepted && o.implementations.contains(&implementation))
-            {
-                outcome.accepted = false;
-                outcome.reason = reason;
-                outcome.message = message.clone();
+            for outcome in outcomes.iter_mut().flatten() {
+                outcome.refuse(implementation, reason, &message);
             }
         };
         let uid = policy.metadata.uid.as_deref();
@@ -764,13 +763,11 @@ impl Attachments {
                     (reason::INVALID, problem),
                 ),
                 Err(not_checked) => {
-                    for outcome in outcomes.iter_mut().flatten().filter(|o| {
-                        o.accepted && o.implementations.contains(&Implementation::Istio)
-                    }) {
-                        outcome.message = format!(
-                            "{}; its extension provider in the mesh config is not checked: {not_checked}",
-                            outcome.message
-                        );
+                    let note = format!(
+                        "its extension provider in the mesh config is not checked: {not_checked}"
+                    );
+                    for outcome in outcomes.iter_mut().flatten() {
+                        outcome.note(Implementation::Istio, &note);
                     }
                 }
             }
@@ -783,49 +780,65 @@ impl Attachments {
         let mut events = Vec::new();
         for (target, outcome) in status.targets.iter_mut().zip(outcomes) {
             let Some(outcome) = outcome else { continue };
-            let mut conditions = vec![condition(
-                ACCEPTED,
-                outcome.accepted,
-                outcome.reason,
-                outcome.message.clone(),
-                policy.metadata.generation,
-                now,
-            )];
-            let before = previous
+            let before = previous.iter().find(|p| {
+                (p.kind, &p.name, &p.section_name)
+                    == (target.kind, &target.name, &target.section_name)
+            });
+            let accepted = |verdict: &attach::Verdict, before: Option<&[Condition]>| {
+                let mut conditions = vec![condition(
+                    ACCEPTED,
+                    verdict.accepted,
+                    verdict.reason,
+                    verdict.message.clone(),
+                    policy.metadata.generation,
+                    now,
+                )];
+                crate::api::keep_transition_times(&mut conditions, before.unwrap_or_default());
+                conditions
+            };
+            let verdict = outcome.verdict();
+            target.conditions = accepted(&verdict, before.map(|b| b.conditions.as_slice()));
+            // At most as many as the CRD holds (a route has at most 32 parents).
+            target.ancestors = outcome
+                .ancestors
                 .iter()
-                .find(|p| {
-                    (p.kind, &p.name, &p.section_name)
-                        == (target.kind, &target.name, &target.section_name)
+                .take(MAX_ANCESTORS)
+                .map(|a| AncestorStatus {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    controller_name: a.controller_name.clone(),
+                    conditions: accepted(
+                        &a.verdict,
+                        before
+                            .and_then(|b| {
+                                b.ancestors
+                                    .iter()
+                                    .find(|p| (&p.namespace, &p.name) == (&a.namespace, &a.name))
+                            })
+                            .map(|p| p.conditions.as_slice()),
+                    ),
                 })
-                .and_then(|p| p.conditions.iter().find(|c| c.type_ == ACCEPTED));
-            if let Some(before) = before {
-                crate::api::keep_transition_times(&mut conditions, std::slice::from_ref(before));
-            }
-            // Said once, when the verdict changes: not at every reconcile, nor for a
-            // new leader that finds it recorded; and only where attachment is on
-            // (otherwise Gateway API targets are reported only, as other kinds).
+                .collect();
+            // Said once, when a verdict changes (the target's, or through one of its
+            // Gateways): not at every reconcile, nor for a new leader that finds it
+            // recorded; and only where attachment is on (otherwise Gateway API targets
+            // are reported only, as other kinds).
             if !self.config.enabled.is_empty()
-                && before.is_none_or(|b| {
-                    (b.status.as_str(), b.reason.as_str())
-                        != (
-                            if outcome.accepted { "True" } else { "False" },
-                            outcome.reason,
-                        )
-                })
+                && before.is_none_or(|b| verdicts(b) != verdicts(target))
             {
                 events.push(Event {
-                    type_: if outcome.accepted {
+                    type_: if verdict.accepted {
                         EventType::Normal
                     } else {
                         EventType::Warning
                     },
-                    reason: outcome.reason.to_owned(),
+                    reason: verdict.reason.to_owned(),
                     note: Some(
                         format!(
                             "{} {}: {}",
                             target.kind.name(),
                             target.name,
-                            outcome.message
+                            verdict.message
                         )
                         .chars()
                         .take(1000)
@@ -835,8 +848,6 @@ impl Attachments {
                     secondary: None,
                 });
             }
-            target.ancestors = outcome.ancestors;
-            target.conditions = conditions;
         }
         let regarding = policy.object_ref(&());
         for event in events {
@@ -1004,6 +1015,30 @@ impl Attachments {
         }
         claims
     }
+}
+
+/// The most ancestors a target's status holds (the CRD's `maxItems`).
+const MAX_ANCESTORS: usize = 32;
+
+/// What a target's status says of its attachment, transition times aside: the target's
+/// `Accepted` status and reason, and each ancestor's.
+type Verdicts<'a> = Vec<(Option<(&'a str, &'a str)>, Option<(&'a str, &'a str)>)>;
+
+fn verdicts(target: &TargetStatus) -> Verdicts<'_> {
+    fn accepted(conditions: &[Condition]) -> Option<(&str, &str)> {
+        conditions
+            .iter()
+            .find(|c| c.type_ == ACCEPTED)
+            .map(|c| (c.status.as_str(), c.reason.as_str()))
+    }
+    std::iter::once((None, accepted(&target.conditions)))
+        .chain(target.ancestors.iter().map(|a| {
+            (
+                Some((a.namespace.as_str(), a.name.as_str())),
+                accepted(&a.conditions),
+            )
+        }))
+        .collect()
 }
 
 /// Brings the object `key` of `resource` to `wanted`, or deletes it when nothing is

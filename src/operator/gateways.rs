@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 
 use super::targets::{self, Change, Name, Targets};
 use crate::api::TargetKind;
-use crate::attach::{GatewayTopology, Route};
+use crate::attach::{Gateway, GatewayTopology, Route};
 
 /// What one watch is of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,12 +42,12 @@ fn resource(watched: Watched) -> ApiResource {
     }
 }
 
-/// The field kept of an object: a class's controller, a Gateway's class, a route's
-/// parents.
+/// The fields kept of an object: a class's controller, a Gateway's class and listener
+/// names, a route's parents and rules.
 #[derive(Clone, Debug, PartialEq)]
 enum Kept {
     Controller(String),
-    Class(String),
+    Gateway(Gateway),
     Route(Route),
 }
 
@@ -62,7 +62,7 @@ fn kept(watched: Watched, object: &DynamicObject) -> Kept {
     };
     match watched {
         Watched::Class => Kept::Controller(text("/spec/controllerName")),
-        Watched::Target(TargetKind::Gateway) => Kept::Class(text("/spec/gatewayClassName")),
+        Watched::Target(TargetKind::Gateway) => Kept::Gateway(Gateway::from_object(&object.data)),
         Watched::Target(_) => Kept::Route(Route::from_object(
             &object.namespace().unwrap_or_default(),
             &object.data,
@@ -153,7 +153,7 @@ fn observe(
                     listed
                         .into_iter()
                         .filter_map(|(name, kept)| match kept {
-                            Kept::Class(c) => Some((name, c)),
+                            Kept::Gateway(g) => Some((name, g)),
                             _ => None,
                         })
                         .collect(),
@@ -178,7 +178,7 @@ fn observe(
             let (namespace, object) = name(&o);
             let moved = match kept(watched, &o) {
                 Kept::Controller(c) => topology.apply_class(&object, &c),
-                Kept::Class(c) => topology.apply_gateway(&namespace, &object, &c),
+                Kept::Gateway(g) => topology.apply_gateway(&namespace, &object, g),
                 Kept::Route(r) => match watched {
                     Watched::Target(kind) => topology.apply_route(kind, &namespace, &object, r),
                     Watched::Class => false,
@@ -362,6 +362,28 @@ mod tests {
             ),
             []
         );
+        // A listener's name is kept (a Gateway target's sectionName names it); the
+        // rest of a listener is not.
+        let listeners = |port: u16| {
+            object(
+                "Gateway",
+                Some("shop"),
+                "web",
+                json!({"gatewayClassName": "eg",
+                       "listeners": [{"name": "https", "port": port, "protocol": "HTTPS"}]}),
+            )
+        };
+        assert_eq!(feed(gateway, Event::Apply(listeners(443))), everything());
+        assert_eq!(
+            topology
+                .lock()
+                .unwrap()
+                .gateway("shop", "web")
+                .unwrap()
+                .listeners,
+            ["https"]
+        );
+        assert_eq!(feed(gateway, Event::Apply(listeners(8443))), []);
         assert_eq!(
             feed(
                 gateway,

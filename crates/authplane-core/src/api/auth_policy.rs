@@ -647,27 +647,45 @@ pub struct TargetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found: Option<bool>,
     /// Gateway API targets only: the Gateways the target is served by (the Gateway
-    /// itself, or a route's parents), and the controller of each.
+    /// itself, or a route's parents; GEP-713's ancestors), the controller of each, and
+    /// whether the target is attached through it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub ancestors: Vec<AncestorStatus>,
-    /// Gateway API targets only: `Accepted`, `True` (reason `Accepted`: the gateway's
-    /// own configuration was written) or `False` with reason `TargetNotFound`,
-    /// `Conflicted` (another policy attaches external auth to it first) or `Invalid`
-    /// (no implementation authplane wires, or the apiserver refused the object: its
-    /// message is quoted).
+    /// Gateway API targets only: `Accepted`, summing up the ancestors': `True` (reason
+    /// `Accepted`) only when the target is attached through every one of them;
+    /// otherwise `False` with the reason of the first ancestor that is not, and a message
+    /// naming it. Reasons as for an ancestor; `TargetNotFound` also when the target, or
+    /// the listener or rule its `sectionName` names, does not exist, or a route has no
+    /// parent Gateway; `Disabled` while `rollout.mode` is `Disabled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub conditions: Vec<Condition>,
 }
 
-/// A Gateway that serves a target.
+/// A Gateway that serves a target (GEP-713's `PolicyAncestorStatus`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AncestorStatus {
+    #[schemars(length(max = 63))]
     pub namespace: String,
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Its GatewayClass's `spec.controllerName`; absent while unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub controller_name: Option<String>,
+    /// `Accepted`: `True` (reason `Accepted`: the configuration of the implementation
+    /// serving this Gateway was written, and the message names it) or `False` with
+    /// reason `TargetNotFound` (this Gateway does not exist, or the target or its
+    /// section does not), `Conflicted` (another policy attaches external auth to the
+    /// target first: the older wins), `Invalid` (authplane writes nothing for this
+    /// Gateway's controller, or its implementation is not enabled, cannot take the
+    /// target, or refused what was written: its message says what to do) or `Disabled`
+    /// (`rollout.mode` is `Disabled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub conditions: Vec<Condition>,
 }
 
 /// Refused by `authplane rollout set`.

@@ -25,8 +25,8 @@ pub use istio::{
     authorization_policy, authorization_policy_name, check_mesh_config, expected_provider,
     path_prefix, provider_name,
 };
-pub use plan::{Claim, Outcome, Plan, plan, reason};
-pub use topology::{Ancestor, GatewayTopology, ParentRef, Route, RuleMiddlewares};
+pub use plan::{AncestorOutcome, Claim, Outcome, Plan, Verdict, plan, reason};
+pub use topology::{Ancestor, Gateway, GatewayTopology, ParentRef, Route, RuleMiddlewares};
 pub use traefik::{
     MIDDLEWARE_API_VERSION, MIDDLEWARE_KIND, TRAEFIK_GROUP, middleware, middleware_name,
 };

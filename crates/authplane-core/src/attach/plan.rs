@@ -4,8 +4,10 @@
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, traefik};
-use crate::api::{AncestorStatus, AuthPolicy, Mode, TargetRef};
+use super::{
+    Ancestor, AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, traefik,
+};
+use crate::api::{AuthPolicy, Mode, TargetRef};
 
 /// The reasons of a target's `Accepted` condition (GEP-713's, and `Disabled`).
 pub mod reason {
@@ -30,15 +32,135 @@ pub struct Claim {
     pub what: String,
 }
 
+/// Whether a target is attached through one Gateway, or as a whole: GEP-713's
+/// `Accepted` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub accepted: bool,
+    pub reason: &'static str,
+    /// What was written, or what is wrong and what to do.
+    pub message: String,
+}
+
+impl Verdict {
+    fn accepted(message: String) -> Self {
+        Self {
+            accepted: true,
+            reason: reason::ACCEPTED,
+            message,
+        }
+    }
+
+    fn refused(reason: &'static str, message: String) -> Self {
+        Self {
+            accepted: false,
+            reason,
+            message,
+        }
+    }
+}
+
+/// One Gateway serving a target (GEP-713's ancestor), and whether the target is attached
+/// through it: a route's parents may be served by different implementations, and some
+/// not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AncestorOutcome {
+    pub namespace: String,
+    pub name: String,
+    /// Its GatewayClass's `spec.controllerName`, when known.
+    pub controller_name: Option<String>,
+    /// The implementation serving it, when authplane knows it.
+    pub implementation: Option<Implementation>,
+    pub verdict: Verdict,
+}
+
 /// One Gateway API target's status.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
-    pub ancestors: Vec<AncestorStatus>,
-    /// The implementations written for it.
-    pub implementations: Vec<Implementation>,
-    pub accepted: bool,
-    pub reason: &'static str,
-    pub message: String,
+    pub ancestors: Vec<AncestorOutcome>,
+    /// A verdict on the target itself (it or its section is not found, another policy
+    /// holds it, the policy is Disabled), which every ancestor shares; `None`: each
+    /// ancestor has its own.
+    whole: Option<Verdict>,
+}
+
+impl Outcome {
+    /// The target's own condition, summing up its ancestors': accepted only when
+    /// accepted through every one of them; otherwise the reason of the first that is not,
+    /// and a message naming it.
+    pub fn verdict(&self) -> Verdict {
+        if let Some(whole) = &self.whole {
+            return whole.clone();
+        }
+        let (accepted, refused): (Vec<&AncestorOutcome>, Vec<&AncestorOutcome>) =
+            self.ancestors.iter().partition(|a| a.verdict.accepted);
+        let Some(first) = refused.first() else {
+            let mut said: Vec<&str> = Vec::new();
+            for ancestor in &accepted {
+                if !said.contains(&ancestor.verdict.message.as_str()) {
+                    said.push(&ancestor.verdict.message);
+                }
+            }
+            return Verdict::accepted(said.join("; "));
+        };
+        let mut message = format!(
+            "Gateway {}/{}: {}",
+            first.namespace, first.name, first.verdict.message
+        );
+        if refused.len() > 1 {
+            message.push_str(&format!(
+                "; not accepted through {} more of its Gateways either (see ancestors)",
+                refused.len() - 1
+            ));
+        }
+        if !accepted.is_empty() {
+            let names: Vec<String> = accepted
+                .iter()
+                .map(|a| format!("{}/{}", a.namespace, a.name))
+                .collect();
+            message.push_str(&format!("; attached through Gateway {}", names.join(", ")));
+        }
+        Verdict::refused(first.verdict.reason, message)
+    }
+
+    /// The implementations written for the target: those of the ancestors it is
+    /// accepted through.
+    pub fn implementations(&self) -> Vec<Implementation> {
+        let mut written: Vec<Implementation> = self
+            .ancestors
+            .iter()
+            .filter(|a| a.verdict.accepted)
+            .filter_map(|a| a.implementation)
+            .collect();
+        written.sort();
+        written.dedup();
+        written
+    }
+
+    /// Refuses the target through the Gateways `implementation` serves, where it was
+    /// accepted: the apiserver refused what was written for them, or it cannot be read.
+    pub fn refuse(&mut self, implementation: Implementation, reason: &'static str, message: &str) {
+        for ancestor in self.through(implementation) {
+            ancestor.verdict = Verdict::refused(reason, message.to_owned());
+        }
+    }
+
+    /// Adds `note` to the message of the Gateways `implementation` serves, where the
+    /// target is accepted.
+    pub fn note(&mut self, implementation: Implementation, note: &str) {
+        for ancestor in self.through(implementation) {
+            ancestor.verdict.message = format!("{}; {note}", ancestor.verdict.message);
+        }
+    }
+
+    fn through(
+        &mut self,
+        implementation: Implementation,
+    ) -> impl Iterator<Item = &mut AncestorOutcome> {
+        self.ancestors
+            .iter_mut()
+            .filter(move |a| a.verdict.accepted && a.implementation == Some(implementation))
+    }
 }
 
 /// What one AuthPolicy should have.
@@ -84,152 +206,88 @@ pub fn plan(
             if !target.kind.is_gateway_api() {
                 return None;
             }
-            let Some(ancestors) = topology.ancestors(target.kind, namespace, &target.name) else {
-                return Some(refused(
+            let what = format!("{} {namespace}/{}", target.kind.name(), target.name);
+            let Some(found) = topology.ancestors(target.kind, namespace, &target.name) else {
+                return Some(whole(
                     Vec::new(),
                     reason::TARGET_NOT_FOUND,
-                    format!(
-                        "{} {namespace}/{} not found",
-                        target.kind.name(),
-                        target.name
-                    ),
+                    format!("{what} not found"),
                 ));
             };
-            let statuses: Vec<AncestorStatus> = ancestors
+            let mut ancestors: Vec<AncestorOutcome> = found
                 .iter()
-                .map(|a| AncestorStatus {
+                .map(|a| AncestorOutcome {
                     namespace: a.namespace.clone(),
                     name: a.name.clone(),
                     controller_name: a.controller_name.clone(),
+                    implementation: a
+                        .controller_name
+                        .as_deref()
+                        .and_then(Implementation::of_controller),
+                    verdict: unserved(a, enabled),
                 })
                 .collect();
             if ancestors.is_empty() {
-                return Some(refused(
-                    statuses,
+                return Some(whole(
+                    ancestors,
                     reason::TARGET_NOT_FOUND,
-                    format!(
-                        "{} {namespace}/{} has no parent Gateway",
-                        target.kind.name(),
-                        target.name
-                    ),
+                    format!("{what} has no parent Gateway"),
                 ));
             }
-            // A rule that does not exist guards nothing: the gateway would attach the
-            // object to no traffic while the target read as attached.
-            if let Some(section) = target.section_name.as_deref().filter(|_| target.kind.is_route()) {
-                let has_rule = topology
-                    .route(target.kind, namespace, &target.name)
-                    .is_some_and(|route| {
-                        route.rules.iter().any(|rule| rule.name.as_deref() == Some(section))
-                    });
-                if !has_rule {
-                    return Some(refused(
-                        statuses,
-                        reason::TARGET_NOT_FOUND,
-                        format!(
-                            "{} {namespace}/{} has no rule named {section}",
-                            target.kind.name(),
-                            target.name
-                        ),
-                    ));
-                }
-            }
-            let implementations: Vec<Option<Implementation>> = ancestors
-                .iter()
-                .map(|a| {
-                    a.controller_name
-                        .as_deref()
-                        .and_then(Implementation::of_controller)
-                })
-                .collect();
-            let unwired: Vec<String> = ancestors
-                .iter()
-                .zip(&implementations)
-                .filter(|(_, i)| {
-                    !i.is_some_and(|i| enabled.contains(&i) && super::WRITTEN.contains(&i))
-                })
-                .map(|(a, i)| {
-                    let why = match (i, &a.controller_name) {
-                        (Some(i), _) if !super::WRITTEN.contains(i) => {
-                            format!(
-                                "authplane does not write configuration for {} yet",
-                                i.name()
-                            )
-                        }
-                        (Some(i), _) => format!("{} is not enabled in this installation", i.name()),
-                        (None, Some(controller)) => {
-                            format!("its controller {controller} is not one authplane wires")
-                        }
-                        (None, None) => "its GatewayClass is not known".to_owned(),
-                    };
-                    format!("Gateway {}/{}: {why}", a.namespace, a.name)
-                })
-                .collect();
-            if !unwired.is_empty() {
-                return Some(refused(statuses, reason::INVALID, unwired.join("; ")));
+            // A section that does not exist guards nothing: the gateway would attach
+            // the object to no traffic while the target read as attached.
+            if let Some(section) = target.section_name.as_deref()
+                && let Some(missing) = missing_section(topology, target, namespace, section)
+            {
+                return Some(whole(
+                    ancestors,
+                    reason::TARGET_NOT_FOUND,
+                    format!("{what} {missing}"),
+                ));
             }
             if disabled {
-                return Some(refused(
-                    statuses,
+                return Some(whole(
+                    ancestors,
                     reason::DISABLED,
                     "rollout.mode is Disabled: nothing is attached".to_owned(),
                 ));
             }
             if let Some(older) = claims(target).into_iter().min() {
-                return Some(refused(
-                    statuses,
+                return Some(whole(
+                    ancestors,
                     reason::CONFLICTED,
                     format!("{} holds it first", older.what),
                 ));
             }
-            let mut written: Vec<Implementation> = implementations.into_iter().flatten().collect();
-            written.sort();
-            written.dedup();
-            let mut said = Vec::new();
-            let mut problem = None;
-            // Written only when every implementation serving the target takes it: a
-            // target refused is attached through none of them.
-            let (mut to_envoy, mut to_istio, mut to_traefik) = (false, false, false);
-            for implementation in &written {
+            // What each implementation serving the target says of it: the same for every
+            // Gateway of that implementation.
+            let through = |implementation: Implementation| -> Result<String, String> {
                 match implementation {
-                    Implementation::EnvoyGateway => {
-                        to_envoy = true;
-                        said.push(format!(
-                            "SecurityPolicy {namespace}/{} sends its requests to authplane",
-                            envoy::security_policy_name(policy_name)
-                        ));
-                    }
+                    Implementation::EnvoyGateway => Ok(format!(
+                        "SecurityPolicy {namespace}/{} sends its requests to authplane",
+                        envoy::security_policy_name(policy_name)
+                    )),
                     // Istio's targetRefs take a Gateway (a route is no target of
                     // theirs), and no section of it. Attaching to a route's parent
                     // instead would check every other route of the Gateway too.
-                    Implementation::Istio if target.kind.is_route() => {
-                        problem = Some(format!(
-                            "Istio attaches an AuthorizationPolicy to a Gateway, not to a {}: target its Gateway (every route of it is then checked)",
-                            target.kind.name()
-                        ));
-                    }
-                    Implementation::Istio if target.section_name.is_some() => {
-                        problem = Some(
-                            "Istio attaches an AuthorizationPolicy to a whole Gateway: remove sectionName"
-                                .to_owned(),
-                        );
-                    }
-                    Implementation::Istio => {
-                        to_istio = true;
-                        said.push(format!(
-                            "AuthorizationPolicy {namespace}/{} sends its requests to the extension provider {}",
-                            istio::authorization_policy_name(policy_name),
-                            istio::provider_name(namespace, policy_name)
-                        ));
-                    }
-                    Implementation::Traefik if !target.kind.is_route() => {
-                        problem = Some(format!(
-                            "Traefik attaches a Middleware to routes, not to a {}: target its routes",
-                            target.kind.name()
-                        ));
-                    }
+                    Implementation::Istio if target.kind.is_route() => Err(format!(
+                        "Istio attaches an AuthorizationPolicy to a Gateway, not to a {}: target its Gateway (every route of it is then checked)",
+                        target.kind.name()
+                    )),
+                    Implementation::Istio if target.section_name.is_some() => Err(
+                        "Istio attaches an AuthorizationPolicy to a whole Gateway: remove sectionName"
+                            .to_owned(),
+                    ),
+                    Implementation::Istio => Ok(format!(
+                        "AuthorizationPolicy {namespace}/{} sends its requests to the extension provider {}",
+                        istio::authorization_policy_name(policy_name),
+                        istio::provider_name(namespace, policy_name)
+                    )),
+                    Implementation::Traefik if !target.kind.is_route() => Err(format!(
+                        "Traefik attaches a Middleware to routes, not to a {}: target its routes",
+                        target.kind.name()
+                    )),
                     Implementation::Traefik => {
-                        to_traefik = true;
                         let middleware = traefik::middleware_name(policy_name);
                         // A rule without the filter is not guarded: every rule the
                         // target covers must name it, or the target is not attached.
@@ -239,36 +297,52 @@ pub fn plan(
                                 route.guarded_by(target.section_name.as_deref(), &middleware)
                             });
                         if guarded {
-                            said.push(format!("its rules use the Middleware {namespace}/{middleware}"));
+                            Ok(format!("its rules use the Middleware {namespace}/{middleware}"))
                         } else {
-                            problem = Some(format!(
+                            Err(format!(
                                 "add the Middleware to each of the route's rules (authplane never edits a route; a rule without it is not guarded): filters: [{{type: ExtensionRef, extensionRef: {{group: traefik.io, kind: Middleware, name: {middleware}}}}}]"
-                            ));
+                            ))
                         }
                     }
-                    _ => {}
+                    other => Err(format!(
+                        "authplane does not write configuration for {} yet",
+                        other.name()
+                    )),
+                }
+            };
+            // Each Gateway whose implementation authplane wires and takes the target
+            // gets its object; the others are reported, and guard nothing.
+            for ancestor in &mut ancestors {
+                let Some(implementation) = ancestor
+                    .implementation
+                    .filter(|_| ancestor.verdict.accepted)
+                else {
+                    continue;
+                };
+                ancestor.verdict = match through(implementation) {
+                    Ok(said) => Verdict::accepted(said),
+                    Err(problem) => Verdict::refused(reason::INVALID, problem),
+                };
+            }
+            let outcome = Outcome {
+                ancestors,
+                whole: None,
+            };
+            for implementation in outcome.implementations() {
+                let targets = match implementation {
+                    Implementation::EnvoyGateway => &mut envoy_targets,
+                    Implementation::Istio => &mut istio_targets,
+                    Implementation::Traefik => {
+                        traefik = true;
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if !targets.contains(&target) {
+                    targets.push(target);
                 }
             }
-            if let Some(problem) = problem {
-                return Some(Outcome {
-                    implementations: written,
-                    ..refused(statuses, reason::INVALID, problem)
-                });
-            }
-            if to_envoy && !envoy_targets.contains(&target) {
-                envoy_targets.push(target);
-            }
-            if to_istio && !istio_targets.contains(&target) {
-                istio_targets.push(target);
-            }
-            traefik |= to_traefik;
-            Some(Outcome {
-                ancestors: statuses,
-                implementations: written,
-                accepted: true,
-                reason: reason::ACCEPTED,
-                message: said.join("; "),
-            })
+            Some(outcome)
         })
         .collect();
     let wanted = !envoy_targets.is_empty();
@@ -286,12 +360,101 @@ pub fn plan(
     }
 }
 
-fn refused(ancestors: Vec<AncestorStatus>, reason: &'static str, message: String) -> Outcome {
+/// A verdict on the target itself, which each of its `ancestors` shares.
+fn whole(mut ancestors: Vec<AncestorOutcome>, reason: &'static str, message: String) -> Outcome {
+    let verdict = Verdict::refused(reason, message);
+    for ancestor in &mut ancestors {
+        ancestor.verdict = verdict.clone();
+    }
     Outcome {
         ancestors,
-        implementations: Vec::new(),
-        accepted: false,
-        reason,
-        message,
+        whole: Some(verdict),
     }
+}
+
+/// Why the target cannot be attached through `ancestor` whatever the target, or an
+/// accepted placeholder when it can be (the implementation then has its say).
+fn unserved(ancestor: &Ancestor, enabled: &[Implementation]) -> Verdict {
+    let implementation = ancestor
+        .controller_name
+        .as_deref()
+        .and_then(Implementation::of_controller);
+    let problem = match (
+        &ancestor.class_name,
+        &ancestor.controller_name,
+        implementation,
+    ) {
+        (None, _, _) => (
+            reason::TARGET_NOT_FOUND,
+            "the Gateway does not exist: create it, or remove it from the route's parentRefs"
+                .to_owned(),
+        ),
+        (Some(class), None, _) => (
+            reason::INVALID,
+            format!(
+                "its GatewayClass {class} does not exist: create it, or correct the Gateway's gatewayClassName"
+            ),
+        ),
+        (_, Some(controller), None) => (
+            reason::INVALID,
+            format!(
+                "no implementation authplane writes for: controllerName {controller}; requests through this Gateway are not checked by this policy: wire it by hand (README: \"Wiring a gateway\"), or attach the route to a Gateway of {}",
+                super::WRITTEN.map(Implementation::name).join(", ")
+            ),
+        ),
+        (_, _, Some(i)) if !super::WRITTEN.contains(&i) => (
+            reason::INVALID,
+            format!(
+                "authplane does not write configuration for {} yet: wire it by hand (README: \"Wiring a gateway\")",
+                i.name()
+            ),
+        ),
+        (_, _, Some(i)) if !enabled.contains(&i) => (
+            reason::INVALID,
+            format!(
+                "{} is not enabled in this installation: enable it in the chart's gatewayAPI values (the operator's --gateway-implementations)",
+                i.name()
+            ),
+        ),
+        (_, _, Some(_)) => return Verdict::accepted(String::new()),
+    };
+    Verdict::refused(problem.0, problem.1)
+}
+
+/// What is wrong with a target's `sectionName`, `None` when it names a listener of the
+/// Gateway, or a rule of the route.
+fn missing_section(
+    topology: &GatewayTopology,
+    target: &TargetRef,
+    namespace: &str,
+    section: &str,
+) -> Option<String> {
+    let (what, names): (&str, Vec<&str>) = if target.kind.is_route() {
+        let route = topology.route(target.kind, namespace, &target.name)?;
+        (
+            "rule",
+            route
+                .rules
+                .iter()
+                .filter_map(|r| r.name.as_deref())
+                .collect(),
+        )
+    } else {
+        let gateway = topology.gateway(namespace, &target.name)?;
+        (
+            "listener",
+            gateway.listeners.iter().map(String::as_str).collect(),
+        )
+    };
+    if names.contains(&section) {
+        return None;
+    }
+    Some(if names.is_empty() {
+        format!("has no {what} named {section}: none of its {what}s has a name")
+    } else {
+        format!(
+            "has no {what} named {section}: its {what}s are {}",
+            names.join(", ")
+        )
+    })
 }

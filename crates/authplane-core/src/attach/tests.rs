@@ -44,14 +44,19 @@ fn policy(targets: Value, extra: Value) -> AuthPolicy {
 
 const ENVOY: &str = "gateway.envoyproxy.io/gatewayclass-controller";
 
-/// `web` (Envoy Gateway) and `mesh` (Istio) Gateways in `shop`; route `payments` under
+/// `web` (Envoy Gateway, listeners `http` and `https`) and `mesh` (Istio, listener
+/// `https`) Gateways in `shop`; route `payments` under
 /// `web`, route `both` under both, route `lonely` under none.
 fn topology() -> GatewayTopology {
     let mut topology = GatewayTopology::default();
     topology.apply_class("eg", ENVOY);
     topology.apply_class("istio", "istio.io/gateway-controller");
-    topology.apply_gateway("shop", "web", "eg");
-    topology.apply_gateway("shop", "mesh", "istio");
+    let gateway = |class: &str, listeners: &[&str]| Gateway {
+        class_name: class.into(),
+        listeners: listeners.iter().map(|l| l.to_string()).collect(),
+    };
+    topology.apply_gateway("shop", "web", gateway("eg", &["http", "https"]));
+    topology.apply_gateway("shop", "mesh", gateway("istio", &["https"]));
     let route =
         |parents: Value| Route::from_object("shop", &json!({"spec": {"parentRefs": parents}}));
     topology.apply_route(
@@ -93,10 +98,19 @@ fn plan_of(policy: &AuthPolicy, claims: Vec<Claim>) -> Plan {
     )
 }
 
+/// Each ancestor of `outcome`: its name and its reason.
+fn verdicts(outcome: &Outcome) -> Vec<(&str, &str)> {
+    outcome
+        .ancestors
+        .iter()
+        .map(|a| (a.name.as_str(), a.verdict.reason))
+        .collect()
+}
+
 fn reasons(plan: &Plan) -> Vec<Option<&str>> {
     plan.outcomes
         .iter()
-        .map(|o| o.as_ref().map(|o| o.reason))
+        .map(|o| o.as_ref().map(|o| o.verdict().reason))
         .collect()
 }
 
@@ -184,11 +198,15 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
             Some("Accepted")
         ]
     );
-    let invalid = plan.outcomes[2].as_ref().unwrap();
+    // `both` is attached through `web` (Envoy Gateway), not through `mesh` (Istio, not
+    // enabled here).
+    let both = plan.outcomes[2].as_ref().unwrap();
+    assert_eq!(verdicts(both), [("mesh", "Invalid"), ("web", "Accepted")]);
+    let invalid = both.verdict();
     assert!(
         invalid
             .message
-            .contains("istio is not enabled in this installation"),
+            .starts_with("Gateway shop/mesh: istio is not enabled in this installation"),
         "{}",
         invalid.message
     );
@@ -196,6 +214,7 @@ fn only_targets_served_by_a_wired_implementation_are_attached() {
     assert_eq!(
         security_policy["spec"]["targetRefs"],
         json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"},
+               {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "both"},
                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web", "sectionName": "https"}])
     );
     assert_eq!(security_policy["metadata"]["name"], "authplane-payments");
@@ -303,6 +322,7 @@ fn the_older_policy_on_a_target_wins() {
         older.outcomes[0]
             .as_ref()
             .unwrap()
+            .verdict()
             .message
             .contains("SecurityPolicy shop/theirs")
     );
@@ -728,12 +748,13 @@ fn traefik_gets_a_middleware_that_the_route_names() {
         reasons(&plan),
         [Some("Accepted"), Some("Invalid"), Some("Invalid")]
     );
-    let plain = &plan.outcomes[1].as_ref().unwrap().message;
+    let plain = &plan.outcomes[1].as_ref().unwrap().verdict().message;
     assert!(plain.contains("name: authplane-payments"), "{plain}");
     assert!(
         plan.outcomes[2]
             .as_ref()
             .unwrap()
+            .verdict()
             .message
             .contains("routes")
     );
@@ -811,7 +832,7 @@ fn traefik_accepts_a_route_only_when_each_targeted_rule_names_the_middleware() {
             Some("TargetNotFound")
         ]
     );
-    let whole = &plan.outcomes[0].as_ref().unwrap().message;
+    let whole = &plan.outcomes[0].as_ref().unwrap().verdict().message;
     assert!(whole.contains("each of the route's rules"), "{whole}");
 }
 
@@ -841,6 +862,7 @@ fn a_rule_that_the_route_does_not_have_is_not_found() {
         typo.outcomes[0]
             .as_ref()
             .unwrap()
+            .verdict()
             .message
             .contains("no rule named apl")
     );
@@ -878,9 +900,20 @@ fn istio_gets_a_custom_authorization_policy_on_the_gateway() {
         reasons(&plan),
         [Some("Accepted"), Some("Invalid"), Some("Accepted")]
     );
-    let route = &plan.outcomes[1].as_ref().unwrap().message;
-    assert!(route.contains("target its Gateway"), "{route}");
-    let accepted = &plan.outcomes[0].as_ref().unwrap().message;
+    // The route `both` is attached through its Envoy Gateway, not through Istio's.
+    let both = plan.outcomes[1].as_ref().unwrap();
+    assert_eq!(verdicts(both), [("mesh", "Invalid"), ("web", "Accepted")]);
+    let route = both.verdict().message;
+    assert!(
+        route.starts_with("Gateway shop/mesh: Istio attaches")
+            && route.contains("target its Gateway"),
+        "{route}"
+    );
+    assert!(
+        route.ends_with("; attached through Gateway shop/web"),
+        "{route}"
+    );
+    let accepted = &plan.outcomes[0].as_ref().unwrap().verdict().message;
     assert!(
         accepted.contains("extension provider authplane.shop.payments"),
         "{accepted}"
@@ -906,11 +939,12 @@ fn istio_gets_a_custom_authorization_policy_on_the_gateway() {
                "provider": {"name": "authplane.shop.payments"},
                "rules": [{}]})
     );
-    // The Envoy Gateway target still gets its SecurityPolicy, without the Istio one.
+    // The Envoy Gateway targets still get their SecurityPolicy, without the Istio one.
     let security_policy = plan.security_policy.unwrap();
     assert_eq!(
         security_policy["spec"]["targetRefs"],
-        json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}])
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "both"},
+               {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}])
     );
     assert_eq!(
         plan.istio_provider.unwrap(),
@@ -934,6 +968,7 @@ fn istio_takes_no_section_and_nothing_when_disabled_or_not_enabled() {
         section.outcomes[0]
             .as_ref()
             .unwrap()
+            .verdict()
             .message
             .contains("remove sectionName")
     );
@@ -1065,5 +1100,228 @@ extensionProviders:
         check_mesh_config("extensionProviders: [", &expected)
             .unwrap()
             .contains("not YAML")
+    );
+}
+
+/// GEP-713: a policy's status is per ancestor. A route whose parents are served by an
+/// implementation authplane wires, one it does not know, and a Gateway that does not
+/// exist is attached through the first only, and says so per Gateway; the target's own
+/// condition names the first Gateway it is not attached through.
+#[test]
+fn each_gateway_of_a_route_has_its_own_verdict() {
+    let mut topology = topology();
+    topology.apply_class("legacy", "example.com/legacy-controller");
+    topology.apply_gateway("shop", "legacy", "legacy");
+    topology.apply_gateway("shop", "classless", "gone");
+    let parents = |names: &[&str]| {
+        let refs: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+        Route::from_object("shop", &json!({"spec": {"parentRefs": refs}}))
+    };
+    topology.apply_route(
+        TargetKind::HttpRoute,
+        "shop",
+        "mixed",
+        parents(&["web", "legacy"]),
+    );
+    topology.apply_route(
+        TargetKind::HttpRoute,
+        "shop",
+        "orphaned",
+        parents(&["web", "nowhere", "classless"]),
+    );
+    let plan = plan(
+        &policy(
+            json!([{"kind": "HTTPRoute", "name": "mixed"},
+                   {"kind": "HTTPRoute", "name": "orphaned"},
+                   {"kind": "HTTPRoute", "name": "payments"}]),
+            json!({}),
+        ),
+        &topology,
+        &[Implementation::EnvoyGateway],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    let mixed = plan.outcomes[0].as_ref().unwrap();
+    assert_eq!(
+        verdicts(mixed),
+        [("legacy", "Invalid"), ("web", "Accepted")]
+    );
+    let legacy = &mixed.ancestors[0];
+    assert_eq!(
+        legacy.controller_name.as_deref(),
+        Some("example.com/legacy-controller")
+    );
+    assert!(
+        legacy.verdict.message.starts_with(
+            "no implementation authplane writes for: controllerName example.com/legacy-controller;"
+        ),
+        "{}",
+        legacy.verdict.message
+    );
+    assert!(
+        legacy.verdict.message.contains("Wiring a gateway"),
+        "says what to do: {}",
+        legacy.verdict.message
+    );
+    assert!(
+        mixed.ancestors[1]
+            .verdict
+            .message
+            .contains("SecurityPolicy shop/authplane-payments")
+    );
+    let target = mixed.verdict();
+    assert_eq!((target.accepted, target.reason), (false, "Invalid"));
+    assert!(
+        target
+            .message
+            .starts_with("Gateway shop/legacy: no implementation")
+            && target
+                .message
+                .ends_with("; attached through Gateway shop/web"),
+        "{}",
+        target.message
+    );
+
+    let orphaned = plan.outcomes[1].as_ref().unwrap();
+    assert_eq!(
+        verdicts(orphaned),
+        [
+            ("classless", "Invalid"),
+            ("nowhere", "TargetNotFound"),
+            ("web", "Accepted")
+        ]
+    );
+    assert!(
+        orphaned.ancestors[0]
+            .verdict
+            .message
+            .contains("GatewayClass gone does not exist"),
+        "{}",
+        orphaned.ancestors[0].verdict.message
+    );
+    assert!(
+        orphaned.ancestors[1]
+            .verdict
+            .message
+            .contains("the Gateway does not exist"),
+        "{}",
+        orphaned.ancestors[1].verdict.message
+    );
+    let target = orphaned.verdict();
+    assert_eq!(target.reason, "Invalid", "the first Gateway not accepted");
+    assert!(
+        target
+            .message
+            .contains("not accepted through 1 more of its Gateways either"),
+        "{}",
+        target.message
+    );
+
+    // Accepted through every Gateway: the target is.
+    let payments = plan.outcomes[2].as_ref().unwrap();
+    assert_eq!(verdicts(payments), [("web", "Accepted")]);
+    assert!(payments.verdict().accepted);
+
+    // Written for the routes, as far as the Gateways accepting them go.
+    assert_eq!(
+        plan.security_policy.unwrap()["spec"]["targetRefs"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "mixed"},
+               {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orphaned"},
+               {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments"}])
+    );
+}
+
+/// A verdict on the target itself (another policy holds it, the policy is Disabled, its
+/// section does not exist) is every Gateway's.
+#[test]
+fn a_verdict_on_the_target_is_every_gateways() {
+    let target = json!([{"kind": "HTTPRoute", "name": "both"}]);
+    let older = Claim {
+        created: "2025-01-01T00:00:00Z".parse().unwrap(),
+        name: "shop/theirs".into(),
+        what: "AuthPolicy shop/theirs".into(),
+    };
+    let conflicted = plan_of(&policy(target.clone(), json!({})), vec![older]);
+    let outcome = conflicted.outcomes[0].as_ref().unwrap();
+    assert_eq!(
+        verdicts(outcome),
+        [("mesh", "Conflicted"), ("web", "Conflicted")]
+    );
+    assert_eq!(
+        outcome.verdict().message,
+        "AuthPolicy shop/theirs holds it first"
+    );
+    assert_eq!(conflicted.security_policy, None);
+
+    let disabled = plan_of(
+        &policy(target, json!({"rollout": {"mode": "Disabled"}})),
+        Vec::new(),
+    );
+    assert_eq!(
+        verdicts(disabled.outcomes[0].as_ref().unwrap()),
+        [("mesh", "Disabled"), ("web", "Disabled")]
+    );
+}
+
+/// What the driver learns after the plan (the apiserver refused what was written for
+/// one implementation) refuses the target through that implementation's Gateways only.
+#[test]
+fn a_refusal_touches_only_the_gateways_of_its_implementation() {
+    let mut plan = plan(
+        &policy(json!([{"kind": "HTTPRoute", "name": "both"}]), json!({})),
+        &topology(),
+        &[Implementation::EnvoyGateway, Implementation::Istio],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    let outcome = plan.outcomes[0].as_mut().unwrap();
+    assert_eq!(outcome.implementations(), [Implementation::EnvoyGateway]);
+    outcome.note(Implementation::EnvoyGateway, "noted");
+    assert!(outcome.ancestors[1].verdict.message.ends_with("; noted"));
+    outcome.refuse(
+        Implementation::EnvoyGateway,
+        reason::INVALID,
+        "the apiserver refused SecurityPolicy shop/authplane-payments: denied",
+    );
+    assert_eq!(verdicts(outcome), [("mesh", "Invalid"), ("web", "Invalid")]);
+    assert!(
+        outcome.ancestors[0]
+            .verdict
+            .message
+            .starts_with("Istio attaches"),
+        "the other Gateway keeps its own reason: {}",
+        outcome.ancestors[1].verdict.message
+    );
+    assert_eq!(outcome.implementations(), []);
+}
+
+/// A Gateway target's `sectionName` must name one of its listeners, a route target's one
+/// of its rules; otherwise the target is not found, and the message names the section
+/// and those that exist.
+#[test]
+fn a_section_that_does_not_exist_is_not_found() {
+    let plan_for = |targets: Value| plan_of(&policy(targets, json!({})), Vec::new());
+    let listener = plan_for(json!([{"kind": "Gateway", "name": "web", "sectionName": "https"}]));
+    assert_eq!(reasons(&listener), [Some("Accepted")]);
+    assert_eq!(
+        listener.security_policy.unwrap()["spec"]["targetRefs"][0]["sectionName"],
+        "https"
+    );
+    let typo = plan_for(json!([{"kind": "Gateway", "name": "web", "sectionName": "htps"}]));
+    let outcome = typo.outcomes[0].as_ref().unwrap();
+    assert_eq!(verdicts(outcome), [("web", "TargetNotFound")]);
+    assert_eq!(
+        outcome.verdict().message,
+        "Gateway shop/web has no listener named htps: its listeners are http, https"
+    );
+    assert_eq!(typo.security_policy, None);
+    // A route whose rules have no names has no section to target.
+    let unnamed =
+        plan_for(json!([{"kind": "HTTPRoute", "name": "payments", "sectionName": "api"}]));
+    assert_eq!(
+        unnamed.outcomes[0].as_ref().unwrap().verdict().message,
+        "HTTPRoute shop/payments has no rule named api: none of its rules has a name"
     );
 }

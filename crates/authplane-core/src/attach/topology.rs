@@ -1,7 +1,8 @@
 //! What the Gateway API objects say about who serves a target: routes' parent Gateways,
 //! Gateways' classes, classes' controllers. Only those fields are kept, whatever the
 //! objects hold: a cluster with 10,000 routes keeps their parents and, per rule, its
-//! name and the Middlewares it names, not the rules themselves.
+//! name and the Middlewares it names, not the rules themselves; a Gateway its class and
+//! its listeners' names (what a `sectionName` targets), not the listeners.
 
 use std::collections::HashMap;
 
@@ -112,11 +113,52 @@ impl Route {
     }
 }
 
+/// A Gateway as kept: its class, and its listeners' names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gateway {
+    pub class_name: String,
+    /// `spec.listeners[].name`, in order: what a Gateway target's `sectionName` names.
+    pub listeners: Vec<String>,
+}
+
+impl Gateway {
+    /// What is kept of a Gateway object.
+    pub fn from_object(object: &serde_json::Value) -> Self {
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+        Self {
+            class_name: object
+                .pointer("/spec/gatewayClassName")
+                .and_then(text)
+                .unwrap_or_default(),
+            listeners: object
+                .pointer("/spec/listeners")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|listener| listener.get("name").and_then(text))
+                .collect(),
+        }
+    }
+}
+
+/// A Gateway of its class alone, its listeners unknown (tests, mostly).
+impl From<&str> for Gateway {
+    fn from(class_name: &str) -> Self {
+        Self {
+            class_name: class_name.to_owned(),
+            listeners: Vec::new(),
+        }
+    }
+}
+
 /// A Gateway that serves a target, with its controller when known.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ancestor {
     pub namespace: String,
     pub name: String,
+    /// Its `spec.gatewayClassName`; `None`: the Gateway does not exist (a route's
+    /// `parentRefs` may name one that was never created, or was deleted).
+    pub class_name: Option<String>,
     /// `None`: the Gateway or its class is not known (yet).
     pub controller_name: Option<String>,
 }
@@ -128,8 +170,7 @@ type Key = (String, String);
 pub struct GatewayTopology {
     /// GatewayClass name → `spec.controllerName`.
     classes: HashMap<String, String>,
-    /// Gateway → `spec.gatewayClassName`.
-    gateways: HashMap<Key, String>,
+    gateways: HashMap<Key, Gateway>,
     routes: HashMap<(TargetKind, String, String), Route>,
 }
 
@@ -147,9 +188,15 @@ impl GatewayTopology {
         self.classes.remove(name).is_some()
     }
 
-    pub fn apply_gateway(&mut self, namespace: &str, name: &str, class_name: &str) -> bool {
+    pub fn apply_gateway(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        gateway: impl Into<Gateway>,
+    ) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
-        self.gateways.insert(key, class_name.to_owned()).as_deref() != Some(class_name)
+        let gateway = gateway.into();
+        self.gateways.insert(key, gateway.clone()) != Some(gateway)
     }
 
     pub fn delete_gateway(&mut self, namespace: &str, name: &str) -> bool {
@@ -180,8 +227,8 @@ impl GatewayTopology {
         self.classes = classes;
     }
 
-    /// Replaces every Gateway (namespace, name → class name).
-    pub fn replace_gateways(&mut self, gateways: HashMap<(String, String), String>) {
+    /// Replaces every Gateway (namespace, name → Gateway).
+    pub fn replace_gateways(&mut self, gateways: HashMap<(String, String), Gateway>) {
         self.gateways = gateways;
     }
 
@@ -206,6 +253,11 @@ impl GatewayTopology {
             .get(&(kind, namespace.to_owned(), name.to_owned()))
     }
 
+    /// A Gateway as kept.
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<&Gateway> {
+        self.gateways.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
     /// The Gateways serving the target `kind`/`name` in `namespace`, or `None` when the
     /// target is not known (it does not exist, or its kind was not listed).
     pub fn ancestors(
@@ -217,10 +269,12 @@ impl GatewayTopology {
         let gateway = |parent: &ParentRef| {
             let class = self
                 .gateways
-                .get(&(parent.namespace.clone(), parent.name.clone()));
+                .get(&(parent.namespace.clone(), parent.name.clone()))
+                .map(|gateway| &gateway.class_name);
             Ancestor {
                 namespace: parent.namespace.clone(),
                 name: parent.name.clone(),
+                class_name: class.cloned(),
                 controller_name: class.and_then(|class| self.classes.get(class)).cloned(),
             }
         };
