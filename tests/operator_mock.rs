@@ -1818,7 +1818,7 @@ mod attachment {
             "sp-uid",
         );
         let grant = stored(
-            authplane::attach::reference_grant("shop", &service, &writer),
+            authplane::attach::reference_grant("shop", &config().enabled, &service, &writer),
             "grant-uid",
         );
         let forged = json!({

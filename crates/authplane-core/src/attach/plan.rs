@@ -4,7 +4,9 @@
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, traefik};
+use super::{
+    AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, kgateway, traefik,
+};
 use crate::api::{AncestorStatus, AuthPolicy, Mode, TargetRef};
 
 /// The reasons of a target's `Accepted` condition (GEP-713's, and `Disabled`).
@@ -48,7 +50,7 @@ pub struct Plan {
     pub outcomes: Vec<Option<Outcome>>,
     /// The Envoy Gateway SecurityPolicy; `None`: it should not exist.
     pub security_policy: Option<Value>,
-    /// The ReferenceGrant the SecurityPolicy needs.
+    /// The ReferenceGrant the SecurityPolicy or the GatewayExtension needs.
     pub reference_grant: Option<Value>,
     /// The Traefik Middleware; `None`: it should not exist.
     pub middleware: Option<Value>,
@@ -57,6 +59,10 @@ pub struct Plan {
     /// The mesh config's extension provider the AuthorizationPolicy names, as the
     /// cluster admin adds it.
     pub istio_provider: Option<Value>,
+    /// kgateway's GatewayExtension and the TrafficPolicy that uses it; `None`: they
+    /// should not exist.
+    pub gateway_extension: Option<Value>,
+    pub traffic_policy: Option<Value>,
 }
 
 /// The plan of `policy`. `enabled`: the implementations this installation wires;
@@ -75,6 +81,7 @@ pub fn plan(
     let mut envoy_targets: Vec<&TargetRef> = Vec::new();
     let mut traefik = false;
     let mut istio_targets: Vec<&TargetRef> = Vec::new();
+    let mut kgateway_targets: Vec<&TargetRef> = Vec::new();
     let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
     let outcomes = policy
         .spec
@@ -190,6 +197,7 @@ pub fn plan(
             // Written only when every implementation serving the target takes it: a
             // target refused is attached through none of them.
             let (mut to_envoy, mut to_istio, mut to_traefik) = (false, false, false);
+            let mut to_kgateway = false;
             for implementation in &written {
                 match implementation {
                     Implementation::EnvoyGateway => {
@@ -246,7 +254,24 @@ pub fn plan(
                             ));
                         }
                     }
-                    _ => {}
+                    // One TrafficPolicy holds every target: past its CRD's limit, the
+                    // apiserver would refuse it whole.
+                    Implementation::Kgateway
+                        if !kgateway_targets.contains(&target)
+                            && kgateway_targets.len() >= kgateway::MAX_TRAFFIC_POLICY_TARGETS =>
+                    {
+                        problem = Some(format!(
+                            "a kgateway TrafficPolicy takes at most {} targets: split the policy",
+                            kgateway::MAX_TRAFFIC_POLICY_TARGETS
+                        ));
+                    }
+                    Implementation::Kgateway => {
+                        to_kgateway = true;
+                        said.push(format!(
+                            "TrafficPolicy {namespace}/{} sends its requests to authplane",
+                            kgateway::kgateway_object_name(policy_name)
+                        ));
+                    }
                 }
             }
             if let Some(problem) = problem {
@@ -262,6 +287,9 @@ pub fn plan(
                 istio_targets.push(target);
             }
             traefik |= to_traefik;
+            if to_kgateway && !kgateway_targets.contains(&target) {
+                kgateway_targets.push(target);
+            }
             Some(Outcome {
                 ancestors: statuses,
                 implementations: written,
@@ -272,17 +300,21 @@ pub fn plan(
         })
         .collect();
     let wanted = !envoy_targets.is_empty();
+    let kgateway = !kgateway_targets.is_empty();
     Plan {
         outcomes,
         security_policy: wanted
             .then(|| envoy::security_policy(policy, &envoy_targets, service, writer)),
-        reference_grant: (wanted && namespace != service.namespace)
-            .then(|| envoy::reference_grant(namespace, service, writer)),
+        reference_grant: ((wanted || kgateway) && namespace != service.namespace)
+            .then(|| envoy::reference_grant(namespace, enabled, service, writer)),
         middleware: (traefik && !disabled).then(|| traefik::middleware(policy, service, writer)),
         authorization_policy: (!istio_targets.is_empty())
             .then(|| istio::authorization_policy(policy, &istio_targets, writer)),
         istio_provider: (!istio_targets.is_empty())
             .then(|| istio::expected_provider(policy, service)),
+        gateway_extension: kgateway.then(|| kgateway::gateway_extension(policy, service, writer)),
+        traffic_policy: kgateway
+            .then(|| kgateway::traffic_policy(policy, &kgateway_targets, service, writer)),
     }
 }
 
