@@ -2203,8 +2203,33 @@ extensionProviders:
         traffic_policies: Vec<Value>,
         grants: Vec<Value>,
     ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        kgateway_cluster_listing(
+            current,
+            vec![
+                (Watched::GatewayExtensions, extensions),
+                (Watched::TrafficPolicies, traffic_policies),
+                (Watched::ReferenceGrants, grants),
+            ],
+        )
+    }
+
+    /// [`kgateway_cluster`], with only the watches of `listed` listed.
+    fn kgateway_cluster_listing(
+        current: &AuthPolicy,
+        listed: Vec<(Watched, Vec<Value>)>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        kgateway_cluster_with(current, vec![Implementation::Kgateway], listed)
+    }
+
+    /// [`kgateway_cluster_listing`], `enabled` written for, and Envoy Gateway serving
+    /// `shop/web` and the route `shop/payments` under it.
+    fn kgateway_cluster_with(
+        current: &AuthPolicy,
+        enabled: Vec<Implementation>,
+        listed: Vec<(Watched, Vec<Value>)>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
         let mut config = config();
-        config.enabled = vec![Implementation::Kgateway];
+        config.enabled = enabled;
         config.service.protocol = Protocol::Grpc;
         let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config);
         {
@@ -2216,16 +2241,21 @@ extensionProviders:
                 &json!({"spec": {"parentRefs": [{"name": "kgw"}]}}),
             );
             topology.apply_route(TargetKind::HttpRoute, "shop", "store", store);
+            topology.apply_class("eg", "gateway.envoyproxy.io/gatewayclass-controller");
+            topology.apply_gateway("shop", "web", "eg");
+            let payments = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "web"}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "payments", payments);
         }
-        ctx.targets.observe(
-            TargetKind::HttpRoute,
-            Event::Apply(("shop".into(), "store".into())),
-        );
-        for (watched, objects) in [
-            (Watched::GatewayExtensions, extensions),
-            (Watched::TrafficPolicies, traffic_policies),
-            (Watched::ReferenceGrants, grants),
-        ] {
+        for route in ["store", "payments"] {
+            ctx.targets.observe(
+                TargetKind::HttpRoute,
+                Event::Apply(("shop".into(), route.into())),
+            );
+        }
+        for (watched, objects) in listed {
             ctx.attachments.observe(watched, Event::Init);
             for object in objects {
                 let object: DynamicObject = serde_json::from_value(object).unwrap();
@@ -2402,5 +2432,99 @@ extensionProviders:
             .unwrap();
         let (state, ..) = accepted(&server.await.unwrap());
         assert_eq!(state, "True");
+    }
+
+    /// Until kgateway's kinds are listed (their CRDs may not be installed), nothing is
+    /// written and the target is not reported attached: fail closed, and look again.
+    #[tokio::test]
+    async fn kgateway_targets_wait_for_its_kinds_to_be_listed() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "store"}]));
+        let (ctx, mut api, _leader) = kgateway_cluster_listing(
+            &current,
+            vec![
+                (Watched::GatewayExtensions, Vec::new()),
+                (Watched::ReferenceGrants, Vec::new()),
+            ],
+        );
+        let server = tokio::spawn(async move {
+            assert_eq!(event(&mut api).await, ("Warning".into(), "Invalid".into()));
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        assert!(
+            api.next_request().await.is_none(),
+            "no kgateway object, no ReferenceGrant"
+        );
+        let (state, reason, message) = accepted(&status);
+        assert_eq!((state.as_str(), reason.as_str()), ("False", "Invalid"));
+        assert_eq!(
+            message,
+            "the GatewayExtensions, TrafficPolicies and ReferenceGrants are not listed yet"
+        );
+    }
+
+    /// Envoy Gateway and kgateway enabled, one policy on a route of each: the namespace's
+    /// one ReferenceGrant is created once, admitting both kinds (a second create in the
+    /// same reconcile would find the name taken and read it as not authplane's).
+    #[tokio::test]
+    async fn one_reference_grant_serves_envoy_gateway_and_kgateway() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"},
+                                    {"kind": "HTTPRoute", "name": "store"}]));
+        let (ctx, mut api, _leader) = kgateway_cluster_with(
+            &current,
+            vec![Implementation::EnvoyGateway, Implementation::Kgateway],
+            [
+                Watched::SecurityPolicies,
+                Watched::GatewayExtensions,
+                Watched::TrafficPolicies,
+                Watched::ReferenceGrants,
+            ]
+            .into_iter()
+            .map(|watched| (watched, Vec::new()))
+            .collect(),
+        );
+        let server = tokio::spawn(async move {
+            let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            expect(&mut api, "POST", GATEWAY_EXTENSIONS, 201, Value::Null).await;
+            expect(&mut api, "POST", TRAFFIC_POLICIES, 201, Value::Null).await;
+            // Two Accepted Events: the second joins the first's series (a PATCH).
+            let first = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+            assert_eq!(first["reason"], "Accepted");
+            let (request, respond) = within(api.next_request()).await.unwrap();
+            assert_eq!(request.method().as_str(), "PATCH");
+            assert!(
+                request.uri().path().starts_with(EVENTS),
+                "{}",
+                request.uri()
+            );
+            respond.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&first).unwrap()))
+                    .unwrap(),
+            );
+            let status = status_written(&mut api).await;
+            (api, grant, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, grant, status) = server.await.unwrap();
+        assert!(api.next_request().await.is_none());
+        assert_eq!(
+            grant["spec"]["from"],
+            json!([{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"},
+                   {"group": "gateway.kgateway.dev", "kind": "GatewayExtension", "namespace": "shop"}])
+        );
+        for target in status["targets"].as_array().unwrap() {
+            assert_eq!(target["conditions"][0]["reason"], "Accepted", "{target}");
+        }
     }
 }

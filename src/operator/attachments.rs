@@ -744,15 +744,12 @@ impl Attachments {
         };
         let uid = policy.metadata.uid.as_deref();
         // The namespace's ReferenceGrant, shared by Envoy Gateway and kgateway: written
-        // once, before the objects that need it.
+        // at most once, before the first objects that need it.
         let (grants_listed, grants_failing) = {
             let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
             (grants.listed, grants.failing.clone())
         };
-        let grant_problem = match &plan.reference_grant {
-            Some(grant) if grants_listed => self.write_grant(writer, grant).await?,
-            _ => None,
-        };
+        let mut grant_problem: Option<Option<(&'static str, String)>> = None;
         // Created in this order (an extension before the policy that uses it), deleted
         // in the other.
         let granted = [
@@ -787,7 +784,7 @@ impl Attachments {
                 continue;
             }
             let mut listed = grants_listed;
-            let mut failing = grants_failing.clone();
+            let mut failing = None;
             let mut held = Vec::new();
             for (watched, ..) in &objects {
                 let cache = self
@@ -798,6 +795,8 @@ impl Attachments {
                 failing = failing.or_else(|| cache.failing.clone());
                 held.push(cache.objects.get(&own).cloned());
             }
+            // The implementation's own kinds first: a CRD not installed says the most.
+            let failing = failing.or_else(|| grants_failing.clone());
             let what: Vec<&str> = objects.iter().map(|(w, ..)| w.name()).collect();
             let what = what.join(", ");
             if !listed {
@@ -808,7 +807,13 @@ impl Attachments {
                 refuse(&mut outcomes, implementation, (reason::INVALID, why));
                 later = Some(std::time::Duration::from_secs(10));
             } else if objects.iter().any(|(.., wanted)| wanted.is_some()) {
-                let mut problem = grant_problem.clone();
+                if grant_problem.is_none() {
+                    grant_problem = Some(match &plan.reference_grant {
+                        Some(grant) => self.write_grant(writer, grant).await?,
+                        None => None,
+                    });
+                }
+                let mut problem = grant_problem.clone().flatten();
                 for ((_, resource, wanted), held) in objects.iter().zip(&held) {
                     if problem.is_none() {
                         problem =
