@@ -1947,7 +1947,7 @@ mod attachment {
             "sp-uid",
         );
         let grant = stored(
-            authplane::attach::reference_grant("shop", &service, &writer),
+            authplane::attach::reference_grant("shop", &config().enabled, &service, &writer),
             "grant-uid",
         );
         let forged = json!({
@@ -2317,5 +2317,343 @@ extensionProviders:
             "{message}"
         );
         assert!(api.next_request().await.is_none(), "nothing written");
+    }
+
+    const GATEWAY_EXTENSIONS: &str =
+        "/apis/gateway.kgateway.dev/v1alpha1/namespaces/shop/gatewayextensions";
+    const TRAFFIC_POLICIES: &str =
+        "/apis/gateway.kgateway.dev/v1alpha1/namespaces/shop/trafficpolicies";
+
+    /// A cluster with kgateway serving `shop/kgw` and the route `shop/store` under it,
+    /// asked over gRPC; `extensions`, `traffic_policies` and `grants` listed.
+    fn kgateway_cluster(
+        current: &AuthPolicy,
+        extensions: Vec<Value>,
+        traffic_policies: Vec<Value>,
+        grants: Vec<Value>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        kgateway_cluster_listing(
+            current,
+            vec![
+                (Watched::GatewayExtensions, extensions),
+                (Watched::TrafficPolicies, traffic_policies),
+                (Watched::ReferenceGrants, grants),
+            ],
+        )
+    }
+
+    /// [`kgateway_cluster`], with only the watches of `listed` listed.
+    fn kgateway_cluster_listing(
+        current: &AuthPolicy,
+        listed: Vec<(Watched, Vec<Value>)>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        kgateway_cluster_with(current, vec![Implementation::Kgateway], listed)
+    }
+
+    /// [`kgateway_cluster_listing`], `enabled` written for, and Envoy Gateway serving
+    /// `shop/web` and the route `shop/payments` under it.
+    fn kgateway_cluster_with(
+        current: &AuthPolicy,
+        enabled: Vec<Implementation>,
+        listed: Vec<(Watched, Vec<Value>)>,
+    ) -> (Arc<PolicyContext>, Handle, tokio::sync::watch::Sender<bool>) {
+        let mut config = config();
+        config.enabled = enabled;
+        config.service.protocol = Protocol::Grpc;
+        let (ctx, api, leader) = context_attaching(current.clone(), Vec::new(), config);
+        {
+            let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.apply_class("kgateway", "kgateway.dev/kgateway");
+            topology.apply_gateway("shop", "kgw", "kgateway");
+            let store = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "kgw"}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "store", store);
+            topology.apply_class("eg", "gateway.envoyproxy.io/gatewayclass-controller");
+            topology.apply_gateway("shop", "web", "eg");
+            let payments = authplane::attach::Route::from_object(
+                "shop",
+                &json!({"spec": {"parentRefs": [{"name": "web"}]}}),
+            );
+            topology.apply_route(TargetKind::HttpRoute, "shop", "payments", payments);
+        }
+        for route in ["store", "payments"] {
+            ctx.targets.observe(
+                TargetKind::HttpRoute,
+                Event::Apply(("shop".into(), route.into())),
+            );
+        }
+        for (watched, objects) in listed {
+            ctx.attachments.observe(watched, Event::Init);
+            for object in objects {
+                let object: DynamicObject = serde_json::from_value(object).unwrap();
+                ctx.attachments.observe(watched, Event::InitApply(object));
+            }
+            ctx.attachments.observe(watched, Event::InitDone);
+        }
+        (ctx, api, leader)
+    }
+
+    /// kgateway: the ReferenceGrant, then the GatewayExtension, then the TrafficPolicy
+    /// that uses it are created; held, nothing is written; when the target leaves, the
+    /// TrafficPolicy, the GatewayExtension and the ReferenceGrant go, each by its uid.
+    #[tokio::test]
+    async fn kgateway_gets_an_extension_and_a_traffic_policy_and_loses_them_with_the_target() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "store"}]));
+        let (ctx, mut api, _leader) =
+            kgateway_cluster(&current, Vec::new(), Vec::new(), Vec::new());
+        let server = tokio::spawn(async move {
+            let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            let extension = expect(&mut api, "POST", GATEWAY_EXTENSIONS, 201, Value::Null).await;
+            let traffic_policy = expect(&mut api, "POST", TRAFFIC_POLICIES, 201, Value::Null).await;
+            assert_eq!(event(&mut api).await, ("Normal".into(), "Accepted".into()));
+            let status = status_written(&mut api).await;
+            (api, grant, extension, traffic_policy, status)
+        });
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, grant, extension, traffic_policy, status) = server.await.unwrap();
+        assert!(api.next_request().await.is_none());
+        assert_eq!(
+            grant["spec"]["from"],
+            json!([{"group": "gateway.kgateway.dev", "kind": "GatewayExtension", "namespace": "shop"}])
+        );
+        assert_eq!(extension["metadata"]["name"], "authplane-payments");
+        assert_eq!(extension["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            extension["spec"]["extAuth"]["grpcService"]["backendRef"],
+            json!({"name": "authplane", "namespace": "authplane-system", "port": 9191})
+        );
+        assert_eq!(extension["spec"]["extAuth"]["failOpen"], false);
+        assert_eq!(traffic_policy["metadata"]["name"], "authplane-payments");
+        assert_eq!(
+            traffic_policy["spec"],
+            json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "store"}],
+                   "extAuth": {"extensionRef": {"name": "authplane-payments"},
+                               "contextExtensions": {"authplane.io/policy": "shop/payments"}}})
+        );
+        let (state, reason, message) = accepted(&status);
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("True", "Accepted"),
+            "{message}"
+        );
+        assert!(
+            message.contains("TrafficPolicy shop/authplane-payments"),
+            "{message}"
+        );
+
+        // Held as written (with the apiserver's defaults), status written a while ago:
+        // nothing to write.
+        let mut current = current;
+        let mut status = status;
+        status["targets"][0]["conditions"][0]["lastTransitionTime"] = json!("2026-02-01T00:00:00Z");
+        current.status = serde_json::from_value(status).unwrap();
+        let mut held_extension = stored(extension, "ge-uid");
+        held_extension["spec"]["extAuth"]["grpcService"]["backendRef"]["group"] = json!("");
+        held_extension["spec"]["extAuth"]["grpcService"]["backendRef"]["kind"] = json!("Service");
+        let held_traffic_policy = stored(traffic_policy, "tp-uid");
+        let held_grant = stored(grant, "grant-uid");
+        let (ctx, mut api, _leader) = kgateway_cluster(
+            &current,
+            vec![held_extension.clone()],
+            vec![held_traffic_policy.clone()],
+            vec![held_grant.clone()],
+        );
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(api.next_request().await.is_none(), "nothing to write");
+
+        let mut left = policy(json!([{"kind": "Ingress", "name": "payments"}]));
+        left.status = current.status.clone();
+        let (ctx, mut api, _leader) = kgateway_cluster(
+            &left,
+            vec![held_extension],
+            vec![held_traffic_policy],
+            vec![held_grant],
+        );
+        let server = tokio::spawn(async move {
+            for (path, uid) in [
+                (format!("{TRAFFIC_POLICIES}/authplane-payments"), "tp-uid"),
+                (format!("{GATEWAY_EXTENSIONS}/authplane-payments"), "ge-uid"),
+                (
+                    format!("{GRANTS}/authplane-securitypolicies-shop"),
+                    "grant-uid",
+                ),
+            ] {
+                let deleted = expect(&mut api, "DELETE", &path, 200, json!({})).await;
+                assert_eq!(deleted["preconditions"]["uid"], uid);
+            }
+            status_written(&mut api).await;
+            api
+        });
+        within(reconcile(Arc::new(left), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(server.await.unwrap().next_request().await.is_none());
+    }
+
+    /// A TrafficPolicy not ours that attaches external auth to the route first (or
+    /// disables it there) wins it: kgateway enforces the oldest `extAuth`. One with other
+    /// settings only merges with ours and is no conflict.
+    #[tokio::test]
+    async fn an_older_foreign_traffic_policy_with_ext_auth_wins_the_route() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "store"}]));
+        let foreign = |ext_auth: Option<Value>| {
+            let mut object = json!({
+                "apiVersion": "gateway.kgateway.dev/v1alpha1", "kind": "TrafficPolicy",
+                "metadata": {"name": "hand-written", "namespace": "shop", "uid": "x",
+                             "creationTimestamp": "2025-06-01T00:00:00Z"},
+                "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "store"}],
+                         "timeouts": {"request": "10s"}},
+            });
+            if let Some(ext_auth) = ext_auth {
+                object["spec"]["extAuth"] = ext_auth;
+            }
+            object
+        };
+        for ext_auth in [
+            json!({"disable": {}}),
+            json!({"extensionRef": {"name": "opa"}}),
+        ] {
+            let (ctx, mut api, _leader) = kgateway_cluster(
+                &current,
+                Vec::new(),
+                vec![foreign(Some(ext_auth))],
+                Vec::new(),
+            );
+            let server = tokio::spawn(async move {
+                event(&mut api).await;
+                let status = status_written(&mut api).await;
+                (api, status)
+            });
+            within(reconcile(Arc::new(current.clone()), ctx.clone()))
+                .await
+                .unwrap();
+            drop(ctx);
+            let (mut api, status) = server.await.unwrap();
+            let (_, reason, message) = accepted(&status);
+            assert_eq!(reason, "Conflicted");
+            assert!(
+                message.contains("TrafficPolicy shop/hand-written"),
+                "{message}"
+            );
+            assert!(api.next_request().await.is_none(), "nothing written");
+        }
+
+        let (ctx, mut api, _leader) =
+            kgateway_cluster(&current, Vec::new(), vec![foreign(None)], Vec::new());
+        let server = tokio::spawn(async move {
+            expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            expect(&mut api, "POST", GATEWAY_EXTENSIONS, 201, Value::Null).await;
+            expect(&mut api, "POST", TRAFFIC_POLICIES, 201, Value::Null).await;
+            event(&mut api).await;
+            status_written(&mut api).await
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        let (state, ..) = accepted(&server.await.unwrap());
+        assert_eq!(state, "True");
+    }
+
+    /// Until kgateway's kinds are listed (their CRDs may not be installed), nothing is
+    /// written and the target is not reported attached: fail closed, and look again.
+    #[tokio::test]
+    async fn kgateway_targets_wait_for_its_kinds_to_be_listed() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "store"}]));
+        let (ctx, mut api, _leader) = kgateway_cluster_listing(
+            &current,
+            vec![
+                (Watched::GatewayExtensions, Vec::new()),
+                (Watched::ReferenceGrants, Vec::new()),
+            ],
+        );
+        let server = tokio::spawn(async move {
+            assert_eq!(event(&mut api).await, ("Warning".into(), "Invalid".into()));
+            let status = status_written(&mut api).await;
+            (api, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, status) = server.await.unwrap();
+        assert!(
+            api.next_request().await.is_none(),
+            "no kgateway object, no ReferenceGrant"
+        );
+        let (state, reason, message) = accepted(&status);
+        assert_eq!((state.as_str(), reason.as_str()), ("False", "Invalid"));
+        assert_eq!(
+            message,
+            "Gateway shop/kgw: the GatewayExtensions, TrafficPolicies and ReferenceGrants are not listed yet"
+        );
+    }
+
+    /// Envoy Gateway and kgateway enabled, one policy on a route of each: the namespace's
+    /// one ReferenceGrant is created once, admitting both kinds (a second create in the
+    /// same reconcile would find the name taken and read it as not authplane's).
+    #[tokio::test]
+    async fn one_reference_grant_serves_envoy_gateway_and_kgateway() {
+        let current = policy(json!([{"kind": "HTTPRoute", "name": "payments"},
+                                    {"kind": "HTTPRoute", "name": "store"}]));
+        let (ctx, mut api, _leader) = kgateway_cluster_with(
+            &current,
+            vec![Implementation::EnvoyGateway, Implementation::Kgateway],
+            [
+                Watched::SecurityPolicies,
+                Watched::GatewayExtensions,
+                Watched::TrafficPolicies,
+                Watched::ReferenceGrants,
+            ]
+            .into_iter()
+            .map(|watched| (watched, Vec::new()))
+            .collect(),
+        );
+        let server = tokio::spawn(async move {
+            let grant = expect(&mut api, "POST", GRANTS, 201, Value::Null).await;
+            expect(&mut api, "POST", SECURITY_POLICIES, 201, Value::Null).await;
+            expect(&mut api, "POST", GATEWAY_EXTENSIONS, 201, Value::Null).await;
+            expect(&mut api, "POST", TRAFFIC_POLICIES, 201, Value::Null).await;
+            // Two Accepted Events: the second joins the first's series (a PATCH).
+            let first = expect(&mut api, "POST", EVENTS, 201, Value::Null).await;
+            assert_eq!(first["reason"], "Accepted");
+            let (request, respond) = within(api.next_request()).await.unwrap();
+            assert_eq!(request.method().as_str(), "PATCH");
+            assert!(
+                request.uri().path().starts_with(EVENTS),
+                "{}",
+                request.uri()
+            );
+            respond.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&first).unwrap()))
+                    .unwrap(),
+            );
+            let status = status_written(&mut api).await;
+            (api, grant, status)
+        });
+        within(reconcile(Arc::new(current), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        let (mut api, grant, status) = server.await.unwrap();
+        assert!(api.next_request().await.is_none());
+        assert_eq!(
+            grant["spec"]["from"],
+            json!([{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"},
+                   {"group": "gateway.kgateway.dev", "kind": "GatewayExtension", "namespace": "shop"}])
+        );
+        for target in status["targets"].as_array().unwrap() {
+            assert_eq!(target["conditions"][0]["reason"], "Accepted", "{target}");
+        }
     }
 }

@@ -90,7 +90,7 @@ pub(crate) struct RunArgs {
     kube_api_burst: NonZeroU32,
     /// Gateway implementations to write configuration for, for AuthPolicies that target
     /// a Gateway API Gateway, HTTPRoute or GRPCRoute (comma-separated: `envoy-gateway`,
-    /// `istio`, `traefik`). Needs the RBAC of the objects written (the chart's
+    /// `istio`, `traefik`, `kgateway`). Needs the RBAC of the objects written (the chart's
     /// gatewayAPI.<implementation>.enabled). None: such targets are reported only.
     #[arg(long, value_name = "IMPLEMENTATION,...", value_delimiter = ',')]
     gateway_implementations: Vec<crate::attach::Implementation>,
@@ -104,10 +104,11 @@ pub(crate) struct RunArgs {
     /// Port of --authz-service-name serving `/authz` (plain HTTP).
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     authz_service_port: u16,
-    /// How Envoy Gateway's SecurityPolicies ask for a decision: `http` (`/authz` on
-    /// --authz-service-port) or `grpc` (Envoy's `Authorization/Check` on
-    /// --authz-service-grpc-port, the policy named in the context extension
-    /// authplane.io/policy; needs --grpc-listen). Istio and Traefik always use HTTP.
+    /// How Envoy Gateway's SecurityPolicies and kgateway's GatewayExtensions ask for a
+    /// decision: `http` (`/authz` on --authz-service-port) or `grpc` (Envoy's
+    /// `Authorization/Check` on --authz-service-grpc-port, the policy named in the
+    /// context extension authplane.io/policy; needs --grpc-listen). Istio and Traefik
+    /// always use HTTP.
     #[arg(long, value_name = "PROTOCOL", default_value = "http")]
     attach_protocol: crate::attach::Protocol,
     /// Port of --authz-service-name serving gRPC `Check` (h2c), with --attach-protocol grpc.
@@ -241,8 +242,9 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             ));
         }
     };
-    // gRPC SecurityPolicies point the gateways at this Service's gRPC port, which
-    // reaches these pods: without a gRPC listener, every attached route would be refused.
+    // gRPC SecurityPolicies and GatewayExtensions point the gateways at this Service's
+    // gRPC port, which reaches these pods: without a gRPC listener, every attached route
+    // would be refused.
     if args.attach_protocol == crate::attach::Protocol::Grpc && args.serving.grpc_listen.is_none() {
         return Err(CliError::Usage(
             "--attach-protocol grpc needs --grpc-listen (the gRPC Check listener the Service's gRPC port reaches)".into(),

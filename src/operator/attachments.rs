@@ -1,6 +1,8 @@
 //! Policy attachment on a cluster: the leader writes the gateway objects an AuthPolicy's
-//! Gateway API targets need (today Envoy Gateway's `SecurityPolicy` and the
-//! `ReferenceGrant` it needs), and reports per target whether the attachment took.
+//! Gateway API targets need (Envoy Gateway's `SecurityPolicy`, kgateway's
+//! `GatewayExtension` and `TrafficPolicy`, the `ReferenceGrant` both need, Traefik's
+//! `Middleware`, Istio's `AuthorizationPolicy`), and reports per target whether the
+//! attachment took.
 //! What to write is decided in the core ([`crate::attach::plan`]); this module reads what
 //! the apiserver holds (watches of SecurityPolicies cluster-wide and ReferenceGrants in
 //! authplane's namespace) and writes through the [`LeaderWriter`].
@@ -87,8 +89,9 @@ struct Held {
     /// Its targets (kind, name), from `targetRefs` (and a SecurityPolicy's deprecated
     /// `targetRef`).
     targets: Vec<(String, String)>,
-    /// For an AuthorizationPolicy: whether it is `action: CUSTOM` (external auth).
-    custom: bool,
+    /// Whether it configures external auth: an AuthorizationPolicy's `action: CUSTOM`,
+    /// a TrafficPolicy's `extAuth` (to use an extension or to disable one).
+    external_auth: bool,
     /// For a ReferenceGrant of ours: the namespace it admits.
     admits: Option<String>,
     /// For Istio's mesh config: its `mesh` key.
@@ -119,6 +122,10 @@ pub enum Watched {
     AuthorizationPolicies,
     /// Istio's mesh config (one ConfigMap).
     MeshConfig,
+    /// kgateway's, cluster-wide.
+    GatewayExtensions,
+    /// kgateway's, cluster-wide.
+    TrafficPolicies,
 }
 
 impl Watched {
@@ -129,6 +136,8 @@ impl Watched {
             Watched::Middlewares => "Middlewares",
             Watched::AuthorizationPolicies => "AuthorizationPolicies",
             Watched::MeshConfig => "the mesh config",
+            Watched::GatewayExtensions => "GatewayExtensions",
+            Watched::TrafficPolicies => "TrafficPolicies",
         }
     }
 }
@@ -144,6 +153,8 @@ pub struct Attachments {
     middlewares: Mutex<Cache>,
     authorization_policies: Mutex<Cache>,
     mesh_config: Mutex<Cache>,
+    gateway_extensions: Mutex<Cache>,
+    traffic_policies: Mutex<Cache>,
 }
 
 pub fn security_policy_resource() -> ApiResource {
@@ -175,6 +186,28 @@ pub fn authorization_policy_resource() -> ApiResource {
     )
 }
 
+pub fn gateway_extension_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            attach::KGATEWAY_GROUP,
+            "v1alpha1",
+            attach::GATEWAY_EXTENSION_KIND,
+        ),
+        "gatewayextensions",
+    )
+}
+
+pub fn traffic_policy_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            attach::KGATEWAY_GROUP,
+            "v1alpha1",
+            attach::TRAFFIC_POLICY_KIND,
+        ),
+        "trafficpolicies",
+    )
+}
+
 pub fn reference_grant_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(
@@ -198,6 +231,8 @@ impl Attachments {
             middlewares: Mutex::default(),
             authorization_policies: Mutex::default(),
             mesh_config: Mutex::default(),
+            gateway_extensions: Mutex::default(),
+            traffic_policies: Mutex::default(),
         }
     }
 
@@ -213,6 +248,16 @@ impl Attachments {
         self.config.enabled.contains(&Implementation::Traefik)
     }
 
+    fn kgateway(&self) -> bool {
+        self.config.enabled.contains(&Implementation::Kgateway)
+    }
+
+    /// Whether the namespaces' ReferenceGrants are written (and watched): an enabled
+    /// implementation reaches authplane's Service from the policies' namespaces.
+    fn grants(&self) -> bool {
+        self.envoy() || self.kgateway()
+    }
+
     fn cache(&self, watched: Watched) -> &Mutex<Cache> {
         match watched {
             Watched::SecurityPolicies => &self.security_policies,
@@ -220,6 +265,8 @@ impl Attachments {
             Watched::Middlewares => &self.middlewares,
             Watched::AuthorizationPolicies => &self.authorization_policies,
             Watched::MeshConfig => &self.mesh_config,
+            Watched::GatewayExtensions => &self.gateway_extensions,
+            Watched::TrafficPolicies => &self.traffic_policies,
         }
     }
 
@@ -245,6 +292,8 @@ impl Attachments {
             &self.middlewares,
             &self.authorization_policies,
             &self.mesh_config,
+            &self.gateway_extensions,
+            &self.traffic_policies,
         ] {
             *cache.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
         }
@@ -278,7 +327,9 @@ impl Attachments {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             targets,
-            custom: object.data.pointer("/spec/action").and_then(Value::as_str) == Some("CUSTOM"),
+            external_auth: object.data.pointer("/spec/action").and_then(Value::as_str)
+                == Some("CUSTOM")
+                || object.data.pointer("/spec/extAuth").is_some(),
             mesh: object
                 .data
                 .pointer("/data/mesh")
@@ -297,11 +348,11 @@ impl Attachments {
         }
     }
 
-    /// Watches SecurityPolicies (cluster-wide, when Envoy Gateway is enabled) and
-    /// ReferenceGrants (in authplane's namespace), and sends the namespaces whose
-    /// policies' attachments are stale. A SecurityPolicy of ours that went away (the
-    /// garbage collector after its AuthPolicy) may leave a ReferenceGrant no policy
-    /// needs: it is deleted then.
+    /// Watches the enabled implementations' kinds (cluster-wide) and ReferenceGrants (in
+    /// authplane's namespace), and sends the namespaces whose policies' attachments are
+    /// stale. A SecurityPolicy or GatewayExtension of ours that went away (the garbage
+    /// collector after its AuthPolicy) may leave a ReferenceGrant no policy needs: it is
+    /// deleted then.
     pub async fn watch(
         self: Arc<Self>,
         client: Client,
@@ -321,6 +372,18 @@ impl Attachments {
                 Watched::SecurityPolicies,
                 Api::all_with(client.clone(), &security_policy_resource()),
             ));
+        }
+        if self.kgateway() {
+            watches.push(watch(
+                Watched::GatewayExtensions,
+                Api::all_with(client.clone(), &gateway_extension_resource()),
+            ));
+            watches.push(watch(
+                Watched::TrafficPolicies,
+                Api::all_with(client.clone(), &traffic_policy_resource()),
+            ));
+        }
+        if self.grants() {
             watches.push(watch(
                 Watched::ReferenceGrants,
                 Api::namespaced_with(
@@ -396,14 +459,17 @@ impl Attachments {
 
     /// Takes in one event of a watch; returns the namespaces whose policies are stale,
     /// and the namespace whose ReferenceGrant may be unneeded now (one of our
-    /// SecurityPolicies went away).
+    /// SecurityPolicies or GatewayExtensions went away).
     pub fn observe(
         &self,
         watched: Watched,
         event: watcher::Event<DynamicObject>,
     ) -> (Vec<String>, Option<String>) {
         let cache = self.cache(watched);
-        let is_policy = watched == Watched::SecurityPolicies;
+        let uses_grant = matches!(
+            watched,
+            Watched::SecurityPolicies | Watched::GatewayExtensions
+        );
         // A SecurityPolicy or Middleware concerns the policies of its namespace; a
         // ReferenceGrant (in authplane's namespace) those of the namespace it admits.
         let scope = |key: &ObjectKey, held: &Held| match watched {
@@ -451,7 +517,7 @@ impl Attachments {
                 let key = ObjectKey::of(&o.metadata);
                 let held = self.hold(&o);
                 stale.extend(scope(&key, &held));
-                if cache.objects.remove(&key).is_some_and(|g| g.labelled) && is_policy {
+                if cache.objects.remove(&key).is_some_and(|g| g.labelled) && uses_grant {
                     swept = Some(key.namespace);
                 }
             }
@@ -502,17 +568,17 @@ impl Attachments {
         if Self::wanted_in(policies, namespace, None) {
             return Ok(());
         }
-        if self.holds_security_policy(policies, namespace, None) {
+        if self.holds_grant_user(policies, namespace, None) {
             return Ok(());
         }
         self.delete_grant(writer, namespace).await
     }
 
-    /// Whether a SecurityPolicy of ours other than `except` stands in `namespace`:
-    /// labelled as this instance's, and named for an AuthPolicy of the namespace that
-    /// controls it (by uid). Labels alone do not count: a tenant can write them on any
-    /// object of its namespace, and would keep its ReferenceGrant forever.
-    fn holds_security_policy(
+    /// Whether a SecurityPolicy or GatewayExtension of ours other than `except` stands in
+    /// `namespace`: labelled as this instance's, and named for an AuthPolicy of the
+    /// namespace that controls it (by uid). Labels alone do not count: a tenant can write
+    /// them on any object of its namespace, and would keep its ReferenceGrant forever.
+    fn holds_grant_user(
         &self,
         policies: &[Arc<DeserializeGuard<AuthPolicy>>],
         namespace: &str,
@@ -529,18 +595,22 @@ impl Attachments {
                 ))
             })
             .collect();
-        self.security_policies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .objects
+        [&self.security_policies, &self.gateway_extensions]
             .iter()
-            .any(|(key, held)| {
-                key.namespace == namespace
-                    && Some(key) != except
-                    && held.labelled
-                    && owners
-                        .get(&key.name)
-                        .is_some_and(|uid| held.controller.as_deref() == Some(*uid))
+            .any(|cache| {
+                cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .objects
+                    .iter()
+                    .any(|(key, held)| {
+                        key.namespace == namespace
+                            && Some(key) != except
+                            && held.labelled
+                            && owners
+                                .get(&key.name)
+                                .is_some_and(|uid| held.controller.as_deref() == Some(*uid))
+                    })
             })
     }
 
@@ -565,7 +635,7 @@ impl Attachments {
                     &held.uid,
                 )
                 .await?;
-            tracing::info!(namespace = %namespace, reference_grant = %key, "deleted: no policy of the namespace attaches to Envoy Gateway any more");
+            tracing::info!(namespace = %namespace, reference_grant = %key, "deleted: no policy of the namespace attaches to Envoy Gateway or kgateway any more");
         }
         Ok(())
     }
@@ -597,6 +667,8 @@ impl Attachments {
             &self.security_policies,
             &self.middlewares,
             &self.authorization_policies,
+            &self.gateway_extensions,
+            &self.traffic_policies,
         ]
         .iter()
         .any(|cache| {
@@ -619,12 +691,11 @@ impl Attachments {
             name: id.to_string(),
             what: format!("AuthPolicy {id}"),
         };
-        // Envoy Gateway ranks SecurityPolicies by their own age: ours is as old as the
-        // one we hold, or newer than every other when it is still to be created (not
-        // `now`: the apiserver's clock, not ours, stamps it).
-        let our_security_policy = Claim {
-            created: self
-                .security_policies
+        // Envoy Gateway ranks SecurityPolicies, and kgateway TrafficPolicies, by their own
+        // age: ours is as old as the one we hold, or newer than every other when it is
+        // still to be created (not `now`: the apiserver's clock, not ours, stamps it).
+        let our_own = |cache: &Mutex<Cache>, kind: &str| Claim {
+            created: cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .objects
@@ -635,10 +706,20 @@ impl Attachments {
                 .and_then(|held| held.created)
                 .unwrap_or(Timestamp::MAX),
             name: own.to_string(),
-            what: format!("SecurityPolicy {own}"),
+            what: format!("{kind} {own}"),
         };
-        let claims =
-            |target: &TargetRef| self.claims(&id, target, policies, &ours, &our_security_policy);
+        let our_security_policy = our_own(&self.security_policies, "SecurityPolicy");
+        let our_traffic_policy = our_own(&self.traffic_policies, "TrafficPolicy");
+        let claims = |target: &TargetRef| {
+            self.claims(
+                &id,
+                target,
+                policies,
+                &ours,
+                &our_security_policy,
+                &our_traffic_policy,
+            )
+        };
         let plan = {
             let topology = self.topology.lock().unwrap_or_else(|e| e.into_inner());
             attach::plan(
@@ -661,52 +742,98 @@ impl Attachments {
             }
         };
         let uid = policy.metadata.uid.as_deref();
-        if self.envoy() {
-            let (listed, failing, held) = {
+        // The namespace's ReferenceGrant, shared by Envoy Gateway and kgateway: written
+        // at most once, before the first objects that need it.
+        let (grants_listed, grants_failing) = {
+            let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+            (grants.listed, grants.failing.clone())
+        };
+        let mut grant_problem: Option<Option<(&'static str, String)>> = None;
+        // Created in this order (an extension before the policy that uses it), deleted
+        // in the other.
+        let granted = [
+            (
+                Implementation::EnvoyGateway,
+                vec![(
+                    Watched::SecurityPolicies,
+                    security_policy_resource(),
+                    plan.security_policy.as_ref(),
+                )],
+                "is Envoy Gateway installed?",
+            ),
+            (
+                Implementation::Kgateway,
+                vec![
+                    (
+                        Watched::GatewayExtensions,
+                        gateway_extension_resource(),
+                        plan.gateway_extension.as_ref(),
+                    ),
+                    (
+                        Watched::TrafficPolicies,
+                        traffic_policy_resource(),
+                        plan.traffic_policy.as_ref(),
+                    ),
+                ],
+                "is kgateway installed?",
+            ),
+        ];
+        for (implementation, objects, hint) in granted {
+            if !self.config.enabled.contains(&implementation) {
+                continue;
+            }
+            let mut listed = grants_listed;
+            let mut failing = None;
+            let mut held = Vec::new();
+            for (watched, ..) in &objects {
                 let cache = self
-                    .security_policies
+                    .cache(*watched)
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-                (
-                    cache.listed && grants.listed,
-                    cache.failing.clone().or_else(|| grants.failing.clone()),
-                    cache.objects.get(&own).cloned(),
-                )
-            };
-            let resource = security_policy_resource();
+                listed &= cache.listed;
+                failing = failing.or_else(|| cache.failing.clone());
+                held.push(cache.objects.get(&own).cloned());
+            }
+            // The implementation's own kinds first: a CRD not installed says the most.
+            let failing = failing.or_else(|| grants_failing.clone());
+            let what: Vec<&str> = objects.iter().map(|(w, ..)| w.name()).collect();
+            let what = what.join(", ");
             if !listed {
                 let why = failing.map_or_else(
-                    || "the SecurityPolicies and ReferenceGrants are not listed yet".to_owned(),
-                    |e| format!("cannot read SecurityPolicies or ReferenceGrants (is Envoy Gateway installed?): {e}"),
+                    || format!("the {what} and ReferenceGrants are not listed yet"),
+                    |e| format!("cannot read {what} or ReferenceGrants ({hint}): {e}"),
                 );
-                refuse(
-                    &mut outcomes,
-                    Implementation::EnvoyGateway,
-                    (reason::INVALID, why),
-                );
+                refuse(&mut outcomes, implementation, (reason::INVALID, why));
                 later = Some(std::time::Duration::from_secs(10));
-            } else if let Some(wanted) = &plan.security_policy {
-                let mut problem = None;
-                if let Some(grant) = &plan.reference_grant {
-                    problem = self.write_grant(writer, grant).await?;
+            } else if objects.iter().any(|(.., wanted)| wanted.is_some()) {
+                if grant_problem.is_none() {
+                    grant_problem = Some(match &plan.reference_grant {
+                        Some(grant) => self.write_grant(writer, grant).await?,
+                        None => None,
+                    });
                 }
-                if problem.is_none() {
-                    problem = sync_owned(writer, &resource, &own, held.as_ref(), Some(wanted), uid)
-                        .await?;
-                }
-                if let Some(problem) = problem {
-                    refuse(&mut outcomes, Implementation::EnvoyGateway, problem);
-                }
-            } else {
-                sync_owned(writer, &resource, &own, held.as_ref(), None, uid).await?;
-                if !Self::wanted_in(policies, &id.namespace, Some(&id.name)) {
-                    let others = self.holds_security_policy(policies, &id.namespace, Some(&own));
-                    if !others {
-                        self.delete_grant(writer, &id.namespace).await?;
+                let mut problem = grant_problem.clone().flatten();
+                for ((_, resource, wanted), held) in objects.iter().zip(&held) {
+                    if problem.is_none() {
+                        problem =
+                            sync_owned(writer, resource, &own, held.as_ref(), *wanted, uid).await?;
                     }
                 }
+                if let Some(problem) = problem {
+                    refuse(&mut outcomes, implementation, problem);
+                }
+            } else {
+                for ((_, resource, _), held) in objects.iter().zip(&held).rev() {
+                    sync_owned(writer, resource, &own, held.as_ref(), None, uid).await?;
+                }
             }
+        }
+        if grants_listed
+            && plan.reference_grant.is_none()
+            && !Self::wanted_in(policies, &id.namespace, Some(&id.name))
+            && !self.holds_grant_user(policies, &id.namespace, Some(&own))
+        {
+            self.delete_grant(writer, &id.namespace).await?;
         }
         let own_objects = [
             (
@@ -944,10 +1071,14 @@ impl Attachments {
     }
 
     /// The other policies that hold `target` of the policy `id` before it: older
-    /// AuthPolicies and `CUSTOM` AuthorizationPolicies not ours (than `ours`), and
-    /// SecurityPolicies not ours that Envoy Gateway ranks before `our_security_policy`. Any SecurityPolicy counts, whatever it configures:
-    /// Envoy Gateway applies one SecurityPolicy per target and refuses the others
-    /// whole, so an older one with only `cors` or `jwt` would leave ours unapplied.
+    /// AuthPolicies and `CUSTOM` AuthorizationPolicies not ours (than `ours`),
+    /// SecurityPolicies not ours that Envoy Gateway ranks before `our_security_policy`,
+    /// and TrafficPolicies with `extAuth` not ours that kgateway ranks before
+    /// `our_traffic_policy`. Any SecurityPolicy counts, whatever it configures: Envoy
+    /// Gateway applies one SecurityPolicy per target and refuses the others whole, so an
+    /// older one with only `cors` or `jwt` would leave ours unapplied. kgateway merges
+    /// TrafficPolicies by top-level field, the oldest `extAuth` winning (an `extAuth`
+    /// that disables one too).
     fn claims(
         &self,
         id: &ObjectKey,
@@ -955,6 +1086,7 @@ impl Attachments {
         policies: &[Arc<DeserializeGuard<AuthPolicy>>],
         ours: &Claim,
         our_security_policy: &Claim,
+        our_traffic_policy: &Claim,
     ) -> Vec<Claim> {
         let mut claims: Vec<Claim> = policies
             .iter()
@@ -981,7 +1113,8 @@ impl Attachments {
             .collect();
         // Envoy Gateway: any SecurityPolicy not ours, ranked against ours. Istio: a CUSTOM
         // AuthorizationPolicy not ours (other actions combine with it), ranked against the
-        // AuthPolicy.
+        // AuthPolicy. kgateway: a TrafficPolicy with extAuth not ours (other fields merge
+        // with ours), ranked against ours.
         for (cache, kind, before) in [
             (
                 &self.security_policies,
@@ -989,6 +1122,7 @@ impl Attachments {
                 our_security_policy,
             ),
             (&self.authorization_policies, "AuthorizationPolicy", ours),
+            (&self.traffic_policies, "TrafficPolicy", our_traffic_policy),
         ] {
             let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             claims.extend(
@@ -998,7 +1132,7 @@ impl Attachments {
                     .filter(|(key, held)| {
                         key.namespace == id.namespace
                             && !held.labelled
-                            && (kind == "SecurityPolicy" || held.custom)
+                            && (kind == "SecurityPolicy" || held.external_auth)
                             && held.targets.iter().any(|(kind, name)| {
                                 kind == target.kind.name() && *name == target.name
                             })
@@ -1112,9 +1246,16 @@ async fn sync_owned(
     }))
 }
 
-/// The fields of a SecurityPolicy's `spec.extAuth` that say how Envoy asks (HTTP, or
-/// gRPC with the policy in a context extension).
-const EXT_AUTH_PROTOCOL_FIELDS: [&str; 3] = ["http", "grpc", "contextExtensions"];
+/// The fields of a `spec.extAuth` that say how Envoy asks (HTTP, or gRPC with the policy
+/// in a context extension): a SecurityPolicy's, a GatewayExtension's, a TrafficPolicy's.
+const EXT_AUTH_PROTOCOL_FIELDS: [&str; 6] = [
+    "http",
+    "grpc",
+    "contextExtensions",
+    "httpService",
+    "grpcService",
+    "headersToForward",
+];
 
 /// When `held` (ours) asks in another protocol than `wanted`: the merge patch that
 /// removes the other protocol's fields and sets `wanted`'s `extAuth`. The object was
@@ -1212,6 +1353,33 @@ mod tests {
         // The same protocol: a plain apply.
         assert_eq!(protocol_switch(&http, &http, "uid-1"), None);
         assert_eq!(protocol_switch(&grpc, &grpc, "uid-1"), None);
+    }
+
+    /// kgateway: the GatewayExtension holds one service (its CRD refuses both), and a
+    /// TrafficPolicy asked over HTTP names no context extension.
+    #[test]
+    fn a_kgateway_protocol_switch_removes_the_other_protocols_fields() {
+        let backend = json!({"name": "authplane", "namespace": "authplane-system", "port": 8080});
+        let http = json!({"spec": {"extAuth": {"failOpen": false, "headersToForward": ["authorization"],
+            "httpService": {"backendRef": backend, "pathPrefix": "/authz/shop/p"}}}});
+        let grpc = json!({"spec": {"extAuth": {"failOpen": false,
+            "grpcService": {"backendRef": backend}}}});
+        let patch = protocol_switch(&http, &grpc, "uid-1").unwrap();
+        assert_eq!(
+            patch["spec"]["extAuth"],
+            json!({"failOpen": false, "grpcService": {"backendRef": backend},
+                   "httpService": null, "headersToForward": null})
+        );
+        let back = protocol_switch(&grpc, &http, "uid-1").unwrap();
+        assert_eq!(back["spec"]["extAuth"]["grpcService"], Value::Null);
+        let named = json!({"spec": {"extAuth": {"extensionRef": {"name": "authplane-p"},
+            "contextExtensions": {"authplane.io/policy": "shop/p"}}}});
+        let unnamed = json!({"spec": {"extAuth": {"extensionRef": {"name": "authplane-p"}}}});
+        assert_eq!(
+            protocol_switch(&named, &unnamed, "uid-1").unwrap()["spec"]["extAuth"],
+            json!({"extensionRef": {"name": "authplane-p"}, "contextExtensions": null})
+        );
+        assert_eq!(protocol_switch(&unnamed, &named, "uid-1"), None);
     }
 
     #[test]

@@ -95,7 +95,8 @@ SecurityPolicies use it, or when asked for (Envoy wired by hand).
 */}}
 {{- define "authplane.grpcServed" -}}
 {{- $envoy := .Values.gatewayAPI.envoyGateway }}
-{{- if or .Values.grpc.enabled (and $envoy.enabled (eq ($envoy.protocol | default "grpc") "grpc")) -}}
+{{- $kgateway := .Values.gatewayAPI.kgateway }}
+{{- if or .Values.grpc.enabled (and $envoy.enabled (eq ($envoy.protocol | default "grpc") "grpc")) (and $kgateway.enabled (eq ($kgateway.protocol | default "grpc") "grpc")) -}}
 true
 {{- end }}
 {{- end }}

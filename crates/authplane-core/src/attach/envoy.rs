@@ -8,7 +8,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{AuthzService, GRANT_NAMESPACE_LABEL, POLICY_EXTENSION, Protocol, Writer};
+use super::{
+    AuthzService, GRANT_NAMESPACE_LABEL, Implementation, POLICY_EXTENSION, Protocol, Writer,
+    kgateway,
+};
 use crate::api::{AuthPolicy, TargetRef};
 
 pub const ENVOY_GATEWAY_GROUP: &str = "gateway.envoyproxy.io";
@@ -188,11 +191,35 @@ pub fn reference_grant_name(namespace: &str, writer: &Writer) -> String {
     }
 }
 
-/// Lets the SecurityPolicies of `namespace` reference authplane's Service, and nothing
-/// else: one Service, by name, from one namespace, one kind.
-pub fn reference_grant(namespace: &str, service: &AuthzService, writer: &Writer) -> Value {
+/// Lets the objects of `namespace` that reach authplane for the `enabled`
+/// implementations (Envoy Gateway's SecurityPolicies, kgateway's GatewayExtensions)
+/// reference authplane's Service, and nothing else: one Service, by name, from one
+/// namespace. One grant per namespace, the same whichever implementation a policy uses,
+/// so that two policies of a namespace never pull it two ways.
+pub fn reference_grant(
+    namespace: &str,
+    enabled: &[Implementation],
+    service: &AuthzService,
+    writer: &Writer,
+) -> Value {
     let mut labels = writer.labels();
     labels.insert(GRANT_NAMESPACE_LABEL.into(), namespace.into());
+    let from: Vec<Value> = [
+        (
+            Implementation::EnvoyGateway,
+            ENVOY_GATEWAY_GROUP,
+            SECURITY_POLICY_KIND,
+        ),
+        (
+            Implementation::Kgateway,
+            kgateway::KGATEWAY_GROUP,
+            kgateway::GATEWAY_EXTENSION_KIND,
+        ),
+    ]
+    .into_iter()
+    .filter(|(implementation, ..)| enabled.contains(implementation))
+    .map(|(_, group, kind)| json!({"group": group, "kind": kind, "namespace": namespace}))
+    .collect();
     json!({
         "apiVersion": REFERENCE_GRANT_API_VERSION,
         "kind": "ReferenceGrant",
@@ -202,11 +229,7 @@ pub fn reference_grant(namespace: &str, service: &AuthzService, writer: &Writer)
             "labels": labels,
         },
         "spec": {
-            "from": [{
-                "group": ENVOY_GATEWAY_GROUP,
-                "kind": SECURITY_POLICY_KIND,
-                "namespace": namespace,
-            }],
+            "from": from,
             "to": [{"group": "", "kind": "Service", "name": service.name}],
         },
     })

@@ -11,6 +11,7 @@
 
 mod envoy;
 mod istio;
+mod kgateway;
 mod plan;
 mod topology;
 mod traefik;
@@ -24,6 +25,10 @@ pub use istio::{
     AUTHORIZATION_POLICY_API_VERSION, AUTHORIZATION_POLICY_KIND, ISTIO_SECURITY_GROUP,
     authorization_policy, authorization_policy_name, check_mesh_config, expected_provider,
     path_prefix, provider_name,
+};
+pub use kgateway::{
+    GATEWAY_EXTENSION_KIND, KGATEWAY_API_VERSION, KGATEWAY_GROUP, MAX_TRAFFIC_POLICY_TARGETS,
+    TRAFFIC_POLICY_KIND, gateway_extension, kgateway_object_name, traffic_policy,
 };
 pub use plan::{AncestorOutcome, Claim, Outcome, Plan, Verdict, plan, reason};
 pub use topology::{Ancestor, Gateway, GatewayTopology, ParentRef, Route, RuleMiddlewares};
@@ -71,10 +76,11 @@ impl Implementation {
 }
 
 /// The implementations authplane writes configuration for.
-pub const WRITTEN: [Implementation; 3] = [
+pub const WRITTEN: [Implementation; 4] = [
     Implementation::EnvoyGateway,
     Implementation::Istio,
     Implementation::Traefik,
+    Implementation::Kgateway,
 ];
 
 impl std::str::FromStr for Implementation {
@@ -93,9 +99,9 @@ impl std::str::FromStr for Implementation {
     }
 }
 
-/// How an Envoy-based gateway (Envoy Gateway) asks authplane for a decision. Istio's
-/// gRPC provider cannot name the policy (it sets no context extension), and Traefik
-/// speaks HTTP only: both always use HTTP.
+/// How an Envoy-based gateway (Envoy Gateway, kgateway) asks authplane for a decision.
+/// Istio's gRPC provider cannot name the policy (it sets no context extension), and
+/// Traefik speaks HTTP only: both always use HTTP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
     /// `GET /authz/{namespace}/{name}/{original path}`.
@@ -141,7 +147,7 @@ pub struct AuthzService {
     pub port: u16,
     /// The port serving gRPC `Check` (h2c), used with [`Protocol::Grpc`].
     pub grpc_port: u16,
-    /// How Envoy Gateway asks.
+    /// How Envoy Gateway and kgateway ask.
     pub protocol: Protocol,
 }
 

@@ -5,7 +5,8 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use super::{
-    Ancestor, AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, traefik,
+    Ancestor, AuthzService, GatewayTopology, Implementation, Writer, envoy, istio, kgateway,
+    traefik,
 };
 use crate::api::{AuthPolicy, Mode, TargetRef};
 
@@ -170,7 +171,7 @@ pub struct Plan {
     pub outcomes: Vec<Option<Outcome>>,
     /// The Envoy Gateway SecurityPolicy; `None`: it should not exist.
     pub security_policy: Option<Value>,
-    /// The ReferenceGrant the SecurityPolicy needs.
+    /// The ReferenceGrant the SecurityPolicy or the GatewayExtension needs.
     pub reference_grant: Option<Value>,
     /// The Traefik Middleware; `None`: it should not exist.
     pub middleware: Option<Value>,
@@ -179,6 +180,10 @@ pub struct Plan {
     /// The mesh config's extension provider the AuthorizationPolicy names, as the
     /// cluster admin adds it.
     pub istio_provider: Option<Value>,
+    /// kgateway's GatewayExtension and the TrafficPolicy that uses it; `None`: they
+    /// should not exist.
+    pub gateway_extension: Option<Value>,
+    pub traffic_policy: Option<Value>,
 }
 
 /// The plan of `policy`. `enabled`: the implementations this installation wires;
@@ -197,6 +202,7 @@ pub fn plan(
     let mut envoy_targets: Vec<&TargetRef> = Vec::new();
     let mut traefik = false;
     let mut istio_targets: Vec<&TargetRef> = Vec::new();
+    let mut kgateway_targets: Vec<&TargetRef> = Vec::new();
     let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
     let outcomes = policy
         .spec
@@ -304,9 +310,20 @@ pub fn plan(
                             ))
                         }
                     }
-                    other => Err(format!(
-                        "authplane does not write configuration for {} yet",
-                        other.name()
+                    // One TrafficPolicy holds every target: past its CRD's limit, the
+                    // apiserver would refuse it whole.
+                    Implementation::Kgateway
+                        if !kgateway_targets.contains(&target)
+                            && kgateway_targets.len() >= kgateway::MAX_TRAFFIC_POLICY_TARGETS =>
+                    {
+                        Err(format!(
+                            "a kgateway TrafficPolicy takes at most {} targets: split the policy",
+                            kgateway::MAX_TRAFFIC_POLICY_TARGETS
+                        ))
+                    }
+                    Implementation::Kgateway => Ok(format!(
+                        "TrafficPolicy {namespace}/{} sends its requests to authplane",
+                        kgateway::kgateway_object_name(policy_name)
                     )),
                 }
             };
@@ -332,11 +349,11 @@ pub fn plan(
                 let targets = match implementation {
                     Implementation::EnvoyGateway => &mut envoy_targets,
                     Implementation::Istio => &mut istio_targets,
+                    Implementation::Kgateway => &mut kgateway_targets,
                     Implementation::Traefik => {
                         traefik = true;
                         continue;
                     }
-                    _ => continue,
                 };
                 if !targets.contains(&target) {
                     targets.push(target);
@@ -346,17 +363,21 @@ pub fn plan(
         })
         .collect();
     let wanted = !envoy_targets.is_empty();
+    let kgateway = !kgateway_targets.is_empty();
     Plan {
         outcomes,
         security_policy: wanted
             .then(|| envoy::security_policy(policy, &envoy_targets, service, writer)),
-        reference_grant: (wanted && namespace != service.namespace)
-            .then(|| envoy::reference_grant(namespace, service, writer)),
+        reference_grant: ((wanted || kgateway) && namespace != service.namespace)
+            .then(|| envoy::reference_grant(namespace, enabled, service, writer)),
         middleware: (traefik && !disabled).then(|| traefik::middleware(policy, service, writer)),
         authorization_policy: (!istio_targets.is_empty())
             .then(|| istio::authorization_policy(policy, &istio_targets, writer)),
         istio_provider: (!istio_targets.is_empty())
             .then(|| istio::expected_provider(policy, service)),
+        gateway_extension: kgateway.then(|| kgateway::gateway_extension(policy, service, writer)),
+        traffic_policy: kgateway
+            .then(|| kgateway::traffic_policy(policy, &kgateway_targets, service, writer)),
     }
 }
 

@@ -1325,3 +1325,255 @@ fn a_section_that_does_not_exist_is_not_found() {
         "HTTPRoute shop/payments has no rule named api: none of its rules has a name"
     );
 }
+
+const KGATEWAY: &str = "kgateway.dev/kgateway";
+
+/// kgateway: the Gateway `kgw` in `shop` (listener `https`) and the route `store` under it, whose rule is
+/// named `api`; Envoy Gateway and kgateway enabled.
+fn kgateway_plan(targets: Value, protocol: Protocol) -> Plan {
+    let mut topology = topology();
+    topology.apply_class("kgateway", KGATEWAY);
+    topology.apply_gateway(
+        "shop",
+        "kgw",
+        Gateway {
+            class_name: "kgateway".to_owned(),
+            listeners: vec!["https".to_owned()],
+        },
+    );
+    let store = Route::from_object(
+        "shop",
+        &json!({"spec": {"parentRefs": [{"name": "kgw"}], "rules": [{"name": "api"}]}}),
+    );
+    topology.apply_route(TargetKind::HttpRoute, "shop", "store", store);
+    let policy = policy(
+        targets,
+        json!({"tokenSources": {"cookies": ["access_token"]}}),
+    );
+    plan(
+        &policy,
+        &topology,
+        &[Implementation::EnvoyGateway, Implementation::Kgateway],
+        &AuthzService {
+            protocol,
+            ..service()
+        },
+        &writer(),
+        |_| Vec::new(),
+    )
+}
+
+fn kgateway_targets() -> Value {
+    json!([{"kind": "HTTPRoute", "name": "store", "sectionName": "api"},
+           {"kind": "Gateway", "name": "kgw", "sectionName": "https"}])
+}
+
+#[test]
+fn kgateway_is_a_flag_value() {
+    assert_eq!(
+        "kgateway".parse::<Implementation>(),
+        Ok(Implementation::Kgateway)
+    );
+    assert_eq!(
+        Implementation::of_controller(KGATEWAY),
+        Some(Implementation::Kgateway)
+    );
+}
+
+#[test]
+fn over_grpc_kgateway_names_the_policy_only_in_the_traffic_policys_context_extension() {
+    let plan = kgateway_plan(kgateway_targets(), Protocol::Grpc);
+    assert_eq!(reasons(&plan), [Some("Accepted"), Some("Accepted")]);
+    assert!(
+        plan.outcomes[0]
+            .as_ref()
+            .unwrap()
+            .verdict()
+            .message
+            .contains("TrafficPolicy shop/authplane-payments"),
+        "{:?}",
+        plan.outcomes[0]
+    );
+    let metadata = json!({
+        "name": "authplane-payments", "namespace": "shop",
+        "labels": {"app.kubernetes.io/managed-by": "authplane", "authplane.io/instance": "default"},
+        "ownerReferences": [{"apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy", "name": "payments",
+                             "uid": "uid-1", "controller": true, "blockOwnerDeletion": false}],
+    });
+    assert_eq!(
+        plan.gateway_extension,
+        Some(json!({
+            "apiVersion": "gateway.kgateway.dev/v1alpha1", "kind": "GatewayExtension",
+            "metadata": metadata,
+            "spec": {"extAuth": {"failOpen": false, "grpcService": {"backendRef":
+                {"name": "authplane", "namespace": "authplane-system", "port": 9191}}}},
+        }))
+    );
+    assert_eq!(
+        plan.traffic_policy,
+        Some(json!({
+            "apiVersion": "gateway.kgateway.dev/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": metadata,
+            "spec": {
+                "targetRefs": [
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "store", "sectionName": "api"},
+                    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "kgw", "sectionName": "https"}],
+                "extAuth": {"extensionRef": {"name": "authplane-payments"},
+                            "contextExtensions": {"authplane.io/policy": "shop/payments"}},
+            },
+        }))
+    );
+    // Nothing for Envoy Gateway, whose targets these are not; one ReferenceGrant for
+    // the namespace, from both kinds enabled here, to authplane's Service only.
+    assert_eq!(plan.security_policy, None);
+    assert_eq!(
+        plan.reference_grant.unwrap()["spec"],
+        json!({"from": [{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"},
+                        {"group": "gateway.kgateway.dev", "kind": "GatewayExtension", "namespace": "shop"}],
+               "to": [{"group": "", "kind": "Service", "name": "authplane"}]})
+    );
+}
+
+#[test]
+fn over_http_kgateway_names_the_policy_in_the_gateway_extensions_path() {
+    let plan = kgateway_plan(kgateway_targets(), Protocol::Http);
+    assert_eq!(reasons(&plan), [Some("Accepted"), Some("Accepted")]);
+    let extension = plan.gateway_extension.unwrap();
+    assert_eq!(
+        extension["spec"],
+        json!({"extAuth": {
+            "failOpen": false,
+            "headersToForward": ["authorization", "cookie", "x-forwarded-for", "x-real-ip"],
+            "httpService": {
+                "backendRef": {"name": "authplane", "namespace": "authplane-system", "port": 8080},
+                "pathPrefix": "/authz/shop/payments",
+                "authorizationResponse": {"headersToBackend": ["x-auth-email", "x-auth-subject", "x-authplane-audit"]},
+            },
+        }})
+    );
+    let traffic_policy = plan.traffic_policy.unwrap();
+    assert_eq!(
+        traffic_policy["spec"]["extAuth"],
+        json!({"extensionRef": {"name": "authplane-payments"}})
+    );
+}
+
+#[test]
+fn kgateway_is_written_for_only_when_enabled_and_not_disabled() {
+    let mut topology = topology();
+    topology.apply_class("kgateway", KGATEWAY);
+    topology.apply_gateway("shop", "kgw", "kgateway");
+    let target = json!([{"kind": "Gateway", "name": "kgw"}]);
+    let only_envoy = plan(
+        &policy(target.clone(), json!({})),
+        &topology,
+        &[Implementation::EnvoyGateway],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    assert_eq!(reasons(&only_envoy), [Some("Invalid")]);
+    let message = &only_envoy.outcomes[0].as_ref().unwrap().verdict().message;
+    assert!(
+        message.contains("kgateway is not enabled in this installation"),
+        "{message}"
+    );
+    assert_eq!(only_envoy.gateway_extension, None);
+    assert_eq!(only_envoy.traffic_policy, None);
+    let disabled = plan(
+        &policy(target, json!({"rollout": {"mode": "Disabled"}})),
+        &topology,
+        &[Implementation::Kgateway],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    assert_eq!(reasons(&disabled), [Some("Disabled")]);
+    assert_eq!(disabled.gateway_extension, None);
+    assert_eq!(disabled.traffic_policy, None);
+    assert_eq!(disabled.reference_grant, None);
+}
+
+#[test]
+fn an_older_policy_on_a_kgateway_target_wins() {
+    let mut topology = topology();
+    topology.apply_class("kgateway", KGATEWAY);
+    topology.apply_gateway("shop", "kgw", "kgateway");
+    let older = Claim {
+        created: "2025-06-01T00:00:00Z".parse().unwrap(),
+        name: "shop/theirs".into(),
+        what: "TrafficPolicy shop/theirs".into(),
+    };
+    let plan = plan(
+        &policy(json!([{"kind": "Gateway", "name": "kgw"}]), json!({})),
+        &topology,
+        &[Implementation::Kgateway],
+        &service(),
+        &writer(),
+        |_| vec![older.clone()],
+    );
+    assert_eq!(reasons(&plan), [Some("Conflicted")]);
+    assert!(
+        plan.outcomes[0]
+            .as_ref()
+            .unwrap()
+            .verdict()
+            .message
+            .contains("TrafficPolicy shop/theirs holds it first")
+    );
+    assert_eq!(plan.traffic_policy, None);
+    assert_eq!(plan.gateway_extension, None);
+}
+
+/// One TrafficPolicy holds every target, and its CRD takes 16: the 17th is refused
+/// with the reason, not the whole TrafficPolicy by the apiserver.
+#[test]
+fn a_traffic_policy_takes_at_most_sixteen_targets() {
+    let mut topology = topology();
+    topology.apply_class("kgateway", KGATEWAY);
+    let mut targets = Vec::new();
+    for i in 0..17 {
+        topology.apply_gateway("shop", &format!("kgw-{i}"), "kgateway");
+        targets.push(json!({"kind": "Gateway", "name": format!("kgw-{i}")}));
+    }
+    // The same target twice takes one place.
+    targets.push(json!({"kind": "Gateway", "name": "kgw-0"}));
+    let plan = plan(
+        &policy(Value::Array(targets), json!({})),
+        &topology,
+        &[Implementation::Kgateway],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    let reasons = reasons(&plan);
+    assert_eq!(reasons[..16], [Some("Accepted"); 16]);
+    assert_eq!(reasons[16], Some("Invalid"));
+    assert_eq!(reasons[17], Some("Accepted"));
+    assert!(
+        plan.outcomes[16]
+            .as_ref()
+            .unwrap()
+            .verdict()
+            .message
+            .contains("at most 16 targets")
+    );
+    let traffic_policy = plan.traffic_policy.unwrap();
+    assert_eq!(
+        traffic_policy["spec"]["targetRefs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        MAX_TRAFFIC_POLICY_TARGETS
+    );
+}
+
+/// The ReferenceGrant that lets GatewayExtensions reach authplane too.
+#[test]
+fn the_reference_grant_of_both_kinds_is_what_the_gateway_apis_crd_accepts() {
+    let schema = crds::schema("referencegrants.gateway.networking.k8s.io.yaml", "v1beta1");
+    let grant = kgateway_plan(kgateway_targets(), Protocol::Grpc)
+        .reference_grant
+        .unwrap();
+    assert_eq!(crds::problems(&schema, &grant), Vec::<String>::new());
+}
