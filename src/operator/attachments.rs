@@ -1206,10 +1206,7 @@ async fn sync_owned(
         (_, None) => return Ok(None),
         (Some(held), Some(_)) if !ours(held) => return Ok(not_ours()),
         (Some(held), Some(wanted))
-            if held
-                .object
-                .as_ref()
-                .is_some_and(|o| contains(o, &comparable(wanted))) =>
+            if held.object.as_ref().is_some_and(|o| up_to_date(o, wanted)) =>
         {
             return Ok(None);
         }
@@ -1257,21 +1254,44 @@ const EXT_AUTH_PROTOCOL_FIELDS: [&str; 6] = [
     "headersToForward",
 ];
 
+/// Whether `held` (ours) already says what `wanted` says. [`contains`] alone would take
+/// a field `wanted` no longer has for a default of the apiserver's: a TrafficPolicy's
+/// `contextExtensions` after a switch to HTTP, or the `sectionName` of a target that
+/// now names the whole Gateway, which would keep the attachment on one listener while
+/// the status says the Gateway. So the other protocol's fields and the targets, which
+/// the apiserver does not default, must match exactly.
+fn up_to_date(held: &Value, wanted: &Value) -> bool {
+    contains(held, &comparable(wanted))
+        && stale_protocol_fields(held, wanted).is_empty()
+        && held["spec"].get("targetRefs") == wanted["spec"].get("targetRefs")
+}
+
+/// The fields of `held`'s `spec.extAuth` that say how to ask in a protocol `wanted` does
+/// not use.
+fn stale_protocol_fields(held: &Value, wanted: &Value) -> Vec<&'static str> {
+    let (Some(held), Some(wanted)) = (
+        held["spec"]["extAuth"].as_object(),
+        wanted["spec"]["extAuth"].as_object(),
+    ) else {
+        return Vec::new();
+    };
+    EXT_AUTH_PROTOCOL_FIELDS
+        .into_iter()
+        .filter(|field| held.contains_key(*field) && !wanted.contains_key(*field))
+        .collect()
+}
+
 /// When `held` (ours) asks in another protocol than `wanted`: the merge patch that
 /// removes the other protocol's fields and sets `wanted`'s `extAuth`. The object was
 /// created by a POST, whose fields a server-side apply never removes (they belong to
 /// an Update, kubernetes#99003): applying alone would leave `http` beside `grpc`, which
 /// the CRD refuses, so a switch of `--attach-protocol` would break every attachment.
 fn protocol_switch(held: &Value, wanted: &Value, uid: &str) -> Option<Value> {
-    let held = held["spec"]["extAuth"].as_object()?;
-    let mut ext_auth = wanted["spec"]["extAuth"].as_object()?.clone();
-    let stale: Vec<&str> = EXT_AUTH_PROTOCOL_FIELDS
-        .into_iter()
-        .filter(|field| held.contains_key(*field) && !ext_auth.contains_key(*field))
-        .collect();
+    let stale = stale_protocol_fields(held, wanted);
     if stale.is_empty() {
         return None;
     }
+    let mut ext_auth = wanted["spec"]["extAuth"].as_object()?.clone();
     for field in stale {
         ext_auth.insert(field.into(), Value::Null);
     }
@@ -1323,7 +1343,9 @@ fn contains(held: &Value, wanted: &Value) -> bool {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::{AttachConfig, Attachments, Watched, contains, protocol_switch};
+    use super::{
+        AttachConfig, Attachments, Watched, comparable, contains, protocol_switch, up_to_date,
+    };
     use kube::api::DynamicObject;
     use kube::runtime::watcher::Event;
 
@@ -1393,6 +1415,30 @@ mod tests {
         let more =
             json!({"spec": {"extAuth": {"http": {"backendRefs": [{"name": "a"}, {"name": "b"}]}}}});
         assert!(!contains(&held, &more));
+    }
+
+    /// What the held object says beyond what is wanted is a default, except the other
+    /// protocol's fields and the targets: those are rewritten.
+    #[test]
+    fn a_field_no_longer_wanted_is_rewritten() {
+        let wanted = json!({"metadata": {}, "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}],
+            "extAuth": {"extensionRef": {"name": "authplane-p"}}}});
+        let held = json!({"metadata": {"uid": "u"}, "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}],
+            "extAuth": {"extensionRef": {"name": "authplane-p"}, "statusOnError": 403}}});
+        assert!(up_to_date(&held, &wanted));
+        // Over gRPC, before a switch to HTTP.
+        let mut named = held.clone();
+        named["spec"]["extAuth"]["contextExtensions"] = json!({"authplane.io/policy": "shop/p"});
+        assert!(contains(&named, &comparable(&wanted)), "what the check was");
+        assert!(!up_to_date(&named, &wanted));
+        // On one listener, before the policy named the whole Gateway.
+        let mut listener = held.clone();
+        listener["spec"]["targetRefs"][0]["sectionName"] = json!("http");
+        assert!(
+            contains(&listener, &comparable(&wanted)),
+            "what the check was"
+        );
+        assert!(!up_to_date(&listener, &wanted));
     }
 
     /// A tenant relabelling its own SecurityPolicy in a loop must not have every policy
