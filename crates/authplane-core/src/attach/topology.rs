@@ -72,7 +72,7 @@ impl Route {
                 .flatten()
         };
         let mut other_parents: Vec<String> = refs()
-            .filter(|parent| !is_gateway(*parent))
+            .filter(|parent| !is_gateway(parent))
             .map(|parent| {
                 let text = |name: &str| parent.get(name).and_then(serde_json::Value::as_str);
                 format!(
@@ -86,7 +86,7 @@ impl Route {
         other_parents.sort();
         other_parents.dedup();
         let mut parents: Vec<ParentRef> = refs()
-            .filter(|parent| is_gateway(*parent))
+            .filter(|parent| is_gateway(parent))
             .filter_map(|parent| {
                 Some(ParentRef {
                     namespace: parent
