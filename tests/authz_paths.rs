@@ -35,8 +35,14 @@ async fn answer(dev: &Dev, method: &str, target: &str, token: &str) -> (u16, Str
 #[tokio::test]
 async fn odd_paths_keep_their_answers() {
     let dev = Dev::start(&[
-        ("keys.yaml", &signing_key("auth", "web", "  algorithm: ES256\n")),
-        ("policy.yaml", &payments_policy("{mode: Enforce, percentage: 100}", "")),
+        (
+            "keys.yaml",
+            &signing_key("auth", "web", "  algorithm: ES256\n"),
+        ),
+        (
+            "policy.yaml",
+            &payments_policy("{mode: Enforce, percentage: 100}", ""),
+        ),
     ])
     .await;
     let token = dev.mint(
@@ -53,6 +59,8 @@ async fn odd_paths_keep_their_answers() {
         ("GET", "/authz/shop/payments", PASS),
         ("POST", "/authz/shop/payments", PASS),
         ("HEAD", "/authz/shop/payments", PASS),
+        ("HEAD", "/authz/shop/nope", (404, "unknown_policy", "")),
+        ("HEAD", "/authz/%FF/payments", (400, "", "")),
         ("GET", "/authz/shop/payments?x=1", PASS),
         ("GET", "http://elsewhere/authz/shop/payments", PASS),
         // The original path Envoy appends, whatever it is.
