@@ -13,15 +13,7 @@ use tokio::net::TcpStream;
 
 /// Status, `X-Authplane-Reason` (empty when absent) and body of one raw request.
 async fn answer(dev: &Dev, method: &str, target: &str, token: &str) -> (u16, String, String) {
-    let address = dev.url("").trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&address).await.unwrap();
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut received = Vec::new();
-    stream.read_to_end(&mut received).await.unwrap();
-    let text = String::from_utf8_lossy(&received);
+    let text = raw(dev, method, target, token).await;
     let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap();
@@ -30,6 +22,19 @@ async fn answer(dev: &Dev, method: &str, target: &str, token: &str) -> (u16, Str
         .find(|(name, _)| name.eq_ignore_ascii_case("x-authplane-reason"))
         .map_or("", |(_, value)| value.trim());
     (status.parse().unwrap(), reason.to_owned(), body.to_owned())
+}
+
+/// One raw request's whole answer.
+async fn raw(dev: &Dev, method: &str, target: &str, token: &str) -> String {
+    let address = dev.url("").trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).await.unwrap();
+    String::from_utf8_lossy(&received).into_owned()
 }
 
 #[tokio::test]
@@ -117,5 +122,13 @@ async fn odd_paths_keep_their_answers() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // HEAD is told the length GET's body would have, as axum's router answers it.
+    for (target, length) in [("/authz/shop/payments", 0), ("/authz/shop/nope", 24)] {
+        let head = raw(&dev, "HEAD", target, &token).await.to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {length}\r\n")),
+            "HEAD {target}: {head}"
+        );
+    }
     dev.stop().await;
 }

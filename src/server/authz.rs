@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -75,6 +75,25 @@ pub async fn answer(
         Ok(id) => authz(state, &id, headers).await,
         Err(refusal) => refusal,
     }
+}
+
+/// What axum's router does to each of its answers, done to one that skipped it, so that
+/// a decision reads the same either way: a `Content-Length` from the body's exact size
+/// unless there is one, then no body for `HEAD`.
+pub fn as_routed(mut response: Response, method: &Method) -> Response {
+    use axum::body::HttpBody as _;
+    if !response.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = response.body().size_hint().exact()
+    {
+        let length = HeaderValue::from(size);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, length);
+    }
+    if method == Method::HEAD {
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    response
 }
 
 /// The answer to a [`decision_path`]'s request with these headers.

@@ -211,13 +211,18 @@ impl ServeConnection for Http1 {
             // Decisions skip the router: its path parameters and the layers between it and
             // the handler were most of what a cached decision cost beyond `/healthz`. The
             // router answers them the same way (`super::authz::answer`).
+            // (CONNECT is left to the router, which has its own rules for it.)
             let decision = app.decisions.as_ref().and_then(|state| {
+                if request.method() == hyper::Method::CONNECT {
+                    return None;
+                }
                 let target = super::authz::decision_path(request.uri().path())?;
                 Some((state.clone(), target))
             });
             let answered = match decision {
                 Some((state, target)) => Either::Left(async move {
                     let answer = super::authz::answer(&state, target, request.headers()).await;
+                    let answer = super::authz::as_routed(answer, request.method());
                     Ok::<_, std::convert::Infallible>(answer)
                 }),
                 None => Either::Right(app.router.clone().call(request)),
