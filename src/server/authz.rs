@@ -25,7 +25,7 @@ pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit"
 /// Matched by hand rather than by the router: axum's parameters cost a cached decision
 /// about 2,400 instructions (allocated keys and values, then a deserializer), more than
 /// the rest of its routing, for two strings that are usually borrowed from the path.
-pub fn decision_path(path: &str) -> Option<Result<ObjectKey, Response>> {
+pub fn decision_path(path: &str) -> Option<Result<ObjectKey, NotUtf8>> {
     let rest = path.strip_prefix("/authz/")?;
     let (namespace, rest) = rest.split_once('/')?;
     let (name, original_path) = match rest.split_once('/') {
@@ -35,32 +35,48 @@ pub fn decision_path(path: &str) -> Option<Result<ObjectKey, Response>> {
     if (original_path.is_none() && name.is_empty()) || original_path == Some("") {
         return None;
     }
-    Some((|| {
-        let namespace = decoded("namespace", namespace)?;
-        let name = decoded("name", name)?;
-        if let Some(original_path) = original_path {
-            decoded("original_path", original_path)?;
-        }
-        Ok(ObjectKey {
-            namespace: namespace.into_owned(),
-            name: name.into_owned(),
-        })
-    })())
+    Some(decoded_policy(namespace, name, original_path))
 }
 
-/// A part of a [`decision_path`], percent-decoded (borrowed when it has no escape); axum's
-/// answer when that is not UTF-8.
-fn decoded<'p>(part: &'static str, raw: &'p str) -> Result<std::borrow::Cow<'p, str>, Response> {
+/// The policy a [`decision_path`] names, its parts decoded in the order axum decoded them.
+fn decoded_policy(
+    namespace: &str,
+    name: &str,
+    original_path: Option<&str>,
+) -> Result<ObjectKey, NotUtf8> {
+    let namespace = decoded("namespace", namespace)?;
+    let name = decoded("name", name)?;
+    if let Some(original_path) = original_path {
+        decoded("original_path", original_path)?;
+    }
+    Ok(ObjectKey {
+        namespace: namespace.into_owned(),
+        name: name.into_owned(),
+    })
+}
+
+/// A part of a [`decision_path`], percent-decoded (borrowed when it has no escape), unless
+/// that is not UTF-8.
+fn decoded<'p>(part: &'static str, raw: &'p str) -> Result<std::borrow::Cow<'p, str>, NotUtf8> {
     if !raw.contains('%') {
         // Already text: nothing to decode or check again.
         return Ok(std::borrow::Cow::Borrowed(raw));
     }
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| {
-            let message = format!("Invalid URL: Invalid UTF-8 in `{part}`");
-            (StatusCode::BAD_REQUEST, message).into_response()
-        })
+        .map_err(|_| NotUtf8 { part })
+}
+
+/// A part of a [`decision_path`] whose escapes are not UTF-8: axum's 400, naming it.
+pub struct NotUtf8 {
+    part: &'static str,
+}
+
+impl IntoResponse for NotUtf8 {
+    fn into_response(self) -> Response {
+        let message = format!("Invalid URL: Invalid UTF-8 in `{}`", self.part);
+        (StatusCode::BAD_REQUEST, message).into_response()
+    }
 }
 
 /// The answer to a request for a [`decision_path`] with these headers, whether the router
@@ -68,20 +84,23 @@ fn decoded<'p>(part: &'static str, raw: &'p str) -> Result<std::borrow::Cow<'p, 
 /// found the path.
 pub async fn answer(
     state: &AppState,
-    target: Result<ObjectKey, Response>,
+    target: Result<ObjectKey, NotUtf8>,
     headers: &HeaderMap,
 ) -> Response {
     match target {
         Ok(id) => authz(state, &id, headers).await,
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
-/// What axum's router does to each of its answers, done to one that skipped it, so that
-/// a decision reads the same either way: a `Content-Length` from the body's exact size
-/// unless there is one, then no body for `HEAD`.
+/// What axum's router does to a `HEAD` answer, done to one that skipped it: a
+/// `Content-Length` from the body's exact size, then no body. (hyper adds the same
+/// `Content-Length` to any other answer by itself, but not to `HEAD`'s.)
 pub fn as_routed(mut response: Response, method: &Method) -> Response {
     use axum::body::HttpBody as _;
+    if method != Method::HEAD {
+        return response;
+    }
     if !response.headers().contains_key(header::CONTENT_LENGTH)
         && let Some(size) = response.body().size_hint().exact()
     {
@@ -90,9 +109,7 @@ pub fn as_routed(mut response: Response, method: &Method) -> Response {
             .headers_mut()
             .insert(header::CONTENT_LENGTH, length);
     }
-    if method == Method::HEAD {
-        *response.body_mut() = axum::body::Body::empty();
-    }
+    *response.body_mut() = axum::body::Body::empty();
     response
 }
 
@@ -203,7 +220,9 @@ pub async fn decide(state: &AppState, id: &ObjectKey, headers: &HeaderMap) -> Ou
     ) && policy.has_external_issuers()
     {
         if matches!(decision.verdict, Verdict::Deny(_)) {
-            if policy.refetch_external().await {
+            // Boxed: a large future, rarely awaited, that every decision's future would
+            // otherwise carry (and move: the connection moves it once per request).
+            if Box::pin(policy.refetch_external()).await {
                 decision = policy.decide(headers, state.clock.now(), &state.registry.revocations());
             }
         } else {
