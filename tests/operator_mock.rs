@@ -879,6 +879,15 @@ pub(crate) mod auth_policy_status {
             keys: cache(cached_keys).0,
             leading_since: Default::default(),
         };
+        {
+            // As the Gateway API watches saw the cluster: every list done (a test adds
+            // its objects); until then the attachment is held.
+            let mut topology = ctx.attachments.topology.lock().unwrap();
+            topology.replace_classes(Default::default());
+            topology.replace_gateways(Default::default());
+            topology.replace_routes(TargetKind::HttpRoute, Default::default());
+            topology.replace_routes(TargetKind::GrpcRoute, Default::default());
+        }
         (Arc::new(ctx), handle, tx)
     }
 
@@ -1606,6 +1615,25 @@ mod attachment {
             .unwrap();
         drop(ctx);
         assert!(api.next_request().await.is_none(), "nothing to write");
+
+        // A new term lists the Gateway API objects afresh. Until the lists are complete
+        // the plan would see no class and no Gateway, and would delete the SecurityPolicy
+        // that guards the route (requests unchecked, then recreated younger than any
+        // foreign policy): held instead, status included.
+        let (ctx, mut api, _leader) = cluster(
+            &current,
+            vec![held_policy.clone()],
+            vec![held_grant.clone()],
+        );
+        ctx.attachments.topology.lock().unwrap().clear();
+        within(reconcile(Arc::new(current.clone()), ctx.clone()))
+            .await
+            .unwrap();
+        drop(ctx);
+        assert!(
+            api.next_request().await.is_none(),
+            "nothing deleted or written while the Gateway API is not listed"
+        );
 
         // The target leaves targetRefs: the SecurityPolicy and, no other policy of the
         // namespace needing it, the ReferenceGrant go, each by its uid.

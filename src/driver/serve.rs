@@ -167,7 +167,7 @@ pub fn start(
             )));
             continue;
         }
-        let app = server::router_for(state.clone(), listener.endpoints, admin_elsewhere);
+        let app = server::app_for(state.clone(), listener.endpoints, admin_elsewhere);
         let tls = match listener.tls {
             Some(slot) => Some(tls::server_config_for_clients(slot, listener.client_cas)?),
             None => None,

@@ -681,6 +681,37 @@ impl Attachments {
         if !attaching && !holds_one {
             return Ok(None);
         }
+        // A new term lists the Gateway API objects afresh: until every list a target
+        // needs is complete, a plan would see no class or no Gateway and delete what
+        // guards the target (fail open), then recreate it younger than a foreign policy
+        // (Conflicted for good). Hold everything and keep the status as it was.
+        let unlisted = {
+            let topology = self.topology.lock().unwrap_or_else(|e| e.into_inner());
+            policy
+                .spec
+                .target_refs
+                .iter()
+                .find(|t| t.kind.is_gateway_api() && !topology.listed_for(t.kind))
+                .map(|t| t.kind)
+        };
+        if let Some(kind) = unlisted {
+            tracing::debug!(policy = %id, kind = kind.name(), "Gateway API objects not listed yet: attachment held");
+            let previous = policy
+                .status
+                .as_ref()
+                .map(|s| s.targets.as_slice())
+                .unwrap_or_default();
+            for target in status.targets.iter_mut() {
+                if let Some(before) = previous.iter().find(|p| {
+                    (p.kind, &p.name, &p.section_name)
+                        == (target.kind, &target.name, &target.section_name)
+                }) {
+                    target.conditions = before.conditions.clone();
+                    target.ancestors = before.ancestors.clone();
+                }
+            }
+            return Ok(Some(std::time::Duration::from_secs(10)));
+        }
         let policies = &policies.state();
         let ours = Claim {
             created: policy
@@ -916,7 +947,7 @@ impl Attachments {
                     ACCEPTED,
                     verdict.accepted,
                     verdict.reason,
-                    verdict.message.clone(),
+                    bounded(&verdict.message),
                     policy.metadata.generation,
                     now,
                 )];
@@ -1339,15 +1370,44 @@ fn contains(held: &Value, wanted: &Value) -> bool {
     }
 }
 
+/// The longest condition message written: a policy of 32 targets with 32 parents each
+/// would otherwise write over a megabyte of status for a few kilobytes of spec (names
+/// of 253 characters, every Gateway listed); what is cut is in the Events and the
+/// ancestors' own conditions.
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+fn bounded(message: &str) -> String {
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message.to_owned();
+    }
+    let mut cut: String = message.chars().take(MAX_MESSAGE_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::{
-        AttachConfig, Attachments, Watched, comparable, contains, protocol_switch, up_to_date,
+        AttachConfig, Attachments, MAX_MESSAGE_CHARS, Watched, bounded, comparable, contains,
+        protocol_switch, up_to_date,
     };
     use kube::api::DynamicObject;
     use kube::runtime::watcher::Event;
+
+    /// A condition message is cut at its bound, on a character (never inside one).
+    #[test]
+    fn a_long_message_is_cut_at_its_bound() {
+        let short = "Gateway shop/web: accepted";
+        assert_eq!(bounded(short), short);
+        let exact = "é".repeat(MAX_MESSAGE_CHARS);
+        assert_eq!(bounded(&exact), exact);
+        let long = "é".repeat(MAX_MESSAGE_CHARS * 3);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(cut.ends_with('…'));
+    }
 
     #[test]
     fn a_protocol_switch_removes_the_other_protocols_fields() {

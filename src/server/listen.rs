@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use futures::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
+use super::App;
 use super::deadlines::{Deadlines, Phase};
 use super::limits::Limits;
 
@@ -88,7 +89,7 @@ pub(super) fn deadlined<S>(stream: S, info: &ConnectionInfo) -> (Deadlines<S>, A
 /// TLS handshake (bounded by the header timeout).
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<App>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -102,7 +103,7 @@ pub async fn serve(
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes);
     let http1 = Http1 {
-        app,
+        app: app.into(),
         http: Arc::new(http),
     };
     serve_connections(listener, http1, tls, limits, shutdown).await
@@ -187,10 +188,10 @@ pub async fn serve_connections(
     Ok(())
 }
 
-/// HTTP/1.1 connections served by the router, under [`Deadlines`].
+/// HTTP/1.1 connections served by the app, under [`Deadlines`].
 #[derive(Clone)]
 struct Http1 {
-    app: Router,
+    app: App,
     http: Arc<hyper::server::conn::http1::Builder>,
 }
 
@@ -207,7 +208,25 @@ impl ServeConnection for Http1 {
         let (io, phase) = deadlined(stream, &info);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             phase.request_started();
-            let answered = app.clone().call(request);
+            // Decisions skip the router: its path parameters and the layers between it and
+            // the handler were most of what a cached decision cost beyond `/healthz`. The
+            // router answers them the same way (`super::authz::answer`).
+            // (CONNECT is left to the router, which has its own rules for it.)
+            let decision = app.decisions.as_ref().and_then(|state| {
+                if request.method() == hyper::Method::CONNECT {
+                    return None;
+                }
+                let target = super::authz::decision_path(request.uri().path())?;
+                Some((state.clone(), target))
+            });
+            let answered = match decision {
+                Some((state, target)) => Either::Left(async move {
+                    let answer = super::authz::answer(&state, target, request.headers()).await;
+                    let answer = super::authz::as_routed(answer, request.method());
+                    Ok::<_, std::convert::Infallible>(answer)
+                }),
+                None => Either::Right(app.router.clone().call(request)),
+            };
             let phase = phase.clone();
             async move {
                 let response = answered.await;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::from_fn;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::admission::SigningKeyIndex;
@@ -72,6 +72,38 @@ pub enum Endpoints {
     GrpcExtAuthz,
 }
 
+/// What an HTTP listener serves: its router, and the state to decide with when it
+/// answers decisions, which the connection then answers without the router (see
+/// [`listen`]; routing them through axum cost more than a cached decision's checks).
+#[derive(Clone)]
+pub struct App {
+    pub router: Router,
+    pub decisions: Option<Arc<AppState>>,
+}
+
+impl From<Router> for App {
+    /// Everything through the router, decisions too.
+    fn from(router: Router) -> Self {
+        Self {
+            router,
+            decisions: None,
+        }
+    }
+}
+
+/// The [`App`] of one listener: [`router_for`], and decisions unless it is the admin
+/// listener.
+pub fn app_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) -> App {
+    let decisions = match endpoints {
+        Endpoints::Admin | Endpoints::GrpcExtAuthz => None,
+        Endpoints::Public | Endpoints::WithAdmission => Some(Arc::new(state.clone())),
+    };
+    App {
+        router: router_for(state, endpoints, admin_elsewhere),
+        decisions,
+    }
+}
+
 /// The router of a listener serving every endpoint of its kind, status and metrics
 /// included.
 pub fn router(state: AppState, endpoints: Endpoints) -> Router {
@@ -101,18 +133,12 @@ pub fn router_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) 
         );
         return health.merge(admin).with_state(Arc::new(state));
     }
-    let router = health
-        .route("/authz/{namespace}/{name}", any(authz::authz))
-        // Envoy's HTTP ext_authz (Envoy Gateway, Istio) appends the original path.
-        .route(
-            "/authz/{namespace}/{name}/{*original_path}",
-            any(authz::authz_with_path),
-        )
-        .route(
-            "/tokenreview/{namespace}/{name}",
-            post(tokenreview::review)
-                .layer(from_fn(body::buffered::<{ tokenreview::MAX_BODY_BYTES }>)),
-        );
+    // `/authz/...` is not a route: the fallback matches it first (see
+    // `authz::decision_path`).
+    let router = health.route(
+        "/tokenreview/{namespace}/{name}",
+        post(tokenreview::review).layer(from_fn(body::buffered::<{ tokenreview::MAX_BODY_BYTES }>)),
+    );
     let router = match admin_elsewhere {
         true => router,
         false => router.merge(admin),
@@ -125,17 +151,27 @@ pub fn router_for(state: AppState, endpoints: Endpoints, admin_elsewhere: bool) 
         ),
         _ => router,
     };
-    // Issuer paths are data, not code: discovery and JWKS are found by suffix.
     // One shared state: axum clones it per request, and one Arc is cheaper than six.
-    router
-        .fallback(issuer_documents)
-        .with_state(Arc::new(state))
+    router.fallback(unrouted).with_state(Arc::new(state))
+}
+
+/// Every path no route takes: decisions (`/authz/...`), then issuer paths, which are data,
+/// not code: discovery and JWKS are found by suffix.
+async fn unrouted(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    match authz::decision_path(request.uri().path()) {
+        Some(target) => authz::answer(&state, target, request.headers()).await,
+        // Boxed: a large future, which would otherwise be moved with every decision's.
+        None => Box::pin(issuer_documents(state, request)).await,
+    }
 }
 
 /// Everything under an issuer's path: `POST {issuer}/revoke` and `POST {issuer}/token`,
 /// else discovery and JWKS.
 async fn issuer_documents(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    state: Arc<AppState>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;

@@ -83,6 +83,9 @@ pub struct Outcome {
     /// holds it, the policy is Disabled), which every ancestor shares; `None`: each
     /// ancestor has its own.
     whole: Option<Verdict>,
+    /// A route's parents that are no Gateway (a mesh Service, ...): the route's traffic
+    /// through them is not checked, so the target is not attached as a whole.
+    unguarded: Vec<String>,
 }
 
 impl Outcome {
@@ -101,6 +104,16 @@ impl Outcome {
                 if !said.contains(&ancestor.verdict.message.as_str()) {
                     said.push(&ancestor.verdict.message);
                 }
+            }
+            if !self.unguarded.is_empty() {
+                return Verdict::refused(
+                    reason::INVALID,
+                    format!(
+                        "its parent {} is no Gateway: requests through it are not checked by this policy; {}",
+                        self.unguarded.join(", "),
+                        said.join("; ")
+                    ),
+                );
             }
             return Verdict::accepted(said.join("; "));
         };
@@ -344,6 +357,10 @@ pub fn plan(
             let outcome = Outcome {
                 ancestors,
                 whole: None,
+                unguarded: topology
+                    .route(target.kind, namespace, &target.name)
+                    .map(|route| route.other_parents.clone())
+                    .unwrap_or_default(),
             };
             for implementation in outcome.implementations() {
                 let targets = match implementation {
@@ -390,6 +407,7 @@ fn whole(mut ancestors: Vec<AncestorOutcome>, reason: &'static str, message: Str
     Outcome {
         ancestors,
         whole: Some(verdict),
+        unguarded: Vec::new(),
     }
 }
 

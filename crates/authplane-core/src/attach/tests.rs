@@ -1577,3 +1577,66 @@ fn the_reference_grant_of_both_kinds_is_what_the_gateway_apis_crd_accepts() {
         .unwrap();
     assert_eq!(crds::problems(&schema, &grant), Vec::<String>::new());
 }
+
+#[test]
+fn a_partial_topology_is_not_listed_for_its_targets() {
+    use std::collections::HashMap;
+    let mut topology = GatewayTopology::default();
+    topology.apply_class("eg", ENVOY);
+    topology.apply_gateway("shop", "web", "eg");
+    // Objects seen one by one are no complete list: a plan from them must not delete.
+    assert!(!topology.listed_for(TargetKind::Gateway));
+    topology.replace_classes(HashMap::from([("eg".into(), ENVOY.into())]));
+    topology.replace_gateways(HashMap::from([(
+        ("shop".into(), "web".into()),
+        "eg".into(),
+    )]));
+    assert!(topology.listed_for(TargetKind::Gateway));
+    assert!(!topology.listed_for(TargetKind::HttpRoute));
+    topology.replace_routes(TargetKind::HttpRoute, HashMap::new());
+    assert!(topology.listed_for(TargetKind::HttpRoute));
+    assert!(!topology.listed_for(TargetKind::GrpcRoute));
+    topology.clear();
+    assert!(
+        !topology.listed_for(TargetKind::Gateway),
+        "a new term lists again"
+    );
+}
+
+#[test]
+fn a_route_with_a_parent_that_is_no_gateway_is_not_attached_as_a_whole() {
+    let mut topology = topology();
+    topology.apply_route(
+        TargetKind::HttpRoute,
+        "shop",
+        "meshed",
+        Route::from_object(
+            "shop",
+            &json!({"spec": {"parentRefs": [{"name": "web"},
+                                            {"group": "", "kind": "Service", "name": "payments"}]}}),
+        ),
+    );
+    let policy = policy(json!([{"kind": "HTTPRoute", "name": "meshed"}]), json!({}));
+    let plan = plan(
+        &policy,
+        &topology,
+        &[Implementation::EnvoyGateway],
+        &service(),
+        &writer(),
+        |_| Vec::new(),
+    );
+    let outcome = plan.outcomes[0].as_ref().unwrap();
+    // Written for `web`, which checks what comes through it...
+    assert_eq!(verdicts(outcome), [("web", "Accepted")]);
+    assert!(plan.security_policy.is_some());
+    // ...but the mesh routes the same rules past every Gateway: not Accepted.
+    let verdict = outcome.verdict();
+    assert_eq!(verdict.reason, "Invalid");
+    assert!(
+        verdict
+            .message
+            .contains("Service shop/payments is no Gateway"),
+        "{}",
+        verdict.message
+    );
+}

@@ -20,6 +20,10 @@ pub struct ParentRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
     pub parents: Vec<ParentRef>,
+    /// Its parents that are no Gateway (a mesh `Service`, a `ListenerSet`, ...), as
+    /// `Kind namespace/name`: traffic through them is routed by the route and checked
+    /// by nothing authplane writes.
+    pub other_parents: Vec<String>,
     /// Per rule, in order: its name (what a `sectionName` targets) and the Middlewares
     /// its filters name (`ExtensionRef` filters of group `traefik.io`, in the route's
     /// namespace). A rule without the filter is not guarded by the Middleware.
@@ -49,22 +53,40 @@ impl Route {
     /// The parent Gateways of a route object (`spec.parentRefs`) in `namespace`. A
     /// parent without `group`/`kind` is a Gateway, without `namespace` in the route's.
     pub fn from_object(namespace: &str, object: &serde_json::Value) -> Self {
-        let mut parents: Vec<ParentRef> = object
-            .pointer("/spec/parentRefs")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|parent| {
-                let field = |name: &str, default: &str| {
-                    parent
-                        .get(name)
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or(default)
-                        .to_owned()
-                };
-                field("group", TargetKind::GATEWAY_API_GROUP) == TargetKind::GATEWAY_API_GROUP
-                    && field("kind", "Gateway") == "Gateway"
+        let is_gateway = |parent: &serde_json::Value| {
+            let field = |name: &str, default: &str| {
+                parent
+                    .get(name)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(default)
+                    .to_owned()
+            };
+            field("group", TargetKind::GATEWAY_API_GROUP) == TargetKind::GATEWAY_API_GROUP
+                && field("kind", "Gateway") == "Gateway"
+        };
+        let refs = || {
+            object
+                .pointer("/spec/parentRefs")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+        };
+        let mut other_parents: Vec<String> = refs()
+            .filter(|parent| !is_gateway(parent))
+            .map(|parent| {
+                let text = |name: &str| parent.get(name).and_then(serde_json::Value::as_str);
+                format!(
+                    "{} {}/{}",
+                    text("kind").unwrap_or("Gateway"),
+                    text("namespace").unwrap_or(namespace),
+                    text("name").unwrap_or_default()
+                )
             })
+            .collect();
+        other_parents.sort();
+        other_parents.dedup();
+        let mut parents: Vec<ParentRef> = refs()
+            .filter(|parent| is_gateway(parent))
             .filter_map(|parent| {
                 Some(ParentRef {
                     namespace: parent
@@ -109,7 +131,11 @@ impl Route {
                 }
             })
             .collect();
-        Self { parents, rules }
+        Self {
+            parents,
+            other_parents,
+            rules,
+        }
     }
 }
 
@@ -172,6 +198,18 @@ pub struct GatewayTopology {
     classes: HashMap<String, String>,
     gateways: HashMap<Key, Gateway>,
     routes: HashMap<(TargetKind, String, String), Route>,
+    /// The lists completed this term. Until a target's are, what is kept of it is
+    /// partial: a plan made from it would find no Gateway or no class, and the driver
+    /// would delete the objects that guard the target (fail open).
+    listed: Listed,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Listed {
+    classes: bool,
+    gateways: bool,
+    http_routes: bool,
+    grpc_routes: bool,
 }
 
 impl GatewayTopology {
@@ -225,15 +263,21 @@ impl GatewayTopology {
     /// Replaces every GatewayClass: a watch listed them afresh.
     pub fn replace_classes(&mut self, classes: HashMap<String, String>) {
         self.classes = classes;
+        self.listed.classes = true;
     }
 
     /// Replaces every Gateway (namespace, name → Gateway).
     pub fn replace_gateways(&mut self, gateways: HashMap<(String, String), Gateway>) {
         self.gateways = gateways;
+        self.listed.gateways = true;
     }
 
     /// Replaces every route of `kind` (namespace, name → route).
     pub fn replace_routes(&mut self, kind: TargetKind, routes: HashMap<(String, String), Route>) {
+        match kind {
+            TargetKind::GrpcRoute => self.listed.grpc_routes = true,
+            _ => self.listed.http_routes = true,
+        }
         self.routes.retain(|(k, _, _), _| *k != kind);
         self.routes.extend(
             routes
@@ -245,6 +289,20 @@ impl GatewayTopology {
     /// Forgets everything: a new leadership term lists again.
     pub fn clear(&mut self) {
         *self = Self::default();
+    }
+
+    /// Whether everything that says who serves a target of `kind` was listed this term
+    /// (its classes, Gateways and, for a route, routes of its kind): only then may a
+    /// plan remove what is written for it.
+    pub fn listed_for(&self, kind: TargetKind) -> bool {
+        let listed = self.listed;
+        listed.classes
+            && listed.gateways
+            && match kind {
+                TargetKind::HttpRoute => listed.http_routes,
+                TargetKind::GrpcRoute => listed.grpc_routes,
+                _ => true,
+            }
     }
 
     /// A route as kept.

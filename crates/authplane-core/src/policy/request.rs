@@ -12,7 +12,7 @@ pub fn texts<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Ite
     headers
         .get_all(name)
         .iter()
-        .filter_map(|value| std::str::from_utf8(value.as_bytes()).ok())
+        .filter_map(|value| simdutf8::basic::from_utf8(value.as_bytes()).ok())
         .map(str::trim)
         .filter(|value| !value.is_empty())
 }
@@ -30,7 +30,7 @@ pub fn cookies<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &
 
 /// The first value of the cookie `name` that reads as UTF-8 text.
 pub fn cookie_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    cookies(headers, name).find_map(|value| std::str::from_utf8(value).ok())
+    cookies(headers, name).find_map(|value| simdutf8::basic::from_utf8(value).ok())
 }
 
 /// The value of one `name=value` pair when its name is `name`; the value without the
