@@ -18,7 +18,10 @@ pub const AUDIT_HEADER: HeaderName = HeaderName::from_static("x-authplane-audit"
 /// `/{original path}` (Envoy's HTTP ext_authz appends the request's path), matched on the
 /// path as sent and then percent-decoded, as axum's path parameters (matchit) were:
 /// a segment followed by a slash may be empty, the last one may not, and the original
-/// path is one or more bytes, slashes included; `None` for any other path. An escape that
+/// path is any bytes, slashes included, or none: Envoy asks about a request for the
+/// site's root (`/`, `/?q`) at `/authz/{namespace}/{name}/`, which the router's
+/// `{*original_path}` did not match (a 404: every such request refused); `None` for any
+/// other path. An escape that
 /// does not decode to UTF-8, in any of the three, is the answer axum gave it (`Err`: 400,
 /// naming the part).
 ///
@@ -32,7 +35,7 @@ pub fn decision_path(path: &str) -> Option<Result<ObjectKey, NotUtf8>> {
         Some((name, original_path)) => (name, Some(original_path)),
         None => (rest, None),
     };
-    if (original_path.is_none() && name.is_empty()) || original_path == Some("") {
+    if original_path.is_none() && name.is_empty() {
         return None;
     }
     Some(decoded_policy(namespace, name, original_path))
