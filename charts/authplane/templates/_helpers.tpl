@@ -96,7 +96,7 @@ SecurityPolicies use it, or when asked for (Envoy wired by hand).
 {{- define "authplane.grpcServed" -}}
 {{- $envoy := .Values.gatewayAPI.envoyGateway }}
 {{- $kgateway := .Values.gatewayAPI.kgateway }}
-{{- if or .Values.grpc.enabled (and $envoy.enabled (eq ($envoy.protocol | default "grpc") "grpc")) (and $kgateway.enabled (eq ($kgateway.protocol | default "grpc") "grpc")) -}}
+{{- if or .Values.grpc.enabled (and $envoy.enabled (eq ($envoy.protocol | default "http") "grpc")) (and $kgateway.enabled (eq ($kgateway.protocol | default "http") "grpc")) -}}
 true
 {{- end }}
 {{- end }}
