@@ -1281,11 +1281,13 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
     assert_eq!(grant.data["spec"]["from"][0]["namespace"], shop.as_str());
 
     // A younger policy on the same route: Conflicted, and nothing written for it.
-    apply(&policies, &policy("later", route), false)
+    // Creation times have whole seconds and GEP-713 breaks a tie by name, so its name
+    // sorts after `payments`: created in the same second, it is still the younger.
+    apply(&policies, &policy("younger", route), false)
         .await
         .unwrap();
     let conflicted = eventually("the younger policy to be Conflicted", || async {
-        attached(&policies, "later")
+        attached(&policies, "younger")
             .await
             .into_iter()
             .find(|(_, _, reason, _)| reason == "Conflicted")
@@ -1294,13 +1296,13 @@ async fn a_policy_attaches_to_envoy_gateway_and_traefik() {
     assert!(conflicted.3.contains("payments"), "{conflicted:?}");
     assert!(
         security_policies
-            .get_opt("authplane-later")
+            .get_opt("authplane-younger")
             .await
             .unwrap()
             .is_none()
     );
     policies
-        .delete("later", &DeleteParams::default())
+        .delete("younger", &DeleteParams::default())
         .await
         .unwrap();
 
