@@ -57,17 +57,10 @@ pub(super) fn owner_reference(policy: &AuthPolicy) -> Option<Value> {
     }))
 }
 
-/// The SecurityPolicy that makes Envoy Gateway ask authplane about every request to
-/// `targets` (all in the policy's namespace), fail closed.
-pub fn security_policy(
-    policy: &AuthPolicy,
-    targets: &[&TargetRef],
-    service: &AuthzService,
-    writer: &Writer,
-) -> Value {
-    let namespace = policy.metadata.namespace.clone().unwrap_or_default();
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let target_refs: Vec<Value> = targets
+/// GEP-713 references to `targets` (in the policy's namespace, so without one), as
+/// Envoy Gateway's and kgateway's policies take them.
+pub(super) fn target_refs(targets: &[&TargetRef]) -> Vec<Value> {
+    targets
         .iter()
         .map(|target| {
             let mut reference = json!({
@@ -80,15 +73,36 @@ pub fn security_policy(
             }
             reference
         })
-        .collect();
+        .collect()
+}
+
+/// The metadata of an object authplane writes for `policy` under the name
+/// `authplane-<policy>`, in the policy's namespace: our labels, and the policy as its
+/// controlling owner.
+pub(super) fn owned_metadata(policy: &AuthPolicy, writer: &Writer) -> Value {
     let mut metadata = json!({
-        "name": security_policy_name(&name),
-        "namespace": namespace,
+        "name": security_policy_name(policy.metadata.name.as_deref().unwrap_or_default()),
+        "namespace": policy.metadata.namespace.clone().unwrap_or_default(),
         "labels": writer.labels(),
     });
     if let Some(owner) = owner_reference(policy) {
         metadata["ownerReferences"] = json!([owner]);
     }
+    metadata
+}
+
+/// The SecurityPolicy that makes Envoy Gateway ask authplane about every request to
+/// `targets` (all in the policy's namespace), fail closed.
+pub fn security_policy(
+    policy: &AuthPolicy,
+    targets: &[&TargetRef],
+    service: &AuthzService,
+    writer: &Writer,
+) -> Value {
+    let namespace = policy.metadata.namespace.clone().unwrap_or_default();
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let target_refs = target_refs(targets);
+    let metadata = owned_metadata(policy, writer);
     let mut ext_auth = json!({
         "failOpen": false,
         "headersToExtAuth": headers_to_ext_auth(policy),

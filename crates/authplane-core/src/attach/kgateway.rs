@@ -41,19 +41,6 @@ pub fn kgateway_object_name(policy_name: &str) -> String {
     envoy::security_policy_name(policy_name)
 }
 
-fn metadata(policy: &AuthPolicy, writer: &Writer) -> Value {
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let mut metadata = json!({
-        "name": kgateway_object_name(&name),
-        "namespace": policy.metadata.namespace.clone().unwrap_or_default(),
-        "labels": writer.labels(),
-    });
-    if let Some(owner) = envoy::owner_reference(policy) {
-        metadata["ownerReferences"] = json!([owner]);
-    }
-    metadata
-}
-
 /// The GatewayExtension through which kgateway asks authplane about the requests of
 /// this policy's targets, fail closed.
 pub fn gateway_extension(policy: &AuthPolicy, service: &AuthzService, writer: &Writer) -> Value {
@@ -95,7 +82,7 @@ pub fn gateway_extension(policy: &AuthPolicy, service: &AuthzService, writer: &W
     json!({
         "apiVersion": KGATEWAY_API_VERSION,
         "kind": GATEWAY_EXTENSION_KIND,
-        "metadata": metadata(policy, writer),
+        "metadata": envoy::owned_metadata(policy, writer),
         "spec": {"extAuth": ext_auth},
     })
 }
@@ -110,20 +97,7 @@ pub fn traffic_policy(
 ) -> Value {
     let namespace = policy.metadata.namespace.clone().unwrap_or_default();
     let name = policy.metadata.name.clone().unwrap_or_default();
-    let target_refs: Vec<Value> = targets
-        .iter()
-        .map(|target| {
-            let mut reference = json!({
-                "group": target.kind.group(),
-                "kind": target.kind.name(),
-                "name": target.name,
-            });
-            if let Some(section) = &target.section_name {
-                reference["sectionName"] = json!(section);
-            }
-            reference
-        })
-        .collect();
+    let target_refs = envoy::target_refs(targets);
     let mut ext_auth = json!({"extensionRef": {"name": kgateway_object_name(&name)}});
     // An HTTP check carries no context extension: its path names the policy.
     if service.protocol == Protocol::Grpc {
@@ -132,7 +106,7 @@ pub fn traffic_policy(
     json!({
         "apiVersion": KGATEWAY_API_VERSION,
         "kind": TRAFFIC_POLICY_KIND,
-        "metadata": metadata(policy, writer),
+        "metadata": envoy::owned_metadata(policy, writer),
         "spec": {
             "targetRefs": target_refs,
             "extAuth": ext_auth,
