@@ -9,19 +9,26 @@
 //! with it, so it is never larger than `families`). redb serialises
 //! write transactions, so the compare-and-set is a read and a write in one transaction.
 //!
+//! Every family is also held in memory ([`super::embedded_memory`]): a lookup and the
+//! compare-and-set are decided there, under a mutex, and never answer a state before the
+//! writer has made it durable. The file is read only at start (and after a failed
+//! commit), and for tokens older than the preceding generation (reuse).
+//!
 //! Writes are committed in groups: one writer thread takes every write waiting (up to
 //! [`MAX_BATCH`]), applies them in order in one transaction, commits once (one fsync),
 //! then answers each. A commit is durable before any of its writers hears back, so a
 //! crash still loses nothing that was answered; under concurrent refreshes the cost of
 //! the fsync is shared instead of paid per refresh (which capped one store at a few
-//! hundred refreshes a second). Each write's compare-and-set sees the writes before it
-//! in its group, so two rotations of one family in one group are one rotation and one
-//! lost race, as in separate transactions.
+//! hundred refreshes a second). Two rotations of one family decided concurrently are
+//! one rotation and one lost race, decided in memory before either is queued. A failed
+//! commit fails its group and every write queued behind it, and memory is reloaded from
+//! the file before any of them hears back: memory is never left ahead of the disk.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -30,6 +37,7 @@ use redb::{
     WriteTransaction,
 };
 
+use super::embedded_memory::{Durability, Memory};
 use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
 use crate::refresh::{Family, TokenHash};
 
@@ -47,21 +55,35 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;
-/// Writes waiting for the writer beyond this wait in their callers (backpressure).
-const QUEUE: usize = 4096;
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    shared: Arc<Shared>,
     writer: Arc<Writer>,
 }
 
-/// One write for the writer thread, with where its answer goes.
+/// What the callers and the writer thread share: the families in memory and how far
+/// the writer has made them durable.
+struct Shared {
+    memory: Mutex<Memory>,
+    durability: Durability,
+    /// A reload is queued for the writer (so that a flood of calls on poisoned memory
+    /// queues one, not one each).
+    reload_queued: AtomicBool,
+    /// Fails the next commit, to test what a failing disk does.
+    #[cfg(test)]
+    fail_next_commit: AtomicBool,
+}
+
+/// One write for the writer thread. The compare-and-set is decided in memory before
+/// the write is queued: on disk a write is a plain put.
 enum Op {
     Create(Box<Family>),
-    Swap {
-        expected: Box<Family>,
-        next: Box<Family>,
+    /// The family's new state; `rotated`: its current token is new (record its hash).
+    Put {
+        family: Box<Family>,
+        rotated: bool,
     },
     Purge(Timestamp),
     /// Appends an entry to the log of ended sessions (`now`: Unix seconds, for
@@ -70,6 +92,17 @@ enum Op {
         line: String,
         now: i64,
     },
+    /// Reload memory from the file if it is poisoned (a commit failed earlier and the
+    /// reload then failed too).
+    Reload,
+}
+
+/// A queued write: the operation, the sequence number of the decision it makes durable
+/// (0: none, e.g. the log of ended sessions), where its answer goes.
+struct Queued {
+    op: Op,
+    sequence: u64,
+    reply: Reply,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
@@ -78,7 +111,7 @@ type Reply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
 /// closes, the thread finishes what it holds and ends, and the file is closed when this
 /// returns (so that it can be opened again at once).
 struct Writer {
-    queue: Option<tokio::sync::mpsc::Sender<(Op, Reply)>>,
+    queue: Option<tokio::sync::mpsc::UnboundedSender<Queued>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -93,7 +126,8 @@ impl Drop for Writer {
 
 impl EmbeddedStore {
     /// Opens the file, creating it (mode 0600: it holds no token, but who logged in
-    /// when is nobody else's business) when missing. Blocking.
+    /// when is nobody else's business) when missing, and reads its families into
+    /// memory. Blocking.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let file = OpenOptions::new()
             .read(true)
@@ -118,30 +152,26 @@ impl EmbeddedStore {
             Ok(true)
         })
         .map_err(|e| in_file(path, e))?;
+        let memory = load(&db).map_err(|e| in_file(path, e))?;
         let db = Arc::new(db);
-        let (queue, mut receiver) = tokio::sync::mpsc::channel::<(Op, Reply)>(QUEUE);
-        let writer_db = db.clone();
+        let shared = Arc::new(Shared {
+            memory: Mutex::new(memory),
+            durability: Durability::new(),
+            reload_queued: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_commit: AtomicBool::new(false),
+        });
+        let (queue, receiver) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        let (writer_db, writer_shared) = (db.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name("token-store-writer".into())
-            .spawn(move || {
-                while let Some(first) = receiver.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH
-                        && let Ok(next) = receiver.try_recv()
-                    {
-                        batch.push(next);
-                    }
-                    let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.into_iter().unzip();
-                    for (reply, answer) in replies.into_iter().zip(apply_batch(&writer_db, &ops)) {
-                        let _ = reply.send(answer);
-                    }
-                }
-            })
+            .spawn(move || run_writer(&writer_db, &writer_shared, receiver))
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot start the store's writer: {e}"))
             })?;
         Ok(Self {
             db,
+            shared,
             writer: Arc::new(Writer {
                 queue: Some(queue),
                 thread: Some(thread),
@@ -158,20 +188,50 @@ impl EmbeddedStore {
         line: String,
         now: i64,
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let write = self.write(Op::EndSession { line, now });
-        Box::pin(async move { write.await.map(|sequence| sequence as u64) })
+        let answer = self.queue(Op::EndSession { line, now }, 0);
+        Box::pin(async move { answer?.await.map(|sequence| sequence as u64) })
     }
 
-    /// Queues a write for the writer thread and waits for its answer (after the commit).
-    fn write(&self, op: Op) -> BoxFuture<'static, Result<usize, StoreError>> {
-        let queue = self.writer.queue.clone();
-        Box::pin(async move {
-            let closed = || StoreError::Unavailable("the store's writer has stopped".into());
-            let queue = queue.ok_or_else(closed)?;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            queue.send((op, reply)).await.map_err(|_| closed())?;
-            answer.await.map_err(|_| closed())?
-        })
+    /// Queues a write for the writer thread; the future answers after its commit. Called
+    /// with the memory's lock held for a decision, so that the queue's order is the
+    /// decisions' order.
+    fn queue(
+        &self,
+        op: Op,
+        sequence: u64,
+    ) -> Result<BoxFuture<'static, Result<usize, StoreError>>, StoreError> {
+        let closed = || StoreError::Unavailable("the store's writer has stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .queue
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Queued {
+                op,
+                sequence,
+                reply,
+            })
+            .map_err(|_| closed())?;
+        Ok(Box::pin(async move { answer.await.map_err(|_| closed())? }))
+    }
+
+    /// Memory, for a decision or a read; refused while a failed commit has it poisoned
+    /// (and a reload is then queued, once).
+    fn memory(&self) -> Result<MutexGuard<'_, Memory>, StoreError> {
+        let memory = self
+            .shared
+            .memory
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the store's memory is poisoned".into()))?;
+        if memory.poisoned {
+            if !self.shared.reload_queued.swap(true, Ordering::SeqCst) {
+                let _ = self.queue(Op::Reload, 0);
+            }
+            return Err(StoreError::Unavailable(
+                "a write to the token store failed; it is being reloaded from its file".into(),
+            ));
+        }
+        Ok(memory)
     }
 
     /// Runs `job` on the blocking pool: redb's calls do file I/O and wait for the writer.
@@ -187,12 +247,42 @@ impl EmbeddedStore {
                 .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
         })
     }
+
+    /// Decides a write in memory and queues it, in one critical section.
+    fn decide<T>(
+        &self,
+        decision: impl FnOnce(&mut Memory) -> Option<(T, Op)>,
+    ) -> Result<Option<(T, BoxFuture<'static, Result<usize, StoreError>>)>, StoreError> {
+        let mut memory = self.memory()?;
+        let Some((value, op)) = decision(&mut memory) else {
+            return Ok(None);
+        };
+        let sequence = memory.sequence;
+        match self.queue(op, sequence) {
+            Ok(answer) => Ok(Some((value, answer))),
+            Err(e) => {
+                // Decided but never to be written: memory is ahead of the disk for good.
+                memory.poisoned = true;
+                Err(e)
+            }
+        }
+    }
 }
 
 impl FamilyStore for EmbeddedStore {
     fn create<'a>(&'a self, family: &'a Family) -> BoxFuture<'a, Result<(), StoreError>> {
-        let write = self.write(Op::Create(Box::new(family.clone())));
-        Box::pin(async move { write.await.map(drop) })
+        let decided = self.decide(|memory| {
+            let sequence = memory.next_sequence();
+            memory.unreadable.remove(&family.id);
+            memory.put(family.clone(), sequence);
+            Some(((), Op::Create(Box::new(family.clone()))))
+        });
+        Box::pin(async move {
+            if let Some(((), answer)) = decided? {
+                answer.await?;
+            }
+            Ok(())
+        })
     }
 
     fn find(
@@ -200,22 +290,41 @@ impl FamilyStore for EmbeddedStore {
         token: TokenHash,
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Option<Found>, StoreError>> {
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-            let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
-            let Some(entry) = tokens
-                .get(token.0.as_slice())
-                .map_err(|e| failed(e.into()))?
-            else {
+        Box::pin(async move {
+            let recent = {
+                let memory = self.memory()?;
+                match memory.recent.get(&token) {
+                    Some((id, generation)) => Some((memory.family(id)?, *generation)),
+                    None => None,
+                }
+            };
+            let (observed, generation) = match recent {
+                Some(found) => found,
+                None => {
+                    // An older generation's token (reuse), or one never issued.
+                    let Some((id, generation)) = self
+                        .blocking(move |db| {
+                            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+                            let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+                            Ok(tokens
+                                .get(token.0.as_slice())
+                                .map_err(|e| failed(e.into()))?
+                                .map(|entry| {
+                                    let (id, generation) = entry.value();
+                                    (id.to_owned(), generation)
+                                }))
+                        })
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    (self.memory()?.family(&id)?, generation)
+                }
+            };
+            let Some(observed) = observed else {
                 return Ok(None);
             };
-            let (id, generation) = entry.value();
-            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-            let Some(family) = read_family(&families, id)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "a token of family {id} outlived its family"
-                )));
-            };
+            let family = self.shared.durability.wait(observed).await?;
             Ok((now < family.forget_after()).then_some(Found { family, generation }))
         })
     }
@@ -225,11 +334,12 @@ impl FamilyStore for EmbeddedStore {
         id: &'a str,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Family>, StoreError>> {
-        let id = id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-            Ok(read_family(&families, &id)?.filter(|family| now < family.forget_after()))
+        Box::pin(async move {
+            let Some(observed) = self.memory()?.family(id)? else {
+                return Ok(None);
+            };
+            let family = self.shared.durability.wait(observed).await?;
+            Ok((now < family.forget_after()).then_some(family))
         })
     }
 
@@ -239,31 +349,45 @@ impl FamilyStore for EmbeddedStore {
         subject: &'a str,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
-        let (client, subject) = (client.to_owned(), subject.to_owned());
-        self.blocking(move |db| {
+        let (owned_client, owned_subject) = (client.to_owned(), subject.to_owned());
+        let ids = self.blocking(move |db| {
             let txn = db.begin_read().map_err(|e| failed(e.into()))?;
             let index = txn
                 .open_multimap_table(SESSIONS)
                 .map_err(|e| failed(e.into()))?;
-            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-            let mut found = Vec::new();
-            for id in index
-                .get((client.as_str(), subject.as_str()))
+            index
+                .get((owned_client.as_str(), owned_subject.as_str()))
                 .map_err(|e| failed(e.into()))?
+                .map(|id| {
+                    id.map(|id| id.value().to_owned())
+                        .map_err(|e| failed(e.into()))
+                })
+                .collect::<Result<Vec<String>, StoreError>>()
+        });
+        Box::pin(async move {
+            let ids = ids.await?;
+            let mut observed = Vec::new();
             {
-                let id = id.map_err(|e| failed(e.into()))?;
-                // Past forget_after but not yet purged: as if gone.
-                let Some(family) = read_family(&families, id.value())?
-                    .filter(|family| now < family.forget_after())
-                else {
-                    continue;
-                };
-                if found.len() == MAX_SESSIONS_LISTED {
-                    return Err(StoreError::Unavailable(format!(
-                        "more than {MAX_SESSIONS_LISTED} sessions of one subject of client {client}"
-                    )));
+                let memory = self.memory()?;
+                for id in &ids {
+                    // Past forget_after but not yet purged: as if gone.
+                    let Some(family) = memory
+                        .family(id)?
+                        .filter(|family| now < family.value.forget_after())
+                    else {
+                        continue;
+                    };
+                    if observed.len() == MAX_SESSIONS_LISTED {
+                        return Err(StoreError::Unavailable(format!(
+                            "more than {MAX_SESSIONS_LISTED} sessions of one subject of client {client}"
+                        )));
+                    }
+                    observed.push(family);
                 }
-                found.push(family);
+            }
+            let mut found = Vec::with_capacity(observed.len());
+            for family in observed {
+                found.push(self.shared.durability.wait(family).await?);
             }
             found.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
             Ok(found)
@@ -275,38 +399,210 @@ impl FamilyStore for EmbeddedStore {
         expected: &'a Family,
         next: &'a Family,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let write = self.write(Op::Swap {
-            expected: Box::new(expected.clone()),
-            next: Box::new(next.clone()),
+        let decided = self.decide(|memory| {
+            let stored = &memory.families.get(&next.id)?.family;
+            if stored.generation != expected.generation
+                || stored.revoked.is_some() != expected.revoked.is_some()
+            {
+                return None;
+            }
+            let rotated = next.generation != stored.generation;
+            let sequence = memory.next_sequence();
+            memory.put(next.clone(), sequence);
+            let op = Op::Put {
+                family: Box::new(next.clone()),
+                rotated,
+            };
+            Some(((), op))
         });
-        Box::pin(async move { write.await.map(|written| written > 0) })
+        Box::pin(async move {
+            match decided? {
+                Some(((), answer)) => answer.await.map(|_| true),
+                None => Ok(false),
+            }
+        })
     }
 
     fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.write(Op::Purge(now))
+        let decided = self.decide(|memory| {
+            // The file's expiry index holds whole seconds: forget what it forgets.
+            let due: Vec<String> = memory
+                .families
+                .values()
+                .filter(|slot| slot.family.forget_after().as_second() < now.as_second())
+                .map(|slot| slot.family.id.clone())
+                .collect();
+            for id in &due {
+                memory.forget(id);
+            }
+            memory.next_sequence();
+            Some(((), Op::Purge(now)))
+        });
+        Box::pin(async move {
+            match decided? {
+                Some(((), answer)) => answer.await,
+                None => Ok(0),
+            }
+        })
     }
 }
 
-/// Applies a group of writes in one transaction and commits once. Each answer: the
-/// number of things written (0: a lost compare-and-set, or nothing to purge). A write
-/// that fails on its own (a record that does not read) fails alone and writes nothing;
-/// a failing transaction or commit fails every write of the group.
-fn apply_batch(db: &Database, ops: &[Op]) -> Vec<Result<usize, StoreError>> {
-    let mut answers: Vec<Result<usize, StoreError>> = Vec::with_capacity(ops.len());
-    let outcome = write(db, |txn| {
-        for op in ops {
-            answers.push(match apply(txn, op) {
-                Ok(written) => Ok(written),
-                Err(TxnError::Store(e)) => Err(e),
-                Err(db_error) => return Err(db_error),
-            });
+/// The writer thread: takes every write waiting (up to [`MAX_BATCH`]), applies them in
+/// one transaction, commits once, then answers each. A failed commit poisons memory and
+/// reloads it from the file before anyone hears of the failure.
+fn run_writer(
+    db: &Database,
+    shared: &Shared,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+) {
+    let _stopped = Stopped(shared);
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = receiver.try_recv()
+        {
+            batch.push(next);
         }
-        Ok(answers.iter().any(|a| matches!(a, Ok(n) if *n > 0)))
-    });
-    match outcome {
-        Ok(_) => answers,
-        Err(e) => ops.iter().map(|_| Err(same_error(&e))).collect(),
+        let reload = batch.iter().any(|queued| matches!(queued.op, Op::Reload));
+        let sequence = batch.iter().map(|queued| queued.sequence).max();
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = batch
+            .into_iter()
+            .map(|queued| (queued.op, queued.reply))
+            .unzip();
+        #[cfg(test)]
+        let injected = shared.fail_next_commit.swap(false, Ordering::SeqCst);
+        #[cfg(not(test))]
+        let injected = false;
+        let outcome = if injected {
+            Err(StoreError::Unavailable("injected commit failure".into()))
+        } else {
+            apply_batch(db, &ops)
+        };
+        match outcome {
+            Ok(answers) => {
+                shared.durability.committed(sequence.unwrap_or(0));
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+                if reload {
+                    shared.reload_queued.store(false, Ordering::SeqCst);
+                    reload_if_poisoned(db, shared);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a commit of the token store failed: reloading it from its file");
+                let mut failed = replies;
+                let epoch = {
+                    let mut memory = lock(shared);
+                    memory.poisoned = true;
+                    memory.epoch += 1;
+                    // Every write still queued was decided on the state that is lost.
+                    while let Ok(queued) = receiver.try_recv() {
+                        failed.push(queued.reply);
+                    }
+                    memory.epoch
+                };
+                shared.durability.failed(epoch);
+                // A reload queued earlier was drained with the rest: this one replaces it.
+                shared.reload_queued.store(false, Ordering::SeqCst);
+                reload_if_poisoned(db, shared);
+                for reply in failed {
+                    let _ = reply.send(Err(same_error(&e)));
+                }
+            }
+        }
     }
+}
+
+/// Ends every wait for durability when the writer stops (the store is dropped, or the
+/// thread panicked): nothing will be committed any more, so no state not yet committed
+/// may be answered.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let epoch = {
+            let mut memory = lock(self.0);
+            memory.poisoned = true;
+            memory.epoch += 1;
+            memory.epoch
+        };
+        self.0.durability.failed(epoch);
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Memory> {
+    // A panic while holding the lock cannot leave half a decision (each is a few map
+    // operations); go on with what is there.
+    shared
+        .memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Replaces poisoned memory with what the file holds (sequence and epoch go on).
+fn reload_if_poisoned(db: &Database, shared: &Shared) {
+    if !lock(shared).poisoned {
+        return;
+    }
+    match load(db) {
+        Ok(loaded) => {
+            let mut memory = lock(shared);
+            memory.families = loaded.families;
+            memory.recent = loaded.recent;
+            memory.unreadable = loaded.unreadable;
+            memory.poisoned = false;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the token store's file does not read: answering unavailable until it does");
+        }
+    }
+}
+
+/// Every family of the file, and the hashes of its current and preceding tokens.
+fn load(db: &Database) -> Result<Memory, StoreError> {
+    let mut memory = Memory::default();
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
+    for entry in families.iter().map_err(|e| failed(e.into()))? {
+        let (id, bytes) = entry.map_err(|e| failed(e.into()))?;
+        match serde_json::from_slice::<Family>(bytes.value()) {
+            Ok(family) => memory.put(family, 0),
+            Err(_) => {
+                memory.unreadable.insert(id.value().to_owned());
+            }
+        }
+    }
+    let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+    for entry in tokens.iter().map_err(|e| failed(e.into()))? {
+        let (hash, value) = entry.map_err(|e| failed(e.into()))?;
+        let (id, generation) = value.value();
+        let Some(slot) = memory.families.get_mut(id) else {
+            continue;
+        };
+        if generation.checked_add(1) == Some(slot.family.generation) {
+            let hash = TokenHash(hash.value().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("a token hash of family {id} is not 32 bytes"))
+            })?);
+            slot.preceding = Some(hash);
+            memory.recent.insert(hash, (id.to_owned(), generation));
+        }
+    }
+    Ok(memory)
+}
+
+/// Applies a group of writes in one transaction and commits once. Each answer: the
+/// number of things written. Any failure fails the whole group (memory, ahead of it,
+/// is then reloaded from the file).
+fn apply_batch(db: &Database, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
+    let mut answers = Vec::with_capacity(ops.len());
+    write(db, |txn| {
+        for op in ops {
+            answers.push(apply(txn, op)?);
+        }
+        Ok(answers.iter().any(|written| *written > 0))
+    })?;
+    Ok(answers)
 }
 
 fn same_error(e: &StoreError) -> StoreError {
@@ -331,21 +627,12 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             )?;
             Ok(1)
         }
-        Op::Swap { expected, next } => {
-            let mut families = txn.open_table(FAMILIES)?;
-            let Some(stored) = read_family(&families, &next.id)? else {
-                return Ok(0);
-            };
-            if stored.generation != expected.generation
-                || stored.revoked.is_some() != expected.revoked.is_some()
-            {
-                return Ok(0);
-            }
-            let json = encode(next)?;
-            families.insert(next.id.as_str(), json.as_slice())?;
-            drop(families);
-            if next.generation != stored.generation {
-                record_token(txn, next)?;
+        Op::Put { family, rotated } => {
+            let json = encode(family)?;
+            txn.open_table(FAMILIES)?
+                .insert(family.id.as_str(), json.as_slice())?;
+            if *rotated {
+                record_token(txn, family)?;
             }
             Ok(1)
         }
@@ -353,6 +640,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             let sequence = super::embedded_sessions::append(txn, line, *now)?;
             Ok(usize::try_from(sequence).unwrap_or(usize::MAX))
         }
+        Op::Reload => Ok(0),
         Op::Purge(now) => {
             let mut expiry = txn.open_table(EXPIRY)?;
             let due: Vec<(i64, String)> = expiry
@@ -479,12 +767,16 @@ mod tests {
     use jiff::SignedDuration;
 
     use super::*;
-    use crate::refresh::{Lifetimes, Login, SystemEntropy, logout, start};
+    use crate::refresh::{Lifetimes, Login, SystemEntropy, start};
+    use crate::tokens::{Presenter, RefreshError, Refreshed, refresh};
 
-    fn family() -> Family {
-        let login = Login {
-            client: "shop/web".into(),
-            issuer: "https://auth.example/web".into(),
+    const CLIENT: &str = "shop/web";
+    const ISSUER: &str = "https://auth.example/web";
+
+    fn login() -> Login {
+        Login {
+            client: CLIENT.into(),
+            issuer: ISSUER.into(),
             subject: "alice".into(),
             audiences: vec!["a".into()],
             claims: Default::default(),
@@ -493,89 +785,89 @@ mod tests {
                 idle: SignedDuration::from_mins(30),
                 grace: SignedDuration::from_secs(5),
             },
-        };
-        start(login, Timestamp::now(), &mut SystemEntropy)
+        }
+    }
+
+    fn stored_on_disk(path: &Path, id: &str) -> Option<Family> {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        read_family(&txn.open_table(FAMILIES).unwrap(), id).unwrap()
+    }
+
+    /// A read answers once its state is durable; a state that never will be (memory
+    /// ahead of the file) would keep it waiting for ever: fail instead.
+    async fn bounded<T>(read: BoxFuture<'_, Result<T, StoreError>>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("a read waits for a write that will never be durable")
             .unwrap()
-            .family
     }
 
-    #[test]
-    fn in_one_group_the_second_compare_and_set_of_a_family_loses() {
+    #[tokio::test]
+    async fn a_failed_commit_is_unavailable_and_leaves_memory_as_the_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let family = family();
-        let other = self::family();
-        let rotated = Family {
-            generation: 1,
-            ..family.clone()
+        let path = dir.path().join("t.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let by = Presenter {
+            client: CLIENT,
+            issuer: ISSUER,
         };
-        let revoked = logout(&family, Timestamp::now()).unwrap();
-        let answers = apply_batch(
-            &store.db,
-            &[
-                Op::Create(Box::new(family.clone())),
-                Op::Create(Box::new(other.clone())),
-                Op::Swap {
-                    expected: Box::new(family.clone()),
-                    next: Box::new(rotated.clone()),
-                },
-                // Read generation 0 as well, but the group's first swap came first.
-                Op::Swap {
-                    expected: Box::new(family.clone()),
-                    next: Box::new(revoked),
-                },
-                Op::Swap {
-                    expected: Box::new(other.clone()),
-                    next: Box::new(logout(&other, Timestamp::now()).unwrap()),
-                },
-            ],
-        );
-        let answers: Vec<usize> = answers.into_iter().map(Result::unwrap).collect();
-        assert_eq!(answers, [1, 1, 1, 0, 1]);
-        let txn = store.db.begin_read().unwrap();
-        let families = txn.open_table(FAMILIES).unwrap();
-        assert_eq!(read_family(&families, &family.id).unwrap(), Some(rotated));
+        let later = now + SignedDuration::from_secs(1);
+
+        store.shared.fail_next_commit.store(true, Ordering::SeqCst);
+        let failed = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
         assert!(
-            read_family(&families, &other.id)
-                .unwrap()
-                .unwrap()
-                .revoked
-                .is_some()
+            matches!(failed, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{failed:?}"
         );
+        // The rotation that failed is in neither memory nor the file...
+        assert_eq!(
+            bounded(store.family(&started.family.id, later)).await,
+            Some(started.family.clone())
+        );
+        // ...so the client's retry rotates afresh (were memory ahead of the file, it
+        // would replay a pair that was never durable).
+        let retried = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family, rotated, ..
+        }) = retried
+        else {
+            panic!("{retried:?}");
+        };
+        assert!(rotated);
+        assert_eq!(family.generation, 1);
+        drop(store);
+        assert_eq!(stored_on_disk(&path, &family.id), Some(family));
     }
 
-    #[test]
-    fn a_write_that_fails_alone_leaves_the_rest_of_its_group() {
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_decision_queued_behind_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let (broken, fine) = (family(), family());
-        apply_batch(
-            &store.db,
-            &[
-                Op::Create(Box::new(broken.clone())),
-                Op::Create(Box::new(fine.clone())),
-            ],
-        );
-        write(&store.db, |txn| {
-            txn.open_table(FAMILIES)?
-                .insert(broken.id.as_str(), b"{".as_slice())?;
-            Ok(true)
-        })
-        .unwrap();
-        let answers = apply_batch(
-            &store.db,
-            &[
-                Op::Swap {
-                    expected: Box::new(broken.clone()),
-                    next: Box::new(logout(&broken, Timestamp::now()).unwrap()),
-                },
-                Op::Swap {
-                    expected: Box::new(fine.clone()),
-                    next: Box::new(logout(&fine, Timestamp::now()).unwrap()),
-                },
-            ],
-        );
-        assert!(matches!(answers[0], Err(StoreError::Corrupt(_))));
-        assert_eq!(answers[1].as_ref().unwrap(), &1);
+        let path = dir.path().join("t.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = Timestamp::now();
+        let families: Vec<Family> = (0..20)
+            .map(|_| start(login(), now, &mut SystemEntropy).unwrap().family)
+            .collect();
+        store.shared.fail_next_commit.store(true, Ordering::SeqCst);
+        let answers =
+            futures::future::join_all(families.iter().map(|family| store.create(family))).await;
+        // The first group failed; whatever was decided while it was committing failed
+        // with it; what came later may have succeeded. Memory says exactly what the file
+        // says, family by family.
+        assert!(answers[0].is_err());
+        let mut in_memory = Vec::new();
+        for family in &families {
+            in_memory.push(bounded(store.family(&family.id, now)).await);
+        }
+        drop(store);
+        for ((family, answer), in_memory) in families.iter().zip(&answers).zip(in_memory) {
+            let on_disk = stored_on_disk(&path, &family.id);
+            assert_eq!(on_disk.is_some(), answer.is_ok(), "{answer:?}");
+            assert_eq!(in_memory, on_disk);
+        }
     }
 }

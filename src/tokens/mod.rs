@@ -16,6 +16,7 @@
 
 pub mod client_auth;
 pub mod embedded;
+mod embedded_memory;
 pub mod embedded_sessions;
 pub mod location;
 mod metered;

@@ -1,0 +1,162 @@
+//! The embedded store's families in memory: every state the store has decided, durable
+//! or on its way to the disk, so that a refresh's lookup and its compare-and-set cost a
+//! hash-map access under a mutex instead of a read transaction on a blocking thread.
+//!
+//! The rules that keep memory from ever answering ahead of the disk:
+//! - a state is decided here (under the mutex) and queued for the writer in the same
+//!   critical section, so the writer's order is the order of the decisions, and each
+//!   decision carries a sequence number;
+//! - whoever observes a state (a lookup, a read of a family) waits until the writer has
+//!   made the write that produced it durable ([`Durability::wait`]) before answering: an
+//!   answer never rests on a state a crash could lose;
+//! - a commit that fails poisons memory (every call answers "unavailable"), fails every
+//!   decision still queued (they were taken on the failed state), and the writer reloads
+//!   memory from the disk: memory and disk agree again, and waiters of the failed states
+//!   learn of the failure through the epoch (see [`Durability`]).
+//!
+//! Held per family: the family itself and the hashes of its current and preceding
+//! tokens (a retry within the grace and the race's loser find their family here).
+//! Older tokens are found through the file's `tokens` index (reuse is rare).
+
+use std::collections::{HashMap, HashSet};
+
+use tokio::sync::watch;
+
+use super::StoreError;
+use crate::refresh::{Family, TokenHash};
+
+/// One family as memory holds it.
+pub(super) struct Slot {
+    pub family: Family,
+    /// The sequence number of the write that produced this state (0: read from disk).
+    pub written: u64,
+    /// The hash of the preceding generation's token, if any is known.
+    pub preceding: Option<TokenHash>,
+}
+
+/// Everything the store has decided, and what a lookup needs.
+#[derive(Default)]
+pub(super) struct Memory {
+    pub families: HashMap<String, Slot>,
+    /// The current and preceding tokens' hashes: family id and generation.
+    pub recent: HashMap<TokenHash, (String, u64)>,
+    /// Families whose record on disk does not read: their tokens are an error, not
+    /// unknown (the store's fault, not the client's).
+    pub unreadable: HashSet<String>,
+    /// The last sequence number handed out.
+    pub sequence: u64,
+    /// Changes when a failed commit poisons memory (see [`Durability`]).
+    pub epoch: u64,
+    /// A commit failed and memory is not yet reloaded: answer nothing from it.
+    pub poisoned: bool,
+}
+
+/// A state observed in memory: answer it once its write is durable.
+pub(super) struct Observed<T> {
+    pub value: T,
+    pub written: u64,
+    pub epoch: u64,
+}
+
+impl Memory {
+    pub fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    /// Records `family` as its latest state, written by `sequence`; keeps the hashes of
+    /// its current and preceding tokens findable and forgets older ones.
+    pub fn put(&mut self, family: Family, sequence: u64) {
+        let id = family.id.clone();
+        let before = self.families.remove(&id);
+        let preceding = match &before {
+            Some(old) if old.family.generation == family.generation => old.preceding,
+            Some(old) => {
+                if let Some(older) = old.preceding {
+                    self.recent.remove(&older);
+                }
+                Some(old.family.current)
+            }
+            None => None,
+        };
+        self.recent
+            .insert(family.current, (id.clone(), family.generation));
+        self.families.insert(
+            id,
+            Slot {
+                family,
+                written: sequence,
+                preceding,
+            },
+        );
+    }
+
+    /// Forgets a family and the hashes memory holds for it.
+    pub fn forget(&mut self, id: &str) {
+        if let Some(slot) = self.families.remove(id) {
+            self.recent.remove(&slot.family.current);
+            if let Some(preceding) = slot.preceding {
+                self.recent.remove(&preceding);
+            }
+        }
+        self.unreadable.remove(id);
+    }
+
+    /// The family `id` as last decided.
+    pub fn family(&self, id: &str) -> Result<Option<Observed<Family>>, StoreError> {
+        if self.unreadable.contains(id) {
+            return Err(StoreError::Corrupt(format!("family {id} does not read")));
+        }
+        Ok(self.families.get(id).map(|slot| Observed {
+            value: slot.family.clone(),
+            written: slot.written,
+            epoch: self.epoch,
+        }))
+    }
+}
+
+/// How far the writer has come: the highest sequence number committed, and the epoch
+/// (bumped when a failed commit poisoned memory). A waiter that observed a state in epoch
+/// E is answered when the commit passes the state's sequence number while the epoch is
+/// still E, and refused once the epoch moved on (its state may be one that was lost;
+/// a spurious refusal of a durable state during a failure is the price of simplicity,
+/// and only a failing disk pays it).
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct Progress {
+    pub committed: u64,
+    pub epoch: u64,
+}
+
+pub(super) struct Durability(watch::Sender<Progress>);
+
+impl Durability {
+    pub fn new() -> Self {
+        Self(watch::Sender::new(Progress::default()))
+    }
+
+    pub fn committed(&self, sequence: u64) {
+        self.0
+            .send_modify(|p| p.committed = p.committed.max(sequence));
+    }
+
+    pub fn failed(&self, epoch: u64) {
+        self.0.send_modify(|p| p.epoch = epoch);
+    }
+
+    /// Waits until `observed`'s state is durable.
+    pub async fn wait<T>(&self, observed: Observed<T>) -> Result<T, StoreError> {
+        let mut progress = self.0.subscribe();
+        let done = progress
+            .wait_for(|p| p.epoch != observed.epoch || p.committed >= observed.written)
+            .await
+            .map(|p| p.epoch == observed.epoch)
+            .unwrap_or(false);
+        if done {
+            Ok(observed.value)
+        } else {
+            Err(StoreError::Unavailable(
+                "a write to the token store failed; it is being reloaded from its file".into(),
+            ))
+        }
+    }
+}
