@@ -106,6 +106,8 @@ struct Queued {
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
+/// A queued write's answer, once committed: the number of things written.
+type Committed = BoxFuture<'static, Result<usize, StoreError>>;
 
 /// The writer thread and its queue. Dropped with the last clone of the store: the queue
 /// closes, the thread finishes what it holds and ends, and the file is closed when this
@@ -195,11 +197,7 @@ impl EmbeddedStore {
     /// Queues a write for the writer thread; the future answers after its commit. Called
     /// with the memory's lock held for a decision, so that the queue's order is the
     /// decisions' order.
-    fn queue(
-        &self,
-        op: Op,
-        sequence: u64,
-    ) -> Result<BoxFuture<'static, Result<usize, StoreError>>, StoreError> {
+    fn queue(&self, op: Op, sequence: u64) -> Result<Committed, StoreError> {
         let closed = || StoreError::Unavailable("the store's writer has stopped".into());
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.writer
@@ -248,18 +246,19 @@ impl EmbeddedStore {
         })
     }
 
-    /// Decides a write in memory and queues it, in one critical section.
-    fn decide<T>(
+    /// Decides a write in memory and queues it, in one critical section. `None`: the
+    /// decision was to write nothing.
+    fn decide(
         &self,
-        decision: impl FnOnce(&mut Memory) -> Option<(T, Op)>,
-    ) -> Result<Option<(T, BoxFuture<'static, Result<usize, StoreError>>)>, StoreError> {
+        decision: impl FnOnce(&mut Memory) -> Option<Op>,
+    ) -> Result<Option<Committed>, StoreError> {
         let mut memory = self.memory()?;
-        let Some((value, op)) = decision(&mut memory) else {
+        let Some(op) = decision(&mut memory) else {
             return Ok(None);
         };
         let sequence = memory.sequence;
         match self.queue(op, sequence) {
-            Ok(answer) => Ok(Some((value, answer))),
+            Ok(answer) => Ok(Some(answer)),
             Err(e) => {
                 // Decided but never to be written: memory is ahead of the disk for good.
                 memory.poisoned = true;
@@ -275,10 +274,10 @@ impl FamilyStore for EmbeddedStore {
             let sequence = memory.next_sequence();
             memory.unreadable.remove(&family.id);
             memory.put(family.clone(), sequence);
-            Some(((), Op::Create(Box::new(family.clone()))))
+            Some(Op::Create(Box::new(family.clone())))
         });
         Box::pin(async move {
-            if let Some(((), answer)) = decided? {
+            if let Some(answer) = decided? {
                 answer.await?;
             }
             Ok(())
@@ -409,15 +408,14 @@ impl FamilyStore for EmbeddedStore {
             let rotated = next.generation != stored.generation;
             let sequence = memory.next_sequence();
             memory.put(next.clone(), sequence);
-            let op = Op::Put {
+            Some(Op::Put {
                 family: Box::new(next.clone()),
                 rotated,
-            };
-            Some(((), op))
+            })
         });
         Box::pin(async move {
             match decided? {
-                Some(((), answer)) => answer.await.map(|_| true),
+                Some(answer) => answer.await.map(|_| true),
                 None => Ok(false),
             }
         })
@@ -436,11 +434,11 @@ impl FamilyStore for EmbeddedStore {
                 memory.forget(id);
             }
             memory.next_sequence();
-            Some(((), Op::Purge(now)))
+            Some(Op::Purge(now))
         });
         Box::pin(async move {
             match decided? {
-                Some(((), answer)) => answer.await,
+                Some(answer) => answer.await,
                 None => Ok(0),
             }
         })
