@@ -868,4 +868,103 @@ mod tests {
             assert_eq!(in_memory, on_disk);
         }
     }
+
+    /// `count` rotations of a new family, `step` seconds apart from `now`: its tokens,
+    /// oldest first, and the pair of the last rotation.
+    async fn rotated(
+        store: &EmbeddedStore,
+        now: Timestamp,
+        count: i64,
+    ) -> (Vec<crate::refresh::RefreshToken>, Family) {
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let mut tokens = vec![started.token];
+        let mut family = started.family;
+        for i in 1..=count {
+            let at = now + SignedDuration::from_secs(10 * i);
+            let answer = refresh(store, tokens.last().unwrap(), BY, at, &mut SystemEntropy).await;
+            let Ok(Refreshed::Pair {
+                family: next,
+                token,
+                rotated: true,
+                ..
+            }) = answer
+            else {
+                panic!("{answer:?}");
+            };
+            tokens.push(token);
+            family = next;
+        }
+        (tokens, family)
+    }
+
+    const BY: Presenter<'static> = Presenter {
+        client: CLIENT,
+        issuer: ISSUER,
+    };
+
+    #[tokio::test]
+    async fn a_token_older_than_the_preceding_one_is_found_in_the_file_and_is_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
+        let now = Timestamp::now();
+        let (tokens, family) = rotated(&store, now, 3).await;
+        // Memory holds generations 3 and 2; generation 1's token is in the file only.
+        let answer = refresh(
+            &store,
+            &tokens[1],
+            BY,
+            now + SignedDuration::from_secs(31),
+            &mut SystemEntropy,
+        )
+        .await;
+        let Ok(Refreshed::Reuse { family: revoked }) = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(revoked.id, family.id);
+        assert!(
+            store
+                .family(&family.id, now)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_preceding_token_replays_and_an_older_one_is_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let (tokens, family) = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await
+        };
+        let store = EmbeddedStore::open(&path).unwrap();
+        // Within the grace of the last rotation (at +20 s): the same pair again.
+        let within = now + SignedDuration::from_secs(22);
+        let answer = refresh(&store, &tokens[1], BY, within, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            token,
+            rotated: false,
+            ..
+        }) = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(token, tokens[2]);
+        let answer = refresh(&store, &tokens[0], BY, within, &mut SystemEntropy).await;
+        assert!(matches!(answer, Ok(Refreshed::Reuse { .. })), "{answer:?}");
+        assert!(
+            store
+                .family(&family.id, now)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+                .is_some()
+        );
+    }
 }
