@@ -56,6 +56,13 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;
 
+/// The most writes waiting for the writer. A decision is taken only with a place in the
+/// queue reserved: a writer that is behind (a stalled disk) refuses new decisions with
+/// 503 and nothing changes, instead of queueing decisions (and their memory) without
+/// bound and committing rotations long after their clients were told 503 (whose retries
+/// would then be outside the grace: reuse, the session ended).
+const QUEUE: usize = 4096;
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -74,6 +81,10 @@ struct Shared {
     /// Fails the next commit, to test what a failing disk does.
     #[cfg(test)]
     fail_next_commit: AtomicBool,
+    /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
+    /// on the first channel, and waits on the second before writing anything.
+    #[cfg(test)]
+    hold: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 /// One write for the writer thread. The compare-and-set is decided in memory before
@@ -113,7 +124,7 @@ type Committed = BoxFuture<'static, Result<usize, StoreError>>;
 /// closes, the thread finishes what it holds and ends, and the file is closed when this
 /// returns (so that it can be opened again at once).
 struct Writer {
-    queue: Option<tokio::sync::mpsc::UnboundedSender<Queued>>,
+    queue: Option<tokio::sync::mpsc::Sender<Queued>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -162,8 +173,10 @@ impl EmbeddedStore {
             reload_queued: AtomicBool::new(false),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            hold: Mutex::new(None),
         });
-        let (queue, receiver) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        let (queue, receiver) = tokio::sync::mpsc::channel::<Queued>(QUEUE);
         let (writer_db, writer_shared) = (db.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name("token-store-writer".into())
@@ -190,27 +203,31 @@ impl EmbeddedStore {
         line: String,
         now: i64,
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let answer = self.queue(Op::EndSession { line, now }, 0);
-        Box::pin(async move { answer?.await.map(|sequence| sequence as u64) })
+        // Not a decision on memory: it waits for a place in the queue (as before).
+        let queue = self.writer.queue.clone();
+        Box::pin(async move {
+            let queue = queue.ok_or_else(writer_stopped)?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let op = Op::EndSession { line, now };
+            queue
+                .send(Queued { op, sequence: 0, reply })
+                .await
+                .map_err(|_| writer_stopped())?;
+            answer.await.map_err(|_| writer_stopped())?.map(|sequence| sequence as u64)
+        })
     }
 
-    /// Queues a write for the writer thread; the future answers after its commit. Called
-    /// with the memory's lock held for a decision, so that the queue's order is the
-    /// decisions' order.
-    fn queue(&self, op: Op, sequence: u64) -> Result<Committed, StoreError> {
-        let closed = || StoreError::Unavailable("the store's writer has stopped".into());
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer
-            .queue
-            .as_ref()
-            .ok_or_else(closed)?
-            .send(Queued {
-                op,
-                sequence,
-                reply,
-            })
-            .map_err(|_| closed())?;
-        Ok(Box::pin(async move { answer.await.map_err(|_| closed())? }))
+    /// A place in the writer's queue, or 503 when it is full (the writer is behind) or
+    /// the writer has stopped. Taken with the memory's lock held, before deciding.
+    fn reserve(&self) -> Result<tokio::sync::mpsc::Permit<'_, Queued>, StoreError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        let queue = self.writer.queue.as_ref().ok_or_else(writer_stopped)?;
+        queue.try_reserve().map_err(|e| match e {
+            TrySendError::Full(()) => StoreError::Unavailable(
+                "the token store's writer is behind (its disk is slow): nothing changed".into(),
+            ),
+            TrySendError::Closed(()) => writer_stopped(),
+        })
     }
 
     /// Memory, for a decision or a read; refused while a failed commit has it poisoned
@@ -223,7 +240,12 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Unavailable("the store's memory is poisoned".into()))?;
         if memory.poisoned {
             if !self.shared.reload_queued.swap(true, Ordering::SeqCst) {
-                let _ = self.queue(Op::Reload, 0);
+                let (reply, _) = tokio::sync::oneshot::channel();
+                let reload = Queued { op: Op::Reload, sequence: 0, reply };
+                if self.writer.queue.as_ref().is_none_or(|q| q.try_send(reload).is_err()) {
+                    // Not queued: the next call tries again.
+                    self.shared.reload_queued.store(false, Ordering::SeqCst);
+                }
             }
             return Err(StoreError::Unavailable(
                 "a write to the token store failed; it is being reloaded from its file".into(),
@@ -253,18 +275,21 @@ impl EmbeddedStore {
         decision: impl FnOnce(&mut Memory) -> Option<Op>,
     ) -> Result<Option<Committed>, StoreError> {
         let mut memory = self.memory()?;
+        // The place first: a decision that could not be queued would leave memory ahead
+        // of the disk.
+        let place = self.reserve()?;
         let Some(op) = decision(&mut memory) else {
             return Ok(None);
         };
-        let sequence = memory.sequence;
-        match self.queue(op, sequence) {
-            Ok(answer) => Ok(Some(answer)),
-            Err(e) => {
-                // Decided but never to be written: memory is ahead of the disk for good.
-                memory.poisoned = true;
-                Err(e)
-            }
-        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        place.send(Queued {
+            op,
+            sequence: memory.sequence,
+            reply,
+        });
+        Ok(Some(Box::pin(async move {
+            answer.await.map_err(|_| writer_stopped())?
+        })))
     }
 }
 
@@ -451,10 +476,15 @@ impl FamilyStore for EmbeddedStore {
 fn run_writer(
     db: &Database,
     shared: &Shared,
-    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+    mut receiver: tokio::sync::mpsc::Receiver<Queued>,
 ) {
     let _stopped = Stopped(shared);
     while let Some(first) = receiver.blocking_recv() {
+        #[cfg(test)]
+        if let Some((taken, release)) = shared.hold.lock().unwrap().take() {
+            let _ = taken.send(());
+            let _ = release.recv();
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH
             && let Ok(next) = receiver.try_recv()
@@ -527,6 +557,10 @@ impl Drop for Stopped<'_> {
         };
         self.0.durability.failed(epoch);
     }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Memory> {
@@ -965,6 +999,42 @@ mod tests {
                 .unwrap()
                 .revoked
                 .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_beyond_a_full_queue_is_unavailable_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
+        let now = Timestamp::now();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *store.shared.hold.lock().unwrap() = Some((taken, released));
+        let families: Vec<Family> = (0..=QUEUE + 1)
+            .map(|_| start(login(), now, &mut SystemEntropy).unwrap().family)
+            .collect();
+        // The writer takes the first write and stalls on it...
+        let mut pending = vec![store.create(&families[0])];
+        writer_took.recv().unwrap();
+        // ...the queue behind it fills...
+        for family in &families[1..=QUEUE] {
+            pending.push(store.create(family));
+        }
+        // ...and the next decision is refused before it is taken.
+        let refused = &families[QUEUE + 1];
+        let answer = store.create(refused).await;
+        assert!(
+            matches!(answer, Err(StoreError::Unavailable(_))),
+            "{answer:?}"
+        );
+        release.send(()).unwrap();
+        for answer in futures::future::join_all(pending).await {
+            answer.unwrap();
+        }
+        assert_eq!(bounded(store.family(&refused.id, now)).await, None);
+        assert_eq!(
+            bounded(store.family(&families[QUEUE].id, now)).await,
+            Some(families[QUEUE].clone())
         );
     }
 }
