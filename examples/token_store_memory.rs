@@ -5,7 +5,9 @@
 //! read of the file); redb's page cache (at most 32 MiB) is included.
 //!
 //! `cargo run --release --example token_store_memory -- [SESSIONS...]` (default 10000
-//! 100000); prints `sessions N rss_bytes_per_session B`.
+//! 100000); prints `sessions N rss_bytes_per_session B`. With `CLAIMS=largest` in the
+//! environment each login carries the costliest custom claims a login may
+//! (`{"r":[0,0,…]}`, just under the 8 KiB `authplane_claims` allows).
 
 use authplane::refresh::{Lifetimes, Login, SystemEntropy, start};
 use authplane::tokens::embedded::EmbeddedStore;
@@ -36,13 +38,26 @@ fn login(user: usize) -> Login {
         issuer: ISSUER.into(),
         subject: format!("user-{user:06}"),
         audiences: vec!["api".into()],
-        claims: Default::default(),
+        claims: claims(),
         lifetimes: Lifetimes {
             absolute: SignedDuration::from_hours(168),
             idle: SignedDuration::from_hours(24),
             grace: SignedDuration::from_secs(5),
         },
     }
+}
+
+fn claims() -> serde_json::Map<String, serde_json::Value> {
+    if std::env::var("CLAIMS").as_deref() != Ok("largest") {
+        return Default::default();
+    }
+    // `{"r":[` + `0,` per value + `]}` within 8 KiB.
+    let zeros = (authplane::token_endpoint::MAX_CLAIMS_BYTES - 9) / 2;
+    let value = serde_json::json!({ "r": vec![0; zeros] });
+    let serde_json::Value::Object(claims) = value else {
+        unreachable!()
+    };
+    claims
 }
 
 fn main() {

@@ -63,11 +63,18 @@ const MAX_BATCH: usize = 256;
 /// would then be outside the grace: reuse, the session ended).
 const QUEUE: usize = 4096;
 
+/// The most sessions one client holds by default (see
+/// [`EmbeddedStore::with_max_sessions_per_client`]): 10,000 sessions with the largest
+/// custom claims a login may carry take about 280 MB, which the chart's 512 MiB holds.
+pub const MAX_SESSIONS_PER_CLIENT: usize = 10_000;
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
     shared: Arc<Shared>,
     writer: Arc<Writer>,
+    /// Logins beyond this many families held for one client are refused.
+    max_sessions_per_client: usize,
 }
 
 /// What the callers and the writer thread share: the families in memory and how far
@@ -81,6 +88,8 @@ struct Shared {
     /// Fails the next commit, to test what a failing disk does.
     #[cfg(test)]
     fail_next_commit: AtomicBool,
+    /// Clients whose logins are being refused for their cap (logged once per episode).
+    capped: Mutex<std::collections::HashSet<String>>,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
     /// on the first channel, and waits on the second before writing anything.
     #[cfg(test)]
@@ -173,6 +182,7 @@ impl EmbeddedStore {
             reload_queued: AtomicBool::new(false),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            capped: Mutex::new(Default::default()),
             #[cfg(test)]
             hold: Mutex::new(None),
         });
@@ -191,7 +201,17 @@ impl EmbeddedStore {
                 queue: Some(queue),
                 thread: Some(thread),
             }),
+            max_sessions_per_client: MAX_SESSIONS_PER_CLIENT,
         })
+    }
+
+    /// Refuses a login of a client that holds `max` families already: every family is
+    /// held in memory until its absolute expiry (revoked or idle-dead ones too), and
+    /// logins are a client's to make, so without a cap one tenant's workload could fill
+    /// the process's memory (and again at every start, which reads them all).
+    pub fn with_max_sessions_per_client(mut self, max: usize) -> Self {
+        self.max_sessions_per_client = max;
+        self
     }
 
     /// Appends `line` to the log of ended sessions in the writer's next group (one
@@ -210,10 +230,17 @@ impl EmbeddedStore {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let op = Op::EndSession { line, now };
             queue
-                .send(Queued { op, sequence: 0, reply })
+                .send(Queued {
+                    op,
+                    sequence: 0,
+                    reply,
+                })
                 .await
                 .map_err(|_| writer_stopped())?;
-            answer.await.map_err(|_| writer_stopped())?.map(|sequence| sequence as u64)
+            answer
+                .await
+                .map_err(|_| writer_stopped())?
+                .map(|sequence| sequence as u64)
         })
     }
 
@@ -230,6 +257,31 @@ impl EmbeddedStore {
         })
     }
 
+    /// The refusal of a login of `client`, which holds as many families as it may;
+    /// logged when the client reaches its cap, not at every refusal.
+    fn refuse_login(&self, client: &str) -> StoreError {
+        let max = self.max_sessions_per_client;
+        let newly = lock_set(&self.shared.capped).insert(client.to_owned());
+        if newly {
+            tracing::warn!(
+                client,
+                max,
+                "a client holds as many token sessions as --max-sessions-per-client allows: its logins are refused until sessions expire"
+            );
+        }
+        StoreError::Full(format!(
+            "TokenClient {client} holds {max} sessions, the most this server keeps for one client (--max-sessions-per-client); a session is freed at its absolute expiry"
+        ))
+    }
+
+    /// A login of `client` was accepted: if it was at its cap, it no longer is.
+    fn accepting(&self, client: &str) {
+        let mut capped = lock_set(&self.shared.capped);
+        if !capped.is_empty() && capped.remove(client) {
+            tracing::info!(client, "a client's logins are accepted again");
+        }
+    }
+
     /// Memory, for a decision or a read; refused while a failed commit has it poisoned
     /// (and a reload is then queued, once).
     fn memory(&self) -> Result<MutexGuard<'_, Memory>, StoreError> {
@@ -241,8 +293,17 @@ impl EmbeddedStore {
         if memory.poisoned {
             if !self.shared.reload_queued.swap(true, Ordering::SeqCst) {
                 let (reply, _) = tokio::sync::oneshot::channel();
-                let reload = Queued { op: Op::Reload, sequence: 0, reply };
-                if self.writer.queue.as_ref().is_none_or(|q| q.try_send(reload).is_err()) {
+                let reload = Queued {
+                    op: Op::Reload,
+                    sequence: 0,
+                    reply,
+                };
+                if self
+                    .writer
+                    .queue
+                    .as_ref()
+                    .is_none_or(|q| q.try_send(reload).is_err())
+                {
                     // Not queued: the next call tries again.
                     self.shared.reload_queued.store(false, Ordering::SeqCst);
                 }
@@ -295,12 +356,23 @@ impl EmbeddedStore {
 
 impl FamilyStore for EmbeddedStore {
     fn create<'a>(&'a self, family: &'a Family) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut full = false;
         let decided = self.decide(|memory| {
+            if memory.held_by(&family.client) >= self.max_sessions_per_client {
+                full = true;
+                return None;
+            }
             let sequence = memory.next_sequence();
             memory.unreadable.remove(&family.id);
             memory.put(family.clone(), sequence);
             Some(Op::Create(Box::new(family.clone())))
         });
+        if full {
+            return Box::pin(std::future::ready(Err(self.refuse_login(&family.client))));
+        }
+        if matches!(decided, Ok(Some(_))) {
+            self.accepting(&family.client);
+        }
         Box::pin(async move {
             if let Some(answer) = decided? {
                 answer.await?;
@@ -348,7 +420,7 @@ impl FamilyStore for EmbeddedStore {
             let Some(observed) = observed else {
                 return Ok(None);
             };
-            let family = self.shared.durability.wait(observed).await?;
+            let family = self.shared.durability.wait(observed).await?.expand()?;
             Ok((now < family.forget_after()).then_some(Found { family, generation }))
         })
     }
@@ -362,7 +434,7 @@ impl FamilyStore for EmbeddedStore {
             let Some(observed) = self.memory()?.family(id)? else {
                 return Ok(None);
             };
-            let family = self.shared.durability.wait(observed).await?;
+            let family = self.shared.durability.wait(observed).await?.expand()?;
             Ok((now < family.forget_after()).then_some(family))
         })
     }
@@ -397,7 +469,7 @@ impl FamilyStore for EmbeddedStore {
                     // Past forget_after but not yet purged: as if gone.
                     let Some(family) = memory
                         .family(id)?
-                        .filter(|family| now < family.value.forget_after())
+                        .filter(|family| now < family.value.family.forget_after())
                     else {
                         continue;
                     };
@@ -411,7 +483,7 @@ impl FamilyStore for EmbeddedStore {
             }
             let mut found = Vec::with_capacity(observed.len());
             for family in observed {
-                found.push(self.shared.durability.wait(family).await?);
+                found.push(self.shared.durability.wait(family).await?.expand()?);
             }
             found.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
             Ok(found)
@@ -473,11 +545,7 @@ impl FamilyStore for EmbeddedStore {
 /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]), applies them in
 /// one transaction, commits once, then answers each. A failed commit poisons memory and
 /// reloads it from the file before anyone hears of the failure.
-fn run_writer(
-    db: &Database,
-    shared: &Shared,
-    mut receiver: tokio::sync::mpsc::Receiver<Queued>,
-) {
+fn run_writer(db: &Database, shared: &Shared, mut receiver: tokio::sync::mpsc::Receiver<Queued>) {
     let _stopped = Stopped(shared);
     while let Some(first) = receiver.blocking_recv() {
         #[cfg(test)]
@@ -563,6 +631,13 @@ fn writer_stopped() -> StoreError {
     StoreError::Unavailable("the store's writer has stopped".into())
 }
 
+fn lock_set(
+    set: &Mutex<std::collections::HashSet<String>>,
+) -> MutexGuard<'_, std::collections::HashSet<String>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lock(shared: &Shared) -> MutexGuard<'_, Memory> {
     // A panic while holding the lock cannot leave half a decision (each is a few map
     // operations); go on with what is there.
@@ -641,6 +716,7 @@ fn same_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
         StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
+        StoreError::Full(why) => StoreError::Full(why.clone()),
     }
 }
 
@@ -791,6 +867,7 @@ fn in_file(path: &Path, e: StoreError) -> StoreError {
             StoreError::Unavailable(format!("{}: {why}", path.display()))
         }
         StoreError::Corrupt(why) => StoreError::Corrupt(format!("{}: {why}", path.display())),
+        full @ StoreError::Full(_) => full,
     }
 }
 
@@ -1035,6 +1112,90 @@ mod tests {
         assert_eq!(
             bounded(store.family(&families[QUEUE].id, now)).await,
             Some(families[QUEUE].clone())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_beyond_the_clients_cap_is_refused_and_a_forgotten_session_frees_a_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let family = |at| start(login(), at, &mut SystemEntropy).unwrap().family;
+        let (first, second) = (family(now), family(now));
+        {
+            let store = EmbeddedStore::open(&path)
+                .unwrap()
+                .with_max_sessions_per_client(2);
+            store.create(&first).await.unwrap();
+            store.create(&second).await.unwrap();
+        }
+        // Reopened: the count is rebuilt from the file.
+        let store = EmbeddedStore::open(&path)
+            .unwrap()
+            .with_max_sessions_per_client(2);
+        let third = family(now);
+        let answer = store.create(&third).await;
+        let Err(StoreError::Full(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains(CLIENT), "{why}");
+        assert_eq!(bounded(store.family(&third.id, now)).await, None);
+        // Another client's logins are its own.
+        let mut other = family(now);
+        other.client = "shop/other".into();
+        store.create(&other).await.unwrap();
+        // Revoking a session does not free its slot (it is held until its expiry)...
+        let mut revoked = first.clone();
+        revoked.revoked = Some(crate::refresh::Revoked {
+            at: now,
+            because: crate::refresh::RevokedBecause::Logout,
+        });
+        assert!(store.swap(&first, &revoked).await.unwrap());
+        assert!(matches!(
+            store.create(&third).await,
+            Err(StoreError::Full(_))
+        ));
+        // ...forgetting it at its expiry does.
+        let later = now + SignedDuration::from_hours(2);
+        store.purge(later).await.unwrap();
+        let fourth = family(later);
+        store.create(&fourth).await.unwrap();
+        assert_eq!(
+            bounded(store.family(&fourth.id, later)).await,
+            Some(fourth.clone())
+        );
+    }
+
+    #[tokio::test]
+    async fn custom_claims_read_back_as_written_from_memory_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let serde_json::Value::Object(claims) = serde_json::json!({
+            "roles": ["payments", "ops"],
+            "ratio": 0.1,
+            "big": u64::MAX,
+            "negative": -7,
+            "name": "Zoë \"quoted\"",
+            "nested": {"a": [null, true, {"b": 1e300}]},
+        }) else {
+            unreachable!()
+        };
+        let mut with_claims = login();
+        with_claims.claims = claims;
+        let family = start(with_claims, now, &mut SystemEntropy).unwrap().family;
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&family).await.unwrap();
+            assert_eq!(
+                bounded(store.family(&family.id, now)).await,
+                Some(family.clone())
+            );
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            bounded(store.family(&family.id, now)).await,
+            Some(family.clone())
         );
     }
 }

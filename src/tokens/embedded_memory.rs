@@ -14,12 +14,16 @@
 //!   memory from the disk: memory and disk agree again, and waiters of the failed states
 //!   learn of the failure through the epoch (see [`Durability`]).
 //!
-//! Held per family: the family itself and the hashes of its current and preceding
+//! Held per family: the family itself, its custom claims as JSON text (a tree of
+//! `serde_json::Value`s costs up to 16 times the text: `{"r":[0,0,…]}` within the
+//! 8 KiB a login may carry is about 130 KB as a tree, 8 KB as text; they are parsed again
+//! only when a family is answered), and the hashes of its current and preceding
 //! tokens (a retry within the grace and the race's loser find their family here).
 //! Older tokens are found through the file's `tokens` index (reuse is rare).
 
 use std::collections::{HashMap, HashSet};
 
+use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::StoreError;
@@ -27,7 +31,10 @@ use crate::refresh::{Family, TokenHash};
 
 /// One family as memory holds it.
 pub(super) struct Slot {
+    /// The family without its custom claims (see `claims`).
     pub family: Family,
+    /// The family's custom claims as JSON text; `None`: none.
+    claims: Option<Box<str>>,
     /// The sequence number of the write that produced this state (0: read from disk).
     pub written: u64,
     /// The hash of the preceding generation's token, if any is known.
@@ -43,6 +50,9 @@ pub(super) struct Memory {
     /// Families whose record on disk does not read: their tokens are an error, not
     /// unknown (the store's fault, not the client's).
     pub unreadable: HashSet<String>,
+    /// The families held per client (until forgotten: revoked and idle-dead ones too,
+    /// since they hold memory until their absolute expiry).
+    pub per_client: HashMap<String, usize>,
     /// The last sequence number handed out.
     pub sequence: u64,
     /// Changes when a failed commit poisons memory (see [`Durability`]).
@@ -66,8 +76,10 @@ impl Memory {
 
     /// Records `family` as its latest state, written by `sequence`; keeps the hashes of
     /// its current and preceding tokens findable and forgets older ones.
-    pub fn put(&mut self, family: Family, sequence: u64) {
+    pub fn put(&mut self, mut family: Family, sequence: u64) {
         let id = family.id.clone();
+        let claims = std::mem::take(&mut family.claims);
+        let claims = (!claims.is_empty()).then(|| Value::Object(claims).to_string().into());
         let before = self.families.remove(&id);
         let preceding = match &before {
             Some(old) if old.family.generation == family.generation => old.preceding,
@@ -77,7 +89,10 @@ impl Memory {
                 }
                 Some(old.family.current)
             }
-            None => None,
+            None => {
+                *self.per_client.entry(family.client.clone()).or_default() += 1;
+                None
+            }
         };
         self.recent
             .insert(family.current, (id.clone(), family.generation));
@@ -85,15 +100,27 @@ impl Memory {
             id,
             Slot {
                 family,
+                claims,
                 written: sequence,
                 preceding,
             },
         );
     }
 
+    /// The families `client` holds.
+    pub fn held_by(&self, client: &str) -> usize {
+        self.per_client.get(client).copied().unwrap_or(0)
+    }
+
     /// Forgets a family and the hashes memory holds for it.
     pub fn forget(&mut self, id: &str) {
         if let Some(slot) = self.families.remove(id) {
+            if let Some(held) = self.per_client.get_mut(&slot.family.client) {
+                *held -= 1;
+                if *held == 0 {
+                    self.per_client.remove(&slot.family.client);
+                }
+            }
             self.recent.remove(&slot.family.current);
             if let Some(preceding) = slot.preceding {
                 self.recent.remove(&preceding);
@@ -103,15 +130,38 @@ impl Memory {
     }
 
     /// The family `id` as last decided.
-    pub fn family(&self, id: &str) -> Result<Option<Observed<Family>>, StoreError> {
+    pub fn family(&self, id: &str) -> Result<Option<Observed<Compact>>, StoreError> {
         if self.unreadable.contains(id) {
             return Err(StoreError::Corrupt(format!("family {id} does not read")));
         }
         Ok(self.families.get(id).map(|slot| Observed {
-            value: slot.family.clone(),
+            value: Compact {
+                family: slot.family.clone(),
+                claims: slot.claims.clone(),
+            },
             written: slot.written,
             epoch: self.epoch,
         }))
+    }
+}
+
+/// A family as memory holds it, copied out of the lock: the claims are parsed outside it.
+pub(super) struct Compact {
+    /// Without its custom claims.
+    pub family: Family,
+    claims: Option<Box<str>>,
+}
+
+impl Compact {
+    /// The whole family.
+    pub fn expand(self) -> Result<Family, StoreError> {
+        let mut family = self.family;
+        if let Some(claims) = self.claims {
+            family.claims = serde_json::from_str::<Map<String, Value>>(&claims).map_err(|e| {
+                StoreError::Corrupt(format!("the claims of family {}: {e}", family.id))
+            })?;
+        }
+        Ok(family)
     }
 }
 
