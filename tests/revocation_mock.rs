@@ -607,6 +607,7 @@ async fn replica_with_store(
             ca: None,
             deployment: None,
             rate_per_minute: 10,
+            max_sessions_per_client: authplane::tokens::embedded::MAX_SESSIONS_PER_CLIENT,
         },
         "authplane/default".into(),
         Arc::new(NoAssertions),

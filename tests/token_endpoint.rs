@@ -1642,3 +1642,43 @@ async fn revocations_in_force_stop_refreshing_and_another_namespace_cannot_end_a
     .await;
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_beyond_the_clients_cap_gets_503_naming_it_and_its_sessions_refresh_on() {
+    let tokens = TokenSettings {
+        rate_per_minute: 1000,
+        max_sessions_per_client: 2,
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) = start_limited(
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let first = login(&dev, &secrets, "alice").await;
+    login(&dev, &secrets, "bob").await;
+    let (status, body) = post(
+        &dev,
+        "web",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/web"),
+            ("client_secret", &secrets.web),
+            ("subject_token", "carol"),
+            ("subject_token_type", SUBJECT),
+            ("audience", "payments"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let why = text(&body, "error_description");
+    assert!(
+        why.contains("auth/web") && why.contains("--max-sessions-per-client"),
+        "{why}"
+    );
+    // The sessions it holds go on.
+    let (status, body) = refresh(&dev, "auth/web", text(&first, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -58,6 +58,11 @@ pub(crate) struct DevArgs {
     /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
     token_rate: u32,
+    /// The most token sessions the embedded store holds for one TokenClient: a login
+    /// beyond it answers 503 until one expires (each is held in memory until its
+    /// absolute expiry; not used with Redis).
+    #[arg(long, value_name = "N", default_value_t = crate::tokens::embedded::MAX_SESSIONS_PER_CLIENT as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions_per_client: u32,
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
@@ -85,6 +90,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
                 password,
                 ca,
                 rate_per_minute: args.token_rate,
+                max_sessions_per_client: args.max_sessions_per_client as usize,
             },
             admin_listen: args.admin_listen,
         };

@@ -45,6 +45,9 @@ pub struct TokenStoreConfig {
     /// The budgets of `POST {issuer}/token` per minute: failed requests per client
     /// address, rotations per session (`--token-rate`, as in dev mode).
     pub rate_per_minute: u32,
+    /// The most sessions the embedded store holds for one client
+    /// (`--max-sessions-per-client`; Redis holds them outside the process).
+    pub max_sessions_per_client: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +148,12 @@ pub async fn endpoint(
     let mut shared = None;
     let opened = match &config.location {
         StoreLocation::File(path) => {
-            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+            serving::open_embedded(
+                path.clone(),
+                config.max_sessions_per_client,
+                metrics.tokens.clone(),
+            )
+            .await
         }
         StoreLocation::Redis(url) => {
             let redis = RedisSettings {

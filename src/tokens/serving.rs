@@ -28,14 +28,22 @@ pub struct Opened {
     pub sessions: Option<Arc<dyn SessionLog>>,
 }
 
-/// The embedded store at `path`, timed and metered; a file that cannot be opened is
-/// logged and the store answers 503.
-pub async fn open_embedded(path: PathBuf, metrics: TokenMetrics) -> Opened {
+/// The embedded store at `path`, holding at most `max_sessions_per_client` families per
+/// client, timed and metered; a file that cannot be opened is logged and the store
+/// answers 503.
+pub async fn open_embedded(
+    path: PathBuf,
+    max_sessions_per_client: usize,
+    metrics: TokenMetrics,
+) -> Opened {
     let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    let opened = tokio::task::spawn_blocking(move || {
+        EmbeddedStore::open(Path::new(&path))
+            .map(|store| store.with_max_sessions_per_client(max_sessions_per_client))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|opened| opened.map_err(|e| e.to_string()));
     let mut sessions: Option<Arc<dyn SessionLog>> = None;
     let store: Arc<dyn FamilyStore> = match opened {
         Ok(store) => {
