@@ -6,7 +6,10 @@
 //! family id and generation), `family_tokens` (id → its token hashes, to forget them with
 //! it), `expiry` ((forget-after second, id) → (), the purge's index) and `sessions`
 //! ((client, subject) → family ids, for support tools; written with the family and purged
-//! with it, so it is never larger than `families`). redb serialises
+//! with it, so it is never larger than `families`) and `preceding` (id → the hash of the
+//! preceding generation's token, written with each rotation and purged with the family,
+//! so that a start reads the families and this table, not `tokens`, which holds one entry
+//! per rotation ever made). redb serialises
 //! write transactions, so the compare-and-set is a read and a write in one transaction.
 //!
 //! Every family is also held in memory ([`super::embedded_memory`]): a lookup and the
@@ -48,6 +51,7 @@ const FAMILY_TOKENS: MultimapTableDefinition<&str, &[u8]> =
 const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
 const SESSIONS: MultimapTableDefinition<(&str, &str), &str> =
     MultimapTableDefinition::new("sessions");
+const PRECEDING: TableDefinition<&str, &[u8]> = TableDefinition::new("preceding");
 
 /// redb's page cache is a ceiling, not an allocation; its default (1 GiB) is far more than
 /// families need (about 1 KiB each).
@@ -100,10 +104,11 @@ struct Shared {
 /// the write is queued: on disk a write is a plain put.
 enum Op {
     Create(Box<Family>),
-    /// The family's new state; `rotated`: its current token is new (record its hash).
+    /// The family's new state; `preceding`: it rotated, and this was the hash of the
+    /// token it replaced (record the new token's hash, and this as the preceding one).
     Put {
         family: Box<Family>,
-        rotated: bool,
+        preceding: Option<TokenHash>,
     },
     Purge(Timestamp),
     /// Appends an entry to the log of ended sessions (`now`: Unix seconds, for
@@ -164,6 +169,9 @@ impl EmbeddedStore {
             .create_file(file)
             .map_err(|e| failed(redb::Error::from(e)))
             .map_err(|e| in_file(path, e))?;
+        // A file written before the `preceding` table existed is loaded once by a scan
+        // of `tokens`, and the table is filled from it.
+        let has_preceding = has_preceding_table(&db).map_err(|e| in_file(path, e))?;
         // The tables exist from the start, so that reads never meet a missing table.
         write(&db, |txn| {
             txn.open_table(FAMILIES)?;
@@ -171,10 +179,16 @@ impl EmbeddedStore {
             txn.open_multimap_table(FAMILY_TOKENS)?;
             txn.open_table(EXPIRY)?;
             txn.open_multimap_table(SESSIONS)?;
+            txn.open_table(PRECEDING)?;
             Ok(true)
         })
         .map_err(|e| in_file(path, e))?;
-        let memory = load(&db).map_err(|e| in_file(path, e))?;
+        let memory = if has_preceding {
+            load(&db)
+        } else {
+            load_by_scan(&db)
+        }
+        .map_err(|e| in_file(path, e))?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared {
             memory: Mutex::new(memory),
@@ -502,12 +516,12 @@ impl FamilyStore for EmbeddedStore {
             {
                 return None;
             }
-            let rotated = next.generation != stored.generation;
+            let preceding = (next.generation != stored.generation).then_some(stored.current);
             let sequence = memory.next_sequence();
             memory.put(next.clone(), sequence);
             Some(Op::Put {
                 family: Box::new(next.clone()),
-                rotated,
+                preceding,
             })
         });
         Box::pin(async move {
@@ -666,8 +680,63 @@ fn reload_if_poisoned(db: &Database, shared: &Shared) {
     }
 }
 
-/// Every family of the file, and the hashes of its current and preceding tokens.
+/// Every family of the file, and the hashes of its current and preceding tokens (from
+/// the `preceding` table: a start reads one entry per family, not one per rotation).
 fn load(db: &Database) -> Result<Memory, StoreError> {
+    let mut memory = load_families(db)?;
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
+    for entry in preceding.iter().map_err(|e| failed(e.into()))? {
+        let (id, hash) = entry.map_err(|e| failed(e.into()))?;
+        let id = id.value();
+        let Some(slot) = memory.families.get_mut(id) else {
+            continue;
+        };
+        let Some(generation) = slot.family.generation.checked_sub(1) else {
+            continue;
+        };
+        let hash = token_hash(id, hash.value())?;
+        slot.preceding = Some(hash);
+        memory.recent.insert(hash, (id.to_owned(), generation));
+    }
+    Ok(memory)
+}
+
+/// What [`load`] reads, from a file written before the `preceding` table existed: the
+/// preceding tokens are found by a scan of every token ever issued; the table is then
+/// filled, so that the next start reads it instead.
+fn load_by_scan(db: &Database) -> Result<Memory, StoreError> {
+    let mut memory = load_families(db)?;
+    {
+        let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+        let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+        for entry in tokens.iter().map_err(|e| failed(e.into()))? {
+            let (hash, value) = entry.map_err(|e| failed(e.into()))?;
+            let (id, generation) = value.value();
+            let Some(slot) = memory.families.get_mut(id) else {
+                continue;
+            };
+            if generation.checked_add(1) == Some(slot.family.generation) {
+                let hash = token_hash(id, hash.value())?;
+                slot.preceding = Some(hash);
+                memory.recent.insert(hash, (id.to_owned(), generation));
+            }
+        }
+    }
+    write(db, |txn| {
+        let mut table = txn.open_table(PRECEDING)?;
+        for (id, slot) in &memory.families {
+            if let Some(hash) = slot.preceding {
+                table.insert(id.as_str(), hash.0.as_slice())?;
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(memory)
+}
+
+/// Every family of the file (those that do not read: as unreadable).
+fn load_families(db: &Database) -> Result<Memory, StoreError> {
     let mut memory = Memory::default();
     let txn = db.begin_read().map_err(|e| failed(e.into()))?;
     let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
@@ -680,22 +749,23 @@ fn load(db: &Database) -> Result<Memory, StoreError> {
             }
         }
     }
-    let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
-    for entry in tokens.iter().map_err(|e| failed(e.into()))? {
-        let (hash, value) = entry.map_err(|e| failed(e.into()))?;
-        let (id, generation) = value.value();
-        let Some(slot) = memory.families.get_mut(id) else {
-            continue;
-        };
-        if generation.checked_add(1) == Some(slot.family.generation) {
-            let hash = TokenHash(hash.value().try_into().map_err(|_| {
-                StoreError::Corrupt(format!("a token hash of family {id} is not 32 bytes"))
-            })?);
-            slot.preceding = Some(hash);
-            memory.recent.insert(hash, (id.to_owned(), generation));
-        }
-    }
     Ok(memory)
+}
+
+fn token_hash(id: &str, bytes: &[u8]) -> Result<TokenHash, StoreError> {
+    Ok(TokenHash(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!("a token hash of family {id} is not 32 bytes"))
+    })?))
+}
+
+/// Whether the file has the `preceding` table (files of earlier versions do not).
+fn has_preceding_table(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    match txn.open_table(PRECEDING) {
+        Ok(_) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(failed(e.into())),
+    }
 }
 
 /// Applies a group of writes in one transaction and commits once. Each answer: the
@@ -735,12 +805,14 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             )?;
             Ok(1)
         }
-        Op::Put { family, rotated } => {
+        Op::Put { family, preceding } => {
             let json = encode(family)?;
             txn.open_table(FAMILIES)?
                 .insert(family.id.as_str(), json.as_slice())?;
-            if *rotated {
+            if let Some(preceding) = preceding {
                 record_token(txn, family)?;
+                txn.open_table(PRECEDING)?
+                    .insert(family.id.as_str(), preceding.0.as_slice())?;
             }
             Ok(1)
         }
@@ -759,7 +831,9 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             let mut tokens = txn.open_table(TOKENS)?;
             let mut family_tokens = txn.open_multimap_table(FAMILY_TOKENS)?;
             let mut sessions = txn.open_multimap_table(SESSIONS)?;
+            let mut preceding = txn.open_table(PRECEDING)?;
             for (second, id) in &due {
+                preceding.remove(id.as_str())?;
                 expiry.remove((*second, id.as_str()))?;
                 // A family that does not read is forgotten all the same; its index entry
                 // then outlives it, and listing skips it.
@@ -1197,5 +1271,93 @@ mod tests {
             bounded(store.family(&family.id, now)).await,
             Some(family.clone())
         );
+    }
+
+    /// Rotates a family twice, closes the store, lets `change` edit the file, reopens
+    /// it, and checks that the preceding token replays within the grace.
+    async fn preceding_replays_after_reopening(change: impl FnOnce(&Database)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let (tokens, _) = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await
+        };
+        change(&Database::open(&path).unwrap());
+        let store = EmbeddedStore::open(&path).unwrap();
+        let within = now + SignedDuration::from_secs(22);
+        let answer = refresh(&store, &tokens[1], BY, within, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            token,
+            rotated: false,
+            ..
+        }) = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(token, tokens[2]);
+    }
+
+    #[tokio::test]
+    async fn a_start_finds_preceding_tokens_in_their_table_without_reading_every_token() {
+        // Without the `tokens` index a scan would find no preceding token.
+        preceding_replays_after_reopening(|db| {
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(TOKENS).unwrap();
+            txn.commit().unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_file_of_an_earlier_version_is_scanned_once_and_gets_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let (tokens, family) = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await
+        };
+        let earlier_version = |path: &Path| {
+            let db = Database::open(path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(PRECEDING).unwrap();
+            txn.commit().unwrap();
+        };
+        earlier_version(&path);
+        drop(EmbeddedStore::open(&path).unwrap());
+        // The scan filled the table: the preceding token is the one of generation 1.
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(PRECEDING).unwrap();
+        let stored = table.get(family.id.as_str()).unwrap().unwrap();
+        assert_eq!(stored.value(), tokens[1].hash().0.as_slice());
+        drop((table, txn, db));
+        // And an earlier version's file replays its preceding token through the scan.
+        preceding_replays_after_reopening(|db| {
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(PRECEDING).unwrap();
+            txn.commit().unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_purged_family_leaves_no_preceding_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await;
+            store
+                .purge(now + SignedDuration::from_hours(2))
+                .await
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        use redb::ReadableTableMetadata;
+        assert_eq!(txn.open_table(PRECEDING).unwrap().len().unwrap(), 0);
     }
 }
