@@ -25,13 +25,16 @@
 //! hundred refreshes a second). Two rotations of one family decided concurrently are
 //! one rotation and one lost race, decided in memory before either is queued. A failed
 //! commit fails its group and every write queued behind it, and memory is reloaded from
-//! the file before any of them hears back: memory is never left ahead of the disk.
+//! the file before any of them hears back: memory is never left ahead of the disk. The
+//! file is reopened for that reload (after an I/O error redb refuses every call on the
+//! handle that met it), with a backoff while it does not open.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -72,13 +75,65 @@ const QUEUE: usize = 4096;
 /// custom claims a login may carry take about 280 MB, which the chart's 512 MiB holds.
 pub const MAX_SESSIONS_PER_CLIENT: usize = 10_000;
 
+/// The first wait before the file is reopened again after a reopen or reload failed;
+/// doubled at each failure, up to [`MAX_REOPEN_BACKOFF`].
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     shared: Arc<Shared>,
     writer: Arc<Writer>,
     /// Logins beyond this many families held for one client are refused.
     max_sessions_per_client: usize,
+}
+
+/// How the file is opened.
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
+/// The open file. Once a write has failed on a real I/O error, redb answers `PreviousIo`
+/// to every later call on that handle, so a reload through it would never succeed: the
+/// file is reopened instead (redb then recovers the last commit). redb locks the file,
+/// so the old handle is closed before the new one is opened; calls in between answer
+/// unavailable.
+struct Handle {
+    db: RwLock<Option<Database>>,
+    open: Opener,
+}
+
+impl Handle {
+    /// Runs `job` on the open file (holding it open meanwhile).
+    fn with<T>(
+        &self,
+        job: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = db.as_ref().ok_or_else(|| {
+            StoreError::Unavailable(
+                "the token store's file is closed after an I/O error and not yet reopened".into(),
+            )
+        })?;
+        job(db)
+    }
+
+    /// Closes the file and opens it again. The file stays closed when opening fails.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(db.take());
+        *db = Some((self.open)()?);
+        Ok(())
+    }
+}
+
+/// Whether reloading the file fails, and when to try again: reopening a file whose disk
+/// is gone at every request would flood the disk and the logs.
+struct Reopening {
+    /// The first wait ([`REOPEN_BACKOFF`]; tests make it longer).
+    first: Duration,
+    /// The wait after the last failure (none: the last reload succeeded).
+    backoff: Option<Duration>,
+    not_before: Option<Instant>,
 }
 
 /// What the callers and the writer thread share: the families in memory and how far
@@ -92,6 +147,8 @@ struct Shared {
     /// Fails the next commit, to test what a failing disk does.
     #[cfg(test)]
     fail_next_commit: AtomicBool,
+    /// When the file may be reopened again (after failures).
+    reopening: Mutex<Reopening>,
     /// Clients whose logins are being refused for their cap (logged once per episode).
     capped: Mutex<std::collections::HashSet<String>>,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
@@ -156,19 +213,13 @@ impl EmbeddedStore {
     /// when is nobody else's business) when missing, and reads its families into
     /// memory. Blocking.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create_file(file)
-            .map_err(|e| failed(redb::Error::from(e)))
-            .map_err(|e| in_file(path, e))?;
+        let owned = path.to_owned();
+        Self::open_with(path, Box::new(move || open_file(&owned)))
+    }
+
+    /// Opens the file through `open` (also used to reopen it after an I/O error).
+    fn open_with(path: &Path, open: Opener) -> Result<Self, StoreError> {
+        let db = open()?;
         // A file written before the `preceding` table existed is loaded once by a scan
         // of `tokens`, and the table is filled from it.
         let has_preceding = has_preceding_table(&db).map_err(|e| in_file(path, e))?;
@@ -189,13 +240,21 @@ impl EmbeddedStore {
             load_by_scan(&db)
         }
         .map_err(|e| in_file(path, e))?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle {
+            db: RwLock::new(Some(db)),
+            open,
+        });
         let shared = Arc::new(Shared {
             memory: Mutex::new(memory),
             durability: Durability::new(),
             reload_queued: AtomicBool::new(false),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            reopening: Mutex::new(Reopening {
+                first: REOPEN_BACKOFF,
+                backoff: None,
+                not_before: None,
+            }),
             capped: Mutex::new(Default::default()),
             #[cfg(test)]
             hold: Mutex::new(None),
@@ -337,7 +396,7 @@ impl EmbeddedStore {
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let db = self.db.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || job(&db))
+            tokio::task::spawn_blocking(move || db.with(job))
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
         })
@@ -559,7 +618,7 @@ impl FamilyStore for EmbeddedStore {
 /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]), applies them in
 /// one transaction, commits once, then answers each. A failed commit poisons memory and
 /// reloads it from the file before anyone hears of the failure.
-fn run_writer(db: &Database, shared: &Shared, mut receiver: tokio::sync::mpsc::Receiver<Queued>) {
+fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Receiver<Queued>) {
     let _stopped = Stopped(shared);
     while let Some(first) = receiver.blocking_recv() {
         #[cfg(test)]
@@ -574,6 +633,8 @@ fn run_writer(db: &Database, shared: &Shared, mut receiver: tokio::sync::mpsc::R
             batch.push(next);
         }
         let reload = batch.iter().any(|queued| matches!(queued.op, Op::Reload));
+        // A group of reloads only writes nothing (and, the file being closed, would fail).
+        let writes = batch.iter().any(|queued| !matches!(queued.op, Op::Reload));
         let sequence = batch.iter().map(|queued| queued.sequence).max();
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch
             .into_iter()
@@ -585,8 +646,10 @@ fn run_writer(db: &Database, shared: &Shared, mut receiver: tokio::sync::mpsc::R
         let injected = false;
         let outcome = if injected {
             Err(StoreError::Unavailable("injected commit failure".into()))
+        } else if writes {
+            db.with(|db| apply_batch(db, &ops))
         } else {
-            apply_batch(db, &ops)
+            Ok(vec![0; ops.len()])
         };
         match outcome {
             Ok(answers) => {
@@ -600,7 +663,12 @@ fn run_writer(db: &Database, shared: &Shared, mut receiver: tokio::sync::mpsc::R
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "a commit of the token store failed: reloading it from its file");
+                // Logged when the store starts failing, not at every write refused since.
+                if lock_reopening(shared).backoff.is_none() {
+                    tracing::error!(error = %e, "a commit of the token store failed: reopening and reloading its file");
+                } else {
+                    tracing::debug!(error = %e, "a commit of the token store failed");
+                }
                 let mut failed = replies;
                 let epoch = {
                     let mut memory = lock(shared);
@@ -661,23 +729,59 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Memory> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Replaces poisoned memory with what the file holds (sequence and epoch go on).
-fn reload_if_poisoned(db: &Database, shared: &Shared) {
+/// Replaces poisoned memory with what the file holds, reopening it first (sequence and
+/// epoch go on). After a failure, waits (doubling) before trying again; logs when the
+/// store starts failing and when it recovers, not at every attempt.
+fn reload_if_poisoned(db: &Handle, shared: &Shared) {
     if !lock(shared).poisoned {
         return;
     }
-    match load(db) {
+    let now = Instant::now();
+    if lock_reopening(shared)
+        .not_before
+        .is_some_and(|not_before| now < not_before)
+    {
+        return;
+    }
+    match db.reopen().and_then(|()| db.with(load)) {
         Ok(loaded) => {
-            let mut memory = lock(shared);
-            memory.families = loaded.families;
-            memory.recent = loaded.recent;
-            memory.unreadable = loaded.unreadable;
-            memory.poisoned = false;
+            {
+                let mut memory = lock(shared);
+                memory.families = loaded.families;
+                memory.recent = loaded.recent;
+                memory.unreadable = loaded.unreadable;
+                memory.per_client = loaded.per_client;
+                memory.poisoned = false;
+            }
+            let mut reopening = lock_reopening(shared);
+            if reopening.backoff.take().is_some() {
+                tracing::info!("the token store's file reads again: answering from it");
+            }
+            reopening.not_before = None;
         }
         Err(e) => {
-            tracing::error!(error = %e, "the token store's file does not read: answering unavailable until it does");
+            let mut reopening = lock_reopening(shared);
+            let backoff = match reopening.backoff {
+                None => {
+                    tracing::error!(error = %e, "the token store's file does not read: answering unavailable until it does (retrying with backoff)");
+                    reopening.first
+                }
+                Some(last) => {
+                    tracing::debug!(error = %e, "the token store's file still does not read");
+                    (last * 2).min(MAX_REOPEN_BACKOFF)
+                }
+            };
+            reopening.backoff = Some(backoff);
+            reopening.not_before = Some(now + backoff);
         }
     }
+}
+
+fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
+    shared
+        .reopening
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Every family of the file, and the hashes of its current and preceding tokens (from
@@ -935,6 +1039,24 @@ pub(super) fn failed(e: redb::Error) -> StoreError {
     }
 }
 
+/// Opens (creating it, mode 0600: it holds no token, but who logged in when is nobody
+/// else's business) the file at `path`.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_file(file)
+        .map_err(|e| failed(redb::Error::from(e)))
+        .map_err(|e| in_file(path, e))
+}
+
 fn in_file(path: &Path, e: StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(why) => {
@@ -1024,6 +1146,143 @@ mod tests {
         assert_eq!(family.generation, 1);
         drop(store);
         assert_eq!(stored_on_disk(&path, &family.id), Some(family));
+    }
+
+    /// A disk whose next write fails when `fail` is set (once): a real I/O error, after
+    /// which redb answers `PreviousIo` to every call on the handle that met it.
+    #[derive(Debug)]
+    struct FailingDisk {
+        file: redb::backends::FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FailingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.fail.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("the disk failed a write"));
+            }
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    /// A store on a [`FailingDisk`]; `opens` counts the opens of its file and, while
+    /// `unopenable` is set, they fail (the disk is gone).
+    fn open_failing(
+        path: &Path,
+        fail: &Arc<AtomicBool>,
+        unopenable: &Arc<AtomicBool>,
+        opens: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> EmbeddedStore {
+        let (owned, fail) = (path.to_owned(), fail.clone());
+        let (unopenable, opens) = (unopenable.clone(), opens.clone());
+        EmbeddedStore::open_with(
+            path,
+            Box::new(move || {
+                opens.fetch_add(1, Ordering::SeqCst);
+                if unopenable.load(Ordering::SeqCst) {
+                    return Err(StoreError::Unavailable("the disk is gone".into()));
+                }
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&owned)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let file = redb::backends::FileBackend::new(file)
+                    .map_err(|e| failed(redb::Error::from(e)))?;
+                Database::builder()
+                    .create_with_backend(FailingDisk {
+                        file,
+                        fail: fail.clone(),
+                    })
+                    .map_err(|e| failed(redb::Error::from(e)))
+            }),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn after_a_disk_error_the_file_is_reopened_and_the_retry_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let store = open_failing(&path, &fail, &Default::default(), &Default::default());
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let by = Presenter {
+            client: CLIENT,
+            issuer: ISSUER,
+        };
+        let later = now + SignedDuration::from_secs(1);
+
+        fail.store(true, Ordering::SeqCst);
+        let failed = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        assert!(
+            matches!(failed, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{failed:?}"
+        );
+        assert!(!fail.load(Ordering::SeqCst), "the failure was not met");
+        // The handle that met the error answers `PreviousIo` for ever; the reopened file
+        // reads, holds the state before the failed rotation, and takes the retry.
+        assert_eq!(
+            bounded(store.family(&started.family.id, later)).await,
+            Some(started.family.clone())
+        );
+        let retried = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family, rotated, ..
+        }) = retried
+        else {
+            panic!("{retried:?}");
+        };
+        assert!(rotated);
+        assert_eq!(family.generation, 1);
+        drop(store);
+        assert_eq!(stored_on_disk(&path, &family.id), Some(family));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_does_not_reopen_is_retried_after_a_backoff_not_at_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let (fail, unopenable) = (Arc::default(), Arc::<AtomicBool>::default());
+        let opens = Arc::default();
+        let store = open_failing(&path, &fail, &unopenable, &opens);
+        lock_reopening(&store.shared).first = Duration::from_secs(3600);
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+
+        fail.store(true, Ordering::SeqCst);
+        unopenable.store(true, Ordering::SeqCst);
+        let next = start(login(), now, &mut SystemEntropy).unwrap();
+        assert!(store.create(&next.family).await.is_err());
+        for _ in 0..50 {
+            let read = store.family(&started.family.id, now).await;
+            assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+            // Queued behind the reloads those reads asked for: answered once they were
+            // handled (and it fails too: the file is closed).
+            assert!(store.end_session("x".into(), 0).await.is_err());
+        }
+        // The one failed reopen after the failed commit, then none within the backoff.
+        assert_eq!(opens.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
