@@ -1442,7 +1442,7 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
                 ca: None,
                 deployment: None,
                 rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
-                max_sessions_per_client: authplane::tokens::embedded::MAX_SESSIONS_PER_CLIENT,
+                session_limits: Default::default(),
             }),
         },
     );

@@ -607,7 +607,7 @@ async fn replica_with_store(
             ca: None,
             deployment: None,
             rate_per_minute: 10,
-            max_sessions_per_client: authplane::tokens::embedded::MAX_SESSIONS_PER_CLIENT,
+            session_limits: Default::default(),
         },
         "authplane/default".into(),
         Arc::new(NoAssertions),

@@ -1647,7 +1647,10 @@ async fn revocations_in_force_stop_refreshing_and_another_namespace_cannot_end_a
 async fn a_login_beyond_the_clients_cap_gets_503_naming_it_and_its_sessions_refresh_on() {
     let tokens = TokenSettings {
         rate_per_minute: 1000,
-        max_sessions_per_client: 2,
+        session_limits: authplane::tokens::embedded::SessionLimits {
+            sessions_per_client: Some(2),
+            ..Default::default()
+        },
         ..TokenSettings::default()
     };
     let (dev, secrets) = start_limited(

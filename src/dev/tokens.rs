@@ -36,9 +36,9 @@ pub struct TokenSettings {
     pub ca: Option<CaCertificates>,
     /// Failed requests per client address, and rotations per family, per minute.
     pub rate_per_minute: u32,
-    /// The most sessions the embedded store holds for one client
-    /// (`--max-sessions-per-client`).
-    pub max_sessions_per_client: usize,
+    /// What the embedded store holds in memory (`--session-memory-mib`,
+    /// `--session-memory-per-client-mib`, `--max-sessions-per-client`).
+    pub session_limits: crate::tokens::embedded::SessionLimits,
 }
 
 impl Default for TokenSettings {
@@ -49,7 +49,7 @@ impl Default for TokenSettings {
             password: None,
             ca: None,
             rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
-            max_sessions_per_client: crate::tokens::embedded::MAX_SESSIONS_PER_CLIENT,
+            session_limits: Default::default(),
         }
     }
 }
@@ -109,7 +109,7 @@ pub async fn endpoint(
         Some(StoreLocation::File(path)) => {
             serving::open_embedded(
                 path.clone(),
-                settings.max_sessions_per_client,
+                settings.session_limits,
                 metrics.tokens.clone(),
             )
             .await
@@ -117,7 +117,7 @@ pub async fn endpoint(
         None => {
             serving::open_embedded(
                 state.root().join(STORE_FILE),
-                settings.max_sessions_per_client,
+                settings.session_limits,
                 metrics.tokens.clone(),
             )
             .await

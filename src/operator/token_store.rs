@@ -45,9 +45,10 @@ pub struct TokenStoreConfig {
     /// The budgets of `POST {issuer}/token` per minute: failed requests per client
     /// address, rotations per session (`--token-rate`, as in dev mode).
     pub rate_per_minute: u32,
-    /// The most sessions the embedded store holds for one client
-    /// (`--max-sessions-per-client`; Redis holds them outside the process).
-    pub max_sessions_per_client: usize,
+    /// What the embedded store holds in memory (`--session-memory-mib`,
+    /// `--session-memory-per-client-mib`, `--max-sessions-per-client`; Redis holds
+    /// sessions outside the process).
+    pub session_limits: crate::tokens::embedded::SessionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,12 +149,8 @@ pub async fn endpoint(
     let mut shared = None;
     let opened = match &config.location {
         StoreLocation::File(path) => {
-            serving::open_embedded(
-                path.clone(),
-                config.max_sessions_per_client,
-                metrics.tokens.clone(),
-            )
-            .await
+            serving::open_embedded(path.clone(), config.session_limits, metrics.tokens.clone())
+                .await
         }
         StoreLocation::Redis(url) => {
             let redis = RedisSettings {

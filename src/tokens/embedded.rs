@@ -43,7 +43,7 @@ use redb::{
     WriteTransaction,
 };
 
-use super::embedded_memory::{Durability, Memory};
+use super::embedded_memory::{Durability, Memory, footprint};
 use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
 use crate::refresh::{Family, TokenHash};
 
@@ -70,10 +70,38 @@ const MAX_BATCH: usize = 256;
 /// would then be outside the grace: reuse, the session ended).
 const QUEUE: usize = 4096;
 
-/// The most sessions one client holds by default (see
-/// [`EmbeddedStore::with_max_sessions_per_client`]): 10,000 sessions with the largest
-/// custom claims a login may carry take about 280 MB, which the chart's 512 MiB holds.
-pub const MAX_SESSIONS_PER_CLIENT: usize = 10_000;
+/// How much the store holds in memory: every family is held until its absolute expiry
+/// (revoked or idle-dead ones too), and logins are a client's to make, so without
+/// budgets one tenant's workload could fill the process's memory (and again at every
+/// start, which reads them all). A login beyond a budget is refused (503); refreshes go
+/// on. Sizes are [`footprint`](super::embedded_memory::footprint)s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// What all families may hold (`--session-memory-mib`).
+    pub total_bytes: usize,
+    /// What one client's families may hold (`--session-memory-per-client-mib`), so that
+    /// one tenant cannot take the whole budget.
+    pub bytes_per_client: usize,
+    /// How many families one client may hold (`--max-sessions-per-client`; none by
+    /// default: the byte budgets bound memory).
+    pub sessions_per_client: Option<usize>,
+}
+
+/// The default budgets, sized for the chart's memory limit (512 MiB): half of it for
+/// sessions (about 200,000 without custom claims, 10,000 with the largest), a quarter
+/// (half of that) for one client.
+pub const SESSION_MEMORY_MIB: usize = 256;
+pub const SESSION_MEMORY_PER_CLIENT_MIB: usize = 128;
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            total_bytes: SESSION_MEMORY_MIB << 20,
+            bytes_per_client: SESSION_MEMORY_PER_CLIENT_MIB << 20,
+            sessions_per_client: None,
+        }
+    }
+}
 
 /// The first wait before the file is reopened again after a reopen or reload failed;
 /// doubled at each failure, up to [`MAX_REOPEN_BACKOFF`].
@@ -85,8 +113,16 @@ pub struct EmbeddedStore {
     db: Arc<Handle>,
     shared: Arc<Shared>,
     writer: Arc<Writer>,
-    /// Logins beyond this many families held for one client are refused.
-    max_sessions_per_client: usize,
+    /// Logins beyond these are refused.
+    limits: SessionLimits,
+}
+
+/// The budget a login would exceed.
+#[derive(Clone, Copy)]
+enum Beyond {
+    Sessions,
+    ClientMemory,
+    Memory,
 }
 
 /// How the file is opened.
@@ -274,16 +310,13 @@ impl EmbeddedStore {
                 queue: Some(queue),
                 thread: Some(thread),
             }),
-            max_sessions_per_client: MAX_SESSIONS_PER_CLIENT,
+            limits: SessionLimits::default(),
         })
     }
 
-    /// Refuses a login of a client that holds `max` families already: every family is
-    /// held in memory until its absolute expiry (revoked or idle-dead ones too), and
-    /// logins are a client's to make, so without a cap one tenant's workload could fill
-    /// the process's memory (and again at every start, which reads them all).
-    pub fn with_max_sessions_per_client(mut self, max: usize) -> Self {
-        self.max_sessions_per_client = max;
+    /// Refuses logins beyond `limits` (see [`SessionLimits`]).
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -330,21 +363,50 @@ impl EmbeddedStore {
         })
     }
 
-    /// The refusal of a login of `client`, which holds as many families as it may;
-    /// logged when the client reaches its cap, not at every refusal.
-    fn refuse_login(&self, client: &str) -> StoreError {
-        let max = self.max_sessions_per_client;
+    /// Which budget a login of `client` costing `bytes` would exceed, if any.
+    fn beyond(&self, memory: &Memory, client: &str, bytes: usize) -> Option<Beyond> {
+        let held = memory.held_by(client);
+        if self
+            .limits
+            .sessions_per_client
+            .is_some_and(|max| held.families >= max)
+        {
+            Some(Beyond::Sessions)
+        } else if held.bytes.saturating_add(bytes) > self.limits.bytes_per_client {
+            Some(Beyond::ClientMemory)
+        } else if memory.total.bytes.saturating_add(bytes) > self.limits.total_bytes {
+            Some(Beyond::Memory)
+        } else {
+            None
+        }
+    }
+
+    /// The refusal of a login of `client` beyond a budget; logged when the client
+    /// reaches it, not at every refusal.
+    fn refuse_login(&self, client: &str, beyond: Beyond) -> StoreError {
+        let why = match beyond {
+            Beyond::Sessions => format!(
+                "TokenClient {client} holds {} sessions, the most this server keeps for one client (--max-sessions-per-client)",
+                self.limits.sessions_per_client.unwrap_or_default()
+            ),
+            Beyond::ClientMemory => format!(
+                "TokenClient {client}'s sessions hold {} MiB of memory, the most this server gives one client (--session-memory-per-client-mib)",
+                self.limits.bytes_per_client >> 20
+            ),
+            Beyond::Memory => format!(
+                "the sessions of all TokenClients hold {} MiB of memory, the most this server gives them (--session-memory-mib)",
+                self.limits.total_bytes >> 20
+            ),
+        };
         let newly = lock_set(&self.shared.capped).insert(client.to_owned());
         if newly {
             tracing::warn!(
                 client,
-                max,
-                "a client holds as many token sessions as --max-sessions-per-client allows: its logins are refused until sessions expire"
+                reason = %why,
+                "a client's logins are refused until sessions expire"
             );
         }
-        StoreError::Full(format!(
-            "TokenClient {client} holds {max} sessions, the most this server keeps for one client (--max-sessions-per-client); a session is freed at its absolute expiry"
-        ))
+        StoreError::Full(format!("{why}; a session is freed at its absolute expiry"))
     }
 
     /// A login of `client` was accepted: if it was at its cap, it no longer is.
@@ -429,10 +491,14 @@ impl EmbeddedStore {
 
 impl FamilyStore for EmbeddedStore {
     fn create<'a>(&'a self, family: &'a Family) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut full = false;
+        // Outside the lock: the claims as memory will hold them.
+        let claims = (!family.claims.is_empty())
+            .then(|| serde_json::Value::Object(family.claims.clone()).to_string());
+        let bytes = footprint(family, claims.as_deref());
+        let mut full = None;
         let decided = self.decide(|memory| {
-            if memory.held_by(&family.client) >= self.max_sessions_per_client {
-                full = true;
+            full = self.beyond(memory, &family.client, bytes);
+            if full.is_some() {
                 return None;
             }
             let sequence = memory.next_sequence();
@@ -440,8 +506,10 @@ impl FamilyStore for EmbeddedStore {
             memory.put(family.clone(), sequence);
             Some(Op::Create(Box::new(family.clone())))
         });
-        if full {
-            return Box::pin(std::future::ready(Err(self.refuse_login(&family.client))));
+        if let Some(beyond) = full {
+            return Box::pin(std::future::ready(Err(
+                self.refuse_login(&family.client, beyond)
+            )));
         }
         if matches!(decided, Ok(Some(_))) {
             self.accepting(&family.client);
@@ -751,6 +819,7 @@ fn reload_if_poisoned(db: &Handle, shared: &Shared) {
                 memory.recent = loaded.recent;
                 memory.unreadable = loaded.unreadable;
                 memory.per_client = loaded.per_client;
+                memory.total = loaded.total;
                 memory.poisoned = false;
             }
             let mut reopening = lock_reopening(shared);
@@ -1254,6 +1323,16 @@ mod tests {
         };
         assert!(rotated);
         assert_eq!(family.generation, 1);
+        // A login that fails on the disk is not counted against the budgets after the
+        // reload (answered after it).
+        fail.store(true, Ordering::SeqCst);
+        let lost = start(login(), later, &mut SystemEntropy).unwrap();
+        assert!(store.create(&lost.family).await.is_err());
+        {
+            let memory = lock(&store.shared);
+            assert_eq!(memory.total.families, 1);
+            assert_eq!(memory.total, memory.held_by(CLIENT));
+        }
         drop(store);
         assert_eq!(stored_on_disk(&path, &family.id), Some(family));
     }
@@ -1458,14 +1537,20 @@ mod tests {
         {
             let store = EmbeddedStore::open(&path)
                 .unwrap()
-                .with_max_sessions_per_client(2);
+                .with_limits(SessionLimits {
+                    sessions_per_client: Some(2),
+                    ..SessionLimits::default()
+                });
             store.create(&first).await.unwrap();
             store.create(&second).await.unwrap();
         }
         // Reopened: the count is rebuilt from the file.
         let store = EmbeddedStore::open(&path)
             .unwrap()
-            .with_max_sessions_per_client(2);
+            .with_limits(SessionLimits {
+                sessions_per_client: Some(2),
+                ..SessionLimits::default()
+            });
         let third = family(now);
         let answer = store.create(&third).await;
         let Err(StoreError::Full(why)) = answer else {
@@ -1497,6 +1582,73 @@ mod tests {
             bounded(store.family(&fourth.id, later)).await,
             Some(fourth.clone())
         );
+    }
+
+    #[tokio::test]
+    async fn a_login_beyond_a_memory_budget_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        // Logins of clients named alike (so that each costs the same) with 4 KB of claims.
+        let login_of = |client: &str, claims: bool| {
+            let mut login = login();
+            login.client = client.into();
+            if claims {
+                let serde_json::Value::Object(claims) =
+                    serde_json::json!({ "pad": "x".repeat(4000) })
+                else {
+                    unreachable!()
+                };
+                login.claims = claims;
+            }
+            start(login, now, &mut SystemEntropy).unwrap().family
+        };
+        let cost = |family: &Family| {
+            footprint(
+                family,
+                Some(&serde_json::Value::Object(family.claims.clone()).to_string()),
+            )
+        };
+        let first = login_of("shop/aaa", true);
+        let each = cost(&first);
+        assert!(each > 12_000, "{each}");
+        // Room for two such logins per client, three in all.
+        let limits = SessionLimits {
+            bytes_per_client: 2 * each + each / 2,
+            total_bytes: 3 * each + each / 2,
+            sessions_per_client: None,
+        };
+        {
+            let store = EmbeddedStore::open(&path).unwrap().with_limits(limits);
+            store.create(&first).await.unwrap();
+            store.create(&login_of("shop/aaa", true)).await.unwrap();
+            let third = login_of("shop/aaa", true);
+            let answer = store.create(&third).await;
+            let Err(StoreError::Full(why)) = answer else {
+                panic!("{answer:?}");
+            };
+            assert!(
+                why.contains("shop/aaa") && why.contains("--session-memory-per-client-mib"),
+                "{why}"
+            );
+            assert_eq!(bounded(store.family(&third.id, now)).await, None);
+            store.create(&login_of("shop/bbb", true)).await.unwrap();
+        }
+        // Reopened: what is held is rebuilt from the file.
+        let store = EmbeddedStore::open(&path).unwrap().with_limits(limits);
+        let beyond = login_of("shop/ccc", true);
+        let answer = store.create(&beyond).await;
+        let Err(StoreError::Full(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains("--session-memory-mib"), "{why}");
+        assert_eq!(bounded(store.family(&beyond.id, now)).await, None);
+        // The budget is bytes, not sessions: a login without claims still fits.
+        store.create(&login_of("shop/ccc", false)).await.unwrap();
+        // Forgetting sessions at their expiry frees their bytes.
+        let later = now + SignedDuration::from_hours(2);
+        store.purge(later).await.unwrap();
+        store.create(&beyond).await.unwrap();
     }
 
     #[tokio::test]

@@ -39,6 +39,39 @@ pub(super) struct Slot {
     pub written: u64,
     /// The hash of the preceding generation's token, if any is known.
     pub preceding: Option<TokenHash>,
+    /// What this family costs the process ([`footprint`]).
+    bytes: usize,
+}
+
+/// What one family holds, per client and in total.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub families: usize,
+    /// Summed [`footprint`]s.
+    pub bytes: usize,
+}
+
+/// What a family without custom claims costs the process, beyond its strings: measured
+/// (`examples/token_store_memory.rs`) as about 1.3 KB per login with short strings: the
+/// family, its slot, its entries in three maps, the hashes, allocator overhead.
+const FAMILY_BYTES: usize = 1_200;
+
+/// The process grew by about 28 KB per login carrying 8 KiB of claims text (held once,
+/// but also copied into the write, its JSON record and redb's pages while it is written,
+/// with allocator slack after): the text is counted this many times.
+const CLAIMS_FACTOR: usize = 3;
+
+/// What holding `family` (claims as `claims` text) costs the process, estimated from its
+/// variable parts; the memory budgets of the store sum these.
+pub fn footprint(family: &Family, claims: Option<&str>) -> usize {
+    let strings = 3 * family.id.len()
+        + family.client.len()
+        + family.issuer.len()
+        + family.subject.len()
+        + family.nonce.len()
+        + family.jti.len()
+        + family.audiences.iter().map(String::len).sum::<usize>();
+    FAMILY_BYTES + strings + CLAIMS_FACTOR * claims.map_or(0, str::len)
 }
 
 /// Everything the store has decided, and what a lookup needs.
@@ -52,7 +85,9 @@ pub(super) struct Memory {
     pub unreadable: HashSet<String>,
     /// The families held per client (until forgotten: revoked and idle-dead ones too,
     /// since they hold memory until their absolute expiry).
-    pub per_client: HashMap<String, usize>,
+    pub per_client: HashMap<String, Held>,
+    /// What every family held costs, summed.
+    pub total: Held,
     /// The last sequence number handed out.
     pub sequence: u64,
     /// Changes when a failed commit poisons memory (see [`Durability`]).
@@ -80,7 +115,18 @@ impl Memory {
         let id = family.id.clone();
         let claims = std::mem::take(&mut family.claims);
         let claims = (!claims.is_empty()).then(|| Value::Object(claims).to_string().into());
+        let bytes = footprint(&family, claims.as_deref());
         let before = self.families.remove(&id);
+        let held = self.per_client.entry(family.client.clone()).or_default();
+        if let Some(old) = &before {
+            held.bytes -= old.bytes;
+            self.total.bytes -= old.bytes;
+        } else {
+            held.families += 1;
+            self.total.families += 1;
+        }
+        held.bytes += bytes;
+        self.total.bytes += bytes;
         let preceding = match &before {
             Some(old) if old.family.generation == family.generation => old.preceding,
             Some(old) => {
@@ -89,10 +135,7 @@ impl Memory {
                 }
                 Some(old.family.current)
             }
-            None => {
-                *self.per_client.entry(family.client.clone()).or_default() += 1;
-                None
-            }
+            None => None,
         };
         self.recent
             .insert(family.current, (id.clone(), family.generation));
@@ -103,24 +146,28 @@ impl Memory {
                 claims,
                 written: sequence,
                 preceding,
+                bytes,
             },
         );
     }
 
-    /// The families `client` holds.
-    pub fn held_by(&self, client: &str) -> usize {
-        self.per_client.get(client).copied().unwrap_or(0)
+    /// What `client`'s families hold.
+    pub fn held_by(&self, client: &str) -> Held {
+        self.per_client.get(client).copied().unwrap_or_default()
     }
 
     /// Forgets a family and the hashes memory holds for it.
     pub fn forget(&mut self, id: &str) {
         if let Some(slot) = self.families.remove(id) {
             if let Some(held) = self.per_client.get_mut(&slot.family.client) {
-                *held -= 1;
-                if *held == 0 {
+                held.families -= 1;
+                held.bytes -= slot.bytes;
+                if held.families == 0 {
                     self.per_client.remove(&slot.family.client);
                 }
             }
+            self.total.families -= 1;
+            self.total.bytes -= slot.bytes;
             self.recent.remove(&slot.family.current);
             if let Some(preceding) = slot.preceding {
                 self.recent.remove(&preceding);
