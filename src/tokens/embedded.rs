@@ -270,11 +270,13 @@ impl EmbeddedStore {
             Ok(true)
         })
         .map_err(|e| in_file(path, e))?;
-        let memory = if has_preceding {
-            load(&db)
-        } else {
-            load_by_scan(&db)
-        }
+        let memory = decoding(|| {
+            if has_preceding {
+                load(&db)
+            } else {
+                load_by_scan(&db)
+            }
+        })
         .map_err(|e| in_file(path, e))?;
         let db = Arc::new(Handle {
             db: RwLock::new(Some(db)),
@@ -811,7 +813,10 @@ fn reload_if_poisoned(db: &Handle, shared: &Shared) {
     {
         return;
     }
-    match db.reopen().and_then(|()| db.with(load)) {
+    match db
+        .reopen()
+        .and_then(|()| db.with(|db| decoding(|| load(db))))
+    {
         Ok(loaded) => {
             {
                 let mut memory = lock(shared);
@@ -853,6 +858,18 @@ fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs `read` over the whole file, turning a panic into [`StoreError::Corrupt`]: redb's
+/// decoders of keys and values panic on bytes that are not what the table's type says
+/// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
+/// file), and a start must say which file to move aside, not crash the process.
+fn decoding(read: impl FnOnce() -> Result<Memory, StoreError>) -> Result<Memory, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(StoreError::Corrupt(
+            "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup".into(),
+        ))
+    })
+}
+
 /// Every family of the file, and the hashes of its current and preceding tokens (from
 /// the `preceding` table: a start reads one entry per family, not one per rotation).
 fn load(db: &Database) -> Result<Memory, StoreError> {
@@ -868,7 +885,12 @@ fn load(db: &Database) -> Result<Memory, StoreError> {
         let Some(generation) = slot.family.generation.checked_sub(1) else {
             continue;
         };
-        let hash = token_hash(id, hash.value())?;
+        // A hash that is not one makes its family unreadable (its tokens answer an
+        // error), not the whole file.
+        let Ok(hash) = token_hash(id, hash.value()) else {
+            memory.unreadable.insert(id.to_owned());
+            continue;
+        };
         slot.preceding = Some(hash);
         memory.recent.insert(hash, (id.to_owned(), generation));
     }
@@ -1649,6 +1671,67 @@ mod tests {
         let later = now + SignedDuration::from_hours(2);
         store.purge(later).await.unwrap();
         store.create(&beyond).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_a_corrupt_file_at_start_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let mut family = start(login(), now, &mut SystemEntropy).unwrap().family;
+        family.id = "a-family-damaged-on-disk".into();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&family).await.unwrap();
+        }
+        // The id's bytes, wherever they are, made invalid UTF-8 (a key of a `&str` table).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut damaged = 0;
+        for at in 0..bytes.len() - 7 {
+            if &bytes[at..at + 7] == b"damaged" {
+                bytes[at + 3] = 0xff;
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0);
+        std::fs::write(&path, bytes).unwrap();
+
+        let opened = EmbeddedStore::open(&path);
+        let Err(StoreError::Corrupt(why)) = opened else {
+            panic!("{:?}", opened.err());
+        };
+        assert!(
+            why.contains(&path.display().to_string()) && why.contains("move the file aside"),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_preceding_hash_that_is_not_one_makes_its_family_unreadable_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let mut damaged = start(login(), now, &mut SystemEntropy).unwrap().family;
+        damaged.generation = 1;
+        let sound = start(login(), now, &mut SystemEntropy).unwrap().family;
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&damaged).await.unwrap();
+            store.create(&sound).await.unwrap();
+        }
+        {
+            let db = Database::open(&path).unwrap();
+            write(&db, |txn| {
+                txn.open_table(PRECEDING)?
+                    .insert(damaged.id.as_str(), [0u8; 5].as_slice())?;
+                Ok(true)
+            })
+            .unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let read = store.family(&damaged.id, now).await;
+        assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+        assert_eq!(bounded(store.family(&sound.id, now)).await, Some(sound));
     }
 
     #[tokio::test]
