@@ -10,7 +10,7 @@
 //! (`{"r":[0,0,…]}`, just under the 8 KiB `authplane_claims` allows).
 
 use authplane::refresh::{Lifetimes, Login, SystemEntropy, start};
-use authplane::tokens::embedded::EmbeddedStore;
+use authplane::tokens::embedded::{EmbeddedStore, SessionLimits};
 use authplane::tokens::{FamilyStore, Presenter, refresh};
 use jiff::{SignedDuration, Timestamp};
 
@@ -76,7 +76,14 @@ fn main() {
         .expect("a runtime");
     for sessions in counts {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let store = EmbeddedStore::open(&dir.path().join("tokens.redb")).expect("the store");
+        // No budget: this measures what the budgets are sized from.
+        let store = EmbeddedStore::open(&dir.path().join("tokens.redb"))
+            .expect("the store")
+            .with_limits(SessionLimits {
+                total_bytes: usize::MAX,
+                bytes_per_client: usize::MAX,
+                sessions_per_client: None,
+            });
         let before = resident_bytes();
         runtime.block_on(async {
             let by = Presenter {

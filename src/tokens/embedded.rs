@@ -88,7 +88,7 @@ pub struct SessionLimits {
 }
 
 /// The default budgets, sized for the chart's memory limit (512 MiB): half of it for
-/// sessions (about 200,000 without custom claims, 10,000 with the largest), a quarter
+/// sessions (about 150,000 without custom claims, 10,000 with the largest), a quarter
 /// (half of that) for one client.
 pub const SESSION_MEMORY_MIB: usize = 256;
 pub const SESSION_MEMORY_PER_CLIENT_MIB: usize = 128;
