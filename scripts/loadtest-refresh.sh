@@ -154,8 +154,9 @@ done
 for alg in RS256:rs256:0.9 ES256:es256:0.8; do
   IFS=: read -r label name goal <<<"$alg"
   awk -v a="$(rps_of "$name")" -v b="$(sign_of "$name" raw)" -v e="$(sign_of "$name" jsonwebtoken)" \
-    -v h="$(rps_of healthz)" -v l="$label" -v g="$goal" 'BEGIN { c = 1 / (1 / b + 1 / h)
-    printf "ratio refresh : raw signing, %s: %.2f   (goal >= %s; against jsonwebtoken::encode %.2f)\n", l, a / b, g, a / e
+    -v h="$(rps_of healthz)" -v l="$label" -v g="$goal" -v p50="$(pct_of "$name" 50%)" -v p99="$(pct_of "$name" 99%)" \
+    'BEGIN { c = 1 / (1 / b + 1 / h)
+    printf "ratio refresh : raw signing, %s: %.2f   (goal >= %s; against jsonwebtoken::encode %.2f; p50 %s, p99 %s)\n", l, a / b, g, a / e, p50, p99
     printf "  refresh : (raw + HTTP floor), %s: %.2f   (the ceiling of signing over HTTP: %.0f/s, %.2f of raw)\n", l, a / c, c, c / b }'
 done
 printf '%s\n' "${concurrency[@]}"

@@ -1894,6 +1894,7 @@ async fn token_clients_and_client_assertions_on_a_real_apiserver() {
                 ca: None,
                 deployment: None,
                 rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
+                session_limits: Default::default(),
             }),
         },
     );

@@ -607,6 +607,7 @@ async fn replica_with_store(
             ca: None,
             deployment: None,
             rate_per_minute: 10,
+            session_limits: Default::default(),
         },
         "authplane/default".into(),
         Arc::new(NoAssertions),

@@ -1642,3 +1642,87 @@ async fn revocations_in_force_stop_refreshing_and_another_namespace_cannot_end_a
     .await;
     dev.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_beyond_the_clients_cap_gets_503_naming_it_and_its_sessions_refresh_on() {
+    let tokens = TokenSettings {
+        rate_per_minute: 1000,
+        session_limits: authplane::tokens::embedded::SessionLimits {
+            sessions_per_client: Some(2),
+            ..Default::default()
+        },
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) = start_limited(
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let first = login(&dev, &secrets, "alice").await;
+    login(&dev, &secrets, "bob").await;
+    let (status, body) = post(
+        &dev,
+        "web",
+        &[
+            ("grant_type", EXCHANGE),
+            ("client_id", "auth/web"),
+            ("client_secret", &secrets.web),
+            ("subject_token", "carol"),
+            ("subject_token_type", SUBJECT),
+            ("audience", "payments"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let why = text(&body, "error_description");
+    assert!(
+        why.contains("auth/web") && why.contains("--max-sessions-per-client"),
+        "{why}"
+    );
+    // The sessions it holds go on.
+    let (status, body) = refresh(&dev, "auth/web", text(&first, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_login_beyond_the_clients_memory_budget_gets_503_naming_it_and_changes_nothing() {
+    // Room for one session without custom claims (about 1.4 KB), not two.
+    let tokens = TokenSettings {
+        rate_per_minute: 1000,
+        session_limits: authplane::tokens::embedded::SessionLimits {
+            bytes_per_client: 2_000,
+            ..Default::default()
+        },
+        ..TokenSettings::default()
+    };
+    let (dev, secrets) = start_limited(
+        Arc::new(authplane::clock::SystemClock),
+        common::test_settings(),
+        tokens,
+    )
+    .await;
+    let first = login(&dev, &secrets, "alice").await;
+    let beyond = [
+        ("grant_type", EXCHANGE),
+        ("client_id", "auth/web"),
+        ("client_secret", &secrets.web),
+        ("subject_token", "bob"),
+        ("subject_token_type", SUBJECT),
+        ("audience", "payments"),
+    ];
+    let (status, body) = post(&dev, "web", &beyond).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let why = text(&body, "error_description");
+    assert!(
+        why.contains("auth/web") && why.contains("--session-memory-per-client-mib"),
+        "{why}"
+    );
+    // Nothing was held for it: refused again, and the session held goes on.
+    let (status, _) = post(&dev, "web", &beyond).await;
+    assert_eq!(status, 503);
+    let (status, body) = refresh(&dev, "auth/web", text(&first, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+}

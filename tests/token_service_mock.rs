@@ -433,6 +433,7 @@ async fn check_with(status: u16, answer: Value) -> Result<(), TokenStoreError> {
         ca: None,
         deployment: Some("authplane".into()),
         rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
+        session_limits: Default::default(),
     };
     let apiserver = tokio::spawn(async move {
         let taken = take(
@@ -497,6 +498,7 @@ async fn a_shared_token_store_takes_any_number_of_replicas_without_asking() {
         ca: None,
         deployment: Some("authplane".into()),
         rate_per_minute: authplane::server::token::DEFAULT_TOKEN_RATE,
+        session_limits: Default::default(),
     };
     // The Deployment would say 3 replicas; a Redis every replica shares makes that
     // sound, so the start goes on without reading it.

@@ -58,6 +58,19 @@ pub(crate) struct DevArgs {
     /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..))]
     token_rate: u32,
+    /// The most token sessions the embedded store holds for one TokenClient (none by
+    /// default: the memory budgets bound them): a login beyond it answers 503 until one
+    /// expires (each is held in memory until its absolute expiry; not used with Redis).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions_per_client: Option<u32>,
+    /// The memory (MiB) the embedded store's sessions may hold in all: a login beyond it
+    /// answers 503 until sessions expire (not used with Redis).
+    #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    session_memory_mib: u32,
+    /// The memory (MiB) the sessions of one TokenClient may hold, so that one tenant
+    /// cannot take the whole budget.
+    #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_PER_CLIENT_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    session_memory_per_client_mib: u32,
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
@@ -85,6 +98,11 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
                 password,
                 ca,
                 rate_per_minute: args.token_rate,
+                session_limits: crate::tokens::embedded::SessionLimits {
+                    total_bytes: (args.session_memory_mib as usize) << 20,
+                    bytes_per_client: (args.session_memory_per_client_mib as usize) << 20,
+                    sessions_per_client: args.max_sessions_per_client.map(|n| n as usize),
+                },
             },
             admin_listen: args.admin_listen,
         };

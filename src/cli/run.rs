@@ -141,6 +141,19 @@ pub(crate) struct RunArgs {
     /// address, refreshes (rotations) per session (beyond them: 429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = server::token::DEFAULT_TOKEN_RATE, value_parser = clap::value_parser!(u32).range(1..), requires = "token_store")]
     token_rate: u32,
+    /// The most token sessions the embedded store holds for one TokenClient (none by
+    /// default: the memory budgets bound them): a login beyond it answers 503 until one
+    /// expires (each is held in memory until its absolute expiry; not used with Redis).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "token_store")]
+    max_sessions_per_client: Option<u32>,
+    /// The memory (MiB) the embedded store's sessions may hold in all: a login beyond it
+    /// answers 503 until sessions expire (not used with Redis).
+    #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576), requires = "token_store")]
+    session_memory_mib: u32,
+    /// The memory (MiB) the sessions of one TokenClient may hold, so that one tenant
+    /// cannot take the whole budget.
+    #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_PER_CLIENT_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576), requires = "token_store")]
+    session_memory_per_client_mib: u32,
 }
 
 fn parse_object_key(text: &str) -> Result<crate::api::ObjectKey, String> {
@@ -292,6 +305,11 @@ pub(crate) fn run_operator(args: RunArgs) -> Result<(), CliError> {
             ca,
             deployment: args.deployment,
             rate_per_minute: args.token_rate,
+            session_limits: crate::tokens::embedded::SessionLimits {
+                total_bytes: (args.session_memory_mib as usize) << 20,
+                bytes_per_client: (args.session_memory_per_client_mib as usize) << 20,
+                sessions_per_client: args.max_sessions_per_client.map(|n| n as usize),
+            },
         }),
     };
     let runtime = server::runtime::build(args.serve.worker_threads).map_err(CliError::Runtime)?;

@@ -36,6 +36,9 @@ pub struct TokenSettings {
     pub ca: Option<CaCertificates>,
     /// Failed requests per client address, and rotations per family, per minute.
     pub rate_per_minute: u32,
+    /// What the embedded store holds in memory (`--session-memory-mib`,
+    /// `--session-memory-per-client-mib`, `--max-sessions-per-client`).
+    pub session_limits: crate::tokens::embedded::SessionLimits,
 }
 
 impl Default for TokenSettings {
@@ -46,6 +49,7 @@ impl Default for TokenSettings {
             password: None,
             ca: None,
             rate_per_minute: crate::server::token::DEFAULT_TOKEN_RATE,
+            session_limits: Default::default(),
         }
     }
 }
@@ -103,9 +107,21 @@ pub async fn endpoint(
             }
         }
         Some(StoreLocation::File(path)) => {
-            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+            serving::open_embedded(
+                path.clone(),
+                settings.session_limits,
+                metrics.tokens.clone(),
+            )
+            .await
         }
-        None => serving::open_embedded(state.root().join(STORE_FILE), metrics.tokens.clone()).await,
+        None => {
+            serving::open_embedded(
+                state.root().join(STORE_FILE),
+                settings.session_limits,
+                metrics.tokens.clone(),
+            )
+            .await
+        }
     };
     let store = opened.families;
     // Redis forgets by itself: its purge does not even call it.

@@ -45,6 +45,10 @@ pub struct TokenStoreConfig {
     /// The budgets of `POST {issuer}/token` per minute: failed requests per client
     /// address, rotations per session (`--token-rate`, as in dev mode).
     pub rate_per_minute: u32,
+    /// What the embedded store holds in memory (`--session-memory-mib`,
+    /// `--session-memory-per-client-mib`, `--max-sessions-per-client`; Redis holds
+    /// sessions outside the process).
+    pub session_limits: crate::tokens::embedded::SessionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +149,8 @@ pub async fn endpoint(
     let mut shared = None;
     let opened = match &config.location {
         StoreLocation::File(path) => {
-            serving::open_embedded(path.clone(), metrics.tokens.clone()).await
+            serving::open_embedded(path.clone(), config.session_limits, metrics.tokens.clone())
+                .await
         }
         StoreLocation::Redis(url) => {
             let redis = RedisSettings {

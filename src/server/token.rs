@@ -255,6 +255,10 @@ pub async fn token(
             // The details (a file, a key) are for the log, not for the client.
             unavailable("the token service cannot answer right now; retry")
         }
+        Err(Failure::Full(why)) => {
+            metrics.request("sessions_full");
+            unavailable(&why)
+        }
         Err(Failure::Server(why)) => {
             metrics.request("error");
             tracing::error!(issuer = issuer.issuer.as_str(), error = %why, "token request failed");
@@ -276,6 +280,9 @@ enum Failure {
     Unavailable(String),
     /// Ours, never the client's (an unreadable stored family, a key that does not sign).
     Server(String),
+    /// The client holds as many sessions as the store keeps for one client: 503 with
+    /// `Retry-After`, the reason told (it is the client's own cap; the store logged it).
+    Full(String),
     /// The family's budget of rotations is spent: 429 after this many seconds.
     Limited(u64),
     /// The client address's budget of failures is spent: 429 after this many seconds,
@@ -291,7 +298,10 @@ impl From<OAuthError> for Failure {
 
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
-        Failure::Unavailable(error.to_string())
+        match error {
+            StoreError::Full(why) => Failure::Full(why),
+            other => Failure::Unavailable(other.to_string()),
+        }
     }
 }
 

@@ -6,22 +6,35 @@
 //! family id and generation), `family_tokens` (id → its token hashes, to forget them with
 //! it), `expiry` ((forget-after second, id) → (), the purge's index) and `sessions`
 //! ((client, subject) → family ids, for support tools; written with the family and purged
-//! with it, so it is never larger than `families`). redb serialises
+//! with it, so it is never larger than `families`) and `preceding` (id → the hash of the
+//! preceding generation's token, written with each rotation and purged with the family,
+//! so that a start reads the families and this table, not `tokens`, which holds one entry
+//! per rotation ever made). redb serialises
 //! write transactions, so the compare-and-set is a read and a write in one transaction.
+//!
+//! Every family is also held in memory ([`super::embedded_memory`]): a lookup and the
+//! compare-and-set are decided there, under a mutex, and never answer a state before the
+//! writer has made it durable. The file is read only at start (and after a failed
+//! commit), and for tokens older than the preceding generation (reuse).
 //!
 //! Writes are committed in groups: one writer thread takes every write waiting (up to
 //! [`MAX_BATCH`]), applies them in order in one transaction, commits once (one fsync),
 //! then answers each. A commit is durable before any of its writers hears back, so a
 //! crash still loses nothing that was answered; under concurrent refreshes the cost of
 //! the fsync is shared instead of paid per refresh (which capped one store at a few
-//! hundred refreshes a second). Each write's compare-and-set sees the writes before it
-//! in its group, so two rotations of one family in one group are one rotation and one
-//! lost race, as in separate transactions.
+//! hundred refreshes a second). Two rotations of one family decided concurrently are
+//! one rotation and one lost race, decided in memory before either is queued. A failed
+//! commit fails its group and every write queued behind it, and memory is reloaded from
+//! the file before any of them hears back: memory is never left ahead of the disk. The
+//! file is reopened for that reload (after an I/O error redb refuses every call on the
+//! handle that met it), with a backoff while it does not open.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -30,6 +43,7 @@ use redb::{
     WriteTransaction,
 };
 
+use super::embedded_memory::{Durability, Memory, footprint};
 use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
 use crate::refresh::{Family, TokenHash};
 
@@ -40,6 +54,7 @@ const FAMILY_TOKENS: MultimapTableDefinition<&str, &[u8]> =
 const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
 const SESSIONS: MultimapTableDefinition<(&str, &str), &str> =
     MultimapTableDefinition::new("sessions");
+const PRECEDING: TableDefinition<&str, &[u8]> = TableDefinition::new("preceding");
 
 /// redb's page cache is a ceiling, not an allocation; its default (1 GiB) is far more than
 /// families need (about 1 KiB each).
@@ -47,21 +62,146 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;
-/// Writes waiting for the writer beyond this wait in their callers (backpressure).
+
+/// The most writes waiting for the writer. A decision is taken only with a place in the
+/// queue reserved: a writer that is behind (a stalled disk) refuses new decisions with
+/// 503 and nothing changes, instead of queueing decisions (and their memory) without
+/// bound and committing rotations long after their clients were told 503 (whose retries
+/// would then be outside the grace: reuse, the session ended).
 const QUEUE: usize = 4096;
+
+/// How much the store holds in memory: every family is held until its absolute expiry
+/// (revoked or idle-dead ones too), and logins are a client's to make, so without
+/// budgets one tenant's workload could fill the process's memory (and again at every
+/// start, which reads them all). A login beyond a budget is refused (503); refreshes go
+/// on. Sizes are [`footprint`](super::embedded_memory::footprint)s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// What all families may hold (`--session-memory-mib`).
+    pub total_bytes: usize,
+    /// What one client's families may hold (`--session-memory-per-client-mib`), so that
+    /// one tenant cannot take the whole budget.
+    pub bytes_per_client: usize,
+    /// How many families one client may hold (`--max-sessions-per-client`; none by
+    /// default: the byte budgets bound memory).
+    pub sessions_per_client: Option<usize>,
+}
+
+/// The default budgets, sized for the chart's memory limit (512 MiB): half of it for
+/// sessions (about 150,000 without custom claims, 10,000 with the largest), a quarter
+/// (half of that) for one client.
+pub const SESSION_MEMORY_MIB: usize = 256;
+pub const SESSION_MEMORY_PER_CLIENT_MIB: usize = 128;
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            total_bytes: SESSION_MEMORY_MIB << 20,
+            bytes_per_client: SESSION_MEMORY_PER_CLIENT_MIB << 20,
+            sessions_per_client: None,
+        }
+    }
+}
+
+/// The first wait before the file is reopened again after a reopen or reload failed;
+/// doubled at each failure, up to [`MAX_REOPEN_BACKOFF`].
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
+    shared: Arc<Shared>,
     writer: Arc<Writer>,
+    /// Logins beyond these are refused.
+    limits: SessionLimits,
 }
 
-/// One write for the writer thread, with where its answer goes.
+/// The budget a login would exceed.
+#[derive(Clone, Copy)]
+enum Beyond {
+    Sessions,
+    ClientMemory,
+    Memory,
+}
+
+/// How the file is opened.
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
+/// The open file. Once a write has failed on a real I/O error, redb answers `PreviousIo`
+/// to every later call on that handle, so a reload through it would never succeed: the
+/// file is reopened instead (redb then recovers the last commit). redb locks the file,
+/// so the old handle is closed before the new one is opened; calls in between answer
+/// unavailable.
+struct Handle {
+    db: RwLock<Option<Database>>,
+    open: Opener,
+}
+
+impl Handle {
+    /// Runs `job` on the open file (holding it open meanwhile).
+    fn with<T>(
+        &self,
+        job: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = db.as_ref().ok_or_else(|| {
+            StoreError::Unavailable(
+                "the token store's file is closed after an I/O error and not yet reopened".into(),
+            )
+        })?;
+        job(db)
+    }
+
+    /// Closes the file and opens it again. The file stays closed when opening fails.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(db.take());
+        *db = Some((self.open)()?);
+        Ok(())
+    }
+}
+
+/// Whether reloading the file fails, and when to try again: reopening a file whose disk
+/// is gone at every request would flood the disk and the logs.
+struct Reopening {
+    /// The first wait ([`REOPEN_BACKOFF`]; tests make it longer).
+    first: Duration,
+    /// The wait after the last failure (none: the last reload succeeded).
+    backoff: Option<Duration>,
+    not_before: Option<Instant>,
+}
+
+/// What the callers and the writer thread share: the families in memory and how far
+/// the writer has made them durable.
+struct Shared {
+    memory: Mutex<Memory>,
+    durability: Durability,
+    /// A reload is queued for the writer (so that a flood of calls on poisoned memory
+    /// queues one, not one each).
+    reload_queued: AtomicBool,
+    /// Fails the next commit, to test what a failing disk does.
+    #[cfg(test)]
+    fail_next_commit: AtomicBool,
+    /// When the file may be reopened again (after failures).
+    reopening: Mutex<Reopening>,
+    /// Clients whose logins are being refused for their cap (logged once per episode).
+    capped: Mutex<std::collections::HashSet<String>>,
+    /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
+    /// on the first channel, and waits on the second before writing anything.
+    #[cfg(test)]
+    hold: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+/// One write for the writer thread. The compare-and-set is decided in memory before
+/// the write is queued: on disk a write is a plain put.
 enum Op {
     Create(Box<Family>),
-    Swap {
-        expected: Box<Family>,
-        next: Box<Family>,
+    /// The family's new state; `preceding`: it rotated, and this was the hash of the
+    /// token it replaced (record the new token's hash, and this as the preceding one).
+    Put {
+        family: Box<Family>,
+        preceding: Option<TokenHash>,
     },
     Purge(Timestamp),
     /// Appends an entry to the log of ended sessions (`now`: Unix seconds, for
@@ -70,15 +210,28 @@ enum Op {
         line: String,
         now: i64,
     },
+    /// Reload memory from the file if it is poisoned (a commit failed earlier and the
+    /// reload then failed too).
+    Reload,
+}
+
+/// A queued write: the operation, the sequence number of the decision it makes durable
+/// (0: none, e.g. the log of ended sessions), where its answer goes.
+struct Queued {
+    op: Op,
+    sequence: u64,
+    reply: Reply,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
+/// A queued write's answer, once committed: the number of things written.
+type Committed = BoxFuture<'static, Result<usize, StoreError>>;
 
 /// The writer thread and its queue. Dropped with the last clone of the store: the queue
 /// closes, the thread finishes what it holds and ends, and the file is closed when this
 /// returns (so that it can be opened again at once).
 struct Writer {
-    queue: Option<tokio::sync::mpsc::Sender<(Op, Reply)>>,
+    queue: Option<tokio::sync::mpsc::Sender<Queued>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -93,21 +246,19 @@ impl Drop for Writer {
 
 impl EmbeddedStore {
     /// Opens the file, creating it (mode 0600: it holds no token, but who logged in
-    /// when is nobody else's business) when missing. Blocking.
+    /// when is nobody else's business) when missing, and reads its families into
+    /// memory. Blocking.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create_file(file)
-            .map_err(|e| failed(redb::Error::from(e)))
-            .map_err(|e| in_file(path, e))?;
+        let owned = path.to_owned();
+        Self::open_with(path, Box::new(move || open_file(&owned)))
+    }
+
+    /// Opens the file through `open` (also used to reopen it after an I/O error).
+    fn open_with(path: &Path, open: Opener) -> Result<Self, StoreError> {
+        let db = open()?;
+        // A file written before the `preceding` table existed is loaded once by a scan
+        // of `tokens`, and the table is filled from it.
+        let has_preceding = has_preceding_table(&db).map_err(|e| in_file(path, e))?;
         // The tables exist from the start, so that reads never meet a missing table.
         write(&db, |txn| {
             txn.open_table(FAMILIES)?;
@@ -115,38 +266,60 @@ impl EmbeddedStore {
             txn.open_multimap_table(FAMILY_TOKENS)?;
             txn.open_table(EXPIRY)?;
             txn.open_multimap_table(SESSIONS)?;
+            txn.open_table(PRECEDING)?;
             Ok(true)
         })
         .map_err(|e| in_file(path, e))?;
-        let db = Arc::new(db);
-        let (queue, mut receiver) = tokio::sync::mpsc::channel::<(Op, Reply)>(QUEUE);
-        let writer_db = db.clone();
+        let memory = decoding(|| {
+            if has_preceding {
+                load(&db)
+            } else {
+                load_by_scan(&db)
+            }
+        })
+        .map_err(|e| in_file(path, e))?;
+        let db = Arc::new(Handle {
+            db: RwLock::new(Some(db)),
+            open,
+        });
+        let shared = Arc::new(Shared {
+            memory: Mutex::new(memory),
+            durability: Durability::new(),
+            reload_queued: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_commit: AtomicBool::new(false),
+            reopening: Mutex::new(Reopening {
+                first: REOPEN_BACKOFF,
+                backoff: None,
+                not_before: None,
+            }),
+            capped: Mutex::new(Default::default()),
+            #[cfg(test)]
+            hold: Mutex::new(None),
+        });
+        let (queue, receiver) = tokio::sync::mpsc::channel::<Queued>(QUEUE);
+        let (writer_db, writer_shared) = (db.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name("token-store-writer".into())
-            .spawn(move || {
-                while let Some(first) = receiver.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH
-                        && let Ok(next) = receiver.try_recv()
-                    {
-                        batch.push(next);
-                    }
-                    let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.into_iter().unzip();
-                    for (reply, answer) in replies.into_iter().zip(apply_batch(&writer_db, &ops)) {
-                        let _ = reply.send(answer);
-                    }
-                }
-            })
+            .spawn(move || run_writer(&writer_db, &writer_shared, receiver))
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot start the store's writer: {e}"))
             })?;
         Ok(Self {
             db,
+            shared,
             writer: Arc::new(Writer {
                 queue: Some(queue),
                 thread: Some(thread),
             }),
+            limits: SessionLimits::default(),
         })
+    }
+
+    /// Refuses logins beyond `limits` (see [`SessionLimits`]).
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Appends `line` to the log of ended sessions in the writer's next group (one
@@ -158,20 +331,125 @@ impl EmbeddedStore {
         line: String,
         now: i64,
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let write = self.write(Op::EndSession { line, now });
-        Box::pin(async move { write.await.map(|sequence| sequence as u64) })
-    }
-
-    /// Queues a write for the writer thread and waits for its answer (after the commit).
-    fn write(&self, op: Op) -> BoxFuture<'static, Result<usize, StoreError>> {
+        // Not a decision on memory: it waits for a place in the queue (as before).
         let queue = self.writer.queue.clone();
         Box::pin(async move {
-            let closed = || StoreError::Unavailable("the store's writer has stopped".into());
-            let queue = queue.ok_or_else(closed)?;
+            let queue = queue.ok_or_else(writer_stopped)?;
             let (reply, answer) = tokio::sync::oneshot::channel();
-            queue.send((op, reply)).await.map_err(|_| closed())?;
-            answer.await.map_err(|_| closed())?
+            let op = Op::EndSession { line, now };
+            queue
+                .send(Queued {
+                    op,
+                    sequence: 0,
+                    reply,
+                })
+                .await
+                .map_err(|_| writer_stopped())?;
+            answer
+                .await
+                .map_err(|_| writer_stopped())?
+                .map(|sequence| sequence as u64)
         })
+    }
+
+    /// A place in the writer's queue, or 503 when it is full (the writer is behind) or
+    /// the writer has stopped. Taken with the memory's lock held, before deciding.
+    fn reserve(&self) -> Result<tokio::sync::mpsc::Permit<'_, Queued>, StoreError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        let queue = self.writer.queue.as_ref().ok_or_else(writer_stopped)?;
+        queue.try_reserve().map_err(|e| match e {
+            TrySendError::Full(()) => StoreError::Unavailable(
+                "the token store's writer is behind (its disk is slow): nothing changed".into(),
+            ),
+            TrySendError::Closed(()) => writer_stopped(),
+        })
+    }
+
+    /// Which budget a login of `client` costing `bytes` would exceed, if any.
+    fn beyond(&self, memory: &Memory, client: &str, bytes: usize) -> Option<Beyond> {
+        let held = memory.held_by(client);
+        if self
+            .limits
+            .sessions_per_client
+            .is_some_and(|max| held.families >= max)
+        {
+            Some(Beyond::Sessions)
+        } else if held.bytes.saturating_add(bytes) > self.limits.bytes_per_client {
+            Some(Beyond::ClientMemory)
+        } else if memory.total.bytes.saturating_add(bytes) > self.limits.total_bytes {
+            Some(Beyond::Memory)
+        } else {
+            None
+        }
+    }
+
+    /// The refusal of a login of `client` beyond a budget; logged when the client
+    /// reaches it, not at every refusal.
+    fn refuse_login(&self, client: &str, beyond: Beyond) -> StoreError {
+        let why = match beyond {
+            Beyond::Sessions => format!(
+                "TokenClient {client} holds {} sessions, the most this server keeps for one client (--max-sessions-per-client)",
+                self.limits.sessions_per_client.unwrap_or_default()
+            ),
+            Beyond::ClientMemory => format!(
+                "TokenClient {client}'s sessions hold {} MiB of memory, the most this server gives one client (--session-memory-per-client-mib)",
+                self.limits.bytes_per_client >> 20
+            ),
+            Beyond::Memory => format!(
+                "the sessions of all TokenClients hold {} MiB of memory, the most this server gives them (--session-memory-mib)",
+                self.limits.total_bytes >> 20
+            ),
+        };
+        let newly = lock_set(&self.shared.capped).insert(client.to_owned());
+        if newly {
+            tracing::warn!(
+                client,
+                reason = %why,
+                "a client's logins are refused until sessions expire"
+            );
+        }
+        StoreError::Full(format!("{why}; a session is freed at its absolute expiry"))
+    }
+
+    /// A login of `client` was accepted: if it was at its cap, it no longer is.
+    fn accepting(&self, client: &str) {
+        let mut capped = lock_set(&self.shared.capped);
+        if !capped.is_empty() && capped.remove(client) {
+            tracing::info!(client, "a client's logins are accepted again");
+        }
+    }
+
+    /// Memory, for a decision or a read; refused while a failed commit has it poisoned
+    /// (and a reload is then queued, once).
+    fn memory(&self) -> Result<MutexGuard<'_, Memory>, StoreError> {
+        let memory = self
+            .shared
+            .memory
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the store's memory is poisoned".into()))?;
+        if memory.poisoned {
+            if !self.shared.reload_queued.swap(true, Ordering::SeqCst) {
+                let (reply, _) = tokio::sync::oneshot::channel();
+                let reload = Queued {
+                    op: Op::Reload,
+                    sequence: 0,
+                    reply,
+                };
+                if self
+                    .writer
+                    .queue
+                    .as_ref()
+                    .is_none_or(|q| q.try_send(reload).is_err())
+                {
+                    // Not queued: the next call tries again.
+                    self.shared.reload_queued.store(false, Ordering::SeqCst);
+                }
+            }
+            return Err(StoreError::Unavailable(
+                "a write to the token store failed; it is being reloaded from its file".into(),
+            ));
+        }
+        Ok(memory)
     }
 
     /// Runs `job` on the blocking pool: redb's calls do file I/O and wait for the writer.
@@ -182,17 +460,68 @@ impl EmbeddedStore {
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let db = self.db.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || job(&db))
+            tokio::task::spawn_blocking(move || db.with(job))
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
         })
+    }
+
+    /// Decides a write in memory and queues it, in one critical section. `None`: the
+    /// decision was to write nothing.
+    fn decide(
+        &self,
+        decision: impl FnOnce(&mut Memory) -> Option<Op>,
+    ) -> Result<Option<Committed>, StoreError> {
+        let mut memory = self.memory()?;
+        // The place first: a decision that could not be queued would leave memory ahead
+        // of the disk.
+        let place = self.reserve()?;
+        let Some(op) = decision(&mut memory) else {
+            return Ok(None);
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        place.send(Queued {
+            op,
+            sequence: memory.sequence,
+            reply,
+        });
+        Ok(Some(Box::pin(async move {
+            answer.await.map_err(|_| writer_stopped())?
+        })))
     }
 }
 
 impl FamilyStore for EmbeddedStore {
     fn create<'a>(&'a self, family: &'a Family) -> BoxFuture<'a, Result<(), StoreError>> {
-        let write = self.write(Op::Create(Box::new(family.clone())));
-        Box::pin(async move { write.await.map(drop) })
+        // Outside the lock: the claims as memory will hold them.
+        let claims = (!family.claims.is_empty())
+            .then(|| serde_json::Value::Object(family.claims.clone()).to_string());
+        let bytes = footprint(family, claims.as_deref());
+        let mut full = None;
+        let decided = self.decide(|memory| {
+            full = self.beyond(memory, &family.client, bytes);
+            if full.is_some() {
+                return None;
+            }
+            let sequence = memory.next_sequence();
+            memory.unreadable.remove(&family.id);
+            memory.put(family.clone(), sequence);
+            Some(Op::Create(Box::new(family.clone())))
+        });
+        if let Some(beyond) = full {
+            return Box::pin(std::future::ready(Err(
+                self.refuse_login(&family.client, beyond)
+            )));
+        }
+        if matches!(decided, Ok(Some(_))) {
+            self.accepting(&family.client);
+        }
+        Box::pin(async move {
+            if let Some(answer) = decided? {
+                answer.await?;
+            }
+            Ok(())
+        })
     }
 
     fn find(
@@ -200,22 +529,41 @@ impl FamilyStore for EmbeddedStore {
         token: TokenHash,
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Option<Found>, StoreError>> {
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-            let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
-            let Some(entry) = tokens
-                .get(token.0.as_slice())
-                .map_err(|e| failed(e.into()))?
-            else {
+        Box::pin(async move {
+            let recent = {
+                let memory = self.memory()?;
+                match memory.recent.get(&token) {
+                    Some((id, generation)) => Some((memory.family(id)?, *generation)),
+                    None => None,
+                }
+            };
+            let (observed, generation) = match recent {
+                Some(found) => found,
+                None => {
+                    // An older generation's token (reuse), or one never issued.
+                    let Some((id, generation)) = self
+                        .blocking(move |db| {
+                            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+                            let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+                            Ok(tokens
+                                .get(token.0.as_slice())
+                                .map_err(|e| failed(e.into()))?
+                                .map(|entry| {
+                                    let (id, generation) = entry.value();
+                                    (id.to_owned(), generation)
+                                }))
+                        })
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    (self.memory()?.family(&id)?, generation)
+                }
+            };
+            let Some(observed) = observed else {
                 return Ok(None);
             };
-            let (id, generation) = entry.value();
-            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-            let Some(family) = read_family(&families, id)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "a token of family {id} outlived its family"
-                )));
-            };
+            let family = self.shared.durability.wait(observed).await?.expand()?;
             Ok((now < family.forget_after()).then_some(Found { family, generation }))
         })
     }
@@ -225,11 +573,12 @@ impl FamilyStore for EmbeddedStore {
         id: &'a str,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Family>, StoreError>> {
-        let id = id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-            Ok(read_family(&families, &id)?.filter(|family| now < family.forget_after()))
+        Box::pin(async move {
+            let Some(observed) = self.memory()?.family(id)? else {
+                return Ok(None);
+            };
+            let family = self.shared.durability.wait(observed).await?.expand()?;
+            Ok((now < family.forget_after()).then_some(family))
         })
     }
 
@@ -239,31 +588,45 @@ impl FamilyStore for EmbeddedStore {
         subject: &'a str,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Vec<Family>, StoreError>> {
-        let (client, subject) = (client.to_owned(), subject.to_owned());
-        self.blocking(move |db| {
+        let (owned_client, owned_subject) = (client.to_owned(), subject.to_owned());
+        let ids = self.blocking(move |db| {
             let txn = db.begin_read().map_err(|e| failed(e.into()))?;
             let index = txn
                 .open_multimap_table(SESSIONS)
                 .map_err(|e| failed(e.into()))?;
-            let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-            let mut found = Vec::new();
-            for id in index
-                .get((client.as_str(), subject.as_str()))
+            index
+                .get((owned_client.as_str(), owned_subject.as_str()))
                 .map_err(|e| failed(e.into()))?
+                .map(|id| {
+                    id.map(|id| id.value().to_owned())
+                        .map_err(|e| failed(e.into()))
+                })
+                .collect::<Result<Vec<String>, StoreError>>()
+        });
+        Box::pin(async move {
+            let ids = ids.await?;
+            let mut observed = Vec::new();
             {
-                let id = id.map_err(|e| failed(e.into()))?;
-                // Past forget_after but not yet purged: as if gone.
-                let Some(family) = read_family(&families, id.value())?
-                    .filter(|family| now < family.forget_after())
-                else {
-                    continue;
-                };
-                if found.len() == MAX_SESSIONS_LISTED {
-                    return Err(StoreError::Unavailable(format!(
-                        "more than {MAX_SESSIONS_LISTED} sessions of one subject of client {client}"
-                    )));
+                let memory = self.memory()?;
+                for id in &ids {
+                    // Past forget_after but not yet purged: as if gone.
+                    let Some(family) = memory
+                        .family(id)?
+                        .filter(|family| now < family.value.family.forget_after())
+                    else {
+                        continue;
+                    };
+                    if observed.len() == MAX_SESSIONS_LISTED {
+                        return Err(StoreError::Unavailable(format!(
+                            "more than {MAX_SESSIONS_LISTED} sessions of one subject of client {client}"
+                        )));
+                    }
+                    observed.push(family);
                 }
-                found.push(family);
+            }
+            let mut found = Vec::with_capacity(observed.len());
+            for family in observed {
+                found.push(self.shared.durability.wait(family).await?.expand()?);
             }
             found.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
             Ok(found)
@@ -275,44 +638,350 @@ impl FamilyStore for EmbeddedStore {
         expected: &'a Family,
         next: &'a Family,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let write = self.write(Op::Swap {
-            expected: Box::new(expected.clone()),
-            next: Box::new(next.clone()),
+        let decided = self.decide(|memory| {
+            let stored = &memory.families.get(&next.id)?.family;
+            if stored.generation != expected.generation
+                || stored.revoked.is_some() != expected.revoked.is_some()
+            {
+                return None;
+            }
+            let preceding = (next.generation != stored.generation).then_some(stored.current);
+            let sequence = memory.next_sequence();
+            memory.put(next.clone(), sequence);
+            Some(Op::Put {
+                family: Box::new(next.clone()),
+                preceding,
+            })
         });
-        Box::pin(async move { write.await.map(|written| written > 0) })
+        Box::pin(async move {
+            match decided? {
+                Some(answer) => answer.await.map(|_| true),
+                None => Ok(false),
+            }
+        })
     }
 
     fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.write(Op::Purge(now))
+        let decided = self.decide(|memory| {
+            // The file's expiry index holds whole seconds: forget what it forgets.
+            let due: Vec<String> = memory
+                .families
+                .values()
+                .filter(|slot| slot.family.forget_after().as_second() < now.as_second())
+                .map(|slot| slot.family.id.clone())
+                .collect();
+            for id in &due {
+                memory.forget(id);
+            }
+            memory.next_sequence();
+            Some(Op::Purge(now))
+        });
+        Box::pin(async move {
+            match decided? {
+                Some(answer) => answer.await,
+                None => Ok(0),
+            }
+        })
+    }
+}
+
+/// The writer thread: takes every write waiting (up to [`MAX_BATCH`]), applies them in
+/// one transaction, commits once, then answers each. A failed commit poisons memory and
+/// reloads it from the file before anyone hears of the failure.
+fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Receiver<Queued>) {
+    let _stopped = Stopped(shared);
+    while let Some(first) = receiver.blocking_recv() {
+        #[cfg(test)]
+        if let Some((taken, release)) = shared.hold.lock().unwrap().take() {
+            let _ = taken.send(());
+            let _ = release.recv();
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = receiver.try_recv()
+        {
+            batch.push(next);
+        }
+        let reload = batch.iter().any(|queued| matches!(queued.op, Op::Reload));
+        // A group of reloads only writes nothing (and, the file being closed, would fail).
+        let writes = batch.iter().any(|queued| !matches!(queued.op, Op::Reload));
+        let sequence = batch.iter().map(|queued| queued.sequence).max();
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = batch
+            .into_iter()
+            .map(|queued| (queued.op, queued.reply))
+            .unzip();
+        #[cfg(test)]
+        let injected = shared.fail_next_commit.swap(false, Ordering::SeqCst);
+        #[cfg(not(test))]
+        let injected = false;
+        let outcome = if injected {
+            Err(StoreError::Unavailable("injected commit failure".into()))
+        } else if writes {
+            db.with(|db| apply_batch(db, &ops))
+        } else {
+            Ok(vec![0; ops.len()])
+        };
+        match outcome {
+            Ok(answers) => {
+                shared.durability.committed(sequence.unwrap_or(0));
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+                if reload {
+                    shared.reload_queued.store(false, Ordering::SeqCst);
+                    reload_if_poisoned(db, shared);
+                }
+            }
+            Err(e) => {
+                // Logged when the store starts failing, not at every write refused since.
+                if lock_reopening(shared).backoff.is_none() {
+                    tracing::error!(error = %e, "a commit of the token store failed: reopening and reloading its file");
+                } else {
+                    tracing::debug!(error = %e, "a commit of the token store failed");
+                }
+                let mut failed = replies;
+                let epoch = {
+                    let mut memory = lock(shared);
+                    memory.poisoned = true;
+                    memory.epoch += 1;
+                    // Every write still queued was decided on the state that is lost.
+                    while let Ok(queued) = receiver.try_recv() {
+                        failed.push(queued.reply);
+                    }
+                    memory.epoch
+                };
+                shared.durability.failed(epoch);
+                // A reload queued earlier was drained with the rest: this one replaces it.
+                shared.reload_queued.store(false, Ordering::SeqCst);
+                reload_if_poisoned(db, shared);
+                for reply in failed {
+                    let _ = reply.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// Ends every wait for durability when the writer stops (the store is dropped, or the
+/// thread panicked): nothing will be committed any more, so no state not yet committed
+/// may be answered.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let epoch = {
+            let mut memory = lock(self.0);
+            memory.poisoned = true;
+            memory.epoch += 1;
+            memory.epoch
+        };
+        self.0.durability.failed(epoch);
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
+}
+
+fn lock_set(
+    set: &Mutex<std::collections::HashSet<String>>,
+) -> MutexGuard<'_, std::collections::HashSet<String>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Memory> {
+    // A panic while holding the lock cannot leave half a decision (each is a few map
+    // operations); go on with what is there.
+    shared
+        .memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Replaces poisoned memory with what the file holds, reopening it first (sequence and
+/// epoch go on). After a failure, waits (doubling) before trying again; logs when the
+/// store starts failing and when it recovers, not at every attempt.
+fn reload_if_poisoned(db: &Handle, shared: &Shared) {
+    if !lock(shared).poisoned {
+        return;
+    }
+    let now = Instant::now();
+    if lock_reopening(shared)
+        .not_before
+        .is_some_and(|not_before| now < not_before)
+    {
+        return;
+    }
+    match db
+        .reopen()
+        .and_then(|()| db.with(|db| decoding(|| load(db))))
+    {
+        Ok(loaded) => {
+            {
+                let mut memory = lock(shared);
+                memory.families = loaded.families;
+                memory.recent = loaded.recent;
+                memory.unreadable = loaded.unreadable;
+                memory.per_client = loaded.per_client;
+                memory.total = loaded.total;
+                memory.poisoned = false;
+            }
+            let mut reopening = lock_reopening(shared);
+            if reopening.backoff.take().is_some() {
+                tracing::info!("the token store's file reads again: answering from it");
+            }
+            reopening.not_before = None;
+        }
+        Err(e) => {
+            let mut reopening = lock_reopening(shared);
+            let backoff = match reopening.backoff {
+                None => {
+                    tracing::error!(error = %e, "the token store's file does not read: answering unavailable until it does (retrying with backoff)");
+                    reopening.first
+                }
+                Some(last) => {
+                    tracing::debug!(error = %e, "the token store's file still does not read");
+                    (last * 2).min(MAX_REOPEN_BACKOFF)
+                }
+            };
+            reopening.backoff = Some(backoff);
+            reopening.not_before = Some(now + backoff);
+        }
+    }
+}
+
+fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
+    shared
+        .reopening
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `read` over the whole file, turning a panic into [`StoreError::Corrupt`]: redb's
+/// decoders of keys and values panic on bytes that are not what the table's type says
+/// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
+/// file), and a start must say which file to move aside, not crash the process.
+fn decoding(read: impl FnOnce() -> Result<Memory, StoreError>) -> Result<Memory, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(StoreError::Corrupt(
+            "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup".into(),
+        ))
+    })
+}
+
+/// Every family of the file, and the hashes of its current and preceding tokens (from
+/// the `preceding` table: a start reads one entry per family, not one per rotation).
+fn load(db: &Database) -> Result<Memory, StoreError> {
+    let mut memory = load_families(db)?;
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
+    for entry in preceding.iter().map_err(|e| failed(e.into()))? {
+        let (id, hash) = entry.map_err(|e| failed(e.into()))?;
+        let id = id.value();
+        let Some(slot) = memory.families.get_mut(id) else {
+            continue;
+        };
+        let Some(generation) = slot.family.generation.checked_sub(1) else {
+            continue;
+        };
+        // A hash that is not one makes its family unreadable (its tokens answer an
+        // error), not the whole file.
+        let Ok(hash) = token_hash(id, hash.value()) else {
+            memory.unreadable.insert(id.to_owned());
+            continue;
+        };
+        slot.preceding = Some(hash);
+        memory.recent.insert(hash, (id.to_owned(), generation));
+    }
+    Ok(memory)
+}
+
+/// What [`load`] reads, from a file written before the `preceding` table existed: the
+/// preceding tokens are found by a scan of every token ever issued; the table is then
+/// filled, so that the next start reads it instead.
+fn load_by_scan(db: &Database) -> Result<Memory, StoreError> {
+    let mut memory = load_families(db)?;
+    {
+        let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+        let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+        for entry in tokens.iter().map_err(|e| failed(e.into()))? {
+            let (hash, value) = entry.map_err(|e| failed(e.into()))?;
+            let (id, generation) = value.value();
+            let Some(slot) = memory.families.get_mut(id) else {
+                continue;
+            };
+            if generation.checked_add(1) == Some(slot.family.generation) {
+                let hash = token_hash(id, hash.value())?;
+                slot.preceding = Some(hash);
+                memory.recent.insert(hash, (id.to_owned(), generation));
+            }
+        }
+    }
+    write(db, |txn| {
+        let mut table = txn.open_table(PRECEDING)?;
+        for (id, slot) in &memory.families {
+            if let Some(hash) = slot.preceding {
+                table.insert(id.as_str(), hash.0.as_slice())?;
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(memory)
+}
+
+/// Every family of the file (those that do not read: as unreadable).
+fn load_families(db: &Database) -> Result<Memory, StoreError> {
+    let mut memory = Memory::default();
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
+    for entry in families.iter().map_err(|e| failed(e.into()))? {
+        let (id, bytes) = entry.map_err(|e| failed(e.into()))?;
+        match serde_json::from_slice::<Family>(bytes.value()) {
+            Ok(family) => memory.put(family, 0),
+            Err(_) => {
+                memory.unreadable.insert(id.value().to_owned());
+            }
+        }
+    }
+    Ok(memory)
+}
+
+fn token_hash(id: &str, bytes: &[u8]) -> Result<TokenHash, StoreError> {
+    Ok(TokenHash(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!("a token hash of family {id} is not 32 bytes"))
+    })?))
+}
+
+/// Whether the file has the `preceding` table (files of earlier versions do not).
+fn has_preceding_table(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    match txn.open_table(PRECEDING) {
+        Ok(_) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(failed(e.into())),
     }
 }
 
 /// Applies a group of writes in one transaction and commits once. Each answer: the
-/// number of things written (0: a lost compare-and-set, or nothing to purge). A write
-/// that fails on its own (a record that does not read) fails alone and writes nothing;
-/// a failing transaction or commit fails every write of the group.
-fn apply_batch(db: &Database, ops: &[Op]) -> Vec<Result<usize, StoreError>> {
-    let mut answers: Vec<Result<usize, StoreError>> = Vec::with_capacity(ops.len());
-    let outcome = write(db, |txn| {
+/// number of things written. Any failure fails the whole group (memory, ahead of it,
+/// is then reloaded from the file).
+fn apply_batch(db: &Database, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
+    let mut answers = Vec::with_capacity(ops.len());
+    write(db, |txn| {
         for op in ops {
-            answers.push(match apply(txn, op) {
-                Ok(written) => Ok(written),
-                Err(TxnError::Store(e)) => Err(e),
-                Err(db_error) => return Err(db_error),
-            });
+            answers.push(apply(txn, op)?);
         }
-        Ok(answers.iter().any(|a| matches!(a, Ok(n) if *n > 0)))
-    });
-    match outcome {
-        Ok(_) => answers,
-        Err(e) => ops.iter().map(|_| Err(same_error(&e))).collect(),
-    }
+        Ok(answers.iter().any(|written| *written > 0))
+    })?;
+    Ok(answers)
 }
 
 fn same_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
         StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
+        StoreError::Full(why) => StoreError::Full(why.clone()),
     }
 }
 
@@ -331,21 +1000,14 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             )?;
             Ok(1)
         }
-        Op::Swap { expected, next } => {
-            let mut families = txn.open_table(FAMILIES)?;
-            let Some(stored) = read_family(&families, &next.id)? else {
-                return Ok(0);
-            };
-            if stored.generation != expected.generation
-                || stored.revoked.is_some() != expected.revoked.is_some()
-            {
-                return Ok(0);
-            }
-            let json = encode(next)?;
-            families.insert(next.id.as_str(), json.as_slice())?;
-            drop(families);
-            if next.generation != stored.generation {
-                record_token(txn, next)?;
+        Op::Put { family, preceding } => {
+            let json = encode(family)?;
+            txn.open_table(FAMILIES)?
+                .insert(family.id.as_str(), json.as_slice())?;
+            if let Some(preceding) = preceding {
+                record_token(txn, family)?;
+                txn.open_table(PRECEDING)?
+                    .insert(family.id.as_str(), preceding.0.as_slice())?;
             }
             Ok(1)
         }
@@ -353,6 +1015,7 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             let sequence = super::embedded_sessions::append(txn, line, *now)?;
             Ok(usize::try_from(sequence).unwrap_or(usize::MAX))
         }
+        Op::Reload => Ok(0),
         Op::Purge(now) => {
             let mut expiry = txn.open_table(EXPIRY)?;
             let due: Vec<(i64, String)> = expiry
@@ -363,7 +1026,9 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             let mut tokens = txn.open_table(TOKENS)?;
             let mut family_tokens = txn.open_multimap_table(FAMILY_TOKENS)?;
             let mut sessions = txn.open_multimap_table(SESSIONS)?;
+            let mut preceding = txn.open_table(PRECEDING)?;
             for (second, id) in &due {
+                preceding.remove(id.as_str())?;
                 expiry.remove((*second, id.as_str()))?;
                 // A family that does not read is forgotten all the same; its index entry
                 // then outlives it, and listing skips it.
@@ -465,12 +1130,31 @@ pub(super) fn failed(e: redb::Error) -> StoreError {
     }
 }
 
+/// Opens (creating it, mode 0600: it holds no token, but who logged in when is nobody
+/// else's business) the file at `path`.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_file(file)
+        .map_err(|e| failed(redb::Error::from(e)))
+        .map_err(|e| in_file(path, e))
+}
+
 fn in_file(path: &Path, e: StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(why) => {
             StoreError::Unavailable(format!("{}: {why}", path.display()))
         }
         StoreError::Corrupt(why) => StoreError::Corrupt(format!("{}: {why}", path.display())),
+        full @ StoreError::Full(_) => full,
     }
 }
 
@@ -479,12 +1163,16 @@ mod tests {
     use jiff::SignedDuration;
 
     use super::*;
-    use crate::refresh::{Lifetimes, Login, SystemEntropy, logout, start};
+    use crate::refresh::{Lifetimes, Login, SystemEntropy, start};
+    use crate::tokens::{Presenter, RefreshError, Refreshed, refresh};
 
-    fn family() -> Family {
-        let login = Login {
-            client: "shop/web".into(),
-            issuer: "https://auth.example/web".into(),
+    const CLIENT: &str = "shop/web";
+    const ISSUER: &str = "https://auth.example/web";
+
+    fn login() -> Login {
+        Login {
+            client: CLIENT.into(),
+            issuer: ISSUER.into(),
             subject: "alice".into(),
             audiences: vec!["a".into()],
             claims: Default::default(),
@@ -493,50 +1181,296 @@ mod tests {
                 idle: SignedDuration::from_mins(30),
                 grace: SignedDuration::from_secs(5),
             },
-        };
-        start(login, Timestamp::now(), &mut SystemEntropy)
-            .unwrap()
-            .family
+        }
     }
 
-    #[test]
-    fn in_one_group_the_second_compare_and_set_of_a_family_loses() {
+    fn stored_on_disk(path: &Path, id: &str) -> Option<Family> {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        read_family(&txn.open_table(FAMILIES).unwrap(), id).unwrap()
+    }
+
+    /// A read answers once its state is durable; a state that never will be (memory
+    /// ahead of the file) would keep it waiting for ever: fail instead.
+    async fn bounded<T>(read: BoxFuture<'_, Result<T, StoreError>>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("a read waits for a write that will never be durable")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_unavailable_and_leaves_memory_as_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let by = Presenter {
+            client: CLIENT,
+            issuer: ISSUER,
+        };
+        let later = now + SignedDuration::from_secs(1);
+
+        store.shared.fail_next_commit.store(true, Ordering::SeqCst);
+        let failed = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        assert!(
+            matches!(failed, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{failed:?}"
+        );
+        // The rotation that failed is in neither memory nor the file...
+        assert_eq!(
+            bounded(store.family(&started.family.id, later)).await,
+            Some(started.family.clone())
+        );
+        // ...so the client's retry rotates afresh (were memory ahead of the file, it
+        // would replay a pair that was never durable).
+        let retried = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family, rotated, ..
+        }) = retried
+        else {
+            panic!("{retried:?}");
+        };
+        assert!(rotated);
+        assert_eq!(family.generation, 1);
+        drop(store);
+        assert_eq!(stored_on_disk(&path, &family.id), Some(family));
+    }
+
+    /// A disk whose next write fails when `fail` is set (once): a real I/O error, after
+    /// which redb answers `PreviousIo` to every call on the handle that met it.
+    #[derive(Debug)]
+    struct FailingDisk {
+        file: redb::backends::FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FailingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.fail.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("the disk failed a write"));
+            }
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    /// A store on a [`FailingDisk`]; `opens` counts the opens of its file and, while
+    /// `unopenable` is set, they fail (the disk is gone).
+    fn open_failing(
+        path: &Path,
+        fail: &Arc<AtomicBool>,
+        unopenable: &Arc<AtomicBool>,
+        opens: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> EmbeddedStore {
+        let (owned, fail) = (path.to_owned(), fail.clone());
+        let (unopenable, opens) = (unopenable.clone(), opens.clone());
+        EmbeddedStore::open_with(
+            path,
+            Box::new(move || {
+                opens.fetch_add(1, Ordering::SeqCst);
+                if unopenable.load(Ordering::SeqCst) {
+                    return Err(StoreError::Unavailable("the disk is gone".into()));
+                }
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&owned)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let file = redb::backends::FileBackend::new(file)
+                    .map_err(|e| failed(redb::Error::from(e)))?;
+                Database::builder()
+                    .create_with_backend(FailingDisk {
+                        file,
+                        fail: fail.clone(),
+                    })
+                    .map_err(|e| failed(redb::Error::from(e)))
+            }),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn after_a_disk_error_the_file_is_reopened_and_the_retry_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let store = open_failing(&path, &fail, &Default::default(), &Default::default());
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let by = Presenter {
+            client: CLIENT,
+            issuer: ISSUER,
+        };
+        let later = now + SignedDuration::from_secs(1);
+
+        fail.store(true, Ordering::SeqCst);
+        let failed = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        assert!(
+            matches!(failed, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{failed:?}"
+        );
+        assert!(!fail.load(Ordering::SeqCst), "the failure was not met");
+        // The handle that met the error answers `PreviousIo` for ever; the reopened file
+        // reads, holds the state before the failed rotation, and takes the retry.
+        assert_eq!(
+            bounded(store.family(&started.family.id, later)).await,
+            Some(started.family.clone())
+        );
+        let retried = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family, rotated, ..
+        }) = retried
+        else {
+            panic!("{retried:?}");
+        };
+        assert!(rotated);
+        assert_eq!(family.generation, 1);
+        // A login that fails on the disk is not counted against the budgets after the
+        // reload (answered after it).
+        fail.store(true, Ordering::SeqCst);
+        let lost = start(login(), later, &mut SystemEntropy).unwrap();
+        assert!(store.create(&lost.family).await.is_err());
+        {
+            let memory = lock(&store.shared);
+            assert_eq!(memory.total.families, 1);
+            assert_eq!(memory.total, memory.held_by(CLIENT));
+        }
+        drop(store);
+        assert_eq!(stored_on_disk(&path, &family.id), Some(family));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_does_not_reopen_is_retried_after_a_backoff_not_at_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let (fail, unopenable) = (Arc::default(), Arc::<AtomicBool>::default());
+        let opens = Arc::default();
+        let store = open_failing(&path, &fail, &unopenable, &opens);
+        lock_reopening(&store.shared).first = Duration::from_secs(3600);
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+
+        fail.store(true, Ordering::SeqCst);
+        unopenable.store(true, Ordering::SeqCst);
+        let next = start(login(), now, &mut SystemEntropy).unwrap();
+        assert!(store.create(&next.family).await.is_err());
+        for _ in 0..50 {
+            let read = store.family(&started.family.id, now).await;
+            assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+            // Queued behind the reloads those reads asked for: answered once they were
+            // handled (and it fails too: the file is closed).
+            assert!(store.end_session("x".into(), 0).await.is_err());
+        }
+        // The one failed reopen after the failed commit, then none within the backoff.
+        assert_eq!(opens.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_decision_queued_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = Timestamp::now();
+        let families: Vec<Family> = (0..20)
+            .map(|_| start(login(), now, &mut SystemEntropy).unwrap().family)
+            .collect();
+        store.shared.fail_next_commit.store(true, Ordering::SeqCst);
+        let answers =
+            futures::future::join_all(families.iter().map(|family| store.create(family))).await;
+        // The first group failed; whatever was decided while it was committing failed
+        // with it; what came later may have succeeded. Memory says exactly what the file
+        // says, family by family.
+        assert!(answers[0].is_err());
+        let mut in_memory = Vec::new();
+        for family in &families {
+            in_memory.push(bounded(store.family(&family.id, now)).await);
+        }
+        drop(store);
+        for ((family, answer), in_memory) in families.iter().zip(&answers).zip(in_memory) {
+            let on_disk = stored_on_disk(&path, &family.id);
+            assert_eq!(on_disk.is_some(), answer.is_ok(), "{answer:?}");
+            assert_eq!(in_memory, on_disk);
+        }
+    }
+
+    /// `count` rotations of a new family, `step` seconds apart from `now`: its tokens,
+    /// oldest first, and the pair of the last rotation.
+    async fn rotated(
+        store: &EmbeddedStore,
+        now: Timestamp,
+        count: i64,
+    ) -> (Vec<crate::refresh::RefreshToken>, Family) {
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let mut tokens = vec![started.token];
+        let mut family = started.family;
+        for i in 1..=count {
+            let at = now + SignedDuration::from_secs(10 * i);
+            let answer = refresh(store, tokens.last().unwrap(), BY, at, &mut SystemEntropy).await;
+            let Ok(Refreshed::Pair {
+                family: next,
+                token,
+                rotated: true,
+                ..
+            }) = answer
+            else {
+                panic!("{answer:?}");
+            };
+            tokens.push(token);
+            family = next;
+        }
+        (tokens, family)
+    }
+
+    const BY: Presenter<'static> = Presenter {
+        client: CLIENT,
+        issuer: ISSUER,
+    };
+
+    #[tokio::test]
+    async fn a_token_older_than_the_preceding_one_is_found_in_the_file_and_is_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let family = family();
-        let other = self::family();
-        let rotated = Family {
-            generation: 1,
-            ..family.clone()
+        let now = Timestamp::now();
+        let (tokens, family) = rotated(&store, now, 3).await;
+        // Memory holds generations 3 and 2; generation 1's token is in the file only.
+        let answer = refresh(
+            &store,
+            &tokens[1],
+            BY,
+            now + SignedDuration::from_secs(31),
+            &mut SystemEntropy,
+        )
+        .await;
+        let Ok(Refreshed::Reuse { family: revoked }) = answer else {
+            panic!("{answer:?}");
         };
-        let revoked = logout(&family, Timestamp::now()).unwrap();
-        let answers = apply_batch(
-            &store.db,
-            &[
-                Op::Create(Box::new(family.clone())),
-                Op::Create(Box::new(other.clone())),
-                Op::Swap {
-                    expected: Box::new(family.clone()),
-                    next: Box::new(rotated.clone()),
-                },
-                // Read generation 0 as well, but the group's first swap came first.
-                Op::Swap {
-                    expected: Box::new(family.clone()),
-                    next: Box::new(revoked),
-                },
-                Op::Swap {
-                    expected: Box::new(other.clone()),
-                    next: Box::new(logout(&other, Timestamp::now()).unwrap()),
-                },
-            ],
-        );
-        let answers: Vec<usize> = answers.into_iter().map(Result::unwrap).collect();
-        assert_eq!(answers, [1, 1, 1, 0, 1]);
-        let txn = store.db.begin_read().unwrap();
-        let families = txn.open_table(FAMILIES).unwrap();
-        assert_eq!(read_family(&families, &family.id).unwrap(), Some(rotated));
+        assert_eq!(revoked.id, family.id);
         assert!(
-            read_family(&families, &other.id)
+            store
+                .family(&family.id, now)
+                .await
                 .unwrap()
                 .unwrap()
                 .revoked
@@ -544,38 +1478,380 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_write_that_fails_alone_leaves_the_rest_of_its_group() {
+    #[tokio::test]
+    async fn after_a_restart_the_preceding_token_replays_and_an_older_one_is_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let (tokens, family) = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await
+        };
+        let store = EmbeddedStore::open(&path).unwrap();
+        // Within the grace of the last rotation (at +20 s): the same pair again.
+        let within = now + SignedDuration::from_secs(22);
+        let answer = refresh(&store, &tokens[1], BY, within, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            token,
+            rotated: false,
+            ..
+        }) = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(token, tokens[2]);
+        let answer = refresh(&store, &tokens[0], BY, within, &mut SystemEntropy).await;
+        assert!(matches!(answer, Ok(Refreshed::Reuse { .. })), "{answer:?}");
+        assert!(
+            store
+                .family(&family.id, now)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_beyond_a_full_queue_is_unavailable_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let (broken, fine) = (family(), family());
-        apply_batch(
-            &store.db,
-            &[
-                Op::Create(Box::new(broken.clone())),
-                Op::Create(Box::new(fine.clone())),
-            ],
+        let now = Timestamp::now();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *store.shared.hold.lock().unwrap() = Some((taken, released));
+        let families: Vec<Family> = (0..=QUEUE + 1)
+            .map(|_| start(login(), now, &mut SystemEntropy).unwrap().family)
+            .collect();
+        // The writer takes the first write and stalls on it...
+        let mut pending = vec![store.create(&families[0])];
+        writer_took.recv().unwrap();
+        // ...the queue behind it fills...
+        for family in &families[1..=QUEUE] {
+            pending.push(store.create(family));
+        }
+        // ...and the next decision is refused before it is taken.
+        let refused = &families[QUEUE + 1];
+        let answer = store.create(refused).await;
+        assert!(
+            matches!(answer, Err(StoreError::Unavailable(_))),
+            "{answer:?}"
         );
-        write(&store.db, |txn| {
-            txn.open_table(FAMILIES)?
-                .insert(broken.id.as_str(), b"{".as_slice())?;
-            Ok(true)
+        release.send(()).unwrap();
+        for answer in futures::future::join_all(pending).await {
+            answer.unwrap();
+        }
+        assert_eq!(bounded(store.family(&refused.id, now)).await, None);
+        assert_eq!(
+            bounded(store.family(&families[QUEUE].id, now)).await,
+            Some(families[QUEUE].clone())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_beyond_the_clients_cap_is_refused_and_a_forgotten_session_frees_a_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let family = |at| start(login(), at, &mut SystemEntropy).unwrap().family;
+        let (first, second) = (family(now), family(now));
+        {
+            let store = EmbeddedStore::open(&path)
+                .unwrap()
+                .with_limits(SessionLimits {
+                    sessions_per_client: Some(2),
+                    ..SessionLimits::default()
+                });
+            store.create(&first).await.unwrap();
+            store.create(&second).await.unwrap();
+        }
+        // Reopened: the count is rebuilt from the file.
+        let store = EmbeddedStore::open(&path)
+            .unwrap()
+            .with_limits(SessionLimits {
+                sessions_per_client: Some(2),
+                ..SessionLimits::default()
+            });
+        let third = family(now);
+        let answer = store.create(&third).await;
+        let Err(StoreError::Full(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains(CLIENT), "{why}");
+        assert_eq!(bounded(store.family(&third.id, now)).await, None);
+        // Another client's logins are its own.
+        let mut other = family(now);
+        other.client = "shop/other".into();
+        store.create(&other).await.unwrap();
+        // Revoking a session does not free its slot (it is held until its expiry)...
+        let mut revoked = first.clone();
+        revoked.revoked = Some(crate::refresh::Revoked {
+            at: now,
+            because: crate::refresh::RevokedBecause::Logout,
+        });
+        assert!(store.swap(&first, &revoked).await.unwrap());
+        assert!(matches!(
+            store.create(&third).await,
+            Err(StoreError::Full(_))
+        ));
+        // ...forgetting it at its expiry does.
+        let later = now + SignedDuration::from_hours(2);
+        store.purge(later).await.unwrap();
+        let fourth = family(later);
+        store.create(&fourth).await.unwrap();
+        assert_eq!(
+            bounded(store.family(&fourth.id, later)).await,
+            Some(fourth.clone())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_beyond_a_memory_budget_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        // Logins of clients named alike (so that each costs the same) with 4 KB of claims.
+        let login_of = |client: &str, claims: bool| {
+            let mut login = login();
+            login.client = client.into();
+            if claims {
+                let serde_json::Value::Object(claims) =
+                    serde_json::json!({ "pad": "x".repeat(4000) })
+                else {
+                    unreachable!()
+                };
+                login.claims = claims;
+            }
+            start(login, now, &mut SystemEntropy).unwrap().family
+        };
+        let cost = |family: &Family| {
+            footprint(
+                family,
+                Some(&serde_json::Value::Object(family.claims.clone()).to_string()),
+            )
+        };
+        let first = login_of("shop/aaa", true);
+        let each = cost(&first);
+        assert!(each > 12_000, "{each}");
+        // Room for two such logins per client, three in all.
+        let limits = SessionLimits {
+            bytes_per_client: 2 * each + each / 2,
+            total_bytes: 3 * each + each / 2,
+            sessions_per_client: None,
+        };
+        {
+            let store = EmbeddedStore::open(&path).unwrap().with_limits(limits);
+            store.create(&first).await.unwrap();
+            store.create(&login_of("shop/aaa", true)).await.unwrap();
+            let third = login_of("shop/aaa", true);
+            let answer = store.create(&third).await;
+            let Err(StoreError::Full(why)) = answer else {
+                panic!("{answer:?}");
+            };
+            assert!(
+                why.contains("shop/aaa") && why.contains("--session-memory-per-client-mib"),
+                "{why}"
+            );
+            assert_eq!(bounded(store.family(&third.id, now)).await, None);
+            store.create(&login_of("shop/bbb", true)).await.unwrap();
+        }
+        // Reopened: what is held is rebuilt from the file.
+        let store = EmbeddedStore::open(&path).unwrap().with_limits(limits);
+        let beyond = login_of("shop/ccc", true);
+        let answer = store.create(&beyond).await;
+        let Err(StoreError::Full(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains("--session-memory-mib"), "{why}");
+        assert_eq!(bounded(store.family(&beyond.id, now)).await, None);
+        // The budget is bytes, not sessions: a login without claims still fits.
+        store.create(&login_of("shop/ccc", false)).await.unwrap();
+        // Forgetting sessions at their expiry frees their bytes.
+        let later = now + SignedDuration::from_hours(2);
+        store.purge(later).await.unwrap();
+        store.create(&beyond).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_a_corrupt_file_at_start_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let mut family = start(login(), now, &mut SystemEntropy).unwrap().family;
+        family.id = "a-family-damaged-on-disk".into();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&family).await.unwrap();
+        }
+        // The id's bytes, wherever they are, made invalid UTF-8 (a key of a `&str` table).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut damaged = 0;
+        for at in 0..bytes.len() - 7 {
+            if &bytes[at..at + 7] == b"damaged" {
+                bytes[at + 3] = 0xff;
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0);
+        std::fs::write(&path, bytes).unwrap();
+
+        let opened = EmbeddedStore::open(&path);
+        let Err(StoreError::Corrupt(why)) = opened else {
+            panic!("{:?}", opened.err());
+        };
+        assert!(
+            why.contains(&path.display().to_string()) && why.contains("move the file aside"),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_preceding_hash_that_is_not_one_makes_its_family_unreadable_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let mut damaged = start(login(), now, &mut SystemEntropy).unwrap().family;
+        damaged.generation = 1;
+        let sound = start(login(), now, &mut SystemEntropy).unwrap().family;
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&damaged).await.unwrap();
+            store.create(&sound).await.unwrap();
+        }
+        {
+            let db = Database::open(&path).unwrap();
+            write(&db, |txn| {
+                txn.open_table(PRECEDING)?
+                    .insert(damaged.id.as_str(), [0u8; 5].as_slice())?;
+                Ok(true)
+            })
+            .unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let read = store.family(&damaged.id, now).await;
+        assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+        assert_eq!(bounded(store.family(&sound.id, now)).await, Some(sound));
+    }
+
+    #[tokio::test]
+    async fn custom_claims_read_back_as_written_from_memory_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let serde_json::Value::Object(claims) = serde_json::json!({
+            "roles": ["payments", "ops"],
+            "ratio": 0.1,
+            "big": u64::MAX,
+            "negative": -7,
+            "name": "Zoë \"quoted\"",
+            "nested": {"a": [null, true, {"b": 1e300}]},
+        }) else {
+            unreachable!()
+        };
+        let mut with_claims = login();
+        with_claims.claims = claims;
+        let family = start(with_claims, now, &mut SystemEntropy).unwrap().family;
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&family).await.unwrap();
+            assert_eq!(
+                bounded(store.family(&family.id, now)).await,
+                Some(family.clone())
+            );
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            bounded(store.family(&family.id, now)).await,
+            Some(family.clone())
+        );
+    }
+
+    /// Rotates a family twice, closes the store, lets `change` edit the file, reopens
+    /// it, and checks that the preceding token replays within the grace.
+    async fn preceding_replays_after_reopening(change: impl FnOnce(&Database)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let (tokens, _) = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await
+        };
+        change(&Database::open(&path).unwrap());
+        let store = EmbeddedStore::open(&path).unwrap();
+        let within = now + SignedDuration::from_secs(22);
+        let answer = refresh(&store, &tokens[1], BY, within, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            token,
+            rotated: false,
+            ..
+        }) = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(token, tokens[2]);
+    }
+
+    #[tokio::test]
+    async fn a_start_finds_preceding_tokens_in_their_table_without_reading_every_token() {
+        // Without the `tokens` index a scan would find no preceding token.
+        preceding_replays_after_reopening(|db| {
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(TOKENS).unwrap();
+            txn.commit().unwrap();
         })
-        .unwrap();
-        let answers = apply_batch(
-            &store.db,
-            &[
-                Op::Swap {
-                    expected: Box::new(broken.clone()),
-                    next: Box::new(logout(&broken, Timestamp::now()).unwrap()),
-                },
-                Op::Swap {
-                    expected: Box::new(fine.clone()),
-                    next: Box::new(logout(&fine, Timestamp::now()).unwrap()),
-                },
-            ],
-        );
-        assert!(matches!(answers[0], Err(StoreError::Corrupt(_))));
-        assert_eq!(answers[1].as_ref().unwrap(), &1);
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_file_of_an_earlier_version_is_scanned_once_and_gets_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        let (tokens, family) = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await
+        };
+        let earlier_version = |path: &Path| {
+            let db = Database::open(path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(PRECEDING).unwrap();
+            txn.commit().unwrap();
+        };
+        earlier_version(&path);
+        drop(EmbeddedStore::open(&path).unwrap());
+        // The scan filled the table: the preceding token is the one of generation 1.
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(PRECEDING).unwrap();
+        let stored = table.get(family.id.as_str()).unwrap().unwrap();
+        assert_eq!(stored.value(), tokens[1].hash().0.as_slice());
+        drop((table, txn, db));
+        // And an earlier version's file replays its preceding token through the scan.
+        preceding_replays_after_reopening(|db| {
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(PRECEDING).unwrap();
+            txn.commit().unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_purged_family_leaves_no_preceding_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let now = Timestamp::now();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            rotated(&store, now, 2).await;
+            store
+                .purge(now + SignedDuration::from_hours(2))
+                .await
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        use redb::ReadableTableMetadata;
+        assert_eq!(txn.open_table(PRECEDING).unwrap().len().unwrap(), 0);
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod client_auth;
 pub mod embedded;
+mod embedded_memory;
 pub mod embedded_sessions;
 pub mod location;
 mod metered;
@@ -48,6 +49,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the token store holds a record that does not read: {0}")]
     Corrupt(String),
+    /// A client holds as many sessions as the store allows it (a login is refused; its
+    /// refreshes go on).
+    #[error("{0}")]
+    Full(String),
 }
 
 /// A family as a token lookup finds it, with the generation the token was issued for.

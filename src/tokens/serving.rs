@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::embedded::EmbeddedStore;
+use super::embedded::{EmbeddedStore, SessionLimits};
 use super::embedded_sessions::EmbeddedSessionLog;
 use super::metrics::TokenMetrics;
 use super::session_log::SessionLog;
@@ -28,14 +28,16 @@ pub struct Opened {
     pub sessions: Option<Arc<dyn SessionLog>>,
 }
 
-/// The embedded store at `path`, timed and metered; a file that cannot be opened is
-/// logged and the store answers 503.
-pub async fn open_embedded(path: PathBuf, metrics: TokenMetrics) -> Opened {
+/// The embedded store at `path`, holding families within `limits`, timed and metered; a file that cannot be opened is logged and the store
+/// answers 503.
+pub async fn open_embedded(path: PathBuf, limits: SessionLimits, metrics: TokenMetrics) -> Opened {
     let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(Path::new(&path)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    let opened = tokio::task::spawn_blocking(move || {
+        EmbeddedStore::open(Path::new(&path)).map(|store| store.with_limits(limits))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|opened| opened.map_err(|e| e.to_string()));
     let mut sessions: Option<Arc<dyn SessionLog>> = None;
     let store: Arc<dyn FamilyStore> = match opened {
         Ok(store) => {
