@@ -14,6 +14,11 @@ use crate::refresh::{AccessGrant, Family, Lifetimes, Login};
 pub const MAX_SUBJECT_CHARS: usize = 256;
 /// The largest custom-claims object, as sent: every access token of the login carries it.
 pub const MAX_CLAIMS_BYTES: usize = 8 * 1024;
+/// The deepest nesting of arrays and objects in the custom claims (the object itself is
+/// level 1). The family that holds them is stored as JSON one level deeper, and the access
+/// token's payload is too: claims nested near serde_json's limit (128) were accepted at
+/// login, then their stored family did not read back (every refresh of it 503).
+pub const MAX_CLAIMS_DEPTH: usize = 32;
 
 /// One TokenClient compiled for the endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +101,11 @@ impl ClientRules {
                 "authplane_claims must be a JSON object of claims",
             ));
         };
+        if claims.values().map(depth).max().unwrap_or(0) >= MAX_CLAIMS_DEPTH {
+            return Err(OAuthError::invalid_request(format!(
+                "authplane_claims nests arrays and objects deeper than {MAX_CLAIMS_DEPTH} levels"
+            )));
+        }
         for name in claims.keys() {
             if REGISTERED_CLAIMS.contains(&name.as_str()) || name == super::id_token::IDP_CLAIM {
                 return Err(OAuthError::invalid_request(format!(
@@ -165,4 +175,20 @@ pub fn access_claims(
         }
     }
     claims
+}
+
+/// How deeply `value` nests arrays and objects (a scalar: 0), without recursion.
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1)];
+    while let Some((value, level)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(members) => Box::new(members.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(level);
+        pending.extend(children.map(|child| (child, level + 1)));
+    }
+    deepest
 }

@@ -12,7 +12,9 @@ pub mod secret;
 #[cfg(test)]
 mod tests;
 
-pub use claims::{ClientRules, MAX_CLAIMS_BYTES, MAX_SUBJECT_CHARS, access_claims};
+pub use claims::{
+    ClientRules, MAX_CLAIMS_BYTES, MAX_CLAIMS_DEPTH, MAX_SUBJECT_CHARS, access_claims,
+};
 pub use request::{
     ClientAuth, Grant, MAX_BODY_BYTES, Params, TokenRequest, parse_form, parse_request,
 };

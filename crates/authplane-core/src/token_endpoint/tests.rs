@@ -349,3 +349,36 @@ fn an_access_token_is_signed_by_the_active_key_and_verifies_with_its_jwk() {
     let early = now.checked_sub(SignedDuration::from_secs(1)).unwrap();
     assert!(crate::token::sign(&keys, &claims, early).is_err());
 }
+
+/// Claims a login may set are claims its family can be read back with: a store keeps the
+/// family as JSON (one level deeper than the claims), so claims nested to serde_json's
+/// limit (128) were accepted at login and made the stored family unreadable (after a
+/// restart of the embedded store, or at once with Redis: every refresh of it 503).
+#[test]
+fn claims_a_login_accepts_read_back_in_their_stored_family() {
+    let rules = rules("1h", SignedDuration::from_hours(1));
+    for depth in [2, MAX_CLAIMS_DEPTH - 1, MAX_CLAIMS_DEPTH, 60, 126, 127] {
+        let text = format!(
+            r#"{{"roles": {}1{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        // The object is one level, the arrays the rest.
+        if depth + 1 > MAX_CLAIMS_DEPTH {
+            // Refused (beyond serde_json's own limit, as not JSON).
+            let error = rules.claims(Some(&text)).unwrap_err();
+            assert!(
+                depth >= 127 || error.description.contains("deeper than"),
+                "{error:?}"
+            );
+            continue;
+        }
+        let claims = rules.claims(Some(&text)).unwrap();
+        let login = rules.login("alice".into(), vec![], claims);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let family = start(login, now, &mut Counter(0)).unwrap().family;
+        let stored = serde_json::to_vec(&family).unwrap();
+        let read = serde_json::from_slice::<crate::refresh::Family>(&stored);
+        assert!(read.is_ok(), "depth {depth}: {:?}", read.err());
+    }
+}
