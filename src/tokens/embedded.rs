@@ -1673,6 +1673,87 @@ mod tests {
         store.create(&beyond).await.unwrap();
     }
 
+    /// ATTACK10 finding (not fixed): the per-client budget is per TokenClient, and a
+    /// tenant may create as many TokenClients in its namespace as it likes (with up to
+    /// 8760h of absolute lifetime, held until then: logout does not free a session's
+    /// memory). Two clients of one namespace take the whole total, and every other
+    /// tenant's logins answer 503 until those sessions expire, although the README says
+    /// the per-client budget is there "so that one tenant's workload cannot take the whole
+    /// budget".
+    #[tokio::test]
+    #[ignore = "ATTACK10 finding: the memory budget is per TokenClient, not per tenant"]
+    async fn one_namespace_cannot_take_the_whole_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let login_of = |client: &str| {
+            let mut login = login();
+            login.client = client.into();
+            start(login, now, &mut SystemEntropy).unwrap().family
+        };
+        let each = footprint(&login_of("evil/aaa"), None);
+        // The defaults' ratio: one client may hold half of the total.
+        let limits = SessionLimits {
+            bytes_per_client: 10 * each,
+            total_bytes: 20 * each,
+            sessions_per_client: None,
+        };
+        let store = EmbeddedStore::open(&dir.path().join("t.redb"))
+            .unwrap()
+            .with_limits(limits);
+        // One tenant logs in through two (or more) of its TokenClients...
+        for client in ["evil/aaa", "evil/bbb", "evil/ccc"] {
+            while store.create(&login_of(client)).await.is_ok() {}
+        }
+        // ...and another tenant's first login is refused.
+        let answer = store.create(&login_of("shop/web")).await;
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+
+    /// ATTACK10 finding (not fixed): the queue's bound refuses decisions only once 4,096
+    /// writes wait. A disk that stalls for longer than the deadline on store calls (2 s,
+    /// [`super::super::Timed`]) with fewer writes waiting: the rotation is decided and
+    /// queued, the client is told 503, the rotation is committed when the disk recovers,
+    /// and the client's retry with the same token after the grace (5 s by default) is
+    /// reuse: its session is ended and logged as compromised. What the README says the
+    /// reservation prevents ("the retry would come too late for the grace: reuse, the
+    /// session ended").
+    #[tokio::test]
+    #[ignore = "ATTACK10 finding: a stall longer than the deadline commits a rotation the client was told 503 for"]
+    async fn a_rotation_answered_503_by_the_deadline_is_not_committed_behind_the_clients_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
+        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        // The disk stalls on the rotation: the deadline answers 503.
+        let at = now + SignedDuration::from_secs(1);
+        let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{answer:?}"
+        );
+        writer_took.recv().unwrap();
+        // The disk recovers after the grace; the client retries with its token.
+        release.send(()).unwrap();
+        let retry = now + SignedDuration::from_secs(10);
+        let mut answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
+        for _ in 0..50 {
+            if !matches!(answer, Err(RefreshError::Store(_))) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
+        }
+        assert!(
+            matches!(answer, Ok(Refreshed::Pair { .. })),
+            "the token the client was told to keep: {answer:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_record_that_does_not_decode_is_a_corrupt_file_at_start_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
