@@ -81,7 +81,7 @@ fn main() {
             .expect("the store")
             .with_limits(SessionLimits {
                 total_bytes: usize::MAX,
-                bytes_per_client: usize::MAX,
+                bytes_per_namespace: usize::MAX,
                 sessions_per_client: None,
             });
         let before = resident_bytes();

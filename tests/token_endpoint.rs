@@ -1687,12 +1687,12 @@ async fn a_login_beyond_the_clients_cap_gets_503_naming_it_and_its_sessions_refr
 }
 
 #[tokio::test]
-async fn a_login_beyond_the_clients_memory_budget_gets_503_naming_it_and_changes_nothing() {
+async fn a_login_beyond_the_namespaces_memory_budget_gets_503_naming_it_and_changes_nothing() {
     // Room for one session without custom claims (about 1.4 KB), not two.
     let tokens = TokenSettings {
         rate_per_minute: 1000,
         session_limits: authplane::tokens::embedded::SessionLimits {
-            bytes_per_client: 2_000,
+            bytes_per_namespace: 2_000,
             ..Default::default()
         },
         ..TokenSettings::default()
@@ -1717,7 +1717,7 @@ async fn a_login_beyond_the_clients_memory_budget_gets_503_naming_it_and_changes
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     let why = text(&body, "error_description");
     assert!(
-        why.contains("auth/web") && why.contains("--session-memory-per-client-mib"),
+        why.contains("namespace auth ") && why.contains("--session-memory-per-namespace-mib"),
         "{why}"
     );
     // Nothing was held for it: refused again, and the session held goes on.

@@ -67,10 +67,10 @@ pub(crate) struct DevArgs {
     /// answers 503 until sessions expire (not used with Redis).
     #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     session_memory_mib: u32,
-    /// The memory (MiB) the sessions of one TokenClient may hold, so that one tenant
-    /// cannot take the whole budget.
-    #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_PER_CLIENT_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
-    session_memory_per_client_mib: u32,
+    /// The memory (MiB) the sessions of one namespace's TokenClients may hold, so that
+    /// one tenant cannot take the whole budget.
+    #[arg(long, value_name = "MIB", default_value_t = crate::tokens::embedded::SESSION_MEMORY_PER_NAMESPACE_MIB as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    session_memory_per_namespace_mib: u32,
 }
 
 pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
@@ -100,7 +100,7 @@ pub(crate) fn run_dev(args: DevArgs) -> Result<(), CliError> {
                 rate_per_minute: args.token_rate,
                 session_limits: crate::tokens::embedded::SessionLimits {
                     total_bytes: (args.session_memory_mib as usize) << 20,
-                    bytes_per_client: (args.session_memory_per_client_mib as usize) << 20,
+                    bytes_per_namespace: (args.session_memory_per_namespace_mib as usize) << 20,
                     sessions_per_client: args.max_sessions_per_client.map(|n| n as usize),
                 },
             },

@@ -37,7 +37,7 @@ pub struct TokenSettings {
     /// Failed requests per client address, and rotations per family, per minute.
     pub rate_per_minute: u32,
     /// What the embedded store holds in memory (`--session-memory-mib`,
-    /// `--session-memory-per-client-mib`, `--max-sessions-per-client`).
+    /// `--session-memory-per-namespace-mib`, `--max-sessions-per-client`).
     pub session_limits: crate::tokens::embedded::SessionLimits,
 }
 

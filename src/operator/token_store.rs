@@ -46,7 +46,7 @@ pub struct TokenStoreConfig {
     /// address, rotations per session (`--token-rate`, as in dev mode).
     pub rate_per_minute: u32,
     /// What the embedded store holds in memory (`--session-memory-mib`,
-    /// `--session-memory-per-client-mib`, `--max-sessions-per-client`; Redis holds
+    /// `--session-memory-per-namespace-mib`, `--max-sessions-per-client`; Redis holds
     /// sessions outside the process).
     pub session_limits: crate::tokens::embedded::SessionLimits,
 }

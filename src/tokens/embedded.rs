@@ -43,7 +43,7 @@ use redb::{
     WriteTransaction,
 };
 
-use super::embedded_memory::{Durability, Memory, footprint};
+use super::embedded_memory::{Durability, Memory, footprint, namespace_of};
 use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
 use crate::refresh::{Family, TokenHash};
 
@@ -79,9 +79,11 @@ const QUEUE: usize = 4096;
 pub struct SessionLimits {
     /// What all families may hold (`--session-memory-mib`).
     pub total_bytes: usize,
-    /// What one client's families may hold (`--session-memory-per-client-mib`), so that
-    /// one tenant cannot take the whole budget.
-    pub bytes_per_client: usize,
+    /// What the families of one namespace's TokenClients may hold
+    /// (`--session-memory-per-namespace-mib`), so that one tenant cannot take the whole
+    /// budget: a tenant may create any number of TokenClients in its namespace, so a
+    /// budget per client would bound nothing.
+    pub bytes_per_namespace: usize,
     /// How many families one client may hold (`--max-sessions-per-client`; none by
     /// default: the byte budgets bound memory).
     pub sessions_per_client: Option<usize>,
@@ -89,15 +91,15 @@ pub struct SessionLimits {
 
 /// The default budgets, sized for the chart's memory limit (512 MiB): half of it for
 /// sessions (about 150,000 without custom claims, 10,000 with the largest), a quarter
-/// (half of that) for one client.
+/// (half of that) for one namespace.
 pub const SESSION_MEMORY_MIB: usize = 256;
-pub const SESSION_MEMORY_PER_CLIENT_MIB: usize = 128;
+pub const SESSION_MEMORY_PER_NAMESPACE_MIB: usize = 128;
 
 impl Default for SessionLimits {
     fn default() -> Self {
         Self {
             total_bytes: SESSION_MEMORY_MIB << 20,
-            bytes_per_client: SESSION_MEMORY_PER_CLIENT_MIB << 20,
+            bytes_per_namespace: SESSION_MEMORY_PER_NAMESPACE_MIB << 20,
             sessions_per_client: None,
         }
     }
@@ -121,7 +123,7 @@ pub struct EmbeddedStore {
 #[derive(Clone, Copy)]
 enum Beyond {
     Sessions,
-    ClientMemory,
+    NamespaceMemory,
     Memory,
 }
 
@@ -367,15 +369,19 @@ impl EmbeddedStore {
 
     /// Which budget a login of `client` costing `bytes` would exceed, if any.
     fn beyond(&self, memory: &Memory, client: &str, bytes: usize) -> Option<Beyond> {
-        let held = memory.held_by(client);
         if self
             .limits
             .sessions_per_client
-            .is_some_and(|max| held.families >= max)
+            .is_some_and(|max| memory.held_by(client).families >= max)
         {
             Some(Beyond::Sessions)
-        } else if held.bytes.saturating_add(bytes) > self.limits.bytes_per_client {
-            Some(Beyond::ClientMemory)
+        } else if memory
+            .held_in_namespace_of(client)
+            .bytes
+            .saturating_add(bytes)
+            > self.limits.bytes_per_namespace
+        {
+            Some(Beyond::NamespaceMemory)
         } else if memory.total.bytes.saturating_add(bytes) > self.limits.total_bytes {
             Some(Beyond::Memory)
         } else {
@@ -391,9 +397,10 @@ impl EmbeddedStore {
                 "TokenClient {client} holds {} sessions, the most this server keeps for one client (--max-sessions-per-client)",
                 self.limits.sessions_per_client.unwrap_or_default()
             ),
-            Beyond::ClientMemory => format!(
-                "TokenClient {client}'s sessions hold {} MiB of memory, the most this server gives one client (--session-memory-per-client-mib)",
-                self.limits.bytes_per_client >> 20
+            Beyond::NamespaceMemory => format!(
+                "the sessions of the TokenClients of namespace {} hold {} MiB of memory, the most this server gives one namespace (--session-memory-per-namespace-mib)",
+                namespace_of(client),
+                self.limits.bytes_per_namespace >> 20
             ),
             Beyond::Memory => format!(
                 "the sessions of all TokenClients hold {} MiB of memory, the most this server gives them (--session-memory-mib)",
@@ -824,6 +831,7 @@ fn reload_if_poisoned(db: &Handle, shared: &Shared) {
                 memory.recent = loaded.recent;
                 memory.unreadable = loaded.unreadable;
                 memory.per_client = loaded.per_client;
+                memory.per_namespace = loaded.per_namespace;
                 memory.total = loaded.total;
                 memory.poisoned = false;
             }
@@ -1634,9 +1642,9 @@ mod tests {
         let first = login_of("shop/aaa", true);
         let each = cost(&first);
         assert!(each > 12_000, "{each}");
-        // Room for two such logins per client, three in all.
+        // Room for two such logins per namespace, three in all.
         let limits = SessionLimits {
-            bytes_per_client: 2 * each + each / 2,
+            bytes_per_namespace: 2 * each + each / 2,
             total_bytes: 3 * each + each / 2,
             sessions_per_client: None,
         };
@@ -1650,15 +1658,25 @@ mod tests {
                 panic!("{answer:?}");
             };
             assert!(
-                why.contains("shop/aaa") && why.contains("--session-memory-per-client-mib"),
+                why.contains("namespace shop ")
+                    && why.contains("--session-memory-per-namespace-mib"),
                 "{why}"
             );
             assert_eq!(bounded(store.family(&third.id, now)).await, None);
-            store.create(&login_of("shop/bbb", true)).await.unwrap();
+            // Another TokenClient of the same namespace shares its budget...
+            let sibling = store.create(&login_of("shop/bbb", true)).await;
+            assert!(matches!(sibling, Err(StoreError::Full(_))), "{sibling:?}");
+            // ...and another namespace has its own.
+            store.create(&login_of("team/bbb", true)).await.unwrap();
         }
         // Reopened: what is held is rebuilt from the file.
         let store = EmbeddedStore::open(&path).unwrap().with_limits(limits);
-        let beyond = login_of("shop/ccc", true);
+        let sibling = store.create(&login_of("shop/ccc", true)).await;
+        assert!(
+            matches!(sibling, Err(StoreError::Full(ref why)) if why.contains("namespace shop ")),
+            "{sibling:?}"
+        );
+        let beyond = login_of("other/ccc", true);
         let answer = store.create(&beyond).await;
         let Err(StoreError::Full(why)) = answer else {
             panic!("{answer:?}");
@@ -1666,22 +1684,18 @@ mod tests {
         assert!(why.contains("--session-memory-mib"), "{why}");
         assert_eq!(bounded(store.family(&beyond.id, now)).await, None);
         // The budget is bytes, not sessions: a login without claims still fits.
-        store.create(&login_of("shop/ccc", false)).await.unwrap();
+        store.create(&login_of("other/ccc", false)).await.unwrap();
         // Forgetting sessions at their expiry frees their bytes.
         let later = now + SignedDuration::from_hours(2);
         store.purge(later).await.unwrap();
         store.create(&beyond).await.unwrap();
     }
 
-    /// ATTACK10 finding (not fixed): the per-client budget is per TokenClient, and a
-    /// tenant may create as many TokenClients in its namespace as it likes (with up to
-    /// 8760h of absolute lifetime, held until then: logout does not free a session's
-    /// memory). Two clients of one namespace take the whole total, and every other
-    /// tenant's logins answer 503 until those sessions expire, although the README says
-    /// the per-client budget is there "so that one tenant's workload cannot take the whole
-    /// budget".
+    /// A tenant may create as many TokenClients in its namespace as it likes (each
+    /// session held until its absolute expiry, up to 8760h): were the budget per client,
+    /// two of them would take the whole total and every other tenant's logins would
+    /// answer 503 until those sessions expire.
     #[tokio::test]
-    #[ignore = "ATTACK10 finding: the memory budget is per TokenClient, not per tenant"]
     async fn one_namespace_cannot_take_the_whole_memory_budget() {
         let dir = tempfile::tempdir().unwrap();
         let now = Timestamp::now();
@@ -1691,9 +1705,9 @@ mod tests {
             start(login, now, &mut SystemEntropy).unwrap().family
         };
         let each = footprint(&login_of("evil/aaa"), None);
-        // The defaults' ratio: one client may hold half of the total.
+        // The defaults' ratio: one namespace may hold half of the total.
         let limits = SessionLimits {
-            bytes_per_client: 10 * each,
+            bytes_per_namespace: 10 * each,
             total_bytes: 20 * each,
             sessions_per_client: None,
         };

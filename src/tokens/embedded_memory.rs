@@ -43,7 +43,7 @@ pub(super) struct Slot {
     bytes: usize,
 }
 
-/// What one family holds, per client and in total.
+/// What families hold: per client, per namespace, in total.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Held {
     pub families: usize,
@@ -84,9 +84,12 @@ pub(super) struct Memory {
     /// Families whose record on disk does not read: their tokens are an error, not
     /// unknown (the store's fault, not the client's).
     pub unreadable: HashSet<String>,
-    /// The families held per client (until forgotten: revoked and idle-dead ones too,
-    /// since they hold memory until their absolute expiry).
+    /// The families held per client and per namespace of clients (until forgotten:
+    /// revoked and idle-dead ones too, since they hold memory until their absolute
+    /// expiry). A tenant may create any number of TokenClients in its namespace, so the
+    /// namespace is what a tenant's memory budget counts.
     pub per_client: HashMap<String, Held>,
+    pub per_namespace: HashMap<String, Held>,
     /// What every family held costs, summed.
     pub total: Held,
     /// The last sequence number handed out.
@@ -118,16 +121,20 @@ impl Memory {
         let claims = (!claims.is_empty()).then(|| Value::Object(claims).to_string().into());
         let bytes = footprint(&family, claims.as_deref());
         let before = self.families.remove(&id);
-        let held = self.per_client.entry(family.client.clone()).or_default();
-        if let Some(old) = &before {
-            held.bytes -= old.bytes;
-            self.total.bytes -= old.bytes;
-        } else {
-            held.families += 1;
-            self.total.families += 1;
+        let old_bytes = before.as_ref().map(|old| old.bytes);
+        for held in [
+            self.per_client.entry(family.client.clone()).or_default(),
+            self.per_namespace
+                .entry(namespace_of(&family.client).to_owned())
+                .or_default(),
+            &mut self.total,
+        ] {
+            match old_bytes {
+                Some(old) => held.bytes -= old,
+                None => held.families += 1,
+            }
+            held.bytes += bytes;
         }
-        held.bytes += bytes;
-        self.total.bytes += bytes;
         let preceding = match &before {
             Some(old) if old.family.generation == family.generation => old.preceding,
             Some(old) => {
@@ -157,14 +164,28 @@ impl Memory {
         self.per_client.get(client).copied().unwrap_or_default()
     }
 
+    /// What the families of every client in `client`'s namespace hold.
+    pub fn held_in_namespace_of(&self, client: &str) -> Held {
+        self.per_namespace
+            .get(namespace_of(client))
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Forgets a family and the hashes memory holds for it.
     pub fn forget(&mut self, id: &str) {
         if let Some(slot) = self.families.remove(id) {
-            if let Some(held) = self.per_client.get_mut(&slot.family.client) {
-                held.families -= 1;
-                held.bytes -= slot.bytes;
-                if held.families == 0 {
-                    self.per_client.remove(&slot.family.client);
+            let client = &slot.family.client;
+            for (map, key) in [
+                (&mut self.per_client, client.as_str()),
+                (&mut self.per_namespace, namespace_of(client)),
+            ] {
+                if let Some(held) = map.get_mut(key) {
+                    held.families -= 1;
+                    held.bytes -= slot.bytes;
+                    if held.families == 0 {
+                        map.remove(key);
+                    }
                 }
             }
             self.total.families -= 1;
@@ -191,6 +212,13 @@ impl Memory {
             epoch: self.epoch,
         }))
     }
+}
+
+/// The namespace of a TokenClient named `namespace/name` (the whole name if it has none).
+pub fn namespace_of(client: &str) -> &str {
+    client
+        .split_once('/')
+        .map_or(client, |(namespace, _)| namespace)
 }
 
 /// A family as memory holds it, copied out of the lock: the claims are parsed outside it.
