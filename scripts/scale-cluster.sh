@@ -349,6 +349,18 @@ sleep 10
 cold_writes=$(($(measure writes) - before))
 rss_later=$(measure rss "$operator")
 warnings=$(grep -c '"level":"WARN"' "$work/operator-cold.log" || true)
+# The most frequent warnings, by message: what to look at when the count grows.
+top_warnings=$(grep '"level":"WARN"' "$work/operator-cold.log" | python3 -c '
+import collections, json, sys
+said = collections.Counter()
+for line in sys.stdin:
+    try:
+        said[json.loads(line).get("fields", {}).get("message", "?")] += 1
+    except ValueError:
+        pass
+for message, count in said.most_common(3):
+    print(f"  {count:6d}  {message[:110]}")
+' || true)
 stop_operator
 lease_lost=$(grep -c 'lease lost' "$work/operator-cold.log" || true)
 kill "$sampler" 2>/dev/null || true
@@ -408,7 +420,8 @@ cold start to /readyz                      $(value ready_s "$work/cold") s
 all SigningKeys Ready / all AuthPolicies   $(value keys_ready_s "$work/cold") s / $(value policies_ready_s "$work/cold") s
 apiserver writes, cold start (Leases out)  $cold_writes
 open connections to the apiserver, peak    $(cat "$work/connections")
-warnings logged during the cold start      $warnings
+warnings logged during the cold start      $warnings${top_warnings:+
+$top_warnings}
 "lease lost" logged at a clean shutdown    $lease_lost
 warm restart to /readyz                    $warm_ready s
 warm restart: writes in ${WARM_WINDOW} s          $warm_writes${warm_writes_by_kind:+ ($warm_writes_by_kind)}
