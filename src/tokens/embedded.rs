@@ -25,10 +25,14 @@
 //! hundred refreshes a second). Two rotations of one family decided concurrently are
 //! one rotation and one lost race, decided in memory before either is queued. A failed
 //! commit fails its group and every write queued behind it, and memory is reloaded from
-//! the file before any of them hears back: memory is never left ahead of the disk. The
+//! the file before any of them hears back: memory is never left ahead of the disk. A
+//! login or swap whose caller has gone by the time the writer takes it (the deadline
+//! answered it 503) is not committed, and its family is put back in memory as the file
+//! holds it, with whatever was decided on it since: a 503 means nothing changed. The
 //! file is reopened for that reload (after an I/O error redb refuses every call on the
 //! handle that met it), with a backoff while it does not open.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -67,7 +71,9 @@ const MAX_BATCH: usize = 256;
 /// queue reserved: a writer that is behind (a stalled disk) refuses new decisions with
 /// 503 and nothing changes, instead of queueing decisions (and their memory) without
 /// bound and committing rotations long after their clients were told 503 (whose retries
-/// would then be outside the grace: reuse, the session ended).
+/// would then be outside the grace: reuse, the session ended). Below that bound, a
+/// decision whose caller stopped waiting (the store's deadline answered it 503) is not
+/// committed either: see [`split_abandoned`].
 const QUEUE: usize = 4096;
 
 /// How much the store holds in memory: every family is held until its absolute expiry
@@ -213,6 +219,16 @@ enum Op {
     /// Reload memory from the file if it is poisoned (a commit failed earlier and the
     /// reload then failed too).
     Reload,
+}
+
+impl Op {
+    /// The family a login or a swap writes.
+    fn family(&self) -> Option<&str> {
+        match self {
+            Op::Create(family) | Op::Put { family, .. } => Some(&family.id),
+            Op::Purge(_) | Op::EndSession { .. } | Op::Reload => None,
+        }
+    }
 }
 
 /// A queued write: the operation, the sequence number of the decision it makes durable
@@ -687,9 +703,14 @@ impl FamilyStore for EmbeddedStore {
 
 /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]), applies them in
 /// one transaction, commits once, then answers each. A failed commit poisons memory and
-/// reloads it from the file before anyone hears of the failure.
+/// reloads it from the file before anyone hears of the failure. A decision whose caller
+/// has gone is not committed, and memory forgets it (see [`split_abandoned`]).
 fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Receiver<Queued>) {
     let _stopped = Stopped(shared);
+    // Families whose abandoned decisions were undone, each with the last sequence number
+    // handed out when memory was put back: a write on one of them numbered up to it was
+    // decided on the undone state, and is not committed either.
+    let mut undone: HashMap<String, u64> = HashMap::new();
     while let Some(first) = receiver.blocking_recv() {
         #[cfg(test)]
         if let Some((taken, release)) = shared.hold.lock().unwrap().take() {
@@ -702,14 +723,18 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
         {
             batch.push(next);
         }
+        // Every sequence number of the group, committed or not: the states of those not
+        // committed are refused through the epoch before this is published.
+        let sequence = batch.iter().map(|queued| queued.sequence).max();
+        let (batch, abandoned, to_undo) = split_abandoned(batch, &mut undone);
         let reload = batch.iter().any(|queued| matches!(queued.op, Op::Reload));
         // A group of reloads only writes nothing (and, the file being closed, would fail).
         let writes = batch.iter().any(|queued| !matches!(queued.op, Op::Reload));
-        let sequence = batch.iter().map(|queued| queued.sequence).max();
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch
             .into_iter()
             .map(|queued| (queued.op, queued.reply))
             .unzip();
+        let abandoned: Vec<Reply> = abandoned.into_iter().map(|queued| queued.reply).collect();
         #[cfg(test)]
         let injected = shared.fail_next_commit.swap(false, Ordering::SeqCst);
         #[cfg(not(test))]
@@ -721,17 +746,8 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
         } else {
             Ok(vec![0; ops.len()])
         };
-        match outcome {
-            Ok(answers) => {
-                shared.durability.committed(sequence.unwrap_or(0));
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
-                if reload {
-                    shared.reload_queued.store(false, Ordering::SeqCst);
-                    reload_if_poisoned(db, shared);
-                }
-            }
+        let answers = match outcome {
+            Ok(answers) => answers,
             Err(e) => {
                 // Logged when the store starts failing, not at every write refused since.
                 if lock_reopening(shared).backoff.is_none() {
@@ -740,26 +756,199 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
                     tracing::debug!(error = %e, "a commit of the token store failed");
                 }
                 let mut failed = replies;
-                let epoch = {
-                    let mut memory = lock(shared);
-                    memory.poisoned = true;
-                    memory.epoch += 1;
-                    // Every write still queued was decided on the state that is lost.
-                    while let Ok(queued) = receiver.try_recv() {
-                        failed.push(queued.reply);
+                failed.extend(abandoned);
+                fail_and_reload(db, shared, &mut receiver, failed, &e);
+                continue;
+            }
+        };
+        if !abandoned.is_empty() {
+            tracing::warn!(
+                writes = abandoned.len(),
+                "token store writes whose callers had gone (the disk was slower than the store's deadline) were not committed: their decisions are undone"
+            );
+            // Memory is put back before anyone hears of this group.
+            if let Err(e) = undo(db, shared, to_undo, &mut undone) {
+                tracing::error!(error = %e, "the token store's file does not read back the families of writes not committed: reloading it");
+                fail_and_reload(db, shared, &mut receiver, abandoned, &e);
+                shared.durability.committed(sequence.unwrap_or(0));
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+                continue;
+            }
+        }
+        shared.durability.committed(sequence.unwrap_or(0));
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(Ok(answer));
+        }
+        for reply in abandoned {
+            // The writes that depended on one whose caller had gone; the others' answers
+            // go nowhere.
+            let _ = reply.send(Err(StoreError::Unavailable(
+                "a write this one depended on was abandoned by its caller (the token store's disk was slower than its deadline) and undone: nothing changed".into(),
+            )));
+        }
+        if reload {
+            shared.reload_queued.store(false, Ordering::SeqCst);
+            reload_if_poisoned(db, shared);
+        }
+    }
+}
+
+/// After a failed commit: poisons memory (nothing is answered from it), fails `failed`
+/// and every write still queued (they were decided on a state that is lost), and reloads
+/// memory from the file before any of them hears back.
+fn fail_and_reload(
+    db: &Handle,
+    shared: &Shared,
+    receiver: &mut tokio::sync::mpsc::Receiver<Queued>,
+    mut failed: Vec<Reply>,
+    e: &StoreError,
+) {
+    let epoch = {
+        let mut memory = lock(shared);
+        memory.poisoned = true;
+        memory.epoch += 1;
+        // Every write still queued was decided on the state that is lost.
+        while let Ok(queued) = receiver.try_recv() {
+            failed.push(queued.reply);
+        }
+        memory.epoch
+    };
+    shared.durability.failed(epoch);
+    // A reload queued earlier was drained with the rest: this one replaces it.
+    shared.reload_queued.store(false, Ordering::SeqCst);
+    reload_if_poisoned(db, shared);
+    for reply in failed {
+        let _ = reply.send(Err(same_error(e)));
+    }
+}
+
+/// Splits a group into the writes to commit and those not to, and names the families
+/// whose state in memory must be undone.
+///
+/// A login or a swap whose caller has gone (its answer's receiver is dropped: the store's
+/// deadline, [`super::Timed`], answered it `503`, or its request was cancelled) is not
+/// committed: a `503` means nothing changed. Were the rotation committed after its client
+/// was told `503`, the client's retry with the token it kept would come after the grace:
+/// reuse, the session ended. Whatever was decided on that family after it (a concurrent
+/// refresh waiting for that rotation, a logout) rests on the undone state, and is not
+/// committed either; other families' writes are. A purge and an entry of the log of
+/// ended sessions are committed even when their caller has gone: a purge forgets only
+/// what has expired (memory already forgot it), and an entry written again is the same.
+///
+/// The check is made when the writer takes the group, before its transaction: a caller
+/// whose deadline passes during the transaction itself (the disk stalls on this group's
+/// commit) is told `503` for a write that is committed. That window is one group's
+/// transaction; what waited in the queue behind a stalled commit is covered.
+fn split_abandoned(
+    batch: Vec<Queued>,
+    undone: &mut HashMap<String, u64>,
+) -> (Vec<Queued>, Vec<Queued>, HashSet<String>) {
+    // The writer takes writes in the order of their sequence numbers: an undone family's
+    // entry is needed while a write numbered up to it may still come.
+    if let Some(lowest) = batch
+        .iter()
+        .map(|queued| queued.sequence)
+        .filter(|sequence| *sequence > 0)
+        .min()
+    {
+        undone.retain(|_, at| *at >= lowest);
+    }
+    let (mut commit, mut abandoned, mut to_undo) = (Vec::new(), Vec::new(), HashSet::new());
+    for queued in batch {
+        let Some(id) = queued.op.family().map(str::to_owned) else {
+            commit.push(queued);
+            continue;
+        };
+        if to_undo.contains(&id) || undone.get(&id).is_some_and(|at| queued.sequence <= *at) {
+            // Decided on a state that is (or is being) undone: memory already is, or will
+            // be, put back past it.
+            abandoned.push(queued);
+        } else if queued.reply.is_closed() {
+            to_undo.insert(id);
+            abandoned.push(queued);
+        } else {
+            commit.push(queued);
+        }
+    }
+    (commit, abandoned, to_undo)
+}
+
+/// Puts the families `ids` back in memory as the file holds them (their latest decisions
+/// were not committed), and refuses whoever observed the undone states: the epoch moves on,
+/// as after a failed commit (other families' reads in flight are refused too, the price of
+/// not tracking states one by one). Remembers, per family, the last sequence number
+/// handed out: writes still queued numbered up to it rest on the undone state.
+fn undo(
+    db: &Handle,
+    shared: &Shared,
+    ids: HashSet<String>,
+    undone: &mut HashMap<String, u64>,
+) -> Result<(), StoreError> {
+    let on_disk = db.with(|db| decoding(|| read_back(db, &ids)))?;
+    let epoch = {
+        let mut memory = lock(shared);
+        for (id, state) in on_disk {
+            memory.forget(&id);
+            match state {
+                OnDisk::Gone => {}
+                OnDisk::Unreadable => {
+                    memory.unreadable.insert(id);
+                }
+                OnDisk::Family(family, preceding) => {
+                    let generation = family.generation;
+                    memory.put(*family, 0);
+                    if let (Some(hash), Some(older)) = (preceding, generation.checked_sub(1)) {
+                        if let Some(slot) = memory.families.get_mut(&id) {
+                            slot.preceding = Some(hash);
+                        }
+                        memory.recent.insert(hash, (id, older));
                     }
-                    memory.epoch
-                };
-                shared.durability.failed(epoch);
-                // A reload queued earlier was drained with the rest: this one replaces it.
-                shared.reload_queued.store(false, Ordering::SeqCst);
-                reload_if_poisoned(db, shared);
-                for reply in failed {
-                    let _ = reply.send(Err(same_error(&e)));
                 }
             }
         }
-    }
+        let at = memory.sequence;
+        undone.extend(ids.into_iter().map(|id| (id, at)));
+        memory.epoch += 1;
+        memory.epoch
+    };
+    shared.durability.failed(epoch);
+    Ok(())
+}
+
+/// A family as the file holds it.
+enum OnDisk {
+    Gone,
+    /// Its record (or its preceding token's hash) does not read.
+    Unreadable,
+    /// The family and the hash of its preceding generation's token.
+    Family(Box<Family>, Option<TokenHash>),
+}
+
+/// The families `ids` as the file holds them.
+fn read_back(db: &Database, ids: &HashSet<String>) -> Result<Vec<(String, OnDisk)>, StoreError> {
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
+    let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
+    ids.iter()
+        .map(|id| {
+            let state = match read_family(&families, id) {
+                Ok(None) => OnDisk::Gone,
+                Ok(Some(family)) => {
+                    let hash = preceding.get(id.as_str()).map_err(|e| failed(e.into()))?;
+                    match hash.map(|hash| token_hash(id, hash.value())).transpose() {
+                        Ok(hash) => OnDisk::Family(Box::new(family), hash),
+                        Err(_) => OnDisk::Unreadable,
+                    }
+                }
+                // As at start: a family that does not read answers an error for its tokens.
+                Err(StoreError::Corrupt(_)) => OnDisk::Unreadable,
+                Err(e) => return Err(e),
+            };
+            Ok((id.clone(), state))
+        })
+        .collect()
 }
 
 /// Ends every wait for durability when the writer stops (the store is dropped, or the
@@ -862,7 +1051,7 @@ fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
 /// decoders of keys and values panic on bytes that are not what the table's type says
 /// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
 /// file), and a start must say which file to move aside, not crash the process.
-fn decoding(read: impl FnOnce() -> Result<Memory, StoreError>) -> Result<Memory, StoreError> {
+fn decoding<T>(read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
         Err(StoreError::Corrupt(
             "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup".into(),
@@ -1709,19 +1898,17 @@ mod tests {
         assert!(answer.is_ok(), "{answer:?}");
     }
 
-    /// ATTACK10 finding (not fixed): the queue's bound refuses decisions only once 4,096
-    /// writes wait. A disk that stalls for longer than the deadline on store calls (2 s,
-    /// [`super::super::Timed`]) with fewer writes waiting: the rotation is decided and
-    /// queued, the client is told 503, the rotation is committed when the disk recovers,
-    /// and the client's retry with the same token after the grace (5 s by default) is
-    /// reuse: its session is ended and logged as compromised. What the README says the
-    /// reservation prevents ("the retry would come too late for the grace: reuse, the
-    /// session ended").
+    /// ATTACK10 finding 3: a disk that stalls for longer than the deadline on store calls
+    /// (2 s, [`super::super::Timed`]) with fewer than 4,096 writes waiting. The rotation was
+    /// decided and queued, the client told 503, and the rotation committed when the disk
+    /// recovered: the client's retry with the same token after the grace (5 s by default)
+    /// was reuse, its session ended and logged as compromised. The writer now leaves a
+    /// write whose caller has gone uncommitted and undoes its decision in memory.
     #[tokio::test]
-    #[ignore = "ATTACK10 finding: a stall longer than the deadline commits a rotation the client was told 503 for"]
     async fn a_rotation_answered_503_by_the_deadline_is_not_committed_behind_the_clients_back() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
+        let path = dir.path().join("t.redb");
+        let inner = EmbeddedStore::open(&path).unwrap();
         let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
         let now = Timestamp::now();
         let started = start(login(), now, &mut SystemEntropy).unwrap();
@@ -1737,21 +1924,98 @@ mod tests {
             "{answer:?}"
         );
         writer_took.recv().unwrap();
-        // The disk recovers after the grace; the client retries with its token.
+        // The disk recovers after the grace. A write queued behind the rotation is
+        // answered once the writer is past it (committed or undone).
         release.send(()).unwrap();
         let retry = now + SignedDuration::from_secs(10);
-        let mut answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
-        for _ in 0..50 {
-            if !matches!(answer, Err(RefreshError::Store(_))) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
-        }
-        assert!(
-            matches!(answer, Ok(Refreshed::Pair { .. })),
-            "the token the client was told to keep: {answer:?}"
+        inner.purge(now).await.unwrap();
+        assert_eq!(
+            bounded(inner.family(&started.family.id, retry)).await,
+            Some(started.family.clone()),
+            "memory holds the state the client was left with"
         );
+        // The client retries with the token it was told to keep: an ordinary rotation.
+        let answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family,
+            rotated: true,
+            ..
+        }) = answer
+        else {
+            panic!("the token the client was told to keep: {answer:?}");
+        };
+        assert_eq!(family.generation, 1);
+        assert!(family.revoked.is_none());
+        drop((store, inner));
+        assert_eq!(stored_on_disk(&path, &family.id), Some(family));
+    }
+
+    /// What was decided on a rotation that is not committed (its caller gone) rests on a
+    /// state that never was: a logout of the rotated family is not committed either, and
+    /// a read waiting for the rotation is refused, not answered it. Another family's write
+    /// in the same group is committed.
+    #[tokio::test]
+    async fn what_was_decided_on_an_abandoned_rotation_is_neither_committed_nor_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let inner = EmbeddedStore::open(&path).unwrap();
+        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let id = started.family.id.clone();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let at = now + SignedDuration::from_secs(1);
+        let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{answer:?}"
+        );
+        writer_took.recv().unwrap();
+        // While the writer holds the rotation, memory holds its state (not durable)...
+        let rotated = lock(&inner.shared).families[&id].family.clone();
+        assert_eq!(rotated.generation, 1);
+        // ...a read observes it and waits for it to be durable...
+        let mut read = inner.family(&id, at);
+        assert!(futures::poll!(&mut read).is_pending());
+        // ...a logout is decided on it, and another client logs in.
+        let mut logged_out = rotated.clone();
+        logged_out.revoked = Some(crate::refresh::Revoked {
+            at,
+            because: crate::refresh::RevokedBecause::Logout,
+        });
+        let logout = inner.swap(&rotated, &logged_out);
+        let other = start(login(), at, &mut SystemEntropy).unwrap().family;
+        let login = inner.create(&other);
+        release.send(()).unwrap();
+        let (read, logout, login) = futures::join!(read, logout, login);
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        assert!(
+            matches!(logout, Err(StoreError::Unavailable(_))),
+            "{logout:?}"
+        );
+        login.unwrap();
+        assert_eq!(
+            bounded(inner.family(&id, at)).await,
+            Some(started.family.clone())
+        );
+        assert_eq!(
+            bounded(inner.family(&other.id, at)).await,
+            Some(other.clone())
+        );
+        // The client's retry after the grace rotates; the family was never revoked.
+        let retry = now + SignedDuration::from_secs(10);
+        let answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Ok(Refreshed::Pair { rotated: true, .. })),
+            "{answer:?}"
+        );
+        drop((store, inner));
+        let on_disk = stored_on_disk(&path, &id).unwrap();
+        assert_eq!((on_disk.generation, on_disk.revoked), (1, None));
+        assert_eq!(stored_on_disk(&path, &other.id), Some(other));
     }
 
     #[tokio::test]
