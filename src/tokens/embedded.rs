@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    TableDefinition, WriteTransaction,
 };
 
 use super::embedded_memory::{Durability, Memory, footprint};
@@ -191,6 +191,8 @@ struct Shared {
     fail_next_commit: AtomicBool,
     /// When the file may be reopened again (after failures).
     reopening: Mutex<Reopening>,
+    /// The writer thread died (a panic): nothing will be written or reloaded any more.
+    stopped: AtomicBool,
     /// Clients whose logins are being refused for their cap (logged once per episode).
     capped: Mutex<std::collections::HashSet<String>>,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
@@ -302,6 +304,7 @@ impl EmbeddedStore {
             memory: Mutex::new(memory),
             durability: Durability::new(),
             reload_queued: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
             reopening: Mutex::new(Reopening {
@@ -438,6 +441,9 @@ impl EmbeddedStore {
     /// Memory, for a decision or a read; refused while a failed commit has it poisoned
     /// (and a reload is then queued, once).
     fn memory(&self) -> Result<MutexGuard<'_, Memory>, StoreError> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(writer_stopped());
+        }
         let memory = self
             .shared
             .memory
@@ -478,7 +484,15 @@ impl EmbeddedStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || db.with(job))
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
+                .map_err(|e| {
+                    if e.is_panic() {
+                        // redb's decoder met a key or value that is not what its table's
+                        // type says (see `decoding`).
+                        StoreError::Corrupt(DOES_NOT_DECODE.into())
+                    } else {
+                        StoreError::Unavailable(format!("the store's task failed: {e}"))
+                    }
+                })?
         })
     }
 
@@ -742,7 +756,11 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
         let outcome = if injected {
             Err(StoreError::Unavailable("injected commit failure".into()))
         } else if writes {
-            db.with(|db| apply_batch(db, &ops))
+            // A key that does not decode panics in redb (its `&str` keys are decoded, and
+            // compared, with `from_utf8(..).unwrap()`), possibly in a table the start
+            // does not read whole (`family_tokens`): as `Corrupt`, the group fails like
+            // any failed commit and the writer goes on, instead of dying.
+            db.with(|db| decoding(|| apply_batch(db, &ops)))
         } else {
             Ok(vec![0; ops.len()])
         };
@@ -958,6 +976,15 @@ struct Stopped<'a>(&'a Shared);
 
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Not expected (what the writer reads is decoded under `decoding`), but were it
+            // to happen, every call would answer 503 from now on: say so, once, and make
+            // the callers' error say so too instead of "being reloaded".
+            self.0.stopped.store(true, Ordering::SeqCst);
+            tracing::error!(
+                "the token store's writer stopped after a panic: the token endpoint answers 503 until the process restarts"
+            );
+        }
         let epoch = {
             let mut memory = lock(self.0);
             memory.poisoned = true;
@@ -969,7 +996,9 @@ impl Drop for Stopped<'_> {
 }
 
 fn writer_stopped() -> StoreError {
-    StoreError::Unavailable("the store's writer has stopped".into())
+    StoreError::Unavailable(
+        "the token store's writer has stopped (see the log): restart the process".into(),
+    )
 }
 
 fn lock_set(
@@ -1052,12 +1081,11 @@ fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
 /// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
 /// file), and a start must say which file to move aside, not crash the process.
 fn decoding<T>(read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
-        Err(StoreError::Corrupt(
-            "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup".into(),
-        ))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .unwrap_or_else(|_| Err(StoreError::Corrupt(DOES_NOT_DECODE.into())))
 }
+
+const DOES_NOT_DECODE: &str = "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup";
 
 /// Every family of the file, and the hashes of its current and preceding tokens (from
 /// the `preceding` table: a start reads one entry per family, not one per rotation).
@@ -1123,6 +1151,7 @@ fn load_by_scan(db: &Database) -> Result<Memory, StoreError> {
 fn load_families(db: &Database) -> Result<Memory, StoreError> {
     let mut memory = Memory::default();
     let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    decode_indexes(&txn)?;
     let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
     for entry in families.iter().map_err(|e| failed(e.into()))? {
         let (id, bytes) = entry.map_err(|e| failed(e.into()))?;
@@ -1134,6 +1163,30 @@ fn load_families(db: &Database) -> Result<Memory, StoreError> {
         }
     }
     Ok(memory)
+}
+
+/// Decodes every key of `expiry` and every key and value of `sessions` (one entry per
+/// family each), so that one that does not decode stops the start (under [`decoding`]:
+/// redb panics on it) with the file named, rather than later: the purge at start would
+/// meet it in the writer. `tokens` and `family_tokens` hold an entry per rotation and are
+/// not read whole at start; the writer turns what it meets there into `Corrupt`.
+fn decode_indexes(txn: &redb::ReadTransaction) -> Result<(), StoreError> {
+    let expiry = txn.open_table(EXPIRY).map_err(|e| failed(e.into()))?;
+    for entry in expiry.iter().map_err(|e| failed(e.into()))? {
+        let (key, _) = entry.map_err(|e| failed(e.into()))?;
+        let _ = key.value();
+    }
+    let sessions = txn
+        .open_multimap_table(SESSIONS)
+        .map_err(|e| failed(e.into()))?;
+    for entry in sessions.iter().map_err(|e| failed(e.into()))? {
+        let (key, ids) = entry.map_err(|e| failed(e.into()))?;
+        let _ = key.value();
+        for id in ids {
+            let _ = id.map_err(|e| failed(e.into()))?.value();
+        }
+    }
+    Ok(())
 }
 
 fn token_hash(id: &str, bytes: &[u8]) -> Result<TokenHash, StoreError> {
@@ -2049,6 +2102,100 @@ mod tests {
             why.contains(&path.display().to_string()) && why.contains("move the file aside"),
             "{why}"
         );
+    }
+
+    /// Writes an entry through `insert` into a closed store's file, then makes the
+    /// entry's `marker` (a key of a `&str` table) invalid UTF-8 wherever it is.
+    fn damage_a_key(path: &Path, marker: &[u8], insert: impl FnOnce(&WriteTransaction)) {
+        {
+            let db = Database::open(path).unwrap();
+            let txn = db.begin_write().unwrap();
+            insert(&txn);
+            txn.commit().unwrap();
+        }
+        let mut bytes = std::fs::read(path).unwrap();
+        let mut damaged = 0;
+        for at in 0..bytes.len() - marker.len() {
+            if &bytes[at..at + marker.len()] == marker {
+                bytes[at + 3] = 0xff;
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// ATTACK10 finding 4: the start read only `families` and `preceding`; a key of
+    /// `expiry` that does not decode panicked the writer at the first purge, and the
+    /// endpoint answered 503 for ever without saying the file is corrupt.
+    #[tokio::test]
+    async fn an_index_key_that_does_not_decode_is_a_corrupt_file_at_start_not_a_panic() {
+        let expiry = |txn: &WriteTransaction| {
+            txn.open_table(EXPIRY)
+                .unwrap()
+                .insert((0, "expiry-key-marker"), ())
+                .unwrap();
+        };
+        let sessions = |txn: &WriteTransaction| {
+            txn.open_multimap_table(SESSIONS)
+                .unwrap()
+                .insert((CLIENT, "session-key-marker"), "id")
+                .unwrap();
+        };
+        type Insert<'a> = &'a dyn Fn(&WriteTransaction);
+        let damages: [(&[u8], Insert); 2] = [
+            (b"expiry-key-marker", &expiry),
+            (b"session-key-marker", &sessions),
+        ];
+        for (marker, insert) in damages {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.redb");
+            let now = Timestamp::now();
+            let family = start(login(), now, &mut SystemEntropy).unwrap().family;
+            {
+                let store = EmbeddedStore::open(&path).unwrap();
+                store.create(&family).await.unwrap();
+            }
+            damage_a_key(&path, marker, insert);
+            let opened = EmbeddedStore::open(&path);
+            let Err(StoreError::Corrupt(why)) = opened else {
+                panic!("{:?}", opened.err());
+            };
+            assert!(
+                why.contains(&path.display().to_string()) && why.contains("move the file aside"),
+                "{why}"
+            );
+        }
+    }
+
+    /// A key the start does not read (`family_tokens` holds one entry per rotation) that
+    /// does not decode, met by the writer: the group fails as `Corrupt` (saying to move
+    /// the file aside), and the writer goes on instead of dying.
+    #[tokio::test]
+    async fn a_key_that_does_not_decode_fails_its_write_as_corrupt_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        drop(EmbeddedStore::open(&path).unwrap());
+        damage_a_key(&path, b"family-tokens-marker", |txn| {
+            txn.open_multimap_table(FAMILY_TOKENS)
+                .unwrap()
+                .insert("family-tokens-marker", [0u8; 32].as_slice())
+                .unwrap();
+        });
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = Timestamp::now();
+        let family = start(login(), now, &mut SystemEntropy).unwrap().family;
+        // The login's token is recorded in `family_tokens`, whose one key does not decode.
+        let answer = store.create(&family).await;
+        let Err(StoreError::Corrupt(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains("move the file aside"), "{why}");
+        assert!(!store.shared.stopped.load(Ordering::SeqCst));
+        // The writer still writes what does not meet that key, from memory as the file.
+        assert_eq!(bounded(store.family(&family.id, now)).await, None);
+        assert_eq!(store.purge(now).await.unwrap(), 0);
+        store.end_session("ended".into(), 0).await.unwrap();
     }
 
     #[tokio::test]
