@@ -779,10 +779,14 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
                 continue;
             }
         };
-        if !abandoned.is_empty() {
-            tracing::warn!(
+        // Only when a caller has gone in this group: the writes dropped as resting on a
+        // family undone earlier need nothing more (memory was put back past them).
+        if !to_undo.is_empty() {
+            // Not a warning: a request cancelled by its client (it disconnected) lands here
+            // too; the 503s of a stall are counted where they are answered.
+            tracing::debug!(
                 writes = abandoned.len(),
-                "token store writes whose callers had gone (the disk was slower than the store's deadline) were not committed: their decisions are undone"
+                "token store writes whose callers had gone were not committed: their decisions are undone"
             );
             // Memory is put back before anyone hears of this group.
             if let Err(e) = undo(db, shared, to_undo, &mut undone) {
@@ -803,7 +807,7 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
             // The writes that depended on one whose caller had gone; the others' answers
             // go nowhere.
             let _ = reply.send(Err(StoreError::Unavailable(
-                "a write this one depended on was abandoned by its caller (the token store's disk was slower than its deadline) and undone: nothing changed".into(),
+                "a write this one depended on was abandoned by its caller (the store's deadline passed, or the request was cancelled) and undone: nothing changed".into(),
             )));
         }
         if reload {
