@@ -231,6 +231,15 @@ impl Op {
             Op::Purge(_) | Op::EndSession { .. } | Op::Reload => None,
         }
     }
+
+    /// Whether the write ends its family (a logout, a reuse detected). Such a write is
+    /// committed even when its caller has gone: a session a client asked to end, or that
+    /// a replayed token exposed, must end though the answer was lost (a retried logout
+    /// finds it ended; a retried refresh is refused). Undoing it would leave a session
+    /// alive that someone meant to kill, which is worse than a late commit.
+    fn ends_family(&self) -> bool {
+        matches!(self, Op::Put { family, .. } if family.revoked.is_some())
+    }
 }
 
 /// A queued write: the operation, the sequence number of the decision it makes durable
@@ -887,7 +896,7 @@ fn split_abandoned(
             // Decided on a state that is (or is being) undone: memory already is, or will
             // be, put back past it.
             abandoned.push(queued);
-        } else if queued.reply.is_closed() {
+        } else if queued.reply.is_closed() && !queued.op.ends_family() {
             to_undo.insert(id);
             abandoned.push(queued);
         } else {
@@ -2073,6 +2082,48 @@ mod tests {
         let on_disk = stored_on_disk(&path, &id).unwrap();
         assert_eq!((on_disk.generation, on_disk.revoked), (1, None));
         assert_eq!(stored_on_disk(&path, &other.id), Some(other));
+    }
+
+    /// A logout answered 503 by the deadline (the disk stalled) is committed once the disk
+    /// recovers: the session its client meant to end ends, though the answer was lost.
+    #[tokio::test]
+    async fn a_logout_whose_caller_has_gone_is_committed_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let inner = EmbeddedStore::open(&path).unwrap();
+        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let at = now + SignedDuration::from_secs(1);
+        let mut logged_out = started.family.clone();
+        logged_out.revoked = Some(crate::refresh::Revoked {
+            at,
+            because: crate::refresh::RevokedBecause::Logout,
+        });
+        let answer = store.swap(&started.family, &logged_out).await;
+        assert!(
+            matches!(answer, Err(StoreError::Unavailable(_))),
+            "{answer:?}"
+        );
+        writer_took.recv().unwrap();
+        release.send(()).unwrap();
+        // A write queued behind the logout is answered once the writer is past it.
+        inner.purge(now).await.unwrap();
+        assert_eq!(
+            bounded(inner.family(&started.family.id, at)).await,
+            Some(logged_out.clone())
+        );
+        let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Err(RefreshError::Refused(_))),
+            "{answer:?}"
+        );
+        drop((store, inner));
+        assert_eq!(stored_on_disk(&path, &started.family.id), Some(logged_out));
     }
 
     #[tokio::test]
