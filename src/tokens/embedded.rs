@@ -25,10 +25,14 @@
 //! hundred refreshes a second). Two rotations of one family decided concurrently are
 //! one rotation and one lost race, decided in memory before either is queued. A failed
 //! commit fails its group and every write queued behind it, and memory is reloaded from
-//! the file before any of them hears back: memory is never left ahead of the disk. The
+//! the file before any of them hears back: memory is never left ahead of the disk. A
+//! login or swap whose caller has gone by the time the writer takes it (the deadline
+//! answered it 503) is not committed, and its family is put back in memory as the file
+//! holds it, with whatever was decided on it since: a 503 means nothing changed. The
 //! file is reopened for that reload (after an I/O error redb refuses every call on the
 //! handle that met it), with a backoff while it does not open.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -39,8 +43,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    TableDefinition, WriteTransaction,
 };
 
 use super::embedded_memory::{Durability, Memory, footprint, namespace_of};
@@ -67,7 +71,9 @@ const MAX_BATCH: usize = 256;
 /// queue reserved: a writer that is behind (a stalled disk) refuses new decisions with
 /// 503 and nothing changes, instead of queueing decisions (and their memory) without
 /// bound and committing rotations long after their clients were told 503 (whose retries
-/// would then be outside the grace: reuse, the session ended).
+/// would then be outside the grace: reuse, the session ended). Below that bound, a
+/// decision whose caller stopped waiting (the store's deadline answered it 503) is not
+/// committed either: see [`split_abandoned`].
 const QUEUE: usize = 4096;
 
 /// How much the store holds in memory: every family is held until its absolute expiry
@@ -187,6 +193,8 @@ struct Shared {
     fail_next_commit: AtomicBool,
     /// When the file may be reopened again (after failures).
     reopening: Mutex<Reopening>,
+    /// The writer thread died (a panic): nothing will be written or reloaded any more.
+    stopped: AtomicBool,
     /// Clients whose logins are being refused for their cap (logged once per episode).
     capped: Mutex<std::collections::HashSet<String>>,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
@@ -215,6 +223,25 @@ enum Op {
     /// Reload memory from the file if it is poisoned (a commit failed earlier and the
     /// reload then failed too).
     Reload,
+}
+
+impl Op {
+    /// The family a login or a swap writes.
+    fn family(&self) -> Option<&str> {
+        match self {
+            Op::Create(family) | Op::Put { family, .. } => Some(&family.id),
+            Op::Purge(_) | Op::EndSession { .. } | Op::Reload => None,
+        }
+    }
+
+    /// Whether the write ends its family (a logout, a reuse detected). Such a write is
+    /// committed even when its caller has gone: a session a client asked to end, or that
+    /// a replayed token exposed, must end though the answer was lost (a retried logout
+    /// finds it ended; a retried refresh is refused). Undoing it would leave a session
+    /// alive that someone meant to kill, which is worse than a late commit.
+    fn ends_family(&self) -> bool {
+        matches!(self, Op::Put { family, .. } if family.revoked.is_some())
+    }
 }
 
 /// A queued write: the operation, the sequence number of the decision it makes durable
@@ -288,6 +315,7 @@ impl EmbeddedStore {
             memory: Mutex::new(memory),
             durability: Durability::new(),
             reload_queued: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
             reopening: Mutex::new(Reopening {
@@ -429,6 +457,9 @@ impl EmbeddedStore {
     /// Memory, for a decision or a read; refused while a failed commit has it poisoned
     /// (and a reload is then queued, once).
     fn memory(&self) -> Result<MutexGuard<'_, Memory>, StoreError> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(writer_stopped());
+        }
         let memory = self
             .shared
             .memory
@@ -469,7 +500,15 @@ impl EmbeddedStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || db.with(job))
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("the store's task failed: {e}")))?
+                .map_err(|e| {
+                    if e.is_panic() {
+                        // redb's decoder met a key or value that is not what its table's
+                        // type says (see `decoding`).
+                        StoreError::Corrupt(DOES_NOT_DECODE.into())
+                    } else {
+                        StoreError::Unavailable(format!("the store's task failed: {e}"))
+                    }
+                })?
         })
     }
 
@@ -694,9 +733,14 @@ impl FamilyStore for EmbeddedStore {
 
 /// The writer thread: takes every write waiting (up to [`MAX_BATCH`]), applies them in
 /// one transaction, commits once, then answers each. A failed commit poisons memory and
-/// reloads it from the file before anyone hears of the failure.
+/// reloads it from the file before anyone hears of the failure. A decision whose caller
+/// has gone is not committed, and memory forgets it (see [`split_abandoned`]).
 fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Receiver<Queued>) {
     let _stopped = Stopped(shared);
+    // Families whose abandoned decisions were undone, each with the last sequence number
+    // handed out when memory was put back: a write on one of them numbered up to it was
+    // decided on the undone state, and is not committed either.
+    let mut undone: HashMap<String, u64> = HashMap::new();
     while let Some(first) = receiver.blocking_recv() {
         #[cfg(test)]
         if let Some((taken, release)) = shared.hold.lock().unwrap().take() {
@@ -709,14 +753,18 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
         {
             batch.push(next);
         }
+        // Every sequence number of the group, committed or not: the states of those not
+        // committed are refused through the epoch before this is published.
+        let sequence = batch.iter().map(|queued| queued.sequence).max();
+        let (batch, abandoned, to_undo) = split_abandoned(batch, &mut undone);
         let reload = batch.iter().any(|queued| matches!(queued.op, Op::Reload));
         // A group of reloads only writes nothing (and, the file being closed, would fail).
         let writes = batch.iter().any(|queued| !matches!(queued.op, Op::Reload));
-        let sequence = batch.iter().map(|queued| queued.sequence).max();
         let (ops, replies): (Vec<Op>, Vec<Reply>) = batch
             .into_iter()
             .map(|queued| (queued.op, queued.reply))
             .unzip();
+        let abandoned: Vec<Reply> = abandoned.into_iter().map(|queued| queued.reply).collect();
         #[cfg(test)]
         let injected = shared.fail_next_commit.swap(false, Ordering::SeqCst);
         #[cfg(not(test))]
@@ -724,21 +772,16 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
         let outcome = if injected {
             Err(StoreError::Unavailable("injected commit failure".into()))
         } else if writes {
-            db.with(|db| apply_batch(db, &ops))
+            // A key that does not decode panics in redb (its `&str` keys are decoded, and
+            // compared, with `from_utf8(..).unwrap()`), possibly in a table the start
+            // does not read whole (`family_tokens`): as `Corrupt`, the group fails like
+            // any failed commit and the writer goes on, instead of dying.
+            db.with(|db| decoding(|| apply_batch(db, &ops)))
         } else {
             Ok(vec![0; ops.len()])
         };
-        match outcome {
-            Ok(answers) => {
-                shared.durability.committed(sequence.unwrap_or(0));
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
-                if reload {
-                    shared.reload_queued.store(false, Ordering::SeqCst);
-                    reload_if_poisoned(db, shared);
-                }
-            }
+        let answers = match outcome {
+            Ok(answers) => answers,
             Err(e) => {
                 // Logged when the store starts failing, not at every write refused since.
                 if lock_reopening(shared).backoff.is_none() {
@@ -747,26 +790,203 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
                     tracing::debug!(error = %e, "a commit of the token store failed");
                 }
                 let mut failed = replies;
-                let epoch = {
-                    let mut memory = lock(shared);
-                    memory.poisoned = true;
-                    memory.epoch += 1;
-                    // Every write still queued was decided on the state that is lost.
-                    while let Ok(queued) = receiver.try_recv() {
-                        failed.push(queued.reply);
+                failed.extend(abandoned);
+                fail_and_reload(db, shared, &mut receiver, failed, &e);
+                continue;
+            }
+        };
+        // Only when a caller has gone in this group: the writes dropped as resting on a
+        // family undone earlier need nothing more (memory was put back past them).
+        if !to_undo.is_empty() {
+            // Not a warning: a request cancelled by its client (it disconnected) lands here
+            // too; the 503s of a stall are counted where they are answered.
+            tracing::debug!(
+                writes = abandoned.len(),
+                "token store writes whose callers had gone were not committed: their decisions are undone"
+            );
+            // Memory is put back before anyone hears of this group.
+            if let Err(e) = undo(db, shared, to_undo, &mut undone) {
+                tracing::error!(error = %e, "the token store's file does not read back the families of writes not committed: reloading it");
+                fail_and_reload(db, shared, &mut receiver, abandoned, &e);
+                shared.durability.committed(sequence.unwrap_or(0));
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+                continue;
+            }
+        }
+        shared.durability.committed(sequence.unwrap_or(0));
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(Ok(answer));
+        }
+        for reply in abandoned {
+            // The writes that depended on one whose caller had gone; the others' answers
+            // go nowhere.
+            let _ = reply.send(Err(StoreError::Unavailable(
+                "a write this one depended on was abandoned by its caller (the store's deadline passed, or the request was cancelled) and undone: nothing changed".into(),
+            )));
+        }
+        if reload {
+            shared.reload_queued.store(false, Ordering::SeqCst);
+            reload_if_poisoned(db, shared);
+        }
+    }
+}
+
+/// After a failed commit: poisons memory (nothing is answered from it), fails `failed`
+/// and every write still queued (they were decided on a state that is lost), and reloads
+/// memory from the file before any of them hears back.
+fn fail_and_reload(
+    db: &Handle,
+    shared: &Shared,
+    receiver: &mut tokio::sync::mpsc::Receiver<Queued>,
+    mut failed: Vec<Reply>,
+    e: &StoreError,
+) {
+    let epoch = {
+        let mut memory = lock(shared);
+        memory.poisoned = true;
+        memory.epoch += 1;
+        // Every write still queued was decided on the state that is lost.
+        while let Ok(queued) = receiver.try_recv() {
+            failed.push(queued.reply);
+        }
+        memory.epoch
+    };
+    shared.durability.failed(epoch);
+    // A reload queued earlier was drained with the rest: this one replaces it.
+    shared.reload_queued.store(false, Ordering::SeqCst);
+    reload_if_poisoned(db, shared);
+    for reply in failed {
+        let _ = reply.send(Err(same_error(e)));
+    }
+}
+
+/// Splits a group into the writes to commit and those not to, and names the families
+/// whose state in memory must be undone.
+///
+/// A login or a swap whose caller has gone (its answer's receiver is dropped: the store's
+/// deadline, [`super::Timed`], answered it `503`, or its request was cancelled) is not
+/// committed: a `503` means nothing changed. Were the rotation committed after its client
+/// was told `503`, the client's retry with the token it kept would come after the grace:
+/// reuse, the session ended. Whatever was decided on that family after it (a concurrent
+/// refresh waiting for that rotation, a logout) rests on the undone state, and is not
+/// committed either; other families' writes are. A purge and an entry of the log of
+/// ended sessions are committed even when their caller has gone: a purge forgets only
+/// what has expired (memory already forgot it), and an entry written again is the same.
+///
+/// The check is made when the writer takes the group, before its transaction: a caller
+/// whose deadline passes during the transaction itself (the disk stalls on this group's
+/// commit) is told `503` for a write that is committed. That window is one group's
+/// transaction; what waited in the queue behind a stalled commit is covered.
+fn split_abandoned(
+    batch: Vec<Queued>,
+    undone: &mut HashMap<String, u64>,
+) -> (Vec<Queued>, Vec<Queued>, HashSet<String>) {
+    // The writer takes writes in the order of their sequence numbers: an undone family's
+    // entry is needed while a write numbered up to it may still come.
+    if let Some(lowest) = batch
+        .iter()
+        .map(|queued| queued.sequence)
+        .filter(|sequence| *sequence > 0)
+        .min()
+    {
+        undone.retain(|_, at| *at >= lowest);
+    }
+    let (mut commit, mut abandoned, mut to_undo) = (Vec::new(), Vec::new(), HashSet::new());
+    for queued in batch {
+        let Some(id) = queued.op.family().map(str::to_owned) else {
+            commit.push(queued);
+            continue;
+        };
+        if to_undo.contains(&id) || undone.get(&id).is_some_and(|at| queued.sequence <= *at) {
+            // Decided on a state that is (or is being) undone: memory already is, or will
+            // be, put back past it.
+            abandoned.push(queued);
+        } else if queued.reply.is_closed() && !queued.op.ends_family() {
+            to_undo.insert(id);
+            abandoned.push(queued);
+        } else {
+            commit.push(queued);
+        }
+    }
+    (commit, abandoned, to_undo)
+}
+
+/// Puts the families `ids` back in memory as the file holds them (their latest decisions
+/// were not committed), and refuses whoever observed the undone states: the epoch moves on,
+/// as after a failed commit (other families' reads in flight are refused too, the price of
+/// not tracking states one by one). Remembers, per family, the last sequence number
+/// handed out: writes still queued numbered up to it rest on the undone state.
+fn undo(
+    db: &Handle,
+    shared: &Shared,
+    ids: HashSet<String>,
+    undone: &mut HashMap<String, u64>,
+) -> Result<(), StoreError> {
+    let on_disk = db.with(|db| decoding(|| read_back(db, &ids)))?;
+    let epoch = {
+        let mut memory = lock(shared);
+        for (id, state) in on_disk {
+            memory.forget(&id);
+            match state {
+                OnDisk::Gone => {}
+                OnDisk::Unreadable => {
+                    memory.unreadable.insert(id);
+                }
+                OnDisk::Family(family, preceding) => {
+                    let generation = family.generation;
+                    memory.put(*family, 0);
+                    if let (Some(hash), Some(older)) = (preceding, generation.checked_sub(1)) {
+                        if let Some(slot) = memory.families.get_mut(&id) {
+                            slot.preceding = Some(hash);
+                        }
+                        memory.recent.insert(hash, (id, older));
                     }
-                    memory.epoch
-                };
-                shared.durability.failed(epoch);
-                // A reload queued earlier was drained with the rest: this one replaces it.
-                shared.reload_queued.store(false, Ordering::SeqCst);
-                reload_if_poisoned(db, shared);
-                for reply in failed {
-                    let _ = reply.send(Err(same_error(&e)));
                 }
             }
         }
-    }
+        let at = memory.sequence;
+        undone.extend(ids.into_iter().map(|id| (id, at)));
+        memory.epoch += 1;
+        memory.epoch
+    };
+    shared.durability.failed(epoch);
+    Ok(())
+}
+
+/// A family as the file holds it.
+enum OnDisk {
+    Gone,
+    /// Its record (or its preceding token's hash) does not read.
+    Unreadable,
+    /// The family and the hash of its preceding generation's token.
+    Family(Box<Family>, Option<TokenHash>),
+}
+
+/// The families `ids` as the file holds them.
+fn read_back(db: &Database, ids: &HashSet<String>) -> Result<Vec<(String, OnDisk)>, StoreError> {
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
+    let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
+    ids.iter()
+        .map(|id| {
+            let state = match read_family(&families, id) {
+                Ok(None) => OnDisk::Gone,
+                Ok(Some(family)) => {
+                    let hash = preceding.get(id.as_str()).map_err(|e| failed(e.into()))?;
+                    match hash.map(|hash| token_hash(id, hash.value())).transpose() {
+                        Ok(hash) => OnDisk::Family(Box::new(family), hash),
+                        Err(_) => OnDisk::Unreadable,
+                    }
+                }
+                // As at start: a family that does not read answers an error for its tokens.
+                Err(StoreError::Corrupt(_)) => OnDisk::Unreadable,
+                Err(e) => return Err(e),
+            };
+            Ok((id.clone(), state))
+        })
+        .collect()
 }
 
 /// Ends every wait for durability when the writer stops (the store is dropped, or the
@@ -776,6 +996,15 @@ struct Stopped<'a>(&'a Shared);
 
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Not expected (what the writer reads is decoded under `decoding`), but were it
+            // to happen, every call would answer 503 from now on: say so, once, and make
+            // the callers' error say so too instead of "being reloaded".
+            self.0.stopped.store(true, Ordering::SeqCst);
+            tracing::error!(
+                "the token store's writer stopped after a panic: the token endpoint answers 503 until the process restarts"
+            );
+        }
         let epoch = {
             let mut memory = lock(self.0);
             memory.poisoned = true;
@@ -787,7 +1016,9 @@ impl Drop for Stopped<'_> {
 }
 
 fn writer_stopped() -> StoreError {
-    StoreError::Unavailable("the store's writer has stopped".into())
+    StoreError::Unavailable(
+        "the token store's writer has stopped (see the log): restart the process".into(),
+    )
 }
 
 fn lock_set(
@@ -870,13 +1101,12 @@ fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
 /// decoders of keys and values panic on bytes that are not what the table's type says
 /// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
 /// file), and a start must say which file to move aside, not crash the process.
-fn decoding(read: impl FnOnce() -> Result<Memory, StoreError>) -> Result<Memory, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
-        Err(StoreError::Corrupt(
-            "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup".into(),
-        ))
-    })
+fn decoding<T>(read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .unwrap_or_else(|_| Err(StoreError::Corrupt(DOES_NOT_DECODE.into())))
 }
+
+const DOES_NOT_DECODE: &str = "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup";
 
 /// Every family of the file, and the hashes of its current and preceding tokens (from
 /// the `preceding` table: a start reads one entry per family, not one per rotation).
@@ -942,6 +1172,7 @@ fn load_by_scan(db: &Database) -> Result<Memory, StoreError> {
 fn load_families(db: &Database) -> Result<Memory, StoreError> {
     let mut memory = Memory::default();
     let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    decode_indexes(&txn)?;
     let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
     for entry in families.iter().map_err(|e| failed(e.into()))? {
         let (id, bytes) = entry.map_err(|e| failed(e.into()))?;
@@ -953,6 +1184,30 @@ fn load_families(db: &Database) -> Result<Memory, StoreError> {
         }
     }
     Ok(memory)
+}
+
+/// Decodes every key of `expiry` and every key and value of `sessions` (one entry per
+/// family each), so that one that does not decode stops the start (under [`decoding`]:
+/// redb panics on it) with the file named, rather than later: the purge at start would
+/// meet it in the writer. `tokens` and `family_tokens` hold an entry per rotation and are
+/// not read whole at start; the writer turns what it meets there into `Corrupt`.
+fn decode_indexes(txn: &redb::ReadTransaction) -> Result<(), StoreError> {
+    let expiry = txn.open_table(EXPIRY).map_err(|e| failed(e.into()))?;
+    for entry in expiry.iter().map_err(|e| failed(e.into()))? {
+        let (key, _) = entry.map_err(|e| failed(e.into()))?;
+        let _ = key.value();
+    }
+    let sessions = txn
+        .open_multimap_table(SESSIONS)
+        .map_err(|e| failed(e.into()))?;
+    for entry in sessions.iter().map_err(|e| failed(e.into()))? {
+        let (key, ids) = entry.map_err(|e| failed(e.into()))?;
+        let _ = key.value();
+        for id in ids {
+            let _ = id.map_err(|e| failed(e.into()))?.value();
+        }
+    }
+    Ok(())
 }
 
 fn token_hash(id: &str, bytes: &[u8]) -> Result<TokenHash, StoreError> {
@@ -1723,19 +1978,17 @@ mod tests {
         assert!(answer.is_ok(), "{answer:?}");
     }
 
-    /// ATTACK10 finding (not fixed): the queue's bound refuses decisions only once 4,096
-    /// writes wait. A disk that stalls for longer than the deadline on store calls (2 s,
-    /// [`super::super::Timed`]) with fewer writes waiting: the rotation is decided and
-    /// queued, the client is told 503, the rotation is committed when the disk recovers,
-    /// and the client's retry with the same token after the grace (5 s by default) is
-    /// reuse: its session is ended and logged as compromised. What the README says the
-    /// reservation prevents ("the retry would come too late for the grace: reuse, the
-    /// session ended").
+    /// ATTACK10 finding 3: a disk that stalls for longer than the deadline on store calls
+    /// (2 s, [`super::super::Timed`]) with fewer than 4,096 writes waiting. The rotation was
+    /// decided and queued, the client told 503, and the rotation committed when the disk
+    /// recovered: the client's retry with the same token after the grace (5 s by default)
+    /// was reuse, its session ended and logged as compromised. The writer now leaves a
+    /// write whose caller has gone uncommitted and undoes its decision in memory.
     #[tokio::test]
-    #[ignore = "ATTACK10 finding: a stall longer than the deadline commits a rotation the client was told 503 for"]
     async fn a_rotation_answered_503_by_the_deadline_is_not_committed_behind_the_clients_back() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
+        let path = dir.path().join("t.redb");
+        let inner = EmbeddedStore::open(&path).unwrap();
         let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
         let now = Timestamp::now();
         let started = start(login(), now, &mut SystemEntropy).unwrap();
@@ -1751,21 +2004,140 @@ mod tests {
             "{answer:?}"
         );
         writer_took.recv().unwrap();
-        // The disk recovers after the grace; the client retries with its token.
+        // The disk recovers after the grace. A write queued behind the rotation is
+        // answered once the writer is past it (committed or undone).
         release.send(()).unwrap();
         let retry = now + SignedDuration::from_secs(10);
-        let mut answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
-        for _ in 0..50 {
-            if !matches!(answer, Err(RefreshError::Store(_))) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
-        }
-        assert!(
-            matches!(answer, Ok(Refreshed::Pair { .. })),
-            "the token the client was told to keep: {answer:?}"
+        inner.purge(now).await.unwrap();
+        assert_eq!(
+            bounded(inner.family(&started.family.id, retry)).await,
+            Some(started.family.clone()),
+            "memory holds the state the client was left with"
         );
+        // The client retries with the token it was told to keep: an ordinary rotation.
+        let answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family,
+            rotated: true,
+            ..
+        }) = answer
+        else {
+            panic!("the token the client was told to keep: {answer:?}");
+        };
+        assert_eq!(family.generation, 1);
+        assert!(family.revoked.is_none());
+        drop((store, inner));
+        assert_eq!(stored_on_disk(&path, &family.id), Some(family));
+    }
+
+    /// What was decided on a rotation that is not committed (its caller gone) rests on a
+    /// state that never was: a logout of the rotated family is not committed either, and
+    /// a read waiting for the rotation is refused, not answered it. Another family's write
+    /// in the same group is committed.
+    #[tokio::test]
+    async fn what_was_decided_on_an_abandoned_rotation_is_neither_committed_nor_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let inner = EmbeddedStore::open(&path).unwrap();
+        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let id = started.family.id.clone();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let at = now + SignedDuration::from_secs(1);
+        let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{answer:?}"
+        );
+        writer_took.recv().unwrap();
+        // While the writer holds the rotation, memory holds its state (not durable)...
+        let rotated = lock(&inner.shared).families[&id].family.clone();
+        assert_eq!(rotated.generation, 1);
+        // ...a read observes it and waits for it to be durable...
+        let mut read = inner.family(&id, at);
+        assert!(futures::poll!(&mut read).is_pending());
+        // ...a logout is decided on it, and another client logs in.
+        let mut logged_out = rotated.clone();
+        logged_out.revoked = Some(crate::refresh::Revoked {
+            at,
+            because: crate::refresh::RevokedBecause::Logout,
+        });
+        let logout = inner.swap(&rotated, &logged_out);
+        let other = start(login(), at, &mut SystemEntropy).unwrap().family;
+        let login = inner.create(&other);
+        release.send(()).unwrap();
+        let (read, logout, login) = futures::join!(read, logout, login);
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        assert!(
+            matches!(logout, Err(StoreError::Unavailable(_))),
+            "{logout:?}"
+        );
+        login.unwrap();
+        assert_eq!(
+            bounded(inner.family(&id, at)).await,
+            Some(started.family.clone())
+        );
+        assert_eq!(
+            bounded(inner.family(&other.id, at)).await,
+            Some(other.clone())
+        );
+        // The client's retry after the grace rotates; the family was never revoked.
+        let retry = now + SignedDuration::from_secs(10);
+        let answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Ok(Refreshed::Pair { rotated: true, .. })),
+            "{answer:?}"
+        );
+        drop((store, inner));
+        let on_disk = stored_on_disk(&path, &id).unwrap();
+        assert_eq!((on_disk.generation, on_disk.revoked), (1, None));
+        assert_eq!(stored_on_disk(&path, &other.id), Some(other));
+    }
+
+    /// A logout answered 503 by the deadline (the disk stalled) is committed once the disk
+    /// recovers: the session its client meant to end ends, though the answer was lost.
+    #[tokio::test]
+    async fn a_logout_whose_caller_has_gone_is_committed_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let inner = EmbeddedStore::open(&path).unwrap();
+        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let at = now + SignedDuration::from_secs(1);
+        let mut logged_out = started.family.clone();
+        logged_out.revoked = Some(crate::refresh::Revoked {
+            at,
+            because: crate::refresh::RevokedBecause::Logout,
+        });
+        let answer = store.swap(&started.family, &logged_out).await;
+        assert!(
+            matches!(answer, Err(StoreError::Unavailable(_))),
+            "{answer:?}"
+        );
+        writer_took.recv().unwrap();
+        release.send(()).unwrap();
+        // A write queued behind the logout is answered once the writer is past it.
+        inner.purge(now).await.unwrap();
+        assert_eq!(
+            bounded(inner.family(&started.family.id, at)).await,
+            Some(logged_out.clone())
+        );
+        let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Err(RefreshError::Refused(_))),
+            "{answer:?}"
+        );
+        drop((store, inner));
+        assert_eq!(stored_on_disk(&path, &started.family.id), Some(logged_out));
     }
 
     #[tokio::test]
@@ -1799,6 +2171,100 @@ mod tests {
             why.contains(&path.display().to_string()) && why.contains("move the file aside"),
             "{why}"
         );
+    }
+
+    /// Writes an entry through `insert` into a closed store's file, then makes the
+    /// entry's `marker` (a key of a `&str` table) invalid UTF-8 wherever it is.
+    fn damage_a_key(path: &Path, marker: &[u8], insert: impl FnOnce(&WriteTransaction)) {
+        {
+            let db = Database::open(path).unwrap();
+            let txn = db.begin_write().unwrap();
+            insert(&txn);
+            txn.commit().unwrap();
+        }
+        let mut bytes = std::fs::read(path).unwrap();
+        let mut damaged = 0;
+        for at in 0..bytes.len() - marker.len() {
+            if &bytes[at..at + marker.len()] == marker {
+                bytes[at + 3] = 0xff;
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// ATTACK10 finding 4: the start read only `families` and `preceding`; a key of
+    /// `expiry` that does not decode panicked the writer at the first purge, and the
+    /// endpoint answered 503 for ever without saying the file is corrupt.
+    #[tokio::test]
+    async fn an_index_key_that_does_not_decode_is_a_corrupt_file_at_start_not_a_panic() {
+        let expiry = |txn: &WriteTransaction| {
+            txn.open_table(EXPIRY)
+                .unwrap()
+                .insert((0, "expiry-key-marker"), ())
+                .unwrap();
+        };
+        let sessions = |txn: &WriteTransaction| {
+            txn.open_multimap_table(SESSIONS)
+                .unwrap()
+                .insert((CLIENT, "session-key-marker"), "id")
+                .unwrap();
+        };
+        type Insert<'a> = &'a dyn Fn(&WriteTransaction);
+        let damages: [(&[u8], Insert); 2] = [
+            (b"expiry-key-marker", &expiry),
+            (b"session-key-marker", &sessions),
+        ];
+        for (marker, insert) in damages {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.redb");
+            let now = Timestamp::now();
+            let family = start(login(), now, &mut SystemEntropy).unwrap().family;
+            {
+                let store = EmbeddedStore::open(&path).unwrap();
+                store.create(&family).await.unwrap();
+            }
+            damage_a_key(&path, marker, insert);
+            let opened = EmbeddedStore::open(&path);
+            let Err(StoreError::Corrupt(why)) = opened else {
+                panic!("{:?}", opened.err());
+            };
+            assert!(
+                why.contains(&path.display().to_string()) && why.contains("move the file aside"),
+                "{why}"
+            );
+        }
+    }
+
+    /// A key the start does not read (`family_tokens` holds one entry per rotation) that
+    /// does not decode, met by the writer: the group fails as `Corrupt` (saying to move
+    /// the file aside), and the writer goes on instead of dying.
+    #[tokio::test]
+    async fn a_key_that_does_not_decode_fails_its_write_as_corrupt_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        drop(EmbeddedStore::open(&path).unwrap());
+        damage_a_key(&path, b"family-tokens-marker", |txn| {
+            txn.open_multimap_table(FAMILY_TOKENS)
+                .unwrap()
+                .insert("family-tokens-marker", [0u8; 32].as_slice())
+                .unwrap();
+        });
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = Timestamp::now();
+        let family = start(login(), now, &mut SystemEntropy).unwrap().family;
+        // The login's token is recorded in `family_tokens`, whose one key does not decode.
+        let answer = store.create(&family).await;
+        let Err(StoreError::Corrupt(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains("move the file aside"), "{why}");
+        assert!(!store.shared.stopped.load(Ordering::SeqCst));
+        // The writer still writes what does not meet that key, from memory as the file.
+        assert_eq!(bounded(store.family(&family.id, now)).await, None);
+        assert_eq!(store.purge(now).await.unwrap(), 0);
+        store.end_session("ended".into(), 0).await.unwrap();
     }
 
     #[tokio::test]

@@ -11,8 +11,10 @@ use super::{FamilyStore, Found, StoreError};
 use crate::refresh::{Family, TokenHash};
 
 /// `S` with every call bounded by `deadline`. A call that misses it is
-/// [`StoreError::Unavailable`]; a write that missed it may still land, which the
-/// compare-and-set makes harmless (the next request reads what landed).
+/// [`StoreError::Unavailable`]. The future of a call that misses it is dropped: the
+/// embedded store then does not commit the write (unless its transaction had already
+/// begun), so that a 503 means nothing changed; with Redis, a write that missed it may
+/// still land, and the next request reads what landed.
 pub struct Timed<S> {
     store: S,
     deadline: Duration,
