@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use super::error::Error;
 use super::targets::Change;
+use super::watch_failure::WatchFailure;
 use super::writer::LeaderWriter;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -105,8 +106,7 @@ struct Cache {
     objects: HashMap<ObjectKey, Held>,
     relisting: Option<HashMap<ObjectKey, Held>>,
     listed: bool,
-    /// Why the watch fails, while it does.
-    failing: Option<String>,
+    failing: WatchFailure,
 }
 
 /// The kinds of gateway objects watched.
@@ -429,12 +429,11 @@ impl Attachments {
                 Ok(event) => event,
                 Err(e) => {
                     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-                    if cache.failing.is_none() {
+                    if cache.failing.failed(&e) {
                         tracing::warn!(
                             "cannot watch {what}: {e}; the Gateway API targets they serve are not attached meanwhile"
                         );
                     }
-                    cache.failing = Some(e.to_string());
                     continue;
                 }
             };
@@ -480,7 +479,9 @@ impl Attachments {
         let mut stale: Vec<String> = Vec::new();
         let mut swept = None;
         let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.failing = None;
+        if cache.failing.observed(&event) {
+            tracing::info!("{}: watching again", watched.name());
+        }
         match event {
             watcher::Event::Init => cache.relisting = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
@@ -777,7 +778,7 @@ impl Attachments {
         // at most once, before the first objects that need it.
         let (grants_listed, grants_failing) = {
             let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-            (grants.listed, grants.failing.clone())
+            (grants.listed, grants.failing.why().map(str::to_owned))
         };
         let mut grant_problem: Option<Option<(&'static str, String)>> = None;
         // Created in this order (an extension before the policy that uses it), deleted
@@ -822,7 +823,7 @@ impl Attachments {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 listed &= cache.listed;
-                failing = failing.or_else(|| cache.failing.clone());
+                failing = failing.or_else(|| cache.failing.why().map(str::to_owned));
                 held.push(cache.objects.get(&own).cloned());
             }
             // The implementation's own kinds first: a CRD not installed says the most.
@@ -894,7 +895,7 @@ impl Attachments {
                     .unwrap_or_else(|e| e.into_inner());
                 (
                     cache.listed,
-                    cache.failing.clone(),
+                    cache.failing.why().map(str::to_owned),
                     cache.objects.get(&own).cloned(),
                 )
             };
@@ -1021,7 +1022,7 @@ impl Attachments {
             return Err("the operator does not read the mesh config (--istio-mesh-config)".into());
         };
         let cache = self.mesh_config.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = &cache.failing {
+        if let Some(e) = cache.failing.why() {
             return Err(format!("cannot read ConfigMap {key}: {e}"));
         }
         if !cache.listed {

@@ -15,6 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::targets::{self, Change, Name, Targets};
+use super::watch_failure::WatchFailure;
 use crate::api::TargetKind;
 use crate::attach::{Gateway, GatewayTopology, Route};
 
@@ -224,11 +225,11 @@ pub async fn watch(
     });
     let mut events = stream::select_all(watches);
     let mut lists = Lists::default();
-    let mut classes_failing = false;
+    let mut classes = WatchFailure::default();
     while let Some((watched, event)) = events.next().await {
         let found = match (watched, event) {
             (_, Ok(event)) => {
-                if watched == Watched::Class && std::mem::take(&mut classes_failing) {
+                if watched == Watched::Class && classes.observed(&event) {
                     tracing::info!("GatewayClasses: watching again");
                 }
                 observe(&topology, &targets, &mut lists, watched, event)
@@ -238,7 +239,7 @@ pub async fn watch(
                 continue;
             }
             (Watched::Class, Err(e)) => {
-                if !std::mem::replace(&mut classes_failing, true) {
+                if classes.failed(&e) {
                     tracing::warn!(
                         "cannot watch GatewayClasses: {e}; the implementation serving Gateway API targets is unknown meanwhile"
                     );

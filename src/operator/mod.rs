@@ -18,6 +18,7 @@ pub mod status;
 pub mod targets;
 pub mod token_clients;
 pub mod token_store;
+pub mod watch_failure;
 pub mod writer;
 
 #[cfg(test)]

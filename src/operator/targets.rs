@@ -18,6 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::watch_failure::WatchFailure;
 use crate::api::{AuthPolicy, TargetKind};
 
 /// Every kind an AuthPolicy can target.
@@ -73,7 +74,7 @@ struct Known {
     /// Listed or failed at least once: waiting longer tells nothing more.
     settled: bool,
     /// The watch is failing now (logged once, and once again when it recovers).
-    failing: bool,
+    failing: WatchFailure,
     names: HashSet<Name>,
     /// A list in progress, swapped in when complete.
     relisting: Option<HashSet<Name>>,
@@ -142,9 +143,9 @@ impl Targets {
             namespace,
             name,
         };
-        // Anything but the start of a list is an answer from the apiserver: the watch
-        // works again (it may resume from its resourceVersion without listing).
-        if !matches!(event, watcher::Event::Init) && std::mem::take(&mut known.failing) {
+        // The watch may resume from its resourceVersion without listing: any answer but
+        // the start of a list says it works again.
+        if known.failing.observed(&event) {
             tracing::info!("{kind:?} targets: watching again");
         }
         match event {
@@ -186,7 +187,7 @@ impl Targets {
     pub fn failed(&self, kind: TargetKind, error: &watcher::Error) {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
         let known = &mut kinds[slot(kind)];
-        if !std::mem::replace(&mut known.failing, true) {
+        if known.failing.failed(error) {
             let meanwhile = if known.listed {
                 "the last list is kept meanwhile"
             } else {
