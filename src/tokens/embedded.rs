@@ -1447,6 +1447,35 @@ mod tests {
         }
     }
 
+    /// Stalls the store's writer (a disk that hangs) at the next write it takes: the
+    /// receiver hears when it has taken it, and a send on the sender lets it go on.
+    fn stall_writer(
+        store: &EmbeddedStore,
+    ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (taken, writer_took) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *store.shared.hold.lock().unwrap() = Some((taken, released));
+        (writer_took, release)
+    }
+
+    /// A store on `path`, the same behind a 200 ms deadline (as the server's, shorter),
+    /// and one login made through it.
+    async fn deadlined_with_a_login(
+        path: &Path,
+    ) -> (
+        EmbeddedStore,
+        crate::tokens::Timed<EmbeddedStore>,
+        crate::refresh::Started,
+        Timestamp,
+    ) {
+        let inner = EmbeddedStore::open(path).unwrap();
+        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
+        let now = Timestamp::now();
+        let started = start(login(), now, &mut SystemEntropy).unwrap();
+        store.create(&started.family).await.unwrap();
+        (inner, store, started, now)
+    }
+
     fn stored_on_disk(path: &Path, id: &str) -> Option<Family> {
         let db = Database::open(path).unwrap();
         let txn = db.begin_read().unwrap();
@@ -1781,9 +1810,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
         let now = Timestamp::now();
-        let (taken, writer_took) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel();
-        *store.shared.hold.lock().unwrap() = Some((taken, released));
+        let (writer_took, release) = stall_writer(&store);
         let families: Vec<Family> = (0..=QUEUE + 1)
             .map(|_| start(login(), now, &mut SystemEntropy).unwrap().family)
             .collect();
@@ -1988,14 +2015,8 @@ mod tests {
     async fn a_rotation_answered_503_by_the_deadline_is_not_committed_behind_the_clients_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        let inner = EmbeddedStore::open(&path).unwrap();
-        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
-        let now = Timestamp::now();
-        let started = start(login(), now, &mut SystemEntropy).unwrap();
-        store.create(&started.family).await.unwrap();
-        let (taken, writer_took) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel();
-        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let (inner, store, started, now) = deadlined_with_a_login(&path).await;
+        let (writer_took, release) = stall_writer(&inner);
         // The disk stalls on the rotation: the deadline answers 503.
         let at = now + SignedDuration::from_secs(1);
         let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
@@ -2038,15 +2059,9 @@ mod tests {
     async fn what_was_decided_on_an_abandoned_rotation_is_neither_committed_nor_answered() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        let inner = EmbeddedStore::open(&path).unwrap();
-        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
-        let now = Timestamp::now();
-        let started = start(login(), now, &mut SystemEntropy).unwrap();
-        store.create(&started.family).await.unwrap();
+        let (inner, store, started, now) = deadlined_with_a_login(&path).await;
         let id = started.family.id.clone();
-        let (taken, writer_took) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel();
-        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let (writer_took, release) = stall_writer(&inner);
         let at = now + SignedDuration::from_secs(1);
         let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
         assert!(
@@ -2104,14 +2119,8 @@ mod tests {
     async fn a_logout_whose_caller_has_gone_is_committed_all_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        let inner = EmbeddedStore::open(&path).unwrap();
-        let store = crate::tokens::Timed::new(inner.clone(), std::time::Duration::from_millis(200));
-        let now = Timestamp::now();
-        let started = start(login(), now, &mut SystemEntropy).unwrap();
-        store.create(&started.family).await.unwrap();
-        let (taken, writer_took) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel();
-        *inner.shared.hold.lock().unwrap() = Some((taken, released));
+        let (inner, store, started, now) = deadlined_with_a_login(&path).await;
+        let (writer_took, release) = stall_writer(&inner);
         let at = now + SignedDuration::from_secs(1);
         let mut logged_out = started.family.clone();
         logged_out.revoked = Some(crate::refresh::Revoked {

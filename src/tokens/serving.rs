@@ -1,7 +1,7 @@
 //! What dev mode and the operator both do to serve the embedded store: open its file (or,
 //! when it cannot be opened, stand in a store that answers 503, so that everything else
 //! serves on), put a deadline on every call, and forget expired families once before
-//! serving (what expired while authplane was down goes now) and then every hour.
+//! serving (what expired while authplane was down goes now) and then every minute ([`PURGE_EVERY`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub async fn open_embedded(path: PathBuf, limits: SessionLimits, metrics: TokenM
     }
 }
 
-/// Purges `store` now (awaited: before serving), then every hour until `shutdown`.
+/// Purges `store` now (awaited: before serving), then every [`PURGE_EVERY`] until `shutdown`.
 pub async fn keep_purged(
     store: Arc<dyn FamilyStore>,
     clock: Arc<dyn Clock>,
