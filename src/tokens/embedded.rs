@@ -32,7 +32,7 @@
 //! file is reopened for that reload (after an I/O error redb refuses every call on the
 //! handle that met it), with a backoff while it does not open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -754,7 +754,7 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
             batch.push(next);
         }
         // Every sequence number of the group, committed or not: the states of those not
-        // committed are refused through the epoch before this is published.
+        // committed are refused (marked undone, see `undo`) before this is published.
         let sequence = batch.iter().map(|queued| queued.sequence).max();
         let (batch, abandoned, to_undo) = split_abandoned(batch, &mut undone);
         let reload = batch.iter().any(|queued| matches!(queued.op, Op::Reload));
@@ -882,7 +882,7 @@ fn fail_and_reload(
 fn split_abandoned(
     batch: Vec<Queued>,
     undone: &mut HashMap<String, u64>,
-) -> (Vec<Queued>, Vec<Queued>, HashSet<String>) {
+) -> (Vec<Queued>, Vec<Queued>, HashMap<String, u64>) {
     // The writer takes writes in the order of their sequence numbers: an undone family's
     // entry is needed while a write numbered up to it may still come.
     if let Some(lowest) = batch
@@ -893,18 +893,19 @@ fn split_abandoned(
     {
         undone.retain(|_, at| *at >= lowest);
     }
-    let (mut commit, mut abandoned, mut to_undo) = (Vec::new(), Vec::new(), HashSet::new());
+    // Per family to undo, the sequence number of its first write not committed.
+    let (mut commit, mut abandoned, mut to_undo) = (Vec::new(), Vec::new(), HashMap::new());
     for queued in batch {
         let Some(id) = queued.op.family().map(str::to_owned) else {
             commit.push(queued);
             continue;
         };
-        if to_undo.contains(&id) || undone.get(&id).is_some_and(|at| queued.sequence <= *at) {
+        if to_undo.contains_key(&id) || undone.get(&id).is_some_and(|at| queued.sequence <= *at) {
             // Decided on a state that is (or is being) undone: memory already is, or will
             // be, put back past it.
             abandoned.push(queued);
         } else if queued.reply.is_closed() && !queued.op.ends_family() {
-            to_undo.insert(id);
+            to_undo.insert(id, queued.sequence);
             abandoned.push(queued);
         } else {
             commit.push(queued);
@@ -913,19 +914,21 @@ fn split_abandoned(
     (commit, abandoned, to_undo)
 }
 
-/// Puts the families `ids` back in memory as the file holds them (their latest decisions
-/// were not committed), and refuses whoever observed the undone states: the epoch moves on,
-/// as after a failed commit (other families' reads in flight are refused too, the price of
-/// not tracking states one by one). Remembers, per family, the last sequence number
+/// Puts the families `ids` back in memory as the file holds them (their decisions from
+/// the sequence number given on were not committed), and refuses whoever observed the
+/// undone states: those of these families only, marked in [`Durability`] (a failed
+/// commit, which may have lost anything, moves the epoch instead). Were every reader in
+/// flight refused, any client could make other tenants' concurrent refreshes answer
+/// `503` by cancelling its own requests. Remembers, per family, the last sequence number
 /// handed out: writes still queued numbered up to it rest on the undone state.
 fn undo(
     db: &Handle,
     shared: &Shared,
-    ids: HashSet<String>,
+    ids: HashMap<String, u64>,
     undone: &mut HashMap<String, u64>,
 ) -> Result<(), StoreError> {
-    let on_disk = db.with(|db| decoding(|| read_back(db, &ids)))?;
-    let epoch = {
+    let on_disk = db.with(|db| decoding(|| read_back(db, ids.keys())))?;
+    {
         let mut memory = lock(shared);
         for (id, state) in on_disk {
             memory.forget(&id);
@@ -947,11 +950,13 @@ fn undo(
             }
         }
         let at = memory.sequence;
-        undone.extend(ids.into_iter().map(|id| (id, at)));
-        memory.epoch += 1;
-        memory.epoch
-    };
-    shared.durability.failed(epoch);
+        for (id, from) in ids {
+            // Marked while memory is locked: a reader that observes the family after
+            // this sees the state put back, never the undone one.
+            shared.durability.undone(&id, from, at);
+            undone.insert(id, at);
+        }
+    }
     Ok(())
 }
 
@@ -965,28 +970,30 @@ enum OnDisk {
 }
 
 /// The families `ids` as the file holds them.
-fn read_back(db: &Database, ids: &HashSet<String>) -> Result<Vec<(String, OnDisk)>, StoreError> {
+fn read_back<'a>(
+    db: &Database,
+    ids: impl Iterator<Item = &'a String>,
+) -> Result<Vec<(String, OnDisk)>, StoreError> {
     let txn = db.begin_read().map_err(|e| failed(e.into()))?;
     let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
     let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
-    ids.iter()
-        .map(|id| {
-            let state = match read_family(&families, id) {
-                Ok(None) => OnDisk::Gone,
-                Ok(Some(family)) => {
-                    let hash = preceding.get(id.as_str()).map_err(|e| failed(e.into()))?;
-                    match hash.map(|hash| token_hash(id, hash.value())).transpose() {
-                        Ok(hash) => OnDisk::Family(Box::new(family), hash),
-                        Err(_) => OnDisk::Unreadable,
-                    }
+    ids.map(|id| {
+        let state = match read_family(&families, id) {
+            Ok(None) => OnDisk::Gone,
+            Ok(Some(family)) => {
+                let hash = preceding.get(id.as_str()).map_err(|e| failed(e.into()))?;
+                match hash.map(|hash| token_hash(id, hash.value())).transpose() {
+                    Ok(hash) => OnDisk::Family(Box::new(family), hash),
+                    Err(_) => OnDisk::Unreadable,
                 }
-                // As at start: a family that does not read answers an error for its tokens.
-                Err(StoreError::Corrupt(_)) => OnDisk::Unreadable,
-                Err(e) => return Err(e),
-            };
-            Ok((id.clone(), state))
-        })
-        .collect()
+            }
+            // As at start: a family that does not read answers an error for its tokens.
+            Err(StoreError::Corrupt(_)) => OnDisk::Unreadable,
+            Err(e) => return Err(e),
+        };
+        Ok((id.clone(), state))
+    })
+    .collect()
 }
 
 /// Ends every wait for durability when the writer stops (the store is dropped, or the
@@ -2084,9 +2091,14 @@ mod tests {
         let logout = inner.swap(&rotated, &logged_out);
         let other = start(login(), at, &mut SystemEntropy).unwrap().family;
         let login = inner.create(&other);
+        // A reader of the other family waits for its login's commit, in the same group:
+        // the undone family's readers are refused, not everyone's.
+        let mut other_read = inner.family(&other.id, at);
+        assert!(futures::poll!(&mut other_read).is_pending());
         release.send(()).unwrap();
-        let (read, logout, login) = futures::join!(read, logout, login);
+        let (read, logout, login, other_read) = futures::join!(read, logout, login, other_read);
         assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        assert_eq!(other_read.unwrap(), Some(other.clone()));
         assert!(
             matches!(logout, Err(StoreError::Unavailable(_))),
             "{logout:?}"

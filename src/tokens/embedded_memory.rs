@@ -22,6 +22,8 @@
 //! Older tokens are found through the file's `tokens` index (reuse is rare).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -103,6 +105,8 @@ pub(super) struct Memory {
 /// A state observed in memory: answer it once its write is durable.
 pub(super) struct Observed<T> {
     pub value: T,
+    /// The family whose state it is.
+    pub family: Box<str>,
     pub written: u64,
     pub epoch: u64,
 }
@@ -208,6 +212,7 @@ impl Memory {
                 family: slot.family.clone(),
                 claims: slot.claims.clone(),
             },
+            family: id.into(),
             written: slot.written,
             epoch: self.epoch,
         }))
@@ -253,32 +258,81 @@ pub(super) struct Progress {
     pub epoch: u64,
 }
 
-pub(super) struct Durability(watch::Sender<Progress>);
+pub(super) struct Durability {
+    progress: watch::Sender<Progress>,
+    /// Per family, the sequence numbers of states decided and then undone (their writes'
+    /// callers had gone, see `split_abandoned`): never durable, so never answered. Only
+    /// that family's readers are refused; a failed commit, which may have lost anything,
+    /// moves the epoch and refuses every reader. Kept [`UNDONE_KEPT`] (a reader waits at
+    /// most the store's deadline, 2 s).
+    undone: Mutex<HashMap<Box<str>, Vec<Undone>>>,
+}
+
+/// Sequence numbers `from..=to` of one family, undone at `at`.
+struct Undone {
+    from: u64,
+    to: u64,
+    at: Instant,
+}
+
+/// How long the marks of undone states are kept.
+const UNDONE_KEPT: Duration = Duration::from_secs(60);
 
 impl Durability {
     pub fn new() -> Self {
-        Self(watch::Sender::new(Progress::default()))
+        Self {
+            progress: watch::Sender::new(Progress::default()),
+            undone: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn committed(&self, sequence: u64) {
-        self.0
+        self.progress
             .send_modify(|p| p.committed = p.committed.max(sequence));
     }
 
     pub fn failed(&self, epoch: u64) {
-        self.0.send_modify(|p| p.epoch = epoch);
+        self.progress.send_modify(|p| p.epoch = epoch);
+    }
+
+    /// Marks the states of `family` decided with sequence numbers `from..=to` as undone:
+    /// before the group that held them is said committed.
+    pub fn undone(&self, family: &str, from: u64, to: u64) {
+        let now = Instant::now();
+        let mut undone = self.undone.lock().unwrap_or_else(|e| e.into_inner());
+        undone.retain(|_, marks| {
+            marks.retain(|mark| now.duration_since(mark.at) < UNDONE_KEPT);
+            !marks.is_empty()
+        });
+        undone
+            .entry(family.into())
+            .or_default()
+            .push(Undone { from, to, at: now });
+    }
+
+    fn was_undone(&self, family: &str, written: u64) -> bool {
+        let undone = self.undone.lock().unwrap_or_else(|e| e.into_inner());
+        undone.get(family).is_some_and(|marks| {
+            marks
+                .iter()
+                .any(|mark| (mark.from..=mark.to).contains(&written))
+        })
     }
 
     /// Waits until `observed`'s state is durable.
     pub async fn wait<T>(&self, observed: Observed<T>) -> Result<T, StoreError> {
-        let mut progress = self.0.subscribe();
+        let mut progress = self.progress.subscribe();
         let done = progress
             .wait_for(|p| p.epoch != observed.epoch || p.committed >= observed.written)
             .await
             .map(|p| p.epoch == observed.epoch)
             .unwrap_or(false);
-        if done {
+        if done && !self.was_undone(&observed.family, observed.written) {
             Ok(observed.value)
+        } else if done {
+            Err(StoreError::Unavailable(
+                "this session's last change was not written (its request was cancelled or timed out) and is undone: retry".into(),
+            ))
         } else {
             Err(StoreError::Unavailable(
                 "a write to the token store failed; it is being reloaded from its file".into(),
