@@ -114,6 +114,7 @@ fn refresh_with_rotation(c: &mut Criterion) {
                             let by = Presenter {
                                 client: CLIENT,
                                 issuer: ISSUER,
+                                sessions: None,
                             };
                             let Refreshed::Pair {
                                 family,

@@ -89,6 +89,7 @@ fn main() {
             let by = Presenter {
                 client: CLIENT,
                 issuer: ISSUER,
+                sessions: None,
             };
             for first in (0..sessions).step_by(IN_FLIGHT) {
                 let now = Timestamp::now();

@@ -219,7 +219,8 @@ pub async fn revoke(
         .await
         {
             super::token::Logout::Revoke(revoked) => {
-                let (revocation, family) = *revoked;
+                let (revocation, ended) = *revoked;
+                let crate::tokens::Ended { family, recorded } = ended;
                 Logout {
                     claims: [
                         ("iss", issuer.issuer.as_str()),
@@ -230,6 +231,7 @@ pub async fn revoke(
                     .map(|(name, value)| (name.to_owned(), value.into()))
                     .collect(),
                     session: Some(family.id.clone()),
+                    recorded,
                     revocation,
                     key: ObjectKey {
                         namespace: issuer.namespace.clone(),
@@ -279,7 +281,10 @@ pub async fn revoke(
         return slow_down(wait, "too many revocations for this subject");
     }
     let mut logout = logout;
-    logout.session = kept_in_store(&state, &issuer, &logout, now).await;
+    if let Some(ended) = kept_in_store(&state, &issuer, &logout, now).await {
+        logout.session = Some(ended.family.id);
+        logout.recorded = ended.recorded;
+    }
     in_force(&state, &endpoint, &issuer, logout).await
 }
 
@@ -294,13 +299,13 @@ async fn kept_in_store(
     issuer: &PublishedIssuer,
     logout: &Logout,
     now: Timestamp,
-) -> Option<String> {
+) -> Option<crate::tokens::Ended> {
     let sid = logout.revocation.spec.session_id.as_deref()?;
     let token = state.token.as_ref()?;
     token.sessions.as_ref()?;
-    match crate::tokens::end_session(&*token.store, &issuer.issuer, sid, now).await {
-        Ok(Some(_)) => Some(sid.to_owned()),
-        Ok(None) => None,
+    let sessions = token.sessions_under(&logout.key);
+    match crate::tokens::end_session(&*token.store, &issuer.issuer, sid, sessions, now).await {
+        Ok(ended) => ended,
         Err(e) => {
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %e, "the token store could not be asked about a session: its logout is written as a Revocation");
             None
@@ -335,6 +340,11 @@ async fn in_force(
     // missed.
     let mut published = state.registry.revocations_published();
     let written = match (&logout.session, &state.token) {
+        // Recorded with the family's revocation.
+        (Some(_), Some(_)) if logout.recorded => {
+            state.metrics.tokens.session_revocations_recorded.inc();
+            Ok(())
+        }
         (Some(sid), Some(token)) => {
             let now = state.clock.now();
             super::token::end_session(
@@ -476,6 +486,9 @@ pub struct Logout {
     /// The session, when its end is kept in the token store instead of as
     /// `revocation` (a session of the token service, with a store configured).
     pub session: Option<String>,
+    /// The store recorded that end with the family's revocation: nothing is left to
+    /// write (otherwise the session ended earlier, and its end is written again).
+    pub recorded: bool,
     /// The token's verified claims, to tell when the revocation is in force.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The SigningKey that issued it.
@@ -585,6 +598,7 @@ pub fn revocation_for(
     Verdict::Revoke(Box::new(Logout {
         revocation,
         session: None,
+        recorded: false,
         claims: verified.claims,
         key: ObjectKey {
             namespace: issuer.namespace.clone(),

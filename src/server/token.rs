@@ -109,6 +109,12 @@ pub struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
+    /// Where a write that ends a family records its session's end (under `key`, the
+    /// issuer's SigningKey): the store's log, when it keeps one.
+    pub fn sessions_under<'a>(&self, key: &'a ObjectKey) -> crate::tokens::Sessions<'a> {
+        self.sessions.as_ref().map(|_| key)
+    }
+
     /// `per_minute` failed requests per client address and rotations per family; no
     /// client assertions, no client secrets, no trusted proxies until set.
     pub fn new(
@@ -612,6 +618,7 @@ impl Request<'_> {
             crate::tokens::Presenter {
                 client: &client.rules.client,
                 issuer: &self.issuer.issuer,
+                sessions: self.endpoint.sessions_under(&client.key),
             },
             now,
             &mut SystemEntropy,
@@ -668,7 +675,7 @@ impl Request<'_> {
                     "refresh token reuse: the session is revoked"
                 );
                 // `compromised`: a superseded token came back, so someone else holds it.
-                self.revoke_session(&family, SessionEnd::Reuse, now).await;
+                self.revoke_session(&family, now).await;
                 Err(invalid_grant(
                     "the refresh token was already used: its session is revoked (log in again)",
                 ))
@@ -691,20 +698,19 @@ impl Request<'_> {
         }
     }
 
-    /// Ends the session of a family, so that its access tokens are refused at every
-    /// gateway. A failure is logged: the family itself is revoked in the store
-    /// already, so no refresh works; its access tokens then live out their lifetime.
-    async fn revoke_session(&self, family: &Family, reason: SessionEnd, now: Timestamp) {
-        if let Err(e) = end_session(
-            self.endpoint,
-            &self.state.metrics.tokens,
-            self.issuer,
-            &family.id,
-            reason,
-            now,
-        )
-        .await
-        {
+    /// Ends the session of a family this refresh revoked for reuse, so that its access
+    /// tokens are refused at every gateway. The store recorded it with the family's write
+    /// when it keeps a log of ended sessions; otherwise it is written as a Revocation. A
+    /// failure is logged: the family itself is revoked in the store already, so no
+    /// refresh works; its access tokens then live out their lifetime.
+    async fn revoke_session(&self, family: &Family, now: Timestamp) {
+        if self.endpoint.sessions.is_some() {
+            self.state.metrics.tokens.session_revocations_recorded.inc();
+            return;
+        }
+        let revocation =
+            session_revocation(self.issuer, &family.id, SessionEnd::Reuse.label(), now);
+        if let Err(e) = self.endpoint.writer.create(revocation).await {
             tracing::error!(
                 client = family.client.as_str(),
                 family = family.id.as_str(),
@@ -925,7 +931,7 @@ fn server_error() -> Response {
 pub enum Logout {
     /// The family is revoked (now, or before): write its session's Revocation and
     /// answer once it is in force.
-    Revoke(Box<(Revocation, Family)>),
+    Revoke(Box<(Revocation, crate::tokens::Ended)>),
     /// Unknown, another client's, or already revoked: 200, nothing changes.
     Nothing,
     /// The request cannot be answered: the client's fault (an OAuth error) ...
@@ -954,20 +960,20 @@ pub async fn logout(
         ));
     };
     let clients = state.registry.token_clients();
-    let served = clients.get(client_id).is_some_and(|client| {
+    let Some(client) = clients.get(client_id).filter(|client| {
         client.key.namespace == issuer.namespace && client.key.name == issuer.name
-    });
-    if !served {
+    }) else {
         return Logout::Refused(OAuthError::new(
             ErrorCode::InvalidClient,
             format!("no TokenClient {client_id:?} is served on this issuer"),
         ));
-    }
+    };
     let now = state.clock.now();
-    match crate::tokens::logout(&*endpoint.store, token, client_id, now).await {
-        Ok(Some(family)) => {
-            let revocation = session_revocation(issuer, &family.id, "logout", now);
-            Logout::Revoke(Box::new((revocation, family)))
+    let sessions = endpoint.sessions_under(&client.key);
+    match crate::tokens::logout(&*endpoint.store, token, client_id, sessions, now).await {
+        Ok(Some(ended)) => {
+            let revocation = session_revocation(issuer, &ended.family.id, "logout", now);
+            Logout::Revoke(Box::new((revocation, ended)))
         }
         Ok(None) => Logout::Nothing,
         Err(e) => Logout::Unavailable(e.to_string()),

@@ -50,6 +50,7 @@ use redb::{
 use super::embedded_memory::{Durability, Memory, footprint, namespace_of};
 use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
 use crate::refresh::{Family, TokenHash};
+use crate::revocation::SessionRevocation;
 
 const FAMILIES: TableDefinition<&str, &[u8]> = TableDefinition::new("families");
 const TOKENS: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("tokens");
@@ -195,6 +196,9 @@ struct Shared {
     reopening: Mutex<Reopening>,
     /// The writer thread died (a panic): nothing will be written or reloaded any more.
     stopped: AtomicBool,
+    /// The sequence number of the last entry committed to the log of ended sessions, for
+    /// its followers in this process ([`super::embedded_sessions`]).
+    ended_sessions: tokio::sync::watch::Sender<u64>,
     /// Clients whose logins are being refused for their cap (logged once per episode).
     capped: Mutex<std::collections::HashSet<String>>,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
@@ -208,18 +212,17 @@ struct Shared {
 enum Op {
     Create(Box<Family>),
     /// The family's new state; `preceding`: it rotated, and this was the hash of the
-    /// token it replaced (record the new token's hash, and this as the preceding one).
+    /// token it replaced (record the new token's hash, and this as the preceding one);
+    /// `ended`: it ends the family, and this is its session's entry in the log of ended
+    /// sessions, appended in the same transaction.
     Put {
         family: Box<Family>,
         preceding: Option<TokenHash>,
+        ended: Option<LogEntry>,
     },
     Purge(Timestamp),
-    /// Appends an entry to the log of ended sessions (`now`: Unix seconds, for
-    /// forgetting lapsed ones); answers its sequence number.
-    EndSession {
-        line: String,
-        now: i64,
-    },
+    /// Appends an entry to the log of ended sessions; answers its sequence number.
+    EndSession(LogEntry),
     /// Reload memory from the file if it is poisoned (a commit failed earlier and the
     /// reload then failed too).
     Reload,
@@ -230,7 +233,7 @@ impl Op {
     fn family(&self) -> Option<&str> {
         match self {
             Op::Create(family) | Op::Put { family, .. } => Some(&family.id),
-            Op::Purge(_) | Op::EndSession { .. } | Op::Reload => None,
+            Op::Purge(_) | Op::EndSession(_) | Op::Reload => None,
         }
     }
 
@@ -241,6 +244,23 @@ impl Op {
     /// alive that someone meant to kill, which is worse than a late commit.
     fn ends_family(&self) -> bool {
         matches!(self, Op::Put { family, .. } if family.revoked.is_some())
+    }
+}
+
+/// An entry of the log of ended sessions ([`SessionRevocation::encode`]), and when it is
+/// written (Unix seconds: the append forgets entries lapsed by then).
+struct LogEntry {
+    line: String,
+    now: i64,
+}
+
+impl LogEntry {
+    /// `ended`, written at `now`.
+    fn at(ended: &SessionRevocation, now: i64) -> Self {
+        Self {
+            line: ended.encode(),
+            now,
+        }
     }
 }
 
@@ -316,6 +336,7 @@ impl EmbeddedStore {
             durability: Durability::new(),
             reload_queued: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            ended_sessions: tokio::sync::watch::Sender::new(0),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
             reopening: Mutex::new(Reopening {
@@ -346,27 +367,34 @@ impl EmbeddedStore {
         })
     }
 
+    /// Wakes on each commit that appends to the log of ended sessions: its value is the
+    /// sequence number of the last entry committed.
+    pub(super) fn ended_sessions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.ended_sessions.subscribe()
+    }
+
     /// Refuses logins beyond `limits` (see [`SessionLimits`]).
     pub fn with_limits(mut self, limits: SessionLimits) -> Self {
         self.limits = limits;
         self
     }
 
-    /// Appends `line` to the log of ended sessions in the writer's next group (one
+    /// Appends `ended` (written at `now`, Unix seconds) to the log of ended sessions in the writer's next group (one
     /// commit with the families written beside it, not a transaction of its own: under a
     /// wave of logouts each would hold a blocking thread waiting for the file's one
     /// writer); answers its sequence number once committed.
     pub(super) fn end_session(
         &self,
-        line: String,
+        ended: &SessionRevocation,
         now: i64,
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let entry = LogEntry::at(ended, now);
         // Not a decision on memory: it waits for a place in the queue (as before).
         let queue = self.writer.queue.clone();
         Box::pin(async move {
             let queue = queue.ok_or_else(writer_stopped)?;
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let op = Op::EndSession { line, now };
+            let op = Op::EndSession(entry);
             queue
                 .send(Queued {
                     op,
@@ -683,6 +711,7 @@ impl FamilyStore for EmbeddedStore {
         &'a self,
         expected: &'a Family,
         next: &'a Family,
+        ended: Option<&'a SessionRevocation>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let decided = self.decide(|memory| {
             let stored = &memory.families.get(&next.id)?.family;
@@ -697,6 +726,8 @@ impl FamilyStore for EmbeddedStore {
             Some(Op::Put {
                 family: Box::new(next.clone()),
                 preceding,
+                // Written when the family ends.
+                ended: ended.map(|ended| LogEntry::at(ended, ended.revoked_at)),
             })
         });
         Box::pin(async move {
@@ -778,10 +809,13 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
             // any failed commit and the writer goes on, instead of dying.
             db.with(|db| decoding(|| apply_batch(db, &ops)))
         } else {
-            Ok(vec![0; ops.len()])
+            Ok(Applied {
+                answers: vec![0; ops.len()],
+                logged: 0,
+            })
         };
-        let answers = match outcome {
-            Ok(answers) => answers,
+        let Applied { answers, logged } = match outcome {
+            Ok(applied) => applied,
             Err(e) => {
                 // Logged when the store starts failing, not at every write refused since.
                 if lock_reopening(shared).backoff.is_none() {
@@ -808,14 +842,14 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
             if let Err(e) = undo(db, shared, to_undo, &mut undone) {
                 tracing::error!(error = %e, "the token store's file does not read back the families of writes not committed: reloading it");
                 fail_and_reload(db, shared, &mut receiver, abandoned, &e);
-                shared.durability.committed(sequence.unwrap_or(0));
+                publish(shared, sequence.unwrap_or(0), logged);
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
                 }
                 continue;
             }
         }
-        shared.durability.committed(sequence.unwrap_or(0));
+        publish(shared, sequence.unwrap_or(0), logged);
         for (reply, answer) in replies.into_iter().zip(answers) {
             let _ = reply.send(Ok(answer));
         }
@@ -830,6 +864,18 @@ fn run_writer(db: &Handle, shared: &Shared, mut receiver: tokio::sync::mpsc::Rec
             shared.reload_queued.store(false, Ordering::SeqCst);
             reload_if_poisoned(db, shared);
         }
+    }
+}
+
+/// Says a group is committed: to the readers waiting for its decisions (up to
+/// `sequence`), and, when it appended to the log of ended sessions (up to `logged`), to
+/// that log's followers in this process.
+fn publish(shared: &Shared, sequence: u64, logged: u64) {
+    shared.durability.committed(sequence);
+    if logged > 0 {
+        shared
+            .ended_sessions
+            .send_modify(|last| *last = (*last).max(logged));
     }
 }
 
@@ -1233,18 +1279,28 @@ fn has_preceding_table(db: &Database) -> Result<bool, StoreError> {
     }
 }
 
-/// Applies a group of writes in one transaction and commits once. Each answer: the
-/// number of things written. Any failure fails the whole group (memory, ahead of it,
-/// is then reloaded from the file).
-fn apply_batch(db: &Database, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
-    let mut answers = Vec::with_capacity(ops.len());
+/// A group's answers (each: the number of things written), and the sequence number of
+/// the last entry it appended to the log of ended sessions (0: none).
+struct Applied {
+    answers: Vec<usize>,
+    logged: u64,
+}
+
+/// Applies a group of writes in one transaction and commits once. Any failure fails the
+/// whole group (memory, ahead of it, is then reloaded from the file).
+fn apply_batch(db: &Database, ops: &[Op]) -> Result<Applied, StoreError> {
+    let mut applied = Applied {
+        answers: Vec::with_capacity(ops.len()),
+        logged: 0,
+    };
     write(db, |txn| {
         for op in ops {
-            answers.push(apply(txn, op)?);
+            let answer = apply(txn, op, &mut applied.logged)?;
+            applied.answers.push(answer);
         }
-        Ok(answers.iter().any(|written| *written > 0))
+        Ok(applied.answers.iter().any(|written| *written > 0))
     })?;
-    Ok(answers)
+    Ok(applied)
 }
 
 fn same_error(e: &StoreError) -> StoreError {
@@ -1255,7 +1311,9 @@ fn same_error(e: &StoreError) -> StoreError {
     }
 }
 
-fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
+/// Applies one write; `logged`: set to the sequence number of the entry it appends to
+/// the log of ended sessions, if any.
+fn apply(txn: &WriteTransaction, op: &Op, logged: &mut u64) -> Result<usize, TxnError> {
     match op {
         Op::Create(family) => {
             let json = encode(family)?;
@@ -1270,7 +1328,11 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
             )?;
             Ok(1)
         }
-        Op::Put { family, preceding } => {
+        Op::Put {
+            family,
+            preceding,
+            ended,
+        } => {
             let json = encode(family)?;
             txn.open_table(FAMILIES)?
                 .insert(family.id.as_str(), json.as_slice())?;
@@ -1279,11 +1341,14 @@ fn apply(txn: &WriteTransaction, op: &Op) -> Result<usize, TxnError> {
                 txn.open_table(PRECEDING)?
                     .insert(family.id.as_str(), preceding.0.as_slice())?;
             }
+            if let Some(entry) = ended {
+                *logged = super::embedded_sessions::append(txn, &entry.line, entry.now)?;
+            }
             Ok(1)
         }
-        Op::EndSession { line, now } => {
-            let sequence = super::embedded_sessions::append(txn, line, *now)?;
-            Ok(usize::try_from(sequence).unwrap_or(usize::MAX))
+        Op::EndSession(entry) => {
+            *logged = super::embedded_sessions::append(txn, &entry.line, entry.now)?;
+            Ok(usize::try_from(*logged).unwrap_or(usize::MAX))
         }
         Op::Reload => Ok(0),
         Op::Purge(now) => {
@@ -1483,6 +1548,31 @@ mod tests {
         (inner, store, started, now)
     }
 
+    /// The SigningKey of [`ISSUER`], under which ended sessions are recorded.
+    fn issuer_key() -> crate::api::ObjectKey {
+        crate::api::ObjectKey {
+            namespace: "shop".into(),
+            name: "web".into(),
+        }
+    }
+
+    /// An entry of the log of ended sessions.
+    fn ended_session() -> SessionRevocation {
+        SessionRevocation::new(
+            issuer_key(),
+            "a-session",
+            crate::revocation::SessionEnd::Logout,
+            Timestamp::now(),
+        )
+    }
+
+    /// The entries of the log of ended sessions.
+    async fn logged(store: &EmbeddedStore) -> Vec<SessionRevocation> {
+        use crate::tokens::session_log::SessionLog;
+        let log = crate::tokens::embedded_sessions::EmbeddedSessionLog::new(store);
+        log.read((0, 0), None).await.unwrap().revocations
+    }
+
     fn stored_on_disk(path: &Path, id: &str) -> Option<Family> {
         let db = Database::open(path).unwrap();
         let txn = db.begin_read().unwrap();
@@ -1509,6 +1599,7 @@ mod tests {
         let by = Presenter {
             client: CLIENT,
             issuer: ISSUER,
+            sessions: None,
         };
         let later = now + SignedDuration::from_secs(1);
 
@@ -1619,6 +1710,7 @@ mod tests {
         let by = Presenter {
             client: CLIENT,
             issuer: ISSUER,
+            sessions: None,
         };
         let later = now + SignedDuration::from_secs(1);
 
@@ -1679,7 +1771,7 @@ mod tests {
             assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
             // Queued behind the reloads those reads asked for: answered once they were
             // handled (and it fails too: the file is closed).
-            assert!(store.end_session("x".into(), 0).await.is_err());
+            assert!(store.end_session(&ended_session(), 0).await.is_err());
         }
         // The one failed reopen after the failed commit, then none within the backoff.
         assert_eq!(opens.load(Ordering::SeqCst), 2);
@@ -1745,6 +1837,7 @@ mod tests {
     const BY: Presenter<'static> = Presenter {
         client: CLIENT,
         issuer: ISSUER,
+        sessions: None,
     };
 
     #[tokio::test]
@@ -1887,7 +1980,7 @@ mod tests {
             at: now,
             because: crate::refresh::RevokedBecause::Logout,
         });
-        assert!(store.swap(&first, &revoked).await.unwrap());
+        assert!(store.swap(&first, &revoked, None).await.unwrap());
         assert!(matches!(
             store.create(&third).await,
             Err(StoreError::Full(_))
@@ -2088,7 +2181,7 @@ mod tests {
             at,
             because: crate::refresh::RevokedBecause::Logout,
         });
-        let logout = inner.swap(&rotated, &logged_out);
+        let logout = inner.swap(&rotated, &logged_out, None);
         let other = start(login(), at, &mut SystemEntropy).unwrap().family;
         let login = inner.create(&other);
         // A reader of the other family waits for its login's commit, in the same group:
@@ -2125,8 +2218,51 @@ mod tests {
         assert_eq!(stored_on_disk(&path, &other.id), Some(other));
     }
 
+    /// A reuse whose caller has gone (the deadline passed while the disk stalled) ends
+    /// the family and records its session's end all the same, in the same commit: a
+    /// replayed token whose presenter disconnects leaves no session alive.
+    #[tokio::test]
+    async fn a_reuse_whose_caller_has_gone_ends_the_session_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let (inner, store, started, now) = deadlined_with_a_login(&path).await;
+        let key = issuer_key();
+        let by = Presenter {
+            sessions: Some(&key),
+            ..BY
+        };
+        let rotated = now + SignedDuration::from_secs(1);
+        let answer = refresh(&store, &started.token, by, rotated, &mut SystemEntropy).await;
+        assert!(matches!(answer, Ok(Refreshed::Pair { rotated: true, .. })));
+        let (writer_took, release) = stall_writer(&inner);
+        let replayed = rotated + SignedDuration::from_secs(60);
+        let answer = refresh(&store, &started.token, by, replayed, &mut SystemEntropy).await;
+        assert!(
+            matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
+            "{answer:?}"
+        );
+        writer_took.recv().unwrap();
+        release.send(()).unwrap();
+        inner.purge(now).await.unwrap();
+        let family = bounded(inner.family(&started.family.id, replayed))
+            .await
+            .unwrap();
+        assert_eq!(
+            family.revoked.map(|r| r.because),
+            Some(crate::refresh::RevokedBecause::Reuse)
+        );
+        let ended = SessionRevocation::new(
+            key,
+            &started.family.id,
+            crate::revocation::SessionEnd::Reuse,
+            replayed,
+        );
+        assert_eq!(logged(&inner).await, [ended]);
+    }
+
     /// A logout answered 503 by the deadline (the disk stalled) is committed once the disk
-    /// recovers: the session its client meant to end ends, though the answer was lost.
+    /// recovers, with its session's end: the session its client meant to end ends at
+    /// every gateway, though the answer was lost.
     #[tokio::test]
     async fn a_logout_whose_caller_has_gone_is_committed_all_the_same() {
         let dir = tempfile::tempdir().unwrap();
@@ -2134,24 +2270,31 @@ mod tests {
         let (inner, store, started, now) = deadlined_with_a_login(&path).await;
         let (writer_took, release) = stall_writer(&inner);
         let at = now + SignedDuration::from_secs(1);
-        let mut logged_out = started.family.clone();
-        logged_out.revoked = Some(crate::refresh::Revoked {
-            at,
-            because: crate::refresh::RevokedBecause::Logout,
-        });
-        let answer = store.swap(&started.family, &logged_out).await;
+        let key = issuer_key();
+        let answer = crate::tokens::logout(&store, &started.token, CLIENT, Some(&key), at).await;
         assert!(
-            matches!(answer, Err(StoreError::Unavailable(_))),
+            matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
             "{answer:?}"
         );
         writer_took.recv().unwrap();
+        let woken = inner.ended_sessions();
         release.send(()).unwrap();
         // A write queued behind the logout is answered once the writer is past it.
         inner.purge(now).await.unwrap();
+        let logged_out = crate::refresh::logout(&started.family, at).unwrap();
         assert_eq!(
             bounded(inner.family(&started.family.id, at)).await,
             Some(logged_out.clone())
         );
+        // Its followers were woken for the entry, which names the session.
+        assert!(woken.has_changed().unwrap());
+        let ended = SessionRevocation::new(
+            key,
+            &started.family.id,
+            crate::revocation::SessionEnd::Logout,
+            at,
+        );
+        assert_eq!(logged(&inner).await, [ended]);
         let answer = refresh(&store, &started.token, BY, at, &mut SystemEntropy).await;
         assert!(
             matches!(answer, Err(RefreshError::Refused(_))),
@@ -2285,7 +2428,7 @@ mod tests {
         // The writer still writes what does not meet that key, from memory as the file.
         assert_eq!(bounded(store.family(&family.id, now)).await, None);
         assert_eq!(store.purge(now).await.unwrap(), 0);
-        store.end_session("ended".into(), 0).await.unwrap();
+        store.end_session(&ended_session(), 0).await.unwrap();
     }
 
     #[tokio::test]

@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use tokio::sync::watch;
 
 use super::StoreError;
 use super::embedded::{EmbeddedStore, TxnError, failed, write};
@@ -30,15 +29,12 @@ const FORGET_PER_CALL: usize = 10_000;
 
 pub struct EmbeddedSessionLog {
     store: EmbeddedStore,
-    /// The last sequence number written, for readers waiting in this process.
-    written: watch::Sender<u64>,
 }
 
 impl EmbeddedSessionLog {
     pub fn new(store: &EmbeddedStore) -> Self {
         Self {
             store: store.clone(),
-            written: watch::Sender::new(0),
         }
     }
 }
@@ -49,11 +45,9 @@ impl SessionLog for EmbeddedSessionLog {
         revocation: &'a SessionRevocation,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let written = self.store.end_session(revocation.encode(), now.as_second());
+        let written = self.store.end_session(revocation, now.as_second());
         Box::pin(async move {
-            let sequence = written.await?;
-            self.written
-                .send_modify(|last| *last = (*last).max(sequence));
+            written.await?;
             Ok(())
         })
     }
@@ -75,7 +69,8 @@ impl SessionLog for EmbeddedSessionLog {
         after: Cursor,
         wait: Option<Duration>,
     ) -> BoxFuture<'_, Result<Read, StoreError>> {
-        let mut written = self.written.subscribe();
+        // Subscribed before reading: an entry committed in between wakes the wait.
+        let mut written = self.store.ended_sessions();
         Box::pin(async move {
             let read = self
                 .store

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use super::metrics::{StoreLabels, TokenMetrics};
 use super::{FamilyStore, Found, StoreError};
 use crate::refresh::{Family, TokenHash};
+use crate::revocation::SessionRevocation;
 
 pub struct Metered<S> {
     store: S,
@@ -77,8 +78,9 @@ impl<S: FamilyStore> FamilyStore for Metered<S> {
         &'a self,
         expected: &'a Family,
         next: &'a Family,
+        ended: Option<&'a SessionRevocation>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.measured("swap", self.store.swap(expected, next))
+        self.measured("swap", self.store.swap(expected, next, ended))
     }
 
     fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
@@ -120,8 +122,9 @@ impl FamilyStore for Arc<dyn FamilyStore> {
         &'a self,
         expected: &'a Family,
         next: &'a Family,
+        ended: Option<&'a SessionRevocation>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        (**self).swap(expected, next)
+        (**self).swap(expected, next, ended)
     }
 
     fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {

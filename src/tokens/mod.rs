@@ -37,9 +37,12 @@ pub use unavailable::Unavailable;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
+use crate::api::ObjectKey;
 use crate::refresh::{
-    self, AccessGrant, Entropy, Family, Presented, RefreshToken, Refused, Step, TokenHash,
+    self, AccessGrant, Entropy, Family, Presented, RefreshToken, Refused, RevokedBecause, Step,
+    TokenHash,
 };
+use crate::revocation::{SessionEnd, SessionRevocation};
 
 /// The store could not answer. Never the client's fault: the token endpoint answers 503
 /// with `Retry-After`, and nothing else in authplane depends on the store.
@@ -109,10 +112,18 @@ pub trait FamilyStore: Send + Sync + 'static {
     /// and the revocation state of `expected` (what the writer read), and, when `next` is
     /// a new generation, records `next.current` as issued for it. `Ok(false)`: someone
     /// wrote first, nothing was written.
+    ///
+    /// `ended` (given when `next` ends the family: a logout, a reuse) is appended to the
+    /// store's log of ended sessions ([`session_log`]) in the same atomic write. A family
+    /// revoked without its session's entry would leave its access tokens passing until
+    /// they expire; written apart, the entry was lost whenever the caller went away
+    /// between the two (a browser tab closed during its logout, the store's deadline),
+    /// since a write that ends a family is committed even then.
     fn swap<'a>(
         &'a self,
         expected: &'a Family,
         next: &'a Family,
+        ended: Option<&'a SessionRevocation>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Forgets families (and their token hashes) past [`Family::forget_after`] at `now`;
@@ -167,6 +178,32 @@ const ATTEMPTS: usize = 4;
 pub struct Presenter<'a> {
     pub client: &'a str,
     pub issuer: &'a str,
+    /// Where a reuse that ends the family records its session's end ([`Sessions`]).
+    pub sessions: Sessions<'a>,
+}
+
+/// Where a write that ends a family records its session's end: under the SigningKey
+/// whose tokens carry the session (the issuer's), in the store's log of ended sessions,
+/// with the family's write. `None` where the store keeps no log of them (the caller
+/// then writes a Revocation object).
+pub type Sessions<'a> = Option<&'a ObjectKey>;
+
+/// The log entry that ends `next`'s session under `key`, if `next` ends its family by a
+/// logout or a reuse. A family revoked because a Revocation object is in force needs
+/// none: that object refuses its tokens already.
+fn session_end(next: &Family, key: Sessions<'_>) -> Option<SessionRevocation> {
+    let revoked = next.revoked.as_ref()?;
+    let reason = match revoked.because {
+        RevokedBecause::Reuse => SessionEnd::Reuse,
+        RevokedBecause::Logout => SessionEnd::Logout,
+        RevokedBecause::Revocation => return None,
+    };
+    Some(SessionRevocation::new(
+        key?.clone(),
+        &next.id,
+        reason,
+        revoked.at,
+    ))
 }
 
 /// One refresh of `token` by `by` at `now`: the whole path, for every store.
@@ -213,7 +250,7 @@ pub async fn refresh_admitted<'a>(
                 .then(|| refresh::revoked_by_revocation(&found.family, now))
                 .flatten()
         {
-            if store.swap(&found.family, &next).await? {
+            if store.swap(&found.family, &next, None).await? {
                 return Err(RefreshError::Refused(Refused::Revoked(
                     refresh::RevokedBecause::Revocation,
                 )));
@@ -243,7 +280,7 @@ pub async fn refresh_admitted<'a>(
                 access,
             }) => {
                 admit(&family).await.map_err(RefreshError::Limited)?;
-                if store.swap(&family, &next).await? {
+                if store.swap(&family, &next, None).await? {
                     return Ok(Refreshed::Pair {
                         family: next,
                         token,
@@ -253,7 +290,8 @@ pub async fn refresh_admitted<'a>(
                 }
             }
             Ok(Step::Revoke { next }) => {
-                if store.swap(&family, &next).await? {
+                let ended = session_end(&next, by.sessions);
+                if store.swap(&family, &next, ended.as_ref()).await? {
                     return Ok(Refreshed::Reuse { family: next });
                 }
             }
@@ -262,39 +300,43 @@ pub async fn refresh_admitted<'a>(
     Err(RefreshError::Contended(ATTEMPTS))
 }
 
-/// Logout: revokes the family of `token` (presented by `client`). `Ok(Some(family))`:
-/// the family is revoked, now or by an earlier logout or reuse (the caller revokes the
-/// session `family.id` either way: a Revocation written again is the same object, so a
-/// logout retried after its Revocation could not be written completes it). `Ok(None)`
-/// when the token is unknown or of another client: RFC 7009 §2.2 answers 200 for
-/// these, and nothing changes.
+/// A family a logout ended, now or earlier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    pub family: Family,
+    /// This call ended it and its session's end was recorded with that write (in the
+    /// log of ended sessions given): nothing is left for the caller to write. Otherwise
+    /// (ended earlier, or no log given) the caller ends the session itself, written again
+    /// the same entry or Revocation: a logout retried after a failed write completes it.
+    pub recorded: bool,
+}
+
+/// Logout: revokes the family of `token` (presented by `client`), recording its
+/// session's end in `sessions` with the write. `Ok(None)` when the token is unknown or of
+/// another client: RFC 7009 §2.2 answers 200 for these, and nothing changes.
 pub async fn logout(
     store: &dyn FamilyStore,
     token: &RefreshToken,
     client: &str,
+    sessions: Sessions<'_>,
     now: Timestamp,
-) -> Result<Option<Family>, RefreshError> {
-    for _ in 0..ATTEMPTS {
-        let Some(found) = store.find(token.hash(), now).await? else {
-            return Ok(None);
-        };
-        if found.family.client != client {
-            return Ok(None);
-        }
-        let Some(next) = refresh::logout(&found.family, now) else {
-            return Ok(Some(found.family));
-        };
-        if store.swap(&found.family, &next).await? {
-            return Ok(Some(next));
-        }
+) -> Result<Option<Ended>, RefreshError> {
+    let Some(found) = store.find(token.hash(), now).await? else {
+        return Ok(None);
+    };
+    if found.family.client != client {
+        return Ok(None);
     }
-    Err(RefreshError::Contended(ATTEMPTS))
+    end_family(store, found.family, sessions, now)
+        .await
+        .map(Some)
 }
 
 /// Support's "log this user out everywhere": revokes every family of `client` and
 /// `subject` (as a logout does, each by compare-and-set) and returns them all, revoked
-/// now or before, so that the caller writes each session's Revocation (written again, a
-/// Revocation is the same object: a run interrupted half-way is completed by the next).
+/// now or before, so that the caller writes each session's Revocation (an admin's act,
+/// audited as an object; written again, a Revocation is the same object: a run
+/// interrupted half-way is completed by the next).
 pub async fn end_sessions(
     store: &dyn FamilyStore,
     client: &str,
@@ -303,7 +345,7 @@ pub async fn end_sessions(
 ) -> Result<Vec<Family>, RefreshError> {
     let mut ended = Vec::new();
     for family in store.sessions(client, subject, now).await? {
-        ended.push(end_family(store, family, now).await?);
+        ended.push(end_family(store, family, None, now).await?.family);
     }
     Ok(ended)
 }
@@ -315,10 +357,13 @@ pub async fn end_session(
     store: &dyn FamilyStore,
     issuer: &str,
     id: &str,
+    sessions: Sessions<'_>,
     now: Timestamp,
-) -> Result<Option<Family>, RefreshError> {
+) -> Result<Option<Ended>, RefreshError> {
     match store.family(id, now).await? {
-        Some(family) if family.issuer == issuer => end_family(store, family, now).await.map(Some),
+        Some(family) if family.issuer == issuer => {
+            end_family(store, family, sessions, now).await.map(Some)
+        }
         _ => Ok(None),
     }
 }
@@ -326,19 +371,32 @@ pub async fn end_session(
 async fn end_family(
     store: &dyn FamilyStore,
     mut family: Family,
+    sessions: Sessions<'_>,
     now: Timestamp,
-) -> Result<Family, RefreshError> {
+) -> Result<Ended, RefreshError> {
     for _ in 0..ATTEMPTS {
         let Some(next) = refresh::logout(&family, now) else {
-            return Ok(family);
+            return Ok(Ended {
+                family,
+                recorded: false,
+            });
         };
-        if store.swap(&family, &next).await? {
-            return Ok(next);
+        let ended = session_end(&next, sessions);
+        if store.swap(&family, &next, ended.as_ref()).await? {
+            return Ok(Ended {
+                family: next,
+                recorded: ended.is_some(),
+            });
         }
         // Rotated meanwhile: read it again and revoke what is there now.
         match store.family(&family.id, now).await? {
             Some(current) => family = current,
-            None => return Ok(next),
+            None => {
+                return Ok(Ended {
+                    family: next,
+                    recorded: false,
+                });
+            }
         }
     }
     Err(RefreshError::Contended(ATTEMPTS))

@@ -27,8 +27,10 @@ use ::redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
+use super::redis_sessions::{append_args, append_lua, stream_key};
 use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError, Timed, Unavailable};
 use crate::refresh::{Family, TokenHash};
+use crate::revocation::SessionRevocation;
 
 /// Where the store is and how to reach it.
 #[derive(Clone)]
@@ -111,11 +113,15 @@ end
 return 1
 "#;
 
-/// `KEYS[1]` family, `KEYS[2]` the next token; `ARGV`: expected generation and revoked,
-/// next generation, revoked and JSON, token value, expiry (ms). 1 written, 0 lost. The
-/// first write is the first command that can meet `maxmemory`, so a full Redis refuses
-/// the whole script and nothing is half-written.
-const SWAP: &str = r#"
+/// `KEYS[1]` family, `KEYS[2]` the next token, `KEYS[3]` the log of ended sessions;
+/// `ARGV`: expected generation and revoked, next generation, revoked and JSON, token
+/// value, expiry (ms), then, when the write ends the family, the log's append (as
+/// [`super::redis_sessions`] appends: how long entries are kept, entry, lapse). 1 written, 0 lost.
+/// The first write is the first command that can meet `maxmemory`, so a full Redis
+/// refuses the whole script and nothing is half-written.
+const SWAP: &str = concat!(
+    append_lua!(),
+    r#"
 local stored = redis.call('HMGET', KEYS[1], 'generation', 'revoked', 'family')
 if not stored[1] and not stored[2] and not stored[3] then return 0 end
 if not stored[1] or not stored[2] or not stored[3] then
@@ -127,8 +133,12 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 if ARGV[3] ~= ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[6], 'PXAT', ARGV[7])
 end
+if ARGV[9] then
+  append(KEYS[3], ARGV[8], ARGV[9], ARGV[10])
+end
 return 1
-"#;
+"#
+);
 
 impl RedisStore {
     /// A store that connects at its first call and reconnects by itself: a Redis that is
@@ -433,6 +443,7 @@ impl FamilyStore for RedisStore {
         &'a self,
         expected: &'a Family,
         next: &'a Family,
+        ended: Option<&'a SessionRevocation>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let json = encode(next)?;
@@ -440,19 +451,26 @@ impl FamilyStore for RedisStore {
                 (expected.generation.to_string(), next.generation.to_string());
             let token = Self::token_value(next);
             let expiry = expiry_ms(next).to_string();
+            let append = ended.map(append_args);
+            let mut args = vec![
+                expected_generation.as_str(),
+                revoked(expected),
+                &next_generation,
+                revoked(next),
+                &json,
+                &token,
+                &expiry,
+            ];
+            args.extend(append.iter().flatten().map(String::as_str));
             let written = self
                 .run(
                     &SWAP_SCRIPT,
-                    &[&self.family_key(&next.id), &self.token_key(&next.current)],
                     &[
-                        &expected_generation,
-                        revoked(expected),
-                        &next_generation,
-                        revoked(next),
-                        &json,
-                        &token,
-                        &expiry,
+                        &self.family_key(&next.id),
+                        &self.token_key(&next.current),
+                        &stream_key(&self.prefix),
                     ],
+                    &args,
                 )
                 .await?;
             match written {

@@ -27,14 +27,50 @@ use super::session_log::{Cursor, READ_BATCH, Read, SessionLog};
 use crate::revocation::SessionRevocation;
 use crate::revocation::sessions::SESSION_REVOCATION_LIFETIME;
 
-/// `KEYS[1]` the stream; `ARGV`: the oldest id to keep (ms), the entry, its lapse (ms).
-const RECORD: &str = r#"
-redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', 'e', ARGV[2])
-if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+/// A Lua function `append(stream, keep, entry, lapse)` that appends `entry` to the log
+/// `stream` ([`append_args`]: `keep`, how long entries are kept, and `lapse`, in ms).
+/// Entries older than `keep` by Redis's clock (whose ids are the stream's) are trimmed,
+/// and the stream expires at its latest entry's lapse. Shared by [`RECORD`] and the
+/// family store's compare-and-set, which appends with the write that ends a family.
+macro_rules! append_lua {
+    () => {
+        r#"
+local function append(stream, keep, entry, lapse)
+  local time = redis.call('TIME')
+  local keep_from = math.max(0, time[1] * 1000 + math.floor(time[2] / 1000) - keep)
+  redis.call('XADD', stream, 'MINID', '~', string.format('%d', keep_from), '*', 'e', entry)
+  if redis.call('PEXPIRETIME', stream) < tonumber(lapse) then
+    redis.call('PEXPIREAT', stream, lapse)
+  end
 end
+"#
+    };
+}
+pub(super) use append_lua;
+
+/// `KEYS[1]` the stream; `ARGV`: [`append_args`].
+const RECORD: &str = concat!(
+    append_lua!(),
+    r#"
+append(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return 1
-"#;
+"#
+);
+
+/// The stream of installation `prefix`.
+pub(super) fn stream_key(prefix: &str) -> String {
+    format!("{prefix}ended")
+}
+
+/// What an append of `revocation` passes to Redis: how long entries are kept ([`KEEP`],
+/// ms), the entry, and its lapse (ms, the stream's expiry at the latest).
+pub(super) fn append_args(revocation: &SessionRevocation) -> [String; 3] {
+    [
+        KEEP.as_millis().to_string(),
+        revocation.encode(),
+        revocation.lapses_at.saturating_mul(1000).to_string(),
+    ]
+}
 
 static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));
 
@@ -69,7 +105,7 @@ impl RedisSessionLog {
             writes: manager(settings.timeout)?,
             // A blocking read answers after its wait at the latest.
             reads: manager(settings.timeout + super::session_log::WAIT)?,
-            key: format!("{}ended", prefix(&settings.installation)),
+            key: stream_key(&prefix(&settings.installation)),
             timeout: settings.timeout,
         })
     }
@@ -91,17 +127,12 @@ impl SessionLog for RedisSessionLog {
     fn record<'a>(
         &'a self,
         revocation: &'a SessionRevocation,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let keep_from = (now.as_millisecond() - KEEP.as_millis() as i64).max(0);
-            let lapses = revocation.lapses_at.saturating_mul(1000);
             let mut connection = self.writes.clone();
             let mut invocation = RECORD_SCRIPT.key(&self.key);
-            invocation
-                .arg(keep_from)
-                .arg(revocation.encode())
-                .arg(lapses);
+            invocation.arg(&append_args(revocation)[..]);
             let call = invocation.invoke_async::<Value>(&mut connection);
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(_)) => Ok(()),

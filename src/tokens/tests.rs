@@ -10,9 +10,13 @@ use jiff::{SignedDuration, Timestamp};
 use redb::{Database, TableDefinition};
 
 use super::embedded::EmbeddedStore;
+use super::embedded_sessions::EmbeddedSessionLog;
 use super::redis::{RedisSettings, RedisStore};
+use super::redis_sessions::RedisSessionLog;
+use super::session_log::SessionLog;
 use super::*;
 use crate::refresh::{Lifetimes, Login, RevokedBecause, SystemEntropy, start};
+use crate::revocation::{SessionEnd, SessionRevocation};
 use futures::future::BoxFuture;
 
 #[path = "../../tests/common/redis_server.rs"]
@@ -24,12 +28,34 @@ const ISSUER: &str = "https://auth.example/web";
 const GRACE: i64 = 10;
 const ABSOLUTE: i64 = 7 * 24 * 3_600;
 
-/// `client` presenting at the families' own issuer.
+/// `client` presenting at the families' own issuer, whose SigningKey is [`key`].
 fn by(client: &str) -> Presenter<'_> {
     Presenter {
         client,
         issuer: ISSUER,
+        sessions: Some(key()),
     }
+}
+
+/// The SigningKey of [`ISSUER`], under which ended sessions are recorded.
+fn key() -> &'static ObjectKey {
+    static KEY: std::sync::LazyLock<ObjectKey> = std::sync::LazyLock::new(|| ObjectKey {
+        namespace: "shop".into(),
+        name: "web".into(),
+    });
+    &KEY
+}
+
+/// Every entry of the log of ended sessions.
+async fn ended_sessions(log: &dyn SessionLog) -> Vec<SessionRevocation> {
+    let read = log.read((0, 0), None).await.unwrap();
+    assert_eq!(read.malformed, 0);
+    read.revocations
+}
+
+/// The entry that ends `family`'s session for `reason` at `second`.
+fn ended(family: &Family, reason: SessionEnd, second: i64) -> SessionRevocation {
+    SessionRevocation::new(key().clone(), &family.id, reason, at(second))
 }
 
 fn at(second: i64) -> Timestamp {
@@ -54,6 +80,8 @@ fn login() -> Login {
 /// A store under test, with what keeps it alive (its folder, its Redis).
 struct Subject {
     store: Arc<dyn FamilyStore>,
+    /// The store's log of ended sessions.
+    log: Arc<dyn SessionLog>,
     _keep: Box<dyn Any + Send>,
 }
 
@@ -61,6 +89,7 @@ fn embedded() -> Option<Subject> {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("tokens.redb")).unwrap();
     Some(Subject {
+        log: Arc::new(EmbeddedSessionLog::new(&store)),
         store: Arc::new(store),
         _keep: Box::new(dir),
     })
@@ -78,9 +107,10 @@ fn redis_settings(server: &RedisServer, installation: &str) -> RedisSettings {
 
 fn redis(test: &str) -> Option<Subject> {
     let server = RedisServer::start(test)?;
-    let store = RedisStore::new(&redis_settings(&server, "test")).unwrap();
+    let settings = redis_settings(&server, "test");
     Some(Subject {
-        store: Arc::new(store),
+        store: Arc::new(RedisStore::new(&settings).unwrap()),
+        log: Arc::new(RedisSessionLog::new(&settings).unwrap()),
         _keep: Box::new(server),
     })
 }
@@ -292,19 +322,19 @@ async fn a_stale_compare_and_set_writes_nothing(f: Subject) {
     let (rotated, ..) = pair(refreshed(&*f.store, &first, at(60)).await.unwrap());
     // A writer that read generation 0 loses, whatever it wanted to write.
     let stale = crate::refresh::logout(&family, at(61)).unwrap();
-    assert!(!f.store.swap(&family, &stale).await.unwrap());
+    assert!(!f.store.swap(&family, &stale, None).await.unwrap());
     assert_eq!(
         f.store.family(&family.id, at(61)).await.unwrap(),
         Some(rotated.clone())
     );
     // One that read the revocation state wrongly loses too.
     let revoked = crate::refresh::logout(&rotated, at(62)).unwrap();
-    assert!(f.store.swap(&rotated, &revoked).await.unwrap());
+    assert!(f.store.swap(&rotated, &revoked, None).await.unwrap());
     let again = Family {
         generation: 2,
         ..rotated.clone()
     };
-    assert!(!f.store.swap(&rotated, &again).await.unwrap());
+    assert!(!f.store.swap(&rotated, &again, None).await.unwrap());
     assert_eq!(
         f.store.family(&family.id, at(63)).await.unwrap(),
         Some(revoked)
@@ -354,6 +384,11 @@ async fn reuse_after_the_grace_revokes_the_family(f: Subject) {
             RevokedBecause::Reuse
         )))
     ));
+    // The session's end was recorded with the family's revocation, once.
+    assert_eq!(
+        ended_sessions(&*f.log).await,
+        [ended(&family, SessionEnd::Reuse, 60 + GRACE)]
+    );
 }
 
 async fn another_clients_token_changes_nothing(f: Subject) {
@@ -371,7 +406,7 @@ async fn another_clients_token_changes_nothing(f: Subject) {
         Err(RefreshError::Refused(Refused::OtherClient))
     ));
     assert_eq!(
-        logout(&*f.store, &first, "shop/mobile", at(60))
+        logout(&*f.store, &first, "shop/mobile", Some(key()), at(60))
             .await
             .unwrap(),
         None
@@ -391,6 +426,7 @@ async fn a_presentation_at_another_issuer_changes_nothing(f: Subject) {
     let elsewhere = Presenter {
         client: CLIENT,
         issuer: "https://auth.example/other",
+        sessions: Some(key()),
     };
     let answer = refresh_admitted(
         &*f.store,
@@ -416,20 +452,28 @@ async fn a_presentation_at_another_issuer_changes_nothing(f: Subject) {
 
 async fn logout_revokes_the_family_once(f: Subject) {
     let (family, first) = logged_in(&*f.store).await;
-    let revoked = logout(&*f.store, &first, CLIENT, at(5))
+    let first_logout = logout(&*f.store, &first, CLIENT, Some(key()), at(5))
         .await
         .unwrap()
         .unwrap();
+    assert!(first_logout.recorded);
+    let revoked = first_logout.family;
     assert_eq!(revoked.id, family.id);
     assert_eq!(revoked.revoked.unwrap().because, RevokedBecause::Logout);
     assert_eq!(
         f.store.family(&family.id, at(5)).await.unwrap(),
         Some(revoked.clone())
     );
-    // Again: the family as the first logout left it, nothing written.
+    // Again: the family as the first logout left it, nothing written (not recorded: the
+    // caller writes the end again, the same entry to every reader).
+    let again = logout(&*f.store, &first, CLIENT, Some(key()), at(6))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.family, again.recorded), (revoked.clone(), false));
     assert_eq!(
-        logout(&*f.store, &first, CLIENT, at(6)).await.unwrap(),
-        Some(revoked.clone())
+        ended_sessions(&*f.log).await,
+        [ended(&family, SessionEnd::Logout, 5)]
     );
     assert!(matches!(
         refreshed(&*f.store, &first, at(7)).await,
@@ -727,10 +771,11 @@ async fn redis_a_restart_loses_nothing() {
     let (family, first) = logged_in(&store).await;
     let (rotated, second, ..) = pair(refreshed(&store, &first, at(60)).await.unwrap());
     let (other, other_token) = logged_in(&store).await;
-    let ended = logout(&store, &other_token, CLIENT, at(61))
+    let ended = logout(&store, &other_token, CLIENT, Some(key()), at(61))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .family;
     server.restart();
     // The first call after the restart already answers: the store reconnects.
     let found = store.find(second.hash(), at(62)).await.unwrap().unwrap();
@@ -835,7 +880,7 @@ async fn redis_records_of_the_wrong_shape_are_corrupt_not_tokens() {
     assert!(corrupt(&refreshed(&store, &token, at(60)).await));
     let next = crate::refresh::logout(&family, at(60)).unwrap();
     assert!(matches!(
-        store.swap(&family, &next).await,
+        store.swap(&family, &next, None).await,
         Err(StoreError::Corrupt(_))
     ));
 

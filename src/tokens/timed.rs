@@ -9,6 +9,7 @@ use jiff::Timestamp;
 
 use super::{FamilyStore, Found, StoreError};
 use crate::refresh::{Family, TokenHash};
+use crate::revocation::SessionRevocation;
 
 /// `S` with every call bounded by `deadline`. A call that misses it is
 /// [`StoreError::Unavailable`]. The future of a call that misses it is dropped: the
@@ -77,8 +78,9 @@ impl<S: FamilyStore> FamilyStore for Timed<S> {
         &'a self,
         expected: &'a Family,
         next: &'a Family,
+        ended: Option<&'a SessionRevocation>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.bounded("write", self.store.swap(expected, next))
+        self.bounded("write", self.store.swap(expected, next, ended))
     }
 
     fn purge(&self, now: Timestamp) -> BoxFuture<'_, Result<usize, StoreError>> {
@@ -125,6 +127,7 @@ mod tests {
             &'a self,
             _: &'a Family,
             _: &'a Family,
+            _: Option<&'a SessionRevocation>,
         ) -> BoxFuture<'a, Result<bool, StoreError>> {
             Box::pin(futures::future::pending())
         }
@@ -144,6 +147,7 @@ mod tests {
             crate::tokens::Presenter {
                 client: "shop/web",
                 issuer: "https://auth.example/web",
+                sessions: None,
             },
             Timestamp::now(),
             &mut SystemEntropy,

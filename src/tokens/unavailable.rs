@@ -8,6 +8,7 @@ use jiff::Timestamp;
 
 use super::{FamilyStore, Found, StoreError};
 use crate::refresh::{Family, TokenHash};
+use crate::revocation::SessionRevocation;
 
 pub struct Unavailable(pub String);
 
@@ -44,7 +45,12 @@ impl FamilyStore for Unavailable {
         self.fail()
     }
 
-    fn swap<'a>(&'a self, _: &'a Family, _: &'a Family) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn swap<'a>(
+        &'a self,
+        _: &'a Family,
+        _: &'a Family,
+        _: Option<&'a SessionRevocation>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.fail()
     }
 
