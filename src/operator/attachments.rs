@@ -24,7 +24,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 
@@ -361,8 +361,7 @@ impl Attachments {
         changes: mpsc::UnboundedSender<Change>,
     ) {
         let watch = |watched: Watched, api: Api<DynamicObject>| {
-            watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
+            super::watch_failure::watch(api, watcher::Config::default())
                 .map(move |e| (watched, e))
                 .boxed()
         };
@@ -408,11 +407,10 @@ impl Attachments {
                 let resource = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
                 let api = Api::namespaced_with(client, &mesh.namespace, &resource);
                 watches.push(
-                    watcher::watcher(
+                    super::watch_failure::watch(
                         api,
                         watcher::Config::default().fields(&format!("metadata.name={}", mesh.name)),
                     )
-                    .default_backoff()
                     .map(|e| (Watched::MeshConfig, e))
                     .boxed(),
                 );

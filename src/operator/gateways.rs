@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::channel::mpsc;
 use futures::{StreamExt, stream};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::targets::{self, Change, Name, Targets};
@@ -218,8 +218,7 @@ pub async fn watch(
 ) {
     let watches = WATCHED.map(|watched| {
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource(watched));
-        watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
+        super::watch_failure::watch(api, watcher::Config::default())
             .map(move |event| (watched, event))
             .boxed()
     });

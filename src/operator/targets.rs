@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt, stream};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
@@ -228,8 +228,7 @@ pub async fn watch(client: Client, targets: Arc<Targets>, changes: mpsc::Unbound
         // Metadata only: names are all we keep, whatever the objects hold.
         let api =
             Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource(kind));
-        watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
+        super::watch_failure::watch(api, watcher::Config::default())
             .map(move |event| (kind, event))
             .boxed()
     });
