@@ -505,3 +505,68 @@ async fn an_address_over_its_failure_budget_costs_the_apiserver_nothing() {
     stop.send(true).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// `/authz/shop/payments` for an access token: its status.
+async fn decide(dev: &Dev, token: &str) -> u16 {
+    dev.get_with(
+        "/authz/shop/payments",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+/// A tenant moves its TokenClient to its other SigningKey (a spec edit in its own
+/// namespace). A user of a session the old key signed logs out with its refresh token at
+/// the issuer that serves the client now: the session's end must be recorded under the
+/// key that signed its access tokens (the family's issuer's), not under the one the
+/// request came in on, or they keep passing every gateway until they expire.
+#[tokio::test]
+async fn a_logout_at_another_issuer_refuses_the_sessions_access_tokens() {
+    let (dev, secret) = start().await;
+    let session = login(&dev, &secret, r#"{"roles": ["payments"]}"#).await.1;
+    let refresh_token = text(&session, "refresh_token").to_owned();
+    let access_token = text(&session, "access_token").to_owned();
+    assert_eq!(decide(&dev, &access_token).await, 200);
+    // auth/web is now served on auth/other's issuer (auth/web's key keeps verifying).
+    dev.write("web.yaml", &token_client("web", "other", ""));
+    common::eventually(
+        "auth/web served on auth/other",
+        common::CHANGE_DEADLINE,
+        || async {
+            let answer = post(
+                &dev,
+                "/auth/other/token",
+                &[],
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "auth/web"),
+                    ("refresh_token", "aprt_not-a-token"),
+                ],
+            )
+            .await;
+            (error(&answer) != (401, Some("invalid_client"))).then_some(())
+        },
+    )
+    .await;
+    let answer = post(
+        &dev,
+        "/auth/other/revoke",
+        &[],
+        &[
+            ("token", refresh_token.as_str()),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    // Answered 200: the session is over, so its access token must be refused.
+    assert_ne!(
+        decide(&dev, &access_token).await,
+        200,
+        "the logout was answered 200, but the session's access token still passes"
+    );
+    dev.stop().await;
+}

@@ -219,11 +219,11 @@ pub async fn revoke(
         .await
         {
             super::token::Logout::Revoke(revoked) => {
-                let (revocation, ended) = *revoked;
+                let (revocation, ended, owner) = *revoked;
                 let crate::tokens::Ended { family, recorded } = ended;
-                Logout {
+                let logout = Logout {
                     claims: [
-                        ("iss", issuer.issuer.as_str()),
+                        ("iss", owner.issuer.as_str()),
                         ("sub", family.subject.as_str()),
                         ("sid", family.id.as_str()),
                     ]
@@ -234,10 +234,11 @@ pub async fn revoke(
                     recorded,
                     revocation,
                     key: ObjectKey {
-                        namespace: issuer.namespace.clone(),
-                        name: issuer.name.clone(),
+                        namespace: owner.namespace.clone(),
+                        name: owner.name.clone(),
                     },
-                }
+                };
+                (logout, owner)
             }
             // Unknown, another client's: nothing to revoke, and nothing said about it.
             super::token::Logout::Nothing => return clear_cookie(refuse("ignored", ok()).await),
@@ -254,10 +255,25 @@ pub async fn revoke(
                 return unavailable("the token store is unavailable; retry");
             }
         };
-        // No budget per subject here: the family is revoked in the store already (a
-        // refusal now would leave its session without a Revocation), and a family ends
-        // once; sessions come from logins, which the token endpoint limits.
-        return clear_cookie(in_force(&state, &endpoint, &issuer, logout).await);
+        let (logout, owner) = logout;
+        // No budget per subject for the logout that ends the family: its session's end
+        // is recorded with it, and a family ends once (sessions come from logins, which
+        // the token endpoint limits). A family ended earlier whose session is not refused
+        // here is written again (an older version lost its entry; its Revocation was
+        // deleted; this namespace's share of ended sessions in memory is full): that
+        // write is the subject's, within its budget, or a client could make authplane
+        // append to the log in a loop.
+        if !logout.recorded
+            && !refused_here(&state, &owner, &logout)
+            && let Err(wait) = endpoint
+                .logouts
+                .take(&logout.limit_key(&owner.issuer))
+                .await
+        {
+            state.metrics.revoke_request("rate_limited");
+            return slow_down(wait, "too many revocations for this subject");
+        }
+        return clear_cookie(in_force(&state, &endpoint, &owner, logout).await);
     }
     let session = form.hint.as_deref() == Some("session");
     let logout = match revocation_for(&issuer, &token, session, now) {
@@ -313,6 +329,16 @@ async fn kept_in_store(
     }
 }
 
+/// Whether the token `logout` names is refused here already.
+fn refused_here(state: &AppState, issuer: &PublishedIssuer, logout: &Logout) -> bool {
+    let facts = TokenFacts::of(&logout.claims, Some(&logout.key));
+    let now = state.clock.now().as_second();
+    state
+        .registry
+        .revocations()
+        .is_revoked(&issuer.namespace, &facts, now)
+}
+
 /// Writes the Revocation of `logout` and answers once it is in force on this replica.
 async fn in_force(
     state: &AppState,
@@ -320,14 +346,11 @@ async fn in_force(
     issuer: &PublishedIssuer,
     logout: Logout,
 ) -> Response {
-    let in_force = || {
-        let facts = TokenFacts::of(&logout.claims, Some(&logout.key));
-        let now = state.clock.now().as_second();
-        state
-            .registry
-            .revocations()
-            .is_revoked(&issuer.namespace, &facts, now)
-    };
+    let in_force = || refused_here(state, issuer, &logout);
+    if logout.recorded {
+        // Counted here, not once in force: the follower may put it in force first.
+        state.metrics.tokens.session_revocations_recorded.inc();
+    }
     // Already refused here (a logout repeated, a dead refresh token presented again):
     // nothing to write. Otherwise each such request would be a write to the apiserver
     // (or a rewrite of a manifest and a reload in dev mode), and a logout by refresh
@@ -341,10 +364,7 @@ async fn in_force(
     let mut published = state.registry.revocations_published();
     let written = match (&logout.session, &state.token) {
         // Recorded with the family's revocation.
-        (Some(_), Some(_)) if logout.recorded => {
-            state.metrics.tokens.session_revocations_recorded.inc();
-            Ok(())
-        }
+        (Some(_), Some(_)) if logout.recorded => Ok(()),
         (Some(sid), Some(token)) => {
             let now = state.clock.now();
             super::token::end_session(

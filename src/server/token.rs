@@ -931,7 +931,7 @@ fn server_error() -> Response {
 pub enum Logout {
     /// The family is revoked (now, or before): write its session's Revocation and
     /// answer once it is in force.
-    Revoke(Box<(Revocation, crate::tokens::Ended)>),
+    Revoke(Box<(Revocation, crate::tokens::Ended, Arc<PublishedIssuer>)>),
     /// Unknown, another client's, or already revoked: 200, nothing changes.
     Nothing,
     /// The request cannot be answered: the client's fault (an OAuth error) ...
@@ -944,7 +944,7 @@ pub enum Logout {
 /// store. The caller writes the session's Revocation.
 pub async fn logout(
     state: &AppState,
-    issuer: &PublishedIssuer,
+    issuer: &Arc<PublishedIssuer>,
     token: &RefreshToken,
     client_id: Option<&str>,
 ) -> Logout {
@@ -970,10 +970,32 @@ pub async fn logout(
     };
     let now = state.clock.now();
     let sessions = endpoint.sessions_under(&client.key);
-    match crate::tokens::logout(&*endpoint.store, token, client_id, sessions, now).await {
+    let by = crate::tokens::Presenter {
+        client: client_id,
+        issuer: &issuer.issuer,
+        sessions,
+    };
+    match crate::tokens::logout(&*endpoint.store, token, by, now).await {
         Ok(Some(ended)) => {
-            let revocation = session_revocation(issuer, &ended.family.id, "logout", now);
-            Logout::Revoke(Box::new((revocation, ended)))
+            // A family of the client's earlier issuer (its SigningKey changed since):
+            // its session is that issuer's, whose key signed its access tokens. An
+            // issuer no longer published verifies none of them: the family's end is all.
+            let owner = if ended.family.issuer == issuer.issuer {
+                Arc::clone(issuer)
+            } else {
+                match state
+                    .registry
+                    .load()
+                    .issuers
+                    .values()
+                    .find(|published| published.issuer == ended.family.issuer)
+                {
+                    Some(owner) => Arc::clone(owner),
+                    None => return Logout::Nothing,
+                }
+            };
+            let revocation = session_revocation(&owner, &ended.family.id, "logout", now);
+            Logout::Revoke(Box::new((revocation, ended, owner)))
         }
         Ok(None) => Logout::Nothing,
         Err(e) => Logout::Unavailable(e.to_string()),

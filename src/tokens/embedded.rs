@@ -2271,7 +2271,11 @@ mod tests {
         let (writer_took, release) = stall_writer(&inner);
         let at = now + SignedDuration::from_secs(1);
         let key = issuer_key();
-        let answer = crate::tokens::logout(&store, &started.token, CLIENT, Some(&key), at).await;
+        let by = Presenter {
+            sessions: Some(&key),
+            ..BY
+        };
+        let answer = crate::tokens::logout(&store, &started.token, by, at).await;
         assert!(
             matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
             "{answer:?}"

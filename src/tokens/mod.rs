@@ -311,22 +311,25 @@ pub struct Ended {
     pub recorded: bool,
 }
 
-/// Logout: revokes the family of `token` (presented by `client`), recording its
-/// session's end in `sessions` with the write. `Ok(None)` when the token is unknown or of
-/// another client: RFC 7009 §2.2 answers 200 for these, and nothing changes.
+/// Logout: revokes the family of `token` (presented by `by.client`), recording its
+/// session's end in `by.sessions` with the write when the family is of `by.issuer` (one
+/// of the client's earlier issuer ends without: `by.sessions` is not the key that signed
+/// its access tokens, and the caller finds that issuer's). `Ok(None)` when the token is
+/// unknown or of another client: RFC 7009 §2.2 answers 200 for these, and nothing
+/// changes.
 pub async fn logout(
     store: &dyn FamilyStore,
     token: &RefreshToken,
-    client: &str,
-    sessions: Sessions<'_>,
+    by: Presenter<'_>,
     now: Timestamp,
 ) -> Result<Option<Ended>, RefreshError> {
     let Some(found) = store.find(token.hash(), now).await? else {
         return Ok(None);
     };
-    if found.family.client != client {
+    if found.family.client != by.client {
         return Ok(None);
     }
+    let sessions = by.sessions.filter(|_| found.family.issuer == by.issuer);
     end_family(store, found.family, sessions, now)
         .await
         .map(Some)

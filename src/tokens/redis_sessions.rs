@@ -10,8 +10,9 @@
 //! beginning: every live entry.
 //!
 //! Expiry by itself: each append trims the entries written more than a day and an hour
-//! ago (`XADD … MINID ~`: they lapsed), and the stream key expires at its latest entry's
-//! lapse. Appends use Redis's own ids (its clock), so replicas' clocks do not order them.
+//! ago (`XADD … MINID ~`: they lapsed), and the stream key expires an hour after its latest entry
+//! lapses. Appends use Redis's own ids and clock, so replicas' clocks neither order
+//! entries nor shorten how long they are kept.
 
 use std::time::Duration;
 
@@ -27,21 +28,20 @@ use super::session_log::{Cursor, READ_BATCH, Read, SessionLog};
 use crate::revocation::SessionRevocation;
 use crate::revocation::sessions::SESSION_REVOCATION_LIFETIME;
 
-/// A Lua function `append(stream, keep, entry, lapse)` that appends `entry` to the log
-/// `stream` ([`append_args`]: `keep`, how long entries are kept, and `lapse`, in ms).
-/// Entries older than `keep` by Redis's clock (whose ids are the stream's) are trimmed,
-/// and the stream expires at its latest entry's lapse. Shared by [`RECORD`] and the
-/// family store's compare-and-set, which appends with the write that ends a family.
+/// A Lua function `append(stream, keep, entry)` that appends `entry` to the log `stream`
+/// ([`append_args`]: `keep`, how long entries are kept, in ms). By Redis's clock (whose
+/// ids are the stream's; authplane's may differ): entries older than `keep` are trimmed,
+/// and the stream expires `keep` after its latest entry, an hour after that entry lapses.
+/// Shared by [`RECORD`] and the family store's compare-and-set, which appends with the
+/// write that ends a family.
 macro_rules! append_lua {
     () => {
         r#"
-local function append(stream, keep, entry, lapse)
+local function append(stream, keep, entry)
   local time = redis.call('TIME')
   local keep_from = math.max(0, time[1] * 1000 + math.floor(time[2] / 1000) - keep)
   redis.call('XADD', stream, 'MINID', '~', string.format('%d', keep_from), '*', 'e', entry)
-  if redis.call('PEXPIRETIME', stream) < tonumber(lapse) then
-    redis.call('PEXPIREAT', stream, lapse)
-  end
+  redis.call('PEXPIRE', stream, keep)
 end
 "#
     };
@@ -52,7 +52,7 @@ pub(super) use append_lua;
 const RECORD: &str = concat!(
     append_lua!(),
     r#"
-append(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+append(KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#
 );
@@ -63,13 +63,9 @@ pub(super) fn stream_key(prefix: &str) -> String {
 }
 
 /// What an append of `revocation` passes to Redis: how long entries are kept ([`KEEP`],
-/// ms), the entry, and its lapse (ms, the stream's expiry at the latest).
-pub(super) fn append_args(revocation: &SessionRevocation) -> [String; 3] {
-    [
-        KEEP.as_millis().to_string(),
-        revocation.encode(),
-        revocation.lapses_at.saturating_mul(1000).to_string(),
-    ]
+/// ms), and the entry.
+pub(super) fn append_args(revocation: &SessionRevocation) -> [String; 2] {
+    [KEEP.as_millis().to_string(), revocation.encode()]
 }
 
 static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));

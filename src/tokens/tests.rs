@@ -147,6 +147,7 @@ contract!(
     another_clients_token_changes_nothing,
     a_presentation_at_another_issuer_changes_nothing,
     logout_revokes_the_family_once,
+    a_logout_at_another_issuer_ends_the_family_without_an_entry_under_its_key,
     a_family_past_its_expiry_is_not_found,
     a_rotation_over_the_familys_budget_changes_nothing_and_a_replay_is_free,
     a_revocation_in_force_revokes_the_family_once_and_not_for_another_client,
@@ -406,7 +407,7 @@ async fn another_clients_token_changes_nothing(f: Subject) {
         Err(RefreshError::Refused(Refused::OtherClient))
     ));
     assert_eq!(
-        logout(&*f.store, &first, "shop/mobile", Some(key()), at(60))
+        logout(&*f.store, &first, by("shop/mobile"), at(60))
             .await
             .unwrap(),
         None
@@ -450,9 +451,30 @@ async fn a_presentation_at_another_issuer_changes_nothing(f: Subject) {
     assert!(rotated);
 }
 
+/// A logout of a family of the client's earlier issuer (its SigningKey changed since)
+/// ends the family, and records no entry under the key it was presented with: that key
+/// did not sign the session's access tokens (the caller records it under the family's).
+async fn a_logout_at_another_issuer_ends_the_family_without_an_entry_under_its_key(f: Subject) {
+    let (_, first) = logged_in(&*f.store).await;
+    let elsewhere = Presenter {
+        issuer: "https://auth.example/other",
+        ..by(CLIENT)
+    };
+    let ended = logout(&*f.store, &first, elsewhere, at(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!ended.recorded);
+    assert_eq!(
+        ended.family.revoked.map(|r| r.because),
+        Some(RevokedBecause::Logout)
+    );
+    assert_eq!(ended_sessions(&*f.log).await, []);
+}
+
 async fn logout_revokes_the_family_once(f: Subject) {
     let (family, first) = logged_in(&*f.store).await;
-    let first_logout = logout(&*f.store, &first, CLIENT, Some(key()), at(5))
+    let first_logout = logout(&*f.store, &first, by(CLIENT), at(5))
         .await
         .unwrap()
         .unwrap();
@@ -466,7 +488,7 @@ async fn logout_revokes_the_family_once(f: Subject) {
     );
     // Again: the family as the first logout left it, nothing written (not recorded: the
     // caller writes the end again, the same entry to every reader).
-    let again = logout(&*f.store, &first, CLIENT, Some(key()), at(6))
+    let again = logout(&*f.store, &first, by(CLIENT), at(6))
         .await
         .unwrap()
         .unwrap();
@@ -771,7 +793,7 @@ async fn redis_a_restart_loses_nothing() {
     let (family, first) = logged_in(&store).await;
     let (rotated, second, ..) = pair(refreshed(&store, &first, at(60)).await.unwrap());
     let (other, other_token) = logged_in(&store).await;
-    let ended = logout(&store, &other_token, CLIENT, Some(key()), at(61))
+    let ended = logout(&store, &other_token, by(CLIENT), at(61))
         .await
         .unwrap()
         .unwrap()
