@@ -1573,6 +1573,28 @@ mod tests {
         log.read((0, 0), None).await.unwrap().revocations
     }
 
+    /// The client's retry with the token it kept, after a write that was not committed:
+    /// an ordinary rotation to generation 1, the family alive. The family it rotated.
+    async fn retry_rotates_afresh(
+        store: &dyn FamilyStore,
+        token: &crate::refresh::RefreshToken,
+        by: Presenter<'_>,
+        at: Timestamp,
+    ) -> Family {
+        let answer = refresh(store, token, by, at, &mut SystemEntropy).await;
+        let Ok(Refreshed::Pair {
+            family,
+            rotated: true,
+            ..
+        }) = answer
+        else {
+            panic!("the token the client kept: {answer:?}");
+        };
+        assert_eq!(family.generation, 1);
+        assert!(family.revoked.is_none());
+        family
+    }
+
     fn stored_on_disk(path: &Path, id: &str) -> Option<Family> {
         let db = Database::open(path).unwrap();
         let txn = db.begin_read().unwrap();
@@ -1616,15 +1638,7 @@ mod tests {
         );
         // ...so the client's retry rotates afresh (were memory ahead of the file, it
         // would replay a pair that was never durable).
-        let retried = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
-        let Ok(Refreshed::Pair {
-            family, rotated, ..
-        }) = retried
-        else {
-            panic!("{retried:?}");
-        };
-        assert!(rotated);
-        assert_eq!(family.generation, 1);
+        let family = retry_rotates_afresh(&store, &started.token, by, later).await;
         drop(store);
         assert_eq!(stored_on_disk(&path, &family.id), Some(family));
     }
@@ -1727,15 +1741,7 @@ mod tests {
             bounded(store.family(&started.family.id, later)).await,
             Some(started.family.clone())
         );
-        let retried = refresh(&store, &started.token, by, later, &mut SystemEntropy).await;
-        let Ok(Refreshed::Pair {
-            family, rotated, ..
-        }) = retried
-        else {
-            panic!("{retried:?}");
-        };
-        assert!(rotated);
-        assert_eq!(family.generation, 1);
+        let family = retry_rotates_afresh(&store, &started.token, by, later).await;
         // A login that fails on the disk is not counted against the budgets after the
         // reload (answered after it).
         fail.store(true, Ordering::SeqCst);
@@ -2136,17 +2142,7 @@ mod tests {
             "memory holds the state the client was left with"
         );
         // The client retries with the token it was told to keep: an ordinary rotation.
-        let answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
-        let Ok(Refreshed::Pair {
-            family,
-            rotated: true,
-            ..
-        }) = answer
-        else {
-            panic!("the token the client was told to keep: {answer:?}");
-        };
-        assert_eq!(family.generation, 1);
-        assert!(family.revoked.is_none());
+        let family = retry_rotates_afresh(&store, &started.token, BY, retry).await;
         drop((store, inner));
         assert_eq!(stored_on_disk(&path, &family.id), Some(family));
     }
@@ -2207,11 +2203,7 @@ mod tests {
         );
         // The client's retry after the grace rotates; the family was never revoked.
         let retry = now + SignedDuration::from_secs(10);
-        let answer = refresh(&store, &started.token, BY, retry, &mut SystemEntropy).await;
-        assert!(
-            matches!(answer, Ok(Refreshed::Pair { rotated: true, .. })),
-            "{answer:?}"
-        );
+        retry_rotates_afresh(&store, &started.token, BY, retry).await;
         drop((store, inner));
         let on_disk = stored_on_disk(&path, &id).unwrap();
         assert_eq!((on_disk.generation, on_disk.revoked), (1, None));
