@@ -929,10 +929,12 @@ fn server_error() -> Response {
 
 /// What a refresh token presented to `POST {issuer}/revoke` comes to (RFC 7009).
 pub enum Logout {
-    /// The family is revoked (now, or before): write its session's Revocation and
-    /// answer once it is in force.
+    /// The family is revoked (now, or before), its session is the given issuer's: end
+    /// it (unless the store recorded that with the family) and answer once it is in
+    /// force.
     Revoke(Box<(Revocation, crate::tokens::Ended, Arc<PublishedIssuer>)>),
-    /// Unknown, another client's, or already revoked: 200, nothing changes.
+    /// Unknown, another client's, or of an issuer no longer published (its family is
+    /// ended, and no key verifies its access tokens): 200, nothing more to do.
     Nothing,
     /// The request cannot be answered: the client's fault (an OAuth error) ...
     Refused(OAuthError),
