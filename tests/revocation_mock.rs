@@ -280,6 +280,99 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
     assert!(handle.next_request().await.is_none(), "no further requests");
 }
 
+/// Takes the next request, which must be a GET of `path` with the query `query`, and
+/// answers it with `answer`.
+async fn expect_list(handle: &mut Handle, path: &str, query: &str, answer: Value) {
+    let (request, respond) = within(handle.next_request())
+        .await
+        .unwrap_or_else(|| panic!("expected GET {path}?{query}"));
+    assert_eq!(
+        (
+            request.method().as_str(),
+            request.uri().path(),
+            request.uri().query()
+        ),
+        ("GET", path, Some(query))
+    );
+    respond.send_response(
+        Response::builder()
+            .status(200)
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap(),
+    );
+}
+
+/// The lifetimes are read a page at a time, every page of them: listed whole, 10,000
+/// AuthPolicies with their status held 130-140 MiB more in the leader for a few seconds
+/// every minute.
+#[tokio::test]
+async fn the_leader_reads_the_lifetimes_a_page_at_a_time() {
+    let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
+    let (task, mut handle, _lease) = expiry_pass(now);
+    let policies = "/apis/authplane.io/v1alpha1/authpolicies";
+    expect_list(
+        &mut handle,
+        "/apis/authplane.io/v1alpha1/signingkeys",
+        "&limit=500",
+        list("SigningKey", vec![]),
+    )
+    .await;
+    let mut first = list("AuthPolicy", vec![]);
+    first["metadata"]["continue"] = json!("page-2");
+    expect_list(&mut handle, policies, "&limit=500", first).await;
+    // The policy that keeps the Revocation in force is on the second page.
+    expect_list(
+        &mut handle,
+        policies,
+        "&limit=500&continue=page-2",
+        list(
+            "AuthPolicy",
+            vec![json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "api", "namespace": "auth"},
+                "spec": {"issuers": [{"issuer": "https://login.example/t/v2.0"}]},
+            })],
+        ),
+    )
+    .await;
+    expect_list(
+        &mut handle,
+        "/apis/authplane.io/v1alpha1/tokenclients",
+        "&limit=500",
+        list("TokenClient", vec![]),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "GET",
+        "/apis/authplane.io/v1alpha1/revocations",
+        200,
+        list(
+            "Revocation",
+            vec![revocation(
+                "entra",
+                now - SignedDuration::from_hours(2),
+                json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
+            )],
+        ),
+    )
+    .await;
+    let status = expect(
+        &mut handle,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/entra/status",
+        200,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        status["status"]["conditions"][0]["reason"],
+        "NoLifetimeLimit"
+    );
+    assert_eq!(within(task).await.unwrap().unwrap(), 0);
+    assert!(handle.next_request().await.is_none(), "no further requests");
+}
+
 const ISSUER: &str = "https://auth.example/auth/web";
 
 /// The router of a replica serving auth/web, writing Revocations to the mock API, and

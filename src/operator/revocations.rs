@@ -289,9 +289,17 @@ pub fn judge(
     clients: &[TokenClient],
     now: Timestamp,
 ) -> Judgement {
-    let (index, refused) = RevocationIndex::of(revocations, keys, policies, clients, now);
-    for refused in refused {
-        tracing::warn!("{refused} (left alone)");
+    let (lifetimes, _) = RevocationIndex::of([], keys, policies, clients, now);
+    judge_with(lifetimes, revocations, now)
+}
+
+/// [`judge`] with the token lifetimes already read into `index` (it holds no Revocation
+/// yet).
+fn judge_with(mut index: RevocationIndex, revocations: &[Revocation], now: Timestamp) -> Judgement {
+    for revocation in revocations {
+        if let Err(refused) = index.apply(revocation, now) {
+            tracing::warn!("{refused} (left alone)");
+        }
     }
     let mut judgement = Judgement::default();
     for revocation in revocations {
@@ -357,10 +365,40 @@ pub async fn expire(client: Client, writer: LeaderWriter, clock: Arc<dyn Clock>)
     }
 }
 
-/// One pass of [`expire`]: lists SigningKeys, AuthPolicies (what token lifetimes they
-/// accept), TokenClients (how long their refresh families live) and Revocations,
-/// deletes the lapsed ones (each conditional on its uid and resourceVersion: only the
-/// object judged), and
+/// Objects the leader's pass lists at a time. It reads every SigningKey, AuthPolicy and
+/// TokenClient of the cluster once a minute, every instance's (another installation's
+/// policy may accept the tokens a Revocation names for longer): 10,000 AuthPolicies with
+/// their status, listed whole, were tens of megabytes of JSON and 130-140 MiB decoded at
+/// once, for a few seconds every minute. A page of them is a twentieth of that.
+const LIST_PAGE: u32 = 500;
+
+/// Lists every `K` of the cluster a page at a time, handing each one that parses to
+/// `each` and keeping none: one that does not parse is not served (it accepts no token,
+/// starts no family).
+async fn list_paged<K>(client: &Client, mut each: impl FnMut(K)) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let api = Api::<DeserializeGuard<K>>::all(client.clone());
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        for object in page.items {
+            if let Ok(object) = object.0 {
+                each(object);
+            }
+        }
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// One pass of [`expire`]: reads the token lifetimes from SigningKeys, AuthPolicies (what
+/// token lifetimes they accept) and TokenClients (how long their refresh families live),
+/// each listed a page at a time ([`LIST_PAGE`]), lists the Revocations, deletes the lapsed
+/// ones (each conditional on its uid and resourceVersion: only the object judged), and
 /// writes `status.expiresAt` of the others where it is not what it should be. Returns
 /// how many were deleted.
 pub async fn expire_once(
@@ -368,28 +406,23 @@ pub async fn expire_once(
     writer: &LeaderWriter,
     now: Timestamp,
 ) -> Result<usize, Error> {
-    let keys: Vec<SigningKey> = Api::<DeserializeGuard<SigningKey>>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|k| k.0.ok())
-        .collect();
-    let policies: Vec<AuthPolicy> = Api::<DeserializeGuard<AuthPolicy>>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|p| p.0.ok())
-        .collect();
+    let mut lifetimes = RevocationIndex::default();
+    list_paged(client, |key: SigningKey| {
+        lifetimes.set_key_lifetime(
+            ObjectKey::of(&key.metadata),
+            Some(key.spec.max_token_lifetime()),
+        );
+    })
+    .await?;
+    list_paged(client, |policy: AuthPolicy| {
+        lifetimes.apply_policy(&policy);
+    })
+    .await?;
     // How long refresh families live: a key's Revocations must outlive them.
-    let clients: Vec<TokenClient> = Api::<DeserializeGuard<TokenClient>>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|c| c.0.ok())
-        .collect();
+    list_paged(client, |token_client: TokenClient| {
+        lifetimes.apply_client(&token_client);
+    })
+    .await?;
     let revocations: Vec<Revocation> = Api::<DeserializeGuard<Revocation>>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -400,7 +433,7 @@ pub async fn expire_once(
         // each deletes and reports only its own.
         .filter(|r| writer.instance().owns(&r.metadata))
         .collect();
-    let judgement = judge(&revocations, &keys, &policies, &clients, now);
+    let judgement = judge_with(lifetimes, &revocations, now);
     let mut deleted = 0;
     for revocation in judgement.lapsed {
         let id = ObjectKey::of(&revocation.metadata);
