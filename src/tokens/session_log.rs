@@ -220,6 +220,19 @@ impl Follower {
                             .revocation_applied(revocation.reason.label(), Some(lag));
                     }
                 }
+                Inserted::Displaced { namespace } => {
+                    changed = true;
+                    self.metrics.tokens.session_revocations_dropped.inc();
+                    if !self.warned_full {
+                        self.warned_full = true;
+                        tracing::error!(
+                            source = SOURCE,
+                            held = self.set.len(),
+                            displaced = namespace.as_str(),
+                            "too many sessions ended in the token store to hold in memory: the namespace holding the most gives up its entries to the others' (those are not enforced here any more: their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
+                        );
+                    }
+                }
                 Inserted::Known => {}
                 Inserted::Full => {
                     self.metrics.tokens.session_revocations_dropped.inc();
@@ -229,7 +242,7 @@ impl Follower {
                             source = SOURCE,
                             held = self.set.len(),
                             namespace = revocation.key.namespace.as_str(),
-                            "too many sessions ended in the token store to hold in memory (in all, or for this namespace: at most half the cap each): new ones are not enforced here (their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
+                            "too many sessions ended in the token store to hold in memory, and this namespace holds as many as any other: its new ones are not enforced here (their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
                         );
                     }
                 }

@@ -27,14 +27,16 @@ pub const SESSION_REVOCATION_LIFETIME: SignedDuration =
 
 /// The most entries a replica holds. About 120 bytes each (200,000 measured at 23 MiB):
 /// 1,000,000 is some 120 MiB.
-/// Beyond it a new entry is refused (counted and logged by the caller): its session's
-/// family is revoked in the store all the same, so its access tokens live out their
-/// (short) lifetime at worst.
 ///
-/// One namespace's SigningKeys hold at most half of it ([`SessionSet::namespace_cap`]):
-/// a tenant's workload can log in and out as fast as it likes, and without a share of
-/// its own it could fill the set and leave every other namespace's logouts and reuse
-/// detections unenforced for a day.
+/// Shared fairly between namespaces (of the SigningKeys): a tenant's workload can log in
+/// and out as fast as it likes, and a share fixed in advance (half of it, once) still let
+/// two namespaces (one team's two, or two tenants together) fill the set and leave every
+/// other namespace's logouts and reuse detections unenforced for a day. So when the set
+/// is full, a new entry displaces one of the namespace holding the most entries, if that
+/// namespace holds more than the new entry's; otherwise it is refused (counted and
+/// logged by the caller: its session's family is revoked in the store all the same, so
+/// its access tokens live out their short lifetime at worst). Only a namespace at or
+/// above everyone else's share ever loses an entry.
 pub const MAX_SESSION_REVOCATIONS: usize = 1_000_000;
 
 /// The first 16 bytes of the SHA-256 of a `sid`.
@@ -169,12 +171,17 @@ impl SessionRevocation {
 }
 
 /// What one [`SessionSet::insert`] did.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Inserted {
     New,
+    /// Added in place of an entry of `namespace`, which held the most entries of a full
+    /// set (see [`MAX_SESSION_REVOCATIONS`]).
+    Displaced {
+        namespace: String,
+    },
     /// Known already (the same logout read again): nothing changed.
     Known,
-    /// The set, or the entry's namespace's share of it, holds as many entries as it may
+    /// The set is full, and the entry's namespace holds as many entries as any other
     /// ([`MAX_SESSION_REVOCATIONS`]): refused.
     Full,
 }
@@ -212,12 +219,6 @@ impl SessionSet {
         }
     }
 
-    /// The most entries one namespace's keys hold: half the cap, so that one tenant
-    /// filling its share leaves the other half to everyone else.
-    pub fn namespace_cap(&self) -> usize {
-        (self.cap / 2).max(1)
-    }
-
     /// Adds an entry (an entry lapsed at `now` is not added). A session ended twice
     /// keeps the later lapse.
     pub fn insert(&mut self, revocation: &SessionRevocation, now: Timestamp) -> Inserted {
@@ -226,7 +227,6 @@ impl SessionSet {
         }
         let namespace = &revocation.key.namespace;
         let in_namespace = self.by_namespace.get(namespace).copied().unwrap_or(0);
-        let full = self.len >= self.cap || in_namespace >= self.namespace_cap();
         let held = self
             .by_key
             .get(&revocation.key)
@@ -234,7 +234,15 @@ impl SessionSet {
             .copied();
         match held {
             Some(held) if held.lapses_at >= revocation.lapses_at => Inserted::Known,
-            None if full => Inserted::Full,
+            None if self.len >= self.cap => {
+                let Some(largest) = self.largest_namespace_beyond(in_namespace + 1) else {
+                    return Inserted::Full;
+                };
+                self.displace_one_of(&largest);
+                // Room for one now: added as new.
+                self.insert(revocation, now);
+                Inserted::Displaced { namespace: largest }
+            }
             _ => {
                 self.by_key
                     .entry(revocation.key.clone())
@@ -254,6 +262,43 @@ impl SessionSet {
                 Inserted::New
             }
         }
+    }
+
+    /// The namespace holding the most entries (the first by name among equals), if it
+    /// holds more than `than`.
+    fn largest_namespace_beyond(&self, than: usize) -> Option<String> {
+        self.by_namespace
+            .iter()
+            .filter(|(_, held)| **held > than)
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(namespace, _)| namespace.clone())
+    }
+
+    /// Forgets one entry of `namespace`'s keys (which one does not matter: the namespace
+    /// holds more than anyone's share).
+    fn displace_one_of(&mut self, namespace: &str) {
+        let Some(key) = self
+            .by_key
+            .iter()
+            .find(|(key, sessions)| key.namespace == namespace && !sessions.is_empty())
+            .map(|(key, _)| key.clone())
+        else {
+            return;
+        };
+        let Some(sessions) = self.by_key.get_mut(&key) else {
+            return;
+        };
+        let Some(sid) = sessions.keys().next().copied() else {
+            return;
+        };
+        sessions.remove(&sid);
+        if sessions.is_empty() {
+            self.by_key.remove(&key);
+        }
+        if let Some(held) = self.by_namespace.get_mut(namespace) {
+            *held -= 1;
+        }
+        self.len -= 1;
     }
 
     /// Forgets the entries lapsed before `now`; returns how many.
@@ -406,49 +451,68 @@ mod tests {
     }
 
     #[test]
-    fn a_full_set_refuses_new_sessions_and_keeps_the_ones_it_holds() {
+    fn a_full_set_refuses_a_namespace_at_the_largest_share_and_keeps_what_it_holds() {
         let now = Timestamp::from_second(1_000_000).unwrap();
         let mut set = SessionSet::with_cap(2);
         let ended =
             |namespace, sid| SessionRevocation::new(key(namespace), sid, SessionEnd::Logout, now);
         assert_eq!(set.insert(&ended("auth", "a"), now), Inserted::New);
         assert_eq!(set.insert(&ended("shop", "b"), now), Inserted::New);
+        // Every namespace holds one: none holds more than the newcomer would.
         assert_eq!(set.insert(&ended("blog", "c"), now), Inserted::Full);
+        assert_eq!(set.insert(&ended("auth", "d"), now), Inserted::Full);
         assert_eq!(set.len(), 2);
         let t = now.as_second();
         assert!(set.is_revoked(&facts(Some(&key("auth")), Some("a")), t));
+        assert!(set.is_revoked(&facts(Some(&key("shop")), Some("b")), t));
         assert!(!set.is_revoked(&facts(Some(&key("blog")), Some("c")), t));
     }
 
     #[test]
-    fn one_namespace_logging_out_in_a_loop_never_crowds_out_another_namespaces_logouts() {
-        // A tenant's workload logs in and out as fast as it likes, under any number of
-        // SigningKeys of its namespace: it fills its own half, never the other.
+    fn namespaces_logging_out_in_a_loop_never_crowd_out_another_namespaces_logouts() {
+        // Two namespaces' workloads (one team's two, or two tenants together) log in and
+        // out as fast as they like, under any number of SigningKeys: they fill the set,
+        // and every other namespace's logouts still displace their entries.
         let now = Timestamp::from_second(1_000_000).unwrap();
         let mut set = SessionSet::with_cap(10);
-        let tenant_key = |i: usize| ObjectKey {
-            namespace: "tenant".into(),
+        let flooding_key = |i: usize| ObjectKey {
+            namespace: format!("tenant-{}", i % 2),
             name: format!("k{}", i % 3),
         };
         let mut refused = 0;
         for i in 0..100 {
             let flood =
-                SessionRevocation::new(tenant_key(i), &format!("s{i}"), SessionEnd::Logout, now);
+                SessionRevocation::new(flooding_key(i), &format!("s{i}"), SessionEnd::Logout, now);
             if set.insert(&flood, now) == Inserted::Full {
                 refused += 1;
             }
         }
-        assert_eq!((set.len(), refused), (5, 95));
+        assert_eq!((set.len(), refused), (10, 90));
         let t = now.as_second();
-        for sid in ["a", "b", "c", "d", "e"] {
+        for sid in ["a", "b", "c"] {
             let ended = SessionRevocation::new(key("shop"), sid, SessionEnd::Reuse, now);
-            assert_eq!(set.insert(&ended, now), Inserted::New, "{sid}");
+            assert!(
+                matches!(set.insert(&ended, now), Inserted::Displaced { ref namespace } if namespace.starts_with("tenant-")),
+                "{sid}"
+            );
             assert!(set.is_revoked(&facts(Some(&key("shop")), Some(sid)), t));
         }
-        // Lapsed entries give the namespace its share back.
+        assert_eq!(set.len(), 10);
+        // The flooders cannot win their entries back from a smaller namespace...
+        let flood = SessionRevocation::new(flooding_key(0), "s-more", SessionEnd::Logout, now);
+        assert_eq!(set.insert(&flood, now), Inserted::Full);
+        // ...and at a fair share (10 over three namespaces) the newcomer is refused too.
+        let ended = SessionRevocation::new(key("shop"), "d", SessionEnd::Reuse, now);
+        assert_eq!(set.insert(&ended, now), Inserted::Full);
+        let shares: Vec<usize> = ["tenant-0", "tenant-1", "shop"]
+            .iter()
+            .map(|namespace| set.by_namespace.get(*namespace).copied().unwrap_or(0))
+            .collect();
+        assert_eq!(shares, [3, 4, 3]);
+        // Lapsed entries give the flooders room again.
         let later = Timestamp::from_second(t + SESSION_REVOCATION_LIFETIME.as_secs() + 1).unwrap();
         assert_eq!(set.prune(later), 10);
-        let again = SessionRevocation::new(tenant_key(0), "s-new", SessionEnd::Logout, later);
+        let again = SessionRevocation::new(flooding_key(0), "s-new", SessionEnd::Logout, later);
         assert_eq!(set.insert(&again, later), Inserted::New);
     }
 
