@@ -79,6 +79,15 @@ fn expiry_pass(
 
 /// The lease was lost between the lists and the delete: the writer refuses, and
 /// nothing is deleted or written.
+/// An AuthPolicy that takes an external issuer's tokens of any lifetime.
+fn external_issuer_policy() -> serde_json::Value {
+    json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": "api", "namespace": "auth"},
+        "spec": {"issuers": [{"issuer": "https://login.example/t/v2.0"}]},
+    })
+}
+
 #[tokio::test]
 async fn a_replica_that_lost_the_lease_deletes_nothing() {
     let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
@@ -159,14 +168,7 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
         "GET",
         "/apis/authplane.io/v1alpha1/authpolicies",
         200,
-        list(
-            "AuthPolicy",
-            vec![json!({
-                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
-                "metadata": {"name": "api", "namespace": "auth"},
-                "spec": {"issuers": [{"issuer": "https://login.example/t/v2.0"}]},
-            })],
-        ),
+        list("AuthPolicy", vec![external_issuer_policy()]),
     )
     .await;
     // No TokenClient of the key: its Revocations live as long as its tokens.
@@ -325,14 +327,7 @@ async fn the_leader_reads_the_lifetimes_a_page_at_a_time() {
         &mut handle,
         policies,
         "&limit=500&continue=page-2",
-        list(
-            "AuthPolicy",
-            vec![json!({
-                "apiVersion": "authplane.io/v1alpha1", "kind": "AuthPolicy",
-                "metadata": {"name": "api", "namespace": "auth"},
-                "spec": {"issuers": [{"issuer": "https://login.example/t/v2.0"}]},
-            })],
-        ),
+        list("AuthPolicy", vec![external_issuer_policy()]),
     )
     .await;
     expect_list(

@@ -153,6 +153,22 @@ struct Follower {
 }
 
 impl Follower {
+    /// Counts an entry not held (refused, or displaced by another namespace's: `what`
+    /// names `namespace`'s part), and says so once, with `why`.
+    fn dropped(&mut self, what: &'static str, namespace: &str, why: &str) {
+        self.metrics.tokens.session_revocations_dropped.inc();
+        if !self.warned_full {
+            self.warned_full = true;
+            tracing::error!(
+                source = SOURCE,
+                held = self.set.len(),
+                what,
+                namespace,
+                "{why}; counted in authplane_session_revocations_dropped_total"
+            );
+        }
+    }
+
     /// Reads until nothing is left (the first load). True when it got to the end.
     async fn catch_up(&mut self) -> bool {
         loop {
@@ -222,30 +238,18 @@ impl Follower {
                 }
                 Inserted::Displaced { namespace } => {
                     changed = true;
-                    self.metrics.tokens.session_revocations_dropped.inc();
-                    if !self.warned_full {
-                        self.warned_full = true;
-                        tracing::error!(
-                            source = SOURCE,
-                            held = self.set.len(),
-                            displaced = namespace.as_str(),
-                            "too many sessions ended in the token store to hold in memory: the namespace holding the most gives up its entries to the others' (those are not enforced here any more: their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
-                        );
-                    }
+                    self.dropped(
+                        "displaced",
+                        &namespace,
+                        "too many sessions ended in the token store to hold in memory: the namespace holding the most gives up its entries to the others' (those are not enforced here any more: their families are revoked, their access tokens live out their lifetime)",
+                    );
                 }
                 Inserted::Known => {}
-                Inserted::Full => {
-                    self.metrics.tokens.session_revocations_dropped.inc();
-                    if !self.warned_full {
-                        self.warned_full = true;
-                        tracing::error!(
-                            source = SOURCE,
-                            held = self.set.len(),
-                            namespace = revocation.key.namespace.as_str(),
-                            "too many sessions ended in the token store to hold in memory, and this namespace holds as many as any other: its new ones are not enforced here (their families are revoked, their access tokens live out their lifetime); counted in authplane_session_revocations_dropped_total"
-                        );
-                    }
-                }
+                Inserted::Full => self.dropped(
+                    "namespace",
+                    &revocation.key.namespace,
+                    "too many sessions ended in the token store to hold in memory, and this namespace holds as many as any other: its new ones are not enforced here (their families are revoked, their access tokens live out their lifetime)",
+                ),
             }
         }
         self.cursor = read.next;
