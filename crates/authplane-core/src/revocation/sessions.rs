@@ -18,6 +18,15 @@ use jiff::{SignedDuration, Timestamp};
 use super::TokenFacts;
 use crate::api::ObjectKey;
 
+/// The same hasher in every process: the maps' iteration order, and so which entry a
+/// full set displaces, depends only on what they hold, so every replica following the
+/// same log holds the same sessions (with a seed per process, each dropped different
+/// ones, and a stolen token retried until it reached a replica that had dropped its
+/// session). The keys are a SigningKey's name and SHA-256 prefixes of session ids, not
+/// chosen freely by a client.
+type Fixed = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+type Map<K, V> = imbl::GenericHashMap<K, V, Fixed, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// How long after its revocation an entry is kept: the longest access-token lifetime a
 /// TokenClient may set (its CRD's bound) plus the most leeway a policy may grant. The
 /// session's family is revoked in the store already, so no new token of the session is
@@ -195,9 +204,9 @@ struct Held {
 /// The sessions ended in the token store and in force, per SigningKey. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SessionSet {
-    by_key: imbl::HashMap<ObjectKey, imbl::HashMap<SidHash, Held>>,
+    by_key: Map<ObjectKey, Map<SidHash, Held>>,
     /// Entries held per namespace (of the SigningKey), for its share of the cap.
-    by_namespace: imbl::HashMap<String, usize>,
+    by_namespace: Map<String, usize>,
     len: usize,
     cap: usize,
 }
@@ -212,8 +221,8 @@ impl SessionSet {
     /// An empty set that holds at most `cap` entries.
     pub fn with_cap(cap: usize) -> Self {
         Self {
-            by_key: imbl::HashMap::new(),
-            by_namespace: imbl::HashMap::new(),
+            by_key: Map::default(),
+            by_namespace: Map::default(),
             len: 0,
             cap,
         }
@@ -315,12 +324,12 @@ impl SessionSet {
         for key in emptied {
             self.by_key.remove(&key);
         }
-        let mut by_namespace = imbl::HashMap::new();
+        let mut by_namespace = Map::default();
         for (key, sessions) in &self.by_key {
             *by_namespace.entry(key.namespace.clone()).or_insert(0) += sessions.len();
         }
         self.by_namespace = by_namespace;
-        self.len = self.by_key.values().map(imbl::HashMap::len).sum();
+        self.len = self.by_key.values().map(Map::len).sum();
         before - self.len
     }
 
@@ -514,6 +523,39 @@ mod tests {
         assert_eq!(set.prune(later), 10);
         let again = SessionRevocation::new(flooding_key(0), "s-new", SessionEnd::Logout, later);
         assert_eq!(set.insert(&again, later), Inserted::New);
+    }
+
+    /// Every replica follows the same log in the same order: a full set displaces the
+    /// same entries on each, so no session is refused by one replica and not the next.
+    #[test]
+    fn replicas_following_the_same_log_refuse_the_same_sessions() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let log: Vec<SessionRevocation> = (0..100)
+            .map(|i| SessionRevocation::new(key("auth"), &format!("a{i}"), SessionEnd::Logout, now))
+            .chain((0..40).map(|i| {
+                SessionRevocation::new(key("tenant"), &format!("t{i}"), SessionEnd::Logout, now)
+            }))
+            .collect();
+        let follow = || {
+            let mut set = SessionSet::with_cap(100);
+            for revocation in &log {
+                set.insert(revocation, now);
+            }
+            set
+        };
+        let (one, other) = (follow(), follow());
+        let t = now.as_second();
+        let held = |set: &SessionSet| -> Vec<bool> {
+            (0..100)
+                .map(|i| set.is_revoked(&facts(Some(&key("auth")), Some(&format!("a{i}"))), t))
+                .collect()
+        };
+        assert_eq!(held(&one).iter().filter(|h| **h).count(), 60);
+        assert_eq!(
+            held(&one),
+            held(&other),
+            "sessions ended on one replica only"
+        );
     }
 
     #[test]
