@@ -220,7 +220,8 @@ pub async fn revoke(
         {
             super::token::Logout::Revoke(revoked) => {
                 let (revocation, ended, owner) = *revoked;
-                let crate::tokens::Ended { family, recorded } = ended;
+                let in_log = in_log(&state, &ended);
+                let family = ended.family;
                 let logout = Logout {
                     claims: [
                         ("iss", owner.issuer.as_str()),
@@ -231,7 +232,7 @@ pub async fn revoke(
                     .map(|(name, value)| (name.to_owned(), value.into()))
                     .collect(),
                     session: Some(family.id.clone()),
-                    recorded,
+                    in_log,
                     revocation,
                     key: ObjectKey {
                         namespace: owner.namespace.clone(),
@@ -256,14 +257,13 @@ pub async fn revoke(
             }
         };
         let (logout, owner) = logout;
-        // No budget per subject for the logout that ends the family: its session's end
-        // is recorded with it, and a family ends once (sessions come from logins, which
-        // the token endpoint limits). A family ended earlier whose session is not refused
-        // here is written again (an older version lost its entry; its Revocation was
-        // deleted; this namespace's share of ended sessions in memory is full): that
-        // write is the subject's, within its budget, or a client could make authplane
-        // append to the log in a loop.
-        if !logout.recorded
+        // No budget per subject for a logout whose session's end is in the store's log:
+        // it was recorded with the family, which ends once (sessions come from logins,
+        // which the token endpoint limits), and presented again it writes nothing. A
+        // family ended otherwise (a Revocation in force then, since deleted; no log) whose
+        // session is not refused here is written again: that write is the subject's,
+        // within its budget, or a client could make authplane write in a loop.
+        if !logout.in_log
             && !refused_here(&state, &owner, &logout)
             && let Err(wait) = endpoint
                 .logouts
@@ -298,8 +298,8 @@ pub async fn revoke(
     }
     let mut logout = logout;
     if let Some(ended) = kept_in_store(&state, &issuer, &logout, now).await {
+        logout.in_log = in_log(&state, &ended);
         logout.session = Some(ended.family.id);
-        logout.recorded = ended.recorded;
     }
     in_force(&state, &endpoint, &issuer, logout).await
 }
@@ -329,6 +329,26 @@ async fn kept_in_store(
     }
 }
 
+/// Whether the end of `ended`'s session is in the token store's log: recorded with the
+/// family by this logout (counted here), or by the logout or reuse that ended it before
+/// (a family's end and its entry are one write). Presented again, such a session is
+/// not written again, even when it is not refused here (its namespace's share of ended
+/// sessions in memory is full): that would append to the log at every request.
+fn in_log(state: &AppState, ended: &crate::tokens::Ended) -> bool {
+    if ended.recorded {
+        state.metrics.tokens.session_revocations_recorded.inc();
+        return true;
+    }
+    let has_log = state.token.as_ref().is_some_and(|t| t.sessions.is_some());
+    has_log
+        && ended.family.revoked.as_ref().is_some_and(|revoked| {
+            matches!(
+                revoked.because,
+                crate::refresh::RevokedBecause::Logout | crate::refresh::RevokedBecause::Reuse
+            )
+        })
+}
+
 /// Whether the token `logout` names is refused here already.
 fn refused_here(state: &AppState, issuer: &PublishedIssuer, logout: &Logout) -> bool {
     let facts = TokenFacts::of(&logout.claims, Some(&logout.key));
@@ -347,10 +367,6 @@ async fn in_force(
     logout: Logout,
 ) -> Response {
     let in_force = || refused_here(state, issuer, &logout);
-    if logout.recorded {
-        // Counted here, not once in force: the follower may put it in force first.
-        state.metrics.tokens.session_revocations_recorded.inc();
-    }
     // Already refused here (a logout repeated, a dead refresh token presented again):
     // nothing to write. Otherwise each such request would be a write to the apiserver
     // (or a rewrite of a manifest and a reload in dev mode), and a logout by refresh
@@ -363,8 +379,8 @@ async fn in_force(
     // missed.
     let mut published = state.registry.revocations_published();
     let written = match (&logout.session, &state.token) {
-        // Recorded with the family's revocation.
-        (Some(_), Some(_)) if logout.recorded => Ok(()),
+        // In the store's log with the family's revocation.
+        (Some(_), Some(_)) if logout.in_log => Ok(()),
         (Some(sid), Some(token)) => {
             let now = state.clock.now();
             super::token::end_session(
@@ -506,9 +522,9 @@ pub struct Logout {
     /// The session, when its end is kept in the token store instead of as
     /// `revocation` (a session of the token service, with a store configured).
     pub session: Option<String>,
-    /// The store recorded that end with the family's revocation: nothing is left to
-    /// write (otherwise the session ended earlier, and its end is written again).
-    pub recorded: bool,
+    /// That end is in the store's log, written with the family's revocation (now or
+    /// when it ended): nothing is left to write ([`in_log`]).
+    pub in_log: bool,
     /// The token's verified claims, to tell when the revocation is in force.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The SigningKey that issued it.
@@ -618,7 +634,7 @@ pub fn revocation_for(
     Verdict::Revoke(Box::new(Logout {
         revocation,
         session: None,
-        recorded: false,
+        in_log: false,
         claims: verified.claims,
         key: ObjectKey {
             namespace: issuer.namespace.clone(),

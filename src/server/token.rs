@@ -962,39 +962,42 @@ pub async fn logout(
         ));
     };
     let clients = state.registry.token_clients();
-    let Some(client) = clients.get(client_id).filter(|client| {
+    let served = clients.get(client_id).is_some_and(|client| {
         client.key.namespace == issuer.namespace && client.key.name == issuer.name
-    }) else {
+    });
+    if !served {
         return Logout::Refused(OAuthError::new(
             ErrorCode::InvalidClient,
             format!("no TokenClient {client_id:?} is served on this issuer"),
         ));
-    };
+    }
     let now = state.clock.now();
-    let sessions = endpoint.sessions_under(&client.key);
-    let by = crate::tokens::Presenter {
-        client: client_id,
-        issuer: &issuer.issuer,
-        sessions,
+    // The issuer a family was issued by: this one, or the client's earlier one (its
+    // SigningKey changed since), whose key signed the family's access tokens. An issuer no
+    // longer published verifies none of them: the family's end is all there is to do.
+    let owner_of = |family: &Family| -> Option<Arc<PublishedIssuer>> {
+        if family.issuer == issuer.issuer {
+            return Some(Arc::clone(issuer));
+        }
+        state
+            .registry
+            .load()
+            .issuers
+            .values()
+            .find(|published| published.issuer == family.issuer)
+            .cloned()
     };
-    match crate::tokens::logout(&*endpoint.store, token, by, now).await {
+    let sessions_of = |family: &Family| {
+        endpoint.sessions.as_ref()?;
+        owner_of(family).map(|owner| ObjectKey {
+            namespace: owner.namespace.clone(),
+            name: owner.name.clone(),
+        })
+    };
+    match crate::tokens::logout(&*endpoint.store, token, client_id, &sessions_of, now).await {
         Ok(Some(ended)) => {
-            // A family of the client's earlier issuer (its SigningKey changed since):
-            // its session is that issuer's, whose key signed its access tokens. An
-            // issuer no longer published verifies none of them: the family's end is all.
-            let owner = if ended.family.issuer == issuer.issuer {
-                Arc::clone(issuer)
-            } else {
-                match state
-                    .registry
-                    .load()
-                    .issuers
-                    .values()
-                    .find(|published| published.issuer == ended.family.issuer)
-                {
-                    Some(owner) => Arc::clone(owner),
-                    None => return Logout::Nothing,
-                }
+            let Some(owner) = owner_of(&ended.family) else {
+                return Logout::Nothing;
             };
             let revocation = session_revocation(&owner, &ended.family.id, "logout", now);
             Logout::Revoke(Box::new((revocation, ended, owner)))

@@ -2263,11 +2263,9 @@ mod tests {
         let (writer_took, release) = stall_writer(&inner);
         let at = now + SignedDuration::from_secs(1);
         let key = issuer_key();
-        let by = Presenter {
-            sessions: Some(&key),
-            ..BY
-        };
-        let answer = crate::tokens::logout(&store, &started.token, by, at).await;
+        let answer =
+            crate::tokens::logout(&store, &started.token, CLIENT, &|_| Some(issuer_key()), at)
+                .await;
         assert!(
             matches!(answer, Err(RefreshError::Store(StoreError::Unavailable(_)))),
             "{answer:?}"

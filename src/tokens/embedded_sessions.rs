@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::StoreError;
 use super::embedded::{EmbeddedStore, TxnError, failed, write};
-use super::session_log::{Cursor, MOST_LOGGED, READ_BATCH, Read, SessionLog};
+use super::session_log::{Cursor, READ_BATCH, Read, SessionLog};
 use crate::revocation::SessionRevocation;
 
 const ENDED: TableDefinition<u64, &str> = TableDefinition::new("ended_sessions");
@@ -57,12 +57,7 @@ impl SessionLog for EmbeddedSessionLog {
         self.store.blocking(move |db| {
             let mut forgotten = 0;
             write(db, |txn| {
-                forgotten = forget_lapsed(
-                    &mut txn.open_table(ENDED)?,
-                    now,
-                    FORGET_PER_CALL,
-                    MOST_LOGGED,
-                )?;
+                forgotten = forget_lapsed(&mut txn.open_table(ENDED)?, now, FORGET_PER_CALL)?;
                 Ok(forgotten > 0)
             })?;
             Ok(forgotten)
@@ -100,13 +95,12 @@ pub(super) fn append(txn: &WriteTransaction, line: &str, now: i64) -> Result<u64
     let mut table = txn.open_table(ENDED)?;
     let sequence = table.last()?.map_or(0, |(k, _)| k.value()) + 1;
     table.insert(sequence, line)?;
-    forget_lapsed(&mut table, now, FORGET_PER_WRITE, MOST_LOGGED)?;
+    forget_lapsed(&mut table, now, FORGET_PER_WRITE)?;
     Ok(sequence)
 }
 
 /// Removes up to `most` entries at the head of the log that lapsed before `now` (or do
-/// not read, or have `kept` ([`MOST_LOGGED`]) entries after them); entries lapse in the
-/// order they were written, so the head is where they are.
+/// not read); entries lapse in the order they were written, so the head is where they are.
 /// The last entry is always kept, lapsed or not: its sequence number is where the next
 /// one continues (were the table emptied, numbering would start again at 1, behind every
 /// follower's cursor, and new entries would never be read).
@@ -114,7 +108,6 @@ fn forget_lapsed(
     table: &mut redb::Table<u64, &str>,
     now: i64,
     most: usize,
-    kept: u64,
 ) -> Result<usize, TxnError> {
     let Some(last) = table.last()?.map(|(k, _)| k.value()) else {
         return Ok(0);
@@ -125,8 +118,7 @@ fn forget_lapsed(
         .filter_map(Result::ok)
         .take_while(|(k, v)| {
             k.value() != last
-                && (k.value().saturating_add(kept) <= last
-                    || SessionRevocation::decode(v.value()).is_none_or(|r| r.lapses_at < now))
+                && SessionRevocation::decode(v.value()).is_none_or(|r| r.lapses_at < now)
         })
         .map(|(k, _)| k.value())
         .collect();
@@ -185,32 +177,6 @@ mod tests {
             SessionEnd::Logout,
             Timestamp::from_second(at).unwrap(),
         )
-    }
-
-    /// However fast entries come (a tenant's logouts written again and again), the log
-    /// keeps the newest ones only: the oldest go first, a bounded number per write.
-    #[test]
-    fn the_log_keeps_at_most_its_number_of_entries_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("log.redb")).unwrap();
-        let t = 1_700_000_000;
-        let txn = db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(ENDED).unwrap();
-            for sequence in 1..=10u64 {
-                let line = ended(&format!("s{sequence}"), t).encode();
-                table.insert(sequence, line.as_str()).unwrap();
-                // Nothing has lapsed: only the number of entries after it counts.
-                assert!(forget_lapsed(&mut table, t, 2, 3).is_ok());
-            }
-            let kept: Vec<u64> = table
-                .iter()
-                .unwrap()
-                .map(|entry| entry.unwrap().0.value())
-                .collect();
-            assert_eq!(kept, [8, 9, 10]);
-        }
-        txn.commit().unwrap();
     }
 
     #[tokio::test]

@@ -311,26 +311,27 @@ pub struct Ended {
     pub recorded: bool,
 }
 
-/// Logout: revokes the family of `token` (presented by `by.client`), recording its
-/// session's end in `by.sessions` with the write when the family is of `by.issuer` (one
-/// of the client's earlier issuer ends without: `by.sessions` is not the key that signed
-/// its access tokens, and the caller finds that issuer's). `Ok(None)` when the token is
-/// unknown or of another client: RFC 7009 §2.2 answers 200 for these, and nothing
-/// changes.
+/// Logout: revokes the family of `token` (presented by `client`), recording its
+/// session's end with the write under the SigningKey `sessions_of` names for the family
+/// (its issuer's, whose key signed its access tokens: after the client's key changed,
+/// not the one the logout came in on; `None`: no log, or no such issuer published).
+/// `Ok(None)` when the token is unknown or of another client: RFC 7009 §2.2 answers 200
+/// for these, and nothing changes.
 pub async fn logout(
     store: &dyn FamilyStore,
     token: &RefreshToken,
-    by: Presenter<'_>,
+    client: &str,
+    sessions_of: &(dyn Fn(&Family) -> Option<ObjectKey> + Sync),
     now: Timestamp,
 ) -> Result<Option<Ended>, RefreshError> {
     let Some(found) = store.find(token.hash(), now).await? else {
         return Ok(None);
     };
-    if found.family.client != by.client {
+    if found.family.client != client {
         return Ok(None);
     }
-    let sessions = by.sessions.filter(|_| found.family.issuer == by.issuer);
-    end_family(store, found.family, sessions, now)
+    let key = sessions_of(&found.family);
+    end_family(store, found.family, key.as_ref(), now)
         .await
         .map(Some)
 }

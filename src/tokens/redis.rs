@@ -116,7 +116,7 @@ return 1
 /// `KEYS[1]` family, `KEYS[2]` the next token, `KEYS[3]` the log of ended sessions;
 /// `ARGV`: expected generation and revoked, next generation, revoked and JSON, token
 /// value, expiry (ms), then, when the write ends the family, the log's append (as
-/// [`super::redis_sessions`] appends: how long entries are kept, the entry, how many). 1 written, 0 lost.
+/// [`super::redis_sessions`] appends: how long entries are kept, the entry). 1 written, 0 lost.
 /// The first write is the first command that can meet `maxmemory`, so a full Redis
 /// refuses the whole script and nothing is half-written.
 const SWAP: &str = concat!(
@@ -134,7 +134,7 @@ if ARGV[3] ~= ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[6], 'PXAT', ARGV[7])
 end
 if ARGV[9] then
-  append(KEYS[3], ARGV[8], ARGV[9], ARGV[10])
+  append(KEYS[3], ARGV[8], ARGV[9])
 end
 return 1
 "#

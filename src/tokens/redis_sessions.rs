@@ -24,25 +24,23 @@ use std::sync::{Arc, LazyLock};
 
 use super::StoreError;
 use super::redis::{RedisSettings, client, prefix, redacted};
-use super::session_log::{Cursor, MOST_LOGGED, READ_BATCH, Read, SessionLog};
+use super::session_log::{Cursor, READ_BATCH, Read, SessionLog};
 use crate::revocation::SessionRevocation;
 use crate::revocation::sessions::SESSION_REVOCATION_LIFETIME;
 
-/// A Lua function `append(stream, keep, entry, most)` that appends `entry` to the log
-/// `stream` ([`append_args`]: `keep`, how long entries are kept, in ms; `most`, how many
-/// at most, [`MOST_LOGGED`]). By Redis's clock (whose ids are the stream's; authplane's
-/// may differ): entries older than `keep` are trimmed, and the stream expires `keep` after
-/// its latest entry, an hour after that entry lapses. Beyond `most` entries the oldest go.
+/// A Lua function `append(stream, keep, entry)` that appends `entry` to the log `stream`
+/// ([`append_args`]: `keep`, how long entries are kept, in ms). By Redis's clock (whose
+/// ids are the stream's; authplane's may differ): entries older than `keep` are trimmed,
+/// and the stream expires `keep` after its latest entry, an hour after that entry lapses.
 /// Shared by [`RECORD`] and the family store's compare-and-set, which appends with the
 /// write that ends a family.
 macro_rules! append_lua {
     () => {
         r#"
-local function append(stream, keep, entry, most)
+local function append(stream, keep, entry)
   local time = redis.call('TIME')
   local keep_from = math.max(0, time[1] * 1000 + math.floor(time[2] / 1000) - keep)
   redis.call('XADD', stream, 'MINID', '~', string.format('%d', keep_from), '*', 'e', entry)
-  redis.call('XTRIM', stream, 'MAXLEN', '~', most)
   redis.call('PEXPIRE', stream, keep)
 end
 "#
@@ -54,7 +52,7 @@ pub(super) use append_lua;
 const RECORD: &str = concat!(
     append_lua!(),
     r#"
-append(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+append(KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#
 );
@@ -65,13 +63,9 @@ pub(super) fn stream_key(prefix: &str) -> String {
 }
 
 /// What an append of `revocation` passes to Redis: how long entries are kept ([`KEEP`],
-/// ms), the entry, and how many entries are kept at most.
-pub(super) fn append_args(revocation: &SessionRevocation) -> [String; 3] {
-    [
-        KEEP.as_millis().to_string(),
-        revocation.encode(),
-        MOST_LOGGED.to_string(),
-    ]
+/// ms), and the entry.
+pub(super) fn append_args(revocation: &SessionRevocation) -> [String; 2] {
+    [KEEP.as_millis().to_string(), revocation.encode()]
 }
 
 static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));
@@ -266,34 +260,6 @@ fn parse_id(text: &str) -> Option<Cursor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::tests::redis_server::RedisServer;
-
-    /// However fast entries come (a tenant's logouts written again and again), the stream
-    /// keeps about its number of entries, the newest (`~`: Redis trims whole nodes of
-    /// about 100 entries).
-    #[test]
-    fn the_stream_keeps_about_its_number_of_entries() {
-        let Some(server) = RedisServer::start("the_stream_keeps_about_its_number_of_entries")
-        else {
-            return;
-        };
-        let mut raw = ::redis::Client::open(server.url())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let entry = "auth web 00112233445566778899aabbccddeeff logout 1 2";
-        for _ in 0..1000 {
-            let _: Value = RECORD_SCRIPT
-                .key("ended")
-                .arg(KEEP.as_millis().to_string())
-                .arg(entry)
-                .arg(200)
-                .invoke(&mut raw)
-                .unwrap();
-        }
-        let held: u64 = ::redis::cmd("XLEN").arg("ended").query(&mut raw).unwrap();
-        assert!((200..400).contains(&held), "{held}");
-    }
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())

@@ -41,12 +41,6 @@ pub const READ_BATCH: usize = 1000;
 pub const WAIT: Duration = Duration::from_secs(1);
 /// Lapsed entries are dropped from memory this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// The most entries a store's log keeps (the oldest go first beyond it): twice what one
-/// replica holds in memory ([`crate::revocation::sessions::MAX_SESSION_REVOCATIONS`]).
-/// Entries lapse a day after they are written, but a tenant whose namespace holds its
-/// share of a full set could otherwise grow the log as fast as its logouts are written
-/// again, each one refused in memory.
-pub const MOST_LOGGED: u64 = 2 * crate::revocation::sessions::MAX_SESSION_REVOCATIONS as u64;
 /// After a failed read, the next one waits this long.
 const RETRY: Duration = Duration::from_millis(500);
 
