@@ -225,6 +225,10 @@ pub struct SessionSet {
     order: Map<String, imbl::Vector<Placed>>,
     /// One `Arc` per SigningKey for `order`'s places (not a copy of its names each).
     keys: Map<ObjectKey, Arc<ObjectKey>>,
+    /// The log's time: the latest `revoked_at` taken in. What a full set drops, and what
+    /// a prune forgets, is decided by it, not by this replica's clock or the moment its
+    /// prune runs, so that every replica following the log holds the same entries.
+    log_time: i64,
     len: usize,
     cap: usize,
 }
@@ -243,6 +247,7 @@ impl SessionSet {
             by_namespace: Map::default(),
             order: Map::default(),
             keys: Map::default(),
+            log_time: 0,
             len: 0,
             cap,
         }
@@ -253,6 +258,10 @@ impl SessionSet {
     pub fn insert(&mut self, revocation: &SessionRevocation, now: Timestamp) -> Inserted {
         if revocation.lapses_at < now.as_second() {
             return Inserted::Known;
+        }
+        self.log_time = self.log_time.max(revocation.revoked_at);
+        if self.len >= self.cap {
+            self.forget_lapsed_by_log_time();
         }
         let namespace = &revocation.key.namespace;
         let in_namespace = self.by_namespace.get(namespace).copied().unwrap_or(0);
@@ -316,6 +325,43 @@ impl SessionSet {
             .map(|(namespace, _)| namespace.clone())
     }
 
+    /// Forgets, at the front of each namespace's order, the entries lapsed by the log's
+    /// time (and stale places): a full set makes room from them before it displaces or
+    /// refuses anything, whenever this replica last pruned.
+    fn forget_lapsed_by_log_time(&mut self) {
+        let log_time = self.log_time;
+        let mut order = std::mem::take(&mut self.order);
+        for (namespace, places) in order.iter_mut() {
+            while let Some(placed) = places.front() {
+                if self.current(placed) {
+                    if placed.lapses_at >= log_time {
+                        break;
+                    }
+                    let placed = placed.clone();
+                    self.forget(namespace, &placed);
+                }
+                places.pop_front();
+            }
+        }
+        order.retain(|_, places| !places.is_empty());
+        self.order = order;
+    }
+
+    /// Forgets the entry held at `placed`, one of `namespace`'s.
+    fn forget(&mut self, namespace: &str, placed: &Placed) {
+        if let Some(sessions) = self.by_key.get_mut(&*placed.key) {
+            sessions.remove(&placed.sid);
+            if sessions.is_empty() {
+                self.by_key.remove(&*placed.key);
+                self.keys.remove(&*placed.key);
+            }
+        }
+        if let Some(held) = self.by_namespace.get_mut(namespace) {
+            *held -= 1;
+        }
+        self.len -= 1;
+    }
+
     /// Whether `placed` is where its entry is held now (not gone, not ended again since).
     fn current(&self, placed: &Placed) -> bool {
         self.by_key
@@ -335,27 +381,17 @@ impl SessionSet {
             else {
                 return;
             };
-            if !self.current(&placed) {
-                continue;
+            if self.current(&placed) {
+                self.forget(namespace, &placed);
+                return;
             }
-            if let Some(sessions) = self.by_key.get_mut(&*placed.key) {
-                sessions.remove(&placed.sid);
-                if sessions.is_empty() {
-                    self.by_key.remove(&*placed.key);
-                    self.keys.remove(&*placed.key);
-                }
-            }
-            if let Some(held) = self.by_namespace.get_mut(namespace) {
-                *held -= 1;
-            }
-            self.len -= 1;
-            return;
         }
     }
 
-    /// Forgets the entries lapsed before `now`; returns how many.
+    /// Forgets the entries lapsed before `now`, or before the log's time if that is
+    /// earlier (see `log_time`); returns how many.
     pub fn prune(&mut self, now: Timestamp) -> usize {
-        let now = now.as_second();
+        let now = now.as_second().min(self.log_time);
         let before = self.len;
         let mut emptied = Vec::new();
         for (key, sessions) in self.by_key.iter_mut() {
@@ -368,13 +404,11 @@ impl SessionSet {
             self.by_key.remove(&key);
             self.keys.remove(&key);
         }
-        // What lapsed is at the front of each namespace's order (entries lapse a fixed
-        // time after they come), with places left stale by sessions ended again.
+        // Places of what lapsed, and places left stale by sessions ended again (anywhere
+        // in the order: behind an older entry they would pile up for a day).
         let mut order = std::mem::take(&mut self.order);
         for (_, places) in order.iter_mut() {
-            while places.front().is_some_and(|placed| !self.current(placed)) {
-                places.pop_front();
-            }
+            places.retain(|placed| self.current(placed));
         }
         order.retain(|_, places| !places.is_empty());
         self.order = order;
@@ -402,7 +436,7 @@ impl SessionSet {
             .is_some_and(|held| now <= held.lapses_at)
     }
 
-    /// Entries held (lapsed ones included until the next prune).
+    /// Entries held (lapsed ones included until a prune after the log's time passed them).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -481,11 +515,16 @@ mod tests {
             SESSION_REVOCATION_LIFETIME.as_secs()
         );
         let later = Timestamp::from_second(ended.lapses_at + 1).unwrap();
+        // Pruned by the log's time, not this replica's clock: kept (not in force) until
+        // the log moves past it.
+        assert_eq!(set.prune(later), 0);
+        let next = SessionRevocation::new(key("auth"), "s9", SessionEnd::Logout, later);
+        assert_eq!(set.insert(&next, later), Inserted::New);
         assert_eq!(set.prune(later), 1);
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 1);
         // A lapsed entry read late is not added.
         assert_eq!(set.insert(&ended, later), Inserted::Known);
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 1);
     }
 
     #[test]
@@ -572,11 +611,12 @@ mod tests {
             .map(|namespace| set.by_namespace.get(*namespace).copied().unwrap_or(0))
             .collect();
         assert_eq!(shares, [3, 4, 3]);
-        // Lapsed entries give the flooders room again.
+        // Lapsed entries give the flooders room again, as soon as the log has moved past
+        // them (whenever this replica last pruned).
         let later = Timestamp::from_second(t + SESSION_REVOCATION_LIFETIME.as_secs() + 1).unwrap();
-        assert_eq!(set.prune(later), 10);
         let again = SessionRevocation::new(flooding_key(0), "s-new", SessionEnd::Logout, later);
         assert_eq!(set.insert(&again, later), Inserted::New);
+        assert_eq!(set.len(), 1);
     }
 
     /// A flood displaces the oldest entries of the largest namespace, never a session
@@ -617,6 +657,63 @@ mod tests {
         set.prune(later);
         let places: usize = set.order.values().map(imbl::Vector::len).sum();
         assert!(places <= set.len() + 1, "{places} places for {}", set.len());
+    }
+
+    /// Two replicas that prune at different moments hold the same entries: a full set
+    /// makes room from what lapsed by the log's time before it displaces or refuses
+    /// anything, whether or not this replica has pruned (ATTACK13).
+    #[test]
+    fn replicas_pruning_at_different_moments_refuse_the_same_sessions() {
+        let t0 = 1_000_000;
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let old = SessionRevocation::new(key("blog"), "x1", SessionEnd::Logout, at(t0));
+        let a1 = SessionRevocation::new(key("auth"), "a1", SessionEnd::Logout, at(t0 + 100));
+        let a2 = SessionRevocation::new(key("auth"), "a2", SessionEnd::Logout, at(t0 + 200));
+        // Ended a second after x1 lapsed: one replica pruned at that second, the other
+        // prunes 59 seconds later.
+        let tb = old.lapses_at + 1;
+        let b1 = SessionRevocation::new(key("shop"), "b1", SessionEnd::Logout, at(tb));
+        let follow = |pruned_at: i64| {
+            let mut set = SessionSet::with_cap(3);
+            for r in [&old, &a1, &a2] {
+                set.insert(r, at(r.revoked_at));
+            }
+            if pruned_at <= tb {
+                set.prune(at(pruned_at));
+            }
+            set.insert(&b1, at(tb));
+            set.prune(at(pruned_at.max(tb)));
+            set
+        };
+        let (early, late) = (follow(tb), follow(tb + 59));
+        let held = |set: &SessionSet| -> Vec<bool> {
+            [("auth", "a1"), ("auth", "a2"), ("shop", "b1")]
+                .iter()
+                .map(|(ns, sid)| set.is_revoked(&facts(Some(&key(ns)), Some(sid)), tb + 60))
+                .collect()
+        };
+        assert_eq!(held(&early), [true, true, true]);
+        assert_eq!(held(&late), held(&early));
+    }
+
+    /// A session ended again and again leaves no pile of stale places behind an older
+    /// entry: a prune keeps one place per entry (ATTACK13).
+    #[test]
+    fn sessions_ended_again_and_again_leave_no_more_places_than_entries() {
+        let t0 = 1_000_000;
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let mut set = SessionSet::with_cap(10);
+        set.insert(
+            &SessionRevocation::new(key("auth"), "s0", SessionEnd::Logout, at(t0)),
+            at(t0),
+        );
+        for i in 1..=10_000 {
+            let again = SessionRevocation::new(key("auth"), "s1", SessionEnd::Logout, at(t0 + i));
+            assert_eq!(set.insert(&again, at(t0 + i)), Inserted::New);
+        }
+        set.prune(at(t0 + 10_000));
+        let places: usize = set.order.values().map(imbl::Vector::len).sum();
+        assert_eq!((set.len(), places), (2, 2));
     }
 
     /// Every replica follows the same log in the same order: a full set displaces the
