@@ -306,8 +306,9 @@ pub struct Ended {
     pub family: Family,
     /// This call ended it and its session's end was recorded with that write (in the
     /// log of ended sessions given): nothing is left for the caller to write. Otherwise
-    /// (ended earlier, or no log given) the caller ends the session itself, written again
-    /// the same entry or Revocation: a logout retried after a failed write completes it.
+    /// it ended earlier (by a logout or a reuse: its entry was written with it, when the
+    /// store keeps a log; by a Revocation in force then), or no log was given (the caller
+    /// writes a Revocation).
     pub recorded: bool,
 }
 
