@@ -205,10 +205,7 @@ impl Follower {
     ) {
         for key in keys.state() {
             if let Ok(key) = &key.0 {
-                self.index.set_key_lifetime(
-                    ObjectKey::of(&key.metadata),
-                    Some(key.spec.max_token_lifetime()),
-                );
+                self.index.apply_key(key);
             }
         }
         // Until the AuthPolicies are listed, one not read yet may accept longer tokens:
@@ -408,10 +405,7 @@ pub async fn expire_once(
 ) -> Result<usize, Error> {
     let mut lifetimes = RevocationIndex::default();
     list_paged(client, |key: SigningKey| {
-        lifetimes.set_key_lifetime(
-            ObjectKey::of(&key.metadata),
-            Some(key.spec.max_token_lifetime()),
-        );
+        lifetimes.apply_key(&key);
     })
     .await?;
     list_paged(client, |policy: AuthPolicy| {

@@ -461,10 +461,7 @@ impl RevocationIndex {
     ) -> (Self, Vec<Refused>) {
         let mut index = Self::default();
         for key in keys {
-            index.set_key_lifetime(
-                ObjectKey::of(&key.metadata),
-                Some(key.spec.max_token_lifetime()),
-            );
+            index.apply_key(key);
         }
         for policy in policies {
             index.apply_policy(policy);
@@ -507,6 +504,15 @@ impl RevocationIndex {
     /// Keeps only the objects `keep` says exist (a relist).
     pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
         self.entries.retain(|id, _| keep(id));
+    }
+
+    /// Records the longest token lifetime of a SigningKey that exists. True when it
+    /// changed.
+    pub fn apply_key(&mut self, key: &SigningKey) -> bool {
+        self.set_key_lifetime(
+            ObjectKey::of(&key.metadata),
+            Some(key.spec.max_token_lifetime()),
+        )
     }
 
     /// Records a SigningKey's longest token lifetime (`None`: it is gone). True when it
