@@ -304,19 +304,28 @@ async fn expect_list(handle: &mut Handle, path: &str, query: &str, answer: Value
     );
 }
 
-/// The lifetimes are read a page at a time, every page of them: listed whole, 10,000
-/// AuthPolicies with their status held 130-140 MiB more in the leader for a few seconds
-/// every minute.
+/// The lifetimes and the Revocations are read a page at a time, every page of them:
+/// listed whole, 10,000 AuthPolicies with their status held 130-140 MiB more in the leader
+/// for a few seconds every minute. A page of Revocations is acted on before the next is
+/// listed.
 #[tokio::test]
-async fn the_leader_reads_the_lifetimes_a_page_at_a_time() {
+async fn the_leader_reads_lifetimes_and_revocations_a_page_at_a_time() {
     let now: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
     let (task, mut handle, _lease) = expiry_pass(now);
     let policies = "/apis/authplane.io/v1alpha1/authpolicies";
+    let revocations = "/apis/authplane.io/v1alpha1/revocations";
     expect_list(
         &mut handle,
         "/apis/authplane.io/v1alpha1/signingkeys",
         "&limit=500",
-        list("SigningKey", vec![]),
+        list(
+            "SigningKey",
+            vec![json!({
+                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+                "metadata": {"name": "web", "namespace": "auth"},
+                "spec": {"maxTokenLifetime": "15m"},
+            })],
+        ),
     )
     .await;
     let mut first = list("AuthPolicy", vec![]);
@@ -337,11 +346,29 @@ async fn the_leader_reads_the_lifetimes_a_page_at_a_time() {
         list("TokenClient", vec![]),
     )
     .await;
+    let mut first = list(
+        "Revocation",
+        vec![revocation(
+            "old",
+            now - SignedDuration::from_mins(21),
+            json!({"signingKeyRef": {"name": "web"}, "subject": "a"}),
+        )],
+    );
+    first["metadata"]["continue"] = json!("revocations-2");
+    expect_list(&mut handle, revocations, "&limit=500", first).await;
+    // The first page's lapsed Revocation is deleted before the second page is listed.
     expect(
         &mut handle,
-        "GET",
-        "/apis/authplane.io/v1alpha1/revocations",
+        "DELETE",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/old",
         200,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    )
+    .await;
+    expect_list(
+        &mut handle,
+        revocations,
+        "&limit=500&continue=revocations-2",
         list(
             "Revocation",
             vec![revocation(
@@ -364,7 +391,7 @@ async fn the_leader_reads_the_lifetimes_a_page_at_a_time() {
         status["status"]["conditions"][0]["reason"],
         "NoLifetimeLimit"
     );
-    assert_eq!(within(task).await.unwrap().unwrap(), 0);
+    assert_eq!(within(task).await.unwrap().unwrap(), 1);
     assert!(handle.next_request().await.is_none(), "no further requests");
 }
 

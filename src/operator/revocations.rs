@@ -286,13 +286,17 @@ pub fn judge(
     clients: &[TokenClient],
     now: Timestamp,
 ) -> Judgement {
-    let (lifetimes, _) = RevocationIndex::of([], keys, policies, clients, now);
-    judge_with(lifetimes, revocations, now)
+    let (mut lifetimes, _) = RevocationIndex::of([], keys, policies, clients, now);
+    judge_with(&mut lifetimes, revocations, now)
 }
 
-/// [`judge`] with the token lifetimes already read into `index` (it holds no Revocation
-/// yet).
-fn judge_with(mut index: RevocationIndex, revocations: &[Revocation], now: Timestamp) -> Judgement {
+/// [`judge`] with the token lifetimes already read into `index`; it holds no Revocation
+/// before or after (each is judged on its own).
+fn judge_with(
+    index: &mut RevocationIndex,
+    revocations: &[Revocation],
+    now: Timestamp,
+) -> Judgement {
     for revocation in revocations {
         if let Err(refused) = index.apply(revocation, now) {
             tracing::warn!("{refused} (left alone)");
@@ -346,6 +350,7 @@ fn judge_with(mut index: RevocationIndex, revocations: &[Revocation], now: Times
         };
         judgement.active.push((revocation.clone(), status));
     }
+    index.retain(|_| false);
     judgement
 }
 
@@ -377,19 +382,33 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
     let api = Api::<DeserializeGuard<K>>::all(client.clone());
-    let mut params = ListParams::default().limit(LIST_PAGE);
-    loop {
-        let page = api.list(&params).await?;
-        for object in page.items {
-            if let Ok(object) = object.0 {
-                each(object);
-            }
-        }
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(()),
-        }
+    let mut params = Some(ListParams::default().limit(LIST_PAGE));
+    while let Some(this) = params {
+        let (page, next) = list_page(&api, this).await?;
+        page.into_iter().for_each(&mut each);
+        params = next;
     }
+    Ok(())
+}
+
+/// One page of a list: the objects that parse, and the parameters of the next page
+/// (`None` after the last).
+async fn list_page<K>(
+    api: &Api<DeserializeGuard<K>>,
+    params: ListParams,
+) -> Result<(Vec<K>, Option<ListParams>), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let page = api.list(&params).await?;
+    let next = match page.metadata.continue_ {
+        Some(token) if !token.is_empty() => Some(params.continue_token(&token)),
+        _ => None,
+    };
+    Ok((
+        page.items.into_iter().filter_map(|o| o.0.ok()).collect(),
+        next,
+    ))
 }
 
 /// One pass of [`expire`]: reads the token lifetimes from SigningKeys, AuthPolicies (what
@@ -417,17 +436,28 @@ pub async fn expire_once(
         lifetimes.apply_client(&token_client);
     })
     .await?;
-    let revocations: Vec<Revocation> = Api::<DeserializeGuard<Revocation>>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|r| r.0.ok())
+    // The Revocations a page at a time too (a "payment failed" per user makes many), each
+    // page judged and acted on before the next is listed: none is held beyond its page.
+    let api = Api::<DeserializeGuard<Revocation>>::all(client.clone());
+    let mut params = Some(ListParams::default().limit(LIST_PAGE));
+    let mut deleted = 0;
+    while let Some(this) = params {
+        let (page, next) = list_page(&api, this).await?;
+        params = next;
         // Every instance honours every Revocation (revoking never grants anything);
         // each deletes and reports only its own.
-        .filter(|r| writer.instance().owns(&r.metadata))
-        .collect();
-    let judgement = judge_with(lifetimes, &revocations, now);
+        let own: Vec<Revocation> = page
+            .into_iter()
+            .filter(|r| writer.instance().owns(&r.metadata))
+            .collect();
+        deleted += act_on(writer, judge_with(&mut lifetimes, &own, now)).await?;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the lapsed Revocations of a judgement and writes the others' status; returns
+/// how many were deleted.
+async fn act_on(writer: &LeaderWriter, judgement: Judgement) -> Result<usize, Error> {
     let mut deleted = 0;
     for revocation in judgement.lapsed {
         let id = ObjectKey::of(&revocation.metadata);
