@@ -67,8 +67,9 @@ login() {
 rps_of() { awk '/^Requests\/sec:/ {print $2}' "$work/$1.txt"; }
 pct_of() { awk -v p="$2" '$1 == p {print $2}' "$work/$1.txt"; }
 requests_of() { awk '/requests in/ {print $1}' "$work/$1.txt"; }
-# The server's CPU seconds so far (user + system, every thread), and the wall clock.
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$server/stat"; }
+# The server's CPU seconds so far (every thread): user and system (the kernel's share:
+# sockets, the store's file writes and syncs, wake-ups).
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{print $14 / hz, $15 / hz}' "/proc/$server/stat"; }
 # The store's counters: `<operation>_sum <seconds>` and `<operation>_count <n>` lines.
 store_counters() {
   curl -fs "$base/metrics" | sed -n 's/^authplane_token_store_seconds_\(sum\|count\){operation="\([a-z]*\)"} /\2_\1 /p'
@@ -78,8 +79,9 @@ store_counters() {
 measured() {
   local name=$1 requests
   requests=$(requests_of "$name")
-  awk -v r="$requests" -v d="$DURATION" -v c0="$(cat "$work/$name.before-cpu")" -v c1="$(cpu_seconds)" \
-    'BEGIN { printf "cpu_us_per_request %.1f\ncore_busy_percent %.0f\n", (c1 - c0) / r * 1e6, (c1 - c0) / d * 100 }' \
+  { cat "$work/$name.before-cpu"; cpu_seconds; } | awk -v r="$requests" -v d="$DURATION" \
+    'NR == 1 { u0 = $1; s0 = $2 } NR == 2 { u = $1 - u0; s = $2 - s0
+      printf "cpu_us_per_request %.1f\nsystem_us_per_request %.1f\ncore_busy_percent %.0f\n", (u + s) / r * 1e6, s / r * 1e6, (u + s) / d * 100 }' \
     >"$work/$name.measured"
   store_counters >"$work/$name.after-store"
   awk -v r="$requests" 'NR == FNR { before[$1] = $2; next } { after[$1] = $2 }
@@ -143,10 +145,10 @@ taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rat
 sign_of() { awk -v k="$2_$1_signatures_per_second" '$1 == k {print $2}' "$work/sign-$1.txt"; }
 
 echo "users $USERS, $CONNECTIONS connections, ${DURATION}s per algorithm, server on 1 core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "HTTP floor, /healthz: $(rps_of healthz)/s   p50 $(pct_of healthz 50%)   p99 $(pct_of healthz 99%)   server CPU $(figure healthz cpu_us_per_request) us/request, core busy $(figure healthz core_busy_percent)%"
+echo "HTTP floor, /healthz: $(rps_of healthz)/s   p50 $(pct_of healthz 50%)   p99 $(pct_of healthz 99%)   server CPU $(figure healthz cpu_us_per_request) us/request (the kernel's part $(figure healthz system_us_per_request)), core busy $(figure healthz core_busy_percent)%"
 for name in rs256 es256; do
   echo "refresh with rotation, $name: $(rps_of "$name")/s   p50 $(pct_of "$name" 50%)   p99 $(pct_of "$name" 99%)"
-  echo "  server CPU $(figure "$name" cpu_us_per_request) us/refresh, core busy $(figure "$name" core_busy_percent)%; store: lookup $(figure "$name" store_find_us) us, write (until durable) $(figure "$name" store_swap_us) us"
+  echo "  server CPU $(figure "$name" cpu_us_per_request) us/refresh (the kernel's part $(figure "$name" system_us_per_request)), core busy $(figure "$name" core_busy_percent)%; store: lookup $(figure "$name" store_find_us) us, write (until durable) $(figure "$name" store_swap_us) us"
   echo "  durable commits (fsync) per refresh $(figure "$name" syncs_per_request), context switches per refresh $(figure "$name" context_switches_per_request)"
   echo "  signing on 1 core: raw aws-lc-rs $(sign_of "$name" raw)/s, jsonwebtoken::encode $(sign_of "$name" jsonwebtoken)/s, token::sign $(sign_of "$name" token_sign)/s"
 done

@@ -1294,13 +1294,48 @@ fn apply_batch(db: &Database, ops: &[Op]) -> Result<Applied, StoreError> {
         logged: 0,
     };
     write(db, |txn| {
+        let mut tables = Tables::open(txn)?;
         for op in ops {
-            let answer = apply(txn, op, &mut applied.logged)?;
+            let answer = apply(txn, &mut tables, op, &mut applied.logged)?;
             applied.answers.push(answer);
         }
         Ok(applied.answers.iter().any(|written| *written > 0))
     })?;
     Ok(applied)
+}
+
+/// The tables of families, opened once for a group of writes: opening a table costs about
+/// as much as an insert into it, and a rotation writes four of them.
+struct Tables<'txn> {
+    families: redb::Table<'txn, &'static str, &'static [u8]>,
+    tokens: redb::Table<'txn, &'static [u8], (&'static str, u64)>,
+    family_tokens: redb::MultimapTable<'txn, &'static str, &'static [u8]>,
+    expiry: redb::Table<'txn, (i64, &'static str), ()>,
+    sessions: redb::MultimapTable<'txn, (&'static str, &'static str), &'static str>,
+    preceding: redb::Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, TxnError> {
+        Ok(Tables {
+            families: txn.open_table(FAMILIES)?,
+            tokens: txn.open_table(TOKENS)?,
+            family_tokens: txn.open_multimap_table(FAMILY_TOKENS)?,
+            expiry: txn.open_table(EXPIRY)?,
+            sessions: txn.open_multimap_table(SESSIONS)?,
+            preceding: txn.open_table(PRECEDING)?,
+        })
+    }
+
+    /// Indexes the family's current token: its hash to the family, and the family to it.
+    fn record_token(&mut self, family: &Family) -> Result<(), TxnError> {
+        let hash = family.current.0;
+        self.tokens
+            .insert(hash.as_slice(), (family.id.as_str(), family.generation))?;
+        self.family_tokens
+            .insert(family.id.as_str(), hash.as_slice())?;
+        Ok(())
+    }
 }
 
 fn same_error(e: &StoreError) -> StoreError {
@@ -1313,16 +1348,23 @@ fn same_error(e: &StoreError) -> StoreError {
 
 /// Applies one write; `logged`: set to the sequence number of the entry it appends to
 /// the log of ended sessions, if any.
-fn apply(txn: &WriteTransaction, op: &Op, logged: &mut u64) -> Result<usize, TxnError> {
+fn apply(
+    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
+    op: &Op,
+    logged: &mut u64,
+) -> Result<usize, TxnError> {
     match op {
         Op::Create(family) => {
             let json = encode(family)?;
-            txn.open_table(FAMILIES)?
+            tables
+                .families
                 .insert(family.id.as_str(), json.as_slice())?;
-            record_token(txn, family)?;
-            txn.open_table(EXPIRY)?
+            tables.record_token(family)?;
+            tables
+                .expiry
                 .insert((family.forget_after().as_second(), family.id.as_str()), ())?;
-            txn.open_multimap_table(SESSIONS)?.insert(
+            tables.sessions.insert(
                 (family.client.as_str(), family.subject.as_str()),
                 family.id.as_str(),
             )?;
@@ -1334,11 +1376,13 @@ fn apply(txn: &WriteTransaction, op: &Op, logged: &mut u64) -> Result<usize, Txn
             ended,
         } => {
             let json = encode(family)?;
-            txn.open_table(FAMILIES)?
+            tables
+                .families
                 .insert(family.id.as_str(), json.as_slice())?;
             if let Some(preceding) = preceding {
-                record_token(txn, family)?;
-                txn.open_table(PRECEDING)?
+                tables.record_token(family)?;
+                tables
+                    .preceding
                     .insert(family.id.as_str(), preceding.0.as_slice())?;
             }
             if let Some(entry) = ended {
@@ -1352,30 +1396,25 @@ fn apply(txn: &WriteTransaction, op: &Op, logged: &mut u64) -> Result<usize, Txn
         }
         Op::Reload => Ok(0),
         Op::Purge(now) => {
-            let mut expiry = txn.open_table(EXPIRY)?;
-            let due: Vec<(i64, String)> = expiry
+            let due: Vec<(i64, String)> = tables
+                .expiry
                 .range(..(now.as_second(), ""))?
                 .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
                 .collect::<Result<_, _>>()?;
-            let mut families = txn.open_table(FAMILIES)?;
-            let mut tokens = txn.open_table(TOKENS)?;
-            let mut family_tokens = txn.open_multimap_table(FAMILY_TOKENS)?;
-            let mut sessions = txn.open_multimap_table(SESSIONS)?;
-            let mut preceding = txn.open_table(PRECEDING)?;
             for (second, id) in &due {
-                preceding.remove(id.as_str())?;
-                expiry.remove((*second, id.as_str()))?;
+                tables.preceding.remove(id.as_str())?;
+                tables.expiry.remove((*second, id.as_str()))?;
                 // A family that does not read is forgotten all the same; its index entry
                 // then outlives it, and listing skips it.
-                if let Ok(Some(family)) = read_family(&families, id) {
-                    sessions.remove(
+                if let Ok(Some(family)) = read_family(&tables.families, id) {
+                    tables.sessions.remove(
                         (family.client.as_str(), family.subject.as_str()),
                         id.as_str(),
                     )?;
                 }
-                families.remove(id.as_str())?;
-                for hash in family_tokens.remove_all(id.as_str())? {
-                    tokens.remove(hash?.value())?;
+                tables.families.remove(id.as_str())?;
+                for hash in tables.family_tokens.remove_all(id.as_str())? {
+                    tables.tokens.remove(hash?.value())?;
                 }
             }
             Ok(due.len())
@@ -1424,15 +1463,6 @@ pub(super) fn write(
         TxnError::Db(e) => failed(e),
         TxnError::Store(e) => e,
     })
-}
-
-fn record_token(txn: &WriteTransaction, family: &Family) -> Result<(), TxnError> {
-    let hash = family.current.0;
-    txn.open_table(TOKENS)?
-        .insert(hash.as_slice(), (family.id.as_str(), family.generation))?;
-    txn.open_multimap_table(FAMILY_TOKENS)?
-        .insert(family.id.as_str(), hash.as_slice())?;
-    Ok(())
 }
 
 fn read_family(
