@@ -3,19 +3,20 @@
 //! replica: a file cannot be shared.
 //!
 //! Tables: `families` (id → the family as JSON), `tokens` (SHA-256 of a refresh token →
-//! family id and generation), `family_tokens` (id → its token hashes, to forget them with
-//! it), `expiry` ((forget-after second, id) → (), the purge's index) and `sessions`
+//! family id and generation; entries whose family is gone are swept away a slice at a
+//! time after each purge, see [`SWEEP_PER_PURGE`]), `expiry` ((forget-after second, id)
+//! → (), the purge's index) and `sessions`
 //! ((client, subject) → family ids, for support tools; written with the family and purged
-//! with it, so it is never larger than `families`) and `preceding` (id → the hash of the
-//! preceding generation's token, written with each rotation and purged with the family,
-//! so that a start reads the families and this table, not `tokens`, which holds one entry
-//! per rotation ever made). redb serialises
-//! write transactions, so the compare-and-set is a read and a write in one transaction.
+//! with it, so it is never larger than `families`). A start reads `families` only: the
+//! hashes of the families' current tokens are in them, and a token of an earlier
+//! generation is looked up in `tokens` when it is presented. redb serialises write
+//! transactions, so the compare-and-set is a read and a write in one transaction.
 //!
 //! Every family is also held in memory ([`super::embedded_memory`]): a lookup and the
 //! compare-and-set are decided there, under a mutex, and never answer a state before the
 //! writer has made it durable. The file is read only at start (and after a failed
-//! commit), and for tokens older than the preceding generation (reuse).
+//! commit), and for tokens of earlier generations than memory knows: the preceding one
+//! after a start (a retry within the grace) and older ones (reuse).
 //!
 //! Writes are committed in groups: one writer thread takes every write waiting (up to
 //! [`MAX_BATCH`]), applies them in order in one transaction, commits once (one fsync),
@@ -54,11 +55,18 @@ use crate::revocation::SessionRevocation;
 
 const FAMILIES: TableDefinition<&str, &[u8]> = TableDefinition::new("families");
 const TOKENS: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("tokens");
+/// Files of earlier versions: id → its token hashes, written with each rotation (a
+/// quarter of a rotation's cost) to forget them with the family. No longer written; what
+/// is there is forgotten with its family, and the sweep of `tokens` forgets the rest.
 const FAMILY_TOKENS: MultimapTableDefinition<&str, &[u8]> =
     MultimapTableDefinition::new("family_tokens");
 const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
 const SESSIONS: MultimapTableDefinition<(&str, &str), &str> =
     MultimapTableDefinition::new("sessions");
+/// Files of earlier versions: id → the hash of the preceding generation's token, written
+/// with each rotation (a fifth of a rotation's cost) so that a start could find preceding
+/// tokens without `tokens`. It is dropped at open: an entry left behind by this version's
+/// rotations would name an older generation's token as the preceding one.
 const PRECEDING: TableDefinition<&str, &[u8]> = TableDefinition::new("preceding");
 
 /// redb's page cache is a ceiling, not an allocation; its default (1 GiB) is far more than
@@ -67,6 +75,13 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;
+
+/// Entries of `tokens` (one per rotation ever made) that the sweep after each purge (every
+/// minute) reads, forgetting those whose family is gone: a read transaction on the
+/// blocking pool (the writer goes on meanwhile), then one write of what it found. A pass
+/// over a million entries takes 50 minutes; what waits for it is about a hundred bytes per
+/// rotation on disk, never a token that works (its family is gone).
+const SWEEP_PER_PURGE: usize = 20_000;
 
 /// The most writes waiting for the writer. A decision is taken only with a place in the
 /// queue reserved: a writer that is behind (a stalled disk) refuses new decisions with
@@ -201,6 +216,8 @@ struct Shared {
     ended_sessions: tokio::sync::watch::Sender<u64>,
     /// Clients whose logins are being refused for their cap (logged once per episode).
     capped: Mutex<std::collections::HashSet<String>>,
+    /// The last key of `tokens` the sweep read (`None`: the next sweep starts a pass).
+    swept: Mutex<Option<Vec<u8>>>,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
     /// on the first channel, and waits on the second before writing anything.
     #[cfg(test)]
@@ -211,16 +228,17 @@ struct Shared {
 /// the write is queued: on disk a write is a plain put.
 enum Op {
     Create(Box<Family>),
-    /// The family's new state; `preceding`: it rotated, and this was the hash of the
-    /// token it replaced (record the new token's hash, and this as the preceding one);
-    /// `ended`: it ends the family, and this is its session's entry in the log of ended
-    /// sessions, appended in the same transaction.
+    /// The family's new state; `rotated`: it has a new token (record its hash); `ended`:
+    /// it ends the family, and this is its session's entry in the log of ended sessions,
+    /// appended in the same transaction.
     Put {
         family: Box<Family>,
-        preceding: Option<TokenHash>,
+        rotated: bool,
         ended: Option<LogEntry>,
     },
     Purge(Timestamp),
+    /// Removes these entries of `tokens` (their families are gone).
+    ForgetTokens(Vec<Vec<u8>>),
     /// Appends an entry to the log of ended sessions; answers its sequence number.
     EndSession(LogEntry),
     /// Reload memory from the file if it is poisoned (a commit failed earlier and the
@@ -233,7 +251,7 @@ impl Op {
     fn family(&self) -> Option<&str> {
         match self {
             Op::Create(family) | Op::Put { family, .. } => Some(&family.id),
-            Op::Purge(_) | Op::EndSession(_) | Op::Reload => None,
+            Op::Purge(_) | Op::ForgetTokens(_) | Op::EndSession(_) | Op::Reload => None,
         }
     }
 
@@ -305,9 +323,6 @@ impl EmbeddedStore {
     /// Opens the file through `open` (also used to reopen it after an I/O error).
     fn open_with(path: &Path, open: Opener) -> Result<Self, StoreError> {
         let db = open()?;
-        // A file written before the `preceding` table existed is loaded once by a scan
-        // of `tokens`, and the table is filled from it.
-        let has_preceding = has_preceding_table(&db).map_err(|e| in_file(path, e))?;
         // The tables exist from the start, so that reads never meet a missing table.
         write(&db, |txn| {
             txn.open_table(FAMILIES)?;
@@ -315,18 +330,11 @@ impl EmbeddedStore {
             txn.open_multimap_table(FAMILY_TOKENS)?;
             txn.open_table(EXPIRY)?;
             txn.open_multimap_table(SESSIONS)?;
-            txn.open_table(PRECEDING)?;
+            txn.delete_table(PRECEDING)?;
             Ok(true)
         })
         .map_err(|e| in_file(path, e))?;
-        let memory = decoding(|| {
-            if has_preceding {
-                load(&db)
-            } else {
-                load_by_scan(&db)
-            }
-        })
-        .map_err(|e| in_file(path, e))?;
+        let memory = decoding(|| load(&db)).map_err(|e| in_file(path, e))?;
         let db = Arc::new(Handle {
             db: RwLock::new(Some(db)),
             open,
@@ -345,6 +353,7 @@ impl EmbeddedStore {
                 not_before: None,
             }),
             capped: Mutex::new(Default::default()),
+            swept: Mutex::new(None),
             #[cfg(test)]
             hold: Mutex::new(None),
         });
@@ -540,6 +549,29 @@ impl EmbeddedStore {
         })
     }
 
+    /// Reads the next [`SWEEP_PER_PURGE`] entries of `tokens` and forgets those whose
+    /// family is gone (purged, with or before this version). A family's entries are not
+    /// indexed by family (that index cost a quarter of each rotation), so they are found
+    /// this way. Answers how many were forgotten.
+    async fn sweep_tokens(&self) -> Result<usize, StoreError> {
+        let after = lock_swept(&self.shared).clone();
+        let Swept { orphans, next } = self
+            .blocking(move |db| decoding(|| orphaned_tokens(db, after.as_deref())))
+            .await?;
+        *lock_swept(&self.shared) = next;
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let decided = self.decide(|memory| {
+            memory.next_sequence();
+            Some(Op::ForgetTokens(orphans))
+        })?;
+        match decided {
+            Some(answer) => answer.await,
+            None => Ok(0),
+        }
+    }
+
     /// Decides a write in memory and queues it, in one critical section. `None`: the
     /// decision was to write nothing.
     fn decide(
@@ -720,12 +752,12 @@ impl FamilyStore for EmbeddedStore {
             {
                 return None;
             }
-            let preceding = (next.generation != stored.generation).then_some(stored.current);
+            let rotated = next.generation != stored.generation;
             let sequence = memory.next_sequence();
             memory.put(next.clone(), sequence);
             Some(Op::Put {
                 family: Box::new(next.clone()),
-                preceding,
+                rotated,
                 // Written when the family ends.
                 ended: ended.map(|ended| LogEntry::at(ended, ended.revoked_at)),
             })
@@ -754,10 +786,12 @@ impl FamilyStore for EmbeddedStore {
             Some(Op::Purge(now))
         });
         Box::pin(async move {
-            match decided? {
-                Some(answer) => answer.await,
-                None => Ok(0),
-            }
+            let purged = match decided? {
+                Some(answer) => answer.await?,
+                None => 0,
+            };
+            self.sweep_tokens().await?;
+            Ok(purged)
         })
     }
 }
@@ -983,16 +1017,7 @@ fn undo(
                 OnDisk::Unreadable => {
                     memory.unreadable.insert(id);
                 }
-                OnDisk::Family(family, preceding) => {
-                    let generation = family.generation;
-                    memory.put(*family, 0);
-                    if let (Some(hash), Some(older)) = (preceding, generation.checked_sub(1)) {
-                        if let Some(slot) = memory.families.get_mut(&id) {
-                            slot.preceding = Some(hash);
-                        }
-                        memory.recent.insert(hash, (id, older));
-                    }
-                }
+                OnDisk::Family(family) => memory.put(*family, 0),
             }
         }
         let at = memory.sequence;
@@ -1009,10 +1034,9 @@ fn undo(
 /// A family as the file holds it.
 enum OnDisk {
     Gone,
-    /// Its record (or its preceding token's hash) does not read.
+    /// Its record does not read.
     Unreadable,
-    /// The family and the hash of its preceding generation's token.
-    Family(Box<Family>, Option<TokenHash>),
+    Family(Box<Family>),
 }
 
 /// The families `ids` as the file holds them.
@@ -1022,17 +1046,10 @@ fn read_back<'a>(
 ) -> Result<Vec<(String, OnDisk)>, StoreError> {
     let txn = db.begin_read().map_err(|e| failed(e.into()))?;
     let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-    let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
     ids.map(|id| {
         let state = match read_family(&families, id) {
             Ok(None) => OnDisk::Gone,
-            Ok(Some(family)) => {
-                let hash = preceding.get(id.as_str()).map_err(|e| failed(e.into()))?;
-                match hash.map(|hash| token_hash(id, hash.value())).transpose() {
-                    Ok(hash) => OnDisk::Family(Box::new(family), hash),
-                    Err(_) => OnDisk::Unreadable,
-                }
-            }
+            Ok(Some(family)) => OnDisk::Family(Box::new(family)),
             // As at start: a family that does not read answers an error for its tokens.
             Err(StoreError::Corrupt(_)) => OnDisk::Unreadable,
             Err(e) => return Err(e),
@@ -1150,6 +1167,59 @@ fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
+fn lock_swept(shared: &Shared) -> MutexGuard<'_, Option<Vec<u8>>> {
+    shared.swept.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a sweep of `tokens` found.
+#[derive(Debug)]
+struct Swept {
+    /// Entries whose family is not in `families`.
+    orphans: Vec<Vec<u8>>,
+    /// The last key read, where the next sweep goes on (`None`: this one reached the end).
+    next: Option<Vec<u8>>,
+}
+
+/// Reads [`SWEEP_PER_PURGE`] entries of `tokens` after `after` (from the first: `None`).
+/// In one read transaction: a family is written with its first token's entry and never
+/// comes back once forgotten (ids are random), so an entry found orphaned here stays so.
+fn orphaned_tokens(db: &Database, after: Option<&[u8]>) -> Result<Swept, StoreError> {
+    use std::ops::Bound;
+    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+    let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+    let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut orphans = Vec::new();
+    let mut read = 0;
+    let mut last = None;
+    for entry in tokens
+        .range::<&[u8]>((start, Bound::Unbounded))
+        .map_err(|e| failed(e.into()))?
+        .take(SWEEP_PER_PURGE)
+    {
+        let (hash, value) = entry.map_err(|e| failed(e.into()))?;
+        let hash = hash.value().to_vec();
+        // A value that does not decode (redb panics) is left for someone to look at
+        // rather than stopping every sweep at it.
+        let family =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.value().0.to_owned()));
+        if let Ok(family) = family
+            && families
+                .get(family.as_str())
+                .map_err(|e| failed(e.into()))?
+                .is_none()
+        {
+            orphans.push(hash.clone());
+        }
+        read += 1;
+        last = Some(hash);
+    }
+    Ok(Swept {
+        orphans,
+        next: if read < SWEEP_PER_PURGE { None } else { last },
+    })
+}
+
 /// Runs `read` over the whole file, turning a panic into [`StoreError::Corrupt`]: redb's
 /// decoders of keys and values panic on bytes that are not what the table's type says
 /// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
@@ -1161,68 +1231,8 @@ fn decoding<T>(read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreE
 
 const DOES_NOT_DECODE: &str = "a record of the token store does not decode: move the file aside (every session in it is then lost: users log in again) or restore a backup";
 
-/// Every family of the file, and the hashes of its current and preceding tokens (from
-/// the `preceding` table: a start reads one entry per family, not one per rotation).
-fn load(db: &Database) -> Result<Memory, StoreError> {
-    let mut memory = load_families(db)?;
-    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-    let preceding = txn.open_table(PRECEDING).map_err(|e| failed(e.into()))?;
-    for entry in preceding.iter().map_err(|e| failed(e.into()))? {
-        let (id, hash) = entry.map_err(|e| failed(e.into()))?;
-        let id = id.value();
-        let Some(slot) = memory.families.get_mut(id) else {
-            continue;
-        };
-        let Some(generation) = slot.family.generation.checked_sub(1) else {
-            continue;
-        };
-        // A hash that is not one makes its family unreadable (its tokens answer an
-        // error), not the whole file.
-        let Ok(hash) = token_hash(id, hash.value()) else {
-            memory.unreadable.insert(id.to_owned());
-            continue;
-        };
-        slot.preceding = Some(hash);
-        memory.recent.insert(hash, (id.to_owned(), generation));
-    }
-    Ok(memory)
-}
-
-/// What [`load`] reads, from a file written before the `preceding` table existed: the
-/// preceding tokens are found by a scan of every token ever issued; the table is then
-/// filled, so that the next start reads it instead.
-fn load_by_scan(db: &Database) -> Result<Memory, StoreError> {
-    let mut memory = load_families(db)?;
-    {
-        let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-        let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
-        for entry in tokens.iter().map_err(|e| failed(e.into()))? {
-            let (hash, value) = entry.map_err(|e| failed(e.into()))?;
-            let (id, generation) = value.value();
-            let Some(slot) = memory.families.get_mut(id) else {
-                continue;
-            };
-            if generation.checked_add(1) == Some(slot.family.generation) {
-                let hash = token_hash(id, hash.value())?;
-                slot.preceding = Some(hash);
-                memory.recent.insert(hash, (id.to_owned(), generation));
-            }
-        }
-    }
-    write(db, |txn| {
-        let mut table = txn.open_table(PRECEDING)?;
-        for (id, slot) in &memory.families {
-            if let Some(hash) = slot.preceding {
-                table.insert(id.as_str(), hash.0.as_slice())?;
-            }
-        }
-        Ok(true)
-    })?;
-    Ok(memory)
-}
-
 /// Every family of the file (those that do not read: as unreadable).
-fn load_families(db: &Database) -> Result<Memory, StoreError> {
+fn load(db: &Database) -> Result<Memory, StoreError> {
     let mut memory = Memory::default();
     let txn = db.begin_read().map_err(|e| failed(e.into()))?;
     decode_indexes(&txn)?;
@@ -1242,8 +1252,9 @@ fn load_families(db: &Database) -> Result<Memory, StoreError> {
 /// Decodes every key of `expiry` and every key and value of `sessions` (one entry per
 /// family each), so that one that does not decode stops the start (under [`decoding`]:
 /// redb panics on it) with the file named, rather than later: the purge at start would
-/// meet it in the writer. `tokens` and `family_tokens` hold an entry per rotation and are
-/// not read whole at start; the writer turns what it meets there into `Corrupt`.
+/// meet it in the writer. `tokens` holds an entry per rotation and is not read whole at
+/// start (nor `family_tokens`, of earlier versions); the writer turns what it meets there
+/// into `Corrupt`, the sweep leaves it alone.
 fn decode_indexes(txn: &redb::ReadTransaction) -> Result<(), StoreError> {
     let expiry = txn.open_table(EXPIRY).map_err(|e| failed(e.into()))?;
     for entry in expiry.iter().map_err(|e| failed(e.into()))? {
@@ -1261,22 +1272,6 @@ fn decode_indexes(txn: &redb::ReadTransaction) -> Result<(), StoreError> {
         }
     }
     Ok(())
-}
-
-fn token_hash(id: &str, bytes: &[u8]) -> Result<TokenHash, StoreError> {
-    Ok(TokenHash(bytes.try_into().map_err(|_| {
-        StoreError::Corrupt(format!("a token hash of family {id} is not 32 bytes"))
-    })?))
-}
-
-/// Whether the file has the `preceding` table (files of earlier versions do not).
-fn has_preceding_table(db: &Database) -> Result<bool, StoreError> {
-    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-    match txn.open_table(PRECEDING) {
-        Ok(_) => Ok(true),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-        Err(e) => Err(failed(e.into())),
-    }
 }
 
 /// A group's answers (each: the number of things written), and the sequence number of
@@ -1305,14 +1300,13 @@ fn apply_batch(db: &Database, ops: &[Op]) -> Result<Applied, StoreError> {
 }
 
 /// The tables of families, opened once for a group of writes: opening a table costs about
-/// as much as an insert into it, and a rotation writes four of them.
+/// as much as an insert into it.
 struct Tables<'txn> {
     families: redb::Table<'txn, &'static str, &'static [u8]>,
     tokens: redb::Table<'txn, &'static [u8], (&'static str, u64)>,
     family_tokens: redb::MultimapTable<'txn, &'static str, &'static [u8]>,
     expiry: redb::Table<'txn, (i64, &'static str), ()>,
     sessions: redb::MultimapTable<'txn, (&'static str, &'static str), &'static str>,
-    preceding: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -1323,17 +1317,15 @@ impl<'txn> Tables<'txn> {
             family_tokens: txn.open_multimap_table(FAMILY_TOKENS)?,
             expiry: txn.open_table(EXPIRY)?,
             sessions: txn.open_multimap_table(SESSIONS)?,
-            preceding: txn.open_table(PRECEDING)?,
         })
     }
 
-    /// Indexes the family's current token: its hash to the family, and the family to it.
+    /// Indexes the family's current token: its hash to the family and generation.
     fn record_token(&mut self, family: &Family) -> Result<(), TxnError> {
-        let hash = family.current.0;
-        self.tokens
-            .insert(hash.as_slice(), (family.id.as_str(), family.generation))?;
-        self.family_tokens
-            .insert(family.id.as_str(), hash.as_slice())?;
+        self.tokens.insert(
+            family.current.0.as_slice(),
+            (family.id.as_str(), family.generation),
+        )?;
         Ok(())
     }
 }
@@ -1372,18 +1364,15 @@ fn apply(
         }
         Op::Put {
             family,
-            preceding,
+            rotated,
             ended,
         } => {
             let json = encode(family)?;
             tables
                 .families
                 .insert(family.id.as_str(), json.as_slice())?;
-            if let Some(preceding) = preceding {
+            if *rotated {
                 tables.record_token(family)?;
-                tables
-                    .preceding
-                    .insert(family.id.as_str(), preceding.0.as_slice())?;
             }
             if let Some(entry) = ended {
                 *logged = super::embedded_sessions::append(txn, &entry.line, entry.now)?;
@@ -1402,7 +1391,6 @@ fn apply(
                 .map(|entry| entry.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
                 .collect::<Result<_, _>>()?;
             for (second, id) in &due {
-                tables.preceding.remove(id.as_str())?;
                 tables.expiry.remove((*second, id.as_str()))?;
                 // A family that does not read is forgotten all the same; its index entry
                 // then outlives it, and listing skips it.
@@ -1413,11 +1401,18 @@ fn apply(
                     )?;
                 }
                 tables.families.remove(id.as_str())?;
+                // Entries an earlier version indexed; the sweep finds the others.
                 for hash in tables.family_tokens.remove_all(id.as_str())? {
                     tables.tokens.remove(hash?.value())?;
                 }
             }
             Ok(due.len())
+        }
+        Op::ForgetTokens(hashes) => {
+            for hash in hashes {
+                tables.tokens.remove(hash.as_slice())?;
+            }
+            Ok(hashes.len())
         }
     }
 }
@@ -2425,14 +2420,19 @@ mod tests {
         }
     }
 
-    /// A key the start does not read (`family_tokens` holds one entry per rotation) that
-    /// does not decode, met by the writer: the group fails as `Corrupt` (saying to move
-    /// the file aside), and the writer goes on instead of dying.
+    /// A key the start does not read (`family_tokens`, of an earlier version) that does
+    /// not decode, met by the writer when it forgets a family: the group fails as
+    /// `Corrupt` (saying to move the file aside), and the writer goes on instead of dying.
     #[tokio::test]
     async fn a_key_that_does_not_decode_fails_its_write_as_corrupt_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        drop(EmbeddedStore::open(&path).unwrap());
+        let now = Timestamp::now();
+        let family = start(login(), now, &mut SystemEntropy).unwrap().family;
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.create(&family).await.unwrap();
+        }
         damage_a_key(&path, b"family-tokens-marker", |txn| {
             txn.open_multimap_table(FAMILY_TOKENS)
                 .unwrap()
@@ -2440,47 +2440,91 @@ mod tests {
                 .unwrap();
         });
         let store = EmbeddedStore::open(&path).unwrap();
-        let now = Timestamp::now();
-        let family = start(login(), now, &mut SystemEntropy).unwrap().family;
-        // The login's token is recorded in `family_tokens`, whose one key does not decode.
-        let answer = store.create(&family).await;
+        // Forgetting the family looks it up in `family_tokens`, whose one key does not
+        // decode.
+        let later = family.forget_after() + SignedDuration::from_secs(1);
+        let answer = store.purge(later).await;
         let Err(StoreError::Corrupt(why)) = answer else {
             panic!("{answer:?}");
         };
         assert!(why.contains("move the file aside"), "{why}");
         assert!(!store.shared.stopped.load(Ordering::SeqCst));
-        // The writer still writes what does not meet that key, from memory as the file.
-        assert_eq!(bounded(store.family(&family.id, now)).await, None);
-        assert_eq!(store.purge(now).await.unwrap(), 0);
+        // The writer still writes what does not meet that key.
+        let other = start(login(), later, &mut SystemEntropy).unwrap().family;
+        store.create(&other).await.unwrap();
+        assert_eq!(bounded(store.family(&other.id, later)).await, Some(other));
         store.end_session(&ended_session(), 0).await.unwrap();
     }
 
+    /// The hashes of `tokens`, read through the store's handle.
+    fn token_entries(store: &EmbeddedStore) -> Vec<Vec<u8>> {
+        store
+            .db
+            .with(|db| {
+                let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+                let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
+                let hashes = tokens
+                    .iter()
+                    .map_err(|e| failed(e.into()))?
+                    .map(|entry| entry.map(|(hash, _)| hash.value().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| failed(e.into()))?;
+                Ok(hashes)
+            })
+            .unwrap()
+    }
+
+    /// Tokens are not indexed by family: the purge forgets a family, and the sweep after
+    /// it the entries of its tokens, every generation's, and only those.
     #[tokio::test]
-    async fn a_preceding_hash_that_is_not_one_makes_its_family_unreadable_not_the_file() {
+    async fn a_purged_familys_tokens_are_swept_away_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
+        let now = Timestamp::now();
+        let (gone, family) = rotated(&store, now, 3).await;
+        let later = now + SignedDuration::from_mins(30);
+        let (kept, _) = rotated(&store, later, 2).await;
+        assert_eq!(token_entries(&store).len(), gone.len() + kept.len());
+        let purged = store
+            .purge(family.forget_after() + SignedDuration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        let mut left = token_entries(&store);
+        left.sort();
+        let mut expected: Vec<Vec<u8>> = kept.iter().map(|t| t.hash().0.to_vec()).collect();
+        expected.sort();
+        assert_eq!(left, expected);
+    }
+
+    /// A sweep reads [`SWEEP_PER_PURGE`] entries and the next one goes on from there; an
+    /// entry whose value does not decode is passed over, not a stop for every sweep.
+    #[test]
+    fn the_sweep_goes_on_where_it_stopped_and_past_a_value_that_does_not_decode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        let now = Timestamp::now();
-        let mut damaged = start(login(), now, &mut SystemEntropy).unwrap().family;
-        damaged.generation = 1;
-        let sound = start(login(), now, &mut SystemEntropy).unwrap().family;
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            store.create(&damaged).await.unwrap();
-            store.create(&sound).await.unwrap();
-        }
-        {
-            let db = Database::open(&path).unwrap();
-            write(&db, |txn| {
-                txn.open_table(PRECEDING)?
-                    .insert(damaged.id.as_str(), [0u8; 5].as_slice())?;
-                Ok(true)
-            })
-            .unwrap();
-        }
-        let store = EmbeddedStore::open(&path).unwrap();
-        let read = store.family(&damaged.id, now).await;
-        assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
-        assert_eq!(bounded(store.family(&sound.id, now)).await, Some(sound));
+        drop(Database::create(&path).unwrap());
+        damage_a_key(&path, b"tokens-value-marker", |txn| {
+            let mut tokens = txn.open_table(TOKENS).unwrap();
+            for n in 0..SWEEP_PER_PURGE as u32 + 10 {
+                let mut hash = [0u8; 32];
+                hash[..4].copy_from_slice(&n.to_be_bytes());
+                tokens.insert(hash.as_slice(), ("gone", 1)).unwrap();
+            }
+            tokens
+                .insert([0xffu8; 32].as_slice(), ("tokens-value-marker", 1))
+                .unwrap();
+            txn.open_table(FAMILIES).unwrap();
+        });
+        let db = Database::open(&path).unwrap();
+        let first = decoding(|| orphaned_tokens(&db, None)).unwrap();
+        assert_eq!(first.orphans.len(), SWEEP_PER_PURGE);
+        let next = first.next.expect("the sweep stopped at its budget");
+        let rest = decoding(|| orphaned_tokens(&db, Some(&next))).unwrap();
+        // The ten left, not the one that does not decode; and the pass is over.
+        assert_eq!(rest.orphans.len(), 10);
+        assert!(rest.orphans.iter().all(|hash| hash[0] == 0));
+        assert_eq!(rest.next, None);
     }
 
     #[tokio::test]
@@ -2516,20 +2560,44 @@ mod tests {
         );
     }
 
-    /// Rotates a family twice, closes the store, lets `change` edit the file, reopens
-    /// it, and checks that the preceding token replays within the grace.
-    async fn preceding_replays_after_reopening(change: impl FnOnce(&Database)) {
+    /// A file of an earlier version holds the `preceding` table. Left there, an entry of
+    /// it would go stale with this version's rotations and name an older generation's token
+    /// as the preceding one, which would then replay instead of being reuse: the table is
+    /// dropped at open, and the preceding token is found in `tokens`.
+    #[tokio::test]
+    async fn the_preceding_table_of_an_earlier_version_is_dropped_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         let now = Timestamp::now();
-        let (tokens, _) = {
+        let (tokens, family) = {
             let store = EmbeddedStore::open(&path).unwrap();
-            rotated(&store, now, 2).await
+            rotated(&store, now, 3).await
         };
-        change(&Database::open(&path).unwrap());
+        {
+            // As an earlier version left it before this one rotated the family twice more.
+            let db = Database::open(&path).unwrap();
+            write(&db, |txn| {
+                txn.open_table(PRECEDING)?
+                    .insert(family.id.as_str(), tokens[1].hash().0.as_slice())?;
+                Ok(true)
+            })
+            .unwrap();
+        }
         let store = EmbeddedStore::open(&path).unwrap();
-        let within = now + SignedDuration::from_secs(22);
-        let answer = refresh(&store, &tokens[1], BY, within, &mut SystemEntropy).await;
+        let gone = store
+            .db
+            .with(|db| {
+                let txn = db.begin_read().map_err(|e| failed(e.into()))?;
+                Ok(matches!(
+                    txn.open_table(PRECEDING),
+                    Err(redb::TableError::TableDoesNotExist(_))
+                ))
+            })
+            .unwrap();
+        assert!(gone, "the table is dropped");
+        // Within the grace of the last rotation (at +30 s): the preceding token replays...
+        let within = now + SignedDuration::from_secs(32);
+        let answer = refresh(&store, &tokens[2], BY, within, &mut SystemEntropy).await;
         let Ok(Refreshed::Pair {
             token,
             rotated: false,
@@ -2538,69 +2606,9 @@ mod tests {
         else {
             panic!("{answer:?}");
         };
-        assert_eq!(token, tokens[2]);
-    }
-
-    #[tokio::test]
-    async fn a_start_finds_preceding_tokens_in_their_table_without_reading_every_token() {
-        // Without the `tokens` index a scan would find no preceding token.
-        preceding_replays_after_reopening(|db| {
-            let txn = db.begin_write().unwrap();
-            txn.delete_table(TOKENS).unwrap();
-            txn.commit().unwrap();
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn a_file_of_an_earlier_version_is_scanned_once_and_gets_the_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.redb");
-        let now = Timestamp::now();
-        let (tokens, family) = {
-            let store = EmbeddedStore::open(&path).unwrap();
-            rotated(&store, now, 2).await
-        };
-        let earlier_version = |path: &Path| {
-            let db = Database::open(path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.delete_table(PRECEDING).unwrap();
-            txn.commit().unwrap();
-        };
-        earlier_version(&path);
-        drop(EmbeddedStore::open(&path).unwrap());
-        // The scan filled the table: the preceding token is the one of generation 1.
-        let db = Database::open(&path).unwrap();
-        let txn = db.begin_read().unwrap();
-        let table = txn.open_table(PRECEDING).unwrap();
-        let stored = table.get(family.id.as_str()).unwrap().unwrap();
-        assert_eq!(stored.value(), tokens[1].hash().0.as_slice());
-        drop((table, txn, db));
-        // And an earlier version's file replays its preceding token through the scan.
-        preceding_replays_after_reopening(|db| {
-            let txn = db.begin_write().unwrap();
-            txn.delete_table(PRECEDING).unwrap();
-            txn.commit().unwrap();
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn a_purged_family_leaves_no_preceding_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.redb");
-        let now = Timestamp::now();
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            rotated(&store, now, 2).await;
-            store
-                .purge(now + SignedDuration::from_hours(2))
-                .await
-                .unwrap();
-        }
-        let db = Database::open(&path).unwrap();
-        let txn = db.begin_read().unwrap();
-        use redb::ReadableTableMetadata;
-        assert_eq!(txn.open_table(PRECEDING).unwrap().len().unwrap(), 0);
+        assert_eq!(token, tokens[3]);
+        // ...and the one the stale entry named is reuse.
+        let answer = refresh(&store, &tokens[1], BY, within, &mut SystemEntropy).await;
+        assert!(matches!(answer, Ok(Refreshed::Reuse { .. })), "{answer:?}");
     }
 }
