@@ -79,6 +79,15 @@ fn expiry_pass(
 
 /// The lease was lost between the lists and the delete: the writer refuses, and
 /// nothing is deleted or written.
+/// The SigningKey `auth/web`, whose tokens live at most 15 minutes.
+fn web_key() -> Value {
+    json!({
+        "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
+        "metadata": {"name": "web", "namespace": "auth"},
+        "spec": {"maxTokenLifetime": "15m"},
+    })
+}
+
 /// An AuthPolicy that takes an external issuer's tokens of any lifetime.
 fn external_issuer_policy() -> serde_json::Value {
     json!({
@@ -151,14 +160,7 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
         "GET",
         "/apis/authplane.io/v1alpha1/signingkeys",
         200,
-        list(
-            "SigningKey",
-            vec![json!({
-                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
-                "metadata": {"name": "web", "namespace": "auth"},
-                "spec": {"maxTokenLifetime": "15m"},
-            })],
-        ),
+        list("SigningKey", vec![web_key()]),
     )
     .await;
     // The policies say how long tokens are accepted: this one takes the external
@@ -318,14 +320,7 @@ async fn the_leader_reads_lifetimes_and_revocations_a_page_at_a_time() {
         &mut handle,
         "/apis/authplane.io/v1alpha1/signingkeys",
         "&limit=500",
-        list(
-            "SigningKey",
-            vec![json!({
-                "apiVersion": "authplane.io/v1alpha1", "kind": "SigningKey",
-                "metadata": {"name": "web", "namespace": "auth"},
-                "spec": {"maxTokenLifetime": "15m"},
-            })],
-        ),
+        list("SigningKey", vec![web_key()]),
     )
     .await;
     let mut first = list("AuthPolicy", vec![]);
