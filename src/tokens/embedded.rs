@@ -646,7 +646,8 @@ impl FamilyStore for EmbeddedStore {
             let (observed, generation) = match recent {
                 Some(found) => found,
                 None => {
-                    // An older generation's token (reuse), or one never issued.
+                    // An earlier generation's token than memory knows (the preceding one
+                    // after a start; older ones: reuse), or one never issued.
                     let Some((id, generation)) = self
                         .blocking(move |db| {
                             let txn = db.begin_read().map_err(|e| failed(e.into()))?;
@@ -790,7 +791,10 @@ impl FamilyStore for EmbeddedStore {
                 Some(answer) => answer.await?,
                 None => 0,
             };
-            self.sweep_tokens().await?;
+            // The purge is done: a sweep that fails is tried again after the next one.
+            if let Err(e) = self.sweep_tokens().await {
+                tracing::warn!(error = %e, "sweeping the token store's index of refresh tokens");
+            }
             Ok(purged)
         })
     }
