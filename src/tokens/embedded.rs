@@ -3,9 +3,8 @@
 //! replica: a file cannot be shared.
 //!
 //! Tables: `families` (id → the family as JSON), `tokens` (SHA-256 of a refresh token →
-//! family id and generation; entries whose family is gone are swept away after each
-//! purge, see [`EmbeddedStore::sweep_round`]), `expiry` ((forget-after second, id)
-//! → (), the purge's index) and `sessions`
+//! family id and generation), `family_tokens` (id → its token hashes, to forget them with
+//! it), `expiry` ((forget-after second, id) → (), the purge's index) and `sessions`
 //! ((client, subject) → family ids, for support tools; written with the family and purged
 //! with it, so it is never larger than `families`). A start reads `families` only: the
 //! hashes of the families' current tokens are in them, and a token of an earlier
@@ -55,9 +54,6 @@ use crate::revocation::SessionRevocation;
 
 const FAMILIES: TableDefinition<&str, &[u8]> = TableDefinition::new("families");
 const TOKENS: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("tokens");
-/// Files of earlier versions: id → its token hashes, written with each rotation (a
-/// quarter of a rotation's cost) to forget them with the family. No longer written; what
-/// is there is forgotten with its family, and the sweep of `tokens` forgets the rest.
 const FAMILY_TOKENS: MultimapTableDefinition<&str, &[u8]> =
     MultimapTableDefinition::new("family_tokens");
 const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
@@ -75,27 +71,6 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;
-
-/// Each purge gives the sweep of `tokens` (one entry per rotation ever made) this many
-/// entries to read...
-const SWEEP_AT_LEAST: usize = 20_000;
-/// ...and this many more for each entry it left without a family (one per generation of
-/// each family forgotten). The sweep reads the table on from where it stopped, so orphans
-/// are met in proportion to their share of it: reading four times as many entries as are
-/// orphaned keeps what waits for the sweep below a third of the live entries (about a
-/// hundred bytes each on disk; never a token that works, its family is gone), at any rate
-/// of rotations. What a round does not read is left to the next.
-const SWEEP_PER_ORPHAN: usize = 4;
-/// One slice of the sweep: at most this many entries, read for at most
-/// [`SWEEP_SLICE_TIME`] in one read transaction on the blocking pool (the writer goes on
-/// meanwhile), then one write of the orphans it found; where it stopped and what is left
-/// to read are kept after each slice, so a slow disk slows the sweep and never makes it
-/// start over.
-const SWEEP_SLICE: usize = 20_000;
-const SWEEP_SLICE_TIME: Duration = Duration::from_millis(200);
-/// A purge sweeps for at most this long (slices begun before it ends), well within the
-/// store's deadline (2 s, see `serving`); the rest waits for the next purge.
-const SWEEP_ROUND_TIME: Duration = Duration::from_secs(1);
 
 /// The most writes waiting for the writer. A decision is taken only with a place in the
 /// queue reserved: a writer that is behind (a stalled disk) refuses new decisions with
@@ -230,13 +205,6 @@ struct Shared {
     ended_sessions: tokio::sync::watch::Sender<u64>,
     /// Clients whose logins are being refused for their cap (logged once per episode).
     capped: Mutex<std::collections::HashSet<String>>,
-    /// The last key of `tokens` the sweep read (`None`: the next slice starts a pass).
-    swept: Mutex<Option<Vec<u8>>>,
-    /// Entries of `tokens` the sweep is yet to read (see [`SWEEP_PER_ORPHAN`]).
-    to_sweep: std::sync::atomic::AtomicUsize,
-    /// Purges do not sweep, so that tests can see what they leave to sweep.
-    #[cfg(test)]
-    no_sweep: AtomicBool,
     /// Holds the writer (a stalled disk): when set, the writer takes one write, says so
     /// on the first channel, and waits on the second before writing anything.
     #[cfg(test)]
@@ -256,8 +224,6 @@ enum Op {
         ended: Option<LogEntry>,
     },
     Purge(Timestamp),
-    /// Removes these entries of `tokens` (their families are gone).
-    ForgetTokens(Vec<Vec<u8>>),
     /// Appends an entry to the log of ended sessions; answers its sequence number.
     EndSession(LogEntry),
     /// Reload memory from the file if it is poisoned (a commit failed earlier and the
@@ -270,7 +236,7 @@ impl Op {
     fn family(&self) -> Option<&str> {
         match self {
             Op::Create(family) | Op::Put { family, .. } => Some(&family.id),
-            Op::Purge(_) | Op::ForgetTokens(_) | Op::EndSession(_) | Op::Reload => None,
+            Op::Purge(_) | Op::EndSession(_) | Op::Reload => None,
         }
     }
 
@@ -372,10 +338,6 @@ impl EmbeddedStore {
                 not_before: None,
             }),
             capped: Mutex::new(Default::default()),
-            swept: Mutex::new(None),
-            to_sweep: Default::default(),
-            #[cfg(test)]
-            no_sweep: AtomicBool::new(false),
             #[cfg(test)]
             hold: Mutex::new(None),
         });
@@ -569,60 +531,6 @@ impl EmbeddedStore {
                     }
                 })?
         })
-    }
-
-    /// One round of the sweep, after a purge: slices of `tokens` read from where the last
-    /// one stopped (at the end, from the start again), for at most [`SWEEP_ROUND_TIME`]
-    /// and no more than is left to read ([`SWEEP_PER_ORPHAN`]), forgetting the entries
-    /// whose family is gone. A family's entries are not indexed by family (that index cost
-    /// a quarter of each rotation), so they are found this way. Answers how many were
-    /// forgotten.
-    async fn sweep_round(&self) -> Result<usize, StoreError> {
-        #[cfg(test)]
-        if self.shared.no_sweep.load(Ordering::SeqCst) {
-            return Ok(0);
-        }
-        let started = Instant::now();
-        let mut forgotten = 0;
-        loop {
-            let left = self.shared.to_sweep.load(Ordering::SeqCst);
-            let time = SWEEP_ROUND_TIME.saturating_sub(started.elapsed());
-            if left == 0 || time.is_zero() {
-                return Ok(forgotten);
-            }
-            let after = lock_swept(&self.shared).clone();
-            let (most, time) = (left.min(SWEEP_SLICE), time.min(SWEEP_SLICE_TIME));
-            let Swept {
-                read,
-                orphans,
-                next,
-            } = self
-                .blocking(move |db| decoding(|| orphaned_tokens(db, after.as_deref(), most, time)))
-                .await?;
-            if !orphans.is_empty() {
-                let decided = self.decide(|memory| {
-                    memory.next_sequence();
-                    Some(Op::ForgetTokens(orphans))
-                })?;
-                if let Some(answer) = decided {
-                    forgotten += answer.await?;
-                }
-            }
-            // Kept once the slice's orphans are forgotten: a slice whose write failed is
-            // read again.
-            *lock_swept(&self.shared) = next;
-            let _ = self
-                .shared
-                .to_sweep
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    // An empty table has nothing left to read.
-                    Some(if read == 0 {
-                        0
-                    } else {
-                        left.saturating_sub(read)
-                    })
-                });
-        }
     }
 
     /// Decides a write in memory and queues it, in one critical section. `None`: the
@@ -833,34 +741,17 @@ impl FamilyStore for EmbeddedStore {
                 .filter(|slot| slot.family.forget_after().as_second() < now.as_second())
                 .map(|slot| slot.family.id.clone())
                 .collect();
-            let mut orphaned = 0usize;
             for id in &due {
-                if let Some(slot) = memory.families.get(id) {
-                    let entries = usize::try_from(slot.family.generation).unwrap_or(usize::MAX);
-                    orphaned = orphaned.saturating_add(entries).saturating_add(1);
-                }
                 memory.forget(id);
             }
-            let more = SWEEP_AT_LEAST.saturating_add(orphaned.saturating_mul(SWEEP_PER_ORPHAN));
-            let _ = self
-                .shared
-                .to_sweep
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    Some(left.saturating_add(more))
-                });
             memory.next_sequence();
             Some(Op::Purge(now))
         });
         Box::pin(async move {
-            let purged = match decided? {
-                Some(answer) => answer.await?,
-                None => 0,
-            };
-            // The purge is done: a sweep that fails goes on after the next one.
-            if let Err(e) = self.sweep_round().await {
-                tracing::warn!(error = %e, "sweeping the token store's index of refresh tokens (going on after the next purge)");
+            match decided? {
+                Some(answer) => answer.await,
+                None => Ok(0),
             }
-            Ok(purged)
         })
     }
 }
@@ -1236,73 +1127,6 @@ fn lock_reopening(shared: &Shared) -> MutexGuard<'_, Reopening> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-fn lock_swept(shared: &Shared) -> MutexGuard<'_, Option<Vec<u8>>> {
-    shared.swept.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What a slice of the sweep of `tokens` found.
-#[derive(Debug)]
-struct Swept {
-    /// Entries read.
-    read: usize,
-    /// Entries whose family is not in `families`.
-    orphans: Vec<Vec<u8>>,
-    /// The last key read, where the next slice goes on (`None`: this one reached the end).
-    next: Option<Vec<u8>>,
-}
-
-/// Reads entries of `tokens` after `after` (from the first: `None`), at most `most` and
-/// for at most `time` (at least one). In one read transaction: a family is written with
-/// its first token's entry and never comes back once forgotten (ids are random), so an
-/// entry found orphaned here stays so.
-fn orphaned_tokens(
-    db: &Database,
-    after: Option<&[u8]>,
-    most: usize,
-    time: Duration,
-) -> Result<Swept, StoreError> {
-    use std::ops::Bound;
-    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-    let tokens = txn.open_table(TOKENS).map_err(|e| failed(e.into()))?;
-    let families = txn.open_table(FAMILIES).map_err(|e| failed(e.into()))?;
-    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let started = Instant::now();
-    let mut orphans = Vec::new();
-    let mut read = 0;
-    for entry in tokens
-        .range::<&[u8]>((start, Bound::Unbounded))
-        .map_err(|e| failed(e.into()))?
-    {
-        let (hash, value) = entry.map_err(|e| failed(e.into()))?;
-        let hash = hash.value().to_vec();
-        // A value that does not decode (redb panics) is left for someone to look at
-        // rather than stopping every sweep at it.
-        let family =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.value().0.to_owned()));
-        if let Ok(family) = family
-            && families
-                .get(family.as_str())
-                .map_err(|e| failed(e.into()))?
-                .is_none()
-        {
-            orphans.push(hash.clone());
-        }
-        read += 1;
-        if read >= most || started.elapsed() >= time {
-            return Ok(Swept {
-                read,
-                orphans,
-                next: Some(hash),
-            });
-        }
-    }
-    Ok(Swept {
-        read,
-        orphans,
-        next: None,
-    })
-}
-
 /// Runs `read` over the whole file, turning a panic into [`StoreError::Corrupt`]: redb's
 /// decoders of keys and values panic on bytes that are not what the table's type says
 /// (e.g. a key of a `&str` table that is not UTF-8, after a disk or a hand changed the
@@ -1335,9 +1159,8 @@ fn load(db: &Database) -> Result<Memory, StoreError> {
 /// Decodes every key of `expiry` and every key and value of `sessions` (one entry per
 /// family each), so that one that does not decode stops the start (under [`decoding`]:
 /// redb panics on it) with the file named, rather than later: the purge at start would
-/// meet it in the writer. `tokens` holds an entry per rotation and is not read whole at
-/// start (nor `family_tokens`, of earlier versions); the writer turns what it meets there
-/// into `Corrupt`, the sweep leaves it alone.
+/// meet it in the writer. `tokens` and `family_tokens` hold an entry per rotation and are
+/// not read whole at start; the writer turns what it meets there into `Corrupt`.
 fn decode_indexes(txn: &redb::ReadTransaction) -> Result<(), StoreError> {
     let expiry = txn.open_table(EXPIRY).map_err(|e| failed(e.into()))?;
     for entry in expiry.iter().map_err(|e| failed(e.into()))? {
@@ -1403,12 +1226,13 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    /// Indexes the family's current token: its hash to the family and generation.
+    /// Indexes the family's current token: its hash to the family, and the family to it.
     fn record_token(&mut self, family: &Family) -> Result<(), TxnError> {
-        self.tokens.insert(
-            family.current.0.as_slice(),
-            (family.id.as_str(), family.generation),
-        )?;
+        let hash = family.current.0;
+        self.tokens
+            .insert(hash.as_slice(), (family.id.as_str(), family.generation))?;
+        self.family_tokens
+            .insert(family.id.as_str(), hash.as_slice())?;
         Ok(())
     }
 }
@@ -1484,18 +1308,11 @@ fn apply(
                     )?;
                 }
                 tables.families.remove(id.as_str())?;
-                // Entries an earlier version indexed; the sweep finds the others.
                 for hash in tables.family_tokens.remove_all(id.as_str())? {
                     tables.tokens.remove(hash?.value())?;
                 }
             }
             Ok(due.len())
-        }
-        Op::ForgetTokens(hashes) => {
-            for hash in hashes {
-                tables.tokens.remove(hash.as_slice())?;
-            }
-            Ok(hashes.len())
         }
     }
 }
@@ -2503,19 +2320,14 @@ mod tests {
         }
     }
 
-    /// A key the start does not read (`family_tokens`, of an earlier version) that does
-    /// not decode, met by the writer when it forgets a family: the group fails as
-    /// `Corrupt` (saying to move the file aside), and the writer goes on instead of dying.
+    /// A key the start does not read (`family_tokens` holds one entry per rotation) that
+    /// does not decode, met by the writer: the group fails as `Corrupt` (saying to move
+    /// the file aside), and the writer goes on instead of dying.
     #[tokio::test]
     async fn a_key_that_does_not_decode_fails_its_write_as_corrupt_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        let now = Timestamp::now();
-        let family = start(login(), now, &mut SystemEntropy).unwrap().family;
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            store.create(&family).await.unwrap();
-        }
+        drop(EmbeddedStore::open(&path).unwrap());
         damage_a_key(&path, b"family-tokens-marker", |txn| {
             txn.open_multimap_table(FAMILY_TOKENS)
                 .unwrap()
@@ -2523,19 +2335,18 @@ mod tests {
                 .unwrap();
         });
         let store = EmbeddedStore::open(&path).unwrap();
-        // Forgetting the family looks it up in `family_tokens`, whose one key does not
-        // decode.
-        let later = family.forget_after() + SignedDuration::from_secs(1);
-        let answer = store.purge(later).await;
+        let now = Timestamp::now();
+        let family = start(login(), now, &mut SystemEntropy).unwrap().family;
+        // The login's token is recorded in `family_tokens`, whose one key does not decode.
+        let answer = store.create(&family).await;
         let Err(StoreError::Corrupt(why)) = answer else {
             panic!("{answer:?}");
         };
         assert!(why.contains("move the file aside"), "{why}");
         assert!(!store.shared.stopped.load(Ordering::SeqCst));
-        // The writer still writes what does not meet that key.
-        let other = start(login(), later, &mut SystemEntropy).unwrap().family;
-        store.create(&other).await.unwrap();
-        assert_eq!(bounded(store.family(&other.id, later)).await, Some(other));
+        // The writer still writes what does not meet that key, from memory as the file.
+        assert_eq!(bounded(store.family(&family.id, now)).await, None);
+        assert_eq!(store.purge(now).await.unwrap(), 0);
         store.end_session(&ended_session(), 0).await.unwrap();
     }
 
@@ -2557,10 +2368,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Tokens are not indexed by family: the purge forgets a family, and the sweep after
-    /// it the entries of its tokens, every generation's, and only those.
+    /// A purge forgets a family's token entries, every generation's, and only those.
     #[tokio::test]
-    async fn a_purged_familys_tokens_are_swept_away_and_no_others() {
+    async fn a_purged_familys_tokens_are_forgotten_and_no_others() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
         let now = Timestamp::now();
@@ -2578,229 +2388,6 @@ mod tests {
         let mut expected: Vec<Vec<u8>> = kept.iter().map(|t| t.hash().0.to_vec()).collect();
         expected.sort();
         assert_eq!(left, expected);
-    }
-
-    /// A slice reads at most its count and the next one goes on from there; an entry whose
-    /// value does not decode is passed over, not a stop for every sweep.
-    #[test]
-    fn the_sweep_goes_on_where_it_stopped_and_past_a_value_that_does_not_decode() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.redb");
-        drop(Database::create(&path).unwrap());
-        damage_a_key(&path, b"tokens-value-marker", |txn| {
-            let mut tokens = txn.open_table(TOKENS).unwrap();
-            for n in 0..SWEEP_SLICE as u32 + 10 {
-                let mut hash = [0u8; 32];
-                hash[..4].copy_from_slice(&n.to_be_bytes());
-                tokens.insert(hash.as_slice(), ("gone", 1)).unwrap();
-            }
-            tokens
-                .insert([0xffu8; 32].as_slice(), ("tokens-value-marker", 1))
-                .unwrap();
-            txn.open_table(FAMILIES).unwrap();
-        });
-        let db = Database::open(&path).unwrap();
-        let first = decoding(|| orphaned_tokens(&db, None, SWEEP_SLICE, Duration::MAX)).unwrap();
-        assert_eq!(first.orphans.len(), SWEEP_SLICE);
-        let next = first.next.expect("the slice stopped at its count");
-        let rest =
-            decoding(|| orphaned_tokens(&db, Some(&next), SWEEP_SLICE, Duration::MAX)).unwrap();
-        // The ten left, not the one that does not decode; and the pass is over.
-        assert_eq!(rest.orphans.len(), 10);
-        assert_eq!(rest.read, 11);
-        assert!(rest.orphans.iter().all(|hash| hash[0] == 0));
-        assert_eq!(rest.next, None);
-        // Out of time, a slice stops after one entry, and the next goes on after it.
-        let one = decoding(|| orphaned_tokens(&db, None, SWEEP_SLICE, Duration::ZERO)).unwrap();
-        assert_eq!((one.read, one.orphans.len()), (1, 1));
-        assert_eq!(one.next.as_deref(), Some(one.orphans[0].as_slice()));
-        let two =
-            decoding(|| orphaned_tokens(&db, one.next.as_deref(), SWEEP_SLICE, Duration::ZERO))
-                .unwrap();
-        assert!(two.orphans[0] > one.orphans[0]);
-    }
-
-    /// A disk whose reads take `delay_us` microseconds each while it is set (a cold
-    /// network volume, or a file larger than the page cache); `reads` counts them.
-    #[derive(Debug)]
-    struct SlowDisk {
-        file: redb::backends::FileBackend,
-        delay_us: Arc<std::sync::atomic::AtomicU64>,
-        reads: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl redb::StorageBackend for SlowDisk {
-        fn len(&self) -> std::io::Result<u64> {
-            self.file.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            let delay = self.delay_us.load(Ordering::SeqCst);
-            if delay > 0 {
-                std::thread::sleep(Duration::from_micros(delay));
-            }
-            self.file.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.file.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.file.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.file.write(offset, data)
-        }
-        fn close(&self) -> std::io::Result<()> {
-            self.file.close()
-        }
-    }
-
-    /// A store on a [`SlowDisk`] with no page cache to speak of (what a file much larger
-    /// than redb's 32 MiB cache, and than the OS's, comes to for random reads).
-    fn open_slow(
-        path: &Path,
-        delay_us: &Arc<std::sync::atomic::AtomicU64>,
-        reads: &Arc<std::sync::atomic::AtomicUsize>,
-    ) -> EmbeddedStore {
-        open_slow_cached(path, delay_us, reads, 0)
-    }
-
-    fn open_slow_cached(
-        path: &Path,
-        delay_us: &Arc<std::sync::atomic::AtomicU64>,
-        reads: &Arc<std::sync::atomic::AtomicUsize>,
-        cache: usize,
-    ) -> EmbeddedStore {
-        let (owned, delay_us, reads) = (path.to_owned(), delay_us.clone(), reads.clone());
-        EmbeddedStore::open_with(
-            path,
-            Box::new(move || {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&owned)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let file = redb::backends::FileBackend::new(file)
-                    .map_err(|e| failed(redb::Error::from(e)))?;
-                Database::builder()
-                    .set_cache_size(cache)
-                    .create_with_backend(SlowDisk {
-                        file,
-                        delay_us: delay_us.clone(),
-                        reads: reads.clone(),
-                    })
-                    .map_err(|e| failed(redb::Error::from(e)))
-            }),
-        )
-        .unwrap()
-    }
-
-    /// Writes `count` entries of `tokens` whose family is gone (numbered from `from`,
-    /// spread over the key space) straight into the store's file.
-    fn orphan_entries(store: &EmbeddedStore, from: u32, count: u32) {
-        store
-            .db
-            .with(|db| {
-                write(db, |txn| {
-                    let mut tokens = txn.open_table(TOKENS)?;
-                    for n in from..from + count {
-                        // Spread like hashes: the sweep's cursor meets new ones anywhere.
-                        let mut hash = [0u8; 32];
-                        hash[..4].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
-                        hash[4..8].copy_from_slice(&n.to_be_bytes());
-                        tokens.insert(hash.as_slice(), ("a-family-long-gone", 1))?;
-                    }
-                    Ok(true)
-                })
-            })
-            .unwrap();
-    }
-
-    /// ATTACK14 finding 1: the sweep read its whole slice inside `purge`, under the
-    /// store's deadline (`Timed`, 2 s); on a slow disk the deadline dropped it every minute
-    /// with its cursor and its orphans, and the table was never swept. Now a purge sweeps
-    /// for at most a second, in slices that keep what they did, so even purges cut off by
-    /// the deadline sweep the table. (Here a 700 ms deadline and a 1 ms disk read stand for
-    /// 2 s and a larger file.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sweep_on_a_slow_disk_goes_on_across_purges_cut_off_by_the_deadline() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.redb");
-        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let inner = open_slow(&path, &delay, &reads);
-        let orphans = 1_500;
-        orphan_entries(&inner, 0, orphans);
-        let store = crate::tokens::Timed::new(inner.clone(), Duration::from_millis(700));
-        delay.store(1_000, Ordering::SeqCst);
-        let mut left = vec![orphans as usize];
-        let mut cut_off = 0;
-        while left.last() != Some(&0) && left.len() <= 15 {
-            if store.purge(Timestamp::now()).await.is_err() {
-                cut_off += 1;
-            }
-            delay.store(0, Ordering::SeqCst);
-            left.push(token_entries(&inner).len());
-            delay.store(1_000, Ordering::SeqCst);
-        }
-        delay.store(0, Ordering::SeqCst);
-        assert_eq!(
-            left.last(),
-            Some(&0),
-            "entries left after each purge: {left:?}"
-        );
-        assert!(cut_off > 0, "the deadline cut purges off: {left:?}");
-    }
-
-    /// ATTACK14 finding 2: a purge read 20,000 entries whatever it had orphaned, so above
-    /// 333 rotations a second the table grew without bound. A purge now reads four entries
-    /// per entry it orphaned, and what one does not read is left to the next.
-    #[tokio::test]
-    async fn the_sweep_reads_in_proportion_to_what_the_purges_orphaned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let now = Timestamp::now();
-        let count = SWEEP_AT_LEAST as u32 + 5_000;
-        orphan_entries(&store, 0, count);
-        // A purge that orphaned nothing reads its least...
-        store.purge(now).await.unwrap();
-        assert_eq!(token_entries(&store).len(), 5_000);
-        // ...told of what a purge orphaned (as it counts the generations of the families
-        // it forgets), four times that: here the rest of the table and all it starts again.
-        orphan_entries(&store, count, count);
-        store
-            .shared
-            .to_sweep
-            .store(SWEEP_PER_ORPHAN * count as usize, Ordering::SeqCst);
-        assert_eq!(store.sweep_round().await.unwrap(), 5_000 + count as usize);
-        assert_eq!(token_entries(&store), Vec::<Vec<u8>>::new());
-    }
-
-    /// A purge gives the sweep four entries to read per token entry it orphans (one per
-    /// generation of each family it forgets), and its least.
-    #[tokio::test]
-    async fn a_purge_counts_the_token_entries_it_orphans() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("t.redb")).unwrap();
-        let now = Timestamp::now();
-        let (tokens, family) = rotated(&store, now, 3).await;
-        store.shared.no_sweep.store(true, Ordering::SeqCst);
-        store
-            .purge(family.forget_after() + SignedDuration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.shared.to_sweep.load(Ordering::SeqCst),
-            SWEEP_AT_LEAST + SWEEP_PER_ORPHAN * tokens.len()
-        );
-        // A purge that forgets nothing gives the least.
-        store.purge(now).await.unwrap();
-        assert_eq!(
-            store.shared.to_sweep.load(Ordering::SeqCst),
-            2 * SWEEP_AT_LEAST + SWEEP_PER_ORPHAN * tokens.len()
-        );
     }
 
     #[tokio::test]
