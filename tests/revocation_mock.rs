@@ -88,6 +88,33 @@ fn web_key() -> Value {
     })
 }
 
+/// A Revocation of one token of the external issuer [`external_issuer_policy`] accepts.
+fn external_issuer_revocation(name: &str, created: Timestamp) -> Value {
+    revocation(
+        name,
+        created,
+        json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
+    )
+}
+
+/// Takes the status written to the Revocation `entra`, which does not lapse (the external
+/// issuer's tokens are accepted of any lifetime), checks that it says so, and returns it.
+async fn expect_entra_status(handle: &mut Handle) -> Value {
+    let status = expect(
+        handle,
+        "PATCH",
+        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/entra/status",
+        200,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        status["status"]["conditions"][0]["reason"],
+        "NoLifetimeLimit"
+    );
+    status
+}
+
 /// An AuthPolicy that takes an external issuer's tokens of any lifetime.
 fn external_issuer_policy() -> serde_json::Value {
     json!({
@@ -126,11 +153,7 @@ async fn a_replica_that_lost_the_lease_deletes_nothing() {
         list("TokenClient", vec![]),
     )
     .await;
-    let lapsed = revocation(
-        "old",
-        now - SignedDuration::from_hours(48),
-        json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
-    );
+    let lapsed = external_issuer_revocation("old", now - SignedDuration::from_hours(48));
     expect(
         &mut handle,
         "GET",
@@ -212,11 +235,7 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
                 ),
                 // An external issuer whose tokens a policy accepts of any lifetime: it
                 // does not lapse.
-                revocation(
-                    "entra",
-                    ago(120),
-                    json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
-                ),
+                external_issuer_revocation("entra", ago(120)),
             ],
         ),
     )
@@ -257,19 +276,8 @@ async fn the_leader_deletes_lapsed_revocations_and_only_those() {
     );
     assert_eq!(status["status"]["conditions"][0]["type"], "Active");
     assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
-    let status = expect(
-        &mut handle,
-        "PATCH",
-        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/entra/status",
-        200,
-        Value::Null,
-    )
-    .await;
+    let status = expect_entra_status(&mut handle).await;
     assert!(status["status"].get("expiresAt").is_none(), "{status}");
-    assert_eq!(
-        status["status"]["conditions"][0]["reason"],
-        "NoLifetimeLimit"
-    );
     assert!(
         status["status"]["conditions"][0]["message"]
             .as_str()
@@ -366,26 +374,14 @@ async fn the_leader_reads_lifetimes_and_revocations_a_page_at_a_time() {
         "&limit=500&continue=revocations-2",
         list(
             "Revocation",
-            vec![revocation(
+            vec![external_issuer_revocation(
                 "entra",
                 now - SignedDuration::from_hours(2),
-                json!({"issuer": "https://login.example/t/v2.0", "tokenId": "e"}),
             )],
         ),
     )
     .await;
-    let status = expect(
-        &mut handle,
-        "PATCH",
-        "/apis/authplane.io/v1alpha1/namespaces/auth/revocations/entra/status",
-        200,
-        Value::Null,
-    )
-    .await;
-    assert_eq!(
-        status["status"]["conditions"][0]["reason"],
-        "NoLifetimeLimit"
-    );
+    expect_entra_status(&mut handle).await;
     assert_eq!(within(task).await.unwrap().unwrap(), 1);
     assert!(handle.next_request().await.is_none(), "no further requests");
 }
