@@ -508,8 +508,13 @@ async fn an_address_over_its_failure_budget_costs_the_apiserver_nothing() {
 
 /// `/authz/shop/payments` for an access token: its status.
 async fn decide(dev: &Dev, token: &str) -> u16 {
+    decide_at(dev, "shop/payments", token).await
+}
+
+/// The decision of policy `policy` (namespace/name) on a bearer token.
+async fn decide_at(dev: &Dev, policy: &str, token: &str) -> u16 {
     dev.get_with(
-        "/authz/shop/payments",
+        &format!("/authz/{policy}"),
         &[("Authorization", &format!("Bearer {token}"))],
     )
     .await
@@ -569,4 +574,118 @@ async fn a_logout_at_another_issuer_refuses_the_sessions_access_tokens() {
         "the logout was answered 200, but the session's access token still passes"
     );
     dev.stop().await;
+}
+
+/// The same move, then the client's earlier key goes and a namespace free to claim any
+/// path (`--unconfined-issuer-namespaces`) serves its issuer URL with its own key. A
+/// logout of a session the earlier key signed must not end anything under that other
+/// namespace's key: a TokenClient signs with its own namespace's keys only (ATTACK12 F4).
+#[tokio::test]
+async fn a_logout_never_ends_a_session_under_another_namespaces_key() {
+    let (mut dev, secret) = start().await;
+    let external = "http://auth.test";
+    dev.fixed_external_url = Some(external.into());
+    dev.unconfined_issuer_namespaces = vec!["aaa".into()];
+    dev.restart().await;
+    let session = login(&dev, &secret, r#"{"roles": ["payments"]}"#).await.1;
+    let refresh_token = text(&session, "refresh_token").to_owned();
+    let sid = claims_of(text(&session, "access_token"))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    dev.write("web.yaml", &token_client("web", "other", ""));
+    std::fs::remove_file(dev.manifests().join("keys.yaml")).unwrap();
+    let web_issuer = format!("{external}/auth/web");
+    dev.write(
+        "aaa.yaml",
+        &[
+            signing_key(
+                "aaa",
+                "x",
+                &format!("  algorithm: ES256\n  issuer: {web_issuer}\n"),
+            ),
+            "apiVersion: authplane.io/v1alpha1\nkind: AuthPolicy\nmetadata: {name: api, namespace: aaa}\nspec:\n  issuers: [{signingKeyRef: {name: x}}]\n  audiences: [payments]\n  rollout: {mode: Enforce, percentage: 100}\n".to_owned(),
+        ]
+        .join("---\n"),
+    );
+    // aaa's token of a session that happens to carry the same id.
+    let aaa_token = |dev: &Dev| {
+        let request = authplane::token::MintRequest {
+            subject: "bob".into(),
+            audiences: vec!["payments".into()],
+            ttl: jiff::SignedDuration::from_mins(5),
+            claims: Default::default(),
+            session: Some(sid.clone()),
+        };
+        authplane::token::mint(
+            &dev.keys("aaa", "x"),
+            &web_issuer,
+            &request,
+            jiff::Timestamp::now(),
+        )
+        .unwrap()
+    };
+    let key_made = |dev: &Dev| dev.state().join("aaa").join("x.json").exists();
+    common::eventually(
+        "auth/web served on auth/other, aaa's token passing",
+        common::CHANGE_DEADLINE,
+        || async {
+            let moved = post(
+                &dev,
+                "/auth/other/token",
+                &[],
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "auth/web"),
+                    ("refresh_token", "aprt_not-a-token"),
+                ],
+            )
+            .await;
+            let passing =
+                key_made(&dev) && decide_at(&dev, "aaa/api", &aaa_token(&dev)).await == 200;
+            (passing && error(&moved) != (401, Some("invalid_client"))).then_some(())
+        },
+    )
+    .await;
+    let answer = post(
+        &dev,
+        "/auth/other/revoke",
+        &[],
+        &[
+            ("token", refresh_token.as_str()),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    // The session is over all the same: its refresh token is dead.
+    let refreshed = post(
+        &dev,
+        "/auth/other/token",
+        &[],
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "auth/web"),
+            ("refresh_token", refresh_token.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(error(&refreshed), (400, Some("invalid_grant")));
+    assert_eq!(
+        decide_at(&dev, "aaa/api", &aaa_token(&dev)).await,
+        200,
+        "auth's logout ended a session under aaa's key"
+    );
+    dev.stop().await;
+}
+
+/// The payload of a compact JWT.
+fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }

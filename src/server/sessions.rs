@@ -73,9 +73,9 @@ pub(super) async fn sessions(
         Err(RefreshError::Store(e)) => return unavailable(&e.to_string()),
         Err(e) => return unavailable(&e.to_string()),
     };
-    let issuers = state.registry.load().issuers.clone();
+    let snapshot = state.registry.load();
     for family in &ended {
-        let Some(issuer) = issuers.values().find(|i| i.issuer == family.issuer) else {
+        let Some(issuer) = snapshot.issuer_of_namespace(&namespace, &family.issuer) else {
             return unavailable(&format!(
                 "the issuer {} of session {} is not published: its Revocation cannot be written (the family is revoked in the store)",
                 family.issuer, family.id

@@ -975,6 +975,8 @@ pub async fn logout(
     // The issuer a family was issued by: this one, or the client's earlier one (its
     // SigningKey changed since), whose key signed the family's access tokens. An issuer no
     // longer published verifies none of them: the family's end is all there is to do.
+    // Only a key of the client's namespace can be it: a tenant's logout must not write
+    // under another namespace's key that serves the earlier issuer's URL since.
     let owner_of = |family: &Family| -> Option<Arc<PublishedIssuer>> {
         if family.issuer == issuer.issuer {
             return Some(Arc::clone(issuer));
@@ -982,9 +984,7 @@ pub async fn logout(
         state
             .registry
             .load()
-            .issuers
-            .values()
-            .find(|published| published.issuer == family.issuer)
+            .issuer_of_namespace(&issuer.namespace, &family.issuer)
             .cloned()
     };
     let sessions_of = |family: &Family| {

@@ -199,6 +199,18 @@ pub struct Snapshot {
     pub secrets: imbl::HashMap<ObjectKey, ObjectKey>,
 }
 
+impl Snapshot {
+    /// The published issuer `url` of one of `namespace`'s SigningKeys: where a session a
+    /// TokenClient of `namespace` started is ended. A TokenClient signs with its own
+    /// namespace's keys only, so an issuer of another namespace is never its session's,
+    /// even at the same URL (a namespace free to claim any path may since serve it).
+    pub fn issuer_of_namespace(&self, namespace: &str, url: &str) -> Option<&Arc<PublishedIssuer>> {
+        self.issuers
+            .values()
+            .find(|published| published.namespace == namespace && published.issuer == url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
