@@ -9,8 +9,11 @@
 # Also measured in the same run: the server's `/healthz` under the same wrk setup (the
 # HTTP floor: no endpoint that answers over HTTP can beat 1/(1/raw + 1/floor)), the
 # server's CPU time per refresh and how busy its core was (from /proc: a core below 100%
-# is waiting, not computing), and the store's mean lookup and write latency per refresh
-# (from /metrics: a write's includes waiting for its group's durable commit).
+# is waiting, not computing), split between the request threads and the store's writer
+# thread, and the store's mean lookup and write latency per refresh (from /metrics: a
+# write's includes waiting for its group's durable commit). The raw baselines run before
+# the server and again after it (this machine's speed drifts); each line shows both, and
+# what a refresh costs besides its signature against what the goal leaves for it.
 #
 #   scripts/loadtest-refresh.sh     # DURATION=10 USERS=1000 CONNECTIONS=32
 #   BIN=/path/to/authplane scripts/loadtest-refresh.sh
@@ -28,6 +31,14 @@ LOAD_CPU=${LOAD_CPU:-1}
 
 command -v wrk >/dev/null || { echo "needs wrk (Debian: wrk)" >&2; exit 1; }
 [ -n "${BIN:-}" ] || cargo build --release --quiet --example sign_rate
+sign_rate=${CARGO_TARGET_DIR:-target}/release/examples/sign_rate
+# The baselines, on the server's core (raw aws-lc-rs, jsonwebtoken, token::sign), before
+# the server runs and again after it: this machine's speed drifts by several per cent
+# within minutes (a shared host), so a ratio is taken against their mean and both show.
+baselines() {
+  taskset -c "$SERVER_CPU" "$sign_rate" "$DURATION" RS256 >"$work/sign-rs256.$1"
+  taskset -c "$SERVER_CPU" "$sign_rate" "$DURATION" ES256 >"$work/sign-es256.$1"
+}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin authplane
 fi
@@ -54,6 +65,7 @@ YAML
 done
 # Rotations per session are limited (10 a minute by default): far above what one load
 # generator sends, so that this measures refreshes, not the limiter.
+baselines before
 start_server "$PORT" --token-rate 100000000
 base="http://127.0.0.1:$PORT"
 
@@ -68,8 +80,19 @@ rps_of() { awk '/^Requests\/sec:/ {print $2}' "$work/$1.txt"; }
 pct_of() { awk -v p="$2" '$1 == p {print $2}' "$work/$1.txt"; }
 requests_of() { awk '/requests in/ {print $1}' "$work/$1.txt"; }
 # The server's CPU seconds so far (every thread): user and system (the kernel's share:
-# sockets, the store's file writes and syncs, wake-ups).
-cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{print $14 / hz, $15 / hz}' "/proc/$server/stat"; }
+# sockets, the store's file writes and syncs, wake-ups); then user + system of its
+# request threads (tokio's workers: HTTP, the signature, the decisions) and of the
+# store's writer thread (the transaction, its page writes and its fsync).
+cpu_seconds() {
+  local hz; hz=$(getconf CLK_TCK)
+  local threads=() task
+  for task in /proc/"$server"/task/*; do threads+=("$(cat "$task/comm" 2>/dev/null)" "$task/stat"); done
+  awk -v hz="$hz" '{print $14 / hz, $15 / hz}' "/proc/$server/stat" | tr '\n' ' '
+  printf '%s\n' "${threads[@]}" | paste - - | while IFS=$'\t' read -r comm stat; do
+    awk -v c="$comm" '{print c, ($14 + $15)}' "$stat" 2>/dev/null
+  done | awk -v hz="$hz" '$1 ~ /^tokio-rt/ { w += $2 } $1 ~ /^token-store/ { s += $2 }
+    END { print w / hz, s / hz }'
+}
 # The store's counters: `<operation>_sum <seconds>` and `<operation>_count <n>` lines.
 store_counters() {
   curl -fs "$base/metrics" | sed -n 's/^authplane_token_store_seconds_\(sum\|count\){operation="\([a-z]*\)"} /\2_\1 /p'
@@ -80,8 +103,9 @@ measured() {
   local name=$1 requests
   requests=$(requests_of "$name")
   { cat "$work/$name.before-cpu"; cpu_seconds; } | awk -v r="$requests" -v d="$DURATION" \
-    'NR == 1 { u0 = $1; s0 = $2 } NR == 2 { u = $1 - u0; s = $2 - s0
-      printf "cpu_us_per_request %.1f\nsystem_us_per_request %.1f\ncore_busy_percent %.0f\n", (u + s) / r * 1e6, s / r * 1e6, (u + s) / d * 100 }' \
+    'NR == 1 { u0 = $1; s0 = $2; w0 = $3; t0 = $4 } NR == 2 { u = $1 - u0; s = $2 - s0
+      printf "cpu_us_per_request %.1f\nsystem_us_per_request %.1f\ncore_busy_percent %.0f\n", (u + s) / r * 1e6, s / r * 1e6, (u + s) / d * 100
+      printf "workers_us_per_request %.1f\nstore_writer_us_per_request %.1f\n", ($3 - w0) / r * 1e6, ($4 - t0) / r * 1e6 }' \
     >"$work/$name.measured"
   store_counters >"$work/$name.after-store"
   awk -v r="$requests" 'NR == FNR { before[$1] = $2; next } { after[$1] = $2 }
@@ -139,26 +163,33 @@ for n in 2 50; do
 done
 stop_server
 
-# The baselines, on the server's core: raw aws-lc-rs, jsonwebtoken, token::sign.
-taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rate "$DURATION" RS256 >"$work/sign-rs256.txt"
-taskset -c "$SERVER_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/sign_rate "$DURATION" ES256 >"$work/sign-es256.txt"
-sign_of() { awk -v k="$2_$1_signatures_per_second" '$1 == k {print $2}' "$work/sign-$1.txt"; }
+baselines after
+# sign_of ALG WHAT [before|after]: signatures per second; without the third, the mean.
+sign_of() {
+  local files=("$work/sign-$1.before" "$work/sign-$1.after")
+  [ -z "${3:-}" ] || files=("$work/sign-$1.$3")
+  awk -v k="$2_$1_signatures_per_second" '$1 == k { s += $2; n++ } END { printf "%.0f", s / n }' "${files[@]}"
+}
 
 echo "users $USERS, $CONNECTIONS connections, ${DURATION}s per algorithm, server on 1 core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "HTTP floor, /healthz: $(rps_of healthz)/s   p50 $(pct_of healthz 50%)   p99 $(pct_of healthz 99%)   server CPU $(figure healthz cpu_us_per_request) us/request (the kernel's part $(figure healthz system_us_per_request)), core busy $(figure healthz core_busy_percent)%"
 for name in rs256 es256; do
   echo "refresh with rotation, $name: $(rps_of "$name")/s   p50 $(pct_of "$name" 50%)   p99 $(pct_of "$name" 99%)"
   echo "  server CPU $(figure "$name" cpu_us_per_request) us/refresh (the kernel's part $(figure "$name" system_us_per_request)), core busy $(figure "$name" core_busy_percent)%; store: lookup $(figure "$name" store_find_us) us, write (until durable) $(figure "$name" store_swap_us) us"
+  echo "  of it: request threads $(figure "$name" workers_us_per_request) us (a raw signature: $(awk -v r="$(sign_of "$name" raw)" 'BEGIN { printf "%.1f", 1e6 / r }') us), store writer thread $(figure "$name" store_writer_us_per_request) us"
   echo "  durable commits (fsync) per refresh $(figure "$name" syncs_per_request), context switches per refresh $(figure "$name" context_switches_per_request)"
-  echo "  signing on 1 core: raw aws-lc-rs $(sign_of "$name" raw)/s, jsonwebtoken::encode $(sign_of "$name" jsonwebtoken)/s, token::sign $(sign_of "$name" token_sign)/s"
+  echo "  signing on 1 core: raw aws-lc-rs $(sign_of "$name" raw)/s (before the server $(sign_of "$name" raw before), after it $(sign_of "$name" raw after)), jsonwebtoken::encode $(sign_of "$name" jsonwebtoken)/s, token::sign $(sign_of "$name" token_sign)/s"
 done
 # The ceiling of an HTTP endpoint that only signs: 1 / (1/raw + 1/floor).
 for alg in RS256:rs256:0.9 ES256:es256:0.8; do
   IFS=: read -r label name goal <<<"$alg"
   awk -v a="$(rps_of "$name")" -v b="$(sign_of "$name" raw)" -v e="$(sign_of "$name" jsonwebtoken)" \
     -v h="$(rps_of healthz)" -v l="$label" -v g="$goal" -v p50="$(pct_of "$name" 50%)" -v p99="$(pct_of "$name" 99%)" \
+    -v cpu="$(figure "$name" cpu_us_per_request)" -v floor="$(figure healthz cpu_us_per_request)" \
     'BEGIN { c = 1 / (1 / b + 1 / h)
     printf "ratio refresh : raw signing, %s: %.2f   (goal >= %s; against jsonwebtoken::encode %.2f; p50 %s, p99 %s)\n", l, a / b, g, a / e, p50, p99
-    printf "  refresh : (raw + HTTP floor), %s: %.2f   (the ceiling of signing over HTTP: %.0f/s, %.2f of raw)\n", l, a / c, c, c / b }'
+    printf "  refresh : (raw + HTTP floor), %s: %.2f   (the ceiling of signing over HTTP: %.0f/s, %.2f of raw)\n", l, a / c, c, c / b
+    # What a refresh costs the core besides one raw signature, and what the goal leaves.
+    printf "  besides the signature, a refresh costs the core %.0f us; the goal leaves %.0f us (the HTTP floor alone: %.0f)\n", cpu - 1e6 / b, 1e6 / (g * b) - 1e6 / b, floor }'
 done
 printf '%s\n' "${concurrency[@]}"
