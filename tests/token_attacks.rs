@@ -577,19 +577,27 @@ async fn a_logout_at_another_issuer_refuses_the_sessions_access_tokens() {
 }
 
 /// The same move, then the client's earlier key goes and a namespace free to claim any
-/// path (`--unconfined-issuer-namespaces`) serves its issuer URL with its own key. A
-/// logout of a session the earlier key signed must not end anything under that other
-/// namespace's key: a TokenClient signs with its own namespace's keys only (ATTACK12 F4).
+/// path (`--unconfined-issuer-namespaces`) serves its issuer URL with its own key. No
+/// logout reaches across namespaces: auth's logout of a session the earlier key signed
+/// ends nothing under aaa's key (ATTACK12 F4); aaa's logout with its own token naming one
+/// of auth's sessions ends nothing of auth's; and support's "end this subject's
+/// sessions" ends auth's all the same (their issuer is no longer one of auth's keys).
 #[tokio::test]
-async fn a_logout_never_ends_a_session_under_another_namespaces_key() {
+async fn no_logout_reaches_another_namespaces_sessions() {
     let (mut dev, secret) = start().await;
     let external = "http://auth.test";
     dev.fixed_external_url = Some(external.into());
     dev.unconfined_issuer_namespaces = vec!["aaa".into()];
+    dev.admin = true;
     dev.restart().await;
     let session = login(&dev, &secret, r#"{"roles": ["payments"]}"#).await.1;
     let refresh_token = text(&session, "refresh_token").to_owned();
-    let sid = claims_of(text(&session, "access_token"))["sid"]
+    let sid = part_of(text(&session, "access_token"), 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = login(&dev, &secret, r#"{"roles": ["payments"]}"#).await.1;
+    let second_sid = part_of(text(&second, "access_token"), 1)["sid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -608,14 +616,14 @@ async fn a_logout_never_ends_a_session_under_another_namespaces_key() {
         ]
         .join("---\n"),
     );
-    // aaa's token of a session that happens to carry the same id.
-    let aaa_token = |dev: &Dev| {
+    // aaa's token of a session that carries the id `sid` (of one of auth's sessions).
+    let aaa_token = |dev: &Dev, sid: &str| {
         let request = authplane::token::MintRequest {
             subject: "bob".into(),
             audiences: vec!["payments".into()],
             ttl: jiff::SignedDuration::from_mins(5),
             claims: Default::default(),
-            session: Some(sid.clone()),
+            session: Some(sid.to_owned()),
         };
         authplane::token::mint(
             &dev.keys("aaa", "x"),
@@ -627,7 +635,7 @@ async fn a_logout_never_ends_a_session_under_another_namespaces_key() {
     };
     let key_made = |dev: &Dev| dev.state().join("aaa").join("x.json").exists();
     common::eventually(
-        "auth/web served on auth/other, aaa's token passing",
+        "auth/web served on auth/other, aaa/x serving auth/web's URL",
         common::CHANGE_DEADLINE,
         || async {
             let moved = post(
@@ -641,12 +649,62 @@ async fn a_logout_never_ends_a_session_under_another_namespaces_key() {
                 ],
             )
             .await;
-            let passing =
-                key_made(&dev) && decide_at(&dev, "aaa/api", &aaa_token(&dev)).await == 200;
-            (passing && error(&moved) != (401, Some("invalid_client"))).then_some(())
+            if !key_made(&dev) || error(&moved) == (401, Some("invalid_client")) {
+                return None;
+            }
+            let token = aaa_token(&dev, &sid);
+            let kid = part_of(&token, 0)["kid"].as_str().unwrap().to_owned();
+            let served = dev.kids("/auth/web/.well-known/jwks.json").await;
+            (served == Some(vec![kid]) && decide_at(&dev, "aaa/api", &token).await == 200)
+                .then_some(())
         },
     )
     .await;
+    let revoked_because = |sid: String| {
+        let dev = &dev;
+        async move {
+            let listed: Value = dev
+                .http
+                .get(format!(
+                    "{}/sessions/auth/web?subject=alice",
+                    dev.admin_url()
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let session = listed["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["sid"] == sid.as_str())
+                .unwrap_or_else(|| panic!("{sid} in {listed}"))
+                .clone();
+            session["revoked"]["because"].as_str().map(str::to_owned)
+        }
+    };
+
+    // aaa logs out its own session that carries the id of auth's second session.
+    let answer = post(
+        &dev,
+        "/auth/web/revoke",
+        &[],
+        &[
+            ("token", aaa_token(&dev, &second_sid).as_str()),
+            ("token_type_hint", "session"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(
+        revoked_because(second_sid.clone()).await,
+        None,
+        "aaa's logout ended a session of auth's"
+    );
+
+    // auth's user logs out of the first session at the client's issuer now.
     let answer = post(
         &dev,
         "/auth/other/revoke",
@@ -659,31 +717,36 @@ async fn a_logout_never_ends_a_session_under_another_namespaces_key() {
     )
     .await;
     assert_eq!(answer.0, 200, "{}", answer.1);
-    // The session is over all the same: its refresh token is dead.
-    let refreshed = post(
-        &dev,
-        "/auth/other/token",
-        &[],
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "auth/web"),
-            ("refresh_token", refresh_token.as_str()),
-        ],
-    )
-    .await;
-    assert_eq!(error(&refreshed), (400, Some("invalid_grant")));
     assert_eq!(
-        decide_at(&dev, "aaa/api", &aaa_token(&dev)).await,
+        revoked_because(sid.clone()).await.as_deref(),
+        Some("logout")
+    );
+    assert_eq!(
+        decide_at(&dev, "aaa/api", &aaa_token(&dev, &sid)).await,
         200,
         "auth's logout ended a session under aaa's key"
     );
+
+    // Support ends the subject's sessions: no key of auth's serves their issuer, so
+    // there is no Revocation to write, and every family ends.
+    let ended = dev
+        .http
+        .post(format!(
+            "{}/sessions/auth/web?subject=alice&revoke=true",
+            dev.admin_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    assert_eq!(revoked_because(second_sid).await.as_deref(), Some("logout"));
     dev.stop().await;
 }
 
-/// The payload of a compact JWT.
-fn claims_of(token: &str) -> Value {
+/// The header (0) or the payload (1) of a compact JWT.
+fn part_of(token: &str, part: usize) -> Value {
     use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
+    let payload = token.split('.').nth(part).unwrap();
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .unwrap();

@@ -320,7 +320,15 @@ async fn kept_in_store(
     let token = state.token.as_ref()?;
     token.sessions.as_ref()?;
     let sessions = token.sessions_under(&logout.key);
-    match crate::tokens::end_session(&*token.store, &issuer.issuer, sid, sessions, now).await {
+    let ended = crate::tokens::end_session(
+        &*token.store,
+        &issuer.issuer,
+        &issuer.namespace,
+        sid,
+        sessions,
+        now,
+    );
+    match ended.await {
         Ok(ended) => ended,
         Err(e) => {
             tracing::warn!(issuer = issuer.issuer.as_str(), error = %e, "the token store could not be asked about a session: its logout is written as a Revocation");

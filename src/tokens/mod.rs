@@ -356,17 +356,23 @@ pub async fn end_sessions(
 }
 
 /// A logout by an access token of a session that is a family here: revokes the family
-/// `id` of `issuer` (as a logout by its refresh token does). `Ok(None)`: no such family
-/// of this issuer (a session of tokens minted elsewhere), nothing changed.
+/// `id` of `issuer`, a SigningKey of `namespace` (as a logout by its refresh token
+/// does). `Ok(None)`: no such family of this issuer and of a client of `namespace` (a
+/// session of tokens minted elsewhere, or one another namespace's key issued at the same
+/// URL before this one served it), nothing changed.
 pub async fn end_session(
     store: &dyn FamilyStore,
     issuer: &str,
+    namespace: &str,
     id: &str,
     sessions: Sessions<'_>,
     now: Timestamp,
 ) -> Result<Option<Ended>, RefreshError> {
     match store.family(id, now).await? {
-        Some(family) if family.issuer == issuer => {
+        Some(family)
+            if family.issuer == issuer
+                && embedded_memory::namespace_of(&family.client) == namespace =>
+        {
             end_family(store, family, sessions, now).await.map(Some)
         }
         _ => Ok(None),
