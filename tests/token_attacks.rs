@@ -535,37 +535,8 @@ async fn a_logout_at_another_issuer_refuses_the_sessions_access_tokens() {
     let access_token = text(&session, "access_token").to_owned();
     assert_eq!(decide(&dev, &access_token).await, 200);
     // auth/web is now served on auth/other's issuer (auth/web's key keeps verifying).
-    dev.write("web.yaml", &token_client("web", "other", ""));
-    common::eventually(
-        "auth/web served on auth/other",
-        common::CHANGE_DEADLINE,
-        || async {
-            let answer = post(
-                &dev,
-                "/auth/other/token",
-                &[],
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("client_id", "auth/web"),
-                    ("refresh_token", "aprt_not-a-token"),
-                ],
-            )
-            .await;
-            (error(&answer) != (401, Some("invalid_client"))).then_some(())
-        },
-    )
-    .await;
-    let answer = post(
-        &dev,
-        "/auth/other/revoke",
-        &[],
-        &[
-            ("token", refresh_token.as_str()),
-            ("token_type_hint", "refresh_token"),
-            ("client_id", "auth/web"),
-        ],
-    )
-    .await;
+    move_web_to_other(&dev).await;
+    let answer = logout_at_other(&dev, &refresh_token).await;
     assert_eq!(answer.0, 200, "{}", answer.1);
     // Answered 200: the session is over, so its access token must be refused.
     assert_ne!(
@@ -601,7 +572,7 @@ async fn no_logout_reaches_another_namespaces_sessions() {
         .as_str()
         .unwrap()
         .to_owned();
-    dev.write("web.yaml", &token_client("web", "other", ""));
+    move_web_to_other(&dev).await;
     std::fs::remove_file(dev.manifests().join("keys.yaml")).unwrap();
     let web_issuer = format!("{external}/auth/web");
     dev.write(
@@ -635,21 +606,10 @@ async fn no_logout_reaches_another_namespaces_sessions() {
     };
     let key_made = |dev: &Dev| dev.state().join("aaa").join("x.json").exists();
     common::eventually(
-        "auth/web served on auth/other, aaa/x serving auth/web's URL",
+        "aaa/x serving auth/web's URL",
         common::CHANGE_DEADLINE,
         || async {
-            let moved = post(
-                &dev,
-                "/auth/other/token",
-                &[],
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("client_id", "auth/web"),
-                    ("refresh_token", "aprt_not-a-token"),
-                ],
-            )
-            .await;
-            if !key_made(&dev) || error(&moved) == (401, Some("invalid_client")) {
+            if !key_made(&dev) {
                 return None;
             }
             let token = aaa_token(&dev, &sid);
@@ -705,17 +665,7 @@ async fn no_logout_reaches_another_namespaces_sessions() {
     );
 
     // auth's user logs out of the first session at the client's issuer now.
-    let answer = post(
-        &dev,
-        "/auth/other/revoke",
-        &[],
-        &[
-            ("token", refresh_token.as_str()),
-            ("token_type_hint", "refresh_token"),
-            ("client_id", "auth/web"),
-        ],
-    )
-    .await;
+    let answer = logout_at_other(&dev, &refresh_token).await;
     assert_eq!(answer.0, 200, "{}", answer.1);
     assert_eq!(
         revoked_because(sid.clone()).await.as_deref(),
@@ -741,6 +691,46 @@ async fn no_logout_reaches_another_namespaces_sessions() {
     assert_eq!(ended.status(), 200);
     assert_eq!(revoked_because(second_sid).await.as_deref(), Some("logout"));
     dev.stop().await;
+}
+
+/// Serves auth/web on auth/other's key (a spec edit of the TokenClient) and waits until
+/// auth/other's token endpoint knows the client.
+async fn move_web_to_other(dev: &Dev) {
+    dev.write("web.yaml", &token_client("web", "other", ""));
+    common::eventually(
+        "auth/web served on auth/other",
+        common::CHANGE_DEADLINE,
+        || async {
+            let answer = post(
+                dev,
+                "/auth/other/token",
+                &[],
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "auth/web"),
+                    ("refresh_token", "aprt_not-a-token"),
+                ],
+            )
+            .await;
+            (error(&answer) != (401, Some("invalid_client"))).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A logout with auth/web's refresh token at auth/other's `/revoke`.
+async fn logout_at_other(dev: &Dev, refresh_token: &str) -> (u16, Value) {
+    post(
+        dev,
+        "/auth/other/revoke",
+        &[],
+        &[
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", "auth/web"),
+        ],
+    )
+    .await
 }
 
 /// The header (0) or the payload (1) of a compact JWT.
