@@ -10,11 +10,12 @@
 # HTTP floor: no endpoint that answers over HTTP can beat 1/(1/raw + 1/floor)), the
 # server's CPU time per refresh and how busy its core was (from /proc: a core below 100%
 # is waiting, not computing), split between the request threads and the store's writer
-# thread, and the store's mean lookup and write latency per refresh (from /metrics: a
-# write's includes waiting for its group's durable commit), and `/healthz` again at each
-# refresh run's rate (what an HTTP exchange costs the server there). The raw baselines run before
-# the server and again after it (this machine's speed drifts); each line shows both, and
-# what a refresh costs besides its signature against what the goal leaves for it.
+# thread; the store's mean lookup and write latency per refresh (from /metrics: a
+# write's includes waiting for its group's durable commit); and `/healthz` again at each
+# refresh run's rate (what an HTTP exchange costs the server there). The raw baselines
+# run before the server and again after it (this machine's speed drifts); each line
+# shows both, and what a refresh costs besides its signature against what the goal
+# leaves for it.
 #
 #   scripts/loadtest-refresh.sh     # DURATION=10 USERS=1000 CONNECTIONS=32
 #   BIN=/path/to/authplane scripts/loadtest-refresh.sh
@@ -85,14 +86,12 @@ requests_of() { awk '/requests in/ {print $1}' "$work/$1.txt"; }
 # request threads (tokio's workers: HTTP, the signature, the decisions) and of the
 # store's writer thread (the transaction, its page writes and its fsync).
 cpu_seconds() {
-  local hz; hz=$(getconf CLK_TCK)
-  local threads=() task
-  for task in /proc/"$server"/task/*; do threads+=("$(cat "$task/comm" 2>/dev/null)" "$task/stat"); done
+  local hz
+  hz=$(getconf CLK_TCK)
   awk -v hz="$hz" '{print $14 / hz, $15 / hz}' "/proc/$server/stat" | tr '\n' ' '
-  printf '%s\n' "${threads[@]}" | paste - - | while IFS=$'\t' read -r comm stat; do
-    awk -v c="$comm" '{print c, ($14 + $15)}' "$stat" 2>/dev/null
-  done | awk -v hz="$hz" '$1 ~ /^tokio-rt/ { w += $2 } $1 ~ /^token-store/ { s += $2 }
-    END { print w / hz, s / hz }'
+  cat /proc/"$server"/task/*/stat 2>/dev/null | awk -v hz="$hz" \
+    '$2 ~ /^\(tokio-rt/ { w += $14 + $15 } $2 ~ /^\(token-store/ { s += $14 + $15 }
+     END { print w / hz, s / hz }'
 }
 # The store's counters: `<operation>_sum <seconds>` and `<operation>_count <n>` lines.
 store_counters() {
