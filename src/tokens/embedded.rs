@@ -47,8 +47,8 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
-use super::embedded_memory::{Durability, Memory, footprint, namespace_of};
-use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError};
+use super::embedded_memory::{Durability, Memory, footprint};
+use super::{FamilyStore, Found, MAX_SESSIONS_LISTED, StoreError, namespace_of};
 use crate::refresh::{Family, TokenHash};
 use crate::revocation::SessionRevocation;
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use super::StoreError;
+use super::{StoreError, namespace_of};
 use crate::refresh::{Family, TokenHash};
 
 /// One family as memory holds it.
@@ -217,13 +217,6 @@ impl Memory {
             epoch: self.epoch,
         }))
     }
-}
-
-/// The namespace of a TokenClient named `namespace/name` (the whole name if it has none).
-pub fn namespace_of(client: &str) -> &str {
-    client
-        .split_once('/')
-        .map_or(client, |(namespace, _)| namespace)
 }
 
 /// A family as memory holds it, copied out of the lock: the claims are parsed outside it.

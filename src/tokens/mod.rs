@@ -355,6 +355,14 @@ pub async fn end_sessions(
     Ok(ended)
 }
 
+/// The namespace of a TokenClient named `namespace/name` (the whole name if it has none):
+/// a family's client id names it, and a session is only ever its namespace's.
+pub(crate) fn namespace_of(client: &str) -> &str {
+    client
+        .split_once('/')
+        .map_or(client, |(namespace, _)| namespace)
+}
+
 /// A logout by an access token of a session that is a family here: revokes the family
 /// `id` of `issuer`, a SigningKey of `namespace` (as a logout by its refresh token
 /// does). `Ok(None)`: no such family of this issuer and of a client of `namespace` (a
@@ -369,10 +377,7 @@ pub async fn end_session(
     now: Timestamp,
 ) -> Result<Option<Ended>, RefreshError> {
     match store.family(id, now).await? {
-        Some(family)
-            if family.issuer == issuer
-                && embedded_memory::namespace_of(&family.client) == namespace =>
-        {
+        Some(family) if family.issuer == issuer && namespace_of(&family.client) == namespace => {
             end_family(store, family, sessions, now).await.map(Some)
         }
         _ => Ok(None),
